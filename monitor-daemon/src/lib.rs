@@ -1,0 +1,20 @@
+//! redcap-monitor: watches REDCap API calls per token and enforces the institution's API policy.
+//!
+//! The pipeline runs one way: [`capture`] → [`reassembly`] → [`http`] → [`redcap`] → [`policy`],
+//! with [`model`] and [`token`] as shared vocabulary and [`config`] turning TOML into each stage's
+//! settings. [`pipeline`] wires the stages together; the binary's commands are the edges that do
+//! I/O. Every stage is sans-IO: it is driven by the timestamps it is given.
+
+pub mod capture;
+pub mod config;
+pub mod http;
+pub mod model;
+pub mod pipeline;
+pub mod policy;
+pub mod reassembly;
+pub mod redcap;
+pub mod token;
+
+/// The kernel programs, built by build.rs through aya-build.
+pub static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-ebpf"));

@@ -1,0 +1,176 @@
+//! The pipeline's shared vocabulary: time, endpoints, TCP segments and stream events.
+//!
+//! Every stage speaks these types and nothing here knows about a later stage. Time is data: each
+//! value carries the capture (or kernel) time it happened at, converted once at the edge.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// A point in time, nanoseconds since the Unix epoch. Offline it is the capture's timestamp; live
+/// it is kernel time converted once at the capture edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Self(nanos)
+    }
+
+    pub fn from_secs_f64(secs: f64) -> Self {
+        Self((secs * 1e9) as u64)
+    }
+
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+
+    /// Time from `earlier` to `self`, zero when `earlier` is later.
+    pub const fn since(self, earlier: Timestamp) -> Span {
+        Span(self.0.saturating_sub(earlier.0))
+    }
+
+    pub const fn plus(self, span: Span) -> Timestamp {
+        Timestamp(self.0.saturating_add(span.0))
+    }
+
+    pub const fn minus(self, span: Span) -> Timestamp {
+        Timestamp(self.0.saturating_sub(span.0))
+    }
+}
+
+/// A length of time in nanoseconds (the pipeline's own type, so that stages need no clock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Span(pub u64);
+
+impl Span {
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(secs * 1_000_000_000)
+    }
+
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(millis * 1_000_000)
+    }
+
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e9
+    }
+}
+
+impl From<std::time::Duration> for Span {
+    fn from(d: std::time::Duration) -> Self {
+        Span(d.as_nanos().min(u64::MAX as u128) as u64)
+    }
+}
+
+/// One side of a TCP connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.port),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.port),
+        }
+    }
+}
+
+/// The TCP flags the pipeline cares about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// One TCP segment as captured, borrowing its payload from the capture buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSegment<'a> {
+    pub ts: Timestamp,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub seq: u32,
+    /// Present when the ACK flag is set.
+    pub ack: Option<u32>,
+    pub flags: TcpFlags,
+    pub payload: &'a [u8],
+}
+
+/// Which way bytes travel on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl Direction {
+    pub const fn index(self) -> usize {
+        match self {
+            Direction::ClientToServer => 0,
+            Direction::ServerToClient => 1,
+        }
+    }
+
+    pub const fn reverse(self) -> Direction {
+        match self {
+            Direction::ClientToServer => Direction::ServerToClient,
+            Direction::ServerToClient => Direction::ClientToServer,
+        }
+    }
+}
+
+/// A TCP connection as the reassembler numbers them: unique for the life of one pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Why a connection stopped being tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides sent FIN (or one side's FIN and the other's data ended).
+    Fin,
+    Reset,
+    /// No segment for longer than the idle timeout.
+    Idle,
+    /// Dropped to stay within the connection or memory limit.
+    Evicted,
+    /// The capture ended (offline) or the daemon is stopping.
+    EndOfInput,
+}
+
+/// What the reassembler tells the HTTP stage: in-order bytes per direction, holes, and ends.
+#[derive(Debug)]
+pub enum StreamEvent<'a> {
+    Opened {
+        conn: ConnectionId,
+        ts: Timestamp,
+        client: Endpoint,
+        server: Endpoint,
+    },
+    /// The next in-order bytes of one direction.
+    Data {
+        conn: ConnectionId,
+        dir: Direction,
+        ts: Timestamp,
+        bytes: &'a [u8],
+    },
+    /// `len` bytes of one direction were never captured; the stream continues after them.
+    Gap {
+        conn: ConnectionId,
+        dir: Direction,
+        ts: Timestamp,
+        len: u64,
+    },
+    Closed {
+        conn: ConnectionId,
+        ts: Timestamp,
+        reason: CloseReason,
+    },
+}
