@@ -1,1 +1,429 @@
-//! placeholder
+//! The daemon's configuration: TOML in, validated per-stage settings out.
+//!
+//! One section per pipeline component, each with `deny_unknown_fields` and its defaults in one
+//! place (the `Default` impls below). [`Config::load`] parses and validates once; stages never see
+//! TOML. Errors name the key path and what was expected, so that an admin can fix the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::model::Span;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub site: SiteConfig,
+    pub capture: CaptureConfig,
+    pub reassembly: ReassemblyConfig,
+    pub http: HttpConfig,
+    pub redcap: RedcapConfig,
+    pub policy: PolicyConfig,
+}
+
+/// Where the site's secrets live.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// Key for token fingerprints; created (32 random bytes, mode 0600) if absent.
+    pub key_file: PathBuf,
+}
+
+impl Default for SiteConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::from("/var/lib/redcap-monitor/site.key"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Ports the web server listens on; orients connections picked up mid-stream.
+    pub server_ports: Vec<u16>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            server_ports: vec![80, 443, 8080, 8443],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReassemblyConfig {
+    pub max_connections: usize,
+    pub max_buffered_bytes_per_direction: usize,
+    pub max_buffered_bytes_total: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 65_536,
+            max_buffered_bytes_per_direction: 1 << 20,
+            max_buffered_bytes_total: 256 << 20,
+            idle_timeout: Duration(Span::from_secs(120)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_pending_requests: usize,
+    /// Work cap for decoding one gzip/deflate response body.
+    pub max_decoded_body_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let d = crate::http::HttpLimits::default();
+        Self {
+            max_head_bytes: d.max_head_bytes,
+            max_headers: d.max_headers,
+            max_pending_requests: d.max_pending_requests,
+            max_decoded_body_bytes: d.max_decoded_body_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedcapConfig {
+    /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
+    pub api_paths: Vec<String>,
+}
+
+impl Default for RedcapConfig {
+    fn default() -> Self {
+        Self {
+            api_paths: crate::redcap::DEFAULT_API_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// How long a finished call may wait for earlier-started calls before rules see it, so that
+    /// windows are evaluated in request order even when responses finish out of order.
+    pub reorder_window: Duration,
+    pub heavy: HeavyConfig,
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            reorder_window: Duration(Span::from_secs(120)),
+            heavy: HeavyConfig::default(),
+            rules: vec![
+                RuleConfig {
+                    name: "api_calls".into(),
+                    calls: CallClass::All,
+                    limit: 3,
+                    window: Duration(Span::from_secs(60)),
+                },
+                RuleConfig {
+                    name: "heavy_calls".into(),
+                    calls: CallClass::Heavy,
+                    limit: 1,
+                    window: Duration(Span::from_secs(300)),
+                },
+            ],
+        }
+    }
+}
+
+/// What makes a call heavy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeavyConfig {
+    /// A call whose decoded response is larger than this is heavy.
+    pub response_bytes: u64,
+    /// Request kinds that are heavy whatever their size.
+    pub kinds: Vec<HeavyKind>,
+}
+
+impl Default for HeavyConfig {
+    fn default() -> Self {
+        Self {
+            response_bytes: 500_000,
+            kinds: vec![
+                HeavyKind::UnfilteredRecordExport,
+                HeavyKind::Report,
+                HeavyKind::Log,
+                HeavyKind::ProjectXml,
+                HeavyKind::PdfAllRecords,
+                HeavyKind::FileExport,
+            ],
+        }
+    }
+}
+
+/// A request kind that needs heavy server work or returns a large answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeavyKind {
+    /// `content=record` export with neither `records` nor `filterLogic`.
+    UnfilteredRecordExport,
+    Report,
+    Log,
+    /// `content=project_xml` unless `returnMetadataOnly` is true.
+    ProjectXml,
+    PdfAllRecords,
+    /// `content=file` or `fileRepository` export.
+    FileExport,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Names the rule in violation records.
+    pub name: String,
+    /// Which calls the rule counts.
+    #[serde(default)]
+    pub calls: CallClass,
+    /// Most calls allowed in any window.
+    pub limit: u32,
+    pub window: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallClass {
+    #[default]
+    All,
+    Heavy,
+}
+
+/// A duration written like `90s`, `5m`, `2h`, `1d`, `250ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Duration(pub Span);
+
+impl Duration {
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{text}` has no unit: write e.g. `60s`, `5m`, `2h`"))?;
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+        let nanos_per_unit: u64 = match unit.trim() {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` in `{text}`: use ms, s, m, h or d"
+                ));
+            }
+        };
+        number
+            .checked_mul(nanos_per_unit)
+            .map(|n| Duration(Span(n)))
+            .ok_or_else(|| format!("`{text}` is too long"))
+    }
+
+    pub fn span(self) -> Span {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Duration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs_f64())
+    }
+}
+
+/// A configuration problem, with the key path it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: err.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if let Err(err) = crate::redcap::ApiPaths::new(&self.redcap.api_paths) {
+            return Err(("redcap.api_paths".into(), err.to_string()));
+        }
+        if self.redcap.api_paths.is_empty() {
+            return Err((
+                "redcap.api_paths".into(),
+                "is empty: no request would count as an API call".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.policy.rules.iter().enumerate() {
+            let key = |field: &str| format!("policy.rules[{i}].{field}");
+            if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
+                return Err((
+                    key("name"),
+                    "must be a non-empty name unique among the rules".into(),
+                ));
+            }
+            if rule.window.span().0 == 0 {
+                return Err((key("window"), "must be longer than zero, e.g. `60s`".into()));
+            }
+        }
+        let positive = [
+            (
+                "reassembly.max_connections",
+                self.reassembly.max_connections,
+            ),
+            (
+                "reassembly.max_buffered_bytes_per_direction",
+                self.reassembly.max_buffered_bytes_per_direction,
+            ),
+            ("http.max_head_bytes", self.http.max_head_bytes),
+            ("http.max_headers", self.http.max_headers),
+            ("http.max_pending_requests", self.http.max_pending_requests),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_institution_policy() {
+        let config = parse("").unwrap();
+        let rules: Vec<_> = config
+            .policy
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    r.calls,
+                    r.limit,
+                    r.window.span().as_secs_f64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("api_calls", CallClass::All, 3, 60.0),
+                ("heavy_calls", CallClass::Heavy, 1, 300.0)
+            ]
+        );
+        assert_eq!(config.policy.heavy.response_bytes, 500_000);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(Duration::parse("5m").unwrap().span(), Span::from_secs(300));
+        assert_eq!(
+            Duration::parse("250ms").unwrap().span(),
+            Span::from_millis(250)
+        );
+        assert!(Duration::parse("5").unwrap_err().contains("no unit"));
+        assert!(
+            Duration::parse("5 weeks")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse("[policy]\nreorder_windw = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reorder_windw"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_key_path() {
+        let err = parse("[[policy.rules]]\nname = \"a\"\nlimit = 1\nwindow = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("policy.rules[0].window"), "{err}");
+        let err = parse("[reassembly]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reassembly.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn rules_can_be_replaced() {
+        let config = parse(
+            "[[policy.rules]]\nname = \"bulk\"\nlimit = 30\nwindow = \"1m\"\n\
+             [[policy.rules]]\nname = \"heavy\"\ncalls = \"heavy\"\nlimit = 2\nwindow = \"10m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.policy.rules.len(), 2);
+        assert_eq!(config.policy.rules[1].calls, CallClass::Heavy);
+    }
+}

@@ -1,0 +1,259 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::config::PolicyConfig;
+use crate::model::Endpoint;
+use crate::redcap::TokenIdentity;
+use crate::token::{MaskedToken, TokenProblem};
+
+fn at(secs: u64) -> Timestamp {
+    Timestamp::from_nanos(secs * 1_000_000_000)
+}
+
+fn endpoint(port: u16) -> Endpoint {
+    Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+    }
+}
+
+fn token(n: u8) -> Result<TokenIdentity, TokenProblem> {
+    Ok(TokenIdentity {
+        fingerprint: TokenFingerprint([n; 8]),
+        masked: MaskedToken(format!("T{n}…")),
+    })
+}
+
+/// A small metadata export by token `n` starting at `secs`.
+fn call(n: u8, secs: u64) -> ApiCall {
+    ApiCall {
+        ts_start: at(secs),
+        ts_end: at(secs),
+        ttfb: Some(Span::from_millis(20)),
+        client: endpoint(40000),
+        server: endpoint(80),
+        method: "POST".into(),
+        path: "/api/".into(),
+        token: token(n),
+        content: Some("metadata".into()),
+        action: None,
+        format: Some("json".into()),
+        type_: None,
+        return_format: None,
+        data_bytes: None,
+        records: 0,
+        fields: 0,
+        report_id: None,
+        filter_logic: false,
+        date_range_begin: None,
+        date_range_end: None,
+        return_metadata_only: None,
+        export_files: None,
+        all_records: None,
+        status: Some(200),
+        request_bytes: 60,
+        response_bytes: Some(1000),
+        response_wire_bytes: Some(300),
+        complete: true,
+    }
+}
+
+fn run(policy: &mut Policy, calls: Vec<ApiCall>) -> Vec<Verdict> {
+    for c in calls {
+        policy.push(c);
+    }
+    std::iter::from_fn(|| policy.drain()).collect()
+}
+
+fn rules_broken(verdicts: &[Verdict]) -> Vec<(u64, &str, u32)> {
+    verdicts
+        .iter()
+        .flat_map(|v| &v.violations)
+        .map(|v| (v.ts.as_nanos() / 1_000_000_000, v.rule.as_str(), v.count))
+        .collect()
+}
+
+#[test]
+fn three_calls_a_minute_is_compliant() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let calls = (0..10).map(|i| call(1, 1000 + i * 20)).collect();
+    let verdicts = run(&mut policy, calls);
+    assert_eq!(verdicts.len(), 10);
+    assert!(rules_broken(&verdicts).is_empty());
+}
+
+#[test]
+fn every_call_over_the_limit_is_one_violation() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let calls = (0..5).map(|i| call(1, 1000 + i)).collect();
+    let verdicts = run(&mut policy, calls);
+    assert_eq!(
+        rules_broken(&verdicts),
+        [(1003, "api_calls", 4), (1004, "api_calls", 5)]
+    );
+    assert_eq!(policy.stats().violations, 2);
+}
+
+#[test]
+fn tokens_are_counted_apart() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let calls = (0..6).map(|i| call(1 + (i % 2) as u8, 1000 + i)).collect();
+    assert!(rules_broken(&run(&mut policy, calls)).is_empty());
+    assert_eq!(policy.tracked_tokens(), 2);
+}
+
+#[test]
+fn calls_are_evaluated_in_request_order_not_finish_order() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    // Four calls in one minute, but the first to start is the last to finish.
+    let calls = vec![call(1, 1010), call(1, 1020), call(1, 1030), call(1, 1000)];
+    let verdicts = run(&mut policy, calls);
+    assert_eq!(rules_broken(&verdicts), [(1030, "api_calls", 4)]);
+}
+
+#[test]
+fn poll_waits_for_the_reorder_window() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    policy.push(call(1, 1000));
+    assert!(policy.poll(at(1100)).is_none());
+    assert!(policy.poll(at(1120)).is_some());
+}
+
+#[test]
+fn heavy_calls_are_limited_to_one_per_five_minutes() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let mut export = |secs| {
+        let mut c = call(1, secs);
+        c.content = Some("record".into());
+        c
+    };
+    let calls = vec![export(1000), export(1200), export(1301)];
+    let verdicts = run(&mut policy, calls);
+    assert_eq!(
+        verdicts.iter().map(|v| v.heavy).collect::<Vec<_>>(),
+        [Some(HeavyReason::Kind(HeavyKind::UnfilteredRecordExport)); 3]
+    );
+    // 1200 is within 300 s of 1000; 1301 is not within 300 s of 1000 but is of 1200.
+    assert_eq!(
+        rules_broken(&verdicts),
+        [(1200, "heavy_calls", 2), (1301, "heavy_calls", 2)]
+    );
+}
+
+#[test]
+fn heavy_kinds_follow_the_request() {
+    let policy = Policy::new(&PolicyConfig::default());
+    let kind = |f: &dyn Fn(&mut ApiCall)| {
+        let mut c = call(1, 0);
+        f(&mut c);
+        policy.classify(&c)
+    };
+    let set = |content: &str| Some(content.to_string());
+    let heavy = |k| Some(HeavyReason::Kind(k));
+    assert_eq!(
+        kind(&|c| c.content = set("record")),
+        heavy(HeavyKind::UnfilteredRecordExport)
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("record");
+            c.records = 2;
+        }),
+        None
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("record");
+            c.filter_logic = true;
+        }),
+        None
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("record");
+            c.data_bytes = Some(10);
+        }),
+        None,
+        "an import is not an export, whatever action says"
+    );
+    assert_eq!(
+        kind(&|c| c.content = set("report")),
+        heavy(HeavyKind::Report)
+    );
+    assert_eq!(kind(&|c| c.content = set("log")), heavy(HeavyKind::Log));
+    assert_eq!(
+        kind(&|c| c.content = set("project_xml")),
+        heavy(HeavyKind::ProjectXml)
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("project_xml");
+            c.return_metadata_only = Some(true);
+        }),
+        None
+    );
+    assert_eq!(kind(&|c| c.content = set("pdf")), None);
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("pdf");
+            c.all_records = Some(true);
+        }),
+        heavy(HeavyKind::PdfAllRecords)
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("file");
+            c.action = set("export");
+        }),
+        heavy(HeavyKind::FileExport)
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.content = set("file");
+            c.action = set("import");
+            c.data_bytes = Some(5000);
+        }),
+        None
+    );
+    assert_eq!(
+        kind(&|c| c.response_bytes = Some(500_001)),
+        Some(HeavyReason::ResponseSize)
+    );
+    assert_eq!(kind(&|c| c.response_bytes = Some(500_000)), None);
+}
+
+#[test]
+fn calls_without_a_token_break_no_rule() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let calls = (0..5)
+        .map(|i| {
+            let mut c = call(1, 1000 + i);
+            c.token = Err(TokenProblem::Missing);
+            c
+        })
+        .collect();
+    let verdicts = run(&mut policy, calls);
+    assert!(rules_broken(&verdicts).is_empty());
+    assert_eq!(policy.stats().calls_without_token, 5);
+    assert_eq!(policy.tracked_tokens(), 0);
+}
+
+#[test]
+fn heavy_reason_serialises_as_its_snake_case_name() {
+    let names: Vec<String> = [
+        HeavyReason::ResponseSize,
+        HeavyReason::Kind(HeavyKind::UnfilteredRecordExport),
+        HeavyReason::Kind(HeavyKind::PdfAllRecords),
+    ]
+    .iter()
+    .map(|r| serde_json::to_string(r).unwrap())
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "\"response_size\"",
+            "\"unfiltered_record_export\"",
+            "\"pdf_all_records\""
+        ]
+    );
+}

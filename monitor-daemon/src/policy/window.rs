@@ -1,0 +1,98 @@
+//! An exact sliding-window count of events per key (a token, for a rule).
+//!
+//! Keeps the timestamps inside the window, sorted, so that a count is exact rather than a bucket
+//! approximation; late arrivals are inserted in order. Memory is proportional to the events inside
+//! one window.
+
+use std::collections::VecDeque;
+
+use crate::model::{Span, Timestamp};
+
+#[derive(Clone, Debug, Default)]
+pub struct SlidingCount {
+    times: VecDeque<Timestamp>,
+    /// Latest timestamp recorded: entries at or before `latest - window` can never count again.
+    latest: Timestamp,
+}
+
+impl SlidingCount {
+    /// Records an event at `ts` and returns how many recorded events fall in `(ts - window, ts]`.
+    pub fn record(&mut self, ts: Timestamp, window: Span) -> u32 {
+        if ts > self.latest {
+            self.latest = ts;
+        }
+        if let Some(horizon) = self.latest.0.checked_sub(window.0) {
+            while self.times.front().is_some_and(|t| t.0 <= horizon) {
+                self.times.pop_front();
+            }
+        }
+        // Usually `ts` is the newest and this is a push to the back.
+        let at = self.times.partition_point(|&t| t <= ts);
+        self.times.insert(at, ts);
+        let from = match ts.0.checked_sub(window.0) {
+            Some(start) => self.times.partition_point(|t| t.0 <= start),
+            None => 0,
+        };
+        (at + 1 - from) as u32
+    }
+
+    /// Events currently held (for memory accounting).
+    pub fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.times.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_nanos(secs * 1_000_000_000)
+    }
+
+    #[test]
+    fn counts_events_in_half_open_window() {
+        let mut w = SlidingCount::default();
+        let minute = Span::from_secs(60);
+        assert_eq!(w.record(at(100), minute), 1);
+        assert_eq!(w.record(at(120), minute), 2);
+        assert_eq!(w.record(at(140), minute), 3);
+        // 160 - 60 = 100: the event at exactly 100 is outside (100, 160].
+        assert_eq!(w.record(at(160), minute), 3);
+        assert_eq!(w.record(at(161), minute), 4);
+    }
+
+    #[test]
+    fn late_event_is_counted_where_it_belongs() {
+        let mut w = SlidingCount::default();
+        let minute = Span::from_secs(60);
+        w.record(at(100), minute);
+        w.record(at(150), minute);
+        // Arrives late but happened at 130: (70, 130] holds 100 and 130.
+        assert_eq!(w.record(at(130), minute), 2);
+        assert_eq!(w.record(at(155), minute), 4);
+    }
+
+    #[test]
+    fn old_events_are_forgotten() {
+        let mut w = SlidingCount::default();
+        let minute = Span::from_secs(60);
+        for s in 0..10 {
+            w.record(at(1000 + s), minute);
+        }
+        w.record(at(2000), minute);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn events_near_time_zero_do_not_underflow() {
+        let mut w = SlidingCount::default();
+        let minute = Span::from_secs(60);
+        assert_eq!(w.record(at(0), minute), 1);
+        assert_eq!(w.record(at(1), minute), 2);
+    }
+}
