@@ -122,7 +122,11 @@ class Project:
         names = self.field_names
         if wanted_fields:
             names = [n for n in names if n in set(wanted_fields)]
-        return names, [{k: self.record(int(i))[k] for k in names} for i in ids]
+        rows = []
+        for i in ids:
+            full = self.record(int(i))
+            rows.append({k: full[k] for k in names})
+        return names, rows
 
 
 def render_rows(names, rows, fmt, root="records", item="item"):
@@ -405,6 +409,8 @@ class Handler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "client_port": self.client_address[1],
+            "user_agent": self.headers.get("User-Agent"),
+            "expect_continue": self.headers.get("Expect", "").lower() == "100-continue",
             "request_body_bytes": len(body),
             "api": False,
             "token": None,

@@ -89,3 +89,38 @@ impl Drop for Tcpdump {
         let _ = self.stop();
     }
 }
+
+/// Runs `tshark -r PCAP -Y FILTER -T fields -e FIELD...` (decoding `http_port` as HTTP when
+/// given) and returns one line per matching packet. A cross-check independent of the daemon.
+pub fn tshark_fields(
+    pcap: &Path,
+    http_port: Option<u16>,
+    filter: &str,
+    fields: &[&str],
+) -> Result<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r")
+        .arg(pcap)
+        .args(["-o", "tcp.desegment_tcp_streams:TRUE"]);
+    if let Some(port) = http_port {
+        cmd.args(["-d", &format!("tcp.port=={port},http")]);
+    }
+    cmd.args(["-Y", filter, "-T", "fields"]);
+    for field in fields {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd
+        .output()
+        .context("running tshark (is it installed? `cargo xtask setup`)")?;
+    if !out.status.success() {
+        bail!(
+            "tshark failed on {}: {}",
+            pcap.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}

@@ -28,6 +28,9 @@ pub struct SimRecord {
     pub method: String,
     pub path: String,
     pub client_port: u16,
+    pub user_agent: Option<String>,
+    /// The request asked `Expect: 100-continue` (the simulator answered 100 first).
+    pub expect_continue: bool,
     /// True for a POST to an API path: the requests the monitor must report.
     pub api: bool,
     /// The raw token as received (a test secret, never a real one).
