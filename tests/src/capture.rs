@@ -101,7 +101,7 @@ pub fn tshark_fields(
     let mut cmd = Command::new("tshark");
     cmd.arg("-r")
         .arg(pcap)
-        .args(["-o", "tcp.desegment_tcp_streams:TRUE"]);
+        .args(["-o", "tcp.reassemble_out_of_order:TRUE"]);
     if let Some(port) = http_port {
         cmd.args(["-d", &format!("tcp.port=={port},http")]);
     }

@@ -132,8 +132,13 @@ pub fn analyze_full(capture: &Path, key: &Path, config: Option<&Path>) -> Result
             out.status
         );
     }
-    let calls_text = std::fs::read_to_string(&calls_path).unwrap_or_default();
-    let violations_text = std::fs::read_to_string(&violations_path).unwrap_or_default();
+    let read = |path: &Path, flag: &str| {
+        std::fs::read_to_string(path).with_context(|| {
+            format!("redcap-monitor analyze exited 0 but wrote no {flag} file (is `analyze` implemented?)")
+        })
+    };
+    let calls_text = read(&calls_path, "--calls")?;
+    let violations_text = read(&violations_path, "--violations")?;
     Ok(Analysis {
         calls: parse_jsonl(&calls_text).context("calls output")?,
         violations: parse_jsonl(&violations_text).context("violations output")?,

@@ -262,6 +262,40 @@ impl Conversation {
     }
 }
 
+/// The same bytes, delivered badly: some neighbouring data segments swapped and the first one
+/// retransmitted, some followed by an overlapping retransmission (tail of one segment + head
+/// of the next). A correct reassembler yields exactly the stream of `segs`.
+pub fn mangle(conv: &Conversation, segs: &[Segment]) -> Vec<Segment> {
+    let mut out = Vec::with_capacity(segs.len() * 2);
+    let mut i = 0;
+    while i < segs.len() {
+        let seg = &segs[i];
+        let next = segs
+            .get(i + 1)
+            .filter(|n| !seg.payload.is_empty() && !n.payload.is_empty() && n.side == seg.side);
+        match next {
+            Some(next) if i % 3 == 0 => {
+                out.extend([next.clone(), seg.clone(), seg.clone()]);
+                i += 2;
+            }
+            Some(next) if i % 5 == 1 => {
+                let half = seg.payload.len() / 2;
+                let mut overlap = seg.payload[half..].to_vec();
+                overlap.extend_from_slice(&next.payload[..next.payload.len() / 2]);
+                let retransmit =
+                    conv.segment(seg.side, seg.seq.wrapping_add(half as u32), &overlap);
+                out.extend([seg.clone(), retransmit, next.clone()]);
+                i += 2;
+            }
+            _ => {
+                out.push(seg.clone());
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// A pcap file being written (Ethernet link type, microsecond timestamps).
 pub struct PcapOut {
     writer: PcapWriter<BufWriter<File>>,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use monitor_tests::daemon::{CallRecord, ViolationRecord, analyze, fingerprint};
 use monitor_tests::synth::http::{self, BodyEncoding, CONTINUE_100, FORBIDDEN_JSON};
-use monitor_tests::synth::{Conversation, PcapOut, Segment, Side};
+use monitor_tests::synth::{Conversation, PcapOut, Segment, Side, mangle};
 
 const T0: f64 = 1_767_600_000.0;
 const TOKEN_A: &str = "0123456789ABCDEF0123456789ABCDEF";
@@ -17,6 +17,7 @@ const SERVER: &str = "10.0.0.10:80";
 
 /// A capture being built in its own temporary directory, with its own site key.
 struct Case {
+    name: &'static str,
     dir: tempfile::TempDir,
     pcap: PathBuf,
     out: PcapOut,
@@ -24,11 +25,12 @@ struct Case {
 }
 
 impl Case {
-    fn new() -> Case {
+    fn new(name: &'static str) -> Case {
         let dir = tempfile::tempdir().unwrap();
         let pcap = dir.path().join("case.pcap");
         let out = PcapOut::create(&pcap).unwrap();
         Case {
+            name,
             dir,
             pcap,
             out,
@@ -58,6 +60,12 @@ impl Case {
     fn analyze(self) -> Outcome {
         let key = self.dir.path().join("site.key");
         self.out.finish().unwrap();
+        // For debugging a failure with tshark/wireshark.
+        if let Some(keep) = std::env::var_os("MONITOR_TESTS_KEEP_PCAPS") {
+            let keep = PathBuf::from(keep);
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&self.pcap, keep.join(format!("{}.pcap", self.name))).unwrap();
+        }
         let (calls, violations) = analyze(&self.pcap, &key).unwrap();
         Outcome {
             calls,
@@ -121,7 +129,7 @@ fn unfiltered_export(token: &str) -> Vec<u8> {
 
 #[test]
 fn pipelined_requests_are_reported_as_two_calls_in_order() {
-    let mut case = Case::new();
+    let mut case = Case::new("pipelined_requests_are_reported_as_two_calls_in_order");
     let mut conv = case.conn();
     let mut segs = conv.handshake();
     let mut both = version_request(TOKEN_A);
@@ -165,7 +173,7 @@ fn pipelined_requests_are_reported_as_two_calls_in_order() {
 
 #[test]
 fn request_body_split_over_many_segments_is_one_call() {
-    let mut case = Case::new();
+    let mut case = Case::new("request_body_split_over_many_segments_is_one_call");
     let names: Vec<String> = (0..3000).map(|i| format!("field_{i}")).collect();
     let keys: Vec<String> = (0..names.len()).map(|i| format!("fields[{i}]")).collect();
     let mut pairs = vec![
@@ -252,46 +260,22 @@ fn essence(c: &CallRecord) -> String {
 
 #[test]
 fn out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result() {
-    let mut in_order = Case::new();
+    let mut in_order = Case::new(
+        "out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result-in-order",
+    );
     let mut conv = in_order.conn().with_mss(700);
     let segs = three_calls(&mut conv);
     in_order.write(&conv, &segs, T0);
-    let expected = in_order.analyze();
-    assert_eq!(expected.calls.len(), 3);
 
-    let mut messy = Case::new();
-    let mut mangled: Vec<Segment> = Vec::new();
-    let mut i = 0;
-    while i < segs.len() {
-        let seg = &segs[i];
-        let next = segs.get(i + 1);
-        let both_data = !seg.payload.is_empty()
-            && next.is_some_and(|n| !n.payload.is_empty() && n.side == seg.side);
-        if both_data && i % 3 == 0 {
-            // Swap two neighbours, then retransmit the first one.
-            let next = next.unwrap();
-            mangled.push(next.clone());
-            mangled.push(seg.clone());
-            mangled.push(seg.clone());
-            i += 2;
-        } else if both_data && i % 5 == 1 {
-            // An overlapping retransmission: the tail of this segment plus the head of the next.
-            mangled.push(seg.clone());
-            let next = next.unwrap();
-            let half = seg.payload.len() / 2;
-            let mut overlap = seg.payload[half..].to_vec();
-            overlap.extend_from_slice(&next.payload[..next.payload.len() / 2]);
-            mangled.push(conv.segment(seg.side, seg.seq.wrapping_add(half as u32), &overlap));
-            mangled.push(next.clone());
-            i += 2;
-        } else {
-            mangled.push(seg.clone());
-            i += 1;
-        }
-    }
+    let mut messy = Case::new(
+        "out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result-messy",
+    );
+    let mangled = mangle(&conv, &segs);
     assert!(mangled.len() > segs.len());
     messy.write(&conv, &mangled, T0);
     let got = messy.analyze();
+    let expected = in_order.analyze();
+    assert_eq!(expected.calls.len(), 3);
     let want: Vec<String> = expected.calls.iter().map(essence).collect();
     let have: Vec<String> = got.calls.iter().map(essence).collect();
     assert_eq!(have, want);
@@ -299,7 +283,7 @@ fn out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result(
 
 #[test]
 fn gap_in_response_body_reports_the_call_as_incomplete() {
-    let mut case = Case::new();
+    let mut case = Case::new("gap_in_response_body_reports_the_call_as_incomplete");
     let mut conv = case.conn().with_mss(1000);
     let mut segs = conv.handshake();
     segs.extend(conv.data(
@@ -329,7 +313,7 @@ fn gap_in_response_body_reports_the_call_as_incomplete() {
 
 #[test]
 fn multipart_request_with_the_token_last_is_attributed_to_the_token() {
-    let mut case = Case::new();
+    let mut case = Case::new("multipart_request_with_the_token_last_is_attributed_to_the_token");
     let (ctype, body) = http::multipart(
         "------------------------4ebf00fbcf09",
         &[
@@ -362,7 +346,7 @@ fn multipart_request_with_the_token_last_is_attributed_to_the_token() {
 
 #[test]
 fn chunked_gzip_response_reports_decoded_and_wire_sizes() {
-    let mut case = Case::new();
+    let mut case = Case::new("chunked_gzip_response_reports_decoded_and_wire_sizes");
     let body = json_records(3000);
     let resp = http::response(
         200,
@@ -400,7 +384,7 @@ fn chunked_gzip_response_reports_decoded_and_wire_sizes() {
 
 #[test]
 fn expect_100_continue_is_one_call_with_the_final_status() {
-    let mut case = Case::new();
+    let mut case = Case::new("expect_100_continue_is_one_call_with_the_final_status");
     let body = http::urlencode(&[
         ("token", TOKEN_A),
         ("content", "record"),
@@ -434,7 +418,7 @@ fn expect_100_continue_is_one_call_with_the_final_status() {
 
 #[test]
 fn web_pages_and_non_post_requests_are_not_api_calls() {
-    let mut case = Case::new();
+    let mut case = Case::new("web_pages_and_non_post_requests_are_not_api_calls");
     let page = http::response(
         200,
         "text/html",
@@ -473,7 +457,8 @@ fn web_pages_and_non_post_requests_are_not_api_calls() {
 
 #[test]
 fn three_calls_a_minute_is_compliant_and_the_fourth_and_fifth_are_violations() {
-    let mut case = Case::new();
+    let mut case =
+        Case::new("three_calls_a_minute_is_compliant_and_the_fourth_and_fifth_are_violations");
     // Compliant: at most 3 in any 60 s window (0, 20, 40, then 61 when 0 has left the window).
     for t in [0.0, 20.0, 40.0, 61.0] {
         case.call(T0 + t, &version_request(TOKEN_A), &version_response());
@@ -519,7 +504,8 @@ fn three_calls_a_minute_is_compliant_and_the_fourth_and_fifth_are_violations() {
 
 #[test]
 fn two_unfiltered_record_exports_within_five_minutes_are_one_heavy_violation() {
-    let mut case = Case::new();
+    let mut case =
+        Case::new("two_unfiltered_record_exports_within_five_minutes_are_one_heavy_violation");
     let body = json_records(500);
     let resp = http::response(
         200,
@@ -570,7 +556,7 @@ fn two_unfiltered_record_exports_within_five_minutes_are_one_heavy_violation() {
 
 #[test]
 fn ipv6_over_vlan_is_decoded() {
-    let mut case = Case::new();
+    let mut case = Case::new("ipv6_over_vlan_is_decoded");
     let client: SocketAddr = "[fd00:1::5]:51000".parse().unwrap();
     let server: SocketAddr = "[fd00:1::10]:80".parse().unwrap();
     let mut conv = Conversation::new(client, server).with_vlan(120);

@@ -9,7 +9,7 @@ use monitor_tests::clients::{PycapSet, run_curl_set, run_pycap};
 use monitor_tests::session;
 use monitor_tests::sim::SimOptions;
 use monitor_tests::synth::http::{self, BodyEncoding, FORBIDDEN_JSON};
-use monitor_tests::synth::{Conversation, PcapOut, Side};
+use monitor_tests::synth::{Conversation, PcapOut, Side, mangle};
 
 const TOKEN: &str = "A1B2C3D4E5F60718293A4B5C6D7E8F90";
 
@@ -222,4 +222,77 @@ fn synthesised_pcaps_open_in_tshark_with_every_request() {
         bad_checksums.is_empty(),
         "tshark warnings in frames {bad_checksums:?}"
     );
+}
+
+#[test]
+fn mangled_segments_reassemble_in_tshark_to_the_original_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server: SocketAddr = "10.0.0.10:80".parse().unwrap();
+    let mut conv = Conversation::new("10.0.0.1:40001".parse().unwrap(), server).with_mss(700);
+    let mut segs = conv.handshake();
+    for n in [5_000, 40_000, 300] {
+        segs.extend(conv.data(
+            Side::Client,
+            &http::post_form("/redcap/api/", &[("token", TOKEN), ("content", "record")]),
+        ));
+        // Incompressible enough that the gzip body still spans many segments.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let body: Vec<u8> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b'a' + (x % 26) as u8
+            })
+            .collect();
+        let resp = http::response(
+            200,
+            "application/json",
+            &body,
+            BodyEncoding::GzipChunked {
+                level: 1,
+                chunk: 997,
+            },
+        );
+        segs.extend(conv.data(Side::Server, &resp.bytes));
+    }
+    segs.extend(conv.close());
+    let mangled = mangle(&conv, &segs);
+    assert!(
+        mangled.len() > segs.len() + 5,
+        "{} -> {}",
+        segs.len(),
+        mangled.len()
+    );
+
+    let stream = |name: &str, segs: &[monitor_tests::synth::Segment]| {
+        let pcap = dir.path().join(name);
+        let mut out = PcapOut::create(&pcap).unwrap();
+        out.write_all(&conv, segs, 1_767_600_000.0, 0.001).unwrap();
+        out.finish().unwrap();
+        let mut cmd = std::process::Command::new("tshark");
+        cmd.args(["-o", "tcp.reassemble_out_of_order:TRUE", "-r"])
+            .arg(&pcap);
+        let follow = cmd.args(["-q", "-z", "follow,tcp,raw,0"]).output().unwrap();
+        let text = String::from_utf8_lossy(&follow.stdout).into_owned();
+        let hex: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Node 1"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("===="))
+            .flat_map(|l| l.trim().chars())
+            .collect();
+        let codes = tshark_fields(&pcap, None, "http.response", &["http.response.code"]).unwrap();
+        (hex, codes)
+    };
+    let (clean, clean_codes) = stream("clean.pcap", &segs);
+    let (messy, messy_codes) = stream("messy.pcap", &mangled);
+    assert!(
+        clean.len() > 50_000,
+        "tshark follow gave {} hex chars",
+        clean.len()
+    );
+    assert_eq!(messy, clean);
+    assert_eq!(clean_codes, vec!["200", "200", "200"]);
+    assert_eq!(messy_codes, clean_codes);
 }
