@@ -21,7 +21,20 @@ impl Tcpdump {
     /// Starts `tcpdump -i IFACE -w OUT FILTER` and returns once it is capturing.
     pub fn start(iface: &str, bpf_filter: &str, out: &Path) -> Result<Tcpdump> {
         let mut child = Command::new("tcpdump")
-            .args(["-i", iface, "-s", "0", "-U", "--immediate-mode", "-n", "-w"])
+            // -Z root: distributions that drop to a `tcpdump` user could not write into the
+            // test's private tempdir.
+            .args([
+                "-Z",
+                "root",
+                "-i",
+                iface,
+                "-s",
+                "0",
+                "-U",
+                "--immediate-mode",
+                "-n",
+                "-w",
+            ])
             .arg(out)
             .arg(bpf_filter)
             .stdout(Stdio::null())
