@@ -1,1 +1,50 @@
+//! End-to-end harness for redcap-monitor: a REDCap simulator, real clients (PyCap, curl), a
+//! tcpdump capture, the daemon's `analyze`/`fingerprint` commands, and a pcap synthesiser.
+//! Each piece is a small handle that cleans up on drop; tests combine them in a few lines.
+//! This crate never looks inside the daemon: it speaks only the CLI and JSONL contract.
 
+pub mod capture;
+pub mod clients;
+pub mod daemon;
+pub mod session;
+pub mod sim;
+pub mod synth;
+
+use std::path::PathBuf;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The Python helpers (`redcap_sim.py`, `pycap_client.py`).
+pub fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// Tests that capture on `lo` need root. Returns false (skip) only when the operator said so
+/// with `REDCAP_MONITOR_SKIP_ROOT_TESTS=1`; otherwise a non-root run fails loudly.
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("REDCAP_MONITOR_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("{test}: skipped (not root and REDCAP_MONITOR_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "{test} captures on the loopback interface with tcpdump and needs root; \
+         run as root (sudo -E cargo test ...) or set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip"
+    );
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,203 @@
+//! The daemon as a black box: find the `redcap-monitor` binary, run `analyze` and
+//! `fingerprint`, and parse the calls/violations JSONL into structs that mirror the contract
+//! (unknown fields are accepted: the daemon may add some).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// One line of `analyze --calls` (contracts.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct CallRecord {
+    pub ts_start: f64,
+    pub ts_end: f64,
+    pub ttfb_s: Option<f64>,
+    pub client: String,
+    pub server: String,
+    pub method: String,
+    pub path: String,
+    pub token_fp: Option<String>,
+    pub token_masked: Option<String>,
+    pub token_problem: Option<String>,
+    pub content: Option<String>,
+    pub action: Option<String>,
+    pub format: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub return_format: Option<String>,
+    pub data_bytes: Option<u64>,
+    pub records: u64,
+    pub fields: u64,
+    pub report_id: Option<String>,
+    pub filter_logic: bool,
+    pub date_range_begin: Option<String>,
+    pub date_range_end: Option<String>,
+    pub return_metadata_only: Option<bool>,
+    pub export_files: Option<bool>,
+    pub all_records: Option<bool>,
+    pub status: Option<u16>,
+    pub request_bytes: u64,
+    pub response_bytes: Option<u64>,
+    pub response_wire_bytes: Option<u64>,
+    pub heavy: Option<String>,
+    pub complete: bool,
+    pub transport: String,
+}
+
+impl CallRecord {
+    /// The client's TCP port (from `client`, "ip:port" or "[v6]:port").
+    pub fn client_port(&self) -> Option<u16> {
+        self.client.rsplit(':').next()?.parse().ok()
+    }
+}
+
+/// One line of `analyze --violations` (contracts.md).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ViolationRecord {
+    pub ts: f64,
+    pub token_fp: String,
+    pub rule: String,
+    pub limit: u64,
+    pub window_s: u64,
+    pub count: u64,
+}
+
+/// Everything one `analyze` run produced, for tests that also inspect the raw text.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub calls: Vec<CallRecord>,
+    pub violations: Vec<ViolationRecord>,
+    pub stdout: String,
+    pub stderr: String,
+    pub calls_text: String,
+    pub violations_text: String,
+}
+
+/// `$REDCAP_MONITOR_BIN`, else `<workspace>/target/debug/redcap-monitor`.
+pub fn monitor_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("REDCAP_MONITOR_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("REDCAP_MONITOR_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let bin = target.join("debug").join("redcap-monitor");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build -p monitor-daemon` (or `cargo xtask test`), \
+             or point REDCAP_MONITOR_BIN at a redcap-monitor binary",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `redcap-monitor analyze CAPTURE --key KEY --calls .. --violations ..` with the default policy.
+pub fn analyze(capture: &Path, key: &Path) -> Result<(Vec<CallRecord>, Vec<ViolationRecord>)> {
+    let a = analyze_full(capture, key, None)?;
+    Ok((a.calls, a.violations))
+}
+
+/// `analyze` with an optional `--config`, keeping stdout/stderr and the output files' text.
+pub fn analyze_full(capture: &Path, key: &Path, config: Option<&Path>) -> Result<Analysis> {
+    let dir = tempfile::tempdir()?;
+    let calls_path = dir.path().join("calls.jsonl");
+    let violations_path = dir.path().join("violations.jsonl");
+    let mut cmd = Command::new(monitor_bin()?);
+    cmd.arg("analyze")
+        .arg(capture)
+        .arg("--key")
+        .arg(key)
+        .arg("--calls")
+        .arg(&calls_path)
+        .arg("--violations")
+        .arg(&violations_path);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let out = cmd.output().context("running redcap-monitor analyze")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        bail!(
+            "redcap-monitor analyze {} exited with {}: {stderr}",
+            capture.display(),
+            out.status
+        );
+    }
+    let read = |path: &Path, flag: &str| {
+        std::fs::read_to_string(path).with_context(|| {
+            format!("redcap-monitor analyze exited 0 but wrote no {flag} file (is `analyze` implemented?)")
+        })
+    };
+    let calls_text = read(&calls_path, "--calls")?;
+    let violations_text = read(&violations_path, "--violations")?;
+    Ok(Analysis {
+        calls: parse_jsonl(&calls_text).context("calls output")?,
+        violations: parse_jsonl(&violations_text).context("violations output")?,
+        stdout,
+        stderr,
+        calls_text,
+        violations_text,
+    })
+}
+
+fn parse_jsonl<T: for<'de> Deserialize<'de>>(text: &str) -> Result<Vec<T>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad JSONL line: {l}")))
+        .collect()
+}
+
+/// The fingerprint `analyze` reports for `token` under `key`.
+pub fn fingerprint(key: &Path, token: &str) -> Result<String> {
+    let mut fps = fingerprints(key, &[token])?;
+    fps.pop().context("fingerprint printed nothing")
+}
+
+/// Fingerprints of several tokens in one run, in order.
+pub fn fingerprints(key: &Path, tokens: &[&str]) -> Result<Vec<String>> {
+    let mut child = Command::new(monitor_bin()?)
+        .arg("fingerprint")
+        .arg("--key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running redcap-monitor fingerprint")?;
+    {
+        let mut stdin = child.stdin.take().context("fingerprint stdin")?;
+        for token in tokens {
+            writeln!(stdin, "{token}")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "redcap-monitor fingerprint exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let fps: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if fps.len() != tokens.len() {
+        bail!(
+            "fingerprint printed {} lines for {} tokens",
+            fps.len(),
+            tokens.len()
+        );
+    }
+    Ok(fps)
+}

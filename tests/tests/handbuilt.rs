@@ -1,0 +1,593 @@
+//! Hand-built captures, one per hard case of the offline pipeline: each test writes a small
+//! pcap with exactly the segments it needs and checks `redcap-monitor analyze`'s calls and
+//! violations against what it put on the wire.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use monitor_tests::daemon::{CallRecord, ViolationRecord, analyze, fingerprint};
+use monitor_tests::synth::http::{self, BodyEncoding, CONTINUE_100, FORBIDDEN_JSON};
+use monitor_tests::synth::{Conversation, PcapOut, Segment, Side, mangle};
+
+const T0: f64 = 1_767_600_000.0;
+const TOKEN_A: &str = "0123456789ABCDEF0123456789ABCDEF";
+const TOKEN_B: &str = "FEDCBA9876543210FEDCBA9876543210";
+const API: &str = "/redcap/api/";
+const SERVER: &str = "10.0.0.10:80";
+
+/// A capture being built in its own temporary directory, with its own site key.
+struct Case {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    pcap: PathBuf,
+    out: PcapOut,
+    next_port: u16,
+}
+
+impl Case {
+    fn new(name: &'static str) -> Case {
+        let dir = tempfile::tempdir().unwrap();
+        let pcap = dir.path().join("case.pcap");
+        let out = PcapOut::create(&pcap).unwrap();
+        Case {
+            name,
+            dir,
+            pcap,
+            out,
+            next_port: 40_000,
+        }
+    }
+
+    /// A fresh IPv4 connection from a new client port to the server.
+    fn conn(&mut self) -> Conversation {
+        self.next_port += 1;
+        let client: SocketAddr = format!("10.0.0.1:{}", self.next_port).parse().unwrap();
+        Conversation::new(client, SERVER.parse().unwrap())
+    }
+
+    /// One call on its own connection at `t`.
+    fn call(&mut self, t: f64, request: &[u8], response: &[u8]) {
+        let mut conv = self.conn();
+        self.out
+            .write_exchange(&mut conv, t, request, response)
+            .unwrap();
+    }
+
+    fn write(&mut self, conv: &Conversation, segs: &[Segment], t: f64) -> f64 {
+        self.out.write_all(conv, segs, t, 0.0001).unwrap()
+    }
+
+    fn analyze(self) -> Outcome {
+        let key = self.dir.path().join("site.key");
+        self.out.finish().unwrap();
+        // For debugging a failure with tshark/wireshark.
+        if let Some(keep) = std::env::var_os("MONITOR_TESTS_KEEP_PCAPS") {
+            let keep = PathBuf::from(keep);
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(&self.pcap, keep.join(format!("{}.pcap", self.name))).unwrap();
+        }
+        let (calls, violations) = analyze(&self.pcap, &key).unwrap();
+        Outcome {
+            calls,
+            violations,
+            key,
+            _dir: self.dir,
+        }
+    }
+}
+
+struct Outcome {
+    calls: Vec<CallRecord>,
+    violations: Vec<ViolationRecord>,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Outcome {
+    fn fp(&self, token: &str) -> String {
+        fingerprint(&self.key, token).unwrap()
+    }
+}
+
+fn version_request(token: &str) -> Vec<u8> {
+    http::post_form(API, &[("token", token), ("content", "version")])
+}
+
+fn version_response() -> Vec<u8> {
+    http::response(
+        200,
+        "text/html; charset=UTF-8",
+        b"15.7.6",
+        BodyEncoding::Plain,
+    )
+    .bytes
+}
+
+fn json_records(n: usize) -> Vec<u8> {
+    let rows: Vec<String> = (1..=n)
+        .map(|i| {
+            format!(
+                r#"{{"record_id":"{i}","age":"{}","notes":"visit {i} went fine"}}"#,
+                20 + i % 50
+            )
+        })
+        .collect();
+    format!("[{}]", rows.join(",")).into_bytes()
+}
+
+fn unfiltered_export(token: &str) -> Vec<u8> {
+    http::post_form(
+        API,
+        &[
+            ("token", token),
+            ("content", "record"),
+            ("format", "json"),
+            ("type", "flat"),
+        ],
+    )
+}
+
+#[test]
+fn pipelined_requests_are_reported_as_two_calls_in_order() {
+    let mut case = Case::new("pipelined_requests_are_reported_as_two_calls_in_order");
+    let mut conv = case.conn();
+    let mut segs = conv.handshake();
+    let mut both = version_request(TOKEN_A);
+    both.extend(http::post_form(
+        API,
+        &[
+            ("token", TOKEN_A),
+            ("content", "metadata"),
+            ("format", "json"),
+        ],
+    ));
+    segs.extend(conv.data(Side::Client, &both));
+    let first = http::response(200, "text/html", b"15.7.6", BodyEncoding::Plain);
+    let metadata = br#"[{"field_name":"record_id","form_name":"f","field_type":"text"}]"#;
+    let second = http::response(200, "application/json", metadata, BodyEncoding::Plain);
+    let mut answers = first.bytes.clone();
+    answers.extend(&second.bytes);
+    segs.extend(conv.data(Side::Server, &answers));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+
+    let out = case.analyze();
+    let got: Vec<_> = out
+        .calls
+        .iter()
+        .map(|c| (c.content.as_deref(), c.response_bytes))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("version"), Some(6)),
+            (Some("metadata"), Some(metadata.len() as u64))
+        ]
+    );
+    assert!(
+        out.calls
+            .iter()
+            .all(|c| c.complete && c.status == Some(200))
+    );
+}
+
+#[test]
+fn request_body_split_over_many_segments_is_one_call() {
+    let mut case = Case::new("request_body_split_over_many_segments_is_one_call");
+    let names: Vec<String> = (0..3000).map(|i| format!("field_{i}")).collect();
+    let keys: Vec<String> = (0..names.len()).map(|i| format!("fields[{i}]")).collect();
+    let mut pairs = vec![
+        ("token", TOKEN_A),
+        ("content", "record"),
+        ("format", "json"),
+    ];
+    pairs.extend(
+        keys.iter()
+            .map(String::as_str)
+            .zip(names.iter().map(String::as_str)),
+    );
+    pairs.push(("records[0]", "1"));
+    let body_len = http::urlencode(&pairs).len() as u64;
+    let request = http::post_form(API, &pairs);
+    let mut conv = case.conn().with_mss(536);
+    let mut segs = conv.handshake();
+    segs.extend(conv.data(Side::Client, &request));
+    assert!(segs.len() > 100, "the body should span many segments");
+    let body = json_records(1);
+    segs.extend(conv.data(
+        Side::Server,
+        &http::response(200, "application/json", &body, BodyEncoding::Plain).bytes,
+    ));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert_eq!(call.request_bytes, body_len);
+    assert_eq!(call.fields, 3000);
+    assert_eq!(call.records, 1);
+    assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_A).as_str()));
+    assert!(call.complete);
+}
+
+/// The segments of a keep-alive connection with three calls, small segments both ways.
+fn three_calls(conv: &mut Conversation) -> Vec<Segment> {
+    let mut segs = conv.handshake();
+    for (i, size) in [(0, 5_000), (1, 40_000), (2, 300)] {
+        let records = format!("{}", i + 1);
+        let req = http::post_form(
+            API,
+            &[
+                ("token", TOKEN_A),
+                ("content", "record"),
+                ("format", "json"),
+                ("records[0]", &records),
+            ],
+        );
+        segs.extend(conv.data(Side::Client, &req));
+        let body = json_records(size / 60 + 1);
+        let resp = http::response(
+            200,
+            "application/json",
+            &body,
+            BodyEncoding::GzipChunked {
+                level: 1,
+                chunk: 997,
+            },
+        );
+        segs.extend(conv.data(Side::Server, &resp.bytes));
+    }
+    segs.extend(conv.close());
+    segs
+}
+
+/// What must not depend on segment order: everything but the timestamps.
+fn essence(c: &CallRecord) -> String {
+    format!(
+        "{:?} {:?} {:?} {} {} {:?} {:?} {:?} {}",
+        c.token_fp,
+        c.content,
+        c.format,
+        c.records,
+        c.request_bytes,
+        c.status,
+        c.response_bytes,
+        c.response_wire_bytes,
+        c.complete
+    )
+}
+
+#[test]
+fn out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result() {
+    let mut in_order = Case::new(
+        "out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result-in-order",
+    );
+    let mut conv = in_order.conn().with_mss(700);
+    let segs = three_calls(&mut conv);
+    in_order.write(&conv, &segs, T0);
+
+    let mut messy = Case::new(
+        "out_of_order_retransmitted_and_overlapping_segments_give_the_in_order_result-messy",
+    );
+    let mangled = mangle(&conv, &segs);
+    assert!(mangled.len() > segs.len());
+    messy.write(&conv, &mangled, T0);
+    let got = messy.analyze();
+    let expected = in_order.analyze();
+    assert_eq!(expected.calls.len(), 3);
+    let want: Vec<String> = expected.calls.iter().map(essence).collect();
+    let have: Vec<String> = got.calls.iter().map(essence).collect();
+    assert_eq!(have, want);
+}
+
+#[test]
+fn gap_in_response_body_reports_the_call_as_incomplete() {
+    let mut case = Case::new("gap_in_response_body_reports_the_call_as_incomplete");
+    let mut conv = case.conn().with_mss(1000);
+    let mut segs = conv.handshake();
+    segs.extend(conv.data(
+        Side::Client,
+        &http::post_form(
+            API,
+            &[("token", TOKEN_A), ("content", "log"), ("format", "json")],
+        ),
+    ));
+    let body = json_records(200);
+    let resp = http::response(200, "application/json", &body, BodyEncoding::Plain);
+    let mut answer = conv.data(Side::Server, &resp.bytes);
+    answer.remove(answer.len() / 2);
+    segs.extend(answer);
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert!(!call.complete);
+    assert_eq!(call.content.as_deref(), Some("log"));
+    assert_eq!(call.format.as_deref(), Some("json"));
+    assert_eq!(call.status, Some(200));
+    assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_A).as_str()));
+}
+
+#[test]
+fn multipart_request_with_the_token_last_is_attributed_to_the_token() {
+    let mut case = Case::new("multipart_request_with_the_token_last_is_attributed_to_the_token");
+    let (ctype, body) = http::multipart(
+        "------------------------4ebf00fbcf09",
+        &[
+            ("content", "record"),
+            ("format", "json"),
+            ("records[1]", "7"),
+            ("token", TOKEN_B),
+        ],
+        None,
+    );
+    let request = http::post("/redcap/redcap_v15.7.6/API/index.php", &ctype, &body, &[]);
+    let resp = http::response(
+        200,
+        "application/json",
+        &json_records(1),
+        BodyEncoding::Plain,
+    );
+    case.call(T0, &request, &resp.bytes);
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_B).as_str()));
+    assert_eq!(call.content.as_deref(), Some("record"));
+    assert_eq!(call.format.as_deref(), Some("json"));
+    assert_eq!(call.records, 1);
+    assert_eq!(call.request_bytes, body.len() as u64);
+    assert_eq!(call.heavy, None);
+}
+
+#[test]
+fn chunked_gzip_response_reports_decoded_and_wire_sizes() {
+    let mut case = Case::new("chunked_gzip_response_reports_decoded_and_wire_sizes");
+    let body = json_records(3000);
+    let resp = http::response(
+        200,
+        "application/json",
+        &body,
+        BodyEncoding::GzipChunked {
+            level: 6,
+            chunk: 4096,
+        },
+    );
+    case.call(
+        T0,
+        &http::post_form(
+            API,
+            &[
+                ("token", TOKEN_A),
+                ("content", "report"),
+                ("format", "json"),
+                ("report_id", "12"),
+            ],
+        ),
+        &resp.bytes,
+    );
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert_eq!(call.response_bytes, Some(resp.body_bytes));
+    assert_eq!(call.response_wire_bytes, Some(resp.wire_bytes));
+    assert!(resp.wire_bytes < resp.body_bytes);
+    assert_eq!(call.report_id.as_deref(), Some("12"));
+    assert_eq!(call.heavy.as_deref(), Some("report"));
+    assert!(call.complete);
+}
+
+#[test]
+fn expect_100_continue_is_one_call_with_the_final_status() {
+    let mut case = Case::new("expect_100_continue_is_one_call_with_the_final_status");
+    let body = http::urlencode(&[
+        ("token", TOKEN_A),
+        ("content", "record"),
+        ("format", "json"),
+        ("records[0]", "2"),
+    ]);
+    let mut conv = case.conn();
+    let mut segs = conv.handshake();
+    segs.extend(conv.data(
+        Side::Client,
+        &http::post_head_expecting_continue(API, "application/x-www-form-urlencoded", body.len()),
+    ));
+    segs.extend(conv.data(Side::Server, CONTINUE_100));
+    segs.extend(conv.data(Side::Client, body.as_bytes()));
+    let records = json_records(1);
+    segs.extend(conv.data(
+        Side::Server,
+        &http::response(200, "application/json", &records, BodyEncoding::Plain).bytes,
+    ));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert_eq!(call.status, Some(200));
+    assert_eq!(call.request_bytes, body.len() as u64);
+    assert_eq!(call.response_bytes, Some(records.len() as u64));
+    assert!(call.complete);
+}
+
+#[test]
+fn web_pages_and_non_post_requests_are_not_api_calls() {
+    let mut case = Case::new("web_pages_and_non_post_requests_are_not_api_calls");
+    let page = http::response(
+        200,
+        "text/html",
+        b"<html>REDCap</html>",
+        BodyEncoding::Plain,
+    )
+    .bytes;
+    case.call(T0, &http::get("/"), &page);
+    case.call(T0 + 1.0, &http::get("/redcap/"), &page);
+    // A login form that happens to carry a token-looking field.
+    case.call(
+        T0 + 2.0,
+        &http::post_form(
+            "/redcap/index.php",
+            &[("username", "alice"), ("token", TOKEN_A)],
+        ),
+        &page,
+    );
+    let not_implemented = http::response(
+        501,
+        "text/html",
+        b"The requested method is not implemented.",
+        BodyEncoding::Plain,
+    );
+    case.call(T0 + 3.0, &http::get(API), &not_implemented.bytes);
+    case.call(T0 + 4.0, &version_request(TOKEN_B), &version_response());
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    assert_eq!(
+        out.calls[0].token_fp.as_deref(),
+        Some(out.fp(TOKEN_B).as_str())
+    );
+    assert_eq!(out.calls[0].method, "POST");
+}
+
+#[test]
+fn three_calls_a_minute_is_compliant_and_the_fourth_and_fifth_are_violations() {
+    let mut case =
+        Case::new("three_calls_a_minute_is_compliant_and_the_fourth_and_fifth_are_violations");
+    // Compliant: at most 3 in any 60 s window (0, 20, 40, then 61 when 0 has left the window).
+    for t in [0.0, 20.0, 40.0, 61.0] {
+        case.call(T0 + t, &version_request(TOKEN_A), &version_response());
+    }
+    // Abuser: 5 calls 10 s apart.
+    for t in [1.0, 11.0, 21.0, 31.0, 41.0] {
+        case.call(T0 + t, &version_request(TOKEN_B), &version_response());
+    }
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 9);
+    let fp_b = out.fp(TOKEN_B);
+    let b_calls: Vec<&CallRecord> = out
+        .calls
+        .iter()
+        .filter(|c| c.token_fp.as_deref() == Some(fp_b.as_str()))
+        .collect();
+    assert_eq!(b_calls.len(), 5);
+    let got: Vec<(&str, &str, u64, u64, u64)> = out
+        .violations
+        .iter()
+        .map(|v| {
+            (
+                v.token_fp.as_str(),
+                v.rule.as_str(),
+                v.limit,
+                v.window_s,
+                v.count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (fp_b.as_str(), "api_calls", 3, 60, 4),
+            (fp_b.as_str(), "api_calls", 3, 60, 5)
+        ]
+    );
+    assert_eq!(out.violations[0].ts, b_calls[3].ts_start);
+    assert_eq!(out.violations[1].ts, b_calls[4].ts_start);
+    assert!((out.violations[0].ts - (T0 + 31.0)).abs() < 0.5);
+}
+
+#[test]
+fn two_unfiltered_record_exports_within_five_minutes_are_one_heavy_violation() {
+    let mut case =
+        Case::new("two_unfiltered_record_exports_within_five_minutes_are_one_heavy_violation");
+    let body = json_records(500);
+    let resp = http::response(
+        200,
+        "application/json",
+        &body,
+        BodyEncoding::GzipChunked {
+            level: 1,
+            chunk: 8192,
+        },
+    );
+    case.call(T0, &unfiltered_export(TOKEN_A), &resp.bytes);
+    case.call(T0 + 200.0, &unfiltered_export(TOKEN_A), &resp.bytes);
+    // A filtered export by the same token is not heavy.
+    case.call(
+        T0 + 250.0,
+        &http::post_form(
+            API,
+            &[
+                ("token", TOKEN_A),
+                ("content", "record"),
+                ("format", "json"),
+                ("records[0]", "1"),
+            ],
+        ),
+        &resp.bytes,
+    );
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 3);
+    let heavy: Vec<_> = out.calls.iter().map(|c| c.heavy.as_deref()).collect();
+    assert_eq!(
+        heavy,
+        vec![
+            Some("unfiltered_record_export"),
+            Some("unfiltered_record_export"),
+            None
+        ]
+    );
+    assert_eq!(out.violations.len(), 1, "{:?}", out.violations);
+    let v = &out.violations[0];
+    assert_eq!(
+        (v.rule.as_str(), v.limit, v.window_s, v.count),
+        ("heavy_calls", 1, 300, 2)
+    );
+    assert_eq!(v.token_fp, out.fp(TOKEN_A));
+    assert_eq!(v.ts, out.calls[1].ts_start);
+}
+
+#[test]
+fn ipv6_over_vlan_is_decoded() {
+    let mut case = Case::new("ipv6_over_vlan_is_decoded");
+    let client: SocketAddr = "[fd00:1::5]:51000".parse().unwrap();
+    let server: SocketAddr = "[fd00:1::10]:80".parse().unwrap();
+    let mut conv = Conversation::new(client, server).with_vlan(120);
+    let forbidden = http::response(
+        403,
+        "application/json",
+        FORBIDDEN_JSON.as_bytes(),
+        BodyEncoding::Plain,
+    );
+    case.out
+        .write_exchange(
+            &mut conv,
+            T0,
+            &http::post_form(
+                API,
+                &[
+                    ("token", TOKEN_B),
+                    ("content", "metadata"),
+                    ("format", "json"),
+                ],
+            ),
+            &forbidden.bytes,
+        )
+        .unwrap();
+
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    let call = &out.calls[0];
+    assert!(call.client.contains("fd00:1::5"), "{}", call.client);
+    assert_eq!(call.client_port(), Some(51000));
+    assert_eq!(call.status, Some(403));
+    assert_eq!(call.content.as_deref(), Some("metadata"));
+    assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_B).as_str()));
+}
