@@ -21,6 +21,8 @@ use redcap_monitor::capture::kernel::{
 
 const SERVER_IP: &str = "10.203.0.1";
 const CLIENT_IP: &str = "10.203.0.2";
+const SERVER_IP6: &str = "fd00:203::1";
+const CLIENT_IP6: &str = "fd00:203::2";
 const SERVER_PORT: u16 = 8080;
 
 /// Returns false (after saying why) when the test must be skipped; panics when it may not be.
@@ -89,13 +91,27 @@ impl NamespacePair {
             &["link", "set", &pair.server_if, "netns", &pair.server_ns],
         );
         run("ip", &["link", "set", &client_if, "netns", &pair.client_ns]);
-        for (ns, ifname, ip) in [
-            (&pair.server_ns, &pair.server_if, SERVER_IP),
-            (&pair.client_ns, &client_if, CLIENT_IP),
+        for (ns, ifname, ip, ip6) in [
+            (&pair.server_ns, &pair.server_if, SERVER_IP, SERVER_IP6),
+            (&pair.client_ns, &client_if, CLIENT_IP, CLIENT_IP6),
         ] {
             run(
                 "ip",
                 &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname],
+            );
+            // nodad: usable at once, without waiting for duplicate address detection.
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ],
             );
             run("ip", &["-n", ns, "link", "set", ifname, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
@@ -136,9 +152,10 @@ const SERVER_PY: &str = r#"
 import json, socket, sys, threading
 log = open(sys.argv[1], "a", buffering=1)
 lock = threading.Lock()
-srv = socket.socket()
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[2])))
+srv.bind(("::", int(sys.argv[2])))
 srv.listen(64)
 print("ready", flush=True)
 def handle(conn, addr):
@@ -278,6 +295,10 @@ fn enter_netns(path: &str) {
 }
 
 fn curl(pair: &NamespacePair, requests: &[(&str, &str, Option<&[u8]>)], dir: &Path) {
+    curl_at(pair, SERVER_IP, requests, dir)
+}
+
+fn curl_at(pair: &NamespacePair, host: &str, requests: &[(&str, &str, Option<&[u8]>)], dir: &Path) {
     let mut command = pair.exec(&pair.client_ns, "curl");
     for (i, (method, path, body)) in requests.iter().enumerate() {
         if i > 0 {
@@ -304,7 +325,7 @@ fn curl(pair: &NamespacePair, requests: &[(&str, &str, Option<&[u8]>)], dir: &Pa
                 .arg(format!("@{}", file.display()));
             command.args(["-H", "Content-Type: application/x-www-form-urlencoded"]);
         }
-        command.arg(format!("http://{SERVER_IP}:{SERVER_PORT}{path}"));
+        command.arg(format!("http://{host}:{SERVER_PORT}{path}"));
     }
     let status = command.status().expect("curl is needed for the test");
     assert!(status.success(), "curl failed: {status}");
@@ -411,6 +432,14 @@ fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
         &[("POST", "/redcap/redcap_v14.0.0/API/", Some(&b4))],
         dir.path(),
     );
+    // The same over IPv6, with a body that spans segments.
+    let b6 = form_body(30000, 6);
+    curl_at(
+        &pair,
+        &format!("[{SERVER_IP6}]"),
+        &[("POST", "/api/index.php", Some(&b6))],
+        dir.path(),
+    );
     // 2. Non-API traffic on the same port: pages and a POST to another path.
     let b5 = form_body(8000, 5);
     curl(&pair, &[("GET", "/index.php", None)], dir.path());
@@ -431,17 +460,19 @@ fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
         .iter()
         .filter(|(_, ex)| {
             ex[0].method == "POST"
-                && (ex[0].path.ends_with("/api/") || ex[0].path.ends_with("/API/"))
+                && ["/api/", "/API/", "/api/index.php"]
+                    .iter()
+                    .any(|suffix| ex[0].path.ends_with(suffix))
         })
         .map(|(&port, _)| port)
         .collect();
     assert_eq!(
         api_ports.len(),
-        2,
-        "two API connections expected: {:?}",
+        3,
+        "three API connections expected: {:?}",
         exchanges.keys()
     );
-    assert_eq!(exchanges.len(), 5, "five connections expected");
+    assert_eq!(exchanges.len(), 6, "six connections expected");
 
     for (&port, exchanges) in &exchanges {
         let upstream: Vec<&Captured> = capture
@@ -481,7 +512,9 @@ fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
             responses.len(),
             answered.len()
         );
-        assert!(upstream.iter().all(|s| s.src_ip.to_string() == CLIENT_IP));
+        let client = upstream[0].src_ip.to_string();
+        assert!(client == CLIENT_IP || client == CLIENT_IP6, "{client}");
+        assert!(upstream.iter().all(|s| s.src_ip.to_string() == client));
         assert!(
             upstream.iter().any(|s| s.fin),
             "port {port}: the client's FIN was not seen"
@@ -499,9 +532,9 @@ fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
     assert_eq!(counters.ring_full, 0, "{counters:?}");
     assert_eq!(counters.truncated_bytes, 0, "{counters:?}");
     assert_eq!(counters.flow_insert_failed, 0, "{counters:?}");
-    assert_eq!(counters.flows_started, 2, "{counters:?}");
+    assert_eq!(counters.flows_started, 3, "{counters:?}");
     assert_eq!(
-        counters.flows_ended, 2,
+        counters.flows_ended, 3,
         "both API connections closed: {counters:?}"
     );
     assert_eq!(
