@@ -1,21 +1,274 @@
 //! Types and constants that cross the kernel/user-space boundary.
 //!
 //! Everything here is `#[repr(C)]` and `no_std`: the kernel programs in `monitor-ebpf` write these
-//! values and the daemon reads them. Nothing here parses or allocates.
-#![no_std]
+//! values and the daemon reads them. The one piece of logic, [`is_api_post_head`], lives here so
+//! that the kernel's filter is unit-tested on the host. Nothing here allocates.
+#![cfg_attr(not(test), no_std)]
 
 /// Indexes into the kernel's per-CPU counter array. User space sums them over CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelCounter {
-    /// Packets the classifier looked at.
+    /// Packets the classifier looked at (every packet, whatever it is).
     PacketsSeen = 0,
-    /// Packets that belong to no tracked API flow and produced no event.
+    /// TCP segments on a server port that belong to no tracked API flow and produced no event.
     Filtered = 1,
+    /// Events written to the ring buffer.
+    EventsSent = 2,
+    /// Events lost because the ring buffer was full (reservation failed).
+    RingFull = 3,
+    /// Payload bytes of tracked segments that were never copied (per-segment copy limit reached,
+    /// or the ring was full): user space sees them as a gap.
+    TruncatedBytes = 4,
+    /// API flows that could not be entered into the flow table.
+    FlowInsertFailed = 5,
+    /// API flows that started being tracked.
+    FlowsStarted = 6,
+    /// Tracked flows that ended with FIN from both sides, RST, or a new SYN on the same 4-tuple.
+    /// `FlowsStarted - FlowsEnded - live entries` is the number the LRU table evicted.
+    FlowsEnded = 7,
 }
 
-/// Number of slots in the counter array; grows as later probes add counters.
-pub const KERNEL_COUNTER_SLOTS: u32 = 8;
+/// Number of slots in the counter array; larger than needed so that counters can be added
+/// without resizing the map.
+pub const KERNEL_COUNTER_SLOTS: u32 = 16;
 
 /// Name of the per-CPU counter array in the kernel object.
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the ring buffer that carries [`SegmentEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the LRU hash of tracked flows ([`FlowKey`] → [`FlowState`]).
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the TC classifier program.
+pub const CLASSIFIER_PROGRAM: &str = "api_flow_classifier";
+
+/// Load-time global: `[u16; MAX_SERVER_PORTS]` of server ports, unused slots 0.
+pub const SERVER_PORTS_GLOBAL: &str = "SERVER_PORTS";
+/// Load-time global: `u32`, the most payload bytes one event carries (1..=MAX_CHUNK_BYTES).
+pub const CHUNK_BYTES_GLOBAL: &str = "CHUNK_BYTES";
+
+/// How many server ports the kernel program can match.
+pub const MAX_SERVER_PORTS: usize = 8;
+/// Largest payload copy per event; the per-CPU staging buffer has this size.
+pub const MAX_CHUNK_BYTES: u32 = 16384;
+/// Most events one segment is split into; the verifier needs the loop bounded. With 16 KiB
+/// chunks this covers a 256 KiB GSO/GRO segment; bytes beyond it are counted as truncated.
+pub const MAX_CHUNKS_PER_SEGMENT: u32 = 16;
+/// How many bytes of a client segment the kernel scans for `POST <path>`.
+pub const API_HEAD_LEN: usize = 256;
+
+/// Default server ports (the values compiled into the object).
+pub const DEFAULT_SERVER_PORTS: [u16; MAX_SERVER_PORTS] = [80, 8080, 0, 0, 0, 0, 0, 0];
+/// Default ring buffer size (compiled in; user space overrides it at load).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 18;
+/// Default flow table capacity (compiled in; user space overrides it at load).
+pub const DEFAULT_MAX_FLOWS: u32 = 16384;
+
+/// [`SegmentEvent::direction`] values.
+pub const DIRECTION_CLIENT_TO_SERVER: u8 = 0;
+pub const DIRECTION_SERVER_TO_CLIENT: u8 = 1;
+
+/// [`SegmentEvent::family`] / [`FlowKey::family`] values.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// TCP flag bits as in the TCP header's flags byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// One ring-buffer record's fixed header, followed by `copied` payload bytes.
+///
+/// A segment larger than the chunk size becomes several events, each with its own `seq` (of its
+/// first byte) and `offset` (into the segment's payload). SYN/FIN/RST are sent as payload-less
+/// events: a FIN or RST that came with data follows the data as its own event at
+/// `seq + segment_len`, so that a chunked or truncated segment never claims an early end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ktime_ns: u64,
+    /// Sequence number of this event's first payload byte (of the segment for payload-less ones).
+    pub seq: u32,
+    /// The segment's acknowledgment number (meaningful when `tcp_flags` has ACK).
+    pub ack: u32,
+    /// TCP payload bytes of the whole segment as it was on the wire (or in the GSO/GRO skb).
+    pub segment_len: u32,
+    /// Where this event's bytes start within the segment's payload.
+    pub offset: u32,
+    /// Payload bytes that follow this header.
+    pub copied: u32,
+    /// Ports in host byte order.
+    pub client_port: u16,
+    pub server_port: u16,
+    /// Addresses in network byte order; IPv4 uses the first 4 bytes, the rest are zero.
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// [`DIRECTION_CLIENT_TO_SERVER`] or [`DIRECTION_SERVER_TO_CLIENT`].
+    pub direction: u8,
+    /// The TCP flags byte (FIN/SYN/RST/PSH/ACK/...), with FIN and RST cleared on data events.
+    pub tcp_flags: u8,
+    pub _reserved: [u8; 5],
+}
+
+/// Size of the header that precedes every event's payload.
+pub const SEGMENT_EVENT_LEN: usize = core::mem::size_of::<SegmentEvent>();
+
+/// A connection, normalised so that both directions map to the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub client_addr: [u8; 16],
+    pub server_addr: [u8; 16],
+    pub client_port: u16,
+    pub server_port: u16,
+    pub family: u8,
+    /// Always zero: the kernel hashes every byte of the key.
+    pub _pad: [u8; 3],
+}
+
+/// What the kernel keeps per tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// When tracking started (`bpf_ktime_get_ns`).
+    pub since_ns: u64,
+    /// Which directions have sent FIN (bit 0: client, bit 1: server).
+    pub fins: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding fields.
+    unsafe impl aya::Pod for super::SegmentEvent {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+}
+
+/// Whether a client segment's first bytes (`head`, of which `len` are valid) start a request that
+/// may go to the REDCap API: `POST /...` whose path, up to the first space or `?`, ends with
+/// `/api/` or `/api/index.php`, ignoring ASCII case.
+///
+/// A superset of the configured API paths on purpose (user space re-checks exactly); the kernel
+/// only needs to decide cheaply whether a connection is worth copying. The loops are bounded by
+/// [`API_HEAD_LEN`] and use `get` so the BPF verifier can prove every access.
+#[inline(always)]
+pub fn is_api_post_head(head: &[u8], len: usize) -> bool {
+    const METHOD: &[u8; 6] = b"POST /";
+    let len = if len < API_HEAD_LEN {
+        len
+    } else {
+        API_HEAD_LEN
+    };
+    if len < METHOD.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < METHOD.len() {
+        match head.get(i) {
+            Some(&b) if b == METHOD[i] => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    // The path starts at the '/' after "POST ".
+    let mut end = 0;
+    let mut i = METHOD.len();
+    while i < API_HEAD_LEN {
+        if i >= len {
+            return false;
+        }
+        match head.get(i) {
+            Some(b' ') | Some(b'?') => {
+                end = i;
+                break;
+            }
+            Some(_) => {}
+            None => return false,
+        }
+        i += 1;
+    }
+    path_ends_with(head, end, b"/api/") || path_ends_with(head, end, b"/api/index.php")
+}
+
+/// `head[..end]` ends with `suffix`, comparing ASCII case-insensitively (`| 0x20` folds letters
+/// and leaves '/', '.' and '_' unchanged, which is all the suffixes contain).
+#[inline(always)]
+fn path_ends_with(head: &[u8], end: usize, suffix: &[u8]) -> bool {
+    // The path includes its leading '/' at index 5, so a suffix may start there.
+    if end < 5 + suffix.len() {
+        return false;
+    }
+    let start = end - suffix.len();
+    let mut j = 0;
+    while j < suffix.len() {
+        match (head.get(start + j), suffix.get(j)) {
+            (Some(&b), Some(&s)) if b | 0x20 == s | 0x20 => {}
+            _ => return false,
+        }
+        j += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(line: &[u8]) -> bool {
+        is_api_post_head(line, line.len())
+    }
+
+    #[test]
+    fn api_posts_start_tracking() {
+        assert!(matches(b"POST /api/ HTTP/1.1\r\nHost: x\r\n"));
+        assert!(matches(b"POST /redcap/api/ HTTP/1.1\r\n"));
+        assert!(matches(b"POST /api/index.php HTTP/1.1\r\n"));
+        assert!(matches(
+            b"POST /redcap/redcap_v14.5.0/API/index.php HTTP/1.1\r\n"
+        ));
+        assert!(matches(b"POST /redcap_v14.5.0/API/ HTTP/1.1\r\n"));
+        assert!(matches(b"POST /api/?x=1 HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn other_requests_are_filtered() {
+        assert!(!matches(b"GET /api/ HTTP/1.1\r\n"));
+        assert!(!matches(b"POST /index.php HTTP/1.1\r\n"));
+        assert!(!matches(b"POST /api HTTP/1.1\r\n"));
+        assert!(!matches(b"POST /api/x HTTP/1.1\r\n"));
+        assert!(!matches(b"POST /apix/ HTTP/1.1\r\n"));
+        assert!(!matches(b"PUT /api/ HTTP/1.1\r\n"));
+        assert!(!matches(b"POST"));
+        assert!(!matches(b""));
+    }
+
+    #[test]
+    fn a_path_cut_off_by_the_segment_or_the_scan_limit_is_filtered() {
+        // No terminator within the valid bytes: the kernel cannot tell, so it does not track.
+        assert!(!matches(b"POST /api/"));
+        let mut long = [b'a'; API_HEAD_LEN + 20];
+        long[..6].copy_from_slice(b"POST /");
+        let tail = b"/api/ HTTP/1.1";
+        long[API_HEAD_LEN..API_HEAD_LEN + tail.len()].copy_from_slice(tail);
+        assert!(!matches(&long));
+    }
+
+    #[test]
+    fn valid_length_limits_what_is_read() {
+        let line = b"POST /api/ HTTP/1.1\r\n";
+        assert!(is_api_post_head(line, 11));
+        assert!(!is_api_post_head(line, 10));
+    }
+
+    #[test]
+    fn event_header_layout_is_stable() {
+        assert_eq!(SEGMENT_EVENT_LEN, 72);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowState>(), 16);
+    }
+}

@@ -1,33 +1,399 @@
-//! redcap-monitor's kernel programs.
+//! redcap-monitor's kernel program: a TC classifier that finds REDCap API connections and copies
+//! their TCP payload (both directions) to user space through one ring buffer.
 //!
-//! For now one TC classifier that counts the packets it sees and always passes them on: it proves
-//! the toolchain (nightly, build-std=core, bpf-linker, aya-build) end to end. The API-flow filter
-//! lands with live capture. Programs here never drop or modify a packet.
+//! It decides only what must be decided in the kernel (is this connection worth copying?) and
+//! leaves parsing and reassembly to user space. It never drops or modifies a packet: every path
+//! returns `TC_ACT_OK`, and every loss (full ring, copy limit, full flow table) is counted.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use monitor_common::{KERNEL_COUNTER_SLOTS, KernelCounter};
+use monitor_common::{
+    API_HEAD_LEN, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, DEFAULT_SERVER_PORTS,
+    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
+    FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
+    MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    is_api_post_head,
+};
+
+/// Server ports, set by user space at load (`EbpfLoader::set_global`); 0 = unused slot.
+#[unsafe(no_mangle)]
+static SERVER_PORTS: [u16; MAX_SERVER_PORTS] = DEFAULT_SERVER_PORTS;
+
+/// Most payload bytes per event, set at load; clamped to `MAX_CHUNK_BYTES` below.
+#[unsafe(no_mangle)]
+static CHUNK_BYTES: u32 = MAX_CHUNK_BYTES;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTER_SLOTS, 0);
 
+/// Sized by user space at load with `set_max_entries`.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// LRU so that connections that vanish without FIN/RST cannot fill the table for good.
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// An event is assembled here and then copied into the ring with `bpf_ringbuf_output`, because
+/// `bpf_ringbuf_reserve` only takes a size known at verification time and would waste ring space
+/// on small segments. One per CPU is enough: egress runs with bottom halves disabled, so ingress
+/// on the same CPU cannot interleave with it.
+#[repr(C)]
+struct EventBuffer {
+    header: SegmentEvent,
+    bytes: [u8; MAX_CHUNK_BYTES as usize],
+}
+
+#[map(name = "EVENT_BUFFER")]
+static EVENT_BUFFER: PerCpuArray<EventBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+
+/// A TCP segment on a server port, parsed just enough to key and copy it.
+struct Segment {
+    key: FlowKey,
+    direction: u8,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload_offset: u32,
+    payload_len: u32,
+}
+
 #[classifier]
-pub fn api_flow_classifier(_ctx: TcContext) -> i32 {
-    count(KernelCounter::PacketsSeen);
+pub fn api_flow_classifier(ctx: TcContext) -> i32 {
+    count(KernelCounter::PacketsSeen, 1);
+    if let Some(segment) = server_port_segment(&ctx) {
+        observe(&ctx, &segment);
+    }
     TC_ACT_OK
 }
 
+fn observe(ctx: &TcContext, segment: &Segment) {
+    let tracked = FLOWS.get_ptr_mut(&segment.key);
+    let Some(state) = tracked else {
+        if segment.direction == DIRECTION_CLIENT_TO_SERVER && starts_api_post(ctx, segment) {
+            start_tracking(&segment.key);
+            send(ctx, segment);
+        } else {
+            count(KernelCounter::Filtered, 1);
+        }
+        return;
+    };
+    send(ctx, segment);
+    // A SYN on a tracked 4-tuple means the old connection is gone (port reuse): forget it, and let
+    // the new one earn tracking with its own API request.
+    if segment.flags & (TCP_RST | TCP_SYN) != 0 {
+        end_tracking(&segment.key);
+    } else if segment.flags & TCP_FIN != 0 {
+        let bit = if segment.direction == DIRECTION_CLIENT_TO_SERVER {
+            1
+        } else {
+            2
+        };
+        // SAFETY: the LRU value stays valid for this program run; a racing FIN on another CPU can
+        // lose a bit, which only leaves the entry for the LRU to evict.
+        let fins = unsafe {
+            (*state).fins |= bit;
+            (*state).fins
+        };
+        if fins == 3 {
+            end_tracking(&segment.key);
+        }
+    }
+}
+
+fn start_tracking(key: &FlowKey) {
+    let state = FlowState {
+        since_ns: unsafe { bpf_ktime_get_ns() },
+        fins: 0,
+        _pad: 0,
+    };
+    if FLOWS.insert(key, &state, 0).is_ok() {
+        count(KernelCounter::FlowsStarted, 1);
+    } else {
+        count(KernelCounter::FlowInsertFailed, 1);
+    }
+}
+
+fn end_tracking(key: &FlowKey) {
+    if FLOWS.remove(key).is_ok() {
+        count(KernelCounter::FlowsEnded, 1);
+    }
+}
+
+/// Copies the first bytes of the payload into the event buffer and checks for `POST <api path>`.
+fn starts_api_post(ctx: &TcContext, segment: &Segment) -> bool {
+    let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, used by one program run at a time (see EventBuffer).
+    let bytes = unsafe { &mut (*buffer).bytes };
+    let len = load_payload(
+        ctx,
+        segment.payload_offset,
+        segment.payload_len,
+        bytes,
+        API_HEAD_LEN as u32,
+    );
+    len > 0 && is_api_post_head(bytes, len as usize)
+}
+
+/// Loads `min(available, limit)` bytes (limit ≤ MAX_CHUNK_BYTES) from `offset` into `bytes`;
+/// returns how many, 0 on failure.
 #[inline(always)]
-fn count(counter: KernelCounter) {
+fn load_payload(
+    ctx: &TcContext,
+    offset: u32,
+    available: u32,
+    bytes: &mut [u8; MAX_CHUNK_BYTES as usize],
+    limit: u32,
+) -> u32 {
+    let len = if available < limit { available } else { limit };
+    if len == 0 || len > MAX_CHUNK_BYTES {
+        return 0;
+    }
+    let len = verifier_bounded(len);
+    let ret =
+        unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset, bytes.as_mut_ptr().cast(), len) };
+    if ret == 0 { len } else { 0 }
+}
+
+/// Sends the segment's payload in chunks, then a payload-less event for SYN/FIN/RST.
+fn send(ctx: &TcContext, segment: &Segment) {
+    let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value, used by one program run at a time (see EventBuffer).
+    let buffer = unsafe { &mut *buffer };
+    let chunk = match unsafe { core::ptr::read_volatile(&CHUNK_BYTES) } {
+        0 => MAX_CHUNK_BYTES,
+        n if n > MAX_CHUNK_BYTES => MAX_CHUNK_BYTES,
+        n => n,
+    };
+    let key = &segment.key;
+    buffer.header = SegmentEvent {
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        seq: segment.seq,
+        ack: segment.ack,
+        segment_len: segment.payload_len,
+        offset: 0,
+        copied: 0,
+        client_port: key.client_port,
+        server_port: key.server_port,
+        client_addr: key.client_addr,
+        server_addr: key.server_addr,
+        family: key.family,
+        direction: segment.direction,
+        tcp_flags: segment.flags & !(TCP_FIN | TCP_RST),
+        _reserved: [0; 5],
+    };
+    // Data of a SYN (TCP Fast Open) starts after the SYN's own sequence number.
+    let data_seq = if segment.flags & TCP_SYN != 0 {
+        segment.seq.wrapping_add(1)
+    } else {
+        segment.seq
+    };
+
+    let mut offset: u32 = 0;
+    let mut i = 0;
+    while i < MAX_CHUNKS_PER_SEGMENT {
+        if offset >= segment.payload_len {
+            break;
+        }
+        let len = load_payload(
+            ctx,
+            segment.payload_offset.wrapping_add(offset),
+            segment.payload_len - offset,
+            &mut buffer.bytes,
+            chunk,
+        );
+        if len == 0 {
+            break;
+        }
+        buffer.header.seq = data_seq.wrapping_add(offset);
+        buffer.header.offset = offset;
+        buffer.header.copied = len;
+        if !output(buffer, len) {
+            break;
+        }
+        offset += len;
+        i += 1;
+    }
+    if offset < segment.payload_len {
+        count(
+            KernelCounter::TruncatedBytes,
+            u64::from(segment.payload_len - offset),
+        );
+    }
+
+    if segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        // FIN and RST take their place after all the segment's data, copied or not.
+        buffer.header.seq = if segment.flags & TCP_SYN != 0 {
+            segment.seq
+        } else {
+            data_seq.wrapping_add(segment.payload_len)
+        };
+        buffer.header.offset = segment.payload_len;
+        buffer.header.copied = 0;
+        buffer.header.tcp_flags = segment.flags;
+        output(buffer, 0);
+    }
+}
+
+/// `len` (already checked to be in 1..=MAX_CHUNK_BYTES) in a form the verifier can bound: LLVM
+/// folds range checks into shapes the verifier does not follow, so the value is hidden from the
+/// optimiser and then masked, which the verifier tracks exactly and which leaves it unchanged.
+#[inline(always)]
+fn verifier_bounded(len: u32) -> u32 {
+    const _: () = assert!(MAX_CHUNK_BYTES.is_power_of_two());
+    (core::hint::black_box(len).wrapping_sub(1) & (MAX_CHUNK_BYTES - 1)) + 1
+}
+
+/// Writes the header plus `len` staged bytes to the ring; counts a full ring.
+#[inline(always)]
+fn output(buffer: &mut EventBuffer, len: u32) -> bool {
+    if len > MAX_CHUNK_BYTES {
+        return false;
+    }
+    let size = SEGMENT_EVENT_LEN
+        + if len == 0 {
+            0
+        } else {
+            verifier_bounded(len) as usize
+        };
+    // SAFETY: `size` ≤ size_of::<EventBuffer>() (checked above); the buffer is plain bytes.
+    let event =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buffer).cast::<u8>(), size) };
+    let ret = EVENTS.output::<[u8]>(event, 0);
+    if ret.is_ok() {
+        count(KernelCounter::EventsSent, 1);
+        true
+    } else {
+        count(KernelCounter::RingFull, 1);
+        false
+    }
+}
+
+/// Parses Ethernet → IPv4/IPv6 → TCP and returns the segment if either port is a server port.
+/// Headers are read with `bpf_skb_load_bytes`, so non-linear (GSO/GRO) skbs work too.
+fn server_port_segment(ctx: &TcContext) -> Option<Segment> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (family, tcp_offset, l4_len) = match ethertype {
+        ETH_P_IP => {
+            let ip: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+            let header_len = usize::from(ip[0] & 0x0f) * 4;
+            // Fragments carry no usable TCP header (or only part of the payload).
+            let fragment = (u16::from(ip[6] & 0x3f) << 8) | u16::from(ip[7]);
+            if ip[9] != IPPROTO_TCP || header_len < 20 || fragment != 0 {
+                return None;
+            }
+            let total = u32::from(u16::from_be_bytes([ip[2], ip[3]]));
+            // BIG TCP sends a zero total length; the skb length is then the truth.
+            let l4_len = if total == 0 {
+                ctx.len().checked_sub((ETH_HLEN + header_len) as u32)?
+            } else {
+                total.checked_sub(header_len as u32)?
+            };
+            src[..4].copy_from_slice(&ip[12..16]);
+            dst[..4].copy_from_slice(&ip[16..20]);
+            (FAMILY_IPV4, ETH_HLEN + header_len, l4_len)
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 40] = ctx.load(ETH_HLEN).ok()?;
+            // Extension headers are not walked: TCP must be the first next header.
+            if ip[6] != IPPROTO_TCP {
+                return None;
+            }
+            let payload = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let l4_len = if payload == 0 {
+                ctx.len().checked_sub((ETH_HLEN + 40) as u32)?
+            } else {
+                payload
+            };
+            src.copy_from_slice(&ip[8..24]);
+            dst.copy_from_slice(&ip[24..40]);
+            (FAMILY_IPV6, ETH_HLEN + 40, l4_len)
+        }
+        _ => return None,
+    };
+
+    let tcp: [u8; 20] = ctx.load(tcp_offset).ok()?;
+    let src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let direction = if is_server_port(dst_port) {
+        DIRECTION_CLIENT_TO_SERVER
+    } else if is_server_port(src_port) {
+        DIRECTION_SERVER_TO_CLIENT
+    } else {
+        return None;
+    };
+    let tcp_header_len = u32::from(tcp[12] >> 4) * 4;
+    let payload_offset = tcp_offset as u32 + tcp_header_len;
+    // Ethernet padding of short frames is not payload: trust the IP length, bounded by the skb.
+    let payload_len = l4_len.checked_sub(tcp_header_len)?;
+    let payload_len = payload_len.min(ctx.len().saturating_sub(payload_offset));
+
+    let (client_addr, server_addr, client_port, server_port) =
+        if direction == DIRECTION_CLIENT_TO_SERVER {
+            (src, dst, src_port, dst_port)
+        } else {
+            (dst, src, dst_port, src_port)
+        };
+    let flags = tcp[13];
+    Some(Segment {
+        key: FlowKey {
+            client_addr,
+            server_addr,
+            client_port,
+            server_port,
+            family,
+            _pad: [0; 3],
+        },
+        direction,
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        ack: if flags & TCP_ACK != 0 {
+            u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]])
+        } else {
+            0
+        },
+        flags,
+        payload_offset,
+        payload_len,
+    })
+}
+
+#[inline(always)]
+fn is_server_port(port: u16) -> bool {
+    // Volatile: the value is patched into .rodata at load, after compilation.
+    let ports = unsafe { core::ptr::read_volatile(&SERVER_PORTS) };
+    let mut i = 0;
+    while i < MAX_SERVER_PORTS {
+        if ports[i] != 0 && ports[i] == port {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn count(counter: KernelCounter, n: u64) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: a per-CPU slot is only written by programs on this CPU, one at a time.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

@@ -1,0 +1,756 @@
+//! The live capture's kernel edge: loads the TC classifier (`monitor-ebpf`), attaches it to an
+//! interface, and turns its ring-buffer events into [`TcpSegment`]s for the reassembler.
+//!
+//! It owns the BPF object, its links (dropped = detached; nothing is pinned) and the one
+//! conversion from kernel time to wall-clock time. It does not reassemble, parse HTTP or block,
+//! except in [`KernelProbe::wait_readable`], and it never trusts a length from the kernel unchecked.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
+
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
+use monitor_common::{
+    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, DIRECTION_CLIENT_TO_SERVER,
+    DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, KernelCounter,
+    MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SERVER_PORTS_GLOBAL, SegmentEvent,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
+
+/// What the probe copies and how much room it has. Validated by [`KernelProbe::load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// TCP ports the web server listens on (1 to 8 of them).
+    pub ports: Vec<u16>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Most payload bytes per event (64 ..= 16384); larger segments are split into several events.
+    pub chunk_bytes: u32,
+    /// How many API connections the kernel tracks at once (LRU beyond that).
+    pub max_flows: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![80, 8080],
+            ring_bytes: 16 << 20,
+            chunk_bytes: MAX_CHUNK_BYTES,
+            max_flows: 16384,
+        }
+    }
+}
+
+/// Why the probe could not be loaded or attached; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no server ports configured: list the web server's ports (for example [80, 8080])")]
+    NoServerPorts,
+    #[error("{count} server ports configured but the kernel program matches at most {max}")]
+    TooManyServerPorts { count: usize, max: usize },
+    #[error("server port 0 is not a port: remove it from the port list")]
+    ZeroPort,
+    #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes (try 16777216)")]
+    RingSize { bytes: u32 },
+    #[error("chunk size {bytes} is outside 64..={max} bytes")]
+    ChunkSize { bytes: u32, max: u32 },
+    #[error("flow table capacity must be at least 1")]
+    FlowCapacity,
+    #[error(
+        "permission denied to {action}: run as root or grant {capabilities} \
+         (e.g. `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`)"
+    )]
+    MissingPrivilege {
+        action: &'static str,
+        capabilities: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "this kernel cannot create a BPF ring buffer (needs Linux 5.8 or later); \
+         use capture mode \"pcap\" instead"
+    )]
+    NoRingBuffer {
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel rejected the program's BTF type information (it needs CONFIG_DEBUG_INFO_BTF \
+         and BTF support); use capture mode \"pcap\" instead"
+    )]
+    NoBtf {
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("loading the kernel program failed: {source}")]
+    Load {
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("the kernel verifier rejected `{program}`: {source}")]
+    Verifier {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("the kernel object has no {what}: it was built from a different monitor-ebpf")]
+    MissingFromObject { what: &'static str },
+    #[error("opening map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "no network interface named {interface:?} in this network namespace \
+         (list them with `ip link`)"
+    )]
+    UnknownInterface { interface: String },
+    #[error("attaching to {interface} {direction} failed with TCX ({tcx}) and netlink ({netlink})")]
+    Attach {
+        interface: String,
+        direction: &'static str,
+        tcx: Box<ProgramError>,
+        netlink: Box<ProgramError>,
+    },
+    #[error("reading map {map}: {source}")]
+    ReadMap {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The kernel's loss and activity counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub packets_seen: u64,
+    pub filtered: u64,
+    pub events_sent: u64,
+    /// Events lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Payload bytes of tracked segments never copied (copy limit or full ring).
+    pub truncated_bytes: u64,
+    pub flow_insert_failed: u64,
+    pub flows_started: u64,
+    pub flows_ended: u64,
+}
+
+/// What user space did with the records it read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    pub records: u64,
+    /// Records whose header or lengths did not make sense; skipped.
+    pub malformed: u64,
+}
+
+/// A loaded (and possibly attached) probe. Dropping it detaches and unloads everything.
+pub struct KernelProbe {
+    // Declared first so that the links are dropped (detached) before the program and maps.
+    links: Vec<SchedClassifierLink>,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+    clock: KernelClock,
+    stats: DrainStats,
+}
+
+impl KernelProbe {
+    /// Loads the classifier with `config` patched in. Needs CAP_BPF and CAP_PERFMON (or root).
+    pub fn load(config: &ProbeConfig) -> Result<KernelProbe, ProbeError> {
+        let ports = server_ports(config)?;
+        validate_sizes(config)?;
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .override_global(SERVER_PORTS_GLOBAL, &ports, true)
+            .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
+            .map_max_entries(EVENTS_MAP, config.ring_bytes)
+            .map_max_entries(FLOWS_MAP, config.max_flows)
+            .load(crate::KERNEL_OBJECT)
+            .map_err(load_error)?;
+
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(CLASSIFIER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TC classifier api_flow_classifier",
+            })?;
+        // EACCES here is the verifier refusing the program, not a missing capability.
+        program
+            .load()
+            .map_err(|source| match program_os_error(&source) {
+                Some(errno) if errno == libc::EPERM => ProbeError::MissingPrivilege {
+                    action: "load the TC classifier",
+                    capabilities: "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                    source: io::Error::from_raw_os_error(errno),
+                },
+                _ => ProbeError::Verifier {
+                    program: CLASSIFIER_PROGRAM,
+                    source: Box::new(source),
+                },
+            })?;
+
+        let events = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::MissingFromObject { what: "EVENTS map" })?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            map: EVENTS_MAP,
+            source,
+        })?;
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(ProbeError::MissingFromObject {
+                what: "COUNTERS map",
+            })?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
+            map: COUNTERS_MAP,
+            source,
+        })?;
+        Ok(KernelProbe {
+            links: Vec::new(),
+            events,
+            counters,
+            ebpf,
+            clock: KernelClock::measure(),
+            stats: DrainStats::default(),
+        })
+    }
+
+    /// Attaches the classifier to `interface`'s ingress and egress, in the calling thread's
+    /// network namespace: TCX links where the kernel has them (6.6+), else a clsact qdisc and
+    /// netlink filters. Needs CAP_NET_ADMIN and CAP_BPF.
+    pub fn attach(&mut self, interface: &str) -> Result<(), ProbeError> {
+        if !interface_exists(interface) {
+            return Err(ProbeError::UnknownInterface {
+                interface: interface.to_owned(),
+            });
+        }
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(CLASSIFIER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TC classifier api_flow_classifier",
+            })?;
+        for (attach_type, direction) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
+            let link = match program.attach(interface, attach_type) {
+                Ok(link) => link,
+                Err(tcx) => {
+                    if let Some(errno) = program_os_error(&tcx).filter(|&e| is_permission(e)) {
+                        return Err(ProbeError::MissingPrivilege {
+                            action: "attach the TC classifier",
+                            capabilities: "CAP_NET_ADMIN and CAP_BPF",
+                            source: io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    // Older kernels (or TCX refused): classic clsact + netlink filter. An
+                    // existing clsact qdisc is fine, so its error is not ours to report.
+                    let _ = tc::qdisc_add_clsact(interface);
+                    program
+                        .attach_with_options(
+                            interface,
+                            attach_type,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        )
+                        .map_err(|netlink| ProbeError::Attach {
+                            interface: interface.to_owned(),
+                            direction,
+                            tcx: Box::new(tcx),
+                            netlink: Box::new(netlink),
+                        })?
+                }
+            };
+            let link = program
+                .take_link(link)
+                .map_err(|netlink| ProbeError::Attach {
+                    interface: interface.to_owned(),
+                    direction,
+                    tcx: Box::new(ProgramError::NotAttached),
+                    netlink: Box::new(netlink),
+                })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    /// Hands every record now in the ring buffer to `out` as a [`TcpSegment`] borrowing the
+    /// record's bytes; malformed records are counted in [`Self::drain_stats`] and skipped.
+    /// Returns how many segments were handed out.
+    pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
+        let mut handed = 0;
+        while let Some(record) = self.events.next() {
+            self.stats.records += 1;
+            match segment_from_record(&record, &self.clock) {
+                Some(segment) => {
+                    out(&segment);
+                    handed += 1;
+                }
+                None => self.stats.malformed += 1,
+            }
+        }
+        handed
+    }
+
+    /// Blocks until the ring buffer has data or `timeout` passes; `Ok(true)` when readable.
+    /// For tests and simple loops; the daemon polls [`AsFd`] with tokio instead.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ready > 0)
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let read = |counter: KernelCounter| -> Result<u64, ProbeError> {
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| ProbeError::ReadMap {
+                        map: COUNTERS_MAP,
+                        source,
+                    })?;
+            Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+        };
+        Ok(KernelCounters {
+            packets_seen: read(KernelCounter::PacketsSeen)?,
+            filtered: read(KernelCounter::Filtered)?,
+            events_sent: read(KernelCounter::EventsSent)?,
+            ring_full: read(KernelCounter::RingFull)?,
+            truncated_bytes: read(KernelCounter::TruncatedBytes)?,
+            flow_insert_failed: read(KernelCounter::FlowInsertFailed)?,
+            flows_started: read(KernelCounter::FlowsStarted)?,
+            flows_ended: read(KernelCounter::FlowsEnded)?,
+        })
+    }
+
+    pub fn drain_stats(&self) -> DrainStats {
+        self.stats
+    }
+
+    /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
+    pub fn resync_clock(&mut self) {
+        self.clock = KernelClock::measure();
+    }
+}
+
+impl AsFd for KernelProbe {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+}
+
+impl AsRawFd for KernelProbe {
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+}
+
+fn server_ports(config: &ProbeConfig) -> Result<[u16; MAX_SERVER_PORTS], ProbeError> {
+    if config.ports.is_empty() {
+        return Err(ProbeError::NoServerPorts);
+    }
+    if config.ports.len() > MAX_SERVER_PORTS {
+        return Err(ProbeError::TooManyServerPorts {
+            count: config.ports.len(),
+            max: MAX_SERVER_PORTS,
+        });
+    }
+    let mut ports = [0u16; MAX_SERVER_PORTS];
+    for (slot, &port) in ports.iter_mut().zip(&config.ports) {
+        if port == 0 {
+            return Err(ProbeError::ZeroPort);
+        }
+        *slot = port;
+    }
+    Ok(ports)
+}
+
+fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
+    if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+        return Err(ProbeError::RingSize {
+            bytes: config.ring_bytes,
+        });
+    }
+    if !(64..=MAX_CHUNK_BYTES).contains(&config.chunk_bytes) {
+        return Err(ProbeError::ChunkSize {
+            bytes: config.chunk_bytes,
+            max: MAX_CHUNK_BYTES,
+        });
+    }
+    if config.max_flows == 0 {
+        return Err(ProbeError::FlowCapacity);
+    }
+    Ok(())
+}
+
+fn interface_exists(interface: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(interface) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+}
+
+fn is_permission(errno: i32) -> bool {
+    errno == libc::EPERM || errno == libc::EACCES
+}
+
+/// The errno under an error, wherever aya put it.
+fn program_os_error(err: &ProgramError) -> Option<i32> {
+    if let ProgramError::LoadError { io_error, .. } = err {
+        return io_error.raw_os_error();
+    }
+    source_os_error(err)
+}
+
+fn source_os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        let errno = match (
+            err.downcast_ref::<io::Error>(),
+            err.downcast_ref::<tc::TcError>(),
+        ) {
+            (Some(io), _) => io.raw_os_error(),
+            (_, Some(tc::TcError::NetlinkError(netlink))) => netlink.raw_os_error(),
+            _ => None,
+        };
+        if errno.is_some() {
+            return errno;
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn load_error(source: EbpfError) -> ProbeError {
+    if let EbpfError::MapError(MapError::CreateError { name, io_error }) = &source
+        && let Some(errno) = io_error.raw_os_error()
+    {
+        if is_permission(errno) {
+            return ProbeError::MissingPrivilege {
+                action: "create BPF maps",
+                capabilities: "CAP_BPF and CAP_PERFMON",
+                source: io::Error::from_raw_os_error(errno),
+            };
+        }
+        if name == EVENTS_MAP && errno == libc::EINVAL {
+            return ProbeError::NoRingBuffer {
+                source: io::Error::from_raw_os_error(errno),
+            };
+        }
+    }
+    if let Some(errno) = source_os_error(&source).filter(|&e| is_permission(e)) {
+        return ProbeError::MissingPrivilege {
+            action: "load the eBPF object",
+            capabilities: "CAP_BPF and CAP_PERFMON",
+            source: io::Error::from_raw_os_error(errno),
+        };
+    }
+    if matches!(source, EbpfError::BtfError(_) | EbpfError::NoBTF) {
+        return ProbeError::NoBtf {
+            source: Box::new(source),
+        };
+    }
+    ProbeError::Load {
+        source: Box::new(source),
+    }
+}
+
+/// Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time, by an offset measured
+/// once: the pipeline's windows need epoch time, and reading the wall clock per event would cost
+/// a syscall and let a clock step reorder events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KernelClock {
+    realtime_minus_monotonic: i128,
+}
+
+impl KernelClock {
+    pub(crate) fn measure() -> Self {
+        // The narrowest of a few monotonic/realtime/monotonic sandwiches bounds the error.
+        let mut best: Option<(i128, i128)> = None;
+        for _ in 0..5 {
+            let before = clock_ns(libc::CLOCK_MONOTONIC);
+            let real = clock_ns(libc::CLOCK_REALTIME);
+            let after = clock_ns(libc::CLOCK_MONOTONIC);
+            let width = after - before;
+            let offset = real - (before + after) / 2;
+            if best.is_none_or(|(w, _)| width < w) {
+                best = Some((width, offset));
+            }
+        }
+        Self {
+            realtime_minus_monotonic: best.map_or(0, |(_, offset)| offset),
+        }
+    }
+
+    pub(crate) fn timestamp(&self, ktime_ns: u64) -> Timestamp {
+        let wall = i128::from(ktime_ns) + self.realtime_minus_monotonic;
+        Timestamp(wall.clamp(0, i128::from(u64::MAX)) as u64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// One ring-buffer record → a segment borrowing the record's payload, or `None` when the record
+/// is not a well-formed [`SegmentEvent`] (wrong size, unknown family/direction, lengths that do
+/// not add up).
+pub(crate) fn segment_from_record<'a>(
+    record: &'a [u8],
+    clock: &KernelClock,
+) -> Option<TcpSegment<'a>> {
+    let header = record.get(..SEGMENT_EVENT_LEN)?;
+    // SAFETY: `header` has exactly size_of::<SegmentEvent>() bytes and every bit pattern is a
+    // valid SegmentEvent (integers and byte arrays only).
+    let event: SegmentEvent = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+    let copied = usize::try_from(event.copied).ok()?;
+    let payload = record.get(SEGMENT_EVENT_LEN..)?;
+    if payload.len() != copied {
+        return None;
+    }
+    // Data events lie inside their segment; a SYN/FIN/RST event sits at its end.
+    if event.offset.checked_add(event.copied)? > event.segment_len {
+        return None;
+    }
+    let (client_ip, server_ip) = match event.family {
+        FAMILY_IPV4 => {
+            let [a, b, c, d, ..] = event.client_addr;
+            let [e, f, g, h, ..] = event.server_addr;
+            (
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+                IpAddr::V4(Ipv4Addr::new(e, f, g, h)),
+            )
+        }
+        FAMILY_IPV6 => (
+            IpAddr::V6(Ipv6Addr::from(event.client_addr)),
+            IpAddr::V6(Ipv6Addr::from(event.server_addr)),
+        ),
+        _ => return None,
+    };
+    let client = Endpoint {
+        ip: client_ip,
+        port: event.client_port,
+    };
+    let server = Endpoint {
+        ip: server_ip,
+        port: event.server_port,
+    };
+    let (src, dst) = match event.direction {
+        DIRECTION_CLIENT_TO_SERVER => (client, server),
+        DIRECTION_SERVER_TO_CLIENT => (server, client),
+        _ => return None,
+    };
+    let flags = event.tcp_flags;
+    Some(TcpSegment {
+        ts: clock.timestamp(event.ktime_ns),
+        src,
+        dst,
+        seq: event.seq,
+        ack: (flags & TCP_ACK != 0).then_some(event.ack),
+        flags: TcpFlags {
+            syn: flags & TCP_SYN != 0,
+            ack: flags & TCP_ACK != 0,
+            fin: flags & TCP_FIN != 0,
+            rst: flags & TCP_RST != 0,
+        },
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(event: &SegmentEvent, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0u8; SEGMENT_EVENT_LEN];
+        // SAFETY: `bytes` has room for one SegmentEvent.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), *event) };
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    fn ipv4_event(direction: u8, copied: u32) -> SegmentEvent {
+        let mut client_addr = [0u8; 16];
+        client_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut server_addr = [0u8; 16];
+        server_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        SegmentEvent {
+            ktime_ns: 5_000,
+            seq: 1000,
+            ack: 77,
+            segment_len: copied + 100,
+            offset: 100,
+            copied,
+            client_port: 40000,
+            server_port: 80,
+            client_addr,
+            server_addr,
+            family: FAMILY_IPV4,
+            direction,
+            tcp_flags: TCP_ACK,
+            _reserved: [0; 5],
+        }
+    }
+
+    const CLOCK: KernelClock = KernelClock {
+        realtime_minus_monotonic: 1_700_000_000_000_000_000,
+    };
+
+    #[test]
+    fn a_client_event_becomes_a_segment_from_client_to_server() {
+        let bytes = record(&ipv4_event(DIRECTION_CLIENT_TO_SERVER, 4), b"POST");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "10.0.0.1:40000");
+        assert_eq!(segment.dst.to_string(), "10.0.0.2:80");
+        assert_eq!(segment.seq, 1000);
+        assert_eq!(segment.ack, Some(77));
+        assert!(segment.flags.ack && !segment.flags.fin);
+        assert_eq!(segment.payload, b"POST");
+        assert_eq!(segment.ts, Timestamp(1_700_000_000_000_005_000));
+    }
+
+    #[test]
+    fn a_server_event_swaps_source_and_destination() {
+        let bytes = record(&ipv4_event(DIRECTION_SERVER_TO_CLIENT, 2), b"HT");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "10.0.0.2:80");
+        assert_eq!(segment.dst.to_string(), "10.0.0.1:40000");
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_sixteen_bytes() {
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.family = FAMILY_IPV6;
+        event.client_addr = Ipv6Addr::LOCALHOST.octets();
+        event.server_addr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        event.tcp_flags = TCP_FIN | TCP_ACK;
+        let bytes = record(&event, b"");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "[::1]:40000");
+        assert_eq!(segment.dst.to_string(), "[fd00::2]:80");
+        assert!(segment.flags.fin && segment.payload.is_empty());
+    }
+
+    #[test]
+    fn records_whose_lengths_disagree_are_rejected() {
+        let event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 4);
+        assert!(segment_from_record(&record(&event, b"POS"), &CLOCK).is_none());
+        assert!(segment_from_record(&record(&event, b"POST!"), &CLOCK).is_none());
+        let bytes = record(&event, b"POST");
+        assert!(segment_from_record(&bytes[..SEGMENT_EVENT_LEN - 1], &CLOCK).is_none());
+        let mut beyond = event;
+        beyond.segment_len = 103;
+        assert!(segment_from_record(&record(&beyond, b"POST"), &CLOCK).is_none());
+        let mut overflow = event;
+        overflow.offset = u32::MAX;
+        assert!(segment_from_record(&record(&overflow, b"POST"), &CLOCK).is_none());
+    }
+
+    #[test]
+    fn unknown_family_or_direction_is_rejected() {
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.family = 5;
+        assert!(segment_from_record(&record(&event, b""), &CLOCK).is_none());
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.direction = 2;
+        assert!(segment_from_record(&record(&event, b""), &CLOCK).is_none());
+    }
+
+    #[test]
+    fn kernel_time_converts_to_wall_clock_time_now() {
+        let clock = KernelClock::measure();
+        let now_wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let converted = clock.timestamp(clock_ns(libc::CLOCK_MONOTONIC) as u64);
+        assert!(
+            converted.0.abs_diff(now_wall) < 50_000_000,
+            "{converted:?} vs {now_wall}"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_what_to_change() {
+        let load =
+            |config: ProbeConfig| server_ports(&config).and_then(|_| validate_sizes(&config));
+        let base = ProbeConfig::default();
+        assert!(load(base.clone()).is_ok());
+        let err = load(ProbeConfig {
+            ports: vec![],
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no server ports"), "{err}");
+        assert!(matches!(
+            load(ProbeConfig {
+                ports: (1..=9).collect(),
+                ..base.clone()
+            }),
+            Err(ProbeError::TooManyServerPorts { count: 9, max: 8 })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                ports: vec![80, 0],
+                ..base.clone()
+            }),
+            Err(ProbeError::ZeroPort)
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                ring_bytes: 5000,
+                ..base.clone()
+            }),
+            Err(ProbeError::RingSize { .. })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                chunk_bytes: 1 << 20,
+                ..base.clone()
+            }),
+            Err(ProbeError::ChunkSize { .. })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                max_flows: 0,
+                ..base
+            }),
+            Err(ProbeError::FlowCapacity)
+        ));
+    }
+
+    #[test]
+    fn an_unknown_interface_is_named_in_the_error() {
+        assert!(!interface_exists("no-such-if0"));
+        let err = ProbeError::UnknownInterface {
+            interface: "no-such-if0".into(),
+        };
+        assert!(err.to_string().contains("\"no-such-if0\""));
+    }
+}
