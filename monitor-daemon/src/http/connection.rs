@@ -53,6 +53,9 @@ struct Reader {
     synced: bool,
     /// Looking for a message start after losing the framing; false starts are not counted.
     resyncing: bool,
+    /// A gap swallowed the start of a message: if bytes must be skipped before the next start,
+    /// they are the rest of a request the server will still answer.
+    start_lost: bool,
 }
 
 impl Reader {
@@ -63,6 +66,7 @@ impl Reader {
             head: HeadReader::new(kind),
             synced: false,
             resyncing: false,
+            start_lost: false,
         }
     }
 
@@ -274,7 +278,12 @@ impl<B: RequestBody> Connection<B> {
                 Phase::Stopped => return,
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
+                    let before = input.len();
                     input = self.requests.skip_to_start(input, at_line_start);
+                    if input.len() < before && std::mem::take(&mut self.requests.start_lost) {
+                        // Keeps FIFO right: that request's response will come.
+                        self.push_pending(None, false, false, true, ctx);
+                    }
                 }
                 Phase::Head => {
                     let max = ctx.limits.max_head_bytes;
@@ -365,6 +374,7 @@ impl<B: RequestBody> Connection<B> {
         ctx.stats.requests += 1;
         self.requests.synced = true;
         self.requests.resyncing = false;
+        self.requests.start_lost = false;
         let head = &*ctx.request_head;
         let head_method = head.method == "HEAD";
         let connect = head.method == "CONNECT";
@@ -463,9 +473,11 @@ impl<B: RequestBody> Connection<B> {
             Phase::Stopped => {}
             Phase::Seek { .. } => self.requests.seek(false),
             Phase::Head => {
-                if self.requests.head.start_line_seen() {
+                if self.requests.head.started() {
                     // The request cannot be emitted without its head, but it will be answered.
                     self.push_pending(None, false, false, true, ctx);
+                } else {
+                    self.requests.start_lost = true;
                 }
                 self.requests.resync(false, ctx.stats);
             }
@@ -477,7 +489,7 @@ impl<B: RequestBody> Connection<B> {
                 };
                 if let Some(exchange) = self.pending.back_mut().and_then(|p| p.exchange.as_mut()) {
                     exchange.body.gap(lost);
-                    exchange.request_body_bytes += lost;
+                    exchange.request_body_bytes = exchange.request_body_bytes.saturating_add(lost);
                     exchange.ts_request_end = ts;
                     exchange.incomplete.get_or_insert(Incomplete::RequestGap);
                 }
@@ -487,7 +499,12 @@ impl<B: RequestBody> Connection<B> {
                         self.requests.expect_head();
                         self.finish_request(None, ctx);
                     }
-                    GapOutcome::Overran { .. } | GapOutcome::Broken => {
+                    GapOutcome::Overran { .. } => {
+                        self.requests.resync(false, ctx.stats);
+                        self.requests.start_lost = true;
+                        self.finish_request(None, ctx);
+                    }
+                    GapOutcome::Broken => {
                         self.requests.resync(false, ctx.stats);
                         self.finish_request(None, ctx);
                     }
@@ -710,10 +727,11 @@ impl<B: RequestBody> Connection<B> {
             Phase::Body(framing) => {
                 let outcome = framing.gap(len);
                 if let Some(response) = self.response.as_mut() {
-                    response.wire_body_bytes += match outcome {
-                        GapOutcome::Within { .. } | GapOutcome::Broken => len,
-                        GapOutcome::Overran { lost } => lost,
-                    };
+                    response.wire_body_bytes =
+                        response.wire_body_bytes.saturating_add(match outcome {
+                            GapOutcome::Within { .. } | GapOutcome::Broken => len,
+                            GapOutcome::Overran { lost } => lost,
+                        });
                     response.incomplete.get_or_insert(Incomplete::ResponseGap);
                     if let Some(decoder) = response.decoder.as_mut() {
                         decoder.interrupt();

@@ -462,11 +462,13 @@ fn fill_request_head(
     let (Some(method), Some(target)) = (request.method, request.path) else {
         return Err(HeadError::Malformed);
     };
-    *head = RequestHead {
-        method: method.to_owned(),
-        target: target.to_owned(),
-        ..RequestHead::default()
-    };
+    // The scratch head is refilled in place so that its strings keep their capacity.
+    replace_text(&mut head.method, method.as_bytes());
+    replace_text(&mut head.target, target.as_bytes());
+    head.content_length = None;
+    head.chunked = false;
+    head.expect_continue = false;
+    let (mut content_type, mut host, mut forwarded_for) = (false, false, false);
     let mut transfer = TransferCoding::Absent;
     for header in request.headers.iter() {
         let name = header.name;
@@ -476,14 +478,26 @@ fn fill_request_head(
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer = merge_transfer_coding(transfer, value);
         } else if name.eq_ignore_ascii_case("content-type") {
-            head.content_type = Some(text(value));
+            content_type = true;
+            replace_text(head.content_type.get_or_insert_default(), value);
         } else if name.eq_ignore_ascii_case("host") {
-            head.host = Some(text(value));
+            host = true;
+            replace_text(head.host.get_or_insert_default(), value);
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && head.forwarded_for.is_none() {
-            let first = value.split(|&b| b == b',').next().unwrap_or_default();
-            head.forwarded_for = Some(text(trim(first))).filter(|s| !s.is_empty());
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") && !forwarded_for {
+            let first = trim(value.split(|&b| b == b',').next().unwrap_or_default());
+            forwarded_for = !first.is_empty();
+            replace_text(head.forwarded_for.get_or_insert_default(), first);
+        }
+    }
+    for (seen, slot) in [
+        (content_type, &mut head.content_type),
+        (host, &mut head.host),
+        (forwarded_for, &mut head.forwarded_for),
+    ] {
+        if !seen {
+            *slot = None;
         }
     }
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
@@ -581,8 +595,9 @@ fn trim(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn replace_text(slot: &mut String, bytes: &[u8]) {
+    slot.clear();
+    slot.push_str(&String::from_utf8_lossy(bytes));
 }
 
 #[cfg(test)]

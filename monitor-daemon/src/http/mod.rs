@@ -953,6 +953,39 @@ mod tests {
     }
 
     #[test]
+    fn early_response_waits_for_the_request_body_to_end() {
+        let mut h = Harness::new();
+        h.client(10, b"POST /api/ HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
+        h.server(20, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n");
+        assert!(h.out.is_empty());
+        h.client(30, b"def");
+        assert_eq!(h.statuses(), [Some(413)]);
+        assert_eq!(h.out[0].body.bytes, b"abcdef");
+        assert_eq!(h.out[0].ts_request_end, Timestamp(30));
+    }
+
+    #[test]
+    fn gap_past_the_body_end_resyncs_to_a_request_after_body_text() {
+        let mut h = Harness::new();
+        h.client(10, b"POST /1 HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        h.gap(Direction::ClientToServer, 11, 20);
+        h.client(
+            12,
+            b"ength: 3\r\n\r\nx=1POST /3 HTTP/1.1\r\nContent-Length: 1\r\n\r\nq",
+        );
+        // Three answers: the request whose start the gap swallowed is answered too.
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        h.server(21, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n");
+        h.server(22, b"HTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200), Some(203)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::RequestGap));
+        assert_eq!(h.out[0].request_body_bytes, 10);
+        assert_eq!(h.out[1].request.target, "/3");
+        assert_eq!(h.out[1].body.bytes, b"q");
+        assert_eq!(h.stats().resyncs, 1);
+    }
+
+    #[test]
     fn hostile_bytes_never_panic_and_state_stays_bounded() {
         let mut x = 99u32;
         let mut next = move || {
