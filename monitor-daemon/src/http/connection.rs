@@ -19,6 +19,9 @@ use super::{
 };
 use crate::model::{ConnectionId, Direction, Endpoint, Timestamp};
 
+/// A direction that shows no message start within this many bytes is taken not to be HTTP.
+const NOT_HTTP_AFTER_BYTES: u64 = 256 * 1024;
+
 /// The tracker's shared scratch and outputs, lent to one connection for one event.
 pub(crate) struct Ctx<'a, S: ExchangeSelector> {
     pub(crate) selector: &'a mut S,
@@ -56,6 +59,8 @@ struct Reader {
     /// A gap swallowed the start of a message: if bytes must be skipped before the next start,
     /// they are the rest of a request the server will still answer.
     start_lost: bool,
+    /// Bytes skipped before the first message start: past a limit, this is not HTTP.
+    skipped_unsynced: u64,
 }
 
 impl Reader {
@@ -67,6 +72,7 @@ impl Reader {
             synced: false,
             resyncing: false,
             start_lost: false,
+            skipped_unsynced: 0,
         }
     }
 
@@ -90,8 +96,24 @@ impl Reader {
     }
 
     /// Skips to a candidate message start; returns the unconsumed input.
-    fn skip_to_start<'i>(&mut self, input: &'i [u8], at_line_start: bool) -> &'i [u8] {
-        match find_message_start(input, at_line_start, self.kind) {
+    fn skip_to_start<'i>(
+        &mut self,
+        input: &'i [u8],
+        at_line_start: bool,
+        stats: &mut HttpStats,
+    ) -> &'i [u8] {
+        let found = find_message_start(input, at_line_start, self.kind);
+        if !self.synced {
+            let skipped = found.unwrap_or(input.len()) as u64;
+            self.skipped_unsynced = self.skipped_unsynced.saturating_add(skipped);
+            if self.skipped_unsynced > NOT_HTTP_AFTER_BYTES {
+                // Not worth the scanning (TLS, another protocol): leave this direction alone.
+                stats.not_http += 1;
+                self.phase = Phase::Stopped;
+                return &[];
+            }
+        }
+        match found {
             Some(at) => {
                 self.head.reset();
                 self.phase = Phase::Head;
@@ -279,7 +301,7 @@ impl<B: RequestBody> Connection<B> {
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
                     let before = input.len();
-                    input = self.requests.skip_to_start(input, at_line_start);
+                    input = self.requests.skip_to_start(input, at_line_start, ctx.stats);
                     if input.len() < before && std::mem::take(&mut self.requests.start_lost) {
                         // Keeps FIFO right: that request's response will come.
                         self.push_pending(None, false, false, true, ctx);
@@ -525,7 +547,9 @@ impl<B: RequestBody> Connection<B> {
                 Phase::Stopped => return,
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
-                    input = self.responses.skip_to_start(input, at_line_start);
+                    input = self
+                        .responses
+                        .skip_to_start(input, at_line_start, ctx.stats);
                 }
                 Phase::Head => {
                     let max = ctx.limits.max_head_bytes;

@@ -187,6 +187,8 @@ pub struct HttpStats {
     pub midstream_pickups: u64,
     /// Connections that switched protocols (101, or CONNECT answered 2xx); no longer parsed.
     pub upgrades: u64,
+    /// Directions given up on: no message start found in their first bytes (TLS, not HTTP).
+    pub not_http: u64,
     /// Events for connections never opened (or already closed); ignored.
     pub unknown_connection_events: u64,
 }
@@ -571,7 +573,7 @@ mod tests {
 
     #[test]
     fn chunked_gzip_response_reports_exact_decoded_size() {
-        let plain = sample(4000);
+        let plain = sample(1500);
         let gz = gzip(&plain);
         let mut reply =
             b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -580,7 +582,7 @@ mod tests {
         let check = |h: &Harness, label: &str| {
             let r = response(&h.out[0]);
             assert_eq!(r.wire_body_bytes, gz.len() as u64, "{label}");
-            assert_eq!(r.decoded_body_bytes, 4000, "{label}");
+            assert_eq!(r.decoded_body_bytes, 1500, "{label}");
             assert_eq!(
                 (r.coding, r.decoding),
                 (ContentCoding::Gzip, BodyDecoding::Decoded)
@@ -983,6 +985,20 @@ mod tests {
         assert_eq!(h.out[1].request.target, "/3");
         assert_eq!(h.out[1].body.bytes, b"q");
         assert_eq!(h.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn direction_without_any_message_start_is_given_up() {
+        let mut h = Harness::new();
+        let noise = [0x17u8; 4096];
+        for ts in 0..100 {
+            h.client(ts, &noise);
+        }
+        h.client(200, b"\nGET /late HTTP/1.1\r\n\r\n");
+        h.server(210, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(h.out.is_empty());
+        assert_eq!(h.stats().not_http, 1);
+        assert_eq!(h.stats().midstream_pickups, 1);
     }
 
     #[test]
