@@ -345,8 +345,9 @@ impl HeadReader {
         } else if i >= input.len() {
             HeadFeed::NeedMore
         } else {
+            // At least one byte, so that a zero limit cannot stall the caller.
             HeadFeed::TooLarge {
-                consumed: i,
+                consumed: i.max(1),
                 at_line_start: self.at_line_start,
             }
         }

@@ -159,7 +159,8 @@ pub struct HttpExchange<B> {
     /// Last byte of the request body.
     pub ts_request_end: Timestamp,
     pub response: Option<ResponseSummary>,
-    /// `None` when every byte of both messages was seen and framed.
+    /// `None` when every byte of both messages was seen and framed. When several things went
+    /// wrong, the first one seen is kept.
     pub incomplete: Option<Incomplete>,
 }
 
@@ -194,6 +195,13 @@ pub struct HttpStats {
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
+///
+/// An exchange is emitted once, when both its request and its response have ended, or when its
+/// connection closes (or it is evicted from a full pending queue) with `incomplete` saying why.
+/// After a gap or broken framing a direction resyncs at the next plausible start line (at a line
+/// start, or a request line directly after body text); a request whose head was not seen is
+/// never emitted, but is kept as a placeholder when its response is still owed, so that later
+/// responses still match their requests.
 pub struct HttpTracker<S: ExchangeSelector> {
     selector: S,
     limits: HttpLimits,
@@ -999,6 +1007,23 @@ mod tests {
         assert!(h.out.is_empty());
         assert_eq!(h.stats().not_http, 1);
         assert_eq!(h.stats().midstream_pickups, 1);
+    }
+
+    #[test]
+    fn zero_limits_do_not_stall() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 0,
+            max_headers: 0,
+            max_pending_requests: 0,
+            max_decoded_body_bytes: 0,
+        });
+        h.client(
+            10,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        h.close(30);
+        assert!(h.stats().head_too_large >= 2);
     }
 
     #[test]
