@@ -128,6 +128,37 @@ impl Reader {
         }
     }
 
+    /// Feeds bytes to the head being collected; returns the unconsumed input and what happened.
+    fn feed_head<'i>(
+        &mut self,
+        input: &'i [u8],
+        ts: Timestamp,
+        max_head_bytes: usize,
+        stats: &mut HttpStats,
+    ) -> (&'i [u8], HeadStep) {
+        let rest = |consumed: usize| input.get(consumed..).unwrap_or_default();
+        match self.head.feed(input, ts, max_head_bytes) {
+            HeadFeed::NeedMore => (&[], HeadStep::Partial),
+            HeadFeed::Complete { consumed } => (rest(consumed), HeadStep::Complete),
+            HeadFeed::Implausible {
+                consumed,
+                at_line_start,
+            } => {
+                self.reject_start(at_line_start, stats);
+                (rest(consumed), HeadStep::NotAMessage)
+            }
+            HeadFeed::TooLarge {
+                consumed,
+                at_line_start,
+            } => {
+                stats.head_too_large += 1;
+                let real_message = self.head.start_line_seen();
+                self.resync(at_line_start, stats);
+                (rest(consumed), HeadStep::TooLarge { real_message })
+            }
+        }
+    }
+
     /// A head that cannot start a message: count why and start seeking.
     fn reject_start(&mut self, at_line_start: bool, stats: &mut HttpStats) {
         if self.resyncing {
@@ -143,6 +174,17 @@ impl Reader {
             self.resync(at_line_start, stats);
         }
     }
+}
+
+/// What feeding a head did.
+enum HeadStep {
+    Partial,
+    Complete,
+    NotAMessage,
+    /// Dropped for size; `real_message` when its start line was plausible (it will be answered).
+    TooLarge {
+        real_message: bool,
+    },
 }
 
 /// A request waiting for its response (and possibly for the rest of its own body).
@@ -309,31 +351,15 @@ impl<B: RequestBody> Connection<B> {
                 }
                 Phase::Head => {
                     let max = ctx.limits.max_head_bytes;
-                    match self.requests.head.feed(input, ts, max) {
-                        HeadFeed::NeedMore => input = &[],
-                        HeadFeed::Complete { consumed } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            self.on_request_head(ts, ctx);
+                    let (rest, step) = self.requests.feed_head(input, ts, max, ctx.stats);
+                    input = rest;
+                    match step {
+                        HeadStep::Complete => self.on_request_head(ts, ctx),
+                        // The server will answer it (431): keep FIFO right.
+                        HeadStep::TooLarge { real_message: true } => {
+                            self.push_pending(None, false, false, true, ctx);
                         }
-                        HeadFeed::Implausible {
-                            consumed,
-                            at_line_start,
-                        } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            self.requests.reject_start(at_line_start, ctx.stats);
-                        }
-                        HeadFeed::TooLarge {
-                            consumed,
-                            at_line_start,
-                        } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            ctx.stats.head_too_large += 1;
-                            if self.requests.head.start_line_seen() {
-                                // A real request the server will answer (431): keep FIFO right.
-                                self.push_pending(None, false, false, true, ctx);
-                            }
-                            self.requests.resync(at_line_start, ctx.stats);
-                        }
+                        _ => {}
                     }
                 }
                 Phase::Body(framing) => {
@@ -553,30 +579,14 @@ impl<B: RequestBody> Connection<B> {
                 }
                 Phase::Head => {
                     let max = ctx.limits.max_head_bytes;
-                    match self.responses.head.feed(input, ts, max) {
-                        HeadFeed::NeedMore => input = &[],
-                        HeadFeed::Complete { consumed } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            self.on_response_head(ts, ctx);
+                    let (rest, step) = self.responses.feed_head(input, ts, max, ctx.stats);
+                    input = rest;
+                    match step {
+                        HeadStep::Complete => self.on_response_head(ts, ctx),
+                        HeadStep::TooLarge { real_message: true } => {
+                            self.fail_response_start(Incomplete::Malformed, ctx);
                         }
-                        HeadFeed::Implausible {
-                            consumed,
-                            at_line_start,
-                        } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            self.responses.reject_start(at_line_start, ctx.stats);
-                        }
-                        HeadFeed::TooLarge {
-                            consumed,
-                            at_line_start,
-                        } => {
-                            input = input.get(consumed..).unwrap_or_default();
-                            ctx.stats.head_too_large += 1;
-                            if self.responses.head.start_line_seen() {
-                                self.fail_response_start(Incomplete::Malformed, ctx);
-                            }
-                            self.responses.resync(at_line_start, ctx.stats);
-                        }
+                        _ => {}
                     }
                 }
                 Phase::Body(framing) => {

@@ -126,14 +126,39 @@ fn is_zlib_header(cmf: u8, flg: u8) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use flate2::Compression;
     use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
     use std::io::Write;
 
-    fn sample(len: usize) -> Vec<u8> {
-        (0..len).map(|i| b"redcap,record,field\n"[i % 20]).collect()
+    /// Text that compresses, but not to nothing.
+    pub(in crate::http) fn sample(len: usize) -> Vec<u8> {
+        let mut x = 12345u32;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                b"abcdefgh ,\n"[(x >> 16) as usize % 11]
+            })
+            .collect()
+    }
+
+    pub(in crate::http) fn gzip(plain: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(plain).unwrap();
+        enc.finish().unwrap()
+    }
+
+    pub(in crate::http) fn zlib(plain: &[u8]) -> Vec<u8> {
+        let mut enc = ZlibEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(plain).unwrap();
+        enc.finish().unwrap()
+    }
+
+    pub(in crate::http) fn raw_deflate(plain: &[u8]) -> Vec<u8> {
+        let mut enc = DeflateEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(plain).unwrap();
+        enc.finish().unwrap()
     }
 
     fn decode(coding: ContentCoding, body: &[u8], piece: usize, cap: u64) -> (BodyDecoding, u64) {
@@ -147,10 +172,7 @@ mod tests {
 
     #[test]
     fn gzip_decoded_size_is_exact_in_pieces_of_any_size() {
-        let plain = sample(50_000);
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(&plain).unwrap();
-        let gz = enc.finish().unwrap();
+        let gz = gzip(&sample(50_000));
         for piece in [1, 2, 7, 1000, gz.len()] {
             assert_eq!(
                 decode(ContentCoding::Gzip, &gz, piece, u64::MAX),
@@ -163,12 +185,7 @@ mod tests {
     #[test]
     fn deflate_is_decoded_zlib_wrapped_or_raw() {
         let plain = sample(3000);
-        let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
-        zlib.write_all(&plain).unwrap();
-        let zlib = zlib.finish().unwrap();
-        let mut raw = DeflateEncoder::new(Vec::new(), Compression::default());
-        raw.write_all(&plain).unwrap();
-        let raw = raw.finish().unwrap();
+        let (zlib, raw) = (zlib(&plain), raw_deflate(&plain));
         for piece in [1, 3, 5000] {
             assert_eq!(
                 decode(ContentCoding::Deflate, &zlib, piece, u64::MAX),
@@ -183,10 +200,7 @@ mod tests {
 
     #[test]
     fn decoding_stops_at_the_cap() {
-        let plain = sample(100_000);
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(&plain).unwrap();
-        let gz = enc.finish().unwrap();
+        let gz = gzip(&sample(100_000));
         assert_eq!(
             decode(ContentCoding::Gzip, &gz, 500, 10_000),
             (BodyDecoding::Capped, 10_000)
@@ -203,9 +217,7 @@ mod tests {
             decode(ContentCoding::Gzip, b"this is not gzip at all", 4, u64::MAX).0,
             BodyDecoding::Failed
         );
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(&sample(1000)).unwrap();
-        let gz = enc.finish().unwrap();
+        let gz = gzip(&sample(1000));
         assert_eq!(
             decode(ContentCoding::Gzip, &gz[..gz.len() / 2], 4, u64::MAX).0,
             BodyDecoding::Failed

@@ -280,11 +280,9 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 
 #[cfg(test)]
 mod tests {
+    use super::decode::tests::{gzip, raw_deflate, sample, zlib};
     use super::*;
     use crate::model::{CloseReason, Direction};
-    use flate2::Compression;
-    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
-    use std::io::Write;
     use std::net::{IpAddr, Ipv4Addr};
 
     /// Collects a selected request's body as it arrives.
@@ -395,23 +393,6 @@ mod tests {
 
     fn response(exchange: &HttpExchange<Collected>) -> &ResponseSummary {
         exchange.response.as_ref().expect("a response")
-    }
-
-    fn gzip(plain: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(plain).unwrap();
-        enc.finish().unwrap()
-    }
-
-    /// Text that compresses, but not to nothing.
-    fn sample(len: usize) -> Vec<u8> {
-        let mut x = 12345u32;
-        (0..len)
-            .map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                b"abcdefgh ,\n"[(x >> 16) as usize % 11]
-            })
-            .collect()
     }
 
     fn chunked(body: &[u8], size: usize) -> Vec<u8> {
@@ -619,12 +600,7 @@ mod tests {
     #[test]
     fn deflate_is_decoded_zlib_wrapped_or_raw() {
         let plain = sample(3000);
-        let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
-        zlib.write_all(&plain).unwrap();
-        let zlib = zlib.finish().unwrap();
-        let mut raw = DeflateEncoder::new(Vec::new(), Compression::default());
-        raw.write_all(&plain).unwrap();
-        let raw = raw.finish().unwrap();
+        let (zlib, raw) = (zlib(&plain), raw_deflate(&plain));
 
         let mut h = Harness::new();
         h.client(10, b"GET /a HTTP/1.1\r\n\r\n");
