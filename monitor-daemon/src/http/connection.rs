@@ -57,7 +57,8 @@ struct Reader {
     /// Looking for a message start after losing the framing; false starts are not counted.
     resyncing: bool,
     /// A gap swallowed the start of a message: if bytes must be skipped before the next start,
-    /// they are the rest of a request the server will still answer.
+    /// they are the rest of a message that still counts (a request the server will answer, or
+    /// the response owed to the oldest pending request).
     start_lost: bool,
     /// Bytes skipped before the first message start: past a limit, this is not HTTP.
     skipped_unsynced: u64,
@@ -573,9 +574,14 @@ impl<B: RequestBody> Connection<B> {
                 Phase::Stopped => return,
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
+                    let before = input.len();
                     input = self
                         .responses
                         .skip_to_start(input, at_line_start, ctx.stats);
+                    if input.len() < before && std::mem::take(&mut self.responses.start_lost) {
+                        // The skipped bytes were the rest of the owed response.
+                        self.fail_response_start(Incomplete::ResponseGap, ctx);
+                    }
                 }
                 Phase::Head => {
                     let max = ctx.limits.max_head_bytes;
@@ -651,6 +657,7 @@ impl<B: RequestBody> Connection<B> {
         };
         self.responses.synced = true;
         self.responses.resyncing = false;
+        self.responses.start_lost = false;
         self.responses.expect_head();
         if (100..200).contains(&info.status) && info.status != 101 {
             // Interim (e.g. 100 Continue): the final response to the same request follows.
@@ -755,6 +762,8 @@ impl<B: RequestBody> Connection<B> {
             Phase::Head => {
                 if self.responses.head.started() {
                     self.fail_response_start(Incomplete::ResponseGap, ctx);
+                } else {
+                    self.responses.start_lost = true;
                 }
                 self.responses.resync(false, ctx.stats);
             }
@@ -777,7 +786,12 @@ impl<B: RequestBody> Connection<B> {
                         self.responses.expect_head();
                         self.finish_response(ctx);
                     }
-                    GapOutcome::Overran { .. } | GapOutcome::Broken => {
+                    GapOutcome::Overran { .. } => {
+                        self.responses.resync(false, ctx.stats);
+                        self.responses.start_lost = true;
+                        self.finish_response(ctx);
+                    }
+                    GapOutcome::Broken => {
                         self.responses.resync(false, ctx.stats);
                         self.finish_response(ctx);
                     }

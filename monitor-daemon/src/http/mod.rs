@@ -740,6 +740,24 @@ mod tests {
     }
 
     #[test]
+    fn gap_that_swallows_a_response_start_fails_that_response_only() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 201 OK\r\nContent-Length: 2\r\n\r\nok");
+        h.gap(Direction::ServerToClient, 21, 20);
+        h.server(
+            22,
+            b"ength: 2\r\n\r\nokHTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.statuses(), [Some(201), None, Some(203)]);
+        assert_eq!(h.out[1].incomplete, Some(Incomplete::ResponseGap));
+        assert_eq!(h.out[2].incomplete, None);
+    }
+
+    #[test]
     fn gap_inside_chunk_data_keeps_the_framing() {
         let mut h = Harness::new();
         h.client(
