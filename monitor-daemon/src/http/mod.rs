@@ -117,7 +117,9 @@ pub struct ResponseSummary {
     pub ts_last_byte: Timestamp,
     /// Body bytes as sent (after de-chunking, before content decoding).
     pub wire_body_bytes: u64,
-    /// Body bytes after content decoding (see `decoding` for how exact this is).
+    /// Body bytes after content decoding (see `decoding` for how exact this is): the wire size
+    /// for `Identity` and `Unsupported`, the cap for `Capped`, the bytes decoded before the
+    /// failure for `Failed`.
     pub decoded_body_bytes: u64,
     pub coding: ContentCoding,
     pub decoding: BodyDecoding,
