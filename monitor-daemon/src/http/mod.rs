@@ -8,7 +8,19 @@
 //! Sans-IO: driven by [`StreamEvent`]s and the timestamps they carry. Never panics on input; every
 //! rejection is counted in [`HttpStats`].
 
+mod body;
+mod connection;
+mod decode;
+mod head;
+
+use std::collections::HashMap;
+
 use crate::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
+use connection::{Connection, Ctx};
+use head::HeaderSlots;
+
+/// Decoded bytes are written here, a piece at a time, and never read.
+const DECODE_SCRATCH_BYTES: usize = 32 * 1024;
 
 /// Bounds on what one connection may make the parser hold or do.
 #[derive(Clone, Debug)]
@@ -105,7 +117,9 @@ pub struct ResponseSummary {
     pub ts_last_byte: Timestamp,
     /// Body bytes as sent (after de-chunking, before content decoding).
     pub wire_body_bytes: u64,
-    /// Body bytes after content decoding (see `decoding` for how exact this is).
+    /// Body bytes after content decoding (see `decoding` for how exact this is): the wire size
+    /// for `Identity` and `Unsupported`, the cap for `Capped`, the bytes decoded before the
+    /// failure for `Failed`.
     pub decoded_body_bytes: u64,
     pub coding: ContentCoding,
     pub decoding: BodyDecoding,
@@ -122,8 +136,14 @@ pub enum Incomplete {
     NoResponse,
     /// The response ended before its framing said it would.
     ResponseTruncated,
-    /// The request was picked up mid-stream; its start was not captured.
+    /// The request was picked up mid-stream; its start was not captured. (The tracker itself
+    /// never emits a request whose head it did not see, so it does not produce this.)
     MidStream,
+    /// The connection ended (or was evicted) before the request body did.
+    RequestTruncated,
+    /// A message's framing was invalid (bad chunk, unusable response head); the direction was
+    /// resynced after it.
+    Malformed,
 }
 
 /// One request and its response on one connection.
@@ -141,7 +161,8 @@ pub struct HttpExchange<B> {
     /// Last byte of the request body.
     pub ts_request_end: Timestamp,
     pub response: Option<ResponseSummary>,
-    /// `None` when every byte of both messages was seen and framed.
+    /// `None` when every byte of both messages was seen and framed. When several things went
+    /// wrong, the first one seen is kept.
     pub incomplete: Option<Incomplete>,
 }
 
@@ -161,29 +182,908 @@ pub struct HttpStats {
     pub resyncs: u64,
     pub decode_failed: u64,
     pub decode_capped: u64,
+    /// Heads with more header lines than `max_headers`.
+    pub too_many_headers: u64,
+    /// Content-Length that is not a number, disagrees with itself, or is beyond belief.
+    pub bad_content_length: u64,
+    /// Directions whose first bytes were not a message start (picked up mid-stream).
+    pub midstream_pickups: u64,
+    /// Connections that switched protocols (101, or CONNECT answered 2xx); no longer parsed.
+    pub upgrades: u64,
+    /// Directions given up on: no message start found in their first bytes (TLS, not HTTP).
+    pub not_http: u64,
+    /// Events for connections never opened (or already closed); ignored.
+    pub unknown_connection_events: u64,
 }
 
+/// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
+///
+/// An exchange is emitted once, when both its request and its response have ended, or when its
+/// connection closes (or it is evicted from a full pending queue) with `incomplete` saying why.
+/// After a gap or broken framing a direction resyncs at the next plausible start line (at a line
+/// start, or a request line directly after body text); a request whose head was not seen is
+/// never emitted, but is kept as a placeholder when its response is still owed, so that later
+/// responses still match their requests.
 pub struct HttpTracker<S: ExchangeSelector> {
-    _selector: S,
-    _limits: HttpLimits,
+    selector: S,
+    limits: HttpLimits,
     stats: HttpStats,
+    connections: HashMap<ConnectionId, Connection<S::Body>>,
+    scratch: Box<[u8]>,
+    request_head: RequestHead,
+    header_slots: HeaderSlots,
 }
 
 impl<S: ExchangeSelector> HttpTracker<S> {
     pub fn new(limits: HttpLimits, selector: S) -> Self {
         Self {
-            _selector: selector,
-            _limits: limits,
+            selector,
+            limits,
             stats: HttpStats::default(),
+            connections: HashMap::new(),
+            scratch: vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice(),
+            request_head: RequestHead::default(),
+            header_slots: HeaderSlots::default(),
         }
     }
 
     /// Feeds one reassembly event; finished exchanges are appended to `out` in completion order.
-    pub fn on_event(&mut self, _event: &StreamEvent<'_>, _out: &mut Vec<HttpExchange<S::Body>>) {
-        todo!()
+    pub fn on_event(&mut self, event: &StreamEvent<'_>, out: &mut Vec<HttpExchange<S::Body>>) {
+        let mut ctx = Ctx {
+            selector: &mut self.selector,
+            limits: &self.limits,
+            stats: &mut self.stats,
+            scratch: &mut self.scratch,
+            request_head: &mut self.request_head,
+            header_slots: &mut self.header_slots,
+            out,
+        };
+        match *event {
+            StreamEvent::Opened {
+                conn,
+                client,
+                server,
+                ..
+            } => {
+                let fresh = Connection::new(conn, client, server);
+                if let Some(previous) = self.connections.insert(conn, fresh) {
+                    previous.close(&mut ctx);
+                }
+            }
+            StreamEvent::Data {
+                conn,
+                dir,
+                ts,
+                bytes,
+            } => match self.connections.get_mut(&conn) {
+                Some(connection) => connection.on_data(dir, ts, bytes, &mut ctx),
+                None => ctx.stats.unknown_connection_events += 1,
+            },
+            StreamEvent::Gap { conn, dir, ts, len } => match self.connections.get_mut(&conn) {
+                Some(connection) => connection.on_gap(dir, ts, len, &mut ctx),
+                None => ctx.stats.unknown_connection_events += 1,
+            },
+            StreamEvent::Closed { conn, .. } => match self.connections.remove(&conn) {
+                Some(connection) => connection.close(&mut ctx),
+                None => ctx.stats.unknown_connection_events += 1,
+            },
+        }
     }
 
     pub fn stats(&self) -> &HttpStats {
         &self.stats
+    }
+
+    /// Connections currently tracked.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode::tests::{gzip, raw_deflate, sample, zlib};
+    use super::*;
+    use crate::model::{CloseReason, Direction};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// Collects a selected request's body as it arrives.
+    #[derive(Debug, Default)]
+    struct Collected {
+        bytes: Vec<u8>,
+        lost: u64,
+    }
+
+    impl RequestBody for Collected {
+        fn feed(&mut self, chunk: &[u8]) {
+            self.bytes.extend_from_slice(chunk);
+        }
+        fn gap(&mut self, len: u64) {
+            self.lost += len;
+        }
+    }
+
+    /// Selects every request whose target does not contain "skip".
+    struct AllButSkip;
+
+    impl ExchangeSelector for AllButSkip {
+        type Body = Collected;
+        fn select(&mut self, head: &RequestHead) -> Option<Collected> {
+            (!head.target.contains("skip")).then(Collected::default)
+        }
+    }
+
+    const CONN: ConnectionId = ConnectionId(7);
+
+    struct Harness {
+        tracker: HttpTracker<AllButSkip>,
+        out: Vec<HttpExchange<Collected>>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with_limits(HttpLimits::default())
+        }
+
+        fn with_limits(limits: HttpLimits) -> Self {
+            let mut harness = Self {
+                tracker: HttpTracker::new(limits, AllButSkip),
+                out: Vec::new(),
+            };
+            let ep = |last, port| Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
+                port,
+            };
+            harness.event(StreamEvent::Opened {
+                conn: CONN,
+                ts: Timestamp(0),
+                client: ep(1, 40_000),
+                server: ep(2, 443),
+            });
+            harness
+        }
+
+        fn event(&mut self, event: StreamEvent<'_>) {
+            self.tracker.on_event(&event, &mut self.out);
+        }
+
+        fn data(&mut self, dir: Direction, ts: u64, bytes: &[u8]) {
+            self.event(StreamEvent::Data {
+                conn: CONN,
+                dir,
+                ts: Timestamp(ts),
+                bytes,
+            });
+        }
+
+        fn client(&mut self, ts: u64, bytes: &[u8]) {
+            self.data(Direction::ClientToServer, ts, bytes);
+        }
+
+        fn server(&mut self, ts: u64, bytes: &[u8]) {
+            self.data(Direction::ServerToClient, ts, bytes);
+        }
+
+        fn gap(&mut self, dir: Direction, ts: u64, len: u64) {
+            self.event(StreamEvent::Gap {
+                conn: CONN,
+                dir,
+                ts: Timestamp(ts),
+                len,
+            });
+        }
+
+        fn close(&mut self, ts: u64) {
+            self.event(StreamEvent::Closed {
+                conn: CONN,
+                ts: Timestamp(ts),
+                reason: CloseReason::Fin,
+            });
+        }
+
+        fn stats(&self) -> HttpStats {
+            self.tracker.stats().clone()
+        }
+
+        fn statuses(&self) -> Vec<Option<u16>> {
+            self.out
+                .iter()
+                .map(|e| e.response.as_ref().map(|r| r.status))
+                .collect()
+        }
+    }
+
+    fn response(exchange: &HttpExchange<Collected>) -> &ResponseSummary {
+        exchange.response.as_ref().expect("a response")
+    }
+
+    fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, chunk) in body.chunks(size).enumerate() {
+            if i % 2 == 0 {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            } else {
+                out.extend_from_slice(format!("{:X};ext=\"v\"\r\n", chunk.len()).as_bytes());
+            }
+            out.extend_from_slice(chunk);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\n");
+        out
+    }
+
+    #[test]
+    fn keep_alive_connection_emits_each_exchange_with_its_timing() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /a?x=1 HTTP/1.1\r\nHost: redcap.example\r\nX-Forwarded-For: 192.0.2.9, 10.1.1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel");
+        assert!(h.out.is_empty());
+        h.server(21, b"lo");
+        assert_eq!(h.out.len(), 1);
+        h.client(30, b"POST /b HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\nabc");
+        h.server(40, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        h.client(50, b"GET /c HTTP/1.1\r\n\r\n");
+        h.server(60, b"HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(h.statuses(), [Some(200), Some(404), Some(500)]);
+
+        let first = &h.out[0];
+        assert_eq!(first.request.method, "GET");
+        assert_eq!(first.request.path(), "/a");
+        assert_eq!(first.request.host.as_deref(), Some("redcap.example"));
+        assert_eq!(first.request.forwarded_for.as_deref(), Some("192.0.2.9"));
+        assert_eq!(
+            (first.ts_request_start, first.ts_request_end),
+            (Timestamp(10), Timestamp(10))
+        );
+        let r = response(first);
+        assert_eq!(
+            (r.ts_first_byte, r.ts_last_byte),
+            (Timestamp(20), Timestamp(21))
+        );
+        assert_eq!((r.wire_body_bytes, r.decoded_body_bytes), (5, 5));
+        assert_eq!(
+            (r.coding, r.decoding),
+            (ContentCoding::Identity, BodyDecoding::Identity)
+        );
+        assert_eq!(first.incomplete, None);
+
+        let second = &h.out[1];
+        assert_eq!(second.body.bytes, b"abc");
+        assert_eq!(second.request_body_bytes, 3);
+        assert_eq!(second.request.content_length, Some(3));
+        assert_eq!(
+            second.request.content_type.as_deref(),
+            Some("application/x-www-form-urlencoded")
+        );
+        let stats = h.stats();
+        assert_eq!(
+            (stats.requests, stats.responses, stats.exchanges),
+            (3, 3, 3)
+        );
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 4\r\n\r\nbodyGET /3 HTTP/1.1\r\n\r\n");
+        h.server(
+            20,
+            b"HTTP/1.1 201 A\r\nContent-Length: 1\r\n\r\naHTTP/1.1 202 B\r\nContent-Length: 2\r\n\r\nbbHTTP/1.1 203 C\r\nContent-Length: 3\r\n\r\nccc",
+        );
+        assert_eq!(h.statuses(), [Some(201), Some(202), Some(203)]);
+        let targets: Vec<_> = h.out.iter().map(|e| e.request.target.as_str()).collect();
+        assert_eq!(targets, ["/1", "/2", "/3"]);
+        assert_eq!(h.out[1].body.bytes, b"body");
+        let wire: Vec<_> = h.out.iter().map(|e| response(e).wire_body_bytes).collect();
+        assert_eq!(wire, [1, 2, 3]);
+    }
+
+    #[test]
+    fn pending_overflow_evicts_the_oldest_and_skips_its_response() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_pending_requests: 2,
+            ..HttpLimits::default()
+        });
+        h.client(
+            10,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(h.out.len(), 1);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::NoResponse));
+        h.server(20, b"HTTP/1.1 201 A\r\nContent-Length: 0\r\n\r\nHTTP/1.1 202 B\r\nContent-Length: 0\r\n\r\nHTTP/1.1 203 C\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [None, Some(202), Some(203)]);
+        assert_eq!(h.stats().pending_overflow, 1);
+        assert_eq!(h.stats().unmatched_responses, 0);
+    }
+
+    const FORM_REQUEST: &[u8] = b"POST /api/ HTTP/1.1\r\nHost: r\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\n\r\ntoken=0123456789ABCDEF&content=record&x=";
+
+    #[test]
+    fn content_length_body_split_at_every_byte_boundary() {
+        let body_at = FORM_REQUEST.len() - 40;
+        for split in 0..=FORM_REQUEST.len() {
+            let mut h = Harness::new();
+            let (a, b) = FORM_REQUEST.split_at(split);
+            h.client(10, a);
+            h.client(11, b);
+            h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(h.out.len(), 1, "split {split}");
+            let ex = &h.out[0];
+            assert_eq!(ex.body.bytes, &FORM_REQUEST[body_at..], "split {split}");
+            assert_eq!(ex.request_body_bytes, 40);
+            let start = if split > 0 { 10 } else { 11 };
+            let end = if split < FORM_REQUEST.len() { 11 } else { 10 };
+            assert_eq!(ex.ts_request_start, Timestamp(start), "split {split}");
+            assert_eq!(ex.ts_request_end, Timestamp(end), "split {split}");
+            assert_eq!(ex.incomplete, None);
+        }
+
+        let mut h = Harness::new();
+        for (i, byte) in FORM_REQUEST.iter().enumerate() {
+            h.client(100 + i as u64, std::slice::from_ref(byte));
+        }
+        h.server(1000, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let ex = &h.out[0];
+        assert_eq!(ex.body.bytes, &FORM_REQUEST[body_at..]);
+        assert_eq!(ex.ts_request_start, Timestamp(100));
+        assert_eq!(
+            ex.ts_request_end,
+            Timestamp(100 + FORM_REQUEST.len() as u64 - 1)
+        );
+    }
+
+    #[test]
+    fn chunked_request_and_response_at_every_split() {
+        let request = b"POST /api/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: v\r\n\r\n";
+        let reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for split in 0..=request.len() {
+            let mut h = Harness::new();
+            let (a, b) = request.split_at(split);
+            h.client(10, a);
+            h.client(11, b);
+            h.server(20, reply);
+            let ex = &h.out[0];
+            assert_eq!(ex.body.bytes, b"hello world", "split {split}");
+            assert_eq!(ex.request_body_bytes, 11);
+            assert!(ex.request.chunked);
+            assert_eq!(ex.incomplete, None);
+        }
+        for split in 0..=reply.len() {
+            let mut h = Harness::new();
+            h.client(10, request);
+            let (a, b) = reply.split_at(split);
+            h.server(20, a);
+            h.server(21, b);
+            h.client(30, b"GET /next HTTP/1.1\r\n\r\n");
+            h.server(40, b"HTTP/1.1 204 No Content\r\n\r\n");
+            assert_eq!(h.statuses(), [Some(200), Some(204)], "split {split}");
+            assert_eq!(response(&h.out[0]).wire_body_bytes, 19, "split {split}");
+            assert_eq!(h.out[0].incomplete, None);
+        }
+    }
+
+    #[test]
+    fn chunked_gzip_response_reports_exact_decoded_size() {
+        let plain = sample(1500);
+        let gz = gzip(&plain);
+        let mut reply =
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        reply.extend_from_slice(&chunked(&gz, 97));
+        let check = |h: &Harness, label: &str| {
+            let r = response(&h.out[0]);
+            assert_eq!(r.wire_body_bytes, gz.len() as u64, "{label}");
+            assert_eq!(r.decoded_body_bytes, 1500, "{label}");
+            assert_eq!(
+                (r.coding, r.decoding),
+                (ContentCoding::Gzip, BodyDecoding::Decoded)
+            );
+        };
+        for split in 0..=reply.len() {
+            let mut h = Harness::new();
+            h.client(10, b"GET /export HTTP/1.1\r\n\r\n");
+            let (a, b) = reply.split_at(split);
+            h.server(20, a);
+            h.server(21, b);
+            check(&h, &format!("split {split}"));
+        }
+        let mut h = Harness::new();
+        h.client(10, b"GET /export HTTP/1.1\r\n\r\n");
+        for (i, byte) in reply.iter().enumerate() {
+            h.server(20 + i as u64, std::slice::from_ref(byte));
+        }
+        check(&h, "byte by byte");
+        assert_eq!(
+            response(&h.out[0]).ts_last_byte,
+            Timestamp(20 + reply.len() as u64 - 1)
+        );
+    }
+
+    #[test]
+    fn deflate_is_decoded_zlib_wrapped_or_raw() {
+        let plain = sample(3000);
+        let (zlib, raw) = (zlib(&plain), raw_deflate(&plain));
+
+        let mut h = Harness::new();
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\n");
+        h.server(
+            20,
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: {}\r\n\r\n",
+                zlib.len()
+            )
+            .as_bytes(),
+        );
+        h.server(21, &zlib);
+        h.client(30, b"GET /b HTTP/1.0\r\n\r\n");
+        h.server(40, b"HTTP/1.0 200 OK\r\nContent-Encoding: Deflate\r\n\r\n");
+        h.server(41, &raw);
+        h.close(50);
+        for ex in &h.out {
+            let r = response(ex);
+            assert_eq!(
+                (r.decoding, r.decoded_body_bytes),
+                (BodyDecoding::Decoded, 3000)
+            );
+        }
+        assert_eq!(h.out.len(), 2);
+    }
+
+    #[test]
+    fn expect_continue_interim_response_is_skipped_and_timing_uses_the_final_one() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"POST /api/ HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 7\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 100 Continue\r\n\r\n");
+        h.client(30, b"token=x");
+        assert!(h.out.is_empty());
+        h.server(40, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        h.server(41, b"{}");
+        let ex = &h.out[0];
+        assert!(ex.request.expect_continue);
+        assert_eq!(ex.body.bytes, b"token=x");
+        assert_eq!(ex.ts_request_end, Timestamp(30));
+        let r = response(ex);
+        assert_eq!(
+            (r.status, r.ts_first_byte, r.ts_last_byte),
+            (200, Timestamp(40), Timestamp(41))
+        );
+        assert_eq!(h.stats().interim_responses, 1);
+        assert_eq!(h.stats().responses, 1);
+    }
+
+    #[test]
+    fn head_204_and_304_responses_have_no_body() {
+        let mut h = Harness::new();
+        h.client(10, b"HEAD /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\nGET /z HTTP/1.1\r\n\r\nGET /w HTTP/1.1\r\n\r\n");
+        h.server(
+            20,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert_eq!(h.statuses(), [Some(200), Some(204), Some(304), Some(200)]);
+        let wire: Vec<_> = h.out.iter().map(|e| response(e).wire_body_bytes).collect();
+        assert_eq!(wire, [0, 0, 0, 2]);
+        assert!(h.out.iter().all(|e| e.incomplete.is_none()));
+    }
+
+    #[test]
+    fn body_without_length_is_read_until_close() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc");
+        h.server(21, b"defHTTP/1.1 200 fake\r\n\r\n");
+        assert!(h.out.is_empty());
+        h.close(30);
+        let r = response(&h.out[0]);
+        assert_eq!((r.wire_body_bytes, r.ts_last_byte), (27, Timestamp(21)));
+        assert_eq!(h.out[0].incomplete, None);
+        assert_eq!(h.tracker.connections(), 0);
+    }
+
+    #[test]
+    fn gap_in_content_length_body_is_skipped_and_marked() {
+        let mut h = Harness::new();
+        h.client(10, b"POST /1 HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        h.gap(Direction::ClientToServer, 11, 4);
+        h.client(12, b"hij");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n12");
+        h.client(30, b"GET /2 HTTP/1.1\r\n\r\n");
+        h.gap(Direction::ServerToClient, 21, 5);
+        h.server(
+            22,
+            b"8HTTP/1.1 201 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.statuses(), [Some(200), Some(201)]);
+        let first = &h.out[0];
+        assert_eq!(first.incomplete, Some(Incomplete::RequestGap));
+        assert_eq!(
+            (first.body.bytes.as_slice(), first.body.lost),
+            (&b"abchij"[..], 4)
+        );
+        assert_eq!(first.request_body_bytes, 10);
+        assert_eq!(first.ts_request_end, Timestamp(12));
+        assert_eq!(response(first).wire_body_bytes, 8);
+        let second = &h.out[1];
+        assert_eq!(second.incomplete, None);
+        assert_eq!(h.stats().resyncs, 0);
+
+        h.client(40, b"GET /3 HTTP/1.1\r\n\r\n");
+        h.server(
+            50,
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 30\r\n\r\n",
+        );
+        h.gap(Direction::ServerToClient, 51, 30);
+        let third = &h.out[2];
+        assert_eq!(third.incomplete, Some(Incomplete::ResponseGap));
+        let r = response(third);
+        assert_eq!((r.wire_body_bytes, r.decoding), (30, BodyDecoding::Failed));
+    }
+
+    #[test]
+    fn gap_in_chunked_body_resyncs_to_the_next_exchange() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        h.server(
+            20,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab",
+        );
+        h.gap(Direction::ServerToClient, 21, 10);
+        h.server(
+            22,
+            b"z\r\n0\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert_eq!(h.statuses(), [Some(200), Some(201)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::ResponseGap));
+        assert_eq!(h.out[1].incomplete, None);
+        assert_eq!(response(&h.out[1]).wire_body_bytes, 2);
+        assert_eq!(h.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn gap_that_swallows_a_response_start_fails_that_response_only() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 201 OK\r\nContent-Length: 2\r\n\r\nok");
+        h.gap(Direction::ServerToClient, 21, 20);
+        h.server(
+            22,
+            b"ength: 2\r\n\r\nokHTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.statuses(), [Some(201), None, Some(203)]);
+        assert_eq!(h.out[1].incomplete, Some(Incomplete::ResponseGap));
+        assert_eq!(h.out[2].incomplete, None);
+    }
+
+    #[test]
+    fn gap_inside_chunk_data_keeps_the_framing() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"POST /1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\na\r\n01",
+        );
+        h.gap(Direction::ClientToServer, 11, 6);
+        h.client(12, b"89\r\n0\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.out.len(), 2);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::RequestGap));
+        assert_eq!(h.out[0].request_body_bytes, 10);
+        assert_eq!(h.stats().resyncs, 0);
+    }
+
+    #[test]
+    fn mid_stream_pickup_skips_to_the_next_message_start() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"ntent=record&format=JSONPOST /api/ HTTP/1.1\r\nContent-Length: 3\r\n\r\na=1",
+        );
+        h.server(
+            11,
+            b"d\":1}]\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]",
+        );
+        assert_eq!(h.statuses(), [Some(200)]);
+        let ex = &h.out[0];
+        assert_eq!(
+            (ex.request.method.as_str(), ex.body.bytes.as_slice()),
+            ("POST", &b"a=1"[..])
+        );
+        assert_eq!(ex.incomplete, None);
+        let stats = h.stats();
+        assert_eq!(
+            (
+                stats.midstream_pickups,
+                stats.bad_request_head,
+                stats.resyncs
+            ),
+            (2, 0, 0)
+        );
+    }
+
+    #[test]
+    fn unmatched_response_is_counted_and_skipped() {
+        let mut h = Harness::new();
+        h.server(5, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nHTTP");
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(202)]);
+        assert_eq!(h.stats().unmatched_responses, 1);
+    }
+
+    #[test]
+    fn oversize_head_is_counted_and_its_answer_keeps_fifo_right() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 64,
+            ..HttpLimits::default()
+        });
+        let mut big = b"GET /big HTTP/1.1\r\nCookie: ".to_vec();
+        big.extend(std::iter::repeat_n(b'c', 200));
+        big.extend_from_slice(b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n");
+        h.client(10, &big);
+        h.server(20, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200)]);
+        assert_eq!(h.out[0].request.target, "/ok");
+        assert_eq!(h.stats().head_too_large, 1);
+    }
+
+    #[test]
+    fn too_many_headers_are_counted() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_headers: 2,
+            ..HttpLimits::default()
+        });
+        h.client(
+            10,
+            b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200)]);
+        assert_eq!(h.stats().too_many_headers, 1);
+    }
+
+    #[test]
+    fn decoding_stops_at_the_cap() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_decoded_body_bytes: 1000,
+            ..HttpLimits::default()
+        });
+        let gz = gzip(&sample(5000));
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\n");
+        h.server(
+            20,
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Encoding: x-gzip\r\nContent-Length: {}\r\n\r\n",
+                gz.len()
+            )
+            .as_bytes(),
+        );
+        h.server(21, &gz);
+        let r = response(&h.out[0]);
+        assert_eq!(
+            (r.decoding, r.decoded_body_bytes),
+            (BodyDecoding::Capped, 1000)
+        );
+        assert_eq!(r.wire_body_bytes, gz.len() as u64);
+        assert_eq!(h.stats().decode_capped, 1);
+    }
+
+    #[test]
+    fn invalid_gzip_fails_but_framing_goes_on() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 12\r\n\r\nnot gzip!!!!HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nxyz");
+        let first = response(&h.out[0]);
+        assert_eq!(
+            (first.decoding, first.wire_body_bytes),
+            (BodyDecoding::Failed, 12)
+        );
+        let second = response(&h.out[1]);
+        assert_eq!(
+            (second.coding, second.decoding),
+            (ContentCoding::Other, BodyDecoding::Unsupported)
+        );
+        assert_eq!(h.stats().decode_failed, 1);
+    }
+
+    #[test]
+    fn non_selected_request_is_framed_but_not_emitted() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"POST /skip HTTP/1.1\r\nContent-Length: 19\r\n\r\nGET /fake HTTP/1.1\r\n",
+        );
+        h.client(11, b"POST /a HTTP/1.1\r\nContent-Length: 1\r\n\r\nz");
+        h.server(20, b"HTTP/1.1 500 skip\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200)]);
+        assert_eq!(h.out[0].request.target, "/a");
+        assert_eq!(h.out[0].body.bytes, b"z");
+        let stats = h.stats();
+        assert_eq!(
+            (stats.requests, stats.responses, stats.exchanges),
+            (2, 2, 1)
+        );
+    }
+
+    #[test]
+    fn connection_closed_before_responses_emits_them_incomplete() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 9\r\n\r\nabc");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+        h.close(30);
+        assert_eq!(h.statuses(), [Some(200), None, None]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::ResponseTruncated));
+        assert_eq!(response(&h.out[0]).wire_body_bytes, 3);
+        assert_eq!(h.out[1].incomplete, Some(Incomplete::NoResponse));
+        assert_eq!(h.out[2].incomplete, Some(Incomplete::RequestTruncated));
+        assert_eq!(h.stats().exchanges, 3);
+    }
+
+    #[test]
+    fn switching_protocols_stops_parsing_the_connection() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        );
+        h.server(
+            20,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+        );
+        h.client(30, b"\x81\x85garbage that is not http");
+        h.close(40);
+        assert_eq!(h.statuses(), [Some(101)]);
+        let stats = h.stats();
+        assert_eq!(
+            (
+                stats.upgrades,
+                stats.bad_request_head,
+                stats.bad_response_head
+            ),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn bad_chunk_size_is_counted_and_the_next_response_found() {
+        let mut h = Harness::new();
+        h.client(10, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
+        h.server(20, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFF\r\nxx\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200), Some(200)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::Malformed));
+        assert_eq!(h.out[1].incomplete, None);
+        assert_eq!((h.stats().bad_chunk, h.stats().resyncs), (1, 1));
+    }
+
+    #[test]
+    fn early_response_waits_for_the_request_body_to_end() {
+        let mut h = Harness::new();
+        h.client(10, b"POST /api/ HTTP/1.1\r\nContent-Length: 6\r\n\r\nabc");
+        h.server(20, b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n");
+        assert!(h.out.is_empty());
+        h.client(30, b"def");
+        assert_eq!(h.statuses(), [Some(413)]);
+        assert_eq!(h.out[0].body.bytes, b"abcdef");
+        assert_eq!(h.out[0].ts_request_end, Timestamp(30));
+    }
+
+    #[test]
+    fn gap_past_the_body_end_resyncs_to_a_request_after_body_text() {
+        let mut h = Harness::new();
+        h.client(10, b"POST /1 HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        h.gap(Direction::ClientToServer, 11, 20);
+        h.client(
+            12,
+            b"ength: 3\r\n\r\nx=1POST /3 HTTP/1.1\r\nContent-Length: 1\r\n\r\nq",
+        );
+        // Three answers: the request whose start the gap swallowed is answered too.
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        h.server(21, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n");
+        h.server(22, b"HTTP/1.1 203 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(h.statuses(), [Some(200), Some(203)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::RequestGap));
+        assert_eq!(h.out[0].request_body_bytes, 10);
+        assert_eq!(h.out[1].request.target, "/3");
+        assert_eq!(h.out[1].body.bytes, b"q");
+        assert_eq!(h.stats().resyncs, 1);
+    }
+
+    #[test]
+    fn direction_without_any_message_start_is_given_up() {
+        let mut h = Harness::new();
+        let noise = [0x17u8; 4096];
+        for ts in 0..100 {
+            h.client(ts, &noise);
+        }
+        h.client(200, b"\nGET /late HTTP/1.1\r\n\r\n");
+        h.server(210, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert!(h.out.is_empty());
+        assert_eq!(h.stats().not_http, 1);
+        assert_eq!(h.stats().midstream_pickups, 1);
+    }
+
+    #[test]
+    fn zero_limits_do_not_stall() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 0,
+            max_headers: 0,
+            max_pending_requests: 0,
+            max_decoded_body_bytes: 0,
+        });
+        h.client(
+            10,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        );
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        h.close(30);
+        assert!(h.stats().head_too_large >= 2);
+    }
+
+    #[test]
+    fn hostile_bytes_never_panic_and_state_stays_bounded() {
+        let mut x = 99u32;
+        let mut next = move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            x >> 8
+        };
+        let alphabet: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"HTTP/1.1 200 OK\r\n",
+            b"Content-Length: 5\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"\r\n",
+            b"5\r\n",
+            b"abcde",
+            b"0\r\n",
+            b"Content-Encoding: gzip\r\n",
+            b"\x1f\x8b\x08\x00",
+            b"HTTP/1.1 100 Continue\r\n",
+            b"Content-Length: 99999999999999999999\r\n",
+            b"zz\r\n",
+            b"HEAD ",
+        ];
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 256,
+            max_pending_requests: 4,
+            ..HttpLimits::default()
+        });
+        for ts in 0..20_000u64 {
+            let dir = if next() % 2 == 0 {
+                Direction::ClientToServer
+            } else {
+                Direction::ServerToClient
+            };
+            match next() % 40 {
+                0 => h.gap(dir, ts, u64::from(next() % 50)),
+                1 => {
+                    h.close(ts);
+                    let local = Endpoint {
+                        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                        port: 1,
+                    };
+                    h.event(StreamEvent::Opened {
+                        conn: CONN,
+                        ts: Timestamp(ts),
+                        client: local,
+                        server: local,
+                    });
+                }
+                _ => {
+                    let piece = alphabet[next() as usize % alphabet.len()];
+                    let cut = next() as usize % (piece.len() + 1);
+                    h.data(dir, ts, &piece[..cut]);
+                    h.data(dir, ts, &piece[cut..]);
+                }
+            }
+            if h.out.len() > 1000 {
+                h.out.clear();
+            }
+        }
+        h.close(u64::MAX);
+        assert_eq!(h.tracker.connections(), 0);
+        assert!(h.stats().requests > 0 && h.stats().responses > 0);
     }
 }
