@@ -1,0 +1,158 @@
+//! `cargo xtask bench [NAME...]`: setup, a release build of the daemon, then the named benches
+//! (default: all). Each bench is a sibling module with one `run` function that prints its own
+//! table and writes `target/bench/<name>.json`; this module holds what they share (selection,
+//! best-of-N timing, JSON output).
+
+mod offline;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Failure, Result,
+    compile::{self, Profile},
+    process::{self, describe},
+    setup,
+};
+
+/// One bench: its name on the command line and the function that runs it.
+#[derive(Clone, Copy)]
+struct Bench {
+    name: &'static str,
+    run: fn() -> Result<()>,
+}
+
+/// The benches, in the order `all` runs them. Later: live overhead under wrk, the policy stage.
+const BENCHES: &[Bench] = &[Bench {
+    name: "offline",
+    run: offline::run,
+}];
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let selected = select(args)?;
+    setup::run()?;
+    compile::build_daemon(Profile::Release)?;
+    for bench in selected {
+        println!("\nbench {}", bench.name);
+        (bench.run)()?;
+    }
+    Ok(())
+}
+
+fn select(args: &[String]) -> Result<Vec<Bench>> {
+    if args.is_empty() || args.iter().any(|arg| arg == "all") {
+        return Ok(BENCHES.to_vec());
+    }
+    args.iter()
+        .map(|arg| {
+            BENCHES
+                .iter()
+                .find(|bench| bench.name == arg)
+                .copied()
+                .ok_or_else(|| {
+                    let names: Vec<&str> = BENCHES.iter().map(|bench| bench.name).collect();
+                    Failure::new(format!(
+                        "no bench called `{arg}`; the benches are: {} (or all)",
+                        names.join(", ")
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// The shortest of `runs` timed runs of `once`: the least disturbed by the rest of the machine.
+fn best_of(runs: u32, mut once: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut best = Duration::MAX;
+    for _ in 0..runs {
+        let start = Instant::now();
+        once()?;
+        best = best.min(start.elapsed());
+    }
+    Ok(best)
+}
+
+/// Runs a measured program with its output discarded; on failure shows the end of its stderr.
+fn run_silently(command: &mut Command) -> Result<()> {
+    let output = process::output(command.stdout(Stdio::null()).stderr(Stdio::piped()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(Failure::new(format!(
+        "`{}` failed ({}):\n{}",
+        describe(command),
+        output.status,
+        tail.join("\n")
+    )))
+}
+
+/// `target/bench/<name>.json`, with the directory created.
+fn report_path(name: &str) -> Result<PathBuf> {
+    let dir = process::target_dir().join("bench");
+    fs::create_dir_all(&dir)
+        .map_err(|err| Failure::new(format!("cannot create {}: {err}", dir.display())))?;
+    Ok(dir.join(format!("{name}.json")))
+}
+
+fn write_report(path: &Path, json: &str) -> Result<()> {
+    fs::write(path, json)
+        .map_err(|err| Failure::new(format!("cannot write {}: {err}", path.display())))
+}
+
+/// A JSON string literal (xtask has no serde on purpose).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            ch if u32::from(ch) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(ch))),
+            ch => out.push(ch),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON number; non-finite values (a zero-length run) become null.
+fn json_number(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value}")
+    } else {
+        "null".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_escapes_quotes_backslashes_and_controls() {
+        assert_eq!(json_string("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
+    }
+
+    #[test]
+    fn json_number_turns_infinity_into_null() {
+        assert_eq!(json_number(1.5), "1.5");
+        assert_eq!(json_number(f64::INFINITY), "null");
+    }
+
+    #[test]
+    fn select_defaults_to_all_and_rejects_unknown_names() {
+        assert_eq!(select(&[]).map(|b| b.len()).ok(), Some(BENCHES.len()));
+        assert_eq!(
+            select(&["offline".to_owned()]).map(|b| b.len()).ok(),
+            Some(1)
+        );
+        assert!(select(&["nosuch".to_owned()]).is_err());
+    }
+}
