@@ -286,10 +286,10 @@ fn publish(temp: &Path, path: &Path) -> io::Result<()> {
 
 /// Makes the new directory entry durable; failure only weakens crash safety, so it is ignored.
 fn sync_parent(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
     }
 }
 
@@ -301,7 +301,10 @@ mod tests {
     const TOKEN: &[u8] = b"0123456789ABCDEF0123456789ABCDEF";
 
     fn token(bytes: &[u8]) -> RawToken {
-        RawToken::parse(bytes).ok().expect("valid token")
+        match RawToken::parse(bytes) {
+            Ok(token) => token,
+            Err(problem) => panic!("test token refused: {problem:?}"),
+        }
     }
 
     #[test]
