@@ -128,14 +128,14 @@ impl FieldCollector {
             }
             Role::FilterLogic => self.item_started |= !bytes.is_empty(),
             Role::ListString(_) => {
-                for &b in bytes {
-                    if b == b',' {
-                        self.items = self.items.saturating_add(u32::from(self.item_started));
-                        self.item_started = false;
-                    } else {
-                        self.item_started = true;
-                    }
+                let mut item_start = 0;
+                for comma in memchr::memchr_iter(b',', bytes) {
+                    self.item_started |= comma > item_start;
+                    self.items = self.items.saturating_add(u32::from(self.item_started));
+                    self.item_started = false;
+                    item_start = comma + 1;
                 }
+                self.item_started |= bytes.len() > item_start;
             }
         }
     }
@@ -299,8 +299,10 @@ impl FieldCollector {
     }
 
     fn reset_value(&mut self) {
-        // Zeroes the whole allocation: the value may have been a token.
-        self.value.zeroize();
+        if !self.value.is_empty() {
+            // Zeroes the whole allocation: the value may have been a token.
+            self.value.zeroize();
+        }
         self.value_too_long = false;
         self.value_len = 0;
         self.items = 0;

@@ -200,8 +200,9 @@ pub fn parse_bool(value: &str) -> bool {
 /// Streams one request body into the [`RequestFields`] REDCap would read from it.
 ///
 /// Only `application/x-www-form-urlencoded` and `multipart/form-data` are read, as only those
-/// fill PHP's `$_POST`. A POST without a content type is not read either: PHP parses a body only
-/// when a content type names a form encoding (clients such as `curl -d` always send one).
+/// fill PHP's `$_POST`. A POST without a content type is not read either: PHP's `sapi_activate`
+/// reads a POST body only when the request has a content type (clients such as `curl -d` always
+/// send one), so REDCap sees no token in it.
 pub struct FormBody {
     collector: FieldCollector,
     scanner: Scanner,

@@ -57,7 +57,6 @@ pub(crate) struct MultipartScanner {
     state: State,
     head: PartHead,
     seen_bytes: bool,
-    seen_delimiter: bool,
 }
 
 impl MultipartScanner {
@@ -78,7 +77,6 @@ impl MultipartScanner {
             state: State::Content,
             head: PartHead::default(),
             seen_bytes: false,
-            seen_delimiter: false,
         })
     }
 
@@ -126,9 +124,9 @@ impl MultipartScanner {
                 if out.wants_value() {
                     out.value(&self.window);
                 }
-                if self.seen_bytes && (out.wants_value() || !self.seen_delimiter) {
-                    // A part without its closing delimiter (or no part at all): PHP may see
-                    // something other than we did.
+                if self.seen_bytes {
+                    // A part without its closing delimiter (or no delimiter at all): PHP may
+                    // see something other than we did.
                     out.problem(BodyProblem::MalformedMultipart);
                 }
             }
@@ -201,7 +199,6 @@ impl MultipartScanner {
                     out.value(content);
                 }
                 out.close();
-                self.seen_delimiter = true;
                 self.state = State::AfterDelimiter { dashes: 0 };
                 at + self.delimiter_len
             }
