@@ -4,10 +4,21 @@
 //! extraction of the form fields REDCap reads (urlencoded and multipart, token anywhere in the
 //! body, last value wins as in PHP) with bounded memory, and the [`ApiCall`] record. The raw token
 //! lives only inside [`RequestFields`] until [`ApiCall::from_exchange`] fingerprints and drops it.
+//! Sans-IO and never panics on body bytes; problems are reported in [`RequestFields::problem`].
 
-use crate::http::{HttpExchange, RequestHead};
+mod form;
+mod multipart;
+mod paths;
+mod urlencoded;
+
+use crate::http::{BodyDecoding, ExchangeSelector, HttpExchange, RequestBody, RequestHead};
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
+pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
+
+use form::FieldCollector;
+use multipart::MultipartScanner;
+use urlencoded::UrlencodedScanner;
 
 /// The REDCap fields of one request body, as PHP would see them in `$_POST`.
 #[derive(Default)]
@@ -20,7 +31,8 @@ pub struct RequestFields {
     pub return_format: Option<String>,
     /// Size of the `data` field (or of the uploaded `file` part); its presence means an import.
     pub data_bytes: Option<u64>,
-    /// Number of records requested (`records[i]=`, `records[]=`, or `records=a,b,c`).
+    /// Number of records requested (`records[i]=`, `records[]=`, or `records=a,b,c`). Each
+    /// `records[...]` entry counts, so a repeated index (which PHP overwrites) counts twice.
     pub records: u32,
     /// Number of fields requested, counted the same way.
     pub fields: u32,
@@ -32,7 +44,8 @@ pub struct RequestFields {
     pub return_metadata_only: Option<bool>,
     pub export_files: Option<bool>,
     pub all_records: Option<bool>,
-    /// Set when the body could not be parsed to the end (malformed, over a limit, gap).
+    /// Set when the body could not be parsed to the end (malformed, over a limit, gap); the
+    /// most serious problem seen.
     pub problem: Option<BodyProblem>,
 }
 
@@ -91,25 +104,262 @@ pub struct ApiCall {
     pub response_bytes: Option<u64>,
     /// Response body bytes as sent.
     pub response_wire_bytes: Option<u64>,
-    /// False when a gap, truncation or parse problem touched the exchange.
+    /// Why the body's fields may differ from what REDCap saw, if they may.
+    pub body_problem: Option<BodyProblem>,
+    /// False when a gap, truncation or parse problem touched the exchange (see
+    /// [`ApiCall::from_exchange`]).
     pub complete: bool,
 }
 
 impl ApiCall {
     /// Builds the call record, turning the raw token into its fingerprint and masked form; the raw
     /// token is dropped (and zeroed) here.
-    pub fn from_exchange(_exchange: HttpExchange<RequestFields>, _key: &SiteKey) -> ApiCall {
-        todo!()
+    ///
+    /// Sizes: `response_bytes` is the decoded body size when it is known (exact, or a lower bound
+    /// when decoding hit its work cap) and `None` when decoding failed or the coding is one we do
+    /// not decode; `response_wire_bytes` is always the size as sent.
+    ///
+    /// `complete` is false when the HTTP stage saw a gap, truncation or missing response, or the
+    /// body had a gap or a multipart structure we may have read differently from PHP. A value
+    /// over its limit (`FieldTooLong`) or a body type REDCap ignores (`UnsupportedContentType`)
+    /// leaves the call complete: we saw all that REDCap saw, and know what we did not keep.
+    pub fn from_exchange(exchange: HttpExchange<FormBody>, key: &SiteKey) -> ApiCall {
+        let HttpExchange {
+            client,
+            server,
+            request,
+            body,
+            request_body_bytes,
+            ts_request_start,
+            ts_request_end,
+            response,
+            incomplete,
+            ..
+        } = exchange;
+        let fields = body.finish();
+        let token = match fields.token {
+            None => Err(TokenProblem::Missing),
+            Some(Err(problem)) => Err(problem),
+            Some(Ok(raw)) => Ok(TokenIdentity {
+                fingerprint: key.fingerprint(&raw),
+                masked: MaskedToken::of(&raw),
+            }),
+        };
+        let body_complete = !matches!(
+            fields.problem,
+            Some(BodyProblem::Gap | BodyProblem::MalformedMultipart)
+        );
+        let response_bytes = response.as_ref().and_then(|r| match r.decoding {
+            BodyDecoding::Identity | BodyDecoding::Decoded | BodyDecoding::Capped => {
+                Some(r.decoded_body_bytes)
+            }
+            BodyDecoding::Failed | BodyDecoding::Unsupported => None,
+        });
+        ApiCall {
+            ts_start: ts_request_start,
+            ts_end: response.as_ref().map_or(ts_request_end, |r| r.ts_last_byte),
+            ttfb: response
+                .as_ref()
+                .map(|r| r.ts_first_byte.since(ts_request_end)),
+            client,
+            server,
+            path: request.path().to_string(),
+            method: request.method,
+            token,
+            content: fields.content,
+            action: fields.action,
+            format: fields.format,
+            type_: fields.type_,
+            return_format: fields.return_format,
+            data_bytes: fields.data_bytes,
+            records: fields.records,
+            fields: fields.fields,
+            report_id: fields.report_id,
+            filter_logic: fields.filter_logic,
+            date_range_begin: fields.date_range_begin,
+            date_range_end: fields.date_range_end,
+            return_metadata_only: fields.return_metadata_only,
+            export_files: fields.export_files,
+            all_records: fields.all_records,
+            status: response.as_ref().map(|r| r.status),
+            request_bytes: request_body_bytes,
+            response_bytes,
+            response_wire_bytes: response.as_ref().map(|r| r.wire_body_bytes),
+            body_problem: fields.problem,
+            complete: incomplete.is_none() && body_complete,
+        }
     }
 }
 
-/// Whether a request path is a REDCap API endpoint.
-pub struct ApiPaths {}
+/// A REDCap boolean parameter: `1` or `true` (any case) is true, anything else false, as
+/// REDCap's `API/index.php` reads them.
+pub fn parse_bool(value: &str) -> bool {
+    value == "1" || value.eq_ignore_ascii_case("true")
+}
 
-impl ApiPaths {
-    pub fn matches(&self, _path: &str) -> bool {
-        todo!()
+/// Streams one request body into the [`RequestFields`] REDCap would read from it.
+///
+/// Only `application/x-www-form-urlencoded` and `multipart/form-data` are read, as only those
+/// fill PHP's `$_POST`. A POST without a content type is not read either: PHP's `sapi_activate`
+/// reads a POST body only when the request has a content type (clients such as `curl -d` always
+/// send one), so REDCap sees no token in it.
+pub struct FormBody {
+    collector: FieldCollector,
+    scanner: Scanner,
+}
+
+enum Scanner {
+    Urlencoded(UrlencodedScanner),
+    Multipart(Box<MultipartScanner>),
+    /// A body REDCap does not read, or cannot (multipart without a boundary).
+    Unread,
+}
+
+impl FormBody {
+    /// A body reader for a request with this `Content-Type` header value.
+    pub fn for_content_type(content_type: Option<&str>) -> FormBody {
+        let mut collector = FieldCollector::new();
+        let content_type = content_type.unwrap_or_default().trim();
+        // PHP compares the media type, in any case, up to the first `;`, `,` or space.
+        let media_type = content_type
+            .split([';', ',', ' '])
+            .next()
+            .unwrap_or_default();
+        let scanner = if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            Scanner::Urlencoded(UrlencodedScanner::new())
+        } else if media_type.eq_ignore_ascii_case("multipart/form-data") {
+            match MultipartScanner::for_content_type(content_type) {
+                Some(scanner) => Scanner::Multipart(Box::new(scanner)),
+                None => {
+                    collector.problem(BodyProblem::MalformedMultipart);
+                    Scanner::Unread
+                }
+            }
+        } else {
+            collector.problem(BodyProblem::UnsupportedContentType);
+            Scanner::Unread
+        };
+        FormBody { collector, scanner }
+    }
+
+    /// The fields read, once the body has ended.
+    pub fn finish(mut self) -> RequestFields {
+        match &mut self.scanner {
+            Scanner::Urlencoded(s) => s.finish(&mut self.collector),
+            Scanner::Multipart(s) => s.finish(&mut self.collector),
+            Scanner::Unread => {}
+        }
+        self.collector.finish()
     }
 }
 
-pub fn _unused(_h: &RequestHead) {}
+#[cfg(test)]
+impl FormBody {
+    /// Bytes of buffer this body reader holds (its memory bound).
+    fn buffered_bytes(&self) -> usize {
+        self.collector.buffered_bytes()
+            + match &self.scanner {
+                Scanner::Urlencoded(s) => s.buffered_bytes(),
+                Scanner::Multipart(s) => s.buffered_bytes(),
+                Scanner::Unread => 0,
+            }
+    }
+}
+
+impl RequestBody for FormBody {
+    fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.scanner {
+            Scanner::Urlencoded(s) => s.feed(chunk, &mut self.collector),
+            Scanner::Multipart(s) => s.feed(chunk, &mut self.collector),
+            Scanner::Unread => {}
+        }
+    }
+
+    fn gap(&mut self, len: u64) {
+        match &mut self.scanner {
+            Scanner::Urlencoded(s) => s.gap(len, &mut self.collector),
+            Scanner::Multipart(s) => s.gap(len, &mut self.collector),
+            Scanner::Unread => {}
+        }
+    }
+}
+
+/// Picks the requests that are REDCap API calls: `POST` to an API endpoint path.
+pub struct ApiRequestSelector {
+    paths: ApiPaths,
+    stats: SelectorStats,
+}
+
+/// What the selector has seen; telemetry reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelectorStats {
+    pub requests: u64,
+    pub selected: u64,
+    /// Requests to an API path with another method (REDCap answers 501; not an API call).
+    pub other_method_on_api_path: u64,
+}
+
+impl ApiRequestSelector {
+    pub fn new(paths: ApiPaths) -> ApiRequestSelector {
+        ApiRequestSelector {
+            paths,
+            stats: SelectorStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &SelectorStats {
+        &self.stats
+    }
+}
+
+impl ExchangeSelector for ApiRequestSelector {
+    type Body = FormBody;
+
+    fn select(&mut self, head: &RequestHead) -> Option<FormBody> {
+        self.stats.requests += 1;
+        if !self.paths.matches(head.path()) {
+            return None;
+        }
+        if head.method != "POST" {
+            self.stats.other_method_on_api_path += 1;
+            return None;
+        }
+        self.stats.selected += 1;
+        Some(FormBody::for_content_type(head.content_type.as_deref()))
+    }
+}
+
+/// Counts of calls by what was wrong with their token or body; telemetry reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedcapStats {
+    pub calls: u64,
+    pub incomplete: u64,
+    pub token_missing: u64,
+    pub token_malformed: u64,
+    pub unsupported_content_type: u64,
+    pub malformed_multipart: u64,
+    pub field_too_long: u64,
+    pub body_gap: u64,
+}
+
+impl RedcapStats {
+    pub fn count(&mut self, call: &ApiCall) {
+        self.calls += 1;
+        self.incomplete += u64::from(!call.complete);
+        match call.token {
+            Ok(_) => {}
+            Err(TokenProblem::Missing) => self.token_missing += 1,
+            Err(TokenProblem::Malformed) => self.token_malformed += 1,
+        }
+        match call.body_problem {
+            None => {}
+            Some(BodyProblem::UnsupportedContentType) => self.unsupported_content_type += 1,
+            Some(BodyProblem::MalformedMultipart) => self.malformed_multipart += 1,
+            Some(BodyProblem::FieldTooLong) => self.field_too_long += 1,
+            Some(BodyProblem::Gap) => self.body_gap += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,441 @@
+//! Streaming `multipart/form-data` scanner.
+//!
+//! Finds part delimiters (`\n--boundary`, an optional `\r` before it dropped, as PHP's rfc1867
+//! parser does) across arbitrary chunk boundaries, reads each part's head for its
+//! `Content-Disposition` name and `filename`, and streams the part's content to the
+//! [`FieldCollector`]. Memory is one small window (a few KiB) and one bounded part head,
+//! whatever the size of the parts.
+
+use memchr::memmem::Finder;
+use zeroize::Zeroizing;
+
+use super::BodyProblem;
+use super::form::{FieldCollector, MAX_FIELD_NAME};
+
+/// Bytes of body held at once. Part content passes through in pieces of about this size.
+const WINDOW: usize = 4096;
+/// Longest boundary accepted (RFC 2046 allows 70).
+const MAX_BOUNDARY: usize = 256;
+/// Largest part head (all its header lines) accepted.
+const MAX_PART_HEAD: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Part content (or the preamble, or a skipped part: then no field is open), up to the
+    /// next delimiter.
+    Content,
+    /// Just after a delimiter: `--` means the last part has ended.
+    AfterDelimiter { dashes: u8 },
+    /// The rest of the delimiter line (transport padding).
+    DelimiterLine,
+    /// Header lines of a part, up to an empty line.
+    Head,
+    /// After the closing delimiter: nothing more is read.
+    Epilogue,
+}
+
+/// The head of the part being read.
+#[derive(Default)]
+struct PartHead {
+    /// The physical line being read.
+    line: Vec<u8>,
+    /// The header being read (with its continuation lines), without line ends.
+    header: Vec<u8>,
+    bytes: usize,
+    name: Vec<u8>,
+    has_name: bool,
+    name_too_long: bool,
+    uploaded: bool,
+}
+
+pub(crate) struct MultipartScanner {
+    /// `\n--` + boundary.
+    delimiter: Finder<'static>,
+    delimiter_len: usize,
+    /// Unread body bytes; may hold a token, so it is zeroed when dropped.
+    window: Zeroizing<Vec<u8>>,
+    state: State,
+    head: PartHead,
+    seen_bytes: bool,
+}
+
+impl MultipartScanner {
+    /// A scanner for the boundary named in `content_type`, or `None` when it names none usable.
+    pub(crate) fn for_content_type(content_type: &str) -> Option<MultipartScanner> {
+        let boundary = boundary(content_type.as_bytes())?;
+        let mut delimiter = Vec::with_capacity(boundary.len() + 3);
+        delimiter.extend_from_slice(b"\n--");
+        delimiter.extend_from_slice(boundary);
+        let mut window = Zeroizing::new(Vec::new());
+        // The body starts with `--boundary`: a virtual line end makes the first delimiter look
+        // like every other one.
+        window.push(b'\n');
+        Some(MultipartScanner {
+            delimiter_len: delimiter.len(),
+            delimiter: Finder::new(&delimiter).into_owned(),
+            window,
+            state: State::Content,
+            head: PartHead::default(),
+            seen_bytes: false,
+        })
+    }
+
+    pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut FieldCollector) {
+        self.seen_bytes |= !input.is_empty();
+        while !input.is_empty() && self.state != State::Epilogue {
+            if self.window.capacity() < WINDOW {
+                let more = WINDOW - self.window.len();
+                self.window.reserve_exact(more);
+            }
+            // `drain` leaves at most a delimiter's length, so there is always room.
+            let room = WINDOW.saturating_sub(self.window.len()).max(1);
+            let (piece, rest) = input.split_at(room.min(input.len()));
+            self.window.extend_from_slice(piece);
+            input = rest;
+            self.drain(out);
+        }
+    }
+
+    /// `len` bytes were lost. Content of an upload keeps counting; any other field being read is
+    /// dropped and reading resumes at the next delimiter.
+    pub(crate) fn gap(&mut self, len: u64, out: &mut FieldCollector) {
+        self.seen_bytes = true;
+        match self.state {
+            State::Epilogue => {}
+            State::Content => {
+                // What was held back is content (or a delimiter that can no longer complete).
+                if out.wants_value() {
+                    out.value(&self.window);
+                }
+                self.window.clear();
+                out.value_lost(len);
+            }
+            State::AfterDelimiter { .. } | State::DelimiterLine | State::Head => {
+                out.problem(BodyProblem::Gap);
+                self.window.clear();
+                self.skip_part(out);
+            }
+        }
+    }
+
+    pub(crate) fn finish(&mut self, out: &mut FieldCollector) {
+        match self.state {
+            State::Content => {
+                if out.wants_value() {
+                    out.value(&self.window);
+                }
+                if self.seen_bytes {
+                    // A part without its closing delimiter (or no delimiter at all): PHP may
+                    // see something other than we did.
+                    out.problem(BodyProblem::MalformedMultipart);
+                }
+            }
+            State::DelimiterLine | State::Head => out.problem(BodyProblem::MalformedMultipart),
+            State::AfterDelimiter { .. } | State::Epilogue => {}
+        }
+        self.window.clear();
+        out.close();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.window.capacity()
+            + self.head.line.capacity()
+            + self.head.header.capacity()
+            + self.head.name.capacity()
+    }
+
+    /// Reads as much of the window as can be decided on; keeps only what might begin a
+    /// delimiter.
+    fn drain(&mut self, out: &mut FieldCollector) {
+        let mut window = std::mem::replace(&mut self.window, Zeroizing::new(Vec::new()));
+        let mut pos = 0;
+        while let Some(avail) = window.get(pos..).filter(|a| !a.is_empty()) {
+            // `None`: wait for more bytes.
+            let used = match self.state {
+                State::Content => Some(self.read_content(avail, out)).filter(|&n| n > 0),
+                State::AfterDelimiter { dashes } => Some(match (avail.first(), dashes) {
+                    (Some(b'-'), 0) => {
+                        self.state = State::AfterDelimiter { dashes: 1 };
+                        1
+                    }
+                    (Some(b'-'), _) => {
+                        self.state = State::Epilogue;
+                        1
+                    }
+                    _ => {
+                        self.state = State::DelimiterLine;
+                        self.head = PartHead::default_with(std::mem::take(&mut self.head));
+                        0
+                    }
+                }),
+                State::DelimiterLine => Some(match memchr::memchr(b'\n', avail) {
+                    Some(at) => {
+                        self.state = State::Head;
+                        at + 1
+                    }
+                    None => avail.len(),
+                }),
+                State::Head => Some(self.read_head(avail, out)),
+                State::Epilogue => Some(avail.len()),
+            };
+            let Some(used) = used else {
+                break;
+            };
+            pos += used;
+        }
+        let consumed = pos.min(window.len());
+        window.drain(..consumed);
+        self.window = window;
+    }
+
+    /// Returns how many bytes of `avail` were consumed (0: wait for more).
+    fn read_content(&mut self, avail: &[u8], out: &mut FieldCollector) -> usize {
+        match self.delimiter.find(avail) {
+            Some(at) => {
+                let content = avail.get(..at).unwrap_or_default();
+                let content = content.strip_suffix(b"\r").unwrap_or(content);
+                if out.wants_value() {
+                    out.value(content);
+                }
+                out.close();
+                self.state = State::AfterDelimiter { dashes: 0 };
+                at + self.delimiter_len
+            }
+            None => {
+                // Keep back what could be `\r` + the start of a delimiter.
+                let safe = avail.len().saturating_sub(self.delimiter_len);
+                if out.wants_value() {
+                    out.value(avail.get(..safe).unwrap_or_default());
+                }
+                safe
+            }
+        }
+    }
+
+    fn read_head(&mut self, avail: &[u8], out: &mut FieldCollector) -> usize {
+        let end = memchr::memchr(b'\n', avail);
+        let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
+        let used = end.map_or(avail.len(), |at| at + 1);
+        self.head.bytes = self.head.bytes.saturating_add(used);
+        if self.head.bytes > MAX_PART_HEAD {
+            out.problem(BodyProblem::MalformedMultipart);
+            self.skip_part(out);
+            return used;
+        }
+        self.head.line.extend_from_slice(piece);
+        if end.is_none() {
+            return used;
+        }
+        let mut line = std::mem::take(&mut self.head.line);
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            self.end_header();
+            self.begin_part(out);
+        } else if matches!(line.first(), Some(b' ' | b'\t')) && !self.head.header.is_empty() {
+            // A folded header goes on.
+            self.head.header.extend_from_slice(&line);
+        } else {
+            self.end_header();
+            self.head.header.extend_from_slice(&line);
+        }
+        line.clear();
+        self.head.line = line;
+        used
+    }
+
+    fn begin_part(&mut self, out: &mut FieldCollector) {
+        if self.head.name_too_long {
+            out.problem(BodyProblem::FieldTooLong);
+        }
+        if self.head.has_name && !self.head.name_too_long {
+            out.begin(&self.head.name, self.head.uploaded);
+        } else {
+            out.begin(b"", false);
+        }
+        self.state = State::Content;
+    }
+
+    /// Interprets the complete header held in `head.header`, then clears it.
+    fn end_header(&mut self) {
+        let header = std::mem::take(&mut self.head.header);
+        if let Some(colon) = memchr::memchr(b':', &header) {
+            let (name, value) = header.split_at(colon);
+            if name
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"content-disposition")
+            {
+                self.read_disposition(value.get(1..).unwrap_or_default());
+            }
+        }
+        self.head.header = header;
+        self.head.header.clear();
+    }
+
+    fn read_disposition(&mut self, value: &[u8]) {
+        // The first word (`form-data`) is not checked, as in PHP.
+        for param in split_unquoted(value, b';').skip(1) {
+            let param = param.trim_ascii_start();
+            let Some(eq) = memchr::memchr(b'=', param) else {
+                continue;
+            };
+            let (key, rest) = param.split_at(eq);
+            let rest = rest.get(1..).unwrap_or_default();
+            if key.eq_ignore_ascii_case(b"name") {
+                self.head.name.clear();
+                self.head.name_too_long = !param_value(rest, MAX_FIELD_NAME, &mut self.head.name);
+                self.head.has_name = true;
+            } else if key.eq_ignore_ascii_case(b"filename") {
+                self.head.uploaded = true;
+            }
+        }
+    }
+
+    /// Abandons the part being read and looks for the next delimiter.
+    fn skip_part(&mut self, out: &mut FieldCollector) {
+        out.drop_open_field();
+        self.head = PartHead::default_with(std::mem::take(&mut self.head));
+        self.state = State::Content;
+    }
+}
+
+impl PartHead {
+    /// A fresh head that reuses the buffers of `old`.
+    fn default_with(mut old: PartHead) -> PartHead {
+        old.line.clear();
+        old.header.clear();
+        old.name.clear();
+        PartHead {
+            line: old.line,
+            header: old.header,
+            name: old.name,
+            ..PartHead::default()
+        }
+    }
+}
+
+/// The boundary in a `multipart/form-data` content type, found as PHP finds it: after the first
+/// `boundary` (any case) and the `=` that follows, either quoted or up to `,` or `;`.
+fn boundary(content_type: &[u8]) -> Option<&[u8]> {
+    let at = content_type
+        .windows(8)
+        .position(|w| w.eq_ignore_ascii_case(b"boundary"))?;
+    let rest = content_type.get(at + 8..)?;
+    let rest = rest.get(memchr::memchr(b'=', rest)? + 1..)?;
+    let boundary = match rest.strip_prefix(b"\"") {
+        Some(quoted) => quoted.get(..memchr::memchr(b'"', quoted)?)?,
+        None => rest.get(..memchr::memchr2(b',', b';', rest).unwrap_or(rest.len()))?,
+    };
+    (!boundary.is_empty() && boundary.len() <= MAX_BOUNDARY).then_some(boundary)
+}
+
+/// Splits at `stop` outside `"..."` / `'...'` quotes (a backslash escapes the quote character),
+/// like PHP's `php_ap_getword`.
+fn split_unquoted(text: &[u8], stop: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let mut i = 0;
+        let mut quote = None;
+        while let Some(&b) = text.get(i) {
+            match quote {
+                Some(q) if b == b'\\' && text.get(i + 1) == Some(&q) => i += 1,
+                Some(q) if b == q => quote = None,
+                Some(_) => {}
+                None if b == stop => break,
+                None if b == b'"' || b == b'\'' => quote = Some(b),
+                None => {}
+            }
+            i += 1;
+        }
+        let (word, tail) = text.split_at(i.min(text.len()));
+        rest = tail.get(1..);
+        Some(word)
+    })
+}
+
+/// Copies a parameter value into `out` as PHP's `php_ap_getword_conf` reads it: leading blanks
+/// skipped, then a quoted string (with `\"` for a quote) or a word up to a blank. Returns false
+/// when it is longer than `limit`.
+fn param_value(text: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+    let text = text.trim_ascii_start();
+    let mut push = |b: u8| {
+        if out.len() >= limit {
+            return false;
+        }
+        out.push(b);
+        true
+    };
+    match text.first() {
+        Some(&q) if q == b'"' || q == b'\'' => {
+            let mut bytes = text.get(1..).unwrap_or_default().iter().peekable();
+            while let Some(&b) = bytes.next() {
+                if b == q {
+                    break;
+                }
+                let b = if b == b'\\' && bytes.peek() == Some(&&q) {
+                    bytes.next().copied().unwrap_or(b)
+                } else {
+                    b
+                };
+                if !push(b) {
+                    return false;
+                }
+            }
+        }
+        _ => {
+            for &b in text.iter().take_while(|b| !b.is_ascii_whitespace()) {
+                if !push(b) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundary_is_read_as_php_reads_it() {
+        let b = |ct: &str| boundary(ct.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned());
+        assert_eq!(b("multipart/form-data; boundary=abc"), Some("abc".into()));
+        assert_eq!(
+            b("multipart/form-data; boundary=abc; charset=x"),
+            Some("abc".into())
+        );
+        assert_eq!(
+            b("multipart/form-data; BOUNDARY=\"a;b c\""),
+            Some("a;b c".into())
+        );
+        assert_eq!(b("multipart/form-data; boundary=\"abc"), None);
+        assert_eq!(b("multipart/form-data"), None);
+        assert_eq!(b("multipart/form-data; boundary="), None);
+        assert_eq!(
+            b(&format!(
+                "multipart/form-data; boundary={}",
+                "x".repeat(300)
+            )),
+            None
+        );
+    }
+
+    #[test]
+    fn disposition_parameters_honour_quotes() {
+        let words: Vec<&[u8]> =
+            split_unquoted(br#"form-data; name="a;b"; filename='x\'y;z'"#, b';').collect();
+        assert_eq!(words.len(), 3);
+        let mut out = Vec::new();
+        assert!(param_value(br#" "to\"ken" rest"#, 64, &mut out));
+        assert_eq!(out, b"to\"ken");
+        out.clear();
+        assert!(param_value(b"token more", 64, &mut out));
+        assert_eq!(out, b"token");
+        out.clear();
+        assert!(!param_value(b"\"0123456789\"", 4, &mut out));
+    }
+}

@@ -1,0 +1,679 @@
+//! Tests of the redcap stage, driven by request bodies as clients send them.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::http::{ContentCoding, ResponseSummary};
+use crate::model::ConnectionId;
+
+const TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF";
+const URLENCODED: &str = "application/x-www-form-urlencoded";
+const BOUNDARY: &str = "d7a1c6e0f2b34f0e9a5b";
+
+fn key() -> SiteKey {
+    SiteKey::from_bytes([42; 32])
+}
+
+fn fingerprint(token: &str) -> String {
+    key()
+        .fingerprint(&RawToken::parse(token.as_bytes()).ok().unwrap())
+        .to_string()
+}
+
+/// Everything the fields say, in one comparable line (the token as its fingerprint).
+fn describe(f: RequestFields) -> String {
+    let mut s = String::new();
+    let token = match &f.token {
+        None => "none".to_string(),
+        Some(Err(p)) => format!("{p:?}"),
+        Some(Ok(raw)) => key().fingerprint(raw).to_string(),
+    };
+    write!(
+        s,
+        "token={token} content={:?} action={:?} format={:?} type={:?} returnFormat={:?} \
+         data={:?} records={} fields={} report={:?} filter={} begin={:?} end={:?} \
+         metaOnly={:?} files={:?} all={:?} problem={:?}",
+        f.content,
+        f.action,
+        f.format,
+        f.type_,
+        f.return_format,
+        f.data_bytes,
+        f.records,
+        f.fields,
+        f.report_id,
+        f.filter_logic,
+        f.date_range_begin,
+        f.date_range_end,
+        f.return_metadata_only,
+        f.export_files,
+        f.all_records,
+        f.problem
+    )
+    .unwrap();
+    s
+}
+
+fn read_chunks(content_type: Option<&str>, chunks: &[&[u8]]) -> RequestFields {
+    let mut body = FormBody::for_content_type(content_type);
+    for chunk in chunks {
+        body.feed(chunk);
+    }
+    body.finish()
+}
+
+fn urlencoded(body: &str) -> RequestFields {
+    read_chunks(Some(URLENCODED), &[body.as_bytes()])
+}
+
+fn multipart_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+/// A multipart body as `requests` / libcurl build one. `file` parts are `(name, filename, bytes)`.
+fn multipart_body(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, filename, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                 filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+fn multipart(body: &[u8]) -> RequestFields {
+    read_chunks(Some(&multipart_type()), &[body])
+}
+
+fn token_of(f: &RequestFields) -> Option<Result<String, TokenProblem>> {
+    f.token.as_ref().map(|t| {
+        t.as_ref()
+            .map(|raw| key().fingerprint(raw).to_string())
+            .map_err(|p| *p)
+    })
+}
+
+const PYCAP_BODY: &str = "token=0123456789ABCDEF0123456789ABCDEF&content=record&format=json&type=flat\
+&fields%5B0%5D=record_id&fields%5B1%5D=age&records%5B0%5D=1&records%5B1%5D=2&rawOrLabel=raw";
+
+#[test]
+fn pycap_record_export_is_read() {
+    let f = urlencoded(PYCAP_BODY);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.content.as_deref(), Some("record"));
+    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.type_.as_deref(), Some("flat"));
+    assert_eq!((f.records, f.fields), (2, 2));
+    assert_eq!(f.data_bytes, None);
+    assert_eq!(f.problem, None);
+}
+
+#[test]
+fn redcapapi_multipart_with_token_last_is_read() {
+    let body = multipart_body(
+        &[
+            ("content", "record"),
+            ("format", "csv"),
+            ("returnFormat", "csv"),
+            ("records[1]", "1"),
+            ("records[2]", "2"),
+            ("records[3]", "3"),
+            ("fields[1]", "record_id"),
+            ("token", TOKEN),
+        ],
+        &[],
+    );
+    let f = multipart(&body);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.content.as_deref(), Some("record"));
+    assert_eq!(f.return_format.as_deref(), Some("csv"));
+    assert_eq!((f.records, f.fields), (3, 1));
+    assert_eq!(f.problem, None);
+}
+
+#[test]
+fn repeated_token_last_value_wins() {
+    let other = "FEDCBA9876543210FEDCBA9876543210";
+    let f = urlencoded(&format!("token={other}&content=record&token={TOKEN}"));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    let f = multipart(&multipart_body(&[("token", TOKEN), ("token", other)], &[]));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(other))));
+    // A bad token after a good one is what REDCap checks.
+    let f = urlencoded(&format!("token={TOKEN}&token=bad-token"));
+    assert_eq!(token_of(&f), Some(Err(TokenProblem::Malformed)));
+}
+
+#[test]
+fn lower_case_token_is_the_same_caller() {
+    let f = urlencoded(&format!("content=version&token={}", TOKEN.to_lowercase()));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+}
+
+#[test]
+fn repeated_scalar_field_last_value_wins() {
+    let f = urlencoded("content=record&format=xml&content=metadata&format=json");
+    assert_eq!(f.content.as_deref(), Some("metadata"));
+    assert_eq!(f.format.as_deref(), Some("json"));
+}
+
+#[test]
+fn every_array_encoding_is_counted_as_php_sees_it() {
+    let cases = [
+        ("records[0]=a&records[1]=b", 2),
+        ("records%5B0%5D=a&records%5B1%5D=b&records%5B2%5D=c", 3),
+        ("records%5b0%5d=a", 1),
+        ("records[]=a&records[]=b", 2),
+        ("records[1]=a&records[2]=b", 2),
+        ("records=a,b,c", 3),
+        ("records=a%2Cb%2Cc%2C", 3),
+        ("records=a,,b,", 2),
+        ("records=", 0),
+        ("records=a&records=b", 1),
+        ("records[]=a&records[]=b&records=c,d,e", 3),
+        ("records=c,d,e&records[]=a", 1),
+    ];
+    for (body, want) in cases {
+        assert_eq!(urlencoded(body).records, want, "{body}");
+    }
+    let f = urlencoded("fields=record_id,age&records[]=1");
+    assert_eq!((f.records, f.fields), (1, 2));
+}
+
+#[test]
+fn pycap_body_with_five_thousand_fields_is_counted() {
+    let mut body = format!("token={TOKEN}&content=record&format=json&type=flat");
+    for i in 0..5000 {
+        write!(body, "&fields%5B{i}%5D=field_number_{i}").unwrap();
+    }
+    body.push_str("&records%5B0%5D=1&rawOrLabel=raw");
+    assert!(body.len() > 140_000);
+    let mut reader = FormBody::for_content_type(Some(URLENCODED));
+    for chunk in body.as_bytes().chunks(1448) {
+        reader.feed(chunk);
+    }
+    assert!(reader.buffered_bytes() <= 1024);
+    let f = reader.finish();
+    assert_eq!((f.fields, f.records), (5000, 1));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+}
+
+#[test]
+fn urlencoded_data_is_measured_decoded_not_kept() {
+    let f = urlencoded(&format!(
+        "token={TOKEN}&content=record&data=%5B%7B%22record_id%22%3A%221%22%7D%5D&format=json"
+    ));
+    assert_eq!(f.data_bytes, Some(r#"[{"record_id":"1"}]"#.len() as u64));
+    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(urlencoded("data=").data_bytes, Some(0));
+    assert_eq!(urlencoded("data").data_bytes, Some(0));
+}
+
+#[test]
+fn multipart_file_import_is_measured_in_bounded_memory() {
+    // File content that looks like delimiters but is not one.
+    let mut file = Vec::with_capacity(1 << 20);
+    let decoy = format!("\r\n--{}", &BOUNDARY[..10]);
+    while file.len() < (1 << 20) {
+        file.extend_from_slice(b"0123456789abcdef\r\n--");
+        file.extend_from_slice(decoy.as_bytes());
+    }
+    file.truncate(1 << 20);
+    let body = multipart_body(
+        &[
+            ("token", TOKEN),
+            ("content", "file"),
+            ("action", "import"),
+            ("field", "upload"),
+            ("record", "1"),
+        ],
+        &[("file", "scan.pdf", &file)],
+    );
+    let mut reader = FormBody::for_content_type(Some(&multipart_type()));
+    let mut most_held = 0;
+    for chunk in body.chunks(1448) {
+        reader.feed(chunk);
+        most_held = most_held.max(reader.buffered_bytes());
+    }
+    assert!(most_held <= 8192, "held {most_held} bytes");
+    let f = reader.finish();
+    assert_eq!(f.data_bytes, Some(1 << 20));
+    assert_eq!(f.content.as_deref(), Some("file"));
+    assert_eq!(f.action.as_deref(), Some("import"));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, None);
+}
+
+#[test]
+fn multipart_uploads_other_than_file_are_not_post_fields() {
+    // PHP puts parts with a filename in $_FILES: a "token" upload is not a token, and only an
+    // upload named `file` is an import payload.
+    let body = multipart_body(
+        &[("content", "record")],
+        &[
+            ("token", "t.txt", TOKEN.as_bytes()),
+            ("data", "d.csv", b"x,y"),
+        ],
+    );
+    let f = multipart(&body);
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.data_bytes, None);
+    let body = multipart_body(&[("data", "record_id\n1\n")], &[]);
+    assert_eq!(multipart(&body).data_bytes, Some(12));
+}
+
+#[test]
+fn multipart_head_variants_are_understood() {
+    let body = format!(
+        "preamble\r\n--{BOUNDARY}  \r\ncontent-disposition: form-data;\r\n\tname=token\r\n\r\n{TOKEN}\r\n\
+         --{BOUNDARY}\nContent-Type: text/plain\nContent-Disposition: form-data; NAME='con\\'tent'\n\ncontent-value\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\njson\r\n--{BOUNDARY}--\r\nepilogue"
+    );
+    let f = read_chunks(
+        Some(&format!("Multipart/Form-Data; boundary=\"{BOUNDARY}\"")),
+        &[body.as_bytes()],
+    );
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.content, None, "the part was named con'tent");
+    assert_eq!(f.problem, None);
+}
+
+#[test]
+fn every_split_gives_the_same_fields() {
+    let small_urlencoded = format!(
+        "token={}&content=record&data=a%2Bb+c&records[]=1&fields=x%2Cy&filterLogic=%5Bage%5D%3E1\
+         &returnMetadataOnly=TRUE&bad=%zz&format=json%",
+        TOKEN.to_lowercase()
+    );
+    let small_multipart = multipart_body(
+        &[
+            ("content", "record"),
+            ("records[0]", "1"),
+            ("exportFiles", "1"),
+            ("token", TOKEN),
+        ],
+        &[("file", "a.txt", b"ab\r\n-cd")],
+    );
+    let cases = [
+        (URLENCODED.to_string(), small_urlencoded.into_bytes()),
+        (multipart_type(), small_multipart),
+    ];
+    for (content_type, body) in &cases {
+        let whole = describe(read_chunks(Some(content_type), &[body]));
+        assert!(whole.contains(&fingerprint(TOKEN)), "{whole}");
+        assert!(whole.contains("problem=None"), "{whole}");
+        let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(describe(read_chunks(Some(content_type), &bytewise)), whole);
+        for i in 0..=body.len() {
+            let (a, b) = body.split_at(i);
+            assert_eq!(
+                describe(read_chunks(Some(content_type), &[a, b])),
+                whole,
+                "split at {i}"
+            );
+            for j in (i..=body.len()).step_by(7) {
+                let (b, c) = b.split_at(j - i);
+                assert_eq!(
+                    describe(read_chunks(Some(content_type), &[a, b, c])),
+                    whole,
+                    "split at {i} and {j}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn split_case_fields_have_the_expected_values() {
+    let f = urlencoded(
+        "data=a%2Bb+c&fields=x%2Cy&filterLogic=%5Bage%5D%3E1&returnMetadataOnly=TRUE&format=json%",
+    );
+    assert_eq!(f.data_bytes, Some(5));
+    assert_eq!(f.fields, 2);
+    assert!(f.filter_logic);
+    assert_eq!(f.return_metadata_only, Some(true));
+    assert_eq!(f.format.as_deref(), Some("json%"));
+}
+
+#[test]
+fn urlencoded_gap_drops_only_the_field_it_hit() {
+    let mut body = FormBody::for_content_type(Some(URLENCODED));
+    body.feed(format!("token={TOKEN}&content=rec").as_bytes());
+    body.gap(3);
+    body.feed(b"ord&format=json");
+    let f = body.finish();
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.content, None);
+    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.problem, Some(BodyProblem::Gap));
+}
+
+#[test]
+fn urlencoded_gap_in_a_name_resyncs_at_the_next_field() {
+    let mut body = FormBody::for_content_type(Some(URLENCODED));
+    body.feed(b"content=record&tok");
+    body.gap(10);
+    body.feed(format!("en=X&token={TOKEN}").as_bytes());
+    let f = body.finish();
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.content.as_deref(), Some("record"));
+}
+
+#[test]
+fn gap_inside_data_still_counts_as_an_import() {
+    let mut body = FormBody::for_content_type(Some(URLENCODED));
+    body.feed(b"content=record&data=abc");
+    body.gap(1000);
+    body.feed(b"def&format=csv");
+    let f = body.finish();
+    assert_eq!(f.data_bytes, Some(1006));
+    assert_eq!(f.format.as_deref(), Some("csv"));
+    assert_eq!(f.problem, Some(BodyProblem::Gap));
+
+    let file = vec![b'x'; 5000];
+    let whole = multipart_body(&[("content", "file")], &[("file", "f.bin", &file)]);
+    let start = whole.len() - 2000;
+    let mut body = FormBody::for_content_type(Some(&multipart_type()));
+    body.feed(&whole[..start - 1000]);
+    body.gap(1000);
+    body.feed(&whole[start..]);
+    let f = body.finish();
+    assert_eq!(f.data_bytes, Some(5000));
+    assert_eq!(f.problem, Some(BodyProblem::Gap));
+}
+
+#[test]
+fn multipart_gap_resyncs_at_the_next_part() {
+    let whole = multipart_body(
+        &[("content", "record"), ("format", "json"), ("token", TOKEN)],
+        &[],
+    );
+    let text = String::from_utf8(whole.clone()).unwrap();
+    let in_format_head = text.find("name=\"format\"").unwrap();
+    let mut body = FormBody::for_content_type(Some(&multipart_type()));
+    body.feed(&whole[..in_format_head]);
+    body.gap(5);
+    body.feed(&whole[in_format_head + 5..]);
+    let f = body.finish();
+    assert_eq!(f.content.as_deref(), Some("record"));
+    assert_eq!(f.format, None);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, Some(BodyProblem::Gap));
+}
+
+#[test]
+fn overlong_values_are_dropped_and_counted() {
+    let long = "x".repeat(300);
+    let f = urlencoded(&format!(
+        "content=record&content={long}&format=json&token={TOKEN}"
+    ));
+    assert_eq!(f.content, None);
+    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, Some(BodyProblem::FieldTooLong));
+    // Long filter logic and data are fine: they are never kept.
+    let f = urlencoded(&format!("filterLogic={long}&data={long}"));
+    assert_eq!(f.problem, None);
+    assert!(f.filter_logic);
+    // A long token is malformed, not stored.
+    let f = multipart(&multipart_body(&[("token", &"A".repeat(200))], &[]));
+    assert_eq!(token_of(&f), Some(Err(TokenProblem::Malformed)));
+    // A long name cannot be ours.
+    let f = urlencoded(&format!("{}=1&format=csv", "n".repeat(300)));
+    assert_eq!(f.problem, Some(BodyProblem::FieldTooLong));
+    assert_eq!(f.format.as_deref(), Some("csv"));
+}
+
+#[test]
+fn json_body_has_no_fields() {
+    let f = read_chunks(
+        Some("application/json"),
+        &[format!(r#"{{"token":"{TOKEN}","content":"record"}}"#).as_bytes()],
+    );
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.content, None);
+    assert_eq!(f.problem, Some(BodyProblem::UnsupportedContentType));
+    let f = read_chunks(None, &[format!("token={TOKEN}").as_bytes()]);
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::UnsupportedContentType));
+}
+
+#[test]
+fn content_type_parameters_and_case_do_not_matter() {
+    for ct in [
+        "application/x-www-form-urlencoded; charset=UTF-8",
+        "Application/X-WWW-Form-Urlencoded",
+        " application/x-www-form-urlencoded ",
+    ] {
+        let f = read_chunks(Some(ct), &[format!("token={TOKEN}").as_bytes()]);
+        assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))), "{ct}");
+    }
+}
+
+#[test]
+fn multipart_without_boundary_is_malformed() {
+    let f = read_chunks(Some("multipart/form-data"), &[b"--x\r\n"]);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+    let body = multipart_body(&[("token", TOKEN)], &[]);
+    let cut = &body[..body.len() - 20];
+    let f = multipart(cut);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+    let f = multipart(b"no delimiter at all");
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+    assert_eq!(multipart(b"").problem, None);
+}
+
+#[test]
+fn missing_and_malformed_tokens_are_told_apart() {
+    assert_eq!(token_of(&urlencoded("content=record")), None);
+    for body in [
+        "token=",
+        "token",
+        "token=abc-def",
+        "token=abc%20def",
+        "token[]=ABC",
+        "token[0]=ABC",
+    ] {
+        assert_eq!(
+            token_of(&urlencoded(body)),
+            Some(Err(TokenProblem::Malformed)),
+            "{body}"
+        );
+    }
+    // PHP reads ` token` and `token%00x` as `token`.
+    assert_eq!(
+        token_of(&urlencoded(&format!("+token={TOKEN}"))),
+        Some(Ok(fingerprint(TOKEN)))
+    );
+    assert_eq!(
+        token_of(&urlencoded(&format!("token%00x={TOKEN}"))),
+        Some(Ok(fingerprint(TOKEN)))
+    );
+}
+
+#[test]
+fn heavy_call_parameters_are_kept() {
+    let f = urlencoded(
+        "content=project_xml&returnMetadataOnly=false&exportFiles=True&allRecords=1\
+         &report_id=42&dateRangeBegin=2024-01-01+00%3A00%3A00&dateRangeEnd=x&filterLogic=",
+    );
+    assert_eq!(f.return_metadata_only, Some(false));
+    assert_eq!(f.export_files, Some(true));
+    assert_eq!(f.all_records, Some(true));
+    assert_eq!(f.report_id.as_deref(), Some("42"));
+    assert_eq!(f.date_range_begin.as_deref(), Some("2024-01-01 00:00:00"));
+    assert_eq!(f.date_range_end.as_deref(), Some("x"));
+    assert!(!f.filter_logic, "empty filter logic filters nothing");
+    assert!(urlencoded("filterLogic=%5Bage%5D").filter_logic);
+}
+
+#[test]
+fn redcap_booleans_are_one_or_true() {
+    assert!(parse_bool("1"));
+    assert!(parse_bool("true"));
+    assert!(parse_bool("TRUE"));
+    assert!(!parse_bool("yes"));
+    assert!(!parse_bool("0"));
+    assert!(!parse_bool(""));
+    assert!(!parse_bool(" true"));
+}
+
+fn head(method: &str, target: &str) -> RequestHead {
+    RequestHead {
+        method: method.to_string(),
+        target: target.to_string(),
+        content_type: Some(URLENCODED.to_string()),
+        ..RequestHead::default()
+    }
+}
+
+#[test]
+fn selector_takes_posts_to_api_paths_only() {
+    let mut selector = ApiRequestSelector::new(ApiPaths::default());
+    assert!(selector.select(&head("POST", "/redcap/api/")).is_some());
+    assert!(selector.select(&head("POST", "/redcap/api/?x=1")).is_some());
+    assert!(selector.select(&head("GET", "/redcap/api/")).is_none());
+    assert!(selector.select(&head("post", "/redcap/api/")).is_none());
+    assert!(
+        selector
+            .select(&head("POST", "/redcap/index.php"))
+            .is_none()
+    );
+    assert_eq!(
+        selector.stats(),
+        &SelectorStats {
+            requests: 5,
+            selected: 2,
+            other_method_on_api_path: 2
+        }
+    );
+}
+
+fn endpoint(last: u8, port: u16) -> Endpoint {
+    Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
+        port,
+    }
+}
+
+fn exchange(body: &str, response: Option<ResponseSummary>) -> HttpExchange<FormBody> {
+    let mut selector = ApiRequestSelector::new(ApiPaths::default());
+    let request = head("POST", "/redcap/api/?trace=1");
+    let mut form = selector.select(&request).unwrap();
+    form.feed(body.as_bytes());
+    HttpExchange {
+        conn: ConnectionId(7),
+        client: endpoint(1, 50000),
+        server: endpoint(2, 443),
+        request,
+        body: form,
+        request_body_bytes: body.len() as u64,
+        ts_request_start: Timestamp::from_nanos(1_000),
+        ts_request_end: Timestamp::from_nanos(2_000),
+        response,
+        incomplete: None,
+    }
+}
+
+fn response(decoding: BodyDecoding) -> ResponseSummary {
+    ResponseSummary {
+        status: 200,
+        ts_first_byte: Timestamp::from_nanos(5_000),
+        ts_last_byte: Timestamp::from_nanos(9_000),
+        wire_body_bytes: 100,
+        decoded_body_bytes: 700,
+        coding: ContentCoding::Gzip,
+        decoding,
+    }
+}
+
+#[test]
+fn api_call_is_built_from_an_exchange() {
+    let call = ApiCall::from_exchange(
+        exchange(PYCAP_BODY, Some(response(BodyDecoding::Decoded))),
+        &key(),
+    );
+    let identity = call.token.clone().unwrap();
+    assert_eq!(identity.fingerprint.to_string(), fingerprint(TOKEN));
+    assert_eq!(identity.masked.0, "012…EF");
+    assert_eq!(call.ts_start, Timestamp::from_nanos(1_000));
+    assert_eq!(call.ts_end, Timestamp::from_nanos(9_000));
+    assert_eq!(call.ttfb, Some(Span(3_000)));
+    assert_eq!(call.client, endpoint(1, 50000));
+    assert_eq!(call.server, endpoint(2, 443));
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/redcap/api/");
+    assert_eq!(call.content.as_deref(), Some("record"));
+    assert_eq!((call.records, call.fields), (2, 2));
+    assert_eq!(call.status, Some(200));
+    assert_eq!(call.request_bytes, PYCAP_BODY.len() as u64);
+    assert_eq!(call.response_bytes, Some(700));
+    assert_eq!(call.response_wire_bytes, Some(100));
+    assert_eq!(call.body_problem, None);
+    assert!(call.complete);
+    // No raw token anywhere in what can be printed.
+    assert!(!format!("{call:?}").contains(TOKEN));
+}
+
+#[test]
+fn api_call_sizes_follow_decoding() {
+    let sized =
+        |d| ApiCall::from_exchange(exchange("token=ABC", Some(response(d))), &key()).response_bytes;
+    assert_eq!(sized(BodyDecoding::Capped), Some(700));
+    assert_eq!(sized(BodyDecoding::Failed), None);
+    assert_eq!(sized(BodyDecoding::Unsupported), None);
+    let call = ApiCall::from_exchange(
+        exchange("token=ABC", Some(response(BodyDecoding::Unsupported))),
+        &key(),
+    );
+    assert_eq!(call.response_wire_bytes, Some(100));
+}
+
+#[test]
+fn api_call_without_response_ends_with_its_request() {
+    let mut ex = exchange("content=version", None);
+    ex.incomplete = Some(crate::http::Incomplete::NoResponse);
+    let call = ApiCall::from_exchange(ex, &key());
+    assert_eq!(call.ts_end, Timestamp::from_nanos(2_000));
+    assert_eq!(call.ttfb, None);
+    assert_eq!(call.status, None);
+    assert_eq!(call.response_bytes, None);
+    assert_eq!(call.token, Err(TokenProblem::Missing));
+    assert!(!call.complete);
+}
+
+#[test]
+fn api_call_completeness_follows_body_problems() {
+    let complete = |body: &str| {
+        let mut ex = exchange(body, Some(response(BodyDecoding::Identity)));
+        if body.ends_with("gap") {
+            ex.body.gap(4);
+        }
+        let call = ApiCall::from_exchange(ex, &key());
+        let mut stats = RedcapStats::default();
+        stats.count(&call);
+        (call.complete, stats)
+    };
+    let (ok, stats) = complete(&format!("content={}", "x".repeat(400)));
+    assert!(ok, "a value over its limit leaves the call complete");
+    assert_eq!((stats.field_too_long, stats.token_missing), (1, 1));
+    let (ok, stats) = complete("token=ABC&content=gap");
+    assert!(!ok);
+    assert_eq!((stats.body_gap, stats.incomplete), (1, 1));
+}
