@@ -1,2 +1,13 @@
-//! placeholder
+//! Capture sources: pcap/pcapng files read offline, and the kernel probe read live.
+//!
+//! [`CaptureFile`] maps a file into memory and yields [`Frame`]s that borrow from the map;
+//! [`decode`] turns a frame into a [`TcpSegment`](crate::model::TcpSegment) borrowing the same
+//! bytes, counting every frame it cannot use in [`DecodeStats`]. Neither allocates per packet,
+//! and nothing here knows about TCP state or anything after it.
+
+mod decode;
+mod file;
 pub mod kernel;
+
+pub use decode::{DecodeStats, decode};
+pub use file::{CaptureError, CaptureFile, Frame, Frames, LinkType};

@@ -1,0 +1,617 @@
+//! pcap and pcapng readers over a memory map: frames borrow the file's bytes, nothing is copied.
+//!
+//! Handles classic pcap (micro- and nanosecond, either byte order) and pcapng (any number of
+//! sections and interfaces, each with its own link type, timestamp resolution and offset).
+//! Unknown pcapng blocks are skipped. Decoding what is inside a frame is `decode`'s job.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::model::Timestamp;
+
+/// A capture's link-layer header type (the LINKTYPE_* registry number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkType(pub u16);
+
+impl LinkType {
+    /// BSD loopback: a 4-byte address family in the capturing host's byte order.
+    pub const NULL: LinkType = LinkType(0);
+    pub const ETHERNET: LinkType = LinkType(1);
+    /// DLT_RAW as some BSDs wrote it into files (raw IPv4/IPv6).
+    pub const RAW_BSD: LinkType = LinkType(12);
+    /// DLT_RAW as OpenBSD wrote it into files (raw IPv4/IPv6).
+    pub const RAW_OPENBSD: LinkType = LinkType(14);
+    pub const RAW: LinkType = LinkType(101);
+    /// OpenBSD loopback: a 4-byte address family in network byte order.
+    pub const LOOP: LinkType = LinkType(108);
+    pub const LINUX_SLL: LinkType = LinkType(113);
+    pub const IPV4: LinkType = LinkType(228);
+    pub const IPV6: LinkType = LinkType(229);
+    pub const LINUX_SLL2: LinkType = LinkType(276);
+}
+
+/// One captured frame, borrowing its bytes from the capture file.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame<'a> {
+    pub ts: Timestamp,
+    pub link: LinkType,
+    /// The captured bytes, possibly fewer than were on the wire (snap length).
+    pub data: &'a [u8],
+}
+
+/// Why a capture file cannot be read (further). Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot read capture file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is not a pcap or pcapng capture file ({found}); convert it with `editcap -F pcap` or capture with `tcpdump -w`",
+        path.display()
+    )]
+    NotACapture { path: PathBuf, found: String },
+    #[error(
+        "{}: truncated {what} at offset {offset}: the file ends inside it (was the capture cut short?)",
+        path.display()
+    )]
+    Truncated {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+    },
+    #[error("{}: malformed {what} at offset {offset}: {problem}", path.display())]
+    Malformed {
+        path: PathBuf,
+        offset: u64,
+        what: &'static str,
+        problem: String,
+    },
+}
+
+/// A capture file mapped into memory (or held in memory, for tests and pipes).
+pub struct CaptureFile {
+    path: PathBuf,
+    bytes: Bytes,
+    format: Format,
+}
+
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    Pcap(PcapHeader),
+    PcapNg,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PcapHeader {
+    big_endian: bool,
+    nanos: bool,
+    link: LinkType,
+}
+
+const PCAP_HEADER_LEN: usize = 24;
+const PCAP_RECORD_HEADER_LEN: usize = 16;
+/// No link layer captures frames this large; a bigger length means a corrupt record header.
+const MAX_FRAME_LEN: u32 = 64 << 20;
+
+const BLOCK_SECTION_HEADER: u32 = 0x0A0D_0D0A;
+const BLOCK_INTERFACE: u32 = 1;
+const BLOCK_OBSOLETE_PACKET: u32 = 2;
+const BLOCK_SIMPLE_PACKET: u32 = 3;
+const BLOCK_ENHANCED_PACKET: u32 = 6;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+const OPTION_END: u16 = 0;
+const OPTION_IF_TSRESOL: u16 = 9;
+const OPTION_IF_TSOFFSET: u16 = 14;
+
+impl CaptureFile {
+    /// Maps `path` and checks that it starts like a pcap or pcapng file.
+    pub fn open(path: &Path) -> Result<CaptureFile, CaptureError> {
+        let io_error = |source| CaptureError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io_error)?;
+        let len = file.metadata().map_err(io_error)?.len();
+        let bytes = if len == 0 {
+            // Mapping an empty file fails on some platforms; an empty capture is simply not one.
+            Bytes::Owned(Vec::new())
+        } else {
+            // SAFETY: the map is read-only and private to this process. If another process
+            // truncates the file while we read it, reads past the new end fault (SIGBUS); that is
+            // the documented price of mapping, accepted for offline analysis of finished captures.
+            let map = unsafe { Mmap::map(&file) }.map_err(io_error)?;
+            #[cfg(unix)]
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Bytes::Mapped(map)
+        };
+        Self::new(path.to_path_buf(), bytes)
+    }
+
+    /// A capture held in memory; `name` is what error messages call it.
+    pub fn from_bytes(
+        name: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+    ) -> Result<CaptureFile, CaptureError> {
+        Self::new(name.into(), Bytes::Owned(bytes))
+    }
+
+    fn new(path: PathBuf, bytes: Bytes) -> Result<CaptureFile, CaptureError> {
+        let format = detect_format(&path, bytes.as_slice())?;
+        Ok(CaptureFile {
+            path,
+            bytes,
+            format,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes (the end of [`Frames::position`]).
+    pub fn len(&self) -> u64 {
+        self.bytes.as_slice().len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.as_slice().is_empty()
+    }
+
+    /// The frames in file order. Iteration ends after the first error: a capture cannot be
+    /// resynchronised after a bad record, but every frame before it has been delivered.
+    pub fn frames(&self) -> Frames<'_> {
+        let (offset, reader) = match self.format {
+            Format::Pcap(header) => (PCAP_HEADER_LEN, Reader::Pcap(header)),
+            Format::PcapNg => (
+                0,
+                Reader::PcapNg(Section {
+                    big_endian: false,
+                    interfaces: Vec::new(),
+                    last_ts: Timestamp::default(),
+                }),
+            ),
+        };
+        Frames {
+            path: &self.path,
+            bytes: self.bytes.as_slice(),
+            offset,
+            done: false,
+            reader,
+        }
+    }
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(map) => map,
+            Bytes::Owned(bytes) => bytes,
+        }
+    }
+}
+
+fn detect_format(path: &Path, bytes: &[u8]) -> Result<Format, CaptureError> {
+    let Some(magic) = bytes.first_chunk::<4>() else {
+        return Err(CaptureError::NotACapture {
+            path: path.to_path_buf(),
+            found: format!("only {} bytes long", bytes.len()),
+        });
+    };
+    let (big_endian, nanos) = match *magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] => (false, false),
+        [0xa1, 0xb2, 0xc3, 0xd4] => (true, false),
+        [0x4d, 0x3c, 0xb2, 0xa1] => (false, true),
+        [0xa1, 0xb2, 0x3c, 0x4d] => (true, true),
+        [0x0a, 0x0d, 0x0d, 0x0a] => return Ok(Format::PcapNg),
+        other => {
+            return Err(CaptureError::NotACapture {
+                path: path.to_path_buf(),
+                found: format!("it starts with {}", hex::encode(other)),
+            });
+        }
+    };
+    if bytes.len() < PCAP_HEADER_LEN {
+        return Err(CaptureError::Truncated {
+            path: path.to_path_buf(),
+            offset: 0,
+            what: "pcap file header",
+        });
+    }
+    // The upper bits of the link-type field carry FCS information, which we do not need: the IP
+    // length fields already exclude a trailing FCS.
+    let link = read_u32(bytes, 20, big_endian).unwrap_or(0);
+    Ok(Format::Pcap(PcapHeader {
+        big_endian,
+        nanos,
+        link: LinkType((link & 0xffff) as u16),
+    }))
+}
+
+/// Iterator over a capture's frames; see [`CaptureFile::frames`].
+pub struct Frames<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    offset: usize,
+    done: bool,
+    reader: Reader,
+}
+
+enum Reader {
+    Pcap(PcapHeader),
+    PcapNg(Section),
+}
+
+/// The state a pcapng section header resets: byte order and the interface table.
+struct Section {
+    big_endian: bool,
+    interfaces: Vec<Interface>,
+    /// Simple packet blocks carry no timestamp; they get the previous packet's.
+    last_ts: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Interface {
+    link: LinkType,
+    snaplen: u32,
+    resolution: Resolution,
+    offset_secs: i64,
+}
+
+/// How many nanoseconds one timestamp tick of an interface is (`if_tsresol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resolution {
+    /// Ticks of 10^-n seconds with n <= 9.
+    TimesNanos(u64),
+    /// Ticks of 10^-n seconds with n > 9.
+    PerNano(u64),
+    /// Ticks of 2^-n seconds.
+    Binary(u32),
+}
+
+impl Resolution {
+    const MICROS: Resolution = Resolution::TimesNanos(1_000);
+
+    fn from_tsresol(value: u8) -> Resolution {
+        let exponent = u32::from(value & 0x7f);
+        if value & 0x80 != 0 {
+            Resolution::Binary(exponent)
+        } else if exponent <= 9 {
+            Resolution::TimesNanos(10u64.pow(9 - exponent))
+        } else {
+            Resolution::PerNano(10u64.checked_pow(exponent - 9).unwrap_or(u64::MAX))
+        }
+    }
+
+    fn to_nanos(self, ticks: u64) -> u64 {
+        match self {
+            Resolution::TimesNanos(factor) => ticks.saturating_mul(factor),
+            Resolution::PerNano(divisor) => ticks / divisor,
+            Resolution::Binary(exponent) => {
+                ((u128::from(ticks) * 1_000_000_000) >> exponent).min(u128::from(u64::MAX)) as u64
+            }
+        }
+    }
+}
+
+impl<'a> Frames<'a> {
+    /// Bytes of the file consumed so far (for progress reporting).
+    pub fn position(&self) -> u64 {
+        self.offset as u64
+    }
+
+    fn truncated(&self, offset: usize, what: &'static str) -> CaptureError {
+        CaptureError::Truncated {
+            path: self.path.to_path_buf(),
+            offset: offset as u64,
+            what,
+        }
+    }
+
+    fn malformed(&self, offset: usize, what: &'static str, problem: String) -> CaptureError {
+        CaptureError::Malformed {
+            path: self.path.to_path_buf(),
+            offset: offset as u64,
+            what,
+            problem,
+        }
+    }
+
+    fn next_pcap(&mut self, header: PcapHeader) -> Result<Option<Frame<'a>>, CaptureError> {
+        let start = self.offset;
+        if start >= self.bytes.len() {
+            return Ok(None);
+        }
+        let be = header.big_endian;
+        let field = |at| read_u32(self.bytes, start + at, be);
+        let (Some(secs), Some(frac), Some(captured)) = (field(0), field(4), field(8)) else {
+            return Err(self.truncated(start, "pcap record header"));
+        };
+        if captured > MAX_FRAME_LEN {
+            return Err(self.malformed(
+                start,
+                "pcap record header",
+                format!("captured length {captured} is implausible"),
+            ));
+        }
+        let data_start = start + PCAP_RECORD_HEADER_LEN;
+        let Some(data) = self.bytes.get(data_start..data_start + captured as usize) else {
+            return Err(self.truncated(start, "pcap record"));
+        };
+        self.offset = data_start + captured as usize;
+        let frac_nanos = if header.nanos {
+            u64::from(frac)
+        } else {
+            u64::from(frac) * 1_000
+        };
+        Ok(Some(Frame {
+            ts: Timestamp(u64::from(secs) * 1_000_000_000 + frac_nanos),
+            link: header.link,
+            data,
+        }))
+    }
+
+    fn next_pcapng(&mut self) -> Result<Option<Frame<'a>>, CaptureError> {
+        let bytes = self.bytes;
+        loop {
+            let start = self.offset;
+            if start >= bytes.len() {
+                return Ok(None);
+            }
+            let Reader::PcapNg(section) = &mut self.reader else {
+                return Ok(None);
+            };
+            let Some(block_type) = read_u32(bytes, start, section.big_endian) else {
+                return Err(self.truncated(start, "pcapng block header"));
+            };
+            // The section header's type reads the same in both byte orders; its byte-order magic
+            // says how to read everything up to the next section header.
+            if block_type == BLOCK_SECTION_HEADER {
+                let Some(magic) = read_u32(bytes, start + 8, false) else {
+                    return Err(self.truncated(start, "pcapng section header"));
+                };
+                section.big_endian = match magic {
+                    BYTE_ORDER_MAGIC => false,
+                    m if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
+                    m => {
+                        return Err(self.malformed(
+                            start,
+                            "pcapng section header",
+                            format!("byte-order magic {m:#010x} is neither 1a2b3c4d nor its swap"),
+                        ));
+                    }
+                };
+                section.interfaces.clear();
+            }
+            let be = section.big_endian;
+            let Some(total_len) = read_u32(bytes, start + 4, be) else {
+                return Err(self.truncated(start, "pcapng block header"));
+            };
+            if total_len < 12 {
+                return Err(self.malformed(
+                    start,
+                    "pcapng block",
+                    format!("block length {total_len} is shorter than a block header"),
+                ));
+            }
+            let Some(block) = bytes.get(start..start + total_len as usize) else {
+                return Err(self.truncated(start, "pcapng block"));
+            };
+            // Bodies are padded to 32 bits; a writer that miscounts the padding must not make us
+            // lose the rest of the file, so the next block starts at the aligned length.
+            self.offset = start
+                + (total_len as usize)
+                    .next_multiple_of(4)
+                    .min(bytes.len() - start);
+            let body = block.get(8..block.len() - 4).unwrap_or_default();
+            let frame = match block_type {
+                BLOCK_INTERFACE => {
+                    let interface = parse_interface(body, be)
+                        .ok_or_else(|| self.truncated(start, "pcapng interface description"))?;
+                    if let Reader::PcapNg(section) = &mut self.reader {
+                        section.interfaces.push(interface);
+                    }
+                    continue;
+                }
+                BLOCK_ENHANCED_PACKET => self.packet_block(start, body, be, true)?,
+                BLOCK_OBSOLETE_PACKET => self.packet_block(start, body, be, false)?,
+                BLOCK_SIMPLE_PACKET => self.simple_packet_block(start, body, be)?,
+                _ => continue,
+            };
+            return Ok(Some(frame));
+        }
+    }
+
+    /// Enhanced (`enhanced`) and obsolete packet blocks: the same fields, except that the
+    /// obsolete block has a 16-bit interface id followed by a 16-bit drop count.
+    fn packet_block(
+        &mut self,
+        start: usize,
+        body: &'a [u8],
+        be: bool,
+        enhanced: bool,
+    ) -> Result<Frame<'a>, CaptureError> {
+        let what = if enhanced {
+            "pcapng enhanced packet block"
+        } else {
+            "pcapng packet block"
+        };
+        let interface_id = if enhanced {
+            read_u32(body, 0, be)
+        } else {
+            read_u16(body, 0, be).map(u32::from)
+        };
+        let field = |n: usize| read_u32(body, 4 * n, be);
+        let (Some(interface_id), Some(ts_high), Some(ts_low), Some(captured)) =
+            (interface_id, field(1), field(2), field(3))
+        else {
+            return Err(self.malformed(start, what, "block is too short".to_string()));
+        };
+        let interface = self.interface(start, what, interface_id)?;
+        let data_start = 20;
+        let Some(data) = body.get(data_start..data_start + captured as usize) else {
+            return Err(self.malformed(
+                start,
+                what,
+                format!("captured length {captured} exceeds the block"),
+            ));
+        };
+        let ticks = (u64::from(ts_high) << 32) | u64::from(ts_low);
+        let nanos = interface
+            .resolution
+            .to_nanos(ticks)
+            .saturating_add_signed(interface.offset_secs.saturating_mul(1_000_000_000));
+        let ts = Timestamp(nanos);
+        if let Reader::PcapNg(section) = &mut self.reader {
+            section.last_ts = ts;
+        }
+        Ok(Frame {
+            ts,
+            link: interface.link,
+            data,
+        })
+    }
+
+    fn simple_packet_block(
+        &mut self,
+        start: usize,
+        body: &'a [u8],
+        be: bool,
+    ) -> Result<Frame<'a>, CaptureError> {
+        const WHAT: &str = "pcapng simple packet block";
+        let Some(original) = read_u32(body, 0, be) else {
+            return Err(self.malformed(start, WHAT, "block is too short".to_string()));
+        };
+        let interface = self.interface(start, WHAT, 0)?;
+        // The block does not store the captured length: it is the original length cut at the
+        // interface's snap length, padding excluded.
+        let mut captured = original as usize;
+        if interface.snaplen != 0 {
+            captured = captured.min(interface.snaplen as usize);
+        }
+        let data = body.get(4..).unwrap_or_default();
+        let data = data.get(..captured).unwrap_or(data);
+        let ts = match &self.reader {
+            Reader::PcapNg(section) => section.last_ts,
+            Reader::Pcap(_) => Timestamp::default(),
+        };
+        Ok(Frame {
+            ts,
+            link: interface.link,
+            data,
+        })
+    }
+
+    fn interface(
+        &self,
+        start: usize,
+        what: &'static str,
+        id: u32,
+    ) -> Result<Interface, CaptureError> {
+        let interfaces = match &self.reader {
+            Reader::PcapNg(section) => section.interfaces.as_slice(),
+            Reader::Pcap(_) => &[],
+        };
+        interfaces.get(id as usize).copied().ok_or_else(|| {
+            self.malformed(
+                start,
+                what,
+                format!(
+                    "it names interface {id}, but the section describes {} interface(s)",
+                    interfaces.len()
+                ),
+            )
+        })
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = match self.reader {
+            Reader::Pcap(header) => self.next_pcap(header),
+            Reader::PcapNg(_) => self.next_pcapng(),
+        };
+        match next {
+            Ok(Some(frame)) => Some(Ok(frame)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(error) => {
+                self.done = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
+
+/// Reads an interface description block's body; `None` when it is too short.
+fn parse_interface(body: &[u8], be: bool) -> Option<Interface> {
+    let link = read_u16(body, 0, be)?;
+    let snaplen = read_u32(body, 4, be)?;
+    let mut interface = Interface {
+        link: LinkType(link),
+        snaplen,
+        resolution: Resolution::MICROS,
+        offset_secs: 0,
+    };
+    let mut at = 8;
+    // Options are optional: a malformed option list ends them, it does not lose the interface.
+    while let (Some(code), Some(len)) = (read_u16(body, at, be), read_u16(body, at + 2, be)) {
+        let Some(value) = body.get(at + 4..at + 4 + usize::from(len)) else {
+            break;
+        };
+        match code {
+            OPTION_END => break,
+            OPTION_IF_TSRESOL => {
+                if let Some(&resolution) = value.first() {
+                    interface.resolution = Resolution::from_tsresol(resolution);
+                }
+            }
+            OPTION_IF_TSOFFSET => {
+                if let Some(&raw) = value.first_chunk::<8>() {
+                    interface.offset_secs = if be {
+                        i64::from_be_bytes(raw)
+                    } else {
+                        i64::from_le_bytes(raw)
+                    };
+                }
+            }
+            _ => {}
+        }
+        at += 4 + usize::from(len).next_multiple_of(4);
+    }
+    Some(interface)
+}
+
+fn read_u32(bytes: &[u8], at: usize, big_endian: bool) -> Option<u32> {
+    let raw = *bytes.get(at..)?.first_chunk::<4>()?;
+    Some(if big_endian {
+        u32::from_be_bytes(raw)
+    } else {
+        u32::from_le_bytes(raw)
+    })
+}
+
+fn read_u16(bytes: &[u8], at: usize, big_endian: bool) -> Option<u16> {
+    let raw = *bytes.get(at..)?.first_chunk::<2>()?;
+    Some(if big_endian {
+        u16::from_be_bytes(raw)
+    } else {
+        u16::from_le_bytes(raw)
+    })
+}
