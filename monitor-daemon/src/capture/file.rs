@@ -660,7 +660,7 @@ mod tests {
         }
 
         fn pad(&mut self) -> &mut Self {
-            while self.bytes.len() % 4 != 0 {
+            while !self.bytes.len().is_multiple_of(4) {
                 self.bytes.push(0);
             }
             self
@@ -696,7 +696,10 @@ mod tests {
         w.bytes
     }
 
-    fn read_all(bytes: Vec<u8>) -> (Vec<(u64, u16, Vec<u8>)>, Option<CaptureError>) {
+    /// A frame as (timestamp in nanoseconds, link type, bytes).
+    type OwnedFrame = (u64, u16, Vec<u8>);
+
+    fn read_all(bytes: Vec<u8>) -> (Vec<OwnedFrame>, Option<CaptureError>) {
         let file = CaptureFile::from_bytes("test.pcap", bytes).expect("capture header");
         let mut frames = Vec::new();
         let mut error = None;
