@@ -217,3 +217,313 @@ fn be_u16(bytes: &[u8], at: usize) -> Result<u16, Rejection> {
         .map(|raw| u16::from_be_bytes(*raw))
         .ok_or(Rejection::TruncatedHeader)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::model::Timestamp;
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+
+    fn tcp(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&40_000u16.to_be_bytes());
+        t.extend_from_slice(&443u16.to_be_bytes());
+        t.extend_from_slice(&0x1122_3344u32.to_be_bytes());
+        t.extend_from_slice(&0x5566_7788u32.to_be_bytes());
+        // Data offset 6: one 4-byte option (MSS) that must not become payload.
+        t.extend_from_slice(&[6 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(&[2, 4, 0x05, 0xb4]);
+        t.extend_from_slice(payload);
+        t
+    }
+
+    /// IPv4 packet; `fragment` is the flags/fragment-offset field.
+    fn ipv4_with(protocol: u8, fragment: u16, payload: &[u8]) -> Vec<u8> {
+        let total = (20 + payload.len()) as u16;
+        let mut p = vec![0x45, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        p.extend_from_slice(&fragment.to_be_bytes());
+        p.extend_from_slice(&[64, protocol, 0, 0]);
+        p.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn ipv4(payload: &[u8]) -> Vec<u8> {
+        ipv4_with(6, 0x4000, payload)
+    }
+
+    /// IPv6 packet with an optional hop-by-hop options header in front of `payload`.
+    fn ipv6(hop_by_hop: bool, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        let first = if hop_by_hop {
+            body.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+            0
+        } else {
+            next
+        };
+        body.extend_from_slice(payload);
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[first, 64]);
+        p.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        p.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets());
+        p.extend_from_slice(&body);
+        p
+    }
+
+    fn ethernet(tags: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        for tpid in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&[0, 42]);
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn decode_one<'a>(link: LinkType, data: &'a [u8]) -> (Option<TcpSegment<'a>>, DecodeStats) {
+        let mut stats = DecodeStats::default();
+        let frame = Frame {
+            ts: Timestamp::from_nanos(42),
+            link,
+            data,
+        };
+        (decode(&frame, &mut stats), stats)
+    }
+
+    fn assert_payload(link: LinkType, frame: &[u8], payload: &[u8]) {
+        let (segment, stats) = decode_one(link, frame);
+        let segment = segment.unwrap_or_else(|| panic!("{link:?}: no segment, {stats:?}"));
+        assert_eq!(segment.payload, payload, "{link:?}");
+        assert_eq!(stats.tcp_segments, 1);
+    }
+
+    #[test]
+    fn ethernet_ipv4_tcp_becomes_a_segment_with_every_field() {
+        let frame = ethernet(&[], ETHERTYPE_IPV4, &ipv4(&tcp(ACK | FIN, b"hello")));
+        let (segment, stats) = decode_one(LinkType::ETHERNET, &frame);
+        let segment = segment.expect("segment");
+        assert_eq!(segment.ts, Timestamp::from_nanos(42));
+        assert_eq!(segment.src.ip, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(segment.src.port, 40_000);
+        assert_eq!(segment.dst.ip, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(segment.dst.port, 443);
+        assert_eq!(segment.seq, 0x1122_3344);
+        assert_eq!(segment.ack, Some(0x5566_7788));
+        assert_eq!(
+            segment.flags,
+            TcpFlags {
+                syn: false,
+                ack: true,
+                fin: true,
+                rst: false
+            }
+        );
+        assert_eq!(segment.payload, b"hello");
+        assert_eq!(stats.truncated_frames, 0);
+    }
+
+    #[test]
+    fn ack_number_is_absent_without_the_ack_flag() {
+        let frame = ipv4(&tcp(SYN, b""));
+        let (segment, _) = decode_one(LinkType::RAW, &frame);
+        let segment = segment.expect("segment");
+        assert_eq!(segment.ack, None);
+        assert!(segment.flags.syn && !segment.flags.ack);
+        let frame = ipv4(&tcp(RST, b""));
+        assert!(
+            decode_one(LinkType::RAW, &frame)
+                .0
+                .expect("segment")
+                .flags
+                .rst
+        );
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_payload() {
+        let mut frame = ethernet(&[], ETHERTYPE_IPV4, &ipv4(&tcp(ACK, b"")));
+        frame.resize(60, 0xee);
+        assert_payload(LinkType::ETHERNET, &frame, b"");
+        let mut frame = ethernet(&[], ETHERTYPE_IPV4, &ipv4(&tcp(ACK, b"ab")));
+        frame.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        assert_payload(LinkType::ETHERNET, &frame, b"ab");
+    }
+
+    #[test]
+    fn vlan_and_qinq_tags_are_skipped() {
+        let packet = ipv4(&tcp(ACK, b"tagged"));
+        for tags in [
+            &[ETHERTYPE_VLAN][..],
+            &[ETHERTYPE_QINQ, ETHERTYPE_VLAN],
+            &[ETHERTYPE_QINQ_OLD, ETHERTYPE_VLAN],
+        ] {
+            let frame = ethernet(tags, ETHERTYPE_IPV4, &packet);
+            assert_payload(LinkType::ETHERNET, &frame, b"tagged");
+        }
+    }
+
+    #[test]
+    fn linux_cooked_headers_are_skipped() {
+        let packet = ipv6(false, 6, &tcp(ACK, b"v6"));
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0];
+        sll.extend_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        sll.extend_from_slice(&packet);
+        assert_payload(LinkType::LINUX_SLL, &sll, b"v6");
+
+        let mut sll2 = ETHERTYPE_IPV6.to_be_bytes().to_vec();
+        sll2.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0]);
+        sll2.extend_from_slice(&packet);
+        assert_payload(LinkType::LINUX_SLL2, &sll2, b"v6");
+    }
+
+    #[test]
+    fn loopback_address_families_are_read_in_either_byte_order() {
+        let v4 = ipv4(&tcp(ACK, b"four"));
+        let v6 = ipv6(false, 6, &tcp(ACK, b"six"));
+        for (family, packet, payload) in [
+            (2u32, &v4, &b"four"[..]),
+            (30, &v6, b"six"),
+            (10, &v6, b"six"),
+        ] {
+            for header in [family.to_le_bytes(), family.to_be_bytes()] {
+                let frame = [&header[..], packet].concat();
+                assert_payload(LinkType::NULL, &frame, payload);
+            }
+            let frame = [&family.to_be_bytes()[..], packet].concat();
+            assert_payload(LinkType::LOOP, &frame, payload);
+        }
+        let frame = [&7u32.to_be_bytes()[..], &v4].concat();
+        assert_eq!(decode_one(LinkType::LOOP, &frame).1.non_ip, 1);
+    }
+
+    #[test]
+    fn raw_ip_link_types_carry_ipv4_and_ipv6() {
+        let v4 = ipv4(&tcp(ACK, b"raw4"));
+        let v6 = ipv6(false, 6, &tcp(ACK, b"raw6"));
+        for link in [LinkType::RAW, LinkType::RAW_BSD, LinkType::RAW_OPENBSD] {
+            assert_payload(link, &v4, b"raw4");
+            assert_payload(link, &v6, b"raw6");
+        }
+        assert_payload(LinkType::IPV4, &v4, b"raw4");
+        assert_payload(LinkType::IPV6, &v6, b"raw6");
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked() {
+        let frame = ethernet(
+            &[],
+            ETHERTYPE_IPV6,
+            &ipv6(true, 6, &tcp(ACK, b"after hop-by-hop")),
+        );
+        let (segment, _) = decode_one(LinkType::ETHERNET, &frame);
+        let segment = segment.expect("segment");
+        assert_eq!(segment.payload, b"after hop-by-hop");
+        assert_eq!(segment.src.ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn snap_length_cut_delivers_the_captured_payload_and_counts_it() {
+        let frame = ethernet(&[], ETHERTYPE_IPV4, &ipv4(&tcp(ACK, b"0123456789")));
+        let cut = &frame[..frame.len() - 4];
+        let (segment, stats) = decode_one(LinkType::ETHERNET, cut);
+        assert_eq!(segment.expect("segment").payload, b"012345");
+        assert_eq!(stats.truncated_frames, 1);
+        assert_eq!(stats.tcp_segments, 1);
+    }
+
+    #[test]
+    fn frames_without_a_usable_segment_are_counted_by_reason() {
+        let mut stats = DecodeStats::default();
+        let udp = ipv4_with(17, 0, &[0; 8]);
+        let fragment = ipv4_with(6, 0x2000, &tcp(ACK, b"first fragment"));
+        let v6_fragment = ipv6(false, 44, &[6, 0, 0, 1, 0, 0, 0, 1]);
+        let mut bad_ihl = ipv4(&tcp(ACK, b""));
+        bad_ihl[0] = 0x43;
+        let arp = ethernet(&[], 0x0806, &[0; 28]);
+        let cases: [(LinkType, Vec<u8>); 8] = [
+            (LinkType::RAW, udp),
+            (LinkType::RAW, fragment),
+            (LinkType::RAW, v6_fragment),
+            (LinkType::RAW, bad_ihl),
+            (LinkType::ETHERNET, arp),
+            (LinkType(147), ipv4(&tcp(ACK, b""))),
+            (LinkType::ETHERNET, vec![0; 10]),
+            (LinkType::RAW, ipv4(&tcp(ACK, b""))[..30].to_vec()),
+        ];
+        for (link, data) in &cases {
+            let frame = Frame {
+                ts: Timestamp::default(),
+                link: *link,
+                data,
+            };
+            assert!(decode(&frame, &mut stats).is_none(), "{link:?} {data:?}");
+        }
+        assert_eq!(
+            stats,
+            DecodeStats {
+                frames: 8,
+                non_tcp: 1,
+                ip_fragments: 2,
+                malformed: 1,
+                non_ip: 1,
+                unsupported_link: 1,
+                truncated_headers: 2,
+                ..DecodeStats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_frame_decodes_without_panicking() {
+        let frames = [
+            (
+                LinkType::ETHERNET,
+                ethernet(
+                    &[ETHERTYPE_VLAN],
+                    ETHERTYPE_IPV6,
+                    &ipv6(true, 6, &tcp(ACK, b"xyz")),
+                ),
+            ),
+            (
+                LinkType::LINUX_SLL2,
+                [
+                    &ETHERTYPE_IPV4.to_be_bytes()[..],
+                    &[0; 18],
+                    &ipv4(&tcp(ACK, b"xyz")),
+                ]
+                .concat(),
+            ),
+            (
+                LinkType::NULL,
+                [&2u32.to_le_bytes()[..], &ipv4(&tcp(ACK, b"xyz"))].concat(),
+            ),
+        ];
+        let mut stats = DecodeStats::default();
+        for (link, data) in &frames {
+            for end in 0..=data.len() {
+                let frame = Frame {
+                    ts: Timestamp::default(),
+                    link: *link,
+                    data: &data[..end],
+                };
+                let _ = decode(&frame, &mut stats);
+            }
+            assert_payload(*link, data, b"xyz");
+        }
+        let rejected = stats.frames - stats.tcp_segments;
+        assert_eq!(
+            rejected,
+            stats.truncated_headers + stats.malformed + stats.non_ip
+        );
+    }
+}

@@ -615,3 +615,330 @@ fn read_u16(bytes: &[u8], at: usize, big_endian: bool) -> Option<u16> {
         u16::from_le_bytes(raw)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes 32-bit and 16-bit fields in a chosen byte order.
+    struct Writer {
+        big_endian: bool,
+        bytes: Vec<u8>,
+    }
+
+    impl Writer {
+        fn new(big_endian: bool) -> Self {
+            Self {
+                big_endian,
+                bytes: Vec::new(),
+            }
+        }
+
+        fn u32(&mut self, v: u32) -> &mut Self {
+            let raw = if self.big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
+            self.bytes.extend_from_slice(&raw);
+            self
+        }
+
+        fn u16(&mut self, v: u16) -> &mut Self {
+            let raw = if self.big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
+            self.bytes.extend_from_slice(&raw);
+            self
+        }
+
+        fn raw(&mut self, v: &[u8]) -> &mut Self {
+            self.bytes.extend_from_slice(v);
+            self
+        }
+
+        fn pad(&mut self) -> &mut Self {
+            while !self.bytes.len().is_multiple_of(4) {
+                self.bytes.push(0);
+            }
+            self
+        }
+
+        /// Appends a pcapng block with the given body.
+        fn block(&mut self, block_type: u32, body: &[u8]) -> &mut Self {
+            let total = 12 + body.len().next_multiple_of(4) as u32;
+            self.u32(block_type).u32(total).raw(body).pad().u32(total)
+        }
+
+        fn body(&self) -> Vec<u8> {
+            self.bytes.clone()
+        }
+    }
+
+    fn pcap(big_endian: bool, nanos: bool, link: u32, records: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        let mut w = Writer::new(big_endian);
+        w.u32(if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 })
+            .u16(2)
+            .u16(4)
+            .u32(0)
+            .u32(0)
+            .u32(65_535)
+            .u32(link);
+        for (secs, frac, data) in records {
+            w.u32(*secs)
+                .u32(*frac)
+                .u32(data.len() as u32)
+                .u32(data.len() as u32)
+                .raw(data);
+        }
+        w.bytes
+    }
+
+    /// A frame as (timestamp in nanoseconds, link type, bytes).
+    type OwnedFrame = (u64, u16, Vec<u8>);
+
+    fn read_all(bytes: Vec<u8>) -> (Vec<OwnedFrame>, Option<CaptureError>) {
+        let file = CaptureFile::from_bytes("test.pcap", bytes).expect("capture header");
+        let mut frames = Vec::new();
+        let mut error = None;
+        for frame in file.frames() {
+            match frame {
+                Ok(f) => frames.push((f.ts.as_nanos(), f.link.0, f.data.to_vec())),
+                Err(e) => error = Some(e),
+            }
+        }
+        (frames, error)
+    }
+
+    #[test]
+    fn pcap_reads_all_four_magic_variants() {
+        for big_endian in [false, true] {
+            for nanos in [false, true] {
+                let bytes = pcap(big_endian, nanos, 1, &[(10, 7, b"one"), (11, 0, b"two!")]);
+                let (frames, error) = read_all(bytes);
+                assert!(error.is_none(), "{error:?}");
+                let frac = if nanos { 7 } else { 7_000 };
+                assert_eq!(
+                    frames,
+                    vec![
+                        (10_000_000_000 + frac, 1, b"one".to_vec()),
+                        (11_000_000_000, 1, b"two!".to_vec()),
+                    ],
+                    "big_endian={big_endian} nanos={nanos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pcap_link_type_ignores_the_fcs_bits() {
+        let bytes = pcap(false, false, 1 | (1 << 28) | (4 << 26), &[(1, 0, b"x")]);
+        assert_eq!(read_all(bytes).0[0].1, 1);
+    }
+
+    #[test]
+    fn truncated_last_pcap_record_is_an_error_after_the_earlier_frames() {
+        let mut bytes = pcap(false, false, 1, &[(1, 0, b"whole"), (2, 0, b"cut short")]);
+        let first_end = PCAP_HEADER_LEN + PCAP_RECORD_HEADER_LEN + 5;
+        bytes.truncate(bytes.len() - 3);
+        let (frames, error) = read_all(bytes);
+        assert_eq!(frames.len(), 1);
+        let error = error.expect("truncation is reported");
+        assert!(
+            matches!(error, CaptureError::Truncated { offset, .. } if offset == first_end as u64),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("test.pcap") && message.contains("truncated"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn truncated_pcap_record_header_is_an_error() {
+        let mut bytes = pcap(true, true, 1, &[(1, 0, b"whole")]);
+        bytes.extend_from_slice(&[0, 0, 0, 9, 0]);
+        let (frames, error) = read_all(bytes);
+        assert_eq!(frames.len(), 1);
+        assert!(matches!(error, Some(CaptureError::Truncated { .. })));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_capture_is_rejected_by_name() {
+        for bytes in [b"GET / HTTP/1.1\r\n".to_vec(), b"ab".to_vec(), Vec::new()] {
+            let error = CaptureFile::from_bytes("notes.txt", bytes)
+                .err()
+                .expect("rejected");
+            assert!(matches!(error, CaptureError::NotACapture { .. }));
+            assert!(error.to_string().contains("notes.txt"), "{error}");
+        }
+        let short_header = pcap(false, false, 1, &[])[..20].to_vec();
+        let error = CaptureFile::from_bytes("short.pcap", short_header).err();
+        assert!(matches!(
+            error,
+            Some(CaptureError::Truncated { offset: 0, .. })
+        ));
+    }
+
+    fn section_header(w: &mut Writer) {
+        let mut body = Writer::new(w.big_endian);
+        body.u32(BYTE_ORDER_MAGIC)
+            .u16(1)
+            .u16(0)
+            .u32(u32::MAX)
+            .u32(u32::MAX);
+        w.block(BLOCK_SECTION_HEADER, &body.body());
+    }
+
+    /// An interface block; `tsresol` and `tsoffset` become options when given.
+    fn interface(
+        w: &mut Writer,
+        link: u16,
+        snaplen: u32,
+        tsresol: Option<u8>,
+        tsoffset: Option<i64>,
+    ) {
+        let mut body = Writer::new(w.big_endian);
+        body.u16(link).u16(0).u32(snaplen);
+        // An option we do not know comes first and must be skipped.
+        body.u16(2).u16(5).raw(b"eth0\0").pad();
+        if let Some(resolution) = tsresol {
+            body.u16(OPTION_IF_TSRESOL).u16(1).raw(&[resolution]).pad();
+        }
+        if let Some(offset) = tsoffset {
+            let raw = if w.big_endian {
+                offset.to_be_bytes()
+            } else {
+                offset.to_le_bytes()
+            };
+            body.u16(OPTION_IF_TSOFFSET).u16(8).raw(&raw);
+        }
+        body.u16(OPTION_END).u16(0);
+        w.block(BLOCK_INTERFACE, &body.body());
+    }
+
+    fn enhanced_packet(w: &mut Writer, interface: u32, ticks: u64, data: &[u8]) {
+        let mut body = Writer::new(w.big_endian);
+        body.u32(interface)
+            .u32((ticks >> 32) as u32)
+            .u32(ticks as u32)
+            .u32(data.len() as u32)
+            .u32(data.len() as u32 + 100)
+            .raw(data)
+            .pad();
+        // A comment option after the data must not leak into it.
+        body.u16(1).u16(3).raw(b"hi!").pad().u16(0).u16(0);
+        w.block(BLOCK_ENHANCED_PACKET, &body.body());
+    }
+
+    #[test]
+    fn pcapng_reads_interfaces_blocks_and_sections_in_both_byte_orders() {
+        for big_endian in [false, true] {
+            let mut w = Writer::new(big_endian);
+            section_header(&mut w);
+            interface(&mut w, 1, 0, None, None);
+            interface(&mut w, 101, 0, Some(9), Some(-1));
+            enhanced_packet(&mut w, 0, 5_000_001, b"micro");
+            w.block(0x0000_0BAD, b"unknown block, skipped");
+            enhanced_packet(&mut w, 1, 5_000_000_002, b"nano");
+            // A simple packet block has no timestamp and belongs to interface 0.
+            let mut simple = Writer::new(big_endian);
+            simple.u32(6).raw(b"simple").pad();
+            w.block(BLOCK_SIMPLE_PACKET, &simple.body());
+            let mut obsolete = Writer::new(big_endian);
+            obsolete
+                .u16(1)
+                .u16(0)
+                .u32(0)
+                .u32(4_000_000_000)
+                .u32(3)
+                .u32(3)
+                .raw(b"old")
+                .pad();
+            w.block(BLOCK_OBSOLETE_PACKET, &obsolete.body());
+            // A new section starts a new interface table, in its own byte order.
+            let mut second = Writer::new(!big_endian);
+            section_header(&mut second);
+            interface(&mut second, 113, 0, Some(0x80 | 10), None);
+            enhanced_packet(&mut second, 0, 3 * 1024, b"binary");
+            w.raw(&second.bytes);
+
+            let (frames, error) = read_all(w.bytes);
+            assert!(error.is_none(), "{error:?}");
+            assert_eq!(
+                frames,
+                vec![
+                    (5_000_001_000, 1, b"micro".to_vec()),
+                    (4_000_000_002, 101, b"nano".to_vec()),
+                    (4_000_000_002, 1, b"simple".to_vec()),
+                    (3_000_000_000, 101, b"old".to_vec()),
+                    (3_000_000_000, 113, b"binary".to_vec()),
+                ],
+                "big_endian={big_endian}"
+            );
+        }
+    }
+
+    #[test]
+    fn simple_packet_is_cut_at_the_interface_snap_length() {
+        let mut w = Writer::new(false);
+        section_header(&mut w);
+        interface(&mut w, 1, 4, None, None);
+        let mut simple = Writer::new(false);
+        simple.u32(10).raw(b"abcd");
+        w.block(BLOCK_SIMPLE_PACKET, &simple.body());
+        assert_eq!(read_all(w.bytes).0[0].2, b"abcd");
+    }
+
+    #[test]
+    fn pcapng_packet_naming_an_undescribed_interface_is_malformed() {
+        let mut w = Writer::new(false);
+        section_header(&mut w);
+        interface(&mut w, 1, 0, None, None);
+        enhanced_packet(&mut w, 0, 1, b"fine");
+        enhanced_packet(&mut w, 3, 1, b"orphan");
+        let (frames, error) = read_all(w.bytes);
+        assert_eq!(frames.len(), 1);
+        let error = error.expect("reported");
+        assert!(error.to_string().contains("interface 3"), "{error}");
+    }
+
+    #[test]
+    fn truncated_last_pcapng_block_is_an_error_after_the_earlier_frames() {
+        let mut w = Writer::new(true);
+        section_header(&mut w);
+        interface(&mut w, 1, 0, None, None);
+        enhanced_packet(&mut w, 0, 1, b"fine");
+        let complete = w.bytes.len();
+        enhanced_packet(&mut w, 0, 2, b"cut short by the end of the file");
+        w.bytes.truncate(w.bytes.len() - 10);
+        let (frames, error) = read_all(w.bytes);
+        assert_eq!(frames.len(), 1);
+        assert!(
+            matches!(error, Some(CaptureError::Truncated { offset, .. }) if offset == complete as u64),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn open_maps_a_file_and_position_reaches_its_length() {
+        let bytes = pcap(false, false, 1, &[(1, 0, b"a"), (2, 0, b"bb")]);
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, &bytes).expect("write");
+        let capture = CaptureFile::open(file.path()).expect("open");
+        assert_eq!(capture.len(), bytes.len() as u64);
+        let mut frames = capture.frames();
+        assert_eq!(frames.position(), PCAP_HEADER_LEN as u64);
+        assert_eq!(frames.by_ref().count(), 2);
+        assert_eq!(frames.position(), capture.len());
+
+        let missing = CaptureFile::open(Path::new("/nonexistent/capture.pcap")).err();
+        assert!(
+            missing.is_some_and(|e| e.to_string().contains("/nonexistent/capture.pcap")),
+            "names the missing file"
+        );
+    }
+}
