@@ -82,6 +82,9 @@ struct PathPattern {
     /// For each state, the states reachable from it without reading a byte (wildcards may
     /// match nothing).
     closure: Vec<u128>,
+    /// The literal end of the pattern (`/api/`), which every match must end with: most paths
+    /// are turned away by this alone.
+    literal_suffix: Vec<u8>,
 }
 
 impl PathPattern {
@@ -126,10 +129,26 @@ impl PathPattern {
                 *slot = reach;
             }
         }
-        Ok(PathPattern { elements, closure })
+        let mut literal_suffix: Vec<u8> = elements
+            .iter()
+            .rev()
+            .map_while(|e| match e {
+                Element::Byte(b) => Some(*b),
+                Element::Segment | Element::Any => None,
+            })
+            .collect();
+        literal_suffix.reverse();
+        Ok(PathPattern {
+            elements,
+            closure,
+            literal_suffix,
+        })
     }
 
     fn matches(&self, path: &[u8]) -> bool {
+        if !path.ends_with(&self.literal_suffix) {
+            return false;
+        }
         let mut states = self.closure.first().copied().unwrap_or(0);
         for &b in path {
             let mut next = 0u128;
@@ -235,6 +254,8 @@ mod tests {
             "/redcap/redcap_v15.7.6/API/index.php",
             "/redcap/redcap_v15.7.6/API/",
             "/redcap_v15.7.6/API/",
+            // Absolute-form request target, which Apache accepts.
+            "http://redcap.example.org/redcap/api/",
         ] {
             assert!(matches(path), "{path} should match");
         }
