@@ -382,6 +382,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_parses_and_states_the_defaults() {
+        let example = parse(include_str!("../../config/redcap-monitor.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
     fn durations_take_units() {
         assert_eq!(Duration::parse("5m").unwrap().span(), Span::from_secs(300));
         assert_eq!(

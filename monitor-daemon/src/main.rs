@@ -1,1 +1,133 @@
-fn main() {}
+//! The `redcap-monitor` command line: the edge where files, stdin and stdout live.
+
+use std::io::{self, BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use redcap_monitor::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
+use redcap_monitor::config::Config;
+use redcap_monitor::token::{RawToken, SiteKey};
+
+/// Watches REDCap API calls per token and enforces the institution's API policy.
+#[derive(Parser)]
+#[command(name = "redcap-monitor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reads a capture (pcap or pcapng) and reports every API call per token and every violation.
+    Analyze {
+        /// The capture file.
+        capture: PathBuf,
+        /// Configuration file (TOML); the built-in defaults are the institution's policy.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Site key for token fingerprints (created with mode 0600 if absent).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Write one JSON object a line per API call here (`-` for stdout).
+        #[arg(long)]
+        calls: Option<PathBuf>,
+        /// Write one JSON object a line per violation here (`-` for stdout).
+        #[arg(long)]
+        violations: Option<PathBuf>,
+    },
+    /// Reads tokens from stdin, one a line, and prints their fingerprints.
+    Fingerprint {
+        /// Site key (the same file the daemon uses).
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze {
+            capture,
+            config,
+            key,
+            calls,
+            violations,
+        } => {
+            let config = match config.map(|path| Config::load(&path)).transpose() {
+                Ok(config) => config.unwrap_or_default(),
+                Err(err) => return fail(2, &err),
+            };
+            let key_path = key.unwrap_or_else(|| config.site.key_file.clone());
+            let key = match SiteKey::load_or_create(&key_path) {
+                Ok(key) => key,
+                Err(err) => return fail(2, &err),
+            };
+            let print_table = calls.is_none() && violations.is_none();
+            let outputs = AnalyzeOutputs { calls, violations };
+            match analyze(&capture, &config, key, &outputs) {
+                Ok((summary, stats)) => {
+                    for warning in &summary.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    if print_table {
+                        print!("{}", summary.table());
+                    }
+                    eprintln!(
+                        "{} API call(s) from {} token(s), {} incomplete",
+                        summary.calls,
+                        summary.tokens.len(),
+                        summary.incomplete_calls
+                    );
+                    if std::env::var_os("REDCAP_MONITOR_STATS").is_some() {
+                        eprint!("{stats}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err @ AnalyzeError::Config(_)) => fail(2, &err),
+                Err(err) => fail(1, &err),
+            }
+        }
+        Command::Fingerprint { key } => {
+            let key = match SiteKey::load_or_create(&key) {
+                Ok(key) => key,
+                Err(err) => return fail(2, &err),
+            };
+            fingerprint_stdin(&key)
+        }
+    }
+}
+
+fn fingerprint_stdin(key: &SiteKey) -> ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut status = ExitCode::SUCCESS;
+    for (n, line) in io::stdin().lock().lines().enumerate() {
+        let line = match line {
+            Ok(line) => line,
+            Err(err) => return fail(1, &err),
+        };
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match RawToken::parse(text.as_bytes()) {
+            Ok(token) => {
+                let _ = writeln!(out, "{}", key.fingerprint(&token));
+            }
+            Err(_) => {
+                eprintln!(
+                    "line {}: not a REDCap token (expected letters and digits only)",
+                    n + 1
+                );
+                status = ExitCode::FAILURE;
+            }
+        }
+    }
+    status
+}
+
+fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("redcap-monitor: {err}");
+    ExitCode::from(code)
+}

@@ -55,6 +55,7 @@ fn call(n: u8, secs: u64) -> ApiCall {
         response_bytes: Some(1000),
         response_wire_bytes: Some(300),
         complete: true,
+        body_problem: None,
     }
 }
 
@@ -122,7 +123,7 @@ fn poll_waits_for_the_reorder_window() {
 #[test]
 fn heavy_calls_are_limited_to_one_per_five_minutes() {
     let mut policy = Policy::new(&PolicyConfig::default());
-    let mut export = |secs| {
+    let export = |secs| {
         let mut c = call(1, secs);
         c.content = Some("record".into());
         c

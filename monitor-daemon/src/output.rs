@@ -1,0 +1,137 @@
+//! The records the daemon writes: one JSON object a line per API call and per violation.
+//!
+//! These shapes are a public interface (documented in the README); change them only by adding
+//! fields. Records name tokens by fingerprint and masked form only.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::policy::{HeavyReason, Verdict, Violation};
+use crate::redcap::BodyProblem;
+use crate::token::TokenProblem;
+
+/// How a call was seen.
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// Plaintext HTTP reassembled from TCP segments.
+    Tcp,
+}
+
+#[derive(Serialize)]
+pub struct CallRecord<'a> {
+    pub ts_start: f64,
+    pub ts_end: f64,
+    pub ttfb_s: Option<f64>,
+    pub client: String,
+    pub server: String,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub token_fp: Option<String>,
+    pub token_masked: Option<&'a str>,
+    pub token_problem: Option<TokenProblem>,
+    pub content: Option<&'a str>,
+    pub action: Option<&'a str>,
+    pub format: Option<&'a str>,
+    #[serde(rename = "type")]
+    pub type_: Option<&'a str>,
+    pub return_format: Option<&'a str>,
+    pub data_bytes: Option<u64>,
+    pub records: u32,
+    pub fields: u32,
+    pub report_id: Option<&'a str>,
+    pub filter_logic: bool,
+    pub date_range_begin: Option<&'a str>,
+    pub date_range_end: Option<&'a str>,
+    pub return_metadata_only: Option<bool>,
+    pub export_files: Option<bool>,
+    pub all_records: Option<bool>,
+    pub status: Option<u16>,
+    pub request_bytes: u64,
+    pub response_bytes: Option<u64>,
+    pub response_wire_bytes: Option<u64>,
+    pub heavy: Option<HeavyReason>,
+    pub complete: bool,
+    /// Why the body's fields may be incomplete, when they may be.
+    pub body_problem: Option<BodyProblem>,
+    pub transport: Transport,
+}
+
+impl<'a> CallRecord<'a> {
+    pub fn of(verdict: &'a Verdict, transport: Transport) -> CallRecord<'a> {
+        let call = &verdict.call;
+        let (token_fp, token_masked, token_problem) = match &call.token {
+            Ok(id) => (
+                Some(id.fingerprint.to_string()),
+                Some(id.masked.0.as_str()),
+                None,
+            ),
+            Err(problem) => (None, None, Some(*problem)),
+        };
+        CallRecord {
+            ts_start: call.ts_start.as_secs_f64(),
+            ts_end: call.ts_end.as_secs_f64(),
+            ttfb_s: call.ttfb.map(|t| t.as_secs_f64()),
+            client: call.client.to_string(),
+            server: call.server.to_string(),
+            method: &call.method,
+            path: &call.path,
+            token_fp,
+            token_masked,
+            token_problem,
+            content: call.content.as_deref(),
+            action: call.action.as_deref(),
+            format: call.format.as_deref(),
+            type_: call.type_.as_deref(),
+            return_format: call.return_format.as_deref(),
+            data_bytes: call.data_bytes,
+            records: call.records,
+            fields: call.fields,
+            report_id: call.report_id.as_deref(),
+            filter_logic: call.filter_logic,
+            date_range_begin: call.date_range_begin.as_deref(),
+            date_range_end: call.date_range_end.as_deref(),
+            return_metadata_only: call.return_metadata_only,
+            export_files: call.export_files,
+            all_records: call.all_records,
+            status: call.status,
+            request_bytes: call.request_bytes,
+            response_bytes: call.response_bytes,
+            response_wire_bytes: call.response_wire_bytes,
+            heavy: verdict.heavy,
+            complete: call.complete,
+            body_problem: call.body_problem,
+            transport,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ViolationRecord<'a> {
+    pub ts: f64,
+    pub token_fp: String,
+    pub rule: &'a str,
+    pub limit: u32,
+    pub window_s: u64,
+    pub count: u32,
+}
+
+impl<'a> ViolationRecord<'a> {
+    pub fn of(violation: &'a Violation) -> ViolationRecord<'a> {
+        ViolationRecord {
+            ts: violation.ts.as_secs_f64(),
+            token_fp: violation.token.to_string(),
+            rule: &violation.rule,
+            limit: violation.limit,
+            window_s: violation.window.0 / 1_000_000_000,
+            count: violation.count,
+        }
+    }
+}
+
+/// Writes one record as a JSON line.
+pub fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, record)?;
+    out.write_all(b"\n")
+}
