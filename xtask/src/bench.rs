@@ -92,12 +92,12 @@ fn run_silently(command: &mut Command) -> Result<()> {
     )))
 }
 
-/// `target/bench/<name>.json`, with the directory created.
-fn report_path(name: &str) -> Result<PathBuf> {
+/// `target/bench/<file_name>`, with the directory created.
+fn output_path(file_name: &str) -> Result<PathBuf> {
     let dir = process::target_dir().join("bench");
     fs::create_dir_all(&dir)
         .map_err(|err| Failure::new(format!("cannot create {}: {err}", dir.display())))?;
-    Ok(dir.join(format!("{name}.json")))
+    Ok(dir.join(file_name))
 }
 
 fn write_report(path: &Path, json: &str) -> Result<()> {

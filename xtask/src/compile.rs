@@ -41,7 +41,7 @@ pub(crate) fn build_daemon(profile: Profile) -> Result<()> {
 pub(crate) fn build(profile: Profile) -> Result<()> {
     setup::run()?;
     build_daemon(profile)?;
-    println!("built {}", daemon_binary(profile).display());
+    println!("built {}", process::shown(&daemon_binary(profile)));
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn run() -> Result<()> {
         failure.hint(hint)
     })?;
 
-    println!("\ndemo: per-token summary of {}", capture.display());
+    println!("\ndemo: per-token summary of {}", process::shown(&capture));
     process::run(&mut analyze(&daemon, &capture, &key))?;
 
     process::run(
@@ -49,19 +49,19 @@ pub(crate) fn run() -> Result<()> {
     )?;
     println!(
         "\ndemo: {} call records in {}",
-        count_lines(&calls),
-        calls.display()
+        count_records(&calls)?,
+        process::shown(&calls)
     );
     println!(
         "demo: {} violation records in {}",
-        count_lines(&violations),
-        violations.display()
+        count_records(&violations)?,
+        process::shown(&violations)
     );
     println!(
-        "demo: fingerprints use the key {}; `{} fingerprint --key {}` maps tokens to them",
-        key.display(),
-        daemon.display(),
-        key.display()
+        "demo: fingerprints are keyed by {}; `{} fingerprint --key {}` turns tokens into them",
+        process::shown(&key),
+        process::shown(&daemon),
+        process::shown(&key)
     );
     Ok(())
 }
@@ -77,8 +77,13 @@ fn analyze(daemon: &Path, capture: &Path, key: &Path) -> Command {
     command
 }
 
-fn count_lines(path: &Path) -> usize {
-    fs::read(path)
-        .map(|bytes| bytes.iter().filter(|&&byte| byte == b'\n').count())
-        .unwrap_or(0)
+/// Lines in a JSONL file that analyze must have written.
+fn count_records(path: &Path) -> Result<usize> {
+    let bytes = fs::read(path).map_err(|err| {
+        Failure::new(format!(
+            "analyze exited 0 but {} cannot be read ({err}); it should have written it",
+            process::shown(path)
+        ))
+    })?;
+    Ok(bytes.iter().filter(|&&byte| byte == b'\n').count())
 }

@@ -18,6 +18,14 @@ pub(crate) fn workspace_root() -> &'static Path {
         .expect("xtask/ sits inside the workspace")
 }
 
+/// `path` relative to the workspace root when it lies inside it, for messages.
+pub(crate) fn shown(path: &Path) -> String {
+    path.strip_prefix(workspace_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 /// Where cargo puts its output: `$CARGO_TARGET_DIR` if set, else `<root>/target`.
 pub(crate) fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {

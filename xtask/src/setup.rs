@@ -91,9 +91,10 @@ fn debian_packages() -> Result<()> {
         ));
         return Ok(());
     }
-    for (name, why) in DEBIAN_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
-        say(&format!("installing Debian package {name} ({why})"));
-    }
+    say(&format!(
+        "checking Debian packages... missing: {}",
+        missing.join(" ")
+    ));
     let privilege = Privilege::detect().ok_or_else(|| {
         Failure::new(format!(
             "the Debian packages {list} are missing and installing them needs root \
@@ -105,11 +106,14 @@ fn debian_packages() -> Result<()> {
             seed = WIRESHARK_DEBCONF.trim_end(),
         ))
     })?;
+    for (name, why) in DEBIAN_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+        say(&format!("installing Debian package {name} ({why})"));
+    }
     install_debian_packages(&privilege, &missing)?;
     let still_missing = missing_debian_packages(&missing)?.unwrap_or_default();
     if !still_missing.is_empty() {
         return Err(Failure::new(format!(
-            "apt-get finished but {list} is still not installed. Check that the package is \
+            "apt-get finished but these are still not installed: {list}. Check that they are \
              known with `apt-cache policy {list}` (llvm-22-dev comes from bookworm-security on \
              Debian 12) and try `apt-get install -y {list}` by hand.",
             list = still_missing.join(" ")

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{best_of, json_number, json_string, report_path, run_silently, write_report};
+use super::{best_of, json_number, json_string, output_path, run_silently, write_report};
 use crate::{
     Failure, Result,
     compile::{self, Profile},
@@ -53,13 +53,15 @@ pub(super) fn run() -> Result<()> {
     println!("offline: timing, best of {RUNS}, page cache warm");
     let floor = best_of(RUNS, || read_sequentially(&capture).map(drop))?;
     let daemon = compile::daemon_binary(Profile::Release);
+    let no_records = Path::new("/dev/null");
     let analyze = best_of(RUNS, || {
-        run_silently(&mut analyze_command(&daemon, &capture))
+        run_silently(&mut analyze_command(&daemon, &capture, no_records))
     })?;
     let fields = tshark_fields()?;
     let tshark = best_of(RUNS, || {
         run_silently(&mut tshark_command(&capture, &fields))
     })?;
+    let found = calls_found_by_analyze(&daemon, &capture)?;
 
     let rows = [
         Row::new("floor (sequential read)", floor, bytes, calls),
@@ -70,8 +72,13 @@ pub(super) fn run() -> Result<()> {
     let tshark_over_analyze = tshark.as_secs_f64() / analyze.as_secs_f64();
 
     println!(
-        "offline: {CAPTURE}: {:.1} MB, {calls} API calls",
-        bytes as f64 / 1e6
+        "offline: {CAPTURE}: {:.1} MB, {calls} API calls generated, {found} found by analyze{}",
+        bytes as f64 / 1e6,
+        if found == calls {
+            ""
+        } else {
+            " (MISMATCH: the timing may not measure the whole job)"
+        }
     );
     println!(
         "  {:<26} {:>9} {:>9} {:>11}",
@@ -84,32 +91,31 @@ pub(super) fn run() -> Result<()> {
         );
     }
     println!(
-        "  analyze / floor  {analyze_over_floor:>6.2}x  goal: at most {GOAL_ANALYZE_OVER_FLOOR}x \
-         (within 2x of the floor)  {}",
+        "  analyze / floor  {analyze_over_floor:>6.2}x  goal: at most {GOAL_ANALYZE_OVER_FLOOR}x  {}",
         verdict(analyze_over_floor <= GOAL_ANALYZE_OVER_FLOOR)
     );
     println!(
-        "  tshark / analyze {tshark_over_analyze:>6.1}x  goal: at least {GOAL_TSHARK_OVER_ANALYZE}x \
-         (30x faster than tshark)  {}",
+        "  tshark / analyze {tshark_over_analyze:>6.1}x  goal: at least {GOAL_TSHARK_OVER_ANALYZE}x  {}",
         verdict(tshark_over_analyze >= GOAL_TSHARK_OVER_ANALYZE)
     );
     if fields.len() < TSHARK_FIELDS.len() || fields.iter().any(|f| f == "http.content_length") {
         println!("  tshark fields used: {}", fields.join(" "));
     }
 
-    let report = report_path("offline")?;
+    let report = output_path("offline.json")?;
     write_report(
         &report,
         &report_json(
             bytes,
             calls,
+            found,
             &rows,
             &fields,
             analyze_over_floor,
             tshark_over_analyze,
         ),
     )?;
-    println!("  written to {}", report.display());
+    println!("  written to {}", process::shown(&report));
     Ok(())
 }
 
@@ -200,7 +206,8 @@ fn read_sequentially(path: &Path) -> Result<u64> {
     }
 }
 
-fn analyze_command(daemon: &Path, capture: &Path) -> Command {
+/// `analyze` writing its call records to `calls` and its violations nowhere.
+fn analyze_command(daemon: &Path, capture: &Path, calls: &Path) -> Command {
     let root = process::workspace_root();
     let mut command = Command::new(daemon);
     command
@@ -209,8 +216,19 @@ fn analyze_command(daemon: &Path, capture: &Path) -> Command {
         .arg(capture)
         .arg("--key")
         .arg(root.join(KEY))
-        .args(["--calls", "/dev/null", "--violations", "/dev/null"]);
+        .arg("--calls")
+        .arg(calls)
+        .args(["--violations", "/dev/null"]);
     command
+}
+
+/// One untimed run that writes the call records, to check that the timed runs did the whole job
+/// (a fast analyze that misses calls proves nothing).
+fn calls_found_by_analyze(daemon: &Path, capture: &Path) -> Result<u64> {
+    let records = output_path("offline-calls.jsonl")?;
+    run_silently(&mut analyze_command(daemon, capture, &records))?;
+    let bytes = fs::read(&records).unwrap_or_default();
+    Ok(bytes.iter().filter(|&&byte| byte == b'\n').count() as u64)
 }
 
 fn tshark_command(capture: &Path, fields: &[String]) -> Command {
@@ -299,6 +317,7 @@ impl Row {
 fn report_json(
     bytes: u64,
     calls: u64,
+    found: u64,
     rows: &[Row; 3],
     fields: &[String],
     analyze_over_floor: f64,
@@ -308,7 +327,7 @@ fn report_json(
     let fields: Vec<String> = fields.iter().map(|f| json_string(f)).collect();
     format!(
         "{{\n  \"bench\": \"offline\",\n  \"capture\": {capture},\n  \"bytes\": {bytes},\n  \
-         \"calls\": {calls},\n  \"runs\": {RUNS},\n  \"floor\": {floor},\n  \
+         \"calls\": {calls},\n  \"calls_found_by_analyze\": {found},\n  \"runs\": {RUNS},\n  \"floor\": {floor},\n  \
          \"analyze\": {analyze},\n  \"tshark\": {tshark},\n  \"tshark_fields\": [{fields}],\n  \
          \"analyze_over_floor\": {aof},\n  \"tshark_over_analyze\": {toa},\n  \
          \"goal_analyze_over_floor_max\": {GOAL_ANALYZE_OVER_FLOOR:?},\n  \
@@ -365,7 +384,15 @@ mod tests {
             Row::new("analyze", second * 2, 2_000_000, 10),
             Row::new("tshark", second * 60, 2_000_000, 10),
         ];
-        let json = report_json(2_000_000, 10, &rows, &["tcp.stream".to_owned()], 2.0, 30.0);
+        let json = report_json(
+            2_000_000,
+            10,
+            10,
+            &rows,
+            &["tcp.stream".to_owned()],
+            2.0,
+            30.0,
+        );
         assert!(json.starts_with('{') && json.trim_end().ends_with('}'));
         assert!(json.contains("\"analyze\": {\"wall_s\": 2, \"mb_per_s\": 1, \"calls_per_s\": 5}"));
         assert!(json.contains("\"tshark_fields\": [\"tcp.stream\"]"));
