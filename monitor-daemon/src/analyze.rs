@@ -59,6 +59,8 @@ pub struct Summary {
     pub incomplete_calls: u64,
     /// Non-fatal problems, e.g. a truncated last record in the capture.
     pub warnings: Vec<String>,
+    /// Non-zero counters of input that was rejected, lost or only partly usable.
+    pub problems: Vec<(&'static str, u64)>,
 }
 
 impl Summary {
@@ -194,6 +196,7 @@ pub fn analyze(
             .map_err(|source| AnalyzeError::Write { path, source })?;
     }
     summary.warnings = warnings;
+    summary.problems = pipeline.stats().problems();
     let stats = stats_report(&pipeline.stats());
     Ok((summary, stats))
 }
@@ -210,11 +213,11 @@ fn open_output(path: &Path) -> Result<(PathBuf, BufWriter<Box<dyn Write>>), Anal
     Ok((path.to_owned(), BufWriter::with_capacity(1 << 16, sink)))
 }
 
-/// What each stage saw and rejected, for the end of an analysis.
+/// What each stage saw and rejected: one line per stage with every counter.
 pub fn stats_report(stats: &PipelineStats<'_>) -> String {
     format!(
-        "decode: {:?}\nreassembly: {:?}\nhttp: {:?}\npolicy: {:?}\n",
-        stats.decode, stats.reassembly, stats.http, stats.policy
+        "decode: {:?}\nreassembly: {:?}\nhttp: {:?}\nredcap: {:?}\npolicy: {:?}\n",
+        stats.decode, stats.reassembly, stats.http, stats.redcap, stats.policy
     )
 }
 
@@ -241,7 +244,7 @@ impl Progress {
     fn update(&mut self, position: u64) {
         // Looking at the clock once every few thousand frames keeps this off the hot path.
         self.frames = self.frames.wrapping_add(1);
-        if !self.enabled || self.frames % 4096 != 0 {
+        if !self.enabled || !self.frames.is_multiple_of(4096) {
             return;
         }
         if self.last.is_some_and(|t| t.elapsed().as_millis() < 200) {

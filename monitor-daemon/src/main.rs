@@ -79,6 +79,14 @@ fn main() -> ExitCode {
                         summary.tokens.len(),
                         summary.incomplete_calls
                     );
+                    if !summary.problems.is_empty() {
+                        let problems: Vec<String> = summary
+                            .problems
+                            .iter()
+                            .map(|(name, n)| format!("{name}={n}"))
+                            .collect();
+                        eprintln!("input problems: {}", problems.join(" "));
+                    }
                     if std::env::var_os("REDCAP_MONITOR_STATS").is_some() {
                         eprint!("{stats}");
                     }

@@ -10,7 +10,7 @@ use crate::http::{HttpExchange, HttpLimits, HttpStats, HttpTracker};
 use crate::model::{Span, TcpSegment, Timestamp};
 use crate::policy::{Policy, PolicyStats, Verdict};
 use crate::reassembly::{Reassembler, ReassemblyLimits, ReassemblyStats};
-use crate::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody};
+use crate::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody, RedcapStats};
 use crate::token::SiteKey;
 
 /// How often (in capture time) idle connections are looked for.
@@ -22,6 +22,7 @@ pub struct Pipeline {
     http: HttpTracker<ApiRequestSelector>,
     exchanges: Vec<HttpExchange<FormBody>>,
     key: SiteKey,
+    redcap_stats: RedcapStats,
     policy: Policy,
     /// The newest packet time seen: the pipeline's notion of now.
     clock: Timestamp,
@@ -33,7 +34,53 @@ pub struct PipelineStats<'a> {
     pub decode: &'a DecodeStats,
     pub reassembly: &'a ReassemblyStats,
     pub http: &'a HttpStats,
+    pub redcap: &'a RedcapStats,
     pub policy: &'a PolicyStats,
+}
+
+impl PipelineStats<'_> {
+    /// Every non-zero counter of input the pipeline rejected, lost or could only partly use,
+    /// named `stage.reason`: what an admin needs to judge how complete a report is.
+    pub fn problems(&self) -> Vec<(&'static str, u64)> {
+        let (d, r, h, c) = (self.decode, self.reassembly, self.http, self.redcap);
+        let all = [
+            ("decode.truncated_frames", d.truncated_frames),
+            ("decode.unsupported_link", d.unsupported_link),
+            ("decode.non_ip", d.non_ip),
+            ("decode.ip_fragments", d.ip_fragments),
+            ("decode.truncated_headers", d.truncated_headers),
+            ("decode.malformed", d.malformed),
+            ("reassembly.gaps", r.gaps),
+            ("reassembly.gap_bytes", r.gap_bytes),
+            ("reassembly.buffer_overflows", r.buffer_overflows),
+            ("reassembly.buffer_evictions", r.buffer_evictions),
+            ("reassembly.evicted_connections", r.evicted_connections),
+            ("reassembly.midstream_pickups", r.midstream_pickups),
+            ("http.bad_request_head", h.bad_request_head),
+            ("http.bad_response_head", h.bad_response_head),
+            ("http.head_too_large", h.head_too_large),
+            ("http.too_many_headers", h.too_many_headers),
+            ("http.bad_content_length", h.bad_content_length),
+            ("http.bad_chunk", h.bad_chunk),
+            ("http.unmatched_responses", h.unmatched_responses),
+            ("http.pending_overflow", h.pending_overflow),
+            ("http.resyncs", h.resyncs),
+            ("http.decode_failed", h.decode_failed),
+            ("http.decode_capped", h.decode_capped),
+            ("http.not_http", h.not_http),
+            ("redcap.incomplete", c.incomplete),
+            ("redcap.token_missing", c.token_missing),
+            ("redcap.token_malformed", c.token_malformed),
+            (
+                "redcap.unsupported_content_type",
+                c.unsupported_content_type,
+            ),
+            ("redcap.malformed_multipart", c.malformed_multipart),
+            ("redcap.field_too_long", c.field_too_long),
+            ("redcap.body_gap", c.body_gap),
+        ];
+        all.into_iter().filter(|&(_, n)| n > 0).collect()
+    }
 }
 
 impl Pipeline {
@@ -68,6 +115,7 @@ impl Pipeline {
             http,
             exchanges: Vec::new(),
             key,
+            redcap_stats: RedcapStats::default(),
             policy: Policy::new(&config.policy),
             clock: Timestamp::default(),
             next_expiry: Timestamp::default(),
@@ -115,6 +163,7 @@ impl Pipeline {
             decode: &self.decode_stats,
             reassembly: self.reassembler.stats(),
             http: self.http.stats(),
+            redcap: &self.redcap_stats,
             policy: self.policy.stats(),
         }
     }
