@@ -1,7 +1,10 @@
 //! `cargo xtask build` and `cargo xtask test`: setup, then cargo. The test task passes cargo's
-//! output and exit status through untouched; this module adds no test logic of its own.
+//! output and exit status through and adds one closing line that totals every test binary's
+//! result, so that a reader (or CI) sees the whole count last rather than the last binary's.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
+use std::process::Stdio;
 
 use crate::{Result, process, setup};
 
@@ -55,5 +58,90 @@ pub(crate) fn test(cargo_test_args: &[String]) -> Result<()> {
     if std::env::var_os("REDCAP_MONITOR_BIN").is_none() {
         cargo.env("REDCAP_MONITOR_BIN", daemon_binary(Profile::Debug));
     }
-    process::run(&mut cargo)
+    run_counting(&mut cargo)
+}
+
+/// Runs cargo test, echoing its stdout line by line while adding up the `test result:` lines.
+fn run_counting(cargo: &mut std::process::Command) -> Result<()> {
+    let mut child = cargo
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|err| crate::Failure::new(format!("cannot run cargo test: {err}")))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            totals.add(&line);
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|err| crate::Failure::new(format!("cargo test did not finish: {err}")))?;
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if status.success() {
+        Ok(())
+    } else {
+        Err(crate::Failure::new(format!("cargo test failed ({status})"))
+            .with_exit_status(status.code()))
+    }
+}
+
+/// Sums of libtest's `test result: ok. 5 passed; 0 failed; 1 ignored; ...` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(name), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match name {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn totals_add_up_every_result_line_and_ignore_the_rest() {
+        let mut totals = TestTotals::default();
+        for line in [
+            "test result: ok. 168 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.70s",
+            "running 3 tests",
+            "test result: FAILED. 10 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.4s",
+        ] {
+            totals.add(line);
+        }
+        assert_eq!(
+            totals,
+            TestTotals {
+                passed: 178,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }
