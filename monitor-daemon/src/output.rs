@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::policy::{HeavyReason, Verdict, Violation};
-use crate::redcap::BodyProblem;
+use crate::redcap::{ApiParams, BodyProblem};
 use crate::token::TokenProblem;
 
 /// How a call was seen.
@@ -31,22 +31,8 @@ pub struct CallRecord<'a> {
     pub token_fp: Option<String>,
     pub token_masked: Option<&'a str>,
     pub token_problem: Option<TokenProblem>,
-    pub content: Option<&'a str>,
-    pub action: Option<&'a str>,
-    pub format: Option<&'a str>,
-    #[serde(rename = "type")]
-    pub type_: Option<&'a str>,
-    pub return_format: Option<&'a str>,
-    pub data_bytes: Option<u64>,
-    pub records: u32,
-    pub fields: u32,
-    pub report_id: Option<&'a str>,
-    pub filter_logic: bool,
-    pub date_range_begin: Option<&'a str>,
-    pub date_range_end: Option<&'a str>,
-    pub return_metadata_only: Option<bool>,
-    pub export_files: Option<bool>,
-    pub all_records: Option<bool>,
+    #[serde(flatten)]
+    pub params: &'a ApiParams,
     pub status: Option<u16>,
     pub request_bytes: u64,
     pub response_bytes: Option<u64>,
@@ -80,21 +66,7 @@ impl<'a> CallRecord<'a> {
             token_fp,
             token_masked,
             token_problem,
-            content: call.content.as_deref(),
-            action: call.action.as_deref(),
-            format: call.format.as_deref(),
-            type_: call.type_.as_deref(),
-            return_format: call.return_format.as_deref(),
-            data_bytes: call.data_bytes,
-            records: call.records,
-            fields: call.fields,
-            report_id: call.report_id.as_deref(),
-            filter_logic: call.filter_logic,
-            date_range_begin: call.date_range_begin.as_deref(),
-            date_range_end: call.date_range_end.as_deref(),
-            return_metadata_only: call.return_metadata_only,
-            export_files: call.export_files,
-            all_records: call.all_records,
+            params: &call.params,
             status: call.status,
             request_bytes: call.request_bytes,
             response_bytes: call.response_bytes,

@@ -235,6 +235,7 @@ impl Policy {
 
 /// The heavy request kind a call is, judged from its request alone.
 fn heavy_kind(call: &ApiCall) -> Option<HeavyKind> {
+    let call = &call.params;
     let content = call.content.as_deref()?;
     let is_import = call.data_bytes.is_some();
     let action = call.action.as_deref().unwrap_or("export");

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::*;
 use crate::config::PolicyConfig;
 use crate::model::Endpoint;
-use crate::redcap::TokenIdentity;
+use crate::redcap::{ApiParams, TokenIdentity};
 use crate::token::{MaskedToken, TokenProblem};
 
 fn at(secs: u64) -> Timestamp {
@@ -35,21 +35,11 @@ fn call(n: u8, secs: u64) -> ApiCall {
         method: "POST".into(),
         path: "/api/".into(),
         token: token(n),
-        content: Some("metadata".into()),
-        action: None,
-        format: Some("json".into()),
-        type_: None,
-        return_format: None,
-        data_bytes: None,
-        records: 0,
-        fields: 0,
-        report_id: None,
-        filter_logic: false,
-        date_range_begin: None,
-        date_range_end: None,
-        return_metadata_only: None,
-        export_files: None,
-        all_records: None,
+        params: ApiParams {
+            content: Some("metadata".into()),
+            format: Some("json".into()),
+            ..ApiParams::default()
+        },
         status: Some(200),
         request_bytes: 60,
         response_bytes: Some(1000),
@@ -125,7 +115,7 @@ fn heavy_calls_are_limited_to_one_per_five_minutes() {
     let mut policy = Policy::new(&PolicyConfig::default());
     let export = |secs| {
         let mut c = call(1, secs);
-        c.content = Some("record".into());
+        c.params.content = Some("record".into());
         c
     };
     let calls = vec![export(1000), export(1200), export(1301)];
@@ -152,67 +142,70 @@ fn heavy_kinds_follow_the_request() {
     let set = |content: &str| Some(content.to_string());
     let heavy = |k| Some(HeavyReason::Kind(k));
     assert_eq!(
-        kind(&|c| c.content = set("record")),
+        kind(&|c| c.params.content = set("record")),
         heavy(HeavyKind::UnfilteredRecordExport)
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("record");
-            c.records = 2;
+            c.params.content = set("record");
+            c.params.records = 2;
         }),
         None
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("record");
-            c.filter_logic = true;
+            c.params.content = set("record");
+            c.params.filter_logic = true;
         }),
         None
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("record");
-            c.data_bytes = Some(10);
+            c.params.content = set("record");
+            c.params.data_bytes = Some(10);
         }),
         None,
         "an import is not an export, whatever action says"
     );
     assert_eq!(
-        kind(&|c| c.content = set("report")),
+        kind(&|c| c.params.content = set("report")),
         heavy(HeavyKind::Report)
     );
-    assert_eq!(kind(&|c| c.content = set("log")), heavy(HeavyKind::Log));
     assert_eq!(
-        kind(&|c| c.content = set("project_xml")),
+        kind(&|c| c.params.content = set("log")),
+        heavy(HeavyKind::Log)
+    );
+    assert_eq!(
+        kind(&|c| c.params.content = set("project_xml")),
         heavy(HeavyKind::ProjectXml)
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("project_xml");
-            c.return_metadata_only = Some(true);
+            c.params.content = set("project_xml");
+            c.params.return_metadata_only = Some(true);
         }),
         None
     );
-    assert_eq!(kind(&|c| c.content = set("pdf")), None);
+    assert_eq!(kind(&|c| c.params.content = set("pdf")), None);
     assert_eq!(
         kind(&|c| {
-            c.content = set("pdf");
-            c.all_records = Some(true);
+            c.params.content = set("pdf");
+            c.params.all_records = Some(true);
         }),
         heavy(HeavyKind::PdfAllRecords)
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("file");
-            c.action = set("export");
+            c.params.content = set("file");
+            c.params.action = set("export");
         }),
         heavy(HeavyKind::FileExport)
     );
     assert_eq!(
         kind(&|c| {
-            c.content = set("file");
-            c.action = set("import");
-            c.data_bytes = Some(5000);
+            c.params.content = set("file");
+            c.params.action = set("import");
+            c.params.data_bytes = Some(5000);
         }),
         None
     );

@@ -162,7 +162,7 @@ impl FieldCollector {
         let role = std::mem::replace(&mut self.role, Role::Closed);
         match role {
             Role::Closed | Role::Ignore => {}
-            Role::Payload => self.fields.data_bytes = Some(self.value_len),
+            Role::Payload => self.fields.params.data_bytes = Some(self.value_len),
             Role::Token => {
                 self.fields.token = Some(if self.value_too_long {
                     Err(TokenProblem::Malformed)
@@ -181,7 +181,7 @@ impl FieldCollector {
                     self.assign(kept, Some(text));
                 }
             }
-            Role::FilterLogic => self.fields.filter_logic = self.item_started,
+            Role::FilterLogic => self.fields.params.filter_logic = self.item_started,
             Role::ListString(listed) => {
                 let items = self.items.saturating_add(u32::from(self.item_started));
                 *self.list_mut(listed) = ListCount {
@@ -202,8 +202,8 @@ impl FieldCollector {
 
     pub(crate) fn finish(mut self) -> RequestFields {
         self.close();
-        self.fields.records = self.records.count;
-        self.fields.fields = self.field_list.count;
+        self.fields.params.records = self.records.count;
+        self.fields.params.fields = self.field_list.count;
         std::mem::take(&mut self.fields)
     }
 
@@ -266,7 +266,7 @@ impl FieldCollector {
                 Role::Ignore
             }
             Role::FilterLogic => {
-                self.fields.filter_logic = true;
+                self.fields.params.filter_logic = true;
                 Role::Ignore
             }
             Role::Payload | Role::Ignore | Role::Closed => role,
@@ -274,7 +274,7 @@ impl FieldCollector {
     }
 
     fn assign(&mut self, kept: Kept, text: Option<String>) {
-        let f = &mut self.fields;
+        let f = &mut self.fields.params;
         let flag = |t: &Option<String>| t.as_deref().map(parse_bool);
         match kept {
             Kept::Content => f.content = text,

@@ -24,9 +24,19 @@ use urlencoded::UrlencodedScanner;
 #[derive(Default)]
 pub struct RequestFields {
     pub token: Option<Result<RawToken, TokenProblem>>,
+    pub params: ApiParams,
+    /// Set when the body could not be parsed to the end (malformed, over a limit, gap); the
+    /// most serious problem seen.
+    pub problem: Option<BodyProblem>,
+}
+
+/// The parameters of a call that may be shown and kept: everything REDCap read but the token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApiParams {
     pub content: Option<String>,
     pub action: Option<String>,
     pub format: Option<String>,
+    #[serde(rename = "type")]
     pub type_: Option<String>,
     pub return_format: Option<String>,
     /// Size of the `data` field (or of the uploaded `file` part); its presence means an import.
@@ -44,9 +54,6 @@ pub struct RequestFields {
     pub return_metadata_only: Option<bool>,
     pub export_files: Option<bool>,
     pub all_records: Option<bool>,
-    /// Set when the body could not be parsed to the end (malformed, over a limit, gap); the
-    /// most serious problem seen.
-    pub problem: Option<BodyProblem>,
 }
 
 /// Why a request body's fields may be incomplete.
@@ -82,21 +89,7 @@ pub struct ApiCall {
     pub method: String,
     pub path: String,
     pub token: Result<TokenIdentity, TokenProblem>,
-    pub content: Option<String>,
-    pub action: Option<String>,
-    pub format: Option<String>,
-    pub type_: Option<String>,
-    pub return_format: Option<String>,
-    pub data_bytes: Option<u64>,
-    pub records: u32,
-    pub fields: u32,
-    pub report_id: Option<String>,
-    pub filter_logic: bool,
-    pub date_range_begin: Option<String>,
-    pub date_range_end: Option<String>,
-    pub return_metadata_only: Option<bool>,
-    pub export_files: Option<bool>,
-    pub all_records: Option<bool>,
+    pub params: ApiParams,
     pub status: Option<u16>,
     /// Request body bytes.
     pub request_bytes: u64,
@@ -166,21 +159,7 @@ impl ApiCall {
             path: request.path().to_string(),
             method: request.method,
             token,
-            content: fields.content,
-            action: fields.action,
-            format: fields.format,
-            type_: fields.type_,
-            return_format: fields.return_format,
-            data_bytes: fields.data_bytes,
-            records: fields.records,
-            fields: fields.fields,
-            report_id: fields.report_id,
-            filter_logic: fields.filter_logic,
-            date_range_begin: fields.date_range_begin,
-            date_range_end: fields.date_range_end,
-            return_metadata_only: fields.return_metadata_only,
-            export_files: fields.export_files,
-            all_records: fields.all_records,
+            params: fields.params,
             status: response.as_ref().map(|r| r.status),
             request_bytes: request_body_bytes,
             response_bytes,

@@ -34,21 +34,21 @@ fn describe(f: RequestFields) -> String {
         "token={token} content={:?} action={:?} format={:?} type={:?} returnFormat={:?} \
          data={:?} records={} fields={} report={:?} filter={} begin={:?} end={:?} \
          metaOnly={:?} files={:?} all={:?} problem={:?}",
-        f.content,
-        f.action,
-        f.format,
-        f.type_,
-        f.return_format,
-        f.data_bytes,
-        f.records,
-        f.fields,
-        f.report_id,
-        f.filter_logic,
-        f.date_range_begin,
-        f.date_range_end,
-        f.return_metadata_only,
-        f.export_files,
-        f.all_records,
+        f.params.content,
+        f.params.action,
+        f.params.format,
+        f.params.type_,
+        f.params.return_format,
+        f.params.data_bytes,
+        f.params.records,
+        f.params.fields,
+        f.params.report_id,
+        f.params.filter_logic,
+        f.params.date_range_begin,
+        f.params.date_range_end,
+        f.params.return_metadata_only,
+        f.params.export_files,
+        f.params.all_records,
         f.problem
     )
     .unwrap();
@@ -116,11 +116,11 @@ const PYCAP_BODY: &str = "token=0123456789ABCDEF0123456789ABCDEF&content=record&
 fn pycap_record_export_is_read() {
     let f = urlencoded(PYCAP_BODY);
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.content.as_deref(), Some("record"));
-    assert_eq!(f.format.as_deref(), Some("json"));
-    assert_eq!(f.type_.as_deref(), Some("flat"));
-    assert_eq!((f.records, f.fields), (2, 2));
-    assert_eq!(f.data_bytes, None);
+    assert_eq!(f.params.content.as_deref(), Some("record"));
+    assert_eq!(f.params.format.as_deref(), Some("json"));
+    assert_eq!(f.params.type_.as_deref(), Some("flat"));
+    assert_eq!((f.params.records, f.params.fields), (2, 2));
+    assert_eq!(f.params.data_bytes, None);
     assert_eq!(f.problem, None);
 }
 
@@ -141,9 +141,9 @@ fn redcapapi_multipart_with_token_last_is_read() {
     );
     let f = multipart(&body);
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.content.as_deref(), Some("record"));
-    assert_eq!(f.return_format.as_deref(), Some("csv"));
-    assert_eq!((f.records, f.fields), (3, 1));
+    assert_eq!(f.params.content.as_deref(), Some("record"));
+    assert_eq!(f.params.return_format.as_deref(), Some("csv"));
+    assert_eq!((f.params.records, f.params.fields), (3, 1));
     assert_eq!(f.problem, None);
 }
 
@@ -168,8 +168,8 @@ fn lower_case_token_is_the_same_caller() {
 #[test]
 fn repeated_scalar_field_last_value_wins() {
     let f = urlencoded("content=record&format=xml&content=metadata&format=json");
-    assert_eq!(f.content.as_deref(), Some("metadata"));
-    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.params.content.as_deref(), Some("metadata"));
+    assert_eq!(f.params.format.as_deref(), Some("json"));
 }
 
 #[test]
@@ -189,10 +189,10 @@ fn every_array_encoding_is_counted_as_php_sees_it() {
         ("records=c,d,e&records[]=a", 1),
     ];
     for (body, want) in cases {
-        assert_eq!(urlencoded(body).records, want, "{body}");
+        assert_eq!(urlencoded(body).params.records, want, "{body}");
     }
     let f = urlencoded("fields=record_id,age&records[]=1");
-    assert_eq!((f.records, f.fields), (1, 2));
+    assert_eq!((f.params.records, f.params.fields), (1, 2));
 }
 
 #[test]
@@ -209,7 +209,7 @@ fn pycap_body_with_five_thousand_fields_is_counted() {
     }
     assert!(reader.buffered_bytes() <= 1024);
     let f = reader.finish();
-    assert_eq!((f.fields, f.records), (5000, 1));
+    assert_eq!((f.params.fields, f.params.records), (5000, 1));
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
 }
 
@@ -218,10 +218,13 @@ fn urlencoded_data_is_measured_decoded_not_kept() {
     let f = urlencoded(&format!(
         "token={TOKEN}&content=record&data=%5B%7B%22record_id%22%3A%221%22%7D%5D&format=json"
     ));
-    assert_eq!(f.data_bytes, Some(r#"[{"record_id":"1"}]"#.len() as u64));
-    assert_eq!(f.format.as_deref(), Some("json"));
-    assert_eq!(urlencoded("data=").data_bytes, Some(0));
-    assert_eq!(urlencoded("data").data_bytes, Some(0));
+    assert_eq!(
+        f.params.data_bytes,
+        Some(r#"[{"record_id":"1"}]"#.len() as u64)
+    );
+    assert_eq!(f.params.format.as_deref(), Some("json"));
+    assert_eq!(urlencoded("data=").params.data_bytes, Some(0));
+    assert_eq!(urlencoded("data").params.data_bytes, Some(0));
 }
 
 #[test]
@@ -252,9 +255,9 @@ fn multipart_file_import_is_measured_in_bounded_memory() {
     }
     assert!(most_held <= 8192, "held {most_held} bytes");
     let f = reader.finish();
-    assert_eq!(f.data_bytes, Some(1 << 20));
-    assert_eq!(f.content.as_deref(), Some("file"));
-    assert_eq!(f.action.as_deref(), Some("import"));
+    assert_eq!(f.params.data_bytes, Some(1 << 20));
+    assert_eq!(f.params.content.as_deref(), Some("file"));
+    assert_eq!(f.params.action.as_deref(), Some("import"));
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     assert_eq!(f.problem, None);
 }
@@ -272,9 +275,9 @@ fn multipart_uploads_other_than_file_are_not_post_fields() {
     );
     let f = multipart(&body);
     assert_eq!(token_of(&f), None);
-    assert_eq!(f.data_bytes, None);
+    assert_eq!(f.params.data_bytes, None);
     let body = multipart_body(&[("data", "record_id\n1\n")], &[]);
-    assert_eq!(multipart(&body).data_bytes, Some(12));
+    assert_eq!(multipart(&body).params.data_bytes, Some(12));
 }
 
 #[test]
@@ -289,8 +292,8 @@ fn multipart_head_variants_are_understood() {
         &[body.as_bytes()],
     );
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.format.as_deref(), Some("json"));
-    assert_eq!(f.content, None, "the part was named con'tent");
+    assert_eq!(f.params.format.as_deref(), Some("json"));
+    assert_eq!(f.params.content, None, "the part was named con'tent");
     assert_eq!(f.problem, None);
 }
 
@@ -344,11 +347,11 @@ fn split_case_fields_have_the_expected_values() {
     let f = urlencoded(
         "data=a%2Bb+c&fields=x%2Cy&filterLogic=%5Bage%5D%3E1&returnMetadataOnly=TRUE&format=json%",
     );
-    assert_eq!(f.data_bytes, Some(5));
-    assert_eq!(f.fields, 2);
-    assert!(f.filter_logic);
-    assert_eq!(f.return_metadata_only, Some(true));
-    assert_eq!(f.format.as_deref(), Some("json%"));
+    assert_eq!(f.params.data_bytes, Some(5));
+    assert_eq!(f.params.fields, 2);
+    assert!(f.params.filter_logic);
+    assert_eq!(f.params.return_metadata_only, Some(true));
+    assert_eq!(f.params.format.as_deref(), Some("json%"));
 }
 
 #[test]
@@ -359,8 +362,8 @@ fn urlencoded_gap_drops_only_the_field_it_hit() {
     body.feed(b"ord&format=json");
     let f = body.finish();
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.content, None);
-    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.params.content, None);
+    assert_eq!(f.params.format.as_deref(), Some("json"));
     assert_eq!(f.problem, Some(BodyProblem::Gap));
 }
 
@@ -372,7 +375,7 @@ fn urlencoded_gap_in_a_name_resyncs_at_the_next_field() {
     body.feed(format!("en=X&token={TOKEN}").as_bytes());
     let f = body.finish();
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.content.as_deref(), Some("record"));
+    assert_eq!(f.params.content.as_deref(), Some("record"));
 }
 
 #[test]
@@ -382,8 +385,8 @@ fn gap_inside_data_still_counts_as_an_import() {
     body.gap(1000);
     body.feed(b"def&format=csv");
     let f = body.finish();
-    assert_eq!(f.data_bytes, Some(1006));
-    assert_eq!(f.format.as_deref(), Some("csv"));
+    assert_eq!(f.params.data_bytes, Some(1006));
+    assert_eq!(f.params.format.as_deref(), Some("csv"));
     assert_eq!(f.problem, Some(BodyProblem::Gap));
 
     let file = vec![b'x'; 5000];
@@ -394,7 +397,7 @@ fn gap_inside_data_still_counts_as_an_import() {
     body.gap(1000);
     body.feed(&whole[start..]);
     let f = body.finish();
-    assert_eq!(f.data_bytes, Some(5000));
+    assert_eq!(f.params.data_bytes, Some(5000));
     assert_eq!(f.problem, Some(BodyProblem::Gap));
 }
 
@@ -411,8 +414,8 @@ fn multipart_gap_resyncs_at_the_next_part() {
     body.gap(5);
     body.feed(&whole[in_format_head + 5..]);
     let f = body.finish();
-    assert_eq!(f.content.as_deref(), Some("record"));
-    assert_eq!(f.format, None);
+    assert_eq!(f.params.content.as_deref(), Some("record"));
+    assert_eq!(f.params.format, None);
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     assert_eq!(f.problem, Some(BodyProblem::Gap));
 }
@@ -423,21 +426,21 @@ fn overlong_values_are_dropped_and_counted() {
     let f = urlencoded(&format!(
         "content=record&content={long}&format=json&token={TOKEN}"
     ));
-    assert_eq!(f.content, None);
-    assert_eq!(f.format.as_deref(), Some("json"));
+    assert_eq!(f.params.content, None);
+    assert_eq!(f.params.format.as_deref(), Some("json"));
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     assert_eq!(f.problem, Some(BodyProblem::FieldTooLong));
     // Long filter logic and data are fine: they are never kept.
     let f = urlencoded(&format!("filterLogic={long}&data={long}"));
     assert_eq!(f.problem, None);
-    assert!(f.filter_logic);
+    assert!(f.params.filter_logic);
     // A long token is malformed, not stored.
     let f = multipart(&multipart_body(&[("token", &"A".repeat(200))], &[]));
     assert_eq!(token_of(&f), Some(Err(TokenProblem::Malformed)));
     // A long name cannot be ours.
     let f = urlencoded(&format!("{}=1&format=csv", "n".repeat(300)));
     assert_eq!(f.problem, Some(BodyProblem::FieldTooLong));
-    assert_eq!(f.format.as_deref(), Some("csv"));
+    assert_eq!(f.params.format.as_deref(), Some("csv"));
 }
 
 #[test]
@@ -447,7 +450,7 @@ fn json_body_has_no_fields() {
         &[format!(r#"{{"token":"{TOKEN}","content":"record"}}"#).as_bytes()],
     );
     assert_eq!(token_of(&f), None);
-    assert_eq!(f.content, None);
+    assert_eq!(f.params.content, None);
     assert_eq!(f.problem, Some(BodyProblem::UnsupportedContentType));
     let f = read_chunks(None, &[format!("token={TOKEN}").as_bytes()]);
     assert_eq!(token_of(&f), None);
@@ -513,14 +516,17 @@ fn heavy_call_parameters_are_kept() {
         "content=project_xml&returnMetadataOnly=false&exportFiles=True&allRecords=1\
          &report_id=42&dateRangeBegin=2024-01-01+00%3A00%3A00&dateRangeEnd=x&filterLogic=",
     );
-    assert_eq!(f.return_metadata_only, Some(false));
-    assert_eq!(f.export_files, Some(true));
-    assert_eq!(f.all_records, Some(true));
-    assert_eq!(f.report_id.as_deref(), Some("42"));
-    assert_eq!(f.date_range_begin.as_deref(), Some("2024-01-01 00:00:00"));
-    assert_eq!(f.date_range_end.as_deref(), Some("x"));
-    assert!(!f.filter_logic, "empty filter logic filters nothing");
-    assert!(urlencoded("filterLogic=%5Bage%5D").filter_logic);
+    assert_eq!(f.params.return_metadata_only, Some(false));
+    assert_eq!(f.params.export_files, Some(true));
+    assert_eq!(f.params.all_records, Some(true));
+    assert_eq!(f.params.report_id.as_deref(), Some("42"));
+    assert_eq!(
+        f.params.date_range_begin.as_deref(),
+        Some("2024-01-01 00:00:00")
+    );
+    assert_eq!(f.params.date_range_end.as_deref(), Some("x"));
+    assert!(!f.params.filter_logic, "empty filter logic filters nothing");
+    assert!(urlencoded("filterLogic=%5Bage%5D").params.filter_logic);
 }
 
 #[test]
@@ -619,8 +625,8 @@ fn api_call_is_built_from_an_exchange() {
     assert_eq!(call.server, endpoint(2, 443));
     assert_eq!(call.method, "POST");
     assert_eq!(call.path, "/redcap/api/");
-    assert_eq!(call.content.as_deref(), Some("record"));
-    assert_eq!((call.records, call.fields), (2, 2));
+    assert_eq!(call.params.content.as_deref(), Some("record"));
+    assert_eq!((call.params.records, call.params.fields), (2, 2));
     assert_eq!(call.status, Some(200));
     assert_eq!(call.request_bytes, PYCAP_BODY.len() as u64);
     assert_eq!(call.response_bytes, Some(700));
