@@ -597,3 +597,46 @@ fn ipv6_over_vlan_is_decoded() {
     assert_eq!(call.content.as_deref(), Some("metadata"));
     assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_B).as_str()));
 }
+
+#[test]
+fn damaged_captures_never_crash_the_analyzer() {
+    let mut case = Case::new("damaged_captures_never_crash_the_analyzer");
+    let mut conv = case.conn().with_mss(536);
+    let segs = three_calls(&mut conv);
+    case.write(&conv, &segs, T0);
+    let key = case.dir.path().join("site.key");
+    let pcap = case.pcap.clone();
+    case.out.finish().unwrap();
+    let pristine = std::fs::read(&pcap).unwrap();
+    let damaged = case.dir.path().join("damaged.pcap");
+    // A fixed xorshift sequence: the same damage on every run, so a failure reproduces.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..40 {
+        let mut bytes = pristine.clone();
+        for _ in 0..1 + next() % 24 {
+            // Past the 24-byte file header, so that most damage lands in packets.
+            let at = 24 + (next() as usize) % (bytes.len() - 24);
+            bytes[at] = next() as u8;
+        }
+        std::fs::write(&damaged, &bytes).unwrap();
+        let out = std::process::Command::new(monitor_tests::daemon::monitor_bin().unwrap())
+            .args(["analyze", "--key"])
+            .arg(&key)
+            .arg(&damaged)
+            .args(["--calls", "/dev/null"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)) && !stderr.contains("panicked"),
+            "round {round}: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}
