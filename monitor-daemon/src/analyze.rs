@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use crate::capture::{CaptureError, CaptureFile};
 use crate::config::{Config, ConfigError};
-use crate::model::Span;
+use crate::health::HealthChange;
+use crate::model::{Span, Timestamp};
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::policy::{SlidingCount, Verdict};
@@ -61,9 +62,41 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// Non-zero counters of input that was rejected, lost or only partly usable.
     pub problems: Vec<(&'static str, u64)>,
+    /// When the server was degraded during the capture, and why.
+    pub degraded: Vec<DegradedPeriod>,
+}
+
+/// A stretch of the capture during which the server was judged degraded.
+pub struct DegradedPeriod {
+    pub since: Timestamp,
+    /// `None` when the capture ended while still degraded.
+    pub until: Option<Timestamp>,
+    /// What the judgement that entered the state saw.
+    pub signs: String,
 }
 
 impl Summary {
+    fn health_change(&mut self, change: HealthChange) {
+        match change {
+            HealthChange::Degraded { since, evidence } => {
+                let signs: Vec<&str> = evidence.bad_signs.iter().map(|s| s.name()).collect();
+                let p95 = evidence
+                    .ttfb_p95_s
+                    .map_or(String::new(), |p| format!(", p95 server time {p:.2} s"));
+                self.degraded.push(DegradedPeriod {
+                    since,
+                    until: None,
+                    signs: format!("{}{p95}", signs.join(" ")),
+                });
+            }
+            HealthChange::Recovered { degraded_for, .. } => {
+                if let Some(period) = self.degraded.last_mut() {
+                    period.until = Some(period.since.plus(degraded_for));
+                }
+            }
+        }
+    }
+
     fn add(&mut self, verdict: &Verdict) {
         let call = &verdict.call;
         self.calls += 1;
@@ -118,6 +151,19 @@ impl Summary {
                 t.response_bytes,
                 t.heavy_calls,
                 t.violations
+            );
+        }
+        for period in &self.degraded {
+            let until = period
+                .until
+                .map_or("the end of the capture".to_string(), |t| {
+                    format!("{:.0}", t.as_secs_f64())
+                });
+            let _ = writeln!(
+                out,
+                "server degraded from {:.0} to {until} ({})",
+                period.since.as_secs_f64(),
+                period.signs
             );
         }
         let mut problems: Vec<_> = self.calls_without_token.iter().collect();
@@ -175,9 +221,15 @@ pub fn analyze(
 
     let mut frames = file.frames();
     let mut warnings = Vec::new();
+    let mut health_changes = Vec::new();
     while let Some(frame) = frames.next() {
         match frame {
-            Ok(frame) => pipeline.push_frame(&frame, &mut on_verdict),
+            Ok(frame) => {
+                pipeline.push_frame(&frame, &mut on_verdict);
+                for change in pipeline.take_health_changes() {
+                    health_changes.push(change);
+                }
+            }
             Err(err) => {
                 // Frames before a damaged record still count: report and stop reading.
                 warnings.push(err.to_string());
@@ -194,6 +246,10 @@ pub fn analyze(
     for (path, mut out) in calls_out.into_iter().chain(violations_out) {
         out.flush()
             .map_err(|source| AnalyzeError::Write { path, source })?;
+    }
+    health_changes.extend(pipeline.take_health_changes());
+    for change in health_changes {
+        summary.health_change(change);
     }
     summary.warnings = warnings;
     summary.problems = pipeline.stats().problems();
@@ -216,8 +272,8 @@ fn open_output(path: &Path) -> Result<(PathBuf, BufWriter<Box<dyn Write>>), Anal
 /// What each stage saw and rejected: one line per stage with every counter.
 pub fn stats_report(stats: &PipelineStats<'_>) -> String {
     format!(
-        "decode: {:?}\nreassembly: {:?}\nhttp: {:?}\nredcap: {:?}\npolicy: {:?}\n",
-        stats.decode, stats.reassembly, stats.http, stats.redcap, stats.policy
+        "decode: {:?}\nreassembly: {:?}\nhttp: {:?}\nredcap: {:?}\npolicy: {:?}\nhealth: {:?}\n",
+        stats.decode, stats.reassembly, stats.http, stats.redcap, stats.policy, stats.health
     )
 }
 

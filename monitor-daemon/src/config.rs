@@ -20,6 +20,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub redcap: RedcapConfig,
     pub policy: PolicyConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 /// Where the site's secrets live.
@@ -325,6 +326,26 @@ impl Config {
                 return Err((key("window"), "must be longer than zero, e.g. `60s`".into()));
             }
         }
+        let h = &self.health;
+        for (key, span) in [("health.interval", h.interval), ("health.window", h.window)] {
+            if span.span().0 == 0 {
+                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+            }
+        }
+        for (key, share) in [
+            ("health.server_error_share_max", h.server_error_share_max),
+            ("health.baseline_weight", h.baseline_weight),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err((key.into(), "must be a share between 0 and 1".into()));
+            }
+        }
+        if h.baseline_factor < 1.0 || !h.baseline_factor.is_finite() {
+            return Err((
+                "health.baseline_factor".into(),
+                "must be at least 1.0".into(),
+            ));
+        }
         let positive = [
             (
                 "reassembly.max_connections",
@@ -337,6 +358,9 @@ impl Config {
             ("http.max_head_bytes", self.http.max_head_bytes),
             ("http.max_headers", self.http.max_headers),
             ("http.max_pending_requests", self.http.max_pending_requests),
+            ("health.enter_after", h.enter_after as usize),
+            ("health.leave_after", h.leave_after as usize),
+            ("health.max_samples", h.max_samples),
         ];
         for (key, value) in positive {
             if value == 0 {

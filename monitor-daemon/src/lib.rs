@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod capture;
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod model;
 pub mod output;

@@ -1,11 +1,13 @@
 //! The pipeline from captured packets to policy verdicts, the same for every capture source.
 //!
-//! Wires decode → reassembly → http → redcap → policy and drives their timers from the packets'
-//! own clock, so a capture replayed offline gives exactly what the same packets gave live. Does no
-//! I/O: sources push frames or segments in, verdicts come out through a callback.
+//! Wires decode → reassembly → http → redcap → policy and health, and drives their timers from
+//! the packets' own clock, so a capture replayed offline gives exactly what the same packets gave
+//! live. Does no I/O: sources push frames or segments in; verdicts come out through a callback,
+//! changes of the server's health through [`Pipeline::take_health_changes`].
 
 use crate::capture::{DecodeStats, Frame, decode};
 use crate::config::{Config, ConfigError};
+use crate::health::{HealthChange, HealthStats, ResponsivenessDetector};
 use crate::http::{HttpExchange, HttpLimits, HttpStats, HttpTracker};
 use crate::model::{Span, TcpSegment, Timestamp};
 use crate::policy::{Policy, PolicyStats, Verdict};
@@ -24,6 +26,9 @@ pub struct Pipeline {
     key: SiteKey,
     redcap_stats: RedcapStats,
     policy: Policy,
+    health: ResponsivenessDetector,
+    /// Changes of the server's state not yet taken by the caller.
+    health_changes: Vec<HealthChange>,
     /// The newest packet time seen: the pipeline's notion of now.
     clock: Timestamp,
     next_expiry: Timestamp,
@@ -36,6 +41,7 @@ pub struct PipelineStats<'a> {
     pub http: &'a HttpStats,
     pub redcap: &'a RedcapStats,
     pub policy: &'a PolicyStats,
+    pub health: &'a HealthStats,
 }
 
 impl PipelineStats<'_> {
@@ -117,6 +123,8 @@ impl Pipeline {
             key,
             redcap_stats: RedcapStats::default(),
             policy: Policy::new(&config.policy),
+            health: ResponsivenessDetector::new(config.health.clone()),
+            health_changes: Vec::new(),
             clock: Timestamp::default(),
             next_expiry: Timestamp::default(),
         })
@@ -165,7 +173,18 @@ impl Pipeline {
             http: self.http.stats(),
             redcap: &self.redcap_stats,
             policy: self.policy.stats(),
+            health: self.health.stats(),
         }
+    }
+
+    /// The server's responsiveness as judged so far, and who loads it.
+    pub fn health(&self) -> &ResponsivenessDetector {
+        &self.health
+    }
+
+    /// Takes the changes of the server's state (degraded, recovered) since the last call.
+    pub fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
+        self.health_changes.drain(..)
     }
 
     fn advance_clock(&mut self, ts: Timestamp) {
@@ -174,6 +193,9 @@ impl Pipeline {
             return;
         }
         self.clock = ts;
+        if let Some(change) = self.health.tick(ts) {
+            self.health_changes.push(change);
+        }
         if ts >= self.next_expiry {
             self.next_expiry = ts.plus(EXPIRY_INTERVAL);
             let Pipeline {
@@ -189,8 +211,11 @@ impl Pipeline {
     /// Turns finished exchanges into calls and passes on the verdicts that are due.
     fn release(&mut self, out: &mut impl FnMut(Verdict)) {
         for exchange in self.exchanges.drain(..) {
-            self.policy
-                .push(ApiCall::from_exchange(exchange, &self.key));
+            let call = ApiCall::from_exchange(exchange, &self.key);
+            self.redcap_stats.count(&call);
+            // Health is judged as calls finish, not after the policy's reorder wait.
+            self.health.observe(&call);
+            self.policy.push(call);
         }
         while let Some(verdict) = self.policy.poll(self.clock) {
             out(verdict);

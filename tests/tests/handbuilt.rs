@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use monitor_tests::daemon::{CallRecord, ViolationRecord, analyze, fingerprint};
+use monitor_tests::daemon::{CallRecord, ViolationRecord, analyze_full, fingerprint};
 use monitor_tests::synth::http::{self, BodyEncoding, CONTINUE_100, FORBIDDEN_JSON};
 use monitor_tests::synth::{Conversation, PcapOut, Segment, Side, mangle};
 
@@ -66,10 +66,11 @@ impl Case {
             std::fs::create_dir_all(&keep).unwrap();
             std::fs::copy(&self.pcap, keep.join(format!("{}.pcap", self.name))).unwrap();
         }
-        let (calls, violations) = analyze(&self.pcap, &key).unwrap();
+        let analysis = analyze_full(&self.pcap, &key, None).unwrap();
         Outcome {
-            calls,
-            violations,
+            calls: analysis.calls,
+            violations: analysis.violations,
+            stderr: analysis.stderr,
             key,
             _dir: self.dir,
         }
@@ -79,6 +80,8 @@ impl Case {
 struct Outcome {
     calls: Vec<CallRecord>,
     violations: Vec<ViolationRecord>,
+    /// analyze's report to people: the call count and the input problems it met.
+    stderr: String,
     key: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -315,6 +318,18 @@ fn gap_in_response_body_reports_the_call_as_incomplete() {
     assert_eq!(call.format.as_deref(), Some("json"));
     assert_eq!(call.status, Some(200));
     assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_A).as_str()));
+    // The loss is counted and said, stage by stage.
+    let problems = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("input problems:"))
+        .unwrap_or_else(|| panic!("no input problems line in {}", out.stderr));
+    for counter in ["reassembly.gaps=1", "redcap.incomplete=1"] {
+        assert!(
+            problems.split(' ').any(|p| p == counter),
+            "{counter} in {problems}"
+        );
+    }
 }
 
 #[test]
@@ -639,4 +654,43 @@ fn damaged_captures_never_crash_the_analyzer() {
             out.status
         );
     }
+}
+
+#[test]
+fn a_slow_stretch_is_reported_as_a_degraded_period() {
+    let mut case = Case::new("a_slow_stretch_is_reported_as_a_degraded_period");
+    let mut t = T0;
+    // 70 s of calls that each wait 3 s for their answer, then 90 s of fast ones.
+    for (ttfb, until) in [(3.0, T0 + 70.0), (0.05, T0 + 160.0)] {
+        while t < until {
+            let mut conv = case.conn();
+            let mut ask = conv.handshake();
+            ask.extend(conv.data(Side::Client, &version_request(TOKEN_A)));
+            let mut answer = conv.data(Side::Server, &version_response());
+            answer.extend(conv.close());
+            case.write(&conv, &ask, t);
+            t = case.write(&conv, &answer, t + ttfb) + 0.5;
+        }
+    }
+    let key = case.dir.path().join("site.key");
+    let pcap = case.pcap.clone();
+    case.out.finish().unwrap();
+    let out = std::process::Command::new(monitor_tests::daemon::monitor_bin().unwrap())
+        .args(["analyze", "--key"])
+        .arg(&key)
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let degraded: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("server degraded"))
+        .collect();
+    assert_eq!(degraded.len(), 1, "{table}");
+    assert!(degraded[0].contains("slow_absolute"), "{table}");
+    assert!(
+        !degraded[0].contains("end of the capture"),
+        "recovered: {table}"
+    );
 }

@@ -1,53 +1,7 @@
-use std::net::{IpAddr, Ipv4Addr};
-
 use super::*;
 use crate::config::PolicyConfig;
-use crate::model::Endpoint;
-use crate::redcap::{ApiParams, TokenIdentity};
-use crate::token::{MaskedToken, TokenProblem};
-
-fn at(secs: u64) -> Timestamp {
-    Timestamp::from_nanos(secs * 1_000_000_000)
-}
-
-fn endpoint(port: u16) -> Endpoint {
-    Endpoint {
-        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port,
-    }
-}
-
-fn token(n: u8) -> Result<TokenIdentity, TokenProblem> {
-    Ok(TokenIdentity {
-        fingerprint: TokenFingerprint([n; 8]),
-        masked: MaskedToken(format!("T{n}…")),
-    })
-}
-
-/// A small metadata export by token `n` starting at `secs`.
-fn call(n: u8, secs: u64) -> ApiCall {
-    ApiCall {
-        ts_start: at(secs),
-        ts_end: at(secs),
-        ttfb: Some(Span::from_millis(20)),
-        client: endpoint(40000),
-        server: endpoint(80),
-        method: "POST".into(),
-        path: "/api/".into(),
-        token: token(n),
-        params: ApiParams {
-            content: Some("metadata".into()),
-            format: Some("json".into()),
-            ..ApiParams::default()
-        },
-        status: Some(200),
-        request_bytes: 60,
-        response_bytes: Some(1000),
-        response_wire_bytes: Some(300),
-        complete: true,
-        body_problem: None,
-    }
-}
+use crate::redcap::sample::{at, call};
+use crate::token::TokenProblem;
 
 fn run(policy: &mut Policy, calls: Vec<ApiCall>) -> Vec<Verdict> {
     for c in calls {

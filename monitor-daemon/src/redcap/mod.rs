@@ -341,4 +341,6 @@ impl RedcapStats {
 }
 
 #[cfg(test)]
+pub(crate) mod sample;
+#[cfg(test)]
 mod tests;
