@@ -17,6 +17,7 @@ use crate::health::HealthChange;
 use crate::model::{Span, Timestamp};
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::{Pipeline, PipelineStats};
+use crate::policy::enforce::Action;
 use crate::policy::{SlidingCount, Verdict};
 use crate::token::{SiteKey, TokenFingerprint, TokenProblem};
 
@@ -24,6 +25,7 @@ use crate::token::{SiteKey, TokenFingerprint, TokenProblem};
 pub struct AnalyzeOutputs {
     pub calls: Option<PathBuf>,
     pub violations: Option<PathBuf>,
+    pub decisions: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub struct TokenSummary {
     pub heavy_calls: u64,
     pub violations: u64,
     pub incomplete_calls: u64,
+    /// Suspensions decided (or, in a dry run, that would have been).
+    pub suspensions: u64,
     minute: SlidingCount,
 }
 
@@ -119,6 +123,10 @@ impl Summary {
         token.response_bytes += call.response_bytes.unwrap_or(0);
         token.heavy_calls += u64::from(verdict.heavy.is_some());
         token.violations += verdict.violations.len() as u64;
+        token.suspensions += u64::from(matches!(
+            verdict.decision.as_ref().map(|d| &d.action),
+            Some(Action::Suspend { .. })
+        ));
         token.incomplete_calls += u64::from(!call.complete);
     }
 
@@ -129,7 +137,7 @@ impl Summary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<9} {:<16} {:>7} {:>8} {:>12} {:>12} {:>6} {:>10}",
+            "{:<9} {:<16} {:>7} {:>8} {:>12} {:>12} {:>6} {:>10} {:>9}",
             "token",
             "fingerprint",
             "calls",
@@ -137,12 +145,13 @@ impl Summary {
             "req bytes",
             "resp bytes",
             "heavy",
-            "violations"
+            "violations",
+            "suspended"
         );
         for (fp, t) in rows {
             let _ = writeln!(
                 out,
-                "{:<9} {:<16} {:>7} {:>8} {:>12} {:>12} {:>6} {:>10}",
+                "{:<9} {:<16} {:>7} {:>8} {:>12} {:>12} {:>6} {:>10} {:>9}",
                 t.masked,
                 fp.to_string(),
                 t.calls,
@@ -150,7 +159,8 @@ impl Summary {
                 t.request_bytes,
                 t.response_bytes,
                 t.heavy_calls,
-                t.violations
+                t.violations,
+                t.suspensions
             );
         }
         for period in &self.degraded {
@@ -190,6 +200,7 @@ pub fn analyze(
     let mut pipeline = Pipeline::new(config, key)?;
     let mut calls_out = outputs.calls.as_deref().map(open_output).transpose()?;
     let mut violations_out = outputs.violations.as_deref().map(open_output).transpose()?;
+    let mut decisions_out = outputs.decisions.as_deref().map(open_output).transpose()?;
     let mut summary = Summary::default();
     let mut write_error: Option<AnalyzeError> = None;
     let mut progress = Progress::new(file.len());
@@ -201,6 +212,15 @@ pub fn analyze(
         }
         if let Some((path, out)) = calls_out.as_mut()
             && let Err(source) = write_line(out, &CallRecord::of(&verdict, Transport::Tcp))
+        {
+            write_error = Some(AnalyzeError::Write {
+                path: path.clone(),
+                source,
+            });
+        }
+        if let Some((path, out)) = decisions_out.as_mut()
+            && let Some(decision) = &verdict.decision
+            && let Err(source) = write_line(out, decision)
         {
             write_error = Some(AnalyzeError::Write {
                 path: path.clone(),
@@ -243,7 +263,11 @@ pub fn analyze(
     if let Some(err) = write_error {
         return Err(err);
     }
-    for (path, mut out) in calls_out.into_iter().chain(violations_out) {
+    for (path, mut out) in calls_out
+        .into_iter()
+        .chain(violations_out)
+        .chain(decisions_out)
+    {
         out.flush()
             .map_err(|source| AnalyzeError::Write { path, source })?;
     }

@@ -21,6 +21,7 @@ pub struct Config {
     pub redcap: RedcapConfig,
     pub policy: PolicyConfig,
     pub health: crate::health::HealthConfig,
+    pub enforcement: crate::policy::enforce::EnforcementConfig,
 }
 
 /// Where the site's secrets live.
@@ -339,6 +340,19 @@ impl Config {
             if !(0.0..=1.0).contains(&share) {
                 return Err((key.into(), "must be a share between 0 and 1".into()));
             }
+        }
+        let e = &self.enforcement;
+        if !(0.0..=1.0).contains(&e.min_load_share) {
+            return Err((
+                "enforcement.min_load_share".into(),
+                "must be a share between 0 and 1".into(),
+            ));
+        }
+        if e.suspension_factor < 1.0 || !e.suspension_factor.is_finite() {
+            return Err((
+                "enforcement.suspension_factor".into(),
+                "must be at least 1.0".into(),
+            ));
         }
         if h.baseline_factor < 1.0 || !h.baseline_factor.is_finite() {
             return Err((

@@ -35,6 +35,9 @@ enum Command {
         /// Write one JSON object a line per violation here (`-` for stdout).
         #[arg(long)]
         violations: Option<PathBuf>,
+        /// Write one JSON object a line per enforcement decision here (`-` for stdout).
+        #[arg(long)]
+        decisions: Option<PathBuf>,
     },
     /// Reads tokens from stdin, one a line, and prints their fingerprints.
     Fingerprint {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
             key,
             calls,
             violations,
+            decisions,
         } => {
             let config = match config.map(|path| Config::load(&path)).transpose() {
                 Ok(config) => config.unwrap_or_default(),
@@ -63,8 +67,12 @@ fn main() -> ExitCode {
                 Ok(key) => key,
                 Err(err) => return fail(2, &err),
             };
-            let print_table = calls.is_none() && violations.is_none();
-            let outputs = AnalyzeOutputs { calls, violations };
+            let print_table = calls.is_none() && violations.is_none() && decisions.is_none();
+            let outputs = AnalyzeOutputs {
+                calls,
+                violations,
+                decisions,
+            };
             match analyze(&capture, &config, key, &outputs) {
                 Ok((summary, stats)) => {
                     for warning in &summary.warnings {

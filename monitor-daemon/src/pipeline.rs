@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::health::{HealthChange, HealthStats, ResponsivenessDetector};
 use crate::http::{HttpExchange, HttpLimits, HttpStats, HttpTracker};
 use crate::model::{Span, TcpSegment, Timestamp};
+use crate::policy::enforce::{EnforcementStats, Enforcer, HealthView};
 use crate::policy::{Policy, PolicyStats, Verdict};
 use crate::reassembly::{Reassembler, ReassemblyLimits, ReassemblyStats};
 use crate::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody, RedcapStats};
@@ -17,6 +18,8 @@ use crate::token::SiteKey;
 
 /// How often (in capture time) idle connections are looked for.
 const EXPIRY_INTERVAL: Span = Span::from_secs(1);
+/// How often waiting calls are looked at when no call has finished.
+const RELEASE_CHECK_INTERVAL: Span = Span::from_millis(100);
 
 pub struct Pipeline {
     decode_stats: DecodeStats,
@@ -27,11 +30,13 @@ pub struct Pipeline {
     redcap_stats: RedcapStats,
     policy: Policy,
     health: ResponsivenessDetector,
+    enforcer: Enforcer,
     /// Changes of the server's state not yet taken by the caller.
     health_changes: Vec<HealthChange>,
     /// The newest packet time seen: the pipeline's notion of now.
     clock: Timestamp,
     next_expiry: Timestamp,
+    next_release_check: Timestamp,
 }
 
 /// Every stage's counters, for reports and telemetry.
@@ -42,6 +47,7 @@ pub struct PipelineStats<'a> {
     pub redcap: &'a RedcapStats,
     pub policy: &'a PolicyStats,
     pub health: &'a HealthStats,
+    pub enforcement: &'a EnforcementStats,
 }
 
 impl PipelineStats<'_> {
@@ -124,9 +130,11 @@ impl Pipeline {
             redcap_stats: RedcapStats::default(),
             policy: Policy::new(&config.policy),
             health: ResponsivenessDetector::new(config.health.clone()),
+            enforcer: Enforcer::new(config.enforcement.clone()),
             health_changes: Vec::new(),
             clock: Timestamp::default(),
             next_expiry: Timestamp::default(),
+            next_release_check: Timestamp::default(),
         })
     }
 
@@ -162,6 +170,7 @@ impl Pipeline {
         reassembler.finish(*clock, &mut |event| http.on_event(&event, exchanges));
         self.release(out);
         while let Some(verdict) = self.policy.drain() {
+            let verdict = self.enforce(verdict);
             out(verdict);
         }
     }
@@ -174,6 +183,7 @@ impl Pipeline {
             redcap: &self.redcap_stats,
             policy: self.policy.stats(),
             health: self.health.stats(),
+            enforcement: self.enforcer.stats(),
         }
     }
 
@@ -205,11 +215,13 @@ impl Pipeline {
                 ..
             } = self;
             reassembler.expire(ts, &mut |event| http.on_event(&event, exchanges));
+            self.enforcer.forget_idle(ts);
         }
     }
 
     /// Turns finished exchanges into calls and passes on the verdicts that are due.
     fn release(&mut self, out: &mut impl FnMut(Verdict)) {
+        let calls_finished = !self.exchanges.is_empty();
         for exchange in self.exchanges.drain(..) {
             let call = ApiCall::from_exchange(exchange, &self.key);
             self.redcap_stats.count(&call);
@@ -217,8 +229,30 @@ impl Pipeline {
             self.health.observe(&call);
             self.policy.push(call);
         }
-        while let Some(verdict) = self.policy.poll(self.clock) {
-            out(verdict);
+        // Which requests are still open is worth a look (it visits every connection) when a call
+        // finished, or now and then so that the reorder window runs out for a hanging request.
+        if !self.policy.has_waiting() || (!calls_finished && self.clock < self.next_release_check) {
+            return;
         }
+        self.next_release_check = self.clock.plus(RELEASE_CHECK_INTERVAL);
+        let open_since = self.http.oldest_open_exchange();
+        while let Some(verdict) = self.policy.poll(self.clock, open_since) {
+            out(self.enforce(verdict));
+        }
+    }
+
+    /// Decides about a call that broke a rule, in the light of the server's health now.
+    fn enforce(&mut self, mut verdict: Verdict) -> Verdict {
+        if verdict.violations.is_empty() {
+            return verdict;
+        }
+        let loads = self.health.load_by_token(self.clock);
+        let view = HealthView {
+            degraded: self.health.is_degraded(),
+            assessment: self.health.assessment(),
+            loads: &loads,
+        };
+        verdict.decision = self.enforcer.decide(&verdict, &view);
+        verdict
     }
 }

@@ -656,11 +656,10 @@ fn damaged_captures_never_crash_the_analyzer() {
     }
 }
 
-#[test]
-fn a_slow_stretch_is_reported_as_a_degraded_period() {
-    let mut case = Case::new("a_slow_stretch_is_reported_as_a_degraded_period");
+/// 70 s of back-to-back calls by one token that each wait 3 s for their answer, then 90 s of
+/// fast ones: a server degraded by that token's load, which then recovers.
+fn slow_then_fast(case: &mut Case) {
     let mut t = T0;
-    // 70 s of calls that each wait 3 s for their answer, then 90 s of fast ones.
     for (ttfb, until) in [(3.0, T0 + 70.0), (0.05, T0 + 160.0)] {
         while t < until {
             let mut conv = case.conn();
@@ -672,6 +671,71 @@ fn a_slow_stretch_is_reported_as_a_degraded_period() {
             t = case.write(&conv, &answer, t + ttfb) + 0.5;
         }
     }
+}
+
+#[test]
+fn an_abuser_is_warned_then_suspended_once_the_server_is_degraded() {
+    let mut case = Case::new("an_abuser_is_warned_then_suspended_once_the_server_is_degraded");
+    slow_then_fast(&mut case);
+    let key = case.dir.path().join("site.key");
+    let pcap = case.pcap.clone();
+    case.out.finish().unwrap();
+    let out = std::process::Command::new(monitor_tests::daemon::monitor_bin().unwrap())
+        .args(["analyze", "--decisions", "-", "--key"])
+        .arg(&key)
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let decisions: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<(String, bool)> = decisions
+        .iter()
+        .map(|d| {
+            let what = format!(
+                "{} {}",
+                d["action"].as_str().unwrap(),
+                d["reason"].as_str().unwrap_or("")
+            );
+            (
+                what.trim().to_string(),
+                d["evidence"]["server_degraded"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps[0],
+        ("warn first_offence".to_string(), false),
+        "{steps:?}"
+    );
+    let suspensions: Vec<_> = steps.iter().filter(|(w, _)| w == "suspend").collect();
+    assert_eq!(suspensions, [&("suspend".to_string(), true)], "{steps:?}");
+    let before: Vec<_> = steps
+        .iter()
+        .take_while(|(w, _)| w != "suspend")
+        .skip(1)
+        .collect();
+    assert!(
+        !before.is_empty()
+            && before
+                .iter()
+                .all(|(w, degraded)| w == "warn server_healthy" && !degraded),
+        "{steps:?}"
+    );
+    assert_eq!(
+        decisions.last().unwrap()["action"],
+        "suspend",
+        "nothing more is decided while suspended"
+    );
+    assert_eq!(decisions.last().unwrap()["evidence"]["load_share"], 1.0);
+}
+
+#[test]
+fn a_slow_stretch_is_reported_as_a_degraded_period() {
+    let mut case = Case::new("a_slow_stretch_is_reported_as_a_degraded_period");
+    slow_then_fast(&mut case);
     let key = case.dir.path().join("site.key");
     let pcap = case.pcap.clone();
     case.out.finish().unwrap();

@@ -260,6 +260,14 @@ pub(crate) struct Connection<B> {
 }
 
 impl<B: RequestBody> Connection<B> {
+    /// When the oldest selected request still waiting for its response started.
+    pub(crate) fn oldest_open_exchange(&self) -> Option<Timestamp> {
+        self.pending
+            .iter()
+            .find_map(|p| p.exchange.as_ref())
+            .map(|e| e.ts_request_start)
+    }
+
     pub(crate) fn new(id: ConnectionId, client: Endpoint, server: Endpoint) -> Self {
         Self {
             id,

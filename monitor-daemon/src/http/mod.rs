@@ -278,6 +278,15 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     pub fn connections(&self) -> usize {
         self.connections.len()
     }
+
+    /// When the oldest selected request that has not finished started: no exchange emitted
+    /// later can have started before it. Looks at every connection, so call it sparingly.
+    pub fn oldest_open_exchange(&self) -> Option<Timestamp> {
+        self.connections
+            .values()
+            .filter_map(|c| c.oldest_open_exchange())
+            .min()
+    }
 }
 
 #[cfg(test)]

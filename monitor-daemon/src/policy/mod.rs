@@ -6,6 +6,7 @@
 //! call can still arrive. Sans-IO: time is the calls' own timestamps plus the `now` the caller
 //! passes. Never sees a raw token: calls are keyed by fingerprint.
 
+pub mod enforce;
 mod window;
 
 use std::cmp::Reverse;
@@ -48,6 +49,8 @@ pub struct Verdict {
     pub call: ApiCall,
     pub heavy: Option<HeavyReason>,
     pub violations: Vec<Violation>,
+    /// What was decided about the token, when the call broke a rule.
+    pub decision: Option<enforce::Decision>,
 }
 
 /// Counters the policy stage keeps.
@@ -159,13 +162,20 @@ impl Policy {
         }));
     }
 
-    /// Evaluates the next call whose request started at least the reorder window before `now`.
-    pub fn poll(&mut self, now: Timestamp) -> Option<Verdict> {
-        let ready = self
-            .pending
-            .peek()
-            .is_some_and(|Reverse(p)| p.ts_start.plus(self.reorder_window) <= now);
+    /// Evaluates the next call that no earlier-started call can still overtake: one that started
+    /// before every request still open (`open_since`, `None` when none is), or at least the
+    /// reorder window before `now` (a request left hanging must not hold the others back).
+    pub fn poll(&mut self, now: Timestamp, open_since: Option<Timestamp>) -> Option<Verdict> {
+        let ready = self.pending.peek().is_some_and(|Reverse(p)| {
+            open_since.is_none_or(|open| p.ts_start < open)
+                || p.ts_start.plus(self.reorder_window) <= now
+        });
         if ready { self.release() } else { None }
+    }
+
+    /// Whether finished calls are waiting to be evaluated.
+    pub fn has_waiting(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Evaluates the next waiting call regardless of time (end of input).
@@ -229,6 +239,7 @@ impl Policy {
             call,
             heavy,
             violations,
+            decision: None,
         }
     }
 }
