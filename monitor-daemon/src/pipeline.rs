@@ -50,7 +50,7 @@ impl Pipeline {
             max_buffered_per_direction: r.max_buffered_bytes_per_direction,
             max_buffered_total: r.max_buffered_bytes_total,
             idle_timeout: r.idle_timeout.span(),
-            server_ports: config.capture.server_ports.clone(),
+            server_ports: config.capture.ports.clone(),
         });
         let h = &config.http;
         let http = HttpTracker::new(
@@ -91,6 +91,14 @@ impl Pipeline {
             ..
         } = self;
         reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        self.release(out);
+    }
+
+    /// Time passes without a packet (a live source that is idle): expires idle connections and
+    /// passes on the verdicts whose reorder wait is over. `now` is on the packets' clock (epoch
+    /// time); a `now` behind the newest packet changes nothing.
+    pub fn tick(&mut self, now: Timestamp, out: &mut impl FnMut(Verdict)) {
+        self.advance_clock(now);
         self.release(out);
     }
 
@@ -146,5 +154,85 @@ impl Pipeline {
         while let Some(verdict) = self.policy.poll(self.clock) {
             out(verdict);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::{Endpoint, TcpFlags};
+
+    const CLIENT: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        port: 40000,
+    };
+    const SERVER: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        port: 80,
+    };
+
+    fn segment(ts_ms: u64, to_server: bool, seq: u32, payload: &[u8]) -> TcpSegment<'_> {
+        let (src, dst) = if to_server {
+            (CLIENT, SERVER)
+        } else {
+            (SERVER, CLIENT)
+        };
+        TcpSegment {
+            ts: Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
+            src,
+            dst,
+            seq,
+            ack: Some(1),
+            flags: TcpFlags {
+                ack: true,
+                ..TcpFlags::default()
+            },
+            payload,
+        }
+    }
+
+    /// One complete API exchange on a connection that stays open.
+    fn one_call(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let body = b"token=0123456789ABCDEF0123456789ABCDEF&content=version";
+        let request = format!(
+            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(&segment(0, true, 1000, request.as_bytes()), out);
+        pipeline.push_segment(&segment(5, false, 5000, response), out);
+    }
+
+    #[test]
+    fn an_idle_tick_releases_a_call_once_its_reorder_wait_is_over() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(&config, SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert!(released.is_empty(), "held for the reorder window");
+        let start = Timestamp(1_700_000_000_000_000_000);
+        pipeline.tick(start.plus(Span::from_secs(60)), &mut |v| released.push(v));
+        assert!(released.is_empty(), "still within the reorder window");
+        let wait = config.policy.reorder_window.span();
+        pipeline.tick(start.plus(wait).plus(Span::from_secs(1)), &mut |v| {
+            released.push(v)
+        });
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].call.ts_start, start);
+    }
+
+    #[test]
+    fn a_tick_behind_the_packets_clock_changes_nothing() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(&config, SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        pipeline.tick(Timestamp(1), &mut |v| released.push(v));
+        assert!(released.is_empty());
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(released.len(), 1);
     }
 }
