@@ -22,6 +22,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub health: crate::health::HealthConfig,
     pub enforcement: crate::policy::enforce::EnforcementConfig,
+    pub output: OutputConfig,
 }
 
 /// Where the site's secrets live.
@@ -40,17 +41,67 @@ impl Default for SiteConfig {
     }
 }
 
+/// Where packets come from when the daemon runs live, and which of them matter.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
-    /// Ports the web server listens on; orients connections picked up mid-stream.
-    pub server_ports: Vec<u16>,
+    /// How `run` captures: the eBPF probe, libpcap, or the probe with libpcap as fallback.
+    pub mode: CaptureMode,
+    /// Interfaces `run` watches (required for `run`; `analyze` ignores them).
+    pub interfaces: Vec<String>,
+    /// Ports the web server listens on: the kernel and libpcap filters watch these, and they
+    /// orient connections whose start (the SYN) was not captured. `server_ports` is the old name.
+    #[serde(alias = "server_ports")]
+    pub ports: Vec<u16>,
+    /// Size of the eBPF ring buffer between kernel and daemon: a power of two of at least 4096.
+    pub ring_bytes: u32,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
         Self {
-            server_ports: vec![80, 443, 8080, 8443],
+            mode: CaptureMode::Auto,
+            interfaces: Vec::new(),
+            ports: vec![80, 443, 8080, 8443],
+            ring_bytes: 16 << 20,
+        }
+    }
+}
+
+/// How the live daemon captures packets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    /// The eBPF probe; libpcap when the probe cannot be loaded or attached.
+    #[default]
+    Auto,
+    /// The eBPF probe only: an error when it cannot be loaded.
+    Ebpf,
+    /// libpcap only.
+    Pcap,
+}
+
+/// Where the live daemon writes its records and counters.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Call records (JSONL, appended); `-` for stdout; absent for none.
+    pub calls: Option<PathBuf>,
+    /// Violation records (JSONL, appended); `-` for stdout; absent for none.
+    pub violations: Option<PathBuf>,
+    /// A JSON object with every counter, replaced each `stats_interval` and at exit.
+    pub stats: Option<PathBuf>,
+    /// How often the counters are logged (and the stats file rewritten).
+    pub stats_interval: Duration,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            calls: None,
+            violations: None,
+            stats: None,
+            stats_interval: Duration(Span::from_secs(60)),
         }
     }
 }
@@ -360,6 +411,22 @@ impl Config {
                 "must be at least 1.0".into(),
             ));
         }
+        let ring = self.capture.ring_bytes;
+        if !ring.is_power_of_two() || ring < 4096 {
+            return Err((
+                "capture.ring_bytes".into(),
+                format!("{ring} is not a power of two of at least 4096 (e.g. 16777216)"),
+            ));
+        }
+        if self.capture.ports.contains(&0) {
+            return Err(("capture.ports".into(), "0 is not a port".into()));
+        }
+        if self.output.stats_interval.span().0 == 0 {
+            return Err((
+                "output.stats_interval".into(),
+                "must be longer than zero, e.g. `60s`".into(),
+            ));
+        }
         let positive = [
             (
                 "reassembly.max_connections",
@@ -470,5 +537,39 @@ mod tests {
         .unwrap();
         assert_eq!(config.policy.rules.len(), 2);
         assert_eq!(config.policy.rules[1].calls, CallClass::Heavy);
+    }
+
+    #[test]
+    fn live_capture_keys_parse_and_the_old_port_key_still_works() {
+        let config = parse(
+            "[capture]\nmode = \"pcap\"\ninterfaces = [\"eth0\"]\nports = [8080]\n\
+             [output]\ncalls = \"-\"\nviolations = \"/tmp/v.jsonl\"\nstats_interval = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.capture.mode, CaptureMode::Pcap);
+        assert_eq!(config.capture.interfaces, ["eth0"]);
+        assert_eq!(config.capture.ports, [8080]);
+        assert_eq!(config.output.calls.as_deref(), Some(Path::new("-")));
+        let old = parse("[capture]\nserver_ports = [81]\n").unwrap();
+        assert_eq!(old.capture.ports, [81]);
+        assert_eq!(old.capture.mode, CaptureMode::Auto);
+    }
+
+    #[test]
+    fn bad_live_capture_values_name_their_key_path() {
+        let err = parse("[capture]\nmode = \"xdp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode") && err.contains("xdp"), "{err}");
+        let err = parse("[capture]\nring_bytes = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture.ring_bytes"), "{err}");
+        let err = parse("[capture]\nports = [80, 0]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capture.ports"), "{err}");
+        let err = parse("[output]\ncall = \"-\"\n").unwrap_err().to_string();
+        assert!(err.contains("call"), "{err}");
     }
 }

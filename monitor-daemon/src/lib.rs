@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod reassembly;
 pub mod redcap;
+pub mod run;
 pub mod token;
 
 /// The kernel programs, built by build.rs through aya-build.

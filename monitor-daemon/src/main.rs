@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use redcap_monitor::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
 use redcap_monitor::config::Config;
+use redcap_monitor::run::{RunError, run};
 use redcap_monitor::token::{RawToken, SiteKey};
 
 /// Watches REDCap API calls per token and enforces the institution's API policy.
@@ -38,6 +39,16 @@ enum Command {
         /// Write one JSON object a line per enforcement decision here (`-` for stdout).
         #[arg(long)]
         decisions: Option<PathBuf>,
+    },
+    /// Watches the configured interfaces live (eBPF probe or libpcap) until SIGINT/SIGTERM and
+    /// appends call and violation records to the configured outputs.
+    Run {
+        /// Configuration file (TOML): `[capture] interfaces` is required.
+        #[arg(long)]
+        config: PathBuf,
+        /// Site key for token fingerprints (default: `site.key_file` from the configuration).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Reads tokens from stdin, one a line, and prints their fingerprints.
     Fingerprint {
@@ -104,6 +115,24 @@ fn main() -> ExitCode {
                 Err(err) => fail(1, &err),
             }
         }
+        Command::Run { config, key } => {
+            init_logging();
+            let origin = config;
+            let config = match Config::load(&origin) {
+                Ok(config) => config,
+                Err(err) => return fail(2, &err),
+            };
+            let key_path = key.unwrap_or_else(|| config.site.key_file.clone());
+            let key = match SiteKey::load_or_create(&key_path) {
+                Ok(key) => key,
+                Err(err) => return fail(2, &err),
+            };
+            match run(&config, &origin, key) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err @ RunError::Config(_)) => fail(2, &err),
+                Err(err) => fail(1, &err),
+            }
+        }
         Command::Fingerprint { key } => {
             let key = match SiteKey::load_or_create(&key) {
                 Ok(key) => key,
@@ -141,6 +170,16 @@ fn fingerprint_stdin(key: &SiteKey) -> ExitCode {
         }
     }
     status
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
 }
 
 fn fail(code: u8, err: &dyn std::fmt::Display) -> ExitCode {

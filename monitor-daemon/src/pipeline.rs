@@ -109,7 +109,7 @@ impl Pipeline {
             max_buffered_per_direction: r.max_buffered_bytes_per_direction,
             max_buffered_total: r.max_buffered_bytes_total,
             idle_timeout: r.idle_timeout.span(),
-            server_ports: config.capture.server_ports.clone(),
+            server_ports: config.capture.ports.clone(),
         });
         let h = &config.http;
         let http = HttpTracker::new(
@@ -155,6 +155,14 @@ impl Pipeline {
             ..
         } = self;
         reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        self.release(out);
+    }
+
+    /// Time passes without a packet (a live source that is idle): expires idle connections and
+    /// passes on the verdicts whose reorder wait is over. `now` is on the packets' clock (epoch
+    /// time); a `now` behind the newest packet changes nothing.
+    pub fn tick(&mut self, now: Timestamp, out: &mut impl FnMut(Verdict)) {
+        self.advance_clock(now);
         self.release(out);
     }
 
@@ -254,5 +262,134 @@ impl Pipeline {
         };
         verdict.decision = self.enforcer.decide(&verdict, &view);
         verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::model::{Endpoint, TcpFlags};
+
+    const CLIENT: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        port: 40000,
+    };
+    const SERVER: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        port: 80,
+    };
+
+    fn segment(ts_ms: u64, to_server: bool, seq: u32, payload: &[u8]) -> TcpSegment<'_> {
+        segment_from(CLIENT, ts_ms, to_server, seq, payload)
+    }
+
+    fn segment_from(
+        client: Endpoint,
+        ts_ms: u64,
+        to_server: bool,
+        seq: u32,
+        payload: &[u8],
+    ) -> TcpSegment<'_> {
+        let (src, dst) = if to_server {
+            (client, SERVER)
+        } else {
+            (SERVER, client)
+        };
+        TcpSegment {
+            ts: Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
+            src,
+            dst,
+            seq,
+            ack: Some(1),
+            flags: TcpFlags {
+                ack: true,
+                ..TcpFlags::default()
+            },
+            payload,
+        }
+    }
+
+    fn request() -> String {
+        let body = "token=0123456789ABCDEF0123456789ABCDEF&content=version";
+        format!(
+            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// One complete API exchange (at 10 ms) on a connection that stays open.
+    fn one_call(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(&segment(10, true, 1000, request().as_bytes()), out);
+        pipeline.push_segment(&segment(15, false, 5000, response), out);
+    }
+
+    /// An API request (at 0 ms) from another client that is never answered.
+    fn hanging_request(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let other = Endpoint {
+            port: 40001,
+            ..CLIENT
+        };
+        pipeline.push_segment(
+            &segment_from(other, 0, true, 7000, request().as_bytes()),
+            out,
+        );
+    }
+
+    #[test]
+    fn a_call_is_released_as_soon_as_no_earlier_request_is_open() {
+        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert_eq!(released.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_tick_releases_a_call_held_by_a_hanging_request_after_the_reorder_window() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(&config, SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert!(released.is_empty(), "an earlier request may still finish");
+        let start = Timestamp(1_700_000_000_000_000_000);
+        pipeline.tick(start.plus(Span::from_secs(60)), &mut |v| released.push(v));
+        assert!(released.is_empty(), "still within the reorder window");
+        let wait = config.policy.reorder_window.span();
+        pipeline.tick(start.plus(wait).plus(Span::from_secs(1)), &mut |v| {
+            released.push(v)
+        });
+        // By then the hanging connection has also gone idle and its request is reported too,
+        // first, as it started first.
+        let order: Vec<_> = released
+            .iter()
+            .map(|v| (v.call.ts_start, v.call.status))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (start, None),
+                (start.plus(Span::from_millis(10)), Some(200))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tick_behind_the_packets_clock_changes_nothing() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(&config, SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        pipeline.tick(Timestamp(1), &mut |v| released.push(v));
+        assert!(released.is_empty());
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(
+            released.len(),
+            2,
+            "the hanging request is reported at the end too"
+        );
     }
 }

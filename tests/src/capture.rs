@@ -20,7 +20,17 @@ pub struct Tcpdump {
 impl Tcpdump {
     /// Starts `tcpdump -i IFACE -w OUT FILTER` and returns once it is capturing.
     pub fn start(iface: &str, bpf_filter: &str, out: &Path) -> Result<Tcpdump> {
-        let mut child = Command::new("tcpdump")
+        Tcpdump::start_in(None, iface, bpf_filter, out)
+    }
+
+    /// [`Tcpdump::start`] inside network namespace `netns`, when given.
+    pub fn start_in(
+        netns: Option<&str>,
+        iface: &str,
+        bpf_filter: &str,
+        out: &Path,
+    ) -> Result<Tcpdump> {
+        let mut child = crate::netns::command_in(netns, "tcpdump")
             // -Z root: distributions that drop to a `tcpdump` user could not write into the
             // test's private tempdir.
             .args([

@@ -3,7 +3,6 @@
 //! with `Expect: 100-continue`, multipart with the token last, lower-case tokens, non-API pages).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -47,8 +46,18 @@ pub struct PycapRequest {
 
 /// Runs PyCap against `url` (must end in `/api/`, as PyCap insists).
 pub fn run_pycap(url: &str, token: &str, set: PycapSet) -> Result<PycapManifest> {
+    run_pycap_in(None, url, token, set)
+}
+
+/// [`run_pycap`] inside network namespace `netns` (`ip netns exec`), when given.
+pub fn run_pycap_in(
+    netns: Option<&str>,
+    url: &str,
+    token: &str,
+    set: PycapSet,
+) -> Result<PycapManifest> {
     let script = crate::python_dir().join("pycap_client.py");
-    let mut cmd = Command::new("python3");
+    let mut cmd = crate::netns::command_in(netns, "python3");
     cmd.arg(&script).arg(url).arg(token);
     match set {
         PycapSet::Full => cmd.args(["--set", "full"]),
@@ -85,6 +94,13 @@ pub fn big_urlencoded_body(token: &str, min_bytes: usize) -> String {
 /// big request body file. Returns the number of API requests made (for cross-checks).
 #[rustfmt::skip]
 pub fn run_curl_set(base: &str, token: &str, dir: &Path) -> Result<usize> {
+    run_curl_set_in(None, base, token, dir)
+}
+
+/// [`run_curl_set`] inside network namespace `netns`, when given.
+#[rustfmt::skip]
+pub fn run_curl_set_in(netns: Option<&str>, base: &str, token: &str, dir: &Path) -> Result<usize> {
+    let curl = |args: &[&str]| curl_in(netns, args);
     let api = format!("{base}/redcap/api/");
     let big = dir.join("big-body.txt");
     std::fs::write(&big, big_urlencoded_body(token, 80 * 1024))?;
@@ -124,8 +140,9 @@ pub fn run_curl_set(base: &str, token: &str, dir: &Path) -> Result<usize> {
     Ok(6)
 }
 
-fn curl(args: &[&str]) -> Result<()> {
-    let out = Command::new("curl")
+/// Runs curl (inside `netns` when given) and fails on a non-zero exit.
+pub fn curl_in(netns: Option<&str>, args: &[&str]) -> Result<()> {
+    let out = crate::netns::command_in(netns, "curl")
         .args(args)
         .output()
         .context("running curl")?;

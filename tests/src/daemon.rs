@@ -201,3 +201,77 @@ pub fn fingerprints(key: &Path, tokens: &[&str]) -> Result<Vec<String>> {
     }
     Ok(fps)
 }
+
+/// `redcap-monitor run` as a child process (inside a network namespace when given); stopped
+/// with SIGTERM by [`LiveDaemon::stop`], killed on drop.
+pub struct LiveDaemon {
+    child: Option<std::process::Child>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl LiveDaemon {
+    /// Starts `run --config CONFIG --key KEY` and returns once it says which capture it uses.
+    pub fn start(netns: Option<&str>, config: &Path, key: &Path) -> Result<LiveDaemon> {
+        use std::io::{BufRead, BufReader};
+        let mut child = crate::netns::command_in(netns, &monitor_bin()?.to_string_lossy())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--key")
+            .arg(key)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting redcap-monitor run")?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("capturing with") {
+                    let _ = ready_tx.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let mut daemon = LiveDaemon {
+            child: Some(child),
+            stderr: Some(reader),
+        };
+        if ready_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .is_err()
+        {
+            let (status, text) = daemon.stop()?;
+            bail!("redcap-monitor run did not start capturing ({status}): {text}");
+        }
+        Ok(daemon)
+    }
+
+    /// SIGTERM, then waits; returns the exit status and everything it logged.
+    pub fn stop(&mut self) -> Result<(std::process::ExitStatus, String)> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().context("waiting for redcap-monitor run")?;
+        let text = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        Ok((status, text))
+    }
+}
+
+impl Drop for LiveDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -20,6 +20,12 @@ pub struct SimOptions {
     pub file_size: Option<usize>,
     /// Where the JSONL request log goes; required to call `log()`.
     pub log: Option<PathBuf>,
+    /// Network namespace to run in (`ip netns exec`); default the test's own.
+    pub netns: Option<String>,
+    /// Address to listen on (default 127.0.0.1).
+    pub bind: Option<String>,
+    /// Port to listen on (default: a free one).
+    pub port: Option<u16>,
 }
 
 /// One request the simulator answered (one line of its `--log`).
@@ -58,9 +64,13 @@ pub struct Simulator {
 impl Simulator {
     pub fn start(opts: &SimOptions) -> Result<Simulator> {
         let script = crate::python_dir().join("redcap_sim.py");
-        let mut cmd = Command::new("python3");
+        let mut cmd = crate::netns::command_in(opts.netns.as_deref(), "python3");
+        let port = opts.port.unwrap_or(0).to_string();
         cmd.arg(&script)
-            .args(["--port", "0", "--tokens", &opts.tokens.join(",")]);
+            .args(["--port", &port, "--tokens", &opts.tokens.join(",")]);
+        if let Some(bind) = &opts.bind {
+            cmd.arg("--bind").arg(bind);
+        }
         for (token, n) in &opts.project_sizes {
             cmd.arg("--project-size").arg(format!("{token}={n}"));
         }

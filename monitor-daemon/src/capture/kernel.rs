@@ -402,7 +402,7 @@ fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
     Ok(())
 }
 
-fn interface_exists(interface: &str) -> bool {
+pub(crate) fn interface_exists(interface: &str) -> bool {
     let Ok(name) = std::ffi::CString::new(interface) else {
         return false;
     };

@@ -1,13 +1,15 @@
-//! Capture sources: pcap/pcapng files read offline, and the kernel probe read live.
+//! Capture sources: pcap/pcapng files read offline, and the kernel probe or libpcap read live.
 //!
 //! [`CaptureFile`] maps a file into memory and yields [`Frame`]s that borrow from the map;
 //! [`decode`] turns a frame into a [`TcpSegment`](crate::model::TcpSegment) borrowing the same
 //! bytes, counting every frame it cannot use in [`DecodeStats`]. Neither allocates per packet,
-//! and nothing here knows about TCP state or anything after it.
+//! and nothing here knows about TCP state or anything after it. [`live_pcap`] copies each live
+//! frame once, to hand it across threads.
 
 mod decode;
 mod file;
 pub mod kernel;
+pub mod live_pcap;
 
 pub use decode::{DecodeStats, decode};
 pub use file::{CaptureError, CaptureFile, Frame, Frames, LinkType};

@@ -1,0 +1,93 @@
+//! Network namespaces for tests that need a real link: a pair joined by a veth, deleted on drop
+//! (also when the test panics), and commands run inside one with `ip netns exec`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// `program`, run inside `netns` when given (`ip netns exec` execs it: the pid is the program's).
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A server and a client namespace joined by a veth pair, with IPv4 addresses
+/// `10.<subnet>.0.1` (server) and `10.<subnet>.0.2` (client).
+pub struct NamespacePair {
+    pub server_ns: String,
+    pub client_ns: String,
+    /// The server side of the veth, inside `server_ns`.
+    pub server_if: String,
+    pub server_ip: String,
+    pub client_ip: String,
+}
+
+impl NamespacePair {
+    pub fn create(subnet: u8) -> Result<NamespacePair> {
+        // Unique per process and call, short enough for 15-byte interface names.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{:x}{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pair = NamespacePair {
+            server_ns: format!("rcm-ls-{tag}"),
+            client_ns: format!("rcm-lc-{tag}"),
+            server_if: format!("rls{tag}"),
+            server_ip: format!("10.{subnet}.0.1"),
+            client_ip: format!("10.{subnet}.0.2"),
+        };
+        let client_if = format!("rlc{tag}");
+        run(&["netns", "add", &pair.server_ns])?;
+        run(&["netns", "add", &pair.client_ns])?;
+        run(&[
+            "link",
+            "add",
+            &pair.server_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+        ])?;
+        run(&["link", "set", &pair.server_if, "netns", &pair.server_ns])?;
+        run(&["link", "set", &client_if, "netns", &pair.client_ns])?;
+        for (ns, ifname, ip) in [
+            (&pair.server_ns, &pair.server_if, &pair.server_ip),
+            (&pair.client_ns, &client_if, &pair.client_ip),
+        ] {
+            run(&["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+            run(&["-n", ns, "link", "set", ifname, "up"])?;
+            run(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth, and with it the pair.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip (iproute2)")?;
+    if !status.success() {
+        bail!("ip {args:?} failed: {status}");
+    }
+    Ok(())
+}
