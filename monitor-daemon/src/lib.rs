@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod reassembly;
 pub mod redcap;
+pub mod store;
 pub mod token;
 
 /// The kernel programs, built by build.rs through aya-build.
