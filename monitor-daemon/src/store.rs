@@ -1037,7 +1037,10 @@ mod tests {
         let store = open(&dir);
         let s = suspension(fp(1), Some(T0.plus(HOUR)));
         let seq = store.suspend(&s).unwrap();
-        assert_eq!(store.active_suspensions(T0).unwrap(), std::slice::from_ref(&s));
+        assert_eq!(
+            store.active_suspensions(T0).unwrap(),
+            std::slice::from_ref(&s)
+        );
         assert_eq!(store.suspension(fp(1), T0).unwrap(), Some(s.clone()));
         assert_eq!(store.active_suspensions(T0.plus(HOUR)).unwrap(), []);
         assert_eq!(store.suspension(fp(1), T0.plus(HOUR)).unwrap(), None);
