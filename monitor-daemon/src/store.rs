@@ -368,26 +368,26 @@ impl Store {
         self.read(|txn| {
             let audit = txn.open_table(AUDIT)?;
             let since = since.unwrap_or_default();
-            let mut seqs = Vec::new();
-            if let Some(token) = token {
-                let index = txn.open_table(AUDIT_BY_TOKEN)?;
-                for row in index.range((token.0, 0)..=(token.0, u64::MAX))?.rev() {
-                    if seqs.len() >= limit {
-                        break;
-                    }
-                    seqs.push(row?.0.value().1);
+            // Newest first through an index, so that the limit keeps the newest records.
+            let seqs: Vec<u64> = match token {
+                Some(token) => {
+                    let index = txn.open_table(AUDIT_BY_TOKEN)?;
+                    let rows = index.range((token.0, 0)..=(token.0, u64::MAX))?.rev();
+                    rows.map(|row| row.map(|(k, _)| k.value().1))
+                        .collect::<Result<_, _>>()?
                 }
-            } else {
-                let index = txn.open_table(AUDIT_BY_TIME)?;
-                for row in index.range((since.0, 0)..)?.rev() {
-                    if seqs.len() >= limit {
-                        break;
-                    }
-                    seqs.push(row?.0.value().1);
+                None => {
+                    let index = txn.open_table(AUDIT_BY_TIME)?;
+                    let rows = index.range((since.0, 0)..)?.rev().take(limit);
+                    rows.map(|row| row.map(|(k, _)| k.value().1))
+                        .collect::<Result<_, _>>()?
                 }
-            }
-            let mut records = Vec::with_capacity(seqs.len());
+            };
+            let mut records = Vec::new();
             for seq in seqs {
+                if records.len() >= limit {
+                    break;
+                }
                 if let Some(bytes) = audit.get(seq)? {
                     let record: AuditRecord = decode(bytes.value(), "audit")?;
                     if record.entry.ts >= since {
