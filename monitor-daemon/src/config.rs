@@ -23,6 +23,7 @@ pub struct Config {
     pub health: crate::health::HealthConfig,
     pub enforcement: crate::policy::enforce::EnforcementConfig,
     pub output: OutputConfig,
+    pub store: StoreConfig,
 }
 
 /// Where the site's secrets live.
@@ -261,6 +262,28 @@ pub enum CallClass {
     Heavy,
 }
 
+/// The durable state: suspensions, audit log, alert outbox, tokens first/last seen.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The store file; its directory is created with mode 0700 and the file with 0600.
+    pub path: PathBuf,
+    /// Audit records (and tokens not seen) older than this are pruned.
+    pub audit_retention: Duration,
+    /// Most alerts waiting for delivery; past it the oldest is dropped (and audited).
+    pub max_outbox: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/redcap-monitor/state.redb"),
+            audit_retention: Duration(Span::from_secs(90 * 86_400)),
+            max_outbox: 10_000,
+        }
+    }
+}
+
 /// A duration written like `90s`, `5m`, `2h`, `1d`, `250ms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Duration(pub Span);
@@ -447,6 +470,15 @@ impl Config {
             if value == 0 {
                 return Err((key.into(), "must be at least 1".into()));
             }
+        }
+        if self.store.audit_retention.span().0 == 0 {
+            return Err((
+                "store.audit_retention".into(),
+                "must be longer than zero, e.g. `90d`".into(),
+            ));
+        }
+        if self.store.max_outbox == 0 {
+            return Err(("store.max_outbox".into(), "must be at least 1".into()));
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reassembly;
 pub mod redcap;
 pub mod run;
+pub mod store;
 pub mod token;
 
 /// The kernel programs, built by build.rs through aya-build.

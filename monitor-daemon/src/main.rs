@@ -1,5 +1,7 @@
 //! The `redcap-monitor` command line: the edge where files, stdin and stdout live.
 
+mod admin;
+
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,14 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Prints the audit log: violations, decisions, suspensions, lifts, hook results, alerts.
+    Audit(admin::AuditArgs),
+    /// Lists the suspensions in force.
+    Suspensions(admin::SuspensionsArgs),
+    /// Suspends a token by hand, by its fingerprint (writes an audit record).
+    Suspend(admin::SuspendArgs),
+    /// Lifts a token's suspension by hand (writes an audit record).
+    Lift(admin::LiftArgs),
 }
 
 fn main() -> ExitCode {
@@ -140,6 +150,10 @@ fn main() -> ExitCode {
             };
             fingerprint_stdin(&key)
         }
+        Command::Audit(args) => admin::audit(args),
+        Command::Suspensions(args) => admin::suspensions(args),
+        Command::Suspend(args) => admin::suspend(args),
+        Command::Lift(args) => admin::lift(args),
     }
 }
 
