@@ -90,6 +90,8 @@ pub struct OutputConfig {
     pub calls: Option<PathBuf>,
     /// Violation records (JSONL, appended); `-` for stdout; absent for none.
     pub violations: Option<PathBuf>,
+    /// Enforcement decisions (JSONL, appended); `-` for stdout; absent for none.
+    pub decisions: Option<PathBuf>,
     /// A JSON object with every counter, replaced each `stats_interval` and at exit.
     pub stats: Option<PathBuf>,
     /// How often the counters are logged (and the stats file rewritten).
@@ -101,6 +103,7 @@ impl Default for OutputConfig {
         Self {
             calls: None,
             violations: None,
+            decisions: None,
             stats: None,
             stats_interval: Duration(Span::from_secs(60)),
         }

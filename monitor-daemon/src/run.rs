@@ -331,8 +331,15 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
         }
     }
     // The stages' counters have no stable JSON shape yet; their Debug form is what
-    // `analyze` prints too.
+    // `analyze` prints too. The problems are structured: `status` reads them.
     let stats = pipeline.stats();
+    value["problems"] = stats
+        .problems()
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), serde_json::Value::from(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    value["degraded"] = pipeline.health().is_degraded().into();
     value["pipeline"] = serde_json::json!({
         "decode": format!("{:?}", stats.decode),
         "reassembly": format!("{:?}", stats.reassembly),
@@ -346,6 +353,7 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
 struct Records {
     calls: Option<Output>,
     violations: Option<Output>,
+    decisions: Option<Output>,
     stats: Option<PathBuf>,
     calls_written: u64,
     violations_written: u64,
@@ -364,6 +372,11 @@ impl Records {
             calls: output.calls.as_deref().map(Output::append).transpose()?,
             violations: output
                 .violations
+                .as_deref()
+                .map(Output::append)
+                .transpose()?,
+            decisions: output
+                .decisions
                 .as_deref()
                 .map(Output::append)
                 .transpose()?,
@@ -394,6 +407,11 @@ impl Records {
                 self.violations_written += 1;
             }
         }
+        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision)
+            && let Err(err) = decisions.line(decision)
+        {
+            self.error = Some(err);
+        }
     }
 
     fn check(&mut self) -> Result<(), RunError> {
@@ -401,7 +419,8 @@ impl Records {
     }
 
     fn flush(&mut self) -> Result<(), RunError> {
-        for output in self.calls.iter_mut().chain(self.violations.iter_mut()) {
+        let outputs = self.calls.iter_mut().chain(self.violations.iter_mut());
+        for output in outputs.chain(self.decisions.iter_mut()) {
             output.out.flush().map_err(|source| RunError::Write {
                 path: output.path.clone(),
                 source,
