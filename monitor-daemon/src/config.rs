@@ -24,6 +24,8 @@ pub struct Config {
     pub enforcement: crate::policy::enforce::EnforcementConfig,
     pub output: OutputConfig,
     pub store: StoreConfig,
+    pub alerts: AlertsConfig,
+    pub hooks: HooksConfig,
 }
 
 /// Where the site's secrets live.
@@ -482,6 +484,280 @@ impl Config {
         }
         if self.store.max_outbox == 0 {
             return Err(("store.max_outbox".into(), "must be at least 1".into()));
+        }
+        self.alerts.validate()?;
+        self.hooks.validate()?;
+        Ok(())
+    }
+}
+
+/// Alert webhooks to the admin team.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Repeated alerts for one token and rule within this time are counted, not sent; the next
+    /// one sent says how many it stands for.
+    pub cooldown: Duration,
+    /// Attempts per alert and sink before it is given up (recorded).
+    pub max_attempts: u32,
+    /// Retry delays grow from `backoff_base` doubling up to `backoff_cap`, with full jitter.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Time allowed for one delivery attempt (connect, send, answer).
+    pub request_timeout: Duration,
+    /// Undelivered alerts held at most; past it new alerts are refused (counted).
+    pub max_queued: usize,
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            cooldown: Duration(Span::from_secs(15 * 60)),
+            max_attempts: 12,
+            backoff_base: Duration(Span::from_secs(1)),
+            backoff_cap: Duration(Span::from_secs(10 * 60)),
+            request_timeout: Duration(Span::from_secs(10)),
+            max_queued: 10_000,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// One webhook that receives alerts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Names the sink in logs and delivery records (the URL itself is a secret).
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: WebhookUrl,
+    /// `generic` only: a file holding the Standard Webhooks secret, `whsec_<base64>`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Which alerts go to this sink; all of them when absent.
+    #[serde(default = "crate::alerts::AlertKind::all")]
+    pub events: Vec<crate::alerts::AlertKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// Slack incoming webhook: Block Kit blocks with a `text` fallback.
+    Slack,
+    /// Microsoft Teams Workflows webhook: a message with an Adaptive Card.
+    Teams,
+    /// Any HTTP endpoint: a JSON envelope signed with the Standard Webhooks headers.
+    Generic,
+}
+
+/// A webhook URL. Slack and Teams URLs carry their credential, so `Debug` shows only the
+/// scheme and host.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(pub String);
+
+impl WebhookUrl {
+    /// `scheme://host[:port]`, safe to log.
+    pub fn origin(&self) -> &str {
+        let after_scheme = self.0.find("://").map_or(0, |i| i + 3);
+        let end = self.0[after_scheme..]
+            .find(['/', '?', '#'])
+            .map_or(self.0.len(), |i| after_scheme + i);
+        // Userinfo (`user:pass@host`) is a credential too.
+        match self.0[after_scheme..end].rfind('@') {
+            Some(_) => &self.0[..after_scheme],
+            None => &self.0[..end],
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let host = self
+            .0
+            .strip_prefix("https://")
+            .or_else(|| self.0.strip_prefix("http://"))
+            .ok_or("must start with https:// (or http://)")?;
+        if host.is_empty() || host.starts_with('/') {
+            return Err("names no host".into());
+        }
+        if self.0.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not contain spaces or control characters".into());
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({}/…)", self.origin())
+    }
+}
+
+impl AlertsConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let positive = [
+            ("alerts.max_attempts", self.max_attempts as usize),
+            ("alerts.max_queued", self.max_queued),
+            ("alerts.backoff_base", self.backoff_base.span().0 as usize),
+            (
+                "alerts.request_timeout",
+                self.request_timeout.span().0 as usize,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key.into(), "must be more than zero".into()));
+            }
+        }
+        if self.backoff_cap.span() < self.backoff_base.span() {
+            return Err((
+                "alerts.backoff_cap".into(),
+                "must be at least alerts.backoff_base".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = |field: &str| format!("alerts.sinks[{i}].{field}");
+            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
+                return Err((
+                    key("name"),
+                    "must be a non-empty name unique among the sinks".into(),
+                ));
+            }
+            sink.url.check().map_err(|message| (key("url"), message))?;
+            match (sink.kind, &sink.secret_file) {
+                (SinkKind::Generic, None) => {
+                    return Err((
+                        key("secret_file"),
+                        "is required for a generic sink: a file holding `whsec_<base64>`".into(),
+                    ));
+                }
+                (SinkKind::Slack | SinkKind::Teams, Some(_)) => {
+                    return Err((
+                        key("secret_file"),
+                        "applies only to generic sinks (Slack and Teams URLs carry their own secret)"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+            if sink.events.is_empty() {
+                return Err((
+                    key("events"),
+                    "is empty: leave it out to receive every alert".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Programs and URLs told about suspensions and lifts.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Run, in order, when a token is suspended.
+    pub suspend: Vec<HookConfig>,
+    /// Run, in order, when a suspension is lifted (by expiry or by hand).
+    pub lift: Vec<HookConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Names the hook in outcome records.
+    pub name: String,
+    pub kind: HookKind,
+    /// `exec`: the program to run (an absolute path; no shell is involved).
+    #[serde(default)]
+    pub program: Option<PathBuf>,
+    /// `exec`: its arguments, with placeholders `{fingerprint}`, `{masked}`, `{action}`,
+    /// `{until}`, `{reason}`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// `http`: where the event is POSTed as JSON.
+    #[serde(default)]
+    pub url: Option<WebhookUrl>,
+    /// After this the program is killed (with its process group) or the request abandoned.
+    #[serde(default = "HookConfig::default_timeout")]
+    pub timeout: Duration,
+    /// `exec` only: add the raw token to the JSON on stdin (never argv or the environment).
+    #[serde(default)]
+    pub pass_raw_token: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKind {
+    Exec,
+    Http,
+}
+
+impl HookConfig {
+    fn default_timeout() -> Duration {
+        Duration(Span::from_secs(30))
+    }
+}
+
+impl HooksConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (list, hooks) in [("suspend", &self.suspend), ("lift", &self.lift)] {
+            let mut names = std::collections::HashSet::new();
+            for (i, hook) in hooks.iter().enumerate() {
+                let key = |field: &str| format!("hooks.{list}[{i}].{field}");
+                if hook.name.is_empty() || !names.insert(hook.name.as_str()) {
+                    return Err((
+                        key("name"),
+                        format!("must be a non-empty name unique among hooks.{list}"),
+                    ));
+                }
+                if hook.timeout.span().0 == 0 {
+                    return Err((
+                        key("timeout"),
+                        "must be longer than zero, e.g. `30s`".into(),
+                    ));
+                }
+                match hook.kind {
+                    HookKind::Exec => {
+                        match &hook.program {
+                            Some(p) if p.is_absolute() => {}
+                            _ => {
+                                return Err((
+                                    key("program"),
+                                    "an exec hook needs the absolute path of a program".into(),
+                                ));
+                            }
+                        }
+                        if hook.url.is_some() {
+                            return Err((key("url"), "applies only to http hooks".into()));
+                        }
+                        for (j, arg) in hook.args.iter().enumerate() {
+                            crate::hooks::check_template(arg)
+                                .map_err(|message| (key(&format!("args[{j}]")), message))?;
+                        }
+                    }
+                    HookKind::Http => {
+                        let url = hook.url.as_ref().ok_or_else(|| {
+                            (key("url"), "an http hook needs a url to POST to".into())
+                        })?;
+                        url.check().map_err(|message| (key("url"), message))?;
+                        if hook.program.is_some() || !hook.args.is_empty() {
+                            return Err((
+                                key("program"),
+                                "program and args apply only to exec hooks".into(),
+                            ));
+                        }
+                        if hook.pass_raw_token {
+                            return Err((
+                                key("pass_raw_token"),
+                                "applies only to exec hooks: the raw token is only ever written \
+                                 to a program's stdin"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -5,10 +5,12 @@
 //! settings. [`pipeline`] wires the stages together; the binary's commands are the edges that do
 //! I/O. Every stage is sans-IO: it is driven by the timestamps it is given.
 
+pub mod alerts;
 pub mod analyze;
 pub mod capture;
 pub mod config;
 pub mod health;
+pub mod hooks;
 pub mod http;
 pub mod model;
 pub mod output;

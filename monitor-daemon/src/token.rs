@@ -174,6 +174,13 @@ impl RawToken {
     fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The token's characters (upper-cased ASCII) for the one sanctioned exit: the stdin of a
+    /// suspension hook configured with `pass_raw_token = true` (see `hooks`). Never for argv,
+    /// the environment, logs or records.
+    pub(crate) fn expose_for_hook(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl SiteKey {
