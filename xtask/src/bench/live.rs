@@ -1,0 +1,127 @@
+//! The live bench: what the attached probe costs nginx under wrk, in namespaces it creates and
+//! removes. The measuring is done by the `live-overhead` binary (monitor-tests, built in
+//! release), which prints one JSON object; this module runs it, prints the table and the goals,
+//! and writes `target/bench/live.json`.
+
+use std::process::Stdio;
+
+use super::{output_path, write_report};
+use crate::{Failure, Result, process};
+
+/// Attached throughput must stay at or above this share of the detached throughput...
+const GOAL_ATTACHED_OVER_DETACHED: f64 = 0.98;
+/// ...with no event lost (ring full, truncated copy, flow table full).
+const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
+
+pub(super) fn run() -> Result<()> {
+    if !process::is_root() {
+        return Err(Failure::new(
+            "bench live creates network namespaces and loads eBPF programs: run it as root",
+        ));
+    }
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor-tests",
+        "--bin",
+        "live-overhead",
+    ]))?;
+    let program = process::target_dir().join("release").join("live-overhead");
+    println!(
+        "live: nginx in a namespace, wrk -t2 -c32 in another, probe detached/attached alternately"
+    );
+    let mut command = std::process::Command::new(&program);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let output = process::output(&mut command)?;
+    let json = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(Failure::new(format!(
+            "`{}` failed ({})",
+            process::describe(&command),
+            output.status
+        )));
+    }
+    let field = |key: &str| {
+        json_field(&json, key).ok_or_else(|| {
+            Failure::new(format!(
+                "live-overhead's report has no number `{key}`:\n{json}"
+            ))
+        })
+    };
+
+    println!(
+        "  {:<16} {:>11} {:>10} {:>10}",
+        "", "requests/s", "p50 ms", "p99 ms"
+    );
+    for side in ["detached", "attached"] {
+        println!(
+            "  {:<16} {:>11.0} {:>10.3} {:>10.3}",
+            format!("probe {side}"),
+            field(&format!("{side}_requests_per_s"))?,
+            field(&format!("{side}_p50_us"))? / 1000.0,
+            field(&format!("{side}_p99_us"))? / 1000.0,
+        );
+    }
+    let ratio = field("attached_over_detached")?;
+    println!(
+        "  attached / detached {:>6.1}%  goal: at least {:.0}%  {}",
+        ratio * 100.0,
+        GOAL_ATTACHED_OVER_DETACHED * 100.0,
+        verdict(ratio >= GOAL_ATTACHED_OVER_DETACHED)
+    );
+    let mut lost = 0.0;
+    let mut counters = Vec::new();
+    for key in LOSS_COUNTERS {
+        let value = field(key)?;
+        lost += value;
+        counters.push(format!("{key} {value}"));
+    }
+    println!(
+        "  kernel loss counters: {}  goal: all zero  {}",
+        counters.join(", "),
+        verdict(lost == 0.0)
+    );
+    let requests = field("attached_requests")?;
+    let calls = field("calls_seen")?;
+    println!(
+        "  attached runs: wrk completed {requests} requests; the pipeline saw {calls} calls \
+         ({} complete; wrk does not count requests in flight when it stops)",
+        field("complete_calls")?
+    );
+    let report = output_path("live.json")?;
+    write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
+    println!("  written to {}", process::shown(&report));
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// The number after `"key": ` in a flat JSON object (xtask has no JSON parser on purpose; the
+/// report's summary keys are unique).
+fn json_field(json: &str, key: &str) -> Option<f64> {
+    let pattern = format!("\"{key}\": ");
+    let start = json.find(&pattern)? + pattern.len();
+    let rest = json.get(start..)?;
+    let end = rest
+        .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_field_reads_numbers_by_key_and_not_by_prefix() {
+        let json = "{\n  \"ring_full\": 0,\n  \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
+        assert_eq!(json_field(json, "ring_full"), Some(0.0));
+        assert_eq!(json_field(json, "ring_full_x"), Some(5.0));
+        assert_eq!(json_field(json, "ratio"), Some(0.991));
+        assert_eq!(json_field(json, "missing"), None);
+        assert_eq!(json_field("{\"a\": null}", "a"), None);
+    }
+}
