@@ -1,8 +1,9 @@
 //! `live-overhead`: what the live probe costs a busy web server. nginx in one network namespace
-//! answers `POST /api/`, wrk in another drives it over a veth pair; runs alternate between the
-//! probe detached and the probe attached to the server's veth (drained on a thread into a real
-//! pipeline, as the daemon does). Prints one JSON object on stdout: every run, the means, the
-//! attached/detached ratio, the kernel's loss counters and the calls the pipeline saw.
+//! answers `POST /api/`, wrk in another drives it over a veth pair; each round runs every
+//! [`Setup`] in turn: the probe detached; attached with its events read and discarded (the
+//! kernel's and the ring's cost alone); attached and drained into a real pipeline as the daemon
+//! does, woken per event and in 10 ms batches. Prints one JSON object on stdout: every run, the
+//! means per setup, the ratios to detached, the kernel's loss counters and the calls seen.
 //!
 //! Needs root (namespaces, eBPF), nginx and wrk. Creates and removes everything it uses; touches
 //! no host interface. `cargo xtask bench live` builds and runs it.
@@ -98,22 +99,21 @@ fn main() -> Result<()> {
     wrk(&pair, &script, &options, 2)?;
     let mut runs = Vec::new();
     for round in 1..=options.rounds {
-        for attached in [false, true] {
+        for setup in Setup::ALL {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 bail!("interrupted; namespaces removed");
             }
-            let run = if attached {
-                attached_run(&pair, &script, &options)?
-            } else {
-                Run {
-                    attached: false,
+            let run = match setup {
+                Setup::Detached => Run {
+                    setup,
                     wrk: wrk(&pair, &script, &options, options.duration_s)?,
                     probe: None,
-                }
+                },
+                _ => attached_run(&pair, &script, &options, setup)?,
             };
             eprintln!(
-                "live-overhead: round {round} probe {:<8} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
-                if attached { "attached" } else { "detached" },
+                "live-overhead: round {round} {:<18} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                setup.name(),
                 run.wrk.requests_per_s(),
                 run.wrk.p50_us,
                 run.wrk.p99_us
@@ -152,8 +152,42 @@ struct ProbeResult {
     complete_calls: u64,
 }
 
+/// What is attached to the server's veth during a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Detached,
+    /// The probe attached; its events are read (woken per event) and thrown away.
+    ReadOnly,
+    /// The probe attached; its events go through the pipeline, woken as soon as one arrives.
+    Pipeline,
+    /// The same, but the ring is read every 10 ms instead of on every wake-up.
+    PipelineBatched,
+}
+
+impl Setup {
+    const ALL: [Setup; 4] = [
+        Setup::Detached,
+        Setup::ReadOnly,
+        Setup::Pipeline,
+        Setup::PipelineBatched,
+    ];
+
+    /// The name in the report; `attached` is the daemon's way and the one the goal is for.
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Detached => "detached",
+            Setup::ReadOnly => "attached_read_only",
+            Setup::Pipeline => "attached",
+            Setup::PipelineBatched => "attached_batched",
+        }
+    }
+}
+
+/// How often the batched setup reads the ring.
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
 struct Run {
-    attached: bool,
+    setup: Setup,
     wrk: WrkResult,
     probe: Option<ProbeResult>,
 }
@@ -221,7 +255,12 @@ fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> 
 
 /// One wrk run with a freshly loaded probe attached to the server's veth, every event drained
 /// into a pipeline as the daemon would; the probe is detached (dropped) at the end.
-fn attached_run(pair: &NamespacePair, script: &Path, options: &Options) -> Result<Run> {
+fn attached_run(
+    pair: &NamespacePair,
+    script: &Path,
+    options: &Options,
+    setup: Setup,
+) -> Result<Run> {
     let stop = Arc::new(AtomicBool::new(false));
     let config = ProbeConfig {
         ports: vec![SERVER_PORT],
@@ -237,12 +276,21 @@ fn attached_run(pair: &NamespacePair, script: &Path, options: &Options) -> Resul
                 seen += 1;
                 complete += u64::from(verdict.call.complete);
             };
+            let mut consume = |segment: &redcap_monitor::model::TcpSegment<'_>| {
+                if setup != Setup::ReadOnly {
+                    pipeline.push_segment(segment, &mut count);
+                }
+            };
             while !stop.load(Ordering::Relaxed) {
-                // A poll error (EINTR on Ctrl-C) just means: drain now.
-                let _ = probe.wait_readable(Duration::from_millis(50));
-                probe.drain(&mut |segment| pipeline.push_segment(segment, &mut count));
+                if setup == Setup::PipelineBatched {
+                    thread::sleep(BATCH_INTERVAL);
+                } else {
+                    // A poll error (EINTR on Ctrl-C) just means: drain now.
+                    let _ = probe.wait_readable(Duration::from_millis(50));
+                }
+                probe.drain(&mut consume);
             }
-            probe.drain(&mut |segment| pipeline.push_segment(segment, &mut count));
+            probe.drain(&mut consume);
             pipeline.finish(&mut count);
             let drain = probe.drain_stats();
             ProbeResult {
@@ -262,7 +310,7 @@ fn attached_run(pair: &NamespacePair, script: &Path, options: &Options) -> Resul
         .join()
         .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
     Ok(Run {
-        attached: true,
+        setup,
         wrk: measured?,
         probe: Some(probe),
     })
@@ -373,13 +421,21 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 fn report_json(options: &Options, runs: &[Run]) -> String {
-    let side = |attached: bool| runs.iter().filter(move |r| r.attached == attached);
-    let rps = |attached| mean(side(attached).map(|r| r.wrk.requests_per_s()));
-    let p50 = |attached| mean(side(attached).map(|r| r.wrk.p50_us as f64));
-    let p99 = |attached| mean(side(attached).map(|r| r.wrk.p99_us as f64));
+    let number = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.3}")
+        } else {
+            "null".into()
+        }
+    };
+    let of = |setup: Setup| runs.iter().filter(move |r| r.setup == setup);
+    let rps = |setup| mean(of(setup).map(|r| r.wrk.requests_per_s()));
     let probes: Vec<ProbeResult> = runs.iter().filter_map(|r| r.probe).collect();
     let total = |f: fn(&ProbeResult) -> u64| probes.iter().map(f).sum::<u64>();
-    let attached_requests: u64 = side(true).map(|r| r.wrk.requests).sum();
+    let pipeline_runs = || {
+        runs.iter()
+            .filter(|r| matches!(r.setup, Setup::Pipeline | Setup::PipelineBatched))
+    };
     let errors: u64 = runs
         .iter()
         .map(|r| r.wrk.socket_errors + r.wrk.non_2xx)
@@ -395,9 +451,9 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
     for (i, run) in runs.iter().enumerate() {
         let _ = write!(
             out,
-            "    {{\"probe\": \"{}\", \"requests\": {}, \"requests_per_s\": {:.1}, \"p50_us\": {}, \
-             \"p99_us\": {}, \"errors\": {}",
-            if run.attached { "attached" } else { "detached" },
+            "    {{\"setup\": \"{}\", \"requests\": {}, \"requests_per_s\": {:.1}, \
+             \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}",
+            run.setup.name(),
             run.wrk.requests,
             run.wrk.requests_per_s(),
             run.wrk.p50_us,
@@ -407,56 +463,60 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
         if let Some(p) = run.probe {
             let _ = write!(
                 out,
-                ", \"calls_seen\": {}, \"events\": {}, \"ring_full\": {}",
+                ", \"calls_seen\": {}, \"events\": {}, \"lost_events\": {}",
                 p.calls, p.records, p.counters.ring_full
             );
         }
         out.push_str(if i + 1 < runs.len() { "},\n" } else { "}\n" });
     }
     out.push_str("  ],\n");
-    let number = |v: f64| {
-        if v.is_finite() {
-            format!("{v:.3}")
-        } else {
-            "null".into()
+    let mut summary: Vec<(String, String)> = Vec::new();
+    for setup in Setup::ALL {
+        let name = setup.name();
+        summary.push((format!("{name}_requests_per_s"), number(rps(setup))));
+        summary.push((
+            format!("{name}_p50_us"),
+            number(mean(of(setup).map(|r| r.wrk.p50_us as f64))),
+        ));
+        summary.push((
+            format!("{name}_p99_us"),
+            number(mean(of(setup).map(|r| r.wrk.p99_us as f64))),
+        ));
+        if setup != Setup::Detached {
+            summary.push((
+                format!("{name}_over_detached"),
+                number(rps(setup) / rps(Setup::Detached)),
+            ));
         }
-    };
-    let summary: [(&str, String); 19] = [
-        ("detached_requests_per_s", number(rps(false))),
-        ("attached_requests_per_s", number(rps(true))),
-        ("attached_over_detached", number(rps(true) / rps(false))),
-        ("detached_p50_us", number(p50(false))),
-        ("attached_p50_us", number(p50(true))),
-        ("detached_p99_us", number(p99(false))),
-        ("attached_p99_us", number(p99(true))),
-        ("wrk_errors", errors.to_string()),
-        ("attached_requests", attached_requests.to_string()),
-        ("calls_seen", total(|p| p.calls).to_string()),
-        ("complete_calls", total(|p| p.complete_calls).to_string()),
-        ("events", total(|p| p.records).to_string()),
-        (
-            "malformed_events",
-            total(|p| p.malformed_records).to_string(),
-        ),
-        ("ring_full", total(|p| p.counters.ring_full).to_string()),
-        (
-            "truncated_bytes",
-            total(|p| p.counters.truncated_bytes).to_string(),
-        ),
+    }
+    let requests: u64 = pipeline_runs().map(|r| r.wrk.requests).sum();
+    let calls: u64 = pipeline_runs()
+        .filter_map(|r| r.probe)
+        .map(|p| p.calls)
+        .sum();
+    let complete: u64 = pipeline_runs()
+        .filter_map(|r| r.probe)
+        .map(|p| p.complete_calls)
+        .sum();
+    for (key, value) in [
+        ("wrk_errors", errors),
+        ("pipeline_requests", requests),
+        ("calls_seen", calls),
+        ("complete_calls", complete),
+        ("events", total(|p| p.records)),
+        ("malformed_events", total(|p| p.malformed_records)),
+        ("ring_full", total(|p| p.counters.ring_full)),
+        ("truncated_bytes", total(|p| p.counters.truncated_bytes)),
         (
             "flow_insert_failed",
-            total(|p| p.counters.flow_insert_failed).to_string(),
+            total(|p| p.counters.flow_insert_failed),
         ),
-        (
-            "flows_started",
-            total(|p| p.counters.flows_started).to_string(),
-        ),
-        (
-            "packets_seen",
-            total(|p| p.counters.packets_seen).to_string(),
-        ),
-        ("filtered", total(|p| p.counters.filtered).to_string()),
-    ];
+        ("flows_started", total(|p| p.counters.flows_started)),
+        ("packets_seen", total(|p| p.counters.packets_seen)),
+        ("filtered", total(|p| p.counters.filtered)),
+    ] {
+        summary.push((key.to_owned(), value.to_string()));
+    }
     let fields: Vec<String> = summary
         .iter()
         .map(|(key, value)| format!("  \"{key}\": {value}"))
