@@ -14,9 +14,13 @@ const GOAL_ATTACHED_OVER_DETACHED: f64 = 0.98;
 /// The setups live-overhead measures (its report's key prefixes), as the table names them.
 const SETUPS: &[(&str, &str)] = &[
     ("detached", "probe detached"),
-    ("attached_read_only", "probe attached, events discarded"),
-    ("attached", "probe + pipeline (woken per event)"),
-    ("attached_batched", "probe + pipeline (read every 10 ms)"),
+    ("attached_read_only", "probe, events discarded (per event)"),
+    (
+        "attached_read_only_batched",
+        "probe, events discarded (10 ms)",
+    ),
+    ("attached", "probe + pipeline (per event)"),
+    ("attached_batched", "probe + pipeline (10 ms)"),
 ];
 const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
 
@@ -95,11 +99,11 @@ pub(super) fn run() -> Result<()> {
         verdict(lost == 0.0)
     );
     let requests = field("pipeline_requests")?;
-    let calls = field("calls_seen")?;
+    let calls = field("pipeline_calls_seen")?;
     println!(
         "  pipeline runs: wrk completed {requests} requests; the pipeline saw {calls} calls \
          ({} complete; wrk does not count requests in flight when it stops)",
-        field("complete_calls")?
+        field("pipeline_complete_calls")?
     );
     let report = output_path("live.json")?;
     write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
@@ -111,12 +115,15 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-/// The number after `"key": ` in a flat JSON object (xtask has no JSON parser on purpose; the
-/// report's summary keys are unique).
+/// The number after `"key": ` in the report's summary, which follows the `runs` array (xtask
+/// has no JSON parser on purpose; the summary's keys are unique).
 fn json_field(json: &str, key: &str) -> Option<f64> {
+    let summary = json
+        .rfind(']')
+        .and_then(|end| json.get(end..))
+        .unwrap_or(json);
     let pattern = format!("\"{key}\": ");
-    let start = json.find(&pattern)? + pattern.len();
-    let rest = json.get(start..)?;
+    let rest = summary.get(summary.find(&pattern)? + pattern.len()..)?;
     let end = rest
         .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
         .unwrap_or(rest.len());
@@ -129,7 +136,8 @@ mod tests {
 
     #[test]
     fn json_field_reads_numbers_by_key_and_not_by_prefix() {
-        let json = "{\n  \"ring_full\": 0,\n  \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
+        let json = "{\n  \"runs\": [{\"ring_full\": 7}],\n  \"ring_full\": 0,\n  \
+                    \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
         assert_eq!(json_field(json, "ring_full"), Some(0.0));
         assert_eq!(json_field(json, "ring_full_x"), Some(5.0));
         assert_eq!(json_field(json, "ratio"), Some(0.991));
