@@ -112,7 +112,7 @@ fn main() -> Result<()> {
                 _ => attached_run(&pair, &script, &options, setup)?,
             };
             eprintln!(
-                "live-overhead: round {round} {:<18} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                "live-overhead: round {round} {:<26} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
                 setup.name(),
                 run.wrk.requests_per_s(),
                 run.wrk.p50_us,
