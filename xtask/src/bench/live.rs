@@ -8,9 +8,11 @@ use std::process::Stdio;
 use super::{output_path, write_report};
 use crate::{Failure, Result, process};
 
-/// Attached throughput must stay at or above this share of the detached throughput...
+/// The probe + pipeline's throughput must stay at or above this share of the detached one...
 const GOAL_ATTACHED_OVER_DETACHED: f64 = 0.98;
 /// ...with no event lost (ring full, truncated copy, flow table full).
+const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
+
 /// The setups live-overhead measures (its report's key prefixes), as the table names them.
 const SETUPS: &[(&str, &str)] = &[
     ("detached", "probe detached"),
@@ -22,7 +24,6 @@ const SETUPS: &[(&str, &str)] = &[
     ("attached", "probe + pipeline (per event)"),
     ("attached_batched", "probe + pipeline (10 ms)"),
 ];
-const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
 
 pub(super) fn run() -> Result<()> {
     if !process::is_root() {
