@@ -1,7 +1,8 @@
 //! End-to-end harness for redcap-monitor: a REDCap simulator, real clients (PyCap, curl), a
 //! tcpdump capture, the daemon's `analyze`/`fingerprint` commands, and a pcap synthesiser.
 //! Each piece is a small handle that cleans up on drop; tests combine them in a few lines.
-//! This crate never looks inside the daemon: it speaks only the CLI and JSONL contract.
+//! This library never looks inside the daemon: it speaks only the CLI and JSONL contract (the
+//! `live-overhead` bench binary alone links the daemon's library, to drive the probe itself).
 
 pub mod capture;
 pub mod clients;

@@ -3,6 +3,7 @@
 //! table and writes `target/bench/<name>.json`; this module holds what they share (selection,
 //! best-of-N timing, JSON output).
 
+mod live;
 mod offline;
 
 use std::{
@@ -26,11 +27,17 @@ struct Bench {
     run: fn() -> Result<()>,
 }
 
-/// The benches, in the order `all` runs them. Later: live overhead under wrk, the policy stage.
-const BENCHES: &[Bench] = &[Bench {
-    name: "offline",
-    run: offline::run,
-}];
+/// The benches, in the order `all` runs them. Later: the policy stage.
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "offline",
+        run: offline::run,
+    },
+    Bench {
+        name: "live",
+        run: live::run,
+    },
+];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let selected = select(args)?;

@@ -1,0 +1,257 @@
+//! What the real-kernel tests share: the root check, a pair of network namespaces joined by a
+//! veth, a logging HTTP test server, and a probe loaded and attached inside the server's
+//! namespace on its own thread. Everything created here is removed on drop, also on panic.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+
+use redcap_monitor::capture::kernel::{KernelProbe, ProbeConfig};
+
+pub const SERVER_IP: &str = "10.203.0.1";
+pub const CLIENT_IP: &str = "10.203.0.2";
+pub const SERVER_IP6: &str = "fd00:203::1";
+pub const CLIENT_IP6: &str = "fd00:203::2";
+pub const SERVER_PORT: u16 = 8080;
+
+/// Returns false (after saying why) when the test must be skipped; panics when it may not be.
+pub fn have_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("REDCAP_MONITOR_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: needs root (REDCAP_MONITOR_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "this test loads eBPF programs and creates network namespaces: run it as root, \
+         or set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip it"
+    );
+}
+
+pub fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+/// Two namespaces joined by a veth pair; deleted on drop, also when the test panics.
+pub struct NamespacePair {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub server_if: String,
+}
+
+impl NamespacePair {
+    pub fn create() -> NamespacePair {
+        // Unique per run and per test, short enough for 15-byte interface names.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{:x}{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pair = NamespacePair {
+            server_ns: format!("rcm-s-{tag}"),
+            client_ns: format!("rcm-c-{tag}"),
+            server_if: format!("rcs{tag}"),
+        };
+        let client_if = format!("rcc{tag}");
+        run("ip", &["netns", "add", &pair.server_ns]);
+        run("ip", &["netns", "add", &pair.client_ns]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &pair.server_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+            ],
+        );
+        run(
+            "ip",
+            &["link", "set", &pair.server_if, "netns", &pair.server_ns],
+        );
+        run("ip", &["link", "set", &client_if, "netns", &pair.client_ns]);
+        for (ns, ifname, ip, ip6) in [
+            (&pair.server_ns, &pair.server_if, SERVER_IP, SERVER_IP6),
+            (&pair.client_ns, &client_if, CLIENT_IP, CLIENT_IP6),
+        ] {
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname],
+            );
+            // nodad: usable at once, without waiting for duplicate address detection.
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{ip6}/64"),
+                    "dev",
+                    ifname,
+                    "nodad",
+                ],
+            );
+            run("ip", &["-n", ns, "link", "set", ifname, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// `program` run inside namespace `ns`.
+    pub fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth pair with it.
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTP/1.1 keep-alive server that logs every exchange as JSON (client port, method, path,
+/// the raw request and response bytes) before answering, so the test knows exactly what crossed
+/// the wire. API paths get a JSON answer of argv[3] bytes (pages a tiny one).
+const SERVER_PY: &str = r#"
+import json, socket, sys, threading
+log = open(sys.argv[1], "a", buffering=1)
+api_body = b'{"data":"' + b"x" * max(0, int(sys.argv[3]) - 11) + b'"}'
+lock = threading.Lock()
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("::", int(sys.argv[2])))
+srv.listen(256)
+print("ready", flush=True)
+def handle(conn, addr):
+    buf = b""
+    with conn:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            method, path, _ = lines[0].split(b" ", 2)
+            length = 0
+            for line in lines[1:]:
+                key, _, value = line.partition(b":")
+                if key.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(rest) < length:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                rest += data
+            request = head + b"\r\n\r\n" + rest[:length]
+            buf = rest[length:]
+            if b"/api/" in path or b"/API/" in path:
+                body = api_body
+            else:
+                body = b'{"page":true}'
+            response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            with lock:
+                log.write(json.dumps({"client_port": addr[1], "method": method.decode(),
+                    "path": path.decode(), "request": request.hex(), "response": response.hex()}) + "\n")
+            conn.sendall(response)
+while True:
+    conn, addr = srv.accept()
+    threading.Thread(target=handle, args=(conn, addr), daemon=True).start()
+"#;
+
+/// The logging test server on [`SERVER_PORT`] in the server namespace, answering API calls with
+/// `api_response_bytes` of JSON; returns once it listens.
+pub fn start_server(pair: &NamespacePair, log: &Path, api_response_bytes: usize) -> Running {
+    let mut child = pair
+        .exec(&pair.server_ns, "python3")
+        .args(["-c", SERVER_PY])
+        .arg(log)
+        .arg(SERVER_PORT.to_string())
+        .arg(api_response_bytes.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the test server");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let server = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reading the server's ready line");
+    assert_eq!(line.trim(), "ready", "the test server did not start");
+    server
+}
+
+/// Loads the probe, attaches it to the server's veth from a thread that has entered the server's
+/// namespace (aya attaches by interface name in the caller's namespace), then hands it to `body`
+/// on that thread. Returns once the probe is attached; panics if it could not be.
+pub fn spawn_attached_probe<T: Send + 'static>(
+    pair: &NamespacePair,
+    config: ProbeConfig,
+    body: impl FnOnce(KernelProbe) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let netns = format!("/var/run/netns/{}", pair.server_ns);
+    let interface = pair.server_if.clone();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let handle = thread::spawn(move || {
+        enter_netns(&netns);
+        let probe = match KernelProbe::load(&config).and_then(|mut probe| {
+            probe.attach(&interface)?;
+            Ok(probe)
+        }) {
+            Ok(probe) => probe,
+            Err(err) => {
+                let _ = ready_tx.send(Err(err.to_string()));
+                panic!("probe: {err}");
+            }
+        };
+        ready_tx.send(Ok(())).expect("test thread waits");
+        body(probe)
+    });
+    match ready_rx.recv() {
+        Ok(Ok(())) => handle,
+        Ok(Err(err)) => panic!("the probe did not start: {err}"),
+        Err(_) => panic!("the probe thread died: {:?}", handle.join().err()),
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) {
+    let file = std::fs::File::open(path).unwrap_or_else(|err| panic!("{path}: {err}"));
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid namespace fd; setns affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}

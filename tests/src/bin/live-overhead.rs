@@ -1,0 +1,531 @@
+//! `live-overhead`: what the live probe costs a busy web server. nginx in one network namespace
+//! answers `POST /api/`, wrk in another drives it over a veth pair; each round runs every
+//! [`Setup`] in turn: the probe detached; attached with its events read and discarded (the
+//! kernel's and the ring's cost alone); attached and drained into a real pipeline as the daemon
+//! does; the attached ones both woken per event and reading in 10 ms batches. Prints one JSON object on stdout: every run, the
+//! means per setup, the ratios to detached, the kernel's loss counters and the calls seen.
+//!
+//! Needs root (namespaces, eBPF), nginx and wrk. Creates and removes everything it uses; touches
+//! no host interface. `cargo xtask bench live` builds and runs it.
+
+// The namespace pair, the probe thread and the root check are the kernel tests' own.
+#[path = "../../../monitor-daemon/tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use common::{NamespacePair, SERVER_IP, SERVER_PORT};
+use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
+use redcap_monitor::config::Config;
+use redcap_monitor::pipeline::Pipeline;
+use redcap_monitor::token::SiteKey;
+
+/// A REDCap-like export call; the token is made up.
+const BODY: &str = "token=0123456789ABCDEF0123456789ABCDEF&content=record&action=export\
+                    &format=json&type=flat&returnFormat=json";
+
+/// Set by SIGINT/SIGTERM: stop between runs and clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+struct Options {
+    duration_s: u32,
+    rounds: u32,
+    threads: u32,
+    connections: u32,
+}
+
+fn parse_options() -> Result<Options> {
+    let mut options = Options {
+        duration_s: 10,
+        rounds: 2,
+        threads: 2,
+        connections: 32,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let slot = match arg.as_str() {
+            "--duration" => &mut options.duration_s,
+            "--rounds" => &mut options.rounds,
+            "--threads" => &mut options.threads,
+            "--connections" => &mut options.connections,
+            "-h" | "--help" => {
+                println!(
+                    "usage: live-overhead [--duration SECONDS] [--rounds N] [--threads N] \
+                     [--connections N]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        };
+        let value = args
+            .next()
+            .with_context(|| format!("{arg} needs a value"))?;
+        *slot = value
+            .parse()
+            .ok()
+            .filter(|&v| v > 0)
+            .with_context(|| format!("{arg} takes a positive whole number, not {value:?}"))?;
+    }
+    Ok(options)
+}
+
+fn main() -> Result<()> {
+    let options = parse_options()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("live-overhead creates network namespaces and loads eBPF programs: run it as root");
+    }
+    for tool in ["nginx", "wrk", "ip"] {
+        if !on_path(tool) {
+            bail!("{tool} is not installed (`cargo xtask setup` installs it)");
+        }
+    }
+    install_interrupt_handler();
+
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let pair = NamespacePair::create();
+    let _nginx = Nginx::start(&pair, dir.path())?;
+    let script = dir.path().join("post.lua");
+    std::fs::write(&script, wrk_script()).context("writing the wrk script")?;
+
+    eprintln!("live-overhead: warming up (2 s, not measured)");
+    wrk(&pair, &script, &options, 2)?;
+    let mut runs = Vec::new();
+    for round in 1..=options.rounds {
+        for setup in Setup::ALL {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                bail!("interrupted; namespaces removed");
+            }
+            let run = match setup {
+                Setup::Detached => Run {
+                    setup,
+                    wrk: wrk(&pair, &script, &options, options.duration_s)?,
+                    probe: None,
+                },
+                _ => attached_run(&pair, &script, &options, setup)?,
+            };
+            eprintln!(
+                "live-overhead: round {round} {:<26} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
+                setup.name(),
+                run.wrk.requests_per_s(),
+                run.wrk.p50_us,
+                run.wrk.p99_us
+            );
+            runs.push(run);
+        }
+    }
+    println!("{}", report_json(&options, &runs));
+    Ok(())
+}
+
+/// What wrk measured in one run (printed by the `done` hook of [`wrk_script`]).
+#[derive(Clone, Copy, Default)]
+struct WrkResult {
+    requests: u64,
+    duration_us: u64,
+    socket_errors: u64,
+    non_2xx: u64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl WrkResult {
+    fn requests_per_s(&self) -> f64 {
+        self.requests as f64 / (self.duration_us as f64 / 1e6)
+    }
+}
+
+/// What the probe and the pipeline did during an attached run.
+#[derive(Clone, Copy, Default)]
+struct ProbeResult {
+    counters: KernelCounters,
+    records: u64,
+    malformed_records: u64,
+    calls: u64,
+    complete_calls: u64,
+}
+
+/// What is attached to the server's veth during a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Detached,
+    /// The probe attached; its events are read (woken per event) and thrown away.
+    ReadOnly,
+    /// The same, reading the ring every 10 ms: what the wake-ups cost.
+    ReadOnlyBatched,
+    /// The probe attached; its events go through the pipeline, woken as soon as one arrives.
+    Pipeline,
+    /// The same, but the ring is read every 10 ms instead of on every wake-up.
+    PipelineBatched,
+}
+
+impl Setup {
+    const ALL: [Setup; 5] = [
+        Setup::Detached,
+        Setup::ReadOnly,
+        Setup::ReadOnlyBatched,
+        Setup::Pipeline,
+        Setup::PipelineBatched,
+    ];
+
+    /// The name in the report; `attached` is the daemon's way and the one the goal is for.
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Detached => "detached",
+            Setup::ReadOnly => "attached_read_only",
+            Setup::ReadOnlyBatched => "attached_read_only_batched",
+            Setup::Pipeline => "attached",
+            Setup::PipelineBatched => "attached_batched",
+        }
+    }
+}
+
+/// How often the batched setup reads the ring.
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+struct Run {
+    setup: Setup,
+    wrk: WrkResult,
+    probe: Option<ProbeResult>,
+}
+
+fn wrk_script() -> String {
+    format!(
+        r#"wrk.method = "POST"
+wrk.body = "{BODY}"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("\nRESULT %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#
+    )
+}
+
+/// Runs wrk from the client namespace for `seconds` and reads its RESULT line.
+fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> Result<WrkResult> {
+    let output = pair
+        .exec(&pair.client_ns, "wrk")
+        .arg(format!("-t{}", options.threads))
+        .arg(format!("-c{}", options.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg("-s")
+        .arg(script)
+        .arg(format!("http://{SERVER_IP}:{SERVER_PORT}/api/"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("wrk failed ({}):\n{stdout}", output.status);
+    }
+    let numbers: Vec<u64> = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("RESULT "))
+        .with_context(|| format!("wrk printed no RESULT line:\n{stdout}"))?
+        .split_whitespace()
+        .map(|n| n.parse().context("a number in wrk's RESULT line"))
+        .collect::<Result<_>>()?;
+    let [
+        requests,
+        duration_us,
+        socket_errors,
+        non_2xx,
+        p50_us,
+        p99_us,
+    ] = numbers[..]
+    else {
+        bail!("wrk's RESULT line has {} numbers, not 6", numbers.len());
+    };
+    Ok(WrkResult {
+        requests,
+        duration_us,
+        socket_errors,
+        non_2xx,
+        p50_us,
+        p99_us,
+    })
+}
+
+/// One wrk run with a freshly loaded probe attached to the server's veth, every event drained
+/// into a pipeline as the daemon would; the probe is detached (dropped) at the end.
+fn attached_run(
+    pair: &NamespacePair,
+    script: &Path,
+    options: &Options,
+    setup: Setup,
+) -> Result<Run> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let config = ProbeConfig {
+        ports: vec![SERVER_PORT],
+        ..ProbeConfig::default()
+    };
+    let probe = {
+        let stop = Arc::clone(&stop);
+        common::spawn_attached_probe(pair, config, move |mut probe| {
+            let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
+                .expect("the default configuration is valid");
+            let (mut seen, mut complete) = (0u64, 0u64);
+            let mut count = |verdict: redcap_monitor::policy::Verdict| {
+                seen += 1;
+                complete += u64::from(verdict.call.complete);
+            };
+            let mut consume = |segment: &redcap_monitor::model::TcpSegment<'_>| {
+                if matches!(setup, Setup::Pipeline | Setup::PipelineBatched) {
+                    pipeline.push_segment(segment, &mut count);
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if matches!(setup, Setup::ReadOnlyBatched | Setup::PipelineBatched) {
+                    thread::sleep(BATCH_INTERVAL);
+                } else {
+                    // A poll error (EINTR on Ctrl-C) just means: drain now.
+                    let _ = probe.wait_readable(Duration::from_millis(50));
+                }
+                probe.drain(&mut consume);
+            }
+            probe.drain(&mut consume);
+            pipeline.finish(&mut count);
+            let drain = probe.drain_stats();
+            ProbeResult {
+                counters: probe.counters().unwrap_or_default(),
+                records: drain.records,
+                malformed_records: drain.malformed,
+                calls: seen,
+                complete_calls: complete,
+            }
+        })
+    };
+    let measured = wrk(pair, script, options, options.duration_s);
+    // wrk's last connections close as it exits: let their FINs reach the probe.
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let probe = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+    Ok(Run {
+        setup,
+        wrk: measured?,
+        probe: Some(probe),
+    })
+}
+
+/// nginx serving a small JSON answer to `POST /api/`; stopped (SIGTERM, then SIGKILL) on drop.
+struct Nginx(Child);
+
+impl Nginx {
+    fn start(pair: &NamespacePair, dir: &Path) -> Result<Nginx> {
+        let d = dir.display();
+        // One worker: the machine under test is small, and wrk needs the other core.
+        let conf = format!(
+            r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    listen {SERVER_PORT};
+    location = /api/ {{ default_type application/json; return 200 '{{"count": 1}}'; }}
+  }}
+}}
+"#
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
+        let child = pair
+            .exec(&pair.server_ns, "nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir)
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .context("starting nginx")?;
+        let nginx = Nginx(child);
+        // Ready when a request from the client namespace is answered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = pair
+                .exec(&pair.client_ns, "curl")
+                .args(["-sf", "-o", "/dev/null", "-X", "POST", "-d", "a=b"])
+                .arg(format!("http://{SERVER_IP}:{SERVER_PORT}/api/"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if answered {
+                return Ok(nginx);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nginx did not answer within 10 s; see {}",
+                    dir.join("error.log").display()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // `ip netns exec` execs nginx, so this is the master; SIGTERM stops its workers too.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C also reaches wrk and nginx (same process group), which end their run; this process
+/// only notes it, so that it stops between runs and its guards remove the namespaces.
+fn install_interrupt_handler() {
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0u32), |(sum, n), v| (sum + v, n + 1));
+    sum / f64::from(n)
+}
+
+fn report_json(options: &Options, runs: &[Run]) -> String {
+    let number = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.3}")
+        } else {
+            "null".into()
+        }
+    };
+    let of = |setup: Setup| runs.iter().filter(move |r| r.setup == setup);
+    let rps = |setup| mean(of(setup).map(|r| r.wrk.requests_per_s()));
+    let probes: Vec<ProbeResult> = runs.iter().filter_map(|r| r.probe).collect();
+    let total = |f: fn(&ProbeResult) -> u64| probes.iter().map(f).sum::<u64>();
+    let pipeline_runs = || {
+        runs.iter()
+            .filter(|r| matches!(r.setup, Setup::Pipeline | Setup::PipelineBatched))
+    };
+    let errors: u64 = runs
+        .iter()
+        .map(|r| r.wrk.socket_errors + r.wrk.non_2xx)
+        .sum();
+
+    let mut out = String::from("{\n  \"bench\": \"live\",\n");
+    let _ = writeln!(
+        out,
+        "  \"duration_s\": {}, \"rounds\": {}, \"wrk_threads\": {}, \"wrk_connections\": {},",
+        options.duration_s, options.rounds, options.threads, options.connections
+    );
+    out.push_str("  \"runs\": [\n");
+    for (i, run) in runs.iter().enumerate() {
+        let _ = write!(
+            out,
+            "    {{\"setup\": \"{}\", \"requests\": {}, \"requests_per_s\": {:.1}, \
+             \"p50_us\": {}, \"p99_us\": {}, \"errors\": {}",
+            run.setup.name(),
+            run.wrk.requests,
+            run.wrk.requests_per_s(),
+            run.wrk.p50_us,
+            run.wrk.p99_us,
+            run.wrk.socket_errors + run.wrk.non_2xx
+        );
+        if let Some(p) = run.probe {
+            let _ = write!(
+                out,
+                ", \"calls_seen\": {}, \"events\": {}, \"lost_events\": {}",
+                p.calls, p.records, p.counters.ring_full
+            );
+        }
+        out.push_str(if i + 1 < runs.len() { "},\n" } else { "}\n" });
+    }
+    out.push_str("  ],\n");
+    let mut summary: Vec<(String, String)> = Vec::new();
+    for setup in Setup::ALL {
+        let name = setup.name();
+        summary.push((format!("{name}_requests_per_s"), number(rps(setup))));
+        summary.push((
+            format!("{name}_p50_us"),
+            number(mean(of(setup).map(|r| r.wrk.p50_us as f64))),
+        ));
+        summary.push((
+            format!("{name}_p99_us"),
+            number(mean(of(setup).map(|r| r.wrk.p99_us as f64))),
+        ));
+        if setup != Setup::Detached {
+            summary.push((
+                format!("{name}_over_detached"),
+                number(rps(setup) / rps(Setup::Detached)),
+            ));
+        }
+    }
+    let requests: u64 = pipeline_runs().map(|r| r.wrk.requests).sum();
+    let calls: u64 = pipeline_runs()
+        .filter_map(|r| r.probe)
+        .map(|p| p.calls)
+        .sum();
+    let complete: u64 = pipeline_runs()
+        .filter_map(|r| r.probe)
+        .map(|p| p.complete_calls)
+        .sum();
+    for (key, value) in [
+        ("wrk_errors", errors),
+        ("pipeline_requests", requests),
+        ("pipeline_calls_seen", calls),
+        ("pipeline_complete_calls", complete),
+        ("total_events", total(|p| p.records)),
+        ("malformed_events", total(|p| p.malformed_records)),
+        ("ring_full", total(|p| p.counters.ring_full)),
+        ("truncated_bytes", total(|p| p.counters.truncated_bytes)),
+        (
+            "flow_insert_failed",
+            total(|p| p.counters.flow_insert_failed),
+        ),
+        ("flows_started", total(|p| p.counters.flows_started)),
+        ("packets_seen", total(|p| p.counters.packets_seen)),
+        ("filtered", total(|p| p.counters.filtered)),
+    ] {
+        summary.push((key.to_owned(), value.to_string()));
+    }
+    let fields: Vec<String> = summary
+        .iter()
+        .map(|(key, value)| format!("  \"{key}\": {value}"))
+        .collect();
+    out.push_str(&fields.join(",\n"));
+    out.push_str("\n}");
+    out
+}

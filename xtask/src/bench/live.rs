@@ -1,0 +1,148 @@
+//! The live bench: what the attached probe costs nginx under wrk, in namespaces it creates and
+//! removes. The measuring is done by the `live-overhead` binary (monitor-tests, built in
+//! release), which prints one JSON object; this module runs it, prints the table and the goals,
+//! and writes `target/bench/live.json`.
+
+use std::process::Stdio;
+
+use super::{output_path, write_report};
+use crate::{Failure, Result, process};
+
+/// The probe + pipeline's throughput must stay at or above this share of the detached one...
+const GOAL_ATTACHED_OVER_DETACHED: f64 = 0.98;
+/// ...with no event lost (ring full, truncated copy, flow table full).
+const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
+
+/// The setups live-overhead measures (its report's key prefixes), as the table names them.
+const SETUPS: &[(&str, &str)] = &[
+    ("detached", "probe detached"),
+    ("attached_read_only", "probe, events discarded (per event)"),
+    (
+        "attached_read_only_batched",
+        "probe, events discarded (10 ms)",
+    ),
+    ("attached", "probe + pipeline (per event)"),
+    ("attached_batched", "probe + pipeline (10 ms)"),
+];
+
+pub(super) fn run() -> Result<()> {
+    if !process::is_root() {
+        return Err(Failure::new(
+            "bench live creates network namespaces and loads eBPF programs: run it as root",
+        ));
+    }
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor-tests",
+        "--bin",
+        "live-overhead",
+    ]))?;
+    let program = process::target_dir().join("release").join("live-overhead");
+    println!(
+        "live: nginx in a namespace, wrk -t2 -c32 -d10s in another; each setup twice, interleaved"
+    );
+    let mut command = std::process::Command::new(&program);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let output = process::output(&mut command)?;
+    let json = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(Failure::new(format!(
+            "`{}` failed ({})",
+            process::describe(&command),
+            output.status
+        )));
+    }
+    let field = |key: &str| {
+        json_field(&json, key).ok_or_else(|| {
+            Failure::new(format!(
+                "live-overhead's report has no number `{key}`:\n{json}"
+            ))
+        })
+    };
+
+    println!(
+        "  {:<36} {:>11} {:>8} {:>8} {:>10}",
+        "", "requests/s", "p50 ms", "p99 ms", "/ detached"
+    );
+    for (key, label) in SETUPS {
+        let ratio = match json_field(&json, &format!("{key}_over_detached")) {
+            Some(ratio) => format!("{:.1}%", ratio * 100.0),
+            None => String::new(),
+        };
+        println!(
+            "  {:<36} {:>11.0} {:>8.3} {:>8.3} {:>10}",
+            label,
+            field(&format!("{key}_requests_per_s"))?,
+            field(&format!("{key}_p50_us"))? / 1000.0,
+            field(&format!("{key}_p99_us"))? / 1000.0,
+            ratio
+        );
+    }
+    let ratio = field("attached_over_detached")?;
+    println!(
+        "  probe + pipeline / detached {:>6.1}%  goal: at least {:.0}%  {}",
+        ratio * 100.0,
+        GOAL_ATTACHED_OVER_DETACHED * 100.0,
+        verdict(ratio >= GOAL_ATTACHED_OVER_DETACHED)
+    );
+    let mut lost = 0.0;
+    let mut counters = Vec::new();
+    for key in LOSS_COUNTERS {
+        let value = field(key)?;
+        lost += value;
+        counters.push(format!("{key} {value}"));
+    }
+    println!(
+        "  kernel loss counters: {}  goal: all zero  {}",
+        counters.join(", "),
+        verdict(lost == 0.0)
+    );
+    let requests = field("pipeline_requests")?;
+    let calls = field("pipeline_calls_seen")?;
+    println!(
+        "  pipeline runs: wrk completed {requests} requests; the pipeline saw {calls} calls \
+         ({} complete; wrk does not count requests in flight when it stops)",
+        field("pipeline_complete_calls")?
+    );
+    let report = output_path("live.json")?;
+    write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
+    println!("  written to {}", process::shown(&report));
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// The number after `"key": ` in the report's summary, which follows the `runs` array (xtask
+/// has no JSON parser on purpose; the summary's keys are unique).
+fn json_field(json: &str, key: &str) -> Option<f64> {
+    let summary = json
+        .rfind(']')
+        .and_then(|end| json.get(end..))
+        .unwrap_or(json);
+    let pattern = format!("\"{key}\": ");
+    let rest = summary.get(summary.find(&pattern)? + pattern.len()..)?;
+    let end = rest
+        .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_field_reads_numbers_by_key_and_not_by_prefix() {
+        let json = "{\n  \"runs\": [{\"ring_full\": 7}],\n  \"ring_full\": 0,\n  \
+                    \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
+        assert_eq!(json_field(json, "ring_full"), Some(0.0));
+        assert_eq!(json_field(json, "ring_full_x"), Some(5.0));
+        assert_eq!(json_field(json, "ratio"), Some(0.991));
+        assert_eq!(json_field(json, "missing"), None);
+        assert_eq!(json_field("{\"a\": null}", "a"), None);
+    }
+}
