@@ -52,7 +52,9 @@ pub struct PipelineStats<'a> {
 
 impl PipelineStats<'_> {
     /// Every non-zero counter of input the pipeline rejected, lost or could only partly use,
-    /// named `stage.reason`: what an admin needs to judge how complete a report is.
+    /// named `stage.reason`: what an admin needs to judge how complete a report is. Connections
+    /// picked up mid-stream are not listed: the kernel probe starts every stream that way, and a
+    /// request whose start was missed is never reported (so it cannot be wrong).
     pub fn problems(&self) -> Vec<(&'static str, u64)> {
         let (d, r, h, c) = (self.decode, self.reassembly, self.http, self.redcap);
         let all = [
@@ -67,7 +69,6 @@ impl PipelineStats<'_> {
             ("reassembly.buffer_overflows", r.buffer_overflows),
             ("reassembly.buffer_evictions", r.buffer_evictions),
             ("reassembly.evicted_connections", r.evicted_connections),
-            ("reassembly.midstream_pickups", r.midstream_pickups),
             ("http.bad_request_head", h.bad_request_head),
             ("http.bad_response_head", h.bad_response_head),
             ("http.head_too_large", h.head_too_large),

@@ -22,7 +22,7 @@ const SETUPS: &[(&str, &str)] = &[
         "probe, events discarded (10 ms)",
     ),
     ("attached", "probe + pipeline (per event)"),
-    ("attached_batched", "probe + pipeline (10 ms)"),
+    ("attached_batched", "probe + pipeline (10 ms, as `run`)"),
 ];
 
 pub(super) fn run() -> Result<()> {
@@ -80,9 +80,11 @@ pub(super) fn run() -> Result<()> {
             ratio
         );
     }
-    let ratio = field("attached_over_detached")?;
+    // `redcap-monitor run` reads the ring every 10 ms (waking per event cost a quarter of the
+    // throughput), so the goal is judged on that setup.
+    let ratio = field("attached_batched_over_detached")?;
     println!(
-        "  probe + pipeline / detached {:>6.1}%  goal: at least {:.0}%  {}",
+        "  probe + pipeline as run reads it / detached {:>6.1}%  goal: at least {:.0}%  {}",
         ratio * 100.0,
         GOAL_ATTACHED_OVER_DETACHED * 100.0,
         verdict(ratio >= GOAL_ATTACHED_OVER_DETACHED)
