@@ -1,4 +1,5 @@
-//! The admin commands on the durable state: `audit`, `suspensions`, `suspend` and `lift`.
+//! The admin commands: on the durable state `audit`, `suspensions`, `suspend` and `lift`; on
+//! the live daemon's stats file `status`.
 //!
 //! The edge between people and the [`Store`]: finds the store (`[store] path`, or `--store`),
 //! reads the clock once per command, prints tables for people or one JSON object a line for
@@ -344,5 +345,153 @@ mod tests {
             utc(Timestamp(4_107_542_399_000_000_000)),
             "2100-02-28 23:59:59Z"
         );
+    }
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Configuration file (TOML) whose `[output] stats` names the daemon's stats file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The stats file (overrides the configuration).
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Print the stats file's JSON as it is.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `status`: the live daemon's capture health from its stats file — losses first, since "zero
+/// calls lost" must be shown, not assumed.
+pub fn status(args: StatusArgs) -> ExitCode {
+    let from_config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(config) => config.and_then(|c| c.output.stats),
+        Err(err) => return fail(2, &err),
+    };
+    let Some(path) = args.stats.or(from_config) else {
+        return fail(
+            2,
+            &"no stats file: pass --stats FILE, or --config FILE whose [output] stats is set \
+              (the daemon writes it every stats_interval)",
+        );
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => {
+            return fail(
+                1,
+                &format!(
+                    "cannot read {}: {err} (is `redcap-monitor run` running with this \
+                     [output] stats?)",
+                    path.display()
+                ),
+            );
+        }
+    };
+    let stats: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(stats) => stats,
+        Err(err) => return fail(1, &format!("{} is not a stats file: {err}", path.display())),
+    };
+    if args.json {
+        println!("{stats}");
+        return ExitCode::SUCCESS;
+    }
+    print!("{}", status_text(&stats));
+    ExitCode::SUCCESS
+}
+
+/// Names of the kernel counters that mean lost or partial data.
+const KERNEL_LOSSES: [&str; 3] = ["ring_full", "truncated_bytes", "flow_insert_failed"];
+
+fn status_text(stats: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "mode {}, {} calls and {} violations written, server {}",
+        stats["mode"].as_str().unwrap_or("?"),
+        number(&stats["calls_written"]),
+        number(&stats["violations_written"]),
+        if stats["degraded"].as_bool() == Some(true) {
+            "DEGRADED"
+        } else {
+            "responsive"
+        }
+    );
+    let mut losses = Vec::new();
+    // Indexing a `Value` (not a `Map`) gives null for a missing key: a stats file from another
+    // version must not crash `status`.
+    let kernel = &stats["kernel"];
+    if kernel.is_object() {
+        let _ = writeln!(
+            out,
+            "kernel: {} packets seen, {} filtered, {} events sent, {} flows tracked so far",
+            number(&kernel["packets_seen"]),
+            number(&kernel["filtered"]),
+            number(&kernel["events_sent"]),
+            number(&kernel["flows_started"]),
+        );
+        for name in KERNEL_LOSSES {
+            let n = number(&kernel[name]);
+            if n > 0 {
+                losses.push(format!("kernel.{name}={n}"));
+            }
+        }
+    }
+    if let Some(interfaces) = stats["pcap"].as_array() {
+        for interface in interfaces {
+            let dropped = number(&interface["dropped"]) + number(&interface["if_dropped"]);
+            if dropped > 0 {
+                losses.push(format!(
+                    "pcap.{}.dropped={dropped}",
+                    interface["interface"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "losses: {}",
+        if losses.is_empty() {
+            "none".to_string()
+        } else {
+            losses.join(" ")
+        }
+    );
+    if let Some(problems) = stats["problems"].as_object().filter(|p| !p.is_empty()) {
+        let listed: Vec<String> = problems.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "input problems: {}", listed.join(" "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::status_text;
+
+    #[test]
+    fn losses_are_named_or_said_to_be_none() {
+        let clean = serde_json::json!({
+            "mode": "ebpf", "calls_written": 5, "violations_written": 1, "degraded": false,
+            "kernel": {"packets_seen": 100, "filtered": 40, "events_sent": 60, "ring_full": 0,
+                       "truncated_bytes": 0, "flow_insert_failed": 0, "flows_started": 3},
+            "problems": {}
+        });
+        let text = status_text(&clean);
+        assert!(text.contains("losses: none"), "{text}");
+        assert!(text.contains("40 filtered"), "{text}");
+        let lossy = serde_json::json!({
+            "mode": "ebpf", "degraded": true,
+            "kernel": {"ring_full": 7, "truncated_bytes": 900},
+            "problems": {"reassembly.gaps": 2}
+        });
+        let text = status_text(&lossy);
+        assert!(
+            text.contains("losses: kernel.ring_full=7 kernel.truncated_bytes=900"),
+            "{text}"
+        );
+        assert!(text.contains("DEGRADED"), "{text}");
+        assert!(text.contains("input problems: reassembly.gaps=2"), "{text}");
     }
 }

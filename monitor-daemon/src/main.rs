@@ -66,6 +66,9 @@ enum Command {
     Suspend(admin::SuspendArgs),
     /// Lifts a token's suspension by hand (writes an audit record).
     Lift(admin::LiftArgs),
+    /// Shows the live daemon's capture health (losses, filtered traffic, input problems) from
+    /// its stats file.
+    Status(admin::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         Command::Suspensions(args) => admin::suspensions(args),
         Command::Suspend(args) => admin::suspend(args),
         Command::Lift(args) => admin::lift(args),
+        Command::Status(args) => admin::status(args),
     }
 }
 

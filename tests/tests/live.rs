@@ -29,6 +29,8 @@ struct LiveRun {
     offline_violations: Vec<Value>,
     sim_api: Vec<SimRecord>,
     stats: Value,
+    /// What `redcap-monitor status` says of the final stats file.
+    status: String,
     log: String,
 }
 
@@ -118,7 +120,15 @@ fn record_live_run(mode: &str, subnet: u8) -> LiveRun {
     eprintln!("{mode}: final counters {}", read_last_counters(&log));
     let sim_api = sim.log().unwrap().into_iter().filter(|r| r.api).collect();
     let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let status = std::process::Command::new(monitor_tests::daemon::monitor_bin().unwrap())
+        .arg("status")
+        .arg("--stats")
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "status: {status:?}");
     LiveRun {
+        status: String::from_utf8_lossy(&status.stdout).into_owned(),
         live_calls: jsonl(&read(&calls)),
         live_violations: jsonl(&read(&violations)),
         offline_calls: jsonl(&offline.calls_text),
@@ -275,6 +285,8 @@ fn ebpf_mode_reports_the_same_calls_as_analyze_of_a_tcpdump_of_the_same_packets(
     assert_eq!(kernel["ring_full"], 0, "{kernel}");
     assert_eq!(kernel["truncated_bytes"], 0, "{kernel}");
     assert_eq!(run.stats["ring"]["malformed"], 0, "{}", run.stats);
+    assert!(run.status.contains("losses: none"), "{}", run.status);
+    assert!(run.status.starts_with("mode ebpf"), "{}", run.status);
     assert!(
         run.log.contains("capturing with the eBPF probe"),
         "{}",
@@ -294,6 +306,7 @@ fn pcap_mode_reports_the_same_calls_as_analyze_of_a_tcpdump_of_the_same_packets(
     let pcap = &run.stats["pcap"][0];
     assert!(pcap["received"].as_u64().unwrap() > 0, "{pcap}");
     assert_eq!(pcap["dropped"], 0, "{pcap}");
+    assert!(run.status.contains("losses: none"), "{}", run.status);
     assert!(run.log.contains("capturing with libpcap"), "{}", run.log);
 }
 
