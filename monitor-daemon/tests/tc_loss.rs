@@ -176,14 +176,14 @@ fn disagreements(call: &ApiCall, marker: usize, key: [u8; 32]) -> Vec<String> {
     );
     check("method", call.method == "POST");
     check("path", call.path == "/api/");
-    check("content", call.content.as_deref() == Some("record"));
-    check("action", call.action.as_deref() == Some("export"));
-    check("format", call.format.as_deref() == Some(s.format));
+    check("content", call.params.content.as_deref() == Some("record"));
+    check("action", call.params.action.as_deref() == Some("export"));
+    check("format", call.params.format.as_deref() == Some(s.format));
     check(
         "return_format",
-        call.return_format.as_deref() == Some("json"),
+        call.params.return_format.as_deref() == Some("json"),
     );
-    check("records", call.records == s.records);
+    check("records", call.params.records == s.records);
     check("request_bytes", call.request_bytes == s.body.len() as u64);
     check("status", call.status == Some(200));
     check(
@@ -202,7 +202,7 @@ fn disagreements(call: &ApiCall, marker: usize, key: [u8; 32]) -> Vec<String> {
 fn calls_by_marker(calls: &[ApiCall], sent_calls: usize) -> BTreeMap<usize, &ApiCall> {
     let mut by_marker = BTreeMap::new();
     for call in calls {
-        let Some(marker) = call.report_id.as_deref() else {
+        let Some(marker) = call.params.report_id.as_deref() else {
             assert!(!call.complete, "a complete call without its marker");
             continue;
         };
