@@ -53,7 +53,10 @@ pub(crate) fn test(cargo_test_args: &[String]) -> Result<()> {
     setup::run()?;
     build_daemon(Profile::Debug)?;
     let mut cargo = process::cargo();
-    cargo.args(["test", "--workspace"]).args(cargo_test_args);
+    // --no-fail-fast: one failing test binary must not hide the others' results.
+    cargo
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(cargo_test_args);
     // The e2e harness defaults to <workspace>/target/debug; say exactly which binary we built.
     if std::env::var_os("REDCAP_MONITOR_BIN").is_none() {
         cargo.env("REDCAP_MONITOR_BIN", daemon_binary(Profile::Debug));
