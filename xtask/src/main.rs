@@ -21,7 +21,10 @@ tasks:
                      bpf-linker for LLVM 22, PyCap), skipping whatever is present
   build [--release]  setup, then build the daemon (target/{debug,release}/redcap-monitor)
   test [ARGS...]     setup, build the daemon, then `cargo test --workspace [ARGS...]`
-  demo               setup, record real REDCap API traffic on loopback and analyse it
+  demo [--seconds N] setup, then the live demo (root): nginx + the REDCap simulator in a network
+                     namespace, the daemon's eBPF probe on its veth, real clients; calls and
+                     violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
+  demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
   bench [NAME...]    setup, release build, then benchmarks: offline (default: all)
   dist               build release packages (not yet)";
 
@@ -39,7 +42,7 @@ fn main() -> ExitCode {
         "setup" => no_args(task, rest).and_then(|()| setup::run()),
         "build" => build_args(rest).and_then(compile::build),
         "test" => compile::test(rest),
-        "demo" => no_args(task, rest).and_then(|()| demo::run()),
+        "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "dist" => dist::run(),
         "help" | "--help" | "-h" => {
