@@ -145,6 +145,11 @@ impl Policy {
         if size.is_some_and(|bytes| bytes > self.heavy_response_bytes) {
             return Some(HeavyReason::ResponseSize);
         }
+        // A refused request (bad token, missing right, bad parameter) did none of the work its
+        // kind stands for; only its measured size can make it heavy.
+        if call.status.is_some_and(|s| (400..500).contains(&s)) {
+            return None;
+        }
         let kind = heavy_kind(call)?;
         self.heavy_kinds
             .contains(&kind)

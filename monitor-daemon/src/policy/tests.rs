@@ -179,6 +179,22 @@ fn heavy_kinds_follow_the_request() {
         Some(HeavyReason::ResponseSize)
     );
     assert_eq!(kind(&|c| c.response_bytes = Some(500_000)), None);
+    assert_eq!(
+        kind(&|c| {
+            c.params.content = set("record");
+            c.status = Some(403);
+        }),
+        None,
+        "a refused export did no heavy work"
+    );
+    assert_eq!(
+        kind(&|c| {
+            c.params.content = set("report");
+            c.status = Some(500);
+        }),
+        heavy(HeavyKind::Report),
+        "a report that failed on the server still loaded it"
+    );
 }
 
 #[test]
