@@ -401,7 +401,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
 }
 
 /// Names of the kernel counters that mean lost or partial data.
-const KERNEL_LOSSES: [&str; 3] = ["ring_full", "truncated_bytes", "flow_insert_failed"];
+const KERNEL_LOSSES: [&str; 4] = [
+    "ring_full",
+    "truncated_bytes",
+    "flow_insert_failed",
+    "flows_evicted",
+];
 
 fn status_text(stats: &serde_json::Value) -> String {
     use std::fmt::Write as _;

@@ -322,6 +322,8 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
                     "flow_insert_failed": k.flow_insert_failed,
                     "flows_started": k.flows_started,
                     "flows_ended": k.flows_ended,
+                    "flows_tracked": k.flows_tracked,
+                    "flows_evicted": k.flows_evicted,
                 }),
                 Err(err) => serde_json::Value::String(err.to_string()),
             };

@@ -269,6 +269,7 @@ fn a_burst_of_thousands_of_calls_loses_nothing_with_the_default_ring() {
     assert_eq!(counters.ring_full, 0, "{counters:?}");
     assert_eq!(counters.truncated_bytes, 0, "{counters:?}");
     assert_eq!(counters.flow_insert_failed, 0, "{counters:?}");
+    assert_eq!(counters.flows_evicted, 0, "{counters:?}");
     assert_eq!(counters.flows_started, CONNECTIONS as u64, "{counters:?}");
     assert_eq!(counters.events_sent, observed.drain.records, "{counters:?}");
     assert_eq!(observed.drain.malformed, 0);

@@ -16,9 +16,9 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
     CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, DIRECTION_CLIENT_TO_SERVER,
-    DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, KernelCounter,
-    MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SERVER_PORTS_GLOBAL, SegmentEvent,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey,
+    FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN,
+    SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
@@ -140,6 +140,11 @@ pub struct KernelCounters {
     pub flow_insert_failed: u64,
     pub flows_started: u64,
     pub flows_ended: u64,
+    /// API connections in the kernel's flow table now.
+    pub flows_tracked: u64,
+    /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
+    /// started − ended − still tracked). Their later segments are not sent.
+    pub flows_evicted: u64,
 }
 
 /// What user space did with the records it read.
@@ -330,16 +335,39 @@ impl KernelProbe {
                     })?;
             Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
         };
+        let flows_started = read(KernelCounter::FlowsStarted)?;
+        let flows_ended = read(KernelCounter::FlowsEnded)?;
+        let flows_tracked = self.flows_tracked()?;
         Ok(KernelCounters {
+            flows_evicted: flows_started
+                .saturating_sub(flows_ended)
+                .saturating_sub(flows_tracked),
+            flows_tracked,
             packets_seen: read(KernelCounter::PacketsSeen)?,
             filtered: read(KernelCounter::Filtered)?,
             events_sent: read(KernelCounter::EventsSent)?,
             ring_full: read(KernelCounter::RingFull)?,
             truncated_bytes: read(KernelCounter::TruncatedBytes)?,
             flow_insert_failed: read(KernelCounter::FlowInsertFailed)?,
-            flows_started: read(KernelCounter::FlowsStarted)?,
-            flows_ended: read(KernelCounter::FlowsEnded)?,
+            flows_started,
+            flows_ended,
         })
+    }
+
+    /// Entries in the kernel's flow table (a walk of at most `max_flows` keys).
+    fn flows_tracked(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or(ProbeError::MissingFromObject { what: "FLOWS map" })?;
+        let flows =
+            aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
+                ProbeError::Map {
+                    map: FLOWS_MAP,
+                    source,
+                }
+            })?;
+        Ok(flows.keys().filter(Result::is_ok).count() as u64)
     }
 
     pub fn drain_stats(&self) -> DrainStats {
