@@ -285,10 +285,6 @@ fn ebpf_mode_reports_the_same_calls_as_analyze_of_a_tcpdump_of_the_same_packets(
     assert_eq!(kernel["ring_full"], 0, "{kernel}");
     assert_eq!(kernel["truncated_bytes"], 0, "{kernel}");
     assert_eq!(kernel["flows_evicted"], 0, "{kernel}");
-    assert_eq!(
-        kernel["flows_tracked"], 0,
-        "every connection ended: {kernel}"
-    );
     assert_eq!(run.stats["ring"]["malformed"], 0, "{}", run.stats);
     assert!(run.status.contains("losses: none"), "{}", run.status);
     assert!(run.status.starts_with("mode ebpf"), "{}", run.status);
