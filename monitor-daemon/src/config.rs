@@ -58,6 +58,8 @@ pub struct CaptureConfig {
     pub ports: Vec<u16>,
     /// Size of the eBPF ring buffer between kernel and daemon: a power of two of at least 4096.
     pub ring_bytes: u32,
+    /// How the eBPF probe hooks into each interface: TCX links, clsact + netlink, or auto.
+    pub tc_attach: crate::capture::kernel::AttachMethod,
 }
 
 impl Default for CaptureConfig {
@@ -67,6 +69,7 @@ impl Default for CaptureConfig {
             interfaces: Vec::new(),
             ports: vec![80, 443, 8080, 8443],
             ring_bytes: 16 << 20,
+            tc_attach: crate::capture::kernel::AttachMethod::Auto,
         }
     }
 }
@@ -766,6 +769,7 @@ impl HooksConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::kernel::AttachMethod;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("test.toml"))
@@ -864,6 +868,11 @@ mod tests {
         let old = parse("[capture]\nserver_ports = [81]\n").unwrap();
         assert_eq!(old.capture.ports, [81]);
         assert_eq!(old.capture.mode, CaptureMode::Auto);
+        assert_eq!(old.capture.tc_attach, AttachMethod::Auto);
+        let netlink = parse("[capture]\ntc_attach = \"netlink\"\n").unwrap();
+        assert_eq!(netlink.capture.tc_attach, AttachMethod::Netlink);
+        let tcx = parse("[capture]\ntc_attach = \"tcx\"\n").unwrap();
+        assert_eq!(tcx.capture.tc_attach, AttachMethod::Tcx);
     }
 
     #[test]
@@ -872,6 +881,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("mode") && err.contains("xdp"), "{err}");
+        let err = parse("[capture]\ntc_attach = \"xdp\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tc_attach") && err.contains("netlink"),
+            "{err}"
+        );
         let err = parse("[capture]\nring_bytes = 5000\n")
             .unwrap_err()
             .to_string();

@@ -217,6 +217,7 @@ fn open_probe(config: &Config) -> Result<Source, RunError> {
     let mut probe = KernelProbe::load(&ProbeConfig {
         ports: config.capture.ports.clone(),
         ring_bytes: config.capture.ring_bytes,
+        attach: config.capture.tc_attach,
         ..ProbeConfig::default()
     })?;
     for interface in &config.capture.interfaces {

@@ -20,7 +20,7 @@ use common::{
     spawn_attached_probe, start_server,
 };
 use redcap_monitor::capture::kernel::{
-    DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError,
+    AttachMethod, DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError,
 };
 
 /// The test server's answer to API calls: large, so that responses span many segments.
@@ -389,4 +389,117 @@ fn an_empty_port_list_is_refused_before_loading() {
     .err()
     .expect("refused");
     assert!(matches!(err, ProbeError::NoServerPorts), "{err:?}");
+}
+
+/// `tc <args> dev <server veth> <extra>` inside the server's namespace, its output as text.
+fn tc_show(pair: &NamespacePair, what: &str, extra: &[&str]) -> String {
+    let out = pair
+        .exec(&pair.server_ns, "tc")
+        .args([what, "show", "dev", &pair.server_if])
+        .args(extra)
+        .output()
+        .expect("tc is needed for the test");
+    assert!(out.status.success(), "tc {what} show failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// With netlink filters (not TCX): an API POST is captured byte for byte, a non-API POST is
+/// filtered, and dropping the probe removes both filters and the clsact qdisc it added — or,
+/// when `clsact_before`, leaves the qdisc that was already there.
+fn netlink_attach_captures_and_cleans_up(clsact_before: bool) {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = NamespacePair::create();
+    if clsact_before {
+        let status = pair
+            .exec(&pair.server_ns, "tc")
+            .args(["qdisc", "add", "dev", &pair.server_if, "clsact"])
+            .status()
+            .expect("tc");
+        assert!(status.success());
+    }
+    let log = dir.path().join("server.jsonl");
+    let _server = start_server(&pair, &log, API_RESPONSE_BYTES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let config = ProbeConfig {
+        ports: vec![SERVER_PORT],
+        attach: AttachMethod::Netlink,
+        ..ProbeConfig::default()
+    };
+    let probe = start_probe(&pair, config, Arc::clone(&stop));
+
+    // Attached through clsact, not TCX: the filters are visible to tc.
+    assert!(tc_show(&pair, "qdisc", &[]).contains("clsact"));
+    for direction in ["ingress", "egress"] {
+        let filters = tc_show(&pair, "filter", &[direction]);
+        assert!(
+            filters.contains("api_flow_classifier") && filters.contains("direct-action"),
+            "{direction}: {filters}"
+        );
+    }
+
+    let api = form_body(20000, 7);
+    let page = form_body(3000, 8);
+    curl(&pair, &[("POST", "/api/", Some(&api))], dir.path());
+    curl(&pair, &[("POST", "/index.php", Some(&page))], dir.path());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    // The probe is dropped at the end of its thread.
+    let capture = probe.join().expect("probe thread");
+
+    let exchanges = read_server_log(&log);
+    assert_eq!(exchanges.len(), 2, "two connections expected");
+    for (&port, exchanges) in &exchanges {
+        let upstream: Vec<&Captured> = capture
+            .segments
+            .iter()
+            .filter(|s| s.src_port == port)
+            .collect();
+        let downstream: Vec<&Captured> = capture
+            .segments
+            .iter()
+            .filter(|s| s.dst_port == port)
+            .collect();
+        if exchanges[0].path != "/api/" {
+            assert!(
+                upstream.is_empty() && downstream.is_empty(),
+                "the non-API POST produced events"
+            );
+            continue;
+        }
+        assert_eq!(
+            stream_bytes(&upstream).expect("requests"),
+            exchanges[0].request
+        );
+        assert_eq!(
+            stream_bytes(&downstream).expect("responses"),
+            exchanges[0].response
+        );
+    }
+    let counters = capture.counters;
+    assert_eq!(counters.flows_started, 1, "{counters:?}");
+    assert!(counters.filtered > 0, "{counters:?}");
+    assert_eq!(counters.events_sent, capture.drain.records, "{counters:?}");
+
+    for direction in ["ingress", "egress"] {
+        let filters = tc_show(&pair, "filter", &[direction]);
+        assert!(
+            !filters.contains("api_flow_classifier"),
+            "{direction} after drop: {filters}"
+        );
+    }
+    let qdiscs = tc_show(&pair, "qdisc", &[]);
+    assert_eq!(qdiscs.contains("clsact"), clsact_before, "{qdiscs}");
+}
+
+#[test]
+fn netlink_attach_captures_api_calls_and_removes_the_clsact_it_added() {
+    netlink_attach_captures_and_cleans_up(false);
+}
+
+#[test]
+fn netlink_attach_leaves_a_clsact_that_was_there_before() {
+    netlink_attach_captures_and_cleans_up(true);
 }
