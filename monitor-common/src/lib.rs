@@ -46,6 +46,8 @@ pub const CLASSIFIER_PROGRAM: &str = "api_flow_classifier";
 pub const SERVER_PORTS_GLOBAL: &str = "SERVER_PORTS";
 /// Load-time global: `u32`, the most payload bytes one event carries (1..=MAX_CHUNK_BYTES).
 pub const CHUNK_BYTES_GLOBAL: &str = "CHUNK_BYTES";
+/// Load-time global: [`ApiSuffixes`], the path endings that make a `POST` start tracking.
+pub const API_SUFFIXES_GLOBAL: &str = "API_SUFFIXES";
 
 /// How many server ports the kernel program can match.
 pub const MAX_SERVER_PORTS: usize = 8;
@@ -56,6 +58,11 @@ pub const MAX_CHUNK_BYTES: u32 = 16384;
 pub const MAX_CHUNKS_PER_SEGMENT: u32 = 16;
 /// How many bytes of a client segment the kernel scans for `POST <path>`.
 pub const API_HEAD_LEN: usize = 256;
+
+/// How many distinct path endings the kernel can match.
+pub const MAX_API_SUFFIXES: usize = 8;
+/// Longest path ending the kernel can match.
+pub const MAX_API_SUFFIX_LEN: usize = 32;
 
 /// Default server ports (the values compiled into the object).
 pub const DEFAULT_SERVER_PORTS: [u16; MAX_SERVER_PORTS] = [80, 8080, 0, 0, 0, 0, 0, 0];
@@ -141,23 +148,76 @@ pub struct FlowState {
     pub _pad: u32,
 }
 
+/// The path endings (compared ignoring ASCII case) that make a client's `POST` start tracking
+/// its connection: the literal tails of the configured API path patterns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiSuffixes {
+    /// Non-zero: every `POST /` starts tracking (some pattern ends in a wildcard).
+    pub every_post: u32,
+    /// Length of each ending in `bytes`; 0 marks an unused slot.
+    pub lens: [u32; MAX_API_SUFFIXES],
+    pub bytes: [[u8; MAX_API_SUFFIX_LEN]; MAX_API_SUFFIXES],
+}
+
+impl ApiSuffixes {
+    /// Matches nothing; add endings with [`ApiSuffixes::push`].
+    pub const NONE: ApiSuffixes = ApiSuffixes {
+        every_post: 0,
+        lens: [0; MAX_API_SUFFIXES],
+        bytes: [[0; MAX_API_SUFFIX_LEN]; MAX_API_SUFFIXES],
+    };
+
+    /// Adds `suffix` in the first free slot; false if it is empty, too long or no slot is free.
+    pub const fn push(&mut self, suffix: &[u8]) -> bool {
+        if suffix.is_empty() || suffix.len() > MAX_API_SUFFIX_LEN {
+            return false;
+        }
+        let mut k = 0;
+        while k < MAX_API_SUFFIXES {
+            if self.lens[k] == 0 {
+                let mut j = 0;
+                while j < suffix.len() {
+                    self.bytes[k][j] = suffix[j];
+                    j += 1;
+                }
+                self.lens[k] = suffix.len() as u32;
+                return true;
+            }
+            k += 1;
+        }
+        false
+    }
+}
+
+/// The endings of the default API paths (`**/api/`, `**/api/index.php`, and the versioned
+/// `.../API/` forms, which differ only in case). Compiled into the object.
+pub const DEFAULT_API_SUFFIXES: ApiSuffixes = {
+    let mut suffixes = ApiSuffixes::NONE;
+    suffixes.push(b"/api/");
+    suffixes.push(b"/api/index.php");
+    suffixes
+};
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::SegmentEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::ApiSuffixes {}
 }
 
 /// Whether a client segment's first bytes (`head`, of which `len` are valid) start a request that
-/// may go to the REDCap API: `POST /...` whose path, up to the first space or `?`, ends with
-/// `/api/` or `/api/index.php`, ignoring ASCII case.
+/// may go to the REDCap API: `POST /...` whose path, up to the first space or `?`, ends with one
+/// of `suffixes`, ignoring ASCII case (or any `POST /` when `suffixes.every_post` is set).
 ///
 /// A superset of the configured API paths on purpose (user space re-checks exactly); the kernel
 /// only needs to decide cheaply whether a connection is worth copying. The loops are bounded by
-/// [`API_HEAD_LEN`] and use `get` so the BPF verifier can prove every access.
+/// [`API_HEAD_LEN`], [`MAX_API_SUFFIXES`] and [`MAX_API_SUFFIX_LEN`] and use `get` so the BPF
+/// verifier can prove every access.
 #[inline(always)]
-pub fn is_api_post_head(head: &[u8], len: usize) -> bool {
+pub fn is_api_post_head(head: &[u8], len: usize, suffixes: &ApiSuffixes) -> bool {
     const METHOD: &[u8; 6] = b"POST /";
     let len = if len < API_HEAD_LEN {
         len
@@ -174,6 +234,9 @@ pub fn is_api_post_head(head: &[u8], len: usize) -> bool {
             _ => return false,
         }
         i += 1;
+    }
+    if suffixes.every_post != 0 {
+        return true;
     }
     // The path starts at the '/' after "POST ".
     let mut end = 0;
@@ -192,20 +255,41 @@ pub fn is_api_post_head(head: &[u8], len: usize) -> bool {
         }
         i += 1;
     }
-    path_ends_with(head, end, b"/api/") || path_ends_with(head, end, b"/api/index.php")
+    let mut k = 0;
+    while k < MAX_API_SUFFIXES {
+        let hit = match (suffixes.lens.get(k), suffixes.bytes.get(k)) {
+            (Some(&suffix_len), Some(suffix)) => {
+                path_ends_with(head, end, suffix, suffix_len as usize)
+            }
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+        k += 1;
+    }
+    false
 }
 
-/// `head[..end]` ends with `suffix`, comparing ASCII case-insensitively (`| 0x20` folds letters
-/// and leaves '/', '.' and '_' unchanged, which is all the suffixes contain).
+/// `head[..end]` ends with `suffix[..suffix_len]`, comparing ASCII case-insensitively (`| 0x20`
+/// folds letters; for other bytes it may equate two, which only widens the superset).
 #[inline(always)]
-fn path_ends_with(head: &[u8], end: usize, suffix: &[u8]) -> bool {
+fn path_ends_with(
+    head: &[u8],
+    end: usize,
+    suffix: &[u8; MAX_API_SUFFIX_LEN],
+    suffix_len: usize,
+) -> bool {
     // The path includes its leading '/' at index 5, so a suffix may start there.
-    if end < 5 + suffix.len() {
+    if suffix_len == 0 || suffix_len > MAX_API_SUFFIX_LEN || end < 5 + suffix_len {
         return false;
     }
-    let start = end - suffix.len();
+    let start = end - suffix_len;
     let mut j = 0;
-    while j < suffix.len() {
+    while j < MAX_API_SUFFIX_LEN {
+        if j >= suffix_len {
+            return true;
+        }
         match (head.get(start + j), suffix.get(j)) {
             (Some(&b), Some(&s)) if b | 0x20 == s | 0x20 => {}
             _ => return false,
@@ -220,7 +304,72 @@ mod tests {
     use super::*;
 
     fn matches(line: &[u8]) -> bool {
-        is_api_post_head(line, line.len())
+        is_api_post_head(line, line.len(), &DEFAULT_API_SUFFIXES)
+    }
+
+    fn matches_with(line: &[u8], endings: &[&[u8]]) -> bool {
+        let mut suffixes = ApiSuffixes::NONE;
+        for ending in endings {
+            assert!(suffixes.push(ending));
+        }
+        is_api_post_head(line, line.len(), &suffixes)
+    }
+
+    #[test]
+    fn configured_endings_replace_the_default_ones() {
+        let custom: &[&[u8]] = &[b"/custom/endpoint"];
+        assert!(matches_with(b"POST /custom/endpoint HTTP/1.1\r\n", custom));
+        assert!(matches_with(
+            b"POST /x/Custom/Endpoint?a=b HTTP/1.1\r\n",
+            custom
+        ));
+        assert!(!matches_with(b"POST /api/ HTTP/1.1\r\n", custom));
+        assert!(!matches_with(
+            b"POST /custom/endpoint2 HTTP/1.1\r\n",
+            custom
+        ));
+        assert!(!matches_with(b"GET /custom/endpoint HTTP/1.1\r\n", custom));
+        let two: &[&[u8]] = &[b"/a/", b"/bb.php"];
+        assert!(matches_with(b"POST /x/bb.php HTTP/1.1\r\n", two));
+        assert!(matches_with(b"POST /a/ HTTP/1.1\r\n", two));
+        assert!(!matches_with(b"POST /b/ HTTP/1.1\r\n", two));
+    }
+
+    #[test]
+    fn an_ending_of_the_longest_length_fills_every_slot_and_matches() {
+        let longest = [b'e'; MAX_API_SUFFIX_LEN];
+        let mut suffixes = ApiSuffixes::NONE;
+        for _ in 0..MAX_API_SUFFIXES {
+            assert!(suffixes.push(&longest));
+        }
+        assert!(!suffixes.push(b"/api/"), "no slot is left");
+        let mut empty = ApiSuffixes::NONE;
+        assert!(!empty.push(&[b'e'; MAX_API_SUFFIX_LEN + 1]));
+        assert!(!empty.push(b""));
+        let mut line = b"POST /".to_vec();
+        line.extend_from_slice(&longest);
+        line.extend_from_slice(b" HTTP/1.1");
+        assert!(is_api_post_head(&line, line.len(), &suffixes));
+        // The path's leading '/' counts: a bare "/" + 31 bytes cannot end with 32 'e's.
+        let short = b"POST /eeeeeeeeeeeeeeeeeeeeeeeeeeeeeee HTTP/1.1";
+        assert!(!is_api_post_head(short, short.len(), &suffixes));
+    }
+
+    #[test]
+    fn every_post_is_tracked_when_a_pattern_ends_in_a_wildcard() {
+        let every = ApiSuffixes {
+            every_post: 1,
+            ..ApiSuffixes::NONE
+        };
+        assert!(is_api_post_head(b"POST /anything", 14, &every));
+        assert!(!is_api_post_head(b"GET /anything ", 14, &every));
+        assert!(!is_api_post_head(b"POST", 4, &every));
+    }
+
+    #[test]
+    fn no_endings_track_nothing() {
+        let line = b"POST /api/ HTTP/1.1\r\n";
+        assert!(!is_api_post_head(line, line.len(), &ApiSuffixes::NONE));
     }
 
     #[test]
@@ -261,8 +410,8 @@ mod tests {
     #[test]
     fn valid_length_limits_what_is_read() {
         let line = b"POST /api/ HTTP/1.1\r\n";
-        assert!(is_api_post_head(line, 11));
-        assert!(!is_api_post_head(line, 10));
+        assert!(is_api_post_head(line, 11, &DEFAULT_API_SUFFIXES));
+        assert!(!is_api_post_head(line, 10, &DEFAULT_API_SUFFIXES));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, interval_at};
 
-use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
+use crate::capture::kernel::{
+    KernelApiPaths, KernelProbe, ProbeConfig, ProbeError, interface_exists,
+};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::model::Timestamp;
@@ -78,6 +80,12 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
             "capture.ports",
             "is empty: list the web server's ports, e.g. [80, 8080]".into(),
         ));
+    }
+    // In "auto" mode a pattern the kernel cannot filter on falls back to libpcap (logged).
+    if capture.mode == CaptureMode::Ebpf
+        && let Err(err) = KernelApiPaths::from_patterns(&config.redcap.api_paths)
+    {
+        return Err(invalid("redcap.api_paths", err.to_string()));
     }
     Ok(())
 }
@@ -218,6 +226,7 @@ fn open_probe(config: &Config) -> Result<Source, RunError> {
         ports: config.capture.ports.clone(),
         ring_bytes: config.capture.ring_bytes,
         attach: config.capture.tc_attach,
+        api_paths: KernelApiPaths::from_patterns(&config.redcap.api_paths)?,
         ..ProbeConfig::default()
     })?;
     for interface in &config.capture.interfaces {
@@ -540,6 +549,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("capture.ports"), "{err}");
+    }
+
+    #[test]
+    fn an_api_path_the_kernel_cannot_filter_on_is_refused_in_ebpf_mode() {
+        let text = |mode: &str| {
+            format!(
+                "[capture]\ninterfaces = [\"lo\"]\nmode = \"{mode}\"\n[redcap]\n\
+                 api_paths = [\"**/api/\", \"/{}\"]\n",
+                "a".repeat(40)
+            )
+        };
+        let err = check_config(&config(&text("ebpf")), Path::new("live.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redcap.api_paths") && err.contains("at most 32"),
+            "{err}"
+        );
+        assert!(check_config(&config(&text("pcap")), Path::new("live.toml")).is_ok());
     }
 
     #[test]

@@ -20,7 +20,8 @@ use common::{
     spawn_attached_probe, start_server,
 };
 use redcap_monitor::capture::kernel::{
-    AttachMethod, DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError,
+    AttachMethod, DrainStats, KernelApiPaths, KernelCounters, KernelProbe, ProbeConfig,
+    ProbeError,
 };
 
 /// The test server's answer to API calls: large, so that responses span many segments.
@@ -364,6 +365,65 @@ fn bytes_beyond_the_copy_limit_are_counted_and_leave_a_hole() {
         stream_bytes(&downstream).is_err(),
         "a 100 kB response cannot arrive whole through 1 kB per segment"
     );
+}
+
+#[test]
+fn configured_api_paths_decide_what_the_kernel_tracks() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = NamespacePair::create();
+    let log = dir.path().join("server.jsonl");
+    let _server = start_server(&pair, &log, 2000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let config = ProbeConfig {
+        ports: vec![SERVER_PORT],
+        api_paths: KernelApiPaths::from_patterns(&["**/custom/endpoint".to_string()])
+            .expect("fits the kernel"),
+        ..ProbeConfig::default()
+    };
+    let probe = start_probe(&pair, config, Arc::clone(&stop));
+    let body = form_body(3000, 7);
+    curl(
+        &pair,
+        &[("POST", "/redcap/custom/endpoint", Some(&body))],
+        dir.path(),
+    );
+    curl(&pair, &[("POST", "/api/", Some(&body))], dir.path());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let capture = probe.join().expect("probe thread");
+
+    let exchanges = read_server_log(&log);
+    let port_of = |path: &str| {
+        exchanges
+            .iter()
+            .find(|(_, ex)| ex[0].path == path)
+            .map(|(&port, _)| port)
+            .unwrap_or_else(|| panic!("no connection for {path}"))
+    };
+    let (custom, api) = (port_of("/redcap/custom/endpoint"), port_of("/api/"));
+    let events_of = |port: u16| {
+        capture
+            .segments
+            .iter()
+            .filter(|s| s.src_port == port || s.dst_port == port)
+            .count()
+    };
+    assert!(events_of(custom) > 0, "the configured path is tracked");
+    assert_eq!(events_of(api), 0, "/api/ is no longer an API path");
+    let upstream: Vec<&Captured> = capture
+        .segments
+        .iter()
+        .filter(|s| s.src_port == custom)
+        .collect();
+    let exchange = &exchanges[&custom][0];
+    assert_eq!(
+        stream_bytes(&upstream).expect("whole request"),
+        exchange.request
+    );
+    assert_eq!(capture.counters.flows_started, 1, "{:?}", capture.counters);
 }
 
 #[test]

@@ -15,11 +15,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    API_HEAD_LEN, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, DEFAULT_SERVER_PORTS,
-    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
-    MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    is_api_post_head,
+    API_HEAD_LEN, ApiSuffixes, DEFAULT_API_SUFFIXES, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES,
+    DEFAULT_SERVER_PORTS, DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4,
+    FAMILY_IPV6, FlowKey, FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES,
+    MAX_CHUNKS_PER_SEGMENT, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN,
+    TCP_RST, TCP_SYN, is_api_post_head,
 };
 
 /// Server ports, set by user space at load (`EbpfLoader::set_global`); 0 = unused slot.
@@ -29,6 +29,10 @@ static SERVER_PORTS: [u16; MAX_SERVER_PORTS] = DEFAULT_SERVER_PORTS;
 /// Most payload bytes per event, set at load; clamped to `MAX_CHUNK_BYTES` below.
 #[unsafe(no_mangle)]
 static CHUNK_BYTES: u32 = MAX_CHUNK_BYTES;
+
+/// Path endings that make a `POST` start tracking, set at load from the configured API paths.
+#[unsafe(no_mangle)]
+static API_SUFFIXES: ApiSuffixes = DEFAULT_API_SUFFIXES;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTER_SLOTS, 0);
@@ -146,7 +150,10 @@ fn starts_api_post(ctx: &TcContext, segment: &Segment) -> bool {
         bytes,
         API_HEAD_LEN as u32,
     );
-    len > 0 && is_api_post_head(bytes, len as usize)
+    // Through black_box, not by value: the value is patched into .rodata at load, so the compiler
+    // must not fold in the defaults, and a ~300-byte copy would crowd the 512-byte stack.
+    let suffixes: &ApiSuffixes = core::hint::black_box(&API_SUFFIXES);
+    len > 0 && is_api_post_head(bytes, len as usize, suffixes)
 }
 
 /// Loads `min(available, limit)` bytes (limit ≤ MAX_CHUNK_BYTES) from `offset` into `bytes`;
