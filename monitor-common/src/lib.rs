@@ -118,7 +118,12 @@ pub struct SegmentEvent {
     pub direction: u8,
     /// The TCP flags byte (FIN/SYN/RST/PSH/ACK/...), with FIN and RST cleared on data events.
     pub tcp_flags: u8,
-    pub _reserved: [u8; 5],
+    /// Non-zero when `stream_start` holds where this direction's tracked bytes begin.
+    pub stream_start_known: u8,
+    /// Sequence number of this direction's first byte since tracking began (the `POST` that
+    /// started it, or the server's byte acknowledged by that `POST`). User space reassembles from
+    /// here, so an event lost before the first one it sees is a gap, not a mid-stream pickup.
+    pub stream_start: u32,
 }
 
 /// Size of the header that precedes every event's payload.
@@ -145,7 +150,12 @@ pub struct FlowState {
     pub since_ns: u64,
     /// Which directions have sent FIN (bit 0: client, bit 1: server).
     pub fins: u32,
-    pub _pad: u32,
+    /// Non-zero when `server_start` is known (the starting `POST` carried an ACK).
+    pub server_start_known: u32,
+    /// Sequence number of the starting `POST`'s first payload byte.
+    pub client_start: u32,
+    /// The server's next sequence number, as acknowledged by the starting `POST`.
+    pub server_start: u32,
 }
 
 /// The path endings (compared ignoring ASCII case) that make a client's `POST` start tracking
@@ -418,6 +428,7 @@ mod tests {
     fn event_header_layout_is_stable() {
         assert_eq!(SEGMENT_EVENT_LEN, 72);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<FlowState>(), 16);
+        assert_eq!(core::mem::size_of::<FlowState>(), 24);
+        assert_eq!(core::mem::offset_of!(SegmentEvent, stream_start), 68);
     }
 }

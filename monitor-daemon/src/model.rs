@@ -102,6 +102,10 @@ pub struct TcpSegment<'a> {
     pub ack: Option<u32>,
     pub flags: TcpFlags,
     pub payload: &'a [u8],
+    /// Where the sender's bytes begin, when the capture knows it without having seen a SYN (the
+    /// kernel probe starts copying a connection at an API `POST`): bytes missing between this
+    /// and the first byte received are a gap, not a mid-stream pickup.
+    pub stream_start: Option<u32>,
 }
 
 /// Which way bytes travel on a connection.

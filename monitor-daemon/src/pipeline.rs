@@ -53,8 +53,9 @@ pub struct PipelineStats<'a> {
 impl PipelineStats<'_> {
     /// Every non-zero counter of input the pipeline rejected, lost or could only partly use,
     /// named `stage.reason`: what an admin needs to judge how complete a report is. Connections
-    /// picked up mid-stream are not listed: the kernel probe starts every stream that way, and a
-    /// request whose start was missed is never reported (so it cannot be wrong).
+    /// picked up mid-stream are not listed: a live capture starts that way on every connection
+    /// already open, and a request whose start was missed is never reported (so it cannot be
+    /// wrong). A start lost to a gap is listed (`http.request_starts_lost`).
     pub fn problems(&self) -> Vec<(&'static str, u64)> {
         let (d, r, h, c) = (self.decode, self.reassembly, self.http, self.redcap);
         let all = [
@@ -75,6 +76,7 @@ impl PipelineStats<'_> {
             ("http.too_many_headers", h.too_many_headers),
             ("http.bad_content_length", h.bad_content_length),
             ("http.bad_chunk", h.bad_chunk),
+            ("http.request_starts_lost", h.request_starts_lost),
             ("http.unmatched_responses", h.unmatched_responses),
             ("http.pending_overflow", h.pending_overflow),
             ("http.resyncs", h.resyncs),
@@ -309,6 +311,7 @@ mod tests {
                 ..TcpFlags::default()
             },
             payload,
+            stream_start: None,
         }
     }
 

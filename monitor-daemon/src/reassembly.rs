@@ -180,13 +180,20 @@ impl Reassembler {
                 sender.syn_seq = Some(seg.seq);
                 sender.next_seq = Some(data_seq);
             }
+        } else if let (None, Some(start)) = (sender.next_seq, seg.stream_start) {
+            // The capture says where this direction began: what is missing before this segment
+            // was lost, and becomes a gap like any other hole.
+            sender.next_seq = Some(start);
         }
-        if !seg.payload.is_empty() || flags.fin {
-            sender.receive(data_seq, seg.payload, flags.fin, seg.ts, limit, &mut out);
-        }
+        // The acknowledgment first: the sender had received those bytes before it sent this
+        // data, so a hole it acknowledges (and the data behind it) comes first in time too.
         if let Some(ack) = seg.ack {
             out.dir = dir.reverse();
             receiver.acknowledged(ack, seg.ts, &mut out);
+            out.dir = dir;
+        }
+        if !seg.payload.is_empty() || flags.fin {
+            sender.receive(data_seq, seg.payload, flags.fin, seg.ts, limit, &mut out);
         }
 
         let both_fins = sender.fin_seq.is_some() && receiver.fin_seq.is_some();
@@ -268,7 +275,9 @@ impl Reassembler {
         if flags.syn && !flags.ack {
             return (seg.src, seg.dst);
         }
-        self.stats.midstream_pickups += 1;
+        if seg.stream_start.is_none() {
+            self.stats.midstream_pickups += 1;
+        }
         if flags.syn {
             return (seg.dst, seg.src);
         }
@@ -841,6 +850,8 @@ mod tests {
         now_ms: u64,
         /// Data events' timestamps, in milliseconds, in order.
         data_ts_ms: Vec<u64>,
+        /// Where each direction began, as the kernel probe reports it: (client's, server's).
+        stream_starts: Option<(u32, u32)>,
     }
 
     impl Harness {
@@ -854,6 +865,7 @@ mod tests {
                 events: Vec::new(),
                 now_ms: 0,
                 data_ts_ms: Vec::new(),
+                stream_starts: None,
             }
         }
 
@@ -903,6 +915,9 @@ mod tests {
                 ack: flags.ack.then_some(ack),
                 flags,
                 payload,
+                stream_start: self.stream_starts.map(|(client, server)| {
+                    if dst.port == 8080 { client } else { server }
+                }),
             };
             let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
             self.reassembler
@@ -1186,6 +1201,28 @@ mod tests {
         assert_eq!(h.stats().reset_closed, 1);
         assert_eq!(h.reassembler.connections(), 0);
         assert_eq!(h.reassembler.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn bytes_lost_before_the_first_seen_segment_of_a_known_start_are_a_gap() {
+        let mut h = Harness::new();
+        h.stream_starts = Some((700, 500));
+        let (client, server) = (v4(1, 40_000), v4(2, 8080));
+        // The kernel started at the client's byte 700 (and server byte 500), but the events for
+        // the first 10 client bytes were lost: the server's ACK past them declares the gap.
+        h.seg(client, server, "A", 710, 500, b"tail");
+        h.seg(server, client, "A", 500, 714, b"HTTP/1.1 200 OK");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, client, server),
+                Ev::Gap(0, C2S, 10),
+                data(C2S, b"tail"),
+                data(S2C, b"HTTP/1.1 200 OK"),
+            ]
+        );
+        assert_eq!(h.stats().midstream_pickups, 0);
+        assert_eq!(h.stats().acked_gaps, 1);
     }
 
     #[test]

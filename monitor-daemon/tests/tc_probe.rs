@@ -20,8 +20,7 @@ use common::{
     spawn_attached_probe, start_server,
 };
 use redcap_monitor::capture::kernel::{
-    AttachMethod, DrainStats, KernelApiPaths, KernelCounters, KernelProbe, ProbeConfig,
-    ProbeError,
+    AttachMethod, DrainStats, KernelApiPaths, KernelCounters, KernelProbe, ProbeConfig, ProbeError,
 };
 
 /// The test server's answer to API calls: large, so that responses span many segments.
@@ -36,6 +35,7 @@ struct Captured {
     seq: u32,
     fin: bool,
     payload: Vec<u8>,
+    stream_start: Option<u32>,
 }
 
 struct Capture {
@@ -60,6 +60,7 @@ fn start_probe(
                 seq: s.seq,
                 fin: s.flags.fin,
                 payload: s.payload.to_vec(),
+                stream_start: s.stream_start,
             })
         };
         while !stop.load(Ordering::Relaxed) {
@@ -154,6 +155,13 @@ fn stream_bytes(segments: &[&Captured]) -> Result<Vec<u8>, String> {
         return Ok(Vec::new());
     };
     let base = first.seq;
+    // Every event names where its direction's tracked bytes begin: here, the first byte.
+    if let Some(other) = segments.iter().find(|s| s.stream_start != Some(base)) {
+        return Err(format!(
+            "an event says the stream starts at {:?}, the first byte is at {base}",
+            other.stream_start
+        ));
+    }
     let mut bytes: Vec<Option<u8>> = Vec::new();
     for segment in segments.iter().filter(|s| !s.payload.is_empty()) {
         let start = segment.seq.wrapping_sub(base) as usize;

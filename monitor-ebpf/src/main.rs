@@ -87,14 +87,16 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     let tracked = FLOWS.get_ptr_mut(&segment.key);
     let Some(state) = tracked else {
         if segment.direction == DIRECTION_CLIENT_TO_SERVER && starts_api_post(ctx, segment) {
-            start_tracking(&segment.key);
-            send(ctx, segment);
+            let state = start_tracking(segment);
+            send(ctx, segment, &state);
         } else {
             count(KernelCounter::Filtered, 1);
         }
         return;
     };
-    send(ctx, segment);
+    // SAFETY: the LRU value stays valid for this program run; the start fields never change.
+    let start = unsafe { *state };
+    send(ctx, segment, &start);
     // A SYN on a tracked 4-tuple means the old connection is gone (port reuse): forget it, and let
     // the new one earn tracking with its own API request.
     if segment.flags & (TCP_RST | TCP_SYN) != 0 {
@@ -117,16 +119,30 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     }
 }
 
-fn start_tracking(key: &FlowKey) {
+/// Starts tracking at `segment`, the client's `POST`: where each direction's bytes begin is kept,
+/// so that user space can tell an event lost before the first one it receives.
+fn start_tracking(segment: &Segment) -> FlowState {
     let state = FlowState {
         since_ns: unsafe { bpf_ktime_get_ns() },
         fins: 0,
-        _pad: 0,
+        server_start_known: u32::from(segment.flags & TCP_ACK != 0),
+        client_start: data_seq(segment),
+        server_start: segment.ack,
     };
-    if FLOWS.insert(key, &state, 0).is_ok() {
+    if FLOWS.insert(&segment.key, &state, 0).is_ok() {
         count(KernelCounter::FlowsStarted, 1);
     } else {
         count(KernelCounter::FlowInsertFailed, 1);
+    }
+    state
+}
+
+/// Sequence number of the segment's first payload byte: after the SYN's own (TCP Fast Open).
+fn data_seq(segment: &Segment) -> u32 {
+    if segment.flags & TCP_SYN != 0 {
+        segment.seq.wrapping_add(1)
+    } else {
+        segment.seq
     }
 }
 
@@ -177,7 +193,7 @@ fn load_payload(
 }
 
 /// Sends the segment's payload in chunks, then a payload-less event for SYN/FIN/RST.
-fn send(ctx: &TcContext, segment: &Segment) {
+fn send(ctx: &TcContext, segment: &Segment, flow: &FlowState) {
     let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
         return;
     };
@@ -203,14 +219,17 @@ fn send(ctx: &TcContext, segment: &Segment) {
         family: key.family,
         direction: segment.direction,
         tcp_flags: segment.flags & !(TCP_FIN | TCP_RST),
-        _reserved: [0; 5],
+        stream_start_known: 0,
+        stream_start: 0,
     };
-    // Data of a SYN (TCP Fast Open) starts after the SYN's own sequence number.
-    let data_seq = if segment.flags & TCP_SYN != 0 {
-        segment.seq.wrapping_add(1)
-    } else {
-        segment.seq
-    };
+    if segment.direction == DIRECTION_CLIENT_TO_SERVER {
+        buffer.header.stream_start_known = 1;
+        buffer.header.stream_start = flow.client_start;
+    } else if flow.server_start_known != 0 {
+        buffer.header.stream_start_known = 1;
+        buffer.header.stream_start = flow.server_start;
+    }
+    let data_seq = data_seq(segment);
 
     let mut offset: u32 = 0;
     let mut i = 0;

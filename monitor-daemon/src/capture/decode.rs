@@ -120,6 +120,7 @@ fn decode_tcp<'a>(frame: &Frame<'a>) -> Result<(TcpSegment<'a>, bool), Rejection
         },
         // Bounded by the IP length, so Ethernet padding and trailers never become payload.
         payload: tcp.payload(),
+        stream_start: None,
     };
     Ok((segment, carried.incomplete))
 }

@@ -924,6 +924,7 @@ pub(crate) fn segment_from_record<'a>(
             rst: flags & TCP_RST != 0,
         },
         payload,
+        stream_start: (event.stream_start_known != 0).then_some(event.stream_start),
     })
 }
 
@@ -958,7 +959,8 @@ mod tests {
             family: FAMILY_IPV4,
             direction,
             tcp_flags: TCP_ACK,
-            _reserved: [0; 5],
+            stream_start_known: 1,
+            stream_start: 1000,
         }
     }
 
@@ -977,6 +979,7 @@ mod tests {
         assert!(segment.flags.ack && !segment.flags.fin);
         assert_eq!(segment.payload, b"POST");
         assert_eq!(segment.ts, Timestamp(1_700_000_000_000_005_000));
+        assert_eq!(segment.stream_start, Some(1000));
     }
 
     #[test]

@@ -351,10 +351,14 @@ impl<B: RequestBody> Connection<B> {
                 Phase::Stopped => return,
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
-                    let before = input.len();
                     input = self.requests.skip_to_start(input, at_line_start, ctx.stats);
-                    if input.len() < before && std::mem::take(&mut self.requests.start_lost) {
-                        // Keeps FIFO right: that request's response will come.
+                    // Lost bytes where a request should start were (the start of) a request,
+                    // whether or not its tail must be skipped: its response will come, so it
+                    // keeps its place in the FIFO.
+                    if matches!(self.requests.phase, Phase::Head)
+                        && std::mem::take(&mut self.requests.start_lost)
+                    {
+                        ctx.stats.request_starts_lost += 1;
                         self.push_pending(None, false, false, true, ctx);
                     }
                 }
@@ -532,6 +536,7 @@ impl<B: RequestBody> Connection<B> {
             Phase::Head => {
                 if self.requests.head.started() {
                     // The request cannot be emitted without its head, but it will be answered.
+                    ctx.stats.request_starts_lost += 1;
                     self.push_pending(None, false, false, true, ctx);
                 } else {
                     self.requests.start_lost = true;

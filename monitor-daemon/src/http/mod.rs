@@ -188,6 +188,9 @@ pub struct HttpStats {
     pub bad_content_length: u64,
     /// Directions whose first bytes were not a message start (picked up mid-stream).
     pub midstream_pickups: u64,
+    /// Gaps that swallowed the start of at least one request: the server answers it, but it is
+    /// not reported (its method, path and token are unknown). A lower bound on requests lost.
+    pub request_starts_lost: u64,
     /// Connections that switched protocols (101, or CONNECT answered 2xx); no longer parsed.
     pub upgrades: u64,
     /// Directions given up on: no message start found in their first bytes (TLS, not HTTP).
@@ -998,6 +1001,24 @@ mod tests {
         assert_eq!(h.out[1].request.target, "/3");
         assert_eq!(h.out[1].body.bytes, b"q");
         assert_eq!(h.stats().resyncs, 1);
+        assert_eq!(h.stats().request_starts_lost, 1);
+    }
+
+    #[test]
+    fn a_whole_request_lost_at_the_start_still_takes_its_answer() {
+        let mut h = Harness::new();
+        // The stream's known start was lost (kernel ring full): the first request vanished
+        // entirely, and the next one starts right after the gap.
+        h.gap(Direction::ClientToServer, 10, 57);
+        h.client(11, b"POST /2 HTTP/1.1\r\nContent-Length: 1\r\n\r\nq");
+        h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlost");
+        h.server(21, b"HTTP/1.1 202 OK\r\nContent-Length: 0\r\n\r\n");
+        // The first answer belongs to the lost request, not to /2.
+        assert_eq!(h.statuses(), [Some(202)]);
+        assert_eq!(h.out[0].request.target, "/2");
+        assert_eq!(h.out[0].incomplete, None);
+        assert_eq!(h.stats().request_starts_lost, 1);
+        assert_eq!(h.stats().unmatched_responses, 0);
     }
 
     #[test]
