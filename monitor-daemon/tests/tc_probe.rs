@@ -571,3 +571,85 @@ fn netlink_attach_captures_api_calls_and_removes_the_clsact_it_added() {
 fn netlink_attach_leaves_a_clsact_that_was_there_before() {
     netlink_attach_captures_and_cleans_up(true);
 }
+
+/// Netlink filters outlive a process: `redcap-monitor run` killed with SIGKILL leaves its
+/// classifier attached. The next run removes the leftovers (so the classifier is attached once,
+/// not twice, and no call is counted twice), and its clean exit leaves nothing behind.
+#[test]
+fn a_run_after_a_crash_removes_the_netlink_filters_the_crash_left() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = NamespacePair::create();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nkey_file = {:?}\n[capture]\nmode = \"ebpf\"\ninterfaces = [{:?}]\n\
+             ports = [{SERVER_PORT}]\ntc_attach = \"netlink\"\n",
+            dir.path().join("site.key"),
+            pair.server_if
+        ),
+    )
+    .expect("writing the config");
+    let classifiers = |direction: &str| {
+        tc_show(&pair, "filter", &[direction])
+            .matches("api_flow_classifier")
+            .count()
+    };
+    let attached_once = || ["ingress", "egress"].iter().all(|d| classifiers(d) == 1);
+    let start = |log: &str| {
+        let log = std::fs::File::create(dir.path().join(log)).expect("log file");
+        pair.exec(&pair.server_ns, env!("CARGO_BIN_EXE_redcap-monitor"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting redcap-monitor run")
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting until {what}");
+    };
+
+    let mut crashed = start("first.log");
+    wait_for("the first run attached", &attached_once);
+    crashed.kill().expect("SIGKILL");
+    crashed.wait().expect("reaping the first run");
+    assert!(attached_once(), "the crash should have left the filters");
+
+    let mut second = start("second.log");
+    let second_log = || std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    wait_for("the second run attached", &|| {
+        second_log().contains("capturing with the eBPF probe")
+    });
+    assert!(
+        attached_once(),
+        "ingress: {}",
+        tc_show(&pair, "filter", &["ingress"])
+    );
+    assert_eq!(
+        second_log()
+            .matches("removed a classifier an earlier run left attached")
+            .count(),
+        2,
+        "{}",
+        second_log()
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(second.wait().expect("reaping the second run").success());
+    for direction in ["ingress", "egress"] {
+        assert_eq!(classifiers(direction), 0, "{direction} after a clean exit");
+    }
+}

@@ -543,12 +543,29 @@ fn attach_netlink(
     interface: &str,
     attach_type: TcAttachType,
 ) -> Result<SchedClassifierLink, ProgramError> {
+    remove_stale_filters(interface, attach_type);
     let link = program.attach_with_options(
         interface,
         attach_type,
         TcAttachOptions::Netlink(NlOptions::default()),
     )?;
     program.take_link(link)
+}
+
+/// Netlink filters outlive a process that crashed: a run that did not exit cleanly left its
+/// classifier attached, and a second copy would report every call twice. One daemon owns an
+/// interface, so any filter with the classifier's name is a leftover and is removed.
+fn remove_stale_filters(interface: &str, attach_type: TcAttachType) {
+    match tc::qdisc_detach_program(interface, attach_type, CLASSIFIER_PROGRAM) {
+        Ok(()) => tracing::warn!(
+            %interface,
+            direction = ?attach_type,
+            "removed a classifier an earlier run left attached (it did not exit cleanly)"
+        ),
+        Err(tc::TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => {}
+        // The attach that follows reports what is wrong with the interface or the privileges.
+        Err(err) => tracing::debug!(%interface, %err, "could not look for leftover classifiers"),
+    }
 }
 
 fn attach_error(
