@@ -27,8 +27,9 @@ pub fn python_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")
 }
 
-/// Tests that capture on `lo` need root. Returns false (skip) only when the operator said so
-/// with `REDCAP_MONITOR_SKIP_ROOT_TESTS=1`; otherwise a non-root run fails loudly.
+/// Tests that capture packets, load eBPF programs or create network namespaces need root.
+/// Returns false (skip) only when the operator said so with `REDCAP_MONITOR_SKIP_ROOT_TESTS=1`;
+/// otherwise a non-root run fails loudly.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
@@ -38,8 +39,8 @@ pub fn require_root(test: &str) -> bool {
         return false;
     }
     panic!(
-        "{test} captures on the loopback interface with tcpdump and needs root; \
-         run as root (sudo -E cargo test ...) or set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip"
+        "{test} captures packets, loads eBPF programs or creates network namespaces and needs \
+         root; run as root (sudo -E cargo test ...) or set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip"
     );
 }
 

@@ -18,8 +18,8 @@ pub fn command_in(netns: Option<&str>, program: &str) -> Command {
     }
 }
 
-/// A server and a client namespace joined by a veth pair, with IPv4 addresses
-/// `10.<subnet>.0.1` (server) and `10.<subnet>.0.2` (client).
+/// A server and a client namespace joined by a veth pair, with addresses `10.<subnet>.0.1` and
+/// `fd00:<subnet>::1` (server), `10.<subnet>.0.2` and `fd00:<subnet>::2` (client).
 pub struct NamespacePair {
     pub server_ns: String,
     pub client_ns: String,
@@ -27,6 +27,8 @@ pub struct NamespacePair {
     pub server_if: String,
     pub server_ip: String,
     pub client_ip: String,
+    pub server_ip6: String,
+    pub client_ip6: String,
 }
 
 impl NamespacePair {
@@ -44,6 +46,8 @@ impl NamespacePair {
             server_if: format!("rls{tag}"),
             server_ip: format!("10.{subnet}.0.1"),
             client_ip: format!("10.{subnet}.0.2"),
+            server_ip6: format!("fd00:{subnet}::1"),
+            client_ip6: format!("fd00:{subnet}::2"),
         };
         let client_if = format!("rlc{tag}");
         run(&["netns", "add", &pair.server_ns])?;
@@ -60,15 +64,33 @@ impl NamespacePair {
         ])?;
         run(&["link", "set", &pair.server_if, "netns", &pair.server_ns])?;
         run(&["link", "set", &client_if, "netns", &pair.client_ns])?;
-        for (ns, ifname, ip) in [
-            (&pair.server_ns, &pair.server_if, &pair.server_ip),
-            (&pair.client_ns, &client_if, &pair.client_ip),
+        for (ns, ifname, ip, ip6) in [
+            (
+                &pair.server_ns,
+                &pair.server_if,
+                &pair.server_ip,
+                &pair.server_ip6,
+            ),
+            (
+                &pair.client_ns,
+                &client_if,
+                &pair.client_ip,
+                &pair.client_ip6,
+            ),
         ] {
             run(&["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+            // nodad: usable at once, without waiting for duplicate address detection.
+            let ip6 = format!("{ip6}/64");
+            run(&["-n", ns, "addr", "add", &ip6, "dev", ifname, "nodad"])?;
             run(&["-n", ns, "link", "set", ifname, "up"])?;
             run(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(pair)
+    }
+
+    /// `program`, run inside namespace `ns`.
+    pub fn exec(&self, ns: &str, program: &str) -> Command {
+        command_in(Some(ns), program)
     }
 }
 

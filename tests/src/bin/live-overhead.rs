@@ -9,8 +9,8 @@
 //! no host interface. `cargo xtask bench live` builds and runs it.
 
 // The namespace pair, the probe thread and the root check are the kernel tests' own.
-#[path = "../../../monitor-daemon/tests/common/mod.rs"]
-mod common;
+#[path = "../../tests/probe_env/mod.rs"]
+mod probe_env;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,7 +21,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use common::{NamespacePair, SERVER_IP, SERVER_PORT};
+use monitor_tests::netns::NamespacePair;
+use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
 use redcap_monitor::config::Config;
 use redcap_monitor::pipeline::Pipeline;
@@ -90,7 +91,7 @@ fn main() -> Result<()> {
     install_interrupt_handler();
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     let _nginx = Nginx::start(&pair, dir.path())?;
     let script = dir.path().join("post.lua");
     std::fs::write(&script, wrk_script()).context("writing the wrk script")?;
@@ -272,7 +273,7 @@ fn attached_run(
     };
     let probe = {
         let stop = Arc::clone(&stop);
-        common::spawn_attached_probe(pair, config, move |mut probe| {
+        probe_env::spawn_attached_probe(pair, config, move |mut probe| {
             let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid");
             let (mut seen, mut complete) = (0u64, 0u64);

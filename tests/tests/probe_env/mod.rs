@@ -1,133 +1,34 @@
-//! What the real-kernel tests share: the root check, a pair of network namespaces joined by a
-//! veth, a logging HTTP test server, and a probe loaded and attached inside the server's
-//! namespace on its own thread. Everything created here is removed on drop, also on panic.
+//! What the real-kernel probe tests (and the live-overhead bench) share: a namespace pair with
+//! fixed addresses, a logging HTTP test server, and a probe loaded and attached inside the
+//! server's namespace on its own thread. Everything created here is removed on drop, also on
+//! panic. Unlike the harness library, this links the daemon's library to drive the probe itself.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
+use monitor_tests::netns::NamespacePair;
 use redcap_monitor::capture::kernel::{KernelProbe, ProbeConfig};
 
+pub const SUBNET: u8 = 203;
 pub const SERVER_IP: &str = "10.203.0.1";
 pub const CLIENT_IP: &str = "10.203.0.2";
 pub const SERVER_IP6: &str = "fd00:203::1";
 pub const CLIENT_IP6: &str = "fd00:203::2";
 pub const SERVER_PORT: u16 = 8080;
 
-/// Returns false (after saying why) when the test must be skipped; panics when it may not be.
-pub fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("REDCAP_MONITOR_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: needs root (REDCAP_MONITOR_SKIP_ROOT_TESTS=1)");
-        return false;
-    }
-    panic!(
-        "this test loads eBPF programs and creates network namespaces: run it as root, \
-         or set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip it"
+/// The namespace pair the probe tests use: the addresses above, removed on drop.
+pub fn namespace_pair() -> NamespacePair {
+    let pair = NamespacePair::create(SUBNET).expect("creating the network namespaces");
+    debug_assert_eq!(
+        (pair.server_ip.as_str(), pair.server_ip6.as_str()),
+        (SERVER_IP, SERVER_IP6)
     );
-}
-
-pub fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop, also when the test panics.
-pub struct NamespacePair {
-    pub server_ns: String,
-    pub client_ns: String,
-    pub server_if: String,
-}
-
-impl NamespacePair {
-    pub fn create() -> NamespacePair {
-        // Unique per run and per test, short enough for 15-byte interface names.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "{:x}{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let pair = NamespacePair {
-            server_ns: format!("rcm-s-{tag}"),
-            client_ns: format!("rcm-c-{tag}"),
-            server_if: format!("rcs{tag}"),
-        };
-        let client_if = format!("rcc{tag}");
-        run("ip", &["netns", "add", &pair.server_ns]);
-        run("ip", &["netns", "add", &pair.client_ns]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &pair.server_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &client_if,
-            ],
-        );
-        run(
-            "ip",
-            &["link", "set", &pair.server_if, "netns", &pair.server_ns],
-        );
-        run("ip", &["link", "set", &client_if, "netns", &pair.client_ns]);
-        for (ns, ifname, ip, ip6) in [
-            (&pair.server_ns, &pair.server_if, SERVER_IP, SERVER_IP6),
-            (&pair.client_ns, &client_if, CLIENT_IP, CLIENT_IP6),
-        ] {
-            run(
-                "ip",
-                &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", ifname],
-            );
-            // nodad: usable at once, without waiting for duplicate address detection.
-            run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{ip6}/64"),
-                    "dev",
-                    ifname,
-                    "nodad",
-                ],
-            );
-            run("ip", &["-n", ns, "link", "set", ifname, "up"]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
-    }
-
-    /// `program` run inside namespace `ns`.
-    pub fn exec(&self, ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]);
-        command
-    }
-}
-
-impl Drop for NamespacePair {
-    fn drop(&mut self) {
-        // Deleting a namespace deletes the veth pair with it.
-        for ns in [&self.server_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
+    pair
 }
 
 /// A child process killed on drop.

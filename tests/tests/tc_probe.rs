@@ -4,7 +4,7 @@
 //! keep-alive requests, bodies larger than one MSS, split into chunks) and that other traffic
 //! produces no events. Needs root; set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip without it.
 
-mod common;
+mod probe_env;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,8 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{
-    CLIENT_IP, CLIENT_IP6, NamespacePair, SERVER_IP, SERVER_IP6, SERVER_PORT, have_root,
+use monitor_tests::daemon::monitor_bin;
+use monitor_tests::netns::NamespacePair;
+use monitor_tests::require_root;
+use probe_env::{
+    CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, SERVER_PORT, namespace_pair,
     spawn_attached_probe, start_server,
 };
 use redcap_monitor::capture::kernel::{
@@ -187,11 +190,11 @@ fn stream_bytes(segments: &[&Captured]) -> Result<Vec<u8>, String> {
 
 #[test]
 fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     let log = dir.path().join("server.jsonl");
     let _server = start_server(&pair, &log, API_RESPONSE_BYTES);
 
@@ -340,11 +343,11 @@ fn api_connections_arrive_byte_for_byte_and_other_traffic_produces_no_events() {
 
 #[test]
 fn bytes_beyond_the_copy_limit_are_counted_and_leave_a_hole() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     let log = dir.path().join("server.jsonl");
     let _server = start_server(&pair, &log, API_RESPONSE_BYTES);
     let stop = Arc::new(AtomicBool::new(false));
@@ -377,11 +380,11 @@ fn bytes_beyond_the_copy_limit_are_counted_and_leave_a_hole() {
 
 #[test]
 fn configured_api_paths_decide_what_the_kernel_tracks() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     let log = dir.path().join("server.jsonl");
     let _server = start_server(&pair, &log, 2000);
     let stop = Arc::new(AtomicBool::new(false));
@@ -436,7 +439,7 @@ fn configured_api_paths_decide_what_the_kernel_tracks() {
 
 #[test]
 fn attaching_to_a_missing_interface_names_it() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let mut probe = KernelProbe::load(&ProbeConfig::default()).expect("load");
@@ -475,11 +478,11 @@ fn tc_show(pair: &NamespacePair, what: &str, extra: &[&str]) -> String {
 /// filtered, and dropping the probe removes both filters and the clsact qdisc it added — or,
 /// when `clsact_before`, leaves the qdisc that was already there.
 fn netlink_attach_captures_and_cleans_up(clsact_before: bool) {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     if clsact_before {
         let status = pair
             .exec(&pair.server_ns, "tc")
@@ -577,11 +580,11 @@ fn netlink_attach_leaves_a_clsact_that_was_there_before() {
 /// not twice, and no call is counted twice), and its clean exit leaves nothing behind.
 #[test]
 fn a_run_after_a_crash_removes_the_netlink_filters_the_crash_left() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
+    let pair = namespace_pair();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
@@ -601,13 +604,18 @@ fn a_run_after_a_crash_removes_the_netlink_filters_the_crash_left() {
     let attached_once = || ["ingress", "egress"].iter().all(|d| classifiers(d) == 1);
     let start = |log: &str| {
         let log = std::fs::File::create(dir.path().join(log)).expect("log file");
-        pair.exec(&pair.server_ns, env!("CARGO_BIN_EXE_redcap-monitor"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting redcap-monitor run")
+        pair.exec(
+            &pair.server_ns,
+            &monitor_bin()
+                .expect("the redcap-monitor binary")
+                .to_string_lossy(),
+        )
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting redcap-monitor run")
     };
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         for _ in 0..200 {

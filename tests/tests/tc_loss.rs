@@ -5,7 +5,7 @@
 //! reported incomplete, never wrong and never invented. Needs root; set
 //! REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip without it.
 
-mod common;
+mod probe_env;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{CLIENT_IP, NamespacePair, SERVER_IP, SERVER_PORT, have_root, spawn_attached_probe};
+use monitor_tests::netns::NamespacePair;
+use monitor_tests::require_root;
+use probe_env::{CLIENT_IP, SERVER_IP, SERVER_PORT, namespace_pair, spawn_attached_probe};
 use redcap_monitor::capture::kernel::{DrainStats, KernelCounters, ProbeConfig};
 use redcap_monitor::config::Config;
 use redcap_monitor::pipeline::Pipeline;
@@ -220,14 +222,15 @@ fn calls_by_marker(calls: &[ApiCall], sent_calls: usize) -> BTreeMap<usize, &Api
 
 struct Burst {
     observed: Observed,
-    _server: common::Running,
+    _server: probe_env::Running,
     _pair: NamespacePair,
 }
 
 fn burst(calls: usize, config: ProbeConfig, key: [u8; 32], pause: Duration) -> Burst {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pair = NamespacePair::create();
-    let server = common::start_server(&pair, &dir.path().join("server.jsonl"), API_RESPONSE_BYTES);
+    let pair = namespace_pair();
+    let server =
+        probe_env::start_server(&pair, &dir.path().join("server.jsonl"), API_RESPONSE_BYTES);
     let stop = Arc::new(AtomicBool::new(false));
     let pipeline = start_pipeline(&pair, config, key, pause, Arc::clone(&stop));
     drive_calls(&pair, calls, dir.path());
@@ -253,7 +256,7 @@ fn burst(calls: usize, config: ProbeConfig, key: [u8; 32], pause: Duration) -> B
 
 #[test]
 fn a_burst_of_thousands_of_calls_loses_nothing_with_the_default_ring() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     const CALLS: usize = 3000;
@@ -293,7 +296,7 @@ fn a_burst_of_thousands_of_calls_loses_nothing_with_the_default_ring() {
 
 #[test]
 fn a_tiny_ring_drained_slowly_loses_events_and_reports_the_calls_incomplete_never_wrong() {
-    if !have_root() {
+    if !require_root(module_path!()) {
         return;
     }
     const CALLS: usize = 1500;
