@@ -296,19 +296,17 @@ impl KernelProbe {
                 what: "TC classifier api_flow_classifier",
             })?;
         // EACCES here is the verifier refusing the program, not a missing capability.
-        program
-            .load()
-            .map_err(|source| match program_os_error(&source) {
-                Some(errno) if errno == libc::EPERM => ProbeError::MissingPrivilege {
-                    action: "load the TC classifier",
-                    capabilities: "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
-                    source: io::Error::from_raw_os_error(errno),
-                },
-                _ => ProbeError::Verifier {
-                    program: CLASSIFIER_PROGRAM,
-                    source: Box::new(source),
-                },
-            })?;
+        verify(|| program.load()).map_err(|source| match program_os_error(&source) {
+            Some(errno) if errno == libc::EPERM => ProbeError::MissingPrivilege {
+                action: "load the TC classifier",
+                capabilities: "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                source: io::Error::from_raw_os_error(errno),
+            },
+            _ => ProbeError::Verifier {
+                program: CLASSIFIER_PROGRAM,
+                source: Box::new(source),
+            },
+        })?;
 
         let events = ebpf
             .take_map(EVENTS_MAP)
@@ -550,6 +548,27 @@ fn attach_netlink(
         TcAttachOptions::Netlink(NlOptions::default()),
     )?;
     program.take_link(link)
+}
+
+/// Runs a program load through the verifier. The verifier gives up with EAGAIN when a signal
+/// arrives while it works (SIGCHLD from any child of this process will do, and verifying the
+/// classifier takes long enough on a busy host); like libbpf, try again a few times.
+pub(crate) fn verify(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(source)
+                if attempt < ATTEMPTS && program_os_error(&source) == Some(libc::EAGAIN) =>
+            {
+                tracing::debug!(attempt, "the verifier was interrupted; loading again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Netlink filters outlive a process that crashed: a run that did not exit cleanly left its
@@ -979,6 +998,48 @@ mod tests {
             stream_start_known: 1,
             stream_start: 1000,
         }
+    }
+
+    fn os_error(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_prog_load",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn an_interrupted_verification_is_tried_again_a_few_times() {
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(os_error(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(result.is_ok());
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            Err(os_error(libc::EAGAIN))
+        });
+        assert_eq!(
+            result.as_ref().map_err(program_os_error),
+            Err(Some(libc::EAGAIN))
+        );
+        assert_eq!(calls, 5);
+
+        // Any other error is final at once.
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            Err(os_error(libc::EACCES))
+        });
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
     }
 
     const CLOCK: KernelClock = KernelClock {
