@@ -463,6 +463,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
         Ok(config) => config.unwrap_or_default(),
         Err(err) => return fail(2, &err),
     };
+    let mut fell_back = None;
     if args.stats.is_none() {
         match ApiClient::new(&config).and_then(|client| {
             let status = client.get("status")?;
@@ -481,9 +482,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             Err(ApiFailure::Refused(message)) => return fail(1, &message),
-            Err(ApiFailure::Unreachable(why)) => {
-                eprintln!("note: cannot ask the daemon ({why}); reading its stats file instead");
-            }
+            Err(ApiFailure::Unreachable(why)) => fell_back = Some(why),
         }
     }
     let Some(path) = args.stats.or(config.output.stats) else {
@@ -493,6 +492,12 @@ pub fn status(args: StatusArgs) -> ExitCode {
               (the daemon writes it every stats_interval)",
         );
     };
+    if let Some(why) = fell_back {
+        eprintln!(
+            "note: cannot ask the daemon ({why}); reading its stats file {} instead",
+            path.display()
+        );
+    }
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(err) => {
@@ -514,7 +519,6 @@ pub fn status(args: StatusArgs) -> ExitCode {
         println!("{stats}");
         return ExitCode::SUCCESS;
     }
-    println!("stats file {}", path.display());
     print!("{}", status_text(&stats));
     ExitCode::SUCCESS
 }

@@ -258,7 +258,8 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [{PORT}]\n\
              [output]\nstats = \"{}\"\nstats_interval = \"1s\"\n\
-             [api]\nlisten = \"{API}\"\ntoken_file = \"{}\"\ntop_tokens = 5\n",
+             [api]\nlisten = \"{API}\"\ntoken_file = \"{}\"\ntop_tokens = 5\n\
+             [enforcement]\nmode = \"on_violation\"\n",
             pair.server_if,
             stats.display(),
             token_file.display()
@@ -439,6 +440,17 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         }
     }
 
+    // The burst's second violation suspended OTHER (mode on_violation: a warning, then a
+    // suspension); PyCap's full session breaks the rate rule too.
+    let auto = first_value(&query(
+        ns,
+        "redcap_monitor_suspensions_total{origin=\"auto\"}",
+    ))
+    .unwrap();
+    let active = first_value(&query(ns, "redcap_monitor_suspensions_active")).unwrap();
+    assert!(auto >= 1.0, "{auto}");
+    assert_eq!(active, auto, "every suspension is still in force");
+
     // The admin API: the bearer token is required, and the answers hold what the daemon saw.
     let status_url = format!("http://{API}/api/v1/status");
     assert_eq!(curl(ns, &[&status_url]).0, 401);
@@ -455,6 +467,21 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         401
     );
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let (code, listed) = curl(
+        ns,
+        &["-H", &auth, &format!("http://{API}/api/v1/suspensions")],
+    );
+    assert_eq!(code, 200, "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len() as f64, active, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|s| s["token_fp"] == fp_other.as_str() && s["source"] == "auto"),
+        "{listed:?}"
+    );
+    let suspended = listed.len();
     let (code, violations) = curl(
         ns,
         &["-H", &auth, &format!("http://{API}/api/v1/violations")],
@@ -496,7 +523,10 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
     assert!(status.status.success(), "{said}");
     assert!(said.contains(&format!("daemon at http://{API}")), "{said}");
     assert!(said.contains("losses: none"), "{said}");
-    assert!(said.contains("suspended tokens: 1"), "{said}");
+    assert!(
+        said.contains(&format!("suspended tokens: {suspended}")),
+        "{said}"
+    );
     let top = command_in(Some(ns), monitor)
         .args(["top", "--once", "--config", config_arg])
         .output()
@@ -512,7 +542,7 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         !said.contains(TOKEN) && !said.contains(OTHER),
         "no raw token"
     );
-    assert!(said.contains("suspended 1"), "{said}");
+    assert!(said.contains(&format!("suspended {suspended}")), "{said}");
     let (code, body) = curl(
         ns,
         &[
@@ -543,7 +573,10 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
     assert!(status.status.success(), "{said}");
     assert!(said.contains("cannot ask the daemon"), "{said}");
     assert!(
-        said.contains(&format!("stats file {}", stats.display())),
+        said.contains(&format!(
+            "reading its stats file {} instead",
+            stats.display()
+        )),
         "{said}"
     );
     assert!(said.contains("losses: none"), "{said}");

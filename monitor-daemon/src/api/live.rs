@@ -59,6 +59,8 @@ impl SuspensionControl for MemorySuspensions {
     }
 
     fn suspend(&mut self, suspension: Suspension) -> Result<(), String> {
+        // Expired suspensions go here, so that the list holds only what may still be in force.
+        self.by_token.retain(|_, s| s.is_active(suspension.since));
         self.by_token.insert(suspension.token, suspension);
         Ok(())
     }

@@ -222,3 +222,116 @@ fn the_listen_address_and_limits_are_validated_with_their_keys() {
     assert!(ApiConfig::default().validate().is_ok());
     assert!(ApiConfig::default().address().ip().is_loopback());
 }
+
+/// The live side: an enforcement decision to suspend becomes an active suspension, counted and
+/// listed; the view lists the token's calls and bytes under its masked form; a lift ends it.
+#[test]
+fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
+    use crate::config::Config;
+    use crate::health::{Assessment, TokenLoad};
+    use crate::pipeline::Pipeline;
+    use crate::policy::enforce::{EnforcementConfig, EnforcementMode, Enforcer, HealthView};
+    use crate::policy::{Verdict, Violation};
+    use crate::redcap::sample::{at, call};
+    use crate::telemetry::{CaptureView, StatsView};
+    use crate::token::SiteKey;
+
+    let shared = Shared::new(Metrics::new());
+    let mut live = LiveTelemetry::new(
+        shared.clone(),
+        3,
+        Span::from_secs(60),
+        false,
+        Box::new(MemorySuspensions::default()),
+    );
+    let mut enforcer = Enforcer::new(EnforcementConfig {
+        mode: EnforcementMode::OnViolation,
+        ..EnforcementConfig::default()
+    });
+    let assessment = Assessment::default();
+    let health = HealthView {
+        degraded: false,
+        assessment: &assessment,
+        loads: &[],
+    };
+    for secs in [1000, 1001] {
+        let mut verdict = Verdict {
+            call: call(4, secs),
+            heavy: None,
+            violations: vec![Violation {
+                ts: at(secs),
+                token: fingerprint(4),
+                rule: "api_calls".into(),
+                limit: 3,
+                window: Span::from_secs(60),
+                count: 4,
+            }],
+            decision: None,
+        };
+        verdict.decision = enforcer.decide(&verdict, &health);
+        live.observe(&verdict);
+    }
+    let pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([1; 32])).unwrap();
+    let view = StatsView {
+        pipeline: pipeline.stats(),
+        capture: CaptureView::None,
+        degraded: false,
+        server_time_p95_s: None,
+        tracked_connections: 0,
+        tracked_tokens: 0,
+    };
+    let loads = [TokenLoad {
+        token: fingerprint(4),
+        calls: 2,
+        server_time: Span::from_millis(40),
+        share: 1.0,
+    }];
+    live.refresh(at(1002), &view, serde_json::json!({}), &loads);
+    let admin = shared.view();
+    let suspensions = admin.suspensions.as_array().unwrap();
+    assert_eq!(suspensions.len(), 1, "{}", admin.suspensions);
+    assert_eq!(suspensions[0]["source"], "auto");
+    assert_eq!(suspensions[0]["token_masked"], "T4…");
+    let top = &admin.top["tokens"][0];
+    assert_eq!(top["token_fp"], fingerprint(4).to_string());
+    assert_eq!(top["token_masked"], "T4…");
+    assert_eq!(top["response_bytes"], 2000);
+    assert_eq!(top["calls_per_minute"], 2.0);
+    assert_eq!(admin.violations.as_array().unwrap().len(), 2);
+    let text = shared.metrics.encode();
+    assert!(
+        text.contains("redcap_monitor_suspensions_active 1"),
+        "{text}"
+    );
+    assert!(text.contains("redcap_monitor_suspensions_total{origin=\"auto\"} 1"));
+    assert!(text.contains("redcap_monitor_enforcement_decisions_total{action=\"warn\"} 1"));
+    assert!(text.contains(&format!(
+        "redcap_monitor_top_token_load_ratio{{token_fp=\"{}\"}} 1.0",
+        fingerprint(4)
+    )));
+
+    let (reply, mut answer) = oneshot::channel();
+    let mut lifted_in_pipeline = None;
+    live.handle(
+        AdminCommand::Lift {
+            token: fingerprint(4),
+            reason: "test".into(),
+            reply,
+        },
+        at(1003),
+        &mut |fp| {
+            lifted_in_pipeline = Some(fp);
+            true
+        },
+    );
+    assert!(answer.try_recv().unwrap().is_ok());
+    assert_eq!(lifted_in_pipeline, Some(fingerprint(4)));
+    live.refresh(at(1004), &view, serde_json::json!({}), &loads);
+    assert!(shared.view().suspensions.as_array().unwrap().is_empty());
+    assert!(
+        shared
+            .metrics
+            .encode()
+            .contains("redcap_monitor_suspensions_active 0")
+    );
+}

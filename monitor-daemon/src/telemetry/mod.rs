@@ -1,8 +1,10 @@
 //! Prometheus metrics: every metric name, help text and label set of the daemon, in one place.
 //!
-//! Stages keep their own plain counters; [`Telemetry`] reads them once per refresh (and sees each
-//! verdict as it is released) and writes atomics that the API thread encodes on a scrape. The
-//! capture path never waits on a scrape. Labels are bounded by construction: REDCap's `content`
+//! Stages keep their own plain counters; [`Metrics::refresh`] reads them once a second and
+//! [`Metrics::observe`] sees each verdict as it is released (never per packet). Both write atomics
+//! that the API thread encodes on a scrape; the only locks shared with a scrape are
+//! prometheus-client's own short ones (a label family's map, a histogram's buckets), held for
+//! microseconds, so the capture path never waits on a scrape. Labels are bounded by construction: REDCap's `content`
 //! and `action` come from hostile input and are mapped onto an allow-list (else `other`); a token
 //! appears only as its fingerprint, and only in the opt-in top-K gauges (`api.top_tokens`).
 
