@@ -271,6 +271,10 @@ fn refresh_telemetry(source: &Source, pipeline: &Pipeline, records: &mut Records
         tracked_tokens,
     };
     let loads = health.load_by_token(now);
+    // When alerts and hooks run here, feed their counters the same way:
+    // `telemetry.metrics().set_alert_stats(alerts.stats())`,
+    // `telemetry.metrics().set_delivery_stats(&worker.stats())`, and per hook run
+    // `telemetry.metrics().hook_ran("suspend" | "lift", ok)`.
     telemetry.refresh(now, &view, status, &loads);
 }
 

@@ -542,11 +542,12 @@ impl Metrics {
         store(&self.alerts_raised, stats.raised);
     }
 
-    /// The delivery thread's counters: absolute values, set on each refresh.
-    pub fn set_delivery_stats(&self, attempts: u64, delivered: u64, gave_up: u64) {
-        store(&self.webhook_attempts, attempts);
-        store(&self.webhook_deliveries, delivered);
-        store(&self.webhook_failures, gave_up);
+    /// The delivery thread's counters (`DeliveryWorker::stats`): absolute values, set on each
+    /// refresh.
+    pub fn set_delivery_stats(&self, stats: &crate::alerts::DeliveryStats) {
+        store(&self.webhook_attempts, stats.attempts);
+        store(&self.webhook_deliveries, stats.delivered);
+        store(&self.webhook_failures, stats.gave_up);
     }
 
     /// Everything read from the stages' and the capture's own counters, once per refresh.

@@ -172,3 +172,39 @@ fn every_metric_name_follows_the_naming_rules() {
     assert!(families >= 15, "{families} families");
     assert!(text.contains("redcap_monitor_build_info{version=\""));
 }
+
+#[test]
+fn alert_delivery_and_hook_counters_are_exported() {
+    let metrics = Metrics::new();
+    let text = metrics.encode();
+    for zero in [
+        "redcap_monitor_webhook_deliveries_total 0",
+        "redcap_monitor_webhook_delivery_failures_total 0",
+        "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 0",
+    ] {
+        assert!(text.contains(zero), "{zero} before anything happened");
+    }
+    metrics.set_alert_stats(&crate::alerts::AlertStats {
+        raised: 4,
+        ..Default::default()
+    });
+    metrics.set_delivery_stats(&crate::alerts::DeliveryStats {
+        attempts: 9,
+        delivered: 3,
+        gave_up: 1,
+        ..Default::default()
+    });
+    metrics.hook_ran("suspend", true);
+    metrics.hook_ran("lift", false);
+    let text = metrics.encode();
+    for line in [
+        "redcap_monitor_alerts_raised_total 4",
+        "redcap_monitor_webhook_delivery_attempts_total 9",
+        "redcap_monitor_webhook_deliveries_total 3",
+        "redcap_monitor_webhook_delivery_failures_total 1",
+        "redcap_monitor_hook_runs_total{event=\"suspend\",result=\"ok\"} 1",
+        "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 1",
+    ] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
+}
