@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use redcap_monitor::api::live::suspension_json;
 use redcap_monitor::config::{Config, Duration};
 use redcap_monitor::model::Timestamp;
 use redcap_monitor::store::{AuditRecord, Source, Store, StoreError, StoreLimits, Suspension};
@@ -284,18 +285,6 @@ fn audit_json(r: &AuditRecord) -> serde_json::Value {
         "kind": r.entry.kind,
         "token_fp": r.entry.token,
         "details": r.entry.details,
-    })
-}
-
-fn suspension_json(s: &Suspension) -> serde_json::Value {
-    json!({
-        "token_fp": s.token,
-        "token_masked": s.masked.as_ref().map(|m| m.0.as_str()),
-        "since": s.since.as_secs_f64(),
-        "until": s.until.map(Timestamp::as_secs_f64),
-        "reason": s.reason,
-        "level": s.level,
-        "source": s.source,
     })
 }
 

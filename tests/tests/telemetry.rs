@@ -179,6 +179,17 @@ fn curl(ns: &str, args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// `redcap-monitor ARGS` inside the namespace: must succeed; returns stdout and stderr.
+fn monitor_says(ns: &str, args: &[&str]) -> String {
+    let out = command_in(Some(ns), monitor_bin().unwrap().to_str().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "redcap-monitor {args:?}: {said}");
+    said
+}
+
 fn query(ns: &str, expr: &str) -> Value {
     let url = format!("http://{PROMETHEUS}/api/v1/query");
     let (status, body) = curl(
@@ -510,29 +521,17 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
     );
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"token_masked\":\"00F…88\""), "{body}");
-    let monitor = monitor_bin().unwrap();
-    let monitor = monitor.to_str().unwrap();
     let config_arg = config.to_str().unwrap();
     // The suspension shows in the next refresh (1 s).
     std::thread::sleep(Duration::from_millis(1500));
-    let status = command_in(Some(ns), monitor)
-        .args(["status", "--config", config_arg])
-        .output()
-        .unwrap();
-    let said = text(&status);
-    assert!(status.status.success(), "{said}");
+    let said = monitor_says(ns, &["status", "--config", config_arg]);
     assert!(said.contains(&format!("daemon at http://{API}")), "{said}");
     assert!(said.contains("losses: none"), "{said}");
     assert!(
         said.contains(&format!("suspended tokens: {suspended}")),
         "{said}"
     );
-    let top = command_in(Some(ns), monitor)
-        .args(["top", "--once", "--config", config_arg])
-        .output()
-        .unwrap();
-    let said = text(&top);
-    assert!(top.status.success(), "{said}");
+    let said = monitor_says(ns, &["top", "--once", "--config", config_arg]);
     let line = said
         .lines()
         .find(|l| l.starts_with(&fp_token))
@@ -565,12 +564,7 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
     let (exit, log) = daemon.stop().unwrap();
     assert!(exit.success(), "{log}");
     assert!(!log.contains(TOKEN), "no raw token in the log");
-    let status = command_in(Some(ns), monitor)
-        .args(["status", "--config", config_arg])
-        .output()
-        .unwrap();
-    let said = text(&status);
-    assert!(status.status.success(), "{said}");
+    let said = monitor_says(ns, &["status", "--config", config_arg]);
     assert!(said.contains("cannot ask the daemon"), "{said}");
     assert!(
         said.contains(&format!(

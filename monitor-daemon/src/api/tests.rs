@@ -335,3 +335,21 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
             .contains("redcap_monitor_suspensions_active 0")
     );
 }
+
+#[test]
+fn a_taken_port_is_an_error_that_names_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = ApiConfig {
+        listen: taken.local_addr().unwrap().to_string(),
+        ..ApiConfig::default()
+    };
+    let (tx, _rx) = mpsc::channel(1);
+    let err = ApiServer::start(&config, Shared::new(Metrics::new()), None, tx)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("api.listen") && err.contains("api.enabled = false"),
+        "{err}"
+    );
+}
