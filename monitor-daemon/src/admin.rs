@@ -475,6 +475,9 @@ pub fn status(args: StatusArgs) -> ExitCode {
         }
     }
     let Some(path) = args.stats.or(config.output.stats) else {
+        if let Some(why) = &fell_back {
+            eprintln!("note: cannot ask the daemon ({why})");
+        }
         return fail(
             2,
             &"no stats file: pass --stats FILE, or --config FILE whose [output] stats is set \
