@@ -1,5 +1,5 @@
 //! The admin commands: on the durable state `audit`, `suspensions`, `suspend` and `lift`; on
-//! the live daemon's stats file `status`.
+//! the live daemon's admin API `status` (falling back to its stats file) and `top`.
 //!
 //! The edge between people and the [`Store`]: finds the store (`[store] path`, or `--store`),
 //! reads the clock once per command, prints tables for people or one JSON object a line for
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use redcap_monitor::api::live::suspension_json;
 use redcap_monitor::config::{Config, Duration};
 use redcap_monitor::model::Timestamp;
 use redcap_monitor::store::{AuditRecord, Source, Store, StoreError, StoreLimits, Suspension};
@@ -287,18 +288,6 @@ fn audit_json(r: &AuditRecord) -> serde_json::Value {
     })
 }
 
-fn suspension_json(s: &Suspension) -> serde_json::Value {
-    json!({
-        "token_fp": s.token,
-        "token_masked": s.masked.as_ref().map(|m| m.0.as_str()),
-        "since": s.since.as_secs_f64(),
-        "until": s.until.map(Timestamp::as_secs_f64),
-        "reason": s.reason,
-        "level": s.level,
-        "source": s.source,
-    })
-}
-
 /// `2023-11-14 22:13:20Z`.
 fn utc(ts: Timestamp) -> String {
     let secs = ts.0 / 1_000_000_000;
@@ -350,31 +339,157 @@ mod tests {
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Configuration file (TOML) whose `[output] stats` names the daemon's stats file.
+    /// Configuration file (TOML): `[api]` says where the daemon listens and where its token is,
+    /// `[output] stats` names the stats file to fall back on.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The stats file (overrides the configuration).
+    /// Read this stats file instead of asking the daemon.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
-    /// Print the stats file's JSON as it is.
+    /// Print the status JSON as it is.
     #[arg(long)]
     json: bool,
 }
 
-/// `status`: the live daemon's capture health from its stats file — losses first, since "zero
-/// calls lost" must be shown, not assumed.
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// Configuration file (TOML) whose `[api]` says where the daemon listens.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print one view and exit (also what happens when stdout is not a terminal).
+    #[arg(long)]
+    once: bool,
+    /// Time between refreshes, e.g. `2s`.
+    #[arg(long, value_parser = Duration::parse, default_value = "2s")]
+    interval: Duration,
+    /// Print the API's JSON (implies --once).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Why the admin API did not answer.
+enum ApiFailure {
+    /// Nothing listening, or no API configured: the caller may fall back.
+    Unreachable(String),
+    /// It answered, but not with what was asked.
+    Refused(String),
+}
+
+/// A client of the daemon's admin API (`[api]` in the configuration).
+struct ApiClient {
+    base: String,
+    authorization: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    fn new(config: &Config) -> Result<ApiClient, ApiFailure> {
+        let api = &config.api;
+        if !api.enabled {
+            return Err(ApiFailure::Unreachable(
+                "the API is off in this configuration (api.enabled = false)".into(),
+            ));
+        }
+        let Some(path) = &api.token_file else {
+            return Err(ApiFailure::Unreachable(
+                "no api.token_file in this configuration, so the admin API is off".into(),
+            ));
+        };
+        let token = std::fs::read_to_string(path).map_err(|err| {
+            ApiFailure::Refused(format!(
+                "cannot read the admin API token file {} (api.token_file): {err}; run as a user \
+                 who may read it (root, or the daemon's group)",
+                path.display()
+            ))
+        })?;
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        Ok(ApiClient {
+            base: format!("http://{}", api.address()),
+            authorization: format!("Bearer {}", token.trim()),
+            agent,
+        })
+    }
+
+    fn get(&self, endpoint: &str) -> Result<serde_json::Value, ApiFailure> {
+        let url = format!("{}/api/v1/{endpoint}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.authorization)
+            .call()
+            .map_err(|err| ApiFailure::Unreachable(format!("{url}: {err}")))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|err| ApiFailure::Refused(format!("{url}: {err}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|err| ApiFailure::Refused(format!("{url} did not answer JSON: {err}")))?;
+        if status != 200 {
+            let message = value["error"].as_str().unwrap_or("no reason given");
+            let hint = if status == 401 {
+                " (is this the token file the daemon reads?)"
+            } else {
+                ""
+            };
+            return Err(ApiFailure::Refused(format!(
+                "{url} answered {status}: {message}{hint}"
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// `status`: the live daemon's capture health — losses first, since "zero calls lost" must be
+/// shown, not assumed — from its admin API, or from its stats file when the API cannot be asked.
 pub fn status(args: StatusArgs) -> ExitCode {
-    let from_config = match args.config.as_deref().map(Config::load).transpose() {
-        Ok(config) => config.and_then(|c| c.output.stats),
+    let config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(config) => config.unwrap_or_default(),
         Err(err) => return fail(2, &err),
     };
-    let Some(path) = args.stats.or(from_config) else {
+    let mut fell_back = None;
+    if args.stats.is_none() {
+        match ApiClient::new(&config).and_then(|client| {
+            let status = client.get("status")?;
+            let suspensions = client.get("suspensions")?;
+            Ok((client.base, status, suspensions))
+        }) {
+            Ok((base, status, suspensions)) => {
+                if args.json {
+                    println!("{status}");
+                } else {
+                    println!("daemon at {base}");
+                    print!("{}", status_text(&status));
+                    let n = suspensions.as_array().map_or(0, Vec::len);
+                    println!("suspended tokens: {n}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            Err(ApiFailure::Refused(message)) => return fail(1, &message),
+            Err(ApiFailure::Unreachable(why)) => fell_back = Some(why),
+        }
+    }
+    let Some(path) = args.stats.or(config.output.stats) else {
+        if let Some(why) = &fell_back {
+            eprintln!("note: cannot ask the daemon ({why})");
+        }
         return fail(
             2,
             &"no stats file: pass --stats FILE, or --config FILE whose [output] stats is set \
               (the daemon writes it every stats_interval)",
         );
     };
+    if let Some(why) = fell_back {
+        eprintln!(
+            "note: cannot ask the daemon ({why}); reading its stats file {} instead",
+            path.display()
+        );
+    }
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(err) => {
@@ -398,6 +513,110 @@ pub fn status(args: StatusArgs) -> ExitCode {
     }
     print!("{}", status_text(&stats));
     ExitCode::SUCCESS
+}
+
+/// `top`: the tokens loading the server most, refreshed like `top(1)`; one view when stdout is
+/// not a terminal or with `--once`.
+pub fn top(args: TopArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let config = match args.config.as_deref().map(Config::load).transpose() {
+        Ok(config) => config.unwrap_or_default(),
+        Err(err) => return fail(2, &err),
+    };
+    let client = match ApiClient::new(&config) {
+        Ok(client) => client,
+        Err(ApiFailure::Unreachable(why) | ApiFailure::Refused(why)) => return fail(1, &why),
+    };
+    let live = !args.once && !args.json && std::io::stdout().is_terminal();
+    loop {
+        let fetched = client.get("top").and_then(|top| {
+            let status = client.get("status")?;
+            let suspensions = client.get("suspensions")?;
+            Ok((top, status, suspensions))
+        });
+        let (top, status, suspensions) = match fetched {
+            Ok(views) => views,
+            Err(ApiFailure::Unreachable(why)) => {
+                return fail(
+                    1,
+                    &format!(
+                        "the daemon is not reachable: {why} (is `redcap-monitor run` running?)"
+                    ),
+                );
+            }
+            Err(ApiFailure::Refused(why)) => return fail(1, &why),
+        };
+        if args.json {
+            println!("{top}");
+            return ExitCode::SUCCESS;
+        }
+        let text = top_text(&client.base, &top, &status, &suspensions);
+        if !live {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        // Home, clear, then the view: a whole frame at once, like top(1).
+        print!("\x1b[H\x1b[2J{text}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::thread::sleep(std::time::Duration::from_nanos(args.interval.span().0));
+    }
+}
+
+fn top_text(
+    base: &str,
+    top: &serde_json::Value,
+    status: &serde_json::Value,
+    suspensions: &serde_json::Value,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "redcap-monitor top  {base}  {}  server {}  suspended {}",
+        utc(Timestamp::from_secs_f64(top["at"].as_f64().unwrap_or(0.0))),
+        if status["degraded"].as_bool() == Some(true) {
+            "DEGRADED"
+        } else {
+            "responsive"
+        },
+        suspensions.as_array().map_or(0, Vec::len)
+    );
+    // The losses line of `status`, so that a lossy capture is never out of sight.
+    if let Some(losses) = status_text(status)
+        .lines()
+        .find(|l| l.starts_with("losses:"))
+    {
+        let _ = writeln!(out, "{losses}");
+    }
+    let _ = writeln!(
+        out,
+        "tokens by share of server time over the last {} s",
+        top["window_s"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        out,
+        "{:<16}  {:<8}  {:>6}  {:>8}  {:>11}  {:>12}  {:>9}  {:>6}",
+        "TOKEN FP", "TOKEN", "CALLS", "PER MIN", "REQ BYTES", "RESP BYTES", "SERVER S", "SHARE"
+    );
+    let tokens = top["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for t in tokens {
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<8}  {:>6}  {:>8.1}  {:>11}  {:>12}  {:>9.3}  {:>5.1}%",
+            t["token_fp"].as_str().unwrap_or("?"),
+            t["token_masked"].as_str().unwrap_or("?"),
+            t["calls"].as_u64().unwrap_or(0),
+            t["calls_per_minute"].as_f64().unwrap_or(0.0),
+            t["request_bytes"].as_u64().unwrap_or(0),
+            t["response_bytes"].as_u64().unwrap_or(0),
+            t["server_time_s"].as_f64().unwrap_or(0.0),
+            100.0 * t["server_time_share"].as_f64().unwrap_or(0.0),
+        );
+    }
+    if tokens.is_empty() {
+        let _ = writeln!(out, "(no API calls in the window)");
+    }
+    out
 }
 
 /// Names of the kernel counters that mean lost or partial data.

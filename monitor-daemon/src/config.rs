@@ -26,6 +26,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub alerts: AlertsConfig,
     pub hooks: HooksConfig,
+    pub api: crate::api::ApiConfig,
 }
 
 /// Where the site's secrets live.
@@ -490,6 +491,7 @@ impl Config {
         }
         self.alerts.validate()?;
         self.hooks.validate()?;
+        self.api.validate()?;
         Ok(())
     }
 }

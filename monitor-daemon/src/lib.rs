@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod analyze;
+pub mod api;
 pub mod capture;
 pub mod config;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod reassembly;
 pub mod redcap;
 pub mod run;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 
 /// The kernel programs, built by build.rs through aya-build.

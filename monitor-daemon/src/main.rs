@@ -67,8 +67,10 @@ enum Command {
     /// Lifts a token's suspension by hand (writes an audit record).
     Lift(admin::LiftArgs),
     /// Shows the live daemon's capture health (losses, filtered traffic, input problems) from
-    /// its stats file.
+    /// its admin API, or from its stats file when the API cannot be asked.
     Status(admin::StatusArgs),
+    /// Shows the tokens loading the server most, refreshed like `top` (from the admin API).
+    Top(admin::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -158,6 +160,7 @@ fn main() -> ExitCode {
         Command::Suspend(args) => admin::suspend(args),
         Command::Lift(args) => admin::lift(args),
         Command::Status(args) => admin::status(args),
+        Command::Top(args) => admin::top(args),
     }
 }
 

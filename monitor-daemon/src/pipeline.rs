@@ -203,6 +203,16 @@ impl Pipeline {
         &self.health
     }
 
+    /// Connections reassembly tracks now, and tokens whose rate windows the policy holds.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.reassembler.connections(), self.policy.tracked_tokens())
+    }
+
+    /// An admin lifted a token's suspension: the enforcement engine may decide about it again.
+    pub fn lift(&mut self, token: crate::token::TokenFingerprint) -> bool {
+        self.enforcer.lift(token)
+    }
+
     /// Takes the changes of the server's state (degraded, recovered) since the last call.
     pub fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
         self.health_changes.drain(..)

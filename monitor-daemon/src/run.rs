@@ -16,6 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, interval_at};
 
+use crate::api::live::{LiveTelemetry, MemorySuspensions};
+use crate::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::capture::kernel::{
     KernelApiPaths, KernelProbe, ProbeConfig, ProbeError, interface_exists,
 };
@@ -25,6 +27,7 @@ use crate::model::Timestamp;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::Pipeline;
 use crate::policy::Verdict;
+use crate::telemetry::{CaptureView, Metrics, StatsView};
 use crate::token::SiteKey;
 
 /// How often time advances in the pipeline when no packet arrives, and outputs are flushed.
@@ -35,6 +38,10 @@ const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 const PCAP_CHANNEL_FRAMES: usize = 8192;
 /// Most frames handled per wake-up, so that ticks and signals are not starved under load.
 const PCAP_BATCH: usize = 1024;
+/// How often the metrics and the admin API's view are refreshed from the stages' counters.
+const TELEMETRY_REFRESH: Duration = Duration::from_secs(1);
+/// Admin commands waiting for the live loop.
+const ADMIN_QUEUE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,6 +58,8 @@ pub enum RunError {
         what: &'static str,
         source: io::Error,
     },
+    #[error(transparent)]
+    Api(#[from] ApiError),
     #[error("every libpcap capture thread stopped (see the log above)")]
     CaptureEnded,
 }
@@ -114,6 +123,19 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         other => other,
     })?;
     let mut records = Records::open(config)?;
+    let metrics = Metrics::new();
+    metrics.declare_rules(config.policy.rules.iter().map(|r| r.name.as_str()));
+    let shared = Shared::new(metrics);
+    // The sender stays here too, so that `recv` waits (rather than ends) without a listener.
+    let (command_tx, mut commands) = mpsc::channel::<AdminCommand>(ADMIN_QUEUE);
+    let _api = start_api(config, &shared, command_tx.clone())?;
+    records.telemetry = Some(LiveTelemetry::new(
+        shared,
+        config.api.top_tokens,
+        config.health.window.span(),
+        config.enforcement.dry_run,
+        Box::new(MemorySuspensions::default()),
+    ));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut source = open_source(config)?;
@@ -123,6 +145,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let every = Duration::from_nanos(config.output.stats_interval.span().0);
     let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refresh_tick = interval(TELEMETRY_REFRESH);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         let event = tokio::select! {
@@ -131,6 +155,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             ready = source.wait() => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
+            _ = refresh_tick.tick() => Event::Refresh,
+            Some(command) = commands.recv() => Event::Admin(command),
         };
         match event {
             Event::Stop(signal) => {
@@ -161,6 +187,12 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 tracing::info!(counters = %stats, "counters");
                 records.write_stats(&stats)?;
             }
+            Event::Refresh => refresh_telemetry(&source, &pipeline, &mut records),
+            Event::Admin(command) => {
+                if let Some(telemetry) = &mut records.telemetry {
+                    telemetry.handle(command, wall_clock(), &mut |fp| pipeline.lift(fp));
+                }
+            }
         }
         records.check()?;
     }
@@ -172,6 +204,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let stats = counters(&source, &pipeline, &records);
     tracing::info!(counters = %stats, "final counters");
     records.write_stats(&stats)?;
+    refresh_telemetry(&source, &pipeline, &mut records);
+    drop(command_tx);
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
     Ok(())
@@ -183,6 +217,73 @@ enum Event {
     Frame(Option<OwnedFrame>),
     Tick,
     Stats,
+    Refresh,
+    Admin(AdminCommand),
+}
+
+/// Starts the metrics and admin listener (`[api]`), unless it is disabled.
+fn start_api(
+    config: &Config,
+    shared: &std::sync::Arc<Shared>,
+    commands: mpsc::Sender<AdminCommand>,
+) -> Result<Option<ApiServer>, RunError> {
+    let api = &config.api;
+    if !api.enabled {
+        tracing::info!("API listener off (api.enabled = false)");
+        return Ok(None);
+    }
+    let bearer = api.token_file.as_deref().map(Bearer::load).transpose()?;
+    let admin = bearer.is_some();
+    let server = ApiServer::start(api, shared.clone(), bearer, commands)?;
+    tracing::info!(
+        address = %server.address(),
+        admin_api = if admin { "on" } else { "off (no api.token_file)" },
+        "API listening: GET /metrics, /api/v1/"
+    );
+    Ok(Some(server))
+}
+
+/// Refreshes the metrics and the admin API's view from every counter.
+fn refresh_telemetry(source: &Source, pipeline: &Pipeline, records: &mut Records) {
+    let status = counters(source, pipeline, records);
+    let Some(telemetry) = records.telemetry.as_mut() else {
+        return;
+    };
+    let now = wall_clock();
+    let kernel;
+    let drain;
+    let interfaces;
+    let capture = match source {
+        Source::Kernel(probe) => {
+            let probe = probe.get_ref();
+            kernel = probe.counters().ok();
+            drain = probe.drain_stats();
+            CaptureView::Kernel {
+                counters: kernel.as_ref(),
+                drain: &drain,
+            }
+        }
+        Source::Pcap { capture, .. } => {
+            interfaces = capture.counters();
+            CaptureView::Pcap(&interfaces)
+        }
+    };
+    let (tracked_connections, tracked_tokens) = pipeline.tracked();
+    let health = pipeline.health();
+    let view = StatsView {
+        pipeline: pipeline.stats(),
+        capture,
+        degraded: health.is_degraded(),
+        server_time_p95_s: health.assessment().ttfb_p95_s,
+        tracked_connections,
+        tracked_tokens,
+    };
+    let loads = health.load_by_token(now);
+    // When alerts and hooks run here, feed their counters the same way:
+    // `telemetry.metrics().set_alert_stats(alerts.stats())`,
+    // `telemetry.metrics().set_delivery_stats(&worker.stats())`, and per hook run
+    // `telemetry.metrics().hook_ran("suspend" | "lift", ok)`.
+    telemetry.refresh(now, &view, status, &loads);
 }
 
 /// Where packets come from.
@@ -375,6 +476,8 @@ struct Records {
     calls_written: u64,
     violations_written: u64,
     error: Option<RunError>,
+    /// Metrics and the admin API's view; sees every verdict.
+    telemetry: Option<LiveTelemetry>,
 }
 
 struct Output {
@@ -401,10 +504,14 @@ impl Records {
             calls_written: 0,
             violations_written: 0,
             error: None,
+            telemetry: None,
         })
     }
 
     fn write(&mut self, verdict: &Verdict) {
+        if let Some(telemetry) = &mut self.telemetry {
+            telemetry.observe(verdict);
+        }
         if self.error.is_some() {
             return;
         }

@@ -17,7 +17,11 @@ fn run_without(dropped: &str, mode: &str, ready: Option<&str>) -> (Option<i32>, 
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18081]\n"),
+        // Port 0: the tests run at once, each daemon needs its own API port.
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18081]\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n"
+        ),
     )
     .unwrap();
     let mut child = Command::new("setpriv")

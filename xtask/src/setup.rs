@@ -45,6 +45,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the web server in front of the simulator in live tests",
     ),
     ("wrk", "load generator for the live-overhead bench"),
+    (
+        "prometheus",
+        "promtool checks the alert rules and metric names; a real Prometheus scrapes the daemon in the telemetry test",
+    ),
 ];
 
 /// Without this answer tshark's install stops to ask whether non-root users may capture.
