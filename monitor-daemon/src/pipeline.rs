@@ -201,6 +201,18 @@ impl Pipeline {
         &self.health
     }
 
+    /// The enforcement stage, for the edge that acts on decisions: suspensions restored after a
+    /// restart, lifted or added by an admin.
+    pub fn enforcer_mut(&mut self) -> &mut Enforcer {
+        &mut self.enforcer
+    }
+
+    /// Takes note of one canary probe (see [`ResponsivenessDetector::observe_canary`]); `ts` is
+    /// on the packets' clock.
+    pub fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
+        self.health.observe_canary(ts, latency);
+    }
+
     /// Takes the changes of the server's state (degraded, recovered) since the last call.
     pub fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
         self.health_changes.drain(..)

@@ -1,7 +1,9 @@
-//! `redcap-monitor run`: live packets through the pipeline, records out as calls are released.
+//! `redcap-monitor run`: live packets through the pipeline, records out as calls are released,
+//! decisions acted on.
 //!
 //! The live edge: chooses the capture source (the eBPF probe, or libpcap), reads it with tokio,
-//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, logs every
+//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
+//! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
 //! Nothing is pinned: the probe's links go with the process.
 
@@ -16,6 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, interval_at};
 
+use crate::actions::{Actions, ActionsError};
 use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::config::{CaptureMode, Config, ConfigError};
@@ -33,6 +36,8 @@ const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 const PCAP_CHANNEL_FRAMES: usize = 8192;
 /// Most frames handled per wake-up, so that ticks and signals are not starved under load.
 const PCAP_BATCH: usize = 1024;
+/// How often the capture's loss counters are looked at (a growth raises a `capture_loss` alert).
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -49,6 +54,8 @@ pub enum RunError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("acting on decisions: {0}")]
+    Actions(#[from] ActionsError),
     #[error("every libpcap capture thread stopped (see the log above)")]
     CaptureEnded,
 }
@@ -105,7 +112,15 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         },
         other => other,
     })?;
-    let mut records = Records::open(config)?;
+    let records = Records::open(config)?;
+    let actions = Actions::open(config, crate::alerts::host_name(), wall_clock())?;
+    let memory = config.enforcement.memory.span();
+    let restored = actions
+        .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
+        .map_err(ActionsError::from)?;
+    tracing::info!(store = %config.store.path.display(), suspensions_in_force = restored,
+        requests = %actions.request_dir().display(), "state store open");
+    let mut edges = Edges { records, actions };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut source = open_source(config)?;
@@ -115,6 +130,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let every = Duration::from_nanos(config.output.stats_interval.span().0);
     let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
+    loss_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         let event = tokio::select! {
@@ -123,6 +140,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             ready = source.wait() => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
+            _ = loss_tick.tick() => Event::LossCheck,
         };
         match event {
             Event::Stop(signal) => {
@@ -135,38 +153,99 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                     source,
                 });
             }
-            Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut records),
+            Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut edges),
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
-                pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
-                source.drain(&mut pipeline, &mut records);
+                pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
+                source.drain(&mut pipeline, &mut edges);
             }
             Event::Tick => {
                 // The ring buffer's readiness can be missed between a drain and the next
                 // event; the tick drains too, so nothing waits longer than one tick.
-                source.drain(&mut pipeline, &mut records);
-                pipeline.tick(wall_clock(), &mut |v| records.write(&v));
-                records.flush()?;
+                source.drain(&mut pipeline, &mut edges);
+                let now = wall_clock();
+                pipeline.tick(now, &mut |v| edges.verdict(&v));
+                edges.tick(&mut pipeline, now);
+                edges.records.flush()?;
+            }
+            Event::LossCheck => {
+                let (lost, detail) = capture_loss(&source);
+                edges
+                    .actions
+                    .observe_capture_loss(lost, detail, wall_clock());
             }
             Event::Stats => {
-                let stats = counters(&source, &pipeline, &records);
+                let stats = counters(&source, &pipeline, &edges);
                 tracing::info!(counters = %stats, "counters");
-                records.write_stats(&stats)?;
+                edges.records.write_stats(&stats)?;
             }
         }
-        records.check()?;
+        edges.records.check()?;
     }
 
-    source.stop(&mut pipeline, &mut records).await;
-    pipeline.finish(&mut |v| records.write(&v));
-    records.check()?;
-    records.flush()?;
-    let stats = counters(&source, &pipeline, &records);
+    source.stop(&mut pipeline, &mut edges).await;
+    pipeline.finish(&mut |v| edges.verdict(&v));
+    edges.tick(&mut pipeline, wall_clock());
+    edges.records.check()?;
+    edges.records.flush()?;
+    let stats = counters(&source, &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
-    records.write_stats(&stats)?;
+    edges.records.write_stats(&stats)?;
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
+    // Hooks already queued run to their end; undelivered alerts stay in the store.
+    edges.actions.shutdown();
     Ok(())
+}
+
+/// Where verdicts go: the records, and the actions taken on them.
+struct Edges {
+    records: Records,
+    actions: Actions,
+}
+
+impl Edges {
+    fn verdict(&mut self, verdict: &Verdict) {
+        self.records.write(verdict);
+        self.actions.on_verdict(verdict);
+    }
+
+    /// Time passes: health changes are alerted, suspensions expire, admin requests are
+    /// answered, and the enforcer hears of what changed outside it.
+    fn tick(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        self.actions.step(pipeline, now);
+    }
+}
+
+/// The capture's loss counters, summed, and by name.
+fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
+    match source {
+        Source::Kernel(probe) => match probe.get_ref().counters() {
+            Ok(k) => (
+                k.ring_full + k.truncated_bytes + k.flow_insert_failed + k.flows_evicted,
+                serde_json::json!({
+                    "kernel.ring_full": k.ring_full,
+                    "kernel.truncated_bytes": k.truncated_bytes,
+                    "kernel.flow_insert_failed": k.flow_insert_failed,
+                    "kernel.flows_evicted": k.flows_evicted,
+                }),
+            ),
+            Err(_) => (0, serde_json::Value::Null),
+        },
+        Source::Pcap { capture, .. } => {
+            let mut total = 0;
+            let mut detail = serde_json::Map::new();
+            for c in capture.counters() {
+                total += c.dropped + c.if_dropped;
+                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
+                detail.insert(
+                    format!("pcap.{}.if_dropped", c.interface),
+                    c.if_dropped.into(),
+                );
+            }
+            (total, detail.into())
+        }
+    }
 }
 
 enum Event {
@@ -175,6 +254,7 @@ enum Event {
     Frame(Option<OwnedFrame>),
     Tick,
     Stats,
+    LossCheck,
 }
 
 /// Where packets come from.
@@ -268,35 +348,35 @@ impl Source {
     }
 
     /// Feeds what is ready now, without waiting.
-    fn drain(&mut self, pipeline: &mut Pipeline, records: &mut Records) {
+    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| records.write(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
                 });
             }
             Source::Pcap { frames, .. } => {
                 for _ in 0..PCAP_BATCH {
                     let Ok(frame) = frames.try_recv() else { break };
-                    pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
                 }
             }
         }
     }
 
     /// Stops reading and feeds what was captured before the stop.
-    async fn stop(&mut self, pipeline: &mut Pipeline, records: &mut Records) {
+    async fn stop(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| records.write(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
                 });
             }
             Source::Pcap { capture, frames } => {
                 capture.stop();
                 // Closes once every thread has seen the flag and dropped its sender.
                 while let Some(frame) = frames.recv().await {
-                    pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
                 }
             }
         }
@@ -304,7 +384,8 @@ impl Source {
 }
 
 /// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_json::Value {
+fn counters(source: &Source, pipeline: &Pipeline, edges: &Edges) -> serde_json::Value {
+    let records = &edges.records;
     let mut value = serde_json::json!({
         "mode": source.mode(),
         "calls_written": records.calls_written,
@@ -353,6 +434,12 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
         "reassembly": format!("{:?}", stats.reassembly),
         "http": format!("{:?}", stats.http),
         "policy": format!("{:?}", stats.policy),
+    });
+    let actions = &edges.actions;
+    value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
+    value["alerts"] = serde_json::json!({
+        "raise": format!("{:?}", actions.alert_stats()),
+        "delivery": format!("{:?}", actions.delivery_stats()),
     });
     value
 }

@@ -17,7 +17,11 @@ fn run_without(dropped: &str, mode: &str, ready: Option<&str>) -> (Option<i32>, 
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18081]\n"),
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18081]\n\
+             [store]\npath = \"{}\"\n",
+            dir.path().join("state.redb").display()
+        ),
     )
     .unwrap();
     let mut child = Command::new("setpriv")

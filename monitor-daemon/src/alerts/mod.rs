@@ -15,7 +15,7 @@ pub(crate) mod time;
 #[cfg(test)]
 pub(crate) mod receiver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

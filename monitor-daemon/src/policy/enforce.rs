@@ -259,6 +259,30 @@ impl Enforcer {
             .is_some()
     }
 
+    /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
+    /// the store after a restart).
+    pub fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
+        let record = self.records.entry(token).or_default();
+        if !record.suspensions.contains(&at) {
+            let at_index = record.suspensions.partition_point(|t| *t <= at);
+            record.suspensions.insert(at_index, at);
+        }
+    }
+
+    /// Treats `token` as suspended until `until` (`None`: until lifted): a suspension decided
+    /// elsewhere (an admin's, or one in force before a restart). Its violations then decide
+    /// nothing new.
+    pub fn hold(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+        let until = until.unwrap_or(Timestamp(u64::MAX));
+        let record = self.records.entry(token).or_default();
+        record.suspended_until = Some(record.suspended_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Tokens with escalation state in memory.
+    pub fn tracked_tokens(&self) -> usize {
+        self.records.len()
+    }
+
     /// Forgets tokens with nothing left to remember as of `now`.
     pub fn forget_idle(&mut self, now: Timestamp) {
         let Some(horizon) = now.0.checked_sub(self.config.memory.span().0) else {
@@ -266,6 +290,7 @@ impl Enforcer {
         };
         self.records.retain(|_, r| {
             r.offences.last().is_some_and(|t| t.0 > horizon)
+                || r.suspensions.last().is_some_and(|t| t.0 > horizon)
                 || r.suspended_until.is_some_and(|until| until > now)
         });
     }
