@@ -91,6 +91,7 @@ impl PipelineStats<'_> {
             ("redcap.malformed_multipart", c.malformed_multipart),
             ("redcap.field_too_long", c.field_too_long),
             ("redcap.body_gap", c.body_gap),
+            ("policy.evicted_tokens", self.policy.evicted_tokens),
         ];
         all.into_iter().filter(|&(_, n)| n > 0).collect()
     }
@@ -237,6 +238,7 @@ impl Pipeline {
             } = self;
             reassembler.expire(ts, &mut |event| http.on_event(&event, exchanges));
             self.enforcer.forget_idle(ts);
+            self.policy.forget_idle(ts);
         }
     }
 
