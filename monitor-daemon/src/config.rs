@@ -500,6 +500,30 @@ impl Config {
                 return Err((key.into(), "must be a share between 0 and 1".into()));
             }
         }
+        let canary = &h.canary;
+        if let Some(url) = &canary.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err((
+                "health.canary.url".into(),
+                "must start with http:// or https://, e.g. \"https://redcap.example.org/redcap/\""
+                    .into(),
+            ));
+        }
+        for (key, span) in [
+            ("health.canary.interval", canary.interval),
+            ("health.canary.timeout", canary.timeout),
+        ] {
+            if span.span().0 == 0 {
+                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+            }
+        }
+        if canary.timeout.span() > canary.interval.span() {
+            return Err((
+                "health.canary.timeout".into(),
+                "must not be longer than health.canary.interval".into(),
+            ));
+        }
         let e = &self.enforcement;
         if !(0.0..=1.0).contains(&e.min_load_share) {
             return Err((
@@ -994,6 +1018,21 @@ mod tests {
         assert!(err.contains("policy.overrides[1].token_fp"), "{err}");
         let err = parse("[policy]\nmax_tokens = 0\n").unwrap_err().to_string();
         assert!(err.contains("policy.max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn the_canary_is_off_by_default_and_checked_when_on() {
+        assert!(parse("").unwrap().health.canary.url.is_none());
+        let on = parse("[health.canary]\nurl = \"https://redcap.example.org/redcap/\"\n").unwrap();
+        assert_eq!(on.health.canary.interval.span(), Span::from_secs(30));
+        let err = parse("[health.canary]\nurl = \"redcap.example.org\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.canary.url"), "{err}");
+        let err = parse("[health.canary]\ninterval = \"5s\"\ntimeout = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.canary.timeout"), "{err}");
     }
 
     #[test]

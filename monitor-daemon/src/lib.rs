@@ -8,6 +8,7 @@
 pub mod actions;
 pub mod alerts;
 pub mod analyze;
+pub mod canary;
 pub mod capture;
 pub mod config;
 pub mod health;

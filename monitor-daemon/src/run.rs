@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, interval_at};
 
 use crate::actions::{Actions, ActionsError};
+use crate::canary::Canary;
 use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::config::{CaptureMode, Config, ConfigError};
@@ -120,7 +121,18 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         .map_err(ActionsError::from)?;
     tracing::info!(store = %config.store.path.display(), suspensions_in_force = restored,
         requests = %actions.request_dir().display(), "state store open");
-    let mut edges = Edges { records, actions };
+    let canary = Canary::start(&config.health.canary).map_err(|source| RunError::Io {
+        what: "starting the canary thread",
+        source,
+    })?;
+    if canary.is_some() {
+        tracing::info!(every = %config.health.canary.interval, "canary probing");
+    }
+    let mut edges = Edges {
+        records,
+        actions,
+        canary,
+    };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut source = open_source(config)?;
@@ -202,6 +214,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
 struct Edges {
     records: Records,
     actions: Actions,
+    canary: Option<Canary>,
 }
 
 impl Edges {
@@ -213,6 +226,11 @@ impl Edges {
     /// Time passes: health changes are alerted, suspensions expire, admin requests are
     /// answered, and the enforcer hears of what changed outside it.
     fn tick(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if let Some(canary) = &self.canary {
+            for probe in canary.results() {
+                pipeline.observe_canary(probe.at, probe.latency);
+            }
+        }
         self.actions.step(pipeline, now);
     }
 }

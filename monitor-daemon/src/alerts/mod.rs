@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
 pub(crate) use delivery::agent as http_agent;
+pub(crate) use delivery::wall_now;
 pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker, GiveUpReason};
 pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
 pub use signing::{SecretError, WebhookSecret};
