@@ -334,9 +334,17 @@ impl Store {
                 path: path.to_owned(),
             });
         }
-        let db = builder()
-            .open_read_only(path)
-            .map_err(|err| open_error(path, err))?;
+        let db = match builder().open_read_only(path) {
+            // A crash (`kill -9`) left the file to be repaired, which only a writer may do: open
+            // it for writing once (that repairs it) and read it then. If the daemon holds it, it
+            // has repaired it already and this is not reached.
+            Err(DatabaseError::RepairAborted) => {
+                drop(Store::open(path, StoreLimits::default())?);
+                builder().open_read_only(path)
+            }
+            other => other,
+        }
+        .map_err(|err| open_error(path, err))?;
         let store = Store {
             path: path.to_owned(),
             db: Handle::Reader(db),
