@@ -7,14 +7,12 @@
 //! fail2ban's bantime increment does). Every decision carries its evidence. Sans-IO: acting on a
 //! decision (hooks, alerts, the store) belongs to the edges.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::Duration;
 use crate::health::{Assessment, TokenLoad};
 use crate::model::{Span, Timestamp};
-use crate::token::TokenFingerprint;
+use crate::token::{FingerprintMap, TokenFingerprint};
 
 use super::{Verdict, Violation};
 
@@ -138,6 +136,10 @@ pub struct HealthView<'a> {
     pub loads: &'a [TokenLoad],
 }
 
+/// Offences remembered per token at most (the newest): enough for any warning ladder, and a
+/// token breaking rules thousands of times a minute cannot grow its record without bound.
+const MAX_OFFENCES_REMEMBERED: usize = 64;
+
 /// What is remembered of one token for escalation.
 #[derive(Default)]
 struct Record {
@@ -157,7 +159,7 @@ pub struct EnforcementStats {
 
 pub struct Enforcer {
     config: EnforcementConfig,
-    records: HashMap<TokenFingerprint, Record>,
+    records: FingerprintMap<Record>,
     stats: EnforcementStats,
 }
 
@@ -165,7 +167,7 @@ impl Enforcer {
     pub fn new(config: EnforcementConfig) -> Enforcer {
         Enforcer {
             config,
-            records: HashMap::new(),
+            records: FingerprintMap::default(),
             stats: EnforcementStats::default(),
         }
     }
@@ -190,6 +192,10 @@ impl Enforcer {
             record.suspensions.retain(|t| t.0 > horizon);
         }
         let earlier_offences = record.offences.len() as u32;
+        let most = MAX_OFFENCES_REMEMBERED.max(config.warnings_before_suspension as usize + 1);
+        if record.offences.len() >= most {
+            record.offences.remove(0);
+        }
         record.offences.push(now);
 
         let load_share = health

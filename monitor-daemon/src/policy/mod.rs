@@ -24,7 +24,7 @@ pub use window::SlidingCount;
 use crate::config::{CallClass, HeavyKind, PolicyConfig};
 use crate::model::{Span, Timestamp};
 use crate::redcap::ApiCall;
-use crate::token::TokenFingerprint;
+use crate::token::{FingerprintMap, TokenFingerprint};
 
 /// Why a call counts as heavy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -141,8 +141,8 @@ pub struct Policy {
     heavy_response_bytes: u64,
     heavy_kinds: Vec<HeavyKind>,
     reorder_window: Span,
-    tokens: HashMap<TokenFingerprint, TokenWindows>,
-    overrides: HashMap<TokenFingerprint, Override>,
+    tokens: FingerprintMap<TokenWindows>,
+    overrides: FingerprintMap<Override>,
     max_tokens: usize,
     refused: HashMap<IpAddr, RefusedClient>,
     max_refused_clients: usize,
@@ -204,7 +204,7 @@ impl Policy {
             heavy_response_bytes: config.heavy.response_bytes,
             heavy_kinds: config.heavy.kinds.clone(),
             reorder_window: config.reorder_window.span(),
-            tokens: HashMap::new(),
+            tokens: FingerprintMap::default(),
             pending: BinaryHeap::new(),
             next_seq: 0,
             evaluated_up_to: Timestamp::default(),
