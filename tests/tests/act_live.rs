@@ -236,7 +236,7 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
     });
     assert!(suspended, "the abuser was not suspended");
     assert!(
-        wait_until(WAIT, || lines(&dir.path().join("hook.stdin")).len() >= 1),
+        wait_until(WAIT, || !lines(&dir.path().join("hook.stdin")).is_empty()),
         "the suspend hook did not run"
     );
     // Let the hook's outcome reach the audit log, then kill -9.
