@@ -197,6 +197,7 @@ impl Enforcer {
             record.offences.remove(0);
         }
         record.offences.push(now);
+        let offences_remembered = record.offences.len() as u32;
 
         let load_share = health
             .loads
@@ -248,7 +249,7 @@ impl Enforcer {
                     .iter()
                     .map(ViolationEvidence::from)
                     .collect(),
-                offences_remembered: earlier_offences + 1,
+                offences_remembered,
                 suspensions_remembered: record.suspensions.len() as u32,
                 server_degraded: health.degraded,
                 health: health.assessment.clone(),
