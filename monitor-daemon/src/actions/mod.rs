@@ -14,7 +14,6 @@ mod store_outbox;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -32,7 +31,7 @@ use crate::policy::enforce::{Action, Decision, Enforcer};
 use crate::store::{
     AuditEntry, AuditKind, Sighting, Source, Store, StoreError, StoreLimits, Suspension,
 };
-use crate::token::{MaskedToken, TokenFingerprint};
+use crate::token::{FingerprintMap, MaskedToken, TokenFingerprint};
 
 pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
 pub use store_outbox::StoreOutbox;
@@ -108,7 +107,7 @@ pub struct Actions {
     store_path: PathBuf,
     /// Audit records and sightings not yet written (flushed each tick).
     pending_audit: Vec<AuditEntry>,
-    sightings: HashMap<TokenFingerprint, Sighting>,
+    sightings: FingerprintMap<Sighting>,
     next_sighting_flush: Timestamp,
     next_prune: Timestamp,
     /// The earliest end of a suspension in force: expiry is looked for only then.
@@ -183,7 +182,7 @@ impl Actions {
             host,
             store_path,
             pending_audit: Vec::new(),
-            sightings: HashMap::new(),
+            sightings: FingerprintMap::default(),
             next_sighting_flush: now.plus(SIGHTING_FLUSH),
             next_prune: now,
             next_expiry,
