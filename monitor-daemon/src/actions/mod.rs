@@ -68,6 +68,8 @@ pub struct ActionStats {
     pub store_errors: u64,
     /// Capture-loss alerts raised.
     pub capture_loss_alerts: u64,
+    /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
+    pub violations_while_suspended: u64,
     /// Admin requests handled (admin API or request files).
     pub requests: u64,
 }
@@ -86,6 +88,22 @@ pub enum ActionsError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A token under suspension, as the action edge follows it.
+struct SuspendedToken {
+    until: Option<Timestamp>,
+    /// Violations since the suspension began, audited as one record when it ends.
+    violations: u64,
+}
+
+impl SuspendedToken {
+    fn new(until: Option<Timestamp>) -> SuspendedToken {
+        SuspendedToken {
+            until,
+            violations: 0,
+        }
+    }
 }
 
 /// A change the enforcer must hear about, because it was made outside it.
@@ -112,6 +130,9 @@ pub struct Actions {
     next_prune: Timestamp,
     /// The earliest end of a suspension in force: expiry is looked for only then.
     next_expiry: Option<Timestamp>,
+    /// Tokens under a suspension: their further violations are counted, not audited one by
+    /// one, so that a suspended client hammering the server cannot grow the audit log.
+    suspended: FingerprintMap<SuspendedToken>,
     /// Loss counters' total at the last look (the capture's counters only grow).
     capture_lost: u64,
     enforcer_updates: Vec<EnforcerUpdate>,
@@ -173,7 +194,12 @@ impl Actions {
             .map_err(ActionsError::Thread)?;
         let store_path = store.path().to_owned();
         let requests = requests::RequestDir::create(&store_path)?;
-        let next_expiry = earliest_end(&store.active_suspensions(now)?);
+        let active = store.active_suspensions(now)?;
+        let next_expiry = earliest_end(&active);
+        let suspended = active
+            .iter()
+            .map(|s| (s.token, SuspendedToken::new(s.until)))
+            .collect();
         Ok(Actions {
             store,
             alerts,
@@ -186,6 +212,7 @@ impl Actions {
             next_sighting_flush: now.plus(SIGHTING_FLUSH),
             next_prune: now,
             next_expiry,
+            suspended,
             capture_lost: 0,
             enforcer_updates: Vec::new(),
             control: sync_channel(64),
@@ -281,7 +308,13 @@ impl Actions {
             sighting.calls += 1;
         }
         for violation in &verdict.violations {
-            self.audit(AuditEntry::violation(violation));
+            match self.suspended.get_mut(&violation.token) {
+                Some(held) if held.until.is_none_or(|until| violation.ts < until) => {
+                    held.violations += 1;
+                    self.stats.violations_while_suspended += 1;
+                }
+                _ => self.audit(AuditEntry::violation(violation)),
+            }
         }
         if let Some(decision) = &verdict.decision {
             let masked = call.token.as_ref().ok().map(|id| id.masked.clone());
@@ -527,6 +560,10 @@ impl Actions {
 
     fn after_suspension(&mut self, suspension: &Suspension, evidence: serde_json::Value) {
         self.stats.suspensions += 1;
+        self.suspended
+            .entry(suspension.token)
+            .or_insert_with(|| SuspendedToken::new(suspension.until))
+            .until = suspension.until;
         if suspension.source == Source::Manual {
             self.enforcer_updates.push(EnforcerUpdate::Hold {
                 token: suspension.token,
@@ -564,6 +601,19 @@ impl Actions {
 
     fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
         self.stats.lifts += 1;
+        if let Some(held) = self.suspended.remove(&suspension.token)
+            && held.violations > 0
+        {
+            self.audit(AuditEntry {
+                ts: now,
+                kind: AuditKind::Violation,
+                token: Some(suspension.token),
+                details: json!({
+                    "while_suspended": held.violations,
+                    "since": suspension.since.as_secs_f64(),
+                }),
+            });
+        }
         self.enforcer_updates
             .push(EnforcerUpdate::Lift(suspension.token));
         tracing::info!(token_fp = %suspension.token, reason, "suspension lifted");
