@@ -663,3 +663,51 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     assert_eq!(active.len(), 2);
     daemon.actions.shutdown();
 }
+
+#[test]
+fn the_control_handle_acts_from_another_thread_on_the_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    let control = daemon.actions.control();
+    let abuser = fingerprint(ABUSER);
+    let caller = std::thread::spawn(move || {
+        control.call(
+            Request::Suspend {
+                token_fp: abuser,
+                for_s: Some(60.0),
+                reason: "from the admin API".into(),
+            },
+            Duration::from_secs(10),
+        )
+    });
+    // The loop ticks until the call is answered.
+    let end = Instant::now() + WAIT;
+    while !caller.is_finished() {
+        assert!(Instant::now() < end, "the request was not answered");
+        let now = daemon.clock.plus(Span::from_millis(100));
+        daemon.idle_until(now);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reply = caller.join().unwrap();
+    assert!(reply.ok, "{reply:?}");
+    let suspension = reply.suspension.unwrap();
+    assert_eq!(
+        (suspension.token, suspension.source),
+        (abuser, Source::Manual)
+    );
+    assert_eq!(suspension.reason, "from the admin API");
+    // An hour of capture time later it has expired and been lifted.
+    daemon.idle_until(at(3_600_000));
+    assert!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(3_600_000))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(daemon.actions.stats().lifts, 1);
+    daemon.actions.shutdown();
+}
