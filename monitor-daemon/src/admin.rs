@@ -5,10 +5,11 @@
 //! reads the clock once per command, prints tables for people or one JSON object a line for
 //! scripts (`--json`), and turns errors into messages and exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use redcap_monitor::actions::{Request, submit_request};
 use redcap_monitor::api::live::suspension_json;
 use redcap_monitor::config::{Config, Duration};
 use redcap_monitor::model::Timestamp;
@@ -87,7 +88,7 @@ pub struct LiftArgs {
 pub fn audit(args: AuditArgs) -> ExitCode {
     let store = match open(&args.store, Access::Read) {
         Ok(store) => store,
-        Err(code) => return code,
+        Err(refused) => return refused.exit(),
     };
     let since = args.since.map(|d| now().minus(d.span()));
     let records = match store.audit(since, args.token_fp, args.limit) {
@@ -123,7 +124,7 @@ pub fn audit(args: AuditArgs) -> ExitCode {
 pub fn suspensions(args: SuspensionsArgs) -> ExitCode {
     let store = match open(&args.store, Access::Read) {
         Ok(store) => store,
-        Err(code) => return code,
+        Err(refused) => return refused.exit(),
     };
     let active = match store.active_suspensions(now()) {
         Ok(active) => active,
@@ -159,7 +160,15 @@ pub fn suspensions(args: SuspensionsArgs) -> ExitCode {
 pub fn suspend(args: SuspendArgs) -> ExitCode {
     let store = match open(&args.store, Access::Write { create: true }) {
         Ok(store) => store,
-        Err(code) => return code,
+        Err(Refused::Busy(path)) => {
+            let request = Request::Suspend {
+                token_fp: args.token_fp,
+                for_s: args.duration.map(|d| d.span().as_secs_f64()),
+                reason: args.reason.clone(),
+            };
+            return through_daemon(&path, &request, args.store.json);
+        }
+        Err(Refused::Exit(code)) => return code,
     };
     let now = now();
     let seen = match store.token_seen(args.token_fp) {
@@ -207,7 +216,14 @@ pub fn suspend(args: SuspendArgs) -> ExitCode {
 pub fn lift(args: LiftArgs) -> ExitCode {
     let store = match open(&args.store, Access::Write { create: false }) {
         Ok(store) => store,
-        Err(code) => return code,
+        Err(Refused::Busy(path)) => {
+            let request = Request::Lift {
+                token_fp: args.token_fp,
+                reason: args.reason.clone(),
+            };
+            return through_daemon(&path, &request, args.store.json);
+        }
+        Err(Refused::Exit(code)) => return code,
     };
     match store.lift(args.token_fp, now(), Source::Manual, &args.reason) {
         Ok(Some(lifted)) => {
@@ -228,6 +244,73 @@ pub fn lift(args: LiftArgs) -> ExitCode {
     }
 }
 
+/// How long `suspend` and `lift` wait for a running daemon to carry out their request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `suspend`/`lift` while the daemon holds the store: handed to it through its request directory
+/// (it answers on its next tick), and printed like the direct form.
+fn through_daemon(store: &Path, request: &Request, json: bool) -> ExitCode {
+    let reply = match submit_request(store, request, REQUEST_TIMEOUT) {
+        Ok(reply) => reply,
+        Err(err) => return fail(1, &err),
+    };
+    if !reply.ok {
+        return fail(
+            1,
+            &reply
+                .error
+                .unwrap_or_else(|| "the daemon refused the request".into()),
+        );
+    }
+    let Some(s) = reply.suspension else {
+        return ExitCode::SUCCESS;
+    };
+    if json {
+        println!("{}", suspension_json(&s));
+        return ExitCode::SUCCESS;
+    }
+    match request {
+        Request::Suspend { .. } => println!(
+            "suspended {} ({}) {}: {} (by the running daemon)",
+            s.token,
+            masked(&s),
+            s.until
+                .map_or("until lifted".into(), |t| format!("until {}", utc(t))),
+            s.reason
+        ),
+        Request::Lift { .. } => println!(
+            "lifted the suspension of {} ({}), in force since {} (by the running daemon)",
+            s.token,
+            masked(&s),
+            utc(s.since)
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Why a command cannot use the store itself.
+enum Refused {
+    /// A daemon holds it for writing (its path).
+    Busy(PathBuf),
+    /// Said why; exit with this.
+    Exit(ExitCode),
+}
+
+impl Refused {
+    fn exit(self) -> ExitCode {
+        match self {
+            Refused::Busy(path) => fail(1, &StoreError::Busy { path }),
+            Refused::Exit(code) => code,
+        }
+    }
+}
+
+impl From<ExitCode> for Refused {
+    fn from(code: ExitCode) -> Refused {
+        Refused::Exit(code)
+    }
+}
+
 enum Access {
     Read,
     Write { create: bool },
@@ -235,10 +318,10 @@ enum Access {
 
 /// Opens the store the arguments name, or says why not (exit 2 for a bad configuration, 1 for a
 /// store that cannot be used).
-fn open(args: &StoreArgs, access: Access) -> Result<Store, ExitCode> {
+fn open(args: &StoreArgs, access: Access) -> Result<Store, Refused> {
     let config = match args.config.as_deref().map(Config::load).transpose() {
         Ok(config) => config.unwrap_or_default(),
-        Err(err) => return Err(fail(2, &err)),
+        Err(err) => return Err(fail(2, &err).into()),
     };
     let path = args.store.clone().unwrap_or(config.store.path.clone());
     let opened = match access {
@@ -247,15 +330,11 @@ fn open(args: &StoreArgs, access: Access) -> Result<Store, ExitCode> {
         Access::Write { .. } => Store::open(&path, StoreLimits::from_config(&config.store)),
     };
     opened.map_err(|err| match err {
-        StoreError::Busy { .. } => fail(
-            1,
-            &format!(
-                "{err}. Stop the daemon to change suspensions from the command line \
-                 (`audit` and `suspensions` work while it runs)."
-            ),
-        ),
-        StoreError::Missing { .. } => fail(1, &format!("{err} (pass --store FILE or --config)")),
-        err => fail(1, &err),
+        StoreError::Busy { path } if matches!(access, Access::Write { .. }) => Refused::Busy(path),
+        StoreError::Missing { .. } => {
+            fail(1, &format!("{err} (pass --store FILE or --config)")).into()
+        }
+        err => fail(1, &err).into(),
     })
 }
 

@@ -184,6 +184,33 @@ pub struct PolicyConfig {
     pub reorder_window: Duration,
     pub heavy: HeavyConfig,
     pub rules: Vec<RuleConfig>,
+    /// Tokens held to other limits (a registered bulk job) or exempt (an admin or service token),
+    /// named by fingerprint.
+    pub overrides: Vec<OverrideConfig>,
+    /// Most tokens with rate windows in memory; past it the least recently seen are evicted
+    /// (counted as `policy.evicted_tokens`).
+    pub max_tokens: usize,
+    /// Most client addresses whose refused calls (401/403 for a token not otherwise seen) are
+    /// counted; such calls never get per-token state, so random tokens cannot grow memory.
+    pub max_refused_clients: usize,
+}
+
+/// `[[policy.overrides]]`: one token's own limits, or its exemption from every rule.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    /// The token's fingerprint (16 hex digits, from `redcap-monitor fingerprint`), never the
+    /// token itself.
+    pub token_fp: String,
+    /// Who or what the token is, for people reading the file.
+    #[serde(default)]
+    pub note: String,
+    /// No rule applies to this token.
+    #[serde(default)]
+    pub exempt: bool,
+    /// Rule name → this token's limit for it (other rules keep their limit).
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for PolicyConfig {
@@ -205,6 +232,9 @@ impl Default for PolicyConfig {
                     window: Duration(Span::from_secs(300)),
                 },
             ],
+            overrides: Vec::new(),
+            max_tokens: 100_000,
+            max_refused_clients: 10_000,
         }
     }
 }
@@ -410,6 +440,53 @@ impl Config {
                 return Err((key("window"), "must be longer than zero, e.g. `60s`".into()));
             }
         }
+        let mut overridden = std::collections::HashSet::new();
+        for (i, o) in self.policy.overrides.iter().enumerate() {
+            let key = |field: &str| format!("policy.overrides[{i}].{field}");
+            // The value is not echoed: a raw token pasted here must not reach a log.
+            let Ok(fp) = o.token_fp.parse::<crate::token::TokenFingerprint>() else {
+                return Err((
+                    key("token_fp"),
+                    "must be a token fingerprint, 16 hex digits as `redcap-monitor fingerprint` \
+                     prints them (never the token itself)"
+                        .into(),
+                ));
+            };
+            if !overridden.insert(fp) {
+                return Err((key("token_fp"), format!("{fp} has an earlier override")));
+            }
+            match (o.exempt, o.limits.is_empty()) {
+                (true, false) => {
+                    return Err((
+                        key("limits"),
+                        "an exempt token has no limits: drop `limits` or `exempt`".into(),
+                    ));
+                }
+                (false, true) => {
+                    return Err((
+                        key("limits"),
+                        "is empty: give the token limits, e.g. { api_calls = 30 }, or set \
+                         `exempt = true`"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(unknown) = o.limits.keys().find(|name| !names.contains(name.as_str())) {
+                return Err((
+                    key("limits"),
+                    format!(
+                        "names no rule `{unknown}`; the rules are {}",
+                        self.policy
+                            .rules
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
         let h = &self.health;
         for (key, span) in [("health.interval", h.interval), ("health.window", h.window)] {
             if span.span().0 == 0 {
@@ -423,6 +500,30 @@ impl Config {
             if !(0.0..=1.0).contains(&share) {
                 return Err((key.into(), "must be a share between 0 and 1".into()));
             }
+        }
+        let canary = &h.canary;
+        if let Some(url) = &canary.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err((
+                "health.canary.url".into(),
+                "must start with http:// or https://, e.g. \"https://redcap.example.org/redcap/\""
+                    .into(),
+            ));
+        }
+        for (key, span) in [
+            ("health.canary.interval", canary.interval),
+            ("health.canary.timeout", canary.timeout),
+        ] {
+            if span.span().0 == 0 {
+                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+            }
+        }
+        if canary.timeout.span() > canary.interval.span() {
+            return Err((
+                "health.canary.timeout".into(),
+                "must not be longer than health.canary.interval".into(),
+            ));
         }
         let e = &self.enforcement;
         if !(0.0..=1.0).contains(&e.min_load_share) {
@@ -474,6 +575,11 @@ impl Config {
             ("health.enter_after", h.enter_after as usize),
             ("health.leave_after", h.leave_after as usize),
             ("health.max_samples", h.max_samples),
+            ("policy.max_tokens", self.policy.max_tokens),
+            (
+                "policy.max_refused_clients",
+                self.policy.max_refused_clients,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -854,6 +960,81 @@ mod tests {
         .unwrap();
         assert_eq!(config.policy.rules.len(), 2);
         assert_eq!(config.policy.rules[1].calls, CallClass::Heavy);
+    }
+
+    #[test]
+    fn overrides_name_tokens_by_fingerprint_and_rules_by_name() {
+        let config = parse(
+            "[[policy.overrides]]\ntoken_fp = \"0123456789abcdef\"\nnote = \"bulk job\"\n\
+             limits = { api_calls = 30 }\n\
+             [[policy.overrides]]\ntoken_fp = \"fedcba9876543210\"\nexempt = true\n",
+        )
+        .unwrap();
+        assert_eq!(config.policy.overrides.len(), 2);
+        assert_eq!(config.policy.overrides[0].limits["api_calls"], 30);
+        assert!(config.policy.overrides[1].exempt);
+    }
+
+    #[test]
+    fn a_raw_token_given_as_a_fingerprint_is_refused_without_being_repeated() {
+        let raw = "0123456789ABCDEF0123456789ABCDEF";
+        let err = parse(&format!(
+            "[[policy.overrides]]\ntoken_fp = \"{raw}\"\nexempt = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("policy.overrides[0].token_fp"), "{err}");
+        assert!(err.contains("16 hex digits"), "{err}");
+        assert!(!err.contains(&raw[..12]), "the value is not echoed: {err}");
+    }
+
+    #[test]
+    fn bad_overrides_name_their_key_path() {
+        let fp = "token_fp = \"0123456789abcdef\"\n";
+        for (text, key, says) in [
+            (
+                "limits = { api_calls = 9 }\nexempt = true\n",
+                "limits",
+                "exempt",
+            ),
+            ("", "limits", "is empty"),
+            (
+                "limits = { api_cals = 9 }\n",
+                "limits",
+                "api_calls, heavy_calls",
+            ),
+        ] {
+            let err = parse(&format!("[[policy.overrides]]\n{fp}{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("policy.overrides[0].{key}")) && err.contains(says),
+                "{err}"
+            );
+        }
+        let err = parse(&format!(
+            "[[policy.overrides]]\n{fp}exempt = true\n[[policy.overrides]]\n{fp}exempt = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("policy.overrides[1].token_fp"), "{err}");
+        let err = parse("[policy]\nmax_tokens = 0\n").unwrap_err().to_string();
+        assert!(err.contains("policy.max_tokens"), "{err}");
+    }
+
+    #[test]
+    fn the_canary_is_off_by_default_and_checked_when_on() {
+        assert!(parse("").unwrap().health.canary.url.is_none());
+        let on = parse("[health.canary]\nurl = \"https://redcap.example.org/redcap/\"\n").unwrap();
+        assert_eq!(on.health.canary.interval.span(), Span::from_secs(30));
+        let err = parse("[health.canary]\nurl = \"redcap.example.org\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.canary.url"), "{err}");
+        let err = parse("[health.canary]\ninterval = \"5s\"\ntimeout = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("health.canary.timeout"), "{err}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! settings. [`pipeline`] wires the stages together; the binary's commands are the edges that do
 //! I/O. Every stage is sans-IO: it is driven by the timestamps it is given.
 
+pub mod actions;
 pub mod alerts;
 pub mod analyze;
 pub mod api;
+pub mod canary;
 pub mod capture;
 pub mod config;
 pub mod health;

@@ -93,6 +93,7 @@ impl PipelineStats<'_> {
             ("redcap.malformed_multipart", c.malformed_multipart),
             ("redcap.field_too_long", c.field_too_long),
             ("redcap.body_gap", c.body_gap),
+            ("policy.evicted_tokens", self.policy.evicted_tokens),
         ];
         all.into_iter().filter(|&(_, n)| n > 0).collect()
     }
@@ -208,9 +209,16 @@ impl Pipeline {
         (self.reassembler.connections(), self.policy.tracked_tokens())
     }
 
-    /// An admin lifted a token's suspension: the enforcement engine may decide about it again.
-    pub fn lift(&mut self, token: crate::token::TokenFingerprint) -> bool {
-        self.enforcer.lift(token)
+    /// The enforcement stage, for the edge that acts on decisions: suspensions restored after a
+    /// restart, lifted or added by an admin.
+    pub fn enforcer_mut(&mut self) -> &mut Enforcer {
+        &mut self.enforcer
+    }
+
+    /// Takes note of one canary probe (see [`ResponsivenessDetector::observe_canary`]); `ts` is
+    /// on the packets' clock.
+    pub fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
+        self.health.observe_canary(ts, latency);
     }
 
     /// Takes the changes of the server's state (degraded, recovered) since the last call.
@@ -237,6 +245,7 @@ impl Pipeline {
             } = self;
             reassembler.expire(ts, &mut |event| http.on_event(&event, exchanges));
             self.enforcer.forget_idle(ts);
+            self.policy.forget_idle(ts);
         }
     }
 

@@ -1,7 +1,9 @@
-//! `redcap-monitor run`: live packets through the pipeline, records out as calls are released.
+//! `redcap-monitor run`: live packets through the pipeline, records out as calls are released,
+//! decisions acted on.
 //!
 //! The live edge: chooses the capture source (the eBPF probe, or libpcap), reads it with tokio,
-//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, logs every
+//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
+//! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
 //! Nothing is pinned: the probe's links go with the process.
 
@@ -16,8 +18,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, interval_at};
 
-use crate::api::live::{LiveTelemetry, MemorySuspensions};
+use crate::actions::{Actions, ActionsError, Request};
+use crate::api::live::{LiveTelemetry, suspension_json};
 use crate::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
+use crate::canary::Canary;
 use crate::capture::kernel::{
     KernelApiPaths, KernelProbe, ProbeConfig, ProbeError, interface_exists,
 };
@@ -42,6 +46,8 @@ const PCAP_BATCH: usize = 1024;
 const TELEMETRY_REFRESH: Duration = Duration::from_secs(1);
 /// Admin commands waiting for the live loop.
 const ADMIN_QUEUE: usize = 16;
+/// How often the capture's loss counters are looked at (a growth raises a `capture_loss` alert).
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -60,6 +66,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("acting on decisions: {0}")]
+    Actions(#[from] ActionsError),
     #[error("every libpcap capture thread stopped (see the log above)")]
     CaptureEnded,
 }
@@ -122,20 +130,34 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         },
         other => other,
     })?;
-    let mut records = Records::open(config)?;
+    let records = Records::open(config)?;
+    let actions = Actions::open(config, crate::alerts::host_name(), wall_clock())?;
+    let memory = config.enforcement.memory.span();
+    let restored = actions
+        .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
+        .map_err(ActionsError::from)?;
+    tracing::info!(store = %config.store.path.display(), suspensions_in_force = restored,
+        requests = %actions.request_dir().display(), "state store open");
+    let canary = Canary::start(&config.health.canary).map_err(|source| RunError::Io {
+        what: "starting the canary thread",
+        source,
+    })?;
+    if canary.is_some() {
+        tracing::info!(every = %config.health.canary.interval, "canary probing");
+    }
     let metrics = Metrics::new();
     metrics.declare_rules(config.policy.rules.iter().map(|r| r.name.as_str()));
     let shared = Shared::new(metrics);
     // The sender stays here too, so that `recv` waits (rather than ends) without a listener.
     let (command_tx, mut commands) = mpsc::channel::<AdminCommand>(ADMIN_QUEUE);
     let _api = start_api(config, &shared, command_tx.clone())?;
-    records.telemetry = Some(LiveTelemetry::new(
-        shared,
-        config.api.top_tokens,
-        config.health.window.span(),
-        config.enforcement.dry_run,
-        Box::new(MemorySuspensions::default()),
-    ));
+    let telemetry = LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    let mut edges = Edges {
+        records,
+        telemetry,
+        actions,
+        canary,
+    };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut source = open_source(config)?;
@@ -147,6 +169,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut refresh_tick = interval(TELEMETRY_REFRESH);
     refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
+    loss_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         let event = tokio::select! {
@@ -157,6 +181,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             _ = stats_tick.tick() => Event::Stats,
             _ = refresh_tick.tick() => Event::Refresh,
             Some(command) = commands.recv() => Event::Admin(command),
+            _ = loss_tick.tick() => Event::LossCheck,
         };
         match event {
             Event::Stop(signal) => {
@@ -169,46 +194,148 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                     source,
                 });
             }
-            Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut records),
+            Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut edges),
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
-                pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
-                source.drain(&mut pipeline, &mut records);
+                pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
+                source.drain(&mut pipeline, &mut edges);
             }
             Event::Tick => {
                 // The ring buffer's readiness can be missed between a drain and the next
                 // event; the tick drains too, so nothing waits longer than one tick.
-                source.drain(&mut pipeline, &mut records);
-                pipeline.tick(wall_clock(), &mut |v| records.write(&v));
-                records.flush()?;
+                source.drain(&mut pipeline, &mut edges);
+                let now = wall_clock();
+                pipeline.tick(now, &mut |v| edges.verdict(&v));
+                edges.tick(&mut pipeline, now);
+                edges.records.flush()?;
+            }
+            Event::LossCheck => {
+                let (lost, detail) = capture_loss(&source);
+                edges
+                    .actions
+                    .observe_capture_loss(lost, detail, wall_clock());
             }
             Event::Stats => {
-                let stats = counters(&source, &pipeline, &records);
+                let stats = counters(&source, &pipeline, &edges);
                 tracing::info!(counters = %stats, "counters");
-                records.write_stats(&stats)?;
+                edges.records.write_stats(&stats)?;
             }
-            Event::Refresh => refresh_telemetry(&source, &pipeline, &mut records),
-            Event::Admin(command) => {
-                if let Some(telemetry) = &mut records.telemetry {
-                    telemetry.handle(command, wall_clock(), &mut |fp| pipeline.lift(fp));
-                }
-            }
+            Event::Refresh => refresh_telemetry(&source, &pipeline, &mut edges),
+            Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
         }
-        records.check()?;
+        edges.records.check()?;
     }
 
-    source.stop(&mut pipeline, &mut records).await;
-    pipeline.finish(&mut |v| records.write(&v));
-    records.check()?;
-    records.flush()?;
-    let stats = counters(&source, &pipeline, &records);
+    source.stop(&mut pipeline, &mut edges).await;
+    pipeline.finish(&mut |v| edges.verdict(&v));
+    edges.tick(&mut pipeline, wall_clock());
+    edges.records.check()?;
+    edges.records.flush()?;
+    let stats = counters(&source, &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
-    records.write_stats(&stats)?;
-    refresh_telemetry(&source, &pipeline, &mut records);
+    edges.records.write_stats(&stats)?;
+    refresh_telemetry(&source, &pipeline, &mut edges);
     drop(command_tx);
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
+    // Hooks already queued run to their end; undelivered alerts stay in the store.
+    edges.actions.shutdown();
     Ok(())
+}
+
+/// Where verdicts go: the records, the metrics and admin view, and the actions taken on them.
+struct Edges {
+    records: Records,
+    telemetry: LiveTelemetry,
+    actions: Actions,
+    canary: Option<Canary>,
+}
+
+impl Edges {
+    fn verdict(&mut self, verdict: &Verdict) {
+        self.records.write(verdict);
+        self.telemetry.observe(verdict);
+        self.actions.on_verdict(verdict);
+    }
+
+    /// Carries out an admin's lift or suspend from the API, like one from a request file.
+    fn admin(&mut self, command: AdminCommand, pipeline: &mut Pipeline, now: Timestamp) {
+        let (request, reply) = match command {
+            AdminCommand::Suspend {
+                token,
+                duration,
+                reason,
+                reply,
+            } => (
+                Request::Suspend {
+                    token_fp: token,
+                    for_s: duration.map(|d| d.as_secs_f64()),
+                    reason,
+                },
+                reply,
+            ),
+            AdminCommand::Lift {
+                token,
+                reason,
+                reply,
+            } => (
+                Request::Lift {
+                    token_fp: token,
+                    reason,
+                },
+                reply,
+            ),
+        };
+        let answer = self.actions.execute(&request, now);
+        self.actions.sync_enforcer(pipeline.enforcer_mut());
+        let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
+            (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
+            (true, None, _) => Ok(serde_json::Value::Null),
+            (false, _, error) => Err(error.unwrap_or_default()),
+        });
+    }
+
+    /// Time passes: health changes are alerted, suspensions expire, admin requests are
+    /// answered, and the enforcer hears of what changed outside it.
+    fn tick(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if let Some(canary) = &self.canary {
+            for probe in canary.results() {
+                pipeline.observe_canary(probe.at, probe.latency);
+            }
+        }
+        self.actions.step(pipeline, now);
+    }
+}
+
+/// The capture's loss counters, summed, and by name.
+fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
+    match source {
+        Source::Kernel(probe) => match probe.get_ref().counters() {
+            Ok(k) => (
+                k.ring_full + k.truncated_bytes + k.flow_insert_failed + k.flows_evicted,
+                serde_json::json!({
+                    "kernel.ring_full": k.ring_full,
+                    "kernel.truncated_bytes": k.truncated_bytes,
+                    "kernel.flow_insert_failed": k.flow_insert_failed,
+                    "kernel.flows_evicted": k.flows_evicted,
+                }),
+            ),
+            Err(_) => (0, serde_json::Value::Null),
+        },
+        Source::Pcap { capture, .. } => {
+            let mut total = 0;
+            let mut detail = serde_json::Map::new();
+            for c in capture.counters() {
+                total += c.dropped + c.if_dropped;
+                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
+                detail.insert(
+                    format!("pcap.{}.if_dropped", c.interface),
+                    c.if_dropped.into(),
+                );
+            }
+            (total, detail.into())
+        }
+    }
 }
 
 enum Event {
@@ -219,6 +346,7 @@ enum Event {
     Stats,
     Refresh,
     Admin(AdminCommand),
+    LossCheck,
 }
 
 /// Starts the metrics and admin listener (`[api]`), unless it is disabled.
@@ -244,11 +372,8 @@ fn start_api(
 }
 
 /// Refreshes the metrics and the admin API's view from every counter.
-fn refresh_telemetry(source: &Source, pipeline: &Pipeline, records: &mut Records) {
-    let status = counters(source, pipeline, records);
-    let Some(telemetry) = records.telemetry.as_mut() else {
-        return;
-    };
+fn refresh_telemetry(source: &Source, pipeline: &Pipeline, edges: &mut Edges) {
+    let status = counters(source, pipeline, edges);
     let now = wall_clock();
     let kernel;
     let drain;
@@ -279,11 +404,23 @@ fn refresh_telemetry(source: &Source, pipeline: &Pipeline, records: &mut Records
         tracked_tokens,
     };
     let loads = health.load_by_token(now);
-    // When alerts and hooks run here, feed their counters the same way:
-    // `telemetry.metrics().set_alert_stats(alerts.stats())`,
-    // `telemetry.metrics().set_delivery_stats(&worker.stats())`, and per hook run
-    // `telemetry.metrics().hook_ran("suspend" | "lift", ok)`.
-    telemetry.refresh(now, &view, status, &loads);
+    let actions = &edges.actions;
+    let metrics = edges.telemetry.metrics();
+    metrics.set_action_stats(actions.stats(), actions.hook_runs());
+    metrics.set_alert_stats(actions.alert_stats());
+    if let Some(delivery) = actions.delivery_stats() {
+        metrics.set_delivery_stats(&delivery);
+    }
+    let suspensions = actions
+        .store()
+        .active_suspensions(now)
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot read the suspensions in force");
+            Vec::new()
+        });
+    edges
+        .telemetry
+        .refresh(now, &view, status, &loads, &suspensions);
 }
 
 /// Where packets come from.
@@ -378,35 +515,35 @@ impl Source {
     }
 
     /// Feeds what is ready now, without waiting.
-    fn drain(&mut self, pipeline: &mut Pipeline, records: &mut Records) {
+    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| records.write(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
                 });
             }
             Source::Pcap { frames, .. } => {
                 for _ in 0..PCAP_BATCH {
                     let Ok(frame) = frames.try_recv() else { break };
-                    pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
                 }
             }
         }
     }
 
     /// Stops reading and feeds what was captured before the stop.
-    async fn stop(&mut self, pipeline: &mut Pipeline, records: &mut Records) {
+    async fn stop(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| records.write(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
                 });
             }
             Source::Pcap { capture, frames } => {
                 capture.stop();
                 // Closes once every thread has seen the flag and dropped its sender.
                 while let Some(frame) = frames.recv().await {
-                    pipeline.push_frame(&frame.frame(), &mut |v| records.write(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
                 }
             }
         }
@@ -414,7 +551,8 @@ impl Source {
 }
 
 /// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_json::Value {
+fn counters(source: &Source, pipeline: &Pipeline, edges: &Edges) -> serde_json::Value {
+    let records = &edges.records;
     let mut value = serde_json::json!({
         "mode": source.mode(),
         "calls_written": records.calls_written,
@@ -464,6 +602,12 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
         "http": format!("{:?}", stats.http),
         "policy": format!("{:?}", stats.policy),
     });
+    let actions = &edges.actions;
+    value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
+    value["alerts"] = serde_json::json!({
+        "raise": format!("{:?}", actions.alert_stats()),
+        "delivery": format!("{:?}", actions.delivery_stats()),
+    });
     value
 }
 
@@ -476,8 +620,6 @@ struct Records {
     calls_written: u64,
     violations_written: u64,
     error: Option<RunError>,
-    /// Metrics and the admin API's view; sees every verdict.
-    telemetry: Option<LiveTelemetry>,
 }
 
 struct Output {
@@ -504,14 +646,10 @@ impl Records {
             calls_written: 0,
             violations_written: 0,
             error: None,
-            telemetry: None,
         })
     }
 
     fn write(&mut self, verdict: &Verdict) {
-        if let Some(telemetry) = &mut self.telemetry {
-            telemetry.observe(verdict);
-        }
         if self.error.is_some() {
             return;
         }

@@ -334,9 +334,17 @@ impl Store {
                 path: path.to_owned(),
             });
         }
-        let db = builder()
-            .open_read_only(path)
-            .map_err(|err| open_error(path, err))?;
+        let db = match builder().open_read_only(path) {
+            // A crash (`kill -9`) left the file to be repaired, which only a writer may do: open
+            // it for writing once (that repairs it) and read it then. If the daemon holds it, it
+            // has repaired it already and this is not reached.
+            Err(DatabaseError::RepairAborted) => {
+                drop(Store::open(path, StoreLimits::default())?);
+                builder().open_read_only(path)
+            }
+            other => other,
+        }
+        .map_err(|err| open_error(path, err))?;
         let store = Store {
             path: path.to_owned(),
             db: Handle::Reader(db),
@@ -623,32 +631,26 @@ impl Store {
     /// Notes many sightings in one transaction (the live path batches them: one commit costs a
     /// disk sync).
     pub fn touch_tokens(&self, sightings: &[Sighting]) -> Result<(), StoreError> {
+        self.write(|txn| touch_in(txn, sightings))
+    }
+
+    /// Appends audit records and notes sightings in one transaction (one disk sync): how the
+    /// live path writes what it batched since its last tick. Returns the audit sequence numbers.
+    pub fn record(
+        &self,
+        entries: &[AuditEntry],
+        sightings: &[Sighting],
+    ) -> Result<Vec<u64>, StoreError> {
+        if entries.is_empty() && sightings.is_empty() {
+            return Ok(Vec::new());
+        }
         self.write(|txn| {
-            let mut tokens = txn.open_table(TOKENS)?;
-            for s in sightings {
-                let known = tokens
-                    .get(s.token.0)?
-                    .map(|bytes| decode::<TokenSeen>(bytes.value(), "token"))
-                    .transpose()?;
-                let seen = match known {
-                    Some(mut seen) => {
-                        seen.first_seen = seen.first_seen.min(s.ts);
-                        seen.last_seen = seen.last_seen.max(s.ts);
-                        seen.calls = seen.calls.saturating_add(s.calls);
-                        seen.masked = s.masked.clone();
-                        seen
-                    }
-                    None => TokenSeen {
-                        token: s.token,
-                        masked: s.masked.clone(),
-                        first_seen: s.ts,
-                        last_seen: s.ts,
-                        calls: s.calls,
-                    },
-                };
-                tokens.insert(s.token.0, encode(&seen).as_slice())?;
-            }
-            Ok(())
+            let seqs = entries
+                .iter()
+                .map(|entry| append_audit_in(txn, entry))
+                .collect::<Faulty<Vec<u64>>>()?;
+            touch_in(txn, sightings)?;
+            Ok(seqs)
         })
     }
 
@@ -771,6 +773,35 @@ fn open_error(path: &Path, err: DatabaseError) -> StoreError {
             source: other.into(),
         },
     }
+}
+
+/// Notes sightings of tokens: first and last seen, calls.
+fn touch_in(txn: &WriteTransaction, sightings: &[Sighting]) -> Faulty<()> {
+    let mut tokens = txn.open_table(TOKENS)?;
+    for s in sightings {
+        let known = tokens
+            .get(s.token.0)?
+            .map(|bytes| decode::<TokenSeen>(bytes.value(), "token"))
+            .transpose()?;
+        let seen = match known {
+            Some(mut seen) => {
+                seen.first_seen = seen.first_seen.min(s.ts);
+                seen.last_seen = seen.last_seen.max(s.ts);
+                seen.calls = seen.calls.saturating_add(s.calls);
+                seen.masked = s.masked.clone();
+                seen
+            }
+            None => TokenSeen {
+                token: s.token,
+                masked: s.masked.clone(),
+                first_seen: s.ts,
+                last_seen: s.ts,
+                calls: s.calls,
+            },
+        };
+        tokens.insert(s.token.0, encode(&seen).as_slice())?;
+    }
+    Ok(())
 }
 
 fn append_audit_in(txn: &WriteTransaction, entry: &AuditEntry) -> Faulty<u64> {

@@ -220,7 +220,7 @@ fn lifting_a_token_that_is_not_suspended_fails() {
 }
 
 #[test]
-fn while_the_daemon_holds_the_store_reads_work_and_writes_say_why_not() {
+fn while_another_process_holds_the_store_reads_work_and_writes_say_why_not() {
     let admin = Admin::new();
     let held = admin.open();
     held.touch_token(fp(FP), &MaskedToken("ABC…EF".into()), now())
@@ -229,7 +229,7 @@ fn while_the_daemon_holds_the_store_reads_work_and_writes_say_why_not() {
     assert_eq!(out.status.code(), Some(1));
     let message = stderr(&out);
     assert!(
-        message.contains("another process") && message.contains("Stop the daemon"),
+        message.contains("another process") && message.contains("takes no admin requests"),
         "{message}"
     );
     assert!(admin.json(&["suspensions"]).is_empty());
@@ -280,4 +280,79 @@ fn the_store_path_comes_from_the_configuration() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A daemon's action edge on the store, ticking on its own thread as `run` does.
+struct RunningDaemon {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<redcap_monitor::actions::Actions>>,
+}
+
+impl RunningDaemon {
+    fn start(store: &Path) -> RunningDaemon {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let config = redcap_monitor::config::Config::parse(
+            &format!("[store]\npath = {:?}\n", store.display().to_string()),
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let mut actions =
+            redcap_monitor::actions::Actions::open(&config, "test-host".into(), now()).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                actions.tick(now());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            actions
+        });
+        RunningDaemon {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> redcap_monitor::actions::Actions {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+#[test]
+fn while_the_daemon_runs_suspend_and_lift_are_carried_out_by_it() {
+    let admin = Admin::new();
+    let daemon = RunningDaemon::start(&admin.store);
+    let suspended = admin.json(&["suspend", FP, "--for", "1h", "--reason", "abuse"]);
+    assert_eq!(suspended.len(), 1);
+    assert_eq!(suspended[0]["token_fp"], FP);
+    assert_eq!(suspended[0]["reason"], "abuse");
+    assert_eq!(suspended[0]["source"], "manual");
+    let until = suspended[0]["until"].as_f64().unwrap();
+    let expected = now().as_secs_f64() + 3600.0;
+    assert!((until - expected).abs() < 30.0, "{until} vs {expected}");
+    // The read-only commands see the daemon's commits.
+    let listed = admin.json(&["suspensions"]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["token_fp"], FP);
+
+    let lifted = admin.json(&["lift", FP, "--reason", "paid the fine"]);
+    assert_eq!(lifted[0]["token_fp"], FP);
+    assert!(admin.json(&["suspensions"]).is_empty());
+    let out = admin.run(&["lift", OTHER_FP]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not suspended"),
+        "{}",
+        stderr(&out)
+    );
+
+    let actions = daemon.stop();
+    assert_eq!(actions.stats().suspensions, 1);
+    assert_eq!(actions.stats().lifts, 1);
+    let audit = actions.store().audit(None, Some(fp(FP)), 100).unwrap();
+    let kinds: Vec<_> = audit.iter().map(|r| r.entry.kind).collect();
+    assert_eq!(kinds, [AuditKind::Suspend, AuditKind::Lift]);
+    assert_eq!(audit[1].entry.details["reason"], "paid the fine");
+    actions.shutdown();
 }

@@ -251,6 +251,18 @@ impl LiveDaemon {
         Ok(daemon)
     }
 
+    /// SIGKILL (`kill -9`: no cleanup, no flush), then waits; returns everything it logged.
+    pub fn kill_9(&mut self) -> Result<String> {
+        let mut child = self.child.take().context("daemon already stopped")?;
+        child.kill().context("killing redcap-monitor run")?;
+        child.wait().context("waiting for redcap-monitor run")?;
+        Ok(self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default())
+    }
+
     /// SIGTERM, then waits; returns the exit status and everything it logged.
     pub fn stop(&mut self) -> Result<(std::process::ExitStatus, String)> {
         let mut child = self.child.take().context("daemon already stopped")?;

@@ -64,11 +64,12 @@ fn record_live_run(mode: &str, subnet: u8) -> LiveRun {
         format!(
             "[capture]\nmode = \"{mode}\"\ninterfaces = [\"{}\"]\nports = [{PORT}]\n\
              [output]\ncalls = \"{}\"\nviolations = \"{}\"\nstats = \"{}\"\n\
-             stats_interval = \"1s\"\n",
+             stats_interval = \"1s\"\n[store]\npath = \"{}\"\n",
             pair.server_if,
             calls.display(),
             violations.display(),
-            stats.display()
+            stats.display(),
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

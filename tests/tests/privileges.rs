@@ -20,7 +20,8 @@ fn run_without(dropped: &str, mode: &str, ready: Option<&str>) -> (Option<i32>, 
         // Port 0: the tests run at once, each daemon needs its own API port.
         format!(
             "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18081]\n\
-             [api]\nlisten = \"127.0.0.1:0\"\n"
+             [api]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

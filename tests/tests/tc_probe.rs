@@ -589,9 +589,10 @@ fn a_run_after_a_crash_removes_the_netlink_filters_the_crash_left() {
     std::fs::write(
         &config,
         format!(
-            "[site]\nkey_file = {:?}\n[capture]\nmode = \"ebpf\"\ninterfaces = [{:?}]\n\
-             ports = [{SERVER_PORT}]\ntc_attach = \"netlink\"\n",
+            "[site]\nkey_file = {:?}\n[store]\npath = {:?}\n[capture]\nmode = \"ebpf\"\n\
+             interfaces = [{:?}]\nports = [{SERVER_PORT}]\ntc_attach = \"netlink\"\n",
             dir.path().join("site.key"),
+            dir.path().join("state.redb"),
             pair.server_if
         ),
     )

@@ -270,10 +270,11 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [{PORT}]\n\
              [output]\nstats = \"{}\"\nstats_interval = \"1s\"\n\
              [api]\nlisten = \"{API}\"\ntoken_file = \"{}\"\ntop_tokens = 5\n\
-             [enforcement]\nmode = \"on_violation\"\n",
+             [enforcement]\nmode = \"on_violation\"\n[store]\npath = \"{}\"\n",
             pair.server_if,
             stats.display(),
-            token_file.display()
+            token_file.display(),
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

@@ -5,6 +5,7 @@
 
 mod live;
 mod offline;
+mod policy;
 
 use std::{
     fs,
@@ -27,11 +28,15 @@ struct Bench {
     run: fn() -> Result<()>,
 }
 
-/// The benches, in the order `all` runs them. Later: the policy stage.
+/// The benches, in the order `all` runs them.
 const BENCHES: &[Bench] = &[
     Bench {
         name: "offline",
         run: offline::run,
+    },
+    Bench {
+        name: "policy",
+        run: policy::run,
     },
     Bench {
         name: "live",
@@ -138,9 +143,40 @@ fn json_number(value: f64) -> String {
     }
 }
 
+/// "met" or "MISSED", for a goal line.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+/// The number after `"key": ` in the report's summary, which follows the `runs` array (xtask
+/// has no JSON parser on purpose; the summary's keys are unique).
+pub(crate) fn json_field(json: &str, key: &str) -> Option<f64> {
+    let summary = json
+        .rfind(']')
+        .and_then(|end| json.get(end..))
+        .unwrap_or(json);
+    let pattern = format!("\"{key}\": ");
+    let rest = summary.get(summary.find(&pattern)? + pattern.len()..)?;
+    let end = rest
+        .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest.get(..end)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_field_reads_numbers_by_key_and_not_by_prefix() {
+        let json = "{\n  \"runs\": [{\"ring_full\": 7}],\n  \"ring_full\": 0,\n  \
+                    \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
+        assert_eq!(json_field(json, "ring_full"), Some(0.0));
+        assert_eq!(json_field(json, "ring_full_x"), Some(5.0));
+        assert_eq!(json_field(json, "ratio"), Some(0.991));
+        assert_eq!(json_field(json, "missing"), None);
+        assert_eq!(json_field("{\"a\": null}", "a"), None);
+    }
 
     #[test]
     fn json_string_escapes_quotes_backslashes_and_controls() {

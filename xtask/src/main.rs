@@ -25,7 +25,7 @@ tasks:
                      namespace, the daemon's eBPF probe on its veth, real clients; calls and
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
-  bench [NAME...]    setup, release build, then benchmarks: offline (default: all)
+  bench [NAME...]    setup, release build, then benchmarks: offline, policy, live (default: all)
   dist               build release packages (not yet)";
 
 fn main() -> ExitCode {

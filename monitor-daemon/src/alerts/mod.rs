@@ -15,13 +15,14 @@ pub(crate) mod time;
 #[cfg(test)]
 pub(crate) mod receiver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
 pub(crate) use delivery::agent as http_agent;
+pub(crate) use delivery::wall_now;
 pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker, GiveUpReason};
 pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
 pub use signing::{SecretError, WebhookSecret};

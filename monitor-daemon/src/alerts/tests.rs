@@ -108,7 +108,7 @@ impl Harness {
 }
 
 /// Standard Webhooks verification as a receiver does it, written from the spec.
-fn verify_standard_webhook(request: &Recorded, key: &[u8]) -> Result<(), String> {
+pub(crate) fn verify_standard_webhook(request: &Recorded, key: &[u8]) -> Result<(), String> {
     let id = request.header("webhook-id").ok_or("no webhook-id")?;
     let ts = request
         .header("webhook-timestamp")

@@ -1,21 +1,21 @@
 //! The live loop's side of telemetry and the admin API: sees each released verdict, refreshes
-//! the metrics from the stages' counters, builds the [`AdminView`] snapshot, and carries out the
-//! admin's lift and suspend through one [`SuspensionControl`].
+//! the metrics from the stages' counters, and builds the [`AdminView`] snapshot. Suspensions
+//! themselves are the action edge's ([`crate::actions`]): it owns the store, and the admin's
+//! lift and suspend are carried out there.
 //!
 //! Memory is bounded: recent calls per token only over the health window and at most
 //! [`MAX_ACTIVITY`] of them, the last [`MAX_RECENT_VIOLATIONS`] violations.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{AdminCommand, AdminView, Shared};
+use super::{AdminView, Shared};
 use crate::health::TokenLoad;
 use crate::model::{Span, Timestamp};
 use crate::policy::Verdict;
-use crate::policy::enforce::Action;
-use crate::store::{Source, Store, Suspension};
+use crate::store::Suspension;
 use crate::telemetry::{Metrics, StatsView, TopTokens};
 use crate::token::{MaskedToken, TokenFingerprint};
 
@@ -25,76 +25,6 @@ pub const MAX_ACTIVITY: usize = 100_000;
 pub const MAX_RECENT_VIOLATIONS: usize = 200;
 /// Tokens `GET /api/v1/top` lists.
 const TOP_LISTED: usize = 50;
-
-/// Where suspensions live. The live loop's lift/suspend go through this one trait: today an
-/// in-memory list fed by the enforcement decisions ([`MemorySuspensions`]); the durable
-/// [`Store`] implements it too, for when the enforcement engine owns the store.
-pub trait SuspensionControl {
-    fn active(&self, now: Timestamp) -> Result<Vec<Suspension>, String>;
-    fn suspend(&mut self, suspension: Suspension) -> Result<(), String>;
-    /// The suspension lifted, or `None` when the token was not suspended.
-    fn lift(
-        &mut self,
-        token: TokenFingerprint,
-        now: Timestamp,
-        reason: &str,
-    ) -> Result<Option<Suspension>, String>;
-}
-
-/// Suspensions held in memory: what the enforcement engine decided in this run, and what an
-/// admin did through the API.
-#[derive(Default)]
-pub struct MemorySuspensions {
-    by_token: BTreeMap<TokenFingerprint, Suspension>,
-}
-
-impl SuspensionControl for MemorySuspensions {
-    fn active(&self, now: Timestamp) -> Result<Vec<Suspension>, String> {
-        Ok(self
-            .by_token
-            .values()
-            .filter(|s| s.is_active(now))
-            .cloned()
-            .collect())
-    }
-
-    fn suspend(&mut self, suspension: Suspension) -> Result<(), String> {
-        // Expired suspensions go here, so that the list holds only what may still be in force.
-        self.by_token.retain(|_, s| s.is_active(suspension.since));
-        self.by_token.insert(suspension.token, suspension);
-        Ok(())
-    }
-
-    fn lift(
-        &mut self,
-        token: TokenFingerprint,
-        now: Timestamp,
-        _reason: &str,
-    ) -> Result<Option<Suspension>, String> {
-        Ok(self.by_token.remove(&token).filter(|s| s.is_active(now)))
-    }
-}
-
-impl SuspensionControl for Store {
-    fn active(&self, now: Timestamp) -> Result<Vec<Suspension>, String> {
-        self.active_suspensions(now).map_err(|e| e.to_string())
-    }
-
-    fn suspend(&mut self, suspension: Suspension) -> Result<(), String> {
-        Store::suspend(self, &suspension)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    fn lift(
-        &mut self,
-        token: TokenFingerprint,
-        now: Timestamp,
-        reason: &str,
-    ) -> Result<Option<Suspension>, String> {
-        Store::lift(self, token, now, Source::Manual, reason).map_err(|e| e.to_string())
-    }
-}
 
 /// One call, remembered for the per-token view.
 struct Activity {
@@ -112,18 +42,10 @@ pub struct LiveTelemetry {
     activity: VecDeque<Activity>,
     masked: HashMap<TokenFingerprint, MaskedToken>,
     violations: VecDeque<Value>,
-    suspensions: Box<dyn SuspensionControl + Send>,
-    dry_run: bool,
 }
 
 impl LiveTelemetry {
-    pub fn new(
-        shared: Arc<Shared>,
-        top_tokens: usize,
-        window: Span,
-        dry_run: bool,
-        suspensions: Box<dyn SuspensionControl + Send>,
-    ) -> LiveTelemetry {
+    pub fn new(shared: Arc<Shared>, top_tokens: usize, window: Span) -> LiveTelemetry {
         LiveTelemetry {
             metrics: shared.metrics.clone(),
             shared,
@@ -132,8 +54,6 @@ impl LiveTelemetry {
             activity: VecDeque::new(),
             masked: HashMap::new(),
             violations: VecDeque::new(),
-            suspensions,
-            dry_run,
         }
     }
 
@@ -173,37 +93,18 @@ impl LiveTelemetry {
                 "count": violation.count,
             }));
         }
-        if let Some(decision) = &verdict.decision
-            && let Action::Suspend { until, .. } = decision.action
-            && !decision.dry_run
-            && !self.dry_run
-        {
-            let rules: Vec<&str> = verdict.violations.iter().map(|v| v.rule.as_str()).collect();
-            let suspension = Suspension {
-                token: decision.token_fp,
-                masked: Some(MaskedToken(decision.token_masked.clone())),
-                since: call.ts_start,
-                until: Some(Timestamp::from_secs_f64(until)),
-                reason: format!("broke {}", rules.join(", ")),
-                level: decision.evidence.suspensions_remembered,
-                source: Source::Auto,
-            };
-            match self.suspensions.suspend(suspension) {
-                Ok(()) => self.metrics.suspension_started(false),
-                Err(err) => tracing::error!(%err, "cannot record a suspension"),
-            }
-        }
     }
 
     /// Refreshes the metrics from the stages' counters and publishes a new admin view.
     /// `status` is the stats-file object; `loads` the tokens' shares of server time, largest
-    /// first.
+    /// first; `suspensions` those in force.
     pub fn refresh(
         &mut self,
         now: Timestamp,
         view: &StatsView<'_>,
         status: Value,
         loads: &[TokenLoad],
+        suspensions: &[Suspension],
     ) {
         self.metrics.refresh(view);
         self.top.update(&self.metrics, loads);
@@ -216,13 +117,6 @@ impl LiveTelemetry {
                 self.activity.iter().map(|a| a.token).collect();
             self.masked.retain(|fp, _| live.contains(fp));
         }
-        let suspensions = match self.suspensions.active(now) {
-            Ok(active) => active,
-            Err(err) => {
-                tracing::error!(%err, "cannot read the suspensions");
-                Vec::new()
-            }
-        };
         self.metrics.set_suspensions_active(suspensions.len());
         let view = AdminView {
             status,
@@ -265,57 +159,6 @@ impl LiveTelemetry {
             "window_s": self.window.as_secs_f64(),
             "tokens": tokens,
         })
-    }
-
-    /// Carries out an admin's command and answers it. `lift_in_pipeline` tells the enforcement
-    /// engine that a suspension ended early (so that it may decide again).
-    pub fn handle(
-        &mut self,
-        command: AdminCommand,
-        now: Timestamp,
-        lift_in_pipeline: &mut dyn FnMut(TokenFingerprint) -> bool,
-    ) {
-        match command {
-            AdminCommand::Suspend {
-                token,
-                duration,
-                reason,
-                reply,
-            } => {
-                let suspension = Suspension {
-                    token,
-                    masked: self.masked.get(&token).cloned(),
-                    since: now,
-                    until: duration.map(|d| now.plus(d)),
-                    reason,
-                    level: 0,
-                    source: Source::Manual,
-                };
-                let answer = self.suspensions.suspend(suspension.clone()).map(|()| {
-                    self.metrics.suspension_started(true);
-                    tracing::info!(token_fp = %token, reason = %suspension.reason, "suspended through the admin API");
-                    suspension_json(&suspension)
-                });
-                let _ = reply.send(answer);
-            }
-            AdminCommand::Lift {
-                token,
-                reason,
-                reply,
-            } => {
-                let answer = match self.suspensions.lift(token, now, &reason) {
-                    Ok(Some(lifted)) => {
-                        lift_in_pipeline(token);
-                        self.metrics.suspension_lifted();
-                        tracing::info!(token_fp = %token, %reason, "suspension lifted through the admin API");
-                        Ok(suspension_json(&lifted))
-                    }
-                    Ok(None) => Err(format!("token {token} is not suspended")),
-                    Err(err) => Err(err),
-                };
-                let _ = reply.send(answer);
-            }
-        }
     }
 }
 

@@ -2,7 +2,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 
-use super::live::{LiveTelemetry, MemorySuspensions};
+use super::live::{LiveTelemetry, suspension_json};
 use super::*;
 use crate::redcap::sample::fingerprint;
 
@@ -23,22 +23,42 @@ fn start(bearer: Option<Bearer>, max_connections: usize) -> Running {
         ..ApiConfig::default()
     };
     let (tx, mut rx) = mpsc::channel(4);
-    let mut telemetry = LiveTelemetry::new(
-        shared.clone(),
-        0,
-        Span::from_secs(60),
-        false,
-        Box::new(MemorySuspensions::default()),
-    );
     shared.publish(AdminView {
         status: serde_json::json!({"mode": "pcap", "degraded": false}),
         ..AdminView::default()
     });
     let server = ApiServer::start(&config, shared, bearer, tx).unwrap();
+    // The live loop's part, as far as the listener can tell: suspensions kept in a map.
     let live = std::thread::spawn(move || {
+        let mut suspended = std::collections::BTreeMap::new();
+        let now = crate::model::Timestamp::from_secs_f64(2e9);
         while let Some(command) = rx.blocking_recv() {
-            let now = crate::model::Timestamp::from_secs_f64(2e9);
-            telemetry.handle(command, now, &mut |_| true);
+            match command {
+                AdminCommand::Suspend {
+                    token,
+                    duration,
+                    reason,
+                    reply,
+                } => {
+                    let suspension = crate::store::Suspension {
+                        token,
+                        masked: None,
+                        since: now,
+                        until: duration.map(|d| now.plus(d)),
+                        reason,
+                        level: 0,
+                        source: crate::store::Source::Manual,
+                    };
+                    let _ = reply.send(Ok(suspension_json(&suspension)));
+                    suspended.insert(token, suspension);
+                }
+                AdminCommand::Lift { token, reply, .. } => {
+                    let _ = reply.send(match suspended.remove(&token) {
+                        Some(lifted) => Ok(suspension_json(&lifted)),
+                        None => Err(format!("token {token} is not suspended")),
+                    });
+                }
+            }
         }
     });
     Running {
@@ -237,13 +257,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
     use crate::token::SiteKey;
 
     let shared = Shared::new(Metrics::new());
-    let mut live = LiveTelemetry::new(
-        shared.clone(),
-        3,
-        Span::from_secs(60),
-        false,
-        Box::new(MemorySuspensions::default()),
-    );
+    let mut live = LiveTelemetry::new(shared.clone(), 3, Span::from_secs(60));
     let mut enforcer = Enforcer::new(EnforcementConfig {
         mode: EnforcementMode::OnViolation,
         ..EnforcementConfig::default()
@@ -286,7 +300,23 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         server_time: Span::from_millis(40),
         share: 1.0,
     }];
-    live.refresh(at(1002), &view, serde_json::json!({}), &loads);
+    // The action edge holds the suspensions; the view shows those it reports in force.
+    let suspension = crate::store::Suspension {
+        token: fingerprint(4),
+        masked: Some(crate::token::MaskedToken("T4…".into())),
+        since: at(1001),
+        until: Some(at(1601)),
+        reason: "broke api_calls".into(),
+        level: 1,
+        source: crate::store::Source::Auto,
+    };
+    live.refresh(
+        at(1002),
+        &view,
+        serde_json::json!({}),
+        &loads,
+        std::slice::from_ref(&suspension),
+    );
     let admin = shared.view();
     let suspensions = admin.suspensions.as_array().unwrap();
     assert_eq!(suspensions.len(), 1, "{}", admin.suspensions);
@@ -303,30 +333,13 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         text.contains("redcap_monitor_suspensions_active 1"),
         "{text}"
     );
-    assert!(text.contains("redcap_monitor_suspensions_total{origin=\"auto\"} 1"));
     assert!(text.contains("redcap_monitor_enforcement_decisions_total{action=\"warn\"} 1"));
     assert!(text.contains(&format!(
         "redcap_monitor_top_token_load_ratio{{token_fp=\"{}\"}} 1.0",
         fingerprint(4)
     )));
 
-    let (reply, mut answer) = oneshot::channel();
-    let mut lifted_in_pipeline = None;
-    live.handle(
-        AdminCommand::Lift {
-            token: fingerprint(4),
-            reason: "test".into(),
-            reply,
-        },
-        at(1003),
-        &mut |fp| {
-            lifted_in_pipeline = Some(fp);
-            true
-        },
-    );
-    assert!(answer.try_recv().unwrap().is_ok());
-    assert_eq!(lifted_in_pipeline, Some(fingerprint(4)));
-    live.refresh(at(1004), &view, serde_json::json!({}), &loads);
+    live.refresh(at(1004), &view, serde_json::json!({}), &loads, &[]);
     assert!(shared.view().suspensions.as_array().unwrap().is_empty());
     assert!(
         shared

@@ -45,6 +45,30 @@ pub struct HealthConfig {
     pub leave_after: u32,
     /// Most calls kept for one window; older ones beyond this are dropped (counted).
     pub max_samples: usize,
+    /// The optional active probe (`[health.canary]`); the live edge runs it.
+    pub canary: CanaryConfig,
+}
+
+/// `[health.canary]`: an HTTP GET to a page of the server (e.g. the REDCap login page) every
+/// `interval`; an answer slower than `ttfb_p95_max`, a 5xx, an error or no answer within `timeout`
+/// is a bad sign.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryConfig {
+    /// The page to fetch; no canary when absent.
+    pub url: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            interval: Duration(Span::from_secs(30)),
+            timeout: Duration(Span::from_secs(10)),
+        }
+    }
 }
 
 impl Default for HealthConfig {
@@ -61,6 +85,7 @@ impl Default for HealthConfig {
             enter_after: 3,
             leave_after: 3,
             max_samples: 100_000,
+            canary: CanaryConfig::default(),
         }
     }
 }

@@ -7,14 +7,12 @@
 //! fail2ban's bantime increment does). Every decision carries its evidence. Sans-IO: acting on a
 //! decision (hooks, alerts, the store) belongs to the edges.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::Duration;
 use crate::health::{Assessment, TokenLoad};
 use crate::model::{Span, Timestamp};
-use crate::token::TokenFingerprint;
+use crate::token::{FingerprintMap, TokenFingerprint};
 
 use super::{Verdict, Violation};
 
@@ -138,6 +136,10 @@ pub struct HealthView<'a> {
     pub loads: &'a [TokenLoad],
 }
 
+/// Offences remembered per token at most (the newest): enough for any warning ladder, and a
+/// token breaking rules thousands of times a minute cannot grow its record without bound.
+const MAX_OFFENCES_REMEMBERED: usize = 64;
+
 /// What is remembered of one token for escalation.
 #[derive(Default)]
 struct Record {
@@ -157,7 +159,7 @@ pub struct EnforcementStats {
 
 pub struct Enforcer {
     config: EnforcementConfig,
-    records: HashMap<TokenFingerprint, Record>,
+    records: FingerprintMap<Record>,
     stats: EnforcementStats,
 }
 
@@ -165,7 +167,7 @@ impl Enforcer {
     pub fn new(config: EnforcementConfig) -> Enforcer {
         Enforcer {
             config,
-            records: HashMap::new(),
+            records: FingerprintMap::default(),
             stats: EnforcementStats::default(),
         }
     }
@@ -190,7 +192,12 @@ impl Enforcer {
             record.suspensions.retain(|t| t.0 > horizon);
         }
         let earlier_offences = record.offences.len() as u32;
+        let most = MAX_OFFENCES_REMEMBERED.max(config.warnings_before_suspension as usize + 1);
+        if record.offences.len() >= most {
+            record.offences.remove(0);
+        }
         record.offences.push(now);
+        let offences_remembered = record.offences.len() as u32;
 
         let load_share = health
             .loads
@@ -242,7 +249,7 @@ impl Enforcer {
                     .iter()
                     .map(ViolationEvidence::from)
                     .collect(),
-                offences_remembered: earlier_offences + 1,
+                offences_remembered,
                 suspensions_remembered: record.suspensions.len() as u32,
                 server_degraded: health.degraded,
                 health: health.assessment.clone(),
@@ -259,6 +266,30 @@ impl Enforcer {
             .is_some()
     }
 
+    /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
+    /// the store after a restart).
+    pub fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
+        let record = self.records.entry(token).or_default();
+        if !record.suspensions.contains(&at) {
+            let at_index = record.suspensions.partition_point(|t| *t <= at);
+            record.suspensions.insert(at_index, at);
+        }
+    }
+
+    /// Treats `token` as suspended until `until` (`None`: until lifted): a suspension decided
+    /// elsewhere (an admin's, or one in force before a restart). Its violations then decide
+    /// nothing new.
+    pub fn hold(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+        let until = until.unwrap_or(Timestamp(u64::MAX));
+        let record = self.records.entry(token).or_default();
+        record.suspended_until = Some(record.suspended_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Tokens with escalation state in memory.
+    pub fn tracked_tokens(&self) -> usize {
+        self.records.len()
+    }
+
     /// Forgets tokens with nothing left to remember as of `now`.
     pub fn forget_idle(&mut self, now: Timestamp) {
         let Some(horizon) = now.0.checked_sub(self.config.memory.span().0) else {
@@ -266,6 +297,7 @@ impl Enforcer {
         };
         self.records.retain(|_, r| {
             r.offences.last().is_some_and(|t| t.0 > horizon)
+                || r.suspensions.last().is_some_and(|t| t.0 > horizon)
                 || r.suspended_until.is_some_and(|until| until > now)
         });
     }

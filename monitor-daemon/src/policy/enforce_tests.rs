@@ -203,3 +203,21 @@ fn compliant_calls_and_calls_without_a_token_need_no_decision() {
             .is_none()
     );
 }
+
+#[test]
+fn a_token_breaking_rules_without_end_is_remembered_within_bounds() {
+    let mut enforcer = Enforcer::new(EnforcementConfig::default());
+    let server = Server::healthy();
+    let mut last = None;
+    for i in 0..10_000 {
+        last = enforcer.decide(&violating(1, 1000 + i / 100), &server.view());
+    }
+    let decision = last.expect("a healthy server warns");
+    assert_eq!(decision.evidence.offences_remembered, 64);
+    assert!(matches!(
+        decision.action,
+        Action::Warn {
+            reason: HoldReason::ServerHealthy
+        }
+    ));
+}

@@ -5,19 +5,26 @@
 //! their responses finished: a short reorder buffer holds finished calls until no earlier-started
 //! call can still arrive. Sans-IO: time is the calls' own timestamps plus the `now` the caller
 //! passes. Never sees a raw token: calls are keyed by fingerprint.
+//!
+//! Memory is bounded: a token's windows are forgotten once they are empty, at most
+//! `max_tokens` tokens are tracked (the least recently seen are evicted, counted), and refused
+//! calls (401/403) of a token not otherwise tracked are counted per client address instead, so a
+//! flood of random tokens cannot grow the map. The state has one owner (the pipeline's thread);
+//! readers elsewhere (metrics, the admin API) get copies from the stats, not shared maps.
 
 pub mod enforce;
 mod window;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
 
 pub use window::SlidingCount;
 
 use crate::config::{CallClass, HeavyKind, PolicyConfig};
 use crate::model::{Span, Timestamp};
 use crate::redcap::ApiCall;
-use crate::token::TokenFingerprint;
+use crate::token::{FingerprintMap, TokenFingerprint};
 
 /// Why a call counts as heavy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -63,6 +70,14 @@ pub struct PolicyStats {
     pub calls_without_token: u64,
     /// Calls that arrived after later-started calls had already been evaluated.
     pub late_calls: u64,
+    /// Calls of exempt tokens (`policy.overrides`): no rule applied.
+    pub exempt_calls: u64,
+    /// Refused calls (401/403) of tokens not otherwise tracked, counted per client address.
+    pub refused_untracked_calls: u64,
+    /// Tokens whose windows were dropped to stay within `policy.max_tokens`.
+    pub evicted_tokens: u64,
+    /// Client addresses dropped to stay within `policy.max_refused_clients`.
+    pub evicted_refused_clients: u64,
 }
 
 struct Rule {
@@ -76,7 +91,26 @@ struct Rule {
 #[derive(Default)]
 struct TokenWindows {
     per_rule: Vec<SlidingCount>,
+    /// Request start of the token's latest call: for idle expiry and eviction.
+    last_call: Timestamp,
 }
+
+/// One token's treatment under `policy.overrides`.
+enum Override {
+    Exempt,
+    /// This token's limit per rule (in rule order), `None` where the rule's own applies.
+    Limits(Vec<Option<u32>>),
+}
+
+/// Refused calls from one client address (see [`PolicyStats::refused_untracked_calls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedClient {
+    pub calls: u64,
+    pub last_call: Timestamp,
+}
+
+/// How often idle tokens are looked for (in capture time).
+const FORGET_INTERVAL: Span = Span::from_secs(60);
 
 /// A finished call waiting in the reorder buffer, ordered by request start.
 struct Pending {
@@ -107,7 +141,14 @@ pub struct Policy {
     heavy_response_bytes: u64,
     heavy_kinds: Vec<HeavyKind>,
     reorder_window: Span,
-    tokens: HashMap<TokenFingerprint, TokenWindows>,
+    tokens: FingerprintMap<TokenWindows>,
+    overrides: FingerprintMap<Override>,
+    max_tokens: usize,
+    refused: HashMap<IpAddr, RefusedClient>,
+    max_refused_clients: usize,
+    /// The longest rule window: a token idle for longer has nothing left to count.
+    longest_window: Span,
+    next_forget: Timestamp,
     pending: BinaryHeap<Reverse<Pending>>,
     next_seq: u64,
     /// Request start of the newest call evaluated so far.
@@ -117,7 +158,39 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: &PolicyConfig) -> Policy {
+        let rule_index = |name: &str| config.rules.iter().position(|r| r.name == name);
+        let overrides = config
+            .overrides
+            .iter()
+            .filter_map(|o| {
+                // Validated by `Config::load`; a bad one here is skipped, not trusted.
+                let fp: TokenFingerprint = o.token_fp.parse().ok()?;
+                let treatment = if o.exempt {
+                    Override::Exempt
+                } else {
+                    let mut limits = vec![None; config.rules.len()];
+                    for (name, limit) in &o.limits {
+                        if let Some(i) = rule_index(name) {
+                            limits[i] = Some(*limit);
+                        }
+                    }
+                    Override::Limits(limits)
+                };
+                Some((fp, treatment))
+            })
+            .collect();
         Policy {
+            overrides,
+            max_tokens: config.max_tokens.max(1),
+            refused: HashMap::new(),
+            max_refused_clients: config.max_refused_clients.max(1),
+            longest_window: config
+                .rules
+                .iter()
+                .map(|r| r.window.span())
+                .max()
+                .unwrap_or(Span(0)),
+            next_forget: Timestamp::default(),
             rules: config
                 .rules
                 .iter()
@@ -131,7 +204,7 @@ impl Policy {
             heavy_response_bytes: config.heavy.response_bytes,
             heavy_kinds: config.heavy.kinds.clone(),
             reorder_window: config.reorder_window.span(),
-            tokens: HashMap::new(),
+            tokens: FingerprintMap::default(),
             pending: BinaryHeap::new(),
             next_seq: 0,
             evaluated_up_to: Timestamp::default(),
@@ -197,6 +270,27 @@ impl Policy {
         self.tokens.len()
     }
 
+    /// Client addresses whose refused calls are being counted, most calls first (at most `n`).
+    pub fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
+        let mut clients: Vec<(IpAddr, RefusedClient)> =
+            self.refused.iter().map(|(ip, c)| (*ip, *c)).collect();
+        clients.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
+        clients.truncate(n);
+        clients
+    }
+
+    /// Forgets tokens with nothing left in any window as of `now` (every `FORGET_INTERVAL`).
+    pub fn forget_idle(&mut self, now: Timestamp) {
+        if now < self.next_forget {
+            return;
+        }
+        self.next_forget = now.plus(FORGET_INTERVAL);
+        // Calls up to the reorder window old may still arrive and must find their windows.
+        let horizon = now.minus(self.longest_window).minus(self.reorder_window);
+        self.tokens.retain(|_, w| w.last_call > horizon);
+        self.refused.retain(|_, c| c.last_call > horizon);
+    }
+
     fn release(&mut self) -> Option<Verdict> {
         let Reverse(pending) = self.pending.pop()?;
         Some(self.evaluate(pending.call))
@@ -216,24 +310,45 @@ impl Policy {
         let mut violations = Vec::new();
         match &call.token {
             Ok(identity) => {
-                let windows = self.tokens.entry(identity.fingerprint).or_default();
-                windows
-                    .per_rule
-                    .resize_with(self.rules.len(), SlidingCount::default);
-                for (rule, window) in self.rules.iter().zip(&mut windows.per_rule) {
-                    if rule.calls == CallClass::Heavy && heavy.is_none() {
-                        continue;
+                let fp = identity.fingerprint;
+                let limits: Option<Vec<Option<u32>>> = match self.overrides.get(&fp) {
+                    Some(Override::Exempt) => {
+                        self.stats.exempt_calls += 1;
+                        None
                     }
-                    let count = window.record(call.ts_start, rule.window);
-                    if count > rule.limit {
-                        violations.push(Violation {
-                            ts: call.ts_start,
-                            token: identity.fingerprint,
-                            rule: rule.name.clone(),
-                            limit: rule.limit,
-                            window: rule.window,
-                            count,
-                        });
+                    Some(Override::Limits(limits)) => Some(limits.clone()),
+                    None => Some(Vec::new()),
+                };
+                let refused = call.status.is_some_and(|s| s == 401 || s == 403);
+                if let Some(limits) = limits {
+                    if refused && !self.tokens.contains_key(&fp) {
+                        self.count_refused(&call);
+                    } else {
+                        self.make_room(fp);
+                        let windows = self.tokens.entry(fp).or_default();
+                        windows.last_call = windows.last_call.max(call.ts_start);
+                        windows
+                            .per_rule
+                            .resize_with(self.rules.len(), SlidingCount::default);
+                        for (i, (rule, window)) in
+                            self.rules.iter().zip(&mut windows.per_rule).enumerate()
+                        {
+                            if rule.calls == CallClass::Heavy && heavy.is_none() {
+                                continue;
+                            }
+                            let limit = limits.get(i).copied().flatten().unwrap_or(rule.limit);
+                            let count = window.record(call.ts_start, rule.window);
+                            if count > limit {
+                                violations.push(Violation {
+                                    ts: call.ts_start,
+                                    token: fp,
+                                    rule: rule.name.clone(),
+                                    limit,
+                                    window: rule.window,
+                                    count,
+                                });
+                            }
+                        }
                     }
                 }
             }
@@ -246,6 +361,51 @@ impl Policy {
             violations,
             decision: None,
         }
+    }
+}
+
+impl Policy {
+    /// Before a new token gets windows at the cap, evicts the least recently seen eighth of the
+    /// tokens (one scan per many insertions, so a flood costs little per call).
+    fn make_room(&mut self, fp: TokenFingerprint) {
+        if self.tokens.len() < self.max_tokens || self.tokens.contains_key(&fp) {
+            return;
+        }
+        let evict = (self.max_tokens / 8).max(1);
+        let mut by_age: Vec<(Timestamp, TokenFingerprint)> = self
+            .tokens
+            .iter()
+            .map(|(fp, w)| (w.last_call, *fp))
+            .collect();
+        by_age.select_nth_unstable(evict - 1);
+        for (_, old) in &by_age[..evict] {
+            self.tokens.remove(old);
+        }
+        self.stats.evicted_tokens += evict as u64;
+    }
+
+    fn count_refused(&mut self, call: &ApiCall) {
+        self.stats.refused_untracked_calls += 1;
+        let ip = call.client.ip;
+        if !self.refused.contains_key(&ip) && self.refused.len() >= self.max_refused_clients {
+            let evict = (self.max_refused_clients / 8).max(1);
+            let mut by_age: Vec<(Timestamp, IpAddr)> = self
+                .refused
+                .iter()
+                .map(|(ip, c)| (c.last_call, *ip))
+                .collect();
+            by_age.select_nth_unstable(evict - 1);
+            for (_, old) in &by_age[..evict] {
+                self.refused.remove(old);
+            }
+            self.stats.evicted_refused_clients += evict as u64;
+        }
+        let entry = self.refused.entry(ip).or_insert(RefusedClient {
+            calls: 0,
+            last_call: call.ts_start,
+        });
+        entry.calls += 1;
+        entry.last_call = entry.last_call.max(call.ts_start);
     }
 }
 

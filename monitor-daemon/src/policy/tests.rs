@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::PolicyConfig;
-use crate::redcap::sample::{at, call};
+use crate::redcap::sample::{at, call, fingerprint};
 use crate::token::TokenProblem;
 
 fn run(policy: &mut Policy, calls: Vec<ApiCall>) -> Vec<Verdict> {
@@ -231,4 +231,111 @@ fn heavy_reason_serialises_as_its_snake_case_name() {
             "\"pdf_all_records\""
         ]
     );
+}
+
+fn with_overrides(text: &str) -> PolicyConfig {
+    let config = crate::config::Config::parse(text, std::path::Path::new("test.toml")).unwrap();
+    config.policy
+}
+
+#[test]
+fn an_override_raises_one_tokens_limit_and_leaves_the_others() {
+    let config = with_overrides(&format!(
+        "[[policy.overrides]]\ntoken_fp = \"{}\"\nnote = \"nightly export job\"\n\
+         limits = {{ api_calls = 10 }}\n",
+        fingerprint(1)
+    ));
+    let mut policy = Policy::new(&config);
+    let calls = (0..12)
+        .flat_map(|i| [call(1, 1000 + i), call(2, 1000 + i)])
+        .collect();
+    let verdicts = run(&mut policy, calls);
+    let broken: Vec<(TokenFingerprint, u32, u32)> = verdicts
+        .iter()
+        .flat_map(|v| &v.violations)
+        .map(|v| (v.token, v.limit, v.count))
+        .collect();
+    let bulk: Vec<_> = broken.iter().filter(|b| b.0 == fingerprint(1)).collect();
+    assert_eq!(bulk, [&(fingerprint(1), 10, 11), &(fingerprint(1), 10, 12)]);
+    assert_eq!(broken.iter().filter(|b| b.0 == fingerprint(2)).count(), 9);
+}
+
+#[test]
+fn an_exempt_token_breaks_no_rule_and_keeps_no_windows() {
+    let config = with_overrides(&format!(
+        "[[policy.overrides]]\ntoken_fp = \"{}\"\nexempt = true\n",
+        fingerprint(1)
+    ));
+    let mut policy = Policy::new(&config);
+    let verdicts = run(&mut policy, (0..50).map(|i| call(1, 1000 + i)).collect());
+    assert!(rules_broken(&verdicts).is_empty());
+    assert_eq!(policy.stats().exempt_calls, 50);
+    assert_eq!(policy.tracked_tokens(), 0);
+}
+
+#[test]
+fn the_token_cap_evicts_the_least_recently_seen_and_counts_it() {
+    let config = PolicyConfig {
+        max_tokens: 16,
+        ..PolicyConfig::default()
+    };
+    let mut policy = Policy::new(&config);
+    // Token 1 stays busy; 40 others call once each.
+    let mut calls = Vec::new();
+    for i in 0..40u8 {
+        calls.push(call(100 + i, 1000 + u64::from(i)));
+        calls.push(call(1, 1000 + u64::from(i) * 15));
+    }
+    run(&mut policy, calls);
+    assert!(policy.tracked_tokens() <= 16);
+    assert!(policy.stats().evicted_tokens >= 24);
+    // The busy token kept its windows: its next call is still over the limit.
+    let verdicts = run(&mut policy, vec![call(1, 1000 + 39 * 15)]);
+    assert_eq!(rules_broken(&verdicts).len(), 1);
+}
+
+#[test]
+fn refused_calls_of_unknown_tokens_are_counted_per_client_not_per_token() {
+    let config = PolicyConfig {
+        max_refused_clients: 4,
+        ..PolicyConfig::default()
+    };
+    let mut policy = Policy::new(&config);
+    let refused = |n: u8, client: u8, secs: u64| {
+        let mut c = call(n, secs);
+        c.status = Some(403);
+        c.client.ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, client));
+        c
+    };
+    // 200 random tokens from one client, then one each from ten others.
+    let mut calls: Vec<ApiCall> = (0..200u8).map(|n| refused(n, 1, 1000)).collect();
+    calls.extend((0..10u8).map(|c| refused(1, 10 + c, 1001)));
+    let verdicts = run(&mut policy, calls);
+    assert!(rules_broken(&verdicts).is_empty());
+    assert_eq!(
+        policy.tracked_tokens(),
+        0,
+        "no per-token state for refused calls"
+    );
+    assert_eq!(policy.stats().refused_untracked_calls, 210);
+    assert!(policy.refused_clients(10).len() <= 4);
+    assert!(policy.stats().evicted_refused_clients > 0);
+    // A token the policy already tracks still has its refused calls counted against it.
+    run(&mut policy, vec![call(7, 2000)]);
+    let mut denied = call(7, 2001);
+    denied.status = Some(403);
+    run(&mut policy, vec![denied]);
+    assert_eq!(policy.tracked_tokens(), 1);
+    assert_eq!(policy.stats().refused_untracked_calls, 210);
+}
+
+#[test]
+fn idle_tokens_are_forgotten_once_their_windows_are_empty() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    run(&mut policy, vec![call(1, 1000), call(2, 1500)]);
+    policy.forget_idle(at(1200));
+    assert_eq!(policy.tracked_tokens(), 2, "both may still count");
+    // Longest window 300 s plus the reorder window 120 s after token 1's call.
+    policy.forget_idle(at(1000 + 421));
+    assert_eq!(policy.tracked_tokens(), 1);
 }

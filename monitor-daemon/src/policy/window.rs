@@ -27,8 +27,14 @@ impl SlidingCount {
             }
         }
         // Usually `ts` is the newest and this is a push to the back.
-        let at = self.times.partition_point(|&t| t <= ts);
-        self.times.insert(at, ts);
+        let at = if self.times.back().is_none_or(|&last| last <= ts) {
+            self.times.push_back(ts);
+            self.times.len() - 1
+        } else {
+            let at = self.times.partition_point(|&t| t <= ts);
+            self.times.insert(at, ts);
+            at
+        };
         let from = match ts.0.checked_sub(window.0) {
             Some(start) => self.times.partition_point(|t| t.0 <= start),
             None => 0,

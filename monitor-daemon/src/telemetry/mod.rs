@@ -319,7 +319,7 @@ impl Metrics {
         );
         r.register(
             "suspension_lifts",
-            "Suspensions lifted early by an admin, by origin",
+            "Suspensions ended, by origin (manual: lifted by an admin; expired)",
             m.lifts.clone(),
         );
         r.register(
@@ -444,7 +444,9 @@ impl Metrics {
         for origin in ["auto", "manual"] {
             let _ = m.suspensions.get_or_create(&OriginLabels { origin });
         }
-        let _ = m.lifts.get_or_create(&OriginLabels { origin: "manual" });
+        for origin in ["manual", "expired"] {
+            let _ = m.lifts.get_or_create(&OriginLabels { origin });
+        }
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -509,32 +511,45 @@ impl Metrics {
         }
     }
 
-    /// A suspension started (`manual`: by an admin) — call once per suspension.
-    pub fn suspension_started(&self, manual: bool) {
-        let origin = if manual { "manual" } else { "auto" };
-        self.suspensions
-            .get_or_create(&OriginLabels { origin })
-            .inc();
-    }
-
-    /// An admin lifted a suspension early.
-    pub fn suspension_lifted(&self) {
-        self.lifts
-            .get_or_create(&OriginLabels { origin: "manual" })
-            .inc();
+    /// The action edge's counters (`Actions::stats`, `Actions::hook_runs`): absolute values, set
+    /// on each refresh.
+    pub fn set_action_stats(
+        &self,
+        stats: &crate::actions::ActionStats,
+        hooks: crate::actions::HookRuns,
+    ) {
+        let origin = |origin| OriginLabels { origin };
+        store(
+            &self.suspensions.get_or_create(&origin("auto")),
+            stats.suspensions.saturating_sub(stats.manual_suspensions),
+        );
+        store(
+            &self.suspensions.get_or_create(&origin("manual")),
+            stats.manual_suspensions,
+        );
+        store(
+            &self.lifts.get_or_create(&origin("manual")),
+            stats.manual_lifts,
+        );
+        store(
+            &self.lifts.get_or_create(&origin("expired")),
+            stats.lifts.saturating_sub(stats.manual_lifts),
+        );
+        for (event, result, n) in [
+            ("suspend", "ok", hooks.suspend_ok),
+            ("suspend", "failed", hooks.suspend_failed),
+            ("lift", "ok", hooks.lift_ok),
+            ("lift", "failed", hooks.lift_failed),
+        ] {
+            store(
+                &self.hook_runs.get_or_create(&HookLabels { event, result }),
+                n,
+            );
+        }
     }
 
     pub fn set_suspensions_active(&self, n: usize) {
         self.suspensions_active.set(n as i64);
-    }
-
-    /// A suspension hook ran: `event` is `suspend` or `lift`.
-    pub fn hook_ran(&self, event: &'static str, ok: bool) {
-        let event = if event == "lift" { "lift" } else { "suspend" };
-        let result = if ok { "ok" } else { "failed" };
-        self.hook_runs
-            .get_or_create(&HookLabels { event, result })
-            .inc();
     }
 
     /// The alert side's counters (`Alerts::stats`): absolute values, set on each refresh.

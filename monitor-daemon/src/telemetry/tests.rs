@@ -194,8 +194,20 @@ fn alert_delivery_and_hook_counters_are_exported() {
         gave_up: 1,
         ..Default::default()
     });
-    metrics.hook_ran("suspend", true);
-    metrics.hook_ran("lift", false);
+    metrics.set_action_stats(
+        &crate::actions::ActionStats {
+            suspensions: 5,
+            manual_suspensions: 2,
+            lifts: 3,
+            manual_lifts: 1,
+            ..Default::default()
+        },
+        crate::actions::HookRuns {
+            suspend_ok: 1,
+            lift_failed: 1,
+            ..Default::default()
+        },
+    );
     let text = metrics.encode();
     for line in [
         "redcap_monitor_alerts_raised_total 4",
@@ -204,6 +216,10 @@ fn alert_delivery_and_hook_counters_are_exported() {
         "redcap_monitor_webhook_delivery_failures_total 1",
         "redcap_monitor_hook_runs_total{event=\"suspend\",result=\"ok\"} 1",
         "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 1",
+        "redcap_monitor_suspensions_total{origin=\"auto\"} 3",
+        "redcap_monitor_suspensions_total{origin=\"manual\"} 2",
+        "redcap_monitor_suspension_lifts_total{origin=\"manual\"} 1",
+        "redcap_monitor_suspension_lifts_total{origin=\"expired\"} 2",
     ] {
         assert!(text.contains(line), "{line}:\n{text}");
     }

@@ -114,11 +114,12 @@ fn run(seconds: u64) -> Result<()> {
         format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80]\n\
              [output]\ncalls = \"{}\"\nviolations = \"{}\"\nstats = \"{}\"\n\
-             stats_interval = \"1s\"\n",
+             stats_interval = \"1s\"\n[store]\npath = \"{}\"\n",
             pair.server_if,
             calls.display(),
             violations.display(),
-            stats.display()
+            stats.display(),
+            dir.path().join("state.redb").display()
         ),
     )?;
     let mut daemon = LiveDaemon::start(Some(&pair.server_ns), &config, &key)

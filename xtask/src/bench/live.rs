@@ -5,7 +5,7 @@
 
 use std::process::Stdio;
 
-use super::{output_path, write_report};
+use super::{json_field, output_path, verdict, write_report};
 use crate::{Failure, Result, process};
 
 /// The probe + pipeline's throughput must stay at or above this share of the detached one...
@@ -112,39 +112,4 @@ pub(super) fn run() -> Result<()> {
     write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
     println!("  written to {}", process::shown(&report));
     Ok(())
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
-}
-
-/// The number after `"key": ` in the report's summary, which follows the `runs` array (xtask
-/// has no JSON parser on purpose; the summary's keys are unique).
-fn json_field(json: &str, key: &str) -> Option<f64> {
-    let summary = json
-        .rfind(']')
-        .and_then(|end| json.get(end..))
-        .unwrap_or(json);
-    let pattern = format!("\"{key}\": ");
-    let rest = summary.get(summary.find(&pattern)? + pattern.len()..)?;
-    let end = rest
-        .find(|c: char| c == ',' || c == '}' || c.is_whitespace())
-        .unwrap_or(rest.len());
-    rest.get(..end)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_field_reads_numbers_by_key_and_not_by_prefix() {
-        let json = "{\n  \"runs\": [{\"ring_full\": 7}],\n  \"ring_full\": 0,\n  \
-                    \"ring_full_x\": 5,\n  \"ratio\": 0.991\n}";
-        assert_eq!(json_field(json, "ring_full"), Some(0.0));
-        assert_eq!(json_field(json, "ring_full_x"), Some(5.0));
-        assert_eq!(json_field(json, "ratio"), Some(0.991));
-        assert_eq!(json_field(json, "missing"), None);
-        assert_eq!(json_field("{\"a\": null}", "a"), None);
-    }
 }

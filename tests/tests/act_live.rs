@@ -1,0 +1,350 @@
+//! The live daemon acting on what it sees: `redcap-monitor run` (libpcap on loopback) in front of
+//! the REDCap simulator, real curl clients with known tokens, exec hooks, and a webhook receiver.
+//! An abuser is warned, then suspended (hooks run, audited); `kill -9`; the suspension and the
+//! audit log are still there after a restart, and the alerts the dead receiver could not take are
+//! delivered once it is back; `lift` while the daemon runs goes through it. Then everything the
+//! daemon wrote — records, stats, the store file, hook outputs, webhook bodies, its logs — is
+//! scanned for the raw tokens: none. Needs root; REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use monitor_tests::clients::curl_in;
+use monitor_tests::daemon::{LiveDaemon, fingerprints, monitor_bin};
+use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use serde_json::Value;
+
+const ABUSER: &str = "AB12CD34EF56AB12CD34EF56AB12CD34";
+const COMPLIANT: &str = "0C0C0C0C1D1D1D1D2E2E2E2E3F3F3F3F";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One request the receiver took: its head and body.
+#[derive(Clone)]
+struct Received {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver on loopback answering 200, recording every request.
+fn receiver(listener: TcpListener) -> Arc<Mutex<Vec<Received>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let mut parsed = None;
+            while parsed.is_none() {
+                let Ok(n) = stream.read(&mut chunk) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len: usize = head
+                        .to_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    parsed = Some((head, end + 4, len));
+                }
+            }
+            let Some((head, start, len)) = parsed else {
+                continue;
+            };
+            while buf.len() < start + len {
+                let Ok(n) = stream.read(&mut chunk) else {
+                    break;
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            record.lock().unwrap().push(Received {
+                head,
+                body: buf[start..].to_vec(),
+            });
+        }
+    });
+    seen
+}
+
+fn hook_script(dir: &Path) -> PathBuf {
+    let script = dir.join("hook.sh");
+    let d = dir.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >> '{d}/hook.stdin'\necho >> '{d}/hook.stdin'\n\
+             echo \"$@\" >> '{d}/hook.argv'\nenv >> '{d}/hook.env'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
+    let path = dir.join("act.toml");
+    let secret = dir.join("siem.whsec");
+    // 32 bytes of key, base64.
+    std::fs::write(
+        &secret,
+        "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    )
+    .unwrap();
+    let hook = hook_script(dir);
+    let hook_entry = |name: &str| {
+        format!(
+            "name = \"{name}\"\nkind = \"exec\"\nprogram = \"{}\"\n\
+             args = [\"{{action}}\", \"{{fingerprint}}\", \"{{masked}}\"]\ntimeout = \"5s\"\n",
+            hook.display()
+        )
+    };
+    let d = dir.display();
+    std::fs::write(
+        &path,
+        format!(
+            "[capture]\nmode = \"pcap\"\ninterfaces = [\"lo\"]\nports = [{sim_port}]\n\
+             [output]\ncalls = \"{d}/calls.jsonl\"\nviolations = \"{d}/violations.jsonl\"\n\
+             decisions = \"{d}/decisions.jsonl\"\nstats = \"{d}/stats.json\"\n\
+             stats_interval = \"1s\"\n\
+             [store]\npath = \"{d}/state/state.redb\"\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\
+             [enforcement]\nmode = \"on_violation\"\n\
+             [alerts]\nbackoff_base = \"100ms\"\nbackoff_cap = \"300ms\"\nmax_attempts = 1000\n\
+             request_timeout = \"1s\"\n\
+             [[alerts.sinks]]\nname = \"siem\"\nkind = \"generic\"\n\
+             url = \"http://127.0.0.1:{receiver_port}/alerts\"\nsecret_file = \"{}\"\n\
+             [[hooks.suspend]]\n{}[[hooks.lift]]\n{}",
+            secret.display(),
+            hook_entry("on_suspend"),
+            hook_entry("on_lift"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn api_call(url: &str, token: &str) {
+    curl_in(
+        None,
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-d",
+            &format!("token={token}&content=version&format=json"),
+            url,
+        ],
+    )
+    .unwrap();
+}
+
+/// `redcap-monitor CMD --store STORE --json ...`: its JSON lines (the command must succeed).
+fn admin(store: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(monitor_bin().unwrap())
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() {
+    if !monitor_tests::require_root("act_live") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("site.key");
+    let fps = fingerprints(&key, &[ABUSER, COMPLIANT]).unwrap();
+    let (abuser, compliant) = (fps[0].clone(), fps[1].clone());
+    let sim = Simulator::start(&SimOptions {
+        tokens: vec![ABUSER.into(), COMPLIANT.into()],
+        ..SimOptions::default()
+    })
+    .unwrap();
+    // The receiver's port is reserved and closed: while the first daemon runs, every alert
+    // delivery is refused and stays queued.
+    let receiver_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config(dir.path(), sim.port(), receiver_port);
+    let store = dir.path().join("state").join("state.redb");
+    let url = sim.url("/api/");
+
+    // Run 1: one compliant call, then six calls in a row by the abuser: the fourth is warned,
+    // the fifth suspends (strict mode).
+    let mut daemon = LiveDaemon::start(None, &config, &key).unwrap();
+    api_call(&url, COMPLIANT);
+    for _ in 0..6 {
+        api_call(&url, ABUSER);
+    }
+    let suspended = wait_until(WAIT, || {
+        Command::new(monitor_bin().unwrap())
+            .args(["suspensions", "--json", "--store"])
+            .arg(&store)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&abuser))
+    });
+    assert!(suspended, "the abuser was not suspended");
+    assert!(
+        wait_until(WAIT, || !lines(&dir.path().join("hook.stdin")).is_empty()),
+        "the suspend hook did not run"
+    );
+    // Let the hook's outcome reach the audit log, then kill -9.
+    assert!(wait_until(WAIT, || {
+        admin(&store, &["audit"])
+            .iter()
+            .any(|r| r["kind"] == "hook_result")
+    }));
+    let log_1 = daemon.kill_9().unwrap();
+
+    // After the crash: suspension, audit log and queued alerts are in the store.
+    let active = admin(&store, &["suspensions"]);
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["token_fp"], abuser.as_str());
+    assert_eq!(active[0]["source"], "auto");
+    let audit = admin(&store, &["audit", "--token-fp", &abuser]);
+    let kinds: Vec<&str> = audit.iter().filter_map(|r| r["kind"].as_str()).collect();
+    for kind in ["violation", "decision", "suspend", "hook_result"] {
+        assert!(
+            kinds.contains(&kind),
+            "no {kind} record after kill -9: {kinds:?}"
+        );
+    }
+    assert!(admin(&store, &["audit", "--token-fp", &compliant]).is_empty());
+    let decisions = lines(&dir.path().join("decisions.jsonl"));
+    assert!(decisions.iter().any(|d| d.contains("\"warn\"")));
+    assert!(decisions.iter().any(|d| d.contains("\"suspend\"")));
+    let hook_stdin: Value =
+        serde_json::from_str(&lines(&dir.path().join("hook.stdin"))[0]).unwrap();
+    assert_eq!(hook_stdin["action"], "suspend");
+    assert_eq!(hook_stdin["token_fp"], abuser.as_str());
+    assert_eq!(hook_stdin["token_masked"], "AB1…34");
+
+    // Run 2, receiver up: the alerts queued before the crash are delivered; the abuser is
+    // still suspended, so its calls decide nothing new.
+    let received = receiver(TcpListener::bind(("127.0.0.1", receiver_port)).unwrap());
+    let mut daemon = LiveDaemon::start(None, &config, &key).unwrap();
+    let delivered = wait_until(WAIT, || {
+        let events: Vec<String> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter_map(|b| b["event"].as_str().map(String::from))
+            .collect();
+        events.contains(&"violation".to_string()) && events.contains(&"suspended".to_string())
+    });
+    assert!(
+        delivered,
+        "queued alerts were not delivered after the restart"
+    );
+    for request in received.lock().unwrap().iter() {
+        let head = request.head.to_lowercase();
+        assert!(head.contains("webhook-id: msg_") && head.contains("webhook-signature: v1,"));
+    }
+    let decided_before = lines(&dir.path().join("decisions.jsonl")).len();
+    api_call(&url, ABUSER);
+    // `lift` while the daemon holds the store goes through the daemon, which runs the lift hook.
+    let lifted = admin(&store, &["lift", &abuser, "--reason", "talked to the user"]);
+    assert_eq!(lifted[0]["token_fp"], abuser.as_str());
+    assert!(admin(&store, &["suspensions"]).is_empty());
+    assert!(wait_until(WAIT, || lines(&dir.path().join("hook.stdin"))
+        .len()
+        >= 2));
+    let (status, log_2) = daemon.stop().unwrap();
+    assert!(status.success(), "{log_2}");
+    assert_eq!(
+        lines(&dir.path().join("decisions.jsonl")).len(),
+        decided_before,
+        "a suspended token's calls decide nothing new"
+    );
+    let lift_stdin: Value =
+        serde_json::from_str(&lines(&dir.path().join("hook.stdin"))[1]).unwrap();
+    assert_eq!(lift_stdin["action"], "lift");
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(stats["actions"]["lifts"], 1);
+
+    // Nothing the daemon wrote holds a raw token.
+    let mut written: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut files = Vec::new();
+    files_under(dir.path(), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("state.redb")));
+    assert!(files.iter().any(|f| f.ends_with("hook.env")));
+    for file in files {
+        written.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+    }
+    written.push(("log of run 1".into(), log_1.into_bytes()));
+    written.push(("log of run 2".into(), log_2.into_bytes()));
+    for (n, request) in received.lock().unwrap().iter().enumerate() {
+        let mut bytes = request.head.clone().into_bytes();
+        bytes.extend_from_slice(&request.body);
+        written.push((format!("webhook request {n}"), bytes));
+    }
+    for (what, bytes) in &written {
+        for token in [ABUSER, COMPLIANT] {
+            for form in [
+                token.to_string(),
+                token.to_lowercase(),
+                token[..20].to_string(),
+            ] {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                    "{what} holds (part of) a raw token"
+                );
+            }
+        }
+    }
+}

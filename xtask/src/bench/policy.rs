@@ -1,0 +1,74 @@
+//! The policy bench: the rate rules (and the enforcement stage) alone on 5 million synthetic calls
+//! from 10,000 tokens. The measuring is done by the `policy-bench` binary (monitor-tests, built
+//! in release), which prints one JSON object; this module runs it, prints the figures and the
+//! goals, and writes `target/bench/policy.json`.
+
+use std::process::Stdio;
+
+use super::{json_field, output_path, verdict, write_report};
+use crate::{Failure, Result, process};
+
+/// Calls per second of one core the rate rules must evaluate at least...
+const GOAL_CALLS_PER_S: f64 = 1_000_000.0;
+/// ...holding at most this much memory for 10,000 active tokens.
+const GOAL_PEAK_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
+
+pub(super) fn run() -> Result<()> {
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor-tests",
+        "--bin",
+        "policy-bench",
+    ]))?;
+    let program = process::target_dir().join("release").join("policy-bench");
+    println!("policy: 5,000,000 calls from 10,000 tokens, best of 3, CPU time of one core");
+    let mut command = std::process::Command::new(&program);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let output = process::output(&mut command)?;
+    let json = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(Failure::new(format!(
+            "`{}` failed ({})",
+            process::describe(&command),
+            output.status
+        )));
+    }
+    let field = |key: &str| {
+        json_field(&json, key).ok_or_else(|| {
+            Failure::new(format!(
+                "policy-bench's report has no number `{key}`:\n{json}"
+            ))
+        })
+    };
+    let rate = field("policy_calls_per_s")?;
+    println!(
+        "  rate rules: {:.0} calls/s (CPU), {:.0} calls/s (wall)  goal: over {:.0}  {}",
+        rate,
+        field("policy_calls_per_wall_s")?,
+        GOAL_CALLS_PER_S,
+        verdict(rate > GOAL_CALLS_PER_S)
+    );
+    println!(
+        "  with enforcement deciding every violation ({:.0} of them): {:.0} calls/s (CPU)",
+        field("violations")?,
+        field("policy_and_enforcement_calls_per_s")?
+    );
+    let peak = field("peak_rss_kib")? * 1024.0;
+    println!(
+        "  memory: policy state {:.1} MiB for {:.0} tokens, with enforcement {:.1} MiB; \
+         heap peak {:.1} MiB; process peak RSS {:.1} MiB  goal: under {:.0} MiB  {}",
+        field("policy_state_bytes")? / 1048576.0,
+        field("tracked_tokens")?,
+        field("policy_and_enforcement_state_bytes")? / 1048576.0,
+        field("heap_peak_bytes")? / 1048576.0,
+        peak / 1048576.0,
+        GOAL_PEAK_BYTES / 1048576.0,
+        verdict(peak < GOAL_PEAK_BYTES)
+    );
+    let report = output_path("policy.json")?;
+    write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
+    println!("  written to {}", process::shown(&report));
+    Ok(())
+}
