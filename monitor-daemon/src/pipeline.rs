@@ -276,11 +276,14 @@ impl Pipeline {
         if verdict.violations.is_empty() {
             return verdict;
         }
-        let loads = self.health.load_by_token(self.clock);
+        let load_share = match &verdict.call.token {
+            Ok(identity) => self.health.load_share(identity.fingerprint, self.clock),
+            Err(_) => None,
+        };
         let view = HealthView {
             degraded: self.health.is_degraded(),
             assessment: self.health.assessment(),
-            loads: &loads,
+            load_share,
         };
         verdict.decision = self.enforcer.decide(&verdict, &view);
         verdict

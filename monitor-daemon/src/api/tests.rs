@@ -266,7 +266,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
     let health = HealthView {
         degraded: false,
         assessment: &assessment,
-        loads: &[],
+        load_share: None,
     };
     for secs in [1000, 1001] {
         let mut verdict = Verdict {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::Duration;
 use crate::model::{Span, Timestamp};
 use crate::redcap::ApiCall;
-use crate::token::TokenFingerprint;
+use crate::token::{FingerprintMap, TokenFingerprint};
 
 #[cfg(test)]
 mod tests;
@@ -182,9 +182,21 @@ struct CanaryResult {
     latency: Option<Span>,
 }
 
+/// One token's calls and server time over the samples held.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    calls: u32,
+    nanos: u64,
+}
+
 pub struct ResponsivenessDetector {
     config: HealthConfig,
     samples: VecDeque<Sample>,
+    /// Per token over `samples`, kept as samples come and go: a flood of violating calls asks
+    /// for its token's share on every call, and must not pay for a walk over the window.
+    tallies: FingerprintMap<Tally>,
+    /// Server time of every sample held, with or without a token.
+    total_nanos: u64,
     canary: VecDeque<CanaryResult>,
     baseline_p95: Option<f64>,
     degraded_since: Option<Timestamp>,
@@ -202,6 +214,8 @@ impl ResponsivenessDetector {
         ResponsivenessDetector {
             config,
             samples: VecDeque::new(),
+            tallies: FingerprintMap::default(),
+            total_nanos: 0,
             canary: VecDeque::new(),
             baseline_p95: None,
             degraded_since: None,
@@ -219,15 +233,34 @@ impl ResponsivenessDetector {
     pub fn observe(&mut self, call: &ApiCall) {
         let Some(ttfb) = call.ttfb else { return };
         if self.samples.len() >= self.config.max_samples {
-            self.samples.pop_front();
+            self.forget_oldest();
             self.stats.samples_dropped += 1;
+        }
+        let token = call.token.as_ref().ok().map(|id| id.fingerprint);
+        self.total_nanos += ttfb.0;
+        if let Some(token) = token {
+            let tally = self.tallies.entry(token).or_default();
+            tally.calls += 1;
+            tally.nanos += ttfb.0;
         }
         self.samples.push_back(Sample {
             ts: call.ts_end,
             ttfb,
             server_error: call.status.is_some_and(|s| (500..600).contains(&s)),
-            token: call.token.as_ref().ok().map(|id| id.fingerprint),
+            token,
         });
+    }
+
+    /// `token`'s share of the server time in the window ending at `now`; `None` when it has no
+    /// answered call there. Costs a lookup (and forgetting what left the window).
+    pub fn load_share(&mut self, token: TokenFingerprint, now: Timestamp) -> Option<f64> {
+        self.forget_before(now);
+        let tally = self.tallies.get(&token)?;
+        Some(if self.total_nanos == 0 {
+            0.0
+        } else {
+            tally.nanos as f64 / self.total_nanos as f64
+        })
     }
 
     /// Takes note of one canary probe: its latency, or `None` when it failed or timed out.
@@ -335,10 +368,28 @@ impl ResponsivenessDetector {
     fn forget_before(&mut self, now: Timestamp) {
         let start = now.minus(self.config.window.span());
         while self.samples.front().is_some_and(|s| s.ts <= start) {
-            self.samples.pop_front();
+            self.forget_oldest();
         }
         while self.canary.front().is_some_and(|c| c.ts <= start) {
             self.canary.pop_front();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some(sample) = self.samples.pop_front() else {
+            return;
+        };
+        self.total_nanos -= sample.ttfb.0;
+        if let Some(token) = sample.token
+            && let std::collections::hash_map::Entry::Occupied(mut entry) =
+                self.tallies.entry(token)
+        {
+            let tally = entry.get_mut();
+            tally.calls -= 1;
+            tally.nanos -= sample.ttfb.0;
+            if tally.calls == 0 {
+                entry.remove();
+            }
         }
     }
 

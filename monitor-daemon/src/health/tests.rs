@@ -180,7 +180,40 @@ fn load_is_shared_by_server_time() {
         ]
     );
     assert!((loads[0].share - 0.9).abs() < 1e-9);
+    // One token's share, without a walk over the window, agrees.
+    let share = d.load_share(fingerprint(1), at(1010)).unwrap();
+    assert!((share - 0.9).abs() < 1e-9);
+    assert_eq!(d.load_share(fingerprint(3), at(1010)), None);
     assert!(d.load_by_token(at(1100)).is_empty(), "outside the window");
+    assert_eq!(
+        d.load_share(fingerprint(1), at(1100)),
+        None,
+        "outside the window"
+    );
+}
+
+#[test]
+fn a_share_follows_the_samples_held_when_the_oldest_are_dropped() {
+    let mut d = ResponsivenessDetector::new(HealthConfig {
+        max_samples: 4,
+        ..HealthConfig::default()
+    });
+    // Token 1's two slow calls are pushed out by four quick ones of token 2.
+    for (token, ttfb_ms) in [
+        (1u8, 900u64),
+        (1, 900),
+        (2, 100),
+        (2, 100),
+        (2, 100),
+        (2, 100),
+    ] {
+        let mut c = call(token, 1005);
+        c.ttfb = Some(Span::from_millis(ttfb_ms));
+        d.observe(&c);
+    }
+    assert_eq!(d.load_share(fingerprint(1), at(1006)), None);
+    assert_eq!(d.load_share(fingerprint(2), at(1006)), Some(1.0));
+    assert_eq!(d.stats().samples_dropped, 2);
 }
 
 #[test]

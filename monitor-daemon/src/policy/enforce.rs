@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Duration;
-use crate::health::{Assessment, TokenLoad};
+use crate::health::Assessment;
 use crate::model::{Span, Timestamp};
 use crate::token::{FingerprintMap, TokenFingerprint};
 
@@ -133,7 +133,9 @@ impl From<&Violation> for ViolationEvidence {
 pub struct HealthView<'a> {
     pub degraded: bool,
     pub assessment: &'a Assessment,
-    pub loads: &'a [TokenLoad],
+    /// The deciding token's share of the server time in the health window (`None`: no answered
+    /// call of it there).
+    pub load_share: Option<f64>,
 }
 
 /// Offences remembered per token at most (the newest): enough for any warning ladder, and a
@@ -199,11 +201,7 @@ impl Enforcer {
         record.offences.push(now);
         let offences_remembered = record.offences.len() as u32;
 
-        let load_share = health
-            .loads
-            .iter()
-            .find(|l| l.token == identity.fingerprint)
-            .map(|l| l.share);
+        let load_share = health.load_share;
         let action = if earlier_offences < config.warnings_before_suspension {
             Action::Warn {
                 reason: HoldReason::FirstOffence,

@@ -19,18 +19,9 @@ fn violating(token: u8, secs: u64) -> Verdict {
     }
 }
 
-fn loads(share: f64) -> Vec<TokenLoad> {
-    vec![TokenLoad {
-        token: fingerprint(1),
-        calls: 10,
-        server_time: Span::from_secs(10),
-        share,
-    }]
-}
-
 struct Server {
     degraded: bool,
-    loads: Vec<TokenLoad>,
+    load_share: Option<f64>,
     assessment: Assessment,
 }
 
@@ -38,7 +29,7 @@ impl Server {
     fn healthy() -> Server {
         Server {
             degraded: false,
-            loads: loads(0.9),
+            load_share: Some(0.9),
             assessment: Assessment::default(),
         }
     }
@@ -46,7 +37,7 @@ impl Server {
     fn degraded(share: f64) -> Server {
         Server {
             degraded: true,
-            loads: loads(share),
+            load_share: Some(share),
             assessment: Assessment::default(),
         }
     }
@@ -55,7 +46,7 @@ impl Server {
         HealthView {
             degraded: self.degraded,
             assessment: &self.assessment,
-            loads: &self.loads,
+            load_share: self.load_share,
         }
     }
 }

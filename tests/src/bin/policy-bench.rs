@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redcap_monitor::config::PolicyConfig;
-use redcap_monitor::health::{Assessment, TokenLoad};
+use redcap_monitor::health::Assessment;
 use redcap_monitor::model::{Endpoint, Span, Timestamp};
 use redcap_monitor::policy::Policy;
 use redcap_monitor::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
@@ -155,11 +155,10 @@ fn run(total: u64, enforce: bool) -> Run {
     let mut policy = Policy::new(&PolicyConfig::default());
     let mut enforcer = Enforcer::new(EnforcementConfig::default());
     let assessment = Assessment::default();
-    let loads: Vec<TokenLoad> = Vec::new();
     let view = HealthView {
         degraded: false,
         assessment: &assessment,
-        loads: &loads,
+        load_share: None,
     };
     let (mut done, mut violations, mut decisions) = (0u64, 0u64, 0u64);
     let mut elapsed = Duration::ZERO;
