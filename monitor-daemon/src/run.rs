@@ -18,6 +18,7 @@ use tokio::time::{MissedTickBehavior, interval, interval_at};
 
 use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
+use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::model::Timestamp;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
@@ -40,6 +41,13 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("eBPF capture: {0}")]
     Probe(#[from] ProbeError),
+    #[error("TLS capture: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
+         without it HTTPS is not seen (capture.tls.enabled = false to run with libpcap alone)"
+    )]
+    TlsWithoutProbe(Box<RunError>),
     #[error("libpcap capture: {0}")]
     Pcap(#[from] PcapError),
     #[error("cannot write {path}: {source}")]
@@ -61,6 +69,10 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
         message,
     };
     let capture = &config.capture;
+    if capture.mode == CaptureMode::Tls {
+        // HTTPS only: no interface is watched, the uprobes find the web server's libssl.
+        return Ok(());
+    }
     if capture.interfaces.is_empty() {
         return Err(invalid(
             "capture.interfaces",
@@ -109,6 +121,20 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut source = open_source(config)?;
+    let mut tls = match &mut source {
+        Source::Kernel(probe) if config.capture.tls_on() => {
+            let tls_config = &config.capture.tls;
+            let mut tls =
+                TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+            tls.start(probe.get_mut())?;
+            tracing::info!(processes = ?tls_config.processes, libraries = ?tls.libraries().collect::<Vec<_>>(), "capturing HTTPS with uprobes on OpenSSL");
+            Some(tls)
+        }
+        _ => None,
+    };
+    let rescan_every = Duration::from_nanos(config.capture.tls.rescan_interval.span().0);
+    let mut rescan_tick = interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+    rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -123,6 +149,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             ready = source.wait() => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
+            _ = rescan_tick.tick(), if tls.is_some() => Event::Rescan,
         };
         match event {
             Event::Stop(signal) => {
@@ -147,6 +174,11 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 source.drain(&mut pipeline, &mut records);
                 pipeline.tick(wall_clock(), &mut |v| records.write(&v));
                 records.flush()?;
+            }
+            Event::Rescan => {
+                if let (Some(tls), Source::Kernel(probe)) = (&mut tls, &mut source) {
+                    tls.refresh(probe.get_mut());
+                }
             }
             Event::Stats => {
                 let stats = counters(&source, &pipeline, &records);
@@ -175,6 +207,8 @@ enum Event {
     Frame(Option<OwnedFrame>),
     Tick,
     Stats,
+    /// Time to look for web server processes whose libssl is not covered yet.
+    Rescan,
 }
 
 /// Where packets come from.
@@ -189,8 +223,20 @@ enum Source {
 fn open_source(config: &Config) -> Result<Source, RunError> {
     let capture = &config.capture;
     match capture.mode {
+        CaptureMode::Tls => {
+            let source = open_probe(config, false)?;
+            tracing::info!(mode = "tls", "capturing with the OpenSSL uprobes only (configured)");
+            Ok(source)
+        }
+        CaptureMode::Auto if capture.tls.enabled => {
+            // No libpcap fallback: it would silently lose every HTTPS call.
+            let source =
+                open_probe(config, true).map_err(|err| RunError::TlsWithoutProbe(Box::new(err)))?;
+            tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded) and the OpenSSL uprobes");
+            Ok(source)
+        }
         CaptureMode::Ebpf => {
-            let source = open_probe(config)?;
+            let source = open_probe(config, true)?;
             tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
             Ok(source)
         }
@@ -199,7 +245,7 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
             tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
             Ok(source)
         }
-        CaptureMode::Auto => match open_probe(config) {
+        CaptureMode::Auto => match open_probe(config, true) {
             Ok(source) => {
                 tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
                 Ok(source)
@@ -213,15 +259,30 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
     }
 }
 
-fn open_probe(config: &Config) -> Result<Source, RunError> {
+/// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
+fn open_probe(config: &Config, tc: bool) -> Result<Source, RunError> {
+    let capture = &config.capture;
     let mut probe = KernelProbe::load(&ProbeConfig {
-        ports: config.capture.ports.clone(),
-        ring_bytes: config.capture.ring_bytes,
-        attach: config.capture.tc_attach,
+        // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
+        ports: if capture.ports.is_empty() {
+            ProbeConfig::default().ports
+        } else {
+            capture.ports.clone()
+        },
+        ring_bytes: capture.ring_bytes,
+        attach: capture.tc_attach,
+        tls_processes: if capture.tls_on() {
+            capture.tls.processes.clone()
+        } else {
+            Vec::new()
+        },
+        tls_idle: Duration::from_nanos(config.reassembly.idle_timeout.span().0),
         ..ProbeConfig::default()
     })?;
-    for interface in &config.capture.interfaces {
-        probe.attach(interface)?;
+    if tc {
+        for interface in &capture.interfaces {
+            probe.attach(interface)?;
+        }
     }
     // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
     // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
@@ -325,6 +386,13 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
                     "flows_ended": k.flows_ended,
                     "flows_tracked": k.flows_tracked,
                     "flows_evicted": k.flows_evicted,
+                    "tls_other_process": k.tls_other_process,
+                    "tls_filtered": k.tls_filtered,
+                    "tls_conns_started": k.tls_conns_started,
+                    "tls_conns_ended": k.tls_conns_ended,
+                    "tls_conns_tracked": k.tls_conns_tracked,
+                    "tls_conns_evicted": k.tls_conns_evicted,
+                    "tls_args_lost": k.tls_args_lost,
                 }),
                 Err(err) => serde_json::Value::String(err.to_string()),
             };
@@ -400,7 +468,15 @@ impl Records {
             return;
         }
         if let Some(calls) = &mut self.calls {
-            if let Err(err) = calls.line(&CallRecord::of(verdict, Transport::Tcp)) {
+            let mut record = CallRecord::of(verdict, Transport::Tcp);
+            if is_synthetic(&verdict.call.server) {
+                // Plaintext from the OpenSSL uprobes: the synthetic connection's addresses say
+                // nothing about the real client or server, so none is written.
+                record.transport = Transport::Tls;
+                record.client = String::new();
+                record.server = String::new();
+            }
+            if let Err(err) = calls.line(&record) {
                 self.error = Some(err);
                 return;
             }

@@ -13,13 +13,15 @@ use std::time::Duration;
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::uprobe::UProbeLink;
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
     CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, DIRECTION_CLIENT_TO_SERVER,
     DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey,
     FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN,
-    SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP,
+    TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState,
 };
 
 use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
@@ -37,6 +39,11 @@ pub struct ProbeConfig {
     pub max_flows: u32,
     /// How [`KernelProbe::attach`] hooks the classifier into the interface.
     pub attach: AttachMethod,
+    /// Names of the processes whose OpenSSL reads the TLS uprobes look at (at most 8, each
+    /// 1..=15 bytes; a name matches a process whose name starts with it). Empty: none.
+    pub tls_processes: Vec<String>,
+    /// After this long without a call, a tracked TLS connection is judged afresh.
+    pub tls_idle: Duration,
 }
 
 /// How the classifier is attached to an interface's ingress and egress.
@@ -61,6 +68,8 @@ impl Default for ProbeConfig {
             chunk_bytes: MAX_CHUNK_BYTES,
             max_flows: 16384,
             attach: AttachMethod::Auto,
+            tls_processes: Vec::new(),
+            tls_idle: Duration::from_secs(120),
         }
     }
 }
@@ -151,6 +160,11 @@ pub enum ProbeError {
         #[source]
         source: MapError,
     },
+    #[error(
+        "TLS process name {name:?} cannot match: process names are 1 to 15 bytes \
+         (the kernel keeps 15), at most {max} of them"
+    )]
+    TlsProcessName { name: String, max: usize },
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
@@ -171,6 +185,18 @@ pub struct KernelCounters {
     /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
     /// started − ended − still tracked). Their later segments are not sent.
     pub flows_evicted: u64,
+    /// TLS: reads by processes not in the process list (not looked at).
+    pub tls_other_process: u64,
+    /// TLS: reads and writes on connections that are not API connections (no event).
+    pub tls_filtered: u64,
+    pub tls_conns_started: u64,
+    pub tls_conns_ended: u64,
+    /// TLS connections in the kernel's table now.
+    pub tls_conns_tracked: u64,
+    /// TLS connections the LRU table dropped (started − ended − tracked): a loss.
+    pub tls_conns_evicted: u64,
+    /// TLS calls whose arguments could not be kept for the return probe: a loss.
+    pub tls_args_lost: u64,
 }
 
 /// What user space did with the records it read.
@@ -185,12 +211,14 @@ pub struct DrainStats {
 pub struct KernelProbe {
     // Declared first so that the links are dropped (detached) before the program and maps.
     links: Vec<SchedClassifierLink>,
+    /// The TLS uprobes' links (see `capture::tls`).
+    pub(super) tls_links: Vec<UProbeLink>,
     // After the links: a qdisc is removed only once our filters on it are gone.
     clsact: Vec<OwnedClsact>,
     attach_method: AttachMethod,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     clock: KernelClock,
     stats: DrainStats,
 }
@@ -200,11 +228,16 @@ impl KernelProbe {
     pub fn load(config: &ProbeConfig) -> Result<KernelProbe, ProbeError> {
         let ports = server_ports(config)?;
         validate_sizes(config)?;
+        let tls_processes = super::tls::process_names(&config.tls_processes)?;
+        let tls_idle_ns = u64::try_from(config.tls_idle.as_nanos()).unwrap_or(u64::MAX);
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(SERVER_PORTS_GLOBAL, &ports, true)
             .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
+            .override_global(TLS_PROCESSES_GLOBAL, &tls_processes, true)
+            .override_global(TLS_IDLE_NS_GLOBAL, &tls_idle_ns, true)
+            .map_max_entries(TLS_CONNS_MAP, config.max_flows)
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.max_flows)
             .load(crate::KERNEL_OBJECT)
@@ -249,6 +282,7 @@ impl KernelProbe {
         })?;
         Ok(KernelProbe {
             links: Vec::new(),
+            tls_links: Vec::new(),
             clsact: Vec::new(),
             attach_method: config.attach,
             events,
@@ -349,6 +383,18 @@ impl KernelProbe {
         let mut handed = 0;
         while let Some(record) = self.events.next() {
             self.stats.records += 1;
+            if super::tls::is_tls_record(&record) {
+                match super::tls::segments_from_record(&record, &self.clock) {
+                    Some(segments) => {
+                        for segment in segments.iter().flatten() {
+                            out(segment);
+                            handed += 1;
+                        }
+                    }
+                    None => self.stats.malformed += 1,
+                }
+                continue;
+            }
             match segment_from_record(&record, &self.clock) {
                 Some(segment) => {
                     out(&segment);
@@ -392,7 +438,19 @@ impl KernelProbe {
         let flows_started = read(KernelCounter::FlowsStarted)?;
         let flows_ended = read(KernelCounter::FlowsEnded)?;
         let flows_tracked = self.flows_tracked()?;
+        let tls_conns_started = read(KernelCounter::TlsConnsStarted)?;
+        let tls_conns_ended = read(KernelCounter::TlsConnsEnded)?;
+        let tls_conns_tracked = self.tls_conns_tracked()?;
         Ok(KernelCounters {
+            tls_other_process: read(KernelCounter::TlsOtherProcess)?,
+            tls_filtered: read(KernelCounter::TlsFiltered)?,
+            tls_conns_evicted: tls_conns_started
+                .saturating_sub(tls_conns_ended)
+                .saturating_sub(tls_conns_tracked),
+            tls_conns_started,
+            tls_conns_ended,
+            tls_conns_tracked,
+            tls_args_lost: read(KernelCounter::TlsArgsLost)?,
             flows_evicted: flows_started
                 .saturating_sub(flows_ended)
                 .saturating_sub(flows_tracked),
@@ -422,6 +480,23 @@ impl KernelProbe {
                 }
             })?;
         Ok(flows.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// Entries in the kernel's TLS connection table (a walk of at most `max_flows` keys).
+    fn tls_conns_tracked(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TLS_CONNS map",
+            })?;
+        let conns = aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).map_err(
+            |source| ProbeError::Map {
+                map: TLS_CONNS_MAP,
+                source,
+            },
+        )?;
+        Ok(conns.keys().filter(Result::is_ok).count() as u64)
     }
 
     pub fn drain_stats(&self) -> DrainStats {
@@ -651,7 +726,7 @@ fn is_permission(errno: i32) -> bool {
 }
 
 /// The errno under an error, wherever aya put it.
-fn program_os_error(err: &ProgramError) -> Option<i32> {
+pub(super) fn program_os_error(err: &ProgramError) -> Option<i32> {
     if let ProgramError::LoadError { io_error, .. } = err {
         return io_error.raw_os_error();
     }
@@ -720,6 +795,14 @@ pub(crate) struct KernelClock {
 }
 
 impl KernelClock {
+    /// A clock with a known offset (for tests).
+    #[cfg(test)]
+    pub(crate) const fn offset(realtime_minus_monotonic: i128) -> Self {
+        Self {
+            realtime_minus_monotonic,
+        }
+    }
+
     pub(crate) fn measure() -> Self {
         // The narrowest of a few monotonic/realtime/monotonic sandwiches bounds the error.
         let mut best: Option<(i128, i128)> = None;
