@@ -401,11 +401,13 @@ pub fn status(args: StatusArgs) -> ExitCode {
 }
 
 /// Names of the kernel counters that mean lost or partial data.
-const KERNEL_LOSSES: [&str; 4] = [
+const KERNEL_LOSSES: [&str; 6] = [
     "ring_full",
     "truncated_bytes",
     "flow_insert_failed",
     "flows_evicted",
+    "tls_conns_evicted",
+    "tls_args_lost",
 ];
 
 fn status_text(stats: &serde_json::Value) -> String {

@@ -24,7 +24,7 @@ use monitor_common::{
     TCP_SYN, TlsConnKey, TlsConnState, TlsEvent, comm_matches, is_api_post_head,
 };
 
-use crate::{CHUNK_BYTES, EVENTS, count, verifier_bounded};
+use crate::{EVENTS, count, verifier_bounded};
 
 /// Process names whose reads are looked at, set by user space at load; all-zero = unused.
 #[unsafe(no_mangle)]
@@ -339,8 +339,13 @@ struct Transfer {
     flags: u8,
 }
 
-/// Sends the call's bytes as events of at most `CHUNK_BYTES`; bytes past the chunk limit (or
-/// lost to a full ring) are counted as truncated and show up in user space as a gap.
+/// Sends the call's bytes as events of at most `MAX_CHUNK_BYTES` (up to
+/// `MAX_CHUNKS_PER_SEGMENT` of them: 256 KiB per call); bytes past that, or lost to a full ring,
+/// are counted as truncated and show up in user space as a gap.
+///
+/// The chunk size is fixed (unlike the classifier's `CHUNK_BYTES`) so that each chunk's offset
+/// is a constant for the verifier: with a variable one, it explores every combination of chunk
+/// lengths and gives up at a million instructions.
 fn send(transfer: &Transfer, key: &TlsConnKey, state: &TlsConnState) {
     let Transfer {
         buf,
@@ -354,32 +359,32 @@ fn send(transfer: &Transfer, key: &TlsConnKey, state: &TlsConnState) {
     };
     // SAFETY: per-CPU value; uprobe programs do not nest on one CPU.
     let buffer = unsafe { &mut *buffer };
-    let chunk = match unsafe { core::ptr::read_volatile(&CHUNK_BYTES) } {
-        0 => MAX_CHUNK_BYTES,
-        n if n > MAX_CHUNK_BYTES => MAX_CHUNK_BYTES,
-        n => n,
-    };
     let base = if direction == DIRECTION_CLIENT_TO_SERVER {
         state.read_bytes
     } else {
         state.written_bytes
     };
     buffer.header = header(key, state, direction, ktime_ns);
-    buffer.header.call_len = if len > u64::from(u32::MAX) {
+    let total = if len > u64::from(u32::MAX) {
         u32::MAX
     } else {
         len as u32
     };
+    buffer.header.call_len = total;
     buffer.header.flags = flags;
-    let total = buffer.header.call_len;
-    let mut offset: u32 = 0;
-    let mut i = 0;
+    let mut sent: u32 = 0;
+    let mut i: u32 = 0;
     while i < MAX_CHUNKS_PER_SEGMENT {
+        let offset = i * MAX_CHUNK_BYTES;
         if offset >= total {
             break;
         }
         let left = total - offset;
-        let n = if left < chunk { left } else { chunk };
+        let n = if left < MAX_CHUNK_BYTES {
+            left
+        } else {
+            MAX_CHUNK_BYTES
+        };
         if !read_user(buf.wrapping_add(u64::from(offset)), n, &mut buffer.bytes) {
             break;
         }
@@ -391,11 +396,11 @@ fn send(transfer: &Transfer, key: &TlsConnKey, state: &TlsConnState) {
         }
         // Only the first event of a connection carries SYN.
         buffer.header.flags = 0;
-        offset += n;
+        sent = offset + n;
         i += 1;
     }
-    if offset < total {
-        count(KernelCounter::TruncatedBytes, u64::from(total - offset));
+    if sent < total {
+        count(KernelCounter::TruncatedBytes, u64::from(total - sent));
     }
 }
 

@@ -290,12 +290,15 @@ impl TlsCapture {
                 .1
                 .push(format!("{}[{}]", process.comm, process.pid));
         }
+        let mut covered = BTreeSet::new();
         for (id, (path, users)) in by_library {
             if self.attached.contains_key(&id) {
+                covered.extend(users);
                 continue;
             }
             match self.attach(probe, &path, id) {
                 Ok(symbols) => {
+                    covered.extend(users.iter().cloned());
                     tracing::info!(library = %path.display(), symbols = ?symbols, processes = ?users, "TLS capture: uprobes attached; these processes and every later one mapping this file are covered");
                 }
                 Err(err) => {
@@ -304,7 +307,8 @@ impl TlsCapture {
             }
         }
         for process in &found {
-            if self.seen.insert(process.comm.clone()) && process.libssl.is_some() {
+            let user = format!("{}[{}]", process.comm, process.pid);
+            if covered.contains(&user) && self.seen.insert(process.comm.clone()) {
                 tracing::info!(process = %process.comm, pid = process.pid, "TLS capture: covering this web server");
             }
         }
