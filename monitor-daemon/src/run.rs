@@ -120,18 +120,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut records = Records::open(config)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut source = open_source(config)?;
-    let mut tls = match &mut source {
-        Source::Kernel(probe) if config.capture.tls_on() => {
-            let tls_config = &config.capture.tls;
-            let mut tls =
-                TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
-            tls.start(probe.get_mut())?;
-            tracing::info!(processes = ?tls_config.processes, libraries = ?tls.libraries().collect::<Vec<_>>(), "capturing HTTPS with uprobes on OpenSSL");
-            Some(tls)
-        }
-        _ => None,
-    };
+    let (mut source, mut tls) = open_source(config)?;
     let rescan_every = Duration::from_nanos(config.capture.tls.rescan_interval.span().0);
     let mut rescan_tick = interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
     rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -220,23 +209,35 @@ enum Source {
     },
 }
 
-fn open_source(config: &Config) -> Result<Source, RunError> {
+/// The capture source and, when HTTPS is captured too, the uprobes' library tracker. The
+/// "capturing with" line is logged once everything is attached.
+fn open_source(config: &Config) -> Result<(Source, Option<TlsCapture>), RunError> {
+    let capture = &config.capture;
+    if capture.tls_on() {
+        let tc = capture.mode != CaptureMode::Tls;
+        // No libpcap fallback in auto mode: it would silently lose every HTTPS call.
+        let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
+            (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
+            (false, err) => err,
+        })?;
+        let libraries: Vec<_> = tls.libraries().collect();
+        if tc {
+            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
+        } else {
+            tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+        }
+        return Ok((source, Some(tls)));
+    }
+    let source = open_source_without_tls(config)?;
+    Ok((source, None))
+}
+
+fn open_source_without_tls(config: &Config) -> Result<Source, RunError> {
     let capture = &config.capture;
     match capture.mode {
-        CaptureMode::Tls => {
-            let source = open_probe(config, false)?;
-            tracing::info!(mode = "tls", "capturing with the OpenSSL uprobes only (configured)");
-            Ok(source)
-        }
-        CaptureMode::Auto if capture.tls.enabled => {
-            // No libpcap fallback: it would silently lose every HTTPS call.
-            let source =
-                open_probe(config, true).map_err(|err| RunError::TlsWithoutProbe(Box::new(err)))?;
-            tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded) and the OpenSSL uprobes");
-            Ok(source)
-        }
-        CaptureMode::Ebpf => {
-            let source = open_probe(config, true)?;
+        // `Tls` never gets here (`open_source` handles it); it is listed to keep the match total.
+        CaptureMode::Ebpf | CaptureMode::Tls => {
+            let source = open_tc_probe(config)?;
             tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
             Ok(source)
         }
@@ -245,7 +246,7 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
             tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
             Ok(source)
         }
-        CaptureMode::Auto => match open_probe(config, true) {
+        CaptureMode::Auto => match open_tc_probe(config) {
             Ok(source) => {
                 tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
                 Ok(source)
@@ -259,8 +260,21 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
     }
 }
 
+fn open_tc_probe(config: &Config) -> Result<Source, RunError> {
+    register(load_probe(config, true)?)
+}
+
+/// The probe (TC classifier attached when `tc`) with the OpenSSL uprobes attached.
+fn open_probe(config: &Config, tc: bool) -> Result<(Source, TlsCapture), RunError> {
+    let mut probe = load_probe(config, tc)?;
+    let tls_config = &config.capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    tls.start(&mut probe)?;
+    Ok((register(probe)?, tls))
+}
+
 /// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
-fn open_probe(config: &Config, tc: bool) -> Result<Source, RunError> {
+fn load_probe(config: &Config, tc: bool) -> Result<KernelProbe, RunError> {
     let capture = &config.capture;
     let mut probe = KernelProbe::load(&ProbeConfig {
         // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
@@ -284,6 +298,10 @@ fn open_probe(config: &Config, tc: bool) -> Result<Source, RunError> {
             probe.attach(interface)?;
         }
     }
+    Ok(probe)
+}
+
+fn register(probe: KernelProbe) -> Result<Source, RunError> {
     // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
     // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
     let probe =
