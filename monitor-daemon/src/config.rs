@@ -958,7 +958,8 @@ mod tests {
         let tcx = parse("[capture]\ntc_attach = \"tcx\"\n").unwrap();
         assert_eq!(tcx.capture.tc_attach, AttachMethod::Tcx);
         assert!(!old.capture.tls_on());
-        let tls = parse("[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = [\"nginx\"]\n").unwrap();
+        let tls =
+            parse("[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = [\"nginx\"]\n").unwrap();
         assert_eq!(tls.capture.mode, CaptureMode::Tls);
         assert!(tls.capture.tls_on());
         let both = parse(

@@ -18,10 +18,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use monitor_common::{
-    API_HEAD_LEN, COMM_LEN, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS,
-    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter,
-    MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT, MAX_TLS_PROCESSES, SEGMENT_EVENT_LEN, TCP_FIN,
-    TCP_SYN, TlsConnKey, TlsConnState, TlsEvent, comm_matches, is_api_post_head,
+    API_HEAD_LEN, COMM_LEN, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS, DIRECTION_CLIENT_TO_SERVER,
+    DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
+    MAX_TLS_PROCESSES, SEGMENT_EVENT_LEN, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState, TlsEvent,
+    comm_matches, is_api_post_head,
 };
 
 use crate::{EVENTS, count, verifier_bounded};
@@ -457,13 +457,8 @@ fn user_size(ptr: u64) -> Option<u64> {
         return None;
     }
     let mut value: u64 = 0;
-    let ret = unsafe {
-        bpf_probe_read_user(
-            core::ptr::from_mut(&mut value).cast(),
-            8,
-            ptr as *const _,
-        )
-    };
+    let ret =
+        unsafe { bpf_probe_read_user(core::ptr::from_mut(&mut value).cast(), 8, ptr as *const _) };
     (ret == 0).then_some(value)
 }
 

@@ -136,7 +136,9 @@ impl Nginx {
             ns: ns.to_owned(),
         };
         if !crate::sim::wait_until(Duration::from_secs(10), || {
-            nginx.workers().is_ok_and(|w| w.len() == worker_processes as usize)
+            nginx
+                .workers()
+                .is_ok_and(|w| w.len() == worker_processes as usize)
         }) {
             bail!("nginx workers did not start within 10 s");
         }
@@ -158,7 +160,11 @@ impl Nginx {
         let master = self.master_pid()?;
         let mut pids = Vec::new();
         for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             // `pid (comm) state ppid ...`; the name cannot contain ')' here (ours is known).

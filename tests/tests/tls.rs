@@ -25,7 +25,14 @@ const OTHER: &str = "A1B2C3D4E5F60718293A4B5C6D7E8F90";
 
 /// Fields that may differ between the same call over HTTPS and over HTTP: times, and the
 /// addresses (which the uprobes do not know) and the transport.
-const TRANSPORT_FIELDS: [&str; 6] = ["ts_start", "ts_end", "ttfb_s", "client", "server", "transport"];
+const TRANSPORT_FIELDS: [&str; 6] = [
+    "ts_start",
+    "ts_end",
+    "ttfb_s",
+    "client",
+    "server",
+    "transport",
+];
 
 fn jsonl(text: &str) -> Vec<Value> {
     text.lines()
@@ -50,7 +57,13 @@ fn settled_api_count(sim: &Simulator) -> usize {
 
 /// The same client work over `base` (http:// or https://).
 fn client_calls(client: Option<&str>, base: &str, dir: &Path) {
-    run_pycap_in(client, &format!("{base}/redcap/api/"), TOKEN, PycapSet::Full).unwrap();
+    run_pycap_in(
+        client,
+        &format!("{base}/redcap/api/"),
+        TOKEN,
+        PycapSet::Full,
+    )
+    .unwrap();
     // Large gzip-compressed exports (chunked, many TLS records and SSL_write calls).
     run_pycap_in(client, &format!("{base}/api/"), TOKEN, PycapSet::Heavy).unwrap();
     // Keep-alive with --next, Expect: 100-continue with a 80 KiB body, multipart, new
@@ -182,7 +195,10 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
     // Give the daemon a moment to read the last events, then stop it.
     std::thread::sleep(Duration::from_millis(500));
     let (status, log) = daemon.stop().unwrap();
-    assert!(status.success(), "redcap-monitor run exited {status}:\n{log}");
+    assert!(
+        status.success(),
+        "redcap-monitor run exited {status}:\n{log}"
+    );
     assert!(
         log.contains("TLS capture: uprobes attached") && log.contains(nginx.name()),
         "the log does not say which library and processes are covered:\n{log}"
@@ -191,7 +207,10 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
     let mut tls: Vec<&Value> = all.iter().filter(|c| c["transport"] == "tls").collect();
     let mut tcp: Vec<&Value> = all.iter().filter(|c| c["transport"] == "tcp").collect();
     let by_start = |a: &&Value, b: &&Value| {
-        a["ts_start"].as_f64().unwrap().total_cmp(&b["ts_start"].as_f64().unwrap())
+        a["ts_start"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&b["ts_start"].as_f64().unwrap())
     };
     tls.sort_by(by_start);
     tcp.sort_by(by_start);
@@ -229,7 +248,10 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
         "no large response over HTTPS"
     );
     let last = tls.last().unwrap();
-    assert_eq!(last["content"], "project", "the call after the reload: {last}");
+    assert_eq!(
+        last["content"], "project",
+        "the call after the reload: {last}"
+    );
 
     let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     let kernel = &stats["kernel"];

@@ -490,12 +490,13 @@ impl KernelProbe {
             .ok_or(ProbeError::MissingFromObject {
                 what: "TLS_CONNS map",
             })?;
-        let conns = aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).map_err(
-            |source| ProbeError::Map {
-                map: TLS_CONNS_MAP,
-                source,
-            },
-        )?;
+        let conns =
+            aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).map_err(|source| {
+                ProbeError::Map {
+                    map: TLS_CONNS_MAP,
+                    source,
+                }
+            })?;
         Ok(conns.keys().filter(Result::is_ok).count() as u64)
     }
 

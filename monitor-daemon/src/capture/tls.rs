@@ -324,7 +324,11 @@ impl TlsCapture {
             return Some((path.to_owned(), (meta.dev(), meta.ino())));
         }
         let relative = path.strip_prefix("/").ok()?;
-        let through = self.proc_root.join(pid.to_string()).join("root").join(relative);
+        let through = self
+            .proc_root
+            .join(pid.to_string())
+            .join("root")
+            .join(relative);
         let meta = std::fs::metadata(&through).ok()?;
         Some((through, (meta.dev(), meta.ino())))
     }
@@ -432,7 +436,11 @@ pub(crate) fn scan_processes(proc_root: &Path, names: &[String]) -> Vec<ServerPr
     };
     let mut found = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let dir = entry.path();
@@ -466,7 +474,8 @@ pub(crate) fn libssl_in_maps(maps: &str) -> Option<(PathBuf, u64)> {
         let inode = fields.nth(4)?.parse::<u64>().ok()?;
         let path = fields.next()?;
         let name = Path::new(path).file_name()?.to_str()?;
-        (path.starts_with('/') && name.starts_with("libssl.so")).then(|| (PathBuf::from(path), inode))
+        (path.starts_with('/') && name.starts_with("libssl.so"))
+            .then(|| (PathBuf::from(path), inode))
     })
 }
 
