@@ -1,9 +1,11 @@
-//! A real web server for the HTTPS tests: nginx (Debian's) in a namespace, plain HTTP on port 80
-//! and HTTPS on 443 with a certificate from a test CA, both proxying to the REDCap simulator.
+//! Real web servers for the HTTPS tests, in a namespace, plain HTTP on port 80 and HTTPS on 443
+//! with a certificate from a test CA: nginx (Debian's) proxying to the REDCap simulator, and
+//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script.
 //!
-//! uprobes are system-wide and other tests on the machine run nginx too, so nginx runs from a
-//! copy of its binary with a unique name ([`Nginx::name`]): the daemon is told to watch only
-//! that process name, and foreign nginx processes cannot add to or take from what it sees.
+//! uprobes are system-wide and other tests on the machine run nginx too, so each server runs
+//! from a copy of its binary with a unique name ([`Nginx::name`], [`Apache::name`]): the daemon
+//! is told to watch only that process name, and foreign processes cannot add to or take from
+//! what it sees.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -157,30 +159,7 @@ impl Nginx {
 
     /// The worker processes' pids (children of the master), sorted.
     pub fn workers(&self) -> Result<Vec<u32>> {
-        let master = self.master_pid()?;
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // `pid (comm) state ppid ...`; the name cannot contain ')' here (ours is known).
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(master) {
-                pids.push(pid);
-            }
-        }
-        pids.sort_unstable();
-        Ok(pids)
+        children_of(self.master_pid()?)
     }
 
     /// `nginx -s reload` (SIGHUP): new workers replace the old ones. Waits until every old
@@ -222,4 +201,223 @@ impl Drop for Nginx {
             });
         }
     }
+}
+
+/// The REDCap-like API script for Apache: answers `content=version`, `record` (JSON rows, as
+/// many as `rows` asks, through PHP's `ob_gzhandler` like REDCap), `file` imports (multipart) and
+/// anything else with a small JSON object; a token that is not 32 hex digits gets a 403.
+const API_PHP: &str = r#"<?php
+$token = $_POST['token'] ?? '';
+if (!preg_match('/^[0-9A-Fa-f]{32}$/', $token)) {
+    http_response_code(403);
+    header('Content-Type: application/json');
+    echo '{"error":"You do not have permissions to use the API"}';
+    exit;
+}
+$content = $_POST['content'] ?? '';
+if ($content === 'version') {
+    header('Content-Type: text/html; charset=utf-8');
+    echo '15.7.6';
+    exit;
+}
+if ($content === 'record') {
+    ob_start('ob_gzhandler');
+    header('Content-Type: application/json; charset=utf-8');
+    $rows = [];
+    $n = intval($_POST['rows'] ?? '10');
+    for ($i = 1; $i <= $n; $i++) {
+        $rows[] = ['record_id' => (string)$i, 'field_1' => str_repeat(chr(97 + $i % 26), 40),
+                   'field_2' => (string)($i * 7919 % 10007)];
+    }
+    echo json_encode($rows);
+    exit;
+}
+if ($content === 'file' && isset($_FILES['file'])) {
+    header('Content-Type: application/json');
+    echo '{"count":' . $_FILES['file']['size'] . '}';
+    exit;
+}
+header('Content-Type: application/json');
+echo '{"ok":true}';
+"#;
+
+/// Apache 2 (Debian's, prefork + mod_ssl + mod_php) under a unique process name: port 80
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script.
+pub struct Apache {
+    name: String,
+    dir: PathBuf,
+    binary: PathBuf,
+    conf: PathBuf,
+}
+
+impl Apache {
+    /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
+    /// subdirectory: the children run as www-data).
+    pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new("/usr/lib/apache2/modules");
+        let php = std::fs::read_dir(modules)
+            .context("/usr/lib/apache2/modules (install apache2: `cargo xtask setup`)")?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libphp") && n.ends_with(".so"))
+            })
+            .context("no libphp*.so (install libapache2-mod-php: `cargo xtask setup`)")?;
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
+        let docroot = dir.join("www");
+        let api = docroot.join("redcap/api");
+        std::fs::create_dir_all(&api)?;
+        std::fs::write(api.join("index.php"), API_PHP)?;
+        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(
+            api.join("index.php"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        let d = dir.display();
+        let m = modules.display();
+        let conf = dir.join("apache.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n\
+                 ErrorLog {d}/apache-error.log\nLogLevel warn\nMutex file:{d}\n\
+                 User www-data\nGroup www-data\n\
+                 LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so\n\
+                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
+                 LoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\n\
+                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                 LoadModule ssl_module {m}/mod_ssl.so\n\
+                 LoadModule php_module {php}\n\
+                 StartServers 2\nMinSpareServers 2\nMaxSpareServers 4\nMaxRequestWorkers 16\n\
+                 KeepAlive On\nListen 80\nListen 443\n\
+                 SSLSessionCache shmcb:{d}/ssl_scache(512000)\n\
+                 DocumentRoot {docroot}\n\
+                 <Directory {docroot}>\n  Require all granted\n</Directory>\n\
+                 <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
+                 <VirtualHost *:443>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
+                 SSLCertificateKeyFile {key}\n</VirtualHost>\n",
+                php = php.display(),
+                docroot = docroot.display(),
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ),
+        )?;
+        let out = command_in(Some(ns), &binary.to_string_lossy())
+            .arg("-f")
+            .arg(&conf)
+            .arg("-k")
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .context("starting apache2")?;
+        if !out.status.success() {
+            bail!(
+                "apache2 did not start ({}): {}{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
+            );
+        }
+        let apache = Apache {
+            name,
+            dir: dir.to_owned(),
+            binary,
+            conf,
+        };
+        if !crate::sim::wait_until(Duration::from_secs(10), || {
+            apache.children().is_ok_and(|c| c.len() >= 2)
+        }) {
+            bail!(
+                "apache2 children did not start within 10 s: {}",
+                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
+            );
+        }
+        Ok(apache)
+    }
+
+    /// The process name: what `capture.tls.processes` lists.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn master_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("apache.pid"))?;
+        text.trim().parse().context("apache.pid")
+    }
+
+    /// The children's pids, sorted.
+    pub fn children(&self) -> Result<Vec<u32>> {
+        children_of(self.master_pid()?)
+    }
+
+    /// A graceful restart (SIGUSR1): the master replaces every child with a new one.
+    pub fn graceful(&self) -> Result<Vec<u32>> {
+        let before = self.children()?;
+        let master = self.master_pid()?;
+        let status = Command::new("kill")
+            .args(["-USR1", &master.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -USR1 {master} failed");
+        }
+        let mut after = Vec::new();
+        let replaced = crate::sim::wait_until(Duration::from_secs(15), || {
+            after = self.children().unwrap_or_default();
+            !after.is_empty() && after.iter().all(|p| !before.contains(p))
+        });
+        if !replaced {
+            bail!("apache2 graceful restart did not replace {before:?} (now {after:?})");
+        }
+        Ok(after)
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        if let Ok(master) = self.master_pid() {
+            let _ = Command::new(&self.binary)
+                .arg("-f")
+                .arg(&self.conf)
+                .args(["-k", "stop"])
+                .status();
+            let _ = crate::sim::wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{master}")).exists()
+            });
+        }
+    }
+}
+
+/// The pids whose parent is `parent`, sorted.
+fn children_of(parent: u32) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
 }

@@ -45,6 +45,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the web server in front of the simulator in live tests",
     ),
     ("wrk", "load generator for the live-overhead bench"),
+    (
+        "openssl",
+        "the test CA and server certificate of the HTTPS capture tests",
+    ),
+    (
+        "apache2",
+        "Apache with mod_ssl: a web server whose OpenSSL the HTTPS capture tests watch",
+    ),
+    (
+        "libapache2-mod-php",
+        "PHP under Apache, the REDCap-like API script of the HTTPS capture tests",
+    ),
 ];
 
 /// Without this answer tshark's install stops to ask whether non-root users may capture.
