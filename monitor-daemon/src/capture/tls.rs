@@ -203,6 +203,8 @@ pub enum TlsError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServerProcess {
     pub pid: u32,
+    /// Start time (see [`ProcessId`]).
+    pub start: u64,
     pub comm: String,
     /// The libssl's path as the process sees it, and its inode (from `/proc/PID/maps`).
     pub libssl: Option<(PathBuf, u64)>,
@@ -223,6 +225,10 @@ pub struct TlsCapture {
     reported_without_libssl: BTreeSet<PathBuf>,
     /// Whether the "no configured process is running" warning was given.
     warned_none: bool,
+    /// Processes whose maps were read (only running ones are kept).
+    examined: BTreeSet<ProcessId>,
+    /// Libraries the uprobes could not be attached to.
+    failed: BTreeSet<(u64, u64)>,
 }
 
 impl TlsCapture {
@@ -236,6 +242,8 @@ impl TlsCapture {
             seen: BTreeSet::new(),
             reported_without_libssl: BTreeSet::new(),
             warned_none: false,
+            examined: BTreeSet::new(),
+            failed: BTreeSet::new(),
         }
     }
 
@@ -265,8 +273,8 @@ impl TlsCapture {
         if self.processes.is_empty() {
             return;
         }
-        let found = scan_processes(&self.proc_root, &self.processes);
-        if found.is_empty() {
+        let (running, found) = scan_processes(&self.proc_root, &self.processes, &self.examined);
+        if running.is_empty() {
             if !self.warned_none {
                 tracing::warn!(processes = ?self.processes, "TLS capture: no configured process is running; looking again every capture.tls.rescan_interval");
                 self.warned_none = true;
@@ -274,16 +282,21 @@ impl TlsCapture {
             return;
         }
         self.warned_none = false;
+        // Forget processes that ended; a process is examined again only if its library could
+        // not be resolved (it may be readable at the next scan).
+        self.examined.retain(|id| running.contains(id));
         let mut by_library: BTreeMap<(u64, u64), (PathBuf, Vec<String>)> = BTreeMap::new();
         for process in &found {
             let Some((path, inode)) = &process.libssl else {
                 self.report_without_libssl(process);
+                self.examined.insert((process.pid, process.start));
                 continue;
             };
             let Some((through, id)) = self.resolve(process.pid, path, *inode) else {
                 tracing::warn!(pid = process.pid, library = %path.display(), "TLS capture: the library this process maps cannot be opened from here");
                 continue;
             };
+            self.examined.insert((process.pid, process.start));
             by_library
                 .entry(id)
                 .or_insert_with(|| (through, Vec::new()))
@@ -296,13 +309,19 @@ impl TlsCapture {
                 covered.extend(users);
                 continue;
             }
+            // A library that failed once is not tried again (the verifier's verdict and the
+            // symbols do not change): one warning, not one per scan.
+            if !self.failed.insert(id) {
+                continue;
+            }
             match self.attach(probe, &path, id) {
                 Ok(symbols) => {
+                    self.failed.remove(&id);
                     covered.extend(users.iter().cloned());
                     tracing::info!(library = %path.display(), symbols = ?symbols, processes = ?users, "TLS capture: uprobes attached; these processes and every later one mapping this file are covered");
                 }
                 Err(err) => {
-                    tracing::warn!(library = %path.display(), processes = ?users, %err, "TLS capture: cannot attach; these processes are not covered");
+                    tracing::warn!(library = %path.display(), processes = ?users, %err, "TLS capture: cannot attach; these processes are not covered (restart the daemon to try again)");
                 }
             }
         }
@@ -429,10 +448,20 @@ fn load_error(program: &'static str, source: aya::programs::ProgramError) -> Tls
     })
 }
 
-/// The processes under `proc_root` whose name starts with one of `names`, with their libssl.
-pub(crate) fn scan_processes(proc_root: &Path, names: &[String]) -> Vec<ServerProcess> {
+/// A process, told apart from a later one with the same pid by its start time.
+pub(crate) type ProcessId = (u32, u64);
+
+/// The processes under `proc_root` whose name starts with one of `names`: all of them (ids),
+/// and, with their libssl, those not in `examined` (a process's maps are read once: web
+/// servers load libssl at start, and new workers are new processes).
+pub(crate) fn scan_processes(
+    proc_root: &Path,
+    names: &[String],
+    examined: &BTreeSet<ProcessId>,
+) -> (BTreeSet<ProcessId>, Vec<ServerProcess>) {
+    let mut running = BTreeSet::new();
     let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return Vec::new();
+        return (running, Vec::new());
     };
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -452,17 +481,33 @@ pub(crate) fn scan_processes(proc_root: &Path, names: &[String]) -> Vec<ServerPr
         if !names.iter().any(|name| comm.starts_with(name.as_str())) {
             continue;
         }
+        let Some(start) = start_time(&dir) else {
+            continue;
+        };
+        running.insert((pid, start));
+        if examined.contains(&(pid, start)) {
+            continue;
+        }
         let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
             continue;
         };
         found.push(ServerProcess {
             pid,
+            start,
             comm: comm.to_owned(),
             libssl: libssl_in_maps(&maps),
         });
     }
     found.sort_by_key(|p| p.pid);
-    found
+    (running, found)
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started (clock ticks since boot).
+fn start_time(dir: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // `pid (comm) state ppid …`: the name may hold spaces and ')', so count after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 /// The first mapped file named `libssl.so*` in a `/proc/PID/maps` text, with its inode.
@@ -667,18 +712,23 @@ mod tests {
     #[test]
     fn a_fake_proc_tree_is_scanned_by_process_name() {
         let root = tempfile::tempdir().unwrap();
-        let add = |pid: u32, comm: &str, maps: &str| {
+        let add = |pid: u32, comm: &str, maps: &str, start: u64| {
             let dir = root.path().join(pid.to_string());
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
             std::fs::write(dir.join("maps"), maps).unwrap();
+            let stat =
+                format!("{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0\n");
+            std::fs::write(dir.join("stat"), stat).unwrap();
         };
         let ssl = "7f-8f r-xp 0 fe:01 3333 /usr/lib/libssl.so.3\n";
-        add(10, "nginx", ssl);
-        add(11, "php-fpm8.2", "");
-        add(12, "curl", ssl);
+        add(10, "nginx", ssl, 500);
+        add(11, "php-fpm8.2", "", 600);
+        add(12, "curl", ssl, 700);
         std::fs::create_dir_all(root.path().join("self")).unwrap();
-        let found = scan_processes(root.path(), &["nginx".into(), "php-fpm".into()]);
+        let names = ["nginx".into(), "php-fpm".into()];
+        let (running, found) = scan_processes(root.path(), &names, &BTreeSet::new());
+        assert_eq!(running.len(), 2);
         assert_eq!(found.len(), 2);
         assert_eq!(found[0].pid, 10);
         assert_eq!(
@@ -687,6 +737,14 @@ mod tests {
         );
         assert_eq!(found[1].comm, "php-fpm8.2");
         assert_eq!(found[1].libssl, None);
+
+        // Examined processes' maps are not read again; a reused pid is a new process.
+        let (_, again) = scan_processes(root.path(), &names, &running);
+        assert!(again.is_empty());
+        add(10, "nginx", ssl, 900);
+        let (_, reused) = scan_processes(root.path(), &names, &running);
+        assert_eq!(reused.len(), 1);
+        assert_eq!((reused[0].pid, reused[0].start), (10, 900));
     }
 
     #[test]

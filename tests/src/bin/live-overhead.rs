@@ -365,7 +365,8 @@ fn tls_attached_run(
     })
     .context("loading the probe")?;
     let mut tls = TlsCapture::new(vec![name.to_owned()], Vec::new());
-    tls.start(&mut probe).context("attaching the OpenSSL uprobes")?;
+    tls.start(&mut probe)
+        .context("attaching the OpenSSL uprobes")?;
     if tls.libraries().next().is_none() {
         bail!("no libssl found in the {name} processes");
     }
@@ -431,7 +432,9 @@ impl Nginx {
         std::fs::copy("/usr/sbin/nginx", &binary).context("copying /usr/sbin/nginx")?;
         let listen = if tls {
             let status = std::process::Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
                 .args(["-subj", "/CN=live-overhead", "-keyout"])
                 .arg(dir.join("key.pem"))
                 .arg("-out")
@@ -561,13 +564,12 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
     let probes: Vec<ProbeResult> = runs.iter().filter_map(|r| r.probe).collect();
     let total = |f: fn(&ProbeResult) -> u64| probes.iter().map(f).sum::<u64>();
     let pipeline_runs = || {
-        runs.iter()
-            .filter(|r| {
-                matches!(
-                    r.setup,
-                    Setup::Pipeline | Setup::PipelineBatched | Setup::TlsAttached
-                )
-            })
+        runs.iter().filter(|r| {
+            matches!(
+                r.setup,
+                Setup::Pipeline | Setup::PipelineBatched | Setup::TlsAttached
+            )
+        })
     };
     let errors: u64 = runs
         .iter()

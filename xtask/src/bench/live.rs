@@ -26,7 +26,10 @@ const TLS_LOSS_COUNTERS: &[&str] = &[
 /// The setups of `live-overhead --tls`.
 const TLS_SETUPS: &[(&str, &str)] = &[
     ("detached", "uprobes detached"),
-    ("tls_attached_read_only", "uprobes, events discarded (10 ms)"),
+    (
+        "tls_attached_read_only",
+        "uprobes, events discarded (10 ms)",
+    ),
     ("tls_attached", "uprobes + pipeline (10 ms, as `run`)"),
 ];
 
