@@ -65,7 +65,7 @@ pub const TLS_PROCESSES_GLOBAL: &str = "TLS_PROCESSES";
 /// is taken as a new connection (its `SSL*` was freed unseen and reused).
 pub const TLS_IDLE_NS_GLOBAL: &str = "TLS_IDLE_NS";
 /// The uprobe programs: (program name, OpenSSL function, return probe?).
-pub const TLS_PROGRAMS: [(&str, &str, bool); 9] = [
+pub const TLS_PROGRAMS: [(&str, &str, bool); 10] = [
     ("ssl_read_entry", "SSL_read", false),
     ("ssl_read_return", "SSL_read", true),
     ("ssl_read_ex_entry", "SSL_read_ex", false),
@@ -75,6 +75,7 @@ pub const TLS_PROGRAMS: [(&str, &str, bool); 9] = [
     ("ssl_write_ex_entry", "SSL_write_ex", false),
     ("ssl_write_ex_return", "SSL_write_ex", true),
     ("ssl_free_entry", "SSL_free", false),
+    ("ssl_set_fd_entry", "SSL_set_fd", false),
 ];
 
 /// Load-time global: `[u16; MAX_SERVER_PORTS]` of server ports, unused slots 0.
@@ -187,7 +188,9 @@ pub struct TlsEvent {
     pub offset: u32,
     /// Payload bytes that follow this header.
     pub copied: u32,
-    pub _pad0: u32,
+    /// On the event that started tracking: the socket the web server gave `SSL_set_fd`, or
+    /// [`NO_FD`] (unknown, e.g. Apache's own BIOs). Otherwise [`NO_FD`].
+    pub fd: u32,
     /// The `SSL*` (an address in the web server process).
     pub ssl: u64,
     /// The web server process (thread group id).
@@ -204,6 +207,9 @@ pub struct TlsEvent {
     pub flags: u8,
     pub _reserved: [u8; 5],
 }
+
+/// [`TlsEvent::fd`] when the socket is not known.
+pub const NO_FD: u32 = u32::MAX;
 
 /// Key of the kernel's TLS connection table.
 #[repr(C)]

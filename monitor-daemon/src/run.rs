@@ -488,10 +488,13 @@ impl Records {
         if let Some(calls) = &mut self.calls {
             let mut record = CallRecord::of(verdict, Transport::Tcp);
             if is_synthetic(&verdict.call.server) {
-                // Plaintext from the OpenSSL uprobes: the synthetic connection's addresses say
-                // nothing about the real client or server, so none is written.
+                // Plaintext from the OpenSSL uprobes: the server end is synthetic, and so is
+                // the client end when its address could not be found; a synthetic address is
+                // never written.
                 record.transport = Transport::Tls;
-                record.client = String::new();
+                if is_synthetic(&verdict.call.client) {
+                    record.client = String::new();
+                }
                 record.server = String::new();
             }
             if let Err(err) = calls.line(&record) {

@@ -20,8 +20,8 @@ use aya_ebpf::{
 use monitor_common::{
     API_HEAD_LEN, COMM_LEN, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS, DIRECTION_CLIENT_TO_SERVER,
     DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
-    MAX_TLS_PROCESSES, SEGMENT_EVENT_LEN, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState, TlsEvent,
-    comm_matches, is_api_post_head,
+    MAX_TLS_PROCESSES, NO_FD, SEGMENT_EVENT_LEN, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState,
+    TlsEvent, comm_matches, is_api_post_head,
 };
 
 use crate::{EVENTS, count, verifier_bounded};
@@ -53,6 +53,13 @@ struct CallArgs {
 /// Keyed by the thread (`bpf_get_current_pid_tgid`): a thread is in one SSL call at a time.
 #[map(name = "TLS_READ_ARGS")]
 static READ_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket each `SSL*` of a configured process was given with `SSL_set_fd` (nginx does;
+/// Apache's mod_ssl uses its own BIOs and never calls it). Sent with the first event of a
+/// tracked connection so that user space can find the client's address.
+#[map(name = "TLS_FDS")]
+static SSL_FDS: LruHashMap<TlsConnKey, u32> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_TLS_CONNS, 0);
 
 #[map(name = "TLS_WRITE_ARGS")]
 static WRITE_ARGS: LruHashMap<u64, CallArgs> = LruHashMap::with_max_entries(16384, 0);
@@ -142,6 +149,22 @@ pub fn ssl_write_ex_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `int SSL_set_fd(SSL *, int fd)`: remembers the socket of a configured process's `SSL*`.
+#[uprobe]
+pub fn ssl_set_fd_entry(ctx: ProbeContext) -> u32 {
+    let (Some(ssl), Some(fd)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return 0;
+    };
+    let Ok(comm) = current_comm() else {
+        return 0;
+    };
+    let names: &[[u8; COMM_LEN]; MAX_TLS_PROCESSES] = core::hint::black_box(&TLS_PROCESSES);
+    if comm_matches(&comm, names) {
+        let _ = SSL_FDS.insert(&conn_key(ssl), &(fd as u32), 0);
+    }
+    0
+}
+
 /// `void SSL_free(SSL *)`: a tracked connection ends; its pointer may be reused at once.
 #[uprobe]
 pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
@@ -149,6 +172,7 @@ pub fn ssl_free_entry(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let key = conn_key(ssl);
+    let _ = SSL_FDS.remove(&key);
     let Some(state) = (unsafe { TLS_CONNS.get(&key) }) else {
         return 0;
     };
@@ -372,6 +396,11 @@ fn send(transfer: &Transfer, key: &TlsConnKey, state: &TlsConnState) {
     };
     buffer.header.call_len = total;
     buffer.header.flags = flags;
+    if flags & TCP_SYN != 0
+        && let Some(fd) = unsafe { SSL_FDS.get(key) }
+    {
+        buffer.header.fd = *fd;
+    }
     let mut sent: u32 = 0;
     let mut i: u32 = 0;
     while i < MAX_CHUNKS_PER_SEGMENT {
@@ -394,8 +423,9 @@ fn send(transfer: &Transfer, key: &TlsConnKey, state: &TlsConnState) {
         if !output(buffer, n) {
             break;
         }
-        // Only the first event of a connection carries SYN.
+        // Only the first event of a connection carries SYN (and the socket).
         buffer.header.flags = 0;
+        buffer.header.fd = NO_FD;
         sent = offset + n;
         i += 1;
     }
@@ -413,7 +443,7 @@ fn header(key: &TlsConnKey, state: &TlsConnState, direction: u8, ktime_ns: u64) 
         call_len: 0,
         offset: 0,
         copied: 0,
-        _pad0: 0,
+        fd: NO_FD,
         ssl: key.ssl,
         tgid: key.tgid,
         _pad1: 0,

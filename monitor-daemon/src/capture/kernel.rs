@@ -21,7 +21,7 @@ use monitor_common::{
     DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey,
     FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN,
     SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP,
-    TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState,
+    TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
 };
 
 use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
@@ -213,6 +213,8 @@ pub struct KernelProbe {
     links: Vec<SchedClassifierLink>,
     /// The TLS uprobes' links (see `capture::tls`).
     pub(super) tls_links: Vec<UProbeLink>,
+    /// The client addresses of TLS connections.
+    tls_peers: super::tls::TlsPeers,
     // After the links: a qdisc is removed only once our filters on it are gone.
     clsact: Vec<OwnedClsact>,
     attach_method: AttachMethod,
@@ -283,6 +285,7 @@ impl KernelProbe {
         Ok(KernelProbe {
             links: Vec::new(),
             tls_links: Vec::new(),
+            tls_peers: super::tls::TlsPeers::new(config.max_flows as usize),
             clsact: Vec::new(),
             attach_method: config.attach,
             events,
@@ -381,10 +384,30 @@ impl KernelProbe {
     /// Returns how many segments were handed out.
     pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
         let mut handed = 0;
+        let tls_conns = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
         while let Some(record) = self.events.next() {
             self.stats.records += 1;
             if super::tls::is_tls_record(&record) {
-                match super::tls::segments_from_record(&record, &self.clock) {
+                let still_tracked = |event: &TlsEvent| {
+                    let key = TlsConnKey {
+                        ssl: event.ssl,
+                        tgid: event.tgid,
+                        _pad: 0,
+                    };
+                    tls_conns
+                        .as_ref()
+                        .and_then(|conns| conns.get(&key, 0).ok())
+                        .is_some_and(|state| state.since_ns == event.conn_since_ns)
+                };
+                match super::tls::segments_from_record(
+                    &record,
+                    &self.clock,
+                    &mut self.tls_peers,
+                    &still_tracked,
+                ) {
                     Some(segments) => {
                         for segment in segments.iter().flatten() {
                             out(segment);
