@@ -170,7 +170,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 }
             }
             Event::Stats => {
-                let stats = counters(&source, &pipeline, &records);
+                let stats = counters(&source, tls.as_ref(), &pipeline, &records);
                 tracing::info!(counters = %stats, "counters");
                 records.write_stats(&stats)?;
             }
@@ -182,7 +182,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     pipeline.finish(&mut |v| records.write(&v));
     records.check()?;
     records.flush()?;
-    let stats = counters(&source, &pipeline, &records);
+    let stats = counters(&source, tls.as_ref(), &pipeline, &records);
     tracing::info!(counters = %stats, "final counters");
     records.write_stats(&stats)?;
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
@@ -383,9 +383,17 @@ impl Source {
 }
 
 /// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_json::Value {
+fn counters(
+    source: &Source,
+    tls: Option<&TlsCapture>,
+    pipeline: &Pipeline,
+    records: &Records,
+) -> serde_json::Value {
     let mut value = serde_json::json!({
         "mode": source.mode(),
+        "tls_libraries": tls.map_or_else(Vec::new, |tls| {
+            tls.libraries().map(|l| l.display().to_string()).collect()
+        }),
         "calls_written": records.calls_written,
         "violations_written": records.violations_written,
     });
@@ -418,6 +426,8 @@ fn counters(source: &Source, pipeline: &Pipeline, records: &Records) -> serde_js
             value["ring"] = serde_json::json!({
                 "records": drain.records,
                 "malformed": drain.malformed,
+                "tls_clients_found": drain.tls_clients_found,
+                "tls_clients_unknown": drain.tls_clients_unknown,
             });
         }
         Source::Pcap { capture, .. } => {

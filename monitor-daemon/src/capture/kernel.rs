@@ -205,6 +205,9 @@ pub struct DrainStats {
     pub records: u64,
     /// Records whose header or lengths did not make sense; skipped.
     pub malformed: u64,
+    /// TLS connections whose client address was found, and not found (then `client` is empty).
+    pub tls_clients_found: u64,
+    pub tls_clients_unknown: u64,
 }
 
 /// A loaded (and possibly attached) probe. Dropping it detaches and unloads everything.
@@ -524,7 +527,11 @@ impl KernelProbe {
     }
 
     pub fn drain_stats(&self) -> DrainStats {
-        self.stats
+        DrainStats {
+            tls_clients_found: self.tls_peers.found,
+            tls_clients_unknown: self.tls_peers.not_found,
+            ..self.stats
+        }
     }
 
     /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
