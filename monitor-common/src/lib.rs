@@ -27,6 +27,20 @@ pub enum KernelCounter {
     /// Tracked flows that ended with FIN from both sides, RST, or a new SYN on the same 4-tuple.
     /// `FlowsStarted - FlowsEnded - live entries` is the number the LRU table evicted.
     FlowsEnded = 7,
+    /// `SSL_read`/`SSL_read_ex` calls made by a process whose name is not in the TLS process
+    /// list (e.g. a client, or a web server that is not configured): not looked at.
+    TlsOtherProcess = 8,
+    /// TLS reads and writes of configured processes on connections that are not tracked API
+    /// connections: they produced no event.
+    TlsFiltered = 9,
+    /// TLS connections (process, `SSL*`) that started being tracked.
+    TlsConnsStarted = 10,
+    /// Tracked TLS connections that ended (`SSL_free`), or were restarted after an idle gap.
+    /// `TlsConnsStarted - TlsConnsEnded - live entries` is the number the LRU table evicted.
+    TlsConnsEnded = 11,
+    /// SSL calls whose arguments could not be saved for the return probe (argument table
+    /// full): that call's bytes are lost, and show as a gap.
+    TlsArgsLost = 12,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added
@@ -42,12 +56,43 @@ pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the TC classifier program.
 pub const CLASSIFIER_PROGRAM: &str = "api_flow_classifier";
 
+/// Name of the LRU hash of tracked TLS connections ([`TlsConnKey`] → [`TlsConnState`]).
+pub const TLS_CONNS_MAP: &str = "TLS_CONNS";
+/// Load-time global: `[[u8; COMM_LEN]; MAX_TLS_PROCESSES]`, process names whose TLS reads are
+/// looked at (a name matches a process whose name starts with it); unused slots all zero.
+pub const TLS_PROCESSES_GLOBAL: &str = "TLS_PROCESSES";
+/// Load-time global: `u64`, nanoseconds after which a tracked TLS connection's next request
+/// is taken as a new connection (its `SSL*` was freed unseen and reused).
+pub const TLS_IDLE_NS_GLOBAL: &str = "TLS_IDLE_NS";
+/// The uprobe programs: (program name, OpenSSL function, return probe?).
+pub const TLS_PROGRAMS: [(&str, &str, bool); 10] = [
+    ("ssl_read_entry", "SSL_read", false),
+    ("ssl_read_return", "SSL_read", true),
+    ("ssl_read_ex_entry", "SSL_read_ex", false),
+    ("ssl_read_ex_return", "SSL_read_ex", true),
+    ("ssl_write_entry", "SSL_write", false),
+    ("ssl_write_return", "SSL_write", true),
+    ("ssl_write_ex_entry", "SSL_write_ex", false),
+    ("ssl_write_ex_return", "SSL_write_ex", true),
+    ("ssl_free_entry", "SSL_free", false),
+    ("ssl_set_fd_entry", "SSL_set_fd", false),
+];
+
 /// Load-time global: `[u16; MAX_SERVER_PORTS]` of server ports, unused slots 0.
 pub const SERVER_PORTS_GLOBAL: &str = "SERVER_PORTS";
 /// Load-time global: `u32`, the most payload bytes one event carries (1..=MAX_CHUNK_BYTES).
 pub const CHUNK_BYTES_GLOBAL: &str = "CHUNK_BYTES";
 /// Load-time global: [`ApiSuffixes`], the path endings that make a `POST` start tracking.
 pub const API_SUFFIXES_GLOBAL: &str = "API_SUFFIXES";
+
+/// How many process names the TLS filter holds.
+pub const MAX_TLS_PROCESSES: usize = 8;
+/// The kernel's `TASK_COMM_LEN`: process names are at most 15 bytes plus a NUL.
+pub const COMM_LEN: usize = 16;
+/// Default TLS idle gap (compiled in; user space overrides it at load): 120 s.
+pub const DEFAULT_TLS_IDLE_NS: u64 = 120_000_000_000;
+/// Default TLS connection table capacity.
+pub const DEFAULT_MAX_TLS_CONNS: u32 = 16384;
 
 /// How many server ports the kernel program can match.
 pub const MAX_SERVER_PORTS: usize = 8;
@@ -78,6 +123,8 @@ pub const DIRECTION_SERVER_TO_CLIENT: u8 = 1;
 /// [`SegmentEvent::family`] / [`FlowKey::family`] values.
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
+/// [`TlsEvent::family`]: the record is a [`TlsEvent`], not a [`SegmentEvent`].
+pub const FAMILY_TLS: u8 = 0x54;
 
 /// TCP flag bits as in the TCP header's flags byte.
 pub const TCP_FIN: u8 = 0x01;
@@ -128,6 +175,104 @@ pub struct SegmentEvent {
 
 /// Size of the header that precedes every event's payload.
 pub const SEGMENT_EVENT_LEN: usize = core::mem::size_of::<SegmentEvent>();
+
+/// One ring-buffer record of plaintext read or written through OpenSSL, followed by `copied`
+/// bytes. Same size as [`SegmentEvent`], with `family` at the same place ([`FAMILY_TLS`]), so
+/// that one ring carries both and the reader tells them apart by that byte.
+///
+/// A TLS connection is (`tgid`, `ssl`, `conn_since_ns`): the pointer may be reused after
+/// `SSL_free`, the start time tells the uses apart. `stream_offset` counts the bytes of this
+/// direction since tracking started, so user space can number them like TCP sequence numbers
+/// and see a lost event as a gap. An `SSL_free` of a tracked connection is a payload-less event
+/// with [`TCP_FIN`] set, `stream_offset` the bytes read and `peer_offset` the bytes written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsEvent {
+    /// When the call was made (writes) or returned (reads): `bpf_ktime_get_ns()`.
+    pub ktime_ns: u64,
+    /// Offset of this event's first byte in its direction, since tracking started (mod 2^32).
+    pub stream_offset: u32,
+    /// On a FIN event, the other direction's end offset; 0 otherwise.
+    pub peer_offset: u32,
+    /// Bytes the SSL call moved.
+    pub call_len: u32,
+    /// Where this event's bytes start within the call's bytes.
+    pub offset: u32,
+    /// Payload bytes that follow this header.
+    pub copied: u32,
+    /// On the event that started tracking: the socket the web server gave `SSL_set_fd`, or
+    /// [`NO_FD`] (unknown, e.g. Apache's own BIOs). Otherwise [`NO_FD`].
+    pub fd: u32,
+    /// The `SSL*` (an address in the web server process).
+    pub ssl: u64,
+    /// The web server process (thread group id).
+    pub tgid: u32,
+    pub _pad1: u32,
+    /// When the kernel started tracking this connection.
+    pub conn_since_ns: u64,
+    pub _pad2: u64,
+    /// Always [`FAMILY_TLS`].
+    pub family: u8,
+    /// [`DIRECTION_CLIENT_TO_SERVER`] (read by the server) or [`DIRECTION_SERVER_TO_CLIENT`].
+    pub direction: u8,
+    /// [`TCP_SYN`] on the event that started tracking, [`TCP_FIN`] on the end event.
+    pub flags: u8,
+    pub _reserved: [u8; 5],
+}
+
+/// [`TlsEvent::fd`] when the socket is not known.
+pub const NO_FD: u32 = u32::MAX;
+
+/// Key of the kernel's TLS connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsConnKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    /// Always zero: the kernel hashes every byte of the key.
+    pub _pad: u32,
+}
+
+/// What the kernel keeps per tracked TLS connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsConnState {
+    pub since_ns: u64,
+    pub last_ns: u64,
+    /// Plaintext bytes read (client → server) and written (server → client) since tracking
+    /// started.
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+/// Whether process name `comm` (the kernel's NUL-padded `TASK_COMM_LEN` bytes) starts with one
+/// of the configured `names` (each NUL-padded; an all-zero slot is unused).
+#[inline(always)]
+pub fn comm_matches(comm: &[u8; COMM_LEN], names: &[[u8; COMM_LEN]; MAX_TLS_PROCESSES]) -> bool {
+    let mut i = 0;
+    while i < MAX_TLS_PROCESSES {
+        let name = &names[i];
+        if name[0] != 0 {
+            let mut j = 0;
+            let mut same = true;
+            while j < COMM_LEN {
+                if name[j] == 0 {
+                    break;
+                }
+                if name[j] != comm[j] {
+                    same = false;
+                    break;
+                }
+                j += 1;
+            }
+            if same {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
 
 /// A connection, normalised so that both directions map to the same key.
 #[repr(C)]
@@ -216,6 +361,9 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::ApiSuffixes {}
+    unsafe impl aya::Pod for super::TlsEvent {}
+    unsafe impl aya::Pod for super::TlsConnKey {}
+    unsafe impl aya::Pod for super::TlsConnState {}
 }
 
 /// Whether a client segment's first bytes (`head`, of which `len` are valid) start a request that
@@ -430,5 +578,43 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowState>(), 24);
         assert_eq!(core::mem::offset_of!(SegmentEvent, stream_start), 68);
+    }
+
+    #[test]
+    fn a_tls_event_has_the_segment_event_size_and_family_place() {
+        assert_eq!(core::mem::size_of::<TlsEvent>(), SEGMENT_EVENT_LEN);
+        assert_eq!(
+            core::mem::offset_of!(TlsEvent, family),
+            core::mem::offset_of!(SegmentEvent, family)
+        );
+        assert_eq!(core::mem::size_of::<TlsConnKey>(), 16);
+    }
+
+    fn names(list: &[&str]) -> [[u8; COMM_LEN]; MAX_TLS_PROCESSES] {
+        let mut out = [[0u8; COMM_LEN]; MAX_TLS_PROCESSES];
+        for (slot, name) in out.iter_mut().zip(list) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        out
+    }
+
+    fn comm(name: &str) -> [u8; COMM_LEN] {
+        let mut out = [0u8; COMM_LEN];
+        out[..name.len()].copy_from_slice(name.as_bytes());
+        out
+    }
+
+    #[test]
+    fn process_names_match_by_prefix() {
+        let list = names(&["apache2", "nginx", "php-fpm"]);
+        assert!(comm_matches(&comm("nginx"), &list));
+        assert!(comm_matches(&comm("apache2"), &list));
+        assert!(comm_matches(&comm("php-fpm8.2"), &list));
+        assert!(!comm_matches(&comm("curl"), &list));
+        assert!(!comm_matches(&comm("python3"), &list));
+        assert!(!comm_matches(&comm("ngin"), &list));
+        assert!(!comm_matches(&comm("nginx"), &names(&[])));
+        let full = names(&["abcdefghijklmno"]);
+        assert!(comm_matches(&comm("abcdefghijklmno"), &full));
     }
 }

@@ -699,11 +699,13 @@ fn top_text(
 }
 
 /// Names of the kernel counters that mean lost or partial data.
-const KERNEL_LOSSES: [&str; 4] = [
+const KERNEL_LOSSES: [&str; 6] = [
     "ring_full",
     "truncated_bytes",
     "flow_insert_failed",
     "flows_evicted",
+    "tls_conns_evicted",
+    "tls_args_lost",
 ];
 
 fn status_text(stats: &serde_json::Value) -> String {

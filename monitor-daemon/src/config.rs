@@ -61,6 +61,43 @@ pub struct CaptureConfig {
     pub ring_bytes: u32,
     /// How the eBPF probe hooks into each interface: TCX links, clsact + netlink, or auto.
     pub tc_attach: crate::capture::kernel::AttachMethod,
+    /// HTTPS at the web server's OpenSSL (uprobes), alone (`mode = "tls"`) or beside the probe.
+    pub tls: TlsCaptureConfig,
+}
+
+/// `[capture.tls]`: which processes' OpenSSL the uprobes watch.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsCaptureConfig {
+    /// Capture HTTPS too (with `mode = "ebpf"` or `"auto"`); `mode = "tls"` implies it.
+    pub enabled: bool,
+    /// Names of the web server processes (a name matches a process whose name starts with it;
+    /// 1 to 15 bytes, at most 8): their libssl is found and only their calls are looked at.
+    pub processes: Vec<String>,
+    /// libssl files to attach to at start, whether or not a configured process maps them yet.
+    pub libraries: Vec<PathBuf>,
+    /// How often `/proc` is scanned for configured processes that use a libssl not covered yet.
+    pub rescan_interval: Duration,
+}
+
+impl Default for TlsCaptureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            processes: ["apache2", "httpd", "nginx", "php-fpm"]
+                .map(String::from)
+                .to_vec(),
+            libraries: Vec::new(),
+            rescan_interval: Duration(Span::from_secs(5)),
+        }
+    }
+}
+
+impl CaptureConfig {
+    /// Whether `run` captures HTTPS through the OpenSSL uprobes.
+    pub fn tls_on(&self) -> bool {
+        self.mode == CaptureMode::Tls || self.tls.enabled
+    }
 }
 
 impl Default for CaptureConfig {
@@ -71,6 +108,7 @@ impl Default for CaptureConfig {
             ports: vec![80, 443, 8080, 8443],
             ring_bytes: 16 << 20,
             tc_attach: crate::capture::kernel::AttachMethod::Auto,
+            tls: TlsCaptureConfig::default(),
         }
     }
 }
@@ -86,6 +124,8 @@ pub enum CaptureMode {
     Ebpf,
     /// libpcap only.
     Pcap,
+    /// HTTPS only, through uprobes on the web server's OpenSSL (no interfaces needed).
+    Tls,
 }
 
 /// Where the live daemon writes its records and counters.
@@ -553,6 +593,50 @@ impl Config {
         }
         if self.capture.ports.contains(&0) {
             return Err(("capture.ports".into(), "0 is not a port".into()));
+        }
+        let tls = &self.capture.tls;
+        if let Some(name) = tls
+            .processes
+            .iter()
+            .find(|n| n.is_empty() || n.len() > 15 || n.contains('\0'))
+        {
+            return Err((
+                "capture.tls.processes".into(),
+                format!(
+                    "{name:?} cannot match a process: the kernel keeps 1 to 15 bytes of a \
+                     process name (see `cat /proc/PID/comm`)"
+                ),
+            ));
+        }
+        if tls.processes.len() > monitor_common::MAX_TLS_PROCESSES {
+            return Err((
+                "capture.tls.processes".into(),
+                format!(
+                    "has {} names; at most {} fit the kernel's filter",
+                    tls.processes.len(),
+                    monitor_common::MAX_TLS_PROCESSES
+                ),
+            ));
+        }
+        if self.capture.tls_on() && tls.processes.is_empty() {
+            return Err((
+                "capture.tls.processes".into(),
+                "is empty: name the web server processes, e.g. [\"nginx\"]".into(),
+            ));
+        }
+        if tls.rescan_interval.span().0 == 0 {
+            return Err((
+                "capture.tls.rescan_interval".into(),
+                "must be longer than zero, e.g. `5s`".into(),
+            ));
+        }
+        if tls.enabled && self.capture.mode == CaptureMode::Pcap {
+            return Err((
+                "capture.tls.enabled".into(),
+                "needs the eBPF probe, but capture.mode is \"pcap\": use mode \"ebpf\" or \
+                 \"auto\" (or \"tls\" for HTTPS only)"
+                    .into(),
+            ));
         }
         if self.output.stats_interval.span().0 == 0 {
             return Err((
@@ -1056,6 +1140,19 @@ mod tests {
         assert_eq!(netlink.capture.tc_attach, AttachMethod::Netlink);
         let tcx = parse("[capture]\ntc_attach = \"tcx\"\n").unwrap();
         assert_eq!(tcx.capture.tc_attach, AttachMethod::Tcx);
+        assert!(!old.capture.tls_on());
+        let tls =
+            parse("[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = [\"nginx\"]\n").unwrap();
+        assert_eq!(tls.capture.mode, CaptureMode::Tls);
+        assert!(tls.capture.tls_on());
+        let both = parse(
+            "[capture]\nmode = \"ebpf\"\n[capture.tls]\nenabled = true\n\
+             libraries = [\"/usr/lib/libssl.so.3\"]\nrescan_interval = \"1s\"\n",
+        )
+        .unwrap();
+        assert!(both.capture.tls_on());
+        assert_eq!(both.capture.tls.processes.len(), 4);
+        assert_eq!(both.capture.tls.rescan_interval.span(), Span::from_secs(1));
     }
 
     #[test]
@@ -1081,5 +1178,35 @@ mod tests {
         assert!(err.contains("capture.ports"), "{err}");
         let err = parse("[output]\ncall = \"-\"\n").unwrap_err().to_string();
         assert!(err.contains("call"), "{err}");
+    }
+
+    #[test]
+    fn bad_tls_capture_values_name_their_key_path() {
+        for (text, key, hint) in [
+            (
+                "[capture.tls]\nprocesses = [\"a-name-longer-than-15\"]\n",
+                "capture.tls.processes",
+                "15 bytes",
+            ),
+            (
+                "[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = []\n",
+                "capture.tls.processes",
+                "nginx",
+            ),
+            (
+                "[capture]\nmode = \"pcap\"\n[capture.tls]\nenabled = true\n",
+                "capture.tls.enabled",
+                "\"ebpf\"",
+            ),
+            (
+                "[capture.tls]\nrescan_interval = \"0s\"\n",
+                "capture.tls.rescan_interval",
+                "5s",
+            ),
+            ("[capture.tls]\nprocess = [\"x\"]\n", "process", ""),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(hint), "{text}: {err}");
+        }
     }
 }

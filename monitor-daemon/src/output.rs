@@ -17,6 +17,8 @@ use crate::token::TokenProblem;
 pub enum Transport {
     /// Plaintext HTTP reassembled from TCP segments.
     Tcp,
+    /// HTTP read and written through the web server's OpenSSL (uprobes).
+    Tls,
 }
 
 #[derive(Serialize)]

@@ -26,6 +26,7 @@ use crate::capture::kernel::{
     KernelApiPaths, KernelProbe, ProbeConfig, ProbeError, interface_exists,
 };
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
+use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::model::Timestamp;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
@@ -55,6 +56,13 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("eBPF capture: {0}")]
     Probe(#[from] ProbeError),
+    #[error("TLS capture: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
+         without it HTTPS is not seen (capture.tls.enabled = false to run with libpcap alone)"
+    )]
+    TlsWithoutProbe(Box<RunError>),
     #[error("libpcap capture: {0}")]
     Pcap(#[from] PcapError),
     #[error("cannot write {path}: {source}")]
@@ -80,6 +88,10 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
         message,
     };
     let capture = &config.capture;
+    if capture.mode == CaptureMode::Tls {
+        // HTTPS only: no interface is watched, the uprobes find the web server's libssl.
+        return Ok(());
+    }
     if capture.interfaces.is_empty() {
         return Err(invalid(
             "capture.interfaces",
@@ -160,7 +172,10 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut source = open_source(config)?;
+    let (mut source, mut tls) = open_source(config)?;
+    let rescan_every = Duration::from_nanos(config.capture.tls.rescan_interval.span().0);
+    let mut rescan_tick = interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+    rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -182,6 +197,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             _ = refresh_tick.tick() => Event::Refresh,
             Some(command) = commands.recv() => Event::Admin(command),
             _ = loss_tick.tick() => Event::LossCheck,
+            _ = rescan_tick.tick(), if tls.is_some() => Event::Rescan,
         };
         match event {
             Event::Stop(signal) => {
@@ -215,12 +231,17 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                     .actions
                     .observe_capture_loss(lost, detail, wall_clock());
             }
+            Event::Rescan => {
+                if let (Some(tls), Source::Kernel(probe)) = (&mut tls, &mut source) {
+                    tls.refresh(probe.get_mut());
+                }
+            }
             Event::Stats => {
-                let stats = counters(&source, &pipeline, &edges);
+                let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
                 tracing::info!(counters = %stats, "counters");
                 edges.records.write_stats(&stats)?;
             }
-            Event::Refresh => refresh_telemetry(&source, &pipeline, &mut edges),
+            Event::Refresh => refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges),
             Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
         }
         edges.records.check()?;
@@ -231,10 +252,10 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     edges.tick(&mut pipeline, wall_clock());
     edges.records.check()?;
     edges.records.flush()?;
-    let stats = counters(&source, &pipeline, &edges);
+    let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
     edges.records.write_stats(&stats)?;
-    refresh_telemetry(&source, &pipeline, &mut edges);
+    refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges);
     drop(command_tx);
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
@@ -347,6 +368,8 @@ enum Event {
     Refresh,
     Admin(AdminCommand),
     LossCheck,
+    /// Time to look for web server processes whose libssl is not covered yet.
+    Rescan,
 }
 
 /// Starts the metrics and admin listener (`[api]`), unless it is disabled.
@@ -372,8 +395,13 @@ fn start_api(
 }
 
 /// Refreshes the metrics and the admin API's view from every counter.
-fn refresh_telemetry(source: &Source, pipeline: &Pipeline, edges: &mut Edges) {
-    let status = counters(source, pipeline, edges);
+fn refresh_telemetry(
+    source: &Source,
+    tls: Option<&TlsCapture>,
+    pipeline: &Pipeline,
+    edges: &mut Edges,
+) {
+    let status = counters(source, tls, pipeline, edges);
     let now = wall_clock();
     let kernel;
     let drain;
@@ -432,11 +460,35 @@ enum Source {
     },
 }
 
-fn open_source(config: &Config) -> Result<Source, RunError> {
+/// The capture source and, when HTTPS is captured too, the uprobes' library tracker. The
+/// "capturing with" line is logged once everything is attached.
+fn open_source(config: &Config) -> Result<(Source, Option<TlsCapture>), RunError> {
+    let capture = &config.capture;
+    if capture.tls_on() {
+        let tc = capture.mode != CaptureMode::Tls;
+        // No libpcap fallback in auto mode: it would silently lose every HTTPS call.
+        let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
+            (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
+            (false, err) => err,
+        })?;
+        let libraries: Vec<_> = tls.libraries().collect();
+        if tc {
+            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
+        } else {
+            tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+        }
+        return Ok((source, Some(tls)));
+    }
+    let source = open_source_without_tls(config)?;
+    Ok((source, None))
+}
+
+fn open_source_without_tls(config: &Config) -> Result<Source, RunError> {
     let capture = &config.capture;
     match capture.mode {
-        CaptureMode::Ebpf => {
-            let source = open_probe(config)?;
+        // `Tls` never gets here (`open_source` handles it); it is listed to keep the match total.
+        CaptureMode::Ebpf | CaptureMode::Tls => {
+            let source = open_tc_probe(config)?;
             tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
             Ok(source)
         }
@@ -445,7 +497,7 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
             tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
             Ok(source)
         }
-        CaptureMode::Auto => match open_probe(config) {
+        CaptureMode::Auto => match open_tc_probe(config) {
             Ok(source) => {
                 tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
                 Ok(source)
@@ -459,17 +511,49 @@ fn open_source(config: &Config) -> Result<Source, RunError> {
     }
 }
 
-fn open_probe(config: &Config) -> Result<Source, RunError> {
+fn open_tc_probe(config: &Config) -> Result<Source, RunError> {
+    register(load_probe(config, true)?)
+}
+
+/// The probe (TC classifier attached when `tc`) with the OpenSSL uprobes attached.
+fn open_probe(config: &Config, tc: bool) -> Result<(Source, TlsCapture), RunError> {
+    let mut probe = load_probe(config, tc)?;
+    let tls_config = &config.capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    tls.start(&mut probe)?;
+    Ok((register(probe)?, tls))
+}
+
+/// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
+fn load_probe(config: &Config, tc: bool) -> Result<KernelProbe, RunError> {
+    let capture = &config.capture;
     let mut probe = KernelProbe::load(&ProbeConfig {
-        ports: config.capture.ports.clone(),
-        ring_bytes: config.capture.ring_bytes,
-        attach: config.capture.tc_attach,
+        // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
+        ports: if capture.ports.is_empty() {
+            ProbeConfig::default().ports
+        } else {
+            capture.ports.clone()
+        },
+        ring_bytes: capture.ring_bytes,
+        attach: capture.tc_attach,
+        tls_processes: if capture.tls_on() {
+            capture.tls.processes.clone()
+        } else {
+            Vec::new()
+        },
         api_paths: KernelApiPaths::from_patterns(&config.redcap.api_paths)?,
+        tls_idle: Duration::from_nanos(config.reassembly.idle_timeout.span().0),
         ..ProbeConfig::default()
     })?;
-    for interface in &config.capture.interfaces {
-        probe.attach(interface)?;
+    if tc {
+        for interface in &capture.interfaces {
+            probe.attach(interface)?;
+        }
     }
+    Ok(probe)
+}
+
+fn register(probe: KernelProbe) -> Result<Source, RunError> {
     // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
     // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
     let probe =
@@ -551,10 +635,18 @@ impl Source {
 }
 
 /// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &Source, pipeline: &Pipeline, edges: &Edges) -> serde_json::Value {
+fn counters(
+    source: &Source,
+    tls: Option<&TlsCapture>,
+    pipeline: &Pipeline,
+    edges: &Edges,
+) -> serde_json::Value {
     let records = &edges.records;
     let mut value = serde_json::json!({
         "mode": source.mode(),
+        "tls_libraries": tls.map_or_else(Vec::new, |tls| {
+            tls.libraries().map(|l| l.display().to_string()).collect()
+        }),
         "calls_written": records.calls_written,
         "violations_written": records.violations_written,
     });
@@ -573,6 +665,13 @@ fn counters(source: &Source, pipeline: &Pipeline, edges: &Edges) -> serde_json::
                     "flows_ended": k.flows_ended,
                     "flows_tracked": k.flows_tracked,
                     "flows_evicted": k.flows_evicted,
+                    "tls_other_process": k.tls_other_process,
+                    "tls_filtered": k.tls_filtered,
+                    "tls_conns_started": k.tls_conns_started,
+                    "tls_conns_ended": k.tls_conns_ended,
+                    "tls_conns_tracked": k.tls_conns_tracked,
+                    "tls_conns_evicted": k.tls_conns_evicted,
+                    "tls_args_lost": k.tls_args_lost,
                 }),
                 Err(err) => serde_json::Value::String(err.to_string()),
             };
@@ -580,6 +679,8 @@ fn counters(source: &Source, pipeline: &Pipeline, edges: &Edges) -> serde_json::
             value["ring"] = serde_json::json!({
                 "records": drain.records,
                 "malformed": drain.malformed,
+                "tls_clients_found": drain.tls_clients_found,
+                "tls_clients_unknown": drain.tls_clients_unknown,
             });
         }
         Source::Pcap { capture, .. } => {
@@ -654,7 +755,18 @@ impl Records {
             return;
         }
         if let Some(calls) = &mut self.calls {
-            if let Err(err) = calls.line(&CallRecord::of(verdict, Transport::Tcp)) {
+            let mut record = CallRecord::of(verdict, Transport::Tcp);
+            if is_synthetic(&verdict.call.server) {
+                // Plaintext from the OpenSSL uprobes: the server end is synthetic, and so is
+                // the client end when its address could not be found; a synthetic address is
+                // never written.
+                record.transport = Transport::Tls;
+                if is_synthetic(&verdict.call.client) {
+                    record.client = String::new();
+                }
+                record.server = String::new();
+            }
+            if let Err(err) = calls.line(&record) {
                 self.error = Some(err);
                 return;
             }

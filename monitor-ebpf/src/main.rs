@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod tls;
+
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod session;
 pub mod sim;
 pub mod synth;
+pub mod web;
 
 use std::path::PathBuf;
 

@@ -49,6 +49,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "promtool checks the alert rules and metric names; a real Prometheus scrapes the daemon in the telemetry test",
     ),
+    (
+        "openssl",
+        "the test CA and server certificate of the HTTPS capture tests",
+    ),
+    (
+        "apache2",
+        "Apache with mod_ssl: a web server whose OpenSSL the HTTPS capture tests watch",
+    ),
+    (
+        "libapache2-mod-php",
+        "PHP under Apache, the REDCap-like API script of the HTTPS capture tests",
+    ),
 ];
 
 /// Without this answer tshark's install stops to ask whether non-root users may capture.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::uprobe::UProbeLink;
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
@@ -20,7 +21,8 @@ use monitor_common::{
     DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
     FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_API_SUFFIX_LEN, MAX_API_SUFFIXES,
     MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SERVER_PORTS_GLOBAL, SegmentEvent,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL,
+    TlsConnKey, TlsConnState, TlsEvent,
 };
 
 use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
@@ -40,6 +42,11 @@ pub struct ProbeConfig {
     pub attach: AttachMethod,
     /// Which `POST`s make the kernel start copying a connection.
     pub api_paths: KernelApiPaths,
+    /// Names of the processes whose OpenSSL reads the TLS uprobes look at (at most 8, each
+    /// 1..=15 bytes; a name matches a process whose name starts with it). Empty: none.
+    pub tls_processes: Vec<String>,
+    /// After this long without a call, a tracked TLS connection is judged afresh.
+    pub tls_idle: Duration,
 }
 
 /// How the classifier is attached to an interface's ingress and egress.
@@ -67,6 +74,8 @@ impl Default for ProbeConfig {
             attach: AttachMethod::Auto,
             api_paths: KernelApiPaths::from_patterns(&patterns)
                 .expect("the default API path patterns fit the kernel"),
+            tls_processes: Vec::new(),
+            tls_idle: Duration::from_secs(120),
         }
     }
 }
@@ -228,6 +237,11 @@ pub enum ProbeError {
         #[source]
         source: MapError,
     },
+    #[error(
+        "TLS process name {name:?} cannot match: process names are 1 to 15 bytes \
+         (the kernel keeps 15), at most {max} of them"
+    )]
+    TlsProcessName { name: String, max: usize },
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
@@ -248,6 +262,18 @@ pub struct KernelCounters {
     /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
     /// started − ended − still tracked). Their later segments are not sent.
     pub flows_evicted: u64,
+    /// TLS: reads by processes not in the process list (not looked at).
+    pub tls_other_process: u64,
+    /// TLS: reads and writes on connections that are not API connections (no event).
+    pub tls_filtered: u64,
+    pub tls_conns_started: u64,
+    pub tls_conns_ended: u64,
+    /// TLS connections in the kernel's table now.
+    pub tls_conns_tracked: u64,
+    /// TLS connections the LRU table dropped (started − ended − tracked): a loss.
+    pub tls_conns_evicted: u64,
+    /// TLS calls whose arguments could not be kept for the return probe: a loss.
+    pub tls_args_lost: u64,
 }
 
 /// What user space did with the records it read.
@@ -256,18 +282,25 @@ pub struct DrainStats {
     pub records: u64,
     /// Records whose header or lengths did not make sense; skipped.
     pub malformed: u64,
+    /// TLS connections whose client address was found, and not found (then `client` is empty).
+    pub tls_clients_found: u64,
+    pub tls_clients_unknown: u64,
 }
 
 /// A loaded (and possibly attached) probe. Dropping it detaches and unloads everything.
 pub struct KernelProbe {
     // Declared first so that the links are dropped (detached) before the program and maps.
     links: Vec<SchedClassifierLink>,
+    /// The TLS uprobes' links (see `capture::tls`).
+    pub(super) tls_links: Vec<UProbeLink>,
+    /// The client addresses of TLS connections.
+    tls_peers: super::tls::TlsPeers,
     // After the links: a qdisc is removed only once our filters on it are gone.
     clsact: Vec<OwnedClsact>,
     attach_method: AttachMethod,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     clock: KernelClock,
     stats: DrainStats,
 }
@@ -278,12 +311,17 @@ impl KernelProbe {
         let ports = server_ports(config)?;
         validate_sizes(config)?;
         let suffixes = api_suffixes(&config.api_paths)?;
+        let tls_processes = super::tls::process_names(&config.tls_processes)?;
+        let tls_idle_ns = u64::try_from(config.tls_idle.as_nanos()).unwrap_or(u64::MAX);
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
             .btf(btf.as_ref())
             .override_global(SERVER_PORTS_GLOBAL, &ports, true)
             .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
             .override_global(API_SUFFIXES_GLOBAL, &suffixes, true)
+            .override_global(TLS_PROCESSES_GLOBAL, &tls_processes, true)
+            .override_global(TLS_IDLE_NS_GLOBAL, &tls_idle_ns, true)
+            .map_max_entries(TLS_CONNS_MAP, config.max_flows)
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.max_flows)
             .load(crate::KERNEL_OBJECT)
@@ -326,6 +364,8 @@ impl KernelProbe {
         })?;
         Ok(KernelProbe {
             links: Vec::new(),
+            tls_links: Vec::new(),
+            tls_peers: super::tls::TlsPeers::new(config.max_flows as usize),
             clsact: Vec::new(),
             attach_method: config.attach,
             events,
@@ -424,8 +464,40 @@ impl KernelProbe {
     /// Returns how many segments were handed out.
     pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
         let mut handed = 0;
+        let tls_conns = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
         while let Some(record) = self.events.next() {
             self.stats.records += 1;
+            if super::tls::is_tls_record(&record) {
+                let still_tracked = |event: &TlsEvent| {
+                    let key = TlsConnKey {
+                        ssl: event.ssl,
+                        tgid: event.tgid,
+                        _pad: 0,
+                    };
+                    tls_conns
+                        .as_ref()
+                        .and_then(|conns| conns.get(&key, 0).ok())
+                        .is_some_and(|state| state.since_ns == event.conn_since_ns)
+                };
+                match super::tls::segments_from_record(
+                    &record,
+                    &self.clock,
+                    &mut self.tls_peers,
+                    &still_tracked,
+                ) {
+                    Some(segments) => {
+                        for segment in segments.iter().flatten() {
+                            out(segment);
+                            handed += 1;
+                        }
+                    }
+                    None => self.stats.malformed += 1,
+                }
+                continue;
+            }
             match segment_from_record(&record, &self.clock) {
                 Some(segment) => {
                     out(&segment);
@@ -469,7 +541,19 @@ impl KernelProbe {
         let flows_started = read(KernelCounter::FlowsStarted)?;
         let flows_ended = read(KernelCounter::FlowsEnded)?;
         let flows_tracked = self.flows_tracked()?;
+        let tls_conns_started = read(KernelCounter::TlsConnsStarted)?;
+        let tls_conns_ended = read(KernelCounter::TlsConnsEnded)?;
+        let tls_conns_tracked = self.tls_conns_tracked()?;
         Ok(KernelCounters {
+            tls_other_process: read(KernelCounter::TlsOtherProcess)?,
+            tls_filtered: read(KernelCounter::TlsFiltered)?,
+            tls_conns_evicted: tls_conns_started
+                .saturating_sub(tls_conns_ended)
+                .saturating_sub(tls_conns_tracked),
+            tls_conns_started,
+            tls_conns_ended,
+            tls_conns_tracked,
+            tls_args_lost: read(KernelCounter::TlsArgsLost)?,
             flows_evicted: flows_started
                 .saturating_sub(flows_ended)
                 .saturating_sub(flows_tracked),
@@ -501,8 +585,30 @@ impl KernelProbe {
         Ok(flows.keys().filter(Result::is_ok).count() as u64)
     }
 
+    /// Entries in the kernel's TLS connection table (a walk of at most `max_flows` keys).
+    fn tls_conns_tracked(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TLS_CONNS map",
+            })?;
+        let conns =
+            aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).map_err(|source| {
+                ProbeError::Map {
+                    map: TLS_CONNS_MAP,
+                    source,
+                }
+            })?;
+        Ok(conns.keys().filter(Result::is_ok).count() as u64)
+    }
+
     pub fn drain_stats(&self) -> DrainStats {
-        self.stats
+        DrainStats {
+            tls_clients_found: self.tls_peers.found,
+            tls_clients_unknown: self.tls_peers.not_found,
+            ..self.stats
+        }
     }
 
     /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
@@ -795,7 +901,7 @@ fn is_permission(errno: i32) -> bool {
 }
 
 /// The errno under an error, wherever aya put it.
-fn program_os_error(err: &ProgramError) -> Option<i32> {
+pub(super) fn program_os_error(err: &ProgramError) -> Option<i32> {
     if let ProgramError::LoadError { io_error, .. } = err {
         return io_error.raw_os_error();
     }
@@ -864,6 +970,14 @@ pub(crate) struct KernelClock {
 }
 
 impl KernelClock {
+    /// A clock with a known offset (for tests).
+    #[cfg(test)]
+    pub(crate) const fn offset(realtime_minus_monotonic: i128) -> Self {
+        Self {
+            realtime_minus_monotonic,
+        }
+    }
+
     pub(crate) fn measure() -> Self {
         // The narrowest of a few monotonic/realtime/monotonic sandwiches bounds the error.
         let mut best: Option<(i128, i128)> = None;

@@ -5,6 +5,10 @@
 //! does; the attached ones both woken per event and reading in 10 ms batches. Prints one JSON object on stdout: every run, the
 //! means per setup, the ratios to detached, the kernel's loss counters and the calls seen.
 //!
+//! With `--tls`, nginx (a uniquely named copy, so that no other nginx on the machine is probed)
+//! serves HTTPS with a self-signed certificate and wrk speaks TLS; the setups are then the
+//! uprobes detached and attached on nginx's libssl, drained every 10 ms into a pipeline.
+//!
 //! Needs root (namespaces, eBPF), nginx and wrk. Creates and removes everything it uses; touches
 //! no host interface. `cargo xtask bench live` builds and runs it.
 
@@ -23,7 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use monitor_tests::netns::NamespacePair;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
-use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
+use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
+use redcap_monitor::capture::tls::TlsCapture;
 use redcap_monitor::config::Config;
 use redcap_monitor::pipeline::Pipeline;
 use redcap_monitor::token::SiteKey;
@@ -40,6 +45,8 @@ struct Options {
     rounds: u32,
     threads: u32,
     connections: u32,
+    /// HTTPS through nginx's OpenSSL (uprobes) instead of HTTP (the TC probe).
+    tls: bool,
 }
 
 fn parse_options() -> Result<Options> {
@@ -48,6 +55,7 @@ fn parse_options() -> Result<Options> {
         rounds: 2,
         threads: 2,
         connections: 32,
+        tls: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -56,10 +64,14 @@ fn parse_options() -> Result<Options> {
             "--rounds" => &mut options.rounds,
             "--threads" => &mut options.threads,
             "--connections" => &mut options.connections,
+            "--tls" => {
+                options.tls = true;
+                continue;
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: live-overhead [--duration SECONDS] [--rounds N] [--threads N] \
-                     [--connections N]"
+                     [--connections N] [--tls]"
                 );
                 std::process::exit(0);
             }
@@ -83,7 +95,7 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("live-overhead creates network namespaces and loads eBPF programs: run it as root");
     }
-    for tool in ["nginx", "wrk", "ip"] {
+    for tool in ["nginx", "wrk", "ip", "openssl"] {
         if !on_path(tool) {
             bail!("{tool} is not installed (`cargo xtask setup` installs it)");
         }
@@ -92,7 +104,7 @@ fn main() -> Result<()> {
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let pair = namespace_pair();
-    let _nginx = Nginx::start(&pair, dir.path())?;
+    let nginx = Nginx::start(&pair, dir.path(), options.tls)?;
     let script = dir.path().join("post.lua");
     std::fs::write(&script, wrk_script()).context("writing the wrk script")?;
 
@@ -100,7 +112,7 @@ fn main() -> Result<()> {
     wrk(&pair, &script, &options, 2)?;
     let mut runs = Vec::new();
     for round in 1..=options.rounds {
-        for setup in Setup::ALL {
+        for &setup in Setup::of(options.tls) {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 bail!("interrupted; namespaces removed");
             }
@@ -110,6 +122,9 @@ fn main() -> Result<()> {
                     wrk: wrk(&pair, &script, &options, options.duration_s)?,
                     probe: None,
                 },
+                Setup::TlsReadOnly | Setup::TlsAttached => {
+                    tls_attached_run(&pair, &script, &options, &nginx.name, setup)?
+                }
                 _ => attached_run(&pair, &script, &options, setup)?,
             };
             eprintln!(
@@ -165,6 +180,10 @@ enum Setup {
     Pipeline,
     /// The same, but the ring is read every 10 ms instead of on every wake-up.
     PipelineBatched,
+    /// `--tls`: the uprobes on nginx's libssl; events read every 10 ms and thrown away.
+    TlsReadOnly,
+    /// `--tls`: the uprobes on nginx's libssl, read every 10 ms into the pipeline.
+    TlsAttached,
 }
 
 impl Setup {
@@ -175,6 +194,11 @@ impl Setup {
         Setup::Pipeline,
         Setup::PipelineBatched,
     ];
+    const TLS: [Setup; 3] = [Setup::Detached, Setup::TlsReadOnly, Setup::TlsAttached];
+
+    fn of(tls: bool) -> &'static [Setup] {
+        if tls { &Self::TLS } else { &Self::ALL }
+    }
 
     /// The name in the report; `attached` is the daemon's way and the one the goal is for.
     fn name(self) -> &'static str {
@@ -184,6 +208,8 @@ impl Setup {
             Setup::ReadOnlyBatched => "attached_read_only_batched",
             Setup::Pipeline => "attached",
             Setup::PipelineBatched => "attached_batched",
+            Setup::TlsReadOnly => "tls_attached_read_only",
+            Setup::TlsAttached => "tls_attached",
         }
     }
 }
@@ -222,7 +248,10 @@ fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> 
         .arg("--latency")
         .arg("-s")
         .arg(script)
-        .arg(format!("http://{SERVER_IP}:{SERVER_PORT}/api/"))
+        .arg(format!(
+            "{}://{SERVER_IP}:{SERVER_PORT}/api/",
+            if options.tls { "https" } else { "http" }
+        ))
         .stderr(Stdio::inherit())
         .output()
         .context("running wrk")?;
@@ -321,12 +350,109 @@ fn attached_run(
     })
 }
 
-/// nginx serving a small JSON answer to `POST /api/`; stopped (SIGTERM, then SIGKILL) on drop.
-struct Nginx(Child);
+/// One wrk run with the OpenSSL uprobes attached to the libssl of nginx (process `name`), every
+/// event drained every 10 ms into a pipeline as `run` does; detached (dropped) at the end.
+fn tls_attached_run(
+    pair: &NamespacePair,
+    script: &Path,
+    options: &Options,
+    name: &str,
+    setup: Setup,
+) -> Result<Run> {
+    let mut probe = KernelProbe::load(&ProbeConfig {
+        ports: vec![SERVER_PORT],
+        tls_processes: vec![name.to_owned()],
+        ..ProbeConfig::default()
+    })
+    .context("loading the probe")?;
+    let mut tls = TlsCapture::new(vec![name.to_owned()], Vec::new());
+    tls.start(&mut probe)
+        .context("attaching the OpenSSL uprobes")?;
+    if tls.libraries().next().is_none() {
+        bail!("no libssl found in the {name} processes");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            // The uprobes stay attached as long as `tls` and `probe` live (this thread).
+            let _tls = tls;
+            let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
+                .expect("the default configuration is valid");
+            let (mut seen, mut complete) = (0u64, 0u64);
+            let mut count = |verdict: redcap_monitor::policy::Verdict| {
+                seen += 1;
+                complete += u64::from(verdict.call.complete);
+            };
+            let mut consume = |segment: &redcap_monitor::model::TcpSegment<'_>| {
+                if setup == Setup::TlsAttached {
+                    pipeline.push_segment(segment, &mut count);
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(BATCH_INTERVAL);
+                probe.drain(&mut consume);
+            }
+            probe.drain(&mut consume);
+            pipeline.finish(&mut count);
+            let drain = probe.drain_stats();
+            ProbeResult {
+                counters: probe.counters().unwrap_or_default(),
+                records: drain.records,
+                malformed_records: drain.malformed,
+                calls: seen,
+                complete_calls: complete,
+            }
+        })
+    };
+    let measured = wrk(pair, script, options, options.duration_s);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let probe = drainer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the drain thread panicked"))?;
+    Ok(Run {
+        setup,
+        wrk: measured?,
+        probe: Some(probe),
+    })
+}
+
+/// nginx serving a small JSON answer to `POST /api/` (over HTTPS with `tls`, from a copy of its
+/// binary named [`Nginx::name`]); stopped (SIGTERM, then SIGKILL) on drop.
+struct Nginx {
+    child: Child,
+    name: String,
+}
 
 impl Nginx {
-    fn start(pair: &NamespacePair, dir: &Path) -> Result<Nginx> {
+    fn start(pair: &NamespacePair, dir: &Path, tls: bool) -> Result<Nginx> {
         let d = dir.display();
+        let name = format!("rcmbench{}", std::process::id() % 10_000_000);
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/nginx", &binary).context("copying /usr/sbin/nginx")?;
+        let listen = if tls {
+            let status = std::process::Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args(["-subj", "/CN=live-overhead", "-keyout"])
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stderr(Stdio::null())
+                .status()
+                .context("running openssl")?;
+            if !status.success() {
+                bail!("openssl could not make a certificate");
+            }
+            format!(
+                "listen {SERVER_PORT} ssl;\n    ssl_certificate {d}/cert.pem;\n    \
+                 ssl_certificate_key {d}/key.pem;"
+            )
+        } else {
+            format!("listen {SERVER_PORT};")
+        };
         // One worker: the machine under test is small, and wrk needs the other core.
         let conf = format!(
             r#"worker_processes 1;
@@ -341,7 +467,7 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   server {{
-    listen {SERVER_PORT};
+    {listen}
     location = /api/ {{ default_type application/json; return 200 '{{"count": 1}}'; }}
   }}
 }}
@@ -350,7 +476,7 @@ http {{
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf).context("writing nginx.conf")?;
         let child = pair
-            .exec(&pair.server_ns, "nginx")
+            .exec(&pair.server_ns, &binary.to_string_lossy())
             .arg("-c")
             .arg(&conf_path)
             .arg("-p")
@@ -358,14 +484,15 @@ http {{
             .args(["-g", "daemon off;"])
             .spawn()
             .context("starting nginx")?;
-        let nginx = Nginx(child);
+        let nginx = Nginx { child, name };
+        let scheme = if tls { "https" } else { "http" };
         // Ready when a request from the client namespace is answered.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let answered = pair
                 .exec(&pair.client_ns, "curl")
-                .args(["-sf", "-o", "/dev/null", "-X", "POST", "-d", "a=b"])
-                .arg(format!("http://{SERVER_IP}:{SERVER_PORT}/api/"))
+                .args(["-sfk", "-o", "/dev/null", "-X", "POST", "-d", "a=b"])
+                .arg(format!("{scheme}://{SERVER_IP}:{SERVER_PORT}/api/"))
                 .status()
                 .is_ok_and(|s| s.success());
             if answered {
@@ -385,19 +512,19 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         // `ip netns exec` execs nginx, so this is the master; SIGTERM stops its workers too.
-        if let Ok(pid) = i32::try_from(self.0.id()) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
+            if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
             thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -438,8 +565,12 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
     let probes: Vec<ProbeResult> = runs.iter().filter_map(|r| r.probe).collect();
     let total = |f: fn(&ProbeResult) -> u64| probes.iter().map(f).sum::<u64>();
     let pipeline_runs = || {
-        runs.iter()
-            .filter(|r| matches!(r.setup, Setup::Pipeline | Setup::PipelineBatched))
+        runs.iter().filter(|r| {
+            matches!(
+                r.setup,
+                Setup::Pipeline | Setup::PipelineBatched | Setup::TlsAttached
+            )
+        })
     };
     let errors: u64 = runs
         .iter()
@@ -449,8 +580,9 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
     let mut out = String::from("{\n  \"bench\": \"live\",\n");
     let _ = writeln!(
         out,
-        "  \"duration_s\": {}, \"rounds\": {}, \"wrk_threads\": {}, \"wrk_connections\": {},",
-        options.duration_s, options.rounds, options.threads, options.connections
+        "  \"duration_s\": {}, \"rounds\": {}, \"wrk_threads\": {}, \"wrk_connections\": {}, \
+         \"tls\": {},",
+        options.duration_s, options.rounds, options.threads, options.connections, options.tls
     );
     out.push_str("  \"runs\": [\n");
     for (i, run) in runs.iter().enumerate() {
@@ -476,7 +608,7 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
     }
     out.push_str("  ],\n");
     let mut summary: Vec<(String, String)> = Vec::new();
-    for setup in Setup::ALL {
+    for &setup in Setup::of(options.tls) {
         let name = setup.name();
         summary.push((format!("{name}_requests_per_s"), number(rps(setup))));
         summary.push((
@@ -517,6 +649,9 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
             total(|p| p.counters.flow_insert_failed),
         ),
         ("flows_started", total(|p| p.counters.flows_started)),
+        ("tls_args_lost", total(|p| p.counters.tls_args_lost)),
+        ("tls_conns_evicted", total(|p| p.counters.tls_conns_evicted)),
+        ("tls_conns_started", total(|p| p.counters.tls_conns_started)),
         ("packets_seen", total(|p| p.counters.packets_seen)),
         ("filtered", total(|p| p.counters.filtered)),
     ] {

@@ -1,5 +1,5 @@
 //! The live bench: what the attached probe costs nginx under wrk, in namespaces it creates and
-//! removes. The measuring is done by the `live-overhead` binary (monitor-tests, built in
+//! removes, over HTTP (the TC probe) and then HTTPS (the OpenSSL uprobes). The measuring is done by the `live-overhead` binary (monitor-tests, built in
 //! release), which prints one JSON object; this module runs it, prints the table and the goals,
 //! and writes `target/bench/live.json`.
 
@@ -12,6 +12,26 @@ use crate::{Failure, Result, process};
 const GOAL_ATTACHED_OVER_DETACHED: f64 = 0.98;
 /// ...with no event lost (ring full, truncated copy, flow table full).
 const LOSS_COUNTERS: &[&str] = &["ring_full", "truncated_bytes", "flow_insert_failed"];
+
+/// Over HTTPS, the uprobes + pipeline must keep this share of the unprobed throughput.
+const GOAL_TLS_OVER_DETACHED: f64 = 0.95;
+/// The same, plus the TLS-only losses.
+const TLS_LOSS_COUNTERS: &[&str] = &[
+    "ring_full",
+    "truncated_bytes",
+    "flow_insert_failed",
+    "tls_args_lost",
+    "tls_conns_evicted",
+];
+/// The setups of `live-overhead --tls`.
+const TLS_SETUPS: &[(&str, &str)] = &[
+    ("detached", "uprobes detached"),
+    (
+        "tls_attached_read_only",
+        "uprobes, events discarded (10 ms)",
+    ),
+    ("tls_attached", "uprobes + pipeline (10 ms, as `run`)"),
+];
 
 /// The setups live-overhead measures (its report's key prefixes), as the table names them.
 const SETUPS: &[(&str, &str)] = &[
@@ -45,41 +65,110 @@ pub(super) fn run() -> Result<()> {
     );
     let mut command = std::process::Command::new(&program);
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let output = process::output(&mut command)?;
+    http(&mut command)?;
+    println!(
+        "live, HTTPS: nginx with a self-signed certificate, wrk over TLS; each setup once, \
+         interleaved"
+    );
+    let mut command = std::process::Command::new(&program);
+    command
+        .args(["--tls", "--rounds", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    https(&mut command)
+}
+
+/// Runs live-overhead over HTTPS, prints its table and goals, writes `live-tls.json`.
+fn https(command: &mut std::process::Command) -> Result<()> {
+    let json = report(command)?;
+    let field = |key: &str| number(&json, key);
+    table(&json, TLS_SETUPS)?;
+    let ratio = field("tls_attached_over_detached")?;
+    println!(
+        "  uprobes + pipeline as run reads them / detached {:>6.1}%  goal: at least {:.0}%  {}",
+        ratio * 100.0,
+        GOAL_TLS_OVER_DETACHED * 100.0,
+        verdict(ratio >= GOAL_TLS_OVER_DETACHED)
+    );
+    losses(&json, TLS_LOSS_COUNTERS)?;
+    println!(
+        "  pipeline run: wrk completed {} requests; the pipeline saw {} calls",
+        field("pipeline_requests")?,
+        field("pipeline_calls_seen")?
+    );
+    let path = output_path("live-tls.json")?;
+    write_report(&path, &(json.trim_end().to_owned() + "\n"))?;
+    println!("  written to {}", process::shown(&path));
+    Ok(())
+}
+
+/// Runs live-overhead and returns its JSON report.
+fn report(command: &mut std::process::Command) -> Result<String> {
+    let output = process::output(command)?;
     let json = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         return Err(Failure::new(format!(
             "`{}` failed ({})",
-            process::describe(&command),
+            process::describe(command),
             output.status
         )));
     }
-    let field = |key: &str| {
-        json_field(&json, key).ok_or_else(|| {
-            Failure::new(format!(
-                "live-overhead's report has no number `{key}`:\n{json}"
-            ))
-        })
-    };
+    Ok(json)
+}
 
+fn number(json: &str, key: &str) -> Result<f64> {
+    json_field(json, key).ok_or_else(|| {
+        Failure::new(format!(
+            "live-overhead's report has no number `{key}`:\n{json}"
+        ))
+    })
+}
+
+/// The requests/s, latency and ratio table of `setups`.
+fn table(json: &str, setups: &[(&str, &str)]) -> Result<()> {
     println!(
         "  {:<36} {:>11} {:>8} {:>8} {:>10}",
         "", "requests/s", "p50 ms", "p99 ms", "/ detached"
     );
-    for (key, label) in SETUPS {
-        let ratio = match json_field(&json, &format!("{key}_over_detached")) {
+    for (key, label) in setups {
+        let ratio = match json_field(json, &format!("{key}_over_detached")) {
             Some(ratio) => format!("{:.1}%", ratio * 100.0),
             None => String::new(),
         };
         println!(
             "  {:<36} {:>11.0} {:>8.3} {:>8.3} {:>10}",
             label,
-            field(&format!("{key}_requests_per_s"))?,
-            field(&format!("{key}_p50_us"))? / 1000.0,
-            field(&format!("{key}_p99_us"))? / 1000.0,
+            number(json, &format!("{key}_requests_per_s"))?,
+            number(json, &format!("{key}_p50_us"))? / 1000.0,
+            number(json, &format!("{key}_p99_us"))? / 1000.0,
             ratio
         );
     }
+    Ok(())
+}
+
+/// The loss counters, summed, against the goal of zero.
+fn losses(json: &str, keys: &[&str]) -> Result<()> {
+    let mut lost = 0.0;
+    let mut counters = Vec::new();
+    for key in keys {
+        let value = number(json, key)?;
+        lost += value;
+        counters.push(format!("{key} {value}"));
+    }
+    println!(
+        "  kernel loss counters: {}  goal: all zero  {}",
+        counters.join(", "),
+        verdict(lost == 0.0)
+    );
+    Ok(())
+}
+
+/// Runs live-overhead over HTTP (the TC probe), prints its table and goals, writes `live.json`.
+fn http(command: &mut std::process::Command) -> Result<()> {
+    let json = report(command)?;
+    let field = |key: &str| number(&json, key);
+    table(&json, SETUPS)?;
     // `redcap-monitor run` reads the ring every 10 ms (waking per event cost a quarter of the
     // throughput), so the goal is judged on that setup.
     let ratio = field("attached_batched_over_detached")?;
@@ -89,18 +178,7 @@ pub(super) fn run() -> Result<()> {
         GOAL_ATTACHED_OVER_DETACHED * 100.0,
         verdict(ratio >= GOAL_ATTACHED_OVER_DETACHED)
     );
-    let mut lost = 0.0;
-    let mut counters = Vec::new();
-    for key in LOSS_COUNTERS {
-        let value = field(key)?;
-        lost += value;
-        counters.push(format!("{key} {value}"));
-    }
-    println!(
-        "  kernel loss counters: {}  goal: all zero  {}",
-        counters.join(", "),
-        verdict(lost == 0.0)
-    );
+    losses(&json, LOSS_COUNTERS)?;
     let requests = field("pipeline_requests")?;
     let calls = field("pipeline_calls_seen")?;
     println!(

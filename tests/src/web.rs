@@ -1,0 +1,423 @@
+//! Real web servers for the HTTPS tests, in a namespace, plain HTTP on port 80 and HTTPS on 443
+//! with a certificate from a test CA: nginx (Debian's) proxying to the REDCap simulator, and
+//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script.
+//!
+//! uprobes are system-wide and other tests on the machine run nginx too, so each server runs
+//! from a copy of its binary with a unique name ([`Nginx::name`], [`Apache::name`]): the daemon
+//! is told to watch only that process name, and foreign processes cannot add to or take from
+//! what it sees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::command_in;
+
+/// A test CA and a server certificate it signed (for `server_ip` and `localhost`).
+pub struct TestPki {
+    /// The CA certificate: what clients must trust (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`).
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TestPki {
+    /// Creates the CA and the server certificate in `dir` with the `openssl` CLI.
+    pub fn create(dir: &Path, server_ip: &str) -> Result<TestPki> {
+        let pki = TestPki {
+            ca_cert: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+        };
+        let ca_key = dir.join("ca-key.pem");
+        let csr = dir.join("server.csr");
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=IP:{server_ip},DNS:localhost\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
+        )?;
+        let p = |path: &Path| path.to_string_lossy().into_owned();
+        #[rustfmt::skip]
+        let steps: [Vec<String>; 3] = [
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=redcap-monitor test CA", "-keyout", &p(&ca_key), "-out", &p(&pki.ca_cert)]
+                .map(String::from).to_vec(),
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=redcap test server",
+             "-keyout", &p(&pki.server_key), "-out", &p(&csr)]
+                .map(String::from).to_vec(),
+            ["x509", "-req", "-in", &p(&csr), "-CA", &p(&pki.ca_cert), "-CAkey", &p(&ca_key),
+             "-CAcreateserial", "-days", "2", "-extfile", &p(&ext), "-out", &p(&pki.server_cert)]
+                .map(String::from).to_vec(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .context("running openssl (installed by `cargo xtask setup`)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {} failed: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(pki)
+    }
+}
+
+/// nginx under a unique process name: port 80 (HTTP) and 443 (HTTPS) proxy to the simulator.
+pub struct Nginx {
+    name: String,
+    dir: PathBuf,
+    ns: String,
+}
+
+impl Nginx {
+    /// Starts nginx (daemonised, `worker_processes` workers) in namespace `ns`, its files in
+    /// `dir`, proxying to `127.0.0.1:upstream_port`.
+    pub fn start(
+        ns: &str,
+        dir: &Path,
+        upstream_port: u16,
+        pki: &TestPki,
+        worker_processes: u32,
+    ) -> Result<Nginx> {
+        // At most 15 bytes: the kernel's process name field.
+        let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/nginx", &binary)
+            .context("copying /usr/sbin/nginx (installed by `cargo xtask setup`)")?;
+        let d = dir.display();
+        let conf = dir.join("nginx.conf");
+        // Workers run as root: the temp paths live in our 0700 temp dir. No http2: the
+        // monitor parses HTTP/1.1 (curl would pick h2 through ALPN otherwise).
+        std::fs::write(
+            &conf,
+            format!(
+                "user root;\nworker_processes {worker_processes};\nerror_log {d}/nginx-error.log;\n\
+                 pid {d}/nginx.pid;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log {d}/nginx-access.log;\n\
+                 client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
+                 fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n\
+                 scgi_temp_path {d}/nginx-scgi;\n  client_max_body_size 16m;\n\
+                 upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n\
+                 server {{\n    listen 80;\n    listen 443 ssl;\n\
+                 ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                 location / {{\n      proxy_pass http://redcap;\n      proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ),
+        )?;
+        let out = command_in(Some(ns), &binary.to_string_lossy())
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .output()
+            .context("starting nginx")?;
+        if !out.status.success() {
+            bail!(
+                "nginx did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let nginx = Nginx {
+            name,
+            dir: dir.to_owned(),
+            ns: ns.to_owned(),
+        };
+        if !crate::sim::wait_until(Duration::from_secs(10), || {
+            nginx
+                .workers()
+                .is_ok_and(|w| w.len() == worker_processes as usize)
+        }) {
+            bail!("nginx workers did not start within 10 s");
+        }
+        Ok(nginx)
+    }
+
+    /// The process name (the binary copy's file name): what `capture.tls.processes` lists.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn master_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("nginx.pid"))?;
+        text.trim().parse().context("nginx.pid")
+    }
+
+    /// The worker processes' pids (children of the master), sorted.
+    pub fn workers(&self) -> Result<Vec<u32>> {
+        children_of(self.master_pid()?)
+    }
+
+    /// `nginx -s reload` (SIGHUP): new workers replace the old ones. Waits until every old
+    /// worker is gone and as many new ones run.
+    pub fn reload(&self) -> Result<Vec<u32>> {
+        let before = self.workers()?;
+        let master = self.master_pid()?;
+        let status = Command::new("kill")
+            .args(["-HUP", &master.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -HUP {master} failed");
+        }
+        let mut after = Vec::new();
+        let replaced = crate::sim::wait_until(Duration::from_secs(15), || {
+            after = self.workers().unwrap_or_default();
+            after.len() == before.len() && after.iter().all(|p| !before.contains(p))
+        });
+        if !replaced {
+            bail!("nginx reload did not replace workers {before:?} (now {after:?})");
+        }
+        Ok(after)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown: the master takes its workers down with it.
+        if let Ok(master) = self.master_pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &master.to_string()])
+                .status();
+            let _ = crate::sim::wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{master}")).exists()
+            });
+        }
+    }
+}
+
+/// The REDCap-like API script for Apache: answers `content=version`, `record` (JSON rows, as
+/// many as `rows` asks, through PHP's `ob_gzhandler` like REDCap), `file` imports (multipart) and
+/// anything else with a small JSON object; a token that is not 32 hex digits gets a 403.
+const API_PHP: &str = r#"<?php
+$token = $_POST['token'] ?? '';
+if (!preg_match('/^[0-9A-Fa-f]{32}$/', $token)) {
+    http_response_code(403);
+    header('Content-Type: application/json');
+    echo '{"error":"You do not have permissions to use the API"}';
+    exit;
+}
+$content = $_POST['content'] ?? '';
+if ($content === 'version') {
+    header('Content-Type: text/html; charset=utf-8');
+    echo '15.7.6';
+    exit;
+}
+if ($content === 'record') {
+    ob_start('ob_gzhandler');
+    header('Content-Type: application/json; charset=utf-8');
+    $rows = [];
+    $n = intval($_POST['rows'] ?? '10');
+    for ($i = 1; $i <= $n; $i++) {
+        $rows[] = ['record_id' => (string)$i, 'field_1' => str_repeat(chr(97 + $i % 26), 40),
+                   'field_2' => (string)($i * 7919 % 10007)];
+    }
+    echo json_encode($rows);
+    exit;
+}
+if ($content === 'file' && isset($_FILES['file'])) {
+    header('Content-Type: application/json');
+    echo '{"count":' . $_FILES['file']['size'] . '}';
+    exit;
+}
+header('Content-Type: application/json');
+echo '{"ok":true}';
+"#;
+
+/// Apache 2 (Debian's, prefork + mod_ssl + mod_php) under a unique process name: port 80
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script.
+pub struct Apache {
+    name: String,
+    dir: PathBuf,
+    binary: PathBuf,
+    conf: PathBuf,
+}
+
+impl Apache {
+    /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
+    /// subdirectory: the children run as www-data).
+    pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new("/usr/lib/apache2/modules");
+        let php = std::fs::read_dir(modules)
+            .context("/usr/lib/apache2/modules (install apache2: `cargo xtask setup`)")?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libphp") && n.ends_with(".so"))
+            })
+            .context("no libphp*.so (install libapache2-mod-php: `cargo xtask setup`)")?;
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
+        let docroot = dir.join("www");
+        let api = docroot.join("redcap/api");
+        std::fs::create_dir_all(&api)?;
+        std::fs::write(api.join("index.php"), API_PHP)?;
+        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(
+            api.join("index.php"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        let d = dir.display();
+        let m = modules.display();
+        let conf = dir.join("apache.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n\
+                 ErrorLog {d}/apache-error.log\nLogLevel warn\nMutex file:{d}\n\
+                 User www-data\nGroup www-data\n\
+                 LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so\n\
+                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
+                 LoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\n\
+                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                 LoadModule ssl_module {m}/mod_ssl.so\n\
+                 LoadModule php_module {php}\n\
+                 StartServers 2\nMinSpareServers 2\nMaxSpareServers 4\nMaxRequestWorkers 16\n\
+                 KeepAlive On\nListen 80\nListen 443\n\
+                 SSLSessionCache shmcb:{d}/ssl_scache(512000)\n\
+                 DocumentRoot {docroot}\n\
+                 <Directory {docroot}>\n  Require all granted\n</Directory>\n\
+                 <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
+                 <VirtualHost *:443>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
+                 SSLCertificateKeyFile {key}\n</VirtualHost>\n",
+                php = php.display(),
+                docroot = docroot.display(),
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ),
+        )?;
+        let out = command_in(Some(ns), &binary.to_string_lossy())
+            .arg("-f")
+            .arg(&conf)
+            .arg("-k")
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .context("starting apache2")?;
+        if !out.status.success() {
+            bail!(
+                "apache2 did not start ({}): {}{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
+            );
+        }
+        let apache = Apache {
+            name,
+            dir: dir.to_owned(),
+            binary,
+            conf,
+        };
+        if !crate::sim::wait_until(Duration::from_secs(10), || {
+            apache.children().is_ok_and(|c| c.len() >= 2)
+        }) {
+            bail!(
+                "apache2 children did not start within 10 s: {}",
+                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
+            );
+        }
+        Ok(apache)
+    }
+
+    /// The process name: what `capture.tls.processes` lists.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn master_pid(&self) -> Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("apache.pid"))?;
+        text.trim().parse().context("apache.pid")
+    }
+
+    /// The children's pids, sorted.
+    pub fn children(&self) -> Result<Vec<u32>> {
+        children_of(self.master_pid()?)
+    }
+
+    /// A graceful restart (SIGUSR1): the master replaces every child with a new one.
+    pub fn graceful(&self) -> Result<Vec<u32>> {
+        let before = self.children()?;
+        let master = self.master_pid()?;
+        let status = Command::new("kill")
+            .args(["-USR1", &master.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -USR1 {master} failed");
+        }
+        let mut after = Vec::new();
+        let replaced = crate::sim::wait_until(Duration::from_secs(15), || {
+            after = self.children().unwrap_or_default();
+            !after.is_empty() && after.iter().all(|p| !before.contains(p))
+        });
+        if !replaced {
+            bail!("apache2 graceful restart did not replace {before:?} (now {after:?})");
+        }
+        Ok(after)
+    }
+}
+
+impl Drop for Apache {
+    fn drop(&mut self) {
+        if let Ok(master) = self.master_pid() {
+            let _ = Command::new(&self.binary)
+                .arg("-f")
+                .arg(&self.conf)
+                .args(["-k", "stop"])
+                .status();
+            let _ = crate::sim::wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{master}")).exists()
+            });
+        }
+    }
+}
+
+/// The pids whose parent is `parent`, sorted.
+fn children_of(parent: u32) -> Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
