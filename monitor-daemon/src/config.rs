@@ -342,7 +342,27 @@ impl fmt::Display for Duration {
     }
 }
 
-/// A configuration problem, with the key path it concerns.
+/// One thing wrong in a configuration: the key path at fault and what is expected there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `policy.rules[1].limit`.
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: String, message: String) -> Problem {
+        Problem { key, message }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+/// A configuration that cannot be used, with every problem found in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration {path}: {source}")]
@@ -350,6 +370,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not TOML at all; the message carries the line and column.
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {message}")]
@@ -358,7 +379,43 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Keys or values that are wrong, each with its key path (never empty).
+    #[error("{path}: {}", list_problems(problems))]
+    Problems {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
+
+fn list_problems(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let mut text = format!("{} problems:", many.len());
+            for problem in many {
+                text.push_str("\n  ");
+                text.push_str(&problem.to_string());
+            }
+            text
+        }
+    }
+}
+
+/// The top-level sections, in the order the example file has them.
+const SECTIONS: &[&str] = &[
+    "site",
+    "capture",
+    "reassembly",
+    "http",
+    "redcap",
+    "policy",
+    "health",
+    "enforcement",
+    "output",
+    "store",
+    "alerts",
+    "hooks",
+];
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -370,28 +427,63 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates configuration text; `origin` names it in errors.
+    /// Parses and validates configuration text; `origin` names it in errors. Reports every
+    /// problem it can find, sections in alphabetical order: each section is read on its own (a
+    /// wrong key or type stops only its section), then every value is checked.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        let table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Syntax {
             path: origin.to_owned(),
             message: err.to_string(),
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
+        let mut config = Config::default();
+        let mut problems = Vec::new();
+        for (name, value) in table {
+            let p = &mut problems;
+            let known = match name.as_str() {
+                "site" => section(&mut config.site, &name, value, p),
+                "capture" => section(&mut config.capture, &name, value, p),
+                "reassembly" => section(&mut config.reassembly, &name, value, p),
+                "http" => section(&mut config.http, &name, value, p),
+                "redcap" => section(&mut config.redcap, &name, value, p),
+                "policy" => section(&mut config.policy, &name, value, p),
+                "health" => section(&mut config.health, &name, value, p),
+                "enforcement" => section(&mut config.enforcement, &name, value, p),
+                "output" => section(&mut config.output, &name, value, p),
+                "store" => section(&mut config.store, &name, value, p),
+                "alerts" => section(&mut config.alerts, &name, value, p),
+                "hooks" => section(&mut config.hooks, &name, value, p),
+                _ => false,
+            };
+            if !known {
+                problems.push(Problem::new(
+                    name.clone(),
+                    format!("unknown section: expected one of {}", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        // Values are checked only when every section could be read: a section that failed
+        // stands at its defaults, and problems found there would be about text not written.
+        if problems.is_empty() {
+            problems = config.problems();
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Problems {
                 path: origin.to_owned(),
-                key,
-                message,
-            })?;
-        Ok(config)
+                problems,
+            })
+        }
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// Every problem with the values (the types are already right), in file order.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if let Err(err) = crate::redcap::ApiPaths::new(&self.redcap.api_paths) {
-            return Err(("redcap.api_paths".into(), err.to_string()));
+            problems.push(Problem::new("redcap.api_paths".into(), err.to_string()));
         }
         if self.redcap.api_paths.is_empty() {
-            return Err((
+            problems.push(Problem::new(
                 "redcap.api_paths".into(),
                 "is empty: no request would count as an API call".into(),
             ));
@@ -400,19 +492,25 @@ impl Config {
         for (i, rule) in self.policy.rules.iter().enumerate() {
             let key = |field: &str| format!("policy.rules[{i}].{field}");
             if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
-                return Err((
+                problems.push(Problem::new(
                     key("name"),
                     "must be a non-empty name unique among the rules".into(),
                 ));
             }
             if rule.window.span().0 == 0 {
-                return Err((key("window"), "must be longer than zero, e.g. `60s`".into()));
+                problems.push(Problem::new(
+                    key("window"),
+                    "must be longer than zero, e.g. `60s`".into(),
+                ));
             }
         }
         let h = &self.health;
         for (key, span) in [("health.interval", h.interval), ("health.window", h.window)] {
             if span.span().0 == 0 {
-                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+                problems.push(Problem::new(
+                    key.into(),
+                    "must be longer than zero, e.g. `10s`".into(),
+                ));
             }
         }
         for (key, share) in [
@@ -420,40 +518,46 @@ impl Config {
             ("health.baseline_weight", h.baseline_weight),
         ] {
             if !(0.0..=1.0).contains(&share) {
-                return Err((key.into(), "must be a share between 0 and 1".into()));
+                problems.push(Problem::new(
+                    key.into(),
+                    "must be a share between 0 and 1".into(),
+                ));
             }
         }
         let e = &self.enforcement;
         if !(0.0..=1.0).contains(&e.min_load_share) {
-            return Err((
+            problems.push(Problem::new(
                 "enforcement.min_load_share".into(),
                 "must be a share between 0 and 1".into(),
             ));
         }
         if e.suspension_factor < 1.0 || !e.suspension_factor.is_finite() {
-            return Err((
+            problems.push(Problem::new(
                 "enforcement.suspension_factor".into(),
                 "must be at least 1.0".into(),
             ));
         }
         if h.baseline_factor < 1.0 || !h.baseline_factor.is_finite() {
-            return Err((
+            problems.push(Problem::new(
                 "health.baseline_factor".into(),
                 "must be at least 1.0".into(),
             ));
         }
         let ring = self.capture.ring_bytes;
         if !ring.is_power_of_two() || ring < 4096 {
-            return Err((
+            problems.push(Problem::new(
                 "capture.ring_bytes".into(),
                 format!("{ring} is not a power of two of at least 4096 (e.g. 16777216)"),
             ));
         }
         if self.capture.ports.contains(&0) {
-            return Err(("capture.ports".into(), "0 is not a port".into()));
+            problems.push(Problem::new(
+                "capture.ports".into(),
+                "0 is not a port".into(),
+            ));
         }
         if self.output.stats_interval.span().0 == 0 {
-            return Err((
+            problems.push(Problem::new(
                 "output.stats_interval".into(),
                 "must be longer than zero, e.g. `60s`".into(),
             ));
@@ -476,22 +580,51 @@ impl Config {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err((key.into(), "must be at least 1".into()));
+                problems.push(Problem::new(key.into(), "must be at least 1".into()));
             }
         }
         if self.store.audit_retention.span().0 == 0 {
-            return Err((
+            problems.push(Problem::new(
                 "store.audit_retention".into(),
                 "must be longer than zero, e.g. `90d`".into(),
             ));
         }
         if self.store.max_outbox == 0 {
-            return Err(("store.max_outbox".into(), "must be at least 1".into()));
+            problems.push(Problem::new(
+                "store.max_outbox".into(),
+                "must be at least 1".into(),
+            ));
         }
-        self.alerts.validate()?;
-        self.hooks.validate()?;
-        Ok(())
+        self.alerts.check(&mut problems);
+        self.hooks.check(&mut problems);
+        problems
     }
+}
+
+/// Reads one section into `slot`; on error records it with its full key path and returns true
+/// (the section is known either way).
+fn section<T: serde::de::DeserializeOwned>(
+    slot: &mut T,
+    name: &str,
+    value: toml::Value,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(read) => *slot = read,
+        Err(err) => {
+            let path = err.path().to_string();
+            let key = if path == "." {
+                name.to_owned()
+            } else {
+                format!("{name}.{path}")
+            };
+            // toml appends "in `key`" lines; the key path already says where.
+            let message = err.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().to_owned();
+            problems.push(Problem::new(key, message));
+        }
+    }
+    true
 }
 
 /// Alert webhooks to the admin team.
@@ -597,7 +730,7 @@ impl fmt::Debug for WebhookUrl {
 }
 
 impl AlertsConfig {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self, problems: &mut Vec<Problem>) {
         let positive = [
             ("alerts.max_attempts", self.max_attempts as usize),
             ("alerts.max_queued", self.max_queued),
@@ -609,11 +742,11 @@ impl AlertsConfig {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err((key.into(), "must be more than zero".into()));
+                problems.push(Problem::new(key.into(), "must be more than zero".into()));
             }
         }
         if self.backoff_cap.span() < self.backoff_base.span() {
-            return Err((
+            problems.push(Problem::new(
                 "alerts.backoff_cap".into(),
                 "must be at least alerts.backoff_base".into(),
             ));
@@ -622,21 +755,23 @@ impl AlertsConfig {
         for (i, sink) in self.sinks.iter().enumerate() {
             let key = |field: &str| format!("alerts.sinks[{i}].{field}");
             if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
-                return Err((
+                problems.push(Problem::new(
                     key("name"),
                     "must be a non-empty name unique among the sinks".into(),
                 ));
             }
-            sink.url.check().map_err(|message| (key("url"), message))?;
+            if let Err(message) = sink.url.check() {
+                problems.push(Problem::new(key("url"), message));
+            }
             match (sink.kind, &sink.secret_file) {
                 (SinkKind::Generic, None) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("secret_file"),
                         "is required for a generic sink: a file holding `whsec_<base64>`".into(),
                     ));
                 }
                 (SinkKind::Slack | SinkKind::Teams, Some(_)) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("secret_file"),
                         "applies only to generic sinks (Slack and Teams URLs carry their own secret)"
                             .into(),
@@ -645,13 +780,12 @@ impl AlertsConfig {
                 _ => {}
             }
             if sink.events.is_empty() {
-                return Err((
+                problems.push(Problem::new(
                     key("events"),
                     "is empty: leave it out to receive every alert".into(),
                 ));
             }
         }
-        Ok(())
     }
 }
 
@@ -703,19 +837,19 @@ impl HookConfig {
 }
 
 impl HooksConfig {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self, problems: &mut Vec<Problem>) {
         for (list, hooks) in [("suspend", &self.suspend), ("lift", &self.lift)] {
             let mut names = std::collections::HashSet::new();
             for (i, hook) in hooks.iter().enumerate() {
                 let key = |field: &str| format!("hooks.{list}[{i}].{field}");
                 if hook.name.is_empty() || !names.insert(hook.name.as_str()) {
-                    return Err((
+                    problems.push(Problem::new(
                         key("name"),
                         format!("must be a non-empty name unique among hooks.{list}"),
                     ));
                 }
                 if hook.timeout.span().0 == 0 {
-                    return Err((
+                    problems.push(Problem::new(
                         key("timeout"),
                         "must be longer than zero, e.g. `30s`".into(),
                     ));
@@ -725,33 +859,44 @@ impl HooksConfig {
                         match &hook.program {
                             Some(p) if p.is_absolute() => {}
                             _ => {
-                                return Err((
+                                problems.push(Problem::new(
                                     key("program"),
                                     "an exec hook needs the absolute path of a program".into(),
                                 ));
                             }
                         }
                         if hook.url.is_some() {
-                            return Err((key("url"), "applies only to http hooks".into()));
+                            problems.push(Problem::new(
+                                key("url"),
+                                "applies only to http hooks".into(),
+                            ));
                         }
                         for (j, arg) in hook.args.iter().enumerate() {
-                            crate::hooks::check_template(arg)
-                                .map_err(|message| (key(&format!("args[{j}]")), message))?;
+                            if let Err(message) = crate::hooks::check_template(arg) {
+                                problems.push(Problem::new(key(&format!("args[{j}]")), message));
+                            }
                         }
                     }
                     HookKind::Http => {
-                        let url = hook.url.as_ref().ok_or_else(|| {
-                            (key("url"), "an http hook needs a url to POST to".into())
-                        })?;
-                        url.check().map_err(|message| (key("url"), message))?;
+                        match &hook.url {
+                            None => problems.push(Problem::new(
+                                key("url"),
+                                "an http hook needs a url to POST to".into(),
+                            )),
+                            Some(url) => {
+                                if let Err(message) = url.check() {
+                                    problems.push(Problem::new(key("url"), message));
+                                }
+                            }
+                        }
                         if hook.program.is_some() || !hook.args.is_empty() {
-                            return Err((
+                            problems.push(Problem::new(
                                 key("program"),
                                 "program and args apply only to exec hooks".into(),
                             ));
                         }
                         if hook.pass_raw_token {
-                            return Err((
+                            problems.push(Problem::new(
                                 key("pass_raw_token"),
                                 "applies only to exec hooks: the raw token is only ever written \
                                  to a program's stdin"
@@ -762,7 +907,6 @@ impl HooksConfig {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -841,6 +985,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("reassembly.max_connections"), "{err}");
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(ConfigError::Problems { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_wrong_section_is_reported_with_the_full_key_path() {
+        let found = problems(
+            "[capture]\nmode = \"xdp\"\n\
+             [[policy.rules]]\nname = \"a\"\nlimit = 1\nwindow = \"1m\"\n\
+             [[policy.rules]]\nname = \"b\"\nlimit = \"ten\"\nwindow = \"1m\"\n\
+             [output]\ncall = \"-\"\n\
+             [polcy]\nx = 1\n\
+             [health]\nwindow = \"5\"\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "capture.mode",
+                "health.window",
+                "output.call",
+                "polcy",
+                "policy.rules[1].limit"
+            ],
+            "{found:#?}"
+        );
+        let text = |key: &str| &found.iter().find(|p| p.key == key).unwrap().message;
+        assert_eq!(
+            text("capture.mode"),
+            "unknown variant `xdp`, expected one of `auto`, `ebpf`, `pcap`"
+        );
+        assert!(text("health.window").contains("no unit"), "{found:#?}");
+        assert!(text("output.call").contains("`calls`"), "{found:#?}");
+        assert!(
+            text("policy.rules[1].limit").contains("\"ten\", expected u32"),
+            "{found:#?}"
+        );
+        assert!(text("polcy").contains("policy"), "{found:#?}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_not_just_the_first() {
+        let found = problems(
+            "[capture]\nring_bytes = 5000\n\
+             [[policy.rules]]\nname = \"a\"\nlimit = 1\nwindow = \"0s\"\n\
+             [health]\nbaseline_weight = 2.0\n\
+             [[hooks.suspend]]\nname = \"h\"\nkind = \"exec\"\nprogram = \"relative\"\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "policy.rules[0].window",
+                "health.baseline_weight",
+                "capture.ring_bytes",
+                "hooks.suspend[0].program"
+            ],
+            "{found:#?}"
+        );
+        let shown = parse("[capture]\nring_bytes = 5000\n[health]\nbaseline_weight = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.starts_with("test.toml: 2 problems:\n  `health.baseline_weight`: "),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
+pub mod preflight;
 pub mod reassembly;
 pub mod redcap;
 pub mod run;
