@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// Where the site's secrets live.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SiteConfig {
     /// Key for token fingerprints; created (32 random bytes, mode 0600) if absent.
@@ -45,7 +45,7 @@ impl Default for SiteConfig {
 }
 
 /// Where packets come from when the daemon runs live, and which of them matter.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// How `run` captures: the eBPF probe, libpcap, or the probe with libpcap as fallback.
@@ -88,7 +88,7 @@ pub enum CaptureMode {
 }
 
 /// Where the live daemon writes its records and counters.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// Call records (JSONL, appended); `-` for stdout; absent for none.
@@ -115,7 +115,7 @@ impl Default for OutputConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReassemblyConfig {
     pub max_connections: usize,
@@ -135,7 +135,7 @@ impl Default for ReassemblyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub max_head_bytes: usize,
@@ -157,7 +157,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedcapConfig {
     /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
@@ -271,7 +271,7 @@ pub enum CallClass {
 }
 
 /// The durable state: suspensions, audit log, alert outbox, tokens first/last seen.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store file; its directory is created with mode 0700 and the file with 0600.
@@ -474,6 +474,28 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// The keys that differ between `self` (running) and `new` and cannot change while `run`
+    /// runs: they shape the capture, the stages' buffers, the fingerprints or the store. Empty
+    /// when everything that changed can be applied live.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.capture, &new.capture);
+        [
+            ("capture.mode", a.mode != b.mode),
+            ("capture.interfaces", a.interfaces != b.interfaces),
+            ("capture.ports", a.ports != b.ports),
+            ("capture.ring_bytes", a.ring_bytes != b.ring_bytes),
+            ("capture.tc_attach", a.tc_attach != b.tc_attach),
+            ("site", self.site != new.site),
+            ("reassembly", self.reassembly != new.reassembly),
+            ("http", self.http != new.http),
+            ("redcap", self.redcap != new.redcap),
+            ("store", self.store != new.store),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// Every problem with the values (the types are already right), in file order.

@@ -13,6 +13,7 @@ pub mod health;
 pub mod hooks;
 pub mod http;
 pub mod model;
+pub mod notify;
 pub mod output;
 pub mod pipeline;
 pub mod policy;

@@ -235,12 +235,16 @@ fn fingerprint_stdin(key: &SiteKey) -> ExitCode {
     status
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+/// Logs to stderr; `RUST_LOG` overrides the default level (info). Colours only on a terminal
+/// (journald and log files get plain text), never with `NO_COLOR` set.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(io::stderr)
         .init();
 }

@@ -3,7 +3,9 @@
 //! The live edge: chooses the capture source (the eBPF probe, or libpcap), reads it with tokio,
 //! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
-//! Nothing is pinned: the probe's links go with the process.
+//! SIGHUP re-reads the configuration and applies it whole or not at all ([`apply_config`]).
+//! Tells systemd (`Type=notify`) when it is ready, alive, reloading and stopping. Nothing is
+//! pinned: the probe's links go with the process.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -14,12 +16,13 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, interval, interval_at};
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
 use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::model::Timestamp;
+use crate::notify::Notifier;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::Pipeline;
 use crate::policy::Verdict;
@@ -33,6 +36,8 @@ const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 const PCAP_CHANNEL_FRAMES: usize = 8192;
 /// Most frames handled per wake-up, so that ticks and signals are not starved under load.
 const PCAP_BATCH: usize = 1024;
+/// How often systemd's `STATUS=` line is refreshed (when it changed).
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -108,18 +113,29 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut records = Records::open(config)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut notifier = Notifier::from_env();
     let mut source = open_source(config)?;
+    // The configuration in force: replaced as a whole by a reload.
+    let mut current = config.clone();
+    notifier.ready(&status_line(&source, &current, &pipeline));
+    if let Some(every) = notifier.watchdog_interval() {
+        tracing::info!(
+            ping_every_ms = every.as_millis() as u64,
+            "systemd watchdog on: pinging from the live loop"
+        );
+    }
 
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let every = Duration::from_nanos(config.output.stats_interval.span().0);
-    let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
-    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stats_tick = stats_interval(&current);
+    let mut next_status = std::time::Instant::now() + STATUS_INTERVAL;
 
     loop {
         let event = tokio::select! {
             _ = interrupt.recv() => Event::Stop("SIGINT"),
             _ = terminate.recv() => Event::Stop("SIGTERM"),
+            _ = hangup.recv() => Event::Reload,
             ready = source.wait() => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
@@ -127,7 +143,17 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         match event {
             Event::Stop(signal) => {
                 tracing::info!(signal, "stopping: finishing open calls");
+                notifier.stopping();
                 break;
+            }
+            Event::Reload => {
+                notifier.reloading();
+                records.flush()?;
+                if let Some(new) = reload(origin, config, &mut records) {
+                    apply_config(&new, &mut pipeline, &mut stats_tick);
+                    current = new;
+                }
+                notifier.ready(&status_line(&source, &current, &pipeline));
             }
             Event::KernelReadable(Err(source)) => {
                 return Err(RunError::Io {
@@ -147,6 +173,14 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 source.drain(&mut pipeline, &mut records);
                 pipeline.tick(wall_clock(), &mut |v| records.write(&v));
                 records.flush()?;
+                // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
+                // the loop runs.
+                let now = std::time::Instant::now();
+                notifier.heartbeat(now);
+                if now >= next_status {
+                    next_status = now + STATUS_INTERVAL;
+                    notifier.status(&status_line(&source, &current, &pipeline));
+                }
             }
             Event::Stats => {
                 let stats = counters(&source, &pipeline, &records);
@@ -169,8 +203,93 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     Ok(())
 }
 
+fn stats_interval(config: &Config) -> Interval {
+    let every = Duration::from_nanos(config.output.stats_interval.span().0);
+    let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
+    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    stats_tick
+}
+
+/// SIGHUP: reads the file again and prepares everything that can fail (validation, opening the
+/// outputs). Returns the new configuration to apply, or `None` (logged, with every problem)
+/// when the running one stays in force. The record outputs are reopened (new paths, or the same
+/// paths after logrotate moved the files) and swapped in only on success.
+/// `started` is the configuration the process started with: keys that apply only at start are
+/// compared with it.
+fn reload(origin: &Path, started: &Config, records: &mut Records) -> Option<Config> {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::error!(
+            file = %origin.display(),
+            "reload refused, the running configuration stays in force: {why}. Fix the file \
+             (`redcap-monitor check-config {}` lists every problem) and reload again",
+            origin.display()
+        );
+    };
+    let new = match Config::load(origin) {
+        Ok(new) => new,
+        Err(err) => {
+            refused(&single_line(&err));
+            return None;
+        }
+    };
+    match Records::open(&new) {
+        Ok(reopened) => records.replace_outputs(reopened),
+        Err(err) => {
+            refused(&err);
+            return None;
+        }
+    }
+    let restart = started.restart_needed(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            keys = %restart.join(", "),
+            "these keys differ from the configuration the daemon started with and apply only \
+             at the next start: restart the service (systemctl restart redcap-monitor) to use them"
+        );
+    }
+    tracing::info!(
+        file = %origin.display(),
+        rules = %new.policy.rules.iter().map(|r| format!("{}<={}/{}", r.name, r.limit, r.window)).collect::<Vec<_>>().join(" "),
+        "configuration reloaded: rules, heavy thresholds, health, enforcement and outputs applied; \
+         token windows and suspensions kept"
+    );
+    Some(new)
+}
+
+/// The one place where a new configuration takes effect in the running daemon, after
+/// [`reload`] accepted it. Everything here is infallible, so a reload applies whole.
+/// Components that act on decisions (hooks, alerts) take their part here too, e.g.
+/// `actions.reconfigure(new)`.
+fn apply_config(new: &Config, pipeline: &mut Pipeline, stats_tick: &mut Interval) {
+    pipeline.reconfigure(new);
+    *stats_tick = stats_interval(new);
+}
+
+/// A config error on one line (a log line), every problem kept.
+fn single_line(err: &ConfigError) -> String {
+    err.to_string().replace("\n  ", " | ").replace('\n', " ")
+}
+
+/// One line for `systemctl status`: capture, interfaces, calls, violations, health.
+fn status_line(source: &Source, config: &Config, pipeline: &Pipeline) -> String {
+    let policy = pipeline.stats().policy;
+    format!(
+        "{} on {}: {} calls, {} violations, server {}",
+        source.mode(),
+        config.capture.interfaces.join(","),
+        policy.calls,
+        policy.violations,
+        if pipeline.health().is_degraded() {
+            "DEGRADED"
+        } else {
+            "responsive"
+        }
+    )
+}
+
 enum Event {
     Stop(&'static str),
+    Reload,
     KernelReadable(io::Result<()>),
     Frame(Option<OwnedFrame>),
     Tick,
@@ -422,6 +541,14 @@ impl Records {
         }
     }
 
+    /// Takes `reopened`'s outputs (a reload); the counts carry on. Call after a flush.
+    fn replace_outputs(&mut self, reopened: Records) {
+        self.calls = reopened.calls;
+        self.violations = reopened.violations;
+        self.decisions = reopened.decisions;
+        self.stats = reopened.stats;
+    }
+
     fn check(&mut self) -> Result<(), RunError> {
         self.error.take().map_or(Ok(()), Err)
     }
@@ -493,7 +620,7 @@ fn wall_clock() -> Timestamp {
 
 fn signal_error(source: io::Error) -> RunError {
     RunError::Io {
-        what: "installing the SIGINT/SIGTERM handlers",
+        what: "installing the SIGINT/SIGTERM/SIGHUP handlers",
         source,
     }
 }
