@@ -166,9 +166,11 @@ mod tests {
 
     fn received(socket: &UnixDatagram) -> Vec<String> {
         let mut buf = [0u8; 4096];
-        std::iter::from_fn(|| socket.recv(&mut buf).ok())
-            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
-            .collect()
+        std::iter::from_fn(|| {
+            let n = socket.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .collect()
     }
 
     #[test]
