@@ -228,3 +228,76 @@ fn systemd_hears_ready_after_the_probe_is_attached_then_watchdog_status_reloadin
     });
     assert!(status.success(), "{status}: {log}");
 }
+
+/// A root directory for `systemd-analyze --root`: the system's units, the daemon at
+/// /usr/bin/redcap-monitor, kill, and the project's unit in /etc/systemd/system.
+fn offline_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["usr/bin", "bin", "etc/systemd/system", "lib/systemd"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::copy(
+        monitor_tests::daemon::monitor_bin().unwrap(),
+        r.join("usr/bin/redcap-monitor"),
+    )
+    .unwrap();
+    std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .args(["-r", "/lib/systemd/system"])
+        .arg(r.join("lib/systemd/"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::copy(
+        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
+        r.join("etc/systemd/system/redcap-monitor.service"),
+    )
+    .unwrap();
+    root
+}
+
+fn systemd_analyze(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("systemd-analyze")
+        .args(args)
+        .arg(format!("--root={}", root.display()))
+        .arg("redcap-monitor.service")
+        .output()
+        .expect("systemd-analyze (package systemd, installed by `cargo xtask setup`)")
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
+    let root = offline_root();
+    let out = systemd_analyze(root.path(), &["verify", "--man=no"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify exits 0 on unknown keys too, with a line saying it ignores them: none allowed.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn the_units_security_exposure_is_the_one_the_readme_records() {
+    let root = offline_root();
+    let out = systemd_analyze(root.path(), &["security", "--offline=yes", "--no-pager"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for redcap-monitor.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    let score: f64 = level.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(score <= 3.0, "hardening regressed: {level}");
+    let readme =
+        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    let recorded = format!("exposure level {score:.1}");
+    assert!(
+        readme.contains(&recorded),
+        "README should say `{recorded}` (systemd-analyze security says {level})"
+    );
+}
