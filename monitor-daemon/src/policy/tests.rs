@@ -261,11 +261,13 @@ fn a_reload_judges_the_next_call_by_the_new_limit_with_the_calls_already_counted
 fn a_reload_starts_renamed_or_reclassed_rules_empty_and_drops_removed_ones() {
     let mut policy = Policy::new(&PolicyConfig::default());
     run(&mut policy, (0..3).map(|i| call(1, 1000 + i)).collect());
-    let mut changed = PolicyConfig::default();
-    changed.rules = vec![
-        rule("burst", CallClass::All, 1, 60),
-        rule("api_calls", CallClass::Heavy, 1, 60),
-    ];
+    let changed = PolicyConfig {
+        rules: vec![
+            rule("burst", CallClass::All, 1, 60),
+            rule("api_calls", CallClass::Heavy, 1, 60),
+        ],
+        ..PolicyConfig::default()
+    };
     policy.reconfigure(&changed);
     let after = run(&mut policy, vec![call(1, 1003), call(1, 1004)]);
     // `burst` is new: it counts from the reload on. `api_calls` now counts heavy calls only,
