@@ -301,3 +301,90 @@ fn the_units_security_exposure_is_the_one_the_readme_records() {
         "README should say `{recorded}` (systemd-analyze security says {level})"
     );
 }
+
+/// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("the unit grants ambient capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// Runs `run` in `mode` on loopback as `nobody` holding exactly `caps` (ambient, inheritable
+/// and bounding, as systemd sets them for `User=` with `AmbientCapabilities=`). Returns whether
+/// it started capturing, and its log.
+fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18085]\n\
+             [site]\nkey_file = \"{}/site.key\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("log");
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--bounding-set=-all,{list}"))
+        .arg(format!("--inh-caps=-all,{list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(monitor_tests::daemon::monitor_bin().unwrap())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let started = wait_until(Duration::from_secs(15), || {
+        log().contains("capturing with") || child.try_wait().unwrap().is_some()
+    }) && log().contains("capturing with");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    if started {
+        assert!(status.success(), "{status}: {}", log());
+    }
+    (started, log())
+}
+
+#[test]
+fn the_units_capabilities_let_an_unprivileged_user_capture_in_each_mode_and_each_is_needed() {
+    if !monitor_tests::require_root("capabilities of the unit") {
+        return;
+    }
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin", "net_raw"]);
+    let (started, log) = run_as_nobody(&caps, "ebpf");
+    assert!(
+        started && log.contains("capturing with the eBPF probe"),
+        "{log}"
+    );
+    let (started, log) = run_as_nobody(&caps, "pcap");
+    assert!(started && log.contains("capturing with libpcap"), "{log}");
+    // Only what a mode needs: without any one of its capabilities it cannot capture.
+    for (mode, needed) in [
+        ("ebpf", "bpf"),
+        ("ebpf", "perfmon"),
+        ("ebpf", "net_admin"),
+        ("pcap", "net_raw"),
+    ] {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != needed).cloned().collect();
+        let (started, log) = run_as_nobody(&fewer, mode);
+        assert!(!started, "{mode} captured without CAP_{needed}: {log}");
+    }
+}
