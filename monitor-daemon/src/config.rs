@@ -401,22 +401,6 @@ fn list_problems(problems: &[Problem]) -> String {
     }
 }
 
-/// The top-level sections, in the order the example file has them.
-const SECTIONS: &[&str] = &[
-    "site",
-    "capture",
-    "reassembly",
-    "http",
-    "redcap",
-    "policy",
-    "health",
-    "enforcement",
-    "output",
-    "store",
-    "alerts",
-    "hooks",
-];
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -428,52 +412,36 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `origin` names it in errors. Reports every
-    /// problem it can find, sections in alphabetical order: each section is read on its own (a
-    /// wrong key or type stops only its section), then every value is checked.
+    /// problem it can find, sections in alphabetical order: each top-level section is read on
+    /// its own (a wrong key or type stops only its section), then, once all could be read, every
+    /// value is checked.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Syntax {
             path: origin.to_owned(),
             message: err.to_string(),
         })?;
-        let mut config = Config::default();
         let mut problems = Vec::new();
-        for (name, value) in table {
-            let p = &mut problems;
-            let known = match name.as_str() {
-                "site" => section(&mut config.site, &name, value, p),
-                "capture" => section(&mut config.capture, &name, value, p),
-                "reassembly" => section(&mut config.reassembly, &name, value, p),
-                "http" => section(&mut config.http, &name, value, p),
-                "redcap" => section(&mut config.redcap, &name, value, p),
-                "policy" => section(&mut config.policy, &name, value, p),
-                "health" => section(&mut config.health, &name, value, p),
-                "enforcement" => section(&mut config.enforcement, &name, value, p),
-                "output" => section(&mut config.output, &name, value, p),
-                "store" => section(&mut config.store, &name, value, p),
-                "alerts" => section(&mut config.alerts, &name, value, p),
-                "hooks" => section(&mut config.hooks, &name, value, p),
-                _ => false,
-            };
-            if !known {
-                problems.push(Problem::new(
-                    name.clone(),
-                    format!("unknown section: expected one of {}", SECTIONS.join(", ")),
-                ));
+        for (name, value) in &table {
+            // A table holding only this section, read as a whole configuration: the other
+            // sections stand at their defaults, and an unknown section is an unknown field.
+            let alone = toml::Table::from_iter([(name.clone(), value.clone())]);
+            if let Err(problem) = read::<Config>(toml::Value::Table(alone)) {
+                problems.push(problem);
             }
         }
-        // Values are checked only when every section could be read: a section that failed
-        // stands at its defaults, and problems found there would be about text not written.
-        if problems.is_empty() {
-            problems = config.problems();
-        }
-        if problems.is_empty() {
-            Ok(config)
+        let config = if problems.is_empty() {
+            read::<Config>(toml::Value::Table(table)).map_err(|problem| vec![problem])
         } else {
-            Err(ConfigError::Problems {
-                path: origin.to_owned(),
-                problems,
-            })
+            Err(problems)
         }
+        .and_then(|config| match config.problems() {
+            found if found.is_empty() => Ok(config),
+            found => Err(found),
+        });
+        config.map_err(|problems| ConfigError::Problems {
+            path: origin.to_owned(),
+            problems,
+        })
     }
 
     /// The keys that differ between `self` (running) and `new` and cannot change while `run`
@@ -623,30 +591,15 @@ impl Config {
     }
 }
 
-/// Reads one section into `slot`; on error records it with its full key path and returns true
-/// (the section is known either way).
-fn section<T: serde::de::DeserializeOwned>(
-    slot: &mut T,
-    name: &str,
-    value: toml::Value,
-    problems: &mut Vec<Problem>,
-) -> bool {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(read) => *slot = read,
-        Err(err) => {
-            let path = err.path().to_string();
-            let key = if path == "." {
-                name.to_owned()
-            } else {
-                format!("{name}.{path}")
-            };
-            // toml appends "in `key`" lines; the key path already says where.
-            let message = err.into_inner().to_string();
-            let message = message.lines().next().unwrap_or_default().to_owned();
-            problems.push(Problem::new(key, message));
-        }
-    }
-    true
+/// Reads `value` as a `T`; an error carries its full key path (`policy.rules[1].limit`).
+fn read<T: serde::de::DeserializeOwned>(value: toml::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+        let key = err.path().to_string();
+        // toml appends "in `key`" lines; the key path already says where.
+        let message = err.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        Problem::new(key, message)
+    })
 }
 
 /// Alert webhooks to the admin team.
@@ -1049,7 +1002,10 @@ mod tests {
             text("policy.rules[1].limit").contains("\"ten\", expected u32"),
             "{found:#?}"
         );
-        assert!(text("polcy").contains("policy"), "{found:#?}");
+        assert!(
+            text("polcy").starts_with("unknown field `polcy`, expected one of `site`"),
+            "{found:#?}"
+        );
     }
 
     #[test]
