@@ -336,3 +336,26 @@ impl Drop for LiveDaemon {
         }
     }
 }
+
+/// Configuration text that turns off the daemon's metrics and admin listener (`[api]`, which binds
+/// a fixed default port), so that tests running daemons side by side do not compete for it; empty
+/// for a daemon without that listener. Asked of the daemon itself (`check-config`), once.
+pub fn without_api_listener() -> &'static str {
+    static TEXT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    const OFF: &str = "[api]\nenabled = false\n";
+    TEXT.get_or_init(|| {
+        let Ok(dir) = tempfile::tempdir() else {
+            return "";
+        };
+        let probe = dir.path().join("api.toml");
+        let known = std::fs::write(&probe, OFF).is_ok()
+            && monitor_bin().is_ok_and(|bin| {
+                Command::new(bin)
+                    .arg("check-config")
+                    .arg(&probe)
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            });
+        if known { OFF } else { "" }
+    })
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use monitor_tests::clients::curl_in;
-use monitor_tests::daemon::LiveDaemon;
+use monitor_tests::daemon::{LiveDaemon, without_api_listener};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
@@ -47,10 +47,11 @@ fn sighup_applies_a_tightened_rule_to_the_calls_already_counted_and_refuses_an_i
         let text = format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [{PORT}]\n{extra}\n\
              [output]\ncalls = \"{}\"\nviolations = \"{}\"\n\
-             [[policy.rules]]\nname = \"api_calls\"\nlimit = {limit}\nwindow = \"10m\"\n",
+             [[policy.rules]]\nname = \"api_calls\"\nlimit = {limit}\nwindow = \"10m\"\n{}",
             pair.server_if,
             calls.display(),
-            violations.display()
+            violations.display(),
+            without_api_listener()
         );
         std::fs::write(&config, text).unwrap();
     };
@@ -169,7 +170,10 @@ fn systemd_hears_ready_after_the_probe_is_attached_then_watchdog_status_reloadin
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[capture]\nmode = \"ebpf\"\ninterfaces = [\"lo\"]\nports = [18083]\n",
+        format!(
+            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"lo\"]\nports = [18083]\n{}",
+            without_api_listener()
+        ),
     )
     .unwrap();
     let socket_env = socket_path.to_string_lossy().into_owned();
@@ -330,8 +334,9 @@ fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
         &config,
         format!(
             "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18085]\n\
-             [site]\nkey_file = \"{}/site.key\"\n",
-            dir.path().display()
+             [site]\nkey_file = \"{}/site.key\"\n{}",
+            dir.path().display(),
+            without_api_listener()
         ),
     )
     .unwrap();
