@@ -57,10 +57,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `target/dist/share/`: a README and a copy of each of [`SHARED_DIRS`] that exists.
+/// `<workspace>/target/dist/share/`: a README and a copy of each of [`SHARED_DIRS`] that exists.
 fn stage_shared_files() -> Result<()> {
     let root = process::workspace_root();
-    let stage = process::target_dir().join("dist").join("share");
+    // Where the package metadata's asset glob looks, whatever CARGO_TARGET_DIR says.
+    let stage = root.join("target").join("dist").join("share");
     let io = |what: &str, path: &Path, err: std::io::Error| {
         Failure::new(format!("{what} {}: {err}", path.display()))
     };
