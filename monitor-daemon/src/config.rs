@@ -30,7 +30,7 @@ pub struct Config {
 }
 
 /// Where the site's secrets live.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SiteConfig {
     /// Key for token fingerprints; created (32 random bytes, mode 0600) if absent.
@@ -46,7 +46,7 @@ impl Default for SiteConfig {
 }
 
 /// Where packets come from when the daemon runs live, and which of them matter.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// How `run` captures: the eBPF probe, libpcap, or the probe with libpcap as fallback.
@@ -66,7 +66,7 @@ pub struct CaptureConfig {
 }
 
 /// `[capture.tls]`: which processes' OpenSSL the uprobes watch.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsCaptureConfig {
     /// Capture HTTPS too (with `mode = "ebpf"` or `"auto"`); `mode = "tls"` implies it.
@@ -129,7 +129,7 @@ pub enum CaptureMode {
 }
 
 /// Where the live daemon writes its records and counters.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// Call records (JSONL, appended); `-` for stdout; absent for none.
@@ -156,7 +156,7 @@ impl Default for OutputConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReassemblyConfig {
     pub max_connections: usize,
@@ -176,7 +176,7 @@ impl Default for ReassemblyConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub max_head_bytes: usize,
@@ -198,7 +198,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedcapConfig {
     /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
@@ -342,7 +342,7 @@ pub enum CallClass {
 }
 
 /// The durable state: suspensions, audit log, alert outbox, tokens first/last seen.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store file; its directory is created with mode 0700 and the file with 0600.
@@ -413,7 +413,27 @@ impl fmt::Display for Duration {
     }
 }
 
-/// A configuration problem, with the key path it concerns.
+/// One thing wrong in a configuration: the key path at fault and what is expected there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// e.g. `policy.rules[1].limit`.
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: String, message: String) -> Problem {
+        Problem { key, message }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+/// A configuration that cannot be used, with every problem found in it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration {path}: {source}")]
@@ -421,6 +441,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not TOML at all; the message carries the line and column.
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {message}")]
@@ -429,6 +450,26 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Keys or values that are wrong, each with its key path (never empty).
+    #[error("{path}: {}", list_problems(problems))]
+    Problems {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list_problems(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => {
+            let mut text = format!("{} problems:", many.len());
+            for problem in many {
+                text.push_str("\n  ");
+                text.push_str(&problem.to_string());
+            }
+            text
+        }
+    }
 }
 
 impl Config {
@@ -441,28 +482,71 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Parses and validates configuration text; `origin` names it in errors.
+    /// Parses and validates configuration text; `origin` names it in errors. Reports every
+    /// problem it can find, sections in alphabetical order: each top-level section is read on
+    /// its own (a wrong key or type stops only its section), then, once all could be read, every
+    /// value is checked.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        let table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Syntax {
             path: origin.to_owned(),
             message: err.to_string(),
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: origin.to_owned(),
-                key,
-                message,
-            })?;
-        Ok(config)
+        let mut problems = Vec::new();
+        for (name, value) in &table {
+            // A table holding only this section, read as a whole configuration: the other
+            // sections stand at their defaults, and an unknown section is an unknown field.
+            let alone = toml::Table::from_iter([(name.clone(), value.clone())]);
+            if let Err(problem) = read::<Config>(toml::Value::Table(alone)) {
+                problems.push(problem);
+            }
+        }
+        let config = if problems.is_empty() {
+            read::<Config>(toml::Value::Table(table)).map_err(|problem| vec![problem])
+        } else {
+            Err(problems)
+        }
+        .and_then(|config| match config.problems() {
+            found if found.is_empty() => Ok(config),
+            found => Err(found),
+        });
+        config.map_err(|problems| ConfigError::Problems {
+            path: origin.to_owned(),
+            problems,
+        })
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    /// The keys that differ between `self` (running) and `new` and cannot change while `run`
+    /// runs: they shape the capture, the stages' buffers, the fingerprints or the store. Empty
+    /// when everything that changed can be applied live.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.capture, &new.capture);
+        [
+            ("capture.mode", a.mode != b.mode),
+            ("capture.interfaces", a.interfaces != b.interfaces),
+            ("capture.ports", a.ports != b.ports),
+            ("capture.ring_bytes", a.ring_bytes != b.ring_bytes),
+            ("capture.tc_attach", a.tc_attach != b.tc_attach),
+            ("site", self.site != new.site),
+            ("reassembly", self.reassembly != new.reassembly),
+            ("http", self.http != new.http),
+            ("redcap", self.redcap != new.redcap),
+            ("store", self.store != new.store),
+            ("api", self.api != new.api),
+            ("capture.tls", a.tls != b.tls),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// Every problem with the values (the types are already right), in file order.
+    fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
         if let Err(err) = crate::redcap::ApiPaths::new(&self.redcap.api_paths) {
-            return Err(("redcap.api_paths".into(), err.to_string()));
+            problems.push(Problem::new("redcap.api_paths".into(), err.to_string()));
         }
         if self.redcap.api_paths.is_empty() {
-            return Err((
+            problems.push(Problem::new(
                 "redcap.api_paths".into(),
                 "is empty: no request would count as an API call".into(),
             ));
@@ -471,13 +555,16 @@ impl Config {
         for (i, rule) in self.policy.rules.iter().enumerate() {
             let key = |field: &str| format!("policy.rules[{i}].{field}");
             if rule.name.is_empty() || !names.insert(rule.name.as_str()) {
-                return Err((
+                problems.push(Problem::new(
                     key("name"),
                     "must be a non-empty name unique among the rules".into(),
                 ));
             }
             if rule.window.span().0 == 0 {
-                return Err((key("window"), "must be longer than zero, e.g. `60s`".into()));
+                problems.push(Problem::new(
+                    key("window"),
+                    "must be longer than zero, e.g. `60s`".into(),
+                ));
             }
         }
         let mut overridden = std::collections::HashSet::new();
@@ -485,25 +572,29 @@ impl Config {
             let key = |field: &str| format!("policy.overrides[{i}].{field}");
             // The value is not echoed: a raw token pasted here must not reach a log.
             let Ok(fp) = o.token_fp.parse::<crate::token::TokenFingerprint>() else {
-                return Err((
+                problems.push(Problem::new(
                     key("token_fp"),
                     "must be a token fingerprint, 16 hex digits as `redcap-monitor fingerprint` \
                      prints them (never the token itself)"
                         .into(),
                 ));
+                continue;
             };
             if !overridden.insert(fp) {
-                return Err((key("token_fp"), format!("{fp} has an earlier override")));
+                problems.push(Problem::new(
+                    key("token_fp"),
+                    format!("{fp} has an earlier override"),
+                ));
             }
             match (o.exempt, o.limits.is_empty()) {
                 (true, false) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("limits"),
                         "an exempt token has no limits: drop `limits` or `exempt`".into(),
                     ));
                 }
                 (false, true) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("limits"),
                         "is empty: give the token limits, e.g. { api_calls = 30 }, or set \
                          `exempt = true`"
@@ -513,7 +604,7 @@ impl Config {
                 _ => {}
             }
             if let Some(unknown) = o.limits.keys().find(|name| !names.contains(name.as_str())) {
-                return Err((
+                problems.push(Problem::new(
                     key("limits"),
                     format!(
                         "names no rule `{unknown}`; the rules are {}",
@@ -530,7 +621,10 @@ impl Config {
         let h = &self.health;
         for (key, span) in [("health.interval", h.interval), ("health.window", h.window)] {
             if span.span().0 == 0 {
-                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+                problems.push(Problem::new(
+                    key.into(),
+                    "must be longer than zero, e.g. `10s`".into(),
+                ));
             }
         }
         for (key, share) in [
@@ -538,14 +632,17 @@ impl Config {
             ("health.baseline_weight", h.baseline_weight),
         ] {
             if !(0.0..=1.0).contains(&share) {
-                return Err((key.into(), "must be a share between 0 and 1".into()));
+                problems.push(Problem::new(
+                    key.into(),
+                    "must be a share between 0 and 1".into(),
+                ));
             }
         }
         let canary = &h.canary;
         if let Some(url) = &canary.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err((
+            problems.push(Problem::new(
                 "health.canary.url".into(),
                 "must start with http:// or https://, e.g. \"https://redcap.example.org/redcap/\""
                     .into(),
@@ -556,43 +653,49 @@ impl Config {
             ("health.canary.timeout", canary.timeout),
         ] {
             if span.span().0 == 0 {
-                return Err((key.into(), "must be longer than zero, e.g. `10s`".into()));
+                problems.push(Problem::new(
+                    key.into(),
+                    "must be longer than zero, e.g. `10s`".into(),
+                ));
             }
         }
         if canary.timeout.span() > canary.interval.span() {
-            return Err((
+            problems.push(Problem::new(
                 "health.canary.timeout".into(),
                 "must not be longer than health.canary.interval".into(),
             ));
         }
         let e = &self.enforcement;
         if !(0.0..=1.0).contains(&e.min_load_share) {
-            return Err((
+            problems.push(Problem::new(
                 "enforcement.min_load_share".into(),
                 "must be a share between 0 and 1".into(),
             ));
         }
         if e.suspension_factor < 1.0 || !e.suspension_factor.is_finite() {
-            return Err((
+            problems.push(Problem::new(
                 "enforcement.suspension_factor".into(),
                 "must be at least 1.0".into(),
             ));
         }
         if h.baseline_factor < 1.0 || !h.baseline_factor.is_finite() {
-            return Err((
+            problems.push(Problem::new(
                 "health.baseline_factor".into(),
                 "must be at least 1.0".into(),
             ));
         }
         let ring = self.capture.ring_bytes;
         if !ring.is_power_of_two() || ring < 4096 {
-            return Err((
+            problems.push(Problem::new(
                 "capture.ring_bytes".into(),
                 format!("{ring} is not a power of two of at least 4096 (e.g. 16777216)"),
             ));
         }
         if self.capture.ports.contains(&0) {
-            return Err(("capture.ports".into(), "0 is not a port".into()));
+            problems.push(Problem::new(
+                "capture.ports".into(),
+                "0 is not a port".into(),
+            ));
         }
         let tls = &self.capture.tls;
         if let Some(name) = tls
@@ -600,7 +703,7 @@ impl Config {
             .iter()
             .find(|n| n.is_empty() || n.len() > 15 || n.contains('\0'))
         {
-            return Err((
+            problems.push(Problem::new(
                 "capture.tls.processes".into(),
                 format!(
                     "{name:?} cannot match a process: the kernel keeps 1 to 15 bytes of a \
@@ -609,7 +712,7 @@ impl Config {
             ));
         }
         if tls.processes.len() > monitor_common::MAX_TLS_PROCESSES {
-            return Err((
+            problems.push(Problem::new(
                 "capture.tls.processes".into(),
                 format!(
                     "has {} names; at most {} fit the kernel's filter",
@@ -619,19 +722,19 @@ impl Config {
             ));
         }
         if self.capture.tls_on() && tls.processes.is_empty() {
-            return Err((
+            problems.push(Problem::new(
                 "capture.tls.processes".into(),
                 "is empty: name the web server processes, e.g. [\"nginx\"]".into(),
             ));
         }
         if tls.rescan_interval.span().0 == 0 {
-            return Err((
+            problems.push(Problem::new(
                 "capture.tls.rescan_interval".into(),
                 "must be longer than zero, e.g. `5s`".into(),
             ));
         }
         if tls.enabled && self.capture.mode == CaptureMode::Pcap {
-            return Err((
+            problems.push(Problem::new(
                 "capture.tls.enabled".into(),
                 "needs the eBPF probe, but capture.mode is \"pcap\": use mode \"ebpf\" or \
                  \"auto\" (or \"tls\" for HTTPS only)"
@@ -639,7 +742,7 @@ impl Config {
             ));
         }
         if self.output.stats_interval.span().0 == 0 {
-            return Err((
+            problems.push(Problem::new(
                 "output.stats_interval".into(),
                 "must be longer than zero, e.g. `60s`".into(),
             ));
@@ -667,23 +770,39 @@ impl Config {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err((key.into(), "must be at least 1".into()));
+                problems.push(Problem::new(key.into(), "must be at least 1".into()));
             }
         }
         if self.store.audit_retention.span().0 == 0 {
-            return Err((
+            problems.push(Problem::new(
                 "store.audit_retention".into(),
                 "must be longer than zero, e.g. `90d`".into(),
             ));
         }
         if self.store.max_outbox == 0 {
-            return Err(("store.max_outbox".into(), "must be at least 1".into()));
+            problems.push(Problem::new(
+                "store.max_outbox".into(),
+                "must be at least 1".into(),
+            ));
         }
-        self.alerts.validate()?;
-        self.hooks.validate()?;
-        self.api.validate()?;
-        Ok(())
+        self.alerts.check(&mut problems);
+        self.hooks.check(&mut problems);
+        if let Err((key, message)) = self.api.validate() {
+            problems.push(Problem::new(key, message));
+        }
+        problems
     }
+}
+
+/// Reads `value` as a `T`; an error carries its full key path (`policy.rules[1].limit`).
+fn read<T: serde::de::DeserializeOwned>(value: toml::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+        let key = err.path().to_string();
+        // toml appends "in `key`" lines; the key path already says where.
+        let message = err.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().to_owned();
+        Problem::new(key, message)
+    })
 }
 
 /// Alert webhooks to the admin team.
@@ -789,7 +908,7 @@ impl fmt::Debug for WebhookUrl {
 }
 
 impl AlertsConfig {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self, problems: &mut Vec<Problem>) {
         let positive = [
             ("alerts.max_attempts", self.max_attempts as usize),
             ("alerts.max_queued", self.max_queued),
@@ -801,11 +920,11 @@ impl AlertsConfig {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err((key.into(), "must be more than zero".into()));
+                problems.push(Problem::new(key.into(), "must be more than zero".into()));
             }
         }
         if self.backoff_cap.span() < self.backoff_base.span() {
-            return Err((
+            problems.push(Problem::new(
                 "alerts.backoff_cap".into(),
                 "must be at least alerts.backoff_base".into(),
             ));
@@ -814,21 +933,23 @@ impl AlertsConfig {
         for (i, sink) in self.sinks.iter().enumerate() {
             let key = |field: &str| format!("alerts.sinks[{i}].{field}");
             if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
-                return Err((
+                problems.push(Problem::new(
                     key("name"),
                     "must be a non-empty name unique among the sinks".into(),
                 ));
             }
-            sink.url.check().map_err(|message| (key("url"), message))?;
+            if let Err(message) = sink.url.check() {
+                problems.push(Problem::new(key("url"), message));
+            }
             match (sink.kind, &sink.secret_file) {
                 (SinkKind::Generic, None) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("secret_file"),
                         "is required for a generic sink: a file holding `whsec_<base64>`".into(),
                     ));
                 }
                 (SinkKind::Slack | SinkKind::Teams, Some(_)) => {
-                    return Err((
+                    problems.push(Problem::new(
                         key("secret_file"),
                         "applies only to generic sinks (Slack and Teams URLs carry their own secret)"
                             .into(),
@@ -837,13 +958,12 @@ impl AlertsConfig {
                 _ => {}
             }
             if sink.events.is_empty() {
-                return Err((
+                problems.push(Problem::new(
                     key("events"),
                     "is empty: leave it out to receive every alert".into(),
                 ));
             }
         }
-        Ok(())
     }
 }
 
@@ -895,19 +1015,19 @@ impl HookConfig {
 }
 
 impl HooksConfig {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn check(&self, problems: &mut Vec<Problem>) {
         for (list, hooks) in [("suspend", &self.suspend), ("lift", &self.lift)] {
             let mut names = std::collections::HashSet::new();
             for (i, hook) in hooks.iter().enumerate() {
                 let key = |field: &str| format!("hooks.{list}[{i}].{field}");
                 if hook.name.is_empty() || !names.insert(hook.name.as_str()) {
-                    return Err((
+                    problems.push(Problem::new(
                         key("name"),
                         format!("must be a non-empty name unique among hooks.{list}"),
                     ));
                 }
                 if hook.timeout.span().0 == 0 {
-                    return Err((
+                    problems.push(Problem::new(
                         key("timeout"),
                         "must be longer than zero, e.g. `30s`".into(),
                     ));
@@ -917,33 +1037,44 @@ impl HooksConfig {
                         match &hook.program {
                             Some(p) if p.is_absolute() => {}
                             _ => {
-                                return Err((
+                                problems.push(Problem::new(
                                     key("program"),
                                     "an exec hook needs the absolute path of a program".into(),
                                 ));
                             }
                         }
                         if hook.url.is_some() {
-                            return Err((key("url"), "applies only to http hooks".into()));
+                            problems.push(Problem::new(
+                                key("url"),
+                                "applies only to http hooks".into(),
+                            ));
                         }
                         for (j, arg) in hook.args.iter().enumerate() {
-                            crate::hooks::check_template(arg)
-                                .map_err(|message| (key(&format!("args[{j}]")), message))?;
+                            if let Err(message) = crate::hooks::check_template(arg) {
+                                problems.push(Problem::new(key(&format!("args[{j}]")), message));
+                            }
                         }
                     }
                     HookKind::Http => {
-                        let url = hook.url.as_ref().ok_or_else(|| {
-                            (key("url"), "an http hook needs a url to POST to".into())
-                        })?;
-                        url.check().map_err(|message| (key("url"), message))?;
+                        match &hook.url {
+                            None => problems.push(Problem::new(
+                                key("url"),
+                                "an http hook needs a url to POST to".into(),
+                            )),
+                            Some(url) => {
+                                if let Err(message) = url.check() {
+                                    problems.push(Problem::new(key("url"), message));
+                                }
+                            }
+                        }
                         if hook.program.is_some() || !hook.args.is_empty() {
-                            return Err((
+                            problems.push(Problem::new(
                                 key("program"),
                                 "program and args apply only to exec hooks".into(),
                             ));
                         }
                         if hook.pass_raw_token {
-                            return Err((
+                            problems.push(Problem::new(
                                 key("pass_raw_token"),
                                 "applies only to exec hooks: the raw token is only ever written \
                                  to a program's stdin"
@@ -954,7 +1085,6 @@ impl HooksConfig {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -1033,6 +1163,80 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("reassembly.max_connections"), "{err}");
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Err(ConfigError::Problems { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_wrong_section_is_reported_with_the_full_key_path() {
+        let found = problems(
+            "[capture]\nmode = \"xdp\"\n\
+             [[policy.rules]]\nname = \"a\"\nlimit = 1\nwindow = \"1m\"\n\
+             [[policy.rules]]\nname = \"b\"\nlimit = \"ten\"\nwindow = \"1m\"\n\
+             [output]\ncall = \"-\"\n\
+             [polcy]\nx = 1\n\
+             [health]\nwindow = \"5\"\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "capture.mode",
+                "health.window",
+                "output.call",
+                "polcy",
+                "policy.rules[1].limit"
+            ],
+            "{found:#?}"
+        );
+        let text = |key: &str| &found.iter().find(|p| p.key == key).unwrap().message;
+        assert_eq!(
+            text("capture.mode"),
+            "unknown variant `xdp`, expected one of `auto`, `ebpf`, `pcap`, `tls`"
+        );
+        assert!(text("health.window").contains("no unit"), "{found:#?}");
+        assert!(text("output.call").contains("`calls`"), "{found:#?}");
+        assert!(
+            text("policy.rules[1].limit").contains("\"ten\", expected u32"),
+            "{found:#?}"
+        );
+        assert!(
+            text("polcy").starts_with("unknown field `polcy`, expected one of `site`"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_not_just_the_first() {
+        let found = problems(
+            "[capture]\nring_bytes = 5000\n\
+             [[policy.rules]]\nname = \"a\"\nlimit = 1\nwindow = \"0s\"\n\
+             [health]\nbaseline_weight = 2.0\n\
+             [[hooks.suspend]]\nname = \"h\"\nkind = \"exec\"\nprogram = \"relative\"\n",
+        );
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "policy.rules[0].window",
+                "health.baseline_weight",
+                "capture.ring_bytes",
+                "hooks.suspend[0].program"
+            ],
+            "{found:#?}"
+        );
+        let shown = parse("[capture]\nring_bytes = 5000\n[health]\nbaseline_weight = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.starts_with("test.toml: 2 problems:\n  `health.baseline_weight`: "),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use redcap_monitor::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
-use redcap_monitor::config::Config;
+use redcap_monitor::config::{Config, ConfigError};
+use redcap_monitor::preflight;
 use redcap_monitor::run::{RunError, run};
 use redcap_monitor::token::{RawToken, SiteKey};
 
@@ -51,6 +52,15 @@ enum Command {
         /// Site key for token fingerprints (default: `site.key_file` from the configuration).
         #[arg(long)]
         key: Option<PathBuf>,
+    },
+    /// Checks a configuration file: every problem with its key path (exit 1 if any), then what
+    /// `run` would need on this host (interfaces, writable paths) as warnings (exit 0).
+    CheckConfig {
+        /// The configuration file (TOML), e.g. /etc/redcap-monitor/config.toml.
+        file: PathBuf,
+        /// Print only problems and warnings, not the closing verdict.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Reads tokens from stdin, one a line, and prints their fingerprints.
     Fingerprint {
@@ -148,6 +158,7 @@ fn main() -> ExitCode {
                 Err(err) => fail(1, &err),
             }
         }
+        Command::CheckConfig { file, quiet } => check_config(&file, quiet),
         Command::Fingerprint { key } => {
             let key = match SiteKey::load_or_create(&key) {
                 Ok(key) => key,
@@ -162,6 +173,40 @@ fn main() -> ExitCode {
         Command::Status(args) => admin::status(args),
         Command::Top(args) => admin::top(args),
     }
+}
+
+/// `check-config FILE`: exit 0 when `run` would accept the file (warnings allowed), 1 if not.
+fn check_config(file: &std::path::Path, quiet: bool) -> ExitCode {
+    let shown = file.display();
+    let config = match Config::load(file) {
+        Ok(config) => config,
+        Err(ConfigError::Problems { problems, .. }) => {
+            for problem in &problems {
+                println!("{shown}: error: {problem}");
+            }
+            println!(
+                "{shown}: {} error(s): not valid; fix the keys named above (a running daemon \
+                 keeps its current configuration)",
+                problems.len()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            println!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let warnings = preflight::warnings(&config);
+    for warning in &warnings {
+        println!("{shown}: warning: {warning}");
+    }
+    if !quiet {
+        match warnings.len() {
+            0 => println!("{shown}: valid"),
+            n => println!("{shown}: valid, with {n} warning(s) about this host"),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fingerprint_stdin(key: &SiteKey) -> ExitCode {
@@ -193,12 +238,16 @@ fn fingerprint_stdin(key: &SiteKey) -> ExitCode {
     status
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+/// Logs to stderr; `RUST_LOG` overrides the default level (info). Colours only on a terminal
+/// (journald and log files get plain text), never with `NO_COLOR` set.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(io::stderr)
         .init();
 }

@@ -142,6 +142,17 @@ impl Pipeline {
         })
     }
 
+    /// Applies what can change while running (a reload): the policy's rules and heavy
+    /// thresholds, the health thresholds and the enforcement settings. Per-token windows,
+    /// suspensions, the health state and every connection in flight are kept. What the pipeline
+    /// was built from otherwise (paths, ports, limits, the key) is not changed here: see
+    /// [`Config::restart_needed`].
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.policy.reconfigure(&config.policy);
+        self.health.reconfigure(config.health.clone());
+        self.enforcer.reconfigure(config.enforcement.clone());
+    }
+
     /// Feeds one captured frame (offline files, libpcap).
     pub fn push_frame(&mut self, frame: &Frame<'_>, out: &mut impl FnMut(Verdict)) {
         if let Some(segment) = decode(frame, &mut self.decode_stats) {

@@ -5,7 +5,9 @@
 //! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
 //! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
-//! Nothing is pinned: the probe's links go with the process.
+//! SIGHUP re-reads the configuration and applies it whole or not at all ([`apply_config`]).
+//! Tells systemd (`Type=notify`) when it is ready, alive, reloading and stopping. Nothing is
+//! pinned: the probe's links go with the process.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -16,9 +18,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::time::{MissedTickBehavior, interval, interval_at};
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
-use crate::actions::{Actions, ActionsError, Request};
+use crate::actions::{Actions, ActionsError, ActionsReload, Request};
 use crate::api::live::{LiveTelemetry, suspension_json};
 use crate::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::canary::Canary;
@@ -29,6 +31,7 @@ use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
 use crate::config::{CaptureMode, Config, ConfigError};
 use crate::model::Timestamp;
+use crate::notify::Notifier;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::Pipeline;
 use crate::policy::Verdict;
@@ -49,6 +52,8 @@ const TELEMETRY_REFRESH: Duration = Duration::from_secs(1);
 const ADMIN_QUEUE: usize = 16;
 /// How often the capture's loss counters are looked at (a growth raises a `capture_loss` alert).
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often systemd's `STATUS=` line is refreshed (when it changed).
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -172,16 +177,26 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut notifier = Notifier::from_env();
     let (mut source, mut tls) = open_source(config)?;
+    // The configuration in force: replaced as a whole by a reload.
+    let mut current = config.clone();
+    notifier.ready(&status_line(&source, &current, &pipeline));
+    if let Some(every) = notifier.watchdog_interval() {
+        tracing::info!(
+            ping_every_ms = every.as_millis() as u64,
+            "systemd watchdog on: pinging from the live loop"
+        );
+    }
     let rescan_every = Duration::from_nanos(config.capture.tls.rescan_interval.span().0);
     let mut rescan_tick = interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
     rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let every = Duration::from_nanos(config.output.stats_interval.span().0);
-    let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
-    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stats_tick = stats_interval(&current);
+    let mut next_status = std::time::Instant::now() + STATUS_INTERVAL;
     let mut refresh_tick = interval(TELEMETRY_REFRESH);
     refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
@@ -191,6 +206,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         let event = tokio::select! {
             _ = interrupt.recv() => Event::Stop("SIGINT"),
             _ = terminate.recv() => Event::Stop("SIGTERM"),
+            _ = hangup.recv() => Event::Reload,
             ready = source.wait() => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
@@ -202,7 +218,17 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         match event {
             Event::Stop(signal) => {
                 tracing::info!(signal, "stopping: finishing open calls");
+                notifier.stopping();
                 break;
+            }
+            Event::Reload => {
+                notifier.reloading();
+                edges.records.flush()?;
+                if let Some((new, actions)) = reload(origin, config, &mut edges) {
+                    apply_config((&new, actions), &mut pipeline, &mut edges, &mut stats_tick);
+                    current = new;
+                }
+                notifier.ready(&status_line(&source, &current, &pipeline));
             }
             Event::KernelReadable(Err(source)) => {
                 return Err(RunError::Io {
@@ -224,6 +250,14 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 pipeline.tick(now, &mut |v| edges.verdict(&v));
                 edges.tick(&mut pipeline, now);
                 edges.records.flush()?;
+                // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
+                // the loop runs.
+                let beat = std::time::Instant::now();
+                notifier.heartbeat(beat);
+                if beat >= next_status {
+                    next_status = beat + STATUS_INTERVAL;
+                    notifier.status(&status_line(&source, &current, &pipeline));
+                }
             }
             Event::LossCheck => {
                 let (lost, detail) = capture_loss(&source);
@@ -359,8 +393,108 @@ fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
     }
 }
 
+fn stats_interval(config: &Config) -> Interval {
+    let every = Duration::from_nanos(config.output.stats_interval.span().0);
+    let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
+    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    stats_tick
+}
+
+/// SIGHUP: reads the file again and prepares everything that can fail (validation, opening the
+/// outputs). Returns the new configuration to apply, or `None` (logged, with every problem)
+/// when the running one stays in force. The record outputs are reopened (new paths, or the same
+/// paths after logrotate moved the files) and swapped in only on success.
+/// `started` is the configuration the process started with: keys that apply only at start are
+/// compared with it.
+fn reload(origin: &Path, started: &Config, edges: &mut Edges) -> Option<(Config, ActionsReload)> {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::error!(
+            file = %origin.display(),
+            "reload refused, the running configuration stays in force: {why}. Fix the file \
+             (`redcap-monitor check-config {}` lists every problem) and reload again",
+            origin.display()
+        );
+    };
+    let new = match Config::load(origin) {
+        Ok(new) => new,
+        Err(err) => {
+            refused(&single_line(&err));
+            return None;
+        }
+    };
+    let reopened = match Records::open(&new) {
+        Ok(reopened) => reopened,
+        Err(err) => {
+            refused(&err);
+            return None;
+        }
+    };
+    let actions = match edges.actions.prepare_reload(&new) {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            refused(&err);
+            return None;
+        }
+    };
+    edges.records.replace_outputs(reopened);
+    let restart = started.restart_needed(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            keys = %restart.join(", "),
+            "these keys differ from the configuration the daemon started with and apply only \
+             at the next start: restart the service (systemctl restart redcap-monitor) to use them"
+        );
+    }
+    tracing::info!(
+        file = %origin.display(),
+        rules = %new.policy.rules.iter().map(|r| format!("{}<={}/{}", r.name, r.limit, r.window)).collect::<Vec<_>>().join(" "),
+        "configuration reloaded: rules, heavy thresholds, health, enforcement and outputs applied; \
+         token windows and suspensions kept"
+    );
+    Some((new, actions))
+}
+
+/// The one place where a new configuration takes effect in the running daemon, after
+/// [`reload`] accepted it and made what could fail. Everything here is infallible, so a reload
+/// applies whole.
+fn apply_config(
+    (new, actions): (&Config, ActionsReload),
+    pipeline: &mut Pipeline,
+    edges: &mut Edges,
+    stats_tick: &mut Interval,
+) {
+    pipeline.reconfigure(new);
+    edges.actions.reconfigure(actions, new);
+    edges.actions.sync_enforcer(pipeline.enforcer_mut());
+    edges.telemetry.reconfigure(new);
+    *stats_tick = stats_interval(new);
+}
+
+/// A config error on one line (a log line), every problem kept.
+fn single_line(err: &ConfigError) -> String {
+    err.to_string().replace("\n  ", " | ").replace('\n', " ")
+}
+
+/// One line for `systemctl status`: capture, interfaces, calls, violations, health.
+fn status_line(source: &Source, config: &Config, pipeline: &Pipeline) -> String {
+    let policy = pipeline.stats().policy;
+    format!(
+        "{} on {}: {} calls, {} violations, server {}",
+        source.mode(),
+        config.capture.interfaces.join(","),
+        policy.calls,
+        policy.violations,
+        if pipeline.health().is_degraded() {
+            "DEGRADED"
+        } else {
+            "responsive"
+        }
+    )
+}
+
 enum Event {
     Stop(&'static str),
+    Reload,
     KernelReadable(io::Result<()>),
     Frame(Option<OwnedFrame>),
     Tick,
@@ -788,6 +922,14 @@ impl Records {
         }
     }
 
+    /// Takes `reopened`'s outputs (a reload); the counts carry on. Call after a flush.
+    fn replace_outputs(&mut self, reopened: Records) {
+        self.calls = reopened.calls;
+        self.violations = reopened.violations;
+        self.decisions = reopened.decisions;
+        self.stats = reopened.stats;
+    }
+
     fn check(&mut self) -> Result<(), RunError> {
         self.error.take().map_or(Ok(()), Err)
     }
@@ -859,7 +1001,7 @@ fn wall_clock() -> Timestamp {
 
 fn signal_error(source: io::Error) -> RunError {
     RunError::Io {
-        what: "installing the SIGINT/SIGTERM handlers",
+        what: "installing the SIGINT/SIGTERM/SIGHUP handlers",
         source,
     }
 }

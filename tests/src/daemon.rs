@@ -207,39 +207,55 @@ pub fn fingerprints(key: &Path, tokens: &[&str]) -> Result<Vec<String>> {
 pub struct LiveDaemon {
     child: Option<std::process::Child>,
     stderr: Option<std::thread::JoinHandle<String>>,
+    /// Everything logged so far, while the daemon runs.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl LiveDaemon {
     /// Starts `run --config CONFIG --key KEY` and returns once it says which capture it uses.
     pub fn start(netns: Option<&str>, config: &Path, key: &Path) -> Result<LiveDaemon> {
+        LiveDaemon::start_with_env(netns, config, key, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        netns: Option<&str>,
+        config: &Path,
+        key: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<LiveDaemon> {
         use std::io::{BufRead, BufReader};
-        let mut child = crate::netns::command_in(netns, &monitor_bin()?.to_string_lossy())
+        let mut command = crate::netns::command_in(netns, &monitor_bin()?.to_string_lossy());
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
             .arg("--key")
             .arg(key)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting redcap-monitor run")?;
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("starting redcap-monitor run")?;
         let stderr = child.stderr.take().context("daemon stderr")?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let shared = log.clone();
         let reader = std::thread::spawn(move || {
-            let mut text = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("capturing with") {
                     let _ = ready_tx.send(());
                 }
+                let mut text = shared.lock().unwrap_or_else(|e| e.into_inner());
                 text.push_str(&line);
                 text.push('\n');
             }
-            text
+            shared.lock().unwrap_or_else(|e| e.into_inner()).clone()
         });
         let mut daemon = LiveDaemon {
             child: Some(child),
             stderr: Some(reader),
+            log,
         };
         if ready_rx
             .recv_timeout(std::time::Duration::from_secs(20))
@@ -261,6 +277,51 @@ impl LiveDaemon {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default())
+    }
+
+    /// The daemon's process id (`ip netns exec` execs it, so this is the daemon's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` (e.g. "HUP") with kill(1).
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().context("daemon already stopped")?;
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the log holds `needle` at least `times` times; fails with the log after
+    /// `timeout`.
+    pub fn wait_for_log(
+        &self,
+        needle: &str,
+        times: usize,
+        timeout: std::time::Duration,
+    ) -> Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= times {
+                return Ok(log);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the daemon did not log {needle:?} {times} time(s) within {timeout:?}:\n{log}"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then waits; returns the exit status and everything it logged.
@@ -286,4 +347,27 @@ impl Drop for LiveDaemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Configuration text that turns off the daemon's metrics and admin listener (`[api]`, which binds
+/// a fixed default port), so that tests running daemons side by side do not compete for it; empty
+/// for a daemon without that listener. Asked of the daemon itself (`check-config`), once.
+pub fn without_api_listener() -> &'static str {
+    static TEXT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    const OFF: &str = "[api]\nenabled = false\n";
+    TEXT.get_or_init(|| {
+        let Ok(dir) = tempfile::tempdir() else {
+            return "";
+        };
+        let probe = dir.path().join("api.toml");
+        let known = std::fs::write(&probe, OFF).is_ok()
+            && monitor_bin().is_ok_and(|bin| {
+                Command::new(bin)
+                    .arg("check-config")
+                    .arg(&probe)
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            });
+        if known { OFF } else { "" }
+    })
 }

@@ -26,7 +26,9 @@ tasks:
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
   bench [NAME...]    setup, release build, then benchmarks: offline, policy, live (default: all)
-  dist               build release packages (not yet)";
+  dist [--debug]     setup, release build, then the Debian package (cargo-deb) in target/debian/:
+                     binary, systemd unit (not enabled), config, service user; --debug packages
+                     the debug build (for tests)";
 
 fn main() -> ExitCode {
     process::put_cargo_bin_on_path();
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         "test" => compile::test(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
-        "dist" => dist::run(),
+        "dist" => dist::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -61,6 +61,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "libapache2-mod-php",
         "PHP under Apache, the REDCap-like API script of the HTTPS capture tests",
     ),
+    (
+        "systemd",
+        "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
+    ),
+    (
+        "dpkg-dev",
+        "dpkg-shlibdeps: the .deb's library dependencies (cargo xtask dist)",
+    ),
 ];
 
 /// Without this answer tshark's install stops to ask whether non-root users may capture.
@@ -72,15 +80,20 @@ const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// Pinned so that a fresh machine builds the same linker as a developer's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Pinned: 3.8.0 builds on rustc 1.95 (MSRV 1.85) and is what the package metadata was written for.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 const PYCAP_MODULE: &str = "redcap";
 const PYCAP_PACKAGE: &str = "pycap";
 
-/// Runs every step in order: packages (LLVM first), nightly, rust-src, bpf-linker, PyCap.
+/// Runs every step in order: packages (LLVM first), nightly, rust-src, bpf-linker, cargo-deb,
+/// PyCap.
 pub(crate) fn run() -> Result<()> {
     debian_packages()?;
     nightly_toolchain()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     pycap()?;
     Ok(())
 }
@@ -356,6 +369,41 @@ fn bpf_linker() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// cargo-deb at the pinned version (`cargo xtask dist` builds the .deb with it).
+fn cargo_deb() -> Result<()> {
+    let version = process::output(Command::new("cargo-deb").arg("--version"))
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let wanted = format!("cargo-deb {CARGO_DEB_VERSION}");
+    match version {
+        Some(found) if found == wanted => {
+            say(&format!("checking {wanted}... present"));
+            return Ok(());
+        }
+        Some(found) => say(&format!(
+            "installing {wanted} (found {found}; the package metadata is written for {CARGO_DEB_VERSION})"
+        )),
+        None => say(&format!(
+            "installing {wanted} (builds the .deb for `cargo xtask dist`; a few minutes)"
+        )),
+    }
+    let mut install = process::cargo();
+    install.args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]);
+    process::run(&mut install).map_err(|failure| {
+        failure.hint(format!(
+            "cargo-deb did not build; retry by hand with \
+             `cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}` to see why"
+        ))
+    })
 }
 
 fn pycap() -> Result<()> {

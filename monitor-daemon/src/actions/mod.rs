@@ -79,6 +79,12 @@ pub struct ActionStats {
     pub requests: u64,
 }
 
+/// A reload's new alert sinks, made by [`Actions::prepare_reload`] and put in place by
+/// [`Actions::reconfigure`].
+pub struct ActionsReload {
+    alerts: Alerts,
+}
+
 /// Why the action edge cannot start or change.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionsError {
@@ -530,25 +536,33 @@ impl Actions {
         self.pending_audit.clear();
     }
 
-    /// Applies a new configuration: hooks, alert sinks and cooldown, store limits. State is kept
-    /// (suspensions, the outbox, escalation). The store's path cannot change while running.
-    pub fn reconfigure(&mut self, config: &Config) -> Result<(), ActionsError> {
+    /// The first half of a reload: makes what a new configuration needs that can fail (the alert
+    /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
+    /// the outbox, escalation); the store's path cannot change while running.
+    pub fn prepare_reload(&self, config: &Config) -> Result<ActionsReload, ActionsError> {
+        let outbox = Arc::new(StoreOutbox::new(self.store.clone()));
+        let alerts = Alerts::new(&config.alerts, outbox, self.host.clone())?;
+        Ok(ActionsReload { alerts })
+    }
+
+    /// Applies what [`Actions::prepare_reload`] made for `config`; cannot fail (a delivery thread
+    /// that will not start is logged, and alerts wait in the store for the next start).
+    pub fn reconfigure(&mut self, prepared: ActionsReload, config: &Config) {
         if config.store.path != self.store_path {
             tracing::warn!(configured = %config.store.path.display(), in_use = %self.store_path.display(),
                 "store.path changed: it takes effect at the next start");
         }
-        let outbox = Arc::new(StoreOutbox::new(self.store.clone()));
-        let alerts = Alerts::new(&config.alerts, outbox, self.host.clone())?;
-        let old = std::mem::replace(&mut self.alerts, alerts);
+        let old = std::mem::replace(&mut self.alerts, prepared.alerts);
         if let Some(worker) = self.delivery.take() {
             // Stopping waits for the attempt in flight; not on the capture path.
             std::thread::spawn(move || worker.stop());
         }
         drop(old);
-        self.start_delivery(config)?;
+        if let Err(err) = self.start_delivery(config) {
+            tracing::error!(error = %err, "cannot start alert delivery after the reload; alerts stay queued in the store");
+        }
         self.hooks
             .replace(Hooks::new(&config.hooks, self.host.clone()));
-        Ok(())
     }
 
     /// Writes what is batched and stops the threads: alerts still queued stay in the store for

@@ -621,7 +621,8 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     );
     text.push('\n');
     let reloaded = Config::parse(&text, Path::new("reloaded.toml")).unwrap();
-    daemon.actions.reconfigure(&reloaded).unwrap();
+    let prepared = daemon.actions.prepare_reload(&reloaded).unwrap();
+    daemon.actions.reconfigure(prepared, &reloaded);
     let compliant = fingerprint(COMPLIANT);
     let reply = daemon.actions.execute(
         &Request::Suspend {

@@ -61,6 +61,14 @@ impl LiveTelemetry {
         &self.metrics
     }
 
+    /// A reload: new rules get their series, the per-token view follows the health window.
+    /// (`api.top_tokens` and the listener apply at the next start.)
+    pub fn reconfigure(&mut self, config: &crate::config::Config) {
+        self.metrics
+            .declare_rules(config.policy.rules.iter().map(|r| r.name.as_str()));
+        self.window = config.health.window.span();
+    }
+
     /// Sees one released verdict (cheap: atomics, and a bounded queue).
     pub fn observe(&mut self, verdict: &Verdict) {
         self.metrics.observe(verdict);

@@ -31,7 +31,7 @@ use crate::token::TokenFingerprint;
 pub const DEFAULT_PORT: u16 = 9864;
 
 /// `[api]`: where the listener binds and who may use the admin endpoints.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Start the listener with `run`.

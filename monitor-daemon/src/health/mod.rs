@@ -228,11 +228,18 @@ impl ResponsivenessDetector {
         }
     }
 
+    /// Applies new thresholds (a reload) and keeps what was learned: the calls in the window, the
+    /// baseline, the healthy/degraded state and the streaks. The next judgement uses the new
+    /// values; a smaller `max_samples` drops the oldest calls at the next one observed.
+    pub fn reconfigure(&mut self, config: HealthConfig) {
+        self.config = config;
+    }
+
     /// Takes note of a finished call: its server time, whether the server failed it, and whose
     /// it was. Calls without a response say nothing about server time and are skipped.
     pub fn observe(&mut self, call: &ApiCall) {
         let Some(ttfb) = call.ttfb else { return };
-        if self.samples.len() >= self.config.max_samples {
+        while self.samples.len() >= self.config.max_samples {
             self.forget_oldest();
             self.stats.samples_dropped += 1;
         }

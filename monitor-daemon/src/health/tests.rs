@@ -233,3 +233,22 @@ fn judges_on_schedule_when_ticked_at_every_packet() {
     }
     assert_eq!(changes.len(), 1, "{:?}", d.stats());
 }
+
+#[test]
+fn a_reload_keeps_the_degraded_state_and_judges_by_the_new_thresholds() {
+    let mut d = detector();
+    for k in 1..=3 {
+        interval(&mut d, 1000 + 10 * k, 3000, 0);
+    }
+    assert!(d.is_degraded());
+    // 3 s is fine under the new limit, but it takes `leave_after` = 1 good interval to say so:
+    // the state and the streaks carried over.
+    d.reconfigure(HealthConfig {
+        ttfb_p95_max: crate::config::Duration(Span::from_secs(5)),
+        baseline_factor: 100.0,
+        leave_after: 1,
+        ..HealthConfig::default()
+    });
+    assert!(d.is_degraded(), "a reload does not forget the state");
+    assert_eq!(kind(&interval(&mut d, 1040, 3000, 0)), "recovered");
+}

@@ -174,6 +174,12 @@ impl Enforcer {
         }
     }
 
+    /// Applies new settings (a reload) and keeps every token's offences and suspensions: a
+    /// suspension in force stays until its end, and escalation continues from the record.
+    pub fn reconfigure(&mut self, config: EnforcementConfig) {
+        self.config = config;
+    }
+
     /// Decides about a verdict that broke rules; `None` for compliant calls, calls without a
     /// token, and tokens already suspended.
     pub fn decide(&mut self, verdict: &Verdict, health: &HealthView<'_>) -> Option<Decision> {

@@ -212,3 +212,25 @@ fn a_token_breaking_rules_without_end_is_remembered_within_bounds() {
         }
     ));
 }
+
+#[test]
+fn a_reload_keeps_suspensions_and_escalation_and_applies_the_new_settings() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let bad = Server::degraded(0.9);
+    action(&mut e, 0, &bad);
+    assert_eq!(action(&mut e, 10, &bad), suspend(10, 1));
+    e.reconfigure(EnforcementConfig {
+        mode: EnforcementMode::OnViolation,
+        suspension: Duration(Span::from_secs(2 * 3600)),
+        ..EnforcementConfig::default()
+    });
+    assert_eq!(
+        action(&mut e, 20, &Server::healthy()),
+        None,
+        "still suspended after the reload"
+    );
+    let after = 10 + 3600;
+    // Strict mode now suspends on a healthy server; the base is 2 h, doubled for the
+    // suspension remembered from before the reload.
+    assert_eq!(action(&mut e, after, &Server::healthy()), suspend(after, 4));
+}

@@ -156,51 +156,63 @@ pub struct Policy {
     stats: PolicyStats,
 }
 
+fn rules(config: &PolicyConfig) -> Vec<Rule> {
+    config
+        .rules
+        .iter()
+        .map(|r| Rule {
+            name: r.name.clone(),
+            calls: r.calls,
+            limit: r.limit,
+            window: r.window.span(),
+        })
+        .collect()
+}
+
+/// The per-token overrides, with limits indexed like the configured rules.
+fn overrides(config: &PolicyConfig) -> FingerprintMap<Override> {
+    let rule_index = |name: &str| config.rules.iter().position(|r| r.name == name);
+    config
+        .overrides
+        .iter()
+        .filter_map(|o| {
+            // Validated by `Config::load`; a bad one here is skipped, not trusted.
+            let fp: TokenFingerprint = o.token_fp.parse().ok()?;
+            let treatment = if o.exempt {
+                Override::Exempt
+            } else {
+                let mut limits = vec![None; config.rules.len()];
+                for (name, limit) in &o.limits {
+                    if let Some(i) = rule_index(name) {
+                        limits[i] = Some(*limit);
+                    }
+                }
+                Override::Limits(limits)
+            };
+            Some((fp, treatment))
+        })
+        .collect()
+}
+
+fn longest_window(config: &PolicyConfig) -> Span {
+    config
+        .rules
+        .iter()
+        .map(|r| r.window.span())
+        .max()
+        .unwrap_or(Span(0))
+}
+
 impl Policy {
     pub fn new(config: &PolicyConfig) -> Policy {
-        let rule_index = |name: &str| config.rules.iter().position(|r| r.name == name);
-        let overrides = config
-            .overrides
-            .iter()
-            .filter_map(|o| {
-                // Validated by `Config::load`; a bad one here is skipped, not trusted.
-                let fp: TokenFingerprint = o.token_fp.parse().ok()?;
-                let treatment = if o.exempt {
-                    Override::Exempt
-                } else {
-                    let mut limits = vec![None; config.rules.len()];
-                    for (name, limit) in &o.limits {
-                        if let Some(i) = rule_index(name) {
-                            limits[i] = Some(*limit);
-                        }
-                    }
-                    Override::Limits(limits)
-                };
-                Some((fp, treatment))
-            })
-            .collect();
         Policy {
-            overrides,
+            overrides: overrides(config),
             max_tokens: config.max_tokens.max(1),
             refused: HashMap::new(),
             max_refused_clients: config.max_refused_clients.max(1),
-            longest_window: config
-                .rules
-                .iter()
-                .map(|r| r.window.span())
-                .max()
-                .unwrap_or(Span(0)),
+            longest_window: longest_window(config),
             next_forget: Timestamp::default(),
-            rules: config
-                .rules
-                .iter()
-                .map(|r| Rule {
-                    name: r.name.clone(),
-                    calls: r.calls,
-                    limit: r.limit,
-                    window: r.window.span(),
-                })
-                .collect(),
+            rules: rules(config),
             heavy_response_bytes: config.heavy.response_bytes,
             heavy_kinds: config.heavy.kinds.clone(),
             reorder_window: config.reorder_window.span(),
@@ -210,6 +222,48 @@ impl Policy {
             evaluated_up_to: Timestamp::default(),
             stats: PolicyStats::default(),
         }
+    }
+
+    /// Applies a new configuration (a reload) without forgetting what was counted: each token's
+    /// window of a rule is kept when the new rules have a rule of the same name counting the same
+    /// class of calls (its limit and window may change), so the next call is judged against the
+    /// new limit with the calls already seen. A new or changed rule starts empty. Calls waiting
+    /// in the reorder buffer stay there and are judged by the new rules.
+    ///
+    /// A window made longer counts only what the old one still held: events older than the old
+    /// window were already forgotten.
+    pub fn reconfigure(&mut self, config: &PolicyConfig) {
+        let new_rules = rules(config);
+        // For each new rule, the index of the old rule whose counts carry over.
+        let carried: Vec<Option<usize>> = new_rules
+            .iter()
+            .map(|new| {
+                self.rules
+                    .iter()
+                    .position(|old| old.name == new.name && old.calls == new.calls)
+            })
+            .collect();
+        for windows in self.tokens.values_mut() {
+            let mut old = std::mem::take(&mut windows.per_rule);
+            windows.per_rule = carried
+                .iter()
+                .map(|from| {
+                    from.and_then(|i| old.get_mut(i))
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                })
+                .collect();
+        }
+        self.tokens
+            .retain(|_, w| w.per_rule.iter().any(|c| !c.is_empty()));
+        self.rules = new_rules;
+        self.overrides = overrides(config);
+        self.max_tokens = config.max_tokens.max(1);
+        self.max_refused_clients = config.max_refused_clients.max(1);
+        self.longest_window = longest_window(config);
+        self.heavy_response_bytes = config.heavy.response_bytes;
+        self.heavy_kinds = config.heavy.kinds.clone();
+        self.reorder_window = config.reorder_window.span();
     }
 
     /// Why `call` is heavy, if it is: size first (it is measured), then the request kind.

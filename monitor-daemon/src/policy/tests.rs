@@ -339,3 +339,45 @@ fn idle_tokens_are_forgotten_once_their_windows_are_empty() {
     policy.forget_idle(at(1000 + 421));
     assert_eq!(policy.tracked_tokens(), 1);
 }
+
+fn rule(name: &str, calls: CallClass, limit: u32, secs: u64) -> crate::config::RuleConfig {
+    crate::config::RuleConfig {
+        name: name.into(),
+        calls,
+        limit,
+        window: crate::config::Duration(Span::from_secs(secs)),
+    }
+}
+
+#[test]
+fn a_reload_judges_the_next_call_by_the_new_limit_with_the_calls_already_counted() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let before = run(&mut policy, vec![call(1, 1000), call(1, 1001)]);
+    assert!(rules_broken(&before).is_empty());
+    let mut tightened = PolicyConfig::default();
+    tightened.rules[0].limit = 1;
+    policy.reconfigure(&tightened);
+    let after = run(&mut policy, vec![call(1, 1002), call(2, 1002)]);
+    // Token 1's third call in the minute breaks the new limit of 1: the two earlier calls
+    // were kept. Token 2 has one call.
+    assert_eq!(rules_broken(&after), [(1002, "api_calls", 3)]);
+    assert_eq!(after[0].violations[0].limit, 1);
+}
+
+#[test]
+fn a_reload_starts_renamed_or_reclassed_rules_empty_and_drops_removed_ones() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    run(&mut policy, (0..3).map(|i| call(1, 1000 + i)).collect());
+    let changed = PolicyConfig {
+        rules: vec![
+            rule("burst", CallClass::All, 1, 60),
+            rule("api_calls", CallClass::Heavy, 1, 60),
+        ],
+        ..PolicyConfig::default()
+    };
+    policy.reconfigure(&changed);
+    let after = run(&mut policy, vec![call(1, 1003), call(1, 1004)]);
+    // `burst` is new: it counts from the reload on. `api_calls` now counts heavy calls only,
+    // so the old all-calls counts do not carry over (and these calls are not heavy).
+    assert_eq!(rules_broken(&after), [(1004, "burst", 2)]);
+}

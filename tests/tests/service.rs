@@ -1,0 +1,399 @@
+//! The daemon as a service: SIGHUP reloads the configuration without losing what it counted,
+//! refuses an invalid file and keeps the running one; and the sd_notify protocol, heard on a real
+//! unix datagram socket standing in for systemd. Needs root (network namespaces, the eBPF probe);
+//! REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use monitor_tests::clients::curl_in;
+use monitor_tests::daemon::{LiveDaemon, without_api_listener};
+use monitor_tests::netns::NamespacePair;
+use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use serde_json::Value;
+
+const TOKEN: &str = "7A1B2C3D4E5F60718293A4B5C6D7E8F9";
+const PORT: u16 = 8080;
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sighup_applies_a_tightened_rule_to_the_calls_already_counted_and_refuses_an_invalid_file() {
+    if !monitor_tests::require_root("SIGHUP reload") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pair = NamespacePair::create(207).unwrap();
+    let _sim = Simulator::start(&SimOptions {
+        tokens: vec![TOKEN.into()],
+        netns: Some(pair.server_ns.clone()),
+        bind: Some("0.0.0.0".into()),
+        port: Some(PORT),
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let calls = dir.path().join("calls.jsonl");
+    let violations = dir.path().join("violations.jsonl");
+    let config = dir.path().join("config.toml");
+    let write_config = |limit: &str, extra: &str| {
+        let text = format!(
+            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [{PORT}]\n{extra}\n\
+             [output]\ncalls = \"{}\"\nviolations = \"{}\"\n\
+             [[policy.rules]]\nname = \"api_calls\"\nlimit = {limit}\nwindow = \"10m\"\n\
+             [store]\npath = \"{}\"\n{}",
+            pair.server_if,
+            calls.display(),
+            violations.display(),
+            dir.path().join("state.redb").display(),
+            without_api_listener()
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write_config("3", "");
+    let mut daemon =
+        LiveDaemon::start(Some(&pair.server_ns), &config, &dir.path().join("site.key")).unwrap();
+    let api = format!("http://{}:{PORT}/api/", pair.server_ip);
+    let token = format!("token={TOKEN}");
+    let call = || {
+        curl_in(
+            Some(&pair.client_ns),
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                &api,
+                "-d",
+                &token,
+                "-d",
+                "content=version",
+            ],
+        )
+        .unwrap()
+    };
+    let wait_calls = |n: usize| {
+        assert!(
+            wait_until(Duration::from_secs(10), || lines(&calls).len() >= n),
+            "{n} calls not written: {:?}",
+            lines(&calls)
+        );
+    };
+    let second = Duration::from_secs(10);
+
+    call();
+    call();
+    wait_calls(2);
+    assert!(lines(&violations).is_empty(), "2 calls are within 3");
+
+    // Tightened to 1 call per window, and a key that applies only at start changed.
+    write_config("1", "ring_bytes = 8388608");
+    daemon.signal("HUP").unwrap();
+    let log = daemon
+        .wait_for_log("configuration reloaded", 1, second)
+        .unwrap();
+    assert!(
+        log.contains("capture.ring_bytes") && log.contains("restart the service"),
+        "a change that needs a restart is named: {log}"
+    );
+    call();
+    wait_calls(3);
+    let found = lines(&violations);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (&found[0]["rule"], &found[0]["limit"], &found[0]["count"]),
+        (&"api_calls".into(), &1.into(), &3.into()),
+        "the third call breaks the new limit, counted with the two before the reload: {found:?}"
+    );
+
+    // An invalid file: two problems, each named; the running configuration stays.
+    write_config("\"one\"", "bogus_key = 1");
+    daemon.signal("HUP").unwrap();
+    let log = daemon.wait_for_log("reload refused", 1, second).unwrap();
+    let refused = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        refused.contains("capture.bogus_key") && refused.contains("policy.rules[0].limit"),
+        "{refused}"
+    );
+    call();
+    wait_calls(4);
+    let found = lines(&violations);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(
+        (&found[1]["limit"], &found[1]["count"]),
+        (&1.into(), &4.into()),
+        "the limit of 1 still holds after the refused reload: {found:?}"
+    );
+
+    let (status, log) = daemon.stop().unwrap();
+    assert!(status.success(), "{status}: {log}");
+}
+
+/// CLOCK_MONOTONIC in microseconds, as the daemon reads it.
+fn monotonic_usec() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
+
+/// Messages received within `time`.
+fn messages_for(socket: &UnixDatagram, time: Duration) -> Vec<String> {
+    let end = Instant::now() + time;
+    let mut buf = [0u8; 4096];
+    let mut found = Vec::new();
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buf) {
+            found.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    found
+}
+
+#[test]
+fn systemd_hears_ready_after_the_probe_is_attached_then_watchdog_status_reloading_and_stopping() {
+    if !monitor_tests::require_root("sd_notify protocol") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"lo\"]\nports = [18083]\n\
+             [store]\npath = \"{}\"\n{}",
+            dir.path().join("state.redb").display(),
+            without_api_listener()
+        ),
+    )
+    .unwrap();
+    let socket_env = socket_path.to_string_lossy().into_owned();
+    let mut daemon = LiveDaemon::start_with_env(
+        None,
+        &config,
+        &dir.path().join("site.key"),
+        // Ping every 200 ms.
+        &[
+            ("NOTIFY_SOCKET", socket_env.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .unwrap();
+
+    let first = messages_for(&socket, Duration::from_millis(1100));
+    assert_eq!(
+        first.first().map(String::as_str),
+        Some("READY=1\nSTATUS=ebpf on lo: 0 calls, 0 violations, server responsive"),
+        "{first:?}"
+    );
+    assert!(
+        daemon.log().contains("capturing with the eBPF probe"),
+        "READY comes once the probe is attached: {}",
+        daemon.log()
+    );
+    let pings = first.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!((3..=7).contains(&pings), "pings every 200 ms: {first:?}");
+
+    let before = monotonic_usec();
+    daemon.signal("HUP").unwrap();
+    let reload: Vec<String> = messages_for(&socket, Duration::from_millis(600))
+        .into_iter()
+        .filter(|m| m != "WATCHDOG=1")
+        .collect();
+    assert_eq!(reload.len(), 2, "{reload:?}");
+    let usec: u64 = reload[0]
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("{reload:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        usec >= before && usec < before + 5_000_000,
+        "MONOTONIC_USEC is now on CLOCK_MONOTONIC: {usec} vs {before}"
+    );
+    assert!(
+        reload[1].starts_with("READY=1\nSTATUS=ebpf on lo"),
+        "{reload:?}"
+    );
+
+    daemon.signal("TERM").unwrap();
+    let last = messages_for(&socket, Duration::from_millis(600));
+    assert!(last.iter().any(|m| m == "STOPPING=1"), "{last:?}");
+    let (status, log) = daemon.stop().unwrap_or_else(|_| {
+        panic!("daemon gone");
+    });
+    assert!(status.success(), "{status}: {log}");
+}
+
+/// A root directory for `systemd-analyze --root`: the system's units, the daemon at
+/// /usr/bin/redcap-monitor, kill, and the project's unit in /etc/systemd/system.
+fn offline_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["usr/bin", "bin", "etc/systemd/system", "lib/systemd"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::copy(
+        monitor_tests::daemon::monitor_bin().unwrap(),
+        r.join("usr/bin/redcap-monitor"),
+    )
+    .unwrap();
+    std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    let copied = std::process::Command::new("cp")
+        .args(["-r", "/lib/systemd/system"])
+        .arg(r.join("lib/systemd/"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::copy(
+        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
+        r.join("etc/systemd/system/redcap-monitor.service"),
+    )
+    .unwrap();
+    root
+}
+
+fn systemd_analyze(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("systemd-analyze")
+        .args(args)
+        .arg(format!("--root={}", root.display()))
+        .arg("redcap-monitor.service")
+        .output()
+        .expect("systemd-analyze (package systemd, installed by `cargo xtask setup`)")
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
+    let root = offline_root();
+    let out = systemd_analyze(root.path(), &["verify", "--man=no"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // verify exits 0 on unknown keys too, with a line saying it ignores them: none allowed.
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn the_units_security_exposure_is_the_one_the_readme_records() {
+    let root = offline_root();
+    let out = systemd_analyze(root.path(), &["security", "--offline=yes", "--no-pager"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let level = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for redcap-monitor.service: ")
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    let score: f64 = level.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(score <= 3.0, "hardening regressed: {level}");
+    let readme =
+        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    let recorded = format!("exposure level {score:.1}");
+    assert!(
+        readme.contains(&recorded),
+        "README should say `{recorded}` (systemd-analyze security says {level})"
+    );
+}
+
+/// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("the unit grants ambient capabilities");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// Runs `run` in `mode` on loopback as `nobody` holding exactly `caps` (ambient, inheritable
+/// and bounding, as systemd sets them for `User=` with `AmbientCapabilities=`). Returns whether
+/// it started capturing, and its log.
+fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18085]\n\
+             [site]\nkey_file = \"{0}/site.key\"\n[store]\npath = \"{0}/state.redb\"\n{1}",
+            dir.path().display(),
+            without_api_listener()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("log");
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--bounding-set=-all,{list}"))
+        .arg(format!("--inh-caps=-all,{list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(monitor_tests::daemon::monitor_bin().unwrap())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let started = wait_until(Duration::from_secs(15), || {
+        log().contains("capturing with") || child.try_wait().unwrap().is_some()
+    }) && log().contains("capturing with");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    if started {
+        assert!(status.success(), "{status}: {}", log());
+    }
+    (started, log())
+}
+
+#[test]
+fn the_units_capabilities_let_an_unprivileged_user_capture_in_each_mode_and_each_is_needed() {
+    if !monitor_tests::require_root("capabilities of the unit") {
+        return;
+    }
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin", "net_raw"]);
+    let (started, log) = run_as_nobody(&caps, "ebpf");
+    assert!(
+        started && log.contains("capturing with the eBPF probe"),
+        "{log}"
+    );
+    let (started, log) = run_as_nobody(&caps, "pcap");
+    assert!(started && log.contains("capturing with libpcap"), "{log}");
+    // Only what a mode needs: without any one of its capabilities it cannot capture.
+    for (mode, needed) in [
+        ("ebpf", "bpf"),
+        ("ebpf", "perfmon"),
+        ("ebpf", "net_admin"),
+        ("pcap", "net_raw"),
+    ] {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != needed).cloned().collect();
+        let (started, log) = run_as_nobody(&fewer, mode);
+        assert!(!started, "{mode} captured without CAP_{needed}: {log}");
+    }
+}
