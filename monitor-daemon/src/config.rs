@@ -977,6 +977,16 @@ pub struct HooksConfig {
     pub lift: Vec<HookConfig>,
 }
 
+impl HooksConfig {
+    /// Whether some suspend hook gets the raw token (`pass_raw_token`, exec hooks only): only
+    /// then do calls keep their raw token until a decision is acted on.
+    pub fn suspend_wants_raw_token(&self) -> bool {
+        self.suspend
+            .iter()
+            .any(|h| h.pass_raw_token && h.kind == HookKind::Exec)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookConfig {

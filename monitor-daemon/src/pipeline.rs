@@ -13,7 +13,7 @@ use crate::model::{Span, TcpSegment, Timestamp};
 use crate::policy::enforce::{EnforcementStats, Enforcer, HealthView};
 use crate::policy::{Policy, PolicyStats, Verdict};
 use crate::reassembly::{Reassembler, ReassemblyLimits, ReassemblyStats};
-use crate::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody, RedcapStats};
+use crate::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody, KeepRawToken, RedcapStats};
 use crate::token::SiteKey;
 
 /// How often (in capture time) idle connections are looked for.
@@ -27,6 +27,8 @@ pub struct Pipeline {
     http: HttpTracker<ApiRequestSelector>,
     exchanges: Vec<HttpExchange<FormBody>>,
     key: SiteKey,
+    /// Whether calls hold their raw token for the suspend hooks (`hooks.suspend[].pass_raw_token`).
+    keep_raw: KeepRawToken,
     redcap_stats: RedcapStats,
     policy: Policy,
     health: ResponsivenessDetector,
@@ -131,6 +133,7 @@ impl Pipeline {
             http,
             exchanges: Vec::new(),
             key,
+            keep_raw: keep_raw(config),
             redcap_stats: RedcapStats::default(),
             policy: Policy::new(&config.policy),
             health: ResponsivenessDetector::new(config.health.clone()),
@@ -143,7 +146,9 @@ impl Pipeline {
     }
 
     /// Applies what can change while running (a reload): the policy's rules and heavy
-    /// thresholds, the health thresholds and the enforcement settings. Per-token windows,
+    /// thresholds, the health thresholds, the enforcement settings, and whether calls keep their
+    /// raw token for the suspend hooks (when no hook wants it any more, calls waiting in the
+    /// reorder buffer drop theirs at once). Per-token windows,
     /// suspensions, the health state and every connection in flight are kept. What the pipeline
     /// was built from otherwise (paths, ports, limits, the key) is not changed here: see
     /// [`Config::restart_needed`].
@@ -151,6 +156,10 @@ impl Pipeline {
         self.policy.reconfigure(&config.policy);
         self.health.reconfigure(config.health.clone());
         self.enforcer.reconfigure(config.enforcement.clone());
+        self.keep_raw = keep_raw(config);
+        if self.keep_raw == KeepRawToken::Never {
+            self.policy.drop_raw_tokens();
+        }
     }
 
     /// Feeds one captured frame (offline files, libpcap).
@@ -264,7 +273,7 @@ impl Pipeline {
     fn release(&mut self, out: &mut impl FnMut(Verdict)) {
         let calls_finished = !self.exchanges.is_empty();
         for exchange in self.exchanges.drain(..) {
-            let call = ApiCall::from_exchange(exchange, &self.key);
+            let call = ApiCall::from_exchange(exchange, &self.key, self.keep_raw);
             self.redcap_stats.count(&call);
             // Health is judged as calls finish, not after the policy's reorder wait.
             self.health.observe(&call);
@@ -298,6 +307,15 @@ impl Pipeline {
         };
         verdict.decision = self.enforcer.decide(&verdict, &view);
         verdict
+    }
+}
+
+/// Calls keep their raw token only when a suspend hook is configured to get it.
+fn keep_raw(config: &Config) -> KeepRawToken {
+    if config.hooks.suspend_wants_raw_token() {
+        KeepRawToken::ForSuspendHooks
+    } else {
+        KeepRawToken::Never
     }
 }
 
@@ -351,7 +369,8 @@ mod tests {
     fn request() -> String {
         let body = "token=0123456789ABCDEF0123456789ABCDEF&content=version";
         format!(
-            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
     }
@@ -361,6 +380,20 @@ mod tests {
         let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
         pipeline.push_segment(&segment(10, true, 1000, request().as_bytes()), out);
         pipeline.push_segment(&segment(15, false, 5000, response), out);
+    }
+
+    /// One complete API exchange (at 20 ms) on another connection.
+    fn one_call_later(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let other = Endpoint {
+            port: 40002,
+            ..CLIENT
+        };
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(
+            &segment_from(other, 20, true, 1000, request().as_bytes()),
+            out,
+        );
+        pipeline.push_segment(&segment_from(other, 25, false, 5000, response), out);
     }
 
     /// An API request (at 0 ms) from another client that is never answered.
@@ -411,6 +444,58 @@ mod tests {
                 (start.plus(Span::from_millis(10)), Some(200))
             ]
         );
+    }
+
+    /// A configuration whose suspend hook asks for the raw token (or not).
+    fn with_suspend_hook(pass_raw_token: bool) -> Config {
+        let text = format!(
+            "[[hooks.suspend]]\nname = \"h\"\nkind = \"exec\"\nprogram = \"/bin/true\"\n\
+             pass_raw_token = {pass_raw_token}\n"
+        );
+        Config::parse(&text, std::path::Path::new("hooks.toml")).unwrap()
+    }
+
+    fn held(released: &[Verdict]) -> Vec<bool> {
+        released
+            .iter()
+            .map(|v| v.call.raw_token.is_held())
+            .collect()
+    }
+
+    #[test]
+    fn calls_keep_their_raw_token_only_when_a_suspend_hook_asks_for_it() {
+        for (config, keep) in [
+            (Config::default(), false),
+            (with_suspend_hook(false), false),
+            (with_suspend_hook(true), true),
+        ] {
+            let mut pipeline = Pipeline::new(&config, SiteKey::from_bytes([7; 32])).unwrap();
+            let mut released = Vec::new();
+            one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+            assert_eq!(held(&released), [keep]);
+        }
+    }
+
+    #[test]
+    fn a_reload_decides_anew_whether_raw_tokens_are_kept_and_drops_those_waiting() {
+        let mut pipeline =
+            Pipeline::new(&with_suspend_hook(true), SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        // The finished call waits in the reorder buffer behind the hanging request, holding its
+        // raw token, when the reload removes the hook that wanted it.
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert!(released.is_empty());
+        pipeline.reconfigure(&Config::default());
+        one_call_later(&mut pipeline, &mut |v: Verdict| released.push(v));
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(held(&released), [false, false, false]);
+
+        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([7; 32])).unwrap();
+        pipeline.reconfigure(&with_suspend_hook(true));
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert_eq!(held(&released), [true], "a reload can turn keeping on");
     }
 
     #[test]

@@ -239,7 +239,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut edges),
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
-                pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
+                pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 source.drain(&mut pipeline, &mut edges);
             }
             Event::Tick => {
@@ -247,7 +247,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 // event; the tick drains too, so nothing waits longer than one tick.
                 source.drain(&mut pipeline, &mut edges);
                 let now = wall_clock();
-                pipeline.tick(now, &mut |v| edges.verdict(&v));
+                pipeline.tick(now, &mut |v| edges.verdict(v));
                 edges.tick(&mut pipeline, now);
                 edges.records.flush()?;
                 // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
@@ -282,7 +282,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     }
 
     source.stop(&mut pipeline, &mut edges).await;
-    pipeline.finish(&mut |v| edges.verdict(&v));
+    pipeline.finish(&mut |v| edges.verdict(v));
     edges.tick(&mut pipeline, wall_clock());
     edges.records.check()?;
     edges.records.flush()?;
@@ -307,10 +307,12 @@ struct Edges {
 }
 
 impl Edges {
-    fn verdict(&mut self, verdict: &Verdict) {
-        self.records.write(verdict);
-        self.telemetry.observe(verdict);
-        self.actions.on_verdict(verdict);
+    /// The actions go last: they take the call's raw token, if it was kept for the suspend
+    /// hooks (records and telemetry cannot see it either way), and the verdict is dropped here.
+    fn verdict(&mut self, mut verdict: Verdict) {
+        self.records.write(&verdict);
+        self.telemetry.observe(&verdict);
+        self.actions.on_verdict(&mut verdict);
     }
 
     /// Carries out an admin's lift or suspend from the API, like one from a request file.
@@ -737,13 +739,13 @@ impl Source {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
                 });
             }
             Source::Pcap { frames, .. } => {
                 for _ in 0..PCAP_BATCH {
                     let Ok(frame) = frames.try_recv() else { break };
-                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 }
             }
         }
@@ -754,14 +756,14 @@ impl Source {
         match self {
             Source::Kernel(probe) => {
                 probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| edges.verdict(&v))
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
                 });
             }
             Source::Pcap { capture, frames } => {
                 capture.stop();
                 // Closes once every thread has seen the flag and dropped its sender.
                 while let Some(frame) = frames.recv().await {
-                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(&v));
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 }
             }
         }

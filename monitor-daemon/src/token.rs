@@ -198,6 +198,45 @@ pub enum SiteKeyError {
     TooShort { path: String, len: usize },
 }
 
+/// A call's raw token, held from extraction to the suspend hooks only when some configured
+/// suspend hook has `pass_raw_token = true`; empty otherwise (the default).
+///
+/// Its `Debug` prints `<redacted>` (or `None`), it has no `Display` or `Serialize`, and a clone
+/// is always empty: a call record may be copied (templates, tests), the secret never is. The
+/// token leaves only through [`HookToken::take`], and is zeroed when dropped.
+#[derive(Default)]
+pub struct HookToken(Option<RawToken>);
+
+impl HookToken {
+    /// Holds `raw` for the suspend hooks.
+    pub fn held(raw: RawToken) -> HookToken {
+        HookToken(Some(raw))
+    }
+
+    /// Whether a raw token is held.
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Takes the raw token out, leaving this empty.
+    pub fn take(&mut self) -> Option<RawToken> {
+        self.0.take()
+    }
+}
+
+impl Clone for HookToken {
+    /// Empty: the raw token is never copied.
+    fn clone(&self) -> HookToken {
+        HookToken(None)
+    }
+}
+
+impl fmt::Debug for HookToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_held() { "<redacted>" } else { "None" })
+    }
+}
+
 impl RawToken {
     /// Validates and upper-cases a token taken from a request body.
     ///
@@ -370,6 +409,19 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
+    }
+
+    #[test]
+    fn a_hook_token_prints_redacted_and_its_clone_is_empty() {
+        let mut held = HookToken::held(token(TOKEN));
+        assert_eq!(format!("{held:?}"), "<redacted>");
+        assert_eq!(format!("{:#?}", Some(&held)), "Some(\n    <redacted>,\n)");
+        let copy = held.clone();
+        assert!(!copy.is_held(), "a clone never carries the token");
+        assert_eq!(format!("{copy:?}"), "None");
+        let raw = held.take().map(|raw| raw.expose_for_hook().to_vec());
+        assert_eq!(raw.as_deref(), Some(TOKEN));
+        assert!(!held.is_held() && held.take().is_none());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Hooks block (a program up to its timeout, an HTTP POST up to its own), so they run here, in
 //! the order they were decided, and each outcome is written to the audit log as a `hook_result`
 //! record. The queue is bounded; a full queue refuses the event (the caller audits that).
+//! A suspension's job may carry the call's raw token for `pass_raw_token` hooks: it goes to
+//! [`Hooks::run`] (stdin only) and is dropped, zeroed, as soon as the job's hooks ran.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,12 +13,19 @@ use std::thread::JoinHandle;
 
 use crate::hooks::{HookAction, HookEvent, HookOutcome, HookResult, Hooks};
 use crate::store::{AuditEntry, AuditKind, Store};
+use crate::token::RawToken;
+
+/// One event's hooks to run, with the raw token when it was kept for them.
+struct HookJob {
+    event: HookEvent,
+    raw: Option<RawToken>,
+}
 
 /// Hook events waiting at most.
 const QUEUE: usize = 1024;
 
 enum Job {
-    Run(Box<HookEvent>),
+    Run(Box<HookJob>),
     Replace(Box<Hooks>),
 }
 
@@ -86,17 +95,18 @@ impl HookWorker {
         self.runs.snapshot()
     }
 
-    /// Queues the hooks for `event`; gives the event back when the queue is full.
-    pub(super) fn submit(&self, event: HookEvent) -> Result<(), HookEvent> {
+    /// Queues the hooks for `event`, with `raw` for `pass_raw_token` hooks; gives the event back
+    /// when the queue is full (`raw` is then dropped).
+    pub(super) fn submit(&self, event: HookEvent, raw: Option<RawToken>) -> Result<(), HookEvent> {
         let Some(jobs) = &self.jobs else {
             return Err(event);
         };
-        match jobs.try_send(Job::Run(Box::new(event))) {
+        match jobs.try_send(Job::Run(Box::new(HookJob { event, raw }))) {
             Ok(()) => Ok(()),
-            Err(
-                TrySendError::Full(Job::Run(event)) | TrySendError::Disconnected(Job::Run(event)),
-            ) => Err(*event),
-            Err(_) => unreachable!("only Run jobs are sent here"),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => match job {
+                Job::Run(job) => Err(job.event),
+                Job::Replace(_) => unreachable!("only Run jobs are sent here"),
+            },
         }
     }
 
@@ -127,10 +137,13 @@ fn run(mut hooks: Hooks, store: &Store, runs: &RunCounts, queue: Receiver<Job>) 
     for job in queue {
         match job {
             Job::Replace(new) => hooks = *new,
-            Job::Run(event) => {
-                // The raw token is gone by the time a decision is made (calls keep only the
-                // fingerprint), so `pass_raw_token` hooks get none from the live path.
-                for outcome in hooks.run(&event, None) {
+            Job::Run(job) => {
+                let HookJob { event, raw } = *job;
+                // `raw` is only there for a suspension decided on a call that kept its token;
+                // `Hooks::run` shows it to `pass_raw_token` hooks only, on their stdin.
+                let outcomes = hooks.run(&event, raw.as_ref());
+                drop(raw);
+                for outcome in outcomes {
                     runs.count(&outcome);
                     let mut details = serde_json::to_value(&outcome).unwrap_or_default();
                     details["event_at"] = event.at.as_secs_f64().into();

@@ -4,7 +4,10 @@
 //! alert outbox), the [`Alerts`] with their delivery thread, and the [`Hooks`], which run on a
 //! worker thread of their own so that a slow hook never holds up capture. Decisions are made
 //! sans-IO by the policy's [`Enforcer`]; this module records them, tells the admin team and runs
-//! the hooks. It never sees a raw token. Time is what the caller passes: the wall clock live,
+//! the hooks. The only raw token it handles is a call's, kept for suspend hooks with
+//! `pass_raw_token` ([`crate::token::HookToken`]): taken from the verdict, handed with the
+//! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
+//! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
 //! capture time in a replay (so a replay's suspensions expire in capture time).
 
 mod hook_worker;
@@ -31,7 +34,7 @@ use crate::policy::enforce::{Action, Decision, Enforcer};
 use crate::store::{
     AuditEntry, AuditKind, Sighting, Source, Store, StoreError, StoreLimits, Suspension,
 };
-use crate::token::{FingerprintMap, MaskedToken, TokenFingerprint};
+use crate::token::{FingerprintMap, MaskedToken, RawToken, TokenFingerprint};
 
 pub use hook_worker::HookRuns;
 pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
@@ -308,7 +311,13 @@ impl Actions {
 
     /// Records what the policy made of one call: the token's sighting, every violation and the
     /// decision, and acts on it (alert, suspension, hooks). Does not block on the network.
-    pub fn on_verdict(&mut self, verdict: &Verdict) {
+    ///
+    /// Takes the call's raw token, if it was kept (see [`crate::redcap::KeepRawToken`]): a
+    /// suspension decided here hands it to the suspend hooks; otherwise it is dropped (and
+    /// zeroed) here. The verdict holds none afterwards.
+    pub fn on_verdict(&mut self, verdict: &mut Verdict) {
+        let raw = verdict.call.raw_token.take();
+        let verdict: &Verdict = verdict;
         let call = &verdict.call;
         if let Ok(identity) = &call.token {
             let sighting = self
@@ -334,7 +343,7 @@ impl Actions {
         }
         if let Some(decision) = &verdict.decision {
             let masked = call.token.as_ref().ok().map(|id| id.masked.clone());
-            self.on_decision(verdict, decision, masked);
+            self.on_decision(verdict, decision, masked, raw);
         }
         if self.pending_audit.len() >= MAX_PENDING_AUDIT
             || self.sightings.len() >= MAX_PENDING_SIGHTINGS
@@ -343,7 +352,15 @@ impl Actions {
         }
     }
 
-    fn on_decision(&mut self, verdict: &Verdict, decision: &Decision, masked: Option<MaskedToken>) {
+    /// `raw` goes to the suspend hooks when the decision is a suspension in force, and is
+    /// dropped otherwise (warnings, dry runs).
+    fn on_decision(
+        &mut self,
+        verdict: &Verdict,
+        decision: &Decision,
+        masked: Option<MaskedToken>,
+        raw: Option<RawToken>,
+    ) {
         let at = verdict.call.ts_start;
         let evidence = serde_json::to_value(decision).unwrap_or_default();
         self.audit(AuditEntry {
@@ -363,7 +380,7 @@ impl Actions {
                     level: decision.evidence.suspensions_remembered,
                     source: Source::Auto,
                 };
-                self.record_suspension(suspension, evidence);
+                self.record_suspension(suspension, evidence, raw);
             }
             action => {
                 if matches!(action, Action::Suspend { .. }) {
@@ -380,7 +397,8 @@ impl Actions {
     }
 
     /// Suspends a token by hand: recorded, alerted, hooks run, and the enforcer told (at the
-    /// next [`Actions::sync_enforcer`]). `until` `None` means until lifted.
+    /// next [`Actions::sync_enforcer`]). `until` `None` means until lifted. An admin names the
+    /// token by fingerprint, so `pass_raw_token` hooks get no raw token here.
     pub fn suspend(
         &mut self,
         token: TokenFingerprint,
@@ -401,7 +419,7 @@ impl Actions {
         self.flush();
         self.store.suspend(&suspension)?;
         self.stats.manual_suspensions += 1;
-        self.after_suspension(&suspension, json!({"source": "manual"}));
+        self.after_suspension(&suspension, json!({"source": "manual"}), None);
         Ok(suspension)
     }
 
@@ -575,16 +593,27 @@ impl Actions {
         self.hooks.stop();
     }
 
-    fn record_suspension(&mut self, suspension: Suspension, evidence: serde_json::Value) {
+    fn record_suspension(
+        &mut self,
+        suspension: Suspension,
+        evidence: serde_json::Value,
+        raw: Option<RawToken>,
+    ) {
         // Violations and the decision go first, so that the audit log reads in order.
         self.flush();
         if let Err(err) = self.store.suspend(&suspension) {
             self.store_error("recording a suspension", &err);
         }
-        self.after_suspension(&suspension, evidence);
+        self.after_suspension(&suspension, evidence, raw);
     }
 
-    fn after_suspension(&mut self, suspension: &Suspension, evidence: serde_json::Value) {
+    /// `raw` is the suspended call's raw token for `pass_raw_token` hooks, when it was kept.
+    fn after_suspension(
+        &mut self,
+        suspension: &Suspension,
+        evidence: serde_json::Value,
+        raw: Option<RawToken>,
+    ) {
         self.stats.suspensions += 1;
         self.suspended
             .entry(suspension.token)
@@ -615,14 +644,17 @@ impl Actions {
             },
             suspension.since,
         );
-        self.run_hooks(HookEvent {
-            action: HookAction::Suspend,
-            at: suspension.since,
-            token,
-            until: suspension.until,
-            reason: suspension.reason.clone(),
-            evidence,
-        });
+        self.run_hooks(
+            HookEvent {
+                action: HookAction::Suspend,
+                at: suspension.since,
+                token,
+                until: suspension.until,
+                reason: suspension.reason.clone(),
+                evidence,
+            },
+            raw,
+        );
     }
 
     fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
@@ -662,14 +694,19 @@ impl Actions {
             },
             now,
         );
-        self.run_hooks(HookEvent {
-            action: HookAction::Lift,
-            at: now,
-            token,
-            until: None,
-            reason: reason.to_owned(),
-            evidence,
-        });
+        // A lift comes long after the call (expiry, or an admin): no raw token is kept for it,
+        // so `pass_raw_token` lift hooks get none.
+        self.run_hooks(
+            HookEvent {
+                action: HookAction::Lift,
+                at: now,
+                token,
+                until: None,
+                reason: reason.to_owned(),
+                evidence,
+            },
+            None,
+        );
     }
 
     fn expire(&mut self, now: Timestamp) {
@@ -693,9 +730,10 @@ impl Actions {
         };
     }
 
-    fn run_hooks(&mut self, event: HookEvent) {
+    /// Queues the hooks for `event`; `raw` (dropped if the queue is full) goes with it.
+    fn run_hooks(&mut self, event: HookEvent, raw: Option<RawToken>) {
         self.stats.hook_events += 1;
-        if let Err(event) = self.hooks.submit(event) {
+        if let Err(event) = self.hooks.submit(event, raw) {
             self.stats.hook_events_dropped += 1;
             tracing::error!(token_fp = %event.token.fingerprint, action = event.action.as_str(),
                 "hook queue full: hooks not run for this event");

@@ -2,7 +2,9 @@
 //! [`Pipeline`] and [`Actions`] (store on disk, exec hooks, a webhook receiver on loopback), with
 //! time taken from the segments, so an hour of suspension passes in a moment.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -12,6 +14,7 @@ use super::*;
 use crate::alerts::receiver::{Receiver, Recorded, Reply as HttpReply};
 use crate::alerts::tests::verify_standard_webhook;
 use crate::model::{Endpoint, TcpFlags, TcpSegment};
+use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::pipeline::Pipeline;
 use crate::policy::enforce::HoldReason;
 use crate::token::{RawToken, SiteKey};
@@ -108,7 +111,36 @@ struct Daemon {
     pipeline: Pipeline,
     actions: Actions,
     decisions: Vec<Decision>,
+    /// What `run` would write of each verdict (JSON lines of calls, violations and decisions),
+    /// and each verdict's `Debug` form, as it reached the action edge.
+    records: Vec<u8>,
+    /// Verdicts whose call still held its raw token when it reached the action edge.
+    kept_raw_tokens: usize,
     clock: Timestamp,
+}
+
+/// Records a verdict as `run` would before acting on it, then acts on it.
+fn act(
+    actions: &mut Actions,
+    daemon: (&mut Vec<Decision>, &mut Vec<u8>, &mut usize),
+    mut v: Verdict,
+) {
+    let (decisions, records, kept) = daemon;
+    write_line(records, &CallRecord::of(&v, Transport::Tcp)).unwrap();
+    for violation in &v.violations {
+        write_line(records, &ViolationRecord::of(violation)).unwrap();
+    }
+    if let Some(decision) = &v.decision {
+        write_line(records, decision).unwrap();
+    }
+    writeln!(records, "{v:?}").unwrap();
+    *kept += usize::from(v.call.raw_token.is_held());
+    actions.on_verdict(&mut v);
+    assert!(
+        !v.call.raw_token.is_held(),
+        "the action edge takes the raw token"
+    );
+    decisions.extend(v.decision.clone());
 }
 
 impl Daemon {
@@ -126,6 +158,8 @@ impl Daemon {
             pipeline,
             actions,
             decisions: Vec::new(),
+            records: Vec::new(),
+            kept_raw_tokens: 0,
             clock: at(0),
         }
     }
@@ -137,11 +171,12 @@ impl Daemon {
                 pipeline,
                 actions,
                 decisions,
+                records,
+                kept_raw_tokens,
                 ..
             } = self;
             pipeline.push_segment(&segment(packet), &mut |v| {
-                actions.on_verdict(&v);
-                decisions.extend(v.decision.clone());
+                act(actions, (decisions, records, kept_raw_tokens), v)
             });
         }
     }
@@ -154,11 +189,12 @@ impl Daemon {
                 pipeline,
                 actions,
                 decisions,
+                records,
+                kept_raw_tokens,
                 clock,
             } = self;
             pipeline.tick(*clock, &mut |v| {
-                actions.on_verdict(&v);
-                decisions.extend(v.decision.clone());
+                act(actions, (decisions, records, kept_raw_tokens), v)
             });
             actions.step(pipeline, *clock);
         }
@@ -191,20 +227,26 @@ fn recording_hook(dir: &Path, name: &str) -> String {
 }
 
 fn scenario_config(dir: &Path, receiver: &Receiver) -> Config {
+    let hooks = format!(
+        "[[hooks.suspend]]\n{suspend}[[hooks.lift]]\n{lift}",
+        suspend = recording_hook(dir, "on_suspend"),
+        lift = recording_hook(dir, "on_lift"),
+    );
+    config_with_hooks(dir, receiver, &hooks)
+}
+
+/// The scenarios' store and alert sink, with `hooks` (TOML tables).
+fn config_with_hooks(dir: &Path, receiver: &Receiver, hooks: &str) -> Config {
     let secret = dir.join("siem.whsec");
     std::fs::write(&secret, format!("whsec_{}\n", STANDARD.encode(SECRET_KEY))).unwrap();
     let text = format!(
         "[store]\npath = \"{store}\"\n\
          [alerts]\nbackoff_base = \"100ms\"\nrequest_timeout = \"2s\"\n\
          [[alerts.sinks]]\nname = \"siem\"\nkind = \"generic\"\nurl = \"{url}\"\n\
-         secret_file = \"{secret}\"\n\
-         [[hooks.suspend]]\n{suspend}\
-         [[hooks.lift]]\n{lift}",
+         secret_file = \"{secret}\"\n{hooks}",
         store = dir.join("state.redb").display(),
         url = receiver.url("/hook"),
         secret = secret.display(),
-        suspend = recording_hook(dir, "on_suspend"),
-        lift = recording_hook(dir, "on_lift"),
     );
     Config::parse(&text, Path::new("scenario.toml")).unwrap()
 }
@@ -213,8 +255,12 @@ fn scenario_config(dir: &Path, receiver: &Receiver) -> Config {
 /// (slowed by it) is degraded, the suspension expires and is lifted, and the next round's
 /// suspension is twice as long. The compliant token is never named.
 fn run_scenario(dir: &Path, receiver: &Receiver) -> Daemon {
-    let config = scenario_config(dir, receiver);
-    let mut daemon = Daemon::new(&config);
+    run_scenario_with(&scenario_config(dir, receiver))
+}
+
+/// [`run_scenario`]'s traffic under `config`.
+fn run_scenario_with(config: &Config) -> Daemon {
+    let mut daemon = Daemon::new(config);
     let mut traffic = Traffic::default();
     // Round 1: the abuser calls every 4 s for two minutes, each call taking the server 3 s.
     for i in 0..30 {
@@ -436,6 +482,8 @@ fn an_abuser_is_warned_then_suspended_while_degraded_lifted_on_expiry_and_escala
     for request in &requests {
         written.push(("webhook body".into(), request.body.clone()));
     }
+    written.push(("records".into(), daemon.records.clone()));
+    assert_eq!(daemon.kept_raw_tokens, 0, "no hook asked for the raw token");
     assert!(written.iter().any(|(p, _)| p.ends_with("state.redb")));
     for (path, bytes) in &written {
         for token in [ABUSER, COMPLIANT] {
@@ -449,6 +497,170 @@ fn an_abuser_is_warned_then_suspended_while_degraded_lifted_on_expiry_and_escala
         }
     }
     daemon.actions.shutdown();
+}
+
+/// Everything this test process logs (debug and above, every thread), for scans for raw tokens.
+fn captured_log() -> Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .finish();
+        // Fails only if another test set one first: then the log scan below finds no lines and
+        // fails rather than passing blind.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut log) = self.0.lock() {
+            log.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `bytes` hold `token` in either case.
+fn holds(bytes: &[u8], token: &str) -> bool {
+    [token.to_owned(), token.to_lowercase()]
+        .iter()
+        .any(|form| memchr::memmem::find(bytes, form.as_bytes()).is_some())
+}
+
+#[test]
+fn a_pass_raw_token_suspend_hook_gets_the_raw_token_on_stdin_and_nothing_else_does() {
+    let log = captured_log();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    // The hook that gets the token also echoes its stdin to stdout: the recorded outcome must
+    // hold it masked. A second suspend hook, and a lift hook asking for the token, get none.
+    let d = dir.path().display();
+    let hooks = format!(
+        "[[hooks.suspend]]\n{with}pass_raw_token = true\n\
+         [[hooks.suspend]]\n{without}\
+         [[hooks.lift]]\n{lift}pass_raw_token = true\n",
+        with = recording_hook(dir.path(), "with_token"),
+        without = recording_hook(dir.path(), "without_token"),
+        lift = recording_hook(dir.path(), "lift_asks"),
+    );
+    let script = dir.path().join("with_token.sh");
+    let mut text = std::fs::read_to_string(&script).unwrap();
+    text.push_str(&format!("tail -n 2 '{d}/with_token.stdin'\n"));
+    std::fs::write(&script, text).unwrap();
+    let config = config_with_hooks(dir.path(), &receiver, &hooks);
+    let daemon = run_scenario_with(&config);
+    let abuser = fingerprint(ABUSER);
+    assert!(daemon.kept_raw_tokens > 0, "calls kept their raw token");
+    let suspensions = daemon
+        .decisions
+        .iter()
+        .filter(|d| matches!(d.action, Action::Suspend { .. }))
+        .count();
+    assert_eq!(suspensions, 2);
+
+    // The hook with `pass_raw_token`: the raw token on stdin, once per suspension.
+    let with = wait_for_file_lines(&dir.path().join("with_token.stdin"), 2);
+    assert_eq!(with.len(), 2);
+    for line in &with {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(event["action"], "suspend");
+        assert_eq!(event["token_fp"], abuser.to_string());
+        assert_eq!(event["raw_token"], ABUSER);
+    }
+    // Neither its argv nor its environment holds it.
+    for file in ["with_token.argv", "with_token.env"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        assert!(!bytes.is_empty(), "{file} was written");
+        assert!(!holds(&bytes, ABUSER), "{file} holds the raw token");
+    }
+    // The hook without it, and the lift hook (no raw token is kept until a lift), get none.
+    let without = wait_for_file_lines(&dir.path().join("without_token.stdin"), 2);
+    let lift = wait_for_file_lines(&dir.path().join("lift_asks.stdin"), 1);
+    assert_eq!((without.len(), lift.len()), (2, 1));
+    for line in without.iter().chain(&lift) {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(event.get("raw_token").is_none(), "{line}");
+    }
+    // Every hook result is audited before the files are scanned.
+    let store = daemon.actions.store();
+    let end = Instant::now() + WAIT;
+    let results = loop {
+        let results: Vec<serde_json::Value> = store
+            .audit(None, Some(abuser), 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.entry.kind == AuditKind::HookResult)
+            .map(|r| r.entry.details)
+            .collect();
+        if results.len() >= 5 {
+            break results;
+        }
+        assert!(Instant::now() < end, "hook results were not audited");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let echoed = results.iter().find(|r| r["hook"] == "with_token").unwrap()["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(echoed.contains("\"raw_token\":\"[token]\""), "{echoed}");
+    let requests = receiver.wait_for(1, WAIT);
+    let mut daemon = daemon;
+    daemon.actions.flush();
+    let Daemon {
+        actions, records, ..
+    } = daemon;
+    actions.shutdown();
+
+    // Nowhere else: store, other hooks' files, webhook bodies, records, `Debug`, the log.
+    let mut written: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_file() && !name.ends_with(".sh") && name != "with_token.stdin" {
+            written.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    for request in &requests {
+        written.push(("webhook body".into(), request.body.clone()));
+    }
+    assert!(
+        String::from_utf8_lossy(&records).contains("raw_token: <redacted>"),
+        "the verdicts' Debug shows the token held, redacted"
+    );
+    written.push(("records and Debug".into(), records));
+    let logged = log.lock().unwrap().clone();
+    let logged_text = String::from_utf8_lossy(&logged);
+    assert!(
+        logged_text.contains("token suspended") && logged_text.contains("hook ran"),
+        "the log was captured"
+    );
+    written.push(("log".into(), logged));
+    assert!(written.iter().any(|(p, _)| p.ends_with("state.redb")));
+    assert!(
+        written
+            .iter()
+            .any(|(p, _)| p.ends_with("without_token.stdin"))
+    );
+    for (path, bytes) in &written {
+        for token in [ABUSER, COMPLIANT] {
+            assert!(!holds(bytes, token), "{} holds a raw token", path.display());
+        }
+    }
+    let with = std::fs::read(dir.path().join("with_token.stdin")).unwrap();
+    assert!(!holds(&with, COMPLIANT), "only the suspended call's token");
 }
 
 #[test]

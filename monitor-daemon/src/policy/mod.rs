@@ -4,7 +4,8 @@
 //! in any sliding window). Calls are evaluated in the order their requests started, not the order
 //! their responses finished: a short reorder buffer holds finished calls until no earlier-started
 //! call can still arrive. Sans-IO: time is the calls' own timestamps plus the `now` the caller
-//! passes. Never sees a raw token: calls are keyed by fingerprint.
+//! passes. Never reads a raw token: calls are keyed by fingerprint (a call waiting in the reorder
+//! buffer may hold its raw token for the suspend hooks, opaque here).
 //!
 //! Memory is bounded: a token's windows are forgotten once they are empty, at most
 //! `max_tokens` tokens are tracked (the least recently seen are evicted, counted), and refused
@@ -303,6 +304,15 @@ impl Policy {
                 || p.ts_start.plus(self.reorder_window) <= now
         });
         if ready { self.release() } else { None }
+    }
+
+    /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
+    pub fn drop_raw_tokens(&mut self) {
+        let mut waiting = std::mem::take(&mut self.pending).into_vec();
+        for Reverse(pending) in &mut waiting {
+            drop(pending.call.raw_token.take());
+        }
+        self.pending = BinaryHeap::from(waiting);
     }
 
     /// Whether finished calls are waiting to be evaluated.

@@ -3,7 +3,8 @@
 //! Owns what makes a request a REDCap API call (a POST to an API endpoint path), the streaming
 //! extraction of the form fields REDCap reads (urlencoded and multipart, token anywhere in the
 //! body, last value wins as in PHP) with bounded memory, and the [`ApiCall`] record. The raw token
-//! lives only inside [`RequestFields`] until [`ApiCall::from_exchange`] fingerprints and drops it.
+//! lives only inside [`RequestFields`] until [`ApiCall::from_exchange`] fingerprints it, and is
+//! dropped there unless the caller asks to keep it for suspend hooks ([`KeepRawToken`]).
 //! Sans-IO and never panics on body bytes; problems are reported in [`RequestFields::problem`].
 
 mod form;
@@ -13,7 +14,7 @@ mod urlencoded;
 
 use crate::http::{BodyDecoding, ExchangeSelector, HttpExchange, RequestBody, RequestHead};
 use crate::model::{Endpoint, Span, Timestamp};
-use crate::token::{MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
+use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
 
 use form::FieldCollector;
@@ -102,11 +103,27 @@ pub struct ApiCall {
     /// False when a gap, truncation or parse problem touched the exchange (see
     /// [`ApiCall::from_exchange`]).
     pub complete: bool,
+    /// The raw token, held only when [`KeepRawToken::ForSuspendHooks`] (a suspend hook has
+    /// `pass_raw_token`); empty otherwise. Prints as `<redacted>`, is never serialised, and is
+    /// not copied by `clone`.
+    pub raw_token: HookToken,
+}
+
+/// Whether [`ApiCall::from_exchange`] keeps the raw token on the call, for suspend hooks that
+/// are configured with `pass_raw_token = true`. Decided once from the configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeepRawToken {
+    /// Fingerprint and mask it, then drop (and zero) it: the default.
+    #[default]
+    Never,
+    /// Also hold it on the call until the action edge hands it to the suspend hooks.
+    ForSuspendHooks,
 }
 
 impl ApiCall {
     /// Builds the call record, turning the raw token into its fingerprint and masked form; the raw
-    /// token is dropped (and zeroed) here.
+    /// token is dropped (and zeroed) here, unless `keep` is [`KeepRawToken::ForSuspendHooks`]:
+    /// then it is held in [`ApiCall::raw_token`].
     ///
     /// Sizes: `response_bytes` is the decoded body size when it is known (exact, or a lower bound
     /// when decoding hit its work cap) and `None` when decoding failed or the coding is one we do
@@ -116,7 +133,11 @@ impl ApiCall {
     /// body had a gap or a multipart structure we may have read differently from PHP. A value
     /// over its limit (`FieldTooLong`) or a body type REDCap ignores (`UnsupportedContentType`)
     /// leaves the call complete: we saw all that REDCap saw, and know what we did not keep.
-    pub fn from_exchange(exchange: HttpExchange<FormBody>, key: &SiteKey) -> ApiCall {
+    pub fn from_exchange(
+        exchange: HttpExchange<FormBody>,
+        key: &SiteKey,
+        keep: KeepRawToken,
+    ) -> ApiCall {
         let HttpExchange {
             client,
             server,
@@ -130,13 +151,20 @@ impl ApiCall {
             ..
         } = exchange;
         let fields = body.finish();
+        let mut raw_token = HookToken::default();
         let token = match fields.token {
             None => Err(TokenProblem::Missing),
             Some(Err(problem)) => Err(problem),
-            Some(Ok(raw)) => Ok(TokenIdentity {
-                fingerprint: key.fingerprint(&raw),
-                masked: MaskedToken::of(&raw),
-            }),
+            Some(Ok(raw)) => {
+                let identity = TokenIdentity {
+                    fingerprint: key.fingerprint(&raw),
+                    masked: MaskedToken::of(&raw),
+                };
+                if keep == KeepRawToken::ForSuspendHooks {
+                    raw_token = HookToken::held(raw);
+                }
+                Ok(identity)
+            }
         };
         let body_complete = !matches!(
             fields.problem,
@@ -166,6 +194,7 @@ impl ApiCall {
             response_wire_bytes: response.as_ref().map(|r| r.wire_body_bytes),
             body_problem: fields.problem,
             complete: incomplete.is_none() && body_complete,
+            raw_token,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::{ApiCall, ApiParams, TokenIdentity};
 use crate::model::{Endpoint, Span, Timestamp};
-use crate::token::{MaskedToken, TokenFingerprint};
+use crate::token::{HookToken, MaskedToken, TokenFingerprint};
 
 pub(crate) fn at(secs: u64) -> Timestamp {
     Timestamp::from_nanos(secs * 1_000_000_000)
@@ -45,5 +45,6 @@ pub(crate) fn call(n: u8, secs: u64) -> ApiCall {
         response_wire_bytes: Some(300),
         complete: true,
         body_problem: None,
+        raw_token: HookToken::default(),
     }
 }

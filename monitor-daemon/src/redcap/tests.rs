@@ -614,7 +614,9 @@ fn api_call_is_built_from_an_exchange() {
     let call = ApiCall::from_exchange(
         exchange(PYCAP_BODY, Some(response(BodyDecoding::Decoded))),
         &key(),
+        KeepRawToken::Never,
     );
+    assert!(!call.raw_token.is_held(), "not kept unless asked for");
     let identity = call.token.clone().unwrap();
     assert_eq!(identity.fingerprint.to_string(), fingerprint(TOKEN));
     assert_eq!(identity.masked.0, "012…EF");
@@ -637,16 +639,43 @@ fn api_call_is_built_from_an_exchange() {
     assert!(!format!("{call:?}").contains(TOKEN));
 }
 
+/// Where keeping the raw token makes no difference to what is tested.
+const KEEP: KeepRawToken = KeepRawToken::Never;
+
+#[test]
+fn a_kept_raw_token_is_held_on_the_call_and_never_printed() {
+    let call = ApiCall::from_exchange(
+        exchange(PYCAP_BODY, Some(response(BodyDecoding::Decoded))),
+        &key(),
+        KeepRawToken::ForSuspendHooks,
+    );
+    assert!(call.raw_token.is_held());
+    assert_eq!(
+        call.token.as_ref().unwrap().fingerprint.to_string(),
+        fingerprint(TOKEN)
+    );
+    let printed = format!("{call:?} {call:#?}");
+    assert!(printed.contains("raw_token: <redacted>"), "{printed}");
+    assert!(!printed.contains(TOKEN) && !printed.contains(&TOKEN.to_lowercase()));
+    assert!(!call.clone().raw_token.is_held(), "a copy never holds it");
+    let mut call = call;
+    let raw = call.raw_token.take().unwrap();
+    assert_eq!(raw.expose_for_hook(), TOKEN.to_uppercase().as_bytes());
+}
+
 #[test]
 fn api_call_sizes_follow_decoding() {
-    let sized =
-        |d| ApiCall::from_exchange(exchange("token=ABC", Some(response(d))), &key()).response_bytes;
+    let sized = |d| {
+        ApiCall::from_exchange(exchange("token=ABC", Some(response(d))), &key(), KEEP)
+            .response_bytes
+    };
     assert_eq!(sized(BodyDecoding::Capped), Some(700));
     assert_eq!(sized(BodyDecoding::Failed), None);
     assert_eq!(sized(BodyDecoding::Unsupported), None);
     let call = ApiCall::from_exchange(
         exchange("token=ABC", Some(response(BodyDecoding::Unsupported))),
         &key(),
+        KEEP,
     );
     assert_eq!(call.response_wire_bytes, Some(100));
 }
@@ -655,7 +684,7 @@ fn api_call_sizes_follow_decoding() {
 fn api_call_without_response_ends_with_its_request() {
     let mut ex = exchange("content=version", None);
     ex.incomplete = Some(crate::http::Incomplete::NoResponse);
-    let call = ApiCall::from_exchange(ex, &key());
+    let call = ApiCall::from_exchange(ex, &key(), KEEP);
     assert_eq!(call.ts_end, Timestamp::from_nanos(2_000));
     assert_eq!(call.ttfb, None);
     assert_eq!(call.status, None);
@@ -671,7 +700,7 @@ fn api_call_completeness_follows_body_problems() {
         if body.ends_with("gap") {
             ex.body.gap(4);
         }
-        let call = ApiCall::from_exchange(ex, &key());
+        let call = ApiCall::from_exchange(ex, &key(), KEEP);
         let mut stats = RedcapStats::default();
         stats.count(&call);
         (call.complete, stats)

@@ -21,7 +21,7 @@ use redcap_monitor::model::{Endpoint, Span, Timestamp};
 use redcap_monitor::policy::Policy;
 use redcap_monitor::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
 use redcap_monitor::redcap::{ApiCall, ApiParams, TokenIdentity};
-use redcap_monitor::token::{MaskedToken, RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint};
 
 /// Counts live heap bytes and their peak.
 struct Counting;
@@ -93,6 +93,7 @@ impl Calls {
                 response_wire_bytes: Some(1_200),
                 body_problem: None,
                 complete: true,
+                raw_token: HookToken::default(),
             },
             masked: (0..TOKENS)
                 .map(|t| MaskedToken(format!("T{t:02}…{:02}", t % 100)))
