@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::capture::{CaptureError, CaptureFile};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HooksConfig};
 use crate::health::HealthChange;
 use crate::model::{Span, Timestamp};
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
@@ -197,7 +197,12 @@ pub fn analyze(
     outputs: &AnalyzeOutputs,
 ) -> Result<(Summary, String), AnalyzeError> {
     let file = CaptureFile::open(capture)?;
-    let mut pipeline = Pipeline::new(config, key)?;
+    // `analyze` runs no hooks, so its calls never keep a raw token for them.
+    let without_hooks = Config {
+        hooks: HooksConfig::default(),
+        ..config.clone()
+    };
+    let mut pipeline = Pipeline::new(&without_hooks, key)?;
     let mut calls_out = outputs.calls.as_deref().map(open_output).transpose()?;
     let mut violations_out = outputs.violations.as_deref().map(open_output).transpose()?;
     let mut decisions_out = outputs.decisions.as_deref().map(open_output).transpose()?;
