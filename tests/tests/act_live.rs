@@ -2,9 +2,11 @@
 //! the REDCap simulator, real curl clients with known tokens, exec hooks, and a webhook receiver.
 //! An abuser is warned, then suspended (hooks run, audited); `kill -9`; the suspension and the
 //! audit log are still there after a restart, and the alerts the dead receiver could not take are
-//! delivered once it is back; `lift` while the daemon runs goes through it. Then everything the
-//! daemon wrote — records, stats, the store file, hook outputs, webhook bodies, its logs — is
-//! scanned for the raw tokens: none. Needs root; REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
+//! delivered once it is back; `lift` while the daemon runs goes through it. A second suspend hook
+//! with `pass_raw_token = true` gets the abuser's raw token on its stdin, and only there. Then
+//! everything else the daemon wrote — records, stats, the store file, hook outputs, webhook
+//! bodies, its logs — is scanned for the raw tokens: none. Needs root;
+//! REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -95,6 +97,23 @@ fn hook_script(dir: &Path) -> PathBuf {
     script
 }
 
+/// A suspend hook that keeps its stdin (which holds the raw token) in `token.stdin`, and its argv
+/// and environment in `token.argv` and `token.env` (which must not).
+fn token_hook_script(dir: &Path) -> PathBuf {
+    let script = dir.join("token_hook.sh");
+    let d = dir.display();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat >> '{d}/token.stdin'\necho >> '{d}/token.stdin'\n\
+             echo \"$@\" >> '{d}/token.argv'\nenv >> '{d}/token.env'\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
 fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
     let path = dir.join("act.toml");
     let secret = dir.join("siem.whsec");
@@ -127,9 +146,14 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
              request_timeout = \"1s\"\n\
              [[alerts.sinks]]\nname = \"siem\"\nkind = \"generic\"\n\
              url = \"http://127.0.0.1:{receiver_port}/alerts\"\nsecret_file = \"{}\"\n\
-             [[hooks.suspend]]\n{}[[hooks.lift]]\n{}",
+             [[hooks.suspend]]\n{}[[hooks.suspend]]\n{}[[hooks.lift]]\n{}",
             secret.display(),
             hook_entry("on_suspend"),
+            format!(
+                "name = \"with_token\"\nkind = \"exec\"\nprogram = \"{}\"\n\
+                 args = [\"{{fingerprint}}\"]\npass_raw_token = true\n",
+                token_hook_script(dir).display()
+            ),
             hook_entry("on_lift"),
         ),
     )
@@ -240,11 +264,21 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
         wait_until(WAIT, || !lines(&dir.path().join("hook.stdin")).is_empty()),
         "the suspend hook did not run"
     );
-    // Let the hook's outcome reach the audit log, then kill -9.
+    assert!(
+        wait_until(WAIT, || !lines(&dir.path().join("token.stdin")).is_empty()),
+        "the pass_raw_token hook did not run"
+    );
+    // Let the hook's outcome reach the audit log, and the decision its JSONL file (records are
+    // flushed each tick: a kill -9 may lose the last tick's, as documented), then kill -9.
     assert!(wait_until(WAIT, || {
         admin(&store, &["audit"])
             .iter()
             .any(|r| r["kind"] == "hook_result")
+    }));
+    assert!(wait_until(WAIT, || {
+        lines(&dir.path().join("decisions.jsonl"))
+            .iter()
+            .any(|d| d.contains("\"suspend\""))
     }));
     let log_1 = daemon.kill_9().unwrap();
 
@@ -317,12 +351,25 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
             .unwrap();
     assert_eq!(stats["actions"]["lifts"], 1);
 
-    // Nothing the daemon wrote holds a raw token.
+    // The pass_raw_token hook got the abuser's raw token on stdin, once (lifts get none).
+    let with_token = lines(&dir.path().join("token.stdin"));
+    assert_eq!(with_token.len(), 1, "{with_token:?}");
+    let event: Value = serde_json::from_str(&with_token[0]).unwrap();
+    assert_eq!(
+        (event["action"].as_str(), event["raw_token"].as_str()),
+        (Some("suspend"), Some(ABUSER))
+    );
+    assert_eq!(event["token_fp"], abuser.as_str());
+
+    // Nothing else the daemon wrote holds a raw token (its argv and environment included).
     let mut written: Vec<(String, Vec<u8>)> = Vec::new();
     let mut files = Vec::new();
     files_under(dir.path(), &mut files);
+    files.retain(|f| !f.ends_with("token.stdin"));
     assert!(files.iter().any(|f| f.ends_with("state.redb")));
     assert!(files.iter().any(|f| f.ends_with("hook.env")));
+    assert!(files.iter().any(|f| f.ends_with("token.env")));
+    assert!(files.iter().any(|f| f.ends_with("token.argv")));
     for file in files {
         written.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
