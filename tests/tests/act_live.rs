@@ -131,6 +131,11 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
             hook.display()
         )
     };
+    let with_token = format!(
+        "name = \"with_token\"\nkind = \"exec\"\nprogram = \"{}\"\n\
+         args = [\"{{fingerprint}}\"]\npass_raw_token = true\n",
+        token_hook_script(dir).display()
+    );
     let d = dir.display();
     std::fs::write(
         &path,
@@ -149,11 +154,7 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
              [[hooks.suspend]]\n{}[[hooks.suspend]]\n{}[[hooks.lift]]\n{}",
             secret.display(),
             hook_entry("on_suspend"),
-            format!(
-                "name = \"with_token\"\nkind = \"exec\"\nprogram = \"{}\"\n\
-                 args = [\"{{fingerprint}}\"]\npass_raw_token = true\n",
-                token_hook_script(dir).display()
-            ),
+            with_token,
             hook_entry("on_lift"),
         ),
     )
