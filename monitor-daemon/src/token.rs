@@ -209,7 +209,7 @@ pub struct HookToken(Option<RawToken>);
 
 impl HookToken {
     /// Holds `raw` for the suspend hooks.
-    pub fn held(raw: RawToken) -> HookToken {
+    pub(crate) fn held(raw: RawToken) -> HookToken {
         HookToken(Some(raw))
     }
 

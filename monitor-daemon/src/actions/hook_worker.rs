@@ -103,10 +103,10 @@ impl HookWorker {
         };
         match jobs.try_send(Job::Run(Box::new(HookJob { event, raw }))) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => match job {
-                Job::Run(job) => Err(job.event),
-                Job::Replace(_) => unreachable!("only Run jobs are sent here"),
-            },
+            Err(TrySendError::Full(Job::Run(job)) | TrySendError::Disconnected(Job::Run(job))) => {
+                Err(job.event)
+            }
+            Err(_) => unreachable!("only Run jobs are sent here"),
         }
     }
 
