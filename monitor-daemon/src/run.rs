@@ -369,12 +369,19 @@ fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
     match source {
         Source::Kernel(probe) => match probe.get_ref().counters() {
             Ok(k) => (
-                k.ring_full + k.truncated_bytes + k.flow_insert_failed + k.flows_evicted,
+                k.ring_full
+                    + k.truncated_bytes
+                    + k.flow_insert_failed
+                    + k.flows_evicted
+                    + k.tls_conns_evicted
+                    + k.tls_args_lost,
                 serde_json::json!({
                     "kernel.ring_full": k.ring_full,
                     "kernel.truncated_bytes": k.truncated_bytes,
                     "kernel.flow_insert_failed": k.flow_insert_failed,
                     "kernel.flows_evicted": k.flows_evicted,
+                    "kernel.tls_conns_evicted": k.tls_conns_evicted,
+                    "kernel.tls_args_lost": k.tls_args_lost,
                 }),
             ),
             Err(_) => (0, serde_json::Value::Null),

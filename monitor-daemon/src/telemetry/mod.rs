@@ -361,7 +361,7 @@ impl Metrics {
         );
         r.register(
             "capture_losses",
-            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, ring_malformed, dropped, if_dropped)",
+            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped)",
             m.capture_losses.clone(),
         );
         r.register_with_unit(
@@ -596,6 +596,8 @@ impl Metrics {
                         ("ring_full", k.ring_full),
                         ("flow_insert_failed", k.flow_insert_failed),
                         ("flows_evicted", k.flows_evicted),
+                        ("tls_conns_evicted", k.tls_conns_evicted),
+                        ("tls_args_lost", k.tls_args_lost),
                     ] {
                         self.loss(source, "all", reason, n);
                     }
@@ -611,6 +613,11 @@ impl Metrics {
                     self.connections
                         .get_or_create(&LayerLabels { layer: "kernel" })
                         .set(k.flows_tracked as i64);
+                    self.connections
+                        .get_or_create(&LayerLabels {
+                            layer: "kernel_tls",
+                        })
+                        .set(k.tls_conns_tracked as i64);
                 }
                 self.loss(source, "all", "ring_malformed", drain.malformed);
             }
