@@ -47,6 +47,9 @@ struct Options {
     connections: u32,
     /// HTTPS through nginx's OpenSSL (uprobes) instead of HTTP (the TC probe).
     tls: bool,
+    /// Where wrk finds a private copy of libssl (HTTPS only), so that the load generator's own
+    /// TLS calls do not hit the uprobes: on a web host the clients are other machines.
+    client_lib_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_options() -> Result<Options> {
@@ -56,6 +59,7 @@ fn parse_options() -> Result<Options> {
         threads: 2,
         connections: 32,
         tls: false,
+        client_lib_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -90,7 +94,7 @@ fn parse_options() -> Result<Options> {
 }
 
 fn main() -> Result<()> {
-    let options = parse_options()?;
+    let mut options = parse_options()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("live-overhead creates network namespaces and loads eBPF programs: run it as root");
@@ -103,6 +107,9 @@ fn main() -> Result<()> {
     install_interrupt_handler();
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    if options.tls {
+        options.client_lib_dir = Some(private_libssl_for_wrk(dir.path())?);
+    }
     let pair = namespace_pair();
     let nginx = Nginx::start(&pair, dir.path(), options.tls)?;
     let script = dir.path().join("post.lua");
@@ -238,10 +245,36 @@ end
     )
 }
 
+/// Copies the libssl wrk links into `dir/lib`: uprobes are per file, so wrk loading the copy
+/// (LD_LIBRARY_PATH) pays no uprobe traps, and only the server's TLS calls are measured.
+fn private_libssl_for_wrk(dir: &Path) -> Result<std::path::PathBuf> {
+    let ldd = std::process::Command::new("sh")
+        .args(["-c", "ldd \"$(command -v wrk)\""])
+        .output()
+        .context("running ldd on wrk")?;
+    let listing = String::from_utf8_lossy(&ldd.stdout);
+    let library = listing
+        .lines()
+        .find(|line| line.contains("libssl.so"))
+        .and_then(|line| line.split("=>").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("wrk links no libssl:\n{listing}"))?;
+    let lib_dir = dir.join("lib");
+    std::fs::create_dir_all(&lib_dir).context("creating the private library directory")?;
+    let name = Path::new(library)
+        .file_name()
+        .context("libssl path without a file name")?;
+    std::fs::copy(library, lib_dir.join(name)).with_context(|| format!("copying {library}"))?;
+    Ok(lib_dir)
+}
+
 /// Runs wrk from the client namespace for `seconds` and reads its RESULT line.
 fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> Result<WrkResult> {
-    let output = pair
-        .exec(&pair.client_ns, "wrk")
+    let mut command = pair.exec(&pair.client_ns, "wrk");
+    if let Some(lib_dir) = &options.client_lib_dir {
+        command.env("LD_LIBRARY_PATH", lib_dir);
+    }
+    let output = command
         .arg(format!("-t{}", options.threads))
         .arg(format!("-c{}", options.connections))
         .arg(format!("-d{seconds}s"))
