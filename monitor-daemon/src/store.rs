@@ -829,7 +829,8 @@ fn next_counter(txn: &WriteTransaction, name: &str) -> Faulty<u64> {
     Ok(next)
 }
 
-fn suspension_details(s: &Suspension) -> serde_json::Value {
+/// A suspension's details as the audit log (and the admin API) show them: times in epoch seconds.
+pub(crate) fn suspension_details(s: &Suspension) -> serde_json::Value {
     json!({
         "token_masked": s.masked.as_ref().map(|m| m.0.as_str()),
         "since": s.since.as_secs_f64(),

@@ -288,9 +288,12 @@ fn verifier_bounded(len: u32) -> u32 {
     (core::hint::black_box(len).wrapping_sub(1) & (MAX_CHUNK_BYTES - 1)) + 1
 }
 
-/// Writes the header plus `len` staged bytes to the ring; counts a full ring.
+/// Writes a staged event, its header plus the first `len` of its payload bytes, to the ring;
+/// counts a full ring. `Staged` is a 72-byte header followed by `MAX_CHUNK_BYTES` of payload
+/// (the TC program's and the TLS uprobes' staging buffers).
 #[inline(always)]
-fn output(buffer: &mut EventBuffer, len: u32) -> bool {
+fn output<Staged>(staged: &Staged, len: u32) -> bool {
+    const { assert!(core::mem::size_of::<Staged>() == SEGMENT_EVENT_LEN + MAX_CHUNK_BYTES as usize) };
     if len > MAX_CHUNK_BYTES {
         return false;
     }
@@ -300,11 +303,10 @@ fn output(buffer: &mut EventBuffer, len: u32) -> bool {
         } else {
             verifier_bounded(len) as usize
         };
-    // SAFETY: `size` ≤ size_of::<EventBuffer>() (checked above); the buffer is plain bytes.
+    // SAFETY: `size` ≤ size_of::<Staged>() (checked above); the buffer is plain bytes.
     let event =
-        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buffer).cast::<u8>(), size) };
-    let ret = EVENTS.output::<[u8]>(event, 0);
-    if ret.is_ok() {
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(staged).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(event, 0).is_ok() {
         count(KernelCounter::EventsSent, 1);
         true
     } else {

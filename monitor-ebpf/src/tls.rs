@@ -20,11 +20,11 @@ use aya_ebpf::{
 use monitor_common::{
     API_HEAD_LEN, COMM_LEN, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS, DIRECTION_CLIENT_TO_SERVER,
     DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
-    MAX_TLS_PROCESSES, NO_FD, SEGMENT_EVENT_LEN, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState,
-    TlsEvent, comm_matches, is_api_post_head,
+    MAX_TLS_PROCESSES, NO_FD, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState, TlsEvent, comm_matches,
+    is_api_post_head,
 };
 
-use crate::{EVENTS, count, verifier_bounded};
+use crate::{count, output, verifier_bounded};
 
 /// Process names whose reads are looked at, set by user space at load; all-zero = unused.
 #[unsafe(no_mangle)]
@@ -455,30 +455,6 @@ fn header(key: &TlsConnKey, state: &TlsConnState, direction: u8, ktime_ns: u64) 
         direction,
         flags: 0,
         _reserved: [0; 5],
-    }
-}
-
-/// Writes the header plus `len` staged bytes to the ring; counts a full ring.
-#[inline(always)]
-fn output(buffer: &mut TlsBuffer, len: u32) -> bool {
-    if len > MAX_CHUNK_BYTES {
-        return false;
-    }
-    let size = SEGMENT_EVENT_LEN
-        + if len == 0 {
-            0
-        } else {
-            verifier_bounded(len) as usize
-        };
-    // SAFETY: `size` ≤ size_of::<TlsBuffer>() (checked above); the buffer is plain bytes.
-    let event =
-        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(buffer).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(event, 0).is_ok() {
-        count(KernelCounter::EventsSent, 1);
-        true
-    } else {
-        count(KernelCounter::RingFull, 1);
-        false
     }
 }
 

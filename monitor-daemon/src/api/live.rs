@@ -172,13 +172,7 @@ impl LiveTelemetry {
 
 /// A suspension as the API shows it: times in epoch seconds, like the daemon's other JSON.
 pub fn suspension_json(s: &Suspension) -> Value {
-    json!({
-        "token_fp": s.token,
-        "token_masked": s.masked.as_ref().map(|m| m.0.as_str()),
-        "since": s.since.as_secs_f64(),
-        "until": s.until.map(Timestamp::as_secs_f64),
-        "reason": s.reason,
-        "level": s.level,
-        "source": s.source,
-    })
+    let mut json = crate::store::suspension_details(s);
+    json["token_fp"] = json!(s.token);
+    json
 }
