@@ -88,8 +88,21 @@ impl Tcpdump {
         let Some(mut child) = self.child.take() else {
             return Ok(String::new());
         };
-        // Let the last FIN/ACKs of the test's connections pass before the capture ends.
-        std::thread::sleep(Duration::from_millis(300));
+        // Let the last FIN/ACKs of the test's connections pass, and let tcpdump write out what
+        // the kernel already handed it (with -U the file grows per packet): SIGINT discards the
+        // packets still waiting in its capture ring, and a busy CI machine may not have let it
+        // run yet. Stable for 300 ms, or 5 s at most.
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let (mut last, mut stable) = (size(&self.out), 0);
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = size(&self.out);
+            stable = if now == last { stable + 1 } else { 0 };
+            last = now;
+            if stable == 3 {
+                break;
+            }
+        }
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()

@@ -111,7 +111,8 @@ fn record_live_run(mode: &str, subnet: u8) -> LiveRun {
         }
     });
 
-    tcpdump.stop().unwrap();
+    let tcpdump_counts = tcpdump.stop().unwrap();
+    eprintln!("tcpdump: {}", tcpdump_counts.trim());
     let (status, log) = daemon.stop().unwrap();
     assert!(
         status.success(),
