@@ -196,6 +196,11 @@ fn load_payload(
 
 /// Sends the segment's payload in chunks, then a payload-less event for SYN/FIN/RST.
 fn send(ctx: &TcContext, segment: &Segment, flow: &FlowState) {
+    // Most packets of a tracked connection are bare ACKs: they carry nothing user space needs
+    // (every data event carries the ACK number), so they cost the lookup and no more.
+    if segment.payload_len == 0 && segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+        return;
+    }
     let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
         return;
     };
