@@ -2,8 +2,11 @@
 //! answers `POST /api/`, wrk in another drives it over a veth pair; each round runs every
 //! [`Setup`] in turn: the probe detached; attached with its events read and discarded (the
 //! kernel's and the ring's cost alone); attached and drained into a real pipeline as the daemon
-//! does; the attached ones both woken per event and reading in 10 ms batches. Prints one JSON object on stdout: every run, the
-//! means per setup, the ratios to detached, the kernel's loss counters and the calls seen.
+//! does; the attached ones both woken per event and reading in 10 ms batches. Besides wrk's
+//! figures it measures CPU per request: of nginx's processes (from /proc, where the kernel's
+//! share of the probe shows: the classifier on egress, the uprobes' traps) and of the thread that
+//! reads the ring. Prints one JSON object on stdout: every run, the means per setup, the ratios to
+//! detached, the kernel's loss counters and the calls seen.
 //!
 //! With `--tls`, nginx (a uniquely named copy, so that no other nginx on the machine is probed)
 //! serves HTTPS with a self-signed certificate and wrk speaks TLS; the setups are then the
@@ -123,17 +126,20 @@ fn main() -> Result<()> {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 bail!("interrupted; namespaces removed");
             }
-            let run = match setup {
+            let server_cpu = nginx.cpu();
+            let mut run = match setup {
                 Setup::Detached => Run {
                     setup,
                     wrk: wrk(&pair, &script, &options, options.duration_s)?,
                     probe: None,
+                    server_cpu: Duration::ZERO,
                 },
                 Setup::TlsReadOnly | Setup::TlsAttached => {
                     tls_attached_run(&pair, &script, &options, &nginx.name, setup)?
                 }
                 _ => attached_run(&pair, &script, &options, setup)?,
             };
+            run.server_cpu = nginx.cpu().saturating_sub(server_cpu);
             eprintln!(
                 "live-overhead: round {round} {:<26} {:>9.0} req/s  p50 {:>6} us  p99 {:>6} us",
                 setup.name(),
@@ -173,6 +179,8 @@ struct ProbeResult {
     malformed_records: u64,
     calls: u64,
     complete_calls: u64,
+    /// CPU time of the thread that read the ring (and ran the pipeline), probe loading excluded.
+    reader_cpu: Duration,
 }
 
 /// What is attached to the server's veth during a run.
@@ -228,6 +236,31 @@ struct Run {
     setup: Setup,
     wrk: WrkResult,
     probe: Option<ProbeResult>,
+    /// CPU time (user + system) nginx used during the run: the uprobes' traps land here.
+    server_cpu: Duration,
+}
+
+impl Run {
+    fn server_cpu_us_per_request(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.wrk.requests as f64
+    }
+
+    /// `None` when detached.
+    fn reader_cpu_us_per_request(&self) -> Option<f64> {
+        let probe = self.probe?;
+        Some(probe.reader_cpu.as_secs_f64() * 1e6 / self.wrk.requests as f64)
+    }
+}
+
+/// CPU time used so far by the calling thread.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn wrk_script() -> String {
@@ -336,6 +369,7 @@ fn attached_run(
     let probe = {
         let stop = Arc::clone(&stop);
         probe_env::spawn_attached_probe(pair, config, move |mut probe| {
+            let cpu_at_start = thread_cpu();
             let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid");
             let (mut seen, mut complete) = (0u64, 0u64);
@@ -366,6 +400,7 @@ fn attached_run(
                 malformed_records: drain.malformed,
                 calls: seen,
                 complete_calls: complete,
+                reader_cpu: thread_cpu().saturating_sub(cpu_at_start),
             }
         })
     };
@@ -380,6 +415,7 @@ fn attached_run(
         setup,
         wrk: measured?,
         probe: Some(probe),
+        server_cpu: Duration::ZERO,
     })
 }
 
@@ -410,6 +446,7 @@ fn tls_attached_run(
         thread::spawn(move || {
             // The uprobes stay attached as long as `tls` and `probe` live (this thread).
             let _tls = tls;
+            let cpu_at_start = thread_cpu();
             let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid");
             let (mut seen, mut complete) = (0u64, 0u64);
@@ -435,6 +472,7 @@ fn tls_attached_run(
                 malformed_records: drain.malformed,
                 calls: seen,
                 complete_calls: complete,
+                reader_cpu: thread_cpu().saturating_sub(cpu_at_start),
             }
         })
     };
@@ -448,6 +486,7 @@ fn tls_attached_run(
         setup,
         wrk: measured?,
         probe: Some(probe),
+        server_cpu: Duration::ZERO,
     })
 }
 
@@ -459,6 +498,38 @@ struct Nginx {
 }
 
 impl Nginx {
+    /// CPU time (user + system) used so far by nginx's processes, found by the unique name of
+    /// its binary; exited workers are not counted (nginx keeps its one worker for the bench).
+    fn cpu(&self) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let mut ticks = 0u64;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Duration::ZERO;
+        };
+        for entry in entries.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the name may hold spaces, so split at the last `)`.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            if head
+                .split_once(" (")
+                .is_none_or(|(_, comm)| comm != self.name)
+            {
+                continue;
+            }
+            // After `state`, utime and stime are the 12th and 13th fields.
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            for field in fields.get(11..13).unwrap_or_default() {
+                ticks += field.parse::<u64>().unwrap_or(0);
+            }
+        }
+        Duration::from_micros(ticks * 1_000_000 / ticks_per_s)
+    }
+
     fn start(pair: &NamespacePair, dir: &Path, tls: bool) -> Result<Nginx> {
         let d = dir.display();
         let name = format!("rcmbench{}", std::process::id() % 10_000_000);
@@ -630,11 +701,20 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
             run.wrk.p99_us,
             run.wrk.socket_errors + run.wrk.non_2xx
         );
+        let _ = write!(
+            out,
+            ", \"server_cpu_us_per_request\": {}",
+            number(run.server_cpu_us_per_request())
+        );
         if let Some(p) = run.probe {
             let _ = write!(
                 out,
-                ", \"calls_seen\": {}, \"events\": {}, \"lost_events\": {}",
-                p.calls, p.records, p.counters.ring_full
+                ", \"calls_seen\": {}, \"events\": {}, \"lost_events\": {}, \
+                 \"reader_cpu_us_per_request\": {}",
+                p.calls,
+                p.records,
+                p.counters.ring_full,
+                number(run.reader_cpu_us_per_request().unwrap_or(f64::NAN))
             );
         }
         out.push_str(if i + 1 < runs.len() { "},\n" } else { "}\n" });
@@ -652,10 +732,18 @@ fn report_json(options: &Options, runs: &[Run]) -> String {
             format!("{name}_p99_us"),
             number(mean(of(setup).map(|r| r.wrk.p99_us as f64))),
         ));
+        summary.push((
+            format!("{name}_server_cpu_us_per_request"),
+            number(mean(of(setup).map(Run::server_cpu_us_per_request))),
+        ));
         if setup != Setup::Detached {
             summary.push((
                 format!("{name}_over_detached"),
                 number(rps(setup) / rps(Setup::Detached)),
+            ));
+            summary.push((
+                format!("{name}_reader_cpu_us_per_request"),
+                number(mean(of(setup).filter_map(Run::reader_cpu_us_per_request))),
             ));
         }
     }
