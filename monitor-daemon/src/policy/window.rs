@@ -35,11 +35,9 @@ impl SlidingCount {
             self.times.insert(at, ts);
             at
         };
-        let from = match ts.0.checked_sub(window.0) {
-            Some(start) => self.times.partition_point(|t| t.0 <= start),
-            None => 0,
-        };
-        (at + 1 - from) as u32
+        // Everything still held is after `latest - window`, so (as `ts <= latest`) inside
+        // `ts`'s window: the count is what is held up to `ts`, no search needed.
+        (at + 1) as u32
     }
 
     /// Events currently held (for memory accounting).
