@@ -566,6 +566,9 @@ impl Config {
                     "must be longer than zero, e.g. `60s`".into(),
                 ));
             }
+            if rule.limit >= crate::policy::MAX_HELD {
+                problems.push(too_high_a_limit(key("limit")));
+            }
         }
         let mut overridden = std::collections::HashSet::new();
         for (i, o) in self.policy.overrides.iter().enumerate() {
@@ -602,6 +605,12 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            if o.limits
+                .values()
+                .any(|&limit| limit >= crate::policy::MAX_HELD)
+            {
+                problems.push(too_high_a_limit(key("limits")));
             }
             if let Some(unknown) = o.limits.keys().find(|name| !names.contains(name.as_str())) {
                 problems.push(Problem::new(
@@ -792,6 +801,18 @@ impl Config {
         }
         problems
     }
+}
+
+/// A window counts at most `MAX_HELD` calls per token, so a limit at or above it never triggers.
+fn too_high_a_limit(key: String) -> Problem {
+    Problem::new(
+        key,
+        format!(
+            "must be below {} calls per window (a window holds at most that many calls of one \
+             token); use a shorter window for a higher rate",
+            crate::policy::MAX_HELD
+        ),
+    )
 }
 
 /// Reads `value` as a `T`; an error carries its full key path (`policy.rules[1].limit`).
@@ -1287,6 +1308,18 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_limit_a_window_cannot_count_is_refused() {
+        let err = parse("[[policy.rules]]\nname = \"a\"\nlimit = 70000\nwindow = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("policy.rules[0].limit") && err.contains("must be below 65536"),
+            "{err}"
+        );
+        parse("[[policy.rules]]\nname = \"a\"\nlimit = 65535\nwindow = \"1m\"\n").unwrap();
+    }
+
+    #[test]
     fn bad_overrides_name_their_key_path() {
         let fp = "token_fp = \"0123456789abcdef\"\n";
         for (text, key, says) in [
@@ -1300,6 +1333,11 @@ mod tests {
                 "limits = { api_cals = 9 }\n",
                 "limits",
                 "api_calls, heavy_calls",
+            ),
+            (
+                "limits = { api_calls = 65536 }\n",
+                "limits",
+                "must be below 65536",
             ),
         ] {
             let err = parse(&format!("[[policy.overrides]]\n{fp}{text}"))

@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 
-pub use window::SlidingCount;
+pub use window::{MAX_HELD, SlidingCount};
 
 use crate::config::{CallClass, HeavyKind, PolicyConfig};
 use crate::model::{Span, Timestamp};

@@ -2,11 +2,15 @@
 //!
 //! Keeps the timestamps inside the window, sorted, so that a count is exact rather than a bucket
 //! approximation; late arrivals are inserted in order. Memory is proportional to the events inside
-//! one window.
+//! one window, up to [`MAX_HELD`]: a token calling faster than that saturates its count there
+//! (far above any limit) instead of growing without bound.
 
 use std::collections::VecDeque;
 
 use crate::model::{Span, Timestamp};
+
+/// Most events one window holds (512 KiB of timestamps); rule limits must stay below it.
+pub const MAX_HELD: u32 = 1 << 16;
 
 #[derive(Clone, Debug, Default)]
 pub struct SlidingCount {
@@ -25,6 +29,9 @@ impl SlidingCount {
             while self.times.front().is_some_and(|t| t.0 <= horizon) {
                 self.times.pop_front();
             }
+        }
+        if self.times.len() >= MAX_HELD as usize {
+            self.times.pop_front();
         }
         // Usually `ts` is the newest and this is a push to the back.
         let at = if self.times.back().is_none_or(|&last| last <= ts) {
@@ -90,6 +97,18 @@ mod tests {
         }
         w.record(at(2000), minute);
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn a_flood_saturates_the_count_instead_of_growing_memory() {
+        let mut w = SlidingCount::default();
+        let minute = Span::from_secs(60);
+        let mut last = 0;
+        for i in 0..u64::from(MAX_HELD) + 100 {
+            last = w.record(Timestamp::from_nanos(1_000_000_000 + i * 1000), minute);
+        }
+        assert_eq!(last, MAX_HELD);
+        assert_eq!(w.len(), MAX_HELD as usize);
     }
 
     #[test]
