@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod clients;
+pub mod cpu;
 pub mod daemon;
 pub mod netns;
 pub mod session;

@@ -28,6 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use monitor_tests::cpu::thread_cpu_time;
 use monitor_tests::netns::NamespacePair;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
@@ -252,17 +253,6 @@ impl Run {
     }
 }
 
-/// CPU time used so far by the calling thread.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
 fn wrk_script() -> String {
     format!(
         r#"wrk.method = "POST"
@@ -369,7 +359,7 @@ fn attached_run(
     let probe = {
         let stop = Arc::clone(&stop);
         probe_env::spawn_attached_probe(pair, config, move |mut probe| {
-            let cpu_at_start = thread_cpu();
+            let cpu_at_start = thread_cpu_time();
             let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid");
             let (mut seen, mut complete) = (0u64, 0u64);
@@ -400,7 +390,7 @@ fn attached_run(
                 malformed_records: drain.malformed,
                 calls: seen,
                 complete_calls: complete,
-                reader_cpu: thread_cpu().saturating_sub(cpu_at_start),
+                reader_cpu: thread_cpu_time().saturating_sub(cpu_at_start),
             }
         })
     };
@@ -446,7 +436,7 @@ fn tls_attached_run(
         thread::spawn(move || {
             // The uprobes stay attached as long as `tls` and `probe` live (this thread).
             let _tls = tls;
-            let cpu_at_start = thread_cpu();
+            let cpu_at_start = thread_cpu_time();
             let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid");
             let (mut seen, mut complete) = (0u64, 0u64);
@@ -472,7 +462,7 @@ fn tls_attached_run(
                 malformed_records: drain.malformed,
                 calls: seen,
                 complete_calls: complete,
-                reader_cpu: thread_cpu().saturating_sub(cpu_at_start),
+                reader_cpu: thread_cpu_time().saturating_sub(cpu_at_start),
             }
         })
     };

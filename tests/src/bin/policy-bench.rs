@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use monitor_tests::cpu::thread_cpu_time;
 use redcap_monitor::config::PolicyConfig;
 use redcap_monitor::health::Assessment;
 use redcap_monitor::model::{Endpoint, Span, Timestamp};
@@ -196,17 +197,6 @@ fn run(total: u64, enforce: bool) -> Run {
         tracked_tokens: policy.tracked_tokens(),
         state_bytes,
     }
-}
-
-/// This thread's CPU time so far.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// `VmHWM` (peak resident set) of this process, in KiB.
