@@ -1,7 +1,7 @@
 //! Types and constants that cross the kernel/user-space boundary.
 //!
 //! Everything here is `#[repr(C)]` and `no_std`: the kernel programs in `monitor-ebpf` write these
-//! values and the daemon reads them. The one piece of logic, [`is_api_post_head`], lives here so
+//! values and the daemon reads them. The one piece of logic, [`classify_client_start`], lives here so
 //! that the kernel's filter is unit-tested on the host. Nothing here allocates.
 #![cfg_attr(not(test), no_std)]
 
@@ -41,6 +41,9 @@ pub enum KernelCounter {
     /// SSL calls whose arguments could not be saved for the return probe (argument table
     /// full): that call's bytes are lost, and show as a gap.
     TlsArgsLost = 12,
+    /// Client segments on a server port, on connections not tracked, that start a TLS
+    /// handshake: HTTPS the TC probe cannot read (only the OpenSSL uprobes can).
+    TlsHandshakes = 13,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added
@@ -82,8 +85,6 @@ pub const TLS_PROGRAMS: [(&str, &str, bool); 10] = [
 pub const SERVER_PORTS_GLOBAL: &str = "SERVER_PORTS";
 /// Load-time global: `u32`, the most payload bytes one event carries (1..=MAX_CHUNK_BYTES).
 pub const CHUNK_BYTES_GLOBAL: &str = "CHUNK_BYTES";
-/// Load-time global: [`ApiSuffixes`], the path endings that make a `POST` start tracking.
-pub const API_SUFFIXES_GLOBAL: &str = "API_SUFFIXES";
 
 /// How many process names the TLS filter holds.
 pub const MAX_TLS_PROCESSES: usize = 8;
@@ -101,13 +102,9 @@ pub const MAX_CHUNK_BYTES: u32 = 16384;
 /// Most events one segment is split into; the verifier needs the loop bounded. With 16 KiB
 /// chunks this covers a 256 KiB GSO/GRO segment; bytes beyond it are counted as truncated.
 pub const MAX_CHUNKS_PER_SEGMENT: u32 = 16;
-/// How many bytes of a client segment the kernel scans for `POST <path>`.
-pub const API_HEAD_LEN: usize = 256;
-
-/// How many distinct path endings the kernel can match.
-pub const MAX_API_SUFFIXES: usize = 8;
-/// Longest path ending the kernel can match.
-pub const MAX_API_SUFFIX_LEN: usize = 32;
+/// How many bytes of an untracked connection's client segment (or TLS read) the kernel loads
+/// to judge it with [`classify_client_start`].
+pub const CLIENT_START_LEN: usize = 32;
 
 /// Default server ports (the values compiled into the object).
 pub const DEFAULT_SERVER_PORTS: [u16; MAX_SERVER_PORTS] = [80, 8080, 0, 0, 0, 0, 0, 0];
@@ -303,156 +300,101 @@ pub struct FlowState {
     pub server_start: u32,
 }
 
-/// The path endings (compared ignoring ASCII case) that make a client's `POST` start tracking
-/// its connection: the literal tails of the configured API path patterns.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ApiSuffixes {
-    /// Non-zero: every `POST /` starts tracking (some pattern ends in a wildcard).
-    pub every_post: u32,
-    /// Length of each ending in `bytes`; 0 marks an unused slot.
-    pub lens: [u32; MAX_API_SUFFIXES],
-    pub bytes: [[u8; MAX_API_SUFFIX_LEN]; MAX_API_SUFFIXES],
-}
-
-impl ApiSuffixes {
-    /// Matches nothing; add endings with [`ApiSuffixes::push`].
-    pub const NONE: ApiSuffixes = ApiSuffixes {
-        every_post: 0,
-        lens: [0; MAX_API_SUFFIXES],
-        bytes: [[0; MAX_API_SUFFIX_LEN]; MAX_API_SUFFIXES],
-    };
-
-    /// Adds `suffix` in the first free slot; false if it is empty, too long or no slot is free.
-    pub const fn push(&mut self, suffix: &[u8]) -> bool {
-        if suffix.is_empty() || suffix.len() > MAX_API_SUFFIX_LEN {
-            return false;
-        }
-        let mut k = 0;
-        while k < MAX_API_SUFFIXES {
-            if self.lens[k] == 0 {
-                let mut j = 0;
-                while j < suffix.len() {
-                    self.bytes[k][j] = suffix[j];
-                    j += 1;
-                }
-                self.lens[k] = suffix.len() as u32;
-                return true;
-            }
-            k += 1;
-        }
-        false
-    }
-}
-
-/// The endings of the default API paths (`**/api/`, `**/api/index.php`, and the versioned
-/// `.../API/` forms, which differ only in case). Compiled into the object.
-pub const DEFAULT_API_SUFFIXES: ApiSuffixes = {
-    let mut suffixes = ApiSuffixes::NONE;
-    suffixes.push(b"/api/");
-    suffixes.push(b"/api/index.php");
-    suffixes
-};
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding fields.
     unsafe impl aya::Pod for super::SegmentEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
-    unsafe impl aya::Pod for super::ApiSuffixes {}
     unsafe impl aya::Pod for super::TlsEvent {}
     unsafe impl aya::Pod for super::TlsConnKey {}
     unsafe impl aya::Pod for super::TlsConnState {}
 }
 
-/// Whether a client segment's first bytes (`head`, of which `len` are valid) start a request that
-/// may go to the REDCap API: `POST /...` whose path, up to the first space or `?`, ends with one
-/// of `suffixes`, ignoring ASCII case (or any `POST /` when `suffixes.every_post` is set).
-///
-/// A superset of the configured API paths on purpose (user space re-checks exactly); the kernel
-/// only needs to decide cheaply whether a connection is worth copying. The loops are bounded by
-/// [`API_HEAD_LEN`], [`MAX_API_SUFFIXES`] and [`MAX_API_SUFFIX_LEN`] and use `get` so the BPF
-/// verifier can prove every access.
-#[inline(always)]
-pub fn is_api_post_head(head: &[u8], len: usize, suffixes: &ApiSuffixes) -> bool {
-    const METHOD: &[u8; 6] = b"POST /";
-    let len = if len < API_HEAD_LEN {
-        len
-    } else {
-        API_HEAD_LEN
-    };
-    if len < METHOD.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < METHOD.len() {
-        match head.get(i) {
-            Some(&b) if b == METHOD[i] => {}
-            _ => return false,
-        }
-        i += 1;
-    }
-    if suffixes.every_post != 0 {
-        return true;
-    }
-    // The path starts at the '/' after "POST ".
-    let mut end = 0;
-    let mut i = METHOD.len();
-    while i < API_HEAD_LEN {
-        if i >= len {
-            return false;
-        }
-        match head.get(i) {
-            Some(b' ') | Some(b'?') => {
-                end = i;
-                break;
-            }
-            Some(_) => {}
-            None => return false,
-        }
-        i += 1;
-    }
-    let mut k = 0;
-    while k < MAX_API_SUFFIXES {
-        let hit = match (suffixes.lens.get(k), suffixes.bytes.get(k)) {
-            (Some(&suffix_len), Some(suffix)) => {
-                path_ends_with(head, end, suffix, suffix_len as usize)
-            }
-            _ => false,
-        };
-        if hit {
-            return true;
-        }
-        k += 1;
-    }
-    false
+/// What the first bytes a client sends on a connection the kernel does not track yet say about
+/// it. Only [`ClientStart::Track`] makes the kernel copy the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientStart {
+    /// May carry a REDCap API call: a `POST` (or the start of one, cut by the segment or TLS
+    /// record), the HTTP/2 connection preface, or a request of another method with more bytes
+    /// behind its head (a pipelined request, or a head split across segments).
+    Track,
+    /// A TLS handshake (ClientHello record): HTTPS that only the OpenSSL uprobes can read.
+    TlsHandshake,
+    /// Anything else: a complete non-`POST` request head, an empty line, a continuation.
+    Other,
 }
 
-/// `head[..end]` ends with `suffix[..suffix_len]`, comparing ASCII case-insensitively (`| 0x20`
-/// folds letters; for other bytes it may equate two, which only widens the superset).
+/// Whether a client's bytes on an untracked connection are worth copying. `head` holds the first
+/// `len` valid bytes of a segment (or TLS read) of `segment_len` bytes; `ends_with_blank_line`
+/// says whether its last four bytes are `CR LF CR LF`, i.e. it ends exactly where a request head
+/// ends.
+///
+/// The kernel must not decide on anything the web server normalises (the path's spelling, its
+/// case, its encoding), so this is a cheap superset: which requests are API calls is user space's
+/// call. Only `POST` reaches REDCap's API (any other method gets 501), and Apache and PHP
+/// compare the method case-sensitively, so `post` is not one. CR/LF before the request line is
+/// skipped, as Apache (up to 10 empty lines) and nginx (any number) skip it; bytes that are all
+/// CR/LF as far as the kernel looks, with more behind them, are tracked. Loops are bounded by
+/// [`CLIENT_START_LEN`] and use `get` so the BPF verifier can prove every access.
 #[inline(always)]
-fn path_ends_with(
+pub fn classify_client_start(
     head: &[u8],
-    end: usize,
-    suffix: &[u8; MAX_API_SUFFIX_LEN],
-    suffix_len: usize,
-) -> bool {
-    // The path includes its leading '/' at index 5, so a suffix may start there.
-    if suffix_len == 0 || suffix_len > MAX_API_SUFFIX_LEN || end < 5 + suffix_len {
-        return false;
-    }
-    let start = end - suffix_len;
-    let mut j = 0;
-    while j < MAX_API_SUFFIX_LEN {
-        if j >= suffix_len {
-            return true;
+    len: usize,
+    segment_len: usize,
+    ends_with_blank_line: bool,
+) -> ClientStart {
+    let len = if len < CLIENT_START_LEN {
+        len
+    } else {
+        CLIENT_START_LEN
+    };
+    if len >= 3 {
+        if let (Some(&0x16), Some(&0x03), Some(&minor)) = (head.first(), head.get(1), head.get(2)) {
+            if minor <= 0x04 {
+                return ClientStart::TlsHandshake;
+            }
         }
-        match (head.get(start + j), suffix.get(j)) {
-            (Some(&b), Some(&s)) if b | 0x20 == s | 0x20 => {}
+    }
+    let mut start = 0;
+    while start < CLIENT_START_LEN {
+        match head.get(start) {
+            Some(b'\r') | Some(b'\n') if start < len => start += 1,
+            _ => break,
+        }
+    }
+    if start >= len {
+        return if segment_len > len {
+            ClientStart::Track
+        } else {
+            ClientStart::Other
+        };
+    }
+    if starts_with_or_is_cut_in(head, start, len, b"POST")
+        || starts_with_or_is_cut_in(head, start, len, b"PRI * HTTP/2.0")
+    {
+        return ClientStart::Track;
+    }
+    match head.get(start) {
+        Some(&b) if b.is_ascii_uppercase() && !ends_with_blank_line => ClientStart::Track,
+        _ => ClientStart::Other,
+    }
+}
+
+/// `head[start..len]` starts with `word`, or is a non-empty prefix of it that ends at `len`
+/// (the request line continues in the next segment or record).
+#[inline(always)]
+fn starts_with_or_is_cut_in(head: &[u8], start: usize, len: usize, word: &[u8]) -> bool {
+    let mut i = 0;
+    while i < word.len() {
+        if start + i >= len {
+            return i > 0;
+        }
+        match (head.get(start + i), word.get(i)) {
+            (Some(&b), Some(&w)) if b == w => {}
             _ => return false,
         }
-        j += 1;
+        i += 1;
     }
     true
 }
@@ -461,115 +403,103 @@ fn path_ends_with(
 mod tests {
     use super::*;
 
-    fn matches(line: &[u8]) -> bool {
-        is_api_post_head(line, line.len(), &DEFAULT_API_SUFFIXES)
+    fn judge(bytes: &[u8]) -> ClientStart {
+        classify_client_start(
+            bytes,
+            bytes.len().min(CLIENT_START_LEN),
+            bytes.len(),
+            bytes.ends_with(b"\r\n\r\n"),
+        )
     }
 
-    fn matches_with(line: &[u8], endings: &[&[u8]]) -> bool {
-        let mut suffixes = ApiSuffixes::NONE;
-        for ending in endings {
-            assert!(suffixes.push(ending));
+    #[test]
+    fn every_post_is_tracked_whatever_its_path_looks_like() {
+        for line in [
+            &b"POST /api/ HTTP/1.1\r\nHost: x\r\n"[..],
+            b"POST /ap%69/ HTTP/1.1\r\n",
+            b"POST //redcap/./x/../api/ HTTP/1.1\r\n",
+            b"POST http://redcap.example/api/ HTTP/1.1\r\n",
+            b"POST /api/index.php/extra HTTP/1.1\r\n",
+            b"POST /index.php HTTP/1.1\r\n\r\n",
+            b"POST",
+        ] {
+            assert_eq!(judge(line), ClientStart::Track, "{line:?}");
         }
-        is_api_post_head(line, line.len(), &suffixes)
     }
 
     #[test]
-    fn configured_endings_replace_the_default_ones() {
-        let custom: &[&[u8]] = &[b"/custom/endpoint"];
-        assert!(matches_with(b"POST /custom/endpoint HTTP/1.1\r\n", custom));
-        assert!(matches_with(
-            b"POST /x/Custom/Endpoint?a=b HTTP/1.1\r\n",
-            custom
-        ));
-        assert!(!matches_with(b"POST /api/ HTTP/1.1\r\n", custom));
-        assert!(!matches_with(
-            b"POST /custom/endpoint2 HTTP/1.1\r\n",
-            custom
-        ));
-        assert!(!matches_with(b"GET /custom/endpoint HTTP/1.1\r\n", custom));
-        let two: &[&[u8]] = &[b"/a/", b"/bb.php"];
-        assert!(matches_with(b"POST /x/bb.php HTTP/1.1\r\n", two));
-        assert!(matches_with(b"POST /a/ HTTP/1.1\r\n", two));
-        assert!(!matches_with(b"POST /b/ HTTP/1.1\r\n", two));
-    }
-
-    #[test]
-    fn an_ending_of_the_longest_length_fills_every_slot_and_matches() {
-        let longest = [b'e'; MAX_API_SUFFIX_LEN];
-        let mut suffixes = ApiSuffixes::NONE;
-        for _ in 0..MAX_API_SUFFIXES {
-            assert!(suffixes.push(&longest));
+    fn a_request_line_cut_by_the_segment_is_tracked() {
+        for cut in [&b"P"[..], b"PO", b"POS", b"\r\nPO", b"PRI * HT"] {
+            assert_eq!(judge(cut), ClientStart::Track, "{cut:?}");
         }
-        assert!(!suffixes.push(b"/api/"), "no slot is left");
-        let mut empty = ApiSuffixes::NONE;
-        assert!(!empty.push(&[b'e'; MAX_API_SUFFIX_LEN + 1]));
-        assert!(!empty.push(b""));
-        let mut line = b"POST /".to_vec();
-        line.extend_from_slice(&longest);
-        line.extend_from_slice(b" HTTP/1.1");
-        assert!(is_api_post_head(&line, line.len(), &suffixes));
-        // The path's leading '/' counts: a bare "/" + 31 bytes cannot end with 32 'e's.
-        let short = b"POST /eeeeeeeeeeeeeeeeeeeeeeeeeeeeeee HTTP/1.1";
-        assert!(!is_api_post_head(short, short.len(), &suffixes));
     }
 
     #[test]
-    fn every_post_is_tracked_when_a_pattern_ends_in_a_wildcard() {
-        let every = ApiSuffixes {
-            every_post: 1,
-            ..ApiSuffixes::NONE
-        };
-        assert!(is_api_post_head(b"POST /anything", 14, &every));
-        assert!(!is_api_post_head(b"GET /anything ", 14, &every));
-        assert!(!is_api_post_head(b"POST", 4, &every));
+    fn empty_lines_before_the_request_line_are_skipped() {
+        assert_eq!(
+            judge(b"\r\n\r\nPOST /api/ HTTP/1.1\r\n"),
+            ClientStart::Track
+        );
+        assert_eq!(judge(b"\n\nPOST /api/ HTTP/1.1\r\n"), ClientStart::Track);
+        assert_eq!(judge(b"\r\n\r\n"), ClientStart::Other);
+        // More empty lines than the kernel looks at (nginx skips any number): tracked.
+        let mut many = b"\r\n".repeat(CLIENT_START_LEN);
+        many.extend_from_slice(b"POST /api/ HTTP/1.1\r\n");
+        assert_eq!(judge(&many), ClientStart::Track);
     }
 
     #[test]
-    fn no_endings_track_nothing() {
+    fn the_http2_preface_is_tracked() {
+        assert_eq!(
+            judge(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            ClientStart::Track
+        );
+    }
+
+    #[test]
+    fn a_complete_head_of_another_method_is_not_copied() {
+        assert_eq!(
+            judge(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ClientStart::Other
+        );
+        assert_eq!(judge(b"HEAD /api/ HTTP/1.1\r\n\r\n"), ClientStart::Other);
+        // The method is case-sensitive: PHP fills $_POST only for `POST`.
+        assert_eq!(judge(b"post /api/ HTTP/1.1\r\n\r\n"), ClientStart::Other);
+        assert_eq!(judge(b""), ClientStart::Other);
+        assert_eq!(judge(b"\x00\x01binary"), ClientStart::Other);
+    }
+
+    #[test]
+    fn another_method_with_bytes_behind_its_head_is_tracked() {
+        // A pipelined request may follow, or the head continues in the next segment.
+        assert_eq!(
+            judge(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/ HTTP/1.1\r\n"),
+            ClientStart::Track
+        );
+        assert_eq!(judge(b"GET / HTTP/1.1\r\nCookie: a"), ClientStart::Track);
+    }
+
+    #[test]
+    fn a_tls_client_hello_is_recognised() {
+        assert_eq!(
+            judge(b"\x16\x03\x01\x02\x00\x01"),
+            ClientStart::TlsHandshake
+        );
+        assert_eq!(judge(b"\x16\x03\x09\x02"), ClientStart::Other);
+    }
+
+    #[test]
+    fn only_the_valid_length_is_read() {
         let line = b"POST /api/ HTTP/1.1\r\n";
-        assert!(!is_api_post_head(line, line.len(), &ApiSuffixes::NONE));
-    }
-
-    #[test]
-    fn api_posts_start_tracking() {
-        assert!(matches(b"POST /api/ HTTP/1.1\r\nHost: x\r\n"));
-        assert!(matches(b"POST /redcap/api/ HTTP/1.1\r\n"));
-        assert!(matches(b"POST /api/index.php HTTP/1.1\r\n"));
-        assert!(matches(
-            b"POST /redcap/redcap_v14.5.0/API/index.php HTTP/1.1\r\n"
-        ));
-        assert!(matches(b"POST /redcap_v14.5.0/API/ HTTP/1.1\r\n"));
-        assert!(matches(b"POST /api/?x=1 HTTP/1.1\r\n"));
-    }
-
-    #[test]
-    fn other_requests_are_filtered() {
-        assert!(!matches(b"GET /api/ HTTP/1.1\r\n"));
-        assert!(!matches(b"POST /index.php HTTP/1.1\r\n"));
-        assert!(!matches(b"POST /api HTTP/1.1\r\n"));
-        assert!(!matches(b"POST /api/x HTTP/1.1\r\n"));
-        assert!(!matches(b"POST /apix/ HTTP/1.1\r\n"));
-        assert!(!matches(b"PUT /api/ HTTP/1.1\r\n"));
-        assert!(!matches(b"POST"));
-        assert!(!matches(b""));
-    }
-
-    #[test]
-    fn a_path_cut_off_by_the_segment_or_the_scan_limit_is_filtered() {
-        // No terminator within the valid bytes: the kernel cannot tell, so it does not track.
-        assert!(!matches(b"POST /api/"));
-        let mut long = [b'a'; API_HEAD_LEN + 20];
-        long[..6].copy_from_slice(b"POST /");
-        let tail = b"/api/ HTTP/1.1";
-        long[API_HEAD_LEN..API_HEAD_LEN + tail.len()].copy_from_slice(tail);
-        assert!(!matches(&long));
-    }
-
-    #[test]
-    fn valid_length_limits_what_is_read() {
-        let line = b"POST /api/ HTTP/1.1\r\n";
-        assert!(is_api_post_head(line, 11, &DEFAULT_API_SUFFIXES));
-        assert!(!is_api_post_head(line, 10, &DEFAULT_API_SUFFIXES));
+        assert_eq!(classify_client_start(line, 0, 0, false), ClientStart::Other);
+        assert_eq!(
+            classify_client_start(b"HEAD", 2, 2, true),
+            ClientStart::Other
+        );
+        assert_eq!(
+            classify_client_start(b"\r\nPOST", 2, 2, false),
+            ClientStart::Other
+        );
     }
 
     #[test]

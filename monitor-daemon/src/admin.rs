@@ -746,7 +746,9 @@ fn status_text(stats: &serde_json::Value) -> String {
     }
     if let Some(interfaces) = stats["pcap"].as_array() {
         for interface in interfaces {
-            let dropped = number(&interface["dropped"]) + number(&interface["if_dropped"]);
+            let dropped = number(&interface["dropped"])
+                + number(&interface["if_dropped"])
+                + number(&interface["truncated"]);
             if dropped > 0 {
                 losses.push(format!(
                     "pcap.{}.dropped={dropped}",

@@ -24,9 +24,7 @@ use crate::actions::{Actions, ActionsError, ActionsReload, Request};
 use crate::api::live::{LiveTelemetry, suspension_json};
 use crate::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::canary::Canary;
-use crate::capture::kernel::{
-    KernelApiPaths, KernelProbe, ProbeConfig, ProbeError, interface_exists,
-};
+use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
 use crate::config::{CaptureMode, Config, ConfigError};
@@ -114,12 +112,6 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
             "capture.ports",
             "is empty: list the web server's ports, e.g. [80, 8080]".into(),
         ));
-    }
-    // In "auto" mode a pattern the kernel cannot filter on falls back to libpcap (logged).
-    if capture.mode == CaptureMode::Ebpf
-        && let Err(err) = KernelApiPaths::from_patterns(&config.redcap.api_paths)
-    {
-        return Err(invalid("redcap.api_paths", err.to_string()));
     }
     Ok(())
 }
@@ -390,11 +382,15 @@ fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
             let mut total = 0;
             let mut detail = serde_json::Map::new();
             for c in capture.counters() {
-                total += c.dropped + c.if_dropped;
+                total += c.dropped + c.if_dropped + c.truncated;
                 detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
                 detail.insert(
                     format!("pcap.{}.if_dropped", c.interface),
                     c.if_dropped.into(),
+                );
+                detail.insert(
+                    format!("pcap.{}.truncated", c.interface),
+                    c.truncated.into(),
                 );
             }
             (total, detail.into())
@@ -684,7 +680,6 @@ fn load_probe(config: &Config, tc: bool) -> Result<KernelProbe, RunError> {
         } else {
             Vec::new()
         },
-        api_paths: KernelApiPaths::from_patterns(&config.redcap.api_paths)?,
         tls_idle: Duration::from_nanos(config.reassembly.idle_timeout.span().0),
         ..ProbeConfig::default()
     })?;
@@ -1057,25 +1052,6 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("capture.ports"), "{err}");
-    }
-
-    #[test]
-    fn an_api_path_the_kernel_cannot_filter_on_is_refused_in_ebpf_mode() {
-        let text = |mode: &str| {
-            format!(
-                "[capture]\ninterfaces = [\"lo\"]\nmode = \"{mode}\"\n[redcap]\n\
-                 api_paths = [\"**/api/\", \"/{}\"]\n",
-                "a".repeat(40)
-            )
-        };
-        let err = check_config(&config(&text("ebpf")), Path::new("live.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("redcap.api_paths") && err.contains("at most 32"),
-            "{err}"
-        );
-        assert!(check_config(&config(&text("pcap")), Path::new("live.toml")).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! redcap-monitor's kernel program: a TC classifier that finds REDCap API connections and copies
-//! their TCP payload (both directions) to user space through one ring buffer.
+//! redcap-monitor's kernel program: a TC classifier that finds connections that may carry REDCap
+//! API calls (a client's `POST`, however its path is spelled) and copies their TCP payload (both
+//! directions) to user space through one ring buffer.
 //!
 //! It decides only what must be decided in the kernel (is this connection worth copying?) and
 //! leaves parsing and reassembly to user space. It never drops or modifies a packet: every path
@@ -17,11 +18,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    API_HEAD_LEN, ApiSuffixes, DEFAULT_API_SUFFIXES, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES,
-    DEFAULT_SERVER_PORTS, DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4,
-    FAMILY_IPV6, FlowKey, FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES,
-    MAX_CHUNKS_PER_SEGMENT, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN,
-    TCP_RST, TCP_SYN, is_api_post_head,
+    CLIENT_START_LEN, ClientStart, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, DEFAULT_SERVER_PORTS,
+    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
+    FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
+    MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    classify_client_start,
 };
 
 /// Server ports, set by user space at load (`EbpfLoader::set_global`); 0 = unused slot.
@@ -31,10 +32,6 @@ static SERVER_PORTS: [u16; MAX_SERVER_PORTS] = DEFAULT_SERVER_PORTS;
 /// Most payload bytes per event, set at load; clamped to `MAX_CHUNK_BYTES` below.
 #[unsafe(no_mangle)]
 static CHUNK_BYTES: u32 = MAX_CHUNK_BYTES;
-
-/// Path endings that make a `POST` start tracking, set at load from the configured API paths.
-#[unsafe(no_mangle)]
-static API_SUFFIXES: ApiSuffixes = DEFAULT_API_SUFFIXES;
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTER_SLOTS, 0);
@@ -88,10 +85,18 @@ pub fn api_flow_classifier(ctx: TcContext) -> i32 {
 fn observe(ctx: &TcContext, segment: &Segment) {
     let tracked = FLOWS.get_ptr_mut(&segment.key);
     let Some(state) = tracked else {
-        if segment.direction == DIRECTION_CLIENT_TO_SERVER && starts_api_post(ctx, segment) {
+        let start = if segment.direction == DIRECTION_CLIENT_TO_SERVER {
+            client_start(ctx, segment)
+        } else {
+            ClientStart::Other
+        };
+        if start == ClientStart::Track {
             let state = start_tracking(segment);
             send(ctx, segment, &state);
         } else {
+            if start == ClientStart::TlsHandshake {
+                count(KernelCounter::TlsHandshakes, 1);
+            }
             count(KernelCounter::Filtered, 1);
         }
         return;
@@ -121,7 +126,7 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     }
 }
 
-/// Starts tracking at `segment`, the client's `POST`: where each direction's bytes begin is kept,
+/// Starts tracking at `segment`, the client's request: where each direction's bytes begin is kept,
 /// so that user space can tell an event lost before the first one it receives.
 fn start_tracking(segment: &Segment) -> FlowState {
     let state = FlowState {
@@ -154,24 +159,34 @@ fn end_tracking(key: &FlowKey) {
     }
 }
 
-/// Copies the first bytes of the payload into the event buffer and checks for `POST <api path>`.
-fn starts_api_post(ctx: &TcContext, segment: &Segment) -> bool {
+/// Judges an untracked connection's client segment by its first bytes and whether it ends
+/// exactly at the end of a request head (see [`classify_client_start`]).
+fn client_start(ctx: &TcContext, segment: &Segment) -> ClientStart {
+    if segment.payload_len == 0 {
+        return ClientStart::Other;
+    }
     let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
-        return false;
+        return ClientStart::Other;
     };
     // SAFETY: per-CPU value, used by one program run at a time (see EventBuffer).
     let bytes = unsafe { &mut (*buffer).bytes };
+    let ends_with_blank_line = segment.payload_len >= 4
+        && ctx
+            .load::<[u8; 4]>((segment.payload_offset + segment.payload_len - 4) as usize)
+            .is_ok_and(|tail| tail == *b"\r\n\r\n");
     let len = load_payload(
         ctx,
         segment.payload_offset,
         segment.payload_len,
         bytes,
-        API_HEAD_LEN as u32,
+        CLIENT_START_LEN as u32,
     );
-    // Through black_box, not by value: the value is patched into .rodata at load, so the compiler
-    // must not fold in the defaults, and a ~300-byte copy would crowd the 512-byte stack.
-    let suffixes: &ApiSuffixes = core::hint::black_box(&API_SUFFIXES);
-    len > 0 && is_api_post_head(bytes, len as usize, suffixes)
+    classify_client_start(
+        bytes,
+        len as usize,
+        segment.payload_len as usize,
+        ends_with_blank_line,
+    )
 }
 
 /// Loads `min(available, limit)` bytes (limit ≤ MAX_CHUNK_BYTES) from `offset` into `bytes`;

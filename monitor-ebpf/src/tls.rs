@@ -3,7 +3,8 @@
 //! buffer as the TC classifier's segments, as [`TlsEvent`]s.
 //!
 //! A connection is (process, `SSL*`). Only reads by configured processes (by name) are looked
-//! at, and only a connection whose request starts with `POST <api path>` is tracked; every other
+//! at, and only a connection whose plaintext may carry an API call (a `POST`, or the HTTP/2
+//! preface: see `classify_client_start`) is tracked; every other
 //! call costs a map lookup and a counter. Reads are copied on return (the data exists only
 //! then), writes on return too, and only the bytes `SSL_write` says it took: a non-blocking
 //! write that must be retried with the same buffer is then never copied twice. No struct
@@ -18,10 +19,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use monitor_common::{
-    API_HEAD_LEN, COMM_LEN, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS, DIRECTION_CLIENT_TO_SERVER,
-    DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
-    MAX_TLS_PROCESSES, NO_FD, TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState, TlsEvent, comm_matches,
-    is_api_post_head,
+    CLIENT_START_LEN, COMM_LEN, ClientStart, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS,
+    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter,
+    MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT, MAX_TLS_PROCESSES, NO_FD, TCP_FIN, TCP_SYN,
+    TlsConnKey, TlsConnState, TlsEvent, classify_client_start, comm_matches,
 };
 
 use crate::{count, output, verifier_bounded};
@@ -280,7 +281,7 @@ fn read_done(args: &CallArgs, len: u64) {
             count(KernelCounter::TlsConnsEnded, 1);
         }
     }
-    if !starts_api_post(args.buf, len) {
+    if !worth_tracking(args.buf, len) {
         count(KernelCounter::TlsFiltered, 1);
         return;
     }
@@ -326,21 +327,28 @@ fn write_done(args: &CallArgs, len: u64) {
     state.last_ns = now();
 }
 
-/// Copies the first bytes of the read into the buffer and checks for `POST <api path>`.
-fn starts_api_post(buf: u64, len: u64) -> bool {
+/// Judges an untracked connection's read by its first bytes and whether it ends exactly at the
+/// end of a request head, as the TC program judges a segment.
+fn worth_tracking(buf: u64, len: u64) -> bool {
     let Some(buffer) = TLS_BUFFER.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: per-CPU value; uprobe programs do not nest on one CPU.
     let bytes = unsafe { &mut (*buffer).bytes };
-    let len = if len < API_HEAD_LEN as u64 {
+    let mut tail = [0u8; 4];
+    let ends_with_blank_line = len >= 4
+        && unsafe {
+            bpf_probe_read_user(tail.as_mut_ptr().cast(), 4, (buf + len - 4) as *const _) == 0
+        }
+        && tail == *b"\r\n\r\n";
+    let head_len = if len < CLIENT_START_LEN as u64 {
         len as u32
     } else {
-        API_HEAD_LEN as u32
+        CLIENT_START_LEN as u32
     };
-    // The TC program's load-time global: both filters follow the configured API paths.
-    let suffixes: &monitor_common::ApiSuffixes = core::hint::black_box(&crate::API_SUFFIXES);
-    read_user(buf, len, bytes) && is_api_post_head(bytes, len as usize, suffixes)
+    read_user(buf, head_len, bytes)
+        && classify_client_start(bytes, head_len as usize, len as usize, ends_with_blank_line)
+            == ClientStart::Track
 }
 
 /// Copies `len` (1..=MAX_CHUNK_BYTES) bytes of user memory at `src` into `bytes`.

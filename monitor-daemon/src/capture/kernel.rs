@@ -17,12 +17,11 @@ use aya::programs::uprobe::UProbeLink;
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
-    API_SUFFIXES_GLOBAL, ApiSuffixes, CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP,
-    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
-    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_API_SUFFIX_LEN, MAX_API_SUFFIXES,
-    MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SERVER_PORTS_GLOBAL, SegmentEvent,
-    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL,
-    TlsConnKey, TlsConnState, TlsEvent,
+    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, DIRECTION_CLIENT_TO_SERVER,
+    DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey,
+    FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN,
+    SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP,
+    TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
 };
 
 use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
@@ -40,8 +39,6 @@ pub struct ProbeConfig {
     pub max_flows: u32,
     /// How [`KernelProbe::attach`] hooks the classifier into the interface.
     pub attach: AttachMethod,
-    /// Which `POST`s make the kernel start copying a connection.
-    pub api_paths: KernelApiPaths,
     /// Names of the processes whose OpenSSL reads the TLS uprobes look at (at most 8, each
     /// 1..=15 bytes; a name matches a process whose name starts with it). Empty: none.
     pub tls_processes: Vec<String>,
@@ -65,73 +62,15 @@ pub enum AttachMethod {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        let patterns = crate::redcap::DEFAULT_API_PATHS.map(String::from);
         Self {
             ports: vec![80, 8080],
             ring_bytes: 16 << 20,
             chunk_bytes: MAX_CHUNK_BYTES,
             max_flows: 16384,
             attach: AttachMethod::Auto,
-            api_paths: KernelApiPaths::from_patterns(&patterns)
-                .expect("the default API path patterns fit the kernel"),
             tls_processes: Vec::new(),
             tls_idle: Duration::from_secs(120),
         }
-    }
-}
-
-/// The kernel's cheap first cut of the configured API path patterns: a connection is copied once
-/// its client sends a `POST` whose path ends with one of a few literal endings (ASCII case
-/// ignored). A superset of the patterns; user space re-checks every request exactly.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KernelApiPaths {
-    /// Paths ending with one of these (1 to 8, each at most 32 bytes).
-    Endings(Vec<String>),
-    /// Some pattern ends in a wildcard, so no ending narrows it: every `POST` is copied.
-    EveryPost,
-}
-
-impl KernelApiPaths {
-    /// Derives the endings from `redcap.api_paths` patterns: each pattern's literal tail after its
-    /// last `*`. Endings that another ending already covers (case-insensitively) are dropped.
-    pub fn from_patterns(patterns: &[String]) -> Result<KernelApiPaths, ProbeError> {
-        let mut endings: Vec<String> = Vec::new();
-        for pattern in patterns {
-            let tail = pattern.rsplit('*').next().unwrap_or_default();
-            if tail.is_empty() {
-                return Ok(KernelApiPaths::EveryPost);
-            }
-            if tail.len() > MAX_API_SUFFIX_LEN {
-                return Err(ProbeError::ApiPathTailTooLong {
-                    pattern: pattern.clone(),
-                    len: tail.len(),
-                    max: MAX_API_SUFFIX_LEN,
-                });
-            }
-            endings.push(tail.to_string());
-        }
-        // Shortest first, so that an ending is kept only if no kept one is a suffix of it.
-        endings.sort_by_key(String::len);
-        let mut kept: Vec<String> = Vec::new();
-        for ending in endings {
-            let lower = ending.to_ascii_lowercase();
-            if !kept
-                .iter()
-                .any(|k| lower.ends_with(&k.to_ascii_lowercase()))
-            {
-                kept.push(ending);
-            }
-        }
-        if kept.is_empty() {
-            return Err(ProbeError::NoApiPaths);
-        }
-        if kept.len() > MAX_API_SUFFIXES {
-            return Err(ProbeError::TooManyApiPathTails {
-                count: kept.len(),
-                max: MAX_API_SUFFIXES,
-            });
-        }
-        Ok(KernelApiPaths::Endings(kept))
     }
 }
 
@@ -150,22 +89,6 @@ pub enum ProbeError {
     ChunkSize { bytes: u32, max: u32 },
     #[error("flow table capacity must be at least 1")]
     FlowCapacity,
-    #[error("no API path patterns configured: list them in redcap.api_paths (e.g. \"**/api/\")")]
-    NoApiPaths,
-    #[error(
-        "the API path pattern {pattern:?} ends in {len} literal bytes after its last '*', but the \
-         kernel filter matches endings of at most {max}: put a wildcard nearer the end"
-    )]
-    ApiPathTailTooLong {
-        pattern: String,
-        len: usize,
-        max: usize,
-    },
-    #[error(
-        "the API path patterns have {count} different literal endings but the kernel filter \
-         matches at most {max}: merge patterns or end one in a wildcard"
-    )]
-    TooManyApiPathTails { count: usize, max: usize },
     #[error(
         "permission denied to {action}: run as root or grant {capabilities} \
          (e.g. `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`)"
@@ -274,6 +197,8 @@ pub struct KernelCounters {
     pub tls_conns_evicted: u64,
     /// TLS calls whose arguments could not be kept for the return probe: a loss.
     pub tls_args_lost: u64,
+    /// TLS handshakes (ClientHello) on the watched ports: HTTPS the TC probe cannot read.
+    pub tls_handshakes: u64,
 }
 
 /// What user space did with the records it read.
@@ -310,7 +235,6 @@ impl KernelProbe {
     pub fn load(config: &ProbeConfig) -> Result<KernelProbe, ProbeError> {
         let ports = server_ports(config)?;
         validate_sizes(config)?;
-        let suffixes = api_suffixes(&config.api_paths)?;
         let tls_processes = super::tls::process_names(&config.tls_processes)?;
         let tls_idle_ns = u64::try_from(config.tls_idle.as_nanos()).unwrap_or(u64::MAX);
         let btf = Btf::from_sys_fs().ok();
@@ -318,7 +242,6 @@ impl KernelProbe {
             .btf(btf.as_ref())
             .override_global(SERVER_PORTS_GLOBAL, &ports, true)
             .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
-            .override_global(API_SUFFIXES_GLOBAL, &suffixes, true)
             .override_global(TLS_PROCESSES_GLOBAL, &tls_processes, true)
             .override_global(TLS_IDLE_NS_GLOBAL, &tls_idle_ns, true)
             .map_max_entries(TLS_CONNS_MAP, config.max_flows)
@@ -554,6 +477,7 @@ impl KernelProbe {
             tls_conns_ended,
             tls_conns_tracked,
             tls_args_lost: read(KernelCounter::TlsArgsLost)?,
+            tls_handshakes: read(KernelCounter::TlsHandshakes)?,
             flows_evicted: flows_started
                 .saturating_sub(flows_ended)
                 .saturating_sub(flows_tracked),
@@ -843,35 +767,6 @@ fn server_ports(config: &ProbeConfig) -> Result<[u16; MAX_SERVER_PORTS], ProbeEr
         *slot = port;
     }
     Ok(ports)
-}
-
-/// The kernel's form of `paths`; checks the limits again, since `Endings` can be built by hand.
-fn api_suffixes(paths: &KernelApiPaths) -> Result<ApiSuffixes, ProbeError> {
-    let mut suffixes = ApiSuffixes::NONE;
-    match paths {
-        KernelApiPaths::EveryPost => suffixes.every_post = 1,
-        KernelApiPaths::Endings(endings) => {
-            if endings.is_empty() {
-                return Err(ProbeError::NoApiPaths);
-            }
-            if endings.len() > MAX_API_SUFFIXES {
-                return Err(ProbeError::TooManyApiPathTails {
-                    count: endings.len(),
-                    max: MAX_API_SUFFIXES,
-                });
-            }
-            for ending in endings {
-                if !suffixes.push(ending.as_bytes()) {
-                    return Err(ProbeError::ApiPathTailTooLong {
-                        pattern: ending.clone(),
-                        len: ending.len(),
-                        max: MAX_API_SUFFIX_LEN,
-                    });
-                }
-            }
-        }
-    }
-    Ok(suffixes)
 }
 
 fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
@@ -1281,91 +1176,6 @@ mod tests {
                 ..base
             }),
             Err(ProbeError::FlowCapacity)
-        ));
-    }
-
-    fn patterns(list: &[&str]) -> Vec<String> {
-        list.iter().map(|p| p.to_string()).collect()
-    }
-
-    #[test]
-    fn default_patterns_become_todays_two_endings() {
-        assert_eq!(
-            ProbeConfig::default().api_paths,
-            KernelApiPaths::Endings(vec!["/api/".into(), "/api/index.php".into()])
-        );
-        let suffixes = api_suffixes(&ProbeConfig::default().api_paths).unwrap();
-        assert_eq!(suffixes, monitor_common::DEFAULT_API_SUFFIXES);
-    }
-
-    #[test]
-    fn the_literal_tail_after_the_last_wildcard_is_the_ending() {
-        assert_eq!(
-            KernelApiPaths::from_patterns(&patterns(&[
-                "**/custom/endpoint",
-                "/exact/path.php",
-                "/x/*/y*/z/",
-            ]))
-            .unwrap(),
-            KernelApiPaths::Endings(vec![
-                "/z/".into(),
-                "/exact/path.php".into(),
-                "/custom/endpoint".into(),
-            ])
-        );
-        // "/x/api/" is covered by "/API/" (the kernel ignores case).
-        assert_eq!(
-            KernelApiPaths::from_patterns(&patterns(&["/x/api/", "**/redcap_v*/API/"])).unwrap(),
-            KernelApiPaths::Endings(vec!["/API/".into()])
-        );
-    }
-
-    #[test]
-    fn a_pattern_ending_in_a_wildcard_tracks_every_post() {
-        for list in [&["**/api/", "/redcap/**"][..], &["/*"][..]] {
-            assert_eq!(
-                KernelApiPaths::from_patterns(&patterns(list)).unwrap(),
-                KernelApiPaths::EveryPost
-            );
-        }
-        let suffixes = api_suffixes(&KernelApiPaths::EveryPost).unwrap();
-        assert_eq!(suffixes.every_post, 1);
-    }
-
-    #[test]
-    fn a_literal_tail_beyond_the_kernel_limit_is_refused_naming_the_pattern() {
-        let long = format!("**/{}", "a".repeat(MAX_API_SUFFIX_LEN));
-        let err = KernelApiPaths::from_patterns(&patterns(&["**/api/", &long])).unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                ProbeError::ApiPathTailTooLong {
-                    len: 33,
-                    max: 32,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains(&long), "{err}");
-        let fits = format!("**{}", "a".repeat(MAX_API_SUFFIX_LEN));
-        assert!(KernelApiPaths::from_patterns(&patterns(&[&fits])).is_ok());
-    }
-
-    #[test]
-    fn more_endings_than_the_kernel_holds_are_refused() {
-        let many: Vec<String> = (0..9).map(|i| format!("**/e{i}/")).collect();
-        assert!(matches!(
-            KernelApiPaths::from_patterns(&many),
-            Err(ProbeError::TooManyApiPathTails { count: 9, max: 8 })
-        ));
-        assert!(matches!(
-            api_suffixes(&KernelApiPaths::Endings(many)),
-            Err(ProbeError::TooManyApiPathTails { count: 9, max: 8 })
-        ));
-        assert!(matches!(
-            KernelApiPaths::from_patterns(&[]),
-            Err(ProbeError::NoApiPaths)
         ));
     }
 

@@ -20,6 +20,9 @@ const READ_TIMEOUT_MS: i32 = 100;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Kernel buffer per interface: room for bursts while the pipeline is busy.
 const KERNEL_BUFFER_BYTES: i32 = 16 << 20;
+/// Bytes kept of each frame, as tcpdump keeps by default: loopback frames and GRO/TSO frames on
+/// real interfaces are larger than 65,535 bytes, and a cut frame is a hole in the stream.
+pub const SNAPLEN: i32 = 262_144;
 
 /// A captured frame that owns its bytes, so that it can cross from a capture thread.
 pub struct OwnedFrame {
@@ -79,6 +82,8 @@ pub struct InterfaceCounters {
     pub dropped: u64,
     /// Packets dropped by the interface or its driver.
     pub if_dropped: u64,
+    /// Frames longer than [`SNAPLEN`], cut short: their tail is a gap in the stream.
+    pub truncated: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +91,7 @@ struct SharedCounters {
     received: AtomicU64,
     dropped: AtomicU64,
     if_dropped: AtomicU64,
+    truncated: AtomicU64,
 }
 
 /// Running captures, one thread per interface. Dropping it stops and joins the threads: drain
@@ -160,6 +166,7 @@ impl LiveCapture {
                 received: c.received.load(Ordering::Relaxed),
                 dropped: c.dropped.load(Ordering::Relaxed),
                 if_dropped: c.if_dropped.load(Ordering::Relaxed),
+                truncated: c.truncated.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -192,7 +199,7 @@ fn open_interface(interface: &str, filter: &str) -> Result<pcap::Capture<pcap::A
     let mut capture = pcap::Capture::from_device(interface)
         .map_err(open_error)?
         .immediate_mode(true)
-        .snaplen(65535)
+        .snaplen(SNAPLEN)
         .buffer_size(KERNEL_BUFFER_BYTES)
         .timeout(READ_TIMEOUT_MS)
         .precision(pcap::Precision::Nano)
@@ -219,6 +226,9 @@ fn capture_loop(
     while !stop.load(Ordering::Relaxed) {
         match capture.next_packet() {
             Ok(packet) => {
+                if packet.header.caplen < packet.header.len {
+                    counters.truncated.fetch_add(1, Ordering::Relaxed);
+                }
                 let frame = OwnedFrame {
                     ts: timestamp(&packet.header.ts),
                     link,

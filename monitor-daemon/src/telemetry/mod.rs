@@ -361,7 +361,7 @@ impl Metrics {
         );
         r.register(
             "capture_losses",
-            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped)",
+            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped, truncated)",
             m.capture_losses.clone(),
         );
         r.register_with_unit(
@@ -630,6 +630,7 @@ impl Metrics {
                     store(&self.capture_events.get_or_create(&labels), i.received);
                     self.loss(source, &i.interface, "dropped", i.dropped);
                     self.loss(source, &i.interface, "if_dropped", i.if_dropped);
+                    self.loss(source, &i.interface, "truncated", i.truncated);
                 }
             }
             CaptureView::None => {}
