@@ -766,6 +766,25 @@ fn status_text(stats: &serde_json::Value) -> String {
             losses.join(" ")
         }
     );
+    // A blind daemon must never look healthy: the coverage line comes right after the losses.
+    match stats["coverage"].as_array() {
+        Some(spots) if !spots.is_empty() => {
+            for spot in spots {
+                let _ = writeln!(
+                    out,
+                    "coverage: BLIND {} ({} seen): {}",
+                    spot["reason"].as_str().unwrap_or("?"),
+                    number(&spot["count"]),
+                    spot["advice"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Some(_) => {
+            let _ = writeln!(out, "coverage: no blind spot seen");
+        }
+        // A stats file from a version without the judgement.
+        None => {}
+    }
     if let Some(problems) = stats["problems"].as_object().filter(|p| !p.is_empty()) {
         let listed: Vec<String> = problems.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "input problems: {}", listed.join(" "));
@@ -787,6 +806,18 @@ mod status_tests {
         });
         let text = status_text(&clean);
         assert!(text.contains("losses: none"), "{text}");
+        assert!(!text.contains("coverage"), "an older stats file: {text}");
+        let mut covered = clean.clone();
+        covered["coverage"] = serde_json::json!([]);
+        assert!(status_text(&covered).contains("coverage: no blind spot seen"));
+        let mut blind = clean.clone();
+        blind["coverage"] = serde_json::json!([{"reason": "https_unread", "count": 5,
+            "since": 1_700_000_000.0, "last": 1_700_000_010.0, "advice": "check capture.tls"}]);
+        let text = status_text(&blind);
+        assert!(
+            text.contains("coverage: BLIND https_unread (5 seen): check capture.tls"),
+            "{text}"
+        );
         assert!(text.contains("40 filtered"), "{text}");
         let lossy = serde_json::json!({
             "mode": "ebpf", "degraded": true,

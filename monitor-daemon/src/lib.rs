@@ -12,6 +12,7 @@ pub mod api;
 pub mod canary;
 pub mod capture;
 pub mod config;
+pub mod coverage;
 pub mod health;
 pub mod hooks;
 pub mod http;

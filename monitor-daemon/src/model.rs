@@ -46,6 +46,11 @@ impl Timestamp {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(pub u64);
 
+/// Serialises a timestamp as Unix seconds (f64), as the JSONL records do.
+pub(crate) fn as_secs<S: serde::Serializer>(at: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(at.as_secs_f64())
+}
+
 impl Span {
     pub const fn from_secs(secs: u64) -> Self {
         Self(secs * 1_000_000_000)

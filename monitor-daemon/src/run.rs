@@ -28,6 +28,7 @@ use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exi
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
 use crate::config::{CaptureMode, Config, ConfigError};
+use crate::coverage::{Coverage, CoverageSample, TlsCoverage};
 use crate::model::Timestamp;
 use crate::notify::Notifier;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
@@ -166,15 +167,20 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         telemetry,
         actions,
         canary,
+        coverage: Coverage::new(
+            TlsCoverage::Off,
+            config.capture.ports.iter().any(|p| TLS_PORTS.contains(p)),
+        ),
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut notifier = Notifier::from_env();
     let (mut source, mut tls) = open_source(config)?;
+    edges.coverage.set_tls(tls_coverage(tls.as_ref()));
     // The configuration in force: replaced as a whole by a reload.
     let mut current = config.clone();
-    notifier.ready(&status_line(&source, &current, &pipeline));
+    notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
     if let Some(every) = notifier.watchdog_interval() {
         tracing::info!(
             ping_every_ms = every.as_millis() as u64,
@@ -220,7 +226,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                     apply_config((&new, actions), &mut pipeline, &mut edges, &mut stats_tick);
                     current = new;
                 }
-                notifier.ready(&status_line(&source, &current, &pipeline));
+                notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
             }
             Event::KernelReadable(Err(source)) => {
                 return Err(RunError::Io {
@@ -248,14 +254,26 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 notifier.heartbeat(beat);
                 if beat >= next_status {
                     next_status = beat + STATUS_INTERVAL;
-                    notifier.status(&status_line(&source, &current, &pipeline));
+                    notifier.status(&status_line(&source, &current, &pipeline, &edges.coverage));
                 }
             }
             Event::LossCheck => {
                 let (lost, detail) = capture_loss(&source);
+                let now = wall_clock();
+                edges.actions.observe_capture_loss(lost, detail, now);
+                edges.coverage.set_tls(tls_coverage(tls.as_ref()));
                 edges
-                    .actions
-                    .observe_capture_loss(lost, detail, wall_clock());
+                    .coverage
+                    .observe(coverage_sample(&source, &pipeline), now);
+                while let Some(spot) = edges.coverage.poll_blind() {
+                    tracing::warn!(
+                        blind_spot = spot.reason.name(),
+                        count = spot.count,
+                        "capture is blind: {}",
+                        spot.advice
+                    );
+                    edges.actions.observe_blind_spot(&spot, now);
+                }
             }
             Event::Rescan => {
                 if let (Some(tls), Source::Kernel(probe)) = (&mut tls, &mut source) {
@@ -296,6 +314,8 @@ struct Edges {
     telemetry: LiveTelemetry,
     actions: Actions,
     canary: Option<Canary>,
+    /// What the capture cannot see, judged once a second with the loss counters.
+    coverage: Coverage,
 }
 
 impl Edges {
@@ -354,6 +374,36 @@ impl Edges {
         }
         self.actions.step(pipeline, now);
     }
+}
+
+/// Ports on which a client speaking HTTPS is expected: watched without TLS capture, they are a
+/// blind spot from the start.
+const TLS_PORTS: [u16; 2] = [443, 8443];
+
+fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
+    match tls {
+        None => TlsCoverage::Off,
+        Some(tls) => TlsCoverage::On {
+            libraries: tls.libraries().count(),
+        },
+    }
+}
+
+/// The counters the coverage judgement reads.
+fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
+    let http = &pipeline.stats().http;
+    let mut sample = CoverageSample {
+        not_http: http.not_http,
+        request_starts_lost: http.request_starts_lost,
+        ..CoverageSample::default()
+    };
+    if let Source::Kernel(probe) = source
+        && let Ok(k) = probe.get_ref().counters()
+    {
+        sample.tls_handshakes = k.tls_handshakes;
+        sample.tls_reads = k.tls_filtered + k.tls_conns_started;
+    }
+    sample
 }
 
 /// The capture's loss counters, summed, and by name.
@@ -481,10 +531,20 @@ fn single_line(err: &ConfigError) -> String {
 }
 
 /// One line for `systemctl status`: capture, interfaces, calls, violations, health.
-fn status_line(source: &Source, config: &Config, pipeline: &Pipeline) -> String {
+fn status_line(
+    source: &Source,
+    config: &Config,
+    pipeline: &Pipeline,
+    coverage: &Coverage,
+) -> String {
     let policy = pipeline.stats().policy;
+    let blind: Vec<&str> = coverage
+        .blind_spots()
+        .iter()
+        .map(|s| s.reason.name())
+        .collect();
     format!(
-        "{} on {}: {} calls, {} violations, server {}",
+        "{} on {}: {} calls, {} violations, server {}{}",
         source.mode(),
         config.capture.interfaces.join(","),
         policy.calls,
@@ -493,6 +553,11 @@ fn status_line(source: &Source, config: &Config, pipeline: &Pipeline) -> String 
             "DEGRADED"
         } else {
             "responsive"
+        },
+        if blind.is_empty() {
+            String::new()
+        } else {
+            format!(", BLIND: {}", blind.join(","))
         }
     )
 }
@@ -566,6 +631,7 @@ fn refresh_telemetry(
         pipeline: pipeline.stats(),
         capture,
         degraded: health.is_degraded(),
+        blind_spots: edges.coverage.blind_spots(),
         server_time_p95_s: health.assessment().ttfb_p95_s,
         tracked_connections,
         tracked_tokens,
@@ -792,25 +858,7 @@ fn counters(
         Source::Kernel(probe) => {
             let probe = probe.get_ref();
             value["kernel"] = match probe.counters() {
-                Ok(k) => serde_json::json!({
-                    "packets_seen": k.packets_seen,
-                    "filtered": k.filtered,
-                    "events_sent": k.events_sent,
-                    "ring_full": k.ring_full,
-                    "truncated_bytes": k.truncated_bytes,
-                    "flow_insert_failed": k.flow_insert_failed,
-                    "flows_started": k.flows_started,
-                    "flows_ended": k.flows_ended,
-                    "flows_tracked": k.flows_tracked,
-                    "flows_evicted": k.flows_evicted,
-                    "tls_other_process": k.tls_other_process,
-                    "tls_filtered": k.tls_filtered,
-                    "tls_conns_started": k.tls_conns_started,
-                    "tls_conns_ended": k.tls_conns_ended,
-                    "tls_conns_tracked": k.tls_conns_tracked,
-                    "tls_conns_evicted": k.tls_conns_evicted,
-                    "tls_args_lost": k.tls_args_lost,
-                }),
+                Ok(k) => serde_json::to_value(k).unwrap_or_default(),
                 Err(err) => serde_json::Value::String(err.to_string()),
             };
             let drain = probe.drain_stats();
@@ -835,6 +883,7 @@ fn counters(
         .collect::<serde_json::Map<_, _>>()
         .into();
     value["degraded"] = pipeline.health().is_degraded().into();
+    value["coverage"] = serde_json::to_value(edges.coverage.blind_spots()).unwrap_or_default();
     value["pipeline"] = serde_json::json!({
         "decode": format!("{:?}", stats.decode),
         "reassembly": format!("{:?}", stats.reassembly),

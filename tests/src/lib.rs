@@ -9,6 +9,7 @@ pub mod clients;
 pub mod cpu;
 pub mod daemon;
 pub mod netns;
+pub mod receiver;
 pub mod session;
 pub mod sim;
 pub mod synth;

@@ -113,3 +113,24 @@ fn run(args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A TCP listener bound to `addr` inside network namespace `ns` (`None`: this one). The socket
+/// keeps its namespace, so any thread can accept on it.
+pub fn listen_in(ns: Option<&str>, addr: &str) -> Result<std::net::TcpListener> {
+    let Some(ns) = ns else {
+        return Ok(std::net::TcpListener::bind(addr)?);
+    };
+    let path = format!("/var/run/netns/{ns}");
+    let addr = addr.to_owned();
+    std::thread::spawn(move || -> Result<std::net::TcpListener> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: a valid namespace fd; setns moves only this short-lived thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(std::net::TcpListener::bind(&addr)?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread binding in {ns} panicked"))?
+}

@@ -8,79 +8,20 @@
 //! bodies, its logs — is scanned for the raw tokens: none. Needs root;
 //! REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, fingerprints, monitor_bin};
+use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
 
 const ABUSER: &str = "AB12CD34EF56AB12CD34EF56AB12CD34";
 const COMPLIANT: &str = "0C0C0C0C1D1D1D1D2E2E2E2E3F3F3F3F";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One request the receiver took: its head and body.
-#[derive(Clone)]
-struct Received {
-    head: String,
-    body: Vec<u8>,
-}
-
-/// A webhook receiver on loopback answering 200, recording every request.
-fn receiver(listener: TcpListener) -> Arc<Mutex<Vec<Received>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            let mut parsed = None;
-            while parsed.is_none() {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let len: usize = head
-                        .to_lowercase()
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    parsed = Some((head, end + 4, len));
-                }
-            }
-            let Some((head, start, len)) = parsed else {
-                continue;
-            };
-            while buf.len() < start + len {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            record.lock().unwrap().push(Received {
-                head,
-                body: buf[start..].to_vec(),
-            });
-        }
-    });
-    seen
-}
 
 fn hook_script(dir: &Path) -> PathBuf {
     let script = dir.join("hook.sh");

@@ -76,6 +76,8 @@ pub struct ActionStats {
     pub store_errors: u64,
     /// Capture-loss alerts raised.
     pub capture_loss_alerts: u64,
+    /// Blind-spot alerts raised.
+    pub capture_blind_alerts: u64,
     /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
     pub violations_while_suspended: u64,
     /// Admin requests handled (admin API or request files).
@@ -496,6 +498,21 @@ impl Actions {
                 at: now,
                 lost,
                 evidence: json!({"lost_total": lost_total, "counters": detail}),
+            },
+            now,
+        );
+    }
+
+    /// A blind spot began (see [`crate::coverage`]): the admin team hears of it, once per
+    /// reason within the alert cooldown.
+    pub fn observe_blind_spot(&mut self, spot: &crate::coverage::BlindSpot, now: Timestamp) {
+        self.stats.capture_blind_alerts += 1;
+        self.alerts.raise(
+            Alert::CaptureBlind {
+                at: now,
+                reason: spot.reason.name().into(),
+                advice: spot.advice.into(),
+                evidence: serde_json::to_value(spot).unwrap_or_default(),
             },
             now,
         );

@@ -57,7 +57,7 @@ pub struct DeliveryReport {
     pub sink: String,
     /// 1 for the first attempt.
     pub attempt: u32,
-    #[serde(serialize_with = "super::time::as_secs")]
+    #[serde(serialize_with = "crate::model::as_secs")]
     pub at: Timestamp,
     pub result: DeliveryResult,
 }
@@ -71,7 +71,7 @@ pub enum DeliveryResult {
     WillRetry {
         status: Option<u16>,
         error: Option<String>,
-        #[serde(serialize_with = "super::time::as_secs")]
+        #[serde(serialize_with = "crate::model::as_secs")]
         next_attempt: Timestamp,
     },
     GaveUp {

@@ -43,6 +43,7 @@ pub enum AlertKind {
     Suspended,
     Lifted,
     CaptureLoss,
+    CaptureBlind,
 }
 
 impl AlertKind {
@@ -54,6 +55,7 @@ impl AlertKind {
             AlertKind::Suspended,
             AlertKind::Lifted,
             AlertKind::CaptureLoss,
+            AlertKind::CaptureBlind,
         ]
     }
 
@@ -65,12 +67,13 @@ impl AlertKind {
             AlertKind::Suspended => "suspended",
             AlertKind::Lifted => "lifted",
             AlertKind::CaptureLoss => "capture_loss",
+            AlertKind::CaptureBlind => "capture_blind",
         }
     }
 
     pub fn severity(self) -> &'static str {
         match self {
-            AlertKind::Degraded | AlertKind::Suspended => "critical",
+            AlertKind::Degraded | AlertKind::Suspended | AlertKind::CaptureBlind => "critical",
             AlertKind::Violation | AlertKind::CaptureLoss => "warning",
             AlertKind::Recovered | AlertKind::Lifted => "info",
         }
@@ -130,6 +133,16 @@ pub enum Alert {
         lost: u64,
         evidence: serde_json::Value,
     },
+    /// Traffic the capture cannot read (HTTPS nobody decrypts, another protocol, lost request
+    /// starts): API calls in it are not counted.
+    CaptureBlind {
+        at: Timestamp,
+        /// The blind spot's name (`https_unread`, …).
+        reason: String,
+        /// What it means and what to do.
+        advice: String,
+        evidence: serde_json::Value,
+    },
 }
 
 impl Alert {
@@ -161,6 +174,7 @@ impl Alert {
             Alert::Suspended { .. } => AlertKind::Suspended,
             Alert::Lifted { .. } => AlertKind::Lifted,
             Alert::CaptureLoss { .. } => AlertKind::CaptureLoss,
+            Alert::CaptureBlind { .. } => AlertKind::CaptureBlind,
         }
     }
 
@@ -171,7 +185,8 @@ impl Alert {
             | Alert::Recovered { at, .. }
             | Alert::Suspended { at, .. }
             | Alert::Lifted { at, .. }
-            | Alert::CaptureLoss { at, .. } => *at,
+            | Alert::CaptureLoss { at, .. }
+            | Alert::CaptureBlind { at, .. } => *at,
         }
     }
 
@@ -191,7 +206,8 @@ impl Alert {
             | Alert::Recovered { evidence, .. }
             | Alert::Suspended { evidence, .. }
             | Alert::Lifted { evidence, .. }
-            | Alert::CaptureLoss { evidence, .. } => evidence,
+            | Alert::CaptureLoss { evidence, .. }
+            | Alert::CaptureBlind { evidence, .. } => evidence,
         }
     }
 
@@ -203,6 +219,7 @@ impl Alert {
                 Some(format!("violation/{}/{rule}", token.fingerprint))
             }
             Alert::CaptureLoss { .. } => Some("capture_loss".into()),
+            Alert::CaptureBlind { reason, .. } => Some(format!("capture_blind/{reason}")),
             _ => None,
         }
     }

@@ -54,6 +54,9 @@ fn headline(alert: &Alert) -> String {
         Alert::CaptureLoss { lost, .. } => {
             format!("Capture lost {lost} events: calls may have been missed")
         }
+        Alert::CaptureBlind { reason, .. } => {
+            format!("redcap-monitor is blind to some traffic ({reason}): API calls are not counted")
+        }
     }
 }
 
@@ -107,6 +110,10 @@ fn facts(outgoing: &Outgoing, host: &str) -> Vec<(&'static str, String)> {
             facts.push(("Summary", summary.clone()))
         }
         Alert::CaptureLoss { lost, .. } => facts.push(("Events lost", lost.to_string())),
+        Alert::CaptureBlind { reason, advice, .. } => {
+            facts.push(("Blind spot", reason.clone()));
+            facts.push(("What to do", advice.clone()));
+        }
     }
     if let Some(repeats) = outgoing.repeats {
         facts.push((
@@ -218,6 +225,7 @@ fn generic(outgoing: &Outgoing, id: &str, host: &str) -> Value {
             "until": until.map(rfc3339), "until_ts": until.map(|u| u.as_secs_f64()), "reason": reason}),
         Alert::Lifted { reason, .. } => json!({"reason": reason}),
         Alert::CaptureLoss { lost, .. } => json!({"lost": lost}),
+        Alert::CaptureBlind { reason, advice, .. } => json!({"reason": reason, "advice": advice}),
         Alert::Degraded { .. } | Alert::Recovered { .. } => json!({}),
     };
     if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {

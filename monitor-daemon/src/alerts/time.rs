@@ -17,11 +17,6 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
     )
 }
 
-/// Serialises a timestamp as Unix seconds (f64), as the JSONL records do.
-pub(crate) fn as_secs<S: serde::Serializer>(at: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(at.as_secs_f64())
-}
-
 /// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only HTTP-date form
 /// senders may generate; the obsolete forms are not accepted.
 pub(crate) fn parse_http_date(text: &str) -> Option<u64> {

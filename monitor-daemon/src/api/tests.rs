@@ -290,6 +290,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         pipeline: pipeline.stats(),
         capture: CaptureView::None,
         degraded: false,
+        blind_spots: &[],
         server_time_p95_s: None,
         tracked_connections: 0,
         tracked_tokens: 0,

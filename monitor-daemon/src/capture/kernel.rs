@@ -168,7 +168,7 @@ pub enum ProbeError {
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
     pub packets_seen: u64,
     pub filtered: u64,

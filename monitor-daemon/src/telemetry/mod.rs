@@ -207,6 +207,7 @@ pub struct Metrics {
     capture_payload_bytes: Family<SourceLabels, Counter>,
     capture_losses: Family<LossLabels, Counter>,
     capture_lost_bytes: Family<LossLabels, Counter>,
+    capture_blind: Family<ReasonLabels, Gauge>,
     reassembly_evictions: Family<ReasonLabels, Counter>,
     input_problems: Family<ProblemLabels, Counter>,
     connections: Family<LayerLabels, Gauge>,
@@ -255,6 +256,7 @@ impl Metrics {
             capture_payload_bytes: Family::default(),
             capture_losses: Family::default(),
             capture_lost_bytes: Family::default(),
+            capture_blind: Family::default(),
             reassembly_evictions: Family::default(),
             input_problems: Family::default(),
             connections: Family::default(),
@@ -321,6 +323,13 @@ impl Metrics {
             "suspension_lifts",
             "Suspensions ended, by origin (manual: lifted by an admin; expired)",
             m.lifts.clone(),
+        );
+        r.register(
+            "capture_blind",
+            "1 while the capture is blind to some traffic, by reason (https_unread, \
+             https_not_captured, not_http, request_starts_lost, unreadable_api_requests): API \
+             calls in it are not counted",
+            m.capture_blind.clone(),
         );
         r.register(
             "server_degraded",
@@ -569,6 +578,14 @@ impl Metrics {
     pub fn refresh(&self, view: &StatsView<'_>) {
         let stats = &view.pipeline;
         self.degraded.set(i64::from(view.degraded));
+        for reason in crate::coverage::BlindReason::ALL {
+            let blind = view.blind_spots.iter().any(|s| s.reason == reason);
+            self.capture_blind
+                .get_or_create(&ReasonLabels {
+                    reason: reason.name().into(),
+                })
+                .set(i64::from(blind));
+        }
         store(&self.degradations, stats.health.degradations);
         self.server_time_p95
             .set(view.server_time_p95_s.unwrap_or(f64::NAN));
@@ -682,6 +699,8 @@ pub struct StatsView<'a> {
     pub pipeline: crate::pipeline::PipelineStats<'a>,
     pub capture: CaptureView<'a>,
     pub degraded: bool,
+    /// What the capture cannot see now (empty: everything).
+    pub blind_spots: &'a [crate::coverage::BlindSpot],
     pub server_time_p95_s: Option<f64>,
     pub tracked_connections: usize,
     pub tracked_tokens: usize,
