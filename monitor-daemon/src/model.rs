@@ -113,6 +113,17 @@ pub struct TcpSegment<'a> {
     pub stream_start: Option<u32>,
 }
 
+/// A released connection whose next request was copied before the capture stopped copying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumedEarly {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    /// Where the client's next request starts, and the server's answer to it (when known):
+    /// the stream starts to give the capture for the connection copied again.
+    pub client_start: u32,
+    pub server_start: Option<u32>,
+}
+
 /// Which way bytes travel on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -152,6 +163,9 @@ pub enum CloseReason {
     Evicted,
     /// The capture ended (offline) or the daemon is stopping.
     EndOfInput,
+    /// Between two requests, the HTTP stage found nothing more worth reading until the client's
+    /// next request (see `Reassembler::release`); a later request reopens it.
+    Released,
 }
 
 /// What the reassembler tells the HTTP stage: in-order bytes per direction, holes, and ends.

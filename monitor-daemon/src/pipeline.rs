@@ -5,11 +5,13 @@
 //! live. Does no I/O: sources push frames or segments in; verdicts come out through a callback,
 //! changes of the server's health through [`Pipeline::take_health_changes`].
 
+use std::collections::VecDeque;
+
 use crate::capture::{DecodeStats, Frame, decode};
 use crate::config::{Config, ConfigError};
 use crate::health::{HealthChange, HealthStats, ResponsivenessDetector};
-use crate::http::{HttpExchange, HttpLimits, HttpStats, HttpTracker};
-use crate::model::{Span, TcpSegment, Timestamp};
+use crate::http::{HttpExchange, HttpLimits, HttpStats, HttpTracker, Releasable};
+use crate::model::{Endpoint, ResumedEarly, Span, TcpSegment, Timestamp};
 use crate::policy::enforce::{EnforcementStats, Enforcer, HealthView};
 use crate::policy::{Policy, PolicyStats, Verdict};
 use crate::reassembly::{Reassembler, ReassemblyLimits, ReassemblyStats};
@@ -39,7 +41,28 @@ pub struct Pipeline {
     clock: Timestamp,
     next_expiry: Timestamp,
     next_release_check: Timestamp,
+    /// Connections the HTTP stage found releasable, between taking and handling them.
+    releasable: Vec<Releasable>,
+    /// What a live capture is asked to do; kept only when one listens.
+    capture_requests: VecDeque<CaptureRequest>,
+    capture_listens: bool,
 }
+
+/// What the pipeline asks of a live capture that copies connections on its own judgement (the
+/// kernel probe), so that it copies what the pipeline reads and little else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureRequest {
+    /// Nothing on this connection is worth copying until the client's next request, which the
+    /// classifier then tracks afresh.
+    StopCopying { client: Endpoint, server: Endpoint },
+    /// The client's next request was copied before the capture stopped: copy the connection
+    /// again, from these starts.
+    CopyAgain(ResumedEarly),
+}
+
+/// Requests kept for a live capture that has not taken them (it takes them after every batch;
+/// past this, the oldest are dropped: a missed `StopCopying` only costs copying).
+const MAX_CAPTURE_REQUESTS: usize = 65_536;
 
 /// Every stage's counters, for reports and telemetry.
 pub struct PipelineStats<'a> {
@@ -142,6 +165,9 @@ impl Pipeline {
             clock: Timestamp::default(),
             next_expiry: Timestamp::default(),
             next_release_check: Timestamp::default(),
+            releasable: Vec::new(),
+            capture_requests: VecDeque::new(),
+            capture_listens: false,
         })
     }
 
@@ -179,7 +205,58 @@ impl Pipeline {
             ..
         } = self;
         reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        self.stop_reading_releasable();
         self.release(out);
+    }
+
+    /// A live capture that copies connections on its own judgement listens for
+    /// [`CaptureRequest`]s (offline, and libpcap, nobody does: then none are kept).
+    pub fn listen_for_capture_requests(&mut self) {
+        self.capture_listens = true;
+    }
+
+    /// The next thing the live capture is asked to do.
+    pub fn poll_capture_request(&mut self) -> Option<CaptureRequest> {
+        self.capture_requests.pop_front()
+    }
+
+    /// Connections with nothing worth reading until the client's next request: reassembly stops
+    /// passing their bytes on (and the capture is asked to stop copying them).
+    fn stop_reading_releasable(&mut self) {
+        let Pipeline {
+            reassembler,
+            http,
+            exchanges,
+            releasable,
+            clock,
+            ..
+        } = self;
+        http.take_releasable(releasable);
+        let mut stopped = Vec::new();
+        for r in releasable.drain(..) {
+            let at = *clock;
+            if reassembler.release(r.client, r.server, r.client_remaining, at, &mut |event| {
+                http.on_event(&event, exchanges)
+            }) {
+                stopped.push(CaptureRequest::StopCopying {
+                    client: r.client,
+                    server: r.server,
+                });
+            }
+        }
+        let resumed = reassembler
+            .take_resumed_early()
+            .map(CaptureRequest::CopyAgain)
+            .collect::<Vec<_>>();
+        if !self.capture_listens {
+            return;
+        }
+        for request in stopped.into_iter().chain(resumed) {
+            if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
+                self.capture_requests.pop_front();
+            }
+            self.capture_requests.push_back(request);
+        }
     }
 
     /// Time passes without a packet (a live source that is idle): expires idle connections and

@@ -7,8 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use monitor_common::{CLIENT_START_LEN, ClientStart, classify_client_start};
+
 use crate::model::{
-    CloseReason, ConnectionId, Direction, Endpoint, Span, StreamEvent, TcpSegment, Timestamp,
+    CloseReason, ConnectionId, Direction, Endpoint, ResumedEarly, Span, StreamEvent, TcpSegment,
+    Timestamp,
 };
 
 /// Bounds on what the reassembler tracks and buffers.
@@ -73,6 +76,16 @@ pub struct ReassemblyStats {
     pub port_reuses: u64,
     /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
     pub untracked_segments: u64,
+    /// Connections released between two requests (nothing worth reading until the next one).
+    pub released_connections: u64,
+    /// Payload bytes of released connections dropped unread (the rest of a request that is not
+    /// an API call, and its response).
+    pub released_bytes: u64,
+    /// Released connections reopened by the client's next request.
+    pub resumed_connections: u64,
+    /// Of those, resumed on bytes the capture had copied before it heard of the release (the
+    /// live edge then asks the kernel to copy the connection again).
+    pub resumed_early: u64,
 }
 
 /// Bookkeeping cost charged per buffered segment on top of its bytes, so that a flood of tiny
@@ -87,6 +100,23 @@ pub struct Reassembler {
     next_id: u64,
     /// Sum of all directions' `pending_bytes`.
     pending_total: usize,
+    /// Connections released between requests, until the client's next request or their end.
+    released: HashMap<FlowKey, Released>,
+    /// Connections reopened on bytes copied before the capture heard of their release: the
+    /// live edge asks the kernel to copy them again.
+    resumed_early: Vec<ResumedEarly>,
+}
+
+/// A connection released between two requests: its bytes are dropped until the client sends
+/// from `resume_seq` on (its next request), or the capture starts copying it afresh.
+struct Released {
+    client: Endpoint,
+    /// Where the client's next request starts.
+    resume_seq: u32,
+    /// The client stream's start as the capture gave it (kernel tracking): a segment with
+    /// another start comes from a new tracking, which begins at a request.
+    client_start: Option<u32>,
+    last_seen: Timestamp,
 }
 
 impl Reassembler {
@@ -97,6 +127,8 @@ impl Reassembler {
             table: ConnectionTable::default(),
             next_id: 0,
             pending_total: 0,
+            released: HashMap::new(),
+            resumed_early: Vec::new(),
         }
     }
 
@@ -119,6 +151,9 @@ impl Reassembler {
         self.stats.segments += 1;
         let key = FlowKey::new(seg.src, seg.dst);
         let flags = seg.flags;
+        if self.released.contains_key(&key) && !self.resume(key, seg, emit) {
+            return;
+        }
         let mut slot = self.table.find(&key);
 
         if let (Some(index), true) = (slot, flags.syn && !flags.ack) {
@@ -184,6 +219,7 @@ impl Reassembler {
             // The capture says where this direction began: what is missing before this segment
             // was lost, and becomes a gap like any other hole.
             sender.next_seq = Some(start);
+            sender.start = Some(start);
         }
         // The acknowledgment first: the sender had received those bytes before it sent this
         // data, so a hole it acknowledges (and the data behind it) comes first in time too.
@@ -209,6 +245,9 @@ impl Reassembler {
 
     /// Closes connections idle longer than the timeout, as of `now`.
     pub fn expire(&mut self, now: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        let idle = self.limits.idle_timeout;
+        self.released
+            .retain(|_, released| now.since(released.last_seen) <= idle);
         // The table is ordered by last activity, so the idle ones are all at the old end.
         while let Some(index) = self.table.oldest() {
             let idle = self
@@ -230,6 +269,136 @@ impl Reassembler {
         }
     }
 
+    /// The HTTP stage has read everything worth reading on the connection between `client` and
+    /// `server` until the client's next request, which starts `client_remaining` bytes after
+    /// what was delivered: the connection is closed ([`CloseReason::Released`]) and what it
+    /// sends is dropped unread until then; the client's next request (or a new tracking from
+    /// the capture) reopens it as a new connection. Refused (false) while out-of-order bytes
+    /// are buffered, or when the connection is unknown.
+    pub fn release(
+        &mut self,
+        client: Endpoint,
+        server: Endpoint,
+        client_remaining: u64,
+        ts: Timestamp,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> bool {
+        let key = FlowKey::new(client, server);
+        let Some(index) = self.table.find(&key) else {
+            return false;
+        };
+        let Some(conn) = self.table.get(index) else {
+            return false;
+        };
+        let [client_stream, server_stream] = &conn.streams;
+        let (Some(next), 0, 0, false) = (
+            client_stream.next_seq,
+            client_stream.pending_bytes,
+            server_stream.pending_bytes,
+            client_stream.finished,
+        ) else {
+            return false;
+        };
+        if conn.client != client || client_remaining > u64::from(u32::MAX / 2) {
+            return false;
+        }
+        let released = Released {
+            client,
+            resume_seq: next.wrapping_add(client_remaining as u32),
+            client_start: client_stream.start,
+            last_seen: ts,
+        };
+        if self.released.len() >= self.limits.max_connections.max(1) {
+            // Bounded like the table: the oldest release is forgotten (its connection, if it
+            // comes back, is picked up mid-stream like any other).
+            if let Some(oldest) = self
+                .released
+                .iter()
+                .min_by_key(|(_, r)| r.last_seen)
+                .map(|(k, _)| *k)
+            {
+                self.released.remove(&oldest);
+            }
+        }
+        self.close(index, ts, CloseReason::Released, emit);
+        self.released.insert(key, released);
+        self.stats.released_connections += 1;
+        true
+    }
+
+    /// Connections reopened on bytes copied before the capture heard of their release, since
+    /// the last call.
+    pub fn take_resumed_early(&mut self) -> std::vec::Drain<'_, ResumedEarly> {
+        self.resumed_early.drain(..)
+    }
+
+    /// A segment of a released connection: true when it reopens the connection (it is then
+    /// taken like any other), false when it is dropped unread.
+    fn resume(
+        &mut self,
+        key: FlowKey,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> bool {
+        let Some(released) = self.released.get_mut(&key) else {
+            return true;
+        };
+        released.last_seen = released.last_seen.max(seg.ts);
+        let flags = seg.flags;
+        if flags.syn && !flags.ack {
+            // A new connection on the same 4-tuple.
+            self.released.remove(&key);
+            return true;
+        }
+        if flags.rst || flags.fin {
+            self.released.remove(&key);
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        let from_client = seg.src == released.client;
+        let new_tracking = seg
+            .stream_start
+            .is_some_and(|start| Some(start) != released.client_start);
+        let at_next_request = seq_distance(released.resume_seq, seg.seq) >= 0;
+        if !from_client || seg.payload.is_empty() || !(new_tracking || at_next_request) {
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        if !new_tracking && !worth_tracking(seg.payload) {
+            // The next request is one the classifier itself would not copy (a whole head of
+            // another method): it and its answer are skipped too, as the kernel skips them.
+            released.resume_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        let Some(released) = self.released.remove(&key) else {
+            return true;
+        };
+        self.stats.resumed_connections += 1;
+        let client_next = match seg.stream_start {
+            Some(start) if new_tracking => start,
+            _ => released.resume_seq,
+        };
+        if !new_tracking && released.client_start.is_some() {
+            self.stats.resumed_early += 1;
+            self.resumed_early.push(ResumedEarly {
+                client: seg.src,
+                server: seg.dst,
+                client_start: client_next,
+                server_start: seg.ack,
+            });
+        }
+        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, emit);
+        if let Some(conn) = self.table.get_mut(index) {
+            let [client_stream, server_stream] = &mut conn.streams;
+            client_stream.next_seq = Some(client_next);
+            client_stream.start = Some(client_next);
+            // The client's acknowledgment says where the server's next answer begins.
+            server_stream.next_seq = seg.ack;
+        }
+        true
+    }
+
     /// Starts tracking the connection `seg` belongs to, evicting the least recently active
     /// connection when the table is full.
     fn open(
@@ -238,22 +407,34 @@ impl Reassembler {
         seg: &TcpSegment<'_>,
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
+        let (client, server) = self.orient(seg);
+        self.open_oriented(key, client, server, seg.ts, emit)
+    }
+
+    /// Opens a connection whose client and server are known.
+    fn open_oriented(
+        &mut self,
+        key: FlowKey,
+        client: Endpoint,
+        server: Endpoint,
+        ts: Timestamp,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> usize {
         while self.table.len() >= self.limits.max_connections.max(1) {
             let Some(oldest) = self.table.oldest() else {
                 break;
             };
-            if !self.close(oldest, seg.ts, CloseReason::Evicted, emit) {
+            if !self.close(oldest, ts, CloseReason::Evicted, emit) {
                 break;
             }
             self.stats.evicted_connections += 1;
         }
-        let (client, server) = self.orient(seg);
         let id = ConnectionId(self.next_id);
         self.next_id += 1;
         self.stats.connections_opened += 1;
         emit(StreamEvent::Opened {
             conn: id,
-            ts: seg.ts,
+            ts,
             client,
             server,
         });
@@ -262,7 +443,7 @@ impl Reassembler {
             Connection {
                 id,
                 client,
-                last_seen: seg.ts,
+                last_seen: ts,
                 streams: Default::default(),
             },
         )
@@ -324,7 +505,7 @@ impl Reassembler {
             CloseReason::Fin => self.stats.fin_closed += 1,
             CloseReason::Reset => self.stats.reset_closed += 1,
             CloseReason::Idle => self.stats.idle_closed += 1,
-            CloseReason::Evicted | CloseReason::EndOfInput => {}
+            CloseReason::Evicted | CloseReason::EndOfInput | CloseReason::Released => {}
         }
         emit(StreamEvent::Closed {
             conn: conn.id,
@@ -396,6 +577,8 @@ impl Connection {
 struct Stream {
     /// The sequence number of the next byte to pass on; `None` until the direction is seen.
     next_seq: Option<u32>,
+    /// Where the capture said this direction's bytes begin (kernel tracking), if it did.
+    start: Option<u32>,
     /// The SYN's sequence number, to tell a repeated SYN from a new connection.
     syn_seq: Option<u32>,
     /// Where the FIN sits once seen (it occupies one sequence number).
@@ -447,6 +630,15 @@ impl Out<'_, '_> {
             len: u64::from(len),
         });
     }
+}
+
+/// Whether a client segment starting a request may carry an API call, by the kernel
+/// classifier's own rule, so that a released connection resumes exactly where the kernel would
+/// start copying it again.
+fn worth_tracking(payload: &[u8]) -> bool {
+    let head = payload.len().min(CLIENT_START_LEN);
+    classify_client_start(payload, head, payload.len(), payload.ends_with(b"\r\n\r\n"))
+        == ClientStart::Track
 }
 
 /// Signed distance from `from` to `to` in sequence space (RFC 1982 style, wrapping).
@@ -1414,5 +1606,182 @@ mod tests {
         h.seg(client(), server(), "S", CLIENT_ISN, 0, b"early");
         h.c(5, b"late");
         assert_eq!(h.take()[1..], [data(C2S, b"early"), data(C2S, b"late")]);
+    }
+
+    impl Harness {
+        fn release(&mut self, client_remaining: u64) -> bool {
+            self.release_to(server(), client_remaining)
+        }
+
+        fn release_to(&mut self, server: Endpoint, client_remaining: u64) -> bool {
+            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
+            let now = Timestamp::from_nanos(self.now_ms * 1_000_000);
+            self.reassembler
+                .release(client(), server, client_remaining, now, &mut |e| {
+                    Self::record(events, data_ts, e)
+                })
+        }
+    }
+
+    const UI_HEAD: &[u8] = b"POST /index.php HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn a_released_connection_drops_the_rest_of_its_request_and_answer_until_the_next_request() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, UI_HEAD);
+        assert!(h.release(10));
+        let head = UI_HEAD.len() as u32;
+        // The body's rest and the answer are dropped unread, retransmissions too.
+        h.c(head, b"0123456789");
+        h.c(head, b"0123456789");
+        h.s(0, ANSWER);
+        // A page request the classifier would not copy either: skipped with its answer.
+        let page = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let answered = SERVER_ISN + 1 + ANSWER.len() as u32;
+        h.seg(
+            client(),
+            server(),
+            "A",
+            CLIENT_ISN + 1 + head + 10,
+            answered,
+            page,
+        );
+        h.seg(
+            server(),
+            client(),
+            "A",
+            answered,
+            CLIENT_ISN + 1 + head + 10,
+            ANSWER,
+        );
+        let answered = answered + ANSWER.len() as u32;
+        let head = head + page.len() as u32;
+        let next = b"POST /api/ HTTP/1.1\r\n\r\n";
+        h.seg(
+            client(),
+            server(),
+            "A",
+            CLIENT_ISN + 1 + head + 10,
+            answered,
+            next,
+        );
+        h.seg(
+            server(),
+            client(),
+            "A",
+            answered,
+            CLIENT_ISN + 1 + head + 10,
+            b"HTTP/1.1 200 OK\r\n",
+        );
+        let events = h.take();
+        assert_eq!(
+            events,
+            [
+                Ev::Opened(0, client(), server()),
+                data(C2S, UI_HEAD),
+                Ev::Closed(0, CloseReason::Released),
+                Ev::Opened(1, client(), server()),
+                Ev::Data(1, C2S, next.to_vec()),
+                Ev::Data(
+                    1,
+                    Direction::ServerToClient,
+                    b"HTTP/1.1 200 OK\r\n".to_vec()
+                ),
+            ]
+        );
+        let stats = h.stats();
+        assert_eq!(stats.released_connections, 1);
+        assert_eq!(stats.resumed_connections, 1);
+        assert_eq!(
+            stats.released_bytes,
+            20 + 2 * ANSWER.len() as u64 + page.len() as u64
+        );
+        assert_eq!(stats.gaps, 0, "a release is not a loss");
+        assert_eq!(stats.resumed_early, 0, "libpcap has no stream starts");
+    }
+
+    #[test]
+    fn a_release_is_refused_while_out_of_order_bytes_wait() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"POST /index.php HTTP/1.1\r\n");
+        h.c(100, b"later");
+        assert!(!h.release(0));
+        assert!(!h.take().contains(&Ev::Closed(0, CloseReason::Released)));
+    }
+
+    #[test]
+    fn a_released_connection_ends_with_its_fin_and_is_forgotten() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, UI_HEAD);
+        assert!(h.release(10));
+        h.seg(
+            client(),
+            server(),
+            "AF",
+            CLIENT_ISN + 1 + UI_HEAD.len() as u32,
+            SERVER_ISN + 1,
+            b"",
+        );
+        assert!(h.reassembler.released.is_empty());
+    }
+
+    #[test]
+    fn with_kernel_stream_starts_a_new_tracking_or_an_early_copy_reopens_the_connection() {
+        // The harness gives segments to port 8080 the client's stream start.
+        let srv = v4(2, 8080);
+        let mut h = Harness::new();
+        let (c0, s0) = (CLIENT_ISN + 1, SERVER_ISN + 1);
+        h.stream_starts = Some((c0, s0));
+        h.seg(client(), srv, "A", c0, s0, UI_HEAD);
+        assert!(h.release_to(srv, 10));
+        // Copied before the kernel heard: the body's rest is dropped...
+        h.seg(
+            client(),
+            srv,
+            "A",
+            c0 + UI_HEAD.len() as u32,
+            s0,
+            b"0123456789",
+        );
+        // ...but the next request on the same tracking reopens it, and the edge is told.
+        let at = c0 + UI_HEAD.len() as u32 + 10;
+        h.seg(client(), srv, "A", at, s0 + 50, b"POST /api/ HTTP/1.1\r\n");
+        let resumed: Vec<_> = h.reassembler.take_resumed_early().collect();
+        assert_eq!(
+            resumed,
+            [ResumedEarly {
+                client: client(),
+                server: srv,
+                client_start: at,
+                server_start: Some(s0 + 50),
+            }]
+        );
+        assert!(
+            h.take()
+                .contains(&Ev::Data(1, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
+        );
+
+        // Released again; the kernel then tracks the next POST afresh, with its own starts.
+        assert!(h.release_to(srv, 0));
+        let fresh = at + 5000;
+        h.stream_starts = Some((fresh, s0 + 900));
+        h.seg(
+            client(),
+            srv,
+            "A",
+            fresh,
+            s0 + 900,
+            b"POST /api/ HTTP/1.1\r\n",
+        );
+        assert!(
+            h.take()
+                .contains(&Ev::Data(2, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
+        );
+        assert_eq!(h.reassembler.take_resumed_early().count(), 0);
+        assert_eq!(h.stats().gaps, 0);
     }
 }

@@ -32,7 +32,7 @@ use crate::coverage::{Coverage, CoverageSample, TlsCoverage};
 use crate::model::Timestamp;
 use crate::notify::Notifier;
 use crate::output::{CallRecord, Transport, ViolationRecord, write_line};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{CaptureRequest, Pipeline};
 use crate::policy::Verdict;
 use crate::telemetry::{CaptureView, Metrics, StatsView};
 use crate::token::SiteKey;
@@ -177,6 +177,9 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut notifier = Notifier::from_env();
     let (mut source, mut tls) = open_source(config)?;
+    if matches!(source, Source::Kernel(_)) {
+        pipeline.listen_for_capture_requests();
+    }
     edges.coverage.set_tls(tls_coverage(tls.as_ref()));
     // The configuration in force: replaced as a whole by a reload.
     let mut current = config.clone();
@@ -806,9 +809,27 @@ impl Source {
     fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
         match self {
             Source::Kernel(probe) => {
-                probe.get_mut().drain(&mut |segment| {
+                let probe = probe.get_mut();
+                probe.drain(&mut |segment| {
                     pipeline.push_segment(segment, &mut |v| edges.verdict(v))
                 });
+                // The kernel copies what the pipeline still reads: connections with nothing
+                // worth reading until their next request leave its flow table (TLS connections
+                // keep being copied; user space drops their bytes unread).
+                while let Some(request) = pipeline.poll_capture_request() {
+                    match request {
+                        CaptureRequest::StopCopying { client, server } => {
+                            if !is_synthetic(&client) {
+                                probe.stop_copying(client, server);
+                            }
+                        }
+                        CaptureRequest::CopyAgain(resumed) => {
+                            if !is_synthetic(&resumed.client) {
+                                probe.copy_again(&resumed);
+                            }
+                        }
+                    }
+                }
             }
             Source::Pcap { frames, .. } => {
                 for _ in 0..PCAP_BATCH {
@@ -867,6 +888,8 @@ fn counters(
                 "malformed": drain.malformed,
                 "tls_clients_found": drain.tls_clients_found,
                 "tls_clients_unknown": drain.tls_clients_unknown,
+                "flows_released": drain.flows_released,
+                "flows_recopied": drain.flows_recopied,
             });
         }
         Source::Pcap { capture, .. } => {

@@ -24,7 +24,7 @@ use monitor_common::{
     TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
 };
 
-use crate::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
+use crate::model::{Endpoint, ResumedEarly, TcpFlags, TcpSegment, Timestamp};
 
 /// What the probe copies and how much room it has. Validated by [`KernelProbe::load`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +205,11 @@ pub struct KernelCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DrainStats {
     pub records: u64,
+    /// Connections user space took out of the flow table (nothing worth reading until the
+    /// client's next request, which the kernel then tracks afresh).
+    pub flows_released: u64,
+    /// Connections user space put back (their next request was copied before the release).
+    pub flows_recopied: u64,
     /// Records whose header or lengths did not make sense; skipped.
     pub malformed: u64,
     /// TLS connections whose client address was found, and not found (then `client` is empty).
@@ -478,8 +483,10 @@ impl KernelProbe {
             tls_conns_tracked,
             tls_args_lost: read(KernelCounter::TlsArgsLost)?,
             tls_handshakes: read(KernelCounter::TlsHandshakes)?,
-            flows_evicted: flows_started
+            // User space takes entries out (released) and puts some back: neither is a loss.
+            flows_evicted: (flows_started + self.stats.flows_recopied)
                 .saturating_sub(flows_ended)
+                .saturating_sub(self.stats.flows_released)
                 .saturating_sub(flows_tracked),
             flows_tracked,
             packets_seen: read(KernelCounter::PacketsSeen)?,
@@ -491,6 +498,54 @@ impl KernelProbe {
             flows_started,
             flows_ended,
         })
+    }
+
+    /// Stops copying the connection between `client` and `server`: user space has read all it
+    /// needs until the client's next request, and the classifier tracks that request afresh
+    /// (it starts like any other). False when the kernel no longer tracked it.
+    pub fn stop_copying(&mut self, client: Endpoint, server: Endpoint) -> bool {
+        let Some(key) = flow_key(client, server) else {
+            return false;
+        };
+        let removed = self
+            .flows_mut()
+            .is_some_and(|mut flows| flows.remove(&key).is_ok());
+        if removed {
+            self.stats.flows_released += 1;
+        }
+        removed
+    }
+
+    /// Copies the connection again after [`KernelProbe::stop_copying`], when its next request
+    /// was copied before the kernel stopped: the rest of that request and its answer must come.
+    /// Does nothing when the kernel already tracks it afresh.
+    pub fn copy_again(&mut self, resumed: &ResumedEarly) -> bool {
+        let Some(key) = flow_key(resumed.client, resumed.server) else {
+            return false;
+        };
+        // The starts user space now counts from, so that the events carry them as a tracking
+        // of the kernel's own would.
+        let state = FlowState {
+            since_ns: u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0),
+            fins: 0,
+            server_start_known: u32::from(resumed.server_start.is_some()),
+            client_start: resumed.client_start,
+            server_start: resumed.server_start.unwrap_or(0),
+        };
+        // BPF_NOEXIST: a fresh tracking by the kernel wins.
+        const NOEXIST: u64 = 1;
+        let inserted = self
+            .flows_mut()
+            .is_some_and(|mut flows| flows.insert(key, state, NOEXIST).is_ok());
+        if inserted {
+            self.stats.flows_recopied += 1;
+        }
+        inserted
+    }
+
+    fn flows_mut(&mut self) -> Option<aya::maps::HashMap<&mut MapData, FlowKey, FlowState>> {
+        let map = self.ebpf.map_mut(FLOWS_MAP)?;
+        aya::maps::HashMap::try_from(map).ok()
     }
 
     /// Entries in the kernel's flow table (a walk of at most `max_flows` keys).
@@ -971,6 +1026,30 @@ pub(crate) fn segment_from_record<'a>(
         payload,
         stream_start: (event.stream_start_known != 0).then_some(event.stream_start),
     })
+}
+
+/// The kernel's key for the connection between `client` and `server`, if they are of one
+/// address family.
+fn flow_key(client: Endpoint, server: Endpoint) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        client_port: client.port,
+        server_port: server.port,
+        ..FlowKey::default()
+    };
+    match (client.ip, server.ip) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            key.family = FAMILY_IPV4;
+            key.client_addr[..4].copy_from_slice(&c.octets());
+            key.server_addr[..4].copy_from_slice(&s.octets());
+        }
+        (IpAddr::V6(c), IpAddr::V6(s)) => {
+            key.family = FAMILY_IPV6;
+            key.client_addr = c.octets();
+            key.server_addr = s.octets();
+        }
+        _ => return None,
+    }
+    Some(key)
 }
 
 #[cfg(test)]

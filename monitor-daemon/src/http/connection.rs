@@ -257,6 +257,12 @@ pub(crate) struct Connection<B> {
     pending: VecDeque<Pending<B>>,
     /// Responses still owed to requests evicted from `pending`: skipped when they come.
     orphaned_responses: u64,
+    /// The last request asked `Expect: 100-continue`: the server may refuse it without reading
+    /// its body, and the client then sends its next request where the body would have been.
+    expects_continue: bool,
+    /// A request the selector wanted was seen: the connection belongs to an API client, whose
+    /// next call follows at once on the same connection, and is never released.
+    carried_selected: bool,
 }
 
 impl<B: RequestBody> Connection<B> {
@@ -278,6 +284,38 @@ impl<B: RequestBody> Connection<B> {
             response: None,
             pending: VecDeque::new(),
             orphaned_responses: 0,
+            expects_continue: false,
+            carried_selected: false,
+        }
+    }
+
+    pub(crate) fn client(&self) -> Endpoint {
+        self.client
+    }
+
+    pub(crate) fn server(&self) -> Endpoint {
+        self.server
+    }
+
+    /// How many client bytes away its next request starts, when nothing is worth reading until
+    /// then: the connection never carried a request the selector wanted, the client's bytes so
+    /// far are all read, and its next request's place is known (not after a chunked body, nor
+    /// after a body the server may refuse unread).
+    pub(crate) fn release_point(&self) -> Option<u64> {
+        let requests = &self.requests;
+        if self.carried_selected
+            || !requests.synced
+            || requests.resyncing
+            || !requests.head.bytes().is_empty()
+        {
+            return None;
+        }
+        match &requests.phase {
+            Phase::Head => Some(0),
+            Phase::Body(BodyFraming::Length { remaining }) if !self.expects_continue => {
+                Some(*remaining)
+            }
+            _ => None,
         }
     }
 
@@ -437,6 +475,7 @@ impl<B: RequestBody> Connection<B> {
         self.requests.resyncing = false;
         self.requests.start_lost = false;
         let head = &*ctx.request_head;
+        self.expects_continue = head.expect_continue;
         let head_method = head.method == "HEAD";
         let connect = head.method == "CONNECT";
         let exchange = ctx.selector.select(head).map(|body| HttpExchange {
@@ -452,6 +491,7 @@ impl<B: RequestBody> Connection<B> {
             incomplete: None,
         });
         let request_done = framing == RequestFraming::NoBody;
+        self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, connect, request_done, ctx);
         match framing {
             RequestFraming::NoBody => self.requests.expect_head(),

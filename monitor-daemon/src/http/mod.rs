@@ -75,6 +75,17 @@ pub trait RequestBody {
     fn gap(&mut self, len: u64);
 }
 
+/// A connection on which every request still waiting is one the selector did not want, and
+/// everything the client sent has been read: nothing is worth reading until its next request,
+/// which starts `client_remaining` bytes after what was delivered (the rest of the current
+/// request's body, known from its `Content-Length`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Releasable {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub client_remaining: u64,
+}
+
 /// Decides which requests become [`HttpExchange`]s and builds the body consumer for each.
 pub trait ExchangeSelector {
     type Body: RequestBody;
@@ -212,6 +223,8 @@ pub struct HttpTracker<S: ExchangeSelector> {
     limits: HttpLimits,
     stats: HttpStats,
     connections: HashMap<ConnectionId, Connection<S::Body>>,
+    /// Connections with nothing worth reading until the client's next request.
+    releasable: Vec<Releasable>,
     scratch: Box<[u8]>,
     request_head: RequestHead,
     header_slots: HeaderSlots,
@@ -224,6 +237,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             limits,
             stats: HttpStats::default(),
             connections: HashMap::new(),
+            releasable: Vec::new(),
             scratch: vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice(),
             request_head: RequestHead::default(),
             header_slots: HeaderSlots::default(),
@@ -259,7 +273,16 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 ts,
                 bytes,
             } => match self.connections.get_mut(&conn) {
-                Some(connection) => connection.on_data(dir, ts, bytes, &mut ctx),
+                Some(connection) => {
+                    connection.on_data(dir, ts, bytes, &mut ctx);
+                    if let Some(client_remaining) = connection.release_point() {
+                        self.releasable.push(Releasable {
+                            client: connection.client(),
+                            server: connection.server(),
+                            client_remaining,
+                        });
+                    }
+                }
                 None => ctx.stats.unknown_connection_events += 1,
             },
             StreamEvent::Gap { conn, dir, ts, len } => match self.connections.get_mut(&conn) {
@@ -275,6 +298,13 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 
     pub fn stats(&self) -> &HttpStats {
         &self.stats
+    }
+
+    /// Moves into `out` the connections found, since the last call, to have nothing worth
+    /// reading until the client's next request (see [`Releasable`]). Reassembly may then stop
+    /// passing their bytes on, and the capture stop copying them.
+    pub fn take_releasable(&mut self, out: &mut Vec<Releasable>) {
+        out.append(&mut self.releasable);
     }
 
     /// Connections currently tracked.
