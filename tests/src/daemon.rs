@@ -19,6 +19,8 @@ pub struct CallRecord {
     pub server: String,
     pub method: String,
     pub path: String,
+    /// "1.0", "1.1" or "2".
+    pub http_version: String,
     pub token_fp: Option<String>,
     pub token_masked: Option<String>,
     pub token_problem: Option<String>,

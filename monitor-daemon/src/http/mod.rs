@@ -1,7 +1,8 @@
-//! HTTP/1.1 exchanges from reassembled TCP streams.
+//! HTTP/1.x and HTTP/2 exchanges from reassembled TCP streams.
 //!
-//! Owns request/response framing per connection: keep-alive and pipelined requests matched to
-//! responses in order, Content-Length and chunked bodies, `Expect: 100-continue` and other 1xx
+//! Owns request/response framing per connection: a connection whose client starts with the
+//! HTTP/2 preface is HTTP/2 (frames, HPACK, multiplexed streams: [`h2`]); otherwise keep-alive and
+//! pipelined requests matched to responses in order, Content-Length and chunked bodies, `Expect: 100-continue` and other 1xx
 //! interim responses, and streaming gzip/deflate decoding of response bodies to learn their decoded
 //! size under a work cap. It knows nothing about REDCap: an [`ExchangeSelector`] decides which
 //! requests are interesting and receives their bodies; the others are framed and skipped.
@@ -11,12 +12,14 @@
 mod body;
 mod connection;
 mod decode;
+mod h2;
 mod head;
 
 use std::collections::HashMap;
 
 use crate::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
-use connection::{Connection, Ctx};
+use connection::Ctx;
+use h2::Session;
 use head::HeaderSlots;
 
 /// Decoded bytes are written here, a piece at a time, and never read.
@@ -46,9 +49,23 @@ impl Default for HttpLimits {
     }
 }
 
+/// The HTTP version a request was sent with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum HttpVersion {
+    #[serde(rename = "1.0")]
+    Http10,
+    #[default]
+    #[serde(rename = "1.1")]
+    Http11,
+    /// HTTP/2 (over TLS with ALPN `h2`, or `h2c` with prior knowledge).
+    #[serde(rename = "2")]
+    Http2,
+}
+
 /// The parts of a request head that later stages need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
+    pub version: HttpVersion,
     pub method: String,
     /// The request target as sent (path and query).
     pub target: String,
@@ -197,6 +214,24 @@ pub struct HttpStats {
     pub not_http: u64,
     /// Events for connections never opened (or already closed); ignored.
     pub unknown_connection_events: u64,
+    /// HTTP/2 connections seen (the client's first bytes were the HTTP/2 preface).
+    pub h2_connections: u64,
+    /// HTTP/2 header blocks HPACK could not decode: that direction is not read any further.
+    pub h2_hpack_errors: u64,
+    /// HTTP/2 header blocks or control frames over their limit: that direction is not read any
+    /// further.
+    pub h2_frame_too_large: u64,
+    /// HTTP/2 API requests not followed because `max_pending_requests` were open on their
+    /// connection.
+    pub h2_too_many_streams: u64,
+    /// HTTP/2 directions given up at a capture gap (frame boundaries are lost with it).
+    pub h2_gaps: u64,
+    /// HTTP/2 frames that break the protocol (padding longer than the frame, a CONTINUATION out
+    /// of place, a control frame of the wrong size): that direction is not read any further.
+    pub h2_protocol_errors: u64,
+    /// HTTP/2 API requests the server refused unprocessed (RST_STREAM REFUSED_STREAM, or above
+    /// GOAWAY's last stream): not calls, not reported.
+    pub h2_streams_refused: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -211,7 +246,7 @@ pub struct HttpTracker<S: ExchangeSelector> {
     selector: S,
     limits: HttpLimits,
     stats: HttpStats,
-    connections: HashMap<ConnectionId, Connection<S::Body>>,
+    connections: HashMap<ConnectionId, Session<S::Body>>,
     scratch: Box<[u8]>,
     request_head: RequestHead,
     header_slots: HeaderSlots,
@@ -248,7 +283,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 server,
                 ..
             } => {
-                let fresh = Connection::new(conn, client, server);
+                let fresh = Session::new(conn, client, server);
                 if let Some(previous) = self.connections.insert(conn, fresh) {
                     previous.close(&mut ctx);
                 }
