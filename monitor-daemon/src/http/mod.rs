@@ -327,6 +327,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 }
 
+/// The HTTP/1.x tests; their harness serves the HTTP/2 tests too.
 #[cfg(test)]
 mod tests {
     use super::decode::tests::{gzip, raw_deflate, sample, zlib};
@@ -336,9 +337,9 @@ mod tests {
 
     /// Collects a selected request's body as it arrives.
     #[derive(Debug, Default)]
-    struct Collected {
-        bytes: Vec<u8>,
-        lost: u64,
+    pub(in crate::http) struct Collected {
+        pub(in crate::http) bytes: Vec<u8>,
+        pub(in crate::http) lost: u64,
     }
 
     impl RequestBody for Collected {
@@ -351,7 +352,7 @@ mod tests {
     }
 
     /// Selects every request whose target does not contain "skip".
-    struct AllButSkip;
+    pub(in crate::http) struct AllButSkip;
 
     impl ExchangeSelector for AllButSkip {
         type Body = Collected;
@@ -360,19 +361,19 @@ mod tests {
         }
     }
 
-    const CONN: ConnectionId = ConnectionId(7);
+    pub(in crate::http) const CONN: ConnectionId = ConnectionId(7);
 
-    struct Harness {
-        tracker: HttpTracker<AllButSkip>,
-        out: Vec<HttpExchange<Collected>>,
+    pub(in crate::http) struct Harness {
+        pub(in crate::http) tracker: HttpTracker<AllButSkip>,
+        pub(in crate::http) out: Vec<HttpExchange<Collected>>,
     }
 
     impl Harness {
-        fn new() -> Self {
+        pub(in crate::http) fn new() -> Self {
             Self::with_limits(HttpLimits::default())
         }
 
-        fn with_limits(limits: HttpLimits) -> Self {
+        pub(in crate::http) fn with_limits(limits: HttpLimits) -> Self {
             let mut harness = Self {
                 tracker: HttpTracker::new(limits, AllButSkip),
                 out: Vec::new(),
@@ -390,11 +391,11 @@ mod tests {
             harness
         }
 
-        fn event(&mut self, event: StreamEvent<'_>) {
+        pub(in crate::http) fn event(&mut self, event: StreamEvent<'_>) {
             self.tracker.on_event(&event, &mut self.out);
         }
 
-        fn data(&mut self, dir: Direction, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn data(&mut self, dir: Direction, ts: u64, bytes: &[u8]) {
             self.event(StreamEvent::Data {
                 conn: CONN,
                 dir,
@@ -403,15 +404,15 @@ mod tests {
             });
         }
 
-        fn client(&mut self, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn client(&mut self, ts: u64, bytes: &[u8]) {
             self.data(Direction::ClientToServer, ts, bytes);
         }
 
-        fn server(&mut self, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn server(&mut self, ts: u64, bytes: &[u8]) {
             self.data(Direction::ServerToClient, ts, bytes);
         }
 
-        fn gap(&mut self, dir: Direction, ts: u64, len: u64) {
+        pub(in crate::http) fn gap(&mut self, dir: Direction, ts: u64, len: u64) {
             self.event(StreamEvent::Gap {
                 conn: CONN,
                 dir,
@@ -420,7 +421,7 @@ mod tests {
             });
         }
 
-        fn close(&mut self, ts: u64) {
+        pub(in crate::http) fn close(&mut self, ts: u64) {
             self.event(StreamEvent::Closed {
                 conn: CONN,
                 ts: Timestamp(ts),
@@ -428,7 +429,7 @@ mod tests {
             });
         }
 
-        fn stats(&self) -> HttpStats {
+        pub(in crate::http) fn stats(&self) -> HttpStats {
             self.tracker.stats().clone()
         }
 

@@ -368,10 +368,11 @@ impl<B: RequestBody> Streams<B> {
     ) {
         let status = fields.status;
         let interim = status.is_some_and(|s| (100..200).contains(&s));
+        // A block without `:status` is a trailer (or broken, below, when no response began).
         match status {
-            None => ctx.stats.bad_response_head += 1,
+            None if fields.bad_status => ctx.stats.bad_response_head += 1,
             Some(_) if interim => ctx.stats.interim_responses += 1,
-            Some(_) => {}
+            _ => {}
         }
         let Some(s) = self.open.get_mut(&stream).filter(|s| !s.response_done) else {
             if status.is_some() && !interim {
@@ -394,7 +395,12 @@ impl<B: RequestBody> Streams<B> {
                     decoder: BodyDecoder::new(coding, ctx.limits.max_decoded_body_bytes),
                 });
             }
-            (None, None) => s.mark(Incomplete::Malformed),
+            (None, None) => {
+                if !fields.bad_status {
+                    ctx.stats.bad_response_head += 1;
+                }
+                s.mark(Incomplete::Malformed);
+            }
             (None, Some(_)) => return,
         }
         if end_stream {
