@@ -68,6 +68,15 @@ struct Stream<B> {
 }
 
 impl<B> Stream<B> {
+    /// The request body has reached its `content-length`.
+    fn body_complete(&self) -> bool {
+        let request = &self.exchange;
+        request
+            .request
+            .content_length
+            .is_some_and(|len| request.request_body_bytes >= len)
+    }
+
     fn mark(&mut self, why: Incomplete) {
         self.exchange.incomplete.get_or_insert(why);
     }
@@ -249,7 +258,11 @@ impl<B: RequestBody> Streams<B> {
                     s.exchange.body.feed(bytes);
                     s.exchange.request_body_bytes += bytes.len() as u64;
                     s.exchange.ts_request_end = ts;
+                    // The body is whole at its declared length, as in HTTP/1.1: the server may
+                    // answer (and reset the stream) before the client's END_STREAM comes.
+                    s.request_done = s.body_complete();
                 }
+                self.emit_if_done(stream, ctx);
             }
             (Direction::ServerToClient, Event::Data { stream, ts, bytes }) => {
                 if let Some(response) = self
@@ -346,7 +359,7 @@ impl<B: RequestBody> Streams<B> {
         };
         let mut opened = Stream {
             exchange,
-            request_done: end_stream,
+            request_done: end_stream || head.content_length == Some(0),
             response: None,
             response_done: false,
         };

@@ -652,6 +652,29 @@ fn refused_streams_are_not_calls() {
 }
 
 #[test]
+fn a_body_whole_at_its_content_length_survives_a_reset_before_end_stream() {
+    // httpx sends END_STREAM in an empty DATA frame of its own; nginx may answer first and
+    // reset the stream (NO_ERROR) before it reads that frame.
+    let mut h = Harness::new();
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut fields = api_post();
+    fields.push(("content-length", "15"));
+    let mut client = PREFACE.to_vec();
+    client.extend(c.headers(1, &fields, false));
+    h.client(1, &client);
+    h.client(2, &data(1, b"content=version", false));
+    h.server(3, &s.headers(1, &[(":status", "200")], false));
+    h.server(4, &data(1, b"14.0.1", true));
+    assert_eq!(h.out.len(), 1);
+    h.server(5, &frame(RST_STREAM, 0, 1, &0u32.to_be_bytes()));
+    h.client(6, &data(1, b"", true));
+    assert_eq!(h.out.len(), 1);
+    let e = &h.out[0];
+    assert_eq!(e.incomplete, None);
+    assert_eq!((e.request_body_bytes, e.ts_request_end), (15, Timestamp(2)));
+}
+
+#[test]
 fn too_many_open_streams_are_counted() {
     let mut h = Harness::with_limits(HttpLimits {
         max_pending_requests: 2,
