@@ -78,6 +78,14 @@ pub struct Analysis {
     pub violations_text: String,
 }
 
+/// The JSON objects of a JSONL text (calls, violations, decisions); panics on a bad line.
+pub fn jsonl(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL {l}: {e}")))
+        .collect()
+}
+
 /// `$REDCAP_MONITOR_BIN`, else `<workspace>/target/debug/redcap-monitor`.
 pub fn monitor_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("REDCAP_MONITOR_BIN") {

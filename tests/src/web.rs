@@ -1,6 +1,7 @@
 //! Real web servers for the HTTPS tests, in a namespace, plain HTTP on port 80 and HTTPS on 443
 //! with a certificate from a test CA: nginx (Debian's) proxying to the REDCap simulator, and
-//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script.
+//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script; both with HTTP/2 too
+//! (nginx `http2`, Apache mod_http2 proxying to the simulator).
 //!
 //! uprobes are system-wide and other tests on the machine run nginx too, so each server runs
 //! from a copy of its binary with a unique name ([`Nginx::name`], [`Apache::name`]): the daemon
@@ -273,8 +274,9 @@ header('Content-Type: application/json');
 echo '{"ok":true}';
 "#;
 
-/// Apache 2 (Debian's, prefork + mod_ssl + mod_php) under a unique process name: port 80
-/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script.
+/// Apache 2 (Debian's) under a unique process name: prefork + mod_ssl + mod_php, where port 80
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script ([`Apache::start`]); or
+/// mpm_event + mod_ssl + mod_http2 proxying to the simulator ([`Apache::start_http2_proxy`]).
 pub struct Apache {
     name: String,
     dir: PathBuf,
@@ -341,6 +343,66 @@ impl Apache {
                 key = pki.server_key.display(),
             ),
         )?;
+        Apache::launch(ns, name, dir, binary, conf, 2)
+    }
+
+    /// Apache with HTTP/2: mpm_event (mod_http2 does not run under prefork), mod_ssl and
+    /// mod_http2 (`Protocols h2 http/1.1`) on `port`, proxying everything to the simulator at
+    /// `127.0.0.1:upstream_port` with mod_proxy_http. Its files live in `dir/apache-h2`.
+    pub fn start_http2_proxy(
+        ns: &str,
+        dir: &Path,
+        port: u16,
+        upstream_port: u16,
+        pki: &TestPki,
+    ) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new("/usr/lib/apache2/modules");
+        let name = format!("rcmah{}", std::process::id() % 1_000_000_000);
+        let dir = dir.join("apache-h2");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/apache2", &binary)
+            .context("copying /usr/sbin/apache2 (installed by `cargo xtask setup`)")?;
+        let d = dir.display();
+        let m = modules.display();
+        let conf = dir.join("apache.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n\
+                 ErrorLog {d}/apache-error.log\nLogLevel warn\nMutex file:{d}\n\
+                 User www-data\nGroup www-data\n\
+                 LoadModule mpm_event_module {m}/mod_mpm_event.so\n\
+                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
+                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                 LoadModule ssl_module {m}/mod_ssl.so\n\
+                 LoadModule http2_module {m}/mod_http2.so\n\
+                 LoadModule proxy_module {m}/mod_proxy.so\n\
+                 LoadModule proxy_http_module {m}/mod_proxy_http.so\n\
+                 StartServers 1\nServerLimit 2\nThreadsPerChild 16\nMaxRequestWorkers 32\n\
+                 KeepAlive On\nListen {port}\nProtocols h2 http/1.1\n\
+                 SSLSessionCache shmcb:{d}/ssl_scache(512000)\n\
+                 <VirtualHost *:{port}>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
+                 SSLCertificateKeyFile {key}\n  Protocols h2 http/1.1\n\
+                 ProxyPass / http://127.0.0.1:{upstream_port}/\n</VirtualHost>\n",
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ),
+        )?;
+        Apache::launch(ns, name, &dir, binary, conf, 1)
+    }
+
+    /// Starts the configured binary and waits for `min_children` children.
+    fn launch(
+        ns: &str,
+        name: String,
+        dir: &Path,
+        binary: PathBuf,
+        conf: PathBuf,
+        min_children: usize,
+    ) -> Result<Apache> {
         let out = command_in(Some(ns), &binary.to_string_lossy())
             .arg("-f")
             .arg(&conf)
@@ -365,7 +427,7 @@ impl Apache {
             conf,
         };
         if !crate::sim::wait_until(Duration::from_secs(10), || {
-            apache.children().is_ok_and(|c| c.len() >= 2)
+            apache.children().is_ok_and(|c| c.len() >= min_children)
         }) {
             bail!(
                 "apache2 children did not start within 10 s: {}",
@@ -413,122 +475,6 @@ impl Apache {
 }
 
 impl Drop for Apache {
-    fn drop(&mut self) {
-        if let Ok(master) = self.master_pid() {
-            let _ = Command::new(&self.binary)
-                .arg("-f")
-                .arg(&self.conf)
-                .args(["-k", "stop"])
-                .status();
-            let _ = crate::sim::wait_until(Duration::from_secs(5), || {
-                !Path::new(&format!("/proc/{master}")).exists()
-            });
-        }
-    }
-}
-
-/// Apache 2 with HTTP/2 under a unique process name: mpm_event (mod_http2 does not run under
-/// prefork), mod_ssl and mod_http2 (`Protocols h2 http/1.1`) on `port`, proxying everything to
-/// the simulator at `127.0.0.1:upstream_port` with mod_proxy_http.
-pub struct ApacheH2 {
-    name: String,
-    dir: PathBuf,
-    binary: PathBuf,
-    conf: PathBuf,
-}
-
-impl ApacheH2 {
-    pub fn start(
-        ns: &str,
-        dir: &Path,
-        port: u16,
-        upstream_port: u16,
-        pki: &TestPki,
-    ) -> Result<ApacheH2> {
-        use std::os::unix::fs::PermissionsExt;
-        let modules = Path::new("/usr/lib/apache2/modules");
-        let name = format!("rcmah{}", std::process::id() % 1_000_000_000);
-        let dir = dir.join("apache-h2");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let binary = dir.join(&name);
-        std::fs::copy("/usr/sbin/apache2", &binary)
-            .context("copying /usr/sbin/apache2 (installed by `cargo xtask setup`)")?;
-        let d = dir.display();
-        let m = modules.display();
-        let conf = dir.join("apache.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n\
-                 ErrorLog {d}/apache-error.log\nLogLevel warn\nMutex file:{d}\n\
-                 User www-data\nGroup www-data\n\
-                 LoadModule mpm_event_module {m}/mod_mpm_event.so\n\
-                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
-                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
-                 LoadModule ssl_module {m}/mod_ssl.so\n\
-                 LoadModule http2_module {m}/mod_http2.so\n\
-                 LoadModule proxy_module {m}/mod_proxy.so\n\
-                 LoadModule proxy_http_module {m}/mod_proxy_http.so\n\
-                 StartServers 1\nServerLimit 2\nThreadsPerChild 16\nMaxRequestWorkers 32\n\
-                 KeepAlive On\nListen {port}\nProtocols h2 http/1.1\n\
-                 SSLSessionCache shmcb:{d}/ssl_scache(512000)\n\
-                 <VirtualHost *:{port}>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
-                 SSLCertificateKeyFile {key}\n  Protocols h2 http/1.1\n\
-                 ProxyPass / http://127.0.0.1:{upstream_port}/\n</VirtualHost>\n",
-                cert = pki.server_cert.display(),
-                key = pki.server_key.display(),
-            ),
-        )?;
-        let out = command_in(Some(ns), &binary.to_string_lossy())
-            .arg("-f")
-            .arg(&conf)
-            .arg("-k")
-            .arg("start")
-            .stdin(Stdio::null())
-            .output()
-            .context("starting apache2")?;
-        if !out.status.success() {
-            bail!(
-                "apache2 (HTTP/2) did not start ({}): {}{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
-            );
-        }
-        let apache = ApacheH2 {
-            name,
-            dir: dir.clone(),
-            binary,
-            conf,
-        };
-        if !crate::sim::wait_until(Duration::from_secs(10), || {
-            apache
-                .master_pid()
-                .and_then(children_of)
-                .is_ok_and(|c| !c.is_empty())
-        }) {
-            bail!(
-                "apache2 (HTTP/2) children did not start within 10 s: {}",
-                std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
-            );
-        }
-        Ok(apache)
-    }
-
-    /// The process name: what `capture.tls.processes` lists.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn master_pid(&self) -> Result<u32> {
-        let text = std::fs::read_to_string(self.dir.join("apache.pid"))?;
-        text.trim().parse().context("apache.pid")
-    }
-}
-
-impl Drop for ApacheH2 {
     fn drop(&mut self) {
         if let Ok(master) = self.master_pid() {
             let _ = Command::new(&self.binary)

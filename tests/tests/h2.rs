@@ -14,36 +14,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use monitor_tests::daemon::{LiveDaemon, fingerprints};
+use monitor_tests::daemon::{LiveDaemon, fingerprints, jsonl};
 use monitor_tests::netns::{NamespacePair, command_in};
 use monitor_tests::sim::{SimOptions, SimRecord, Simulator};
-use monitor_tests::web::{ApacheH2, Nginx, TestPki};
+use monitor_tests::web::{Apache, Nginx, TestPki};
 use serde_json::Value;
 
 const TOKEN: &str = "3F6A9C2E5B8D1F4A7C0E3B6D9F2A5C8E";
 const OTHER: &str = "B4C5D6E7F8091A2B3C4D5E6F7A8B9C0D";
 const APACHE_PORT: u16 = 8443;
-
-fn jsonl(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL {l}: {e}")))
-        .collect()
-}
-
-/// The API requests the simulator has answered, once their number stops changing.
-fn settled_api(sim: &Simulator) -> Vec<SimRecord> {
-    let api = || -> Vec<SimRecord> { sim.log().unwrap().into_iter().filter(|r| r.api).collect() };
-    let mut last = api();
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = api();
-        if now.len() == last.len() {
-            return now;
-        }
-        last = now;
-    }
-}
 
 /// One curl transfer: a POST of `fields` (`-d` each) to `url`.
 struct Transfer<'a> {
@@ -186,7 +165,8 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
     .unwrap();
     let nginx = Nginx::start_http2(&pair.server_ns, dir.path(), sim.port(), &pki, 2).unwrap();
     let apache =
-        ApacheH2::start(&pair.server_ns, dir.path(), APACHE_PORT, sim.port(), &pki).unwrap();
+        Apache::start_http2_proxy(&pair.server_ns, dir.path(), APACHE_PORT, sim.port(), &pki)
+            .unwrap();
 
     let key = dir.path().join("site.key");
     let calls = dir.path().join("calls.jsonl");
@@ -264,7 +244,7 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
     for url in [&nginx_https, &apache_https] {
         more_calls += httpx(client, ca, url, TOKEN);
     }
-    let answered = settled_api(&sim);
+    let answered = sim.settled_api().unwrap();
     assert_eq!(answered.len(), 2 * 11 + more_calls, "the simulator's count");
 
     std::thread::sleep(Duration::from_millis(500));
