@@ -5,7 +5,8 @@
 //! connection, `--parallel` streams multiplexed on one connection, large gzip exports) and
 //! Python httpx with HTTP/2 (sequential and concurrent calls on one client) call both. Every API
 //! call the simulator answered (its `--log`, the oracle) must be reported exactly once, with
-//! `http_version` "2" and the simulator's fields and sizes, and no HTTP/2 problem counted.
+//! `http_version` "2" and the simulator's fields and sizes, and no HTTP/2 problem counted; and
+//! `analyze` of a tcpdump capture of the h2c port must report the same h2c calls offline.
 //!
 //! uprobes are system-wide and other tests run web servers concurrently: the daemon watches only
 //! this test's process names (unique binary copies).
@@ -14,7 +15,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use monitor_tests::daemon::{LiveDaemon, fingerprints, jsonl};
+use monitor_tests::capture::Tcpdump;
+use monitor_tests::daemon::{LiveDaemon, analyze_full, fingerprints, jsonl};
 use monitor_tests::netns::{NamespacePair, command_in};
 use monitor_tests::sim::{SimOptions, SimRecord, Simulator};
 use monitor_tests::web::{Apache, Nginx, TestPki};
@@ -172,24 +174,30 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
     let calls = dir.path().join("calls.jsonl");
     let stats = dir.path().join("stats.json");
     let config = dir.path().join("h2.toml");
-    // 8080 is h2c (plaintext, read by the TC probe); 443 and 8443 are HTTPS (uprobes).
+    // 8080 is h2c (plaintext, read by the TC probe); 443 and 8443 are HTTPS (uprobes). The
+    // state store is the test's own: other tests' daemons may be running.
     std::fs::write(
         &config,
         format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80, 443, 8080, {APACHE_PORT}]\n\
              [capture.tls]\nenabled = true\nprocesses = [\"{}\", \"{}\"]\nrescan_interval = \"1s\"\n\
-             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n",
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n",
             pair.server_if,
             nginx.name(),
             apache.name(),
             calls.display(),
-            stats.display()
+            stats.display(),
+            dir.path().join("state").join("state.redb").display()
         ),
     )
     .unwrap();
     let ns = pair.server_ns.as_str();
     let client = pair.client_ns.as_str();
     let mut daemon = LiveDaemon::start(Some(ns), &config, &key).unwrap();
+    // The h2c packets, for `analyze` to read offline.
+    let pcap = dir.path().join("h2c.pcap");
+    let mut tcpdump = Tcpdump::start_in(Some(ns), &pair.server_if, "tcp port 8080", &pcap).unwrap();
     let fp_of: BTreeMap<String, String> = [TOKEN, OTHER]
         .iter()
         .zip(fingerprints(&key, &[TOKEN, OTHER]).unwrap())
@@ -248,6 +256,7 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
     assert_eq!(answered.len(), 2 * 11 + more_calls, "the simulator's count");
 
     std::thread::sleep(Duration::from_millis(500));
+    tcpdump.stop().unwrap();
     let (status, log) = daemon.stop().unwrap();
     assert!(
         status.success(),
@@ -283,6 +292,24 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
         all.len() - tcp,
         answered.len() - h2c_calls,
         "HTTPS calls (uprobes)"
+    );
+    // Offline, `analyze` of the h2c packets reports the same calls as the live TC probe.
+    let offline = analyze_full(&pcap, &key, None).unwrap();
+    let mut offline: Vec<String> = jsonl(&offline.calls_text)
+        .iter()
+        .inspect(|c| assert_eq!(c["http_version"], "2", "{c}"))
+        .map(essence_of_call)
+        .collect();
+    let mut live_h2c: Vec<String> = all
+        .iter()
+        .filter(|c| c["transport"] == "tcp")
+        .map(essence_of_call)
+        .collect();
+    offline.sort();
+    live_h2c.sort();
+    assert_eq!(
+        offline, live_h2c,
+        "analyze of the h2c capture vs the live calls"
     );
     // Large gzip exports went through: decoded sizes well above their wire sizes.
     assert!(
