@@ -28,11 +28,13 @@ const DECODE_SCRATCH_BYTES: usize = 32 * 1024;
 /// Bounds on what one connection may make the parser hold or do.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
-    /// Largest request or response head (start line + headers) accepted.
+    /// Largest request or response head (start line + headers) accepted; also the largest
+    /// HTTP/2 header block (HPACK-encoded).
     pub max_head_bytes: usize,
     /// Most header lines accepted in one head.
     pub max_headers: usize,
-    /// Most requests waiting for their responses on one connection.
+    /// Most requests waiting for their responses on one connection; for HTTP/2, most selected
+    /// streams open at once.
     pub max_pending_requests: usize,
     /// Decoding of one response body stops after this many decoded bytes (the work cap).
     pub max_decoded_body_bytes: u64,
