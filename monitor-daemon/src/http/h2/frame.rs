@@ -367,7 +367,10 @@ impl FrameReader {
                 len
             }
             SETTINGS => {
-                if header.stream != 0 || len % 6 != 0 || (header.has(FLAG_ACK) && len != 0) {
+                if header.stream != 0
+                    || !len.is_multiple_of(6)
+                    || (header.has(FLAG_ACK) && len != 0)
+                {
                     return self.protocol_error(stats, emit);
                 }
                 if len > MAX_SETTINGS_BYTES {
@@ -462,14 +465,10 @@ impl FrameReader {
         };
         let header = frame.header;
         match header.kind {
-            DATA => {
-                if header.has(FLAG_END_STREAM) {
-                    emit(Event::EndStream {
-                        stream: header.stream,
-                        ts,
-                    });
-                }
-            }
+            DATA if header.has(FLAG_END_STREAM) => emit(Event::EndStream {
+                stream: header.stream,
+                ts,
+            }),
             HEADERS | PUSH_PROMISE => {
                 let payload = std::mem::take(&mut self.payload);
                 let skip = match header.kind {

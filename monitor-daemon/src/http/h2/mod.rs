@@ -311,7 +311,7 @@ impl<B: RequestBody> Streams<B> {
         fields: &HeaderFields,
         ctx: &mut Ctx<'_, S>,
     ) {
-        if stream <= self.last_client_stream || stream % 2 == 0 {
+        if stream <= self.last_client_stream || stream.is_multiple_of(2) {
             // Trailers (of a selected stream, or of one we do not follow).
             if end_stream && let Some(s) = self.open.get_mut(&stream) {
                 s.request_done = true;

@@ -26,7 +26,9 @@ pub(crate) struct Undecided {
     ts_server: Timestamp,
 }
 
-/// One tracked connection, by protocol.
+/// One tracked connection, by protocol. HTTP/1.x stays inline, as it was before HTTP/2: it is
+/// nearly every connection.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Session<B> {
     Undecided(Box<Undecided>),
     Http1(Connection<B>),
