@@ -762,6 +762,21 @@ fn http1_that_starts_like_the_preface_is_still_http1() {
 }
 
 #[test]
+fn a_server_that_talks_first_for_long_is_not_held_for_http2() {
+    let mut h = Harness::new();
+    // Over 16 KiB from the server before the client said anything: HTTP/1.x (mid-stream).
+    h.server(1, &[b'x'; 20_000]);
+    h.client(2, PREFACE);
+    h.client(3, &Peer::new().headers(1, &api_post(), true));
+    assert_eq!(h.stats().h2_connections, 0);
+    // A gap before the client's first bytes: HTTP/1.x too.
+    let mut h = Harness::new();
+    h.gap(Direction::ClientToServer, 1, 10);
+    h.client(2, PREFACE);
+    assert_eq!(h.stats().h2_connections, 0);
+}
+
+#[test]
 fn hostile_frames_never_panic_and_state_stays_bounded() {
     let mut x = 7u32;
     let mut next = move || {
