@@ -35,15 +35,19 @@ pub enum BlindReason {
     /// Requests to an API path that could not be fully read (their token or fields may be
     /// missing from the records).
     UnreadableApiRequests,
+    /// HTTP/2 connections whose frames or header compression could not be followed (a bad or
+    /// hostile frame, HPACK state lost to a gap): their later streams are not read.
+    Http2Unreadable,
 }
 
 impl BlindReason {
-    pub const ALL: [BlindReason; 5] = [
+    pub const ALL: [BlindReason; 6] = [
         BlindReason::HttpsUnread,
         BlindReason::HttpsNotCaptured,
         BlindReason::NotHttp,
         BlindReason::RequestStartsLost,
         BlindReason::UnreadableApiRequests,
+        BlindReason::Http2Unreadable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl BlindReason {
             BlindReason::NotHttp => "not_http",
             BlindReason::RequestStartsLost => "request_starts_lost",
             BlindReason::UnreadableApiRequests => "unreadable_api_requests",
+            BlindReason::Http2Unreadable => "http2_unreadable",
         }
     }
 
@@ -83,6 +88,11 @@ impl BlindReason {
                 "requests to an API path could not be fully read: they are counted, but their \
                  token or fields may be missing"
             }
+            BlindReason::Http2Unreadable => {
+                "HTTP/2 connections could not be followed (bad frames, header compression lost \
+                 to a gap): API calls on them after that point are not counted (see the h2_* \
+                 input problems)"
+            }
         }
     }
 }
@@ -106,6 +116,8 @@ pub struct CoverageSample {
     pub not_http: u64,
     pub request_starts_lost: u64,
     pub unreadable_api_requests: u64,
+    /// HTTP/2 connections given up on (frame, HPACK or protocol errors, gaps).
+    pub http2_unreadable: u64,
 }
 
 /// One blind spot in force.

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use crate::http::HttpVersion;
 use crate::policy::{HeavyReason, Verdict, Violation};
 use crate::redcap::{ApiParams, BodyProblem};
 use crate::token::TokenProblem;
@@ -30,6 +31,7 @@ pub struct CallRecord<'a> {
     pub server: String,
     pub method: &'a str,
     pub path: &'a str,
+    pub http_version: HttpVersion,
     pub token_fp: Option<String>,
     pub token_masked: Option<&'a str>,
     pub token_problem: Option<TokenProblem>,
@@ -65,6 +67,7 @@ impl<'a> CallRecord<'a> {
             server: call.server.to_string(),
             method: &call.method,
             path: &call.path,
+            http_version: call.http_version,
             token_fp,
             token_masked,
             token_problem,

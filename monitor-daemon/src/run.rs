@@ -398,6 +398,10 @@ fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
     let mut sample = CoverageSample {
         not_http: http.not_http,
         request_starts_lost: http.request_starts_lost,
+        http2_unreadable: http.h2_hpack_errors
+            + http.h2_frame_too_large
+            + http.h2_protocol_errors
+            + http.h2_gaps,
         ..CoverageSample::default()
     };
     if let Source::Kernel(probe) = source

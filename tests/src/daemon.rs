@@ -19,6 +19,8 @@ pub struct CallRecord {
     pub server: String,
     pub method: String,
     pub path: String,
+    /// "1.0", "1.1" or "2".
+    pub http_version: String,
     pub token_fp: Option<String>,
     pub token_masked: Option<String>,
     pub token_problem: Option<String>,
@@ -74,6 +76,14 @@ pub struct Analysis {
     pub stderr: String,
     pub calls_text: String,
     pub violations_text: String,
+}
+
+/// The JSON objects of a JSONL text (calls, violations, decisions); panics on a bad line.
+pub fn jsonl(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL {l}: {e}")))
+        .collect()
 }
 
 /// `$REDCAP_MONITOR_BIN`, else `<workspace>/target/debug/redcap-monitor`.

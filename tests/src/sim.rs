@@ -122,6 +122,23 @@ impl Simulator {
             .context("simulator started without a log")?;
         read_log(path)
     }
+
+    /// The API requests answered, once their number has stopped changing for 300 ms (the
+    /// clients are done and the log is written).
+    pub fn settled_api(&self) -> Result<Vec<SimRecord>> {
+        let api = || -> Result<Vec<SimRecord>> {
+            Ok(self.log()?.into_iter().filter(|r| r.api).collect())
+        };
+        let mut last = api()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = api()?;
+            if now.len() == last.len() {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
 }
 
 impl Drop for Simulator {

@@ -1,6 +1,7 @@
 //! Real web servers for the HTTPS tests, in a namespace, plain HTTP on port 80 and HTTPS on 443
 //! with a certificate from a test CA: nginx (Debian's) proxying to the REDCap simulator, and
-//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script.
+//! Apache 2 with mod_ssl and mod_php serving a REDCap-like PHP script; both with HTTP/2 too
+//! (nginx `http2`, Apache mod_http2 proxying to the simulator).
 //!
 //! uprobes are system-wide and other tests on the machine run nginx too, so each server runs
 //! from a copy of its binary with a unique name ([`Nginx::name`], [`Apache::name`]): the daemon
@@ -88,15 +89,47 @@ impl Nginx {
         pki: &TestPki,
         worker_processes: u32,
     ) -> Result<Nginx> {
+        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false)
+    }
+
+    /// [`Nginx::start`] with HTTP/2: `listen 443 ssl http2` (curl and httpx pick h2 through
+    /// ALPN) and `listen 8080 http2` (h2c with prior knowledge only); 80 stays HTTP/1.1.
+    pub fn start_http2(
+        ns: &str,
+        dir: &Path,
+        upstream_port: u16,
+        pki: &TestPki,
+        worker_processes: u32,
+    ) -> Result<Nginx> {
+        Self::start_with(ns, dir, upstream_port, pki, worker_processes, true)
+    }
+
+    fn start_with(
+        ns: &str,
+        dir: &Path,
+        upstream_port: u16,
+        pki: &TestPki,
+        worker_processes: u32,
+        http2: bool,
+    ) -> Result<Nginx> {
         // At most 15 bytes: the kernel's process name field.
-        let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
+        let name = format!(
+            "rcm{}{}",
+            if http2 { "h2" } else { "tls" },
+            std::process::id() % 1_000_000_000
+        );
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/nginx", &binary)
             .context("copying /usr/sbin/nginx (installed by `cargo xtask setup`)")?;
         let d = dir.display();
         let conf = dir.join("nginx.conf");
-        // Workers run as root: the temp paths live in our 0700 temp dir. No http2: the
-        // monitor parses HTTP/1.1 (curl would pick h2 through ALPN otherwise).
+        // Workers run as root: the temp paths live in our 0700 temp dir. Without `http2`, curl
+        // and PyCap speak HTTP/1.1 over TLS too (what the HTTPS-equals-HTTP tests compare).
+        let listen = if http2 {
+            "listen 80;\n    listen 443 ssl http2;\n    listen 8080 http2;"
+        } else {
+            "listen 80;\n    listen 443 ssl;"
+        };
         std::fs::write(
             &conf,
             format!(
@@ -108,7 +141,7 @@ impl Nginx {
                  fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n\
                  scgi_temp_path {d}/nginx-scgi;\n  client_max_body_size 16m;\n\
                  upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n\
-                 server {{\n    listen 80;\n    listen 443 ssl;\n\
+                 server {{\n    {listen}\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
                  location / {{\n      proxy_pass http://redcap;\n      proxy_http_version 1.1;\n\
                  proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
@@ -241,8 +274,9 @@ header('Content-Type: application/json');
 echo '{"ok":true}';
 "#;
 
-/// Apache 2 (Debian's, prefork + mod_ssl + mod_php) under a unique process name: port 80
-/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script.
+/// Apache 2 (Debian's) under a unique process name: prefork + mod_ssl + mod_php, where port 80
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script ([`Apache::start`]); or
+/// mpm_event + mod_ssl + mod_http2 proxying to the simulator ([`Apache::start_http2_proxy`]).
 pub struct Apache {
     name: String,
     dir: PathBuf,
@@ -309,6 +343,66 @@ impl Apache {
                 key = pki.server_key.display(),
             ),
         )?;
+        Apache::launch(ns, name, dir, binary, conf, 2)
+    }
+
+    /// Apache with HTTP/2: mpm_event (mod_http2 does not run under prefork), mod_ssl and
+    /// mod_http2 (`Protocols h2 http/1.1`) on `port`, proxying everything to the simulator at
+    /// `127.0.0.1:upstream_port` with mod_proxy_http. Its files live in `dir/apache-h2`.
+    pub fn start_http2_proxy(
+        ns: &str,
+        dir: &Path,
+        port: u16,
+        upstream_port: u16,
+        pki: &TestPki,
+    ) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new("/usr/lib/apache2/modules");
+        let name = format!("rcmah{}", std::process::id() % 1_000_000_000);
+        let dir = dir.join("apache-h2");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let binary = dir.join(&name);
+        std::fs::copy("/usr/sbin/apache2", &binary)
+            .context("copying /usr/sbin/apache2 (installed by `cargo xtask setup`)")?;
+        let d = dir.display();
+        let m = modules.display();
+        let conf = dir.join("apache.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n\
+                 ErrorLog {d}/apache-error.log\nLogLevel warn\nMutex file:{d}\n\
+                 User www-data\nGroup www-data\n\
+                 LoadModule mpm_event_module {m}/mod_mpm_event.so\n\
+                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
+                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                 LoadModule ssl_module {m}/mod_ssl.so\n\
+                 LoadModule http2_module {m}/mod_http2.so\n\
+                 LoadModule proxy_module {m}/mod_proxy.so\n\
+                 LoadModule proxy_http_module {m}/mod_proxy_http.so\n\
+                 StartServers 1\nServerLimit 2\nThreadsPerChild 16\nMaxRequestWorkers 32\n\
+                 KeepAlive On\nListen {port}\nProtocols h2 http/1.1\n\
+                 SSLSessionCache shmcb:{d}/ssl_scache(512000)\n\
+                 <VirtualHost *:{port}>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
+                 SSLCertificateKeyFile {key}\n  Protocols h2 http/1.1\n\
+                 ProxyPass / http://127.0.0.1:{upstream_port}/\n</VirtualHost>\n",
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+            ),
+        )?;
+        Apache::launch(ns, name, &dir, binary, conf, 1)
+    }
+
+    /// Starts the configured binary and waits for `min_children` children.
+    fn launch(
+        ns: &str,
+        name: String,
+        dir: &Path,
+        binary: PathBuf,
+        conf: PathBuf,
+        min_children: usize,
+    ) -> Result<Apache> {
         let out = command_in(Some(ns), &binary.to_string_lossy())
             .arg("-f")
             .arg(&conf)
@@ -333,7 +427,7 @@ impl Apache {
             conf,
         };
         if !crate::sim::wait_until(Duration::from_secs(10), || {
-            apache.children().is_ok_and(|c| c.len() >= 2)
+            apache.children().is_ok_and(|c| c.len() >= min_children)
         }) {
             bail!(
                 "apache2 children did not start within 10 s: {}",

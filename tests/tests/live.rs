@@ -9,7 +9,7 @@ use std::path::Path;
 
 use monitor_tests::capture::Tcpdump;
 use monitor_tests::clients::{PycapSet, curl_in, run_curl_set_in, run_pycap_in};
-use monitor_tests::daemon::{CallRecord, LiveDaemon, analyze_full};
+use monitor_tests::daemon::{CallRecord, LiveDaemon, analyze_full, jsonl};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, SimRecord, Simulator};
 use serde_json::Value;
@@ -32,13 +32,6 @@ struct LiveRun {
     /// What `redcap-monitor status` says of the final stats file.
     status: String,
     log: String,
-}
-
-fn jsonl(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL {l}: {e}")))
-        .collect()
 }
 
 fn record_live_run(mode: &str, subnet: u8) -> LiveRun {

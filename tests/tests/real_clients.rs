@@ -157,7 +157,7 @@ fn call_for_call_check_accepts_a_faithful_report_and_rejects_a_lost_or_wrong_cal
     let call = |content: &str, format: &str, request: u64, body: u64, wire: u64| -> CallRecord {
         serde_json::from_str(&format!(
             r#"{{"ts_start":1.0,"ts_end":1.1,"ttfb_s":null,"client":"127.0.0.1:5000","server":"127.0.0.1:80",
-            "method":"POST","path":"/api/","token_fp":"00112233aabbccdd","token_masked":null,"token_problem":null,
+            "method":"POST","path":"/api/","http_version":"1.1","token_fp":"00112233aabbccdd","token_masked":null,"token_problem":null,
             "content":"{content}","action":null,"format":{format},"type":null,"return_format":null,"data_bytes":null,
             "records":0,"fields":0,"report_id":null,"filter_logic":false,"date_range_begin":null,"date_range_end":null,
             "return_metadata_only":null,"export_files":null,"all_records":null,"status":200,"request_bytes":{request},

@@ -14,7 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use monitor_tests::clients::{PycapSet, curl_in, run_curl_set_in, run_pycap_in};
-use monitor_tests::daemon::LiveDaemon;
+use monitor_tests::daemon::{LiveDaemon, jsonl};
 use monitor_tests::netns::{NamespacePair, command_in};
 use monitor_tests::sim::{SimOptions, Simulator};
 use monitor_tests::web::{Nginx, TestPki};
@@ -34,25 +34,9 @@ const TRANSPORT_FIELDS: [&str; 6] = [
     "transport",
 ];
 
-fn jsonl(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSONL {l}: {e}")))
-        .collect()
-}
-
 /// The number of API requests the simulator has answered, once it stops changing.
 fn settled_api_count(sim: &Simulator) -> usize {
-    let count = || sim.log().unwrap().iter().filter(|r| r.api).count();
-    let mut last = count();
-    loop {
-        std::thread::sleep(Duration::from_millis(300));
-        let now = count();
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
+    sim.settled_api().unwrap().len()
 }
 
 /// The same client work over `base` (http:// or https://).
@@ -154,11 +138,13 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
         format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80, 443]\n\
              [capture.tls]\nenabled = true\nprocesses = [\"{}\"]\nrescan_interval = \"1s\"\n\
-             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n",
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n",
             pair.server_if,
             nginx.name(),
             calls.display(),
-            stats.display()
+            stats.display(),
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

@@ -84,11 +84,13 @@ fn https_calls_seen_at_apache_mod_ssl_are_reported_once_with_the_fields_of_plain
         format!(
             "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80, 443]\n\
              [capture.tls]\nenabled = true\nprocesses = [\"{}\"]\nrescan_interval = \"1s\"\n\
-             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n",
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n",
             pair.server_if,
             apache.name(),
             calls.display(),
-            stats.display()
+            stats.display(),
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

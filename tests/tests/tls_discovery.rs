@@ -52,8 +52,10 @@ fn a_web_server_started_after_the_daemon_is_found_and_static_openssl_is_reported
         &config,
         format!(
             "[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = [\"{nginx_name}\", \
-             \"{static_name}\"]\nrescan_interval = \"1s\"\n[output]\ncalls = \"{}\"\n",
-            calls.display()
+             \"{static_name}\"]\nrescan_interval = \"1s\"\n[output]\ncalls = \"{}\"\n\
+             [store]\npath = \"{}\"\n",
+            calls.display(),
+            dir.path().join("state.redb").display()
         ),
     )
     .unwrap();

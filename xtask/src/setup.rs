@@ -85,9 +85,11 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 
 const PYCAP_MODULE: &str = "redcap";
 const PYCAP_PACKAGE: &str = "pycap";
+/// The `http2` extra pulls in the `h2` module.
+const HTTPX_HTTP2_PACKAGE: &str = "httpx[http2]";
 
 /// Runs every step in order: packages (LLVM first), nightly, rust-src, bpf-linker, cargo-deb,
-/// PyCap.
+/// PyCap, httpx with HTTP/2.
 pub(crate) fn run() -> Result<()> {
     debian_packages()?;
     nightly_toolchain()?;
@@ -95,6 +97,7 @@ pub(crate) fn run() -> Result<()> {
     bpf_linker()?;
     cargo_deb()?;
     pycap()?;
+    httpx_http2()?;
     Ok(())
 }
 
@@ -407,23 +410,38 @@ fn cargo_deb() -> Result<()> {
 }
 
 fn pycap() -> Result<()> {
-    let import = format!("import {PYCAP_MODULE}");
+    python_package(
+        &format!("import {PYCAP_MODULE}"),
+        PYCAP_PACKAGE,
+        &format!(
+            "PyCap (Python module {PYCAP_MODULE}: the real REDCap client in the end-to-end tests \
+             and the demo)"
+        ),
+    )
+}
+
+/// httpx with its HTTP/2 extra (the `h2` module): the HTTP/2 client in `tests/tests/h2.rs`.
+fn httpx_http2() -> Result<()> {
+    python_package(
+        "import httpx, h2",
+        HTTPX_HTTP2_PACKAGE,
+        "httpx with HTTP/2 (Python modules httpx and h2: the HTTP/2 client of the end-to-end tests)",
+    )
+}
+
+/// Installs `package` with pip unless `import` already succeeds; idempotent.
+fn python_package(import: &str, package: &str, what: &str) -> Result<()> {
     if process::find_on_path("python3").is_none() {
         return Err(Failure::new(
             "python3 not found: the end-to-end tests run the REDCap simulator and the PyCap \
              client with it. Install it (as root: `apt-get install -y python3 python3-pip`).",
         ));
     }
-    if process::succeeds(Command::new("python3").args(["-c", &import])) {
-        say(&format!(
-            "checking Python module {PYCAP_MODULE} (PyCap)... present"
-        ));
+    if process::succeeds(Command::new("python3").args(["-c", import])) {
+        say(&format!("checking {what}... present"));
         return Ok(());
     }
-    say(&format!(
-        "installing PyCap with pip (Python module {PYCAP_MODULE}: the real REDCap client in the \
-         end-to-end tests and the demo)"
-    ));
+    say(&format!("installing {what} with pip"));
     let pip = |extra: &[&str]| {
         let mut command = Command::new("python3");
         command
@@ -435,7 +453,7 @@ fn pycap() -> Result<()> {
                 "--disable-pip-version-check",
             ])
             .args(extra)
-            .arg(PYCAP_PACKAGE);
+            .arg(package);
         command
     };
     let mut first = pip(&[]);
@@ -461,10 +479,10 @@ fn pycap() -> Result<()> {
             )));
         }
     }
-    if !process::succeeds(Command::new("python3").args(["-c", &import])) {
+    if !process::succeeds(Command::new("python3").args(["-c", import])) {
         return Err(Failure::new(format!(
-            "pip installed {PYCAP_PACKAGE} but `python3 -c '{import}'` still fails: is `python3` \
-             the interpreter pip installed into? (`python3 -m pip show {PYCAP_PACKAGE}`)"
+            "pip installed {package} but `python3 -c '{import}'` still fails: is `python3` \
+             the interpreter pip installed into? (`python3 -m pip show {package}`)"
         )));
     }
     Ok(())

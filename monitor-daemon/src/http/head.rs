@@ -6,7 +6,7 @@
 
 use memchr::{memchr, memmem, memrchr};
 
-use super::{ContentCoding, RequestHead};
+use super::{ContentCoding, HttpVersion, RequestHead};
 use crate::model::Timestamp;
 
 /// Which start line a direction carries.
@@ -466,6 +466,10 @@ fn fill_request_head(
     // The scratch head is refilled in place so that its strings keep their capacity.
     replace_text(&mut head.method, method.as_bytes());
     replace_text(&mut head.target, target.as_bytes());
+    head.version = match request.version {
+        Some(0) => HttpVersion::Http10,
+        _ => HttpVersion::Http11,
+    };
     head.content_length = None;
     head.chunked = false;
     head.expect_continue = false;
@@ -523,7 +527,6 @@ fn response_info(response: &httparse::Response<'_, '_>) -> Result<ResponseInfo, 
         transfer: TransferCoding::Absent,
         coding: ContentCoding::Identity,
     };
-    let mut codings = 0u32;
     for header in response.headers.iter() {
         let name = header.name;
         let value = trim(header.value);
@@ -531,29 +534,43 @@ fn response_info(response: &httparse::Response<'_, '_>) -> Result<ResponseInfo, 
             info.content_length = Some(merge_content_length(info.content_length, value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             info.transfer = merge_transfer_coding(info.transfer, value);
-        } else if name.eq_ignore_ascii_case("content-encoding") {
-            for token in value.split(|&b| b == b',').map(trim) {
-                if token.is_empty() || token.eq_ignore_ascii_case(b"identity") {
-                    continue;
-                }
-                codings += 1;
-                info.coding = if token.eq_ignore_ascii_case(b"gzip")
-                    || token.eq_ignore_ascii_case(b"x-gzip")
-                {
-                    ContentCoding::Gzip
-                } else if token.eq_ignore_ascii_case(b"deflate") {
-                    ContentCoding::Deflate
-                } else {
-                    ContentCoding::Other
-                };
+        }
+    }
+    info.coding = content_coding(
+        response
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-encoding"))
+            .map(|h| h.value),
+    );
+    Ok(info)
+}
+
+/// The content coding named by a response's `Content-Encoding` values (HTTP/1.1 or HTTP/2).
+pub(crate) fn content_coding<'v>(values: impl Iterator<Item = &'v [u8]>) -> ContentCoding {
+    let mut coding = ContentCoding::Identity;
+    let mut codings = 0u32;
+    for value in values {
+        for token in value.split(|&b| b == b',').map(trim) {
+            if token.is_empty() || token.eq_ignore_ascii_case(b"identity") {
+                continue;
             }
+            codings += 1;
+            coding = if token.eq_ignore_ascii_case(b"gzip") || token.eq_ignore_ascii_case(b"x-gzip")
+            {
+                ContentCoding::Gzip
+            } else if token.eq_ignore_ascii_case(b"deflate") {
+                ContentCoding::Deflate
+            } else {
+                ContentCoding::Other
+            };
         }
     }
     if codings > 1 {
         // Stacked codings are rare enough not to be worth decoding.
-        info.coding = ContentCoding::Other;
+        coding = ContentCoding::Other;
     }
-    Ok(info)
+    coding
 }
 
 /// Content-Length as RFC 9110 §8.6 allows it: digits, possibly repeated as an identical list.

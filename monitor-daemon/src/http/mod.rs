@@ -1,7 +1,8 @@
-//! HTTP/1.1 exchanges from reassembled TCP streams.
+//! HTTP/1.x and HTTP/2 exchanges from reassembled TCP streams.
 //!
-//! Owns request/response framing per connection: keep-alive and pipelined requests matched to
-//! responses in order, Content-Length and chunked bodies, `Expect: 100-continue` and other 1xx
+//! Owns request/response framing per connection: a connection whose client starts with the
+//! HTTP/2 preface is HTTP/2 (frames, HPACK, multiplexed streams: [`h2`]); otherwise keep-alive and
+//! pipelined requests matched to responses in order, Content-Length and chunked bodies, `Expect: 100-continue` and other 1xx
 //! interim responses, and streaming gzip/deflate decoding of response bodies to learn their decoded
 //! size under a work cap. It knows nothing about REDCap: an [`ExchangeSelector`] decides which
 //! requests are interesting and receives their bodies; the others are framed and skipped.
@@ -11,12 +12,14 @@
 mod body;
 mod connection;
 mod decode;
+mod h2;
 mod head;
 
 use std::collections::HashMap;
 
 use crate::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
-use connection::{Connection, Ctx};
+use connection::Ctx;
+use h2::Session;
 use head::HeaderSlots;
 
 /// Decoded bytes are written here, a piece at a time, and never read.
@@ -25,11 +28,13 @@ const DECODE_SCRATCH_BYTES: usize = 32 * 1024;
 /// Bounds on what one connection may make the parser hold or do.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
-    /// Largest request or response head (start line + headers) accepted.
+    /// Largest request or response head (start line + headers) accepted; also the largest
+    /// HTTP/2 header block (HPACK-encoded).
     pub max_head_bytes: usize,
     /// Most header lines accepted in one head.
     pub max_headers: usize,
-    /// Most requests waiting for their responses on one connection.
+    /// Most requests waiting for their responses on one connection; for HTTP/2, most selected
+    /// streams open at once.
     pub max_pending_requests: usize,
     /// Decoding of one response body stops after this many decoded bytes (the work cap).
     pub max_decoded_body_bytes: u64,
@@ -46,9 +51,23 @@ impl Default for HttpLimits {
     }
 }
 
+/// The HTTP version a request was sent with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum HttpVersion {
+    #[serde(rename = "1.0")]
+    Http10,
+    #[default]
+    #[serde(rename = "1.1")]
+    Http11,
+    /// HTTP/2 (over TLS with ALPN `h2`, or `h2c` with prior knowledge).
+    #[serde(rename = "2")]
+    Http2,
+}
+
 /// The parts of a request head that later stages need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
+    pub version: HttpVersion,
     pub method: String,
     /// The request target as sent (path and query).
     pub target: String,
@@ -208,6 +227,24 @@ pub struct HttpStats {
     pub not_http: u64,
     /// Events for connections never opened (or already closed); ignored.
     pub unknown_connection_events: u64,
+    /// HTTP/2 connections seen (the client's first bytes were the HTTP/2 preface).
+    pub h2_connections: u64,
+    /// HTTP/2 header blocks HPACK could not decode: that direction is not read any further.
+    pub h2_hpack_errors: u64,
+    /// HTTP/2 header blocks or control frames over their limit: that direction is not read any
+    /// further.
+    pub h2_frame_too_large: u64,
+    /// HTTP/2 API requests not followed because `max_pending_requests` were open on their
+    /// connection.
+    pub h2_too_many_streams: u64,
+    /// HTTP/2 directions given up at a capture gap (frame boundaries are lost with it).
+    pub h2_gaps: u64,
+    /// HTTP/2 frames that break the protocol (padding longer than the frame, a CONTINUATION out
+    /// of place, a control frame of the wrong size): that direction is not read any further.
+    pub h2_protocol_errors: u64,
+    /// HTTP/2 API requests the server refused unprocessed (RST_STREAM REFUSED_STREAM, or above
+    /// GOAWAY's last stream): not calls, not reported.
+    pub h2_streams_refused: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -222,7 +259,7 @@ pub struct HttpTracker<S: ExchangeSelector> {
     selector: S,
     limits: HttpLimits,
     stats: HttpStats,
-    connections: HashMap<ConnectionId, Connection<S::Body>>,
+    connections: HashMap<ConnectionId, Session<S::Body>>,
     /// Connections with nothing worth reading until the client's next request.
     releasable: Vec<Releasable>,
     scratch: Box<[u8]>,
@@ -262,7 +299,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 server,
                 ..
             } => {
-                let fresh = Connection::new(conn, client, server);
+                let fresh = Session::new(conn, client, server);
                 if let Some(previous) = self.connections.insert(conn, fresh) {
                     previous.close(&mut ctx);
                 }
@@ -275,12 +312,8 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             } => match self.connections.get_mut(&conn) {
                 Some(connection) => {
                     connection.on_data(dir, ts, bytes, &mut ctx);
-                    if let Some(client_remaining) = connection.release_point() {
-                        self.releasable.push(Releasable {
-                            client: connection.client(),
-                            server: connection.server(),
-                            client_remaining,
-                        });
+                    if let Some(releasable) = connection.releasable() {
+                        self.releasable.push(releasable);
                     }
                 }
                 None => ctx.stats.unknown_connection_events += 1,
@@ -322,6 +355,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 }
 
+/// The HTTP/1.x tests; their harness serves the HTTP/2 tests too.
 #[cfg(test)]
 mod tests {
     use super::decode::tests::{gzip, raw_deflate, sample, zlib};
@@ -331,9 +365,9 @@ mod tests {
 
     /// Collects a selected request's body as it arrives.
     #[derive(Debug, Default)]
-    struct Collected {
-        bytes: Vec<u8>,
-        lost: u64,
+    pub(in crate::http) struct Collected {
+        pub(in crate::http) bytes: Vec<u8>,
+        pub(in crate::http) lost: u64,
     }
 
     impl RequestBody for Collected {
@@ -346,7 +380,7 @@ mod tests {
     }
 
     /// Selects every request whose target does not contain "skip".
-    struct AllButSkip;
+    pub(in crate::http) struct AllButSkip;
 
     impl ExchangeSelector for AllButSkip {
         type Body = Collected;
@@ -355,19 +389,19 @@ mod tests {
         }
     }
 
-    const CONN: ConnectionId = ConnectionId(7);
+    pub(in crate::http) const CONN: ConnectionId = ConnectionId(7);
 
-    struct Harness {
-        tracker: HttpTracker<AllButSkip>,
-        out: Vec<HttpExchange<Collected>>,
+    pub(in crate::http) struct Harness {
+        pub(in crate::http) tracker: HttpTracker<AllButSkip>,
+        pub(in crate::http) out: Vec<HttpExchange<Collected>>,
     }
 
     impl Harness {
-        fn new() -> Self {
+        pub(in crate::http) fn new() -> Self {
             Self::with_limits(HttpLimits::default())
         }
 
-        fn with_limits(limits: HttpLimits) -> Self {
+        pub(in crate::http) fn with_limits(limits: HttpLimits) -> Self {
             let mut harness = Self {
                 tracker: HttpTracker::new(limits, AllButSkip),
                 out: Vec::new(),
@@ -385,11 +419,11 @@ mod tests {
             harness
         }
 
-        fn event(&mut self, event: StreamEvent<'_>) {
+        pub(in crate::http) fn event(&mut self, event: StreamEvent<'_>) {
             self.tracker.on_event(&event, &mut self.out);
         }
 
-        fn data(&mut self, dir: Direction, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn data(&mut self, dir: Direction, ts: u64, bytes: &[u8]) {
             self.event(StreamEvent::Data {
                 conn: CONN,
                 dir,
@@ -398,15 +432,15 @@ mod tests {
             });
         }
 
-        fn client(&mut self, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn client(&mut self, ts: u64, bytes: &[u8]) {
             self.data(Direction::ClientToServer, ts, bytes);
         }
 
-        fn server(&mut self, ts: u64, bytes: &[u8]) {
+        pub(in crate::http) fn server(&mut self, ts: u64, bytes: &[u8]) {
             self.data(Direction::ServerToClient, ts, bytes);
         }
 
-        fn gap(&mut self, dir: Direction, ts: u64, len: u64) {
+        pub(in crate::http) fn gap(&mut self, dir: Direction, ts: u64, len: u64) {
             self.event(StreamEvent::Gap {
                 conn: CONN,
                 dir,
@@ -415,7 +449,7 @@ mod tests {
             });
         }
 
-        fn close(&mut self, ts: u64) {
+        pub(in crate::http) fn close(&mut self, ts: u64) {
             self.event(StreamEvent::Closed {
                 conn: CONN,
                 ts: Timestamp(ts),
@@ -423,7 +457,7 @@ mod tests {
             });
         }
 
-        fn stats(&self) -> HttpStats {
+        pub(in crate::http) fn stats(&self) -> HttpStats {
             self.tracker.stats().clone()
         }
 

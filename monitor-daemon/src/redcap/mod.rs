@@ -12,7 +12,9 @@ mod multipart;
 mod paths;
 mod urlencoded;
 
-use crate::http::{BodyDecoding, ExchangeSelector, HttpExchange, RequestBody, RequestHead};
+use crate::http::{
+    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, RequestBody, RequestHead,
+};
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
@@ -89,6 +91,7 @@ pub struct ApiCall {
     pub server: Endpoint,
     pub method: String,
     pub path: String,
+    pub http_version: HttpVersion,
     pub token: Result<TokenIdentity, TokenProblem>,
     pub params: ApiParams,
     pub status: Option<u16>,
@@ -185,6 +188,7 @@ impl ApiCall {
             client,
             server,
             path: request.path().to_string(),
+            http_version: request.version,
             method: request.method,
             token,
             params: fields.params,

@@ -30,6 +30,7 @@ pub(crate) fn call(n: u8, secs: u64) -> ApiCall {
         server: endpoint(80),
         method: "POST".into(),
         path: "/api/".into(),
+        http_version: crate::http::HttpVersion::Http11,
         token: Ok(TokenIdentity {
             fingerprint: fingerprint(n),
             masked: MaskedToken(format!("T{n}…")),

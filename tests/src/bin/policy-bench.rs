@@ -78,6 +78,7 @@ impl Calls {
                 server: endpoint(443),
                 method: "POST".into(),
                 path: "/api/".into(),
+                http_version: redcap_monitor::http::HttpVersion::Http11,
                 token: Ok(TokenIdentity {
                     fingerprint: TokenFingerprint([0; 8]),
                     masked: MaskedToken(String::new()),
