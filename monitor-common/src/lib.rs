@@ -44,6 +44,9 @@ pub enum KernelCounter {
     /// Client segments on a server port, on connections not tracked, that start a TLS
     /// handshake: HTTPS the TC probe cannot read (only the OpenSSL uprobes can).
     TlsHandshakes = 13,
+    /// Client bytes (segments, or TLS reads) on connections not tracked that are HTTP/2
+    /// requests of a connection whose preface was not seen: not readable until it reconnects.
+    Http2Unseen = 14,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added
@@ -321,6 +324,10 @@ pub enum ClientStart {
     Track,
     /// A TLS handshake (ClientHello record): HTTPS that only the OpenSSL uprobes can read.
     TlsHandshake,
+    /// An HTTP/2 request (a HEADERS frame of a client stream) on a connection whose preface was
+    /// not seen (opened before capture started): its requests cannot be read, since their
+    /// header compression state began before it.
+    Http2Unseen,
     /// Anything else: a complete non-`POST` request head, an empty line, a continuation.
     Other,
 }
@@ -356,6 +363,9 @@ pub fn classify_client_start(
             }
         }
     }
+    if is_http2_request_frame(head, len) {
+        return ClientStart::Http2Unseen;
+    }
     let mut start = 0;
     while start < CLIENT_START_LEN {
         match head.get(start) {
@@ -378,6 +388,31 @@ pub fn classify_client_start(
     match head.get(start) {
         Some(&b) if b.is_ascii_uppercase() && !ends_with_blank_line => ClientStart::Track,
         _ => ClientStart::Other,
+    }
+}
+
+/// An HTTP/2 frame header (RFC 9113 §4.1) of a HEADERS frame (type 1) on a client-initiated
+/// (odd) stream, with only HEADERS' flags, a non-empty payload of at most the default maximum
+/// frame size, and the reserved bit clear.
+#[inline(always)]
+fn is_http2_request_frame(head: &[u8], len: usize) -> bool {
+    if len < 9 {
+        return false;
+    }
+    match (
+        head.first(),
+        head.get(1),
+        head.get(2),
+        head.get(3),
+        head.get(4),
+        head.get(5),
+        head.get(8),
+    ) {
+        (Some(&l0), Some(&l1), Some(&l2), Some(&1), Some(&flags), Some(&s0), Some(&s3)) => {
+            let length = (u32::from(l0) << 16) | (u32::from(l1) << 8) | u32::from(l2);
+            length > 0 && length <= 16_384 && flags & !0x2d == 0 && s0 & 0x80 == 0 && s3 & 1 == 1
+        }
+        _ => false,
     }
 }
 
@@ -477,6 +512,24 @@ mod tests {
             ClientStart::Track
         );
         assert_eq!(judge(b"GET / HTTP/1.1\r\nCookie: a"), ClientStart::Track);
+    }
+
+    #[test]
+    fn an_http2_request_without_its_preface_is_recognised() {
+        // HEADERS, END_STREAM|END_HEADERS, stream 3, 20 bytes of header block.
+        let mut frame = vec![0, 0, 20, 1, 0x05, 0, 0, 0, 3];
+        frame.extend([0x82; 20]);
+        assert_eq!(judge(&frame), ClientStart::Http2Unseen);
+        // A server's stream (even), a DATA frame, an unknown flag: not a client's request.
+        for (at, value) in [(8, 2u8), (3, 0), (4, 0x40)] {
+            let mut other = frame.clone();
+            other[at] = value;
+            assert_ne!(
+                judge(&other),
+                ClientStart::Http2Unseen,
+                "byte {at} = {value}"
+            );
+        }
     }
 
     #[test]

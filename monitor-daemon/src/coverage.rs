@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use crate::model::{Span, Timestamp};
 
+/// With TLS capture on, handshakes count as unread only when no OpenSSL read at all followed
+/// them for this long (their reads come after the handshake, often in the next sample).
+pub const HTTPS_READ_GRACE: Span = Span::from_secs(5);
+
 /// A blind spot stays reported this long after its counter last grew.
 pub const BLIND_HOLD: Span = Span::from_secs(10 * 60);
 
@@ -38,16 +42,20 @@ pub enum BlindReason {
     /// HTTP/2 connections whose frames or header compression could not be followed (a bad or
     /// hostile frame, HPACK state lost to a gap): their later streams are not read.
     Http2Unreadable,
+    /// HTTP/2 requests on connections opened before capture started (their preface and header
+    /// compression state were never seen): not readable until the client reconnects.
+    Http2StartedUnseen,
 }
 
 impl BlindReason {
-    pub const ALL: [BlindReason; 6] = [
+    pub const ALL: [BlindReason; 7] = [
         BlindReason::HttpsUnread,
         BlindReason::HttpsNotCaptured,
         BlindReason::NotHttp,
         BlindReason::RequestStartsLost,
         BlindReason::UnreadableApiRequests,
         BlindReason::Http2Unreadable,
+        BlindReason::Http2StartedUnseen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +66,7 @@ impl BlindReason {
             BlindReason::RequestStartsLost => "request_starts_lost",
             BlindReason::UnreadableApiRequests => "unreadable_api_requests",
             BlindReason::Http2Unreadable => "http2_unreadable",
+            BlindReason::Http2StartedUnseen => "http2_started_unseen",
         }
     }
 
@@ -93,6 +102,12 @@ impl BlindReason {
                  to a gap): API calls on them after that point are not counted (see the h2_* \
                  input problems)"
             }
+            BlindReason::Http2StartedUnseen => {
+                "HTTP/2 connections opened before capture started carry requests: they cannot \
+                 be read (their header compression began unseen) until the clients reconnect \
+                 (e.g. after a graceful reload of the web server, which closes idle \
+                 connections)"
+            }
         }
     }
 }
@@ -118,6 +133,8 @@ pub struct CoverageSample {
     pub unreadable_api_requests: u64,
     /// HTTP/2 connections given up on (frame, HPACK or protocol errors, gaps).
     pub http2_unreadable: u64,
+    /// The kernel's count of HTTP/2 requests on connections whose preface it never saw.
+    pub http2_started_unseen: u64,
 }
 
 /// One blind spot in force.
@@ -138,6 +155,10 @@ pub struct Coverage {
     tls: TlsCoverage,
     https_port_watched: bool,
     last: Option<CoverageSample>,
+    /// TLS handshakes seen while TLS capture is on but no OpenSSL read followed yet, and since
+    /// when: a handshake's first read may come a moment (a sample) later.
+    unread_handshakes: u64,
+    unread_since: Option<Timestamp>,
     spots: Vec<BlindSpot>,
     newly_blind: Vec<BlindReason>,
 }
@@ -149,6 +170,8 @@ impl Coverage {
             tls,
             https_port_watched,
             last: None,
+            unread_handshakes: 0,
+            unread_since: None,
             spots: Vec::new(),
             newly_blind: Vec::new(),
         }
@@ -166,9 +189,24 @@ impl Coverage {
         let handshakes = grew(sample.tls_handshakes, before.tls_handshakes);
         let tls_reads = grew(sample.tls_reads, before.tls_reads);
         let https_unread = match self.tls {
-            TlsCoverage::Off => handshakes,
-            TlsCoverage::On { libraries } if libraries == 0 || tls_reads == 0 => handshakes,
-            TlsCoverage::On { .. } => 0,
+            TlsCoverage::Off | TlsCoverage::On { libraries: 0 } => handshakes,
+            TlsCoverage::On { .. } if tls_reads > 0 => {
+                self.unread_handshakes = 0;
+                self.unread_since = None;
+                0
+            }
+            TlsCoverage::On { .. } => {
+                self.unread_handshakes = self.unread_handshakes.saturating_add(handshakes);
+                if handshakes > 0 && self.unread_since.is_none() {
+                    self.unread_since = Some(now);
+                }
+                match self.unread_since {
+                    Some(since) if now.since(since) >= HTTPS_READ_GRACE => {
+                        std::mem::take(&mut self.unread_handshakes)
+                    }
+                    _ => 0,
+                }
+            }
         };
         let static_https = u64::from(self.https_port_watched && self.tls == TlsCoverage::Off);
         for (reason, n) in [
@@ -185,6 +223,14 @@ impl Coverage {
                     sample.unreadable_api_requests,
                     before.unreadable_api_requests,
                 ),
+            ),
+            (
+                BlindReason::Http2Unreadable,
+                grew(sample.http2_unreadable, before.http2_unreadable),
+            ),
+            (
+                BlindReason::Http2StartedUnseen,
+                grew(sample.http2_started_unseen, before.http2_started_unseen),
             ),
         ] {
             if n > 0 {
@@ -286,14 +332,48 @@ mod tests {
     fn handshakes_that_no_uprobe_reads_are_blind_even_with_tls_on() {
         // A statically linked OpenSSL or another TLS library: the uprobes see nothing.
         let mut c = Coverage::new(TlsCoverage::On { libraries: 1 }, true);
+        let handshakes = |n| CoverageSample {
+            tls_handshakes: n,
+            ..CoverageSample::default()
+        };
+        c.observe(handshakes(4), at(1));
+        c.observe(handshakes(4), at(5));
+        assert!(!c.is_blind(), "the reads may still come");
+        c.observe(handshakes(5), at(6));
+        assert_eq!(c.blind_spots()[0].reason, BlindReason::HttpsUnread);
+        assert_eq!(c.blind_spots()[0].count, 5);
+    }
+
+    #[test]
+    fn a_handshake_whose_read_comes_a_sample_later_is_not_blind() {
+        let mut c = Coverage::new(TlsCoverage::On { libraries: 1 }, true);
+        c.observe(CoverageSample::default(), at(0));
         c.observe(
             CoverageSample {
-                tls_handshakes: 4,
+                tls_handshakes: 1,
                 ..CoverageSample::default()
             },
             at(1),
         );
-        assert_eq!(c.blind_spots()[0].reason, BlindReason::HttpsUnread);
+        c.observe(
+            CoverageSample {
+                tls_handshakes: 1,
+                tls_reads: 3,
+                ..CoverageSample::default()
+            },
+            at(2),
+        );
+        for t in 3..20 {
+            c.observe(
+                CoverageSample {
+                    tls_handshakes: 1,
+                    tls_reads: 3,
+                    ..CoverageSample::default()
+                },
+                at(t),
+            );
+        }
+        assert!(!c.is_blind(), "{:?}", c.blind_spots());
     }
 
     #[test]
@@ -310,6 +390,28 @@ mod tests {
         c.set_tls(TlsCoverage::On { libraries: 1 });
         c.observe(CoverageSample::default(), at(3601));
         assert!(!c.is_blind());
+    }
+
+    #[test]
+    fn http2_that_cannot_be_followed_is_blind() {
+        let mut c = Coverage::new(TlsCoverage::On { libraries: 1 }, false);
+        c.observe(CoverageSample::default(), at(0));
+        c.observe(
+            CoverageSample {
+                http2_unreadable: 1,
+                http2_started_unseen: 7,
+                ..CoverageSample::default()
+            },
+            at(1),
+        );
+        let reasons: Vec<_> = c.blind_spots().iter().map(|s| s.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                BlindReason::Http2Unreadable,
+                BlindReason::Http2StartedUnseen
+            ]
+        );
     }
 
     #[test]

@@ -408,6 +408,7 @@ fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
         && let Ok(k) = probe.get_ref().counters()
     {
         sample.tls_handshakes = k.tls_handshakes;
+        sample.http2_started_unseen = k.http2_unseen;
         sample.tls_reads = k.tls_filtered + k.tls_conns_started;
     }
     sample

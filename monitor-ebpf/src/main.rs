@@ -94,8 +94,10 @@ fn observe(ctx: &TcContext, segment: &Segment) {
             let state = start_tracking(segment);
             send(ctx, segment, &state);
         } else {
-            if start == ClientStart::TlsHandshake {
-                count(KernelCounter::TlsHandshakes, 1);
+            match start {
+                ClientStart::TlsHandshake => count(KernelCounter::TlsHandshakes, 1),
+                ClientStart::Http2Unseen => count(KernelCounter::Http2Unseen, 1),
+                _ => {}
             }
             count(KernelCounter::Filtered, 1);
         }

@@ -281,9 +281,15 @@ fn read_done(args: &CallArgs, len: u64) {
             count(KernelCounter::TlsConnsEnded, 1);
         }
     }
-    if !worth_tracking(args.buf, len) {
-        count(KernelCounter::TlsFiltered, 1);
-        return;
+    match client_start(args.buf, len) {
+        ClientStart::Track => {}
+        start => {
+            if start == ClientStart::Http2Unseen {
+                count(KernelCounter::Http2Unseen, 1);
+            }
+            count(KernelCounter::TlsFiltered, 1);
+            return;
+        }
     }
     let mut state = TlsConnState {
         since_ns: now,
@@ -329,9 +335,9 @@ fn write_done(args: &CallArgs, len: u64) {
 
 /// Judges an untracked connection's read by its first bytes and whether it ends exactly at the
 /// end of a request head, as the TC program judges a segment.
-fn worth_tracking(buf: u64, len: u64) -> bool {
+fn client_start(buf: u64, len: u64) -> ClientStart {
     let Some(buffer) = TLS_BUFFER.get_ptr_mut(0) else {
-        return false;
+        return ClientStart::Other;
     };
     // SAFETY: per-CPU value; uprobe programs do not nest on one CPU.
     let bytes = unsafe { &mut (*buffer).bytes };
@@ -346,9 +352,10 @@ fn worth_tracking(buf: u64, len: u64) -> bool {
     } else {
         CLIENT_START_LEN as u32
     };
-    read_user(buf, head_len, bytes)
-        && classify_client_start(bytes, head_len as usize, len as usize, ends_with_blank_line)
-            == ClientStart::Track
+    if !read_user(buf, head_len, bytes) {
+        return ClientStart::Other;
+    }
+    classify_client_start(bytes, head_len as usize, len as usize, ends_with_blank_line)
 }
 
 /// Copies `len` (1..=MAX_CHUNK_BYTES) bytes of user memory at `src` into `bytes`.

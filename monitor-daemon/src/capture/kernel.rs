@@ -199,6 +199,8 @@ pub struct KernelCounters {
     pub tls_args_lost: u64,
     /// TLS handshakes (ClientHello) on the watched ports: HTTPS the TC probe cannot read.
     pub tls_handshakes: u64,
+    /// HTTP/2 requests on connections whose preface was not seen (opened before the probe).
+    pub http2_unseen: u64,
 }
 
 /// What user space did with the records it read.
@@ -483,6 +485,7 @@ impl KernelProbe {
             tls_conns_tracked,
             tls_args_lost: read(KernelCounter::TlsArgsLost)?,
             tls_handshakes: read(KernelCounter::TlsHandshakes)?,
+            http2_unseen: read(KernelCounter::Http2Unseen)?,
             // User space takes entries out (released) and puts some back: neither is a loss.
             flows_evicted: (flows_started + self.stats.flows_recopied)
                 .saturating_sub(flows_ended)

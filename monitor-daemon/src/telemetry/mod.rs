@@ -327,7 +327,7 @@ impl Metrics {
         r.register(
             "capture_blind",
             "1 while the capture is blind to some traffic, by reason (https_unread, \
-             https_not_captured, not_http, request_starts_lost, unreadable_api_requests, http2_unreadable): API \
+             https_not_captured, not_http, request_starts_lost, unreadable_api_requests, http2_unreadable, http2_started_unseen): API \
              calls in it are not counted",
             m.capture_blind.clone(),
         );
