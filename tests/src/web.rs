@@ -90,6 +90,20 @@ impl Nginx {
     ) -> Result<Nginx> {
         // At most 15 bytes: the kernel's process name field.
         let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
+        Nginx::start_named(ns, dir, upstream_port, pki, worker_processes, &name)
+    }
+
+    /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
+    /// name), e.g. one that starts with a default `capture.tls.processes` name.
+    pub fn start_named(
+        ns: &str,
+        dir: &Path,
+        upstream_port: u16,
+        pki: &TestPki,
+        worker_processes: u32,
+        name: &str,
+    ) -> Result<Nginx> {
+        let name = name.to_owned();
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/nginx", &binary)
             .context("copying /usr/sbin/nginx (installed by `cargo xtask setup`)")?;
@@ -254,6 +268,13 @@ impl Apache {
     /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
     /// subdirectory: the children run as www-data).
     pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        Apache::start_named(ns, dir, pki, &name)
+    }
+
+    /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
+    /// name), e.g. one that starts with a default `capture.tls.processes` name.
+    pub fn start_named(ns: &str, dir: &Path, pki: &TestPki, name: &str) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
         let modules = Path::new("/usr/lib/apache2/modules");
         let php = std::fs::read_dir(modules)
@@ -266,7 +287,7 @@ impl Apache {
                     .is_some_and(|n| n.starts_with("libphp") && n.ends_with(".so"))
             })
             .context("no libphp*.so (install libapache2-mod-php: `cargo xtask setup`)")?;
-        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        let name = name.to_owned();
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
         let docroot = dir.join("www");

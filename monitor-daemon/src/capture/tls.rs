@@ -356,6 +356,17 @@ pub enum TlsError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error(
+        "permission denied to attach uprobes to {path} ({source}): this kernel requires \
+         CAP_SYS_ADMIN for uprobes (Linux 6.15.7 and later, and the stable kernels fixed for \
+         CVE-2025-38466; CAP_BPF and CAP_PERFMON were enough before): run as root or grant \
+         CAP_SYS_ADMIN (the shipped unit does)"
+    )]
+    AttachPrivilege {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("attaching the uprobe on {symbol} in {path} failed: {source}")]
     Attach {
         path: PathBuf,
@@ -455,7 +466,8 @@ impl TlsCapture {
 
     /// Attaches the configured libraries (an error names the one at fault) and the standard
     /// ones (one that is not OpenSSL or cannot be attached is logged), then scans. An error
-    /// means the uprobes cannot be used at all (e.g. a missing privilege).
+    /// means the uprobes cannot be used at all (e.g. a missing privilege: `CAP_SYS_ADMIN`, which
+    /// current kernels require to attach a uprobe).
     pub fn start(&mut self, probe: &mut KernelProbe) -> Result<(), TlsError> {
         self.proc_hidden = std::fs::read_to_string(self.proc_root.join("self/mountinfo"))
             .is_ok_and(|mountinfo| proc_hides_processes(&mountinfo));
@@ -477,7 +489,10 @@ impl TlsCapture {
             }
             match self.attach(probe, &path, id) {
                 Ok(symbols) => log_attached(&path, LibraryOrigin::StandardLocation, &symbols, &[]),
-                Err(err @ TlsError::Probe(_)) => return Err(err),
+                // Without the privilege no library can be attached: say that, not "none found".
+                Err(err @ (TlsError::Probe(_) | TlsError::AttachPrivilege { .. })) => {
+                    return Err(err);
+                }
                 Err(err) => {
                     self.failed.insert(id);
                     tracing::warn!(library = %path.display(), %err, "TLS capture: a libssl in a standard location cannot be attached; processes using it are not covered");
@@ -664,7 +679,14 @@ impl TlsCapture {
                 }
                 Err(source) if matches!(symbol, "SSL_read" | "SSL_write") => {
                     let source = Box::new(source);
-                    return Err(if program_os_error(&source).is_some() {
+                    let errno = program_os_error(&source);
+                    if let Some(errno) = errno.filter(|e| [libc::EACCES, libc::EPERM].contains(e)) {
+                        return Err(TlsError::AttachPrivilege {
+                            path: path.to_owned(),
+                            source: io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    return Err(if errno.is_some() {
                         TlsError::Attach {
                             path: path.to_owned(),
                             symbol,
