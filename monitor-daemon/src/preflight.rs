@@ -122,6 +122,16 @@ fn https_warnings(config: &Config, warn: &mut impl FnMut(String, String)) {
                     );
                 }
             }
+            if !has_effective_capability(CAP_SYS_ADMIN) {
+                warn(
+                    "capture.tls.enabled".into(),
+                    "HTTPS capture attaches uprobes, which current kernels (Linux 6.15.7+, and \
+                     stable kernels fixed for CVE-2025-38466) allow only with CAP_SYS_ADMIN, and \
+                     this user lacks it: HTTPS is NOT seen. Run as root or grant CAP_SYS_ADMIN \
+                     (the shipped unit does), or set capture.tls.enabled = false"
+                        .into(),
+                );
+            }
             if tls.libraries.is_empty() && standard_libraries().is_empty() {
                 warn(
                     "capture.tls.libraries".into(),
@@ -135,6 +145,24 @@ fn https_warnings(config: &Config, warn: &mut impl FnMut(String, String)) {
             }
         }
     }
+}
+
+/// `CAP_SYS_ADMIN`'s number in the capability sets.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Whether this process holds `capability` in its effective set (`CapEff:` of
+/// `/proc/self/status`; under systemd, what `AmbientCapabilities=` gave).
+fn has_effective_capability(capability: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| effective_capabilities(&status))
+        .is_some_and(|set| set & (1 << capability) != 0)
+}
+
+/// The `CapEff:` mask of a `/proc/PID/status` text.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// Whether `path` can be written (if it exists) or created (in its directory; with
@@ -248,13 +276,24 @@ mod tests {
             missing.len() == 1 && missing[0].starts_with("capture.tls.libraries[0]"),
             "{missing:?}"
         );
-        // The default: HTTPS through the uprobes, quiet where the distribution has a libssl.
+        // The default: HTTPS through the uprobes, quiet where the distribution has a libssl and
+        // the user may attach uprobes.
         let default = warned("");
         assert_eq!(
             default.is_empty(),
-            !standard_libraries().is_empty(),
+            !standard_libraries().is_empty() && has_effective_capability(CAP_SYS_ADMIN),
             "{default:?}"
         );
+    }
+
+    #[test]
+    fn the_effective_capabilities_are_read_from_the_status_text() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000000c000203000\n";
+        let set = effective_capabilities(status).unwrap();
+        assert!(set & (1 << CAP_SYS_ADMIN) != 0);
+        assert!(set & (1 << 38) != 0, "CAP_PERFMON");
+        assert!(set & (1 << 19) == 0, "CAP_SYS_PTRACE");
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
     }
 
     #[test]
