@@ -260,6 +260,10 @@ fn assert_https_by_default_log(log: &str) {
     assert!(!log.contains("no configured process is running"), "{log}");
     assert!(log.contains("mode=\"ebpf+tls\""), "{log}");
     assert!(!log.contains("HTTPS is NOT seen"), "{log}");
+    // The coverage self-check agrees: no HTTPS goes unread.
+    for blind in ["https_unread", "https_not_captured"] {
+        assert!(!log.contains(blind), "{blind}:\n{log}");
+    }
 }
 
 #[test]
