@@ -706,7 +706,7 @@ fn open_source_https_if_possible(
         Ok(probe) => probe,
         Err(reason) if capture.mode == CaptureMode::Auto => {
             let source = open_pcap(config)?;
-            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need the probe's privileges too (CAP_BPF, CAP_PERFMON)");
+            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
             return Ok((source, None));
         }
         Err(err) => return Err(err),
