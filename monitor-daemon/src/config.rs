@@ -141,7 +141,16 @@ pub enum TlsCapturePlan {
     Required,
 }
 
+/// Ports on which clients are expected to speak HTTPS: watched without TLS capture, what they
+/// carry is not seen.
+pub const TLS_PORTS: [u16; 2] = [443, 8443];
+
 impl CaptureConfig {
+    /// The first watched port that carries HTTPS by convention ([`TLS_PORTS`]).
+    pub fn https_port(&self) -> Option<u16> {
+        self.ports.iter().copied().find(|p| TLS_PORTS.contains(p))
+    }
+
     /// How `run` captures HTTPS, from `mode` and `tls.enabled`.
     pub fn tls_plan(&self) -> TlsCapturePlan {
         match (self.mode, self.tls.enabled) {

@@ -14,9 +14,6 @@ use crate::capture::kernel::interface_exists;
 use crate::capture::tls::standard_libraries;
 use crate::config::{CaptureMode, Config, HookKind, Problem, TlsCapturePlan};
 
-/// Ports that carry HTTPS by convention: watching one of them says the site serves HTTPS.
-const HTTPS_PORTS: [u16; 2] = [443, 8443];
-
 /// Everything on this host that would stop or hamper `run` with `config`, as the user running
 /// this (under systemd, `ExecReload=` runs as the service's user, so its rights are checked).
 pub fn warnings(config: &Config) -> Vec<Problem> {
@@ -89,8 +86,7 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
 /// HTTPS port is watched, or no OpenSSL library for the uprobes to sit on.
 fn https_warnings(config: &Config, warn: &mut impl FnMut(String, String)) {
     let capture = &config.capture;
-    let https_port = capture.ports.iter().find(|port| HTTPS_PORTS.contains(port));
-    match (capture.tls_plan(), https_port) {
+    match (capture.tls_plan(), capture.https_port()) {
         (TlsCapturePlan::Off, Some(port)) if capture.mode == CaptureMode::Pcap => warn(
             "capture.mode".into(),
             format!(

@@ -168,10 +168,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         telemetry,
         actions,
         canary,
-        coverage: Coverage::new(
-            TlsCoverage::Off,
-            config.capture.ports.iter().any(|p| TLS_PORTS.contains(p)),
-        ),
+        coverage: Coverage::new(TlsCoverage::Off, config.capture.https_port().is_some()),
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
@@ -379,10 +376,6 @@ impl Edges {
         self.actions.step(pipeline, now);
     }
 }
-
-/// Ports on which a client speaking HTTPS is expected: watched without TLS capture, they are a
-/// blind spot from the start.
-const TLS_PORTS: [u16; 2] = [443, 8443];
 
 fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
     match tls {
