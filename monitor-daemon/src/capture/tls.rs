@@ -394,7 +394,8 @@ pub(crate) enum MappedLibssl {
     Found(PathBuf, u64),
     /// The process maps no `libssl.so*`.
     None,
-    /// `/proc/PID/maps` cannot be read: another user's process, and no `CAP_SYS_PTRACE`.
+    /// `/proc/PID/maps` cannot be read: another user's process, and not the privilege to read
+    /// it (`CAP_SYS_PTRACE`).
     Unreadable,
 }
 
