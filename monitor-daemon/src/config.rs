@@ -69,8 +69,9 @@ pub struct CaptureConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsCaptureConfig {
-    /// Capture HTTPS too (with `mode = "ebpf"` or `"auto"`); `mode = "tls"` implies it.
-    pub enabled: bool,
+    /// Capture HTTPS too, beside the TC probe: `"auto"` whenever a libssl is found and the
+    /// uprobes can be attached, `true` always (or fail), `false` never. `mode = "tls"` implies it.
+    pub enabled: TlsSwitch,
     /// Names of the web server processes (a name matches a process whose name starts with it;
     /// 1 to 15 bytes, at most 8): their libssl is found and only their calls are looked at.
     pub processes: Vec<String>,
@@ -83,7 +84,7 @@ pub struct TlsCaptureConfig {
 impl Default for TlsCaptureConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: TlsSwitch::Auto,
             processes: ["apache2", "httpd", "nginx", "php-fpm"]
                 .map(String::from)
                 .to_vec(),
@@ -93,10 +94,75 @@ impl Default for TlsCaptureConfig {
     }
 }
 
+/// `capture.tls.enabled`: `"auto"`, `true` or `false` (the booleans of older files keep their
+/// meaning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsSwitch {
+    /// HTTPS too when a libssl is found and the uprobes attach; otherwise HTTP alone, said in
+    /// the log (and, in mode `"auto"`, libpcap stays the fallback for HTTP).
+    #[default]
+    Auto,
+    /// HTTPS must be captured: a probe or uprobe that cannot be used stops `run`.
+    On,
+    /// Never: the TC probe (or libpcap) only.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for TlsSwitch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = TlsSwitch;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"auto\", true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<TlsSwitch, E> {
+                Ok(if on { TlsSwitch::On } else { TlsSwitch::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, word: &str) -> Result<TlsSwitch, E> {
+                match word {
+                    "auto" => Ok(TlsSwitch::Auto),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(word), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Whether and how `run` captures HTTPS through the OpenSSL uprobes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsCapturePlan {
+    /// Not at all (switched off, or mode `"pcap"` with `"auto"`).
+    Off,
+    /// If it can: a missing libssl or uprobe is logged, and HTTP is captured anyway.
+    IfPossible,
+    /// It must: what stops it stops `run`.
+    Required,
+}
+
+/// Ports on which clients are expected to speak HTTPS: watched without TLS capture, what they
+/// carry is not seen.
+pub const TLS_PORTS: [u16; 2] = [443, 8443];
+
 impl CaptureConfig {
-    /// Whether `run` captures HTTPS through the OpenSSL uprobes.
+    /// The first watched port that carries HTTPS by convention ([`TLS_PORTS`]).
+    pub fn https_port(&self) -> Option<u16> {
+        self.ports.iter().copied().find(|p| TLS_PORTS.contains(p))
+    }
+
+    /// How `run` captures HTTPS, from `mode` and `tls.enabled`.
+    pub fn tls_plan(&self) -> TlsCapturePlan {
+        match (self.mode, self.tls.enabled) {
+            (CaptureMode::Tls, _) | (_, TlsSwitch::On) => TlsCapturePlan::Required,
+            (CaptureMode::Pcap, _) | (_, TlsSwitch::Off) => TlsCapturePlan::Off,
+            (CaptureMode::Auto | CaptureMode::Ebpf, TlsSwitch::Auto) => TlsCapturePlan::IfPossible,
+        }
+    }
+
+    /// Whether `run` tries to capture HTTPS through the OpenSSL uprobes.
     pub fn tls_on(&self) -> bool {
-        self.mode == CaptureMode::Tls || self.tls.enabled
+        self.tls_plan() != TlsCapturePlan::Off
     }
 }
 
@@ -733,7 +799,9 @@ impl Config {
         if self.capture.tls_on() && tls.processes.is_empty() {
             problems.push(Problem::new(
                 "capture.tls.processes".into(),
-                "is empty: name the web server processes, e.g. [\"nginx\"]".into(),
+                "is empty: name the web server processes, e.g. [\"nginx\"], or set \
+                 capture.tls.enabled = false"
+                    .into(),
             ));
         }
         if tls.rescan_interval.span().0 == 0 {
@@ -742,7 +810,7 @@ impl Config {
                 "must be longer than zero, e.g. `5s`".into(),
             ));
         }
-        if tls.enabled && self.capture.mode == CaptureMode::Pcap {
+        if tls.enabled == TlsSwitch::On && self.capture.mode == CaptureMode::Pcap {
             problems.push(Problem::new(
                 "capture.tls.enabled".into(),
                 "needs the eBPF probe, but capture.mode is \"pcap\": use mode \"ebpf\" or \
@@ -1392,7 +1460,26 @@ mod tests {
         assert_eq!(netlink.capture.tc_attach, AttachMethod::Netlink);
         let tcx = parse("[capture]\ntc_attach = \"tcx\"\n").unwrap();
         assert_eq!(tcx.capture.tc_attach, AttachMethod::Tcx);
-        assert!(!old.capture.tls_on());
+        // HTTPS is captured by default when it can be; `true`/`false` keep their meaning.
+        assert_eq!(old.capture.tls.enabled, TlsSwitch::Auto);
+        assert_eq!(old.capture.tls_plan(), TlsCapturePlan::IfPossible);
+        for (text, plan) in [
+            ("mode = \"ebpf\"\n", TlsCapturePlan::IfPossible),
+            ("mode = \"pcap\"\n", TlsCapturePlan::Off),
+            (
+                "[capture.tls]\nenabled = \"auto\"\n",
+                TlsCapturePlan::IfPossible,
+            ),
+            ("[capture.tls]\nenabled = false\n", TlsCapturePlan::Off),
+            ("[capture.tls]\nenabled = true\n", TlsCapturePlan::Required),
+            (
+                "mode = \"tls\"\n[capture.tls]\nenabled = false\n",
+                TlsCapturePlan::Required,
+            ),
+        ] {
+            let config = parse(&format!("[capture]\n{text}")).unwrap();
+            assert_eq!(config.capture.tls_plan(), plan, "{text}");
+        }
         let tls =
             parse("[capture]\nmode = \"tls\"\n[capture.tls]\nprocesses = [\"nginx\"]\n").unwrap();
         assert_eq!(tls.capture.mode, CaptureMode::Tls);
@@ -1456,6 +1543,16 @@ mod tests {
                 "5s",
             ),
             ("[capture.tls]\nprocess = [\"x\"]\n", "process", ""),
+            (
+                "[capture.tls]\nenabled = \"yes\"\n",
+                "enabled",
+                "\"auto\", true or false",
+            ),
+            (
+                "[capture.tls]\nprocesses = []\n",
+                "capture.tls.processes",
+                "enabled = false",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(hint), "{text}: {err}");

@@ -80,9 +80,11 @@ impl BlindReason {
                  OpenSSL (`redcap-monitor status` lists the libraries attached)"
             }
             BlindReason::HttpsNotCaptured => {
-                "a TLS port is watched but HTTPS capture is off in this configuration: API calls \
-                 over HTTPS are not counted. Use capture.mode \"auto\" or \"ebpf\" with \
-                 capture.tls enabled"
+                "a TLS port is watched but no HTTPS is read: TLS capture is off in this \
+                 configuration, or the OpenSSL uprobes could not be used (the start-up log says \
+                 why, e.g. a missing CAP_SYS_ADMIN): API calls over HTTPS are not counted. Use \
+                 capture.mode \"auto\" or \"ebpf\" with capture.tls enabled, and grant what the \
+                 log names"
             }
             BlindReason::NotHttp => {
                 "connections on the watched ports are not plaintext HTTP/1 and were given up on: \

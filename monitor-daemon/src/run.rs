@@ -27,7 +27,7 @@ use crate::canary::Canary;
 use crate::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::capture::tls::{TlsCapture, TlsError, is_synthetic};
-use crate::config::{CaptureMode, Config, ConfigError};
+use crate::config::{CaptureMode, Config, ConfigError, TlsCapturePlan};
 use crate::coverage::{Coverage, CoverageSample, TlsCoverage};
 use crate::model::Timestamp;
 use crate::notify::Notifier;
@@ -64,7 +64,8 @@ pub enum RunError {
     Tls(#[from] TlsError),
     #[error(
         "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
-         without it HTTPS is not seen (capture.tls.enabled = false to run with libpcap alone)"
+         without it HTTPS is not seen (capture.tls.enabled = \"auto\" falls back to libpcap, \
+         HTTP only)"
     )]
     TlsWithoutProbe(Box<RunError>),
     #[error("libpcap capture: {0}")]
@@ -167,10 +168,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         telemetry,
         actions,
         canary,
-        coverage: Coverage::new(
-            TlsCoverage::Off,
-            config.capture.ports.iter().any(|p| TLS_PORTS.contains(p)),
-        ),
+        coverage: Coverage::new(TlsCoverage::Off, config.capture.https_port().is_some()),
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
@@ -378,10 +376,6 @@ impl Edges {
         self.actions.step(pipeline, now);
     }
 }
-
-/// Ports on which a client speaking HTTPS is expected: watched without TLS capture, they are a
-/// blind spot from the start.
-const TLS_PORTS: [u16; 2] = [443, 8443];
 
 fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
     match tls {
@@ -677,23 +671,61 @@ enum Source {
 /// "capturing with" line is logged once everything is attached.
 fn open_source(config: &Config) -> Result<(Source, Option<TlsCapture>), RunError> {
     let capture = &config.capture;
-    if capture.tls_on() {
-        let tc = capture.mode != CaptureMode::Tls;
-        // No libpcap fallback in auto mode: it would silently lose every HTTPS call.
-        let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
-            (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
-            (false, err) => err,
-        })?;
-        let libraries: Vec<_> = tls.libraries().collect();
-        if tc {
-            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
-        } else {
-            tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+    match capture.tls_plan() {
+        TlsCapturePlan::Off => Ok((open_source_without_tls(config)?, None)),
+        TlsCapturePlan::IfPossible => open_source_https_if_possible(config),
+        TlsCapturePlan::Required => {
+            let tc = capture.mode != CaptureMode::Tls;
+            // No libpcap fallback: HTTPS was asked for, and libpcap would lose every call.
+            let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
+                (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
+                (false, err) => err,
+            })?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            if tc {
+                tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
+            } else {
+                tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+            }
+            Ok((source, Some(tls)))
         }
-        return Ok((source, Some(tls)));
     }
-    let source = open_source_without_tls(config)?;
-    Ok((source, None))
+}
+
+/// `capture.tls.enabled = "auto"` beside mode `"auto"` or `"ebpf"`: the TC probe and the
+/// OpenSSL uprobes. Uprobes that cannot be used leave the TC probe alone; in mode `"auto"`, a
+/// probe that cannot be loaded leaves libpcap, HTTP only. Either is a warning that says HTTPS
+/// is not seen and why.
+fn open_source_https_if_possible(
+    config: &Config,
+) -> Result<(Source, Option<TlsCapture>), RunError> {
+    let capture = &config.capture;
+    let mut probe = match load_probe(config, true) {
+        Ok(probe) => probe,
+        Err(reason) if capture.mode == CaptureMode::Auto => {
+            let source = open_pcap(config)?;
+            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
+            return Ok((source, None));
+        }
+        Err(err) => return Err(err),
+    };
+    let tls_config = &capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    match tls.start(&mut probe) {
+        Ok(()) => {
+            let source = register(probe)?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?tls_config.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes (capture.tls.enabled = \"auto\")");
+            Ok((source, Some(tls)))
+        }
+        // A configured library that is not there is the admin's to fix, as with `true`.
+        Err(err @ TlsError::Library { .. }) => Err(err.into()),
+        Err(reason) => {
+            let source = register(probe)?;
+            tracing::warn!(mode = "ebpf", interfaces = ?capture.interfaces, %reason, "capturing with the eBPF probe; HTTPS is NOT seen: the OpenSSL uprobes cannot be used (capture.tls.enabled = \"auto\")");
+            Ok((source, None))
+        }
+    }
 }
 
 fn open_source_without_tls(config: &Config) -> Result<Source, RunError> {

@@ -234,7 +234,6 @@ impl LiveDaemon {
         key: &Path,
         env: &[(&str, &str)],
     ) -> Result<LiveDaemon> {
-        use std::io::{BufRead, BufReader};
         let mut command = crate::netns::command_in(netns, &monitor_bin()?.to_string_lossy());
         command
             .arg("run")
@@ -242,8 +241,17 @@ impl LiveDaemon {
             .arg(config)
             .arg("--key")
             .arg(key)
+            .envs(env.iter().copied());
+        LiveDaemon::spawn(command)
+    }
+
+    /// Runs `command`, which must exec `redcap-monitor run …` in the end (so that its pid is the
+    /// daemon's: e.g. through `ip netns exec`, `unshare`, `setpriv`), and returns once the
+    /// daemon says which capture it uses.
+    pub fn spawn(mut command: Command) -> Result<LiveDaemon> {
+        use std::io::{BufRead, BufReader};
+        command
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().context("starting redcap-monitor run")?;

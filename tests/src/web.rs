@@ -89,7 +89,8 @@ impl Nginx {
         pki: &TestPki,
         worker_processes: u32,
     ) -> Result<Nginx> {
-        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false)
+        let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
+        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false, &name)
     }
 
     /// [`Nginx::start`] with HTTP/2: `listen 443 ssl http2` (curl and httpx pick h2 through
@@ -101,7 +102,21 @@ impl Nginx {
         pki: &TestPki,
         worker_processes: u32,
     ) -> Result<Nginx> {
-        Self::start_with(ns, dir, upstream_port, pki, worker_processes, true)
+        let name = format!("rcmh2{}", std::process::id() % 1_000_000_000);
+        Self::start_with(ns, dir, upstream_port, pki, worker_processes, true, &name)
+    }
+
+    /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
+    /// name), e.g. one that starts with a default `capture.tls.processes` name.
+    pub fn start_named(
+        ns: &str,
+        dir: &Path,
+        upstream_port: u16,
+        pki: &TestPki,
+        worker_processes: u32,
+        name: &str,
+    ) -> Result<Nginx> {
+        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false, name)
     }
 
     fn start_with(
@@ -111,13 +126,10 @@ impl Nginx {
         pki: &TestPki,
         worker_processes: u32,
         http2: bool,
+        name: &str,
     ) -> Result<Nginx> {
         // At most 15 bytes: the kernel's process name field.
-        let name = format!(
-            "rcm{}{}",
-            if http2 { "h2" } else { "tls" },
-            std::process::id() % 1_000_000_000
-        );
+        let name = name.to_owned();
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/nginx", &binary)
             .context("copying /usr/sbin/nginx (installed by `cargo xtask setup`)")?;
@@ -288,6 +300,13 @@ impl Apache {
     /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
     /// subdirectory: the children run as www-data).
     pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        Apache::start_named(ns, dir, pki, &name)
+    }
+
+    /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
+    /// name), e.g. one that starts with a default `capture.tls.processes` name.
+    pub fn start_named(ns: &str, dir: &Path, pki: &TestPki, name: &str) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
         let modules = Path::new("/usr/lib/apache2/modules");
         let php = std::fs::read_dir(modules)
@@ -300,7 +319,7 @@ impl Apache {
                     .is_some_and(|n| n.starts_with("libphp") && n.ends_with(".so"))
             })
             .context("no libphp*.so (install libapache2-mod-php: `cargo xtask setup`)")?;
-        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        let name = name.to_owned();
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
         let docroot = dir.join("www");

@@ -87,6 +87,8 @@ fn auto_mode_falls_back_to_libpcap_without_cap_bpf_and_says_why() {
         log.contains("\"mode\":\"pcap\""),
         "final counters say pcap: {log}"
     );
+    // HTTPS is on by default; libpcap cannot see it, and the fallback says so.
+    assert!(log.contains("HTTPS is NOT seen"), "{log}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! How HTTPS capture finds its web servers: started with `capture.mode = "tls"` before any
-//! configured process runs, the daemon warns and keeps looking; nginx started afterwards is
-//! found, attached to and its calls reported. A configured process without libssl but with
+//! configured process runs, the daemon attaches to the distribution's libssl, warns and keeps
+//! looking; nginx started afterwards is found, covered and its calls reported. A configured process without libssl but with
 //! OpenSSL inside its executable is reported as statically linked, not silently missed.
 
 use std::process::{Command, Stdio};
@@ -109,12 +109,19 @@ fn a_web_server_started_after_the_daemon_is_found_and_static_openssl_is_reported
         static_line.contains("statically") && static_line.contains("NOT seen"),
         "{static_line}"
     );
+    // The distribution's libssl is attached at start, before nginx runs; nginx, found later
+    // mapping that same file, is covered by it.
     let attached = log
         .lines()
         .find(|l| l.contains("uprobes attached"))
         .unwrap_or_else(|| panic!("no attach line:\n{log}"));
     assert!(
-        attached.contains("libssl") && attached.contains(&nginx_name),
+        attached.contains("libssl") && attached.contains("found=\"standard location\""),
         "{attached}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("covering this web server") && l.contains(&nginx_name)),
+        "nginx is not reported as covered:\n{log}"
     );
 }

@@ -1,5 +1,6 @@
-//! HTTPS capture at the web server's OpenSSL: finds the libssl that the configured processes
-//! map, attaches the uprobes of `monitor-ebpf` (`tls.rs`) to it once per library file, and turns
+//! HTTPS capture at the web server's OpenSSL: finds the libssl files (the distribution's
+//! standard ones, and whatever the configured processes map when their `/proc/PID/maps` can be
+//! read), attaches the uprobes of `monitor-ebpf` (`tls.rs`) once per library file, and turns
 //! their [`TlsEvent`]s into [`TcpSegment`]s of a synthetic connection for the reassembler.
 //!
 //! A TLS connection (process, `SSL*`, start time) becomes a TCP connection between two
@@ -34,6 +35,22 @@ const SERVER: Endpoint = Endpoint {
 const CLIENT_PORT: u16 = 49152;
 /// Most bytes of an executable read to tell whether it has OpenSSL linked in.
 const MAX_EXE_SCAN: u64 = 256 << 20;
+/// The dynamic loader's cache, read for the libssl files it knows.
+const LD_SO_CACHE: &str = "/etc/ld.so.cache";
+/// Largest loader cache read (a large distribution's is well under 1 MiB).
+const MAX_LD_SO_CACHE: u64 = 16 << 20;
+/// The directories distributions install libssl in, besides what the loader's cache says
+/// (`{arch}`: Debian and Ubuntu's multiarch triplet; lib64: Fedora, RHEL, SUSE; lib: Arch,
+/// Alpine), and the sonames looked for there (OpenSSL 3 and 1.1).
+const STANDARD_DIRECTORIES: [&str; 6] = [
+    "/usr/lib/{arch}-linux-gnu",
+    "/lib/{arch}-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+];
+const STANDARD_SONAMES: [&str; 2] = ["libssl.so.3", "libssl.so.1.1"];
 
 /// Whether `endpoint` is one end of a synthetic TLS connection (an address in `100::/64`,
 /// which RFC 6666 reserves for discarding: no real packet carries it).
@@ -339,6 +356,17 @@ pub enum TlsError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error(
+        "permission denied to attach uprobes to {path} ({source}): this kernel requires \
+         CAP_SYS_ADMIN for uprobes (Linux 6.15.7 and later, and the stable kernels fixed for \
+         CVE-2025-38466; CAP_BPF and CAP_PERFMON were enough before): run as root or grant \
+         CAP_SYS_ADMIN (the shipped unit does)"
+    )]
+    AttachPrivilege {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("attaching the uprobe on {symbol} in {path} failed: {source}")]
     Attach {
         path: PathBuf,
@@ -355,12 +383,47 @@ pub(crate) struct ServerProcess {
     /// Start time (see [`ProcessId`]).
     pub start: u64,
     pub comm: String,
-    /// The libssl's path as the process sees it, and its inode (from `/proc/PID/maps`).
-    pub libssl: Option<(PathBuf, u64)>,
+    /// What its `/proc/PID/maps` says.
+    pub libssl: MappedLibssl,
 }
 
-/// Keeps the uprobes attached to every libssl the configured web servers map: explicit
-/// `libraries` once at start, then whatever a `/proc` scan finds, on every [`Self::refresh`].
+/// The libssl a process maps, as far as this daemon may know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum MappedLibssl {
+    /// Its path as the process sees it, and its inode.
+    Found(PathBuf, u64),
+    /// The process maps no `libssl.so*`.
+    None,
+    /// `/proc/PID/maps` cannot be read: another user's process, and not the privilege to read
+    /// it (`CAP_SYS_PTRACE`).
+    Unreadable,
+}
+
+/// Where a libssl file the uprobes sit on was found (said in the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LibraryOrigin {
+    /// `capture.tls.libraries`.
+    Configured,
+    /// The dynamic loader's cache or a distribution's usual path.
+    StandardLocation,
+    /// The `/proc/PID/maps` of a configured process.
+    MappedByProcess,
+}
+
+impl LibraryOrigin {
+    fn describe(self) -> &'static str {
+        match self {
+            LibraryOrigin::Configured => "capture.tls.libraries",
+            LibraryOrigin::StandardLocation => "standard location",
+            LibraryOrigin::MappedByProcess => "mapped by a configured process",
+        }
+    }
+}
+
+/// Keeps the uprobes attached to every libssl the configured web servers may use: explicit
+/// `libraries` and the distribution's standard files once at start, then whatever a `/proc`
+/// scan finds, on every [`Self::refresh`]. A uprobe sits on the file, and the kernel filters by
+/// process name, so a standard libssl covers servers this daemon cannot see in `/proc`.
 pub struct TlsCapture {
     processes: Vec<String>,
     libraries: Vec<PathBuf>,
@@ -368,6 +431,10 @@ pub struct TlsCapture {
     loaded: bool,
     /// (device, inode) → the path the uprobes were attached through.
     attached: BTreeMap<(u64, u64), PathBuf>,
+    /// Whether `/proc` hides other users' processes (`hidepid`, `ProtectProc=invisible`).
+    proc_hidden: bool,
+    /// Whether unreadable `/proc/PID/maps` were reported.
+    reported_unreadable: bool,
     /// Process names seen running at least once (to say when one appears).
     seen: BTreeSet<String>,
     /// Executables already reported as having no libssl.
@@ -388,6 +455,8 @@ impl TlsCapture {
             proc_root: PathBuf::from("/proc"),
             loaded: false,
             attached: BTreeMap::new(),
+            proc_hidden: false,
+            reported_unreadable: false,
             seen: BTreeSet::new(),
             reported_without_libssl: BTreeSet::new(),
             warned_none: false,
@@ -396,15 +465,43 @@ impl TlsCapture {
         }
     }
 
-    /// Attaches the configured libraries (an error names the one at fault), then scans.
+    /// Attaches the configured libraries (an error names the one at fault) and the standard
+    /// ones (one that is not OpenSSL or cannot be attached is logged), then scans. An error
+    /// means the uprobes cannot be used at all (e.g. a missing privilege: `CAP_SYS_ADMIN`, which
+    /// current kernels require to attach a uprobe).
     pub fn start(&mut self, probe: &mut KernelProbe) -> Result<(), TlsError> {
+        self.proc_hidden = std::fs::read_to_string(self.proc_root.join("self/mountinfo"))
+            .is_ok_and(|mountinfo| proc_hides_processes(&mountinfo));
         for path in self.libraries.clone() {
             let meta = std::fs::metadata(&path).map_err(|source| TlsError::Library {
                 path: path.clone(),
                 source,
             })?;
             let symbols = self.attach(probe, &path, (meta.dev(), meta.ino()))?;
-            tracing::info!(library = %path.display(), symbols = ?symbols, "TLS capture: uprobes attached (capture.tls.libraries)");
+            log_attached(&path, LibraryOrigin::Configured, &symbols, &[]);
+        }
+        for path in standard_libraries() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if self.attached.contains_key(&id) {
+                continue;
+            }
+            match self.attach(probe, &path, id) {
+                Ok(symbols) => log_attached(&path, LibraryOrigin::StandardLocation, &symbols, &[]),
+                // Without the privilege no library can be attached: say that, not "none found".
+                Err(err @ (TlsError::Probe(_) | TlsError::AttachPrivilege { .. })) => {
+                    return Err(err);
+                }
+                Err(err) => {
+                    self.failed.insert(id);
+                    tracing::warn!(library = %path.display(), %err, "TLS capture: a libssl in a standard location cannot be attached; processes using it are not covered");
+                }
+            }
+        }
+        if self.attached.is_empty() {
+            tracing::warn!(processes = ?self.processes, "TLS capture: no OpenSSL libssl found in the standard locations (the loader's cache, /usr/lib/ARCH-linux-gnu, /usr/lib64, /lib, ...): HTTPS is seen only once a configured process is found mapping one (set capture.tls.libraries to the web server's libssl otherwise)");
         }
         self.refresh(probe);
         Ok(())
@@ -425,7 +522,7 @@ impl TlsCapture {
         let (running, found) = scan_processes(&self.proc_root, &self.processes, &self.examined);
         if running.is_empty() {
             if !self.warned_none {
-                tracing::warn!(processes = ?self.processes, "TLS capture: no configured process is running; looking again every capture.tls.rescan_interval");
+                self.warn_none_running();
                 self.warned_none = true;
             }
             return;
@@ -436,10 +533,18 @@ impl TlsCapture {
         self.examined.retain(|id| running.contains(id));
         let mut by_library: BTreeMap<(u64, u64), (PathBuf, Vec<String>)> = BTreeMap::new();
         for process in &found {
-            let Some((path, inode)) = &process.libssl else {
-                self.report_without_libssl(process);
-                self.examined.insert((process.pid, process.start));
-                continue;
+            let (path, inode) = match &process.libssl {
+                MappedLibssl::Found(path, inode) => (path, inode),
+                MappedLibssl::None => {
+                    self.report_without_libssl(process);
+                    self.examined.insert((process.pid, process.start));
+                    continue;
+                }
+                MappedLibssl::Unreadable => {
+                    self.report_unreadable(process);
+                    self.examined.insert((process.pid, process.start));
+                    continue;
+                }
             };
             let Some((through, id)) = self.resolve(process.pid, path, *inode) else {
                 tracing::warn!(pid = process.pid, library = %path.display(), "TLS capture: the library this process maps cannot be opened from here");
@@ -467,7 +572,7 @@ impl TlsCapture {
                 Ok(symbols) => {
                     self.failed.remove(&id);
                     covered.extend(users.iter().cloned());
-                    tracing::info!(library = %path.display(), symbols = ?symbols, processes = ?users, "TLS capture: uprobes attached; these processes and every later one mapping this file are covered");
+                    log_attached(&path, LibraryOrigin::MappedByProcess, &symbols, &users);
                 }
                 Err(err) => {
                     tracing::warn!(library = %path.display(), processes = ?users, %err, "TLS capture: cannot attach; these processes are not covered (restart the daemon to try again)");
@@ -480,6 +585,33 @@ impl TlsCapture {
                 tracing::info!(process = %process.comm, pid = process.pid, "TLS capture: covering this web server");
             }
         }
+    }
+
+    /// Says that no configured process is seen, and what that means here: with `/proc`
+    /// hiding other users' processes, they may well run (and be covered by the uprobes on the
+    /// standard libssl files).
+    fn warn_none_running(&self) {
+        let libraries: Vec<_> = self.libraries().collect();
+        match (self.proc_hidden, libraries.is_empty()) {
+            (false, _) => {
+                tracing::warn!(processes = ?self.processes, "TLS capture: no configured process is running; looking again every capture.tls.rescan_interval");
+            }
+            (true, false) => {
+                tracing::info!(processes = ?self.processes, ?libraries, "TLS capture: /proc hides other users' processes from this daemon (hidepid, as systemd's ProtectProc=invisible mounts it), so whether the configured processes run cannot be seen; those that load the attached libraries are covered all the same (the kernel filters by process name)");
+            }
+            (true, true) => {
+                tracing::warn!(processes = ?self.processes, "TLS capture: no libssl attached and /proc hides other users' processes (hidepid, ProtectProc=invisible): HTTPS is NOT seen. Set capture.tls.libraries to the web server's libssl (`grep libssl /proc/PID/maps` as root)");
+            }
+        }
+    }
+
+    /// Says once that configured processes were seen whose maps cannot be read.
+    fn report_unreadable(&mut self, process: &ServerProcess) {
+        if std::mem::replace(&mut self.reported_unreadable, true) {
+            return;
+        }
+        let libraries: Vec<_> = self.libraries().collect();
+        tracing::info!(process = %process.comm, pid = process.pid, ?libraries, "TLS capture: cannot read this process's /proc/PID/maps (another user's process; reading it needs CAP_SYS_PTRACE): it is covered if it loads one of the attached libraries, not if it loads a libssl from elsewhere (then set capture.tls.libraries)");
     }
 
     /// The path to attach through and the file's (device, inode): the path as the process sees
@@ -548,7 +680,14 @@ impl TlsCapture {
                 }
                 Err(source) if matches!(symbol, "SSL_read" | "SSL_write") => {
                     let source = Box::new(source);
-                    return Err(if program_os_error(&source).is_some() {
+                    let errno = program_os_error(&source);
+                    if let Some(errno) = errno.filter(|e| [libc::EACCES, libc::EPERM].contains(e)) {
+                        return Err(TlsError::AttachPrivilege {
+                            path: path.to_owned(),
+                            source: io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    return Err(if errno.is_some() {
                         TlsError::Attach {
                             path: path.to_owned(),
                             symbol,
@@ -571,6 +710,11 @@ impl TlsCapture {
         self.attached.insert(id, path.to_owned());
         Ok(symbols)
     }
+}
+
+/// One log line per attached library: where it was found, and the processes seen using it.
+fn log_attached(path: &Path, origin: LibraryOrigin, symbols: &[&str], processes: &[String]) {
+    tracing::info!(library = %path.display(), found = origin.describe(), ?symbols, ?processes, "TLS capture: uprobes attached; every configured process mapping this file is covered, also those started later");
 }
 
 fn uprobe<'a>(probe: &'a mut KernelProbe, name: &'static str) -> Result<&'a mut UProbe, TlsError> {
@@ -637,14 +781,19 @@ pub(crate) fn scan_processes(
         if examined.contains(&(pid, start)) {
             continue;
         }
-        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
-            continue;
+        let libssl = match std::fs::read_to_string(dir.join("maps")) {
+            Ok(maps) => libssl_in_maps(&maps).map_or(MappedLibssl::None, |(path, inode)| {
+                MappedLibssl::Found(path, inode)
+            }),
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => MappedLibssl::Unreadable,
+            // Gone during the scan.
+            Err(_) => continue,
         };
         found.push(ServerProcess {
             pid,
             start,
             comm: comm.to_owned(),
-            libssl: libssl_in_maps(&maps),
+            libssl,
         });
     }
     found.sort_by_key(|p| p.pid);
@@ -671,6 +820,112 @@ pub(crate) fn libssl_in_maps(maps: &str) -> Option<(PathBuf, u64)> {
         (path.starts_with('/') && name.starts_with("libssl.so"))
             .then(|| (PathBuf::from(path), inode))
     })
+}
+
+/// The distribution's OpenSSL libssl files on this host: those the dynamic loader's cache
+/// names, then the usual paths; only files of this program's architecture, each file once
+/// (`/lib` and `/usr/lib` are often the same directory).
+pub(crate) fn standard_libraries() -> Vec<PathBuf> {
+    use std::io::Read;
+    let mut cache = Vec::new();
+    if let Ok(file) = std::fs::File::open(LD_SO_CACHE) {
+        let _ = file.take(MAX_LD_SO_CACHE).read_to_end(&mut cache);
+    }
+    let mut candidates = libssl_in_ld_cache(&cache);
+    for dir in STANDARD_DIRECTORIES {
+        let dir = PathBuf::from(dir.replace("{arch}", std::env::consts::ARCH));
+        candidates.extend(STANDARD_SONAMES.iter().map(|soname| dir.join(soname)));
+    }
+    let Some(own) = elf_kind(Path::new("/proc/self/exe")) else {
+        return Vec::new();
+    };
+    let mut files = BTreeSet::new();
+    candidates
+        .into_iter()
+        .filter(|path| {
+            std::fs::metadata(path).is_ok_and(|meta| {
+                meta.is_file()
+                    && elf_kind(path) == Some(own)
+                    && files.insert((meta.dev(), meta.ino()))
+            })
+        })
+        .collect()
+}
+
+/// An ELF file's class, byte order and machine (header bytes 4, 5, 18 and 19).
+fn elf_kind(path: &Path) -> Option<[u8; 4]> {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    (header[..4] == *b"\x7fELF").then_some([header[4], header[5], header[18], header[19]])
+}
+
+/// The `libssl.so*` paths in a dynamic loader cache (glibc's `glibc-ld.so.cache1.1` format,
+/// alone or after the old format's entries); nothing for anything else (musl has no cache).
+pub(crate) fn libssl_in_ld_cache(cache: &[u8]) -> Vec<PathBuf> {
+    const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    // magic and version (20), nlibs, len_strings, flags and padding, extension offset, unused.
+    const HEADER: usize = 48;
+    // flags (i32), key, value (string offsets), osversion (u32), hwcap (u64).
+    const ENTRY: usize = 24;
+    let Some(start) = cache.windows(MAGIC.len()).position(|w| w == MAGIC) else {
+        return Vec::new();
+    };
+    // String offsets count from the start of this header.
+    let data = &cache[start..];
+    let word = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let text = |at: usize| {
+        let bytes = data.get(at..)?;
+        let end = bytes.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&bytes[..end]).ok()
+    };
+    let Some(count) = word(20) else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for i in 0..count {
+        let entry = HEADER + i * ENTRY;
+        let (Some(key), Some(value)) = (word(entry + 4), word(entry + 8)) else {
+            break;
+        };
+        if let (Some(name), Some(path)) = (text(key), text(value))
+            && name.starts_with("libssl.so")
+            && path.starts_with('/')
+        {
+            paths.push(PathBuf::from(path));
+        }
+    }
+    paths
+}
+
+/// Whether the `/proc` of a `/proc/self/mountinfo` text hides other users' processes
+/// (`hidepid=invisible` or `noaccess`, as systemd's `ProtectProc=` mounts it).
+pub(crate) fn proc_hides_processes(mountinfo: &str) -> bool {
+    mountinfo
+        .lines()
+        .rev()
+        .find_map(|line| {
+            // id parent dev root mountpoint options [optional…] - fstype source superoptions
+            let (mount, superblock) = line.split_once(" - ")?;
+            let point = mount.split_ascii_whitespace().nth(4)?;
+            let mut superblock = superblock.split_ascii_whitespace();
+            (point == "/proc" && superblock.next()? == "proc")
+                .then(|| superblock.nth(1).unwrap_or("").to_owned())
+        })
+        // The last mount on /proc is the one seen.
+        .is_some_and(|options| {
+            options.split(',').any(|option| {
+                option
+                    .strip_prefix("hidepid=")
+                    .is_some_and(|level| !matches!(level, "0" | "off"))
+            })
+        })
 }
 
 /// Whether an executable has OpenSSL's `SSL_read` in it (read in bounded pieces).
@@ -964,10 +1219,10 @@ mod tests {
         assert_eq!(found[0].pid, 10);
         assert_eq!(
             found[0].libssl,
-            Some((PathBuf::from("/usr/lib/libssl.so.3"), 3333))
+            MappedLibssl::Found(PathBuf::from("/usr/lib/libssl.so.3"), 3333)
         );
         assert_eq!(found[1].comm, "php-fpm8.2");
-        assert_eq!(found[1].libssl, None);
+        assert_eq!(found[1].libssl, MappedLibssl::None);
 
         // Examined processes' maps are not read again; a reused pid is a new process.
         let (_, again) = scan_processes(root.path(), &names, &running);
@@ -976,6 +1231,111 @@ mod tests {
         let (_, reused) = scan_processes(root.path(), &names, &running);
         assert_eq!(reused.len(), 1);
         assert_eq!((reused[0].pid, reused[0].start), (10, 900));
+    }
+
+    /// A loader cache in glibc's new format with `entries` (name, path), after `prefix`.
+    fn ld_cache(prefix: &[u8], entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut strings = Vec::new();
+        let strings_at = 48 + 24 * entries.len();
+        let mut table = Vec::new();
+        for (name, path) in entries {
+            let mut offset = |text: &str| {
+                let at = strings_at + strings.len();
+                strings.extend_from_slice(text.as_bytes());
+                strings.push(0);
+                at as u32
+            };
+            let (key, value) = (offset(name), offset(path));
+            table.extend_from_slice(&0x0303i32.to_ne_bytes());
+            table.extend_from_slice(&key.to_ne_bytes());
+            table.extend_from_slice(&value.to_ne_bytes());
+            table.extend_from_slice(&[0; 12]);
+        }
+        let mut cache = prefix.to_vec();
+        cache.extend_from_slice(b"glibc-ld.so.cache1.1");
+        cache.extend_from_slice(&(entries.len() as u32).to_ne_bytes());
+        cache.extend_from_slice(&(strings.len() as u32).to_ne_bytes());
+        cache.extend_from_slice(&[0; 20]);
+        cache.extend_from_slice(&table);
+        cache.extend_from_slice(&strings);
+        cache
+    }
+
+    #[test]
+    fn the_loader_cache_names_the_libssl_files_and_not_nss_or_others() {
+        let entries = [
+            ("libssl3.so", "/lib/x86_64-linux-gnu/libssl3.so"),
+            ("libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3"),
+            ("libcrypto.so.3", "/lib/x86_64-linux-gnu/libcrypto.so.3"),
+            ("libssl.so.1.1", "/usr/lib64/libssl.so.1.1"),
+        ];
+        let want = [
+            PathBuf::from("/lib/x86_64-linux-gnu/libssl.so.3"),
+            PathBuf::from("/usr/lib64/libssl.so.1.1"),
+        ];
+        assert_eq!(libssl_in_ld_cache(&ld_cache(b"", &entries)), want);
+        // After the old format's entries (older glibc writes both).
+        let old = ld_cache(b"ld.so-1.7.0\0\0\0\0\0", &entries);
+        assert_eq!(libssl_in_ld_cache(&old), want);
+        // A cache cut short, or not a cache: what can be read, and no panic.
+        let whole = ld_cache(b"", &entries);
+        for len in 0..whole.len() {
+            assert!(libssl_in_ld_cache(&whole[..len]).len() <= 2);
+        }
+        assert!(libssl_in_ld_cache(b"not a cache").is_empty());
+    }
+
+    #[test]
+    fn this_hosts_standard_libssl_files_are_openssl_each_once() {
+        let found = standard_libraries();
+        let files: BTreeSet<_> = found
+            .iter()
+            .map(|p| {
+                let meta = std::fs::metadata(p).unwrap();
+                (meta.dev(), meta.ino())
+            })
+            .collect();
+        assert_eq!(files.len(), found.len(), "{found:?}");
+        for path in &found {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with("libssl.so"), "{found:?}");
+        }
+        // What the loader's cache says agrees with `ldconfig -p`, where both exist.
+        let (Ok(cache), Ok(listed)) = (
+            std::fs::read(LD_SO_CACHE),
+            std::process::Command::new("ldconfig").arg("-p").output(),
+        ) else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let from_cache = libssl_in_ld_cache(&cache);
+        eprintln!("loader cache: {from_cache:?}; standard libraries: {found:?}");
+        for path in from_cache {
+            assert!(
+                listed.contains(&format!("=> {}\n", path.display())),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_proc_mounted_with_hidepid_is_recognised() {
+        let plain = "22 27 0:21 / /proc rw,relatime shared:12 - proc proc rw\n";
+        assert!(!proc_hides_processes(plain));
+        let hidden =
+            format!("{plain}900 22 0:88 / /proc rw,nosuid - proc proc rw,hidepid=invisible\n");
+        assert!(proc_hides_processes(&hidden));
+        assert!(proc_hides_processes(
+            "1 0 0:5 / /proc rw - proc none rw,hidepid=2\n"
+        ));
+        assert!(!proc_hides_processes(
+            "1 0 0:5 / /proc rw - proc none rw,hidepid=0\n"
+        ));
+        // Another file system's options, or proc mounted elsewhere, do not count.
+        assert!(!proc_hides_processes(
+            "1 0 0:5 / /proc rw - tmpfs none rw,hidepid=2\n\
+             2 0 0:6 / /srv/proc rw - proc proc rw,hidepid=2\n"
+        ));
     }
 
     #[test]
