@@ -329,7 +329,7 @@ impl ExchangeSelector for ApiRequestSelector {
 
     fn select(&mut self, head: &RequestHead) -> Option<FormBody> {
         self.stats.requests += 1;
-        if !self.paths.matches(head.path()) {
+        if !self.paths.matches(&head.target) {
             return None;
         }
         if head.method != "POST" {
