@@ -116,6 +116,7 @@ impl PipelineStats<'_> {
             ("redcap.incomplete", c.incomplete),
             ("redcap.token_missing", c.token_missing),
             ("redcap.token_malformed", c.token_malformed),
+            ("redcap.token_unreadable", c.token_unreadable),
             (
                 "redcap.unsupported_content_type",
                 c.unsupported_content_type,

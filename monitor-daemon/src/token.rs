@@ -36,6 +36,9 @@ pub enum TokenProblem {
     Missing,
     /// Empty, too long, or not `[A-Za-z0-9]` (REDCap rejects these with 403).
     Malformed,
+    /// The request could not be read far enough to find the token (a head we cannot parse or
+    /// that is over our limits): the server may have run it with a valid token.
+    Unreadable,
 }
 
 /// The keyed fingerprint that names a token everywhere outside memory.

@@ -99,7 +99,10 @@ impl StartLineCheck {
         match self.state {
             Method if b.is_ascii_uppercase() && self.count < METHOD_MAX => self.count += 1,
             Method if b == b' ' && self.count >= 3 => self.enter(Target),
-            Target if b == b' ' && self.count > 0 => self.enter(Version),
+            // More than one space between the parts, as nginx accepts (Apache's default
+            // `HttpProtocolOptions Strict` answers 400): a superset.
+            Target | Version if b == b' ' && self.count == 0 => {}
+            Target if b == b' ' => self.enter(Version),
             Target if b > b' ' && b != 0x7f => self.count = self.count.saturating_add(1),
             Version if VERSION_PREFIX.get(usize::from(self.count)) == Some(&b) => {
                 self.count += 1;
@@ -181,12 +184,14 @@ fn find_anchor(input: &[u8], kind: MessageKind) -> Option<usize> {
 
 /// Given the bytes before ` HTTP/1.`, where the request line (method, space, target) begins.
 fn request_line_start(before: &[u8]) -> Option<usize> {
+    let before = trim_spaces_end(before);
     let space = memrchr(b' ', before)?;
     let target = before.get(space + 1..)?;
     if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
         return None;
     }
-    let method_bytes = before.get(..space)?;
+    let method_bytes = trim_spaces_end(before.get(..space)?);
+    let space = method_bytes.len();
     let run = method_bytes
         .iter()
         .rev()
@@ -205,6 +210,11 @@ fn request_line_start(before: &[u8]) -> Option<usize> {
         None if starts_line && (3..=usize::from(METHOD_MAX)).contains(&run) => Some(run_start),
         None => None,
     }
+}
+
+fn trim_spaces_end(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().rposition(|&b| b != b' ').map_or(0, |p| p + 1);
+    bytes.get(..end).unwrap_or_default()
 }
 
 /// What feeding bytes to a [`HeadReader`] produced.
@@ -354,6 +364,27 @@ impl HeadReader {
     }
 }
 
+/// Fills `head` from the start line at the front of `bytes` alone (method and target; every
+/// header field cleared), for a request whose headers could not be read. False when the start
+/// line is not complete.
+pub(crate) fn fill_from_start_line(bytes: &[u8], head: &mut RequestHead) -> bool {
+    let line = bytes.get(..memchr(b'\n', bytes).unwrap_or(bytes.len())).unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    replace_text(&mut head.method, method);
+    replace_text(&mut head.target, target);
+    head.content_type = None;
+    head.content_length = None;
+    head.chunked = false;
+    head.expect_continue = false;
+    head.host = None;
+    head.forwarded_for = None;
+    true
+}
+
 /// Why a complete head was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HeadError {
@@ -397,6 +428,8 @@ pub(crate) const MAX_PLAUSIBLE_BODY_BYTES: u64 = 1 << 40;
 #[derive(Debug, Default)]
 pub(crate) struct HeaderSlots {
     slots: Vec<httparse::Header<'static>>,
+    /// A request head rewritten by [`relax_request_head`]; never longer than the head.
+    relaxed: Vec<u8>,
 }
 
 impl HeaderSlots {
@@ -414,21 +447,39 @@ impl HeaderSlots {
     }
 
     /// Parses a complete request head into `head`, returning how its body is framed.
+    ///
+    /// As lenient as the web servers, so that no spelling they serve escapes: several spaces
+    /// between the request line's parts (nginx), header lines folded onto the next line
+    /// (obs-fold, which Apache joins with a space) and blanks before a header's colon (Apache's
+    /// `HttpProtocolOptions Unsafe` drops them) are rewritten first; header lines that are
+    /// still invalid are skipped, as nginx's `ignore_invalid_headers` does.
     pub(crate) fn parse_request(
         &mut self,
         bytes: &[u8],
         max_headers: usize,
         head: &mut RequestHead,
     ) -> Result<RequestFraming, HeadError> {
+        let mut relaxed = std::mem::take(&mut self.relaxed);
+        let bytes = if relax_request_head(bytes, &mut relaxed) {
+            relaxed.as_slice()
+        } else {
+            bytes
+        };
         let mut slots = self.lend(max_headers);
         let mut request = httparse::Request::new(&mut slots);
-        let result = match request.parse(bytes) {
+        let parsed = httparse::ParserConfig::default()
+            .allow_multiple_spaces_in_request_line_delimiters(true)
+            .ignore_invalid_headers_in_requests(true)
+            .parse_request(&mut request, bytes);
+        let result = match parsed {
             Ok(httparse::Status::Complete(_)) => fill_request_head(&request, head),
             Ok(httparse::Status::Partial) => Err(HeadError::Malformed),
             Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
             Err(_) => Err(HeadError::Malformed),
         };
         self.give_back(slots);
+        relaxed.clear();
+        self.relaxed = relaxed;
         result
     }
 
@@ -453,6 +504,61 @@ impl HeaderSlots {
         };
         self.give_back(slots);
         result
+    }
+}
+
+/// Rewrites a request head's header block into `out` when it needs it: each obs-fold (a line
+/// end followed by blanks) becomes one space, and blanks between a header name and its colon
+/// are dropped. Returns false (and leaves `out` alone) when there is nothing to rewrite, the
+/// usual case. `out` never grows past the head's length.
+fn relax_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(first_line_end) = memchr(b'\n', head) else {
+        return false;
+    };
+    let fields = head.get(first_line_end + 1..).unwrap_or_default();
+    let folded = |f: &[u8]| memmem::find(f, b"\n ").is_some() || memmem::find(f, b"\n\t").is_some();
+    let blank_before_colon =
+        |f: &[u8]| memmem::find(f, b" :").is_some() || memmem::find(f, b"\t:").is_some();
+    if !folded(fields) && !blank_before_colon(fields) {
+        return false;
+    }
+    out.clear();
+    out.extend_from_slice(head.get(..=first_line_end).unwrap_or_default());
+    let mut lines = fields.split_inclusive(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
+            // The blank line that ends the head.
+            out.extend_from_slice(line);
+            continue;
+        }
+        let mut logical = Vec::new();
+        logical.extend_from_slice(text);
+        while let Some(next) = lines.peek().filter(|n| matches!(n.first(), Some(b' ' | b'\t'))) {
+            let next = next.strip_suffix(b"\n").unwrap_or(next);
+            let next = next.strip_suffix(b"\r").unwrap_or(next);
+            trim_blanks_end(&mut logical);
+            logical.push(b' ');
+            logical.extend_from_slice(next.trim_ascii_start());
+            lines.next();
+        }
+        match memchr(b':', &logical) {
+            Some(colon) => {
+                let (name, value) = logical.split_at(colon);
+                out.extend_from_slice(name.trim_ascii_end());
+                out.extend_from_slice(value);
+            }
+            None => out.extend_from_slice(&logical),
+        }
+        out.push(b'\n');
+    }
+    true
+}
+
+fn trim_blanks_end(bytes: &mut Vec<u8>) {
+    while matches!(bytes.last(), Some(b' ' | b'\t')) {
+        bytes.pop();
     }
 }
 
@@ -483,8 +589,16 @@ fn fill_request_head(
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             transfer = merge_transfer_coding(transfer, value);
         } else if name.eq_ignore_ascii_case("content-type") {
+            // Apache joins repeated headers with ", " before PHP reads them: PHP then takes
+            // the media type of the first and looks for the boundary in the whole.
+            let slot = head.content_type.get_or_insert_default();
+            if content_type {
+                slot.push_str(", ");
+                slot.push_str(&String::from_utf8_lossy(value));
+            } else {
+                replace_text(slot, value);
+            }
             content_type = true;
-            replace_text(head.content_type.get_or_insert_default(), value);
         } else if name.eq_ignore_ascii_case("host") {
             host = true;
             replace_text(head.host.get_or_insert_default(), value);
@@ -574,10 +688,16 @@ pub(crate) fn content_coding<'v>(values: impl Iterator<Item = &'v [u8]>) -> Cont
 }
 
 /// Content-Length as RFC 9110 §8.6 allows it: digits, possibly repeated as an identical list.
+/// Leading zeros are read past, however many, as Apache's `apr_strtoff` does.
 fn merge_content_length(seen: Option<u64>, value: &[u8]) -> Result<u64, HeadError> {
     let mut merged = seen;
     for item in value.split(|&b| b == b',').map(trim) {
-        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+        if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::BadContentLength);
+        }
+        let zeros = item.iter().take_while(|&&b| b == b'0').count();
+        let item = item.get(zeros.min(item.len() - 1)..).unwrap_or_default();
+        if item.len() > 19 {
             return Err(HeadError::BadContentLength);
         }
         let len = item
@@ -696,6 +816,92 @@ mod tests {
         assert_eq!(
             find_message_start(b"xx HTTP/1.1", false, MessageKind::Request),
             None
+        );
+    }
+
+    fn parse(bytes: &[u8]) -> Result<(RequestFraming, RequestHead), HeadError> {
+        let mut head = RequestHead::default();
+        let framing = HeaderSlots::default().parse_request(bytes, 64, &mut head)?;
+        Ok((framing, head))
+    }
+
+    fn start_line_is_plausible(line: &[u8]) -> bool {
+        let mut check = StartLineCheck::new(MessageKind::Request);
+        line.iter().all(|&b| check.step(b) != Verdict::Implausible)
+    }
+
+    #[test]
+    fn several_spaces_in_the_request_line_are_accepted() {
+        let line = b"POST   /redcap/api/  HTTP/1.1\r\n";
+        assert!(start_line_is_plausible(line));
+        let mut bytes = line.to_vec();
+        bytes.extend_from_slice(b"Content-Length: 3\r\n\r\n");
+        let (framing, head) = parse(&bytes).unwrap();
+        assert_eq!((head.method.as_str(), head.target.as_str()), ("POST", "/redcap/api/"));
+        assert_eq!(framing, RequestFraming::Length(3));
+        assert!(!start_line_is_plausible(b"POST /a HTTP/1.1 x"));
+        assert!(!start_line_is_plausible(b"POST /a H TTP/1.1"));
+        let glued = b"token=XPOST  /redcap/api/   HTTP/1.1\r\n";
+        assert_eq!(find_message_start(glued, false, MessageKind::Request), Some(7));
+    }
+
+    #[test]
+    fn folded_headers_and_blanks_before_a_colon_are_read_as_apache_reads_them() {
+        let (framing, head) = parse(
+            b"POST /api/ HTTP/1.1\r\nContent-Type: multipart/form-data;\r\n\t boundary=xyz\r\n\
+              Content-Length : 12\r\nHost: a\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            head.content_type.as_deref(),
+            Some("multipart/form-data; boundary=xyz")
+        );
+        assert_eq!(framing, RequestFraming::Length(12));
+        assert_eq!(head.host.as_deref(), Some("a"));
+        let mut out = Vec::new();
+        assert!(!relax_request_head(b"POST / HTTP/1.1\r\nA: b\r\n\r\n", &mut out));
+        let bare_lf = b"POST / HTTP/1.1\nA\t: b\n  c\nD: e\n\n";
+        assert!(relax_request_head(bare_lf, &mut out));
+        assert_eq!(out, b"POST / HTTP/1.1\nA: b c\nD: e\n\n");
+        assert!(out.len() <= bare_lf.len());
+    }
+
+    #[test]
+    fn invalid_header_lines_are_skipped_not_fatal() {
+        let (framing, head) = parse(
+            b"POST /api/ HTTP/1.1\r\nBad{Name}: x\r\nno colon here\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(framing, RequestFraming::Length(5));
+        assert_eq!(
+            head.content_type.as_deref(),
+            Some("application/x-www-form-urlencoded")
+        );
+    }
+
+    #[test]
+    fn repeated_content_types_are_joined_as_apache_joins_them() {
+        let (_, head) = parse(
+            b"POST /api/ HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+              Content-Type: application/json\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            head.content_type.as_deref(),
+            Some("application/x-www-form-urlencoded, application/json")
+        );
+    }
+
+    #[test]
+    fn content_length_with_leading_zeros_is_its_number() {
+        assert_eq!(merge_content_length(None, b"0012"), Ok(12));
+        assert_eq!(merge_content_length(None, b"000"), Ok(0));
+        let padded = format!("{}12", "0".repeat(40));
+        assert_eq!(merge_content_length(None, padded.as_bytes()), Ok(12));
+        assert_eq!(
+            merge_content_length(None, b"+12"),
+            Err(HeadError::BadContentLength)
         );
     }
 

@@ -31,7 +31,8 @@ pub struct HttpLimits {
     /// Largest request or response head (start line + headers) accepted; also the largest
     /// HTTP/2 header block (HPACK-encoded).
     pub max_head_bytes: usize,
-    /// Most header lines accepted in one head.
+    /// Most header lines accepted in one head (the default is above Apache's 100, so that every
+    /// head Apache serves is read).
     pub max_headers: usize,
     /// Most requests waiting for their responses on one connection; for HTTP/2, most selected
     /// streams open at once.
@@ -44,7 +45,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_head_bytes: 16 * 1024,
-            max_headers: 64,
+            max_headers: 128,
             max_pending_requests: 32,
             max_decoded_body_bytes: 1 << 30,
         }
@@ -174,6 +175,10 @@ pub enum Incomplete {
     /// A message's framing was invalid (bad chunk, unusable response head); the direction was
     /// resynced after it.
     Malformed,
+    /// The request's start line was read but the rest of its head could not be (malformed, too
+    /// many headers, over `max_head_bytes`, unusable framing): the exchange carries only its
+    /// method and target, and none of its body.
+    UnreadableHead,
 }
 
 /// One request and its response on one connection.
@@ -891,19 +896,47 @@ mod tests {
     }
 
     #[test]
-    fn oversize_head_is_counted_and_its_answer_keeps_fifo_right() {
+    fn oversize_head_is_counted_emitted_unreadable_and_its_answer_keeps_fifo_right() {
         let mut h = Harness::with_limits(HttpLimits {
             max_head_bytes: 64,
             ..HttpLimits::default()
         });
-        let mut big = b"GET /big HTTP/1.1\r\nCookie: ".to_vec();
+        let mut big = b"POST  /big  HTTP/1.1\r\nCookie: ".to_vec();
         big.extend(std::iter::repeat_n(b'c', 200));
         big.extend_from_slice(b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n");
         h.client(10, &big);
         h.server(20, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(h.statuses(), [Some(200)]);
-        assert_eq!(h.out[0].request.target, "/ok");
+        assert_eq!(h.statuses(), [Some(431), Some(200)]);
+        assert_eq!(h.out[0].request.method, "POST");
+        assert_eq!(h.out[0].request.target, "/big");
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
+        assert_eq!(h.out[1].request.target, "/ok");
+        assert_eq!(h.out[1].incomplete, None);
         assert_eq!(h.stats().head_too_large, 1);
+    }
+
+    #[test]
+    fn unreadable_heads_are_emitted_only_when_selected_and_keep_fifo_right() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"POST /a HTTP/1.1\r\nContent-Length: 1x\r\n\r\nz\
+              POST /skip HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n\
+              GET /b HTTP/1.1\r\n\r\n",
+        );
+        h.server(
+            20,
+            b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 501 No\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.statuses(), [Some(400), Some(200)]);
+        assert_eq!(h.out[0].request.target, "/a");
+        assert_eq!(h.out[0].request.content_length, None);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
+        assert_eq!(h.out[1].request.target, "/b");
+        assert_eq!(h.stats().bad_content_length, 1);
+        assert_eq!(h.stats().bad_request_head, 1);
     }
 
     #[test]
@@ -917,7 +950,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
         );
         h.server(20, b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(h.statuses(), [Some(200)]);
+        assert_eq!(h.statuses(), [Some(400), Some(200)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
         assert_eq!(h.stats().too_many_headers, 1);
     }
 

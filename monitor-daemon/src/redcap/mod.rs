@@ -13,7 +13,8 @@ mod paths;
 mod urlencoded;
 
 use crate::http::{
-    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, RequestBody, RequestHead,
+    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody,
+    RequestHead,
 };
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
@@ -153,7 +154,12 @@ impl ApiCall {
             incomplete,
             ..
         } = exchange;
-        let fields = body.finish();
+        let mut fields = body.finish();
+        if incomplete == Some(Incomplete::UnreadableHead) {
+            // Only the start line was read: no body was seen, and the token is unknown.
+            fields.token = Some(Err(TokenProblem::Unreadable));
+            fields.problem = None;
+        }
         let mut raw_token = HookToken::default();
         let token = match fields.token {
             None => Err(TokenProblem::Missing),
@@ -348,6 +354,8 @@ pub struct RedcapStats {
     pub incomplete: u64,
     pub token_missing: u64,
     pub token_malformed: u64,
+    /// Calls whose request head could not be read (see [`TokenProblem::Unreadable`]).
+    pub token_unreadable: u64,
     pub unsupported_content_type: u64,
     pub malformed_multipart: u64,
     pub field_too_long: u64,
@@ -362,6 +370,7 @@ impl RedcapStats {
             Ok(_) => {}
             Err(TokenProblem::Missing) => self.token_missing += 1,
             Err(TokenProblem::Malformed) => self.token_malformed += 1,
+            Err(TokenProblem::Unreadable) => self.token_unreadable += 1,
         }
         match call.body_problem {
             None => {}

@@ -712,3 +712,18 @@ fn api_call_completeness_follows_body_problems() {
     assert!(!ok);
     assert_eq!((stats.body_gap, stats.incomplete), (1, 1));
 }
+
+#[test]
+fn api_call_with_an_unreadable_head_is_counted_with_an_unreadable_token() {
+    let mut ex = exchange("", Some(response(BodyDecoding::Identity)));
+    ex.body = FormBody::for_content_type(None);
+    ex.incomplete = Some(crate::http::Incomplete::UnreadableHead);
+    let call = ApiCall::from_exchange(ex, &key(), KEEP);
+    assert_eq!(call.token, Err(TokenProblem::Unreadable));
+    assert_eq!(call.body_problem, None, "no body was read, so none is blamed");
+    assert!(!call.complete);
+    let mut stats = RedcapStats::default();
+    stats.count(&call);
+    assert_eq!((stats.token_unreadable, stats.token_missing), (1, 0));
+    assert_eq!((stats.unsupported_content_type, stats.incomplete), (0, 1));
+}
