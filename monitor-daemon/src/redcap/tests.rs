@@ -283,7 +283,7 @@ fn multipart_uploads_other_than_file_are_not_post_fields() {
 #[test]
 fn multipart_head_variants_are_understood() {
     let body = format!(
-        "preamble\r\n--{BOUNDARY}  \r\ncontent-disposition: form-data;\r\n\tname=token\r\n\r\n{TOKEN}\r\n\
+        "preamble\r\n--{BOUNDARY}\r\ncontent-disposition: form-data;\r\n\tname=token\r\n\r\n{TOKEN}\r\n\
          --{BOUNDARY}\nContent-Type: text/plain\nContent-Disposition: form-data; NAME='con\\'tent'\n\ncontent-value\n\
          --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\njson\r\n--{BOUNDARY}--\r\nepilogue"
     );
@@ -726,4 +726,100 @@ fn api_call_with_an_unreadable_head_is_counted_with_an_unreadable_token() {
     stats.count(&call);
     assert_eq!((stats.token_unreadable, stats.token_missing), (1, 0));
     assert_eq!((stats.unsupported_content_type, stats.incomplete), (0, 1));
+}
+
+/// Fields PHP's rfc1867 parser reads from `body` (boundary [`BOUNDARY`]), as a token and a format.
+fn php_multipart(body: &str) -> (Option<Result<String, TokenProblem>>, Option<String>) {
+    let f = multipart(body.as_bytes());
+    (token_of(&f), f.params.format)
+}
+
+fn part(head: &str, value: &str) -> String {
+    format!("--{BOUNDARY}\r\n{head}\r\n\r\n{value}\r\n")
+}
+
+const END: &str = "--d7a1c6e0f2b34f0e9a5b--\r\n";
+
+#[test]
+fn only_an_exact_delimiter_line_starts_a_part_as_in_php() {
+    let token = part("Content-Disposition: form-data; name=\"token\"", TOKEN);
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    assert_eq!(php_multipart(&format!("{token}{END}")).0, ok);
+    // Transport padding after the boundary: PHP's `find_boundary` compares whole lines.
+    let padded = token.replacen(BOUNDARY, &format!("{BOUNDARY} "), 1);
+    assert_eq!(php_multipart(&format!("{padded}{END}")).0, None);
+    // A line that merely starts with the delimiter ends the value before it, and the lines
+    // after it are skipped up to the next exact delimiter line.
+    let body = format!(
+        "{token}--{BOUNDARY}x\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\nAAAA\r\n{END}"
+    );
+    assert_eq!(php_multipart(&body).0, ok);
+}
+
+#[test]
+fn a_part_after_the_closing_delimiter_is_still_read_as_php_reads_it() {
+    let body = format!(
+        "{}{END}{}{END}",
+        part("Content-Disposition: form-data; name=\"format\"", "csv"),
+        part("Content-Disposition: form-data; name=\"token\"", TOKEN)
+    );
+    let f = multipart(body.as_bytes());
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, None);
+    // An epilogue without a delimiter line is not malformed.
+    let body = format!("{}{END}trailing text\r\n", part("Content-Disposition: form-data; name=token", TOKEN));
+    assert_eq!(multipart(body.as_bytes()).problem, None);
+}
+
+#[test]
+fn part_heads_are_read_as_php_reads_them() {
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    let read = |head: &str| php_multipart(&format!("{}{END}", part(head, TOKEN))).0;
+    // No `form-data` first word: PHP reads every `key=value` word.
+    assert_eq!(read("Content-Disposition: name=token"), ok);
+    // A line without a colon continues the header before it.
+    assert_eq!(read("Content-Disposition: form-data;\r\nname=\"token\""), ok);
+    assert_eq!(read("CONTENT-DISPOSITION:form-data;name=token"), ok);
+    // The header name is compared as written: a blank before the colon makes it another one.
+    assert_eq!(read("Content-Disposition : form-data; name=token"), None);
+    // The key too: `name =` is not `name`.
+    assert_eq!(read("Content-Disposition: form-data; name =token"), None);
+    // An empty filename still makes the part an upload, not a `$_POST` field.
+    assert_eq!(read("Content-Disposition: form-data; name=token; filename=\"\""), None);
+    // The last `name` of a disposition wins.
+    assert_eq!(read("Content-Disposition: form-data; name=format; name=token"), ok);
+    // A `Content-Disposition` naming neither a field nor a file makes PHP stop reading.
+    let body = format!(
+        "{}{}{END}",
+        part("Content-Disposition: form-data", "x"),
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    let f = multipart(body.as_bytes());
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+    // A part with no disposition at all is skipped, and reading goes on.
+    let body = format!(
+        "{}{}{END}",
+        part("Content-Type: text/plain", "x"),
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    assert_eq!(php_multipart(&body).0, ok);
+}
+
+#[test]
+fn empty_and_long_boundaries_work_as_in_php() {
+    let body = format!("--\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n----\r\n");
+    let f = read_chunks(Some("multipart/form-data; boundary="), &[body.as_bytes()]);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    let long = "b".repeat(9000);
+    let body = format!(
+        "--{long}\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n--{long}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={long}");
+    for size in [1, 7, 4096, body.len()] {
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
+        let f = read_chunks(Some(&content_type), &chunks);
+        assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))), "chunks of {size}");
+        assert_eq!(f.problem, None);
+    }
 }
