@@ -134,13 +134,19 @@ impl Reader {
         &mut self,
         input: &'i [u8],
         ts: Timestamp,
-        max_head_bytes: usize,
+        limits: &HttpLimits,
         stats: &mut HttpStats,
     ) -> (&'i [u8], HeadStep) {
         let rest = |consumed: usize| input.get(consumed..).unwrap_or_default();
-        match self.head.feed(input, ts, max_head_bytes) {
+        match self
+            .head
+            .feed(input, ts, limits.max_head_bytes, limits.max_headers)
+        {
             HeadFeed::NeedMore => (&[], HeadStep::Partial),
-            HeadFeed::Complete { consumed } => (rest(consumed), HeadStep::Complete),
+            HeadFeed::Complete { consumed } => {
+                stats.heads_skimmed += u64::from(self.head.skimmed());
+                (rest(consumed), HeadStep::Complete)
+            }
             HeadFeed::Implausible {
                 consumed,
                 at_line_start,
@@ -409,8 +415,7 @@ impl<B: RequestBody> Connection<B> {
                     }
                 }
                 Phase::Head => {
-                    let max = ctx.limits.max_head_bytes;
-                    let (rest, step) = self.requests.feed_head(input, ts, max, ctx.stats);
+                    let (rest, step) = self.requests.feed_head(input, ts, ctx.limits, ctx.stats);
                     input = rest;
                     match step {
                         HeadStep::Complete => self.on_request_head(ts, ctx),
@@ -680,8 +685,7 @@ impl<B: RequestBody> Connection<B> {
                     }
                 }
                 Phase::Head => {
-                    let max = ctx.limits.max_head_bytes;
-                    let (rest, step) = self.responses.feed_head(input, ts, max, ctx.stats);
+                    let (rest, step) = self.responses.feed_head(input, ts, ctx.limits, ctx.stats);
                     input = rest;
                     match step {
                         HeadStep::Complete => self.on_response_head(ts, ctx),

@@ -2,7 +2,9 @@
 //! and parsing it with httparse into what framing and selection need.
 //!
 //! Copies head bytes only (into one reused buffer per direction), never body bytes; knows nothing
-//! about pending requests or bodies.
+//! about pending requests or bodies. A head longer than the limit (padding headers, a huge
+//! cookie) is skimmed, not dropped: past the limit only the header lines that framing and
+//! selection read are kept, so padding is no way to hide a request.
 
 use memchr::{memchr, memmem, memrchr};
 
@@ -236,6 +238,30 @@ pub(crate) enum HeadFeed {
     },
 }
 
+/// Header names whose lines are kept when a head is skimmed: all that framing, selection and
+/// the call record read.
+const SKIM_KEPT: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"content-type",
+    b"content-encoding",
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+];
+/// Bytes of a skimmed line looked at to decide whether to keep it: more than the longest kept
+/// name and its colon.
+const SKIM_PREFIX: usize = 32;
+
+/// What happens to the current line of a head being skimmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SkimLine {
+    /// Its first bytes are being gathered in `skim_prefix`.
+    Deciding,
+    Keep,
+    Drop,
+}
+
 /// Collects one message head (start line and header block) under a size limit.
 #[derive(Debug)]
 pub(crate) struct HeadReader {
@@ -245,6 +271,14 @@ pub(crate) struct HeadReader {
     at_line_start: bool,
     cr_at_line_start: bool,
     ts_first: Timestamp,
+    /// The head outgrew the limit after its start line: only kept lines are still collected.
+    skimming: bool,
+    skim_line: SkimLine,
+    skim_prefix: Vec<u8>,
+    /// The last header line (not a continuation) was kept: its folded continuations are too.
+    skim_last_kept: bool,
+    /// Header lines seen while skimming.
+    skim_lines: usize,
 }
 
 impl HeadReader {
@@ -256,6 +290,11 @@ impl HeadReader {
             at_line_start: false,
             cr_at_line_start: false,
             ts_first: Timestamp::default(),
+            skimming: false,
+            skim_line: SkimLine::Deciding,
+            skim_prefix: Vec::new(),
+            skim_last_kept: false,
+            skim_lines: 0,
         }
     }
 
@@ -266,6 +305,16 @@ impl HeadReader {
         self.in_start_line = true;
         self.at_line_start = false;
         self.cr_at_line_start = false;
+        self.skimming = false;
+        self.skim_line = SkimLine::Deciding;
+        self.skim_prefix.clear();
+        self.skim_last_kept = false;
+        self.skim_lines = 0;
+    }
+
+    /// Whether the head outgrew the limit and was skimmed (only some header lines kept).
+    pub(crate) fn skimmed(&self) -> bool {
+        self.skimming
     }
 
     /// Whether any byte of a head has been taken.
@@ -287,7 +336,20 @@ impl HeadReader {
         self.ts_first
     }
 
-    pub(crate) fn feed(&mut self, input: &[u8], ts: Timestamp, max: usize) -> HeadFeed {
+    /// Takes head bytes from `input`. A head may hold `max` bytes; past that, once its start
+    /// line is complete, it is skimmed: header lines other than [`SKIM_KEPT`] ones are dropped,
+    /// and it is too large only when the kept ones pass `2 * max` bytes or the lines pass
+    /// `max_lines`.
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        ts: Timestamp,
+        max: usize,
+        max_lines: usize,
+    ) -> HeadFeed {
+        if self.skimming {
+            return self.skim(input, 0, max, max_lines);
+        }
         let mut start = 0;
         if self.buf.is_empty() && self.in_start_line {
             // RFC 9112 §2.2: empty lines before a start line are ignored.
@@ -354,6 +416,9 @@ impl HeadReader {
             HeadFeed::Complete { consumed: i }
         } else if i >= input.len() {
             HeadFeed::NeedMore
+        } else if !self.in_start_line {
+            self.start_skimming();
+            self.skim(input, i, max, max_lines)
         } else {
             // At least one byte, so that a zero limit cannot stall the caller.
             HeadFeed::TooLarge {
@@ -383,6 +448,125 @@ pub(crate) fn fill_from_start_line(bytes: &[u8], head: &mut RequestHead) -> bool
     head.host = None;
     head.forwarded_for = None;
     true
+}
+
+impl HeadReader {
+    /// The head just reached the limit: the line it is in decides whether it is kept.
+    fn start_skimming(&mut self) {
+        self.skimming = true;
+        self.skim_line = SkimLine::Deciding;
+        self.skim_prefix.clear();
+        let line_start = memrchr(b'\n', &self.buf).map_or(0, |p| p + 1);
+        let partial = self.buf.get(line_start..).unwrap_or_default();
+        self.skim_prefix
+            .extend_from_slice(partial.get(..SKIM_PREFIX).unwrap_or(partial));
+        match self.decide_skimmed_line(false) {
+            Some(decided) => {
+                if !self.continues_line() {
+                    self.skim_lines += 1;
+                }
+                if decided == SkimLine::Drop {
+                    self.buf.truncate(line_start);
+                }
+                self.skim_line = decided;
+                self.skim_prefix.clear();
+            }
+            // Too little of the line to tell: its bytes wait in `skim_prefix`.
+            None => self.buf.truncate(line_start),
+        }
+    }
+
+    /// Skims `input[from..]`: see [`HeadReader::feed`].
+    fn skim(&mut self, input: &[u8], from: usize, max: usize, max_lines: usize) -> HeadFeed {
+        let hard_cap = max.saturating_mul(2);
+        let mut i = from;
+        while let Some(rest) = input.get(i..).filter(|r| !r.is_empty()) {
+            match self.skim_line {
+                SkimLine::Deciding => {
+                    let want = SKIM_PREFIX.saturating_sub(self.skim_prefix.len()).max(1);
+                    let piece = rest.get(..want.min(rest.len())).unwrap_or_default();
+                    let piece = match memchr(b'\n', piece) {
+                        Some(p) => piece.get(..=p).unwrap_or(piece),
+                        None => piece,
+                    };
+                    self.skim_prefix.extend_from_slice(piece);
+                    i += piece.len();
+                    let line_ended = self.skim_prefix.last() == Some(&b'\n');
+                    if line_ended && matches!(self.skim_prefix.as_slice(), b"\n" | b"\r\n") {
+                        self.buf.extend_from_slice(b"\r\n");
+                        return HeadFeed::Complete { consumed: i };
+                    }
+                    if let Some(decided) = self.decide_skimmed_line(line_ended) {
+                        if !self.continues_line() {
+                            self.skim_lines += 1;
+                        }
+                        if self.skim_lines > max_lines {
+                            return HeadFeed::TooLarge {
+                                consumed: i,
+                                at_line_start: line_ended,
+                            };
+                        }
+                        if decided == SkimLine::Keep {
+                            self.buf.extend_from_slice(&self.skim_prefix);
+                        }
+                        self.skim_line = if line_ended {
+                            SkimLine::Deciding
+                        } else {
+                            decided
+                        };
+                        self.skim_prefix.clear();
+                    }
+                }
+                SkimLine::Keep | SkimLine::Drop => {
+                    let len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+                    let line = rest.get(..len).unwrap_or_default();
+                    if self.skim_line == SkimLine::Keep {
+                        self.buf.extend_from_slice(line);
+                    }
+                    i += len;
+                    if line.last() == Some(&b'\n') {
+                        self.skim_line = SkimLine::Deciding;
+                    }
+                }
+            }
+            if self.buf.len() > hard_cap {
+                return HeadFeed::TooLarge {
+                    consumed: i.max(1),
+                    at_line_start: self.skim_line == SkimLine::Deciding
+                        && self.skim_prefix.is_empty(),
+                };
+            }
+        }
+        HeadFeed::NeedMore
+    }
+
+    /// Whether the line in `skim_prefix` is a folded continuation of the previous header.
+    fn continues_line(&self) -> bool {
+        matches!(self.skim_prefix.first(), Some(b' ' | b'\t'))
+    }
+
+    /// Decides from `skim_prefix` whether its line is kept, once that can be known (its colon,
+    /// its end, or [`SKIM_PREFIX`] bytes seen); records the decision for folded lines.
+    fn decide_skimmed_line(&mut self, line_ended: bool) -> Option<SkimLine> {
+        let prefix = self.skim_prefix.as_slice();
+        if self.continues_line() {
+            return Some(if self.skim_last_kept {
+                SkimLine::Keep
+            } else {
+                SkimLine::Drop
+            });
+        }
+        let keep = match memchr(b':', prefix) {
+            Some(colon) => {
+                let name = prefix.get(..colon).unwrap_or_default().trim_ascii_end();
+                SKIM_KEPT.iter().any(|k| name.eq_ignore_ascii_case(k))
+            }
+            None if line_ended || prefix.len() >= SKIM_PREFIX => false,
+            None => return None,
+        };
+        self.skim_last_kept = keep;
+        Some(if keep { SkimLine::Keep } else { SkimLine::Drop })
+    }
 }
 
 /// Why a complete head was rejected.
@@ -743,7 +927,7 @@ mod tests {
     use super::*;
 
     fn feed_all(reader: &mut HeadReader, bytes: &[u8], max: usize) -> HeadFeed {
-        reader.feed(bytes, Timestamp(1), max)
+        reader.feed(bytes, Timestamp(1), max, 64)
     }
 
     #[test]
@@ -764,12 +948,12 @@ mod tests {
         for split in 0..msg.len() {
             let mut reader = HeadReader::new(MessageKind::Response);
             let (a, b) = msg.split_at(split);
-            let first = reader.feed(a, Timestamp(1), 1024);
+            let first = reader.feed(a, Timestamp(1), 1024, 64);
             if split > 0 {
                 assert_eq!(first, HeadFeed::NeedMore, "split {split}");
             }
             assert_eq!(
-                reader.feed(b, Timestamp(2), 1024),
+                reader.feed(b, Timestamp(2), 1024, 64),
                 HeadFeed::Complete { consumed: b.len() },
                 "split {split}"
             );
@@ -790,10 +974,11 @@ mod tests {
     }
 
     #[test]
-    fn oversize_head_stops_at_the_limit() {
+    fn oversize_start_line_stops_at_the_limit() {
         let mut reader = HeadReader::new(MessageKind::Request);
-        let mut msg = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        let mut msg = b"GET /".to_vec();
         msg.extend(std::iter::repeat_n(b'a', 100));
+        msg.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(
             feed_all(&mut reader, &msg, 32),
             HeadFeed::TooLarge {
@@ -801,6 +986,95 @@ mod tests {
                 at_line_start: false
             }
         );
+    }
+
+    /// A head of `pad` bytes of padding headers around the lines that matter.
+    fn padded_head(pad: usize) -> Vec<u8> {
+        let mut msg = b"POST /redcap/api/ HTTP/1.1\r\nCookie: ".to_vec();
+        msg.extend(std::iter::repeat_n(b'c', pad));
+        msg.extend_from_slice(b"\r\nContent-Type: application/x-www-form-urlencoded\r\nX-Pad: ");
+        msg.extend(std::iter::repeat_n(b'p', pad));
+        msg.extend_from_slice(
+            b"\r\n\t folded padding\r\nContent-Length:\r\n 00042\r\nHost: h\r\n\r\nBODY",
+        );
+        msg
+    }
+
+    #[test]
+    fn a_long_head_is_skimmed_keeping_the_lines_that_matter_at_every_split() {
+        let msg = padded_head(300);
+        let head_len = msg.len() - 4;
+        for split in 0..head_len {
+            let mut reader = HeadReader::new(MessageKind::Request);
+            let (a, b) = msg.split_at(split);
+            let first = reader.feed(a, Timestamp(1), 64, 64);
+            let second = reader.feed(b, Timestamp(2), 64, 64);
+            assert_eq!(first, HeadFeed::NeedMore, "split {split}");
+            assert_eq!(
+                second,
+                HeadFeed::Complete {
+                    consumed: b.len() - 4
+                },
+                "split {split}"
+            );
+            assert!(reader.skimmed());
+            assert!(reader.bytes().len() <= 128, "split {split}");
+            let (framing, head) = {
+                let mut head = RequestHead::default();
+                let framing = HeaderSlots::default()
+                    .parse_request(reader.bytes(), 64, &mut head)
+                    .unwrap();
+                (framing, head)
+            };
+            assert_eq!(framing, RequestFraming::Length(42), "split {split}");
+            assert_eq!(
+                head.content_type.as_deref(),
+                Some("application/x-www-form-urlencoded"),
+                "split {split}"
+            );
+            assert_eq!(head.host.as_deref(), Some("h"));
+        }
+        // Byte by byte, too.
+        let mut reader = HeadReader::new(MessageKind::Request);
+        let fed: Vec<HeadFeed> = msg[..head_len]
+            .iter()
+            .map(|b| reader.feed(std::slice::from_ref(b), Timestamp(1), 64, 64))
+            .collect();
+        assert_eq!(fed.last(), Some(&HeadFeed::Complete { consumed: 1 }));
+        assert!(
+            fed[..fed.len() - 1]
+                .iter()
+                .all(|f| *f == HeadFeed::NeedMore)
+        );
+    }
+
+    #[test]
+    fn a_skimmed_head_is_too_large_past_twice_the_limit_or_too_many_lines() {
+        let mut msg = b"POST /a HTTP/1.1\r\nX-Pad: ".to_vec();
+        msg.extend(std::iter::repeat_n(b'p', 100));
+        msg.extend_from_slice(b"\r\nX-Forwarded-For: ");
+        msg.extend(std::iter::repeat_n(b'1', 200));
+        msg.extend_from_slice(b"\r\n\r\n");
+        let mut reader = HeadReader::new(MessageKind::Request);
+        assert!(matches!(
+            feed_all(&mut reader, &msg, 64),
+            HeadFeed::TooLarge { .. }
+        ));
+        let mut msg = b"POST /a HTTP/1.1\r\n".to_vec();
+        for i in 0..10 {
+            msg.extend_from_slice(format!("X-{i}: {}\r\n", "v".repeat(20)).as_bytes());
+        }
+        msg.extend_from_slice(b"\r\n");
+        let mut reader = HeadReader::new(MessageKind::Request);
+        assert!(matches!(
+            reader.feed(&msg, Timestamp(1), 64, 5),
+            HeadFeed::TooLarge { .. }
+        ));
+        let mut reader = HeadReader::new(MessageKind::Request);
+        assert!(matches!(
+            reader.feed(&msg, Timestamp(1), 64, 10),
+            HeadFeed::Complete { .. }
+        ));
     }
 
     #[test]

@@ -28,8 +28,9 @@ const DECODE_SCRATCH_BYTES: usize = 32 * 1024;
 /// Bounds on what one connection may make the parser hold or do.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
-    /// Largest request or response head (start line + headers) accepted; also the largest
-    /// HTTP/2 header block (HPACK-encoded).
+    /// Bytes of a request or response head kept whole; past them a head is skimmed (only the
+    /// lines framing and selection need are kept, up to as many bytes again), so a padded head
+    /// is still read. Also the largest HTTP/2 header block (HPACK-encoded).
     pub max_head_bytes: usize,
     /// Most header lines accepted in one head (the default is above Apache's 100, so that every
     /// head Apache serves is read).
@@ -250,6 +251,9 @@ pub struct HttpStats {
     /// HTTP/2 API requests the server refused unprocessed (RST_STREAM REFUSED_STREAM, or above
     /// GOAWAY's last stream): not calls, not reported.
     pub h2_streams_refused: u64,
+    /// Heads longer than `max_head_bytes` that were read by skimming (only the header lines
+    /// framing and selection need kept past the limit).
+    pub heads_skimmed: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -901,8 +905,8 @@ mod tests {
             max_head_bytes: 64,
             ..HttpLimits::default()
         });
-        let mut big = b"POST  /big  HTTP/1.1\r\nCookie: ".to_vec();
-        big.extend(std::iter::repeat_n(b'c', 200));
+        let mut big = b"POST  /big  HTTP/1.1\r\nX-Forwarded-For: ".to_vec();
+        big.extend(std::iter::repeat_n(b'1', 200));
         big.extend_from_slice(b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n");
         h.client(10, &big);
         h.server(20, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -913,6 +917,29 @@ mod tests {
         assert_eq!(h.out[1].request.target, "/ok");
         assert_eq!(h.out[1].incomplete, None);
         assert_eq!(h.stats().head_too_large, 1);
+    }
+
+    #[test]
+    fn a_head_padded_past_the_limit_is_skimmed_and_its_body_read() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 64,
+            ..HttpLimits::default()
+        });
+        let mut req = b"GET /skip HTTP/1.1\r\n\r\nPOST /api/ HTTP/1.1\r\nCookie: ".to_vec();
+        req.extend(std::iter::repeat_n(b'c', 5000));
+        req.extend_from_slice(b"\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n");
+        for chunk in req.chunks(7) {
+            h.client(10, chunk);
+        }
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        h.server(20, &[&ok[..], ok, ok].concat());
+        assert_eq!(h.statuses(), [Some(200), Some(200)]);
+        assert_eq!(h.out[0].request.target, "/api/");
+        assert_eq!(h.out[0].body.bytes, b"hello");
+        assert_eq!(h.out[0].incomplete, None);
+        assert_eq!(h.out[1].request.target, "/b");
+        assert_eq!(h.stats().heads_skimmed, 1);
+        assert_eq!(h.stats().head_too_large, 0);
     }
 
     #[test]
