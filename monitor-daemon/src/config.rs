@@ -269,6 +269,8 @@ impl Default for HttpConfig {
 pub struct RedcapConfig {
     /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
     pub api_paths: Vec<String>,
+    /// PHP's `max_input_vars` on the web server: bodies are read as PHP reads them with it.
+    pub max_input_vars: u64,
 }
 
 impl Default for RedcapConfig {
@@ -278,6 +280,7 @@ impl Default for RedcapConfig {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            max_input_vars: crate::redcap::DEFAULT_MAX_INPUT_VARS,
         }
     }
 }
@@ -610,6 +613,13 @@ impl Config {
         let mut problems = Vec::new();
         if let Err(err) = crate::redcap::ApiPaths::new(&self.redcap.api_paths) {
             problems.push(Problem::new("redcap.api_paths".into(), err.to_string()));
+        }
+        if self.redcap.max_input_vars == 0 {
+            problems.push(Problem::new(
+                "redcap.max_input_vars".into(),
+                "must be at least 1: set it to PHP's max_input_vars (php -i | grep max_input_vars)"
+                    .into(),
+            ));
         }
         if self.redcap.api_paths.is_empty() {
             problems.push(Problem::new(

@@ -123,6 +123,7 @@ impl PipelineStats<'_> {
             ),
             ("redcap.malformed_multipart", c.malformed_multipart),
             ("redcap.field_too_long", c.field_too_long),
+            ("redcap.input_vars_exceeded", c.input_vars_exceeded),
             ("redcap.body_gap", c.body_gap),
             ("policy.evicted_tokens", self.policy.evicted_tokens),
         ];
@@ -154,7 +155,7 @@ impl Pipeline {
                 max_pending_requests: h.max_pending_requests,
                 max_decoded_body_bytes: h.max_decoded_body_bytes,
             },
-            ApiRequestSelector::new(paths),
+            ApiRequestSelector::new(paths).with_max_input_vars(config.redcap.max_input_vars),
         );
         Ok(Pipeline {
             decode_stats: DecodeStats::default(),

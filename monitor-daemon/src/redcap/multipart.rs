@@ -21,6 +21,8 @@ const WINDOW: usize = 4096;
 /// Longest boundary accepted. RFC 2046 allows 70, PHP any length: this is above what a request
 /// head (`http.max_head_bytes`) can carry, so no boundary the server reads is refused.
 const MAX_BOUNDARY: usize = 64 * 1024;
+/// PHP's default `max_file_uploads`, part of its default limit on multipart parts.
+const PHP_MAX_FILE_UPLOADS: u64 = 20;
 /// Largest part head (all its header lines) accepted.
 const MAX_PART_HEAD: usize = 4096;
 
@@ -69,6 +71,8 @@ pub(crate) struct MultipartScanner {
     /// The last delimiter line seen was the closing one (`--boundary--`) and no part has
     /// started since: the body may end here without being malformed.
     closed: bool,
+    /// Parts with a `Content-Disposition` so far, which PHP limits.
+    parts: u64,
 }
 
 impl MultipartScanner {
@@ -91,6 +95,7 @@ impl MultipartScanner {
             head: PartHead::default(),
             seen_bytes: false,
             closed: false,
+            parts: 0,
         })
     }
 
@@ -287,10 +292,25 @@ impl MultipartScanner {
     }
 
     fn begin_part(&mut self, out: &mut FieldCollector) {
-        if self.head.disposition && !self.head.has_name && !self.head.uploaded {
+        self.state = State::Content;
+        if !self.head.disposition {
+            // PHP skips a part without a disposition: no field, and not counted.
+            out.drop_open_field();
+            return;
+        }
+        self.parts = self.parts.saturating_add(1);
+        if self.parts > out.max_input_vars().saturating_add(PHP_MAX_FILE_UPLOADS) {
+            // PHP's `max_multipart_body_parts` (by default `max_input_vars` +
+            // `max_file_uploads`): it reads no further.
+            out.problem(BodyProblem::InputVarsExceeded);
+            out.drop_open_field();
+            self.state = State::Abandoned;
+            return;
+        }
+        if !self.head.has_name && !self.head.uploaded {
             // PHP: "File Upload Mime headers garbled", and it reads no further.
             out.problem(BodyProblem::MalformedMultipart);
-            out.begin(b"", false);
+            out.drop_open_field();
             self.state = State::Abandoned;
             return;
         }
@@ -300,9 +320,8 @@ impl MultipartScanner {
         if self.head.has_name && !self.head.name_too_long {
             out.begin(&self.head.name, self.head.uploaded);
         } else {
-            out.begin(b"", false);
+            out.begin(b"", self.head.uploaded);
         }
-        self.state = State::Content;
     }
 
     /// Interprets the complete header held in `head.header`, then clears it.

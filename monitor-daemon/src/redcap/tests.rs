@@ -823,3 +823,42 @@ fn empty_and_long_boundaries_work_as_in_php() {
         assert_eq!(f.problem, None);
     }
 }
+
+#[test]
+fn max_input_vars_counts_fields_as_php_does() {
+    let read = |content_type: &str, max: u64, body: &[u8]| {
+        let mut form = FormBody::new(Some(content_type), max);
+        form.feed(body);
+        form.finish()
+    };
+    // Urlencoded: an empty piece counts; the field one past the limit is the last assigned.
+    let f = read(URLENCODED, 2, format!("a=1&&token={TOKEN}&token=0000").as_bytes());
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    let f = read(URLENCODED, 3, format!("a=1&&token={TOKEN}&token=0000").as_bytes());
+    assert_eq!(token_of(&f), Some(Ok(fingerprint("0000"))));
+    assert_eq!(f.problem, None);
+    // Multipart: a part without a disposition and an upload are not counted; fields past the
+    // limit are dropped.
+    let mut body = format!("--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n").into_bytes();
+    body.extend(multipart_body(
+        &[("content", "record"), ("token", TOKEN), ("token", "0000")],
+        &[("file", "f.csv", b"1,2")],
+    ));
+    let f = read(&multipart_type(), 2, &body);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.params.data_bytes, Some(3), "the upload after the limit is read");
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    // Past max_input_vars + 20 parts with a disposition, PHP stops reading.
+    let uploads: Vec<(&str, &str, &[u8])> = vec![("u", "u.txt", b"u"); 21];
+    let mut body = multipart_body(&[], &uploads);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    body.extend(multipart_body(&[("token", TOKEN)], &[]));
+    let f = read(&multipart_type(), 1, &body);
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    assert_eq!(
+        token_of(&read(&multipart_type(), 2, &body)),
+        Some(Ok(fingerprint(TOKEN)))
+    );
+}
