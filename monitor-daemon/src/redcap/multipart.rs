@@ -36,6 +36,9 @@ enum State {
     DelimiterLine { len: usize, dashes: u8, cr: bool },
     /// Header lines of a part, up to an empty line.
     Head,
+    /// The start of a part without a disposition, which PHP skips by lines: a delimiter line
+    /// right here (with no line end before it) counts.
+    SkipFromLineStart,
     /// PHP gave up on the body (a part whose disposition names neither a field nor a file):
     /// nothing more is read.
     Abandoned,
@@ -121,7 +124,8 @@ impl MultipartScanner {
         self.seen_bytes = true;
         match self.state {
             State::Abandoned => {}
-            State::Content => {
+            State::Content | State::SkipFromLineStart => {
+                self.state = State::Content;
                 // What was held back is content (or a delimiter that can no longer complete).
                 if out.wants_value() {
                     out.value(&self.window);
@@ -139,7 +143,7 @@ impl MultipartScanner {
 
     pub(crate) fn finish(&mut self, out: &mut FieldCollector) {
         match self.state {
-            State::Content => {
+            State::Content | State::SkipFromLineStart => {
                 if out.wants_value() {
                     out.value(&self.window);
                 }
@@ -182,6 +186,7 @@ impl MultipartScanner {
                     Some(self.read_delimiter_line(avail, len, dashes, cr))
                 }
                 State::Head => Some(self.read_head(avail, out)),
+                State::SkipFromLineStart => self.skip_from_line_start(avail),
                 State::Abandoned => Some(avail.len()),
             };
             let Some(used) = used else {
@@ -253,6 +258,25 @@ impl MultipartScanner {
         at + 1
     }
 
+    /// `None`: too few bytes yet to tell whether a delimiter line starts here.
+    fn skip_from_line_start(&mut self, avail: &[u8]) -> Option<usize> {
+        let dashes_boundary = self.delimiter.needle().get(1..).unwrap_or_default();
+        let n = dashes_boundary.len().min(avail.len());
+        if avail.get(..n) != dashes_boundary.get(..n) {
+            self.state = State::Content;
+            return Some(0);
+        }
+        if n < dashes_boundary.len() {
+            return None;
+        }
+        self.state = State::DelimiterLine {
+            len: 0,
+            dashes: 0,
+            cr: false,
+        };
+        Some(n)
+    }
+
     fn read_head(&mut self, avail: &[u8], out: &mut FieldCollector) -> usize {
         let end = memchr::memchr(b'\n', avail);
         let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
@@ -294,8 +318,9 @@ impl MultipartScanner {
     fn begin_part(&mut self, out: &mut FieldCollector) {
         self.state = State::Content;
         if !self.head.disposition {
-            // PHP skips a part without a disposition: no field, and not counted.
+            // PHP skips a part without a disposition line by line (no field, not counted).
             out.drop_open_field();
+            self.state = State::SkipFromLineStart;
             return;
         }
         self.parts = self.parts.saturating_add(1);
