@@ -920,6 +920,25 @@ mod tests {
     }
 
     #[test]
+    fn lenient_request_behind_a_skipped_one_is_found_at_every_split() {
+        let msg: &[u8] = b"POST /skip HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\r\n\r\n\
+            POST  /api/  HTTP/1.1\r\nX-Folded: a\r\n b\r\nContent-Length : 0005\r\n\r\nhello";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for split in 0..msg.len() {
+            let mut h = Harness::new();
+            let (a, b) = msg.split_at(split);
+            h.client(10, a);
+            h.client(11, b);
+            h.server(20, &[&ok[..], ok].concat());
+            assert_eq!(h.out.len(), 1, "split {split}");
+            assert_eq!(h.out[0].request.target, "/api/", "split {split}");
+            assert_eq!(h.out[0].body.bytes, b"hello", "split {split}");
+            assert_eq!(h.out[0].incomplete, None, "split {split}");
+            assert_eq!(h.statuses(), [Some(200)]);
+        }
+    }
+
+    #[test]
     fn a_head_padded_past_the_limit_is_skimmed_and_its_body_read() {
         let mut h = Harness::with_limits(HttpLimits {
             max_head_bytes: 64,
