@@ -518,7 +518,11 @@ impl HeadReader {
                     }
                 }
                 SkimLine::Keep | SkimLine::Drop => {
-                    let len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+                    let mut len = memchr(b'\n', rest).map_or(rest.len(), |p| p + 1);
+                    if self.skim_line == SkimLine::Keep {
+                        // Never more than one byte past the cap, however long the line.
+                        len = len.min(hard_cap.saturating_sub(self.buf.len()) + 1);
+                    }
                     let line = rest.get(..len).unwrap_or_default();
                     if self.skim_line == SkimLine::Keep {
                         self.buf.extend_from_slice(line);

@@ -1218,6 +1218,14 @@ mod tests {
             b"Content-Length: 99999999999999999999\r\n",
             b"zz\r\n",
             b"HEAD ",
+            b"POST  /a  HTTP/1.1\r\n",
+            b" folded\r\n",
+            b"Content-Length : 0003\r\n",
+            b"X-Forwarded-For: 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4\r\n",
+            b"Cookie: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              cccccccccccccccccccccccccccccccccc\r\n",
         ];
         let mut h = Harness::with_limits(HttpLimits {
             max_head_bytes: 256,

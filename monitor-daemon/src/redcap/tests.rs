@@ -879,3 +879,55 @@ fn max_input_vars_counts_fields_as_php_does() {
         Some(Ok(fingerprint(TOKEN)))
     );
 }
+
+#[test]
+fn hostile_multipart_bodies_never_panic_and_stay_bounded() {
+    let mut x = 7u32;
+    let mut next = move || {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        x >> 8
+    };
+    let delimiter = format!("--{BOUNDARY}");
+    let alphabet: Vec<Vec<u8>> = [
+        delimiter.as_str(),
+        "--",
+        "\r\n",
+        "\n",
+        "\r",
+        " ",
+        "Content-Disposition: form-data; name=token",
+        "Content-Disposition: name=\"to\\\"ken\"; filename=",
+        "Content-Disposition: form-data",
+        "content-type: text/plain",
+        "\tname=token",
+        TOKEN,
+        "x",
+        "'",
+        "\"",
+        ";",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for round in 0..300 {
+        let mut body = Vec::new();
+        for _ in 0..(next() % 200) {
+            body.extend_from_slice(&alphabet[next() as usize % alphabet.len()]);
+        }
+        let max_vars = u64::from(next() % 4);
+        let mut reader = FormBody::new(Some(&multipart_type()), max_vars);
+        let mut most_held = 0;
+        let mut rest = body.as_slice();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at((next() as usize % 9 + 1).min(rest.len()));
+            if next() % 50 == 0 {
+                reader.gap(u64::from(next() % 20));
+            }
+            reader.feed(chunk);
+            most_held = most_held.max(reader.buffered_bytes());
+            rest = tail;
+        }
+        assert!(most_held <= 16 * 1024, "round {round}: held {most_held} bytes");
+        let _ = reader.finish();
+    }
+}
