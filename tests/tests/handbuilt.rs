@@ -826,7 +826,11 @@ fn api_paths_spelled_as_the_server_resolves_them_are_calls() {
         ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
     );
     assert!(all_by(&out, TOKEN_A));
-    assert!(out.calls.iter().all(|c| c.complete && c.status == Some(200)));
+    assert!(
+        out.calls
+            .iter()
+            .all(|c| c.complete && c.status == Some(200))
+    );
 }
 
 #[test]
@@ -852,7 +856,9 @@ fn request_heads_as_lenient_as_apache_and_nginx_are_calls_at_any_segmentation() 
         [&b"\r\n\r\n"[..], &labelled(API, TOKEN_A, "l0")].concat(),
         // Several spaces between the request line's parts.
         with_head(
-            &format!("POST   /redcap/api/   HTTP/1.1\r\nContent-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"),
+            &format!(
+                "POST   /redcap/api/   HTTP/1.1\r\nContent-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"
+            ),
             "l1",
         ),
         // A folded Content-Type, and a blank before a colon.
@@ -862,20 +868,29 @@ fn request_heads_as_lenient_as_apache_and_nginx_are_calls_at_any_segmentation() 
         ),
         // Leading zeros, and a header line that is not valid at all.
         with_head(
-            &format!("POST /redcap/api/ HTTP/1.1\r\nthis is not a header\r\nContent-Type: {form}\r\nContent-Length: 0000{{len}}\r\n\r\n"),
+            &format!(
+                "POST /redcap/api/ HTTP/1.1\r\nthis is not a header\r\nContent-Type: {form}\r\nContent-Length: 0000{{len}}\r\n\r\n"
+            ),
             "l3",
         ),
         chunked,
         // A head padded far past http.max_head_bytes.
         with_head(
-            &format!("POST /redcap/api/ HTTP/1.1\r\nCookie: {cookie}\r\nContent-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"),
+            &format!(
+                "POST /redcap/api/ HTTP/1.1\r\nCookie: {cookie}\r\nContent-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"
+            ),
             "l5",
         ),
     ];
     let mut case = Case::new(name);
     keep_alive(&mut case, T0, &requests, 7);
     let out = case.analyze();
-    assert_eq!(contents(&out), ["l0", "l1", "l2", "l3", "l4", "l5"], "{}", out.stderr);
+    assert_eq!(
+        contents(&out),
+        ["l0", "l1", "l2", "l3", "l4", "l5"],
+        "{}",
+        out.stderr
+    );
     assert!(all_by(&out, TOKEN_A));
     assert!(out.calls.iter().all(|c| c.complete), "{:?}", out.calls);
 }
@@ -890,13 +905,21 @@ fn api_requests_pipelined_behind_other_requests_are_found_and_the_others_skipped
     let mut segs = conv.handshake();
     let first_segment = [
         http::get("/redcap/index.php"),
-        http::post("/redcap/Design/online_designer.php", "text/plain", &decoy, &[]),
+        http::post(
+            "/redcap/Design/online_designer.php",
+            "text/plain",
+            &decoy,
+            &[],
+        ),
         labelled(API, TOKEN_A, "first"),
     ]
     .concat();
     segs.extend(conv.data(Side::Client, &first_segment));
     let second_segment = [
-        http::post_form("/redcap/index.php", &[("username", "alice"), ("token", TOKEN_B)]),
+        http::post_form(
+            "/redcap/index.php",
+            &[("username", "alice"), ("token", TOKEN_B)],
+        ),
         labelled(API, TOKEN_A, "second"),
     ]
     .concat();
@@ -908,7 +931,11 @@ fn api_requests_pipelined_behind_other_requests_are_found_and_the_others_skipped
     let out = case.analyze();
     assert_eq!(contents(&out), ["first", "second"]);
     assert!(all_by(&out, TOKEN_A));
-    assert!(out.calls.iter().all(|c| c.complete && c.status == Some(200)));
+    assert!(
+        out.calls
+            .iter()
+            .all(|c| c.complete && c.status == Some(200))
+    );
 }
 
 #[test]
@@ -1020,5 +1047,9 @@ fn api_requests_whose_head_cannot_be_read_are_counted_as_unreadable() {
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("http.bad_content_length=2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("http.bad_content_length=2"),
+        "{}",
+        out.stderr
+    );
 }

@@ -433,7 +433,9 @@ impl HeadReader {
 /// header field cleared), for a request whose headers could not be read. False when the start
 /// line is not complete.
 pub(crate) fn fill_from_start_line(bytes: &[u8], head: &mut RequestHead) -> bool {
-    let line = bytes.get(..memchr(b'\n', bytes).unwrap_or(bytes.len())).unwrap_or_default();
+    let line = bytes
+        .get(..memchr(b'\n', bytes).unwrap_or(bytes.len()))
+        .unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
     let (Some(method), Some(target), Some(_version)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -723,7 +725,10 @@ fn relax_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
         }
         let mut logical = Vec::new();
         logical.extend_from_slice(text);
-        while let Some(next) = lines.peek().filter(|n| matches!(n.first(), Some(b' ' | b'\t'))) {
+        while let Some(next) = lines
+            .peek()
+            .filter(|n| matches!(n.first(), Some(b' ' | b'\t')))
+        {
             let next = next.strip_suffix(b"\n").unwrap_or(next);
             let next = next.strip_suffix(b"\r").unwrap_or(next);
             trim_blanks_end(&mut logical);
@@ -1115,12 +1120,18 @@ mod tests {
         let mut bytes = line.to_vec();
         bytes.extend_from_slice(b"Content-Length: 3\r\n\r\n");
         let (framing, head) = parse(&bytes).unwrap();
-        assert_eq!((head.method.as_str(), head.target.as_str()), ("POST", "/redcap/api/"));
+        assert_eq!(
+            (head.method.as_str(), head.target.as_str()),
+            ("POST", "/redcap/api/")
+        );
         assert_eq!(framing, RequestFraming::Length(3));
         assert!(!start_line_is_plausible(b"POST /a HTTP/1.1 x"));
         assert!(!start_line_is_plausible(b"POST /a H TTP/1.1"));
         let glued = b"token=XPOST  /redcap/api/   HTTP/1.1\r\n";
-        assert_eq!(find_message_start(glued, false, MessageKind::Request), Some(7));
+        assert_eq!(
+            find_message_start(glued, false, MessageKind::Request),
+            Some(7)
+        );
     }
 
     #[test]
@@ -1137,7 +1148,10 @@ mod tests {
         assert_eq!(framing, RequestFraming::Length(12));
         assert_eq!(head.host.as_deref(), Some("a"));
         let mut out = Vec::new();
-        assert!(!relax_request_head(b"POST / HTTP/1.1\r\nA: b\r\n\r\n", &mut out));
+        assert!(!relax_request_head(
+            b"POST / HTTP/1.1\r\nA: b\r\n\r\n",
+            &mut out
+        ));
         let bare_lf = b"POST / HTTP/1.1\nA\t: b\n  c\nD: e\n\n";
         assert!(relax_request_head(bare_lf, &mut out));
         assert_eq!(out, b"POST / HTTP/1.1\nA: b c\nD: e\n\n");

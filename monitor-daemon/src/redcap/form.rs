@@ -461,13 +461,18 @@ mod tests {
             c.value(format!("T{i}").as_bytes());
         }
         let f = c.finish();
-        let token = f.token.and_then(|t| t.ok()).map(|raw| key.fingerprint(&raw));
+        let token = f
+            .token
+            .and_then(|t| t.ok())
+            .map(|raw| key.fingerprint(&raw));
         (token, f.problem)
     }
 
     fn fp(token: &str) -> Option<crate::token::TokenFingerprint> {
         let key = crate::token::SiteKey::from_bytes([1; 32]);
-        RawToken::parse(token.as_bytes()).ok().map(|raw| key.fingerprint(&raw))
+        RawToken::parse(token.as_bytes())
+            .ok()
+            .map(|raw| key.fingerprint(&raw))
     }
 
     #[test]

@@ -369,7 +369,10 @@ impl MultipartScanner {
         // Every `;`-separated word with an `=` is a parameter, the first too: PHP does not check
         // for `form-data`, nor require it.
         for param in split_unquoted(value, b';') {
-            let start = param.iter().position(|&b| !is_c_space(b)).unwrap_or(param.len());
+            let start = param
+                .iter()
+                .position(|&b| !is_c_space(b))
+                .unwrap_or(param.len());
             let param = param.get(start..).unwrap_or_default();
             let Some(eq) = memchr::memchr(b'=', param) else {
                 continue;
@@ -461,14 +464,20 @@ fn split_unquoted(text: &[u8], stop: u8) -> impl Iterator<Item = &[u8]> {
 /// skipped, then a quoted string (with `\"` for a quote) or a word up to a blank. Returns false
 /// when it is longer than `limit`.
 fn param_value(text: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
-    let start = text.iter().position(|&b| !is_c_space(b)).unwrap_or(text.len());
+    let start = text
+        .iter()
+        .position(|&b| !is_c_space(b))
+        .unwrap_or(text.len());
     let text = text.get(start..).unwrap_or_default();
     // PHP's `substring_conf`: up to the closing quote (quoted) or a blank (unquoted); a
     // backslash escapes a backslash, and in quotes the quote.
     let (quote, body) = match text.first() {
         Some(&q) if q == b'"' || q == b'\'' => (Some(q), text.get(1..).unwrap_or_default()),
         _ => {
-            let end = text.iter().position(|&b| is_c_space(b)).unwrap_or(text.len());
+            let end = text
+                .iter()
+                .position(|&b| is_c_space(b))
+                .unwrap_or(text.len());
             (None, text.get(..end).unwrap_or_default())
         }
     };

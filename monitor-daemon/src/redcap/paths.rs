@@ -195,7 +195,8 @@ fn target_path(target: &[u8]) -> &[u8] {
     let path = match scheme_end(target) {
         Some(after_scheme) => {
             let authority = target.get(after_scheme..).unwrap_or_default();
-            let path_start = memchr::memchr3(b'/', b'?', b'#', authority).unwrap_or(authority.len());
+            let path_start =
+                memchr::memchr3(b'/', b'?', b'#', authority).unwrap_or(authority.len());
             authority.get(path_start..).unwrap_or_default()
         }
         None => target,

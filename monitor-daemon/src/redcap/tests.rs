@@ -720,7 +720,10 @@ fn api_call_with_an_unreadable_head_is_counted_with_an_unreadable_token() {
     ex.incomplete = Some(crate::http::Incomplete::UnreadableHead);
     let call = ApiCall::from_exchange(ex, &key(), KEEP);
     assert_eq!(call.token, Err(TokenProblem::Unreadable));
-    assert_eq!(call.body_problem, None, "no body was read, so none is blamed");
+    assert_eq!(
+        call.body_problem, None,
+        "no body was read, so none is blamed"
+    );
     assert!(!call.complete);
     let mut stats = RedcapStats::default();
     stats.count(&call);
@@ -767,7 +770,10 @@ fn a_part_after_the_closing_delimiter_is_still_read_as_php_reads_it() {
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     assert_eq!(f.problem, None);
     // An epilogue without a delimiter line is not malformed.
-    let body = format!("{}{END}trailing text\r\n", part("Content-Disposition: form-data; name=token", TOKEN));
+    let body = format!(
+        "{}{END}trailing text\r\n",
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
     assert_eq!(multipart(body.as_bytes()).problem, None);
 }
 
@@ -778,16 +784,25 @@ fn part_heads_are_read_as_php_reads_them() {
     // No `form-data` first word: PHP reads every `key=value` word.
     assert_eq!(read("Content-Disposition: name=token"), ok);
     // A line without a colon continues the header before it.
-    assert_eq!(read("Content-Disposition: form-data;\r\nname=\"token\""), ok);
+    assert_eq!(
+        read("Content-Disposition: form-data;\r\nname=\"token\""),
+        ok
+    );
     assert_eq!(read("CONTENT-DISPOSITION:form-data;name=token"), ok);
     // The header name is compared as written: a blank before the colon makes it another one.
     assert_eq!(read("Content-Disposition : form-data; name=token"), None);
     // The key too: `name =` is not `name`.
     assert_eq!(read("Content-Disposition: form-data; name =token"), None);
     // An empty filename still makes the part an upload, not a `$_POST` field.
-    assert_eq!(read("Content-Disposition: form-data; name=token; filename=\"\""), None);
+    assert_eq!(
+        read("Content-Disposition: form-data; name=token; filename=\"\""),
+        None
+    );
     // The last `name` of a disposition wins.
-    assert_eq!(read("Content-Disposition: form-data; name=format; name=token"), ok);
+    assert_eq!(
+        read("Content-Disposition: form-data; name=format; name=token"),
+        ok
+    );
     // A `Content-Disposition` naming neither a field nor a file makes PHP stop reading.
     let body = format!(
         "{}{}{END}",
@@ -820,12 +835,17 @@ fn part_heads_are_read_as_php_reads_them() {
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=content\r\n\r\n{}{END}",
         part("Content-Disposition: form-data; name=token", TOKEN)
     );
-    assert_eq!(php_multipart(&body).0, None, "a field's value runs to `\\n--boundary`");
+    assert_eq!(
+        php_multipart(&body).0,
+        None,
+        "a field's value runs to `\\n--boundary`"
+    );
 }
 
 #[test]
 fn empty_and_long_boundaries_work_as_in_php() {
-    let body = format!("--\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n----\r\n");
+    let body =
+        format!("--\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n----\r\n");
     let f = read_chunks(Some("multipart/form-data; boundary="), &[body.as_bytes()]);
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     let long = "b".repeat(9000);
@@ -836,7 +856,11 @@ fn empty_and_long_boundaries_work_as_in_php() {
     for size in [1, 7, 4096, body.len()] {
         let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
         let f = read_chunks(Some(&content_type), &chunks);
-        assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))), "chunks of {size}");
+        assert_eq!(
+            token_of(&f),
+            Some(Ok(fingerprint(TOKEN))),
+            "chunks of {size}"
+        );
         assert_eq!(f.problem, None);
     }
 }
@@ -849,10 +873,18 @@ fn max_input_vars_counts_fields_as_php_does() {
         form.finish()
     };
     // Urlencoded: an empty piece counts; the field one past the limit is the last assigned.
-    let f = read(URLENCODED, 2, format!("a=1&&token={TOKEN}&token=0000").as_bytes());
+    let f = read(
+        URLENCODED,
+        2,
+        format!("a=1&&token={TOKEN}&token=0000").as_bytes(),
+    );
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
     assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
-    let f = read(URLENCODED, 3, format!("a=1&&token={TOKEN}&token=0000").as_bytes());
+    let f = read(
+        URLENCODED,
+        3,
+        format!("a=1&&token={TOKEN}&token=0000").as_bytes(),
+    );
     assert_eq!(token_of(&f), Some(Ok(fingerprint("0000"))));
     assert_eq!(f.problem, None);
     // Multipart: a part without a disposition and an upload are not counted; fields past the
@@ -864,7 +896,11 @@ fn max_input_vars_counts_fields_as_php_does() {
     ));
     let f = read(&multipart_type(), 2, &body);
     assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
-    assert_eq!(f.params.data_bytes, Some(3), "the upload after the limit is read");
+    assert_eq!(
+        f.params.data_bytes,
+        Some(3),
+        "the upload after the limit is read"
+    );
     assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
     // Past max_input_vars + 20 parts with a disposition, PHP stops reading.
     let uploads: Vec<(&str, &str, &[u8])> = vec![("u", "u.txt", b"u"); 21];
@@ -927,7 +963,10 @@ fn hostile_multipart_bodies_never_panic_and_stay_bounded() {
             most_held = most_held.max(reader.buffered_bytes());
             rest = tail;
         }
-        assert!(most_held <= 16 * 1024, "round {round}: held {most_held} bytes");
+        assert!(
+            most_held <= 16 * 1024,
+            "round {round}: held {most_held} bytes"
+        );
         let _ = reader.finish();
     }
 }
