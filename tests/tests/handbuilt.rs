@@ -785,6 +785,12 @@ fn contents(out: &Outcome) -> Vec<&str> {
         .collect()
 }
 
+fn all_complete_and_ok(out: &Outcome) -> bool {
+    out.calls
+        .iter()
+        .all(|c| c.complete && c.status == Some(200))
+}
+
 fn all_by(out: &Outcome, token: &str) -> bool {
     let fp = out.fp(token);
     out.calls
@@ -826,11 +832,7 @@ fn api_paths_spelled_as_the_server_resolves_them_are_calls() {
         ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
     );
     assert!(all_by(&out, TOKEN_A));
-    assert!(
-        out.calls
-            .iter()
-            .all(|c| c.complete && c.status == Some(200))
-    );
+    assert!(all_complete_and_ok(&out), "{:?}", out.calls);
 }
 
 #[test]
@@ -931,11 +933,7 @@ fn api_requests_pipelined_behind_other_requests_are_found_and_the_others_skipped
     let out = case.analyze();
     assert_eq!(contents(&out), ["first", "second"]);
     assert!(all_by(&out, TOKEN_A));
-    assert!(
-        out.calls
-            .iter()
-            .all(|c| c.complete && c.status == Some(200))
-    );
+    assert!(all_complete_and_ok(&out), "{:?}", out.calls);
 }
 
 #[test]

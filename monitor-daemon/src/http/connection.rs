@@ -495,18 +495,10 @@ impl<B: RequestBody> Connection<B> {
         self.expects_continue = head.expect_continue;
         let head_method = head.method == "HEAD";
         let connect = head.method == "CONNECT";
-        let exchange = ctx.selector.select(head).map(|body| HttpExchange {
-            conn: self.id,
-            client: self.client,
-            server: self.server,
-            request: head.clone(),
-            body,
-            request_body_bytes: 0,
-            ts_request_start,
-            ts_request_end: ts,
-            response: None,
-            incomplete: None,
-        });
+        let exchange = ctx
+            .selector
+            .select(head)
+            .map(|body| self.exchange(head, body, ts_request_start, ts));
         let request_done = framing == RequestFraming::NoBody;
         self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, connect, request_done, ctx);
@@ -534,22 +526,36 @@ impl<B: RequestBody> Connection<B> {
         let head = &mut *ctx.request_head;
         let exchange = if fill_from_start_line(self.requests.head.bytes(), head) {
             ctx.selector.select(head).map(|body| HttpExchange {
-                conn: self.id,
-                client: self.client,
-                server: self.server,
-                request: head.clone(),
-                body,
-                request_body_bytes: 0,
-                ts_request_start,
-                ts_request_end: ts,
-                response: None,
                 incomplete: Some(Incomplete::UnreadableHead),
+                ..self.exchange(head, body, ts_request_start, ts)
             })
         } else {
             None
         };
         let head_method = exchange.is_some() && ctx.request_head.method == "HEAD";
         self.push_pending(exchange, head_method, false, true, ctx);
+    }
+
+    /// A selected request's exchange, as its head ends.
+    fn exchange(
+        &self,
+        head: &RequestHead,
+        body: B,
+        ts_request_start: Timestamp,
+        ts: Timestamp,
+    ) -> HttpExchange<B> {
+        HttpExchange {
+            conn: self.id,
+            client: self.client,
+            server: self.server,
+            request: head.clone(),
+            body,
+            request_body_bytes: 0,
+            ts_request_start,
+            ts_request_end: ts,
+            response: None,
+            incomplete: None,
+        }
     }
 
     /// The request being read has ended (or been given up on).
