@@ -249,6 +249,9 @@ const SKIM_KEPT: &[&[u8]] = &[
     b"expect",
     b"x-forwarded-for",
 ];
+/// Bytes a request line may always take, whatever the head limit: Apache's default
+/// `LimitRequestLine` (8190) and its line end.
+const MIN_START_LINE_BYTES: usize = 8192;
 /// Bytes of a skimmed line looked at to decide whether to keep it: more than the longest kept
 /// name and its colon.
 const SKIM_PREFIX: usize = 32;
@@ -279,6 +282,8 @@ pub(crate) struct HeadReader {
     skim_last_kept: bool,
     /// Header lines seen while skimming.
     skim_lines: usize,
+    /// Bytes of the start line (with any empty lines before it), once it is complete.
+    start_line_len: usize,
 }
 
 impl HeadReader {
@@ -295,6 +300,7 @@ impl HeadReader {
             skim_prefix: Vec::new(),
             skim_last_kept: false,
             skim_lines: 0,
+            start_line_len: 0,
         }
     }
 
@@ -310,6 +316,7 @@ impl HeadReader {
         self.skim_prefix.clear();
         self.skim_last_kept = false;
         self.skim_lines = 0;
+        self.start_line_len = 0;
     }
 
     /// Whether the head outgrew the limit and was skimmed (only some header lines kept).
@@ -336,9 +343,10 @@ impl HeadReader {
         self.ts_first
     }
 
-    /// Takes head bytes from `input`. A head may hold `max` bytes; past that, once its start
-    /// line is complete, it is skimmed: header lines other than [`SKIM_KEPT`] ones are dropped,
-    /// and it is too large only when the kept ones pass `2 * max` bytes or the lines pass
+    /// Takes head bytes from `input`. A head may hold `max` bytes (its start line at least
+    /// [`MIN_START_LINE_BYTES`]); past that, once its start line is complete, it is skimmed:
+    /// header lines other than [`SKIM_KEPT`] ones are dropped, and it is too large only when the
+    /// kept ones pass `2 * max` bytes (or `max` past a longer start line) or the lines pass
     /// `max_lines`.
     pub(crate) fn feed(
         &mut self,
@@ -358,7 +366,14 @@ impl HeadReader {
                 .position(|&b| b != b'\r' && b != b'\n')
                 .unwrap_or(input.len());
         }
-        let room = max.saturating_sub(self.buf.len());
+        // A start line may take what the servers allow one (Apache's `LimitRequestLine`) even
+        // when the head limit is lower; the headers then get what is left, or are skimmed.
+        let line_limit = if self.in_start_line {
+            max.max(MIN_START_LINE_BYTES)
+        } else {
+            max
+        };
+        let room = line_limit.saturating_sub(self.buf.len());
         let end = input.len().min(start.saturating_add(room));
         let window = input.get(..end).unwrap_or_default();
         let mut i = start;
@@ -370,6 +385,7 @@ impl HeadReader {
                 Verdict::Plausible => {
                     self.in_start_line = false;
                     self.at_line_start = true;
+                    self.start_line_len = self.buf.len().saturating_add(i - start);
                 }
                 Verdict::Implausible => {
                     return HeadFeed::Implausible {
@@ -379,6 +395,9 @@ impl HeadReader {
                 }
             }
         }
+        let used = self.buf.len().saturating_add(i - start);
+        let end = end.min(i.saturating_add(max.saturating_sub(used)));
+        let window = window.get(..end).unwrap_or_default();
         let mut complete = false;
         while !self.in_start_line && !complete && i < end {
             if self.at_line_start {
@@ -480,7 +499,10 @@ impl HeadReader {
 
     /// Skims `input[from..]`: see [`HeadReader::feed`].
     fn skim(&mut self, input: &[u8], from: usize, max: usize, max_lines: usize) -> HeadFeed {
-        let hard_cap = max.saturating_mul(2);
+        // Twice the limit, or the limit past a start line that alone took more.
+        let hard_cap = max
+            .saturating_mul(2)
+            .max(self.start_line_len.saturating_add(max));
         let mut i = from;
         while let Some(rest) = input.get(i..).filter(|r| !r.is_empty()) {
             match self.skim_line {
@@ -986,15 +1008,39 @@ mod tests {
     fn oversize_start_line_stops_at_the_limit() {
         let mut reader = HeadReader::new(MessageKind::Request);
         let mut msg = b"GET /".to_vec();
-        msg.extend(std::iter::repeat_n(b'a', 100));
+        msg.extend(std::iter::repeat_n(b'a', MIN_START_LINE_BYTES));
         msg.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(
             feed_all(&mut reader, &msg, 32),
             HeadFeed::TooLarge {
-                consumed: 32,
+                consumed: MIN_START_LINE_BYTES,
                 at_line_start: false
             }
         );
+    }
+
+    #[test]
+    fn a_start_line_apache_allows_is_read_under_a_lower_head_limit() {
+        let mut msg = format!("POST /redcap/api/?{} HTTP/1.1\r\n", "q".repeat(8000)).into_bytes();
+        msg.extend_from_slice(b"X-Pad: ppp\r\nContent-Length: 7\r\n\r\n");
+        for size in [1, 100, msg.len()] {
+            let mut reader = HeadReader::new(MessageKind::Request);
+            let fed: Vec<HeadFeed> = msg
+                .chunks(size)
+                .map(|c| reader.feed(c, Timestamp(1), 64, 64))
+                .collect();
+            assert!(
+                matches!(fed.last(), Some(HeadFeed::Complete { .. })),
+                "{size}: {:?}",
+                fed.last()
+            );
+            let mut head = RequestHead::default();
+            let framing = HeaderSlots::default()
+                .parse_request(reader.bytes(), 64, &mut head)
+                .unwrap();
+            assert_eq!(framing, RequestFraming::Length(7));
+            assert_eq!(head.target.len(), "/redcap/api/?".len() + 8000);
+        }
     }
 
     /// A head of `pad` bytes of padding headers around the lines that matter.
