@@ -920,6 +920,28 @@ mod tests {
     }
 
     #[test]
+    fn chunk_sizes_are_read_as_apache_reads_them() {
+        // Each of these is a 9-byte chunk to Apache 2.4.
+        for size_line in [
+            &b"0000000000000000000000009"[..],
+            b"9;ext=1;b=\"x\"",
+            b"9 ",
+            b"9\t;x",
+        ] {
+            let mut h = Harness::new();
+            let mut req =
+                b"POST /api/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+            req.extend_from_slice(size_line);
+            req.extend_from_slice(b"\r\ntoken=AAA\r\n0\r\n\r\n");
+            h.client(10, &req);
+            h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(h.out.len(), 1);
+            assert_eq!(h.out[0].body.bytes, b"token=AAA");
+            assert_eq!(h.out[0].incomplete, None);
+        }
+    }
+
+    #[test]
     fn lenient_request_behind_a_skipped_one_is_found_at_every_split() {
         let msg: &[u8] = b"POST /skip HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\r\n\r\n\
             POST  /api/  HTTP/1.1\r\nX-Folded: a\r\n b\r\nContent-Length : 0005\r\n\r\nhello";
