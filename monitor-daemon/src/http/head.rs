@@ -385,7 +385,7 @@ impl HeadReader {
                 Verdict::Plausible => {
                     self.in_start_line = false;
                     self.at_line_start = true;
-                    self.start_line_len = self.buf.len().saturating_add(i - start);
+                    self.start_line_len = self.buf.len().saturating_add(i.saturating_sub(start));
                 }
                 Verdict::Implausible => {
                     return HeadFeed::Implausible {
@@ -395,7 +395,7 @@ impl HeadReader {
                 }
             }
         }
-        let used = self.buf.len().saturating_add(i - start);
+        let used = self.buf.len().saturating_add(i.saturating_sub(start));
         let end = end.min(i.saturating_add(max.saturating_sub(used)));
         let window = window.get(..end).unwrap_or_default();
         let mut complete = false;
@@ -911,7 +911,9 @@ fn merge_content_length(seen: Option<u64>, value: &[u8]) -> Result<u64, HeadErro
             return Err(HeadError::BadContentLength);
         }
         let zeros = item.iter().take_while(|&&b| b == b'0').count();
-        let item = item.get(zeros.min(item.len() - 1)..).unwrap_or_default();
+        let item = item
+            .get(zeros.min(item.len().saturating_sub(1))..)
+            .unwrap_or_default();
         if item.len() > 19 {
             return Err(HeadError::BadContentLength);
         }
