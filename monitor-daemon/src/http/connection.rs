@@ -533,6 +533,7 @@ impl<B: RequestBody> Connection<B> {
             None
         };
         let head_method = exchange.is_some() && ctx.request_head.method == "HEAD";
+        self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, false, true, ctx);
     }
 

@@ -984,6 +984,20 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_whose_api_request_was_unreadable_is_never_released() {
+        let mut h = Harness::new();
+        let mut released = Vec::new();
+        h.client(10, b"GET /skip HTTP/1.1\r\n\r\n");
+        h.tracker.take_releasable(&mut released);
+        assert_eq!(released.len(), 1, "nothing selected yet: releasable");
+        h.client(11, b"POST /api/ HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+        h.client(12, b"GET /skip-too HTTP/1.1\r\n\r\n");
+        released.clear();
+        h.tracker.take_releasable(&mut released);
+        assert_eq!(released, [], "an API client's connection is kept");
+    }
+
+    #[test]
     fn unreadable_heads_are_emitted_only_when_selected_and_keep_fifo_right() {
         let mut h = Harness::new();
         h.client(
