@@ -614,13 +614,6 @@ impl Config {
         if let Err(err) = crate::redcap::ApiPaths::new(&self.redcap.api_paths) {
             problems.push(Problem::new("redcap.api_paths".into(), err.to_string()));
         }
-        if self.redcap.max_input_vars == 0 {
-            problems.push(Problem::new(
-                "redcap.max_input_vars".into(),
-                "must be at least 1: set it to PHP's max_input_vars (php -i | grep max_input_vars)"
-                    .into(),
-            ));
-        }
         if self.redcap.api_paths.is_empty() {
             problems.push(Problem::new(
                 "redcap.api_paths".into(),
@@ -846,6 +839,10 @@ impl Config {
             ("http.max_head_bytes", self.http.max_head_bytes),
             ("http.max_headers", self.http.max_headers),
             ("http.max_pending_requests", self.http.max_pending_requests),
+            (
+                "redcap.max_input_vars",
+                usize::try_from(self.redcap.max_input_vars).unwrap_or(usize::MAX),
+            ),
             ("health.enter_after", h.enter_after as usize),
             ("health.leave_after", h.leave_after as usize),
             ("health.max_samples", h.max_samples),
@@ -1237,6 +1234,16 @@ mod tests {
         let example = parse(include_str!("../../config/redcap-monitor.toml")).unwrap();
         let defaults = Config::default();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn max_input_vars_is_read_and_must_be_positive() {
+        let config = parse("[redcap]\nmax_input_vars = 1000\n").unwrap();
+        assert_eq!(config.redcap.max_input_vars, 1000);
+        let err = parse("[redcap]\nmax_input_vars = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redcap.max_input_vars"), "{err}");
     }
 
     #[test]
