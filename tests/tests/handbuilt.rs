@@ -898,6 +898,10 @@ fn request_heads_as_lenient_as_apache_and_nginx_are_calls_at_any_segmentation() 
     );
     assert!(all_by(&out, TOKEN_A));
     assert!(out.calls.iter().all(|c| c.complete), "{:?}", out.calls);
+    // Read, and flagged: l1, l2 and l3 needed leniency, l5 was skimmed.
+    for flag in ["http.lenient_request_heads=3", "http.heads_skimmed=1"] {
+        assert!(out.stderr.contains(flag), "{flag}: {}", out.stderr);
+    }
 }
 
 #[test]

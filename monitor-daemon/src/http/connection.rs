@@ -488,6 +488,7 @@ impl<B: RequestBody> Connection<B> {
         };
         self.requests.head.reset();
         ctx.stats.requests += 1;
+        ctx.stats.lenient_request_heads += u64::from(ctx.header_slots.last_request_was_lenient());
         self.requests.synced = true;
         self.requests.resyncing = false;
         self.requests.start_lost = false;

@@ -642,6 +642,8 @@ pub(crate) struct HeaderSlots {
     slots: Vec<httparse::Header<'static>>,
     /// A request head rewritten by [`relax_request_head`]; never longer than the head.
     relaxed: Vec<u8>,
+    /// The last request head parsed needed leniency a strict parser would refuse.
+    last_lenient: bool,
 }
 
 impl HeaderSlots {
@@ -672,11 +674,12 @@ impl HeaderSlots {
         head: &mut RequestHead,
     ) -> Result<RequestFraming, HeadError> {
         let mut relaxed = std::mem::take(&mut self.relaxed);
-        let bytes = if relax_request_head(bytes, &mut relaxed) {
-            relaxed.as_slice()
-        } else {
-            bytes
-        };
+        let rewritten = relax_request_head(bytes, &mut relaxed);
+        let bytes = if rewritten { relaxed.as_slice() } else { bytes };
+        let request_line = bytes
+            .get(..memchr(b'\n', bytes).unwrap_or(bytes.len()))
+            .unwrap_or_default();
+        self.last_lenient = rewritten || memmem::find(request_line, b"  ").is_some();
         let mut slots = self.lend(max_headers);
         let mut request = httparse::Request::new(&mut slots);
         let parsed = httparse::ParserConfig::default()
@@ -684,7 +687,13 @@ impl HeaderSlots {
             .ignore_invalid_headers_in_requests(true)
             .parse_request(&mut request, bytes);
         let result = match parsed {
-            Ok(httparse::Status::Complete(_)) => fill_request_head(&request, head),
+            Ok(httparse::Status::Complete(_)) => {
+                // Lines other than the request line, the headers and the blank line were
+                // invalid header lines, skipped.
+                let lines = memchr::memchr_iter(b'\n', bytes).count();
+                self.last_lenient |= lines > request.headers.len().saturating_add(2);
+                fill_request_head(&request, head)
+            }
             Ok(httparse::Status::Partial) => Err(HeadError::Malformed),
             Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
             Err(_) => Err(HeadError::Malformed),
@@ -693,6 +702,12 @@ impl HeaderSlots {
         relaxed.clear();
         self.relaxed = relaxed;
         result
+    }
+
+    /// Whether the last request head parsed was read only through leniency (several spaces in
+    /// its request line, a folded header, a blank before a colon, an invalid header line).
+    pub(crate) fn last_request_was_lenient(&self) -> bool {
+        self.last_lenient
     }
 
     /// Parses a complete response head.
@@ -1154,6 +1169,22 @@ mod tests {
         let mut head = RequestHead::default();
         let framing = HeaderSlots::default().parse_request(bytes, 64, &mut head)?;
         Ok((framing, head))
+    }
+
+    #[test]
+    fn heads_read_only_through_leniency_are_told_apart() {
+        let lenient = |bytes: &[u8]| {
+            let mut slots = HeaderSlots::default();
+            let mut head = RequestHead::default();
+            slots.parse_request(bytes, 64, &mut head).unwrap();
+            slots.last_request_was_lenient()
+        };
+        assert!(!lenient(b"POST /a HTTP/1.1\r\nA: b\r\nC: d\r\n\r\n"));
+        assert!(!lenient(b"POST /a HTTP/1.1\nA: b\n\n"));
+        assert!(lenient(b"POST  /a HTTP/1.1\r\nA: b\r\n\r\n"));
+        assert!(lenient(b"POST /a HTTP/1.1\r\nA: b\r\n c\r\n\r\n"));
+        assert!(lenient(b"POST /a HTTP/1.1\r\nA : b\r\n\r\n"));
+        assert!(lenient(b"POST /a HTTP/1.1\r\nno colon\r\nA: b\r\n\r\n"));
     }
 
     fn start_line_is_plausible(line: &[u8]) -> bool {

@@ -254,6 +254,11 @@ pub struct HttpStats {
     /// Heads longer than `max_head_bytes` that were read by skimming (only the header lines
     /// framing and selection need kept past the limit).
     pub heads_skimmed: u64,
+    /// Request heads read only through leniency a strict parser (and, for most of it, Apache's
+    /// default) would refuse: several spaces in the request line, folded headers, blanks
+    /// before a colon, invalid header lines. Read anyway, so that no spelling either server
+    /// serves escapes; a sign of odd or evasive clients.
+    pub lenient_request_heads: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -957,6 +962,7 @@ mod tests {
             assert_eq!(h.out[0].body.bytes, b"hello", "split {split}");
             assert_eq!(h.out[0].incomplete, None, "split {split}");
             assert_eq!(h.statuses(), [Some(200)]);
+            assert_eq!(h.stats().lenient_request_heads, 1, "split {split}");
         }
     }
 
