@@ -23,8 +23,12 @@ const WINDOW: usize = 4096;
 const MAX_BOUNDARY: usize = 64 * 1024;
 /// PHP's default `max_file_uploads`, part of its default limit on multipart parts.
 const PHP_MAX_FILE_UPLOADS: u64 = 20;
-/// Largest part head (all its header lines) accepted.
-const MAX_PART_HEAD: usize = 4096;
+/// Bytes of one part-head line kept: enough for any header name. PHP reads part heads of any
+/// size; lines are only looked at (for a colon) past this.
+const MAX_PART_LINE: usize = 4096;
+/// Longest `Content-Disposition` header (with its continuation lines) read; a longer one is
+/// reported as malformed multipart and its part skipped.
+const MAX_DISPOSITION: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -47,11 +51,19 @@ enum State {
 /// The head of the part being read.
 #[derive(Default)]
 struct PartHead {
-    /// The physical line being read.
+    /// The physical line being read, up to [`MAX_PART_LINE`] bytes.
     line: Vec<u8>,
-    /// The header being read (with its continuation lines), without line ends.
+    /// Bytes of the physical line so far (kept or not).
+    line_len: usize,
+    /// The physical line so far has a colon.
+    line_has_colon: bool,
+    /// The `Content-Disposition` header being read (with its continuation lines), without line
+    /// ends; empty while another header is being read (those are not kept).
     header: Vec<u8>,
-    bytes: usize,
+    /// The header being read is the part's first `Content-Disposition`.
+    header_is_disposition: bool,
+    /// That header was longer than [`MAX_DISPOSITION`]: it cannot be read as PHP reads it.
+    disposition_too_long: bool,
     name: Vec<u8>,
     has_name: bool,
     name_too_long: bool,
@@ -277,46 +289,68 @@ impl MultipartScanner {
         Some(n)
     }
 
+    /// Reads part-head lines of any length and number, as PHP does, keeping only the
+    /// `Content-Disposition` header (bounded) and a bounded start of each line.
     fn read_head(&mut self, avail: &[u8], out: &mut FieldCollector) -> usize {
         let end = memchr::memchr(b'\n', avail);
         let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
         let used = end.map_or(avail.len(), |at| at + 1);
-        self.head.bytes = self.head.bytes.saturating_add(used);
-        if self.head.bytes > MAX_PART_HEAD {
-            out.problem(BodyProblem::MalformedMultipart);
-            self.skip_part(out);
-            return used;
-        }
-        self.head.line.extend_from_slice(piece);
+        self.head.line_has_colon |= memchr::memchr(b':', piece).is_some();
+        let room = MAX_PART_LINE.saturating_sub(self.head.line.len());
+        self.head
+            .line
+            .extend_from_slice(piece.get(..room.min(piece.len())).unwrap_or_default());
+        self.head.line_len = self.head.line_len.saturating_add(piece.len());
         if end.is_none() {
             return used;
         }
         let mut line = std::mem::take(&mut self.head.line);
-        if line.last() == Some(&b'\r') {
+        let whole = self.head.line_len == line.len();
+        if whole && line.last() == Some(&b'\r') {
             line.pop();
         }
-        if line.is_empty() {
+        if whole && line.is_empty() {
             self.end_header();
             self.begin_part(out);
-        } else if line.first().is_some_and(|&b| is_c_space(b))
-            || memchr::memchr(b':', &line).is_none()
-        {
+        } else if line.first().is_some_and(|&b| is_c_space(b)) || !self.head.line_has_colon {
             // PHP appends a line that starts with a blank, or has no colon, to the header
             // before it (and drops it when there is none).
-            if !self.head.header.is_empty() {
-                self.head.header.extend_from_slice(&line);
+            if self.head.header_is_disposition {
+                self.keep_disposition_line(&line, whole);
             }
         } else {
             self.end_header();
-            self.head.header.extend_from_slice(&line);
+            let colon = memchr::memchr(b':', &line);
+            // PHP compares the name as written (no blanks trimmed), in any case; the first
+            // `Content-Disposition` header is the one it reads.
+            let name = colon.and_then(|c| line.get(..c)).unwrap_or_default();
+            if name.eq_ignore_ascii_case(b"content-disposition") && !self.head.disposition {
+                self.head.header_is_disposition = true;
+                self.keep_disposition_line(&line, whole);
+            }
         }
         line.clear();
         self.head.line = line;
+        self.head.line_len = 0;
+        self.head.line_has_colon = false;
         used
+    }
+
+    fn keep_disposition_line(&mut self, line: &[u8], whole: bool) {
+        if !whole || self.head.header.len().saturating_add(line.len()) > MAX_DISPOSITION {
+            self.head.disposition_too_long = true;
+        } else {
+            self.head.header.extend_from_slice(line);
+        }
     }
 
     fn begin_part(&mut self, out: &mut FieldCollector) {
         self.state = State::Content;
+        if self.head.disposition_too_long {
+            out.problem(BodyProblem::MalformedMultipart);
+            out.drop_open_field();
+            return;
+        }
         if !self.head.disposition {
             // PHP skips a part without a disposition line by line (no field, not counted).
             out.drop_open_field();
@@ -351,15 +385,14 @@ impl MultipartScanner {
 
     /// Interprets the complete header held in `head.header`, then clears it.
     fn end_header(&mut self) {
+        if !std::mem::take(&mut self.head.header_is_disposition) {
+            return;
+        }
+        self.head.disposition = true;
         let header = std::mem::take(&mut self.head.header);
-        if let Some(colon) = memchr::memchr(b':', &header) {
-            let (name, value) = header.split_at(colon);
-            // PHP compares the name as written (no blanks trimmed), in any case; the first
-            // `Content-Disposition` header is the one it reads.
-            if name.eq_ignore_ascii_case(b"content-disposition") && !self.head.disposition {
-                self.head.disposition = true;
-                self.read_disposition(value.get(1..).unwrap_or_default());
-            }
+        if !self.head.disposition_too_long {
+            let colon = memchr::memchr(b':', &header).map_or(header.len(), |c| c + 1);
+            self.read_disposition(header.get(colon..).unwrap_or_default());
         }
         self.head.header = header;
         self.head.header.clear();

@@ -970,3 +970,43 @@ fn hostile_multipart_bodies_never_panic_and_stay_bounded() {
         let _ = reader.finish();
     }
 }
+
+#[test]
+fn part_heads_of_any_size_are_read_in_bounded_memory_as_php_reads_them() {
+    let pad = format!("X-Pad: {}", "p".repeat(10_000));
+    let many: String = (0..2000).map(|i| format!("X-{i}: v\r\n")).collect();
+    let folded_pad = format!("X-Folded: a\r\n {}", "q".repeat(10_000));
+    for head in [
+        format!("{pad}\r\nContent-Disposition: form-data; name=token"),
+        format!("Content-Disposition: form-data; name=token\r\n{pad}"),
+        format!("{many}Content-Disposition: form-data; name=token"),
+        format!("{folded_pad}\r\nContent-Disposition: form-data; name=token"),
+    ] {
+        let body = format!("--{BOUNDARY}\r\n{head}\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n");
+        for size in [1448, 7] {
+            let mut reader = FormBody::for_content_type(Some(&multipart_type()));
+            let mut most_held = 0;
+            for chunk in body.as_bytes().chunks(size) {
+                reader.feed(chunk);
+                most_held = most_held.max(reader.buffered_bytes());
+            }
+            assert!(most_held <= 16 * 1024, "held {most_held} bytes");
+            let f = reader.finish();
+            assert_eq!(
+                token_of(&f),
+                Some(Ok(fingerprint(TOKEN))),
+                "{}",
+                &head[..20]
+            );
+            assert_eq!(f.problem, None);
+        }
+    }
+    // A disposition longer than we read is said to be malformed, and its part skipped.
+    let long = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; x=\"{}\"; name=token\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n",
+        "x".repeat(5000)
+    );
+    let f = multipart(long.as_bytes());
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+}
