@@ -15,6 +15,74 @@ pub(crate) const MAX_KEPT_VALUE: usize = 256;
 /// Longest field name considered; longer names cannot be a field REDCap reads.
 pub(crate) const MAX_FIELD_NAME: usize = 256;
 
+/// A field name as it arrives, kept as PHP's `php_register_variable_ex` will read it: leading
+/// spaces are dropped and the name ends at a NUL (it is a C string) as the bytes come, so that a
+/// long run of either cannot push a name PHP shortens past [`MAX_FIELD_NAME`].
+#[derive(Default)]
+pub(crate) struct FieldName {
+    bytes: Vec<u8>,
+    too_long: bool,
+    /// A NUL was seen: the rest of the name is not PHP's.
+    cut: bool,
+    /// Any byte was pushed (PHP counts a field even when its name ends up empty).
+    started: bool,
+}
+
+impl FieldName {
+    pub(crate) fn with_capacity(capacity: usize) -> FieldName {
+        FieldName {
+            bytes: Vec::with_capacity(capacity),
+            ..FieldName::default()
+        }
+    }
+
+    /// The next decoded bytes of the name.
+    pub(crate) fn push(&mut self, mut chunk: &[u8]) {
+        self.started |= !chunk.is_empty();
+        if self.cut || self.too_long {
+            return;
+        }
+        if self.bytes.is_empty() {
+            let start = chunk.iter().position(|&b| b != b' ').unwrap_or(chunk.len());
+            chunk = chunk.get(start..).unwrap_or_default();
+        }
+        if let Some(nul) = memchr::memchr(0, chunk) {
+            self.cut = true;
+            chunk = chunk.get(..nul).unwrap_or_default();
+        }
+        if self.bytes.len().saturating_add(chunk.len()) > MAX_FIELD_NAME {
+            self.too_long = true;
+        } else {
+            self.bytes.extend_from_slice(chunk);
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub(crate) fn too_long(&self) -> bool {
+        self.too_long
+    }
+
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Forgets the name, keeping the buffer.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.too_long = false;
+        self.cut = false;
+        self.started = false;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+}
+
 /// The scalar fields whose values are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kept {
@@ -498,6 +566,25 @@ mod tests {
         c.begin(b"token", false);
         c.value(b"ABC");
         assert!(c.finish().token.is_some_and(|t| t.is_ok()));
+    }
+
+    #[test]
+    fn field_names_drop_leading_spaces_and_end_at_a_nul_as_they_come() {
+        let mut name = FieldName::default();
+        for _ in 0..1000 {
+            name.push(b" ");
+        }
+        name.push(b"tok");
+        name.push(b"en\0");
+        name.push(&[b'x'; 1000]);
+        assert_eq!((name.as_bytes(), name.too_long()), (&b"token"[..], false));
+        name.clear();
+        name.push(&[b'x'; MAX_FIELD_NAME + 1]);
+        assert!(name.too_long());
+        name.clear();
+        assert!(!name.started());
+        name.push(b"  ");
+        assert!(name.started() && name.as_bytes().is_empty());
     }
 
     #[test]

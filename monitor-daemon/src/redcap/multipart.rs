@@ -13,7 +13,7 @@ use memchr::memmem::Finder;
 use zeroize::Zeroizing;
 
 use super::BodyProblem;
-use super::form::{FieldCollector, MAX_FIELD_NAME};
+use super::form::{FieldCollector, FieldName};
 
 /// Bytes of body held at once (at least; a long boundary needs more). Part content passes
 /// through in pieces of about this size.
@@ -64,7 +64,7 @@ struct PartHead {
     header_is_disposition: bool,
     /// That header was longer than [`MAX_DISPOSITION`]: it cannot be read as PHP reads it.
     disposition_too_long: bool,
-    name: Vec<u8>,
+    name: FieldName,
     has_name: bool,
     name_too_long: bool,
     uploaded: bool,
@@ -377,7 +377,7 @@ impl MultipartScanner {
             out.problem(BodyProblem::FieldTooLong);
         }
         if self.head.has_name && !self.head.name_too_long {
-            out.begin(&self.head.name, self.head.uploaded);
+            out.begin(self.head.name.as_bytes(), self.head.uploaded);
         } else {
             out.begin(b"", self.head.uploaded);
         }
@@ -413,8 +413,10 @@ impl MultipartScanner {
             let (key, rest) = param.split_at(eq);
             let rest = rest.get(1..).unwrap_or_default();
             if key.eq_ignore_ascii_case(b"name") {
-                self.head.name.clear();
-                self.head.name_too_long = !param_value(rest, MAX_FIELD_NAME, &mut self.head.name);
+                let name = &mut self.head.name;
+                name.clear();
+                param_value(rest, &mut |b| name.push(&[b]));
+                self.head.name_too_long = name.too_long();
                 self.head.has_name = true;
             } else if key.eq_ignore_ascii_case(b"filename") {
                 self.head.uploaded = true;
@@ -496,7 +498,7 @@ fn split_unquoted(text: &[u8], stop: u8) -> impl Iterator<Item = &[u8]> {
 /// Copies a parameter value into `out` as PHP's `php_ap_getword_conf` reads it: leading blanks
 /// skipped, then a quoted string (with `\"` for a quote) or a word up to a blank. Returns false
 /// when it is longer than `limit`.
-fn param_value(text: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
+fn param_value(text: &[u8], out: &mut impl FnMut(u8)) {
     let start = text
         .iter()
         .position(|&b| !is_c_space(b))
@@ -528,12 +530,8 @@ fn param_value(text: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
         } else {
             b
         };
-        if out.len() >= limit {
-            return false;
-        }
-        out.push(b);
+        out(b);
     }
-    true
 }
 
 #[cfg(test)]
@@ -583,19 +581,14 @@ mod tests {
         let words: Vec<&[u8]> =
             split_unquoted(br#"form-data; name="a;b"; filename='x\'y;z'"#, b';').collect();
         assert_eq!(words.len(), 3);
-        let mut out = Vec::new();
-        assert!(param_value(br#" "to\"ken" rest"#, 64, &mut out));
-        assert_eq!(out, b"to\"ken");
-        out.clear();
-        assert!(param_value(b"token more", 64, &mut out));
-        assert_eq!(out, b"token");
-        out.clear();
-        assert!(param_value(br#"'a\\b\'c' d"#, 64, &mut out));
-        assert_eq!(out, br"a\b'c");
-        out.clear();
-        assert!(param_value(b"\x0b tok\\\\en\x0bx", 64, &mut out));
-        assert_eq!(out, br"tok\en");
-        out.clear();
-        assert!(!param_value(b"\"0123456789\"", 4, &mut out));
+        let value = |text: &[u8]| {
+            let mut out = Vec::new();
+            param_value(text, &mut |b| out.push(b));
+            out
+        };
+        assert_eq!(value(br#" "to\"ken" rest"#), b"to\"ken");
+        assert_eq!(value(b"token more"), b"token");
+        assert_eq!(value(br#"'a\\b\'c' d"#), br"a\b'c");
+        assert_eq!(value(b"\x0b tok\\\\en\x0bx"), br"tok\en");
     }
 }

@@ -1010,3 +1010,31 @@ fn part_heads_of_any_size_are_read_in_bounded_memory_as_php_reads_them() {
     assert_eq!(token_of(&f), None);
     assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
 }
+
+#[test]
+fn names_php_shortens_are_read_however_long_they_are_sent() {
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    let spaces = "+".repeat(1000);
+    let junk = "x".repeat(1000);
+    assert_eq!(token_of(&urlencoded(&format!("{spaces}token={TOKEN}"))), ok);
+    assert_eq!(
+        token_of(&urlencoded(&format!("token%00{junk}={TOKEN}"))),
+        ok
+    );
+    assert_eq!(
+        token_of(&urlencoded(&format!("%20%20token%00{junk}={TOKEN}"))),
+        ok
+    );
+    // Not shortened by PHP: still too long to be a field REDCap reads.
+    let f = urlencoded(&format!("token{junk}={TOKEN}"));
+    assert_eq!(
+        (token_of(&f), f.problem),
+        (None, Some(BodyProblem::FieldTooLong))
+    );
+    let head = format!(
+        "Content-Disposition: form-data; name=\"{}token\"",
+        " ".repeat(1000)
+    );
+    let body = format!("--{BOUNDARY}\r\n{head}\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n");
+    assert_eq!(token_of(&multipart(body.as_bytes())), ok);
+}
