@@ -180,10 +180,13 @@ impl Summary {
         problems.sort();
         for (problem, n) in problems {
             let what = match problem {
-                TokenProblem::Missing => "without a token",
-                TokenProblem::Malformed => "with a malformed token",
+                TokenProblem::Missing => "without a token (REDCap refuses these)",
+                TokenProblem::Malformed => "with a malformed token (REDCap refuses these)",
+                TokenProblem::Unreadable => {
+                    "whose request head could not be read (token unknown; counted per client)"
+                }
             };
-            let _ = writeln!(out, "{n} call(s) {what} (REDCap refuses these)");
+            let _ = writeln!(out, "{n} call(s) {what}");
         }
         out
     }

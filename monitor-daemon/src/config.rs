@@ -269,6 +269,8 @@ impl Default for HttpConfig {
 pub struct RedcapConfig {
     /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
     pub api_paths: Vec<String>,
+    /// PHP's `max_input_vars` on the web server: bodies are read as PHP reads them with it.
+    pub max_input_vars: u64,
 }
 
 impl Default for RedcapConfig {
@@ -278,6 +280,7 @@ impl Default for RedcapConfig {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            max_input_vars: crate::redcap::DEFAULT_MAX_INPUT_VARS,
         }
     }
 }
@@ -836,6 +839,10 @@ impl Config {
             ("http.max_head_bytes", self.http.max_head_bytes),
             ("http.max_headers", self.http.max_headers),
             ("http.max_pending_requests", self.http.max_pending_requests),
+            (
+                "redcap.max_input_vars",
+                usize::try_from(self.redcap.max_input_vars).unwrap_or(usize::MAX),
+            ),
             ("health.enter_after", h.enter_after as usize),
             ("health.leave_after", h.leave_after as usize),
             ("health.max_samples", h.max_samples),
@@ -1227,6 +1234,16 @@ mod tests {
         let example = parse(include_str!("../../config/redcap-monitor.toml")).unwrap();
         let defaults = Config::default();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn max_input_vars_is_read_and_must_be_positive() {
+        let config = parse("[redcap]\nmax_input_vars = 1000\n").unwrap();
+        assert_eq!(config.redcap.max_input_vars, 1000);
+        let err = parse("[redcap]\nmax_input_vars = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redcap.max_input_vars"), "{err}");
     }
 
     #[test]

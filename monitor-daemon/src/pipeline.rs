@@ -76,8 +76,9 @@ pub struct PipelineStats<'a> {
 }
 
 impl PipelineStats<'_> {
-    /// Every non-zero counter of input the pipeline rejected, lost or could only partly use,
-    /// named `stage.reason`: what an admin needs to judge how complete a report is. Connections
+    /// Every non-zero counter of input the pipeline rejected, lost, could only partly use or read
+    /// only through leniency, named `stage.reason`: what an admin needs to judge how complete a
+    /// report is. Connections
     /// picked up mid-stream are not listed: a live capture starts that way on every connection
     /// already open, and a request whose start was missed is never reported (so it cannot be
     /// wrong). A start lost to a gap is listed (`http.request_starts_lost`).
@@ -98,6 +99,8 @@ impl PipelineStats<'_> {
             ("http.bad_request_head", h.bad_request_head),
             ("http.bad_response_head", h.bad_response_head),
             ("http.head_too_large", h.head_too_large),
+            ("http.heads_skimmed", h.heads_skimmed),
+            ("http.lenient_request_heads", h.lenient_request_heads),
             ("http.too_many_headers", h.too_many_headers),
             ("http.bad_content_length", h.bad_content_length),
             ("http.bad_chunk", h.bad_chunk),
@@ -116,12 +119,14 @@ impl PipelineStats<'_> {
             ("redcap.incomplete", c.incomplete),
             ("redcap.token_missing", c.token_missing),
             ("redcap.token_malformed", c.token_malformed),
+            ("redcap.token_unreadable", c.token_unreadable),
             (
                 "redcap.unsupported_content_type",
                 c.unsupported_content_type,
             ),
             ("redcap.malformed_multipart", c.malformed_multipart),
             ("redcap.field_too_long", c.field_too_long),
+            ("redcap.input_vars_exceeded", c.input_vars_exceeded),
             ("redcap.body_gap", c.body_gap),
             ("policy.evicted_tokens", self.policy.evicted_tokens),
         ];
@@ -153,7 +158,7 @@ impl Pipeline {
                 max_pending_requests: h.max_pending_requests,
                 max_decoded_body_bytes: h.max_decoded_body_bytes,
             },
-            ApiRequestSelector::new(paths),
+            ApiRequestSelector::new(paths).with_max_input_vars(config.redcap.max_input_vars),
         );
         Ok(Pipeline {
             decode_stats: DecodeStats::default(),

@@ -36,6 +36,9 @@ pub enum TokenProblem {
     Missing,
     /// Empty, too long, or not `[A-Za-z0-9]` (REDCap rejects these with 403).
     Malformed,
+    /// The request could not be read far enough to find the token (a head we cannot parse or
+    /// that is over our limits): the server may have run it with a valid token.
+    Unreadable,
 }
 
 /// The keyed fingerprint that names a token everywhere outside memory.
@@ -241,8 +244,10 @@ impl RawToken {
     /// Validates and upper-cases a token taken from a request body.
     ///
     /// REDCap accepts `^[A-Za-z0-9]+$` and looks tokens up case-insensitively, so `abc…` and
-    /// `ABC…` are the same caller and must share one fingerprint.
+    /// `ABC…` are the same caller and must share one fingerprint. PHP's `$` also matches before
+    /// a final line feed, so `ABC…\n` passes REDCap's check too and is taken for `ABC…`.
     pub fn parse(value: &[u8]) -> Result<RawToken, TokenProblem> {
+        let value = value.strip_suffix(b"\n").unwrap_or(value);
         if value.is_empty()
             || value.len() > MAX_TOKEN_BYTES
             || !value.iter().all(u8::is_ascii_alphanumeric)
@@ -534,12 +539,27 @@ mod tests {
             b"ABC DEF",
             b"ABC-DEF",
             b"ABC\0",
+            b"ABC\n\n",
+            b"ABC\r\n",
+            b"\n",
             "ÄBC".as_bytes(),
             &long,
         ] {
             assert_eq!(RawToken::parse(bad).err(), Some(TokenProblem::Malformed));
         }
         assert!(RawToken::parse(&long[..MAX_TOKEN_BYTES]).is_ok());
+    }
+
+    #[test]
+    fn a_final_line_feed_passes_as_it_passes_redcap_s_check() {
+        let key = SiteKey::from_bytes([3; 32]);
+        let plain = RawToken::parse(b"0123456789ABCDEF0123456789ABCDEF")
+            .ok()
+            .unwrap();
+        let with_lf = RawToken::parse(b"0123456789abcdef0123456789abcdef\n")
+            .ok()
+            .unwrap();
+        assert_eq!(key.fingerprint(&plain), key.fingerprint(&with_lf));
     }
 
     #[test]

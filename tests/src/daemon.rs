@@ -46,6 +46,8 @@ pub struct CallRecord {
     pub response_wire_bytes: Option<u64>,
     pub heavy: Option<String>,
     pub complete: bool,
+    #[serde(default)]
+    pub body_problem: Option<String>,
     pub transport: String,
 }
 

@@ -758,3 +758,303 @@ fn a_slow_stretch_is_reported_as_a_degraded_period() {
         "recovered: {table}"
     );
 }
+
+// ---- Recognition: every spelling the web server runs as an API call is counted (issue 11). ----
+
+/// One keep-alive connection at `t` carrying `requests` back to back in client segments of
+/// `segment` bytes, each answered with the version response.
+fn keep_alive(case: &mut Case, t: f64, requests: &[Vec<u8>], segment: usize) {
+    let mut conv = case.conn();
+    let mut segs = conv.handshake();
+    segs.extend(conv.data_in(Side::Client, &requests.concat(), segment));
+    let answers: Vec<u8> = requests.iter().flat_map(|_| version_response()).collect();
+    segs.extend(conv.data(Side::Server, &answers));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, t);
+}
+
+/// A urlencoded POST to `target` (as sent, unencoded) whose `content` is `label`.
+fn labelled(target: &str, token: &str, label: &str) -> Vec<u8> {
+    http::post_form(target, &[("token", token), ("content", label)])
+}
+
+fn contents(out: &Outcome) -> Vec<&str> {
+    out.calls
+        .iter()
+        .map(|c| c.content.as_deref().unwrap_or("-"))
+        .collect()
+}
+
+fn all_complete_and_ok(out: &Outcome) -> bool {
+    out.calls
+        .iter()
+        .all(|c| c.complete && c.status == Some(200))
+}
+
+fn all_by(out: &Outcome, token: &str) -> bool {
+    let fp = out.fp(token);
+    out.calls
+        .iter()
+        .all(|c| c.token_fp.as_deref() == Some(fp.as_str()))
+}
+
+#[test]
+fn api_paths_spelled_as_the_server_resolves_them_are_calls() {
+    let mut case = Case::new("api_paths_spelled_as_the_server_resolves_them_are_calls");
+    let api = [
+        "/redcap/ap%69/",
+        "//redcap//api//",
+        "/redcap/x/../api/",
+        "/redcap/./api/index.php",
+        "http://redcap.example.org/redcap/api/",
+        "/redcap/api/index.php/anything",
+        "/redcap/api/?content=ignored",
+        "/redcap/api/#fragment",
+    ];
+    let not_api = [
+        "/redcap/API/",
+        "/redcap/api",
+        "/redcap/index.php",
+        "/redcap/api/../index.php",
+        "/redcap/api/%3F",
+    ];
+    let mut requests: Vec<Vec<u8>> = Vec::new();
+    for (i, target) in api.iter().enumerate() {
+        requests.push(labelled(target, TOKEN_A, &format!("p{i}")));
+    }
+    for target in not_api {
+        requests.push(labelled(target, TOKEN_A, "not-api"));
+    }
+    keep_alive(&mut case, T0, &requests, 1448);
+    let out = case.analyze();
+    assert_eq!(
+        contents(&out),
+        ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"]
+    );
+    assert!(all_by(&out, TOKEN_A));
+    assert!(all_complete_and_ok(&out), "{:?}", out.calls);
+}
+
+#[test]
+fn request_heads_as_lenient_as_apache_and_nginx_are_calls_at_any_segmentation() {
+    let name = "request_heads_as_lenient_as_apache_and_nginx_are_calls_at_any_segmentation";
+    let form = "application/x-www-form-urlencoded";
+    let body = |label: &str| http::urlencode(&[("token", TOKEN_A), ("content", label)]);
+    let with_head = |head: &str, label: &str| {
+        let body = body(label);
+        let head = head.replace("{len}", &body.len().to_string());
+        [head.as_bytes(), body.as_bytes()].concat()
+    };
+    let mut chunked = b"POST /redcap/api/ HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for piece in body("l4").as_bytes().chunks(5) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    // What Apache serves: 30 header lines of 8,000 bytes (each under LimitRequestFieldSize).
+    let padding: String = (0..30)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "p".repeat(8000)))
+        .collect();
+    let requests = vec![
+        // Empty lines before the request line.
+        [&b"\r\n\r\n"[..], &labelled(API, TOKEN_A, "l0")].concat(),
+        // Several spaces between the request line's parts.
+        with_head(
+            &format!(
+                "POST   /redcap/api/   HTTP/1.1\r\nContent-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"
+            ),
+            "l1",
+        ),
+        // A folded Content-Type, and a blank before a colon.
+        with_head(
+            "POST /redcap/api/ HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded;\r\n charset=UTF-8\r\nContent-Length : {len}\r\n\r\n",
+            "l2",
+        ),
+        // Leading zeros, and a header line that is not valid at all.
+        with_head(
+            &format!(
+                "POST /redcap/api/ HTTP/1.1\r\nthis is not a header\r\nContent-Type: {form}\r\nContent-Length: 0000{{len}}\r\n\r\n"
+            ),
+            "l3",
+        ),
+        chunked,
+        // A head padded far past http.max_head_bytes.
+        with_head(
+            &format!(
+                "POST /redcap/api/ HTTP/1.1\r\n{padding}Content-Type: {form}\r\nContent-Length: {{len}}\r\n\r\n"
+            ),
+            "l5",
+        ),
+    ];
+    let mut case = Case::new(name);
+    keep_alive(&mut case, T0, &requests, 7);
+    let out = case.analyze();
+    assert_eq!(
+        contents(&out),
+        ["l0", "l1", "l2", "l3", "l4", "l5"],
+        "{}",
+        out.stderr
+    );
+    assert!(all_by(&out, TOKEN_A));
+    assert!(out.calls.iter().all(|c| c.complete), "{:?}", out.calls);
+    // Read, and flagged: l1, l2 and l3 needed leniency, l5 was skimmed.
+    for flag in ["http.lenient_request_heads=3", "http.heads_skimmed=1"] {
+        assert!(out.stderr.contains(flag), "{flag}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn api_requests_pipelined_behind_other_requests_are_found_and_the_others_skipped() {
+    let mut case =
+        Case::new("api_requests_pipelined_behind_other_requests_are_found_and_the_others_skipped");
+    // A non-API POST whose body reads like an API request: body text, not a request.
+    let decoy = labelled(API, TOKEN_B, "decoy");
+    let mut conv = case.conn();
+    let mut segs = conv.handshake();
+    let first_segment = [
+        http::get("/redcap/index.php"),
+        http::post(
+            "/redcap/Design/online_designer.php",
+            "text/plain",
+            &decoy,
+            &[],
+        ),
+        labelled(API, TOKEN_A, "first"),
+    ]
+    .concat();
+    segs.extend(conv.data(Side::Client, &first_segment));
+    let second_segment = [
+        http::post_form(
+            "/redcap/index.php",
+            &[("username", "alice"), ("token", TOKEN_B)],
+        ),
+        labelled(API, TOKEN_A, "second"),
+    ]
+    .concat();
+    segs.extend(conv.data(Side::Client, &second_segment));
+    let answers: Vec<u8> = (0..5).flat_map(|_| version_response()).collect();
+    segs.extend(conv.data(Side::Server, &answers));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+    let out = case.analyze();
+    assert_eq!(contents(&out), ["first", "second"]);
+    assert!(all_by(&out, TOKEN_A));
+    assert!(all_complete_and_ok(&out), "{:?}", out.calls);
+}
+
+#[test]
+fn form_fields_are_read_as_php_reads_them() {
+    let mut case = Case::new("form_fields_are_read_as_php_reads_them");
+    let form = "application/x-www-form-urlencoded";
+    let raw = |content_type: &str, body: &str| http::post(API, content_type, body.as_bytes(), &[]);
+    let boundary = "xYzZY";
+    let mp = format!("multipart/form-data; boundary={boundary}");
+    let part = |head: &str, value: &str| format!("--{boundary}\r\n{head}\r\n\r\n{value}\r\n");
+    let end = format!("--{boundary}--\r\n");
+    let requests = vec![
+        // A leading space is dropped from a name, and the last value wins.
+        raw(form, &format!("token={TOKEN_B}&+token={TOKEN_A}&content=f0")),
+        // `to.ken` becomes `to_ken`, not `token`.
+        raw(form, &format!("token={TOKEN_A}&to.ken={TOKEN_B}&content=f1")),
+        // A name is cut at a NUL.
+        raw(form, &format!("token={TOKEN_B}&token%00x={TOKEN_A}&content=f2")),
+        // Media type in any case, with parameters.
+        raw(
+            "Application/X-WWW-Form-URLEncoded; charset=utf-8",
+            &format!("content=f3&token={TOKEN_A}"),
+        ),
+        // Multipart decoys PHP never puts in $_POST['token']: a padded delimiter line, an
+        // upload; then the real one without `form-data`.
+        raw(
+            &mp,
+            &[
+                part("Content-Disposition: form-data; name=\"content\"", "f4"),
+                format!("--{boundary} \r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN_B}\r\n"),
+                part("Content-Disposition: form-data; name=token; filename=\"t.txt\"", TOKEN_B),
+                part("Content-Disposition: name=token", TOKEN_A),
+                end.clone(),
+            ]
+            .concat(),
+        ),
+        // A part after the closing delimiter is still read by PHP.
+        raw(
+            &mp,
+            &[
+                part("Content-Disposition: form-data; name=token", TOKEN_B),
+                end.clone(),
+                part("Content-Disposition: form-data; name=content", "f5"),
+                part("Content-Disposition: form-data; name=token", TOKEN_A),
+                end.clone(),
+            ]
+            .concat(),
+        ),
+    ];
+    keep_alive(&mut case, T0, &requests, 1448);
+    // A JSON body fills no $_POST: REDCap sees no token.
+    let json = http::post(
+        API,
+        "application/json",
+        format!(r#"{{"token":"{TOKEN_A}"}}"#).as_bytes(),
+        &[],
+    );
+    case.call(T0 + 5.0, &json, &version_response());
+    let out = case.analyze();
+    assert_eq!(
+        contents(&out),
+        ["f0", "f1", "f2", "f3", "f4", "f5", "-"],
+        "{:?}",
+        out.calls
+    );
+    let fp = out.fp(TOKEN_A);
+    let (php_read, json) = out.calls.split_at(6);
+    assert!(
+        php_read
+            .iter()
+            .all(|c| c.token_fp.as_deref() == Some(fp.as_str())),
+        "{php_read:?}"
+    );
+    assert_eq!(json[0].token_problem.as_deref(), Some("missing"));
+    assert_eq!(
+        json[0].body_problem.as_deref(),
+        Some("unsupported_content_type")
+    );
+}
+
+#[test]
+fn api_requests_whose_head_cannot_be_read_are_counted_as_unreadable() {
+    let mut case = Case::new("api_requests_whose_head_cannot_be_read_are_counted_as_unreadable");
+    let bad_length = |target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 12x\r\n\r\ntoken={TOKEN_A}"
+        )
+        .into_bytes()
+    };
+    let bad_request = http::response(400, "text/html", b"Bad Request", BodyEncoding::Plain).bytes;
+    case.call(T0, &bad_length(API), &bad_request);
+    // The same on a page that is not the API is no call.
+    case.call(T0 + 1.0, &bad_length("/redcap/index.php"), &bad_request);
+    case.call(T0 + 2.0, &version_request(TOKEN_A), &version_response());
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 2, "{:?}", out.calls);
+    let unreadable = &out.calls[0];
+    assert_eq!(unreadable.token_problem.as_deref(), Some("unreadable"));
+    assert_eq!(unreadable.token_fp, None);
+    assert_eq!(unreadable.status, Some(400));
+    assert!(!unreadable.complete);
+    assert_eq!(
+        out.calls[1].token_fp.as_deref(),
+        Some(out.fp(TOKEN_A).as_str())
+    );
+    assert!(
+        out.stderr.contains("redcap.token_unreadable=1"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("http.bad_content_length=2"),
+        "{}",
+        out.stderr
+    );
+}

@@ -11,7 +11,7 @@ use super::body::{BodyFeed, BodyFraming, GapOutcome};
 use super::decode::BodyDecoder;
 use super::head::{
     HeadError, HeadFeed, HeadReader, HeaderSlots, MessageKind, RequestFraming, ResponseInfo,
-    TransferCoding, find_message_start,
+    TransferCoding, fill_from_start_line, find_message_start,
 };
 use super::{
     BodyDecoding, ContentCoding, ExchangeSelector, HttpExchange, HttpLimits, HttpStats, Incomplete,
@@ -134,13 +134,19 @@ impl Reader {
         &mut self,
         input: &'i [u8],
         ts: Timestamp,
-        max_head_bytes: usize,
+        limits: &HttpLimits,
         stats: &mut HttpStats,
     ) -> (&'i [u8], HeadStep) {
         let rest = |consumed: usize| input.get(consumed..).unwrap_or_default();
-        match self.head.feed(input, ts, max_head_bytes) {
+        match self
+            .head
+            .feed(input, ts, limits.max_head_bytes, limits.max_headers)
+        {
             HeadFeed::NeedMore => (&[], HeadStep::Partial),
-            HeadFeed::Complete { consumed } => (rest(consumed), HeadStep::Complete),
+            HeadFeed::Complete { consumed } => {
+                stats.heads_skimmed += u64::from(self.head.skimmed());
+                (rest(consumed), HeadStep::Complete)
+            }
             HeadFeed::Implausible {
                 consumed,
                 at_line_start,
@@ -152,10 +158,16 @@ impl Reader {
                 consumed,
                 at_line_start,
             } => {
+                // The caller resyncs once it has read what it needs of the head.
                 stats.head_too_large += 1;
                 let real_message = self.head.start_line_seen();
-                self.resync(at_line_start, stats);
-                (rest(consumed), HeadStep::TooLarge { real_message })
+                (
+                    rest(consumed),
+                    HeadStep::TooLarge {
+                        real_message,
+                        at_line_start,
+                    },
+                )
             }
         }
     }
@@ -182,9 +194,11 @@ enum HeadStep {
     Partial,
     Complete,
     NotAMessage,
-    /// Dropped for size; `real_message` when its start line was plausible (it will be answered).
+    /// Over the size limit; `real_message` when its start line was plausible (it will be
+    /// answered). The reader must be resynced (at `at_line_start`).
     TooLarge {
         real_message: bool,
+        at_line_start: bool,
     },
 }
 
@@ -401,14 +415,18 @@ impl<B: RequestBody> Connection<B> {
                     }
                 }
                 Phase::Head => {
-                    let max = ctx.limits.max_head_bytes;
-                    let (rest, step) = self.requests.feed_head(input, ts, max, ctx.stats);
+                    let (rest, step) = self.requests.feed_head(input, ts, ctx.limits, ctx.stats);
                     input = rest;
                     match step {
                         HeadStep::Complete => self.on_request_head(ts, ctx),
-                        // The server will answer it (431): keep FIFO right.
-                        HeadStep::TooLarge { real_message: true } => {
-                            self.push_pending(None, false, false, true, ctx);
+                        HeadStep::TooLarge {
+                            real_message,
+                            at_line_start,
+                        } => {
+                            if real_message {
+                                self.push_unreadable_request(ts, ctx);
+                            }
+                            self.requests.resync(at_line_start, ctx.stats);
                         }
                         _ => {}
                     }
@@ -459,18 +477,18 @@ impl<B: RequestBody> Connection<B> {
             ctx.request_head,
         );
         let ts_request_start = self.requests.head.ts_first();
-        self.requests.head.reset();
         let framing = match parsed {
             Ok(framing) => framing,
             Err(error) => {
                 count_head_error(error, MessageKind::Request, ctx.stats);
-                // Its start line was plausible: the server will answer it, so keep FIFO right.
-                self.push_pending(None, false, false, true, ctx);
+                self.push_unreadable_request(ts, ctx);
                 self.requests.resync(true, ctx.stats);
                 return;
             }
         };
+        self.requests.head.reset();
         ctx.stats.requests += 1;
+        ctx.stats.lenient_request_heads += u64::from(ctx.header_slots.last_request_was_lenient());
         self.requests.synced = true;
         self.requests.resyncing = false;
         self.requests.start_lost = false;
@@ -478,18 +496,10 @@ impl<B: RequestBody> Connection<B> {
         self.expects_continue = head.expect_continue;
         let head_method = head.method == "HEAD";
         let connect = head.method == "CONNECT";
-        let exchange = ctx.selector.select(head).map(|body| HttpExchange {
-            conn: self.id,
-            client: self.client,
-            server: self.server,
-            request: head.clone(),
-            body,
-            request_body_bytes: 0,
-            ts_request_start,
-            ts_request_end: ts,
-            response: None,
-            incomplete: None,
-        });
+        let exchange = ctx
+            .selector
+            .select(head)
+            .map(|body| self.exchange(head, body, ts_request_start, ts));
         let request_done = framing == RequestFraming::NoBody;
         self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, connect, request_done, ctx);
@@ -501,6 +511,52 @@ impl<B: RequestBody> Connection<B> {
             RequestFraming::Chunked => {
                 self.requests.phase = Phase::Body(BodyFraming::chunked(ctx.limits.max_head_bytes));
             }
+        }
+    }
+
+    /// A request whose start line was read but not the rest of its head. The server answers it,
+    /// so it keeps its place in the FIFO; and when the selector wants it by its start line (an
+    /// API call), it is emitted as [`Incomplete::UnreadableHead`] rather than dropped. Its body
+    /// cannot be framed: the direction resyncs after it.
+    fn push_unreadable_request<S: ExchangeSelector<Body = B>>(
+        &mut self,
+        ts: Timestamp,
+        ctx: &mut Ctx<'_, S>,
+    ) {
+        let ts_request_start = self.requests.head.ts_first();
+        let head = &mut *ctx.request_head;
+        let exchange = if fill_from_start_line(self.requests.head.bytes(), head) {
+            ctx.selector.select(head).map(|body| HttpExchange {
+                incomplete: Some(Incomplete::UnreadableHead),
+                ..self.exchange(head, body, ts_request_start, ts)
+            })
+        } else {
+            None
+        };
+        let head_method = exchange.is_some() && ctx.request_head.method == "HEAD";
+        self.carried_selected |= exchange.is_some();
+        self.push_pending(exchange, head_method, false, true, ctx);
+    }
+
+    /// A selected request's exchange, as its head ends.
+    fn exchange(
+        &self,
+        head: &RequestHead,
+        body: B,
+        ts_request_start: Timestamp,
+        ts: Timestamp,
+    ) -> HttpExchange<B> {
+        HttpExchange {
+            conn: self.id,
+            client: self.client,
+            server: self.server,
+            request: head.clone(),
+            body,
+            request_body_bytes: 0,
+            ts_request_start,
+            ts_request_end: ts,
+            response: None,
+            incomplete: None,
         }
     }
 
@@ -637,13 +693,18 @@ impl<B: RequestBody> Connection<B> {
                     }
                 }
                 Phase::Head => {
-                    let max = ctx.limits.max_head_bytes;
-                    let (rest, step) = self.responses.feed_head(input, ts, max, ctx.stats);
+                    let (rest, step) = self.responses.feed_head(input, ts, ctx.limits, ctx.stats);
                     input = rest;
                     match step {
                         HeadStep::Complete => self.on_response_head(ts, ctx),
-                        HeadStep::TooLarge { real_message: true } => {
-                            self.fail_response_start(Incomplete::Malformed, ctx);
+                        HeadStep::TooLarge {
+                            real_message,
+                            at_line_start,
+                        } => {
+                            if real_message {
+                                self.fail_response_start(Incomplete::Malformed, ctx);
+                            }
+                            self.responses.resync(at_line_start, ctx.stats);
                         }
                         _ => {}
                     }

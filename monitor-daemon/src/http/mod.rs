@@ -28,10 +28,12 @@ const DECODE_SCRATCH_BYTES: usize = 32 * 1024;
 /// Bounds on what one connection may make the parser hold or do.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
-    /// Largest request or response head (start line + headers) accepted; also the largest
-    /// HTTP/2 header block (HPACK-encoded).
+    /// Bytes of a request or response head kept whole; past them a head is skimmed (only the
+    /// lines framing and selection need are kept, up to as many bytes again), so a padded head
+    /// is still read. Also the largest HTTP/2 header block (HPACK-encoded).
     pub max_head_bytes: usize,
-    /// Most header lines accepted in one head.
+    /// Most header lines accepted in one head (the default is above Apache's 100, so that every
+    /// head Apache serves is read).
     pub max_headers: usize,
     /// Most requests waiting for their responses on one connection; for HTTP/2, most selected
     /// streams open at once.
@@ -44,7 +46,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         Self {
             max_head_bytes: 16 * 1024,
-            max_headers: 64,
+            max_headers: 128,
             max_pending_requests: 32,
             max_decoded_body_bytes: 1 << 30,
         }
@@ -174,6 +176,10 @@ pub enum Incomplete {
     /// A message's framing was invalid (bad chunk, unusable response head); the direction was
     /// resynced after it.
     Malformed,
+    /// The request's start line was read but the rest of its head could not be (malformed, too
+    /// many headers, over `max_head_bytes`, unusable framing): the exchange carries only its
+    /// method and target, and none of its body.
+    UnreadableHead,
 }
 
 /// One request and its response on one connection.
@@ -245,6 +251,14 @@ pub struct HttpStats {
     /// HTTP/2 API requests the server refused unprocessed (RST_STREAM REFUSED_STREAM, or above
     /// GOAWAY's last stream): not calls, not reported.
     pub h2_streams_refused: u64,
+    /// Heads longer than `max_head_bytes` that were read by skimming (only the header lines
+    /// framing and selection need kept past the limit).
+    pub heads_skimmed: u64,
+    /// Request heads read only through leniency a strict parser (and, for most of it, Apache's
+    /// default) would refuse: several spaces in the request line, folded headers, blanks
+    /// before a colon, invalid header lines. Read anyway, so that no spelling either server
+    /// serves escapes; a sign of odd or evasive clients.
+    pub lenient_request_heads: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -891,19 +905,126 @@ mod tests {
     }
 
     #[test]
-    fn oversize_head_is_counted_and_its_answer_keeps_fifo_right() {
+    fn oversize_head_is_counted_emitted_unreadable_and_its_answer_keeps_fifo_right() {
         let mut h = Harness::with_limits(HttpLimits {
             max_head_bytes: 64,
             ..HttpLimits::default()
         });
-        let mut big = b"GET /big HTTP/1.1\r\nCookie: ".to_vec();
-        big.extend(std::iter::repeat_n(b'c', 200));
+        let mut big = b"POST  /big  HTTP/1.1\r\nX-Forwarded-For: ".to_vec();
+        big.extend(std::iter::repeat_n(b'1', 200));
         big.extend_from_slice(b"\r\n\r\nGET /ok HTTP/1.1\r\n\r\n");
         h.client(10, &big);
         h.server(20, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(h.statuses(), [Some(200)]);
-        assert_eq!(h.out[0].request.target, "/ok");
+        assert_eq!(h.statuses(), [Some(431), Some(200)]);
+        assert_eq!(h.out[0].request.method, "POST");
+        assert_eq!(h.out[0].request.target, "/big");
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
+        assert_eq!(h.out[1].request.target, "/ok");
+        assert_eq!(h.out[1].incomplete, None);
         assert_eq!(h.stats().head_too_large, 1);
+    }
+
+    #[test]
+    fn chunk_sizes_are_read_as_apache_reads_them() {
+        // Each of these is a 9-byte chunk to Apache 2.4.
+        for size_line in [
+            &b"0000000000000000000000009"[..],
+            b"9;ext=1;b=\"x\"",
+            b"9 ",
+            b"9\t;x",
+        ] {
+            let mut h = Harness::new();
+            let mut req =
+                b"POST /api/ HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+            req.extend_from_slice(size_line);
+            req.extend_from_slice(b"\r\ntoken=AAA\r\n0\r\n\r\n");
+            h.client(10, &req);
+            h.server(20, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(h.out.len(), 1);
+            assert_eq!(h.out[0].body.bytes, b"token=AAA");
+            assert_eq!(h.out[0].incomplete, None);
+        }
+    }
+
+    #[test]
+    fn lenient_request_behind_a_skipped_one_is_found_at_every_split() {
+        let msg: &[u8] = b"POST /skip HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\r\n\r\n\
+            POST  /api/  HTTP/1.1\r\nX-Folded: a\r\n b\r\nContent-Length : 0005\r\n\r\nhello";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for split in 0..msg.len() {
+            let mut h = Harness::new();
+            let (a, b) = msg.split_at(split);
+            h.client(10, a);
+            h.client(11, b);
+            h.server(20, &[&ok[..], ok].concat());
+            assert_eq!(h.out.len(), 1, "split {split}");
+            assert_eq!(h.out[0].request.target, "/api/", "split {split}");
+            assert_eq!(h.out[0].body.bytes, b"hello", "split {split}");
+            assert_eq!(h.out[0].incomplete, None, "split {split}");
+            assert_eq!(h.statuses(), [Some(200)]);
+            assert_eq!(h.stats().lenient_request_heads, 1, "split {split}");
+        }
+    }
+
+    #[test]
+    fn a_head_padded_past_the_limit_is_skimmed_and_its_body_read() {
+        let mut h = Harness::with_limits(HttpLimits {
+            max_head_bytes: 64,
+            ..HttpLimits::default()
+        });
+        let mut req = b"GET /skip HTTP/1.1\r\n\r\nPOST /api/ HTTP/1.1\r\nCookie: ".to_vec();
+        req.extend(std::iter::repeat_n(b'c', 5000));
+        req.extend_from_slice(b"\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n");
+        for chunk in req.chunks(7) {
+            h.client(10, chunk);
+        }
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        h.server(20, &[&ok[..], ok, ok].concat());
+        assert_eq!(h.statuses(), [Some(200), Some(200)]);
+        assert_eq!(h.out[0].request.target, "/api/");
+        assert_eq!(h.out[0].body.bytes, b"hello");
+        assert_eq!(h.out[0].incomplete, None);
+        assert_eq!(h.out[1].request.target, "/b");
+        assert_eq!(h.stats().heads_skimmed, 1);
+        assert_eq!(h.stats().head_too_large, 0);
+    }
+
+    #[test]
+    fn a_connection_whose_api_request_was_unreadable_is_never_released() {
+        let mut h = Harness::new();
+        let mut released = Vec::new();
+        h.client(10, b"GET /skip HTTP/1.1\r\n\r\n");
+        h.tracker.take_releasable(&mut released);
+        assert_eq!(released.len(), 1, "nothing selected yet: releasable");
+        h.client(11, b"POST /api/ HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+        h.client(12, b"GET /skip-too HTTP/1.1\r\n\r\n");
+        released.clear();
+        h.tracker.take_releasable(&mut released);
+        assert_eq!(released, [], "an API client's connection is kept");
+    }
+
+    #[test]
+    fn unreadable_heads_are_emitted_only_when_selected_and_keep_fifo_right() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"POST /a HTTP/1.1\r\nContent-Length: 1x\r\n\r\nz\
+              POST /skip HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n\
+              GET /b HTTP/1.1\r\n\r\n",
+        );
+        h.server(
+            20,
+            b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 501 No\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.statuses(), [Some(400), Some(200)]);
+        assert_eq!(h.out[0].request.target, "/a");
+        assert_eq!(h.out[0].request.content_length, None);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
+        assert_eq!(h.out[1].request.target, "/b");
+        assert_eq!(h.stats().bad_content_length, 1);
+        assert_eq!(h.stats().bad_request_head, 1);
     }
 
     #[test]
@@ -917,7 +1038,8 @@ mod tests {
             b"GET /a HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
         );
         h.server(20, b"HTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(h.statuses(), [Some(200)]);
+        assert_eq!(h.statuses(), [Some(400), Some(200)]);
+        assert_eq!(h.out[0].incomplete, Some(Incomplete::UnreadableHead));
         assert_eq!(h.stats().too_many_headers, 1);
     }
 
@@ -1138,6 +1260,14 @@ mod tests {
             b"Content-Length: 99999999999999999999\r\n",
             b"zz\r\n",
             b"HEAD ",
+            b"POST  /a  HTTP/1.1\r\n",
+            b" folded\r\n",
+            b"Content-Length : 0003\r\n",
+            b"X-Forwarded-For: 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4, 1.2.3.4\r\n",
+            b"Cookie: cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc\
+              cccccccccccccccccccccccccccccccccc\r\n",
         ];
         let mut h = Harness::with_limits(HttpLimits {
             max_head_bytes: 256,

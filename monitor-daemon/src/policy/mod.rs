@@ -67,7 +67,8 @@ pub struct PolicyStats {
     pub calls: u64,
     pub heavy_calls: u64,
     pub violations: u64,
-    /// Calls without a usable token: no rule can apply to them.
+    /// Calls without a usable token (missing, malformed, unreadable): no rule can apply to
+    /// them; they are counted per client address instead (see [`Policy::refused_clients`]).
     pub calls_without_token: u64,
     /// Calls that arrived after later-started calls had already been evaluated.
     pub late_calls: u64,
@@ -103,7 +104,9 @@ enum Override {
     Limits(Vec<Option<u32>>),
 }
 
-/// Refused calls from one client address (see [`PolicyStats::refused_untracked_calls`]).
+/// Calls from one client address that no token's windows took: refused calls of untracked
+/// tokens ([`PolicyStats::refused_untracked_calls`]) and calls without a usable token
+/// ([`PolicyStats::calls_without_token`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RefusedClient {
     pub calls: u64,
@@ -334,7 +337,8 @@ impl Policy {
         self.tokens.len()
     }
 
-    /// Client addresses whose refused calls are being counted, most calls first (at most `n`).
+    /// Client addresses whose refused or tokenless calls are being counted, most calls first (at
+    /// most `n`).
     pub fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
         let mut clients: Vec<(IpAddr, RefusedClient)> =
             self.refused.iter().map(|(ip, c)| (*ip, *c)).collect();
@@ -416,7 +420,10 @@ impl Policy {
                     }
                 }
             }
-            Err(_) => self.stats.calls_without_token += 1,
+            Err(_) => {
+                self.stats.calls_without_token += 1;
+                self.count_by_client(&call);
+            }
         }
         self.stats.violations += violations.len() as u64;
         Verdict {
@@ -450,6 +457,12 @@ impl Policy {
 
     fn count_refused(&mut self, call: &ApiCall) {
         self.stats.refused_untracked_calls += 1;
+        self.count_by_client(call);
+    }
+
+    /// Counts a call that no token's windows take (refused and untracked, or without a usable
+    /// token) against its client address, within `policy.max_refused_clients`.
+    fn count_by_client(&mut self, call: &ApiCall) {
         let ip = call.client.ip;
         if !self.refused.contains_key(&ip) && self.refused.len() >= self.max_refused_clients {
             let evict = (self.max_refused_clients / 8).max(1);

@@ -214,6 +214,29 @@ fn calls_without_a_token_break_no_rule() {
 }
 
 #[test]
+fn calls_without_a_usable_token_are_counted_against_their_client_address() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let calls = [
+        TokenProblem::Missing,
+        TokenProblem::Malformed,
+        TokenProblem::Unreadable,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, problem)| {
+        let mut c = call(1, 1000 + i as u64);
+        c.token = Err(problem);
+        c
+    })
+    .collect();
+    run(&mut policy, calls);
+    let clients = policy.refused_clients(10);
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].1.calls, 3);
+    assert_eq!(policy.stats().refused_untracked_calls, 0);
+}
+
+#[test]
 fn heavy_reason_serialises_as_its_snake_case_name() {
     let names: Vec<String> = [
         HeavyReason::ResponseSize,

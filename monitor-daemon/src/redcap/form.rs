@@ -15,6 +15,74 @@ pub(crate) const MAX_KEPT_VALUE: usize = 256;
 /// Longest field name considered; longer names cannot be a field REDCap reads.
 pub(crate) const MAX_FIELD_NAME: usize = 256;
 
+/// A field name as it arrives, kept as PHP's `php_register_variable_ex` will read it: leading
+/// spaces are dropped and the name ends at a NUL (it is a C string) as the bytes come, so that a
+/// long run of either cannot push a name PHP shortens past [`MAX_FIELD_NAME`].
+#[derive(Default)]
+pub(crate) struct FieldName {
+    bytes: Vec<u8>,
+    too_long: bool,
+    /// A NUL was seen: the rest of the name is not PHP's.
+    cut: bool,
+    /// Any byte was pushed (PHP counts a field even when its name ends up empty).
+    started: bool,
+}
+
+impl FieldName {
+    pub(crate) fn with_capacity(capacity: usize) -> FieldName {
+        FieldName {
+            bytes: Vec::with_capacity(capacity),
+            ..FieldName::default()
+        }
+    }
+
+    /// The next decoded bytes of the name.
+    pub(crate) fn push(&mut self, mut chunk: &[u8]) {
+        self.started |= !chunk.is_empty();
+        if self.cut || self.too_long {
+            return;
+        }
+        if self.bytes.is_empty() {
+            let start = chunk.iter().position(|&b| b != b' ').unwrap_or(chunk.len());
+            chunk = chunk.get(start..).unwrap_or_default();
+        }
+        if let Some(nul) = memchr::memchr(0, chunk) {
+            self.cut = true;
+            chunk = chunk.get(..nul).unwrap_or_default();
+        }
+        if self.bytes.len().saturating_add(chunk.len()) > MAX_FIELD_NAME {
+            self.too_long = true;
+        } else {
+            self.bytes.extend_from_slice(chunk);
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub(crate) fn too_long(&self) -> bool {
+        self.too_long
+    }
+
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Forgets the name, keeping the buffer.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.too_long = false;
+        self.cut = false;
+        self.started = false;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+}
+
 /// The scalar fields whose values are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kept {
@@ -61,9 +129,24 @@ struct ListCount {
     count: u32,
 }
 
+/// How PHP applies `max_input_vars` to a body (it counts every field but uploads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VarLimit {
+    /// Urlencoded (`add_post_vars`): the field past the limit is still registered, then PHP
+    /// stops reading the body.
+    StopAfterOneMore(u64),
+    /// Multipart (rfc1867): fields past the limit are dropped, later parts still read.
+    DropPast(u64),
+}
+
 /// Collects the fields of one request body.
 pub(crate) struct FieldCollector {
     fields: RequestFields,
+    var_limit: VarLimit,
+    /// Fields begun so far (uploads not counted), as PHP counts them against the limit.
+    vars: u64,
+    /// PHP stopped reading the body: nothing more is assigned.
+    stopped: bool,
     records: ListCount,
     field_list: ListCount,
     role: Role,
@@ -79,9 +162,12 @@ pub(crate) struct FieldCollector {
 }
 
 impl FieldCollector {
-    pub(crate) fn new() -> FieldCollector {
+    pub(crate) fn new(var_limit: VarLimit) -> FieldCollector {
         FieldCollector {
             fields: RequestFields::default(),
+            var_limit,
+            vars: 0,
+            stopped: false,
             records: ListCount::default(),
             field_list: ListCount::default(),
             role: Role::Closed,
@@ -98,6 +184,21 @@ impl FieldCollector {
     /// with a `filename` (PHP puts those in `$_FILES`, not `$_POST`).
     pub(crate) fn begin(&mut self, name: &[u8], uploaded: bool) {
         self.close();
+        if !uploaded {
+            self.vars = self.vars.saturating_add(1);
+        }
+        let past_limit = match self.var_limit {
+            VarLimit::StopAfterOneMore(max) => {
+                self.stopped |= self.vars > max.saturating_add(1);
+                self.stopped
+            }
+            VarLimit::DropPast(max) => !uploaded && self.vars > max,
+        };
+        if past_limit {
+            self.problem(BodyProblem::InputVarsExceeded);
+            self.role = Role::Ignore;
+            return;
+        }
         self.role = match php_name(name) {
             None => Role::Ignore,
             Some(name) => self.role_for(name.base(), name.is_array, uploaded),
@@ -207,6 +308,13 @@ impl FieldCollector {
         std::mem::take(&mut self.fields)
     }
 
+    /// The `max_input_vars` PHP reads this body with.
+    pub(crate) fn max_input_vars(&self) -> u64 {
+        match self.var_limit {
+            VarLimit::StopAfterOneMore(max) | VarLimit::DropPast(max) => max,
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.value.capacity()
@@ -313,7 +421,7 @@ impl FieldCollector {
 /// How much a problem says about the body; a worse one replaces a milder one.
 fn severity(problem: BodyProblem) -> u8 {
     match problem {
-        BodyProblem::FieldTooLong => 1,
+        BodyProblem::FieldTooLong | BodyProblem::InputVarsExceeded => 1,
         BodyProblem::UnsupportedContentType => 2,
         BodyProblem::MalformedMultipart => 3,
         BodyProblem::Gap => 4,
@@ -409,9 +517,79 @@ mod tests {
         assert_eq!(n(&[b'x'; 40]), None);
     }
 
+    /// The fingerprint of the token PHP ends up with when fields `names` carry `T0`, `T1`, ...
+    fn assigned_tokens(
+        limit: VarLimit,
+        names: &[&str],
+    ) -> (Option<crate::token::TokenFingerprint>, Option<BodyProblem>) {
+        let key = crate::token::SiteKey::from_bytes([1; 32]);
+        let mut c = FieldCollector::new(limit);
+        for (i, name) in names.iter().enumerate() {
+            c.begin(name.as_bytes(), false);
+            c.value(format!("T{i}").as_bytes());
+        }
+        let f = c.finish();
+        let token = f
+            .token
+            .and_then(|t| t.ok())
+            .map(|raw| key.fingerprint(&raw));
+        (token, f.problem)
+    }
+
+    fn fp(token: &str) -> Option<crate::token::TokenFingerprint> {
+        let key = crate::token::SiteKey::from_bytes([1; 32]);
+        RawToken::parse(token.as_bytes())
+            .ok()
+            .map(|raw| key.fingerprint(&raw))
+    }
+
+    #[test]
+    fn max_input_vars_is_applied_as_php_applies_it() {
+        let names = ["token", "a", "token", "token"];
+        // Urlencoded: the third field (one past a limit of 2) is still assigned, then PHP stops.
+        assert_eq!(
+            assigned_tokens(VarLimit::StopAfterOneMore(2), &names),
+            (fp("T2"), Some(BodyProblem::InputVarsExceeded))
+        );
+        // Multipart: fields past the limit are dropped.
+        assert_eq!(
+            assigned_tokens(VarLimit::DropPast(2), &names),
+            (fp("T0"), Some(BodyProblem::InputVarsExceeded))
+        );
+        assert_eq!(
+            assigned_tokens(VarLimit::DropPast(4), &names),
+            (fp("T3"), None)
+        );
+        // Uploads do not count.
+        let mut c = FieldCollector::new(VarLimit::DropPast(1));
+        c.begin(b"file", true);
+        c.begin(b"token", false);
+        c.value(b"ABC");
+        assert!(c.finish().token.is_some_and(|t| t.is_ok()));
+    }
+
+    #[test]
+    fn field_names_drop_leading_spaces_and_end_at_a_nul_as_they_come() {
+        let mut name = FieldName::default();
+        for _ in 0..1000 {
+            name.push(b" ");
+        }
+        name.push(b"tok");
+        name.push(b"en\0");
+        name.push(&[b'x'; 1000]);
+        assert_eq!((name.as_bytes(), name.too_long()), (&b"token"[..], false));
+        name.clear();
+        name.push(&[b'x'; MAX_FIELD_NAME + 1]);
+        assert!(name.too_long());
+        name.clear();
+        assert!(!name.started());
+        name.push(b"  ");
+        assert!(name.started() && name.as_bytes().is_empty());
+    }
+
     #[test]
     fn list_counts_follow_php_assignment_order() {
-        let mut c = FieldCollector::new();
+        let mut c = FieldCollector::new(VarLimit::DropPast(1000));
         c.begin(b"records", false);
         c.value(b"a,b,,c,");
         c.close();

@@ -13,13 +13,17 @@ mod paths;
 mod urlencoded;
 
 use crate::http::{
-    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, RequestBody, RequestHead,
+    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody,
+    RequestHead,
 };
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
 
-use form::FieldCollector;
+use form::{FieldCollector, VarLimit};
+
+/// PHP's `max_input_vars` assumed when none is configured: what REDCap's install check asks for.
+pub const DEFAULT_MAX_INPUT_VARS: u64 = 100_000;
 use multipart::MultipartScanner;
 use urlencoded::UrlencodedScanner;
 
@@ -69,6 +73,9 @@ pub enum BodyProblem {
     MalformedMultipart,
     /// A field name or kept value was longer than its limit; it was skipped.
     FieldTooLong,
+    /// The body has more fields than `redcap.max_input_vars`: PHP (with that setting) ignores
+    /// the rest, and so do we; if PHP's setting differs, it read other fields than we did.
+    InputVarsExceeded,
     /// Body bytes were lost in capture.
     Gap,
 }
@@ -153,7 +160,12 @@ impl ApiCall {
             incomplete,
             ..
         } = exchange;
-        let fields = body.finish();
+        let mut fields = body.finish();
+        if incomplete == Some(Incomplete::UnreadableHead) {
+            // Only the start line was read: no body was seen, and the token is unknown.
+            fields.token = Some(Err(TokenProblem::Unreadable));
+            fields.problem = None;
+        }
         let mut raw_token = HookToken::default();
         let token = match fields.token {
             None => Err(TokenProblem::Missing),
@@ -228,16 +240,28 @@ enum Scanner {
 }
 
 impl FormBody {
-    /// A body reader for a request with this `Content-Type` header value.
+    /// A body reader for a request with this `Content-Type` header value, read with PHP's
+    /// default [`DEFAULT_MAX_INPUT_VARS`].
     pub fn for_content_type(content_type: Option<&str>) -> FormBody {
-        let mut collector = FieldCollector::new();
+        FormBody::new(content_type, DEFAULT_MAX_INPUT_VARS)
+    }
+
+    /// A body reader for a request with this `Content-Type` header value, read as PHP with
+    /// this `max_input_vars` reads it.
+    pub fn new(content_type: Option<&str>, max_input_vars: u64) -> FormBody {
         let content_type = content_type.unwrap_or_default().trim();
         // PHP compares the media type, in any case, up to the first `;`, `,` or space.
         let media_type = content_type
             .split([';', ',', ' '])
             .next()
             .unwrap_or_default();
-        let scanner = if media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        let urlencoded = media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+        let mut collector = FieldCollector::new(if urlencoded {
+            VarLimit::StopAfterOneMore(max_input_vars)
+        } else {
+            VarLimit::DropPast(max_input_vars)
+        });
+        let scanner = if urlencoded {
             Scanner::Urlencoded(UrlencodedScanner::new())
         } else if media_type.eq_ignore_ascii_case("multipart/form-data") {
             match MultipartScanner::for_content_type(content_type) {
@@ -299,6 +323,7 @@ impl RequestBody for FormBody {
 /// Picks the requests that are REDCap API calls: `POST` to an API endpoint path.
 pub struct ApiRequestSelector {
     paths: ApiPaths,
+    max_input_vars: u64,
     stats: SelectorStats,
 }
 
@@ -315,8 +340,15 @@ impl ApiRequestSelector {
     pub fn new(paths: ApiPaths) -> ApiRequestSelector {
         ApiRequestSelector {
             paths,
+            max_input_vars: DEFAULT_MAX_INPUT_VARS,
             stats: SelectorStats::default(),
         }
+    }
+
+    /// Reads bodies as PHP with this `max_input_vars` (`redcap.max_input_vars`) does.
+    pub fn with_max_input_vars(mut self, max_input_vars: u64) -> ApiRequestSelector {
+        self.max_input_vars = max_input_vars;
+        self
     }
 
     pub fn stats(&self) -> &SelectorStats {
@@ -329,7 +361,7 @@ impl ExchangeSelector for ApiRequestSelector {
 
     fn select(&mut self, head: &RequestHead) -> Option<FormBody> {
         self.stats.requests += 1;
-        if !self.paths.matches(head.path()) {
+        if !self.paths.matches(&head.target) {
             return None;
         }
         if head.method != "POST" {
@@ -337,7 +369,10 @@ impl ExchangeSelector for ApiRequestSelector {
             return None;
         }
         self.stats.selected += 1;
-        Some(FormBody::for_content_type(head.content_type.as_deref()))
+        Some(FormBody::new(
+            head.content_type.as_deref(),
+            self.max_input_vars,
+        ))
     }
 }
 
@@ -348,9 +383,13 @@ pub struct RedcapStats {
     pub incomplete: u64,
     pub token_missing: u64,
     pub token_malformed: u64,
+    /// Calls whose request head could not be read (see [`TokenProblem::Unreadable`]).
+    pub token_unreadable: u64,
     pub unsupported_content_type: u64,
     pub malformed_multipart: u64,
     pub field_too_long: u64,
+    /// Calls whose body had more fields than `redcap.max_input_vars`.
+    pub input_vars_exceeded: u64,
     pub body_gap: u64,
 }
 
@@ -362,12 +401,14 @@ impl RedcapStats {
             Ok(_) => {}
             Err(TokenProblem::Missing) => self.token_missing += 1,
             Err(TokenProblem::Malformed) => self.token_malformed += 1,
+            Err(TokenProblem::Unreadable) => self.token_unreadable += 1,
         }
         match call.body_problem {
             None => {}
             Some(BodyProblem::UnsupportedContentType) => self.unsupported_content_type += 1,
             Some(BodyProblem::MalformedMultipart) => self.malformed_multipart += 1,
             Some(BodyProblem::FieldTooLong) => self.field_too_long += 1,
+            Some(BodyProblem::InputVarsExceeded) => self.input_vars_exceeded += 1,
             Some(BodyProblem::Gap) => self.body_gap += 1,
         }
     }

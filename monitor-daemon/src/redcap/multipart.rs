@@ -1,51 +1,75 @@
 //! Streaming `multipart/form-data` scanner.
 //!
-//! Finds part delimiters (`\n--boundary`, an optional `\r` before it dropped, as PHP's rfc1867
-//! parser does) across arbitrary chunk boundaries, reads each part's head for its
-//! `Content-Disposition` name and `filename`, and streams the part's content to the
-//! [`FieldCollector`]. Memory is one small window (a few KiB) and one bounded part head,
+//! Reads a body as PHP's rfc1867 parser does, across arbitrary chunk boundaries: a part starts
+//! after a line that is exactly `--boundary` (no padding; `--boundary--` is not one, so PHP reads
+//! on through an "epilogue" and so do we), its content ends at the next `\n--boundary` (an
+//! optional `\r` before it dropped), and the parser then skips lines up to the next exact
+//! delimiter line. Each part's head is read for its `Content-Disposition` name and `filename`;
+//! a part naming neither stops PHP (and us) for good. Content streams to the [`FieldCollector`].
+//! Memory is one small window (a few KiB, or twice the delimiter) and one bounded part head,
 //! whatever the size of the parts.
 
 use memchr::memmem::Finder;
 use zeroize::Zeroizing;
 
 use super::BodyProblem;
-use super::form::{FieldCollector, MAX_FIELD_NAME};
+use super::form::{FieldCollector, FieldName};
 
-/// Bytes of body held at once. Part content passes through in pieces of about this size.
+/// Bytes of body held at once (at least; a long boundary needs more). Part content passes
+/// through in pieces of about this size.
 const WINDOW: usize = 4096;
-/// Longest boundary accepted (RFC 2046 allows 70).
-const MAX_BOUNDARY: usize = 256;
-/// Largest part head (all its header lines) accepted.
-const MAX_PART_HEAD: usize = 4096;
+/// Longest boundary accepted. RFC 2046 allows 70, PHP any length: this is above what a request
+/// head (`http.max_head_bytes`) can carry, so no boundary the server reads is refused.
+const MAX_BOUNDARY: usize = 64 * 1024;
+/// PHP's default `max_file_uploads`, part of its default limit on multipart parts.
+const PHP_MAX_FILE_UPLOADS: u64 = 20;
+/// Bytes of one part-head line kept: enough for any header name. PHP reads part heads of any
+/// size; lines are only looked at (for a colon) past this.
+const MAX_PART_LINE: usize = 4096;
+/// Longest `Content-Disposition` header (with its continuation lines) read; a longer one is
+/// reported as malformed multipart and its part skipped.
+const MAX_DISPOSITION: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Part content (or the preamble, or a skipped part: then no field is open), up to the
-    /// next delimiter.
+    /// Part content (or the preamble, or a skipped part or line: then no field is open), up to
+    /// the next `\n--boundary`.
     Content,
-    /// Just after a delimiter: `--` means the last part has ended.
-    AfterDelimiter { dashes: u8 },
-    /// The rest of the delimiter line (transport padding).
-    DelimiterLine,
+    /// The rest of the line after `\n--boundary`: a part starts only when it is empty (or a
+    /// lone `\r`); `--` marks the closing delimiter.
+    DelimiterLine { len: usize, dashes: u8, cr: bool },
     /// Header lines of a part, up to an empty line.
     Head,
-    /// After the closing delimiter: nothing more is read.
-    Epilogue,
+    /// The start of a part without a disposition, which PHP skips by lines: a delimiter line
+    /// right here (with no line end before it) counts.
+    SkipFromLineStart,
+    /// PHP gave up on the body (a part whose disposition names neither a field nor a file):
+    /// nothing more is read.
+    Abandoned,
 }
 
 /// The head of the part being read.
 #[derive(Default)]
 struct PartHead {
-    /// The physical line being read.
+    /// The physical line being read, up to [`MAX_PART_LINE`] bytes.
     line: Vec<u8>,
-    /// The header being read (with its continuation lines), without line ends.
+    /// Bytes of the physical line so far (kept or not).
+    line_len: usize,
+    /// The physical line so far has a colon.
+    line_has_colon: bool,
+    /// The `Content-Disposition` header being read (with its continuation lines), without line
+    /// ends; empty while another header is being read (those are not kept).
     header: Vec<u8>,
-    bytes: usize,
-    name: Vec<u8>,
+    /// The header being read is the part's first `Content-Disposition`.
+    header_is_disposition: bool,
+    /// That header was longer than [`MAX_DISPOSITION`]: it cannot be read as PHP reads it.
+    disposition_too_long: bool,
+    name: FieldName,
     has_name: bool,
     name_too_long: bool,
     uploaded: bool,
+    /// A `Content-Disposition` header was read.
+    disposition: bool,
 }
 
 pub(crate) struct MultipartScanner {
@@ -57,6 +81,13 @@ pub(crate) struct MultipartScanner {
     state: State,
     head: PartHead,
     seen_bytes: bool,
+    /// Bytes the window may hold: [`WINDOW`], or more for a long delimiter.
+    window_cap: usize,
+    /// The last delimiter line seen was the closing one (`--boundary--`) and no part has
+    /// started since: the body may end here without being malformed.
+    closed: bool,
+    /// Parts with a `Content-Disposition` so far, which PHP limits.
+    parts: u64,
 }
 
 impl MultipartScanner {
@@ -72,23 +103,26 @@ impl MultipartScanner {
         window.push(b'\n');
         Some(MultipartScanner {
             delimiter_len: delimiter.len(),
+            window_cap: WINDOW.max(delimiter.len().saturating_mul(2)),
             delimiter: Finder::new(&delimiter).into_owned(),
             window,
             state: State::Content,
             head: PartHead::default(),
             seen_bytes: false,
+            closed: false,
+            parts: 0,
         })
     }
 
     pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut FieldCollector) {
         self.seen_bytes |= !input.is_empty();
-        while !input.is_empty() && self.state != State::Epilogue {
-            if self.window.capacity() < WINDOW {
-                let more = WINDOW - self.window.len();
+        while !input.is_empty() && self.state != State::Abandoned {
+            if self.window.capacity() < self.window_cap {
+                let more = self.window_cap - self.window.len();
                 self.window.reserve_exact(more);
             }
             // `drain` leaves at most a delimiter's length, so there is always room.
-            let room = WINDOW.saturating_sub(self.window.len()).max(1);
+            let room = self.window_cap.saturating_sub(self.window.len()).max(1);
             let (piece, rest) = input.split_at(room.min(input.len()));
             self.window.extend_from_slice(piece);
             input = rest;
@@ -101,8 +135,9 @@ impl MultipartScanner {
     pub(crate) fn gap(&mut self, len: u64, out: &mut FieldCollector) {
         self.seen_bytes = true;
         match self.state {
-            State::Epilogue => {}
-            State::Content => {
+            State::Abandoned => {}
+            State::Content | State::SkipFromLineStart => {
+                self.state = State::Content;
                 // What was held back is content (or a delimiter that can no longer complete).
                 if out.wants_value() {
                     out.value(&self.window);
@@ -110,7 +145,7 @@ impl MultipartScanner {
                 self.window.clear();
                 out.value_lost(len);
             }
-            State::AfterDelimiter { .. } | State::DelimiterLine | State::Head => {
+            State::DelimiterLine { .. } | State::Head => {
                 out.problem(BodyProblem::Gap);
                 self.window.clear();
                 self.skip_part(out);
@@ -120,18 +155,23 @@ impl MultipartScanner {
 
     pub(crate) fn finish(&mut self, out: &mut FieldCollector) {
         match self.state {
-            State::Content => {
+            State::Content | State::SkipFromLineStart => {
                 if out.wants_value() {
                     out.value(&self.window);
                 }
-                if self.seen_bytes {
+                if self.seen_bytes && !self.closed {
                     // A part without its closing delimiter (or no delimiter at all): PHP may
                     // see something other than we did.
                     out.problem(BodyProblem::MalformedMultipart);
                 }
             }
-            State::DelimiterLine | State::Head => out.problem(BodyProblem::MalformedMultipart),
-            State::AfterDelimiter { .. } | State::Epilogue => {}
+            State::DelimiterLine { dashes, .. } => {
+                if dashes < 2 {
+                    out.problem(BodyProblem::MalformedMultipart);
+                }
+            }
+            State::Head => out.problem(BodyProblem::MalformedMultipart),
+            State::Abandoned => {}
         }
         self.window.clear();
         out.close();
@@ -154,30 +194,12 @@ impl MultipartScanner {
             // `None`: wait for more bytes.
             let used = match self.state {
                 State::Content => Some(self.read_content(avail, out)).filter(|&n| n > 0),
-                State::AfterDelimiter { dashes } => Some(match (avail.first(), dashes) {
-                    (Some(b'-'), 0) => {
-                        self.state = State::AfterDelimiter { dashes: 1 };
-                        1
-                    }
-                    (Some(b'-'), _) => {
-                        self.state = State::Epilogue;
-                        1
-                    }
-                    _ => {
-                        self.state = State::DelimiterLine;
-                        self.head = PartHead::default_with(std::mem::take(&mut self.head));
-                        0
-                    }
-                }),
-                State::DelimiterLine => Some(match memchr::memchr(b'\n', avail) {
-                    Some(at) => {
-                        self.state = State::Head;
-                        at + 1
-                    }
-                    None => avail.len(),
-                }),
+                State::DelimiterLine { len, dashes, cr } => {
+                    Some(self.read_delimiter_line(avail, len, dashes, cr))
+                }
                 State::Head => Some(self.read_head(avail, out)),
-                State::Epilogue => Some(avail.len()),
+                State::SkipFromLineStart => self.skip_from_line_start(avail),
+                State::Abandoned => Some(avail.len()),
             };
             let Some(used) = used else {
                 break;
@@ -199,7 +221,11 @@ impl MultipartScanner {
                     out.value(content);
                 }
                 out.close();
-                self.state = State::AfterDelimiter { dashes: 0 };
+                self.state = State::DelimiterLine {
+                    len: 0,
+                    dashes: 0,
+                    cr: false,
+                };
                 at + self.delimiter_len
             }
             None => {
@@ -213,79 +239,184 @@ impl MultipartScanner {
         }
     }
 
+    /// Reads the rest of a line that began with `--boundary`, as PHP's `find_boundary`
+    /// compares it: only an otherwise empty line starts a part; after any other, lines are
+    /// skipped up to the next one that does.
+    fn read_delimiter_line(&mut self, avail: &[u8], len: usize, dashes: u8, cr: bool) -> usize {
+        let end = memchr::memchr(b'\n', avail);
+        let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
+        let mut dashes = dashes;
+        for (i, &b) in piece.iter().enumerate().take(2) {
+            if len + i == usize::from(dashes) && b == b'-' {
+                dashes += 1;
+            }
+        }
+        let cr = piece.last().map_or(cr, |&b| b == b'\r');
+        let len = len.saturating_add(piece.len());
+        let Some(at) = end else {
+            self.state = State::DelimiterLine { len, dashes, cr };
+            return avail.len();
+        };
+        if len == 0 || (len == 1 && cr) {
+            self.closed = false;
+            self.head = PartHead::default_with(std::mem::take(&mut self.head));
+            self.state = State::Head;
+        } else {
+            self.closed |= dashes == 2;
+            // Not a delimiter line: PHP skips lines; the `\n` just read may precede one.
+            self.state = State::Content;
+            return at;
+        }
+        at + 1
+    }
+
+    /// `None`: too few bytes yet to tell whether a delimiter line starts here.
+    fn skip_from_line_start(&mut self, avail: &[u8]) -> Option<usize> {
+        let dashes_boundary = self.delimiter.needle().get(1..).unwrap_or_default();
+        let n = dashes_boundary.len().min(avail.len());
+        if avail.get(..n) != dashes_boundary.get(..n) {
+            self.state = State::Content;
+            return Some(0);
+        }
+        if n < dashes_boundary.len() {
+            return None;
+        }
+        self.state = State::DelimiterLine {
+            len: 0,
+            dashes: 0,
+            cr: false,
+        };
+        Some(n)
+    }
+
+    /// Reads part-head lines of any length and number, as PHP does, keeping only the
+    /// `Content-Disposition` header (bounded) and a bounded start of each line.
     fn read_head(&mut self, avail: &[u8], out: &mut FieldCollector) -> usize {
         let end = memchr::memchr(b'\n', avail);
         let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
         let used = end.map_or(avail.len(), |at| at + 1);
-        self.head.bytes = self.head.bytes.saturating_add(used);
-        if self.head.bytes > MAX_PART_HEAD {
-            out.problem(BodyProblem::MalformedMultipart);
-            self.skip_part(out);
-            return used;
-        }
-        self.head.line.extend_from_slice(piece);
+        self.head.line_has_colon |= memchr::memchr(b':', piece).is_some();
+        let room = MAX_PART_LINE.saturating_sub(self.head.line.len());
+        self.head
+            .line
+            .extend_from_slice(piece.get(..room.min(piece.len())).unwrap_or_default());
+        self.head.line_len = self.head.line_len.saturating_add(piece.len());
         if end.is_none() {
             return used;
         }
         let mut line = std::mem::take(&mut self.head.line);
-        if line.last() == Some(&b'\r') {
+        let whole = self.head.line_len == line.len();
+        if whole && line.last() == Some(&b'\r') {
             line.pop();
         }
-        if line.is_empty() {
+        if whole && line.is_empty() {
             self.end_header();
             self.begin_part(out);
-        } else if matches!(line.first(), Some(b' ' | b'\t')) && !self.head.header.is_empty() {
-            // A folded header goes on.
-            self.head.header.extend_from_slice(&line);
+        } else if line.first().is_some_and(|&b| is_c_space(b)) || !self.head.line_has_colon {
+            // PHP appends a line that starts with a blank, or has no colon, to the header
+            // before it (and drops it when there is none).
+            if self.head.header_is_disposition {
+                self.keep_disposition_line(&line, whole);
+            }
         } else {
             self.end_header();
-            self.head.header.extend_from_slice(&line);
+            let colon = memchr::memchr(b':', &line);
+            // PHP compares the name as written (no blanks trimmed), in any case; the first
+            // `Content-Disposition` header is the one it reads.
+            let name = colon.and_then(|c| line.get(..c)).unwrap_or_default();
+            if name.eq_ignore_ascii_case(b"content-disposition") && !self.head.disposition {
+                self.head.header_is_disposition = true;
+                self.keep_disposition_line(&line, whole);
+            }
         }
         line.clear();
         self.head.line = line;
+        self.head.line_len = 0;
+        self.head.line_has_colon = false;
         used
     }
 
+    fn keep_disposition_line(&mut self, line: &[u8], whole: bool) {
+        if !whole || self.head.header.len().saturating_add(line.len()) > MAX_DISPOSITION {
+            self.head.disposition_too_long = true;
+        } else {
+            self.head.header.extend_from_slice(line);
+        }
+    }
+
     fn begin_part(&mut self, out: &mut FieldCollector) {
+        self.state = State::Content;
+        if self.head.disposition_too_long {
+            out.problem(BodyProblem::MalformedMultipart);
+            out.drop_open_field();
+            return;
+        }
+        if !self.head.disposition {
+            // PHP skips a part without a disposition line by line (no field, not counted).
+            out.drop_open_field();
+            self.state = State::SkipFromLineStart;
+            return;
+        }
+        self.parts = self.parts.saturating_add(1);
+        if self.parts > out.max_input_vars().saturating_add(PHP_MAX_FILE_UPLOADS) {
+            // PHP's `max_multipart_body_parts` (by default `max_input_vars` +
+            // `max_file_uploads`): it reads no further.
+            out.problem(BodyProblem::InputVarsExceeded);
+            out.drop_open_field();
+            self.state = State::Abandoned;
+            return;
+        }
+        if !self.head.has_name && !self.head.uploaded {
+            // PHP: "File Upload Mime headers garbled", and it reads no further.
+            out.problem(BodyProblem::MalformedMultipart);
+            out.drop_open_field();
+            self.state = State::Abandoned;
+            return;
+        }
         if self.head.name_too_long {
             out.problem(BodyProblem::FieldTooLong);
         }
         if self.head.has_name && !self.head.name_too_long {
-            out.begin(&self.head.name, self.head.uploaded);
+            out.begin(self.head.name.as_bytes(), self.head.uploaded);
         } else {
-            out.begin(b"", false);
+            out.begin(b"", self.head.uploaded);
         }
-        self.state = State::Content;
     }
 
     /// Interprets the complete header held in `head.header`, then clears it.
     fn end_header(&mut self) {
+        if !std::mem::take(&mut self.head.header_is_disposition) {
+            return;
+        }
+        self.head.disposition = true;
         let header = std::mem::take(&mut self.head.header);
-        if let Some(colon) = memchr::memchr(b':', &header) {
-            let (name, value) = header.split_at(colon);
-            if name
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"content-disposition")
-            {
-                self.read_disposition(value.get(1..).unwrap_or_default());
-            }
+        if !self.head.disposition_too_long {
+            let colon = memchr::memchr(b':', &header).map_or(header.len(), |c| c + 1);
+            self.read_disposition(header.get(colon..).unwrap_or_default());
         }
         self.head.header = header;
         self.head.header.clear();
     }
 
     fn read_disposition(&mut self, value: &[u8]) {
-        // The first word (`form-data`) is not checked, as in PHP.
-        for param in split_unquoted(value, b';').skip(1) {
-            let param = param.trim_ascii_start();
+        // Every `;`-separated word with an `=` is a parameter, the first too: PHP does not check
+        // for `form-data`, nor require it.
+        for param in split_unquoted(value, b';') {
+            let start = param
+                .iter()
+                .position(|&b| !is_c_space(b))
+                .unwrap_or(param.len());
+            let param = param.get(start..).unwrap_or_default();
             let Some(eq) = memchr::memchr(b'=', param) else {
                 continue;
             };
             let (key, rest) = param.split_at(eq);
             let rest = rest.get(1..).unwrap_or_default();
             if key.eq_ignore_ascii_case(b"name") {
-                self.head.name.clear();
-                self.head.name_too_long = !param_value(rest, MAX_FIELD_NAME, &mut self.head.name);
+                let name = &mut self.head.name;
+                name.clear();
+                param_value(rest, &mut |b| name.push(&[b]));
+                self.head.name_too_long = name.too_long();
                 self.head.has_name = true;
             } else if key.eq_ignore_ascii_case(b"filename") {
                 self.head.uploaded = true;
@@ -317,18 +448,26 @@ impl PartHead {
 }
 
 /// The boundary in a `multipart/form-data` content type, found as PHP finds it: after the first
-/// `boundary` (any case) and the `=` that follows, either quoted or up to `,` or `;`.
+/// `boundary` (or, when there is none in lower case, the first in any case) and the `=` that
+/// follows, either quoted or up to `,` or `;`. It may be empty, as for PHP.
 fn boundary(content_type: &[u8]) -> Option<&[u8]> {
-    let at = content_type
-        .windows(8)
-        .position(|w| w.eq_ignore_ascii_case(b"boundary"))?;
+    let at = memchr::memmem::find(content_type, b"boundary").or_else(|| {
+        content_type
+            .windows(8)
+            .position(|w| w.eq_ignore_ascii_case(b"boundary"))
+    })?;
     let rest = content_type.get(at + 8..)?;
     let rest = rest.get(memchr::memchr(b'=', rest)? + 1..)?;
     let boundary = match rest.strip_prefix(b"\"") {
         Some(quoted) => quoted.get(..memchr::memchr(b'"', quoted)?)?,
         None => rest.get(..memchr::memchr2(b',', b';', rest).unwrap_or(rest.len()))?,
     };
-    (!boundary.is_empty() && boundary.len() <= MAX_BOUNDARY).then_some(boundary)
+    (boundary.len() <= MAX_BOUNDARY).then_some(boundary)
+}
+
+/// C's `isspace`, which PHP uses on part heads.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 /// Splits at `stop` outside `"..."` / `'...'` quotes (a backslash escapes the quote character),
@@ -359,41 +498,40 @@ fn split_unquoted(text: &[u8], stop: u8) -> impl Iterator<Item = &[u8]> {
 /// Copies a parameter value into `out` as PHP's `php_ap_getword_conf` reads it: leading blanks
 /// skipped, then a quoted string (with `\"` for a quote) or a word up to a blank. Returns false
 /// when it is longer than `limit`.
-fn param_value(text: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
-    let text = text.trim_ascii_start();
-    let mut push = |b: u8| {
-        if out.len() >= limit {
-            return false;
-        }
-        out.push(b);
-        true
-    };
-    match text.first() {
-        Some(&q) if q == b'"' || q == b'\'' => {
-            let mut bytes = text.get(1..).unwrap_or_default().iter().peekable();
-            while let Some(&b) = bytes.next() {
-                if b == q {
-                    break;
-                }
-                let b = if b == b'\\' && bytes.peek() == Some(&&q) {
-                    bytes.next().copied().unwrap_or(b)
-                } else {
-                    b
-                };
-                if !push(b) {
-                    return false;
-                }
-            }
-        }
+fn param_value(text: &[u8], out: &mut impl FnMut(u8)) {
+    let start = text
+        .iter()
+        .position(|&b| !is_c_space(b))
+        .unwrap_or(text.len());
+    let text = text.get(start..).unwrap_or_default();
+    // PHP's `substring_conf`: up to the closing quote (quoted) or a blank (unquoted); a
+    // backslash escapes a backslash, and in quotes the quote.
+    let (quote, body) = match text.first() {
+        Some(&q) if q == b'"' || q == b'\'' => (Some(q), text.get(1..).unwrap_or_default()),
         _ => {
-            for &b in text.iter().take_while(|b| !b.is_ascii_whitespace()) {
-                if !push(b) {
-                    return false;
-                }
-            }
+            let end = text
+                .iter()
+                .position(|&b| is_c_space(b))
+                .unwrap_or(text.len());
+            (None, text.get(..end).unwrap_or_default())
         }
+    };
+    let mut bytes = body.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        if Some(b) == quote {
+            break;
+        }
+        let escaped = b == b'\\'
+            && bytes
+                .peek()
+                .is_some_and(|&&n| n == b'\\' || Some(n) == quote);
+        let b = if escaped {
+            bytes.next().copied().unwrap_or(b)
+        } else {
+            b
+        };
+        out(b);
     }
-    true
 }
 
 #[cfg(test)]
@@ -414,11 +552,25 @@ mod tests {
         );
         assert_eq!(b("multipart/form-data; boundary=\"abc"), None);
         assert_eq!(b("multipart/form-data"), None);
-        assert_eq!(b("multipart/form-data; boundary="), None);
+        assert_eq!(b("multipart/form-data; boundary="), Some("".into()));
+        assert_eq!(
+            b("multipart/form-data; BOUNDARY=upper; boundary=lower"),
+            Some("lower".into()),
+            "the lower-case spelling is looked for first"
+        );
+        assert_eq!(
+            b("multipart/form-data; xboundary=in-another; boundary=b"),
+            Some("in-another".into())
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(
+            b(&format!("multipart/form-data; boundary={long}")),
+            Some(long.clone())
+        );
         assert_eq!(
             b(&format!(
                 "multipart/form-data; boundary={}",
-                "x".repeat(300)
+                "x".repeat(MAX_BOUNDARY + 1)
             )),
             None
         );
@@ -429,13 +581,14 @@ mod tests {
         let words: Vec<&[u8]> =
             split_unquoted(br#"form-data; name="a;b"; filename='x\'y;z'"#, b';').collect();
         assert_eq!(words.len(), 3);
-        let mut out = Vec::new();
-        assert!(param_value(br#" "to\"ken" rest"#, 64, &mut out));
-        assert_eq!(out, b"to\"ken");
-        out.clear();
-        assert!(param_value(b"token more", 64, &mut out));
-        assert_eq!(out, b"token");
-        out.clear();
-        assert!(!param_value(b"\"0123456789\"", 4, &mut out));
+        let value = |text: &[u8]| {
+            let mut out = Vec::new();
+            param_value(text, &mut |b| out.push(b));
+            out
+        };
+        assert_eq!(value(br#" "to\"ken" rest"#), b"to\"ken");
+        assert_eq!(value(b"token more"), b"token");
+        assert_eq!(value(br#"'a\\b\'c' d"#), br"a\b'c");
+        assert_eq!(value(b"\x0b tok\\\\en\x0bx"), br"tok\en");
     }
 }

@@ -1,10 +1,12 @@
 //! Which request paths are REDCap API endpoints.
 //!
 //! Owns the path patterns (`**` any characters, `*` any characters but `/`, the rest literal and
-//! case-sensitive) and the normalisation a web server applies before choosing a script
-//! (`%XX` decoding, `//` merging, `.`/`..` segments), so that an encoded or padded path is no way
-//! around the matcher. Matching is a small bit-parallel automaton: no backtracking, and no
-//! allocation unless the path needs normalising.
+//! case-sensitive) and the resolution a web server applies to a request target before choosing a
+//! script (absolute-form `http://host` dropped, query and fragment cut, `%XX` decoding, `//`
+//! merging, `.`/`..` segments, and `PATH_INFO` after a `.php` segment), so that an encoded or
+//! padded path is no way around the matcher. Where Apache and nginx differ the matcher takes the
+//! union (`%2F` is a `/`: nginx decodes it, Apache answers 404). Matching is a small bit-parallel
+//! automaton: no backtracking, and no allocation unless the path needs normalising.
 
 use std::borrow::Cow;
 
@@ -20,6 +22,11 @@ pub const DEFAULT_API_PATHS: [&str; 4] = [
 /// Most pattern elements (literal bytes and wildcards) one pattern may have; the automaton's
 /// states fit in a `u128`.
 const MAX_PATTERN_ELEMENTS: usize = 127;
+
+/// Most `.php/` segments of one path tried as the script before its `PATH_INFO`: bounds the
+/// work a hostile path can cause (Apache runs the first existing script, nginx's usual
+/// `fastcgi_split_path_info` the last; a real path has one).
+const MAX_SCRIPT_CANDIDATES: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiPathError {
@@ -51,11 +58,19 @@ impl ApiPaths {
         Ok(ApiPaths { patterns })
     }
 
-    /// Whether `path` (a request target; any query string is ignored) names an API endpoint.
-    pub fn matches(&self, path: &str) -> bool {
-        let path = path.split('?').next().unwrap_or_default();
-        let path = normalise(path.as_bytes());
-        self.patterns.iter().any(|p| p.matches(&path))
+    /// Whether the request target (origin-form `/a/b?q` or absolute-form `http://host/a/b`)
+    /// runs an API endpoint: its resolved path matches a pattern, or the part of it up to a
+    /// `.php` segment does (the rest is `PATH_INFO`, as in `/api/index.php/x`, which Apache's
+    /// `AcceptPathInfo` default and nginx's `fastcgi_split_path_info` both run as the script).
+    pub fn matches(&self, target: &str) -> bool {
+        let path = normalise(target_path(target.as_bytes()));
+        if self.patterns.iter().any(|p| p.matches(&path)) {
+            return true;
+        }
+        memchr::memmem::find_iter(&path, b".php/")
+            .take(MAX_SCRIPT_CANDIDATES)
+            .filter_map(|at| path.get(..at + 4))
+            .any(|script| self.patterns.iter().any(|p| p.matches(script)))
     }
 }
 
@@ -173,6 +188,34 @@ impl PathPattern {
     }
 }
 
+/// The path part of a request target: an absolute-form target's scheme and authority dropped,
+/// and everything from the first `?` (query) or `#` (fragment; Apache and nginx both cut it)
+/// dropped. Escapes are not decoded yet, so `%3F` stays part of the path, as for the server.
+fn target_path(target: &[u8]) -> &[u8] {
+    let path = match scheme_end(target) {
+        Some(after_scheme) => {
+            let authority = target.get(after_scheme..).unwrap_or_default();
+            let path_start =
+                memchr::memchr3(b'/', b'?', b'#', authority).unwrap_or(authority.len());
+            authority.get(path_start..).unwrap_or_default()
+        }
+        None => target,
+    };
+    let end = memchr::memchr2(b'?', b'#', path).unwrap_or(path.len());
+    path.get(..end).unwrap_or_default()
+}
+
+/// Where the authority starts in an absolute-form target (`scheme://`), if it is one.
+fn scheme_end(target: &[u8]) -> Option<usize> {
+    let colon = memchr::memchr(b':', target)?;
+    let scheme = target.get(..colon)?;
+    let valid = scheme.first()?.is_ascii_alphabetic()
+        && scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    (valid && target.get(colon..colon + 3) == Some(b"://")).then_some(colon + 3)
+}
+
 /// The path as the web server resolves it: `%XX` decoded once, repeated `/` merged, `.` and
 /// `..` segments removed. Borrowed when nothing needs doing, which is the common case.
 fn normalise(path: &[u8]) -> Cow<'_, [u8]> {
@@ -283,6 +326,72 @@ mod tests {
     fn query_string_is_ignored() {
         assert!(matches("/redcap/api/?content=record"));
         assert!(!matches("/redcap/index.php?x=/api/"));
+    }
+
+    #[test]
+    fn fragment_is_cut_as_the_server_cuts_it() {
+        assert!(matches("/redcap/api/#x"));
+        assert!(matches("/redcap/api/#/../x"));
+        assert!(!matches("/redcap/index.php#/api/"));
+        // Encoded, `?` and `#` are part of the path: not the API.
+        assert!(!matches("/redcap/api/%3Fx"));
+        assert!(!matches("/redcap/api/%23x"));
+    }
+
+    #[test]
+    fn absolute_form_targets_are_matched_on_their_path() {
+        let anchored = ApiPaths::new(&["/redcap/api/".to_string()]).unwrap();
+        for target in [
+            "http://redcap.example.org/redcap/api/",
+            "HTTP://redcap.example.org:8080/redcap/api/?x=1",
+            "https://user@redcap.example.org/redcap//./api/",
+        ] {
+            assert!(anchored.matches(target), "{target} should match");
+        }
+        assert!(!anchored.matches("http://redcap.example.org"));
+        assert!(!anchored.matches("http://redcap.example.org?/redcap/api/"));
+        assert!(!anchored.matches("/x/http://h/redcap/api/"));
+    }
+
+    #[test]
+    fn path_info_after_a_php_script_runs_that_script() {
+        for path in [
+            "/redcap/api/index.php/",
+            "/redcap/api/index.php/anything",
+            "/redcap/api/index.php/a/b.php/c?x",
+            "/redcap/api//index.php//x",
+            "/redcap/api/index.php%2Fx",
+            "/redcap/redcap_v15.7.6/API/index.php/x",
+        ] {
+            assert!(matches(path), "{path} should match");
+        }
+        // The whole path is tried too, for an install directory whose name ends in `.php`
+        // (then Apache walks on through it): so `/redcap/index.php/api/`, which runs
+        // `index.php`, counts as well; a superset, never a way around.
+        assert!(matches("/redcap.php/api/"));
+        assert!(matches("/redcap/index.php/api/"));
+        for path in [
+            "/redcap/api/index.phpx/y",
+            "/redcap/api/other.php/x",
+            "/redcap/api/index.php.bak",
+        ] {
+            assert!(!matches(path), "{path} should not match");
+        }
+    }
+
+    #[test]
+    fn many_php_segments_are_tried_a_bounded_number_of_times() {
+        let mut path = "/x.php/".repeat(MAX_SCRIPT_CANDIDATES);
+        path.push_str("api/index.php/y");
+        assert!(!matches(&path), "past the candidate limit");
+        assert!(matches(&path.replacen("/x.php/", "/", 1)));
+    }
+
+    #[test]
+    fn very_long_paths_are_matched_to_the_end() {
+        let long = format!("/{}/api/", "a".repeat(100_000));
+        assert!(matches(&long));
+        assert!(!matches(&format!("{long}x")));
     }
 
     #[test]

@@ -283,7 +283,7 @@ fn multipart_uploads_other_than_file_are_not_post_fields() {
 #[test]
 fn multipart_head_variants_are_understood() {
     let body = format!(
-        "preamble\r\n--{BOUNDARY}  \r\ncontent-disposition: form-data;\r\n\tname=token\r\n\r\n{TOKEN}\r\n\
+        "preamble\r\n--{BOUNDARY}\r\ncontent-disposition: form-data;\r\n\tname=token\r\n\r\n{TOKEN}\r\n\
          --{BOUNDARY}\nContent-Type: text/plain\nContent-Disposition: form-data; NAME='con\\'tent'\n\ncontent-value\n\
          --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\njson\r\n--{BOUNDARY}--\r\nepilogue"
     );
@@ -711,4 +711,330 @@ fn api_call_completeness_follows_body_problems() {
     let (ok, stats) = complete("token=ABC&content=gap");
     assert!(!ok);
     assert_eq!((stats.body_gap, stats.incomplete), (1, 1));
+}
+
+#[test]
+fn api_call_with_an_unreadable_head_is_counted_with_an_unreadable_token() {
+    let mut ex = exchange("", Some(response(BodyDecoding::Identity)));
+    ex.body = FormBody::for_content_type(None);
+    ex.incomplete = Some(crate::http::Incomplete::UnreadableHead);
+    let call = ApiCall::from_exchange(ex, &key(), KEEP);
+    assert_eq!(call.token, Err(TokenProblem::Unreadable));
+    assert_eq!(
+        call.body_problem, None,
+        "no body was read, so none is blamed"
+    );
+    assert!(!call.complete);
+    let mut stats = RedcapStats::default();
+    stats.count(&call);
+    assert_eq!((stats.token_unreadable, stats.token_missing), (1, 0));
+    assert_eq!((stats.unsupported_content_type, stats.incomplete), (0, 1));
+}
+
+/// Fields PHP's rfc1867 parser reads from `body` (boundary [`BOUNDARY`]), as a token and a format.
+fn php_multipart(body: &str) -> (Option<Result<String, TokenProblem>>, Option<String>) {
+    let f = multipart(body.as_bytes());
+    (token_of(&f), f.params.format)
+}
+
+fn part(head: &str, value: &str) -> String {
+    format!("--{BOUNDARY}\r\n{head}\r\n\r\n{value}\r\n")
+}
+
+const END: &str = "--d7a1c6e0f2b34f0e9a5b--\r\n";
+
+#[test]
+fn only_an_exact_delimiter_line_starts_a_part_as_in_php() {
+    let token = part("Content-Disposition: form-data; name=\"token\"", TOKEN);
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    assert_eq!(php_multipart(&format!("{token}{END}")).0, ok);
+    // Transport padding after the boundary: PHP's `find_boundary` compares whole lines.
+    let padded = token.replacen(BOUNDARY, &format!("{BOUNDARY} "), 1);
+    assert_eq!(php_multipart(&format!("{padded}{END}")).0, None);
+    // A line that merely starts with the delimiter ends the value before it, and the lines
+    // after it are skipped up to the next exact delimiter line.
+    let body = format!(
+        "{token}--{BOUNDARY}x\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\nAAAA\r\n{END}"
+    );
+    assert_eq!(php_multipart(&body).0, ok);
+}
+
+#[test]
+fn a_part_after_the_closing_delimiter_is_still_read_as_php_reads_it() {
+    let body = format!(
+        "{}{END}{}{END}",
+        part("Content-Disposition: form-data; name=\"format\"", "csv"),
+        part("Content-Disposition: form-data; name=\"token\"", TOKEN)
+    );
+    let f = multipart(body.as_bytes());
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, None);
+    // An epilogue without a delimiter line is not malformed.
+    let body = format!(
+        "{}{END}trailing text\r\n",
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    assert_eq!(multipart(body.as_bytes()).problem, None);
+}
+
+#[test]
+fn part_heads_are_read_as_php_reads_them() {
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    let read = |head: &str| php_multipart(&format!("{}{END}", part(head, TOKEN))).0;
+    // No `form-data` first word: PHP reads every `key=value` word.
+    assert_eq!(read("Content-Disposition: name=token"), ok);
+    // A line without a colon continues the header before it.
+    assert_eq!(
+        read("Content-Disposition: form-data;\r\nname=\"token\""),
+        ok
+    );
+    assert_eq!(read("CONTENT-DISPOSITION:form-data;name=token"), ok);
+    // The header name is compared as written: a blank before the colon makes it another one.
+    assert_eq!(read("Content-Disposition : form-data; name=token"), None);
+    // The key too: `name =` is not `name`.
+    assert_eq!(read("Content-Disposition: form-data; name =token"), None);
+    // An empty filename still makes the part an upload, not a `$_POST` field.
+    assert_eq!(
+        read("Content-Disposition: form-data; name=token; filename=\"\""),
+        None
+    );
+    // The last `name` of a disposition wins.
+    assert_eq!(
+        read("Content-Disposition: form-data; name=format; name=token"),
+        ok
+    );
+    // A `Content-Disposition` naming neither a field nor a file makes PHP stop reading.
+    let body = format!(
+        "{}{}{END}",
+        part("Content-Disposition: form-data", "x"),
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    let f = multipart(body.as_bytes());
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+    // A part with no disposition at all is skipped, and reading goes on.
+    let body = format!(
+        "{}{}{END}",
+        part("Content-Type: text/plain", "x"),
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    assert_eq!(php_multipart(&body).0, ok);
+    // PHP skips it line by line from its first byte: a delimiter line there starts a part,
+    // with no line end before it (a field's content would need one).
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\n{}{END}",
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    assert_eq!(php_multipart(&body).0, ok);
+    for size in 1..12 {
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
+        let f = read_chunks(Some(&multipart_type()), &chunks);
+        assert_eq!(token_of(&f), ok, "chunks of {size}");
+    }
+    let body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=content\r\n\r\n{}{END}",
+        part("Content-Disposition: form-data; name=token", TOKEN)
+    );
+    assert_eq!(
+        php_multipart(&body).0,
+        None,
+        "a field's value runs to `\\n--boundary`"
+    );
+}
+
+#[test]
+fn empty_and_long_boundaries_work_as_in_php() {
+    let body =
+        format!("--\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n----\r\n");
+    let f = read_chunks(Some("multipart/form-data; boundary="), &[body.as_bytes()]);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    let long = "b".repeat(9000);
+    let body = format!(
+        "--{long}\r\nContent-Disposition: form-data; name=token\r\n\r\n{TOKEN}\r\n--{long}--\r\n"
+    );
+    let content_type = format!("multipart/form-data; boundary={long}");
+    for size in [1, 7, 4096, body.len()] {
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
+        let f = read_chunks(Some(&content_type), &chunks);
+        assert_eq!(
+            token_of(&f),
+            Some(Ok(fingerprint(TOKEN))),
+            "chunks of {size}"
+        );
+        assert_eq!(f.problem, None);
+    }
+}
+
+#[test]
+fn max_input_vars_counts_fields_as_php_does() {
+    let read = |content_type: &str, max: u64, body: &[u8]| {
+        let mut form = FormBody::new(Some(content_type), max);
+        form.feed(body);
+        form.finish()
+    };
+    // Urlencoded: an empty piece counts; the field one past the limit is the last assigned.
+    let f = read(
+        URLENCODED,
+        2,
+        format!("a=1&&token={TOKEN}&token=0000").as_bytes(),
+    );
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    let f = read(
+        URLENCODED,
+        3,
+        format!("a=1&&token={TOKEN}&token=0000").as_bytes(),
+    );
+    assert_eq!(token_of(&f), Some(Ok(fingerprint("0000"))));
+    assert_eq!(f.problem, None);
+    // Multipart: a part without a disposition and an upload are not counted; fields past the
+    // limit are dropped.
+    let mut body = format!("--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n").into_bytes();
+    body.extend(multipart_body(
+        &[("content", "record"), ("token", TOKEN), ("token", "0000")],
+        &[("file", "f.csv", b"1,2")],
+    ));
+    let f = read(&multipart_type(), 2, &body);
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    assert_eq!(
+        f.params.data_bytes,
+        Some(3),
+        "the upload after the limit is read"
+    );
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    // Past max_input_vars + 20 parts with a disposition, PHP stops reading.
+    let uploads: Vec<(&str, &str, &[u8])> = vec![("u", "u.txt", b"u"); 21];
+    let mut body = multipart_body(&[], &uploads);
+    body.truncate(body.len() - format!("--{BOUNDARY}--\r\n").len());
+    body.extend(multipart_body(&[("token", TOKEN)], &[]));
+    let f = read(&multipart_type(), 1, &body);
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::InputVarsExceeded));
+    assert_eq!(
+        token_of(&read(&multipart_type(), 2, &body)),
+        Some(Ok(fingerprint(TOKEN)))
+    );
+}
+
+#[test]
+fn hostile_multipart_bodies_never_panic_and_stay_bounded() {
+    let mut x = 7u32;
+    let mut next = move || {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        x >> 8
+    };
+    let delimiter = format!("--{BOUNDARY}");
+    let alphabet: Vec<Vec<u8>> = [
+        delimiter.as_str(),
+        "--",
+        "\r\n",
+        "\n",
+        "\r",
+        " ",
+        "Content-Disposition: form-data; name=token",
+        "Content-Disposition: name=\"to\\\"ken\"; filename=",
+        "Content-Disposition: form-data",
+        "content-type: text/plain",
+        "\tname=token",
+        TOKEN,
+        "x",
+        "'",
+        "\"",
+        ";",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    for round in 0..300 {
+        let mut body = Vec::new();
+        for _ in 0..(next() % 200) {
+            body.extend_from_slice(&alphabet[next() as usize % alphabet.len()]);
+        }
+        let max_vars = u64::from(next() % 4);
+        let mut reader = FormBody::new(Some(&multipart_type()), max_vars);
+        let mut most_held = 0;
+        let mut rest = body.as_slice();
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at((next() as usize % 9 + 1).min(rest.len()));
+            if next() % 50 == 0 {
+                reader.gap(u64::from(next() % 20));
+            }
+            reader.feed(chunk);
+            most_held = most_held.max(reader.buffered_bytes());
+            rest = tail;
+        }
+        assert!(
+            most_held <= 16 * 1024,
+            "round {round}: held {most_held} bytes"
+        );
+        let _ = reader.finish();
+    }
+}
+
+#[test]
+fn part_heads_of_any_size_are_read_in_bounded_memory_as_php_reads_them() {
+    let pad = format!("X-Pad: {}", "p".repeat(10_000));
+    let many: String = (0..2000).map(|i| format!("X-{i}: v\r\n")).collect();
+    let folded_pad = format!("X-Folded: a\r\n {}", "q".repeat(10_000));
+    for head in [
+        format!("{pad}\r\nContent-Disposition: form-data; name=token"),
+        format!("Content-Disposition: form-data; name=token\r\n{pad}"),
+        format!("{many}Content-Disposition: form-data; name=token"),
+        format!("{folded_pad}\r\nContent-Disposition: form-data; name=token"),
+    ] {
+        let body = format!("--{BOUNDARY}\r\n{head}\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n");
+        for size in [1448, 7] {
+            let mut reader = FormBody::for_content_type(Some(&multipart_type()));
+            let mut most_held = 0;
+            for chunk in body.as_bytes().chunks(size) {
+                reader.feed(chunk);
+                most_held = most_held.max(reader.buffered_bytes());
+            }
+            assert!(most_held <= 16 * 1024, "held {most_held} bytes");
+            let f = reader.finish();
+            assert_eq!(
+                token_of(&f),
+                Some(Ok(fingerprint(TOKEN))),
+                "{}",
+                &head[..20]
+            );
+            assert_eq!(f.problem, None);
+        }
+    }
+    // A disposition longer than we read is said to be malformed, and its part skipped.
+    let long = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; x=\"{}\"; name=token\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n",
+        "x".repeat(5000)
+    );
+    let f = multipart(long.as_bytes());
+    assert_eq!(token_of(&f), None);
+    assert_eq!(f.problem, Some(BodyProblem::MalformedMultipart));
+}
+
+#[test]
+fn names_php_shortens_are_read_however_long_they_are_sent() {
+    let ok = Some(Ok(fingerprint(TOKEN)));
+    let spaces = "+".repeat(1000);
+    let junk = "x".repeat(1000);
+    assert_eq!(token_of(&urlencoded(&format!("{spaces}token={TOKEN}"))), ok);
+    assert_eq!(
+        token_of(&urlencoded(&format!("token%00{junk}={TOKEN}"))),
+        ok
+    );
+    assert_eq!(
+        token_of(&urlencoded(&format!("%20%20token%00{junk}={TOKEN}"))),
+        ok
+    );
+    // Not shortened by PHP: still too long to be a field REDCap reads.
+    let f = urlencoded(&format!("token{junk}={TOKEN}"));
+    assert_eq!(
+        (token_of(&f), f.problem),
+        (None, Some(BodyProblem::FieldTooLong))
+    );
+    let head = format!(
+        "Content-Disposition: form-data; name=\"{}token\"",
+        " ".repeat(1000)
+    );
+    let body = format!("--{BOUNDARY}\r\n{head}\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n");
+    assert_eq!(token_of(&multipart(body.as_bytes())), ok);
 }

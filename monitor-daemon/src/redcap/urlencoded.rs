@@ -5,7 +5,7 @@
 //! name (bounded); never allocates per byte or per field.
 
 use super::BodyProblem;
-use super::form::{FieldCollector, MAX_FIELD_NAME};
+use super::form::{FieldCollector, FieldName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -20,8 +20,7 @@ enum State {
 pub(crate) struct UrlencodedScanner {
     state: State,
     /// The decoded name so far; cleared (capacity kept) for each field.
-    name: Vec<u8>,
-    name_too_long: bool,
+    name: FieldName,
     escape: Escape,
 }
 
@@ -29,8 +28,7 @@ impl UrlencodedScanner {
     pub(crate) fn new() -> UrlencodedScanner {
         UrlencodedScanner {
             state: State::Name,
-            name: Vec::with_capacity(64),
-            name_too_long: false,
+            name: FieldName::with_capacity(64),
             escape: Escape::None,
         }
     }
@@ -76,7 +74,7 @@ impl UrlencodedScanner {
     pub(crate) fn finish(&mut self, out: &mut FieldCollector) {
         match self.state {
             State::Name => {
-                if !self.name.is_empty() || self.escape != Escape::None {
+                if self.name.started() || self.escape != Escape::None {
                     self.end_name(out);
                 }
             }
@@ -125,37 +123,20 @@ impl UrlencodedScanner {
     }
 
     fn push_name(&mut self, raw: &[u8]) {
-        if self.name_too_long {
-            return;
-        }
         let name = &mut self.name;
-        let mut too_long = false;
-        self.escape.decode(raw, &mut |bytes| {
-            if name.len().saturating_add(bytes.len()) > MAX_FIELD_NAME {
-                too_long = true;
-            } else {
-                name.extend_from_slice(bytes);
-            }
-        });
-        self.name_too_long = too_long;
+        self.escape.decode(raw, &mut |bytes| name.push(bytes));
     }
 
     /// Opens the field named so far.
     fn end_name(&mut self, out: &mut FieldCollector) {
         let name = &mut self.name;
-        let mut too_long = self.name_too_long;
-        self.escape.flush(&mut |bytes| {
-            if name.len().saturating_add(bytes.len()) > MAX_FIELD_NAME {
-                too_long = true;
-            } else {
-                name.extend_from_slice(bytes);
-            }
-        });
+        self.escape.flush(&mut |bytes| name.push(bytes));
+        let too_long = self.name.too_long();
         if too_long {
             out.problem(BodyProblem::FieldTooLong);
         }
         // Too long to be a field REDCap reads: opening it as nameless makes it ignored.
-        out.begin(if too_long { b"" } else { &self.name }, false);
+        out.begin(if too_long { b"" } else { self.name.as_bytes() }, false);
         self.clear_name();
     }
 
@@ -166,7 +147,6 @@ impl UrlencodedScanner {
 
     fn clear_name(&mut self) {
         self.name.clear();
-        self.name_too_long = false;
         self.escape = Escape::None;
     }
 }
