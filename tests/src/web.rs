@@ -88,6 +88,27 @@ impl Nginx {
         pki: &TestPki,
         worker_processes: u32,
     ) -> Result<Nginx> {
+        Nginx::start_serving(
+            ns,
+            dir,
+            pki,
+            worker_processes,
+            &format!("upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n"),
+            "location / {\n      proxy_pass http://redcap;\n      proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }\n",
+        )
+    }
+
+    /// Starts nginx like [`Nginx::start`] with the caller's `http_conf` (inside `http {}`) and
+    /// `server_conf` (inside the `server {}` listening on 80 and 443 with the test certificate).
+    pub fn start_serving(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        worker_processes: u32,
+        http_conf: &str,
+        server_conf: &str,
+    ) -> Result<Nginx> {
         // At most 15 bytes: the kernel's process name field.
         let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
         let binary = dir.join(&name);
@@ -107,11 +128,10 @@ impl Nginx {
                  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
                  fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n\
                  scgi_temp_path {d}/nginx-scgi;\n  client_max_body_size 16m;\n\
-                 upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n\
+                 {http_conf}\
                  server {{\n    listen 80;\n    listen 443 ssl;\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                 location / {{\n      proxy_pass http://redcap;\n      proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+                 {server_conf}  }}\n}}\n",
                 cert = pki.server_cert.display(),
                 key = pki.server_key.display(),
             ),
@@ -241,6 +261,9 @@ header('Content-Type: application/json');
 echo '{"ok":true}';
 "#;
 
+/// Where Debian's Apache keeps its modules.
+pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
 /// Apache 2 (Debian's, prefork + mod_ssl + mod_php) under a unique process name: port 80
 /// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script.
 pub struct Apache {
@@ -255,7 +278,32 @@ impl Apache {
     /// subdirectory: the children run as www-data).
     pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
-        let modules = Path::new("/usr/lib/apache2/modules");
+        let docroot = dir.join("www");
+        let api = docroot.join("redcap/api");
+        std::fs::create_dir_all(&api)?;
+        std::fs::write(api.join("index.php"), API_PHP)?;
+        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(
+            api.join("index.php"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        Apache::start_serving(ns, dir, pki, &docroot, "")
+    }
+
+    /// Starts Apache like [`Apache::start`], serving the caller's `docroot` (readable by
+    /// www-data), with `extra_conf` appended to the server configuration (e.g. `LoadModule
+    /// dir_module ...` and `DirectoryIndex index.php`; [`APACHE_MODULES`] is the modules dir).
+    pub fn start_serving(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        docroot: &Path,
+        extra_conf: &str,
+    ) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new(APACHE_MODULES);
         let php = std::fs::read_dir(modules)
             .context("/usr/lib/apache2/modules (install apache2: `cargo xtask setup`)")?
             .flatten()
@@ -269,17 +317,7 @@ impl Apache {
         let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
-        let docroot = dir.join("www");
-        let api = docroot.join("redcap/api");
-        std::fs::create_dir_all(&api)?;
-        std::fs::write(api.join("index.php"), API_PHP)?;
-        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-        }
-        std::fs::set_permissions(
-            api.join("index.php"),
-            std::fs::Permissions::from_mode(0o644),
-        )?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         let d = dir.display();
         let m = modules.display();
         let conf = dir.join("apache.conf");
@@ -302,7 +340,7 @@ impl Apache {
                  <Directory {docroot}>\n  Require all granted\n</Directory>\n\
                  <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
                  <VirtualHost *:443>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
-                 SSLCertificateKeyFile {key}\n</VirtualHost>\n",
+                 SSLCertificateKeyFile {key}\n</VirtualHost>\n{extra_conf}\n",
                 php = php.display(),
                 docroot = docroot.display(),
                 cert = pki.server_cert.display(),
