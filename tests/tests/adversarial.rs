@@ -1071,3 +1071,119 @@ fn shapes_nginx_php_fpm_runs_as_api_calls_are_reported_once_in_every_mode() {
         Server::Nginx(nginx, fpm)
     });
 }
+
+/// libpcap on loopback, whose MTU (65,536) lets one frame carry more than 65,535 bytes: a large
+/// request and response through Apache must be read whole (no cut frame, no reassembly gap),
+/// and the call reported once, complete, with the size PHP received.
+#[test]
+fn pcap_on_loopback_keeps_frames_longer_than_65535_bytes_whole() {
+    const LABEL: &str = "adversarial/pcap-loopback";
+    if !monitor_tests::require_root(LABEL) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pair = NamespacePair::create(83).unwrap();
+    let pki = TestPki::create(dir.path(), &pair.server_ip).unwrap();
+    let site = OracleSite::create(dir.path(), &site_tokens()).unwrap();
+    let conf = OracleSite::apache_conf(dir.path());
+    let _apache =
+        Apache::start_serving(&pair.server_ns, dir.path(), &pki, &site.docroot, &conf).unwrap();
+    let key = dir.path().join("site.key");
+    write_site_key(&key);
+    let ns = Some(pair.server_ns.as_str());
+    let calls = dir.path().join("calls.jsonl");
+    let stats = dir.path().join("stats.json");
+    let config = dir.path().join("lo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"pcap\"\ninterfaces = [\"lo\"]\nports = [80]\n\
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n{}",
+            calls.display(),
+            stats.display(),
+            dir.path().join("state.redb").display(),
+            without_api_listener()
+        ),
+    )
+    .unwrap();
+    let mut daemon = LiveDaemon::start(ns, &config, &key).unwrap();
+    // tcpdump (snaplen 262,144) shows the frames really were longer than 65,535 bytes.
+    let pcap = dir.path().join("lo.pcap");
+    let mut tcpdump = Tcpdump::start_in(ns, "lo", "tcp port 80", &pcap).unwrap();
+
+    let data = "d".repeat(1_000_000);
+    let body = dir.path().join("body.txt");
+    std::fs::write(
+        &body,
+        format!("content=record&format=json&rows=30000&data={data}&token={TOKEN_A}"),
+    )
+    .unwrap();
+    let out = dir.path().join("response.json");
+    #[rustfmt::skip]
+    monitor_tests::clients::curl_in(ns, &[
+        "-sS", "-o", &out.to_string_lossy(), "http://127.0.0.1/api/",
+        "-H", "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary", &format!("@{}", body.display()),
+    ])
+    .unwrap();
+    let response_len = std::fs::metadata(&out).unwrap().len();
+
+    tcpdump.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, log) = daemon.stop().unwrap();
+    assert!(
+        status.success(),
+        "{LABEL}: the daemon exited {status}:\n{log}"
+    );
+    let longest = longest_frame(&pcap);
+    eprintln!("{LABEL}: longest frame on lo {longest} bytes, response {response_len} bytes");
+    assert!(
+        longest > 65_535,
+        "{LABEL}: no frame on lo was longer than 65,535 bytes ({longest}): the test proves nothing"
+    );
+
+    let oracle: Vec<OracleEntry> = site.entries().unwrap();
+    assert_eq!(
+        oracle.iter().filter(|e| e.is_api_call()).count(),
+        1,
+        "{oracle:?}"
+    );
+    let records = jsonl(&std::fs::read_to_string(&calls).unwrap_or_default());
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap())
+        .unwrap_or_else(|e| panic!("{LABEL}: stats file: {e}\n{log}"));
+    let problems = &stats["problems"];
+    let decode = stats["pipeline"]["decode"].to_string();
+    eprintln!("{LABEL}: problems {problems}, decode {decode}");
+    for problem in [
+        "decode.truncated_frames",
+        "reassembly.gaps",
+        "pcap.truncated",
+    ] {
+        assert!(
+            problems[problem].as_u64().unwrap_or(0) == 0,
+            "{LABEL}: {problem} = {}: frames longer than 65,535 bytes were cut\n{problems}",
+            problems[problem]
+        );
+    }
+    assert_eq!(
+        records.len(),
+        1,
+        "{LABEL}: calls reported: {records:?}\n{log}"
+    );
+    let call = &records[0];
+    assert_eq!(call["complete"], true, "{LABEL}: {call}");
+    assert_eq!(call["data_bytes"], 1_000_000, "{LABEL}: {call}");
+    assert_eq!(call["response_bytes"], response_len, "{LABEL}: {call}");
+}
+
+/// The largest original frame length in a pcap file.
+fn longest_frame(pcap: &Path) -> u32 {
+    let file = std::fs::File::open(pcap).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    let mut longest = 0;
+    while let Some(packet) = reader.next_packet() {
+        longest = longest.max(packet.unwrap().orig_len);
+    }
+    longest
+}
