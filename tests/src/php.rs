@@ -36,8 +36,8 @@ pub struct OracleEntry {
     pub script_name: String,
     pub path_info: Option<String>,
     /// The label of `$_POST['token']`; `none` when absent or empty; else `unknown:<sha256/12>`
-    /// for 32 hex digits the site does not know, `malformed:<sha256/12>` for anything else
-    /// (another length, an array as `token[]=` makes).
+    /// for a token REDCap's syntax check passes (`^[A-Za-z0-9]+$`) but the site does not know,
+    /// `malformed:<sha256/12>` for anything else (an array as `token[]=` makes).
     pub token: String,
     pub content: Option<String>,
     pub action: Option<String>,
@@ -243,7 +243,8 @@ if ($token === null || $token === '') {
     $label = 'none';
 } elseif (is_string($token) && isset($known[strtoupper($token)])) {
     [$label, $allowed] = $known[strtoupper($token)];
-} elseif (is_string($token) && preg_match('/^[0-9A-Fa-f]{32}$/', $token)) {
+} elseif (is_string($token) && preg_match('/^[A-Za-z0-9]+$/', $token)) {
+    // REDCap's own syntax check (RestUtility::processRequest); the database says unknown.
     $label = 'unknown:' . substr(hash('sha256', $token), 0, 12);
 } else {
     $label = 'malformed:' . substr(hash('sha256', $str($token)), 0, 12);

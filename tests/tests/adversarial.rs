@@ -569,6 +569,165 @@ fn shapes(host: &str, origin: &str) -> Vec<Shape> {
         m.clone(),
         &[offset(&m, "--split") + 4, m.rfind("--split").unwrap() + 5],
     ));
+    // More targets the server may or may not map to the script.
+    v.push(one("path_pct_double_encoded", post("/ap%2569/", &body_a)));
+    v.push(one("path_pct_upper_case", post("/%41PI/", &body_a)));
+    v.push(one("path_backslash", post("/api\\index.php", &body_a)));
+    v.push(one("path_above_root", post("/../api/", &body_a)));
+    v.push(one("path_fragment", post("/api/#frag", &body_a)));
+    v.push(one(
+        "path_index_php_query",
+        post("/api/index.php?content=x", &body_a),
+    ));
+    v.push(one(
+        "path_absolute_form_other_host",
+        post("http://redcap.invalid/api/", &body_a),
+    ));
+    v.push(one(
+        "path_absolute_form_upper_scheme",
+        post(&format!("{}/api/", origin.to_ascii_uppercase()), &body_a),
+    ));
+    // More heads.
+    v.push(one(
+        "head_bare_lf",
+        api(&body_a)
+            .replacen("\r\n", "\n", 6)
+            .replace("\n\r\n", "\n\n"),
+    ));
+    v.push(one(
+        "head_obs_fold",
+        post_with(
+            "POST /api/ HTTP/1.1",
+            "X-Folded: a\r\n  b\r\n",
+            urlenc,
+            &body_a,
+        ),
+    ));
+    v.push(one(
+        "line_trailing_space",
+        post_with("POST /api/ HTTP/1.1 ", "", urlenc, &body_a),
+    ));
+    v.push(one(
+        "head_content_length_leading_zeros",
+        format!(
+            "POST /api/ HTTP/1.1\r\nHost: {h}\r\nContent-Type: {urlenc}\r\nContent-Length: 000{}\r\n\r\n{body_a}",
+            body_a.len()
+        ),
+    ));
+    v.push(one(
+        "head_no_content_type",
+        format!(
+            "POST /api/ HTTP/1.1\r\nHost: {h}\r\nContent-Length: {}\r\n\r\n{body_a}",
+            body_a.len()
+        ),
+    ));
+    v.push(one(
+        "body_chunked_and_content_length",
+        chunked(&[&body_a]).replace(
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        ),
+    ));
+    v.push(one(
+        "body_chunked_odd_case_te",
+        chunked(&[&body_a]).replace("Transfer-Encoding: chunked", "transfer-encoding: Chunked"),
+    ));
+    // The body ends where Content-Length says: PHP reads token A; what follows is a next
+    // "request" the server refuses.
+    let short = format!("token={TOKEN_A}&content=record");
+    v.push(Shape {
+        name: "body_bytes_beyond_content_length",
+        steps: vec![send(format!(
+            "POST /api/ HTTP/1.1\r\nHost: {h}\r\nContent-Type: {urlenc}\r\nContent-Length: {}\r\n\r\n{short}&token={TOKEN_B}\r\n\r\n",
+            short.len()
+        ))],
+        responses: 2,
+    });
+    let cut = format!("content=record&token={TOKEN_A}");
+    v.push(Shape {
+        name: "body_content_length_cuts_token",
+        steps: vec![send(format!(
+            "POST /api/ HTTP/1.1\r\nHost: {h}\r\nContent-Type: {urlenc}\r\nContent-Length: {}\r\n\r\n{cut}\r\n\r\n",
+            cut.len() - 16
+        ))],
+        responses: 2,
+    });
+    v.push(one(
+        "multipart_token_part_content_type",
+        post_with(
+            "POST /api/ HTTP/1.1",
+            "",
+            "multipart/form-data; boundary=ct",
+            &multipart("ct", &mp_parts).replace(
+                "name=\"token\"\r\n",
+                "name=\"token\"\r\nContent-Type: text/plain; charset=utf-8\r\n",
+            ),
+        ),
+    ));
+    v.push(one(
+        "multipart_no_closing_boundary",
+        post_with(
+            "POST /api/ HTTP/1.1",
+            "",
+            "multipart/form-data; boundary=nc",
+            multipart("nc", &mp_parts).trim_end_matches("--nc--\r\n"),
+        ),
+    ));
+    // More connections carrying several requests.
+    v.push(Shape {
+        name: "pipelined_after_get_with_body",
+        steps: vec![send(format!(
+            "GET /form.php HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\n\r\nhello{}",
+            api(&body_a)
+        ))],
+        responses: 2,
+    });
+    v.push(Shape {
+        name: "pipelined_after_options_star",
+        steps: vec![send(format!(
+            "OPTIONS * HTTP/1.1\r\nHost: {h}\r\n\r\n{}",
+            api(&body_a)
+        ))],
+        responses: 2,
+    });
+    let second = api(&form(TOKEN_B, "metadata"));
+    v.push(Shape {
+        name: "pipelined_second_api_split",
+        steps: vec![
+            send(format!("{}{}", api(&body_a), &second[..3])),
+            Step::Pause(SPLIT_PAUSE),
+            send(&second[3..]),
+        ],
+        responses: 2,
+    });
+    v.push(Shape {
+        name: "keepalive_http10",
+        steps: vec![
+            send(post_with(
+                "POST /api/ HTTP/1.0",
+                "Connection: keep-alive\r\n",
+                urlenc,
+                &body_a,
+            )),
+            Step::AwaitResponses(1),
+            send(post_with(
+                "POST /api/ HTTP/1.0",
+                "Connection: keep-alive\r\n",
+                urlenc,
+                &form(TOKEN_B, "metadata"),
+            )),
+        ],
+        responses: 1,
+    });
+    v.push(Shape {
+        name: "keepalive_after_404_post",
+        steps: vec![
+            send(post("/nothing-here/", &body_a)),
+            Step::AwaitResponses(1),
+            send(api(&body_a)),
+        ],
+        responses: 1,
+    });
     v.retain(|s| shape_selected(s.name));
     v
 }
@@ -624,9 +783,13 @@ struct Call {
 
 impl Call {
     fn from_oracle(e: &OracleEntry) -> Call {
-        // The daemon cannot know the site's tokens: an unknown one has a fingerprint, a
-        // malformed one is `token_problem = malformed`.
-        let token = e.token.split(':').next().unwrap_or_default().to_string();
+        // The daemon cannot know the site's tokens: an unknown one has a fingerprint. Absent,
+        // empty and malformed (`token[]=`, a cut value) are all "no usable token" (REDCap
+        // refuses each alike; which `token_problem` the daemon names is not compared).
+        let token = match e.token.split(':').next().unwrap_or_default() {
+            "malformed" => "none".to_string(),
+            label => label.to_string(),
+        };
         Call {
             token,
             content: e.content.clone(),
@@ -637,10 +800,9 @@ impl Call {
     }
 
     fn from_record(r: &Value, labels: &BTreeMap<String, &'static str>) -> Call {
-        let token = match (r["token_fp"].as_str(), r["token_problem"].as_str()) {
-            (Some(fp), _) => labels.get(fp).map_or("unknown", |l| l).to_string(),
-            (None, Some("malformed")) => "malformed".to_string(),
-            (None, _) => "none".to_string(),
+        let token = match r["token_fp"].as_str() {
+            Some(fp) => labels.get(fp).map_or("unknown", |l| l).to_string(),
+            None => "none".to_string(),
         };
         let text = |k: &str| r[k].as_str().map(str::to_string);
         Call {
@@ -859,7 +1021,12 @@ fn run_suite(
         return;
     }
     let modes = Mode::selected();
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("ADVERSARIAL_KEEP").is_some() {
+        // The oracle log, the servers' access logs, the daemons' calls and the capture.
+        eprintln!("{label}: keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
     let pair = NamespacePair::create(subnet).unwrap();
     let pki = TestPki::create(dir.path(), &pair.server_ip).unwrap();
     let site = OracleSite::create(dir.path(), &site_tokens()).unwrap();
