@@ -728,6 +728,101 @@ fn shapes(host: &str, origin: &str) -> Vec<Shape> {
         ],
         responses: 1,
     });
+    // Paths again: what normalisation resolves and what it must not invent.
+    v.push(one("path_dot_inside", post("/api/./index.php", &body_a)));
+    v.push(one("path_pct_dot_segment", post("/%2e/api/", &body_a)));
+    v.push(one(
+        "path_up_from_script",
+        post("/api/index.php/../index.php", &body_a),
+    ));
+    v.push(one("path_upper_case_file", post("/api/INDEX.PHP", &body_a)));
+    // Heads the servers should refuse.
+    v.push(one(
+        "head_no_host",
+        format!(
+            "POST /api/ HTTP/1.1\r\nContent-Type: {urlenc}\r\nContent-Length: {}\r\n\r\n{body_a}",
+            body_a.len()
+        ),
+    ));
+    v.push(one(
+        "head_duplicate_content_length",
+        post_with(
+            "POST /api/ HTTP/1.1",
+            &format!("Content-Length: {}\r\n", body_a.len()),
+            urlenc,
+            &body_a,
+        ),
+    ));
+    // Bodies PHP reads differently from a naive parser.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, body_a.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut gzip_request = format!(
+        "POST /api/ HTTP/1.1\r\nHost: {h}\r\nContent-Type: {urlenc}\r\nContent-Encoding: gzip\r\n\
+         Content-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    gzip_request.extend_from_slice(&gz);
+    v.push(Shape {
+        name: "body_content_encoding_gzip",
+        steps: vec![Step::Send(gzip_request)],
+        responses: 1,
+    });
+    v.push(one(
+        "body_token_name_case",
+        api(&format!("Token={TOKEN_A}&content=record&format=json")),
+    ));
+    // PHP's default max_input_vars is 1000: later fields are dropped (with a warning).
+    let many: String = (0..1000).map(|i| format!("f{i}=x&")).collect();
+    v.push(one(
+        "body_token_after_1000_fields",
+        api(&format!("{many}content=record&token={TOKEN_A}")),
+    ));
+    let quoted = |q: &str| {
+        multipart("nq", &mp_parts).replace("name=\"token\"", &format!("name={q}token{q}"))
+    };
+    for (name, q) in [
+        ("multipart_unquoted_name", ""),
+        ("multipart_single_quoted_name", "'"),
+    ] {
+        v.push(one(
+            name,
+            post_with(
+                "POST /api/ HTTP/1.1",
+                "",
+                "multipart/form-data; boundary=nq",
+                &quoted(q),
+            ),
+        ));
+    }
+    v.push(one(
+        "multipart_token_empty_filename",
+        post_with(
+            "POST /api/ HTTP/1.1",
+            "",
+            "multipart/form-data; boundary=ef",
+            &multipart("ef", &mp_parts).replace("name=\"token\"", "name=\"token\"; filename=\"\""),
+        ),
+    ));
+    // The kernel's copy decision on connections whose first request is not the API call.
+    v.push(Shape {
+        name: "keepalive_after_large_post",
+        steps: vec![
+            send(post(
+                "/form.php",
+                &format!("data={}&content=x", "p".repeat(300_000)),
+            )),
+            Step::AwaitResponses(1),
+            send(api(&body_a)),
+        ],
+        responses: 1,
+    });
+    v.push(Shape {
+        name: "pipelined_after_five_gets",
+        steps: vec![send(format!("{}{}", get_page.repeat(5), api(&body_a)))],
+        responses: 6,
+    });
     v.retain(|s| shape_selected(s.name));
     v
 }
