@@ -235,14 +235,12 @@ impl Responses {
                 Parsed::NeedMore => {}
             }
             if !self.fill(conn, tcp, until)? {
-                if self.eof {
-                    if let Parsed::Whole { status, len } = parse_response(&self.buf, true) {
-                        self.buf.drain(..len);
-                        statuses.push(status);
-                        continue;
-                    }
+                // At EOF a response without a length is whole: the loop's top takes it.
+                let whole_at_eof =
+                    self.eof && matches!(parse_response(&self.buf, true), Parsed::Whole { .. });
+                if !whole_at_eof {
+                    break;
                 }
-                break;
             }
         }
         Ok(statuses)
