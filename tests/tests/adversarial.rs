@@ -9,7 +9,11 @@
 //! reported there. The server decides what counts, never this file.
 //!
 //! The test prints a shape × mode table and fails listing every mismatch.
-//! `ADVERSARIAL_MODE=ebpf,pcap,tls,offline` and `ADVERSARIAL_SHAPE=name,prefix*` narrow a run.
+//! `ADVERSARIAL_MODE=ebpf,pcap,tls,offline` and `ADVERSARIAL_SHAPE=name,prefix*` narrow a run;
+//! `ADVERSARIAL_KEEP=1` keeps its directory (oracle log, access logs, call records, capture).
+//! Apache and nginx disagree on some shapes (bare LF, obs-fold, spaces in the request line, a
+//! `#` in the target, Transfer-Encoding with Content-Length, `OPTIONS *`, HTTP/1.0 keep-alive):
+//! the request alone cannot tell which server ran them, only what the server did.
 //! Also: libpcap on loopback, whose frames exceed 65,535 bytes, must not cut them.
 
 use std::collections::BTreeMap;
@@ -1144,8 +1148,7 @@ fn run_suite(
         .contains(&Mode::Offline)
         .then(|| Tcpdump::start_in(ns, &pair.server_if, "tcp port 80", &pcap).unwrap());
 
-    // The client runs in the host namespace's view of the client namespace: enter it for the
-    // rounds (a thread in that namespace; the raw client is plain std sockets).
+    // The raw client is plain std sockets: a thread of ours enters the client namespace.
     let server_ip = pair.server_ip.clone();
     let host_shapes = shapes(&server_ip, &format!("http://{server_ip}"));
     let tls_shapes = shapes(&server_ip, &format!("https://{server_ip}"));
