@@ -777,10 +777,11 @@ fn shapes(host: &str, origin: &str) -> Vec<Shape> {
         "body_token_name_case",
         api(&format!("Token={TOKEN_A}&content=record&format=json")),
     ));
-    // PHP's default max_input_vars is 1000: later fields are dropped (with a warning).
+    // PHP's default max_input_vars is 1000 (Debian's php.ini too): later fields are dropped
+    // with a warning. REDCap's installation check recommends 100,000, so a site may differ.
     let many: String = (0..1000).map(|i| format!("f{i}=x&")).collect();
     v.push(one(
-        "body_token_after_1000_fields",
+        "body_token_past_php_max_input_vars",
         api(&format!("{many}content=record&token={TOKEN_A}")),
     ));
     let quoted = |q: &str| {
