@@ -360,6 +360,14 @@ impl Pipeline {
     fn release(&mut self, out: &mut impl FnMut(Verdict)) {
         let calls_finished = !self.exchanges.is_empty();
         for exchange in self.exchanges.drain(..) {
+            if exchange
+                .response
+                .as_ref()
+                .is_some_and(|r| r.is_web_server_refusal())
+            {
+                self.redcap_stats.web_server_refusals += 1;
+                continue;
+            }
             let call = ApiCall::from_exchange(exchange, &self.key, self.keep_raw);
             self.redcap_stats.count(&call);
             // Health is judged as calls finish, not after the policy's reorder wait.

@@ -188,6 +188,7 @@ impl Reassembler {
             return;
         };
         conn.last_seen = conn.last_seen.max(seg.ts);
+        conn.acks_seen |= seg.ack.is_some();
         let pending_before = conn.pending_bytes();
         let dir = if seg.src == conn.client {
             Direction::ClientToServer
@@ -274,7 +275,8 @@ impl Reassembler {
     /// what was delivered: the connection is closed ([`CloseReason::Released`]) and what it
     /// sends is dropped unread until then; the client's next request (or a new tracking from
     /// the capture) reopens it as a new connection. Refused (false) while out-of-order bytes
-    /// are buffered, or when the connection is unknown.
+    /// are buffered, when the capture gives no acknowledgments (where the server's next answer
+    /// begins would not be known), or when the connection is unknown.
     pub fn release(
         &mut self,
         client: Endpoint,
@@ -299,7 +301,7 @@ impl Reassembler {
         ) else {
             return false;
         };
-        if conn.client != client || client_remaining > u64::from(u32::MAX / 2) {
+        if conn.client != client || !conn.acks_seen || client_remaining > u64::from(u32::MAX / 2) {
             return false;
         }
         let released = Released {
@@ -444,6 +446,7 @@ impl Reassembler {
                 id,
                 client,
                 last_seen: ts,
+                acks_seen: false,
                 streams: Default::default(),
             },
         )
@@ -562,6 +565,9 @@ struct Connection {
     id: ConnectionId,
     client: Endpoint,
     last_seen: Timestamp,
+    /// The capture gives acknowledgment numbers (not the TLS uprobes' synthetic connections):
+    /// only then is it known where the server's answer to a reopened connection begins.
+    acks_seen: bool,
     /// Indexed by [`Direction::index`]: what the client sends, then what the server sends.
     streams: [Stream; 2],
 }
@@ -1700,6 +1706,13 @@ mod tests {
         );
         assert_eq!(stats.gaps, 0, "a release is not a loss");
         assert_eq!(stats.resumed_early, 0, "libpcap has no stream starts");
+    }
+
+    #[test]
+    fn a_release_is_refused_without_acknowledgments() {
+        let mut h = Harness::new();
+        h.seg(client(), server(), "", CLIENT_ISN + 1, 0, UI_HEAD);
+        assert!(!h.release(10));
     }
 
     #[test]

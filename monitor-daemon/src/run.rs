@@ -388,8 +388,10 @@ fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
 
 /// The counters the coverage judgement reads.
 fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
-    let http = &pipeline.stats().http;
+    let stats = pipeline.stats();
+    let http = &stats.http;
     let mut sample = CoverageSample {
+        unreadable_api_requests: stats.redcap.token_unreadable,
         not_http: http.not_http,
         request_starts_lost: http.request_starts_lost,
         http2_unreadable: http.h2_hpack_errors
@@ -948,6 +950,7 @@ fn counters(
         "decode": format!("{:?}", stats.decode),
         "reassembly": format!("{:?}", stats.reassembly),
         "http": format!("{:?}", stats.http),
+        "redcap": format!("{:?}", stats.redcap),
         "policy": format!("{:?}", stats.policy),
     });
     let actions = &edges.actions;

@@ -9,6 +9,8 @@ pub mod clients;
 pub mod cpu;
 pub mod daemon;
 pub mod netns;
+pub mod php;
+pub mod rawhttp;
 pub mod receiver;
 pub mod session;
 pub mod sim;

@@ -72,6 +72,34 @@ impl TestPki {
     }
 }
 
+/// Without `http2`, curl and PyCap speak HTTP/1.1 over TLS too (what the HTTPS-equals-HTTP tests
+/// compare).
+const HTTP1_LISTEN: &str = "listen 80;\n    listen 443 ssl;";
+
+/// What a test's nginx serves: its `listen` lines, and what goes inside `http {}` and the
+/// `server {}`.
+struct NginxConf {
+    listen: &'static str,
+    http_conf: String,
+    server_conf: String,
+}
+
+impl NginxConf {
+    /// Proxying everything to the simulator on `127.0.0.1:upstream_port`.
+    fn proxy(upstream_port: u16) -> NginxConf {
+        NginxConf {
+            listen: HTTP1_LISTEN,
+            http_conf: format!(
+                "upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n"
+            ),
+            server_conf: "location / {\n      proxy_pass http://redcap;\n      \
+                          proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      \
+                          proxy_buffering on;\n    }\n"
+                .to_owned(),
+        }
+    }
+}
+
 /// nginx under a unique process name: port 80 (HTTP) and 443 (HTTPS) proxy to the simulator.
 pub struct Nginx {
     name: String,
@@ -90,7 +118,7 @@ impl Nginx {
         worker_processes: u32,
     ) -> Result<Nginx> {
         let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
-        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false, &name)
+        Self::start_named(ns, dir, upstream_port, pki, worker_processes, &name)
     }
 
     /// [`Nginx::start`] with HTTP/2: `listen 443 ssl http2` (curl and httpx pick h2 through
@@ -103,7 +131,11 @@ impl Nginx {
         worker_processes: u32,
     ) -> Result<Nginx> {
         let name = format!("rcmh2{}", std::process::id() % 1_000_000_000);
-        Self::start_with(ns, dir, upstream_port, pki, worker_processes, true, &name)
+        let conf = NginxConf {
+            listen: "listen 80;\n    listen 443 ssl http2;\n    listen 8080 http2;",
+            ..NginxConf::proxy(upstream_port)
+        };
+        Self::start_with(ns, dir, pki, worker_processes, &name, &conf)
     }
 
     /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
@@ -116,17 +148,36 @@ impl Nginx {
         worker_processes: u32,
         name: &str,
     ) -> Result<Nginx> {
-        Self::start_with(ns, dir, upstream_port, pki, worker_processes, false, name)
+        let conf = NginxConf::proxy(upstream_port);
+        Self::start_with(ns, dir, pki, worker_processes, name, &conf)
+    }
+
+    /// Starts nginx like [`Nginx::start`] with the caller's `http_conf` (inside `http {}`) and
+    /// `server_conf` (inside the `server {}` listening on 80 and 443 with the test certificate).
+    pub fn start_serving(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        worker_processes: u32,
+        http_conf: &str,
+        server_conf: &str,
+    ) -> Result<Nginx> {
+        let name = format!("rcmtls{}", std::process::id() % 1_000_000_000);
+        let conf = NginxConf {
+            listen: HTTP1_LISTEN,
+            http_conf: http_conf.to_owned(),
+            server_conf: server_conf.to_owned(),
+        };
+        Self::start_with(ns, dir, pki, worker_processes, &name, &conf)
     }
 
     fn start_with(
         ns: &str,
         dir: &Path,
-        upstream_port: u16,
         pki: &TestPki,
         worker_processes: u32,
-        http2: bool,
         name: &str,
+        site: &NginxConf,
     ) -> Result<Nginx> {
         // At most 15 bytes: the kernel's process name field.
         let name = name.to_owned();
@@ -135,13 +186,12 @@ impl Nginx {
             .context("copying /usr/sbin/nginx (installed by `cargo xtask setup`)")?;
         let d = dir.display();
         let conf = dir.join("nginx.conf");
-        // Workers run as root: the temp paths live in our 0700 temp dir. Without `http2`, curl
-        // and PyCap speak HTTP/1.1 over TLS too (what the HTTPS-equals-HTTP tests compare).
-        let listen = if http2 {
-            "listen 80;\n    listen 443 ssl http2;\n    listen 8080 http2;"
-        } else {
-            "listen 80;\n    listen 443 ssl;"
-        };
+        let NginxConf {
+            listen,
+            http_conf,
+            server_conf,
+        } = site;
+        // Workers run as root: the temp paths live in our 0700 temp dir.
         std::fs::write(
             &conf,
             format!(
@@ -152,11 +202,10 @@ impl Nginx {
                  client_body_temp_path {d}/nginx-body;\n  proxy_temp_path {d}/nginx-proxy;\n\
                  fastcgi_temp_path {d}/nginx-fastcgi;\n  uwsgi_temp_path {d}/nginx-uwsgi;\n\
                  scgi_temp_path {d}/nginx-scgi;\n  client_max_body_size 16m;\n\
-                 upstream redcap {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}\n\
+                 {http_conf}\
                  server {{\n    {listen}\n\
                  ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                 location / {{\n      proxy_pass http://redcap;\n      proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\";\n      proxy_buffering on;\n    }}\n  }}\n}}\n",
+                 {server_conf}  }}\n}}\n",
                 cert = pki.server_cert.display(),
                 key = pki.server_key.display(),
             ),
@@ -286,6 +335,9 @@ header('Content-Type: application/json');
 echo '{"ok":true}';
 "#;
 
+/// Where Debian's Apache keeps its modules.
+pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
+
 /// Apache 2 (Debian's) under a unique process name: prefork + mod_ssl + mod_php, where port 80
 /// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script ([`Apache::start`]); or
 /// mpm_event + mod_ssl + mod_http2 proxying to the simulator ([`Apache::start_http2_proxy`]).
@@ -308,7 +360,44 @@ impl Apache {
     /// name), e.g. one that starts with a default `capture.tls.processes` name.
     pub fn start_named(ns: &str, dir: &Path, pki: &TestPki, name: &str) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
-        let modules = Path::new("/usr/lib/apache2/modules");
+        let docroot = dir.join("www");
+        let api = docroot.join("redcap/api");
+        std::fs::create_dir_all(&api)?;
+        std::fs::write(api.join("index.php"), API_PHP)?;
+        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(
+            api.join("index.php"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        Apache::start_with(ns, dir, pki, &docroot, "", name)
+    }
+
+    /// Starts Apache like [`Apache::start`], serving the caller's `docroot` (readable by
+    /// www-data), with `extra_conf` appended to the server configuration (e.g. `LoadModule
+    /// dir_module ...` and `DirectoryIndex index.php`; [`APACHE_MODULES`] is the modules dir).
+    pub fn start_serving(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        docroot: &Path,
+        extra_conf: &str,
+    ) -> Result<Apache> {
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        Apache::start_with(ns, dir, pki, docroot, extra_conf, &name)
+    }
+
+    fn start_with(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        docroot: &Path,
+        extra_conf: &str,
+        name: &str,
+    ) -> Result<Apache> {
+        use std::os::unix::fs::PermissionsExt;
+        let modules = Path::new(APACHE_MODULES);
         let php = std::fs::read_dir(modules)
             .context("/usr/lib/apache2/modules (install apache2: `cargo xtask setup`)")?
             .flatten()
@@ -322,17 +411,7 @@ impl Apache {
         let name = name.to_owned();
         let binary = dir.join(&name);
         std::fs::copy("/usr/sbin/apache2", &binary).context("copying /usr/sbin/apache2")?;
-        let docroot = dir.join("www");
-        let api = docroot.join("redcap/api");
-        std::fs::create_dir_all(&api)?;
-        std::fs::write(api.join("index.php"), API_PHP)?;
-        for path in [dir, &docroot, &docroot.join("redcap"), &api] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-        }
-        std::fs::set_permissions(
-            api.join("index.php"),
-            std::fs::Permissions::from_mode(0o644),
-        )?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         let d = dir.display();
         let m = modules.display();
         let conf = dir.join("apache.conf");
@@ -355,7 +434,7 @@ impl Apache {
                  <Directory {docroot}>\n  Require all granted\n</Directory>\n\
                  <FilesMatch \"\\.php$\">\n  SetHandler application/x-httpd-php\n</FilesMatch>\n\
                  <VirtualHost *:443>\n  SSLEngine on\n  SSLCertificateFile {cert}\n\
-                 SSLCertificateKeyFile {key}\n</VirtualHost>\n",
+                 SSLCertificateKeyFile {key}\n</VirtualHost>\n{extra_conf}\n",
                 php = php.display(),
                 docroot = docroot.display(),
                 cert = pki.server_cert.display(),

@@ -62,6 +62,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "PHP under Apache, the REDCap-like API script of the HTTPS capture tests",
     ),
     (
+        "php-fpm",
+        "PHP FastCGI behind nginx: the adversarial suite's second REDCap-like API server",
+    ),
+    (
         "systemd",
         "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
     ),

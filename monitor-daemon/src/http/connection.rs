@@ -230,6 +230,8 @@ struct ResponseInProgress {
     ts_last_byte: Timestamp,
     wire_body_bytes: u64,
     coding: ContentCoding,
+    html: bool,
+    closes: bool,
     /// Only for selected exchanges: the others are framed, not decoded.
     decoder: Option<BodyDecoder>,
     incomplete: Option<Incomplete>,
@@ -256,6 +258,7 @@ impl ResponseInProgress {
             wire_body_bytes: self.wire_body_bytes,
             decoded_body_bytes,
             coding: self.coding,
+            html: self.html,
             decoding,
         }
     }
@@ -277,6 +280,8 @@ pub(crate) struct Connection<B> {
     /// A request the selector wanted was seen: the connection belongs to an API client, whose
     /// next call follows at once on the same connection, and is never released.
     carried_selected: bool,
+    /// An answer said the server reads no further request on this connection.
+    server_closes: bool,
 }
 
 impl<B: RequestBody> Connection<B> {
@@ -300,6 +305,7 @@ impl<B: RequestBody> Connection<B> {
             orphaned_responses: 0,
             expects_continue: false,
             carried_selected: false,
+            server_closes: false,
         }
     }
 
@@ -385,6 +391,12 @@ impl<B: RequestBody> Connection<B> {
         }
         for mut pending in self.pending.drain(..) {
             if !pending.response_done {
+                if self.server_closes && pending.exchange.is_some() {
+                    // Sent behind an answer that closed the connection: the server never read
+                    // it (RFC 9112 §9.6), so it never ran.
+                    ctx.stats.unread_after_close += 1;
+                    continue;
+                }
                 pending.mark(Incomplete::NoResponse);
             }
             emit(pending, ctx);
@@ -794,6 +806,8 @@ impl<B: RequestBody> Connection<B> {
             ts_last_byte: ts,
             wire_body_bytes: 0,
             coding: info.coding,
+            html: info.html,
+            closes: info.closes,
             decoder,
             incomplete: None,
         });
@@ -838,6 +852,7 @@ impl<B: RequestBody> Connection<B> {
         let Some(response) = self.response.take() else {
             return;
         };
+        self.server_closes |= response.closes;
         if response.matched
             && let Some(target) = self.pending.iter_mut().find(|p| !p.response_done)
         {

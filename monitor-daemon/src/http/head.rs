@@ -116,6 +116,8 @@ impl StartLineCheck {
                 MessageKind::Request => self.enter(Eol),
                 MessageKind::Response => self.enter(Space),
             },
+            // Blanks after the version, as nginx reads them (Apache answers 400: a superset).
+            Eol if b == b' ' || b == b'\t' => {}
             Eol if b == b'\r' => self.enter(Lf),
             Eol | Lf | AfterStatus | Reason if b == b'\n' => return Verdict::Plausible,
             Space if b == b' ' => self.enter(Status),
@@ -631,6 +633,11 @@ pub(crate) struct ResponseInfo {
     pub(crate) content_length: Option<u64>,
     pub(crate) transfer: TransferCoding,
     pub(crate) coding: ContentCoding,
+    /// `Content-Type: text/html`: a page, not an API answer.
+    pub(crate) html: bool,
+    /// The server says it reads no further request on this connection (`Connection: close`,
+    /// or an HTTP/1.0 answer without `keep-alive`).
+    pub(crate) closes: bool,
 }
 
 /// Bodies claiming more than this are treated as hostile framing, not as data to skip.
@@ -746,11 +753,20 @@ fn relax_request_head(head: &[u8], out: &mut Vec<u8>) -> bool {
     let folded = |f: &[u8]| memmem::find(f, b"\n ").is_some() || memmem::find(f, b"\n\t").is_some();
     let blank_before_colon =
         |f: &[u8]| memmem::find(f, b" :").is_some() || memmem::find(f, b"\t:").is_some();
-    if !folded(fields) && !blank_before_colon(fields) {
+    let line = head.get(..first_line_end).unwrap_or_default();
+    let request_line = line.strip_suffix(b"\r").unwrap_or(line);
+    // nginx reads blanks after the protocol version as the line's end.
+    let trailing_blanks = matches!(request_line.last(), Some(b' ' | b'\t'));
+    if !folded(fields) && !blank_before_colon(fields) && !trailing_blanks {
         return false;
     }
     out.clear();
-    out.extend_from_slice(head.get(..=first_line_end).unwrap_or_default());
+    out.extend_from_slice(request_line.trim_ascii_end());
+    // The line's own ending, so that `out` stays no longer than the head.
+    out.extend_from_slice(
+        head.get(request_line.len()..=first_line_end)
+            .unwrap_or(b"\n"),
+    );
     let mut lines = fields.split_inclusive(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
@@ -870,16 +886,32 @@ fn response_info(response: &httparse::Response<'_, '_>) -> Result<ResponseInfo, 
         content_length: None,
         transfer: TransferCoding::Absent,
         coding: ContentCoding::Identity,
+        html: false,
+        closes: false,
     };
+    let mut keep_alive = false;
     for header in response.headers.iter() {
         let name = header.name;
         let value = trim(header.value);
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                info.closes |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            let media = value
+                .split(|&b| b == b';')
+                .next()
+                .map(trim)
+                .unwrap_or_default();
+            info.html = media.eq_ignore_ascii_case(b"text/html");
+        } else if name.eq_ignore_ascii_case("content-length") {
             info.content_length = Some(merge_content_length(info.content_length, value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             info.transfer = merge_transfer_coding(info.transfer, value);
         }
     }
+    info.closes |= response.version == Some(0) && !keep_alive;
     info.coding = content_coding(
         response
             .headers
@@ -1205,6 +1237,10 @@ mod tests {
         );
         assert_eq!(framing, RequestFraming::Length(3));
         assert!(!start_line_is_plausible(b"POST /a HTTP/1.1 x"));
+        // Blanks after the version: nginx runs the request (Apache answers 400).
+        let trailing = b"POST /api/ HTTP/1.1 \t\r\nContent-Length: 0\r\n\r\n";
+        assert!(start_line_is_plausible(b"POST /api/ HTTP/1.1 \t\r\n"));
+        assert_eq!(parse(trailing).unwrap().1.target, "/api/");
         assert!(!start_line_is_plausible(b"POST /a H TTP/1.1"));
         let glued = b"token=XPOST  /redcap/api/   HTTP/1.1\r\n";
         assert_eq!(
@@ -1235,6 +1271,12 @@ mod tests {
         assert!(relax_request_head(bare_lf, &mut out));
         assert_eq!(out, b"POST / HTTP/1.1\nA: b c\nD: e\n\n");
         assert!(out.len() <= bare_lf.len());
+        // Blanks after the version end the request line, as nginx reads it.
+        assert!(relax_request_head(
+            b"POST /api/ HTTP/1.1 \t\r\nHost: x\r\n\r\n",
+            &mut out
+        ));
+        assert_eq!(out, b"POST /api/ HTTP/1.1\r\nHost: x\n\r\n");
     }
 
     #[test]

@@ -155,6 +155,24 @@ pub struct ResponseSummary {
     pub decoded_body_bytes: u64,
     pub coding: ContentCoding,
     pub decoding: BodyDecoding,
+    /// The body is an HTML page (`Content-Type: text/html`).
+    pub html: bool,
+}
+
+impl ResponseSummary {
+    /// An error page of the web server itself rather than an answer of the application: Apache
+    /// and nginx refuse a request they will not hand to PHP (a malformed or ambiguous head, a
+    /// path above the root or with an encoded slash, no `Host`) with one of these statuses and
+    /// an HTML page, while REDCap's API answers its own errors in the format asked for (XML,
+    /// JSON, CSV). Such a request never ran as an API call. A 5xx is not one: it may be the
+    /// application failing under the call.
+    pub fn is_web_server_refusal(&self) -> bool {
+        self.html
+            && matches!(
+                self.status,
+                400 | 404 | 405 | 408 | 411 | 413 | 414 | 417 | 431 | 501 | 505
+            )
+    }
 }
 
 /// Why an exchange is reported as incomplete.
@@ -231,6 +249,9 @@ pub struct HttpStats {
     pub upgrades: u64,
     /// Directions given up on: no message start found in their first bytes (TLS, not HTTP).
     pub not_http: u64,
+    /// Selected requests sent behind an answer that closed the connection (`Connection:
+    /// close`, HTTP/1.0): the server never read them, so they are not calls.
+    pub unread_after_close: u64,
     /// Events for connections never opened (or already closed); ignored.
     pub unknown_connection_events: u64,
     /// HTTP/2 connections seen (the client's first bytes were the HTTP/2 preface).
@@ -566,6 +587,65 @@ mod tests {
         assert_eq!(h.out[1].body.bytes, b"body");
         let wire: Vec<_> = h.out.iter().map(|e| response(e).wire_body_bytes).collect();
         assert_eq!(wire, [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_web_servers_own_error_page_is_told_from_an_application_answer() {
+        let refusal = |answer: &[u8]| {
+            let mut h = Harness::new();
+            h.client(10, b"POST /api/ HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+            h.server(20, answer);
+            response(&h.out[0]).is_web_server_refusal()
+        };
+        // Apache's 400 page.
+        assert!(refusal(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html; charset=iso-8859-1\r\nContent-Length: 2\r\n\r\nno"
+        ));
+        assert!(refusal(
+            b"HTTP/1.1 404 Not Found\r\nContent-Type: TEXT/HTML\r\nContent-Length: 2\r\n\r\nno"
+        ));
+        // REDCap's API answers its errors in the format asked for; a 5xx may be the call itself.
+        assert!(!refusal(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        assert!(!refusal(
+            b"HTTP/1.1 500 Error\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nno"
+        ));
+        assert!(!refusal(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nok"
+        ));
+    }
+
+    #[test]
+    fn a_request_behind_an_answer_that_closes_the_connection_never_ran() {
+        for closing in [
+            &b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"[..],
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+        ] {
+            let mut h = Harness::new();
+            h.client(
+                10,
+                b"GET /1 HTTP/1.0\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            );
+            h.server(20, closing);
+            h.close(30);
+            let targets: Vec<_> = h.out.iter().map(|e| e.request.target.as_str()).collect();
+            assert_eq!(targets, ["/1"], "{}", String::from_utf8_lossy(closing));
+            assert_eq!(h.stats().unread_after_close, 1);
+        }
+        // Behind a keep-alive answer, a request left unanswered did reach the server.
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"GET /1 HTTP/1.0\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        h.server(
+            20,
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx",
+        );
+        h.close(30);
+        assert_eq!(h.out.len(), 2);
+        assert_eq!(h.out[1].incomplete, Some(Incomplete::NoResponse));
     }
 
     #[test]

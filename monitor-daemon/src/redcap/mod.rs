@@ -13,8 +13,7 @@ mod paths;
 mod urlencoded;
 
 use crate::http::{
-    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody,
-    RequestHead,
+    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody, RequestHead,
 };
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
@@ -391,6 +390,9 @@ pub struct RedcapStats {
     /// Calls whose body had more fields than `redcap.max_input_vars`.
     pub input_vars_exceeded: u64,
     pub body_gap: u64,
+    /// Requests to an API path that the web server refused with its own error page (400, 404,
+    /// …): never run by REDCap, so not calls (see `ResponseSummary::is_web_server_refusal`).
+    pub web_server_refusals: u64,
 }
 
 impl RedcapStats {

@@ -157,7 +157,7 @@ impl MultipartScanner {
         match self.state {
             State::Content | State::SkipFromLineStart => {
                 if out.wants_value() {
-                    out.value(&self.window);
+                    out.value(self.unterminated_value());
                 }
                 if self.seen_bytes && !self.closed {
                     // A part without its closing delimiter (or no delimiter at all): PHP may
@@ -183,6 +183,24 @@ impl MultipartScanner {
             + self.head.line.capacity()
             + self.head.header.capacity()
             + self.head.name.capacity()
+    }
+
+    /// What PHP keeps of the window when the body ends inside a part: its read stops where a
+    /// delimiter might begin (the longest tail that is a start of `\n--boundary`) and drops one
+    /// `\r` before it, so a last part without its closing delimiter keeps its value.
+    fn unterminated_value(&self) -> &[u8] {
+        let needle = self.delimiter.needle();
+        let window: &[u8] = &self.window;
+        let held = (1..=needle.len().min(window.len()))
+            .rev()
+            .find(|&k| needle.get(..k).is_some_and(|start| window.ends_with(start)))
+            .unwrap_or(0);
+        let value = window.get(..window.len() - held).unwrap_or_default();
+        if held > 0 {
+            value.strip_suffix(b"\r").unwrap_or(value)
+        } else {
+            value
+        }
     }
 
     /// Reads as much of the window as can be decided on; keeps only what might begin a

@@ -606,6 +606,7 @@ fn response(decoding: BodyDecoding) -> ResponseSummary {
         decoded_body_bytes: 700,
         coding: ContentCoding::Gzip,
         decoding,
+        html: false,
     }
 }
 
@@ -1037,4 +1038,21 @@ fn names_php_shortens_are_read_however_long_they_are_sent() {
     );
     let body = format!("--{BOUNDARY}\r\n{head}\r\n\r\n{TOKEN}\r\n--{BOUNDARY}--\r\n");
     assert_eq!(token_of(&multipart(body.as_bytes())), ok);
+}
+
+#[test]
+fn a_last_part_without_its_closing_delimiter_keeps_its_value_as_in_php() {
+    // PHP's read stops where a delimiter might begin and drops the `\r` before it.
+    let body = part("Content-Disposition: form-data; name=\"token\"", TOKEN);
+    let f = multipart(body.as_bytes());
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))));
+    // Cut inside a delimiter's start, too.
+    let cut = format!("{body}--{}", &BOUNDARY[..4]);
+    let value = format!("{TOKEN}\r\n--{}", &BOUNDARY[..4]);
+    let f = multipart(
+        part("Content-Disposition: form-data; name=\"token\"", &value)
+            .trim_end_matches("\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(token_of(&f), Some(Ok(fingerprint(TOKEN))), "{cut}");
 }

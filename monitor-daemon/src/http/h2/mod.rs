@@ -54,6 +54,9 @@ impl ResponseState {
             wire_body_bytes: self.wire_body_bytes,
             decoded_body_bytes,
             coding: self.coding,
+            // A web server refuses a malformed HTTP/2 request at the frame level (RST_STREAM,
+            // GOAWAY), which this stage handles: an answer here came from the application.
+            html: false,
             decoding,
         }
     }
