@@ -13,8 +13,7 @@ mod paths;
 mod urlencoded;
 
 use crate::http::{
-    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody,
-    RequestHead,
+    BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody, RequestHead,
 };
 use crate::model::{Endpoint, Span, Timestamp};
 use crate::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint, TokenProblem};
