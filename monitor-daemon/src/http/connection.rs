@@ -209,6 +209,8 @@ struct Pending<B> {
     /// A HEAD request's response has no body.
     head_method: bool,
     connect: bool,
+    /// The request asked to switch to HTTP/2 (`Upgrade: h2c`).
+    asks_h2c: bool,
     request_done: bool,
     response_done: bool,
 }
@@ -503,6 +505,9 @@ impl<B: RequestBody> Connection<B> {
         let request_done = framing == RequestFraming::NoBody;
         self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, connect, request_done, ctx);
+        if let Some(pending) = self.pending.back_mut() {
+            pending.asks_h2c = ctx.header_slots.last_request_asked_h2c();
+        }
         match framing {
             RequestFraming::NoBody => self.requests.expect_head(),
             RequestFraming::Length(remaining) => {
@@ -590,6 +595,7 @@ impl<B: RequestBody> Connection<B> {
             exchange,
             head_method,
             connect,
+            asks_h2c: false,
             request_done,
             response_done: false,
         });
@@ -780,10 +786,10 @@ impl<B: RequestBody> Connection<B> {
         }
         ctx.stats.responses += 1;
         let target = self.take_response_target(ctx.stats);
-        let (head_method, connect, selected) = target
+        let (head_method, connect, selected, asks_h2c) = target
             .and_then(|i| self.pending.get(i))
-            .map_or((false, false, false), |p| {
-                (p.head_method, p.connect, p.exchange.is_some())
+            .map_or((false, false, false, false), |p| {
+                (p.head_method, p.connect, p.exchange.is_some(), p.asks_h2c)
             });
         let decoder =
             selected.then(|| BodyDecoder::new(info.coding, ctx.limits.max_decoded_body_bytes));
@@ -798,6 +804,9 @@ impl<B: RequestBody> Connection<B> {
             incomplete: None,
         });
         if info.status == 101 || (connect && (200..300).contains(&info.status)) {
+            // HTTP/2 after `Upgrade: h2c` is not read: said, so that its calls are not
+            // silently missing.
+            ctx.stats.h2c_upgrades += u64::from(info.status == 101 && asks_h2c);
             self.upgrade(ctx);
             return;
         }
