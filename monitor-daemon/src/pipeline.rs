@@ -101,7 +101,6 @@ impl PipelineStats<'_> {
             ("http.head_too_large", h.head_too_large),
             ("http.heads_skimmed", h.heads_skimmed),
             ("http.lenient_request_heads", h.lenient_request_heads),
-            ("http.h2c_upgrades", h.h2c_upgrades),
             ("http.too_many_headers", h.too_many_headers),
             ("http.bad_content_length", h.bad_content_length),
             ("http.bad_chunk", h.bad_chunk),

@@ -279,7 +279,14 @@ pub(crate) struct Connection<B> {
     /// A request the selector wanted was seen: the connection belongs to an API client, whose
     /// next call follows at once on the same connection, and is never released.
     carried_selected: bool,
+    /// A 101 answered `Upgrade: h2c`: the connection speaks HTTP/2 from here. Holds the server's
+    /// bytes after the 101 (at most [`MAX_H2C_SERVER_BYTES`]) until the session takes them.
+    h2c_switch: Option<Vec<u8>>,
 }
+
+/// Server bytes kept after a 101 to `Upgrade: h2c` for the HTTP/2 reader (its SETTINGS and
+/// first frames); more in the same event are dropped.
+const MAX_H2C_SERVER_BYTES: usize = 16 * 1024;
 
 impl<B: RequestBody> Connection<B> {
     /// When the oldest selected request still waiting for its response started.
@@ -302,11 +309,22 @@ impl<B: RequestBody> Connection<B> {
             orphaned_responses: 0,
             expects_continue: false,
             carried_selected: false,
+            h2c_switch: None,
         }
     }
 
     pub(crate) fn client(&self) -> Endpoint {
         self.client
+    }
+
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The server's bytes after a 101 that switched the connection to HTTP/2 (`Upgrade: h2c`),
+    /// once: the session then reads the connection as HTTP/2 from its client preface on.
+    pub(crate) fn take_h2c_switch(&mut self) -> Option<Vec<u8>> {
+        self.h2c_switch.take()
     }
 
     pub(crate) fn server(&self) -> Endpoint {
@@ -686,7 +704,15 @@ impl<B: RequestBody> Connection<B> {
         let mut input = bytes;
         while !input.is_empty() {
             match &mut self.responses.phase {
-                Phase::Stopped => return,
+                Phase::Stopped => {
+                    if let Some(held) = self.h2c_switch.as_mut() {
+                        let room = MAX_H2C_SERVER_BYTES.saturating_sub(held.len());
+                        held.extend_from_slice(
+                            input.get(..room.min(input.len())).unwrap_or_default(),
+                        );
+                    }
+                    return;
+                }
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
                     let before = input.len();
@@ -804,9 +830,11 @@ impl<B: RequestBody> Connection<B> {
             incomplete: None,
         });
         if info.status == 101 || (connect && (200..300).contains(&info.status)) {
-            // HTTP/2 after `Upgrade: h2c` is not read: said, so that its calls are not
-            // silently missing.
-            ctx.stats.h2c_upgrades += u64::from(info.status == 101 && asks_h2c);
+            if info.status == 101 && asks_h2c {
+                // HTTP/2 from here: the session switches to it (see `take_h2c_switch`).
+                ctx.stats.h2c_upgrades += 1;
+                self.h2c_switch = Some(Vec::new());
+            }
             self.upgrade(ctx);
             return;
         }

@@ -260,7 +260,7 @@ pub struct HttpStats {
     /// serves escapes; a sign of odd or evasive clients.
     pub lenient_request_heads: u64,
     /// Connections switched to HTTP/2 by `Upgrade: h2c` (answered 101; Debian's mod_http2
-    /// allows it by default): not read after the switch, so their API calls are not seen.
+    /// allows it by default): read as HTTP/2 from the client's preface on.
     pub h2c_upgrades: u64,
 }
 
@@ -993,7 +993,7 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_to_http2_by_upgrade_h2c_is_counted_as_unread() {
+    fn a_switch_to_http2_by_upgrade_h2c_is_counted() {
         let mut h = Harness::new();
         h.client(
             10,
