@@ -1086,6 +1086,10 @@ fn an_api_call_after_an_upgrade_to_h2c_is_counted() {
     let mut case = Case::new("an_api_call_after_an_upgrade_to_h2c_is_counted");
     let mut conv = case.conn();
     let mut segs = conv.handshake();
+    // An API call first: the connection is an API client's, never handed back to the kernel,
+    // so the switch must be followed on it.
+    segs.extend(conv.data(Side::Client, &version_request(TOKEN_A)));
+    segs.extend(conv.data(Side::Server, &version_response()));
     segs.extend(conv.data(
         Side::Client,
         b"GET /redcap/ HTTP/1.1\r\nHost: redcap.example.org\r\nConnection: Upgrade, HTTP2-Settings\r\n\
@@ -1119,8 +1123,9 @@ fn an_api_call_after_an_upgrade_to_h2c_is_counted() {
     segs.extend(conv.close());
     case.write(&conv, &segs, T0);
     let out = case.analyze();
-    assert_eq!(out.calls.len(), 1, "{:?} {}", out.calls, out.stderr);
-    let call = &out.calls[0];
+    assert_eq!(out.calls.len(), 2, "{:?} {}", out.calls, out.stderr);
+    assert_eq!(out.calls[0].http_version, "1.1");
+    let call = &out.calls[1];
     assert_eq!(call.http_version, "2");
     assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_A).as_str()));
     assert_eq!(
