@@ -420,6 +420,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Endpoint, TcpFlags};
+    use crate::token::TokenProblem;
 
     const CLIENT: Endpoint = Endpoint {
         ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
@@ -509,6 +510,28 @@ mod tests {
         let mut released = Vec::new();
         one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
         assert_eq!(released.len(), 1);
+    }
+
+    #[test]
+    fn an_api_request_whose_head_cannot_be_read_is_a_call_counted_against_its_client() {
+        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([7; 32])).unwrap();
+        let mut released = Vec::new();
+        let request = request().replace("Content-Length: ", "Content-Length: x");
+        pipeline.push_segment(&segment(10, true, 1000, request.as_bytes()), &mut |v| {
+            released.push(v)
+        });
+        let response = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        pipeline.push_segment(&segment(15, false, 5000, response), &mut |v| {
+            released.push(v)
+        });
+        assert_eq!(released.len(), 1);
+        let call = &released[0].call;
+        assert_eq!(call.token, Err(TokenProblem::Unreadable));
+        assert_eq!((call.path.as_str(), call.status), ("/api/", Some(400)));
+        let stats = pipeline.stats();
+        assert_eq!(stats.policy.calls_without_token, 1);
+        assert!(stats.problems().contains(&("redcap.token_unreadable", 1)));
+        assert!(stats.problems().contains(&("http.bad_content_length", 1)));
     }
 
     #[test]

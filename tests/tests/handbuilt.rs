@@ -1058,3 +1058,79 @@ fn api_requests_whose_head_cannot_be_read_are_counted_as_unreadable() {
         out.stderr
     );
 }
+
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A HEADERS frame (END_HEADERS) whose fields are HPACK literals without indexing.
+fn h2_headers(stream: u32, fields: &[(&str, &str)], end_stream: bool) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    h2_frame(0x1, 0x4 | u8::from(end_stream), stream, &block)
+}
+
+#[test]
+fn an_api_call_after_an_upgrade_to_h2c_is_counted() {
+    let mut case = Case::new("an_api_call_after_an_upgrade_to_h2c_is_counted");
+    let mut conv = case.conn();
+    let mut segs = conv.handshake();
+    // An API call first: the connection is an API client's, never handed back to the kernel,
+    // so the switch must be followed on it.
+    segs.extend(conv.data(Side::Client, &version_request(TOKEN_A)));
+    segs.extend(conv.data(Side::Server, &version_response()));
+    segs.extend(conv.data(
+        Side::Client,
+        b"GET /redcap/ HTTP/1.1\r\nHost: redcap.example.org\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ));
+    let mut switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_vec();
+    switched.extend(h2_frame(0x4, 0, 0, &[]));
+    segs.extend(conv.data(Side::Server, &switched));
+    let body = http::urlencode(&[("token", TOKEN_A), ("content", "version")]);
+    let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    client.extend(h2_frame(0x4, 0, 0, &[]));
+    client.extend(h2_headers(
+        3,
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "redcap.example.org"),
+            (":path", API),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        false,
+    ));
+    client.extend(h2_frame(0x0, 0x1, 3, body.as_bytes()));
+    segs.extend(conv.data(Side::Client, &client));
+    let mut server = h2_frame(0x4, 0x1, 0, &[]);
+    server.extend(h2_headers(1, &[(":status", "200")], true));
+    server.extend(h2_headers(3, &[(":status", "200")], false));
+    server.extend(h2_frame(0x0, 0x1, 3, b"15.7.6"));
+    segs.extend(conv.data(Side::Server, &server));
+    segs.extend(conv.close());
+    case.write(&conv, &segs, T0);
+    let out = case.analyze();
+    assert_eq!(out.calls.len(), 2, "{:?} {}", out.calls, out.stderr);
+    assert_eq!(out.calls[0].http_version, "1.1");
+    let call = &out.calls[1];
+    assert_eq!(call.http_version, "2");
+    assert_eq!(call.token_fp.as_deref(), Some(out.fp(TOKEN_A).as_str()));
+    assert_eq!(
+        (call.content.as_deref(), call.status),
+        (Some("version"), Some(200))
+    );
+    assert!(call.complete);
+}

@@ -209,6 +209,8 @@ struct Pending<B> {
     /// A HEAD request's response has no body.
     head_method: bool,
     connect: bool,
+    /// The request asked to switch to HTTP/2 (`Upgrade: h2c`).
+    asks_h2c: bool,
     request_done: bool,
     response_done: bool,
 }
@@ -282,7 +284,14 @@ pub(crate) struct Connection<B> {
     carried_selected: bool,
     /// An answer said the server reads no further request on this connection.
     server_closes: bool,
+    /// A 101 answered `Upgrade: h2c`: the connection speaks HTTP/2 from here. Holds the server's
+    /// bytes after the 101 (at most [`MAX_H2C_SERVER_BYTES`]) until the session takes them.
+    h2c_switch: Option<Vec<u8>>,
 }
+
+/// Server bytes kept after a 101 to `Upgrade: h2c` for the HTTP/2 reader (its SETTINGS and
+/// first frames); more in the same event are dropped.
+const MAX_H2C_SERVER_BYTES: usize = 16 * 1024;
 
 impl<B: RequestBody> Connection<B> {
     /// When the oldest selected request still waiting for its response started.
@@ -306,11 +315,22 @@ impl<B: RequestBody> Connection<B> {
             expects_continue: false,
             carried_selected: false,
             server_closes: false,
+            h2c_switch: None,
         }
     }
 
     pub(crate) fn client(&self) -> Endpoint {
         self.client
+    }
+
+    pub(crate) fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The server's bytes after a 101 that switched the connection to HTTP/2 (`Upgrade: h2c`),
+    /// once: the session then reads the connection as HTTP/2 from its client preface on.
+    pub(crate) fn take_h2c_switch(&mut self) -> Option<Vec<u8>> {
+        self.h2c_switch.take()
     }
 
     pub(crate) fn server(&self) -> Endpoint {
@@ -324,6 +344,7 @@ impl<B: RequestBody> Connection<B> {
     pub(crate) fn release_point(&self) -> Option<u64> {
         let requests = &self.requests;
         if self.carried_selected
+            || self.h2c_switch.is_some()
             || !requests.synced
             || requests.resyncing
             || !requests.head.bytes().is_empty()
@@ -515,6 +536,9 @@ impl<B: RequestBody> Connection<B> {
         let request_done = framing == RequestFraming::NoBody;
         self.carried_selected |= exchange.is_some();
         self.push_pending(exchange, head_method, connect, request_done, ctx);
+        if let Some(pending) = self.pending.back_mut() {
+            pending.asks_h2c = ctx.header_slots.last_request_asked_h2c();
+        }
         match framing {
             RequestFraming::NoBody => self.requests.expect_head(),
             RequestFraming::Length(remaining) => {
@@ -602,6 +626,7 @@ impl<B: RequestBody> Connection<B> {
             exchange,
             head_method,
             connect,
+            asks_h2c: false,
             request_done,
             response_done: false,
         });
@@ -692,7 +717,15 @@ impl<B: RequestBody> Connection<B> {
         let mut input = bytes;
         while !input.is_empty() {
             match &mut self.responses.phase {
-                Phase::Stopped => return,
+                Phase::Stopped => {
+                    if let Some(held) = self.h2c_switch.as_mut() {
+                        let room = MAX_H2C_SERVER_BYTES.saturating_sub(held.len());
+                        held.extend_from_slice(
+                            input.get(..room.min(input.len())).unwrap_or_default(),
+                        );
+                    }
+                    return;
+                }
                 Phase::Seek { at_line_start } => {
                     let at_line_start = *at_line_start;
                     let before = input.len();
@@ -792,10 +825,10 @@ impl<B: RequestBody> Connection<B> {
         }
         ctx.stats.responses += 1;
         let target = self.take_response_target(ctx.stats);
-        let (head_method, connect, selected) = target
+        let (head_method, connect, selected, asks_h2c) = target
             .and_then(|i| self.pending.get(i))
-            .map_or((false, false, false), |p| {
-                (p.head_method, p.connect, p.exchange.is_some())
+            .map_or((false, false, false, false), |p| {
+                (p.head_method, p.connect, p.exchange.is_some(), p.asks_h2c)
             });
         let decoder =
             selected.then(|| BodyDecoder::new(info.coding, ctx.limits.max_decoded_body_bytes));
@@ -812,6 +845,11 @@ impl<B: RequestBody> Connection<B> {
             incomplete: None,
         });
         if info.status == 101 || (connect && (200..300).contains(&info.status)) {
+            if info.status == 101 && asks_h2c {
+                // HTTP/2 from here: the session switches to it (see `take_h2c_switch`).
+                ctx.stats.h2c_upgrades += 1;
+                self.h2c_switch = Some(Vec::new());
+            }
             self.upgrade(ctx);
             return;
         }

@@ -651,6 +651,8 @@ pub(crate) struct HeaderSlots {
     relaxed: Vec<u8>,
     /// The last request head parsed needed leniency a strict parser would refuse.
     last_lenient: bool,
+    /// The last request head parsed asked to switch to HTTP/2 (`Upgrade: h2c`).
+    last_h2c: bool,
 }
 
 impl HeaderSlots {
@@ -687,6 +689,7 @@ impl HeaderSlots {
             .get(..memchr(b'\n', bytes).unwrap_or(bytes.len()))
             .unwrap_or_default();
         self.last_lenient = rewritten || memmem::find(request_line, b"  ").is_some();
+        self.last_h2c = false;
         let mut slots = self.lend(max_headers);
         let mut request = httparse::Request::new(&mut slots);
         let parsed = httparse::ParserConfig::default()
@@ -699,6 +702,12 @@ impl HeaderSlots {
                 // invalid header lines, skipped.
                 let lines = memchr::memchr_iter(b'\n', bytes).count();
                 self.last_lenient |= lines > request.headers.len().saturating_add(2);
+                self.last_h2c = request.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && h.value
+                            .split(|&b| b == b',')
+                            .any(|t| trim(t).eq_ignore_ascii_case(b"h2c"))
+                });
                 fill_request_head(&request, head)
             }
             Ok(httparse::Status::Partial) => Err(HeadError::Malformed),
@@ -709,6 +718,11 @@ impl HeaderSlots {
         relaxed.clear();
         self.relaxed = relaxed;
         result
+    }
+
+    /// Whether the last request head parsed asked to switch to HTTP/2 (`Upgrade: h2c`).
+    pub(crate) fn last_request_asked_h2c(&self) -> bool {
+        self.last_h2c
     }
 
     /// Whether the last request head parsed was read only through leniency (several spaces in

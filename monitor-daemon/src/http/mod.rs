@@ -280,6 +280,9 @@ pub struct HttpStats {
     /// before a colon, invalid header lines. Read anyway, so that no spelling either server
     /// serves escapes; a sign of odd or evasive clients.
     pub lenient_request_heads: u64,
+    /// Connections switched to HTTP/2 by `Upgrade: h2c` (answered 101; Debian's mod_http2
+    /// allows it by default): read as HTTP/2 from the client's preface on.
+    pub h2c_upgrades: u64,
 }
 
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
@@ -1067,6 +1070,25 @@ mod tests {
         assert_eq!(h.out[1].request.target, "/b");
         assert_eq!(h.stats().heads_skimmed, 1);
         assert_eq!(h.stats().head_too_large, 0);
+    }
+
+    #[test]
+    fn a_switch_to_http2_by_upgrade_h2c_is_counted() {
+        let mut h = Harness::new();
+        h.client(
+            10,
+            b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: websocket, H2C\r\n\
+              HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        );
+        h.server(
+            20,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+        );
+        assert_eq!((h.stats().upgrades, h.stats().h2c_upgrades), (1, 1));
+        let mut h = Harness::new();
+        h.client(10, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        h.server(20, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!((h.stats().upgrades, h.stats().h2c_upgrades), (1, 0));
     }
 
     #[test]

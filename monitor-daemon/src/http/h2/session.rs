@@ -78,7 +78,13 @@ impl<B: RequestBody> Session<B> {
         ctx: &mut Ctx<'_, S>,
     ) {
         let rest = match self {
-            Session::Http1(c) => return c.on_data(dir, ts, bytes, ctx),
+            Session::Http1(c) => {
+                c.on_data(dir, ts, bytes, ctx);
+                if let Some(server_bytes) = c.take_h2c_switch() {
+                    self.switch_to_h2c(ts, &server_bytes, ctx);
+                }
+                return;
+            }
             Session::Http2(c) => return c.on_data(dir, ts, bytes, ctx),
             Session::Undecided(u) => match dir {
                 Direction::ServerToClient => {
@@ -141,6 +147,27 @@ impl<B: RequestBody> Session<B> {
             Session::Undecided(_) => {}
             Session::Http1(c) => c.close(ctx),
             Session::Http2(c) => c.close(ctx),
+        }
+    }
+
+    /// An HTTP/1.x connection answered 101 to `Upgrade: h2c`: what it owes is emitted, and it
+    /// is read afresh, as HTTP/2 once the client sends the preface (RFC 9113 §3.2 has the
+    /// client send it after the 101), starting with the server's bytes after the 101.
+    fn switch_to_h2c<S: ExchangeSelector<Body = B>>(
+        &mut self,
+        ts: Timestamp,
+        server_bytes: &[u8],
+        ctx: &mut Ctx<'_, S>,
+    ) {
+        let Session::Http1(c) = self else {
+            return;
+        };
+        let fresh = Session::new(c.id(), c.client(), c.server());
+        if let Session::Http1(old) = std::mem::replace(self, fresh) {
+            old.close(ctx);
+        }
+        if !server_bytes.is_empty() {
+            self.on_data(Direction::ServerToClient, ts, server_bytes, ctx);
         }
     }
 

@@ -831,3 +831,50 @@ fn hostile_frames_never_panic_and_state_stays_bounded() {
         assert!(h.out.len() <= 50);
     }
 }
+
+#[test]
+fn a_connection_upgraded_with_h2c_is_read_as_http2_after_the_101() {
+    let (mut c, mut s) = (Peer::new(), Peer::new());
+    let mut h = Harness::new();
+    // The upgrade request has no body (Apache's mod_http2 upgrades only those); the API call
+    // follows on stream 3 once the connection speaks HTTP/2.
+    h.client(
+        10,
+        b"GET / HTTP/1.1\r\nHost: redcap.example\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    );
+    let mut server =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    server.extend(settings(&[(0x3, 100)]));
+    server.extend(s.headers(1, &[(":status", "200")], false));
+    server.extend(data(1, b"<html>", true));
+    h.server(20, &server);
+    let mut client = PREFACE.to_vec();
+    client.extend(settings(&[]));
+    client.extend(c.headers(3, &api_post(), false));
+    client.extend(data(3, b"token=ABCDEF0123456789ABCDEF0123456789", true));
+    for piece in client.chunks(7) {
+        h.client(30, piece);
+    }
+    let mut answer = frame(SETTINGS, 1, 0, &[]);
+    answer.extend(s.headers(3, &[(":status", "200")], false));
+    answer.extend(data(3, b"15.7.6", true));
+    h.server(40, &answer);
+    let api: Vec<_> = h
+        .out
+        .iter()
+        .filter(|e| e.request.version == HttpVersion::Http2)
+        .collect();
+    assert_eq!(
+        api.len(),
+        1,
+        "{:?}",
+        h.out.iter().map(|e| &e.request.target).collect::<Vec<_>>()
+    );
+    assert_eq!(api[0].request.path(), "/api/");
+    assert_eq!(api[0].body.bytes, b"token=ABCDEF0123456789ABCDEF0123456789");
+    assert_eq!(api[0].response.as_ref().map(|r| r.status), Some(200));
+    let stats = h.stats();
+    assert_eq!((stats.h2c_upgrades, stats.h2_connections), (1, 1));
+    assert_eq!((stats.h2_protocol_errors, stats.not_http), (0, 0));
+}
