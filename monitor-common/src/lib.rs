@@ -356,12 +356,11 @@ pub fn classify_client_start(
     } else {
         CLIENT_START_LEN
     };
-    if len >= 3 {
-        if let (Some(&0x16), Some(&0x03), Some(&minor)) = (head.first(), head.get(1), head.get(2)) {
-            if minor <= 0x04 {
-                return ClientStart::TlsHandshake;
-            }
-        }
+    if let (true, Some(&0x16), Some(&0x03), Some(&minor)) =
+        (len >= 3, head.first(), head.get(1), head.get(2))
+        && minor <= 0x04
+    {
+        return ClientStart::TlsHandshake;
     }
     if is_http2_request_frame(head, len) {
         return ClientStart::Http2Unseen;

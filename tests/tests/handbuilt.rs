@@ -1032,7 +1032,17 @@ fn api_requests_whose_head_cannot_be_read_are_counted_as_unreadable() {
         .into_bytes()
     };
     let bad_request = http::response(400, "text/html", b"Bad Request", BodyEncoding::Plain).bytes;
-    case.call(T0, &bad_length(API), &bad_request);
+    // Answered by the application (a server whose limits let the head through): a call.
+    let by_php = http::response(
+        400,
+        "application/json",
+        br#"{"error":"The value of the parameter \"content\" is not valid"}"#,
+        BodyEncoding::Plain,
+    )
+    .bytes;
+    case.call(T0, &bad_length(API), &by_php);
+    // Refused with the web server's own error page: it never ran, so it is no call.
+    case.call(T0 + 0.5, &bad_length(API), &bad_request);
     // The same on a page that is not the API is no call.
     case.call(T0 + 1.0, &bad_length("/redcap/index.php"), &bad_request);
     case.call(T0 + 2.0, &version_request(TOKEN_A), &version_response());
@@ -1053,7 +1063,7 @@ fn api_requests_whose_head_cannot_be_read_are_counted_as_unreadable() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("http.bad_content_length=2"),
+        out.stderr.contains("http.bad_content_length=3"),
         "{}",
         out.stderr
     );

@@ -248,11 +248,7 @@ impl ResponseInProgress {
             // Decoding was abandoned (the exchange was evicted mid-response).
             (None, _) => (BodyDecoding::Failed, 0),
         };
-        match decoding {
-            BodyDecoding::Failed => stats.decode_failed += 1,
-            BodyDecoding::Capped => stats.decode_capped += 1,
-            _ => {}
-        }
+        stats.count_decoding(decoding);
         ResponseSummary {
             status: self.status,
             ts_first_byte: self.ts_first_byte,

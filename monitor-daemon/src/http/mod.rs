@@ -285,6 +285,17 @@ pub struct HttpStats {
     pub h2c_upgrades: u64,
 }
 
+impl HttpStats {
+    /// Counts how a selected response's body decoding ended (HTTP/1.x and HTTP/2 alike).
+    pub(crate) fn count_decoding(&mut self, decoding: BodyDecoding) {
+        match decoding {
+            BodyDecoding::Failed => self.decode_failed += 1,
+            BodyDecoding::Capped => self.decode_capped += 1,
+            _ => {}
+        }
+    }
+}
+
 /// Turns reassembled streams into [`HttpExchange`]s, one connection state per open connection.
 ///
 /// An exchange is emitted once, when both its request and its response have ended, or when its

@@ -42,11 +42,7 @@ struct ResponseState {
 impl ResponseState {
     fn summary(&self, stats: &mut HttpStats) -> ResponseSummary {
         let (decoding, decoded_body_bytes) = self.decoder.outcome(self.wire_body_bytes);
-        match decoding {
-            super::BodyDecoding::Failed => stats.decode_failed += 1,
-            super::BodyDecoding::Capped => stats.decode_capped += 1,
-            _ => {}
-        }
+        stats.count_decoding(decoding);
         ResponseSummary {
             status: self.status,
             ts_first_byte: self.ts_first_byte,
