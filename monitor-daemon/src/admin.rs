@@ -660,12 +660,13 @@ fn top_text(
         },
         suspensions.as_array().map_or(0, Vec::len)
     );
-    // The losses line of `status`, so that a lossy capture is never out of sight.
-    if let Some(losses) = status_text(status)
+    // The losses and blind-spot lines of `status`, so that a lossy or blind capture is never
+    // out of sight.
+    for line in status_text(status)
         .lines()
-        .find(|l| l.starts_with("losses:"))
+        .filter(|l| l.starts_with("losses:") || l.starts_with("coverage: BLIND"))
     {
-        let _ = writeln!(out, "{losses}");
+        let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(
         out,
@@ -794,7 +795,27 @@ fn status_text(stats: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod status_tests {
-    use super::status_text;
+    use super::{status_text, top_text};
+
+    #[test]
+    fn top_shows_a_blind_spot_with_the_losses() {
+        let status = serde_json::json!({
+            "mode": "ebpf", "kernel": {"ring_full": 0},
+            "coverage": [{"reason": "https_unread", "count": 2, "advice": "turn on capture.tls"}]
+        });
+        let top = serde_json::json!({"at": 1_700_000_000.0, "window_s": 60.0, "tokens": []});
+        let text = top_text(
+            "http://127.0.0.1:9864",
+            &top,
+            &status,
+            &serde_json::json!([]),
+        );
+        assert!(text.contains("losses: none"), "{text}");
+        assert!(
+            text.contains("coverage: BLIND https_unread (2 seen): turn on capture.tls"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn losses_are_named_or_said_to_be_none() {
