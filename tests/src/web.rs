@@ -339,8 +339,9 @@ echo '{"ok":true}';
 pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 
 /// Apache 2 (Debian's) under a unique process name: prefork + mod_ssl + mod_php, where port 80
-/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script ([`Apache::start`]); or
-/// mpm_event + mod_ssl + mod_http2 proxying to the simulator ([`Apache::start_http2_proxy`]).
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script, also as `/redcap/api/`
+/// as REDCap's clients call it ([`Apache::start`]); or mpm_event + mod_ssl + mod_http2 proxying
+/// to the simulator ([`Apache::start_http2_proxy`]).
 pub struct Apache {
     name: String,
     dir: PathBuf,
@@ -352,13 +353,35 @@ impl Apache {
     /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
     /// subdirectory: the children run as www-data).
     pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
-        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
-        Apache::start_named(ns, dir, pki, &name)
+        Apache::start_with_env(ns, dir, pki, &[])
     }
 
     /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
     /// name), e.g. one that starts with a default `capture.tls.processes` name.
     pub fn start_named(ns: &str, dir: &Path, pki: &TestPki, name: &str) -> Result<Apache> {
+        Apache::start_as(ns, dir, pki, name, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables for the server (the benches set
+    /// `LD_LIBRARY_PATH` to give it a private copy of libssl: uprobes other programs put on the
+    /// system's libssl then cannot trap in it).
+    pub fn start_with_env(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        env: &[(&str, &Path)],
+    ) -> Result<Apache> {
+        let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
+        Apache::start_as(ns, dir, pki, &name, env)
+    }
+
+    fn start_as(
+        ns: &str,
+        dir: &Path,
+        pki: &TestPki,
+        name: &str,
+        env: &[(&str, &Path)],
+    ) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
         let docroot = dir.join("www");
         let api = docroot.join("redcap/api");
@@ -424,6 +447,7 @@ impl Apache {
                  LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so\n\
                  LoadModule authz_core_module {m}/mod_authz_core.so\n\
                  LoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\n\
+                 LoadModule dir_module {m}/mod_dir.so\nDirectoryIndex index.php\n\
                  LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
                  LoadModule ssl_module {m}/mod_ssl.so\n\
                  LoadModule php_module {php}\n\
@@ -441,7 +465,7 @@ impl Apache {
                 key = pki.server_key.display(),
             ),
         )?;
-        Apache::launch(ns, name, dir, binary, conf, 2)
+        Apache::launch(ns, name, dir, binary, conf, 2, env)
     }
 
     /// Apache with HTTP/2: mpm_event (mod_http2 does not run under prefork), mod_ssl and
@@ -489,10 +513,10 @@ impl Apache {
                 key = pki.server_key.display(),
             ),
         )?;
-        Apache::launch(ns, name, &dir, binary, conf, 1)
+        Apache::launch(ns, name, &dir, binary, conf, 1, &[])
     }
 
-    /// Starts the configured binary and waits for `min_children` children.
+    /// Starts the configured binary with `env` and waits for `min_children` children.
     fn launch(
         ns: &str,
         name: String,
@@ -500,8 +524,10 @@ impl Apache {
         binary: PathBuf,
         conf: PathBuf,
         min_children: usize,
+        env: &[(&str, &Path)],
     ) -> Result<Apache> {
         let out = command_in(Some(ns), &binary.to_string_lossy())
+            .envs(env.iter().copied())
             .arg("-f")
             .arg(&conf)
             .arg("-k")
@@ -538,6 +564,12 @@ impl Apache {
     /// The process name: what `capture.tls.processes` lists.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The document root: `redcap/api/index.php` is the API script; other files put here are
+    /// served as they are (`.php` through mod_php).
+    pub fn docroot(&self) -> PathBuf {
+        self.dir.join("www")
     }
 
     fn master_pid(&self) -> Result<u32> {
@@ -612,4 +644,30 @@ fn children_of(parent: u32) -> Result<Vec<u32>> {
     }
     pids.sort_unstable();
     Ok(pids)
+}
+
+/// Copies the libssl that `linked_by` (a program or module) loads into `dir/lib` and returns
+/// that directory, for `LD_LIBRARY_PATH`. uprobes sit on a library file, for every process that
+/// maps it: a load generator on a private copy pays no trap for its own TLS calls (on a web
+/// host the clients are other machines), and a server on a private copy is not trapped by
+/// uprobes that others put on the system's libssl.
+pub fn private_libssl(linked_by: &Path, dir: &Path) -> Result<PathBuf> {
+    let ldd = Command::new("ldd")
+        .arg(linked_by)
+        .output()
+        .with_context(|| format!("running ldd on {}", linked_by.display()))?;
+    let listing = String::from_utf8_lossy(&ldd.stdout);
+    let library = listing
+        .lines()
+        .find(|line| line.contains("libssl.so"))
+        .and_then(|line| line.split("=>").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("{} links no libssl:\n{listing}", linked_by.display()))?;
+    let lib_dir = dir.join("lib");
+    std::fs::create_dir_all(&lib_dir).context("creating the private library directory")?;
+    let name = Path::new(library)
+        .file_name()
+        .context("libssl path without a file name")?;
+    std::fs::copy(library, lib_dir.join(name)).with_context(|| format!("copying {library}"))?;
+    Ok(lib_dir)
 }

@@ -28,8 +28,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use monitor_tests::cpu::thread_cpu_time;
+use monitor_tests::cpu::{processes_cpu_time, thread_cpu_time};
 use monitor_tests::netns::NamespacePair;
+use monitor_tests::web::private_libssl;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
 use redcap_monitor::capture::tls::TlsCapture;
@@ -112,7 +113,8 @@ fn main() -> Result<()> {
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     if options.tls {
-        options.client_lib_dir = Some(private_libssl_for_wrk(dir.path())?);
+        let wrk_binary = which("wrk").context("wrk is not on PATH")?;
+        options.client_lib_dir = Some(private_libssl(&wrk_binary, dir.path())?);
     }
     let pair = namespace_pair();
     let nginx = Nginx::start(&pair, dir.path(), options.tls)?;
@@ -266,29 +268,6 @@ done = function(summary, latency, requests)
 end
 "#
     )
-}
-
-/// Copies the libssl wrk links into `dir/lib`: uprobes are per file, so wrk loading the copy
-/// (LD_LIBRARY_PATH) pays no uprobe traps, and only the server's TLS calls are measured.
-fn private_libssl_for_wrk(dir: &Path) -> Result<std::path::PathBuf> {
-    let ldd = std::process::Command::new("sh")
-        .args(["-c", "ldd \"$(command -v wrk)\""])
-        .output()
-        .context("running ldd on wrk")?;
-    let listing = String::from_utf8_lossy(&ldd.stdout);
-    let library = listing
-        .lines()
-        .find(|line| line.contains("libssl.so"))
-        .and_then(|line| line.split("=>").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .with_context(|| format!("wrk links no libssl:\n{listing}"))?;
-    let lib_dir = dir.join("lib");
-    std::fs::create_dir_all(&lib_dir).context("creating the private library directory")?;
-    let name = Path::new(library)
-        .file_name()
-        .context("libssl path without a file name")?;
-    std::fs::copy(library, lib_dir.join(name)).with_context(|| format!("copying {library}"))?;
-    Ok(lib_dir)
 }
 
 /// Runs wrk from the client namespace for `seconds` and reads its RESULT line.
@@ -489,35 +468,9 @@ struct Nginx {
 
 impl Nginx {
     /// CPU time (user + system) used so far by nginx's processes, found by the unique name of
-    /// its binary; exited workers are not counted (nginx keeps its one worker for the bench).
+    /// its binary.
     fn cpu(&self) -> Duration {
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let mut ticks = 0u64;
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Duration::ZERO;
-        };
-        for entry in entries.flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // `pid (comm) state ppid ...`: the name may hold spaces, so split at the last `)`.
-            let Some((head, rest)) = stat.rsplit_once(") ") else {
-                continue;
-            };
-            if head
-                .split_once(" (")
-                .is_none_or(|(_, comm)| comm != self.name)
-            {
-                continue;
-            }
-            // After `state`, utime and stime are the 12th and 13th fields.
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            for field in fields.get(11..13).unwrap_or_default() {
-                ticks += field.parse::<u64>().unwrap_or(0);
-            }
-        }
-        Duration::from_micros(ticks * 1_000_000 / ticks_per_s)
+        processes_cpu_time(&self.name)
     }
 
     fn start(pair: &NamespacePair, dir: &Path, tls: bool) -> Result<Nginx> {
@@ -637,8 +590,14 @@ fn install_interrupt_handler() {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    which(program).is_some()
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
