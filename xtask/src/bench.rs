@@ -4,6 +4,7 @@
 //! best-of-N timing, JSON output).
 
 mod live;
+mod mix;
 mod offline;
 mod policy;
 
@@ -41,6 +42,14 @@ const BENCHES: &[Bench] = &[
     Bench {
         name: "live",
         run: live::run,
+    },
+    Bench {
+        name: "https-mix",
+        run: mix::run_https,
+    },
+    Bench {
+        name: "http-mix",
+        run: mix::run_http,
     },
 ];
 

@@ -25,7 +25,8 @@ tasks:
                      namespace, the daemon's eBPF probe on its veth, real clients; calls and
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
-  bench [NAME...]    setup, release build, then benchmarks: offline, policy, live (default: all)
+  bench [NAME...]    setup, release build, then benchmarks: offline, policy, live,
+                     https-mix, http-mix (default: all)
   dist [--debug]     setup, release build, then the Debian package (cargo-deb) in target/debian/:
                      binary, systemd unit (not enabled), config, service user; --debug packages
                      the debug build (for tests)";
