@@ -145,7 +145,8 @@ fn main() -> Result<()> {
         &pki,
         &[("LD_LIBRARY_PATH", &server_libs)],
     )?;
-    write_site(&apache.docroot())?;
+    let php_cpu_log = apache_dir.join("php-cpu.log");
+    write_site(&apache.docroot(), &php_cpu_log)?;
     let script = dir.path().join("mix.lua");
     std::fs::write(&script, WRK_SCRIPT).context("writing the wrk script")?;
     let wrk = Wrk {
@@ -163,6 +164,7 @@ fn main() -> Result<()> {
             Setup::TlsAttached(Load::Mix),
             Setup::Detached(Load::Cheapest),
             Setup::TlsAttached(Load::Cheapest),
+            Setup::Detached(Load::CheapestTimed),
         ],
         Mode::Http => &[Setup::Detached(Load::Mix), Setup::TcAttached(Load::Mix)],
     };
@@ -173,6 +175,8 @@ fn main() -> Result<()> {
                 bail!("interrupted; namespaces removed");
             }
             let cpu_before = processes_cpu_time(apache.name());
+            // Emptied, not removed: www-data may not create files there.
+            std::fs::write(&php_cpu_log, "").context("emptying the PHP CPU log")?;
             let (wrk_result, probe) = match setup {
                 Setup::Detached(load) => (wrk.run(load, options.duration_s)?, None),
                 Setup::TlsAttached(load) => {
@@ -191,11 +195,16 @@ fn main() -> Result<()> {
             // Let the master reap children that exited, so their time is counted.
             thread::sleep(Duration::from_millis(200));
             let server_cpu = processes_cpu_time(apache.name()).saturating_sub(cpu_before);
+            let php_script_cpu = match setup {
+                Setup::Detached(Load::CheapestTimed) => Some(read_php_cpu_log(&php_cpu_log)?),
+                _ => None,
+            };
             let run = Run {
                 setup,
                 wrk: wrk_result,
                 probe,
                 server_cpu,
+                php_script_cpu,
             };
             eprintln!(
                 "mix-overhead: round {round} {:<22} {:>8.0} req/s  apache {:>6.1} us/req{}",
@@ -218,11 +227,24 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// What the clients send: the realistic mix, or the cheapest API call on every connection.
+/// What the clients send: the realistic mix, or the cheapest API call on every connection
+/// (`content=version`), also through a wrapper that times the API script inside PHP.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Load {
     Mix,
     Cheapest,
+    CheapestTimed,
+}
+
+/// The PHP CPU log: one line per call, the API script's CPU microseconds. Returns the number of
+/// calls and the mean.
+fn read_php_cpu_log(path: &Path) -> Result<(u64, f64)> {
+    let text = std::fs::read_to_string(path).context("reading the PHP CPU log")?;
+    let values: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    if values.is_empty() {
+        bail!("the timed API script logged no call to {}", path.display());
+    }
+    Ok((values.len() as u64, mean(values.iter().copied())))
 }
 
 /// What is attached while wrk runs.
@@ -240,6 +262,10 @@ impl Setup {
         match self {
             Setup::Detached(Load::Mix) => "mix_detached",
             Setup::Detached(Load::Cheapest) => "cheapest_detached",
+            Setup::Detached(Load::CheapestTimed) => "cheapest_timed_detached",
+            Setup::TlsAttached(Load::CheapestTimed) | Setup::TcAttached(Load::CheapestTimed) => {
+                unreachable!("the timed API script runs detached only")
+            }
             Setup::TlsAttached(Load::Mix) => "mix_tls_attached",
             Setup::TlsAttached(Load::Cheapest) => "cheapest_tls_attached",
             Setup::TcAttached(Load::Mix) => "mix_tc_attached",
@@ -288,8 +314,27 @@ const STATIC_FILES: &[(&str, usize)] = &[
     ("vendor.js", 200_000),
 ];
 
-/// Writes the UI page, the upload page and the static files into Apache's document root.
-fn write_site(docroot: &Path) -> Result<()> {
+/// The API script run through a wrapper that measures its own CPU time (getrusage before it
+/// starts and in a shutdown function, which runs after its `exit`) and appends the
+/// microseconds to a log (`%LOG%`): the cost of the PHP script alone, without Apache, TLS and
+/// PHP's request start-up.
+const TIMED_API_PHP: &str = r#"<?php
+$rcm_before = getrusage();
+register_shutdown_function(function () use ($rcm_before) {
+    $after = getrusage();
+    $us = 0;
+    foreach (['ru_utime', 'ru_stime'] as $k) {
+        $us += ($after["$k.tv_sec"] - $rcm_before["$k.tv_sec"]) * 1000000
+            + ($after["$k.tv_usec"] - $rcm_before["$k.tv_usec"]);
+    }
+    file_put_contents('%LOG%', "$us\n", FILE_APPEND);
+});
+require __DIR__ . '/index.php';
+"#;
+
+/// Writes the UI page, the upload page, the static files and the timed API wrapper (logging to
+/// `php_cpu_log`) into Apache's document root.
+fn write_site(docroot: &Path, php_cpu_log: &Path) -> Result<()> {
     let redcap = docroot.join("redcap");
     let static_dir = redcap.join("static");
     std::fs::create_dir_all(&static_dir)?;
@@ -297,6 +342,12 @@ fn write_site(docroot: &Path) -> Result<()> {
     let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
         (redcap.join("index.php"), PAGE_PHP.into()),
         (redcap.join("upload.php"), UPLOAD_PHP.into()),
+        (
+            redcap.join("api/timed.php"),
+            TIMED_API_PHP
+                .replace("%LOG%", &php_cpu_log.to_string_lossy())
+                .into(),
+        ),
     ];
     for &(name, size) in STATIC_FILES {
         let mut text = String::with_capacity(size + 100);
@@ -317,6 +368,9 @@ fn write_site(docroot: &Path) -> Result<()> {
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
     }
+    // The children run as www-data and append to the log.
+    std::fs::write(php_cpu_log, "")?;
+    std::fs::set_permissions(php_cpu_log, std::fs::Permissions::from_mode(0o666))?;
     Ok(())
 }
 
@@ -352,6 +406,8 @@ local function get(kind, path) add(kind, wrk.format("GET", path, {})) end
 function init(args)
   if args[1] == "cheapest" then
     api("&content=version&format=json")
+  elseif args[1] == "cheapest-timed" then
+    add("api", wrk.format("POST", "/redcap/api/timed.php", form(), token .. "&content=version&format=json"))
   elseif id < tonumber(args[2]) then
     api("&content=record&action=export&format=json&type=flat&rows=10&returnFormat=json")
     api("&content=version&format=json")
@@ -458,10 +514,10 @@ impl Wrk<'_> {
             .arg(self.script)
             .arg(url)
             .arg("--")
-            .arg(if load == Load::Cheapest {
-                "cheapest"
-            } else {
-                "mix"
+            .arg(match load {
+                Load::Mix => "mix",
+                Load::Cheapest => "cheapest",
+                Load::CheapestTimed => "cheapest-timed",
             })
             .arg(o.api_threads.to_string())
             .stderr(Stdio::inherit())
@@ -532,6 +588,8 @@ struct ProbeResult {
     copied_non_api_connections: u64,
     /// CPU time of the thread that read the ring and ran the pipeline.
     reader_cpu: Duration,
+    /// The libssl files the uprobes sat on (TLS only): the server's private copy.
+    tls_libraries: Vec<String>,
 }
 
 /// Runs wrk with a drainer (started by `spawn`, which returns once the capture is attached and
@@ -644,6 +702,7 @@ impl Drain {
             copied_connections: self.bytes_by_conn.len() as u64,
             copied_non_api_connections: non_api.len() as u64,
             reader_cpu,
+            tls_libraries: Vec::new(),
         }
     }
 }
@@ -672,7 +731,8 @@ fn tls_drainer(
             }
             Ok((probe, tls))
         };
-        let (mut probe, _tls) = match attach() {
+        // The uprobes stay attached as long as `tls` and `probe` live (this thread).
+        let (mut probe, tls) = match attach() {
             Ok(attached) => attached,
             Err(err) => {
                 let _ = ready.send(Err(format!("{err:#}")));
@@ -680,7 +740,11 @@ fn tls_drainer(
             }
         };
         let _ = ready.send(Ok(()));
-        drain_until(&mut probe, &stop)
+        let libraries = tls.libraries().map(|p| p.display().to_string()).collect();
+        ProbeResult {
+            tls_libraries: libraries,
+            ..drain_until(&mut probe, &stop)
+        }
     })
 }
 
@@ -722,6 +786,8 @@ struct Run {
     probe: Option<ProbeResult>,
     /// CPU time (user + system) Apache's processes used during the run.
     server_cpu: Duration,
+    /// The timed API script: calls logged and its mean CPU microseconds per call.
+    php_script_cpu: Option<(u64, f64)>,
 }
 
 impl Run {
@@ -792,6 +858,13 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
             w.sent_api,
             number(run.server_cpu_us_per_request())
         );
+        if let Some((calls, us)) = run.php_script_cpu {
+            let _ = write!(
+                out,
+                ", \"php_script_calls\": {calls}, \"php_script_cpu_us_per_call\": {}",
+                number(us)
+            );
+        }
         if let Some(p) = &run.probe {
             let c = &p.counters;
             let _ = write!(
@@ -820,6 +893,10 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
                 c.tls_args_lost,
                 c.tls_filtered
             );
+            if !p.tls_libraries.is_empty() {
+                let names: Vec<String> = p.tls_libraries.iter().map(|l| format!("{l:?}")).collect();
+                let _ = write!(out, ", \"tls_libraries\": [{}]", names.join(", "));
+            }
         }
         out.push_str(if i + 1 < runs.len() { "},\n" } else { "}\n" });
     }
@@ -925,6 +1002,14 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
             summary.push((
                 "cheapest_tls_added_server_cpu_us_per_request".into(),
                 number(added(Setup::TlsAttached(Load::Cheapest), Load::Cheapest)),
+            ));
+            summary.push((
+                "cheapest_php_script_cpu_us_per_call".into(),
+                number(mean(
+                    runs.iter()
+                        .filter_map(|r| r.php_script_cpu)
+                        .map(|(_, us)| us),
+                )),
             ));
         }
         Mode::Http => summary.push((
