@@ -26,18 +26,26 @@ use crate::{
 #[derive(Clone, Copy)]
 struct Bench {
     name: &'static str,
-    run: fn() -> Result<()>,
+    run: fn(&Options) -> Result<()>,
+}
+
+/// What the command line says besides the benches' names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// `--duration SECONDS`: the length of each measured run of the benches that drive a web
+    /// server (live, https-mix, http-mix); their own default (10 s) otherwise.
+    pub(crate) duration_s: Option<u32>,
 }
 
 /// The benches, in the order `all` runs them.
 const BENCHES: &[Bench] = &[
     Bench {
         name: "offline",
-        run: offline::run,
+        run: |_| offline::run(),
     },
     Bench {
         name: "policy",
-        run: policy::run,
+        run: |_| policy::run(),
     },
     Bench {
         name: "live",
@@ -54,14 +62,44 @@ const BENCHES: &[Bench] = &[
 ];
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
-    let selected = select(args)?;
+    let (options, names) = parse_options(args)?;
+    let selected = select(&names)?;
     setup::run()?;
     compile::build_daemon(Profile::Release)?;
     for bench in selected {
         println!("\nbench {}", bench.name);
-        (bench.run)()?;
+        (bench.run)(&options)?;
     }
     Ok(())
+}
+
+/// Splits `--duration SECONDS` from the benches' names.
+fn parse_options(args: &[String]) -> Result<(Options, Vec<String>)> {
+    let mut options = Options::default();
+    let mut names = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg != "--duration" {
+            names.push(arg.clone());
+            continue;
+        }
+        let seconds = args
+            .next()
+            .and_then(|value| value.parse::<u32>().ok())
+            .filter(|&seconds| seconds > 0)
+            .ok_or_else(|| Failure::new("--duration takes a positive number of seconds"))?;
+        options.duration_s = Some(seconds);
+    }
+    Ok((options, names))
+}
+
+impl Options {
+    /// The arguments that pass these options on to a bench binary that takes `--duration`.
+    pub(crate) fn duration_args(&self) -> Vec<String> {
+        self.duration_s
+            .map(|seconds| vec!["--duration".to_owned(), seconds.to_string()])
+            .unwrap_or_default()
+    }
 }
 
 fn select(args: &[String]) -> Result<Vec<Bench>> {
@@ -196,6 +234,16 @@ mod tests {
     fn json_number_turns_infinity_into_null() {
         assert_eq!(json_number(1.5), "1.5");
         assert_eq!(json_number(f64::INFINITY), "null");
+    }
+
+    #[test]
+    fn duration_is_taken_from_among_the_names() {
+        let args = ["live", "--duration", "3", "http-mix"].map(String::from);
+        let (options, names) = parse_options(&args).unwrap();
+        assert_eq!(options.duration_s, Some(3));
+        assert_eq!(names, ["live", "http-mix"]);
+        assert!(parse_options(&["--duration".to_owned()]).is_err());
+        assert!(parse_options(&["--duration", "0"].map(String::from)).is_err());
     }
 
     #[test]

@@ -25,8 +25,10 @@ tasks:
                      namespace, the daemon's eBPF probe on its veth, real clients; calls and
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
-  bench [NAME...]    setup, release build, then benchmarks: offline, policy, live,
-                     https-mix, http-mix (default: all)
+  bench [NAME...] [--duration SECONDS]
+                     setup, release build, then benchmarks: offline, policy, live,
+                     https-mix, http-mix (default: all); --duration: each measured run of
+                     the web server benches (default 10 s)
   dist [--debug]     setup, release build, then the Debian package (cargo-deb) in target/debian/:
                      binary, systemd unit (not enabled), config, service user; --debug packages
                      the debug build (for tests)";

@@ -6,7 +6,7 @@
 
 use std::process::Stdio;
 
-use super::{json_field, output_path, verdict, write_report};
+use super::{Options, json_field, output_path, verdict, write_report};
 use crate::{Failure, Result, process};
 
 /// With the probe attached and its events read as `run` reads them (every 10 ms), throughput
@@ -47,7 +47,7 @@ const SETUPS: &[(&str, &str)] = &[
     ("attached_batched", "probe + pipeline (10 ms, as `run`)"),
 ];
 
-pub(super) fn run() -> Result<()> {
+pub(super) fn run(options: &Options) -> Result<()> {
     if !process::is_root() {
         return Err(Failure::new(
             "bench live creates network namespaces and loads eBPF programs: run it as root",
@@ -66,7 +66,10 @@ pub(super) fn run() -> Result<()> {
         "live: nginx in a namespace, wrk -t2 -c32 -d10s in another; each setup twice, interleaved"
     );
     let mut command = std::process::Command::new(&program);
-    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    command
+        .args(options.duration_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     http(&mut command)?;
     println!(
         "live, HTTPS: nginx with a self-signed certificate, wrk over TLS; each setup once, \
@@ -75,6 +78,7 @@ pub(super) fn run() -> Result<()> {
     let mut command = std::process::Command::new(&program);
     command
         .args(["--tls", "--rounds", "1"])
+        .args(options.duration_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     https(&mut command)

@@ -9,12 +9,15 @@
 
 use std::process::Stdio;
 
-use super::{json_field, output_path, verdict, write_report};
+use super::{Options, json_field, output_path, verdict, write_report};
 use crate::{Failure, Result, process};
 
 /// Over plain HTTP, at most this share of the bytes on the watched port may be copied to user
 /// space without belonging to an API call.
 const GOAL_NON_API_COPIED_SHARE: f64 = 0.01;
+
+/// mix-overhead's length of a measured run.
+const DEFAULT_DURATION_S: u32 = 10;
 
 /// The setups of `mix-overhead https` (report key prefixes), as the table names them.
 const HTTPS_SETUPS: &[(&str, &str)] = &[
@@ -41,11 +44,12 @@ const LOSS_COUNTERS: &[&str] = &[
     "tls_conns_evicted",
 ];
 
-pub(super) fn run_https() -> Result<()> {
+pub(super) fn run_https(options: &Options) -> Result<()> {
     let json = measure(
+        options,
         "https",
-        "https-mix: Apache (prefork, mod_ssl, mod_php) over HTTPS; wrk -t4 -c8 -d10s: 1 thread of \
-         API scripts, 3 of browsers (UI pages, static files, uploads); each setup once",
+        "https-mix: Apache (prefork, mod_ssl, mod_php) over HTTPS; wrk -t4 -c8: 1 thread \
+         of API scripts, 3 of browsers (UI pages, static files, uploads); each setup once",
     )?;
     let field = |key: &str| number(&json, key);
     table(&json, HTTPS_SETUPS)?;
@@ -67,11 +71,12 @@ pub(super) fn run_https() -> Result<()> {
     save(&json, "https-mix.json")
 }
 
-pub(super) fn run_http() -> Result<()> {
+pub(super) fn run_http(options: &Options) -> Result<()> {
     let json = measure(
+        options,
         "http",
         "http-mix: Apache (prefork, mod_php) over plain HTTP, the TC probe on its veth; wrk -t4 \
-         -c8 -d10s: 1 thread of API scripts, 3 of browsers; each setup once",
+         -c8: 1 thread of API scripts, 3 of browsers; each setup once",
     )?;
     let field = |key: &str| number(&json, key);
     table(&json, HTTP_SETUPS)?;
@@ -95,7 +100,7 @@ pub(super) fn run_http() -> Result<()> {
 }
 
 /// Builds and runs `mix-overhead MODE` and returns its JSON report.
-fn measure(mode: &str, banner: &str) -> Result<String> {
+fn measure(options: &Options, mode: &str, banner: &str) -> Result<String> {
     if !process::is_root() {
         return Err(Failure::new(format!(
             "bench {mode}-mix creates network namespaces and loads eBPF programs: run it as root"
@@ -110,10 +115,14 @@ fn measure(mode: &str, banner: &str) -> Result<String> {
         "mix-overhead",
     ]))?;
     let program = process::target_dir().join("release").join("mix-overhead");
-    println!("{banner}");
+    println!(
+        "{banner}; {} s a setup",
+        options.duration_s.unwrap_or(DEFAULT_DURATION_S)
+    );
     let mut command = std::process::Command::new(&program);
     command
         .arg(mode)
+        .args(options.duration_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let output = process::output(&mut command)?;
