@@ -4,6 +4,7 @@
 //! This library never looks inside the daemon: it speaks only the CLI and JSONL contract (the
 //! `live-overhead` bench binary alone links the daemon's library, to drive the probe itself).
 
+pub mod bench;
 pub mod capture;
 pub mod clients;
 pub mod cpu;
@@ -16,6 +17,7 @@ pub mod session;
 pub mod sim;
 pub mod synth;
 pub mod web;
+pub mod wrk;
 
 use std::path::PathBuf;
 

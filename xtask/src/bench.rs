@@ -151,6 +151,49 @@ fn run_silently(command: &mut Command) -> Result<()> {
     )))
 }
 
+/// Builds the bench binary `name` of monitor-tests in release and returns its path.
+fn build_bench_binary(name: &str) -> Result<PathBuf> {
+    process::run(process::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor-tests",
+        "--bin",
+        name,
+    ]))?;
+    Ok(process::target_dir().join("release").join(name))
+}
+
+/// Writes a bench binary's JSON report to `target/bench/<file_name>` and says so.
+fn save_json_report(file_name: &str, json: &str) -> Result<()> {
+    let path = output_path(file_name)?;
+    write_report(&path, &(json.trim_end().to_owned() + "\n"))?;
+    println!("  written to {}", process::shown(&path));
+    Ok(())
+}
+
+/// Runs a bench binary that prints one JSON report on stdout (its progress goes to stderr, which
+/// the caller may let through) and returns the report.
+fn json_report(command: &mut Command) -> Result<String> {
+    let output = process::output(command)?;
+    let json = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        return Err(Failure::new(format!(
+            "`{}` failed ({})",
+            describe(command),
+            output.status
+        )));
+    }
+    Ok(json)
+}
+
+/// The number `key` of `program`'s JSON report (see [`json_field`]), or an error that shows the
+/// report.
+fn report_number(json: &str, key: &str, program: &str) -> Result<f64> {
+    json_field(json, key)
+        .ok_or_else(|| Failure::new(format!("{program}'s report has no number `{key}`:\n{json}")))
+}
+
 /// `target/bench/<file_name>`, with the directory created.
 fn output_path(file_name: &str) -> Result<PathBuf> {
     let dir = process::target_dir().join("bench");

@@ -28,12 +28,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use monitor_tests::bench::{install_interrupt_handler, interrupted, mean, which};
 use monitor_tests::cpu::{processes_cpu_time, thread_cpu_time};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::web::private_libssl;
+use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
-use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
-use redcap_monitor::capture::tls::TlsCapture;
+use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
 use redcap_monitor::config::Config;
 use redcap_monitor::pipeline::Pipeline;
 use redcap_monitor::token::SiteKey;
@@ -41,9 +42,6 @@ use redcap_monitor::token::SiteKey;
 /// A REDCap-like export call; the token is made up.
 const BODY: &str = "token=0123456789ABCDEF0123456789ABCDEF&content=record&action=export\
                     &format=json&type=flat&returnFormat=json";
-
-/// Set by SIGINT/SIGTERM: stop between runs and clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 struct Options {
     duration_s: u32,
@@ -126,7 +124,7 @@ fn main() -> Result<()> {
     let mut runs = Vec::new();
     for round in 1..=options.rounds {
         for &setup in Setup::of(options.tls) {
-            if INTERRUPTED.load(Ordering::Relaxed) {
+            if interrupted() {
                 bail!("interrupted; namespaces removed");
             }
             let server_cpu = nginx.cpu();
@@ -290,17 +288,6 @@ fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> 
         .stderr(Stdio::inherit())
         .output()
         .context("running wrk")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("wrk failed ({}):\n{stdout}", output.status);
-    }
-    let numbers: Vec<u64> = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("RESULT "))
-        .with_context(|| format!("wrk printed no RESULT line:\n{stdout}"))?
-        .split_whitespace()
-        .map(|n| n.parse().context("a number in wrk's RESULT line"))
-        .collect::<Result<_>>()?;
     let [
         requests,
         duration_us,
@@ -308,10 +295,7 @@ fn wrk(pair: &NamespacePair, script: &Path, options: &Options, seconds: u32) -> 
         non_2xx,
         p50_us,
         p99_us,
-    ] = numbers[..]
-    else {
-        bail!("wrk's RESULT line has {} numbers, not 6", numbers.len());
-    };
+    ] = result_numbers(&output)?;
     Ok(WrkResult {
         requests,
         duration_us,
@@ -397,18 +381,7 @@ fn tls_attached_run(
     name: &str,
     setup: Setup,
 ) -> Result<Run> {
-    let mut probe = KernelProbe::load(&ProbeConfig {
-        ports: vec![SERVER_PORT],
-        tls_processes: vec![name.to_owned()],
-        ..ProbeConfig::default()
-    })
-    .context("loading the probe")?;
-    let mut tls = TlsCapture::new(vec![name.to_owned()], Vec::new());
-    tls.start(&mut probe)
-        .context("attaching the OpenSSL uprobes")?;
-    if tls.libraries().next().is_none() {
-        bail!("no libssl found in the {name} processes");
-    }
+    let (mut probe, tls) = probe_env::attach_tls_probe(vec![SERVER_PORT], name)?;
     let stop = Arc::new(AtomicBool::new(false));
     let drainer = {
         let stop = Arc::clone(&stop);
@@ -575,34 +548,8 @@ impl Drop for Nginx {
     }
 }
 
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C also reaches wrk and nginx (same process group), which end their run; this process
-/// only notes it, so that it stops between runs and its guards remove the namespaces.
-fn install_interrupt_handler() {
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
-    }
-}
-
 fn on_path(program: &str) -> bool {
     which(program).is_some()
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values.fold((0.0, 0u32), |(sum, n), v| (sum + v, n + 1));
-    sum / f64::from(n)
 }
 
 fn report_json(options: &Options, runs: &[Run]) -> String {

@@ -35,24 +35,23 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use monitor_tests::bench::{install_interrupt_handler, interrupted, mean, which};
 use monitor_tests::cpu::{processes_cpu_time, thread_cpu_time};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::web::{Apache, TestPki, private_libssl};
+use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
-use redcap_monitor::capture::tls::TlsCapture;
 use redcap_monitor::config::Config;
 use redcap_monitor::model::{Endpoint, TcpSegment};
 use redcap_monitor::pipeline::Pipeline;
+use redcap_monitor::policy::Verdict;
 use redcap_monitor::token::SiteKey;
 
 /// How often the ring is read, as `run` reads it.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
-
-/// Set by SIGINT/SIGTERM: stop between runs and clean up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -171,7 +170,7 @@ fn main() -> Result<()> {
     let mut runs = Vec::new();
     for round in 1..=options.rounds {
         for &setup in setups {
-            if INTERRUPTED.load(Ordering::Relaxed) {
+            if interrupted() {
                 bail!("interrupted; namespaces removed");
             }
             let cpu_before = processes_cpu_time(apache.name());
@@ -523,47 +522,20 @@ impl Wrk<'_> {
             .stderr(Stdio::inherit())
             .output()
             .context("running wrk")?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!("wrk failed ({}):\n{stdout}", output.status);
-        }
-        let numbers: Vec<u64> = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("RESULT "))
-            .with_context(|| format!("wrk printed no RESULT line:\n{stdout}"))?
-            .split_whitespace()
-            .map(|n| n.parse().context("a number in wrk's RESULT line"))
-            .collect::<Result<_>>()?;
-        let [
-            requests,
-            duration_us,
-            errors,
-            non_2xx,
-            p50_us,
-            p99_us,
-            bytes_received,
-            bytes_sent,
-            sent_ui,
-            sent_static,
-            sent_upload,
-            sent_api,
-        ] = numbers[..]
-        else {
-            bail!("wrk's RESULT line has {} numbers, not 12", numbers.len());
-        };
+        let n: [u64; 12] = result_numbers(&output)?;
         Ok(WrkResult {
-            requests,
-            duration_us,
-            errors,
-            non_2xx,
-            p50_us,
-            p99_us,
-            bytes_received,
-            bytes_sent,
-            sent_ui,
-            sent_static,
-            sent_upload,
-            sent_api,
+            requests: n[0],
+            duration_us: n[1],
+            errors: n[2],
+            non_2xx: n[3],
+            p50_us: n[4],
+            p99_us: n[5],
+            bytes_received: n[6],
+            bytes_sent: n[7],
+            sent_ui: n[8],
+            sent_static: n[9],
+            sent_upload: n[10],
+            sent_api: n[11],
         })
     }
 }
@@ -629,13 +601,28 @@ fn conn_key(a: Endpoint, b: Endpoint) -> ConnKey {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// The API calls the pipeline reported, and on which connections.
+#[derive(Default)]
+struct Calls {
+    count: u64,
+    complete: u64,
+    connections: HashSet<ConnKey>,
+}
+
+impl Calls {
+    fn add(&mut self, verdict: Verdict) {
+        self.count += 1;
+        self.complete += u64::from(verdict.call.complete);
+        self.connections
+            .insert(conn_key(verdict.call.client, verdict.call.server));
+    }
+}
+
 /// Accounts what a drainer reads: the pipeline's calls and, per connection, the payload bytes
 /// copied.
 struct Drain {
     pipeline: Pipeline,
-    calls: u64,
-    complete_calls: u64,
-    api_conns: HashSet<ConnKey>,
+    calls: Calls,
     bytes_by_conn: HashMap<ConnKey, u64>,
     copied_bytes: u64,
 }
@@ -645,9 +632,7 @@ impl Drain {
         Drain {
             pipeline: Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
                 .expect("the default configuration is valid"),
-            calls: 0,
-            complete_calls: 0,
-            api_conns: HashSet::new(),
+            calls: Calls::default(),
             bytes_by_conn: HashMap::new(),
             copied_bytes: 0,
         }
@@ -660,43 +645,26 @@ impl Drain {
             .bytes_by_conn
             .entry(conn_key(segment.src, segment.dst))
             .or_default() += len;
-        let (calls, complete, api_conns) = (
-            &mut self.calls,
-            &mut self.complete_calls,
-            &mut self.api_conns,
-        );
+        let calls = &mut self.calls;
         self.pipeline
-            .push_segment(segment, &mut |verdict: redcap_monitor::policy::Verdict| {
-                *calls += 1;
-                *complete += u64::from(verdict.call.complete);
-                api_conns.insert(conn_key(verdict.call.client, verdict.call.server));
-            });
+            .push_segment(segment, &mut |verdict| calls.add(verdict));
     }
 
     fn finish(mut self, probe: &KernelProbe, cpu_at_start: Duration) -> ProbeResult {
-        let (calls, complete, api_conns) = (
-            &mut self.calls,
-            &mut self.complete_calls,
-            &mut self.api_conns,
-        );
-        self.pipeline
-            .finish(&mut |verdict: redcap_monitor::policy::Verdict| {
-                *calls += 1;
-                *complete += u64::from(verdict.call.complete);
-                api_conns.insert(conn_key(verdict.call.client, verdict.call.server));
-            });
+        let calls = &mut self.calls;
+        self.pipeline.finish(&mut |verdict| calls.add(verdict));
         let reader_cpu = thread_cpu_time().saturating_sub(cpu_at_start);
         let non_api: Vec<u64> = self
             .bytes_by_conn
             .iter()
-            .filter(|(conn, _)| !self.api_conns.contains(conn))
+            .filter(|(conn, _)| !self.calls.connections.contains(conn))
             .map(|(_, &bytes)| bytes)
             .collect();
         ProbeResult {
             counters: probe.counters().unwrap_or_default(),
             records: probe.drain_stats().records,
-            calls: self.calls,
-            complete_calls: self.complete_calls,
+            calls: self.calls.count,
+            complete_calls: self.calls.complete,
             copied_bytes: self.copied_bytes,
             copied_non_api_bytes: non_api.iter().sum(),
             copied_connections: self.bytes_by_conn.len() as u64,
@@ -716,23 +684,7 @@ fn tls_drainer(
 ) -> thread::JoinHandle<ProbeResult> {
     let name = name.to_owned();
     thread::spawn(move || {
-        let attach = || -> Result<(KernelProbe, TlsCapture)> {
-            let mut probe = KernelProbe::load(&ProbeConfig {
-                ports: vec![HTTPS_PORT],
-                tls_processes: vec![name.clone()],
-                ..ProbeConfig::default()
-            })
-            .context("loading the probe")?;
-            let mut tls = TlsCapture::new(vec![name.clone()], Vec::new());
-            tls.start(&mut probe)
-                .context("attaching the OpenSSL uprobes")?;
-            if tls.libraries().next().is_none() {
-                bail!("no libssl found in the {name} processes");
-            }
-            Ok((probe, tls))
-        };
-        // The uprobes stay attached as long as `tls` and `probe` live (this thread).
-        let (mut probe, tls) = match attach() {
+        let (mut probe, tls) = match probe_env::attach_tls_probe(vec![HTTPS_PORT], &name) {
             Ok(attached) => attached,
             Err(err) => {
                 let _ = ready.send(Err(format!("{err:#}")));
@@ -794,11 +746,6 @@ impl Run {
     fn server_cpu_us_per_request(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1e6 / self.wrk.requests as f64
     }
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values.fold((0.0, 0u32), |(sum, n), v| (sum + v, n + 1));
-    sum / f64::from(n)
 }
 
 fn number(v: f64) -> String {
@@ -1026,25 +973,4 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
     out.push_str(&fields.join(",\n"));
     out.push_str("\n}");
     out
-}
-
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C also reaches wrk (same process group), which ends its run; this process only notes
-/// it, so that it stops between runs and its guards stop Apache and remove the namespaces.
-fn install_interrupt_handler() {
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
-    }
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }

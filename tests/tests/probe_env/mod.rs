@@ -13,6 +13,7 @@ use std::thread;
 
 use monitor_tests::netns::NamespacePair;
 use redcap_monitor::capture::kernel::{KernelProbe, ProbeConfig};
+use redcap_monitor::capture::tls::TlsCapture;
 
 pub const SUBNET: u8 = 203;
 pub const SERVER_IP: &str = "10.203.0.1";
@@ -146,6 +147,26 @@ pub fn spawn_attached_probe<T: Send + 'static>(
         Ok(Err(err)) => panic!("the probe did not start: {err}"),
         Err(_) => panic!("the probe thread died: {:?}", handle.join().err()),
     }
+}
+
+/// Loads the probe (TC ports `ports`, not attached to any interface) and attaches the OpenSSL
+/// uprobes to the libssl of the processes named `name`; they stay attached while both returned
+/// values live. An error when no such process maps a libssl.
+pub fn attach_tls_probe(ports: Vec<u16>, name: &str) -> anyhow::Result<(KernelProbe, TlsCapture)> {
+    use anyhow::Context;
+    let mut probe = KernelProbe::load(&ProbeConfig {
+        ports,
+        tls_processes: vec![name.to_owned()],
+        ..ProbeConfig::default()
+    })
+    .context("loading the probe")?;
+    let mut tls = TlsCapture::new(vec![name.to_owned()], Vec::new());
+    tls.start(&mut probe)
+        .context("attaching the OpenSSL uprobes")?;
+    if tls.libraries().next().is_none() {
+        anyhow::bail!("no libssl found in the {name} processes");
+    }
+    Ok((probe, tls))
 }
 
 /// Moves the calling thread into the network namespace at `path`.

@@ -6,7 +6,9 @@
 
 use std::process::Stdio;
 
-use super::{Options, json_field, output_path, verdict, write_report};
+use super::{
+    Options, build_bench_binary, json_field, json_report, report_number, save_json_report, verdict,
+};
 use crate::{Failure, Result, process};
 
 /// With the probe attached and its events read as `run` reads them (every 10 ms), throughput
@@ -53,15 +55,7 @@ pub(super) fn run(options: &Options) -> Result<()> {
             "bench live creates network namespaces and loads eBPF programs: run it as root",
         ));
     }
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "monitor-tests",
-        "--bin",
-        "live-overhead",
-    ]))?;
-    let program = process::target_dir().join("release").join("live-overhead");
+    let program = build_bench_binary("live-overhead")?;
     println!(
         "live: nginx in a namespace, wrk -t2 -c32 -d10s in another; each setup twice, interleaved"
     );
@@ -86,7 +80,7 @@ pub(super) fn run(options: &Options) -> Result<()> {
 
 /// Runs live-overhead over HTTPS, prints its table and goals, writes `live-tls.json`.
 fn https(command: &mut std::process::Command) -> Result<()> {
-    let json = report(command)?;
+    let json = json_report(command)?;
     let field = |key: &str| number(&json, key);
     table(&json, TLS_SETUPS)?;
     let ratio = field("tls_attached_read_only_over_detached")?;
@@ -103,32 +97,12 @@ fn https(command: &mut std::process::Command) -> Result<()> {
         field("pipeline_requests")?,
         field("pipeline_calls_seen")?
     );
-    let path = output_path("live-tls.json")?;
-    write_report(&path, &(json.trim_end().to_owned() + "\n"))?;
-    println!("  written to {}", process::shown(&path));
+    save_json_report("live-tls.json", &json)?;
     Ok(())
 }
 
-/// Runs live-overhead and returns its JSON report.
-fn report(command: &mut std::process::Command) -> Result<String> {
-    let output = process::output(command)?;
-    let json = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(Failure::new(format!(
-            "`{}` failed ({})",
-            process::describe(command),
-            output.status
-        )));
-    }
-    Ok(json)
-}
-
 fn number(json: &str, key: &str) -> Result<f64> {
-    json_field(json, key).ok_or_else(|| {
-        Failure::new(format!(
-            "live-overhead's report has no number `{key}`:\n{json}"
-        ))
-    })
+    report_number(json, key, "live-overhead")
 }
 
 /// The requests/s, latency and ratio table of `setups`.
@@ -190,7 +164,7 @@ fn losses(json: &str, keys: &[&str]) -> Result<()> {
 
 /// Runs live-overhead over HTTP (the TC probe), prints its table and goals, writes `live.json`.
 fn http(command: &mut std::process::Command) -> Result<()> {
-    let json = report(command)?;
+    let json = json_report(command)?;
     let field = |key: &str| number(&json, key);
     table(&json, SETUPS)?;
     // `redcap-monitor run` reads the ring every 10 ms (waking per event costs far more), so the
@@ -211,8 +185,6 @@ fn http(command: &mut std::process::Command) -> Result<()> {
          ({} complete; wrk does not count requests in flight when it stops)",
         field("pipeline_complete_calls")?
     );
-    let report = output_path("live.json")?;
-    write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
-    println!("  written to {}", process::shown(&report));
+    save_json_report("live.json", &json)?;
     Ok(())
 }

@@ -9,7 +9,9 @@
 
 use std::process::Stdio;
 
-use super::{Options, json_field, output_path, verdict, write_report};
+use super::{
+    Options, build_bench_binary, json_field, json_report, report_number, save_json_report, verdict,
+};
 use crate::{Failure, Result, process};
 
 /// Over plain HTTP, at most this share of the bytes on the watched port may be copied to user
@@ -68,7 +70,7 @@ pub(super) fn run_https(options: &Options) -> Result<()> {
     );
     copied(&json, "mix_tls_attached")?;
     losses(&json, &["mix_tls_attached", "cheapest_tls_attached"])?;
-    save(&json, "https-mix.json")
+    save_json_report("https-mix.json", &json)
 }
 
 pub(super) fn run_http(options: &Options) -> Result<()> {
@@ -96,7 +98,7 @@ pub(super) fn run_http(options: &Options) -> Result<()> {
         field("mix_tc_added_server_cpu_us_per_request")?,
     );
     losses(&json, &["mix_tc_attached"])?;
-    save(&json, "http-mix.json")
+    save_json_report("http-mix.json", &json)
 }
 
 /// Builds and runs `mix-overhead MODE` and returns its JSON report.
@@ -106,15 +108,7 @@ fn measure(options: &Options, mode: &str, banner: &str) -> Result<String> {
             "bench {mode}-mix creates network namespaces and loads eBPF programs: run it as root"
         )));
     }
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "monitor-tests",
-        "--bin",
-        "mix-overhead",
-    ]))?;
-    let program = process::target_dir().join("release").join("mix-overhead");
+    let program = build_bench_binary("mix-overhead")?;
     println!(
         "{banner}; {} s a setup",
         options.duration_s.unwrap_or(DEFAULT_DURATION_S)
@@ -125,24 +119,11 @@ fn measure(options: &Options, mode: &str, banner: &str) -> Result<String> {
         .args(options.duration_args())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let output = process::output(&mut command)?;
-    let json = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(Failure::new(format!(
-            "`{}` failed ({})",
-            process::describe(&command),
-            output.status
-        )));
-    }
-    Ok(json)
+    json_report(&mut command)
 }
 
 fn number(json: &str, key: &str) -> Result<f64> {
-    json_field(json, key).ok_or_else(|| {
-        Failure::new(format!(
-            "mix-overhead's report has no number `{key}`:\n{json}"
-        ))
-    })
+    report_number(json, key, "mix-overhead")
 }
 
 /// Throughput, latency and CPU per request of each setup.
@@ -209,12 +190,5 @@ fn losses(json: &str, setups: &[&str]) -> Result<()> {
         counters.join(", "),
         verdict(lost == 0.0)
     );
-    Ok(())
-}
-
-fn save(json: &str, file_name: &str) -> Result<()> {
-    let path = output_path(file_name)?;
-    write_report(&path, &(json.trim_end().to_owned() + "\n"))?;
-    println!("  written to {}", process::shown(&path));
     Ok(())
 }

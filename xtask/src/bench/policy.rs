@@ -5,8 +5,8 @@
 
 use std::process::Stdio;
 
-use super::{json_field, output_path, verdict, write_report};
-use crate::{Failure, Result, process};
+use super::{build_bench_binary, json_report, report_number, save_json_report, verdict};
+use crate::Result;
 
 /// Calls per second of one core the rate rules must evaluate at least...
 const GOAL_CALLS_PER_S: f64 = 1_000_000.0;
@@ -14,34 +14,12 @@ const GOAL_CALLS_PER_S: f64 = 1_000_000.0;
 const GOAL_PEAK_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 
 pub(super) fn run() -> Result<()> {
-    process::run(process::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "monitor-tests",
-        "--bin",
-        "policy-bench",
-    ]))?;
-    let program = process::target_dir().join("release").join("policy-bench");
+    let program = build_bench_binary("policy-bench")?;
     println!("policy: 5,000,000 calls from 10,000 tokens, best of 3, CPU time of one core");
     let mut command = std::process::Command::new(&program);
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let output = process::output(&mut command)?;
-    let json = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        return Err(Failure::new(format!(
-            "`{}` failed ({})",
-            process::describe(&command),
-            output.status
-        )));
-    }
-    let field = |key: &str| {
-        json_field(&json, key).ok_or_else(|| {
-            Failure::new(format!(
-                "policy-bench's report has no number `{key}`:\n{json}"
-            ))
-        })
-    };
+    let json = json_report(&mut command)?;
+    let field = |key: &str| report_number(&json, key, "policy-bench");
     let rate = field("policy_calls_per_s")?;
     println!(
         "  rate rules: {:.0} calls/s (CPU), {:.0} calls/s (wall)  goal: over {:.0}  {}",
@@ -67,8 +45,6 @@ pub(super) fn run() -> Result<()> {
         GOAL_PEAK_BYTES / 1048576.0,
         verdict(peak < GOAL_PEAK_BYTES)
     );
-    let report = output_path("policy.json")?;
-    write_report(&report, &(json.trim_end().to_owned() + "\n"))?;
-    println!("  written to {}", process::shown(&report));
+    save_json_report("policy.json", &json)?;
     Ok(())
 }
