@@ -42,9 +42,10 @@ use monitor_tests::web::{Apache, TestPki, private_libssl};
 use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
+use redcap_monitor::capture::tls::is_synthetic;
 use redcap_monitor::config::Config;
 use redcap_monitor::model::{Endpoint, TcpSegment};
-use redcap_monitor::pipeline::Pipeline;
+use redcap_monitor::pipeline::{CaptureRequest, Pipeline};
 use redcap_monitor::policy::Verdict;
 use redcap_monitor::token::SiteKey;
 
@@ -560,6 +561,9 @@ struct ProbeResult {
     copied_non_api_connections: u64,
     /// CPU time of the thread that read the ring and ran the pipeline.
     reader_cpu: Duration,
+    /// Connections user space took out of the kernel's flow table, and put back.
+    flows_released: u64,
+    flows_recopied: u64,
     /// The libssl files the uprobes sat on (TLS only): the server's private copy.
     tls_libraries: Vec<String>,
 }
@@ -629,9 +633,13 @@ struct Drain {
 
 impl Drain {
     fn new() -> Drain {
+        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
+            .expect("the default configuration is valid");
+        // As `run` does with the kernel probe: the pipeline asks it to stop copying
+        // connections it has read all it needs of.
+        pipeline.listen_for_capture_requests();
         Drain {
-            pipeline: Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
-                .expect("the default configuration is valid"),
+            pipeline,
             calls: Calls::default(),
             bytes_by_conn: HashMap::new(),
             copied_bytes: 0,
@@ -663,6 +671,8 @@ impl Drain {
         ProbeResult {
             counters: probe.counters().unwrap_or_default(),
             records: probe.drain_stats().records,
+            flows_released: probe.drain_stats().flows_released,
+            flows_recopied: probe.drain_stats().flows_recopied,
             calls: self.calls.count,
             complete_calls: self.calls.complete,
             copied_bytes: self.copied_bytes,
@@ -718,14 +728,38 @@ fn tc_drainer(
     handle
 }
 
+/// Reads the ring every 10 ms into the pipeline until `stop`, and after every batch does what
+/// the pipeline asks of the capture, as `run`'s read loop does (`Source::drain` in
+/// `monitor-daemon/src/run.rs`): connections with nothing worth reading until their next
+/// request leave the kernel's flow table, and come back when that request was copied early;
+/// TLS connections keep being copied. Whatever `run` comes to do there must be done here too.
 fn drain_until(probe: &mut KernelProbe, stop: &AtomicBool) -> ProbeResult {
     let cpu_at_start = thread_cpu_time();
     let mut drain = Drain::new();
-    while !stop.load(Ordering::Relaxed) {
-        thread::sleep(BATCH_INTERVAL);
+    loop {
+        let last = stop.load(Ordering::Relaxed);
+        if !last {
+            thread::sleep(BATCH_INTERVAL);
+        }
         probe.drain(&mut |segment| drain.segment(segment));
+        while let Some(request) = drain.pipeline.poll_capture_request() {
+            match request {
+                CaptureRequest::StopCopying { client, server } => {
+                    if !is_synthetic(&client) {
+                        probe.stop_copying(client, server);
+                    }
+                }
+                CaptureRequest::CopyAgain(resumed) => {
+                    if !is_synthetic(&resumed.client) {
+                        probe.copy_again(&resumed);
+                    }
+                }
+            }
+        }
+        if last {
+            break;
+        }
     }
-    probe.drain(&mut |segment| drain.segment(segment));
     drain.finish(probe, cpu_at_start)
 }
 
@@ -821,7 +855,8 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
                  \"copied_non_api_connections\": {}, \"reader_cpu_us\": {}, \
                  \"ring_full\": {}, \"truncated_bytes\": {}, \"flow_insert_failed\": {}, \
                  \"flows_started\": {}, \"flows_evicted\": {}, \"tls_conns_started\": {}, \
-                 \"tls_conns_evicted\": {}, \"tls_args_lost\": {}, \"tls_filtered\": {}",
+                 \"tls_conns_evicted\": {}, \"tls_args_lost\": {}, \"tls_filtered\": {}, \
+                 \"flows_released\": {}, \"flows_recopied\": {}",
                 p.calls,
                 p.complete_calls,
                 p.records,
@@ -838,7 +873,9 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
                 c.tls_conns_started,
                 c.tls_conns_evicted,
                 c.tls_args_lost,
-                c.tls_filtered
+                c.tls_filtered,
+                p.flows_released,
+                p.flows_recopied
             );
             if !p.tls_libraries.is_empty() {
                 let names: Vec<String> = p.tls_libraries.iter().map(|l| format!("{l:?}")).collect();
@@ -904,6 +941,8 @@ fn report_json(options: &Options, setups: &[Setup], runs: &[Run]) -> String {
             ("flow_insert_failed", &|p| p.counters.flow_insert_failed),
             ("tls_args_lost", &|p| p.counters.tls_args_lost),
             ("tls_conns_evicted", &|p| p.counters.tls_conns_evicted),
+            ("flows_released", &|p| p.flows_released),
+            ("flows_recopied", &|p| p.flows_recopied),
         ] {
             let sum = total(&|r| r.probe.as_ref().map_or(0, f));
             summary.push((format!("{name}_{key}"), sum.to_string()));

@@ -97,6 +97,11 @@ pub(super) fn run_http(options: &Options) -> Result<()> {
         field("mix_tc_attached_reader_cpu_us_per_request")?,
         field("mix_tc_added_server_cpu_us_per_request")?,
     );
+    println!(
+        "  connections user space took out of the kernel's flow table: {} (put back: {})",
+        field("mix_tc_attached_flows_released")?,
+        field("mix_tc_attached_flows_recopied")?,
+    );
     losses(&json, &["mix_tc_attached"])?;
     save_json_report("http-mix.json", &json)
 }
