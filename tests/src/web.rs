@@ -339,9 +339,8 @@ echo '{"ok":true}';
 pub const APACHE_MODULES: &str = "/usr/lib/apache2/modules";
 
 /// Apache 2 (Debian's) under a unique process name: prefork + mod_ssl + mod_php, where port 80
-/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script, also as `/redcap/api/`
-/// as REDCap's clients call it ([`Apache::start`]); or mpm_event + mod_ssl + mod_http2 proxying
-/// to the simulator ([`Apache::start_http2_proxy`]).
+/// (HTTP) and 443 (HTTPS) serve `/redcap/api/index.php`, a PHP script ([`Apache::start`]); or
+/// mpm_event + mod_ssl + mod_http2 proxying to the simulator ([`Apache::start_http2_proxy`]).
 pub struct Apache {
     name: String,
     dir: PathBuf,
@@ -353,26 +352,28 @@ impl Apache {
     /// Starts Apache in namespace `ns` with its files in `dir` (the document root is a 0755
     /// subdirectory: the children run as www-data).
     pub fn start(ns: &str, dir: &Path, pki: &TestPki) -> Result<Apache> {
-        Apache::start_with_env(ns, dir, pki, &[])
+        Apache::start_with_env(ns, dir, pki, "", &[])
     }
 
     /// [`start`](Self::start) from a binary copy called `name` (1 to 15 bytes: the process
     /// name), e.g. one that starts with a default `capture.tls.processes` name.
     pub fn start_named(ns: &str, dir: &Path, pki: &TestPki, name: &str) -> Result<Apache> {
-        Apache::start_as(ns, dir, pki, name, &[])
+        Apache::start_as(ns, dir, pki, name, "", &[])
     }
 
-    /// [`start`](Self::start) with environment variables for the server (the benches set
-    /// `LD_LIBRARY_PATH` to give it a private copy of libssl: uprobes other programs put on the
-    /// system's libssl then cannot trap in it).
+    /// [`start`](Self::start) with `extra_conf` appended to the server configuration (as
+    /// [`Apache::start_serving`] takes it) and environment variables for the server (the benches
+    /// set `LD_LIBRARY_PATH` to give it a private copy of libssl: uprobes other programs put on
+    /// the system's libssl then cannot trap in it).
     pub fn start_with_env(
         ns: &str,
         dir: &Path,
         pki: &TestPki,
+        extra_conf: &str,
         env: &[(&str, &Path)],
     ) -> Result<Apache> {
         let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
-        Apache::start_as(ns, dir, pki, &name, env)
+        Apache::start_as(ns, dir, pki, &name, extra_conf, env)
     }
 
     fn start_as(
@@ -380,6 +381,7 @@ impl Apache {
         dir: &Path,
         pki: &TestPki,
         name: &str,
+        extra_conf: &str,
         env: &[(&str, &Path)],
     ) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
@@ -394,7 +396,7 @@ impl Apache {
             api.join("index.php"),
             std::fs::Permissions::from_mode(0o644),
         )?;
-        Apache::start_with(ns, dir, pki, &docroot, "", name)
+        Apache::start_with(ns, dir, pki, &docroot, extra_conf, name, env)
     }
 
     /// Starts Apache like [`Apache::start`], serving the caller's `docroot` (readable by
@@ -408,7 +410,7 @@ impl Apache {
         extra_conf: &str,
     ) -> Result<Apache> {
         let name = format!("rcmap{}", std::process::id() % 1_000_000_000);
-        Apache::start_with(ns, dir, pki, docroot, extra_conf, &name)
+        Apache::start_with(ns, dir, pki, docroot, extra_conf, &name, &[])
     }
 
     fn start_with(
@@ -418,6 +420,7 @@ impl Apache {
         docroot: &Path,
         extra_conf: &str,
         name: &str,
+        env: &[(&str, &Path)],
     ) -> Result<Apache> {
         use std::os::unix::fs::PermissionsExt;
         let modules = Path::new(APACHE_MODULES);
@@ -447,7 +450,6 @@ impl Apache {
                  LoadModule mpm_prefork_module {m}/mod_mpm_prefork.so\n\
                  LoadModule authz_core_module {m}/mod_authz_core.so\n\
                  LoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\n\
-                 LoadModule dir_module {m}/mod_dir.so\nDirectoryIndex index.php\n\
                  LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
                  LoadModule ssl_module {m}/mod_ssl.so\n\
                  LoadModule php_module {php}\n\
@@ -566,8 +568,9 @@ impl Apache {
         &self.name
     }
 
-    /// The document root: `redcap/api/index.php` is the API script; other files put here are
-    /// served as they are (`.php` through mod_php).
+    /// The document root of an Apache from [`Apache::start`] or [`Apache::start_with_env`]
+    /// (not [`Apache::start_serving`], whose caller chose it): `redcap/api/index.php` is the API
+    /// script; other files put here are served as they are (`.php` through mod_php).
     pub fn docroot(&self) -> PathBuf {
         self.dir.join("www")
     }

@@ -38,7 +38,7 @@ use anyhow::{Context, Result, bail};
 use monitor_tests::bench::{install_interrupt_handler, interrupted, mean, which};
 use monitor_tests::cpu::{processes_cpu_time, thread_cpu_time};
 use monitor_tests::netns::NamespacePair;
-use monitor_tests::web::{Apache, TestPki, private_libssl};
+use monitor_tests::web::{APACHE_MODULES, Apache, TestPki, private_libssl};
 use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, namespace_pair};
 use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
@@ -132,17 +132,21 @@ fn main() -> Result<()> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let client_libs = private_libssl(&wrk_binary, &dir.path().join("client"))?;
     let server_libs = private_libssl(
-        Path::new("/usr/lib/apache2/modules/mod_ssl.so"),
+        &Path::new(APACHE_MODULES).join("mod_ssl.so"),
         &dir.path().join("server"),
     )?;
     let pair = namespace_pair();
     let pki = TestPki::create(dir.path(), SERVER_IP)?;
     let apache_dir = dir.path().join("apache");
     std::fs::create_dir_all(&apache_dir)?;
+    // REDCap's clients call `/redcap/api/`: mod_dir hands it to `index.php`.
+    let dir_index =
+        format!("LoadModule dir_module {APACHE_MODULES}/mod_dir.so\nDirectoryIndex index.php\n");
     let apache = Apache::start_with_env(
         &pair.server_ns,
         &apache_dir,
         &pki,
+        &dir_index,
         &[("LD_LIBRARY_PATH", &server_libs)],
     )?;
     let php_cpu_log = apache_dir.join("php-cpu.log");
