@@ -56,7 +56,7 @@ pub(super) fn run_https(options: &Options) -> Result<()> {
     let field = |key: &str| number(&json, key);
     table(&json, HTTPS_SETUPS)?;
     println!(
-        "  uprobes attached: +{:.1} us of Apache CPU per HTTPS request of the mix ({:.1} -> {:.1})",
+        "  uprobes attached: {:+.1} us of Apache CPU per HTTPS request of the mix ({:.1} -> {:.1})",
         field("mix_tls_added_server_cpu_us_per_request")?,
         field("mix_detached_server_cpu_us_per_request")?,
         field("mix_tls_attached_server_cpu_us_per_request")?,
@@ -92,7 +92,7 @@ pub(super) fn run_http(options: &Options) -> Result<()> {
     );
     println!(
         "  the reader (ring + pipeline): {:.1} us of CPU per API call ({:.1} per request of the \
-         mix); Apache: +{:.1} us per request with the probe attached",
+         mix); Apache: {:+.1} us per request with the probe attached",
         field("mix_tc_attached_reader_cpu_us_per_api_call")?,
         field("mix_tc_attached_reader_cpu_us_per_request")?,
         field("mix_tc_added_server_cpu_us_per_request")?,
