@@ -40,7 +40,10 @@ use crate::token::SiteKey;
 /// How often time advances in the pipeline when no packet arrives, and outputs are flushed.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the kernel's ring buffer is read (see `Source::wait`).
-const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+/// How often the ring is read while the last read found nothing: an idle daemon wakes 100 times
+/// a second, not 1000.
+const KERNEL_IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Frames in flight between the libpcap threads and the pipeline.
 const PCAP_CHANNEL_FRAMES: usize = 8192;
 /// Most frames handled per wake-up, so that ticks and signals are not starved under load.
@@ -199,6 +202,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut refresh_tick = interval(TELEMETRY_REFRESH);
     refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
+    let mut kernel_busy = false;
     loss_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
@@ -206,7 +210,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             _ = interrupt.recv() => Event::Stop("SIGINT"),
             _ = terminate.recv() => Event::Stop("SIGTERM"),
             _ = hangup.recv() => Event::Reload,
-            ready = source.wait() => ready,
+            ready = source.wait(kernel_busy) => ready,
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
             _ = refresh_tick.tick() => Event::Refresh,
@@ -235,7 +239,9 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                     source,
                 });
             }
-            Event::KernelReadable(Ok(())) => source.drain(&mut pipeline, &mut edges),
+            Event::KernelReadable(Ok(())) => {
+                kernel_busy = source.drain(&mut pipeline, &mut edges) > 0;
+            }
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
                 pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
@@ -830,31 +836,40 @@ impl Source {
     }
 
     /// Waits until there is something to read; borrows only the source.
-    async fn wait(&mut self) -> Event {
+    /// `busy`: the last read of the kernel's ring found events.
+    async fn wait(&mut self, busy: bool) -> Event {
         match self {
             Source::Kernel(_) => {
                 // The ring is read in batches on a short timer, not on readiness: waking for
-                // every event cost a quarter of nginx's throughput in `cargo xtask bench live`
-                // (75.6% of unprobed), batches every 10 ms cost nothing measurable, and the
-                // ring (`capture.ring_bytes`) holds far more than 10 ms of API traffic.
-                tokio::time::sleep(KERNEL_DRAIN_INTERVAL).await;
+                // every event cost a quarter of nginx's throughput in `cargo xtask bench live`,
+                // batches every millisecond cost nothing measurable there, and the ring
+                // (`capture.ring_bytes`) holds far more than that of traffic. The batches are
+                // short because connections are handed back to the kernel after each one: at
+                // 10 ms, browsers that send their next request at once were copied three times
+                // as much (`cargo xtask bench http-mix`).
+                tokio::time::sleep(if busy {
+                    KERNEL_DRAIN_INTERVAL
+                } else {
+                    KERNEL_IDLE_DRAIN_INTERVAL
+                })
+                .await;
                 Event::KernelReadable(Ok(()))
             }
             Source::Pcap { frames, .. } => Event::Frame(frames.recv().await),
         }
     }
 
-    /// Feeds what is ready now, without waiting.
-    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
+    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
+    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) -> usize {
         match self {
             Source::Kernel(probe) => {
                 let probe = probe.get_mut();
-                probe.drain(&mut |segment| {
+                let read = probe.drain(&mut |segment| {
                     pipeline.push_segment(segment, &mut |v| edges.verdict(v))
                 });
                 // The kernel copies what the pipeline still reads: connections with nothing
                 // worth reading until their next request leave its flow table (TLS connections
-                // keep being copied; user space drops their bytes unread).
+                // are not handed back: see `Reassembler::release`).
                 while let Some(request) = pipeline.poll_capture_request() {
                     match request {
                         CaptureRequest::StopCopying { client, server } => {
@@ -869,12 +884,14 @@ impl Source {
                         }
                     }
                 }
+                read
             }
             Source::Pcap { frames, .. } => {
                 for _ in 0..PCAP_BATCH {
                     let Ok(frame) = frames.try_recv() else { break };
                     pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 }
+                0
             }
         }
     }

@@ -105,6 +105,8 @@ pub struct Nginx {
     name: String,
     dir: PathBuf,
     ns: String,
+    /// The master's pid as it started, for a drop after the pid file's directory is gone.
+    started_master: Option<u32>,
 }
 
 impl Nginx {
@@ -226,11 +228,13 @@ impl Nginx {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let nginx = Nginx {
+        let mut nginx = Nginx {
             name,
             dir: dir.to_owned(),
             ns: ns.to_owned(),
+            started_master: None,
         };
+        nginx.started_master = nginx.master_pid().ok();
         if !crate::sim::wait_until(Duration::from_secs(10), || {
             nginx
                 .workers()
@@ -285,8 +289,9 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown: the master takes its workers down with it.
-        if let Ok(master) = self.master_pid() {
+        // SIGTERM is nginx's fast shutdown: the master takes its workers down with it. (After
+        // a reload the pid file names the same master.)
+        if let Some(master) = self.master_pid().ok().or(self.started_master) {
             let _ = Command::new("kill")
                 .args(["-TERM", &master.to_string()])
                 .status();
@@ -346,6 +351,8 @@ pub struct Apache {
     dir: PathBuf,
     binary: PathBuf,
     conf: PathBuf,
+    /// The master's pid as it started, for a drop after the pid file's directory is gone.
+    started_master: Option<u32>,
 }
 
 impl Apache {
@@ -546,11 +553,12 @@ impl Apache {
                 std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
             );
         }
-        let apache = Apache {
+        let mut apache = Apache {
             name,
             dir: dir.to_owned(),
             binary,
             conf,
+            started_master: None,
         };
         if !crate::sim::wait_until(Duration::from_secs(10), || {
             apache.children().is_ok_and(|c| c.len() >= min_children)
@@ -560,6 +568,7 @@ impl Apache {
                 std::fs::read_to_string(dir.join("apache-error.log")).unwrap_or_default()
             );
         }
+        apache.started_master = apache.master_pid().ok();
         Ok(apache)
     }
 
@@ -614,6 +623,15 @@ impl Drop for Apache {
                 .arg("-f")
                 .arg(&self.conf)
                 .args(["-k", "stop"])
+                .status();
+            let _ = crate::sim::wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{master}")).exists()
+            });
+        } else if let Some(master) = self.started_master {
+            // The directory with its configuration is gone already: stop it by its pid (SIGTERM
+            // is Apache's immediate stop; the children go with the parent).
+            let _ = Command::new("kill")
+                .args(["-TERM", &master.to_string()])
                 .status();
             let _ = crate::sim::wait_until(Duration::from_secs(5), || {
                 !Path::new(&format!("/proc/{master}")).exists()

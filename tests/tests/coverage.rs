@@ -18,12 +18,13 @@ use serde_json::Value;
 const TOKEN: &str = "7C3A9E1B5D2F4A6C8E0B1D3F5A7C9E2B";
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Fields drop in this order: nginx before the directory that holds its pid file.
 struct Site {
-    dir: tempfile::TempDir,
-    pair: NamespacePair,
-    pki: TestPki,
-    _sim: Simulator,
     nginx: Nginx,
+    _sim: Simulator,
+    pki: TestPki,
+    pair: NamespacePair,
+    dir: tempfile::TempDir,
 }
 
 fn site(subnet: u8) -> Site {

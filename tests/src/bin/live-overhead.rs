@@ -2,7 +2,7 @@
 //! answers `POST /api/`, wrk in another drives it over a veth pair; each round runs every
 //! [`Setup`] in turn: the probe detached; attached with its events read and discarded (the
 //! kernel's and the ring's cost alone); attached and drained into a real pipeline as the daemon
-//! does; the attached ones both woken per event and reading in 10 ms batches. Besides wrk's
+//! does; the attached ones both woken per event and reading in 1 ms batches. Besides wrk's
 //! figures it measures CPU per request: of nginx's processes (from /proc, where the kernel's
 //! share of the probe shows: the classifier on egress, the uprobes' traps) and of the thread that
 //! reads the ring. Prints one JSON object on stdout: every run, the means per setup, the ratios to
@@ -10,7 +10,7 @@
 //!
 //! With `--tls`, nginx (a uniquely named copy, so that no other nginx on the machine is probed)
 //! serves HTTPS with a self-signed certificate and wrk speaks TLS; the setups are then the
-//! uprobes detached and attached on nginx's libssl, drained every 10 ms into a pipeline.
+//! uprobes detached and attached on nginx's libssl, drained every 1 ms into a pipeline.
 //!
 //! Needs root (namespaces, eBPF), nginx and wrk. Creates and removes everything it uses; touches
 //! no host interface. `cargo xtask bench live` builds and runs it.
@@ -190,15 +190,15 @@ enum Setup {
     Detached,
     /// The probe attached; its events are read (woken per event) and thrown away.
     ReadOnly,
-    /// The same, reading the ring every 10 ms: what the wake-ups cost.
+    /// The same, reading the ring every 1 ms: what the wake-ups cost.
     ReadOnlyBatched,
     /// The probe attached; its events go through the pipeline, woken as soon as one arrives.
     Pipeline,
-    /// The same, but the ring is read every 10 ms instead of on every wake-up.
+    /// The same, but the ring is read every 1 ms instead of on every wake-up.
     PipelineBatched,
-    /// `--tls`: the uprobes on nginx's libssl; events read every 10 ms and thrown away.
+    /// `--tls`: the uprobes on nginx's libssl; events read every 1 ms and thrown away.
     TlsReadOnly,
-    /// `--tls`: the uprobes on nginx's libssl, read every 10 ms into the pipeline.
+    /// `--tls`: the uprobes on nginx's libssl, read every 1 ms into the pipeline.
     TlsAttached,
 }
 
@@ -231,7 +231,7 @@ impl Setup {
 }
 
 /// How often the batched setup reads the ring.
-const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+const BATCH_INTERVAL: Duration = Duration::from_millis(1);
 
 struct Run {
     setup: Setup,
@@ -373,7 +373,7 @@ fn attached_run(
 }
 
 /// One wrk run with the OpenSSL uprobes attached to the libssl of nginx (process `name`), every
-/// event drained every 10 ms into a pipeline as `run` does; detached (dropped) at the end.
+/// event drained every 1 ms into a pipeline as `run` does; detached (dropped) at the end.
 fn tls_attached_run(
     pair: &NamespacePair,
     script: &Path,

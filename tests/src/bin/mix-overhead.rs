@@ -5,7 +5,7 @@
 //! (`POST /redcap/api/` with a token: record exports and `content=version`).
 //!
 //! - `mix-overhead https`: over HTTPS, the OpenSSL uprobes detached and attached (events drained
-//!   every 10 ms into a real `Pipeline`, as `run` does): Apache's CPU per request, from /proc.
+//!   every 1 ms into a real `Pipeline`, as `run` does): Apache's CPU per request, from /proc.
 //!   Then the cheapest API call alone (`content=version`, every connection), both ways: what
 //!   Apache and PHP spend on it, beside what the uprobes add.
 //! - `mix-overhead http`: over plain HTTP with the TC probe on the server's veth: the share of
@@ -50,7 +50,7 @@ use redcap_monitor::policy::Verdict;
 use redcap_monitor::token::SiteKey;
 
 /// How often the ring is read, as `run` reads it.
-const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+const BATCH_INTERVAL: Duration = Duration::from_millis(1);
 const HTTP_PORT: u16 = 80;
 const HTTPS_PORT: u16 = 443;
 
@@ -255,9 +255,9 @@ fn read_php_cpu_log(path: &Path) -> Result<(u64, f64)> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Detached(Load),
-    /// The OpenSSL uprobes on Apache's libssl, drained every 10 ms into a pipeline.
+    /// The OpenSSL uprobes on Apache's libssl, drained every 1 ms into a pipeline.
     TlsAttached(Load),
-    /// The TC probe on the server's veth (port 80), drained every 10 ms into a pipeline.
+    /// The TC probe on the server's veth (port 80), drained every 1 ms into a pipeline.
     TcAttached(Load),
 }
 
@@ -689,7 +689,7 @@ impl Drain {
     }
 }
 
-/// The OpenSSL uprobes on the libssl of the processes named `name`, read every 10 ms into a
+/// The OpenSSL uprobes on the libssl of the processes named `name`, read every 1 ms into a
 /// pipeline on their own thread until `stop`.
 fn tls_drainer(
     name: &str,
@@ -714,7 +714,7 @@ fn tls_drainer(
     })
 }
 
-/// The TC probe on the server's veth (port 80), read every 10 ms into a pipeline until `stop`.
+/// The TC probe on the server's veth (port 80), read every 1 ms into a pipeline until `stop`.
 fn tc_drainer(
     pair: &NamespacePair,
     stop: Arc<AtomicBool>,
@@ -732,7 +732,7 @@ fn tc_drainer(
     handle
 }
 
-/// Reads the ring every 10 ms into the pipeline until `stop`, and after every batch does what
+/// Reads the ring every 1 ms into the pipeline until `stop`, and after every batch does what
 /// the pipeline asks of the capture, as `run`'s read loop does (`Source::drain` in
 /// `monitor-daemon/src/run.rs`): connections with nothing worth reading until their next
 /// request leave the kernel's flow table, and come back when that request was copied early;
