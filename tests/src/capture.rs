@@ -40,6 +40,11 @@ impl Tcpdump {
                 iface,
                 "-s",
                 "0",
+                // 64 MiB of capture buffer (the default is 2 MiB): a loopback frame is up to
+                // 64 KiB, and on a busy 2-core machine tcpdump may not run for a while; a packet
+                // the kernel drops makes the file a wrong oracle.
+                "-B",
+                "65536",
                 "-U",
                 "--immediate-mode",
                 "-n",
@@ -116,6 +121,12 @@ impl Tcpdump {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
+        // A capture with holes would make the daemon look wrong: say so instead.
+        if let Some(line) = text.lines().find(|l| l.contains("dropped by kernel"))
+            && !line.trim_start().starts_with("0 ")
+        {
+            bail!("tcpdump lost packets ({line}); the capture {} is incomplete", self.out.display());
+        }
         Ok(text)
     }
 }
