@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redcap_monitor::actions::Actions;
-use redcap_monitor::config::Config;
-use redcap_monitor::model::{Span, Timestamp};
-use redcap_monitor::policy::enforce::Enforcer;
-use redcap_monitor::store::{AuditKind, Store, StoreLimits};
-use redcap_monitor::token::TokenFingerprint;
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::actions::Actions;
+use redcap_monitor::edges::store::{AuditKind, Store, StoreLimits};
+use redcap_monitor::shared::model::{Span, Timestamp};
+use redcap_monitor::shared::token::TokenFingerprint;
+use redcap_monitor::stages::policy::enforce::Enforcer;
 
 const CHILD_ENV: &str = "ACTIONS_CRASH_CHILD";
 const PORT_ENV: &str = "ACTIONS_CRASH_PORT";
