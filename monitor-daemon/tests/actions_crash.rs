@@ -55,7 +55,7 @@ fn daemon_child() {
     };
     let port: u16 = std::env::var(PORT_ENV).unwrap().parse().unwrap();
     let config = config(Path::new(&dir), port);
-    let mut actions = Actions::open(&config, "crash-host".into(), now()).unwrap();
+    let mut actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
     // Bounded, so that a child whose parent died does not run forever.
     for i in 0..5_000u64 {
         let at = now();
@@ -179,7 +179,7 @@ fn kill_9_mid_burst_loses_no_suspension_or_alert() {
         TcpListener::bind(("127.0.0.1", port)).unwrap(),
         served.clone(),
     );
-    let actions = Actions::open(&config, "crash-host".into(), now()).unwrap();
+    let actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
     let mut enforcer = Enforcer::new(config.enforcement.clone());
     let restored = actions
         .restore_into(&mut enforcer, now(), config.enforcement.memory.span())

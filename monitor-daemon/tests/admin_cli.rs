@@ -296,9 +296,12 @@ impl RunningDaemon {
             Path::new("test.toml"),
         )
         .unwrap();
-        let mut actions =
-            redcap_monitor::edges::actions::Actions::open(&config, "test-host".into(), now())
-                .unwrap();
+        let mut actions = redcap_monitor::edges::actions::Actions::open(
+            config.actions(),
+            "test-host".into(),
+            now(),
+        )
+        .unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::edges::actions::ActionsConfig;
 use crate::edges::alerts::AlertsConfig;
 use crate::edges::api::ApiConfig;
 use crate::edges::capture::CaptureConfig;
@@ -144,6 +145,15 @@ impl Config {
             } else {
                 KeepRawToken::Never
             },
+        }
+    }
+
+    /// The action edge's sections: the store, the alerts and the hooks.
+    pub fn actions(&self) -> ActionsConfig<'_> {
+        ActionsConfig {
+            store: &self.store,
+            alerts: &self.alerts,
+            hooks: &self.hooks,
         }
     }
 

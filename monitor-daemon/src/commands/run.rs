@@ -27,8 +27,8 @@ use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
 use crate::edges::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
 use crate::edges::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
+use crate::edges::capture::records::is_synthetic;
 use crate::edges::capture::tls::{TlsCapture, TlsError};
-use crate::edges::capture::tls_records::is_synthetic;
 use crate::edges::capture::{CaptureMode, TlsCapturePlan};
 use crate::edges::notify::Notifier;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
@@ -140,7 +140,11 @@ pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError>
 async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     let mut pipeline = Pipeline::new(config.pipeline(), key);
     let records = Records::open(config)?;
-    let actions = Actions::open(config, crate::edges::alerts::host_name(), wall_clock())?;
+    let actions = Actions::open(
+        config.actions(),
+        crate::edges::alerts::host_name(),
+        wall_clock(),
+    )?;
     let memory = config.enforcement.memory.span();
     let restored = actions
         .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
@@ -489,7 +493,7 @@ fn reload(origin: &Path, started: &Config, edges: &mut Edges) -> Option<(Config,
             return None;
         }
     };
-    let actions = match edges.actions.prepare_reload(&new) {
+    let actions = match edges.actions.prepare_reload(new.actions()) {
         Ok(prepared) => prepared,
         Err(err) => {
             refused(&err);
@@ -524,9 +528,9 @@ fn apply_config(
     stats_tick: &mut Interval,
 ) {
     pipeline.reconfigure(new.pipeline());
-    edges.actions.reconfigure(actions, new);
+    edges.actions.reconfigure(actions, new.actions());
     edges.actions.sync_enforcer(pipeline.enforcer_mut());
-    edges.telemetry.reconfigure(new);
+    edges.telemetry.reconfigure(&new.policy, &new.health);
     *stats_tick = stats_interval(new);
 }
 

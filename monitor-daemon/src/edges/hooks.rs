@@ -121,7 +121,7 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// `config` has been validated by [`crate::commands::config::Config::load`].
+    /// `config` has been checked ([`HooksConfig::problems`] found nothing).
     pub fn new(config: &HooksConfig, host: String) -> Hooks {
         let build = |hooks: &[HookConfig]| hooks.iter().filter_map(Hook::new).collect();
         Hooks {

@@ -43,7 +43,7 @@ use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, namespace_pair};
 use redcap_monitor::commands::config::Config;
 use redcap_monitor::edges::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
-use redcap_monitor::edges::capture::tls_records::is_synthetic;
+use redcap_monitor::edges::capture::records::is_synthetic;
 use redcap_monitor::shared::model::{Endpoint, TcpSegment};
 use redcap_monitor::shared::token::SiteKey;
 use redcap_monitor::stages::pipeline::{CaptureRequest, Pipeline};

@@ -23,9 +23,11 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use serde_json::json;
 
-use crate::commands::config::Config;
+use crate::edges::alerts::AlertsConfig;
 use crate::edges::alerts::{Alert, Alerts, AlertsSetupError, DeliveryWorker, TokenRef};
+use crate::edges::hooks::HooksConfig;
 use crate::edges::hooks::{HookAction, HookEvent, Hooks};
+use crate::edges::store::StoreConfig;
 use crate::edges::store::{
     AuditEntry, AuditKind, Sighting, Source, Store, StoreError, StoreLimits, Suspension,
 };
@@ -183,13 +185,25 @@ impl Control {
     }
 }
 
+/// What the action edge is built from: the sections of the edges it drives.
+#[derive(Clone, Copy, Debug)]
+pub struct ActionsConfig<'a> {
+    pub store: &'a StoreConfig,
+    pub alerts: &'a AlertsConfig,
+    pub hooks: &'a HooksConfig,
+}
+
 impl Actions {
     /// Opens the store (it must not be open elsewhere), starts the alert delivery thread and the
     /// hook thread. `now` is the caller's clock.
-    pub fn open(config: &Config, host: String, now: Timestamp) -> Result<Actions, ActionsError> {
+    pub fn open(
+        config: ActionsConfig<'_>,
+        host: String,
+        now: Timestamp,
+    ) -> Result<Actions, ActionsError> {
         let store = Arc::new(Store::open(
             &config.store.path,
-            StoreLimits::from_config(&config.store),
+            StoreLimits::from_config(config.store),
         )?);
         let mut actions = Actions::with_store(store, config, host, now)?;
         actions.start_delivery(config)?;
@@ -200,13 +214,13 @@ impl Actions {
     /// deliver on their own terms; call [`Actions::start_delivery`] for it).
     pub fn with_store(
         store: Arc<Store>,
-        config: &Config,
+        config: ActionsConfig<'_>,
         host: String,
         now: Timestamp,
     ) -> Result<Actions, ActionsError> {
         let outbox = Arc::new(StoreOutbox::new(store.clone()));
-        let alerts = Alerts::new(&config.alerts, outbox, host.clone())?;
-        let hooks = HookWorker::start(Hooks::new(&config.hooks, host.clone()), store.clone())
+        let alerts = Alerts::new(config.alerts, outbox, host.clone())?;
+        let hooks = HookWorker::start(Hooks::new(config.hooks, host.clone()), store.clone())
             .map_err(ActionsError::Thread)?;
         let store_path = store.path().to_owned();
         let requests = requests::RequestDir::create(&store_path)?;
@@ -238,10 +252,10 @@ impl Actions {
     }
 
     /// Starts the thread that delivers queued alerts (also those left by an earlier run).
-    pub fn start_delivery(&mut self, config: &Config) -> Result<(), ActionsError> {
+    pub fn start_delivery(&mut self, config: ActionsConfig<'_>) -> Result<(), ActionsError> {
         let store = self.store.clone();
         let worker = self.alerts.start_delivery(
-            &config.alerts,
+            config.alerts,
             Box::new(move |report| {
                 let entry = AuditEntry {
                     ts: report.at,
@@ -578,15 +592,15 @@ impl Actions {
     /// The first half of a reload: makes what a new configuration needs that can fail (the alert
     /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
     /// the outbox, escalation); the store's path cannot change while running.
-    pub fn prepare_reload(&self, config: &Config) -> Result<ActionsReload, ActionsError> {
+    pub fn prepare_reload(&self, config: ActionsConfig<'_>) -> Result<ActionsReload, ActionsError> {
         let outbox = Arc::new(StoreOutbox::new(self.store.clone()));
-        let alerts = Alerts::new(&config.alerts, outbox, self.host.clone())?;
+        let alerts = Alerts::new(config.alerts, outbox, self.host.clone())?;
         Ok(ActionsReload { alerts })
     }
 
     /// Applies what [`Actions::prepare_reload`] made for `config`; cannot fail (a delivery thread
     /// that will not start is logged, and alerts wait in the store for the next start).
-    pub fn reconfigure(&mut self, prepared: ActionsReload, config: &Config) {
+    pub fn reconfigure(&mut self, prepared: ActionsReload, config: ActionsConfig<'_>) {
         if config.store.path != self.store_path {
             tracing::warn!(configured = %config.store.path.display(), in_use = %self.store_path.display(),
                 "store.path changed: it takes effect at the next start");
@@ -601,7 +615,7 @@ impl Actions {
             tracing::error!(error = %err, "cannot start alert delivery after the reload; alerts stay queued in the store");
         }
         self.hooks
-            .replace(Hooks::new(&config.hooks, self.host.clone()));
+            .replace(Hooks::new(config.hooks, self.host.clone()));
     }
 
     /// Writes what is batched and stops the threads: alerts still queued stay in the store for

@@ -2,6 +2,7 @@
 //! [`Pipeline`] and [`Actions`] (store on disk, exec hooks, a webhook receiver on loopback), with
 //! time taken from the segments, so an hour of suspension passes in a moment.
 
+use crate::commands::config::Config;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -146,7 +147,7 @@ fn act(
 impl Daemon {
     fn new(config: &Config) -> Daemon {
         let mut pipeline = Pipeline::new(config.pipeline(), SiteKey::from_bytes([9; 32]));
-        let actions = Actions::open(config, "web2".into(), at(0)).unwrap();
+        let actions = Actions::open(config.actions(), "web2".into(), at(0)).unwrap();
         actions
             .restore_into(
                 pipeline.enforcer_mut(),
@@ -728,7 +729,7 @@ fn capture_loss_is_alerted_when_the_counters_grow_and_not_before() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
     let config = scenario_config(dir.path(), &receiver);
-    let mut actions = Actions::open(&config, "web2".into(), at(0)).unwrap();
+    let mut actions = Actions::open(config.actions(), "web2".into(), at(0)).unwrap();
     actions.observe_capture_loss(0, serde_json::json!({}), at(1_000));
     actions.observe_capture_loss(7, serde_json::json!({"kernel.ring_full": 7}), at(2_000));
     actions.observe_capture_loss(7, serde_json::json!({"kernel.ring_full": 7}), at(3_000));
@@ -827,8 +828,8 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     );
     text.push('\n');
     let reloaded = Config::parse(&text, Path::new("reloaded.toml")).unwrap();
-    let prepared = daemon.actions.prepare_reload(&reloaded).unwrap();
-    daemon.actions.reconfigure(prepared, &reloaded);
+    let prepared = daemon.actions.prepare_reload(reloaded.actions()).unwrap();
+    daemon.actions.reconfigure(prepared, reloaded.actions());
     let compliant = fingerprint(COMPLIANT);
     let reply = daemon.actions.execute(
         &Request::Suspend {

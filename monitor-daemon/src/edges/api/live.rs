@@ -16,8 +16,8 @@ use crate::edges::store::Suspension;
 use crate::edges::telemetry::{Metrics, StatsView, TopTokens};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
-use crate::stages::health::TokenLoad;
-use crate::stages::policy::Verdict;
+use crate::stages::health::{HealthConfig, TokenLoad};
+use crate::stages::policy::{PolicyConfig, Verdict};
 
 /// Calls remembered for the per-token view (bytes, masked form).
 pub const MAX_ACTIVITY: usize = 100_000;
@@ -63,10 +63,10 @@ impl LiveTelemetry {
 
     /// A reload: new rules get their series, the per-token view follows the health window.
     /// (`api.top_tokens` and the listener apply at the next start.)
-    pub fn reconfigure(&mut self, config: &crate::commands::config::Config) {
+    pub fn reconfigure(&mut self, policy: &PolicyConfig, health: &HealthConfig) {
         self.metrics
-            .declare_rules(config.policy.rules.iter().map(|r| r.name.as_str()));
-        self.window = config.health.window.span();
+            .declare_rules(policy.rules.iter().map(|r| r.name.as_str()));
+        self.window = health.window.span();
     }
 
     /// Sees one released verdict (cheap: atomics, and a bounded queue).

@@ -6,7 +6,7 @@
 //! except in [`KernelProbe::wait_readable`], and it never trusts a length from the kernel unchecked.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -17,14 +17,14 @@ use aya::programs::uprobe::UProbeLink;
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
-    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, DIRECTION_CLIENT_TO_SERVER,
-    DIRECTION_SERVER_TO_CLIENT, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6, FLOWS_MAP, FlowKey,
-    FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN,
-    SERVER_PORTS_GLOBAL, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TLS_CONNS_MAP,
-    TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
+    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
+    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS,
+    SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey,
+    TlsConnState, TlsEvent,
 };
 
-use crate::shared::model::{Endpoint, ResumedEarly, TcpFlags, TcpSegment, Timestamp};
+use super::records::{KernelClock, clock_ns, segment_from_record};
+use crate::shared::model::{Endpoint, ResumedEarly, TcpSegment};
 
 /// What the probe copies and how much room it has. Validated by [`KernelProbe::load`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,7 +226,7 @@ pub struct KernelProbe {
     /// The TLS uprobes' links (see `capture::tls`).
     pub(super) tls_links: Vec<UProbeLink>,
     /// The client addresses of TLS connections.
-    tls_peers: super::tls_records::TlsPeers,
+    tls_peers: super::records::TlsPeers,
     // After the links: a qdisc is removed only once our filters on it are gone.
     clsact: Vec<OwnedClsact>,
     attach_method: AttachMethod,
@@ -295,7 +295,7 @@ impl KernelProbe {
         Ok(KernelProbe {
             links: Vec::new(),
             tls_links: Vec::new(),
-            tls_peers: super::tls_records::TlsPeers::new(config.max_flows as usize),
+            tls_peers: super::records::TlsPeers::new(config.max_flows as usize),
             clsact: Vec::new(),
             attach_method: config.attach,
             events,
@@ -400,7 +400,7 @@ impl KernelProbe {
             .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
         while let Some(record) = self.events.next() {
             self.stats.records += 1;
-            if super::tls_records::is_tls_record(&record) {
+            if super::records::is_tls_record(&record) {
                 let still_tracked = |event: &TlsEvent| {
                     let key = TlsConnKey {
                         ssl: event.ssl,
@@ -412,7 +412,7 @@ impl KernelProbe {
                         .and_then(|conns| conns.get(&key, 0).ok())
                         .is_some_and(|state| state.since_ns == event.conn_since_ns)
                 };
-                match super::tls_records::segments_from_record(
+                match super::records::segments_from_record(
                     &record,
                     &self.clock,
                     &mut self.tls_peers,
@@ -914,123 +914,6 @@ fn load_error(source: EbpfError) -> ProbeError {
     }
 }
 
-/// Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time, by an offset measured
-/// once: the pipeline's windows need epoch time, and reading the wall clock per event would cost
-/// a syscall and let a clock step reorder events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KernelClock {
-    realtime_minus_monotonic: i128,
-}
-
-impl KernelClock {
-    /// A clock with a known offset (for tests).
-    #[cfg(test)]
-    pub(crate) const fn offset(realtime_minus_monotonic: i128) -> Self {
-        Self {
-            realtime_minus_monotonic,
-        }
-    }
-
-    pub(crate) fn measure() -> Self {
-        // The narrowest of a few monotonic/realtime/monotonic sandwiches bounds the error.
-        let mut best: Option<(i128, i128)> = None;
-        for _ in 0..5 {
-            let before = clock_ns(libc::CLOCK_MONOTONIC);
-            let real = clock_ns(libc::CLOCK_REALTIME);
-            let after = clock_ns(libc::CLOCK_MONOTONIC);
-            let width = after - before;
-            let offset = real - (before + after) / 2;
-            if best.is_none_or(|(w, _)| width < w) {
-                best = Some((width, offset));
-            }
-        }
-        Self {
-            realtime_minus_monotonic: best.map_or(0, |(_, offset)| offset),
-        }
-    }
-
-    pub(crate) fn timestamp(&self, ktime_ns: u64) -> Timestamp {
-        let wall = i128::from(ktime_ns) + self.realtime_minus_monotonic;
-        Timestamp(wall.clamp(0, i128::from(u64::MAX)) as u64)
-    }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec; these clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-/// One ring-buffer record → a segment borrowing the record's payload, or `None` when the record
-/// is not a well-formed [`SegmentEvent`] (wrong size, unknown family/direction, lengths that do
-/// not add up).
-pub(crate) fn segment_from_record<'a>(
-    record: &'a [u8],
-    clock: &KernelClock,
-) -> Option<TcpSegment<'a>> {
-    let header = record.get(..SEGMENT_EVENT_LEN)?;
-    // SAFETY: `header` has exactly size_of::<SegmentEvent>() bytes and every bit pattern is a
-    // valid SegmentEvent (integers and byte arrays only).
-    let event: SegmentEvent = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
-    let copied = usize::try_from(event.copied).ok()?;
-    let payload = record.get(SEGMENT_EVENT_LEN..)?;
-    if payload.len() != copied {
-        return None;
-    }
-    // Data events lie inside their segment; a SYN/FIN/RST event sits at its end.
-    if event.offset.checked_add(event.copied)? > event.segment_len {
-        return None;
-    }
-    let (client_ip, server_ip) = match event.family {
-        FAMILY_IPV4 => {
-            let [a, b, c, d, ..] = event.client_addr;
-            let [e, f, g, h, ..] = event.server_addr;
-            (
-                IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-                IpAddr::V4(Ipv4Addr::new(e, f, g, h)),
-            )
-        }
-        FAMILY_IPV6 => (
-            IpAddr::V6(Ipv6Addr::from(event.client_addr)),
-            IpAddr::V6(Ipv6Addr::from(event.server_addr)),
-        ),
-        _ => return None,
-    };
-    let client = Endpoint {
-        ip: client_ip,
-        port: event.client_port,
-    };
-    let server = Endpoint {
-        ip: server_ip,
-        port: event.server_port,
-    };
-    let (src, dst) = match event.direction {
-        DIRECTION_CLIENT_TO_SERVER => (client, server),
-        DIRECTION_SERVER_TO_CLIENT => (server, client),
-        _ => return None,
-    };
-    let flags = event.tcp_flags;
-    Some(TcpSegment {
-        ts: clock.timestamp(event.ktime_ns),
-        src,
-        dst,
-        seq: event.seq,
-        ack: (flags & TCP_ACK != 0).then_some(event.ack),
-        flags: TcpFlags {
-            syn: flags & TCP_SYN != 0,
-            ack: flags & TCP_ACK != 0,
-            fin: flags & TCP_FIN != 0,
-            rst: flags & TCP_RST != 0,
-        },
-        payload,
-        stream_start: (event.stream_start_known != 0).then_some(event.stream_start),
-    })
-}
-
 /// The kernel's key for the connection between `client` and `server`, if they are of one
 /// address family.
 fn flow_key(client: Endpoint, server: Endpoint) -> Option<FlowKey> {
@@ -1082,6 +965,14 @@ pub(crate) fn process_names(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
+
+    use monitor_common::{
+        DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, SEGMENT_EVENT_LEN, SegmentEvent,
+        TCP_ACK, TCP_FIN,
+    };
+
+    use crate::shared::model::Timestamp;
 
     #[test]
     fn process_names_must_fit_the_kernel_name_field() {
@@ -1170,9 +1061,7 @@ mod tests {
         assert_eq!(calls, 1);
     }
 
-    const CLOCK: KernelClock = KernelClock {
-        realtime_minus_monotonic: 1_700_000_000_000_000_000,
-    };
+    const CLOCK: KernelClock = KernelClock::offset(1_700_000_000_000_000_000);
 
     #[test]
     fn a_client_event_becomes_a_segment_from_client_to_server() {

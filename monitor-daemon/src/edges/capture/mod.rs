@@ -10,8 +10,8 @@ mod config;
 mod file;
 pub mod kernel;
 pub mod live_pcap;
+pub mod records;
 pub mod tls;
-pub mod tls_records;
 
 pub use config::{
     CaptureConfig, CaptureMode, TLS_PORTS, TlsCaptureConfig, TlsCapturePlan, TlsSwitch,

@@ -1,7 +1,7 @@
 //! HTTPS capture at the web server's OpenSSL: finds the libssl files (the distribution's
 //! standard ones, and whatever the configured processes map when their `/proc/PID/maps` can be
 //! read) and attaches the uprobes of `monitor-ebpf` (`tls.rs`) once per library file. Their
-//! records reach the ring the TC probe writes to, and [`super::tls_records`] turns them into
+//! records reach the ring the TC probe writes to, and [`super::records`] turns them into
 //! segments of synthetic connections. It reads `/proc` (discovery); it never sees a raw token.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,22 +1,25 @@
-//! The TLS uprobes' records as TCP segments of synthetic connections: a TLS connection
+//! The ring's records as TCP segments: the TC probe's [`SegmentEvent`]s carry real segments
+//! ([`segment_from_record`]); the TLS uprobes' records become segments of synthetic connections
+//! ([`segments_from_record`]). Kernel times become wall-clock times through [`KernelClock`].
+//!
+//! For TLS, a connection
 //! (process, `SSL*`, start time) becomes a TCP connection between two addresses of the IPv6
 //! discard prefix `100::/64` ([`is_synthetic`] tells them apart), with sequence numbers counted
 //! from the plaintext bytes, so that reassembly, HTTP and REDCap extraction work unchanged.
-//! The ring reader ([`super::kernel`]) feeds records in; attaching the uprobes is
-//! [`super::tls`]'s job. Never trusts a length from the kernel unchecked; the peers' addresses
+//! The ring reader ([`super::kernel`]) feeds records in; loading and attaching the programs is
+//! [`super::kernel`]'s and [`super::tls`]'s job. Never trusts a length from the kernel unchecked; the peers' addresses
 //! come from `/proc` when it can be read.
 
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use monitor_common::{
-    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, NO_FD, SEGMENT_EVENT_LEN,
-    TCP_FIN, TCP_SYN, TlsEvent,
+    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
+    NO_FD, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TlsEvent,
 };
 
-use super::kernel::KernelClock;
-use crate::shared::model::{Endpoint, TcpFlags, TcpSegment};
+use crate::shared::model::{Endpoint, TcpFlags, TcpSegment, Timestamp};
 
 /// The server end of every synthetic TLS connection: `[100::]:443`.
 const SERVER: Endpoint = Endpoint {
@@ -280,6 +283,123 @@ fn client_endpoint(event: &TlsEvent) -> Endpoint {
         ip: IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, a, b, c, d)),
         port: CLIENT_PORT,
     }
+}
+
+/// Kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) to wall-clock time, by an offset measured
+/// once: the pipeline's windows need epoch time, and reading the wall clock per event would cost
+/// a syscall and let a clock step reorder events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KernelClock {
+    realtime_minus_monotonic: i128,
+}
+
+impl KernelClock {
+    /// A clock with a known offset (for tests).
+    #[cfg(test)]
+    pub(crate) const fn offset(realtime_minus_monotonic: i128) -> Self {
+        Self {
+            realtime_minus_monotonic,
+        }
+    }
+
+    pub(crate) fn measure() -> Self {
+        // The narrowest of a few monotonic/realtime/monotonic sandwiches bounds the error.
+        let mut best: Option<(i128, i128)> = None;
+        for _ in 0..5 {
+            let before = clock_ns(libc::CLOCK_MONOTONIC);
+            let real = clock_ns(libc::CLOCK_REALTIME);
+            let after = clock_ns(libc::CLOCK_MONOTONIC);
+            let width = after - before;
+            let offset = real - (before + after) / 2;
+            if best.is_none_or(|(w, _)| width < w) {
+                best = Some((width, offset));
+            }
+        }
+        Self {
+            realtime_minus_monotonic: best.map_or(0, |(_, offset)| offset),
+        }
+    }
+
+    pub(crate) fn timestamp(&self, ktime_ns: u64) -> Timestamp {
+        let wall = i128::from(ktime_ns) + self.realtime_minus_monotonic;
+        Timestamp(wall.clamp(0, i128::from(u64::MAX)) as u64)
+    }
+}
+
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// One ring-buffer record → a segment borrowing the record's payload, or `None` when the record
+/// is not a well-formed [`SegmentEvent`] (wrong size, unknown family/direction, lengths that do
+/// not add up).
+pub(crate) fn segment_from_record<'a>(
+    record: &'a [u8],
+    clock: &KernelClock,
+) -> Option<TcpSegment<'a>> {
+    let header = record.get(..SEGMENT_EVENT_LEN)?;
+    // SAFETY: `header` has exactly size_of::<SegmentEvent>() bytes and every bit pattern is a
+    // valid SegmentEvent (integers and byte arrays only).
+    let event: SegmentEvent = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+    let copied = usize::try_from(event.copied).ok()?;
+    let payload = record.get(SEGMENT_EVENT_LEN..)?;
+    if payload.len() != copied {
+        return None;
+    }
+    // Data events lie inside their segment; a SYN/FIN/RST event sits at its end.
+    if event.offset.checked_add(event.copied)? > event.segment_len {
+        return None;
+    }
+    let (client_ip, server_ip) = match event.family {
+        FAMILY_IPV4 => {
+            let [a, b, c, d, ..] = event.client_addr;
+            let [e, f, g, h, ..] = event.server_addr;
+            (
+                IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+                IpAddr::V4(Ipv4Addr::new(e, f, g, h)),
+            )
+        }
+        FAMILY_IPV6 => (
+            IpAddr::V6(Ipv6Addr::from(event.client_addr)),
+            IpAddr::V6(Ipv6Addr::from(event.server_addr)),
+        ),
+        _ => return None,
+    };
+    let client = Endpoint {
+        ip: client_ip,
+        port: event.client_port,
+    };
+    let server = Endpoint {
+        ip: server_ip,
+        port: event.server_port,
+    };
+    let (src, dst) = match event.direction {
+        DIRECTION_CLIENT_TO_SERVER => (client, server),
+        DIRECTION_SERVER_TO_CLIENT => (server, client),
+        _ => return None,
+    };
+    let flags = event.tcp_flags;
+    Some(TcpSegment {
+        ts: clock.timestamp(event.ktime_ns),
+        src,
+        dst,
+        seq: event.seq,
+        ack: (flags & TCP_ACK != 0).then_some(event.ack),
+        flags: TcpFlags {
+            syn: flags & TCP_SYN != 0,
+            ack: flags & TCP_ACK != 0,
+            fin: flags & TCP_FIN != 0,
+            rst: flags & TCP_RST != 0,
+        },
+        payload,
+        stream_start: (event.stream_start_known != 0).then_some(event.stream_start),
+    })
 }
 
 #[cfg(test)]
