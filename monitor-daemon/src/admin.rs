@@ -9,12 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redcap_monitor::actions::{Request, submit_request};
-use redcap_monitor::api::live::suspension_json;
-use redcap_monitor::config::{Config, Duration};
-use redcap_monitor::model::Timestamp;
-use redcap_monitor::store::{AuditRecord, Source, Store, StoreError, StoreLimits, Suspension};
-use redcap_monitor::token::TokenFingerprint;
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::actions::{Request, submit_request};
+use redcap_monitor::edges::api::live::suspension_json;
+use redcap_monitor::edges::store::{
+    AuditRecord, Source, Store, StoreError, StoreLimits, Suspension,
+};
+use redcap_monitor::shared::model::Timestamp;
+use redcap_monitor::shared::settings::Duration;
+use redcap_monitor::shared::token::TokenFingerprint;
 use serde_json::json;
 
 use crate::fail;

@@ -1,33 +1,17 @@
 //! redcap-monitor: watches REDCap API calls per token and enforces the institution's API policy.
 //!
-//! The pipeline runs one way: [`capture`] → [`reassembly`] → [`http`] → [`redcap`] → [`policy`],
-//! with [`model`] and [`token`] as shared vocabulary and [`config`] turning TOML into each stage's
-//! settings. [`pipeline`] wires the stages together; the binary's commands are the edges that do
-//! I/O. Every stage is sans-IO: it is driven by the timestamps it is given.
+//! The house has four floors, and imports only run down them: [`shared`] (the vocabulary),
+//! [`stages`] (the sans-IO pipeline: decode → reassembly → http → redcap → health and policy),
+//! [`edges`] (capture, records, store, alerts, hooks, telemetry, the admin API: everything that
+//! does I/O) and [`commands`] (the configuration that assembles every component's section, and
+//! the `check-config`, `analyze` and `run` commands). Within a floor, modules run in the flow
+//! order their `mod.rs` lists; the architecture test (`tests/architecture.rs`) holds the code to
+//! it.
 
-pub mod actions;
-pub mod alerts;
-pub mod analyze;
-pub mod api;
-pub mod canary;
-pub mod capture;
-pub mod config;
-pub mod coverage;
-pub mod health;
-pub mod hooks;
-pub mod http;
-pub mod model;
-pub mod notify;
-pub mod output;
-pub mod pipeline;
-pub mod policy;
-pub mod preflight;
-pub mod reassembly;
-pub mod redcap;
-pub mod run;
-pub mod store;
-pub mod telemetry;
-pub mod token;
+pub mod commands;
+pub mod edges;
+pub mod shared;
+pub mod stages;
 
 /// The kernel programs, built by build.rs through aya-build.
 pub static KERNEL_OBJECT: &[u8] =

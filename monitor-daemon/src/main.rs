@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use redcap_monitor::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
-use redcap_monitor::config::{Config, ConfigError};
-use redcap_monitor::preflight;
-use redcap_monitor::run::{RunError, run};
-use redcap_monitor::token::{RawToken, SiteKey};
+use redcap_monitor::commands::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
+use redcap_monitor::commands::config::{Config, ConfigError};
+use redcap_monitor::commands::preflight;
+use redcap_monitor::commands::run::{RunError, run};
+use redcap_monitor::shared::token::{RawToken, SiteKey};
 
 /// Watches REDCap API calls per token and enforces the institution's API policy.
 #[derive(Parser)]

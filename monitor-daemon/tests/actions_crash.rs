@@ -13,12 +13,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redcap_monitor::actions::Actions;
-use redcap_monitor::config::Config;
-use redcap_monitor::model::{Span, Timestamp};
-use redcap_monitor::policy::enforce::Enforcer;
-use redcap_monitor::store::{AuditKind, Store, StoreLimits};
-use redcap_monitor::token::TokenFingerprint;
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::actions::Actions;
+use redcap_monitor::edges::store::{AuditKind, Store, StoreLimits};
+use redcap_monitor::shared::model::{Span, Timestamp};
+use redcap_monitor::shared::token::TokenFingerprint;
+use redcap_monitor::stages::policy::enforce::Enforcer;
 
 const CHILD_ENV: &str = "ACTIONS_CRASH_CHILD";
 const PORT_ENV: &str = "ACTIONS_CRASH_PORT";
@@ -55,7 +55,7 @@ fn daemon_child() {
     };
     let port: u16 = std::env::var(PORT_ENV).unwrap().parse().unwrap();
     let config = config(Path::new(&dir), port);
-    let mut actions = Actions::open(&config, "crash-host".into(), now()).unwrap();
+    let mut actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
     // Bounded, so that a child whose parent died does not run forever.
     for i in 0..5_000u64 {
         let at = now();
@@ -179,7 +179,7 @@ fn kill_9_mid_burst_loses_no_suspension_or_alert() {
         TcpListener::bind(("127.0.0.1", port)).unwrap(),
         served.clone(),
     );
-    let actions = Actions::open(&config, "crash-host".into(), now()).unwrap();
+    let actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
     let mut enforcer = Enforcer::new(config.enforcement.clone());
     let restored = actions
         .restore_into(&mut enforcer, now(), config.enforcement.memory.span())

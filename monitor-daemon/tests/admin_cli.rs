@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redcap_monitor::model::{Span, Timestamp};
-use redcap_monitor::store::{AuditEntry, AuditKind, Store, StoreLimits};
-use redcap_monitor::token::{MaskedToken, TokenFingerprint};
+use redcap_monitor::edges::store::{AuditEntry, AuditKind, Store, StoreLimits};
+use redcap_monitor::shared::model::{Span, Timestamp};
+use redcap_monitor::shared::token::{MaskedToken, TokenFingerprint};
 use serde_json::Value;
 
 const FP: &str = "0123456789abcdef";
@@ -235,14 +235,14 @@ fn while_another_process_holds_the_store_reads_work_and_writes_say_why_not() {
     assert!(admin.json(&["suspensions"]).is_empty());
     assert!(admin.json(&["audit"]).is_empty());
     // Reads see the writer's later commits too.
-    held.suspend(&redcap_monitor::store::Suspension {
+    held.suspend(&redcap_monitor::edges::store::Suspension {
         token: fp(FP),
         masked: None,
         since: now(),
         until: None,
         reason: "auto".into(),
         level: 1,
-        source: redcap_monitor::store::Source::Auto,
+        source: redcap_monitor::edges::store::Source::Auto,
     })
     .unwrap();
     assert_eq!(admin.json(&["suspensions"]).len(), 1);
@@ -285,19 +285,23 @@ fn the_store_path_comes_from_the_configuration() {
 /// A daemon's action edge on the store, ticking on its own thread as `run` does.
 struct RunningDaemon {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<redcap_monitor::actions::Actions>>,
+    thread: Option<std::thread::JoinHandle<redcap_monitor::edges::actions::Actions>>,
 }
 
 impl RunningDaemon {
     fn start(store: &Path) -> RunningDaemon {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let config = redcap_monitor::config::Config::parse(
+        let config = redcap_monitor::commands::config::Config::parse(
             &format!("[store]\npath = {:?}\n", store.display().to_string()),
             Path::new("test.toml"),
         )
         .unwrap();
-        let mut actions =
-            redcap_monitor::actions::Actions::open(&config, "test-host".into(), now()).unwrap();
+        let mut actions = redcap_monitor::edges::actions::Actions::open(
+            config.actions(),
+            "test-host".into(),
+            now(),
+        )
+        .unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -313,7 +317,7 @@ impl RunningDaemon {
         }
     }
 
-    fn stop(mut self) -> redcap_monitor::actions::Actions {
+    fn stop(mut self) -> redcap_monitor::edges::actions::Actions {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap()
     }

@@ -10,11 +10,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use redcap_monitor::model::{Span, Timestamp};
-use redcap_monitor::store::{
+use redcap_monitor::edges::store::{
     AuditEntry, AuditKind, OutboxItem, Source, Store, StoreLimits, Suspension,
 };
-use redcap_monitor::token::TokenFingerprint;
+use redcap_monitor::shared::model::{Span, Timestamp};
+use redcap_monitor::shared::token::TokenFingerprint;
 
 const CHILD_ENV: &str = "STORE_CRASH_CHILD";
 const ROUND_ENV: &str = "STORE_CRASH_ROUND";

@@ -17,11 +17,11 @@ use std::time::Duration;
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::require_root;
 use probe_env::{CLIENT_IP, SERVER_IP, SERVER_PORT, namespace_pair, spawn_attached_probe};
-use redcap_monitor::capture::kernel::{DrainStats, KernelCounters, ProbeConfig};
-use redcap_monitor::config::Config;
-use redcap_monitor::pipeline::Pipeline;
-use redcap_monitor::redcap::ApiCall;
-use redcap_monitor::token::{RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::capture::kernel::{DrainStats, KernelCounters, ProbeConfig};
+use redcap_monitor::shared::token::{RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::stages::pipeline::Pipeline;
+use redcap_monitor::stages::redcap::ApiCall;
 
 const CONNECTIONS: usize = 20;
 const API_RESPONSE_BYTES: usize = 300;
@@ -128,10 +128,9 @@ fn start_pipeline(
     stop: Arc<AtomicBool>,
 ) -> thread::JoinHandle<Observed> {
     spawn_attached_probe(pair, config, move |mut probe| {
-        let mut pipeline =
-            Pipeline::new(&Config::default(), SiteKey::from_bytes(key)).expect("default config");
+        let mut pipeline = Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes(key));
         let mut calls = Vec::new();
-        let mut drain = |probe: &mut redcap_monitor::capture::kernel::KernelProbe,
+        let mut drain = |probe: &mut redcap_monitor::edges::capture::kernel::KernelProbe,
                          calls: &mut Vec<ApiCall>| {
             probe.drain(&mut |segment| {
                 pipeline.push_segment(segment, &mut |verdict| calls.push(verdict.call))

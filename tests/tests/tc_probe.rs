@@ -22,7 +22,7 @@ use probe_env::{
     CLIENT_IP, CLIENT_IP6, SERVER_IP, SERVER_IP6, SERVER_PORT, namespace_pair,
     spawn_attached_probe, start_server,
 };
-use redcap_monitor::capture::kernel::{
+use redcap_monitor::edges::capture::kernel::{
     AttachMethod, DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError,
 };
 
@@ -55,7 +55,7 @@ fn start_probe(
 ) -> thread::JoinHandle<Capture> {
     spawn_attached_probe(pair, config, move |mut probe| {
         let mut segments = Vec::new();
-        let mut keep = |s: &redcap_monitor::model::TcpSegment<'_>| {
+        let mut keep = |s: &redcap_monitor::shared::model::TcpSegment<'_>| {
             segments.push(Captured {
                 src_port: s.src.port,
                 dst_port: s.dst.port,

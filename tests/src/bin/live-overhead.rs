@@ -34,10 +34,10 @@ use monitor_tests::netns::NamespacePair;
 use monitor_tests::web::private_libssl;
 use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
-use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
-use redcap_monitor::config::Config;
-use redcap_monitor::pipeline::Pipeline;
-use redcap_monitor::token::SiteKey;
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::capture::kernel::{KernelCounters, ProbeConfig};
+use redcap_monitor::shared::token::SiteKey;
+use redcap_monitor::stages::pipeline::Pipeline;
 
 /// A REDCap-like export call; the token is made up.
 const BODY: &str = "token=0123456789ABCDEF0123456789ABCDEF&content=record&action=export\
@@ -323,14 +323,14 @@ fn attached_run(
         let stop = Arc::clone(&stop);
         probe_env::spawn_attached_probe(pair, config, move |mut probe| {
             let cpu_at_start = thread_cpu_time();
-            let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
-                .expect("the default configuration is valid");
+            let mut pipeline =
+                Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([5; 32]));
             let (mut seen, mut complete) = (0u64, 0u64);
-            let mut count = |verdict: redcap_monitor::policy::Verdict| {
+            let mut count = |verdict: redcap_monitor::stages::policy::Verdict| {
                 seen += 1;
                 complete += u64::from(verdict.call.complete);
             };
-            let mut consume = |segment: &redcap_monitor::model::TcpSegment<'_>| {
+            let mut consume = |segment: &redcap_monitor::shared::model::TcpSegment<'_>| {
                 if matches!(setup, Setup::Pipeline | Setup::PipelineBatched) {
                     pipeline.push_segment(segment, &mut count);
                 }
@@ -389,14 +389,14 @@ fn tls_attached_run(
             // The uprobes stay attached as long as `tls` and `probe` live (this thread).
             let _tls = tls;
             let cpu_at_start = thread_cpu_time();
-            let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
-                .expect("the default configuration is valid");
+            let mut pipeline =
+                Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([5; 32]));
             let (mut seen, mut complete) = (0u64, 0u64);
-            let mut count = |verdict: redcap_monitor::policy::Verdict| {
+            let mut count = |verdict: redcap_monitor::stages::policy::Verdict| {
                 seen += 1;
                 complete += u64::from(verdict.call.complete);
             };
-            let mut consume = |segment: &redcap_monitor::model::TcpSegment<'_>| {
+            let mut consume = |segment: &redcap_monitor::shared::model::TcpSegment<'_>| {
                 if setup == Setup::TlsAttached {
                     pipeline.push_segment(segment, &mut count);
                 }

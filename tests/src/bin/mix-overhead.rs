@@ -41,13 +41,13 @@ use monitor_tests::netns::NamespacePair;
 use monitor_tests::web::{APACHE_MODULES, Apache, TestPki, private_libssl};
 use monitor_tests::wrk::result_numbers;
 use probe_env::{SERVER_IP, namespace_pair};
-use redcap_monitor::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
-use redcap_monitor::capture::tls::is_synthetic;
-use redcap_monitor::config::Config;
-use redcap_monitor::model::{Endpoint, TcpSegment};
-use redcap_monitor::pipeline::{CaptureRequest, Pipeline};
-use redcap_monitor::policy::Verdict;
-use redcap_monitor::token::SiteKey;
+use redcap_monitor::commands::config::Config;
+use redcap_monitor::edges::capture::kernel::{KernelCounters, KernelProbe, ProbeConfig};
+use redcap_monitor::edges::capture::records::is_synthetic;
+use redcap_monitor::shared::model::{Endpoint, TcpSegment};
+use redcap_monitor::shared::token::SiteKey;
+use redcap_monitor::stages::pipeline::{CaptureRequest, Pipeline};
+use redcap_monitor::stages::policy::Verdict;
 
 /// How often the ring is read, as `run` reads it.
 const BATCH_INTERVAL: Duration = Duration::from_millis(1);
@@ -637,8 +637,8 @@ struct Drain {
 
 impl Drain {
     fn new() -> Drain {
-        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([5; 32]))
-            .expect("the default configuration is valid");
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([5; 32]));
         // As `run` does with the kernel probe: the pipeline asks it to stop copying
         // connections it has read all it needs of.
         pipeline.listen_for_capture_requests();

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use monitor_tests::cpu::thread_cpu_time;
-use redcap_monitor::config::PolicyConfig;
-use redcap_monitor::health::Assessment;
-use redcap_monitor::model::{Endpoint, Span, Timestamp};
-use redcap_monitor::policy::Policy;
-use redcap_monitor::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
-use redcap_monitor::redcap::{ApiCall, ApiParams, TokenIdentity};
-use redcap_monitor::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::shared::model::{Endpoint, Span, Timestamp};
+use redcap_monitor::shared::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::stages::health::Assessment;
+use redcap_monitor::stages::policy::Policy;
+use redcap_monitor::stages::policy::PolicyConfig;
+use redcap_monitor::stages::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
+use redcap_monitor::stages::redcap::{ApiCall, ApiParams, TokenIdentity};
 
 /// Counts live heap bytes and their peak.
 struct Counting;
@@ -78,7 +78,7 @@ impl Calls {
                 server: endpoint(443),
                 method: "POST".into(),
                 path: "/api/".into(),
-                http_version: redcap_monitor::http::HttpVersion::Http11,
+                http_version: redcap_monitor::stages::http::HttpVersion::Http11,
                 token: Ok(TokenIdentity {
                     fingerprint: TokenFingerprint([0; 8]),
                     masked: MaskedToken(String::new()),

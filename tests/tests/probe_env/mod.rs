@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 
 use monitor_tests::netns::NamespacePair;
-use redcap_monitor::capture::kernel::{KernelProbe, ProbeConfig};
-use redcap_monitor::capture::tls::TlsCapture;
+use redcap_monitor::edges::capture::kernel::{KernelProbe, ProbeConfig};
+use redcap_monitor::edges::capture::tls::TlsCapture;
 
 pub const SUBNET: u8 = 203;
 pub const SERVER_IP: &str = "10.203.0.1";

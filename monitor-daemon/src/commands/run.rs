@@ -1,0 +1,1196 @@
+//! `redcap-monitor run`: live packets through the pipeline, records out as calls are released,
+//! decisions acted on.
+//!
+//! The live edge: chooses the capture source (the eBPF probe, or libpcap), reads it with tokio,
+//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
+//! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
+//! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
+//! SIGHUP re-reads the configuration and applies it whole or not at all ([`apply_config`]).
+//! Tells systemd (`Type=notify`) when it is ready, alive, reloading and stopping. Nothing is
+//! pinned: the probe's links go with the process.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
+
+use crate::commands::config::{Config, ConfigError};
+use crate::edges::actions::{Actions, ActionsError, ActionsReload, Request};
+use crate::edges::api::live::{LiveTelemetry, suspension_json};
+use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
+use crate::edges::canary::Canary;
+use crate::edges::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
+use crate::edges::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
+use crate::edges::capture::records::is_synthetic;
+use crate::edges::capture::tls::{TlsCapture, TlsError};
+use crate::edges::capture::{CaptureMode, TlsCapturePlan};
+use crate::edges::notify::Notifier;
+use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
+use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
+use crate::shared::model::Timestamp;
+use crate::shared::token::SiteKey;
+use crate::stages::coverage::{Coverage, CoverageSample, TlsCoverage};
+use crate::stages::pipeline::{CaptureRequest, Pipeline};
+use crate::stages::policy::Verdict;
+
+/// How often time advances in the pipeline when no packet arrives, and outputs are flushed.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the kernel's ring buffer is read (see `Source::wait`).
+const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+/// How often the ring is read while the last read found nothing: an idle daemon wakes 100 times
+/// a second, not 1000.
+const KERNEL_IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Frames in flight between the libpcap threads and the pipeline.
+const PCAP_CHANNEL_FRAMES: usize = 8192;
+/// Most frames handled per wake-up, so that ticks and signals are not starved under load.
+const PCAP_BATCH: usize = 1024;
+/// How often the metrics and the admin API's view are refreshed from the stages' counters.
+const TELEMETRY_REFRESH: Duration = Duration::from_secs(1);
+/// Admin commands waiting for the live loop.
+const ADMIN_QUEUE: usize = 16;
+/// How often the capture's loss counters are looked at (a growth raises a `capture_loss` alert).
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often systemd's `STATUS=` line is refreshed (when it changed).
+const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("eBPF capture: {0}")]
+    Probe(#[from] ProbeError),
+    #[error("TLS capture: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
+         without it HTTPS is not seen (capture.tls.enabled = \"auto\" falls back to libpcap, \
+         HTTP only)"
+    )]
+    TlsWithoutProbe(Box<RunError>),
+    #[error("libpcap capture: {0}")]
+    Pcap(#[from] PcapError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("acting on decisions: {0}")]
+    Actions(#[from] ActionsError),
+    #[error("every libpcap capture thread stopped (see the log above)")]
+    CaptureEnded,
+}
+
+/// Checks what only `run` needs from the configuration (`origin` names the file in errors).
+pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: origin.to_owned(),
+        key: key.into(),
+        message,
+    };
+    let capture = &config.capture;
+    if capture.mode == CaptureMode::Tls {
+        // HTTPS only: no interface is watched, the uprobes find the web server's libssl.
+        return Ok(());
+    }
+    if capture.interfaces.is_empty() {
+        return Err(invalid(
+            "capture.interfaces",
+            "is empty: list the interfaces to watch, e.g. [\"eth0\"]".into(),
+        ));
+    }
+    if let Some(missing) = capture.interfaces.iter().find(|i| !interface_exists(i)) {
+        return Err(invalid(
+            "capture.interfaces",
+            format!("no network interface named {missing:?} here (list them with `ip link`)"),
+        ));
+    }
+    if capture.ports.is_empty() {
+        return Err(invalid(
+            "capture.ports",
+            "is empty: list the web server's ports, e.g. [80, 8080]".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs until SIGINT or SIGTERM. Blocks the calling thread on a single-threaded tokio runtime.
+pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
+    check_config(config, origin)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| RunError::Io {
+            what: "starting the tokio runtime",
+            source,
+        })?;
+    runtime.block_on(run_live(config, origin, key))
+}
+
+async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
+    let mut pipeline = Pipeline::new(config.pipeline(), key);
+    let records = Records::open(config)?;
+    let actions = Actions::open(
+        config.actions(),
+        crate::edges::alerts::host_name(),
+        wall_clock(),
+    )?;
+    let memory = config.enforcement.memory.span();
+    let restored = actions
+        .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
+        .map_err(ActionsError::from)?;
+    tracing::info!(store = %config.store.path.display(), suspensions_in_force = restored,
+        requests = %actions.request_dir().display(), "state store open");
+    let canary = Canary::start(&config.health.canary).map_err(|source| RunError::Io {
+        what: "starting the canary thread",
+        source,
+    })?;
+    if canary.is_some() {
+        tracing::info!(every = %config.health.canary.interval, "canary probing");
+    }
+    let metrics = Metrics::new();
+    metrics.declare_rules(config.policy.rules.iter().map(|r| r.name.as_str()));
+    let shared = Shared::new(metrics);
+    // The sender stays here too, so that `recv` waits (rather than ends) without a listener.
+    let (command_tx, mut commands) = mpsc::channel::<AdminCommand>(ADMIN_QUEUE);
+    let _api = start_api(config, &shared, command_tx.clone())?;
+    let telemetry = LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    let mut edges = Edges {
+        records,
+        telemetry,
+        actions,
+        canary,
+        coverage: Coverage::new(TlsCoverage::Off, config.capture.https_port().is_some()),
+    };
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut notifier = Notifier::from_env();
+    let (mut source, mut tls) = open_source(config)?;
+    if matches!(source, Source::Kernel(_)) {
+        pipeline.listen_for_capture_requests();
+    }
+    edges.coverage.set_tls(tls_coverage(tls.as_ref()));
+    // The configuration in force: replaced as a whole by a reload.
+    let mut current = config.clone();
+    notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
+    if let Some(every) = notifier.watchdog_interval() {
+        tracing::info!(
+            ping_every_ms = every.as_millis() as u64,
+            "systemd watchdog on: pinging from the live loop"
+        );
+    }
+    let rescan_every = Duration::from_nanos(config.capture.tls.rescan_interval.span().0);
+    let mut rescan_tick = interval_at(tokio::time::Instant::now() + rescan_every, rescan_every);
+    rescan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let mut tick = interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut stats_tick = stats_interval(&current);
+    let mut next_status = std::time::Instant::now() + STATUS_INTERVAL;
+    let mut refresh_tick = interval(TELEMETRY_REFRESH);
+    refresh_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut loss_tick = interval(LOSS_CHECK_INTERVAL);
+    let mut kernel_busy = false;
+    loss_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        let event = tokio::select! {
+            _ = interrupt.recv() => Event::Stop("SIGINT"),
+            _ = terminate.recv() => Event::Stop("SIGTERM"),
+            _ = hangup.recv() => Event::Reload,
+            ready = source.wait(kernel_busy) => ready,
+            _ = tick.tick() => Event::Tick,
+            _ = stats_tick.tick() => Event::Stats,
+            _ = refresh_tick.tick() => Event::Refresh,
+            Some(command) = commands.recv() => Event::Admin(command),
+            _ = loss_tick.tick() => Event::LossCheck,
+            _ = rescan_tick.tick(), if tls.is_some() => Event::Rescan,
+        };
+        match event {
+            Event::Stop(signal) => {
+                tracing::info!(signal, "stopping: finishing open calls");
+                notifier.stopping();
+                break;
+            }
+            Event::Reload => {
+                notifier.reloading();
+                edges.records.flush()?;
+                if let Some((new, actions)) = reload(origin, config, &mut edges) {
+                    apply_config((&new, actions), &mut pipeline, &mut edges, &mut stats_tick);
+                    current = new;
+                }
+                notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
+            }
+            Event::KernelReadable(Err(source)) => {
+                return Err(RunError::Io {
+                    what: "waiting for the eBPF ring buffer",
+                    source,
+                });
+            }
+            Event::KernelReadable(Ok(())) => {
+                kernel_busy = source.drain(&mut pipeline, &mut edges) > 0;
+            }
+            Event::Frame(None) => return Err(RunError::CaptureEnded),
+            Event::Frame(Some(frame)) => {
+                pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
+                source.drain(&mut pipeline, &mut edges);
+            }
+            Event::Tick => {
+                // The ring buffer's readiness can be missed between a drain and the next
+                // event; the tick drains too, so nothing waits longer than one tick.
+                source.drain(&mut pipeline, &mut edges);
+                let now = wall_clock();
+                pipeline.tick(now, &mut |v| edges.verdict(v));
+                edges.tick(&mut pipeline, now);
+                edges.records.flush()?;
+                // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
+                // the loop runs.
+                let beat = std::time::Instant::now();
+                notifier.heartbeat(beat);
+                if beat >= next_status {
+                    next_status = beat + STATUS_INTERVAL;
+                    notifier.status(&status_line(&source, &current, &pipeline, &edges.coverage));
+                }
+            }
+            Event::LossCheck => {
+                let (lost, detail) = capture_loss(&source);
+                let now = wall_clock();
+                edges.actions.observe_capture_loss(lost, detail, now);
+                edges.coverage.set_tls(tls_coverage(tls.as_ref()));
+                edges
+                    .coverage
+                    .observe(coverage_sample(&source, &pipeline), now);
+                while let Some(spot) = edges.coverage.poll_blind() {
+                    tracing::warn!(
+                        blind_spot = spot.reason.name(),
+                        count = spot.count,
+                        "capture is blind: {}",
+                        spot.advice
+                    );
+                    edges.actions.observe_blind_spot(&spot, now);
+                }
+            }
+            Event::Rescan => {
+                if let (Some(tls), Source::Kernel(probe)) = (&mut tls, &mut source) {
+                    tls.refresh(probe.get_mut());
+                }
+            }
+            Event::Stats => {
+                let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
+                tracing::info!(counters = %stats, "counters");
+                edges.records.write_stats(&stats)?;
+            }
+            Event::Refresh => refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges),
+            Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
+        }
+        edges.records.check()?;
+    }
+
+    source.stop(&mut pipeline, &mut edges).await;
+    pipeline.finish(&mut |v| edges.verdict(v));
+    edges.tick(&mut pipeline, wall_clock());
+    edges.records.check()?;
+    edges.records.flush()?;
+    let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
+    tracing::info!(counters = %stats, "final counters");
+    edges.records.write_stats(&stats)?;
+    refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges);
+    drop(command_tx);
+    // Dropping the source detaches the probe's links (or joins the libpcap threads).
+    drop(source);
+    // Hooks already queued run to their end; undelivered alerts stay in the store.
+    edges.actions.shutdown();
+    Ok(())
+}
+
+/// Where verdicts go: the records, the metrics and admin view, and the actions taken on them.
+struct Edges {
+    records: Records,
+    telemetry: LiveTelemetry,
+    actions: Actions,
+    canary: Option<Canary>,
+    /// What the capture cannot see, judged once a second with the loss counters.
+    coverage: Coverage,
+}
+
+impl Edges {
+    /// The actions go last: they take the call's raw token, if it was kept for the suspend
+    /// hooks (records and telemetry cannot see it either way), and the verdict is dropped here.
+    fn verdict(&mut self, mut verdict: Verdict) {
+        self.records.write(&verdict);
+        self.telemetry.observe(&verdict);
+        self.actions.on_verdict(&mut verdict);
+    }
+
+    /// Carries out an admin's lift or suspend from the API, like one from a request file.
+    fn admin(&mut self, command: AdminCommand, pipeline: &mut Pipeline, now: Timestamp) {
+        let (request, reply) = match command {
+            AdminCommand::Suspend {
+                token,
+                duration,
+                reason,
+                reply,
+            } => (
+                Request::Suspend {
+                    token_fp: token,
+                    for_s: duration.map(|d| d.as_secs_f64()),
+                    reason,
+                },
+                reply,
+            ),
+            AdminCommand::Lift {
+                token,
+                reason,
+                reply,
+            } => (
+                Request::Lift {
+                    token_fp: token,
+                    reason,
+                },
+                reply,
+            ),
+        };
+        let answer = self.actions.execute(&request, now);
+        self.actions.sync_enforcer(pipeline.enforcer_mut());
+        let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
+            (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
+            (true, None, _) => Ok(serde_json::Value::Null),
+            (false, _, error) => Err(error.unwrap_or_default()),
+        });
+    }
+
+    /// Time passes: health changes are alerted, suspensions expire, admin requests are
+    /// answered, and the enforcer hears of what changed outside it.
+    fn tick(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if let Some(canary) = &self.canary {
+            for probe in canary.results() {
+                pipeline.observe_canary(probe.at, probe.latency);
+            }
+        }
+        self.actions.step(pipeline, now);
+    }
+}
+
+fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
+    match tls {
+        None => TlsCoverage::Off,
+        Some(tls) => TlsCoverage::On {
+            libraries: tls.libraries().count(),
+        },
+    }
+}
+
+/// The counters the coverage judgement reads.
+fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
+    let stats = pipeline.stats();
+    let http = &stats.http;
+    let mut sample = CoverageSample {
+        unreadable_api_requests: stats.redcap.token_unreadable,
+        not_http: http.not_http,
+        request_starts_lost: http.request_starts_lost,
+        http2_unreadable: http.h2_hpack_errors
+            + http.h2_frame_too_large
+            + http.h2_protocol_errors
+            + http.h2_gaps,
+        ..CoverageSample::default()
+    };
+    if let Source::Kernel(probe) = source
+        && let Ok(k) = probe.get_ref().counters()
+    {
+        sample.tls_handshakes = k.tls_handshakes;
+        sample.http2_started_unseen = k.http2_unseen;
+        sample.tls_reads = k.tls_filtered + k.tls_conns_started;
+    }
+    sample
+}
+
+/// The capture's loss counters, summed, and by name.
+fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
+    match source {
+        Source::Kernel(probe) => match probe.get_ref().counters() {
+            Ok(k) => (
+                k.ring_full
+                    + k.truncated_bytes
+                    + k.flow_insert_failed
+                    + k.flows_evicted
+                    + k.tls_conns_evicted
+                    + k.tls_args_lost,
+                serde_json::json!({
+                    "kernel.ring_full": k.ring_full,
+                    "kernel.truncated_bytes": k.truncated_bytes,
+                    "kernel.flow_insert_failed": k.flow_insert_failed,
+                    "kernel.flows_evicted": k.flows_evicted,
+                    "kernel.tls_conns_evicted": k.tls_conns_evicted,
+                    "kernel.tls_args_lost": k.tls_args_lost,
+                }),
+            ),
+            Err(_) => (0, serde_json::Value::Null),
+        },
+        Source::Pcap { capture, .. } => {
+            let mut total = 0;
+            let mut detail = serde_json::Map::new();
+            for c in capture.counters() {
+                total += c.dropped + c.if_dropped + c.truncated;
+                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
+                detail.insert(
+                    format!("pcap.{}.if_dropped", c.interface),
+                    c.if_dropped.into(),
+                );
+                detail.insert(
+                    format!("pcap.{}.truncated", c.interface),
+                    c.truncated.into(),
+                );
+            }
+            (total, detail.into())
+        }
+    }
+}
+
+fn stats_interval(config: &Config) -> Interval {
+    let every = Duration::from_nanos(config.output.stats_interval.span().0);
+    let mut stats_tick = interval_at(tokio::time::Instant::now() + every, every);
+    stats_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    stats_tick
+}
+
+/// SIGHUP: reads the file again and prepares everything that can fail (validation, opening the
+/// outputs). Returns the new configuration to apply, or `None` (logged, with every problem)
+/// when the running one stays in force. The record outputs are reopened (new paths, or the same
+/// paths after logrotate moved the files) and swapped in only on success.
+/// `started` is the configuration the process started with: keys that apply only at start are
+/// compared with it.
+fn reload(origin: &Path, started: &Config, edges: &mut Edges) -> Option<(Config, ActionsReload)> {
+    let refused = |why: &dyn std::fmt::Display| {
+        tracing::error!(
+            file = %origin.display(),
+            "reload refused, the running configuration stays in force: {why}. Fix the file \
+             (`redcap-monitor check-config {}` lists every problem) and reload again",
+            origin.display()
+        );
+    };
+    let new = match Config::load(origin) {
+        Ok(new) => new,
+        Err(err) => {
+            refused(&single_line(&err));
+            return None;
+        }
+    };
+    let reopened = match Records::open(&new) {
+        Ok(reopened) => reopened,
+        Err(err) => {
+            refused(&err);
+            return None;
+        }
+    };
+    let actions = match edges.actions.prepare_reload(new.actions()) {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            refused(&err);
+            return None;
+        }
+    };
+    edges.records.replace_outputs(reopened);
+    let restart = started.restart_needed(&new);
+    if !restart.is_empty() {
+        tracing::warn!(
+            keys = %restart.join(", "),
+            "these keys differ from the configuration the daemon started with and apply only \
+             at the next start: restart the service (systemctl restart redcap-monitor) to use them"
+        );
+    }
+    tracing::info!(
+        file = %origin.display(),
+        rules = %new.policy.rules.iter().map(|r| format!("{}<={}/{}", r.name, r.limit, r.window)).collect::<Vec<_>>().join(" "),
+        "configuration reloaded: rules, heavy thresholds, health, enforcement and outputs applied; \
+         token windows and suspensions kept"
+    );
+    Some((new, actions))
+}
+
+/// The one place where a new configuration takes effect in the running daemon, after
+/// [`reload`] accepted it and made what could fail. Everything here is infallible, so a reload
+/// applies whole.
+fn apply_config(
+    (new, actions): (&Config, ActionsReload),
+    pipeline: &mut Pipeline,
+    edges: &mut Edges,
+    stats_tick: &mut Interval,
+) {
+    pipeline.reconfigure(new.pipeline());
+    edges.actions.reconfigure(actions, new.actions());
+    edges.actions.sync_enforcer(pipeline.enforcer_mut());
+    edges.telemetry.reconfigure(&new.policy, &new.health);
+    *stats_tick = stats_interval(new);
+}
+
+/// A config error on one line (a log line), every problem kept.
+fn single_line(err: &ConfigError) -> String {
+    err.to_string().replace("\n  ", " | ").replace('\n', " ")
+}
+
+/// One line for `systemctl status`: capture, interfaces, calls, violations, health.
+fn status_line(
+    source: &Source,
+    config: &Config,
+    pipeline: &Pipeline,
+    coverage: &Coverage,
+) -> String {
+    let policy = pipeline.stats().policy;
+    let blind: Vec<&str> = coverage
+        .blind_spots()
+        .iter()
+        .map(|s| s.reason.name())
+        .collect();
+    format!(
+        "{} on {}: {} calls, {} violations, server {}{}",
+        source.mode(),
+        config.capture.interfaces.join(","),
+        policy.calls,
+        policy.violations,
+        if pipeline.health().is_degraded() {
+            "DEGRADED"
+        } else {
+            "responsive"
+        },
+        if blind.is_empty() {
+            String::new()
+        } else {
+            format!(", BLIND: {}", blind.join(","))
+        }
+    )
+}
+
+enum Event {
+    Stop(&'static str),
+    Reload,
+    KernelReadable(io::Result<()>),
+    Frame(Option<OwnedFrame>),
+    Tick,
+    Stats,
+    Refresh,
+    Admin(AdminCommand),
+    LossCheck,
+    /// Time to look for web server processes whose libssl is not covered yet.
+    Rescan,
+}
+
+/// Starts the metrics and admin listener (`[api]`), unless it is disabled.
+fn start_api(
+    config: &Config,
+    shared: &std::sync::Arc<Shared>,
+    commands: mpsc::Sender<AdminCommand>,
+) -> Result<Option<ApiServer>, RunError> {
+    let api = &config.api;
+    if !api.enabled {
+        tracing::info!("API listener off (api.enabled = false)");
+        return Ok(None);
+    }
+    let bearer = api.token_file.as_deref().map(Bearer::load).transpose()?;
+    let admin = bearer.is_some();
+    let server = ApiServer::start(api, shared.clone(), bearer, commands)?;
+    tracing::info!(
+        address = %server.address(),
+        admin_api = if admin { "on" } else { "off (no api.token_file)" },
+        "API listening: GET /metrics, /api/v1/"
+    );
+    Ok(Some(server))
+}
+
+/// Refreshes the metrics and the admin API's view from every counter.
+fn refresh_telemetry(
+    source: &Source,
+    tls: Option<&TlsCapture>,
+    pipeline: &Pipeline,
+    edges: &mut Edges,
+) {
+    let status = counters(source, tls, pipeline, edges);
+    let now = wall_clock();
+    let kernel;
+    let drain;
+    let interfaces;
+    let capture = match source {
+        Source::Kernel(probe) => {
+            let probe = probe.get_ref();
+            kernel = probe.counters().ok();
+            drain = probe.drain_stats();
+            CaptureView::Kernel {
+                counters: kernel.as_ref(),
+                drain: &drain,
+            }
+        }
+        Source::Pcap { capture, .. } => {
+            interfaces = capture.counters();
+            CaptureView::Pcap(&interfaces)
+        }
+    };
+    let (tracked_connections, tracked_tokens) = pipeline.tracked();
+    let health = pipeline.health();
+    let view = StatsView {
+        pipeline: pipeline.stats(),
+        capture,
+        degraded: health.is_degraded(),
+        blind_spots: edges.coverage.blind_spots(),
+        server_time_p95_s: health.assessment().ttfb_p95_s,
+        tracked_connections,
+        tracked_tokens,
+    };
+    let loads = health.load_by_token(now);
+    let actions = &edges.actions;
+    let metrics = edges.telemetry.metrics();
+    metrics.set_action_stats(actions.stats(), actions.hook_runs());
+    metrics.set_alert_stats(actions.alert_stats());
+    if let Some(delivery) = actions.delivery_stats() {
+        metrics.set_delivery_stats(&delivery);
+    }
+    let suspensions = actions
+        .store()
+        .active_suspensions(now)
+        .unwrap_or_else(|err| {
+            tracing::error!(error = %err, "cannot read the suspensions in force");
+            Vec::new()
+        });
+    edges
+        .telemetry
+        .refresh(now, &view, status, &loads, &suspensions);
+}
+
+/// Where packets come from.
+enum Source {
+    Kernel(Box<AsyncFd<KernelProbe>>),
+    Pcap {
+        capture: LiveCapture,
+        frames: mpsc::Receiver<OwnedFrame>,
+    },
+}
+
+/// The capture source and, when HTTPS is captured too, the uprobes' library tracker. The
+/// "capturing with" line is logged once everything is attached.
+fn open_source(config: &Config) -> Result<(Source, Option<TlsCapture>), RunError> {
+    let capture = &config.capture;
+    match capture.tls_plan() {
+        TlsCapturePlan::Off => Ok((open_source_without_tls(config)?, None)),
+        TlsCapturePlan::IfPossible => open_source_https_if_possible(config),
+        TlsCapturePlan::Required => {
+            let tc = capture.mode != CaptureMode::Tls;
+            // No libpcap fallback: HTTPS was asked for, and libpcap would lose every call.
+            let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
+                (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
+                (false, err) => err,
+            })?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            if tc {
+                tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
+            } else {
+                tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+            }
+            Ok((source, Some(tls)))
+        }
+    }
+}
+
+/// `capture.tls.enabled = "auto"` beside mode `"auto"` or `"ebpf"`: the TC probe and the
+/// OpenSSL uprobes. Uprobes that cannot be used leave the TC probe alone; in mode `"auto"`, a
+/// probe that cannot be loaded leaves libpcap, HTTP only. Either is a warning that says HTTPS
+/// is not seen and why.
+fn open_source_https_if_possible(
+    config: &Config,
+) -> Result<(Source, Option<TlsCapture>), RunError> {
+    let capture = &config.capture;
+    let mut probe = match load_probe(config, true) {
+        Ok(probe) => probe,
+        Err(reason) if capture.mode == CaptureMode::Auto => {
+            let source = open_pcap(config)?;
+            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
+            return Ok((source, None));
+        }
+        Err(err) => return Err(err),
+    };
+    let tls_config = &capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    match tls.start(&mut probe) {
+        Ok(()) => {
+            let source = register(probe)?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?tls_config.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes (capture.tls.enabled = \"auto\")");
+            Ok((source, Some(tls)))
+        }
+        // A configured library that is not there is the admin's to fix, as with `true`.
+        Err(err @ TlsError::Library { .. }) => Err(err.into()),
+        Err(reason) => {
+            let source = register(probe)?;
+            tracing::warn!(mode = "ebpf", interfaces = ?capture.interfaces, %reason, "capturing with the eBPF probe; HTTPS is NOT seen: the OpenSSL uprobes cannot be used (capture.tls.enabled = \"auto\")");
+            Ok((source, None))
+        }
+    }
+}
+
+fn open_source_without_tls(config: &Config) -> Result<Source, RunError> {
+    let capture = &config.capture;
+    match capture.mode {
+        // `Tls` never gets here (`open_source` handles it); it is listed to keep the match total.
+        CaptureMode::Ebpf | CaptureMode::Tls => {
+            let source = open_tc_probe(config)?;
+            tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
+            Ok(source)
+        }
+        CaptureMode::Pcap => {
+            let source = open_pcap(config)?;
+            tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
+            Ok(source)
+        }
+        CaptureMode::Auto => match open_tc_probe(config) {
+            Ok(source) => {
+                tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
+                Ok(source)
+            }
+            Err(reason) => {
+                let source = open_pcap(config)?;
+                tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable)");
+                Ok(source)
+            }
+        },
+    }
+}
+
+fn open_tc_probe(config: &Config) -> Result<Source, RunError> {
+    register(load_probe(config, true)?)
+}
+
+/// The probe (TC classifier attached when `tc`) with the OpenSSL uprobes attached.
+fn open_probe(config: &Config, tc: bool) -> Result<(Source, TlsCapture), RunError> {
+    let mut probe = load_probe(config, tc)?;
+    let tls_config = &config.capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    tls.start(&mut probe)?;
+    Ok((register(probe)?, tls))
+}
+
+/// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
+fn load_probe(config: &Config, tc: bool) -> Result<KernelProbe, RunError> {
+    let capture = &config.capture;
+    let mut probe = KernelProbe::load(&ProbeConfig {
+        // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
+        ports: if capture.ports.is_empty() {
+            ProbeConfig::default().ports
+        } else {
+            capture.ports.clone()
+        },
+        ring_bytes: capture.ring_bytes,
+        attach: capture.tc_attach,
+        tls_processes: if capture.tls_on() {
+            capture.tls.processes.clone()
+        } else {
+            Vec::new()
+        },
+        tls_idle: Duration::from_nanos(config.reassembly.idle_timeout.span().0),
+        ..ProbeConfig::default()
+    })?;
+    if tc {
+        for interface in &capture.interfaces {
+            probe.attach(interface)?;
+        }
+    }
+    Ok(probe)
+}
+
+fn register(probe: KernelProbe) -> Result<Source, RunError> {
+    // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
+    // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
+    let probe =
+        unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }.map_err(|err| {
+            RunError::Io {
+                what: "watching the eBPF ring buffer",
+                source: err.into(),
+            }
+        })?;
+    Ok(Source::Kernel(Box::new(probe)))
+}
+
+fn open_pcap(config: &Config) -> Result<Source, RunError> {
+    let (capture, frames) = LiveCapture::open(
+        &config.capture.interfaces,
+        &config.capture.ports,
+        PCAP_CHANNEL_FRAMES,
+    )?;
+    Ok(Source::Pcap { capture, frames })
+}
+
+impl Source {
+    fn mode(&self) -> &'static str {
+        match self {
+            Source::Kernel(_) => "ebpf",
+            Source::Pcap { .. } => "pcap",
+        }
+    }
+
+    /// Waits until there is something to read; borrows only the source.
+    /// `busy`: the last read of the kernel's ring found events.
+    async fn wait(&mut self, busy: bool) -> Event {
+        match self {
+            Source::Kernel(_) => {
+                // The ring is read in batches on a short timer, not on readiness: waking for
+                // every event cost a quarter of nginx's throughput in `cargo xtask bench live`,
+                // batches every millisecond cost nothing measurable there, and the ring
+                // (`capture.ring_bytes`) holds far more than that of traffic. The batches are
+                // short because connections are handed back to the kernel after each one: at
+                // 10 ms, browsers that send their next request at once were copied three times
+                // as much (`cargo xtask bench http-mix`).
+                tokio::time::sleep(if busy {
+                    KERNEL_DRAIN_INTERVAL
+                } else {
+                    KERNEL_IDLE_DRAIN_INTERVAL
+                })
+                .await;
+                Event::KernelReadable(Ok(()))
+            }
+            Source::Pcap { frames, .. } => Event::Frame(frames.recv().await),
+        }
+    }
+
+    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
+    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) -> usize {
+        match self {
+            Source::Kernel(probe) => {
+                let probe = probe.get_mut();
+                let read = probe.drain(&mut |segment| {
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
+                });
+                // The kernel copies what the pipeline still reads: connections with nothing
+                // worth reading until their next request leave its flow table (TLS connections
+                // are not handed back: see `Reassembler::release`).
+                while let Some(request) = pipeline.poll_capture_request() {
+                    match request {
+                        CaptureRequest::StopCopying { client, server } => {
+                            if !is_synthetic(&client) {
+                                probe.stop_copying(client, server);
+                            }
+                        }
+                        CaptureRequest::CopyAgain(resumed) => {
+                            if !is_synthetic(&resumed.client) {
+                                probe.copy_again(&resumed);
+                            }
+                        }
+                    }
+                }
+                read
+            }
+            Source::Pcap { frames, .. } => {
+                for _ in 0..PCAP_BATCH {
+                    let Ok(frame) = frames.try_recv() else { break };
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
+                }
+                0
+            }
+        }
+    }
+
+    /// Stops reading and feeds what was captured before the stop.
+    async fn stop(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
+        match self {
+            Source::Kernel(probe) => {
+                probe.get_mut().drain(&mut |segment| {
+                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
+                });
+            }
+            Source::Pcap { capture, frames } => {
+                capture.stop();
+                // Closes once every thread has seen the flag and dropped its sender.
+                while let Some(frame) = frames.recv().await {
+                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
+                }
+            }
+        }
+    }
+}
+
+/// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
+fn counters(
+    source: &Source,
+    tls: Option<&TlsCapture>,
+    pipeline: &Pipeline,
+    edges: &Edges,
+) -> serde_json::Value {
+    let records = &edges.records;
+    let mut value = serde_json::json!({
+        "mode": source.mode(),
+        "tls_libraries": tls.map_or_else(Vec::new, |tls| {
+            tls.libraries().map(|l| l.display().to_string()).collect()
+        }),
+        "calls_written": records.calls_written,
+        "violations_written": records.violations_written,
+    });
+    match source {
+        Source::Kernel(probe) => {
+            let probe = probe.get_ref();
+            value["kernel"] = match probe.counters() {
+                Ok(k) => serde_json::to_value(k).unwrap_or_default(),
+                Err(err) => serde_json::Value::String(err.to_string()),
+            };
+            let drain = probe.drain_stats();
+            value["ring"] = serde_json::json!({
+                "records": drain.records,
+                "malformed": drain.malformed,
+                "tls_clients_found": drain.tls_clients_found,
+                "tls_clients_unknown": drain.tls_clients_unknown,
+                "flows_released": drain.flows_released,
+                "flows_recopied": drain.flows_recopied,
+            });
+        }
+        Source::Pcap { capture, .. } => {
+            value["pcap"] = serde_json::to_value(capture.counters()).unwrap_or_default();
+        }
+    }
+    // The stages' counters have no stable JSON shape yet; their Debug form is what
+    // `analyze` prints too. The problems are structured: `status` reads them.
+    let stats = pipeline.stats();
+    value["problems"] = stats
+        .problems()
+        .into_iter()
+        .map(|(name, n)| (name.to_string(), serde_json::Value::from(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    value["degraded"] = pipeline.health().is_degraded().into();
+    value["coverage"] = serde_json::to_value(edges.coverage.blind_spots()).unwrap_or_default();
+    value["pipeline"] = serde_json::json!({
+        "decode": format!("{:?}", stats.decode),
+        "reassembly": format!("{:?}", stats.reassembly),
+        "http": format!("{:?}", stats.http),
+        "redcap": format!("{:?}", stats.redcap),
+        "policy": format!("{:?}", stats.policy),
+    });
+    let actions = &edges.actions;
+    value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
+    value["alerts"] = serde_json::json!({
+        "raise": format!("{:?}", actions.alert_stats()),
+        "delivery": format!("{:?}", actions.delivery_stats()),
+    });
+    value
+}
+
+/// The record outputs; a write error is kept and reported at the next check.
+struct Records {
+    calls: Option<Output>,
+    violations: Option<Output>,
+    decisions: Option<Output>,
+    stats: Option<PathBuf>,
+    calls_written: u64,
+    violations_written: u64,
+    error: Option<RunError>,
+}
+
+struct Output {
+    path: PathBuf,
+    out: BufWriter<Box<dyn Write>>,
+}
+
+impl Records {
+    fn open(config: &Config) -> Result<Records, RunError> {
+        let output = &config.output;
+        Ok(Records {
+            calls: output.calls.as_deref().map(Output::append).transpose()?,
+            violations: output
+                .violations
+                .as_deref()
+                .map(Output::append)
+                .transpose()?,
+            decisions: output
+                .decisions
+                .as_deref()
+                .map(Output::append)
+                .transpose()?,
+            stats: output.stats.clone(),
+            calls_written: 0,
+            violations_written: 0,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, verdict: &Verdict) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Some(calls) = &mut self.calls {
+            let mut record = CallRecord::of(verdict, Transport::Tcp);
+            if is_synthetic(&verdict.call.server) {
+                // Plaintext from the OpenSSL uprobes: the server end is synthetic, and so is
+                // the client end when its address could not be found; a synthetic address is
+                // never written.
+                record.transport = Transport::Tls;
+                if is_synthetic(&verdict.call.client) {
+                    record.client = String::new();
+                }
+                record.server = String::new();
+            }
+            if let Err(err) = calls.line(&record) {
+                self.error = Some(err);
+                return;
+            }
+            self.calls_written += 1;
+        }
+        if let Some(violations) = &mut self.violations {
+            for violation in &verdict.violations {
+                if let Err(err) = violations.line(&ViolationRecord::of(violation)) {
+                    self.error = Some(err);
+                    return;
+                }
+                self.violations_written += 1;
+            }
+        }
+        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision)
+            && let Err(err) = decisions.line(decision)
+        {
+            self.error = Some(err);
+        }
+    }
+
+    /// Takes `reopened`'s outputs (a reload); the counts carry on. Call after a flush.
+    fn replace_outputs(&mut self, reopened: Records) {
+        self.calls = reopened.calls;
+        self.violations = reopened.violations;
+        self.decisions = reopened.decisions;
+        self.stats = reopened.stats;
+    }
+
+    fn check(&mut self) -> Result<(), RunError> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        let outputs = self.calls.iter_mut().chain(self.violations.iter_mut());
+        for output in outputs.chain(self.decisions.iter_mut()) {
+            output.out.flush().map_err(|source| RunError::Write {
+                path: output.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the stats file atomically (write a sibling, rename over).
+    fn write_stats(&self, stats: &serde_json::Value) -> Result<(), RunError> {
+        let Some(path) = &self.stats else {
+            return Ok(());
+        };
+        let write_error = |source| RunError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut partial = path.clone().into_os_string();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let text = format!("{stats}\n");
+        std::fs::write(&partial, text).map_err(write_error)?;
+        std::fs::rename(&partial, path).map_err(write_error)
+    }
+}
+
+impl Output {
+    fn append(path: &Path) -> Result<Output, RunError> {
+        let sink: Box<dyn Write> = if path == Path::new("-") {
+            Box::new(io::stdout())
+        } else {
+            let file: File = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| RunError::Write {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            Box::new(file)
+        };
+        Ok(Output {
+            path: path.to_owned(),
+            out: BufWriter::with_capacity(1 << 16, sink),
+        })
+    }
+
+    fn line(&mut self, record: &impl serde::Serialize) -> Result<(), RunError> {
+        write_line(&mut self.out, record).map_err(|source| RunError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+fn wall_clock() -> Timestamp {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn signal_error(source: io::Error) -> RunError {
+    RunError::Io {
+        what: "installing the SIGINT/SIGTERM/SIGHUP handlers",
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("live.toml")).unwrap()
+    }
+
+    #[test]
+    fn run_needs_an_interface_and_names_the_key() {
+        let err = check_config(&config(""), Path::new("live.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("capture.interfaces") && err.contains("eth0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_interface_is_named() {
+        let err = check_config(
+            &config("[capture]\ninterfaces = [\"lo\", \"rcm-nope0\"]\n"),
+            Path::new("live.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"rcm-nope0\"") && err.contains("ip link"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_port_list_is_refused() {
+        let err = check_config(
+            &config("[capture]\ninterfaces = [\"lo\"]\nports = []\n"),
+            Path::new("live.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("capture.ports"), "{err}");
+    }
+
+    #[test]
+    fn records_are_appended_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calls.jsonl");
+        std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
+        let mut output = Output::append(&path).unwrap();
+        output.line(&serde_json::json!({"later": 2})).unwrap();
+        output.out.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"earlier\":1}\n{\"later\":2}\n");
+    }
+}

@@ -1,0 +1,211 @@
+//! Admin requests to a running daemon: how `redcap-monitor suspend` and `lift` act while the
+//! daemon holds the store (redb lets one process write it).
+//!
+//! The command line writes one JSON request into a directory beside the store
+//! (`<store path>.requests/`, mode 0700 like the store's own directory, so only the daemon's user
+//! and root can ask), the daemon picks it up on its next tick, carries it out exactly as the
+//! admin API would, and writes the reply next to it. Requests are bounded in size and number.
+
+use std::fs::{self, DirBuilder};
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::ActionsError;
+use crate::edges::store::Suspension;
+use crate::shared::token::TokenFingerprint;
+
+/// A request larger than this is refused unread.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// What an admin asks of the running daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Suspend for `for_s` seconds, or until lifted when absent.
+    Suspend {
+        token_fp: TokenFingerprint,
+        for_s: Option<f64>,
+        reason: String,
+    },
+    Lift {
+        token_fp: TokenFingerprint,
+        reason: String,
+    },
+}
+
+/// The daemon's answer: the suspension made or lifted, or why not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub suspension: Option<Suspension>,
+}
+
+impl Reply {
+    pub fn done(suspension: Option<&Suspension>) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            suspension: suspension.cloned(),
+        }
+    }
+
+    pub fn error(message: &str) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(message.to_owned()),
+            suspension: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "the state store {store} is open for writing in another process that takes no admin \
+         requests ({dir} is missing): stop that process, or run `redcap-monitor run` on this \
+         [store] path to have suspend and lift carried out by the daemon"
+    )]
+    NoDaemon { store: PathBuf, dir: PathBuf },
+    #[error("cannot write the request into {dir}: {source} (run as the daemon's user or root)")]
+    Write {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the daemon did not answer within {0:?}: it may be stopped or stuck; check its log \
+         (the request was withdrawn)"
+    )]
+    Timeout(Duration),
+    #[error("the daemon's reply {path} cannot be read: {message}")]
+    BadReply { path: PathBuf, message: String },
+}
+
+/// Where a daemon using the store at `store_path` picks up requests.
+pub fn request_dir(store_path: &Path) -> PathBuf {
+    let mut dir = store_path.as_os_str().to_owned();
+    dir.push(".requests");
+    PathBuf::from(dir)
+}
+
+/// Hands `request` to the daemon running on the store at `store_path` and waits for its reply.
+pub fn submit_request(
+    store_path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Reply, RequestError> {
+    let dir = request_dir(store_path);
+    if !dir.is_dir() {
+        return Err(RequestError::NoDaemon {
+            store: store_path.to_owned(),
+            dir,
+        });
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!("{nanos}-{}", std::process::id());
+    let path = dir.join(format!("{name}.json"));
+    let partial = dir.join(format!("{name}.partial"));
+    let reply_path = dir.join(format!("{name}.reply"));
+    let write_error = |source| RequestError::Write {
+        dir: dir.clone(),
+        source,
+    };
+    let text = serde_json::to_vec(request).unwrap_or_default();
+    fs::write(&partial, text).map_err(write_error)?;
+    // The daemon reads only complete `.json` files: the rename is the hand-over.
+    fs::rename(&partial, &path).map_err(write_error)?;
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Ok(bytes) = fs::read(&reply_path) {
+            let _ = fs::remove_file(&reply_path);
+            return serde_json::from_slice(&bytes).map_err(|err| RequestError::BadReply {
+                path: reply_path.clone(),
+                message: err.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Withdraw it if the daemon has not taken it yet; if it has, the reply is left behind.
+    let _ = fs::remove_file(&path);
+    Err(RequestError::Timeout(timeout))
+}
+
+/// The daemon's side: the directory it watches.
+pub(super) struct RequestDir {
+    dir: PathBuf,
+}
+
+/// Where to put the reply to one request.
+pub(super) struct Answer(PathBuf);
+
+impl RequestDir {
+    pub(super) fn create(store_path: &Path) -> Result<RequestDir, ActionsError> {
+        let dir = request_dir(store_path);
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| ActionsError::RequestDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(RequestDir { dir })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Takes up to `limit` waiting requests, oldest first, removing them from the directory.
+    pub(super) fn take(&self, limit: usize) -> Vec<(Result<Request, String>, Answer)> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        names.sort();
+        names.truncate(limit);
+        names
+            .into_iter()
+            .map(|path| {
+                let request = read_request(&path);
+                let _ = fs::remove_file(&path);
+                (request, Answer(path.with_extension("reply")))
+            })
+            .collect()
+    }
+
+    /// Writes the reply where the requester waits for it (write a sibling, rename over).
+    pub(super) fn answer(&self, answer: &Answer, reply: &Reply) {
+        let partial = answer.0.with_extension("reply-partial");
+        let text = serde_json::to_vec(reply).unwrap_or_default();
+        if let Err(err) = fs::write(&partial, text).and_then(|()| fs::rename(&partial, &answer.0)) {
+            tracing::error!(path = %answer.0.display(), error = %err, "cannot answer an admin request");
+        }
+    }
+}
+
+fn read_request(path: &Path) -> Result<Request, String> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_REQUEST_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|err| format!("cannot read the request: {err}"))?;
+    if bytes.len() as u64 > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "the request is larger than {MAX_REQUEST_BYTES} bytes"
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|err| format!("not a request: {err}"))
+}

@@ -1,0 +1,131 @@
+//! `[alerts]`: the sinks alerts go to and how hard delivery tries, with their checks.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::shared::model::Span;
+use crate::shared::settings::{Duration, Problem, WebhookUrl};
+
+/// Alert webhooks to the admin team.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Repeated alerts for one token and rule within this time are counted, not sent; the next
+    /// one sent says how many it stands for.
+    pub cooldown: Duration,
+    /// Attempts per alert and sink before it is given up (recorded).
+    pub max_attempts: u32,
+    /// Retry delays grow from `backoff_base` doubling up to `backoff_cap`, with full jitter.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Time allowed for one delivery attempt (connect, send, answer).
+    pub request_timeout: Duration,
+    /// Undelivered alerts held at most; past it new alerts are refused (counted).
+    pub max_queued: usize,
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            cooldown: Duration(Span::from_secs(15 * 60)),
+            max_attempts: 12,
+            backoff_base: Duration(Span::from_secs(1)),
+            backoff_cap: Duration(Span::from_secs(10 * 60)),
+            request_timeout: Duration(Span::from_secs(10)),
+            max_queued: 10_000,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// One webhook that receives alerts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Names the sink in logs and delivery records (the URL itself is a secret).
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: WebhookUrl,
+    /// `generic` only: a file holding the Standard Webhooks secret, `whsec_<base64>`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Which alerts go to this sink; all of them when absent.
+    #[serde(default = "super::AlertKind::all")]
+    pub events: Vec<super::AlertKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// Slack incoming webhook: Block Kit blocks with a `text` fallback.
+    Slack,
+    /// Microsoft Teams Workflows webhook: a message with an Adaptive Card.
+    Teams,
+    /// Any HTTP endpoint: a JSON envelope signed with the Standard Webhooks headers.
+    Generic,
+}
+
+impl AlertsConfig {
+    /// What is wrong with `[alerts]`, each problem keyed by its full path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let positive = [
+            ("alerts.max_attempts", self.max_attempts as usize),
+            ("alerts.max_queued", self.max_queued),
+            ("alerts.backoff_base", self.backoff_base.span().0 as usize),
+            (
+                "alerts.request_timeout",
+                self.request_timeout.span().0 as usize,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.push(Problem::new(key.into(), "must be more than zero".into()));
+            }
+        }
+        if self.backoff_cap.span() < self.backoff_base.span() {
+            problems.push(Problem::new(
+                "alerts.backoff_cap".into(),
+                "must be at least alerts.backoff_base".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = |field: &str| format!("alerts.sinks[{i}].{field}");
+            if sink.name.is_empty() || !names.insert(sink.name.as_str()) {
+                problems.push(Problem::new(
+                    key("name"),
+                    "must be a non-empty name unique among the sinks".into(),
+                ));
+            }
+            if let Err(message) = sink.url.check() {
+                problems.push(Problem::new(key("url"), message));
+            }
+            match (sink.kind, &sink.secret_file) {
+                (SinkKind::Generic, None) => {
+                    problems.push(Problem::new(
+                        key("secret_file"),
+                        "is required for a generic sink: a file holding `whsec_<base64>`".into(),
+                    ));
+                }
+                (SinkKind::Slack | SinkKind::Teams, Some(_)) => {
+                    problems.push(Problem::new(
+                        key("secret_file"),
+                        "applies only to generic sinks (Slack and Teams URLs carry their own secret)"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+            if sink.events.is_empty() {
+                problems.push(Problem::new(
+                    key("events"),
+                    "is empty: leave it out to receive every alert".into(),
+                ));
+            }
+        }
+        problems
+    }
+}

@@ -1,0 +1,423 @@
+//! Alerts to the admin team: what happened ([`Alert`]), to whom it goes (sinks), and getting it
+//! there without ever holding up the capture path.
+//!
+//! [`Alerts::raise`] coalesces repeats, renders one body per sink and puts it in a durable
+//! [`Outbox`]; a [`DeliveryWorker`] thread posts due items with retries. Alerts name tokens by
+//! fingerprint and masked form only: no type here can hold a raw token.
+
+mod config;
+mod cooldown;
+mod delivery;
+mod outbox;
+mod render;
+mod signing;
+pub(crate) mod time;
+
+#[cfg(test)]
+pub(crate) mod receiver;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+
+pub(crate) use delivery::agent as http_agent;
+pub(crate) use delivery::wall_now;
+pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker, GiveUpReason};
+pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
+pub use signing::{SecretError, WebhookSecret};
+
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::settings::WebhookUrl;
+use crate::shared::token::{MaskedToken, TokenFingerprint};
+use crate::stages::policy::Violation;
+pub use config::{AlertsConfig, SinkConfig, SinkKind};
+use cooldown::Coalescer;
+
+/// The kinds of alert, as named in `[[alerts.sinks]] events` and in payloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Violation,
+    Degraded,
+    Recovered,
+    Suspended,
+    Lifted,
+    CaptureLoss,
+    CaptureBlind,
+}
+
+impl AlertKind {
+    pub fn all() -> Vec<AlertKind> {
+        vec![
+            AlertKind::Violation,
+            AlertKind::Degraded,
+            AlertKind::Recovered,
+            AlertKind::Suspended,
+            AlertKind::Lifted,
+            AlertKind::CaptureLoss,
+            AlertKind::CaptureBlind,
+        ]
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Violation => "violation",
+            AlertKind::Degraded => "degraded",
+            AlertKind::Recovered => "recovered",
+            AlertKind::Suspended => "suspended",
+            AlertKind::Lifted => "lifted",
+            AlertKind::CaptureLoss => "capture_loss",
+            AlertKind::CaptureBlind => "capture_blind",
+        }
+    }
+
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertKind::Degraded | AlertKind::Suspended | AlertKind::CaptureBlind => "critical",
+            AlertKind::Violation | AlertKind::CaptureLoss => "warning",
+            AlertKind::Recovered | AlertKind::Lifted => "info",
+        }
+    }
+}
+
+/// A token as alerts may name it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRef {
+    pub fingerprint: TokenFingerprint,
+    /// Absent when the token was named by fingerprint alone (e.g. a manual suspension).
+    pub masked: Option<MaskedToken>,
+}
+
+/// Something the admin team should hear about. `evidence` is the decision's own record (calls,
+/// windows, percentiles, shares); it goes to generic sinks whole and is never a raw token.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Alert {
+    /// A token broke a rule (a warning: suspension is a separate decision).
+    Violation {
+        at: Timestamp,
+        token: TokenRef,
+        rule: String,
+        limit: u32,
+        window: Span,
+        count: u32,
+        evidence: serde_json::Value,
+    },
+    /// The server's responsiveness crossed its thresholds.
+    Degraded {
+        at: Timestamp,
+        summary: String,
+        evidence: serde_json::Value,
+    },
+    Recovered {
+        at: Timestamp,
+        summary: String,
+        evidence: serde_json::Value,
+    },
+    Suspended {
+        at: Timestamp,
+        token: TokenRef,
+        /// `None`: until lifted by hand.
+        until: Option<Timestamp>,
+        reason: String,
+        evidence: serde_json::Value,
+    },
+    Lifted {
+        at: Timestamp,
+        token: TokenRef,
+        reason: String,
+        evidence: serde_json::Value,
+    },
+    /// The capture dropped events, so calls may have been missed.
+    CaptureLoss {
+        at: Timestamp,
+        lost: u64,
+        evidence: serde_json::Value,
+    },
+    /// Traffic the capture cannot read (HTTPS nobody decrypts, another protocol, lost request
+    /// starts): API calls in it are not counted.
+    CaptureBlind {
+        at: Timestamp,
+        /// The blind spot's name (`https_unread`, …).
+        reason: String,
+        /// What it means and what to do.
+        advice: String,
+        evidence: serde_json::Value,
+    },
+}
+
+impl Alert {
+    /// A warning for one policy violation.
+    pub fn violation(
+        violation: &Violation,
+        masked: Option<MaskedToken>,
+        evidence: serde_json::Value,
+    ) -> Alert {
+        Alert::Violation {
+            at: violation.ts,
+            token: TokenRef {
+                fingerprint: violation.token,
+                masked,
+            },
+            rule: violation.rule.clone(),
+            limit: violation.limit,
+            window: violation.window,
+            count: violation.count,
+            evidence,
+        }
+    }
+
+    pub fn kind(&self) -> AlertKind {
+        match self {
+            Alert::Violation { .. } => AlertKind::Violation,
+            Alert::Degraded { .. } => AlertKind::Degraded,
+            Alert::Recovered { .. } => AlertKind::Recovered,
+            Alert::Suspended { .. } => AlertKind::Suspended,
+            Alert::Lifted { .. } => AlertKind::Lifted,
+            Alert::CaptureLoss { .. } => AlertKind::CaptureLoss,
+            Alert::CaptureBlind { .. } => AlertKind::CaptureBlind,
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Alert::Violation { at, .. }
+            | Alert::Degraded { at, .. }
+            | Alert::Recovered { at, .. }
+            | Alert::Suspended { at, .. }
+            | Alert::Lifted { at, .. }
+            | Alert::CaptureLoss { at, .. }
+            | Alert::CaptureBlind { at, .. } => *at,
+        }
+    }
+
+    pub fn token(&self) -> Option<&TokenRef> {
+        match self {
+            Alert::Violation { token, .. }
+            | Alert::Suspended { token, .. }
+            | Alert::Lifted { token, .. } => Some(token),
+            _ => None,
+        }
+    }
+
+    pub fn evidence(&self) -> &serde_json::Value {
+        match self {
+            Alert::Violation { evidence, .. }
+            | Alert::Degraded { evidence, .. }
+            | Alert::Recovered { evidence, .. }
+            | Alert::Suspended { evidence, .. }
+            | Alert::Lifted { evidence, .. }
+            | Alert::CaptureLoss { evidence, .. }
+            | Alert::CaptureBlind { evidence, .. } => evidence,
+        }
+    }
+
+    /// Alerts that can repeat quickly are coalesced per key; state changes (degraded, recovered,
+    /// suspended, lifted) always go out.
+    fn coalescing_key(&self) -> Option<String> {
+        match self {
+            Alert::Violation { token, rule, .. } => {
+                Some(format!("violation/{}/{rule}", token.fingerprint))
+            }
+            Alert::CaptureLoss { .. } => Some("capture_loss".into()),
+            Alert::CaptureBlind { reason, .. } => Some(format!("capture_blind/{reason}")),
+            _ => None,
+        }
+    }
+}
+
+/// How many alerts one sent alert stands for beyond itself (the cooldown's summary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeats {
+    /// Alerts for the same token and rule that were held back...
+    pub count: u32,
+    /// ...since this time (the previous alert sent for them).
+    pub since: Timestamp,
+}
+
+/// One alert as it leaves the coalescer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    pub alert: Alert,
+    pub repeats: Option<Repeats>,
+}
+
+/// A configured sink, ready to send to: its secret has been read and checked.
+pub(crate) struct Sink {
+    pub name: String,
+    pub kind: SinkKind,
+    pub url: WebhookUrl,
+    pub secret: Option<WebhookSecret>,
+    pub events: Vec<AlertKind>,
+}
+
+/// The sinks, shared by the raising side and the delivery thread.
+pub(crate) struct Sinks(pub Vec<Sink>);
+
+impl Sinks {
+    fn get(&self, name: &str) -> Option<&Sink> {
+        self.0.iter().find(|s| s.name == name)
+    }
+}
+
+/// A sink that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsSetupError {
+    #[error("`alerts.sinks[{index}].secret_file` {path}: {source}")]
+    Secret {
+        index: usize,
+        path: PathBuf,
+        source: SecretError,
+    },
+    #[error("cannot start the alert delivery thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters of the raising side.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertStats {
+    pub raised: u64,
+    /// Held back by the cooldown (summarised in a later alert).
+    pub coalesced: u64,
+    /// Bodies put in the outbox (one per alert and sink).
+    pub enqueued: u64,
+    /// Bodies the outbox refused because it was full.
+    pub refused_full: u64,
+    /// Bodies lost to an outbox (store) failure.
+    pub store_errors: u64,
+}
+
+/// What the decision engine calls: coalesces, renders per sink and enqueues. Never does network
+/// I/O; its one blocking step is the outbox's own write.
+pub struct Alerts {
+    sinks: Arc<Sinks>,
+    outbox: Arc<dyn Outbox>,
+    coalescer: Coalescer,
+    host: String,
+    wake: Option<SyncSender<()>>,
+    stats: AlertStats,
+}
+
+impl Alerts {
+    /// Reads the sinks' secrets; `host` names this machine in every alert.
+    pub fn new(
+        config: &AlertsConfig,
+        outbox: Arc<dyn Outbox>,
+        host: String,
+    ) -> Result<Alerts, AlertsSetupError> {
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for (index, sink) in config.sinks.iter().enumerate() {
+            let secret =
+                match &sink.secret_file {
+                    Some(path) => Some(WebhookSecret::read(path).map_err(|source| {
+                        AlertsSetupError::Secret {
+                            index,
+                            path: path.clone(),
+                            source,
+                        }
+                    })?),
+                    None => None,
+                };
+            sinks.push(Sink {
+                name: sink.name.clone(),
+                kind: sink.kind,
+                url: sink.url.clone(),
+                secret,
+                events: sink.events.clone(),
+            });
+        }
+        Ok(Alerts {
+            sinks: Arc::new(Sinks(sinks)),
+            outbox,
+            coalescer: Coalescer::new(config.cooldown.span()),
+            host,
+            wake: None,
+            stats: AlertStats::default(),
+        })
+    }
+
+    /// Starts the thread that delivers what [`Alerts::raise`] enqueues.
+    pub fn start_delivery(
+        &mut self,
+        config: &AlertsConfig,
+        on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
+    ) -> Result<DeliveryWorker, AlertsSetupError> {
+        let worker = DeliveryWorker::start(
+            delivery::RetryPolicy::from_config(config),
+            self.sinks.clone(),
+            self.outbox.clone(),
+            on_report,
+        )
+        .map_err(AlertsSetupError::Thread)?;
+        self.wake = Some(worker.waker());
+        Ok(worker)
+    }
+
+    /// Sends `alert` to every sink that wants its kind, unless the cooldown holds it back.
+    /// `now` is the caller's clock (capture time in replays).
+    pub fn raise(&mut self, alert: Alert, now: Timestamp) {
+        self.stats.raised += 1;
+        match self.coalescer.admit(alert, now) {
+            Some(outgoing) => self.enqueue(&outgoing, now),
+            None => self.stats.coalesced += 1,
+        }
+    }
+
+    /// Sends the summaries of repeats whose cooldown has run out with no newer alert to carry
+    /// them. Call now and then (e.g. once a second).
+    pub fn tick(&mut self, now: Timestamp) {
+        for outgoing in self.coalescer.expire(now) {
+            self.enqueue(&outgoing, now);
+        }
+    }
+
+    pub fn stats(&self) -> &AlertStats {
+        &self.stats
+    }
+
+    fn enqueue(&mut self, outgoing: &Outgoing, now: Timestamp) {
+        let kind = outgoing.alert.kind();
+        for sink in self.sinks.0.iter().filter(|s| s.events.contains(&kind)) {
+            let id = signing::new_webhook_id();
+            let payload = render::body(sink.kind, outgoing, &id, &self.host);
+            let item = OutboxItem {
+                id,
+                sink: sink.name.clone(),
+                payload,
+                created: now,
+                attempts: 0,
+                next_attempt: Timestamp(0),
+            };
+            match self.outbox.enqueue(item) {
+                Ok(()) => self.stats.enqueued += 1,
+                Err(OutboxError::Full { limit }) => {
+                    self.stats.refused_full += 1;
+                    tracing::warn!(sink = %sink.name, limit, alert = kind.as_str(),
+                        "alert outbox full: alert dropped");
+                }
+                Err(err) => {
+                    self.stats.store_errors += 1;
+                    tracing::error!(sink = %sink.name, alert = kind.as_str(), error = %err,
+                        "alert not queued");
+                }
+            }
+        }
+        if let Some(wake) = &self.wake {
+            // A full wake channel means the worker is already due to look.
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+/// This machine's name for alerts, or `unknown` if the system will not say.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}

@@ -1,0 +1,178 @@
+//! The live loop's side of telemetry and the admin API: sees each released verdict, refreshes
+//! the metrics from the stages' counters, and builds the [`AdminView`] snapshot. Suspensions
+//! themselves are the action edge's ([`crate::edges::actions`]): it owns the store, and the admin's
+//! lift and suspend are carried out there.
+//!
+//! Memory is bounded: recent calls per token only over the health window and at most
+//! [`MAX_ACTIVITY`] of them, the last [`MAX_RECENT_VIOLATIONS`] violations.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{AdminView, Shared};
+use crate::edges::store::Suspension;
+use crate::edges::telemetry::{Metrics, StatsView, TopTokens};
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::token::{MaskedToken, TokenFingerprint};
+use crate::stages::health::{HealthConfig, TokenLoad};
+use crate::stages::policy::{PolicyConfig, Verdict};
+
+/// Calls remembered for the per-token view (bytes, masked form).
+pub const MAX_ACTIVITY: usize = 100_000;
+/// Violations the admin API lists.
+pub const MAX_RECENT_VIOLATIONS: usize = 200;
+/// Tokens `GET /api/v1/top` lists.
+const TOP_LISTED: usize = 50;
+
+/// One call, remembered for the per-token view.
+struct Activity {
+    ts: Timestamp,
+    token: TokenFingerprint,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+pub struct LiveTelemetry {
+    metrics: Metrics,
+    shared: Arc<Shared>,
+    top: TopTokens,
+    window: Span,
+    activity: VecDeque<Activity>,
+    masked: HashMap<TokenFingerprint, MaskedToken>,
+    violations: VecDeque<Value>,
+}
+
+impl LiveTelemetry {
+    pub fn new(shared: Arc<Shared>, top_tokens: usize, window: Span) -> LiveTelemetry {
+        LiveTelemetry {
+            metrics: shared.metrics.clone(),
+            shared,
+            top: TopTokens::new(top_tokens),
+            window,
+            activity: VecDeque::new(),
+            masked: HashMap::new(),
+            violations: VecDeque::new(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// A reload: new rules get their series, the per-token view follows the health window.
+    /// (`api.top_tokens` and the listener apply at the next start.)
+    pub fn reconfigure(&mut self, policy: &PolicyConfig, health: &HealthConfig) {
+        self.metrics
+            .declare_rules(policy.rules.iter().map(|r| r.name.as_str()));
+        self.window = health.window.span();
+    }
+
+    /// Sees one released verdict (cheap: atomics, and a bounded queue).
+    pub fn observe(&mut self, verdict: &Verdict) {
+        self.metrics.observe(verdict);
+        let call = &verdict.call;
+        if let Ok(identity) = &call.token {
+            if self.activity.len() >= MAX_ACTIVITY {
+                self.activity.pop_front();
+            }
+            self.activity.push_back(Activity {
+                ts: call.ts_end,
+                token: identity.fingerprint,
+                request_bytes: call.request_bytes,
+                response_bytes: call.response_bytes.unwrap_or(0),
+            });
+            self.masked
+                .entry(identity.fingerprint)
+                .or_insert_with(|| identity.masked.clone());
+        }
+        for violation in &verdict.violations {
+            if self.violations.len() >= MAX_RECENT_VIOLATIONS {
+                self.violations.pop_front();
+            }
+            self.violations.push_back(json!({
+                "ts": violation.ts.as_secs_f64(),
+                "token_fp": violation.token,
+                "token_masked": call.token.as_ref().ok().map(|t| t.masked.0.as_str()),
+                "rule": violation.rule,
+                "limit": violation.limit,
+                "window_s": violation.window.as_secs_f64(),
+                "count": violation.count,
+            }));
+        }
+    }
+
+    /// Refreshes the metrics from the stages' counters and publishes a new admin view.
+    /// `status` is the stats-file object; `loads` the tokens' shares of server time, largest
+    /// first; `suspensions` those in force.
+    pub fn refresh(
+        &mut self,
+        now: Timestamp,
+        view: &StatsView<'_>,
+        status: Value,
+        loads: &[TokenLoad],
+        suspensions: &[Suspension],
+    ) {
+        self.metrics.refresh(view);
+        self.top.update(&self.metrics, loads);
+        let horizon = now.minus(self.window);
+        while self.activity.front().is_some_and(|a| a.ts <= horizon) {
+            self.activity.pop_front();
+        }
+        if self.masked.len() > MAX_ACTIVITY {
+            let live: std::collections::HashSet<_> =
+                self.activity.iter().map(|a| a.token).collect();
+            self.masked.retain(|fp, _| live.contains(fp));
+        }
+        self.metrics.set_suspensions_active(suspensions.len());
+        let view = AdminView {
+            status,
+            top: self.top_json(now, loads),
+            suspensions: Value::Array(suspensions.iter().map(suspension_json).collect()),
+            violations: Value::Array(self.violations.iter().rev().cloned().collect()),
+        };
+        self.shared.publish(view);
+    }
+
+    fn top_json(&self, now: Timestamp, loads: &[TokenLoad]) -> Value {
+        let mut bytes: HashMap<TokenFingerprint, (u64, u64)> = HashMap::new();
+        let horizon = now.minus(self.window);
+        for a in self.activity.iter().filter(|a| a.ts > horizon) {
+            let entry = bytes.entry(a.token).or_default();
+            entry.0 += a.request_bytes;
+            entry.1 += a.response_bytes;
+        }
+        let minutes = (self.window.as_secs_f64() / 60.0).max(1.0 / 60.0);
+        let tokens: Vec<Value> = loads
+            .iter()
+            .take(TOP_LISTED)
+            .map(|load| {
+                let (request_bytes, response_bytes) =
+                    bytes.get(&load.token).copied().unwrap_or_default();
+                json!({
+                    "token_fp": load.token,
+                    "token_masked": self.masked.get(&load.token).map(|m| m.0.as_str()),
+                    "calls": load.calls,
+                    "calls_per_minute": f64::from(load.calls) / minutes,
+                    "request_bytes": request_bytes,
+                    "response_bytes": response_bytes,
+                    "server_time_s": load.server_time.as_secs_f64(),
+                    "server_time_share": load.share,
+                })
+            })
+            .collect();
+        json!({
+            "at": now.as_secs_f64(),
+            "window_s": self.window.as_secs_f64(),
+            "tokens": tokens,
+        })
+    }
+}
+
+/// A suspension as the API shows it: times in epoch seconds, like the daemon's other JSON.
+pub fn suspension_json(s: &Suspension) -> Value {
+    let mut json = crate::edges::store::suspension_details(s);
+    json["token_fp"] = json!(s.token);
+    json
+}

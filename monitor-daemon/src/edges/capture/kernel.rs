@@ -1,0 +1,1198 @@
+//! The live capture's kernel edge: loads the TC classifier (`monitor-ebpf`), attaches it to an
+//! interface, and turns its ring-buffer events into [`TcpSegment`]s for the reassembler.
+//!
+//! It owns the BPF object, its links (dropped = detached; nothing is pinned), any clsact qdisc it
+//! had to add (removed again on drop) and the one conversion from kernel time to wall-clock time. It does not reassemble, parse HTTP or block,
+//! except in [`KernelProbe::wait_readable`], and it never trusts a length from the kernel unchecked.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::uprobe::UProbeLink;
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
+use monitor_common::{
+    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
+    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS,
+    SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey,
+    TlsConnState, TlsEvent,
+};
+
+use super::records::{KernelClock, clock_ns, segment_from_record};
+use crate::shared::model::{Endpoint, ResumedEarly, TcpSegment};
+
+/// What the probe copies and how much room it has. Validated by [`KernelProbe::load`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// TCP ports the web server listens on (1 to 8 of them).
+    pub ports: Vec<u16>,
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Most payload bytes per event (64 ..= 16384); larger segments are split into several events.
+    pub chunk_bytes: u32,
+    /// How many API connections the kernel tracks at once (LRU beyond that).
+    pub max_flows: u32,
+    /// How [`KernelProbe::attach`] hooks the classifier into the interface.
+    pub attach: AttachMethod,
+    /// Names of the processes whose OpenSSL reads the TLS uprobes look at (at most 8, each
+    /// 1..=15 bytes; a name matches a process whose name starts with it). Empty: none.
+    pub tls_processes: Vec<String>,
+    /// After this long without a call, a tracked TLS connection is judged afresh.
+    pub tls_idle: Duration,
+}
+
+/// How the classifier is attached to an interface's ingress and egress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMethod {
+    /// TCX links where the kernel has them (6.6+), else a clsact qdisc and netlink filters.
+    #[default]
+    Auto,
+    /// TCX links only: an error on kernels before 6.6.
+    Tcx,
+    /// A clsact qdisc (added if missing) and netlink filters, even where TCX works. Unlike TCX
+    /// links, netlink filters outlive a crashed process.
+    Netlink,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![80, 8080],
+            ring_bytes: 16 << 20,
+            chunk_bytes: MAX_CHUNK_BYTES,
+            max_flows: 16384,
+            attach: AttachMethod::Auto,
+            tls_processes: Vec::new(),
+            tls_idle: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why the probe could not be loaded or attached; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no server ports configured: list the web server's ports (for example [80, 8080])")]
+    NoServerPorts,
+    #[error("{count} server ports configured but the kernel program matches at most {max}")]
+    TooManyServerPorts { count: usize, max: usize },
+    #[error("server port 0 is not a port: remove it from the port list")]
+    ZeroPort,
+    #[error("ring buffer size {bytes} is not a power of two of at least 4096 bytes (try 16777216)")]
+    RingSize { bytes: u32 },
+    #[error("chunk size {bytes} is outside 64..={max} bytes")]
+    ChunkSize { bytes: u32, max: u32 },
+    #[error("flow table capacity must be at least 1")]
+    FlowCapacity,
+    #[error(
+        "permission denied to {action}: run as root or grant {capabilities} \
+         (e.g. `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`)"
+    )]
+    MissingPrivilege {
+        action: &'static str,
+        capabilities: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "this kernel cannot create a BPF ring buffer (needs Linux 5.8 or later); \
+         use capture mode \"pcap\" instead"
+    )]
+    NoRingBuffer {
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel rejected the program's BTF type information (it needs CONFIG_DEBUG_INFO_BTF \
+         and BTF support); use capture mode \"pcap\" instead"
+    )]
+    NoBtf {
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("loading the kernel program failed: {source}")]
+    Load {
+        #[source]
+        source: Box<EbpfError>,
+    },
+    #[error("the kernel verifier rejected `{program}`: {source}")]
+    Verifier {
+        program: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("the kernel object has no {what}: it was built from a different monitor-ebpf")]
+    MissingFromObject { what: &'static str },
+    #[error("opening map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "no network interface named {interface:?} in this network namespace \
+         (list them with `ip link`)"
+    )]
+    UnknownInterface { interface: String },
+    #[error("attaching to {interface} {direction} failed with TCX ({tcx}) and netlink ({netlink})")]
+    Attach {
+        interface: String,
+        direction: &'static str,
+        tcx: Box<ProgramError>,
+        netlink: Box<ProgramError>,
+    },
+    #[error("attaching to {interface} {direction} with {method} failed: {source}")]
+    AttachWith {
+        interface: String,
+        direction: &'static str,
+        method: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("reading map {map}: {source}")]
+    ReadMap {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "TLS process name {name:?} cannot match: process names are 1 to 15 bytes \
+         (the kernel keeps 15), at most {max} of them"
+    )]
+    TlsProcessName { name: String, max: usize },
+}
+
+/// The kernel's loss and activity counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub packets_seen: u64,
+    pub filtered: u64,
+    pub events_sent: u64,
+    /// Events lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Payload bytes of tracked segments never copied (copy limit or full ring).
+    pub truncated_bytes: u64,
+    pub flow_insert_failed: u64,
+    pub flows_started: u64,
+    pub flows_ended: u64,
+    /// API connections in the kernel's flow table now.
+    pub flows_tracked: u64,
+    /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
+    /// started − ended − still tracked). Their later segments are not sent.
+    pub flows_evicted: u64,
+    /// TLS: reads by processes not in the process list (not looked at).
+    pub tls_other_process: u64,
+    /// TLS: reads and writes on connections that are not API connections (no event).
+    pub tls_filtered: u64,
+    pub tls_conns_started: u64,
+    pub tls_conns_ended: u64,
+    /// TLS connections in the kernel's table now.
+    pub tls_conns_tracked: u64,
+    /// TLS connections the LRU table dropped (started − ended − tracked): a loss.
+    pub tls_conns_evicted: u64,
+    /// TLS calls whose arguments could not be kept for the return probe: a loss.
+    pub tls_args_lost: u64,
+    /// TLS handshakes (ClientHello) on the watched ports: HTTPS the TC probe cannot read.
+    pub tls_handshakes: u64,
+    /// HTTP/2 requests on connections whose preface was not seen (opened before the probe).
+    pub http2_unseen: u64,
+}
+
+/// What user space did with the records it read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainStats {
+    pub records: u64,
+    /// Connections user space took out of the flow table (nothing worth reading until the
+    /// client's next request, which the kernel then tracks afresh).
+    pub flows_released: u64,
+    /// Connections user space put back (their next request was copied before the release).
+    pub flows_recopied: u64,
+    /// Records whose header or lengths did not make sense; skipped.
+    pub malformed: u64,
+    /// TLS connections whose client address was found, and not found (then `client` is empty).
+    pub tls_clients_found: u64,
+    pub tls_clients_unknown: u64,
+}
+
+/// A loaded (and possibly attached) probe. Dropping it detaches and unloads everything.
+pub struct KernelProbe {
+    // Declared first so that the links are dropped (detached) before the program and maps.
+    links: Vec<SchedClassifierLink>,
+    /// The TLS uprobes' links (see `capture::tls`).
+    pub(super) tls_links: Vec<UProbeLink>,
+    /// The client addresses of TLS connections.
+    tls_peers: super::records::TlsPeers,
+    // After the links: a qdisc is removed only once our filters on it are gone.
+    clsact: Vec<OwnedClsact>,
+    attach_method: AttachMethod,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    pub(super) ebpf: Ebpf,
+    clock: KernelClock,
+    stats: DrainStats,
+}
+
+impl KernelProbe {
+    /// Loads the classifier with `config` patched in. Needs CAP_BPF and CAP_PERFMON (or root).
+    pub fn load(config: &ProbeConfig) -> Result<KernelProbe, ProbeError> {
+        let ports = server_ports(config)?;
+        validate_sizes(config)?;
+        let tls_processes = process_names(&config.tls_processes)?;
+        let tls_idle_ns = u64::try_from(config.tls_idle.as_nanos()).unwrap_or(u64::MAX);
+        let btf = Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(btf.as_ref())
+            .override_global(SERVER_PORTS_GLOBAL, &ports, true)
+            .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
+            .override_global(TLS_PROCESSES_GLOBAL, &tls_processes, true)
+            .override_global(TLS_IDLE_NS_GLOBAL, &tls_idle_ns, true)
+            .map_max_entries(TLS_CONNS_MAP, config.max_flows)
+            .map_max_entries(EVENTS_MAP, config.ring_bytes)
+            .map_max_entries(FLOWS_MAP, config.max_flows)
+            .load(crate::KERNEL_OBJECT)
+            .map_err(load_error)?;
+
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(CLASSIFIER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TC classifier api_flow_classifier",
+            })?;
+        // EACCES here is the verifier refusing the program, not a missing capability.
+        verify(|| program.load()).map_err(|source| match program_os_error(&source) {
+            Some(errno) if errno == libc::EPERM => ProbeError::MissingPrivilege {
+                action: "load the TC classifier",
+                capabilities: "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+                source: io::Error::from_raw_os_error(errno),
+            },
+            _ => ProbeError::Verifier {
+                program: CLASSIFIER_PROGRAM,
+                source: Box::new(source),
+            },
+        })?;
+
+        let events = ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(ProbeError::MissingFromObject { what: "EVENTS map" })?;
+        let events = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            map: EVENTS_MAP,
+            source,
+        })?;
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(ProbeError::MissingFromObject {
+                what: "COUNTERS map",
+            })?;
+        let counters = PerCpuArray::try_from(counters).map_err(|source| ProbeError::Map {
+            map: COUNTERS_MAP,
+            source,
+        })?;
+        Ok(KernelProbe {
+            links: Vec::new(),
+            tls_links: Vec::new(),
+            tls_peers: super::records::TlsPeers::new(config.max_flows as usize),
+            clsact: Vec::new(),
+            attach_method: config.attach,
+            events,
+            counters,
+            ebpf,
+            clock: KernelClock::measure(),
+            stats: DrainStats::default(),
+        })
+    }
+
+    /// Attaches the classifier to `interface`'s ingress and egress, in the calling thread's
+    /// network namespace, as [`ProbeConfig::attach`] says: TCX links, or a clsact qdisc and
+    /// netlink filters. A clsact qdisc the probe had to add is removed again when it is dropped;
+    /// one that existed before is left alone. Needs CAP_NET_ADMIN and CAP_BPF.
+    pub fn attach(&mut self, interface: &str) -> Result<(), ProbeError> {
+        if !interface_exists(interface) {
+            return Err(ProbeError::UnknownInterface {
+                interface: interface.to_owned(),
+            });
+        }
+        let method = self.attach_method;
+        if method == AttachMethod::Netlink {
+            self.add_clsact(interface);
+        }
+        for (attach_type, direction) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
+            let attached = match method {
+                AttachMethod::Tcx => attach_tcx(self.classifier()?, interface, attach_type)
+                    .map_err(|tcx| attach_error(interface, direction, "TCX", tcx)),
+                AttachMethod::Netlink => attach_netlink(self.classifier()?, interface, attach_type)
+                    .map_err(|netlink| attach_error(interface, direction, "netlink", netlink)),
+                AttachMethod::Auto => {
+                    match attach_tcx(self.classifier()?, interface, attach_type) {
+                        Ok(link) => Ok(link),
+                        Err(tcx) if program_os_error(&tcx).is_some_and(is_permission) => {
+                            Err(attach_error(interface, direction, "TCX", tcx))
+                        }
+                        // Older kernels (or TCX refused): classic clsact + netlink filter.
+                        Err(tcx) => {
+                            self.add_clsact(interface);
+                            attach_netlink(self.classifier()?, interface, attach_type).map_err(
+                                |netlink| ProbeError::Attach {
+                                    interface: interface.to_owned(),
+                                    direction,
+                                    tcx: Box::new(tcx),
+                                    netlink: Box::new(netlink),
+                                },
+                            )
+                        }
+                    }
+                }
+            };
+            self.links.push(attached?);
+        }
+        Ok(())
+    }
+
+    fn classifier(&mut self) -> Result<&mut SchedClassifier, ProbeError> {
+        self.ebpf
+            .program_mut(CLASSIFIER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TC classifier api_flow_classifier",
+            })
+    }
+
+    /// Adds a clsact qdisc to `interface` unless it has one, remembering it only if it is ours.
+    /// Errors are not reported here: the netlink filter attach that follows names them.
+    fn add_clsact(&mut self, interface: &str) {
+        let Some(ifindex) = interface_index(interface) else {
+            return;
+        };
+        if self.clsact.iter().any(|q| q.ifindex == ifindex) {
+            return;
+        }
+        // Opened before the qdisc is added, so that removal reaches this namespace whichever
+        // thread (or namespace) drops the probe.
+        let socket = match route_socket() {
+            Ok(socket) => socket,
+            Err(err) => {
+                let _ = tc::qdisc_add_clsact(interface);
+                tracing::warn!(%interface, %err, "no netlink socket: a clsact qdisc the probe adds will stay after it stops");
+                return;
+            }
+        };
+        // The add is exclusive: EEXIST means the qdisc was there before and is not ours.
+        if tc::qdisc_add_clsact(interface).is_ok() {
+            self.clsact.push(OwnedClsact { socket, ifindex });
+        }
+    }
+
+    /// Hands every record now in the ring buffer to `out` as a [`TcpSegment`] borrowing the
+    /// record's bytes; malformed records are counted in [`Self::drain_stats`] and skipped.
+    /// Returns how many segments were handed out.
+    pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
+        let mut handed = 0;
+        let tls_conns = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
+        while let Some(record) = self.events.next() {
+            self.stats.records += 1;
+            if super::records::is_tls_record(&record) {
+                let still_tracked = |event: &TlsEvent| {
+                    let key = TlsConnKey {
+                        ssl: event.ssl,
+                        tgid: event.tgid,
+                        _pad: 0,
+                    };
+                    tls_conns
+                        .as_ref()
+                        .and_then(|conns| conns.get(&key, 0).ok())
+                        .is_some_and(|state| state.since_ns == event.conn_since_ns)
+                };
+                match super::records::segments_from_record(
+                    &record,
+                    &self.clock,
+                    &mut self.tls_peers,
+                    &still_tracked,
+                ) {
+                    Some(segments) => {
+                        for segment in segments.iter().flatten() {
+                            out(segment);
+                            handed += 1;
+                        }
+                    }
+                    None => self.stats.malformed += 1,
+                }
+                continue;
+            }
+            match segment_from_record(&record, &self.clock) {
+                Some(segment) => {
+                    out(&segment);
+                    handed += 1;
+                }
+                None => self.stats.malformed += 1,
+            }
+        }
+        handed
+    }
+
+    /// Blocks until the ring buffer has data or `timeout` passes; `Ok(true)` when readable.
+    /// For tests and simple loops; the daemon polls [`AsFd`] with tokio instead.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut fd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ready > 0)
+    }
+
+    /// The kernel's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let read = |counter: KernelCounter| -> Result<u64, ProbeError> {
+            let per_cpu =
+                self.counters
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| ProbeError::ReadMap {
+                        map: COUNTERS_MAP,
+                        source,
+                    })?;
+            Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+        };
+        let flows_started = read(KernelCounter::FlowsStarted)?;
+        let flows_ended = read(KernelCounter::FlowsEnded)?;
+        let flows_tracked = self.flows_tracked()?;
+        let tls_conns_started = read(KernelCounter::TlsConnsStarted)?;
+        let tls_conns_ended = read(KernelCounter::TlsConnsEnded)?;
+        let tls_conns_tracked = self.tls_conns_tracked()?;
+        Ok(KernelCounters {
+            tls_other_process: read(KernelCounter::TlsOtherProcess)?,
+            tls_filtered: read(KernelCounter::TlsFiltered)?,
+            tls_conns_evicted: tls_conns_started
+                .saturating_sub(tls_conns_ended)
+                .saturating_sub(tls_conns_tracked),
+            tls_conns_started,
+            tls_conns_ended,
+            tls_conns_tracked,
+            tls_args_lost: read(KernelCounter::TlsArgsLost)?,
+            tls_handshakes: read(KernelCounter::TlsHandshakes)?,
+            http2_unseen: read(KernelCounter::Http2Unseen)?,
+            // User space takes entries out (released) and puts some back: neither is a loss.
+            flows_evicted: (flows_started + self.stats.flows_recopied)
+                .saturating_sub(flows_ended)
+                .saturating_sub(self.stats.flows_released)
+                .saturating_sub(flows_tracked),
+            flows_tracked,
+            packets_seen: read(KernelCounter::PacketsSeen)?,
+            filtered: read(KernelCounter::Filtered)?,
+            events_sent: read(KernelCounter::EventsSent)?,
+            ring_full: read(KernelCounter::RingFull)?,
+            truncated_bytes: read(KernelCounter::TruncatedBytes)?,
+            flow_insert_failed: read(KernelCounter::FlowInsertFailed)?,
+            flows_started,
+            flows_ended,
+        })
+    }
+
+    /// Stops copying the connection between `client` and `server`: user space has read all it
+    /// needs until the client's next request, and the classifier tracks that request afresh
+    /// (it starts like any other). False when the kernel no longer tracked it.
+    pub fn stop_copying(&mut self, client: Endpoint, server: Endpoint) -> bool {
+        let Some(key) = flow_key(client, server) else {
+            return false;
+        };
+        let removed = self
+            .flows_mut()
+            .is_some_and(|mut flows| flows.remove(&key).is_ok());
+        if removed {
+            self.stats.flows_released += 1;
+        }
+        removed
+    }
+
+    /// Copies the connection again after [`KernelProbe::stop_copying`], when its next request
+    /// was copied before the kernel stopped: the rest of that request and its answer must come.
+    /// Does nothing when the kernel already tracks it afresh.
+    pub fn copy_again(&mut self, resumed: &ResumedEarly) -> bool {
+        let Some(key) = flow_key(resumed.client, resumed.server) else {
+            return false;
+        };
+        // The starts user space now counts from, so that the events carry them as a tracking
+        // of the kernel's own would.
+        let state = FlowState {
+            since_ns: u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0),
+            fins: 0,
+            server_start_known: u32::from(resumed.server_start.is_some()),
+            client_start: resumed.client_start,
+            server_start: resumed.server_start.unwrap_or(0),
+        };
+        // BPF_NOEXIST: a fresh tracking by the kernel wins.
+        const NOEXIST: u64 = 1;
+        let inserted = self
+            .flows_mut()
+            .is_some_and(|mut flows| flows.insert(key, state, NOEXIST).is_ok());
+        if inserted {
+            self.stats.flows_recopied += 1;
+        }
+        inserted
+    }
+
+    fn flows_mut(&mut self) -> Option<aya::maps::HashMap<&mut MapData, FlowKey, FlowState>> {
+        let map = self.ebpf.map_mut(FLOWS_MAP)?;
+        aya::maps::HashMap::try_from(map).ok()
+    }
+
+    /// Entries in the kernel's flow table (a walk of at most `max_flows` keys).
+    fn flows_tracked(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or(ProbeError::MissingFromObject { what: "FLOWS map" })?;
+        let flows =
+            aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
+                ProbeError::Map {
+                    map: FLOWS_MAP,
+                    source,
+                }
+            })?;
+        Ok(flows.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// Entries in the kernel's TLS connection table (a walk of at most `max_flows` keys).
+    fn tls_conns_tracked(&self) -> Result<u64, ProbeError> {
+        let map = self
+            .ebpf
+            .map(TLS_CONNS_MAP)
+            .ok_or(ProbeError::MissingFromObject {
+                what: "TLS_CONNS map",
+            })?;
+        let conns =
+            aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).map_err(|source| {
+                ProbeError::Map {
+                    map: TLS_CONNS_MAP,
+                    source,
+                }
+            })?;
+        Ok(conns.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    pub fn drain_stats(&self) -> DrainStats {
+        DrainStats {
+            tls_clients_found: self.tls_peers.found,
+            tls_clients_unknown: self.tls_peers.not_found,
+            ..self.stats
+        }
+    }
+
+    /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
+    pub fn resync_clock(&mut self) {
+        self.clock = KernelClock::measure();
+    }
+}
+
+impl AsFd for KernelProbe {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+}
+
+impl AsRawFd for KernelProbe {
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_raw_fd()
+    }
+}
+
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    interface: &str,
+    attach_type: TcAttachType,
+) -> Result<SchedClassifierLink, ProgramError> {
+    let link = program.attach_with_options(
+        interface,
+        attach_type,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )?;
+    program.take_link(link)
+}
+
+fn attach_netlink(
+    program: &mut SchedClassifier,
+    interface: &str,
+    attach_type: TcAttachType,
+) -> Result<SchedClassifierLink, ProgramError> {
+    remove_stale_filters(interface, attach_type);
+    let link = program.attach_with_options(
+        interface,
+        attach_type,
+        TcAttachOptions::Netlink(NlOptions::default()),
+    )?;
+    program.take_link(link)
+}
+
+/// Runs a program load through the verifier. The verifier gives up with EAGAIN when a signal
+/// arrives while it works (SIGCHLD from any child of this process will do, and verifying the
+/// classifier takes long enough on a busy host); like libbpf, try again a few times.
+pub(crate) fn verify(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(source)
+                if attempt < ATTEMPTS && program_os_error(&source) == Some(libc::EAGAIN) =>
+            {
+                tracing::debug!(attempt, "the verifier was interrupted; loading again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Netlink filters outlive a process that crashed: a run that did not exit cleanly left its
+/// classifier attached, and a second copy would report every call twice. One daemon owns an
+/// interface, so any filter with the classifier's name is a leftover and is removed.
+fn remove_stale_filters(interface: &str, attach_type: TcAttachType) {
+    match tc::qdisc_detach_program(interface, attach_type, CLASSIFIER_PROGRAM) {
+        Ok(()) => tracing::warn!(
+            %interface,
+            direction = ?attach_type,
+            "removed a classifier an earlier run left attached (it did not exit cleanly)"
+        ),
+        Err(tc::TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => {}
+        // The attach that follows reports what is wrong with the interface or the privileges.
+        Err(err) => tracing::debug!(%interface, %err, "could not look for leftover classifiers"),
+    }
+}
+
+fn attach_error(
+    interface: &str,
+    direction: &'static str,
+    method: &'static str,
+    source: ProgramError,
+) -> ProbeError {
+    match program_os_error(&source).filter(|&e| is_permission(e)) {
+        Some(errno) => ProbeError::MissingPrivilege {
+            action: "attach the TC classifier",
+            capabilities: "CAP_NET_ADMIN and CAP_BPF",
+            source: io::Error::from_raw_os_error(errno),
+        },
+        None => ProbeError::AttachWith {
+            interface: interface.to_owned(),
+            direction,
+            method,
+            source: Box::new(source),
+        },
+    }
+}
+
+/// A clsact qdisc this probe added, deleted on drop (with any filters still on it). The route
+/// netlink socket was opened in the namespace the qdisc lives in.
+struct OwnedClsact {
+    socket: OwnedFd,
+    ifindex: u32,
+}
+
+impl Drop for OwnedClsact {
+    fn drop(&mut self) {
+        match delete_clsact(&self.socket, self.ifindex) {
+            // Gone with its interface (or removed by an admin): nothing left to do.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
+                ) => {}
+            Err(err) => {
+                tracing::warn!(ifindex = self.ifindex, %err, "could not remove the clsact qdisc the probe added")
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+fn route_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before it is owned.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `tc qdisc del dev <ifindex> clsact`, as one RTM_DELQDISC request, waiting for its ack.
+fn delete_clsact(socket: &OwnedFd, ifindex: u32) -> io::Result<()> {
+    const TC_H_CLSACT: u32 = 0xFFFF_FFF1; // parent: the ingress/clsact slot
+    const CLSACT_HANDLE: u32 = 0xFFFF_0000; // ffff:
+    const TCA_KIND: u16 = 1;
+    const KIND: &[u8] = b"clsact\0";
+    // nlmsghdr (16) + tcmsg (20) + TCA_KIND attribute (4 + 7, padded to 12).
+    const LEN: usize = 48;
+    let mut request = [0u8; LEN];
+    let header = 16;
+    let attr = header + 20;
+    request[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
+    request[4..6].copy_from_slice(&libc::RTM_DELQDISC.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    request[6..8].copy_from_slice(&flags.to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    request[header] = libc::AF_UNSPEC as u8;
+    request[header + 4..header + 8].copy_from_slice(&ifindex.to_ne_bytes());
+    request[header + 8..header + 12].copy_from_slice(&CLSACT_HANDLE.to_ne_bytes());
+    request[header + 12..header + 16].copy_from_slice(&TC_H_CLSACT.to_ne_bytes());
+    request[attr..attr + 2].copy_from_slice(&((4 + KIND.len()) as u16).to_ne_bytes());
+    request[attr + 2..attr + 4].copy_from_slice(&TCA_KIND.to_ne_bytes());
+    request[attr + 4..attr + 4 + KIND.len()].copy_from_slice(KIND);
+    // SAFETY: sends `request.len()` bytes from a live buffer on an open socket.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel handles the request inside send() and queues the ack (an nlmsgerr: header,
+    // then the error code, 0 for success); never block in Drop waiting for it.
+    let mut reply = [0u8; 1024];
+    // SAFETY: receives into a live buffer of the given length.
+    let got = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if got < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let reply = reply.get(..got as usize).unwrap_or_default();
+    let kind = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let code = reply
+        .get(16..20)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (kind, code) {
+        (Some(k), Some(0)) if k == libc::NLMSG_ERROR as u16 => Ok(()),
+        (Some(k), Some(code)) if k == libc::NLMSG_ERROR as u16 => {
+            Err(io::Error::from_raw_os_error(code.saturating_neg()))
+        }
+        _ => Err(io::Error::other("unexpected netlink reply")),
+    }
+}
+
+fn interface_index(interface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+fn server_ports(config: &ProbeConfig) -> Result<[u16; MAX_SERVER_PORTS], ProbeError> {
+    if config.ports.is_empty() {
+        return Err(ProbeError::NoServerPorts);
+    }
+    if config.ports.len() > MAX_SERVER_PORTS {
+        return Err(ProbeError::TooManyServerPorts {
+            count: config.ports.len(),
+            max: MAX_SERVER_PORTS,
+        });
+    }
+    let mut ports = [0u16; MAX_SERVER_PORTS];
+    for (slot, &port) in ports.iter_mut().zip(&config.ports) {
+        if port == 0 {
+            return Err(ProbeError::ZeroPort);
+        }
+        *slot = port;
+    }
+    Ok(ports)
+}
+
+fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
+    if !config.ring_bytes.is_power_of_two() || config.ring_bytes < 4096 {
+        return Err(ProbeError::RingSize {
+            bytes: config.ring_bytes,
+        });
+    }
+    if !(64..=MAX_CHUNK_BYTES).contains(&config.chunk_bytes) {
+        return Err(ProbeError::ChunkSize {
+            bytes: config.chunk_bytes,
+            max: MAX_CHUNK_BYTES,
+        });
+    }
+    if config.max_flows == 0 {
+        return Err(ProbeError::FlowCapacity);
+    }
+    Ok(())
+}
+
+pub(crate) fn interface_exists(interface: &str) -> bool {
+    interface_index(interface).is_some()
+}
+
+fn is_permission(errno: i32) -> bool {
+    errno == libc::EPERM || errno == libc::EACCES
+}
+
+/// The errno under an error, wherever aya put it.
+pub(super) fn program_os_error(err: &ProgramError) -> Option<i32> {
+    if let ProgramError::LoadError { io_error, .. } = err {
+        return io_error.raw_os_error();
+    }
+    source_os_error(err)
+}
+
+fn source_os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        let errno = match (
+            err.downcast_ref::<io::Error>(),
+            err.downcast_ref::<tc::TcError>(),
+        ) {
+            (Some(io), _) => io.raw_os_error(),
+            (_, Some(tc::TcError::NetlinkError(netlink))) => netlink.raw_os_error(),
+            _ => None,
+        };
+        if errno.is_some() {
+            return errno;
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn load_error(source: EbpfError) -> ProbeError {
+    if let EbpfError::MapError(MapError::CreateError { name, io_error }) = &source
+        && let Some(errno) = io_error.raw_os_error()
+    {
+        if is_permission(errno) {
+            return ProbeError::MissingPrivilege {
+                action: "create BPF maps",
+                capabilities: "CAP_BPF and CAP_PERFMON",
+                source: io::Error::from_raw_os_error(errno),
+            };
+        }
+        if name == EVENTS_MAP && errno == libc::EINVAL {
+            return ProbeError::NoRingBuffer {
+                source: io::Error::from_raw_os_error(errno),
+            };
+        }
+    }
+    if let Some(errno) = source_os_error(&source).filter(|&e| is_permission(e)) {
+        return ProbeError::MissingPrivilege {
+            action: "load the eBPF object",
+            capabilities: "CAP_BPF and CAP_PERFMON",
+            source: io::Error::from_raw_os_error(errno),
+        };
+    }
+    if matches!(source, EbpfError::BtfError(_) | EbpfError::NoBTF) {
+        return ProbeError::NoBtf {
+            source: Box::new(source),
+        };
+    }
+    ProbeError::Load {
+        source: Box::new(source),
+    }
+}
+
+/// The kernel's key for the connection between `client` and `server`, if they are of one
+/// address family.
+fn flow_key(client: Endpoint, server: Endpoint) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        client_port: client.port,
+        server_port: server.port,
+        ..FlowKey::default()
+    };
+    match (client.ip, server.ip) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => {
+            key.family = FAMILY_IPV4;
+            key.client_addr[..4].copy_from_slice(&c.octets());
+            key.server_addr[..4].copy_from_slice(&s.octets());
+        }
+        (IpAddr::V6(c), IpAddr::V6(s)) => {
+            key.family = FAMILY_IPV6;
+            key.client_addr = c.octets();
+            key.server_addr = s.octets();
+        }
+        _ => return None,
+    }
+    Some(key)
+}
+
+/// The configured process names as the kernel's filter table.
+pub(crate) fn process_names(
+    names: &[String],
+) -> Result<[[u8; monitor_common::COMM_LEN]; monitor_common::MAX_TLS_PROCESSES], ProbeError> {
+    use monitor_common::{COMM_LEN, MAX_TLS_PROCESSES};
+    let mut table = [[0u8; COMM_LEN]; MAX_TLS_PROCESSES];
+    if names.len() > MAX_TLS_PROCESSES {
+        return Err(ProbeError::TlsProcessName {
+            name: names[MAX_TLS_PROCESSES].clone(),
+            max: MAX_TLS_PROCESSES,
+        });
+    }
+    for (slot, name) in table.iter_mut().zip(names) {
+        if name.is_empty() || name.len() >= COMM_LEN || name.contains('\0') {
+            return Err(ProbeError::TlsProcessName {
+                name: name.clone(),
+                max: MAX_TLS_PROCESSES,
+            });
+        }
+        slot[..name.len()].copy_from_slice(name.as_bytes());
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+
+    use monitor_common::{
+        DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, SEGMENT_EVENT_LEN, SegmentEvent,
+        TCP_ACK, TCP_FIN,
+    };
+
+    use crate::shared::model::Timestamp;
+
+    #[test]
+    fn process_names_must_fit_the_kernel_name_field() {
+        let ok = process_names(&["nginx".into(), "apache2".into()]).unwrap();
+        assert_eq!(&ok[0][..6], b"nginx\0");
+        assert_eq!(ok[2], [0; monitor_common::COMM_LEN]);
+        for bad in ["", "a-name-of-16-byt"] {
+            let err = process_names(&[bad.into()]).unwrap_err().to_string();
+            assert!(err.contains("1 to 15 bytes"), "{err}");
+        }
+        let nine: Vec<String> = (0..9).map(|i| format!("p{i}")).collect();
+        assert!(process_names(&nine).is_err());
+    }
+
+    fn record(event: &SegmentEvent, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0u8; SEGMENT_EVENT_LEN];
+        // SAFETY: `bytes` has room for one SegmentEvent.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast(), *event) };
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    fn ipv4_event(direction: u8, copied: u32) -> SegmentEvent {
+        let mut client_addr = [0u8; 16];
+        client_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut server_addr = [0u8; 16];
+        server_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        SegmentEvent {
+            ktime_ns: 5_000,
+            seq: 1000,
+            ack: 77,
+            segment_len: copied + 100,
+            offset: 100,
+            copied,
+            client_port: 40000,
+            server_port: 80,
+            client_addr,
+            server_addr,
+            family: FAMILY_IPV4,
+            direction,
+            tcp_flags: TCP_ACK,
+            stream_start_known: 1,
+            stream_start: 1000,
+        }
+    }
+
+    fn os_error(errno: i32) -> ProgramError {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_prog_load",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn an_interrupted_verification_is_tried_again_a_few_times() {
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(os_error(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(result.is_ok());
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            Err(os_error(libc::EAGAIN))
+        });
+        assert_eq!(
+            result.as_ref().map_err(program_os_error),
+            Err(Some(libc::EAGAIN))
+        );
+        assert_eq!(calls, 5);
+
+        // Any other error is final at once.
+        let mut calls = 0;
+        let result = verify(|| {
+            calls += 1;
+            Err(os_error(libc::EACCES))
+        });
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
+
+    const CLOCK: KernelClock = KernelClock::offset(1_700_000_000_000_000_000);
+
+    #[test]
+    fn a_client_event_becomes_a_segment_from_client_to_server() {
+        let bytes = record(&ipv4_event(DIRECTION_CLIENT_TO_SERVER, 4), b"POST");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "10.0.0.1:40000");
+        assert_eq!(segment.dst.to_string(), "10.0.0.2:80");
+        assert_eq!(segment.seq, 1000);
+        assert_eq!(segment.ack, Some(77));
+        assert!(segment.flags.ack && !segment.flags.fin);
+        assert_eq!(segment.payload, b"POST");
+        assert_eq!(segment.ts, Timestamp(1_700_000_000_000_005_000));
+        assert_eq!(segment.stream_start, Some(1000));
+    }
+
+    #[test]
+    fn a_server_event_swaps_source_and_destination() {
+        let bytes = record(&ipv4_event(DIRECTION_SERVER_TO_CLIENT, 2), b"HT");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "10.0.0.2:80");
+        assert_eq!(segment.dst.to_string(), "10.0.0.1:40000");
+    }
+
+    #[test]
+    fn ipv6_addresses_use_all_sixteen_bytes() {
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.family = FAMILY_IPV6;
+        event.client_addr = Ipv6Addr::LOCALHOST.octets();
+        event.server_addr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        event.tcp_flags = TCP_FIN | TCP_ACK;
+        let bytes = record(&event, b"");
+        let segment = segment_from_record(&bytes, &CLOCK).expect("well-formed");
+        assert_eq!(segment.src.to_string(), "[::1]:40000");
+        assert_eq!(segment.dst.to_string(), "[fd00::2]:80");
+        assert!(segment.flags.fin && segment.payload.is_empty());
+    }
+
+    #[test]
+    fn records_whose_lengths_disagree_are_rejected() {
+        let event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 4);
+        assert!(segment_from_record(&record(&event, b"POS"), &CLOCK).is_none());
+        assert!(segment_from_record(&record(&event, b"POST!"), &CLOCK).is_none());
+        let bytes = record(&event, b"POST");
+        assert!(segment_from_record(&bytes[..SEGMENT_EVENT_LEN - 1], &CLOCK).is_none());
+        let mut beyond = event;
+        beyond.segment_len = 103;
+        assert!(segment_from_record(&record(&beyond, b"POST"), &CLOCK).is_none());
+        let mut overflow = event;
+        overflow.offset = u32::MAX;
+        assert!(segment_from_record(&record(&overflow, b"POST"), &CLOCK).is_none());
+    }
+
+    #[test]
+    fn unknown_family_or_direction_is_rejected() {
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.family = 5;
+        assert!(segment_from_record(&record(&event, b""), &CLOCK).is_none());
+        let mut event = ipv4_event(DIRECTION_CLIENT_TO_SERVER, 0);
+        event.direction = 2;
+        assert!(segment_from_record(&record(&event, b""), &CLOCK).is_none());
+    }
+
+    #[test]
+    fn kernel_time_converts_to_wall_clock_time_now() {
+        let clock = KernelClock::measure();
+        let now_wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let converted = clock.timestamp(clock_ns(libc::CLOCK_MONOTONIC) as u64);
+        assert!(
+            converted.0.abs_diff(now_wall) < 50_000_000,
+            "{converted:?} vs {now_wall}"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_what_to_change() {
+        let load =
+            |config: ProbeConfig| server_ports(&config).and_then(|_| validate_sizes(&config));
+        let base = ProbeConfig::default();
+        assert!(load(base.clone()).is_ok());
+        let err = load(ProbeConfig {
+            ports: vec![],
+            ..base.clone()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no server ports"), "{err}");
+        assert!(matches!(
+            load(ProbeConfig {
+                ports: (1..=9).collect(),
+                ..base.clone()
+            }),
+            Err(ProbeError::TooManyServerPorts { count: 9, max: 8 })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                ports: vec![80, 0],
+                ..base.clone()
+            }),
+            Err(ProbeError::ZeroPort)
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                ring_bytes: 5000,
+                ..base.clone()
+            }),
+            Err(ProbeError::RingSize { .. })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                chunk_bytes: 1 << 20,
+                ..base.clone()
+            }),
+            Err(ProbeError::ChunkSize { .. })
+        ));
+        assert!(matches!(
+            load(ProbeConfig {
+                max_flows: 0,
+                ..base
+            }),
+            Err(ProbeError::FlowCapacity)
+        ));
+    }
+
+    #[test]
+    fn an_unknown_interface_is_named_in_the_error() {
+        assert!(!interface_exists("no-such-if0"));
+        let err = ProbeError::UnknownInterface {
+            interface: "no-such-if0".into(),
+        };
+        assert!(err.to_string().contains("\"no-such-if0\""));
+    }
+}

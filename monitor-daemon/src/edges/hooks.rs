@@ -1,0 +1,498 @@
+//! Suspension hooks: tell other systems that a token was suspended or lifted.
+//!
+//! An `exec` hook runs a program (no shell) with an argument template and the event as JSON on
+//! stdin, in its own process group that is killed at the timeout; an `http` hook POSTs the same
+//! JSON. The raw token leaves only through an exec hook's stdin, and only when that hook says
+//! `pass_raw_token = true`: never argv, the environment, an http body or a recorded outcome.
+//! Running a hook blocks for up to its timeout; call from a thread that may wait.
+
+mod config;
+
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::edges::alerts::TokenRef;
+use crate::edges::alerts::time::rfc3339;
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::settings::WebhookUrl;
+use crate::shared::token::RawToken;
+pub use config::{HookConfig, HookKind, HooksConfig};
+
+/// Placeholders an exec hook's arguments may use.
+pub const PLACEHOLDERS: [&str; 5] = ["fingerprint", "masked", "action", "until", "reason"];
+
+/// Output kept per stream; the rest is read and dropped so the program never blocks on a pipe.
+const MAX_OUTPUT_BYTES: usize = 16 * 1024;
+/// After the program ends (or is killed), how long its output pipes may take to close.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// The whole environment an exec hook gets: the daemon's own is not passed on.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookAction {
+    Suspend,
+    Lift,
+}
+
+impl HookAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookAction::Suspend => "suspend",
+            HookAction::Lift => "lift",
+        }
+    }
+}
+
+/// What the hooks are told.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HookEvent {
+    pub action: HookAction,
+    pub at: Timestamp,
+    pub token: TokenRef,
+    /// When the suspension ends; `None` for a lift or an open-ended suspension.
+    pub until: Option<Timestamp>,
+    pub reason: String,
+    /// The decision's evidence (calls, windows, percentiles, shares).
+    pub evidence: serde_json::Value,
+}
+
+/// What one hook did, for the audit log. Output is bounded and never holds the raw token.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HookOutcome {
+    pub hook: String,
+    pub action: HookAction,
+    pub duration_ms: u64,
+    #[serde(flatten)]
+    pub result: HookResult,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output past the limit was dropped.
+    pub output_truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HookResult {
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        success: bool,
+    },
+    /// Still running at the timeout: its process group was killed.
+    TimedOut,
+    FailedToStart {
+        error: String,
+    },
+    Http {
+        status: u16,
+        success: bool,
+    },
+    HttpFailed {
+        error: String,
+    },
+}
+
+enum Target {
+    Exec { program: PathBuf, args: Vec<String> },
+    Http { url: WebhookUrl, agent: ureq::Agent },
+}
+
+struct Hook {
+    name: String,
+    target: Target,
+    timeout: Span,
+    pass_raw_token: bool,
+}
+
+/// The configured hooks, ready to run.
+pub struct Hooks {
+    suspend: Vec<Hook>,
+    lift: Vec<Hook>,
+    host: String,
+}
+
+impl Hooks {
+    /// `config` has been checked ([`HooksConfig::problems`] found nothing).
+    pub fn new(config: &HooksConfig, host: String) -> Hooks {
+        let build = |hooks: &[HookConfig]| hooks.iter().filter_map(Hook::new).collect();
+        Hooks {
+            suspend: build(&config.suspend),
+            lift: build(&config.lift),
+            host,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.suspend.is_empty() && self.lift.is_empty()
+    }
+
+    /// Runs the hooks for `event.action`, in order, each to its end or timeout. `raw` is the
+    /// token, if the caller still has it; only hooks with `pass_raw_token` see it.
+    pub fn run(&self, event: &HookEvent, raw: Option<&RawToken>) -> Vec<HookOutcome> {
+        let hooks = match event.action {
+            HookAction::Suspend => &self.suspend,
+            HookAction::Lift => &self.lift,
+        };
+        let json = event_json(event, &self.host);
+        hooks
+            .iter()
+            .map(|hook| {
+                let started = Instant::now();
+                let raw = raw.filter(|_| hook.pass_raw_token);
+                let (result, output) = match &hook.target {
+                    Target::Exec { program, args } => {
+                        let stdin = stdin_body(&json, raw);
+                        let args: Vec<String> = args.iter().map(|a| expand(a, event)).collect();
+                        run_exec(program, &args, &stdin, hook.timeout)
+                    }
+                    Target::Http { url, agent } => (post(agent, url, &json), Output::default()),
+                };
+                let outcome = HookOutcome {
+                    hook: hook.name.clone(),
+                    action: event.action,
+                    duration_ms: started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64,
+                    result,
+                    stdout: scrubbed(&output.stdout, raw),
+                    stderr: scrubbed(&output.stderr, raw),
+                    output_truncated: output.truncated,
+                };
+                tracing::info!(hook = %outcome.hook, action = event.action.as_str(),
+                    token_fp = %event.token.fingerprint, result = ?outcome.result, "hook ran");
+                outcome
+            })
+            .collect()
+    }
+}
+
+impl Hook {
+    fn new(config: &HookConfig) -> Option<Hook> {
+        let target = match config.kind {
+            HookKind::Exec => Target::Exec {
+                program: config.program.clone()?,
+                args: config.args.clone(),
+            },
+            HookKind::Http => Target::Http {
+                url: config.url.clone()?,
+                agent: crate::edges::alerts::http_agent(config.timeout.span()),
+            },
+        };
+        Some(Hook {
+            name: config.name.clone(),
+            target,
+            timeout: config.timeout.span(),
+            pass_raw_token: config.pass_raw_token && config.kind == HookKind::Exec,
+        })
+    }
+}
+
+/// Checks an argument template: `{name}` must be a known placeholder, `{{` and `}}` are literal
+/// braces.
+pub(crate) fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        let after = &rest[open + 1..];
+        if rest[open..].starts_with("{{") || rest[open..].starts_with("}}") {
+            rest = &after[1..];
+            continue;
+        }
+        if rest[open..].starts_with('}') {
+            return Err(format!(
+                "`{template}` has a `}}` without `{{` (write `}}}}`)"
+            ));
+        }
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("`{template}` has a `{{` without `}}`"))?;
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}`; known: {}",
+                PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+/// Fills a checked template. Unknown text is left as written (validation has refused it).
+fn expand(template: &str, event: &HookEvent) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        out.push_str(&rest[..open]);
+        let tail = &rest[open..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        let Some(close) = tail.find('}').filter(|_| tail.starts_with('{')) else {
+            out.push_str(tail);
+            return out;
+        };
+        match &tail[1..close] {
+            "fingerprint" => out.push_str(&event.token.fingerprint.to_string()),
+            "masked" => {
+                if let Some(masked) = &event.token.masked {
+                    out.push_str(&masked.0);
+                }
+            }
+            "action" => out.push_str(event.action.as_str()),
+            "until" => {
+                if let Some(until) = event.until {
+                    out.push_str(&rfc3339(until));
+                }
+            }
+            "reason" => out.push_str(&event.reason),
+            _ => out.push_str(&tail[..=close]),
+        }
+        rest = &tail[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn event_json(event: &HookEvent, host: &str) -> String {
+    json!({
+        "action": event.action,
+        "occurred_at": rfc3339(event.at),
+        "ts": event.at.as_secs_f64(),
+        "host": host,
+        "token_fp": event.token.fingerprint,
+        "token_masked": event.token.masked,
+        "until": event.until.map(rfc3339),
+        "until_ts": event.until.map(|u| u.as_secs_f64()),
+        "reason": event.reason,
+        "evidence": event.evidence,
+    })
+    .to_string()
+}
+
+/// The event JSON with `"raw_token"` spliced in when one is passed. Built in a buffer that is
+/// zeroed on drop; the token is `[A-Z0-9]`, so it needs no JSON escaping.
+fn stdin_body(json: &str, raw: Option<&RawToken>) -> Zeroizing<Vec<u8>> {
+    let mut body = Zeroizing::new(Vec::with_capacity(json.len() + 160));
+    match (raw, json.strip_suffix('}')) {
+        (Some(raw), Some(open)) => {
+            body.extend_from_slice(open.as_bytes());
+            body.extend_from_slice(b",\"raw_token\":\"");
+            body.extend_from_slice(raw.expose_for_hook());
+            body.extend_from_slice(b"\"}");
+        }
+        _ => body.extend_from_slice(json.as_bytes()),
+    }
+    body.push(b'\n');
+    body
+}
+
+/// Bounded output of a program.
+#[derive(Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+}
+
+fn run_exec(
+    program: &PathBuf,
+    args: &[String],
+    stdin: &Zeroizing<Vec<u8>>,
+    timeout: Span,
+) -> (HookResult, Output) {
+    let started = Instant::now();
+    let spawned = Command::new(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that the timeout kills what it started too.
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            return (
+                HookResult::FailedToStart {
+                    error: format!("{}: {err}", program.display()),
+                },
+                Output::default(),
+            );
+        }
+    };
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    if let Some(mut pipe) = child.stdin.take() {
+        let body = Zeroizing::new(stdin.to_vec());
+        let done = done_tx.clone();
+        // A program that does not read its stdin must not block us: write on a thread.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&body);
+            drop(pipe);
+            drop(done);
+        });
+    }
+    let stdout = capture(child.stdout.take(), done_tx.clone());
+    let stderr = capture(child.stderr.take(), done_tx);
+
+    let deadline = started + Duration::from_nanos(timeout.0);
+    let result = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                break HookResult::Exited {
+                    code: status.code(),
+                    signal: status.signal(),
+                    success: status.success(),
+                };
+            }
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(child.id());
+                let _ = child.wait();
+                break HookResult::TimedOut;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => {
+                kill_group(child.id());
+                let _ = child.wait();
+                break HookResult::FailedToStart {
+                    error: format!("cannot wait for {}: {err}", program.display()),
+                };
+            }
+        }
+    };
+    // Every thread holds a sender; all gone means all pipes closed. Processes that escaped the
+    // group may keep a pipe open: then we take what was read so far and move on.
+    let grace_end = Instant::now() + OUTPUT_GRACE;
+    while let Some(left) = grace_end.checked_duration_since(Instant::now()) {
+        match done_rx.recv_timeout(left) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            _ => continue,
+        }
+    }
+    let (stdout, out_cut) = stdout.take();
+    let (stderr, err_cut) = stderr.take();
+    (
+        result,
+        Output {
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
+        },
+    )
+}
+
+fn kill_group(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a negative pid signals the process group we created for the
+        // child (process_group(0) makes its pgid its pid); no memory is involved.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Output read so far by a pipe reader thread.
+struct Captured(Arc<Mutex<(Vec<u8>, bool)>>);
+
+impl Captured {
+    fn take(self) -> (Vec<u8>, bool) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *guard)
+    }
+}
+
+fn capture(pipe: Option<impl Read + Send + 'static>, done: mpsc::Sender<()>) -> Captured {
+    let shared = Arc::new(Mutex::new((Vec::new(), false)));
+    if let Some(mut pipe) = pipe {
+        let sink = shared.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
+                        let (kept, cut) = &mut *guard;
+                        let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..n.min(room)]);
+                        *cut |= n > room;
+                    }
+                }
+            }
+            drop(done);
+        });
+    }
+    Captured(shared)
+}
+
+/// Output as text with any copy of the raw token (in any case) replaced, so that a hook that
+/// echoes its stdin cannot put the token in the audit log.
+fn scrubbed(output: &[u8], raw: Option<&RawToken>) -> String {
+    let mut bytes = output.to_vec();
+    if let Some(raw) = raw {
+        let token = raw.expose_for_hook();
+        if !token.is_empty() {
+            let mut i = 0;
+            let mut out = Vec::with_capacity(bytes.len());
+            while i < bytes.len() {
+                let matches = bytes
+                    .get(i..i + token.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(token));
+                if matches {
+                    out.extend_from_slice(b"[token]");
+                    i += token.len();
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            bytes = out;
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn post(agent: &ureq::Agent, url: &WebhookUrl, json: &str) -> HookResult {
+    match agent
+        .post(url.0.as_str())
+        .header("content-type", "application/json")
+        .send(json)
+    {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            HookResult::Http {
+                status,
+                success: (200..300).contains(&status),
+            }
+        }
+        Err(ureq::Error::Timeout(_)) => HookResult::HttpFailed {
+            error: "timed out".into(),
+        },
+        Err(ureq::Error::Io(e)) => HookResult::HttpFailed {
+            error: format!("i/o error: {}", e.kind()),
+        },
+        Err(ureq::Error::ConnectionFailed) => HookResult::HttpFailed {
+            error: "connection failed".into(),
+        },
+        Err(_) => HookResult::HttpFailed {
+            error: "request failed".into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,16 @@
+//! Where the daemon meets the world, in flow order: [`capture`] (files, the kernel probe,
+//! libpcap, the TLS uprobes) feeds the stages; [`output`] writes their records; [`store`] keeps
+//! what must survive a crash; [`alerts`], [`hooks`] and [`actions`] act on decisions;
+//! [`notify`] and [`canary`] talk to systemd and to the web server; [`telemetry`] and [`api`]
+//! show it all. Edges use stages, never the other way round.
+
+pub mod actions;
+pub mod alerts;
+pub mod api;
+pub mod canary;
+pub mod capture;
+pub mod hooks;
+pub mod notify;
+pub mod output;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,17 @@
+//! The sans-IO pipeline, in flow order: [`decode`] (frames to TCP segments) → [`reassembly`]
+//! (segments to byte streams) → [`http`] (streams to exchanges) → [`redcap`] (exchanges to API
+//! calls) → [`health`] (the server's responsiveness) and [`policy`] (rate windows, then
+//! enforcement decisions) → [`pipeline`], which wires them. [`coverage`] judges, from the
+//! counters, what the capture cannot see.
+//!
+//! A stage is driven only by the inputs and timestamps it is given; none does I/O, and none
+//! imports an edge or a command.
+
+pub mod coverage;
+pub mod decode;
+pub mod health;
+pub mod http;
+pub mod pipeline;
+pub mod policy;
+pub mod reassembly;
+pub mod redcap;

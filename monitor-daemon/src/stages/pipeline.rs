@@ -1,0 +1,648 @@
+//! The pipeline from captured packets to policy verdicts, the same for every capture source.
+//!
+//! Wires decode → reassembly → http → redcap → policy and health, and drives their timers from
+//! the packets' own clock, so a capture replayed offline gives exactly what the same packets gave
+//! live. Does no I/O: sources push frames or segments in; verdicts come out through a callback,
+//! changes of the server's health through [`Pipeline::take_health_changes`].
+
+use std::collections::VecDeque;
+
+use crate::shared::model::{Endpoint, ResumedEarly, Span, TcpSegment, Timestamp};
+use crate::shared::token::SiteKey;
+use crate::stages::decode::{DecodeStats, Frame, decode};
+use crate::stages::health::{HealthChange, HealthConfig, HealthStats, ResponsivenessDetector};
+use crate::stages::http::{
+    HttpConfig, HttpExchange, HttpLimits, HttpStats, HttpTracker, Releasable,
+};
+use crate::stages::policy::enforce::{EnforcementConfig, EnforcementStats, Enforcer, HealthView};
+use crate::stages::policy::{Policy, PolicyConfig, PolicyStats, Verdict};
+use crate::stages::reassembly::{Reassembler, ReassemblyConfig, ReassemblyLimits, ReassemblyStats};
+use crate::stages::redcap::{
+    ApiCall, ApiRequestSelector, FormBody, KeepRawToken, RedcapConfig, RedcapStats,
+};
+
+/// How often (in capture time) idle connections are looked for.
+const EXPIRY_INTERVAL: Span = Span::from_secs(1);
+/// How often waiting calls are looked at when no call has finished.
+const RELEASE_CHECK_INTERVAL: Span = Span::from_millis(100);
+
+/// What the stages are built from: each stage's own section, and the two facts from elsewhere
+/// that they need. The configuration file's assembly hands this out (`Config::pipeline`).
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineConfig<'a> {
+    pub reassembly: &'a ReassemblyConfig,
+    pub http: &'a HttpConfig,
+    pub redcap: &'a RedcapConfig,
+    pub policy: &'a PolicyConfig,
+    pub health: &'a HealthConfig,
+    pub enforcement: &'a EnforcementConfig,
+    /// The web server's ports (`capture.ports`): they orient connections whose start (the SYN)
+    /// was not captured.
+    pub server_ports: &'a [u16],
+    /// Whether calls keep their raw token until a decision is acted on: only when a suspend
+    /// hook asks for it (`hooks.suspend[].pass_raw_token`).
+    pub keep_raw: KeepRawToken,
+}
+
+pub struct Pipeline {
+    decode_stats: DecodeStats,
+    reassembler: Reassembler,
+    http: HttpTracker<ApiRequestSelector>,
+    exchanges: Vec<HttpExchange<FormBody>>,
+    key: SiteKey,
+    /// Whether calls hold their raw token for the suspend hooks (`hooks.suspend[].pass_raw_token`).
+    keep_raw: KeepRawToken,
+    redcap_stats: RedcapStats,
+    policy: Policy,
+    health: ResponsivenessDetector,
+    enforcer: Enforcer,
+    /// Changes of the server's state not yet taken by the caller.
+    health_changes: Vec<HealthChange>,
+    /// The newest packet time seen: the pipeline's notion of now.
+    clock: Timestamp,
+    next_expiry: Timestamp,
+    next_release_check: Timestamp,
+    /// Connections the HTTP stage found releasable, between taking and handling them.
+    releasable: Vec<Releasable>,
+    /// What a live capture is asked to do; kept only when one listens.
+    capture_requests: VecDeque<CaptureRequest>,
+    capture_listens: bool,
+}
+
+/// What the pipeline asks of a live capture that copies connections on its own judgement (the
+/// kernel probe), so that it copies what the pipeline reads and little else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureRequest {
+    /// Nothing on this connection is worth copying until the client's next request, which the
+    /// classifier then tracks afresh.
+    StopCopying { client: Endpoint, server: Endpoint },
+    /// The client's next request was copied before the capture stopped: copy the connection
+    /// again, from these starts.
+    CopyAgain(ResumedEarly),
+}
+
+/// Requests kept for a live capture that has not taken them (it takes them after every batch;
+/// past this, the oldest are dropped: a missed `StopCopying` only costs copying).
+const MAX_CAPTURE_REQUESTS: usize = 65_536;
+
+/// Every stage's counters, for reports and telemetry.
+pub struct PipelineStats<'a> {
+    pub decode: &'a DecodeStats,
+    pub reassembly: &'a ReassemblyStats,
+    pub http: &'a HttpStats,
+    pub redcap: &'a RedcapStats,
+    pub policy: &'a PolicyStats,
+    pub health: &'a HealthStats,
+    pub enforcement: &'a EnforcementStats,
+}
+
+impl PipelineStats<'_> {
+    /// Every non-zero counter of input the pipeline rejected, lost, could only partly use or read
+    /// only through leniency, named `stage.reason`: what an admin needs to judge how complete a
+    /// report is. Connections
+    /// picked up mid-stream are not listed: a live capture starts that way on every connection
+    /// already open, and a request whose start was missed is never reported (so it cannot be
+    /// wrong). A start lost to a gap is listed (`http.request_starts_lost`).
+    pub fn problems(&self) -> Vec<(&'static str, u64)> {
+        let (d, r, h, c) = (self.decode, self.reassembly, self.http, self.redcap);
+        let all = [
+            ("decode.truncated_frames", d.truncated_frames),
+            ("decode.unsupported_link", d.unsupported_link),
+            ("decode.non_ip", d.non_ip),
+            ("decode.ip_fragments", d.ip_fragments),
+            ("decode.truncated_headers", d.truncated_headers),
+            ("decode.malformed", d.malformed),
+            ("reassembly.gaps", r.gaps),
+            ("reassembly.gap_bytes", r.gap_bytes),
+            ("reassembly.buffer_overflows", r.buffer_overflows),
+            ("reassembly.buffer_evictions", r.buffer_evictions),
+            ("reassembly.evicted_connections", r.evicted_connections),
+            ("http.bad_request_head", h.bad_request_head),
+            ("http.bad_response_head", h.bad_response_head),
+            ("http.head_too_large", h.head_too_large),
+            ("http.heads_skimmed", h.heads_skimmed),
+            ("http.lenient_request_heads", h.lenient_request_heads),
+            ("http.too_many_headers", h.too_many_headers),
+            ("http.bad_content_length", h.bad_content_length),
+            ("http.bad_chunk", h.bad_chunk),
+            ("http.request_starts_lost", h.request_starts_lost),
+            ("http.unmatched_responses", h.unmatched_responses),
+            ("http.pending_overflow", h.pending_overflow),
+            ("http.resyncs", h.resyncs),
+            ("http.decode_failed", h.decode_failed),
+            ("http.decode_capped", h.decode_capped),
+            ("http.not_http", h.not_http),
+            ("http.h2_hpack_errors", h.h2_hpack_errors),
+            ("http.h2_frame_too_large", h.h2_frame_too_large),
+            ("http.h2_too_many_streams", h.h2_too_many_streams),
+            ("http.h2_gaps", h.h2_gaps),
+            ("http.h2_protocol_errors", h.h2_protocol_errors),
+            ("redcap.incomplete", c.incomplete),
+            ("redcap.token_missing", c.token_missing),
+            ("redcap.token_malformed", c.token_malformed),
+            ("redcap.token_unreadable", c.token_unreadable),
+            (
+                "redcap.unsupported_content_type",
+                c.unsupported_content_type,
+            ),
+            ("redcap.malformed_multipart", c.malformed_multipart),
+            ("redcap.field_too_long", c.field_too_long),
+            ("redcap.input_vars_exceeded", c.input_vars_exceeded),
+            ("redcap.body_gap", c.body_gap),
+            ("policy.evicted_tokens", self.policy.evicted_tokens),
+        ];
+        all.into_iter().filter(|&(_, n)| n > 0).collect()
+    }
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig<'_>, key: SiteKey) -> Pipeline {
+        let r = &config.reassembly;
+        let reassembler = Reassembler::new(ReassemblyLimits {
+            max_connections: r.max_connections,
+            max_buffered_per_direction: r.max_buffered_bytes_per_direction,
+            max_buffered_total: r.max_buffered_bytes_total,
+            idle_timeout: r.idle_timeout.span(),
+            server_ports: config.server_ports.to_vec(),
+        });
+        let h = &config.http;
+        let http = HttpTracker::new(
+            HttpLimits {
+                max_head_bytes: h.max_head_bytes,
+                max_headers: h.max_headers,
+                max_pending_requests: h.max_pending_requests,
+                max_decoded_body_bytes: h.max_decoded_body_bytes,
+            },
+            ApiRequestSelector::new(config.redcap.api_paths.clone())
+                .with_max_input_vars(config.redcap.max_input_vars),
+        );
+        Pipeline {
+            decode_stats: DecodeStats::default(),
+            reassembler,
+            http,
+            exchanges: Vec::new(),
+            key,
+            keep_raw: config.keep_raw,
+            redcap_stats: RedcapStats::default(),
+            policy: Policy::new(config.policy),
+            health: ResponsivenessDetector::new(config.health.clone()),
+            enforcer: Enforcer::new(config.enforcement.clone()),
+            health_changes: Vec::new(),
+            clock: Timestamp::default(),
+            next_expiry: Timestamp::default(),
+            next_release_check: Timestamp::default(),
+            releasable: Vec::new(),
+            capture_requests: VecDeque::new(),
+            capture_listens: false,
+        }
+    }
+
+    /// Applies what can change while running (a reload): the policy's rules and heavy
+    /// thresholds, the health thresholds, the enforcement settings, and whether calls keep their
+    /// raw token for the suspend hooks (when no hook wants it any more, calls waiting in the
+    /// reorder buffer drop theirs at once). Per-token windows,
+    /// suspensions, the health state and every connection in flight are kept. What the pipeline
+    /// was built from otherwise (paths, ports, limits, the key) is not changed here: the
+    /// configuration's assembly says which changes need a restart.
+    pub fn reconfigure(&mut self, config: PipelineConfig<'_>) {
+        self.policy.reconfigure(config.policy);
+        self.health.reconfigure(config.health.clone());
+        self.enforcer.reconfigure(config.enforcement.clone());
+        self.keep_raw = config.keep_raw;
+        if self.keep_raw == KeepRawToken::Never {
+            self.policy.drop_raw_tokens();
+        }
+    }
+
+    /// Feeds one captured frame (offline files, libpcap).
+    pub fn push_frame(&mut self, frame: &Frame<'_>, out: &mut impl FnMut(Verdict)) {
+        if let Some(segment) = decode(frame, &mut self.decode_stats) {
+            self.push_segment(&segment, out);
+        }
+    }
+
+    /// Feeds one TCP segment (sources that decode for themselves, e.g. the kernel probe).
+    pub fn push_segment(&mut self, segment: &TcpSegment<'_>, out: &mut impl FnMut(Verdict)) {
+        self.advance_clock(segment.ts);
+        let Pipeline {
+            reassembler,
+            http,
+            exchanges,
+            ..
+        } = self;
+        reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        self.stop_reading_releasable();
+        self.release(out);
+    }
+
+    /// A live capture that copies connections on its own judgement listens for
+    /// [`CaptureRequest`]s (offline, and libpcap, nobody does: then none are kept).
+    pub fn listen_for_capture_requests(&mut self) {
+        self.capture_listens = true;
+    }
+
+    /// The next thing the live capture is asked to do.
+    pub fn poll_capture_request(&mut self) -> Option<CaptureRequest> {
+        self.capture_requests.pop_front()
+    }
+
+    /// Connections with nothing worth reading until the client's next request: reassembly stops
+    /// passing their bytes on (and the capture is asked to stop copying them).
+    fn stop_reading_releasable(&mut self) {
+        let Pipeline {
+            reassembler,
+            http,
+            exchanges,
+            releasable,
+            clock,
+            ..
+        } = self;
+        http.take_releasable(releasable);
+        let mut stopped = Vec::new();
+        for r in releasable.drain(..) {
+            let at = *clock;
+            if reassembler.release(r.client, r.server, r.client_remaining, at, &mut |event| {
+                http.on_event(&event, exchanges)
+            }) {
+                stopped.push(CaptureRequest::StopCopying {
+                    client: r.client,
+                    server: r.server,
+                });
+            }
+        }
+        let resumed = reassembler
+            .take_resumed_early()
+            .map(CaptureRequest::CopyAgain)
+            .collect::<Vec<_>>();
+        if !self.capture_listens {
+            return;
+        }
+        for request in stopped.into_iter().chain(resumed) {
+            if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
+                self.capture_requests.pop_front();
+            }
+            self.capture_requests.push_back(request);
+        }
+    }
+
+    /// Time passes without a packet (a live source that is idle): expires idle connections and
+    /// passes on the verdicts whose reorder wait is over. `now` is on the packets' clock (epoch
+    /// time); a `now` behind the newest packet changes nothing.
+    pub fn tick(&mut self, now: Timestamp, out: &mut impl FnMut(Verdict)) {
+        self.advance_clock(now);
+        self.release(out);
+    }
+
+    /// End of input: closes every connection and evaluates every call still waiting.
+    pub fn finish(&mut self, out: &mut impl FnMut(Verdict)) {
+        let Pipeline {
+            reassembler,
+            http,
+            exchanges,
+            clock,
+            ..
+        } = self;
+        reassembler.finish(*clock, &mut |event| http.on_event(&event, exchanges));
+        self.release(out);
+        while let Some(verdict) = self.policy.drain() {
+            let verdict = self.enforce(verdict);
+            out(verdict);
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats<'_> {
+        PipelineStats {
+            decode: &self.decode_stats,
+            reassembly: self.reassembler.stats(),
+            http: self.http.stats(),
+            redcap: &self.redcap_stats,
+            policy: self.policy.stats(),
+            health: self.health.stats(),
+            enforcement: self.enforcer.stats(),
+        }
+    }
+
+    /// The server's responsiveness as judged so far, and who loads it.
+    pub fn health(&self) -> &ResponsivenessDetector {
+        &self.health
+    }
+
+    /// Connections reassembly tracks now, and tokens whose rate windows the policy holds.
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.reassembler.connections(), self.policy.tracked_tokens())
+    }
+
+    /// The enforcement stage, for the edge that acts on decisions: suspensions restored after a
+    /// restart, lifted or added by an admin.
+    pub fn enforcer_mut(&mut self) -> &mut Enforcer {
+        &mut self.enforcer
+    }
+
+    /// Takes note of one canary probe (see [`ResponsivenessDetector::observe_canary`]); `ts` is
+    /// on the packets' clock.
+    pub fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
+        self.health.observe_canary(ts, latency);
+    }
+
+    /// Takes the changes of the server's state (degraded, recovered) since the last call.
+    pub fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
+        self.health_changes.drain(..)
+    }
+
+    fn advance_clock(&mut self, ts: Timestamp) {
+        // Packets from several interfaces may be slightly out of order; time never goes back.
+        if ts <= self.clock {
+            return;
+        }
+        self.clock = ts;
+        if let Some(change) = self.health.tick(ts) {
+            self.health_changes.push(change);
+        }
+        if ts >= self.next_expiry {
+            self.next_expiry = ts.plus(EXPIRY_INTERVAL);
+            let Pipeline {
+                reassembler,
+                http,
+                exchanges,
+                ..
+            } = self;
+            reassembler.expire(ts, &mut |event| http.on_event(&event, exchanges));
+            self.enforcer.forget_idle(ts);
+            self.policy.forget_idle(ts);
+        }
+    }
+
+    /// Turns finished exchanges into calls and passes on the verdicts that are due.
+    fn release(&mut self, out: &mut impl FnMut(Verdict)) {
+        let calls_finished = !self.exchanges.is_empty();
+        for exchange in self.exchanges.drain(..) {
+            if exchange
+                .response
+                .as_ref()
+                .is_some_and(|r| r.is_web_server_refusal())
+            {
+                self.redcap_stats.web_server_refusals += 1;
+                continue;
+            }
+            let call = ApiCall::from_exchange(exchange, &self.key, self.keep_raw);
+            self.redcap_stats.count(&call);
+            // Health is judged as calls finish, not after the policy's reorder wait.
+            self.health.observe(&call);
+            self.policy.push(call);
+        }
+        // Which requests are still open is worth a look (it visits every connection) when a call
+        // finished, or now and then so that the reorder window runs out for a hanging request.
+        if !self.policy.has_waiting() || (!calls_finished && self.clock < self.next_release_check) {
+            return;
+        }
+        self.next_release_check = self.clock.plus(RELEASE_CHECK_INTERVAL);
+        let open_since = self.http.oldest_open_exchange();
+        while let Some(verdict) = self.policy.poll(self.clock, open_since) {
+            out(self.enforce(verdict));
+        }
+    }
+
+    /// Decides about a call that broke a rule, in the light of the server's health now.
+    fn enforce(&mut self, mut verdict: Verdict) -> Verdict {
+        if verdict.violations.is_empty() {
+            return verdict;
+        }
+        let load_share = match &verdict.call.token {
+            Ok(identity) => self.health.load_share(identity.fingerprint, self.clock),
+            Err(_) => None,
+        };
+        let view = HealthView {
+            degraded: self.health.is_degraded(),
+            assessment: self.health.assessment(),
+            load_share,
+        };
+        verdict.decision = self.enforcer.decide(&verdict, &view);
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::commands::config::Config;
+    use crate::shared::model::{Endpoint, TcpFlags};
+    use crate::shared::token::TokenProblem;
+
+    const CLIENT: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        port: 40000,
+    };
+    const SERVER: Endpoint = Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        port: 80,
+    };
+
+    fn segment(ts_ms: u64, to_server: bool, seq: u32, payload: &[u8]) -> TcpSegment<'_> {
+        segment_from(CLIENT, ts_ms, to_server, seq, payload)
+    }
+
+    fn segment_from(
+        client: Endpoint,
+        ts_ms: u64,
+        to_server: bool,
+        seq: u32,
+        payload: &[u8],
+    ) -> TcpSegment<'_> {
+        let (src, dst) = if to_server {
+            (client, SERVER)
+        } else {
+            (SERVER, client)
+        };
+        TcpSegment {
+            ts: Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
+            src,
+            dst,
+            seq,
+            ack: Some(1),
+            flags: TcpFlags {
+                ack: true,
+                ..TcpFlags::default()
+            },
+            payload,
+            stream_start: None,
+        }
+    }
+
+    fn request() -> String {
+        let body = "token=0123456789ABCDEF0123456789ABCDEF&content=version";
+        format!(
+            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// One complete API exchange (at 10 ms) on a connection that stays open.
+    fn one_call(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(&segment(10, true, 1000, request().as_bytes()), out);
+        pipeline.push_segment(&segment(15, false, 5000, response), out);
+    }
+
+    /// One complete API exchange (at 20 ms) on another connection.
+    fn one_call_later(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let other = Endpoint {
+            port: 40002,
+            ..CLIENT
+        };
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(
+            &segment_from(other, 20, true, 1000, request().as_bytes()),
+            out,
+        );
+        pipeline.push_segment(&segment_from(other, 25, false, 5000, response), out);
+    }
+
+    /// An API request (at 0 ms) from another client that is never answered.
+    fn hanging_request(pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        let other = Endpoint {
+            port: 40001,
+            ..CLIENT
+        };
+        pipeline.push_segment(
+            &segment_from(other, 0, true, 7000, request().as_bytes()),
+            out,
+        );
+    }
+
+    #[test]
+    fn a_call_is_released_as_soon_as_no_earlier_request_is_open() {
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert_eq!(released.len(), 1);
+    }
+
+    #[test]
+    fn an_api_request_whose_head_cannot_be_read_is_a_call_counted_against_its_client() {
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        let request = request().replace("Content-Length: ", "Content-Length: x");
+        pipeline.push_segment(&segment(10, true, 1000, request.as_bytes()), &mut |v| {
+            released.push(v)
+        });
+        let response = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+        pipeline.push_segment(&segment(15, false, 5000, response), &mut |v| {
+            released.push(v)
+        });
+        assert_eq!(released.len(), 1);
+        let call = &released[0].call;
+        assert_eq!(call.token, Err(TokenProblem::Unreadable));
+        assert_eq!((call.path.as_str(), call.status), ("/api/", Some(400)));
+        let stats = pipeline.stats();
+        assert_eq!(stats.policy.calls_without_token, 1);
+        assert!(stats.problems().contains(&("redcap.token_unreadable", 1)));
+        assert!(stats.problems().contains(&("http.bad_content_length", 1)));
+    }
+
+    #[test]
+    fn an_idle_tick_releases_a_call_held_by_a_hanging_request_after_the_reorder_window() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(config.pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert!(released.is_empty(), "an earlier request may still finish");
+        let start = Timestamp(1_700_000_000_000_000_000);
+        pipeline.tick(start.plus(Span::from_secs(60)), &mut |v| released.push(v));
+        assert!(released.is_empty(), "still within the reorder window");
+        let wait = config.policy.reorder_window.span();
+        pipeline.tick(start.plus(wait).plus(Span::from_secs(1)), &mut |v| {
+            released.push(v)
+        });
+        // By then the hanging connection has also gone idle and its request is reported too,
+        // first, as it started first.
+        let order: Vec<_> = released
+            .iter()
+            .map(|v| (v.call.ts_start, v.call.status))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (start, None),
+                (start.plus(Span::from_millis(10)), Some(200))
+            ]
+        );
+    }
+
+    /// A configuration whose suspend hook asks for the raw token (or not).
+    fn with_suspend_hook(pass_raw_token: bool) -> Config {
+        let text = format!(
+            "[[hooks.suspend]]\nname = \"h\"\nkind = \"exec\"\nprogram = \"/bin/true\"\n\
+             pass_raw_token = {pass_raw_token}\n"
+        );
+        Config::parse(&text, std::path::Path::new("hooks.toml")).unwrap()
+    }
+
+    fn held(released: &[Verdict]) -> Vec<bool> {
+        released
+            .iter()
+            .map(|v| v.call.raw_token.is_held())
+            .collect()
+    }
+
+    #[test]
+    fn calls_keep_their_raw_token_only_when_a_suspend_hook_asks_for_it() {
+        for (config, keep) in [
+            (Config::default(), false),
+            (with_suspend_hook(false), false),
+            (with_suspend_hook(true), true),
+        ] {
+            let mut pipeline = Pipeline::new(config.pipeline(), SiteKey::from_bytes([7; 32]));
+            let mut released = Vec::new();
+            one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+            assert_eq!(held(&released), [keep]);
+        }
+    }
+
+    #[test]
+    fn a_reload_decides_anew_whether_raw_tokens_are_kept_and_drops_those_waiting() {
+        let mut pipeline = Pipeline::new(
+            with_suspend_hook(true).pipeline(),
+            SiteKey::from_bytes([7; 32]),
+        );
+        let mut released = Vec::new();
+        // The finished call waits in the reorder buffer behind the hanging request, holding its
+        // raw token, when the reload removes the hook that wanted it.
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert!(released.is_empty());
+        pipeline.reconfigure(Config::default().pipeline());
+        one_call_later(&mut pipeline, &mut |v: Verdict| released.push(v));
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(held(&released), [false, false, false]);
+
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([7; 32]));
+        pipeline.reconfigure(with_suspend_hook(true).pipeline());
+        let mut released = Vec::new();
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        assert_eq!(held(&released), [true], "a reload can turn keeping on");
+    }
+
+    #[test]
+    fn a_tick_behind_the_packets_clock_changes_nothing() {
+        let config = Config::default();
+        let mut pipeline = Pipeline::new(config.pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        one_call(&mut pipeline, &mut |v: Verdict| released.push(v));
+        pipeline.tick(Timestamp(1), &mut |v| released.push(v));
+        assert!(released.is_empty());
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(
+            released.len(),
+            2,
+            "the hanging request is reported at the end too"
+        );
+    }
+}

@@ -1,0 +1,334 @@
+//! What to do about a token that broke a rule: warn it, suspend it, or hold back.
+//!
+//! Owns the decision ladder the policy describes — code that hurts production responsiveness gets
+//! its token suspended — so by default a violation suspends only while the server is degraded and
+//! the token carries a real share of the server's work; a strict mode suspends on violation
+//! alone. First offences warn; repeated ones suspend, each suspension longer than the last (as
+//! fail2ban's bantime increment does). Every decision carries its evidence. Sans-IO: acting on a
+//! decision (hooks, alerts, the store) belongs to the edges.
+
+use serde::{Deserialize, Serialize};
+
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::settings::{Duration, Problem, share};
+use crate::shared::token::{FingerprintMap, TokenFingerprint};
+use crate::stages::health::Assessment;
+
+use super::{Verdict, Violation};
+
+/// `[enforcement]`: when a violation becomes a suspension.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforcementConfig {
+    pub mode: EnforcementMode,
+    /// Decide and record, but mark every decision as not to be acted on.
+    pub dry_run: bool,
+    /// In `when_degraded` mode, a token is suspended only if it carries at least this share of
+    /// the server time in the health window.
+    pub min_load_share: f64,
+    /// Offences answered with a warning before the next one suspends.
+    pub warnings_before_suspension: u32,
+    /// How long offences and suspensions are remembered for escalation.
+    pub memory: Duration,
+    /// Length of a first suspension...
+    pub suspension: Duration,
+    /// ...multiplied by this for each earlier suspension still remembered...
+    pub suspension_factor: f64,
+    /// ...up to this.
+    pub max_suspension: Duration,
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        Self {
+            mode: EnforcementMode::WhenDegraded,
+            dry_run: false,
+            min_load_share: 0.2,
+            warnings_before_suspension: 1,
+            memory: Duration(Span::from_secs(24 * 3600)),
+            suspension: Duration(Span::from_secs(3600)),
+            suspension_factor: 2.0,
+            max_suspension: Duration(Span::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnforcementMode {
+    /// Suspend only while the server is degraded and the token loads it.
+    #[default]
+    WhenDegraded,
+    /// Suspend on violations alone (after the warnings).
+    OnViolation,
+}
+
+/// What was decided about one offending call.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Told, not stopped.
+    Warn { reason: HoldReason },
+    /// Stopped until `until` (epoch seconds).
+    Suspend { until: f64, duration_s: f64 },
+}
+
+/// Why a violation was answered with a warning rather than a suspension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// The token has warnings left before it is suspended.
+    FirstOffence,
+    /// The server is responsive: breaking a rule alone does not suspend in this mode.
+    ServerHealthy,
+    /// The server is degraded, but this token carries too little of its load to be the cause.
+    SmallShareOfLoad,
+}
+
+/// A decision and the evidence that led to it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    /// Epoch seconds of the offending call's start.
+    pub ts: f64,
+    pub token_fp: TokenFingerprint,
+    pub token_masked: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// Recorded but not to be acted on.
+    pub dry_run: bool,
+    pub evidence: Evidence,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evidence {
+    pub violations: Vec<ViolationEvidence>,
+    pub offences_remembered: u32,
+    pub suspensions_remembered: u32,
+    pub server_degraded: bool,
+    pub health: Assessment,
+    /// The token's share of server time in the health window, when it had any.
+    pub load_share: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ViolationEvidence {
+    pub rule: String,
+    pub limit: u32,
+    pub window_s: f64,
+    pub count: u32,
+}
+
+impl From<&Violation> for ViolationEvidence {
+    fn from(v: &Violation) -> Self {
+        ViolationEvidence {
+            rule: v.rule.clone(),
+            limit: v.limit,
+            window_s: v.window.as_secs_f64(),
+            count: v.count,
+        }
+    }
+}
+
+/// The server's state at the time of a decision, as the health stage sees it.
+pub struct HealthView<'a> {
+    pub degraded: bool,
+    pub assessment: &'a Assessment,
+    /// The deciding token's share of the server time in the health window (`None`: no answered
+    /// call of it there).
+    pub load_share: Option<f64>,
+}
+
+/// Offences remembered per token at most (the newest): enough for any warning ladder, and a
+/// token breaking rules thousands of times a minute cannot grow its record without bound.
+const MAX_OFFENCES_REMEMBERED: usize = 64;
+
+/// What is remembered of one token for escalation.
+#[derive(Default)]
+struct Record {
+    offences: Vec<Timestamp>,
+    suspensions: Vec<Timestamp>,
+    suspended_until: Option<Timestamp>,
+}
+
+/// Counters the enforcer keeps.
+#[derive(Clone, Debug, Default)]
+pub struct EnforcementStats {
+    pub warnings: u64,
+    pub suspensions: u64,
+    /// Violations by a token that was already suspended: nothing new to decide.
+    pub while_suspended: u64,
+}
+
+pub struct Enforcer {
+    config: EnforcementConfig,
+    records: FingerprintMap<Record>,
+    stats: EnforcementStats,
+}
+
+impl Enforcer {
+    pub fn new(config: EnforcementConfig) -> Enforcer {
+        Enforcer {
+            config,
+            records: FingerprintMap::default(),
+            stats: EnforcementStats::default(),
+        }
+    }
+
+    /// Applies new settings (a reload) and keeps every token's offences and suspensions: a
+    /// suspension in force stays until its end, and escalation continues from the record.
+    pub fn reconfigure(&mut self, config: EnforcementConfig) {
+        self.config = config;
+    }
+
+    /// Decides about a verdict that broke rules; `None` for compliant calls, calls without a
+    /// token, and tokens already suspended.
+    pub fn decide(&mut self, verdict: &Verdict, health: &HealthView<'_>) -> Option<Decision> {
+        let identity = verdict.call.token.as_ref().ok()?;
+        if verdict.violations.is_empty() {
+            return None;
+        }
+        let now = verdict.call.ts_start;
+        let config = &self.config;
+        let memory = config.memory.span();
+        let record = self.records.entry(identity.fingerprint).or_default();
+        if record.suspended_until.is_some_and(|until| until > now) {
+            self.stats.while_suspended += 1;
+            return None;
+        }
+        if let Some(horizon) = now.0.checked_sub(memory.0) {
+            record.offences.retain(|t| t.0 > horizon);
+            record.suspensions.retain(|t| t.0 > horizon);
+        }
+        let earlier_offences = record.offences.len() as u32;
+        let most = MAX_OFFENCES_REMEMBERED.max(config.warnings_before_suspension as usize + 1);
+        if record.offences.len() >= most {
+            record.offences.remove(0);
+        }
+        record.offences.push(now);
+        let offences_remembered = record.offences.len() as u32;
+
+        let load_share = health.load_share;
+        let action = if earlier_offences < config.warnings_before_suspension {
+            Action::Warn {
+                reason: HoldReason::FirstOffence,
+            }
+        } else if config.mode == EnforcementMode::WhenDegraded && !health.degraded {
+            Action::Warn {
+                reason: HoldReason::ServerHealthy,
+            }
+        } else if config.mode == EnforcementMode::WhenDegraded
+            && load_share.unwrap_or(0.0) < config.min_load_share
+        {
+            Action::Warn {
+                reason: HoldReason::SmallShareOfLoad,
+            }
+        } else {
+            let repeats = record.suspensions.len() as i32;
+            let base = config.suspension.span().as_secs_f64();
+            let secs = (base * config.suspension_factor.powi(repeats))
+                .min(config.max_suspension.span().as_secs_f64());
+            let duration = Span::from_millis((secs * 1000.0) as u64);
+            let until = now.plus(duration);
+            // A dry run remembers what it would have done, so that its escalation matches.
+            record.suspensions.push(now);
+            record.suspended_until = Some(until);
+            Action::Suspend {
+                until: until.as_secs_f64(),
+                duration_s: duration.as_secs_f64(),
+            }
+        };
+        match action {
+            Action::Warn { .. } => self.stats.warnings += 1,
+            Action::Suspend { .. } => self.stats.suspensions += 1,
+        }
+        Some(Decision {
+            ts: now.as_secs_f64(),
+            token_fp: identity.fingerprint,
+            token_masked: identity.masked.0.clone(),
+            action,
+            dry_run: config.dry_run,
+            evidence: Evidence {
+                violations: verdict
+                    .violations
+                    .iter()
+                    .map(ViolationEvidence::from)
+                    .collect(),
+                offences_remembered,
+                suspensions_remembered: record.suspensions.len() as u32,
+                server_degraded: health.degraded,
+                health: health.assessment.clone(),
+                load_share,
+            },
+        })
+    }
+
+    /// Lifts a suspension early (an admin's decision); later offences escalate from the record.
+    pub fn lift(&mut self, token: TokenFingerprint) -> bool {
+        self.records
+            .get_mut(&token)
+            .and_then(|r| r.suspended_until.take())
+            .is_some()
+    }
+
+    /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
+    /// the store after a restart).
+    pub fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
+        let record = self.records.entry(token).or_default();
+        if !record.suspensions.contains(&at) {
+            let at_index = record.suspensions.partition_point(|t| *t <= at);
+            record.suspensions.insert(at_index, at);
+        }
+    }
+
+    /// Treats `token` as suspended until `until` (`None`: until lifted): a suspension decided
+    /// elsewhere (an admin's, or one in force before a restart). Its violations then decide
+    /// nothing new.
+    pub fn hold(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+        let until = until.unwrap_or(Timestamp(u64::MAX));
+        let record = self.records.entry(token).or_default();
+        record.suspended_until = Some(record.suspended_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// Tokens with escalation state in memory.
+    pub fn tracked_tokens(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Forgets tokens with nothing left to remember as of `now`.
+    pub fn forget_idle(&mut self, now: Timestamp) {
+        let Some(horizon) = now.0.checked_sub(self.config.memory.span().0) else {
+            return;
+        };
+        self.records.retain(|_, r| {
+            r.offences.last().is_some_and(|t| t.0 > horizon)
+                || r.suspensions.last().is_some_and(|t| t.0 > horizon)
+                || r.suspended_until.is_some_and(|until| until > now)
+        });
+    }
+
+    pub fn stats(&self) -> &EnforcementStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+#[path = "enforce_tests.rs"]
+mod tests;
+
+impl EnforcementConfig {
+    /// What is wrong with `[enforcement]`, each problem keyed by its full path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        share(
+            &mut problems,
+            &[("enforcement.min_load_share", self.min_load_share)],
+        );
+        if self.suspension_factor < 1.0 || !self.suspension_factor.is_finite() {
+            problems.push(Problem::new(
+                "enforcement.suspension_factor".into(),
+                "must be at least 1.0".into(),
+            ));
+        }
+        problems
+    }
+}

@@ -1,0 +1,236 @@
+use super::*;
+use crate::shared::model::Span;
+use crate::stages::policy::Violation;
+use crate::stages::redcap::sample::{at, call, fingerprint};
+
+fn violating(token: u8, secs: u64) -> Verdict {
+    Verdict {
+        call: call(token, secs),
+        heavy: None,
+        violations: vec![Violation {
+            ts: at(secs),
+            token: fingerprint(token),
+            rule: "api_calls".into(),
+            limit: 3,
+            window: Span::from_secs(60),
+            count: 4,
+        }],
+        decision: None,
+    }
+}
+
+struct Server {
+    degraded: bool,
+    load_share: Option<f64>,
+    assessment: Assessment,
+}
+
+impl Server {
+    fn healthy() -> Server {
+        Server {
+            degraded: false,
+            load_share: Some(0.9),
+            assessment: Assessment::default(),
+        }
+    }
+
+    fn degraded(share: f64) -> Server {
+        Server {
+            degraded: true,
+            load_share: Some(share),
+            assessment: Assessment::default(),
+        }
+    }
+
+    fn view(&self) -> HealthView<'_> {
+        HealthView {
+            degraded: self.degraded,
+            assessment: &self.assessment,
+            load_share: self.load_share,
+        }
+    }
+}
+
+fn action(enforcer: &mut Enforcer, secs: u64, server: &Server) -> Option<Action> {
+    enforcer
+        .decide(&violating(1, secs), &server.view())
+        .map(|d| d.action)
+}
+
+fn warn(reason: HoldReason) -> Option<Action> {
+    Some(Action::Warn { reason })
+}
+
+fn suspend(from: u64, hours: u64) -> Option<Action> {
+    Some(Action::Suspend {
+        until: (from + hours * 3600) as f64,
+        duration_s: (hours * 3600) as f64,
+    })
+}
+
+#[test]
+fn the_first_offence_warns_even_when_the_server_suffers() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    assert_eq!(
+        action(&mut e, 1000, &Server::degraded(0.9)),
+        warn(HoldReason::FirstOffence)
+    );
+}
+
+#[test]
+fn a_repeat_offence_suspends_only_while_the_server_is_degraded_by_this_token() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    action(&mut e, 1000, &Server::healthy());
+    assert_eq!(
+        action(&mut e, 1010, &Server::healthy()),
+        warn(HoldReason::ServerHealthy)
+    );
+    assert_eq!(
+        action(&mut e, 1020, &Server::degraded(0.05)),
+        warn(HoldReason::SmallShareOfLoad)
+    );
+    assert_eq!(
+        action(&mut e, 1030, &Server::degraded(0.5)),
+        suspend(1030, 1)
+    );
+    assert_eq!(e.stats().suspensions, 1);
+}
+
+#[test]
+fn strict_mode_suspends_on_violations_alone() {
+    let mut e = Enforcer::new(EnforcementConfig {
+        mode: EnforcementMode::OnViolation,
+        ..EnforcementConfig::default()
+    });
+    action(&mut e, 1000, &Server::healthy());
+    assert_eq!(action(&mut e, 1010, &Server::healthy()), suspend(1010, 1));
+}
+
+#[test]
+fn a_suspended_token_is_not_decided_again_until_its_suspension_ends() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    action(&mut e, 1000, &Server::degraded(0.9));
+    action(&mut e, 1001, &Server::degraded(0.9));
+    assert_eq!(action(&mut e, 2000, &Server::degraded(0.9)), None);
+    assert_eq!(e.stats().while_suspended, 1);
+}
+
+#[test]
+fn repeat_suspensions_double_up_to_the_maximum() {
+    let mut e = Enforcer::new(EnforcementConfig {
+        max_suspension: Duration(Span::from_secs(3 * 3600)),
+        memory: Duration(Span::from_secs(7 * 24 * 3600)),
+        ..EnforcementConfig::default()
+    });
+    let bad = Server::degraded(0.9);
+    action(&mut e, 0, &bad);
+    assert_eq!(action(&mut e, 10, &bad), suspend(10, 1));
+    let after_first = 10 + 3600;
+    assert_eq!(action(&mut e, after_first, &bad), suspend(after_first, 2));
+    let after_second = after_first + 2 * 3600;
+    assert_eq!(
+        action(&mut e, after_second, &bad),
+        suspend(after_second, 3),
+        "capped"
+    );
+}
+
+#[test]
+fn offences_older_than_the_memory_are_forgiven() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let bad = Server::degraded(0.9);
+    action(&mut e, 0, &bad);
+    assert_eq!(
+        action(&mut e, 2 * 24 * 3600, &bad),
+        warn(HoldReason::FirstOffence)
+    );
+    e.forget_idle(at(5 * 24 * 3600));
+    assert!(e.records.is_empty());
+}
+
+#[test]
+fn a_lifted_token_escalates_from_its_record() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let bad = Server::degraded(0.9);
+    action(&mut e, 0, &bad);
+    action(&mut e, 10, &bad);
+    assert!(e.lift(fingerprint(1)));
+    assert_eq!(action(&mut e, 20, &bad), suspend(20, 2));
+}
+
+#[test]
+fn a_decision_carries_its_evidence_and_the_dry_run_mark() {
+    let mut e = Enforcer::new(EnforcementConfig {
+        dry_run: true,
+        ..EnforcementConfig::default()
+    });
+    let bad = Server::degraded(0.75);
+    e.decide(&violating(1, 0), &bad.view());
+    let decision = e.decide(&violating(1, 5), &bad.view()).unwrap();
+    assert!(decision.dry_run);
+    assert_eq!(decision.token_fp, fingerprint(1));
+    assert_eq!(decision.evidence.offences_remembered, 2);
+    assert_eq!(decision.evidence.load_share, Some(0.75));
+    assert!(decision.evidence.server_degraded);
+    assert_eq!(decision.evidence.violations[0].count, 4);
+    let json = serde_json::to_value(&decision).unwrap();
+    assert_eq!(json["action"], "suspend");
+    assert_eq!(json["until"], 3605.0);
+}
+
+#[test]
+fn compliant_calls_and_calls_without_a_token_need_no_decision() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let mut compliant = violating(1, 0);
+    compliant.violations.clear();
+    assert!(
+        e.decide(&compliant, &Server::degraded(0.9).view())
+            .is_none()
+    );
+    let mut anonymous = violating(1, 0);
+    anonymous.call.token = Err(crate::shared::token::TokenProblem::Missing);
+    assert!(
+        e.decide(&anonymous, &Server::degraded(0.9).view())
+            .is_none()
+    );
+}
+
+#[test]
+fn a_token_breaking_rules_without_end_is_remembered_within_bounds() {
+    let mut enforcer = Enforcer::new(EnforcementConfig::default());
+    let server = Server::healthy();
+    let mut last = None;
+    for i in 0..10_000 {
+        last = enforcer.decide(&violating(1, 1000 + i / 100), &server.view());
+    }
+    let decision = last.expect("a healthy server warns");
+    assert_eq!(decision.evidence.offences_remembered, 64);
+    assert!(matches!(
+        decision.action,
+        Action::Warn {
+            reason: HoldReason::ServerHealthy
+        }
+    ));
+}
+
+#[test]
+fn a_reload_keeps_suspensions_and_escalation_and_applies_the_new_settings() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let bad = Server::degraded(0.9);
+    action(&mut e, 0, &bad);
+    assert_eq!(action(&mut e, 10, &bad), suspend(10, 1));
+    e.reconfigure(EnforcementConfig {
+        mode: EnforcementMode::OnViolation,
+        suspension: Duration(Span::from_secs(2 * 3600)),
+        ..EnforcementConfig::default()
+    });
+    assert_eq!(
+        action(&mut e, 20, &Server::healthy()),
+        None,
+        "still suspended after the reload"
+    );
+    let after = 10 + 3600;
+    // Strict mode now suspends on a healthy server; the base is 2 h, doubled for the
+    // suspension remembered from before the reload.
+    assert_eq!(action(&mut e, after, &Server::healthy()), suspend(after, 4));
+}

@@ -1,0 +1,512 @@
+//! The institution's API policy, evaluated exactly per token.
+//!
+//! Owns what makes a call heavy and the rate rules (at most N calls, or N heavy calls, per token
+//! in any sliding window). Calls are evaluated in the order their requests started, not the order
+//! their responses finished: a short reorder buffer holds finished calls until no earlier-started
+//! call can still arrive. Sans-IO: time is the calls' own timestamps plus the `now` the caller
+//! passes. Never reads a raw token: calls are keyed by fingerprint (a call waiting in the reorder
+//! buffer may hold its raw token for the suspend hooks, opaque here).
+//!
+//! Memory is bounded: a token's windows are forgotten once they are empty, at most
+//! `max_tokens` tokens are tracked (the least recently seen are evicted, counted), and refused
+//! calls (401/403) of a token not otherwise tracked are counted per client address instead, so a
+//! flood of random tokens cannot grow the map. The state has one owner (the pipeline's thread);
+//! readers elsewhere (metrics, the admin API) get copies from the stats, not shared maps.
+
+mod config;
+pub mod enforce;
+mod window;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+
+pub use config::{CallClass, HeavyConfig, HeavyKind, OverrideConfig, PolicyConfig, RuleConfig};
+pub use window::{MAX_HELD, SlidingCount};
+
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::token::{FingerprintMap, TokenFingerprint};
+use crate::stages::redcap::ApiCall;
+
+/// Why a call counts as heavy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeavyReason {
+    /// The decoded response was larger than the configured size.
+    ResponseSize,
+    /// A request kind that is heavy whatever its size.
+    #[serde(untagged)]
+    Kind(HeavyKind),
+}
+
+/// One call that took its token over one rule's limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// When the offending call's request started.
+    pub ts: Timestamp,
+    pub token: TokenFingerprint,
+    pub rule: String,
+    pub limit: u32,
+    pub window: Span,
+    /// Calls the rule counted in the window ending at `ts`, this one included.
+    pub count: u32,
+}
+
+/// A call after the policy has looked at it.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub call: ApiCall,
+    pub heavy: Option<HeavyReason>,
+    pub violations: Vec<Violation>,
+    /// What was decided about the token, when the call broke a rule.
+    pub decision: Option<enforce::Decision>,
+}
+
+/// Counters the policy stage keeps.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyStats {
+    pub calls: u64,
+    pub heavy_calls: u64,
+    pub violations: u64,
+    /// Calls without a usable token (missing, malformed, unreadable): no rule can apply to
+    /// them; they are counted per client address instead (see [`Policy::refused_clients`]).
+    pub calls_without_token: u64,
+    /// Calls that arrived after later-started calls had already been evaluated.
+    pub late_calls: u64,
+    /// Calls of exempt tokens (`policy.overrides`): no rule applied.
+    pub exempt_calls: u64,
+    /// Refused calls (401/403) of tokens not otherwise tracked, counted per client address.
+    pub refused_untracked_calls: u64,
+    /// Tokens whose windows were dropped to stay within `policy.max_tokens`.
+    pub evicted_tokens: u64,
+    /// Client addresses dropped to stay within `policy.max_refused_clients`.
+    pub evicted_refused_clients: u64,
+}
+
+struct Rule {
+    name: String,
+    calls: CallClass,
+    limit: u32,
+    window: Span,
+}
+
+/// Per-token state: one sliding count per rule.
+#[derive(Default)]
+struct TokenWindows {
+    per_rule: Vec<SlidingCount>,
+    /// Request start of the token's latest call: for idle expiry and eviction.
+    last_call: Timestamp,
+}
+
+/// One token's treatment under `policy.overrides`.
+enum Override {
+    Exempt,
+    /// This token's limit per rule (in rule order), `None` where the rule's own applies.
+    Limits(Vec<Option<u32>>),
+}
+
+/// Calls from one client address that no token's windows took: refused calls of untracked
+/// tokens ([`PolicyStats::refused_untracked_calls`]) and calls without a usable token
+/// ([`PolicyStats::calls_without_token`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusedClient {
+    pub calls: u64,
+    pub last_call: Timestamp,
+}
+
+/// How often idle tokens are looked for (in capture time).
+const FORGET_INTERVAL: Span = Span::from_secs(60);
+
+/// A finished call waiting in the reorder buffer, ordered by request start.
+struct Pending {
+    ts_start: Timestamp,
+    seq: u64,
+    call: ApiCall,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        (self.ts_start, self.seq) == (other.ts_start, other.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ts_start, self.seq).cmp(&(other.ts_start, other.seq))
+    }
+}
+
+pub struct Policy {
+    rules: Vec<Rule>,
+    heavy_response_bytes: u64,
+    heavy_kinds: Vec<HeavyKind>,
+    reorder_window: Span,
+    tokens: FingerprintMap<TokenWindows>,
+    overrides: FingerprintMap<Override>,
+    max_tokens: usize,
+    refused: HashMap<IpAddr, RefusedClient>,
+    max_refused_clients: usize,
+    /// The longest rule window: a token idle for longer has nothing left to count.
+    longest_window: Span,
+    next_forget: Timestamp,
+    pending: BinaryHeap<Reverse<Pending>>,
+    next_seq: u64,
+    /// Request start of the newest call evaluated so far.
+    evaluated_up_to: Timestamp,
+    stats: PolicyStats,
+}
+
+fn rules(config: &PolicyConfig) -> Vec<Rule> {
+    config
+        .rules
+        .iter()
+        .map(|r| Rule {
+            name: r.name.clone(),
+            calls: r.calls,
+            limit: r.limit,
+            window: r.window.span(),
+        })
+        .collect()
+}
+
+/// The per-token overrides, with limits indexed like the configured rules.
+fn overrides(config: &PolicyConfig) -> FingerprintMap<Override> {
+    let rule_index = |name: &str| config.rules.iter().position(|r| r.name == name);
+    config
+        .overrides
+        .iter()
+        .filter_map(|o| {
+            // Validated by `Config::load`; a bad one here is skipped, not trusted.
+            let fp: TokenFingerprint = o.token_fp.parse().ok()?;
+            let treatment = if o.exempt {
+                Override::Exempt
+            } else {
+                let mut limits = vec![None; config.rules.len()];
+                for (name, limit) in &o.limits {
+                    if let Some(i) = rule_index(name) {
+                        limits[i] = Some(*limit);
+                    }
+                }
+                Override::Limits(limits)
+            };
+            Some((fp, treatment))
+        })
+        .collect()
+}
+
+fn longest_window(config: &PolicyConfig) -> Span {
+    config
+        .rules
+        .iter()
+        .map(|r| r.window.span())
+        .max()
+        .unwrap_or(Span(0))
+}
+
+impl Policy {
+    pub fn new(config: &PolicyConfig) -> Policy {
+        Policy {
+            overrides: overrides(config),
+            max_tokens: config.max_tokens.max(1),
+            refused: HashMap::new(),
+            max_refused_clients: config.max_refused_clients.max(1),
+            longest_window: longest_window(config),
+            next_forget: Timestamp::default(),
+            rules: rules(config),
+            heavy_response_bytes: config.heavy.response_bytes,
+            heavy_kinds: config.heavy.kinds.clone(),
+            reorder_window: config.reorder_window.span(),
+            tokens: FingerprintMap::default(),
+            pending: BinaryHeap::new(),
+            next_seq: 0,
+            evaluated_up_to: Timestamp::default(),
+            stats: PolicyStats::default(),
+        }
+    }
+
+    /// Applies a new configuration (a reload) without forgetting what was counted: each token's
+    /// window of a rule is kept when the new rules have a rule of the same name counting the same
+    /// class of calls (its limit and window may change), so the next call is judged against the
+    /// new limit with the calls already seen. A new or changed rule starts empty. Calls waiting
+    /// in the reorder buffer stay there and are judged by the new rules.
+    ///
+    /// A window made longer counts only what the old one still held: events older than the old
+    /// window were already forgotten.
+    pub fn reconfigure(&mut self, config: &PolicyConfig) {
+        let new_rules = rules(config);
+        // For each new rule, the index of the old rule whose counts carry over.
+        let carried: Vec<Option<usize>> = new_rules
+            .iter()
+            .map(|new| {
+                self.rules
+                    .iter()
+                    .position(|old| old.name == new.name && old.calls == new.calls)
+            })
+            .collect();
+        for windows in self.tokens.values_mut() {
+            let mut old = std::mem::take(&mut windows.per_rule);
+            windows.per_rule = carried
+                .iter()
+                .map(|from| {
+                    from.and_then(|i| old.get_mut(i))
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                })
+                .collect();
+        }
+        self.tokens
+            .retain(|_, w| w.per_rule.iter().any(|c| !c.is_empty()));
+        self.rules = new_rules;
+        self.overrides = overrides(config);
+        self.max_tokens = config.max_tokens.max(1);
+        self.max_refused_clients = config.max_refused_clients.max(1);
+        self.longest_window = longest_window(config);
+        self.heavy_response_bytes = config.heavy.response_bytes;
+        self.heavy_kinds = config.heavy.kinds.clone();
+        self.reorder_window = config.reorder_window.span();
+    }
+
+    /// Why `call` is heavy, if it is: size first (it is measured), then the request kind.
+    pub fn classify(&self, call: &ApiCall) -> Option<HeavyReason> {
+        let size = call.response_bytes.or(call.response_wire_bytes);
+        if size.is_some_and(|bytes| bytes > self.heavy_response_bytes) {
+            return Some(HeavyReason::ResponseSize);
+        }
+        // A refused request (bad token, missing right, bad parameter) did none of the work its
+        // kind stands for; only its measured size can make it heavy.
+        if call.status.is_some_and(|s| (400..500).contains(&s)) {
+            return None;
+        }
+        let kind = heavy_kind(call)?;
+        self.heavy_kinds
+            .contains(&kind)
+            .then_some(HeavyReason::Kind(kind))
+    }
+
+    /// Accepts a finished call; it is evaluated once [`poll`](Self::poll) releases it.
+    pub fn push(&mut self, call: ApiCall) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push(Reverse(Pending {
+            ts_start: call.ts_start,
+            seq,
+            call,
+        }));
+    }
+
+    /// Evaluates the next call that no earlier-started call can still overtake: one that started
+    /// before every request still open (`open_since`, `None` when none is), or at least the
+    /// reorder window before `now` (a request left hanging must not hold the others back).
+    pub fn poll(&mut self, now: Timestamp, open_since: Option<Timestamp>) -> Option<Verdict> {
+        let ready = self.pending.peek().is_some_and(|Reverse(p)| {
+            open_since.is_none_or(|open| p.ts_start < open)
+                || p.ts_start.plus(self.reorder_window) <= now
+        });
+        if ready { self.release() } else { None }
+    }
+
+    /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
+    pub fn drop_raw_tokens(&mut self) {
+        let mut waiting = std::mem::take(&mut self.pending).into_vec();
+        for Reverse(pending) in &mut waiting {
+            drop(pending.call.raw_token.take());
+        }
+        self.pending = BinaryHeap::from(waiting);
+    }
+
+    /// Whether finished calls are waiting to be evaluated.
+    pub fn has_waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Evaluates the next waiting call regardless of time (end of input).
+    pub fn drain(&mut self) -> Option<Verdict> {
+        self.release()
+    }
+
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
+    }
+
+    /// Tokens with state in memory.
+    pub fn tracked_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Client addresses whose refused or tokenless calls are being counted, most calls first (at
+    /// most `n`).
+    pub fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
+        let mut clients: Vec<(IpAddr, RefusedClient)> =
+            self.refused.iter().map(|(ip, c)| (*ip, *c)).collect();
+        clients.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
+        clients.truncate(n);
+        clients
+    }
+
+    /// Forgets tokens with nothing left in any window as of `now` (every `FORGET_INTERVAL`).
+    pub fn forget_idle(&mut self, now: Timestamp) {
+        if now < self.next_forget {
+            return;
+        }
+        self.next_forget = now.plus(FORGET_INTERVAL);
+        // Calls up to the reorder window old may still arrive and must find their windows.
+        let horizon = now.minus(self.longest_window).minus(self.reorder_window);
+        self.tokens.retain(|_, w| w.last_call > horizon);
+        self.refused.retain(|_, c| c.last_call > horizon);
+    }
+
+    fn release(&mut self) -> Option<Verdict> {
+        let Reverse(pending) = self.pending.pop()?;
+        Some(self.evaluate(pending.call))
+    }
+
+    fn evaluate(&mut self, call: ApiCall) -> Verdict {
+        self.stats.calls += 1;
+        let heavy = self.classify(&call);
+        if heavy.is_some() {
+            self.stats.heavy_calls += 1;
+        }
+        if call.ts_start < self.evaluated_up_to {
+            self.stats.late_calls += 1;
+        } else {
+            self.evaluated_up_to = call.ts_start;
+        }
+        let mut violations = Vec::new();
+        match &call.token {
+            Ok(identity) => {
+                let fp = identity.fingerprint;
+                let limits: Option<Vec<Option<u32>>> = match self.overrides.get(&fp) {
+                    Some(Override::Exempt) => {
+                        self.stats.exempt_calls += 1;
+                        None
+                    }
+                    Some(Override::Limits(limits)) => Some(limits.clone()),
+                    None => Some(Vec::new()),
+                };
+                let refused = call.status.is_some_and(|s| s == 401 || s == 403);
+                if let Some(limits) = limits {
+                    if refused && !self.tokens.contains_key(&fp) {
+                        self.count_refused(&call);
+                    } else {
+                        self.make_room(fp);
+                        let windows = self.tokens.entry(fp).or_default();
+                        windows.last_call = windows.last_call.max(call.ts_start);
+                        windows
+                            .per_rule
+                            .resize_with(self.rules.len(), SlidingCount::default);
+                        for (i, (rule, window)) in
+                            self.rules.iter().zip(&mut windows.per_rule).enumerate()
+                        {
+                            if rule.calls == CallClass::Heavy && heavy.is_none() {
+                                continue;
+                            }
+                            let limit = limits.get(i).copied().flatten().unwrap_or(rule.limit);
+                            let count = window.record(call.ts_start, rule.window);
+                            if count > limit {
+                                violations.push(Violation {
+                                    ts: call.ts_start,
+                                    token: fp,
+                                    rule: rule.name.clone(),
+                                    limit,
+                                    window: rule.window,
+                                    count,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                self.stats.calls_without_token += 1;
+                self.count_by_client(&call);
+            }
+        }
+        self.stats.violations += violations.len() as u64;
+        Verdict {
+            call,
+            heavy,
+            violations,
+            decision: None,
+        }
+    }
+}
+
+impl Policy {
+    /// Before a new token gets windows at the cap, evicts the least recently seen eighth of the
+    /// tokens (one scan per many insertions, so a flood costs little per call).
+    fn make_room(&mut self, fp: TokenFingerprint) {
+        if self.tokens.len() < self.max_tokens || self.tokens.contains_key(&fp) {
+            return;
+        }
+        let evict = (self.max_tokens / 8).max(1);
+        let mut by_age: Vec<(Timestamp, TokenFingerprint)> = self
+            .tokens
+            .iter()
+            .map(|(fp, w)| (w.last_call, *fp))
+            .collect();
+        by_age.select_nth_unstable(evict - 1);
+        for (_, old) in &by_age[..evict] {
+            self.tokens.remove(old);
+        }
+        self.stats.evicted_tokens += evict as u64;
+    }
+
+    fn count_refused(&mut self, call: &ApiCall) {
+        self.stats.refused_untracked_calls += 1;
+        self.count_by_client(call);
+    }
+
+    /// Counts a call that no token's windows take (refused and untracked, or without a usable
+    /// token) against its client address, within `policy.max_refused_clients`.
+    fn count_by_client(&mut self, call: &ApiCall) {
+        let ip = call.client.ip;
+        if !self.refused.contains_key(&ip) && self.refused.len() >= self.max_refused_clients {
+            let evict = (self.max_refused_clients / 8).max(1);
+            let mut by_age: Vec<(Timestamp, IpAddr)> = self
+                .refused
+                .iter()
+                .map(|(ip, c)| (c.last_call, *ip))
+                .collect();
+            by_age.select_nth_unstable(evict - 1);
+            for (_, old) in &by_age[..evict] {
+                self.refused.remove(old);
+            }
+            self.stats.evicted_refused_clients += evict as u64;
+        }
+        let entry = self.refused.entry(ip).or_insert(RefusedClient {
+            calls: 0,
+            last_call: call.ts_start,
+        });
+        entry.calls += 1;
+        entry.last_call = entry.last_call.max(call.ts_start);
+    }
+}
+
+/// The heavy request kind a call is, judged from its request alone.
+fn heavy_kind(call: &ApiCall) -> Option<HeavyKind> {
+    let call = &call.params;
+    let content = call.content.as_deref()?;
+    let is_import = call.data_bytes.is_some();
+    let action = call.action.as_deref().unwrap_or("export");
+    match content {
+        "record" if !is_import && action == "export" => {
+            (call.records == 0 && !call.filter_logic).then_some(HeavyKind::UnfilteredRecordExport)
+        }
+        "report" => Some(HeavyKind::Report),
+        "log" => Some(HeavyKind::Log),
+        "project_xml" => (call.return_metadata_only != Some(true)).then_some(HeavyKind::ProjectXml),
+        "pdf" => (call.all_records == Some(true)).then_some(HeavyKind::PdfAllRecords),
+        "file" | "fileRepository" if action == "export" && !is_import => {
+            Some(HeavyKind::FileExport)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

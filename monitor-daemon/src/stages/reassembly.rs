@@ -1,0 +1,1840 @@
+//! TCP reassembly: turns captured segments into ordered byte streams per connection direction.
+//!
+//! Owns connection tracking (orientation, sequence numbers, FIN/RST, idle expiry) and the
+//! out-of-order buffers. In-order bytes are passed on borrowed from the segment, never copied;
+//! only out-of-order bytes are copied, within per-direction and total limits. Lost bytes are
+//! reported as gaps, never glued over. Knows nothing about HTTP; has no clock of its own.
+
+use std::collections::{HashMap, VecDeque};
+
+use monitor_common::{CLIENT_START_LEN, ClientStart, classify_client_start};
+
+use crate::shared::model::{
+    CloseReason, ConnectionId, Direction, Endpoint, ResumedEarly, Span, StreamEvent, TcpSegment,
+    Timestamp,
+};
+use crate::shared::settings::{Duration, Problem, at_least_one};
+use serde::Deserialize;
+
+/// Bounds on what the reassembler tracks and buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReassemblyLimits {
+    /// Connections tracked at once; the least recently active one is evicted to make room.
+    pub max_connections: usize,
+    /// Out-of-order bytes held per direction before the first hole is declared a gap.
+    pub max_buffered_per_direction: usize,
+    /// Out-of-order bytes held over all connections before the largest buffers are flushed.
+    pub max_buffered_total: usize,
+    /// A connection with no segment for this long is closed by [`Reassembler::expire`].
+    pub idle_timeout: Span,
+    /// Ports that identify the server of a connection picked up without its handshake.
+    pub server_ports: Vec<u16>,
+}
+
+impl Default for ReassemblyLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 65_536,
+            max_buffered_per_direction: 1 << 20,
+            max_buffered_total: 256 << 20,
+            idle_timeout: Span::from_secs(120),
+            server_ports: vec![80, 443, 8080, 8443],
+        }
+    }
+}
+
+/// What the reassembler did, by reason. Counters only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Segments pushed.
+    pub segments: u64,
+    /// In-order payload bytes passed on as `Data`.
+    pub bytes_delivered: u64,
+    pub connections_opened: u64,
+    /// Connections first seen without their SYN; their orientation is a guess.
+    pub midstream_pickups: u64,
+    /// Data segments that arrived ahead of a hole and were buffered.
+    pub out_of_order_segments: u64,
+    /// Segments whose data had all been delivered already.
+    pub retransmitted_segments: u64,
+    /// Bytes that had been delivered already (whole and partial retransmissions).
+    pub retransmitted_bytes: u64,
+    /// Bytes dropped because an earlier-seen buffered segment already covered them.
+    pub overlapping_bytes: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    /// Gaps declared because the receiver acknowledged bytes the capture never saw.
+    pub acked_gaps: u64,
+    /// Gaps declared because a direction's out-of-order buffer reached its limit.
+    pub buffer_overflows: u64,
+    /// Buffers flushed (holes declared as gaps) to stay within the total memory limit.
+    pub buffer_evictions: u64,
+    /// Connections closed to stay within the connection limit.
+    pub evicted_connections: u64,
+    pub idle_closed: u64,
+    pub fin_closed: u64,
+    pub reset_closed: u64,
+    /// Connections closed because a new SYN reused their 4-tuple.
+    pub port_reuses: u64,
+    /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
+    pub untracked_segments: u64,
+    /// Connections released between two requests (nothing worth reading until the next one).
+    pub released_connections: u64,
+    /// Payload bytes of released connections dropped unread (the rest of a request that is not
+    /// an API call, and its response).
+    pub released_bytes: u64,
+    /// Released connections reopened by the client's next request.
+    pub resumed_connections: u64,
+    /// Of those, resumed on bytes the capture had copied before it heard of the release (the
+    /// live edge then asks the kernel to copy the connection again).
+    pub resumed_early: u64,
+}
+
+/// Bookkeeping cost charged per buffered segment on top of its bytes, so that a flood of tiny
+/// out-of-order segments cannot hold far more memory than the limits say.
+const PENDING_OVERHEAD: usize = 64;
+
+/// Tracks TCP connections and reassembles both directions of each; see the module docs.
+pub struct Reassembler {
+    limits: ReassemblyLimits,
+    stats: ReassemblyStats,
+    table: ConnectionTable,
+    next_id: u64,
+    /// Sum of all directions' `pending_bytes`.
+    pending_total: usize,
+    /// Connections released between requests, until the client's next request or their end.
+    released: HashMap<FlowKey, Released>,
+    /// Connections reopened on bytes copied before the capture heard of their release: the
+    /// live edge asks the kernel to copy them again.
+    resumed_early: Vec<ResumedEarly>,
+}
+
+/// A connection released between two requests: its bytes are dropped until the client sends
+/// from `resume_seq` on (its next request), or the capture starts copying it afresh.
+struct Released {
+    client: Endpoint,
+    /// Where the client's next request starts.
+    resume_seq: u32,
+    /// The client stream's start as the capture gave it (kernel tracking): a segment with
+    /// another start comes from a new tracking, which begins at a request.
+    client_start: Option<u32>,
+    last_seen: Timestamp,
+}
+
+impl Reassembler {
+    pub fn new(limits: ReassemblyLimits) -> Self {
+        Self {
+            limits,
+            stats: ReassemblyStats::default(),
+            table: ConnectionTable::default(),
+            next_id: 0,
+            pending_total: 0,
+            released: HashMap::new(),
+            resumed_early: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &ReassemblyStats {
+        &self.stats
+    }
+
+    /// Connections currently tracked.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Out-of-order bytes currently buffered (with per-segment overhead), over all connections.
+    pub fn buffered_bytes(&self) -> usize {
+        self.pending_total
+    }
+
+    /// Takes one captured segment. Events for in-order data borrow the segment's payload.
+    pub fn push(&mut self, seg: &TcpSegment<'_>, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        self.stats.segments += 1;
+        let key = FlowKey::new(seg.src, seg.dst);
+        let flags = seg.flags;
+        if self.released.contains_key(&key) && !self.resume(key, seg, emit) {
+            return;
+        }
+        let mut slot = self.table.find(&key);
+
+        if let (Some(index), true) = (slot, flags.syn && !flags.ack) {
+            let repeated_syn = self.table.get(index).is_some_and(|conn| {
+                conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq)
+            });
+            if !repeated_syn {
+                // A new handshake on a tracked 4-tuple: the old connection ended unseen.
+                self.stats.port_reuses += 1;
+                self.close(index, seg.ts, CloseReason::Evicted, emit);
+                slot = None;
+            }
+        }
+
+        let index = match slot {
+            Some(index) => index,
+            None if flags.rst || (!flags.syn && seg.payload.is_empty()) => {
+                // Nothing to reassemble, and most likely the tail of a connection already closed.
+                self.stats.untracked_segments += 1;
+                return;
+            }
+            None => self.open(key, seg, emit),
+        };
+        self.table.touch(index);
+
+        if flags.rst {
+            self.close(index, seg.ts, CloseReason::Reset, emit);
+            return;
+        }
+
+        let Some(conn) = self.table.get_mut(index) else {
+            return;
+        };
+        conn.last_seen = conn.last_seen.max(seg.ts);
+        conn.acks_seen |= seg.ack.is_some();
+        let pending_before = conn.pending_bytes();
+        let dir = if seg.src == conn.client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let limit = self.limits.max_buffered_per_direction;
+        let [client_stream, server_stream] = &mut conn.streams;
+        let (sender, receiver) = match dir {
+            Direction::ClientToServer => (client_stream, server_stream),
+            Direction::ServerToClient => (server_stream, client_stream),
+        };
+
+        let mut out = Out {
+            conn: conn.id,
+            dir,
+            stats: &mut self.stats,
+            emit,
+        };
+        let mut data_seq = seg.seq;
+        if flags.syn {
+            // The SYN occupies the initial sequence number; data (TCP Fast Open) follows it.
+            data_seq = seg.seq.wrapping_add(1);
+            if sender.next_seq.is_none() {
+                sender.syn_seq = Some(seg.seq);
+                sender.next_seq = Some(data_seq);
+            }
+        } else if let (None, Some(start)) = (sender.next_seq, seg.stream_start) {
+            // The capture says where this direction began: what is missing before this segment
+            // was lost, and becomes a gap like any other hole.
+            sender.next_seq = Some(start);
+            sender.start = Some(start);
+        }
+        // The acknowledgment first: the sender had received those bytes before it sent this
+        // data, so a hole it acknowledges (and the data behind it) comes first in time too.
+        if let Some(ack) = seg.ack {
+            out.dir = dir.reverse();
+            receiver.acknowledged(ack, seg.ts, &mut out);
+            out.dir = dir;
+        }
+        if !seg.payload.is_empty() || flags.fin {
+            sender.receive(data_seq, seg.payload, flags.fin, seg.ts, limit, &mut out);
+        }
+
+        let both_fins = sender.fin_seq.is_some() && receiver.fin_seq.is_some();
+        let pending_after = conn.pending_bytes();
+        self.pending_total = (self.pending_total + pending_after).saturating_sub(pending_before);
+        if both_fins {
+            self.close(index, seg.ts, CloseReason::Fin, emit);
+        }
+        if self.pending_total > self.limits.max_buffered_total {
+            self.relieve_memory(seg.ts, emit);
+        }
+    }
+
+    /// Closes connections idle longer than the timeout, as of `now`.
+    pub fn expire(&mut self, now: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        let idle = self.limits.idle_timeout;
+        self.released
+            .retain(|_, released| now.since(released.last_seen) <= idle);
+        // The table is ordered by last activity, so the idle ones are all at the old end.
+        while let Some(index) = self.table.oldest() {
+            let idle = self
+                .table
+                .get(index)
+                .is_some_and(|conn| now.since(conn.last_seen) > self.limits.idle_timeout);
+            if !idle || !self.close(index, now, CloseReason::Idle, emit) {
+                break;
+            }
+        }
+    }
+
+    /// End of input: flushes what is buffered (declaring remaining holes as gaps) and closes all.
+    pub fn finish(&mut self, now: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        while let Some(index) = self.table.oldest() {
+            if !self.close(index, now, CloseReason::EndOfInput, emit) {
+                break;
+            }
+        }
+    }
+
+    /// The HTTP stage has read everything worth reading on the connection between `client` and
+    /// `server` until the client's next request, which starts `client_remaining` bytes after
+    /// what was delivered: the connection is closed ([`CloseReason::Released`]) and what it
+    /// sends is dropped unread until then; the client's next request (or a new tracking from
+    /// the capture) reopens it as a new connection. Refused (false) while out-of-order bytes
+    /// are buffered, when the capture gives no acknowledgments (where the server's next answer
+    /// begins would not be known), or when the connection is unknown.
+    pub fn release(
+        &mut self,
+        client: Endpoint,
+        server: Endpoint,
+        client_remaining: u64,
+        ts: Timestamp,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> bool {
+        let key = FlowKey::new(client, server);
+        let Some(index) = self.table.find(&key) else {
+            return false;
+        };
+        let Some(conn) = self.table.get(index) else {
+            return false;
+        };
+        let [client_stream, server_stream] = &conn.streams;
+        let (Some(next), 0, 0, false) = (
+            client_stream.next_seq,
+            client_stream.pending_bytes,
+            server_stream.pending_bytes,
+            client_stream.finished,
+        ) else {
+            return false;
+        };
+        if conn.client != client || !conn.acks_seen || client_remaining > u64::from(u32::MAX / 2) {
+            return false;
+        }
+        let released = Released {
+            client,
+            resume_seq: next.wrapping_add(client_remaining as u32),
+            client_start: client_stream.start,
+            last_seen: ts,
+        };
+        if self.released.len() >= self.limits.max_connections.max(1) {
+            // Bounded like the table: the oldest release is forgotten (its connection, if it
+            // comes back, is picked up mid-stream like any other).
+            if let Some(oldest) = self
+                .released
+                .iter()
+                .min_by_key(|(_, r)| r.last_seen)
+                .map(|(k, _)| *k)
+            {
+                self.released.remove(&oldest);
+            }
+        }
+        self.close(index, ts, CloseReason::Released, emit);
+        self.released.insert(key, released);
+        self.stats.released_connections += 1;
+        true
+    }
+
+    /// Connections reopened on bytes copied before the capture heard of their release, since
+    /// the last call.
+    pub fn take_resumed_early(&mut self) -> std::vec::Drain<'_, ResumedEarly> {
+        self.resumed_early.drain(..)
+    }
+
+    /// A segment of a released connection: true when it reopens the connection (it is then
+    /// taken like any other), false when it is dropped unread.
+    fn resume(
+        &mut self,
+        key: FlowKey,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> bool {
+        let Some(released) = self.released.get_mut(&key) else {
+            return true;
+        };
+        released.last_seen = released.last_seen.max(seg.ts);
+        let flags = seg.flags;
+        if flags.syn && !flags.ack {
+            // A new connection on the same 4-tuple.
+            self.released.remove(&key);
+            return true;
+        }
+        if flags.rst || flags.fin {
+            self.released.remove(&key);
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        let from_client = seg.src == released.client;
+        let new_tracking = seg
+            .stream_start
+            .is_some_and(|start| Some(start) != released.client_start);
+        let at_next_request = seq_distance(released.resume_seq, seg.seq) >= 0;
+        if !from_client || seg.payload.is_empty() || !(new_tracking || at_next_request) {
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        if !new_tracking && !worth_tracking(seg.payload) {
+            // The next request is one the classifier itself would not copy (a whole head of
+            // another method): it and its answer are skipped too, as the kernel skips them.
+            released.resume_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            self.stats.released_bytes += seg.payload.len() as u64;
+            return false;
+        }
+        let Some(released) = self.released.remove(&key) else {
+            return true;
+        };
+        self.stats.resumed_connections += 1;
+        let client_next = match seg.stream_start {
+            Some(start) if new_tracking => start,
+            _ => released.resume_seq,
+        };
+        if !new_tracking && released.client_start.is_some() {
+            self.stats.resumed_early += 1;
+            self.resumed_early.push(ResumedEarly {
+                client: seg.src,
+                server: seg.dst,
+                client_start: client_next,
+                server_start: seg.ack,
+            });
+        }
+        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, emit);
+        if let Some(conn) = self.table.get_mut(index) {
+            let [client_stream, server_stream] = &mut conn.streams;
+            client_stream.next_seq = Some(client_next);
+            client_stream.start = Some(client_next);
+            // The client's acknowledgment says where the server's next answer begins.
+            server_stream.next_seq = seg.ack;
+        }
+        true
+    }
+
+    /// Starts tracking the connection `seg` belongs to, evicting the least recently active
+    /// connection when the table is full.
+    fn open(
+        &mut self,
+        key: FlowKey,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> usize {
+        let (client, server) = self.orient(seg);
+        self.open_oriented(key, client, server, seg.ts, emit)
+    }
+
+    /// Opens a connection whose client and server are known.
+    fn open_oriented(
+        &mut self,
+        key: FlowKey,
+        client: Endpoint,
+        server: Endpoint,
+        ts: Timestamp,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> usize {
+        while self.table.len() >= self.limits.max_connections.max(1) {
+            let Some(oldest) = self.table.oldest() else {
+                break;
+            };
+            if !self.close(oldest, ts, CloseReason::Evicted, emit) {
+                break;
+            }
+            self.stats.evicted_connections += 1;
+        }
+        let id = ConnectionId(self.next_id);
+        self.next_id += 1;
+        self.stats.connections_opened += 1;
+        emit(StreamEvent::Opened {
+            conn: id,
+            ts,
+            client,
+            server,
+        });
+        self.table.insert(
+            key,
+            Connection {
+                id,
+                client,
+                last_seen: ts,
+                acks_seen: false,
+                streams: Default::default(),
+            },
+        )
+    }
+
+    /// Which end of a new connection is the client: the handshake says so when it was seen,
+    /// otherwise the server-port hint, otherwise the lower port is taken to be the server.
+    fn orient(&mut self, seg: &TcpSegment<'_>) -> (Endpoint, Endpoint) {
+        let flags = seg.flags;
+        if flags.syn && !flags.ack {
+            return (seg.src, seg.dst);
+        }
+        if seg.stream_start.is_none() {
+            self.stats.midstream_pickups += 1;
+        }
+        if flags.syn {
+            return (seg.dst, seg.src);
+        }
+        let is_server_port = |port| self.limits.server_ports.contains(&port);
+        let src_is_server = match (is_server_port(seg.src.port), is_server_port(seg.dst.port)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => seg.src.port < seg.dst.port,
+        };
+        if src_is_server {
+            (seg.dst, seg.src)
+        } else {
+            (seg.src, seg.dst)
+        }
+    }
+
+    /// Flushes both directions (declaring holes as gaps), reports the close and forgets it.
+    /// False when there was no connection at `index`.
+    fn close(
+        &mut self,
+        index: usize,
+        ts: Timestamp,
+        reason: CloseReason,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> bool {
+        let Some(mut conn) = self.table.remove(index) else {
+            return false;
+        };
+        self.pending_total = self.pending_total.saturating_sub(conn.pending_bytes());
+        for (stream, dir) in conn
+            .streams
+            .iter_mut()
+            .zip([Direction::ClientToServer, Direction::ServerToClient])
+        {
+            let mut out = Out {
+                conn: conn.id,
+                dir,
+                stats: &mut self.stats,
+                emit,
+            };
+            stream.flush(ts, &mut out);
+        }
+        match reason {
+            CloseReason::Fin => self.stats.fin_closed += 1,
+            CloseReason::Reset => self.stats.reset_closed += 1,
+            CloseReason::Idle => self.stats.idle_closed += 1,
+            CloseReason::Evicted | CloseReason::EndOfInput | CloseReason::Released => {}
+        }
+        emit(StreamEvent::Closed {
+            conn: conn.id,
+            ts,
+            reason,
+        });
+        true
+    }
+
+    /// Over the total buffer limit: flush the largest buffers (their holes become gaps) until
+    /// well under it, so that the scan over all connections does not repeat on every segment.
+    fn relieve_memory(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
+        let target = self.limits.max_buffered_total - self.limits.max_buffered_total / 8;
+        while self.pending_total > target {
+            let Some((index, dir)) = self.table.largest_buffer() else {
+                break;
+            };
+            let Some(conn) = self.table.get_mut(index) else {
+                break;
+            };
+            let stream = &mut conn.streams[dir.index()];
+            let before = stream.pending_bytes;
+            let mut out = Out {
+                conn: conn.id,
+                dir,
+                stats: &mut self.stats,
+                emit,
+            };
+            stream.flush(ts, &mut out);
+            self.stats.buffer_evictions += 1;
+            self.pending_total = self.pending_total.saturating_sub(before);
+        }
+    }
+}
+
+/// A connection's 4-tuple in a canonical order, so both directions find the same entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    low: Endpoint,
+    high: Endpoint,
+}
+
+impl FlowKey {
+    fn new(a: Endpoint, b: Endpoint) -> Self {
+        if a <= b {
+            Self { low: a, high: b }
+        } else {
+            Self { low: b, high: a }
+        }
+    }
+}
+
+struct Connection {
+    id: ConnectionId,
+    client: Endpoint,
+    last_seen: Timestamp,
+    /// The capture gives acknowledgment numbers (not the TLS uprobes' synthetic connections):
+    /// only then is it known where the server's answer to a reopened connection begins.
+    acks_seen: bool,
+    /// Indexed by [`Direction::index`]: what the client sends, then what the server sends.
+    streams: [Stream; 2],
+}
+
+impl Connection {
+    fn pending_bytes(&self) -> usize {
+        self.streams[0].pending_bytes + self.streams[1].pending_bytes
+    }
+}
+
+/// One direction's byte stream.
+#[derive(Default)]
+struct Stream {
+    /// The sequence number of the next byte to pass on; `None` until the direction is seen.
+    next_seq: Option<u32>,
+    /// Where the capture said this direction's bytes begin (kernel tracking), if it did.
+    start: Option<u32>,
+    /// The SYN's sequence number, to tell a repeated SYN from a new connection.
+    syn_seq: Option<u32>,
+    /// Where the FIN sits once seen (it occupies one sequence number).
+    fin_seq: Option<u32>,
+    /// The FIN has been reached in order: nothing more will be passed on.
+    finished: bool,
+    /// Out-of-order data after a hole, sorted by sequence and not overlapping.
+    pending: VecDeque<Pending>,
+    /// Buffered bytes plus [`PENDING_OVERHEAD`] per entry.
+    pending_bytes: usize,
+}
+
+/// A copied out-of-order piece of a segment, with its own capture time.
+struct Pending {
+    seq: u32,
+    ts: Timestamp,
+    bytes: Vec<u8>,
+}
+
+/// Where a stream's events go: the connection and direction they belong to, and the counters.
+struct Out<'a, 'e> {
+    conn: ConnectionId,
+    dir: Direction,
+    stats: &'a mut ReassemblyStats,
+    emit: &'a mut (dyn FnMut(StreamEvent<'_>) + 'e),
+}
+
+impl Out<'_, '_> {
+    fn data(&mut self, ts: Timestamp, bytes: &[u8]) {
+        self.stats.bytes_delivered += bytes.len() as u64;
+        (self.emit)(StreamEvent::Data {
+            conn: self.conn,
+            dir: self.dir,
+            ts,
+            bytes,
+        });
+    }
+
+    fn gap(&mut self, ts: Timestamp, len: u32) {
+        if len == 0 {
+            return;
+        }
+        self.stats.gaps += 1;
+        self.stats.gap_bytes += u64::from(len);
+        (self.emit)(StreamEvent::Gap {
+            conn: self.conn,
+            dir: self.dir,
+            ts,
+            len: u64::from(len),
+        });
+    }
+}
+
+/// Whether a client segment starting a request may carry an API call, by the kernel
+/// classifier's own rule, so that a released connection resumes exactly where the kernel would
+/// start copying it again.
+fn worth_tracking(payload: &[u8]) -> bool {
+    let head = payload.len().min(CLIENT_START_LEN);
+    classify_client_start(payload, head, payload.len(), payload.ends_with(b"\r\n\r\n"))
+        == ClientStart::Track
+}
+
+/// Signed distance from `from` to `to` in sequence space (RFC 1982 style, wrapping).
+fn seq_distance(from: u32, to: u32) -> i32 {
+    to.wrapping_sub(from) as i32
+}
+
+impl Stream {
+    /// Takes a segment's data (which may be empty) starting at `seq`, with or without a FIN.
+    fn receive(
+        &mut self,
+        seq: u32,
+        data: &[u8],
+        fin: bool,
+        ts: Timestamp,
+        limit: usize,
+        out: &mut Out<'_, '_>,
+    ) {
+        // A direction first seen mid-stream starts at its first segment.
+        let next = *self.next_seq.get_or_insert(seq);
+        if self.finished {
+            if !data.is_empty() {
+                out.stats.retransmitted_segments += 1;
+                out.stats.retransmitted_bytes += data.len() as u64;
+            }
+            return;
+        }
+        if fin && self.fin_seq.is_none() {
+            self.fin_seq = Some(seq.wrapping_add(data.len() as u32));
+        }
+        let offset = seq_distance(next, seq);
+        if offset <= 0 {
+            let old = (offset.unsigned_abs() as usize).min(data.len());
+            if !data.is_empty() && old == data.len() {
+                out.stats.retransmitted_segments += 1;
+            }
+            out.stats.retransmitted_bytes += old as u64;
+            self.deliver(data.get(old..).unwrap_or_default(), ts, out);
+            return;
+        }
+        if !data.is_empty() {
+            out.stats.out_of_order_segments += 1;
+            self.buffer(seq, data, ts, out.stats);
+            while self.pending_bytes > limit && !self.pending.is_empty() {
+                out.stats.buffer_overflows += 1;
+                self.skip_hole(ts, out);
+            }
+        }
+    }
+
+    /// Passes on `data`, which starts at `next_seq`, and then whatever buffered data it makes
+    /// contiguous. Buffered bytes were seen first, so they win where the two overlap.
+    fn deliver(&mut self, mut data: &[u8], ts: Timestamp, out: &mut Out<'_, '_>) {
+        let Some(mut next) = self.next_seq else {
+            return;
+        };
+        loop {
+            let room = self
+                .pending
+                .front()
+                .map_or(usize::MAX, |p| p.seq.wrapping_sub(next) as usize);
+            let (now, later) = data.split_at(data.len().min(room));
+            if !now.is_empty() {
+                out.data(ts, now);
+                next = next.wrapping_add(now.len() as u32);
+            }
+            data = later;
+            match self.pending.front() {
+                Some(p) if p.seq == next => {}
+                _ => break,
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes = self
+                .pending_bytes
+                .saturating_sub(p.bytes.len() + PENDING_OVERHEAD);
+            out.data(p.ts, &p.bytes);
+            next = next.wrapping_add(p.bytes.len() as u32);
+            let covered = data.len().min(p.bytes.len());
+            out.stats.overlapping_bytes += covered as u64;
+            data = data.get(covered..).unwrap_or_default();
+        }
+        self.next_seq = Some(next);
+        self.reach_fin();
+    }
+
+    /// Once everything before the FIN has been passed on, the direction is finished.
+    fn reach_fin(&mut self) {
+        if let (Some(fin), Some(next), false) = (self.fin_seq, self.next_seq, self.finished)
+            && seq_distance(next, fin) <= 0
+        {
+            self.finished = true;
+            self.next_seq = Some(fin.wrapping_add(1));
+            // Nothing after a FIN is part of the stream.
+            self.pending.clear();
+            self.pending_bytes = 0;
+        }
+    }
+
+    /// Copies an out-of-order segment into the buffer, keeping only bytes not buffered yet.
+    fn buffer(&mut self, seq: u32, data: &[u8], ts: Timestamp, stats: &mut ReassemblyStats) {
+        let Some(next) = self.next_seq else {
+            return;
+        };
+        // Offsets from `next`; buffered data is always ahead of it and within 2^31.
+        let base = u64::from(seq.wrapping_sub(next));
+        let end = base + data.len() as u64;
+        let mut start = base;
+        let mut at = 0;
+        while start < end {
+            let Some(p) = self.pending.get(at) else {
+                break;
+            };
+            let p_start = u64::from(p.seq.wrapping_sub(next));
+            let p_end = p_start + p.bytes.len() as u64;
+            if p_end <= start {
+                at += 1;
+                continue;
+            }
+            if p_start >= end {
+                break;
+            }
+            if start < p_start {
+                self.insert_piece(at, seq, data, base, start, p_start, ts);
+                at += 1;
+            }
+            stats.overlapping_bytes += end.min(p_end) - start.max(p_start);
+            start = p_end;
+            at += 1;
+        }
+        if start < end {
+            self.insert_piece(at, seq, data, base, start, end, ts);
+        }
+    }
+
+    /// Buffers `data[from - base .. to - base]` at position `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_piece(
+        &mut self,
+        at: usize,
+        seq: u32,
+        data: &[u8],
+        base: u64,
+        from: u64,
+        to: u64,
+        ts: Timestamp,
+    ) {
+        let skip = (from - base) as usize;
+        let Some(bytes) = data.get(skip..(to - base) as usize) else {
+            return;
+        };
+        self.pending_bytes += bytes.len() + PENDING_OVERHEAD;
+        self.pending.insert(
+            at,
+            Pending {
+                seq: seq.wrapping_add(skip as u32),
+                ts,
+                bytes: bytes.to_vec(),
+            },
+        );
+    }
+
+    /// Declares the hole before the first buffered segment a gap and passes on what follows.
+    fn skip_hole(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
+        let (Some(next), Some(first)) = (self.next_seq, self.pending.front()) else {
+            return;
+        };
+        let first_seq = first.seq;
+        out.gap(ts, first_seq.wrapping_sub(next));
+        self.next_seq = Some(first_seq);
+        self.deliver(&[], ts, out);
+    }
+
+    /// The peer acknowledged everything before `ack`: holes before it were lost by the capture,
+    /// not by the network, so nothing will fill them.
+    fn acknowledged(&mut self, ack: u32, ts: Timestamp, out: &mut Out<'_, '_>) {
+        while let Some(first) = self.pending.front() {
+            if seq_distance(first.seq, ack) < 0 {
+                return;
+            }
+            out.stats.acked_gaps += 1;
+            self.skip_hole(ts, out);
+        }
+        if let (Some(next), Some(fin), false) = (self.next_seq, self.fin_seq, self.finished)
+            && seq_distance(fin, ack) >= 0
+            && next != fin
+        {
+            out.stats.acked_gaps += 1;
+            self.skip_to_fin(ts, out);
+        }
+    }
+
+    /// Declares every remaining hole a gap and passes on all buffered data (up to the FIN).
+    fn flush(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
+        while !self.pending.is_empty() {
+            self.skip_hole(ts, out);
+        }
+        if self.fin_seq.is_some() && !self.finished {
+            self.skip_to_fin(ts, out);
+        }
+    }
+
+    /// The bytes between what was passed on and the FIN were never captured.
+    fn skip_to_fin(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
+        if let (Some(next), Some(fin)) = (self.next_seq, self.fin_seq)
+            && seq_distance(next, fin) > 0
+        {
+            out.gap(ts, fin.wrapping_sub(next));
+            self.next_seq = Some(fin);
+        }
+        self.reach_fin();
+    }
+}
+
+/// Sentinel for "no neighbour" in the recency list.
+const NONE: usize = usize::MAX;
+
+/// Connections by 4-tuple, also kept in order of last activity (a list threaded through the
+/// slots) so that the idle and the least recently active connection are found in O(1).
+struct ConnectionTable {
+    index: HashMap<FlowKey, usize>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    /// Most recently active slot, or [`NONE`].
+    newest: usize,
+    /// Least recently active slot, or [`NONE`].
+    oldest: usize,
+}
+
+impl Default for ConnectionTable {
+    fn default() -> Self {
+        Self {
+            index: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            newest: NONE,
+            oldest: NONE,
+        }
+    }
+}
+
+struct Slot {
+    key: FlowKey,
+    conn: Connection,
+    newer: usize,
+    older: usize,
+}
+
+impl ConnectionTable {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn find(&self, key: &FlowKey) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    fn slot(&self, index: usize) -> Option<&Slot> {
+        self.slots.get(index).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(index).and_then(Option::as_mut)
+    }
+
+    fn get(&self, index: usize) -> Option<&Connection> {
+        self.slot(index).map(|slot| &slot.conn)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Connection> {
+        self.slot_mut(index).map(|slot| &mut slot.conn)
+    }
+
+    fn oldest(&self) -> Option<usize> {
+        (self.oldest != NONE).then_some(self.oldest)
+    }
+
+    fn insert(&mut self, key: FlowKey, conn: Connection) -> usize {
+        let slot = Slot {
+            key,
+            conn,
+            newer: NONE,
+            older: NONE,
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(key, index);
+        self.link_newest(index);
+        index
+    }
+
+    fn remove(&mut self, index: usize) -> Option<Connection> {
+        self.unlink(index);
+        let slot = self.slots.get_mut(index)?.take()?;
+        self.index.remove(&slot.key);
+        self.free.push(index);
+        Some(slot.conn)
+    }
+
+    /// Marks a connection as the most recently active.
+    fn touch(&mut self, index: usize) {
+        if self.newest != index {
+            self.unlink(index);
+            self.link_newest(index);
+        }
+    }
+
+    fn link_newest(&mut self, index: usize) {
+        let previous_newest = self.newest;
+        if let Some(slot) = self.slot_mut(index) {
+            slot.older = previous_newest;
+            slot.newer = NONE;
+        }
+        match self.slot_mut(previous_newest) {
+            Some(previous) => previous.newer = index,
+            None => self.oldest = index,
+        }
+        self.newest = index;
+    }
+
+    fn unlink(&mut self, index: usize) {
+        let Some(slot) = self.slot(index) else {
+            return;
+        };
+        let (newer, older) = (slot.newer, slot.older);
+        match self.slot_mut(newer) {
+            Some(n) => n.older = older,
+            None => self.newest = older,
+        }
+        match self.slot_mut(older) {
+            Some(o) => o.newer = newer,
+            None => self.oldest = newer,
+        }
+    }
+
+    /// The direction holding the most buffered bytes, if any holds some.
+    fn largest_buffer(&self) -> Option<(usize, Direction)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| Some((index, &slot.as_ref()?.conn)))
+            .flat_map(|(index, conn)| {
+                [Direction::ClientToServer, Direction::ServerToClient]
+                    .map(|dir| (conn.streams[dir.index()].pending_bytes, index, dir))
+            })
+            .filter(|&(bytes, _, _)| bytes > 0)
+            .max_by_key(|&(bytes, _, _)| bytes)
+            .map(|(_, index, dir)| (index, dir))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReassemblyConfig {
+    pub max_connections: usize,
+    pub max_buffered_bytes_per_direction: usize,
+    pub max_buffered_bytes_total: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 65_536,
+            max_buffered_bytes_per_direction: 1 << 20,
+            max_buffered_bytes_total: 256 << 20,
+            idle_timeout: Duration(Span::from_secs(120)),
+        }
+    }
+}
+
+impl ReassemblyConfig {
+    /// What is wrong with `[reassembly]`, each problem keyed by its full path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        at_least_one(
+            &mut problems,
+            &[
+                ("reassembly.max_connections", self.max_connections as u64),
+                (
+                    "reassembly.max_buffered_bytes_per_direction",
+                    self.max_buffered_bytes_per_direction as u64,
+                ),
+            ],
+        );
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::shared::model::TcpFlags;
+
+    use Direction::{ClientToServer as C2S, ServerToClient as S2C};
+
+    /// A stream event with owned bytes, easy to compare.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ev {
+        Opened(u64, Endpoint, Endpoint),
+        Data(u64, Direction, Vec<u8>),
+        Gap(u64, Direction, u64),
+        Closed(u64, CloseReason),
+    }
+
+    fn v4(last: u8, port: u16) -> Endpoint {
+        Endpoint {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
+            port,
+        }
+    }
+
+    const CLIENT_ISN: u32 = 1_000;
+    const SERVER_ISN: u32 = 9_000;
+
+    fn client() -> Endpoint {
+        v4(1, 50_000)
+    }
+
+    fn server() -> Endpoint {
+        v4(2, 80)
+    }
+
+    struct Harness {
+        reassembler: Reassembler,
+        events: Vec<Ev>,
+        /// Capture time of the next pushed segment, in milliseconds.
+        now_ms: u64,
+        /// Data events' timestamps, in milliseconds, in order.
+        data_ts_ms: Vec<u64>,
+        /// Where each direction began, as the kernel probe reports it: (client's, server's).
+        stream_starts: Option<(u32, u32)>,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self::with_limits(ReassemblyLimits::default())
+        }
+
+        fn with_limits(limits: ReassemblyLimits) -> Self {
+            Self {
+                reassembler: Reassembler::new(limits),
+                events: Vec::new(),
+                now_ms: 0,
+                data_ts_ms: Vec::new(),
+                stream_starts: None,
+            }
+        }
+
+        fn record(events: &mut Vec<Ev>, data_ts: &mut Vec<u64>, event: StreamEvent<'_>) {
+            events.push(match event {
+                StreamEvent::Opened {
+                    conn,
+                    client,
+                    server,
+                    ..
+                } => Ev::Opened(conn.0, client, server),
+                StreamEvent::Data {
+                    conn,
+                    dir,
+                    bytes,
+                    ts,
+                } => {
+                    data_ts.push(ts.as_nanos() / 1_000_000);
+                    Ev::Data(conn.0, dir, bytes.to_vec())
+                }
+                StreamEvent::Gap { conn, dir, len, .. } => Ev::Gap(conn.0, dir, len),
+                StreamEvent::Closed { conn, reason, .. } => Ev::Closed(conn.0, reason),
+            });
+        }
+
+        /// Pushes a segment from `src` to `dst`; `flags` is a string of S, A, F, R.
+        fn seg(
+            &mut self,
+            src: Endpoint,
+            dst: Endpoint,
+            flags: &str,
+            seq: u32,
+            ack: u32,
+            payload: &[u8],
+        ) {
+            let flags = TcpFlags {
+                syn: flags.contains('S'),
+                ack: flags.contains('A'),
+                fin: flags.contains('F'),
+                rst: flags.contains('R'),
+            };
+            let segment = TcpSegment {
+                ts: Timestamp::from_nanos(self.now_ms * 1_000_000),
+                src,
+                dst,
+                seq,
+                ack: flags.ack.then_some(ack),
+                flags,
+                payload,
+                stream_start: self.stream_starts.map(|(client, server)| {
+                    if dst.port == 8080 { client } else { server }
+                }),
+            };
+            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
+            self.reassembler
+                .push(&segment, &mut |e| Self::record(events, data_ts, e));
+        }
+
+        /// Client data at `offset` bytes into the client's stream.
+        fn c(&mut self, offset: u32, payload: &[u8]) {
+            let ack = SERVER_ISN.wrapping_add(1);
+            self.seg(
+                client(),
+                server(),
+                "A",
+                CLIENT_ISN.wrapping_add(1 + offset),
+                ack,
+                payload,
+            );
+        }
+
+        /// Server data at `offset` bytes into the server's stream.
+        fn s(&mut self, offset: u32, payload: &[u8]) {
+            let ack = CLIENT_ISN.wrapping_add(1);
+            self.seg(
+                server(),
+                client(),
+                "A",
+                SERVER_ISN.wrapping_add(1 + offset),
+                ack,
+                payload,
+            );
+        }
+
+        fn handshake(&mut self) {
+            self.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
+            self.seg(server(), client(), "SA", SERVER_ISN, CLIENT_ISN + 1, b"");
+            self.seg(client(), server(), "A", CLIENT_ISN + 1, SERVER_ISN + 1, b"");
+        }
+
+        fn expire(&mut self, at_ms: u64) {
+            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
+            self.reassembler
+                .expire(Timestamp::from_nanos(at_ms * 1_000_000), &mut |e| {
+                    Self::record(events, data_ts, e)
+                });
+        }
+
+        fn finish(&mut self) {
+            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
+            let now = Timestamp::from_nanos(self.now_ms * 1_000_000);
+            self.reassembler
+                .finish(now, &mut |e| Self::record(events, data_ts, e));
+        }
+
+        fn take(&mut self) -> Vec<Ev> {
+            std::mem::take(&mut self.events)
+        }
+
+        fn stats(&self) -> &ReassemblyStats {
+            self.reassembler.stats()
+        }
+    }
+
+    fn data(dir: Direction, bytes: &[u8]) -> Ev {
+        Ev::Data(0, dir, bytes.to_vec())
+    }
+
+    #[test]
+    fn in_order_data_follows_opened_in_both_directions() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"GET / HTTP/1.1\r\n");
+        h.s(0, b"HTTP/1.1 200 OK\r\n");
+        h.c(16, b"\r\n");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, client(), server()),
+                data(C2S, b"GET / HTTP/1.1\r\n"),
+                data(S2C, b"HTTP/1.1 200 OK\r\n"),
+                data(C2S, b"\r\n"),
+            ]
+        );
+        assert_eq!(h.stats().connections_opened, 1);
+        assert_eq!(h.stats().midstream_pickups, 0);
+        assert_eq!(h.stats().bytes_delivered, 35);
+    }
+
+    #[test]
+    fn zero_length_segments_carry_no_data() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"");
+        h.s(0, b"");
+        assert_eq!(h.take(), vec![Ev::Opened(0, client(), server())]);
+    }
+
+    #[test]
+    fn out_of_order_segment_waits_for_the_hole_and_keeps_its_own_time() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.now_ms = 10;
+        h.c(3, b"def");
+        h.c(6, b"ghi");
+        h.now_ms = 20;
+        h.c(0, b"abc");
+        let events = h.take();
+        assert_eq!(
+            events[1..],
+            [data(C2S, b"abc"), data(C2S, b"def"), data(C2S, b"ghi")]
+        );
+        assert_eq!(h.data_ts_ms, vec![20, 10, 10]);
+        assert_eq!(h.stats().out_of_order_segments, 2);
+        assert_eq!(h.reassembler.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn retransmission_is_dropped_and_counted() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"abc");
+        h.c(0, b"abc");
+        h.c(1, b"bcdef");
+        assert_eq!(h.take()[1..], [data(C2S, b"abc"), data(C2S, b"def")]);
+        assert_eq!(h.stats().retransmitted_segments, 1);
+        assert_eq!(h.stats().retransmitted_bytes, 5);
+    }
+
+    #[test]
+    fn overlap_with_buffered_data_keeps_the_first_seen_bytes() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(4, b"EFGH");
+        h.c(2, b"cdXXXXkl");
+        h.c(0, b"abYYYYYYYYmn");
+        let delivered: Vec<u8> = h
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Ev::Data(_, C2S, bytes) => Some(bytes),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(delivered, b"abcdEFGHklmn");
+        // 4 bytes of the second segment under "EFGH", 8 of the third under "cdEFGHkl".
+        assert_eq!(h.stats().overlapping_bytes, 12);
+        assert_eq!(h.stats().gaps, 0);
+    }
+
+    #[test]
+    fn ack_past_a_hole_declares_it_a_gap() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(3, b"def");
+        // The server acknowledges only up to the hole: it may still be retransmitted.
+        h.seg(server(), client(), "A", SERVER_ISN + 1, CLIENT_ISN + 1, b"");
+        assert_eq!(h.take().len(), 1);
+        // Now it acknowledges the buffered bytes: it got the hole, the capture did not.
+        h.seg(
+            server(),
+            client(),
+            "A",
+            SERVER_ISN + 1,
+            CLIENT_ISN + 1 + 6,
+            b"",
+        );
+        assert_eq!(h.take(), vec![Ev::Gap(0, C2S, 3), data(C2S, b"def")]);
+        assert_eq!(h.stats().acked_gaps, 1);
+        assert_eq!(h.stats().gap_bytes, 3);
+        // The hole's bytes arriving late are old now.
+        h.c(0, b"abc");
+        assert_eq!(h.take(), vec![]);
+    }
+
+    #[test]
+    fn full_direction_buffer_declares_the_hole_a_gap() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_buffered_per_direction: 2 * 100 + PENDING_OVERHEAD,
+            ..ReassemblyLimits::default()
+        });
+        h.handshake();
+        h.c(10, &[b'a'; 100]);
+        assert_eq!(h.take().len(), 1);
+        h.c(110, &[b'b'; 100]);
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Gap(0, C2S, 10),
+                data(C2S, &[b'a'; 100]),
+                data(C2S, &[b'b'; 100]),
+            ]
+        );
+        assert_eq!(h.stats().buffer_overflows, 1);
+        assert_eq!(h.reassembler.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn fin_from_both_sides_closes_after_the_data() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"req");
+        h.seg(
+            client(),
+            server(),
+            "FA",
+            CLIENT_ISN + 4,
+            SERVER_ISN + 1,
+            b"",
+        );
+        assert_eq!(h.reassembler.connections(), 1);
+        h.seg(
+            server(),
+            client(),
+            "FA",
+            SERVER_ISN + 1,
+            CLIENT_ISN + 5,
+            b"resp",
+        );
+        assert_eq!(
+            h.take()[1..],
+            [
+                data(C2S, b"req"),
+                data(S2C, b"resp"),
+                Ev::Closed(0, CloseReason::Fin)
+            ]
+        );
+        assert_eq!(h.reassembler.connections(), 0);
+        assert_eq!(h.stats().fin_closed, 1);
+        // The last ACK belongs to a forgotten connection and must not start a new one.
+        h.seg(client(), server(), "A", CLIENT_ISN + 5, SERVER_ISN + 6, b"");
+        assert_eq!(h.reassembler.connections(), 0);
+        assert_eq!(h.stats().untracked_segments, 1);
+    }
+
+    #[test]
+    fn fin_after_a_hole_becomes_a_gap_when_the_connection_closes() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.seg(
+            client(),
+            server(),
+            "FA",
+            CLIENT_ISN + 1 + 3,
+            SERVER_ISN + 1,
+            b"def",
+        );
+        h.seg(
+            server(),
+            client(),
+            "FA",
+            SERVER_ISN + 1,
+            CLIENT_ISN + 1,
+            b"",
+        );
+        assert_eq!(
+            h.take()[1..],
+            [
+                Ev::Gap(0, C2S, 3),
+                data(C2S, b"def"),
+                Ev::Closed(0, CloseReason::Fin)
+            ]
+        );
+    }
+
+    #[test]
+    fn rst_flushes_buffered_data_and_closes() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"ab");
+        h.c(5, b"fg");
+        h.seg(server(), client(), "R", SERVER_ISN + 1, 0, b"");
+        assert_eq!(
+            h.take()[1..],
+            [
+                data(C2S, b"ab"),
+                Ev::Gap(0, C2S, 3),
+                data(C2S, b"fg"),
+                Ev::Closed(0, CloseReason::Reset)
+            ]
+        );
+        assert_eq!(h.stats().reset_closed, 1);
+        assert_eq!(h.reassembler.connections(), 0);
+        assert_eq!(h.reassembler.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn bytes_lost_before_the_first_seen_segment_of_a_known_start_are_a_gap() {
+        let mut h = Harness::new();
+        h.stream_starts = Some((700, 500));
+        let (client, server) = (v4(1, 40_000), v4(2, 8080));
+        // The kernel started at the client's byte 700 (and server byte 500), but the events for
+        // the first 10 client bytes were lost: the server's ACK past them declares the gap.
+        h.seg(client, server, "A", 710, 500, b"tail");
+        h.seg(server, client, "A", 500, 714, b"HTTP/1.1 200 OK");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, client, server),
+                Ev::Gap(0, C2S, 10),
+                data(C2S, b"tail"),
+                data(S2C, b"HTTP/1.1 200 OK"),
+            ]
+        );
+        assert_eq!(h.stats().midstream_pickups, 0);
+        assert_eq!(h.stats().acked_gaps, 1);
+    }
+
+    #[test]
+    fn midstream_pickup_takes_the_hinted_port_as_server() {
+        let mut h = Harness::new();
+        let (browser, proxy) = (v4(1, 40_000), v4(2, 8080));
+        // The first segment seen is the server's answer.
+        h.seg(proxy, browser, "A", 500, 700, b"HTTP/1.1 200 OK");
+        h.seg(browser, proxy, "A", 700, 515, b"GET");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, browser, proxy),
+                data(S2C, b"HTTP/1.1 200 OK"),
+                data(C2S, b"GET"),
+            ]
+        );
+        assert_eq!(h.stats().midstream_pickups, 1);
+    }
+
+    #[test]
+    fn midstream_pickup_without_a_hint_takes_the_lower_port_as_server() {
+        let mut h = Harness::new();
+        let (high, low) = (v4(1, 6_000), v4(2, 5_000));
+        h.seg(low, high, "A", 1, 1, b"x");
+        assert_eq!(h.take()[0], Ev::Opened(0, high, low));
+    }
+
+    #[test]
+    fn syn_ack_sender_is_the_server_when_the_syn_was_missed() {
+        let mut h = Harness::new();
+        h.seg(server(), client(), "SA", SERVER_ISN, CLIENT_ISN + 1, b"");
+        h.s(0, b"hi");
+        assert_eq!(
+            h.take(),
+            vec![Ev::Opened(0, client(), server()), data(S2C, b"hi")]
+        );
+    }
+
+    #[test]
+    fn new_syn_on_a_tracked_tuple_closes_the_old_connection() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"old");
+        // A repeated SYN is not a new connection.
+        h.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
+        assert_eq!(h.stats().port_reuses, 0);
+        h.seg(client(), server(), "S", 77_777, 0, b"");
+        h.seg(client(), server(), "A", 77_778, 1, b"new");
+        assert_eq!(
+            h.take()[1..],
+            [
+                data(C2S, b"old"),
+                Ev::Closed(0, CloseReason::Evicted),
+                Ev::Opened(1, client(), server()),
+                Ev::Data(1, C2S, b"new".to_vec()),
+            ]
+        );
+        assert_eq!(h.stats().port_reuses, 1);
+        assert_eq!(h.reassembler.connections(), 1);
+    }
+
+    #[test]
+    fn idle_connections_close_after_the_timeout() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.now_ms = 100_000;
+        h.seg(v4(3, 1234), server(), "S", 1, 0, b"");
+        h.take();
+        h.expire(120_000);
+        assert_eq!(h.take(), vec![]);
+        h.expire(120_001);
+        assert_eq!(h.take(), vec![Ev::Closed(0, CloseReason::Idle)]);
+        h.expire(220_001);
+        assert_eq!(h.take(), vec![Ev::Closed(1, CloseReason::Idle)]);
+        assert_eq!(h.stats().idle_closed, 2);
+        assert_eq!(h.reassembler.connections(), 0);
+    }
+
+    #[test]
+    fn connection_limit_evicts_the_least_recently_active() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_connections: 2,
+            ..ReassemblyLimits::default()
+        });
+        let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
+        h.seg(a, server(), "S", 1, 0, b"");
+        h.seg(b, server(), "S", 1, 0, b"");
+        h.seg(a, server(), "A", 2, 1, b"still here");
+        h.seg(c, server(), "S", 1, 0, b"");
+        let events = h.take();
+        assert_eq!(
+            events[3..],
+            [
+                Ev::Closed(1, CloseReason::Evicted),
+                Ev::Opened(2, c, server())
+            ]
+        );
+        assert_eq!(h.stats().evicted_connections, 1);
+        assert_eq!(h.reassembler.connections(), 2);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut h = Harness::new();
+        let isn = u32::MAX - 2;
+        h.seg(client(), server(), "S", isn, 0, b"");
+        // The stream starts at u32::MAX - 1: "ab" ends right at the wrap, "cd" follows it.
+        h.seg(client(), server(), "A", 2, 1, b"ef");
+        h.seg(client(), server(), "A", 0, 1, b"cd");
+        h.seg(client(), server(), "A", u32::MAX - 1, 1, b"abc");
+        h.seg(client(), server(), "A", u32::MAX - 1, 1, b"ab");
+        assert_eq!(
+            h.take()[1..],
+            [data(C2S, b"ab"), data(C2S, b"cd"), data(C2S, b"ef")]
+        );
+        // The "c" of "abc" lies under the buffered "cd": first seen wins.
+        assert_eq!(h.stats().overlapping_bytes, 1);
+        assert_eq!(h.stats().retransmitted_bytes, 2);
+    }
+
+    #[test]
+    fn ipv6_connections_reassemble() {
+        let mut h = Harness::new();
+        let c = Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            port: 40_000,
+        };
+        let s = Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            port: 443,
+        };
+        h.seg(c, s, "S", 10, 0, b"");
+        h.seg(c, s, "A", 14, 1, b"lo");
+        h.seg(c, s, "A", 11, 1, b"hel");
+        assert_eq!(
+            h.take(),
+            vec![Ev::Opened(0, c, s), data(C2S, b"hel"), data(C2S, b"lo")]
+        );
+    }
+
+    #[test]
+    fn total_memory_limit_flushes_the_largest_buffer() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_buffered_total: 1_000,
+            ..ReassemblyLimits::default()
+        });
+        let other = v4(3, 1000);
+        h.seg(other, server(), "S", 1, 0, b"");
+        h.seg(other, server(), "A", 12, 1, &[b'o'; 100]);
+        h.handshake();
+        h.c(5, &[b'x'; 500]);
+        h.take();
+        h.c(505, &[b'y'; 300]);
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Gap(1, C2S, 5),
+                Ev::Data(1, C2S, vec![b'x'; 500]),
+                Ev::Data(1, C2S, vec![b'y'; 300]),
+            ]
+        );
+        assert_eq!(h.stats().buffer_evictions, 1);
+        assert_eq!(h.reassembler.buffered_bytes(), 100 + PENDING_OVERHEAD);
+    }
+
+    #[test]
+    fn finish_declares_holes_and_closes_everything() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(2, b"cd");
+        h.finish();
+        assert_eq!(
+            h.take()[1..],
+            [
+                Ev::Gap(0, C2S, 2),
+                data(C2S, b"cd"),
+                Ev::Closed(0, CloseReason::EndOfInput)
+            ]
+        );
+        assert_eq!(h.reassembler.connections(), 0);
+        assert_eq!(h.reassembler.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn data_before_the_handshake_completes_is_delivered_in_order() {
+        // TCP Fast Open: data rides on the SYN, after the initial sequence number.
+        let mut h = Harness::new();
+        h.seg(client(), server(), "S", CLIENT_ISN, 0, b"early");
+        h.c(5, b"late");
+        assert_eq!(h.take()[1..], [data(C2S, b"early"), data(C2S, b"late")]);
+    }
+
+    impl Harness {
+        fn release(&mut self, client_remaining: u64) -> bool {
+            self.release_to(server(), client_remaining)
+        }
+
+        fn release_to(&mut self, server: Endpoint, client_remaining: u64) -> bool {
+            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
+            let now = Timestamp::from_nanos(self.now_ms * 1_000_000);
+            self.reassembler
+                .release(client(), server, client_remaining, now, &mut |e| {
+                    Self::record(events, data_ts, e)
+                })
+        }
+    }
+
+    const UI_HEAD: &[u8] = b"POST /index.php HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    #[test]
+    fn a_released_connection_drops_the_rest_of_its_request_and_answer_until_the_next_request() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, UI_HEAD);
+        assert!(h.release(10));
+        let head = UI_HEAD.len() as u32;
+        // The body's rest and the answer are dropped unread, retransmissions too.
+        h.c(head, b"0123456789");
+        h.c(head, b"0123456789");
+        h.s(0, ANSWER);
+        // A page request the classifier would not copy either: skipped with its answer.
+        let page = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let answered = SERVER_ISN + 1 + ANSWER.len() as u32;
+        h.seg(
+            client(),
+            server(),
+            "A",
+            CLIENT_ISN + 1 + head + 10,
+            answered,
+            page,
+        );
+        h.seg(
+            server(),
+            client(),
+            "A",
+            answered,
+            CLIENT_ISN + 1 + head + 10,
+            ANSWER,
+        );
+        let answered = answered + ANSWER.len() as u32;
+        let head = head + page.len() as u32;
+        let next = b"POST /api/ HTTP/1.1\r\n\r\n";
+        h.seg(
+            client(),
+            server(),
+            "A",
+            CLIENT_ISN + 1 + head + 10,
+            answered,
+            next,
+        );
+        h.seg(
+            server(),
+            client(),
+            "A",
+            answered,
+            CLIENT_ISN + 1 + head + 10,
+            b"HTTP/1.1 200 OK\r\n",
+        );
+        let events = h.take();
+        assert_eq!(
+            events,
+            [
+                Ev::Opened(0, client(), server()),
+                data(C2S, UI_HEAD),
+                Ev::Closed(0, CloseReason::Released),
+                Ev::Opened(1, client(), server()),
+                Ev::Data(1, C2S, next.to_vec()),
+                Ev::Data(
+                    1,
+                    Direction::ServerToClient,
+                    b"HTTP/1.1 200 OK\r\n".to_vec()
+                ),
+            ]
+        );
+        let stats = h.stats();
+        assert_eq!(stats.released_connections, 1);
+        assert_eq!(stats.resumed_connections, 1);
+        assert_eq!(
+            stats.released_bytes,
+            20 + 2 * ANSWER.len() as u64 + page.len() as u64
+        );
+        assert_eq!(stats.gaps, 0, "a release is not a loss");
+        assert_eq!(stats.resumed_early, 0, "libpcap has no stream starts");
+    }
+
+    #[test]
+    fn a_release_is_refused_without_acknowledgments() {
+        let mut h = Harness::new();
+        h.seg(client(), server(), "", CLIENT_ISN + 1, 0, UI_HEAD);
+        assert!(!h.release(10));
+    }
+
+    #[test]
+    fn a_release_is_refused_while_out_of_order_bytes_wait() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"POST /index.php HTTP/1.1\r\n");
+        h.c(100, b"later");
+        assert!(!h.release(0));
+        assert!(!h.take().contains(&Ev::Closed(0, CloseReason::Released)));
+    }
+
+    #[test]
+    fn a_released_connection_ends_with_its_fin_and_is_forgotten() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, UI_HEAD);
+        assert!(h.release(10));
+        h.seg(
+            client(),
+            server(),
+            "AF",
+            CLIENT_ISN + 1 + UI_HEAD.len() as u32,
+            SERVER_ISN + 1,
+            b"",
+        );
+        assert!(h.reassembler.released.is_empty());
+    }
+
+    #[test]
+    fn with_kernel_stream_starts_a_new_tracking_or_an_early_copy_reopens_the_connection() {
+        // The harness gives segments to port 8080 the client's stream start.
+        let srv = v4(2, 8080);
+        let mut h = Harness::new();
+        let (c0, s0) = (CLIENT_ISN + 1, SERVER_ISN + 1);
+        h.stream_starts = Some((c0, s0));
+        h.seg(client(), srv, "A", c0, s0, UI_HEAD);
+        assert!(h.release_to(srv, 10));
+        // Copied before the kernel heard: the body's rest is dropped...
+        h.seg(
+            client(),
+            srv,
+            "A",
+            c0 + UI_HEAD.len() as u32,
+            s0,
+            b"0123456789",
+        );
+        // ...but the next request on the same tracking reopens it, and the edge is told.
+        let at = c0 + UI_HEAD.len() as u32 + 10;
+        h.seg(client(), srv, "A", at, s0 + 50, b"POST /api/ HTTP/1.1\r\n");
+        let resumed: Vec<_> = h.reassembler.take_resumed_early().collect();
+        assert_eq!(
+            resumed,
+            [ResumedEarly {
+                client: client(),
+                server: srv,
+                client_start: at,
+                server_start: Some(s0 + 50),
+            }]
+        );
+        assert!(
+            h.take()
+                .contains(&Ev::Data(1, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
+        );
+
+        // Released again; the kernel then tracks the next POST afresh, with its own starts.
+        assert!(h.release_to(srv, 0));
+        let fresh = at + 5000;
+        h.stream_starts = Some((fresh, s0 + 900));
+        h.seg(
+            client(),
+            srv,
+            "A",
+            fresh,
+            s0 + 900,
+            b"POST /api/ HTTP/1.1\r\n",
+        );
+        assert!(
+            h.take()
+                .contains(&Ev::Data(2, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
+        );
+        assert_eq!(h.reassembler.take_resumed_early().count(), 0);
+        assert_eq!(h.stats().gaps, 0);
+    }
+}
