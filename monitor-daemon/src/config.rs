@@ -27,6 +27,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub hooks: HooksConfig,
     pub api: crate::api::ApiConfig,
+    pub redcap_module: crate::actions::publish::RedcapModuleConfig,
 }
 
 /// Where the site's secrets live.
@@ -601,6 +602,7 @@ impl Config {
             ("redcap", self.redcap != new.redcap),
             ("store", self.store != new.store),
             ("api", self.api != new.api),
+            ("redcap_module", self.redcap_module != new.redcap_module),
             ("capture.tls", a.tls != b.tls),
         ]
         .into_iter()
@@ -871,6 +873,7 @@ impl Config {
         }
         self.alerts.check(&mut problems);
         self.hooks.check(&mut problems);
+        problems.extend(self.redcap_module.problems());
         if let Err((key, message)) = self.api.validate() {
             problems.push(Problem::new(key, message));
         }

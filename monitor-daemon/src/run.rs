@@ -136,6 +136,7 @@ pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError>
 }
 
 async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
+    let publisher = crate::actions::publish::Publisher::start_or_log(&config.redcap_module, &key);
     let mut pipeline = Pipeline::new(config, key).map_err(|err| match err {
         ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
             path: origin.to_owned(),
@@ -145,7 +146,10 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         other => other,
     })?;
     let records = Records::open(config)?;
-    let actions = Actions::open(config, crate::alerts::host_name(), wall_clock())?;
+    let mut actions = Actions::open(config, crate::alerts::host_name(), wall_clock())?;
+    if let Some(publisher) = publisher {
+        actions.publish_to(publisher);
+    }
     let memory = config.enforcement.memory.span();
     let restored = actions
         .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)

@@ -11,6 +11,7 @@
 //! capture time in a replay (so a replay's suspensions expire in capture time).
 
 mod hook_worker;
+pub mod publish;
 mod requests;
 mod store_outbox;
 
@@ -154,6 +155,8 @@ pub struct Actions {
     enforcer_updates: Vec<EnforcerUpdate>,
     control: (SyncSender<Pending>, Receiver<Pending>),
     requests: requests::RequestDir,
+    /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
+    publisher: Option<publish::Publisher>,
     stats: ActionStats,
 }
 
@@ -233,6 +236,7 @@ impl Actions {
             enforcer_updates: Vec::new(),
             control: sync_channel(64),
             requests,
+            publisher: None,
             stats: ActionStats::default(),
         })
     }
@@ -256,6 +260,17 @@ impl Actions {
         )?;
         self.delivery = Some(worker);
         Ok(())
+    }
+
+    /// Publishes the suspensions in force for REDCap's External Module from now on: written at
+    /// the next tick, again whenever they change, its mtime refreshed every heartbeat.
+    pub fn publish_to(&mut self, publisher: publish::Publisher) {
+        self.publisher = Some(publisher);
+    }
+
+    /// What the publisher did, when it runs.
+    pub fn publish_stats(&self) -> Option<&publish::PublishStats> {
+        self.publisher.as_ref().map(publish::Publisher::stats)
     }
 
     /// A handle through which other threads (the admin API) suspend and lift.
@@ -542,6 +557,10 @@ impl Actions {
             self.expire(now);
         }
         self.alerts.tick(now);
+        if let Some(publisher) = &mut self.publisher {
+            let store = &self.store;
+            publisher.tick(now, || store.active_suspensions(now));
+        }
         if now >= self.next_prune {
             self.next_prune = now.plus(PRUNE_INTERVAL);
             match self.store.prune(now) {
@@ -604,6 +623,9 @@ impl Actions {
     /// the next start; hooks already queued run to their end or timeout.
     pub fn shutdown(mut self) {
         self.flush();
+        if let Some(publisher) = self.publisher.take() {
+            publisher.withdraw();
+        }
         if let Some(worker) = self.delivery.take() {
             worker.stop();
         }
@@ -632,6 +654,7 @@ impl Actions {
         raw: Option<RawToken>,
     ) {
         self.stats.suspensions += 1;
+        self.suspensions_changed();
         self.suspended
             .entry(suspension.token)
             .or_insert_with(|| SuspendedToken::new(suspension.until))
@@ -676,6 +699,7 @@ impl Actions {
 
     fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
         self.stats.lifts += 1;
+        self.suspensions_changed();
         if let Some(held) = self.suspended.remove(&suspension.token)
             && held.violations > 0
         {
@@ -724,6 +748,14 @@ impl Actions {
             },
             None,
         );
+    }
+
+    /// Every suspension made or ended passes here (from [`Actions::after_suspension`] and
+    /// [`Actions::after_lift`]): the module's list follows at the end of the tick.
+    fn suspensions_changed(&mut self) {
+        if let Some(publisher) = &mut self.publisher {
+            publisher.mark_changed();
+        }
     }
 
     fn expire(&mut self, now: Timestamp) {
