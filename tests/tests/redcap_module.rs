@@ -376,6 +376,10 @@ fn a_suspended_token_is_refused_by_redcap_s_api_until_lifted_and_a_stopped_daemo
     let (status, log) = daemon.stop().unwrap();
     assert!(status.success(), "{log}");
     assert!(!list.exists(), "the list goes with the daemon");
+    assert!(
+        !list_dir.join("fingerprint.key").exists(),
+        "and so does the key copy"
+    );
     assert_eq!(call(&pair, ABUSER).0, 200, "fail open");
     assert_eq!(call(&pair, ABUSER).0, 200, "fail open");
     let logged = module_log(&module_log_path);

@@ -4,8 +4,8 @@
 //! `suspended.txt` (the suspensions in force, one line each, rewritten atomically whenever they
 //! change; its mtime refreshed every `heartbeat` so that the module can tell a live list from a
 //! stale one) and `fingerprint.key` (a copy of the site key, so that the module can fingerprint
-//! the token it is handed exactly as the daemon does). Never holds or writes a raw token; the
-//! list names tokens by fingerprint. [`render`] is pure; [`Publisher`] is the file edge.
+//! the token it is handed exactly as the daemon does); both are removed when the daemon stops.
+//! Never holds or writes a raw token; the list names tokens by fingerprint. [`render`] is pure; [`Publisher`] is the file edge.
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -170,7 +170,8 @@ fn one_line(reason: &str) -> String {
 }
 
 /// Writes the list when the suspensions change, refreshes its mtime every heartbeat, and
-/// removes it when the daemon stops (so that the module sees at once that no list is kept).
+/// removes it with the key copy when the daemon stops (so that the module sees at once that no
+/// list is kept).
 pub struct Publisher {
     dir: PathBuf,
     list: PathBuf,
@@ -320,13 +321,17 @@ impl Publisher {
         }
     }
 
-    /// Removes the list (the daemon stops): the module then finds none, at once.
+    /// Removes the list, the key copy and the directory if that leaves it empty (the daemon
+    /// stops): the module then finds no list, at once, and no copy of the key outlives the run.
     pub fn withdraw(self) {
-        if let Err(e) = fs::remove_file(&self.list)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(list = %self.list.display(), error = %e, "cannot remove the REDCap module's suspension list");
+        for path in [&self.list, &self.dir.join(KEY_FILE)] {
+            if let Err(e) = fs::remove_file(path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a file published for the REDCap module");
+            }
         }
+        let _ = fs::remove_dir(&self.dir);
     }
 }
 
@@ -377,7 +382,7 @@ fn touch(path: &Path) -> io::Result<()> {
 }
 
 /// The id of group `name`, from the system's group database.
-fn group_id(name: &str) -> Option<u32> {
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     let mut group: libc::group = unsafe { std::mem::zeroed() };
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
@@ -559,7 +564,9 @@ mod tests {
         // Only the two files: no temporary file is left.
         assert_eq!(fs::read_dir(&module_dir).unwrap().count(), 2);
         publisher.withdraw();
-        assert!(!list.exists());
-        assert!(module_dir.join(KEY_FILE).exists());
+        assert!(
+            !module_dir.exists(),
+            "the list, the key copy and the directory are gone"
+        );
     }
 }
