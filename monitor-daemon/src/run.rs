@@ -976,6 +976,7 @@ fn counters(
     });
     let actions = &edges.actions;
     value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
+    value["redcap_module"] = serde_json::to_value(actions.publish_stats()).unwrap_or_default();
     value["alerts"] = serde_json::json!({
         "raise": format!("{:?}", actions.alert_stats()),
         "delivery": format!("{:?}", actions.delivery_stats()),

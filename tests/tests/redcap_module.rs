@@ -286,17 +286,19 @@ fn a_suspended_token_is_refused_by_redcap_s_api_until_lifted_and_a_stopped_daemo
         Apache::start_serving(&pair.server_ns, dir.path(), &pki, &docroot, &conf).unwrap();
     let store = dir.path().join("state/state.redb");
     let config = dir.path().join("module.toml");
+    let stats = dir.path().join("stats.json");
     std::fs::write(
         &config,
         format!(
             "[capture]\nmode = \"pcap\"\ninterfaces = [\"{}\"]\nports = [80]\n\
-             [store]\npath = \"{}\"\n\
+             [output]\nstats = \"{}\"\n[store]\npath = \"{}\"\n\
              [enforcement]\nmode = \"on_violation\"\n\
              [[policy.rules]]\nname = \"api_calls\"\ncalls = \"all\"\nlimit = 3\nwindow = \"60s\"\n\
              [[policy.overrides]]\ntoken_fp = \"{hand}\"\nexempt = true\n\
              [[policy.overrides]]\ntoken_fp = \"{good}\"\nexempt = true\n\
              [redcap_module]\ndir = \"{}\"\ngroup = \"www-data\"\nheartbeat = \"1s\"\n{}",
             pair.server_if,
+            stats.display(),
             store.display(),
             list_dir.display(),
             without_api_listener()
@@ -380,6 +382,13 @@ fn a_suspended_token_is_refused_by_redcap_s_api_until_lifted_and_a_stopped_daemo
         !list_dir.join("fingerprint.key").exists(),
         "and so does the key copy"
     );
+    // Written at start, on the policy's suspension, the manual one and the lift.
+    let counted: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert!(
+        counted["redcap_module"]["writes"].as_u64() >= Some(4),
+        "{counted}"
+    );
+    assert_eq!(counted["redcap_module"]["errors"], 0, "{counted}");
     assert_eq!(call(&pair, ABUSER).0, 200, "fail open");
     assert_eq!(call(&pair, ABUSER).0, 200, "fail open");
     let logged = module_log(&module_log_path);
