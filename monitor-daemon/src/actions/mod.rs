@@ -4,7 +4,8 @@
 //! alert outbox), the [`Alerts`] with their delivery thread, and the [`Hooks`], which run on a
 //! worker thread of their own so that a slow hook never holds up capture. Decisions are made
 //! sans-IO by the policy's [`Enforcer`]; this module records them, tells the admin team and runs
-//! the hooks. The only raw token it handles is a call's, kept for suspend hooks with
+//! the hooks, and publishes the suspensions in force for REDCap's External Module
+//! ([`publish`]). The only raw token it handles is a call's, kept for suspend hooks with
 //! `pass_raw_token` ([`crate::token::HookToken`]): taken from the verdict, handed with the
 //! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
 //! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
