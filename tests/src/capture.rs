@@ -125,7 +125,10 @@ impl Tcpdump {
         if let Some(line) = text.lines().find(|l| l.contains("dropped by kernel"))
             && !line.trim_start().starts_with("0 ")
         {
-            bail!("tcpdump lost packets ({line}); the capture {} is incomplete", self.out.display());
+            bail!(
+                "tcpdump lost packets ({line}); the capture {} is incomplete",
+                self.out.display()
+            );
         }
         Ok(text)
     }

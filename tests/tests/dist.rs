@@ -113,6 +113,18 @@ fn the_deb_installs_binary_unit_config_and_user_enables_nothing_and_purges_clean
             assert!(shipped.exists(), "{} is not installed", shipped.display());
         }
     }
+    // REDCap's External Module, file for file, ready to be copied into REDCap's modules/.
+    let module = monitor_tests::workspace_root().join("redcap-module/redcap_monitor_v1.0.0");
+    for entry in std::fs::read_dir(&module).unwrap().flatten() {
+        let shipped = Path::new("/usr/share/redcap-monitor/redcap-module/redcap_monitor_v1.0.0")
+            .join(entry.file_name());
+        assert_eq!(
+            std::fs::read(&shipped).ok(),
+            std::fs::read(entry.path()).ok(),
+            "{} is not installed as in the sources",
+            shipped.display()
+        );
+    }
     let conffiles = run("dpkg-query", &["-W", "-f=${Conffiles}", PACKAGE]);
     assert!(
         String::from_utf8_lossy(&conffiles.stdout).contains(CONFIG),

@@ -66,6 +66,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "PHP FastCGI behind nginx: the adversarial suite's second REDCap-like API server",
     ),
     (
+        "php-cli",
+        "runs the REDCap External Module's PHP tests (redcap-module/tests/)",
+    ),
+    (
         "systemd",
         "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
     ),

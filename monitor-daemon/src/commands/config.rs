@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::edges::actions::ActionsConfig;
+use crate::edges::actions::publish::RedcapModuleConfig;
 use crate::edges::alerts::AlertsConfig;
 use crate::edges::api::ApiConfig;
 use crate::edges::capture::CaptureConfig;
@@ -45,6 +46,7 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub hooks: HooksConfig,
     pub api: ApiConfig,
+    pub redcap_module: RedcapModuleConfig,
 }
 
 /// A configuration that cannot be used, with every problem found in it.
@@ -174,6 +176,7 @@ impl Config {
             ("redcap", self.redcap != new.redcap),
             ("store", self.store != new.store),
             ("api", self.api != new.api),
+            ("redcap_module", self.redcap_module != new.redcap_module),
             ("capture.tls", a.tls != b.tls),
         ]
         .into_iter()
@@ -197,6 +200,7 @@ impl Config {
             self.policy.problems(),
             self.reassembly.problems(),
             self.redcap.problems(),
+            self.redcap_module.problems(),
             self.store.problems(),
         ]
         .concat()

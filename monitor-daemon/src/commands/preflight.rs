@@ -1,6 +1,6 @@
 //! What `redcap-monitor run` will need from this host, checked without running it: the
-//! interfaces exist, HTTPS on the watched ports can be seen, the record, key and store paths can
-//! be written, secret files can be read and hook programs can be run.
+//! interfaces exist, HTTPS on the watched ports can be seen, the record, key, store and REDCap
+//! module list paths can be written, secret files can be read and hook programs can be run.
 //!
 //! Findings are warnings, not errors: `check-config` may check a file meant for another host or
 //! run before a directory is created; `run` itself stops, naming the key, on what it cannot do
@@ -56,6 +56,24 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
     }
     if let Err(why) = can_create_or_write(&config.store.path, true) {
         warn("store.path".into(), why);
+    }
+    let module = &config.redcap_module;
+    if module.enabled {
+        let list = module.dir.join(crate::edges::actions::publish::LIST_FILE);
+        if let Err(why) = can_create_or_write(&list, true) {
+            warn("redcap_module.dir".into(), why);
+        }
+        if !module.group.is_empty()
+            && crate::edges::actions::publish::group_id(&module.group).is_none()
+        {
+            warn(
+                "redcap_module.group".into(),
+                format!(
+                    "no group {:?} here: name the web server's group (www-data on Debian)",
+                    module.group
+                ),
+            );
+        }
     }
     for (i, sink) in config.alerts.sinks.iter().enumerate() {
         if let Some(path) = &sink.secret_file

@@ -138,13 +138,18 @@ pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError>
 }
 
 async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
+    let publisher =
+        crate::edges::actions::publish::Publisher::start_or_log(&config.redcap_module, &key);
     let mut pipeline = Pipeline::new(config.pipeline(), key);
     let records = Records::open(config)?;
-    let actions = Actions::open(
+    let mut actions = Actions::open(
         config.actions(),
         crate::edges::alerts::host_name(),
         wall_clock(),
     )?;
+    if let Some(publisher) = publisher {
+        actions.publish_to(publisher);
+    }
     let memory = config.enforcement.memory.span();
     let restored = actions
         .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
@@ -971,6 +976,7 @@ fn counters(
     });
     let actions = &edges.actions;
     value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
+    value["redcap_module"] = serde_json::to_value(actions.publish_stats()).unwrap_or_default();
     value["alerts"] = serde_json::json!({
         "raise": format!("{:?}", actions.alert_stats()),
         "delivery": format!("{:?}", actions.delivery_stats()),

@@ -320,6 +320,12 @@ impl SiteKey {
         TokenFingerprint(fp)
     }
 
+    /// The key's bytes, lent to `f` for the one copy made of them: the key file that REDCap's
+    /// External Module fingerprints tokens with (`actions::publish`). Not for logs or records.
+    pub(crate) fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.key.as_slice())
+    }
+
     fn load(path: &Path) -> Result<SiteKey, SiteKeyError> {
         let read_error = |source| SiteKeyError::Read {
             path: path.display().to_string(),

@@ -4,13 +4,15 @@
 //! alert outbox), the [`Alerts`] with their delivery thread, and the [`Hooks`], which run on a
 //! worker thread of their own so that a slow hook never holds up capture. Decisions are made
 //! sans-IO by the policy's [`Enforcer`]; this module records them, tells the admin team and runs
-//! the hooks. The only raw token it handles is a call's, kept for suspend hooks with
+//! the hooks, and publishes the suspensions in force for REDCap's External Module
+//! ([`publish`]). The only raw token it handles is a call's, kept for suspend hooks with
 //! `pass_raw_token` ([`crate::shared::token::HookToken`]): taken from the verdict, handed with the
 //! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
 //! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
 //! capture time in a replay (so a replay's suspensions expire in capture time).
 
 mod hook_worker;
+pub mod publish;
 mod requests;
 mod store_outbox;
 
@@ -156,6 +158,8 @@ pub struct Actions {
     enforcer_updates: Vec<EnforcerUpdate>,
     control: (SyncSender<Pending>, Receiver<Pending>),
     requests: requests::RequestDir,
+    /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
+    publisher: Option<publish::Publisher>,
     stats: ActionStats,
 }
 
@@ -247,6 +251,7 @@ impl Actions {
             enforcer_updates: Vec::new(),
             control: sync_channel(64),
             requests,
+            publisher: None,
             stats: ActionStats::default(),
         })
     }
@@ -270,6 +275,17 @@ impl Actions {
         )?;
         self.delivery = Some(worker);
         Ok(())
+    }
+
+    /// Publishes the suspensions in force for REDCap's External Module from now on: written at
+    /// the next tick, again whenever they change, its mtime refreshed every heartbeat.
+    pub fn publish_to(&mut self, publisher: publish::Publisher) {
+        self.publisher = Some(publisher);
+    }
+
+    /// What the publisher did, when it runs.
+    pub fn publish_stats(&self) -> Option<&publish::PublishStats> {
+        self.publisher.as_ref().map(publish::Publisher::stats)
     }
 
     /// A handle through which other threads (the admin API) suspend and lift.
@@ -560,6 +576,10 @@ impl Actions {
             self.expire(now);
         }
         self.alerts.tick(now);
+        if let Some(publisher) = &mut self.publisher {
+            let store = &self.store;
+            publisher.tick(now, || store.active_suspensions(now));
+        }
         if now >= self.next_prune {
             self.next_prune = now.plus(PRUNE_INTERVAL);
             match self.store.prune(now) {
@@ -622,6 +642,9 @@ impl Actions {
     /// the next start; hooks already queued run to their end or timeout.
     pub fn shutdown(mut self) {
         self.flush();
+        if let Some(publisher) = self.publisher.take() {
+            publisher.withdraw();
+        }
         if let Some(worker) = self.delivery.take() {
             worker.stop();
         }
@@ -650,6 +673,7 @@ impl Actions {
         raw: Option<RawToken>,
     ) {
         self.stats.suspensions += 1;
+        self.suspensions_changed();
         self.suspended
             .entry(suspension.token)
             .or_insert_with(|| SuspendedToken::new(suspension.until))
@@ -694,6 +718,7 @@ impl Actions {
 
     fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
         self.stats.lifts += 1;
+        self.suspensions_changed();
         if let Some(held) = self.suspended.remove(&suspension.token)
             && held.violations > 0
         {
@@ -742,6 +767,14 @@ impl Actions {
             },
             None,
         );
+    }
+
+    /// Every suspension made or ended passes here (from [`Actions::after_suspension`] and
+    /// [`Actions::after_lift`]): the module's list follows at the end of the tick.
+    fn suspensions_changed(&mut self) {
+        if let Some(publisher) = &mut self.publisher {
+            publisher.mark_changed();
+        }
     }
 
     fn expire(&mut self, now: Timestamp) {
