@@ -21,7 +21,6 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use serde_json::json;
 
@@ -54,7 +53,7 @@ const MAX_PENDING_SIGHTINGS: usize = 4096;
 const SIGHTING_FLUSH: Span = Span::from_secs(10);
 /// How often old audit records and tokens are pruned.
 const PRUNE_INTERVAL: Span = Span::from_secs(3600);
-/// Control requests (admin API, request files) handled per tick.
+/// Request files handled per tick (the admin API's requests are carried out as they come).
 const REQUESTS_PER_TICK: usize = 16;
 
 /// Counters of the action edge.
@@ -156,37 +155,10 @@ pub struct Actions {
     /// Loss counters' total at the last look (the capture's counters only grow).
     capture_lost: u64,
     enforcer_updates: Vec<EnforcerUpdate>,
-    control: (SyncSender<Pending>, Receiver<Pending>),
     requests: requests::RequestDir,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
     stats: ActionStats,
-}
-
-/// A request waiting for the loop, with where to send the answer.
-struct Pending {
-    request: Request,
-    reply: SyncSender<Reply>,
-}
-
-/// A handle on the running daemon's actions for other threads (e.g. the admin API): each call
-/// is handed to the daemon's loop and answered on its next tick (100 ms live).
-#[derive(Clone)]
-pub struct Control {
-    sender: SyncSender<Pending>,
-}
-
-impl Control {
-    /// Sends `request` and waits up to `timeout` for the loop's answer.
-    pub fn call(&self, request: Request, timeout: std::time::Duration) -> Reply {
-        let (reply, answer) = sync_channel(1);
-        if self.sender.try_send(Pending { request, reply }).is_err() {
-            return Reply::error("the daemon is busy with other admin requests; try again");
-        }
-        answer
-            .recv_timeout(timeout)
-            .unwrap_or_else(|_| Reply::error("the daemon did not answer in time"))
-    }
 }
 
 /// What the action edge is built from: the sections of the edges it drives.
@@ -249,7 +221,6 @@ impl Actions {
             suspended,
             capture_lost: 0,
             enforcer_updates: Vec::new(),
-            control: sync_channel(64),
             requests,
             publisher: None,
             stats: ActionStats::default(),
@@ -286,13 +257,6 @@ impl Actions {
     /// What the publisher did, when it runs.
     pub fn publish_stats(&self) -> Option<&publish::PublishStats> {
         self.publisher.as_ref().map(publish::Publisher::stats)
-    }
-
-    /// A handle through which other threads (the admin API) suspend and lift.
-    pub fn control(&self) -> Control {
-        Control {
-            sender: self.control.0.clone(),
-        }
     }
 
     /// The store, for readers (audit, suspensions, first/last seen).
@@ -819,13 +783,6 @@ impl Actions {
     }
 
     fn handle_requests(&mut self, now: Timestamp) {
-        for _ in 0..REQUESTS_PER_TICK {
-            let Ok(pending) = self.control.1.try_recv() else {
-                break;
-            };
-            let reply = self.execute(&pending.request, now);
-            let _ = pending.reply.try_send(reply);
-        }
         for (request, answer) in self.requests.take(REQUESTS_PER_TICK) {
             let reply = match request {
                 Ok(request) => self.execute(&request, now),
