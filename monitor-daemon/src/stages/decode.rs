@@ -43,7 +43,7 @@ pub struct Frame<'a> {
 
 /// What decoding made of the frames it saw. Every frame lands in exactly one of `tcp_segments`,
 /// `unsupported_link`, `non_ip`, `non_tcp`, `ip_fragments`, `truncated_headers` or `malformed`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DecodeStats {
     pub frames: u64,
     pub tcp_segments: u64,

@@ -44,7 +44,7 @@ impl Default for ReassemblyLimits {
 }
 
 /// What the reassembler did, by reason. Counters only grow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReassemblyStats {
     /// Segments pushed.
     pub segments: u64,

@@ -275,7 +275,7 @@ pub enum AlertsSetupError {
 }
 
 /// Counters of the raising side.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AlertStats {
     pub raised: u64,
     /// Held back by the cooldown (summarised in a later alert).

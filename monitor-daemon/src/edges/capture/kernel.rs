@@ -204,7 +204,7 @@ pub struct KernelCounters {
 }
 
 /// What user space did with the records it read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainStats {
     pub records: u64,
     /// Connections user space took out of the flow table (nothing worth reading until the

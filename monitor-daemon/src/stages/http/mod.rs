@@ -223,7 +223,7 @@ pub struct HttpExchange<B> {
 }
 
 /// Counters the HTTP stage keeps; telemetry reads them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct HttpStats {
     pub requests: u64,
     pub responses: u64,

@@ -63,7 +63,7 @@ pub struct Verdict {
 }
 
 /// Counters the policy stage keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PolicyStats {
     pub calls: u64,
     pub heavy_calls: u64,

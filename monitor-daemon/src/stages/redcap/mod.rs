@@ -380,7 +380,7 @@ impl ExchangeSelector for ApiRequestSelector {
 }
 
 /// Counts of calls by what was wrong with their token or body; telemetry reads them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RedcapStats {
     pub calls: u64,
     pub incomplete: u64,
