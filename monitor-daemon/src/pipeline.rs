@@ -91,11 +91,15 @@ impl PipelineStats<'_> {
             ("decode.ip_fragments", d.ip_fragments),
             ("decode.truncated_headers", d.truncated_headers),
             ("decode.malformed", d.malformed),
+            ("decode.checksum_bad", d.checksum_bad),
             ("reassembly.gaps", r.gaps),
             ("reassembly.gap_bytes", r.gap_bytes),
             ("reassembly.buffer_overflows", r.buffer_overflows),
             ("reassembly.buffer_evictions", r.buffer_evictions),
             ("reassembly.evicted_connections", r.evicted_connections),
+            ("reassembly.unconfirmed_evicted", r.unconfirmed_evicted),
+            ("reassembly.rst_out_of_window", r.rst_out_of_window),
+            ("reassembly.syns_on_open", r.syns_on_open),
             ("http.bad_request_head", h.bad_request_head),
             ("http.bad_response_head", h.bad_response_head),
             ("http.head_too_large", h.head_too_large),
@@ -149,6 +153,9 @@ impl Pipeline {
             max_buffered_total: r.max_buffered_bytes_total,
             idle_timeout: r.idle_timeout.span(),
             server_ports: config.capture.ports.clone(),
+            // An eighth of the table for connections the server has not answered: a flood of
+            // SYNs or forged segments cycles through these slots only.
+            max_unconfirmed: (r.max_connections / 8).max(1),
         });
         let h = &config.http;
         let http = HttpTracker::new(
@@ -214,9 +221,29 @@ impl Pipeline {
             exchanges,
             ..
         } = self;
+        let resets = reassembler.stats().reset_closed;
         reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        if segment.flags.rst && reassembler.stats().reset_closed > resets {
+            // A reset within its sender's window: the kernel leaves a client's RST (which it
+            // cannot check) to user space, so the copy stops here. Which end is the client is
+            // the reassembler's knowledge; the wrong order finds no flow and does nothing.
+            for (client, server) in [(segment.src, segment.dst), (segment.dst, segment.src)] {
+                self.request_capture(CaptureRequest::StopCopying { client, server });
+            }
+        }
         self.stop_reading_releasable();
         self.release(out);
+    }
+
+    /// Queues a request for the live capture, if one listens (bounded: the oldest goes).
+    fn request_capture(&mut self, request: CaptureRequest) {
+        if !self.capture_listens {
+            return;
+        }
+        if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
+            self.capture_requests.pop_front();
+        }
+        self.capture_requests.push_back(request);
     }
 
     /// A live capture that copies connections on its own judgement listens for
@@ -258,14 +285,8 @@ impl Pipeline {
             .take_resumed_early()
             .map(CaptureRequest::CopyAgain)
             .collect::<Vec<_>>();
-        if !self.capture_listens {
-            return;
-        }
         for request in stopped.into_iter().chain(resumed) {
-            if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
-                self.capture_requests.pop_front();
-            }
-            self.capture_requests.push_back(request);
+            self.request_capture(request);
         }
     }
 

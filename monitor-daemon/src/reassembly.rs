@@ -27,6 +27,9 @@ pub struct ReassemblyLimits {
     pub idle_timeout: Span,
     /// Ports that identify the server of a connection picked up without its handshake.
     pub server_ports: Vec<u16>,
+    /// Connections tracked before the server has answered (a SYN, or a client's data not yet
+    /// acknowledged); past this the oldest of them is closed, never one the server answered.
+    pub max_unconfirmed: usize,
 }
 
 impl Default for ReassemblyLimits {
@@ -37,6 +40,7 @@ impl Default for ReassemblyLimits {
             max_buffered_total: 256 << 20,
             idle_timeout: Span::from_secs(120),
             server_ports: vec![80, 443, 8080, 8443],
+            max_unconfirmed: 8_192,
         }
     }
 }
@@ -72,8 +76,17 @@ pub struct ReassemblyStats {
     pub idle_closed: u64,
     pub fin_closed: u64,
     pub reset_closed: u64,
-    /// Connections closed because a new SYN reused their 4-tuple.
+    /// Connections closed because a new SYN reused their 4-tuple (once the server answered it).
     pub port_reuses: u64,
+    /// SYNs on an open connection: it stays open, as the server's own stack keeps it (RFC
+    /// 5961), until the server answers the SYN with a SYN-ACK (then counted in `port_reuses`).
+    pub syns_on_open: u64,
+    /// RSTs whose sequence number is outside the window of their sender: ignored, as the
+    /// receiving stack ignores them (RFC 5961); forged or stale.
+    pub rst_out_of_window: u64,
+    /// Connections the server had not answered, closed to make room (their own limit, or the
+    /// table's); answered connections are evicted only when no unanswered one is left.
+    pub unconfirmed_evicted: u64,
     /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
     pub untracked_segments: u64,
     /// Connections released between two requests (nothing worth reading until the next one).
@@ -105,6 +118,21 @@ pub struct Reassembler {
     /// Connections reopened on bytes copied before the capture heard of their release: the
     /// live edge asks the kernel to copy them again.
     resumed_early: Vec<ResumedEarly>,
+    /// Connections the server has not answered yet.
+    unconfirmed: usize,
+    /// (slot, id) of unanswered connections in the order they were opened; entries of
+    /// connections answered or closed since are skipped when met.
+    unconfirmed_order: VecDeque<(usize, ConnectionId)>,
+}
+
+/// What a SYN on a tracked 4-tuple leads to.
+enum SynOnOpen {
+    /// Taken like any segment (a repeated SYN, or a SYN-ACK of the connection's own handshake).
+    Continue,
+    /// Ignored: a new SYN that the server has not answered.
+    Drop,
+    /// The server's SYN-ACK confirmed a new connection, opened in this slot.
+    Reopened(usize),
 }
 
 /// A connection released between two requests: its bytes are dropped until the client sends
@@ -129,6 +157,8 @@ impl Reassembler {
             pending_total: 0,
             released: HashMap::new(),
             resumed_early: Vec::new(),
+            unconfirmed: 0,
+            unconfirmed_order: VecDeque::new(),
         }
     }
 
@@ -156,15 +186,13 @@ impl Reassembler {
         }
         let mut slot = self.table.find(&key);
 
-        if let (Some(index), true) = (slot, flags.syn && !flags.ack) {
-            let repeated_syn = self.table.get(index).is_some_and(|conn| {
-                conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq)
-            });
-            if !repeated_syn {
-                // A new handshake on a tracked 4-tuple: the old connection ended unseen.
-                self.stats.port_reuses += 1;
-                self.close(index, seg.ts, CloseReason::Evicted, emit);
-                slot = None;
+        if let Some(index) = slot
+            && flags.syn
+        {
+            match self.syn_on_open(index, seg, emit) {
+                SynOnOpen::Continue => {}
+                SynOnOpen::Drop => return,
+                SynOnOpen::Reopened(new) => slot = Some(new),
             }
         }
 
@@ -177,12 +205,17 @@ impl Reassembler {
             }
             None => self.open(key, seg, emit),
         };
-        self.table.touch(index);
 
         if flags.rst {
+            if !self.reset_in_window(index, seg) {
+                self.stats.rst_out_of_window += 1;
+                return;
+            }
             self.close(index, seg.ts, CloseReason::Reset, emit);
             return;
         }
+        self.table.touch(index);
+        self.confirm_if_answered(index, seg);
 
         let Some(conn) = self.table.get_mut(index) else {
             return;
@@ -242,6 +275,95 @@ impl Reassembler {
         if self.pending_total > self.limits.max_buffered_total {
             self.relieve_memory(seg.ts, emit);
         }
+    }
+
+    /// A SYN on a tracked 4-tuple. A repeated SYN goes on as usual. Another SYN does not close
+    /// the connection (RFC 5961: the server answers it with a challenge ACK and keeps the
+    /// connection, so a forged SYN must not end what the monitor reads); it is remembered, and
+    /// the server's SYN-ACK acknowledging it proves the old connection ended unseen: it is then
+    /// closed and the new one opened.
+    fn syn_on_open(
+        &mut self,
+        index: usize,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> SynOnOpen {
+        let Some(conn) = self.table.get_mut(index) else {
+            return SynOnOpen::Continue;
+        };
+        if !seg.flags.ack {
+            if conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq) {
+                return SynOnOpen::Continue;
+            }
+            conn.new_syn = Some((seg.src, seg.seq));
+            self.stats.syns_on_open += 1;
+            return SynOnOpen::Drop;
+        }
+        let Some((client, syn_seq)) = conn.new_syn else {
+            return SynOnOpen::Continue;
+        };
+        if seg.dst != client || seg.ack != Some(syn_seq.wrapping_add(1)) {
+            return SynOnOpen::Continue;
+        }
+        self.stats.port_reuses += 1;
+        self.close(index, seg.ts, CloseReason::Evicted, emit);
+        let key = FlowKey::new(seg.src, seg.dst);
+        let index = self.open_oriented(key, client, seg.src, seg.ts, true, emit);
+        if let Some(conn) = self.table.get_mut(index) {
+            conn.streams[0].syn_seq = Some(syn_seq);
+            conn.streams[0].next_seq = Some(syn_seq.wrapping_add(1));
+        }
+        SynOnOpen::Reopened(index)
+    }
+
+    /// Whether a RST lands where its sender's stack would put it: from the next byte the
+    /// monitor expects of that sender to the most it may be ahead (bytes the capture missed),
+    /// the receive window being unknown to a passive reader. A RST elsewhere is ignored by the
+    /// receiving stack (RFC 5961), so it must not close what the monitor reads either.
+    fn reset_in_window(&self, index: usize, seg: &TcpSegment<'_>) -> bool {
+        let Some(conn) = self.table.get(index) else {
+            return true;
+        };
+        let dir = if seg.src == conn.client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let Some(next) = conn.streams[dir.index()].next_seq else {
+            // Nothing seen of that direction: nothing to check against.
+            return true;
+        };
+        let window = self.limits.max_buffered_per_direction.max(1 << 16);
+        let ahead = seq_distance(next, seg.seq);
+        ahead >= 0 && ahead.unsigned_abs() as usize <= window
+    }
+
+    /// A segment from the server that acknowledges something confirms the connection: only
+    /// then is it safe from being evicted by connections nobody answered (a flood of SYNs or
+    /// of forged requests).
+    fn confirm_if_answered(&mut self, index: usize, seg: &TcpSegment<'_>) {
+        let Some(conn) = self.table.get_mut(index) else {
+            return;
+        };
+        if !conn.confirmed && seg.src != conn.client && seg.ack.is_some() {
+            conn.confirmed = true;
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
+    }
+
+    /// Closes the oldest connection the server has not answered; false when there is none.
+    fn evict_unconfirmed(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) -> bool {
+        while let Some((index, id)) = self.unconfirmed_order.pop_front() {
+            let waiting = self
+                .table
+                .get(index)
+                .is_some_and(|conn| conn.id == id && !conn.confirmed);
+            if waiting && self.close(index, ts, CloseReason::Evicted, emit) {
+                self.stats.unconfirmed_evicted += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Closes connections idle longer than the timeout, as of `now`.
@@ -390,7 +512,7 @@ impl Reassembler {
                 server_start: seg.ack,
             });
         }
-        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, emit);
+        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, true, emit);
         if let Some(conn) = self.table.get_mut(index) {
             let [client_stream, server_stream] = &mut conn.streams;
             client_stream.next_seq = Some(client_next);
@@ -410,19 +532,29 @@ impl Reassembler {
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
         let (client, server) = self.orient(seg);
-        self.open_oriented(key, client, server, seg.ts, emit)
+        self.open_oriented(key, client, server, seg.ts, false, emit)
     }
 
-    /// Opens a connection whose client and server are known.
+    /// Opens a connection whose client and server are known; `confirmed` when the server is
+    /// known to have answered it. Room is made by closing connections nobody answered first.
     fn open_oriented(
         &mut self,
         key: FlowKey,
         client: Endpoint,
         server: Endpoint,
         ts: Timestamp,
+        confirmed: bool,
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
+        if !confirmed {
+            while self.unconfirmed >= self.limits.max_unconfirmed.max(1)
+                && self.evict_unconfirmed(ts, emit)
+            {}
+        }
         while self.table.len() >= self.limits.max_connections.max(1) {
+            if self.evict_unconfirmed(ts, emit) {
+                continue;
+            }
             let Some(oldest) = self.table.oldest() else {
                 break;
             };
@@ -440,16 +572,33 @@ impl Reassembler {
             client,
             server,
         });
-        self.table.insert(
+        let index = self.table.insert(
             key,
             Connection {
                 id,
                 client,
                 last_seen: ts,
                 acks_seen: false,
+                confirmed,
+                new_syn: None,
                 streams: Default::default(),
             },
-        )
+        );
+        if !confirmed {
+            self.unconfirmed += 1;
+            self.unconfirmed_order.push_back((index, id));
+            if self.unconfirmed_order.len() > 2 * self.limits.max_unconfirmed.max(1) + 64 {
+                // Entries of connections since answered or closed are dropped in one pass, so
+                // the queue stays within twice the limit at an amortised O(1) per open.
+                let table = &self.table;
+                self.unconfirmed_order.retain(|&(index, id)| {
+                    table
+                        .get(index)
+                        .is_some_and(|conn| conn.id == id && !conn.confirmed)
+                });
+            }
+        }
+        index
     }
 
     /// Which end of a new connection is the client: the handshake says so when it was seen,
@@ -490,6 +639,9 @@ impl Reassembler {
         let Some(mut conn) = self.table.remove(index) else {
             return false;
         };
+        if !conn.confirmed {
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
         self.pending_total = self.pending_total.saturating_sub(conn.pending_bytes());
         for (stream, dir) in conn
             .streams
@@ -568,6 +720,10 @@ struct Connection {
     /// The capture gives acknowledgment numbers (not the TLS uprobes' synthetic connections):
     /// only then is it known where the server's answer to a reopened connection begins.
     acks_seen: bool,
+    /// The server has answered (acknowledged something): see [`Reassembler::confirm_if_answered`].
+    confirmed: bool,
+    /// A new SYN on this 4-tuple, waiting for the server's SYN-ACK: (its sender, its sequence).
+    new_syn: Option<(Endpoint, u32)>,
     /// Indexed by [`Direction::index`]: what the client sends, then what the server sends.
     streams: [Stream; 2],
 }
@@ -1461,7 +1617,7 @@ mod tests {
     }
 
     #[test]
-    fn new_syn_on_a_tracked_tuple_closes_the_old_connection() {
+    fn new_syn_on_a_tracked_tuple_closes_the_old_connection_once_the_server_answers_it() {
         let mut h = Harness::new();
         h.handshake();
         h.c(0, b"old");
@@ -1469,7 +1625,13 @@ mod tests {
         h.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
         assert_eq!(h.stats().port_reuses, 0);
         h.seg(client(), server(), "S", 77_777, 0, b"");
-        h.seg(client(), server(), "A", 77_778, 1, b"new");
+        assert_eq!(
+            h.stats().port_reuses,
+            0,
+            "only the server's SYN-ACK confirms a reuse"
+        );
+        h.seg(server(), client(), "SA", 5, 77_778, b"");
+        h.seg(client(), server(), "A", 77_778, 6, b"new");
         assert_eq!(
             h.take()[1..],
             [
@@ -1481,6 +1643,80 @@ mod tests {
         );
         assert_eq!(h.stats().port_reuses, 1);
         assert_eq!(h.reassembler.connections(), 1);
+    }
+
+    #[test]
+    fn a_forged_syn_on_an_open_connection_leaves_it_open() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"POST /api/ HTTP/1.1\r\n");
+        // The server answers a SYN in an open connection with a challenge ACK, not a SYN-ACK.
+        h.seg(client(), server(), "S", 123_456, 0, b"");
+        h.s(0, b"");
+        h.c(21, b"\r\n");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, client(), server()),
+                data(C2S, b"POST /api/ HTTP/1.1\r\n"),
+                data(C2S, b"\r\n"),
+            ]
+        );
+        assert_eq!(h.stats().port_reuses, 0);
+        assert_eq!(h.stats().syns_on_open, 1);
+    }
+
+    #[test]
+    fn a_reset_outside_the_window_is_ignored_and_counted() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"token=real");
+        // Off by 2^30 (a blind guess) from either side: not the peer's stack.
+        h.seg(client(), server(), "R", CLIENT_ISN + (1 << 30), 0, b"");
+        h.seg(
+            server(),
+            client(),
+            "RA",
+            SERVER_ISN.wrapping_sub(1 << 30),
+            0,
+            b"",
+        );
+        // Behind what was already sent: a replayed or guessed RST.
+        h.seg(client(), server(), "R", CLIENT_ISN - 5, 0, b"");
+        h.c(10, b"&more");
+        assert_eq!(h.stats().rst_out_of_window, 3);
+        assert_eq!(h.stats().reset_closed, 0);
+        // The stack's own RST carries its next sequence number.
+        h.seg(client(), server(), "R", CLIENT_ISN + 16, 0, b"");
+        assert_eq!(
+            h.take()[1..],
+            [
+                data(C2S, b"token=real"),
+                data(C2S, b"&more"),
+                Ev::Closed(0, CloseReason::Reset),
+            ]
+        );
+        assert_eq!(h.stats().reset_closed, 1);
+    }
+
+    #[test]
+    fn a_flood_of_unanswered_syns_does_not_evict_answered_connections() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_connections: 8,
+            max_unconfirmed: 2,
+            ..ReassemblyLimits::default()
+        });
+        h.handshake();
+        for port in 0..1_000u16 {
+            h.seg(v4(66, 1024 + port), server(), "S", u32::from(port), 0, b"");
+        }
+        h.c(0, b"still tracked");
+        let events = h.take();
+        assert!(!events.contains(&Ev::Closed(0, CloseReason::Evicted)));
+        assert_eq!(events.last(), Some(&data(C2S, b"still tracked")));
+        assert_eq!(h.stats().unconfirmed_evicted, 998);
+        assert_eq!(h.stats().evicted_connections, 0);
+        assert_eq!(h.reassembler.connections(), 3);
     }
 
     #[test]
@@ -1507,9 +1743,11 @@ mod tests {
             ..ReassemblyLimits::default()
         });
         let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
-        h.seg(a, server(), "S", 1, 0, b"");
-        h.seg(b, server(), "S", 1, 0, b"");
-        h.seg(a, server(), "A", 2, 1, b"still here");
+        for peer in [a, b] {
+            h.seg(peer, server(), "S", 1, 0, b"");
+            h.seg(server(), peer, "SA", 7, 2, b"");
+        }
+        h.seg(a, server(), "A", 2, 8, b"still here");
         h.seg(c, server(), "S", 1, 0, b"");
         let events = h.take();
         assert_eq!(

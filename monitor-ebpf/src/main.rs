@@ -18,11 +18,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use monitor_common::{
-    CLIENT_START_LEN, ClientStart, DEFAULT_MAX_FLOWS, DEFAULT_RING_BYTES, DEFAULT_SERVER_PORTS,
-    DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT,
-    MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    classify_client_start,
+    CLIENT_START_LEN, ClientStart, DEFAULT_MAX_FLOWS, DEFAULT_MAX_NEW_FLOWS, DEFAULT_RING_BYTES,
+    DEFAULT_SERVER_PORTS, DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4,
+    FAMILY_IPV6, FlowKey, FlowState, KERNEL_COUNTER_SLOTS, KernelCounter, MAX_CHUNK_BYTES,
+    MAX_CHUNKS_PER_SEGMENT, MAX_SERVER_PORTS, SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN,
+    TCP_RST, TCP_SYN, classify_client_start,
 };
 
 /// Server ports, set by user space at load (`EbpfLoader::set_global`); 0 = unused slot.
@@ -40,9 +40,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_COUNTER
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// LRU so that connections that vanish without FIN/RST cannot fill the table for good.
+/// Flows the server has answered. LRU so that connections that vanish without FIN/RST cannot
+/// fill the table for good; only answered flows can push one another out.
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Flows that started like an API request and that the server has not acknowledged yet: one
+/// forged segment needs no handshake, so a flood of them cycles through this small table and
+/// never evicts an answered flow in `FLOWS`.
+#[map(name = "NEW_FLOWS")]
+static NEW_FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_NEW_FLOWS, 0);
 
 /// An event is assembled here and then copied into the ring with `bpf_ringbuf_output`, because
 /// `bpf_ringbuf_reserve` only takes a size known at verification time and would waste ring space
@@ -83,39 +91,67 @@ pub fn api_flow_classifier(ctx: TcContext) -> i32 {
 }
 
 fn observe(ctx: &TcContext, segment: &Segment) {
-    let tracked = FLOWS.get_ptr_mut(&segment.key);
-    let Some(state) = tracked else {
-        let start = if segment.direction == DIRECTION_CLIENT_TO_SERVER {
-            client_start(ctx, segment)
-        } else {
-            ClientStart::Other
-        };
-        if start == ClientStart::Track {
-            let state = start_tracking(segment);
-            send(ctx, segment, &state);
-        } else {
-            match start {
-                ClientStart::TlsHandshake => count(KernelCounter::TlsHandshakes, 1),
-                ClientStart::Http2Unseen => count(KernelCounter::Http2Unseen, 1),
-                _ => {}
+    if let Some(state) = FLOWS.get_ptr_mut(&segment.key) {
+        // SAFETY: the LRU value stays valid for this program run; the start fields never change.
+        let start = unsafe { *state };
+        send(ctx, segment, &start);
+        follow(segment, state);
+        return;
+    }
+    if let Some(state) = NEW_FLOWS.get_ptr_mut(&segment.key) {
+        // SAFETY: as above.
+        let start = unsafe { *state };
+        send(ctx, segment, &start);
+        if segment.direction != DIRECTION_SERVER_TO_CLIENT {
+            return;
+        }
+        if segment.flags & (TCP_RST | TCP_SYN) != 0 {
+            if NEW_FLOWS.remove(&segment.key).is_ok() {
+                count(KernelCounter::UnconfirmedEnded, 1);
             }
-            count(KernelCounter::Filtered, 1);
+        } else if segment.flags & TCP_ACK != 0
+            && (segment.ack.wrapping_sub(start.client_start) as i32) > 0
+        {
+            // The server acknowledged bytes of the request: the flow is real.
+            if FLOWS.insert(&segment.key, &start, 0).is_ok() {
+                count(KernelCounter::FlowsConfirmed, 1);
+            } else {
+                count(KernelCounter::FlowInsertFailed, 1);
+            }
+            let _ = NEW_FLOWS.remove(&segment.key);
         }
         return;
+    }
+    let start = if segment.direction == DIRECTION_CLIENT_TO_SERVER {
+        client_start(ctx, segment)
+    } else {
+        ClientStart::Other
     };
-    // SAFETY: the LRU value stays valid for this program run; the start fields never change.
-    let start = unsafe { *state };
-    send(ctx, segment, &start);
-    // A SYN on a tracked 4-tuple means the old connection is gone (port reuse): forget it, and let
-    // the new one earn tracking with its own API request.
-    if segment.flags & (TCP_RST | TCP_SYN) != 0 {
+    if start == ClientStart::Track {
+        let state = start_tracking(segment);
+        send(ctx, segment, &state);
+    } else {
+        match start {
+            ClientStart::TlsHandshake => count(KernelCounter::TlsHandshakes, 1),
+            ClientStart::Http2Unseen => count(KernelCounter::Http2Unseen, 1),
+            _ => {}
+        }
+        count(KernelCounter::Filtered, 1);
+    }
+}
+
+/// Ends tracking of an answered flow on what only the server's own stack sends: its RST, or
+/// its SYN-ACK to a new SYN on the 4-tuple (port reuse; the new connection earns tracking with
+/// its own API request). These leave this host (egress), so they cannot be forged from the
+/// network; a client's RST or SYN can be, and is left to user space, which checks its sequence
+/// number and stops the copy when it is real. FIN from both sides ends it too.
+#[inline(always)]
+fn follow(segment: &Segment, state: *mut FlowState) {
+    let from_server = segment.direction == DIRECTION_SERVER_TO_CLIENT;
+    if from_server && segment.flags & (TCP_RST | TCP_SYN) != 0 {
         end_tracking(&segment.key);
     } else if segment.flags & TCP_FIN != 0 {
-        let bit = if segment.direction == DIRECTION_CLIENT_TO_SERVER {
-            1
-        } else {
-            2
-        };
+        let bit = if from_server { 2 } else { 1 };
         // SAFETY: the LRU value stays valid for this program run; a racing FIN on another CPU can
         // lose a bit, which only leaves the entry for the LRU to evict.
         let fins = unsafe {
@@ -128,8 +164,9 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     }
 }
 
-/// Starts tracking at `segment`, the client's request: where each direction's bytes begin is kept,
-/// so that user space can tell an event lost before the first one it receives.
+/// Starts tracking at `segment`, the client's request, as unconfirmed (`NEW_FLOWS`) until the
+/// server acknowledges it: where each direction's bytes begin is kept, so that user space can
+/// tell an event lost before the first one it receives.
 fn start_tracking(segment: &Segment) -> FlowState {
     let state = FlowState {
         since_ns: unsafe { bpf_ktime_get_ns() },
@@ -138,7 +175,7 @@ fn start_tracking(segment: &Segment) -> FlowState {
         client_start: data_seq(segment),
         server_start: segment.ack,
     };
-    if FLOWS.insert(&segment.key, &state, 0).is_ok() {
+    if NEW_FLOWS.insert(&segment.key, &state, 0).is_ok() {
         count(KernelCounter::FlowsStarted, 1);
     } else {
         count(KernelCounter::FlowInsertFailed, 1);

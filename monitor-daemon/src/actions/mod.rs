@@ -321,7 +321,13 @@ impl Actions {
         let raw = verdict.call.raw_token.take();
         let verdict: &Verdict = verdict;
         let call = &verdict.call;
-        if let Ok(identity) = &call.token {
+        if let Some(probing) = &verdict.client_violation {
+            self.audit(AuditEntry::client_violation(probing));
+            self.alerts.raise(Alert::probing(probing), call.ts_start);
+        }
+        // Only tokens the server accepted are kept (90 days): a flood of made-up tokens, refused
+        // or never answered, must not grow the token table.
+        if let (Ok(identity), true) = (&call.token, call.token_accepted()) {
             let sighting = self
                 .sightings
                 .entry(identity.fingerprint)

@@ -15,6 +15,7 @@ fn violating(token: u8, secs: u64) -> Verdict {
             window: Span::from_secs(60),
             count: 4,
         }],
+        client_violation: None,
         decision: None,
     }
 }
