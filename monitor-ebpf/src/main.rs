@@ -94,25 +94,28 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     if let Some(state) = FLOWS.get_ptr_mut(&segment.key) {
         // SAFETY: the LRU value stays valid for this program run; the start fields never change.
         let start = unsafe { *state };
-        send(ctx, segment, &start);
+        send(ctx, segment, &start, false);
         follow(segment, state);
         return;
     }
     if let Some(state) = NEW_FLOWS.get_ptr_mut(&segment.key) {
         // SAFETY: as above.
         let start = unsafe { *state };
-        send(ctx, segment, &start);
-        if segment.direction != DIRECTION_SERVER_TO_CLIENT {
-            return;
-        }
-        if segment.flags & (TCP_RST | TCP_SYN) != 0 {
+        let from_server = segment.direction == DIRECTION_SERVER_TO_CLIENT;
+        let ends = from_server && segment.flags & (TCP_RST | TCP_SYN) != 0;
+        // The server acknowledged bytes of the request: the flow is real.
+        let confirms = from_server
+            && !ends
+            && segment.flags & TCP_ACK != 0
+            && (segment.ack.wrapping_sub(start.client_start) as i32) > 0;
+        // The confirming segment is sent even when it is a bare ACK: user space confirms its
+        // own connection on it (it too keeps unanswered connections apart).
+        send(ctx, segment, &start, confirms);
+        if ends {
             if NEW_FLOWS.remove(&segment.key).is_ok() {
                 count(KernelCounter::UnconfirmedEnded, 1);
             }
-        } else if segment.flags & TCP_ACK != 0
-            && (segment.ack.wrapping_sub(start.client_start) as i32) > 0
-        {
-            // The server acknowledged bytes of the request: the flow is real.
+        } else if confirms {
             if FLOWS.insert(&segment.key, &start, 0).is_ok() {
                 count(KernelCounter::FlowsConfirmed, 1);
             } else {
@@ -129,7 +132,7 @@ fn observe(ctx: &TcContext, segment: &Segment) {
     };
     if start == ClientStart::Track {
         let state = start_tracking(segment);
-        send(ctx, segment, &state);
+        send(ctx, segment, &state, false);
     } else {
         match start {
             ClientStart::TlsHandshake => count(KernelCounter::TlsHandshakes, 1),
@@ -248,11 +251,14 @@ fn load_payload(
     if ret == 0 { len } else { 0 }
 }
 
-/// Sends the segment's payload in chunks, then a payload-less event for SYN/FIN/RST.
-fn send(ctx: &TcContext, segment: &Segment, flow: &FlowState) {
+/// Sends the segment's payload in chunks, then a payload-less event for SYN/FIN/RST (or for a
+/// bare ACK when `bare_ack` says it matters).
+fn send(ctx: &TcContext, segment: &Segment, flow: &FlowState, bare_ack: bool) {
     // Most packets of a tracked connection are bare ACKs: they carry nothing user space needs
     // (every data event carries the ACK number), so they cost the lookup and no more.
-    if segment.payload_len == 0 && segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 {
+    let control = segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+        || (bare_ack && segment.payload_len == 0);
+    if segment.payload_len == 0 && !control {
         return;
     }
     let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
@@ -324,7 +330,7 @@ fn send(ctx: &TcContext, segment: &Segment, flow: &FlowState) {
         );
     }
 
-    if segment.flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+    if control {
         // FIN and RST take their place after all the segment's data, copied or not.
         buffer.header.seq = if segment.flags & TCP_SYN != 0 {
             segment.seq

@@ -15,7 +15,7 @@ mod decode;
 mod h2;
 mod head;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
 use connection::Ctx;
@@ -309,6 +309,11 @@ pub struct HttpTracker<S: ExchangeSelector> {
     limits: HttpLimits,
     stats: HttpStats,
     connections: HashMap<ConnectionId, Session<S::Body>>,
+    /// Each connection's oldest open selected request, kept up to date after every event so
+    /// that the oldest over all connections is the first entry, not a walk over every
+    /// connection (a flood of connections with open requests made that walk quadratic).
+    open_requests: BTreeSet<(Timestamp, ConnectionId)>,
+    open_request_of: HashMap<ConnectionId, Timestamp>,
     /// Connections with nothing worth reading until the client's next request.
     releasable: Vec<Releasable>,
     scratch: Box<[u8]>,
@@ -323,6 +328,8 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             limits,
             stats: HttpStats::default(),
             connections: HashMap::new(),
+            open_requests: BTreeSet::new(),
+            open_request_of: HashMap::new(),
             releasable: Vec::new(),
             scratch: vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice(),
             request_head: RequestHead::default(),
@@ -376,6 +383,34 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 None => ctx.stats.unknown_connection_events += 1,
             },
         }
+        let conn = match *event {
+            StreamEvent::Opened { conn, .. }
+            | StreamEvent::Data { conn, .. }
+            | StreamEvent::Gap { conn, .. }
+            | StreamEvent::Closed { conn, .. } => conn,
+        };
+        self.note_open_request(conn);
+    }
+
+    /// Brings `conn`'s entry in the index of open requests up to date (a look at its own
+    /// pending requests, which are bounded).
+    fn note_open_request(&mut self, conn: ConnectionId) {
+        let now = self
+            .connections
+            .get(&conn)
+            .and_then(|c| c.oldest_open_exchange());
+        let before = self.open_request_of.get(&conn).copied();
+        if now == before {
+            return;
+        }
+        if let Some(ts) = before {
+            self.open_requests.remove(&(ts, conn));
+            self.open_request_of.remove(&conn);
+        }
+        if let Some(ts) = now {
+            self.open_requests.insert((ts, conn));
+            self.open_request_of.insert(conn, ts);
+        }
     }
 
     pub fn stats(&self) -> &HttpStats {
@@ -395,12 +430,18 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 
     /// When the oldest selected request that has not finished started: no exchange emitted
-    /// later can have started before it. Looks at every connection, so call it sparingly.
+    /// later can have started before it. O(1): the index is kept by [`Self::on_event`].
     pub fn oldest_open_exchange(&self) -> Option<Timestamp> {
-        self.connections
-            .values()
-            .filter_map(|c| c.oldest_open_exchange())
-            .min()
+        // The unit tests check the index against the walk it replaces.
+        #[cfg(test)]
+        assert_eq!(
+            self.open_requests.first().map(|&(ts, _)| ts),
+            self.connections
+                .values()
+                .filter_map(|c| c.oldest_open_exchange())
+                .min()
+        );
+        self.open_requests.first().map(|&(ts, _)| ts)
     }
 }
 

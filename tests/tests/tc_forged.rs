@@ -1,0 +1,169 @@
+//! Forged traffic against the real kernel program: a flood of forged segments that start like an
+//! API request (no handshake, a bad checksum so that the server's stack drops them without a
+//! RST) must not push a real API connection out of the kernel's flow table while its request is
+//! in flight. The probe is attached to the server's veth in a namespace pair and drained into a
+//! real [`Pipeline`]. Needs root; set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip without it.
+
+mod probe_env;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use monitor_tests::require_root;
+use probe_env::{CLIENT_IP, SERVER_IP, SERVER_PORT, namespace_pair, spawn_attached_probe};
+use redcap_monitor::capture::kernel::{KernelCounters, ProbeConfig};
+use redcap_monitor::config::Config;
+use redcap_monitor::pipeline::Pipeline;
+use redcap_monitor::redcap::ApiCall;
+use redcap_monitor::token::{RawToken, SiteKey};
+
+const TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF";
+const KEY: [u8; 32] = [5; 32];
+
+/// One API call whose head and body leave in two segments: the head, then (after a line on
+/// stdin) the body with the token. Prints "head" after the head, then the answer's status.
+const CLIENT_PY: &str = r#"
+import socket, sys
+host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = ("token=%s&content=record&format=json&returnFormat=json" % token).encode()
+head = ("POST /api/ HTTP/1.1\r\nHost: redcap\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: %d\r\n\r\n" % len(body)).encode()
+s = socket.create_connection((host, port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(head)
+print("head", flush=True)
+sys.stdin.readline()
+s.sendall(body)
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += s.recv(65536)
+print(answer.split(b" ")[1].decode(), flush=True)
+s.close()
+"#;
+
+/// Sends argv[3] forged TCP segments from argv[1] (random source ports) to argv[2]:8080, each
+/// the start of an API request with the ACK flag and a wrong checksum, through a raw socket.
+const FORGER_PY: &str = r#"
+import random, socket, struct, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+payload = b"POST /api/ HTTP/1.1\r\nHost: redcap\r\nContent-Length: 40\r\n\r\n"
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+for i in range(n):
+    sport = 1024 + (i * 7919) % 60000
+    seq, ack = random.getrandbits(32), random.getrandbits(32)
+    header = struct.pack("!HHIIBBHHH", sport, 8080, seq, ack, 5 << 4, 0x18, 65535, 0xdead, 0)
+    s.sendto(header + payload, (dst, 0))
+print(n, flush=True)
+"#;
+
+struct Observed {
+    calls: Vec<ApiCall>,
+    counters: KernelCounters,
+}
+
+#[test]
+fn a_flood_of_forged_api_requests_does_not_evict_an_api_connection_in_flight() {
+    if !require_root(module_path!()) {
+        return;
+    }
+    const FORGED: usize = 20_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = namespace_pair();
+    let _server = probe_env::start_server(&pair, &dir.path().join("server.jsonl"), 100);
+    let stop = Arc::new(AtomicBool::new(false));
+    // A small table, so that the flood is many times its size.
+    let config = ProbeConfig {
+        ports: vec![SERVER_PORT],
+        max_flows: 512,
+        ..ProbeConfig::default()
+    };
+    let stopped = Arc::clone(&stop);
+    let probe = spawn_attached_probe(&pair, config, move |mut probe| {
+        let mut pipeline =
+            Pipeline::new(&Config::default(), SiteKey::from_bytes(KEY)).expect("default config");
+        let mut calls = Vec::new();
+        loop {
+            let last = stopped.load(Ordering::Relaxed);
+            probe
+                .wait_readable(Duration::from_millis(20))
+                .expect("poll");
+            probe.drain(&mut |segment| {
+                pipeline.push_segment(segment, &mut |verdict| calls.push(verdict.call))
+            });
+            if last {
+                break;
+            }
+        }
+        pipeline.finish(&mut |verdict| calls.push(verdict.call));
+        Observed {
+            calls,
+            counters: probe.counters().expect("counters"),
+        }
+    });
+
+    let mut client = pair
+        .exec(&pair.client_ns, "python3")
+        .args(["-c", CLIENT_PY, SERVER_IP, &SERVER_PORT.to_string(), TOKEN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed for the test client");
+    let mut answers = BufReader::new(client.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    answers
+        .read_line(&mut line)
+        .expect("the client's first line");
+    assert_eq!(line.trim(), "head");
+    // The server acknowledges the head: the flow is confirmed.
+    thread::sleep(Duration::from_millis(300));
+
+    let forger = pair
+        .exec(&pair.client_ns, "python3")
+        .args(["-c", FORGER_PY, CLIENT_IP, SERVER_IP, &FORGED.to_string()])
+        .output()
+        .expect("python3 is needed for the forger");
+    assert!(
+        forger.status.success(),
+        "the forger failed: {}",
+        String::from_utf8_lossy(&forger.stderr)
+    );
+
+    writeln!(client.stdin.as_mut().expect("piped stdin")).expect("releasing the body");
+    line.clear();
+    answers.read_line(&mut line).expect("the answer's status");
+    assert_eq!(line.trim(), "200", "the server answered the real call");
+    assert!(client.wait().expect("client").success());
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let observed = probe.join().expect("probe thread");
+
+    let counters = observed.counters;
+    eprintln!("{counters:?}");
+    let fingerprint =
+        SiteKey::from_bytes(KEY).fingerprint(&RawToken::parse(TOKEN.as_bytes()).unwrap());
+    let real: Vec<&ApiCall> = observed
+        .calls
+        .iter()
+        .filter(|c| c.token.as_ref().is_ok_and(|t| t.fingerprint == fingerprint))
+        .collect();
+    assert_eq!(
+        real.len(),
+        1,
+        "the real call is reported once: {counters:?}"
+    );
+    assert!(real[0].complete, "{:?}", real[0]);
+    assert_eq!(real[0].status, Some(200));
+    assert_eq!(counters.flows_evicted, 0, "{counters:?}");
+    assert_eq!(
+        counters.flows_confirmed, 1,
+        "only the real flow is confirmed: {counters:?}"
+    );
+    assert!(
+        counters.flows_unanswered >= (FORGED - 512) as u64,
+        "the flood is counted as unanswered: {counters:?}"
+    );
+}
