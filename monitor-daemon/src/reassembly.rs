@@ -5,7 +5,7 @@
 //! only out-of-order bytes are copied, within per-direction and total limits. Lost bytes are
 //! reported as gaps, never glued over. Knows nothing about HTTP; has no clock of its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use monitor_common::{CLIENT_START_LEN, ClientStart, classify_client_start};
 
@@ -123,6 +123,9 @@ pub struct Reassembler {
     /// (slot, id) of unanswered connections in the order they were opened; entries of
     /// connections answered or closed since are skipped when met.
     unconfirmed_order: VecDeque<(usize, ConnectionId)>,
+    /// Every direction holding out-of-order bytes, by how many: (bytes, slot, direction index).
+    /// Memory relief takes the largest from the end instead of scanning every connection.
+    buffers: BTreeSet<(usize, usize, usize)>,
 }
 
 /// What a SYN on a tracked 4-tuple leads to.
@@ -159,6 +162,7 @@ impl Reassembler {
             resumed_early: Vec::new(),
             unconfirmed: 0,
             unconfirmed_order: VecDeque::new(),
+            buffers: BTreeSet::new(),
         }
     }
 
@@ -223,6 +227,7 @@ impl Reassembler {
         conn.last_seen = conn.last_seen.max(seg.ts);
         conn.acks_seen |= seg.ack.is_some();
         let pending_before = conn.pending_bytes();
+        let before = conn.streams.each_ref().map(|s| s.pending_bytes);
         let dir = if seg.src == conn.client {
             Direction::ClientToServer
         } else {
@@ -269,6 +274,7 @@ impl Reassembler {
         let both_fins = sender.fin_seq.is_some() && receiver.fin_seq.is_some();
         let pending_after = conn.pending_bytes();
         self.pending_total = (self.pending_total + pending_after).saturating_sub(pending_before);
+        self.reindex_buffers(index, before);
         if both_fins {
             self.close(index, seg.ts, CloseReason::Fin, emit);
         }
@@ -642,6 +648,9 @@ impl Reassembler {
         if !conn.confirmed {
             self.unconfirmed = self.unconfirmed.saturating_sub(1);
         }
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            self.buffers.remove(&(stream.pending_bytes, index, dir));
+        }
         self.pending_total = self.pending_total.saturating_sub(conn.pending_bytes());
         for (stream, dir) in conn
             .streams
@@ -671,18 +680,22 @@ impl Reassembler {
     }
 
     /// Over the total buffer limit: flush the largest buffers (their holes become gaps) until
-    /// well under it, so that the scan over all connections does not repeat on every segment.
+    /// well under it. The largest is the last entry of the buffer index: no scan.
     fn relieve_memory(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
         let target = self.limits.max_buffered_total - self.limits.max_buffered_total / 8;
         while self.pending_total > target {
-            let Some((index, dir)) = self.table.largest_buffer() else {
+            let Some((before, index, dir)) = self.buffers.pop_last() else {
                 break;
             };
             let Some(conn) = self.table.get_mut(index) else {
-                break;
+                continue;
+            };
+            let dir = if dir == 0 {
+                Direction::ClientToServer
+            } else {
+                Direction::ServerToClient
             };
             let stream = &mut conn.streams[dir.index()];
-            let before = stream.pending_bytes;
             let mut out = Out {
                 conn: conn.id,
                 dir,
@@ -692,6 +705,23 @@ impl Reassembler {
             stream.flush(ts, &mut out);
             self.stats.buffer_evictions += 1;
             self.pending_total = self.pending_total.saturating_sub(before);
+        }
+    }
+
+    /// Brings the buffer index up to date for the connection at `index`, whose directions held
+    /// `before` bytes.
+    fn reindex_buffers(&mut self, index: usize, before: [usize; 2]) {
+        let Some(conn) = self.table.get(index) else {
+            return;
+        };
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            let now = stream.pending_bytes;
+            if now != before[dir] {
+                self.buffers.remove(&(before[dir], index, dir));
+                if now > 0 {
+                    self.buffers.insert((now, index, dir));
+                }
+            }
         }
     }
 }
@@ -747,17 +777,22 @@ struct Stream {
     fin_seq: Option<u32>,
     /// The FIN has been reached in order: nothing more will be passed on.
     finished: bool,
-    /// Out-of-order data after a hole, sorted by sequence and not overlapping.
-    pending: VecDeque<Pending>,
+    /// Where `next_seq` is in the direction's whole byte stream (it does not wrap): the key of
+    /// buffered data, so that finding a segment's place is a lookup, not a scan from the front.
+    next_pos: u64,
+    /// Out-of-order data after a hole, by stream position ([`Stream::next_pos`]'s scale), not
+    /// overlapping.
+    pending: BTreeMap<u64, Pending>,
     /// Buffered bytes plus [`PENDING_OVERHEAD`] per entry.
     pending_bytes: usize,
 }
 
-/// A copied out-of-order piece of a segment, with its own capture time.
+/// A copied out-of-order piece of a segment, with its own capture time. Its bytes may be part of
+/// a request body (a token): zeroed when dropped.
 struct Pending {
     seq: u32,
     ts: Timestamp,
-    bytes: Vec<u8>,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
 }
 
 /// Where a stream's events go: the connection and direction they belong to, and the counters.
@@ -860,19 +895,19 @@ impl Stream {
         loop {
             let room = self
                 .pending
-                .front()
-                .map_or(usize::MAX, |p| p.seq.wrapping_sub(next) as usize);
+                .first_key_value()
+                .map_or(usize::MAX, |(_, p)| p.seq.wrapping_sub(next) as usize);
             let (now, later) = data.split_at(data.len().min(room));
             if !now.is_empty() {
                 out.data(ts, now);
                 next = next.wrapping_add(now.len() as u32);
             }
             data = later;
-            match self.pending.front() {
-                Some(p) if p.seq == next => {}
+            match self.pending.first_key_value() {
+                Some((_, p)) if p.seq == next => {}
                 _ => break,
             }
-            let Some(p) = self.pending.pop_front() else {
+            let Some((_, p)) = self.pending.pop_first() else {
                 break;
             };
             self.pending_bytes = self
@@ -884,8 +919,18 @@ impl Stream {
             out.stats.overlapping_bytes += covered as u64;
             data = data.get(covered..).unwrap_or_default();
         }
-        self.next_seq = Some(next);
+        self.move_next(next);
         self.reach_fin();
+    }
+
+    /// Moves `next_seq` (forward) to `seq`, keeping `next_pos` in step.
+    fn move_next(&mut self, seq: u32) {
+        if let Some(next) = self.next_seq {
+            self.next_pos = self
+                .next_pos
+                .wrapping_add_signed(i64::from(seq_distance(next, seq)));
+        }
+        self.next_seq = Some(seq);
     }
 
     /// Once everything before the FIN has been passed on, the direction is finished.
@@ -894,7 +939,7 @@ impl Stream {
             && seq_distance(next, fin) <= 0
         {
             self.finished = true;
-            self.next_seq = Some(fin.wrapping_add(1));
+            self.move_next(fin.wrapping_add(1));
             // Nothing after a FIN is part of the stream.
             self.pending.clear();
             self.pending_bytes = 0;
@@ -902,46 +947,45 @@ impl Stream {
     }
 
     /// Copies an out-of-order segment into the buffer, keeping only bytes not buffered yet.
+    /// Finds its place by lookup (O(log n) per piece it meets), so a stream of segments behind
+    /// one hole costs no rescan of what is already buffered.
     fn buffer(&mut self, seq: u32, data: &[u8], ts: Timestamp, stats: &mut ReassemblyStats) {
         let Some(next) = self.next_seq else {
             return;
         };
-        // Offsets from `next`; buffered data is always ahead of it and within 2^31.
-        let base = u64::from(seq.wrapping_sub(next));
+        // Buffered data is always ahead of `next` and within 2^31 of it.
+        let base = self.next_pos + u64::from(seq.wrapping_sub(next));
         let end = base + data.len() as u64;
         let mut start = base;
-        let mut at = 0;
+        // A piece that starts before this segment may reach into it.
+        let mut cursor = self
+            .pending
+            .range(..base)
+            .next_back()
+            .map_or(base, |(&at, _)| at);
         while start < end {
-            let Some(p) = self.pending.get(at) else {
+            let Some((&p_start, p)) = self.pending.range(cursor..end).next() else {
                 break;
             };
-            let p_start = u64::from(p.seq.wrapping_sub(next));
             let p_end = p_start + p.bytes.len() as u64;
+            cursor = p_start + 1;
             if p_end <= start {
-                at += 1;
                 continue;
             }
-            if p_start >= end {
-                break;
-            }
             if start < p_start {
-                self.insert_piece(at, seq, data, base, start, p_start, ts);
-                at += 1;
+                self.insert_piece(seq, data, base, start, p_start, ts);
             }
             stats.overlapping_bytes += end.min(p_end) - start.max(p_start);
             start = p_end;
-            at += 1;
         }
         if start < end {
-            self.insert_piece(at, seq, data, base, start, end, ts);
+            self.insert_piece(seq, data, base, start, end, ts);
         }
     }
 
-    /// Buffers `data[from - base .. to - base]` at position `at`.
-    #[allow(clippy::too_many_arguments)]
+    /// Buffers `data[from - base .. to - base]` (stream positions; `data` starts at `seq`).
     fn insert_piece(
         &mut self,
-        at: usize,
         seq: u32,
         data: &[u8],
         base: u64,
@@ -955,30 +999,30 @@ impl Stream {
         };
         self.pending_bytes += bytes.len() + PENDING_OVERHEAD;
         self.pending.insert(
-            at,
+            from,
             Pending {
                 seq: seq.wrapping_add(skip as u32),
                 ts,
-                bytes: bytes.to_vec(),
+                bytes: zeroize::Zeroizing::new(bytes.to_vec()),
             },
         );
     }
 
     /// Declares the hole before the first buffered segment a gap and passes on what follows.
     fn skip_hole(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
-        let (Some(next), Some(first)) = (self.next_seq, self.pending.front()) else {
+        let (Some(next), Some((_, first))) = (self.next_seq, self.pending.first_key_value()) else {
             return;
         };
         let first_seq = first.seq;
         out.gap(ts, first_seq.wrapping_sub(next));
-        self.next_seq = Some(first_seq);
+        self.move_next(first_seq);
         self.deliver(&[], ts, out);
     }
 
     /// The peer acknowledged everything before `ack`: holes before it were lost by the capture,
     /// not by the network, so nothing will fill them.
     fn acknowledged(&mut self, ack: u32, ts: Timestamp, out: &mut Out<'_, '_>) {
-        while let Some(first) = self.pending.front() {
+        while let Some((_, first)) = self.pending.first_key_value() {
             if seq_distance(first.seq, ack) < 0 {
                 return;
             }
@@ -1010,7 +1054,7 @@ impl Stream {
             && seq_distance(next, fin) > 0
         {
             out.gap(ts, fin.wrapping_sub(next));
-            self.next_seq = Some(fin);
+            self.move_next(fin);
         }
         self.reach_fin();
     }
@@ -1143,21 +1187,6 @@ impl ConnectionTable {
             Some(o) => o.newer = newer,
             None => self.oldest = newer,
         }
-    }
-
-    /// The direction holding the most buffered bytes, if any holds some.
-    fn largest_buffer(&self) -> Option<(usize, Direction)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| Some((index, &slot.as_ref()?.conn)))
-            .flat_map(|(index, conn)| {
-                [Direction::ClientToServer, Direction::ServerToClient]
-                    .map(|dir| (conn.streams[dir.index()].pending_bytes, index, dir))
-            })
-            .filter(|&(bytes, _, _)| bytes > 0)
-            .max_by_key(|&(bytes, _, _)| bytes)
-            .map(|(_, index, dir)| (index, dir))
     }
 }
 

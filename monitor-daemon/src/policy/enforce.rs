@@ -335,7 +335,7 @@ fn make_room(records: &mut FingerprintMap<Record>, max: usize, now: Timestamp) -
     };
     let mut by_age: Vec<(Timestamp, TokenFingerprint)> = records
         .iter()
-        .filter(|(_, r)| !r.suspended_until.is_some_and(|until| until > now))
+        .filter(|(_, r)| r.suspended_until.is_none_or(|until| until <= now))
         .map(|(fp, r)| (last(r), *fp))
         .collect();
     let evict = evict.min(by_age.len());
