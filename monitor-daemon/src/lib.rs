@@ -13,6 +13,7 @@ pub mod canary;
 pub mod capture;
 pub mod config;
 pub mod coverage;
+pub mod hardening;
 pub mod health;
 pub mod hooks;
 pub mod http;

@@ -124,6 +124,11 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
 /// Runs until SIGINT or SIGTERM. Blocks the calling thread on a single-threaded tokio runtime.
 pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     check_config(config, origin)?;
+    // The site key is in memory already, and request bodies with tokens soon will be.
+    crate::hardening::forbid_core_dumps().map_err(|source| RunError::Io {
+        what: "making the process non-dumpable (prctl PR_SET_DUMPABLE)",
+        source,
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -316,7 +316,8 @@ pub struct HttpTracker<S: ExchangeSelector> {
     open_request_of: HashMap<ConnectionId, Timestamp>,
     /// Connections with nothing worth reading until the client's next request.
     releasable: Vec<Releasable>,
-    scratch: Box<[u8]>,
+    /// Decompressed body bytes (tokens, in a compressed request): zeroed when dropped.
+    scratch: zeroize::Zeroizing<Box<[u8]>>,
     request_head: RequestHead,
     header_slots: HeaderSlots,
 }
@@ -331,7 +332,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             open_requests: BTreeSet::new(),
             open_request_of: HashMap::new(),
             releasable: Vec::new(),
-            scratch: vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice(),
+            scratch: zeroize::Zeroizing::new(vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice()),
             request_head: RequestHead::default(),
             header_slots: HeaderSlots::default(),
         }
