@@ -12,7 +12,7 @@ mod tls;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::generated::{bpf_csum_diff, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
@@ -74,6 +74,7 @@ const IPPROTO_TCP: u8 = 6;
 struct Segment {
     key: FlowKey,
     direction: u8,
+    tcp_offset: u32,
     seq: u32,
     ack: u32,
     flags: u8,
@@ -91,6 +92,15 @@ pub fn api_flow_classifier(ctx: TcContext) -> i32 {
 }
 
 fn observe(ctx: &TcContext, segment: &Segment) {
+    if segment.direction == DIRECTION_CLIENT_TO_SERVER
+        && segment.flags & TCP_RST != 0
+        && !rst_checksum_ok(ctx, segment)
+    {
+        // A forged RST (the server's stack drops it): user space must not see it, or it would
+        // close the connection and stop the copy while the request goes on.
+        count(KernelCounter::RstChecksumBad, 1);
+        return;
+    }
     if let Some(state) = FLOWS.get_ptr_mut(&segment.key) {
         // SAFETY: the LRU value stays valid for this program run; the start fields never change.
         let start = unsafe { *state };
@@ -165,6 +175,72 @@ fn follow(segment: &Segment, state: *mut FlowState) {
             end_tracking(&segment.key);
         }
     }
+}
+
+/// Whether a payload-less segment's TCP checksum is right, or is the pseudo-header-only value
+/// that checksum offload leaves in a packet sent from this host. Only the header is summed (at
+/// most 60 bytes), so this is cheap; a segment with data is not checked (false).
+#[inline(always)]
+fn rst_checksum_ok(ctx: &TcContext, segment: &Segment) -> bool {
+    if segment.payload_len != 0 {
+        return false;
+    }
+    let header_len = segment.payload_offset.wrapping_sub(segment.tcp_offset);
+    // A multiple of 4 in 20..=60 that the verifier can bound.
+    let len = core::hint::black_box(header_len) & 0x3c;
+    if len < 20 || len != header_len {
+        return false;
+    }
+    let mut header = [0u32; 15];
+    // SAFETY: `len` ≤ 60 bytes = the buffer's size.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            segment.tcp_offset,
+            header.as_mut_ptr().cast(),
+            len,
+        )
+    };
+    if loaded != 0 {
+        return false;
+    }
+    // SAFETY: a stack buffer of `len` initialised bytes; `from` is empty.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, header.as_mut_ptr(), len, 0) };
+    if sum < 0 {
+        return false;
+    }
+    // The helper sums the bytes as they lie in memory (little-endian words): swapped, it is the
+    // network-order sum the pseudo-header's is added to.
+    let header_sum = u64::from(fold(sum as u64).swap_bytes());
+    let key = &segment.key;
+    let addr_words = if key.family == FAMILY_IPV4 { 2 } else { 8 };
+    let mut pseudo: u64 = 6 + u64::from(len);
+    let mut i = 0;
+    while i < 8 {
+        if i < addr_words {
+            let (a, b) = (key.client_addr, key.server_addr);
+            pseudo += u64::from(u16::from_be_bytes([a[2 * i], a[2 * i + 1]]));
+            pseudo += u64::from(u16::from_be_bytes([b[2 * i], b[2 * i + 1]]));
+        }
+        i += 1;
+    }
+    if fold(pseudo + header_sum) == 0xffff {
+        return true;
+    }
+    // The checksum field: bytes 16 and 17 of the header, the low half of word 4 in memory.
+    let word = header[4].to_le_bytes();
+    u16::from_be_bytes([word[0], word[1]]) == fold(pseudo)
+}
+
+/// Folds a one's-complement sum to 16 bits.
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    let mut i = 0;
+    while i < 4 && sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+        i += 1;
+    }
+    sum as u16
 }
 
 /// Starts tracking at `segment`, the client's request, as unconfirmed (`NEW_FLOWS`) until the
@@ -449,6 +525,7 @@ fn server_port_segment(ctx: &TcContext) -> Option<Segment> {
         };
     let flags = tcp[13];
     Some(Segment {
+        tcp_offset: tcp_offset as u32,
         key: FlowKey {
             client_addr,
             server_addr,

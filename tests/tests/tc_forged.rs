@@ -1,8 +1,10 @@
-//! Forged traffic against the real kernel program: a flood of forged segments that start like an
-//! API request (no handshake, a bad checksum so that the server's stack drops them without a
-//! RST) must not push a real API connection out of the kernel's flow table while its request is
-//! in flight. The probe is attached to the server's veth in a namespace pair and drained into a
-//! real [`Pipeline`]. Needs root; set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to skip without it.
+//! Forged traffic against the real kernel program, the probe attached to the server's veth in a
+//! namespace pair and drained into a real [`Pipeline`]: a flood of forged segments that start
+//! like an API request (no handshake, a bad checksum so that the server's stack drops them
+//! without a RST) must not push a real API connection out of the kernel's flow table while its
+//! request is in flight; a forged RST with the right sequence number and a wrong checksum must not
+//! end the copy of the request it lands in. Needs root; set REDCAP_MONITOR_SKIP_ROOT_TESTS=1 to
+//! skip without it.
 
 mod probe_env;
 
@@ -60,9 +62,101 @@ for i in range(n):
 print(n, flush=True)
 "#;
 
+/// Like [`CLIENT_PY`], but between head and body it forges a RST in its own connection: the
+/// sequence number its stack would use (read from its own head segment, sniffed on its
+/// interface) and a wrong checksum. Prints "rst" once sent, then the answer's status; then
+/// abandons a second request with a real RST (SO_LINGER 0) and prints "aborted".
+const RST_CLIENT_PY: &str = r#"
+import socket, struct, sys, time
+host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = ("token=%s&content=record&format=json&returnFormat=json" % token).encode()
+head = ("POST /api/ HTTP/1.1\r\nHost: redcap\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        "Content-Length: %d\r\n\r\n" % len(body)).encode()
+ifname = [n for _, n in socket.if_nameindex() if n != "lo"][0]
+sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+sniff.bind((ifname, 0))
+s = socket.create_connection((host, port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+lport = s.getsockname()[1]
+s.sendall(head)
+while True:
+    frame = sniff.recv(65535)
+    if frame[12:14] != b"\x08\x00":
+        continue
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    tcp = ip[ihl:]
+    sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+    data = struct.unpack("!H", ip[2:4])[0] - ihl - (tcp[12] >> 4) * 4
+    if sport == lport and data > 0:
+        nxt = (seq + data) & 0xffffffff
+        break
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.sendto(struct.pack("!HHIIBBHHH", lport, port, nxt, 0, 5 << 4, 0x04, 0, 0xbeef, 0), (host, 0))
+print("rst", flush=True)
+time.sleep(0.3)
+s.sendall(body)
+answer = b""
+while b"\r\n\r\n" not in answer:
+    answer += s.recv(65536)
+print(answer.split(b" ")[1].decode(), flush=True)
+s.close()
+# A real RST from the client's own stack: a request abandoned after its head.
+s2 = socket.create_connection((host, port))
+s2.sendall(head)
+time.sleep(0.2)
+s2.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s2.close()
+print("aborted", flush=True)
+"#;
+
 struct Observed {
     calls: Vec<ApiCall>,
     counters: KernelCounters,
+    /// Connections reassembly closed on a RST.
+    resets: u64,
+}
+
+/// Attaches the probe and feeds every segment into a pipeline until `stop` is set.
+fn observe(
+    pair: &monitor_tests::netns::NamespacePair,
+    config: ProbeConfig,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Observed> {
+    spawn_attached_probe(pair, config, move |mut probe| {
+        let mut pipeline =
+            Pipeline::new(&Config::default(), SiteKey::from_bytes(KEY)).expect("default config");
+        let mut calls = Vec::new();
+        loop {
+            let last = stop.load(Ordering::Relaxed);
+            probe
+                .wait_readable(Duration::from_millis(20))
+                .expect("poll");
+            probe.drain(&mut |segment| {
+                pipeline.push_segment(segment, &mut |verdict| calls.push(verdict.call))
+            });
+            if last {
+                break;
+            }
+        }
+        pipeline.finish(&mut |verdict| calls.push(verdict.call));
+        Observed {
+            calls,
+            counters: probe.counters().expect("counters"),
+            resets: pipeline.stats().reassembly.reset_closed,
+        }
+    })
+}
+
+/// The calls that carry [`TOKEN`].
+fn real_calls(observed: &Observed) -> Vec<&ApiCall> {
+    let fingerprint =
+        SiteKey::from_bytes(KEY).fingerprint(&RawToken::parse(TOKEN.as_bytes()).unwrap());
+    observed
+        .calls
+        .iter()
+        .filter(|c| c.token.as_ref().is_ok_and(|t| t.fingerprint == fingerprint))
+        .collect()
 }
 
 #[test]
@@ -81,29 +175,7 @@ fn a_flood_of_forged_api_requests_does_not_evict_an_api_connection_in_flight() {
         max_flows: 512,
         ..ProbeConfig::default()
     };
-    let stopped = Arc::clone(&stop);
-    let probe = spawn_attached_probe(&pair, config, move |mut probe| {
-        let mut pipeline =
-            Pipeline::new(&Config::default(), SiteKey::from_bytes(KEY)).expect("default config");
-        let mut calls = Vec::new();
-        loop {
-            let last = stopped.load(Ordering::Relaxed);
-            probe
-                .wait_readable(Duration::from_millis(20))
-                .expect("poll");
-            probe.drain(&mut |segment| {
-                pipeline.push_segment(segment, &mut |verdict| calls.push(verdict.call))
-            });
-            if last {
-                break;
-            }
-        }
-        pipeline.finish(&mut |verdict| calls.push(verdict.call));
-        Observed {
-            calls,
-            counters: probe.counters().expect("counters"),
-        }
-    });
+    let probe = observe(&pair, config, Arc::clone(&stop));
 
     let mut client = pair
         .exec(&pair.client_ns, "python3")
@@ -143,13 +215,7 @@ fn a_flood_of_forged_api_requests_does_not_evict_an_api_connection_in_flight() {
 
     let counters = observed.counters;
     eprintln!("{counters:?}");
-    let fingerprint =
-        SiteKey::from_bytes(KEY).fingerprint(&RawToken::parse(TOKEN.as_bytes()).unwrap());
-    let real: Vec<&ApiCall> = observed
-        .calls
-        .iter()
-        .filter(|c| c.token.as_ref().is_ok_and(|t| t.fingerprint == fingerprint))
-        .collect();
+    let real = real_calls(&observed);
     assert_eq!(
         real.len(),
         1,
@@ -166,4 +232,52 @@ fn a_flood_of_forged_api_requests_does_not_evict_an_api_connection_in_flight() {
         counters.flows_unanswered >= (FORGED - 512) as u64,
         "the flood is counted as unanswered: {counters:?}"
     );
+}
+
+#[test]
+fn a_forged_reset_with_a_wrong_checksum_does_not_end_the_copy_of_a_request() {
+    if !require_root(module_path!()) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = namespace_pair();
+    let _server = probe_env::start_server(&pair, &dir.path().join("server.jsonl"), 100);
+    let stop = Arc::new(AtomicBool::new(false));
+    let config = ProbeConfig {
+        ports: vec![SERVER_PORT],
+        ..ProbeConfig::default()
+    };
+    let probe = observe(&pair, config, Arc::clone(&stop));
+    let output = pair
+        .exec(&pair.client_ns, "python3")
+        .args([
+            "-c",
+            RST_CLIENT_PY,
+            SERVER_IP,
+            &SERVER_PORT.to_string(),
+            TOKEN,
+        ])
+        .output()
+        .expect("python3 is needed for the test client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.lines().eq(["rst", "200", "aborted"]),
+        "the client: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let observed = probe.join().expect("probe thread");
+    let counters = observed.counters;
+    let real = real_calls(&observed);
+    assert_eq!(
+        real.len(),
+        1,
+        "the real call is reported once: {counters:?}"
+    );
+    assert!(real[0].complete, "{:?}", real[0]);
+    assert_eq!(real[0].status, Some(200));
+    assert_eq!(counters.rst_checksum_bad, 1, "{counters:?}");
+    // The client stack's own RST passes the check and closes its connection.
+    assert_eq!(observed.resets, 1, "{counters:?}");
 }
