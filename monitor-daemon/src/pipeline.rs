@@ -653,4 +653,76 @@ mod tests {
             "the hanging request is reported at the end too"
         );
     }
+
+    /// An Ethernet frame from `src` to `dst` with a correct TCP checksum (as the wire has it).
+    fn frame(
+        src: Endpoint,
+        dst: Endpoint,
+        seq: u32,
+        ack: u32,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip, dst.ip) else {
+            unreachable!("IPv4 endpoints")
+        };
+        let builder = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(src.port, dst.port, seq, 65535);
+        let builder = if syn { builder.syn() } else { builder };
+        let builder = if ack == 0 { builder } else { builder.ack(ack) };
+        let mut out = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_decoy_segment_with_a_wrong_checksum_does_not_take_the_real_requests_place() {
+        let mut pipeline = Pipeline::new(&Config::default(), SiteKey::from_bytes([3; 32])).unwrap();
+        let real = request();
+        // The same bytes but another token, in the same sequence space: the server's kernel
+        // drops it for its checksum, and reads the real one that follows.
+        let decoy = real.replace(
+            "0123456789ABCDEF0123456789ABCDEF",
+            "FEDCBA9876543210FEDCBA9876543210",
+        );
+        let mut decoy_frame = frame(CLIENT, SERVER, 1001, 5001, false, decoy.as_bytes());
+        let check_at = 14 + 20 + 16;
+        decoy_frame[check_at] ^= 0x55;
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        let frames = [
+            frame(CLIENT, SERVER, 1000, 0, true, b""),
+            frame(SERVER, CLIENT, 5000, 1001, true, b""),
+            frame(CLIENT, SERVER, 1001, 5001, false, b""),
+            decoy_frame,
+            frame(CLIENT, SERVER, 1001, 5001, false, real.as_bytes()),
+            frame(
+                SERVER,
+                CLIENT,
+                5001,
+                1001 + real.len() as u32,
+                false,
+                response,
+            ),
+        ];
+        let mut verdicts = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let f = Frame {
+                ts: Timestamp(1_700_000_000_000_000_000 + i as u64 * 1_000_000),
+                link: crate::capture::LinkType::ETHERNET,
+                data,
+            };
+            pipeline.push_frame(&f, &mut |v| verdicts.push(v));
+        }
+        pipeline.finish(&mut |v| verdicts.push(v));
+        assert_eq!(verdicts.len(), 1);
+        let real_token =
+            crate::token::RawToken::parse(b"0123456789ABCDEF0123456789ABCDEF").unwrap();
+        assert_eq!(
+            verdicts[0].call.token.as_ref().map(|t| t.fingerprint).ok(),
+            Some(SiteKey::from_bytes([3; 32]).fingerprint(&real_token)),
+            "the call carries the token the server read"
+        );
+        assert_eq!(pipeline.stats().decode.checksum_bad, 1);
+    }
 }
