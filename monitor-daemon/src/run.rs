@@ -1045,8 +1045,8 @@ impl Records {
             self.calls_written += 1;
         }
         if let Some(violations) = &mut self.violations {
-            for violation in &verdict.violations {
-                if let Err(err) = violations.line(&ViolationRecord::of(violation)) {
+            for record in ViolationRecord::all_of(verdict) {
+                if let Err(err) = violations.line(&record) {
                     self.error = Some(err);
                     return;
                 }

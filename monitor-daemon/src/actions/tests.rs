@@ -135,8 +135,8 @@ fn act(
 ) {
     let (decisions, records, kept) = daemon;
     write_line(records, &CallRecord::of(&v, Transport::Tcp)).unwrap();
-    for violation in &v.violations {
-        write_line(records, &ViolationRecord::of(violation)).unwrap();
+    for record in ViolationRecord::all_of(&v) {
+        write_line(records, &record).unwrap();
     }
     if let Some(decision) = &v.decision {
         write_line(records, decision).unwrap();
@@ -988,4 +988,18 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
         (Some(3), Some(4))
     );
     assert!(alert["token_fp"].is_null());
+    // The violations file gets a line per refused call over the rule, keyed by the address.
+    let records = String::from_utf8_lossy(&daemon.records);
+    let lines: Vec<serde_json::Value> = records
+        .lines()
+        .filter(|l| l.contains("\"refused_calls\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7);
+    assert_eq!(lines[0]["client"], "10.0.0.2");
+    assert!(lines[0]["token_fp"].is_null());
+    assert_eq!(
+        (lines[0]["count"].as_u64(), lines[6]["count"].as_u64()),
+        (Some(4), Some(10))
+    );
 }
