@@ -57,10 +57,11 @@ pub enum KernelCounter {
     /// Unconfirmed flows that ended before the server acknowledged anything (its RST, or its
     /// SYN-ACK to a new SYN).
     UnconfirmedEnded = 16,
-    /// Client RSTs on tracked flows whose TCP checksum is wrong (neither right nor the
-    /// pseudo-header-only value of checksum offload), or that carry data (not checked): dropped
-    /// before user space, as the server's stack drops them. A forged RST must not end the copy.
-    RstChecksumBad = 17,
+    /// Client segments with data or RST, on tracked flows or starting one, whose TCP checksum
+    /// is wrong (neither right nor the pseudo-header-only value of checksum offload or GRO):
+    /// dropped before user space, as the server's stack drops them. A forged segment must not
+    /// take the place of the real data (a decoy with another token) or end the copy (a RST).
+    ChecksumBad = 17,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added

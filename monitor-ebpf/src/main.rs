@@ -92,23 +92,26 @@ pub fn api_flow_classifier(ctx: TcContext) -> i32 {
 }
 
 fn observe(ctx: &TcContext, segment: &Segment) {
-    if segment.direction == DIRECTION_CLIENT_TO_SERVER
-        && segment.flags & TCP_RST != 0
-        && !rst_checksum_ok(ctx, segment)
-    {
-        // A forged RST (the server's stack drops it): user space must not see it, or it would
-        // close the connection and stop the copy while the request goes on.
-        count(KernelCounter::RstChecksumBad, 1);
+    let tracked = FLOWS.get_ptr_mut(&segment.key);
+    let waiting = if tracked.is_none() {
+        NEW_FLOWS.get_ptr_mut(&segment.key)
+    } else {
+        None
+    };
+    // A client's data or RST on a tracked flow is checked before user space sees it: the
+    // server's stack drops a segment with a wrong checksum, so a forged one must not take the
+    // place of the real data (a decoy with another token) or end the copy (a RST).
+    if (tracked.is_some() || waiting.is_some()) && !client_segment_sound(ctx, segment) {
         return;
     }
-    if let Some(state) = FLOWS.get_ptr_mut(&segment.key) {
+    if let Some(state) = tracked {
         // SAFETY: the LRU value stays valid for this program run; the start fields never change.
         let start = unsafe { *state };
         send(ctx, segment, &start, false);
         follow(segment, state);
         return;
     }
-    if let Some(state) = NEW_FLOWS.get_ptr_mut(&segment.key) {
+    if let Some(state) = waiting {
         // SAFETY: as above.
         let start = unsafe { *state };
         let from_server = segment.direction == DIRECTION_SERVER_TO_CLIENT;
@@ -141,6 +144,9 @@ fn observe(ctx: &TcContext, segment: &Segment) {
         ClientStart::Other
     };
     if start == ClientStart::Track {
+        if !client_segment_sound(ctx, segment) {
+            return;
+        }
         let state = start_tracking(segment);
         send(ctx, segment, &state, false);
     } else {
@@ -177,22 +183,43 @@ fn follow(segment: &Segment, state: *mut FlowState) {
     }
 }
 
-/// Whether a payload-less segment's TCP checksum is right, or is the pseudo-header-only value
-/// that checksum offload leaves in a packet sent from this host. Only the header is summed (at
-/// most 60 bytes), so this is cheap; a segment with data is not checked (false).
+/// False (and counted) for a client segment with data or RST whose TCP checksum is wrong.
+#[inline(never)]
+fn client_segment_sound(ctx: &TcContext, segment: &Segment) -> bool {
+    if segment.direction != DIRECTION_CLIENT_TO_SERVER
+        || (segment.payload_len == 0 && segment.flags & TCP_RST == 0)
+    {
+        return true;
+    }
+    if checksum_ok(ctx, segment) {
+        return true;
+    }
+    count(KernelCounter::ChecksumBad, 1);
+    false
+}
+
+/// Most payload bytes summed (a jumbo frame's). A larger segment is a GSO/GRO one, whose
+/// checksum field holds the pseudo-header-only value and is accepted without summing (GRO merges
+/// only segments whose checksum it verified); one that does not is taken unverified.
+const MAX_SUMMED_PAYLOAD: u32 = 9216;
+/// Bytes summed per helper call (`bpf_csum_diff` takes at most 512).
+const SUM_PIECE: u32 = 512;
+
+/// Whether the segment's TCP checksum is right, or is the pseudo-header-only value that checksum
+/// offload (a packet sent from this host) or GRO leaves in the field. The header (at most 60
+/// bytes) and the payload (in pieces of 512 bytes) are summed with `bpf_csum_diff`.
 #[inline(always)]
-fn rst_checksum_ok(ctx: &TcContext, segment: &Segment) -> bool {
-    if segment.payload_len != 0 {
-        return false;
-    }
+fn checksum_ok(ctx: &TcContext, segment: &Segment) -> bool {
+    // The data offset times 4: a multiple of 4 up to 60, masked so that the verifier bounds it.
     let header_len = segment.payload_offset.wrapping_sub(segment.tcp_offset);
-    // A multiple of 4 in 20..=60 that the verifier can bound.
     let len = core::hint::black_box(header_len) & 0x3c;
-    if len < 20 || len != header_len {
+    if len < 20 {
         return false;
     }
-    let mut header = [0u32; 15];
-    // SAFETY: `len` ≤ 60 bytes = the buffer's size.
+    let mut header = [0u32; 16];
+    // Unchanged (20..=60), in a form the verifier bounds to 1..=64 (the buffer's size).
+    let len = (core::hint::black_box(len).wrapping_sub(1) & 0x3f) + 1;
+    // SAFETY: `len` ≤ 64 bytes = the buffer's size.
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
@@ -204,32 +231,101 @@ fn rst_checksum_ok(ctx: &TcContext, segment: &Segment) -> bool {
     if loaded != 0 {
         return false;
     }
-    // SAFETY: a stack buffer of `len` initialised bytes; `from` is empty.
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, header.as_mut_ptr(), len, 0) };
-    if sum < 0 {
-        return false;
-    }
-    // The helper sums the bytes as they lie in memory (little-endian words): swapped, it is the
-    // network-order sum the pseudo-header's is added to.
-    let header_sum = u64::from(fold(sum as u64).swap_bytes());
     let key = &segment.key;
     let addr_words = if key.family == FAMILY_IPV4 { 2 } else { 8 };
-    let mut pseudo: u64 = 6 + u64::from(len);
+    let mut addresses: u64 = 6;
     let mut i = 0;
     while i < 8 {
         if i < addr_words {
             let (a, b) = (key.client_addr, key.server_addr);
-            pseudo += u64::from(u16::from_be_bytes([a[2 * i], a[2 * i + 1]]));
-            pseudo += u64::from(u16::from_be_bytes([b[2 * i], b[2 * i + 1]]));
+            addresses += u64::from(u16::from_be_bytes([a[2 * i], a[2 * i + 1]]));
+            addresses += u64::from(u16::from_be_bytes([b[2 * i], b[2 * i + 1]]));
         }
         i += 1;
     }
-    if fold(pseudo + header_sum) == 0xffff {
-        return true;
-    }
+    let tcp_len = u64::from(len) + u64::from(segment.payload_len);
+    let pseudo = addresses + (tcp_len >> 16) + (tcp_len & 0xffff);
     // The checksum field: bytes 16 and 17 of the header, the low half of word 4 in memory.
     let word = header[4].to_le_bytes();
-    u16::from_be_bytes([word[0], word[1]]) == fold(pseudo)
+    let field = u16::from_be_bytes([word[0], word[1]]);
+    if field == fold(pseudo) || field == fold(addresses) {
+        return true;
+    }
+    if segment.payload_len > MAX_SUMMED_PAYLOAD {
+        return true;
+    }
+    // SAFETY: a stack buffer of `len` initialised bytes; `from` is empty.
+    let mut sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, header.as_mut_ptr(), len, 0) };
+    if sum < 0 {
+        return false;
+    }
+    let Some(buffer) = EVENT_BUFFER.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, used by one program run at a time (see EventBuffer); `send`
+    // loads its bytes afresh.
+    let bytes = unsafe { &mut (*buffer).bytes };
+    let mut offset: u32 = 0;
+    let mut piece_index = 0;
+    while piece_index < MAX_SUMMED_PAYLOAD / SUM_PIECE {
+        if offset >= segment.payload_len {
+            break;
+        }
+        let remaining = segment.payload_len - offset;
+        let piece = if remaining < SUM_PIECE {
+            remaining
+        } else {
+            SUM_PIECE
+        };
+        let piece = verifier_bounded_piece(piece);
+        // SAFETY: `piece` ≤ SUM_PIECE bytes into a buffer of MAX_CHUNK_BYTES.
+        let loaded = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                segment.payload_offset.wrapping_add(offset),
+                bytes.as_mut_ptr().cast(),
+                piece,
+            )
+        };
+        if loaded != 0 {
+            return false;
+        }
+        // Pad a short last piece to a multiple of 4 with zeros (past a full piece, harmless).
+        let end = (piece & (SUM_PIECE * 2 - 1)) as usize;
+        bytes[end] = 0;
+        bytes[end + 1] = 0;
+        bytes[end + 2] = 0;
+        let padded = verifier_bounded_piece((piece + 3) & !3);
+        // SAFETY: `padded` ≤ SUM_PIECE initialised bytes of the buffer.
+        sum = unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                bytes.as_mut_ptr().cast(),
+                padded,
+                sum as u32,
+            )
+        };
+        if sum < 0 {
+            return false;
+        }
+        offset += piece;
+        piece_index += 1;
+    }
+    if offset < segment.payload_len {
+        return false;
+    }
+    // The helper sums the bytes as they lie in memory (little-endian words): swapped, it is the
+    // network-order sum the pseudo-header's is added to.
+    let segment_sum = u64::from(fold(sum as u64).swap_bytes());
+    fold(pseudo + segment_sum) == 0xffff
+}
+
+/// `len` (in 1..=SUM_PIECE) in a form the verifier can bound (see [`verifier_bounded`]).
+#[inline(always)]
+fn verifier_bounded_piece(len: u32) -> u32 {
+    const _: () = assert!(SUM_PIECE.is_power_of_two());
+    (core::hint::black_box(len).wrapping_sub(1) & (SUM_PIECE - 1)) + 1
 }
 
 /// Folds a one's-complement sum to 16 bits.

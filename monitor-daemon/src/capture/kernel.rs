@@ -184,9 +184,9 @@ pub struct KernelCounters {
     /// Flows the server acknowledged, moved to the main table.
     pub flows_confirmed: u64,
     pub flows_ended: u64,
-    /// Client RSTs with a wrong checksum (or carrying data) on tracked flows, dropped in the
-    /// kernel: forged, as the server's stack drops them too.
-    pub rst_checksum_bad: u64,
+    /// Client segments (data or RST) with a wrong TCP checksum on tracked flows or starting
+    /// one, dropped in the kernel: forged or damaged, as the server's stack drops them too.
+    pub checksum_bad: u64,
     /// API connections in the kernel's main flow table now (answered by the server).
     pub flows_tracked: u64,
     /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
@@ -510,7 +510,7 @@ impl KernelProbe {
                 .saturating_sub(read(KernelCounter::UnconfirmedEnded)?)
                 .saturating_sub(flows_waiting),
             flows_confirmed,
-            rst_checksum_bad: read(KernelCounter::RstChecksumBad)?,
+            checksum_bad: read(KernelCounter::ChecksumBad)?,
             flows_tracked,
             packets_seen: read(KernelCounter::PacketsSeen)?,
             filtered: read(KernelCounter::Filtered)?,
