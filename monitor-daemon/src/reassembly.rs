@@ -344,14 +344,16 @@ impl Reassembler {
         ahead >= 0 && ahead.unsigned_abs() as usize <= window
     }
 
-    /// A segment from the server that acknowledges something confirms the connection: only
+    /// A segment from the server that acknowledges something, or that carries data or a FIN
+    /// (the TLS uprobes' connections have no acknowledgments), confirms the connection: only
     /// then is it safe from being evicted by connections nobody answered (a flood of SYNs or
     /// of forged requests).
     fn confirm_if_answered(&mut self, index: usize, seg: &TcpSegment<'_>) {
         let Some(conn) = self.table.get_mut(index) else {
             return;
         };
-        if !conn.confirmed && seg.src != conn.client && seg.ack.is_some() {
+        let answer = seg.ack.is_some() || !seg.payload.is_empty() || seg.flags.fin;
+        if !conn.confirmed && seg.src != conn.client && answer {
             conn.confirmed = true;
             self.unconfirmed = self.unconfirmed.saturating_sub(1);
         }
@@ -1746,6 +1748,25 @@ mod tests {
         assert_eq!(h.stats().unconfirmed_evicted, 998);
         assert_eq!(h.stats().evicted_connections, 0);
         assert_eq!(h.reassembler.connections(), 3);
+    }
+
+    #[test]
+    fn a_connection_without_acknowledgments_is_confirmed_by_the_servers_answer() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_connections: 8,
+            max_unconfirmed: 1,
+            ..ReassemblyLimits::default()
+        });
+        // As the TLS uprobes give it: data both ways, no ACK flag anywhere.
+        let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
+        h.seg(a, server(), "", 1, 0, b"POST /api/ HTTP/1.1\r\n");
+        h.seg(server(), a, "", 1, 0, b"HTTP/1.1 200 OK\r\n");
+        h.seg(b, server(), "", 1, 0, b"POST");
+        h.seg(c, server(), "", 1, 0, b"POST");
+        let events = h.take();
+        assert!(events.contains(&Ev::Closed(1, CloseReason::Evicted)), "{events:?}");
+        assert!(!events.contains(&Ev::Closed(0, CloseReason::Evicted)), "{events:?}");
+        assert_eq!(h.stats().unconfirmed_evicted, 1);
     }
 
     #[test]
