@@ -1764,8 +1764,14 @@ mod tests {
         h.seg(b, server(), "", 1, 0, b"POST");
         h.seg(c, server(), "", 1, 0, b"POST");
         let events = h.take();
-        assert!(events.contains(&Ev::Closed(1, CloseReason::Evicted)), "{events:?}");
-        assert!(!events.contains(&Ev::Closed(0, CloseReason::Evicted)), "{events:?}");
+        assert!(
+            events.contains(&Ev::Closed(1, CloseReason::Evicted)),
+            "{events:?}"
+        );
+        assert!(
+            !events.contains(&Ev::Closed(0, CloseReason::Evicted)),
+            "{events:?}"
+        );
         assert_eq!(h.stats().unconfirmed_evicted, 1);
     }
 

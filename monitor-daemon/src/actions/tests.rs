@@ -955,6 +955,7 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
             "a refused token is not kept"
         );
     }
+    assert_eq!(daemon.actions.stats().tokens_not_kept, 10);
     let audit = store.audit(None, None, 10_000).unwrap();
     let probing: Vec<&crate::store::AuditRecord> = audit
         .iter()
