@@ -4,7 +4,10 @@
 //!
 //! It decides only what must be decided in the kernel (is this connection worth copying?) and
 //! leaves parsing and reassembly to user space. It never drops or modifies a packet: every path
-//! returns `TC_ACT_OK`, and every loss (full ring, copy limit, full flow table) is counted.
+//! returns `TC_ACT_OK`, and every loss (full ring, copy limit, full flow table) is counted. What
+//! anyone can send is not trusted: a flow earns the main table only once the server acknowledges
+//! its request, and a client segment with a wrong checksum is not copied (the server's stack
+//! drops it too).
 #![no_std]
 #![no_main]
 
