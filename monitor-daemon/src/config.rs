@@ -643,6 +643,9 @@ impl Config {
                 problems.push(too_high_a_limit(key("limit")));
             }
         }
+        if let Some(rule) = &self.policy.refused_calls {
+            problems.extend(rule.problems());
+        }
         let mut overridden = std::collections::HashSet::new();
         for (i, o) in self.policy.overrides.iter().enumerate() {
             let key = |field: &str| format!("policy.overrides[{i}].{field}");

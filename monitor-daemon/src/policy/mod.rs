@@ -75,6 +75,27 @@ pub struct RefusedCallsRule {
     pub window: crate::config::Duration,
 }
 
+impl RefusedCallsRule {
+    /// What is wrong with the rule, keyed by its path (`policy.refused_calls.window`).
+    pub fn problems(&self) -> Vec<crate::config::Problem> {
+        let key = |field: &str| format!("policy.refused_calls.{field}");
+        let mut problems = Vec::new();
+        if self.window.span().0 == 0 {
+            problems.push(crate::config::Problem::new(
+                key("window"),
+                "must be longer than zero, e.g. `60s`".into(),
+            ));
+        }
+        if self.limit >= MAX_HELD {
+            problems.push(crate::config::Problem::new(
+                key("limit"),
+                format!("must be below {MAX_HELD} refused calls per window"),
+            ));
+        }
+        problems
+    }
+}
+
 /// Name of the refused-calls rule in violation records and alerts.
 pub const REFUSED_CALLS_RULE: &str = "refused_calls";
 

@@ -485,3 +485,15 @@ fn the_refused_calls_rule_can_be_configured_apart_from_the_rate_limit() {
         .collect();
     assert_eq!(counts, vec![11]);
 }
+
+#[test]
+fn a_refused_calls_rule_with_an_empty_window_is_refused_by_its_key() {
+    let err = crate::config::Config::parse(
+        "[policy.refused_calls]\nlimit = 3\nwindow = \"0s\"\n",
+        std::path::Path::new("test.toml"),
+    )
+    .err()
+    .expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("policy.refused_calls.window"), "{text}");
+}
