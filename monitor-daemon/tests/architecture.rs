@@ -22,6 +22,7 @@ const FLOW: &[&str] = &[
     "stages::policy",
     "stages::pipeline",
     "stages::coverage",
+    "edges::hardening",
     "edges::capture",
     "edges::output",
     "edges::store",

@@ -26,7 +26,7 @@ tasks:
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
   bench [NAME...] [--duration SECONDS]
-                     setup, release build, then benchmarks: offline, policy, live,
+                     setup, release build, then benchmarks: offline, policy, reassembly, live,
                      https-mix, http-mix (default: all); --duration: each measured run of
                      the web server benches (default 10 s)
   dist [--debug]     setup, release build, then the Debian package (cargo-deb) in target/debian/:

@@ -239,8 +239,8 @@ pub fn analyze(
             });
         }
         if let Some((path, out)) = violations_out.as_mut() {
-            for violation in &verdict.violations {
-                if let Err(source) = write_line(out, &ViolationRecord::of(violation)) {
+            for record in ViolationRecord::all_of(&verdict) {
+                if let Err(source) = write_line(out, &record) {
                     write_error = Some(AnalyzeError::Write {
                         path: path.clone(),
                         source,

@@ -105,6 +105,11 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
 /// Runs until SIGINT or SIGTERM. Blocks the calling thread on a single-threaded tokio runtime.
 pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     check_config(config, origin)?;
+    // The site key is in memory already, and request bodies with tokens soon will be.
+    crate::edges::hardening::forbid_core_dumps().map_err(|source| RunError::Io {
+        what: "making the process non-dumpable (prctl PR_SET_DUMPABLE)",
+        source,
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -656,8 +661,8 @@ impl Records {
             self.calls_written += 1;
         }
         if let Some(violations) = &mut self.violations {
-            for violation in &verdict.violations {
-                if let Err(err) = violations.line(&ViolationRecord::of(violation)) {
+            for record in ViolationRecord::all_of(verdict) {
+                if let Err(err) = violations.line(&record) {
                     self.error = Some(err);
                     return;
                 }

@@ -2,13 +2,15 @@
 //! libpcap, the TLS uprobes) feeds the stages; [`output`] writes their records; [`store`] keeps
 //! what must survive a crash; [`alerts`], [`hooks`] and [`actions`] act on decisions;
 //! [`notify`] and [`canary`] talk to systemd and to the web server; [`telemetry`] and [`api`]
-//! show it all. Edges use stages, never the other way round.
+//! show it all; [`hardening`] makes the process itself harder to read. Edges use stages, never
+//! the other way round.
 
 pub mod actions;
 pub mod alerts;
 pub mod api;
 pub mod canary;
 pub mod capture;
+pub mod hardening;
 pub mod hooks;
 pub mod notify;
 pub mod output;

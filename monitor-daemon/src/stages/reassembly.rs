@@ -5,7 +5,7 @@
 //! only out-of-order bytes are copied, within per-direction and total limits. Lost bytes are
 //! reported as gaps, never glued over. Knows nothing about HTTP; has no clock of its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use monitor_common::{CLIENT_START_LEN, ClientStart, classify_client_start};
 
@@ -29,6 +29,9 @@ pub struct ReassemblyLimits {
     pub idle_timeout: Span,
     /// Ports that identify the server of a connection picked up without its handshake.
     pub server_ports: Vec<u16>,
+    /// Connections tracked before the server has answered (a SYN, or a client's data not yet
+    /// acknowledged); past this the oldest of them is closed, never one the server answered.
+    pub max_unconfirmed: usize,
 }
 
 impl Default for ReassemblyLimits {
@@ -39,6 +42,7 @@ impl Default for ReassemblyLimits {
             max_buffered_total: 256 << 20,
             idle_timeout: Span::from_secs(120),
             server_ports: vec![80, 443, 8080, 8443],
+            max_unconfirmed: 8_192,
         }
     }
 }
@@ -74,8 +78,17 @@ pub struct ReassemblyStats {
     pub idle_closed: u64,
     pub fin_closed: u64,
     pub reset_closed: u64,
-    /// Connections closed because a new SYN reused their 4-tuple.
+    /// Connections closed because a new SYN reused their 4-tuple (once the server answered it).
     pub port_reuses: u64,
+    /// SYNs on an open connection: it stays open, as the server's own stack keeps it (RFC
+    /// 5961), until the server answers the SYN with a SYN-ACK (then counted in `port_reuses`).
+    pub syns_on_open: u64,
+    /// RSTs whose sequence number is outside the window of their sender: ignored, as the
+    /// receiving stack ignores them (RFC 5961); forged or stale.
+    pub rst_out_of_window: u64,
+    /// Connections the server had not answered, closed to make room (their own limit, or the
+    /// table's); answered connections are evicted only when no unanswered one is left.
+    pub unconfirmed_evicted: u64,
     /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
     pub untracked_segments: u64,
     /// Connections released between two requests (nothing worth reading until the next one).
@@ -107,6 +120,24 @@ pub struct Reassembler {
     /// Connections reopened on bytes copied before the capture heard of their release: the
     /// live edge asks the kernel to copy them again.
     resumed_early: Vec<ResumedEarly>,
+    /// Connections the server has not answered yet.
+    unconfirmed: usize,
+    /// (slot, id) of unanswered connections in the order they were opened; entries of
+    /// connections answered or closed since are skipped when met.
+    unconfirmed_order: VecDeque<(usize, ConnectionId)>,
+    /// Every direction holding out-of-order bytes, by how many: (bytes, slot, direction index).
+    /// Memory relief takes the largest from the end instead of scanning every connection.
+    buffers: BTreeSet<(usize, usize, usize)>,
+}
+
+/// What a SYN on a tracked 4-tuple leads to.
+enum SynOnOpen {
+    /// Taken like any segment (a repeated SYN, or a SYN-ACK of the connection's own handshake).
+    Continue,
+    /// Ignored: a new SYN that the server has not answered.
+    Drop,
+    /// The server's SYN-ACK confirmed a new connection, opened in this slot.
+    Reopened(usize),
 }
 
 /// A connection released between two requests: its bytes are dropped until the client sends
@@ -131,6 +162,9 @@ impl Reassembler {
             pending_total: 0,
             released: HashMap::new(),
             resumed_early: Vec::new(),
+            unconfirmed: 0,
+            unconfirmed_order: VecDeque::new(),
+            buffers: BTreeSet::new(),
         }
     }
 
@@ -158,15 +192,13 @@ impl Reassembler {
         }
         let mut slot = self.table.find(&key);
 
-        if let (Some(index), true) = (slot, flags.syn && !flags.ack) {
-            let repeated_syn = self.table.get(index).is_some_and(|conn| {
-                conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq)
-            });
-            if !repeated_syn {
-                // A new handshake on a tracked 4-tuple: the old connection ended unseen.
-                self.stats.port_reuses += 1;
-                self.close(index, seg.ts, CloseReason::Evicted, emit);
-                slot = None;
+        if let Some(index) = slot
+            && flags.syn
+        {
+            match self.syn_on_open(index, seg, emit) {
+                SynOnOpen::Continue => {}
+                SynOnOpen::Drop => return,
+                SynOnOpen::Reopened(new) => slot = Some(new),
             }
         }
 
@@ -179,12 +211,17 @@ impl Reassembler {
             }
             None => self.open(key, seg, emit),
         };
-        self.table.touch(index);
 
         if flags.rst {
+            if !self.reset_in_window(index, seg) {
+                self.stats.rst_out_of_window += 1;
+                return;
+            }
             self.close(index, seg.ts, CloseReason::Reset, emit);
             return;
         }
+        self.table.touch(index);
+        self.confirm_if_answered(index, seg);
 
         let Some(conn) = self.table.get_mut(index) else {
             return;
@@ -192,6 +229,7 @@ impl Reassembler {
         conn.last_seen = conn.last_seen.max(seg.ts);
         conn.acks_seen |= seg.ack.is_some();
         let pending_before = conn.pending_bytes();
+        let before = conn.streams.each_ref().map(|s| s.pending_bytes);
         let dir = if seg.src == conn.client {
             Direction::ClientToServer
         } else {
@@ -238,12 +276,104 @@ impl Reassembler {
         let both_fins = sender.fin_seq.is_some() && receiver.fin_seq.is_some();
         let pending_after = conn.pending_bytes();
         self.pending_total = (self.pending_total + pending_after).saturating_sub(pending_before);
+        self.reindex_buffers(index, before);
         if both_fins {
             self.close(index, seg.ts, CloseReason::Fin, emit);
         }
         if self.pending_total > self.limits.max_buffered_total {
             self.relieve_memory(seg.ts, emit);
         }
+    }
+
+    /// A SYN on a tracked 4-tuple. A repeated SYN goes on as usual. Another SYN does not close
+    /// the connection (RFC 5961: the server answers it with a challenge ACK and keeps the
+    /// connection, so a forged SYN must not end what the monitor reads); it is remembered, and
+    /// the server's SYN-ACK acknowledging it proves the old connection ended unseen: it is then
+    /// closed and the new one opened.
+    fn syn_on_open(
+        &mut self,
+        index: usize,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> SynOnOpen {
+        let Some(conn) = self.table.get_mut(index) else {
+            return SynOnOpen::Continue;
+        };
+        if !seg.flags.ack {
+            if conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq) {
+                return SynOnOpen::Continue;
+            }
+            conn.new_syn = Some((seg.src, seg.seq));
+            self.stats.syns_on_open += 1;
+            return SynOnOpen::Drop;
+        }
+        let Some((client, syn_seq)) = conn.new_syn else {
+            return SynOnOpen::Continue;
+        };
+        if seg.dst != client || seg.ack != Some(syn_seq.wrapping_add(1)) {
+            return SynOnOpen::Continue;
+        }
+        self.stats.port_reuses += 1;
+        self.close(index, seg.ts, CloseReason::Evicted, emit);
+        let key = FlowKey::new(seg.src, seg.dst);
+        let index = self.open_oriented(key, client, seg.src, seg.ts, true, emit);
+        if let Some(conn) = self.table.get_mut(index) {
+            conn.streams[0].syn_seq = Some(syn_seq);
+            conn.streams[0].next_seq = Some(syn_seq.wrapping_add(1));
+        }
+        SynOnOpen::Reopened(index)
+    }
+
+    /// Whether a RST lands where its sender's stack would put it: from the next byte the
+    /// monitor expects of that sender to the most it may be ahead (bytes the capture missed),
+    /// the receive window being unknown to a passive reader. A RST elsewhere is ignored by the
+    /// receiving stack (RFC 5961), so it must not close what the monitor reads either.
+    fn reset_in_window(&self, index: usize, seg: &TcpSegment<'_>) -> bool {
+        let Some(conn) = self.table.get(index) else {
+            return true;
+        };
+        let dir = if seg.src == conn.client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let Some(next) = conn.streams[dir.index()].next_seq else {
+            // Nothing seen of that direction: nothing to check against.
+            return true;
+        };
+        let window = self.limits.max_buffered_per_direction.max(1 << 16);
+        let ahead = seq_distance(next, seg.seq);
+        ahead >= 0 && ahead.unsigned_abs() as usize <= window
+    }
+
+    /// A segment from the server that acknowledges something, or that carries data or a FIN
+    /// (the TLS uprobes' connections have no acknowledgments), confirms the connection: only
+    /// then is it safe from being evicted by connections nobody answered (a flood of SYNs or
+    /// of forged requests).
+    fn confirm_if_answered(&mut self, index: usize, seg: &TcpSegment<'_>) {
+        let Some(conn) = self.table.get_mut(index) else {
+            return;
+        };
+        let answer = seg.ack.is_some() || !seg.payload.is_empty() || seg.flags.fin;
+        if !conn.confirmed && seg.src != conn.client && answer {
+            conn.confirmed = true;
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
+    }
+
+    /// Closes the oldest connection the server has not answered; false when there is none.
+    fn evict_unconfirmed(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) -> bool {
+        while let Some((index, id)) = self.unconfirmed_order.pop_front() {
+            let waiting = self
+                .table
+                .get(index)
+                .is_some_and(|conn| conn.id == id && !conn.confirmed);
+            if waiting && self.close(index, ts, CloseReason::Evicted, emit) {
+                self.stats.unconfirmed_evicted += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Closes connections idle longer than the timeout, as of `now`.
@@ -392,7 +522,7 @@ impl Reassembler {
                 server_start: seg.ack,
             });
         }
-        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, emit);
+        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, true, emit);
         if let Some(conn) = self.table.get_mut(index) {
             let [client_stream, server_stream] = &mut conn.streams;
             client_stream.next_seq = Some(client_next);
@@ -412,19 +542,29 @@ impl Reassembler {
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
         let (client, server) = self.orient(seg);
-        self.open_oriented(key, client, server, seg.ts, emit)
+        self.open_oriented(key, client, server, seg.ts, false, emit)
     }
 
-    /// Opens a connection whose client and server are known.
+    /// Opens a connection whose client and server are known; `confirmed` when the server is
+    /// known to have answered it. Room is made by closing connections nobody answered first.
     fn open_oriented(
         &mut self,
         key: FlowKey,
         client: Endpoint,
         server: Endpoint,
         ts: Timestamp,
+        confirmed: bool,
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
+        if !confirmed {
+            while self.unconfirmed >= self.limits.max_unconfirmed.max(1)
+                && self.evict_unconfirmed(ts, emit)
+            {}
+        }
         while self.table.len() >= self.limits.max_connections.max(1) {
+            if self.evict_unconfirmed(ts, emit) {
+                continue;
+            }
             let Some(oldest) = self.table.oldest() else {
                 break;
             };
@@ -442,16 +582,33 @@ impl Reassembler {
             client,
             server,
         });
-        self.table.insert(
+        let index = self.table.insert(
             key,
             Connection {
                 id,
                 client,
                 last_seen: ts,
                 acks_seen: false,
+                confirmed,
+                new_syn: None,
                 streams: Default::default(),
             },
-        )
+        );
+        if !confirmed {
+            self.unconfirmed += 1;
+            self.unconfirmed_order.push_back((index, id));
+            if self.unconfirmed_order.len() > 2 * self.limits.max_unconfirmed.max(1) + 64 {
+                // Entries of connections since answered or closed are dropped in one pass, so
+                // the queue stays within twice the limit at an amortised O(1) per open.
+                let table = &self.table;
+                self.unconfirmed_order.retain(|&(index, id)| {
+                    table
+                        .get(index)
+                        .is_some_and(|conn| conn.id == id && !conn.confirmed)
+                });
+            }
+        }
+        index
     }
 
     /// Which end of a new connection is the client: the handshake says so when it was seen,
@@ -492,6 +649,12 @@ impl Reassembler {
         let Some(mut conn) = self.table.remove(index) else {
             return false;
         };
+        if !conn.confirmed {
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            self.buffers.remove(&(stream.pending_bytes, index, dir));
+        }
         self.pending_total = self.pending_total.saturating_sub(conn.pending_bytes());
         for (stream, dir) in conn
             .streams
@@ -521,18 +684,22 @@ impl Reassembler {
     }
 
     /// Over the total buffer limit: flush the largest buffers (their holes become gaps) until
-    /// well under it, so that the scan over all connections does not repeat on every segment.
+    /// well under it. The largest is the last entry of the buffer index: no scan.
     fn relieve_memory(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
         let target = self.limits.max_buffered_total - self.limits.max_buffered_total / 8;
         while self.pending_total > target {
-            let Some((index, dir)) = self.table.largest_buffer() else {
+            let Some((before, index, dir)) = self.buffers.pop_last() else {
                 break;
             };
             let Some(conn) = self.table.get_mut(index) else {
-                break;
+                continue;
+            };
+            let dir = if dir == 0 {
+                Direction::ClientToServer
+            } else {
+                Direction::ServerToClient
             };
             let stream = &mut conn.streams[dir.index()];
-            let before = stream.pending_bytes;
             let mut out = Out {
                 conn: conn.id,
                 dir,
@@ -542,6 +709,23 @@ impl Reassembler {
             stream.flush(ts, &mut out);
             self.stats.buffer_evictions += 1;
             self.pending_total = self.pending_total.saturating_sub(before);
+        }
+    }
+
+    /// Brings the buffer index up to date for the connection at `index`, whose directions held
+    /// `before` bytes.
+    fn reindex_buffers(&mut self, index: usize, before: [usize; 2]) {
+        let Some(conn) = self.table.get(index) else {
+            return;
+        };
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            let now = stream.pending_bytes;
+            if now != before[dir] {
+                self.buffers.remove(&(before[dir], index, dir));
+                if now > 0 {
+                    self.buffers.insert((now, index, dir));
+                }
+            }
         }
     }
 }
@@ -570,6 +754,10 @@ struct Connection {
     /// The capture gives acknowledgment numbers (not the TLS uprobes' synthetic connections):
     /// only then is it known where the server's answer to a reopened connection begins.
     acks_seen: bool,
+    /// The server has answered (acknowledged something): see [`Reassembler::confirm_if_answered`].
+    confirmed: bool,
+    /// A new SYN on this 4-tuple, waiting for the server's SYN-ACK: (its sender, its sequence).
+    new_syn: Option<(Endpoint, u32)>,
     /// Indexed by [`Direction::index`]: what the client sends, then what the server sends.
     streams: [Stream; 2],
 }
@@ -593,17 +781,22 @@ struct Stream {
     fin_seq: Option<u32>,
     /// The FIN has been reached in order: nothing more will be passed on.
     finished: bool,
-    /// Out-of-order data after a hole, sorted by sequence and not overlapping.
-    pending: VecDeque<Pending>,
+    /// Where `next_seq` is in the direction's whole byte stream (it does not wrap): the key of
+    /// buffered data, so that finding a segment's place is a lookup, not a scan from the front.
+    next_pos: u64,
+    /// Out-of-order data after a hole, by stream position ([`Stream::next_pos`]'s scale), not
+    /// overlapping.
+    pending: BTreeMap<u64, Pending>,
     /// Buffered bytes plus [`PENDING_OVERHEAD`] per entry.
     pending_bytes: usize,
 }
 
-/// A copied out-of-order piece of a segment, with its own capture time.
+/// A copied out-of-order piece of a segment, with its own capture time. Its bytes may be part of
+/// a request body (a token): zeroed when dropped.
 struct Pending {
     seq: u32,
     ts: Timestamp,
-    bytes: Vec<u8>,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
 }
 
 /// Where a stream's events go: the connection and direction they belong to, and the counters.
@@ -706,19 +899,19 @@ impl Stream {
         loop {
             let room = self
                 .pending
-                .front()
-                .map_or(usize::MAX, |p| p.seq.wrapping_sub(next) as usize);
+                .first_key_value()
+                .map_or(usize::MAX, |(_, p)| p.seq.wrapping_sub(next) as usize);
             let (now, later) = data.split_at(data.len().min(room));
             if !now.is_empty() {
                 out.data(ts, now);
                 next = next.wrapping_add(now.len() as u32);
             }
             data = later;
-            match self.pending.front() {
-                Some(p) if p.seq == next => {}
+            match self.pending.first_key_value() {
+                Some((_, p)) if p.seq == next => {}
                 _ => break,
             }
-            let Some(p) = self.pending.pop_front() else {
+            let Some((_, p)) = self.pending.pop_first() else {
                 break;
             };
             self.pending_bytes = self
@@ -730,8 +923,18 @@ impl Stream {
             out.stats.overlapping_bytes += covered as u64;
             data = data.get(covered..).unwrap_or_default();
         }
-        self.next_seq = Some(next);
+        self.move_next(next);
         self.reach_fin();
+    }
+
+    /// Moves `next_seq` (forward) to `seq`, keeping `next_pos` in step.
+    fn move_next(&mut self, seq: u32) {
+        if let Some(next) = self.next_seq {
+            self.next_pos = self
+                .next_pos
+                .wrapping_add_signed(i64::from(seq_distance(next, seq)));
+        }
+        self.next_seq = Some(seq);
     }
 
     /// Once everything before the FIN has been passed on, the direction is finished.
@@ -740,7 +943,7 @@ impl Stream {
             && seq_distance(next, fin) <= 0
         {
             self.finished = true;
-            self.next_seq = Some(fin.wrapping_add(1));
+            self.move_next(fin.wrapping_add(1));
             // Nothing after a FIN is part of the stream.
             self.pending.clear();
             self.pending_bytes = 0;
@@ -748,46 +951,45 @@ impl Stream {
     }
 
     /// Copies an out-of-order segment into the buffer, keeping only bytes not buffered yet.
+    /// Finds its place by lookup (O(log n) per piece it meets), so a stream of segments behind
+    /// one hole costs no rescan of what is already buffered.
     fn buffer(&mut self, seq: u32, data: &[u8], ts: Timestamp, stats: &mut ReassemblyStats) {
         let Some(next) = self.next_seq else {
             return;
         };
-        // Offsets from `next`; buffered data is always ahead of it and within 2^31.
-        let base = u64::from(seq.wrapping_sub(next));
+        // Buffered data is always ahead of `next` and within 2^31 of it.
+        let base = self.next_pos + u64::from(seq.wrapping_sub(next));
         let end = base + data.len() as u64;
         let mut start = base;
-        let mut at = 0;
+        // A piece that starts before this segment may reach into it.
+        let mut cursor = self
+            .pending
+            .range(..base)
+            .next_back()
+            .map_or(base, |(&at, _)| at);
         while start < end {
-            let Some(p) = self.pending.get(at) else {
+            let Some((&p_start, p)) = self.pending.range(cursor..end).next() else {
                 break;
             };
-            let p_start = u64::from(p.seq.wrapping_sub(next));
             let p_end = p_start + p.bytes.len() as u64;
+            cursor = p_start + 1;
             if p_end <= start {
-                at += 1;
                 continue;
             }
-            if p_start >= end {
-                break;
-            }
             if start < p_start {
-                self.insert_piece(at, seq, data, base, start, p_start, ts);
-                at += 1;
+                self.insert_piece(seq, data, base, start, p_start, ts);
             }
             stats.overlapping_bytes += end.min(p_end) - start.max(p_start);
             start = p_end;
-            at += 1;
         }
         if start < end {
-            self.insert_piece(at, seq, data, base, start, end, ts);
+            self.insert_piece(seq, data, base, start, end, ts);
         }
     }
 
-    /// Buffers `data[from - base .. to - base]` at position `at`.
-    #[allow(clippy::too_many_arguments)]
+    /// Buffers `data[from - base .. to - base]` (stream positions; `data` starts at `seq`).
     fn insert_piece(
         &mut self,
-        at: usize,
         seq: u32,
         data: &[u8],
         base: u64,
@@ -801,30 +1003,30 @@ impl Stream {
         };
         self.pending_bytes += bytes.len() + PENDING_OVERHEAD;
         self.pending.insert(
-            at,
+            from,
             Pending {
                 seq: seq.wrapping_add(skip as u32),
                 ts,
-                bytes: bytes.to_vec(),
+                bytes: zeroize::Zeroizing::new(bytes.to_vec()),
             },
         );
     }
 
     /// Declares the hole before the first buffered segment a gap and passes on what follows.
     fn skip_hole(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
-        let (Some(next), Some(first)) = (self.next_seq, self.pending.front()) else {
+        let (Some(next), Some((_, first))) = (self.next_seq, self.pending.first_key_value()) else {
             return;
         };
         let first_seq = first.seq;
         out.gap(ts, first_seq.wrapping_sub(next));
-        self.next_seq = Some(first_seq);
+        self.move_next(first_seq);
         self.deliver(&[], ts, out);
     }
 
     /// The peer acknowledged everything before `ack`: holes before it were lost by the capture,
     /// not by the network, so nothing will fill them.
     fn acknowledged(&mut self, ack: u32, ts: Timestamp, out: &mut Out<'_, '_>) {
-        while let Some(first) = self.pending.front() {
+        while let Some((_, first)) = self.pending.first_key_value() {
             if seq_distance(first.seq, ack) < 0 {
                 return;
             }
@@ -856,7 +1058,7 @@ impl Stream {
             && seq_distance(next, fin) > 0
         {
             out.gap(ts, fin.wrapping_sub(next));
-            self.next_seq = Some(fin);
+            self.move_next(fin);
         }
         self.reach_fin();
     }
@@ -989,21 +1191,6 @@ impl ConnectionTable {
             Some(o) => o.newer = newer,
             None => self.oldest = newer,
         }
-    }
-
-    /// The direction holding the most buffered bytes, if any holds some.
-    fn largest_buffer(&self) -> Option<(usize, Direction)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| Some((index, &slot.as_ref()?.conn)))
-            .flat_map(|(index, conn)| {
-                [Direction::ClientToServer, Direction::ServerToClient]
-                    .map(|dir| (conn.streams[dir.index()].pending_bytes, index, dir))
-            })
-            .filter(|&(bytes, _, _)| bytes > 0)
-            .max_by_key(|&(bytes, _, _)| bytes)
-            .map(|(_, index, dir)| (index, dir))
     }
 }
 
@@ -1501,7 +1688,7 @@ mod tests {
     }
 
     #[test]
-    fn new_syn_on_a_tracked_tuple_closes_the_old_connection() {
+    fn new_syn_on_a_tracked_tuple_closes_the_old_connection_once_the_server_answers_it() {
         let mut h = Harness::new();
         h.handshake();
         h.c(0, b"old");
@@ -1509,7 +1696,13 @@ mod tests {
         h.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
         assert_eq!(h.stats().port_reuses, 0);
         h.seg(client(), server(), "S", 77_777, 0, b"");
-        h.seg(client(), server(), "A", 77_778, 1, b"new");
+        assert_eq!(
+            h.stats().port_reuses,
+            0,
+            "only the server's SYN-ACK confirms a reuse"
+        );
+        h.seg(server(), client(), "SA", 5, 77_778, b"");
+        h.seg(client(), server(), "A", 77_778, 6, b"new");
         assert_eq!(
             h.take()[1..],
             [
@@ -1521,6 +1714,105 @@ mod tests {
         );
         assert_eq!(h.stats().port_reuses, 1);
         assert_eq!(h.reassembler.connections(), 1);
+    }
+
+    #[test]
+    fn a_forged_syn_on_an_open_connection_leaves_it_open() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"POST /api/ HTTP/1.1\r\n");
+        // The server answers a SYN in an open connection with a challenge ACK, not a SYN-ACK.
+        h.seg(client(), server(), "S", 123_456, 0, b"");
+        h.s(0, b"");
+        h.c(21, b"\r\n");
+        assert_eq!(
+            h.take(),
+            vec![
+                Ev::Opened(0, client(), server()),
+                data(C2S, b"POST /api/ HTTP/1.1\r\n"),
+                data(C2S, b"\r\n"),
+            ]
+        );
+        assert_eq!(h.stats().port_reuses, 0);
+        assert_eq!(h.stats().syns_on_open, 1);
+    }
+
+    #[test]
+    fn a_reset_outside_the_window_is_ignored_and_counted() {
+        let mut h = Harness::new();
+        h.handshake();
+        h.c(0, b"token=real");
+        // Off by 2^30 (a blind guess) from either side: not the peer's stack.
+        h.seg(client(), server(), "R", CLIENT_ISN + (1 << 30), 0, b"");
+        h.seg(
+            server(),
+            client(),
+            "RA",
+            SERVER_ISN.wrapping_sub(1 << 30),
+            0,
+            b"",
+        );
+        // Behind what was already sent: a replayed or guessed RST.
+        h.seg(client(), server(), "R", CLIENT_ISN - 5, 0, b"");
+        h.c(10, b"&more");
+        assert_eq!(h.stats().rst_out_of_window, 3);
+        assert_eq!(h.stats().reset_closed, 0);
+        // The stack's own RST carries its next sequence number.
+        h.seg(client(), server(), "R", CLIENT_ISN + 16, 0, b"");
+        assert_eq!(
+            h.take()[1..],
+            [
+                data(C2S, b"token=real"),
+                data(C2S, b"&more"),
+                Ev::Closed(0, CloseReason::Reset),
+            ]
+        );
+        assert_eq!(h.stats().reset_closed, 1);
+    }
+
+    #[test]
+    fn a_flood_of_unanswered_syns_does_not_evict_answered_connections() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_connections: 8,
+            max_unconfirmed: 2,
+            ..ReassemblyLimits::default()
+        });
+        h.handshake();
+        for port in 0..1_000u16 {
+            h.seg(v4(66, 1024 + port), server(), "S", u32::from(port), 0, b"");
+        }
+        h.c(0, b"still tracked");
+        let events = h.take();
+        assert!(!events.contains(&Ev::Closed(0, CloseReason::Evicted)));
+        assert_eq!(events.last(), Some(&data(C2S, b"still tracked")));
+        assert_eq!(h.stats().unconfirmed_evicted, 998);
+        assert_eq!(h.stats().evicted_connections, 0);
+        assert_eq!(h.reassembler.connections(), 3);
+    }
+
+    #[test]
+    fn a_connection_without_acknowledgments_is_confirmed_by_the_servers_answer() {
+        let mut h = Harness::with_limits(ReassemblyLimits {
+            max_connections: 8,
+            max_unconfirmed: 1,
+            ..ReassemblyLimits::default()
+        });
+        // As the TLS uprobes give it: data both ways, no ACK flag anywhere.
+        let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
+        h.seg(a, server(), "", 1, 0, b"POST /api/ HTTP/1.1\r\n");
+        h.seg(server(), a, "", 1, 0, b"HTTP/1.1 200 OK\r\n");
+        h.seg(b, server(), "", 1, 0, b"POST");
+        h.seg(c, server(), "", 1, 0, b"POST");
+        let events = h.take();
+        assert!(
+            events.contains(&Ev::Closed(1, CloseReason::Evicted)),
+            "{events:?}"
+        );
+        assert!(
+            !events.contains(&Ev::Closed(0, CloseReason::Evicted)),
+            "{events:?}"
+        );
+        assert_eq!(h.stats().unconfirmed_evicted, 1);
     }
 
     #[test]
@@ -1547,9 +1839,11 @@ mod tests {
             ..ReassemblyLimits::default()
         });
         let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
-        h.seg(a, server(), "S", 1, 0, b"");
-        h.seg(b, server(), "S", 1, 0, b"");
-        h.seg(a, server(), "A", 2, 1, b"still here");
+        for peer in [a, b] {
+            h.seg(peer, server(), "S", 1, 0, b"");
+            h.seg(server(), peer, "SA", 7, 2, b"");
+        }
+        h.seg(a, server(), "A", 2, 8, b"still here");
         h.seg(c, server(), "S", 1, 0, b"");
         let events = h.take();
         assert_eq!(

@@ -370,7 +370,7 @@ impl Metrics {
         );
         r.register(
             "capture_losses",
-            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped, truncated)",
+            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, flows_unanswered, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped, truncated)",
             m.capture_losses.clone(),
         );
         r.register_with_unit(
@@ -613,6 +613,7 @@ impl Metrics {
                         ("ring_full", k.ring_full),
                         ("flow_insert_failed", k.flow_insert_failed),
                         ("flows_evicted", k.flows_evicted),
+                        ("flows_unanswered", k.flows_unanswered),
                         ("tls_conns_evicted", k.tls_conns_evicted),
                         ("tls_args_lost", k.tls_args_lost),
                     ] {

@@ -15,7 +15,7 @@ mod decode;
 mod h2;
 mod head;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::shared::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
 use crate::shared::settings::{Problem, at_least_one};
@@ -311,9 +311,15 @@ pub struct HttpTracker<S: ExchangeSelector> {
     limits: HttpLimits,
     stats: HttpStats,
     connections: HashMap<ConnectionId, Session<S::Body>>,
+    /// Each connection's oldest open selected request, kept up to date after every event so
+    /// that the oldest over all connections is the first entry, not a walk over every
+    /// connection (a flood of connections with open requests made that walk quadratic).
+    open_requests: BTreeSet<(Timestamp, ConnectionId)>,
+    open_request_of: HashMap<ConnectionId, Timestamp>,
     /// Connections with nothing worth reading until the client's next request.
     releasable: Vec<Releasable>,
-    scratch: Box<[u8]>,
+    /// Decompressed body bytes (tokens, in a compressed request): zeroed when dropped.
+    scratch: zeroize::Zeroizing<Box<[u8]>>,
     request_head: RequestHead,
     header_slots: HeaderSlots,
 }
@@ -325,8 +331,10 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             limits,
             stats: HttpStats::default(),
             connections: HashMap::new(),
+            open_requests: BTreeSet::new(),
+            open_request_of: HashMap::new(),
             releasable: Vec::new(),
-            scratch: vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice(),
+            scratch: zeroize::Zeroizing::new(vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice()),
             request_head: RequestHead::default(),
             header_slots: HeaderSlots::default(),
         }
@@ -378,6 +386,34 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 None => ctx.stats.unknown_connection_events += 1,
             },
         }
+        let conn = match *event {
+            StreamEvent::Opened { conn, .. }
+            | StreamEvent::Data { conn, .. }
+            | StreamEvent::Gap { conn, .. }
+            | StreamEvent::Closed { conn, .. } => conn,
+        };
+        self.note_open_request(conn);
+    }
+
+    /// Brings `conn`'s entry in the index of open requests up to date (a look at its own
+    /// pending requests, which are bounded).
+    fn note_open_request(&mut self, conn: ConnectionId) {
+        let now = self
+            .connections
+            .get(&conn)
+            .and_then(|c| c.oldest_open_exchange());
+        let before = self.open_request_of.get(&conn).copied();
+        if now == before {
+            return;
+        }
+        if let Some(ts) = before {
+            self.open_requests.remove(&(ts, conn));
+            self.open_request_of.remove(&conn);
+        }
+        if let Some(ts) = now {
+            self.open_requests.insert((ts, conn));
+            self.open_request_of.insert(conn, ts);
+        }
     }
 
     pub fn stats(&self) -> &HttpStats {
@@ -397,12 +433,18 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 
     /// When the oldest selected request that has not finished started: no exchange emitted
-    /// later can have started before it. Looks at every connection, so call it sparingly.
+    /// later can have started before it. O(1): the index is kept by [`Self::on_event`].
     pub fn oldest_open_exchange(&self) -> Option<Timestamp> {
-        self.connections
-            .values()
-            .filter_map(|c| c.oldest_open_exchange())
-            .min()
+        // The unit tests check the index against the walk it replaces.
+        #[cfg(test)]
+        assert_eq!(
+            self.open_requests.first().map(|&(ts, _)| ts),
+            self.connections
+                .values()
+                .filter_map(|c| c.oldest_open_exchange())
+                .min()
+        );
+        self.open_requests.first().map(|&(ts, _)| ts)
     }
 }
 
