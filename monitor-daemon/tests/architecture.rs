@@ -22,6 +22,7 @@ const FLOW: &[&str] = &[
     "stages::policy",
     "stages::pipeline",
     "stages::coverage",
+    "stages::certify",
     "edges::capture",
     "edges::output",
     "edges::store",
@@ -35,6 +36,7 @@ const FLOW: &[&str] = &[
     "commands::config",
     "commands::preflight",
     "commands::analyze",
+    "commands::certify",
     "commands::run",
 ];
 
