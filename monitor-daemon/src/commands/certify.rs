@@ -179,7 +179,11 @@ fn text(cert: &CaptureCertification, source: &str) -> String {
     let _ = writeln!(out, "QA-window certification: {}", c.outcome.as_str());
     let _ = writeln!(out, "judged: {}", scope(c, source));
     for t in &c.tokens {
-        let exempt = if t.exempt { " (exempt by policy.overrides)" } else { "" };
+        let exempt = if t.exempt {
+            " (exempt by policy.overrides)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "\n{}  {}  {}{exempt}: {} call(s), {} heavy, {} to {}",
@@ -246,7 +250,11 @@ fn text(cert: &CaptureCertification, source: &str) -> String {
 fn markdown(cert: &CaptureCertification, source: &str) -> String {
     let c = &cert.certification;
     let mut out = String::new();
-    let _ = writeln!(out, "# QA-window certification: **{}**\n", c.outcome.as_str());
+    let _ = writeln!(
+        out,
+        "# QA-window certification: **{}**\n",
+        c.outcome.as_str()
+    );
     let _ = writeln!(out, "Judged: {}.\n", scope(c, source).replace('|', "\\|"));
     let _ = writeln!(
         out,
@@ -298,7 +306,10 @@ fn markdown(cert: &CaptureCertification, source: &str) -> String {
             "\n## Violations of `{}` {}\n",
             t.token_fp, t.token_masked
         );
-        let _ = writeln!(out, "| When (UTC) | Rule | Calls in window | Limit | Call |");
+        let _ = writeln!(
+            out,
+            "| When (UTC) | Rule | Calls in window | Limit | Call |"
+        );
         let _ = writeln!(out, "|---|---|---:|---:|---|");
         for v in &t.violations {
             let _ = writeln!(

@@ -110,7 +110,10 @@ mod tests {
     fn rfc3339_reads_back_what_it_writes() {
         let at = Timestamp::from_nanos(1_767_600_123 * 1_000_000_000);
         assert_eq!(parse_rfc3339(&rfc3339(at)), Some(1_767_600_123));
-        assert_eq!(parse_rfc3339("2026-01-05T08:02:03"), parse_rfc3339("2026-01-05T08:02:03Z"));
+        assert_eq!(
+            parse_rfc3339("2026-01-05T08:02:03"),
+            parse_rfc3339("2026-01-05T08:02:03Z")
+        );
         assert_eq!(parse_rfc3339("2026-13-05T08:02:03Z"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
     }

@@ -290,7 +290,10 @@ impl Judge {
         }
         let size = call.response_bytes.or(call.response_wire_bytes);
         if let Some(bytes) = size
-            && token.largest_response.as_ref().is_none_or(|l| bytes > l.bytes)
+            && token
+                .largest_response
+                .as_ref()
+                .is_none_or(|l| bytes > l.bytes)
         {
             token.largest_response = Some(LargestResponse {
                 bytes,

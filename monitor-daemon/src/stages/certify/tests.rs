@@ -82,7 +82,10 @@ fn a_second_heavy_call_within_five_minutes_fails() {
     assert_eq!(peak(t, "api_calls").0, 1, "200 s apart: one per minute");
     assert_eq!(t.violations.len(), 1);
     let v = &t.violations[0];
-    assert_eq!((v.rule.as_str(), v.count, v.window_s), ("heavy_calls", 2, 300.0));
+    assert_eq!(
+        (v.rule.as_str(), v.count, v.window_s),
+        ("heavy_calls", 2, 300.0)
+    );
     assert_eq!(
         v.heavy,
         Some(HeavyReason::ResponseSize),
@@ -143,7 +146,11 @@ fn only_calls_in_the_window_and_of_the_chosen_token_are_judged() {
         token: None,
     };
     let cert = judge(&verdicts, window);
-    let outcomes: Vec<_> = cert.tokens.iter().map(|t| (t.token_fp, t.outcome, t.calls)).collect();
+    let outcomes: Vec<_> = cert
+        .tokens
+        .iter()
+        .map(|t| (t.token_fp, t.outcome, t.calls))
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -167,10 +174,13 @@ fn only_calls_in_the_window_and_of_the_chosen_token_are_judged() {
 
 #[test]
 fn a_window_without_calls_certifies_nothing_and_fails() {
-    let cert = judge(&verdicts(vec![call(1, 1000)]), Window {
-        token: Some(fingerprint(9)),
-        ..Window::default()
-    });
+    let cert = judge(
+        &verdicts(vec![call(1, 1000)]),
+        Window {
+            token: Some(fingerprint(9)),
+            ..Window::default()
+        },
+    );
     assert!(cert.tokens.is_empty());
     assert_eq!(cert.outcome, Outcome::Fail);
 }
