@@ -22,6 +22,7 @@ const FLOW: &[&str] = &[
     "stages::policy",
     "stages::pipeline",
     "stages::coverage",
+    "stages::certify",
     "edges::hardening",
     "edges::capture",
     "edges::output",
@@ -36,6 +37,7 @@ const FLOW: &[&str] = &[
     "commands::config",
     "commands::preflight",
     "commands::analyze",
+    "commands::certify",
     "commands::run",
 ];
 
