@@ -213,6 +213,35 @@ pub struct KernelCounters {
     pub http2_unseen: u64,
 }
 
+impl KernelCounters {
+    /// The names of the counters that mean lost or partial data, in the order
+    /// [`KernelCounters::losses`] gives them: the one list the stats file, `status`, the
+    /// `capture_loss` alert and the metrics read.
+    pub const LOSS_NAMES: [&'static str; 7] = [
+        "ring_full",
+        "truncated_bytes",
+        "flow_insert_failed",
+        "flows_evicted",
+        "flows_unanswered",
+        "tls_conns_evicted",
+        "tls_args_lost",
+    ];
+
+    /// The loss counters by name (`truncated_bytes` counts bytes, the others events).
+    pub fn losses(&self) -> [(&'static str, u64); 7] {
+        let values = [
+            self.ring_full,
+            self.truncated_bytes,
+            self.flow_insert_failed,
+            self.flows_evicted,
+            self.flows_unanswered,
+            self.tls_conns_evicted,
+            self.tls_args_lost,
+        ];
+        std::array::from_fn(|i| (Self::LOSS_NAMES[i], values[i]))
+    }
+}
+
 /// What user space did with the records it read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainStats {

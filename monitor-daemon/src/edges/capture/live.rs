@@ -476,22 +476,17 @@ fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
 fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
     match source {
         Source::Kernel(probe) => match probe.get_ref().counters() {
-            Ok(k) => (
-                k.ring_full
-                    + k.truncated_bytes
-                    + k.flow_insert_failed
-                    + k.flows_evicted
-                    + k.tls_conns_evicted
-                    + k.tls_args_lost,
-                serde_json::json!({
-                    "kernel.ring_full": k.ring_full,
-                    "kernel.truncated_bytes": k.truncated_bytes,
-                    "kernel.flow_insert_failed": k.flow_insert_failed,
-                    "kernel.flows_evicted": k.flows_evicted,
-                    "kernel.tls_conns_evicted": k.tls_conns_evicted,
-                    "kernel.tls_args_lost": k.tls_args_lost,
-                }),
-            ),
+            Ok(k) => {
+                let losses = k.losses();
+                (
+                    losses.iter().map(|(_, n)| n).sum(),
+                    losses
+                        .iter()
+                        .map(|(name, n)| (format!("kernel.{name}"), serde_json::Value::from(*n)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                )
+            }
             Err(_) => (0, serde_json::Value::Null),
         },
         Source::Pcap { capture, .. } => {

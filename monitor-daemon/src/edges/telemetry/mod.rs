@@ -609,15 +609,11 @@ impl Metrics {
                     store(&self.capture_events.get_or_create(&labels), k.events_sent);
                     store(&self.capture_packets.get_or_create(&labels), k.packets_seen);
                     store(&self.capture_filtered.get_or_create(&labels), k.filtered);
-                    for (reason, n) in [
-                        ("ring_full", k.ring_full),
-                        ("flow_insert_failed", k.flow_insert_failed),
-                        ("flows_evicted", k.flows_evicted),
-                        ("flows_unanswered", k.flows_unanswered),
-                        ("tls_conns_evicted", k.tls_conns_evicted),
-                        ("tls_args_lost", k.tls_args_lost),
-                    ] {
-                        self.loss(source, "all", reason, n);
+                    // Truncated bytes are bytes, not events: their own series, below.
+                    for (reason, n) in k.losses() {
+                        if reason != "truncated_bytes" {
+                            self.loss(source, "all", reason, n);
+                        }
                     }
                     let lost = LossLabels {
                         source,
