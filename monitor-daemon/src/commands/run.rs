@@ -526,7 +526,7 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
     let counters = source.counters();
     let capture = match &counters {
         CaptureCounters::Kernel { counters, drain } => CaptureView::Kernel {
-            counters: counters.as_ref(),
+            counters: counters.as_deref(),
             drain,
         },
         CaptureCounters::Pcap(interfaces) => CaptureView::Pcap(interfaces),

@@ -63,7 +63,7 @@ pub enum Ready {
 /// The capture's own counters, for the metrics.
 pub enum CaptureCounters {
     Kernel {
-        counters: Option<KernelCounters>,
+        counters: Option<Box<KernelCounters>>,
         drain: DrainStats,
     },
     Pcap(Vec<InterfaceCounters>),
@@ -174,7 +174,7 @@ impl LiveSource {
             Source::Kernel(probe) => {
                 let probe = probe.get_ref();
                 CaptureCounters::Kernel {
-                    counters: probe.counters().ok(),
+                    counters: probe.counters().ok().map(Box::new),
                     drain: probe.drain_stats(),
                 }
             }
@@ -323,7 +323,7 @@ fn load_probe(
         } else {
             Vec::new()
         },
-        tls_idle: tls_idle,
+        tls_idle,
         ..ProbeConfig::default()
     })?;
     if tc {
