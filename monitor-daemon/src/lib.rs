@@ -13,6 +13,8 @@ pub mod canary;
 pub mod capture;
 pub mod config;
 pub mod coverage;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod health;
 pub mod hooks;
 pub mod http;
