@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     let chunks: Vec<&[u8]> = body.chunks(monitor_fuzz::chunk_size(control)).collect();
     let interrupted = control & 0x10 != 0;
     let (outcome, decoded) = decode_body(coding, cap, &chunks, interrupted);
-    assert!(decoded <= cap.max(body.len() as u64), "decoded {decoded} past the cap {cap}");
+    assert!(
+        decoded <= cap.max(body.len() as u64),
+        "decoded {decoded} past the cap {cap}"
+    );
     // Decoding in one piece or in chunks gives the same outcome, and the same size when the
     // size is used (a failed decoding's is not).
     let (whole_outcome, whole_decoded) = decode_body(coding, cap, &[body], interrupted);

@@ -8,9 +8,5 @@ fuzz_target!(|data: &[u8]| {
     let Some((control, body)) = monitor_fuzz::split_control(data) else {
         return;
     };
-    monitor_fuzz::form::check(
-        Some("application/x-www-form-urlencoded"),
-        control,
-        body,
-    );
+    monitor_fuzz::form::check(Some("application/x-www-form-urlencoded"), control, body);
 });

@@ -90,8 +90,18 @@ pub fn drive_conversation(control: u8, client: &[u8], server: &[u8]) {
         &mut exchanges,
     );
     let mut sides = [
-        (Direction::ClientToServer, client.chunks(size), 0usize, control & 0x10 != 0),
-        (Direction::ServerToClient, server.chunks(size), 0usize, control & 0x20 != 0),
+        (
+            Direction::ClientToServer,
+            client.chunks(size),
+            0usize,
+            control & 0x10 != 0,
+        ),
+        (
+            Direction::ServerToClient,
+            server.chunks(size),
+            0usize,
+            control & 0x20 != 0,
+        ),
     ];
     let interleave = control & 0x08 != 0;
     loop {
@@ -153,7 +163,8 @@ pub fn judge(exchanges: Vec<HttpExchange<FormBody>>, now: Timestamp) {
 
 /// The whole pipeline with the default configuration.
 pub fn pipeline() -> Pipeline {
-    Pipeline::new(&Config::default(), site_key()).expect("the default configuration builds a pipeline")
+    Pipeline::new(&Config::default(), site_key())
+        .expect("the default configuration builds a pipeline")
 }
 
 /// Form body extraction (urlencoded, multipart) in one piece and in chunks.
@@ -202,7 +213,11 @@ pub mod form {
         }
         let chunked = extracted(reader.finish());
         if !lose_second {
-            assert_eq!(chunked, one_shot(content_type, body), "chunks change the fields");
+            assert_eq!(
+                chunked,
+                one_shot(content_type, body),
+                "chunks change the fields"
+            );
         }
     }
 }

@@ -22,9 +22,7 @@ use redcap_monitor::reassembly::{Reassembler, ReassemblyLimits};
 use redcap_monitor::redcap::{
     ApiCall, ApiParams, BodyProblem, FormBody, RequestFields, TokenIdentity,
 };
-use redcap_monitor::token::{
-    HookToken, MaskedToken, SiteKey, TokenFingerprint, TokenProblem,
-};
+use redcap_monitor::token::{HookToken, MaskedToken, SiteKey, TokenFingerprint, TokenProblem};
 
 fn endpoint(last: u8, port: u16) -> Endpoint {
     Endpoint {
@@ -98,7 +96,8 @@ fn capture() -> impl Strategy<Value = Capture> {
                 let mut pieces = cut(Direction::ClientToServer, client.len(), client_cuts);
                 pieces.extend(cut(Direction::ServerToClient, server.len(), server_cuts));
                 // Interleave the two directions as they were sent: by position in their stream.
-                pieces.sort_by_key(|p| p.start * 2 + usize::from(p.dir == Direction::ServerToClient));
+                pieces
+                    .sort_by_key(|p| p.start * 2 + usize::from(p.dir == Direction::ServerToClient));
                 for (to_server, start, len) in retransmits {
                     let (dir, stream_len) = if to_server || server.is_empty() {
                         (Direction::ClientToServer, client.len())
@@ -186,7 +185,15 @@ fn reassemble(capture: &Capture, client_isn: u32, server_isn: u32) -> Delivered 
         ack: true,
         ..TcpFlags::default()
     };
-    push(&mut reassembler, &mut emit, Direction::ClientToServer, client_isn, syn, None, &[]);
+    push(
+        &mut reassembler,
+        &mut emit,
+        Direction::ClientToServer,
+        client_isn,
+        syn,
+        None,
+        &[],
+    );
     push(
         &mut reassembler,
         &mut emit,
@@ -217,11 +224,35 @@ fn reassemble(capture: &Capture, client_isn: u32, server_isn: u32) -> Delivered 
         fin: true,
         ..TcpFlags::default()
     };
-    let client_end = client_isn.wrapping_add(1).wrapping_add(capture.client.len() as u32);
-    let server_end = server_isn.wrapping_add(1).wrapping_add(capture.server.len() as u32);
-    push(&mut reassembler, &mut emit, Direction::ClientToServer, client_end, fin, None, &[]);
-    push(&mut reassembler, &mut emit, Direction::ServerToClient, server_end, fin, None, &[]);
-    assert_eq!(reassembler.connections(), 0, "both FINs close the connection");
+    let client_end = client_isn
+        .wrapping_add(1)
+        .wrapping_add(capture.client.len() as u32);
+    let server_end = server_isn
+        .wrapping_add(1)
+        .wrapping_add(capture.server.len() as u32);
+    push(
+        &mut reassembler,
+        &mut emit,
+        Direction::ClientToServer,
+        client_end,
+        fin,
+        None,
+        &[],
+    );
+    push(
+        &mut reassembler,
+        &mut emit,
+        Direction::ServerToClient,
+        server_end,
+        fin,
+        None,
+        &[],
+    );
+    assert_eq!(
+        reassembler.connections(),
+        0,
+        "both FINs close the connection"
+    );
     assert_eq!(reassembler.buffered_bytes(), 0);
     delivered
 }

@@ -145,9 +145,8 @@ fn fuzz_each(targets: &[String], limit: Limit) -> Result<()> {
 
 fn fuzz_one(target: &str, limit: Limit) -> Result<()> {
     let corpus = fuzz_dir().join("corpus").join(target);
-    std::fs::create_dir_all(&corpus).map_err(|err| {
-        Failure::new(format!("cannot create {}: {err}", process::shown(&corpus)))
-    })?;
+    std::fs::create_dir_all(&corpus)
+        .map_err(|err| Failure::new(format!("cannot create {}: {err}", process::shown(&corpus))))?;
     let seeds = fuzz_dir().join("seeds").join(target);
     let mut command = cargo_fuzz();
     command
@@ -156,7 +155,12 @@ fn fuzz_one(target: &str, limit: Limit) -> Result<()> {
     if seeds.is_dir() {
         command.arg(&seeds);
     }
-    command.args(["--", "-print_final_stats=1", "-rss_limit_mb=2048", "-timeout=10"]);
+    command.args([
+        "--",
+        "-print_final_stats=1",
+        "-rss_limit_mb=2048",
+        "-timeout=10",
+    ]);
     if let Some(seconds) = limit.seconds {
         command.arg(format!("-max_total_time={seconds}"));
     }

@@ -41,7 +41,12 @@ fn main() -> Result<()> {
         conversation.extend_from_slice(SERVER_SEPARATOR);
         conversation.extend_from_slice(response);
         for control in [0x07, 0x0c, 0x1d] {
-            seeds.write("http", &format!("exchange-{i}-{control:02x}"), control, &conversation)?;
+            seeds.write(
+                "http",
+                &format!("exchange-{i}-{control:02x}"),
+                control,
+                &conversation,
+            )?;
         }
     }
     h2(&seeds)?;
@@ -108,7 +113,8 @@ fn exchanges() -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut pipelined = http::post_form(API, &[("token", TOKEN), ("content", "version")]);
     pipelined.extend(http::get("/redcap/index.php"));
     let mut answers = http::response(200, "text/plain", b"14.5.0", BodyEncoding::Plain).bytes;
-    answers.extend(http::response(200, "text/html", b"<html></html>", BodyEncoding::Chunked(5)).bytes);
+    answers
+        .extend(http::response(200, "text/html", b"<html></html>", BodyEncoding::Chunked(5)).bytes);
     let mut expecting = http::post_head_expecting_continue(
         API,
         "application/x-www-form-urlencoded",
@@ -116,7 +122,15 @@ fn exchanges() -> Vec<(Vec<u8>, Vec<u8>)> {
     );
     expecting.extend_from_slice(b"token=ABC&content=version");
     let mut continued = http::CONTINUE_100.to_vec();
-    continued.extend(http::response(403, "application/json", FORBIDDEN_JSON.as_bytes(), BodyEncoding::Plain).bytes);
+    continued.extend(
+        http::response(
+            403,
+            "application/json",
+            FORBIDDEN_JSON.as_bytes(),
+            BodyEncoding::Plain,
+        )
+        .bytes,
+    );
     vec![
         (export, gzipped.bytes),
         (
@@ -132,15 +146,19 @@ fn exchanges() -> Vec<(Vec<u8>, Vec<u8>)> {
 /// sequence numbers that wrap), for the reader and, frame by frame, for the decoder.
 fn captures(seeds: &Seeds, exchanges: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
     let v4 = |last, port| SocketAddr::new(Ipv4Addr::new(10, 0, 0, last).into(), port);
-    let v6 = |last, port| SocketAddr::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last).into(), port);
+    let v6 =
+        |last, port| SocketAddr::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last).into(), port);
     let conversations = [
         Conversation::new(v4(1, 40001), v4(10, 80)).with_mss(600),
-        Conversation::new(v6(1, 40002), v6(10, 80)).with_vlan(42).with_isn(u32::MAX - 100, 7),
+        Conversation::new(v6(1, 40002), v6(10, 80))
+            .with_vlan(42)
+            .with_isn(u32::MAX - 100, 7),
         Conversation::new(v4(2, 40003), v4(10, 443)).with_mss(300),
         Conversation::new(v4(3, 40004), v4(10, 8080)),
     ];
     let tmp = tempfile::tempdir()?;
-    for (i, (mut conv, (request, response))) in conversations.into_iter().zip(exchanges).enumerate() {
+    for (i, (mut conv, (request, response))) in conversations.into_iter().zip(exchanges).enumerate()
+    {
         let mut segs: Vec<Segment> = conv.handshake();
         segs.extend(conv.data(Side::Client, request));
         segs.extend(conv.data(Side::Server, response));
@@ -155,7 +173,11 @@ fn captures(seeds: &Seeds, exchanges: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         let bytes = std::fs::read(&path)?;
         seeds.write_raw("capture_file", &format!("conversation-{i}.pcap"), &bytes)?;
         // The decoder's input: an Ethernet frame (control byte 1) of each kind.
-        for (n, frame) in pcap_frames(&bytes).into_iter().enumerate().filter(|(n, _)| *n < 4) {
+        for (n, frame) in pcap_frames(&bytes)
+            .into_iter()
+            .enumerate()
+            .filter(|(n, _)| *n < 4)
+        {
             seeds.write("decode", &format!("conversation-{i}-frame-{n}"), 1, &frame)?;
         }
     }
@@ -218,25 +240,49 @@ fn h2(seeds: &Seeds) -> Result<()> {
     let mut client = frame(SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 0]);
     client.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0xff, 0, 1]));
     client.extend(frame(HEADERS, END_HEADERS, 1, &block(&post)));
-    client.extend(frame(DATA, 0, 1, format!("token={TOKEN}&content=").as_bytes()));
+    client.extend(frame(
+        DATA,
+        0,
+        1,
+        format!("token={TOKEN}&content=").as_bytes(),
+    ));
     client.extend(frame(DATA, END_STREAM, 1, b"version"));
     client.extend(frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         3,
-        &block(&[(":method", "GET"), (":path", "/skip/me"), (":scheme", "https")]),
+        &block(&[
+            (":method", "GET"),
+            (":path", "/skip/me"),
+            (":scheme", "https"),
+        ]),
     ));
     let mut server = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 128]);
     server.extend(frame(SETTINGS, 1, 0, &[]));
-    server.extend(frame(HEADERS, END_HEADERS, 1, &block(&[(":status", "200"), ("content-encoding", "gzip")])));
+    server.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &block(&[(":status", "200"), ("content-encoding", "gzip")]),
+    ));
     let body = http::gzip(b"14.5.0", 6);
     server.extend(frame(DATA, END_STREAM, 1, &body));
-    server.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &block(&[(":status", "404")])));
+    server.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &block(&[(":status", "404")]),
+    ));
     let mut conversation = client;
     conversation.extend_from_slice(SERVER_SEPARATOR);
     conversation.extend(server);
     for control in [0x07, 0x0c, 0x1a] {
-        seeds.write("h2", &format!("two-streams-{control:02x}"), control, &conversation)?;
+        seeds.write(
+            "h2",
+            &format!("two-streams-{control:02x}"),
+            control,
+            &conversation,
+        )?;
     }
     Ok(())
 }
@@ -257,15 +303,28 @@ fn forms(seeds: &Seeds) -> Result<()> {
     ];
     for (i, body) in urlencoded.iter().enumerate() {
         for control in [0x00, 0x03, 0x0d] {
-            seeds.write("urlencoded", &format!("form-{i}-{control:02x}"), control, body.as_bytes())?;
+            seeds.write(
+                "urlencoded",
+                &format!("form-{i}-{control:02x}"),
+                control,
+                body.as_bytes(),
+            )?;
         }
     }
     let multipart = [
         http::multipart("xYzZY", &[("token", TOKEN), ("content", "metadata")], None),
         http::multipart(
             "----WebKitFormBoundary7MA4YWxkTrZu0gW",
-            &[("token", TOKEN), ("content", "file"), ("action", "import"), ("record", "1")],
-            Some(("data.csv", b"record_id,age\r\n1,42\r\n--not-the-boundary\r\n")),
+            &[
+                ("token", TOKEN),
+                ("content", "file"),
+                ("action", "import"),
+                ("record", "1"),
+            ],
+            Some((
+                "data.csv",
+                b"record_id,age\r\n1,42\r\n--not-the-boundary\r\n",
+            )),
         ),
     ];
     for (i, (content_type, body)) in multipart.iter().enumerate() {
@@ -273,7 +332,12 @@ fn forms(seeds: &Seeds) -> Result<()> {
         input.push(b'\n');
         input.extend_from_slice(body);
         for control in [0x00, 0x04, 0x0e] {
-            seeds.write("multipart", &format!("form-{i}-{control:02x}"), control, &input)?;
+            seeds.write(
+                "multipart",
+                &format!("form-{i}-{control:02x}"),
+                control,
+                &input,
+            )?;
         }
     }
     Ok(())
@@ -353,9 +417,21 @@ fn records(seeds: &Seeds) -> Result<()> {
     let mut input = Vec::new();
     let c = tc(DIRECTION_CLIENT_TO_SERVER, 1000, 5000, TCP_ACK, &request);
     push_record(&mut input, &segment_record(&c, &request));
-    let s = tc(DIRECTION_SERVER_TO_CLIENT, 5000, 1000 + request.len() as u32, TCP_ACK, &response);
+    let s = tc(
+        DIRECTION_SERVER_TO_CLIENT,
+        5000,
+        1000 + request.len() as u32,
+        TCP_ACK,
+        &response,
+    );
     push_record(&mut input, &segment_record(&s, &response));
-    let fin = tc(DIRECTION_CLIENT_TO_SERVER, 1000 + request.len() as u32, 5000 + response.len() as u32, TCP_ACK | TCP_FIN, b"");
+    let fin = tc(
+        DIRECTION_CLIENT_TO_SERVER,
+        1000 + request.len() as u32,
+        5000 + response.len() as u32,
+        TCP_ACK | TCP_FIN,
+        b"",
+    );
     push_record(&mut input, &segment_record(&fin, b""));
     seeds.write_raw("ring_records", "tc-call", &input)?;
 
@@ -377,9 +453,21 @@ fn records(seeds: &Seeds) -> Result<()> {
     let mut input = Vec::new();
     let first = tls(DIRECTION_CLIENT_TO_SERVER, 0, 0, TCP_SYN, &request);
     push_record(&mut input, &tls_record(&first, &request));
-    let answer = tls(DIRECTION_SERVER_TO_CLIENT, 0, request.len() as u32, 0, &response);
+    let answer = tls(
+        DIRECTION_SERVER_TO_CLIENT,
+        0,
+        request.len() as u32,
+        0,
+        &response,
+    );
     push_record(&mut input, &tls_record(&answer, &response));
-    let free = tls(DIRECTION_CLIENT_TO_SERVER, request.len() as u32, response.len() as u32, TCP_FIN, b"");
+    let free = tls(
+        DIRECTION_CLIENT_TO_SERVER,
+        request.len() as u32,
+        response.len() as u32,
+        TCP_FIN,
+        b"",
+    );
     push_record(&mut input, &tls_record(&free, b""));
     seeds.write_raw("ring_records", "tls-call", &input)?;
     Ok(())
