@@ -10,6 +10,9 @@
 
 pub mod commands;
 pub mod edges;
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod shared;
 pub mod stages;
 

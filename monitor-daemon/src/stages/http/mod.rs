@@ -11,7 +11,7 @@
 
 mod body;
 mod connection;
-mod decode;
+pub(crate) mod decode;
 mod h2;
 mod head;
 
