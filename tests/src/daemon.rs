@@ -58,11 +58,14 @@ impl CallRecord {
     }
 }
 
-/// One line of `analyze --violations` (contracts.md).
+/// One line of `analyze --violations` (the README's "Violation records"): a token's, or, with
+/// `token_fp` null and `client` set, a client probing with refused tokens.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct ViolationRecord {
     pub ts: f64,
-    pub token_fp: String,
+    pub token_fp: Option<String>,
+    #[serde(default)]
+    pub client: Option<String>,
     pub rule: String,
     pub limit: u64,
     pub window_s: u64,

@@ -324,11 +324,8 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
         problems.keys().all(|k| !k.starts_with("http.h2_")),
         "HTTP/2 problems: {problems:?}"
     );
-    let h2_connections: u64 = http_stats
-        .split("h2_connections: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
+    let h2_connections = stats["pipeline"]["http"]["h2_connections"]
+        .as_u64()
         .unwrap_or(0);
     // curl: 2 connections per server (keep-alive, parallel) and 2 h2c; httpx: at least one
     // per server and one h2c.

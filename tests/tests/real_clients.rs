@@ -138,9 +138,14 @@ fn every_api_request_from_pycap_and_curl_is_reported_exactly_once_with_its_sizes
         analysis
             .violations
             .iter()
-            .any(|v| v.token_fp == fp_token && v.rule == "api_calls")
+            .any(|v| v.token_fp.as_deref() == Some(&*fp_token) && v.rule == "api_calls")
     );
-    assert!(!analysis.violations.iter().any(|v| v.token_fp == fp_other));
+    assert!(
+        !analysis
+            .violations
+            .iter()
+            .any(|v| v.token_fp.as_deref() == Some(&*fp_other))
+    );
 }
 
 /// The comparison above must be able to fail: a faithful report passes, a lost call or a
