@@ -30,6 +30,7 @@ use crate::edges::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
 use crate::edges::capture::records::is_synthetic;
 use crate::edges::capture::tls::{TlsCapture, TlsError};
 use crate::edges::capture::{CaptureMode, TlsCapturePlan};
+use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
@@ -140,6 +141,11 @@ pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError>
 async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     let publisher =
         crate::edges::actions::publish::Publisher::start_or_log(&config.redcap_module, &key);
+    let (directory, _directory_worker) =
+        Directory::start(&config.directory, key.clone()).map_err(|source| RunError::Io {
+            what: "starting the token directory thread",
+            source,
+        })?;
     let mut pipeline = Pipeline::new(config.pipeline(), key);
     let records = Records::open(config)?;
     let mut actions = Actions::open(
@@ -150,6 +156,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     if let Some(publisher) = publisher {
         actions.publish_to(publisher);
     }
+    actions.use_directory(directory.clone());
     let memory = config.enforcement.memory.span();
     let restored = actions
         .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
@@ -169,7 +176,9 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     // The sender stays here too, so that `recv` waits (rather than ends) without a listener.
     let (command_tx, mut commands) = mpsc::channel::<AdminCommand>(ADMIN_QUEUE);
     let _api = start_api(config, &shared, command_tx.clone())?;
-    let telemetry = LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    let mut telemetry =
+        LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    telemetry.use_directory(directory);
     let mut edges = Edges {
         records,
         telemetry,
@@ -977,6 +986,8 @@ fn counters(
     let actions = &edges.actions;
     value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
     value["redcap_module"] = serde_json::to_value(actions.publish_stats()).unwrap_or_default();
+    value["directory"] =
+        serde_json::to_value(edges.telemetry.directory().status()).unwrap_or_default();
     value["alerts"] = serde_json::json!({
         "raise": format!("{:?}", actions.alert_stats()),
         "delivery": format!("{:?}", actions.delivery_stats()),

@@ -28,6 +28,7 @@ pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker
 pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
 pub use signing::{SecretError, WebhookSecret};
 
+use crate::edges::directory::Directory;
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::WebhookUrl;
 use crate::shared::token::{MaskedToken, TokenFingerprint};
@@ -297,6 +298,8 @@ pub struct Alerts {
     host: String,
     wake: Option<SyncSender<()>>,
     stats: AlertStats,
+    /// Who tokens belong to: alerts name the owner when it is known.
+    directory: Directory,
 }
 
 impl Alerts {
@@ -334,6 +337,7 @@ impl Alerts {
             host,
             wake: None,
             stats: AlertStats::default(),
+            directory: Directory::off(),
         })
     }
 
@@ -376,11 +380,20 @@ impl Alerts {
         &self.stats
     }
 
+    /// Names token owners from `directory` in the alerts raised from now on.
+    pub fn use_directory(&mut self, directory: Directory) {
+        self.directory = directory;
+    }
+
     fn enqueue(&mut self, outgoing: &Outgoing, now: Timestamp) {
         let kind = outgoing.alert.kind();
+        let owner = outgoing
+            .alert
+            .token()
+            .and_then(|t| self.directory.owner(&t.fingerprint));
         for sink in self.sinks.0.iter().filter(|s| s.events.contains(&kind)) {
             let id = signing::new_webhook_id();
-            let payload = render::body(sink.kind, outgoing, &id, &self.host);
+            let payload = render::body(sink.kind, outgoing, owner.as_deref(), &id, &self.host);
             let item = OutboxItem {
                 id,
                 sink: sink.name.clone(),

@@ -190,8 +190,14 @@ fn slack_text_from_outside_cannot_ping_the_channel() {
         },
         repeats: None,
     };
-    let body: serde_json::Value =
-        serde_json::from_str(&render::body(SinkKind::Slack, &outgoing, "msg_1", "web2")).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&render::body(
+        SinkKind::Slack,
+        &outgoing,
+        None,
+        "msg_1",
+        "web2",
+    ))
+    .unwrap();
     // mrkdwn fields are escaped; the header is plain_text, which Slack never parses for mentions.
     assert_eq!(body["blocks"][0]["text"]["type"], "plain_text");
     for mrkdwn in [&body["text"], &body["blocks"][1]["text"]["text"]] {
