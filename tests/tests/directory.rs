@@ -274,6 +274,13 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
                 .is_some_and(|t| t.iter().any(|t| t["owner"]["username"] == "jdoe"))
     });
     assert!(named, "the admin API does not name jdoe");
+    let top = Command::new(monitor_bin().unwrap())
+        .args(["top", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains("jdoe, project 12"), "{top}");
 
     // A changed password: the login is refused, and the error says which keys to fix.
     db.sql("ALTER USER 'redcap_monitor'@'%' IDENTIFIED BY 'something-else'")
