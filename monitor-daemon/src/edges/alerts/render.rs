@@ -1,5 +1,5 @@
-//! Alert bodies, one shape per sink kind: Slack Block Kit, a Teams Adaptive Card, and our
-//! versioned JSON envelope for generic sinks.
+//! Alert bodies, one shape per sink kind: Slack Block Kit, a Teams Adaptive Card, a JIRA issue,
+//! and our versioned JSON envelope for generic sinks.
 //!
 //! Pure functions from an [`Outgoing`] alert to JSON text. Chat bodies carry facts only (the
 //! evidence goes to generic sinks), and text from outside is escaped so that it cannot ping
@@ -27,9 +27,28 @@ pub(crate) fn body(
     let value = match kind {
         SinkKind::Slack => slack(outgoing, owner, host),
         SinkKind::Teams => teams(outgoing, owner, host),
-        SinkKind::Generic => generic(outgoing, owner, id, host),
+        // A JIRA sink renders with its target (`jira` below); without one, the envelope.
+        SinkKind::Generic | SinkKind::Jira => generic(outgoing, owner, id, host),
     };
     value.to_string()
+}
+
+/// A JIRA create-issue body: the headline as summary, the chat sinks' facts as description.
+pub(crate) fn jira(
+    target: &super::jira::JiraTarget,
+    outgoing: &Outgoing,
+    owner: Option<&Owner>,
+    host: &str,
+) -> String {
+    let kind = outgoing.alert.kind();
+    super::jira::issue(
+        target,
+        &headline(&outgoing.alert),
+        &facts(outgoing, owner, host),
+        kind.as_str(),
+        kind.severity(),
+    )
+    .to_string()
 }
 
 fn headline(alert: &Alert) -> String {

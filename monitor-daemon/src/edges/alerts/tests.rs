@@ -48,6 +48,9 @@ fn sink(name: &str, kind: SinkKind, url: String, secret_file: Option<&Path>) -> 
         kind,
         url: WebhookUrl(url),
         secret_file: secret_file.map(Path::to_path_buf),
+        project: None,
+        issue_type: None,
+        credentials_file: None,
         events: AlertKind::all(),
     }
 }
