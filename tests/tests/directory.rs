@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use monitor_tests::clients::curl_in;
-use monitor_tests::daemon::{LiveDaemon, fingerprints, monitor_bin};
+use monitor_tests::daemon::{
+    LiveDaemon, assert_no_raw_token, files_under, fingerprints, monitor_bin,
+};
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
 use monitor_tests::receiver::{Received, receiver};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
@@ -170,17 +172,6 @@ fn json_bodies(received: &[Received], path: &str) -> Vec<Value> {
         .filter(|r| r.head.contains(&format!("POST {path} ")))
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect()
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files_under(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 #[test]
@@ -370,18 +361,5 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
         bytes.extend_from_slice(&request.body);
         written.push((format!("webhook request {n}"), bytes));
     }
-    for (what, bytes) in &written {
-        for token in [ABUSER, LATE, SUPER] {
-            for form in [
-                token.to_string(),
-                token.to_lowercase(),
-                token[..20].to_string(),
-            ] {
-                assert!(
-                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
-                    "{what} holds a raw token"
-                );
-            }
-        }
-    }
+    assert_no_raw_token(&written, &[ABUSER, LATE, SUPER]);
 }

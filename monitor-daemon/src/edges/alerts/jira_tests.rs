@@ -12,6 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::receiver::{Receiver, Reply};
+use super::tests::config;
 use super::*;
 use crate::edges::directory::{Directory, Owner};
 use crate::shared::token::FingerprintMap;
@@ -52,15 +53,6 @@ fn jira_sink(url: String, credentials_file: Option<PathBuf>) -> SinkConfig {
         issue_type: None,
         credentials_file,
         events: AlertKind::all(),
-    }
-}
-
-fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
-    AlertsConfig {
-        backoff_base: crate::shared::settings::Duration(Span::from_millis(100)),
-        request_timeout: crate::shared::settings::Duration(Span::from_secs(2)),
-        sinks,
-        ..AlertsConfig::default()
     }
 }
 
@@ -173,12 +165,12 @@ fn jira_retries_through_the_outbox_and_a_token_alone_is_a_bearer() {
 fn jira_credentials_and_keys_are_checked_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let open = credentials(dir.path(), "ops@example.org:token\n", 0o644);
-    let config = config(vec![jira_sink(
+    let open_file = config(vec![jira_sink(
         "https://jira.example.org".into(),
         Some(open),
     )]);
     let outbox = Arc::new(MemoryOutbox::new(10));
-    let error = Alerts::new(&config, outbox.clone(), "web2".into())
+    let error = Alerts::new(&open_file, outbox.clone(), "web2".into())
         .err()
         .unwrap()
         .to_string();
@@ -192,7 +184,7 @@ fn jira_credentials_and_keys_are_checked_with_the_fix() {
         "{error}"
     );
     let empty = credentials(dir.path(), "\n", 0o600);
-    let config_empty = self::config(vec![jira_sink(
+    let config_empty = config(vec![jira_sink(
         "https://jira.example.org".into(),
         Some(empty),
     )]);
@@ -204,7 +196,7 @@ fn jira_credentials_and_keys_are_checked_with_the_fix() {
 
     let mut missing = jira_sink("https://jira.example.org".into(), None);
     missing.project = None;
-    let keys: Vec<String> = self::config(vec![missing])
+    let keys: Vec<String> = config(vec![missing])
         .problems()
         .into_iter()
         .map(|p| p.key)
@@ -218,7 +210,7 @@ fn jira_credentials_and_keys_are_checked_with_the_fix() {
     );
     let mut slack = jira_sink("https://hooks.slack.com/x".into(), None);
     slack.kind = SinkKind::Slack;
-    let problems = self::config(vec![slack]).problems();
+    let problems = config(vec![slack]).problems();
     assert_eq!(problems[0].key, "alerts.sinks[0].project");
     assert!(problems[0].message.contains("only to jira"));
 }

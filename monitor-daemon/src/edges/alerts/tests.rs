@@ -55,7 +55,7 @@ fn sink(name: &str, kind: SinkKind, url: String, secret_file: Option<&Path>) -> 
     }
 }
 
-fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
+pub(super) fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
     AlertsConfig {
         backoff_base: crate::shared::settings::Duration(Span::from_millis(100)),
         request_timeout: crate::shared::settings::Duration(Span::from_secs(2)),

@@ -112,7 +112,6 @@ pub(super) fn parse(text: &str, key: &SiteKey) -> Result<FingerprintMap<Arc<Owne
         for (&column, cell) in columns.iter().zip(cells.iter_mut()) {
             let name = COLUMNS[column];
             let value = cell.trim();
-            let text = || (!value.is_empty()).then(|| value.to_owned());
             let result: Result<(), String> = match name {
                 "token" => RawToken::parse(value.as_bytes())
                     .map(|raw| token = Some(EntryToken::Raw(raw)))
@@ -121,31 +120,7 @@ pub(super) fn parse(text: &str, key: &SiteKey) -> Result<FingerprintMap<Arc<Owne
                     .parse::<TokenFingerprint>()
                     .map(|fp| token = Some(EntryToken::Fingerprint(fp)))
                     .map_err(|e| format!("`token_fp`: {e}")),
-                "username" => {
-                    owner.username = value.to_owned();
-                    if value.is_empty() {
-                        Err("`username` is empty".into())
-                    } else {
-                        Ok(())
-                    }
-                }
-                "first_name" => Ok(owner.first_name = text()),
-                "last_name" => Ok(owner.last_name = text()),
-                "email" => Ok(owner.email = text()),
-                "project_id" if value.is_empty() => Ok(()),
-                "project_id" => value
-                    .parse()
-                    .map(|id| owner.project_id = Some(id))
-                    .map_err(|_| "`project_id` is not a whole number".into()),
-                "project_title" => Ok(owner.project_title = text()),
-                "pi_first_name" => Ok(owner.pi_first_name = text()),
-                "pi_last_name" => Ok(owner.pi_last_name = text()),
-                "pi_email" => Ok(owner.pi_email = text()),
-                "super_token" => flag(value, name).map(|f| owner.super_token = f),
-                "user_suspended" => flag(value, name).map(|f| owner.user_suspended = f),
-                "rights_expired" => flag(value, name).map(|f| owner.rights_expired = f),
-                "last_api_use" => Ok(owner.last_api_use = text()),
-                _ => Ok(()),
+                _ => set_field(&mut owner, name, value),
             };
             if name == "token" {
                 cell.zeroize();
@@ -165,6 +140,49 @@ pub(super) fn parse(text: &str, key: &SiteKey) -> Result<FingerprintMap<Arc<Owne
         }
     }
     Ok(build_map(key, entries))
+}
+
+/// Sets one of the owner's fields from its cell (already trimmed).
+fn set_field(owner: &mut Owner, name: &str, value: &str) -> Result<(), String> {
+    let text = (!value.is_empty()).then(|| value.to_owned());
+    let slot = match name {
+        "username" if value.is_empty() => return Err("`username` is empty".into()),
+        "username" => {
+            owner.username = value.to_owned();
+            return Ok(());
+        }
+        "project_id" if value.is_empty() => return Ok(()),
+        "project_id" => {
+            let id = value
+                .parse()
+                .map_err(|_| "`project_id` is not a whole number".to_string())?;
+            owner.project_id = Some(id);
+            return Ok(());
+        }
+        "super_token" => {
+            owner.super_token = flag(value, name)?;
+            return Ok(());
+        }
+        "user_suspended" => {
+            owner.user_suspended = flag(value, name)?;
+            return Ok(());
+        }
+        "rights_expired" => {
+            owner.rights_expired = flag(value, name)?;
+            return Ok(());
+        }
+        "first_name" => &mut owner.first_name,
+        "last_name" => &mut owner.last_name,
+        "email" => &mut owner.email,
+        "project_title" => &mut owner.project_title,
+        "pi_first_name" => &mut owner.pi_first_name,
+        "pi_last_name" => &mut owner.pi_last_name,
+        "pi_email" => &mut owner.pi_email,
+        "last_api_use" => &mut owner.last_api_use,
+        _ => return Ok(()),
+    };
+    *slot = text;
+    Ok(())
 }
 
 fn flag(value: &str, name: &str) -> Result<bool, String> {

@@ -17,6 +17,9 @@ use zeroize::Zeroize;
 use super::{DirectoryConfig, DirectoryError, EntryToken, Owner, build_map, read_password};
 use crate::shared::token::{FingerprintMap, RawToken, SiteKey};
 
+/// project_id, user, MAX(ts) of one log table.
+type LastUseRow = (Option<u64>, Option<String>, Option<u64>);
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A read that takes longer than this is given up (and tried again after `directory.retry`).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -114,7 +117,7 @@ fn last_api_use(conn: &mut Conn, tables: &BTreeSet<String>) -> HashMap<(u64, Str
             "SELECT project_id, user, MAX(ts) FROM {table} \
              WHERE page IN ('api/index.php', 'API/index.php') GROUP BY project_id, user"
         );
-        let rows: Result<Vec<(Option<u64>, Option<String>, Option<u64>)>, _> = conn.query(sql);
+        let rows: Result<Vec<LastUseRow>, _> = conn.query(sql);
         match rows {
             Ok(rows) => {
                 for (project, user, ts) in rows {
