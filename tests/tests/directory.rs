@@ -1,6 +1,7 @@
 //! The token directory against a real MariaDB seeded with REDCap's table and column names: the
 //! live daemon (`run`, libpcap on loopback, in front of the REDCap simulator) reads who each
-//! token belongs to; a suspended token's alert (webhook receiver), its audit records and the
+//! token belongs to; a suspended token's alert (webhook receiver), its decision and audit
+//! records, `redcap-monitor top` and the
 //! admin API's `suspensions` and `top` name the user and the project. Then the database goes
 //! wrong under the running daemon: a changed password, a missing table, the server stopped.
 //! Each gives `directory_unavailable` with an error naming what to fix, and the daemon keeps
@@ -255,6 +256,17 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
             .any(|r| r["kind"] == "decision" && r["details"]["owner"]["username"] == "jdoe")
     });
     assert!(audit_named, "no audit record names jdoe");
+    let decided = wait_until(WAIT, || {
+        std::fs::read_to_string(dir.path().join("decisions.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|d| d["action"] == "suspend" && d["owner"]["project_id"] == 12)
+    });
+    assert!(
+        decided,
+        "the suspend decision record does not name the owner"
+    );
     let named = wait_until(WAIT, || {
         let suspensions: Value =
             serde_json::from_slice(&get(api_port, "/api/v1/suspensions")).unwrap_or_default();

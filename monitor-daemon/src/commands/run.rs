@@ -147,7 +147,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             source,
         })?;
     let mut pipeline = Pipeline::new(config.pipeline(), key);
-    let records = Records::open(config)?;
+    let mut records = Records::open(config)?;
+    records.directory = directory.clone();
     let mut actions = Actions::open(
         config.actions(),
         crate::edges::alerts::host_name(),
@@ -1004,6 +1005,8 @@ struct Records {
     calls_written: u64,
     violations_written: u64,
     error: Option<RunError>,
+    /// Names the token's owner in decision records, when the token directory knows it.
+    directory: Directory,
 }
 
 struct Output {
@@ -1030,6 +1033,7 @@ impl Records {
             calls_written: 0,
             violations_written: 0,
             error: None,
+            directory: Directory::off(),
         })
     }
 
@@ -1064,10 +1068,18 @@ impl Records {
                 self.violations_written += 1;
             }
         }
-        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision)
-            && let Err(err) = decisions.line(decision)
-        {
-            self.error = Some(err);
+        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision) {
+            let written = match self.directory.owner(&decision.token_fp) {
+                Some(owner) => {
+                    let mut record = serde_json::to_value(decision).unwrap_or_default();
+                    record["owner"] = serde_json::to_value(&*owner).unwrap_or_default();
+                    decisions.line(&record)
+                }
+                None => decisions.line(decision),
+            };
+            if let Err(err) = written {
+                self.error = Some(err);
+            }
         }
     }
 
