@@ -3,7 +3,8 @@
 //! token belongs to; a suspended token's alert (webhook receiver), its decision and audit
 //! records, `redcap-monitor top` and the
 //! admin API's `suspensions` and `top` name the user and the project. Then the database goes
-//! wrong under the running daemon: a changed password, a missing table, the server stopped.
+//! wrong under the running daemon: a changed password, a missing table, SELECT not granted, the
+//! server stopped.
 //! Each gives `directory_unavailable` with an error naming what to fix, and the daemon keeps
 //! judging (a violation after the server is gone is still written and alerted). Nothing the
 //! daemon wrote, logged, sent or exported holds a raw token, and the metrics no personal data.
@@ -308,6 +309,18 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
         &["redcap_projects", "directory.database"],
     );
     db.sql("RENAME TABLE redcap.redcap_projects_gone TO redcap.redcap_projects")
+        .unwrap();
+    wait_directory(dir.path(), "available", &[]);
+
+    // SELECT not granted on a table the directory needs.
+    db.sql("REVOKE SELECT ON redcap.redcap_user_information FROM 'redcap_monitor'@'%'")
+        .unwrap();
+    wait_directory(
+        dir.path(),
+        "directory_unavailable",
+        &["may not read", "GRANT SELECT"],
+    );
+    db.sql("GRANT SELECT ON redcap.redcap_user_information TO 'redcap_monitor'@'%'")
         .unwrap();
     wait_directory(dir.path(), "available", &[]);
 
