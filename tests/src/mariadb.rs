@@ -13,11 +13,22 @@ pub struct MariaDb {
     dir: tempfile::TempDir,
     child: Option<Child>,
     port: u16,
+    /// `--ssl-*` options when the server offers TLS.
+    tls: Vec<String>,
 }
 
 impl MariaDb {
     /// Initialises a data directory and starts the server; returns once it answers.
     pub fn start() -> Result<MariaDb> {
+        MariaDb::start_with(None)
+    }
+
+    /// The same, offering TLS with `pki`'s server certificate.
+    pub fn start_tls(pki: &crate::web::TestPki) -> Result<MariaDb> {
+        MariaDb::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&crate::web::TestPki>) -> Result<MariaDb> {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
@@ -38,10 +49,18 @@ impl MariaDb {
             );
         }
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let tls = pki.map_or_else(Vec::new, |pki| {
+            vec![
+                format!("--ssl-ca={}", pki.ca_cert.display()),
+                format!("--ssl-cert={}", pki.server_cert.display()),
+                format!("--ssl-key={}", pki.server_key.display()),
+            ]
+        });
         let mut db = MariaDb {
             dir,
             child: None,
             port,
+            tls,
         };
         db.launch()?;
         Ok(db)
@@ -62,6 +81,7 @@ impl MariaDb {
                 "--skip-name-resolve",
             ])
             .args(["--skip-log-bin", "--innodb-buffer-pool-size=16M"])
+            .args(&self.tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

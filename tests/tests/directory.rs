@@ -1,4 +1,5 @@
-//! The token directory against a real MariaDB seeded with REDCap's table and column names: the
+//! The token directory against a real MariaDB (TLS required for its user, verified against the
+//! test CA) seeded with REDCap's table and column names: the
 //! live daemon (`run`, libpcap on loopback, in front of the REDCap simulator) reads who each
 //! token belongs to; a suspended token's alert (webhook receiver), its decision and audit
 //! records, `redcap-monitor top` and the
@@ -22,6 +23,7 @@ use monitor_tests::daemon::{
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
 use monitor_tests::receiver::{Received, receiver};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use monitor_tests::web::TestPki;
 use serde_json::Value;
 
 /// jdoe's token in project 12 (stored lower-case: REDCap matches tokens case-insensitively).
@@ -57,7 +59,7 @@ fn seed(db: &MariaDb) {
            (12, 20261202110000, 'jdoe', 'DataEntry/index.php', 'Update record');
          INSERT INTO redcap_log_event2 (project_id, ts, user, page, description) VALUES
            (13, 20261115120000, 'bob', 'API/index.php', 'Download file (API)');
-         CREATE USER 'redcap_monitor'@'%' IDENTIFIED BY '{PASSWORD}';
+         CREATE USER 'redcap_monitor'@'%' IDENTIFIED BY '{PASSWORD}' REQUIRE SSL;
          GRANT SELECT ON redcap.redcap_user_rights TO 'redcap_monitor'@'%';
          GRANT SELECT ON redcap.redcap_user_information TO 'redcap_monitor'@'%';
          GRANT SELECT ON redcap.redcap_projects TO 'redcap_monitor'@'%';
@@ -110,7 +112,8 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16, db_port: u16, api_port:
              url = \"http://127.0.0.1:{receiver_port}/slack\"\n\
              [directory]\nsource = \"mysql\"\nhost = \"127.0.0.1\"\nport = {db_port}\n\
              database = \"redcap\"\nuser = \"redcap_monitor\"\n\
-             password_file = \"{d}/db.password\"\nrefresh = \"1s\"\nretry = \"1s\"\n"
+             password_file = \"{d}/db.password\"\nrefresh = \"1s\"\nretry = \"1s\"\n\
+             tls = true\ntls_ca_file = \"{d}/ca.pem\"\n"
         ),
     )
     .unwrap();
@@ -185,7 +188,8 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     let key = dir.path().join("site.key");
     let fps = fingerprints(&key, &[ABUSER, LATE]).unwrap();
     let (abuser, late) = (fps[0].clone(), fps[1].clone());
-    let mut db = MariaDb::start().unwrap();
+    let pki = TestPki::create(dir.path(), "127.0.0.1").unwrap();
+    let mut db = MariaDb::start_tls(&pki).unwrap();
     seed(&db);
     let sim = Simulator::start(&SimOptions {
         tokens: vec![ABUSER.into(), LATE.into()],
