@@ -2,7 +2,8 @@
 //! REST API documents `POST /rest/api/2/issue` (a `fields` object with the project key, the
 //! issue type's name, a one-line summary and a plain-text description; JSON in and out; Basic
 //! auth with `email:api_token` or Bearer with a personal access token); retries go through the
-//! same outbox; credentials and config are checked with the key to fix.
+//! same outbox; credentials and config are checked with the key to fix. Also: the other sinks'
+//! bodies name the token's owner from the token directory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -213,4 +214,74 @@ fn jira_credentials_and_keys_are_checked_with_the_fix() {
     let problems = config(vec![slack]).problems();
     assert_eq!(problems[0].key, "alerts.sinks[0].project");
     assert!(problems[0].message.contains("only to jira"));
+}
+
+#[test]
+fn teams_and_generic_bodies_name_the_owner_and_what_redcap_says_of_the_token() {
+    let owner = Owner {
+        username: "bob".into(),
+        project_id: Some(13),
+        project_title: Some("Cohort Y".into()),
+        pi_email: Some("alan@example.org".into()),
+        user_suspended: true,
+        rights_expired: true,
+        last_api_use: Some("2026-11-15 12:00:00".into()),
+        ..Owner::default()
+    };
+    let outgoing = Outgoing {
+        alert: suspended(),
+        repeats: None,
+    };
+    let teams: serde_json::Value = serde_json::from_str(&render::body(
+        SinkKind::Teams,
+        &outgoing,
+        Some(&owner),
+        "msg_1",
+        "web2",
+    ))
+    .unwrap();
+    let facts: Vec<(String, String)> = teams["attachments"][0]["content"]["body"][1]["facts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["title"].as_str().unwrap().into(),
+                f["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let fact = |title: &str| {
+        facts
+            .iter()
+            .find(|(t, _)| t == title)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(fact("User"), Some("bob"));
+    assert_eq!(fact("Project"), Some("#13 Cohort Y"));
+    assert_eq!(fact("PI"), Some("alan@example.org"));
+    assert_eq!(
+        fact("In REDCap"),
+        Some("user suspended in REDCap, project rights expired")
+    );
+    assert_eq!(fact("REDCap's last API use"), Some("2026-11-15 12:00:00"));
+    let generic: serde_json::Value = serde_json::from_str(&render::body(
+        SinkKind::Generic,
+        &outgoing,
+        Some(&owner),
+        "msg_1",
+        "web2",
+    ))
+    .unwrap();
+    assert_eq!(generic["owner"]["username"], "bob");
+    assert_eq!(generic["owner"]["rights_expired"], true);
+    let unknown: serde_json::Value = serde_json::from_str(&render::body(
+        SinkKind::Generic,
+        &outgoing,
+        None,
+        "msg_1",
+        "web2",
+    ))
+    .unwrap();
+    assert!(unknown["owner"].is_null());
 }
