@@ -22,10 +22,13 @@ pub enum KernelCounter {
     TruncatedBytes = 4,
     /// API flows that could not be entered into the flow table.
     FlowInsertFailed = 5,
-    /// API flows that started being tracked.
+    /// API flows that started being tracked, as unconfirmed (in [`NEW_FLOWS_MAP`]) until the
+    /// server acknowledges their request.
     FlowsStarted = 6,
-    /// Tracked flows that ended with FIN from both sides, RST, or a new SYN on the same 4-tuple.
-    /// `FlowsStarted - FlowsEnded - live entries` is the number the LRU table evicted.
+    /// Confirmed flows that ended: FIN from both sides, the server's RST, or the server's
+    /// SYN-ACK to a new SYN on the same 4-tuple (a client's RST or SYN may be forged: those are
+    /// left to user space, which checks their sequence numbers).
+    /// `FlowsConfirmed - FlowsEnded - live entries` is the number the LRU table evicted.
     FlowsEnded = 7,
     /// `SSL_read`/`SSL_read_ex` calls made by a process whose name is not in the TLS process
     /// list (e.g. a client, or a web server that is not configured): not looked at.
@@ -47,18 +50,38 @@ pub enum KernelCounter {
     /// Client bytes (segments, or TLS reads) on connections not tracked that are HTTP/2
     /// requests of a connection whose preface was not seen: not readable until it reconnects.
     Http2Unseen = 14,
+    /// Unconfirmed flows moved to the main table ([`FLOWS_MAP`]) because the server
+    /// acknowledged their request. `FlowsStarted - FlowsConfirmed - live unconfirmed entries` is
+    /// the number of flows nobody answered (forged, or pushed out of the small table by such).
+    FlowsConfirmed = 15,
+    /// Unconfirmed flows that ended before the server acknowledged anything (its RST, or its
+    /// SYN-ACK to a new SYN).
+    UnconfirmedEnded = 16,
+    /// Client segments with data or RST, on tracked flows or starting one, whose TCP checksum
+    /// is wrong (neither right nor the pseudo-header-only value of checksum offload or GRO):
+    /// dropped before user space, as the server's stack drops them. A forged segment must not
+    /// take the place of the real data (a decoy with another token) or end the copy (a RST).
+    ChecksumBad = 17,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added
 /// without resizing the map.
-pub const KERNEL_COUNTER_SLOTS: u32 = 16;
+pub const KERNEL_COUNTER_SLOTS: u32 = 24;
 
 /// Name of the per-CPU counter array in the kernel object.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the ring buffer that carries [`SegmentEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the LRU hash of tracked flows ([`FlowKey`] → [`FlowState`]).
+/// Name of the LRU hash of tracked flows ([`FlowKey`] → [`FlowState`]) that the server has
+/// answered: only such flows can push one another out.
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the small LRU hash of flows that started like an API request but that the server has
+/// not acknowledged yet: a flood of forged requests cycles through this table only.
+pub const NEW_FLOWS_MAP: &str = "NEW_FLOWS";
+/// The unconfirmed table holds this fraction of the main table's entries (at least
+/// [`MIN_NEW_FLOWS`]).
+pub const NEW_FLOWS_DIVISOR: u32 = 8;
+pub const MIN_NEW_FLOWS: u32 = 256;
 /// Name of the TC classifier program.
 pub const CLASSIFIER_PROGRAM: &str = "api_flow_classifier";
 
@@ -115,6 +138,8 @@ pub const DEFAULT_SERVER_PORTS: [u16; MAX_SERVER_PORTS] = [80, 8080, 0, 0, 0, 0,
 pub const DEFAULT_RING_BYTES: u32 = 1 << 18;
 /// Default flow table capacity (compiled in; user space overrides it at load).
 pub const DEFAULT_MAX_FLOWS: u32 = 16384;
+/// Default size of [`NEW_FLOWS_MAP`].
+pub const DEFAULT_MAX_NEW_FLOWS: u32 = DEFAULT_MAX_FLOWS / NEW_FLOWS_DIVISOR;
 
 /// [`SegmentEvent::direction`] values.
 pub const DIRECTION_CLIENT_TO_SERVER: u8 = 0;

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redcap_monitor::commands::config::Config;
 use redcap_monitor::edges::actions::{Request, submit_request};
 use redcap_monitor::edges::api::live::suspension_json;
+use redcap_monitor::edges::capture::kernel::KernelCounters;
 use redcap_monitor::edges::store::{
     AuditRecord, Source, Store, StoreError, StoreLimits, Suspension,
 };
@@ -716,14 +717,7 @@ fn owner_text(owner: &serde_json::Value) -> String {
 }
 
 /// Names of the kernel counters that mean lost or partial data.
-const KERNEL_LOSSES: [&str; 6] = [
-    "ring_full",
-    "truncated_bytes",
-    "flow_insert_failed",
-    "flows_evicted",
-    "tls_conns_evicted",
-    "tls_args_lost",
-];
+const KERNEL_LOSSES: [&str; 7] = KernelCounters::LOSS_NAMES;
 
 fn status_text(stats: &serde_json::Value) -> String {
     use std::fmt::Write as _;

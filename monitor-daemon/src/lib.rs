@@ -5,11 +5,14 @@
 //! [`edges`] (capture, records, store, alerts, hooks, telemetry, the admin API: everything that
 //! does I/O) and [`commands`] (the configuration that assembles every component's section, and
 //! the `check-config`, `analyze` and `run` commands). Within a floor, modules run in the flow
-//! order their `mod.rs` lists; the architecture test (`tests/architecture.rs`) holds the code to
-//! it.
+//! order their `mod.rs` describes; the architecture test (`tests/architecture.rs`) writes that
+//! order down once and holds the code to it.
 
 pub mod commands;
 pub mod edges;
+/// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod shared;
 pub mod stages;
 

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use redcap_monitor::commands::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
+use redcap_monitor::commands::certify::{self, Format};
 use redcap_monitor::commands::config::{Config, ConfigError};
 use redcap_monitor::commands::preflight;
 use redcap_monitor::commands::run::{RunError, run};
-use redcap_monitor::shared::token::{RawToken, SiteKey};
+use redcap_monitor::shared::model::Timestamp;
+use redcap_monitor::shared::token::{RawToken, SiteKey, TokenFingerprint};
+use redcap_monitor::stages::certify::{Outcome, Window};
 
 /// Watches REDCap API calls per token and enforces the institution's API policy.
 #[derive(Parser)]
@@ -42,6 +45,35 @@ enum Command {
         /// Write one JSON object a line per enforcement decision here (`-` for stdout).
         #[arg(long)]
         decisions: Option<PathBuf>,
+    },
+    /// Judges a QA testing window (a capture) against the configured policy: PASS or FAIL per
+    /// token with the evidence (peaks per rule, heavy calls, largest response, server time and
+    /// its p95, every violation). Exit 0 when all pass, 1 when any fails, 2 on usage or I/O
+    /// errors.
+    Certify {
+        /// The capture file (pcap or pcapng) of the testing window.
+        capture: PathBuf,
+        /// Configuration file (TOML) whose `[policy]` is judged against; the built-in defaults
+        /// are the institution's policy.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Site key for token fingerprints (the daemon's, so fingerprints match).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Only this token (its fingerprint, 16 hex digits, as `redcap-monitor fingerprint`
+        /// prints it).
+        #[arg(long, value_name = "FP")]
+        token: Option<TokenFingerprint>,
+        /// Only calls that started at or after this time (Unix seconds or UTC
+        /// 2026-01-05T08:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = certify::parse_time)]
+        from: Option<Timestamp>,
+        /// Only calls that started before this time (Unix seconds or UTC 2026-01-05T09:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = certify::parse_time)]
+        to: Option<Timestamp>,
+        /// Output: terminal text, Markdown for the researcher, or JSON.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Watches the configured interfaces live (eBPF probe or libpcap) until SIGINT/SIGTERM and
     /// appends call and violation records to the configured outputs.
@@ -138,6 +170,37 @@ fn main() -> ExitCode {
                 }
                 Err(err @ AnalyzeError::Config(_)) => fail(2, &err),
                 Err(err) => fail(1, &err),
+            }
+        }
+        Command::Certify {
+            capture,
+            config,
+            key,
+            token,
+            from,
+            to,
+            format,
+        } => {
+            let config = match config.map(|path| Config::load(&path)).transpose() {
+                Ok(config) => config.unwrap_or_default(),
+                Err(err) => return fail(2, &err),
+            };
+            let key_path = key.unwrap_or_else(|| config.site.key_file.clone());
+            let key = match SiteKey::load_or_create(&key_path) {
+                Ok(key) => key,
+                Err(err) => return fail(2, &err),
+            };
+            let window = Window { from, to, token };
+            match certify::certify_capture(&capture, &config, key, window) {
+                Ok(cert) => {
+                    let source = format!("capture {}", capture.display());
+                    print!("{}", certify::render(&cert, &source, format));
+                    match cert.certification.outcome {
+                        Outcome::Pass => ExitCode::SUCCESS,
+                        Outcome::Fail => ExitCode::from(1),
+                    }
+                }
+                Err(err) => fail(2, &err),
             }
         }
         Command::Run { config, key } => {

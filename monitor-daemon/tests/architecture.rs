@@ -22,6 +22,8 @@ const FLOW: &[&str] = &[
     "stages::policy",
     "stages::pipeline",
     "stages::coverage",
+    "stages::certify",
+    "edges::hardening",
     "edges::capture",
     "edges::output",
     "edges::store",
@@ -36,6 +38,7 @@ const FLOW: &[&str] = &[
     "commands::config",
     "commands::preflight",
     "commands::analyze",
+    "commands::certify",
     "commands::run",
 ];
 

@@ -264,7 +264,7 @@ fn http2_calls_through_nginx_and_apache_are_reported_once_as_the_simulator_answe
     );
     let all = jsonl(&std::fs::read_to_string(&calls).unwrap());
     let stats: Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
-    let http_stats = stats["pipeline"]["http"].as_str().unwrap_or_default();
+    let http_stats = stats["pipeline"]["http"].to_string();
     eprintln!(
         "h2: {} calls reported ({} tls, {} tcp); simulator answered {}\nhttp: {http_stats}\nproblems: {}",
         all.len(),

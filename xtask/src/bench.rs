@@ -7,6 +7,7 @@ mod live;
 mod mix;
 mod offline;
 mod policy;
+mod reassembly;
 
 use std::{
     fs,
@@ -46,6 +47,10 @@ const BENCHES: &[Bench] = &[
     Bench {
         name: "policy",
         run: |_| policy::run(),
+    },
+    Bench {
+        name: "reassembly",
+        run: |_| reassembly::run(),
     },
     Bench {
         name: "live",

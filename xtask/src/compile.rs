@@ -48,7 +48,8 @@ pub(crate) fn build(profile: Profile) -> Result<()> {
     Ok(())
 }
 
-/// Setup, the debug daemon (the end-to-end tests run it), then `cargo test --workspace ARGS`.
+/// Setup, the debug daemon (the end-to-end tests run it), then `cargo test --workspace ARGS`,
+/// then a few seconds of every fuzz target (also when tests failed: both results are shown).
 pub(crate) fn test(cargo_test_args: &[String]) -> Result<()> {
     setup::run()?;
     build_daemon(Profile::Debug)?;
@@ -61,7 +62,9 @@ pub(crate) fn test(cargo_test_args: &[String]) -> Result<()> {
     if std::env::var_os("REDCAP_MONITOR_BIN").is_none() {
         cargo.env("REDCAP_MONITOR_BIN", daemon_binary(Profile::Debug));
     }
-    run_counting(&mut cargo)
+    let tests = run_counting(&mut cargo);
+    let fuzzing = crate::fuzz::smoke();
+    tests.and(fuzzing)
 }
 
 /// Runs cargo test, echoing its stdout line by line while adding up the `test result:` lines.

@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's tasks (setup, build, test, demo, bench, dist) in plain Rust.
+//! `cargo xtask`: the project's tasks (setup, build, test, demo, bench, fuzz, dist) in plain Rust.
 //!
 //! Dependency-free on purpose: it must build on a fresh machine before `setup` has installed
 //! anything. Each task lives in its own module; this file only parses the command line and turns
@@ -8,6 +8,7 @@ mod bench;
 mod compile;
 mod demo;
 mod dist;
+mod fuzz;
 mod process;
 mod setup;
 
@@ -18,17 +19,21 @@ usage: cargo xtask <task> [args]
 
 tasks:
   setup              install what building and testing need (Debian packages, nightly rust-src,
-                     bpf-linker for LLVM 22, PyCap), skipping whatever is present
+                     bpf-linker for LLVM 22, cargo-fuzz, PyCap), skipping whatever is present
   build [--release]  setup, then build the daemon (target/{debug,release}/redcap-monitor)
-  test [ARGS...]     setup, build the daemon, then `cargo test --workspace [ARGS...]`
+  test [ARGS...]     setup, build the daemon, then `cargo test --workspace [ARGS...]`, then 5 s
+                     of every fuzz target
   demo [--seconds N] setup, then the live demo (root): nginx + the REDCap simulator in a network
                      namespace, the daemon's eBPF probe on its veth, real clients; calls and
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
   bench [NAME...] [--duration SECONDS]
-                     setup, release build, then benchmarks: offline, policy, live,
+                     setup, release build, then benchmarks: offline, policy, reassembly, live,
                      https-mix, http-mix (default: all); --duration: each measured run of
                      the web server benches (default 10 s)
+  fuzz [TARGET...] [--seconds N] [--runs N]
+                     setup, then the cargo-fuzz targets of fuzz/ with nightly (default: all,
+                     each 60 s); --runs: stop each after N executions. `test` runs each 5 s
   dist [--debug]     setup, release build, then the Debian package (cargo-deb) in target/debian/:
                      binary, systemd unit (not enabled), config, service user; --debug packages
                      the debug build (for tests)";
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "dist" => dist::run(rest),
+        "fuzz" => fuzz::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

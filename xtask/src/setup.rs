@@ -92,6 +92,9 @@ const BPF_LINKER_FEATURE: &str = "llvm-22";
 /// Pinned so that a fresh machine builds the same linker as a developer's.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Pinned so that every machine fuzzes with the same libFuzzer driver.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
 /// Pinned: 3.8.0 builds on rustc 1.95 (MSRV 1.85) and is what the package metadata was written for.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -101,13 +104,14 @@ const PYCAP_PACKAGE: &str = "pycap";
 const HTTPX_HTTP2_PACKAGE: &str = "httpx[http2]";
 
 /// Runs every step in order: packages (LLVM first), nightly, rust-src, bpf-linker, cargo-deb,
-/// PyCap, httpx with HTTP/2.
+/// cargo-fuzz, PyCap, httpx with HTTP/2.
 pub(crate) fn run() -> Result<()> {
     debian_packages()?;
     nightly_toolchain()?;
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
+    cargo_fuzz()?;
     pycap()?;
     httpx_http2()?;
     Ok(())
@@ -417,6 +421,39 @@ fn cargo_deb() -> Result<()> {
         failure.hint(format!(
             "cargo-deb did not build; retry by hand with \
              `cargo install cargo-deb --locked --version {CARGO_DEB_VERSION}` to see why"
+        ))
+    })
+}
+
+/// cargo-fuzz at the pinned version (`cargo xtask fuzz`, and the short runs of `cargo xtask test`).
+fn cargo_fuzz() -> Result<()> {
+    let version = process::output(Command::new("cargo-fuzz").arg("--version"))
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let wanted = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    match version {
+        Some(found) if found == wanted => {
+            say(&format!("checking {wanted}... present"));
+            return Ok(());
+        }
+        Some(found) => say(&format!("installing {wanted} (found {found})")),
+        None => say(&format!(
+            "installing {wanted} (runs the fuzz targets of fuzz/ with nightly; a few minutes)"
+        )),
+    }
+    let mut install = process::cargo();
+    install.args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]);
+    process::run(&mut install).map_err(|failure| {
+        failure.hint(format!(
+            "cargo-fuzz did not build; retry by hand with \
+             `cargo install cargo-fuzz --locked --version {CARGO_FUZZ_VERSION}` to see why"
         ))
     })
 }

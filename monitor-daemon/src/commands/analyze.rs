@@ -193,30 +193,77 @@ impl Summary {
     }
 }
 
-/// Runs a capture file through the pipeline.
+/// What a replay of a capture left besides its verdicts.
+pub struct Replay {
+    /// Non-fatal problems, e.g. a truncated last record in the capture.
+    pub warnings: Vec<String>,
+    pub health_changes: Vec<HealthChange>,
+    /// Non-zero counters of input that was rejected, lost or only partly usable.
+    pub problems: Vec<(&'static str, u64)>,
+    /// Every stage's counters (see [`stats_report`]).
+    pub stats: String,
+}
+
+/// Runs a capture file through the pipeline, handing each verdict to `on_verdict` in the order
+/// the policy judged it. The one way a capture is replayed (`analyze`, `certify`).
+pub fn replay(
+    capture: &Path,
+    config: &Config,
+    key: SiteKey,
+    mut on_verdict: impl FnMut(Verdict),
+) -> Result<Replay, CaptureError> {
+    let file = CaptureFile::open(capture)?;
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            // A replay runs no hooks, so its calls never keep a raw token for them.
+            keep_raw: KeepRawToken::Never,
+            ..config.pipeline()
+        },
+        key,
+    );
+    let mut progress = Progress::new(file.len());
+    let mut frames = file.frames();
+    let mut warnings = Vec::new();
+    let mut health_changes = Vec::new();
+    while let Some(frame) = frames.next() {
+        match frame {
+            Ok(frame) => {
+                pipeline.push_frame(&frame, &mut on_verdict);
+                health_changes.extend(pipeline.take_health_changes());
+            }
+            Err(err) => {
+                // Frames before a damaged record still count: report and stop reading.
+                warnings.push(err.to_string());
+                break;
+            }
+        }
+        progress.update(frames.position());
+    }
+    pipeline.finish(&mut on_verdict);
+    progress.done();
+    health_changes.extend(pipeline.take_health_changes());
+    Ok(Replay {
+        warnings,
+        health_changes,
+        problems: pipeline.stats().problems(),
+        stats: stats_report(&pipeline.stats()),
+    })
+}
+
+/// Runs a capture file through the pipeline into records and a summary.
 pub fn analyze(
     capture: &Path,
     config: &Config,
     key: SiteKey,
     outputs: &AnalyzeOutputs,
 ) -> Result<(Summary, String), AnalyzeError> {
-    let file = CaptureFile::open(capture)?;
-    let mut pipeline = Pipeline::new(
-        PipelineConfig {
-            // `analyze` runs no hooks, so its calls never keep a raw token for them.
-            keep_raw: KeepRawToken::Never,
-            ..config.pipeline()
-        },
-        key,
-    );
     let mut calls_out = outputs.calls.as_deref().map(open_output).transpose()?;
     let mut violations_out = outputs.violations.as_deref().map(open_output).transpose()?;
     let mut decisions_out = outputs.decisions.as_deref().map(open_output).transpose()?;
     let mut summary = Summary::default();
     let mut write_error: Option<AnalyzeError> = None;
-    let mut progress = Progress::new(file.len());
 
-    let mut on_verdict = |verdict: Verdict| {
+    let on_verdict = |verdict: Verdict| {
         summary.add(&verdict);
         if write_error.is_some() {
             return;
@@ -239,8 +286,8 @@ pub fn analyze(
             });
         }
         if let Some((path, out)) = violations_out.as_mut() {
-            for violation in &verdict.violations {
-                if let Err(source) = write_line(out, &ViolationRecord::of(violation)) {
+            for record in ViolationRecord::all_of(&verdict) {
+                if let Err(source) = write_line(out, &record) {
                     write_error = Some(AnalyzeError::Write {
                         path: path.clone(),
                         source,
@@ -250,27 +297,7 @@ pub fn analyze(
         }
     };
 
-    let mut frames = file.frames();
-    let mut warnings = Vec::new();
-    let mut health_changes = Vec::new();
-    while let Some(frame) = frames.next() {
-        match frame {
-            Ok(frame) => {
-                pipeline.push_frame(&frame, &mut on_verdict);
-                for change in pipeline.take_health_changes() {
-                    health_changes.push(change);
-                }
-            }
-            Err(err) => {
-                // Frames before a damaged record still count: report and stop reading.
-                warnings.push(err.to_string());
-                break;
-            }
-        }
-        progress.update(frames.position());
-    }
-    pipeline.finish(&mut on_verdict);
-    progress.done();
+    let replay = replay(capture, config, key, on_verdict)?;
     if let Some(err) = write_error {
         return Err(err);
     }
@@ -282,14 +309,12 @@ pub fn analyze(
         out.flush()
             .map_err(|source| AnalyzeError::Write { path, source })?;
     }
-    health_changes.extend(pipeline.take_health_changes());
-    for change in health_changes {
+    for change in replay.health_changes {
         summary.health_change(change);
     }
-    summary.warnings = warnings;
-    summary.problems = pipeline.stats().problems();
-    let stats = stats_report(&pipeline.stats());
-    Ok((summary, stats))
+    summary.warnings = replay.warnings;
+    summary.problems = replay.problems;
+    Ok((summary, replay.stats))
 }
 
 fn open_output(path: &Path) -> Result<(PathBuf, BufWriter<Box<dyn Write>>), AnalyzeError> {

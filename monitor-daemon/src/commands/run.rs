@@ -1,8 +1,8 @@
 //! `redcap-monitor run`: live packets through the pipeline, records out as calls are released,
 //! decisions acted on.
 //!
-//! The live edge: chooses the capture source (the eBPF probe, or libpcap), reads it with tokio,
-//! feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
+//! The live event loop: opens the [`LiveSource`] (which chooses and assembles the capture),
+//! waits on it with tokio, feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
 //! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
 //! SIGHUP re-reads the configuration and applies it whole or not at all ([`apply_config`]).
@@ -14,8 +14,6 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
@@ -25,32 +23,23 @@ use crate::edges::actions::{Actions, ActionsError, ActionsReload, Request};
 use crate::edges::api::live::{LiveTelemetry, suspension_json};
 use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
-use crate::edges::capture::kernel::{KernelProbe, ProbeConfig, ProbeError, interface_exists};
-use crate::edges::capture::live_pcap::{LiveCapture, OwnedFrame, PcapError};
+use crate::edges::capture::CaptureMode;
+use crate::edges::capture::kernel::interface_exists;
+use crate::edges::capture::live::{CaptureCounters, LiveSource, LiveSourceError, Ready};
+use crate::edges::capture::live_pcap::OwnedFrame;
 use crate::edges::capture::records::is_synthetic;
-use crate::edges::capture::tls::{TlsCapture, TlsError};
-use crate::edges::capture::{CaptureMode, TlsCapturePlan};
 use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
-use crate::stages::coverage::{Coverage, CoverageSample, TlsCoverage};
-use crate::stages::pipeline::{CaptureRequest, Pipeline};
+use crate::stages::coverage::{Coverage, TlsCoverage};
+use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
 
 /// How often time advances in the pipeline when no packet arrives, and outputs are flushed.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the kernel's ring buffer is read (see `Source::wait`).
-const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
-/// How often the ring is read while the last read found nothing: an idle daemon wakes 100 times
-/// a second, not 1000.
-const KERNEL_IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-/// Frames in flight between the libpcap threads and the pipeline.
-const PCAP_CHANNEL_FRAMES: usize = 8192;
-/// Most frames handled per wake-up, so that ticks and signals are not starved under load.
-const PCAP_BATCH: usize = 1024;
 /// How often the metrics and the admin API's view are refreshed from the stages' counters.
 const TELEMETRY_REFRESH: Duration = Duration::from_secs(1);
 /// Admin commands waiting for the live loop.
@@ -64,18 +53,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("eBPF capture: {0}")]
-    Probe(#[from] ProbeError),
-    #[error("TLS capture: {0}")]
-    Tls(#[from] TlsError),
-    #[error(
-        "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
-         without it HTTPS is not seen (capture.tls.enabled = \"auto\" falls back to libpcap, \
-         HTTP only)"
-    )]
-    TlsWithoutProbe(Box<RunError>),
-    #[error("libpcap capture: {0}")]
-    Pcap(#[from] PcapError),
+    #[error(transparent)]
+    Capture(#[from] LiveSourceError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{what}: {source}")]
@@ -127,6 +106,11 @@ pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
 /// Runs until SIGINT or SIGTERM. Blocks the calling thread on a single-threaded tokio runtime.
 pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     check_config(config, origin)?;
+    // The site key is in memory already, and request bodies with tokens soon will be.
+    crate::edges::hardening::forbid_core_dumps().map_err(|source| RunError::Io {
+        what: "making the process non-dumpable (prctl PR_SET_DUMPABLE)",
+        source,
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -191,11 +175,14 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
     let mut notifier = Notifier::from_env();
-    let (mut source, mut tls) = open_source(config)?;
-    if matches!(source, Source::Kernel(_)) {
+    let mut source = LiveSource::open(
+        &config.capture,
+        Duration::from_nanos(config.reassembly.idle_timeout.span().0),
+    )?;
+    if source.takes_capture_requests() {
         pipeline.listen_for_capture_requests();
     }
-    edges.coverage.set_tls(tls_coverage(tls.as_ref()));
+    edges.coverage.set_tls(source.tls_coverage());
     // The configuration in force: replaced as a whole by a reload.
     let mut current = config.clone();
     notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
@@ -224,13 +211,16 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             _ = interrupt.recv() => Event::Stop("SIGINT"),
             _ = terminate.recv() => Event::Stop("SIGTERM"),
             _ = hangup.recv() => Event::Reload,
-            ready = source.wait(kernel_busy) => ready,
+            ready = source.wait(kernel_busy) => match ready {
+                Ready::Kernel => Event::KernelReadable,
+                Ready::Frame(frame) => Event::Frame(frame),
+            },
             _ = tick.tick() => Event::Tick,
             _ = stats_tick.tick() => Event::Stats,
             _ = refresh_tick.tick() => Event::Refresh,
             Some(command) = commands.recv() => Event::Admin(command),
             _ = loss_tick.tick() => Event::LossCheck,
-            _ = rescan_tick.tick(), if tls.is_some() => Event::Rescan,
+            _ = rescan_tick.tick(), if source.captures_tls() => Event::Rescan,
         };
         match event {
             Event::Stop(signal) => {
@@ -247,24 +237,18 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 }
                 notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
             }
-            Event::KernelReadable(Err(source)) => {
-                return Err(RunError::Io {
-                    what: "waiting for the eBPF ring buffer",
-                    source,
-                });
-            }
-            Event::KernelReadable(Ok(())) => {
-                kernel_busy = source.drain(&mut pipeline, &mut edges) > 0;
+            Event::KernelReadable => {
+                kernel_busy = source.drain(&mut pipeline, &mut |v| edges.verdict(v)) > 0;
             }
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
                 pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
-                source.drain(&mut pipeline, &mut edges);
+                source.drain(&mut pipeline, &mut |v| edges.verdict(v));
             }
             Event::Tick => {
                 // The ring buffer's readiness can be missed between a drain and the next
                 // event; the tick drains too, so nothing waits longer than one tick.
-                source.drain(&mut pipeline, &mut edges);
+                source.drain(&mut pipeline, &mut |v| edges.verdict(v));
                 let now = wall_clock();
                 pipeline.tick(now, &mut |v| edges.verdict(v));
                 edges.tick(&mut pipeline, now);
@@ -279,13 +263,13 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 }
             }
             Event::LossCheck => {
-                let (lost, detail) = capture_loss(&source);
+                let (lost, detail) = source.loss();
                 let now = wall_clock();
                 edges.actions.observe_capture_loss(lost, detail, now);
-                edges.coverage.set_tls(tls_coverage(tls.as_ref()));
+                edges.coverage.set_tls(source.tls_coverage());
                 edges
                     .coverage
-                    .observe(coverage_sample(&source, &pipeline), now);
+                    .observe(source.coverage_sample(&pipeline), now);
                 while let Some(spot) = edges.coverage.poll_blind() {
                     tracing::warn!(
                         blind_spot = spot.reason.name(),
@@ -297,30 +281,28 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 }
             }
             Event::Rescan => {
-                if let (Some(tls), Source::Kernel(probe)) = (&mut tls, &mut source) {
-                    tls.refresh(probe.get_mut());
-                }
+                source.rescan_tls();
             }
             Event::Stats => {
-                let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
+                let stats = counters(&source, &pipeline, &edges);
                 tracing::info!(counters = %stats, "counters");
                 edges.records.write_stats(&stats)?;
             }
-            Event::Refresh => refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges),
+            Event::Refresh => refresh_telemetry(&source, &pipeline, &mut edges),
             Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
         }
         edges.records.check()?;
     }
 
-    source.stop(&mut pipeline, &mut edges).await;
+    source.stop(&mut pipeline, &mut |v| edges.verdict(v)).await;
     pipeline.finish(&mut |v| edges.verdict(v));
     edges.tick(&mut pipeline, wall_clock());
     edges.records.check()?;
     edges.records.flush()?;
-    let stats = counters(&source, tls.as_ref(), &pipeline, &edges);
+    let stats = counters(&source, &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
     edges.records.write_stats(&stats)?;
-    refresh_telemetry(&source, tls.as_ref(), &pipeline, &mut edges);
+    refresh_telemetry(&source, &pipeline, &mut edges);
     drop(command_tx);
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
@@ -394,81 +376,6 @@ impl Edges {
             }
         }
         self.actions.step(pipeline, now);
-    }
-}
-
-fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
-    match tls {
-        None => TlsCoverage::Off,
-        Some(tls) => TlsCoverage::On {
-            libraries: tls.libraries().count(),
-        },
-    }
-}
-
-/// The counters the coverage judgement reads.
-fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
-    let stats = pipeline.stats();
-    let http = &stats.http;
-    let mut sample = CoverageSample {
-        unreadable_api_requests: stats.redcap.token_unreadable,
-        not_http: http.not_http,
-        request_starts_lost: http.request_starts_lost,
-        http2_unreadable: http.h2_hpack_errors
-            + http.h2_frame_too_large
-            + http.h2_protocol_errors
-            + http.h2_gaps,
-        ..CoverageSample::default()
-    };
-    if let Source::Kernel(probe) = source
-        && let Ok(k) = probe.get_ref().counters()
-    {
-        sample.tls_handshakes = k.tls_handshakes;
-        sample.http2_started_unseen = k.http2_unseen;
-        sample.tls_reads = k.tls_filtered + k.tls_conns_started;
-    }
-    sample
-}
-
-/// The capture's loss counters, summed, and by name.
-fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
-    match source {
-        Source::Kernel(probe) => match probe.get_ref().counters() {
-            Ok(k) => (
-                k.ring_full
-                    + k.truncated_bytes
-                    + k.flow_insert_failed
-                    + k.flows_evicted
-                    + k.tls_conns_evicted
-                    + k.tls_args_lost,
-                serde_json::json!({
-                    "kernel.ring_full": k.ring_full,
-                    "kernel.truncated_bytes": k.truncated_bytes,
-                    "kernel.flow_insert_failed": k.flow_insert_failed,
-                    "kernel.flows_evicted": k.flows_evicted,
-                    "kernel.tls_conns_evicted": k.tls_conns_evicted,
-                    "kernel.tls_args_lost": k.tls_args_lost,
-                }),
-            ),
-            Err(_) => (0, serde_json::Value::Null),
-        },
-        Source::Pcap { capture, .. } => {
-            let mut total = 0;
-            let mut detail = serde_json::Map::new();
-            for c in capture.counters() {
-                total += c.dropped + c.if_dropped + c.truncated;
-                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
-                detail.insert(
-                    format!("pcap.{}.if_dropped", c.interface),
-                    c.if_dropped.into(),
-                );
-                detail.insert(
-                    format!("pcap.{}.truncated", c.interface),
-                    c.truncated.into(),
-                );
-            }
-            (total, detail.into())
-        }
     }
 }
 
@@ -556,7 +463,7 @@ fn single_line(err: &ConfigError) -> String {
 
 /// One line for `systemctl status`: capture, interfaces, calls, violations, health.
 fn status_line(
-    source: &Source,
+    source: &LiveSource,
     config: &Config,
     pipeline: &Pipeline,
     coverage: &Coverage,
@@ -589,7 +496,7 @@ fn status_line(
 enum Event {
     Stop(&'static str),
     Reload,
-    KernelReadable(io::Result<()>),
+    KernelReadable,
     Frame(Option<OwnedFrame>),
     Tick,
     Stats,
@@ -623,31 +530,16 @@ fn start_api(
 }
 
 /// Refreshes the metrics and the admin API's view from every counter.
-fn refresh_telemetry(
-    source: &Source,
-    tls: Option<&TlsCapture>,
-    pipeline: &Pipeline,
-    edges: &mut Edges,
-) {
-    let status = counters(source, tls, pipeline, edges);
+fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges) {
+    let status = counters(source, pipeline, edges);
     let now = wall_clock();
-    let kernel;
-    let drain;
-    let interfaces;
-    let capture = match source {
-        Source::Kernel(probe) => {
-            let probe = probe.get_ref();
-            kernel = probe.counters().ok();
-            drain = probe.drain_stats();
-            CaptureView::Kernel {
-                counters: kernel.as_ref(),
-                drain: &drain,
-            }
-        }
-        Source::Pcap { capture, .. } => {
-            interfaces = capture.counters();
-            CaptureView::Pcap(&interfaces)
-        }
+    let counters = source.counters();
+    let capture = match &counters {
+        CaptureCounters::Kernel { counters, drain } => CaptureView::Kernel {
+            counters: counters.as_deref(),
+            drain,
+        },
+        CaptureCounters::Pcap(interfaces) => CaptureView::Pcap(interfaces),
     };
     let (tracked_connections, tracked_tokens) = pipeline.tracked();
     let health = pipeline.health();
@@ -680,294 +572,18 @@ fn refresh_telemetry(
         .refresh(now, &view, status, &loads, &suspensions);
 }
 
-/// Where packets come from.
-enum Source {
-    Kernel(Box<AsyncFd<KernelProbe>>),
-    Pcap {
-        capture: LiveCapture,
-        frames: mpsc::Receiver<OwnedFrame>,
-    },
-}
-
-/// The capture source and, when HTTPS is captured too, the uprobes' library tracker. The
-/// "capturing with" line is logged once everything is attached.
-fn open_source(config: &Config) -> Result<(Source, Option<TlsCapture>), RunError> {
-    let capture = &config.capture;
-    match capture.tls_plan() {
-        TlsCapturePlan::Off => Ok((open_source_without_tls(config)?, None)),
-        TlsCapturePlan::IfPossible => open_source_https_if_possible(config),
-        TlsCapturePlan::Required => {
-            let tc = capture.mode != CaptureMode::Tls;
-            // No libpcap fallback: HTTPS was asked for, and libpcap would lose every call.
-            let (source, tls) = open_probe(config, tc).map_err(|err| match (tc, err) {
-                (true, err) => RunError::TlsWithoutProbe(Box::new(err)),
-                (false, err) => err,
-            })?;
-            let libraries: Vec<_> = tls.libraries().collect();
-            if tc {
-                tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
-            } else {
-                tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
-            }
-            Ok((source, Some(tls)))
-        }
-    }
-}
-
-/// `capture.tls.enabled = "auto"` beside mode `"auto"` or `"ebpf"`: the TC probe and the
-/// OpenSSL uprobes. Uprobes that cannot be used leave the TC probe alone; in mode `"auto"`, a
-/// probe that cannot be loaded leaves libpcap, HTTP only. Either is a warning that says HTTPS
-/// is not seen and why.
-fn open_source_https_if_possible(
-    config: &Config,
-) -> Result<(Source, Option<TlsCapture>), RunError> {
-    let capture = &config.capture;
-    let mut probe = match load_probe(config, true) {
-        Ok(probe) => probe,
-        Err(reason) if capture.mode == CaptureMode::Auto => {
-            let source = open_pcap(config)?;
-            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
-            return Ok((source, None));
-        }
-        Err(err) => return Err(err),
-    };
-    let tls_config = &capture.tls;
-    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
-    match tls.start(&mut probe) {
-        Ok(()) => {
-            let source = register(probe)?;
-            let libraries: Vec<_> = tls.libraries().collect();
-            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?tls_config.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes (capture.tls.enabled = \"auto\")");
-            Ok((source, Some(tls)))
-        }
-        // A configured library that is not there is the admin's to fix, as with `true`.
-        Err(err @ TlsError::Library { .. }) => Err(err.into()),
-        Err(reason) => {
-            let source = register(probe)?;
-            tracing::warn!(mode = "ebpf", interfaces = ?capture.interfaces, %reason, "capturing with the eBPF probe; HTTPS is NOT seen: the OpenSSL uprobes cannot be used (capture.tls.enabled = \"auto\")");
-            Ok((source, None))
-        }
-    }
-}
-
-fn open_source_without_tls(config: &Config) -> Result<Source, RunError> {
-    let capture = &config.capture;
-    match capture.mode {
-        // `Tls` never gets here (`open_source` handles it); it is listed to keep the match total.
-        CaptureMode::Ebpf | CaptureMode::Tls => {
-            let source = open_tc_probe(config)?;
-            tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
-            Ok(source)
-        }
-        CaptureMode::Pcap => {
-            let source = open_pcap(config)?;
-            tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
-            Ok(source)
-        }
-        CaptureMode::Auto => match open_tc_probe(config) {
-            Ok(source) => {
-                tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
-                Ok(source)
-            }
-            Err(reason) => {
-                let source = open_pcap(config)?;
-                tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable)");
-                Ok(source)
-            }
-        },
-    }
-}
-
-fn open_tc_probe(config: &Config) -> Result<Source, RunError> {
-    register(load_probe(config, true)?)
-}
-
-/// The probe (TC classifier attached when `tc`) with the OpenSSL uprobes attached.
-fn open_probe(config: &Config, tc: bool) -> Result<(Source, TlsCapture), RunError> {
-    let mut probe = load_probe(config, tc)?;
-    let tls_config = &config.capture.tls;
-    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
-    tls.start(&mut probe)?;
-    Ok((register(probe)?, tls))
-}
-
-/// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
-fn load_probe(config: &Config, tc: bool) -> Result<KernelProbe, RunError> {
-    let capture = &config.capture;
-    let mut probe = KernelProbe::load(&ProbeConfig {
-        // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
-        ports: if capture.ports.is_empty() {
-            ProbeConfig::default().ports
-        } else {
-            capture.ports.clone()
-        },
-        ring_bytes: capture.ring_bytes,
-        attach: capture.tc_attach,
-        tls_processes: if capture.tls_on() {
-            capture.tls.processes.clone()
-        } else {
-            Vec::new()
-        },
-        tls_idle: Duration::from_nanos(config.reassembly.idle_timeout.span().0),
-        ..ProbeConfig::default()
-    })?;
-    if tc {
-        for interface in &capture.interfaces {
-            probe.attach(interface)?;
-        }
-    }
-    Ok(probe)
-}
-
-fn register(probe: KernelProbe) -> Result<Source, RunError> {
-    // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
-    // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
-    let probe =
-        unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }.map_err(|err| {
-            RunError::Io {
-                what: "watching the eBPF ring buffer",
-                source: err.into(),
-            }
-        })?;
-    Ok(Source::Kernel(Box::new(probe)))
-}
-
-fn open_pcap(config: &Config) -> Result<Source, RunError> {
-    let (capture, frames) = LiveCapture::open(
-        &config.capture.interfaces,
-        &config.capture.ports,
-        PCAP_CHANNEL_FRAMES,
-    )?;
-    Ok(Source::Pcap { capture, frames })
-}
-
-impl Source {
-    fn mode(&self) -> &'static str {
-        match self {
-            Source::Kernel(_) => "ebpf",
-            Source::Pcap { .. } => "pcap",
-        }
-    }
-
-    /// Waits until there is something to read; borrows only the source.
-    /// `busy`: the last read of the kernel's ring found events.
-    async fn wait(&mut self, busy: bool) -> Event {
-        match self {
-            Source::Kernel(_) => {
-                // The ring is read in batches on a short timer, not on readiness: waking for
-                // every event cost a quarter of nginx's throughput in `cargo xtask bench live`,
-                // batches every millisecond cost nothing measurable there, and the ring
-                // (`capture.ring_bytes`) holds far more than that of traffic. The batches are
-                // short because connections are handed back to the kernel after each one: at
-                // 10 ms, browsers that send their next request at once were copied three times
-                // as much (`cargo xtask bench http-mix`).
-                tokio::time::sleep(if busy {
-                    KERNEL_DRAIN_INTERVAL
-                } else {
-                    KERNEL_IDLE_DRAIN_INTERVAL
-                })
-                .await;
-                Event::KernelReadable(Ok(()))
-            }
-            Source::Pcap { frames, .. } => Event::Frame(frames.recv().await),
-        }
-    }
-
-    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
-    fn drain(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) -> usize {
-        match self {
-            Source::Kernel(probe) => {
-                let probe = probe.get_mut();
-                let read = probe.drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
-                });
-                // The kernel copies what the pipeline still reads: connections with nothing
-                // worth reading until their next request leave its flow table (TLS connections
-                // are not handed back: see `Reassembler::release`).
-                while let Some(request) = pipeline.poll_capture_request() {
-                    match request {
-                        CaptureRequest::StopCopying { client, server } => {
-                            if !is_synthetic(&client) {
-                                probe.stop_copying(client, server);
-                            }
-                        }
-                        CaptureRequest::CopyAgain(resumed) => {
-                            if !is_synthetic(&resumed.client) {
-                                probe.copy_again(&resumed);
-                            }
-                        }
-                    }
-                }
-                read
-            }
-            Source::Pcap { frames, .. } => {
-                for _ in 0..PCAP_BATCH {
-                    let Ok(frame) = frames.try_recv() else { break };
-                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
-                }
-                0
-            }
-        }
-    }
-
-    /// Stops reading and feeds what was captured before the stop.
-    async fn stop(&mut self, pipeline: &mut Pipeline, edges: &mut Edges) {
-        match self {
-            Source::Kernel(probe) => {
-                probe.get_mut().drain(&mut |segment| {
-                    pipeline.push_segment(segment, &mut |v| edges.verdict(v))
-                });
-            }
-            Source::Pcap { capture, frames } => {
-                capture.stop();
-                // Closes once every thread has seen the flag and dropped its sender.
-                while let Some(frame) = frames.recv().await {
-                    pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
-                }
-            }
-        }
-    }
-}
-
 /// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(
-    source: &Source,
-    tls: Option<&TlsCapture>,
-    pipeline: &Pipeline,
-    edges: &Edges,
-) -> serde_json::Value {
+fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> serde_json::Value {
     let records = &edges.records;
     let mut value = serde_json::json!({
         "mode": source.mode(),
-        "tls_libraries": tls.map_or_else(Vec::new, |tls| {
-            tls.libraries().map(|l| l.display().to_string()).collect()
-        }),
+        "tls_libraries": source.tls_libraries(),
         "calls_written": records.calls_written,
         "violations_written": records.violations_written,
     });
-    match source {
-        Source::Kernel(probe) => {
-            let probe = probe.get_ref();
-            value["kernel"] = match probe.counters() {
-                Ok(k) => serde_json::to_value(k).unwrap_or_default(),
-                Err(err) => serde_json::Value::String(err.to_string()),
-            };
-            let drain = probe.drain_stats();
-            value["ring"] = serde_json::json!({
-                "records": drain.records,
-                "malformed": drain.malformed,
-                "tls_clients_found": drain.tls_clients_found,
-                "tls_clients_unknown": drain.tls_clients_unknown,
-                "flows_released": drain.flows_released,
-                "flows_recopied": drain.flows_recopied,
-            });
-        }
-        Source::Pcap { capture, .. } => {
-            value["pcap"] = serde_json::to_value(capture.counters()).unwrap_or_default();
-        }
+    if let serde_json::Value::Object(capture) = source.counters_json() {
+        value.as_object_mut().expect("an object").extend(capture);
     }
-    // The stages' counters have no stable JSON shape yet; their Debug form is what
-    // `analyze` prints too. The problems are structured: `status` reads them.
     let stats = pipeline.stats();
     value["problems"] = stats
         .problems()
@@ -978,11 +594,11 @@ fn counters(
     value["degraded"] = pipeline.health().is_degraded().into();
     value["coverage"] = serde_json::to_value(edges.coverage.blind_spots()).unwrap_or_default();
     value["pipeline"] = serde_json::json!({
-        "decode": format!("{:?}", stats.decode),
-        "reassembly": format!("{:?}", stats.reassembly),
-        "http": format!("{:?}", stats.http),
-        "redcap": format!("{:?}", stats.redcap),
-        "policy": format!("{:?}", stats.policy),
+        "decode": stats.decode,
+        "reassembly": stats.reassembly,
+        "http": stats.http,
+        "redcap": stats.redcap,
+        "policy": stats.policy,
     });
     let actions = &edges.actions;
     value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
@@ -990,8 +606,8 @@ fn counters(
     value["directory"] =
         serde_json::to_value(edges.telemetry.directory().status()).unwrap_or_default();
     value["alerts"] = serde_json::json!({
-        "raise": format!("{:?}", actions.alert_stats()),
-        "delivery": format!("{:?}", actions.delivery_stats()),
+        "raise": actions.alert_stats(),
+        "delivery": actions.delivery_stats(),
     });
     value
 }
@@ -1060,8 +676,8 @@ impl Records {
             self.calls_written += 1;
         }
         if let Some(violations) = &mut self.violations {
-            for violation in &verdict.violations {
-                if let Err(err) = violations.line(&ViolationRecord::of(violation)) {
+            for record in ViolationRecord::all_of(verdict) {
+                if let Err(err) = violations.line(&record) {
                     self.error = Some(err);
                     return;
                 }

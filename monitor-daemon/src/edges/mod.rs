@@ -3,7 +3,8 @@
 //! what must survive a crash; [`directory`] names
 //! who a token belongs to; [`alerts`], [`hooks`] and [`actions`] act on decisions;
 //! [`notify`] and [`canary`] talk to systemd and to the web server; [`telemetry`] and [`api`]
-//! show it all. Edges use stages, never the other way round.
+//! show it all; [`hardening`] makes the process itself harder to read. Edges use stages, never
+//! the other way round.
 
 pub mod actions;
 pub mod alerts;
@@ -11,6 +12,7 @@ pub mod api;
 pub mod canary;
 pub mod capture;
 pub mod directory;
+pub mod hardening;
 pub mod hooks;
 pub mod notify;
 pub mod output;

@@ -11,7 +11,7 @@ use crate::shared::model::Span;
 use crate::shared::settings::{Duration, Problem, longer_than_zero};
 use crate::shared::token::TokenProblem;
 use crate::stages::http::HttpVersion;
-use crate::stages::policy::{HeavyReason, Verdict, Violation};
+use crate::stages::policy::{ClientViolation, HeavyReason, Verdict, Violation};
 use crate::stages::redcap::{ApiParams, BodyProblem};
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -91,7 +91,11 @@ impl<'a> CallRecord<'a> {
 #[derive(Serialize)]
 pub struct ViolationRecord<'a> {
     pub ts: f64,
-    pub token_fp: String,
+    /// `null` for a client address over the refused-calls rule (no token is blamed).
+    pub token_fp: Option<String>,
+    /// The client address, for the refused-calls rule only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub rule: &'a str,
     pub limit: u32,
     pub window_s: u64,
@@ -102,12 +106,39 @@ impl<'a> ViolationRecord<'a> {
     pub fn of(violation: &'a Violation) -> ViolationRecord<'a> {
         ViolationRecord {
             ts: violation.ts.as_secs_f64(),
-            token_fp: violation.token.to_string(),
+            token_fp: Some(violation.token.to_string()),
+            client: None,
             rule: &violation.rule,
             limit: violation.limit,
             window_s: violation.window.0 / 1_000_000_000,
             count: violation.count,
         }
+    }
+
+    /// The record of a client address probing for tokens (see [`ClientViolation`]).
+    pub fn of_client(violation: &ClientViolation) -> ViolationRecord<'static> {
+        ViolationRecord {
+            ts: violation.ts.as_secs_f64(),
+            token_fp: None,
+            client: Some(violation.client.to_string()),
+            rule: crate::stages::policy::REFUSED_CALLS_RULE,
+            limit: violation.limit,
+            window_s: violation.window.0 / 1_000_000_000,
+            count: violation.count,
+        }
+    }
+
+    /// The records of one verdict: its token's violations, then its client's, if any.
+    pub fn all_of(verdict: &'a Verdict) -> impl Iterator<Item = ViolationRecord<'a>> {
+        let client = verdict
+            .client_violation
+            .as_ref()
+            .map(ViolationRecord::of_client);
+        verdict
+            .violations
+            .iter()
+            .map(ViolationRecord::of)
+            .chain(client)
     }
 }
 

@@ -121,6 +121,24 @@ impl AuditEntry {
     }
 }
 
+impl AuditEntry {
+    /// The audit record of a client address over the refused-calls rule (no token).
+    pub fn client_violation(v: &crate::stages::policy::ClientViolation) -> AuditEntry {
+        AuditEntry {
+            ts: v.ts,
+            kind: AuditKind::Violation,
+            token: None,
+            details: json!({
+                "rule": crate::stages::policy::REFUSED_CALLS_RULE,
+                "client": v.client,
+                "limit": v.limit,
+                "window_s": v.window.as_secs_f64(),
+                "count": v.count,
+            }),
+        }
+    }
+}
+
 /// An audit record as stored: `seq` grows by one per record and is never reused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {

@@ -42,8 +42,9 @@ pub struct Frame<'a> {
 }
 
 /// What decoding made of the frames it saw. Every frame lands in exactly one of `tcp_segments`,
-/// `unsupported_link`, `non_ip`, `non_tcp`, `ip_fragments`, `truncated_headers` or `malformed`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// `unsupported_link`, `non_ip`, `non_tcp`, `ip_fragments`, `truncated_headers`, `malformed` or
+/// `checksum_bad`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DecodeStats {
     pub frames: u64,
     pub tcp_segments: u64,
@@ -62,6 +63,13 @@ pub struct DecodeStats {
     pub truncated_headers: u64,
     /// Headers with impossible values (bad IP version, header length below the minimum, ...).
     pub malformed: u64,
+    /// TCP segments whose checksum is neither right nor the pseudo-header-only value that
+    /// checksum offload leaves in locally sent packets: the receiver's kernel drops them, so
+    /// they are forged or damaged and must not reach reassembly (a decoy with another token).
+    pub checksum_bad: u64,
+    /// Segments accepted on a pseudo-header-only checksum (sent by this host with checksum
+    /// offload, or merged by GRO): not verified, counted so that an admin sees how many.
+    pub checksum_offloaded: u64,
 }
 
 /// Why a frame yielded no segment.
@@ -73,6 +81,7 @@ enum Rejection {
     Fragment,
     TruncatedHeader,
     Malformed,
+    ChecksumBad,
 }
 
 impl DecodeStats {
@@ -84,6 +93,7 @@ impl DecodeStats {
             Rejection::Fragment => &mut self.ip_fragments,
             Rejection::TruncatedHeader => &mut self.truncated_headers,
             Rejection::Malformed => &mut self.malformed,
+            Rejection::ChecksumBad => &mut self.checksum_bad,
         };
         *counter += 1;
     }
@@ -93,9 +103,10 @@ impl DecodeStats {
 pub fn decode<'a>(frame: &Frame<'a>, stats: &mut DecodeStats) -> Option<TcpSegment<'a>> {
     stats.frames += 1;
     match decode_tcp(frame) {
-        Ok((segment, truncated)) => {
+        Ok((segment, truncated, checksum)) => {
             stats.tcp_segments += 1;
             stats.truncated_frames += u64::from(truncated);
+            stats.checksum_offloaded += u64::from(checksum == Checksum::Offloaded);
             Some(segment)
         }
         Err(rejection) => {
@@ -105,8 +116,8 @@ pub fn decode<'a>(frame: &Frame<'a>, stats: &mut DecodeStats) -> Option<TcpSegme
     }
 }
 
-/// The segment, and whether its payload is cut short by the snap length.
-fn decode_tcp<'a>(frame: &Frame<'a>) -> Result<(TcpSegment<'a>, bool), Rejection> {
+/// The segment, whether its payload is cut short by the snap length, and what its checksum says.
+fn decode_tcp<'a>(frame: &Frame<'a>) -> Result<(TcpSegment<'a>, bool, Checksum), Rejection> {
     let packet = ip_packet(frame.link, frame.data)?;
     let (ip, extension_error) = LaxIpSlice::from_slice(packet).map_err(|e| match e {
         LaxHeaderSliceError::Len(_) => Rejection::TruncatedHeader,
@@ -130,6 +141,15 @@ fn decode_tcp<'a>(frame: &Frame<'a>) -> Result<(TcpSegment<'a>, bool), Rejection
         tcp::HeaderSliceError::Len(LenError { .. }) => Rejection::TruncatedHeader,
         tcp::HeaderSliceError::Content(_) => Rejection::Malformed,
     })?;
+    let checksum = if carried.incomplete {
+        // The snap length cut the payload: what is missing cannot be summed.
+        Checksum::Unverifiable
+    } else {
+        verify_checksum(&ip.source_addr(), &ip.destination_addr(), tcp.slice())
+    };
+    if checksum == Checksum::Bad {
+        return Err(Rejection::ChecksumBad);
+    }
     let segment = TcpSegment {
         ts: frame.ts,
         src: Endpoint {
@@ -152,7 +172,73 @@ fn decode_tcp<'a>(frame: &Frame<'a>) -> Result<(TcpSegment<'a>, bool), Rejection
         payload: tcp.payload(),
         stream_start: None,
     };
-    Ok((segment, carried.incomplete))
+    Ok((segment, carried.incomplete, checksum))
+}
+
+/// What a segment's TCP checksum says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Checksum {
+    Right,
+    /// The pseudo-header-only value: the sender's NIC (or GRO) was to fill in the rest.
+    Offloaded,
+    /// Neither: the receiver's kernel drops such a segment.
+    Bad,
+    /// The captured bytes are not the whole segment.
+    Unverifiable,
+}
+
+/// Checks the TCP checksum of `segment` (header and payload, as bounded by the IP length).
+///
+/// A packet sent by this host with checksum offload (`CHECKSUM_PARTIAL`, as on loopback, veth
+/// and any NIC that offloads), or merged by GRO, is captured before its checksum is filled in:
+/// its checksum field holds the folded pseudo-header sum, over the segment's length (or over a
+/// zero length, as some GSO paths leave it). That value is accepted; anything else that does
+/// not sum right is not.
+fn verify_checksum(src: &std::net::IpAddr, dst: &std::net::IpAddr, segment: &[u8]) -> Checksum {
+    let Ok(len) = u32::try_from(segment.len()) else {
+        return Checksum::Unverifiable;
+    };
+    let pseudo = |len: u32| -> u64 {
+        let mut sum = 6u64 + u64::from(len >> 16) + u64::from(len & 0xffff);
+        for addr in [src, dst] {
+            sum += match addr {
+                std::net::IpAddr::V4(a) => ones_sum(&a.octets()),
+                std::net::IpAddr::V6(a) => ones_sum(&a.octets()),
+            };
+        }
+        sum
+    };
+    if fold(pseudo(len) + ones_sum(segment)) == 0xffff {
+        return Checksum::Right;
+    }
+    let field = segment
+        .get(16..18)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    if field == fold(pseudo(len)) || field == fold(pseudo(0)) {
+        Checksum::Offloaded
+    } else {
+        Checksum::Bad
+    }
+}
+
+/// Sum of big-endian 16-bit words (an odd last byte padded with zero), not yet folded.
+fn ones_sum(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(2);
+    let mut sum: u64 = (&mut chunks)
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    if let [last] = chunks.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    sum
+}
+
+/// Folds a one's-complement sum to 16 bits.
+fn fold(mut sum: u64) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -274,15 +360,44 @@ mod tests {
         t
     }
 
-    /// IPv4 packet; `fragment` is the flags/fragment-offset field.
+    const V4_SRC: [u8; 4] = [192, 0, 2, 1];
+    const V4_DST: [u8; 4] = [192, 0, 2, 2];
+    const V6_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+    /// `segment` with its TCP checksum filled in, as a NIC would on the wire.
+    fn summed(src: IpAddr, dst: IpAddr, segment: &[u8]) -> Vec<u8> {
+        let mut segment = segment.to_vec();
+        if segment.len() < 20 {
+            return segment;
+        }
+        segment[16..18].copy_from_slice(&[0, 0]);
+        let pseudo = |a: &IpAddr| match a {
+            IpAddr::V4(a) => ones_sum(&a.octets()),
+            IpAddr::V6(a) => ones_sum(&a.octets()),
+        };
+        let len = segment.len() as u64;
+        let sum = pseudo(&src) + pseudo(&dst) + 6 + (len >> 16) + (len & 0xffff);
+        let check = !fold(sum + ones_sum(&segment));
+        segment[16..18].copy_from_slice(&check.to_be_bytes());
+        segment
+    }
+
+    /// IPv4 packet; `fragment` is the flags/fragment-offset field. A TCP payload gets its
+    /// checksum.
     fn ipv4_with(protocol: u8, fragment: u16, payload: &[u8]) -> Vec<u8> {
+        let payload = &if protocol == 6 {
+            summed(V4_SRC.into(), V4_DST.into(), payload)
+        } else {
+            payload.to_vec()
+        };
         let total = (20 + payload.len()) as u16;
         let mut p = vec![0x45, 0];
         p.extend_from_slice(&total.to_be_bytes());
         p.extend_from_slice(&[0, 1]);
         p.extend_from_slice(&fragment.to_be_bytes());
         p.extend_from_slice(&[64, protocol, 0, 0]);
-        p.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2]);
+        p.extend_from_slice(&V4_SRC);
+        p.extend_from_slice(&V4_DST);
         p.extend_from_slice(payload);
         p
     }
@@ -293,6 +408,11 @@ mod tests {
 
     /// IPv6 packet with an optional hop-by-hop options header in front of `payload`.
     fn ipv6(hop_by_hop: bool, next: u8, payload: &[u8]) -> Vec<u8> {
+        let payload = &if next == 6 {
+            summed(Ipv6Addr::LOCALHOST.into(), V6_DST.into(), payload)
+        } else {
+            payload.to_vec()
+        };
         let mut body = Vec::new();
         let first = if hop_by_hop {
             body.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
@@ -305,7 +425,7 @@ mod tests {
         p.extend_from_slice(&(body.len() as u16).to_be_bytes());
         p.extend_from_slice(&[first, 64]);
         p.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        p.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets());
+        p.extend_from_slice(&V6_DST.octets());
         p.extend_from_slice(&body);
         p
     }
@@ -556,5 +676,54 @@ mod tests {
             rejected,
             stats.truncated_headers + stats.malformed + stats.non_ip
         );
+    }
+
+    /// Sets a built packet's TCP checksum field (the TCP header starts at `tcp_at`).
+    fn with_check(mut packet: Vec<u8>, tcp_at: usize, check: u16) -> Vec<u8> {
+        packet[tcp_at + 16..tcp_at + 18].copy_from_slice(&check.to_be_bytes());
+        packet
+    }
+
+    #[test]
+    fn a_segment_with_a_wrong_checksum_is_dropped_and_counted() {
+        let right = ipv4(&tcp(ACK, b"token=decoy"));
+        let check = u16::from_be_bytes([right[36], right[37]]);
+        let v6 = ipv6(false, 6, &tcp(ACK, b"token=decoy"));
+        let v6_check = u16::from_be_bytes([v6[56], v6[57]]);
+        let mut stats = DecodeStats::default();
+        for data in [
+            with_check(right.clone(), 20, check ^ 0x0100),
+            with_check(v6, 40, v6_check.wrapping_add(1)),
+        ] {
+            let frame = Frame {
+                ts: Timestamp::default(),
+                link: LinkType::RAW,
+                data: &data,
+            };
+            assert!(decode(&frame, &mut stats).is_none());
+        }
+        assert_eq!(stats.checksum_bad, 2);
+        assert_eq!(stats.tcp_segments, 0);
+        // A flipped payload bit with the header's checksum kept is as bad.
+        let mut flipped = right;
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(decode_one(LinkType::RAW, &flipped).1.checksum_bad, 1);
+    }
+
+    #[test]
+    fn a_pseudo_header_only_checksum_from_offload_is_accepted_and_counted() {
+        let segment = tcp(ACK, b"sent by this host");
+        let len = segment.len() as u64;
+        let pseudo = |len: u64| {
+            fold(ones_sum(&V4_SRC) + ones_sum(&V4_DST) + 6 + (len >> 16) + (len & 0xffff))
+        };
+        for check in [pseudo(len), pseudo(0)] {
+            let packet = with_check(ipv4(&segment), 20, check);
+            let (got, stats) = decode_one(LinkType::RAW, &packet);
+            assert_eq!(got.expect("segment").payload, b"sent by this host");
+            assert_eq!((stats.checksum_offloaded, stats.checksum_bad), (1, 0));
+        }
+        let (_, stats) = decode_one(LinkType::RAW, &ipv4(&segment));
+        assert_eq!((stats.checksum_offloaded, stats.checksum_bad), (0, 0));
     }
 }

@@ -2,11 +2,13 @@
 //! (segments to byte streams) → [`http`] (streams to exchanges) → [`redcap`] (exchanges to API
 //! calls) → [`health`] (the server's responsiveness) and [`policy`] (rate windows, then
 //! enforcement decisions) → [`pipeline`], which wires them. [`coverage`] judges, from the
-//! counters, what the capture cannot see.
+//! counters, what the capture cannot see; [`certify`] judges a testing window's verdicts into
+//! PASS or FAIL per token.
 //!
 //! A stage is driven only by the inputs and timestamps it is given; none does I/O, and none
 //! imports an edge or a command.
 
+pub mod certify;
 pub mod coverage;
 pub mod decode;
 pub mod health;

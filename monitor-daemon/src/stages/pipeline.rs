@@ -112,11 +112,15 @@ impl PipelineStats<'_> {
             ("decode.ip_fragments", d.ip_fragments),
             ("decode.truncated_headers", d.truncated_headers),
             ("decode.malformed", d.malformed),
+            ("decode.checksum_bad", d.checksum_bad),
             ("reassembly.gaps", r.gaps),
             ("reassembly.gap_bytes", r.gap_bytes),
             ("reassembly.buffer_overflows", r.buffer_overflows),
             ("reassembly.buffer_evictions", r.buffer_evictions),
             ("reassembly.evicted_connections", r.evicted_connections),
+            ("reassembly.unconfirmed_evicted", r.unconfirmed_evicted),
+            ("reassembly.rst_out_of_window", r.rst_out_of_window),
+            ("reassembly.syns_on_open", r.syns_on_open),
             ("http.bad_request_head", h.bad_request_head),
             ("http.bad_response_head", h.bad_response_head),
             ("http.head_too_large", h.head_too_large),
@@ -164,6 +168,9 @@ impl Pipeline {
             max_buffered_total: r.max_buffered_bytes_total,
             idle_timeout: r.idle_timeout.span(),
             server_ports: config.server_ports.to_vec(),
+            // An eighth of the table for connections the server has not answered: a flood of
+            // SYNs or forged segments cycles through these slots only.
+            max_unconfirmed: (r.max_connections / 8).max(1),
         });
         let h = &config.http;
         let http = HttpTracker::new(
@@ -230,9 +237,29 @@ impl Pipeline {
             exchanges,
             ..
         } = self;
+        let resets = reassembler.stats().reset_closed;
         reassembler.push(segment, &mut |event| http.on_event(&event, exchanges));
+        if segment.flags.rst && reassembler.stats().reset_closed > resets {
+            // A reset within its sender's window: the kernel leaves a client's RST (which it
+            // cannot check) to user space, so the copy stops here. Which end is the client is
+            // the reassembler's knowledge; the wrong order finds no flow and does nothing.
+            for (client, server) in [(segment.src, segment.dst), (segment.dst, segment.src)] {
+                self.request_capture(CaptureRequest::StopCopying { client, server });
+            }
+        }
         self.stop_reading_releasable();
         self.release(out);
+    }
+
+    /// Queues a request for the live capture, if one listens (bounded: the oldest goes).
+    fn request_capture(&mut self, request: CaptureRequest) {
+        if !self.capture_listens {
+            return;
+        }
+        if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
+            self.capture_requests.pop_front();
+        }
+        self.capture_requests.push_back(request);
     }
 
     /// A live capture that copies connections on its own judgement listens for
@@ -274,14 +301,8 @@ impl Pipeline {
             .take_resumed_early()
             .map(CaptureRequest::CopyAgain)
             .collect::<Vec<_>>();
-        if !self.capture_listens {
-            return;
-        }
         for request in stopped.into_iter().chain(resumed) {
-            if self.capture_requests.len() >= MAX_CAPTURE_REQUESTS {
-                self.capture_requests.pop_front();
-            }
-            self.capture_requests.push_back(request);
+            self.request_capture(request);
         }
     }
 
@@ -644,5 +665,78 @@ mod tests {
             2,
             "the hanging request is reported at the end too"
         );
+    }
+
+    /// An Ethernet frame from `src` to `dst` with a correct TCP checksum (as the wire has it).
+    fn frame(
+        src: Endpoint,
+        dst: Endpoint,
+        seq: u32,
+        ack: u32,
+        syn: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip, dst.ip) else {
+            unreachable!("IPv4 endpoints")
+        };
+        let builder = etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4(s.octets(), d.octets(), 64)
+            .tcp(src.port, dst.port, seq, 65535);
+        let builder = if syn { builder.syn() } else { builder };
+        let builder = if ack == 0 { builder } else { builder.ack(ack) };
+        let mut out = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut out, payload).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_decoy_segment_with_a_wrong_checksum_does_not_take_the_real_requests_place() {
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([3; 32]));
+        let real = request();
+        // The same bytes but another token, in the same sequence space: the server's kernel
+        // drops it for its checksum, and reads the real one that follows.
+        let decoy = real.replace(
+            "0123456789ABCDEF0123456789ABCDEF",
+            "FEDCBA9876543210FEDCBA9876543210",
+        );
+        let mut decoy_frame = frame(CLIENT, SERVER, 1001, 5001, false, decoy.as_bytes());
+        let check_at = 14 + 20 + 16;
+        decoy_frame[check_at] ^= 0x55;
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        let frames = [
+            frame(CLIENT, SERVER, 1000, 0, true, b""),
+            frame(SERVER, CLIENT, 5000, 1001, true, b""),
+            frame(CLIENT, SERVER, 1001, 5001, false, b""),
+            decoy_frame,
+            frame(CLIENT, SERVER, 1001, 5001, false, real.as_bytes()),
+            frame(
+                SERVER,
+                CLIENT,
+                5001,
+                1001 + real.len() as u32,
+                false,
+                response,
+            ),
+        ];
+        let mut verdicts = Vec::new();
+        for (i, data) in frames.iter().enumerate() {
+            let f = Frame {
+                ts: Timestamp(1_700_000_000_000_000_000 + i as u64 * 1_000_000),
+                link: crate::stages::decode::LinkType::ETHERNET,
+                data,
+            };
+            pipeline.push_frame(&f, &mut |v| verdicts.push(v));
+        }
+        pipeline.finish(&mut |v| verdicts.push(v));
+        assert_eq!(verdicts.len(), 1);
+        let real_token =
+            crate::shared::token::RawToken::parse(b"0123456789ABCDEF0123456789ABCDEF").unwrap();
+        assert_eq!(
+            verdicts[0].call.token.as_ref().map(|t| t.fingerprint).ok(),
+            Some(SiteKey::from_bytes([3; 32]).fingerprint(&real_token)),
+            "the call carries the token the server read"
+        );
+        assert_eq!(pipeline.stats().decode.checksum_bad, 1);
     }
 }

@@ -5,7 +5,7 @@
 //! only out-of-order bytes are copied, within per-direction and total limits. Lost bytes are
 //! reported as gaps, never glued over. Knows nothing about HTTP; has no clock of its own.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use monitor_common::{CLIENT_START_LEN, ClientStart, classify_client_start};
 
@@ -29,6 +29,9 @@ pub struct ReassemblyLimits {
     pub idle_timeout: Span,
     /// Ports that identify the server of a connection picked up without its handshake.
     pub server_ports: Vec<u16>,
+    /// Connections tracked before the server has answered (a SYN, or a client's data not yet
+    /// acknowledged); past this the oldest of them is closed, never one the server answered.
+    pub max_unconfirmed: usize,
 }
 
 impl Default for ReassemblyLimits {
@@ -39,12 +42,13 @@ impl Default for ReassemblyLimits {
             max_buffered_total: 256 << 20,
             idle_timeout: Span::from_secs(120),
             server_ports: vec![80, 443, 8080, 8443],
+            max_unconfirmed: 8_192,
         }
     }
 }
 
 /// What the reassembler did, by reason. Counters only grow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReassemblyStats {
     /// Segments pushed.
     pub segments: u64,
@@ -74,8 +78,17 @@ pub struct ReassemblyStats {
     pub idle_closed: u64,
     pub fin_closed: u64,
     pub reset_closed: u64,
-    /// Connections closed because a new SYN reused their 4-tuple.
+    /// Connections closed because a new SYN reused their 4-tuple (once the server answered it).
     pub port_reuses: u64,
+    /// SYNs on an open connection: it stays open, as the server's own stack keeps it (RFC
+    /// 5961), until the server answers the SYN with a SYN-ACK (then counted in `port_reuses`).
+    pub syns_on_open: u64,
+    /// RSTs whose sequence number is outside the window of their sender: ignored, as the
+    /// receiving stack ignores them (RFC 5961); forged or stale.
+    pub rst_out_of_window: u64,
+    /// Connections the server had not answered, closed to make room (their own limit, or the
+    /// table's); answered connections are evicted only when no unanswered one is left.
+    pub unconfirmed_evicted: u64,
     /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
     pub untracked_segments: u64,
     /// Connections released between two requests (nothing worth reading until the next one).
@@ -107,6 +120,24 @@ pub struct Reassembler {
     /// Connections reopened on bytes copied before the capture heard of their release: the
     /// live edge asks the kernel to copy them again.
     resumed_early: Vec<ResumedEarly>,
+    /// Connections the server has not answered yet.
+    unconfirmed: usize,
+    /// (slot, id) of unanswered connections in the order they were opened; entries of
+    /// connections answered or closed since are skipped when met.
+    unconfirmed_order: VecDeque<(usize, ConnectionId)>,
+    /// Every direction holding out-of-order bytes, by how many: (bytes, slot, direction index).
+    /// Memory relief takes the largest from the end instead of scanning every connection.
+    buffers: BTreeSet<(usize, usize, usize)>,
+}
+
+/// What a SYN on a tracked 4-tuple leads to.
+enum SynOnOpen {
+    /// Taken like any segment (a repeated SYN, or a SYN-ACK of the connection's own handshake).
+    Continue,
+    /// Ignored: a new SYN that the server has not answered.
+    Drop,
+    /// The server's SYN-ACK confirmed a new connection, opened in this slot.
+    Reopened(usize),
 }
 
 /// A connection released between two requests: its bytes are dropped until the client sends
@@ -131,6 +162,9 @@ impl Reassembler {
             pending_total: 0,
             released: HashMap::new(),
             resumed_early: Vec::new(),
+            unconfirmed: 0,
+            unconfirmed_order: VecDeque::new(),
+            buffers: BTreeSet::new(),
         }
     }
 
@@ -158,15 +192,13 @@ impl Reassembler {
         }
         let mut slot = self.table.find(&key);
 
-        if let (Some(index), true) = (slot, flags.syn && !flags.ack) {
-            let repeated_syn = self.table.get(index).is_some_and(|conn| {
-                conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq)
-            });
-            if !repeated_syn {
-                // A new handshake on a tracked 4-tuple: the old connection ended unseen.
-                self.stats.port_reuses += 1;
-                self.close(index, seg.ts, CloseReason::Evicted, emit);
-                slot = None;
+        if let Some(index) = slot
+            && flags.syn
+        {
+            match self.syn_on_open(index, seg, emit) {
+                SynOnOpen::Continue => {}
+                SynOnOpen::Drop => return,
+                SynOnOpen::Reopened(new) => slot = Some(new),
             }
         }
 
@@ -179,12 +211,17 @@ impl Reassembler {
             }
             None => self.open(key, seg, emit),
         };
-        self.table.touch(index);
 
         if flags.rst {
+            if !self.reset_in_window(index, seg) {
+                self.stats.rst_out_of_window += 1;
+                return;
+            }
             self.close(index, seg.ts, CloseReason::Reset, emit);
             return;
         }
+        self.table.touch(index);
+        self.confirm_if_answered(index, seg);
 
         let Some(conn) = self.table.get_mut(index) else {
             return;
@@ -192,6 +229,7 @@ impl Reassembler {
         conn.last_seen = conn.last_seen.max(seg.ts);
         conn.acks_seen |= seg.ack.is_some();
         let pending_before = conn.pending_bytes();
+        let before = conn.streams.each_ref().map(|s| s.pending_bytes);
         let dir = if seg.src == conn.client {
             Direction::ClientToServer
         } else {
@@ -238,12 +276,104 @@ impl Reassembler {
         let both_fins = sender.fin_seq.is_some() && receiver.fin_seq.is_some();
         let pending_after = conn.pending_bytes();
         self.pending_total = (self.pending_total + pending_after).saturating_sub(pending_before);
+        self.reindex_buffers(index, before);
         if both_fins {
             self.close(index, seg.ts, CloseReason::Fin, emit);
         }
         if self.pending_total > self.limits.max_buffered_total {
             self.relieve_memory(seg.ts, emit);
         }
+    }
+
+    /// A SYN on a tracked 4-tuple. A repeated SYN goes on as usual. Another SYN does not close
+    /// the connection (RFC 5961: the server answers it with a challenge ACK and keeps the
+    /// connection, so a forged SYN must not end what the monitor reads); it is remembered, and
+    /// the server's SYN-ACK acknowledging it proves the old connection ended unseen: it is then
+    /// closed and the new one opened.
+    fn syn_on_open(
+        &mut self,
+        index: usize,
+        seg: &TcpSegment<'_>,
+        emit: &mut dyn FnMut(StreamEvent<'_>),
+    ) -> SynOnOpen {
+        let Some(conn) = self.table.get_mut(index) else {
+            return SynOnOpen::Continue;
+        };
+        if !seg.flags.ack {
+            if conn.client == seg.src && conn.streams[0].syn_seq == Some(seg.seq) {
+                return SynOnOpen::Continue;
+            }
+            conn.new_syn = Some((seg.src, seg.seq));
+            self.stats.syns_on_open += 1;
+            return SynOnOpen::Drop;
+        }
+        let Some((client, syn_seq)) = conn.new_syn else {
+            return SynOnOpen::Continue;
+        };
+        if seg.dst != client || seg.ack != Some(syn_seq.wrapping_add(1)) {
+            return SynOnOpen::Continue;
+        }
+        self.stats.port_reuses += 1;
+        self.close(index, seg.ts, CloseReason::Evicted, emit);
+        let key = FlowKey::new(seg.src, seg.dst);
+        let index = self.open_oriented(key, client, seg.src, seg.ts, true, emit);
+        if let Some(conn) = self.table.get_mut(index) {
+            conn.streams[0].syn_seq = Some(syn_seq);
+            conn.streams[0].next_seq = Some(syn_seq.wrapping_add(1));
+        }
+        SynOnOpen::Reopened(index)
+    }
+
+    /// Whether a RST lands where its sender's stack would put it: from the next byte the
+    /// monitor expects of that sender to the most it may be ahead (bytes the capture missed),
+    /// the receive window being unknown to a passive reader. A RST elsewhere is ignored by the
+    /// receiving stack (RFC 5961), so it must not close what the monitor reads either.
+    fn reset_in_window(&self, index: usize, seg: &TcpSegment<'_>) -> bool {
+        let Some(conn) = self.table.get(index) else {
+            return true;
+        };
+        let dir = if seg.src == conn.client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let Some(next) = conn.streams[dir.index()].next_seq else {
+            // Nothing seen of that direction: nothing to check against.
+            return true;
+        };
+        let window = self.limits.max_buffered_per_direction.max(1 << 16);
+        let ahead = seq_distance(next, seg.seq);
+        ahead >= 0 && ahead.unsigned_abs() as usize <= window
+    }
+
+    /// A segment from the server that acknowledges something, or that carries data or a FIN
+    /// (the TLS uprobes' connections have no acknowledgments), confirms the connection: only
+    /// then is it safe from being evicted by connections nobody answered (a flood of SYNs or
+    /// of forged requests).
+    fn confirm_if_answered(&mut self, index: usize, seg: &TcpSegment<'_>) {
+        let Some(conn) = self.table.get_mut(index) else {
+            return;
+        };
+        let answer = seg.ack.is_some() || !seg.payload.is_empty() || seg.flags.fin;
+        if !conn.confirmed && seg.src != conn.client && answer {
+            conn.confirmed = true;
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
+    }
+
+    /// Closes the oldest connection the server has not answered; false when there is none.
+    fn evict_unconfirmed(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) -> bool {
+        while let Some((index, id)) = self.unconfirmed_order.pop_front() {
+            let waiting = self
+                .table
+                .get(index)
+                .is_some_and(|conn| conn.id == id && !conn.confirmed);
+            if waiting && self.close(index, ts, CloseReason::Evicted, emit) {
+                self.stats.unconfirmed_evicted += 1;
+                return true;
+            }
+        }
+        false
     }
 
     /// Closes connections idle longer than the timeout, as of `now`.
@@ -392,7 +522,7 @@ impl Reassembler {
                 server_start: seg.ack,
             });
         }
-        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, emit);
+        let index = self.open_oriented(key, seg.src, seg.dst, seg.ts, true, emit);
         if let Some(conn) = self.table.get_mut(index) {
             let [client_stream, server_stream] = &mut conn.streams;
             client_stream.next_seq = Some(client_next);
@@ -412,19 +542,29 @@ impl Reassembler {
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
         let (client, server) = self.orient(seg);
-        self.open_oriented(key, client, server, seg.ts, emit)
+        self.open_oriented(key, client, server, seg.ts, false, emit)
     }
 
-    /// Opens a connection whose client and server are known.
+    /// Opens a connection whose client and server are known; `confirmed` when the server is
+    /// known to have answered it. Room is made by closing connections nobody answered first.
     fn open_oriented(
         &mut self,
         key: FlowKey,
         client: Endpoint,
         server: Endpoint,
         ts: Timestamp,
+        confirmed: bool,
         emit: &mut dyn FnMut(StreamEvent<'_>),
     ) -> usize {
+        if !confirmed {
+            while self.unconfirmed >= self.limits.max_unconfirmed.max(1)
+                && self.evict_unconfirmed(ts, emit)
+            {}
+        }
         while self.table.len() >= self.limits.max_connections.max(1) {
+            if self.evict_unconfirmed(ts, emit) {
+                continue;
+            }
             let Some(oldest) = self.table.oldest() else {
                 break;
             };
@@ -442,16 +582,33 @@ impl Reassembler {
             client,
             server,
         });
-        self.table.insert(
+        let index = self.table.insert(
             key,
             Connection {
                 id,
                 client,
                 last_seen: ts,
                 acks_seen: false,
+                confirmed,
+                new_syn: None,
                 streams: Default::default(),
             },
-        )
+        );
+        if !confirmed {
+            self.unconfirmed += 1;
+            self.unconfirmed_order.push_back((index, id));
+            if self.unconfirmed_order.len() > 2 * self.limits.max_unconfirmed.max(1) + 64 {
+                // Entries of connections since answered or closed are dropped in one pass, so
+                // the queue stays within twice the limit at an amortised O(1) per open.
+                let table = &self.table;
+                self.unconfirmed_order.retain(|&(index, id)| {
+                    table
+                        .get(index)
+                        .is_some_and(|conn| conn.id == id && !conn.confirmed)
+                });
+            }
+        }
+        index
     }
 
     /// Which end of a new connection is the client: the handshake says so when it was seen,
@@ -492,6 +649,12 @@ impl Reassembler {
         let Some(mut conn) = self.table.remove(index) else {
             return false;
         };
+        if !conn.confirmed {
+            self.unconfirmed = self.unconfirmed.saturating_sub(1);
+        }
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            self.buffers.remove(&(stream.pending_bytes, index, dir));
+        }
         self.pending_total = self.pending_total.saturating_sub(conn.pending_bytes());
         for (stream, dir) in conn
             .streams
@@ -521,18 +684,22 @@ impl Reassembler {
     }
 
     /// Over the total buffer limit: flush the largest buffers (their holes become gaps) until
-    /// well under it, so that the scan over all connections does not repeat on every segment.
+    /// well under it. The largest is the last entry of the buffer index: no scan.
     fn relieve_memory(&mut self, ts: Timestamp, emit: &mut dyn FnMut(StreamEvent<'_>)) {
         let target = self.limits.max_buffered_total - self.limits.max_buffered_total / 8;
         while self.pending_total > target {
-            let Some((index, dir)) = self.table.largest_buffer() else {
+            let Some((before, index, dir)) = self.buffers.pop_last() else {
                 break;
             };
             let Some(conn) = self.table.get_mut(index) else {
-                break;
+                continue;
+            };
+            let dir = if dir == 0 {
+                Direction::ClientToServer
+            } else {
+                Direction::ServerToClient
             };
             let stream = &mut conn.streams[dir.index()];
-            let before = stream.pending_bytes;
             let mut out = Out {
                 conn: conn.id,
                 dir,
@@ -542,6 +709,23 @@ impl Reassembler {
             stream.flush(ts, &mut out);
             self.stats.buffer_evictions += 1;
             self.pending_total = self.pending_total.saturating_sub(before);
+        }
+    }
+
+    /// Brings the buffer index up to date for the connection at `index`, whose directions held
+    /// `before` bytes.
+    fn reindex_buffers(&mut self, index: usize, before: [usize; 2]) {
+        let Some(conn) = self.table.get(index) else {
+            return;
+        };
+        for (dir, stream) in conn.streams.iter().enumerate() {
+            let now = stream.pending_bytes;
+            if now != before[dir] {
+                self.buffers.remove(&(before[dir], index, dir));
+                if now > 0 {
+                    self.buffers.insert((now, index, dir));
+                }
+            }
         }
     }
 }
@@ -570,6 +754,10 @@ struct Connection {
     /// The capture gives acknowledgment numbers (not the TLS uprobes' synthetic connections):
     /// only then is it known where the server's answer to a reopened connection begins.
     acks_seen: bool,
+    /// The server has answered (acknowledged something): see [`Reassembler::confirm_if_answered`].
+    confirmed: bool,
+    /// A new SYN on this 4-tuple, waiting for the server's SYN-ACK: (its sender, its sequence).
+    new_syn: Option<(Endpoint, u32)>,
     /// Indexed by [`Direction::index`]: what the client sends, then what the server sends.
     streams: [Stream; 2],
 }
@@ -593,17 +781,22 @@ struct Stream {
     fin_seq: Option<u32>,
     /// The FIN has been reached in order: nothing more will be passed on.
     finished: bool,
-    /// Out-of-order data after a hole, sorted by sequence and not overlapping.
-    pending: VecDeque<Pending>,
+    /// Where `next_seq` is in the direction's whole byte stream (it does not wrap): the key of
+    /// buffered data, so that finding a segment's place is a lookup, not a scan from the front.
+    next_pos: u64,
+    /// Out-of-order data after a hole, by stream position ([`Stream::next_pos`]'s scale), not
+    /// overlapping.
+    pending: BTreeMap<u64, Pending>,
     /// Buffered bytes plus [`PENDING_OVERHEAD`] per entry.
     pending_bytes: usize,
 }
 
-/// A copied out-of-order piece of a segment, with its own capture time.
+/// A copied out-of-order piece of a segment, with its own capture time. Its bytes may be part of
+/// a request body (a token): zeroed when dropped.
 struct Pending {
     seq: u32,
     ts: Timestamp,
-    bytes: Vec<u8>,
+    bytes: zeroize::Zeroizing<Vec<u8>>,
 }
 
 /// Where a stream's events go: the connection and direction they belong to, and the counters.
@@ -706,19 +899,19 @@ impl Stream {
         loop {
             let room = self
                 .pending
-                .front()
-                .map_or(usize::MAX, |p| p.seq.wrapping_sub(next) as usize);
+                .first_key_value()
+                .map_or(usize::MAX, |(_, p)| p.seq.wrapping_sub(next) as usize);
             let (now, later) = data.split_at(data.len().min(room));
             if !now.is_empty() {
                 out.data(ts, now);
                 next = next.wrapping_add(now.len() as u32);
             }
             data = later;
-            match self.pending.front() {
-                Some(p) if p.seq == next => {}
+            match self.pending.first_key_value() {
+                Some((_, p)) if p.seq == next => {}
                 _ => break,
             }
-            let Some(p) = self.pending.pop_front() else {
+            let Some((_, p)) = self.pending.pop_first() else {
                 break;
             };
             self.pending_bytes = self
@@ -730,8 +923,18 @@ impl Stream {
             out.stats.overlapping_bytes += covered as u64;
             data = data.get(covered..).unwrap_or_default();
         }
-        self.next_seq = Some(next);
+        self.move_next(next);
         self.reach_fin();
+    }
+
+    /// Moves `next_seq` (forward) to `seq`, keeping `next_pos` in step.
+    fn move_next(&mut self, seq: u32) {
+        if let Some(next) = self.next_seq {
+            self.next_pos = self
+                .next_pos
+                .wrapping_add_signed(i64::from(seq_distance(next, seq)));
+        }
+        self.next_seq = Some(seq);
     }
 
     /// Once everything before the FIN has been passed on, the direction is finished.
@@ -740,7 +943,7 @@ impl Stream {
             && seq_distance(next, fin) <= 0
         {
             self.finished = true;
-            self.next_seq = Some(fin.wrapping_add(1));
+            self.move_next(fin.wrapping_add(1));
             // Nothing after a FIN is part of the stream.
             self.pending.clear();
             self.pending_bytes = 0;
@@ -748,46 +951,45 @@ impl Stream {
     }
 
     /// Copies an out-of-order segment into the buffer, keeping only bytes not buffered yet.
+    /// Finds its place by lookup (O(log n) per piece it meets), so a stream of segments behind
+    /// one hole costs no rescan of what is already buffered.
     fn buffer(&mut self, seq: u32, data: &[u8], ts: Timestamp, stats: &mut ReassemblyStats) {
         let Some(next) = self.next_seq else {
             return;
         };
-        // Offsets from `next`; buffered data is always ahead of it and within 2^31.
-        let base = u64::from(seq.wrapping_sub(next));
+        // Buffered data is always ahead of `next` and within 2^31 of it.
+        let base = self.next_pos + u64::from(seq.wrapping_sub(next));
         let end = base + data.len() as u64;
         let mut start = base;
-        let mut at = 0;
+        // A piece that starts before this segment may reach into it.
+        let mut cursor = self
+            .pending
+            .range(..base)
+            .next_back()
+            .map_or(base, |(&at, _)| at);
         while start < end {
-            let Some(p) = self.pending.get(at) else {
+            let Some((&p_start, p)) = self.pending.range(cursor..end).next() else {
                 break;
             };
-            let p_start = u64::from(p.seq.wrapping_sub(next));
             let p_end = p_start + p.bytes.len() as u64;
+            cursor = p_start + 1;
             if p_end <= start {
-                at += 1;
                 continue;
             }
-            if p_start >= end {
-                break;
-            }
             if start < p_start {
-                self.insert_piece(at, seq, data, base, start, p_start, ts);
-                at += 1;
+                self.insert_piece(seq, data, base, start, p_start, ts);
             }
             stats.overlapping_bytes += end.min(p_end) - start.max(p_start);
             start = p_end;
-            at += 1;
         }
         if start < end {
-            self.insert_piece(at, seq, data, base, start, end, ts);
+            self.insert_piece(seq, data, base, start, end, ts);
         }
     }
 
-    /// Buffers `data[from - base .. to - base]` at position `at`.
-    #[allow(clippy::too_many_arguments)]
+    /// Buffers `data[from - base .. to - base]` (stream positions; `data` starts at `seq`).
     fn insert_piece(
         &mut self,
-        at: usize,
         seq: u32,
         data: &[u8],
         base: u64,
@@ -801,30 +1003,30 @@ impl Stream {
         };
         self.pending_bytes += bytes.len() + PENDING_OVERHEAD;
         self.pending.insert(
-            at,
+            from,
             Pending {
                 seq: seq.wrapping_add(skip as u32),
                 ts,
-                bytes: bytes.to_vec(),
+                bytes: zeroize::Zeroizing::new(bytes.to_vec()),
             },
         );
     }
 
     /// Declares the hole before the first buffered segment a gap and passes on what follows.
     fn skip_hole(&mut self, ts: Timestamp, out: &mut Out<'_, '_>) {
-        let (Some(next), Some(first)) = (self.next_seq, self.pending.front()) else {
+        let (Some(next), Some((_, first))) = (self.next_seq, self.pending.first_key_value()) else {
             return;
         };
         let first_seq = first.seq;
         out.gap(ts, first_seq.wrapping_sub(next));
-        self.next_seq = Some(first_seq);
+        self.move_next(first_seq);
         self.deliver(&[], ts, out);
     }
 
     /// The peer acknowledged everything before `ack`: holes before it were lost by the capture,
     /// not by the network, so nothing will fill them.
     fn acknowledged(&mut self, ack: u32, ts: Timestamp, out: &mut Out<'_, '_>) {
-        while let Some(first) = self.pending.front() {
+        while let Some((_, first)) = self.pending.first_key_value() {
             if seq_distance(first.seq, ack) < 0 {
                 return;
             }
@@ -856,7 +1058,7 @@ impl Stream {
             && seq_distance(next, fin) > 0
         {
             out.gap(ts, fin.wrapping_sub(next));
-            self.next_seq = Some(fin);
+            self.move_next(fin);
         }
         self.reach_fin();
     }
@@ -990,21 +1192,6 @@ impl ConnectionTable {
             None => self.oldest = newer,
         }
     }
-
-    /// The direction holding the most buffered bytes, if any holds some.
-    fn largest_buffer(&self) -> Option<(usize, Direction)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(index, slot)| Some((index, &slot.as_ref()?.conn)))
-            .flat_map(|(index, conn)| {
-                [Direction::ClientToServer, Direction::ServerToClient]
-                    .map(|dir| (conn.streams[dir.index()].pending_bytes, index, dir))
-            })
-            .filter(|&(bytes, _, _)| bytes > 0)
-            .max_by_key(|&(bytes, _, _)| bytes)
-            .map(|(_, index, dir)| (index, dir))
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -1046,795 +1233,4 @@ impl ReassemblyConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-    use super::*;
-    use crate::shared::model::TcpFlags;
-
-    use Direction::{ClientToServer as C2S, ServerToClient as S2C};
-
-    /// A stream event with owned bytes, easy to compare.
-    #[derive(Debug, PartialEq, Eq)]
-    enum Ev {
-        Opened(u64, Endpoint, Endpoint),
-        Data(u64, Direction, Vec<u8>),
-        Gap(u64, Direction, u64),
-        Closed(u64, CloseReason),
-    }
-
-    fn v4(last: u8, port: u16) -> Endpoint {
-        Endpoint {
-            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
-            port,
-        }
-    }
-
-    const CLIENT_ISN: u32 = 1_000;
-    const SERVER_ISN: u32 = 9_000;
-
-    fn client() -> Endpoint {
-        v4(1, 50_000)
-    }
-
-    fn server() -> Endpoint {
-        v4(2, 80)
-    }
-
-    struct Harness {
-        reassembler: Reassembler,
-        events: Vec<Ev>,
-        /// Capture time of the next pushed segment, in milliseconds.
-        now_ms: u64,
-        /// Data events' timestamps, in milliseconds, in order.
-        data_ts_ms: Vec<u64>,
-        /// Where each direction began, as the kernel probe reports it: (client's, server's).
-        stream_starts: Option<(u32, u32)>,
-    }
-
-    impl Harness {
-        fn new() -> Self {
-            Self::with_limits(ReassemblyLimits::default())
-        }
-
-        fn with_limits(limits: ReassemblyLimits) -> Self {
-            Self {
-                reassembler: Reassembler::new(limits),
-                events: Vec::new(),
-                now_ms: 0,
-                data_ts_ms: Vec::new(),
-                stream_starts: None,
-            }
-        }
-
-        fn record(events: &mut Vec<Ev>, data_ts: &mut Vec<u64>, event: StreamEvent<'_>) {
-            events.push(match event {
-                StreamEvent::Opened {
-                    conn,
-                    client,
-                    server,
-                    ..
-                } => Ev::Opened(conn.0, client, server),
-                StreamEvent::Data {
-                    conn,
-                    dir,
-                    bytes,
-                    ts,
-                } => {
-                    data_ts.push(ts.as_nanos() / 1_000_000);
-                    Ev::Data(conn.0, dir, bytes.to_vec())
-                }
-                StreamEvent::Gap { conn, dir, len, .. } => Ev::Gap(conn.0, dir, len),
-                StreamEvent::Closed { conn, reason, .. } => Ev::Closed(conn.0, reason),
-            });
-        }
-
-        /// Pushes a segment from `src` to `dst`; `flags` is a string of S, A, F, R.
-        fn seg(
-            &mut self,
-            src: Endpoint,
-            dst: Endpoint,
-            flags: &str,
-            seq: u32,
-            ack: u32,
-            payload: &[u8],
-        ) {
-            let flags = TcpFlags {
-                syn: flags.contains('S'),
-                ack: flags.contains('A'),
-                fin: flags.contains('F'),
-                rst: flags.contains('R'),
-            };
-            let segment = TcpSegment {
-                ts: Timestamp::from_nanos(self.now_ms * 1_000_000),
-                src,
-                dst,
-                seq,
-                ack: flags.ack.then_some(ack),
-                flags,
-                payload,
-                stream_start: self.stream_starts.map(|(client, server)| {
-                    if dst.port == 8080 { client } else { server }
-                }),
-            };
-            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
-            self.reassembler
-                .push(&segment, &mut |e| Self::record(events, data_ts, e));
-        }
-
-        /// Client data at `offset` bytes into the client's stream.
-        fn c(&mut self, offset: u32, payload: &[u8]) {
-            let ack = SERVER_ISN.wrapping_add(1);
-            self.seg(
-                client(),
-                server(),
-                "A",
-                CLIENT_ISN.wrapping_add(1 + offset),
-                ack,
-                payload,
-            );
-        }
-
-        /// Server data at `offset` bytes into the server's stream.
-        fn s(&mut self, offset: u32, payload: &[u8]) {
-            let ack = CLIENT_ISN.wrapping_add(1);
-            self.seg(
-                server(),
-                client(),
-                "A",
-                SERVER_ISN.wrapping_add(1 + offset),
-                ack,
-                payload,
-            );
-        }
-
-        fn handshake(&mut self) {
-            self.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
-            self.seg(server(), client(), "SA", SERVER_ISN, CLIENT_ISN + 1, b"");
-            self.seg(client(), server(), "A", CLIENT_ISN + 1, SERVER_ISN + 1, b"");
-        }
-
-        fn expire(&mut self, at_ms: u64) {
-            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
-            self.reassembler
-                .expire(Timestamp::from_nanos(at_ms * 1_000_000), &mut |e| {
-                    Self::record(events, data_ts, e)
-                });
-        }
-
-        fn finish(&mut self) {
-            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
-            let now = Timestamp::from_nanos(self.now_ms * 1_000_000);
-            self.reassembler
-                .finish(now, &mut |e| Self::record(events, data_ts, e));
-        }
-
-        fn take(&mut self) -> Vec<Ev> {
-            std::mem::take(&mut self.events)
-        }
-
-        fn stats(&self) -> &ReassemblyStats {
-            self.reassembler.stats()
-        }
-    }
-
-    fn data(dir: Direction, bytes: &[u8]) -> Ev {
-        Ev::Data(0, dir, bytes.to_vec())
-    }
-
-    #[test]
-    fn in_order_data_follows_opened_in_both_directions() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"GET / HTTP/1.1\r\n");
-        h.s(0, b"HTTP/1.1 200 OK\r\n");
-        h.c(16, b"\r\n");
-        assert_eq!(
-            h.take(),
-            vec![
-                Ev::Opened(0, client(), server()),
-                data(C2S, b"GET / HTTP/1.1\r\n"),
-                data(S2C, b"HTTP/1.1 200 OK\r\n"),
-                data(C2S, b"\r\n"),
-            ]
-        );
-        assert_eq!(h.stats().connections_opened, 1);
-        assert_eq!(h.stats().midstream_pickups, 0);
-        assert_eq!(h.stats().bytes_delivered, 35);
-    }
-
-    #[test]
-    fn zero_length_segments_carry_no_data() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"");
-        h.s(0, b"");
-        assert_eq!(h.take(), vec![Ev::Opened(0, client(), server())]);
-    }
-
-    #[test]
-    fn out_of_order_segment_waits_for_the_hole_and_keeps_its_own_time() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.now_ms = 10;
-        h.c(3, b"def");
-        h.c(6, b"ghi");
-        h.now_ms = 20;
-        h.c(0, b"abc");
-        let events = h.take();
-        assert_eq!(
-            events[1..],
-            [data(C2S, b"abc"), data(C2S, b"def"), data(C2S, b"ghi")]
-        );
-        assert_eq!(h.data_ts_ms, vec![20, 10, 10]);
-        assert_eq!(h.stats().out_of_order_segments, 2);
-        assert_eq!(h.reassembler.buffered_bytes(), 0);
-    }
-
-    #[test]
-    fn retransmission_is_dropped_and_counted() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"abc");
-        h.c(0, b"abc");
-        h.c(1, b"bcdef");
-        assert_eq!(h.take()[1..], [data(C2S, b"abc"), data(C2S, b"def")]);
-        assert_eq!(h.stats().retransmitted_segments, 1);
-        assert_eq!(h.stats().retransmitted_bytes, 5);
-    }
-
-    #[test]
-    fn overlap_with_buffered_data_keeps_the_first_seen_bytes() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(4, b"EFGH");
-        h.c(2, b"cdXXXXkl");
-        h.c(0, b"abYYYYYYYYmn");
-        let delivered: Vec<u8> = h
-            .take()
-            .into_iter()
-            .filter_map(|e| match e {
-                Ev::Data(_, C2S, bytes) => Some(bytes),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        assert_eq!(delivered, b"abcdEFGHklmn");
-        // 4 bytes of the second segment under "EFGH", 8 of the third under "cdEFGHkl".
-        assert_eq!(h.stats().overlapping_bytes, 12);
-        assert_eq!(h.stats().gaps, 0);
-    }
-
-    #[test]
-    fn ack_past_a_hole_declares_it_a_gap() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(3, b"def");
-        // The server acknowledges only up to the hole: it may still be retransmitted.
-        h.seg(server(), client(), "A", SERVER_ISN + 1, CLIENT_ISN + 1, b"");
-        assert_eq!(h.take().len(), 1);
-        // Now it acknowledges the buffered bytes: it got the hole, the capture did not.
-        h.seg(
-            server(),
-            client(),
-            "A",
-            SERVER_ISN + 1,
-            CLIENT_ISN + 1 + 6,
-            b"",
-        );
-        assert_eq!(h.take(), vec![Ev::Gap(0, C2S, 3), data(C2S, b"def")]);
-        assert_eq!(h.stats().acked_gaps, 1);
-        assert_eq!(h.stats().gap_bytes, 3);
-        // The hole's bytes arriving late are old now.
-        h.c(0, b"abc");
-        assert_eq!(h.take(), vec![]);
-    }
-
-    #[test]
-    fn full_direction_buffer_declares_the_hole_a_gap() {
-        let mut h = Harness::with_limits(ReassemblyLimits {
-            max_buffered_per_direction: 2 * 100 + PENDING_OVERHEAD,
-            ..ReassemblyLimits::default()
-        });
-        h.handshake();
-        h.c(10, &[b'a'; 100]);
-        assert_eq!(h.take().len(), 1);
-        h.c(110, &[b'b'; 100]);
-        assert_eq!(
-            h.take(),
-            vec![
-                Ev::Gap(0, C2S, 10),
-                data(C2S, &[b'a'; 100]),
-                data(C2S, &[b'b'; 100]),
-            ]
-        );
-        assert_eq!(h.stats().buffer_overflows, 1);
-        assert_eq!(h.reassembler.buffered_bytes(), 0);
-    }
-
-    #[test]
-    fn fin_from_both_sides_closes_after_the_data() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"req");
-        h.seg(
-            client(),
-            server(),
-            "FA",
-            CLIENT_ISN + 4,
-            SERVER_ISN + 1,
-            b"",
-        );
-        assert_eq!(h.reassembler.connections(), 1);
-        h.seg(
-            server(),
-            client(),
-            "FA",
-            SERVER_ISN + 1,
-            CLIENT_ISN + 5,
-            b"resp",
-        );
-        assert_eq!(
-            h.take()[1..],
-            [
-                data(C2S, b"req"),
-                data(S2C, b"resp"),
-                Ev::Closed(0, CloseReason::Fin)
-            ]
-        );
-        assert_eq!(h.reassembler.connections(), 0);
-        assert_eq!(h.stats().fin_closed, 1);
-        // The last ACK belongs to a forgotten connection and must not start a new one.
-        h.seg(client(), server(), "A", CLIENT_ISN + 5, SERVER_ISN + 6, b"");
-        assert_eq!(h.reassembler.connections(), 0);
-        assert_eq!(h.stats().untracked_segments, 1);
-    }
-
-    #[test]
-    fn fin_after_a_hole_becomes_a_gap_when_the_connection_closes() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.seg(
-            client(),
-            server(),
-            "FA",
-            CLIENT_ISN + 1 + 3,
-            SERVER_ISN + 1,
-            b"def",
-        );
-        h.seg(
-            server(),
-            client(),
-            "FA",
-            SERVER_ISN + 1,
-            CLIENT_ISN + 1,
-            b"",
-        );
-        assert_eq!(
-            h.take()[1..],
-            [
-                Ev::Gap(0, C2S, 3),
-                data(C2S, b"def"),
-                Ev::Closed(0, CloseReason::Fin)
-            ]
-        );
-    }
-
-    #[test]
-    fn rst_flushes_buffered_data_and_closes() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"ab");
-        h.c(5, b"fg");
-        h.seg(server(), client(), "R", SERVER_ISN + 1, 0, b"");
-        assert_eq!(
-            h.take()[1..],
-            [
-                data(C2S, b"ab"),
-                Ev::Gap(0, C2S, 3),
-                data(C2S, b"fg"),
-                Ev::Closed(0, CloseReason::Reset)
-            ]
-        );
-        assert_eq!(h.stats().reset_closed, 1);
-        assert_eq!(h.reassembler.connections(), 0);
-        assert_eq!(h.reassembler.buffered_bytes(), 0);
-    }
-
-    #[test]
-    fn bytes_lost_before_the_first_seen_segment_of_a_known_start_are_a_gap() {
-        let mut h = Harness::new();
-        h.stream_starts = Some((700, 500));
-        let (client, server) = (v4(1, 40_000), v4(2, 8080));
-        // The kernel started at the client's byte 700 (and server byte 500), but the events for
-        // the first 10 client bytes were lost: the server's ACK past them declares the gap.
-        h.seg(client, server, "A", 710, 500, b"tail");
-        h.seg(server, client, "A", 500, 714, b"HTTP/1.1 200 OK");
-        assert_eq!(
-            h.take(),
-            vec![
-                Ev::Opened(0, client, server),
-                Ev::Gap(0, C2S, 10),
-                data(C2S, b"tail"),
-                data(S2C, b"HTTP/1.1 200 OK"),
-            ]
-        );
-        assert_eq!(h.stats().midstream_pickups, 0);
-        assert_eq!(h.stats().acked_gaps, 1);
-    }
-
-    #[test]
-    fn midstream_pickup_takes_the_hinted_port_as_server() {
-        let mut h = Harness::new();
-        let (browser, proxy) = (v4(1, 40_000), v4(2, 8080));
-        // The first segment seen is the server's answer.
-        h.seg(proxy, browser, "A", 500, 700, b"HTTP/1.1 200 OK");
-        h.seg(browser, proxy, "A", 700, 515, b"GET");
-        assert_eq!(
-            h.take(),
-            vec![
-                Ev::Opened(0, browser, proxy),
-                data(S2C, b"HTTP/1.1 200 OK"),
-                data(C2S, b"GET"),
-            ]
-        );
-        assert_eq!(h.stats().midstream_pickups, 1);
-    }
-
-    #[test]
-    fn midstream_pickup_without_a_hint_takes_the_lower_port_as_server() {
-        let mut h = Harness::new();
-        let (high, low) = (v4(1, 6_000), v4(2, 5_000));
-        h.seg(low, high, "A", 1, 1, b"x");
-        assert_eq!(h.take()[0], Ev::Opened(0, high, low));
-    }
-
-    #[test]
-    fn syn_ack_sender_is_the_server_when_the_syn_was_missed() {
-        let mut h = Harness::new();
-        h.seg(server(), client(), "SA", SERVER_ISN, CLIENT_ISN + 1, b"");
-        h.s(0, b"hi");
-        assert_eq!(
-            h.take(),
-            vec![Ev::Opened(0, client(), server()), data(S2C, b"hi")]
-        );
-    }
-
-    #[test]
-    fn new_syn_on_a_tracked_tuple_closes_the_old_connection() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"old");
-        // A repeated SYN is not a new connection.
-        h.seg(client(), server(), "S", CLIENT_ISN, 0, b"");
-        assert_eq!(h.stats().port_reuses, 0);
-        h.seg(client(), server(), "S", 77_777, 0, b"");
-        h.seg(client(), server(), "A", 77_778, 1, b"new");
-        assert_eq!(
-            h.take()[1..],
-            [
-                data(C2S, b"old"),
-                Ev::Closed(0, CloseReason::Evicted),
-                Ev::Opened(1, client(), server()),
-                Ev::Data(1, C2S, b"new".to_vec()),
-            ]
-        );
-        assert_eq!(h.stats().port_reuses, 1);
-        assert_eq!(h.reassembler.connections(), 1);
-    }
-
-    #[test]
-    fn idle_connections_close_after_the_timeout() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.now_ms = 100_000;
-        h.seg(v4(3, 1234), server(), "S", 1, 0, b"");
-        h.take();
-        h.expire(120_000);
-        assert_eq!(h.take(), vec![]);
-        h.expire(120_001);
-        assert_eq!(h.take(), vec![Ev::Closed(0, CloseReason::Idle)]);
-        h.expire(220_001);
-        assert_eq!(h.take(), vec![Ev::Closed(1, CloseReason::Idle)]);
-        assert_eq!(h.stats().idle_closed, 2);
-        assert_eq!(h.reassembler.connections(), 0);
-    }
-
-    #[test]
-    fn connection_limit_evicts_the_least_recently_active() {
-        let mut h = Harness::with_limits(ReassemblyLimits {
-            max_connections: 2,
-            ..ReassemblyLimits::default()
-        });
-        let (a, b, c) = (v4(3, 1000), v4(4, 1000), v4(5, 1000));
-        h.seg(a, server(), "S", 1, 0, b"");
-        h.seg(b, server(), "S", 1, 0, b"");
-        h.seg(a, server(), "A", 2, 1, b"still here");
-        h.seg(c, server(), "S", 1, 0, b"");
-        let events = h.take();
-        assert_eq!(
-            events[3..],
-            [
-                Ev::Closed(1, CloseReason::Evicted),
-                Ev::Opened(2, c, server())
-            ]
-        );
-        assert_eq!(h.stats().evicted_connections, 1);
-        assert_eq!(h.reassembler.connections(), 2);
-    }
-
-    #[test]
-    fn sequence_numbers_wrap_around() {
-        let mut h = Harness::new();
-        let isn = u32::MAX - 2;
-        h.seg(client(), server(), "S", isn, 0, b"");
-        // The stream starts at u32::MAX - 1: "ab" ends right at the wrap, "cd" follows it.
-        h.seg(client(), server(), "A", 2, 1, b"ef");
-        h.seg(client(), server(), "A", 0, 1, b"cd");
-        h.seg(client(), server(), "A", u32::MAX - 1, 1, b"abc");
-        h.seg(client(), server(), "A", u32::MAX - 1, 1, b"ab");
-        assert_eq!(
-            h.take()[1..],
-            [data(C2S, b"ab"), data(C2S, b"cd"), data(C2S, b"ef")]
-        );
-        // The "c" of "abc" lies under the buffered "cd": first seen wins.
-        assert_eq!(h.stats().overlapping_bytes, 1);
-        assert_eq!(h.stats().retransmitted_bytes, 2);
-    }
-
-    #[test]
-    fn ipv6_connections_reassemble() {
-        let mut h = Harness::new();
-        let c = Endpoint {
-            ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
-            port: 40_000,
-        };
-        let s = Endpoint {
-            ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-            port: 443,
-        };
-        h.seg(c, s, "S", 10, 0, b"");
-        h.seg(c, s, "A", 14, 1, b"lo");
-        h.seg(c, s, "A", 11, 1, b"hel");
-        assert_eq!(
-            h.take(),
-            vec![Ev::Opened(0, c, s), data(C2S, b"hel"), data(C2S, b"lo")]
-        );
-    }
-
-    #[test]
-    fn total_memory_limit_flushes_the_largest_buffer() {
-        let mut h = Harness::with_limits(ReassemblyLimits {
-            max_buffered_total: 1_000,
-            ..ReassemblyLimits::default()
-        });
-        let other = v4(3, 1000);
-        h.seg(other, server(), "S", 1, 0, b"");
-        h.seg(other, server(), "A", 12, 1, &[b'o'; 100]);
-        h.handshake();
-        h.c(5, &[b'x'; 500]);
-        h.take();
-        h.c(505, &[b'y'; 300]);
-        assert_eq!(
-            h.take(),
-            vec![
-                Ev::Gap(1, C2S, 5),
-                Ev::Data(1, C2S, vec![b'x'; 500]),
-                Ev::Data(1, C2S, vec![b'y'; 300]),
-            ]
-        );
-        assert_eq!(h.stats().buffer_evictions, 1);
-        assert_eq!(h.reassembler.buffered_bytes(), 100 + PENDING_OVERHEAD);
-    }
-
-    #[test]
-    fn finish_declares_holes_and_closes_everything() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(2, b"cd");
-        h.finish();
-        assert_eq!(
-            h.take()[1..],
-            [
-                Ev::Gap(0, C2S, 2),
-                data(C2S, b"cd"),
-                Ev::Closed(0, CloseReason::EndOfInput)
-            ]
-        );
-        assert_eq!(h.reassembler.connections(), 0);
-        assert_eq!(h.reassembler.buffered_bytes(), 0);
-    }
-
-    #[test]
-    fn data_before_the_handshake_completes_is_delivered_in_order() {
-        // TCP Fast Open: data rides on the SYN, after the initial sequence number.
-        let mut h = Harness::new();
-        h.seg(client(), server(), "S", CLIENT_ISN, 0, b"early");
-        h.c(5, b"late");
-        assert_eq!(h.take()[1..], [data(C2S, b"early"), data(C2S, b"late")]);
-    }
-
-    impl Harness {
-        fn release(&mut self, client_remaining: u64) -> bool {
-            self.release_to(server(), client_remaining)
-        }
-
-        fn release_to(&mut self, server: Endpoint, client_remaining: u64) -> bool {
-            let (events, data_ts) = (&mut self.events, &mut self.data_ts_ms);
-            let now = Timestamp::from_nanos(self.now_ms * 1_000_000);
-            self.reassembler
-                .release(client(), server, client_remaining, now, &mut |e| {
-                    Self::record(events, data_ts, e)
-                })
-        }
-    }
-
-    const UI_HEAD: &[u8] = b"POST /index.php HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
-    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-
-    #[test]
-    fn a_released_connection_drops_the_rest_of_its_request_and_answer_until_the_next_request() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, UI_HEAD);
-        assert!(h.release(10));
-        let head = UI_HEAD.len() as u32;
-        // The body's rest and the answer are dropped unread, retransmissions too.
-        h.c(head, b"0123456789");
-        h.c(head, b"0123456789");
-        h.s(0, ANSWER);
-        // A page request the classifier would not copy either: skipped with its answer.
-        let page = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let answered = SERVER_ISN + 1 + ANSWER.len() as u32;
-        h.seg(
-            client(),
-            server(),
-            "A",
-            CLIENT_ISN + 1 + head + 10,
-            answered,
-            page,
-        );
-        h.seg(
-            server(),
-            client(),
-            "A",
-            answered,
-            CLIENT_ISN + 1 + head + 10,
-            ANSWER,
-        );
-        let answered = answered + ANSWER.len() as u32;
-        let head = head + page.len() as u32;
-        let next = b"POST /api/ HTTP/1.1\r\n\r\n";
-        h.seg(
-            client(),
-            server(),
-            "A",
-            CLIENT_ISN + 1 + head + 10,
-            answered,
-            next,
-        );
-        h.seg(
-            server(),
-            client(),
-            "A",
-            answered,
-            CLIENT_ISN + 1 + head + 10,
-            b"HTTP/1.1 200 OK\r\n",
-        );
-        let events = h.take();
-        assert_eq!(
-            events,
-            [
-                Ev::Opened(0, client(), server()),
-                data(C2S, UI_HEAD),
-                Ev::Closed(0, CloseReason::Released),
-                Ev::Opened(1, client(), server()),
-                Ev::Data(1, C2S, next.to_vec()),
-                Ev::Data(
-                    1,
-                    Direction::ServerToClient,
-                    b"HTTP/1.1 200 OK\r\n".to_vec()
-                ),
-            ]
-        );
-        let stats = h.stats();
-        assert_eq!(stats.released_connections, 1);
-        assert_eq!(stats.resumed_connections, 1);
-        assert_eq!(
-            stats.released_bytes,
-            20 + 2 * ANSWER.len() as u64 + page.len() as u64
-        );
-        assert_eq!(stats.gaps, 0, "a release is not a loss");
-        assert_eq!(stats.resumed_early, 0, "libpcap has no stream starts");
-    }
-
-    #[test]
-    fn a_release_is_refused_without_acknowledgments() {
-        let mut h = Harness::new();
-        h.seg(client(), server(), "", CLIENT_ISN + 1, 0, UI_HEAD);
-        assert!(!h.release(10));
-    }
-
-    #[test]
-    fn a_release_is_refused_while_out_of_order_bytes_wait() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, b"POST /index.php HTTP/1.1\r\n");
-        h.c(100, b"later");
-        assert!(!h.release(0));
-        assert!(!h.take().contains(&Ev::Closed(0, CloseReason::Released)));
-    }
-
-    #[test]
-    fn a_released_connection_ends_with_its_fin_and_is_forgotten() {
-        let mut h = Harness::new();
-        h.handshake();
-        h.c(0, UI_HEAD);
-        assert!(h.release(10));
-        h.seg(
-            client(),
-            server(),
-            "AF",
-            CLIENT_ISN + 1 + UI_HEAD.len() as u32,
-            SERVER_ISN + 1,
-            b"",
-        );
-        assert!(h.reassembler.released.is_empty());
-    }
-
-    #[test]
-    fn with_kernel_stream_starts_a_new_tracking_or_an_early_copy_reopens_the_connection() {
-        // The harness gives segments to port 8080 the client's stream start.
-        let srv = v4(2, 8080);
-        let mut h = Harness::new();
-        let (c0, s0) = (CLIENT_ISN + 1, SERVER_ISN + 1);
-        h.stream_starts = Some((c0, s0));
-        h.seg(client(), srv, "A", c0, s0, UI_HEAD);
-        assert!(h.release_to(srv, 10));
-        // Copied before the kernel heard: the body's rest is dropped...
-        h.seg(
-            client(),
-            srv,
-            "A",
-            c0 + UI_HEAD.len() as u32,
-            s0,
-            b"0123456789",
-        );
-        // ...but the next request on the same tracking reopens it, and the edge is told.
-        let at = c0 + UI_HEAD.len() as u32 + 10;
-        h.seg(client(), srv, "A", at, s0 + 50, b"POST /api/ HTTP/1.1\r\n");
-        let resumed: Vec<_> = h.reassembler.take_resumed_early().collect();
-        assert_eq!(
-            resumed,
-            [ResumedEarly {
-                client: client(),
-                server: srv,
-                client_start: at,
-                server_start: Some(s0 + 50),
-            }]
-        );
-        assert!(
-            h.take()
-                .contains(&Ev::Data(1, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
-        );
-
-        // Released again; the kernel then tracks the next POST afresh, with its own starts.
-        assert!(h.release_to(srv, 0));
-        let fresh = at + 5000;
-        h.stream_starts = Some((fresh, s0 + 900));
-        h.seg(
-            client(),
-            srv,
-            "A",
-            fresh,
-            s0 + 900,
-            b"POST /api/ HTTP/1.1\r\n",
-        );
-        assert!(
-            h.take()
-                .contains(&Ev::Data(2, C2S, b"POST /api/ HTTP/1.1\r\n".to_vec()))
-        );
-        assert_eq!(h.reassembler.take_resumed_early().count(), 0);
-        assert_eq!(h.stats().gaps, 0);
-    }
-}
+mod tests;

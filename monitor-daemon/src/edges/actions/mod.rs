@@ -84,6 +84,9 @@ pub struct ActionStats {
     pub capture_blind_alerts: u64,
     /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
     pub violations_while_suspended: u64,
+    /// Calls whose token the server refused or never judged (no answer): not written to the
+    /// token table, so that made-up tokens cannot grow it.
+    pub tokens_not_kept: u64,
     /// Admin requests handled (admin API or request files).
     pub requests: u64,
 }
@@ -325,7 +328,16 @@ impl Actions {
         let raw = verdict.call.raw_token.take();
         let verdict: &Verdict = verdict;
         let call = &verdict.call;
-        if let Ok(identity) = &call.token {
+        if let Some(probing) = &verdict.client_violation {
+            self.audit(AuditEntry::client_violation(probing));
+            self.alerts.raise(Alert::probing(probing), call.ts_start);
+        }
+        // Only tokens the server accepted are kept (90 days): a flood of made-up tokens, refused
+        // or never answered, must not grow the token table.
+        if call.token.is_ok() && !call.token_accepted() {
+            self.stats.tokens_not_kept += 1;
+        }
+        if let (Ok(identity), true) = (&call.token, call.token_accepted()) {
             let sighting = self
                 .sightings
                 .entry(identity.fingerprint)

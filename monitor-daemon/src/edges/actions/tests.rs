@@ -49,6 +49,11 @@ static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 
 impl Traffic {
     fn call(&mut self, start_ms: u64, token: &str, ttfb_ms: u64) {
+        self.call_answered(start_ms, token, ttfb_ms, 200);
+    }
+
+    /// A call answered with `status` (REDCap's own JSON answer).
+    fn call_answered(&mut self, start_ms: u64, token: &str, ttfb_ms: u64, status: u16) {
         let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = 20_000 + (n % 40_000) as u16;
         let body = format!("token={token}&content=record&format=json&records[0]=1");
@@ -57,7 +62,10 @@ impl Traffic {
              application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]".to_vec();
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]"
+        )
+        .into_bytes();
         self.packets.push(Packet {
             ts: at(start_ms),
             client_port: port,
@@ -128,8 +136,8 @@ fn act(
 ) {
     let (decisions, records, kept) = daemon;
     write_line(records, &CallRecord::of(&v, Transport::Tcp)).unwrap();
-    for violation in &v.violations {
-        write_line(records, &ViolationRecord::of(violation)).unwrap();
+    for record in ViolationRecord::all_of(&v) {
+        write_line(records, &record).unwrap();
     }
     if let Some(decision) = &v.decision {
         write_line(records, decision).unwrap();
@@ -874,49 +882,78 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
 }
 
 #[test]
-fn the_control_handle_acts_from_another_thread_on_the_next_tick() {
+fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_address() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
-    let config = scenario_config(dir.path(), &receiver);
+    let config = config_with_hooks(dir.path(), &receiver, "");
     let mut daemon = Daemon::new(&config);
-    let control = daemon.actions.control();
-    let abuser = fingerprint(ABUSER);
-    let caller = std::thread::spawn(move || {
-        control.call(
-            Request::Suspend {
-                token_fp: abuser,
-                for_s: Some(60.0),
-                reason: "from the admin API".into(),
-            },
-            Duration::from_secs(10),
-        )
-    });
-    // The loop ticks until the call is answered.
-    let end = Instant::now() + WAIT;
-    while !caller.is_finished() {
-        assert!(Instant::now() < end, "the request was not answered");
-        let now = daemon.clock.plus(Span::from_millis(100));
-        daemon.idle_until(now);
-        std::thread::sleep(Duration::from_millis(10));
+    let mut traffic = Traffic::default();
+    // One real token, then ten made-up ones the server refuses, all from 10.0.0.2 in 20 s.
+    traffic.call(0, COMPLIANT, 50);
+    let made_up: Vec<String> = (0..10)
+        .map(|i| format!("{:032X}", 0xBAD0_0000_u64 + i))
+        .collect();
+    for (i, token) in made_up.iter().enumerate() {
+        traffic.call_answered(1_000 + i as u64 * 2_000, token, 50, 403);
     }
-    let reply = caller.join().unwrap();
-    assert!(reply.ok, "{reply:?}");
-    let suspension = reply.suspension.unwrap();
+    daemon.feed(&traffic.sorted());
+    daemon.idle_until(at(200_000));
+    daemon.actions.flush();
+
+    let store = daemon.actions.store();
+    assert!(store.token_seen(fingerprint(COMPLIANT)).unwrap().is_some());
+    for token in &made_up {
+        assert!(
+            store.token_seen(fingerprint(token)).unwrap().is_none(),
+            "a refused token is not kept"
+        );
+    }
+    assert_eq!(daemon.actions.stats().tokens_not_kept, 10);
+    let audit = store.audit(None, None, 10_000).unwrap();
+    let probing: Vec<&crate::edges::store::AuditRecord> = audit
+        .iter()
+        .filter(|r| r.entry.details["rule"] == "refused_calls")
+        .collect();
+    // The rate limit is 3 a minute: the 4th to 10th refused calls are over it.
+    assert_eq!(probing.len(), 7, "{audit:?}");
+    assert_eq!(probing[0].entry.kind, AuditKind::Violation);
+    assert_eq!(probing[0].entry.token, None);
+    assert_eq!(probing[0].entry.details["client"], "10.0.0.2");
+    assert_eq!(probing[0].entry.details["count"], 4);
+
+    // One probing alert (the rest held by the cooldown), naming the address and no token.
+    let end = Instant::now() + WAIT;
+    let alert = loop {
+        let found = receiver
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .find(|body| body["event"] == "probing");
+        if let Some(body) = found {
+            break body;
+        }
+        assert!(Instant::now() < end, "no probing alert was delivered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(alert["client"], "10.0.0.2");
+    assert_eq!(alert["rule"], "refused_calls");
     assert_eq!(
-        (suspension.token, suspension.source),
-        (abuser, Source::Manual)
+        (alert["limit"].as_u64(), alert["count"].as_u64()),
+        (Some(3), Some(4))
     );
-    assert_eq!(suspension.reason, "from the admin API");
-    // An hour of capture time later it has expired and been lifted.
-    daemon.idle_until(at(3_600_000));
-    assert!(
-        daemon
-            .actions
-            .store()
-            .active_suspensions(at(3_600_000))
-            .unwrap()
-            .is_empty()
+    assert!(alert["token_fp"].is_null());
+    // The violations file gets a line per refused call over the rule, keyed by the address.
+    let records = String::from_utf8_lossy(&daemon.records);
+    let lines: Vec<serde_json::Value> = records
+        .lines()
+        .filter(|l| l.contains("\"refused_calls\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7);
+    assert_eq!(lines[0]["client"], "10.0.0.2");
+    assert!(lines[0]["token_fp"].is_null());
+    assert_eq!(
+        (lines[0]["count"].as_u64(), lines[6]["count"].as_u64()),
+        (Some(4), Some(10))
     );
-    assert_eq!(daemon.actions.stats().lifts, 1);
-    daemon.actions.shutdown();
 }

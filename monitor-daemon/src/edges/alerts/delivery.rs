@@ -92,7 +92,7 @@ pub enum GiveUpReason {
     UnknownSink,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryStats {
     pub attempts: u64,
     pub delivered: u64,

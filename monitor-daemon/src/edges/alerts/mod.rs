@@ -50,6 +50,8 @@ pub enum AlertKind {
     Lifted,
     CaptureLoss,
     CaptureBlind,
+    /// A client address went over the refused-calls rule: it is trying tokens.
+    Probing,
 }
 
 impl AlertKind {
@@ -62,6 +64,7 @@ impl AlertKind {
             AlertKind::Lifted,
             AlertKind::CaptureLoss,
             AlertKind::CaptureBlind,
+            AlertKind::Probing,
         ]
     }
 
@@ -74,13 +77,14 @@ impl AlertKind {
             AlertKind::Lifted => "lifted",
             AlertKind::CaptureLoss => "capture_loss",
             AlertKind::CaptureBlind => "capture_blind",
+            AlertKind::Probing => "probing",
         }
     }
 
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::Degraded | AlertKind::Suspended | AlertKind::CaptureBlind => "critical",
-            AlertKind::Violation | AlertKind::CaptureLoss => "warning",
+            AlertKind::Violation | AlertKind::CaptureLoss | AlertKind::Probing => "warning",
             AlertKind::Recovered | AlertKind::Lifted => "info",
         }
     }
@@ -149,6 +153,16 @@ pub enum Alert {
         advice: String,
         evidence: serde_json::Value,
     },
+    /// A client address made more refused calls (401/403) than the refused-calls rule allows:
+    /// it is trying tokens. Named by address, as fail2ban would ban it.
+    Probing {
+        at: Timestamp,
+        client: std::net::IpAddr,
+        limit: u32,
+        window: Span,
+        count: u32,
+        evidence: serde_json::Value,
+    },
 }
 
 impl Alert {
@@ -172,6 +186,18 @@ impl Alert {
         }
     }
 
+    /// A warning for a client address probing for tokens.
+    pub fn probing(violation: &crate::stages::policy::ClientViolation) -> Alert {
+        Alert::Probing {
+            at: violation.ts,
+            client: violation.client,
+            limit: violation.limit,
+            window: violation.window,
+            count: violation.count,
+            evidence: serde_json::json!({"rule": crate::stages::policy::REFUSED_CALLS_RULE}),
+        }
+    }
+
     pub fn kind(&self) -> AlertKind {
         match self {
             Alert::Violation { .. } => AlertKind::Violation,
@@ -181,6 +207,7 @@ impl Alert {
             Alert::Lifted { .. } => AlertKind::Lifted,
             Alert::CaptureLoss { .. } => AlertKind::CaptureLoss,
             Alert::CaptureBlind { .. } => AlertKind::CaptureBlind,
+            Alert::Probing { .. } => AlertKind::Probing,
         }
     }
 
@@ -192,7 +219,8 @@ impl Alert {
             | Alert::Suspended { at, .. }
             | Alert::Lifted { at, .. }
             | Alert::CaptureLoss { at, .. }
-            | Alert::CaptureBlind { at, .. } => *at,
+            | Alert::CaptureBlind { at, .. }
+            | Alert::Probing { at, .. } => *at,
         }
     }
 
@@ -213,7 +241,8 @@ impl Alert {
             | Alert::Suspended { evidence, .. }
             | Alert::Lifted { evidence, .. }
             | Alert::CaptureLoss { evidence, .. }
-            | Alert::CaptureBlind { evidence, .. } => evidence,
+            | Alert::CaptureBlind { evidence, .. }
+            | Alert::Probing { evidence, .. } => evidence,
         }
     }
 
@@ -226,6 +255,7 @@ impl Alert {
             }
             Alert::CaptureLoss { .. } => Some("capture_loss".into()),
             Alert::CaptureBlind { reason, .. } => Some(format!("capture_blind/{reason}")),
+            Alert::Probing { client, .. } => Some(format!("probing/{client}")),
             _ => None,
         }
     }
@@ -287,11 +317,14 @@ pub enum AlertsSetupError {
 }
 
 /// Counters of the raising side.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AlertStats {
     pub raised: u64,
     /// Held back by the cooldown (summarised in a later alert).
     pub coalesced: u64,
+    /// Coalesced under one key per alert kind because the cooldown tracked as many keys as it
+    /// may (100,000 tokens): a flood of distinct tokens.
+    pub coalesced_overflow: u64,
     /// Bodies put in the outbox (one per alert and sink).
     pub enqueued: u64,
     /// Bodies the outbox refused because it was full.
@@ -393,6 +426,7 @@ impl Alerts {
             Some(outgoing) => self.enqueue(&outgoing, now),
             None => self.stats.coalesced += 1,
         }
+        self.stats.coalesced_overflow = self.coalescer.overflowed();
     }
 
     /// Sends the summaries of repeats whose cooldown has run out with no newer alert to carry

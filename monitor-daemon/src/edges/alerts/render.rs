@@ -65,6 +65,16 @@ fn headline(alert: &Alert) -> String {
             token_name(token),
             seconds(window.as_secs_f64())
         ),
+        Alert::Probing {
+            client,
+            limit,
+            window,
+            count,
+            ..
+        } => format!(
+            "Client {client} is probing for tokens: {count} refused calls in {} (limit {limit})",
+            seconds(window.as_secs_f64())
+        ),
         Alert::Degraded { summary, .. } => format!("REDCap server degraded: {summary}"),
         Alert::Recovered { summary, .. } => format!("REDCap server recovered: {summary}"),
         Alert::Suspended { token, until, .. } => match until {
@@ -140,6 +150,22 @@ fn facts(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Vec<(&'stati
             facts.push(("Summary", summary.clone()))
         }
         Alert::CaptureLoss { lost, .. } => facts.push(("Events lost", lost.to_string())),
+        Alert::Probing {
+            client,
+            limit,
+            window,
+            count,
+            ..
+        } => {
+            facts.push(("Client", client.to_string()));
+            facts.push((
+                "Refused calls",
+                format!(
+                    "{count} in {} (limit {limit})",
+                    seconds(window.as_secs_f64())
+                ),
+            ));
+        }
         Alert::CaptureBlind { reason, advice, .. } => {
             facts.push(("Blind spot", reason.clone()));
             facts.push(("What to do", advice.clone()));
@@ -284,6 +310,14 @@ fn generic(outgoing: &Outgoing, owner: Option<&Owner>, id: &str, host: &str) -> 
             "until": until.map(rfc3339), "until_ts": until.map(|u| u.as_secs_f64()), "reason": reason}),
         Alert::Lifted { reason, .. } => json!({"reason": reason}),
         Alert::CaptureLoss { lost, .. } => json!({"lost": lost}),
+        Alert::Probing {
+            client,
+            limit,
+            window,
+            count,
+            ..
+        } => json!({"rule": crate::stages::policy::REFUSED_CALLS_RULE, "client": client,
+            "limit": limit, "window_s": window.as_secs_f64(), "count": count}),
         Alert::CaptureBlind { reason, advice, .. } => json!({"reason": reason, "advice": advice}),
         Alert::Degraded { .. } | Alert::Recovered { .. } => json!({}),
     };

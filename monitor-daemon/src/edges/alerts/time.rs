@@ -17,6 +17,30 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
     )
 }
 
+/// Unix seconds of `2026-05-01T12:34:56Z` (the form [`rfc3339`] writes; UTC only, a trailing
+/// `Z` optional, no fractions).
+pub(crate) fn parse_rfc3339(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text.strip_suffix('Z').unwrap_or(text);
+    let (date, clock) = text.split_once('T')?;
+    let mut date = date.split('-');
+    let year: i64 = date.next()?.parse().ok()?;
+    let month: u32 = date.next()?.parse().ok()?;
+    let day: u32 = date.next()?.parse().ok()?;
+    let mut clock = clock.split(':');
+    let h: u64 = clock.next()?.parse().ok()?;
+    let min: u64 = clock.next()?.parse().ok()?;
+    let s: u64 = clock.next()?.parse().ok()?;
+    if date.next().is_some() || clock.next().is_some() {
+        return None;
+    }
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
+    Some(days * 86_400 + h * 3600 + min * 60 + s)
+}
+
 /// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only HTTP-date form
 /// senders may generate; the obsolete forms are not accepted.
 pub(crate) fn parse_http_date(text: &str) -> Option<u64> {
@@ -81,6 +105,18 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_reads_back_what_it_writes() {
+        let at = Timestamp::from_nanos(1_767_600_123 * 1_000_000_000);
+        assert_eq!(parse_rfc3339(&rfc3339(at)), Some(1_767_600_123));
+        assert_eq!(
+            parse_rfc3339("2026-01-05T08:02:03"),
+            parse_rfc3339("2026-01-05T08:02:03Z")
+        );
+        assert_eq!(parse_rfc3339("2026-13-05T08:02:03Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn rfc3339_names_the_utc_second() {

@@ -286,6 +286,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
                 window: Span::from_secs(60),
                 count: 4,
             }],
+            client_violation: None,
             decision: None,
         };
         verdict.decision = enforcer.decide(&verdict, &health);

@@ -18,9 +18,9 @@ use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
     CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
-    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS,
-    SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL, TlsConnKey,
-    TlsConnState, TlsEvent,
+    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, MIN_NEW_FLOWS,
+    NEW_FLOWS_DIVISOR, NEW_FLOWS_MAP, SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL,
+    TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
 };
 
 use super::records::{KernelClock, clock_ns, segment_from_record};
@@ -178,13 +178,23 @@ pub struct KernelCounters {
     /// Payload bytes of tracked segments never copied (copy limit or full ring).
     pub truncated_bytes: u64,
     pub flow_insert_failed: u64,
+    /// Flows that started like an API request (unconfirmed until the server acknowledges it).
     pub flows_started: u64,
+    /// Flows the server acknowledged, moved to the main table.
+    pub flows_confirmed: u64,
     pub flows_ended: u64,
-    /// API connections in the kernel's flow table now.
+    /// Client segments (data or RST) with a wrong TCP checksum on tracked flows or starting
+    /// one, dropped in the kernel: forged or damaged, as the server's stack drops them too.
+    pub checksum_bad: u64,
+    /// API connections in the kernel's main flow table now (answered by the server).
     pub flows_tracked: u64,
     /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
-    /// started − ended − still tracked). Their later segments are not sent.
+    /// confirmed − ended − still tracked). Their later segments are not sent.
     pub flows_evicted: u64,
+    /// Flows the server never acknowledged, dropped from the small unconfirmed table (started
+    /// − confirmed − ended unconfirmed − still waiting): forged requests, or real ones pushed out
+    /// by a flood of such before their answer. Not a loss of answered connections.
+    pub flows_unanswered: u64,
     /// TLS: reads by processes not in the process list (not looked at).
     pub tls_other_process: u64,
     /// TLS: reads and writes on connections that are not API connections (no event).
@@ -203,8 +213,37 @@ pub struct KernelCounters {
     pub http2_unseen: u64,
 }
 
+impl KernelCounters {
+    /// The names of the counters that mean lost or partial data, in the order
+    /// [`KernelCounters::losses`] gives them: the one list the stats file, `status`, the
+    /// `capture_loss` alert and the metrics read.
+    pub const LOSS_NAMES: [&'static str; 7] = [
+        "ring_full",
+        "truncated_bytes",
+        "flow_insert_failed",
+        "flows_evicted",
+        "flows_unanswered",
+        "tls_conns_evicted",
+        "tls_args_lost",
+    ];
+
+    /// The loss counters by name (`truncated_bytes` counts bytes, the others events).
+    pub fn losses(&self) -> [(&'static str, u64); 7] {
+        let values = [
+            self.ring_full,
+            self.truncated_bytes,
+            self.flow_insert_failed,
+            self.flows_evicted,
+            self.flows_unanswered,
+            self.tls_conns_evicted,
+            self.tls_args_lost,
+        ];
+        std::array::from_fn(|i| (Self::LOSS_NAMES[i], values[i]))
+    }
+}
+
 /// What user space did with the records it read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DrainStats {
     pub records: u64,
     /// Connections user space took out of the flow table (nothing worth reading until the
@@ -254,6 +293,7 @@ impl KernelProbe {
             .map_max_entries(TLS_CONNS_MAP, config.max_flows)
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
             .map_max_entries(FLOWS_MAP, config.max_flows)
+            .map_max_entries(NEW_FLOWS_MAP, new_flows_capacity(config.max_flows))
             .load(crate::KERNEL_OBJECT)
             .map_err(load_error)?;
 
@@ -469,8 +509,10 @@ impl KernelProbe {
             Ok(per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
         };
         let flows_started = read(KernelCounter::FlowsStarted)?;
+        let flows_confirmed = read(KernelCounter::FlowsConfirmed)?;
         let flows_ended = read(KernelCounter::FlowsEnded)?;
-        let flows_tracked = self.flows_tracked()?;
+        let flows_tracked = self.flows_tracked(FLOWS_MAP)?;
+        let flows_waiting = self.flows_tracked(NEW_FLOWS_MAP)?;
         let tls_conns_started = read(KernelCounter::TlsConnsStarted)?;
         let tls_conns_ended = read(KernelCounter::TlsConnsEnded)?;
         let tls_conns_tracked = self.tls_conns_tracked()?;
@@ -487,10 +529,16 @@ impl KernelProbe {
             tls_handshakes: read(KernelCounter::TlsHandshakes)?,
             http2_unseen: read(KernelCounter::Http2Unseen)?,
             // User space takes entries out (released) and puts some back: neither is a loss.
-            flows_evicted: (flows_started + self.stats.flows_recopied)
+            flows_evicted: (flows_confirmed + self.stats.flows_recopied)
                 .saturating_sub(flows_ended)
                 .saturating_sub(self.stats.flows_released)
                 .saturating_sub(flows_tracked),
+            flows_unanswered: flows_started
+                .saturating_sub(flows_confirmed)
+                .saturating_sub(read(KernelCounter::UnconfirmedEnded)?)
+                .saturating_sub(flows_waiting),
+            flows_confirmed,
+            checksum_bad: read(KernelCounter::ChecksumBad)?,
             flows_tracked,
             packets_seen: read(KernelCounter::PacketsSeen)?,
             filtered: read(KernelCounter::Filtered)?,
@@ -513,6 +561,12 @@ impl KernelProbe {
         let removed = self
             .flows_mut()
             .is_some_and(|mut flows| flows.remove(&key).is_ok());
+        // A flow the kernel has not seen answered yet is only waiting: dropping it is no release.
+        if let Some(map) = self.ebpf.map_mut(NEW_FLOWS_MAP)
+            && let Ok(mut waiting) = aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map)
+        {
+            let _ = waiting.remove(&key);
+        }
         if removed {
             self.stats.flows_released += 1;
         }
@@ -551,19 +605,14 @@ impl KernelProbe {
         aya::maps::HashMap::try_from(map).ok()
     }
 
-    /// Entries in the kernel's flow table (a walk of at most `max_flows` keys).
-    fn flows_tracked(&self) -> Result<u64, ProbeError> {
+    /// Entries in one of the kernel's flow tables (a walk of at most `max_flows` keys).
+    fn flows_tracked(&self, name: &'static str) -> Result<u64, ProbeError> {
         let map = self
             .ebpf
-            .map(FLOWS_MAP)
-            .ok_or(ProbeError::MissingFromObject { what: "FLOWS map" })?;
-        let flows =
-            aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map).map_err(|source| {
-                ProbeError::Map {
-                    map: FLOWS_MAP,
-                    source,
-                }
-            })?;
+            .map(name)
+            .ok_or(ProbeError::MissingFromObject { what: name })?;
+        let flows = aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map)
+            .map_err(|source| ProbeError::Map { map: name, source })?;
         Ok(flows.keys().filter(Result::is_ok).count() as u64)
     }
 
@@ -843,6 +892,11 @@ fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
         return Err(ProbeError::FlowCapacity);
     }
     Ok(())
+}
+
+/// Size of the kernel's table of flows not answered yet: an eighth of the main table.
+fn new_flows_capacity(max_flows: u32) -> u32 {
+    (max_flows / NEW_FLOWS_DIVISOR).max(MIN_NEW_FLOWS)
 }
 
 pub(crate) fn interface_exists(interface: &str) -> bool {

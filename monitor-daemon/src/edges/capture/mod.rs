@@ -9,6 +9,7 @@
 mod config;
 mod file;
 pub mod kernel;
+pub mod live;
 pub mod live_pcap;
 pub mod records;
 pub mod tls;

@@ -294,8 +294,8 @@ pub(crate) struct KernelClock {
 }
 
 impl KernelClock {
-    /// A clock with a known offset (for tests).
-    #[cfg(test)]
+    /// A clock with a known offset (for tests and fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) const fn offset(realtime_minus_monotonic: i128) -> Self {
         Self {
             realtime_minus_monotonic,

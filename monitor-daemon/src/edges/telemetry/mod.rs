@@ -384,7 +384,7 @@ impl Metrics {
         );
         r.register(
             "capture_losses",
-            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped, truncated)",
+            "Events or packets lost by the capture, by reason (ring_full, flow_insert_failed, flows_evicted, flows_unanswered, tls_conns_evicted, tls_args_lost, ring_malformed, dropped, if_dropped, truncated)",
             m.capture_losses.clone(),
         );
         r.register_with_unit(
@@ -630,14 +630,11 @@ impl Metrics {
                     store(&self.capture_events.get_or_create(&labels), k.events_sent);
                     store(&self.capture_packets.get_or_create(&labels), k.packets_seen);
                     store(&self.capture_filtered.get_or_create(&labels), k.filtered);
-                    for (reason, n) in [
-                        ("ring_full", k.ring_full),
-                        ("flow_insert_failed", k.flow_insert_failed),
-                        ("flows_evicted", k.flows_evicted),
-                        ("tls_conns_evicted", k.tls_conns_evicted),
-                        ("tls_args_lost", k.tls_args_lost),
-                    ] {
-                        self.loss(source, "all", reason, n);
+                    // Truncated bytes are bytes, not events: their own series, below.
+                    for (reason, n) in k.losses() {
+                        if reason != "truncated_bytes" {
+                            self.loss(source, "all", reason, n);
+                        }
                     }
                     let lost = LossLabels {
                         source,

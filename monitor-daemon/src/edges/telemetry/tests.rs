@@ -13,6 +13,7 @@ fn verdict(content: &str, action: Option<&str>, status: Option<u16>) -> Verdict 
         call,
         heavy: None,
         violations: Vec::new(),
+        client_violation: None,
         decision: None,
     }
 }

@@ -462,7 +462,7 @@ impl ResponsivenessDetector {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Span], q: f64) -> Option<Span> {
+pub(crate) fn percentile(sorted: &[Span], q: f64) -> Option<Span> {
     let n = sorted.len();
     if n == 0 {
         return None;

@@ -7,6 +7,7 @@
 //! selection read are kept, so padding is no way to hide a request.
 
 use memchr::{memchr, memmem, memrchr};
+use zeroize::Zeroizing;
 
 use super::{ContentCoding, HttpVersion, RequestHead};
 use crate::shared::model::Timestamp;
@@ -270,7 +271,8 @@ enum SkimLine {
 /// Collects one message head (start line and header block) under a size limit.
 #[derive(Debug)]
 pub(crate) struct HeadReader {
-    buf: Vec<u8>,
+    /// Zeroed when dropped: a head may carry a token in its query string or a cookie.
+    buf: Zeroizing<Vec<u8>>,
     check: StartLineCheck,
     in_start_line: bool,
     at_line_start: bool,
@@ -291,7 +293,7 @@ pub(crate) struct HeadReader {
 impl HeadReader {
     pub(crate) fn new(kind: MessageKind) -> Self {
         Self {
-            buf: Vec::new(),
+            buf: Zeroizing::new(Vec::new()),
             check: StartLineCheck::new(kind),
             in_start_line: true,
             at_line_start: false,

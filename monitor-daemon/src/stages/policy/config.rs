@@ -28,6 +28,9 @@ pub struct PolicyConfig {
     /// Most client addresses whose refused calls (401/403 for a token not otherwise seen) are
     /// counted; such calls never get per-token state, so random tokens cannot grow memory.
     pub max_refused_clients: usize,
+    /// `[policy.refused_calls]`: refused calls per client address before it is a violation
+    /// (probing for tokens); absent, the `calls = "all"` rule's limit and window.
+    pub refused_calls: Option<super::RefusedCallsRule>,
 }
 
 /// `[[policy.overrides]]`: one token's own limits, or its exemption from every rule.
@@ -70,6 +73,7 @@ impl Default for PolicyConfig {
             overrides: Vec::new(),
             max_tokens: 100_000,
             max_refused_clients: 10_000,
+            refused_calls: None,
         }
     }
 }
@@ -170,6 +174,9 @@ impl PolicyConfig {
             if rule.limit >= MAX_HELD {
                 problems.push(too_high_a_limit(key("limit")));
             }
+        }
+        if let Some(rule) = &self.refused_calls {
+            problems.extend(rule.problems());
         }
         let mut overridden = HashSet::new();
         for (i, o) in self.overrides.iter().enumerate() {

@@ -36,6 +36,10 @@ pub struct EnforcementConfig {
     pub suspension_factor: f64,
     /// ...up to this.
     pub max_suspension: Duration,
+    /// Most tokens whose offences are remembered; past it the eighth least recently offending
+    /// (never a suspended one) are forgotten, counted as `evicted_records`, so that a flood of
+    /// violating tokens cannot grow memory within `memory`.
+    pub max_records: usize,
 }
 
 impl Default for EnforcementConfig {
@@ -49,6 +53,7 @@ impl Default for EnforcementConfig {
             suspension: Duration(Span::from_secs(3600)),
             suspension_factor: 2.0,
             max_suspension: Duration(Span::from_secs(7 * 24 * 3600)),
+            max_records: 100_000,
         }
     }
 }
@@ -157,6 +162,9 @@ pub struct EnforcementStats {
     pub suspensions: u64,
     /// Violations by a token that was already suspended: nothing new to decide.
     pub while_suspended: u64,
+    /// Records of tokens forgotten to stay within `max_records` (their next offence is a
+    /// first one again).
+    pub evicted_records: u64,
 }
 
 pub struct Enforcer {
@@ -190,6 +198,12 @@ impl Enforcer {
         let now = verdict.call.ts_start;
         let config = &self.config;
         let memory = config.memory.span();
+        if !self.records.contains_key(&identity.fingerprint)
+            && self.records.len() >= config.max_records.max(1)
+        {
+            self.stats.evicted_records += make_room(&mut self.records, config.max_records, now);
+        }
+        let config = &self.config;
         let record = self.records.entry(identity.fingerprint).or_default();
         if record.suspended_until.is_some_and(|until| until > now) {
             self.stats.while_suspended += 1;
@@ -309,6 +323,30 @@ impl Enforcer {
     pub fn stats(&self) -> &EnforcementStats {
         &self.stats
     }
+}
+
+/// Forgets the eighth of `max` records that offended least recently, never one suspended at
+/// `now` (a suspension must hold); returns how many went. One scan per many insertions.
+fn make_room(records: &mut FingerprintMap<Record>, max: usize, now: Timestamp) -> u64 {
+    let evict = (max / 8).max(1);
+    let last = |r: &Record| {
+        let offence = r.offences.last().copied().unwrap_or_default();
+        offence.max(r.suspensions.last().copied().unwrap_or_default())
+    };
+    let mut by_age: Vec<(Timestamp, TokenFingerprint)> = records
+        .iter()
+        .filter(|(_, r)| r.suspended_until.is_none_or(|until| until <= now))
+        .map(|(fp, r)| (last(r), *fp))
+        .collect();
+    let evict = evict.min(by_age.len());
+    if evict == 0 {
+        return 0;
+    }
+    by_age.select_nth_unstable(evict - 1);
+    for (_, old) in &by_age[..evict] {
+        records.remove(old);
+    }
+    evict as u64
 }
 
 #[cfg(test)]

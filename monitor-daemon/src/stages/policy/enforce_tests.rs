@@ -15,6 +15,7 @@ fn violating(token: u8, secs: u64) -> Verdict {
             window: Span::from_secs(60),
             count: 4,
         }],
+        client_violation: None,
         decision: None,
     }
 }
@@ -233,4 +234,26 @@ fn a_reload_keeps_suspensions_and_escalation_and_applies_the_new_settings() {
     // Strict mode now suspends on a healthy server; the base is 2 h, doubled for the
     // suspension remembered from before the reload.
     assert_eq!(action(&mut e, after, &Server::healthy()), suspend(after, 4));
+}
+
+#[test]
+fn a_flood_of_violating_tokens_is_bounded_and_never_forgets_a_suspension() {
+    let mut e = Enforcer::new(EnforcementConfig {
+        mode: EnforcementMode::OnViolation,
+        max_records: 16,
+        ..EnforcementConfig::default()
+    });
+    let healthy = Server::healthy();
+    // Token 1 is suspended (a warning, then a suspension).
+    action(&mut e, 1000, &healthy);
+    assert_eq!(action(&mut e, 1010, &healthy), suspend(1010, 1));
+    // Then 200 made-up tokens break a rule once each, within the day.
+    for token in 2..=201u8 {
+        e.decide(&violating(token, 1100), &healthy.view());
+    }
+    assert!(e.tracked_tokens() <= 16, "{} records", e.tracked_tokens());
+    assert!(e.stats().evicted_records >= 184);
+    // Token 1's suspension still holds.
+    assert_eq!(action(&mut e, 1200, &healthy), None);
+    assert_eq!(e.stats().while_suspended, 1);
 }

@@ -9,8 +9,11 @@
 //!
 //! Memory is bounded: a token's windows are forgotten once they are empty, at most
 //! `max_tokens` tokens are tracked (the least recently seen are evicted, counted), and refused
-//! calls (401/403) of a token not otherwise tracked are counted per client address instead, so a
-//! flood of random tokens cannot grow the map. The state has one owner (the pipeline's thread);
+//! calls (401/403) and unanswered calls (the client reset before the answer) of a token not
+//! otherwise tracked are counted per client address instead, so a flood of random tokens cannot
+//! grow the map. A client whose refused calls go over the refused-calls rule (by default the
+//! rate limit) is a [`ClientViolation`]: probing for tokens, keyed by its address, as fail2ban
+//! would see it. The state has one owner (the pipeline's thread);
 //! readers elsewhere (metrics, the admin API) get copies from the stats, not shared maps.
 
 mod config;
@@ -52,18 +55,65 @@ pub struct Violation {
     pub count: u32,
 }
 
+/// A client address whose refused calls (401/403) went over the refused-calls rule: it is
+/// trying tokens the server does not accept. Keyed by the address, not by a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientViolation {
+    /// When the offending call's request started.
+    pub ts: Timestamp,
+    pub client: IpAddr,
+    pub limit: u32,
+    pub window: Span,
+    /// Refused calls from the address in the window ending at `ts`, this one included.
+    pub count: u32,
+}
+
+/// `[policy.refused_calls]`: refused calls (401/403) one client address may make in any window.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedCallsRule {
+    pub limit: u32,
+    pub window: crate::shared::settings::Duration,
+}
+
+impl RefusedCallsRule {
+    /// What is wrong with the rule, keyed by its path (`policy.refused_calls.window`).
+    pub fn problems(&self) -> Vec<crate::shared::settings::Problem> {
+        let key = |field: &str| format!("policy.refused_calls.{field}");
+        let mut problems = Vec::new();
+        if self.window.span().0 == 0 {
+            problems.push(crate::shared::settings::Problem::new(
+                key("window"),
+                "must be longer than zero, e.g. `60s`".into(),
+            ));
+        }
+        if self.limit >= MAX_HELD {
+            problems.push(crate::shared::settings::Problem::new(
+                key("limit"),
+                format!("must be below {MAX_HELD} refused calls per window"),
+            ));
+        }
+        problems
+    }
+}
+
+/// Name of the refused-calls rule in violation records and alerts.
+pub const REFUSED_CALLS_RULE: &str = "refused_calls";
+
 /// A call after the policy has looked at it.
 #[derive(Clone, Debug)]
 pub struct Verdict {
     pub call: ApiCall,
     pub heavy: Option<HeavyReason>,
     pub violations: Vec<Violation>,
+    /// The call's client address went over the refused-calls rule.
+    pub client_violation: Option<ClientViolation>,
     /// What was decided about the token, when the call broke a rule.
     pub decision: Option<enforce::Decision>,
 }
 
 /// Counters the policy stage keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PolicyStats {
     pub calls: u64,
     pub heavy_calls: u64,
@@ -77,6 +127,11 @@ pub struct PolicyStats {
     pub exempt_calls: u64,
     /// Refused calls (401/403) of tokens not otherwise tracked, counted per client address.
     pub refused_untracked_calls: u64,
+    /// Unanswered calls (the client reset or closed before the answer) of tokens not otherwise
+    /// tracked, counted per client address: the server never judged the token.
+    pub unanswered_untracked_calls: u64,
+    /// Calls that took a client address over the refused-calls rule (probing for tokens).
+    pub client_violations: u64,
     /// Tokens whose windows were dropped to stay within `policy.max_tokens`.
     pub evicted_tokens: u64,
     /// Client addresses dropped to stay within `policy.max_refused_clients`.
@@ -114,6 +169,24 @@ pub struct RefusedClient {
     pub last_call: Timestamp,
 }
 
+/// One client address's calls that no token took, and its refused calls' window.
+struct ClientCalls {
+    summary: RefusedClient,
+    refused: SlidingCount,
+}
+
+/// The refused-calls rule: as configured, else the rate limit (the `calls = "all"` rule).
+fn refused_rule(config: &PolicyConfig) -> (u32, Span) {
+    if let Some(rule) = config.refused_calls {
+        return (rule.limit, rule.window.span());
+    }
+    config
+        .rules
+        .iter()
+        .find(|r| r.calls == CallClass::All)
+        .map_or((3, Span::from_secs(60)), |r| (r.limit, r.window.span()))
+}
+
 /// How often idle tokens are looked for (in capture time).
 const FORGET_INTERVAL: Span = Span::from_secs(60);
 
@@ -149,8 +222,9 @@ pub struct Policy {
     tokens: FingerprintMap<TokenWindows>,
     overrides: FingerprintMap<Override>,
     max_tokens: usize,
-    refused: HashMap<IpAddr, RefusedClient>,
+    refused: HashMap<IpAddr, ClientCalls>,
     max_refused_clients: usize,
+    refused_rule: (u32, Span),
     /// The longest rule window: a token idle for longer has nothing left to count.
     longest_window: Span,
     next_forget: Timestamp,
@@ -215,6 +289,7 @@ impl Policy {
             max_tokens: config.max_tokens.max(1),
             refused: HashMap::new(),
             max_refused_clients: config.max_refused_clients.max(1),
+            refused_rule: refused_rule(config),
             longest_window: longest_window(config),
             next_forget: Timestamp::default(),
             rules: rules(config),
@@ -265,6 +340,7 @@ impl Policy {
         self.overrides = overrides(config);
         self.max_tokens = config.max_tokens.max(1);
         self.max_refused_clients = config.max_refused_clients.max(1);
+        self.refused_rule = refused_rule(config);
         self.longest_window = longest_window(config);
         self.heavy_response_bytes = config.heavy.response_bytes;
         self.heavy_kinds = config.heavy.kinds.clone();
@@ -341,8 +417,11 @@ impl Policy {
     /// Client addresses whose refused or tokenless calls are being counted, most calls first (at
     /// most `n`).
     pub fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
-        let mut clients: Vec<(IpAddr, RefusedClient)> =
-            self.refused.iter().map(|(ip, c)| (*ip, *c)).collect();
+        let mut clients: Vec<(IpAddr, RefusedClient)> = self
+            .refused
+            .iter()
+            .map(|(ip, c)| (*ip, c.summary))
+            .collect();
         clients.sort_by(|a, b| b.1.calls.cmp(&a.1.calls).then(a.0.cmp(&b.0)));
         clients.truncate(n);
         clients
@@ -357,7 +436,9 @@ impl Policy {
         // Calls up to the reorder window old may still arrive and must find their windows.
         let horizon = now.minus(self.longest_window).minus(self.reorder_window);
         self.tokens.retain(|_, w| w.last_call > horizon);
-        self.refused.retain(|_, c| c.last_call > horizon);
+        let refused_horizon = horizon.min(now.minus(self.refused_rule.1));
+        self.refused
+            .retain(|_, c| c.summary.last_call > refused_horizon);
     }
 
     fn release(&mut self) -> Option<Verdict> {
@@ -377,6 +458,7 @@ impl Policy {
             self.evaluated_up_to = call.ts_start;
         }
         let mut violations = Vec::new();
+        let mut client_violation = None;
         match &call.token {
             Ok(identity) => {
                 let fp = identity.fingerprint;
@@ -389,9 +471,17 @@ impl Policy {
                     None => Some(Vec::new()),
                 };
                 let refused = call.status.is_some_and(|s| s == 401 || s == 403);
+                // No answer (the client reset first): the server never judged the token, so
+                // a flood of them must not grow per-token state any more than refused ones.
+                let unanswered = call.status.is_none();
                 if let Some(limits) = limits {
-                    if refused && !self.tokens.contains_key(&fp) {
-                        self.count_refused(&call);
+                    if (refused || unanswered) && !self.tokens.contains_key(&fp) {
+                        if refused {
+                            self.stats.refused_untracked_calls += 1;
+                        } else {
+                            self.stats.unanswered_untracked_calls += 1;
+                        }
+                        client_violation = self.count_by_client(&call);
                     } else {
                         self.make_room(fp);
                         let windows = self.tokens.entry(fp).or_default();
@@ -423,14 +513,16 @@ impl Policy {
             }
             Err(_) => {
                 self.stats.calls_without_token += 1;
-                self.count_by_client(&call);
+                client_violation = self.count_by_client(&call);
             }
         }
         self.stats.violations += violations.len() as u64;
+        self.stats.client_violations += u64::from(client_violation.is_some());
         Verdict {
             call,
             heavy,
             violations,
+            client_violation,
             decision: None,
         }
     }
@@ -456,21 +548,17 @@ impl Policy {
         self.stats.evicted_tokens += evict as u64;
     }
 
-    fn count_refused(&mut self, call: &ApiCall) {
-        self.stats.refused_untracked_calls += 1;
-        self.count_by_client(call);
-    }
-
     /// Counts a call that no token's windows take (refused and untracked, or without a usable
-    /// token) against its client address, within `policy.max_refused_clients`.
-    fn count_by_client(&mut self, call: &ApiCall) {
+    /// token) against its client address, within `policy.max_refused_clients`. A refused one
+    /// (401/403) that takes the address over the refused-calls rule is a violation.
+    fn count_by_client(&mut self, call: &ApiCall) -> Option<ClientViolation> {
         let ip = call.client.ip;
         if !self.refused.contains_key(&ip) && self.refused.len() >= self.max_refused_clients {
             let evict = (self.max_refused_clients / 8).max(1);
             let mut by_age: Vec<(Timestamp, IpAddr)> = self
                 .refused
                 .iter()
-                .map(|(ip, c)| (c.last_call, *ip))
+                .map(|(ip, c)| (c.summary.last_call, *ip))
                 .collect();
             by_age.select_nth_unstable(evict - 1);
             for (_, old) in &by_age[..evict] {
@@ -478,12 +566,27 @@ impl Policy {
             }
             self.stats.evicted_refused_clients += evict as u64;
         }
-        let entry = self.refused.entry(ip).or_insert(RefusedClient {
-            calls: 0,
-            last_call: call.ts_start,
+        let entry = self.refused.entry(ip).or_insert(ClientCalls {
+            summary: RefusedClient {
+                calls: 0,
+                last_call: call.ts_start,
+            },
+            refused: SlidingCount::default(),
         });
-        entry.calls += 1;
-        entry.last_call = entry.last_call.max(call.ts_start);
+        entry.summary.calls += 1;
+        entry.summary.last_call = entry.summary.last_call.max(call.ts_start);
+        if !call.status.is_some_and(|s| s == 401 || s == 403) {
+            return None;
+        }
+        let (limit, window) = self.refused_rule;
+        let count = entry.refused.record(call.ts_start, window);
+        (count > limit).then_some(ClientViolation {
+            ts: call.ts_start,
+            client: ip,
+            limit,
+            window,
+            count,
+        })
     }
 }
 

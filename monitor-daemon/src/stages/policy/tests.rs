@@ -405,3 +405,96 @@ fn a_reload_starts_renamed_or_reclassed_rules_empty_and_drops_removed_ones() {
     // so the old all-calls counts do not carry over (and these calls are not heavy).
     assert_eq!(rules_broken(&after), [(1004, "burst", 2)]);
 }
+
+#[test]
+fn unanswered_calls_of_unknown_tokens_are_counted_per_client_not_per_token() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    // The client resets before each answer: the server never judged these tokens.
+    let calls = (0..200u8)
+        .map(|n| {
+            let mut c = call(n, 1000);
+            c.status = None;
+            c
+        })
+        .collect();
+    let verdicts = run(&mut policy, calls);
+    assert!(rules_broken(&verdicts).is_empty());
+    assert_eq!(
+        policy.tracked_tokens(),
+        0,
+        "no per-token state for unanswered calls"
+    );
+    assert_eq!(policy.stats().unanswered_untracked_calls, 200);
+    assert_eq!(policy.refused_clients(10)[0].1.calls, 200);
+    // A token already tracked still has its unanswered calls counted against it.
+    run(&mut policy, vec![call(7, 2000)]);
+    let mut reset = call(7, 2001);
+    reset.status = None;
+    run(&mut policy, vec![reset]);
+    assert_eq!(policy.tracked_tokens(), 1);
+    assert_eq!(policy.stats().unanswered_untracked_calls, 200);
+}
+
+#[test]
+fn a_client_probing_with_refused_tokens_over_the_rate_limit_is_a_violation_by_address() {
+    let mut policy = Policy::new(&PolicyConfig::default());
+    let refused = |n: u8, client: u8, secs: u64| {
+        let mut c = call(n, secs);
+        c.status = Some(403);
+        c.client.ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, client));
+        c
+    };
+    // Five refused tokens in 40 s from one address (the rate limit is 3 a minute), three from
+    // another, one every 30 s from a third (never more than 2 in a minute).
+    let mut calls: Vec<ApiCall> = (0..5u8)
+        .map(|n| refused(n, 1, 1000 + u64::from(n) * 10))
+        .collect();
+    calls.extend((0..3u8).map(|n| refused(50 + n, 2, 1000 + u64::from(n))));
+    calls.extend((0..6u8).map(|n| refused(80 + n, 3, 1000 + u64::from(n) * 30)));
+    let verdicts = run(&mut policy, calls);
+    let found: Vec<(std::net::IpAddr, u64, u32)> = verdicts
+        .iter()
+        .filter_map(|v| v.client_violation.as_ref())
+        .map(|v| (v.client, v.ts.as_nanos() / 1_000_000_000, v.count))
+        .collect();
+    let one = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    assert_eq!(found, vec![(one, 1030, 4), (one, 1040, 5)]);
+    let v = verdicts
+        .iter()
+        .find_map(|v| v.client_violation.as_ref())
+        .unwrap();
+    assert_eq!((v.limit, v.window), (3, Span::from_secs(60)));
+    assert_eq!(policy.stats().client_violations, 2);
+    assert!(rules_broken(&verdicts).is_empty(), "no token is blamed");
+}
+
+#[test]
+fn the_refused_calls_rule_can_be_configured_apart_from_the_rate_limit() {
+    let config = with_overrides("[policy.refused_calls]\nlimit = 10\nwindow = \"10m\"\n");
+    let mut policy = Policy::new(&config);
+    let calls = (0..11u8)
+        .map(|n| {
+            let mut c = call(n, 1000 + u64::from(n) * 30);
+            c.status = Some(401);
+            c
+        })
+        .collect();
+    let verdicts = run(&mut policy, calls);
+    let counts: Vec<u32> = verdicts
+        .iter()
+        .filter_map(|v| v.client_violation.as_ref().map(|v| v.count))
+        .collect();
+    assert_eq!(counts, vec![11]);
+}
+
+#[test]
+fn a_refused_calls_rule_with_an_empty_window_is_refused_by_its_key() {
+    let err = crate::commands::config::Config::parse(
+        "[policy.refused_calls]\nlimit = 3\nwindow = \"0s\"\n",
+        std::path::Path::new("test.toml"),
+    )
+    .map(|_| ())
+    .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("policy.refused_calls.window"), "{text}");
+}

@@ -134,6 +134,11 @@ pub enum KeepRawToken {
 }
 
 impl ApiCall {
+    /// The server answered and did not refuse the token (401/403): it is a real token.
+    pub fn token_accepted(&self) -> bool {
+        self.status.is_some_and(|s| s != 401 && s != 403)
+    }
+
     /// Builds the call record, turning the raw token into its fingerprint and masked form; the raw
     /// token is dropped (and zeroed) here, unless `keep` is [`KeepRawToken::ForSuspendHooks`]:
     /// then it is held in [`ApiCall::raw_token`].
@@ -380,7 +385,7 @@ impl ExchangeSelector for ApiRequestSelector {
 }
 
 /// Counts of calls by what was wrong with their token or body; telemetry reads them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RedcapStats {
     pub calls: u64,
     pub incomplete: u64,

@@ -264,7 +264,9 @@ impl MultipartScanner {
         let end = memchr::memchr(b'\n', avail);
         let piece = end.map_or(avail, |at| avail.get(..at).unwrap_or_default());
         let mut dashes = dashes;
-        for (i, &b) in piece.iter().enumerate().take(2) {
+        // Only the line's first two bytes can make it the closing delimiter, however the line
+        // arrives in pieces.
+        for (i, &b) in piece.iter().enumerate().take(2usize.saturating_sub(len)) {
             if len + i == usize::from(dashes) && b == b'-' {
                 dashes += 1;
             }

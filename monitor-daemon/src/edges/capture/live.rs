@@ -1,0 +1,510 @@
+//! The live capture as `run` uses it: [`LiveSource`] is assembled from `[capture]` (the eBPF
+//! probe with or without the OpenSSL uprobes, or libpcap, with the fallbacks `"auto"` allows,
+//! each said in the log), waits for packets, drains them into the pipeline in batches, hands
+//! connections back to the kernel when the pipeline asks, rescans for new libssl files, reports
+//! its loss counters and what the coverage judgement needs, and stops (feeding what was
+//! captured before the stop). The event loop stays in `run`.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::kernel::{DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError};
+use super::live_pcap::{InterfaceCounters, LiveCapture, OwnedFrame, PcapError};
+use super::records::is_synthetic;
+use super::tls::{TlsCapture, TlsError};
+use super::{CaptureConfig, CaptureMode, TlsCapturePlan};
+use crate::stages::coverage::{CoverageSample, TlsCoverage};
+use crate::stages::pipeline::{CaptureRequest, Pipeline};
+use crate::stages::policy::Verdict;
+
+/// How often the kernel's ring is read while the last read found events.
+const KERNEL_DRAIN_INTERVAL: Duration = Duration::from_millis(1);
+/// How often it is read while the last read found none (an idle daemon's wakeups).
+const KERNEL_IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Frames libpcap's threads may hold for the loop.
+const PCAP_CHANNEL_FRAMES: usize = 8192;
+/// Most frames fed per drain, so that one busy interface cannot starve the loop's timers.
+const PCAP_BATCH: usize = 1024;
+
+/// Why the live capture could not start; each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveSourceError {
+    #[error("eBPF capture: {0}")]
+    Probe(#[from] ProbeError),
+    #[error("TLS capture: {0}")]
+    Tls(#[from] TlsError),
+    #[error(
+        "TLS capture needs the eBPF probe, which cannot be used here ({0}); \
+         without it HTTPS is not seen (capture.tls.enabled = \"auto\" falls back to libpcap, \
+         HTTP only)"
+    )]
+    TlsWithoutProbe(Box<LiveSourceError>),
+    #[error("libpcap capture: {0}")]
+    Pcap(#[from] PcapError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// What a wait found.
+pub enum Ready {
+    /// Time to read the kernel's ring.
+    Kernel,
+    /// A libpcap frame; `None` when every capture thread has stopped.
+    Frame(Option<OwnedFrame>),
+}
+
+/// The capture's own counters, for the metrics.
+pub enum CaptureCounters {
+    Kernel {
+        counters: Option<Box<KernelCounters>>,
+        drain: DrainStats,
+    },
+    Pcap(Vec<InterfaceCounters>),
+}
+
+/// The live capture: where packets come from, and the uprobes' library tracker when HTTPS is
+/// captured too.
+pub struct LiveSource {
+    source: Source,
+    tls: Option<TlsCapture>,
+}
+
+impl LiveSource {
+    /// Opens what `[capture]` asks for; `tls_idle` is how long an idle TLS connection is kept
+    /// (the reassembly's idle timeout). The "capturing with" line is logged once everything is
+    /// attached.
+    pub fn open(
+        capture: &CaptureConfig,
+        tls_idle: Duration,
+    ) -> Result<LiveSource, LiveSourceError> {
+        let (source, tls) = open_source(capture, tls_idle)?;
+        Ok(LiveSource { source, tls })
+    }
+
+    /// `"ebpf"` or `"pcap"`.
+    pub fn mode(&self) -> &'static str {
+        self.source.mode()
+    }
+
+    /// Whether the kernel probe copies connections on the pipeline's judgement (then the
+    /// pipeline's capture requests are carried out here).
+    pub fn takes_capture_requests(&self) -> bool {
+        matches!(self.source, Source::Kernel(_))
+    }
+
+    /// Whether HTTPS is captured (the uprobes are attached).
+    pub fn captures_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The libssl files the uprobes are attached to.
+    pub fn tls_libraries(&self) -> Vec<String> {
+        self.tls.as_ref().map_or_else(Vec::new, |tls| {
+            tls.libraries().map(|l| l.display().to_string()).collect()
+        })
+    }
+
+    /// Waits until there is something to read. `busy`: the last read found events.
+    pub async fn wait(&mut self, busy: bool) -> Ready {
+        self.source.wait(busy).await
+    }
+
+    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
+    pub fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
+        self.source.drain(pipeline, out)
+    }
+
+    /// Looks for configured processes that use a libssl not covered yet.
+    pub fn rescan_tls(&mut self) {
+        if let (Some(tls), Source::Kernel(probe)) = (&mut self.tls, &mut self.source) {
+            tls.refresh(probe.get_mut());
+        }
+    }
+
+    /// Stops reading and feeds what was captured before the stop.
+    pub async fn stop(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        self.source.stop(pipeline, out).await;
+    }
+
+    /// Whether HTTPS capture is on, for the coverage judgement.
+    pub fn tls_coverage(&self) -> TlsCoverage {
+        tls_coverage(self.tls.as_ref())
+    }
+
+    /// The counters the coverage judgement reads.
+    pub fn coverage_sample(&self, pipeline: &Pipeline) -> CoverageSample {
+        coverage_sample(&self.source, pipeline)
+    }
+
+    /// The capture's loss counters, summed, and by name.
+    pub fn loss(&self) -> (u64, serde_json::Value) {
+        capture_loss(&self.source)
+    }
+
+    /// The capture's own counters as JSON, for the stats file.
+    pub fn counters_json(&self) -> serde_json::Value {
+        match &self.source {
+            Source::Kernel(probe) => {
+                let probe = probe.get_ref();
+                let drain = probe.drain_stats();
+                serde_json::json!({
+                    "kernel": match probe.counters() {
+                        Ok(k) => serde_json::to_value(k).unwrap_or_default(),
+                        Err(err) => serde_json::Value::String(err.to_string()),
+                    },
+                    "ring": serde_json::to_value(drain).unwrap_or_default(),
+                })
+            }
+            Source::Pcap { capture, .. } => {
+                serde_json::json!({ "pcap": serde_json::to_value(capture.counters()).unwrap_or_default() })
+            }
+        }
+    }
+
+    /// The capture's own counters, for the metrics.
+    pub fn counters(&self) -> CaptureCounters {
+        match &self.source {
+            Source::Kernel(probe) => {
+                let probe = probe.get_ref();
+                CaptureCounters::Kernel {
+                    counters: probe.counters().ok().map(Box::new),
+                    drain: probe.drain_stats(),
+                }
+            }
+            Source::Pcap { capture, .. } => CaptureCounters::Pcap(capture.counters()),
+        }
+    }
+}
+
+/// Where packets come from.
+enum Source {
+    Kernel(Box<AsyncFd<KernelProbe>>),
+    Pcap {
+        capture: LiveCapture,
+        frames: mpsc::Receiver<OwnedFrame>,
+    },
+}
+
+/// The capture source and, when HTTPS is captured too, the uprobes' library tracker. The
+/// "capturing with" line is logged once everything is attached.
+fn open_source(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+) -> Result<(Source, Option<TlsCapture>), LiveSourceError> {
+    match capture.tls_plan() {
+        TlsCapturePlan::Off => Ok((open_source_without_tls(capture, tls_idle)?, None)),
+        TlsCapturePlan::IfPossible => open_source_https_if_possible(capture, tls_idle),
+        TlsCapturePlan::Required => {
+            let tc = capture.mode != CaptureMode::Tls;
+            // No libpcap fallback: HTTPS was asked for, and libpcap would lose every call.
+            let (source, tls) =
+                open_probe(capture, tls_idle, tc).map_err(|err| match (tc, err) {
+                    (true, err) => LiveSourceError::TlsWithoutProbe(Box::new(err)),
+                    (false, err) => err,
+                })?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            if tc {
+                tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?capture.tls.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes");
+            } else {
+                tracing::info!(mode = "tls", processes = ?capture.tls.processes, ?libraries, "capturing with the OpenSSL uprobes only (configured)");
+            }
+            Ok((source, Some(tls)))
+        }
+    }
+}
+
+/// `capture.tls.enabled = "auto"` beside mode `"auto"` or `"ebpf"`: the TC probe and the
+/// OpenSSL uprobes. Uprobes that cannot be used leave the TC probe alone; in mode `"auto"`, a
+/// probe that cannot be loaded leaves libpcap, HTTP only. Either is a warning that says HTTPS
+/// is not seen and why.
+fn open_source_https_if_possible(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+) -> Result<(Source, Option<TlsCapture>), LiveSourceError> {
+    let mut probe = match load_probe(capture, tls_idle, true) {
+        Ok(probe) => probe,
+        Err(reason) if capture.mode == CaptureMode::Auto => {
+            let source = open_pcap(capture, tls_idle)?;
+            tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
+            return Ok((source, None));
+        }
+        Err(err) => return Err(err),
+    };
+    let tls_config = &capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    match tls.start(&mut probe) {
+        Ok(()) => {
+            let source = register(probe)?;
+            let libraries: Vec<_> = tls.libraries().collect();
+            tracing::info!(mode = "ebpf+tls", interfaces = ?capture.interfaces, processes = ?tls_config.processes, ?libraries, "capturing with the eBPF probe and the OpenSSL uprobes (capture.tls.enabled = \"auto\")");
+            Ok((source, Some(tls)))
+        }
+        // A configured library that is not there is the admin's to fix, as with `true`.
+        Err(err @ TlsError::Library { .. }) => Err(err.into()),
+        Err(reason) => {
+            let source = register(probe)?;
+            tracing::warn!(mode = "ebpf", interfaces = ?capture.interfaces, %reason, "capturing with the eBPF probe; HTTPS is NOT seen: the OpenSSL uprobes cannot be used (capture.tls.enabled = \"auto\")");
+            Ok((source, None))
+        }
+    }
+}
+
+fn open_source_without_tls(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+) -> Result<Source, LiveSourceError> {
+    match capture.mode {
+        // `Tls` never gets here (`open_source` handles it); it is listed to keep the match total.
+        CaptureMode::Ebpf | CaptureMode::Tls => {
+            let source = open_tc_probe(capture, tls_idle)?;
+            tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (configured)");
+            Ok(source)
+        }
+        CaptureMode::Pcap => {
+            let source = open_pcap(capture, tls_idle)?;
+            tracing::info!(mode = "pcap", interfaces = ?capture.interfaces, "capturing with libpcap (configured)");
+            Ok(source)
+        }
+        CaptureMode::Auto => match open_tc_probe(capture, tls_idle) {
+            Ok(source) => {
+                tracing::info!(mode = "ebpf", interfaces = ?capture.interfaces, "capturing with the eBPF probe (auto: it loaded)");
+                Ok(source)
+            }
+            Err(reason) => {
+                let source = open_pcap(capture, tls_idle)?;
+                tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable)");
+                Ok(source)
+            }
+        },
+    }
+}
+
+fn open_tc_probe(capture: &CaptureConfig, tls_idle: Duration) -> Result<Source, LiveSourceError> {
+    register(load_probe(capture, tls_idle, true)?)
+}
+
+/// The probe (TC classifier attached when `tc`) with the OpenSSL uprobes attached.
+fn open_probe(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+    tc: bool,
+) -> Result<(Source, TlsCapture), LiveSourceError> {
+    let mut probe = load_probe(capture, tls_idle, tc)?;
+    let tls_config = &capture.tls;
+    let mut tls = TlsCapture::new(tls_config.processes.clone(), tls_config.libraries.clone());
+    tls.start(&mut probe)?;
+    Ok((register(probe)?, tls))
+}
+
+/// Loads the probe; attaches the TC classifier to the interfaces when `tc` is set.
+fn load_probe(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+    tc: bool,
+) -> Result<KernelProbe, LiveSourceError> {
+    let mut probe = KernelProbe::load(&ProbeConfig {
+        // The classifier is loaded in TLS-only mode too (it shares the object), but not attached.
+        ports: if capture.ports.is_empty() {
+            ProbeConfig::default().ports
+        } else {
+            capture.ports.clone()
+        },
+        ring_bytes: capture.ring_bytes,
+        attach: capture.tc_attach,
+        tls_processes: if capture.tls_on() {
+            capture.tls.processes.clone()
+        } else {
+            Vec::new()
+        },
+        tls_idle,
+        ..ProbeConfig::default()
+    })?;
+    if tc {
+        for interface in &capture.interfaces {
+            probe.attach(interface)?;
+        }
+    }
+    Ok(probe)
+}
+
+fn register(probe: KernelProbe) -> Result<Source, LiveSourceError> {
+    // SAFETY: the fd is the probe's ring-buffer map, owned by the probe and open until the
+    // probe is dropped, which happens only with the AsyncFd; `as_raw_fd` always returns it.
+    let probe =
+        unsafe { AsyncFd::register_with_interest(probe, Interest::READABLE) }.map_err(|err| {
+            LiveSourceError::Io {
+                what: "watching the eBPF ring buffer",
+                source: err.into(),
+            }
+        })?;
+    Ok(Source::Kernel(Box::new(probe)))
+}
+
+fn open_pcap(capture: &CaptureConfig, _tls_idle: Duration) -> Result<Source, LiveSourceError> {
+    let (capture, frames) =
+        LiveCapture::open(&capture.interfaces, &capture.ports, PCAP_CHANNEL_FRAMES)?;
+    Ok(Source::Pcap { capture, frames })
+}
+
+impl Source {
+    fn mode(&self) -> &'static str {
+        match self {
+            Source::Kernel(_) => "ebpf",
+            Source::Pcap { .. } => "pcap",
+        }
+    }
+
+    /// Waits until there is something to read; borrows only the source.
+    /// `busy`: the last read of the kernel's ring found events.
+    async fn wait(&mut self, busy: bool) -> Ready {
+        match self {
+            Source::Kernel(_) => {
+                // The ring is read in batches on a short timer, not on readiness: waking for
+                // every event cost a quarter of nginx's throughput in `cargo xtask bench live`,
+                // batches every millisecond cost nothing measurable there, and the ring
+                // (`capture.ring_bytes`) holds far more than that of traffic. The batches are
+                // short because connections are handed back to the kernel after each one: at
+                // 10 ms, browsers that send their next request at once were copied three times
+                // as much (`cargo xtask bench http-mix`).
+                tokio::time::sleep(if busy {
+                    KERNEL_DRAIN_INTERVAL
+                } else {
+                    KERNEL_IDLE_DRAIN_INTERVAL
+                })
+                .await;
+                Ready::Kernel
+            }
+            Source::Pcap { frames, .. } => Ready::Frame(frames.recv().await),
+        }
+    }
+
+    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
+    fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
+        match self {
+            Source::Kernel(probe) => {
+                let probe = probe.get_mut();
+                let read = probe.drain(&mut |segment| pipeline.push_segment(segment, out));
+                // The kernel copies what the pipeline still reads: connections with nothing
+                // worth reading until their next request leave its flow table (TLS connections
+                // are not handed back: see `Reassembler::release`).
+                while let Some(request) = pipeline.poll_capture_request() {
+                    match request {
+                        CaptureRequest::StopCopying { client, server } => {
+                            if !is_synthetic(&client) {
+                                probe.stop_copying(client, server);
+                            }
+                        }
+                        CaptureRequest::CopyAgain(resumed) => {
+                            if !is_synthetic(&resumed.client) {
+                                probe.copy_again(&resumed);
+                            }
+                        }
+                    }
+                }
+                read
+            }
+            Source::Pcap { frames, .. } => {
+                for _ in 0..PCAP_BATCH {
+                    let Ok(frame) = frames.try_recv() else { break };
+                    pipeline.push_frame(&frame.frame(), out);
+                }
+                0
+            }
+        }
+    }
+
+    /// Stops reading and feeds what was captured before the stop.
+    async fn stop(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+        match self {
+            Source::Kernel(probe) => {
+                probe
+                    .get_mut()
+                    .drain(&mut |segment| pipeline.push_segment(segment, out));
+            }
+            Source::Pcap { capture, frames } => {
+                capture.stop();
+                // Closes once every thread has seen the flag and dropped its sender.
+                while let Some(frame) = frames.recv().await {
+                    pipeline.push_frame(&frame.frame(), out);
+                }
+            }
+        }
+    }
+}
+
+fn tls_coverage(tls: Option<&TlsCapture>) -> TlsCoverage {
+    match tls {
+        None => TlsCoverage::Off,
+        Some(tls) => TlsCoverage::On {
+            libraries: tls.libraries().count(),
+        },
+    }
+}
+
+/// The counters the coverage judgement reads.
+fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
+    let stats = pipeline.stats();
+    let http = &stats.http;
+    let mut sample = CoverageSample {
+        unreadable_api_requests: stats.redcap.token_unreadable,
+        not_http: http.not_http,
+        request_starts_lost: http.request_starts_lost,
+        http2_unreadable: http.h2_hpack_errors
+            + http.h2_frame_too_large
+            + http.h2_protocol_errors
+            + http.h2_gaps,
+        ..CoverageSample::default()
+    };
+    if let Source::Kernel(probe) = source
+        && let Ok(k) = probe.get_ref().counters()
+    {
+        sample.tls_handshakes = k.tls_handshakes;
+        sample.http2_started_unseen = k.http2_unseen;
+        sample.tls_reads = k.tls_filtered + k.tls_conns_started;
+    }
+    sample
+}
+
+/// The capture's loss counters, summed, and by name.
+fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
+    match source {
+        Source::Kernel(probe) => match probe.get_ref().counters() {
+            Ok(k) => {
+                let losses = k.losses();
+                (
+                    losses.iter().map(|(_, n)| n).sum(),
+                    losses
+                        .iter()
+                        .map(|(name, n)| (format!("kernel.{name}"), serde_json::Value::from(*n)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                )
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        },
+        Source::Pcap { capture, .. } => {
+            let mut total = 0;
+            let mut detail = serde_json::Map::new();
+            for c in capture.counters() {
+                total += c.dropped + c.if_dropped + c.truncated;
+                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
+                detail.insert(
+                    format!("pcap.{}.if_dropped", c.interface),
+                    c.if_dropped.into(),
+                );
+                detail.insert(
+                    format!("pcap.{}.truncated", c.interface),
+                    c.truncated.into(),
+                );
+            }
+            (total, detail.into())
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! What `redcap-monitor run` does to protect its own memory (the site key, request bodies with
+//! tokens): it makes itself non-dumpable, so no core file is written and processes of its own
+//! user cannot read its memory. Seen from outside the way the kernel shows it: the files of a
+//! non-dumpable process under `/proc/<pid>` belong to root, not to the process's user. The daemon
+//! runs as an unprivileged user (`setpriv`, util-linux) with CAP_NET_RAW for libpcap on loopback.
+//! Needs root.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use monitor_tests::daemon::monitor_bin;
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn the_daemon_makes_itself_non_dumpable() {
+    if !monitor_tests::require_root(module_path!()) || !Path::new("/usr/bin/setpriv").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"pcap\"\ninterfaces = [\"lo\"]\nports = [18082]\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("state.redb").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--inh-caps=+net_raw",
+            "--ambient-caps=+net_raw",
+        ])
+        .arg(monitor_bin().unwrap())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--key")
+        .arg(dir.path().join("site.key"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) runs the daemon");
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log.contains("capturing with libpcap") && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let proc_dir = format!("/proc/{}", child.id());
+    let status = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap_or_default();
+    let fd_owner = std::fs::metadata(format!("{proc_dir}/fd")).map(|m| m.uid());
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let exit = child.wait().unwrap();
+    assert!(
+        log.contains("capturing with libpcap"),
+        "the daemon did not start: {log}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&NOBODY.to_string())),
+        "the daemon runs as {NOBODY}: {status}"
+    );
+    assert_eq!(
+        fd_owner.unwrap(),
+        0,
+        "/proc/<pid>/fd of a dumpable process belongs to its user ({NOBODY})"
+    );
+    assert_eq!(exit.code(), Some(0), "{log}");
+}
