@@ -679,14 +679,14 @@ fn top_text(
     );
     let _ = writeln!(
         out,
-        "{:<16}  {:<8}  {:>6}  {:>8}  {:>11}  {:>12}  {:>9}  {:>6}",
+        "{:<16}  {:<8}  {:>6}  {:>8}  {:>11}  {:>12}  {:>9}  {:>6}  OWNER",
         "TOKEN FP", "TOKEN", "CALLS", "PER MIN", "REQ BYTES", "RESP BYTES", "SERVER S", "SHARE"
     );
     let tokens = top["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     for t in tokens {
         let _ = writeln!(
             out,
-            "{:<16}  {:<8}  {:>6}  {:>8.1}  {:>11}  {:>12}  {:>9.3}  {:>5.1}%",
+            "{:<16}  {:<8}  {:>6}  {:>8.1}  {:>11}  {:>12}  {:>9.3}  {:>5.1}%  {}",
             t["token_fp"].as_str().unwrap_or("?"),
             t["token_masked"].as_str().unwrap_or("?"),
             t["calls"].as_u64().unwrap_or(0),
@@ -695,12 +695,25 @@ fn top_text(
             t["response_bytes"].as_u64().unwrap_or(0),
             t["server_time_s"].as_f64().unwrap_or(0.0),
             100.0 * t["server_time_share"].as_f64().unwrap_or(0.0),
+            owner_text(&t["owner"]),
         );
     }
     if tokens.is_empty() {
         let _ = writeln!(out, "(no API calls in the window)");
     }
     out
+}
+
+/// `jdoe, project 12` from the token directory's owner object, `-` when unknown.
+fn owner_text(owner: &serde_json::Value) -> String {
+    let Some(user) = owner["username"].as_str() else {
+        return "-".into();
+    };
+    match (owner["super_token"].as_bool(), owner["project_id"].as_u64()) {
+        (Some(true), _) => format!("{user}, super token"),
+        (_, Some(project)) => format!("{user}, project {project}"),
+        _ => user.to_string(),
+    }
 }
 
 /// Names of the kernel counters that mean lost or partial data.
@@ -783,6 +796,25 @@ fn status_text(stats: &serde_json::Value) -> String {
         // A stats file from a version without the judgement.
         None => {}
     }
+    let directory = &stats["directory"];
+    match directory["state"].as_str() {
+        None | Some("off") => {}
+        Some("directory_unavailable") => {
+            let _ = writeln!(
+                out,
+                "directory: UNAVAILABLE ({} tokens named from an earlier read): {}",
+                number(&directory["entries"]),
+                directory["error"].as_str().unwrap_or("?")
+            );
+        }
+        Some(state) => {
+            let _ = writeln!(
+                out,
+                "directory: {state}, {} tokens named",
+                number(&directory["entries"])
+            );
+        }
+    }
     if let Some(problems) = stats["problems"].as_object().filter(|p| !p.is_empty()) {
         let listed: Vec<String> = problems.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "input problems: {}", listed.join(" "));
@@ -811,6 +843,41 @@ mod status_tests {
         assert!(
             text.contains("coverage: BLIND https_unread (2 seen): turn on capture.tls"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn top_names_owners_and_status_the_directory_state() {
+        let status = serde_json::json!({"mode": "pcap", "directory": {
+            "state": "directory_unavailable", "entries": 3,
+            "error": "cannot reach REDCap's database at 127.0.0.1:3306 (`directory.host`)"}});
+        let top = serde_json::json!({"at": 1_700_000_000.0, "window_s": 60.0, "tokens": [
+            {"token_fp": "8b472f95618a9a1c", "token_masked": "AB1…34", "calls": 5,
+             "owner": {"username": "jdoe", "project_id": 12, "super_token": false}},
+            {"token_fp": "0000000000000001", "token_masked": "9F9…9F", "calls": 1,
+             "owner": {"username": "admin", "project_id": null, "super_token": true}},
+            {"token_fp": "0000000000000002", "token_masked": "111…11", "calls": 1, "owner": null}
+        ]});
+        let text = top_text(
+            "http://127.0.0.1:9864",
+            &top,
+            &status,
+            &serde_json::json!([]),
+        );
+        assert!(text.contains("jdoe, project 12"), "{text}");
+        assert!(text.contains("admin, super token"), "{text}");
+        assert!(text.lines().last().unwrap().ends_with("  -"), "{text}");
+        let text = status_text(&status);
+        assert!(
+            text.contains(
+                "directory: UNAVAILABLE (3 tokens named from an earlier read): cannot reach"
+            ),
+            "{text}"
+        );
+        let available = serde_json::json!({"directory": {"state": "available", "entries": 3}});
+        assert!(status_text(&available).contains("directory: available, 3 tokens named"));
+        assert!(
+            !status_text(&serde_json::json!({"directory": {"state": "off"}})).contains("directory")
         );
     }
 

@@ -27,6 +27,7 @@ const FLOW: &[&str] = &[
     "edges::capture",
     "edges::output",
     "edges::store",
+    "edges::directory",
     "edges::alerts",
     "edges::hooks",
     "edges::notify",

@@ -394,3 +394,34 @@ pub fn without_api_listener() -> &'static str {
         if known { OFF } else { "" }
     })
 }
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Fails naming the place when any of `written` (what, bytes) holds one of `tokens` whole,
+/// lower-cased, or its first 20 characters.
+pub fn assert_no_raw_token(written: &[(String, Vec<u8>)], tokens: &[&str]) {
+    for (what, bytes) in written {
+        for token in tokens {
+            for form in [
+                token.to_string(),
+                token.to_lowercase(),
+                token[..20].to_string(),
+            ] {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                    "{what} holds (part of) a raw token"
+                );
+            }
+        }
+    }
+}

@@ -70,6 +70,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "runs the REDCap External Module's PHP tests (redcap-module/tests/)",
     ),
     (
+        "mariadb-server",
+        "a real MariaDB (started by the tests on a private socket) for the token directory's tests",
+    ),
+    (
         "systemd",
         "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
     ),

@@ -16,6 +16,7 @@ use crate::edges::actions::publish::RedcapModuleConfig;
 use crate::edges::alerts::AlertsConfig;
 use crate::edges::api::ApiConfig;
 use crate::edges::capture::CaptureConfig;
+use crate::edges::directory::DirectoryConfig;
 use crate::edges::hooks::HooksConfig;
 use crate::edges::output::OutputConfig;
 use crate::edges::store::StoreConfig;
@@ -47,6 +48,7 @@ pub struct Config {
     pub hooks: HooksConfig,
     pub api: ApiConfig,
     pub redcap_module: RedcapModuleConfig,
+    pub directory: DirectoryConfig,
 }
 
 /// A configuration that cannot be used, with every problem found in it.
@@ -177,6 +179,7 @@ impl Config {
             ("store", self.store != new.store),
             ("api", self.api != new.api),
             ("redcap_module", self.redcap_module != new.redcap_module),
+            ("directory", self.directory != new.directory),
             ("capture.tls", a.tls != b.tls),
         ]
         .into_iter()
@@ -192,6 +195,7 @@ impl Config {
             self.alerts.problems(),
             self.api.problems(),
             self.capture.problems(),
+            self.directory.problems(),
             self.enforcement.problems(),
             self.health.problems(),
             self.hooks.problems(),

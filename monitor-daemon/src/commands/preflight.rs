@@ -1,6 +1,7 @@
 //! What `redcap-monitor run` will need from this host, checked without running it: the
 //! interfaces exist, HTTPS on the watched ports can be seen, the record, key, store and REDCap
-//! module list paths can be written, secret files can be read and hook programs can be run.
+//! module list paths can be written, secret files (alert sinks, the token directory's) can be
+//! read and hook programs can be run.
 //!
 //! Findings are warnings, not errors: `check-config` may check a file meant for another host or
 //! run before a directory is created; `run` itself stops, naming the key, on what it cannot do
@@ -76,12 +77,38 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
         }
     }
     for (i, sink) in config.alerts.sinks.iter().enumerate() {
-        if let Some(path) = &sink.secret_file
+        for (field, file) in [
+            ("secret_file", &sink.secret_file),
+            ("credentials_file", &sink.credentials_file),
+        ] {
+            if let Some(path) = file
+                && let Err(err) = std::fs::File::open(path)
+            {
+                warn(
+                    format!("alerts.sinks[{i}].{field}"),
+                    format!("{}: {err}", path.display()),
+                );
+            }
+        }
+    }
+    // The directory's files only: the database itself is not contacted here (its state shows
+    // in `status` once `run` has tried it).
+    let directory = &config.directory;
+    for (key, file) in [
+        ("directory.password_file", &directory.password_file),
+        ("directory.tls_ca_file", &directory.tls_ca_file),
+        ("directory.csv_file", &directory.csv_file),
+    ] {
+        if let Some(path) = file
+            && directory.source != crate::edges::directory::SourceKind::None
             && let Err(err) = std::fs::File::open(path)
         {
             warn(
-                format!("alerts.sinks[{i}].secret_file"),
-                format!("{}: {err}", path.display()),
+                key.into(),
+                format!(
+                    "{}: {err}; the token directory stays unavailable until it can be read",
+                    path.display()
+                ),
             );
         }
     }
@@ -301,6 +328,33 @@ mod tests {
             !standard_libraries().is_empty() && has_effective_capability(CAP_SYS_ADMIN),
             "{default:?}"
         );
+    }
+
+    #[test]
+    fn unreadable_directory_and_jira_files_are_named_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let found = keys(&format!(
+            "[site]\nkey_file = \"{d}/key\"\n[store]\npath = \"{d}/s.redb\"\n\
+             [capture]\ninterfaces = [\"lo\"]\nports = [80]\n[capture.tls]\nenabled = false\n\
+             [[alerts.sinks]]\nname = \"j\"\nkind = \"jira\"\nurl = \"https://jira.example.org\"\n\
+             project = \"OPS\"\ncredentials_file = \"{d}/jira.credentials\"\n\
+             [directory]\nsource = \"mysql\"\npassword_file = \"{d}/db.password\"\n"
+        ));
+        assert_eq!(
+            found,
+            [
+                "alerts.sinks[0].credentials_file",
+                "directory.password_file"
+            ]
+        );
+        // With no directory configured its files are not looked at.
+        let off = keys(&format!(
+            "[site]\nkey_file = \"{d}/key\"\n[store]\npath = \"{d}/s.redb\"\n\
+             [capture]\ninterfaces = [\"lo\"]\nports = [80]\n[capture.tls]\nenabled = false\n\
+             [directory]\ncsv_file = \"{d}/tokens.csv\"\n"
+        ));
+        assert!(off.is_empty(), "{off:?}");
     }
 
     #[test]

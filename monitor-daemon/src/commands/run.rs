@@ -28,6 +28,7 @@ use crate::edges::capture::kernel::interface_exists;
 use crate::edges::capture::live::{CaptureCounters, LiveSource, LiveSourceError, Ready};
 use crate::edges::capture::live_pcap::OwnedFrame;
 use crate::edges::capture::records::is_synthetic;
+use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
@@ -124,8 +125,14 @@ pub fn run(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError>
 async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), RunError> {
     let publisher =
         crate::edges::actions::publish::Publisher::start_or_log(&config.redcap_module, &key);
+    let (directory, _directory_worker) =
+        Directory::start(&config.directory, key.clone()).map_err(|source| RunError::Io {
+            what: "starting the token directory thread",
+            source,
+        })?;
     let mut pipeline = Pipeline::new(config.pipeline(), key);
-    let records = Records::open(config)?;
+    let mut records = Records::open(config)?;
+    records.directory = directory.clone();
     let mut actions = Actions::open(
         config.actions(),
         crate::edges::alerts::host_name(),
@@ -134,6 +141,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     if let Some(publisher) = publisher {
         actions.publish_to(publisher);
     }
+    actions.use_directory(directory.clone());
     let memory = config.enforcement.memory.span();
     let restored = actions
         .restore_into(pipeline.enforcer_mut(), wall_clock(), memory)
@@ -153,7 +161,9 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     // The sender stays here too, so that `recv` waits (rather than ends) without a listener.
     let (command_tx, mut commands) = mpsc::channel::<AdminCommand>(ADMIN_QUEUE);
     let _api = start_api(config, &shared, command_tx.clone())?;
-    let telemetry = LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    let mut telemetry =
+        LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
+    telemetry.use_directory(directory);
     let mut edges = Edges {
         records,
         telemetry,
@@ -593,6 +603,8 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> serde_js
     let actions = &edges.actions;
     value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
     value["redcap_module"] = serde_json::to_value(actions.publish_stats()).unwrap_or_default();
+    value["directory"] =
+        serde_json::to_value(edges.telemetry.directory().status()).unwrap_or_default();
     value["alerts"] = serde_json::json!({
         "raise": actions.alert_stats(),
         "delivery": actions.delivery_stats(),
@@ -609,6 +621,8 @@ struct Records {
     calls_written: u64,
     violations_written: u64,
     error: Option<RunError>,
+    /// Names the token's owner in decision records, when the token directory knows it.
+    directory: Directory,
 }
 
 struct Output {
@@ -635,6 +649,7 @@ impl Records {
             calls_written: 0,
             violations_written: 0,
             error: None,
+            directory: Directory::off(),
         })
     }
 
@@ -669,10 +684,18 @@ impl Records {
                 self.violations_written += 1;
             }
         }
-        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision)
-            && let Err(err) = decisions.line(decision)
-        {
-            self.error = Some(err);
+        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision) {
+            let written = match self.directory.owner(&decision.token_fp) {
+                Some(owner) => {
+                    let mut record = serde_json::to_value(decision).unwrap_or_default();
+                    record["owner"] = serde_json::to_value(&*owner).unwrap_or_default();
+                    decisions.line(&record)
+                }
+                None => decisions.line(decision),
+            };
+            if let Err(err) = written {
+                self.error = Some(err);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Where the daemon meets the world, in flow order: [`capture`] (files, the kernel probe,
 //! libpcap, the TLS uprobes) feeds the stages; [`output`] writes their records; [`store`] keeps
-//! what must survive a crash; [`alerts`], [`hooks`] and [`actions`] act on decisions;
+//! what must survive a crash; [`directory`] names
+//! who a token belongs to; [`alerts`], [`hooks`] and [`actions`] act on decisions;
 //! [`notify`] and [`canary`] talk to systemd and to the web server; [`telemetry`] and [`api`]
 //! show it all; [`hardening`] makes the process itself harder to read. Edges use stages, never
 //! the other way round.
@@ -10,6 +11,7 @@ pub mod alerts;
 pub mod api;
 pub mod canary;
 pub mod capture;
+pub mod directory;
 pub mod hardening;
 pub mod hooks;
 pub mod notify;

@@ -180,6 +180,7 @@ impl serde::Serialize for MaskedToken {
 }
 
 /// The secret that keys fingerprints for one site.
+#[derive(Clone)]
 pub struct SiteKey {
     key: Zeroizing<[u8; SITE_KEY_BYTES]>,
 }

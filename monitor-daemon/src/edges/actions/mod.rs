@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::edges::alerts::AlertsConfig;
 use crate::edges::alerts::{Alert, Alerts, AlertsSetupError, DeliveryWorker, TokenRef};
+use crate::edges::directory::Directory;
 use crate::edges::hooks::HooksConfig;
 use crate::edges::hooks::{HookAction, HookEvent, Hooks};
 use crate::edges::store::StoreConfig;
@@ -161,6 +162,8 @@ pub struct Actions {
     requests: requests::RequestDir,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
+    /// Who tokens belong to: named in alerts and audit records when known.
+    directory: Directory,
     stats: ActionStats,
 }
 
@@ -226,6 +229,7 @@ impl Actions {
             enforcer_updates: Vec::new(),
             requests,
             publisher: None,
+            directory: Directory::off(),
             stats: ActionStats::default(),
         })
     }
@@ -255,6 +259,12 @@ impl Actions {
     /// the next tick, again whenever they change, its mtime refreshed every heartbeat.
     pub fn publish_to(&mut self, publisher: publish::Publisher) {
         self.publisher = Some(publisher);
+    }
+
+    /// Names token owners from `directory` in alerts and audit records from now on.
+    pub fn use_directory(&mut self, directory: Directory) {
+        self.alerts.use_directory(directory.clone());
+        self.directory = directory;
     }
 
     /// What the publisher did, when it runs.
@@ -602,6 +612,7 @@ impl Actions {
                 "store.path changed: it takes effect at the next start");
         }
         let old = std::mem::replace(&mut self.alerts, prepared.alerts);
+        self.alerts.use_directory(self.directory.clone());
         if let Some(worker) = self.delivery.take() {
             // Stopping waits for the attempt in flight; not on the capture path.
             std::thread::spawn(move || worker.stop());
@@ -828,7 +839,14 @@ impl Actions {
         result.unwrap_or_else(|err| Reply::error(&err.to_string()))
     }
 
-    fn audit(&mut self, entry: AuditEntry) {
+    fn audit(&mut self, mut entry: AuditEntry) {
+        let owner = entry.token.and_then(|token| self.directory.owner(&token));
+        if let (Some(owner), Some(details)) = (owner, entry.details.as_object_mut()) {
+            details.insert(
+                "owner".into(),
+                serde_json::to_value(&*owner).unwrap_or_default(),
+            );
+        }
         self.pending_audit.push(entry);
     }
 

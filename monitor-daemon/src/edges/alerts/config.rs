@@ -51,6 +51,15 @@ pub struct SinkConfig {
     /// `generic` only: a file holding the Standard Webhooks secret, `whsec_<base64>`.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// `jira` only: the project key issues are created in (e.g. `OPS`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// `jira` only: the issue type's name (default `Task`).
+    #[serde(default)]
+    pub issue_type: Option<String>,
+    /// `jira` only: a file holding `email:api_token` (Cloud) or a personal access token.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
     /// Which alerts go to this sink; all of them when absent.
     #[serde(default = "super::AlertKind::all")]
     pub events: Vec<super::AlertKind>,
@@ -65,6 +74,8 @@ pub enum SinkKind {
     Teams,
     /// Any HTTP endpoint: a JSON envelope signed with the Standard Webhooks headers.
     Generic,
+    /// JIRA: an issue per alert, created with the REST API at `url` (JIRA's base URL).
+    Jira,
 }
 
 impl AlertsConfig {
@@ -110,14 +121,45 @@ impl AlertsConfig {
                         "is required for a generic sink: a file holding `whsec_<base64>`".into(),
                     ));
                 }
-                (SinkKind::Slack | SinkKind::Teams, Some(_)) => {
+                (SinkKind::Slack | SinkKind::Teams | SinkKind::Jira, Some(_)) => {
                     problems.push(Problem::new(
                         key("secret_file"),
-                        "applies only to generic sinks (Slack and Teams URLs carry their own secret)"
+                        "applies only to generic sinks (Slack and Teams URLs carry their own \
+                         secret, JIRA sinks use `credentials_file`)"
                             .into(),
                     ));
                 }
                 _ => {}
+            }
+            let jira_fields = [
+                ("project", sink.project.is_some()),
+                ("issue_type", sink.issue_type.is_some()),
+                ("credentials_file", sink.credentials_file.is_some()),
+            ];
+            if sink.kind == SinkKind::Jira {
+                if sink.project.as_deref().is_none_or(|p| p.trim().is_empty()) {
+                    problems.push(Problem::new(
+                        key("project"),
+                        "is required for a jira sink: the project key, e.g. \"OPS\"".into(),
+                    ));
+                }
+                if sink.credentials_file.is_none() {
+                    problems.push(Problem::new(
+                        key("credentials_file"),
+                        "is required for a jira sink: a file holding `email:api_token` (Cloud) \
+                         or a personal access token (Data Center)"
+                            .into(),
+                    ));
+                }
+            } else {
+                for (field, set) in jira_fields {
+                    if set {
+                        problems.push(Problem::new(
+                            key(field),
+                            "applies only to jira sinks".into(),
+                        ));
+                    }
+                }
             }
             if sink.events.is_empty() {
                 problems.push(Problem::new(

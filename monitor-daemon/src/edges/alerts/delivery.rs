@@ -338,10 +338,19 @@ impl Worker {
 }
 
 fn post(agent: &ureq::Agent, sink: &Sink, item: &OutboxItem) -> Attempt {
+    let url = match &sink.jira {
+        Some(_) => super::jira::issue_url(&sink.url.0),
+        None => sink.url.0.clone(),
+    };
     let mut request = agent
-        .post(sink.url.0.as_str())
+        .post(url.as_str())
         .header("content-type", "application/json")
         .header("webhook-id", item.id.as_str());
+    if let Some(jira) = &sink.jira {
+        request = request
+            .header("accept", "application/json")
+            .header("authorization", jira.authorization());
+    }
     if let Some(secret) = &sink.secret {
         let timestamp = wall_now().as_nanos() / 1_000_000_000;
         request = request

@@ -8,11 +8,14 @@
 mod config;
 mod cooldown;
 mod delivery;
+mod jira;
 mod outbox;
 mod render;
 mod signing;
 pub(crate) mod time;
 
+#[cfg(test)]
+mod jira_tests;
 #[cfg(test)]
 pub(crate) mod receiver;
 #[cfg(test)]
@@ -28,6 +31,7 @@ pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker
 pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
 pub use signing::{SecretError, WebhookSecret};
 
+use crate::edges::directory::Directory;
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::WebhookUrl;
 use crate::shared::token::{MaskedToken, TokenFingerprint};
@@ -279,6 +283,8 @@ pub(crate) struct Sink {
     pub kind: SinkKind,
     pub url: WebhookUrl,
     pub secret: Option<WebhookSecret>,
+    /// A JIRA sink's project, issue type and credential.
+    pub jira: Option<jira::JiraTarget>,
     pub events: Vec<AlertKind>,
 }
 
@@ -299,6 +305,12 @@ pub enum AlertsSetupError {
         index: usize,
         path: PathBuf,
         source: SecretError,
+    },
+    #[error("`alerts.sinks[{index}].credentials_file` {path}: {source}")]
+    JiraCredentials {
+        index: usize,
+        path: PathBuf,
+        source: jira::JiraCredentialsError,
     },
     #[error("cannot start the alert delivery thread: {0}")]
     Thread(std::io::Error),
@@ -330,6 +342,8 @@ pub struct Alerts {
     host: String,
     wake: Option<SyncSender<()>>,
     stats: AlertStats,
+    /// Who tokens belong to: alerts name the owner when it is known.
+    directory: Directory,
 }
 
 impl Alerts {
@@ -352,11 +366,27 @@ impl Alerts {
                     })?),
                     None => None,
                 };
+            let jira = match (&sink.credentials_file, sink.kind) {
+                (Some(path), SinkKind::Jira) => Some(
+                    jira::JiraTarget::read(
+                        path,
+                        sink.project.as_deref().unwrap_or(""),
+                        sink.issue_type.as_deref().unwrap_or("Task"),
+                    )
+                    .map_err(|source| AlertsSetupError::JiraCredentials {
+                        index,
+                        path: path.clone(),
+                        source,
+                    })?,
+                ),
+                _ => None,
+            };
             sinks.push(Sink {
                 name: sink.name.clone(),
                 kind: sink.kind,
                 url: sink.url.clone(),
                 secret,
+                jira,
                 events: sink.events.clone(),
             });
         }
@@ -367,6 +397,7 @@ impl Alerts {
             host,
             wake: None,
             stats: AlertStats::default(),
+            directory: Directory::off(),
         })
     }
 
@@ -410,11 +441,23 @@ impl Alerts {
         &self.stats
     }
 
+    /// Names token owners from `directory` in the alerts raised from now on.
+    pub fn use_directory(&mut self, directory: Directory) {
+        self.directory = directory;
+    }
+
     fn enqueue(&mut self, outgoing: &Outgoing, now: Timestamp) {
         let kind = outgoing.alert.kind();
+        let owner = outgoing
+            .alert
+            .token()
+            .and_then(|t| self.directory.owner(&t.fingerprint));
         for sink in self.sinks.0.iter().filter(|s| s.events.contains(&kind)) {
             let id = signing::new_webhook_id();
-            let payload = render::body(sink.kind, outgoing, &id, &self.host);
+            let payload = match &sink.jira {
+                Some(target) => render::jira(target, outgoing, owner.as_deref(), &self.host),
+                None => render::body(sink.kind, outgoing, owner.as_deref(), &id, &self.host),
+            };
             let item = OutboxItem {
                 id,
                 sink: sink.name.clone(),

@@ -1,5 +1,5 @@
-//! Alert bodies, one shape per sink kind: Slack Block Kit, a Teams Adaptive Card, and our
-//! versioned JSON envelope for generic sinks.
+//! Alert bodies, one shape per sink kind: Slack Block Kit, a Teams Adaptive Card, a JIRA issue,
+//! and our versioned JSON envelope for generic sinks.
 //!
 //! Pure functions from an [`Outgoing`] alert to JSON text. Chat bodies carry facts only (the
 //! evidence goes to generic sinks), and text from outside is escaped so that it cannot ping
@@ -10,18 +10,45 @@ use serde_json::{Value, json};
 use super::SinkKind;
 use super::time::rfc3339;
 use super::{Alert, Outgoing};
+use crate::edges::directory::Owner;
 
 /// Slack rejects section text over 3000 characters and header text over 150.
 const SLACK_TEXT_MAX: usize = 2900;
 const SLACK_HEADER_MAX: usize = 150;
 
-pub(crate) fn body(kind: SinkKind, outgoing: &Outgoing, id: &str, host: &str) -> String {
+/// `owner`: who the alert's token belongs to, from the token directory, when known.
+pub(crate) fn body(
+    kind: SinkKind,
+    outgoing: &Outgoing,
+    owner: Option<&Owner>,
+    id: &str,
+    host: &str,
+) -> String {
     let value = match kind {
-        SinkKind::Slack => slack(outgoing, host),
-        SinkKind::Teams => teams(outgoing, host),
-        SinkKind::Generic => generic(outgoing, id, host),
+        SinkKind::Slack => slack(outgoing, owner, host),
+        SinkKind::Teams => teams(outgoing, owner, host),
+        // A JIRA sink renders with its target (`jira` below); without one, the envelope.
+        SinkKind::Generic | SinkKind::Jira => generic(outgoing, owner, id, host),
     };
     value.to_string()
+}
+
+/// A JIRA create-issue body: the headline as summary, the chat sinks' facts as description.
+pub(crate) fn jira(
+    target: &super::jira::JiraTarget,
+    outgoing: &Outgoing,
+    owner: Option<&Owner>,
+    host: &str,
+) -> String {
+    let kind = outgoing.alert.kind();
+    super::jira::issue(
+        target,
+        &headline(&outgoing.alert),
+        &facts(outgoing, owner, host),
+        kind.as_str(),
+        kind.severity(),
+    )
+    .to_string()
 }
 
 fn headline(alert: &Alert) -> String {
@@ -82,7 +109,7 @@ fn seconds(secs: f64) -> String {
 }
 
 /// Title and value pairs shown by chat sinks.
-fn facts(outgoing: &Outgoing, host: &str) -> Vec<(&'static str, String)> {
+fn facts(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Vec<(&'static str, String)> {
     let alert = &outgoing.alert;
     let mut facts = Vec::new();
     if let Some(token) = alert.token() {
@@ -90,6 +117,9 @@ fn facts(outgoing: &Outgoing, host: &str) -> Vec<(&'static str, String)> {
             facts.push(("Token", masked.to_string()));
         }
         facts.push(("Fingerprint", token.fingerprint.to_string()));
+    }
+    if let Some(owner) = owner {
+        owner_facts(owner, &mut facts);
     }
     match alert {
         Alert::Violation {
@@ -157,6 +187,34 @@ fn facts(outgoing: &Outgoing, host: &str) -> Vec<(&'static str, String)> {
     facts
 }
 
+/// Who the token belongs to, and what REDCap itself says of it.
+fn owner_facts(owner: &Owner, facts: &mut Vec<(&'static str, String)>) {
+    let mut user = owner.person();
+    if let Some(email) = &owner.email {
+        user.push_str(&format!(" <{email}>"));
+    }
+    facts.push(("User", user));
+    if let Some(project) = owner.project() {
+        facts.push(("Project", project));
+    }
+    if let Some(pi) = owner.pi() {
+        facts.push(("PI", pi));
+    }
+    let mut redcap = Vec::new();
+    if owner.user_suspended {
+        redcap.push("user suspended in REDCap");
+    }
+    if owner.rights_expired {
+        redcap.push("project rights expired");
+    }
+    if !redcap.is_empty() {
+        facts.push(("In REDCap", redcap.join(", ")));
+    }
+    if let Some(last) = &owner.last_api_use {
+        facts.push(("REDCap's last API use", last.clone()));
+    }
+}
+
 /// Escapes the three characters Slack's mrkdwn treats as markup (`<!channel>` pings everyone).
 fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -171,9 +229,9 @@ fn truncate(text: &str, max_chars: usize) -> String {
     }
 }
 
-fn slack(outgoing: &Outgoing, host: &str) -> Value {
+fn slack(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Value {
     let headline = headline(&outgoing.alert);
-    let facts = facts(outgoing, host);
+    let facts = facts(outgoing, owner, host);
     let lines: Vec<String> = facts
         .iter()
         .map(|(title, value)| format!("*{title}:* {}", slack_escape(value)))
@@ -189,8 +247,8 @@ fn slack(outgoing: &Outgoing, host: &str) -> Value {
     })
 }
 
-fn teams(outgoing: &Outgoing, host: &str) -> Value {
-    let facts: Vec<Value> = facts(outgoing, host)
+fn teams(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Value {
+    let facts: Vec<Value> = facts(outgoing, owner, host)
         .into_iter()
         .map(|(title, value)| json!({"title": title, "value": value}))
         .collect();
@@ -220,7 +278,7 @@ fn teams(outgoing: &Outgoing, host: &str) -> Value {
 }
 
 /// The generic envelope, version 1. Field names match the violation records where they overlap.
-fn generic(outgoing: &Outgoing, id: &str, host: &str) -> Value {
+fn generic(outgoing: &Outgoing, owner: Option<&Owner>, id: &str, host: &str) -> Value {
     let alert = &outgoing.alert;
     let mut body = json!({
         "version": "1",
@@ -233,6 +291,7 @@ fn generic(outgoing: &Outgoing, id: &str, host: &str) -> Value {
         "host": host,
         "token_fp": alert.token().map(|t| t.fingerprint),
         "token_masked": alert.token().and_then(|t| t.masked.clone()),
+        "owner": owner,
         "repeats": outgoing.repeats.map(|r| json!({
             "count": r.count, "since": rfc3339(r.since), "since_ts": r.since.as_secs_f64()})),
         "evidence": alert.evidence(),

@@ -48,11 +48,14 @@ fn sink(name: &str, kind: SinkKind, url: String, secret_file: Option<&Path>) -> 
         kind,
         url: WebhookUrl(url),
         secret_file: secret_file.map(Path::to_path_buf),
+        project: None,
+        issue_type: None,
+        credentials_file: None,
         events: AlertKind::all(),
     }
 }
 
-fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
+pub(super) fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
     AlertsConfig {
         backoff_base: crate::shared::settings::Duration(Span::from_millis(100)),
         request_timeout: crate::shared::settings::Duration(Span::from_secs(2)),
@@ -190,8 +193,14 @@ fn slack_text_from_outside_cannot_ping_the_channel() {
         },
         repeats: None,
     };
-    let body: serde_json::Value =
-        serde_json::from_str(&render::body(SinkKind::Slack, &outgoing, "msg_1", "web2")).unwrap();
+    let body: serde_json::Value = serde_json::from_str(&render::body(
+        SinkKind::Slack,
+        &outgoing,
+        None,
+        "msg_1",
+        "web2",
+    ))
+    .unwrap();
     // mrkdwn fields are escaped; the header is plain_text, which Slack never parses for mentions.
     assert_eq!(body["blocks"][0]["text"]["type"], "plain_text");
     for mrkdwn in [&body["text"], &body["blocks"][1]["text"]["text"]] {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::{AdminView, Shared};
+use crate::edges::directory::Directory;
 use crate::edges::store::Suspension;
 use crate::edges::telemetry::{Metrics, StatsView, TopTokens};
 use crate::shared::model::{Span, Timestamp};
@@ -42,6 +43,8 @@ pub struct LiveTelemetry {
     activity: VecDeque<Activity>,
     masked: HashMap<TokenFingerprint, MaskedToken>,
     violations: VecDeque<Value>,
+    /// Who tokens belong to: `top` and `suspensions` name the owner when known.
+    directory: Directory,
 }
 
 impl LiveTelemetry {
@@ -54,7 +57,17 @@ impl LiveTelemetry {
             activity: VecDeque::new(),
             masked: HashMap::new(),
             violations: VecDeque::new(),
+            directory: Directory::off(),
         }
+    }
+
+    /// Names token owners from `directory` in the admin views, and shows its state in status.
+    pub fn use_directory(&mut self, directory: Directory) {
+        self.directory = directory;
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -115,6 +128,7 @@ impl LiveTelemetry {
         suspensions: &[Suspension],
     ) {
         self.metrics.refresh(view);
+        self.metrics.set_directory(&self.directory.status());
         self.top.update(&self.metrics, loads);
         let horizon = now.minus(self.window);
         while self.activity.front().is_some_and(|a| a.ts <= horizon) {
@@ -129,7 +143,16 @@ impl LiveTelemetry {
         let view = AdminView {
             status,
             top: self.top_json(now, loads),
-            suspensions: Value::Array(suspensions.iter().map(suspension_json).collect()),
+            suspensions: Value::Array(
+                suspensions
+                    .iter()
+                    .map(|s| {
+                        let mut json = suspension_json(s);
+                        json["owner"] = self.owner_json(&s.token);
+                        json
+                    })
+                    .collect(),
+            ),
             violations: Value::Array(self.violations.iter().rev().cloned().collect()),
         };
         self.shared.publish(view);
@@ -159,6 +182,7 @@ impl LiveTelemetry {
                     "response_bytes": response_bytes,
                     "server_time_s": load.server_time.as_secs_f64(),
                     "server_time_share": load.share,
+                    "owner": self.owner_json(&load.token),
                 })
             })
             .collect();
@@ -166,6 +190,15 @@ impl LiveTelemetry {
             "at": now.as_secs_f64(),
             "window_s": self.window.as_secs_f64(),
             "tokens": tokens,
+        })
+    }
+}
+
+impl LiveTelemetry {
+    /// The token's owner for the admin views (`null` when the directory does not know it).
+    fn owner_json(&self, token: &TokenFingerprint) -> Value {
+        self.directory.owner(token).map_or(Value::Null, |o| {
+            serde_json::to_value(&*o).unwrap_or_default()
         })
     }
 }

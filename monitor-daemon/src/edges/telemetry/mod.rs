@@ -196,6 +196,8 @@ pub struct Metrics {
     violations: Family<RuleLabels, Counter>,
     decisions: Family<ActionLabels, Counter>,
     suspensions_active: Gauge,
+    directory_available: Gauge,
+    directory_entries: Gauge,
     suspensions: Family<OriginLabels, Counter>,
     lifts: Family<OriginLabels, Counter>,
     degraded: Gauge,
@@ -245,6 +247,8 @@ impl Metrics {
             violations: Family::default(),
             decisions: Family::default(),
             suspensions_active: Gauge::default(),
+            directory_available: Gauge::default(),
+            directory_entries: Gauge::default(),
             suspensions: Family::default(),
             lifts: Family::default(),
             degraded: Gauge::default(),
@@ -313,6 +317,16 @@ impl Metrics {
             "suspensions_active",
             "Tokens suspended now",
             m.suspensions_active.clone(),
+        );
+        r.register(
+            "directory_available",
+            "1 while the token directory's last read worked (0: directory_unavailable, or none configured)",
+            m.directory_available.clone(),
+        );
+        r.register(
+            "directory_entries",
+            "Tokens the token directory can name (no personal data is exported)",
+            m.directory_entries.clone(),
         );
         r.register(
             "suspensions",
@@ -559,6 +573,13 @@ impl Metrics {
 
     pub fn set_suspensions_active(&self, n: usize) {
         self.suspensions_active.set(n as i64);
+    }
+
+    /// The token directory's state: whether its last read worked and how many tokens it names.
+    pub fn set_directory(&self, status: &crate::edges::directory::DirectoryStatus) {
+        let available = status.state == crate::edges::directory::DirectoryState::Available;
+        self.directory_available.set(i64::from(available));
+        self.directory_entries.set(status.entries as i64);
     }
 
     /// The alert side's counters (`Alerts::stats`): absolute values, set on each refresh.
