@@ -142,18 +142,19 @@ pub fn suspensions(args: SuspensionsArgs) -> ExitCode {
         eprintln!("no token is suspended");
     } else {
         println!(
-            "{:<16}  {:<8}  {:<20}  {:<20}  {:>5}  {:<6}  REASON",
-            "TOKEN FP", "TOKEN", "SINCE (UTC)", "UNTIL (UTC)", "LEVEL", "SOURCE"
+            "{:<16}  {:<8}  {:<20}  {:<20}  {:>5}  {:<6}  {:<24}  REASON",
+            "TOKEN FP", "TOKEN", "SINCE (UTC)", "UNTIL (UTC)", "LEVEL", "SOURCE", "OWNER"
         );
         for s in &active {
             println!(
-                "{:<16}  {:<8}  {:<20}  {:<20}  {:>5}  {:<6}  {}",
+                "{:<16}  {:<8}  {:<20}  {:<20}  {:>5}  {:<6}  {:<24}  {}",
                 s.token,
                 masked(s),
                 utc(s.since),
                 s.until.map_or("until lifted".into(), utc),
                 s.level,
                 source(s.source),
+                owner_text(&recorded_owner(&store, s.token)),
                 s.reason
             );
         }
@@ -702,6 +703,20 @@ fn top_text(
         let _ = writeln!(out, "(no API calls in the window)");
     }
     out
+}
+
+/// Who the token directory said the token belongs to, in the newest of its last audit records
+/// that names an owner (decisions and violations carry it when the directory is connected):
+/// the store keeps no other copy of personal data. Null when none does.
+fn recorded_owner(store: &Store, token: TokenFingerprint) -> serde_json::Value {
+    const LOOK_BACK: usize = 50;
+    store
+        .audit(None, Some(token), LOOK_BACK)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.entry.details["owner"].clone())
+        .find(|owner| owner.is_object())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// `jdoe, project 12` from the token directory's owner object, `-` when unknown.

@@ -261,6 +261,14 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
             .any(|r| r["kind"] == "decision" && r["details"]["owner"]["username"] == "jdoe")
     });
     assert!(audit_named, "no audit record names jdoe");
+    // `redcap-monitor suspensions` names the owner from the decision's audit record.
+    let listed = Command::new(monitor_bin().unwrap())
+        .args(["suspensions", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("jdoe, project 12"), "{listed}");
     let decided = wait_until(WAIT, || {
         std::fs::read_to_string(dir.path().join("decisions.jsonl"))
             .unwrap_or_default()

@@ -314,7 +314,8 @@ fn run_exec(
     timeout: Span,
 ) -> (HookResult, Output) {
     let started = Instant::now();
-    let spawned = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .env_clear()
         .env("PATH", HOOK_PATH)
@@ -322,8 +323,10 @@ fn run_exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so that the timeout kills what it started too.
-        .process_group(0)
-        .spawn();
+        .process_group(0);
+    // SAFETY: between fork and exec the closure makes only raw syscalls (prctl, capset), which
+    // are async-signal-safe, and touches no memory shared with other threads.
+    let spawned = unsafe { command.pre_exec(drop_capabilities) }.spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
@@ -403,6 +406,57 @@ fn kill_group(pid: u32) {
             libc::kill(-pid, libc::SIGKILL);
         }
     }
+}
+
+/// Runs in the hook's process before it execs: clears its capabilities, so that a hook never
+/// holds what the daemon holds to capture (CAP_NET_RAW, CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON:
+/// enough to read every token on the wire). The unit gives the daemon those as ambient
+/// capabilities, which every program it runs would otherwise inherit; with the ambient,
+/// inheritable, permitted and effective sets empty, a program without file capabilities gets
+/// none. (A daemon run as root runs its hooks as root: root's programs regain every capability.)
+fn drop_capabilities() -> std::io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let cleared = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    // EINVAL: a kernel without ambient capabilities (before 4.3) has none to clear.
+    if cleared != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let none = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset reads a valid header and two data words, as version 3 requires.
+    let set = unsafe { libc::syscall(libc::SYS_capset, &header, none.as_ptr()) };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Output read so far by a pipe reader thread.
