@@ -103,6 +103,44 @@ fn the_deb_installs_binary_unit_config_and_user_enables_nothing_and_purges_clean
         .unwrap()
     );
     assert!(Path::new("/usr/lib/sysusers.d/redcap-monitor.conf").exists());
+    // The records rotate: logrotate takes the shipped file and rotates a record file as the
+    // service's user (the reload it asks for fails quietly without systemd).
+    let logs = Path::new("/var/log/redcap-monitor");
+    let made_logs = !logs.exists();
+    std::fs::create_dir_all(logs).unwrap();
+    run(
+        "chown",
+        &["redcap-monitor:redcap-monitor", "/var/log/redcap-monitor"],
+    );
+    std::fs::write(logs.join("calls.jsonl"), "{\"ts\":1}\n").unwrap();
+    run(
+        "chown",
+        &[
+            "redcap-monitor:redcap-monitor",
+            "/var/log/redcap-monitor/calls.jsonl",
+        ],
+    );
+    let state = tempfile::NamedTempFile::new().unwrap();
+    let rotated = run(
+        "logrotate",
+        &[
+            "--force",
+            "--state",
+            state.path().to_str().unwrap(),
+            "/etc/logrotate.d/redcap-monitor",
+        ],
+    );
+    assert!(rotated.status.success(), "logrotate: {}", text(&rotated));
+    assert!(
+        logs.join("calls.jsonl.1").exists(),
+        "logrotate did not rotate calls.jsonl: {}",
+        text(&rotated)
+    );
+    let _ = std::fs::remove_file(logs.join("calls.jsonl.1"));
+    let _ = std::fs::remove_file(logs.join("calls.jsonl"));
+    if made_logs {
+        let _ = std::fs::remove_dir(logs);
+    }
     assert!(Path::new("/usr/share/redcap-monitor/README").exists());
     for dir in ["grafana", "prometheus"] {
         let source = monitor_tests::workspace_root().join("config").join(dir);

@@ -33,6 +33,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "records loopback traffic for the demo and end-to-end tests",
     ),
     (
+        "logrotate",
+        "rotates the record files with the logrotate file the package ships (the .deb test)",
+    ),
+    (
         "curl",
         "one of the real API clients in the end-to-end tests",
     ),
