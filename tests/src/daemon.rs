@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-/// One line of `analyze --calls` (contracts.md).
+/// One line of `analyze --calls` (the README's "Call records").
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct CallRecord {
     pub ts_start: f64,

@@ -536,7 +536,7 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
     let counters = source.counters();
     let capture = match &counters {
         CaptureCounters::Kernel { counters, drain } => CaptureView::Kernel {
-            counters: counters.as_deref(),
+            counters: counters.as_deref().ok(),
             drain,
         },
         CaptureCounters::Pcap(interfaces) => CaptureView::Pcap(interfaces),

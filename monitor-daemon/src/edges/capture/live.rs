@@ -63,7 +63,8 @@ pub enum Ready {
 /// The capture's own counters, for the metrics.
 pub enum CaptureCounters {
     Kernel {
-        counters: Option<Box<KernelCounters>>,
+        /// Or why they could not be read.
+        counters: Result<Box<KernelCounters>, String>,
         drain: DrainStats,
     },
     Pcap(Vec<InterfaceCounters>),
@@ -145,36 +146,63 @@ impl LiveSource {
 
     /// The capture's loss counters, summed, and by name.
     pub fn loss(&self) -> (u64, serde_json::Value) {
-        capture_loss(&self.source)
-    }
-
-    /// The capture's own counters as JSON, for the stats file.
-    pub fn counters_json(&self) -> serde_json::Value {
-        match &self.source {
-            Source::Kernel(probe) => {
-                let probe = probe.get_ref();
-                let drain = probe.drain_stats();
-                serde_json::json!({
-                    "kernel": match probe.counters() {
-                        Ok(k) => serde_json::to_value(k).unwrap_or_default(),
-                        Err(err) => serde_json::Value::String(err.to_string()),
-                    },
-                    "ring": serde_json::to_value(drain).unwrap_or_default(),
-                })
+        match self.counters() {
+            CaptureCounters::Kernel {
+                counters: Ok(k), ..
+            } => {
+                let losses = k.losses();
+                (
+                    losses.iter().map(|(_, n)| n).sum(),
+                    losses
+                        .iter()
+                        .map(|(name, n)| (format!("kernel.{name}"), serde_json::Value::from(*n)))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into(),
+                )
             }
-            Source::Pcap { capture, .. } => {
-                serde_json::json!({ "pcap": serde_json::to_value(capture.counters()).unwrap_or_default() })
+            CaptureCounters::Kernel {
+                counters: Err(_), ..
+            } => (0, serde_json::Value::Null),
+            CaptureCounters::Pcap(interfaces) => {
+                let mut total = 0;
+                let mut detail = serde_json::Map::new();
+                for c in interfaces {
+                    total += c.dropped + c.if_dropped + c.truncated;
+                    for (name, n) in [
+                        ("dropped", c.dropped),
+                        ("if_dropped", c.if_dropped),
+                        ("truncated", c.truncated),
+                    ] {
+                        detail.insert(format!("pcap.{}.{name}", c.interface), n.into());
+                    }
+                }
+                (total, detail.into())
             }
         }
     }
 
-    /// The capture's own counters, for the metrics.
+    /// The capture's own counters as JSON, for the stats file.
+    pub fn counters_json(&self) -> serde_json::Value {
+        match self.counters() {
+            CaptureCounters::Kernel { counters, drain } => serde_json::json!({
+                "kernel": match counters {
+                    Ok(k) => serde_json::to_value(k).unwrap_or_default(),
+                    Err(err) => serde_json::Value::String(err),
+                },
+                "ring": drain,
+            }),
+            CaptureCounters::Pcap(interfaces) => serde_json::json!({ "pcap": interfaces }),
+        }
+    }
+
+    /// The capture's own counters, read once: the stats file, the loss check and the metrics
+    /// all take them from here.
     pub fn counters(&self) -> CaptureCounters {
         match &self.source {
             Source::Kernel(probe) => {
                 let probe = probe.get_ref();
                 CaptureCounters::Kernel {
-                    counters: probe.counters().ok().map(Box::new),
+                    counters: probe.counters().map(Box::new).map_err(|e| e.to_string()),
                     drain: probe.drain_stats(),
                 }
             }
@@ -470,41 +498,4 @@ fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
         sample.tls_reads = k.tls_filtered + k.tls_conns_started;
     }
     sample
-}
-
-/// The capture's loss counters, summed, and by name.
-fn capture_loss(source: &Source) -> (u64, serde_json::Value) {
-    match source {
-        Source::Kernel(probe) => match probe.get_ref().counters() {
-            Ok(k) => {
-                let losses = k.losses();
-                (
-                    losses.iter().map(|(_, n)| n).sum(),
-                    losses
-                        .iter()
-                        .map(|(name, n)| (format!("kernel.{name}"), serde_json::Value::from(*n)))
-                        .collect::<serde_json::Map<_, _>>()
-                        .into(),
-                )
-            }
-            Err(_) => (0, serde_json::Value::Null),
-        },
-        Source::Pcap { capture, .. } => {
-            let mut total = 0;
-            let mut detail = serde_json::Map::new();
-            for c in capture.counters() {
-                total += c.dropped + c.if_dropped + c.truncated;
-                detail.insert(format!("pcap.{}.dropped", c.interface), c.dropped.into());
-                detail.insert(
-                    format!("pcap.{}.if_dropped", c.interface),
-                    c.if_dropped.into(),
-                );
-                detail.insert(
-                    format!("pcap.{}.truncated", c.interface),
-                    c.truncated.into(),
-                );
-            }
-            (total, detail.into())
-        }
-    }
 }
