@@ -1,0 +1,687 @@
+//! `redcap-monitor report lifecycle|usage`: the long-term reports, gathered from the store (read
+//! only, beside a running daemon), the token directory (when configured) and the attestation
+//! CSV, computed by [`crate::stages::lifecycle`] and [`crate::stages::usage`], and rendered
+//! here as a terminal table, CSV or JSON.
+//!
+//! Never writes a raw token: the store and the directory hold fingerprints only, and every
+//! renderer prints fingerprints and masked forms. CSV cells a spreadsheet would run as a
+//! formula are quoted as text.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::commands::config::Config;
+use crate::edges::directory::{Owner, SourceKind, read_source};
+use crate::edges::store::{RollupExtent, Store, StoreError};
+use crate::shared::model::{Span, Timestamp};
+use crate::shared::token::{FingerprintMap, SiteKey, TokenFingerprint};
+use crate::stages::lifecycle::{
+    Attestation, KnownToken, LifecycleReport, LifecycleRules, lifecycle_report, parse_attestations,
+};
+use crate::stages::usage::{
+    Day, OwnerView, Period, UsageReport, day_text_of, parse_day, usage_report,
+};
+
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// A table for a terminal.
+    #[default]
+    Text,
+    /// One row per line with a header, for spreadsheets.
+    Csv,
+    /// One JSON document, for programs.
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot read the attestation file {path} (`lifecycle.attestations`): {message}")]
+    Attestations { path: PathBuf, message: String },
+    #[error("the report period is empty: --from {from} is after --to {to}")]
+    Period { from: String, to: String },
+}
+
+/// What the reports read besides the store: who owns each token, if the directory answered.
+pub struct Sources {
+    /// `None` when no directory is configured or it could not be read (see `warnings`).
+    pub owners: Option<FingerprintMap<Arc<Owner>>>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the configured token directory once. A directory that fails is a warning, not an
+/// error: the reports fall back to fingerprints and the daemon's own last-seen.
+pub fn read_directory(config: &Config, key: Option<&SiteKey>) -> Sources {
+    if config.directory.source == SourceKind::None {
+        return Sources {
+            owners: None,
+            warnings: Vec::new(),
+        };
+    }
+    let Some(key) = key else {
+        return Sources {
+            owners: None,
+            warnings: vec![format!(
+                "the token directory is not used: the site key {} cannot be read (pass --key)",
+                config.site.key_file.display()
+            )],
+        };
+    };
+    match read_source(&config.directory, key) {
+        Ok(owners) => Sources {
+            owners: Some(owners),
+            warnings: Vec::new(),
+        },
+        Err(err) => Sources {
+            owners: None,
+            warnings: vec![format!(
+                "the token directory could not be read, tokens are named by fingerprint and \
+                 last use is the daemon's: {err}"
+            )],
+        },
+    }
+}
+
+/// What each report document carries besides the report itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct Context {
+    pub store: PathBuf,
+    pub rollups: RollupExtent,
+    /// The oldest day the store holds rollups for (`2026-05-01`).
+    pub history_since: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+fn context(store: &Store, warnings: Vec<String>) -> Result<Context, ReportError> {
+    let rollups = store.rollup_extent()?;
+    let mut warnings = warnings;
+    if let Some(day) = rollups.evicted_through {
+        warnings.push(format!(
+            "{} daily row(s) up to {} were dropped to stay within store.max_rollups: usage up \
+             to that day is incomplete",
+            rollups.evicted,
+            day_text_of(day)
+        ));
+    }
+    Ok(Context {
+        store: store.path().to_owned(),
+        rollups,
+        history_since: rollups.oldest.map(day_text_of),
+        warnings,
+    })
+}
+
+fn owner_view(owner: &Owner) -> OwnerView {
+    OwnerView {
+        username: owner.username.clone(),
+        person: owner.person(),
+        project_id: owner.project_id,
+        project: owner.project(),
+    }
+}
+
+/// REDCap's `2026-12-01 10:00:00` (server-local time, taken as UTC: a few hours do not matter
+/// to a rule counted in months).
+fn redcap_time(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    let (date, clock) = text.split_once([' ', 'T']).unwrap_or((text, "00:00:00"));
+    let day = parse_day(date)?;
+    let mut parts = clock.trim_end_matches('Z').split(':');
+    let h: u64 = parts.next()?.parse().ok()?;
+    let m: u64 = parts.next().unwrap_or("0").parse().ok()?;
+    let s: f64 = parts.next().unwrap_or("0").parse().ok()?;
+    if h > 23 || m > 59 || !(0.0..61.0).contains(&s) {
+        return None;
+    }
+    Some(
+        day.start()
+            .plus(Span::from_secs(h * 3600 + m * 60 + s as u64)),
+    )
+}
+
+/// The lifecycle report from the store at `store`, the directory and the attestation file.
+pub fn lifecycle(
+    config: &Config,
+    store_path: &Path,
+    sources: Sources,
+    now: Timestamp,
+) -> Result<(LifecycleReport, Context), ReportError> {
+    let store = Store::open_read_only(store_path)?;
+    let mut known: BTreeMap<TokenFingerprint, KnownToken> = BTreeMap::new();
+    for seen in store.tokens()? {
+        let token = known
+            .entry(seen.token)
+            .or_insert_with(|| KnownToken::new(seen.token));
+        token.token_masked = Some(seen.masked);
+        token.daemon_last_seen = Some(seen.last_seen);
+    }
+    let connected = sources.owners.is_some();
+    if let Some(owners) = &sources.owners {
+        for (fp, owner) in owners {
+            let token = known.entry(*fp).or_insert_with(|| KnownToken::new(*fp));
+            token.owner = Some(owner_view(owner));
+            token.redcap_last_use = owner.last_api_use.as_deref().and_then(redcap_time);
+        }
+    }
+    let attestations = match &config.lifecycle.attestations {
+        None => None,
+        Some(path) => Some(read_attestations(path)?),
+    };
+    let tokens: Vec<KnownToken> = known.into_values().collect();
+    let report = lifecycle_report(
+        &tokens,
+        attestations.as_deref(),
+        LifecycleRules::from_config(&config.lifecycle),
+        connected,
+        now,
+    );
+    let context = context(&store, sources.warnings)?;
+    Ok((report, context))
+}
+
+fn read_attestations(path: &Path) -> Result<Vec<Attestation>, ReportError> {
+    let error = |message: String| ReportError::Attestations {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    parse_attestations(&text).map_err(error)
+}
+
+/// The usage report over the days `from..=to` (default: the 30 days ending today).
+pub fn usage(
+    store_path: &Path,
+    sources: Sources,
+    from: Option<Day>,
+    to: Option<Day>,
+    now: Timestamp,
+) -> Result<(UsageReport, Context), ReportError> {
+    let to = to.unwrap_or(Day::of(now));
+    let period = match from {
+        Some(from) => Period { from, to },
+        None => Period::ending(to, 30),
+    };
+    if period.from > period.to {
+        return Err(ReportError::Period {
+            from: day_text_of(period.from),
+            to: day_text_of(period.to),
+        });
+    }
+    let store = Store::open_read_only(store_path)?;
+    let rows = store.rollups(period.from, period.to)?;
+    let masked: FingerprintMap<_> = store
+        .tokens()?
+        .into_iter()
+        .map(|seen| (seen.token, seen.masked))
+        .collect();
+    let owners = sources.owners.as_ref();
+    let report = usage_report(
+        &rows,
+        period,
+        |fp| masked.get(fp).cloned(),
+        |fp| owners.and_then(|o| o.get(fp)).map(|o| owner_view(o)),
+    );
+    let context = context(&store, sources.warnings)?;
+    Ok((report, context))
+}
+
+/// The document `--format json` prints: the report's kind, its context and the report.
+#[derive(Serialize)]
+struct Document<'a, T: Serialize> {
+    report: &'static str,
+    #[serde(flatten)]
+    context: &'a Context,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn json<T: Serialize>(kind: &'static str, report: &T, context: &Context) -> String {
+    let doc = Document {
+        report: kind,
+        context,
+        body: report,
+    };
+    let mut out = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    out.push('\n');
+    out
+}
+
+pub fn render_lifecycle(
+    report: &LifecycleReport,
+    context: &Context,
+    format: ReportFormat,
+) -> String {
+    match format {
+        ReportFormat::Json => json("lifecycle", report, context),
+        ReportFormat::Csv => lifecycle_csv(report),
+        ReportFormat::Text => lifecycle_text(report, context),
+    }
+}
+
+pub fn render_usage(report: &UsageReport, context: &Context, format: ReportFormat) -> String {
+    match format {
+        ReportFormat::Json => json("usage", report, context),
+        ReportFormat::Csv => usage_csv(report),
+        ReportFormat::Text => usage_text(report, context),
+    }
+}
+
+fn opt<T: ToString>(value: &Option<T>) -> String {
+    value.as_ref().map_or(String::new(), T::to_string)
+}
+
+fn who(owner: &Option<OwnerView>) -> (String, String) {
+    owner.as_ref().map_or((String::new(), String::new()), |o| {
+        (o.person.clone(), o.project.clone().unwrap_or_default())
+    })
+}
+
+fn source_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+const LIFECYCLE_COLUMNS: &[&str] = &[
+    "section",
+    "token_fp",
+    "token_masked",
+    "username",
+    "person",
+    "project_id",
+    "project",
+    "last_use",
+    "last_use_source",
+    "idle_days",
+    "attestation_status",
+    "last_attested",
+    "due",
+    "days_left",
+];
+
+fn lifecycle_csv(report: &LifecycleReport) -> String {
+    let mut out = csv_line(LIFECYCLE_COLUMNS.iter().map(|c| c.to_string()));
+    let owner_cells = |owner: &Option<OwnerView>| {
+        owner.as_ref().map_or(vec![String::new(); 4], |o| {
+            vec![
+                o.username.clone(),
+                o.person.clone(),
+                opt(&o.project_id),
+                o.project.clone().unwrap_or_default(),
+            ]
+        })
+    };
+    for s in &report.stale {
+        let mut cells = vec!["stale".into(), s.token_fp.to_string(), opt(&s.token_masked)];
+        cells.extend(owner_cells(&s.owner));
+        cells.extend([
+            opt(&s.last_use),
+            source_name(&s.last_use_source),
+            opt(&s.idle_days),
+        ]);
+        cells.extend([String::new(), String::new(), String::new(), String::new()]);
+        out.push_str(&csv_line(cells));
+    }
+    for a in &report.attestations {
+        let mut cells = vec![
+            "attestation".into(),
+            a.token_fp.to_string(),
+            opt(&a.token_masked),
+        ];
+        cells.extend(owner_cells(&a.owner));
+        cells.extend([String::new(), String::new(), String::new()]);
+        cells.extend([
+            source_name(&a.status),
+            opt(&a.last_attested),
+            opt(&a.due),
+            opt(&a.days_left),
+        ]);
+        out.push_str(&csv_line(cells));
+    }
+    out
+}
+
+fn lifecycle_text(report: &LifecycleReport, context: &Context) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Token lifecycle at {} ({} token(s) known; last use from {})",
+        report.generated_at,
+        report.tokens_known,
+        if report.directory_connected {
+            "REDCap's log via the token directory, else the daemon"
+        } else {
+            "the daemon's sightings (no token directory)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\nUnused for more than {} days: {}",
+        report.stale_after_days,
+        report.stale.len()
+    );
+    if !report.stale.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:<28} {:<24} {:<20} {:<7} {:>5}",
+            "fingerprint", "token", "owner", "project", "last use", "source", "days"
+        );
+        for s in &report.stale {
+            let (person, project) = who(&s.owner);
+            let _ = writeln!(
+                out,
+                "{:<16} {:<9} {:<28} {:<24} {:<20} {:<7} {:>5}",
+                s.token_fp.to_string(),
+                opt(&s.token_masked),
+                cut(&person, 28),
+                cut(&project, 24),
+                s.last_use.as_deref().unwrap_or("never"),
+                source_name(&s.last_use_source),
+                s.idle_days.map_or("-".into(), |d| d.to_string())
+            );
+        }
+    }
+    if report.attestations_checked {
+        let _ = writeln!(
+            out,
+            "\nAttestations (every {} days) due within {} days, overdue or missing: {}",
+            report.attestation_every_days,
+            report.attestation_warning_days,
+            report.attestations.len()
+        );
+        if !report.attestations.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<9} {:<28} {:<24} {:<8} {:<10} {:<10} {:>6}",
+                "fingerprint", "token", "owner", "project", "status", "attested", "due", "days"
+            );
+            for a in &report.attestations {
+                let (person, project) = who(&a.owner);
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<9} {:<28} {:<24} {:<8} {:<10} {:<10} {:>6}",
+                    a.token_fp.to_string(),
+                    opt(&a.token_masked),
+                    cut(&person, 28),
+                    cut(&project, 24),
+                    source_name(&a.status),
+                    a.last_attested.as_deref().unwrap_or("never"),
+                    a.due.as_deref().unwrap_or("-"),
+                    a.days_left.map_or("-".into(), |d| d.to_string())
+                );
+            }
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "\nAttestations: not checked (set `lifecycle.attestations` to the attestation CSV)"
+        );
+    }
+    footer(&mut out, context);
+    out
+}
+
+const USAGE_COLUMNS: &[&str] = &[
+    "scope",
+    "rank",
+    "name",
+    "token_fp",
+    "token_masked",
+    "username",
+    "project",
+    "tokens",
+    "calls",
+    "heavy_calls",
+    "violations",
+    "request_bytes",
+    "response_bytes",
+    "server_time_s",
+    "share_of_calls",
+    "share_of_server_time",
+];
+
+fn usage_csv(report: &UsageReport) -> String {
+    let mut out = csv_line(USAGE_COLUMNS.iter().map(|c| c.to_string()));
+    let numbers = |u: &crate::stages::usage::Usage, calls: f64, time: f64| {
+        vec![
+            u.calls.to_string(),
+            u.heavy_calls.to_string(),
+            u.violations.to_string(),
+            u.request_bytes.to_string(),
+            u.response_bytes.to_string(),
+            format!("{:.3}", u.server_time_ns as f64 / 1e9),
+            format!("{calls:.4}"),
+            format!("{time:.4}"),
+        ]
+    };
+    let total = &report.totals;
+    let mut cells = vec![
+        "total".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        report.active_tokens.to_string(),
+    ];
+    cells.extend(numbers(total, 1.0, 1.0));
+    out.push_str(&csv_line(cells));
+    if let Some(share) = report.top10_share {
+        let top: u64 = report.tokens.iter().take(10).map(|t| t.usage.calls).sum();
+        let mut cells = vec!["top10".into(), String::new(), String::new()];
+        cells.extend(vec![String::new(); 4]);
+        cells.push(report.tokens.len().min(10).to_string());
+        cells.extend([top.to_string()]);
+        cells.extend(vec![String::new(); 5]);
+        cells.extend([format!("{share:.4}"), String::new()]);
+        out.push_str(&csv_line(cells));
+    }
+    for t in &report.tokens {
+        let (username, project) = t
+            .owner
+            .as_ref()
+            .map_or((String::new(), String::new()), |o| {
+                (o.username.clone(), o.project.clone().unwrap_or_default())
+            });
+        let mut cells = vec![
+            "token".into(),
+            t.rank.to_string(),
+            String::new(),
+            t.token_fp.to_string(),
+            opt(&t.token_masked),
+            username,
+            project,
+            "1".into(),
+        ];
+        cells.extend(numbers(&t.usage, t.share_of_calls, t.share_of_server_time));
+        out.push_str(&csv_line(cells));
+    }
+    for (scope, groups) in [("user", &report.users), ("project", &report.projects)] {
+        for (i, g) in groups.iter().enumerate() {
+            let mut cells = vec![scope.into(), (i + 1).to_string(), g.name.clone()];
+            cells.extend(vec![String::new(); 4]);
+            cells.push(g.tokens.to_string());
+            cells.extend(numbers(&g.usage, g.share_of_calls, g.share_of_server_time));
+            out.push_str(&csv_line(cells));
+        }
+    }
+    out
+}
+
+fn usage_text(report: &UsageReport, context: &Context) -> String {
+    let mut out = String::new();
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "API use from {} to {} (UTC days): {} call(s) by {} token(s), {} heavy, {} violation(s), \
+         server time {:.1} s",
+        day_text_of(report.period.from),
+        day_text_of(report.period.to),
+        t.calls,
+        report.active_tokens,
+        t.heavy_calls,
+        t.violations,
+        t.server_time_ns as f64 / 1e9
+    );
+    match report.top10_share {
+        Some(share) => {
+            let _ = writeln!(
+                out,
+                "The top 10 tokens made {:.1}% of the calls.",
+                share * 100.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "No calls in the period.");
+        }
+    }
+    if !report.tokens.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:>4} {:<16} {:<9} {:<28} {:>8} {:>6} {:>5} {:>12} {:>12} {:>7} {:>7}",
+            "#",
+            "fingerprint",
+            "token",
+            "owner",
+            "calls",
+            "heavy",
+            "viol",
+            "req bytes",
+            "resp bytes",
+            "calls%",
+            "time%"
+        );
+        for tok in &report.tokens {
+            let (person, _) = who(&tok.owner);
+            let _ = writeln!(
+                out,
+                "{:>4} {:<16} {:<9} {:<28} {:>8} {:>6} {:>5} {:>12} {:>12} {:>6.1}% {:>6.1}%",
+                tok.rank,
+                tok.token_fp.to_string(),
+                opt(&tok.token_masked),
+                cut(&person, 28),
+                tok.usage.calls,
+                tok.usage.heavy_calls,
+                tok.usage.violations,
+                tok.usage.request_bytes,
+                tok.usage.response_bytes,
+                tok.share_of_calls * 100.0,
+                tok.share_of_server_time * 100.0
+            );
+        }
+    }
+    for (title, groups) in [("user", &report.users), ("project", &report.projects)] {
+        if groups.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<40} {:>6} {:>8} {:>6} {:>5} {:>7} {:>7}",
+            format!("by {title}"),
+            "tokens",
+            "calls",
+            "heavy",
+            "viol",
+            "calls%",
+            "time%"
+        );
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>6} {:>8} {:>6} {:>5} {:>6.1}% {:>6.1}%",
+                cut(&g.name, 40),
+                g.tokens,
+                g.usage.calls,
+                g.usage.heavy_calls,
+                g.usage.violations,
+                g.share_of_calls * 100.0,
+                g.share_of_server_time * 100.0
+            );
+        }
+    }
+    footer(&mut out, context);
+    out
+}
+
+fn footer(out: &mut String, context: &Context) {
+    let _ = writeln!(
+        out,
+        "\nStore {}: {} daily row(s){}",
+        context.store.display(),
+        context.rollups.rows,
+        context
+            .history_since
+            .as_ref()
+            .map_or(String::new(), |day| format!(" since {day}"))
+    );
+    for warning in &context.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+}
+
+/// At most `width` characters, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// One CSV record (RFC 4180): cells with commas, quotes or line breaks are quoted, and a cell a
+/// spreadsheet would run as a formula is prefixed with `'`.
+fn csv_line(cells: impl IntoIterator<Item = String>) -> String {
+    let mut line = cells
+        .into_iter()
+        .map(|cell| {
+            let cell = if cell.starts_with(['=', '+', '@', '\t', '\r'])
+                || (cell.starts_with('-') && cell.parse::<f64>().is_err())
+            {
+                format!("'{cell}")
+            } else {
+                cell
+            };
+            if cell.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", cell.replace('"', "\"\""))
+            } else {
+                cell
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    line.push_str("\r\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_separators_and_defuses_formulas() {
+        let line = csv_line([
+            "a,b".into(),
+            "say \"hi\"".into(),
+            "=1+1".into(),
+            "-3".into(),
+        ]);
+        assert_eq!(line, "\"a,b\",\"say \"\"hi\"\"\",'=1+1,-3\r\n");
+    }
+
+    #[test]
+    fn redcaps_last_use_reads_as_utc() {
+        let at = redcap_time("2026-12-01 10:00:00").unwrap();
+        assert_eq!(crate::stages::usage::utc_text(at), "2026-12-01T10:00:00Z");
+        assert_eq!(redcap_time("not a date"), None);
+    }
+}
