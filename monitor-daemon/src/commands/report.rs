@@ -17,14 +17,12 @@ use serde::Serialize;
 use crate::commands::config::Config;
 use crate::edges::directory::{Owner, SourceKind, read_source};
 use crate::edges::store::{RollupExtent, Store, StoreError};
-use crate::shared::model::{Span, Timestamp};
+use crate::shared::model::Timestamp;
 use crate::shared::token::{FingerprintMap, SiteKey, TokenFingerprint};
 use crate::stages::lifecycle::{
     Attestation, KnownToken, LifecycleReport, LifecycleRules, lifecycle_report, parse_attestations,
 };
-use crate::stages::usage::{
-    Day, OwnerView, Period, UsageReport, day_text_of, parse_day, usage_report,
-};
+use crate::stages::usage::{Day, OwnerView, Period, UsageReport, day_text_of, usage_report};
 
 /// How a report is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -117,34 +115,6 @@ fn context(store: &Store, warnings: Vec<String>) -> Result<Context, ReportError>
     })
 }
 
-fn owner_view(owner: &Owner) -> OwnerView {
-    OwnerView {
-        username: owner.username.clone(),
-        person: owner.person(),
-        project_id: owner.project_id,
-        project: owner.project(),
-    }
-}
-
-/// REDCap's `2026-12-01 10:00:00` (server-local time, taken as UTC: a few hours do not matter
-/// to a rule counted in months).
-fn redcap_time(text: &str) -> Option<Timestamp> {
-    let text = text.trim();
-    let (date, clock) = text.split_once([' ', 'T']).unwrap_or((text, "00:00:00"));
-    let day = parse_day(date)?;
-    let mut parts = clock.trim_end_matches('Z').split(':');
-    let h: u64 = parts.next()?.parse().ok()?;
-    let m: u64 = parts.next().unwrap_or("0").parse().ok()?;
-    let s: f64 = parts.next().unwrap_or("0").parse().ok()?;
-    if h > 23 || m > 59 || !(0.0..61.0).contains(&s) {
-        return None;
-    }
-    Some(
-        day.start()
-            .plus(Span::from_secs(h * 3600 + m * 60 + s as u64)),
-    )
-}
-
 /// The lifecycle report from the store at `store`, the directory and the attestation file.
 pub fn lifecycle(
     config: &Config,
@@ -165,8 +135,8 @@ pub fn lifecycle(
     if let Some(owners) = &sources.owners {
         for (fp, owner) in owners {
             let token = known.entry(*fp).or_insert_with(|| KnownToken::new(*fp));
-            token.owner = Some(owner_view(owner));
-            token.redcap_last_use = owner.last_api_use.as_deref().and_then(redcap_time);
+            token.owner = Some(owner.view());
+            token.redcap_last_use = owner.last_api_use_at();
         }
     }
     let attestations = match &config.lifecycle.attestations {
@@ -225,7 +195,7 @@ pub fn usage(
         &rows,
         period,
         |fp| masked.get(fp).cloned(),
-        |fp| owners.and_then(|o| o.get(fp)).map(|o| owner_view(o)),
+        |fp| owners.and_then(|o| o.get(fp)).map(|o| o.view()),
     );
     let context = context(&store, sources.warnings)?;
     Ok((report, context))
@@ -680,8 +650,12 @@ mod tests {
 
     #[test]
     fn redcaps_last_use_reads_as_utc() {
-        let at = redcap_time("2026-12-01 10:00:00").unwrap();
+        let owner = |text: &str| Owner {
+            last_api_use: Some(text.into()),
+            ..Owner::default()
+        };
+        let at = owner("2026-12-01 10:00:00").last_api_use_at().unwrap();
         assert_eq!(crate::stages::usage::utc_text(at), "2026-12-01T10:00:00Z");
-        assert_eq!(redcap_time("not a date"), None);
+        assert_eq!(owner("not a date").last_api_use_at(), None);
     }
 }
