@@ -132,6 +132,13 @@ enum ReportCommand {
     Lifecycle {
         #[command(flatten)]
         common: ReportArgs,
+        /// Hand the stale tokens to the `[[hooks.token_stale]]` hooks: lists what would run,
+        /// unless --execute.
+        #[arg(long)]
+        revoke: bool,
+        /// With --revoke: run the hooks, and audit each result.
+        #[arg(long, requires = "revoke")]
+        execute: bool,
     },
     /// Calls, heavy calls, violations, bytes and share of server time per token (and per user
     /// and project with the token directory), and the top 10 tokens' share of the calls.
@@ -171,9 +178,13 @@ fn day(text: &str) -> Result<Day, String> {
 }
 
 fn report(command: ReportCommand) -> ExitCode {
-    let (common, usage_period) = match command {
-        ReportCommand::Lifecycle { common } => (common, None),
-        ReportCommand::Usage { common, from, to } => (common, Some((from, to))),
+    let (common, usage_period, revoke) = match command {
+        ReportCommand::Lifecycle {
+            common,
+            revoke,
+            execute,
+        } => (common, None, revoke.then_some(execute)),
+        ReportCommand::Usage { common, from, to } => (common, Some((from, to)), None),
     };
     let config = match common.config.as_deref().map(Config::load).transpose() {
         Ok(config) => config.unwrap_or_default(),
@@ -188,15 +199,25 @@ fn report(command: ReportCommand) -> ExitCode {
         .flatten();
     let sources = report::read_directory(&config, key.as_ref());
     let now = common.at.unwrap_or_else(wall_now);
+    let mut failed = false;
     let rendered = match usage_period {
-        None => report::lifecycle(&config, &store, sources, now)
-            .map(|(r, c)| report::render_lifecycle(&r, &c, common.format)),
+        None => report::lifecycle(&config, &store, sources, now).and_then(|(r, c)| match revoke {
+            None => Ok(report::render_lifecycle(&r, &c, common.format)),
+            Some(execute) => report::revoke(&config, &store, &r, execute, now).map(|run| {
+                failed = run.any_failed();
+                report::render_revocation(&run, common.format)
+            }),
+        }),
         Some((from, to)) => report::usage(&store, sources, from, to, now)
             .map(|(r, c)| report::render_usage(&r, &c, common.format)),
     };
     match rendered {
         Ok(text) => {
             print!("{text}");
+            if failed {
+                eprintln!("error: some revocation hooks failed (see above and the audit log)");
+                return ExitCode::from(1);
+            }
             ExitCode::SUCCESS
         }
         Err(err) => fail(1, &err),

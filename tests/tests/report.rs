@@ -360,3 +360,112 @@ fn reports_judge_months_of_history_in_every_format_without_a_raw_token() {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+fn run(h: &History, args: &[&str]) -> Output {
+    let out = Command::new(monitor_bin().unwrap())
+        .args(args)
+        .current_dir(h.dir.path())
+        .output()
+        .unwrap();
+    no_raw_token(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    out
+}
+
+#[test]
+fn revoke_is_a_dry_run_until_executed_then_runs_the_token_stale_hook_and_audits_it() {
+    let h = history();
+    let fps = fingerprints(&h.key, &[IDLE_181]).unwrap();
+    let idle181 = &fps[0];
+    let store = h.store.to_str().unwrap().to_owned();
+    let key = h.key.to_str().unwrap().to_owned();
+    let lifecycle = |config: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "report",
+            "lifecycle",
+            "--at",
+            NOW_TEXT,
+            "--store",
+            &store,
+            "--key",
+            &key,
+            "--config",
+            config.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&h, &args)
+    };
+
+    // Without a hook there is nothing to revoke with, and the message says what to add.
+    let bare = h.path("bare.toml");
+    std::fs::write(&bare, "").unwrap();
+    let out = lifecycle(&bare, &["--revoke"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[[hooks.token_stale]]"),
+        "{out:?}"
+    );
+    // --execute alone is refused.
+    assert_eq!(lifecycle(&bare, &["--execute"]).status.code(), Some(2));
+
+    let events = h.path("events.jsonl");
+    let config = h.path("revoke.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[hooks.token_stale]]\nname = \"revoke-in-redcap\"\nkind = \"exec\"\n\
+             program = \"/bin/sh\"\nargs = [\"-c\", \"cat >> {}; echo >> {}\"]\n",
+            events.display(),
+            events.display()
+        ),
+    )
+    .unwrap();
+    let dry = lifecycle(&config, &["--revoke"]);
+    assert!(dry.status.success(), "{dry:?}");
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(text.starts_with("Dry run"), "{text}");
+    assert!(
+        text.contains(&format!("would run `revoke-in-redcap` for {idle181}")),
+        "{text}"
+    );
+    assert_eq!(text.matches("would run").count(), 1, "{text}");
+    assert!(!events.exists(), "a dry run runs nothing");
+    let audit = |h: &History| {
+        let out = run(h, &["audit", "--store", &store, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["kind"] == "hook_result")
+            .collect::<Vec<_>>()
+    };
+    assert!(audit(&h).is_empty());
+
+    let done = lifecycle(&config, &["--revoke", "--execute", "--format", "json"]);
+    assert!(done.status.success(), "{done:?}");
+    let run_doc: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(run_doc["executed"], true);
+    assert_eq!(run_doc["audited_in"], "store");
+    let runs = run_doc["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{run_doc:#}");
+    assert_eq!(runs[0]["token_fp"], idle181.as_str());
+    assert_eq!(runs[0]["outcome"]["result"], "exited");
+    assert_eq!(runs[0]["outcome"]["success"], true);
+    // The hook got the event on stdin, by fingerprint.
+    let written = std::fs::read_to_string(&events).unwrap();
+    no_raw_token(&written);
+    let event: Value = serde_json::from_str(written.lines().next().unwrap()).unwrap();
+    assert_eq!(event["action"], "token_stale");
+    assert_eq!(event["token_fp"], idle181.as_str());
+    assert!(event["reason"].as_str().unwrap().contains("unused for 181 days"), "{event}");
+    assert_eq!(event["evidence"]["last_use_source"], "daemon");
+    // And its result is in the audit log.
+    let records = audit(&h);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["token_fp"], idle181.as_str());
+    assert_eq!(records[0]["details"]["action"], "token_stale");
+    assert_eq!(records[0]["details"]["hook"], "revoke-in-redcap");
+}

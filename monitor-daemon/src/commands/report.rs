@@ -1,7 +1,9 @@
 //! `redcap-monitor report lifecycle|usage`: the long-term reports, gathered from the store (read
 //! only, beside a running daemon), the token directory (when configured) and the attestation
 //! CSV, computed by [`crate::stages::lifecycle`] and [`crate::stages::usage`], and rendered
-//! here as a terminal table, CSV or JSON.
+//! here as a terminal table, CSV or JSON. `lifecycle --revoke` hands the stale tokens to the
+//! `[[hooks.token_stale]]` hooks: a dry run listing what would run, or (`--execute`) running them
+//! and auditing each result, in the store, or through the daemon when it holds the store.
 //!
 //! Never writes a raw token: the store and the directory hold fingerprints only, and every
 //! renderer prints fingerprints and masked forms. CSV cells a spreadsheet would run as a
@@ -15,12 +17,16 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::commands::config::Config;
+use crate::edges::actions::{Request, RequestError, request_dir, submit_request};
+use crate::edges::alerts::{TokenRef, host_name};
 use crate::edges::directory::{Owner, SourceKind, read_source};
-use crate::edges::store::{RollupExtent, Store, StoreError};
+use crate::edges::hooks::{HookAction, HookEvent, HookOutcome, HookResult, Hooks};
+use crate::edges::store::{AuditEntry, AuditKind, RollupExtent, Store, StoreError, StoreLimits};
 use crate::shared::model::Timestamp;
 use crate::shared::token::{FingerprintMap, SiteKey, TokenFingerprint};
 use crate::stages::lifecycle::{
-    Attestation, KnownToken, LifecycleReport, LifecycleRules, lifecycle_report, parse_attestations,
+    Attestation, KnownToken, LastUseSource, LifecycleReport, LifecycleRules, StaleToken,
+    lifecycle_report, parse_attestations,
 };
 use crate::stages::usage::{Day, OwnerView, Period, UsageReport, day_text_of, usage_report};
 
@@ -44,6 +50,15 @@ pub enum ReportError {
     Attestations { path: PathBuf, message: String },
     #[error("the report period is empty: --from {from} is after --to {to}")]
     Period { from: String, to: String },
+    #[error(
+        "no hook to revoke stale tokens with: add a `[[hooks.token_stale]]` (an exec or http hook, \
+         see the README) to the configuration"
+    )]
+    NoRevocationHooks,
+    #[error("the hook results could not be audited through the running daemon: {0}")]
+    Request(#[from] RequestError),
+    #[error("the running daemon refused the hook results: {0}")]
+    Refused(String),
 }
 
 /// What the reports read besides the store: who owns each token, if the directory answered.
@@ -631,6 +646,309 @@ fn csv_line(cells: impl IntoIterator<Item = String>) -> String {
         .join(",");
     line.push_str("\r\n");
     line
+}
+
+/// One hook for one stale token: to run (a dry run) or run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revocation {
+    #[serde(flatten)]
+    pub token: StaleToken,
+    pub hook: String,
+    /// `None` in a dry run.
+    pub outcome: Option<HookOutcome>,
+}
+
+/// What `report lifecycle --revoke` did or would do.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevocationRun {
+    pub executed: bool,
+    /// Where the hook results were audited: `store`, `daemon` (through its request directory),
+    /// or `none` in a dry run.
+    pub audited_in: &'static str,
+    pub runs: Vec<Revocation>,
+}
+
+impl RevocationRun {
+    /// Some hook that ran did not succeed.
+    pub fn any_failed(&self) -> bool {
+        self.runs
+            .iter()
+            .filter_map(|r| r.outcome.as_ref())
+            .any(|o| !succeeded(o))
+    }
+}
+
+fn succeeded(outcome: &HookOutcome) -> bool {
+    matches!(
+        outcome.result,
+        HookResult::Exited { success: true, .. } | HookResult::Http { success: true, .. }
+    )
+}
+
+/// How long the daemon may take to take the audit records of one token's hooks.
+const AUDIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+enum AuditSink {
+    Store(Store),
+    Daemon(PathBuf),
+}
+
+/// Hands each stale token of `report` to the `[[hooks.token_stale]]` hooks: with `execute`
+/// false lists what would run, else runs them in order, token by token, auditing each result
+/// (`hook_result`, `action: token_stale`) before the next token. Where the audit goes is
+/// settled before anything runs: the store, or the daemon that holds it.
+pub fn revoke(
+    config: &Config,
+    store_path: &Path,
+    report: &LifecycleReport,
+    execute: bool,
+    now: Timestamp,
+) -> Result<RevocationRun, ReportError> {
+    let names: Vec<&str> = config
+        .hooks
+        .token_stale
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    if names.is_empty() {
+        return Err(ReportError::NoRevocationHooks);
+    }
+    if !execute {
+        let runs = report
+            .stale
+            .iter()
+            .flat_map(|token| {
+                names.iter().map(|name| Revocation {
+                    token: token.clone(),
+                    hook: (*name).to_owned(),
+                    outcome: None,
+                })
+            })
+            .collect();
+        return Ok(RevocationRun {
+            executed: false,
+            audited_in: "none",
+            runs,
+        });
+    }
+    let sink = match Store::open(store_path, StoreLimits::from_config(&config.store)) {
+        Ok(store) => AuditSink::Store(store),
+        Err(StoreError::Busy { .. }) => {
+            let dir = request_dir(store_path);
+            if !dir.is_dir() {
+                return Err(RequestError::NoDaemon {
+                    store: store_path.to_owned(),
+                    dir,
+                }
+                .into());
+            }
+            AuditSink::Daemon(store_path.to_owned())
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let hooks = Hooks::new(&config.hooks, host_name());
+    let mut runs = Vec::new();
+    for token in &report.stale {
+        let event = HookEvent {
+            action: HookAction::TokenStale,
+            at: now,
+            token: TokenRef {
+                fingerprint: token.token_fp,
+                masked: token.token_masked.clone(),
+            },
+            until: None,
+            reason: stale_reason(token, report.stale_after_days),
+            evidence: serde_json::to_value(token).unwrap_or_default(),
+        };
+        let outcomes = hooks.run(&event, None);
+        let entries: Vec<AuditEntry> = outcomes
+            .iter()
+            .map(|outcome| {
+                let mut details = serde_json::to_value(outcome).unwrap_or_default();
+                details["event_at"] = now.as_secs_f64().into();
+                details["reason"] = event.reason.clone().into();
+                details["source"] = "report lifecycle --revoke --execute".into();
+                AuditEntry {
+                    ts: now,
+                    kind: AuditKind::HookResult,
+                    token: Some(token.token_fp),
+                    details,
+                }
+            })
+            .collect();
+        match &sink {
+            AuditSink::Store(store) => {
+                for entry in &entries {
+                    store.append_audit(entry)?;
+                }
+            }
+            AuditSink::Daemon(path) => {
+                for entry in entries {
+                    let request = Request::HookResults {
+                        entries: vec![fit_request(entry)],
+                    };
+                    let reply = submit_request(path, &request, AUDIT_TIMEOUT)?;
+                    if !reply.ok {
+                        return Err(ReportError::Refused(reply.error.unwrap_or_default()));
+                    }
+                }
+            }
+        }
+        runs.extend(outcomes.into_iter().map(|outcome| Revocation {
+            token: token.clone(),
+            hook: outcome.hook.clone(),
+            outcome: Some(outcome),
+        }));
+    }
+    Ok(RevocationRun {
+        executed: true,
+        audited_in: match sink {
+            AuditSink::Store(_) => "store",
+            AuditSink::Daemon(_) => "daemon",
+        },
+        runs,
+    })
+}
+
+/// A request file is at most 64 KiB: a hook's output is cut to fit (it is bounded already).
+fn fit_request(mut entry: AuditEntry) -> AuditEntry {
+    const KEEP: usize = 4096;
+    for stream in ["stdout", "stderr"] {
+        if let Some(text) = entry.details[stream].as_str()
+            && text.len() > KEEP
+        {
+            let mut end = KEEP;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            entry.details[stream] = text[..end].to_owned().into();
+            entry.details["output_truncated"] = true.into();
+        }
+    }
+    entry
+}
+
+fn stale_reason(token: &StaleToken, stale_after_days: u32) -> String {
+    match (&token.last_use, token.idle_days) {
+        (Some(last), Some(days)) => format!(
+            "unused for {days} days (more than {stale_after_days}); last use {last} according to {}",
+            match token.last_use_source {
+                LastUseSource::Redcap => "REDCap's log",
+                LastUseSource::Daemon => "redcap-monitor",
+                LastUseSource::None => "nobody",
+            }
+        ),
+        _ => "no use on record (REDCap's log and redcap-monitor)".into(),
+    }
+}
+
+pub fn render_revocation(run: &RevocationRun, format: ReportFormat) -> String {
+    match format {
+        ReportFormat::Json => {
+            let mut out = serde_json::to_string_pretty(run).unwrap_or_default();
+            out.push('\n');
+            out
+        }
+        ReportFormat::Csv => {
+            let mut out = csv_line(
+                [
+                    "token_fp",
+                    "token_masked",
+                    "username",
+                    "project",
+                    "idle_days",
+                    "last_use_source",
+                    "hook",
+                    "executed",
+                    "result",
+                ]
+                .map(String::from),
+            );
+            for r in &run.runs {
+                let (username, project) =
+                    r.token.owner.as_ref().map_or_else(Default::default, |o| {
+                        (o.username.clone(), o.project.clone().unwrap_or_default())
+                    });
+                out.push_str(&csv_line([
+                    r.token.token_fp.to_string(),
+                    opt(&r.token.token_masked),
+                    username,
+                    project,
+                    opt(&r.token.idle_days),
+                    source_name(&r.token.last_use_source),
+                    r.hook.clone(),
+                    run.executed.to_string(),
+                    r.outcome.as_ref().map_or(String::new(), outcome_text),
+                ]));
+            }
+            out
+        }
+        ReportFormat::Text => {
+            let mut out = String::new();
+            if !run.executed {
+                let _ = writeln!(
+                    out,
+                    "Dry run: with --execute, {} hook run(s) for the stale tokens:",
+                    run.runs.len()
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "Ran {} hook(s) for the stale tokens (audited in the {}):",
+                    run.runs.len(),
+                    run.audited_in
+                );
+            }
+            for r in &run.runs {
+                let (person, _) = who(&r.token.owner);
+                let _ = writeln!(
+                    out,
+                    "  {} `{}` for {} ({}{}): {}{}",
+                    if run.executed { "ran" } else { "would run" },
+                    r.hook,
+                    r.token.token_fp,
+                    opt(&r.token.token_masked),
+                    if person.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {person}")
+                    },
+                    r.token
+                        .idle_days
+                        .map_or("never used".into(), |d| format!("unused {d} days")),
+                    r.outcome
+                        .as_ref()
+                        .map_or(String::new(), |o| format!(" -> {}", outcome_text(o)))
+                );
+            }
+            out
+        }
+    }
+}
+
+fn outcome_text(outcome: &HookOutcome) -> String {
+    match &outcome.result {
+        HookResult::Exited { code, signal, .. } => {
+            let how = match (code, signal) {
+                (Some(code), _) => format!("exit {code}"),
+                (None, Some(signal)) => format!("signal {signal}"),
+                (None, None) => "exited".into(),
+            };
+            format!(
+                "{} ({how})",
+                if succeeded(outcome) { "ok" } else { "failed" }
+            )
+        }
+        HookResult::TimedOut => "failed (timed out)".into(),
+        HookResult::FailedToStart { error } => format!("failed (did not start: {error})"),
+        HookResult::Http { status, .. } => {
+            format!(
+                "{} (HTTP {status})",
+                if succeeded(outcome) { "ok" } else { "failed" }
+            )
+        }
+        HookResult::HttpFailed { error } => format!("failed ({error})"),
+    }
 }
 
 #[cfg(test)]

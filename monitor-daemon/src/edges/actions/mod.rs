@@ -845,6 +845,14 @@ impl Actions {
                         None => Reply::error(&format!("token {token_fp} is not suspended")),
                     })
             }
+            Request::HookResults { entries } => {
+                if entries.iter().any(|e| e.kind != AuditKind::HookResult) {
+                    return Reply::error("only hook_result audit records may be handed in");
+                }
+                entries.iter().for_each(|e| self.audit(e.clone()));
+                self.flush();
+                Ok(Reply::done(None))
+            }
         };
         result.unwrap_or_else(|err| Reply::error(&err.to_string()))
     }

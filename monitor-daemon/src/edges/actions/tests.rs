@@ -957,3 +957,37 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
         (Some(4), Some(10))
     );
 }
+
+#[test]
+fn hook_results_handed_in_by_an_admin_command_are_audited_and_nothing_else_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    let stale = fingerprint(COMPLIANT);
+    let entry = |kind| AuditEntry {
+        ts: at(0),
+        kind,
+        token: Some(stale),
+        details: serde_json::json!({"hook": "revoke", "action": "token_stale"}),
+    };
+    let refused = daemon.actions.execute(
+        &Request::HookResults {
+            entries: vec![entry(AuditKind::HookResult), entry(AuditKind::Suspend)],
+        },
+        at(0),
+    );
+    assert!(!refused.ok && refused.error.unwrap().contains("hook_result"));
+    let reply = daemon.actions.execute(
+        &Request::HookResults {
+            entries: vec![entry(AuditKind::HookResult)],
+        },
+        at(0),
+    );
+    assert!(reply.ok, "{reply:?}");
+    let records = daemon.actions.store().audit(None, Some(stale), 10).unwrap();
+    let kinds: Vec<AuditKind> = records.iter().map(|r| r.entry.kind).collect();
+    assert_eq!(kinds, [AuditKind::HookResult]);
+    assert_eq!(records[0].entry.details["action"], "token_stale");
+    daemon.actions.shutdown();
+}
