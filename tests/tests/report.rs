@@ -460,7 +460,13 @@ fn revoke_is_a_dry_run_until_executed_then_runs_the_token_stale_hook_and_audits_
     let event: Value = serde_json::from_str(written.lines().next().unwrap()).unwrap();
     assert_eq!(event["action"], "token_stale");
     assert_eq!(event["token_fp"], idle181.as_str());
-    assert!(event["reason"].as_str().unwrap().contains("unused for 181 days"), "{event}");
+    assert!(
+        event["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unused for 181 days"),
+        "{event}"
+    );
     assert_eq!(event["evidence"]["last_use_source"], "daemon");
     // And its result is in the audit log.
     let records = audit(&h);

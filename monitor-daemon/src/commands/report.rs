@@ -973,7 +973,7 @@ mod tests {
             ..Owner::default()
         };
         let at = owner("2026-12-01 10:00:00").last_api_use_at().unwrap();
-        assert_eq!(crate::stages::usage::utc_text(at), "2026-12-01T10:00:00Z");
+        assert_eq!(crate::shared::model::rfc3339(at), "2026-12-01T10:00:00Z");
         assert_eq!(owner("not a date").last_api_use_at(), None);
     }
 }

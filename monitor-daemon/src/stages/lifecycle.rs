@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::model::{Span, Timestamp};
+use crate::shared::model::{Span, Timestamp, rfc3339};
 use crate::shared::settings::{Duration, Problem, longer_than_zero};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
-use crate::stages::usage::{Day, OwnerView, day_text_of, parse_day, utc_text};
+use crate::stages::usage::{Day, OwnerView, day_text_of, parse_day};
 
 /// `[lifecycle]`: when a token is stale and how often its use must be attested.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -221,7 +221,7 @@ pub fn lifecycle_report(
                 token_fp: token.token_fp,
                 token_masked: token.token_masked.clone(),
                 owner: token.owner.clone(),
-                last_use: at.map(utc_text),
+                last_use: at.map(rfc3339),
                 last_use_source: source,
                 idle_days: idle.map(|idle| idle.0 / 86_400_000_000_000),
             });
@@ -276,7 +276,7 @@ pub fn lifecycle_report(
             .then(a.token_fp.cmp(&b.token_fp))
     });
     LifecycleReport {
-        generated_at: utc_text(now),
+        generated_at: rfc3339(now),
         stale_after_days: days(rules.stale_after),
         attestation_every_days: days(rules.attestation_every),
         attestation_warning_days: days(rules.attestation_warning),

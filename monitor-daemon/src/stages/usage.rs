@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::model::{Span, Timestamp};
+use crate::shared::model::{Span, Timestamp, civil_from_days, days_from_civil};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::policy::Verdict;
 
@@ -271,19 +271,6 @@ pub fn day_text_of(day: Day) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// `2026-05-01T12:34:56Z`.
-pub fn utc_text(at: Timestamp) -> String {
-    let secs = at.0 / 1_000_000_000;
-    let rem = secs % 86_400;
-    format!(
-        "{}T{:02}:{:02}:{:02}Z",
-        day_text_of(Day::of(at)),
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// The day of `2026-05-01` (UTC).
 pub fn parse_day(text: &str) -> Option<Day> {
     let mut parts = text.trim().split('-');
@@ -298,30 +285,6 @@ pub fn parse_day(text: &str) -> Option<Day> {
 
 fn day_text<S: serde::Serializer>(day: &Day, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&day_text_of(*day))
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
