@@ -967,6 +967,28 @@ mod tests {
     }
 
     #[test]
+    fn a_period_that_ends_before_it_starts_is_refused_before_the_store_is_read() {
+        let sources = Sources {
+            owners: None,
+            warnings: Vec::new(),
+        };
+        let err = usage(
+            Path::new("/nonexistent/state.redb"),
+            sources,
+            Some(Day(20_001)),
+            Some(Day(20_000)),
+            Timestamp(0),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ReportError::Period { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("--from 2024-10-05 is after --to 2024-10-04"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redcaps_last_use_reads_as_utc() {
         let owner = |text: &str| Owner {
             last_api_use: Some(text.into()),
