@@ -289,6 +289,7 @@ fn through_daemon(store: &Path, request: &Request, json: bool) -> ExitCode {
             masked(&s),
             utc(s.since)
         ),
+        Request::HookResults { .. } => {}
     }
     ExitCode::SUCCESS
 }

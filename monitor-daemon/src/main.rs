@@ -11,10 +11,12 @@ use redcap_monitor::commands::analyze::{AnalyzeError, AnalyzeOutputs, analyze};
 use redcap_monitor::commands::certify::{self, Format};
 use redcap_monitor::commands::config::{Config, ConfigError};
 use redcap_monitor::commands::preflight;
+use redcap_monitor::commands::report::{self, ReportFormat};
 use redcap_monitor::commands::run::{RunError, run};
 use redcap_monitor::shared::model::Timestamp;
 use redcap_monitor::shared::token::{RawToken, SiteKey, TokenFingerprint};
 use redcap_monitor::stages::certify::{Outcome, Window};
+use redcap_monitor::stages::usage::Day;
 
 /// Watches REDCap API calls per token and enforces the institution's API policy.
 #[derive(Parser)]
@@ -45,6 +47,10 @@ enum Command {
         /// Write one JSON object a line per enforcement decision here (`-` for stdout).
         #[arg(long)]
         decisions: Option<PathBuf>,
+        /// Add the capture's token sightings and daily use to this state store (for `report`);
+        /// not while the daemon holds it.
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
     /// Judges a QA testing window (a capture) against the configured policy: PASS or FAIL per
     /// token with the evidence (peaks per rule, heavy calls, largest response, server time and
@@ -113,6 +119,116 @@ enum Command {
     Status(admin::StatusArgs),
     /// Shows the tokens loading the server most, refreshed like `top` (from the admin API).
     Top(admin::TopArgs),
+    /// The long-term reports from the state store (read only; the daemon may be running).
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Tokens unused for longer than `lifecycle.stale_after` (last use from REDCap's log when
+    /// the token directory is connected, else from the daemon), and attestations due, overdue
+    /// or missing.
+    Lifecycle {
+        #[command(flatten)]
+        common: ReportArgs,
+        /// Hand the stale tokens to the `[[hooks.token_stale]]` hooks: lists what would run,
+        /// unless --execute.
+        #[arg(long)]
+        revoke: bool,
+        /// With --revoke: run the hooks, and audit each result.
+        #[arg(long, requires = "revoke")]
+        execute: bool,
+    },
+    /// Calls, heavy calls, violations, bytes and share of server time per token (and per user
+    /// and project with the token directory), and the top 10 tokens' share of the calls.
+    Usage {
+        #[command(flatten)]
+        common: ReportArgs,
+        /// First day (UTC, 2026-05-01; default: 29 days before --to).
+        #[arg(long, value_name = "DAY", value_parser = day)]
+        from: Option<Day>,
+        /// Last day, included (UTC, 2026-05-30; default: today).
+        #[arg(long, value_name = "DAY", value_parser = day)]
+        to: Option<Day>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Configuration file (TOML): `[store]`, `[directory]`, `[lifecycle]`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The store file (overrides `store.path`).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// Site key, for the token directory's fingerprints (default: `site.key_file`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Judge as of this time instead of now (Unix seconds or UTC 2026-01-05T08:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = certify::parse_time)]
+    at: Option<Timestamp>,
+}
+
+fn day(text: &str) -> Result<Day, String> {
+    redcap_monitor::stages::usage::parse_day(text)
+        .ok_or_else(|| format!("`{text}` is not a day: give it as 2026-05-01"))
+}
+
+fn report(command: ReportCommand) -> ExitCode {
+    let (common, usage_period, revoke) = match command {
+        ReportCommand::Lifecycle {
+            common,
+            revoke,
+            execute,
+        } => (common, None, revoke.then_some(execute)),
+        ReportCommand::Usage { common, from, to } => (common, Some((from, to)), None),
+    };
+    let config = match common.config.as_deref().map(Config::load).transpose() {
+        Ok(config) => config.unwrap_or_default(),
+        Err(err) => return fail(2, &err),
+    };
+    let store = common.store.clone().unwrap_or(config.store.path.clone());
+    let key_path = common.key.clone().unwrap_or(config.site.key_file.clone());
+    // The key is needed only to fingerprint the directory's tokens; never created here.
+    let key = key_path
+        .exists()
+        .then(|| SiteKey::load_or_create(&key_path).ok())
+        .flatten();
+    let sources = report::read_directory(&config, key.as_ref());
+    let now = common.at.unwrap_or_else(wall_now);
+    let mut failed = false;
+    let rendered = match usage_period {
+        None => report::lifecycle(&config, &store, sources, now).and_then(|(r, c)| match revoke {
+            None => Ok(report::render_lifecycle(&r, &c, common.format)),
+            Some(execute) => report::revoke(&config, &store, &r, execute, now).map(|run| {
+                failed = run.any_failed();
+                report::render_revocation(&run, common.format)
+            }),
+        }),
+        Some((from, to)) => report::usage(&store, sources, from, to, now)
+            .map(|(r, c)| report::render_usage(&r, &c, common.format)),
+    };
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            if failed {
+                eprintln!("error: some revocation hooks failed (see above and the audit log)");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => fail(1, &err),
+    }
+}
+
+fn wall_now() -> Timestamp {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn main() -> ExitCode {
@@ -125,6 +241,7 @@ fn main() -> ExitCode {
             calls,
             violations,
             decisions,
+            store,
         } => {
             let config = match config.map(|path| Config::load(&path)).transpose() {
                 Ok(config) => config.unwrap_or_default(),
@@ -140,6 +257,7 @@ fn main() -> ExitCode {
                 calls,
                 violations,
                 decisions,
+                store,
             };
             match analyze(&capture, &config, key, &outputs) {
                 Ok((summary, stats)) => {
@@ -235,6 +353,7 @@ fn main() -> ExitCode {
         Command::Lift(args) => admin::lift(args),
         Command::Status(args) => admin::status(args),
         Command::Top(args) => admin::top(args),
+        Command::Report(command) => report(command),
     }
 }
 

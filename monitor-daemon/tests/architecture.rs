@@ -23,6 +23,8 @@ const FLOW: &[&str] = &[
     "stages::pipeline",
     "stages::coverage",
     "stages::certify",
+    "stages::usage",
+    "stages::lifecycle",
     "edges::hardening",
     "edges::capture",
     "edges::output",
@@ -39,6 +41,7 @@ const FLOW: &[&str] = &[
     "commands::preflight",
     "commands::analyze",
     "commands::certify",
+    "commands::report",
     "commands::run",
 ];
 

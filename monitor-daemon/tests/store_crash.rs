@@ -24,6 +24,7 @@ fn limits() -> StoreLimits {
     StoreLimits {
         audit_retention: Span::from_secs(365 * 86_400),
         max_outbox: 1_000_000,
+        ..StoreLimits::default()
     }
 }
 

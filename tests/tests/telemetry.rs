@@ -137,6 +137,9 @@ fn the_dashboard_is_well_formed_for_file_provisioning() {
         "Violations by rule",
         "Suspensions",
         "Captured events or packets lost",
+        "Tokens unused over 180 days",
+        "Attestations overdue or missing",
+        "Top 10 tokens' share of calls (30 days)",
     ] {
         assert!(titles.contains(&wanted), "{wanted} panel");
     }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use crate::commands::config::{Config, ConfigError};
 use crate::edges::capture::{CaptureError, CaptureFile};
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
+use crate::edges::store::{Sighting, Store, StoreError, StoreLimits};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{SiteKey, TokenFingerprint, TokenProblem};
 use crate::stages::health::HealthChange;
@@ -21,12 +22,16 @@ use crate::stages::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use crate::stages::policy::enforce::Action;
 use crate::stages::policy::{SlidingCount, Verdict};
 use crate::stages::redcap::KeepRawToken;
+use crate::stages::usage::{Day, Usage};
 
 /// Where `analyze` writes; `-` means stdout.
 pub struct AnalyzeOutputs {
     pub calls: Option<PathBuf>,
     pub violations: Option<PathBuf>,
     pub decisions: Option<PathBuf>,
+    /// Add the capture's token sightings and daily use to this store (the daemon's, stopped, or
+    /// a store of its own for the reports), in one transaction.
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,8 @@ pub enum AnalyzeError {
     Config(#[from] ConfigError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What one token did in the capture.
@@ -262,9 +269,33 @@ pub fn analyze(
     let mut decisions_out = outputs.decisions.as_deref().map(open_output).transpose()?;
     let mut summary = Summary::default();
     let mut write_error: Option<AnalyzeError> = None;
+    // Open the store first, so that a wrong path fails before a long replay.
+    let store = outputs
+        .store
+        .as_deref()
+        .map(|path| Store::open(path, StoreLimits::from_config(&config.store)))
+        .transpose()?;
+    let mut sightings: std::collections::BTreeMap<(Day, TokenFingerprint), Sighting> =
+        std::collections::BTreeMap::new();
 
     let on_verdict = |verdict: Verdict| {
         summary.add(&verdict);
+        // As the live daemon does: only tokens the server accepted are kept.
+        if store.is_some()
+            && let (Ok(identity), true) = (&verdict.call.token, verdict.call.token_accepted())
+        {
+            let at = verdict.call.ts_start;
+            let sighting = sightings
+                .entry((Day::of(at), identity.fingerprint))
+                .or_insert_with(|| Sighting {
+                    token: identity.fingerprint,
+                    masked: identity.masked.clone(),
+                    ts: at,
+                    usage: Usage::default(),
+                });
+            sighting.ts = sighting.ts.max(at);
+            sighting.usage.add(&Usage::of_verdict(&verdict));
+        }
         if write_error.is_some() {
             return;
         }
@@ -311,6 +342,10 @@ pub fn analyze(
     }
     for change in replay.health_changes {
         summary.health_change(change);
+    }
+    if let Some(store) = &store {
+        let sightings: Vec<Sighting> = sightings.into_values().collect();
+        store.touch_tokens(&sightings)?;
     }
     summary.warnings = replay.warnings;
     summary.problems = replay.problems;

@@ -24,6 +24,7 @@ use crate::shared::settings::Problem;
 use crate::shared::token::SiteConfig;
 use crate::stages::health::HealthConfig;
 use crate::stages::http::HttpConfig;
+use crate::stages::lifecycle::LifecycleConfig;
 use crate::stages::pipeline::PipelineConfig;
 use crate::stages::policy::PolicyConfig;
 use crate::stages::policy::enforce::EnforcementConfig;
@@ -49,6 +50,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub redcap_module: RedcapModuleConfig,
     pub directory: DirectoryConfig,
+    pub lifecycle: LifecycleConfig,
 }
 
 /// A configuration that cannot be used, with every problem found in it.
@@ -200,6 +202,7 @@ impl Config {
             self.health.problems(),
             self.hooks.problems(),
             self.http.problems(),
+            self.lifecycle.problems(),
             self.output.problems(),
             self.policy.problems(),
             self.reassembly.problems(),

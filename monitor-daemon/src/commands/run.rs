@@ -164,6 +164,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     let mut telemetry =
         LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
     telemetry.use_directory(directory);
+    telemetry.use_lifecycle(&config.lifecycle);
     let mut edges = Edges {
         records,
         telemetry,
@@ -453,6 +454,7 @@ fn apply_config(
     edges.actions.reconfigure(actions, new.actions());
     edges.actions.sync_enforcer(pipeline.enforcer_mut());
     edges.telemetry.reconfigure(&new.policy, &new.health);
+    edges.telemetry.use_lifecycle(&new.lifecycle);
     *stats_tick = stats_interval(new);
 }
 
@@ -560,6 +562,7 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
     if let Some(delivery) = actions.delivery_stats() {
         metrics.set_delivery_stats(&delivery);
     }
+    edges.telemetry.refresh_long_term(actions.store(), now);
     let suspensions = actions
         .store()
         .active_suspensions(now)

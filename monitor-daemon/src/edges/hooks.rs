@@ -41,6 +41,9 @@ const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 pub enum HookAction {
     Suspend,
     Lift,
+    /// A token unused for longer than `lifecycle.stale_after`, to be revoked
+    /// (`report lifecycle --revoke --execute`).
+    TokenStale,
 }
 
 impl HookAction {
@@ -48,6 +51,7 @@ impl HookAction {
         match self {
             HookAction::Suspend => "suspend",
             HookAction::Lift => "lift",
+            HookAction::TokenStale => "token_stale",
         }
     }
 }
@@ -117,6 +121,7 @@ struct Hook {
 pub struct Hooks {
     suspend: Vec<Hook>,
     lift: Vec<Hook>,
+    token_stale: Vec<Hook>,
     host: String,
 }
 
@@ -127,12 +132,13 @@ impl Hooks {
         Hooks {
             suspend: build(&config.suspend),
             lift: build(&config.lift),
+            token_stale: build(&config.token_stale),
             host,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.suspend.is_empty() && self.lift.is_empty()
+        self.suspend.is_empty() && self.lift.is_empty() && self.token_stale.is_empty()
     }
 
     /// Runs the hooks for `event.action`, in order, each to its end or timeout. `raw` is the
@@ -141,6 +147,7 @@ impl Hooks {
         let hooks = match event.action {
             HookAction::Suspend => &self.suspend,
             HookAction::Lift => &self.lift,
+            HookAction::TokenStale => &self.token_stale,
         };
         let json = event_json(event, &self.host);
         hooks

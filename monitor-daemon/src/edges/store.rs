@@ -1,5 +1,6 @@
-//! Durable state: active suspensions, the audit log, the alert outbox and when each token was
-//! first and last seen, in one redb file.
+//! Durable state: active suspensions, the audit log, the alert outbox, when each token was
+//! first and last seen, and each token's daily use (rollups for the long-term reports), in one
+//! redb file.
 //!
 //! Every mutating call is one write transaction that is on disk when the call returns: nothing the
 //! daemon has accepted is lost on a crash, `kill -9` included. Tokens appear only as fingerprints
@@ -22,6 +23,7 @@ use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::{Duration, Problem, at_least_one, longer_than_zero};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::policy::Violation;
+use crate::stages::usage::{Day, DayRow, Usage};
 
 /// Tables. Records are JSON (self-describing, readable with any redb tool); keys are fixed-width
 /// so that ranges are cheap. The `_by_` tables are indexes kept in the same transactions.
@@ -35,13 +37,19 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const OUTBOX_IDS: TableDefinition<&str, u64> = TableDefinition::new("outbox_ids");
 const OUTBOX_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("outbox_due");
 const TOKENS: TableDefinition<Fp, &[u8]> = TableDefinition::new("tokens");
+/// Daily use per token, keyed by (UTC day, token) so that the oldest days come first (schema 2).
+const ROLLUPS: TableDefinition<(u32, Fp), &[u8]> = TableDefinition::new("rollups");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_SCHEMA: &str = "schema";
 const META_NEXT_AUDIT: &str = "next_audit_seq";
 const META_NEXT_OUTBOX: &str = "next_outbox_seq";
-/// Bumped when a record or table changes incompatibly.
-const SCHEMA: u64 = 1;
+/// Daily rows dropped to stay within `store.max_rollups`, and the newest day dropped so.
+const META_ROLLUPS_EVICTED: &str = "rollups_evicted";
+const META_ROLLUPS_EVICTED_DAY: &str = "rollups_evicted_through_day";
+/// Bumped when a record or table changes. 1: no rollups; 2: adds `rollups` (an upgrade from 1
+/// only creates the table).
+const SCHEMA: u64 = 2;
 
 /// redb caches pages in memory up to this; the default (1 GiB) is far more than the state needs.
 const CACHE_BYTES: usize = 32 << 20;
@@ -175,13 +183,14 @@ pub struct TokenSeen {
     pub calls: u64,
 }
 
-/// One or more calls of a token, for [`Store::touch_tokens`].
+/// One or more calls of a token in one UTC day, for [`Store::touch_tokens`]: `ts` is the latest
+/// call's time, and `usage` (its `calls` included) is added to the token's row of that day.
 #[derive(Clone, Debug)]
 pub struct Sighting {
     pub token: TokenFingerprint,
     pub masked: MaskedToken,
     pub ts: Timestamp,
-    pub calls: u64,
+    pub usage: Usage,
 }
 
 /// What [`Store::prune`] removed.
@@ -189,6 +198,22 @@ pub struct Sighting {
 pub struct Pruned {
     pub audit_records: u64,
     pub tokens: u64,
+    /// Daily rows older than `store.rollup_retention`.
+    pub rollups: u64,
+}
+
+/// The daily rollups' extent, for the reports and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RollupExtent {
+    pub rows: u64,
+    /// The oldest day held.
+    #[serde(skip)]
+    pub oldest: Option<Day>,
+    /// Rows ever dropped to stay within `store.max_rollups` (oldest days first).
+    pub evicted: u64,
+    /// History up to this day is incomplete because of those drops.
+    #[serde(skip)]
+    pub evicted_through: Option<Day>,
 }
 
 /// Bounds on the store's growth (from `[store]`).
@@ -196,6 +221,10 @@ pub struct Pruned {
 pub struct StoreLimits {
     pub audit_retention: Span,
     pub max_outbox: usize,
+    /// Daily rollups (and tokens' last-seen) are kept this long.
+    pub rollup_retention: Span,
+    /// Most daily rows; past it the oldest days are dropped (and counted).
+    pub max_rollups: u64,
 }
 
 impl StoreLimits {
@@ -203,6 +232,8 @@ impl StoreLimits {
         StoreLimits {
             audit_retention: config.audit_retention.span(),
             max_outbox: config.max_outbox,
+            rollup_retention: config.rollup_retention.span(),
+            max_rollups: config.max_rollups,
         }
     }
 }
@@ -334,9 +365,12 @@ impl Store {
                 txn.open_table(OUTBOX_IDS)?;
                 txn.open_table(OUTBOX_DUE)?;
                 txn.open_table(TOKENS)?;
+                txn.open_table(ROLLUPS)?;
                 let mut meta = txn.open_table(META)?;
                 let found = meta.get(META_SCHEMA)?.map(|v| v.value());
-                if found.is_none() {
+                // A new store, or an older one upgraded in place: every table it lacked was
+                // created above, and its records read as they are.
+                if found.is_none_or(|found| found < SCHEMA) {
                     meta.insert(META_SCHEMA, SCHEMA)?;
                 }
                 Ok(found)
@@ -642,14 +676,18 @@ impl Store {
             token,
             masked: masked.clone(),
             ts,
-            calls: 1,
+            usage: Usage {
+                calls: 1,
+                ..Usage::default()
+            },
         }])
     }
 
     /// Notes many sightings in one transaction (the live path batches them: one commit costs a
-    /// disk sync).
+    /// disk sync), with their daily use.
     pub fn touch_tokens(&self, sightings: &[Sighting]) -> Result<(), StoreError> {
-        self.write(|txn| touch_in(txn, sightings))
+        let max = self.limits.max_rollups;
+        self.write(|txn| touch_in(txn, sightings, max))
     }
 
     /// Appends audit records and notes sightings in one transaction (one disk sync): how the
@@ -667,7 +705,7 @@ impl Store {
                 .iter()
                 .map(|entry| append_audit_in(txn, entry))
                 .collect::<Faulty<Vec<u64>>>()?;
-            touch_in(txn, sightings)?;
+            touch_in(txn, sightings, self.limits.max_rollups)?;
             Ok(seqs)
         })
     }
@@ -682,9 +720,69 @@ impl Store {
         })
     }
 
-    /// Deletes audit records older than the retention, and tokens not seen for as long.
+    /// Every token seen (and not yet pruned), by fingerprint.
+    pub fn tokens(&self) -> Result<Vec<TokenSeen>, StoreError> {
+        self.read(|txn| {
+            let mut tokens = Vec::new();
+            for row in txn.open_table(TOKENS)?.range::<Fp>(..)? {
+                tokens.push(decode(row?.1.value(), "token")?);
+            }
+            Ok(tokens)
+        })
+    }
+
+    /// The daily rows of the days `from..=to`, oldest first. A store of schema 1 (opened
+    /// read-only, not yet upgraded by the daemon) has none.
+    pub fn rollups(&self, from: Day, to: Day) -> Result<Vec<DayRow>, StoreError> {
+        self.read(|txn| {
+            let table = match txn.open_table(ROLLUPS) {
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                other => other?,
+            };
+            let mut rows = Vec::new();
+            for row in table.range((from.0, [0; 8])..=(to.0, [0xff; 8]))? {
+                let (key, value) = row?;
+                let (day, token) = key.value();
+                rows.push(DayRow {
+                    day: Day(day),
+                    token: TokenFingerprint(token),
+                    usage: decode(value.value(), "rollup")?,
+                });
+            }
+            Ok(rows)
+        })
+    }
+
+    /// How many daily rows are held, since when, and how many were dropped for room.
+    pub fn rollup_extent(&self) -> Result<RollupExtent, StoreError> {
+        self.read(|txn| {
+            let meta = txn.open_table(META)?;
+            let evicted = meta.get(META_ROLLUPS_EVICTED)?.map_or(0, |v| v.value());
+            let evicted_through = meta
+                .get(META_ROLLUPS_EVICTED_DAY)?
+                .map(|v| Day(u32::try_from(v.value()).unwrap_or(u32::MAX)));
+            let (rows, oldest) = match txn.open_table(ROLLUPS) {
+                Err(redb::TableError::TableDoesNotExist(_)) => (0, None),
+                other => {
+                    let table = other?;
+                    let oldest = table.first()?.map(|(k, _)| Day(k.value().0));
+                    (table.len()?, oldest)
+                }
+            };
+            Ok(RollupExtent {
+                rows,
+                oldest,
+                evicted,
+                evicted_through,
+            })
+        })
+    }
+
+    /// Deletes audit records older than `store.audit_retention`, and daily rollups and tokens
+    /// not seen for longer than `store.rollup_retention`.
     pub fn prune(&self, now: Timestamp) -> Result<Pruned, StoreError> {
         let cutoff = now.minus(self.limits.audit_retention);
+        let long_cutoff = now.minus(self.limits.rollup_retention);
         self.write(|txn| {
             let mut pruned = Pruned::default();
             let mut by_time = txn.open_table(AUDIT_BY_TIME)?;
@@ -702,10 +800,16 @@ impl Store {
             }
             let mut tokens = txn.open_table(TOKENS)?;
             for row in tokens.extract_if(|_, bytes| {
-                serde_json::from_slice::<TokenSeen>(bytes).is_ok_and(|t| t.last_seen < cutoff)
+                serde_json::from_slice::<TokenSeen>(bytes).is_ok_and(|t| t.last_seen < long_cutoff)
             })? {
                 row?;
                 pruned.tokens += 1;
+            }
+            let mut rollups = txn.open_table(ROLLUPS)?;
+            let first_kept = Day::of(long_cutoff);
+            for row in rollups.extract_from_if(..(first_kept.0, [0; 8]), |_, _| true)? {
+                row?;
+                pruned.rollups += 1;
             }
             Ok(pruned)
         })
@@ -793,10 +897,20 @@ fn open_error(path: &Path, err: DatabaseError) -> StoreError {
     }
 }
 
-/// Notes sightings of tokens: first and last seen, calls.
-fn touch_in(txn: &WriteTransaction, sightings: &[Sighting]) -> Faulty<()> {
+/// Notes sightings of tokens: first and last seen, calls, and the day's use. Past `max_rollups`
+/// daily rows the oldest are dropped (oldest day first) and counted in the meta table.
+fn touch_in(txn: &WriteTransaction, sightings: &[Sighting], max_rollups: u64) -> Faulty<()> {
     let mut tokens = txn.open_table(TOKENS)?;
+    let mut rollups = txn.open_table(ROLLUPS)?;
     for s in sightings {
+        let key = (Day::of(s.ts).0, s.token.0);
+        let mut usage = rollups
+            .get(key)?
+            .map(|bytes| decode::<Usage>(bytes.value(), "rollup"))
+            .transpose()?
+            .unwrap_or_default();
+        usage.add(&s.usage);
+        rollups.insert(key, encode(&usage).as_slice())?;
         let known = tokens
             .get(s.token.0)?
             .map(|bytes| decode::<TokenSeen>(bytes.value(), "token"))
@@ -805,7 +919,7 @@ fn touch_in(txn: &WriteTransaction, sightings: &[Sighting]) -> Faulty<()> {
             Some(mut seen) => {
                 seen.first_seen = seen.first_seen.min(s.ts);
                 seen.last_seen = seen.last_seen.max(s.ts);
-                seen.calls = seen.calls.saturating_add(s.calls);
+                seen.calls = seen.calls.saturating_add(s.usage.calls);
                 seen.masked = s.masked.clone();
                 seen
             }
@@ -814,10 +928,26 @@ fn touch_in(txn: &WriteTransaction, sightings: &[Sighting]) -> Faulty<()> {
                 masked: s.masked.clone(),
                 first_seen: s.ts,
                 last_seen: s.ts,
-                calls: s.calls,
+                calls: s.usage.calls,
             },
         };
         tokens.insert(s.token.0, encode(&seen).as_slice())?;
+    }
+    let mut evicted = 0u64;
+    let mut through = None;
+    while rollups.len()? > max_rollups.max(1) {
+        let Some((key, _)) = rollups.pop_first()? else {
+            break;
+        };
+        through = Some(key.value().0);
+        evicted += 1;
+    }
+    drop((tokens, rollups));
+    if let Some(day) = through {
+        let mut meta = txn.open_table(META)?;
+        let before = meta.get(META_ROLLUPS_EVICTED)?.map_or(0, |v| v.value());
+        meta.insert(META_ROLLUPS_EVICTED, before.saturating_add(evicted))?;
+        meta.insert(META_ROLLUPS_EVICTED_DAY, u64::from(day))?;
     }
     Ok(())
 }
@@ -934,17 +1064,25 @@ mod masked_opt {
     }
 }
 
-/// The durable state: suspensions, audit log, alert outbox, tokens first/last seen.
+/// The durable state: suspensions, audit log, alert outbox, tokens first/last seen, daily use.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// The store file; its directory is created with mode 0700 and the file with 0600.
     pub path: PathBuf,
-    /// Audit records (and tokens not seen) older than this are pruned.
+    /// Audit records older than this are pruned.
     pub audit_retention: Duration,
     /// Most alerts waiting for delivery; past it the oldest is dropped (and audited).
     pub max_outbox: usize,
+    /// Daily rollups, and tokens' first/last seen, are kept this long (the lifecycle report
+    /// needs more than the 180 days of staleness and the year between attestations).
+    pub rollup_retention: Duration,
+    /// Most daily rows (one per token and day it was used); past it the oldest days go first.
+    pub max_rollups: u64,
 }
+
+/// Shortest `store.rollup_retention`: a year of attestations and the staleness rule need it.
+const MIN_ROLLUP_RETENTION_DAYS: u64 = 400;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -952,6 +1090,8 @@ impl Default for StoreConfig {
             path: PathBuf::from("/var/lib/redcap-monitor/state.redb"),
             audit_retention: Duration(Span::from_secs(90 * 86_400)),
             max_outbox: 10_000,
+            rollup_retention: Duration(Span::from_secs(MIN_ROLLUP_RETENTION_DAYS * 86_400)),
+            max_rollups: 2_000_000,
         }
     }
 }
@@ -967,8 +1107,20 @@ impl StoreConfig {
         );
         at_least_one(
             &mut problems,
-            &[("store.max_outbox", self.max_outbox as u64)],
+            &[
+                ("store.max_outbox", self.max_outbox as u64),
+                ("store.max_rollups", self.max_rollups),
+            ],
         );
+        if self.rollup_retention.span() < Span::from_secs(MIN_ROLLUP_RETENTION_DAYS * 86_400) {
+            problems.push(Problem::new(
+                "store.rollup_retention".into(),
+                format!(
+                    "must be at least {MIN_ROLLUP_RETENTION_DAYS}d: the lifecycle report needs a \
+                     year of history and more (e.g. \"400d\")"
+                ),
+            ));
+        }
         problems
     }
 }
@@ -1196,7 +1348,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = StoreLimits {
             audit_retention: Span::from_secs(86_400),
-            max_outbox: 10,
+            rollup_retention: Span::from_secs(86_400),
+            ..StoreLimits::default()
         };
         let store = open_with(&dir, limits);
         let old = T0;
@@ -1215,7 +1368,8 @@ mod tests {
             pruned,
             Pruned {
                 audit_records: 1,
-                tokens: 1
+                tokens: 1,
+                rollups: 1,
             }
         );
         let left = store.audit(None, Some(fp(1)), 10).unwrap();
@@ -1303,7 +1457,10 @@ mod tests {
                 token: fp(1),
                 masked: masked.clone(),
                 ts: T0.plus(Span(2 * HOUR.0)),
-                calls: 5,
+                usage: Usage {
+                    calls: 5,
+                    ..Usage::default()
+                },
             }])
             .unwrap();
         let seen = store.token_seen(fp(1)).unwrap().unwrap();
@@ -1363,6 +1520,163 @@ mod tests {
         let err = second.err().expect("a second writer must be refused");
         assert!(matches!(err, StoreError::Busy { .. }), "{err}");
         assert!(err.to_string().contains("daemon"), "{err}");
+    }
+
+    fn used(token: u8, ts: Timestamp, calls: u64) -> Sighting {
+        Sighting {
+            token: fp(token),
+            masked: MaskedToken("ABC…EF".into()),
+            ts,
+            usage: Usage {
+                calls,
+                heavy_calls: 1,
+                violations: 2,
+                request_bytes: 100,
+                response_bytes: 1000,
+                server_time_ns: 5_000_000,
+            },
+        }
+    }
+
+    const DAY: Span = Span::from_secs(86_400);
+
+    #[test]
+    fn sightings_add_up_into_daily_rollups_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let day0 = Day::of(T0);
+        store
+            .touch_tokens(&[used(1, T0, 3), used(2, T0, 1)])
+            .unwrap();
+        store.record(&[], &[used(1, T0.plus(HOUR), 2)]).unwrap();
+        store.touch_tokens(&[used(1, T0.plus(DAY), 7)]).unwrap();
+        let rows = store.rollups(day0, day0.plus(1)).unwrap();
+        let summary: Vec<(u32, TokenFingerprint, u64, u64, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.day.0 - day0.0,
+                    r.token,
+                    r.usage.calls,
+                    r.usage.heavy_calls,
+                    r.usage.server_time_ns,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, fp(1), 5, 2, 10_000_000),
+                (0, fp(2), 1, 1, 5_000_000),
+                (1, fp(1), 7, 1, 5_000_000),
+            ]
+        );
+        assert_eq!(store.rollups(day0.plus(1), day0.plus(1)).unwrap().len(), 1);
+        assert_eq!(store.token_seen(fp(1)).unwrap().unwrap().calls, 12);
+        let extent = store.rollup_extent().unwrap();
+        assert_eq!(
+            (extent.rows, extent.oldest, extent.evicted),
+            (3, Some(day0), 0)
+        );
+    }
+
+    #[test]
+    fn rollups_and_last_seen_outlive_the_audit_log_until_their_own_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.touch_tokens(&[used(1, T0, 1)]).unwrap();
+        store
+            .touch_tokens(&[used(2, T0.plus(Span(300 * DAY.0)), 1)])
+            .unwrap();
+        // 399 days on: past the 90 days of audit, within the 400 days of rollups.
+        let pruned = store.prune(T0.plus(Span(399 * DAY.0))).unwrap();
+        assert_eq!((pruned.tokens, pruned.rollups), (0, 0));
+        assert!(store.token_seen(fp(1)).unwrap().is_some());
+        let pruned = store.prune(T0.plus(Span(402 * DAY.0))).unwrap();
+        assert_eq!((pruned.tokens, pruned.rollups), (1, 1));
+        assert!(store.token_seen(fp(1)).unwrap().is_none());
+        let left = store.rollups(Day(0), Day(u32::MAX)).unwrap();
+        assert_eq!(left.iter().map(|r| r.token).collect::<Vec<_>>(), [fp(2)]);
+    }
+
+    #[test]
+    fn past_max_rollups_the_oldest_days_are_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            max_rollups: 4,
+            ..StoreLimits::default()
+        };
+        let store = open_with(&dir, limits);
+        for day in 0..3u64 {
+            let at = T0.plus(Span(day * DAY.0));
+            store
+                .touch_tokens(&[used(1, at, 1), used(2, at, 1)])
+                .unwrap();
+        }
+        let extent = store.rollup_extent().unwrap();
+        assert_eq!(extent.rows, 4);
+        assert_eq!(extent.evicted, 2);
+        assert_eq!(extent.evicted_through, Some(Day::of(T0)));
+        assert_eq!(extent.oldest, Some(Day::of(T0).plus(1)));
+        // Tokens' last-seen is not what the cap bounds.
+        assert_eq!(store.token_seen(fp(1)).unwrap().unwrap().calls, 3);
+    }
+
+    #[test]
+    fn a_schema_1_store_upgrades_in_place_and_keeps_its_records() {
+        // Written by redcap-monitor before rollups (schema 1): token 1111111111111111 seen with
+        // 42 calls, one audit record.
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/state-schema1.redb");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        std::fs::copy(&fixture, &path).unwrap();
+        let schema = |store: &Store| {
+            store
+                .read(|txn| Ok(txn.open_table(META)?.get(META_SCHEMA)?.map(|v| v.value())))
+                .ok()
+                .flatten()
+        };
+        let token = TokenFingerprint([0x11; 8]);
+        {
+            // A reader (the daemon not yet upgraded) sees no rollups rather than an error.
+            let reader = Store::open_read_only(&path).unwrap();
+            assert_eq!(schema(&reader), Some(1));
+            assert!(reader.rollups(Day(0), Day(u32::MAX)).unwrap().is_empty());
+            assert_eq!(reader.rollup_extent().unwrap().rows, 0);
+            assert_eq!(reader.tokens().unwrap().len(), 1);
+        }
+        let store = Store::open(&path, StoreLimits::default()).unwrap();
+        assert_eq!(schema(&store), Some(SCHEMA));
+        let seen = store.token_seen(token).unwrap().unwrap();
+        assert_eq!(seen.calls, 42);
+        assert_eq!(store.audit(None, None, 10).unwrap().len(), 1);
+        let later = seen.last_seen.plus(DAY);
+        store
+            .touch_tokens(&[Sighting {
+                token,
+                ..used(0, later, 1)
+            }])
+            .unwrap();
+        assert_eq!(store.token_seen(token).unwrap().unwrap().calls, 43);
+        let rows = store.rollups(Day(0), Day(u32::MAX)).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].day, rows[0].usage.calls), (Day::of(later), 1));
+        drop(store);
+        let reopened = Store::open_read_only(&path).unwrap();
+        assert_eq!(schema(&reopened), Some(SCHEMA));
+        assert_eq!(reopened.rollups(Day(0), Day(u32::MAX)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn store_section_keeps_rollups_at_least_400_days() {
+        let config = StoreConfig {
+            rollup_retention: Duration(Span(399 * DAY.0)),
+            max_rollups: 0,
+            ..StoreConfig::default()
+        };
+        let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["store.max_rollups", "store.rollup_retention"]);
+        assert!(StoreConfig::default().problems().is_empty());
     }
 
     #[test]

@@ -60,6 +60,8 @@ impl RunCounts {
         let slot = match outcome.action {
             HookAction::Suspend => 0,
             HookAction::Lift => 2,
+            // Run by `report lifecycle --revoke`, never on this worker.
+            HookAction::TokenStale => return,
         } + usize::from(!ok);
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
     }

@@ -39,6 +39,7 @@ use crate::stages::health::{Assessment, HealthChange};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
 use crate::stages::policy::enforce::{Action, Decision, Enforcer};
+use crate::stages::usage::{Day, Usage};
 
 pub use hook_worker::HookRuns;
 pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
@@ -338,6 +339,15 @@ impl Actions {
             self.stats.tokens_not_kept += 1;
         }
         if let (Ok(identity), true) = (&call.token, call.token_accepted()) {
+            // A batch holds one UTC day (its sightings become that day's rollups).
+            if self
+                .sightings
+                .values()
+                .next()
+                .is_some_and(|s| Day::of(s.ts) != Day::of(call.ts_start))
+            {
+                self.flush();
+            }
             let sighting = self
                 .sightings
                 .entry(identity.fingerprint)
@@ -345,10 +355,10 @@ impl Actions {
                     token: identity.fingerprint,
                     masked: identity.masked.clone(),
                     ts: call.ts_start,
-                    calls: 0,
+                    usage: Usage::default(),
                 });
             sighting.ts = sighting.ts.max(call.ts_start);
-            sighting.calls += 1;
+            sighting.usage.add(&Usage::of_verdict(verdict));
         }
         for violation in &verdict.violations {
             match self.suspended.get_mut(&violation.token) {
@@ -834,6 +844,14 @@ impl Actions {
                         Some(s) => Reply::done(Some(&s)),
                         None => Reply::error(&format!("token {token_fp} is not suspended")),
                     })
+            }
+            Request::HookResults { entries } => {
+                if entries.iter().any(|e| e.kind != AuditKind::HookResult) {
+                    return Reply::error("only hook_result audit records may be handed in");
+                }
+                entries.iter().for_each(|e| self.audit(e.clone()));
+                self.flush();
+                Ok(Reply::done(None))
             }
         };
         result.unwrap_or_else(|err| Reply::error(&err.to_string()))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::ActionsError;
-use crate::edges::store::Suspension;
+use crate::edges::store::{AuditEntry, Suspension};
 use crate::shared::token::TokenFingerprint;
 
 /// A request larger than this is refused unread.
@@ -35,6 +35,9 @@ pub enum Request {
         token_fp: TokenFingerprint,
         reason: String,
     },
+    /// Audit records of hooks an admin command ran (`report lifecycle --revoke --execute`)
+    /// while the daemon holds the store; only `hook_result` records are taken.
+    HookResults { entries: Vec<AuditEntry> },
 }
 
 /// The daemon's answer: the suspension made or lifted, or why not.

@@ -957,3 +957,84 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
         (Some(4), Some(10))
     );
 }
+
+#[test]
+fn hook_results_handed_in_by_an_admin_command_are_audited_and_nothing_else_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    let stale = fingerprint(COMPLIANT);
+    let entry = |kind| AuditEntry {
+        ts: at(0),
+        kind,
+        token: Some(stale),
+        details: serde_json::json!({"hook": "revoke", "action": "token_stale"}),
+    };
+    let refused = daemon.actions.execute(
+        &Request::HookResults {
+            entries: vec![entry(AuditKind::HookResult), entry(AuditKind::Suspend)],
+        },
+        at(0),
+    );
+    assert!(!refused.ok && refused.error.unwrap().contains("hook_result"));
+    let reply = daemon.actions.execute(
+        &Request::HookResults {
+            entries: vec![entry(AuditKind::HookResult)],
+        },
+        at(0),
+    );
+    assert!(reply.ok, "{reply:?}");
+    let records = daemon.actions.store().audit(None, Some(stale), 10).unwrap();
+    let kinds: Vec<AuditKind> = records.iter().map(|r| r.entry.kind).collect();
+    assert_eq!(kinds, [AuditKind::HookResult]);
+    assert_eq!(records[0].entry.details["action"], "token_stale");
+    daemon.actions.shutdown();
+}
+
+#[test]
+fn the_live_path_writes_daily_rollups_split_at_midnight_utc() {
+    // T0 is 2023-11-14T22:13:20Z: midnight UTC comes 6,400 s later.
+    let midnight_ms = 6_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let mut daemon = Daemon::new(&scenario_config(dir.path(), &receiver));
+    let mut traffic = Traffic::default();
+    traffic.call(midnight_ms - 100_000, COMPLIANT, 50);
+    traffic.call(midnight_ms - 30_000, COMPLIANT, 50);
+    traffic.call(midnight_ms + 30_000, COMPLIANT, 50);
+    // Four calls within a minute before midnight: one over the 3-a-minute rule.
+    for i in 0..4 {
+        traffic.call(midnight_ms - 20_000 + i * 1_000, ABUSER, 10);
+    }
+    daemon.feed(&traffic.sorted());
+    daemon.idle_until(at(midnight_ms + 120_000));
+    let store = daemon.actions.store();
+    let before = Day::of(at(midnight_ms - 1));
+    let rows = store.rollups(before, before.plus(1)).unwrap();
+    let summary: Vec<(u32, TokenFingerprint, u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.day.0 - before.0,
+                r.token,
+                r.usage.calls,
+                r.usage.violations,
+                r.usage.server_time_ns / 1_000_000,
+            )
+        })
+        .collect();
+    let mut expected = vec![
+        (0, fingerprint(ABUSER), 4, 1, 40),
+        (0, fingerprint(COMPLIANT), 2, 0, 100),
+        (1, fingerprint(COMPLIANT), 1, 0, 50),
+    ];
+    expected.sort_by_key(|e| (e.0, e.1));
+    assert_eq!(summary, expected);
+    // Each answer is `[]`: two body bytes a call.
+    assert!(
+        rows.iter()
+            .all(|r| r.usage.request_bytes > 0 && r.usage.response_bytes == 2 * r.usage.calls)
+    );
+    daemon.actions.shutdown();
+}

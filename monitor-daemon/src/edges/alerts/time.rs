@@ -2,20 +2,9 @@
 //!
 //! Pure arithmetic on Unix seconds (no clock, no time zone database; everything is UTC).
 
-use crate::shared::model::Timestamp;
+use crate::shared::model::days_from_civil;
 
-/// `2026-05-01T12:34:56Z`.
-pub(crate) fn rfc3339(at: Timestamp) -> String {
-    let secs = at.as_nanos() / 1_000_000_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub(crate) use crate::shared::model::rfc3339;
 
 /// Unix seconds of `2026-05-01T12:34:56Z` (the form [`rfc3339`] writes; UTC only, a trailing
 /// `Z` optional, no fractions).
@@ -77,34 +66,10 @@ pub(crate) fn parse_http_date(text: &str) -> Option<u64> {
     Some(days * 86_400 + h * 3600 + min * 60 + s)
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::model::Timestamp;
 
     #[test]
     fn rfc3339_reads_back_what_it_writes() {

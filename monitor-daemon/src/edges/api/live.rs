@@ -13,12 +13,17 @@ use serde_json::{Value, json};
 
 use super::{AdminView, Shared};
 use crate::edges::directory::Directory;
-use crate::edges::store::Suspension;
-use crate::edges::telemetry::{Metrics, StatsView, TopTokens};
+use crate::edges::store::{Store, Suspension};
+use crate::edges::telemetry::{AttestationCounts, LongTermView, Metrics, StatsView, TopTokens};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::health::{HealthConfig, TokenLoad};
+use crate::stages::lifecycle::{
+    AttestationStatus, KnownToken, LifecycleConfig, LifecycleRules, lifecycle_report,
+    parse_attestations,
+};
 use crate::stages::policy::{PolicyConfig, Verdict};
+use crate::stages::usage::{Day, Period, usage_report};
 
 /// Calls remembered for the per-token view (bytes, masked form).
 pub const MAX_ACTIVITY: usize = 100_000;
@@ -26,6 +31,9 @@ pub const MAX_ACTIVITY: usize = 100_000;
 pub const MAX_RECENT_VIOLATIONS: usize = 200;
 /// Tokens `GET /api/v1/top` lists.
 const TOP_LISTED: usize = 50;
+/// How often the long-term gauges are computed again from the store (a read of the tokens and
+/// 30 days of rollups, and of the attestation file).
+const LONG_TERM_REFRESH: Span = Span::from_secs(300);
 
 /// One call, remembered for the per-token view.
 struct Activity {
@@ -45,6 +53,10 @@ pub struct LiveTelemetry {
     violations: VecDeque<Value>,
     /// Who tokens belong to: `top` and `suspensions` name the owner when known.
     directory: Directory,
+    lifecycle: LifecycleConfig,
+    next_long_term: Timestamp,
+    /// The attestation file's last error, logged once until it changes.
+    attestation_error: Option<String>,
 }
 
 impl LiveTelemetry {
@@ -58,7 +70,98 @@ impl LiveTelemetry {
             masked: HashMap::new(),
             violations: VecDeque::new(),
             directory: Directory::off(),
+            lifecycle: LifecycleConfig::default(),
+            next_long_term: Timestamp::default(),
+            attestation_error: None,
         }
+    }
+
+    /// The `[lifecycle]` section the long-term gauges judge by (at start and on reload).
+    pub fn use_lifecycle(&mut self, config: &LifecycleConfig) {
+        self.lifecycle = config.clone();
+        self.next_long_term = Timestamp::default();
+    }
+
+    /// Every [`LONG_TERM_REFRESH`], counts the stale tokens (of those the daemon has seen), the
+    /// attestations due, overdue and missing, and the top 10 tokens' share of the last 30 days'
+    /// calls, into gauges without token labels. A store that cannot be read is logged and the
+    /// gauges keep their last values.
+    pub fn refresh_long_term(&mut self, store: &Store, now: Timestamp) {
+        if now < self.next_long_term {
+            return;
+        }
+        self.next_long_term = now.plus(LONG_TERM_REFRESH);
+        let read = (|| {
+            let tokens: Vec<KnownToken> = store
+                .tokens()?
+                .into_iter()
+                .map(|seen| {
+                    let owner = self.directory.owner(&seen.token);
+                    KnownToken {
+                        token_masked: Some(seen.masked),
+                        daemon_last_seen: Some(seen.last_seen),
+                        owner: owner.as_ref().map(|o| o.view()),
+                        redcap_last_use: owner.and_then(|o| o.last_api_use_at()),
+                        ..KnownToken::new(seen.token)
+                    }
+                })
+                .collect();
+            let period = Period::ending(Day::of(now), 30);
+            let rows = store.rollups(period.from, period.to)?;
+            Ok::<_, crate::edges::store::StoreError>((tokens, rows, store.rollup_extent()?))
+        })();
+        let (tokens, rows, extent) = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the store for the long-term gauges");
+                return;
+            }
+        };
+        let attestations = self.lifecycle.attestations.as_ref().and_then(|path| {
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| parse_attestations(&text));
+            match parsed {
+                Ok(rows) => {
+                    self.attestation_error = None;
+                    Some(rows)
+                }
+                Err(why) => {
+                    if self.attestation_error.as_ref() != Some(&why) {
+                        tracing::warn!(file = %path.display(), error = %why,
+                            "cannot read the attestation file (lifecycle.attestations)");
+                        self.attestation_error = Some(why);
+                    }
+                    None
+                }
+            }
+        });
+        let connected = self.directory.status().entries > 0;
+        let lifecycle = lifecycle_report(
+            &tokens,
+            attestations.as_deref(),
+            LifecycleRules::from_config(&self.lifecycle),
+            connected,
+            now,
+        );
+        let count = |status| {
+            lifecycle
+                .attestations
+                .iter()
+                .filter(|a| a.status == status)
+                .count()
+        };
+        let usage = usage_report(&rows, Period::ending(Day::of(now), 30), |_| None, |_| None);
+        self.metrics.set_long_term(&LongTermView {
+            tokens_stale: lifecycle.stale.len(),
+            attestations: attestations.is_some().then(|| AttestationCounts {
+                due: count(AttestationStatus::Due),
+                overdue: count(AttestationStatus::Overdue),
+                missing: count(AttestationStatus::Missing),
+            }),
+            top10_share: usage.top10_share,
+            rollup_rows: extent.rows,
+        });
     }
 
     /// Names token owners from `directory` in the admin views, and shows its state in status.

@@ -374,3 +374,95 @@ fn a_taken_port_is_an_error_that_names_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn long_term_gauges_count_stale_tokens_attestations_and_concentration_without_token_labels() {
+    use crate::edges::store::{Sighting, Store, StoreLimits};
+    use crate::shared::model::Timestamp;
+    use crate::shared::token::{MaskedToken, TokenFingerprint};
+    use crate::stages::lifecycle::LifecycleConfig;
+    use crate::stages::usage::{Day, Usage, day_text_of};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.redb"), StoreLimits::default()).unwrap();
+    let now = Timestamp::from_secs_f64(1_796_558_400.0);
+    let day = Span::from_secs(86_400);
+    let used = |n: u8, at: Timestamp, calls: u64| Sighting {
+        token: TokenFingerprint([n; 8]),
+        masked: MaskedToken("ABC…EF".into()),
+        ts: at,
+        usage: Usage {
+            calls,
+            ..Usage::default()
+        },
+    };
+    // Token 1 idle 181 days, token 2 idle 179; twelve tokens busy yesterday, token n+10 making
+    // n calls: the top 10 made (3+…+12)/(1+…+12) = 75/78 of the calls.
+    let mut sightings = vec![
+        used(1, now.minus(Span(181 * day.0)), 1),
+        used(2, now.minus(Span(179 * day.0)), 1),
+    ];
+    for n in 1..=12u8 {
+        sightings.push(used(n + 10, now.minus(day), u64::from(n)));
+    }
+    store.touch_tokens(&sightings).unwrap();
+    let attestations = dir.path().join("attestations.csv");
+    let today = Day::of(now);
+    std::fs::write(
+        &attestations,
+        format!(
+            "token_fp,attested_on\n{},{}\n{},{}\n",
+            TokenFingerprint([11; 8]),
+            day_text_of(today.minus(366)),
+            TokenFingerprint([12; 8]),
+            day_text_of(today.minus(364)),
+        ),
+    )
+    .unwrap();
+
+    let metrics = Metrics::new();
+    let mut live = LiveTelemetry::new(Shared::new(metrics.clone()), 0, Span::from_secs(60));
+    live.use_lifecycle(&LifecycleConfig::default());
+    live.refresh_long_term(&store, now);
+    let text = metrics.encode();
+    assert!(text.contains("redcap_monitor_tokens_stale 1\n"), "{text}");
+    assert!(
+        text.contains("redcap_monitor_attestations_missing -1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redcap_monitor_usage_rollup_rows 14\n"),
+        "{text}"
+    );
+    let share = text
+        .lines()
+        .find_map(|l| l.strip_prefix("redcap_monitor_usage_top10_share "))
+        .unwrap();
+    assert!(
+        (share.parse::<f64>().unwrap() - 75.0 / 78.0).abs() < 1e-9,
+        "{share}"
+    );
+    assert!(!text.contains("token_fp"), "no token label: {text}");
+
+    // With the attestation file: one overdue, one due tomorrow, twelve never attested. Not
+    // computed again before the refresh interval, then at once after a reload.
+    live.refresh_long_term(&store, now);
+    live.use_lifecycle(&LifecycleConfig {
+        attestations: Some(attestations),
+        ..LifecycleConfig::default()
+    });
+    live.refresh_long_term(&store, now);
+    let text = metrics.encode();
+    assert!(
+        text.contains("redcap_monitor_attestations_overdue 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redcap_monitor_attestations_due 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("redcap_monitor_attestations_missing 12\n"),
+        "{text}"
+    );
+}

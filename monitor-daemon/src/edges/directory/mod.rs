@@ -17,9 +17,10 @@ use std::time::{Duration as StdDuration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shared::model::Span;
+use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::{Duration, Problem, longer_than_zero};
 use crate::shared::token::{FingerprintMap, RawToken, SiteKey, TokenFingerprint};
+use crate::stages::usage::{OwnerView, parse_day};
 
 /// Where the directory reads from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -175,6 +176,35 @@ impl Owner {
             (None, Some(title)) => Some(title.clone()),
             (None, None) => None,
         }
+    }
+
+    /// What the long-term reports show of the owner.
+    pub fn view(&self) -> OwnerView {
+        OwnerView {
+            username: self.username.clone(),
+            person: self.person(),
+            project_id: self.project_id,
+            project: self.project(),
+        }
+    }
+
+    /// REDCap's last API use as a time. REDCap writes server-local time (`2026-12-01
+    /// 10:00:00`); it is taken as UTC, as a few hours do not matter to a rule counted in months.
+    pub fn last_api_use_at(&self) -> Option<Timestamp> {
+        let text = self.last_api_use.as_deref()?.trim();
+        let (date, clock) = text.split_once([' ', 'T']).unwrap_or((text, "00:00:00"));
+        let day = parse_day(date)?;
+        let mut parts = clock.trim_end_matches('Z').split(':');
+        let h: u64 = parts.next()?.parse().ok()?;
+        let m: u64 = parts.next().unwrap_or("0").parse().ok()?;
+        let s: f64 = parts.next().unwrap_or("0").parse().ok()?;
+        if h > 23 || m > 59 || !(0.0..61.0).contains(&s) {
+            return None;
+        }
+        Some(
+            day.start()
+                .plus(Span::from_secs(h * 3600 + m * 60 + s as u64)),
+        )
     }
 
     /// The PI's name and e-mail, if REDCap has them.

@@ -1,4 +1,5 @@
-//! `[hooks]`: the programs and URLs told about suspensions and lifts, with their checks.
+//! `[hooks]`: the programs and URLs told about suspensions, lifts and stale tokens, with their
+//! checks.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,9 @@ pub struct HooksConfig {
     pub suspend: Vec<HookConfig>,
     /// Run, in order, when a suspension is lifted (by expiry or by hand).
     pub lift: Vec<HookConfig>,
+    /// Run, in order, for each token unused for longer than `lifecycle.stale_after`, by
+    /// `redcap-monitor report lifecycle --revoke --execute` (never by the daemon itself).
+    pub token_stale: Vec<HookConfig>,
 }
 
 impl HooksConfig {
@@ -68,7 +72,11 @@ impl HooksConfig {
     /// What is wrong with `[hooks]`, each problem keyed by its full path.
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        for (list, hooks) in [("suspend", &self.suspend), ("lift", &self.lift)] {
+        for (list, hooks) in [
+            ("suspend", &self.suspend),
+            ("lift", &self.lift),
+            ("token_stale", &self.token_stale),
+        ] {
             let mut names = std::collections::HashSet::new();
             for (i, hook) in hooks.iter().enumerate() {
                 let key = |field: &str| format!("hooks.{list}[{i}].{field}");
@@ -76,6 +84,13 @@ impl HooksConfig {
                     problems.push(Problem::new(
                         key("name"),
                         format!("must be a non-empty name unique among hooks.{list}"),
+                    ));
+                }
+                if list == "token_stale" && hook.pass_raw_token {
+                    problems.push(Problem::new(
+                        key("pass_raw_token"),
+                        "a stale token's raw token is never known (it was not used): remove it"
+                            .into(),
                     ));
                 }
                 if hook.timeout.span().0 == 0 {

@@ -73,7 +73,14 @@ fn exec_hook(name: &str, script: &Path, pass_raw_token: bool, timeout: Span) -> 
 }
 
 fn hooks(suspend: Vec<HookConfig>, lift: Vec<HookConfig>) -> Hooks {
-    Hooks::new(&HooksConfig { suspend, lift }, "web2".into())
+    Hooks::new(
+        &HooksConfig {
+            suspend,
+            lift,
+            token_stale: Vec::new(),
+        },
+        "web2".into(),
+    )
 }
 
 fn contains_raw(haystack: &[u8]) -> bool {
@@ -366,4 +373,24 @@ fn invalid_hooks_name_their_key_path() {
         let err = parse(text).unwrap_err().to_string();
         assert!(err.contains(key), "{key}: {err}");
     }
+}
+
+#[test]
+fn a_token_stale_hook_is_checked_like_the_others_and_may_not_ask_for_the_raw_token() {
+    let script = Path::new("/usr/local/bin/revoke");
+    let config = HooksConfig {
+        token_stale: vec![
+            exec_hook("revoke", script, true, Span::from_secs(10)),
+            exec_hook("revoke", script, false, Span::from_secs(10)),
+        ],
+        ..HooksConfig::default()
+    };
+    let keys: Vec<String> = config.problems().into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "hooks.token_stale[0].pass_raw_token",
+            "hooks.token_stale[1].name"
+        ]
+    );
 }

@@ -222,6 +222,30 @@ pub struct Metrics {
     top_share: Family<TokenLabels, FloatGauge>,
     top_calls: Family<TokenLabels, Gauge>,
     top_server_time: Family<TokenLabels, FloatGauge>,
+    tokens_stale: Gauge,
+    attestations_due: Gauge,
+    attestations_overdue: Gauge,
+    attestations_missing: Gauge,
+    usage_top10_share: FloatGauge,
+    usage_rollup_rows: Gauge,
+}
+
+/// The long-term view, counted without naming a token (see `LiveTelemetry::refresh_long_term`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LongTermView {
+    pub tokens_stale: usize,
+    /// `None` when no attestation file is configured (or it cannot be read).
+    pub attestations: Option<AttestationCounts>,
+    /// Share of the last 30 days' calls made by the 10 busiest tokens; `None` without calls.
+    pub top10_share: Option<f64>,
+    pub rollup_rows: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttestationCounts {
+    pub due: usize,
+    pub overdue: usize,
+    pub missing: usize,
 }
 
 impl Default for Metrics {
@@ -273,6 +297,12 @@ impl Metrics {
             top_share: Family::default(),
             top_calls: Family::default(),
             top_server_time: Family::default(),
+            tokens_stale: Gauge::default(),
+            attestations_due: Gauge::default(),
+            attestations_overdue: Gauge::default(),
+            attestations_missing: Gauge::default(),
+            usage_top10_share: FloatGauge::default(),
+            usage_rollup_rows: Gauge::default(),
         };
         r.register(
             "build",
@@ -454,6 +484,36 @@ impl Metrics {
             Unit::Seconds,
             m.top_server_time.clone(),
         );
+        r.register(
+            "tokens_stale",
+            "Tokens seen by the daemon and unused for longer than lifecycle.stale_after (REDCap's own last use when the token directory has it)",
+            m.tokens_stale.clone(),
+        );
+        r.register(
+            "attestations_due",
+            "Tokens whose yearly attestation falls due within lifecycle.attestation_warning (-1: no attestation file)",
+            m.attestations_due.clone(),
+        );
+        r.register(
+            "attestations_overdue",
+            "Tokens whose attestation is older than lifecycle.attestation_every (-1: no attestation file)",
+            m.attestations_overdue.clone(),
+        );
+        r.register(
+            "attestations_missing",
+            "Tokens with no attestation on record (-1: no attestation file)",
+            m.attestations_missing.clone(),
+        );
+        r.register(
+            "usage_top10_share",
+            "Share of the last 30 days' API calls made by the 10 busiest tokens (NaN without calls)",
+            m.usage_top10_share.clone(),
+        );
+        r.register(
+            "usage_rollup_rows",
+            "Daily per-token rows in the store (bounded by store.max_rollups)",
+            m.usage_rollup_rows.clone(),
+        );
         // Series that are zero until something happens are created now, so that a dashboard
         // shows 0 rather than no data.
         for event in ["suspend", "lift"] {
@@ -569,6 +629,20 @@ impl Metrics {
                 n,
             );
         }
+    }
+
+    /// The long-term view (stale tokens, attestations, concentration of use): counts only.
+    pub fn set_long_term(&self, view: &LongTermView) {
+        self.tokens_stale.set(view.tokens_stale as i64);
+        let (due, overdue, missing) = view.attestations.map_or((-1, -1, -1), |a| {
+            (a.due as i64, a.overdue as i64, a.missing as i64)
+        });
+        self.attestations_due.set(due);
+        self.attestations_overdue.set(overdue);
+        self.attestations_missing.set(missing);
+        self.usage_top10_share
+            .set(view.top10_share.unwrap_or(f64::NAN));
+        self.usage_rollup_rows.set(view.rollup_rows as i64);
     }
 
     pub fn set_suspensions_active(&self, n: usize) {
