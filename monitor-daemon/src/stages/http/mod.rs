@@ -80,8 +80,45 @@ pub struct RequestHead {
     pub chunked: bool,
     pub expect_continue: bool,
     pub host: Option<String>,
-    /// First address of `X-Forwarded-For`, when present.
+    /// Every `X-Forwarded-For` line's value, joined by commas, at most its rightmost
+    /// [`MAX_FORWARDED_BYTES`] (see [`append_forwarded`]).
     pub forwarded_for: Option<String>,
+    /// Every `Forwarded` (RFC 7239) line's value, kept the same way.
+    pub forwarded: Option<String>,
+}
+
+/// Bytes of a client-address header kept: its right end, where the proxies nearest the server
+/// wrote (the only part a trusted proxy vouches for; see `stages::redcap::client`). Enough for
+/// dozens of hops.
+pub const MAX_FORWARDED_BYTES: usize = 1024;
+
+/// Adds one header line's value to a client-address header kept so far: repeated lines are one
+/// list (RFC 9110 §5.3), and past [`MAX_FORWARDED_BYTES`] the leftmost elements are dropped
+/// whole.
+pub(crate) fn append_forwarded(slot: &mut Option<String>, value: &[u8]) {
+    let value = String::from_utf8_lossy(value.trim_ascii());
+    if value.is_empty() {
+        return;
+    }
+    let kept = slot.get_or_insert_default();
+    if !kept.is_empty() {
+        kept.push_str(", ");
+    }
+    kept.push_str(&value);
+    if kept.len() > MAX_FORWARDED_BYTES {
+        let mut cut = kept.len() - MAX_FORWARDED_BYTES;
+        while !kept.is_char_boundary(cut) {
+            cut += 1;
+        }
+        // Drop whole elements: a cut one would read as another address.
+        let cut = kept[cut..]
+            .find(',')
+            .map_or(kept.len(), |comma| cut + comma + 1);
+        kept.replace_range(..cut, "");
+        if kept.trim().is_empty() {
+            *slot = None;
+        }
+    }
 }
 
 impl RequestHead {

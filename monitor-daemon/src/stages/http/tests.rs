@@ -146,7 +146,10 @@ fn keep_alive_connection_emits_each_exchange_with_its_timing() {
     assert_eq!(first.request.method, "GET");
     assert_eq!(first.request.path(), "/a");
     assert_eq!(first.request.host.as_deref(), Some("redcap.example"));
-    assert_eq!(first.request.forwarded_for.as_deref(), Some("192.0.2.9"));
+    assert_eq!(
+        first.request.forwarded_for.as_deref(),
+        Some("192.0.2.9, 10.1.1.1")
+    );
     assert_eq!(
         (first.ts_request_start, first.ts_request_end),
         (Timestamp(10), Timestamp(10))
@@ -1014,4 +1017,26 @@ fn hostile_bytes_never_panic_and_state_stays_bounded() {
     h.close(u64::MAX);
     assert_eq!(h.tracker.connections(), 0);
     assert!(h.stats().requests > 0 && h.stats().responses > 0);
+}
+
+#[test]
+fn client_address_headers_are_one_list_kept_by_their_right_end() {
+    let mut kept = None;
+    super::append_forwarded(&mut kept, b" 198.51.100.1 ");
+    super::append_forwarded(&mut kept, b"");
+    super::append_forwarded(&mut kept, b"203.0.113.7, 10.0.0.1");
+    assert_eq!(kept.as_deref(), Some("198.51.100.1, 203.0.113.7, 10.0.0.1"));
+    // A client padding the header cannot push out what the proxies nearest the server wrote,
+    // and no element is cut in two.
+    let mut kept = None;
+    let padding = "192.0.2.123, ".repeat(500);
+    super::append_forwarded(&mut kept, padding.trim_end_matches(", ").as_bytes());
+    super::append_forwarded(&mut kept, b"203.0.113.7");
+    let kept = kept.unwrap();
+    assert!(kept.len() <= super::MAX_FORWARDED_BYTES);
+    assert!(kept.ends_with(", 203.0.113.7"));
+    assert!(
+        kept.split(',')
+            .all(|e| ["192.0.2.123", "203.0.113.7"].contains(&e.trim()))
+    );
 }

@@ -336,6 +336,7 @@ impl<B: RequestBody> Streams<B> {
             expect_continue: fields.expect_continue,
             host: fields.authority.clone().or_else(|| fields.host.clone()),
             forwarded_for: fields.forwarded_for.clone(),
+            forwarded: fields.forwarded.clone(),
         };
         let Some(body) = ctx.selector.select(head) else {
             return;
