@@ -1,5 +1,6 @@
 //! Files that hold the site's secrets: the site key, the admin API's bearer token, webhook
-//! signing secrets, JIRA credentials and the token directory's password.
+//! signing secrets, JIRA credentials and the token directory's password; and the directories
+//! the daemon keeps its own private files in (admin requests, the External Module's key copy).
 //!
 //! One rule for all of them, the one OpenSSH's `StrictModes` applies: a secret is read only
 //! from a regular file that no other user can read or change (no access for others, no write
@@ -103,6 +104,36 @@ fn judge(is_file: bool, mode: u32, owner: u32, reader: u32) -> Result<(), Secret
     Ok(())
 }
 
+/// What is wrong with an existing directory the daemon keeps private files in, if anything: it
+/// must be a real directory (not a link that would send writes, `chown` and `chmod` elsewhere)
+/// owned by the daemon's user, and with `private`, closed to everyone else.
+pub fn foreign_directory(path: &Path, private: bool) -> Option<String> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) => return Some(format!("cannot be examined: {err}")),
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    judge_directory(&metadata, me, private)
+}
+
+fn judge_directory(metadata: &std::fs::Metadata, me: u32, private: bool) -> Option<String> {
+    if metadata.file_type().is_symlink() {
+        return Some("is a symbolic link".into());
+    }
+    if !metadata.is_dir() {
+        return Some("is not a directory".into());
+    }
+    if metadata.uid() != me {
+        return Some(format!(
+            "belongs to uid {}, not to the daemon's user (uid {me})",
+            metadata.uid()
+        ));
+    }
+    let mode = metadata.mode() & 0o777;
+    (private && mode & 0o077 != 0).then(|| format!("other users may use it (mode {mode:03o})"))
+}
+
 /// Writes `contents` to a new secret file at `path` as an admin would (mode 0600).
 #[cfg(test)]
 pub(crate) fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
@@ -156,6 +187,31 @@ mod tests {
         assert!(judge(true, 0o600, 999, 0).is_ok());
         let err = judge(true, 0o600, 1000, 999).unwrap_err();
         assert!(err.to_string().contains("`chown`"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_must_be_a_real_one_of_the_daemons_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(foreign_directory(&own, true), None);
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert_eq!(foreign_directory(&own, false), None);
+        assert!(foreign_directory(&own, true).unwrap().contains("mode 750"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&own, &link).unwrap();
+        assert!(
+            foreign_directory(&link, false)
+                .unwrap()
+                .contains("symbolic link")
+        );
+        let metadata = std::fs::metadata(&own).unwrap();
+        assert!(
+            judge_directory(&metadata, 4242, false)
+                .unwrap()
+                .contains("uid 4242")
+        );
     }
 
     #[test]

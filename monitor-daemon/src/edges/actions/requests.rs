@@ -8,7 +8,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ActionsError;
 use crate::edges::store::Suspension;
+use crate::shared::secret_file::foreign_directory;
 use crate::shared::token::TokenFingerprint;
 
 /// A request larger than this is refused unread.
@@ -159,10 +160,7 @@ impl RequestDir {
             .map_err(error)?;
         // An existing directory is used only if it is what this code would have made: whoever
         // else could write into it could answer requests or plant links for the replies.
-        // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
-        let metadata = fs::symlink_metadata(&dir).map_err(error)?;
-        if let Some(problem) = unsafe_dir(&metadata, me) {
+        if let Some(problem) = foreign_directory(&dir, true) {
             return Err(error(std::io::Error::other(format!(
                 "it exists but {problem}; remove it (`rm -r {}`) and start the daemon again, \
                  which creates it with mode 0700",
@@ -242,24 +240,6 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.write_all(bytes)
 }
 
-/// What is wrong with an existing request directory, if anything.
-fn unsafe_dir(metadata: &fs::Metadata, me: u32) -> Option<String> {
-    if metadata.file_type().is_symlink() {
-        return Some("is a symbolic link".into());
-    }
-    if !metadata.is_dir() {
-        return Some("is not a directory".into());
-    }
-    if metadata.uid() != me {
-        return Some(format!(
-            "belongs to uid {}, not to the daemon's user (uid {me})",
-            metadata.uid()
-        ));
-    }
-    let mode = metadata.mode() & 0o777;
-    (mode & 0o077 != 0).then(|| format!("other users may use it (mode {mode:03o})"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,10 +263,6 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, request_dir(&linked)).unwrap();
         let err = RequestDir::create(&linked).err().unwrap().to_string();
         assert!(err.contains("symbolic link"), "{err}");
-        assert_eq!(
-            unsafe_dir(&fs::metadata(&elsewhere).unwrap(), 12345).unwrap(),
-            format!("belongs to uid 0, not to the daemon's user (uid 12345)")
-        );
     }
 
     #[test]
