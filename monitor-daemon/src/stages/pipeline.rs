@@ -134,6 +134,7 @@ impl PipelineStats<'_> {
             ("http.request_starts_lost", h.request_starts_lost),
             ("http.unmatched_responses", h.unmatched_responses),
             ("http.pending_overflow", h.pending_overflow),
+            ("http.state_budget_resets", h.state_budget_resets),
             ("http.resyncs", h.resyncs),
             ("http.decode_failed", h.decode_failed),
             ("http.decode_capped", h.decode_capped),
@@ -183,6 +184,7 @@ impl Pipeline {
                 max_headers: h.max_headers,
                 max_pending_requests: h.max_pending_requests,
                 max_decoded_body_bytes: h.max_decoded_body_bytes,
+                max_state_bytes_total: h.max_state_bytes_total,
             },
             ApiRequestSelector::new(config.redcap.api_paths.clone())
                 .with_max_input_vars(config.redcap.max_input_vars),

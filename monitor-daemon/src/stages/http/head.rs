@@ -478,6 +478,11 @@ pub(crate) fn fill_from_start_line(bytes: &[u8], head: &mut RequestHead) -> bool
 }
 
 impl HeadReader {
+    /// Heap this reader holds (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.skim_prefix.capacity()
+    }
+
     /// The head just reached the limit: the line it is in decides whether it is kept.
     fn start_skimming(&mut self) {
         self.skimming = true;

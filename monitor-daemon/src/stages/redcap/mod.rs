@@ -44,6 +44,9 @@ pub struct RequestFields {
     pub problem: Option<BodyProblem>,
 }
 
+/// How many text parameters [`ApiParams`] keeps (for the HTTP stage's state budget).
+const KEPT_PARAMS: usize = 8;
+
 /// The parameters of a call that may be shown and kept: everything REDCap read but the token.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ApiParams {
@@ -321,6 +324,17 @@ impl FormBody {
 }
 
 impl RequestBody for FormBody {
+    fn held_bytes(&self) -> usize {
+        let scanner = match &self.scanner {
+            Scanner::Urlencoded(_) => form::MAX_FIELD_NAME,
+            Scanner::Multipart(s) => s.held_bytes(),
+            Scanner::Unread => 0,
+        };
+        // The parameters kept so far: each at most `MAX_KEPT_VALUE` bytes.
+        let params = KEPT_PARAMS * form::MAX_KEPT_VALUE;
+        std::mem::size_of::<FormBody>() + self.collector.held_bytes() + scanner + params
+    }
+
     fn feed(&mut self, chunk: &[u8]) {
         match &mut self.scanner {
             Scanner::Urlencoded(s) => s.feed(chunk, &mut self.collector),

@@ -231,6 +231,15 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
+    /// Heap this reader holds: frame and header-block buffers, and the HPACK table (its
+    /// entries are bounded by [`DEFAULT_HEADER_TABLE_SIZE`]; each costs some 32 bytes more).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.payload.capacity()
+            + self.block.capacity()
+            + self.fields.content_encoding.capacity()
+            + 2 * DEFAULT_HEADER_TABLE_SIZE
+    }
+
     pub(crate) fn new(max_block: usize) -> Self {
         let mut hpack = Decoder::new();
         hpack.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
