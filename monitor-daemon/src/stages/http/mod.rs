@@ -414,15 +414,8 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 
     /// Feeds one reassembly event; finished exchanges are appended to `out` in completion order.
     pub fn on_event(&mut self, event: &StreamEvent<'_>, out: &mut Vec<HttpExchange<S::Body>>) {
-        let mut ctx = Ctx {
-            selector: &mut self.selector,
-            limits: &self.limits,
-            stats: &mut self.stats,
-            scratch: &mut self.scratch,
-            request_head: &mut self.request_head,
-            header_slots: &mut self.header_slots,
-            out,
-        };
+        let (connections, mut ctx) = self.split(out);
+        let mut releasable = None;
         match *event {
             StreamEvent::Opened {
                 conn,
@@ -431,7 +424,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 ..
             } => {
                 let fresh = Session::new(conn, client, server);
-                if let Some(previous) = self.connections.insert(conn, fresh) {
+                if let Some(previous) = connections.insert(conn, fresh) {
                     previous.close(&mut ctx);
                 }
             }
@@ -440,24 +433,23 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 dir,
                 ts,
                 bytes,
-            } => match self.connections.get_mut(&conn) {
+            } => match connections.get_mut(&conn) {
                 Some(connection) => {
                     connection.on_data(dir, ts, bytes, &mut ctx);
-                    if let Some(releasable) = connection.releasable() {
-                        self.releasable.push(releasable);
-                    }
+                    releasable = connection.releasable();
                 }
                 None => ctx.stats.unknown_connection_events += 1,
             },
-            StreamEvent::Gap { conn, dir, ts, len } => match self.connections.get_mut(&conn) {
+            StreamEvent::Gap { conn, dir, ts, len } => match connections.get_mut(&conn) {
                 Some(connection) => connection.on_gap(dir, ts, len, &mut ctx),
                 None => ctx.stats.unknown_connection_events += 1,
             },
-            StreamEvent::Closed { conn, .. } => match self.connections.remove(&conn) {
+            StreamEvent::Closed { conn, .. } => match connections.remove(&conn) {
                 Some(connection) => connection.close(&mut ctx),
                 None => ctx.stats.unknown_connection_events += 1,
             },
         }
+        self.releasable.extend(releasable);
         let conn = match *event {
             StreamEvent::Opened { conn, .. }
             | StreamEvent::Data { conn, .. }
@@ -469,6 +461,33 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             self.reset_largest(out);
         }
         self.note_open_request(conn);
+    }
+
+    /// The connections, and the context their parsing runs in: disjoint borrows of the tracker.
+    fn split<'a>(
+        &'a mut self,
+        out: &'a mut Vec<HttpExchange<S::Body>>,
+    ) -> (&'a mut HashMap<ConnectionId, Session<S::Body>>, Ctx<'a, S>) {
+        let HttpTracker {
+            selector,
+            limits,
+            stats,
+            connections,
+            scratch,
+            request_head,
+            header_slots,
+            ..
+        } = self;
+        let ctx = Ctx {
+            selector,
+            limits,
+            stats,
+            scratch,
+            request_head,
+            header_slots,
+            out,
+        };
+        (connections, ctx)
     }
 
     /// Brings `conn`'s entry in the index of held state up to date.
@@ -500,21 +519,13 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             let Some(&(held, conn)) = self.held_by_size.last() else {
                 return;
             };
-            let Some(session) = self.connections.remove(&conn) else {
+            let (connections, mut ctx) = self.split(out);
+            let Some(session) = connections.remove(&conn) else {
                 return;
             };
             let (client, server) = session.endpoints();
-            let mut ctx = Ctx {
-                selector: &mut self.selector,
-                limits: &self.limits,
-                stats: &mut self.stats,
-                scratch: &mut self.scratch,
-                request_head: &mut self.request_head,
-                header_slots: &mut self.header_slots,
-                out,
-            };
             session.close(&mut ctx);
-            self.stats.state_budget_resets += 1;
+            ctx.stats.state_budget_resets += 1;
             self.connections
                 .insert(conn, Session::new(conn, client, server));
             self.note_held_bytes(conn);
