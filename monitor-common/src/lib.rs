@@ -62,6 +62,10 @@ pub enum KernelCounter {
     /// dropped before user space, as the server's stack drops them. A forged segment must not
     /// take the place of the real data (a decoy with another token) or end the copy (a RST).
     ChecksumBad = 17,
+    /// `SSL_read`/`SSL_read_ex` calls by a process named like the web server but running as a
+    /// user not in the TLS user list: a misconfigured list, or a local user imitating the web
+    /// server to feed made-up calls. Not looked at.
+    TlsOtherUser = 18,
 }
 
 /// Number of slots in the counter array; larger than needed so that counters can be added
@@ -93,6 +97,9 @@ pub const TLS_PROCESSES_GLOBAL: &str = "TLS_PROCESSES";
 /// Load-time global: `u64`, nanoseconds after which a tracked TLS connection's next request
 /// is taken as a new connection (its `SSL*` was freed unseen and reused).
 pub const TLS_IDLE_NS_GLOBAL: &str = "TLS_IDLE_NS";
+/// Load-time global: `[u32; MAX_TLS_USERS]`, the user ids a configured process must run as for
+/// its TLS reads to be looked at; unused slots [`NO_USER`].
+pub const TLS_USERS_GLOBAL: &str = "TLS_USERS";
 /// The uprobe programs: (program name, OpenSSL function, return probe?).
 pub const TLS_PROGRAMS: [(&str, &str, bool); 10] = [
     ("ssl_read_entry", "SSL_read", false),
@@ -114,6 +121,10 @@ pub const CHUNK_BYTES_GLOBAL: &str = "CHUNK_BYTES";
 
 /// How many process names the TLS filter holds.
 pub const MAX_TLS_PROCESSES: usize = 8;
+/// How many user ids the TLS filter holds.
+pub const MAX_TLS_USERS: usize = 8;
+/// An unused slot of the TLS user filter (no process runs as `(uid_t)-1`).
+pub const NO_USER: u32 = u32::MAX;
 /// The kernel's `TASK_COMM_LEN`: process names are at most 15 bytes plus a NUL.
 pub const COMM_LEN: usize = 16;
 /// Default TLS idle gap (compiled in; user space overrides it at load): 120 s.
@@ -293,6 +304,20 @@ pub fn comm_matches(comm: &[u8; COMM_LEN], names: &[[u8; COMM_LEN]; MAX_TLS_PROC
             if same {
                 return true;
             }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether a process running as `uid` may feed TLS plaintext: a name alone can be taken by any
+/// local user (`prctl(PR_SET_NAME)`), a user id cannot.
+#[inline(always)]
+pub fn uid_allowed(uid: u32, users: &[u32; MAX_TLS_USERS]) -> bool {
+    let mut i = 0;
+    while i < MAX_TLS_USERS {
+        if users[i] == uid && uid != NO_USER {
+            return true;
         }
         i += 1;
     }
@@ -609,6 +634,18 @@ mod tests {
         let mut out = [0u8; COMM_LEN];
         out[..name.len()].copy_from_slice(name.as_bytes());
         out
+    }
+
+    #[test]
+    fn only_listed_users_are_allowed() {
+        let mut users = [NO_USER; MAX_TLS_USERS];
+        users[0] = 0;
+        users[1] = 33;
+        assert!(uid_allowed(0, &users));
+        assert!(uid_allowed(33, &users));
+        assert!(!uid_allowed(65534, &users));
+        assert!(!uid_allowed(NO_USER, &users));
+        assert!(!uid_allowed(0, &[NO_USER; MAX_TLS_USERS]));
     }
 
     #[test]

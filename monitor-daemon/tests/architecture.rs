@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const FLOW: &[&str] = &[
     "shared::model",
     "shared::settings",
+    "shared::secret_file",
     "shared::token",
     "stages::decode",
     "stages::reassembly",

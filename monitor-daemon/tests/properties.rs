@@ -442,6 +442,7 @@ fn api_call(spec: &CallSpec) -> ApiCall {
         ttfb: Some(spec.duration),
         client: endpoint(1, 40000),
         server: endpoint(2, 80),
+        proxy: None,
         method: "POST".into(),
         path: "/api/".into(),
         http_version: HttpVersion::Http11,

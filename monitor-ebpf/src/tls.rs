@@ -12,7 +12,8 @@
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_user,
     },
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray},
@@ -21,8 +22,9 @@ use aya_ebpf::{
 use monitor_common::{
     CLIENT_START_LEN, COMM_LEN, ClientStart, DEFAULT_MAX_TLS_CONNS, DEFAULT_TLS_IDLE_NS,
     DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_TLS, KernelCounter,
-    MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT, MAX_TLS_PROCESSES, NO_FD, TCP_FIN, TCP_SYN,
-    TlsConnKey, TlsConnState, TlsEvent, classify_client_start, comm_matches,
+    MAX_CHUNK_BYTES, MAX_CHUNKS_PER_SEGMENT, MAX_TLS_PROCESSES, MAX_TLS_USERS, NO_FD, NO_USER,
+    TCP_FIN, TCP_SYN, TlsConnKey, TlsConnState, TlsEvent, classify_client_start, comm_matches,
+    uid_allowed,
 };
 
 use crate::{count, output, verifier_bounded};
@@ -30,6 +32,11 @@ use crate::{count, output, verifier_bounded};
 /// Process names whose reads are looked at, set by user space at load; all-zero = unused.
 #[unsafe(no_mangle)]
 static TLS_PROCESSES: [[u8; COMM_LEN]; MAX_TLS_PROCESSES] = [[0; COMM_LEN]; MAX_TLS_PROCESSES];
+
+/// User ids a configured process must run as, set by user space at load; unused slots
+/// `NO_USER`. A process name can be taken by anyone; a user id cannot.
+#[unsafe(no_mangle)]
+static TLS_USERS: [u32; MAX_TLS_USERS] = [NO_USER; MAX_TLS_USERS];
 
 /// After this long without a call, a tracked connection's next read is judged afresh.
 #[unsafe(no_mangle)]
@@ -160,7 +167,7 @@ pub fn ssl_set_fd_entry(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let names: &[[u8; COMM_LEN]; MAX_TLS_PROCESSES] = core::hint::black_box(&TLS_PROCESSES);
-    if comm_matches(&comm, names) {
+    if comm_matches(&comm, names) && trusted_user() {
         let _ = SSL_FDS.insert(&conn_key(ssl), &(fd as u32), 0);
     }
     0
@@ -202,6 +209,10 @@ fn save_read(ctx: &ProbeContext, ex: bool) {
     let names: &[[u8; COMM_LEN]; MAX_TLS_PROCESSES] = core::hint::black_box(&TLS_PROCESSES);
     if !comm_matches(&comm, names) {
         count(KernelCounter::TlsOtherProcess, 1);
+        return;
+    }
+    if !trusted_user() {
+        count(KernelCounter::TlsOtherUser, 1);
         return;
     }
     save(ctx, ex, &READ_ARGS);
@@ -495,6 +506,14 @@ fn conn_key(ssl: u64) -> TlsConnKey {
 }
 
 #[inline(always)]
+/// Whether the current process runs as one of the configured users (its real uid).
+fn trusted_user() -> bool {
+    let uid = unsafe { bpf_get_current_uid_gid() } as u32;
+    // Opaque for the same reason as the process names: patched into .rodata at load.
+    let users: &[u32; MAX_TLS_USERS] = core::hint::black_box(&TLS_USERS);
+    uid_allowed(uid, users)
+}
+
 fn current_comm() -> Result<[u8; COMM_LEN], i64> {
     let mut comm = [0u8; COMM_LEN];
     let ret = unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };

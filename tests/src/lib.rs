@@ -59,3 +59,18 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Writes a secret file (site key, webhook secret, API token, password) as an admin would:
+/// mode 0600, since the daemon refuses one that others can read.
+pub fn write_secret(path: &std::path::Path, contents: impl AsRef<[u8]>) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    file.write_all(contents.as_ref()).unwrap();
+}

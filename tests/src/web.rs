@@ -692,3 +692,83 @@ pub fn private_libssl(linked_by: &Path, dir: &Path) -> Result<PathBuf> {
     std::fs::copy(library, lib_dir.join(name)).with_context(|| format!("copying {library}"))?;
     Ok(lib_dir)
 }
+
+/// A Python HTTPS server on port 8443 that answers API POSTs itself, with the system's libssl
+/// (Python's `_ssl` links it): a process the TLS uprobes see but must not read. Killed on drop.
+pub struct PythonHttps(std::process::Child);
+
+/// Who a [`PythonHttps`] pretends to be: it names itself `name` (`prctl(PR_SET_NAME)`) and runs
+/// as `uid` once its certificate is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Impostor<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+}
+
+impl PythonHttps {
+    /// Listening on `ip:8443` in namespace `ns` with the test certificate; as `python3` and
+    /// root when `impostor` is `None`.
+    pub fn start(ns: &str, ip: &str, pki: &TestPki, impostor: Option<Impostor<'_>>) -> PythonHttps {
+        const SERVER: &str = r#"
+import ctypes, http.server, os, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"redcap_version": "15.7.6"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[1], 8443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+if sys.argv[4]:
+    ctypes.CDLL(None).prctl(15, sys.argv[4].encode(), 0, 0, 0)  # PR_SET_NAME
+    uid = int(sys.argv[5])
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+print("ready", os.getuid(), open("/proc/self/comm").read().strip(), flush=True)
+server.serve_forever()
+"#;
+        use std::io::{BufRead, BufReader};
+        let (name, uid) = impostor.map_or((String::new(), String::new()), |i| {
+            (i.name.to_owned(), i.uid.to_string())
+        });
+        let mut child = command_in(Some(ns), "python3")
+            .args(["-c", SERVER, ip])
+            .arg(&pki.server_cert)
+            .arg(&pki.server_key)
+            .args([&name, &uid])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("ready"),
+            "python HTTPS server did not start: {line}"
+        );
+        if let Some(i) = impostor {
+            assert_eq!(
+                line.split_whitespace().skip(1).collect::<Vec<_>>(),
+                [i.uid.to_string().as_str(), i.name],
+                "the impostor did not take its name and user"
+            );
+        }
+        PythonHttps(child)
+    }
+}
+
+impl Drop for PythonHttps {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

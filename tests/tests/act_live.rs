@@ -61,11 +61,10 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
     let path = dir.join("act.toml");
     let secret = dir.join("siem.whsec");
     // 32 bytes of key, base64.
-    std::fs::write(
+    monitor_tests::write_secret(
         &secret,
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
-    )
-    .unwrap();
+    );
     let hook = hook_script(dir);
     let hook_entry = |name: &str| {
         format!(

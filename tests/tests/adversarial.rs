@@ -1094,17 +1094,7 @@ fn daemon_config(
 }
 
 fn write_site_key(path: &Path) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    f.write_all(b"adversarial-suite-site-key-32-bytes-long!!")
-        .unwrap();
+    monitor_tests::write_secret(path, b"adversarial-suite-site-key-32-bytes-long!!");
 }
 
 fn jsonl(text: &str) -> Vec<Value> {

@@ -67,11 +67,10 @@ fn config(site: &Site, tls: &str, receiver_port: u16) -> std::path::PathBuf {
         ),
     )
     .unwrap();
-    std::fs::write(
-        site.dir.path().join("siem.whsec"),
+    monitor_tests::write_secret(
+        &site.dir.path().join("siem.whsec"),
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
-    )
-    .unwrap();
+    );
     path
 }
 

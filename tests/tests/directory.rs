@@ -78,18 +78,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn private_file(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-}
-
 fn config(dir: &Path, sim_port: u16, receiver_port: u16, db_port: u16, api_port: u16) -> PathBuf {
     let path = dir.join("directory.toml");
     let d = dir.display();
-    private_file(&dir.join("db.password"), &format!("{PASSWORD}\n"));
-    private_file(&dir.join("admin.token"), ADMIN_TOKEN);
+    monitor_tests::write_secret(&dir.join("db.password"), &format!("{PASSWORD}\n"));
+    monitor_tests::write_secret(&dir.join("admin.token"), ADMIN_TOKEN);
     // 32 bytes of key, base64.
-    private_file(
+    monitor_tests::write_secret(
         &dir.join("siem.whsec"),
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
     );

@@ -259,12 +259,7 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
     .unwrap();
     let key = dir.path().join("site.key");
     let token_file = dir.path().join("api.token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    monitor_tests::write_secret(&token_file, format!("{ADMIN_TOKEN}\n"));
     let stats = dir.path().join("stats.json");
     let config = dir.path().join("live.toml");
     std::fs::write(

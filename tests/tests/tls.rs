@@ -8,16 +8,14 @@
 //! test's nginx name, and nothing here depends on counters that foreign processes move.
 //! This binary holds a single test (it sets CA variables in its own environment).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use monitor_tests::clients::{PycapSet, curl_in, run_curl_set_in, run_pycap_in};
 use monitor_tests::daemon::{LiveDaemon, jsonl};
-use monitor_tests::netns::{NamespacePair, command_in};
+use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator};
-use monitor_tests::web::{Nginx, TestPki};
+use monitor_tests::web::{Nginx, PythonHttps, TestPki};
 use serde_json::Value;
 
 const TOKEN: &str = "7C3A9E1B5D2F4A6C8E0B1D3F5A7C9E2B";
@@ -54,54 +52,6 @@ fn client_calls(client: Option<&str>, base: &str, dir: &Path) {
     // connections, non-API pages and a login form.
     run_curl_set_in(client, base, TOKEN, dir).unwrap();
     run_pycap_in(client, &format!("{base}/api/"), OTHER, PycapSet::Light).unwrap();
-}
-
-/// A Python HTTPS server (same libssl, process name `python3`) answering API POSTs itself.
-struct PythonHttps(Child);
-
-impl PythonHttps {
-    fn start(ns: &str, ip: &str, pki: &TestPki) -> PythonHttps {
-        const SERVER: &str = r#"
-import http.server, ssl, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b'{"redcap_version": "15.7.6"}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer((sys.argv[1], 8443), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print("ready", flush=True)
-server.serve_forever()
-"#;
-        let mut child = command_in(Some(ns), "python3")
-            .args(["-c", SERVER, ip])
-            .arg(&pki.server_cert)
-            .arg(&pki.server_key)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "python HTTPS server did not start");
-        PythonHttps(child)
-    }
-}
-
-impl Drop for PythonHttps {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -172,7 +122,7 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
     assert_eq!(settled_api_count(&sim), n_https + n_http + 1);
 
     // 3. A process that is not configured, with the same libssl: no call.
-    let python = PythonHttps::start(&pair.server_ns, &pair.server_ip, &pki);
+    let python = PythonHttps::start(&pair.server_ns, &pair.server_ip, &pki, None);
     #[rustfmt::skip]
     curl_in(client, &["-sS", "-o", "/dev/null", &format!("https://{}:8443/api/", pair.server_ip),
                       "-d", &tok, "-d", "content=version"]).unwrap();

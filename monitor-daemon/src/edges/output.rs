@@ -33,6 +33,8 @@ pub struct CallRecord<'a> {
     pub ttfb_s: Option<f64>,
     pub client: String,
     pub server: String,
+    /// The trusted proxy whose connection carried the call, when `client` came from its header.
+    pub proxy: Option<String>,
     pub method: &'a str,
     pub path: &'a str,
     pub http_version: HttpVersion,
@@ -68,6 +70,7 @@ impl<'a> CallRecord<'a> {
             ts_end: call.ts_end.as_secs_f64(),
             ttfb_s: call.ttfb.map(|t| t.as_secs_f64()),
             client: call.client.to_string(),
+            proxy: call.proxy.map(|p| p.to_string()),
             server: call.server.to_string(),
             method: &call.method,
             path: &call.path,

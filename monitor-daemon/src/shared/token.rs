@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -16,6 +16,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
+
+use super::secret_file::{SecretFileError, read_secret_file};
 
 /// Longest token accepted. REDCap's own are 32 (project) or 64 (super token) characters; anything
 /// much longer is not a token, and we never hold more than this of a secret-looking value.
@@ -187,10 +189,10 @@ pub struct SiteKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SiteKeyError {
-    #[error("cannot read the site key {path}: {source}")]
+    #[error("the site key {path} {source}")]
     Read {
         path: String,
-        source: std::io::Error,
+        source: SecretFileError,
     },
     #[error("cannot create the site key {path}: {source}")]
     Create {
@@ -281,7 +283,7 @@ impl SiteKey {
     /// race the loser reads the winner's key.
     pub fn load_or_create(path: &Path) -> Result<SiteKey, SiteKeyError> {
         match Self::load(path) {
-            Err(SiteKeyError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            Err(SiteKeyError::Read { source, .. }) if source.is_not_found() => {}
             other => return other,
         }
         let create_error = |source| SiteKeyError::Create {
@@ -328,24 +330,16 @@ impl SiteKey {
     }
 
     fn load(path: &Path) -> Result<SiteKey, SiteKeyError> {
-        let read_error = |source| SiteKeyError::Read {
+        // Only the first 32 bytes matter; the bound keeps a wrong path (a huge file) cheap.
+        let bytes = read_secret_file(path, 4096).map_err(|source| SiteKeyError::Read {
             path: path.display().to_string(),
             source,
-        };
-        let file = File::open(path).map_err(read_error)?;
-        // Only the first 32 bytes matter; `take` keeps a wrong path (a device, a huge file) cheap.
-        let mut bytes = Zeroizing::new(Vec::with_capacity(SITE_KEY_BYTES));
-        file.take(SITE_KEY_BYTES as u64)
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-        let key: [u8; SITE_KEY_BYTES] =
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| SiteKeyError::TooShort {
-                    path: path.display().to_string(),
-                    len: bytes.len(),
-                })?;
+        })?;
+        let bytes = bytes.get(..SITE_KEY_BYTES).unwrap_or(&bytes);
+        let key: [u8; SITE_KEY_BYTES] = bytes.try_into().map_err(|_| SiteKeyError::TooShort {
+            path: path.display().to_string(),
+            len: bytes.len(),
+        })?;
         Ok(SiteKey::from_bytes(key))
     }
 }
@@ -607,7 +601,7 @@ mod tests {
         let path = dir.path().join("site.key");
         let mut bytes = vec![9u8; 32];
         bytes.extend_from_slice(b"\ntrailing text");
-        fs::write(&path, &bytes).unwrap();
+        write_key(&path, &bytes);
         let key = SiteKey::load_or_create(&path).unwrap();
         let fp = key.fingerprint(&token(TOKEN));
         assert_eq!(fp, SiteKey::from_bytes([9; 32]).fingerprint(&token(TOKEN)));
@@ -617,12 +611,31 @@ mod tests {
     fn short_key_file_is_refused_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("site.key");
-        fs::write(&path, [1u8; 31]).unwrap();
+        write_key(&path, &[1u8; 31]);
         match SiteKey::load_or_create(&path) {
             Err(SiteKeyError::TooShort { len: 31, .. }) => {}
             other => panic!("expected TooShort, got {:?}", other.err()),
         }
         assert_eq!(fs::read(&path).unwrap(), [1u8; 31]);
+    }
+
+    fn write_key(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.key");
+        fs::write(&path, [3u8; 32]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SiteKey::load_or_create(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("site.key") && err.contains("chmod o-rwx"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), [3u8; 32]);
     }
 
     #[test]

@@ -45,10 +45,14 @@ pub enum BlindReason {
     /// HTTP/2 requests on connections opened before capture started (their preface and header
     /// compression state were never seen): not readable until the client reconnects.
     Http2StartedUnseen,
+    /// OpenSSL reads by a process named like the web server but running as a user not in
+    /// `capture.tls.users`: not read. Either the web server runs as a user the list lacks (its
+    /// HTTPS calls are then not counted), or a local user imitates it to feed made-up calls.
+    HttpsOtherUser,
 }
 
 impl BlindReason {
-    pub const ALL: [BlindReason; 7] = [
+    pub const ALL: [BlindReason; 8] = [
         BlindReason::HttpsUnread,
         BlindReason::HttpsNotCaptured,
         BlindReason::NotHttp,
@@ -56,6 +60,7 @@ impl BlindReason {
         BlindReason::UnreadableApiRequests,
         BlindReason::Http2Unreadable,
         BlindReason::Http2StartedUnseen,
+        BlindReason::HttpsOtherUser,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +72,7 @@ impl BlindReason {
             BlindReason::UnreadableApiRequests => "unreadable_api_requests",
             BlindReason::Http2Unreadable => "http2_unreadable",
             BlindReason::Http2StartedUnseen => "http2_started_unseen",
+            BlindReason::HttpsOtherUser => "https_other_user",
         }
     }
 
@@ -110,6 +116,13 @@ impl BlindReason {
                  (e.g. after a graceful reload of the web server, which closes idle \
                  connections)"
             }
+            BlindReason::HttpsOtherUser => {
+                "a process named like the web server (capture.tls.processes) but running as a \
+                 user not in capture.tls.users made OpenSSL reads, which were not read. If it is \
+                 your web server, add the user its workers run as (`ps -o user= -C nginx`) to \
+                 capture.tls.users, or its HTTPS calls are not counted; if not, a local user is \
+                 imitating the web server"
+            }
         }
     }
 }
@@ -135,6 +148,8 @@ pub struct CoverageSample {
     pub unreadable_api_requests: u64,
     /// HTTP/2 connections given up on (frame, HPACK or protocol errors, gaps).
     pub http2_unreadable: u64,
+    /// The kernel's count of OpenSSL reads by configured process names running as other users.
+    pub tls_other_user: u64,
     /// The kernel's count of HTTP/2 requests on connections whose preface it never saw.
     pub http2_started_unseen: u64,
 }
@@ -234,6 +249,10 @@ impl Coverage {
                 BlindReason::Http2StartedUnseen,
                 grew(sample.http2_started_unseen, before.http2_started_unseen),
             ),
+            (
+                BlindReason::HttpsOtherUser,
+                grew(sample.tls_other_user, before.tls_other_user),
+            ),
         ] {
             if n > 0 {
                 self.grew(reason, n, now);
@@ -313,6 +332,23 @@ mod tests {
         assert!(c.poll_blind().is_none(), "one alert per blind spot");
         assert_eq!(c.blind_spots()[0].count, 9);
         assert!(c.blind_spots()[0].advice.contains("capture.tls"));
+    }
+
+    #[test]
+    fn reads_by_an_unlisted_user_are_a_blind_spot_that_names_the_setting() {
+        let mut c = Coverage::new(TlsCoverage::On { libraries: 1 }, true);
+        c.observe(CoverageSample::default(), Timestamp(0));
+        assert!(c.blind_spots().is_empty());
+        let sample = CoverageSample {
+            tls_other_user: 4,
+            ..CoverageSample::default()
+        };
+        c.observe(sample, Timestamp::from_nanos(1_000_000_000));
+        let spots = c.blind_spots();
+        assert_eq!(spots.len(), 1);
+        assert_eq!(spots[0].reason, BlindReason::HttpsOtherUser);
+        assert_eq!(spots[0].count, 4);
+        assert!(spots[0].advice.contains("capture.tls.users"));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::stages::policy::enforce::{EnforcementConfig, EnforcementStats, Enforc
 use crate::stages::policy::{Policy, PolicyConfig, PolicyStats, Verdict};
 use crate::stages::reassembly::{Reassembler, ReassemblyConfig, ReassemblyLimits, ReassemblyStats};
 use crate::stages::redcap::{
-    ApiCall, ApiRequestSelector, FormBody, KeepRawToken, RedcapConfig, RedcapStats,
+    ApiCall, ApiRequestSelector, ClientAddressing, FormBody, KeepRawToken, RedcapConfig,
+    RedcapStats,
 };
 
 /// How often (in capture time) idle connections are looked for.
@@ -52,6 +53,7 @@ pub struct Pipeline {
     key: SiteKey,
     /// Whether calls hold their raw token for the suspend hooks (`hooks.suspend[].pass_raw_token`).
     keep_raw: KeepRawToken,
+    clients: ClientAddressing,
     redcap_stats: RedcapStats,
     policy: Policy,
     health: ResponsivenessDetector,
@@ -132,6 +134,7 @@ impl PipelineStats<'_> {
             ("http.request_starts_lost", h.request_starts_lost),
             ("http.unmatched_responses", h.unmatched_responses),
             ("http.pending_overflow", h.pending_overflow),
+            ("http.state_budget_resets", h.state_budget_resets),
             ("http.resyncs", h.resyncs),
             ("http.decode_failed", h.decode_failed),
             ("http.decode_capped", h.decode_capped),
@@ -153,6 +156,8 @@ impl PipelineStats<'_> {
             ("redcap.field_too_long", c.field_too_long),
             ("redcap.input_vars_exceeded", c.input_vars_exceeded),
             ("redcap.body_gap", c.body_gap),
+            ("redcap.proxy_header_missing", c.proxy_header_missing),
+            ("redcap.proxy_header_unparsable", c.proxy_header_unparsable),
             ("policy.evicted_tokens", self.policy.evicted_tokens),
         ];
         all.into_iter().filter(|&(_, n)| n > 0).collect()
@@ -179,6 +184,7 @@ impl Pipeline {
                 max_headers: h.max_headers,
                 max_pending_requests: h.max_pending_requests,
                 max_decoded_body_bytes: h.max_decoded_body_bytes,
+                max_state_bytes_total: h.max_state_bytes_total,
             },
             ApiRequestSelector::new(config.redcap.api_paths.clone())
                 .with_max_input_vars(config.redcap.max_input_vars),
@@ -190,6 +196,7 @@ impl Pipeline {
             exchanges: Vec::new(),
             key,
             keep_raw: config.keep_raw,
+            clients: config.redcap.client_addressing(),
             redcap_stats: RedcapStats::default(),
             policy: Policy::new(config.policy),
             health: ResponsivenessDetector::new(config.health.clone()),
@@ -405,7 +412,9 @@ impl Pipeline {
                 self.redcap_stats.web_server_refusals += 1;
                 continue;
             }
-            let call = ApiCall::from_exchange(exchange, &self.key, self.keep_raw);
+            let origin = self.clients.resolve(exchange.client, &exchange.request);
+            let mut call = ApiCall::from_exchange(exchange, &self.key, self.keep_raw);
+            self.redcap_stats.apply_origin(&mut call, origin);
             self.redcap_stats.count(&call);
             // Health is judged as calls finish, not after the policy's reorder wait.
             self.health.observe(&call);

@@ -76,6 +76,7 @@ impl Calls {
                 ttfb: Some(Span::from_millis(30)),
                 client: endpoint(40_000),
                 server: endpoint(443),
+                proxy: None,
                 method: "POST".into(),
                 path: "/api/".into(),
                 http_version: redcap_monitor::stages::http::HttpVersion::Http11,

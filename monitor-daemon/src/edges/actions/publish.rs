@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::edges::store::Suspension;
 use crate::shared::model::{Span, Timestamp};
+use crate::shared::secret_file::foreign_directory;
 use crate::shared::settings::{Duration, Problem};
 use crate::shared::token::SiteKey;
 
@@ -206,6 +207,12 @@ impl Publisher {
             move |source| PublishError::Io { what, path, source }
         };
         fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        // Not through a link: the chown and chmod below would land on its target.
+        if let Some(problem) = foreign_directory(&dir, false) {
+            return Err(io_error("use", &dir)(io::Error::other(format!(
+                "it {problem}; remove it and start the daemon again, which creates it"
+            ))));
+        }
         let handle = File::open(&dir).map_err(io_error("open", &dir))?;
         if gid.is_some() {
             std::os::unix::fs::fchown(&handle, None, gid)
@@ -504,6 +511,27 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("redcap_module.group"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_that_is_a_link_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::create_dir(&target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("module")).unwrap();
+        let config = RedcapModuleConfig {
+            dir: dir.path().join("module"),
+            group: String::new(),
+            ..RedcapModuleConfig::default()
+        };
+        let err = Publisher::start(&config, &SiteKey::from_bytes([1; 32]))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        assert!(!target.join(KEY_FILE).exists());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! admin API would, and writes the reply next to it. Requests are bounded in size and number.
 
 use std::fs::{self, DirBuilder};
-use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ActionsError;
 use crate::edges::store::{AuditEntry, Suspension};
+use crate::shared::secret_file::foreign_directory;
 use crate::shared::token::TokenFingerprint;
 
 /// A request larger than this is refused unread.
@@ -121,7 +122,7 @@ pub fn submit_request(
         source,
     };
     let text = serde_json::to_vec(request).unwrap_or_default();
-    fs::write(&partial, text).map_err(write_error)?;
+    write_new(&partial, &text).map_err(write_error)?;
     // The daemon reads only complete `.json` files: the rename is the hand-over.
     fs::rename(&partial, &path).map_err(write_error)?;
     let started = Instant::now();
@@ -151,15 +152,23 @@ pub(super) struct Answer(PathBuf);
 impl RequestDir {
     pub(super) fn create(store_path: &Path) -> Result<RequestDir, ActionsError> {
         let dir = request_dir(store_path);
-        if !dir.is_dir() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(|source| ActionsError::RequestDir {
-                    path: dir.clone(),
-                    source,
-                })?;
+        let error = |source| ActionsError::RequestDir {
+            path: dir.clone(),
+            source,
+        };
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(error)?;
+        // An existing directory is used only if it is what this code would have made: whoever
+        // else could write into it could answer requests or plant links for the replies.
+        if let Some(problem) = foreign_directory(&dir, true) {
+            return Err(error(std::io::Error::other(format!(
+                "it exists but {problem}; remove it (`rm -r {}`) and start the daemon again, \
+                 which creates it with mode 0700",
+                dir.display()
+            ))));
         }
         Ok(RequestDir { dir })
     }
@@ -194,16 +203,27 @@ impl RequestDir {
     pub(super) fn answer(&self, answer: &Answer, reply: &Reply) {
         let partial = answer.0.with_extension("reply-partial");
         let text = serde_json::to_vec(reply).unwrap_or_default();
-        if let Err(err) = fs::write(&partial, text).and_then(|()| fs::rename(&partial, &answer.0)) {
+        let _ = fs::remove_file(&partial);
+        if let Err(err) = write_new(&partial, &text).and_then(|()| fs::rename(&partial, &answer.0))
+        {
             tracing::error!(path = %answer.0.display(), error = %err, "cannot answer an admin request");
         }
     }
 }
 
 fn read_request(path: &Path) -> Result<Request, String> {
+    // Not through a link, and not blocking on a FIFO: only a regular file is a request.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| format!("cannot read the request: {err}"))?;
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("the request is not a regular file".into());
+    }
     let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(MAX_REQUEST_BYTES + 1).read_to_end(&mut bytes))
+    file.take(MAX_REQUEST_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|err| format!("cannot read the request: {err}"))?;
     if bytes.len() as u64 > MAX_REQUEST_BYTES {
         return Err(format!(
@@ -211,4 +231,71 @@ fn read_request(path: &Path) -> Result<Request, String> {
         ));
     }
     serde_json::from_slice(&bytes).map_err(|err| format!("not a request: {err}"))
+}
+
+/// Creates `path` (never through an existing file or link) holding `bytes`, mode 0600.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_existing_directory_others_could_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("state.redb");
+        let requests = request_dir(&store);
+        fs::create_dir(&requests).unwrap();
+        fs::set_permissions(&requests, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = RequestDir::create(&store).err().unwrap().to_string();
+        assert!(err.contains("mode 777") && err.contains("rm -r"), "{err}");
+        fs::set_permissions(&requests, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(RequestDir::create(&store).is_ok());
+
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let linked = dir.path().join("linked.redb");
+        std::os::unix::fs::symlink(&elsewhere, request_dir(&linked)).unwrap();
+        let err = RequestDir::create(&linked).err().unwrap().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn only_regular_files_are_taken_as_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("state.redb");
+        let requests = RequestDir::create(&store).unwrap();
+        let fifo = requests.path().join("1-fifo.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let target = dir.path().join("outside.json");
+        fs::write(
+            &target,
+            br#"{"op":"lift","token_fp":"0011223344556677","reason":"x"}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&target, requests.path().join("2-link.json")).unwrap();
+        let taken = requests.take(10);
+        assert_eq!(taken.len(), 2);
+        assert!(
+            taken.iter().all(|(request, _)| request.is_err()),
+            "nothing read through a FIFO or link"
+        );
+        // A reply never follows a link planted where it is written.
+        let (_, answer) = &taken[1];
+        let partial = answer.0.with_extension("reply-partial");
+        std::os::unix::fs::symlink(&target, &partial).unwrap();
+        requests.answer(answer, &Reply::error("refused"));
+        assert!(fs::read_to_string(&target).unwrap().contains("lift"));
+        assert!(fs::read_to_string(&answer.0).unwrap().contains("refused"));
+    }
 }

@@ -247,7 +247,10 @@ fn scenario_config(dir: &Path, receiver: &Receiver) -> Config {
 /// The scenarios' store and alert sink, with `hooks` (TOML tables).
 fn config_with_hooks(dir: &Path, receiver: &Receiver, hooks: &str) -> Config {
     let secret = dir.join("siem.whsec");
-    std::fs::write(&secret, format!("whsec_{}\n", STANDARD.encode(SECRET_KEY))).unwrap();
+    crate::shared::secret_file::write_secret(
+        &secret,
+        format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)),
+    );
     let text = format!(
         "[store]\npath = \"{store}\"\n\
          [alerts]\nbackoff_base = \"100ms\"\nrequest_timeout = \"2s\"\n\

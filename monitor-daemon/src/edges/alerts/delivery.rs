@@ -468,6 +468,22 @@ mod tests {
             Some(Span(0))
         );
         assert_eq!(parse_retry_after("soon", now), None);
+        // A hostile or broken receiver's far future is refused, not an overflow.
+        for year in [
+            "99999999999999999",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "0",
+        ] {
+            let date = format!("Sun, 06 Nov {year} 08:50:07 GMT");
+            assert_eq!(parse_retry_after(&date, now), None, "{date}");
+        }
+        // Past what a nanosecond clock holds: as far as it goes (the cap applies later).
+        assert!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now)
+                .is_some_and(|wait| wait > Span::from_secs(400 * 365 * 86_400))
+        );
+        assert_eq!(parse_retry_after("99999999999999999999", now), None);
         assert_eq!(parse_retry_after("-1", now), None);
     }
 

@@ -14,6 +14,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use crate::shared::secret_file::{SecretFileError, read_secret_text};
+
 /// JIRA rejects a summary over 255 characters.
 const SUMMARY_MAX: usize = 250;
 
@@ -26,10 +28,8 @@ pub(crate) struct JiraTarget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JiraCredentialsError {
-    #[error("cannot read it: {0}")]
-    Read(std::io::Error),
-    #[error("is readable by every user: run `chmod 600` on it (or 640 with the daemon's group)")]
-    Open,
+    #[error("{0}")]
+    File(#[from] SecretFileError),
     #[error(
         "must hold one line: `email:api_token` (JIRA Cloud) or a personal access token (Data Center)"
     )]
@@ -42,16 +42,7 @@ impl JiraTarget {
         project: &str,
         issue_type: &str,
     ) -> Result<JiraTarget, JiraCredentialsError> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(JiraCredentialsError::Read)?
-            .permissions()
-            .mode();
-        if mode & 0o004 != 0 {
-            return Err(JiraCredentialsError::Open);
-        }
-        let text =
-            Zeroizing::new(std::fs::read_to_string(path).map_err(JiraCredentialsError::Read)?);
+        let text = read_secret_text(path, 4096)?;
         let line = text.lines().next().unwrap_or("").trim();
         if line.is_empty() || line.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(JiraCredentialsError::Format);

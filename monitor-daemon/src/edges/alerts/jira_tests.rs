@@ -39,7 +39,7 @@ fn suspended() -> Alert {
 
 fn credentials(dir: &Path, text: &str, mode: u32) -> PathBuf {
     let path = dir.join("jira.credentials");
-    std::fs::write(&path, text).unwrap();
+    crate::shared::secret_file::write_secret(&path, text);
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     path
 }
@@ -179,7 +179,7 @@ fn jira_credentials_and_keys_are_checked_with_the_fix() {
         error.contains("alerts.sinks[0].credentials_file"),
         "{error}"
     );
-    assert!(error.contains("chmod 600"), "{error}");
+    assert!(error.contains("chmod o-rwx"), "{error}");
     assert!(
         !error.contains("token\n") && !error.contains(":token"),
         "{error}"

@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+use crate::shared::secret_file::{SecretFileError, read_secret_text};
+
 /// The key of a generic sink.
 pub struct WebhookSecret {
     key: Zeroizing<Vec<u8>>,
@@ -20,8 +22,8 @@ pub struct WebhookSecret {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("cannot read it: {0}")]
-    Read(std::io::Error),
+    #[error("{0}")]
+    File(#[from] SecretFileError),
     #[error("must hold `whsec_` followed by base64 (as Standard Webhooks secrets are written)")]
     Format,
     #[error(
@@ -32,7 +34,7 @@ pub enum SecretError {
 
 impl WebhookSecret {
     pub fn read(path: &Path) -> Result<WebhookSecret, SecretError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(SecretError::Read)?);
+        let text = read_secret_text(path, 4096)?;
         WebhookSecret::parse(text.trim())
     }
 

@@ -66,7 +66,10 @@ pub(super) fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
 
 fn write_secret(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("sink.whsec");
-    std::fs::write(&path, format!("whsec_{}\n", STANDARD.encode(SECRET_KEY))).unwrap();
+    crate::shared::secret_file::write_secret(
+        &path,
+        format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)),
+    );
     path
 }
 

@@ -23,11 +23,7 @@ pub(crate) fn parse_rfc3339(text: &str) -> Option<u64> {
     if date.next().is_some() || clock.next().is_some() {
         return None;
     }
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    Some(days * 86_400 + h * 3600 + min * 60 + s)
+    unix_seconds(year, month, day, h, min, s)
 }
 
 /// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only HTTP-date form
@@ -59,7 +55,20 @@ pub(crate) fn parse_http_date(text: &str) -> Option<u64> {
     if parts.next()? != "GMT" || parts.next().is_some() || clock.next().is_some() {
         return None;
     }
-    if !(1..=31).contains(&day) || h > 23 || min > 59 || s > 60 {
+    unix_seconds(year, month, day, h, min, s)
+}
+
+/// Unix seconds of a UTC date and time, or `None` when a field is out of range. Years are the
+/// four-digit ones both formats have: a peer's `Retry-After` for the year 10^18 must be refused,
+/// not overflow the arithmetic.
+fn unix_seconds(year: i64, month: u32, day: u32, h: u64, min: u64, s: u64) -> Option<u64> {
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || min > 59
+        || s > 60
+    {
         return None;
     }
     let days = u64::try_from(days_from_civil(year, month, day)).ok()?;

@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::edges::telemetry::{CONTENT_TYPE, Metrics};
 use crate::shared::model::Span;
+use crate::shared::secret_file::{SecretFileError, read_secret_text};
 use crate::shared::settings::{Duration, Problem, at_least_one, longer_than_zero};
 use crate::shared::token::TokenFingerprint;
 
@@ -113,13 +114,11 @@ pub enum ApiError {
         address: SocketAddr,
         source: io::Error,
     },
-    #[error("cannot read the admin API token file {path} (`api.token_file`): {source}")]
-    TokenFile { path: PathBuf, source: io::Error },
-    #[error(
-        "the admin API token file {path} (`api.token_file`) is readable by every user (mode \
-         {mode:o}): run `chmod 600 {path}` (or 640 with the daemon's group)"
-    )]
-    TokenFileOpen { path: PathBuf, mode: u32 },
+    #[error("the admin API token file {path} (`api.token_file`) {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: SecretFileError,
+    },
     #[error(
         "the admin API token file {path} (`api.token_file`) holds {len} characters; put a random \
          token of at least 16 on one line, e.g. `head -c 32 /dev/urandom | base64 > {path}`"
@@ -137,19 +136,7 @@ pub struct Bearer([u8; 32]);
 impl Bearer {
     /// Reads the token file; refuses a file that every user can read.
     pub fn load(path: &Path) -> Result<Bearer, ApiError> {
-        use std::os::unix::fs::PermissionsExt;
-        let metadata = std::fs::metadata(path).map_err(|source| ApiError::TokenFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            return Err(ApiError::TokenFileOpen {
-                path: path.to_owned(),
-                mode,
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| ApiError::TokenFile {
+        let text = read_secret_text(path, 4096).map_err(|source| ApiError::TokenFile {
             path: path.to_owned(),
             source,
         })?;

@@ -211,7 +211,7 @@ fn a_world_readable_token_file_is_refused_with_the_fix() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = Bearer::load(&path).err().unwrap().to_string();
     assert!(
-        err.contains("chmod 600") && err.contains("api.token_file"),
+        err.contains("chmod o-rwx") && err.contains("api.token_file"),
         "{err}"
     );
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -222,7 +222,7 @@ fn a_world_readable_token_file_is_refused_with_the_fix() {
         "the scheme is required"
     );
     assert!(!bearer.admits(None));
-    std::fs::write(&path, "short\n").unwrap();
+    crate::shared::secret_file::write_secret(&path, "short\n");
     let err = Bearer::load(&path).err().unwrap().to_string();
     assert!(err.contains("at least 16"), "{err}");
 }

@@ -40,6 +40,10 @@ pub struct TlsCaptureConfig {
     /// Names of the web server processes (a name matches a process whose name starts with it;
     /// 1 to 15 bytes, at most 8): their libssl is found and only their calls are looked at.
     pub processes: Vec<String>,
+    /// Users (names or numeric ids) those processes run as: a process with a configured name
+    /// running as anyone else is not read, since any local user can name a process `nginx`.
+    /// Names that do not exist on this host are skipped.
+    pub users: Vec<String>,
     /// libssl files to attach to at start, whether or not a configured process maps them yet.
     pub libraries: Vec<PathBuf>,
     /// How often `/proc` is scanned for configured processes that use a libssl not covered yet.
@@ -51,6 +55,11 @@ impl Default for TlsCaptureConfig {
         Self {
             enabled: TlsSwitch::Auto,
             processes: ["apache2", "httpd", "nginx", "php-fpm"]
+                .map(String::from)
+                .to_vec(),
+            // Debian's and RHEL's web server users, and root (a worker running as root can do
+            // anything the probe could stop anyway).
+            users: ["root", "www-data", "apache", "nginx", "http"]
                 .map(String::from)
                 .to_vec(),
             libraries: Vec::new(),
@@ -198,6 +207,24 @@ impl CaptureConfig {
                     tls.processes.len(),
                     monitor_common::MAX_TLS_PROCESSES
                 ),
+            ));
+        }
+        if tls.users.len() > monitor_common::MAX_TLS_USERS {
+            problems.push(Problem::new(
+                "capture.tls.users".into(),
+                format!(
+                    "has {} users; at most {} fit the kernel's filter",
+                    tls.users.len(),
+                    monitor_common::MAX_TLS_USERS
+                ),
+            ));
+        }
+        if self.tls_on() && tls.users.is_empty() {
+            problems.push(Problem::new(
+                "capture.tls.users".into(),
+                "is empty: no process would be read; name the user the web server's workers \
+                 run as (`ps -o user= -C nginx`), e.g. [\"www-data\"]"
+                    .into(),
             ));
         }
         if self.tls_on() && tls.processes.is_empty() {

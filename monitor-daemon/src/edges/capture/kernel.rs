@@ -20,7 +20,7 @@ use monitor_common::{
     CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
     FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, MIN_NEW_FLOWS,
     NEW_FLOWS_DIVISOR, NEW_FLOWS_MAP, SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL,
-    TLS_PROCESSES_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
+    TLS_PROCESSES_GLOBAL, TLS_USERS_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
 };
 
 use super::records::{KernelClock, clock_ns, segment_from_record};
@@ -42,6 +42,8 @@ pub struct ProbeConfig {
     /// Names of the processes whose OpenSSL reads the TLS uprobes look at (at most 8, each
     /// 1..=15 bytes; a name matches a process whose name starts with it). Empty: none.
     pub tls_processes: Vec<String>,
+    /// User ids those processes must run as (at most 8). Empty: no process is read.
+    pub tls_users: Vec<u32>,
     /// After this long without a call, a tracked TLS connection is judged afresh.
     pub tls_idle: Duration,
 }
@@ -69,6 +71,7 @@ impl Default for ProbeConfig {
             max_flows: 16384,
             attach: AttachMethod::Auto,
             tls_processes: Vec::new(),
+            tls_users: Vec::new(),
             tls_idle: Duration::from_secs(120),
         }
     }
@@ -165,6 +168,8 @@ pub enum ProbeError {
          (the kernel keeps 15), at most {max} of them"
     )]
     TlsProcessName { name: String, max: usize },
+    #[error("capture.tls.users has more than {max} users")]
+    TlsUsers { max: usize },
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
@@ -197,6 +202,9 @@ pub struct KernelCounters {
     pub flows_unanswered: u64,
     /// TLS: reads by processes not in the process list (not looked at).
     pub tls_other_process: u64,
+    /// TLS: reads by processes with a configured name running as a user not in
+    /// `capture.tls.users` (not looked at): a misconfigured list, or an impostor.
+    pub tls_other_user: u64,
     /// TLS: reads and writes on connections that are not API connections (no event).
     pub tls_filtered: u64,
     pub tls_conns_started: u64,
@@ -282,6 +290,7 @@ impl KernelProbe {
         let ports = server_ports(config)?;
         validate_sizes(config)?;
         let tls_processes = process_names(&config.tls_processes)?;
+        let tls_users = user_table(&config.tls_users)?;
         let tls_idle_ns = u64::try_from(config.tls_idle.as_nanos()).unwrap_or(u64::MAX);
         let btf = Btf::from_sys_fs().ok();
         let mut ebpf = EbpfLoader::new()
@@ -289,6 +298,7 @@ impl KernelProbe {
             .override_global(SERVER_PORTS_GLOBAL, &ports, true)
             .override_global(CHUNK_BYTES_GLOBAL, &config.chunk_bytes, true)
             .override_global(TLS_PROCESSES_GLOBAL, &tls_processes, true)
+            .override_global(TLS_USERS_GLOBAL, &tls_users, true)
             .override_global(TLS_IDLE_NS_GLOBAL, &tls_idle_ns, true)
             .map_max_entries(TLS_CONNS_MAP, config.max_flows)
             .map_max_entries(EVENTS_MAP, config.ring_bytes)
@@ -518,6 +528,7 @@ impl KernelProbe {
         let tls_conns_tracked = self.tls_conns_tracked()?;
         Ok(KernelCounters {
             tls_other_process: read(KernelCounter::TlsOtherProcess)?,
+            tls_other_user: read(KernelCounter::TlsOtherUser)?,
             tls_filtered: read(KernelCounter::TlsFiltered)?,
             tls_conns_evicted: tls_conns_started
                 .saturating_sub(tls_conns_ended)
@@ -1013,6 +1024,17 @@ pub(crate) fn process_names(
         }
         slot[..name.len()].copy_from_slice(name.as_bytes());
     }
+    Ok(table)
+}
+
+/// The configured user ids as the kernel's filter table.
+fn user_table(uids: &[u32]) -> Result<[u32; monitor_common::MAX_TLS_USERS], ProbeError> {
+    use monitor_common::{MAX_TLS_USERS, NO_USER};
+    if uids.len() > MAX_TLS_USERS {
+        return Err(ProbeError::TlsUsers { max: MAX_TLS_USERS });
+    }
+    let mut table = [NO_USER; MAX_TLS_USERS];
+    table[..uids.len()].copy_from_slice(uids);
     Ok(table)
 }
 

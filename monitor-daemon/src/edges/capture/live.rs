@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::kernel::{DrainStats, KernelCounters, KernelProbe, ProbeConfig, ProbeError};
 use super::live_pcap::{InterfaceCounters, LiveCapture, OwnedFrame, PcapError};
 use super::records::is_synthetic;
-use super::tls::{TlsCapture, TlsError};
+use super::tls::{TlsCapture, TlsError, resolve_users};
 use super::{CaptureConfig, CaptureMode, TlsCapturePlan};
 use crate::stages::coverage::{CoverageSample, TlsCoverage};
 use crate::stages::pipeline::{CaptureRequest, Pipeline};
@@ -351,6 +351,11 @@ fn load_probe(
         } else {
             Vec::new()
         },
+        tls_users: if capture.tls_on() {
+            resolve_users(&capture.tls.users)
+        } else {
+            Vec::new()
+        },
         tls_idle,
         ..ProbeConfig::default()
     })?;
@@ -496,6 +501,7 @@ fn coverage_sample(source: &Source, pipeline: &Pipeline) -> CoverageSample {
         sample.tls_handshakes = k.tls_handshakes;
         sample.http2_started_unseen = k.http2_unseen;
         sample.tls_reads = k.tls_filtered + k.tls_conns_started;
+        sample.tls_other_user = k.tls_other_user;
     }
     sample
 }

@@ -654,8 +654,59 @@ fn has_openssl_symbols(exe: &Path) -> bool {
     }
 }
 
+/// The user ids of `capture.tls.users`: numeric ids as they are, names looked up in the
+/// system's user database. Names this host does not have are skipped; when none is left, the
+/// log says so (HTTPS is then not read, and the coverage check reports the handshakes).
+pub(crate) fn resolve_users(names: &[String]) -> Vec<u32> {
+    let mut uids = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match name.parse::<u32>().ok().or_else(|| uid_of(name)) {
+            Some(uid) if !uids.contains(&uid) => uids.push(uid),
+            Some(_) => {}
+            None => missing.push(name.as_str()),
+        }
+    }
+    if uids.is_empty() {
+        tracing::warn!(
+            ?missing,
+            "none of capture.tls.users exists on this host, so no HTTPS is read: name the user the web server's workers run as (`ps -o user= -C nginx`)"
+        );
+    } else {
+        tracing::info!(?uids, skipped = ?missing, "TLS capture reads only processes running as these users (capture.tls.users)");
+    }
+    uids
+}
+
+/// A user's id from the system's user database (`getpwnam_r`).
+fn uid_of(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a zeroed passwd is a valid out-parameter; the buffer outlives the call and its
+    // length is passed; only the uid (not the buffer's strings) is read afterwards.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(pwd.pw_uid)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn users_are_names_or_ids_and_unknown_names_are_skipped() {
+        let names = ["root", "33", "no-such-user-here", "0"].map(String::from);
+        assert_eq!(resolve_users(&names), vec![0, 33]);
+        assert!(resolve_users(&["no-such-user-here".into()]).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -278,13 +278,8 @@ pub enum DirectoryError {
     Denied { user: String, message: String },
     #[error("reading REDCap's database failed: {0}")]
     Query(String),
-    #[error("cannot read the database password file {path} (`directory.password_file`): {message}")]
+    #[error("the database password file {path} (`directory.password_file`) {message}")]
     PasswordFile { path: PathBuf, message: String },
-    #[error(
-        "the database password file {path} (`directory.password_file`) is readable by every \
-         user: run `chmod 600 {path}` (or 640 with the daemon's group)"
-    )]
-    PasswordFileOpen { path: PathBuf },
     #[error("the directory CSV {path} (`directory.csv_file`): {message}")]
     Csv { path: PathBuf, message: String },
 }
@@ -511,19 +506,12 @@ fn refresh_loop(inner: &Arc<Inner>, config: &DirectoryConfig, key: &SiteKey) {
 pub(crate) fn read_password(
     path: &std::path::Path,
 ) -> Result<zeroize::Zeroizing<String>, DirectoryError> {
-    use std::os::unix::fs::PermissionsExt;
-    let error = |message: String| DirectoryError::PasswordFile {
-        path: path.to_owned(),
-        message,
-    };
-    let metadata = std::fs::metadata(path).map_err(|e| error(e.to_string()))?;
-    if metadata.permissions().mode() & 0o004 != 0 {
-        return Err(DirectoryError::PasswordFileOpen {
+    let text = crate::shared::secret_file::read_secret_text(path, 4096).map_err(|e| {
+        DirectoryError::PasswordFile {
             path: path.to_owned(),
-        });
-    }
-    let text =
-        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?);
+            message: e.to_string(),
+        }
+    })?;
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     Ok(zeroize::Zeroizing::new(line.to_owned()))
 }

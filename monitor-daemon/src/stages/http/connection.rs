@@ -290,6 +290,30 @@ pub(crate) struct Connection<B> {
 const MAX_H2C_SERVER_BYTES: usize = 16 * 1024;
 
 impl<B: RequestBody> Connection<B> {
+    /// Heap this connection's parsing state holds: its two head readers, its waiting requests
+    /// and the response decoder (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| {
+                std::mem::size_of::<Pending<B>>()
+                    + p.exchange
+                        .as_ref()
+                        .map_or(0, |e| e.request.held_bytes() + e.body.held_bytes())
+            })
+            .sum();
+        self.requests.head.held_bytes()
+            + self.responses.head.held_bytes()
+            + pending
+            + self
+                .response
+                .as_ref()
+                .and_then(|r| r.decoder.as_ref())
+                .map_or(0, BodyDecoder::held_bytes)
+            + self.h2c_switch.as_ref().map_or(0, Vec::capacity)
+    }
+
     /// When the oldest selected request still waiting for its response started.
     pub(crate) fn oldest_open_exchange(&self) -> Option<Timestamp> {
         self.pending

@@ -28,7 +28,19 @@ pub(crate) struct BodyDecoder {
     cap: u64,
 }
 
+/// Heap an inflater holds while it runs: zlib's 32 KiB window and its tables (miniz_oxide's
+/// `InflateState`, rounded up).
+const INFLATE_STATE_BYTES: usize = 48 * 1024;
+
 impl BodyDecoder {
+    /// Heap this decoder holds (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        match self.state {
+            Inflate::Running(_) => INFLATE_STATE_BYTES,
+            _ => 0,
+        }
+    }
+
     pub(crate) fn new(coding: ContentCoding, cap: u64) -> Self {
         let state = match coding {
             ContentCoding::Identity | ContentCoding::Other => Inflate::Pass,

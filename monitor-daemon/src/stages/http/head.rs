@@ -9,7 +9,7 @@
 use memchr::{memchr, memmem, memrchr};
 use zeroize::Zeroizing;
 
-use super::{ContentCoding, HttpVersion, RequestHead};
+use super::{ContentCoding, HttpVersion, RequestHead, append_forwarded};
 use crate::shared::model::Timestamp;
 
 /// Which start line a direction carries.
@@ -251,6 +251,7 @@ const SKIM_KEPT: &[&[u8]] = &[
     b"host",
     b"expect",
     b"x-forwarded-for",
+    b"forwarded",
 ];
 /// Bytes a request line may always take, whatever the head limit: Apache's default
 /// `LimitRequestLine` (8190) and its line end.
@@ -472,10 +473,16 @@ pub(crate) fn fill_from_start_line(bytes: &[u8], head: &mut RequestHead) -> bool
     head.expect_continue = false;
     head.host = None;
     head.forwarded_for = None;
+    head.forwarded = None;
     true
 }
 
 impl HeadReader {
+    /// Heap this reader holds (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity() + self.skim_prefix.capacity()
+    }
+
     /// The head just reached the limit: the line it is in decides whether it is kept.
     fn start_skimming(&mut self) {
         self.skimming = true;
@@ -841,7 +848,9 @@ fn fill_request_head(
     head.content_length = None;
     head.chunked = false;
     head.expect_continue = false;
-    let (mut content_type, mut host, mut forwarded_for) = (false, false, false);
+    let (mut content_type, mut host) = (false, false);
+    head.forwarded_for = None;
+    head.forwarded = None;
     let mut transfer = TransferCoding::Absent;
     for header in request.headers.iter() {
         let name = header.name;
@@ -866,16 +875,15 @@ fn fill_request_head(
             replace_text(head.host.get_or_insert_default(), value);
         } else if name.eq_ignore_ascii_case("expect") {
             head.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("x-forwarded-for") && !forwarded_for {
-            let first = trim(value.split(|&b| b == b',').next().unwrap_or_default());
-            forwarded_for = !first.is_empty();
-            replace_text(head.forwarded_for.get_or_insert_default(), first);
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            append_forwarded(&mut head.forwarded_for, value);
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            append_forwarded(&mut head.forwarded, value);
         }
     }
     for (seen, slot) in [
         (content_type, &mut head.content_type),
         (host, &mut head.host),
-        (forwarded_for, &mut head.forwarded_for),
     ] {
         if !seen {
             *slot = None;

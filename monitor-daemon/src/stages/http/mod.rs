@@ -42,6 +42,11 @@ pub struct HttpLimits {
     pub max_pending_requests: usize,
     /// Decoding of one response body stops after this many decoded bytes (the work cap).
     pub max_decoded_body_bytes: u64,
+    /// Heap all connections' parsing state may hold together (head buffers, waiting requests
+    /// and their body parsers, response decoders, HTTP/2 tables): past it, the connection
+    /// holding the most starts afresh (see [`HttpStats::state_budget_resets`]). The
+    /// per-connection limits alone multiply by the connection count.
+    pub max_state_bytes_total: usize,
 }
 
 impl Default for HttpLimits {
@@ -51,6 +56,7 @@ impl Default for HttpLimits {
             max_headers: 128,
             max_pending_requests: 32,
             max_decoded_body_bytes: 1 << 30,
+            max_state_bytes_total: 256 << 20,
         }
     }
 }
@@ -80,11 +86,59 @@ pub struct RequestHead {
     pub chunked: bool,
     pub expect_continue: bool,
     pub host: Option<String>,
-    /// First address of `X-Forwarded-For`, when present.
+    /// Every `X-Forwarded-For` line's value, joined by commas, at most its rightmost
+    /// [`MAX_FORWARDED_BYTES`] (see [`append_forwarded`]).
     pub forwarded_for: Option<String>,
+    /// Every `Forwarded` (RFC 7239) line's value, kept the same way.
+    pub forwarded: Option<String>,
+}
+
+/// Bytes of a client-address header kept: its right end, where the proxies nearest the server
+/// wrote (the only part a trusted proxy vouches for; see `stages::redcap::client`). Enough for
+/// dozens of hops.
+pub const MAX_FORWARDED_BYTES: usize = 1024;
+
+/// Adds one header line's value to a client-address header kept so far: repeated lines are one
+/// list (RFC 9110 §5.3), and past [`MAX_FORWARDED_BYTES`] the leftmost elements are dropped
+/// whole.
+pub(crate) fn append_forwarded(slot: &mut Option<String>, value: &[u8]) {
+    let value = String::from_utf8_lossy(value.trim_ascii());
+    if value.is_empty() {
+        return;
+    }
+    let kept = slot.get_or_insert_default();
+    if !kept.is_empty() {
+        kept.push_str(", ");
+    }
+    kept.push_str(&value);
+    if kept.len() > MAX_FORWARDED_BYTES {
+        let mut cut = kept.len() - MAX_FORWARDED_BYTES;
+        while !kept.is_char_boundary(cut) {
+            cut += 1;
+        }
+        // Drop whole elements: a cut one would read as another address.
+        let cut = kept[cut..]
+            .find(',')
+            .map_or(kept.len(), |comma| cut + comma + 1);
+        kept.replace_range(..cut, "");
+        if kept.trim().is_empty() {
+            *slot = None;
+        }
+    }
 }
 
 impl RequestHead {
+    /// Heap its strings hold (for the stage's state budget).
+    pub fn held_bytes(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        self.method.capacity()
+            + self.target.capacity()
+            + text(&self.content_type)
+            + text(&self.host)
+            + text(&self.forwarded_for)
+            + text(&self.forwarded)
+    }
+
     /// The target without its query string.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
@@ -96,6 +150,10 @@ pub trait RequestBody {
     fn feed(&mut self, chunk: &[u8]);
     /// `len` body bytes were lost in capture.
     fn gap(&mut self, len: u64);
+    /// Heap the consumer holds (for the stage's state budget).
+    fn held_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// A connection on which every request still waiting is one the selector did not want, and
@@ -256,6 +314,12 @@ pub struct HttpStats {
     pub unread_after_close: u64,
     /// Events for connections never opened (or already closed); ignored.
     pub unknown_connection_events: u64,
+    /// Connections that held the most parsing state when all together went over
+    /// `http.max_state_bytes_total`: their waiting requests were given up (calls marked
+    /// incomplete) and they were read afresh from their next message.
+    pub state_budget_resets: u64,
+    /// Parsing state held by all connections now (an estimate of its heap, in bytes).
+    pub state_bytes: u64,
     /// HTTP/2 connections seen (the client's first bytes were the HTTP/2 preface).
     pub h2_connections: u64,
     /// HTTP/2 header blocks HPACK could not decode: that direction is not read any further.
@@ -316,6 +380,11 @@ pub struct HttpTracker<S: ExchangeSelector> {
     /// connection (a flood of connections with open requests made that walk quadratic).
     open_requests: BTreeSet<(Timestamp, ConnectionId)>,
     open_request_of: HashMap<ConnectionId, Timestamp>,
+    /// What each connection's parsing state holds, indexed by size so that the largest is
+    /// found at once when the total goes over the budget.
+    held_by_size: BTreeSet<(usize, ConnectionId)>,
+    held_of: HashMap<ConnectionId, usize>,
+    held_total: usize,
     /// Connections with nothing worth reading until the client's next request.
     releasable: Vec<Releasable>,
     /// Decompressed body bytes (tokens, in a compressed request): zeroed when dropped.
@@ -333,6 +402,9 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             connections: HashMap::new(),
             open_requests: BTreeSet::new(),
             open_request_of: HashMap::new(),
+            held_by_size: BTreeSet::new(),
+            held_of: HashMap::new(),
+            held_total: 0,
             releasable: Vec::new(),
             scratch: zeroize::Zeroizing::new(vec![0; DECODE_SCRATCH_BYTES].into_boxed_slice()),
             request_head: RequestHead::default(),
@@ -342,15 +414,8 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 
     /// Feeds one reassembly event; finished exchanges are appended to `out` in completion order.
     pub fn on_event(&mut self, event: &StreamEvent<'_>, out: &mut Vec<HttpExchange<S::Body>>) {
-        let mut ctx = Ctx {
-            selector: &mut self.selector,
-            limits: &self.limits,
-            stats: &mut self.stats,
-            scratch: &mut self.scratch,
-            request_head: &mut self.request_head,
-            header_slots: &mut self.header_slots,
-            out,
-        };
+        let (connections, mut ctx) = self.split(out);
+        let mut releasable = None;
         match *event {
             StreamEvent::Opened {
                 conn,
@@ -359,7 +424,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 ..
             } => {
                 let fresh = Session::new(conn, client, server);
-                if let Some(previous) = self.connections.insert(conn, fresh) {
+                if let Some(previous) = connections.insert(conn, fresh) {
                     previous.close(&mut ctx);
                 }
             }
@@ -368,31 +433,109 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 dir,
                 ts,
                 bytes,
-            } => match self.connections.get_mut(&conn) {
+            } => match connections.get_mut(&conn) {
                 Some(connection) => {
                     connection.on_data(dir, ts, bytes, &mut ctx);
-                    if let Some(releasable) = connection.releasable() {
-                        self.releasable.push(releasable);
-                    }
+                    releasable = connection.releasable();
                 }
                 None => ctx.stats.unknown_connection_events += 1,
             },
-            StreamEvent::Gap { conn, dir, ts, len } => match self.connections.get_mut(&conn) {
+            StreamEvent::Gap { conn, dir, ts, len } => match connections.get_mut(&conn) {
                 Some(connection) => connection.on_gap(dir, ts, len, &mut ctx),
                 None => ctx.stats.unknown_connection_events += 1,
             },
-            StreamEvent::Closed { conn, .. } => match self.connections.remove(&conn) {
+            StreamEvent::Closed { conn, .. } => match connections.remove(&conn) {
                 Some(connection) => connection.close(&mut ctx),
                 None => ctx.stats.unknown_connection_events += 1,
             },
         }
+        self.releasable.extend(releasable);
         let conn = match *event {
             StreamEvent::Opened { conn, .. }
             | StreamEvent::Data { conn, .. }
             | StreamEvent::Gap { conn, .. }
             | StreamEvent::Closed { conn, .. } => conn,
         };
+        self.note_held_bytes(conn);
+        if self.held_total > self.limits.max_state_bytes_total {
+            self.reset_largest(out);
+        }
         self.note_open_request(conn);
+    }
+
+    /// The connections, and the context their parsing runs in: disjoint borrows of the tracker.
+    fn split<'a>(
+        &'a mut self,
+        out: &'a mut Vec<HttpExchange<S::Body>>,
+    ) -> (&'a mut HashMap<ConnectionId, Session<S::Body>>, Ctx<'a, S>) {
+        let HttpTracker {
+            selector,
+            limits,
+            stats,
+            connections,
+            scratch,
+            request_head,
+            header_slots,
+            ..
+        } = self;
+        let ctx = Ctx {
+            selector,
+            limits,
+            stats,
+            scratch,
+            request_head,
+            header_slots,
+            out,
+        };
+        (connections, ctx)
+    }
+
+    /// Brings `conn`'s entry in the index of held state up to date.
+    fn note_held_bytes(&mut self, conn: ConnectionId) {
+        let now = self.connections.get(&conn).map(Session::held_bytes);
+        let before = self.held_of.get(&conn).copied();
+        if now == before {
+            return;
+        }
+        if let Some(bytes) = before {
+            self.held_by_size.remove(&(bytes, conn));
+            self.held_of.remove(&conn);
+            self.held_total -= bytes;
+        }
+        if let Some(bytes) = now {
+            self.held_by_size.insert((bytes, conn));
+            self.held_of.insert(conn, bytes);
+            self.held_total += bytes;
+        }
+        self.stats.state_bytes = self.held_total as u64;
+    }
+
+    /// Over the budget: the connections holding the most give up their waiting requests and
+    /// start afresh (reading from their next message, as a connection picked up mid-stream),
+    /// until the total fits. Whoever piles up state pays for it, not the connection that
+    /// happened to cross the line.
+    fn reset_largest(&mut self, out: &mut Vec<HttpExchange<S::Body>>) {
+        while self.held_total > self.limits.max_state_bytes_total {
+            let Some(&(held, conn)) = self.held_by_size.last() else {
+                return;
+            };
+            let (connections, mut ctx) = self.split(out);
+            let Some(session) = connections.remove(&conn) else {
+                return;
+            };
+            let (client, server) = session.endpoints();
+            session.close(&mut ctx);
+            ctx.stats.state_budget_resets += 1;
+            self.connections
+                .insert(conn, Session::new(conn, client, server));
+            self.note_held_bytes(conn);
+            self.note_open_request(conn);
+            if self.held_of.get(&conn).is_some_and(|&now| now >= held) {
+                // Only fresh connections are left: a budget below their bare cost cannot be
+                // met by resetting them again.
+                return;
+            }
+        }
     }
 
     /// Brings `conn`'s entry in the index of open requests up to date (a look at its own
@@ -457,6 +600,8 @@ pub struct HttpConfig {
     pub max_pending_requests: usize,
     /// Work cap for decoding one gzip/deflate response body.
     pub max_decoded_body_bytes: u64,
+    /// Heap all connections' parsing state may hold together (see [`HttpLimits`]).
+    pub max_state_bytes_total: usize,
 }
 
 impl Default for HttpConfig {
@@ -467,6 +612,7 @@ impl Default for HttpConfig {
             max_headers: d.max_headers,
             max_pending_requests: d.max_pending_requests,
             max_decoded_body_bytes: d.max_decoded_body_bytes,
+            max_state_bytes_total: d.max_state_bytes_total,
         }
     }
 }
@@ -483,6 +629,10 @@ impl HttpConfig {
                 (
                     "http.max_pending_requests",
                     self.max_pending_requests as u64,
+                ),
+                (
+                    "http.max_state_bytes_total",
+                    self.max_state_bytes_total as u64,
                 ),
             ],
         );

@@ -17,6 +17,9 @@ impl RequestBody for Collected {
     fn gap(&mut self, len: u64) {
         self.lost += len;
     }
+    fn held_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
 }
 
 /// Selects every request whose target does not contain "skip".
@@ -146,7 +149,10 @@ fn keep_alive_connection_emits_each_exchange_with_its_timing() {
     assert_eq!(first.request.method, "GET");
     assert_eq!(first.request.path(), "/a");
     assert_eq!(first.request.host.as_deref(), Some("redcap.example"));
-    assert_eq!(first.request.forwarded_for.as_deref(), Some("192.0.2.9"));
+    assert_eq!(
+        first.request.forwarded_for.as_deref(),
+        Some("192.0.2.9, 10.1.1.1")
+    );
     assert_eq!(
         (first.ts_request_start, first.ts_request_end),
         (Timestamp(10), Timestamp(10))
@@ -933,6 +939,7 @@ fn zero_limits_do_not_stall() {
         max_headers: 0,
         max_pending_requests: 0,
         max_decoded_body_bytes: 0,
+        max_state_bytes_total: 0,
     });
     h.client(
         10,
@@ -1014,4 +1021,78 @@ fn hostile_bytes_never_panic_and_state_stays_bounded() {
     h.close(u64::MAX);
     assert_eq!(h.tracker.connections(), 0);
     assert!(h.stats().requests > 0 && h.stats().responses > 0);
+}
+
+#[test]
+fn client_address_headers_are_one_list_kept_by_their_right_end() {
+    let mut kept = None;
+    super::append_forwarded(&mut kept, b" 198.51.100.1 ");
+    super::append_forwarded(&mut kept, b"");
+    super::append_forwarded(&mut kept, b"203.0.113.7, 10.0.0.1");
+    assert_eq!(kept.as_deref(), Some("198.51.100.1, 203.0.113.7, 10.0.0.1"));
+    // A client padding the header cannot push out what the proxies nearest the server wrote,
+    // and no element is cut in two.
+    let mut kept = None;
+    let padding = "192.0.2.123, ".repeat(500);
+    super::append_forwarded(&mut kept, padding.trim_end_matches(", ").as_bytes());
+    super::append_forwarded(&mut kept, b"203.0.113.7");
+    let kept = kept.unwrap();
+    assert!(kept.len() <= super::MAX_FORWARDED_BYTES);
+    assert!(kept.ends_with(", 203.0.113.7"));
+    assert!(
+        kept.split(',')
+            .all(|e| ["192.0.2.123", "203.0.113.7"].contains(&e.trim()))
+    );
+}
+
+#[test]
+fn parsing_state_over_the_global_budget_resets_the_connections_holding_most() {
+    const BUDGET: usize = 256 * 1024;
+    let mut h = Harness::with_limits(HttpLimits {
+        max_state_bytes_total: BUDGET,
+        ..HttpLimits::default()
+    });
+    // An honest API client: one request waiting for its answer.
+    h.client(10, b"POST /api/ HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+    // Hoarders on 40 connections: pipelined requests with long targets, never answered. Each
+    // stays within every per-connection limit; together they hold megabytes.
+    let target = "x".repeat(8000);
+    for n in 0..40u32 {
+        let conn = ConnectionId(100 + u64::from(n));
+        let ep = |last, port| Endpoint {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 1, last)),
+            port,
+        };
+        h.event(StreamEvent::Opened {
+            conn,
+            ts: Timestamp(20),
+            client: ep(n as u8, 41_000),
+            server: ep(2, 443),
+        });
+        for i in 0..8 {
+            let request = format!("GET /{target}{i} HTTP/1.1\r\n\r\n");
+            h.event(StreamEvent::Data {
+                conn,
+                dir: Direction::ClientToServer,
+                ts: Timestamp(30),
+                bytes: request.as_bytes(),
+            });
+            assert!(h.tracker.stats().state_bytes <= BUDGET as u64);
+        }
+    }
+    let stats = h.stats();
+    assert!(stats.state_budget_resets > 0, "{stats:?}");
+    assert!(stats.state_bytes > 0);
+    // The honest request kept its place and gets its answer, complete.
+    h.server(50, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let honest: Vec<_> = h.out.iter().filter(|e| e.conn == CONN).collect();
+    assert_eq!(honest.len(), 1);
+    assert_eq!(honest[0].incomplete, None);
+    assert_eq!(honest[0].body.bytes, b"abc");
+    // What the hoarders were made to give up is emitted, marked incomplete, not lost unsaid.
+    assert!(
+        h.out
+            .iter()
+            .any(|e| e.conn != CONN && e.incomplete.is_some())
+    );
 }

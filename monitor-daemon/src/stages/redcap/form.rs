@@ -162,6 +162,11 @@ pub(crate) struct FieldCollector {
 }
 
 impl FieldCollector {
+    /// Heap the open field's value holds (the kept parameters are counted by the caller).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.value.capacity()
+    }
+
     pub(crate) fn new(var_limit: VarLimit) -> FieldCollector {
         FieldCollector {
             fields: RequestFields::default(),

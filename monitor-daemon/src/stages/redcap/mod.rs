@@ -7,6 +7,7 @@
 //! dropped there unless the caller asks to keep it for suspend hooks ([`KeepRawToken`]).
 //! Sans-IO and never panics on body bytes; problems are reported in [`RequestFields::problem`].
 
+mod client;
 mod form;
 mod multipart;
 mod paths;
@@ -18,6 +19,9 @@ use crate::shared::token::{
 };
 use crate::stages::http::{
     BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody, RequestHead,
+};
+pub use client::{
+    ClientAddressHeader, ClientAddressing, ClientOrigin, TrustedProxies, TrustedProxyError,
 };
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
 
@@ -39,6 +43,9 @@ pub struct RequestFields {
     /// most serious problem seen.
     pub problem: Option<BodyProblem>,
 }
+
+/// How many text parameters [`ApiParams`] keeps (for the HTTP stage's state budget).
+const KEPT_PARAMS: usize = 8;
 
 /// The parameters of a call that may be shown and kept: everything REDCap read but the token.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -97,8 +104,13 @@ pub struct ApiCall {
     pub ts_end: Timestamp,
     /// Last request byte to first response byte; `None` without a response.
     pub ttfb: Option<Span>,
+    /// Who made the call: the connection's peer, or the client a trusted proxy named (then the
+    /// proxy is in `proxy`).
     pub client: Endpoint,
     pub server: Endpoint,
+    /// The trusted proxy whose connection carried the call, when the client came from its
+    /// header (see [`ClientAddressing`]).
+    pub proxy: Option<Endpoint>,
     pub method: String,
     pub path: String,
     pub http_version: HttpVersion,
@@ -207,6 +219,7 @@ impl ApiCall {
                 .map(|r| r.ts_first_byte.since(ts_request_end)),
             client,
             server,
+            proxy: None,
             path: request.path().to_string(),
             http_version: request.version,
             method: request.method,
@@ -311,6 +324,17 @@ impl FormBody {
 }
 
 impl RequestBody for FormBody {
+    fn held_bytes(&self) -> usize {
+        let scanner = match &self.scanner {
+            Scanner::Urlencoded(_) => form::MAX_FIELD_NAME,
+            Scanner::Multipart(s) => s.held_bytes(),
+            Scanner::Unread => 0,
+        };
+        // The parameters kept so far: each at most `MAX_KEPT_VALUE` bytes.
+        let params = KEPT_PARAMS * form::MAX_KEPT_VALUE;
+        std::mem::size_of::<FormBody>() + self.collector.held_bytes() + scanner + params
+    }
+
     fn feed(&mut self, chunk: &[u8]) {
         match &mut self.scanner {
             Scanner::Urlencoded(s) => s.feed(chunk, &mut self.collector),
@@ -402,9 +426,36 @@ pub struct RedcapStats {
     /// Requests to an API path that the web server refused with its own error page (400, 404,
     /// …): never run by REDCap, so not calls (see `ResponseSummary::is_web_server_refusal`).
     pub web_server_refusals: u64,
+    /// Calls whose client was named by a trusted proxy's header.
+    pub client_from_proxy: u64,
+    /// Calls from a trusted proxy without a usable client-address header: the proxy stays the
+    /// client (is the proxy configured to write `redcap.client_address_header`?).
+    pub proxy_header_missing: u64,
+    /// Calls whose client-address header held something that is not an address (`unknown`,
+    /// an obfuscated name): the walk stopped at the last address.
+    pub proxy_header_unparsable: u64,
 }
 
 impl RedcapStats {
+    /// Counts where a call's client came from, and applies it to the call.
+    pub fn apply_origin(&mut self, call: &mut ApiCall, origin: ClientOrigin) {
+        let client = match origin {
+            ClientOrigin::Peer => return,
+            ClientOrigin::HeaderMissing => {
+                self.proxy_header_missing += 1;
+                return;
+            }
+            ClientOrigin::Forwarded { client } => client,
+            ClientOrigin::HeaderUnparsable { client } => {
+                self.proxy_header_unparsable += 1;
+                client
+            }
+        };
+        self.client_from_proxy += 1;
+        call.proxy = Some(call.client);
+        call.client = client;
+    }
+
     pub fn count(&mut self, call: &ApiCall) {
         self.calls += 1;
         self.incomplete += u64::from(!call.complete);
@@ -437,6 +488,11 @@ pub struct RedcapConfig {
     pub api_paths: ApiPaths,
     /// PHP's `max_input_vars` on the web server: bodies are read as PHP reads them with it.
     pub max_input_vars: u64,
+    /// Load balancers or TLS terminators (addresses, CIDRs) whose client-address header is
+    /// believed; empty: none, the connection's peer is always the client.
+    pub trusted_proxies: TrustedProxies,
+    /// The header those proxies write the client's address in.
+    pub client_address_header: ClientAddressHeader,
 }
 
 impl Default for RedcapConfig {
@@ -444,6 +500,8 @@ impl Default for RedcapConfig {
         Self {
             api_paths: ApiPaths::default(),
             max_input_vars: DEFAULT_MAX_INPUT_VARS,
+            trusted_proxies: TrustedProxies::default(),
+            client_address_header: ClientAddressHeader::default(),
         }
     }
 }
@@ -458,5 +516,13 @@ impl RedcapConfig {
             &[("redcap.max_input_vars", self.max_input_vars)],
         );
         problems
+    }
+
+    /// How calls' client addresses are found.
+    pub fn client_addressing(&self) -> ClientAddressing {
+        ClientAddressing {
+            trusted_proxies: self.trusted_proxies.clone(),
+            header: self.client_address_header,
+        }
     }
 }

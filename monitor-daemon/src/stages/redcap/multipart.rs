@@ -91,6 +91,14 @@ pub(crate) struct MultipartScanner {
 }
 
 impl MultipartScanner {
+    /// Heap this scanner holds (for the HTTP stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        std::mem::size_of::<MultipartScanner>()
+            + self.window.capacity()
+            + self.head.line.capacity()
+            + self.head.header.capacity()
+    }
+
     /// A scanner for the boundary named in `content_type`, or `None` when it names none usable.
     pub(crate) fn for_content_type(content_type: &str) -> Option<MultipartScanner> {
         let boundary = boundary(content_type.as_bytes())?;

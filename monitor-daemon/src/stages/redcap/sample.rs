@@ -28,6 +28,7 @@ pub(crate) fn call(n: u8, secs: u64) -> ApiCall {
         ttfb: Some(Span::from_millis(20)),
         client: endpoint(40000),
         server: endpoint(80),
+        proxy: None,
         method: "POST".into(),
         path: "/api/".into(),
         http_version: crate::stages::http::HttpVersion::Http11,

@@ -10,7 +10,7 @@
 
 use loona_hpack::Decoder;
 
-use super::super::HttpStats;
+use super::super::{HttpStats, append_forwarded};
 use crate::shared::model::Timestamp;
 
 /// What a client sends first on an HTTP/2 connection (RFC 9113 §3.4).
@@ -69,6 +69,7 @@ pub(crate) struct HeaderFields {
     pub(crate) content_encoding: Vec<u8>,
     pub(crate) expect_continue: bool,
     pub(crate) forwarded_for: Option<String>,
+    pub(crate) forwarded: Option<String>,
 }
 
 impl HeaderFields {
@@ -102,13 +103,8 @@ impl HeaderFields {
             b"expect" => {
                 self.expect_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
-            b"x-forwarded-for" if self.forwarded_for.is_none() => {
-                let first = value.split(|&b| b == b',').next().unwrap_or_default();
-                let first = first.trim_ascii();
-                if !first.is_empty() {
-                    self.forwarded_for = Some(String::from_utf8_lossy(first).into_owned());
-                }
-            }
+            b"x-forwarded-for" => append_forwarded(&mut self.forwarded_for, value),
+            b"forwarded" => append_forwarded(&mut self.forwarded, value),
             _ => {}
         }
     }
@@ -235,6 +231,15 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
+    /// Heap this reader holds: frame and header-block buffers, and the HPACK table (its
+    /// entries are bounded by [`DEFAULT_HEADER_TABLE_SIZE`]; each costs some 32 bytes more).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.payload.capacity()
+            + self.block.capacity()
+            + self.fields.content_encoding.capacity()
+            + 2 * DEFAULT_HEADER_TABLE_SIZE
+    }
+
     pub(crate) fn new(max_block: usize) -> Self {
         let mut hpack = Decoder::new();
         hpack.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);

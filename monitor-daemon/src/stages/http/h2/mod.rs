@@ -117,6 +117,26 @@ pub(crate) struct H2Connection<B> {
 }
 
 impl<B: RequestBody> H2Connection<B> {
+    pub(crate) fn endpoints(&self) -> (Endpoint, Endpoint) {
+        (self.streams.client, self.streams.server)
+    }
+
+    /// Heap this connection's parsing state holds (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        let streams: usize = self
+            .streams
+            .open
+            .values()
+            .map(|s| {
+                std::mem::size_of::<Stream<B>>()
+                    + s.exchange.request.held_bytes()
+                    + s.exchange.body.held_bytes()
+                    + s.response.as_ref().map_or(0, |r| r.decoder.held_bytes())
+            })
+            .sum();
+        self.requests.held_bytes() + self.responses.held_bytes() + streams
+    }
+
     pub(crate) fn new(
         id: ConnectionId,
         client: Endpoint,
@@ -336,6 +356,7 @@ impl<B: RequestBody> Streams<B> {
             expect_continue: fields.expect_continue,
             host: fields.authority.clone().or_else(|| fields.host.clone()),
             forwarded_for: fields.forwarded_for.clone(),
+            forwarded: fields.forwarded.clone(),
         };
         let Some(body) = ctx.selector.select(head) else {
             return;

@@ -36,6 +36,24 @@ pub(crate) enum Session<B> {
 }
 
 impl<B: RequestBody> Session<B> {
+    /// Heap this connection's parsing state holds (for the stage's state budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        match self {
+            Session::Undecided(u) => std::mem::size_of::<Undecided>() + u.server_held.capacity(),
+            Session::Http1(c) => c.held_bytes(),
+            Session::Http2(c) => std::mem::size_of::<H2Connection<B>>() + c.held_bytes(),
+        }
+    }
+
+    /// The connection's client and server.
+    pub(crate) fn endpoints(&self) -> (Endpoint, Endpoint) {
+        match self {
+            Session::Undecided(u) => (u.client, u.server),
+            Session::Http1(c) => (c.client(), c.server()),
+            Session::Http2(c) => c.endpoints(),
+        }
+    }
+
     pub(crate) fn new(id: ConnectionId, client: Endpoint, server: Endpoint) -> Self {
         Session::Undecided(Box::new(Undecided {
             id,
