@@ -37,6 +37,7 @@ const FLOW: &[&str] = &[
     "edges::api",
     "commands::config",
     "commands::preflight",
+    "commands::html",
     "commands::analyze",
     "commands::certify",
     "commands::run",
