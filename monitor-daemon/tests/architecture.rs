@@ -26,6 +26,7 @@ const FLOW: &[&str] = &[
     "edges::hardening",
     "edges::capture",
     "edges::output",
+    "edges::records",
     "edges::store",
     "edges::directory",
     "edges::alerts",

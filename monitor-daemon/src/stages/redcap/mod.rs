@@ -41,7 +41,9 @@ pub struct RequestFields {
 }
 
 /// The parameters of a call that may be shown and kept: everything REDCap read but the token.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Read back from call records (`edges::records`) as written: absent fields take defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ApiParams {
     pub content: Option<String>,
     pub action: Option<String>,
