@@ -532,7 +532,7 @@ fn screenshot(page: &Path) -> (String, PathBuf) {
             "--force-color-profile=srgb",
             "--enable-logging=stderr",
             "--v=1",
-            "--window-size=1200,5000",
+            "--window-size=1200,7000",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--screenshot={}", png.display()))
@@ -575,12 +575,32 @@ fn certify_html_opens_in_chromium_without_console_messages_and_shows_its_charts(
         );
         assert!(html.contains(&heading), "{heading} not in {html}");
     }
+    // Each kind of violation with its evidence: the rate (5 calls in 60 s) and heavy calls (2
+    // unfiltered exports in 300 s); the compliant scripts' peaks at their limits.
+    for evidence in [
+        "<td>2026-01-05T08:00:41Z</td><td>api_calls</td><td class=\"num\">5 in 60 s</td>\
+         <td class=\"num\">3</td><td>content=version</td>",
+        "<td>2026-01-05T08:05:00Z</td><td>heavy_calls</td><td class=\"num\">2 in 300 s</td>\
+         <td class=\"num\">1</td><td>content=record</td><td>unfiltered_record_export</td>",
+        "api_calls (all calls): peak 5 in any 60 s (limit 3) at 2026-01-05T08:00:41Z — over \
+         the limit",
+        "heavy_calls (heavy calls): peak 2 in any 300 s (limit 1) at 2026-01-05T08:05:00Z — \
+         over the limit",
+        "api_calls (all calls): peak 3 in any 60 s (limit 3) at 2026-01-05T08:00:40Z;",
+        "heavy_calls (heavy calls): peak 1 in any 300 s (limit 1) at 2026-01-05T08:02:30Z",
+    ] {
+        assert!(html.contains(evidence), "{evidence} not in {html}");
+    }
     assert!(html.contains(">api_calls: limit 3 in any 60 s</text>"));
     assert!(html.contains(">heavy above 500 kB</text>"));
     let page = w.dir.path().join("certification.html");
     std::fs::write(&page, &html).unwrap();
 
     let (log, png) = screenshot(&page);
+    if let Some(keep) = std::env::var_os("CERTIFY_KEEP_HTML") {
+        std::fs::copy(&page, Path::new(&keep).join("certification.html")).unwrap();
+        std::fs::copy(&png, Path::new(&keep).join("certification.png")).unwrap();
+    }
     let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}");
     // The charts' own colours (redcap_monitor::commands::html): the series, the limit lines,
@@ -588,7 +608,8 @@ fn certify_html_opens_in_chromium_without_console_messages_and_shows_its_charts(
     let series = pixels_of(&png, rgb("#1565c0"));
     let limit = pixels_of(&png, rgb("#d50000"));
     let bars = pixels_of(&png, rgb("#00897b"));
-    // Measured: about 2000, 5800 and 8700 (ten charts; the 700 kB bar is most of the bars').
+    // Measured: about 2500, 6200 and 8700 (ten time series, the 700 kB bar most of the bars').
+    eprintln!("chart pixels: series {series}, limit lines {limit}, bars {bars}");
     assert!(series > 1000, "series pixels: {series}");
     assert!(limit > 2500, "limit-line pixels: {limit}");
     assert!(bars > 4000, "bar pixels: {bars}");

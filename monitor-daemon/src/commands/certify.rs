@@ -11,11 +11,13 @@ use std::path::Path;
 
 use crate::commands::analyze::replay;
 use crate::commands::config::Config;
-use crate::commands::html::{Badge, BarChart, Cell, Limit, Page, Series, Table, TimeSeries, Unit};
+use crate::commands::html::{
+    Badge, BarChart, Cell, Limit, Page, Series, Style, Table, TimeSeries, Unit,
+};
 use crate::edges::alerts::time::{parse_rfc3339, rfc3339};
 use crate::edges::capture::CaptureError;
 use crate::edges::records::{RecordsError, read_calls, record_files};
-use crate::shared::model::Timestamp;
+use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::SiteKey;
 use crate::stages::certify::{Certification, Judge, TokenCertificate, Window};
 use crate::stages::policy::Policy;
@@ -486,8 +488,19 @@ fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> Strin
             limit: Some(heavy_limit(c.heavy_response_bytes)),
         });
     }
+    // Every token's charts span the same minutes, a minute of margin either side, so they
+    // line up when compared.
+    let minutes = c
+        .tokens
+        .iter()
+        .flat_map(|t| t.minutes.iter().map(|m| m.start));
+    let range = minutes
+        .clone()
+        .min()
+        .zip(minutes.max())
+        .map(|(first, last)| (first.minus(MINUTE), last.plus(MINUTE)));
     for t in &c.tokens {
-        token_section(&mut page, c, t);
+        token_section(&mut page, c, t, range);
     }
     let caveats = caveats(cert);
     if !caveats.is_empty() {
@@ -504,7 +517,14 @@ fn heavy_limit(bytes: u64) -> Limit {
     }
 }
 
-fn token_section(page: &mut Page, c: &Certification, t: &TokenCertificate) {
+const MINUTE: Span = Span::from_secs(60);
+
+fn token_section(
+    page: &mut Page,
+    c: &Certification,
+    t: &TokenCertificate,
+    range: Option<(Timestamp, Timestamp)>,
+) {
     let (badge, label) = Badge::outcome(t.outcome == crate::stages::certify::Outcome::Pass);
     page.heading_with_badge(
         2,
@@ -577,6 +597,8 @@ fn token_section(page: &mut Page, c: &Certification, t: &TokenCertificate) {
         title: format!("Calls per minute of {}", t.token_fp),
         y_label: "calls in the clock minute".into(),
         unit: Unit::Count,
+        style: Style::Stems,
+        range,
         series: vec![Series {
             name: "calls".into(),
             points: t
@@ -600,6 +622,8 @@ fn token_section(page: &mut Page, c: &Certification, t: &TokenCertificate) {
             title: format!("Largest response per minute of {}", t.token_fp),
             y_label: "response size".into(),
             unit: Unit::Bytes,
+            style: Style::Stems,
+            range,
             series: vec![Series {
                 name: "largest response".into(),
                 points: sizes,

@@ -198,6 +198,17 @@ pub struct Series {
     pub points: Vec<(Timestamp, f64)>,
 }
 
+/// How a time series is drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Style {
+    /// Points joined by a line: for values that exist between the points (a level, a rate).
+    #[default]
+    Line,
+    /// A stem from zero to each point: for counts per interval, where an interval without a
+    /// point had none (a line would invent values across the gap).
+    Stems,
+}
+
 /// Values over time, with labelled axes (UTC time across, `unit` up) and an optional limit
 /// line. A series with more points than the chart has columns is thinned to each column's
 /// largest value, so peaks stay visible and the page stays small.
@@ -206,8 +217,12 @@ pub struct TimeSeries {
     pub title: String,
     pub y_label: String,
     pub unit: Unit,
+    pub style: Style,
     pub series: Vec<Series>,
     pub limit: Option<Limit>,
+    /// The time axis' span; `None` spans the points. Points outside it are not drawn (so charts
+    /// of one period line up).
+    pub range: Option<(Timestamp, Timestamp)>,
 }
 
 /// Labelled values as horizontal bars, with an optional limit line.
@@ -399,7 +414,7 @@ impl Page {
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 300.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 40.0;
 const TOP: f64 = 20.0;
 const BOTTOM: f64 = 50.0;
 
@@ -452,13 +467,37 @@ fn thin(points: &[(Timestamp, f64)], t0: u64, t1: u64, columns: usize) -> Vec<(u
     out
 }
 
-/// `HH:MM` (and the date when the chart spans days) of a tick.
-fn time_label(at: u64, span_s: u64) -> String {
+/// Round times (in nanoseconds) from `t0` to `t1`, at most about six: every 10 s, 5 min, 6 h, …
+fn time_ticks(t0: u64, t1: u64) -> (Vec<u64>, u64) {
+    const STEPS_S: [u64; 19] = [
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200,
+        86_400, 604_800,
+    ];
+    let span_s = (t1 - t0) / 1_000_000_000;
+    let step_s = STEPS_S
+        .iter()
+        .copied()
+        .find(|step| span_s / step <= 6)
+        .unwrap_or_else(|| (span_s / 6).div_ceil(86_400) * 86_400);
+    let step = step_s * 1_000_000_000;
+    let first = t0.div_ceil(step) * step;
+    let ticks = (0..)
+        .map(|i| first + i * step)
+        .take_while(|t| *t <= t1)
+        .collect();
+    (ticks, step_s)
+}
+
+/// A tick's time: `HH:MM:SS` for steps under a minute, `HH:MM`, with the date (`MM-DD`) when
+/// the chart spans days.
+fn time_label(at: u64, step_s: u64, span_s: u64) -> String {
     let text = rfc3339(Timestamp(at));
     // 2026-01-05T08:00:00Z
-    if span_s > 2 * 86_400 {
+    if step_s >= 86_400 {
+        text[5..10].to_string()
+    } else if span_s > 86_400 {
         text[5..16].replace('T', " ")
-    } else if span_s < 600 {
+    } else if step_s < 60 {
         text[11..19].to_string()
     } else {
         text[11..16].to_string()
@@ -500,15 +539,21 @@ fn limit_line(out: &mut String, y: f64, label: &str) {
 pub fn time_series_svg(chart: &TimeSeries) -> String {
     let mut out = String::new();
     svg_open(&mut out, &chart.title);
+    let in_range = |t: Timestamp| chart.range.is_none_or(|(from, to)| t >= from && t <= to);
     let all: Vec<(Timestamp, f64)> = chart
         .series
         .iter()
         .flat_map(|s| finite(&s.points))
+        .filter(|p| in_range(p.0))
         .collect();
-    let (t0, t1) = match (
-        all.iter().map(|p| p.0.0).min(),
-        all.iter().map(|p| p.0.0).max(),
-    ) {
+    let bounds = match chart.range {
+        Some((from, to)) => (Some(from.0), Some(to.0)),
+        None => (
+            all.iter().map(|p| p.0.0).min(),
+            all.iter().map(|p| p.0.0).max(),
+        ),
+    };
+    let (t0, t1) = match bounds {
         (Some(a), Some(b)) if b > a => (a, b),
         (Some(a), _) => (a.saturating_sub(30_000_000_000), a + 30_000_000_000),
         _ => {
@@ -521,6 +566,15 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
             return out;
         }
     };
+    if all.is_empty() {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no data</text></svg>",
+            WIDTH / 2.0,
+            HEIGHT / 2.0
+        );
+        return out;
+    }
     let max_value = all
         .iter()
         .map(|p| p.1)
@@ -534,7 +588,7 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
         .max(f64::MIN_POSITIVE);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let x = |t: u64| LEFT + (t - t0) as f64 / (t1 - t0) as f64 * plot_w;
+    let x = |t: u64| LEFT + t.saturating_sub(t0) as f64 / (t1 - t0) as f64 * plot_w;
     let y = |v: f64| TOP + plot_h - (v.max(0.0) / y_max) * plot_h;
 
     // Grid and y axis.
@@ -551,10 +605,10 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
             escape(&chart.unit.label(*v))
         );
     }
-    // X axis: 6 time ticks.
+    // X axis: round times.
     let span_s = (t1 - t0) / 1_000_000_000;
-    for i in 0..=5u64 {
-        let t = t0 + (t1 - t0) / 5 * i;
+    let (x_ticks, step_s) = time_ticks(t0, t1);
+    for t in x_ticks {
         let _ = writeln!(
             out,
             "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" stroke=\"#333\"/>\
@@ -563,7 +617,7 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
             TOP + plot_h,
             TOP + plot_h + 5.0,
             TOP + plot_h + 18.0,
-            escape(&time_label(t, span_s))
+            escape(&time_label(t, step_s, span_s))
         );
     }
     let _ = writeln!(
@@ -594,18 +648,44 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
     let columns = (plot_w / 2.0) as usize;
     for (i, series) in chart.series.iter().enumerate() {
         let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
-        let points = thin(&series.points, t0, t1, columns);
-        let path: Vec<String> = points
+        let shown: Vec<(Timestamp, f64)> = series
+            .points
             .iter()
-            .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+            .copied()
+            .filter(|p| in_range(p.0))
             .collect();
-        let _ = writeln!(
+        let points = thin(&shown, t0, t1, columns);
+        let _ = write!(
             out,
-            "<g class=\"series\"><title>{}</title>\
-             <polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
-            escape(&series.name),
-            path.join(" ")
+            "<g class=\"series\"><title>{}</title>",
+            escape(&series.name)
         );
+        match chart.style {
+            Style::Line => {
+                let path: Vec<String> = points
+                    .iter()
+                    .map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" \
+                     points=\"{}\"/>",
+                    path.join(" ")
+                );
+            }
+            Style::Stems => {
+                for (t, v) in &points {
+                    let _ = write!(
+                        out,
+                        "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" \
+                         stroke=\"{colour}\" stroke-width=\"3\"/>",
+                        x(*t),
+                        y(0.0),
+                        y(*v)
+                    );
+                }
+            }
+        }
         for (t, v) in &points {
             let _ = write!(
                 out,
@@ -646,7 +726,7 @@ pub fn bar_chart_svg(chart: &BarChart) -> String {
     let bar_h = 22.0;
     let height = TOP + BOTTOM + bar_h * bars.len().max(1) as f64;
     let left = 200.0;
-    let plot_w = WIDTH - left - RIGHT - 60.0;
+    let plot_w = WIDTH - left - RIGHT - 40.0;
     let mut out = String::new();
     let _ = writeln!(
         out,

@@ -64,6 +64,7 @@ fn hostile_values_stay_text_everywhere_on_the_page() {
                 value: 3.0,
                 label: HOSTILE.into(),
             }),
+            ..TimeSeries::default()
         })
         .bar_chart(&BarChart {
             title: HOSTILE.into(),
@@ -134,6 +135,7 @@ fn a_time_series_draws_its_points_axes_and_limit_line_to_scale() {
             value: 3.0,
             label: "limit 3".into(),
         }),
+        ..TimeSeries::default()
     };
     let svg = time_series_svg(&chart);
     // Ticks 0..5 step 1 (5 is the highest value, above the limit's headroom of 3.3).
@@ -161,8 +163,10 @@ fn a_time_series_draws_its_points_axes_and_limit_line_to_scale() {
     assert!(limit.contains(&format!("y1=\"{want:.1}\"")), "{limit}");
     assert!(svg.contains(">limit 3</text>"));
     // Labelled axes: times of day and values.
-    assert!(svg.contains(">08:00:00</text>"), "{svg}");
-    assert!(svg.contains(">08:01:12</text>"), "{svg}");
+    // Two minutes: a tick every 30 s.
+    for tick in ["08:00:00", "08:00:30", "08:01:00", "08:01:30", "08:02:00"] {
+        assert!(svg.contains(&format!(">{tick}</text>")), "{tick} in {svg}");
+    }
     assert!(svg.contains(">time (UTC)</text>"));
     assert!(svg.contains(">calls</text>"));
     for tick in ["0", "1", "2", "3", "4", "5"] {
@@ -248,4 +252,79 @@ fn units_label_values_for_people() {
     assert_eq!(ticks(0.0, 5).last(), Some(&1.0));
     assert_eq!(ticks(800_000.0, 5).last(), Some(&800_000.0));
     assert_eq!(ticks(801_000.0, 5).last(), Some(&1_000_000.0));
+}
+
+#[test]
+fn stems_stand_on_zero_and_a_range_fixes_the_time_axis() {
+    let chart = TimeSeries {
+        title: "calls".into(),
+        style: Style::Stems,
+        series: vec![Series {
+            name: "calls".into(),
+            // The last point is outside the range: not drawn.
+            points: vec![(at(1_000), 4.0), (at(1_060), 2.0), (at(5_000), 9.0)],
+        }],
+        range: Some((at(940), at(1_240))),
+        ..TimeSeries::default()
+    };
+    let svg = time_series_svg(&chart);
+    assert!(!svg.contains("<polyline"), "{svg}");
+    let cx = attrs(&svg, "circle", "cx");
+    let plot_w = WIDTH - LEFT - RIGHT;
+    assert_eq!(cx, [LEFT + plot_w * 0.2, LEFT + plot_w * 0.4]);
+    // Stems from the x axis (y of 0) up to each point; the axis tops out at 4.
+    let bottom = HEIGHT - BOTTOM;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    for top in [TOP, bottom - plot_h / 2.0] {
+        let stem = format!(
+            "y1=\"{bottom:.1}\" y2=\"{top:.1}\" stroke=\"{}\" stroke-width=\"3\"",
+            SERIES_COLOURS[0]
+        );
+        assert!(svg.contains(&stem), "{stem} not in {svg}");
+    }
+    let tops = attrs(&svg, "circle", "cy");
+    assert_eq!(tops[0], TOP);
+    assert!(
+        !svg.contains(">9</text>") && !svg.contains(">8</text>"),
+        "{svg}"
+    );
+
+    // Nothing inside the range: said, not drawn.
+    let empty = time_series_svg(&TimeSeries {
+        range: Some((at(0), at(10))),
+        ..chart
+    });
+    assert!(empty.contains("no data") && !empty.contains("<circle"));
+}
+
+#[test]
+fn time_ticks_are_round_and_labelled_for_their_span() {
+    let t = |secs: u64| secs * 1_000_000_000;
+    let base = 1_767_600_000; // 2026-01-05T08:00:00Z
+    let (ticks, step) = time_ticks(t(base + 7), t(base + 3_000));
+    assert_eq!(step, 600);
+    assert_eq!(
+        ticks,
+        [
+            t(base + 600),
+            t(base + 1200),
+            t(base + 1800),
+            t(base + 2400),
+            t(base + 3000)
+        ]
+    );
+    assert_eq!(time_label(ticks[0], step, 3_000), "08:10");
+    let (ticks, step) = time_ticks(t(base), t(base + 30 * 86_400));
+    assert_eq!(step, 604_800);
+    assert!(ticks.len() <= 6);
+    assert_eq!(time_label(t(base), step, 30 * 86_400), "01-05");
+    let (_, step) = time_ticks(t(base), t(base + 3 * 86_400));
+    assert_eq!(step, 43_200);
+    assert_eq!(time_label(t(base), step, 3 * 86_400), "01-05 08:00");
+    let (ticks, step) = time_ticks(t(base), t(base + 3 * 365 * 86_400));
+    assert!(
+        ticks.len() <= 7 && step % 86_400 == 0,
+        "{} {step}",
+        ticks.len()
+    );
 }
