@@ -250,7 +250,15 @@ fn time(secs: f64, what: &str) -> Result<Timestamp, String> {
     }
 }
 
+/// An `ip:port`; empty (a TLS call's server, a client that could not be found for certain)
+/// reads as the unspecified address, which only the refused-calls count per client would see.
 fn endpoint(text: &str, what: &str) -> Result<Endpoint, String> {
+    if text.is_empty() {
+        return Ok(Endpoint {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: 0,
+        });
+    }
     let addr: SocketAddr = text
         .parse()
         .map_err(|_| format!("{what} is not an address:port"))?;

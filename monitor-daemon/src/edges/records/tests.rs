@@ -182,3 +182,25 @@ fn no_records_is_an_error_that_says_what_to_give() {
         .to_string();
     assert!(err.contains("missing.jsonl"), "{err}");
 }
+
+#[test]
+fn a_tls_record_without_addresses_reads_back() {
+    let line = String::from_utf8(record_line(call(1, 100))).unwrap();
+    let c = call(1, 100);
+    let line = line
+        .replace(&format!("\"client\":\"{}\"", c.client), "\"client\":\"\"")
+        .replace(&format!("\"server\":\"{}\"", c.server), "\"server\":\"\"")
+        .replace("\"transport\":\"tcp\"", "\"transport\":\"tls\"");
+    assert!(line.contains("\"server\":\"\""), "{line}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.jsonl");
+    std::fs::write(
+        &path,
+        format!("{line}{}", "{\"client\":\"not an address\"}\n"),
+    )
+    .unwrap();
+    let (calls, stats) = read(std::slice::from_ref(&path));
+    assert_eq!((calls.len(), stats.malformed_lines), (1, 1));
+    assert!(calls[0].client.ip.is_unspecified());
+    assert_eq!(calls[0].token, c.token);
+}
