@@ -19,7 +19,7 @@ use crate::edges::capture::CaptureError;
 use crate::edges::records::{RecordsError, read_calls, record_files};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::SiteKey;
-use crate::stages::certify::{Certification, Judge, TokenCertificate, Window};
+use crate::stages::certify::{Certification, Judge, Outcome, TokenCertificate, Window};
 use crate::stages::policy::Policy;
 
 /// How the certification is written.
@@ -173,6 +173,22 @@ fn largest(t: &TokenCertificate) -> String {
     }
 }
 
+/// Each rule's peak and limit, briefly: `api_calls: 3 in 60 s (3)`.
+fn peaks_brief(t: &TokenCertificate) -> Vec<String> {
+    t.rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} in {} ({})",
+                r.rule,
+                r.peak,
+                window_s(r.window_s),
+                r.limit
+            )
+        })
+        .collect()
+}
+
 fn p95(t: &TokenCertificate) -> String {
     t.server_time_p95_s
         .map_or("n/a".to_string(), |p| format!("{p:.3} s"))
@@ -320,19 +336,7 @@ fn markdown(cert: &CaptureCertification, source: &str) -> String {
         );
         let _ = writeln!(out, "|---|---|---:|---:|---|---:|---:|---:|---:|");
         for t in &c.tokens {
-            let peaks: Vec<String> = t
-                .rules
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {} in {} ({})",
-                        r.rule,
-                        r.peak,
-                        window_s(r.window_s),
-                        r.limit
-                    )
-                })
-                .collect();
+            let peaks = peaks_brief(t);
             let _ = writeln!(
                 out,
                 "| **{}**{} | `{}` {} | {} | {} | {} | {} | {:.3} | {} | {} |",
@@ -400,11 +404,11 @@ fn heavy_reason(reason: Option<crate::stages::policy::HeavyReason>) -> String {
 fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> String {
     let c = &cert.certification;
     let mut page = Page::new("QA-window certification", now);
-    let (badge, label) = Badge::outcome(c.outcome == crate::stages::certify::Outcome::Pass);
+    let (badge, label) = Badge::outcome(c.outcome == Outcome::Pass);
     let failed = c
         .tokens
         .iter()
-        .filter(|t| t.outcome == crate::stages::certify::Outcome::Fail)
+        .filter(|t| t.outcome == Outcome::Fail)
         .count();
     page.summary(&[
         ("Result", Cell::badge(badge, label)),
@@ -436,20 +440,8 @@ fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> Strin
             "Violations",
         ]);
         for t in &c.tokens {
-            let (badge, label) = Badge::outcome(t.outcome == crate::stages::certify::Outcome::Pass);
-            let peaks: Vec<String> = t
-                .rules
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {} in {} ({})",
-                        r.rule,
-                        r.peak,
-                        window_s(r.window_s),
-                        r.limit
-                    )
-                })
-                .collect();
+            let (badge, label) = Badge::outcome(t.outcome == Outcome::Pass);
+            let peaks = peaks_brief(t);
             overview.row(vec![
                 Cell::badge(
                     badge,
@@ -525,7 +517,7 @@ fn token_section(
     t: &TokenCertificate,
     range: Option<(Timestamp, Timestamp)>,
 ) {
-    let (badge, label) = Badge::outcome(t.outcome == crate::stages::certify::Outcome::Pass);
+    let (badge, label) = Badge::outcome(t.outcome == Outcome::Pass);
     page.heading_with_badge(
         2,
         &format!("Token {} {}", t.token_fp, t.token_masked),

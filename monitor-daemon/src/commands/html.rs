@@ -436,6 +436,17 @@ fn ticks(max: f64, n: usize) -> Vec<f64> {
     (0..=count).map(|i| i as f64 * step).collect()
 }
 
+/// The value axis for `values` and the limit (with headroom above it): its ticks and its top.
+fn scale(values: impl Iterator<Item = f64>, limit: Option<&Limit>) -> (Vec<f64>, f64) {
+    let max_value = values
+        .chain(limit.map(|l| l.value * 1.1))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let ticks = ticks(max_value, 5);
+    let top = ticks.last().copied().unwrap_or(1.0).max(f64::MIN_POSITIVE);
+    (ticks, top)
+}
+
 fn finite(points: &[(Timestamp, f64)]) -> impl Iterator<Item = (Timestamp, f64)> + '_ {
     points.iter().copied().filter(|(_, v)| v.is_finite())
 }
@@ -504,17 +515,18 @@ fn time_label(at: u64, step_s: u64, span_s: u64) -> String {
     }
 }
 
-fn svg_open(out: &mut String, title: &str) {
+/// An `<svg>` element `height` tall on a white ground, titled for screen readers.
+fn svg_open(out: &mut String, title: &str, height: f64) {
     let _ = writeln!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" \
-         width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\" aria-label=\"{}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height}\" \
+         width=\"{WIDTH}\" height=\"{height}\" role=\"img\" aria-label=\"{}\" \
          font-family=\"sans-serif\" font-size=\"12\">",
         escape(title)
     );
     let _ = writeln!(
         out,
-        "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>"
+        "<rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{height}\" fill=\"#ffffff\"/>"
     );
 }
 
@@ -538,7 +550,7 @@ fn limit_line(out: &mut String, y: f64, label: &str) {
 /// The SVG of a time series (its own element, for reuse and tests).
 pub fn time_series_svg(chart: &TimeSeries) -> String {
     let mut out = String::new();
-    svg_open(&mut out, &chart.title);
+    svg_open(&mut out, &chart.title, HEIGHT);
     let in_range = |t: Timestamp| chart.range.is_none_or(|(from, to)| t >= from && t <= to);
     let all: Vec<(Timestamp, f64)> = chart
         .series
@@ -547,15 +559,17 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
         .filter(|p| in_range(p.0))
         .collect();
     let bounds = match chart.range {
-        Some((from, to)) => (Some(from.0), Some(to.0)),
-        None => (
-            all.iter().map(|p| p.0.0).min(),
-            all.iter().map(|p| p.0.0).max(),
-        ),
+        Some((from, to)) => Some((from.0, to.0)),
+        None => all
+            .iter()
+            .map(|p| p.0.0)
+            .min()
+            .zip(all.iter().map(|p| p.0.0).max()),
     };
     let (t0, t1) = match bounds {
-        (Some(a), Some(b)) if b > a => (a, b),
-        (Some(a), _) => (a.saturating_sub(30_000_000_000), a + 30_000_000_000),
+        Some((a, b)) if !all.is_empty() && b > a => (a, b),
+        // One instant: a minute around it.
+        Some((a, _)) if !all.is_empty() => (a.saturating_sub(30_000_000_000), a + 30_000_000_000),
         _ => {
             let _ = writeln!(
                 out,
@@ -566,26 +580,7 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
             return out;
         }
     };
-    if all.is_empty() {
-        let _ = writeln!(
-            out,
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no data</text></svg>",
-            WIDTH / 2.0,
-            HEIGHT / 2.0
-        );
-        return out;
-    }
-    let max_value = all
-        .iter()
-        .map(|p| p.1)
-        .chain(chart.limit.as_ref().map(|l| l.value * 1.1))
-        .fold(0.0f64, f64::max);
-    let y_ticks = ticks(max_value, 5);
-    let y_max = y_ticks
-        .last()
-        .copied()
-        .unwrap_or(1.0)
-        .max(f64::MIN_POSITIVE);
+    let (y_ticks, y_max) = scale(all.iter().map(|p| p.1), chart.limit.as_ref());
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |t: u64| LEFT + t.saturating_sub(t0) as f64 / (t1 - t0) as f64 * plot_w;
@@ -728,25 +723,8 @@ pub fn bar_chart_svg(chart: &BarChart) -> String {
     let left = 200.0;
     let plot_w = WIDTH - left - RIGHT - 40.0;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height}\" \
-         width=\"{WIDTH}\" height=\"{height}\" role=\"img\" aria-label=\"{}\" \
-         font-family=\"sans-serif\" font-size=\"12\">\
-         <rect x=\"0\" y=\"0\" width=\"{WIDTH}\" height=\"{height}\" fill=\"#ffffff\"/>",
-        escape(&chart.title)
-    );
-    let max_value = bars
-        .iter()
-        .map(|b| b.1)
-        .chain(chart.limit.as_ref().map(|l| l.value * 1.1))
-        .fold(0.0f64, f64::max);
-    let x_ticks = ticks(max_value, 5);
-    let x_max = x_ticks
-        .last()
-        .copied()
-        .unwrap_or(1.0)
-        .max(f64::MIN_POSITIVE);
+    svg_open(&mut out, &chart.title, height);
+    let (x_ticks, x_max) = scale(bars.iter().map(|b| b.1), chart.limit.as_ref());
     let x = |v: f64| left + v / x_max * plot_w;
     let bottom = height - BOTTOM;
     for v in &x_ticks {
