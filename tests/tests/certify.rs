@@ -614,6 +614,34 @@ fn certify_html_opens_in_chromium_without_console_messages_and_shows_its_charts(
     assert!(limit > 2500, "limit-line pixels: {limit}");
     assert!(bars > 4000, "bar pixels: {bars}");
 
+    // It prints: Chromium's PDF of it has a page per token or so (A4/Letter, print stylesheet).
+    let pdf = w.dir.path().join("certification.pdf");
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--print-to-pdf={}", pdf.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pdf = std::fs::read(&pdf).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let pages = pdf
+        .windows(b"/Type /Page".len() + 1)
+        .filter(|w| w.starts_with(b"/Type /Page") && !w.ends_with(b"s"))
+        .count();
+    assert!((3..=20).contains(&pages), "{pages} pages");
+
     // The check sees charts, not the page: the same page without its SVG has none of them.
     let mut bare = html.clone();
     while let (Some(start), Some(end)) = (bare.find("<svg"), bare.find("</svg>")) {
