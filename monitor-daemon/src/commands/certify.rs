@@ -16,7 +16,7 @@ use crate::commands::html::{
 };
 use crate::edges::alerts::time::{parse_rfc3339, rfc3339};
 use crate::edges::capture::CaptureError;
-use crate::edges::records::{RecordsError, read_calls, record_files};
+use crate::edges::records::{Needed, RecordsError, read_calls, record_files};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::SiteKey;
 use crate::stages::certify::{Certification, Judge, Outcome, TokenCertificate, Window};
@@ -75,7 +75,25 @@ pub fn certify_records(
     let files = record_files(records)?;
     let mut policy = Policy::new(&config.policy);
     let mut judge = Judge::new(&config.policy, window);
-    let stats = read_calls(&files, |call| {
+    // Calls long enough before the window count in no rule's window of a call inside it, and
+    // calls after it in nothing; an hour's margin covers records written late (a long request).
+    let longest = config
+        .policy
+        .rules
+        .iter()
+        .map(|r| r.window.span())
+        .max()
+        .unwrap_or(Span(0));
+    let margin = Span::from_secs(3600);
+    let needed = Needed {
+        since: window.from.map(|from| {
+            from.minus(longest)
+                .minus(config.policy.reorder_window.span())
+                .minus(margin)
+        }),
+        before: window.to.map(|to| to.plus(margin)),
+    };
+    let stats = read_calls(&files, needed, |call| {
         let ts = call.ts_start;
         policy.push(call);
         while let Some(verdict) = policy.drain() {
@@ -89,6 +107,23 @@ pub fn certify_records(
         .map(|e| format!("malformed record: {e}"))
         .collect();
     warnings.extend(stats.read_errors.iter().map(|e| format!("read error: {e}")));
+    if !stats.skipped_files.is_empty() {
+        warnings.push(format!(
+            "{} record file(s) not read: they hold no call near the window ({})",
+            stats.skipped_files.len(),
+            stats
+                .skipped_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(at) = &stats.stopped_at {
+        warnings.push(format!(
+            "records read up to {at}: the calls from there on started an hour or more after the window"
+        ));
+    }
     let mut problems = Vec::new();
     if stats.malformed_lines > 0 {
         problems.push(("malformed_record_lines", stats.malformed_lines));

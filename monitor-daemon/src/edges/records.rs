@@ -50,6 +50,32 @@ pub struct RecordStats {
     /// Files that ended in a read error (e.g. a rotation still being compressed): what came
     /// before the error was read.
     pub read_errors: Vec<String>,
+    /// Files not read because they cannot hold a needed call (see [`Needed`]).
+    pub skipped_files: Vec<PathBuf>,
+    /// `file:line` where reading stopped at a call past [`Needed::before`].
+    pub stopped_at: Option<String>,
+}
+
+/// Which calls the reader must hand over: those that started in `[since, before)`. Others may
+/// be handed over too; whole stretches without a needed call are skipped: a file last modified
+/// before `since` (each record is written after its call started, so all of its calls started
+/// earlier), and everything from the first call at or after `before` on (records are written
+/// in about the order calls started: give `before` a margin for calls written late).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needed {
+    pub since: Option<Timestamp>,
+    pub before: Option<Timestamp>,
+}
+
+/// When `file` was last modified, as a timestamp.
+fn modified(file: &File) -> Option<Timestamp> {
+    let since_epoch = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(Timestamp(u64::try_from(since_epoch.as_nanos()).ok()?))
 }
 
 /// The files holding call records at `path`, oldest first. A file: it and its rotations beside
@@ -106,10 +132,12 @@ pub fn record_files(path: &Path) -> Result<Vec<PathBuf>, RecordsError> {
     Ok(found.into_iter().map(|(_, p)| p).collect())
 }
 
-/// Reads the call records of `files` in order, handing each call to `each`. A file that cannot
-/// be opened is an error; a bad line or a read error inside a file is counted and reading goes on.
+/// Reads the call records of `files` in order, handing each call `needed` may hold to `each`.
+/// A file that cannot be opened is an error; a bad line or a read error inside a file is
+/// counted and reading goes on.
 pub fn read_calls(
     files: &[PathBuf],
+    needed: Needed,
     mut each: impl FnMut(ApiCall),
 ) -> Result<RecordStats, RecordsError> {
     let mut stats = RecordStats {
@@ -117,10 +145,20 @@ pub fn read_calls(
         ..RecordStats::default()
     };
     for path in files {
+        if stats.stopped_at.is_some() {
+            stats.skipped_files.push(path.clone());
+            continue;
+        }
         let file = File::open(path).map_err(|source| RecordsError::Open {
             path: path.clone(),
             source,
         })?;
+        if let (Some(since), Some(modified)) = (needed.since, modified(&file))
+            && modified < since
+        {
+            stats.skipped_files.push(path.clone());
+            continue;
+        }
         let mut reader = open_maybe_gzip(file).map_err(|source| RecordsError::Open {
             path: path.clone(),
             source,
@@ -142,6 +180,10 @@ pub fn read_calls(
                         parse_call(&line)
                     };
                     match parsed {
+                        Ok(call) if needed.before.is_some_and(|before| call.ts_start >= before) => {
+                            stats.stopped_at = Some(format!("{}:{number}", path.display()));
+                            break;
+                        }
                         Ok(call) => {
                             stats.calls += 1;
                             each(call);

@@ -1,4 +1,5 @@
 use std::io::Write;
+use std::path::Path;
 
 use super::*;
 use crate::edges::output::{CallRecord, Transport, write_line};
@@ -30,7 +31,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 fn read(files: &[PathBuf]) -> (Vec<ApiCall>, RecordStats) {
     let mut calls = Vec::new();
-    let stats = read_calls(files, |c| calls.push(c)).unwrap();
+    let stats = read_calls(files, Needed::default(), |c| calls.push(c)).unwrap();
     (calls, stats)
 }
 
@@ -203,4 +204,57 @@ fn a_tls_record_without_addresses_reads_back() {
     assert_eq!((calls.len(), stats.malformed_lines), (1, 1));
     assert!(calls[0].client.ip.is_unspecified());
     assert_eq!(calls[0].token, c.token);
+}
+
+#[test]
+fn files_and_stretches_without_a_needed_call_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = d.join("calls.jsonl.2.gz");
+    std::fs::write(&old, gzip(&record_line(call(1, 100)))).unwrap();
+    let modified_at = |path: &Path, secs: u64| {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    };
+    modified_at(&old, 150);
+    let middle = d.join("calls.jsonl.1");
+    std::fs::write(
+        &middle,
+        [record_line(call(1, 200)), record_line(call(1, 300))].concat(),
+    )
+    .unwrap();
+    modified_at(&middle, 301);
+    let live = d.join("calls.jsonl");
+    std::fs::write(
+        &live,
+        [record_line(call(1, 400)), record_line(call(1, 500))].concat(),
+    )
+    .unwrap();
+    let files = record_files(d).unwrap();
+
+    let mut seen = Vec::new();
+    let needed = Needed {
+        since: Some(at(200)),
+        before: Some(at(300)),
+    };
+    let stats = read_calls(&files, needed, |c| seen.push(c.ts_start)).unwrap();
+    assert_eq!(seen, [at(200)]);
+    assert_eq!(stats.skipped_files, [old.clone(), live.clone()]);
+    assert_eq!(stats.stopped_at, Some(format!("{}:2", middle.display())));
+
+    // A file modified after `since` is read, whatever its name says.
+    modified_at(&old, 10_000);
+    let mut seen = Vec::new();
+    let stats = read_calls(
+        &files,
+        Needed {
+            before: None,
+            ..needed
+        },
+        |c| seen.push(c.ts_start),
+    )
+    .unwrap();
+    assert_eq!(seen, [at(100), at(200), at(300), at(400), at(500)]);
+    assert!(stats.skipped_files.is_empty() && stats.stopped_at.is_none());
 }
