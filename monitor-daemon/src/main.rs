@@ -62,12 +62,13 @@ enum Command {
         /// are the institution's policy.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Site key for token fingerprints (the daemon's, so fingerprints match).
+        /// Site key for token fingerprints (the daemon's, so fingerprints match); not needed
+        /// with `--records`, which hold fingerprints already.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Only this token (its fingerprint, 16 hex digits, as `redcap-monitor fingerprint`
         /// prints it).
-        #[arg(long, value_name = "FP", alias = "token-fingerprint")]
+        #[arg(long, value_name = "FP", visible_alias = "token-fingerprint")]
         token: Option<TokenFingerprint>,
         /// Only calls that started at or after this time (Unix seconds or UTC
         /// 2026-01-05T08:00:00Z).
