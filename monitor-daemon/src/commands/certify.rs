@@ -462,6 +462,12 @@ fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> Strin
          calls each rule counted in any of its (sliding) windows; tokens are shown by fingerprint \
          and masked form only.",
     );
+    // What the evidence may miss comes before the evidence.
+    let caveats = caveats(cert);
+    if !caveats.is_empty() {
+        page.heading(2, "Notes");
+        page.list(&caveats);
+    }
     if !c.tokens.is_empty() {
         let mut overview = Table::new(&[
             "Result",
@@ -528,11 +534,6 @@ fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> Strin
         .map(|(first, last)| (first.minus(MINUTE), last.plus(MINUTE)));
     for t in &c.tokens {
         token_section(&mut page, c, t, range);
-    }
-    let caveats = caveats(cert);
-    if !caveats.is_empty() {
-        page.heading(2, "Notes");
-        page.list(&caveats);
     }
     page.finish()
 }
