@@ -344,7 +344,7 @@ fn open(args: &StoreArgs, access: Access) -> Result<Store, Refused> {
     })
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -52,23 +52,29 @@ enum Command {
         #[arg(long)]
         store: Option<PathBuf>,
     },
-    /// Judges a QA testing window (a capture) against the configured policy: PASS or FAIL per
-    /// token with the evidence (peaks per rule, heavy calls, largest response, server time and
-    /// its p95, every violation). Exit 0 when all pass, 1 when any fails, 2 on usage or I/O
-    /// errors.
+    /// Judges a QA testing window (a capture, or the live daemon's call records with
+    /// `--records`) against the configured policy: PASS or FAIL per token with the evidence
+    /// (peaks per rule, heavy calls, largest response, server time and its p95, every
+    /// violation). Exit 0 when all pass, 1 when any fails, 2 on usage or I/O errors.
     Certify {
         /// The capture file (pcap or pcapng) of the testing window.
-        capture: PathBuf,
+        #[arg(required_unless_present = "records", conflicts_with = "records")]
+        capture: Option<PathBuf>,
+        /// Judge the daemon's call records instead of a capture: the file `output.calls` names
+        /// (its rotations beside it, plain or .gz, are read too) or their directory.
+        #[arg(long, value_name = "FILE|DIR")]
+        records: Option<PathBuf>,
         /// Configuration file (TOML) whose `[policy]` is judged against; the built-in defaults
         /// are the institution's policy.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Site key for token fingerprints (the daemon's, so fingerprints match).
+        /// Site key for token fingerprints (the daemon's, so fingerprints match); not needed
+        /// with `--records`, which hold fingerprints already.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Only this token (its fingerprint, 16 hex digits, as `redcap-monitor fingerprint`
         /// prints it).
-        #[arg(long, value_name = "FP")]
+        #[arg(long, value_name = "FP", visible_alias = "token-fingerprint")]
         token: Option<TokenFingerprint>,
         /// Only calls that started at or after this time (Unix seconds or UTC
         /// 2026-01-05T08:00:00Z).
@@ -77,7 +83,8 @@ enum Command {
         /// Only calls that started before this time (Unix seconds or UTC 2026-01-05T09:00:00Z).
         #[arg(long, value_name = "TIME", value_parser = certify::parse_time)]
         to: Option<Timestamp>,
-        /// Output: terminal text, Markdown for the researcher, or JSON.
+        /// Output: terminal text, Markdown for the researcher, a self-contained HTML page with
+        /// charts (print it or hand it on), or JSON.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -292,6 +299,7 @@ fn main() -> ExitCode {
         }
         Command::Certify {
             capture,
+            records,
             config,
             key,
             token,
@@ -303,16 +311,27 @@ fn main() -> ExitCode {
                 Ok(config) => config.unwrap_or_default(),
                 Err(err) => return fail(2, &err),
             };
-            let key_path = key.unwrap_or_else(|| config.site.key_file.clone());
-            let key = match SiteKey::load_or_create(&key_path) {
-                Ok(key) => key,
-                Err(err) => return fail(2, &err),
-            };
             let window = Window { from, to, token };
-            match certify::certify_capture(&capture, &config, key, window) {
-                Ok(cert) => {
-                    let source = format!("capture {}", capture.display());
-                    print!("{}", certify::render(&cert, &source, format));
+            let judged = match (capture, records) {
+                (Some(capture), _) => {
+                    let key_path = key.unwrap_or_else(|| config.site.key_file.clone());
+                    let key = match SiteKey::load_or_create(&key_path) {
+                        Ok(key) => key,
+                        Err(err) => return fail(2, &err),
+                    };
+                    certify::certify_capture(&capture, &config, key, window)
+                        .map(|cert| (cert, format!("capture {}", capture.display())))
+                        .map_err(|err| err.to_string())
+                }
+                // Records hold fingerprints already: no site key is needed.
+                (None, Some(records)) => certify::certify_records(&records, &config, window)
+                    .map(|cert| (cert, format!("call records {}", records.display())))
+                    .map_err(|err| err.to_string()),
+                (None, None) => Err("give a capture file or --records".to_string()),
+            };
+            match judged {
+                Ok((cert, source)) => {
+                    print!("{}", certify::render(&cert, &source, format, admin::now()));
                     match cert.certification.outcome {
                         Outcome::Pass => ExitCode::SUCCESS,
                         Outcome::Fail => ExitCode::from(1),

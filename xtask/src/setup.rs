@@ -82,6 +82,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
     ),
     (
+        "chromium",
+        "headless Chromium opens the HTML reports in tests (console messages, screenshot of the charts)",
+    ),
+    (
         "dpkg-dev",
         "dpkg-shlibdeps: the .deb's library dependencies (cargo xtask dist)",
     ),

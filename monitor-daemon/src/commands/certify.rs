@@ -2,19 +2,25 @@
 //!
 //! The edge around [`stages::certify`](crate::stages::certify): replays a capture through the
 //! pipeline (the same replay as `analyze`), hands the verdicts to the judge, and renders its
-//! [`Certification`] as terminal text, Markdown (for the researcher) or JSON. Shows tokens only
-//! by fingerprint and masked form.
+//! [`Certification`] as terminal text, Markdown (for the researcher), a self-contained HTML page
+//! with charts (through [`commands::html`](crate::commands::html)) or JSON. Shows tokens only by
+//! fingerprint and masked form.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::commands::analyze::replay;
 use crate::commands::config::Config;
+use crate::commands::html::{
+    Badge, BarChart, Cell, Limit, Page, Series, Style, Table, TimeSeries, Unit,
+};
 use crate::edges::alerts::time::{parse_rfc3339, rfc3339};
 use crate::edges::capture::CaptureError;
-use crate::shared::model::Timestamp;
+use crate::edges::records::{Needed, RecordsError, read_calls, record_files};
+use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::SiteKey;
-use crate::stages::certify::{Certification, Judge, TokenCertificate, Window};
+use crate::stages::certify::{Certification, Judge, Outcome, TokenCertificate, Window};
+use crate::stages::policy::Policy;
 
 /// How the certification is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -24,14 +30,16 @@ pub enum Format {
     Text,
     /// For the researcher: a document an admin can hand on.
     Markdown,
+    /// For the researcher and for print: one HTML page with charts, no external assets.
+    Html,
     /// For programs.
     Json,
 }
 
-/// The certification of a capture, and what the replay met on the way.
+/// The certification of a capture or of call records, and what reading them met on the way.
 pub struct CaptureCertification {
     pub certification: Certification,
-    /// Non-fatal problems of the capture, e.g. a truncated last record.
+    /// Non-fatal problems of the input, e.g. a truncated last record, a malformed record line.
     pub warnings: Vec<String>,
     /// Non-zero counters of input that was rejected, lost or only partly usable: calls may be
     /// missing from the evidence.
@@ -54,6 +62,82 @@ pub fn certify_capture(
     })
 }
 
+/// Judges the calls in `window` of the call records at `records` (the file `output.calls` names,
+/// with its rotations, or their directory) against `config`'s policy: the records are turned
+/// back into calls and run through the same policy stage as a capture's, in the order the
+/// daemon wrote them, so the judge sees the same verdicts. Calls before the window count in the
+/// rules' windows as they did live. Memory grows only with the calls in the window.
+pub fn certify_records(
+    records: &Path,
+    config: &Config,
+    window: Window,
+) -> Result<CaptureCertification, RecordsError> {
+    let files = record_files(records)?;
+    let mut policy = Policy::new(&config.policy);
+    let mut judge = Judge::new(&config.policy, window);
+    // Calls long enough before the window count in no rule's window of a call inside it, and
+    // calls after it in nothing; an hour's margin covers records written late (a long request).
+    let longest = config
+        .policy
+        .rules
+        .iter()
+        .map(|r| r.window.span())
+        .max()
+        .unwrap_or(Span(0));
+    let margin = Span::from_secs(3600);
+    let needed = Needed {
+        since: window.from.map(|from| {
+            from.minus(longest)
+                .minus(config.policy.reorder_window.span())
+                .minus(margin)
+        }),
+        before: window.to.map(|to| to.plus(margin)),
+    };
+    let stats = read_calls(&files, needed, |call| {
+        let ts = call.ts_start;
+        policy.push(call);
+        while let Some(verdict) = policy.drain() {
+            judge.add(&verdict);
+        }
+        policy.forget_idle(ts);
+    })?;
+    let mut warnings: Vec<String> = stats
+        .malformed_examples
+        .iter()
+        .map(|e| format!("malformed record: {e}"))
+        .collect();
+    warnings.extend(stats.read_errors.iter().map(|e| format!("read error: {e}")));
+    if !stats.skipped_files.is_empty() {
+        warnings.push(format!(
+            "{} record file(s) not read: they hold no call near the window ({})",
+            stats.skipped_files.len(),
+            stats
+                .skipped_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(at) = &stats.stopped_at {
+        warnings.push(format!(
+            "records read up to {at}: the calls from there on started an hour or more after the window"
+        ));
+    }
+    let mut problems = Vec::new();
+    if stats.malformed_lines > 0 {
+        problems.push(("malformed_record_lines", stats.malformed_lines));
+    }
+    if !stats.read_errors.is_empty() {
+        problems.push(("unreadable_record_files", stats.read_errors.len() as u64));
+    }
+    Ok(CaptureCertification {
+        certification: judge.finish(),
+        warnings,
+        problems,
+    })
+}
+
 /// A `--from`/`--to` time: Unix seconds, or UTC as `2026-01-05T08:00:00Z`.
 pub fn parse_time(text: &str) -> Result<Timestamp, String> {
     if let Ok(secs) = text.trim().parse::<f64>()
@@ -69,11 +153,13 @@ pub fn parse_time(text: &str) -> Result<Timestamp, String> {
         })
 }
 
-/// The certification as `format`; `source` names what was judged (e.g. the capture's path).
-pub fn render(cert: &CaptureCertification, source: &str, format: Format) -> String {
+/// The certification as `format`; `source` names what was judged (e.g. the capture's path);
+/// `now` is when the report is made (the HTML page says so).
+pub fn render(cert: &CaptureCertification, source: &str, format: Format, now: Timestamp) -> String {
     match format {
         Format::Text => text(cert, source),
         Format::Markdown => markdown(cert, source),
+        Format::Html => html_page(cert, source, now),
         Format::Json => {
             let doc = serde_json::json!({
                 "source": source,
@@ -122,6 +208,22 @@ fn largest(t: &TokenCertificate) -> String {
     }
 }
 
+/// Each rule's peak and limit, briefly: `api_calls: 3 in 60 s (3)`.
+fn peaks_brief(t: &TokenCertificate) -> Vec<String> {
+    t.rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {} in {} ({})",
+                r.rule,
+                r.peak,
+                window_s(r.window_s),
+                r.limit
+            )
+        })
+        .collect()
+}
+
 fn p95(t: &TokenCertificate) -> String {
     t.server_time_p95_s
         .map_or("n/a".to_string(), |p| format!("{p:.3} s"))
@@ -157,7 +259,7 @@ fn caveats(cert: &CaptureCertification) -> Vec<String> {
         ));
     }
     for warning in &cert.warnings {
-        lines.push(format!("capture: {warning}"));
+        lines.push(format!("input: {warning}"));
     }
     if !cert.problems.is_empty() {
         let problems: Vec<String> = cert
@@ -269,19 +371,7 @@ fn markdown(cert: &CaptureCertification, source: &str) -> String {
         );
         let _ = writeln!(out, "|---|---|---:|---:|---|---:|---:|---:|---:|");
         for t in &c.tokens {
-            let peaks: Vec<String> = t
-                .rules
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {} in {} ({})",
-                        r.rule,
-                        r.peak,
-                        window_s(r.window_s),
-                        r.limit
-                    )
-                })
-                .collect();
+            let peaks = peaks_brief(t);
             let _ = writeln!(
                 out,
                 "| **{}**{} | `{}` {} | {} | {} | {} | {} | {:.3} | {} | {} |",
@@ -337,4 +427,265 @@ fn markdown(cert: &CaptureCertification, source: &str) -> String {
         }
     }
     out
+}
+
+fn heavy_reason(reason: Option<crate::stages::policy::HeavyReason>) -> String {
+    reason
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn html_page(cert: &CaptureCertification, source: &str, now: Timestamp) -> String {
+    let c = &cert.certification;
+    let mut page = Page::new("QA-window certification", now);
+    let (badge, label) = Badge::outcome(c.outcome == Outcome::Pass);
+    let failed = c
+        .tokens
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fail)
+        .count();
+    page.summary(&[
+        ("Result", Cell::badge(badge, label)),
+        ("Judged", Cell::text(scope(c, source))),
+        (
+            "Tokens",
+            Cell::text(format!(
+                "{} judged, {} passed, {failed} failed",
+                c.tokens.len(),
+                c.tokens.len() - failed
+            )),
+        ),
+    ]);
+    page.paragraph(
+        "A token passes when none of its calls broke a rule of the API policy. Peaks are the most \
+         calls each rule counted in any of its (sliding) windows; tokens are shown by fingerprint \
+         and masked form only.",
+    );
+    // What the evidence may miss comes before the evidence.
+    let caveats = caveats(cert);
+    if !caveats.is_empty() {
+        page.heading(2, "Notes");
+        page.list(&caveats);
+    }
+    if !c.tokens.is_empty() {
+        let mut overview = Table::new(&[
+            "Result",
+            "Token",
+            "Calls",
+            "Heavy",
+            "Peaks (limit)",
+            "Largest response (bytes)",
+            "Server time (s)",
+            "p95 (s)",
+            "Violations",
+        ]);
+        for t in &c.tokens {
+            let (badge, label) = Badge::outcome(t.outcome == Outcome::Pass);
+            let peaks = peaks_brief(t);
+            overview.row(vec![
+                Cell::badge(
+                    badge,
+                    if t.exempt {
+                        format!("{label} (exempt)")
+                    } else {
+                        label.into()
+                    },
+                ),
+                Cell::code(format!("{} {}", t.token_fp, t.token_masked)),
+                Cell::number(t.calls),
+                Cell::number(t.heavy_calls),
+                Cell::text(peaks.join("; ")),
+                Cell::number(t.largest_response.as_ref().map_or(0, |l| l.bytes)),
+                Cell::number(format!("{:.3}", t.server_time_s)),
+                Cell::number(
+                    t.server_time_p95_s
+                        .map_or("n/a".into(), |p| format!("{p:.3}")),
+                ),
+                Cell::number(t.violation_count()),
+            ]);
+        }
+        page.table(&overview);
+        page.bar_chart(&BarChart {
+            title: "Largest response per token".into(),
+            x_label: "bytes".into(),
+            unit: Unit::Bytes,
+            bars: c
+                .tokens
+                .iter()
+                .map(|t| {
+                    let bytes = t.largest_response.as_ref().map_or(0, |l| l.bytes);
+                    (format!("{} {}", t.token_fp, t.token_masked), bytes as f64)
+                })
+                .collect(),
+            limit: Some(heavy_limit(c.heavy_response_bytes)),
+        });
+    }
+    // Every token's charts span the same minutes, a minute of margin either side, so they
+    // line up when compared.
+    let minutes = c
+        .tokens
+        .iter()
+        .flat_map(|t| t.minutes.iter().map(|m| m.start));
+    let range = minutes
+        .clone()
+        .min()
+        .zip(minutes.max())
+        .map(|(first, last)| (first.minus(MINUTE), last.plus(MINUTE)));
+    for t in &c.tokens {
+        token_section(&mut page, c, t, range);
+    }
+    page.finish()
+}
+
+fn heavy_limit(bytes: u64) -> Limit {
+    Limit {
+        value: bytes as f64,
+        label: format!("heavy above {}", Unit::Bytes.label(bytes as f64)),
+    }
+}
+
+const MINUTE: Span = Span::from_secs(60);
+
+fn token_section(
+    page: &mut Page,
+    c: &Certification,
+    t: &TokenCertificate,
+    range: Option<(Timestamp, Timestamp)>,
+) {
+    let (badge, label) = Badge::outcome(t.outcome == Outcome::Pass);
+    page.heading_with_badge(
+        2,
+        &format!("Token {} {}", t.token_fp, t.token_masked),
+        badge,
+        label,
+    );
+    let mut pairs: Vec<(&str, Cell)> = vec![(
+        "Calls",
+        Cell::text(format!(
+            "{} ({} heavy), {} to {}",
+            t.calls,
+            t.heavy_calls,
+            rfc3339(t.first_call),
+            rfc3339(t.last_call)
+        )),
+    )];
+    let peaks: Vec<String> = t
+        .rules
+        .iter()
+        .map(|r| {
+            let at = r
+                .peak_at
+                .map_or(String::new(), |at| format!(" at {}", rfc3339(at)));
+            let over = if r.peak > r.limit {
+                " — over the limit"
+            } else {
+                ""
+            };
+            format!(
+                "{} ({} calls): peak {} in any {} (limit {}){at}{over}",
+                r.rule,
+                r.counts,
+                r.peak,
+                window_s(r.window_s),
+                r.limit
+            )
+        })
+        .collect();
+    pairs.push(("Peaks", Cell::text(peaks.join("; "))));
+    pairs.push(("Largest response", Cell::text(largest(t))));
+    pairs.push((
+        "Server time caused",
+        Cell::text(format!("{:.3} s, p95 {}", t.server_time_s, p95(t))),
+    ));
+    pairs.push(("Violations", Cell::number(t.violation_count())));
+    if t.exempt {
+        pairs.push((
+            "Exempt",
+            Cell::badge(Badge::Info, "exempt by policy.overrides"),
+        ));
+    }
+    if t.incomplete_calls > 0 {
+        pairs.push((
+            "Incomplete calls",
+            Cell::badge(
+                Badge::Warn,
+                format!("{} seen only in part: may undercount", t.incomplete_calls),
+            ),
+        ));
+    }
+    page.summary(&pairs);
+
+    // The rate rule that counts every call in a minute gives the calls chart its limit line.
+    let per_minute = t
+        .rules
+        .iter()
+        .find(|r| r.counts == "all" && r.window_s == 60.0);
+    page.time_series(&TimeSeries {
+        title: format!("Calls per minute of {}", t.token_fp),
+        y_label: "calls in the clock minute".into(),
+        unit: Unit::Count,
+        style: Style::Stems,
+        range,
+        series: vec![Series {
+            name: "calls".into(),
+            points: t
+                .minutes
+                .iter()
+                .map(|m| (m.start, f64::from(m.calls)))
+                .collect(),
+        }],
+        limit: per_minute.map(|r| Limit {
+            value: f64::from(r.limit),
+            label: format!("{}: limit {} in any 60 s", r.rule, r.limit),
+        }),
+    });
+    let sizes: Vec<(Timestamp, f64)> = t
+        .minutes
+        .iter()
+        .filter_map(|m| m.largest_response_bytes.map(|b| (m.start, b as f64)))
+        .collect();
+    if !sizes.is_empty() {
+        page.time_series(&TimeSeries {
+            title: format!("Largest response per minute of {}", t.token_fp),
+            y_label: "response size".into(),
+            unit: Unit::Bytes,
+            style: Style::Stems,
+            range,
+            series: vec![Series {
+                name: "largest response".into(),
+                points: sizes,
+            }],
+            limit: Some(heavy_limit(c.heavy_response_bytes)),
+        });
+    }
+    if t.violation_count() > 0 {
+        let mut table = Table::new(&[
+            "When (UTC)",
+            "Rule",
+            "Calls in window",
+            "Limit",
+            "Call",
+            "Heavy because",
+        ]);
+        table.caption = Some(format!("Violations ({})", t.violation_count()));
+        for v in &t.violations {
+            table.row(vec![
+                Cell::text(rfc3339(v.at)),
+                Cell::text(&v.rule),
+                Cell::number(format!("{} in {}", v.count, window_s(v.window_s))),
+                Cell::number(v.limit),
+                Cell::text(
+                    v.content
+                        .as_ref()
+                        .map_or(String::new(), |c| format!("content={c}")),
+                ),
+                Cell::text(heavy_reason(v.heavy)),
+            ]);
+        }
+        page.table(&table);
+        if t.violations_not_listed > 0 {
+            page.paragraph(&format!("… and {} more.", t.violations_not_listed));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! Where the daemon meets the world, in flow order: [`capture`] (files, the kernel probe,
-//! libpcap, the TLS uprobes) feeds the stages; [`output`] writes their records; [`store`] keeps
-//! what must survive a crash; [`directory`] names
+//! libpcap, the TLS uprobes) feeds the stages; [`output`] writes their records and [`records`]
+//! reads the call records back; [`store`] keeps what must survive a crash; [`directory`] names
 //! who a token belongs to; [`alerts`], [`hooks`] and [`actions`] act on decisions;
 //! [`notify`] and [`canary`] talk to systemd and to the web server; [`telemetry`] and [`api`]
 //! show it all; [`hardening`] makes the process itself harder to read. Edges use stages, never
@@ -16,5 +16,6 @@ pub mod hardening;
 pub mod hooks;
 pub mod notify;
 pub mod output;
+pub mod records;
 pub mod store;
 pub mod telemetry;

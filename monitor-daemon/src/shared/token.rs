@@ -32,7 +32,9 @@ pub struct RawToken {
 }
 
 /// Why a request's token cannot identify a caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenProblem {
     /// No `token` field in the body.

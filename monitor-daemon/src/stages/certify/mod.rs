@@ -7,7 +7,8 @@
 //! the same verdicts. Sans-IO: it is fed verdicts and returns a [`Certification`]; reading
 //! captures and printing belong to `commands::certify`. Never sees a raw token (fingerprints and
 //! masked forms only). Memory grows with the calls in the window (one server time per call);
-//! violations listed per token are capped at [`MAX_LISTED_VIOLATIONS`], the rest counted.
+//! violations listed per token are capped at [`MAX_LISTED_VIOLATIONS`], the rest counted; the
+//! per-minute activity kept for charts has at most one entry per call.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +84,17 @@ pub struct LargestResponse {
     pub action: Option<String>,
 }
 
+/// What a token did in one clock minute (UTC), for charts of the window.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MinuteActivity {
+    #[serde(serialize_with = "as_secs")]
+    pub start: Timestamp,
+    pub calls: u32,
+    pub heavy_calls: u32,
+    /// The largest response of the minute's calls, when one was measured.
+    pub largest_response_bytes: Option<u64>,
+}
+
 /// One violation, as evidence.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ViolationEvidence {
@@ -122,6 +134,8 @@ pub struct TokenCertificate {
     pub violations: Vec<ViolationEvidence>,
     /// Violations beyond [`MAX_LISTED_VIOLATIONS`], counted only.
     pub violations_not_listed: u64,
+    /// The minutes with calls, in order (at most one per call).
+    pub minutes: Vec<MinuteActivity>,
 }
 
 impl TokenCertificate {
@@ -140,6 +154,8 @@ pub struct Certification {
     #[serde(serialize_with = "as_secs_opt")]
     pub to: Option<Timestamp>,
     pub token: Option<TokenFingerprint>,
+    /// Responses larger than this make a call heavy (`policy.heavy.response_bytes`).
+    pub heavy_response_bytes: u64,
     /// Tokens judged, failing first, then by fingerprint.
     pub tokens: Vec<TokenCertificate>,
     /// Calls in the window without a usable token (missing, malformed, unreadable): no rule
@@ -173,6 +189,8 @@ struct TokenState {
     server_times: Vec<Span>,
     violations: Vec<ViolationEvidence>,
     violations_not_listed: u64,
+    /// Keyed by Unix minute.
+    minutes: BTreeMap<u64, MinuteActivity>,
 }
 
 /// Judges verdicts, fed in any order close to request-start order (as the pipeline releases
@@ -263,6 +281,7 @@ impl Judge {
                     server_times: Vec::new(),
                     violations: Vec::new(),
                     violations_not_listed: 0,
+                    minutes: BTreeMap::new(),
                 },
             );
         }
@@ -289,6 +308,18 @@ impl Judge {
             }
         }
         let size = call.response_bytes.or(call.response_wire_bytes);
+        let minute = call.ts_start.as_nanos() / 60_000_000_000;
+        let activity = token.minutes.entry(minute).or_insert(MinuteActivity {
+            start: Timestamp::from_nanos(minute * 60_000_000_000),
+            calls: 0,
+            heavy_calls: 0,
+            largest_response_bytes: None,
+        });
+        activity.calls = activity.calls.saturating_add(1);
+        activity.heavy_calls = activity
+            .heavy_calls
+            .saturating_add(u32::from(verdict.heavy.is_some()));
+        activity.largest_response_bytes = activity.largest_response_bytes.max(size);
         if let Some(bytes) = size
             && token
                 .largest_response
@@ -361,6 +392,7 @@ impl Judge {
                     server_time_p95_s: percentile(&t.server_times, 0.95).map(Span::as_secs_f64),
                     violations: t.violations,
                     violations_not_listed: t.violations_not_listed,
+                    minutes: t.minutes.into_values().collect(),
                 }
             })
             .collect();
@@ -376,6 +408,7 @@ impl Judge {
             from: self.window.from,
             to: self.window.to,
             token: self.window.token,
+            heavy_response_bytes: self.policy.heavy.response_bytes,
             tokens,
             calls_without_token: self.calls_without_token,
             calls_not_judged: self.calls_not_judged,

@@ -51,6 +51,18 @@ fn a_compliant_script_passes_with_its_peaks_and_server_time() {
     assert!((t.server_time_s - 0.96).abs() < 1e-9, "{}", t.server_time_s);
     assert_eq!(t.server_time_p95_s, Some(0.9));
     assert!(t.violations.is_empty());
+    let minutes: Vec<_> = t
+        .minutes
+        .iter()
+        .map(|m| (m.start, m.calls, m.heavy_calls, m.largest_response_bytes))
+        .collect();
+    // 1000 s is 16 min 40 s: the first call falls in the minute from 960 s, the others in the
+    // one from 1020 s.
+    assert_eq!(
+        minutes,
+        [(at(960), 1, 0, Some(1000)), (at(1020), 3, 0, Some(50_000)),]
+    );
+    assert_eq!(cert.heavy_response_bytes, 500_000);
 }
 
 #[test]

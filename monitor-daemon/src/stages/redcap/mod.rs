@@ -48,7 +48,9 @@ pub struct RequestFields {
 const KEPT_PARAMS: usize = 8;
 
 /// The parameters of a call that may be shown and kept: everything REDCap read but the token.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// Read back from call records (`edges::records`) as written: absent fields take defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ApiParams {
     pub content: Option<String>,
     pub action: Option<String>,
