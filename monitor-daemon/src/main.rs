@@ -212,7 +212,7 @@ fn report(command: ReportCommand) -> ExitCode {
             None => Ok(report::render_lifecycle(&r, &c, common.format)),
             Some(execute) => report::revoke(&config, &store, &r, execute, now).map(|run| {
                 failed = run.any_failed();
-                report::render_revocation(&run, common.format)
+                report::render_revocation(&run, &c, common.format)
             }),
         }),
         Some((from, to)) => report::usage(&store, sources, from, to, now)

@@ -5,6 +5,7 @@
 //! `live-overhead` bench binary alone links the daemon's library, to drive the probe itself).
 
 pub mod bench;
+pub mod browser;
 pub mod capture;
 pub mod clients;
 pub mod cpu;

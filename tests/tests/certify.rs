@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use monitor_tests::browser::{pixels_of, rgb, screenshot};
 use monitor_tests::daemon::{fingerprint, monitor_bin};
 use monitor_tests::synth::http::{self, BodyEncoding};
 use monitor_tests::synth::{Conversation, PcapOut};
@@ -491,60 +492,6 @@ fn certify_records_errors_say_what_to_give() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a capture and records at once");
-}
-
-/// Pixels of the screenshot `png` within 3 of `rgb` in each channel.
-fn pixels_of(png: &Path, rgb: (u8, u8, u8)) -> usize {
-    let decoder = png::Decoder::new(std::fs::File::open(png).unwrap());
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).unwrap();
-    let step = match info.color_type {
-        png::ColorType::Rgba => 4,
-        png::ColorType::Rgb => 3,
-        other => panic!("screenshot in {other:?}"),
-    };
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    let close = |a: u8, b: u8| a.abs_diff(b) <= 3;
-    buf[..info.buffer_size()]
-        .chunks_exact(step)
-        .filter(|p| close(p[0], rgb.0) && close(p[1], rgb.1) && close(p[2], rgb.2))
-        .count()
-}
-
-/// `#rrggbb` as a triple.
-fn rgb(hex: &str) -> (u8, u8, u8) {
-    let n = u32::from_str_radix(hex.trim_start_matches('#'), 16).unwrap();
-    ((n >> 16) as u8, (n >> 8) as u8, n as u8)
-}
-
-/// Opens `page` in headless Chromium: its log (stderr) and the screenshot's path.
-fn screenshot(page: &Path) -> (String, PathBuf) {
-    let png = page.with_extension("png");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--force-color-profile=srgb",
-            "--enable-logging=stderr",
-            "--v=1",
-            "--window-size=1200,7000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium (cargo xtask setup installs it)");
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && png.is_file(),
-        "chromium failed:\n{log}"
-    );
-    (log, png)
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //! hand-built capture whose calls span seven months into a store, then the reports read it in
 //! each format, with and without the token directory (its CSV source) and with an attestation
 //! CSV. Asserts the rows, the CSV and JSON shapes, and that no raw token appears in anything
-//! redcap-monitor wrote.
+//! redcap-monitor wrote; the HTML pages are opened in headless Chromium.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use monitor_tests::browser::{pixels_of, rgb, screenshot};
 use monitor_tests::daemon::{fingerprints, monitor_bin};
 use monitor_tests::synth::http::{self, BodyEncoding};
 use monitor_tests::synth::{Conversation, PcapOut};
@@ -474,4 +475,62 @@ fn revoke_is_a_dry_run_until_executed_then_runs_the_token_stale_hook_and_audits_
     assert_eq!(records[0]["token_fp"], idle181.as_str());
     assert_eq!(records[0]["details"]["action"], "token_stale");
     assert_eq!(records[0]["details"]["hook"], "revoke-in-redcap");
+}
+
+#[test]
+fn html_reports_open_in_chromium_with_their_charts_and_without_a_raw_token() {
+    let h = history();
+    let fps = fingerprints(
+        &h.key,
+        &all_tokens().iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let config = connected_config(&h, &fps);
+    let config_arg = ["--config", config.to_str().unwrap()];
+
+    let usage = text(&report(&h, "usage", "html", &config_arg));
+    assert!(usage.starts_with("<!DOCTYPE html>"), "{usage}");
+    for expected in [
+        "2026-11-07 to 2026-12-06",
+        "96.15%",
+        fps[11].as_str(),
+        "<h2>By user</h2>",
+        "alice",
+        "#13 Lung, cohort",
+    ] {
+        assert!(usage.contains(expected), "{expected} not in {usage}");
+    }
+    let lifecycle = text(&report(&h, "lifecycle", "html", &config_arg));
+    for expected in [
+        fps[13].as_str(),
+        "Dave Dunn (dave)",
+        ">overdue</span>",
+        ">due</span>",
+        ">missing</span>",
+        ">180 days</text>",
+    ] {
+        assert!(lifecycle.contains(expected), "{expected} not in {lifecycle}");
+    }
+
+    for (name, html, bars_at_least, limit_at_least) in [
+        ("usage", &usage, 20_000, 0),
+        ("lifecycle", &lifecycle, 4_000, 30),
+    ] {
+        let page = h.dir.path().join(format!("{name}.html"));
+        std::fs::write(&page, html).unwrap();
+        let (log, png) = screenshot(&page);
+        if let Some(keep) = std::env::var_os("REPORT_KEEP_HTML") {
+            std::fs::copy(&png, Path::new(&keep).join(format!("{name}.png"))).unwrap();
+        }
+        let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+        assert!(console.is_empty(), "{name}: console messages: {console:#?}");
+        // The bar chart's and the limit line's colours (redcap_monitor::commands::html);
+        // measured 49,312 and 0 (usage: twelve bars, no limit), 9,840 and 61 (lifecycle: one
+        // stale token's bar and its 180-day line).
+        let bars = pixels_of(&png, rgb("#00897b"));
+        let limit = pixels_of(&png, rgb("#d50000"));
+        eprintln!("{name}: bar pixels {bars}, limit-line pixels {limit}");
+        assert!(bars >= bars_at_least, "{name}: bar pixels {bars}");
+        assert!(limit >= limit_at_least, "{name}: limit-line pixels {limit}");
+    }
 }

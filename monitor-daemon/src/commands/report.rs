@@ -1,7 +1,8 @@
 //! `redcap-monitor report lifecycle|usage`: the long-term reports, gathered from the store (read
 //! only, beside a running daemon), the token directory (when configured) and the attestation
 //! CSV, computed by [`crate::stages::lifecycle`] and [`crate::stages::usage`], and rendered
-//! here as a terminal table, CSV or JSON. `lifecycle --revoke` hands the stale tokens to the
+//! here as a terminal table, CSV, JSON or a self-contained HTML page with charts
+//! ([`crate::commands::html`]). `lifecycle --revoke` hands the stale tokens to the
 //! `[[hooks.token_stale]]` hooks: a dry run listing what would run, or (`--execute`) running them
 //! and auditing each result, in the store, or through the daemon when it holds the store.
 //!
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::commands::config::Config;
+use crate::commands::html::{Badge, BarChart, Cell, Limit, Page, Table, Unit};
 use crate::edges::actions::{Request, RequestError, request_dir, submit_request};
 use crate::edges::alerts::{TokenRef, host_name};
 use crate::edges::directory::{Owner, SourceKind, read_source};
@@ -40,6 +42,8 @@ pub enum ReportFormat {
     Csv,
     /// One JSON document, for programs.
     Json,
+    /// A self-contained page with charts, for people (no script, nothing fetched).
+    Html,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +113,12 @@ pub struct Context {
     /// The oldest day the store holds rollups for (`2026-05-01`).
     pub history_since: Option<String>,
     pub warnings: Vec<String>,
+    /// When the report was made (the page's date; the JSON has the report's own).
+    #[serde(skip)]
+    pub generated: Timestamp,
 }
 
-fn context(store: &Store, warnings: Vec<String>) -> Result<Context, ReportError> {
+fn context(store: &Store, warnings: Vec<String>, now: Timestamp) -> Result<Context, ReportError> {
     let rollups = store.rollup_extent()?;
     let mut warnings = warnings;
     if let Some(day) = rollups.evicted_through {
@@ -127,6 +134,7 @@ fn context(store: &Store, warnings: Vec<String>) -> Result<Context, ReportError>
         rollups,
         history_since: rollups.oldest.map(day_text_of),
         warnings,
+        generated: now,
     })
 }
 
@@ -166,7 +174,7 @@ pub fn lifecycle(
         connected,
         now,
     );
-    let context = context(&store, sources.warnings)?;
+    let context = context(&store, sources.warnings, now)?;
     Ok((report, context))
 }
 
@@ -212,7 +220,7 @@ pub fn usage(
         |fp| masked.get(fp).cloned(),
         |fp| owners.and_then(|o| o.get(fp)).map(|o| o.view()),
     );
-    let context = context(&store, sources.warnings)?;
+    let context = context(&store, sources.warnings, now)?;
     Ok((report, context))
 }
 
@@ -246,6 +254,7 @@ pub fn render_lifecycle(
         ReportFormat::Json => json("lifecycle", report, context),
         ReportFormat::Csv => lifecycle_csv(report),
         ReportFormat::Text => lifecycle_text(report, context),
+        ReportFormat::Html => lifecycle_html(report, context),
     }
 }
 
@@ -254,6 +263,7 @@ pub fn render_usage(report: &UsageReport, context: &Context, format: ReportForma
         ReportFormat::Json => json("usage", report, context),
         ReportFormat::Csv => usage_csv(report),
         ReportFormat::Text => usage_text(report, context),
+        ReportFormat::Html => usage_html(report, context),
     }
 }
 
@@ -596,6 +606,280 @@ fn usage_text(report: &UsageReport, context: &Context) -> String {
     out
 }
 
+/// The owner columns of a row: who and which project, or empty cells without a directory.
+fn owner_cells(owner: &Option<OwnerView>) -> [Cell; 2] {
+    let (person, project) = who(owner);
+    [Cell::text(person), Cell::text(project)]
+}
+
+fn lifecycle_html(report: &LifecycleReport, context: &Context) -> String {
+    let mut page = Page::new("Token lifecycle", context.generated);
+    page.summary(&[
+        ("Judged at", Cell::text(report.generated_at.clone())),
+        ("Tokens known", Cell::number(report.tokens_known)),
+        (
+            "Last use from",
+            Cell::text(if report.directory_connected {
+                "REDCap's log via the token directory, else the daemon's sightings"
+            } else {
+                "the daemon's sightings (no token directory)"
+            }),
+        ),
+        (
+            "Unused longer than",
+            Cell::text(format!("{} days", report.stale_after_days)),
+        ),
+    ]);
+    let stale_badge = if report.stale.is_empty() {
+        Badge::Pass
+    } else {
+        Badge::Warn
+    };
+    page.heading_with_badge(
+        2,
+        &format!("Unused for more than {} days", report.stale_after_days),
+        stale_badge,
+        &report.stale.len().to_string(),
+    );
+    if report.stale.is_empty() {
+        page.paragraph("No token is unused that long.");
+    } else {
+        page.bar_chart(&BarChart {
+            title: "Days since last use".into(),
+            x_label: "days".into(),
+            unit: Unit::Count,
+            bars: report
+                .stale
+                .iter()
+                .take(MAX_CHART_BARS)
+                .map(|s| {
+                    let label = opt(&s.token_masked);
+                    (label, s.idle_days.map_or(0.0, |d| d as f64))
+                })
+                .collect(),
+            limit: Some(Limit {
+                value: report.stale_after_days as f64,
+                label: format!("{} days", report.stale_after_days),
+            }),
+        });
+        let mut table = Table::new(&[
+            "fingerprint",
+            "token",
+            "owner",
+            "project",
+            "last use",
+            "source",
+            "idle days",
+        ]);
+        for s in &report.stale {
+            let [person, project] = owner_cells(&s.owner);
+            table.row(vec![
+                Cell::code(s.token_fp.to_string()),
+                Cell::code(opt(&s.token_masked)),
+                person,
+                project,
+                Cell::text(s.last_use.clone().unwrap_or_else(|| "never".into())),
+                Cell::text(source_name(&s.last_use_source)),
+                s.idle_days.map_or(Cell::Empty, Cell::number),
+            ]);
+        }
+        page.table(&table);
+    }
+    if report.attestations_checked {
+        let overdue = report
+            .attestations
+            .iter()
+            .any(|a| source_name(&a.status) != "due");
+        let badge = match (report.attestations.is_empty(), overdue) {
+            (true, _) => Badge::Pass,
+            (false, true) => Badge::Fail,
+            (false, false) => Badge::Warn,
+        };
+        page.heading_with_badge(
+            2,
+            &format!(
+                "Attestations (every {} days): due within {} days, overdue or missing",
+                report.attestation_every_days, report.attestation_warning_days
+            ),
+            badge,
+            &report.attestations.len().to_string(),
+        );
+        let mut table = Table::new(&[
+            "fingerprint",
+            "token",
+            "owner",
+            "project",
+            "status",
+            "last attested",
+            "due",
+            "days left",
+        ]);
+        for a in &report.attestations {
+            let [person, project] = owner_cells(&a.owner);
+            let status = source_name(&a.status);
+            let badge = if status == "due" {
+                Badge::Warn
+            } else {
+                Badge::Fail
+            };
+            table.row(vec![
+                Cell::code(a.token_fp.to_string()),
+                Cell::code(opt(&a.token_masked)),
+                person,
+                project,
+                Cell::badge(badge, status),
+                Cell::text(a.last_attested.clone().unwrap_or_else(|| "never".into())),
+                Cell::text(a.due.clone().unwrap_or_default()),
+                a.days_left.map_or(Cell::Empty, Cell::number),
+            ]);
+        }
+        page.table(&table);
+    } else {
+        page.heading(2, "Attestations");
+        page.paragraph("Not checked: set `lifecycle.attestations` to the attestation CSV.");
+    }
+    html_footer(&mut page, context);
+    page.finish()
+}
+
+fn usage_html(report: &UsageReport, context: &Context) -> String {
+    let mut page = Page::new("API use", context.generated);
+    let t = &report.totals;
+    page.summary(&[
+        (
+            "Period (UTC days)",
+            Cell::text(format!(
+                "{} to {}",
+                day_text_of(report.period.from),
+                day_text_of(report.period.to)
+            )),
+        ),
+        ("Calls", Cell::number(t.calls)),
+        ("Tokens that called", Cell::number(report.active_tokens)),
+        ("Heavy calls", Cell::number(t.heavy_calls)),
+        ("Violations", Cell::number(t.violations)),
+        (
+            "Server time",
+            Cell::text(Unit::Seconds.label(t.server_time_ns as f64 / 1e9)),
+        ),
+        (
+            "Calls by the top 10 tokens",
+            report.top10_share.map_or(Cell::text("no calls"), |share| {
+                Cell::text(Unit::Share.label(share))
+            }),
+        ),
+    ]);
+    if !report.tokens.is_empty() {
+        page.heading(2, "Tokens by calls");
+        page.bar_chart(&BarChart {
+            title: "Share of all calls".into(),
+            x_label: "share of calls".into(),
+            unit: Unit::Share,
+            bars: report
+                .tokens
+                .iter()
+                .take(MAX_CHART_BARS)
+                .map(|tok| {
+                    let (person, _) = who(&tok.owner);
+                    let name = opt(&tok.token_masked);
+                    let label = if person.is_empty() {
+                        name
+                    } else {
+                        format!("{name} {person}")
+                    };
+                    (label, tok.share_of_calls)
+                })
+                .collect(),
+            limit: None,
+        });
+        let mut table = Table::new(&[
+            "#",
+            "fingerprint",
+            "token",
+            "owner",
+            "project",
+            "calls",
+            "heavy",
+            "violations",
+            "request bytes",
+            "response bytes",
+            "share of calls",
+            "share of server time",
+        ]);
+        for tok in &report.tokens {
+            let [person, project] = owner_cells(&tok.owner);
+            table.row(vec![
+                Cell::number(tok.rank),
+                Cell::code(tok.token_fp.to_string()),
+                Cell::code(opt(&tok.token_masked)),
+                person,
+                project,
+                Cell::number(tok.usage.calls),
+                Cell::number(tok.usage.heavy_calls),
+                Cell::number(tok.usage.violations),
+                Cell::text(Unit::Bytes.label(tok.usage.request_bytes as f64)),
+                Cell::text(Unit::Bytes.label(tok.usage.response_bytes as f64)),
+                Cell::text(Unit::Share.label(tok.share_of_calls)),
+                Cell::text(Unit::Share.label(tok.share_of_server_time)),
+            ]);
+        }
+        page.table(&table);
+    }
+    for (title, groups) in [("By user", &report.users), ("By project", &report.projects)] {
+        if groups.is_empty() {
+            continue;
+        }
+        page.heading(2, title);
+        let mut table = Table::new(&[
+            "name",
+            "tokens",
+            "calls",
+            "heavy",
+            "violations",
+            "share of calls",
+            "share of server time",
+        ]);
+        for g in groups {
+            table.row(vec![
+                Cell::text(g.name.clone()),
+                Cell::number(g.tokens),
+                Cell::number(g.usage.calls),
+                Cell::number(g.usage.heavy_calls),
+                Cell::number(g.usage.violations),
+                Cell::text(Unit::Share.label(g.share_of_calls)),
+                Cell::text(Unit::Share.label(g.share_of_server_time)),
+            ]);
+        }
+        page.table(&table);
+    }
+    html_footer(&mut page, context);
+    page.finish()
+}
+
+/// Bars one chart shows: the rest are in the table below it.
+const MAX_CHART_BARS: usize = 25;
+
+fn html_footer(page: &mut Page, context: &Context) {
+    page.paragraph(&format!(
+        "Store {}: {} daily row(s){}.",
+        context.store.display(),
+        context.rollups.rows,
+        context
+            .history_since
+            .as_ref()
+            .map_or(String::new(), |day| format!(" since {day}"))
+    ));
+    if !context.warnings.is_empty() {
+        page.heading_with_badge(
+            2,
+            "Warnings",
+            Badge::Warn,
+            &context.warnings.len().to_string(),
+        );
+        page.list(&context.warnings);
+    }
+}
+
 fn footer(out: &mut String, context: &Context) {
     let _ = writeln!(
         out,
@@ -842,8 +1126,51 @@ fn stale_reason(token: &StaleToken, stale_after_days: u32) -> String {
     }
 }
 
-pub fn render_revocation(run: &RevocationRun, format: ReportFormat) -> String {
+pub fn render_revocation(run: &RevocationRun, context: &Context, format: ReportFormat) -> String {
     match format {
+        ReportFormat::Html => {
+            let mut page = Page::new("Revoking stale tokens", context.generated);
+            page.paragraph(&if run.executed {
+                format!(
+                    "Ran {} hook(s) for the stale tokens, audited in the {}.",
+                    run.runs.len(),
+                    run.audited_in
+                )
+            } else {
+                format!(
+                    "Dry run: with --execute, {} hook run(s) for the stale tokens.",
+                    run.runs.len()
+                )
+            });
+            let mut table = Table::new(&[
+                "fingerprint",
+                "token",
+                "owner",
+                "project",
+                "idle days",
+                "hook",
+                "result",
+            ]);
+            for r in &run.runs {
+                let [person, project] = owner_cells(&r.token.owner);
+                table.row(vec![
+                    Cell::code(r.token.token_fp.to_string()),
+                    Cell::code(opt(&r.token.token_masked)),
+                    person,
+                    project,
+                    r.token.idle_days.map_or(Cell::Empty, Cell::number),
+                    Cell::code(r.hook.clone()),
+                    Cell::text(
+                        r.outcome
+                            .as_ref()
+                            .map_or_else(|| "would run".into(), outcome_text),
+                    ),
+                ]);
+            }
+            page.table(&table);
+            html_footer(&mut page, context);
+            page.finish()
+        }
         ReportFormat::Json => {
             let mut out = serde_json::to_string_pretty(run).unwrap_or_default();
             out.push('\n');

@@ -267,6 +267,9 @@ struct CallLine {
     ttfb_s: Option<f64>,
     client: String,
     server: String,
+    /// The trusted proxy whose connection carried the call (records before it was added: none).
+    #[serde(default)]
+    proxy: Option<String>,
     #[serde(default)]
     method: String,
     #[serde(default)]
@@ -335,6 +338,11 @@ fn parse_call(line: &[u8]) -> Result<ApiCall, String> {
         ttfb,
         client: endpoint(&record.client, "client")?,
         server: endpoint(&record.server, "server")?,
+        proxy: record
+            .proxy
+            .as_deref()
+            .map(|p| endpoint(p, "proxy"))
+            .transpose()?,
         method: record.method,
         path: record.path,
         // Not read by the policy or the judge; the record's spelling is not parsed back.
