@@ -8,7 +8,7 @@
 
 use std::fs::{self, DirBuilder};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -122,7 +122,8 @@ pub fn submit_request(
         source,
     };
     let text = serde_json::to_vec(request).unwrap_or_default();
-    write_new(&partial, &text).map_err(write_error)?;
+    // Readable by the daemon's user when root asks: the 0700 directory keeps everyone else out.
+    write_new(&partial, &text, 0o644).map_err(write_error)?;
     // The daemon reads only complete `.json` files: the rename is the hand-over.
     fs::rename(&partial, &path).map_err(write_error)?;
     let started = Instant::now();
@@ -204,7 +205,7 @@ impl RequestDir {
         let partial = answer.0.with_extension("reply-partial");
         let text = serde_json::to_vec(reply).unwrap_or_default();
         let _ = fs::remove_file(&partial);
-        if let Err(err) = write_new(&partial, &text).and_then(|()| fs::rename(&partial, &answer.0))
+        if let Err(err) = write_new(&partial, &text, 0o600).and_then(|()| fs::rename(&partial, &answer.0))
         {
             tracing::error!(path = %answer.0.display(), error = %err, "cannot answer an admin request");
         }
@@ -233,20 +234,21 @@ fn read_request(path: &Path) -> Result<Request, String> {
     serde_json::from_slice(&bytes).map_err(|err| format!("not a request: {err}"))
 }
 
-/// Creates `path` (never through an existing file or link) holding `bytes`, mode 0600.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` (never through an existing file or link) holding `bytes`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
+    // The umask may have taken bits the reader needs.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn an_existing_directory_others_could_use_is_refused() {
