@@ -358,8 +358,7 @@ impl Edges {
                 reply,
             ),
         };
-        let answer = self.actions.execute(&request, now);
-        self.actions.sync_enforcer(pipeline.enforcer_mut());
+        let answer = self.actions.execute(&request, pipeline.enforcer_mut(), now);
         let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
             (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
             (true, None, _) => Ok(serde_json::Value::Null),
@@ -451,7 +450,6 @@ fn apply_config(
 ) {
     pipeline.reconfigure(new.pipeline());
     edges.actions.reconfigure(actions, new.actions());
-    edges.actions.sync_enforcer(pipeline.enforcer_mut());
     edges.telemetry.reconfigure(&new.policy, &new.health);
     *stats_tick = stats_interval(new);
 }

@@ -353,7 +353,7 @@ impl Pipeline {
         (self.reassembler.connections(), self.policy.tracked_tokens())
     }
 
-    /// The enforcement stage, for the edge that acts on decisions: suspensions restored after a
+    /// The enforcement stage, for the edge that acts on what it does: suspensions restored after a
     /// restart, lifted or added by an admin.
     pub fn enforcer_mut(&mut self) -> &mut Enforcer {
         &mut self.enforcer
@@ -378,6 +378,9 @@ impl Pipeline {
         self.clock = ts;
         if let Some(change) = self.health.tick(ts) {
             self.health_changes.push(change);
+        }
+        if self.enforcer.poll_timeout().is_some_and(|end| end <= ts) {
+            self.enforcer.handle_timeout(ts);
         }
         if ts >= self.next_expiry {
             self.next_expiry = ts.plus(EXPIRY_INTERVAL);
@@ -427,6 +430,13 @@ impl Pipeline {
     fn enforce(&mut self, mut verdict: Verdict) -> Verdict {
         if verdict.violations.is_empty() {
             return verdict;
+        }
+        if let Ok(identity) = &verdict.call.token {
+            verdict.while_suspended = self.enforcer.held_at(
+                identity.fingerprint,
+                verdict.call.ts_start,
+                verdict.violations.len(),
+            );
         }
         let load_share = match &verdict.call.token {
             Ok(identity) => self.health.load_share(identity.fingerprint, self.clock),

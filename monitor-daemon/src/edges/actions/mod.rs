@@ -1,11 +1,15 @@
 //! Acting on decisions: the I/O edge after policy and health.
 //!
-//! Owns the durable [`Store`] (audit log, suspensions with their expiry, first/last seen, the
-//! alert outbox), the [`Alerts`] with their delivery thread, and the [`Hooks`], which run on a
-//! worker thread of their own so that a slow hook never holds up capture. Decisions are made
-//! sans-IO by the policy's [`Enforcer`]; this module records them, tells the admin team and runs
-//! the hooks, and publishes the suspensions in force for REDCap's External Module
-//! ([`publish`]). The only raw token it handles is a call's, kept for suspend hooks with
+//! Owns the durable [`Store`] (audit log, the suspensions persisted with their expiry,
+//! first/last seen, the alert outbox), the [`Alerts`] with their delivery thread, and the
+//! [`Hooks`], which run on a worker thread of their own so that a slow hook never holds up
+//! capture. Decisions are made sans-IO by the policy's [`Enforcer`], which is also the one owner
+//! of the suspensions in force: this module feeds it an admin's suspend and lift requests as
+//! inputs, and acts on what it emits ([`Enforcer::poll_event`]): the store persists each
+//! suspension begun or ended (and gives them back to a new enforcer at start,
+//! [`Actions::restore_into`]), the admin team is told, the hooks run, and the suspensions in
+//! force are published for REDCap's External Module ([`publish`]). It holds no suspension of
+//! its own. The only raw token it handles is a call's, kept for suspend hooks with
 //! `pass_raw_token` ([`crate::shared::token::HookToken`]): taken from the verdict, handed with the
 //! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
 //! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
@@ -38,7 +42,9 @@ use crate::shared::token::{FingerprintMap, MaskedToken, RawToken, TokenFingerpri
 use crate::stages::health::{Assessment, HealthChange};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
-use crate::stages::policy::enforce::{Action, Decision, Enforcer};
+use crate::stages::policy::enforce::{
+    Action, Decision, EnforcementEvent, Enforcer, LiftedBy, SuspendedBy,
+};
 
 pub use hook_worker::HookRuns;
 pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
@@ -113,31 +119,6 @@ pub enum ActionsError {
     },
 }
 
-/// A token under suspension, as the action edge follows it.
-struct SuspendedToken {
-    until: Option<Timestamp>,
-    /// Violations since the suspension began, audited as one record when it ends.
-    violations: u64,
-}
-
-impl SuspendedToken {
-    fn new(until: Option<Timestamp>) -> SuspendedToken {
-        SuspendedToken {
-            until,
-            violations: 0,
-        }
-    }
-}
-
-/// A change the enforcer must hear about, because it was made outside it.
-enum EnforcerUpdate {
-    Hold {
-        token: TokenFingerprint,
-        until: Option<Timestamp>,
-    },
-    Lift(TokenFingerprint),
-}
-
 /// What the edge after policy and health owns. See the module's documentation.
 pub struct Actions {
     store: Arc<Store>,
@@ -151,14 +132,11 @@ pub struct Actions {
     sightings: FingerprintMap<Sighting>,
     next_sighting_flush: Timestamp,
     next_prune: Timestamp,
-    /// The earliest end of a suspension in force: expiry is looked for only then.
-    next_expiry: Option<Timestamp>,
-    /// Tokens under a suspension: their further violations are counted, not audited one by
-    /// one, so that a suspended client hammering the server cannot grow the audit log.
-    suspended: FingerprintMap<SuspendedToken>,
+    /// Raw tokens of calls whose decision suspended their token (kept for `pass_raw_token`
+    /// hooks), until the enforcer's event for that suspension is acted on (the same tick).
+    raw_for_hooks: FingerprintMap<RawToken>,
     /// Loss counters' total at the last look (the capture's counters only grow).
     capture_lost: u64,
-    enforcer_updates: Vec<EnforcerUpdate>,
     requests: requests::RequestDir,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
@@ -206,12 +184,6 @@ impl Actions {
             .map_err(ActionsError::Thread)?;
         let store_path = store.path().to_owned();
         let requests = requests::RequestDir::create(&store_path)?;
-        let active = store.active_suspensions(now)?;
-        let next_expiry = earliest_end(&active);
-        let suspended = active
-            .iter()
-            .map(|s| (s.token, SuspendedToken::new(s.until)))
-            .collect();
         Ok(Actions {
             store,
             alerts,
@@ -223,10 +195,8 @@ impl Actions {
             sightings: FingerprintMap::default(),
             next_sighting_flush: now.plus(SIGHTING_FLUSH),
             next_prune: now,
-            next_expiry,
-            suspended,
+            raw_for_hooks: FingerprintMap::default(),
             capture_lost: 0,
-            enforcer_updates: Vec::new(),
             requests,
             publisher: None,
             directory: Directory::off(),
@@ -296,7 +266,8 @@ impl Actions {
 
     /// Puts what the store remembers into a fresh enforcer after a restart: the suspensions in
     /// force (so their tokens stay suspended) and the daemon's own suspensions within
-    /// `enforcement.memory` (so the next one escalates). Returns the suspensions in force.
+    /// `enforcement.memory` (so the next one escalates); from then on the enforcer queues its
+    /// events for this edge. Returns the suspensions in force.
     pub fn restore_into(
         &self,
         enforcer: &mut Enforcer,
@@ -313,8 +284,9 @@ impl Actions {
             }
         }
         for suspension in &active {
-            enforcer.hold(suspension.token, suspension.until);
+            enforcer.restore(suspension.token, suspension.until);
         }
+        enforcer.listen();
         Ok(active.len())
     }
 
@@ -350,13 +322,12 @@ impl Actions {
             sighting.ts = sighting.ts.max(call.ts_start);
             sighting.calls += 1;
         }
-        for violation in &verdict.violations {
-            match self.suspended.get_mut(&violation.token) {
-                Some(held) if held.until.is_none_or(|until| violation.ts < until) => {
-                    held.violations += 1;
-                    self.stats.violations_while_suspended += 1;
-                }
-                _ => self.audit(AuditEntry::violation(violation)),
+        if verdict.while_suspended {
+            // The enforcer counts them for the record written when the suspension ends.
+            self.stats.violations_while_suspended += verdict.violations.len() as u64;
+        } else {
+            for violation in &verdict.violations {
+                self.audit(AuditEntry::violation(violation));
             }
         }
         if let Some(decision) = &verdict.decision {
@@ -388,17 +359,11 @@ impl Actions {
             details: evidence.clone(),
         });
         match &decision.action {
-            Action::Suspend { until, .. } if !decision.dry_run => {
-                let suspension = Suspension {
-                    token: decision.token_fp,
-                    masked,
-                    since: at,
-                    until: Some(Timestamp::from_secs_f64(*until)),
-                    reason: suspension_reason(decision),
-                    level: decision.evidence.suspensions_remembered,
-                    source: Source::Auto,
-                };
-                self.record_suspension(suspension, evidence, raw);
+            // The enforcer holds the suspension and tells of it (`apply`); its hooks get `raw`.
+            Action::Suspend { .. } if !decision.dry_run => {
+                if let Some(raw) = raw {
+                    self.raw_for_hooks.insert(decision.token_fp, raw);
+                }
             }
             action => {
                 if matches!(action, Action::Suspend { .. }) {
@@ -414,58 +379,104 @@ impl Actions {
         }
     }
 
-    /// Suspends a token by hand: recorded, alerted, hooks run, and the enforcer told (at the
-    /// next [`Actions::sync_enforcer`]). `until` `None` means until lifted. An admin names the
-    /// token by fingerprint, so `pass_raw_token` hooks get no raw token here.
-    pub fn suspend(
+    /// Acts on what the enforcer emitted since the last call: each suspension begun or ended is
+    /// persisted, alerted and handed to the hooks. Returns the last suspension made or lifted
+    /// for `token`, for the reply to an admin's request.
+    fn apply_events(
         &mut self,
-        token: TokenFingerprint,
-        until: Option<Timestamp>,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Suspension, StoreError> {
-        let masked = self.store.token_seen(token)?.map(|seen| seen.masked);
-        let suspension = Suspension {
-            token,
-            masked,
-            since: now,
-            until,
-            reason: reason.to_owned(),
-            level: 0,
-            source: Source::Manual,
-        };
-        self.flush();
-        self.store.suspend(&suspension)?;
-        self.stats.manual_suspensions += 1;
-        self.after_suspension(&suspension, json!({"source": "manual"}), None);
-        Ok(suspension)
-    }
-
-    /// Lifts a token's suspension by hand; `None` when it was not suspended.
-    pub fn lift(
-        &mut self,
-        token: TokenFingerprint,
-        reason: &str,
-        now: Timestamp,
+        enforcer: &mut Enforcer,
+        token: Option<TokenFingerprint>,
     ) -> Result<Option<Suspension>, StoreError> {
-        self.flush();
-        let lifted = self.store.lift(token, now, Source::Manual, reason)?;
-        if let Some(suspension) = &lifted {
-            self.stats.manual_lifts += 1;
-            self.after_lift(suspension, reason, now);
-            self.next_expiry = earliest_end(&self.store.active_suspensions(now)?);
+        let mut result = Ok(None);
+        while let Some(event) = enforcer.poll_event() {
+            let about = match &event {
+                EnforcementEvent::Suspended { token, .. }
+                | EnforcementEvent::Lifted { token, .. } => *token,
+            };
+            let applied = self.apply(event);
+            if token == Some(about) {
+                result = applied;
+            } else if let Err(err) = applied {
+                self.store_error("recording a suspension or its end", &err);
+            }
         }
-        Ok(lifted)
+        result
     }
 
-    /// Tells the enforcer about suspensions made or lifted outside it since the last call.
-    pub fn sync_enforcer(&mut self, enforcer: &mut Enforcer) {
-        for update in self.enforcer_updates.drain(..) {
-            match update {
-                EnforcerUpdate::Hold { token, until } => enforcer.hold(token, until),
-                EnforcerUpdate::Lift(token) => {
-                    enforcer.lift(token);
+    fn apply(&mut self, event: EnforcementEvent) -> Result<Option<Suspension>, StoreError> {
+        match event {
+            EnforcementEvent::Suspended {
+                token,
+                since,
+                until,
+                by: SuspendedBy::Decision(decision),
+            } => {
+                let suspension = Suspension {
+                    token,
+                    masked: Some(MaskedToken(decision.token_masked.clone())),
+                    since,
+                    until,
+                    reason: suspension_reason(&decision),
+                    level: decision.evidence.suspensions_remembered,
+                    source: Source::Auto,
+                };
+                let evidence = serde_json::to_value(&*decision).unwrap_or_default();
+                let raw = self.raw_for_hooks.remove(&token);
+                // Violations and the decision go first, so that the audit log reads in order.
+                self.flush();
+                if let Err(err) = self.store.suspend(&suspension) {
+                    self.store_error("recording a suspension", &err);
                 }
+                self.after_suspension(&suspension, evidence, raw);
+                Ok(Some(suspension))
+            }
+            EnforcementEvent::Suspended {
+                token,
+                since,
+                until,
+                by: SuspendedBy::Admin { reason },
+            } => {
+                // An admin names the token by fingerprint, so `pass_raw_token` hooks get no raw
+                // token here.
+                let masked = self.store.token_seen(token)?.map(|seen| seen.masked);
+                let suspension = Suspension {
+                    token,
+                    masked,
+                    since,
+                    until,
+                    reason,
+                    level: 0,
+                    source: Source::Manual,
+                };
+                self.flush();
+                self.store.suspend(&suspension)?;
+                self.stats.manual_suspensions += 1;
+                self.after_suspension(&suspension, json!({"source": "manual"}), None);
+                Ok(Some(suspension))
+            }
+            EnforcementEvent::Lifted {
+                token,
+                at,
+                by,
+                violations,
+            } => {
+                let (source, reason) = match &by {
+                    LiftedBy::Expiry => (Source::Auto, "expired"),
+                    LiftedBy::Admin { reason } => (Source::Manual, reason.as_str()),
+                };
+                self.flush();
+                let lifted = self.store.lift(token, at, source, reason)?;
+                match &lifted {
+                    Some(suspension) => {
+                        if source == Source::Manual {
+                            self.stats.manual_lifts += 1;
+                        }
+                        self.after_lift(suspension, reason, at, violations);
+                    }
+                    None => tracing::warn!(token_fp = %token,
+                        "a suspension ended that the store did not hold (an earlier write failed)"),
+                }
+                Ok(lifted)
             }
         }
     }
@@ -538,28 +549,28 @@ impl Actions {
         );
     }
 
-    /// The live loop's tick, for whoever drives a [`Pipeline`]: the pipeline's changes of health
-    /// are alerted, then [`Actions::tick`], then the enforcer hears of suspensions made or lifted
-    /// outside it. `now` is on the pipeline's clock.
+    /// The live loop's tick, for whoever drives a [`Pipeline`] (after its own tick, which ends
+    /// the suspensions that ran out): the pipeline's changes of health are alerted, then
+    /// [`Actions::tick`] on its enforcer. `now` is on the pipeline's clock.
     pub fn step(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
         let changes: Vec<HealthChange> = pipeline.take_health_changes().collect();
         for change in &changes {
             self.on_health_change(change, now);
         }
-        self.tick(now);
-        self.sync_enforcer(pipeline.enforcer_mut());
+        self.tick(pipeline.enforcer_mut(), now);
     }
 
-    /// Time passes: writes what was batched, lifts expired suspensions (hooks, alerts), sends
-    /// held alert summaries, answers admin requests, prunes now and then. Call every tick.
-    pub fn tick(&mut self, now: Timestamp) {
-        self.handle_requests(now);
+    /// Time passes: answers admin requests, acts on the enforcer's events (suspensions begun or
+    /// ended: store, hooks, alerts), writes what was batched, sends held alert summaries,
+    /// prunes now and then. Call every tick.
+    pub fn tick(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+        self.handle_requests(enforcer, now);
+        if let Err(err) = self.apply_events(enforcer, None) {
+            self.store_error("recording a suspension or its end", &err);
+        }
         if !self.pending_audit.is_empty() || now >= self.next_sighting_flush {
             self.flush();
             self.next_sighting_flush = now.plus(SIGHTING_FLUSH);
-        }
-        if self.next_expiry.is_some_and(|t| t <= now) {
-            self.expire(now);
         }
         self.alerts.tick(now);
         if let Some(publisher) = &mut self.publisher {
@@ -638,20 +649,6 @@ impl Actions {
         self.hooks.stop();
     }
 
-    fn record_suspension(
-        &mut self,
-        suspension: Suspension,
-        evidence: serde_json::Value,
-        raw: Option<RawToken>,
-    ) {
-        // Violations and the decision go first, so that the audit log reads in order.
-        self.flush();
-        if let Err(err) = self.store.suspend(&suspension) {
-            self.store_error("recording a suspension", &err);
-        }
-        self.after_suspension(&suspension, evidence, raw);
-    }
-
     /// `raw` is the suspended call's raw token for `pass_raw_token` hooks, when it was kept.
     fn after_suspension(
         &mut self,
@@ -661,19 +658,6 @@ impl Actions {
     ) {
         self.stats.suspensions += 1;
         self.suspensions_changed();
-        self.suspended
-            .entry(suspension.token)
-            .or_insert_with(|| SuspendedToken::new(suspension.until))
-            .until = suspension.until;
-        if suspension.source == Source::Manual {
-            self.enforcer_updates.push(EnforcerUpdate::Hold {
-                token: suspension.token,
-                until: suspension.until,
-            });
-        }
-        if let Some(until) = suspension.until {
-            self.next_expiry = Some(self.next_expiry.map_or(until, |t| t.min(until)));
-        }
         tracing::warn!(token_fp = %suspension.token, until = ?suspension.until.map(Timestamp::as_secs_f64),
             reason = %suspension.reason, "token suspended");
         let token = TokenRef {
@@ -703,24 +687,27 @@ impl Actions {
         );
     }
 
-    fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
+    /// `violations`: the token's violations while suspended, audited as one record.
+    fn after_lift(
+        &mut self,
+        suspension: &Suspension,
+        reason: &str,
+        now: Timestamp,
+        violations: u64,
+    ) {
         self.stats.lifts += 1;
         self.suspensions_changed();
-        if let Some(held) = self.suspended.remove(&suspension.token)
-            && held.violations > 0
-        {
+        if violations > 0 {
             self.audit(AuditEntry {
                 ts: now,
                 kind: AuditKind::Violation,
                 token: Some(suspension.token),
                 details: json!({
-                    "while_suspended": held.violations,
+                    "while_suspended": violations,
                     "since": suspension.since.as_secs_f64(),
                 }),
             });
         }
-        self.enforcer_updates
-            .push(EnforcerUpdate::Lift(suspension.token));
         tracing::info!(token_fp = %suspension.token, reason, "suspension lifted");
         let token = TokenRef {
             fingerprint: suspension.token,
@@ -764,27 +751,6 @@ impl Actions {
         }
     }
 
-    fn expire(&mut self, now: Timestamp) {
-        let expired = match self.store.purge_expired(now) {
-            Ok(expired) => expired,
-            Err(err) => {
-                self.store_error("lifting expired suspensions", &err);
-                return;
-            }
-        };
-        for suspension in &expired {
-            let at = suspension.until.unwrap_or(now);
-            self.after_lift(suspension, "expired", at);
-        }
-        self.next_expiry = match self.store.active_suspensions(now) {
-            Ok(active) => earliest_end(&active),
-            Err(err) => {
-                self.store_error("reading suspensions", &err);
-                None
-            }
-        };
-    }
-
     /// Queues the hooks for `event`; `raw` (dropped if the queue is full) goes with it.
     fn run_hooks(&mut self, event: HookEvent, raw: Option<RawToken>) {
         self.stats.hook_events += 1;
@@ -805,38 +771,42 @@ impl Actions {
         }
     }
 
-    fn handle_requests(&mut self, now: Timestamp) {
+    fn handle_requests(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
         for (request, answer) in self.requests.take(REQUESTS_PER_TICK) {
             let reply = match request {
-                Ok(request) => self.execute(&request, now),
+                Ok(request) => self.execute(&request, enforcer, now),
                 Err(problem) => Reply::error(&problem),
             };
             self.requests.answer(&answer, &reply);
         }
     }
 
-    /// Carries out one admin request.
-    pub fn execute(&mut self, request: &Request, now: Timestamp) -> Reply {
+    /// Carries out one admin request: an input to the enforcer, which holds the suspensions;
+    /// what it emits is then persisted, alerted and handed to the hooks.
+    pub fn execute(&mut self, request: &Request, enforcer: &mut Enforcer, now: Timestamp) -> Reply {
         self.stats.requests += 1;
-        let result = match request {
+        let token = match request {
             Request::Suspend {
                 token_fp,
                 for_s,
                 reason,
             } => {
                 let until = for_s.map(|secs| now.plus(Span::from_millis((secs * 1000.0) as u64)));
-                self.suspend(*token_fp, until, reason, now)
-                    .map(|s| Reply::done(Some(&s)))
+                enforcer.suspend(*token_fp, now, until, reason.clone());
+                *token_fp
             }
             Request::Lift { token_fp, reason } => {
-                self.lift(*token_fp, reason, now)
-                    .map(|lifted| match lifted {
-                        Some(s) => Reply::done(Some(&s)),
-                        None => Reply::error(&format!("token {token_fp} is not suspended")),
-                    })
+                if !enforcer.lift(*token_fp, now, reason.clone()) {
+                    return Reply::error(&format!("token {token_fp} is not suspended"));
+                }
+                *token_fp
             }
         };
-        result.unwrap_or_else(|err| Reply::error(&err.to_string()))
+        match self.apply_events(enforcer, Some(token)) {
+            Ok(Some(suspension)) => Reply::done(Some(&suspension)),
+            Ok(None) => Reply::done(None),
+            Err(err) => Reply::error(&err.to_string()),
+        }
     }
 
     fn audit(&mut self, mut entry: AuditEntry) {
@@ -859,10 +829,6 @@ impl Actions {
     pub fn request_dir(&self) -> &Path {
         self.requests.path()
     }
-}
-
-fn earliest_end(suspensions: &[Suspension]) -> Option<Timestamp> {
-    suspensions.iter().filter_map(|s| s.until).min()
 }
 
 /// Why the daemon suspended a token, in one line for people (the evidence has the numbers).

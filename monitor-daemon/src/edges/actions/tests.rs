@@ -761,6 +761,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
             for_s: None,
             reason: "by hand".into(),
         },
+        daemon.pipeline.enforcer_mut(),
         at(0),
     );
     assert!(reply.ok, "{reply:?}");
@@ -780,6 +781,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
             token_fp: abuser,
             reason: "ok".into(),
         },
+        daemon.pipeline.enforcer_mut(),
         at(10_000),
     );
     assert!(reply.ok, "{reply:?}");
@@ -799,6 +801,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
             token_fp: fingerprint(COMPLIANT),
             reason: "ok".into(),
         },
+        daemon.pipeline.enforcer_mut(),
         at(30_000),
     );
     assert!(!missing.ok && missing.error.unwrap().contains("is not suspended"));
@@ -818,6 +821,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
             for_s: Some(3600.0),
             reason: "before the reload".into(),
         },
+        daemon.pipeline.enforcer_mut(),
         at(0),
     );
     assert!(suspended.ok);
@@ -845,6 +849,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
             for_s: Some(60.0),
             reason: "after the reload".into(),
         },
+        daemon.pipeline.enforcer_mut(),
         at(1_000),
     );
     assert!(reply.ok);

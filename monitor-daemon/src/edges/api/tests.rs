@@ -288,6 +288,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
             }],
             client_violation: None,
             decision: None,
+            while_suspended: false,
         };
         verdict.decision = enforcer.decide(&verdict, &health);
         live.observe(&verdict);

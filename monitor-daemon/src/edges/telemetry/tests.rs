@@ -15,6 +15,7 @@ fn verdict(content: &str, action: Option<&str>, status: Option<u16>) -> Verdict 
         violations: Vec::new(),
         client_violation: None,
         decision: None,
+        while_suspended: false,
     }
 }
 

@@ -101,6 +101,7 @@ fn a_hand_built_violation_fails_its_token_and_not_the_others() {
         heavy: Some(HeavyReason::Kind(HeavyKind::Report)),
         violations: Vec::new(),
         decision: None,
+        while_suspended: false,
         client_violation: None,
     };
     bad.violations.push(Violation {
@@ -116,6 +117,7 @@ fn a_hand_built_violation_fails_its_token_and_not_the_others() {
         heavy: None,
         violations: Vec::new(),
         decision: None,
+        while_suspended: false,
         client_violation: None,
     };
     let cert = judge(&[good, bad], Window::default());
