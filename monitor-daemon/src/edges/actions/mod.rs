@@ -88,6 +88,8 @@ pub struct ActionStats {
     pub capture_loss_alerts: u64,
     /// Blind-spot alerts raised.
     pub capture_blind_alerts: u64,
+    /// Record-writer outages alerted (`records_write_failed`).
+    pub records_write_failed_alerts: u64,
     /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
     pub violations_while_suspended: u64,
     /// Calls whose token the server refused or never judged (no answer): not written to the
@@ -525,6 +527,34 @@ impl Actions {
                 at: now,
                 lost,
                 evidence: json!({"lost_total": lost_total, "counters": detail}),
+            },
+            now,
+        );
+    }
+
+    /// Records could not be written (an outage of the record writer began): the admin team
+    /// hears of it once per outage.
+    pub fn observe_records_outage(
+        &mut self,
+        outage: &crate::edges::output::Outage,
+        now: Timestamp,
+    ) {
+        let crate::edges::output::Outage::Began {
+            path,
+            reason,
+            error,
+        } = outage
+        else {
+            return;
+        };
+        self.stats.records_write_failed_alerts += 1;
+        self.alerts.raise(
+            Alert::RecordsWriteFailed {
+                at: now,
+                path: path.display().to_string(),
+                reason: reason.as_str().into(),
+                error: error.clone(),
+                evidence: json!({"path": path, "reason": reason, "error": error}),
             },
             now,
         );
