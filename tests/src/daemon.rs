@@ -425,3 +425,44 @@ pub fn assert_no_raw_token(written: &[(String, Vec<u8>)], tokens: &[&str]) {
         }
     }
 }
+
+/// `redcap-monitor CMD --store STORE --json ...`: its JSON lines (the command must succeed;
+/// its output is in the panic message otherwise).
+pub fn admin_json(store: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(monitor_bin().unwrap())
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The non-empty lines of a file the daemon writes (none while it does not exist yet).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The daemon's stats file `DIR/stats.json` (`null` while it is missing or half written).
+pub fn stats_json(dir: &Path) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("stats.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null)
+}

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use monitor_tests::clients::curl_in;
-use monitor_tests::daemon::{LiveDaemon, fingerprints, monitor_bin};
+use monitor_tests::clients::api_call;
+use monitor_tests::daemon::{
+    LiveDaemon, file_lines as lines, fingerprints, monitor_bin, stats_json as stats,
+};
 use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
@@ -66,38 +68,6 @@ fn fill(path: &Path) {
         }
     }
     // What the page cache holds is on tmpfs already; nothing to sync.
-}
-
-fn api_call(url: &str, token: &str) {
-    curl_in(
-        None,
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ],
-    )
-    .unwrap();
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
-fn stats(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join("stats.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Value::Null)
 }
 
 fn dropped_no_space(dir: &Path) -> u64 {
