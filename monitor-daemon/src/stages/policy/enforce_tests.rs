@@ -1,25 +1,7 @@
 use super::*;
 use crate::shared::model::Span;
-use crate::stages::policy::Violation;
-use crate::stages::redcap::sample::{at, call, fingerprint};
-
-fn violating(token: u8, secs: u64) -> Verdict {
-    Verdict {
-        call: call(token, secs),
-        heavy: None,
-        violations: vec![Violation {
-            ts: at(secs),
-            token: fingerprint(token),
-            rule: "api_calls".into(),
-            limit: 3,
-            window: Span::from_secs(60),
-            count: 4,
-        }],
-        client_violation: None,
-        decision: None,
-        while_suspended: false,
-    }
-}
+use crate::stages::policy::sample::violating;
+use crate::stages::redcap::sample::{at, fingerprint};
 
 struct Server {
     degraded: bool,

@@ -616,4 +616,6 @@ fn heavy_kind(call: &ApiCall) -> Option<HeavyKind> {
 }
 
 #[cfg(test)]
+pub(crate) mod sample;
+#[cfg(test)]
 mod tests;
