@@ -466,3 +466,19 @@ pub fn stats_json(dir: &Path) -> serde_json::Value {
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or(serde_json::Value::Null)
 }
+
+/// `setpriv ARGS redcap-monitor run --config CONFIG --key KEY` (util-linux): the daemon with
+/// changed credentials or capability sets, execed by setpriv so that its pid is the daemon's;
+/// start it with [`LiveDaemon::spawn`], or run it to its end.
+pub fn setpriv_run(setpriv_args: &[&str], config: &Path, key: &Path) -> Result<Command> {
+    let mut command = Command::new("setpriv");
+    command
+        .args(setpriv_args)
+        .arg(monitor_bin()?)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--key")
+        .arg(key)
+        .env("NO_COLOR", "1");
+    Ok(command)
+}
