@@ -1,21 +1,27 @@
 //! Acting on decisions: the I/O edge after policy and health.
 //!
-//! Owns the durable [`Store`] (audit log, the suspensions persisted with their expiry,
-//! first/last seen, the alert outbox), the [`Alerts`] with their delivery thread, and the
-//! [`Hooks`], which run on a worker thread of their own so that a slow hook never holds up
-//! capture. Decisions are made sans-IO by the policy's [`Enforcer`], which is also the one owner
-//! of the suspensions in force: this module feeds it an admin's suspend and lift requests as
-//! inputs, and acts on what it emits ([`Enforcer::poll_event`]): the store persists each
-//! suspension begun or ended (and gives them back to a new enforcer at start,
-//! [`Actions::restore_into`]), the admin team is told, the hooks run, and the suspensions in
-//! force are published for REDCap's External Module ([`publish`]). It holds no suspension of
-//! its own. The only raw token it handles is a call's, kept for suspend hooks with
+//! Decisions are made sans-IO by the policy's [`Enforcer`], which is also the one owner of the
+//! suspensions in force. This edge feeds it an admin's suspend and lift requests (from the
+//! request files or the admin API, both through [`Actions::execute`]) as inputs, and acts on
+//! what it emits ([`Enforcer::poll_event`]); it holds no suspension of its own. Its parts:
+//! - the durable [`Store`]: each suspension begun or ended is persisted as the enforcer emits
+//!   it, and given back to a new enforcer at start ([`Actions::restore_into`]); the alert outbox;
+//! - the audit log (`audit_log.rs`): violations, decisions, hook results and the tokens'
+//!   sightings, batched per tick;
+//! - notification (`notification.rs`): the alerts with their delivery thread and the hooks on a
+//!   worker thread of their own, so that a slow hook never holds up capture;
+//! - admin requests (`requests.rs`, the request files of `redcap-monitor suspend/lift`);
+//! - the suspensions in force published for REDCap's External Module ([`publish`]).
+//!
+//! The only raw token it handles is a call's, kept for suspend hooks with
 //! `pass_raw_token` ([`crate::shared::token::HookToken`]): taken from the verdict, handed with the
 //! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
 //! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
 //! capture time in a replay (so a replay's suspensions expire in capture time).
 
+mod audit_log;
 mod hook_worker;
+mod notification;
 pub mod publish;
 mod requests;
 mod store_outbox;
@@ -29,13 +35,13 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::edges::alerts::AlertsConfig;
-use crate::edges::alerts::{Alert, Alerts, AlertsSetupError, DeliveryWorker, TokenRef};
+use crate::edges::alerts::{Alert, AlertsSetupError, TokenRef};
 use crate::edges::directory::Directory;
 use crate::edges::hooks::HooksConfig;
-use crate::edges::hooks::{HookAction, HookEvent, Hooks};
+use crate::edges::hooks::{HookAction, HookEvent};
 use crate::edges::store::StoreConfig;
 use crate::edges::store::{
-    AuditEntry, AuditKind, Sighting, Source, Store, StoreError, StoreLimits, Suspension,
+    AuditEntry, AuditKind, Source, Store, StoreError, StoreLimits, Suspension,
 };
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{FingerprintMap, MaskedToken, RawToken, TokenFingerprint};
@@ -50,16 +56,9 @@ pub use hook_worker::HookRuns;
 pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
 pub use store_outbox::StoreOutbox;
 
-use hook_worker::HookWorker;
+use audit_log::AuditLog;
+use notification::{Notification, NotificationError};
 
-/// Audit records held at most between two flushes; past it they are written at once.
-const MAX_PENDING_AUDIT: usize = 4096;
-/// Tokens whose sightings are held at most between two flushes.
-const MAX_PENDING_SIGHTINGS: usize = 4096;
-/// How often sightings alone (no audit record to carry them) are written.
-const SIGHTING_FLUSH: Span = Span::from_secs(10);
-/// How often old audit records and tokens are pruned.
-const PRUNE_INTERVAL: Span = Span::from_secs(3600);
 /// Request files handled per tick (the admin API's requests are carried out as they come).
 const REQUESTS_PER_TICK: usize = 16;
 
@@ -102,7 +101,7 @@ pub struct ActionStats {
 /// A reload's new alert sinks, made by [`Actions::prepare_reload`] and put in place by
 /// [`Actions::reconfigure`].
 pub struct ActionsReload {
-    alerts: Alerts,
+    alerts: crate::edges::alerts::Alerts,
 }
 
 /// Why the action edge cannot start or change.
@@ -124,16 +123,11 @@ pub enum ActionsError {
 /// What the edge after policy and health owns. See the module's documentation.
 pub struct Actions {
     store: Arc<Store>,
-    alerts: Alerts,
-    delivery: Option<DeliveryWorker>,
-    hooks: HookWorker,
-    host: String,
+    /// Alerts and hooks, each on a thread of its own.
+    notify: Notification,
     store_path: PathBuf,
-    /// Audit records and sightings not yet written (flushed each tick).
-    pending_audit: Vec<AuditEntry>,
-    sightings: FingerprintMap<Sighting>,
-    next_sighting_flush: Timestamp,
-    next_prune: Timestamp,
+    /// Audit records and sightings, batched per tick.
+    audit: AuditLog,
     /// Raw tokens of calls whose decision suspended their token (kept for `pass_raw_token`
     /// hooks), until the enforcer's event for that suspension is acted on (the same tick).
     raw_for_hooks: FingerprintMap<RawToken>,
@@ -142,8 +136,6 @@ pub struct Actions {
     requests: requests::RequestDir,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
-    /// Who tokens belong to: named in alerts and audit records when known.
-    directory: Directory,
     stats: ActionStats,
 }
 
@@ -180,51 +172,31 @@ impl Actions {
         host: String,
         now: Timestamp,
     ) -> Result<Actions, ActionsError> {
-        let outbox = Arc::new(StoreOutbox::new(store.clone()));
-        let alerts = Alerts::new(config.alerts, outbox, host.clone())?;
-        let hooks = HookWorker::start(Hooks::new(config.hooks, host.clone()), store.clone())
-            .map_err(ActionsError::Thread)?;
+        let notify =
+            Notification::new(store.clone(), config.alerts, config.hooks, host).map_err(|err| {
+                match err {
+                    NotificationError::Alerts(err) => ActionsError::Alerts(err),
+                    NotificationError::Thread(err) => ActionsError::Thread(err),
+                }
+            })?;
         let store_path = store.path().to_owned();
         let requests = requests::RequestDir::create(&store_path)?;
         Ok(Actions {
+            audit: AuditLog::new(store.clone(), now),
             store,
-            alerts,
-            delivery: None,
-            hooks,
-            host,
+            notify,
             store_path,
-            pending_audit: Vec::new(),
-            sightings: FingerprintMap::default(),
-            next_sighting_flush: now.plus(SIGHTING_FLUSH),
-            next_prune: now,
             raw_for_hooks: FingerprintMap::default(),
             capture_lost: 0,
             requests,
             publisher: None,
-            directory: Directory::off(),
             stats: ActionStats::default(),
         })
     }
 
     /// Starts the thread that delivers queued alerts (also those left by an earlier run).
     pub fn start_delivery(&mut self, config: ActionsConfig<'_>) -> Result<(), ActionsError> {
-        let store = self.store.clone();
-        let worker = self.alerts.start_delivery(
-            config.alerts,
-            Box::new(move |report| {
-                let entry = AuditEntry {
-                    ts: report.at,
-                    kind: AuditKind::Alert,
-                    token: None,
-                    details: serde_json::to_value(report).unwrap_or_default(),
-                };
-                if let Err(err) = store.append_audit(&entry) {
-                    tracing::error!(error = %err, "cannot audit an alert delivery");
-                }
-            }),
-        )?;
-        self.delivery = Some(worker);
-        Ok(())
+        Ok(self.notify.start_delivery(config.alerts)?)
     }
 
     /// Publishes the suspensions in force for REDCap's External Module from now on: written at
@@ -235,8 +207,8 @@ impl Actions {
 
     /// Names token owners from `directory` in alerts and audit records from now on.
     pub fn use_directory(&mut self, directory: Directory) {
-        self.alerts.use_directory(directory.clone());
-        self.directory = directory;
+        self.notify.use_directory(directory.clone());
+        self.audit.use_directory(directory);
     }
 
     /// What the publisher did, when it runs.
@@ -254,16 +226,16 @@ impl Actions {
     }
 
     pub fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
-        self.alerts.stats()
+        self.notify.alert_stats()
     }
 
     pub fn delivery_stats(&self) -> Option<crate::edges::alerts::DeliveryStats> {
-        self.delivery.as_ref().map(DeliveryWorker::stats)
+        self.notify.delivery_stats()
     }
 
     /// Hooks run so far, by event and result.
     pub fn hook_runs(&self) -> HookRuns {
-        self.hooks.runs()
+        self.notify.hook_runs()
     }
 
     /// Puts what the store remembers into a fresh enforcer after a restart: the suspensions in
@@ -304,7 +276,7 @@ impl Actions {
         let call = &verdict.call;
         if let Some(probing) = &verdict.client_violation {
             self.audit(AuditEntry::client_violation(probing));
-            self.alerts.raise(Alert::probing(probing), call.ts_start);
+            self.notify.raise(Alert::probing(probing), call.ts_start);
         }
         // Only tokens the server accepted are kept (90 days): a flood of made-up tokens, refused
         // or never answered, must not grow the token table.
@@ -312,17 +284,7 @@ impl Actions {
             self.stats.tokens_not_kept += 1;
         }
         if let (Ok(identity), true) = (&call.token, call.token_accepted()) {
-            let sighting = self
-                .sightings
-                .entry(identity.fingerprint)
-                .or_insert_with(|| Sighting {
-                    token: identity.fingerprint,
-                    masked: identity.masked.clone(),
-                    ts: call.ts_start,
-                    calls: 0,
-                });
-            sighting.ts = sighting.ts.max(call.ts_start);
-            sighting.calls += 1;
+            self.audit.saw(identity, call.ts_start);
         }
         if verdict.while_suspended {
             // The enforcer counts them for the record written when the suspension ends.
@@ -336,9 +298,7 @@ impl Actions {
             let masked = call.token.as_ref().ok().map(|id| id.masked.clone());
             self.on_decision(verdict, decision, masked, raw);
         }
-        if self.pending_audit.len() >= MAX_PENDING_AUDIT
-            || self.sightings.len() >= MAX_PENDING_SIGHTINGS
-        {
+        if self.audit.is_full() {
             self.flush();
         }
     }
@@ -372,7 +332,7 @@ impl Actions {
                     self.stats.dry_run_suspensions += 1;
                 }
                 for violation in &verdict.violations {
-                    self.alerts.raise(
+                    self.notify.raise(
                         Alert::violation(violation, masked.clone(), evidence.clone()),
                         at,
                     );
@@ -504,7 +464,7 @@ impl Actions {
                 evidence: serde_json::to_value(evidence).unwrap_or_default(),
             },
         };
-        self.alerts.raise(alert, now);
+        self.notify.raise(alert, now);
     }
 
     /// The capture's loss counters summed (kernel `ring_full`, `truncated_bytes`,
@@ -522,7 +482,7 @@ impl Actions {
         let lost = lost_total - self.capture_lost;
         self.capture_lost = lost_total;
         self.stats.capture_loss_alerts += 1;
-        self.alerts.raise(
+        self.notify.raise(
             Alert::CaptureLoss {
                 at: now,
                 lost,
@@ -548,7 +508,7 @@ impl Actions {
             return;
         };
         self.stats.records_write_failed_alerts += 1;
-        self.alerts.raise(
+        self.notify.raise(
             Alert::RecordsWriteFailed {
                 at: now,
                 path: path.display().to_string(),
@@ -568,7 +528,7 @@ impl Actions {
         now: Timestamp,
     ) {
         self.stats.capture_blind_alerts += 1;
-        self.alerts.raise(
+        self.notify.raise(
             Alert::CaptureBlind {
                 at: now,
                 reason: spot.reason.name().into(),
@@ -598,18 +558,16 @@ impl Actions {
         if let Err(err) = self.apply_events(enforcer, None) {
             self.store_error("recording a suspension or its end", &err);
         }
-        if !self.pending_audit.is_empty() || now >= self.next_sighting_flush {
+        if self.audit.flush_due(now) {
             self.flush();
-            self.next_sighting_flush = now.plus(SIGHTING_FLUSH);
         }
-        self.alerts.tick(now);
+        self.notify.tick(now);
         if let Some(publisher) = &mut self.publisher {
             let store = &self.store;
             publisher.tick(now, || store.active_suspensions(now));
         }
-        if now >= self.next_prune {
-            self.next_prune = now.plus(PRUNE_INTERVAL);
-            match self.store.prune(now) {
+        if let Some(pruned) = self.audit.prune_if_due(now) {
+            match pruned {
                 Ok(pruned) if pruned.audit_records + pruned.tokens > 0 => {
                     tracing::info!(
                         audit_records = pruned.audit_records,
@@ -625,23 +583,17 @@ impl Actions {
 
     /// Writes what is batched. Call before stopping; [`Actions::tick`] calls it too.
     pub fn flush(&mut self) {
-        if self.pending_audit.is_empty() && self.sightings.is_empty() {
-            return;
-        }
-        let sightings: Vec<Sighting> = self.sightings.drain().map(|(_, s)| s).collect();
-        match self.store.record(&self.pending_audit, &sightings) {
-            Ok(seqs) => self.stats.audit_records += seqs.len() as u64,
+        match self.audit.flush() {
+            Ok(written) => self.stats.audit_records += written as u64,
             Err(err) => self.store_error("writing audit records", &err),
         }
-        self.pending_audit.clear();
     }
 
     /// The first half of a reload: makes what a new configuration needs that can fail (the alert
     /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
     /// the outbox, escalation); the store's path cannot change while running.
     pub fn prepare_reload(&self, config: ActionsConfig<'_>) -> Result<ActionsReload, ActionsError> {
-        let outbox = Arc::new(StoreOutbox::new(self.store.clone()));
-        let alerts = Alerts::new(config.alerts, outbox, self.host.clone())?;
+        let alerts = self.notify.prepare(config.alerts)?;
         Ok(ActionsReload { alerts })
     }
 
@@ -652,18 +604,8 @@ impl Actions {
             tracing::warn!(configured = %config.store.path.display(), in_use = %self.store_path.display(),
                 "store.path changed: it takes effect at the next start");
         }
-        let old = std::mem::replace(&mut self.alerts, prepared.alerts);
-        self.alerts.use_directory(self.directory.clone());
-        if let Some(worker) = self.delivery.take() {
-            // Stopping waits for the attempt in flight; not on the capture path.
-            std::thread::spawn(move || worker.stop());
-        }
-        drop(old);
-        if let Err(err) = self.start_delivery(config) {
-            tracing::error!(error = %err, "cannot start alert delivery after the reload; alerts stay queued in the store");
-        }
-        self.hooks
-            .replace(Hooks::new(config.hooks, self.host.clone()));
+        self.notify
+            .reconfigure(prepared.alerts, (config.alerts, config.hooks));
     }
 
     /// Writes what is batched and stops the threads: alerts still queued stay in the store for
@@ -673,10 +615,7 @@ impl Actions {
         if let Some(publisher) = self.publisher.take() {
             publisher.withdraw();
         }
-        if let Some(worker) = self.delivery.take() {
-            worker.stop();
-        }
-        self.hooks.stop();
+        self.notify.stop();
     }
 
     /// `raw` is the suspended call's raw token for `pass_raw_token` hooks, when it was kept.
@@ -694,7 +633,7 @@ impl Actions {
             fingerprint: suspension.token,
             masked: suspension.masked.clone(),
         };
-        self.alerts.raise(
+        self.notify.raise(
             Alert::Suspended {
                 at: suspension.since,
                 token: token.clone(),
@@ -749,7 +688,7 @@ impl Actions {
             "level": suspension.level,
             "suspension_reason": suspension.reason,
         });
-        self.alerts.raise(
+        self.notify.raise(
             Alert::Lifted {
                 at: now,
                 token: token.clone(),
@@ -784,7 +723,7 @@ impl Actions {
     /// Queues the hooks for `event`; `raw` (dropped if the queue is full) goes with it.
     fn run_hooks(&mut self, event: HookEvent, raw: Option<RawToken>) {
         self.stats.hook_events += 1;
-        if let Err(event) = self.hooks.submit(event, raw) {
+        if let Err(event) = self.notify.run_hooks(event, raw) {
             self.stats.hook_events_dropped += 1;
             tracing::error!(token_fp = %event.token.fingerprint, action = event.action.as_str(),
                 "hook queue full: hooks not run for this event");
@@ -839,15 +778,8 @@ impl Actions {
         }
     }
 
-    fn audit(&mut self, mut entry: AuditEntry) {
-        let owner = entry.token.and_then(|token| self.directory.owner(&token));
-        if let (Some(owner), Some(details)) = (owner, entry.details.as_object_mut()) {
-            details.insert(
-                "owner".into(),
-                serde_json::to_value(&*owner).unwrap_or_default(),
-            );
-        }
-        self.pending_audit.push(entry);
+    fn audit(&mut self, entry: AuditEntry) {
+        self.audit.append(entry);
     }
 
     fn store_error(&mut self, what: &str, err: &StoreError) {
