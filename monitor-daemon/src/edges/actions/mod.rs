@@ -558,6 +558,9 @@ impl Actions {
         if let Err(err) = self.apply_events(enforcer, None) {
             self.store_error("recording a suspension or its end", &err);
         }
+        // Every suspension decided before this tick has been acted on: a raw token still held
+        // had no suspension event (an enforcer not listening); it goes (zeroed) now.
+        self.raw_for_hooks.clear();
         if self.audit.flush_due(now) {
             self.flush();
         }
