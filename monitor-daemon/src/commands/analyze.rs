@@ -263,7 +263,7 @@ pub fn analyze(
     };
     let files = RecordFiles::open(&paths, WriteMode::Replace)
         .map_err(|(path, source)| AnalyzeError::Write { path, source })?;
-    let mut writer = RecordWriter::new(files, WriteMode::Replace);
+    let mut writer = RecordWriter::new(files);
     let mut summary = Summary::default();
 
     let on_verdict = |verdict: Verdict| {

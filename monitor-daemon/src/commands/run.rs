@@ -643,7 +643,7 @@ impl Records {
     fn open(config: &Config) -> Result<Records, RunError> {
         let opened = OpenedRecords::open(config)?;
         Ok(Records {
-            writer: RecordWriter::new(opened.files, WriteMode::Append),
+            writer: RecordWriter::new(opened.files),
             stats: opened.stats,
         })
     }

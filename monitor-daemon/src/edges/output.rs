@@ -200,13 +200,13 @@ impl OutputConfig {
 }
 
 /// How often a record file that failed is reopened and tried again.
-pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Bytes held per file between two flushes; past it they are written at once.
 const BUFFER: usize = 1 << 16;
 
 /// How the writer opens its files and meets errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteMode {
+pub(crate) enum WriteMode {
     /// `analyze`: files are replaced; the first error stops the writing and is reported.
     Replace,
     /// `run`: files are appended to, only regular files; errors drop records and are retried.
@@ -216,7 +216,7 @@ pub enum WriteMode {
 /// Why records were dropped, as counted and as the metric's `reason` label names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// The file system is full (ENOSPC) or the user's quota is used up (EDQUOT).
     NoSpace,
     /// Any other write or open error (EIO, a file that is not a regular file, ...).
@@ -224,9 +224,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::NoSpace, DropReason::IoError];
+    pub(crate) const ALL: [DropReason; 2] = [DropReason::NoSpace, DropReason::IoError];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::NoSpace => "no_space",
             DropReason::IoError => "io_error",
@@ -243,7 +243,7 @@ impl DropReason {
 
 /// What the record writer did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct WriterStats {
+pub(crate) struct WriterStats {
     pub calls_written: u64,
     pub violations_written: u64,
     pub decisions_written: u64,
@@ -255,7 +255,7 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
-    pub fn dropped(&self, reason: DropReason) -> u64 {
+    pub(crate) fn dropped(&self, reason: DropReason) -> u64 {
         match reason {
             DropReason::NoSpace => self.dropped_no_space,
             DropReason::IoError => self.dropped_io_error,
@@ -272,7 +272,7 @@ impl WriterStats {
 
 /// A change in the writer's health, told once each.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Outage {
+pub(crate) enum Outage {
     /// A record file could not be written: records are being dropped.
     Began {
         path: PathBuf,
@@ -505,7 +505,7 @@ fn open_record_file(path: &Path, mode: WriteMode) -> io::Result<std::fs::File> {
 
 /// The paths records go to; `-` is stdout.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct RecordPaths {
+pub(crate) struct RecordPaths {
     pub calls: Option<PathBuf>,
     pub violations: Option<PathBuf>,
     pub decisions: Option<PathBuf>,
@@ -513,7 +513,7 @@ pub struct RecordPaths {
 
 /// The files of a [`RecordWriter`], opened apart from it so that a reload can open the new ones
 /// first and swap them in only when all opened.
-pub struct RecordFiles {
+pub(crate) struct RecordFiles {
     calls: Option<RecordFile>,
     violations: Option<RecordFile>,
     decisions: Option<RecordFile>,
@@ -521,7 +521,10 @@ pub struct RecordFiles {
 
 impl RecordFiles {
     /// Opens (creates) every configured file; the error names the path.
-    pub fn open(paths: &RecordPaths, mode: WriteMode) -> Result<RecordFiles, (PathBuf, io::Error)> {
+    pub(crate) fn open(
+        paths: &RecordPaths,
+        mode: WriteMode,
+    ) -> Result<RecordFiles, (PathBuf, io::Error)> {
         let open = |path: &Option<PathBuf>| {
             path.as_deref()
                 .map(|p| RecordFile::open(p, mode).map_err(|err| (p.to_owned(), err)))
@@ -543,14 +546,13 @@ impl RecordFiles {
 }
 
 /// Extra fields of a decision record (the token's owner, when a directory knows it).
-pub type DecisionExtra =
+pub(crate) type DecisionExtra =
     Box<dyn Fn(&crate::shared::token::TokenFingerprint) -> Option<serde_json::Value> + Send>;
 
 /// Writes the call, violation and decision records of verdicts: the one writer of `run` and
 /// `analyze`. See the module's documentation for what it does on errors.
-pub struct RecordWriter {
+pub(crate) struct RecordWriter {
     files: RecordFiles,
-    mode: WriteMode,
     stats: WriterStats,
     /// A failed write seen since the last look (`Outage::Began`), for [`RecordWriter::track_outage`].
     outage: Option<Outage>,
@@ -564,10 +566,10 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    pub fn new(files: RecordFiles, mode: WriteMode) -> RecordWriter {
+    /// A writer on `files`, which say how they meet errors ([`WriteMode`]).
+    pub(crate) fn new(files: RecordFiles) -> RecordWriter {
         RecordWriter {
             files,
-            mode,
             stats: WriterStats::default(),
             outage: None,
             outage_since: None,
@@ -578,13 +580,13 @@ impl RecordWriter {
     }
 
     /// Adds the fields `extra` gives to each decision record (its token's owner).
-    pub fn decision_extra(&mut self, extra: DecisionExtra) {
+    pub(crate) fn decision_extra(&mut self, extra: DecisionExtra) {
         self.decision_extra = Some(extra);
     }
 
     /// Writes one verdict's records. Live TLS calls have synthetic addresses: their transport
     /// is `tls` and a synthetic address is written empty.
-    pub fn write(&mut self, verdict: &Verdict) {
+    pub(crate) fn write(&mut self, verdict: &Verdict) {
         if self.error.is_some() {
             return;
         }
@@ -646,7 +648,7 @@ impl RecordWriter {
     }
 
     /// Writes what is buffered (each tick, before a reload, at the end).
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let RecordWriter {
             files,
             stats,
@@ -693,28 +695,24 @@ impl RecordWriter {
     }
 
     /// An outage begun or ended since the last call, oldest first (each told once).
-    pub fn poll_outage(&mut self) -> Option<Outage> {
+    pub(crate) fn poll_outage(&mut self) -> Option<Outage> {
         self.told.pop_front()
     }
 
     /// Takes the files of a reload (new paths, or the same after logrotate moved them); the
     /// counters carry on. Flushes the old ones first.
-    pub fn replace_files(&mut self, files: RecordFiles) {
+    pub(crate) fn replace_files(&mut self, files: RecordFiles) {
         self.flush();
         self.files = files;
     }
 
     /// The first error, in [`WriteMode::Replace`] (`analyze` stops on it).
-    pub fn take_error(&mut self) -> Option<(PathBuf, io::Error)> {
+    pub(crate) fn take_error(&mut self) -> Option<(PathBuf, io::Error)> {
         self.error.take()
     }
 
-    pub fn stats(&self) -> &WriterStats {
+    pub(crate) fn stats(&self) -> &WriterStats {
         &self.stats
-    }
-
-    pub fn mode(&self) -> WriteMode {
-        self.mode
     }
 }
 

@@ -494,7 +494,7 @@ impl Actions {
 
     /// Records could not be written (an outage of the record writer began): the admin team
     /// hears of it once per outage.
-    pub fn observe_records_outage(
+    pub(crate) fn observe_records_outage(
         &mut self,
         outage: &crate::edges::output::Outage,
         now: Timestamp,

@@ -547,7 +547,7 @@ impl Metrics {
     }
 
     /// The record writer's drops (absolute values, set at each refresh).
-    pub fn set_writer_stats(&self, stats: &crate::edges::output::WriterStats) {
+    pub(crate) fn set_writer_stats(&self, stats: &crate::edges::output::WriterStats) {
         for reason in crate::edges::output::DropReason::ALL {
             store(
                 &self.records_dropped.get_or_create(&ReasonLabels {
