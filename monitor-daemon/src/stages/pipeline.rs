@@ -458,7 +458,7 @@ mod tests {
 
     use super::*;
     use crate::commands::config::Config;
-    use crate::shared::model::{Endpoint, TcpFlags};
+    use crate::shared::model::Endpoint;
     use crate::shared::token::TokenProblem;
 
     const CLIENT: Endpoint = Endpoint {
@@ -486,19 +486,12 @@ mod tests {
         } else {
             (SERVER, client)
         };
-        TcpSegment {
-            ts: Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
-            src,
-            dst,
+        TcpSegment::sample(
+            Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
+            (src, dst),
             seq,
-            ack: Some(1),
-            flags: TcpFlags {
-                ack: true,
-                ..TcpFlags::default()
-            },
             payload,
-            stream_start: None,
-        }
+        )
     }
 
     fn request() -> String {

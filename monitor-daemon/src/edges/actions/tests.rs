@@ -15,7 +15,7 @@ use super::*;
 use crate::edges::alerts::receiver::{Receiver, Recorded, Reply as HttpReply};
 use crate::edges::alerts::tests::verify_standard_webhook;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
-use crate::shared::model::{Endpoint, TcpFlags, TcpSegment};
+use crate::shared::model::{Endpoint, TcpSegment};
 use crate::shared::token::{RawToken, SiteKey};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::enforce::HoldReason;
@@ -100,19 +100,7 @@ fn segment(p: &Packet) -> TcpSegment<'_> {
     } else {
         (server, client, 5000)
     };
-    TcpSegment {
-        ts: p.ts,
-        src,
-        dst,
-        seq,
-        ack: Some(1),
-        flags: TcpFlags {
-            ack: true,
-            ..TcpFlags::default()
-        },
-        payload: &p.payload,
-        stream_start: None,
-    }
+    TcpSegment::sample(p.ts, (src, dst), seq, &p.payload)
 }
 
 /// The pipeline and the action edge, driven as `run` drives them, on the packets' clock.
