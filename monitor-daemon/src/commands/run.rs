@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
 use crate::commands::config::{Config, ConfigError};
-use crate::edges::actions::{Actions, ActionsError, ActionsReload, Request};
+use crate::edges::actions::{
+    Actions, ActionsError, ActionsReload, AdminRequest, Reply, ReplyTo, Request,
+};
 use crate::edges::api::live::{LiveTelemetry, suspension_json};
 use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
@@ -336,7 +338,8 @@ impl Edges {
         self.actions.on_verdict(&mut verdict);
     }
 
-    /// Carries out an admin's lift or suspend from the API, like one from a request file.
+    /// Hands an admin's lift or suspend from the API into the action edge's admin queue (where
+    /// request files wait too) and carries the queue out at once.
     fn admin(&mut self, command: AdminCommand, pipeline: &mut Pipeline, now: Timestamp) {
         let (request, reply) = match command {
             AdminCommand::Suspend {
@@ -364,12 +367,17 @@ impl Edges {
                 reply,
             ),
         };
-        let answer = self.actions.execute(&request, pipeline.enforcer_mut(), now);
-        let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
-            (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
-            (true, None, _) => Ok(serde_json::Value::Null),
-            (false, _, error) => Err(error.unwrap_or_default()),
+        self.actions.submit(AdminRequest {
+            request: Ok(request),
+            reply: ReplyTo::Callback(Box::new(move |answer: Reply| {
+                let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
+                    (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
+                    (true, None, _) => Ok(serde_json::Value::Null),
+                    (false, _, error) => Err(error.unwrap_or_default()),
+                });
+            })),
         });
+        self.actions.handle_admin(pipeline.enforcer_mut(), now);
     }
 
     /// A record outage begun or ended: alerted once each (`records_write_failed`).

@@ -10,7 +10,8 @@
 //!   sightings, batched per tick;
 //! - notification (`notification.rs`): the alerts with their delivery thread and the hooks on a
 //!   worker thread of their own, so that a slow hook never holds up capture;
-//! - admin requests (`requests.rs`, the request files of `redcap-monitor suspend/lift`);
+//! - admin requests: the request files of `redcap-monitor suspend/lift` (`requests.rs`) and
+//!   the admin API's, in one queue ([`Actions::submit`]), carried out in order;
 //! - the suspensions in force published for REDCap's External Module ([`publish`]).
 //!
 //! The only raw token it handles is a call's, kept for suspend hooks with
@@ -53,13 +54,16 @@ use crate::stages::policy::enforce::{
 };
 
 pub use hook_worker::HookRuns;
-pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
+pub use requests::{
+    AdminRequest, Reply, ReplyTo, Request, RequestError, request_dir, submit_request,
+};
 pub use store_outbox::StoreOutbox;
 
 use audit_log::AuditLog;
 use notification::{Notification, NotificationError};
 
-/// Request files handled per tick (the admin API's requests are carried out as they come).
+/// Request files taken into the admin queue per tick (the admin API's requests are carried out
+/// as they come).
 const REQUESTS_PER_TICK: usize = 16;
 
 /// Counters of the action edge.
@@ -134,6 +138,9 @@ pub struct Actions {
     /// Loss counters' total at the last look (the capture's counters only grow).
     capture_lost: u64,
     requests: requests::RequestDir,
+    /// Admin requests waiting, from the request files and the admin API alike: one queue,
+    /// emptied each tick and whenever a request is handed in.
+    admin: std::collections::VecDeque<AdminRequest>,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
     stats: ActionStats,
@@ -189,6 +196,7 @@ impl Actions {
             raw_for_hooks: FingerprintMap::default(),
             capture_lost: 0,
             requests,
+            admin: std::collections::VecDeque::new(),
             publisher: None,
             stats: ActionStats::default(),
         })
@@ -743,13 +751,31 @@ impl Actions {
         }
     }
 
+    /// Hands in an admin request (the admin API's); it is carried out at the next
+    /// [`Actions::handle_admin`] or tick, after those waiting.
+    pub fn submit(&mut self, request: AdminRequest) {
+        self.admin.push_back(request);
+    }
+
+    /// Takes the waiting request files into the admin queue, then carries out every request in
+    /// it, in order, each answered where it came from.
     fn handle_requests(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
-        for (request, answer) in self.requests.take(REQUESTS_PER_TICK) {
-            let reply = match request {
+        let files = self.requests.take(REQUESTS_PER_TICK);
+        self.admin.extend(files);
+        self.handle_admin(enforcer, now);
+    }
+
+    /// Carries out the queued admin requests, in order.
+    pub fn handle_admin(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+        while let Some(AdminRequest { request, reply }) = self.admin.pop_front() {
+            let answer = match request {
                 Ok(request) => self.execute(&request, enforcer, now),
                 Err(problem) => Reply::error(&problem),
             };
-            self.requests.answer(&answer, &reply);
+            match reply {
+                ReplyTo::File(file) => requests::RequestDir::answer(&file, &answer),
+                ReplyTo::Callback(send) => send(answer),
+            }
         }
     }
 

@@ -950,3 +950,48 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
         (Some(4), Some(10))
     );
 }
+
+#[test]
+fn request_files_and_handed_in_requests_wait_in_one_queue_and_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    let abuser = fingerprint(ABUSER);
+    // A request file, as `redcap-monitor suspend` writes it while the daemon runs.
+    let file = daemon.actions.request_dir().join("1-1.json");
+    let suspend = Request::Suspend {
+        token_fp: abuser,
+        for_s: None,
+        reason: "by file".into(),
+    };
+    std::fs::write(&file, serde_json::to_vec(&suspend).unwrap()).unwrap();
+    // The admin API's lift, handed in before the tick that takes the file: it waits its turn.
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let seen = answers.clone();
+    daemon.actions.submit(AdminRequest {
+        request: Ok(Request::Lift {
+            token_fp: abuser,
+            reason: "by api".into(),
+        }),
+        reply: ReplyTo::Callback(Box::new(move |reply| seen.lock().unwrap().push(reply))),
+    });
+    daemon.idle_until(at(1_000));
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert!(
+        !answers[0].ok
+            && answers[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("is not suspended"),
+        "the lift went first, before the file's suspension: {:?}",
+        answers[0]
+    );
+    let reply: Reply =
+        serde_json::from_slice(&std::fs::read(file.with_extension("reply")).unwrap()).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(daemon.pipeline.enforcer_mut().suspensions_in_force(), 1);
+    daemon.actions.shutdown();
+}
