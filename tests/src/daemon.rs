@@ -482,3 +482,25 @@ pub fn setpriv_run(setpriv_args: &[&str], config: &Path, key: &Path) -> Result<C
         .env("NO_COLOR", "1");
     Ok(command)
 }
+
+/// Writes `DIR/tls.toml` for a daemon reading `interface` with the TC probe (ports 80 and 443)
+/// and the TLS uprobes of `process`, with calls in `DIR/calls.jsonl`, stats each second in
+/// `DIR/stats.json` and its store in `DIR/state.redb`; returns the configuration's path.
+pub fn tls_capture_config(dir: &Path, interface: &str, process: &str) -> PathBuf {
+    let config = dir.join("tls.toml");
+    // 443 is a TC port too: the classifier sees only ciphertext there and must not add calls.
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{interface}\"]\nports = [80, 443]\n\
+             [capture.tls]\nenabled = true\nprocesses = [\"{process}\"]\nrescan_interval = \"1s\"\n\
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n",
+            dir.join("calls.jsonl").display(),
+            dir.join("stats.json").display(),
+            dir.join("state.redb").display()
+        ),
+    )
+    .expect("writing the daemon's configuration");
+    config
+}
