@@ -178,6 +178,34 @@ impl Daemon {
         }
     }
 
+    /// An admin's suspension of `token` at `now` (`for_s` `None`: until lifted), as the admin
+    /// API or a request file hands it in.
+    fn suspend(
+        &mut self,
+        token: TokenFingerprint,
+        for_s: Option<f64>,
+        reason: &str,
+        now: Timestamp,
+    ) -> Reply {
+        let request = Request::Suspend {
+            token_fp: token,
+            for_s,
+            reason: reason.into(),
+        };
+        self.actions
+            .execute(&request, self.pipeline.enforcer_mut(), now)
+    }
+
+    /// An admin's lift of `token` at `now`.
+    fn lift(&mut self, token: TokenFingerprint, reason: &str, now: Timestamp) -> Reply {
+        let request = Request::Lift {
+            token_fp: token,
+            reason: reason.into(),
+        };
+        self.actions
+            .execute(&request, self.pipeline.enforcer_mut(), now)
+    }
+
     /// Time passes without packets, in one-second ticks.
     fn idle_until(&mut self, until: Timestamp) {
         while self.clock < until {
@@ -743,15 +771,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
     let config = scenario_config(dir.path(), &receiver);
     let mut daemon = Daemon::new(&config);
     let abuser = fingerprint(ABUSER);
-    let reply = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: abuser,
-            for_s: None,
-            reason: "by hand".into(),
-        },
-        daemon.pipeline.enforcer_mut(),
-        at(0),
-    );
+    let reply = daemon.suspend(abuser, None, "by hand", at(0));
     assert!(reply.ok, "{reply:?}");
     daemon.idle_until(at(1_000));
     let mut traffic = Traffic::default();
@@ -764,14 +784,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
         daemon.decisions.is_empty(),
         "suspended tokens get no new decisions"
     );
-    let reply = daemon.actions.execute(
-        &Request::Lift {
-            token_fp: abuser,
-            reason: "ok".into(),
-        },
-        daemon.pipeline.enforcer_mut(),
-        at(10_000),
-    );
+    let reply = daemon.lift(abuser, "ok", at(10_000));
     assert!(reply.ok, "{reply:?}");
     daemon.idle_until(at(11_000));
     let mut traffic = Traffic::default();
@@ -784,14 +797,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
         !daemon.decisions.is_empty(),
         "after the lift the token is judged again"
     );
-    let missing = daemon.actions.execute(
-        &Request::Lift {
-            token_fp: fingerprint(COMPLIANT),
-            reason: "ok".into(),
-        },
-        daemon.pipeline.enforcer_mut(),
-        at(30_000),
-    );
+    let missing = daemon.lift(fingerprint(COMPLIANT), "ok", at(30_000));
     assert!(!missing.ok && missing.error.unwrap().contains("is not suspended"));
     daemon.actions.shutdown();
 }
@@ -803,15 +809,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     let config = scenario_config(dir.path(), &receiver);
     let mut daemon = Daemon::new(&config);
     let abuser = fingerprint(ABUSER);
-    let suspended = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: abuser,
-            for_s: Some(3600.0),
-            reason: "before the reload".into(),
-        },
-        daemon.pipeline.enforcer_mut(),
-        at(0),
-    );
+    let suspended = daemon.suspend(abuser, Some(3600.0), "before the reload", at(0));
     assert!(suspended.ok);
     // Delivered before the reload (an alert still queued for a sink the reload removes is given
     // up, with an audit record).
@@ -831,15 +829,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     let prepared = daemon.actions.prepare_reload(reloaded.actions()).unwrap();
     daemon.actions.reconfigure(prepared, reloaded.actions());
     let compliant = fingerprint(COMPLIANT);
-    let reply = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: compliant,
-            for_s: Some(60.0),
-            reason: "after the reload".into(),
-        },
-        daemon.pipeline.enforcer_mut(),
-        at(1_000),
-    );
+    let reply = daemon.suspend(compliant, Some(60.0), "after the reload", at(1_000));
     assert!(reply.ok);
     let slack = other.wait_for(1, WAIT);
     assert_eq!(slack.len(), 1);
