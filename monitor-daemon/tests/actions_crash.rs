@@ -3,7 +3,7 @@
 //! the alerts that could not be delivered before the crash are delivered after it.
 //!
 //! The test binary re-runs itself as the daemon: with `ACTIONS_CRASH_CHILD` set, `daemon_child`
-//! suspends tokens through [`Actions`] in a loop, its alert sink unreachable, and prints each
+//! suspends tokens through [`Actions::execute`] (an admin's request into the enforcer) in a loop, its alert sink unreachable, and prints each
 //! token once the call returned. The parent kills it with SIGKILL mid-burst.
 
 use std::collections::BTreeSet;
@@ -14,9 +14,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redcap_monitor::commands::config::Config;
-use redcap_monitor::edges::actions::Actions;
+use redcap_monitor::edges::actions::{Actions, Request};
 use redcap_monitor::edges::store::{AuditKind, Store, StoreLimits};
-use redcap_monitor::shared::model::{Span, Timestamp};
+use redcap_monitor::shared::model::Timestamp;
 use redcap_monitor::shared::token::TokenFingerprint;
 use redcap_monitor::stages::policy::enforce::Enforcer;
 
@@ -56,13 +56,21 @@ fn daemon_child() {
     let port: u16 = std::env::var(PORT_ENV).unwrap().parse().unwrap();
     let config = config(Path::new(&dir), port);
     let mut actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
+    let mut enforcer = Enforcer::new(config.enforcement.clone());
+    actions
+        .restore_into(&mut enforcer, now(), config.enforcement.memory.span())
+        .unwrap();
     // Bounded, so that a child whose parent died does not run forever.
     for i in 0..5_000u64 {
         let at = now();
-        actions
-            .suspend(token(i), Some(at.plus(Span::from_secs(3600))), "burst", at)
-            .unwrap();
-        actions.tick(at);
+        let request = Request::Suspend {
+            token_fp: token(i),
+            for_s: Some(3600.0),
+            reason: "burst".into(),
+        };
+        let reply = actions.execute(&request, &mut enforcer, at);
+        assert!(reply.ok, "{reply:?}");
+        actions.tick(&mut enforcer, at);
         println!("suspended {i}");
     }
 }
@@ -186,6 +194,7 @@ fn kill_9_mid_burst_loses_no_suspension_or_alert() {
         .unwrap();
     assert!(restored >= acknowledged.len());
     assert_eq!(enforcer.tracked_tokens(), restored);
+    assert_eq!(enforcer.suspensions_in_force(), restored);
     let end = Instant::now() + Duration::from_secs(30);
     while actions.store().outbox_len().unwrap() > 0 {
         assert!(Instant::now() < end, "queued alerts were not delivered");

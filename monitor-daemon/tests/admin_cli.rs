@@ -302,11 +302,17 @@ impl RunningDaemon {
             now(),
         )
         .unwrap();
+        let mut enforcer =
+            redcap_monitor::stages::policy::enforce::Enforcer::new(config.enforcement.clone());
+        actions
+            .restore_into(&mut enforcer, now(), config.enforcement.memory.span())
+            .unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                actions.tick(now());
+                enforcer.handle_timeout(now());
+                actions.tick(&mut enforcer, now());
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             actions

@@ -57,4 +57,3 @@ pub fn screenshot(page: &Path) -> (String, PathBuf) {
     );
     (log, png)
 }
-

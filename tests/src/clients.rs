@@ -155,3 +155,22 @@ pub fn curl_in(netns: Option<&str>, args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// One API call with curl from this namespace: `content=version` with `token`, the answer
+/// thrown away (the daemon under test sees the call; the test reads what it made of it).
+pub fn api_call(url: &str, token: &str) {
+    curl_in(
+        None,
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-d",
+            &format!("token={token}&content=version&format=json"),
+            url,
+        ],
+    )
+    .unwrap();
+}

@@ -425,3 +425,82 @@ pub fn assert_no_raw_token(written: &[(String, Vec<u8>)], tokens: &[&str]) {
         }
     }
 }
+
+/// `redcap-monitor CMD --store STORE --json ...`: its JSON lines (the command must succeed;
+/// its output is in the panic message otherwise).
+pub fn admin_json(store: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(monitor_bin().unwrap())
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The non-empty lines of a file the daemon writes (none while it does not exist yet).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// The daemon's stats file `DIR/stats.json` (`null` while it is missing or half written).
+pub fn stats_json(dir: &Path) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("stats.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// `setpriv ARGS redcap-monitor run --config CONFIG --key KEY` (util-linux): the daemon with
+/// changed credentials or capability sets, execed by setpriv so that its pid is the daemon's;
+/// start it with [`LiveDaemon::spawn`], or run it to its end.
+pub fn setpriv_run(setpriv_args: &[&str], config: &Path, key: &Path) -> Result<Command> {
+    let mut command = Command::new("setpriv");
+    command
+        .args(setpriv_args)
+        .arg(monitor_bin()?)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--key")
+        .arg(key)
+        .env("NO_COLOR", "1");
+    Ok(command)
+}
+
+/// Writes `DIR/tls.toml` for a daemon reading `interface` with the TC probe (ports 80 and 443)
+/// and the TLS uprobes of `process`, with calls in `DIR/calls.jsonl`, stats each second in
+/// `DIR/stats.json` and its store in `DIR/state.redb`; returns the configuration's path.
+pub fn tls_capture_config(dir: &Path, interface: &str, process: &str) -> PathBuf {
+    let config = dir.join("tls.toml");
+    // 443 is a TC port too: the classifier sees only ciphertext there and must not add calls.
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{interface}\"]\nports = [80, 443]\n\
+             [capture.tls]\nenabled = true\nprocesses = [\"{process}\"]\nrescan_interval = \"1s\"\n\
+             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
+             [store]\npath = \"{}\"\n",
+            dir.join("calls.jsonl").display(),
+            dir.join("stats.json").display(),
+            dir.join("state.redb").display()
+        ),
+    )
+    .expect("writing the daemon's configuration");
+    config
+}

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod clients;
 pub mod cpu;
 pub mod daemon;
+pub mod forged;
 pub mod mariadb;
 pub mod netns;
 pub mod php;

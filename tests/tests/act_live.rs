@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use monitor_tests::clients::curl_in;
+use monitor_tests::clients::api_call;
 use monitor_tests::daemon::{
-    LiveDaemon, assert_no_raw_token, files_under, fingerprints, monitor_bin,
+    LiveDaemon, admin_json as admin, assert_no_raw_token, file_lines as lines, files_under,
+    fingerprints, monitor_bin,
 };
 use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
@@ -102,53 +103,6 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-fn api_call(url: &str, token: &str) {
-    curl_in(
-        None,
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ],
-    )
-    .unwrap();
-}
-
-/// `redcap-monitor CMD --store STORE --json ...`: its JSON lines (the command must succeed).
-fn admin(store: &Path, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(monitor_bin().unwrap())
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(String::from)
-        .collect()
 }
 
 #[test]

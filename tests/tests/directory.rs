@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use monitor_tests::clients::curl_in;
+use monitor_tests::clients::api_call;
 use monitor_tests::daemon::{
-    LiveDaemon, assert_no_raw_token, files_under, fingerprints, monitor_bin,
+    LiveDaemon, assert_no_raw_token, files_under, fingerprints, monitor_bin, stats_json as stats,
 };
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
 use monitor_tests::receiver::{Received, receiver};
@@ -113,30 +113,6 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16, db_port: u16, api_port:
     )
     .unwrap();
     path
-}
-
-fn api_call(url: &str, token: &str) {
-    curl_in(
-        None,
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ],
-    )
-    .unwrap();
-}
-
-fn stats(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join("stats.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
 }
 
 /// Waits for the directory's state in the stats file; returns the directory object.

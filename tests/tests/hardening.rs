@@ -6,13 +6,12 @@
 //! given as an ambient capability the way the shipped unit gives its capabilities; a suspend hook
 //! it runs must hold none of them. Needs root.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use monitor_tests::daemon::monitor_bin;
+use monitor_tests::daemon::{LiveDaemon, monitor_bin, setpriv_run};
 
 const NOBODY: u32 = 65534;
 
@@ -36,39 +35,22 @@ fn the_daemon_makes_itself_non_dumpable_and_its_hooks_hold_no_capabilities() {
         ),
     )
     .unwrap();
-    let mut child = Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-            "--inh-caps=+net_raw",
-            "--ambient-caps=+net_raw",
-        ])
-        .arg(monitor_bin().unwrap())
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--key")
-        .arg(dir.path().join("site.key"))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv (util-linux) runs the daemon");
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !log.contains("capturing with libpcap") && Instant::now() < deadline {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            log.push_str(&line);
-            log.push('\n');
-        }
-    }
+    let mut daemon = LiveDaemon::spawn(
+        setpriv_run(
+            &[
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--inh-caps=+net_raw",
+                "--ambient-caps=+net_raw",
+            ],
+            &config,
+            &dir.path().join("site.key"),
+        )
+        .unwrap(),
+    )
+    .expect("setpriv (util-linux) runs the daemon");
+    let pid = daemon.pid().unwrap();
     // A manual suspension runs the suspend hook, which writes down its own capabilities.
     let suspended = Command::new(monitor_bin().unwrap())
         .args([
@@ -90,14 +72,13 @@ fn the_daemon_makes_itself_non_dumpable_and_its_hooks_hold_no_capabilities() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let caps = std::fs::read_to_string(&hook_caps).unwrap_or_default();
-    let proc_dir = format!("/proc/{}", child.id());
+    let proc_dir = format!("/proc/{pid}");
     let status = std::fs::read_to_string(format!("{proc_dir}/status")).unwrap_or_default();
     let fd_owner = std::fs::metadata(format!("{proc_dir}/fd")).map(|m| m.uid());
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let exit = child.wait().unwrap();
+    let (exit, log) = daemon.stop().unwrap();
     assert!(
         log.contains("capturing with libpcap"),
-        "the daemon did not start: {log}"
+        "the daemon did not start with libpcap: {log}"
     );
     assert!(
         status

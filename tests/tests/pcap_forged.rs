@@ -5,60 +5,16 @@
 
 mod probe_env;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
 use std::time::Duration;
 
 use monitor_tests::daemon::{LiveDaemon, fingerprint, jsonl};
+use monitor_tests::forged::{Flood, SplitClient, flood};
 use monitor_tests::require_root;
 use probe_env::{SERVER_IP, SERVER_PORT, namespace_pair};
 
 const TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF";
 const SPOOFED_IP: &str = "198.51.100.9";
 const SYNS: usize = 3_000;
-
-/// One API call whose head and body leave in two segments: the head, then (after a line on
-/// stdin) the body with the token. Prints "head" after the head, then the answer's status.
-const CLIENT_PY: &str = r#"
-import socket, sys
-host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-body = ("token=%s&content=record&format=json&returnFormat=json" % token).encode()
-head = ("POST /api/ HTTP/1.1\r\nHost: redcap\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-        "Content-Length: %d\r\n\r\n" % len(body)).encode()
-s = socket.create_connection((host, port))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-s.sendall(head)
-print("head", flush=True)
-sys.stdin.readline()
-s.sendall(body)
-answer = b""
-while b"\r\n\r\n" not in answer:
-    answer += s.recv(65536)
-print(answer.split(b" ")[1].decode(), flush=True)
-s.close()
-"#;
-
-/// Sends argv[3] bare SYNs from argv[1] (spoofed, one source port each) to argv[2]:8080, with
-/// right checksums, through a raw IP socket.
-const SYN_FLOOD_PY: &str = r#"
-import random, socket, struct, sys
-src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def csum(data):
-    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
-    while total > 0xffff:
-        total = (total & 0xffff) + (total >> 16)
-    return ~total & 0xffff
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-saddr, daddr = socket.inet_aton(src), socket.inet_aton(dst)
-for i in range(n):
-    tcp = struct.pack("!HHIIBBHHH", 1024 + i, 8080, random.getrandbits(32), 0, 5 << 4, 0x02,
-                      65535, 0, 0)
-    pseudo = saddr + daddr + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, saddr, daddr)
-    s.sendto(ip + tcp, (dst, 0))
-print(n, flush=True)
-"#;
 
 #[test]
 fn a_syn_flood_does_not_evict_an_api_connection_in_flight_in_libpcap_mode() {
@@ -89,36 +45,13 @@ fn a_syn_flood_does_not_evict_an_api_connection_in_flight_in_libpcap_mode() {
         .wait_for_log("capturing with libpcap", 1, Duration::from_secs(20))
         .unwrap();
 
-    let mut client = pair
-        .exec(&pair.client_ns, "python3")
-        .args(["-c", CLIENT_PY, SERVER_IP, &SERVER_PORT.to_string(), TOKEN])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the test client");
-    let mut answers = BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    answers.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "head");
+    let client = SplitClient::start(&pair, SERVER_IP, SERVER_PORT, TOKEN);
     // The server acknowledges the head: the connection is answered.
     std::thread::sleep(Duration::from_millis(300));
-    let flood = pair
-        .exec(&pair.client_ns, "python3")
-        .args(["-c", SYN_FLOOD_PY, SPOOFED_IP, SERVER_IP, &SYNS.to_string()])
-        .output()
-        .expect("python3 is needed for the flood");
-    assert!(
-        flood.status.success(),
-        "{}",
-        String::from_utf8_lossy(&flood.stderr)
-    );
+    flood(&pair, Flood::Syn, SPOOFED_IP, SERVER_IP, SYNS);
     // Let the capture take the flood in before the body goes.
     std::thread::sleep(Duration::from_millis(500));
-    writeln!(client.stdin.as_mut().unwrap()).unwrap();
-    line.clear();
-    answers.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "200");
-    assert!(client.wait().unwrap().success());
+    assert_eq!(client.send_body(), "200");
     std::thread::sleep(Duration::from_millis(500));
     let (status, log) = daemon.stop().unwrap();
     assert!(status.success(), "{log}");

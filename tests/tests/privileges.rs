@@ -3,15 +3,12 @@
 //! runs as root with capabilities removed from its bounding set (`setpriv`, util-linux), so the
 //! kernel refuses exactly what an unprivileged service account would be refused.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use monitor_tests::daemon::monitor_bin;
+use monitor_tests::daemon::{LiveDaemon, setpriv_run};
 
 /// Runs `redcap-monitor run` on loopback in `mode` without `dropped` capabilities, stops it with
-/// SIGINT once it logged a line containing `ready` (if given), and returns its exit code and log.
+/// SIGTERM once it logged a line containing `ready` (if given), and returns its exit code and log.
 fn run_without(dropped: &str, mode: &str, ready: Option<&str>) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
@@ -25,42 +22,28 @@ fn run_without(dropped: &str, mode: &str, ready: Option<&str>) -> (Option<i32>, 
         ),
     )
     .unwrap();
-    let mut child = Command::new("setpriv")
-        .arg(format!("--bounding-set={dropped}"))
-        .arg(monitor_bin().unwrap())
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--key")
-        .arg(dir.path().join("site.key"))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("setpriv (util-linux) runs the daemon");
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
+    let bounding = format!("--bounding-set={dropped}");
+    let command = setpriv_run(&[&bounding], &config, &dir.path().join("site.key")).unwrap();
+    match ready {
+        Some(ready) => {
+            let mut daemon =
+                LiveDaemon::spawn(command).expect("setpriv (util-linux) runs the daemon");
+            // Started means "capturing with" was logged; wait for the rest of `ready`.
+            let _ = daemon.wait_for_log(ready, 1, std::time::Duration::from_secs(20));
+            let (status, log) = daemon.stop().unwrap();
+            (status.code(), log)
         }
-    });
-    let mut log = String::new();
-    if let Some(ready) = ready {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !log.contains(ready) && Instant::now() < deadline {
-            if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-                log.push_str(&line);
-                log.push('\n');
-            }
+        None => {
+            let mut command = command;
+            let out = command
+                .output()
+                .expect("setpriv (util-linux) runs the daemon");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         }
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     }
-    let status = child.wait().unwrap();
-    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    (status.code(), log)
 }
 
 fn root_and_setpriv(test: &str) -> bool {

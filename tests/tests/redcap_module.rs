@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use monitor_tests::daemon::{LiveDaemon, fingerprints, monitor_bin, without_api_listener};
+use monitor_tests::daemon::{
+    LiveDaemon, admin_json, fingerprints, monitor_bin, without_api_listener,
+};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::wait_until;
 use monitor_tests::web::{Apache, TestPki};
@@ -221,28 +223,6 @@ fn refused_as_suspended(status: u16, body: &str) -> bool {
     status == 403 && body.contains("suspended by the API policy")
 }
 
-fn admin(store: &Path, args: &[&str]) -> Value {
-    let out = Command::new(monitor_bin().unwrap())
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .next()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .unwrap_or(Value::Null)
-}
-
 fn suspended_fps(store: &Path) -> Vec<String> {
     let out = Command::new(monitor_bin().unwrap())
         .args(["suspensions", "--json", "--store"])
@@ -447,4 +427,12 @@ fn group_id(name: &str) -> u32 {
         .nth(2)
         .and_then(|gid| gid.parse().ok())
         .unwrap_or_else(|| panic!("no group {name}"))
+}
+
+/// The first JSON line of an admin command (`null` when it printed none).
+fn admin(store: &Path, args: &[&str]) -> Value {
+    admin_json(store, args)
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null)
 }

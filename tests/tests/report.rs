@@ -509,7 +509,10 @@ fn html_reports_open_in_chromium_with_their_charts_and_without_a_raw_token() {
         ">missing</span>",
         ">180 days</text>",
     ] {
-        assert!(lifecycle.contains(expected), "{expected} not in {lifecycle}");
+        assert!(
+            lifecycle.contains(expected),
+            "{expected} not in {lifecycle}"
+        );
     }
 
     for (name, html, bars_at_least, limit_at_least) in [

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use monitor_tests::clients::{PycapSet, curl_in, run_curl_set_in, run_pycap_in};
-use monitor_tests::daemon::{LiveDaemon, jsonl};
+use monitor_tests::daemon::{LiveDaemon, jsonl, tls_capture_config};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator};
 use monitor_tests::web::{Nginx, PythonHttps, TestPki};
@@ -81,23 +81,7 @@ fn https_calls_seen_at_nginx_openssl_are_reported_once_with_the_fields_of_plain_
     let key = dir.path().join("site.key");
     let calls = dir.path().join("calls.jsonl");
     let stats = dir.path().join("stats.json");
-    let config = dir.path().join("tls.toml");
-    // 443 is a TC port too: the classifier sees only ciphertext there and must not add calls.
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80, 443]\n\
-             [capture.tls]\nenabled = true\nprocesses = [\"{}\"]\nrescan_interval = \"1s\"\n\
-             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
-             [store]\npath = \"{}\"\n",
-            pair.server_if,
-            nginx.name(),
-            calls.display(),
-            stats.display(),
-            dir.path().join("state.redb").display()
-        ),
-    )
-    .unwrap();
+    let config = tls_capture_config(dir.path(), &pair.server_if, nginx.name());
     let ns = Some(pair.server_ns.as_str());
     let client = Some(pair.client_ns.as_str());
     let mut daemon = LiveDaemon::start(ns, &config, &key).unwrap();

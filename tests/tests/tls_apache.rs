@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use monitor_tests::clients::curl_in;
-use monitor_tests::daemon::LiveDaemon;
+use monitor_tests::daemon::{LiveDaemon, tls_capture_config};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::web::{Apache, TestPki};
 use serde_json::Value;
@@ -78,22 +78,7 @@ fn https_calls_seen_at_apache_mod_ssl_are_reported_once_with_the_fields_of_plain
     let key = dir.path().join("site.key");
     let calls = dir.path().join("calls.jsonl");
     let stats = dir.path().join("stats.json");
-    let config = dir.path().join("tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[capture]\nmode = \"ebpf\"\ninterfaces = [\"{}\"]\nports = [80, 443]\n\
-             [capture.tls]\nenabled = true\nprocesses = [\"{}\"]\nrescan_interval = \"1s\"\n\
-             [output]\ncalls = \"{}\"\nstats = \"{}\"\nstats_interval = \"1s\"\n\
-             [store]\npath = \"{}\"\n",
-            pair.server_if,
-            apache.name(),
-            calls.display(),
-            stats.display(),
-            dir.path().join("state.redb").display()
-        ),
-    )
-    .unwrap();
+    let config = tls_capture_config(dir.path(), &pair.server_if, apache.name());
     let client = Some(pair.client_ns.as_str());
     let mut daemon = LiveDaemon::start(Some(&pair.server_ns), &config, &key).unwrap();
 

@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::commands::config::{Config, ConfigError};
 use crate::edges::capture::{CaptureError, CaptureFile};
-use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
+use crate::edges::output::{RecordFiles, RecordPaths, RecordWriter, WriteMode};
 use crate::edges::store::{Sighting, Store, StoreError, StoreLimits};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{SiteKey, TokenFingerprint, TokenProblem};
@@ -264,11 +263,15 @@ pub fn analyze(
     key: SiteKey,
     outputs: &AnalyzeOutputs,
 ) -> Result<(Summary, String), AnalyzeError> {
-    let mut calls_out = outputs.calls.as_deref().map(open_output).transpose()?;
-    let mut violations_out = outputs.violations.as_deref().map(open_output).transpose()?;
-    let mut decisions_out = outputs.decisions.as_deref().map(open_output).transpose()?;
+    let paths = RecordPaths {
+        calls: outputs.calls.clone(),
+        violations: outputs.violations.clone(),
+        decisions: outputs.decisions.clone(),
+    };
+    let files = RecordFiles::open(&paths, WriteMode::Replace)
+        .map_err(|(path, source)| AnalyzeError::Write { path, source })?;
+    let mut writer = RecordWriter::new(files);
     let mut summary = Summary::default();
-    let mut write_error: Option<AnalyzeError> = None;
     // Open the store first, so that a wrong path fails before a long replay.
     let store = outputs
         .store
@@ -296,49 +299,13 @@ pub fn analyze(
             sighting.ts = sighting.ts.max(at);
             sighting.usage.add(&Usage::of_verdict(&verdict));
         }
-        if write_error.is_some() {
-            return;
-        }
-        if let Some((path, out)) = calls_out.as_mut()
-            && let Err(source) = write_line(out, &CallRecord::of(&verdict, Transport::Tcp))
-        {
-            write_error = Some(AnalyzeError::Write {
-                path: path.clone(),
-                source,
-            });
-        }
-        if let Some((path, out)) = decisions_out.as_mut()
-            && let Some(decision) = &verdict.decision
-            && let Err(source) = write_line(out, decision)
-        {
-            write_error = Some(AnalyzeError::Write {
-                path: path.clone(),
-                source,
-            });
-        }
-        if let Some((path, out)) = violations_out.as_mut() {
-            for record in ViolationRecord::all_of(&verdict) {
-                if let Err(source) = write_line(out, &record) {
-                    write_error = Some(AnalyzeError::Write {
-                        path: path.clone(),
-                        source,
-                    });
-                }
-            }
-        }
+        writer.write(&verdict);
     };
 
     let replay = replay(capture, config, key, on_verdict)?;
-    if let Some(err) = write_error {
-        return Err(err);
-    }
-    for (path, mut out) in calls_out
-        .into_iter()
-        .chain(violations_out)
-        .chain(decisions_out)
-    {
-        out.flush()
-            .map_err(|source| AnalyzeError::Write { path, source })?;
+    writer.flush();
+    if let Some((path, source)) = writer.take_error() {
+        return Err(AnalyzeError::Write { path, source });
     }
     for change in replay.health_changes {
         summary.health_change(change);
@@ -350,18 +317,6 @@ pub fn analyze(
     summary.warnings = replay.warnings;
     summary.problems = replay.problems;
     Ok((summary, replay.stats))
-}
-
-fn open_output(path: &Path) -> Result<(PathBuf, BufWriter<Box<dyn Write>>), AnalyzeError> {
-    let sink: Box<dyn Write> = if path == Path::new("-") {
-        Box::new(io::stdout().lock())
-    } else {
-        Box::new(File::create(path).map_err(|source| AnalyzeError::Write {
-            path: path.to_owned(),
-            source,
-        })?)
-    };
-    Ok((path.to_owned(), BufWriter::with_capacity(1 << 16, sink)))
 }
 
 /// What each stage saw and rejected: one line per stage with every counter.

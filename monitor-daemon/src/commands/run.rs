@@ -2,15 +2,16 @@
 //! decisions acted on.
 //!
 //! The live event loop: opens the [`LiveSource`] (which chooses and assembles the capture),
-//! waits on it with tokio, feeds the same [`Pipeline`] as `analyze`, appends call and violation records, hands every
+//! waits on it with tokio, feeds the same [`Pipeline`] as `analyze`, appends call, violation and
+//! decision records with the same [`RecordWriter`] (which never stops the daemon: a full disk
+//! drops records, counted, alerted once per outage, and writing resumes), hands every
 //! verdict, change of health and capture loss to [`Actions`] (store, alerts, hooks), logs every
 //! counter once per interval, and on SIGINT/SIGTERM finishes the pipeline, flushes and detaches.
 //! SIGHUP re-reads the configuration and applies it whole or not at all ([`apply_config`]).
 //! Tells systemd (`Type=notify`) when it is ready, alive, reloading and stopping. Nothing is
 //! pinned: the probe's links go with the process.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,7 +20,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, interval, interval_at};
 
 use crate::commands::config::{Config, ConfigError};
-use crate::edges::actions::{Actions, ActionsError, ActionsReload, Request};
+use crate::edges::actions::{
+    Actions, ActionsError, ActionsReload, AdminRequest, Reply, ReplyTo, Request,
+};
 use crate::edges::api::live::{LiveTelemetry, suspension_json};
 use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
@@ -27,10 +30,11 @@ use crate::edges::capture::CaptureMode;
 use crate::edges::capture::kernel::interface_exists;
 use crate::edges::capture::live::{CaptureCounters, LiveSource, LiveSourceError, Ready};
 use crate::edges::capture::live_pcap::OwnedFrame;
-use crate::edges::capture::records::is_synthetic;
 use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
-use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
+use crate::edges::output::{
+    Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode, WriterStats,
+};
 use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
@@ -132,7 +136,12 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         })?;
     let mut pipeline = Pipeline::new(config.pipeline(), key);
     let mut records = Records::open(config)?;
-    records.directory = directory.clone();
+    let owners = directory.clone();
+    records.writer.decision_extra(Box::new(move |token| {
+        owners
+            .owner(token)
+            .map(|owner| serde_json::to_value(&*owner).unwrap_or_default())
+    }));
     let mut actions = Actions::open(
         config.actions(),
         crate::edges::alerts::host_name(),
@@ -231,7 +240,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             }
             Event::Reload => {
                 notifier.reloading();
-                edges.records.flush()?;
+                edges.records.writer.flush();
                 if let Some((new, actions)) = reload(origin, config, &mut edges) {
                     apply_config((&new, actions), &mut pipeline, &mut edges, &mut stats_tick);
                     current = new;
@@ -253,7 +262,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 let now = wall_clock();
                 pipeline.tick(now, &mut |v| edges.verdict(v));
                 edges.tick(&mut pipeline, now);
-                edges.records.flush()?;
+                edges.records.writer.flush();
+                edges.records_outages(now);
                 // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
                 // the loop runs.
                 let beat = std::time::Instant::now();
@@ -287,22 +297,20 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             Event::Stats => {
                 let stats = counters(&source, &pipeline, &edges);
                 tracing::info!(counters = %stats, "counters");
-                edges.records.write_stats(&stats)?;
+                edges.records.write_stats(&stats);
             }
             Event::Refresh => refresh_telemetry(&source, &pipeline, &mut edges),
             Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
         }
-        edges.records.check()?;
     }
 
     source.stop(&mut pipeline, &mut |v| edges.verdict(v)).await;
     pipeline.finish(&mut |v| edges.verdict(v));
     edges.tick(&mut pipeline, wall_clock());
-    edges.records.check()?;
-    edges.records.flush()?;
+    edges.records.writer.flush();
     let stats = counters(&source, &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
-    edges.records.write_stats(&stats)?;
+    edges.records.write_stats(&stats);
     refresh_telemetry(&source, &pipeline, &mut edges);
     drop(command_tx);
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
@@ -326,12 +334,13 @@ impl Edges {
     /// The actions go last: they take the call's raw token, if it was kept for the suspend
     /// hooks (records and telemetry cannot see it either way), and the verdict is dropped here.
     fn verdict(&mut self, mut verdict: Verdict) {
-        self.records.write(&verdict);
+        self.records.writer.write(&verdict);
         self.telemetry.observe(&verdict);
         self.actions.on_verdict(&mut verdict);
     }
 
-    /// Carries out an admin's lift or suspend from the API, like one from a request file.
+    /// Hands an admin's lift or suspend from the API into the action edge's admin queue (where
+    /// request files wait too) and carries the queue out at once.
     fn admin(&mut self, command: AdminCommand, pipeline: &mut Pipeline, now: Timestamp) {
         let (request, reply) = match command {
             AdminCommand::Suspend {
@@ -359,13 +368,26 @@ impl Edges {
                 reply,
             ),
         };
-        let answer = self.actions.execute(&request, now);
-        self.actions.sync_enforcer(pipeline.enforcer_mut());
-        let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
-            (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
-            (true, None, _) => Ok(serde_json::Value::Null),
-            (false, _, error) => Err(error.unwrap_or_default()),
+        self.actions.submit(AdminRequest {
+            request: Ok(request),
+            reply: ReplyTo::Callback(Box::new(move |answer: Reply| {
+                let _ = reply.send(match (answer.ok, answer.suspension, answer.error) {
+                    (true, Some(suspension), _) => Ok(suspension_json(&suspension)),
+                    (true, None, _) => Ok(serde_json::Value::Null),
+                    (false, _, error) => Err(error.unwrap_or_default()),
+                });
+            })),
         });
+        self.actions.handle_admin(pipeline.enforcer_mut(), now);
+    }
+
+    /// A record outage begun or ended: alerted once each (`records_write_failed`).
+    fn records_outages(&mut self, now: Timestamp) {
+        while let Some(outage) = self.records.writer.poll_outage() {
+            if let Outage::Began { .. } = &outage {
+                self.actions.observe_records_outage(&outage, now);
+            }
+        }
     }
 
     /// Time passes: health changes are alerted, suspensions expire, admin requests are
@@ -409,7 +431,7 @@ fn reload(origin: &Path, started: &Config, edges: &mut Edges) -> Option<(Config,
             return None;
         }
     };
-    let reopened = match Records::open(&new) {
+    let reopened = match OpenedRecords::open(&new) {
         Ok(reopened) => reopened,
         Err(err) => {
             refused(&err);
@@ -452,7 +474,6 @@ fn apply_config(
 ) {
     pipeline.reconfigure(new.pipeline());
     edges.actions.reconfigure(actions, new.actions());
-    edges.actions.sync_enforcer(pipeline.enforcer_mut());
     edges.telemetry.reconfigure(&new.policy, &new.health);
     edges.telemetry.use_lifecycle(&new.lifecycle);
     *stats_tick = stats_interval(new);
@@ -558,6 +579,7 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
     let actions = &edges.actions;
     let metrics = edges.telemetry.metrics();
     metrics.set_action_stats(actions.stats(), actions.hook_runs());
+    metrics.set_writer_stats(edges.records.writer_stats());
     metrics.set_alert_stats(actions.alert_stats());
     if let Some(delivery) = actions.delivery_stats() {
         metrics.set_delivery_stats(&delivery);
@@ -581,8 +603,9 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> serde_js
     let mut value = serde_json::json!({
         "mode": source.mode(),
         "tls_libraries": source.tls_libraries(),
-        "calls_written": records.calls_written,
-        "violations_written": records.violations_written,
+        "calls_written": records.writer.stats().calls_written,
+        "violations_written": records.writer.stats().violations_written,
+        "records": records.writer.stats(),
     });
     if let serde_json::Value::Object(capture) = source.counters_json() {
         value.as_object_mut().expect("an object").extend(capture);
@@ -615,159 +638,69 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> serde_js
     value
 }
 
-/// The record outputs; a write error is kept and reported at the next check.
+/// The record outputs (the shared [`RecordWriter`], appending) and the stats file.
 struct Records {
-    calls: Option<Output>,
-    violations: Option<Output>,
-    decisions: Option<Output>,
+    writer: RecordWriter,
     stats: Option<PathBuf>,
-    calls_written: u64,
-    violations_written: u64,
-    error: Option<RunError>,
-    /// Names the token's owner in decision records, when the token directory knows it.
-    directory: Directory,
 }
 
-struct Output {
-    path: PathBuf,
-    out: BufWriter<Box<dyn Write>>,
+/// The files a configuration names, opened (for a start or a reload).
+struct OpenedRecords {
+    files: RecordFiles,
+    stats: Option<PathBuf>,
 }
 
 impl Records {
     fn open(config: &Config) -> Result<Records, RunError> {
-        let output = &config.output;
+        let opened = OpenedRecords::open(config)?;
         Ok(Records {
-            calls: output.calls.as_deref().map(Output::append).transpose()?,
-            violations: output
-                .violations
-                .as_deref()
-                .map(Output::append)
-                .transpose()?,
-            decisions: output
-                .decisions
-                .as_deref()
-                .map(Output::append)
-                .transpose()?,
-            stats: output.stats.clone(),
-            calls_written: 0,
-            violations_written: 0,
-            error: None,
-            directory: Directory::off(),
+            writer: RecordWriter::new(opened.files),
+            stats: opened.stats,
         })
     }
 
-    fn write(&mut self, verdict: &Verdict) {
-        if self.error.is_some() {
-            return;
-        }
-        if let Some(calls) = &mut self.calls {
-            let mut record = CallRecord::of(verdict, Transport::Tcp);
-            if is_synthetic(&verdict.call.server) {
-                // Plaintext from the OpenSSL uprobes: the server end is synthetic, and so is
-                // the client end when its address could not be found; a synthetic address is
-                // never written.
-                record.transport = Transport::Tls;
-                if is_synthetic(&verdict.call.client) {
-                    record.client = String::new();
-                }
-                record.server = String::new();
-            }
-            if let Err(err) = calls.line(&record) {
-                self.error = Some(err);
-                return;
-            }
-            self.calls_written += 1;
-        }
-        if let Some(violations) = &mut self.violations {
-            for record in ViolationRecord::all_of(verdict) {
-                if let Err(err) = violations.line(&record) {
-                    self.error = Some(err);
-                    return;
-                }
-                self.violations_written += 1;
-            }
-        }
-        if let (Some(decisions), Some(decision)) = (&mut self.decisions, &verdict.decision) {
-            let written = match self.directory.owner(&decision.token_fp) {
-                Some(owner) => {
-                    let mut record = serde_json::to_value(decision).unwrap_or_default();
-                    record["owner"] = serde_json::to_value(&*owner).unwrap_or_default();
-                    decisions.line(&record)
-                }
-                None => decisions.line(decision),
-            };
-            if let Err(err) = written {
-                self.error = Some(err);
-            }
-        }
-    }
-
-    /// Takes `reopened`'s outputs (a reload); the counts carry on. Call after a flush.
-    fn replace_outputs(&mut self, reopened: Records) {
-        self.calls = reopened.calls;
-        self.violations = reopened.violations;
-        self.decisions = reopened.decisions;
+    /// Takes a reload's files (new paths, or the same paths after logrotate moved the files);
+    /// the counts carry on.
+    fn replace_outputs(&mut self, reopened: OpenedRecords) {
+        self.writer.replace_files(reopened.files);
         self.stats = reopened.stats;
     }
 
-    fn check(&mut self) -> Result<(), RunError> {
-        self.error.take().map_or(Ok(()), Err)
-    }
-
-    fn flush(&mut self) -> Result<(), RunError> {
-        let outputs = self.calls.iter_mut().chain(self.violations.iter_mut());
-        for output in outputs.chain(self.decisions.iter_mut()) {
-            output.out.flush().map_err(|source| RunError::Write {
-                path: output.path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// Replaces the stats file atomically (write a sibling, rename over).
-    fn write_stats(&self, stats: &serde_json::Value) -> Result<(), RunError> {
+    /// Replaces the stats file atomically (write a sibling, rename over). A failure is logged:
+    /// like the records, the stats file never stops the daemon.
+    fn write_stats(&self, stats: &serde_json::Value) {
         let Some(path) = &self.stats else {
-            return Ok(());
-        };
-        let write_error = |source| RunError::Write {
-            path: path.clone(),
-            source,
+            return;
         };
         let mut partial = path.clone().into_os_string();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
         let text = format!("{stats}\n");
-        std::fs::write(&partial, text).map_err(write_error)?;
-        std::fs::rename(&partial, path).map_err(write_error)
+        let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path));
+        if let Err(err) = written {
+            let _ = std::fs::remove_file(&partial);
+            tracing::error!(path = %path.display(), error = %err, "cannot write the stats file");
+        }
+    }
+
+    fn writer_stats(&self) -> &WriterStats {
+        self.writer.stats()
     }
 }
 
-impl Output {
-    fn append(path: &Path) -> Result<Output, RunError> {
-        let sink: Box<dyn Write> = if path == Path::new("-") {
-            Box::new(io::stdout())
-        } else {
-            let file: File = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| RunError::Write {
-                    path: path.to_owned(),
-                    source,
-                })?;
-            Box::new(file)
+impl OpenedRecords {
+    fn open(config: &Config) -> Result<OpenedRecords, RunError> {
+        let output = &config.output;
+        let paths = RecordPaths {
+            calls: output.calls.clone(),
+            violations: output.violations.clone(),
+            decisions: output.decisions.clone(),
         };
-        Ok(Output {
-            path: path.to_owned(),
-            out: BufWriter::with_capacity(1 << 16, sink),
-        })
-    }
-
-    fn line(&mut self, record: &impl serde::Serialize) -> Result<(), RunError> {
-        write_line(&mut self.out, record).map_err(|source| RunError::Write {
-            path: self.path.clone(),
-            source,
+        let files = RecordFiles::open(&paths, WriteMode::Append)
+            .map_err(|(path, source)| RunError::Write { path, source })?;
+        Ok(OpenedRecords {
+            files,
+            stats: output.stats.clone(),
         })
     }
 }
@@ -828,17 +761,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("capture.ports"), "{err}");
-    }
-
-    #[test]
-    fn records_are_appended_not_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("calls.jsonl");
-        std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
-        let mut output = Output::append(&path).unwrap();
-        output.line(&serde_json::json!({"later": 2})).unwrap();
-        output.out.flush().unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, "{\"earlier\":1}\n{\"later\":2}\n");
     }
 }

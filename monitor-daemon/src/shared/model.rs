@@ -151,6 +151,32 @@ pub struct TcpSegment<'a> {
     pub stream_start: Option<u32>,
 }
 
+#[cfg(test)]
+impl<'a> TcpSegment<'a> {
+    /// A data segment with ACK set, as the tests of later stages feed them (one builder, so that
+    /// a new field is filled in one place).
+    pub(crate) fn sample(
+        ts: Timestamp,
+        (src, dst): (Endpoint, Endpoint),
+        seq: u32,
+        payload: &'a [u8],
+    ) -> TcpSegment<'a> {
+        TcpSegment {
+            ts,
+            src,
+            dst,
+            seq,
+            ack: Some(1),
+            flags: TcpFlags {
+                ack: true,
+                ..TcpFlags::default()
+            },
+            payload,
+            stream_start: None,
+        }
+    }
+}
+
 /// A released connection whose next request was copied before the capture stopped copying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumedEarly {

@@ -360,7 +360,7 @@ impl Pipeline {
         (self.reassembler.connections(), self.policy.tracked_tokens())
     }
 
-    /// The enforcement stage, for the edge that acts on decisions: suspensions restored after a
+    /// The enforcement stage, for the edge that acts on what it does: suspensions restored after a
     /// restart, lifted or added by an admin.
     pub fn enforcer_mut(&mut self) -> &mut Enforcer {
         &mut self.enforcer
@@ -385,6 +385,9 @@ impl Pipeline {
         self.clock = ts;
         if let Some(change) = self.health.tick(ts) {
             self.health_changes.push(change);
+        }
+        if self.enforcer.poll_timeout().is_some_and(|end| end <= ts) {
+            self.enforcer.handle_timeout(ts);
         }
         if ts >= self.next_expiry {
             self.next_expiry = ts.plus(EXPIRY_INTERVAL);
@@ -437,6 +440,13 @@ impl Pipeline {
         if verdict.violations.is_empty() {
             return verdict;
         }
+        if let Ok(identity) = &verdict.call.token {
+            verdict.while_suspended = self.enforcer.held_at(
+                identity.fingerprint,
+                verdict.call.ts_start,
+                verdict.violations.len(),
+            );
+        }
         let load_share = match &verdict.call.token {
             Ok(identity) => self.health.load_share(identity.fingerprint, self.clock),
             Err(_) => None,
@@ -457,7 +467,7 @@ mod tests {
 
     use super::*;
     use crate::commands::config::Config;
-    use crate::shared::model::{Endpoint, TcpFlags};
+    use crate::shared::model::Endpoint;
     use crate::shared::token::TokenProblem;
 
     const CLIENT: Endpoint = Endpoint {
@@ -485,19 +495,12 @@ mod tests {
         } else {
             (SERVER, client)
         };
-        TcpSegment {
-            ts: Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
-            src,
-            dst,
+        TcpSegment::sample(
+            Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
+            (src, dst),
             seq,
-            ack: Some(1),
-            flags: TcpFlags {
-                ack: true,
-                ..TcpFlags::default()
-            },
             payload,
-            stream_start: None,
-        }
+        )
     }
 
     fn request() -> String {

@@ -1,17 +1,28 @@
 //! Acting on decisions: the I/O edge after policy and health.
 //!
-//! Owns the durable [`Store`] (audit log, suspensions with their expiry, first/last seen, the
-//! alert outbox), the [`Alerts`] with their delivery thread, and the [`Hooks`], which run on a
-//! worker thread of their own so that a slow hook never holds up capture. Decisions are made
-//! sans-IO by the policy's [`Enforcer`]; this module records them, tells the admin team and runs
-//! the hooks, and publishes the suspensions in force for REDCap's External Module
-//! ([`publish`]). The only raw token it handles is a call's, kept for suspend hooks with
+//! Decisions are made sans-IO by the policy's [`Enforcer`], which is also the one owner of the
+//! suspensions in force. This edge feeds it an admin's suspend and lift requests (from the
+//! request files or the admin API, both through [`Actions::execute`]) as inputs, and acts on
+//! what it emits ([`Enforcer::poll_event`]); it holds no suspension of its own. Its parts:
+//! - the durable [`Store`]: each suspension begun or ended is persisted as the enforcer emits
+//!   it, and given back to a new enforcer at start ([`Actions::restore_into`]); the alert outbox;
+//! - the audit log (`audit_log.rs`): violations, decisions, hook results and the tokens'
+//!   sightings, batched per tick;
+//! - notification (`notification.rs`): the alerts with their delivery thread and the hooks on a
+//!   worker thread of their own, so that a slow hook never holds up capture;
+//! - admin requests: the request files of `redcap-monitor suspend/lift` (`requests.rs`) and
+//!   the admin API's, in one queue ([`Actions::submit`]), carried out in order;
+//! - the suspensions in force published for REDCap's External Module ([`publish`]).
+//!
+//! The only raw token it handles is a call's, kept for suspend hooks with
 //! `pass_raw_token` ([`crate::shared::token::HookToken`]): taken from the verdict, handed with the
 //! suspension's hook event to the hook thread, dropped (zeroed) once the hooks ran; it is never
 //! recorded, alerted or logged. Time is what the caller passes: the wall clock live,
 //! capture time in a replay (so a replay's suspensions expire in capture time).
 
+mod audit_log;
 mod hook_worker;
+mod notification;
 pub mod publish;
 mod requests;
 mod store_outbox;
@@ -25,37 +36,35 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::edges::alerts::AlertsConfig;
-use crate::edges::alerts::{Alert, Alerts, AlertsSetupError, DeliveryWorker, TokenRef};
+use crate::edges::alerts::{Alert, AlertsSetupError, TokenRef};
 use crate::edges::directory::Directory;
 use crate::edges::hooks::HooksConfig;
-use crate::edges::hooks::{HookAction, HookEvent, Hooks};
+use crate::edges::hooks::{HookAction, HookEvent};
 use crate::edges::store::StoreConfig;
 use crate::edges::store::{
-    AuditEntry, AuditKind, Sighting, Source, Store, StoreError, StoreLimits, Suspension,
+    AuditEntry, AuditKind, Source, Store, StoreError, StoreLimits, Suspension,
 };
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{FingerprintMap, MaskedToken, RawToken, TokenFingerprint};
 use crate::stages::health::{Assessment, HealthChange};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
-use crate::stages::policy::enforce::{Action, Decision, Enforcer};
-use crate::stages::usage::{Day, Usage};
+use crate::stages::policy::enforce::{
+    Action, Decision, EnforcementEvent, Enforcer, LiftedBy, SuspendedBy,
+};
+use crate::stages::usage::Usage;
 
 pub use hook_worker::HookRuns;
-pub use requests::{Reply, Request, RequestError, request_dir, submit_request};
+pub use requests::{
+    AdminRequest, Reply, ReplyTo, Request, RequestError, request_dir, submit_request,
+};
 pub use store_outbox::StoreOutbox;
 
-use hook_worker::HookWorker;
+use audit_log::AuditLog;
+use notification::{Notification, NotificationError};
 
-/// Audit records held at most between two flushes; past it they are written at once.
-const MAX_PENDING_AUDIT: usize = 4096;
-/// Tokens whose sightings are held at most between two flushes.
-const MAX_PENDING_SIGHTINGS: usize = 4096;
-/// How often sightings alone (no audit record to carry them) are written.
-const SIGHTING_FLUSH: Span = Span::from_secs(10);
-/// How often old audit records and tokens are pruned.
-const PRUNE_INTERVAL: Span = Span::from_secs(3600);
-/// Request files handled per tick (the admin API's requests are carried out as they come).
+/// Request files taken into the admin queue per tick (the admin API's requests are carried out
+/// as they come).
 const REQUESTS_PER_TICK: usize = 16;
 
 /// Counters of the action edge.
@@ -83,6 +92,8 @@ pub struct ActionStats {
     pub capture_loss_alerts: u64,
     /// Blind-spot alerts raised.
     pub capture_blind_alerts: u64,
+    /// Record-writer outages alerted (`records_write_failed`).
+    pub records_write_failed_alerts: u64,
     /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
     pub violations_while_suspended: u64,
     /// Calls whose token the server refused or never judged (no answer): not written to the
@@ -95,7 +106,7 @@ pub struct ActionStats {
 /// A reload's new alert sinks, made by [`Actions::prepare_reload`] and put in place by
 /// [`Actions::reconfigure`].
 pub struct ActionsReload {
-    alerts: Alerts,
+    alerts: crate::edges::alerts::Alerts,
 }
 
 /// Why the action edge cannot start or change.
@@ -114,57 +125,25 @@ pub enum ActionsError {
     },
 }
 
-/// A token under suspension, as the action edge follows it.
-struct SuspendedToken {
-    until: Option<Timestamp>,
-    /// Violations since the suspension began, audited as one record when it ends.
-    violations: u64,
-}
-
-impl SuspendedToken {
-    fn new(until: Option<Timestamp>) -> SuspendedToken {
-        SuspendedToken {
-            until,
-            violations: 0,
-        }
-    }
-}
-
-/// A change the enforcer must hear about, because it was made outside it.
-enum EnforcerUpdate {
-    Hold {
-        token: TokenFingerprint,
-        until: Option<Timestamp>,
-    },
-    Lift(TokenFingerprint),
-}
-
 /// What the edge after policy and health owns. See the module's documentation.
 pub struct Actions {
     store: Arc<Store>,
-    alerts: Alerts,
-    delivery: Option<DeliveryWorker>,
-    hooks: HookWorker,
-    host: String,
+    /// Alerts and hooks, each on a thread of its own.
+    notify: Notification,
     store_path: PathBuf,
-    /// Audit records and sightings not yet written (flushed each tick).
-    pending_audit: Vec<AuditEntry>,
-    sightings: FingerprintMap<Sighting>,
-    next_sighting_flush: Timestamp,
-    next_prune: Timestamp,
-    /// The earliest end of a suspension in force: expiry is looked for only then.
-    next_expiry: Option<Timestamp>,
-    /// Tokens under a suspension: their further violations are counted, not audited one by
-    /// one, so that a suspended client hammering the server cannot grow the audit log.
-    suspended: FingerprintMap<SuspendedToken>,
+    /// Audit records and sightings, batched per tick.
+    audit: AuditLog,
+    /// Raw tokens of calls whose decision suspended their token (kept for `pass_raw_token`
+    /// hooks), until the enforcer's event for that suspension is acted on (the same tick).
+    raw_for_hooks: FingerprintMap<RawToken>,
     /// Loss counters' total at the last look (the capture's counters only grow).
     capture_lost: u64,
-    enforcer_updates: Vec<EnforcerUpdate>,
     requests: requests::RequestDir,
+    /// Admin requests waiting, from the request files and the admin API alike: one queue,
+    /// emptied each tick and whenever a request is handed in.
+    admin: std::collections::VecDeque<AdminRequest>,
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
-    /// Who tokens belong to: named in alerts and audit records when known.
-    directory: Directory,
     stats: ActionStats,
 }
 
@@ -201,59 +180,32 @@ impl Actions {
         host: String,
         now: Timestamp,
     ) -> Result<Actions, ActionsError> {
-        let outbox = Arc::new(StoreOutbox::new(store.clone()));
-        let alerts = Alerts::new(config.alerts, outbox, host.clone())?;
-        let hooks = HookWorker::start(Hooks::new(config.hooks, host.clone()), store.clone())
-            .map_err(ActionsError::Thread)?;
+        let notify =
+            Notification::new(store.clone(), config.alerts, config.hooks, host).map_err(|err| {
+                match err {
+                    NotificationError::Alerts(err) => ActionsError::Alerts(err),
+                    NotificationError::Thread(err) => ActionsError::Thread(err),
+                }
+            })?;
         let store_path = store.path().to_owned();
         let requests = requests::RequestDir::create(&store_path)?;
-        let active = store.active_suspensions(now)?;
-        let next_expiry = earliest_end(&active);
-        let suspended = active
-            .iter()
-            .map(|s| (s.token, SuspendedToken::new(s.until)))
-            .collect();
         Ok(Actions {
+            audit: AuditLog::new(store.clone(), now),
             store,
-            alerts,
-            delivery: None,
-            hooks,
-            host,
+            notify,
             store_path,
-            pending_audit: Vec::new(),
-            sightings: FingerprintMap::default(),
-            next_sighting_flush: now.plus(SIGHTING_FLUSH),
-            next_prune: now,
-            next_expiry,
-            suspended,
+            raw_for_hooks: FingerprintMap::default(),
             capture_lost: 0,
-            enforcer_updates: Vec::new(),
             requests,
+            admin: std::collections::VecDeque::new(),
             publisher: None,
-            directory: Directory::off(),
             stats: ActionStats::default(),
         })
     }
 
     /// Starts the thread that delivers queued alerts (also those left by an earlier run).
     pub fn start_delivery(&mut self, config: ActionsConfig<'_>) -> Result<(), ActionsError> {
-        let store = self.store.clone();
-        let worker = self.alerts.start_delivery(
-            config.alerts,
-            Box::new(move |report| {
-                let entry = AuditEntry {
-                    ts: report.at,
-                    kind: AuditKind::Alert,
-                    token: None,
-                    details: serde_json::to_value(report).unwrap_or_default(),
-                };
-                if let Err(err) = store.append_audit(&entry) {
-                    tracing::error!(error = %err, "cannot audit an alert delivery");
-                }
-            }),
-        )?;
-        self.delivery = Some(worker);
-        Ok(())
+        Ok(self.notify.start_delivery(config.alerts)?)
     }
 
     /// Publishes the suspensions in force for REDCap's External Module from now on: written at
@@ -264,8 +216,8 @@ impl Actions {
 
     /// Names token owners from `directory` in alerts and audit records from now on.
     pub fn use_directory(&mut self, directory: Directory) {
-        self.alerts.use_directory(directory.clone());
-        self.directory = directory;
+        self.notify.use_directory(directory.clone());
+        self.audit.use_directory(directory);
     }
 
     /// What the publisher did, when it runs.
@@ -283,21 +235,22 @@ impl Actions {
     }
 
     pub fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
-        self.alerts.stats()
+        self.notify.alert_stats()
     }
 
     pub fn delivery_stats(&self) -> Option<crate::edges::alerts::DeliveryStats> {
-        self.delivery.as_ref().map(DeliveryWorker::stats)
+        self.notify.delivery_stats()
     }
 
     /// Hooks run so far, by event and result.
     pub fn hook_runs(&self) -> HookRuns {
-        self.hooks.runs()
+        self.notify.hook_runs()
     }
 
     /// Puts what the store remembers into a fresh enforcer after a restart: the suspensions in
     /// force (so their tokens stay suspended) and the daemon's own suspensions within
-    /// `enforcement.memory` (so the next one escalates). Returns the suspensions in force.
+    /// `enforcement.memory` (so the next one escalates); from then on the enforcer queues its
+    /// events for this edge. Returns the suspensions in force.
     pub fn restore_into(
         &self,
         enforcer: &mut Enforcer,
@@ -314,8 +267,9 @@ impl Actions {
             }
         }
         for suspension in &active {
-            enforcer.hold(suspension.token, suspension.until);
+            enforcer.restore(suspension.token, suspension.until);
         }
+        enforcer.listen();
         Ok(active.len())
     }
 
@@ -331,7 +285,7 @@ impl Actions {
         let call = &verdict.call;
         if let Some(probing) = &verdict.client_violation {
             self.audit(AuditEntry::client_violation(probing));
-            self.alerts.raise(Alert::probing(probing), call.ts_start);
+            self.notify.raise(Alert::probing(probing), call.ts_start);
         }
         // Only tokens the server accepted are kept (90 days): a flood of made-up tokens, refused
         // or never answered, must not grow the token table.
@@ -340,42 +294,25 @@ impl Actions {
         }
         if let (Ok(identity), true) = (&call.token, call.token_accepted()) {
             // A batch holds one UTC day (its sightings become that day's rollups).
-            if self
-                .sightings
-                .values()
-                .next()
-                .is_some_and(|s| Day::of(s.ts) != Day::of(call.ts_start))
-            {
+            if self.audit.other_day(call.ts_start) {
                 self.flush();
             }
-            let sighting = self
-                .sightings
-                .entry(identity.fingerprint)
-                .or_insert_with(|| Sighting {
-                    token: identity.fingerprint,
-                    masked: identity.masked.clone(),
-                    ts: call.ts_start,
-                    usage: Usage::default(),
-                });
-            sighting.ts = sighting.ts.max(call.ts_start);
-            sighting.usage.add(&Usage::of_verdict(verdict));
+            self.audit
+                .saw(identity, call.ts_start, &Usage::of_verdict(verdict));
         }
-        for violation in &verdict.violations {
-            match self.suspended.get_mut(&violation.token) {
-                Some(held) if held.until.is_none_or(|until| violation.ts < until) => {
-                    held.violations += 1;
-                    self.stats.violations_while_suspended += 1;
-                }
-                _ => self.audit(AuditEntry::violation(violation)),
+        if verdict.while_suspended {
+            // The enforcer counts them for the record written when the suspension ends.
+            self.stats.violations_while_suspended += verdict.violations.len() as u64;
+        } else {
+            for violation in &verdict.violations {
+                self.audit(AuditEntry::violation(violation));
             }
         }
         if let Some(decision) = &verdict.decision {
             let masked = call.token.as_ref().ok().map(|id| id.masked.clone());
             self.on_decision(verdict, decision, masked, raw);
         }
-        if self.pending_audit.len() >= MAX_PENDING_AUDIT
-            || self.sightings.len() >= MAX_PENDING_SIGHTINGS
-        {
+        if self.audit.is_full() {
             self.flush();
         }
     }
@@ -398,24 +335,18 @@ impl Actions {
             details: evidence.clone(),
         });
         match &decision.action {
-            Action::Suspend { until, .. } if !decision.dry_run => {
-                let suspension = Suspension {
-                    token: decision.token_fp,
-                    masked,
-                    since: at,
-                    until: Some(Timestamp::from_secs_f64(*until)),
-                    reason: suspension_reason(decision),
-                    level: decision.evidence.suspensions_remembered,
-                    source: Source::Auto,
-                };
-                self.record_suspension(suspension, evidence, raw);
+            // The enforcer holds the suspension and tells of it (`apply`); its hooks get `raw`.
+            Action::Suspend { .. } if !decision.dry_run => {
+                if let Some(raw) = raw {
+                    self.raw_for_hooks.insert(decision.token_fp, raw);
+                }
             }
             action => {
                 if matches!(action, Action::Suspend { .. }) {
                     self.stats.dry_run_suspensions += 1;
                 }
                 for violation in &verdict.violations {
-                    self.alerts.raise(
+                    self.notify.raise(
                         Alert::violation(violation, masked.clone(), evidence.clone()),
                         at,
                     );
@@ -424,58 +355,104 @@ impl Actions {
         }
     }
 
-    /// Suspends a token by hand: recorded, alerted, hooks run, and the enforcer told (at the
-    /// next [`Actions::sync_enforcer`]). `until` `None` means until lifted. An admin names the
-    /// token by fingerprint, so `pass_raw_token` hooks get no raw token here.
-    pub fn suspend(
+    /// Acts on what the enforcer emitted since the last call: each suspension begun or ended is
+    /// persisted, alerted and handed to the hooks. Returns the last suspension made or lifted
+    /// for `token`, for the reply to an admin's request.
+    fn apply_events(
         &mut self,
-        token: TokenFingerprint,
-        until: Option<Timestamp>,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<Suspension, StoreError> {
-        let masked = self.store.token_seen(token)?.map(|seen| seen.masked);
-        let suspension = Suspension {
-            token,
-            masked,
-            since: now,
-            until,
-            reason: reason.to_owned(),
-            level: 0,
-            source: Source::Manual,
-        };
-        self.flush();
-        self.store.suspend(&suspension)?;
-        self.stats.manual_suspensions += 1;
-        self.after_suspension(&suspension, json!({"source": "manual"}), None);
-        Ok(suspension)
-    }
-
-    /// Lifts a token's suspension by hand; `None` when it was not suspended.
-    pub fn lift(
-        &mut self,
-        token: TokenFingerprint,
-        reason: &str,
-        now: Timestamp,
+        enforcer: &mut Enforcer,
+        token: Option<TokenFingerprint>,
     ) -> Result<Option<Suspension>, StoreError> {
-        self.flush();
-        let lifted = self.store.lift(token, now, Source::Manual, reason)?;
-        if let Some(suspension) = &lifted {
-            self.stats.manual_lifts += 1;
-            self.after_lift(suspension, reason, now);
-            self.next_expiry = earliest_end(&self.store.active_suspensions(now)?);
+        let mut result = Ok(None);
+        while let Some(event) = enforcer.poll_event() {
+            let about = match &event {
+                EnforcementEvent::Suspended { token, .. }
+                | EnforcementEvent::Lifted { token, .. } => *token,
+            };
+            let applied = self.apply(event);
+            if token == Some(about) {
+                result = applied;
+            } else if let Err(err) = applied {
+                self.store_error("recording a suspension or its end", &err);
+            }
         }
-        Ok(lifted)
+        result
     }
 
-    /// Tells the enforcer about suspensions made or lifted outside it since the last call.
-    pub fn sync_enforcer(&mut self, enforcer: &mut Enforcer) {
-        for update in self.enforcer_updates.drain(..) {
-            match update {
-                EnforcerUpdate::Hold { token, until } => enforcer.hold(token, until),
-                EnforcerUpdate::Lift(token) => {
-                    enforcer.lift(token);
+    fn apply(&mut self, event: EnforcementEvent) -> Result<Option<Suspension>, StoreError> {
+        match event {
+            EnforcementEvent::Suspended {
+                token,
+                since,
+                until,
+                by: SuspendedBy::Decision(decision),
+            } => {
+                let suspension = Suspension {
+                    token,
+                    masked: Some(MaskedToken(decision.token_masked.clone())),
+                    since,
+                    until,
+                    reason: suspension_reason(&decision),
+                    level: decision.evidence.suspensions_remembered,
+                    source: Source::Auto,
+                };
+                let evidence = serde_json::to_value(&*decision).unwrap_or_default();
+                let raw = self.raw_for_hooks.remove(&token);
+                // Violations and the decision go first, so that the audit log reads in order.
+                self.flush();
+                if let Err(err) = self.store.suspend(&suspension) {
+                    self.store_error("recording a suspension", &err);
                 }
+                self.after_suspension(&suspension, evidence, raw);
+                Ok(Some(suspension))
+            }
+            EnforcementEvent::Suspended {
+                token,
+                since,
+                until,
+                by: SuspendedBy::Admin { reason },
+            } => {
+                // An admin names the token by fingerprint, so `pass_raw_token` hooks get no raw
+                // token here.
+                let masked = self.store.token_seen(token)?.map(|seen| seen.masked);
+                let suspension = Suspension {
+                    token,
+                    masked,
+                    since,
+                    until,
+                    reason,
+                    level: 0,
+                    source: Source::Manual,
+                };
+                self.flush();
+                self.store.suspend(&suspension)?;
+                self.stats.manual_suspensions += 1;
+                self.after_suspension(&suspension, json!({"source": "manual"}), None);
+                Ok(Some(suspension))
+            }
+            EnforcementEvent::Lifted {
+                token,
+                at,
+                by,
+                violations,
+            } => {
+                let (source, reason) = match &by {
+                    LiftedBy::Expiry => (Source::Auto, "expired"),
+                    LiftedBy::Admin { reason } => (Source::Manual, reason.as_str()),
+                };
+                self.flush();
+                let lifted = self.store.lift(token, at, source, reason)?;
+                match &lifted {
+                    Some(suspension) => {
+                        if source == Source::Manual {
+                            self.stats.manual_lifts += 1;
+                        }
+                        self.after_lift(suspension, reason, at, violations);
+                    }
+                    None => tracing::warn!(token_fp = %token,
+                        "a suspension ended that the store did not hold (an earlier write failed)"),
+                }
+                Ok(lifted)
             }
         }
     }
@@ -501,7 +478,7 @@ impl Actions {
                 evidence: serde_json::to_value(evidence).unwrap_or_default(),
             },
         };
-        self.alerts.raise(alert, now);
+        self.notify.raise(alert, now);
     }
 
     /// The capture's loss counters summed (kernel `ring_full`, `truncated_bytes`,
@@ -519,11 +496,39 @@ impl Actions {
         let lost = lost_total - self.capture_lost;
         self.capture_lost = lost_total;
         self.stats.capture_loss_alerts += 1;
-        self.alerts.raise(
+        self.notify.raise(
             Alert::CaptureLoss {
                 at: now,
                 lost,
                 evidence: json!({"lost_total": lost_total, "counters": detail}),
+            },
+            now,
+        );
+    }
+
+    /// Records could not be written (an outage of the record writer began): the admin team
+    /// hears of it once per outage.
+    pub(crate) fn observe_records_outage(
+        &mut self,
+        outage: &crate::edges::output::Outage,
+        now: Timestamp,
+    ) {
+        let crate::edges::output::Outage::Began {
+            path,
+            reason,
+            error,
+        } = outage
+        else {
+            return;
+        };
+        self.stats.records_write_failed_alerts += 1;
+        self.notify.raise(
+            Alert::RecordsWriteFailed {
+                at: now,
+                path: path.display().to_string(),
+                reason: reason.as_str().into(),
+                error: error.clone(),
+                evidence: json!({"path": path, "reason": reason, "error": error}),
             },
             now,
         );
@@ -537,7 +542,7 @@ impl Actions {
         now: Timestamp,
     ) {
         self.stats.capture_blind_alerts += 1;
-        self.alerts.raise(
+        self.notify.raise(
             Alert::CaptureBlind {
                 at: now,
                 reason: spot.reason.name().into(),
@@ -548,37 +553,38 @@ impl Actions {
         );
     }
 
-    /// The live loop's tick, for whoever drives a [`Pipeline`]: the pipeline's changes of health
-    /// are alerted, then [`Actions::tick`], then the enforcer hears of suspensions made or lifted
-    /// outside it. `now` is on the pipeline's clock.
+    /// The live loop's tick, for whoever drives a [`Pipeline`] (after its own tick, which ends
+    /// the suspensions that ran out): the pipeline's changes of health are alerted, then
+    /// [`Actions::tick`] on its enforcer. `now` is on the pipeline's clock.
     pub fn step(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
         let changes: Vec<HealthChange> = pipeline.take_health_changes().collect();
         for change in &changes {
             self.on_health_change(change, now);
         }
-        self.tick(now);
-        self.sync_enforcer(pipeline.enforcer_mut());
+        self.tick(pipeline.enforcer_mut(), now);
     }
 
-    /// Time passes: writes what was batched, lifts expired suspensions (hooks, alerts), sends
-    /// held alert summaries, answers admin requests, prunes now and then. Call every tick.
-    pub fn tick(&mut self, now: Timestamp) {
-        self.handle_requests(now);
-        if !self.pending_audit.is_empty() || now >= self.next_sighting_flush {
+    /// Time passes: answers admin requests, acts on the enforcer's events (suspensions begun or
+    /// ended: store, hooks, alerts), writes what was batched, sends held alert summaries,
+    /// prunes now and then. Call every tick.
+    pub fn tick(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+        self.handle_requests(enforcer, now);
+        if let Err(err) = self.apply_events(enforcer, None) {
+            self.store_error("recording a suspension or its end", &err);
+        }
+        // Every suspension decided before this tick has been acted on: a raw token still held
+        // had no suspension event (an enforcer not listening); it goes (zeroed) now.
+        self.raw_for_hooks.clear();
+        if self.audit.flush_due(now) {
             self.flush();
-            self.next_sighting_flush = now.plus(SIGHTING_FLUSH);
         }
-        if self.next_expiry.is_some_and(|t| t <= now) {
-            self.expire(now);
-        }
-        self.alerts.tick(now);
+        self.notify.tick(now);
         if let Some(publisher) = &mut self.publisher {
             let store = &self.store;
             publisher.tick(now, || store.active_suspensions(now));
         }
-        if now >= self.next_prune {
-            self.next_prune = now.plus(PRUNE_INTERVAL);
-            match self.store.prune(now) {
+        if let Some(pruned) = self.audit.prune_if_due(now) {
+            match pruned {
                 Ok(pruned) if pruned.audit_records + pruned.tokens > 0 => {
                     tracing::info!(
                         audit_records = pruned.audit_records,
@@ -594,23 +600,17 @@ impl Actions {
 
     /// Writes what is batched. Call before stopping; [`Actions::tick`] calls it too.
     pub fn flush(&mut self) {
-        if self.pending_audit.is_empty() && self.sightings.is_empty() {
-            return;
-        }
-        let sightings: Vec<Sighting> = self.sightings.drain().map(|(_, s)| s).collect();
-        match self.store.record(&self.pending_audit, &sightings) {
-            Ok(seqs) => self.stats.audit_records += seqs.len() as u64,
+        match self.audit.flush() {
+            Ok(written) => self.stats.audit_records += written as u64,
             Err(err) => self.store_error("writing audit records", &err),
         }
-        self.pending_audit.clear();
     }
 
     /// The first half of a reload: makes what a new configuration needs that can fail (the alert
     /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
     /// the outbox, escalation); the store's path cannot change while running.
     pub fn prepare_reload(&self, config: ActionsConfig<'_>) -> Result<ActionsReload, ActionsError> {
-        let outbox = Arc::new(StoreOutbox::new(self.store.clone()));
-        let alerts = Alerts::new(config.alerts, outbox, self.host.clone())?;
+        let alerts = self.notify.prepare(config.alerts)?;
         Ok(ActionsReload { alerts })
     }
 
@@ -621,18 +621,8 @@ impl Actions {
             tracing::warn!(configured = %config.store.path.display(), in_use = %self.store_path.display(),
                 "store.path changed: it takes effect at the next start");
         }
-        let old = std::mem::replace(&mut self.alerts, prepared.alerts);
-        self.alerts.use_directory(self.directory.clone());
-        if let Some(worker) = self.delivery.take() {
-            // Stopping waits for the attempt in flight; not on the capture path.
-            std::thread::spawn(move || worker.stop());
-        }
-        drop(old);
-        if let Err(err) = self.start_delivery(config) {
-            tracing::error!(error = %err, "cannot start alert delivery after the reload; alerts stay queued in the store");
-        }
-        self.hooks
-            .replace(Hooks::new(config.hooks, self.host.clone()));
+        self.notify
+            .reconfigure(prepared.alerts, (config.alerts, config.hooks));
     }
 
     /// Writes what is batched and stops the threads: alerts still queued stay in the store for
@@ -642,24 +632,7 @@ impl Actions {
         if let Some(publisher) = self.publisher.take() {
             publisher.withdraw();
         }
-        if let Some(worker) = self.delivery.take() {
-            worker.stop();
-        }
-        self.hooks.stop();
-    }
-
-    fn record_suspension(
-        &mut self,
-        suspension: Suspension,
-        evidence: serde_json::Value,
-        raw: Option<RawToken>,
-    ) {
-        // Violations and the decision go first, so that the audit log reads in order.
-        self.flush();
-        if let Err(err) = self.store.suspend(&suspension) {
-            self.store_error("recording a suspension", &err);
-        }
-        self.after_suspension(&suspension, evidence, raw);
+        self.notify.stop();
     }
 
     /// `raw` is the suspended call's raw token for `pass_raw_token` hooks, when it was kept.
@@ -671,26 +644,13 @@ impl Actions {
     ) {
         self.stats.suspensions += 1;
         self.suspensions_changed();
-        self.suspended
-            .entry(suspension.token)
-            .or_insert_with(|| SuspendedToken::new(suspension.until))
-            .until = suspension.until;
-        if suspension.source == Source::Manual {
-            self.enforcer_updates.push(EnforcerUpdate::Hold {
-                token: suspension.token,
-                until: suspension.until,
-            });
-        }
-        if let Some(until) = suspension.until {
-            self.next_expiry = Some(self.next_expiry.map_or(until, |t| t.min(until)));
-        }
         tracing::warn!(token_fp = %suspension.token, until = ?suspension.until.map(Timestamp::as_secs_f64),
             reason = %suspension.reason, "token suspended");
         let token = TokenRef {
             fingerprint: suspension.token,
             masked: suspension.masked.clone(),
         };
-        self.alerts.raise(
+        self.notify.raise(
             Alert::Suspended {
                 at: suspension.since,
                 token: token.clone(),
@@ -713,24 +673,27 @@ impl Actions {
         );
     }
 
-    fn after_lift(&mut self, suspension: &Suspension, reason: &str, now: Timestamp) {
+    /// `violations`: the token's violations while suspended, audited as one record.
+    fn after_lift(
+        &mut self,
+        suspension: &Suspension,
+        reason: &str,
+        now: Timestamp,
+        violations: u64,
+    ) {
         self.stats.lifts += 1;
         self.suspensions_changed();
-        if let Some(held) = self.suspended.remove(&suspension.token)
-            && held.violations > 0
-        {
+        if violations > 0 {
             self.audit(AuditEntry {
                 ts: now,
                 kind: AuditKind::Violation,
                 token: Some(suspension.token),
                 details: json!({
-                    "while_suspended": held.violations,
+                    "while_suspended": violations,
                     "since": suspension.since.as_secs_f64(),
                 }),
             });
         }
-        self.enforcer_updates
-            .push(EnforcerUpdate::Lift(suspension.token));
         tracing::info!(token_fp = %suspension.token, reason, "suspension lifted");
         let token = TokenRef {
             fingerprint: suspension.token,
@@ -742,7 +705,7 @@ impl Actions {
             "level": suspension.level,
             "suspension_reason": suspension.reason,
         });
-        self.alerts.raise(
+        self.notify.raise(
             Alert::Lifted {
                 at: now,
                 token: token.clone(),
@@ -774,31 +737,10 @@ impl Actions {
         }
     }
 
-    fn expire(&mut self, now: Timestamp) {
-        let expired = match self.store.purge_expired(now) {
-            Ok(expired) => expired,
-            Err(err) => {
-                self.store_error("lifting expired suspensions", &err);
-                return;
-            }
-        };
-        for suspension in &expired {
-            let at = suspension.until.unwrap_or(now);
-            self.after_lift(suspension, "expired", at);
-        }
-        self.next_expiry = match self.store.active_suspensions(now) {
-            Ok(active) => earliest_end(&active),
-            Err(err) => {
-                self.store_error("reading suspensions", &err);
-                None
-            }
-        };
-    }
-
     /// Queues the hooks for `event`; `raw` (dropped if the queue is full) goes with it.
     fn run_hooks(&mut self, event: HookEvent, raw: Option<RawToken>) {
         self.stats.hook_events += 1;
-        if let Err(event) = self.hooks.submit(event, raw) {
+        if let Err(event) = self.notify.run_hooks(event, raw) {
             self.stats.hook_events_dropped += 1;
             tracing::error!(token_fp = %event.token.fingerprint, action = event.action.as_str(),
                 "hook queue full: hooks not run for this event");
@@ -815,35 +757,53 @@ impl Actions {
         }
     }
 
-    fn handle_requests(&mut self, now: Timestamp) {
-        for (request, answer) in self.requests.take(REQUESTS_PER_TICK) {
-            let reply = match request {
-                Ok(request) => self.execute(&request, now),
+    /// Hands in an admin request (the admin API's); it is carried out at the next
+    /// [`Actions::handle_admin`] or tick, after those waiting.
+    pub fn submit(&mut self, request: AdminRequest) {
+        self.admin.push_back(request);
+    }
+
+    /// Takes the waiting request files into the admin queue, then carries out every request in
+    /// it, in order, each answered where it came from.
+    fn handle_requests(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+        let files = self.requests.take(REQUESTS_PER_TICK);
+        self.admin.extend(files);
+        self.handle_admin(enforcer, now);
+    }
+
+    /// Carries out the queued admin requests, in order.
+    pub fn handle_admin(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+        while let Some(AdminRequest { request, reply }) = self.admin.pop_front() {
+            let answer = match request {
+                Ok(request) => self.execute(&request, enforcer, now),
                 Err(problem) => Reply::error(&problem),
             };
-            self.requests.answer(&answer, &reply);
+            match reply {
+                ReplyTo::File(file) => requests::RequestDir::answer(&file, &answer),
+                ReplyTo::Callback(send) => send(answer),
+            }
         }
     }
 
-    /// Carries out one admin request.
-    pub fn execute(&mut self, request: &Request, now: Timestamp) -> Reply {
+    /// Carries out one admin request: an input to the enforcer, which holds the suspensions;
+    /// what it emits is then persisted, alerted and handed to the hooks.
+    pub fn execute(&mut self, request: &Request, enforcer: &mut Enforcer, now: Timestamp) -> Reply {
         self.stats.requests += 1;
-        let result = match request {
+        let token = match request {
             Request::Suspend {
                 token_fp,
                 for_s,
                 reason,
             } => {
                 let until = for_s.map(|secs| now.plus(Span::from_millis((secs * 1000.0) as u64)));
-                self.suspend(*token_fp, until, reason, now)
-                    .map(|s| Reply::done(Some(&s)))
+                enforcer.suspend(*token_fp, now, until, reason.clone());
+                *token_fp
             }
             Request::Lift { token_fp, reason } => {
-                self.lift(*token_fp, reason, now)
-                    .map(|lifted| match lifted {
-                        Some(s) => Reply::done(Some(&s)),
-                        None => Reply::error(&format!("token {token_fp} is not suspended")),
-                    })
+                if !enforcer.lift(*token_fp, now, reason.clone()) {
+                    return Reply::error(&format!("token {token_fp} is not suspended"));
+                }
+                *token_fp
             }
             Request::HookResults { entries } => {
                 if entries.iter().any(|e| e.kind != AuditKind::HookResult) {
@@ -851,21 +811,18 @@ impl Actions {
                 }
                 entries.iter().for_each(|e| self.audit(e.clone()));
                 self.flush();
-                Ok(Reply::done(None))
+                return Reply::done(None);
             }
         };
-        result.unwrap_or_else(|err| Reply::error(&err.to_string()))
+        match self.apply_events(enforcer, Some(token)) {
+            Ok(Some(suspension)) => Reply::done(Some(&suspension)),
+            Ok(None) => Reply::done(None),
+            Err(err) => Reply::error(&err.to_string()),
+        }
     }
 
-    fn audit(&mut self, mut entry: AuditEntry) {
-        let owner = entry.token.and_then(|token| self.directory.owner(&token));
-        if let (Some(owner), Some(details)) = (owner, entry.details.as_object_mut()) {
-            details.insert(
-                "owner".into(),
-                serde_json::to_value(&*owner).unwrap_or_default(),
-            );
-        }
-        self.pending_audit.push(entry);
+    fn audit(&mut self, entry: AuditEntry) {
+        self.audit.append(entry);
     }
 
     fn store_error(&mut self, what: &str, err: &StoreError) {
@@ -877,10 +834,6 @@ impl Actions {
     pub fn request_dir(&self) -> &Path {
         self.requests.path()
     }
-}
-
-fn earliest_end(suspensions: &[Suspension]) -> Option<Timestamp> {
-    suspensions.iter().filter_map(|s| s.until).min()
 }
 
 /// Why the daemon suspended a token, in one line for people (the evidence has the numbers).

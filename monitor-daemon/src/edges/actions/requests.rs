@@ -147,8 +147,24 @@ pub(super) struct RequestDir {
     dir: PathBuf,
 }
 
-/// Where to put the reply to one request.
-pub(super) struct Answer(PathBuf);
+/// Where to put the reply to one request file.
+pub struct Answer(PathBuf);
+
+/// Where the reply to an admin request goes.
+pub enum ReplyTo {
+    /// Next to the request file it came in (`redcap-monitor suspend/lift`).
+    File(Answer),
+    /// To whoever handed it in (the admin API's handler, over its channel).
+    Callback(Box<dyn FnOnce(Reply) + Send>),
+}
+
+/// One admin request, from a request file or the admin API: they wait in one queue
+/// ([`super::Actions::submit`]) and are carried out in order by the same code.
+pub struct AdminRequest {
+    /// `Err`: a request file that could not be read (answered with the problem).
+    pub request: Result<Request, String>,
+    pub reply: ReplyTo,
+}
 
 impl RequestDir {
     pub(super) fn create(store_path: &Path) -> Result<RequestDir, ActionsError> {
@@ -179,7 +195,7 @@ impl RequestDir {
     }
 
     /// Takes up to `limit` waiting requests, oldest first, removing them from the directory.
-    pub(super) fn take(&self, limit: usize) -> Vec<(Result<Request, String>, Answer)> {
+    pub(super) fn take(&self, limit: usize) -> Vec<AdminRequest> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -195,17 +211,21 @@ impl RequestDir {
             .map(|path| {
                 let request = read_request(&path);
                 let _ = fs::remove_file(&path);
-                (request, Answer(path.with_extension("reply")))
+                AdminRequest {
+                    request,
+                    reply: ReplyTo::File(Answer(path.with_extension("reply"))),
+                }
             })
             .collect()
     }
 
     /// Writes the reply where the requester waits for it (write a sibling, rename over).
-    pub(super) fn answer(&self, answer: &Answer, reply: &Reply) {
+    pub(super) fn answer(answer: &Answer, reply: &Reply) {
         let partial = answer.0.with_extension("reply-partial");
         let text = serde_json::to_vec(reply).unwrap_or_default();
         let _ = fs::remove_file(&partial);
-        if let Err(err) = write_new(&partial, &text, 0o600).and_then(|()| fs::rename(&partial, &answer.0))
+        if let Err(err) =
+            write_new(&partial, &text, 0o600).and_then(|()| fs::rename(&partial, &answer.0))
         {
             tracing::error!(path = %answer.0.display(), error = %err, "cannot answer an admin request");
         }
@@ -289,14 +309,16 @@ mod tests {
         let taken = requests.take(10);
         assert_eq!(taken.len(), 2);
         assert!(
-            taken.iter().all(|(request, _)| request.is_err()),
+            taken.iter().all(|admin| admin.request.is_err()),
             "nothing read through a FIFO or link"
         );
         // A reply never follows a link planted where it is written.
-        let (_, answer) = &taken[1];
+        let ReplyTo::File(answer) = &taken[1].reply else {
+            panic!("a request file is answered by file");
+        };
         let partial = answer.0.with_extension("reply-partial");
         std::os::unix::fs::symlink(&target, &partial).unwrap();
-        requests.answer(answer, &Reply::error("refused"));
+        RequestDir::answer(answer, &Reply::error("refused"));
         assert!(fs::read_to_string(&target).unwrap().contains("lift"));
         assert!(fs::read_to_string(&answer.0).unwrap().contains("refused"));
     }

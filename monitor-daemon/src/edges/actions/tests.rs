@@ -3,6 +3,7 @@
 //! time taken from the segments, so an hour of suspension passes in a moment.
 
 use crate::commands::config::Config;
+use crate::stages::usage::Day;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +16,7 @@ use super::*;
 use crate::edges::alerts::receiver::{Receiver, Recorded, Reply as HttpReply};
 use crate::edges::alerts::tests::verify_standard_webhook;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
-use crate::shared::model::{Endpoint, TcpFlags, TcpSegment};
+use crate::shared::model::{Endpoint, TcpSegment};
 use crate::shared::token::{RawToken, SiteKey};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::enforce::HoldReason;
@@ -100,19 +101,7 @@ fn segment(p: &Packet) -> TcpSegment<'_> {
     } else {
         (server, client, 5000)
     };
-    TcpSegment {
-        ts: p.ts,
-        src,
-        dst,
-        seq,
-        ack: Some(1),
-        flags: TcpFlags {
-            ack: true,
-            ..TcpFlags::default()
-        },
-        payload: &p.payload,
-        stream_start: None,
-    }
+    TcpSegment::sample(p.ts, (src, dst), seq, &p.payload)
 }
 
 /// The pipeline and the action edge, driven as `run` drives them, on the packets' clock.
@@ -188,6 +177,34 @@ impl Daemon {
                 act(actions, (decisions, records, kept_raw_tokens), v)
             });
         }
+    }
+
+    /// An admin's suspension of `token` at `now` (`for_s` `None`: until lifted), as the admin
+    /// API or a request file hands it in.
+    fn suspend(
+        &mut self,
+        token: TokenFingerprint,
+        for_s: Option<f64>,
+        reason: &str,
+        now: Timestamp,
+    ) -> Reply {
+        let request = Request::Suspend {
+            token_fp: token,
+            for_s,
+            reason: reason.into(),
+        };
+        self.actions
+            .execute(&request, self.pipeline.enforcer_mut(), now)
+    }
+
+    /// An admin's lift of `token` at `now`.
+    fn lift(&mut self, token: TokenFingerprint, reason: &str, now: Timestamp) -> Reply {
+        let request = Request::Lift {
+            token_fp: token,
+            reason: reason.into(),
+        };
+        self.actions
+            .execute(&request, self.pipeline.enforcer_mut(), now)
     }
 
     /// Time passes without packets, in one-second ticks.
@@ -758,14 +775,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
     let config = scenario_config(dir.path(), &receiver);
     let mut daemon = Daemon::new(&config);
     let abuser = fingerprint(ABUSER);
-    let reply = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: abuser,
-            for_s: None,
-            reason: "by hand".into(),
-        },
-        at(0),
-    );
+    let reply = daemon.suspend(abuser, None, "by hand", at(0));
     assert!(reply.ok, "{reply:?}");
     daemon.idle_until(at(1_000));
     let mut traffic = Traffic::default();
@@ -778,13 +788,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
         daemon.decisions.is_empty(),
         "suspended tokens get no new decisions"
     );
-    let reply = daemon.actions.execute(
-        &Request::Lift {
-            token_fp: abuser,
-            reason: "ok".into(),
-        },
-        at(10_000),
-    );
+    let reply = daemon.lift(abuser, "ok", at(10_000));
     assert!(reply.ok, "{reply:?}");
     daemon.idle_until(at(11_000));
     let mut traffic = Traffic::default();
@@ -797,13 +801,7 @@ fn a_manual_suspension_holds_in_the_enforcer_and_a_lift_releases_it() {
         !daemon.decisions.is_empty(),
         "after the lift the token is judged again"
     );
-    let missing = daemon.actions.execute(
-        &Request::Lift {
-            token_fp: fingerprint(COMPLIANT),
-            reason: "ok".into(),
-        },
-        at(30_000),
-    );
+    let missing = daemon.lift(fingerprint(COMPLIANT), "ok", at(30_000));
     assert!(!missing.ok && missing.error.unwrap().contains("is not suspended"));
     daemon.actions.shutdown();
 }
@@ -815,14 +813,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     let config = scenario_config(dir.path(), &receiver);
     let mut daemon = Daemon::new(&config);
     let abuser = fingerprint(ABUSER);
-    let suspended = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: abuser,
-            for_s: Some(3600.0),
-            reason: "before the reload".into(),
-        },
-        at(0),
-    );
+    let suspended = daemon.suspend(abuser, Some(3600.0), "before the reload", at(0));
     assert!(suspended.ok);
     // Delivered before the reload (an alert still queued for a sink the reload removes is given
     // up, with an audit record).
@@ -842,14 +833,7 @@ fn reconfigure_swaps_hooks_and_sinks_and_keeps_suspensions() {
     let prepared = daemon.actions.prepare_reload(reloaded.actions()).unwrap();
     daemon.actions.reconfigure(prepared, reloaded.actions());
     let compliant = fingerprint(COMPLIANT);
-    let reply = daemon.actions.execute(
-        &Request::Suspend {
-            token_fp: compliant,
-            for_s: Some(60.0),
-            reason: "after the reload".into(),
-        },
-        at(1_000),
-    );
+    let reply = daemon.suspend(compliant, Some(60.0), "after the reload", at(1_000));
     assert!(reply.ok);
     let slack = other.wait_for(1, WAIT);
     assert_eq!(slack.len(), 1);
@@ -962,6 +946,51 @@ fn refused_tokens_are_not_stored_and_a_probing_client_is_audited_and_alerted_by_
 }
 
 #[test]
+fn request_files_and_handed_in_requests_wait_in_one_queue_and_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    let abuser = fingerprint(ABUSER);
+    // A request file, as `redcap-monitor suspend` writes it while the daemon runs.
+    let file = daemon.actions.request_dir().join("1-1.json");
+    let suspend = Request::Suspend {
+        token_fp: abuser,
+        for_s: None,
+        reason: "by file".into(),
+    };
+    std::fs::write(&file, serde_json::to_vec(&suspend).unwrap()).unwrap();
+    // The admin API's lift, handed in before the tick that takes the file: it waits its turn.
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let seen = answers.clone();
+    daemon.actions.submit(AdminRequest {
+        request: Ok(Request::Lift {
+            token_fp: abuser,
+            reason: "by api".into(),
+        }),
+        reply: ReplyTo::Callback(Box::new(move |reply| seen.lock().unwrap().push(reply))),
+    });
+    daemon.idle_until(at(1_000));
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert!(
+        !answers[0].ok
+            && answers[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("is not suspended"),
+        "the lift went first, before the file's suspension: {:?}",
+        answers[0]
+    );
+    let reply: Reply =
+        serde_json::from_slice(&std::fs::read(file.with_extension("reply")).unwrap()).unwrap();
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(daemon.pipeline.enforcer_mut().suspensions_in_force(), 1);
+    daemon.actions.shutdown();
+}
+
+#[test]
 fn hook_results_handed_in_by_an_admin_command_are_audited_and_nothing_else_is_taken() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start();
@@ -978,6 +1007,7 @@ fn hook_results_handed_in_by_an_admin_command_are_audited_and_nothing_else_is_ta
         &Request::HookResults {
             entries: vec![entry(AuditKind::HookResult), entry(AuditKind::Suspend)],
         },
+        daemon.pipeline.enforcer_mut(),
         at(0),
     );
     assert!(!refused.ok && refused.error.unwrap().contains("hook_result"));
@@ -985,6 +1015,7 @@ fn hook_results_handed_in_by_an_admin_command_are_audited_and_nothing_else_is_ta
         &Request::HookResults {
             entries: vec![entry(AuditKind::HookResult)],
         },
+        daemon.pipeline.enforcer_mut(),
         at(0),
     );
     assert!(reply.ok, "{reply:?}");

@@ -52,6 +52,8 @@ pub enum AlertKind {
     CaptureBlind,
     /// A client address went over the refused-calls rule: it is trying tokens.
     Probing,
+    /// The call, violation or decision records cannot be written (a full disk): dropped.
+    RecordsWriteFailed,
 }
 
 impl AlertKind {
@@ -65,6 +67,7 @@ impl AlertKind {
             AlertKind::CaptureLoss,
             AlertKind::CaptureBlind,
             AlertKind::Probing,
+            AlertKind::RecordsWriteFailed,
         ]
     }
 
@@ -78,12 +81,16 @@ impl AlertKind {
             AlertKind::CaptureLoss => "capture_loss",
             AlertKind::CaptureBlind => "capture_blind",
             AlertKind::Probing => "probing",
+            AlertKind::RecordsWriteFailed => "records_write_failed",
         }
     }
 
     pub fn severity(self) -> &'static str {
         match self {
-            AlertKind::Degraded | AlertKind::Suspended | AlertKind::CaptureBlind => "critical",
+            AlertKind::Degraded
+            | AlertKind::Suspended
+            | AlertKind::CaptureBlind
+            | AlertKind::RecordsWriteFailed => "critical",
             AlertKind::Violation | AlertKind::CaptureLoss | AlertKind::Probing => "warning",
             AlertKind::Recovered | AlertKind::Lifted => "info",
         }
@@ -163,6 +170,16 @@ pub enum Alert {
         count: u32,
         evidence: serde_json::Value,
     },
+    /// Records cannot be written (told once per outage): they are dropped, counted, until a
+    /// write works again. Capture and enforcement go on.
+    RecordsWriteFailed {
+        at: Timestamp,
+        path: String,
+        /// `no_space` or `io_error`.
+        reason: String,
+        error: String,
+        evidence: serde_json::Value,
+    },
 }
 
 impl Alert {
@@ -208,6 +225,7 @@ impl Alert {
             Alert::CaptureLoss { .. } => AlertKind::CaptureLoss,
             Alert::CaptureBlind { .. } => AlertKind::CaptureBlind,
             Alert::Probing { .. } => AlertKind::Probing,
+            Alert::RecordsWriteFailed { .. } => AlertKind::RecordsWriteFailed,
         }
     }
 
@@ -220,7 +238,8 @@ impl Alert {
             | Alert::Lifted { at, .. }
             | Alert::CaptureLoss { at, .. }
             | Alert::CaptureBlind { at, .. }
-            | Alert::Probing { at, .. } => *at,
+            | Alert::Probing { at, .. }
+            | Alert::RecordsWriteFailed { at, .. } => *at,
         }
     }
 
@@ -242,7 +261,8 @@ impl Alert {
             | Alert::Lifted { evidence, .. }
             | Alert::CaptureLoss { evidence, .. }
             | Alert::CaptureBlind { evidence, .. }
-            | Alert::Probing { evidence, .. } => evidence,
+            | Alert::Probing { evidence, .. }
+            | Alert::RecordsWriteFailed { evidence, .. } => evidence,
         }
     }
 

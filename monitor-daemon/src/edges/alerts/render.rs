@@ -91,6 +91,9 @@ fn headline(alert: &Alert) -> String {
         Alert::CaptureLoss { lost, .. } => {
             format!("Capture lost {lost} events: calls may have been missed")
         }
+        Alert::RecordsWriteFailed { path, .. } => {
+            format!("redcap-monitor cannot write its records to {path}: they are being dropped")
+        }
         Alert::CaptureBlind { reason, .. } => {
             format!("redcap-monitor is blind to some traffic ({reason}): API calls are not counted")
         }
@@ -169,6 +172,14 @@ fn facts(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Vec<(&'stati
         Alert::CaptureBlind { reason, advice, .. } => {
             facts.push(("Blind spot", reason.clone()));
             facts.push(("What to do", advice.clone()));
+        }
+        Alert::RecordsWriteFailed { path, error, .. } => {
+            facts.push(("File", path.clone()));
+            facts.push(("Error", error.clone()));
+            facts.push((
+                "What to do",
+                "free space on its file system: writing resumes by itself".into(),
+            ));
         }
     }
     if let Some(repeats) = outgoing.repeats {
@@ -319,6 +330,12 @@ fn generic(outgoing: &Outgoing, owner: Option<&Owner>, id: &str, host: &str) -> 
         } => json!({"rule": crate::stages::policy::REFUSED_CALLS_RULE, "client": client,
             "limit": limit, "window_s": window.as_secs_f64(), "count": count}),
         Alert::CaptureBlind { reason, advice, .. } => json!({"reason": reason, "advice": advice}),
+        Alert::RecordsWriteFailed {
+            path,
+            reason,
+            error,
+            ..
+        } => json!({"path": path, "reason": reason, "error": error}),
         Alert::Degraded { .. } | Alert::Recovered { .. } => json!({}),
     };
     if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {

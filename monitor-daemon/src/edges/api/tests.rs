@@ -259,8 +259,8 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
     use crate::stages::policy::enforce::{
         EnforcementConfig, EnforcementMode, Enforcer, HealthView,
     };
-    use crate::stages::policy::{Verdict, Violation};
-    use crate::stages::redcap::sample::{at, call};
+    use crate::stages::policy::sample::violating;
+    use crate::stages::redcap::sample::at;
 
     let shared = Shared::new(Metrics::new());
     let mut live = LiveTelemetry::new(shared.clone(), 3, Span::from_secs(60));
@@ -275,20 +275,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         load_share: None,
     };
     for secs in [1000, 1001] {
-        let mut verdict = Verdict {
-            call: call(4, secs),
-            heavy: None,
-            violations: vec![Violation {
-                ts: at(secs),
-                token: fingerprint(4),
-                rule: "api_calls".into(),
-                limit: 3,
-                window: Span::from_secs(60),
-                count: 4,
-            }],
-            client_violation: None,
-            decision: None,
-        };
+        let mut verdict = violating(4, secs);
         verdict.decision = enforcer.decide(&verdict, &health);
         live.observe(&verdict);
     }

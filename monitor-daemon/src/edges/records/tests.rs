@@ -13,6 +13,7 @@ fn verdict(c: ApiCall) -> Verdict {
         violations: Vec::new(),
         client_violation: None,
         decision: None,
+        while_suspended: false,
     }
 }
 

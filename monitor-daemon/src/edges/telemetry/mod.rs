@@ -219,6 +219,7 @@ pub struct Metrics {
     webhook_deliveries: Counter,
     webhook_failures: Counter,
     hook_runs: Family<HookLabels, Counter>,
+    records_dropped: Family<ReasonLabels, Counter>,
     top_share: Family<TokenLabels, FloatGauge>,
     top_calls: Family<TokenLabels, Gauge>,
     top_server_time: Family<TokenLabels, FloatGauge>,
@@ -294,6 +295,7 @@ impl Metrics {
             webhook_deliveries: Counter::default(),
             webhook_failures: Counter::default(),
             hook_runs: Family::default(),
+            records_dropped: Family::default(),
             top_share: Family::default(),
             top_calls: Family::default(),
             top_server_time: Family::default(),
@@ -469,6 +471,11 @@ impl Metrics {
             m.hook_runs.clone(),
         );
         r.register(
+            "records_dropped",
+            "Call, violation and decision records lost to write errors, by reason (no_space, io_error)",
+            m.records_dropped.clone(),
+        );
+        r.register(
             "top_token_load_ratio",
             "Share of the server time in the health window, for the top tokens by load (opt-in: api.top_tokens)",
             m.top_share.clone(),
@@ -516,6 +523,11 @@ impl Metrics {
         );
         // Series that are zero until something happens are created now, so that a dashboard
         // shows 0 rather than no data.
+        for reason in crate::edges::output::DropReason::ALL {
+            let _ = m.records_dropped.get_or_create(&ReasonLabels {
+                reason: reason.as_str().into(),
+            });
+        }
         for event in ["suspend", "lift"] {
             for result in ["ok", "failed"] {
                 let _ = m.hook_runs.get_or_create(&HookLabels { event, result });
@@ -591,6 +603,18 @@ impl Metrics {
             let _ = self
                 .violations
                 .get_or_create(&RuleLabels { rule: rule.into() });
+        }
+    }
+
+    /// The record writer's drops (absolute values, set at each refresh).
+    pub(crate) fn set_writer_stats(&self, stats: &crate::edges::output::WriterStats) {
+        for reason in crate::edges::output::DropReason::ALL {
+            store(
+                &self.records_dropped.get_or_create(&ReasonLabels {
+                    reason: reason.as_str().into(),
+                }),
+                stats.dropped(reason),
+            );
         }
     }
 

@@ -2,6 +2,7 @@ use super::*;
 use crate::shared::model::Span;
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::Violation;
+use crate::stages::policy::sample::compliant;
 use crate::stages::redcap::sample::{call, fingerprint};
 
 fn verdict(content: &str, action: Option<&str>, status: Option<u16>) -> Verdict {
@@ -9,13 +10,7 @@ fn verdict(content: &str, action: Option<&str>, status: Option<u16>) -> Verdict 
     call.params.content = Some(content.into());
     call.params.action = action.map(Into::into);
     call.status = status;
-    Verdict {
-        call,
-        heavy: None,
-        violations: Vec::new(),
-        client_violation: None,
-        decision: None,
-    }
+    compliant(call)
 }
 
 /// The sample lines of one metric (name then `{` or space).

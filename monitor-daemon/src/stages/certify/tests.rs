@@ -1,5 +1,6 @@
 use super::*;
 use crate::shared::model::Span;
+use crate::stages::policy::sample::compliant;
 use crate::stages::policy::{HeavyKind, Policy, Violation};
 use crate::stages::redcap::ApiCall;
 use crate::stages::redcap::sample::{at, call, fingerprint};
@@ -108,13 +109,8 @@ fn a_second_heavy_call_within_five_minutes_fails() {
 
 #[test]
 fn a_hand_built_violation_fails_its_token_and_not_the_others() {
-    let mut bad = Verdict {
-        call: call(2, 1000),
-        heavy: Some(HeavyReason::Kind(HeavyKind::Report)),
-        violations: Vec::new(),
-        decision: None,
-        client_violation: None,
-    };
+    let mut bad = compliant(call(2, 1000));
+    bad.heavy = Some(HeavyReason::Kind(HeavyKind::Report));
     bad.violations.push(Violation {
         ts: at(1000),
         token: fingerprint(2),
@@ -123,13 +119,7 @@ fn a_hand_built_violation_fails_its_token_and_not_the_others() {
         window: Span::from_secs(300),
         count: 2,
     });
-    let good = Verdict {
-        call: call(1, 1000),
-        heavy: None,
-        violations: Vec::new(),
-        decision: None,
-        client_violation: None,
-    };
+    let good = compliant(call(1, 1000));
     let cert = judge(&[good, bad], Window::default());
     assert_eq!(cert.outcome, Outcome::Fail);
     let outcomes: Vec<_> = cert

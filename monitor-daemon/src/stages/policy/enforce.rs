@@ -6,6 +6,13 @@
 //! alone. First offences warn; repeated ones suspend, each suspension longer than the last (as
 //! fail2ban's bantime increment does). Every decision carries its evidence. Sans-IO: acting on a
 //! decision (hooks, alerts, the store) belongs to the edges.
+//!
+//! The [`Enforcer`] is the one owner of the suspensions in force: its own (decided here), an
+//! admin's ([`Enforcer::suspend`], [`Enforcer::lift`]: inputs like calls) and those a store gave
+//! back after a restart ([`Enforcer::restore`]). What happens to them comes out the way
+//! quinn-proto's `Connection` tells it: [`Enforcer::poll_event`] yields each suspension begun or
+//! ended, [`Enforcer::poll_timeout`] says when the next one ends and [`Enforcer::handle_timeout`]
+//! ends it. The edges persist, alert and run hooks from those events; they hold no suspensions.
 
 use serde::{Deserialize, Serialize};
 
@@ -155,6 +162,52 @@ struct Record {
     suspended_until: Option<Timestamp>,
 }
 
+/// A suspension in force, as the enforcer holds it.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    until: Option<Timestamp>,
+    /// Violations of the token since the suspension began: counted, not recorded one by one, so
+    /// that a suspended client hammering the server cannot grow the audit log.
+    violations: u64,
+}
+
+/// Who began a suspension.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SuspendedBy {
+    /// This stage, on the decision of the call that broke a rule (with its evidence).
+    Decision(Box<Decision>),
+    /// An admin, by hand.
+    Admin { reason: String },
+}
+
+/// Why a suspension ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiftedBy {
+    /// It ran out (at the `at` of the event, its end).
+    Expiry,
+    /// An admin lifted it early.
+    Admin { reason: String },
+}
+
+/// What happened to the suspensions in force, in order, from [`Enforcer::poll_event`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnforcementEvent {
+    Suspended {
+        token: TokenFingerprint,
+        since: Timestamp,
+        /// `None`: until lifted.
+        until: Option<Timestamp>,
+        by: SuspendedBy,
+    },
+    Lifted {
+        token: TokenFingerprint,
+        at: Timestamp,
+        by: LiftedBy,
+        /// Violations of the token while it was suspended.
+        violations: u64,
+    },
+}
+
 /// Counters the enforcer keeps.
 #[derive(Clone, Debug, Default)]
 pub struct EnforcementStats {
@@ -170,6 +223,14 @@ pub struct EnforcementStats {
 pub struct Enforcer {
     config: EnforcementConfig,
     records: FingerprintMap<Record>,
+    /// The suspensions in force (not a dry run's): the one list of them in the daemon.
+    active: FingerprintMap<Held>,
+    /// Events not yet polled; kept only once someone listens ([`Enforcer::listen`]), so that a
+    /// replay nobody acts on does not queue them.
+    events: std::collections::VecDeque<EnforcementEvent>,
+    listening: bool,
+    /// The earliest end among `active` (kept current on every change: looked at per packet).
+    next_end: Option<Timestamp>,
     stats: EnforcementStats,
 }
 
@@ -178,8 +239,82 @@ impl Enforcer {
         Enforcer {
             config,
             records: FingerprintMap::default(),
+            active: FingerprintMap::default(),
+            events: std::collections::VecDeque::new(),
+            listening: false,
+            next_end: None,
             stats: EnforcementStats::default(),
         }
+    }
+
+    /// Queues [`EnforcementEvent`]s from now on, for an edge that acts on them.
+    pub fn listen(&mut self) {
+        self.listening = true;
+    }
+
+    fn emit(&mut self, event: EnforcementEvent) {
+        if self.listening {
+            self.events.push_back(event);
+        }
+    }
+
+    /// The next suspension begun or ended, oldest first.
+    pub fn poll_event(&mut self) -> Option<EnforcementEvent> {
+        self.events.pop_front()
+    }
+
+    /// When the next suspension in force ends (`None`: none ends by itself).
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.next_end
+    }
+
+    fn active_changed(&mut self) {
+        self.next_end = self.active.values().filter_map(|held| held.until).min();
+    }
+
+    /// Ends the suspensions whose end is `now` or earlier, each with a
+    /// [`EnforcementEvent::Lifted`] at its end.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if self.poll_timeout().is_none_or(|next| next > now) {
+            return;
+        }
+        let mut ended: Vec<(TokenFingerprint, Timestamp, u64)> = self
+            .active
+            .iter()
+            .filter_map(|(token, held)| {
+                held.until
+                    .filter(|until| *until <= now)
+                    .map(|until| (*token, until, held.violations))
+            })
+            .collect();
+        ended.sort_by_key(|(token, until, _)| (*until, token.0));
+        for (token, at, violations) in ended {
+            self.active.remove(&token);
+            self.emit(EnforcementEvent::Lifted {
+                token,
+                at,
+                by: LiftedBy::Expiry,
+                violations,
+            });
+        }
+        self.active_changed();
+    }
+
+    /// Whether `token` is under a suspension in force at `at`; if so the call's `violations`
+    /// are counted against the suspension (reported when it ends).
+    pub fn held_at(&mut self, token: TokenFingerprint, at: Timestamp, violations: usize) -> bool {
+        match self.active.get_mut(&token) {
+            Some(held) if held.until.is_none_or(|until| at < until) => {
+                held.violations += violations as u64;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Suspensions in force.
+    pub fn suspensions_in_force(&self) -> usize {
+        self.active.len()
     }
 
     /// Applies new settings (a reload) and keeps every token's offences and suspensions: a
@@ -222,6 +357,7 @@ impl Enforcer {
         let offences_remembered = record.offences.len() as u32;
 
         let load_share = health.load_share;
+        let mut suspended_until = None;
         let action = if earlier_offences < config.warnings_before_suspension {
             Action::Warn {
                 reason: HoldReason::FirstOffence,
@@ -246,6 +382,9 @@ impl Enforcer {
             // A dry run remembers what it would have done, so that its escalation matches.
             record.suspensions.push(now);
             record.suspended_until = Some(until);
+            if !config.dry_run {
+                suspended_until = Some(until);
+            }
             Action::Suspend {
                 until: until.as_secs_f64(),
                 duration_s: duration.as_secs_f64(),
@@ -255,7 +394,7 @@ impl Enforcer {
             Action::Warn { .. } => self.stats.warnings += 1,
             Action::Suspend { .. } => self.stats.suspensions += 1,
         }
-        Some(Decision {
+        let decision = Decision {
             ts: now.as_secs_f64(),
             token_fp: identity.fingerprint,
             token_masked: identity.masked.0.clone(),
@@ -273,15 +412,78 @@ impl Enforcer {
                 health: health.assessment.clone(),
                 load_share,
             },
-        })
+        };
+        if let Some(until) = suspended_until {
+            self.active.insert(
+                identity.fingerprint,
+                Held {
+                    until: Some(until),
+                    violations: 0,
+                },
+            );
+            self.active_changed();
+            self.emit(EnforcementEvent::Suspended {
+                token: identity.fingerprint,
+                since: now,
+                until: Some(until),
+                by: SuspendedBy::Decision(Box::new(decision.clone())),
+            });
+        }
+        Some(decision)
     }
 
-    /// Lifts a suspension early (an admin's decision); later offences escalate from the record.
-    pub fn lift(&mut self, token: TokenFingerprint) -> bool {
-        self.records
-            .get_mut(&token)
-            .and_then(|r| r.suspended_until.take())
-            .is_some()
+    /// Suspends `token` by hand from `now` until `until` (`None`: until lifted): an admin's
+    /// input. Its violations then decide nothing new. A suspension in force is replaced.
+    pub fn suspend(
+        &mut self,
+        token: TokenFingerprint,
+        now: Timestamp,
+        until: Option<Timestamp>,
+        reason: String,
+    ) {
+        self.hold(token, until);
+        let violations = self.active.get(&token).map_or(0, |held| held.violations);
+        self.active.insert(token, Held { until, violations });
+        self.active_changed();
+        self.emit(EnforcementEvent::Suspended {
+            token,
+            since: now,
+            until,
+            by: SuspendedBy::Admin { reason },
+        });
+    }
+
+    /// Lifts a suspension early (an admin's input); later offences escalate from the record.
+    /// False when `token` was not suspended.
+    pub fn lift(&mut self, token: TokenFingerprint, now: Timestamp, reason: String) -> bool {
+        if let Some(record) = self.records.get_mut(&token) {
+            record.suspended_until = None;
+        }
+        let Some(held) = self.active.remove(&token) else {
+            return false;
+        };
+        self.active_changed();
+        self.emit(EnforcementEvent::Lifted {
+            token,
+            at: now,
+            by: LiftedBy::Admin { reason },
+            violations: held.violations,
+        });
+        true
+    }
+
+    /// Takes back a suspension in force that a store kept over a restart (no event: it was
+    /// acted on when it began).
+    pub fn restore(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+        self.hold(token, until);
+        self.active.insert(
+            token,
+            Held {
+                until,
+                violations: 0,
+            },
+        );
+        self.active_changed();
     }
 
     /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
@@ -294,10 +496,8 @@ impl Enforcer {
         }
     }
 
-    /// Treats `token` as suspended until `until` (`None`: until lifted): a suspension decided
-    /// elsewhere (an admin's, or one in force before a restart). Its violations then decide
-    /// nothing new.
-    pub fn hold(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+    /// Remembers `token` as suspended until `until` (`None`: until lifted) for decisions.
+    fn hold(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
         let until = until.unwrap_or(Timestamp(u64::MAX));
         let record = self.records.entry(token).or_default();
         record.suspended_until = Some(record.suspended_until.map_or(until, |u| u.max(until)));

@@ -1,24 +1,7 @@
 use super::*;
 use crate::shared::model::Span;
-use crate::stages::policy::Violation;
-use crate::stages::redcap::sample::{at, call, fingerprint};
-
-fn violating(token: u8, secs: u64) -> Verdict {
-    Verdict {
-        call: call(token, secs),
-        heavy: None,
-        violations: vec![Violation {
-            ts: at(secs),
-            token: fingerprint(token),
-            rule: "api_calls".into(),
-            limit: 3,
-            window: Span::from_secs(60),
-            count: 4,
-        }],
-        client_violation: None,
-        decision: None,
-    }
-}
+use crate::stages::policy::sample::violating;
+use crate::stages::redcap::sample::{at, fingerprint};
 
 struct Server {
     degraded: bool,
@@ -155,7 +138,7 @@ fn a_lifted_token_escalates_from_its_record() {
     let bad = Server::degraded(0.9);
     action(&mut e, 0, &bad);
     action(&mut e, 10, &bad);
-    assert!(e.lift(fingerprint(1)));
+    assert!(e.lift(fingerprint(1), at(15), "by hand".into()));
     assert_eq!(action(&mut e, 20, &bad), suspend(20, 2));
 }
 
@@ -256,4 +239,136 @@ fn a_flood_of_violating_tokens_is_bounded_and_never_forgets_a_suspension() {
     // Token 1's suspension still holds.
     assert_eq!(action(&mut e, 1200, &healthy), None);
     assert_eq!(e.stats().while_suspended, 1);
+}
+
+/// The kinds of the events polled so far, with their token's number and time in seconds.
+fn polled(e: &mut Enforcer) -> Vec<String> {
+    std::iter::from_fn(|| e.poll_event())
+        .map(|event| match event {
+            EnforcementEvent::Suspended {
+                token,
+                since,
+                until,
+                by,
+            } => format!(
+                "suspended {token} at {} until {:?} by {}",
+                since.as_secs_f64(),
+                until.map(Timestamp::as_secs_f64),
+                match by {
+                    SuspendedBy::Decision(d) => format!("decision at {}", d.ts),
+                    SuspendedBy::Admin { reason } => format!("admin: {reason}"),
+                }
+            ),
+            EnforcementEvent::Lifted {
+                token,
+                at,
+                by,
+                violations,
+            } => format!(
+                "lifted {token} at {} by {by:?} after {violations} violations",
+                at.as_secs_f64()
+            ),
+        })
+        .collect()
+}
+
+#[test]
+fn a_decided_suspension_is_polled_held_and_ends_at_its_poll_timeout() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    e.listen();
+    let bad = Server::degraded(0.9);
+    action(&mut e, 1000, &bad);
+    assert_eq!(
+        polled(&mut e),
+        Vec::<String>::new(),
+        "a warning is no event"
+    );
+    assert_eq!(e.poll_timeout(), None);
+    action(&mut e, 1010, &bad);
+    let token = fingerprint(1);
+    assert_eq!(
+        polled(&mut e),
+        [format!(
+            "suspended {token} at 1010 until Some(4610.0) by decision at 1010"
+        )]
+    );
+    assert_eq!(e.suspensions_in_force(), 1);
+    assert_eq!(e.poll_timeout(), Some(at(4610)));
+    assert!(
+        e.held_at(token, at(2000), 2),
+        "in force: violations counted"
+    );
+    e.handle_timeout(at(4609));
+    assert_eq!(polled(&mut e), Vec::<String>::new(), "not before its end");
+    e.handle_timeout(at(5000));
+    assert_eq!(
+        polled(&mut e),
+        [format!(
+            "lifted {token} at 4610 by Expiry after 2 violations"
+        )]
+    );
+    assert_eq!((e.suspensions_in_force(), e.poll_timeout()), (0, None));
+    assert!(!e.held_at(token, at(5001), 1));
+}
+
+#[test]
+fn an_admin_suspends_and_lifts_through_the_stage_and_nothing_is_queued_without_a_listener() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let token = fingerprint(1);
+    e.suspend(token, at(100), None, "quiet".into());
+    assert_eq!(e.poll_event(), None, "no listener, no queue");
+    e.listen();
+    assert!(e.lift(token, at(200), "by hand".into()));
+    assert!(
+        !e.lift(token, at(201), "again".into()),
+        "nothing left to lift"
+    );
+    e.suspend(token, at(300), None, "by hand".into());
+    assert_eq!(e.poll_timeout(), None, "until lifted: no end to wait for");
+    let bad = Server::degraded(0.9);
+    assert_eq!(action(&mut e, 400, &bad), None, "held: nothing new decided");
+    assert!(e.lift(token, at(500), "ok".into()));
+    assert_eq!(
+        polled(&mut e),
+        [
+            format!("lifted {token} at 200 by Admin {{ reason: \"by hand\" }} after 0 violations"),
+            format!("suspended {token} at 300 until None by admin: by hand"),
+            format!("lifted {token} at 500 by Admin {{ reason: \"ok\" }} after 0 violations"),
+        ]
+    );
+    assert_eq!(
+        action(&mut e, 600, &bad),
+        warn(HoldReason::FirstOffence),
+        "judged again after the lift"
+    );
+}
+
+#[test]
+fn a_restored_suspension_holds_without_an_event_and_expires_with_one() {
+    let mut e = Enforcer::new(EnforcementConfig::default());
+    let token = fingerprint(1);
+    e.restore(token, Some(at(2000)));
+    e.note_suspension(token, at(900));
+    e.listen();
+    let bad = Server::degraded(0.9);
+    assert_eq!(action(&mut e, 1000, &bad), None, "still suspended");
+    assert_eq!(
+        e.poll_event(),
+        None,
+        "a restored suspension was acted on before"
+    );
+    assert_eq!(e.poll_timeout(), Some(at(2000)));
+    e.handle_timeout(at(2000));
+    assert_eq!(
+        polled(&mut e),
+        [format!(
+            "lifted {token} at 2000 by Expiry after 0 violations"
+        )]
+    );
+    assert_eq!(action(&mut e, 2100, &bad), warn(HoldReason::FirstOffence));
+    assert_eq!(
+        action(&mut e, 2110, &bad),
+        suspend(2110, 2),
+        "the restored suspension counts for escalation"
+    );
 }

@@ -110,6 +110,9 @@ pub struct Verdict {
     pub client_violation: Option<ClientViolation>,
     /// What was decided about the token, when the call broke a rule.
     pub decision: Option<enforce::Decision>,
+    /// The token was under a suspension in force when the call began: its violations are
+    /// counted by the enforcer (and reported when the suspension ends), not recorded one by one.
+    pub while_suspended: bool,
 }
 
 /// Counters the policy stage keeps.
@@ -524,6 +527,7 @@ impl Policy {
             violations,
             client_violation,
             decision: None,
+            while_suspended: false,
         }
     }
 }
@@ -611,5 +615,7 @@ fn heavy_kind(call: &ApiCall) -> Option<HeavyKind> {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod sample;
 #[cfg(test)]
 mod tests;
