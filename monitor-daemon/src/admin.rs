@@ -830,6 +830,17 @@ fn status_text(stats: &serde_json::Value) -> String {
             );
         }
     }
+    if let Some(failing) = stats["delivery"]["failing_sinks"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+    {
+        let names: Vec<&str> = failing.iter().filter_map(|n| n.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "alert sinks: FAILING {} (alerts to them wait in the outbox until alerts.max_age)",
+            names.join(", ")
+        );
+    }
     if let Some(problems) = stats["problems"].as_object().filter(|p| !p.is_empty()) {
         let listed: Vec<String> = problems.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "input problems: {}", listed.join(" "));
@@ -840,6 +851,18 @@ fn status_text(stats: &serde_json::Value) -> String {
 #[cfg(test)]
 mod status_tests {
     use super::{status_text, top_text};
+
+    #[test]
+    fn status_names_failing_alert_sinks() {
+        let stats = serde_json::json!({
+            "mode": "ebpf", "kernel": {},
+            "delivery": {"attempts": 9, "failing_sinks": ["chat"]}
+        });
+        let text = status_text(&stats);
+        assert!(text.contains("alert sinks: FAILING chat"), "{text}");
+        let stats = serde_json::json!({"mode": "ebpf", "delivery": {"failing_sinks": []}});
+        assert!(!status_text(&stats).contains("alert sinks"));
+    }
 
     #[test]
     fn top_shows_a_blind_spot_with_the_losses() {

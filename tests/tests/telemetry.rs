@@ -86,7 +86,7 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
         .expect("promtool (Debian package prometheus, installed by `cargo xtask setup`)");
     assert!(check.status.success(), "{}", text(&check));
     assert!(
-        text(&check).contains("SUCCESS: 7 rules found"),
+        text(&check).contains("SUCCESS: 8 rules found"),
         "{}",
         text(&check)
     );

@@ -218,6 +218,7 @@ pub struct Metrics {
     webhook_attempts: Counter,
     webhook_deliveries: Counter,
     webhook_failures: Counter,
+    alert_sinks_failing: Gauge,
     hook_runs: Family<HookLabels, Counter>,
     top_share: Family<TokenLabels, FloatGauge>,
     top_calls: Family<TokenLabels, Gauge>,
@@ -269,6 +270,7 @@ impl Metrics {
             webhook_attempts: Counter::default(),
             webhook_deliveries: Counter::default(),
             webhook_failures: Counter::default(),
+            alert_sinks_failing: Gauge::default(),
             hook_runs: Family::default(),
             top_share: Family::default(),
             top_calls: Family::default(),
@@ -434,6 +436,11 @@ impl Metrics {
             m.webhook_failures.clone(),
         );
         r.register(
+            "alert_sinks_failing",
+            "Alert sinks whose every attempt has failed for alerts.sink_failing_after or longer",
+            m.alert_sinks_failing.clone(),
+        );
+        r.register(
             "hook_runs",
             "Suspension hooks run, by event (suspend, lift) and result (ok, failed)",
             m.hook_runs.clone(),
@@ -593,6 +600,8 @@ impl Metrics {
         store(&self.webhook_attempts, stats.attempts);
         store(&self.webhook_deliveries, stats.delivered);
         store(&self.webhook_failures, stats.gave_up);
+        self.alert_sinks_failing
+            .set(stats.failing_sinks.len() as i64);
     }
 
     /// Everything read from the stages' and the capture's own counters, once per refresh.

@@ -181,6 +181,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
     for zero in [
         "redcap_monitor_webhook_deliveries_total 0",
         "redcap_monitor_webhook_delivery_failures_total 0",
+        "redcap_monitor_alert_sinks_failing 0",
         "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 0",
     ] {
         assert!(text.contains(zero), "{zero} before anything happened");
@@ -193,6 +194,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
         attempts: 9,
         delivered: 3,
         gave_up: 1,
+        failing_sinks: vec!["chat".into()],
         ..Default::default()
     });
     metrics.set_action_stats(
@@ -215,6 +217,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
         "redcap_monitor_webhook_delivery_attempts_total 9",
         "redcap_monitor_webhook_deliveries_total 3",
         "redcap_monitor_webhook_delivery_failures_total 1",
+        "redcap_monitor_alert_sinks_failing 1",
         "redcap_monitor_hook_runs_total{event=\"suspend\",result=\"ok\"} 1",
         "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 1",
         "redcap_monitor_suspensions_total{origin=\"auto\"} 3",
