@@ -830,7 +830,7 @@ fn status_text(stats: &serde_json::Value) -> String {
             );
         }
     }
-    if let Some(failing) = stats["delivery"]["failing_sinks"]
+    if let Some(failing) = stats["alerts"]["delivery"]["failing_sinks"]
         .as_array()
         .filter(|f| !f.is_empty())
     {
@@ -856,11 +856,12 @@ mod status_tests {
     fn status_names_failing_alert_sinks() {
         let stats = serde_json::json!({
             "mode": "ebpf", "kernel": {},
-            "delivery": {"attempts": 9, "failing_sinks": ["chat"]}
+            "alerts": {"delivery": {"attempts": 9, "failing_sinks": ["chat"]}}
         });
         let text = status_text(&stats);
         assert!(text.contains("alert sinks: FAILING chat"), "{text}");
-        let stats = serde_json::json!({"mode": "ebpf", "delivery": {"failing_sinks": []}});
+        let stats =
+            serde_json::json!({"mode": "ebpf", "alerts": {"delivery": {"failing_sinks": []}}});
         assert!(!status_text(&stats).contains("alert sinks"));
     }
 
