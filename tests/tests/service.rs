@@ -318,7 +318,7 @@ fn unit_setting(key: &str) -> Option<String> {
     .unwrap();
     unit.lines()
         .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .last()
+        .next_back()
         .map(str::to_owned)
 }
 
