@@ -391,7 +391,7 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(loaded.len(), 7, "{rules}");
+    assert_eq!(loaded.len(), 8, "{rules}");
     for rule in loaded {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
