@@ -58,7 +58,8 @@ const PRUNE_INTERVAL: Span = Span::from_secs(3600);
 const REQUESTS_PER_TICK: usize = 16;
 
 /// Counters of the action edge.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ActionStats {
     /// Audit records written.
     pub audit_records: u64,

@@ -155,7 +155,8 @@ pub enum GiveUpReason {
     UnknownSink,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DeliveryStats {
     pub attempts: u64,
     pub delivered: u64,

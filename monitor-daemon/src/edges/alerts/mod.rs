@@ -390,7 +390,8 @@ pub enum AlertsSetupError {
 }
 
 /// Counters of the raising side.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AlertStats {
     pub raised: u64,
     /// Held back by the cooldown (summarised in a later alert).

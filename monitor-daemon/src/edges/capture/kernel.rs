@@ -168,7 +168,8 @@ pub enum ProbeError {
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct KernelCounters {
     pub packets_seen: u64,
     pub filtered: u64,
@@ -243,7 +244,8 @@ impl KernelCounters {
 }
 
 /// What user space did with the records it read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DrainStats {
     pub records: u64,
     /// Connections user space took out of the flow table (nothing worth reading until the

@@ -209,20 +209,6 @@ impl LiveSource {
         }
     }
 
-    /// The capture's own counters as JSON, for the stats file.
-    pub fn counters_json(&self) -> serde_json::Value {
-        match self.counters() {
-            CaptureCounters::Kernel { counters, drain } => serde_json::json!({
-                "kernel": match counters {
-                    Ok(k) => serde_json::to_value(k).unwrap_or_default(),
-                    Err(err) => serde_json::Value::String(err),
-                },
-                "ring": drain,
-            }),
-            CaptureCounters::Pcap(interfaces) => serde_json::json!({ "pcap": interfaces }),
-        }
-    }
-
     /// The capture's own counters, read once: the stats file, the loss check and the metrics
     /// all take them from here.
     pub fn counters(&self) -> CaptureCounters {

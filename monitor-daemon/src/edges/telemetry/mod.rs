@@ -8,6 +8,8 @@
 //! and `action` come from hostile input and are mapped onto an allow-list (else `other`); a token
 //! appears only as its fingerprint, and only in the opt-in top-K gauges (`api.top_tokens`).
 
+mod snapshot;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use snapshot::{AlertCounters, BlindSpotCounts, KernelSection, PipelineCounters, Snapshot};
 
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::{HeavyReason, Verdict};
