@@ -210,6 +210,7 @@ pub struct Metrics {
     capture_events: Family<SourceLabels, Counter>,
     capture_packets: Family<SourceLabels, Counter>,
     capture_filtered: Family<SourceLabels, Counter>,
+    capture_drains_bounded: Counter,
     capture_payload_bytes: Family<SourceLabels, Counter>,
     capture_losses: Family<LossLabels, Counter>,
     capture_lost_bytes: Family<LossLabels, Counter>,
@@ -262,6 +263,7 @@ impl Metrics {
             capture_events: Family::default(),
             capture_packets: Family::default(),
             capture_filtered: Family::default(),
+            capture_drains_bounded: Counter::default(),
             capture_payload_bytes: Family::default(),
             capture_losses: Family::default(),
             capture_lost_bytes: Family::default(),
@@ -381,6 +383,11 @@ impl Metrics {
             "capture_filtered_packets",
             "Packets on a server port that belong to no API connection (cost no event)",
             m.capture_filtered.clone(),
+        );
+        r.register(
+            "capture_bounded_drains",
+            "Reads of the kernel's ring cut short by capture.max_drain_records or max_drain_time, so that the loop's periodic work ran before the next read",
+            m.capture_drains_bounded.clone(),
         );
         r.register_with_unit(
             "capture_payload",
@@ -668,6 +675,7 @@ impl Metrics {
                         .set(k.tls_conns_tracked as i64);
                 }
                 self.loss(source, "all", "ring_malformed", drain.malformed);
+                store(&self.capture_drains_bounded, drain.drains_bounded);
             }
             CaptureView::Pcap(interfaces) => {
                 for i in interfaces {

@@ -228,3 +228,35 @@ fn alert_delivery_and_hook_counters_are_exported() {
         assert!(text.contains(line), "{line}:\n{text}");
     }
 }
+
+#[test]
+fn reads_of_the_ring_cut_short_by_their_budget_are_exported() {
+    let metrics = Metrics::new();
+    let pipeline = crate::stages::pipeline::Pipeline::new(
+        crate::commands::config::Config::default().pipeline(),
+        crate::shared::token::SiteKey::from_bytes([1; 32]),
+    );
+    let drain = crate::edges::capture::kernel::DrainStats {
+        records: 9_000,
+        drains_bounded: 7,
+        ..Default::default()
+    };
+    let counters = crate::edges::capture::kernel::KernelCounters::default();
+    metrics.refresh(&StatsView {
+        pipeline: pipeline.stats(),
+        capture: CaptureView::Kernel {
+            counters: Some(&counters),
+            drain: &drain,
+        },
+        degraded: false,
+        blind_spots: &[],
+        server_time_p95_s: None,
+        tracked_connections: 0,
+        tracked_tokens: 0,
+    });
+    let text = metrics.encode();
+    assert!(
+        text.contains("redcap_monitor_capture_bounded_drains_total 7"),
+        "{text}"
+    );
+}
