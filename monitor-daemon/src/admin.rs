@@ -12,10 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redcap_monitor::commands::config::Config;
 use redcap_monitor::edges::actions::{Request, submit_request};
 use redcap_monitor::edges::api::live::suspension_json;
-use redcap_monitor::edges::capture::kernel::KernelCounters;
+use redcap_monitor::edges::directory::DirectoryState;
 use redcap_monitor::edges::store::{
     AuditRecord, Source, Store, StoreError, StoreLimits, Suspension,
 };
+use redcap_monitor::edges::telemetry::Snapshot;
 use redcap_monitor::shared::model::Timestamp;
 use redcap_monitor::shared::settings::Duration;
 use redcap_monitor::shared::token::TokenFingerprint;
@@ -548,8 +549,17 @@ pub fn status(args: StatusArgs) -> ExitCode {
                 if args.json {
                     println!("{status}");
                 } else {
+                    let snapshot = match serde_json::from_value::<Snapshot>(status) {
+                        Ok(snapshot) => snapshot,
+                        Err(err) => {
+                            return fail(
+                                1,
+                                &format!("the daemon's status is not understood: {err}"),
+                            );
+                        }
+                    };
                     println!("daemon at {base}");
-                    print!("{}", status_text(&status));
+                    print!("{}", status_text(&snapshot));
                     let n = suspensions.as_array().map_or(0, Vec::len);
                     println!("suspended tokens: {n}");
                 }
@@ -588,14 +598,17 @@ pub fn status(args: StatusArgs) -> ExitCode {
             );
         }
     };
-    let stats: serde_json::Value = match serde_json::from_str(&text) {
+    if args.json {
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(stats) => println!("{stats}"),
+            Err(err) => return fail(1, &format!("{} is not a stats file: {err}", path.display())),
+        }
+        return ExitCode::SUCCESS;
+    }
+    let stats: Snapshot = match serde_json::from_str(&text) {
         Ok(stats) => stats,
         Err(err) => return fail(1, &format!("{} is not a stats file: {err}", path.display())),
     };
-    if args.json {
-        println!("{stats}");
-        return ExitCode::SUCCESS;
-    }
     print!("{}", status_text(&stats));
     ExitCode::SUCCESS
 }
@@ -635,6 +648,10 @@ pub fn top(args: TopArgs) -> ExitCode {
             println!("{top}");
             return ExitCode::SUCCESS;
         }
+        let status = match serde_json::from_value::<Snapshot>(status) {
+            Ok(status) => status,
+            Err(err) => return fail(1, &format!("the daemon's status is not understood: {err}")),
+        };
         let text = top_text(&client.base, &top, &status, &suspensions);
         if !live {
             print!("{text}");
@@ -650,7 +667,7 @@ pub fn top(args: TopArgs) -> ExitCode {
 fn top_text(
     base: &str,
     top: &serde_json::Value,
-    status: &serde_json::Value,
+    status: &Snapshot,
     suspensions: &serde_json::Value,
 ) -> String {
     use std::fmt::Write as _;
@@ -659,7 +676,7 @@ fn top_text(
         out,
         "redcap-monitor top  {base}  {}  server {}  suspended {}",
         utc(Timestamp::from_secs_f64(top["at"].as_f64().unwrap_or(0.0))),
-        if status["degraded"].as_bool() == Some(true) {
+        if status.degraded {
             "DEGRADED"
         } else {
             "responsive"
@@ -732,56 +749,42 @@ fn owner_text(owner: &serde_json::Value) -> String {
     }
 }
 
-/// Names of the kernel counters that mean lost or partial data.
-const KERNEL_LOSSES: [&str; 7] = KernelCounters::LOSS_NAMES;
-
-fn status_text(stats: &serde_json::Value) -> String {
+fn status_text(stats: &Snapshot) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let _ = writeln!(
         out,
         "mode {}, {} calls and {} violations written, server {}",
-        stats["mode"].as_str().unwrap_or("?"),
-        number(&stats["calls_written"]),
-        number(&stats["violations_written"]),
-        if stats["degraded"].as_bool() == Some(true) {
+        if stats.mode.is_empty() {
+            "?"
+        } else {
+            &stats.mode
+        },
+        stats.calls_written,
+        stats.violations_written,
+        if stats.degraded {
             "DEGRADED"
         } else {
             "responsive"
         }
     );
     let mut losses = Vec::new();
-    // Indexing a `Value` (not a `Map`) gives null for a missing key: a stats file from another
-    // version must not crash `status`.
-    let kernel = &stats["kernel"];
-    if kernel.is_object() {
+    if let Some(kernel) = stats.kernel_counters() {
         let _ = writeln!(
             out,
             "kernel: {} packets seen, {} filtered, {} events sent, {} flows tracked so far",
-            number(&kernel["packets_seen"]),
-            number(&kernel["filtered"]),
-            number(&kernel["events_sent"]),
-            number(&kernel["flows_started"]),
+            kernel.packets_seen, kernel.filtered, kernel.events_sent, kernel.flows_started,
         );
-        for name in KERNEL_LOSSES {
-            let n = number(&kernel[name]);
+        for (name, n) in kernel.losses() {
             if n > 0 {
                 losses.push(format!("kernel.{name}={n}"));
             }
         }
     }
-    if let Some(interfaces) = stats["pcap"].as_array() {
-        for interface in interfaces {
-            let dropped = number(&interface["dropped"])
-                + number(&interface["if_dropped"])
-                + number(&interface["truncated"]);
-            if dropped > 0 {
-                losses.push(format!(
-                    "pcap.{}.dropped={dropped}",
-                    interface["interface"].as_str().unwrap_or("?")
-                ));
-            }
+    for interface in stats.pcap.iter().flatten() {
+        let dropped = interface.dropped + interface.if_dropped + interface.truncated;
+        if dropped > 0 {
+            losses.push(format!("pcap.{}.dropped={dropped}", interface.interface));
         }
     }
     let _ = writeln!(
@@ -794,15 +797,13 @@ fn status_text(stats: &serde_json::Value) -> String {
         }
     );
     // A blind daemon must never look healthy: the coverage line comes right after the losses.
-    match stats["coverage"].as_array() {
+    match &stats.coverage {
         Some(spots) if !spots.is_empty() => {
             for spot in spots {
                 let _ = writeln!(
                     out,
                     "coverage: BLIND {} ({} seen): {}",
-                    spot["reason"].as_str().unwrap_or("?"),
-                    number(&spot["count"]),
-                    spot["advice"].as_str().unwrap_or("")
+                    spot.reason, spot.count, spot.advice
                 );
             }
         }
@@ -812,27 +813,44 @@ fn status_text(stats: &serde_json::Value) -> String {
         // A stats file from a version without the judgement.
         None => {}
     }
-    let directory = &stats["directory"];
-    match directory["state"].as_str() {
-        None | Some("off") => {}
-        Some("directory_unavailable") => {
-            let _ = writeln!(
-                out,
-                "directory: UNAVAILABLE ({} tokens named from an earlier read): {}",
-                number(&directory["entries"]),
-                directory["error"].as_str().unwrap_or("?")
-            );
-        }
-        Some(state) => {
-            let _ = writeln!(
-                out,
-                "directory: {state}, {} tokens named",
-                number(&directory["entries"])
-            );
+    if let Some(directory) = &stats.directory {
+        match directory.state {
+            DirectoryState::Off => {}
+            DirectoryState::DirectoryUnavailable => {
+                let _ = writeln!(
+                    out,
+                    "directory: UNAVAILABLE ({} tokens named from an earlier read): {}",
+                    directory.entries,
+                    directory.error.as_deref().unwrap_or("?")
+                );
+            }
+            DirectoryState::Loading | DirectoryState::Available => {
+                let state = match directory.state {
+                    DirectoryState::Loading => "loading",
+                    _ => "available",
+                };
+                let _ = writeln!(
+                    out,
+                    "directory: {state}, {} tokens named",
+                    directory.entries
+                );
+            }
         }
     }
-    if let Some(problems) = stats["problems"].as_object().filter(|p| !p.is_empty()) {
-        let listed: Vec<String> = problems.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let failing = stats.failing_sinks();
+    if !failing.is_empty() {
+        let _ = writeln!(
+            out,
+            "alert sinks: FAILING {} (alerts to them wait in the outbox until alerts.max_age)",
+            failing.join(", ")
+        );
+    }
+    if !stats.problems.is_empty() {
+        let listed: Vec<String> = stats
+            .problems
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         let _ = writeln!(out, "input problems: {}", listed.join(" "));
     }
     out
@@ -840,7 +858,36 @@ fn status_text(stats: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod status_tests {
-    use super::{status_text, top_text};
+    use super::Snapshot;
+
+    /// A stats file's text as `status` reads it: typed.
+    fn status_text(stats: &serde_json::Value) -> String {
+        let snapshot: Snapshot = serde_json::from_value(stats.clone()).unwrap();
+        super::status_text(&snapshot)
+    }
+
+    fn top_text(
+        base: &str,
+        top: &serde_json::Value,
+        status: &serde_json::Value,
+        suspensions: &serde_json::Value,
+    ) -> String {
+        let snapshot: Snapshot = serde_json::from_value(status.clone()).unwrap();
+        super::top_text(base, top, &snapshot, suspensions)
+    }
+
+    #[test]
+    fn status_names_failing_alert_sinks() {
+        let stats = serde_json::json!({
+            "mode": "ebpf", "kernel": {},
+            "alerts": {"delivery": {"attempts": 9, "failing_sinks": ["chat"]}}
+        });
+        let text = status_text(&stats);
+        assert!(text.contains("alert sinks: FAILING chat"), "{text}");
+        let stats =
+            serde_json::json!({"mode": "ebpf", "alerts": {"delivery": {"failing_sinks": []}}});
+        assert!(!status_text(&stats).contains("alert sinks"));
+    }
 
     #[test]
     fn top_shows_a_blind_spot_with_the_losses() {

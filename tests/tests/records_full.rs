@@ -143,11 +143,10 @@ fn a_full_record_disk_drops_records_counted_and_alerted_once_and_they_resume_wit
         .unwrap()
         .port();
     let secret = dir.path().join("team.whsec");
-    std::fs::write(
+    monitor_tests::write_secret(
         &secret,
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
-    )
-    .unwrap();
+    );
     let config = dir.path().join("full.toml");
     let (d, r) = (dir.path().display(), records.display());
     std::fs::write(

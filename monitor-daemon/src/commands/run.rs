@@ -35,7 +35,10 @@ use crate::edges::notify::Notifier;
 use crate::edges::output::{
     Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode, WriterStats,
 };
-use crate::edges::telemetry::{CaptureView, Metrics, StatsView};
+use crate::edges::telemetry::{
+    AlertCounters, BlindSpotCounts, CaptureView, KernelSection, Metrics, PipelineCounters,
+    Snapshot, StatsView,
+};
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
 use crate::stages::coverage::{Coverage, TlsCoverage};
@@ -597,45 +600,53 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
         .refresh(now, &view, status, &loads, &suspensions);
 }
 
-/// Every counter as one JSON object: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> serde_json::Value {
+/// Every counter as one [`Snapshot`]: the kernel's (or libpcap's), then each stage's.
+fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot {
     let records = &edges.records;
-    let mut value = serde_json::json!({
-        "mode": source.mode(),
-        "tls_libraries": source.tls_libraries(),
-        "calls_written": records.writer.stats().calls_written,
-        "violations_written": records.writer.stats().violations_written,
-        "records": records.writer.stats(),
-    });
-    if let serde_json::Value::Object(capture) = source.counters_json() {
-        value.as_object_mut().expect("an object").extend(capture);
-    }
+    let (kernel, ring, pcap) = match source.counters() {
+        CaptureCounters::Kernel { counters, drain } => {
+            let kernel = match counters {
+                Ok(k) => KernelSection::Counters(k),
+                Err(err) => KernelSection::Unreadable(err),
+            };
+            (Some(kernel), Some(drain), None)
+        }
+        CaptureCounters::Pcap(interfaces) => (None, None, Some(interfaces)),
+    };
     let stats = pipeline.stats();
-    value["problems"] = stats
-        .problems()
-        .into_iter()
-        .map(|(name, n)| (name.to_string(), serde_json::Value::from(n)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-    value["degraded"] = pipeline.health().is_degraded().into();
-    value["coverage"] = serde_json::to_value(edges.coverage.blind_spots()).unwrap_or_default();
-    value["pipeline"] = serde_json::json!({
-        "decode": stats.decode,
-        "reassembly": stats.reassembly,
-        "http": stats.http,
-        "redcap": stats.redcap,
-        "policy": stats.policy,
-    });
     let actions = &edges.actions;
-    value["actions"] = serde_json::to_value(actions.stats()).unwrap_or_default();
-    value["redcap_module"] = serde_json::to_value(actions.publish_stats()).unwrap_or_default();
-    value["directory"] =
-        serde_json::to_value(edges.telemetry.directory().status()).unwrap_or_default();
-    value["alerts"] = serde_json::json!({
-        "raise": actions.alert_stats(),
-        "delivery": actions.delivery_stats(),
-    });
-    value
+    Snapshot {
+        mode: source.mode().to_owned(),
+        tls_libraries: source.tls_libraries(),
+        calls_written: records.writer.stats().calls_written,
+        violations_written: records.writer.stats().violations_written,
+        records: Some(records.writer.stats().clone()),
+        kernel,
+        ring,
+        pcap,
+        problems: stats
+            .problems()
+            .into_iter()
+            .map(|(name, n)| (name.to_owned(), n))
+            .collect(),
+        degraded: pipeline.health().is_degraded(),
+        coverage: Some(
+            edges
+                .coverage
+                .blind_spots()
+                .iter()
+                .map(BlindSpotCounts::from)
+                .collect(),
+        ),
+        pipeline: PipelineCounters::from(&stats),
+        actions: actions.stats().clone(),
+        redcap_module: actions.publish_stats().cloned(),
+        directory: Some(edges.telemetry.directory().status()),
+        alerts: AlertCounters {
+            raise: actions.alert_stats().clone(),
+            delivery: actions.delivery_stats(),
+        },
+    }
 }
 
 /// The record outputs (the shared [`RecordWriter`], appending) and the stats file.
@@ -668,7 +679,7 @@ impl Records {
 
     /// Replaces the stats file atomically (write a sibling, rename over). A failure is logged:
     /// like the records, the stats file never stops the daemon.
-    fn write_stats(&self, stats: &serde_json::Value) {
+    fn write_stats(&self, stats: &Snapshot) {
         let Some(path) = &self.stats else {
             return;
         };

@@ -29,8 +29,11 @@ pub use config::{HookConfig, HookKind, HooksConfig};
 /// Placeholders an exec hook's arguments may use.
 pub const PLACEHOLDERS: [&str; 5] = ["fingerprint", "masked", "action", "until", "reason"];
 
-/// Output kept per stream; the rest is read and dropped so the program never blocks on a pipe.
+/// Output recorded per stream; the rest is read and dropped so the program never blocks on a pipe.
 const MAX_OUTPUT_BYTES: usize = 16 * 1024;
+/// Read past the cut so that a token straddling it is still whole when it is scrubbed: the
+/// scrub runs on the output as read, the cut after it.
+const SCRUB_MARGIN: usize = crate::shared::token::MAX_TOKEN_BYTES;
 /// After the program ends (or is killed), how long its output pipes may take to close.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// The whole environment an exec hook gets: the daemon's own is not passed on.
@@ -168,8 +171,8 @@ impl Hooks {
                     action: event.action,
                     duration_ms: started.elapsed().as_millis().min(u128::from(u64::MAX)) as u64,
                     result,
-                    stdout: scrubbed(&output.stdout, raw),
-                    stderr: scrubbed(&output.stderr, raw),
+                    stdout: scrubbed(&output.stdout, raw, MAX_OUTPUT_BYTES),
+                    stderr: scrubbed(&output.stderr, raw, MAX_OUTPUT_BYTES),
                     output_truncated: output.truncated,
                 };
                 tracing::info!(hook = %outcome.hook, action = event.action.as_str(),
@@ -395,12 +398,14 @@ fn run_exec(
     }
     let (stdout, out_cut) = stdout.take();
     let (stderr, err_cut) = stderr.take();
+    let truncated =
+        out_cut || err_cut || stdout.len() > MAX_OUTPUT_BYTES || stderr.len() > MAX_OUTPUT_BYTES;
     (
         result,
         Output {
             stdout,
             stderr,
-            truncated: out_cut || err_cut,
+            truncated,
         },
     )
 }
@@ -488,7 +493,7 @@ fn capture(pipe: Option<impl Read + Send + 'static>, done: mpsc::Sender<()>) -> 
                     Ok(n) => {
                         let mut guard = sink.lock().unwrap_or_else(|e| e.into_inner());
                         let (kept, cut) = &mut *guard;
-                        let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
+                        let room = (MAX_OUTPUT_BYTES + SCRUB_MARGIN).saturating_sub(kept.len());
                         kept.extend_from_slice(&chunk[..n.min(room)]);
                         *cut |= n > room;
                     }
@@ -500,31 +505,31 @@ fn capture(pipe: Option<impl Read + Send + 'static>, done: mpsc::Sender<()>) -> 
     Captured(shared)
 }
 
-/// Output as text with any copy of the raw token (in any case) replaced, so that a hook that
-/// echoes its stdin cannot put the token in the audit log.
-fn scrubbed(output: &[u8], raw: Option<&RawToken>) -> String {
-    let mut bytes = output.to_vec();
-    if let Some(raw) = raw {
-        let token = raw.expose_for_hook();
-        if !token.is_empty() {
-            let mut i = 0;
-            let mut out = Vec::with_capacity(bytes.len());
-            while i < bytes.len() {
-                let matches = bytes
-                    .get(i..i + token.len())
-                    .is_some_and(|w| w.eq_ignore_ascii_case(token));
-                if matches {
-                    out.extend_from_slice(b"[token]");
-                    i += token.len();
-                } else {
-                    out.push(bytes[i]);
-                    i += 1;
-                }
-            }
-            bytes = out;
+/// The first `cut` bytes of output as text, with any copy of the raw token (in any case)
+/// replaced, so that a hook that echoes its stdin cannot put the token in the audit log.
+///
+/// The scrub looks at the whole output as read (up to `SCRUB_MARGIN` past the cut), and the cut
+/// falls where byte `cut` of that output was: a token that starts before the cut is replaced
+/// whole, and no byte from past the cut (where a token may be only partly read) is kept.
+fn scrubbed(output: &[u8], raw: Option<&RawToken>, cut: usize) -> String {
+    let token = raw.map(RawToken::expose_for_hook).unwrap_or_default();
+    let end = output.len().min(cut);
+    let mut out = Zeroizing::new(Vec::with_capacity(end));
+    let mut i = 0;
+    while i < end {
+        let matches = !token.is_empty()
+            && output
+                .get(i..i + token.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(token));
+        if matches {
+            out.extend_from_slice(b"[token]");
+            i += token.len();
+        } else {
+            out.push(output[i]);
+            i += 1;
         }
     }
-    String::from_utf8_lossy(&bytes).into_owned()
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn post(agent: &ureq::Agent, url: &WebhookUrl, json: &str) -> HookResult {

@@ -245,8 +245,9 @@ impl DropReason {
 }
 
 /// What the record writer did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub(crate) struct WriterStats {
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct WriterStats {
     pub calls_written: u64,
     pub violations_written: u64,
     pub decisions_written: u64,

@@ -44,7 +44,8 @@ pub struct Frame<'a> {
 /// What decoding made of the frames it saw. Every frame lands in exactly one of `tcp_segments`,
 /// `unsupported_link`, `non_ip`, `non_tcp`, `ip_fragments`, `truncated_headers`, `malformed` or
 /// `checksum_bad`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DecodeStats {
     pub frames: u64,
     pub tcp_segments: u64,

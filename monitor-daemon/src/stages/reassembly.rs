@@ -48,7 +48,8 @@ impl Default for ReassemblyLimits {
 }
 
 /// What the reassembler did, by reason. Counters only grow.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ReassemblyStats {
     /// Segments pushed.
     pub segments: u64,

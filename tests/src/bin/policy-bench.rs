@@ -1,4 +1,5 @@
-//! policy-bench: the policy stage alone on millions of synthetic calls from 10,000 tokens, for
+//! policy-bench: the policy stage alone on millions of synthetic calls from 10,000 tokens (or
+//! as many as the second argument says: `policy-bench CALLS TOKENS`), for
 //! `cargo xtask bench policy`. Prints one JSON object: calls per CPU second of one core of the
 //! rate rules (push, release, evaluate, drop the verdict) — CPU time, so that other work on the
 //! machine does not count — and per wall second, the same with the enforcement stage deciding
@@ -29,6 +30,9 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Heap the bench's own input takes (the tokens' fingerprints and masked forms): part of the
+/// peak, not of the stage's state.
+static INPUT: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
@@ -58,12 +62,13 @@ struct Calls {
     template: ApiCall,
     masked: Vec<MaskedToken>,
     fingerprints: Vec<TokenFingerprint>,
+    tokens: u64,
     rng: u64,
     next_ts: Timestamp,
 }
 
 impl Calls {
-    fn new() -> Calls {
+    fn new(tokens: u64) -> Calls {
         let key = SiteKey::from_bytes([7; 32]);
         let endpoint = |port| Endpoint {
             ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
@@ -98,17 +103,18 @@ impl Calls {
                 complete: true,
                 raw_token: HookToken::default(),
             },
-            masked: (0..TOKENS)
+            masked: (0..tokens)
                 .map(|t| MaskedToken(format!("T{t:02}…{:02}", t % 100)))
                 .collect(),
             // Real fingerprints (HMACs of made-up tokens), as the pipeline would key them.
-            fingerprints: (0..TOKENS)
+            fingerprints: (0..tokens)
                 .map(|t| {
                     let token = RawToken::parse(format!("BENCH{t:027}").as_bytes())
                         .expect("letters and digits");
                     key.fingerprint(&token)
                 })
                 .collect(),
+            tokens,
             rng: 0x9E37_79B9_7F4A_7C15,
             next_ts: T0,
         }
@@ -125,7 +131,7 @@ impl Calls {
     fn batch(&mut self) -> Vec<ApiCall> {
         (0..BATCH)
             .map(|_| {
-                let token = self.random() % TOKENS;
+                let token = self.random() % self.tokens;
                 let mut call = self.template.clone();
                 call.ts_start = self.next_ts;
                 call.ts_end = self.next_ts.plus(Span::from_millis(30));
@@ -151,11 +157,15 @@ struct Run {
     tracked_tokens: usize,
     /// Heap held by the stage(s) at the end: their per-token state.
     state_bytes: usize,
+    /// Tokens the policy let go to stay within `policy.max_tokens`.
+    evicted_tokens: u64,
 }
 
-fn run(total: u64, enforce: bool) -> Run {
-    let mut calls = Calls::new();
+fn run(total: u64, tokens: u64, enforce: bool) -> Run {
+    let start_heap = LIVE.load(Ordering::Relaxed);
+    let mut calls = Calls::new(tokens);
     let before = LIVE.load(Ordering::Relaxed);
+    INPUT.store(before.saturating_sub(start_heap), Ordering::Relaxed);
     let mut policy = Policy::new(&PolicyConfig::default());
     let mut enforcer = Enforcer::new(EnforcementConfig::default());
     let assessment = Assessment::default();
@@ -198,6 +208,7 @@ fn run(total: u64, enforce: bool) -> Run {
         cpu,
         tracked_tokens: policy.tracked_tokens(),
         state_bytes,
+        evicted_tokens: policy.stats().evicted_tokens,
     }
 }
 
@@ -219,10 +230,14 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(5_000_000);
+    let tokens: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(TOKENS);
     // Best of three for the rate; the state is the same in every run.
     let best = |enforce: bool| {
         (0..3)
-            .map(|_| run(total, enforce))
+            .map(|_| run(total, tokens, enforce))
             .min_by_key(|r| r.cpu)
             .expect("three runs")
     };
@@ -231,12 +246,12 @@ fn main() {
     let rate = |r: &Run| r.calls as f64 / r.cpu.as_secs_f64();
     let wall_rate = |r: &Run| r.calls as f64 / r.elapsed.as_secs_f64();
     println!(
-        "{{\n  \"calls\": {},\n  \"tokens\": {TOKENS},\n  \"violations\": {},\n  \
+        "{{\n  \"calls\": {},\n  \"tokens\": {tokens},\n  \"violations\": {},\n  \
          \"decisions\": {},\n  \"policy_calls_per_s\": {:.0},\n  \
          \"policy_and_enforcement_calls_per_s\": {:.0},\n  \
          \"policy_calls_per_wall_s\": {:.0},\n  \"tracked_tokens\": {},\n  \
          \"policy_state_bytes\": {},\n  \"policy_and_enforcement_state_bytes\": {},\n  \
-         \"heap_peak_bytes\": {},\n  \"peak_rss_kib\": {}\n}}",
+         \"heap_peak_bytes\": {},\n  \"peak_rss_kib\": {},\n  \"evicted_tokens\": {},\n  \"input_bytes\": {}\n}}",
         rules.calls,
         rules.violations,
         with_enforcement.decisions,
@@ -248,5 +263,7 @@ fn main() {
         with_enforcement.state_bytes,
         PEAK.load(Ordering::Relaxed),
         peak_rss_kib(),
+        rules.evicted_tokens,
+        INPUT.load(Ordering::Relaxed),
     );
 }

@@ -1,5 +1,6 @@
 //! The policy bench: the rate rules (and the enforcement stage) alone on 5 million synthetic calls
-//! from 10,000 tokens. The measuring is done by the `policy-bench` binary (monitor-tests, built
+//! from 10,000 tokens, then from a million distinct tokens (a flood of made-up tokens: memory
+//! must stay within `policy.max_tokens`). The measuring is done by the `policy-bench` binary (monitor-tests, built
 //! in release), which prints one JSON object; this module runs it, prints the figures and the
 //! goals, and writes `target/bench/policy.json`.
 
@@ -46,5 +47,28 @@ pub(super) fn run() -> Result<()> {
         verdict(peak < GOAL_PEAK_BYTES)
     );
     save_json_report("policy.json", &json)?;
+
+    println!("policy under a flood: 5,000,000 calls from 1,000,000 distinct tokens");
+    let mut command = std::process::Command::new(&program);
+    command
+        .args(["5000000", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let flood = json_report(&mut command)?;
+    let field = |key: &str| report_number(&flood, key, "policy-bench");
+    println!(
+        "  policy state {:.1} MiB for {:.0} tokens tracked ({:.0} evictions past \
+         policy.max_tokens), with enforcement {:.1} MiB; heap peak {:.1} MiB beside the \
+         bench's own {:.1} MiB of tokens; process peak RSS {:.1} MiB; {:.0} calls/s (CPU)",
+        field("policy_state_bytes")? / 1048576.0,
+        field("tracked_tokens")?,
+        field("evicted_tokens")?,
+        field("policy_and_enforcement_state_bytes")? / 1048576.0,
+        (field("heap_peak_bytes")? - field("input_bytes")?) / 1048576.0,
+        field("input_bytes")? / 1048576.0,
+        field("peak_rss_kib")? / 1024.0,
+        field("policy_calls_per_s")?,
+    );
+    save_json_report("policy-flood.json", &flood)?;
     Ok(())
 }

@@ -68,7 +68,8 @@ use notification::{Notification, NotificationError};
 const REQUESTS_PER_TICK: usize = 16;
 
 /// Counters of the action edge.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ActionStats {
     /// Audit records written.
     pub audit_records: u64,

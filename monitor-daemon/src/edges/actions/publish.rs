@@ -116,7 +116,8 @@ fn advice(source: &io::Error) -> &'static str {
 }
 
 /// What the publisher did, for `status` and the metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PublishStats {
     /// Lists written (a change of the suspensions, or a rewrite after the file went missing).
     pub writes: u64,

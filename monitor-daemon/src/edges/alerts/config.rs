@@ -14,8 +14,15 @@ pub struct AlertsConfig {
     /// Repeated alerts for one token and rule within this time are counted, not sent; the next
     /// one sent says how many it stands for.
     pub cooldown: Duration,
-    /// Attempts per alert and sink before it is given up (recorded).
-    pub max_attempts: u32,
+    /// An alert that could not be delivered for this long after it was queued is given up
+    /// (recorded, reason `too_old`); until then it is retried, however many attempts it takes.
+    pub max_age: Duration,
+    /// Optional: also give an alert up after this many attempts (reason `out_of_attempts`).
+    /// Unset by default: a sink that is down for hours still gets every alert when it is back.
+    pub max_attempts: Option<u32>,
+    /// A sink whose attempts have all failed for this long is announced to the other sinks
+    /// (`sink_failing`, once per outage; `sink_recovered` when it works again).
+    pub sink_failing_after: Duration,
     /// Retry delays grow from `backoff_base` doubling up to `backoff_cap`, with full jitter.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -30,7 +37,9 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             cooldown: Duration(Span::from_secs(15 * 60)),
-            max_attempts: 12,
+            max_age: Duration(Span::from_secs(24 * 3600)),
+            max_attempts: None,
+            sink_failing_after: Duration(Span::from_secs(10 * 60)),
             backoff_base: Duration(Span::from_secs(1)),
             backoff_cap: Duration(Span::from_secs(10 * 60)),
             request_timeout: Duration(Span::from_secs(10)),
@@ -83,7 +92,15 @@ impl AlertsConfig {
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let positive = [
-            ("alerts.max_attempts", self.max_attempts as usize),
+            (
+                "alerts.max_attempts",
+                self.max_attempts.map_or(1, |n| n as usize),
+            ),
+            ("alerts.max_age", self.max_age.span().0 as usize),
+            (
+                "alerts.sink_failing_after",
+                self.sink_failing_after.span().0 as usize,
+            ),
             ("alerts.max_queued", self.max_queued),
             ("alerts.backoff_base", self.backoff_base.span().0 as usize),
             (

@@ -3,7 +3,9 @@
 //! Runs on its own OS thread with a blocking HTTP client, so a slow or dead sink can delay only
 //! other alerts, never capture or decisions. 2xx is delivered; network errors, timeouts, 408,
 //! 425, 429 and 5xx are retried with capped exponential backoff and full jitter (or after
-//! `Retry-After`); any other status is given up at once. The `webhook-id` never changes.
+//! `Retry-After`) until the item is older than `alerts.max_age`; any other status is given up
+//! at once. The `webhook-id` never changes. A sink failing for `alerts.sink_failing_after` is
+//! announced to the other sinks through the same outbox.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
@@ -12,8 +14,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::AlertsConfig;
-use super::outbox::{Outbox, OutboxItem};
-use super::{Sink, Sinks};
+use super::outbox::{Outbox, OutboxError, OutboxItem};
+use super::sink_health::SinkHealth;
+use super::{Clock, Outgoing, Sink, Sinks};
 use crate::shared::model::{Span, Timestamp};
 
 /// Items taken from the outbox per look.
@@ -28,7 +31,8 @@ const MAX_RETRY_AFTER: Span = Span::from_secs(3600);
 pub(crate) struct RetryPolicy {
     pub base: Span,
     pub cap: Span,
-    pub max_attempts: u32,
+    pub max_age: Span,
+    pub max_attempts: Option<u32>,
     pub request_timeout: Span,
 }
 
@@ -37,6 +41,7 @@ impl RetryPolicy {
         RetryPolicy {
             base: config.backoff_base.span(),
             cap: config.backoff_cap.span(),
+            max_age: config.max_age.span(),
             max_attempts: config.max_attempts,
             request_timeout: config.request_timeout.span(),
         }
@@ -48,6 +53,62 @@ impl RetryPolicy {
         let ceiling = self.base.0.saturating_mul(1u64 << shift).min(self.cap.0);
         Span(random % ceiling.saturating_add(1))
     }
+
+    /// What becomes of `item` after `outcome`, its `attempt`th attempt, at `now`: retried
+    /// until it is `max_age` old (the last retry falls at that age), then given up.
+    pub(crate) fn decide(
+        &self,
+        outcome: Attempt,
+        item: &OutboxItem,
+        attempt: u32,
+        now: Timestamp,
+        random: u64,
+    ) -> DeliveryResult {
+        let horizon = item.created.plus(self.max_age);
+        match outcome {
+            Attempt::Delivered(status) => DeliveryResult::Delivered { status },
+            Attempt::Rejected(status) => DeliveryResult::GaveUp {
+                status: Some(status),
+                error: None,
+                reason: GiveUpReason::Rejected,
+            },
+            Attempt::Retry { status, error, .. } if now >= horizon => DeliveryResult::GaveUp {
+                status,
+                error,
+                reason: GiveUpReason::TooOld,
+            },
+            Attempt::Retry { status, error, .. }
+                if self.max_attempts.is_some_and(|max| attempt >= max) =>
+            {
+                DeliveryResult::GaveUp {
+                    status,
+                    error,
+                    reason: GiveUpReason::OutOfAttempts,
+                }
+            }
+            Attempt::Retry {
+                status,
+                retry_after,
+                error,
+            } => {
+                let delay = retry_after
+                    .map(|d| d.min(MAX_RETRY_AFTER))
+                    .unwrap_or_else(|| self.backoff(attempt, random));
+                DeliveryResult::WillRetry {
+                    status,
+                    error,
+                    next_attempt: now.plus(delay).min(horizon),
+                }
+            }
+        }
+    }
+}
+
+/// What the delivery thread needs to tell the other sinks that one is failing.
+pub(crate) struct Announce {
+    pub health: SinkHealth,
+    /// This machine's name, as in every alert.
+    pub host: String,
 }
 
 /// What happened to one attempt, for the audit log.
@@ -86,19 +147,28 @@ pub enum DeliveryResult {
 pub enum GiveUpReason {
     /// The sink answered with a status that retrying cannot change (e.g. 400, 403, 404).
     Rejected,
-    /// `alerts.max_attempts` attempts failed.
+    /// Every attempt failed until the alert was `alerts.max_age` old.
+    TooOld,
+    /// `alerts.max_attempts` (when set) attempts failed.
     OutOfAttempts,
     /// The item names a sink that is no longer configured.
     UnknownSink,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DeliveryStats {
     pub attempts: u64,
     pub delivered: u64,
     pub retries_scheduled: u64,
     pub gave_up: u64,
+    /// Of `gave_up`: failed until they were `alerts.max_age` old.
+    pub gave_up_too_old: u64,
     pub outbox_errors: u64,
+    /// Sinks failing for `alerts.sink_failing_after` or longer (announced, not yet recovered).
+    pub failing_sinks: Vec<String>,
+    /// `sink_failing` and `sink_recovered` alerts queued for the other sinks.
+    pub sink_alerts: u64,
 }
 
 /// Handle of the delivery thread; dropping it stops the thread (after the attempt in flight).
@@ -115,6 +185,8 @@ impl DeliveryWorker {
         sinks: Arc<Sinks>,
         outbox: Arc<dyn Outbox>,
         on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
+        announce: Announce,
+        clock: Clock,
     ) -> std::io::Result<DeliveryWorker> {
         let (wake, woken) = sync_channel(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -125,6 +197,8 @@ impl DeliveryWorker {
             sinks,
             outbox,
             on_report,
+            announce,
+            clock,
             stop: stop.clone(),
             stats: stats.clone(),
         };
@@ -194,7 +268,7 @@ pub(crate) fn wall_now() -> Timestamp {
 }
 
 /// How one attempt ended, before the retry policy looks at it.
-enum Attempt {
+pub(crate) enum Attempt {
     Delivered(u16),
     Retry {
         status: Option<u16>,
@@ -210,6 +284,8 @@ struct Worker {
     sinks: Arc<Sinks>,
     outbox: Arc<dyn Outbox>,
     on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
+    announce: Announce,
+    clock: Clock,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<DeliveryStats>>,
 }
@@ -217,7 +293,7 @@ struct Worker {
 impl Worker {
     fn run(&mut self, woken: Receiver<()>) {
         while !self.stop.load(Ordering::Relaxed) {
-            let due = match self.outbox.due(wall_now(), BATCH) {
+            let due = match self.outbox.due((self.clock)(), BATCH) {
                 Ok(due) => due,
                 Err(err) => {
                     self.count(|s| s.outbox_errors += 1);
@@ -253,7 +329,8 @@ impl Worker {
             Some(sink) => {
                 self.count(|s| s.attempts += 1);
                 let outcome = post(&self.agent, sink, &item);
-                self.judge(outcome, attempt)
+                self.policy
+                    .decide(outcome, &item, attempt, (self.clock)(), random_u64())
             }
         };
         let stored = match &result {
@@ -283,48 +360,67 @@ impl Worker {
                 error,
                 reason,
             } => {
-                self.count(|s| s.gave_up += 1);
+                self.count(|s| {
+                    s.gave_up += 1;
+                    s.gave_up_too_old += u64::from(*reason == GiveUpReason::TooOld);
+                });
                 tracing::warn!(id = %item.id, sink = %item.sink, attempt, ?status, ?error, ?reason,
                     "alert delivery given up");
             }
         }
+        let now = (self.clock)();
+        self.watch_sink(&item.sink, &result, now);
         let report = DeliveryReport {
             id: item.id,
             sink: item.sink,
             attempt,
-            at: wall_now(),
+            at: now,
             result,
         };
         (self.on_report)(&report);
     }
 
-    fn judge(&self, outcome: Attempt, attempt: u32) -> DeliveryResult {
-        match outcome {
-            Attempt::Delivered(status) => DeliveryResult::Delivered { status },
-            Attempt::Rejected(status) => DeliveryResult::GaveUp {
-                status: Some(status),
-                error: None,
-                reason: GiveUpReason::Rejected,
-            },
-            Attempt::Retry { status, error, .. } if attempt >= self.policy.max_attempts => {
-                DeliveryResult::GaveUp {
-                    status,
-                    error,
-                    reason: GiveUpReason::OutOfAttempts,
-                }
+    /// Follows `sink`'s outage and tells the other sinks when it starts to matter and ends.
+    fn watch_sink(&mut self, sink: &str, result: &DeliveryResult, now: Timestamp) {
+        let change = match result {
+            DeliveryResult::Delivered { .. } => self.announce.health.delivered(sink, now),
+            DeliveryResult::GaveUp {
+                reason: GiveUpReason::UnknownSink,
+                ..
+            } => None,
+            DeliveryResult::WillRetry { status, error, .. }
+            | DeliveryResult::GaveUp { status, error, .. } => {
+                let what = match (status, error) {
+                    (_, Some(error)) => error.clone(),
+                    (Some(status), None) => format!("HTTP status {status}"),
+                    (None, None) => "failed".into(),
+                };
+                self.announce.health.failed(sink, what, now)
             }
-            Attempt::Retry {
-                status,
-                retry_after,
-                error,
-            } => {
-                let delay = retry_after
-                    .map(|d| d.min(MAX_RETRY_AFTER))
-                    .unwrap_or_else(|| self.policy.backoff(attempt, random_u64()));
-                DeliveryResult::WillRetry {
-                    status,
-                    error,
-                    next_attempt: wall_now().plus(delay),
+        };
+        let failing = self.announce.health.failing();
+        self.count(|s| s.failing_sinks = failing);
+        let Some(alert) = change else {
+            return;
+        };
+        tracing::warn!(
+            sink,
+            alert = alert.kind().as_str(),
+            "alert sink health changed"
+        );
+        let outgoing = Outgoing {
+            alert,
+            repeats: None,
+        };
+        let items = self
+            .sinks
+            .render(&outgoing, None, &self.announce.host, now, Some(sink));
+        for item in items {
+            match self.outbox.enqueue(item) {
+                Ok(()) => self.count(|s| s.sink_alerts += 1),
+                Err(err @ OutboxError::Full { .. }) | Err(err @ OutboxError::Store(_)) => {
+                    self.count(|s| s.outbox_errors += 1);
+                    tracing::error!(error = %err, "cannot queue a sink health alert");
                 }
             }
         }
@@ -437,7 +533,8 @@ mod tests {
         RetryPolicy {
             base: Span::from_secs(1),
             cap: Span::from_secs(600),
-            max_attempts: 12,
+            max_age: Span::from_secs(24 * 3600),
+            max_attempts: None,
             request_timeout: Span::from_secs(10),
         }
     }
@@ -452,6 +549,91 @@ mod tests {
         }
         assert_eq!(p.backoff(3, 4_000_000_000), Span(4_000_000_000));
         assert_eq!(p.backoff(3, 4_000_000_001), Span(0));
+    }
+
+    const HOUR: u64 = 3_600_000_000_000;
+
+    fn queued_at(created: Timestamp) -> OutboxItem {
+        OutboxItem {
+            id: "msg_1".into(),
+            sink: "slack".into(),
+            payload: "{}".into(),
+            created,
+            attempts: 0,
+            next_attempt: created,
+        }
+    }
+
+    fn down() -> Attempt {
+        Attempt::Retry {
+            status: None,
+            retry_after: None,
+            error: Some("connection failed".into()),
+        }
+    }
+
+    #[test]
+    fn a_sink_down_for_23_hours_is_still_retried() {
+        let created = Timestamp(1_700_000_000 * 1_000_000_000);
+        let item = queued_at(created);
+        // Attempt 500 at 23 h: far past the old 12-attempt limit, still retried, and the next
+        // attempt never falls past the day.
+        let now = created.plus(Span(23 * HOUR));
+        match policy().decide(down(), &item, 500, now, u64::MAX) {
+            DeliveryResult::WillRetry { next_attempt, .. } => {
+                assert!(next_attempt > now);
+                assert!(next_attempt <= created.plus(Span(24 * HOUR)));
+            }
+            other => panic!("given up at 23 h: {other:?}"),
+        }
+        // A minute before the horizon the backoff is clamped to the horizon itself: one last
+        // attempt at 24 h.
+        let late = created.plus(Span(24 * HOUR - 60_000_000_000));
+        assert_eq!(
+            policy().decide(down(), &item, 501, late, u64::MAX),
+            DeliveryResult::WillRetry {
+                status: None,
+                error: Some("connection failed".into()),
+                next_attempt: created.plus(Span(24 * HOUR)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_alert_older_than_the_horizon_is_given_up_as_too_old() {
+        let created = Timestamp(1_700_000_000 * 1_000_000_000);
+        let item = queued_at(created);
+        for now in [
+            created.plus(Span(24 * HOUR)),
+            created.plus(Span(30 * 24 * HOUR)),
+        ] {
+            assert_eq!(
+                policy().decide(down(), &item, 3, now, 7),
+                DeliveryResult::GaveUp {
+                    status: None,
+                    error: Some("connection failed".into()),
+                    reason: GiveUpReason::TooOld,
+                }
+            );
+        }
+        // Delivered and rejected do not depend on age.
+        let old = created.plus(Span(48 * HOUR));
+        assert_eq!(
+            policy().decide(Attempt::Delivered(200), &item, 9, old, 7),
+            DeliveryResult::Delivered { status: 200 }
+        );
+        // `max_attempts`, when set, still bounds the count too.
+        let capped = RetryPolicy {
+            max_attempts: Some(12),
+            ..policy()
+        };
+        assert!(matches!(
+            capped.decide(down(), &item, 12, created.plus(Span(HOUR)), 7),
+            DeliveryResult::GaveUp {
+                reason: GiveUpReason::OutOfAttempts,
+                ..
+            }
+        ));
     }
 
     #[test]

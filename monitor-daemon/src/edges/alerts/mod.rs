@@ -12,6 +12,7 @@ mod jira;
 mod outbox;
 mod render;
 mod signing;
+mod sink_health;
 pub(crate) mod time;
 
 #[cfg(test)]
@@ -54,6 +55,10 @@ pub enum AlertKind {
     Probing,
     /// The call, violation or decision records cannot be written (a full disk): dropped.
     RecordsWriteFailed,
+    /// Another sink has failed every attempt for `alerts.sink_failing_after`.
+    SinkFailing,
+    /// A sink announced as failing delivered again.
+    SinkRecovered,
 }
 
 impl AlertKind {
@@ -68,6 +73,8 @@ impl AlertKind {
             AlertKind::CaptureBlind,
             AlertKind::Probing,
             AlertKind::RecordsWriteFailed,
+            AlertKind::SinkFailing,
+            AlertKind::SinkRecovered,
         ]
     }
 
@@ -82,6 +89,8 @@ impl AlertKind {
             AlertKind::CaptureBlind => "capture_blind",
             AlertKind::Probing => "probing",
             AlertKind::RecordsWriteFailed => "records_write_failed",
+            AlertKind::SinkFailing => "sink_failing",
+            AlertKind::SinkRecovered => "sink_recovered",
         }
     }
 
@@ -91,8 +100,11 @@ impl AlertKind {
             | AlertKind::Suspended
             | AlertKind::CaptureBlind
             | AlertKind::RecordsWriteFailed => "critical",
-            AlertKind::Violation | AlertKind::CaptureLoss | AlertKind::Probing => "warning",
-            AlertKind::Recovered | AlertKind::Lifted => "info",
+            AlertKind::Violation
+            | AlertKind::CaptureLoss
+            | AlertKind::Probing
+            | AlertKind::SinkFailing => "warning",
+            AlertKind::Recovered | AlertKind::Lifted | AlertKind::SinkRecovered => "info",
         }
     }
 }
@@ -180,6 +192,26 @@ pub enum Alert {
         error: String,
         evidence: serde_json::Value,
     },
+    /// A sink has failed every attempt since `since`: alerts to it wait in the outbox (and are
+    /// given up past `alerts.max_age`). Sent to the other sinks, once per outage.
+    SinkFailing {
+        at: Timestamp,
+        sink: String,
+        since: Timestamp,
+        failed_attempts: u64,
+        /// The last attempt's error or status, as the delivery audit records it.
+        last_error: String,
+        evidence: serde_json::Value,
+    },
+    /// A sink announced as failing delivered again (sent to the other sinks).
+    SinkRecovered {
+        at: Timestamp,
+        sink: String,
+        /// When its outage began.
+        since: Timestamp,
+        failed_attempts: u64,
+        evidence: serde_json::Value,
+    },
 }
 
 impl Alert {
@@ -226,6 +258,8 @@ impl Alert {
             Alert::CaptureBlind { .. } => AlertKind::CaptureBlind,
             Alert::Probing { .. } => AlertKind::Probing,
             Alert::RecordsWriteFailed { .. } => AlertKind::RecordsWriteFailed,
+            Alert::SinkFailing { .. } => AlertKind::SinkFailing,
+            Alert::SinkRecovered { .. } => AlertKind::SinkRecovered,
         }
     }
 
@@ -239,7 +273,9 @@ impl Alert {
             | Alert::CaptureLoss { at, .. }
             | Alert::CaptureBlind { at, .. }
             | Alert::Probing { at, .. }
-            | Alert::RecordsWriteFailed { at, .. } => *at,
+            | Alert::RecordsWriteFailed { at, .. }
+            | Alert::SinkFailing { at, .. }
+            | Alert::SinkRecovered { at, .. } => *at,
         }
     }
 
@@ -262,7 +298,9 @@ impl Alert {
             | Alert::CaptureLoss { evidence, .. }
             | Alert::CaptureBlind { evidence, .. }
             | Alert::Probing { evidence, .. }
-            | Alert::RecordsWriteFailed { evidence, .. } => evidence,
+            | Alert::RecordsWriteFailed { evidence, .. }
+            | Alert::SinkFailing { evidence, .. }
+            | Alert::SinkRecovered { evidence, .. } => evidence,
         }
     }
 
@@ -308,12 +346,47 @@ pub(crate) struct Sink {
     pub events: Vec<AlertKind>,
 }
 
+/// The clock alerts are queued and retried by: the wall clock, or a test's.
+pub(crate) type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
 /// The sinks, shared by the raising side and the delivery thread.
 pub(crate) struct Sinks(pub Vec<Sink>);
 
 impl Sinks {
     fn get(&self, name: &str) -> Option<&Sink> {
         self.0.iter().find(|s| s.name == name)
+    }
+
+    /// One outbox item per sink that wants `outgoing`'s kind, except the sink named `except`.
+    /// `queued` (the outbox's clock) is when each item's age starts.
+    fn render(
+        &self,
+        outgoing: &Outgoing,
+        owner: Option<&crate::edges::directory::Owner>,
+        host: &str,
+        queued: Timestamp,
+        except: Option<&str>,
+    ) -> Vec<OutboxItem> {
+        let kind = outgoing.alert.kind();
+        self.0
+            .iter()
+            .filter(|s| s.events.contains(&kind) && Some(s.name.as_str()) != except)
+            .map(|sink| {
+                let id = signing::new_webhook_id();
+                let payload = match &sink.jira {
+                    Some(target) => render::jira(target, outgoing, owner, host),
+                    None => render::body(sink.kind, outgoing, owner, &id, host),
+                };
+                OutboxItem {
+                    id,
+                    sink: sink.name.clone(),
+                    payload,
+                    created: queued,
+                    attempts: 0,
+                    next_attempt: Timestamp(0),
+                }
+            })
+            .collect()
     }
 }
 
@@ -337,7 +410,8 @@ pub enum AlertsSetupError {
 }
 
 /// Counters of the raising side.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AlertStats {
     pub raised: u64,
     /// Held back by the cooldown (summarised in a later alert).
@@ -364,6 +438,7 @@ pub struct Alerts {
     stats: AlertStats,
     /// Who tokens belong to: alerts name the owner when it is known.
     directory: Directory,
+    clock: Clock,
 }
 
 impl Alerts {
@@ -418,6 +493,7 @@ impl Alerts {
             wake: None,
             stats: AlertStats::default(),
             directory: Directory::off(),
+            clock: Arc::new(wall_now),
         })
     }
 
@@ -427,11 +503,27 @@ impl Alerts {
         config: &AlertsConfig,
         on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
     ) -> Result<DeliveryWorker, AlertsSetupError> {
+        self.start_delivery_with_clock(config, on_report, Arc::new(wall_now))
+    }
+
+    /// [`Alerts::start_delivery`] with the outbox's age and retries measured by `clock`.
+    pub(crate) fn start_delivery_with_clock(
+        &mut self,
+        config: &AlertsConfig,
+        on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
+        clock: Clock,
+    ) -> Result<DeliveryWorker, AlertsSetupError> {
+        self.clock = clock.clone();
         let worker = DeliveryWorker::start(
             delivery::RetryPolicy::from_config(config),
             self.sinks.clone(),
             self.outbox.clone(),
             on_report,
+            delivery::Announce {
+                health: sink_health::SinkHealth::new(config.sink_failing_after.span()),
+                host: self.host.clone(),
+            },
+            clock,
         )
         .map_err(AlertsSetupError::Thread)?;
         self.wake = Some(worker.waker());
@@ -443,7 +535,7 @@ impl Alerts {
     pub fn raise(&mut self, alert: Alert, now: Timestamp) {
         self.stats.raised += 1;
         match self.coalescer.admit(alert, now) {
-            Some(outgoing) => self.enqueue(&outgoing, now),
+            Some(outgoing) => self.enqueue(&outgoing),
             None => self.stats.coalesced += 1,
         }
         self.stats.coalesced_overflow = self.coalescer.overflowed();
@@ -453,7 +545,7 @@ impl Alerts {
     /// them. Call now and then (e.g. once a second).
     pub fn tick(&mut self, now: Timestamp) {
         for outgoing in self.coalescer.expire(now) {
-            self.enqueue(&outgoing, now);
+            self.enqueue(&outgoing);
         }
     }
 
@@ -466,36 +558,30 @@ impl Alerts {
         self.directory = directory;
     }
 
-    fn enqueue(&mut self, outgoing: &Outgoing, now: Timestamp) {
+    fn enqueue(&mut self, outgoing: &Outgoing) {
         let kind = outgoing.alert.kind();
         let owner = outgoing
             .alert
             .token()
             .and_then(|t| self.directory.owner(&t.fingerprint));
-        for sink in self.sinks.0.iter().filter(|s| s.events.contains(&kind)) {
-            let id = signing::new_webhook_id();
-            let payload = match &sink.jira {
-                Some(target) => render::jira(target, outgoing, owner.as_deref(), &self.host),
-                None => render::body(sink.kind, outgoing, owner.as_deref(), &id, &self.host),
-            };
-            let item = OutboxItem {
-                id,
-                sink: sink.name.clone(),
-                payload,
-                created: now,
-                attempts: 0,
-                next_attempt: Timestamp(0),
-            };
+        // An item's age (alerts.max_age) runs on the delivery thread's clock, not the caller's
+        // (capture time in replays).
+        let queued = (self.clock)();
+        for item in self
+            .sinks
+            .render(outgoing, owner.as_deref(), &self.host, queued, None)
+        {
+            let sink = item.sink.clone();
             match self.outbox.enqueue(item) {
                 Ok(()) => self.stats.enqueued += 1,
                 Err(OutboxError::Full { limit }) => {
                     self.stats.refused_full += 1;
-                    tracing::warn!(sink = %sink.name, limit, alert = kind.as_str(),
+                    tracing::warn!(sink = %sink, limit, alert = kind.as_str(),
                         "alert outbox full: alert dropped");
                 }
                 Err(err) => {
                     self.stats.store_errors += 1;
-                    tracing::error!(sink = %sink.name, alert = kind.as_str(), error = %err,
+                    tracing::error!(sink = %sink, alert = kind.as_str(), error = %err,
                         "alert not queued");
                 }
             }

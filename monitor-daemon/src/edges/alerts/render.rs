@@ -97,6 +97,13 @@ fn headline(alert: &Alert) -> String {
         Alert::CaptureBlind { reason, .. } => {
             format!("redcap-monitor is blind to some traffic ({reason}): API calls are not counted")
         }
+        Alert::SinkFailing { sink, since, .. } => format!(
+            "Alert sink {sink} has been failing since {}: its alerts wait in the outbox",
+            rfc3339(*since)
+        ),
+        Alert::SinkRecovered { sink, .. } => {
+            format!("Alert sink {sink} works again: its waiting alerts are being delivered")
+        }
     }
 }
 
@@ -180,6 +187,28 @@ fn facts(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Vec<(&'stati
                 "What to do",
                 "free space on its file system: writing resumes by itself".into(),
             ));
+        }
+        Alert::SinkFailing {
+            sink,
+            since,
+            failed_attempts,
+            last_error,
+            ..
+        } => {
+            facts.push(("Sink", sink.clone()));
+            facts.push(("Failing since", rfc3339(*since)));
+            facts.push(("Failed attempts", failed_attempts.to_string()));
+            facts.push(("Last error", last_error.clone()));
+        }
+        Alert::SinkRecovered {
+            sink,
+            since,
+            failed_attempts,
+            ..
+        } => {
+            facts.push(("Sink", sink.clone()));
+            facts.push(("Failing since", rfc3339(*since)));
+            facts.push(("Failed attempts", failed_attempts.to_string()));
         }
     }
     if let Some(repeats) = outgoing.repeats {
@@ -336,6 +365,21 @@ fn generic(outgoing: &Outgoing, owner: Option<&Owner>, id: &str, host: &str) -> 
             error,
             ..
         } => json!({"path": path, "reason": reason, "error": error}),
+        Alert::SinkFailing {
+            sink,
+            since,
+            failed_attempts,
+            last_error,
+            ..
+        } => json!({"sink": sink, "since": rfc3339(*since), "since_ts": since.as_secs_f64(),
+            "failed_attempts": failed_attempts, "last_error": last_error}),
+        Alert::SinkRecovered {
+            sink,
+            since,
+            failed_attempts,
+            ..
+        } => json!({"sink": sink, "since": rfc3339(*since), "since_ts": since.as_secs_f64(),
+            "failed_attempts": failed_attempts}),
         Alert::Degraded { .. } | Alert::Recovered { .. } => json!({}),
     };
     if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {

@@ -427,7 +427,7 @@ fn attempts_stop_at_max_attempts() {
     let receiver = Receiver::start();
     receiver.script([Reply::status(503), Reply::status(502), Reply::status(500)]);
     let mut cfg = config(vec![sink("s", SinkKind::Slack, receiver.url("/"), None)]);
-    cfg.max_attempts = 2;
+    cfg.max_attempts = Some(2);
     cfg.backoff_base = crate::shared::settings::Duration(Span::from_millis(10));
     let mut h = harness(&cfg);
     h.alerts
@@ -654,4 +654,175 @@ fn webhook_url_origin_hides_path_query_and_userinfo() {
         WebhookUrl("https://user:pw@x.org/h".into()).origin(),
         "https://"
     );
+}
+
+/// A clock the test sets: the outbox's ages and retries run on it, the network on real time.
+#[derive(Clone)]
+struct GivenClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl GivenClock {
+    fn at(secs: u64) -> GivenClock {
+        GivenClock(Arc::new(std::sync::atomic::AtomicU64::new(
+            secs * 1_000_000_000,
+        )))
+    }
+
+    fn set(&self, secs: u64) {
+        self.0
+            .store(secs * 1_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn clocked_harness(config: &AlertsConfig, clock: &GivenClock) -> Harness {
+    let outbox = Arc::new(MemoryOutbox::new(config.max_queued));
+    let mut alerts = Alerts::new(config, outbox.clone(), "web2".into()).unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let time = clock.0.clone();
+    let worker = alerts
+        .start_delivery_with_clock(
+            config,
+            Box::new(move |r| sink.lock().unwrap().push(r.clone())),
+            Arc::new(move || Timestamp(time.load(std::sync::atomic::Ordering::SeqCst))),
+        )
+        .unwrap();
+    Harness {
+        alerts,
+        worker,
+        outbox,
+        reports,
+    }
+}
+
+impl Harness {
+    /// Waits for a report of `sink` beyond the first `seen` ones, and returns it.
+    fn next_report(&self, sink: &str, seen: usize) -> DeliveryReport {
+        let end = Instant::now() + WAIT;
+        loop {
+            let of_sink: Vec<DeliveryReport> = self
+                .reports()
+                .into_iter()
+                .filter(|r| r.sink == sink)
+                .collect();
+            if of_sink.len() > seen {
+                return of_sink[seen].clone();
+            }
+            assert!(
+                Instant::now() < end,
+                "no report {} for sink {sink}",
+                seen + 1
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+const T0: u64 = 1_700_000_000;
+const HOUR_S: u64 = 3600;
+
+fn closed_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn a_sink_down_for_23_hours_gets_its_alert_and_the_other_sinks_hear_of_the_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_secret(dir.path());
+    let chat_addr = closed_port();
+    let siem = Receiver::start();
+    let cfg = config(vec![
+        sink(
+            "chat",
+            SinkKind::Slack,
+            format!("http://{chat_addr}/s"),
+            None,
+        ),
+        sink("siem", SinkKind::Generic, siem.url("/hook"), Some(&secret)),
+    ]);
+    let clock = GivenClock::at(T0);
+    let h = &mut clocked_harness(&cfg, &clock);
+    h.alerts
+        .raise(violation(1_700_000_000, "api_calls"), Timestamp(1));
+    assert_eq!(siem.wait_for(1, WAIT)[0].json()["event"], "violation");
+    assert!(matches!(
+        h.next_report("chat", 0).result,
+        DeliveryResult::WillRetry { status: None, .. }
+    ));
+
+    // Eleven minutes of failures (sink_failing_after is ten): the siem hears of it, once.
+    clock.set(T0 + 11 * 60);
+    assert!(matches!(
+        h.next_report("chat", 1).result,
+        DeliveryResult::WillRetry { .. }
+    ));
+    let failing = siem.wait_for(2, WAIT)[1].json();
+    assert_eq!(failing["event"], "sink_failing");
+    assert_eq!(failing["sink"], "chat");
+    assert_eq!(failing["since_ts"].as_f64(), Some(T0 as f64));
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(h.worker.stats().failing_sinks, vec!["chat".to_string()]);
+
+    // 23 hours on, far past any count of attempts the old limit allowed: still retried.
+    clock.set(T0 + 23 * HOUR_S);
+    assert!(matches!(
+        h.next_report("chat", 2).result,
+        DeliveryResult::WillRetry { .. }
+    ));
+    assert_eq!(h.outbox.len(), 1, "the chat alert waits in the outbox");
+
+    // The chat sink comes back: the alert is delivered and the siem hears that it recovered.
+    let chat = Receiver::start_on(chat_addr).unwrap();
+    clock.set(T0 + 23 * HOUR_S + 11 * 60);
+    let got = chat.wait_for(1, WAIT);
+    assert!(String::from_utf8_lossy(&got[0].body).contains("api_calls"));
+    assert!(matches!(
+        h.next_report("chat", 3).result,
+        DeliveryResult::Delivered { status: 200 }
+    ));
+    let recovered = siem.wait_for(3, WAIT)[2].json();
+    assert_eq!(recovered["event"], "sink_recovered");
+    assert_eq!(recovered["sink"], "chat");
+    h.wait_until_empty();
+    assert!(h.worker.stats().failing_sinks.is_empty());
+    assert_eq!(h.worker.stats().sink_alerts, 2);
+    assert_eq!(siem.requests().len(), 3, "one sink_failing per outage");
+    assert_eq!(chat.requests().len(), 1, "no sink alert about itself");
+}
+
+#[test]
+fn an_alert_undelivered_at_its_max_age_is_given_up_as_too_old() {
+    let addr = closed_port();
+    let cfg = config(vec![sink(
+        "chat",
+        SinkKind::Slack,
+        format!("http://{addr}/s"),
+        None,
+    )]);
+    let clock = GivenClock::at(T0);
+    let h = &mut clocked_harness(&cfg, &clock);
+    h.alerts
+        .raise(violation(1_700_000_000, "api_calls"), Timestamp(1));
+    assert!(matches!(
+        h.next_report("chat", 0).result,
+        DeliveryResult::WillRetry { .. }
+    ));
+    clock.set(T0 + 24 * HOUR_S + 1);
+    assert!(matches!(
+        h.next_report("chat", 1).result,
+        DeliveryResult::GaveUp {
+            status: None,
+            reason: GiveUpReason::TooOld,
+            ..
+        }
+    ));
+    h.wait_until_empty();
+    let stats = h.worker.stats();
+    assert_eq!((stats.gave_up, stats.gave_up_too_old), (1, 1));
 }

@@ -220,13 +220,13 @@ impl LiveTelemetry {
     }
 
     /// Refreshes the metrics from the stages' counters and publishes a new admin view.
-    /// `status` is the stats-file object; `loads` the tokens' shares of server time, largest
+    /// `status` is the stats file's counters; `loads` the tokens' shares of server time, largest
     /// first; `suspensions` those in force.
     pub fn refresh(
         &mut self,
         now: Timestamp,
         view: &StatsView<'_>,
-        status: Value,
+        status: crate::edges::telemetry::Snapshot,
         loads: &[TokenLoad],
         suspensions: &[Suspension],
     ) {

@@ -172,8 +172,8 @@ impl Bearer {
 /// What the admin endpoints answer, replaced whole by the live loop once per refresh.
 #[derive(Clone, Debug, Default)]
 pub struct AdminView {
-    /// The same object as the stats file (`redcap-monitor status` reads either).
-    pub status: serde_json::Value,
+    /// The same counters as the stats file (`redcap-monitor status` reads either).
+    pub status: crate::edges::telemetry::Snapshot,
     pub top: serde_json::Value,
     pub suspensions: serde_json::Value,
     pub violations: serde_json::Value,
@@ -427,7 +427,9 @@ async fn route(request: &Request<'_>, service: &Service) -> Response {
     }
     let view = service.shared.view();
     match (request.method, endpoint) {
-        ("GET", "status") => Response::json(200, &view.status),
+        ("GET", "status") => {
+            Response::json(200, &serde_json::to_value(&view.status).unwrap_or_default())
+        }
         ("GET", "top") => Response::json(200, &view.top),
         ("GET", "suspensions") => Response::json(200, &view.suspensions),
         ("GET", "violations") => Response::json(200, &view.violations),

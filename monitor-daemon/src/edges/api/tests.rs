@@ -24,7 +24,10 @@ fn start(bearer: Option<Bearer>, max_connections: usize) -> Running {
     };
     let (tx, mut rx) = mpsc::channel(4);
     shared.publish(AdminView {
-        status: serde_json::json!({"mode": "pcap", "degraded": false}),
+        status: crate::edges::telemetry::Snapshot {
+            mode: "pcap".into(),
+            ..Default::default()
+        },
         ..AdminView::default()
     });
     let server = ApiServer::start(&config, shared, bearer, tx).unwrap();
@@ -308,7 +311,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
     live.refresh(
         at(1002),
         &view,
-        serde_json::json!({}),
+        Default::default(),
         &loads,
         std::slice::from_ref(&suspension),
     );
@@ -334,7 +337,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         fingerprint(4)
     )));
 
-    live.refresh(at(1004), &view, serde_json::json!({}), &loads, &[]);
+    live.refresh(at(1004), &view, Default::default(), &loads, &[]);
     assert!(shared.view().suspensions.as_array().unwrap().is_empty());
     assert!(
         shared

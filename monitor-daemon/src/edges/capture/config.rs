@@ -26,6 +26,11 @@ pub struct CaptureConfig {
     pub ring_bytes: u32,
     /// How the eBPF probe hooks into each interface: TCX links, clsact + netlink, or auto.
     pub tc_attach: AttachMethod,
+    /// Most ring records (or libpcap frames) one drain feeds before the loop does its periodic
+    /// work (ticks, commits, the watchdog): under sustained load the ring is read in slices.
+    pub max_drain_records: usize,
+    /// Most time one drain may take, for the same reason.
+    pub max_drain_time: Duration,
     /// HTTPS at the web server's OpenSSL (uprobes), alone (`mode = "tls"`) or beside the probe.
     pub tls: TlsCaptureConfig,
 }
@@ -148,6 +153,8 @@ impl Default for CaptureConfig {
             ports: vec![80, 443, 8080, 8443],
             ring_bytes: 16 << 20,
             tc_attach: AttachMethod::Auto,
+            max_drain_records: 16_384,
+            max_drain_time: Duration(Span::from_millis(20)),
             tls: TlsCaptureConfig::default(),
         }
     }
@@ -179,6 +186,17 @@ impl CaptureConfig {
                 format!("{ring} is not a power of two of at least 4096 (e.g. 16777216)"),
             ));
         }
+        if self.max_drain_records == 0 {
+            problems.push(Problem::new(
+                "capture.max_drain_records".into(),
+                "must be more than zero (e.g. 16384)".into(),
+            ));
+        }
+        longer_than_zero(
+            &mut problems,
+            &[("capture.max_drain_time", self.max_drain_time)],
+            "20ms",
+        );
         if self.ports.contains(&0) {
             problems.push(Problem::new(
                 "capture.ports".into(),

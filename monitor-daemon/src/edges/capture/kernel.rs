@@ -173,7 +173,8 @@ pub enum ProbeError {
 }
 
 /// The kernel's loss and activity counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct KernelCounters {
     pub packets_seen: u64,
     pub filtered: u64,
@@ -251,7 +252,8 @@ impl KernelCounters {
 }
 
 /// What user space did with the records it read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct DrainStats {
     pub records: u64,
     /// Connections user space took out of the flow table (nothing worth reading until the
@@ -261,6 +263,9 @@ pub struct DrainStats {
     pub flows_recopied: u64,
     /// Records whose header or lengths did not make sense; skipped.
     pub malformed: u64,
+    /// Drains that stopped at their budget (`capture.max_drain_records` or `max_drain_time`)
+    /// rather than at an empty ring: the loop did its periodic work and came back for the rest.
+    pub drains_bounded: u64,
     /// TLS connections whose client address was found, and not found (then `client` is empty).
     pub tls_clients_found: u64,
     pub tls_clients_unknown: u64,
@@ -443,12 +448,34 @@ impl KernelProbe {
     /// record's bytes; malformed records are counted in [`Self::drain_stats`] and skipped.
     /// Returns how many segments were handed out.
     pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
+        self.drain_bounded(usize::MAX, || true, out)
+    }
+
+    /// [`Self::drain`], stopping after `max_records` records or once `more_time` says no (asked
+    /// every 64 records), so that a ring the kernel keeps filling cannot hold the caller: the
+    /// rest stays in the ring for the next drain. Stops at a budget are counted
+    /// (`drains_bounded`).
+    pub fn drain_bounded(
+        &mut self,
+        max_records: usize,
+        mut more_time: impl FnMut() -> bool,
+        out: &mut impl FnMut(&TcpSegment<'_>),
+    ) -> usize {
         let mut handed = 0;
+        let mut read = 0usize;
         let tls_conns = self
             .ebpf
             .map(TLS_CONNS_MAP)
             .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
-        while let Some(record) = self.events.next() {
+        loop {
+            if read >= max_records || (read % 64 == 63 && !more_time()) {
+                self.stats.drains_bounded += 1;
+                break;
+            }
+            let Some(record) = self.events.next() else {
+                break;
+            };
+            read += 1;
             self.stats.records += 1;
             if super::records::is_tls_record(&record) {
                 let still_tracked = |event: &TlsEvent| {

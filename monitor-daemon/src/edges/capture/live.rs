@@ -29,6 +29,24 @@ const KERNEL_IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 const PCAP_CHANNEL_FRAMES: usize = 8192;
 /// Most frames fed per drain, so that one busy interface cannot starve the loop's timers.
 const PCAP_BATCH: usize = 1024;
+/// At stop, how long the last drain may take: the probe is still attached, and a flood must not
+/// keep the daemon from stopping.
+const STOP_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// How much one drain may feed before the loop gets its turn (ticks, commits, the watchdog).
+#[derive(Clone, Copy, Debug)]
+struct DrainBudget {
+    records: usize,
+    time: Duration,
+}
+
+impl DrainBudget {
+    /// A clock check for the kernel's drain: true while time is left.
+    fn time_left(self) -> impl FnMut() -> bool {
+        let started = std::time::Instant::now();
+        move || started.elapsed() < self.time
+    }
+}
 
 /// Why the live capture could not start; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +93,7 @@ pub enum CaptureCounters {
 pub struct LiveSource {
     source: Source,
     tls: Option<TlsCapture>,
+    budget: DrainBudget,
 }
 
 impl LiveSource {
@@ -86,7 +105,15 @@ impl LiveSource {
         tls_idle: Duration,
     ) -> Result<LiveSource, LiveSourceError> {
         let (source, tls) = open_source(capture, tls_idle)?;
-        Ok(LiveSource { source, tls })
+        let budget = DrainBudget {
+            records: capture.max_drain_records.max(1),
+            time: Duration::from_nanos(capture.max_drain_time.span().0),
+        };
+        Ok(LiveSource {
+            source,
+            tls,
+            budget,
+        })
     }
 
     /// `"ebpf"` or `"pcap"`.
@@ -117,9 +144,10 @@ impl LiveSource {
         self.source.wait(busy).await
     }
 
-    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
+    /// Feeds what is ready now, without waiting, up to `capture.max_drain_records` or
+    /// `max_drain_time`; returns how many kernel records it read.
     pub fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
-        self.source.drain(pipeline, out)
+        self.source.drain(self.budget, pipeline, out)
     }
 
     /// Looks for configured processes that use a libssl not covered yet.
@@ -178,20 +206,6 @@ impl LiveSource {
                 }
                 (total, detail.into())
             }
-        }
-    }
-
-    /// The capture's own counters as JSON, for the stats file.
-    pub fn counters_json(&self) -> serde_json::Value {
-        match self.counters() {
-            CaptureCounters::Kernel { counters, drain } => serde_json::json!({
-                "kernel": match counters {
-                    Ok(k) => serde_json::to_value(k).unwrap_or_default(),
-                    Err(err) => serde_json::Value::String(err),
-                },
-                "ring": drain,
-            }),
-            CaptureCounters::Pcap(interfaces) => serde_json::json!({ "pcap": interfaces }),
         }
     }
 
@@ -418,12 +432,21 @@ impl Source {
         }
     }
 
-    /// Feeds what is ready now, without waiting; returns how many kernel records it read.
-    fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
+    /// Feeds what is ready now, without waiting, within `budget`; returns how many kernel
+    /// records it read.
+    fn drain(
+        &mut self,
+        budget: DrainBudget,
+        pipeline: &mut Pipeline,
+        out: &mut impl FnMut(Verdict),
+    ) -> usize {
         match self {
             Source::Kernel(probe) => {
                 let probe = probe.get_mut();
-                let read = probe.drain(&mut |segment| pipeline.push_segment(segment, out));
+                let read =
+                    probe.drain_bounded(budget.records, budget.time_left(), &mut |segment| {
+                        pipeline.push_segment(segment, out)
+                    });
                 // The kernel copies what the pipeline still reads: connections with nothing
                 // worth reading until their next request leave its flow table (TLS connections
                 // are not handed back: see `Reassembler::release`).
@@ -444,7 +467,7 @@ impl Source {
                 read
             }
             Source::Pcap { frames, .. } => {
-                for _ in 0..PCAP_BATCH {
+                for _ in 0..PCAP_BATCH.min(budget.records) {
                     let Ok(frame) = frames.try_recv() else { break };
                     pipeline.push_frame(&frame.frame(), out);
                 }
@@ -457,9 +480,15 @@ impl Source {
     async fn stop(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
         match self {
             Source::Kernel(probe) => {
+                let budget = DrainBudget {
+                    records: usize::MAX,
+                    time: STOP_DRAIN_TIME,
+                };
                 probe
                     .get_mut()
-                    .drain(&mut |segment| pipeline.push_segment(segment, out));
+                    .drain_bounded(usize::MAX, budget.time_left(), &mut |segment| {
+                        pipeline.push_segment(segment, out)
+                    });
             }
             Source::Pcap { capture, frames } => {
                 capture.stop();

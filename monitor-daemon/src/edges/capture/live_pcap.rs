@@ -73,7 +73,8 @@ pub enum PcapError {
 }
 
 /// libpcap's own counters for one interface (since the capture started).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct InterfaceCounters {
     pub interface: String,
     /// Packets that passed the filter.

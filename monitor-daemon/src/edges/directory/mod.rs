@@ -285,10 +285,11 @@ pub enum DirectoryError {
 }
 
 /// The directory's state, as `status` and the admin API show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DirectoryState {
     /// Not configured.
+    #[default]
     Off,
     /// Configured, first read not finished.
     Loading,
@@ -298,7 +299,8 @@ pub enum DirectoryState {
 }
 
 /// What `status` shows of the directory: no personal data.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DirectoryStatus {
     pub state: DirectoryState,
     pub source: SourceKind,

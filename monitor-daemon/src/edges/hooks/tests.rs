@@ -256,6 +256,64 @@ fn output_is_bounded() {
 }
 
 #[test]
+fn a_token_straddling_the_output_cut_is_scrubbed_whole() {
+    // The hook prints its raw token so that it starts 16 bytes before the 16 KiB cut and ends
+    // 16 bytes after it, then more output: cut first and scrubbed after, the token's first half
+    // would reach the audit log.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("straddle.sh");
+    let before = MAX_OUTPUT_BYTES - RAW.len() / 2;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             token=$(sed -n 's/.*\"raw_token\":\"\\([^\"]*\\)\".*/\\1/p')\n\
+             head -c {before} /dev/zero | tr '\\0' x\n\
+             printf '%s' \"$token\"\n\
+             head -c 1000 /dev/zero | tr '\\0' y\n\
+             head -c {before} /dev/zero | tr '\\0' x >&2\n\
+             printf '%s' \"$token\" >&2\n"
+        ),
+    )
+    .unwrap();
+    let raw = raw_token();
+    let outcomes = hooks(
+        vec![exec_hook("straddle", &script, true, Span::from_secs(10))],
+        vec![],
+    )
+    .run(&event(HookAction::Suspend), Some(&raw));
+    let outcome = &outcomes[0];
+    assert!(matches!(
+        outcome.result,
+        HookResult::Exited { success: true, .. }
+    ));
+    assert!(outcome.output_truncated);
+    let half = &RAW[..RAW.len() / 2];
+    for (stream, text) in [("stdout", &outcome.stdout), ("stderr", &outcome.stderr)] {
+        assert!(
+            text.len() <= MAX_OUTPUT_BYTES,
+            "{stream}: {} bytes",
+            text.len()
+        );
+        assert!(
+            text.starts_with(&"x".repeat(before)),
+            "{stream}: the output before the token is kept"
+        );
+        assert_eq!(&text[before..], "[token]", "{stream}");
+        assert!(
+            !text
+                .as_bytes()
+                .windows(half.len())
+                .any(|w| w.eq_ignore_ascii_case(half)),
+            "{stream}: half of the token survived the cut"
+        );
+    }
+    assert!(!contains_raw(
+        serde_json::to_string(outcome).unwrap().as_bytes()
+    ));
+}
+
+#[test]
 fn http_hook_posts_the_event_without_the_raw_token() {
     let receiver = Receiver::start();
     let hook = HookConfig {

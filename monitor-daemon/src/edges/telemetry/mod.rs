@@ -8,6 +8,8 @@
 //! and `action` come from hostile input and are mapped onto an allow-list (else `other`); a token
 //! appears only as its fingerprint, and only in the opt-in top-K gauges (`api.top_tokens`).
 
+mod snapshot;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+
+pub use snapshot::{AlertCounters, BlindSpotCounts, KernelSection, PipelineCounters, Snapshot};
 
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::{HeavyReason, Verdict};
@@ -206,6 +210,7 @@ pub struct Metrics {
     capture_events: Family<SourceLabels, Counter>,
     capture_packets: Family<SourceLabels, Counter>,
     capture_filtered: Family<SourceLabels, Counter>,
+    capture_drains_bounded: Counter,
     capture_payload_bytes: Family<SourceLabels, Counter>,
     capture_losses: Family<LossLabels, Counter>,
     capture_lost_bytes: Family<LossLabels, Counter>,
@@ -218,6 +223,7 @@ pub struct Metrics {
     webhook_attempts: Counter,
     webhook_deliveries: Counter,
     webhook_failures: Counter,
+    alert_sinks_failing: Gauge,
     hook_runs: Family<HookLabels, Counter>,
     records_dropped: Family<ReasonLabels, Counter>,
     top_share: Family<TokenLabels, FloatGauge>,
@@ -282,6 +288,7 @@ impl Metrics {
             capture_events: Family::default(),
             capture_packets: Family::default(),
             capture_filtered: Family::default(),
+            capture_drains_bounded: Counter::default(),
             capture_payload_bytes: Family::default(),
             capture_losses: Family::default(),
             capture_lost_bytes: Family::default(),
@@ -294,6 +301,7 @@ impl Metrics {
             webhook_attempts: Counter::default(),
             webhook_deliveries: Counter::default(),
             webhook_failures: Counter::default(),
+            alert_sinks_failing: Gauge::default(),
             hook_runs: Family::default(),
             records_dropped: Family::default(),
             top_share: Family::default(),
@@ -408,6 +416,11 @@ impl Metrics {
             "Packets on a server port that belong to no API connection (cost no event)",
             m.capture_filtered.clone(),
         );
+        r.register(
+            "capture_bounded_drains",
+            "Reads of the kernel's ring cut short by capture.max_drain_records or max_drain_time, so that the loop's periodic work ran before the next read",
+            m.capture_drains_bounded.clone(),
+        );
         r.register_with_unit(
             "capture_payload",
             "TCP payload bytes delivered in order by reassembly",
@@ -464,6 +477,11 @@ impl Metrics {
             "webhook_delivery_failures",
             "Webhooks given up after their last attempt",
             m.webhook_failures.clone(),
+        );
+        r.register(
+            "alert_sinks_failing",
+            "Alert sinks whose every attempt has failed for alerts.sink_failing_after or longer",
+            m.alert_sinks_failing.clone(),
         );
         r.register(
             "hook_runs",
@@ -691,6 +709,8 @@ impl Metrics {
         store(&self.webhook_attempts, stats.attempts);
         store(&self.webhook_deliveries, stats.delivered);
         store(&self.webhook_failures, stats.gave_up);
+        self.alert_sinks_failing
+            .set(stats.failing_sinks.len() as i64);
     }
 
     /// Everything read from the stages' and the capture's own counters, once per refresh.
@@ -753,6 +773,7 @@ impl Metrics {
                         .set(k.tls_conns_tracked as i64);
                 }
                 self.loss(source, "all", "ring_malformed", drain.malformed);
+                store(&self.capture_drains_bounded, drain.drains_bounded);
             }
             CaptureView::Pcap(interfaces) => {
                 for i in interfaces {

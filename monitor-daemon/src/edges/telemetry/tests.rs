@@ -176,6 +176,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
     for zero in [
         "redcap_monitor_webhook_deliveries_total 0",
         "redcap_monitor_webhook_delivery_failures_total 0",
+        "redcap_monitor_alert_sinks_failing 0",
         "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 0",
     ] {
         assert!(text.contains(zero), "{zero} before anything happened");
@@ -188,6 +189,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
         attempts: 9,
         delivered: 3,
         gave_up: 1,
+        failing_sinks: vec!["chat".into()],
         ..Default::default()
     });
     metrics.set_action_stats(
@@ -210,6 +212,7 @@ fn alert_delivery_and_hook_counters_are_exported() {
         "redcap_monitor_webhook_delivery_attempts_total 9",
         "redcap_monitor_webhook_deliveries_total 3",
         "redcap_monitor_webhook_delivery_failures_total 1",
+        "redcap_monitor_alert_sinks_failing 1",
         "redcap_monitor_hook_runs_total{event=\"suspend\",result=\"ok\"} 1",
         "redcap_monitor_hook_runs_total{event=\"lift\",result=\"failed\"} 1",
         "redcap_monitor_suspensions_total{origin=\"auto\"} 3",
@@ -219,4 +222,36 @@ fn alert_delivery_and_hook_counters_are_exported() {
     ] {
         assert!(text.contains(line), "{line}:\n{text}");
     }
+}
+
+#[test]
+fn reads_of_the_ring_cut_short_by_their_budget_are_exported() {
+    let metrics = Metrics::new();
+    let pipeline = crate::stages::pipeline::Pipeline::new(
+        crate::commands::config::Config::default().pipeline(),
+        crate::shared::token::SiteKey::from_bytes([1; 32]),
+    );
+    let drain = crate::edges::capture::kernel::DrainStats {
+        records: 9_000,
+        drains_bounded: 7,
+        ..Default::default()
+    };
+    let counters = crate::edges::capture::kernel::KernelCounters::default();
+    metrics.refresh(&StatsView {
+        pipeline: pipeline.stats(),
+        capture: CaptureView::Kernel {
+            counters: Some(&counters),
+            drain: &drain,
+        },
+        degraded: false,
+        blind_spots: &[],
+        server_time_p95_s: None,
+        tracked_connections: 0,
+        tracked_tokens: 0,
+    });
+    let text = metrics.encode();
+    assert!(
+        text.contains("redcap_monitor_capture_bounded_drains_total 7"),
+        "{text}"
+    );
 }

@@ -281,7 +281,8 @@ pub struct HttpExchange<B> {
 }
 
 /// Counters the HTTP stage keeps; telemetry reads them.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HttpStats {
     pub requests: u64,
     pub responses: u64,

@@ -116,7 +116,8 @@ pub struct Verdict {
 }
 
 /// Counters the policy stage keeps.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PolicyStats {
     pub calls: u64,
     pub heavy_calls: u64,

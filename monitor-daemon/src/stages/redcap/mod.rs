@@ -411,7 +411,8 @@ impl ExchangeSelector for ApiRequestSelector {
 }
 
 /// Counts of calls by what was wrong with their token or body; telemetry reads them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RedcapStats {
     pub calls: u64,
     pub incomplete: u64,

@@ -1,0 +1,267 @@
+//! The daemon's counters as one typed value, [`Snapshot`]: what the stats file holds, what the
+//! admin API's `status` answers and what `redcap-monitor status` reads back, so that each
+//! counter is named once (by its field) instead of once per reader.
+//!
+//! It only gathers counters the stages and edges keep; it never counts anything itself. Every
+//! field has a default, so a file from an older version still reads (its missing counters are
+//! zero), and new counters are added as fields, never renamed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::edges::actions::ActionStats;
+use crate::edges::actions::publish::PublishStats;
+use crate::edges::alerts::{AlertStats, DeliveryStats};
+use crate::edges::capture::kernel::{DrainStats, KernelCounters};
+use crate::edges::capture::live_pcap::InterfaceCounters;
+use crate::edges::directory::DirectoryStatus;
+use crate::edges::output::WriterStats;
+use crate::stages::coverage::BlindSpot;
+use crate::stages::decode::DecodeStats;
+use crate::stages::http::HttpStats;
+use crate::stages::pipeline::PipelineStats;
+use crate::stages::policy::PolicyStats;
+use crate::stages::reassembly::ReassemblyStats;
+use crate::stages::redcap::RedcapStats;
+
+/// Every counter of a running daemon at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    /// `ebpf` or `pcap`.
+    pub mode: String,
+    /// The libssl files the OpenSSL uprobes are attached to.
+    pub tls_libraries: Vec<String>,
+    pub calls_written: u64,
+    pub violations_written: u64,
+    /// What the record writer wrote and dropped; `null` in files of versions without it.
+    pub records: Option<WriterStats>,
+    /// The kernel probe's counters (eBPF mode), or why they could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelSection>,
+    /// What user space made of the probe's ring (eBPF mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring: Option<DrainStats>,
+    /// libpcap's counters per interface (pcap mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pcap: Option<Vec<InterfaceCounters>>,
+    /// Every non-zero count of input a stage rejected, lost or only partly used, by
+    /// `stage.reason`.
+    pub problems: BTreeMap<String, u64>,
+    pub degraded: bool,
+    /// Blind spots in force; `None` in files of versions without the judgement.
+    pub coverage: Option<Vec<BlindSpotCounts>>,
+    pub pipeline: PipelineCounters,
+    pub actions: ActionStats,
+    /// Publishing for REDCap's External Module; `null` when `[redcap_module]` is off.
+    pub redcap_module: Option<PublishStats>,
+    /// The token directory; `null` in files of versions without one.
+    pub directory: Option<DirectoryStatus>,
+    pub alerts: AlertCounters,
+}
+
+/// `kernel`: the probe's counters, or the error that kept them from being read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KernelSection {
+    Counters(Box<KernelCounters>),
+    Unreadable(String),
+}
+
+/// One blind spot, as the stats file shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlindSpotCounts {
+    /// The blind spot's name (`https_unread`, …).
+    pub reason: String,
+    pub count: u64,
+    /// Epoch seconds.
+    pub since: f64,
+    pub last: f64,
+    pub advice: String,
+}
+
+impl From<&BlindSpot> for BlindSpotCounts {
+    fn from(spot: &BlindSpot) -> Self {
+        BlindSpotCounts {
+            reason: spot.reason.name().to_owned(),
+            count: spot.count,
+            since: spot.since.as_secs_f64(),
+            last: spot.last.as_secs_f64(),
+            advice: spot.advice.to_owned(),
+        }
+    }
+}
+
+/// Each pipeline stage's own counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PipelineCounters {
+    pub decode: DecodeStats,
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub redcap: RedcapStats,
+    pub policy: PolicyStats,
+}
+
+impl PartialEq for PipelineCounters {
+    /// By their serialized form: `HttpStats` and `PolicyStats` have no `PartialEq` of their own.
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+impl From<&PipelineStats<'_>> for PipelineCounters {
+    fn from(stats: &PipelineStats<'_>) -> Self {
+        PipelineCounters {
+            decode: stats.decode.clone(),
+            reassembly: stats.reassembly.clone(),
+            http: stats.http.clone(),
+            redcap: stats.redcap.clone(),
+            policy: stats.policy.clone(),
+        }
+    }
+}
+
+/// The alerts' two sides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AlertCounters {
+    pub raise: AlertStats,
+    /// `null` when no delivery thread runs (no sinks).
+    pub delivery: Option<DeliveryStats>,
+}
+
+impl Snapshot {
+    /// The kernel's counters, when they were read.
+    pub fn kernel_counters(&self) -> Option<&KernelCounters> {
+        match &self.kernel {
+            Some(KernelSection::Counters(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Alert sinks failing for `alerts.sink_failing_after` or longer.
+    pub fn failing_sinks(&self) -> &[String] {
+        self.alerts
+            .delivery
+            .as_ref()
+            .map_or(&[], |d| d.failing_sinks.as_slice())
+    }
+}
+
+impl std::fmt::Display for Snapshot {
+    /// One line of JSON, as in the stats file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(self) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => f.write_str("{}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy() -> Snapshot {
+        let mut problems = BTreeMap::new();
+        problems.insert("reassembly.gaps".to_owned(), 3);
+        Snapshot {
+            mode: "ebpf".into(),
+            tls_libraries: vec!["/usr/lib/x86_64-linux-gnu/libssl.so.3".into()],
+            calls_written: 12,
+            violations_written: 2,
+            records: Some(WriterStats {
+                calls_written: 12,
+                violations_written: 2,
+                dropped_no_space: 5,
+                outages: 1,
+                ..WriterStats::default()
+            }),
+            kernel: Some(KernelSection::Counters(Box::new(KernelCounters {
+                packets_seen: 1000,
+                ring_full: 4,
+                ..KernelCounters::default()
+            }))),
+            ring: Some(DrainStats {
+                records: 900,
+                drains_bounded: 7,
+                ..DrainStats::default()
+            }),
+            pcap: None,
+            problems,
+            degraded: true,
+            coverage: Some(vec![BlindSpotCounts {
+                reason: "https_unread".into(),
+                count: 5,
+                since: 1_700_000_000.5,
+                last: 1_700_000_100.0,
+                advice: "turn on capture.tls".into(),
+            }]),
+            pipeline: PipelineCounters {
+                http: HttpStats {
+                    requests: 40,
+                    ..HttpStats::default()
+                },
+                ..PipelineCounters::default()
+            },
+            actions: ActionStats {
+                suspensions: 1,
+                ..ActionStats::default()
+            },
+            redcap_module: None,
+            directory: None,
+            alerts: AlertCounters {
+                raise: AlertStats {
+                    raised: 3,
+                    ..AlertStats::default()
+                },
+                delivery: Some(DeliveryStats {
+                    attempts: 9,
+                    failing_sinks: vec!["chat".into()],
+                    ..DeliveryStats::default()
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn the_stats_file_round_trips_through_the_type() {
+        let snapshot = busy();
+        let text = serde_json::to_string_pretty(&snapshot).unwrap();
+        let back: Snapshot = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, snapshot);
+        // The shape readers of the file rely on: the same keys as before the type.
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["kernel"]["packets_seen"], 1000);
+        assert_eq!(value["ring"]["drains_bounded"], 7);
+        assert_eq!(value["problems"]["reassembly.gaps"], 3);
+        assert_eq!(value["coverage"][0]["reason"], "https_unread");
+        assert_eq!(value["pipeline"]["http"]["requests"], 40);
+        assert_eq!(value["alerts"]["delivery"]["failing_sinks"][0], "chat");
+        assert!(value.get("pcap").is_none(), "no pcap section in eBPF mode");
+        assert_eq!(snapshot.failing_sinks(), ["chat".to_string()]);
+        assert_eq!(snapshot.kernel_counters().map(|k| k.ring_full), Some(4));
+    }
+
+    #[test]
+    fn an_older_or_partial_file_reads_with_zeros_and_an_unreadable_kernel_keeps_its_reason() {
+        let old: Snapshot = serde_json::from_str(
+            r#"{"mode": "pcap", "calls_written": 5, "pcap": [{"interface": "eth0", "dropped": 2}],
+                "kernel": "cannot read map COUNTERS", "some_future_counter": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.mode, "pcap");
+        assert_eq!(old.calls_written, 5);
+        assert_eq!(old.pcap.as_ref().unwrap()[0].dropped, 2);
+        assert_eq!(
+            old.kernel,
+            Some(KernelSection::Unreadable("cannot read map COUNTERS".into()))
+        );
+        assert!(old.kernel_counters().is_none());
+        assert_eq!(old.alerts, AlertCounters::default());
+        assert!(old.failing_sinks().is_empty());
+    }
+}
