@@ -86,7 +86,7 @@ fn the_alert_rules_pass_promtool_and_fire_when_they_should() {
         .expect("promtool (Debian package prometheus, installed by `cargo xtask setup`)");
     assert!(check.status.success(), "{}", text(&check));
     assert!(
-        text(&check).contains("SUCCESS: 8 rules found"),
+        text(&check).contains("SUCCESS: 9 rules found"),
         "{}",
         text(&check)
     );
@@ -389,7 +389,7 @@ fn prometheus_scrapes_a_live_daemon_and_every_dashboard_query_returns_data() {
         .unwrap()
         .iter()
         .collect();
-    assert_eq!(loaded.len(), 8, "{rules}");
+    assert_eq!(loaded.len(), 9, "{rules}");
     for rule in loaded {
         assert_eq!(rule["health"], "ok", "{rule}");
     }
