@@ -64,6 +64,8 @@ pub fn small_http_limits() -> HttpLimits {
         max_headers: 32,
         max_pending_requests: 4,
         max_decoded_body_bytes: 1 << 20,
+        // Within reach of one connection with a response decoder: the budget's resets run too.
+        max_state_bytes_total: 64 * 1024,
     }
 }
 
