@@ -17,9 +17,3 @@ pub fn forbid_core_dumps() -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
-
-/// Whether the process is dumpable (`prctl(PR_GET_DUMPABLE)`).
-pub fn dumpable() -> bool {
-    // SAFETY: PR_GET_DUMPABLE takes no argument and returns the flag.
-    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
-}

@@ -140,10 +140,6 @@ impl Hooks {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.suspend.is_empty() && self.lift.is_empty() && self.token_stale.is_empty()
-    }
-
     /// Runs the hooks for `event.action`, in order, each to its end or timeout. `raw` is the
     /// token, if the caller still has it; only hooks with `pass_raw_token` see it.
     pub fn run(&self, event: &HookEvent, raw: Option<&RawToken>) -> Vec<HookOutcome> {

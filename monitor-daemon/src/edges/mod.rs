@@ -7,15 +7,15 @@
 //! the other way round.
 
 pub mod actions;
-pub mod alerts;
+pub(crate) mod alerts;
 pub mod api;
-pub mod canary;
+pub(crate) mod canary;
 pub mod capture;
 pub mod directory;
-pub mod hardening;
-pub mod hooks;
-pub mod notify;
-pub mod output;
-pub mod records;
+pub(crate) mod hardening;
+pub(crate) mod hooks;
+pub(crate) mod notify;
+pub(crate) mod output;
+pub(crate) mod records;
 pub mod store;
 pub mod telemetry;

@@ -67,6 +67,7 @@ impl Notifier {
     }
 
     /// Whether systemd listens (`$NOTIFY_SOCKET` was usable).
+    #[cfg(test)]
     pub fn enabled(&self) -> bool {
         self.socket.is_some()
     }

@@ -4,6 +4,6 @@
 //! Nothing here imports anything else of the crate.
 
 pub mod model;
-pub mod secret_file;
+pub(crate) mod secret_file;
 pub mod settings;
 pub mod token;

@@ -292,6 +292,7 @@ impl Coverage {
         &self.spots
     }
 
+    #[cfg(test)]
     pub fn is_blind(&self) -> bool {
         !self.spots.is_empty()
     }

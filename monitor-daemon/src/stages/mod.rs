@@ -10,11 +10,11 @@
 //! imports an edge or a command.
 
 pub mod certify;
-pub mod coverage;
+pub(crate) mod coverage;
 pub mod decode;
 pub mod health;
 pub mod http;
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod pipeline;
 pub mod policy;
 pub mod reassembly;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use super::config::SinkConfig;
 use super::receiver::{Receiver, Reply};
 use super::tests::config;
 use super::*;

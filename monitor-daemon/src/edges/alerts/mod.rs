@@ -28,8 +28,10 @@ use std::sync::mpsc::SyncSender;
 
 pub(crate) use delivery::agent as http_agent;
 pub(crate) use delivery::wall_now;
-pub use delivery::{DeliveryReport, DeliveryResult, DeliveryStats, DeliveryWorker, GiveUpReason};
-pub use outbox::{MemoryOutbox, Outbox, OutboxError, OutboxItem};
+pub use delivery::{DeliveryReport, DeliveryStats, DeliveryWorker};
+#[cfg(test)]
+pub use outbox::MemoryOutbox;
+pub use outbox::{Outbox, OutboxError, OutboxItem};
 pub use signing::{SecretError, WebhookSecret};
 
 use crate::edges::directory::Directory;
@@ -37,7 +39,7 @@ use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::WebhookUrl;
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::policy::Violation;
-pub use config::{AlertsConfig, SinkConfig, SinkKind};
+pub use config::{AlertsConfig, SinkKind};
 use cooldown::Coalescer;
 
 /// The kinds of alert, as named in `[[alerts.sinks]] events` and in payloads.

@@ -11,7 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::SinkConfig;
+use super::config::SinkConfig;
+use super::delivery::{DeliveryResult, GiveUpReason};
 use super::receiver::{Receiver, Recorded, Reply};
 use super::*;
 use crate::commands::config::Config;

@@ -9,8 +9,8 @@
 mod config;
 mod file;
 pub mod kernel;
-pub mod live;
-pub mod live_pcap;
+pub(crate) mod live;
+pub(crate) mod live_pcap;
 pub mod records;
 pub mod tls;
 
