@@ -2,29 +2,35 @@
 //! interface, and turns its ring-buffer events into [`TcpSegment`]s for the reassembler.
 //!
 //! It owns the BPF object, its links (dropped = detached; nothing is pinned), any clsact qdisc it
-//! had to add (removed again on drop) and the one conversion from kernel time to wall-clock time. It does not reassemble, parse HTTP or block,
-//! except in [`KernelProbe::wait_readable`], and it never trusts a length from the kernel unchecked.
+//! had to add (removed again on drop) and the one conversion from kernel time to wall-clock time.
+//! It does not reassemble, parse HTTP or block, except in [`KernelProbe::wait_readable`], and it
+//! never trusts a length from the kernel unchecked. Loading and the counters are here; attaching
+//! (TCX or netlink) is in `attach.rs`, reading the ring and handing flows back in `ring.rs`.
 
 use std::io;
-use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
-use aya::programs::links::LinkOrder;
-use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions};
+use aya::programs::tc::{self, SchedClassifierLink};
 use aya::programs::uprobe::UProbeLink;
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType};
+use aya::programs::{ProgramError, SchedClassifier};
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
 use monitor_common::{
-    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FAMILY_IPV4, FAMILY_IPV6,
-    FLOWS_MAP, FlowKey, FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, MIN_NEW_FLOWS,
-    NEW_FLOWS_DIVISOR, NEW_FLOWS_MAP, SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL,
-    TLS_PROCESSES_GLOBAL, TLS_USERS_GLOBAL, TlsConnKey, TlsConnState, TlsEvent,
+    CHUNK_BYTES_GLOBAL, CLASSIFIER_PROGRAM, COUNTERS_MAP, EVENTS_MAP, FLOWS_MAP, FlowKey,
+    FlowState, KernelCounter, MAX_CHUNK_BYTES, MAX_SERVER_PORTS, MIN_NEW_FLOWS, NEW_FLOWS_DIVISOR,
+    NEW_FLOWS_MAP, SERVER_PORTS_GLOBAL, TLS_CONNS_MAP, TLS_IDLE_NS_GLOBAL, TLS_PROCESSES_GLOBAL,
+    TLS_USERS_GLOBAL, TlsConnKey, TlsConnState,
 };
 
-use super::records::{KernelClock, clock_ns, segment_from_record};
-use crate::shared::model::{Endpoint, ResumedEarly, TcpSegment};
+use super::records::KernelClock;
+
+mod attach;
+mod ring;
+
+use attach::OwnedClsact;
+
+pub(crate) use attach::interface_exists;
+pub use ring::DrainStats;
 
 /// What the probe copies and how much room it has. Validated by [`KernelProbe::load`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -251,26 +257,6 @@ impl KernelCounters {
     }
 }
 
-/// What user space did with the records it read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct DrainStats {
-    pub records: u64,
-    /// Connections user space took out of the flow table (nothing worth reading until the
-    /// client's next request, which the kernel then tracks afresh).
-    pub flows_released: u64,
-    /// Connections user space put back (their next request was copied before the release).
-    pub flows_recopied: u64,
-    /// Records whose header or lengths did not make sense; skipped.
-    pub malformed: u64,
-    /// Drains that stopped at their budget (`capture.max_drain_records` or `max_drain_time`)
-    /// rather than at an empty ring: the loop did its periodic work and came back for the rest.
-    pub drains_bounded: u64,
-    /// TLS connections whose client address was found, and not found (then `client` is empty).
-    pub tls_clients_found: u64,
-    pub tls_clients_unknown: u64,
-}
-
 /// A loaded (and possibly attached) probe. Dropping it detaches and unloads everything.
 pub struct KernelProbe {
     // Declared first so that the links are dropped (detached) before the program and maps.
@@ -361,178 +347,6 @@ impl KernelProbe {
         })
     }
 
-    /// Attaches the classifier to `interface`'s ingress and egress, in the calling thread's
-    /// network namespace, as [`ProbeConfig::attach`] says: TCX links, or a clsact qdisc and
-    /// netlink filters. A clsact qdisc the probe had to add is removed again when it is dropped;
-    /// one that existed before is left alone. Needs CAP_NET_ADMIN and CAP_BPF.
-    pub fn attach(&mut self, interface: &str) -> Result<(), ProbeError> {
-        if !interface_exists(interface) {
-            return Err(ProbeError::UnknownInterface {
-                interface: interface.to_owned(),
-            });
-        }
-        let method = self.attach_method;
-        if method == AttachMethod::Netlink {
-            self.add_clsact(interface);
-        }
-        for (attach_type, direction) in [
-            (TcAttachType::Ingress, "ingress"),
-            (TcAttachType::Egress, "egress"),
-        ] {
-            let attached = match method {
-                AttachMethod::Tcx => attach_tcx(self.classifier()?, interface, attach_type)
-                    .map_err(|tcx| attach_error(interface, direction, "TCX", tcx)),
-                AttachMethod::Netlink => attach_netlink(self.classifier()?, interface, attach_type)
-                    .map_err(|netlink| attach_error(interface, direction, "netlink", netlink)),
-                AttachMethod::Auto => {
-                    match attach_tcx(self.classifier()?, interface, attach_type) {
-                        Ok(link) => Ok(link),
-                        Err(tcx) if program_os_error(&tcx).is_some_and(is_permission) => {
-                            Err(attach_error(interface, direction, "TCX", tcx))
-                        }
-                        // Older kernels (or TCX refused): classic clsact + netlink filter.
-                        Err(tcx) => {
-                            self.add_clsact(interface);
-                            attach_netlink(self.classifier()?, interface, attach_type).map_err(
-                                |netlink| ProbeError::Attach {
-                                    interface: interface.to_owned(),
-                                    direction,
-                                    tcx: Box::new(tcx),
-                                    netlink: Box::new(netlink),
-                                },
-                            )
-                        }
-                    }
-                }
-            };
-            self.links.push(attached?);
-        }
-        Ok(())
-    }
-
-    fn classifier(&mut self) -> Result<&mut SchedClassifier, ProbeError> {
-        self.ebpf
-            .program_mut(CLASSIFIER_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(ProbeError::MissingFromObject {
-                what: "TC classifier api_flow_classifier",
-            })
-    }
-
-    /// Adds a clsact qdisc to `interface` unless it has one, remembering it only if it is ours.
-    /// Errors are not reported here: the netlink filter attach that follows names them.
-    fn add_clsact(&mut self, interface: &str) {
-        let Some(ifindex) = interface_index(interface) else {
-            return;
-        };
-        if self.clsact.iter().any(|q| q.ifindex == ifindex) {
-            return;
-        }
-        // Opened before the qdisc is added, so that removal reaches this namespace whichever
-        // thread (or namespace) drops the probe.
-        let socket = match route_socket() {
-            Ok(socket) => socket,
-            Err(err) => {
-                let _ = tc::qdisc_add_clsact(interface);
-                tracing::warn!(%interface, %err, "no netlink socket: a clsact qdisc the probe adds will stay after it stops");
-                return;
-            }
-        };
-        // The add is exclusive: EEXIST means the qdisc was there before and is not ours.
-        if tc::qdisc_add_clsact(interface).is_ok() {
-            self.clsact.push(OwnedClsact { socket, ifindex });
-        }
-    }
-
-    /// Hands every record now in the ring buffer to `out` as a [`TcpSegment`] borrowing the
-    /// record's bytes; malformed records are counted in [`Self::drain_stats`] and skipped.
-    /// Returns how many segments were handed out.
-    pub fn drain(&mut self, out: &mut impl FnMut(&TcpSegment<'_>)) -> usize {
-        self.drain_bounded(usize::MAX, || true, out)
-    }
-
-    /// [`Self::drain`], stopping after `max_records` records or once `more_time` says no (asked
-    /// every 64 records), so that a ring the kernel keeps filling cannot hold the caller: the
-    /// rest stays in the ring for the next drain. Stops at a budget are counted
-    /// (`drains_bounded`).
-    pub fn drain_bounded(
-        &mut self,
-        max_records: usize,
-        mut more_time: impl FnMut() -> bool,
-        out: &mut impl FnMut(&TcpSegment<'_>),
-    ) -> usize {
-        let mut handed = 0;
-        let mut read = 0usize;
-        let tls_conns = self
-            .ebpf
-            .map(TLS_CONNS_MAP)
-            .and_then(|map| aya::maps::HashMap::<_, TlsConnKey, TlsConnState>::try_from(map).ok());
-        loop {
-            if read >= max_records || (read % 64 == 63 && !more_time()) {
-                self.stats.drains_bounded += 1;
-                break;
-            }
-            let Some(record) = self.events.next() else {
-                break;
-            };
-            read += 1;
-            self.stats.records += 1;
-            if super::records::is_tls_record(&record) {
-                let still_tracked = |event: &TlsEvent| {
-                    let key = TlsConnKey {
-                        ssl: event.ssl,
-                        tgid: event.tgid,
-                        _pad: 0,
-                    };
-                    tls_conns
-                        .as_ref()
-                        .and_then(|conns| conns.get(&key, 0).ok())
-                        .is_some_and(|state| state.since_ns == event.conn_since_ns)
-                };
-                match super::records::segments_from_record(
-                    &record,
-                    &self.clock,
-                    &mut self.tls_peers,
-                    &still_tracked,
-                ) {
-                    Some(segments) => {
-                        for segment in segments.iter().flatten() {
-                            out(segment);
-                            handed += 1;
-                        }
-                    }
-                    None => self.stats.malformed += 1,
-                }
-                continue;
-            }
-            match segment_from_record(&record, &self.clock) {
-                Some(segment) => {
-                    out(&segment);
-                    handed += 1;
-                }
-                None => self.stats.malformed += 1,
-            }
-        }
-        handed
-    }
-
-    /// Blocks until the ring buffer has data or `timeout` passes; `Ok(true)` when readable.
-    /// For tests and simple loops; the daemon polls [`AsFd`] with tokio instead.
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        let mut fd = libc::pollfd {
-            fd: self.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut fd, 1, millis) };
-        if ready < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(ready > 0)
-    }
-
     /// The kernel's counters, summed over CPUs.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let read = |counter: KernelCounter| -> Result<u64, ProbeError> {
@@ -589,60 +403,6 @@ impl KernelProbe {
         })
     }
 
-    /// Stops copying the connection between `client` and `server`: user space has read all it
-    /// needs until the client's next request, and the classifier tracks that request afresh
-    /// (it starts like any other). False when the kernel no longer tracked it.
-    pub fn stop_copying(&mut self, client: Endpoint, server: Endpoint) -> bool {
-        let Some(key) = flow_key(client, server) else {
-            return false;
-        };
-        let removed = self
-            .flows_mut()
-            .is_some_and(|mut flows| flows.remove(&key).is_ok());
-        // A flow the kernel has not seen answered yet is only waiting: dropping it is no release.
-        if let Some(map) = self.ebpf.map_mut(NEW_FLOWS_MAP)
-            && let Ok(mut waiting) = aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(map)
-        {
-            let _ = waiting.remove(&key);
-        }
-        if removed {
-            self.stats.flows_released += 1;
-        }
-        removed
-    }
-
-    /// Copies the connection again after [`KernelProbe::stop_copying`], when its next request
-    /// was copied before the kernel stopped: the rest of that request and its answer must come.
-    /// Does nothing when the kernel already tracks it afresh.
-    pub fn copy_again(&mut self, resumed: &ResumedEarly) -> bool {
-        let Some(key) = flow_key(resumed.client, resumed.server) else {
-            return false;
-        };
-        // The starts user space now counts from, so that the events carry them as a tracking
-        // of the kernel's own would.
-        let state = FlowState {
-            since_ns: u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0),
-            fins: 0,
-            server_start_known: u32::from(resumed.server_start.is_some()),
-            client_start: resumed.client_start,
-            server_start: resumed.server_start.unwrap_or(0),
-        };
-        // BPF_NOEXIST: a fresh tracking by the kernel wins.
-        const NOEXIST: u64 = 1;
-        let inserted = self
-            .flows_mut()
-            .is_some_and(|mut flows| flows.insert(key, state, NOEXIST).is_ok());
-        if inserted {
-            self.stats.flows_recopied += 1;
-        }
-        inserted
-    }
-
-    fn flows_mut(&mut self) -> Option<aya::maps::HashMap<&mut MapData, FlowKey, FlowState>> {
-        let map = self.ebpf.map_mut(FLOWS_MAP)?;
-        aya::maps::HashMap::try_from(map).ok()
-    }
-
     /// Entries in one of the kernel's flow tables (a walk of at most `max_flows` keys).
     fn flows_tracked(&self, name: &'static str) -> Result<u64, ProbeError> {
         let map = self
@@ -671,58 +431,6 @@ impl KernelProbe {
             })?;
         Ok(conns.keys().filter(Result::is_ok).count() as u64)
     }
-
-    pub fn drain_stats(&self) -> DrainStats {
-        DrainStats {
-            tls_clients_found: self.tls_peers.found,
-            tls_clients_unknown: self.tls_peers.not_found,
-            ..self.stats
-        }
-    }
-
-    /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
-    pub fn resync_clock(&mut self) {
-        self.clock = KernelClock::measure();
-    }
-}
-
-impl AsFd for KernelProbe {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.events.as_fd()
-    }
-}
-
-impl AsRawFd for KernelProbe {
-    fn as_raw_fd(&self) -> RawFd {
-        self.events.as_raw_fd()
-    }
-}
-
-fn attach_tcx(
-    program: &mut SchedClassifier,
-    interface: &str,
-    attach_type: TcAttachType,
-) -> Result<SchedClassifierLink, ProgramError> {
-    let link = program.attach_with_options(
-        interface,
-        attach_type,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    )?;
-    program.take_link(link)
-}
-
-fn attach_netlink(
-    program: &mut SchedClassifier,
-    interface: &str,
-    attach_type: TcAttachType,
-) -> Result<SchedClassifierLink, ProgramError> {
-    remove_stale_filters(interface, attach_type);
-    let link = program.attach_with_options(
-        interface,
-        attach_type,
-        TcAttachOptions::Netlink(NlOptions::default()),
-    )?;
-    program.take_link(link)
 }
 
 /// Runs a program load through the verifier. The verifier gives up with EAGAIN when a signal
@@ -744,154 +452,6 @@ pub(crate) fn verify(
             result => return result,
         }
     }
-}
-
-/// Netlink filters outlive a process that crashed: a run that did not exit cleanly left its
-/// classifier attached, and a second copy would report every call twice. One daemon owns an
-/// interface, so any filter with the classifier's name is a leftover and is removed.
-fn remove_stale_filters(interface: &str, attach_type: TcAttachType) {
-    match tc::qdisc_detach_program(interface, attach_type, CLASSIFIER_PROGRAM) {
-        Ok(()) => tracing::warn!(
-            %interface,
-            direction = ?attach_type,
-            "removed a classifier an earlier run left attached (it did not exit cleanly)"
-        ),
-        Err(tc::TcError::IoError(err)) if err.kind() == io::ErrorKind::NotFound => {}
-        // The attach that follows reports what is wrong with the interface or the privileges.
-        Err(err) => tracing::debug!(%interface, %err, "could not look for leftover classifiers"),
-    }
-}
-
-fn attach_error(
-    interface: &str,
-    direction: &'static str,
-    method: &'static str,
-    source: ProgramError,
-) -> ProbeError {
-    match program_os_error(&source).filter(|&e| is_permission(e)) {
-        Some(errno) => ProbeError::MissingPrivilege {
-            action: "attach the TC classifier",
-            capabilities: "CAP_NET_ADMIN and CAP_BPF",
-            source: io::Error::from_raw_os_error(errno),
-        },
-        None => ProbeError::AttachWith {
-            interface: interface.to_owned(),
-            direction,
-            method,
-            source: Box::new(source),
-        },
-    }
-}
-
-/// A clsact qdisc this probe added, deleted on drop (with any filters still on it). The route
-/// netlink socket was opened in the namespace the qdisc lives in.
-struct OwnedClsact {
-    socket: OwnedFd,
-    ifindex: u32,
-}
-
-impl Drop for OwnedClsact {
-    fn drop(&mut self) {
-        match delete_clsact(&self.socket, self.ifindex) {
-            // Gone with its interface (or removed by an admin): nothing left to do.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENODEV | libc::ENOENT | libc::EINVAL)
-                ) => {}
-            Err(err) => {
-                tracing::warn!(ifindex = self.ifindex, %err, "could not remove the clsact qdisc the probe added")
-            }
-            Ok(()) => {}
-        }
-    }
-}
-
-fn route_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked before it is owned.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `tc qdisc del dev <ifindex> clsact`, as one RTM_DELQDISC request, waiting for its ack.
-fn delete_clsact(socket: &OwnedFd, ifindex: u32) -> io::Result<()> {
-    const TC_H_CLSACT: u32 = 0xFFFF_FFF1; // parent: the ingress/clsact slot
-    const CLSACT_HANDLE: u32 = 0xFFFF_0000; // ffff:
-    const TCA_KIND: u16 = 1;
-    const KIND: &[u8] = b"clsact\0";
-    // nlmsghdr (16) + tcmsg (20) + TCA_KIND attribute (4 + 7, padded to 12).
-    const LEN: usize = 48;
-    let mut request = [0u8; LEN];
-    let header = 16;
-    let attr = header + 20;
-    request[0..4].copy_from_slice(&(LEN as u32).to_ne_bytes());
-    request[4..6].copy_from_slice(&libc::RTM_DELQDISC.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-    request[6..8].copy_from_slice(&flags.to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    request[header] = libc::AF_UNSPEC as u8;
-    request[header + 4..header + 8].copy_from_slice(&ifindex.to_ne_bytes());
-    request[header + 8..header + 12].copy_from_slice(&CLSACT_HANDLE.to_ne_bytes());
-    request[header + 12..header + 16].copy_from_slice(&TC_H_CLSACT.to_ne_bytes());
-    request[attr..attr + 2].copy_from_slice(&((4 + KIND.len()) as u16).to_ne_bytes());
-    request[attr + 2..attr + 4].copy_from_slice(&TCA_KIND.to_ne_bytes());
-    request[attr + 4..attr + 4 + KIND.len()].copy_from_slice(KIND);
-    // SAFETY: sends `request.len()` bytes from a live buffer on an open socket.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // The kernel handles the request inside send() and queues the ack (an nlmsgerr: header,
-    // then the error code, 0 for success); never block in Drop waiting for it.
-    let mut reply = [0u8; 1024];
-    // SAFETY: receives into a live buffer of the given length.
-    let got = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            reply.as_mut_ptr().cast(),
-            reply.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let reply = reply.get(..got as usize).unwrap_or_default();
-    let kind = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
-    let code = reply
-        .get(16..20)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    match (kind, code) {
-        (Some(k), Some(0)) if k == libc::NLMSG_ERROR as u16 => Ok(()),
-        (Some(k), Some(code)) if k == libc::NLMSG_ERROR as u16 => {
-            Err(io::Error::from_raw_os_error(code.saturating_neg()))
-        }
-        _ => Err(io::Error::other("unexpected netlink reply")),
-    }
-}
-
-fn interface_index(interface: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(interface).ok()?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 fn server_ports(config: &ProbeConfig) -> Result<[u16; MAX_SERVER_PORTS], ProbeError> {
@@ -935,10 +495,6 @@ fn validate_sizes(config: &ProbeConfig) -> Result<(), ProbeError> {
 /// Size of the kernel's table of flows not answered yet: an eighth of the main table.
 fn new_flows_capacity(max_flows: u32) -> u32 {
     (max_flows / NEW_FLOWS_DIVISOR).max(MIN_NEW_FLOWS)
-}
-
-pub(crate) fn interface_exists(interface: &str) -> bool {
-    interface_index(interface).is_some()
 }
 
 fn is_permission(errno: i32) -> bool {
@@ -1006,30 +562,6 @@ fn load_error(source: EbpfError) -> ProbeError {
     }
 }
 
-/// The kernel's key for the connection between `client` and `server`, if they are of one
-/// address family.
-fn flow_key(client: Endpoint, server: Endpoint) -> Option<FlowKey> {
-    let mut key = FlowKey {
-        client_port: client.port,
-        server_port: server.port,
-        ..FlowKey::default()
-    };
-    match (client.ip, server.ip) {
-        (IpAddr::V4(c), IpAddr::V4(s)) => {
-            key.family = FAMILY_IPV4;
-            key.client_addr[..4].copy_from_slice(&c.octets());
-            key.server_addr[..4].copy_from_slice(&s.octets());
-        }
-        (IpAddr::V6(c), IpAddr::V6(s)) => {
-            key.family = FAMILY_IPV6;
-            key.client_addr = c.octets();
-            key.server_addr = s.octets();
-        }
-        _ => return None,
-    }
-    Some(key)
-}
-
 /// The configured process names as the kernel's filter table.
 pub(crate) fn process_names(
     names: &[String],
@@ -1071,9 +603,11 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use monitor_common::{
-        DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, SEGMENT_EVENT_LEN, SegmentEvent,
-        TCP_ACK, TCP_FIN,
+        DIRECTION_CLIENT_TO_SERVER, DIRECTION_SERVER_TO_CLIENT, FAMILY_IPV4, FAMILY_IPV6,
+        SEGMENT_EVENT_LEN, SegmentEvent, TCP_ACK, TCP_FIN,
     };
+
+    use crate::edges::capture::records::{clock_ns, segment_from_record};
 
     use crate::shared::model::Timestamp;
 
