@@ -32,28 +32,46 @@ pub fn rgb(hex: &str) -> (u8, u8, u8) {
 /// Opens `page` in headless Chromium: its log (stderr) and the screenshot's path.
 pub fn screenshot(page: &Path) -> (String, PathBuf) {
     let png = page.with_extension("png");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
+    let log = chromium(
+        page,
+        &[
             "--no-first-run",
             "--hide-scrollbars",
             "--force-color-profile=srgb",
             "--enable-logging=stderr",
             "--v=1",
             "--window-size=1200,7000",
-        ])
+            &format!("--screenshot={}", png.display()),
+        ],
+    );
+    assert!(png.is_file(), "no screenshot:\n{log}");
+    (log, png)
+}
+
+/// `page` printed by headless Chromium (its print stylesheet, no header or footer): the PDF.
+pub fn print_pdf(page: &Path) -> Vec<u8> {
+    let pdf = page.with_extension("pdf");
+    chromium(
+        page,
+        &[
+            "--no-pdf-header-footer",
+            &format!("--print-to-pdf={}", pdf.display()),
+        ],
+    );
+    std::fs::read(&pdf).unwrap()
+}
+
+/// Runs headless Chromium on `page` with `args`, in a profile of its own; its log.
+fn chromium(page: &Path, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .args(args)
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium (cargo xtask setup installs it)");
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && png.is_file(),
-        "chromium failed:\n{log}"
-    );
-    (log, png)
+    assert!(out.status.success(), "chromium failed:\n{log}");
+    log
 }

@@ -159,18 +159,14 @@ pub fn curl_in(netns: Option<&str>, args: &[&str]) -> Result<()> {
 /// One API call with curl from this namespace: `content=version` with `token`, the answer
 /// thrown away (the daemon under test sees the call; the test reads what it made of it).
 pub fn api_call(url: &str, token: &str) {
-    curl_in(
-        None,
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ],
-    )
-    .unwrap();
+    api_call_in(None, url, token, &[]);
+}
+
+/// [`api_call`] from namespace `ns`, with `extra` curl arguments (headers, a source address).
+pub fn api_call_in(ns: Option<&str>, url: &str, token: &str, extra: &[&str]) {
+    let body = format!("token={token}&content=version&format=json");
+    let mut args = vec!["-sS", "-o", "/dev/null", "--max-time", "5"];
+    args.extend_from_slice(extra);
+    args.extend(["-d", &body, url]);
+    curl_in(ns, &args).unwrap();
 }

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use monitor_tests::clients::curl_in;
+use monitor_tests::clients::api_call;
 use monitor_tests::daemon::{LiveDaemon, fingerprints, without_api_listener};
 use monitor_tests::receiver::{Received, receiver};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
@@ -52,23 +52,6 @@ fn events(seen: &[Received]) -> Vec<Value> {
     seen.iter()
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect()
-}
-
-fn api_call(url: &str, token: &str) {
-    curl_in(
-        None,
-        &[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ],
-    )
-    .unwrap();
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use monitor_tests::browser::{pixels_of, rgb, screenshot};
+use monitor_tests::browser::{pixels_of, print_pdf, rgb, screenshot};
 use monitor_tests::daemon::{fingerprint, monitor_bin};
 use monitor_tests::synth::http::{self, BodyEncoding};
 use monitor_tests::synth::{Conversation, PcapOut};
@@ -562,26 +562,7 @@ fn certify_html_opens_in_chromium_without_console_messages_and_shows_its_charts(
     assert!(bars > 4000, "bar pixels: {bars}");
 
     // It prints: Chromium's PDF of it has a page per token or so (A4/Letter, print stylesheet).
-    let pdf = w.dir.path().join("certification.pdf");
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-pdf-header-footer",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--print-to-pdf={}", pdf.display()))
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pdf = std::fs::read(&pdf).unwrap();
+    let pdf = print_pdf(&page);
     assert!(pdf.starts_with(b"%PDF-"));
     let pages = pdf
         .windows(b"/Type /Page".len() + 1)

@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use monitor_tests::clients::api_call_in;
 use monitor_tests::daemon::{LiveDaemon, jsonl};
-use monitor_tests::netns::{NamespacePair, command_in};
+use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use monitor_tests::web::{Nginx, TestPki};
 use serde_json::Value;
@@ -34,25 +35,6 @@ fn config(dir: &Path, sim_port: u16) -> PathBuf {
     )
     .unwrap();
     path
-}
-
-/// One API call with curl inside `ns`, with extra curl arguments.
-fn call(ns: &str, url: &str, token: &str, extra: &[&str]) {
-    let out = command_in(Some(ns), "curl")
-        .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--http1.1"])
-        .args(extra)
-        .args([
-            "-d",
-            &format!("token={token}&content=version&format=json"),
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn records(path: &Path) -> Vec<Value> {
@@ -90,22 +72,22 @@ fn behind_a_trusted_proxy_the_client_is_the_one_the_proxy_saw() {
     let via_proxy = format!("http://{}/api/", pair.server_ip);
     // Through the proxy: an honest call, one whose client forges the header, and five with
     // made-up tokens (refused: probing).
-    call(&pair.client_ns, &via_proxy, TOKEN, &[]);
-    call(
-        &pair.client_ns,
+    api_call_in(Some(&pair.client_ns), &via_proxy, TOKEN, &[]);
+    api_call_in(
+        Some(&pair.client_ns),
         &via_proxy,
         TOKEN,
         &["-H", "X-Forwarded-For: 198.51.100.66"],
     );
     for n in 0..5 {
         let made_up = format!("{:032X}", 0xABCDEF00u64 + n);
-        call(&pair.client_ns, &via_proxy, &made_up, &[]);
+        api_call_in(Some(&pair.client_ns), &via_proxy, &made_up, &[]);
     }
     // Straight to the simulator from another loopback address, forging the header: not a
     // trusted proxy, so not believed.
     let direct = format!("http://127.0.0.1:{}/api/", sim.port());
-    call(
-        &pair.server_ns,
+    api_call_in(
+        Some(&pair.server_ns),
         &direct,
         TOKEN,
         &[
