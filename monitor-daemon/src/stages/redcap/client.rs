@@ -168,7 +168,8 @@ pub enum ClientOrigin {
     /// A trusted proxy's connection carried no usable header: the proxy stays the client.
     HeaderMissing,
     /// The header had an address that is not one (`unknown`, an obfuscated name, garbage):
-    /// the walk stopped there, at the last address that was one.
+    /// the walk stopped there, at the last address that was one (the proxy itself when the
+    /// rightmost entry was already not an address).
     HeaderUnparsable { client: Endpoint },
 }
 
@@ -203,9 +204,8 @@ impl ClientAddressing {
                 ClientAddressHeader::Forwarded => forwarded_for_node(element).and_then(parse_node),
             };
             let Some(address) = address else {
-                return match client {
-                    None => ClientOrigin::HeaderMissing,
-                    Some(client) => ClientOrigin::HeaderUnparsable { client },
+                return ClientOrigin::HeaderUnparsable {
+                    client: client.unwrap_or(peer),
                 };
             };
             client = Some(address);
@@ -338,7 +338,12 @@ mod tests {
             }
         );
         let h = head(Some("<script>"), None);
-        assert_eq!(a.resolve(peer("10.1.2.3"), &h), ClientOrigin::HeaderMissing);
+        assert_eq!(
+            a.resolve(peer("10.1.2.3"), &h),
+            ClientOrigin::HeaderUnparsable {
+                client: peer("10.1.2.3")
+            }
+        );
         let h = head(None, Some("for=203.0.113.9"));
         assert_eq!(a.resolve(peer("10.1.2.3"), &h), ClientOrigin::HeaderMissing);
     }

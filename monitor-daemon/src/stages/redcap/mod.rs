@@ -451,6 +451,10 @@ impl RedcapStats {
             ClientOrigin::Forwarded { client } => client,
             ClientOrigin::HeaderUnparsable { client } => {
                 self.proxy_header_unparsable += 1;
+                if client == call.client {
+                    // Nothing in the header was an address: the proxy stays the client.
+                    return;
+                }
                 client
             }
         };
