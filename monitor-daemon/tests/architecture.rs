@@ -21,6 +21,7 @@ const FLOW: &[&str] = &[
     "stages::redcap",
     "stages::health",
     "stages::policy",
+    "stages::cluster",
     "stages::pipeline",
     "stages::coverage",
     "stages::certify",

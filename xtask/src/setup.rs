@@ -78,6 +78,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "a real MariaDB (started by the tests on a private socket) for the token directory's tests",
     ),
     (
+        "redis-server",
+        "a real Redis (started by the tests on a private port or socket) for the shared state across web hosts",
+    ),
+    (
         "systemd",
         "systemd-analyze verifies the unit; systemd-sysusers creates the package's user",
     ),

@@ -1,7 +1,8 @@
 //! The sans-IO pipeline, in flow order: [`decode`] (frames to TCP segments) → [`reassembly`]
 //! (segments to byte streams) → [`http`] (streams to exchanges) → [`redcap`] (exchanges to API
 //! calls) → [`health`] (the server's responsiveness) and [`policy`] (rate windows, then
-//! enforcement decisions) → [`pipeline`], which wires them. [`coverage`] judges, from the
+//! enforcement decisions) → [`cluster`] (other web hosts' calls, when several share the windows) →
+//! [`pipeline`], which wires them. [`coverage`] judges, from the
 //! counters, what the capture cannot see; [`certify`] judges a testing window's verdicts into
 //! PASS or FAIL per token. [`usage`] and [`lifecycle`] make the long-term reports from the
 //! daily rollups the store keeps.
@@ -10,6 +11,7 @@
 //! imports an edge or a command.
 
 pub mod certify;
+pub mod cluster;
 pub(crate) mod coverage;
 pub mod decode;
 pub mod health;

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use crate::shared::model::{Endpoint, ResumedEarly, Span, TcpSegment, Timestamp};
 use crate::shared::token::SiteKey;
+use crate::stages::cluster::{Batch, Cluster, ClusterConfig, Outbox, PeerEvent};
 use crate::stages::decode::{DecodeStats, Frame, decode};
 use crate::stages::health::{HealthChange, HealthConfig, HealthStats, ResponsivenessDetector};
 use crate::stages::http::{
@@ -69,6 +70,16 @@ pub struct Pipeline {
     /// What a live capture is asked to do; kept only when one listens.
     capture_requests: VecDeque<CaptureRequest>,
     capture_listens: bool,
+    /// Other web hosts sharing the windows (`[shared]`); `None` on a host alone.
+    sharing: Option<Sharing>,
+}
+
+/// The windows shared with other web hosts: their calls merged in, this host's to publish.
+struct Sharing {
+    cluster: Cluster,
+    outbox: Outbox,
+    /// A peer's call or watermark came in since the policy was last looked at.
+    news: bool,
 }
 
 /// What the pipeline asks of a live capture that copies connections on its own judgement (the
@@ -208,7 +219,67 @@ impl Pipeline {
             releasable: Vec::new(),
             capture_requests: VecDeque::new(),
             capture_listens: false,
+            sharing: None,
         }
+    }
+
+    /// Shares the policy's windows with other web hosts (`[shared]`): from now on every call
+    /// this host serves is also put in the outbox ([`take_batch`](Self::take_batch)), the
+    /// peers' batches ([`receive_from_peer`](Self::receive_from_peer)) fill the windows, and
+    /// calls are judged only once every live peer has published the calls that started earlier.
+    pub fn share_with_peers(&mut self, config: ClusterConfig) {
+        let outbox = Outbox::new(config.host.clone(), config.instance);
+        self.sharing = Some(Sharing {
+            cluster: Cluster::new(config, self.clock),
+            outbox,
+            news: false,
+        });
+    }
+
+    /// A batch another web host published (or this host's previous instance, read back at
+    /// start): its calls count in the windows, and its watermark lets calls be judged; verdicts
+    /// of this host's calls that were waiting for it come out. `now` is on the packets' clock.
+    pub fn receive_from_peer(
+        &mut self,
+        batch: Batch,
+        now: Timestamp,
+        out: &mut impl FnMut(Verdict),
+    ) {
+        self.advance_clock(now);
+        let Some(sharing) = &mut self.sharing else {
+            return;
+        };
+        sharing.cluster.receive(batch, self.clock);
+        while let Some(call) = sharing.cluster.poll_call() {
+            self.policy.push_from_peer(call);
+        }
+        sharing.news = true;
+        self.release(out);
+    }
+
+    /// This host's calls since the last batch, with its watermark: the start of its oldest
+    /// request still open, or the packets' clock when none is. `None` when nothing is shared.
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        let open = self.http.oldest_open_exchange();
+        let clock = self.clock;
+        let sharing = self.sharing.as_mut()?;
+        let watermark = open.map_or(clock, |open| open.min(clock));
+        Some(sharing.outbox.take_batch(clock, watermark))
+    }
+
+    /// Whether this host's calls wait to be published.
+    pub fn has_batch(&self) -> bool {
+        self.sharing.as_ref().is_some_and(|s| s.outbox.has_calls())
+    }
+
+    /// The merge of the peers' calls, when windows are shared.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.sharing.as_ref().map(|s| &s.cluster)
+    }
+
+    /// The next thing that happened to a peer (lost, joined).
+    pub fn poll_peer_event(&mut self) -> Option<PeerEvent> {
+        self.sharing.as_mut()?.cluster.poll_event()
     }
 
     /// Applies what can change while running (a reload): the policy's rules and heavy
@@ -389,6 +460,13 @@ impl Pipeline {
         if self.enforcer.poll_timeout().is_some_and(|end| end <= ts) {
             self.enforcer.handle_timeout(ts);
         }
+        if let Some(sharing) = &mut self.sharing
+            && sharing.cluster.poll_timeout().is_some_and(|end| end <= ts)
+        {
+            // A silent peer holds nothing back any more: what waited for it may go.
+            sharing.cluster.handle_timeout(ts);
+            sharing.news = true;
+        }
         if ts >= self.next_expiry {
             self.next_expiry = ts.plus(EXPIRY_INTERVAL);
             let Pipeline {
@@ -405,7 +483,11 @@ impl Pipeline {
 
     /// Turns finished exchanges into calls and passes on the verdicts that are due.
     fn release(&mut self, out: &mut impl FnMut(Verdict)) {
-        let calls_finished = !self.exchanges.is_empty();
+        let peer_news = self
+            .sharing
+            .as_mut()
+            .is_some_and(|s| std::mem::take(&mut s.news));
+        let calls_finished = !self.exchanges.is_empty() || peer_news;
         for exchange in self.exchanges.drain(..) {
             if exchange
                 .response
@@ -421,6 +503,9 @@ impl Pipeline {
             self.redcap_stats.count(&call);
             // Health is judged as calls finish, not after the policy's reorder wait.
             self.health.observe(&call);
+            if let Some(sharing) = &mut self.sharing {
+                sharing.outbox.push(&call);
+            }
             self.policy.push(call);
         }
         // Which requests are still open is worth a look (it visits every connection) when a call
@@ -430,6 +515,13 @@ impl Pipeline {
         }
         self.next_release_check = self.clock.plus(RELEASE_CHECK_INTERVAL);
         let open_since = self.http.oldest_open_exchange();
+        // Peers' calls that started earlier may still come: wait for every live peer's
+        // watermark too.
+        let peers_hold = self.sharing.as_ref().and_then(|s| s.cluster.hold());
+        let open_since = match (open_since, peers_hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         while let Some(verdict) = self.policy.poll(self.clock, open_since) {
             out(self.enforce(verdict));
         }
@@ -677,6 +769,154 @@ mod tests {
             2,
             "the hanging request is reported at the end too"
         );
+    }
+
+    /// A request by token `token` (0..10) for `content`.
+    fn request_by(token: usize, content: &str) -> String {
+        let body = format!("token={}{token:01X}&content={content}", "0123456789ABCDEF0123456789ABCDE");
+        format!(
+            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Every violation in `verdicts`, in a stable order.
+    fn violations(verdicts: &[Verdict]) -> Vec<(Timestamp, String, String, u32)> {
+        let mut all: Vec<_> = verdicts
+            .iter()
+            .flat_map(|v| &v.violations)
+            .map(|v| (v.ts, v.token.to_string(), v.rule.clone(), v.count))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn two_hosts_sharing_their_calls_find_exactly_the_violations_of_one_host_seeing_all() {
+        use crate::stages::cluster::ClusterConfig;
+        // 60 calls of 3 tokens over 10 minutes, some heavy (unfiltered record exports), some
+        // overlapping (a call starts before the previous one is answered), spread over two hosts
+        // in no particular pattern.
+        let mut state = 0x2545_f491_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut calls = Vec::new();
+        let mut t = 0;
+        for i in 0..60u16 {
+            t += 1 + next(20_000);
+            let token = next(3) as usize;
+            let content = if next(4) == 0 { "record" } else { "version" };
+            let host = next(2) as usize;
+            let answer_after = 5 + next(3_000);
+            calls.push((t, token, content, host, answer_after, 41000 + i));
+        }
+        // Every packet, in time order: (time, host, call index, is the request).
+        let mut packets = Vec::new();
+        for (i, &(t, _, _, host, after, _)) in calls.iter().enumerate() {
+            packets.push((t, host, i, true));
+            packets.push((t + after, host, i, false));
+        }
+        packets.sort();
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        let segment_of = |&(t, _, i, is_request): &(u64, usize, usize, bool)| {
+            let (_, token, content, _, _, port) = calls[i];
+            let client = Endpoint { port, ..CLIENT };
+            (t, client, is_request, request_by(token, content))
+        };
+        let key = SiteKey::from_bytes([9; 32]);
+        let config = Config::default();
+
+        let mut alone = Pipeline::new(config.pipeline(), key.clone());
+        let mut all = Vec::new();
+        for packet in &packets {
+            let (t, client, is_request, request) = segment_of(packet);
+            let seg = if is_request {
+                segment_from(client, t, true, 1000, request.as_bytes())
+            } else {
+                segment_from(client, t, false, 5000, response)
+            };
+            alone.push_segment(&seg, &mut |v| all.push(v));
+        }
+        alone.finish(&mut |v| all.push(v));
+        let expected = violations(&all);
+        assert!(expected.len() >= 10, "the calls break the rules: {expected:?}");
+
+        let mut hosts: Vec<Pipeline> = (0..2)
+            .map(|i| {
+                let mut p = Pipeline::new(config.pipeline(), key.clone());
+                p.share_with_peers(ClusterConfig {
+                    host: format!("web{i}"),
+                    instance: 1,
+                    peer_timeout: Span::from_secs(5),
+                });
+                p
+            })
+            .collect();
+        let mut served: [Vec<Verdict>; 2] = [Vec::new(), Vec::new()];
+        let exchange = |hosts: &mut Vec<Pipeline>, served: &mut [Vec<Verdict>; 2], now| {
+            for from in 0..2 {
+                let batch = hosts[from].take_batch().unwrap();
+                let to = 1 - from;
+                hosts[to].receive_from_peer(batch, now, &mut |v| served[to].push(v));
+            }
+        };
+        let base = Timestamp(1_700_000_000_000_000_000);
+        for packet in &packets {
+            let (t, client, is_request, request) = segment_of(packet);
+            let host = packet.1;
+            let seg = if is_request {
+                segment_from(client, t, true, 1000, request.as_bytes())
+            } else {
+                segment_from(client, t, false, 5000, response)
+            };
+            let now = base.plus(Span::from_millis(t));
+            hosts[host].push_segment(&seg, &mut |v| served[host].push(v));
+            hosts[1 - host].tick(now, &mut |v| served[1 - host].push(v));
+            exchange(&mut hosts, &mut served, now);
+        }
+        // Both idle past the last call: every watermark passes every call.
+        let end = base.plus(Span::from_millis(t + 10_000));
+        for (i, host) in hosts.iter_mut().enumerate() {
+            host.tick(end, &mut |v| served[i].push(v));
+        }
+        exchange(&mut hosts, &mut served, end);
+        for (i, host) in hosts.iter_mut().enumerate() {
+            host.finish(&mut |v| served[i].push(v));
+        }
+        let mut both = served[0].clone();
+        both.extend(served[1].iter().cloned());
+        assert_eq!(both.len(), 60, "each call has one verdict, on the host that served it");
+        for (i, verdicts) in served.iter().enumerate() {
+            let n = calls.iter().filter(|c| c.3 == i).count();
+            assert_eq!(verdicts.len(), n);
+        }
+        assert_eq!(violations(&both), expected);
+        for host in &hosts {
+            let stats = host.stats();
+            assert_eq!(stats.policy.late_peer_calls, 0, "no call came too late");
+            assert_eq!(stats.policy.calls + stats.policy.peer_calls, 60);
+        }
+        // Without sharing, each host alone misses violations.
+        let mut separate = Vec::new();
+        for i in 0..2 {
+            let mut p = Pipeline::new(config.pipeline(), key.clone());
+            for packet in packets.iter().filter(|p| p.1 == i) {
+                let (t, client, is_request, request) = segment_of(packet);
+                let seg = if is_request {
+                    segment_from(client, t, true, 1000, request.as_bytes())
+                } else {
+                    segment_from(client, t, false, 5000, response)
+                };
+                p.push_segment(&seg, &mut |v| separate.push(v));
+            }
+            p.finish(&mut |v| separate.push(v));
+        }
+        assert!(violations(&separate).len() < expected.len());
     }
 
     /// An Ethernet frame from `src` to `dst` with a correct TCP checksum (as the wire has it).

@@ -140,6 +140,12 @@ pub struct PolicyStats {
     pub evicted_tokens: u64,
     /// Client addresses dropped to stay within `policy.max_refused_clients`.
     pub evicted_refused_clients: u64,
+    /// Other web hosts' calls (`[shared]`) counted in the windows; they are in none of the
+    /// counters above, which count this host's calls only.
+    pub peer_calls: u64,
+    /// Peers' calls that arrived after later-started calls had been evaluated here (a peer that
+    /// was cut off, or Redis down for a while): still counted in their windows.
+    pub late_peer_calls: u64,
 }
 
 struct Rule {
@@ -199,6 +205,8 @@ struct Pending {
     ts_start: Timestamp,
     seq: u64,
     call: ApiCall,
+    /// Another web host served it: it only fills windows, no verdict comes out.
+    from_peer: bool,
 }
 
 impl PartialEq for Pending {
@@ -370,12 +378,24 @@ impl Policy {
 
     /// Accepts a finished call; it is evaluated once [`poll`](Self::poll) releases it.
     pub fn push(&mut self, call: ApiCall) {
+        self.enqueue(call, false);
+    }
+
+    /// Accepts a call another web host served (`[shared]`): it is evaluated in request-start
+    /// order with this host's calls and counts in the windows, but gives no verdict here (its
+    /// own host acts on it).
+    pub fn push_from_peer(&mut self, call: ApiCall) {
+        self.enqueue(call, true);
+    }
+
+    fn enqueue(&mut self, call: ApiCall, from_peer: bool) {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push(Reverse(Pending {
             ts_start: call.ts_start,
             seq,
             call,
+            from_peer,
         }));
     }
 
@@ -383,11 +403,18 @@ impl Policy {
     /// before every request still open (`open_since`, `None` when none is), or at least the
     /// reorder window before `now` (a request left hanging must not hold the others back).
     pub fn poll(&mut self, now: Timestamp, open_since: Option<Timestamp>) -> Option<Verdict> {
-        let ready = self.pending.peek().is_some_and(|Reverse(p)| {
-            open_since.is_none_or(|open| p.ts_start < open)
-                || p.ts_start.plus(self.reorder_window) <= now
-        });
-        if ready { self.release() } else { None }
+        loop {
+            let ready = self.pending.peek().is_some_and(|Reverse(p)| {
+                open_since.is_none_or(|open| p.ts_start < open)
+                    || p.ts_start.plus(self.reorder_window) <= now
+            });
+            if !ready {
+                return None;
+            }
+            if let Some(verdict) = self.release() {
+                return Some(verdict);
+            }
+        }
     }
 
     /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
@@ -406,7 +433,12 @@ impl Policy {
 
     /// Evaluates the next waiting call regardless of time (end of input).
     pub fn drain(&mut self) -> Option<Verdict> {
-        self.release()
+        while self.has_waiting() {
+            if let Some(verdict) = self.release() {
+                return Some(verdict);
+            }
+        }
+        None
     }
 
     pub fn stats(&self) -> &PolicyStats {
@@ -445,9 +477,23 @@ impl Policy {
             .retain(|_, c| c.summary.last_call > refused_horizon);
     }
 
+    /// Evaluates the next waiting call; a peer's gives no verdict (`None` then too).
     fn release(&mut self) -> Option<Verdict> {
         let Reverse(pending) = self.pending.pop()?;
-        Some(self.evaluate(pending.call))
+        if !pending.from_peer {
+            return Some(self.evaluate(pending.call));
+        }
+        // The windows take the peer's call; this host's counters stay this host's own, but for
+        // what is about memory (evictions), which is this host's whatever the call.
+        let own = self.stats.clone();
+        let late = pending.call.ts_start < self.evaluated_up_to;
+        drop(self.evaluate(pending.call));
+        let after = std::mem::replace(&mut self.stats, own);
+        self.stats.evicted_tokens = after.evicted_tokens;
+        self.stats.evicted_refused_clients = after.evicted_refused_clients;
+        self.stats.peer_calls += 1;
+        self.stats.late_peer_calls += u64::from(late);
+        None
     }
 
     fn evaluate(&mut self, call: ApiCall) -> Verdict {
