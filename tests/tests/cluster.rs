@@ -289,6 +289,24 @@ fn shared_cluster(dir: &Path, subnet: u8) -> Cluster {
     cluster
 }
 
+/// The `redcap_monitor_shared_*` metrics the shipped Grafana dashboard queries.
+fn dashboard_shared_metrics() -> BTreeSet<String> {
+    let path = monitor_tests::workspace_root().join("config/grafana/dashboards/redcap-monitor.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut names = BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("redcap_monitor_shared_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    names
+}
+
 /// The value of an unlabelled metric (or the sum over its series).
 fn metric(host: &monitor_tests::cluster::Host, name: &str) -> Option<f64> {
     let text = host.metrics();
@@ -310,6 +328,18 @@ fn the_cluster_decides_what_one_host_seeing_all_the_traffic_decides() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = shared_cluster(dir.path(), 142);
+    // Every metric of the dashboard's cluster row is exposed by every host.
+    for host in &cluster.hosts {
+        let exposition = host.metrics();
+        for name in dashboard_shared_metrics() {
+            let family = name.strip_suffix("_total").unwrap_or(&name);
+            assert!(
+                exposition.contains(&format!("# TYPE {family} ")),
+                "{}: the dashboard's {name} is not exposed",
+                host.name
+            );
+        }
+    }
     cluster.start_captures().unwrap();
     spread_traffic(&cluster);
     let calls = settled_calls(&cluster);
