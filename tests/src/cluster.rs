@@ -22,8 +22,14 @@ use crate::web::{Nginx, TestPki};
 
 /// The admin API's bearer token every host's daemon takes (a test secret).
 pub const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789abcdef";
-/// The Redis password (`requirepass`; the daemons read it from `password_file`).
+/// The Redis default user's password (the test's own, for `redis-cli`).
 pub const REDIS_PASSWORD: &str = "cluster-redis-password-5f1e";
+/// The daemons' ACL user and its password (read from `shared.password_file`).
+pub const REDIS_USER: &str = "redcap-monitor";
+pub const REDIS_USER_PASSWORD: &str = "cluster-monitor-password-9c2d";
+/// The ACL the README recommends: keys and channels under the prefix only, no dangerous command.
+pub const REDIS_USER_RULES: &str = "on ~redcap-monitor:* &redcap-monitor:* -@all +@connection \
+                                    +@read +@write +@stream +@pubsub +@scripting -@dangerous";
 /// Where each daemon's admin API listens, inside its host's namespace.
 pub const API_PORT: u16 = 9864;
 
@@ -247,12 +253,17 @@ impl Cluster {
             port: 6379,
             dir: dir.join("redis"),
             password: Some(REDIS_PASSWORD.into()),
+            users: vec![(
+                REDIS_USER.into(),
+                REDIS_USER_PASSWORD.into(),
+                REDIS_USER_RULES.into(),
+            )],
         })?;
         let key = dir.join("site.key");
         // One key for the cluster, made once (`fingerprint` creates it 0600).
         crate::daemon::fingerprint(&key, "0000000000000000000000000000000A")?;
         let password_file = dir.join("redis-password");
-        crate::write_secret(&password_file, format!("{REDIS_PASSWORD}\n"));
+        crate::write_secret(&password_file, format!("{REDIS_USER_PASSWORD}\n"));
         let pki = TestPki::create(dir, &format!("10.{s}.0.11"))?;
 
         let mut hosts = Vec::new();
@@ -465,7 +476,8 @@ fn write_host_config(
         .replacen("backoff_cap = \"10m\"", "backoff_cap = \"500ms\"", 1);
     if opts.shared {
         text.push_str(&format!(
-            "\n[shared]\nurl = \"{redis_url}\"\nhost = \"{name}\"\npassword_file = \"{}\"\n{}\n",
+            "\n[shared]\nurl = \"{redis_url}\"\nhost = \"{name}\"\nusername = \"{REDIS_USER}\"\n\
+             password_file = \"{}\"\n{}\n",
             password_file.display(),
             opts.shared_extra
         ));

@@ -19,8 +19,10 @@ pub struct RedisOptions {
     pub port: u16,
     /// Data directory (the RDB snapshot written on a clean stop, the log).
     pub dir: PathBuf,
-    /// `requirepass`: clients must authenticate (the daemon reads it from `password_file`).
+    /// `requirepass`: the default user's password (the test's own, for `redis-cli`).
     pub password: Option<String>,
+    /// ACL users (name, password, rules as `ACL SETUSER` takes them), set at every start.
+    pub users: Vec<(String, String, String)>,
 }
 
 /// A running `redis-server`; SIGTERM (which saves the snapshot) on [`RedisServer::stop`], killed
@@ -72,6 +74,16 @@ impl RedisServer {
             self.kill();
             bail!("redis-server did not answer PING within 10 s:\n{log}");
         }
+        for (name, password, rules) in self.opts.users.clone() {
+            let mut args = vec!["ACL", "SETUSER", &name, "reset"];
+            let password = format!(">{password}");
+            args.push(&password);
+            args.extend(rules.split_whitespace());
+            let said = self.cli(&args)?;
+            if said.trim() != "OK" {
+                bail!("ACL SETUSER {name}: {said}");
+            }
+        }
         Ok(())
     }
 
@@ -105,13 +117,23 @@ impl RedisServer {
         }
     }
 
-    /// `redis-cli -h BIND -p PORT ARGS...` (in the server's namespace): its stdout.
+    /// `redis-cli -h BIND -p PORT ARGS...` (in the server's namespace) as the default user: its
+    /// stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
+        self.cli_as(None, self.opts.password.as_deref(), args)
+    }
+
+    /// [`cli`](Self::cli) as ACL user `user` (`None`: the default user) with `password`; an
+    /// error answer (`NOPERM …`) comes back as text, not as an `Err`.
+    pub fn cli_as(&self, user: Option<&str>, password: Option<&str>, args: &[&str]) -> Result<String> {
         let o = &self.opts;
         let mut cmd = crate::netns::command_in(o.netns.as_deref(), "redis-cli");
         cmd.args(["-h", &o.bind, "-p", &o.port.to_string(), "--no-auth-warning"]);
-        if let Some(password) = &o.password {
-            cmd.args(["-a", password]);
+        if let Some(user) = user {
+            cmd.args(["--user", user]);
+        }
+        if let Some(password) = password {
+            cmd.args(["--pass", password]);
         }
         let out = cmd.args(args).output().context("running redis-cli")?;
         if !out.status.success() {

@@ -263,6 +263,62 @@ fn without_shared_state_each_host_counts_alone_and_the_spread_token_goes_unnotic
     assert!(alone.is_empty(), "{alone:?}");
 }
 
+#[test]
+fn the_readme_s_acl_user_reaches_its_prefix_and_nothing_else() {
+    use monitor_tests::cluster::{REDIS_USER, REDIS_USER_PASSWORD, REDIS_USER_RULES};
+    use monitor_tests::redis::{RedisOptions, RedisServer};
+    // The rules the README gives are the harness's, word for word.
+    let readme = std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    let rules: Vec<&str> = REDIS_USER_RULES.split_whitespace().skip(1).collect();
+    assert!(
+        readme.contains(&format!("user {REDIS_USER} on #<sha256 of the password> {}", rules.join(" "))),
+        "README's ACL line differs from {REDIS_USER_RULES}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let redis = RedisServer::start(RedisOptions {
+        netns: None,
+        bind: "127.0.0.1".into(),
+        port,
+        dir: dir.path().join("redis"),
+        password: Some("admin-password-for-the-test".into()),
+        users: vec![(REDIS_USER.into(), REDIS_USER_PASSWORD.into(), REDIS_USER_RULES.into())],
+    })
+    .unwrap();
+    let as_user = |args: &[&str]| {
+        redis
+            .cli_as(Some(REDIS_USER), Some(REDIS_USER_PASSWORD), args)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(as_user(&["PING"]), "PONG");
+    // Under the prefix: streams, hashes, keys with expiry, scripts, publishing.
+    assert!(as_user(&["XADD", "redcap-monitor:calls", "*", "b", "x"]).contains('-'));
+    assert_eq!(as_user(&["XLEN", "redcap-monitor:calls"]), "1");
+    assert_eq!(as_user(&["HSET", "redcap-monitor:suspensions", "fp", "{}"]), "1");
+    assert_eq!(as_user(&["SET", "redcap-monitor:host:web1", "1", "PX", "5000"]), "OK");
+    assert_eq!(
+        as_user(&["EVAL", "return redis.call('XLEN', KEYS[1])", "1", "redcap-monitor:calls"]),
+        "1"
+    );
+    assert_eq!(as_user(&["PUBLISH", "redcap-monitor:suspensions", "x"]), "0");
+    // Elsewhere, or dangerous: refused.
+    for args in [
+        &["SET", "other:key", "1"][..],
+        &["GET", "other:key"],
+        &["PUBLISH", "other", "x"],
+        &["EVAL", "return redis.call('SET', KEYS[1], 1)", "1", "other:key"],
+        &["FLUSHALL"],
+        &["KEYS", "*"],
+        &["CONFIG", "GET", "*"],
+    ] {
+        let said = as_user(args);
+        assert!(said.contains("NOPERM") || said.contains("No permissions"), "{args:?}: {said}");
+    }
+    assert_eq!(redis.cli(&["EXISTS", "other:key"]).unwrap().trim(), "0");
+}
+
 /// A cluster of three sharing Redis, with the daemons started (peer timeout 2 s).
 fn shared_cluster(dir: &Path, subnet: u8) -> Cluster {
     let mut cluster = Cluster::create(
