@@ -38,6 +38,7 @@ const FLOW: &[&str] = &[
     "edges::notify",
     "edges::canary",
     "edges::actions",
+    "edges::shared_state",
     "edges::telemetry",
     "edges::api",
     "commands::config",

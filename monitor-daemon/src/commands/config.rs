@@ -19,6 +19,7 @@ use crate::edges::capture::CaptureConfig;
 use crate::edges::directory::DirectoryConfig;
 use crate::edges::hooks::HooksConfig;
 use crate::edges::output::OutputConfig;
+use crate::edges::shared_state::SharedConfig;
 use crate::edges::store::StoreConfig;
 use crate::shared::settings::Problem;
 use crate::shared::token::SiteConfig;
@@ -51,6 +52,8 @@ pub struct Config {
     pub redcap_module: RedcapModuleConfig,
     pub directory: DirectoryConfig,
     pub lifecycle: LifecycleConfig,
+    /// Absent: this host alone (no Redis).
+    pub shared: Option<SharedConfig>,
 }
 
 /// A configuration that cannot be used, with every problem found in it.
@@ -183,6 +186,7 @@ impl Config {
             ("redcap_module", self.redcap_module != new.redcap_module),
             ("directory", self.directory != new.directory),
             ("capture.tls", a.tls != b.tls),
+            ("shared", self.shared != new.shared),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -208,6 +212,10 @@ impl Config {
             self.reassembly.problems(),
             self.redcap.problems(),
             self.redcap_module.problems(),
+            self.shared
+                .as_ref()
+                .map(SharedConfig::problems)
+                .unwrap_or_default(),
             self.store.problems(),
         ]
         .concat()

@@ -18,4 +18,5 @@ pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod records;
 pub mod store;
+pub mod shared_state;
 pub mod telemetry;
