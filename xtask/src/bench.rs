@@ -8,6 +8,7 @@ mod mix;
 mod offline;
 mod policy;
 mod reassembly;
+mod shared;
 
 use std::{
     fs,
@@ -51,6 +52,10 @@ const BENCHES: &[Bench] = &[
     Bench {
         name: "reassembly",
         run: |_| reassembly::run(),
+    },
+    Bench {
+        name: "shared",
+        run: |_| shared::run(),
     },
     Bench {
         name: "live",
