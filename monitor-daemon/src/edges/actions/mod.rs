@@ -149,6 +149,9 @@ pub struct Actions {
     /// Suspensions begun and lifted here, for the other web hosts (`[shared]`); `None` when
     /// this host is alone.
     shared_changes: Option<Vec<SuspensionChange>>,
+    /// Suspensions in force here that another web host began: their expiry is recorded but not
+    /// alerted or hooked here (that host does it).
+    from_peers: FingerprintMap<()>,
 }
 
 /// A suspension this host began, or lifted by hand, that the other web hosts must apply.
@@ -215,6 +218,7 @@ impl Actions {
             publisher: None,
             stats: ActionStats::default(),
             shared_changes: None,
+            from_peers: FingerprintMap::default(),
         })
     }
 
@@ -458,7 +462,12 @@ impl Actions {
                     LiftedBy::Admin { reason } => (Source::Manual, reason.as_str()),
                 };
                 self.flush();
+                let from_peer = self.from_peers.remove(&token).is_some();
                 let lifted = self.store.lift(token, at, source, reason)?;
+                if from_peer && matches!(by, LiftedBy::Expiry) {
+                    // Another host began it and tells its end; here it only stops holding.
+                    return Ok(lifted);
+                }
                 match &lifted {
                     Some(suspension) => {
                         if source == Source::Manual {
@@ -520,6 +529,7 @@ impl Actions {
     ) {
         let token = change.token;
         if change.lifted {
+            self.from_peers.remove(&token);
             enforcer.forget_suspension(token);
             let reason = format!("lifted on host {origin}: {}", change.reason);
             if let Err(err) = self.store.lift(token, now, Source::Manual, &reason) {
@@ -532,6 +542,7 @@ impl Actions {
         }
         enforcer.restore(token, change.until);
         enforcer.note_suspension(token, change.since);
+        self.from_peers.insert(token, ());
         let masked = self
             .store
             .token_seen(token)

@@ -1111,7 +1111,7 @@ fn a_suspension_from_another_host_holds_here_without_a_second_alert_and_ours_are
         daemon.pipeline.enforcer_mut(),
         &super::SuspensionChange {
             lifted: true,
-            ..change
+            ..change.clone()
         },
         "web1",
         at(11_000),
@@ -1126,10 +1126,25 @@ fn a_suspension_from_another_host_holds_here_without_a_second_alert_and_ours_are
             .is_empty()
     );
     assert_eq!(daemon.actions.alert_stats().raised, 0, "that host alerted");
+    // One that runs out here: recorded, not alerted (its host tells its end).
+    daemon.actions.suspension_from_peer(
+        daemon.pipeline.enforcer_mut(),
+        &super::SuspensionChange {
+            until: Some(at(12_500)),
+            ..change.clone()
+        },
+        "web1",
+        at(12_000),
+    );
+    daemon.idle_until(at(12_400));
+    assert_eq!(daemon.actions.store().active_suspensions(at(12_400)).unwrap().len(), 1);
+    daemon.idle_until(at(13_000));
+    assert!(daemon.actions.store().active_suspensions(at(13_000)).unwrap().is_empty());
+    assert_eq!(daemon.actions.alert_stats().raised, 0, "no lifted alert here");
     // A suspension by an admin here is handed out for the other hosts.
-    let reply = daemon.suspend(fingerprint(COMPLIANT), None, "by hand", at(13_000));
+    let reply = daemon.suspend(fingerprint(COMPLIANT), None, "by hand", at(14_000));
     assert!(reply.ok, "{reply:?}");
-    daemon.idle_until(at(14_000));
+    daemon.idle_until(at(15_000));
     let changes = daemon.actions.take_suspension_changes();
     assert_eq!(changes.len(), 1);
     assert_eq!((changes[0].token, changes[0].lifted), (fingerprint(COMPLIANT), false));
