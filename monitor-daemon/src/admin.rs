@@ -855,7 +855,11 @@ fn status_text(stats: &Snapshot) -> String {
             out,
             "cluster: host {}, Redis {}, {} calls published, {} received ({} late, {} read twice), {} buffered{}; peers: {}",
             cluster.host,
-            if cluster.up { "up" } else { "DOWN: going on alone" },
+            if cluster.up {
+                "up"
+            } else {
+                "DOWN: going on alone"
+            },
             cluster.calls_published,
             cluster.calls_received,
             cluster.calls_late,
@@ -866,7 +870,11 @@ fn status_text(stats: &Snapshot) -> String {
             } else {
                 String::new()
             },
-            if peers.is_empty() { "none".into() } else { peers.join(", ") }
+            if peers.is_empty() {
+                "none".into()
+            } else {
+                peers.join(", ")
+            }
         );
     }
     let failing = stats.failing_sinks();

@@ -23,6 +23,7 @@ use crate::commands::config::{Config, ConfigError};
 use crate::edges::actions::{
     Actions, ActionsError, ActionsReload, AdminRequest, Reply, ReplyTo, Request,
 };
+use crate::edges::alerts::AlertKind;
 use crate::edges::api::live::{LiveTelemetry, suspension_json};
 use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
@@ -32,20 +33,19 @@ use crate::edges::capture::live::{CaptureCounters, LiveSource, LiveSourceError, 
 use crate::edges::capture::live_pcap::OwnedFrame;
 use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
-use crate::edges::shared_state::{
-    FromRedis, Retention, SharedState, SharedStateError, SuspensionNote,
-};
 use crate::edges::output::{
     Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode, WriterStats,
+};
+use crate::edges::shared_state::{
+    FromRedis, Retention, SharedState, SharedStateError, SuspensionNote,
 };
 use crate::edges::telemetry::{
     AlertCounters, BlindSpotCounts, CaptureView, ClusterSection, KernelSection, Metrics,
     PeerStatus, PipelineCounters, Snapshot, StatsView,
 };
-use crate::edges::alerts::AlertKind;
-use crate::stages::cluster::{ClusterConfig, PeerEvent};
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
+use crate::stages::cluster::{ClusterConfig, PeerEvent};
 use crate::stages::coverage::{Coverage, TlsCoverage};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
@@ -462,11 +462,17 @@ impl Edges {
                 };
                 tracing::info!(token_fp = %note.token, origin = %note.origin, lifted = note.lifted,
                     "suspension from another web host applied");
-                self.actions
-                    .suspension_from_peer(pipeline.enforcer_mut(), &change, &note.origin, now);
+                self.actions.suspension_from_peer(
+                    pipeline.enforcer_mut(),
+                    &change,
+                    &note.origin,
+                    now,
+                );
             }
             FromRedis::Up { first } => {
-                tracing::info!("shared state: Redis answers, windows shared with the other web hosts");
+                tracing::info!(
+                    "shared state: Redis answers, windows shared with the other web hosts"
+                );
                 if !first {
                     self.actions.observe_shared(
                         AlertKind::SharedStateRestored,
@@ -679,7 +685,9 @@ fn start_shared(
 /// A Redis URL without a password in it, for the log.
 fn redacted_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

@@ -564,7 +564,13 @@ impl Actions {
     }
 
     /// Something about the state shared with the other web hosts that the admin team must hear.
-    pub fn observe_shared(&mut self, kind: AlertKind, summary: String, evidence: serde_json::Value, now: Timestamp) {
+    pub fn observe_shared(
+        &mut self,
+        kind: AlertKind,
+        summary: String,
+        evidence: serde_json::Value,
+        now: Timestamp,
+    ) {
         self.notify.raise(
             Alert::Shared {
                 at: now,

@@ -1098,10 +1098,21 @@ fn a_suspension_from_another_host_holds_here_without_a_second_alert_and_ours_are
     }
     daemon.feed(&traffic.sorted());
     daemon.idle_until(at(10_000));
-    assert!(daemon.decisions.is_empty(), "refused here too: no decision of ours");
-    let active = daemon.actions.store().active_suspensions(at(10_000)).unwrap();
+    assert!(
+        daemon.decisions.is_empty(),
+        "refused here too: no decision of ours"
+    );
+    let active = daemon
+        .actions
+        .store()
+        .active_suspensions(at(10_000))
+        .unwrap();
     assert_eq!(active.len(), 1);
-    assert!(active[0].reason.contains("from host web1"), "{}", active[0].reason);
+    assert!(
+        active[0].reason.contains("from host web1"),
+        "{}",
+        active[0].reason
+    );
     assert!(
         daemon.actions.take_suspension_changes().is_empty(),
         "another host's suspension is not announced again"
@@ -1137,16 +1148,38 @@ fn a_suspension_from_another_host_holds_here_without_a_second_alert_and_ours_are
         at(12_000),
     );
     daemon.idle_until(at(12_400));
-    assert_eq!(daemon.actions.store().active_suspensions(at(12_400)).unwrap().len(), 1);
+    assert_eq!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(12_400))
+            .unwrap()
+            .len(),
+        1
+    );
     daemon.idle_until(at(13_000));
-    assert!(daemon.actions.store().active_suspensions(at(13_000)).unwrap().is_empty());
-    assert_eq!(daemon.actions.alert_stats().raised, 0, "no lifted alert here");
+    assert!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(13_000))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        daemon.actions.alert_stats().raised,
+        0,
+        "no lifted alert here"
+    );
     // A suspension by an admin here is handed out for the other hosts.
     let reply = daemon.suspend(fingerprint(COMPLIANT), None, "by hand", at(14_000));
     assert!(reply.ok, "{reply:?}");
     daemon.idle_until(at(15_000));
     let changes = daemon.actions.take_suspension_changes();
     assert_eq!(changes.len(), 1);
-    assert_eq!((changes[0].token, changes[0].lifted), (fingerprint(COMPLIANT), false));
+    assert_eq!(
+        (changes[0].token, changes[0].lifted),
+        (fingerprint(COMPLIANT), false)
+    );
     daemon.actions.shutdown();
 }

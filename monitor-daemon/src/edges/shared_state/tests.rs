@@ -176,8 +176,14 @@ fn a_host_s_calls_reach_the_other_once_even_when_a_batch_is_sent_again() {
         let config = config(&redis.url());
         let mut a = start(&config, "a");
         let mut b = start(&config, "b");
-        collect(&mut a, |m| m.iter().any(|m| matches!(m, FromRedis::Up { .. }))).await;
-        collect(&mut b, |m| m.iter().any(|m| matches!(m, FromRedis::Up { .. }))).await;
+        collect(&mut a, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Up { .. }))
+        })
+        .await;
+        collect(&mut b, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Up { .. }))
+        })
+        .await;
         a.publish(batch("a", 0..3, 100));
         // The same calls again (a reply lost, the batch sent again), and one more.
         a.publish(batch("a", 0..4, 200));
@@ -249,7 +255,11 @@ fn a_flood_of_random_tokens_leaves_the_stream_within_its_length_cap() {
     );
     assert!(bytes < 2_000_000, "the stream holds {bytes} bytes");
     let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
-    assert_eq!(keys.len(), 2, "the stream and this host's last sequence number: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        2,
+        "the stream and this host's last sequence number: {keys:?}"
+    );
 }
 
 #[test]
@@ -292,7 +302,10 @@ fn calls_made_while_redis_is_away_are_published_once_when_it_returns() {
     redis.restart();
     rt.block_on(async {
         let got = collect(&mut a, up).await;
-        assert!(got.iter().any(|m| matches!(m, FromRedis::Up { first: false })));
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Up { first: false }))
+        );
         let got = collect(&mut b, |m| heartbeat_seen(m, "a", 400)).await;
         let seqs: Vec<u64> = calls_in(&got).into_iter().map(|(_, s)| s).collect();
         assert_eq!(seqs, [2, 3, 4, 5], "each call once, in order");
@@ -339,18 +352,10 @@ fn an_acl_user_with_a_password_file_is_let_in_and_a_wrong_password_is_not() {
     ]);
     let file = redis.dir().join("redis-password");
     std::fs::write(&file, "s3cret-pw\n").unwrap();
-    std::fs::set_permissions(
-        &file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let wrong = redis.dir().join("wrong-password");
     std::fs::write(&wrong, "nope\n").unwrap();
-    std::fs::set_permissions(
-        &wrong,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     runtime().block_on(async {
         let base = SharedConfig {
             username: Some("monitor".into()),
@@ -379,12 +384,14 @@ fn an_acl_user_with_a_password_file_is_let_in_and_a_wrong_password_is_not() {
         let FromRedis::Down { error } = got.last().unwrap() else {
             unreachable!()
         };
-        assert!(!error.contains("nope"), "the password is not in the error: {error}");
+        assert!(
+            !error.contains("nope"),
+            "the password is not in the error: {error}"
+        );
         assert!(!refused.stats().up);
     });
     // A password file others can read is refused before anything connects.
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let open = SharedConfig {
         username: Some("monitor".into()),
         password_file: Some(file),
@@ -418,12 +425,16 @@ fn a_suspension_announced_by_one_host_reaches_the_others_and_a_host_starting_lat
             m.iter().any(|m| matches!(m, FromRedis::Suspension(_)))
         })
         .await;
-        assert!(got.iter().any(|m| matches!(m, FromRedis::Suspension(n) if *n == note)));
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note))
+        );
         // A host starting now loads it from the hash (and hears it on the stream too).
         let mut c = start(&config, "c");
         let got = collect(&mut c, up).await;
         assert!(
-            got.iter().any(|m| matches!(m, FromRedis::Suspension(n) if *n == note)),
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note)),
             "loaded before Up: {got:?}"
         );
         // Lifted: gone from the hash.
@@ -461,17 +472,53 @@ fn rediss_with_a_private_ca_carries_the_calls() {
         assert!(status.success(), "openssl {args:?}");
     };
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=test redis CA",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test redis CA",
     ]);
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=localhost",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
     ]);
-    std::fs::write(path("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
     ]);
     let port_text = port.to_string();
     let cert = path("server.pem");

@@ -690,14 +690,25 @@ impl Metrics {
         live_peers: usize,
         received: &[(String, u64)],
     ) {
-        self.shared_up.get_or_create(&Unlabelled {}).set(i64::from(up));
-        store(&self.shared_published.get_or_create(&Unlabelled {}), published);
+        self.shared_up
+            .get_or_create(&Unlabelled {})
+            .set(i64::from(up));
+        store(
+            &self.shared_published.get_or_create(&Unlabelled {}),
+            published,
+        );
         store(&self.shared_late.get_or_create(&Unlabelled {}), late);
-        self.shared_buffered.get_or_create(&Unlabelled {}).set(buffered as i64);
-        self.shared_peers.get_or_create(&Unlabelled {}).set(live_peers as i64);
+        self.shared_buffered
+            .get_or_create(&Unlabelled {})
+            .set(buffered as i64);
+        self.shared_peers
+            .get_or_create(&Unlabelled {})
+            .set(live_peers as i64);
         for (peer, calls) in received {
             store(
-                &self.shared_received.get_or_create(&PeerLabels { peer: peer.clone() }),
+                &self
+                    .shared_received
+                    .get_or_create(&PeerLabels { peer: peer.clone() }),
                 *calls,
             );
         }
