@@ -837,6 +837,46 @@ fn status_text(stats: &Snapshot) -> String {
             }
         }
     }
+    if let Some(cluster) = &stats.cluster {
+        let peers: Vec<String> = cluster
+            .peers
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({}, heard {:.1}s ago, {} calls)",
+                    p.name,
+                    if p.live { "live" } else { "LOST" },
+                    p.last_heartbeat_age_s,
+                    p.calls_received
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "cluster: host {}, Redis {}, {} calls published, {} received ({} late, {} read twice), {} buffered{}; peers: {}",
+            cluster.host,
+            if cluster.up {
+                "up"
+            } else {
+                "DOWN: going on alone"
+            },
+            cluster.calls_published,
+            cluster.calls_received,
+            cluster.calls_late,
+            cluster.calls_deduplicated,
+            cluster.buffered_calls,
+            if cluster.buffered_dropped > 0 {
+                format!(" ({} DROPPED from a full buffer)", cluster.buffered_dropped)
+            } else {
+                String::new()
+            },
+            if peers.is_empty() {
+                "none".into()
+            } else {
+                peers.join(", ")
+            }
+        );
+    }
     let failing = stats.failing_sinks();
     if !failing.is_empty() {
         let _ = writeln!(

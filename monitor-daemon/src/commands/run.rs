@@ -23,6 +23,7 @@ use crate::commands::config::{Config, ConfigError};
 use crate::edges::actions::{
     Actions, ActionsError, ActionsReload, AdminRequest, Reply, ReplyTo, Request,
 };
+use crate::edges::alerts::AlertKind;
 use crate::edges::api::live::{LiveTelemetry, suspension_json};
 use crate::edges::api::{AdminCommand, ApiError, ApiServer, Bearer, Shared};
 use crate::edges::canary::Canary;
@@ -35,12 +36,16 @@ use crate::edges::notify::Notifier;
 use crate::edges::output::{
     Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode, WriterStats,
 };
+use crate::edges::shared_state::{
+    FromRedis, Retention, SharedState, SharedStateError, SuspensionNote,
+};
 use crate::edges::telemetry::{
-    AlertCounters, BlindSpotCounts, CaptureView, KernelSection, Metrics, PipelineCounters,
-    Snapshot, StatsView,
+    AlertCounters, BlindSpotCounts, CaptureView, ClusterSection, KernelSection, Metrics,
+    PeerStatus, PipelineCounters, Snapshot, StatsView,
 };
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
+use crate::stages::cluster::{ClusterConfig, PeerEvent};
 use crate::stages::coverage::{Coverage, TlsCoverage};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::Verdict;
@@ -75,6 +80,8 @@ pub enum RunError {
     Actions(#[from] ActionsError),
     #[error("every libpcap capture thread stopped (see the log above)")]
     CaptureEnded,
+    #[error(transparent)]
+    Shared(#[from] SharedStateError),
 }
 
 /// Checks what only `run` needs from the configuration (`origin` names the file in errors).
@@ -177,12 +184,14 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         LiveTelemetry::new(shared, config.api.top_tokens, config.health.window.span());
     telemetry.use_directory(directory);
     telemetry.use_lifecycle(&config.lifecycle);
+    let shared_state = start_shared(config, &mut pipeline, &mut actions)?;
     let mut edges = Edges {
         records,
         telemetry,
         actions,
         canary,
         coverage: Coverage::new(TlsCoverage::Off, config.capture.https_port().is_some()),
+        shared: shared_state,
     };
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
@@ -232,6 +241,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             _ = stats_tick.tick() => Event::Stats,
             _ = refresh_tick.tick() => Event::Refresh,
             Some(command) = commands.recv() => Event::Admin(command),
+            message = from_redis(&mut edges.shared) => Event::Shared(message),
             _ = loss_tick.tick() => Event::LossCheck,
             _ = rescan_tick.tick(), if source.captures_tls() => Event::Rescan,
         };
@@ -265,6 +275,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 let now = wall_clock();
                 pipeline.tick(now, &mut |v| edges.verdict(v));
                 edges.tick(&mut pipeline, now);
+                edges.share(&mut pipeline, now);
                 edges.records.writer.flush();
                 edges.records_outages(now);
                 // The pipeline's heartbeat: systemd's watchdog hears from the loop only while
@@ -303,19 +314,29 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 edges.records.write_stats(&stats);
             }
             Event::Refresh => refresh_telemetry(&source, &pipeline, &mut edges),
-            Event::Admin(command) => edges.admin(command, &mut pipeline, wall_clock()),
+            Event::Admin(command) => {
+                let now = wall_clock();
+                edges.admin(command, &mut pipeline, now);
+                // An admin's suspension or lift reaches the other hosts at once.
+                edges.share(&mut pipeline, now);
+            }
+            Event::Shared(message) => edges.from_redis(message, &mut pipeline, wall_clock()),
         }
     }
 
     source.stop(&mut pipeline, &mut |v| edges.verdict(v)).await;
     pipeline.finish(&mut |v| edges.verdict(v));
     edges.tick(&mut pipeline, wall_clock());
+    edges.share(&mut pipeline, wall_clock());
     edges.records.writer.flush();
     let stats = counters(&source, &pipeline, &edges);
     tracing::info!(counters = %stats, "final counters");
     edges.records.write_stats(&stats);
     refresh_telemetry(&source, &pipeline, &mut edges);
     drop(command_tx);
+    if let Some(shared) = edges.shared.take() {
+        shared.close(SHARED_CLOSE).await;
+    }
     // Dropping the source detaches the probe's links (or joins the libpcap threads).
     drop(source);
     // Hooks already queued run to their end; undelivered alerts stay in the store.
@@ -331,6 +352,8 @@ struct Edges {
     canary: Option<Canary>,
     /// What the capture cannot see, judged once a second with the loss counters.
     coverage: Coverage,
+    /// The windows and suspensions shared with the other web hosts (`[shared]`).
+    shared: Option<SharedState>,
 }
 
 impl Edges {
@@ -382,6 +405,93 @@ impl Edges {
             })),
         });
         self.actions.handle_admin(pipeline.enforcer_mut(), now);
+    }
+
+    /// Publishes this host's calls (or a heartbeat) when due and its suspensions, and alerts
+    /// on a peer gone silent.
+    fn share(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        let Some(shared) = &mut self.shared else {
+            return;
+        };
+        if shared.due(pipeline.has_batch(), now)
+            && let Some(batch) = pipeline.take_batch()
+        {
+            shared.publish(batch);
+        }
+        for change in self.actions.take_suspension_changes() {
+            shared.announce(SuspensionNote {
+                token: change.token,
+                until: change.until.map(|t| t.0),
+                since: change.since.0,
+                reason: change.reason,
+                origin: shared.host().to_owned(),
+                lifted: change.lifted,
+            });
+        }
+        while let Some(event) = pipeline.poll_peer_event() {
+            match event {
+                PeerEvent::Lost { host } => {
+                    tracing::warn!(peer = %host, "web host not heard for shared.peer_timeout: its calls no longer hold this host's judgement back");
+                    self.actions.observe_shared(
+                        AlertKind::SharedPeerLost,
+                        format!("Web host {host} has not been heard through Redis for shared.peer_timeout: its calls are missing from the shared windows until it is back"),
+                        serde_json::json!({"peer": host}),
+                        now,
+                    );
+                }
+                PeerEvent::Joined { host } => {
+                    tracing::info!(peer = %host, "web host heard: sharing windows with it");
+                }
+            }
+        }
+    }
+
+    /// One message of the Redis task.
+    fn from_redis(&mut self, message: FromRedis, pipeline: &mut Pipeline, now: Timestamp) {
+        match message {
+            FromRedis::Batch(batch) => {
+                pipeline.receive_from_peer(batch, now, &mut |v| self.verdict(v));
+            }
+            FromRedis::Suspension(note) => {
+                let change = crate::edges::actions::SuspensionChange {
+                    token: note.token,
+                    since: Timestamp(note.since),
+                    until: note.until.map(Timestamp),
+                    reason: note.reason,
+                    lifted: note.lifted,
+                };
+                tracing::info!(token_fp = %note.token, origin = %note.origin, lifted = note.lifted,
+                    "suspension from another web host applied");
+                self.actions.suspension_from_peer(
+                    pipeline.enforcer_mut(),
+                    &change,
+                    &note.origin,
+                    now,
+                );
+            }
+            FromRedis::Up { first } => {
+                tracing::info!(
+                    "shared state: Redis answers, windows shared with the other web hosts"
+                );
+                if !first {
+                    self.actions.observe_shared(
+                        AlertKind::SharedStateRestored,
+                        "Redis answers again: this host's buffered calls are published and the windows are shared again".into(),
+                        serde_json::json!({}),
+                        now,
+                    );
+                }
+            }
+            FromRedis::Down { error } => {
+                tracing::warn!(%error, "shared state: Redis does not answer; going on with this host's calls only, buffering them");
+                self.actions.observe_shared(
+                    AlertKind::SharedStateLost,
+                    format!("Redis does not answer ({error}): this host judges its own calls only until it is back; other hosts' calls are missing from its windows"),
+                    serde_json::json!({"error": error}),
+                    now,
+                );
+            }
+        }
     }
 
     /// A record outage begun or ended: alerted once each (`records_write_failed`).
@@ -528,9 +638,66 @@ enum Event {
     Stats,
     Refresh,
     Admin(AdminCommand),
+    Shared(FromRedis),
     LossCheck,
     /// Time to look for web server processes whose libssl is not covered yet.
     Rescan,
+}
+
+/// How long a stopping daemon waits for its last calls to reach Redis.
+const SHARED_CLOSE: Duration = Duration::from_secs(2);
+
+/// Shares windows and suspensions through Redis when `[shared]` is configured: the pipeline
+/// publishes its calls and takes the peers', the action edge hands over its suspensions.
+fn start_shared(
+    config: &Config,
+    pipeline: &mut Pipeline,
+    actions: &mut Actions,
+) -> Result<Option<SharedState>, RunError> {
+    let Some(shared) = &config.shared else {
+        return Ok(None);
+    };
+    let mut bytes = [0u8; 8];
+    // A clash only makes two instances' numbering one (the readers' dedup skips some calls).
+    let _ = getrandom::fill(&mut bytes);
+    let instance = u64::from_le_bytes(bytes);
+    let longest = config
+        .policy
+        .rules
+        .iter()
+        .map(|r| r.window.span())
+        .max()
+        .unwrap_or_default();
+    let retention = Retention(crate::shared::model::Span(
+        longest.0 + config.policy.reorder_window.span().0,
+    ));
+    let state = SharedState::start(shared, instance, retention)?;
+    pipeline.share_with_peers(ClusterConfig {
+        host: state.host().to_owned(),
+        instance,
+        peer_timeout: shared.peer_timeout.span(),
+    });
+    actions.share_suspensions();
+    tracing::info!(host = %state.host(), url = %redacted_url(&shared.url), "sharing windows and suspensions through Redis");
+    Ok(Some(state))
+}
+
+/// A Redis URL without a password in it, for the log.
+fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The next message of the Redis task; never, without `[shared]`.
+async fn from_redis(shared: &mut Option<SharedState>) -> FromRedis {
+    match shared {
+        Some(shared) => shared.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the metrics and admin listener (`[api]`), unless it is disabled.
@@ -581,6 +748,21 @@ fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges
     let loads = health.load_by_token(now);
     let actions = &edges.actions;
     let metrics = edges.telemetry.metrics();
+    if let Some(cluster) = &status.cluster {
+        let received: Vec<(String, u64)> = cluster
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.calls_received))
+            .collect();
+        metrics.set_shared_stats(
+            cluster.up,
+            cluster.calls_published,
+            cluster.calls_late,
+            cluster.buffered_calls,
+            cluster.peers.iter().filter(|p| p.live).count(),
+            &received,
+        );
+    }
     metrics.set_action_stats(actions.stats(), actions.hook_runs());
     metrics.set_writer_stats(edges.records.writer_stats());
     metrics.set_alert_stats(actions.alert_stats());
@@ -646,6 +828,45 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot
             raise: actions.alert_stats().clone(),
             delivery: actions.delivery_stats(),
         },
+        cluster: edges
+            .shared
+            .as_ref()
+            .map(|shared| cluster_section(shared, pipeline, wall_clock())),
+    }
+}
+
+/// The `cluster` section: the Redis edge's counters and the cluster stage's peers.
+fn cluster_section(shared: &SharedState, pipeline: &Pipeline, now: Timestamp) -> ClusterSection {
+    let io = shared.stats();
+    let stats = pipeline.stats();
+    let cluster = pipeline.cluster();
+    let merge = cluster.map(|c| c.stats().clone()).unwrap_or_default();
+    ClusterSection {
+        host: shared.host().to_owned(),
+        up: io.up,
+        calls_published: io.calls_published,
+        calls_received: merge.calls_received,
+        calls_late: stats.policy.late_peer_calls,
+        calls_deduplicated: merge.calls_deduplicated,
+        buffered_calls: io.buffered_calls,
+        buffered_dropped: io.buffered_dropped,
+        stream_capped: io.stream_capped,
+        suspensions_published: io.suspensions_published,
+        suspensions_received: io.suspensions_received,
+        outages: io.outages,
+        last_error: io.last_error,
+        host_name_conflicts: merge.host_name_conflicts,
+        peers: cluster
+            .map(|c| c.peers())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| PeerStatus {
+                last_heartbeat_age_s: now.0.saturating_sub(p.last_heard.0) as f64 / 1e9,
+                name: p.host,
+                calls_received: p.calls_received,
+                live: p.live,
+            })
+            .collect(),
     }
 }
 

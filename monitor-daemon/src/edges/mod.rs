@@ -17,6 +17,6 @@ pub(crate) mod hooks;
 pub(crate) mod notify;
 pub(crate) mod output;
 pub(crate) mod records;
-pub mod store;
 pub mod shared_state;
+pub mod store;
 pub mod telemetry;

@@ -301,7 +301,8 @@ impl Cluster {
         let alive = peer.last_heard.plus(timeout) > now;
         if alive && !peer.live {
             peer.live = true;
-            self.events.push_back(PeerEvent::Joined { host: batch.host });
+            self.events
+                .push_back(PeerEvent::Joined { host: batch.host });
         }
     }
 
@@ -342,7 +343,8 @@ impl Cluster {
             if peer.live && peer.last_heard.plus(timeout) <= now {
                 peer.live = false;
                 self.stats.peers_lost += 1;
-                self.events.push_back(PeerEvent::Lost { host: host.clone() });
+                self.events
+                    .push_back(PeerEvent::Lost { host: host.clone() });
             }
         }
         self.peers

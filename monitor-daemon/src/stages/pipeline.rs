@@ -773,7 +773,10 @@ mod tests {
 
     /// A request by token `token` (0..10) for `content`.
     fn request_by(token: usize, content: &str) -> String {
-        let body = format!("token={}{token:01X}&content={content}", "0123456789ABCDEF0123456789ABCDE");
+        let body = format!(
+            "token={}{token:01X}&content={content}",
+            "0123456789ABCDEF0123456789ABCDE"
+        );
         format!(
             "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
              Content-Length: {}\r\n\r\n{body}",
@@ -844,7 +847,10 @@ mod tests {
         }
         alone.finish(&mut |v| all.push(v));
         let expected = violations(&all);
-        assert!(expected.len() >= 10, "the calls break the rules: {expected:?}");
+        assert!(
+            expected.len() >= 10,
+            "the calls break the rules: {expected:?}"
+        );
 
         let mut hosts: Vec<Pipeline> = (0..2)
             .map(|i| {
@@ -890,7 +896,11 @@ mod tests {
         }
         let mut both = served[0].clone();
         both.extend(served[1].iter().cloned());
-        assert_eq!(both.len(), 60, "each call has one verdict, on the host that served it");
+        assert_eq!(
+            both.len(),
+            60,
+            "each call has one verdict, on the host that served it"
+        );
         for (i, verdicts) in served.iter().enumerate() {
             let n = calls.iter().filter(|c| c.3 == i).count();
             assert_eq!(verdicts.len(), n);

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::edges::alerts::AlertsConfig;
-use crate::edges::alerts::{Alert, AlertsSetupError, TokenRef};
+use crate::edges::alerts::{Alert, AlertKind, AlertsSetupError, TokenRef};
 use crate::edges::directory::Directory;
 use crate::edges::hooks::HooksConfig;
 use crate::edges::hooks::{HookAction, HookEvent};
@@ -146,6 +146,22 @@ pub struct Actions {
     /// The suspension list for REDCap's External Module, when `[redcap_module]` is on.
     publisher: Option<publish::Publisher>,
     stats: ActionStats,
+    /// Suspensions begun and lifted here, for the other web hosts (`[shared]`); `None` when
+    /// this host is alone.
+    shared_changes: Option<Vec<SuspensionChange>>,
+    /// Suspensions in force here that another web host began: their expiry is recorded but not
+    /// alerted or hooked here (that host does it).
+    from_peers: FingerprintMap<()>,
+}
+
+/// A suspension this host began, or lifted by hand, that the other web hosts must apply.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuspensionChange {
+    pub token: TokenFingerprint,
+    pub since: Timestamp,
+    pub until: Option<Timestamp>,
+    pub reason: String,
+    pub lifted: bool,
 }
 
 /// What the action edge is built from: the sections of the edges it drives.
@@ -201,6 +217,8 @@ impl Actions {
             admin: std::collections::VecDeque::new(),
             publisher: None,
             stats: ActionStats::default(),
+            shared_changes: None,
+            from_peers: FingerprintMap::default(),
         })
     }
 
@@ -404,6 +422,7 @@ impl Actions {
                 if let Err(err) = self.store.suspend(&suspension) {
                     self.store_error("recording a suspension", &err);
                 }
+                self.share_change(&suspension, false);
                 self.after_suspension(&suspension, evidence, raw);
                 Ok(Some(suspension))
             }
@@ -427,6 +446,7 @@ impl Actions {
                 };
                 self.flush();
                 self.store.suspend(&suspension)?;
+                self.share_change(&suspension, false);
                 self.stats.manual_suspensions += 1;
                 self.after_suspension(&suspension, json!({"source": "manual"}), None);
                 Ok(Some(suspension))
@@ -442,11 +462,24 @@ impl Actions {
                     LiftedBy::Admin { reason } => (Source::Manual, reason.as_str()),
                 };
                 self.flush();
+                let from_peer = self.from_peers.remove(&token).is_some();
                 let lifted = self.store.lift(token, at, source, reason)?;
+                if from_peer && matches!(by, LiftedBy::Expiry) {
+                    // Another host began it and tells its end; here it only stops holding.
+                    return Ok(lifted);
+                }
                 match &lifted {
                     Some(suspension) => {
                         if source == Source::Manual {
                             self.stats.manual_lifts += 1;
+                            // Expiry happens on every host by itself; a lift by hand must travel.
+                            self.share_change(
+                                &Suspension {
+                                    reason: reason.to_owned(),
+                                    ..suspension.clone()
+                                },
+                                true,
+                            );
                         }
                         self.after_lift(suspension, reason, at, violations);
                     }
@@ -456,6 +489,97 @@ impl Actions {
                 Ok(lifted)
             }
         }
+    }
+
+    fn share_change(&mut self, suspension: &Suspension, lifted: bool) {
+        if let Some(changes) = &mut self.shared_changes {
+            changes.push(SuspensionChange {
+                token: suspension.token,
+                since: suspension.since,
+                until: suspension.until,
+                reason: suspension.reason.clone(),
+                lifted,
+            });
+        }
+    }
+
+    /// From now on, suspensions begun here and lifts by hand are kept for
+    /// [`take_suspension_changes`](Self::take_suspension_changes) (`[shared]`).
+    pub fn share_suspensions(&mut self) {
+        self.shared_changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The suspensions begun and lifted here since the last call, for the other hosts.
+    pub fn take_suspension_changes(&mut self) -> Vec<SuspensionChange> {
+        self.shared_changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// A suspension another web host began or lifted (`[shared]`): an input to the enforcer
+    /// (it refuses the token's calls here too), the store (and so the External Module's list)
+    /// and the audit log ("from host X"), without a second alert or hook: that host acted.
+    pub fn suspension_from_peer(
+        &mut self,
+        enforcer: &mut Enforcer,
+        change: &SuspensionChange,
+        origin: &str,
+        now: Timestamp,
+    ) {
+        let token = change.token;
+        if change.lifted {
+            self.from_peers.remove(&token);
+            enforcer.forget_suspension(token);
+            let reason = format!("lifted on host {origin}: {}", change.reason);
+            if let Err(err) = self.store.lift(token, now, Source::Manual, &reason) {
+                self.store_error("recording a lift from another host", &err);
+            }
+            return;
+        }
+        if change.until.is_some_and(|until| until <= now) {
+            return;
+        }
+        enforcer.restore(token, change.until);
+        enforcer.note_suspension(token, change.since);
+        self.from_peers.insert(token, ());
+        let masked = self
+            .store
+            .token_seen(token)
+            .ok()
+            .flatten()
+            .map(|seen| seen.masked);
+        let suspension = Suspension {
+            token,
+            masked,
+            since: change.since,
+            until: change.until,
+            reason: format!("suspension from host {origin}: {}", change.reason),
+            level: 0,
+            source: Source::Auto,
+        };
+        if let Err(err) = self.store.suspend(&suspension) {
+            self.store_error("recording a suspension from another host", &err);
+        }
+    }
+
+    /// Something about the state shared with the other web hosts that the admin team must hear.
+    pub fn observe_shared(
+        &mut self,
+        kind: AlertKind,
+        summary: String,
+        evidence: serde_json::Value,
+        now: Timestamp,
+    ) {
+        self.notify.raise(
+            Alert::Shared {
+                at: now,
+                kind,
+                summary,
+                evidence,
+            },
+            now,
+        );
     }
 
     /// A change of the server's state: alerted.

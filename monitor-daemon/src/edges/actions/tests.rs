@@ -1072,3 +1072,114 @@ fn the_live_path_writes_daily_rollups_split_at_midnight_utc() {
     );
     daemon.actions.shutdown();
 }
+
+#[test]
+fn a_suspension_from_another_host_holds_here_without_a_second_alert_and_ours_are_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start();
+    let config = scenario_config(dir.path(), &receiver);
+    let mut daemon = Daemon::new(&config);
+    daemon.actions.share_suspensions();
+    let abuser = fingerprint(ABUSER);
+    let change = super::SuspensionChange {
+        token: abuser,
+        since: at(0),
+        until: Some(at(600_000)),
+        reason: "api_calls: 4 calls in 60s".into(),
+        lifted: false,
+    };
+    daemon
+        .actions
+        .suspension_from_peer(daemon.pipeline.enforcer_mut(), &change, "web1", at(0));
+    daemon.idle_until(at(1_000));
+    let mut traffic = Traffic::default();
+    for i in 0..6 {
+        traffic.call(2_000 + i * 1_000, ABUSER, 10);
+    }
+    daemon.feed(&traffic.sorted());
+    daemon.idle_until(at(10_000));
+    assert!(
+        daemon.decisions.is_empty(),
+        "refused here too: no decision of ours"
+    );
+    let active = daemon
+        .actions
+        .store()
+        .active_suspensions(at(10_000))
+        .unwrap();
+    assert_eq!(active.len(), 1);
+    assert!(
+        active[0].reason.contains("from host web1"),
+        "{}",
+        active[0].reason
+    );
+    assert!(
+        daemon.actions.take_suspension_changes().is_empty(),
+        "another host's suspension is not announced again"
+    );
+    // Lifted on that host: released here, still without an alert.
+    daemon.actions.suspension_from_peer(
+        daemon.pipeline.enforcer_mut(),
+        &super::SuspensionChange {
+            lifted: true,
+            ..change.clone()
+        },
+        "web1",
+        at(11_000),
+    );
+    daemon.idle_until(at(12_000));
+    assert!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(12_000))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(daemon.actions.alert_stats().raised, 0, "that host alerted");
+    // One that runs out here: recorded, not alerted (its host tells its end).
+    daemon.actions.suspension_from_peer(
+        daemon.pipeline.enforcer_mut(),
+        &super::SuspensionChange {
+            until: Some(at(12_500)),
+            ..change.clone()
+        },
+        "web1",
+        at(12_000),
+    );
+    daemon.idle_until(at(12_400));
+    assert_eq!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(12_400))
+            .unwrap()
+            .len(),
+        1
+    );
+    daemon.idle_until(at(13_000));
+    assert!(
+        daemon
+            .actions
+            .store()
+            .active_suspensions(at(13_000))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        daemon.actions.alert_stats().raised,
+        0,
+        "no lifted alert here"
+    );
+    // A suspension by an admin here is handed out for the other hosts.
+    let reply = daemon.suspend(fingerprint(COMPLIANT), None, "by hand", at(14_000));
+    assert!(reply.ok, "{reply:?}");
+    daemon.idle_until(at(15_000));
+    let changes = daemon.actions.take_suspension_changes();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0].token, changes[0].lifted),
+        (fingerprint(COMPLIANT), false)
+    );
+    daemon.actions.shutdown();
+}

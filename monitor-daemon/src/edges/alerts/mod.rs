@@ -61,6 +61,12 @@ pub enum AlertKind {
     SinkFailing,
     /// A sink announced as failing delivered again.
     SinkRecovered,
+    /// Redis (`[shared]`) does not answer: this host goes on with its own calls only.
+    SharedStateLost,
+    /// Redis answers again: buffered calls are being published.
+    SharedStateRestored,
+    /// Another web host has not been heard for `shared.peer_timeout`.
+    SharedPeerLost,
 }
 
 impl AlertKind {
@@ -77,6 +83,9 @@ impl AlertKind {
             AlertKind::RecordsWriteFailed,
             AlertKind::SinkFailing,
             AlertKind::SinkRecovered,
+            AlertKind::SharedStateLost,
+            AlertKind::SharedStateRestored,
+            AlertKind::SharedPeerLost,
         ]
     }
 
@@ -93,6 +102,9 @@ impl AlertKind {
             AlertKind::RecordsWriteFailed => "records_write_failed",
             AlertKind::SinkFailing => "sink_failing",
             AlertKind::SinkRecovered => "sink_recovered",
+            AlertKind::SharedStateLost => "shared_state_lost",
+            AlertKind::SharedStateRestored => "shared_state_restored",
+            AlertKind::SharedPeerLost => "shared_peer_lost",
         }
     }
 
@@ -105,8 +117,13 @@ impl AlertKind {
             AlertKind::Violation
             | AlertKind::CaptureLoss
             | AlertKind::Probing
-            | AlertKind::SinkFailing => "warning",
-            AlertKind::Recovered | AlertKind::Lifted | AlertKind::SinkRecovered => "info",
+            | AlertKind::SinkFailing
+            | AlertKind::SharedStateLost
+            | AlertKind::SharedPeerLost => "warning",
+            AlertKind::Recovered
+            | AlertKind::Lifted
+            | AlertKind::SinkRecovered
+            | AlertKind::SharedStateRestored => "info",
         }
     }
 }
@@ -214,6 +231,14 @@ pub enum Alert {
         failed_attempts: u64,
         evidence: serde_json::Value,
     },
+    /// The state shared with the other web hosts (`[shared]`): Redis lost or restored, a peer
+    /// lost. `kind` is one of the three `shared_*` kinds.
+    Shared {
+        at: Timestamp,
+        kind: AlertKind,
+        summary: String,
+        evidence: serde_json::Value,
+    },
 }
 
 impl Alert {
@@ -262,6 +287,7 @@ impl Alert {
             Alert::RecordsWriteFailed { .. } => AlertKind::RecordsWriteFailed,
             Alert::SinkFailing { .. } => AlertKind::SinkFailing,
             Alert::SinkRecovered { .. } => AlertKind::SinkRecovered,
+            Alert::Shared { kind, .. } => *kind,
         }
     }
 
@@ -277,7 +303,8 @@ impl Alert {
             | Alert::Probing { at, .. }
             | Alert::RecordsWriteFailed { at, .. }
             | Alert::SinkFailing { at, .. }
-            | Alert::SinkRecovered { at, .. } => *at,
+            | Alert::SinkRecovered { at, .. }
+            | Alert::Shared { at, .. } => *at,
         }
     }
 
@@ -302,7 +329,8 @@ impl Alert {
             | Alert::Probing { evidence, .. }
             | Alert::RecordsWriteFailed { evidence, .. }
             | Alert::SinkFailing { evidence, .. }
-            | Alert::SinkRecovered { evidence, .. } => evidence,
+            | Alert::SinkRecovered { evidence, .. }
+            | Alert::Shared { evidence, .. } => evidence,
         }
     }
 

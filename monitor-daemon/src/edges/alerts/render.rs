@@ -104,6 +104,7 @@ fn headline(alert: &Alert) -> String {
         Alert::SinkRecovered { sink, .. } => {
             format!("Alert sink {sink} works again: its waiting alerts are being delivered")
         }
+        Alert::Shared { summary, .. } => summary.clone(),
     }
 }
 
@@ -210,6 +211,7 @@ fn facts(outgoing: &Outgoing, owner: Option<&Owner>, host: &str) -> Vec<(&'stati
             facts.push(("Failing since", rfc3339(*since)));
             facts.push(("Failed attempts", failed_attempts.to_string()));
         }
+        Alert::Shared { summary, .. } => facts.push(("What happened", summary.clone())),
     }
     if let Some(repeats) = outgoing.repeats {
         facts.push((
@@ -380,6 +382,7 @@ fn generic(outgoing: &Outgoing, owner: Option<&Owner>, id: &str, host: &str) -> 
             ..
         } => json!({"sink": sink, "since": rfc3339(*since), "since_ts": since.as_secs_f64(),
             "failed_attempts": failed_attempts}),
+        Alert::Shared { summary, .. } => json!({"summary": summary}),
         Alert::Degraded { .. } | Alert::Recovered { .. } => json!({}),
     };
     if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {

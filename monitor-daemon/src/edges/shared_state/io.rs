@@ -143,7 +143,9 @@ impl Connector {
                     });
                 }
             }
-            return Ok(Connector::Sentinel(Box::new(builder.build().map_err(url_error)?)));
+            return Ok(Connector::Sentinel(Box::new(
+                builder.build().map_err(url_error)?,
+            )));
         }
         let info = base.set_redis_settings(settings);
         let client = match root_cert {
@@ -263,7 +265,15 @@ pub(super) async fn run(
                     // Back (or first): the suspensions in force before the buffered calls.
                     load_suspensions(manager, &settings, &tx, &stats).await?;
                 }
-                flush(manager, &settings, &mut pending, &publish, &announce, &stats).await
+                flush(
+                    manager,
+                    &settings,
+                    &mut pending,
+                    &publish,
+                    &announce,
+                    &stats,
+                )
+                .await
             }
             .await;
             match result {
@@ -369,16 +379,21 @@ fn take(pending: &mut Pending, message: ToRedis, settings: &Settings, stats: &Mu
     }
 }
 
-async fn connect(connector: &mut Connector, settings: &Settings) -> redis::RedisResult<ConnectionManager> {
+async fn connect(
+    connector: &mut Connector,
+    settings: &Settings,
+) -> redis::RedisResult<ConnectionManager> {
     let client = connector.client().await?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.timeout))
         .set_response_timeout(Some(settings.timeout))
         .set_number_of_retries(1);
-    let mut manager =
-        tokio::time::timeout(settings.timeout * 2, client.get_connection_manager_with_config(config))
-            .await
-            .map_err(|_| timed_out())??;
+    let mut manager = tokio::time::timeout(
+        settings.timeout * 2,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| timed_out())??;
     let _: String = redis::cmd("PING").query_async(&mut manager).await?;
     Ok(manager)
 }
@@ -507,14 +522,16 @@ async fn read(
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(BLOCK + settings.timeout));
-        let mut conn: MultiplexedConnection =
-            match client.get_multiplexed_async_connection_with_config(&config).await {
-                Ok(conn) => conn,
-                Err(_) => {
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            };
+        let mut conn: MultiplexedConnection = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
         if last_id.is_none() {
             let from = (now_nanos() / 1_000_000).saturating_sub(settings.retention_ms());
             let mut start = format!("{from}-0");
@@ -583,7 +600,11 @@ async fn deliver(
             }
             FromRedis::Batch(batch)
         }
-        Some(Parsed::Suspension { host, instance, note }) => {
+        Some(Parsed::Suspension {
+            host,
+            instance,
+            note,
+        }) => {
             if host == settings.host && instance == settings.instance {
                 return true;
             }

@@ -231,7 +231,8 @@ pub enum SharedStateError {
 pub struct SharedState {
     host: String,
     instance: u64,
-    to_redis: mpsc::UnboundedSender<ToRedis>,
+    /// `None` once closing: the task publishes what waits and ends.
+    to_redis: Option<mpsc::UnboundedSender<ToRedis>>,
     from_redis: mpsc::Receiver<FromRedis>,
     stats: Arc<Mutex<SharedStats>>,
     heartbeat: Span,
@@ -270,7 +271,7 @@ impl SharedState {
         Ok(SharedState {
             host,
             instance,
-            to_redis,
+            to_redis: Some(to_redis),
             from_redis,
             stats,
             heartbeat: config.heartbeat.span(),
@@ -295,12 +296,16 @@ impl SharedState {
     /// Hands this host's batch (calls and watermark) to the Redis task.
     pub fn publish(&mut self, batch: Batch) {
         self.last_sent = batch.sent_at;
-        let _ = self.to_redis.send(ToRedis::Batch(batch));
+        if let Some(to_redis) = &self.to_redis {
+            let _ = to_redis.send(ToRedis::Batch(batch));
+        }
     }
 
     /// Announces a suspension begun or lifted here to the other hosts.
     pub fn announce(&mut self, note: SuspensionNote) {
-        let _ = self.to_redis.send(ToRedis::Suspension(note));
+        if let Some(to_redis) = &self.to_redis {
+            let _ = to_redis.send(ToRedis::Suspension(note));
+        }
     }
 
     /// The next message from Redis (for `select!`); waits forever once the task has ended.
@@ -318,6 +323,14 @@ impl SharedState {
 
     pub fn stats(&self) -> SharedStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl SharedState {
+    /// Stopping: publishes what waits (if Redis answers) within `within`, then ends the task.
+    pub async fn close(mut self, within: std::time::Duration) {
+        self.to_redis = None;
+        let _ = tokio::time::timeout(within, &mut self.task).await;
     }
 }
 

@@ -100,7 +100,8 @@ impl Drop for RedisServer {
 fn config(url: &str) -> SharedConfig {
     SharedConfig {
         url: url.into(),
-        timeout: Duration(Span::from_millis(300)),
+        // Generous: the machine running the tests is busy; a timeout is its own test.
+        timeout: Duration(Span::from_secs(2)),
         ..SharedConfig::default()
     }
 }
@@ -175,8 +176,14 @@ fn a_host_s_calls_reach_the_other_once_even_when_a_batch_is_sent_again() {
         let config = config(&redis.url());
         let mut a = start(&config, "a");
         let mut b = start(&config, "b");
-        collect(&mut a, |m| m.iter().any(|m| matches!(m, FromRedis::Up { .. }))).await;
-        collect(&mut b, |m| m.iter().any(|m| matches!(m, FromRedis::Up { .. }))).await;
+        collect(&mut a, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Up { .. }))
+        })
+        .await;
+        collect(&mut b, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Up { .. }))
+        })
+        .await;
         a.publish(batch("a", 0..3, 100));
         // The same calls again (a reply lost, the batch sent again), and one more.
         a.publish(batch("a", 0..4, 200));
@@ -192,4 +199,399 @@ fn a_host_s_calls_reach_the_other_once_even_when_a_batch_is_sent_again() {
         let got = collect(&mut a, |m| heartbeat_seen(m, "b", 300)).await;
         assert_eq!(calls_in(&got), [("b".to_string(), 0)]);
     });
+}
+
+fn up(messages: &[FromRedis]) -> bool {
+    messages.iter().any(|m| matches!(m, FromRedis::Up { .. }))
+}
+
+#[test]
+fn a_flood_of_random_tokens_leaves_the_stream_within_its_length_cap() {
+    let redis = RedisServer::start(&[]);
+    runtime().block_on(async {
+        let config = SharedConfig {
+            max_stream_calls: 1000,
+            max_buffered_calls: 200_000,
+            ..config(&redis.url())
+        };
+        let mut a = start(&config, "a");
+        collect(&mut a, up).await;
+        // 200,000 calls, each of another token (random fingerprints).
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        for chunk in 0..200u64 {
+            let calls = (0..1000u64)
+                .map(|i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let mut c = SharedCall::of(&call(1, chunk));
+                    c.fingerprint = Some(TokenFingerprint(state.to_le_bytes()));
+                    (chunk * 1000 + i, c)
+                })
+                .collect();
+            a.publish(Batch {
+                host: "a".into(),
+                instance: 1,
+                sent_at: Timestamp(chunk),
+                watermark: Timestamp(chunk),
+                calls,
+            });
+        }
+        let deadline = Instant::now() + StdDuration::from_secs(120);
+        // A reply lost to a timeout is sent again and found in the stream (republished).
+        while a.stats().calls_published + a.stats().calls_republished < 200_000 {
+            assert!(Instant::now() < deadline, "{:?}", a.stats());
+            tokio::time::sleep(StdDuration::from_millis(50)).await;
+        }
+    });
+    let len: u64 = redis.query(redis::cmd("XLEN").arg("redcap-monitor:calls"));
+    assert!(len <= 1000, "XLEN {len}");
+    let bytes: u64 = redis.query(
+        redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg("redcap-monitor:calls")
+            .arg("SAMPLES")
+            .arg("0"),
+    );
+    assert!(bytes < 2_000_000, "the stream holds {bytes} bytes");
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    assert_eq!(
+        keys.len(),
+        2,
+        "the stream and this host's last sequence number: {keys:?}"
+    );
+}
+
+#[test]
+fn calls_made_while_redis_is_away_are_published_once_when_it_returns() {
+    let mut redis = RedisServer::start(&[]);
+    let rt = runtime();
+    let config = config(&redis.url());
+    let (mut a, mut b) = rt.block_on(async {
+        let mut a = start(&config, "a");
+        let mut b = start(&config, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.publish(batch("a", 0..2, 100));
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 100)).await;
+        assert_eq!(calls_in(&got).len(), 2);
+        while a.stats().buffered_calls > 0 {
+            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        }
+        (a, b)
+    });
+    redis.stop();
+    rt.block_on(async {
+        a.publish(batch("a", 2..5, 200));
+        let got = collect(&mut a, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Down { .. }))
+        })
+        .await;
+        assert!(!up(&got));
+        // Still away: more calls wait, and heartbeats do not pile up.
+        for w in 300..310 {
+            a.publish(batch("a", 5..5, w));
+        }
+        a.publish(batch("a", 5..6, 400));
+        tokio::time::sleep(StdDuration::from_millis(300)).await;
+        let stats = a.stats();
+        assert!(!stats.up);
+        assert_eq!(stats.buffered_calls, 4);
+        assert_eq!(stats.outages, 1);
+    });
+    redis.restart();
+    rt.block_on(async {
+        let got = collect(&mut a, up).await;
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Up { first: false }))
+        );
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 400)).await;
+        let seqs: Vec<u64> = calls_in(&got).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(seqs, [2, 3, 4, 5], "each call once, in order");
+        let stats = a.stats();
+        assert_eq!((stats.calls_published, stats.buffered_calls), (6, 0));
+        assert!(stats.up);
+    });
+}
+
+#[test]
+fn a_full_buffer_drops_the_oldest_calls_and_counts_them() {
+    let redis = RedisServer::start(&[]);
+    let port = redis.port;
+    drop(redis);
+    runtime().block_on(async {
+        let config = SharedConfig {
+            max_buffered_calls: 3,
+            ..config(&format!("redis://127.0.0.1:{port}/0"))
+        };
+        let mut a = start(&config, "a");
+        collect(&mut a, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Down { .. }))
+        })
+        .await;
+        a.publish(batch("a", 0..5, 100));
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+        let stats = a.stats();
+        assert_eq!((stats.buffered_calls, stats.buffered_dropped), (3, 2));
+    });
+}
+
+#[test]
+fn an_acl_user_with_a_password_file_is_let_in_and_a_wrong_password_is_not() {
+    let redis = RedisServer::start(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "monitor",
+        "on",
+        ">s3cret-pw",
+        "~redcap-monitor:*",
+        "+@all",
+    ]);
+    let file = redis.dir().join("redis-password");
+    std::fs::write(&file, "s3cret-pw\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let wrong = redis.dir().join("wrong-password");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    runtime().block_on(async {
+        let base = SharedConfig {
+            username: Some("monitor".into()),
+            password_file: Some(file.clone()),
+            ..config(&redis.url())
+        };
+        let mut a = start(&base, "a");
+        let mut b = start(&base, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.publish(batch("a", 0..1, 100));
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 100)).await;
+        assert_eq!(calls_in(&got).len(), 1);
+
+        let mut refused = start(
+            &SharedConfig {
+                password_file: Some(wrong.clone()),
+                ..base.clone()
+            },
+            "c",
+        );
+        let got = collect(&mut refused, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Down { .. }))
+        })
+        .await;
+        let FromRedis::Down { error } = got.last().unwrap() else {
+            unreachable!()
+        };
+        assert!(
+            !error.contains("nope"),
+            "the password is not in the error: {error}"
+        );
+        assert!(!refused.stats().up);
+    });
+    // A password file others can read is refused before anything connects.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let open = SharedConfig {
+        username: Some("monitor".into()),
+        password_file: Some(file),
+        ..config(&redis.url())
+    };
+    let err = runtime()
+        .block_on(async { SharedState::start(&open, 1, Retention(Span::from_secs(60))).err() })
+        .expect("refused");
+    assert!(err.to_string().contains("chmod o-rwx"), "{err}");
+}
+
+#[test]
+fn a_suspension_announced_by_one_host_reaches_the_others_and_a_host_starting_later() {
+    let redis = RedisServer::start(&[]);
+    let note = SuspensionNote {
+        token: TokenFingerprint([7; 8]),
+        until: Some(u64::MAX / 2),
+        since: 1,
+        reason: "api_calls: 4 calls in 60s".into(),
+        origin: "a".into(),
+        lifted: false,
+    };
+    runtime().block_on(async {
+        let config = config(&redis.url());
+        let mut a = start(&config, "a");
+        let mut b = start(&config, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.announce(note.clone());
+        let got = collect(&mut b, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Suspension(_)))
+        })
+        .await;
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note))
+        );
+        // A host starting now loads it from the hash (and hears it on the stream too).
+        let mut c = start(&config, "c");
+        let got = collect(&mut c, up).await;
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note)),
+            "loaded before Up: {got:?}"
+        );
+        // Lifted: gone from the hash.
+        a.announce(SuspensionNote {
+            lifted: true,
+            ..note.clone()
+        });
+        collect(&mut b, |m| {
+            m.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if n.lifted))
+        })
+        .await;
+    });
+    let left: u64 = redis.query(redis::cmd("HLEN").arg("redcap-monitor:suspensions"));
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn rediss_with_a_private_ca_carries_the_calls() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let certs = tempfile::tempdir().unwrap();
+    let path = |name: &str| certs.path().join(name);
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(certs.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test redis CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        path("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port_text = port.to_string();
+    let cert = path("server.pem");
+    let key = path("server.key");
+    let ca = path("ca.pem");
+    let redis = RedisServer::start(&[
+        "--tls-port",
+        &port_text,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    runtime().block_on(async {
+        let config = SharedConfig {
+            ca_file: Some(ca.clone()),
+            ..config(&format!("rediss://localhost:{port}/0"))
+        };
+        let mut a = start(&config, "a");
+        let mut b = start(&config, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.publish(batch("a", 0..2, 100));
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 100)).await;
+        assert_eq!(calls_in(&got).len(), 2);
+        // Without the CA, the server's certificate is not trusted.
+        let untrusted = SharedConfig {
+            ca_file: None,
+            ..config.clone()
+        };
+        let mut c = start(&untrusted, "c");
+        collect(&mut c, |m| {
+            m.iter().any(|m| matches!(m, FromRedis::Down { .. }))
+        })
+        .await;
+    });
+    drop(redis);
+}
+
+#[test]
+fn the_section_s_problems_name_their_keys() {
+    let text = "[shared]\nurl = \"http://x\"\nheartbeat = \"10s\"\npeer_timeout = \"5s\"\n\
+                host = \"web 1\"\nmax_buffered_calls = 0\n";
+    let err = crate::commands::config::Config::parse(text, std::path::Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "shared.url",
+        "shared.peer_timeout",
+        "shared.host",
+        "shared.max_buffered_calls",
+    ] {
+        assert!(err.contains(key), "{key} in {err}");
+    }
+    let ok = crate::commands::config::Config::parse(
+        "[shared]\nurl = \"rediss://redis.example:6380/2\"\nhost = \"web1\"\n",
+        std::path::Path::new("c.toml"),
+    )
+    .unwrap();
+    let shared = ok.shared.unwrap();
+    assert_eq!(shared.host_name(), "web1");
+    assert_eq!(shared.peer_timeout, Duration(Span::from_secs(5)));
+    let alone = crate::commands::config::Config::parse("", std::path::Path::new("c.toml")).unwrap();
+    assert!(alone.shared.is_none(), "no section, no Redis");
+    let err = crate::commands::config::Config::parse(
+        "[shared]\nsentinels = [\"10.0.0.5:26379\"]\nsentinel_master = \"\"\nbogus = 1\n",
+        std::path::Path::new("c.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("bogus"), "{err}");
 }

@@ -22,7 +22,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use snapshot::{AlertCounters, BlindSpotCounts, KernelSection, PipelineCounters, Snapshot};
+pub use snapshot::{
+    AlertCounters, BlindSpotCounts, ClusterSection, KernelSection, PeerStatus, PipelineCounters,
+    Snapshot,
+};
 
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::{HeavyReason, Verdict};
@@ -127,6 +130,15 @@ struct CallLabels {
     status_class: &'static str,
 }
 
+/// No label: a family of one series, created only when it has a value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Unlabelled {}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
@@ -226,6 +238,13 @@ pub struct Metrics {
     alert_sinks_failing: Gauge,
     hook_runs: Family<HookLabels, Counter>,
     records_dropped: Family<ReasonLabels, Counter>,
+    // `[shared]`: families without labels, so that a host alone has no series of them.
+    shared_up: Family<Unlabelled, Gauge>,
+    shared_published: Family<Unlabelled, Counter>,
+    shared_received: Family<PeerLabels, Counter>,
+    shared_late: Family<Unlabelled, Counter>,
+    shared_buffered: Family<Unlabelled, Gauge>,
+    shared_peers: Family<Unlabelled, Gauge>,
     top_share: Family<TokenLabels, FloatGauge>,
     top_calls: Family<TokenLabels, Gauge>,
     top_server_time: Family<TokenLabels, FloatGauge>,
@@ -304,6 +323,12 @@ impl Metrics {
             alert_sinks_failing: Gauge::default(),
             hook_runs: Family::default(),
             records_dropped: Family::default(),
+            shared_up: Family::default(),
+            shared_published: Family::default(),
+            shared_received: Family::default(),
+            shared_late: Family::default(),
+            shared_buffered: Family::default(),
+            shared_peers: Family::default(),
             top_share: Family::default(),
             top_calls: Family::default(),
             top_server_time: Family::default(),
@@ -494,6 +519,36 @@ impl Metrics {
             m.records_dropped.clone(),
         );
         r.register(
+            "shared_state_up",
+            "Whether Redis ([shared]) answers (1) or this host goes on alone (0); absent without [shared]",
+            m.shared_up.clone(),
+        );
+        r.register(
+            "shared_calls_published",
+            "This host's calls published to the shared stream",
+            m.shared_published.clone(),
+        );
+        r.register(
+            "shared_calls_received",
+            "Other web hosts' calls counted in this host's windows, by peer",
+            m.shared_received.clone(),
+        );
+        r.register(
+            "shared_calls_late",
+            "Peers' calls that arrived after later-started calls were judged here (still counted)",
+            m.shared_late.clone(),
+        );
+        r.register(
+            "shared_buffered_calls",
+            "This host's calls waiting for Redis",
+            m.shared_buffered.clone(),
+        );
+        r.register(
+            "shared_peers",
+            "Other web hosts heard within shared.peer_timeout",
+            m.shared_peers.clone(),
+        );
+        r.register(
             "top_token_load_ratio",
             "Share of the server time in the health window, for the top tokens by load (opt-in: api.top_tokens)",
             m.top_share.clone(),
@@ -621,6 +676,41 @@ impl Metrics {
             let _ = self
                 .violations
                 .get_or_create(&RuleLabels { rule: rule.into() });
+        }
+    }
+
+    /// The shared state's counters (`[shared]`), set at each refresh: `received` is each peer's
+    /// calls taken.
+    pub fn set_shared_stats(
+        &self,
+        up: bool,
+        published: u64,
+        late: u64,
+        buffered: u64,
+        live_peers: usize,
+        received: &[(String, u64)],
+    ) {
+        self.shared_up
+            .get_or_create(&Unlabelled {})
+            .set(i64::from(up));
+        store(
+            &self.shared_published.get_or_create(&Unlabelled {}),
+            published,
+        );
+        store(&self.shared_late.get_or_create(&Unlabelled {}), late);
+        self.shared_buffered
+            .get_or_create(&Unlabelled {})
+            .set(buffered as i64);
+        self.shared_peers
+            .get_or_create(&Unlabelled {})
+            .set(live_peers as i64);
+        for (peer, calls) in received {
+            store(
+                &self
+                    .shared_received
+                    .get_or_create(&PeerLabels { peer: peer.clone() }),
+                *calls,
+            );
         }
     }
 

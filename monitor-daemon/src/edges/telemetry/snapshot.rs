@@ -59,6 +59,49 @@ pub struct Snapshot {
     /// The token directory; `null` in files of versions without one.
     pub directory: Option<DirectoryStatus>,
     pub alerts: AlertCounters,
+    /// The state shared with the other web hosts; absent without `[shared]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `cluster`: this host among the web hosts sharing windows through Redis (`[shared]`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterSection {
+    pub host: String,
+    /// Redis answers.
+    pub up: bool,
+    pub calls_published: u64,
+    /// Peers' calls counted in this host's windows.
+    pub calls_received: u64,
+    /// Peers' calls that came after later-started calls were judged here.
+    pub calls_late: u64,
+    /// Peers' calls read twice (skipped).
+    pub calls_deduplicated: u64,
+    /// This host's calls waiting for Redis, and those dropped from a full buffer.
+    pub buffered_calls: u64,
+    pub buffered_dropped: u64,
+    /// Stream entries removed by the length cap (`shared.max_stream_calls`).
+    pub stream_capped: u64,
+    pub suspensions_published: u64,
+    pub suspensions_received: u64,
+    pub outages: u64,
+    pub last_error: Option<String>,
+    /// Two hosts with the same `shared.host`.
+    pub host_name_conflicts: u64,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One other web host as this one hears it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerStatus {
+    pub name: String,
+    /// Seconds since its last batch or heartbeat (its clock against ours).
+    pub last_heartbeat_age_s: f64,
+    pub calls_received: u64,
+    /// Heard within `shared.peer_timeout` (its watermark holds this host's judgement back).
+    pub live: bool,
 }
 
 /// `kernel`: the probe's counters, or the error that kept them from being read.
@@ -224,6 +267,18 @@ mod tests {
                     ..DeliveryStats::default()
                 }),
             },
+            cluster: Some(ClusterSection {
+                host: "web1".into(),
+                up: true,
+                calls_published: 5,
+                peers: vec![PeerStatus {
+                    name: "web2".into(),
+                    last_heartbeat_age_s: 0.25,
+                    calls_received: 4,
+                    live: true,
+                }],
+                ..ClusterSection::default()
+            }),
         }
     }
 

@@ -28,7 +28,9 @@ fn batch(host: &str, instance: u64, sent: u64, watermark: u64, seqs: &[u64]) -> 
 }
 
 fn received(c: &mut Cluster) -> Vec<Timestamp> {
-    std::iter::from_fn(|| c.poll_call()).map(|c| c.ts_start).collect()
+    std::iter::from_fn(|| c.poll_call())
+        .map(|c| c.ts_start)
+        .collect()
 }
 
 #[test]

@@ -486,6 +486,19 @@ impl Enforcer {
         self.active_changed();
     }
 
+    /// Ends a suspension that another web host lifted (`[shared]`): no event, as that host acted
+    /// on it. False when `token` was not suspended here.
+    pub fn forget_suspension(&mut self, token: TokenFingerprint) -> bool {
+        if let Some(record) = self.records.get_mut(&token) {
+            record.suspended_until = None;
+        }
+        let removed = self.active.remove(&token).is_some();
+        if removed {
+            self.active_changed();
+        }
+        removed
+    }
+
     /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
     /// the store after a restart).
     pub fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
