@@ -535,6 +535,7 @@ impl Actions {
             if let Err(err) = self.store.lift(token, now, Source::Manual, &reason) {
                 self.store_error("recording a lift from another host", &err);
             }
+            self.suspensions_changed();
             return;
         }
         if change.until.is_some_and(|until| until <= now) {
@@ -561,6 +562,7 @@ impl Actions {
         if let Err(err) = self.store.suspend(&suspension) {
             self.store_error("recording a suspension from another host", &err);
         }
+        self.suspensions_changed();
     }
 
     /// Something about the state shared with the other web hosts that the admin team must hear.
