@@ -29,7 +29,7 @@ pub const REDIS_USER: &str = "redcap-monitor";
 pub const REDIS_USER_PASSWORD: &str = "cluster-monitor-password-9c2d";
 /// The ACL the README recommends: keys and channels under the prefix only, no dangerous command.
 pub const REDIS_USER_RULES: &str = "on ~redcap-monitor:* &redcap-monitor:* -@all +@connection \
-                                    +@read +@write +@stream +@pubsub +@scripting -@dangerous";
+                                    +@read +@write +@stream +@pubsub +@scripting +time -@dangerous";
 /// Where each daemon's admin API listens, inside its host's namespace.
 pub const API_PORT: u16 = 9864;
 
