@@ -684,10 +684,10 @@ fn top_text(
         suspensions.as_array().map_or(0, Vec::len)
     );
     // The losses and blind-spot lines of `status`, so that a lossy or blind capture is never
-    // out of sight.
-    for line in status_text(status)
-        .lines()
-        .filter(|l| l.starts_with("losses:") || l.starts_with("coverage: BLIND"))
+    // out of sight, and the cluster's line (`[shared]`): Redis up or down, the peers.
+    for line in status_text(status).lines().filter(|l| {
+        l.starts_with("losses:") || l.starts_with("coverage: BLIND") || l.starts_with("cluster:")
+    })
     {
         let _ = writeln!(out, "{line}");
     }

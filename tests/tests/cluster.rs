@@ -707,6 +707,30 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
     let fp = fingerprints(&cluster.key, &[PYCAP]).unwrap().remove(0);
     for host in &cluster.hosts {
         assert!(wait_until(WAIT, || module_state(host, PYCAP) == "clear"), "{}", host.name);
+        // `status` and `top` (asking the host's daemon) show the cluster: Redis up, both peers.
+        for args in [&["status"][..], &["top", "--once"]] {
+            let mut text = String::new();
+            let shown = wait_until(WAIT, || {
+                let out = monitor_tests::netns::command_in(
+                    Some(&host.ns),
+                    &monitor_bin().unwrap().to_string_lossy(),
+                )
+                .args(args)
+                .arg("--config")
+                .arg(&host.config)
+                .output()
+                .unwrap();
+                text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let line = text.lines().find(|l| l.starts_with("cluster:")).unwrap_or("");
+                line.starts_with(&format!("cluster: host {}, Redis up", host.name))
+                    && cluster
+                        .hosts
+                        .iter()
+                        .filter(|h| h.name != host.name)
+                        .all(|h| line.contains(&format!("{} (live", h.name)))
+            });
+            assert!(shown, "{} {args:?}:\n{text}", host.name);
+        }
     }
     let body = format!("{{\"token_fp\":\"{fp}\",\"for\":\"1h\",\"reason\":\"asked by the data office\"}}");
     let (status, answer) = cluster.hosts[0].admin_api("POST", "/api/v1/suspend", Some(&body));
