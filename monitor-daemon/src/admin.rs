@@ -687,8 +687,7 @@ fn top_text(
     // out of sight, and the cluster's line (`[shared]`): Redis up or down, the peers.
     for line in status_text(status).lines().filter(|l| {
         l.starts_with("losses:") || l.starts_with("coverage: BLIND") || l.starts_with("cluster:")
-    })
-    {
+    }) {
         let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(

@@ -121,7 +121,8 @@ impl Host {
         if self.daemon.is_some() {
             bail!("{}'s daemon is already running", self.name);
         }
-        let mut command = crate::netns::command_in(Some(&self.ns), &monitor_bin()?.to_string_lossy());
+        let mut command =
+            crate::netns::command_in(Some(&self.ns), &monitor_bin()?.to_string_lossy());
         command
             .args(["run", "--config"])
             .arg(&self.config)
@@ -157,8 +158,16 @@ impl Host {
         let url = format!("http://127.0.0.1:{API_PORT}{path}");
         let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
         let mut cmd = crate::netns::command_in(Some(&self.ns), "curl");
-        cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "-X", method])
-            .args(["-H", &auth, "-H", "Content-Type: application/json"]);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .args(["-H", &auth, "-H", "Content-Type: application/json"]);
         if let Some(body) = body {
             cmd.args(["-d", body]);
         }
@@ -219,7 +228,15 @@ impl Cluster {
         let mut namespaces = Namespaces(vec![lan_ns.clone()]);
         ip(&["netns", "add", &lan_ns])?;
         ip(&["-n", &lan_ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lan_ns, "addr", "add", &format!("10.{s}.0.1/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &lan_ns,
+            "addr",
+            "add",
+            &format!("10.{s}.0.1/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &lan_ns, "link", "set", "br0", "up"])?;
         ip(&["-n", &lan_ns, "link", "set", "lo", "up"])?;
         // Joins namespace `ns` to the bridge with address `addr`; returns its interface's name.
@@ -228,12 +245,22 @@ impl Cluster {
             let inner = format!("rcv{tag}{n}");
             let outer = format!("rcb{tag}{n}");
             ip(&["netns", "add", ns])?;
-            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer])?;
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ])?;
             ip(&["link", "set", &inner, "netns", ns])?;
             ip(&["link", "set", &outer, "netns", &lan_ns])?;
             ip(&["-n", &lan_ns, "link", "set", &outer, "master", "br0"])?;
             ip(&["-n", &lan_ns, "link", "set", &outer, "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", &inner])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                &inner,
+            ])?;
             ip(&["-n", ns, "link", "set", &inner, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             Ok(inner)
@@ -371,13 +398,24 @@ impl Cluster {
     pub fn call_status(&self, i: usize, token: &str, extra: &[&str]) -> u16 {
         let body = format!("token={token}&content=version&format=json");
         let out = crate::netns::command_in(Some(&self.client_ns), "curl")
-            .args(["-sS", "-o", "/dev/null", "--max-time", "5", "-w", "%{http_code}"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-w",
+                "%{http_code}",
+            ])
             .args(extra)
             .args(["-d", &body])
             .arg(self.hosts[i].api_url())
             .output()
             .expect("curl");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 
     pub fn host(&self, name: &str) -> &Host {
@@ -443,7 +481,10 @@ fn write_host_config(
     let token_line = format!("token_file = \"{}\"", token_file.display());
     let mut text = shipped;
     for (from, to) in [
-        ("key_file = \"/var/lib/redcap-monitor/site.key\"", key_line.as_str()),
+        (
+            "key_file = \"/var/lib/redcap-monitor/site.key\"",
+            key_line.as_str(),
+        ),
         ("interfaces = []", interfaces.as_str()),
         ("enabled = \"auto\"", "enabled = false"),
         ("mode = \"when_degraded\"", mode.as_str()),
@@ -452,7 +493,10 @@ fn write_host_config(
         ("# decisions = \"/var/log", "decisions = \"/var/log"),
         ("# stats = \"/run", "stats = \"/run"),
         ("stats_interval = \"60s\"", "stats_interval = \"1s\""),
-        ("# token_file = \"/etc/redcap-monitor/api.token\"", token_line.as_str()),
+        (
+            "# token_file = \"/etc/redcap-monitor/api.token\"",
+            token_line.as_str(),
+        ),
     ] {
         if text.matches(from).count() != 1 {
             bail!("{from:?} is not in the shipped configuration exactly once");
@@ -464,7 +508,10 @@ fn write_host_config(
         .replace("/var/log/redcap-monitor", &format!("{d}/log"))
         .replace("/run/redcap-monitor", &format!("{d}/run"));
     let secret = dir.join("siem.whsec");
-    crate::write_secret(&secret, "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n");
+    crate::write_secret(
+        &secret,
+        "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    );
     text.push_str(&format!(
         "\n[[alerts.sinks]]\nname = \"siem\"\nkind = \"generic\"\n\
          url = \"http://127.0.0.1:{alerts_port}/alerts\"\nsecret_file = \"{}\"\n",

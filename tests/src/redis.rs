@@ -125,10 +125,21 @@ impl RedisServer {
 
     /// [`cli`](Self::cli) as ACL user `user` (`None`: the default user) with `password`; an
     /// error answer (`NOPERM …`) comes back as text, not as an `Err`.
-    pub fn cli_as(&self, user: Option<&str>, password: Option<&str>, args: &[&str]) -> Result<String> {
+    pub fn cli_as(
+        &self,
+        user: Option<&str>,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> Result<String> {
         let o = &self.opts;
         let mut cmd = crate::netns::command_in(o.netns.as_deref(), "redis-cli");
-        cmd.args(["-h", &o.bind, "-p", &o.port.to_string(), "--no-auth-warning"]);
+        cmd.args([
+            "-h",
+            &o.bind,
+            "-p",
+            &o.port.to_string(),
+            "--no-auth-warning",
+        ]);
         if let Some(user) = user {
             cmd.args(["--user", user]);
         }

@@ -43,7 +43,10 @@ fn records(path: &Path) -> Vec<Value> {
 }
 
 /// Every host's records of one kind, together.
-fn union(cluster: &Cluster, path: impl Fn(&monitor_tests::cluster::Host) -> std::path::PathBuf) -> Vec<Value> {
+fn union(
+    cluster: &Cluster,
+    path: impl Fn(&monitor_tests::cluster::Host) -> std::path::PathBuf,
+) -> Vec<Value> {
     cluster
         .hosts
         .iter()
@@ -58,7 +61,11 @@ fn violation_key(v: &Value) -> (String, String, u64) {
         .map(String::from)
         .or_else(|| v["client"].as_str().map(|c| format!("client {c}")))
         .unwrap_or_default();
-    (who, v["rule"].as_str().unwrap().to_owned(), v["count"].as_u64().unwrap())
+    (
+        who,
+        v["rule"].as_str().unwrap().to_owned(),
+        v["count"].as_u64().unwrap(),
+    )
 }
 
 fn sorted_by_time(mut v: Vec<Value>, field: &str) -> Vec<Value> {
@@ -151,7 +158,11 @@ fn assert_each_host_recorded_what_it_served(cluster: &Cluster, calls: &[Vec<Valu
             // A peer's call in this host's records would name the peer as its server.
             let server = c["server"].as_str().unwrap();
             assert_eq!(server, format!("{}:80", host.ip), "{}: {c}", host.name);
-            let connection = (c["client"].to_string(), server.to_owned(), c["ts_start"].to_string());
+            let connection = (
+                c["client"].to_string(),
+                server.to_owned(),
+                c["ts_start"].to_string(),
+            );
             assert!(every_port.insert(connection), "recorded twice: {c}");
         }
     }
@@ -254,7 +265,10 @@ fn without_shared_state_each_host_counts_alone_and_the_spread_token_goes_unnotic
     for expected in [
         (fps[0].clone(), "api_calls".to_owned()),
         (fps[1].clone(), "heavy_calls".to_owned()),
-        (format!("client {}", cluster.client_ip), "refused_calls".to_owned()),
+        (
+            format!("client {}", cluster.client_ip),
+            "refused_calls".to_owned(),
+        ),
     ] {
         assert!(rules.contains(&expected), "{expected:?} in {rules:?}");
     }
@@ -268,21 +282,33 @@ fn the_readme_s_acl_user_reaches_its_prefix_and_nothing_else() {
     use monitor_tests::cluster::{REDIS_USER, REDIS_USER_PASSWORD, REDIS_USER_RULES};
     use monitor_tests::redis::{RedisOptions, RedisServer};
     // The rules the README gives are the harness's, word for word.
-    let readme = std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
     let rules: Vec<&str> = REDIS_USER_RULES.split_whitespace().skip(1).collect();
     assert!(
-        readme.contains(&format!("user {REDIS_USER} on #<sha256 of the password> {}", rules.join(" "))),
+        readme.contains(&format!(
+            "user {REDIS_USER} on #<sha256 of the password> {}",
+            rules.join(" ")
+        )),
         "README's ACL line differs from {REDIS_USER_RULES}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let redis = RedisServer::start(RedisOptions {
         netns: None,
         bind: "127.0.0.1".into(),
         port,
         dir: dir.path().join("redis"),
         password: Some("admin-password-for-the-test".into()),
-        users: vec![(REDIS_USER.into(), REDIS_USER_PASSWORD.into(), REDIS_USER_RULES.into())],
+        users: vec![(
+            REDIS_USER.into(),
+            REDIS_USER_PASSWORD.into(),
+            REDIS_USER_RULES.into(),
+        )],
     })
     .unwrap();
     let as_user = |args: &[&str]| {
@@ -296,25 +322,47 @@ fn the_readme_s_acl_user_reaches_its_prefix_and_nothing_else() {
     // Under the prefix: streams, hashes, keys with expiry, scripts, publishing.
     assert!(as_user(&["XADD", "redcap-monitor:calls", "*", "b", "x"]).contains('-'));
     assert_eq!(as_user(&["XLEN", "redcap-monitor:calls"]), "1");
-    assert_eq!(as_user(&["HSET", "redcap-monitor:suspensions", "fp", "{}"]), "1");
-    assert_eq!(as_user(&["SET", "redcap-monitor:host:web1", "1", "PX", "5000"]), "OK");
     assert_eq!(
-        as_user(&["EVAL", "return redis.call('XLEN', KEYS[1])", "1", "redcap-monitor:calls"]),
+        as_user(&["HSET", "redcap-monitor:suspensions", "fp", "{}"]),
         "1"
     );
-    assert_eq!(as_user(&["PUBLISH", "redcap-monitor:suspensions", "x"]), "0");
+    assert_eq!(
+        as_user(&["SET", "redcap-monitor:host:web1", "1", "PX", "5000"]),
+        "OK"
+    );
+    assert_eq!(
+        as_user(&[
+            "EVAL",
+            "return redis.call('XLEN', KEYS[1])",
+            "1",
+            "redcap-monitor:calls"
+        ]),
+        "1"
+    );
+    assert_eq!(
+        as_user(&["PUBLISH", "redcap-monitor:suspensions", "x"]),
+        "0"
+    );
     // Elsewhere, or dangerous: refused.
     for args in [
         &["SET", "other:key", "1"][..],
         &["GET", "other:key"],
         &["PUBLISH", "other", "x"],
-        &["EVAL", "return redis.call('SET', KEYS[1], 1)", "1", "other:key"],
+        &[
+            "EVAL",
+            "return redis.call('SET', KEYS[1], 1)",
+            "1",
+            "other:key",
+        ],
         &["FLUSHALL"],
         &["KEYS", "*"],
         &["CONFIG", "GET", "*"],
     ] {
         let said = as_user(args);
-        assert!(said.contains("NOPERM") || said.contains("No permissions"), "{args:?}: {said}");
+        assert!(
+            said.contains("NOPERM") || said.contains("No permissions"),
+            "{args:?}: {said}"
+        );
     }
     assert_eq!(redis.cli(&["EXISTS", "other:key"]).unwrap().trim(), "0");
 }
@@ -336,10 +384,15 @@ fn shared_cluster(dir: &Path, subnet: u8) -> Cluster {
     // Every host hears the other two before the traffic starts.
     for host in &cluster.hosts {
         assert!(
-            wait_until(WAIT, || metric(host, "redcap_monitor_shared_peers") == Some(2.0)),
+            wait_until(WAIT, || metric(host, "redcap_monitor_shared_peers")
+                == Some(2.0)),
             "{} does not see its two peers:\n{}\n{}",
             host.name,
-            host.metrics().lines().filter(|l| l.contains("shared")).collect::<Vec<_>>().join("\n"),
+            host.metrics()
+                .lines()
+                .filter(|l| l.contains("shared"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             host.daemon().log()
         );
     }
@@ -348,7 +401,8 @@ fn shared_cluster(dir: &Path, subnet: u8) -> Cluster {
 
 /// The `redcap_monitor_shared_*` metrics the shipped Grafana dashboard queries.
 fn dashboard_shared_metrics() -> BTreeSet<String> {
-    let path = monitor_tests::workspace_root().join("config/grafana/dashboards/redcap-monitor.json");
+    let path =
+        monitor_tests::workspace_root().join("config/grafana/dashboards/redcap-monitor.json");
     let text = std::fs::read_to_string(path).unwrap();
     let mut names = BTreeSet::new();
     let mut rest = text.as_str();
@@ -410,7 +464,10 @@ fn spread_over_a_shared_cluster(dir: &Path, subnet: u8) -> (Cluster, Vec<Value>)
     let merged = cluster.merged_capture().unwrap();
     assert_each_host_recorded_what_it_served(&cluster, &calls);
     let (merged_calls, merged_violations, merged_decisions) = analyze_merged(&cluster, &merged);
-    assert_eq!(merged_calls.len(), calls.iter().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        merged_calls.len(),
+        calls.iter().map(Vec::len).sum::<usize>()
+    );
 
     // Violations: the same (who, rule, count), at the same moments.
     let live = sorted_by_time(union(&cluster, |h| h.violations_path()), "ts");
@@ -433,8 +490,10 @@ fn spread_over_a_shared_cluster(dir: &Path, subnet: u8) -> (Cluster, Vec<Value>)
         (0, &prober, "refused_calls", 4),
     ];
     for (i, host) in cluster.hosts.iter().enumerate() {
-        let mut mine: Vec<(String, String, u64)> =
-            records(&host.violations_path()).iter().map(violation_key).collect();
+        let mut mine: Vec<(String, String, u64)> = records(&host.violations_path())
+            .iter()
+            .map(violation_key)
+            .collect();
         let mut want: Vec<(String, String, u64)> = expected
             .iter()
             .filter(|e| e.0 == i)
@@ -458,7 +517,10 @@ fn the_cluster_s_violations_are_those_of_one_host_seeing_all_the_traffic() {
     let held = cluster.redis.dump_text().unwrap();
     assert!(held.contains("redcap-monitor:"), "{held}");
     for token in tokens() {
-        assert!(!held.to_uppercase().contains(&token), "a raw token in Redis");
+        assert!(
+            !held.to_uppercase().contains(&token),
+            "a raw token in Redis"
+        );
     }
 }
 
@@ -486,7 +548,9 @@ fn the_cluster_decides_and_suspends_once_as_one_host_seeing_all_the_traffic() {
     for host in &cluster.hosts {
         let suspended = monitor_tests::daemon::admin_json(&host.store_path(), &["suspensions"]);
         assert!(
-            suspended.iter().any(|s| s["token_fp"] == spread_fp.as_str()),
+            suspended
+                .iter()
+                .any(|s| s["token_fp"] == spread_fp.as_str()),
             "{}: {suspended:?}",
             host.name
         );
@@ -525,7 +589,8 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     cluster.redis.stop().unwrap();
     for host in &cluster.hosts {
         assert!(
-            wait_until(WAIT, || metric(host, "redcap_monitor_shared_state_up") == Some(0.0)),
+            wait_until(WAIT, || metric(host, "redcap_monitor_shared_state_up")
+                == Some(0.0)),
             "{}: {}",
             host.name,
             host.metrics()
@@ -534,8 +599,12 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     // Two calls on web1 and one on web2 of PYCAP while Redis is away: no host alone is over.
     calls_on(&cluster, 0, PYCAP, 2);
     calls_on(&cluster, 1, PYCAP, 1);
-    assert!(wait_until(WAIT, || records(&cluster.hosts[0].calls_path()).len() == 2));
-    assert!(wait_until(WAIT, || records(&cluster.hosts[1].calls_path()).len() == 1));
+    assert!(wait_until(WAIT, || records(&cluster.hosts[0].calls_path())
+        .len()
+        == 2));
+    assert!(wait_until(WAIT, || records(&cluster.hosts[1].calls_path())
+        .len()
+        == 1));
     for host in &cluster.hosts {
         assert!(
             wait_until(WAIT, || host
@@ -546,14 +615,20 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
             host.name
         );
         assert!(
-            wait_until(WAIT, || metric(host, "redcap_monitor_shared_buffered_calls").is_some()),
+            wait_until(WAIT, || metric(
+                host,
+                "redcap_monitor_shared_buffered_calls"
+            )
+            .is_some()),
             "{}",
             host.name
         );
     }
     assert!(
-        wait_until(WAIT, || metric(&cluster.hosts[0], "redcap_monitor_shared_buffered_calls")
-            >= Some(2.0)),
+        wait_until(WAIT, || metric(
+            &cluster.hosts[0],
+            "redcap_monitor_shared_buffered_calls"
+        ) >= Some(2.0)),
         "{}",
         cluster.hosts[0].metrics()
     );
@@ -562,7 +637,8 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     cluster.redis.start_again().unwrap();
     for host in &cluster.hosts {
         assert!(
-            wait_until(WAIT, || metric(host, "redcap_monitor_shared_state_up") == Some(1.0)),
+            wait_until(WAIT, || metric(host, "redcap_monitor_shared_state_up")
+                == Some(1.0)),
             "{}",
             host.name
         );
@@ -595,7 +671,8 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     assert!(
         wait_until(WAIT, || records(&cluster.hosts[2].violations_path())
             .iter()
-            .any(|v| v["token_fp"] == fps[1].as_str() && v["rule"] == "api_calls"
+            .any(|v| v["token_fp"] == fps[1].as_str()
+                && v["rule"] == "api_calls"
                 && v["count"] == 4)),
         "web3 did not count the calls buffered during the outage: {:?}\n{}",
         records(&cluster.hosts[2].violations_path()),
@@ -608,7 +685,8 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     for i in [0, 2] {
         let host = &cluster.hosts[i];
         assert!(
-            wait_until(WAIT, || metric(host, "redcap_monitor_shared_peers") == Some(1.0)),
+            wait_until(WAIT, || metric(host, "redcap_monitor_shared_peers")
+                == Some(1.0)),
             "{}",
             host.name
         );
@@ -629,7 +707,10 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     let key = cluster.key.clone();
     cluster.hosts[1].start_daemon(&key).unwrap();
     assert!(
-        wait_until(WAIT, || metric(&cluster.hosts[1], "redcap_monitor_shared_peers") == Some(2.0)),
+        wait_until(WAIT, || metric(
+            &cluster.hosts[1],
+            "redcap_monitor_shared_peers"
+        ) == Some(2.0)),
         "{}",
         cluster.hosts[1].metrics()
     );
@@ -647,7 +728,10 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     // Nothing decided before the crash is decided again (PYCAP's violation was web3's).
     let web2 = records(&cluster.hosts[1].violations_path());
     assert_eq!(web2.len(), web2_violations_before + 1, "{web2:?}");
-    assert!(web2.iter().all(|v| v["token_fp"] != fps[1].as_str()), "{web2:?}");
+    assert!(
+        web2.iter().all(|v| v["token_fp"] != fps[1].as_str()),
+        "{web2:?}"
+    );
 
     // Every call is in the stream once: as many entries as calls served in the cluster.
     let served: usize = cluster.hosts.iter().map(|h| h.served().len()).sum();
@@ -656,7 +740,11 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
         .iter()
         .filter_map(|h| metric(h, "redcap_monitor_shared_calls_published_total"))
         .sum();
-    assert_eq!(stream_calls(&cluster), served as u64, "calls in the stream vs calls served");
+    assert_eq!(
+        stream_calls(&cluster),
+        served as u64,
+        "calls in the stream vs calls served"
+    );
     // web2's first instance published its one call before the crash; the new one its two.
     assert!(published <= served as f64);
 }
@@ -671,9 +759,15 @@ fn stream_calls(cluster: &Cluster) -> u64 {
         .collect();
     assert_eq!(streams.len(), 1, "{keys:?}");
     // redis-cli prints each element on its own line: id, field, value, field, value...
-    let text = cluster.redis.cli(&["XRANGE", streams[0], "-", "+"]).unwrap();
+    let text = cluster
+        .redis
+        .cli(&["XRANGE", streams[0], "-", "+"])
+        .unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    lines.windows(2).filter(|w| w[0] == "k" && w[1] == "c").count() as u64
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "k" && w[1] == "c")
+        .count() as u64
 }
 
 /// What REDCap's External Module decides for `token` on `host`: `SuspensionList::lookup` on the
@@ -706,7 +800,11 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
     let cluster = shared_cluster(dir.path(), 144);
     let fp = fingerprints(&cluster.key, &[PYCAP]).unwrap().remove(0);
     for host in &cluster.hosts {
-        assert!(wait_until(WAIT, || module_state(host, PYCAP) == "clear"), "{}", host.name);
+        assert!(
+            wait_until(WAIT, || module_state(host, PYCAP) == "clear"),
+            "{}",
+            host.name
+        );
         // `status` and `top` (asking the host's daemon) show the cluster: Redis up, both peers.
         for args in [&["status"][..], &["top", "--once"]] {
             let mut text = String::new();
@@ -721,7 +819,10 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
                 .output()
                 .unwrap();
                 text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let line = text.lines().find(|l| l.starts_with("cluster:")).unwrap_or("");
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("cluster:"))
+                    .unwrap_or("");
                 line.starts_with(&format!("cluster: host {}, Redis up", host.name))
                     && cluster
                         .hosts
@@ -732,7 +833,8 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
             assert!(shown, "{} {args:?}:\n{text}", host.name);
         }
     }
-    let body = format!("{{\"token_fp\":\"{fp}\",\"for\":\"1h\",\"reason\":\"asked by the data office\"}}");
+    let body =
+        format!("{{\"token_fp\":\"{fp}\",\"for\":\"1h\",\"reason\":\"asked by the data office\"}}");
     let (status, answer) = cluster.hosts[0].admin_api("POST", "/api/v1/suspend", Some(&body));
     assert_eq!(status, 200, "{answer}");
     for host in &cluster.hosts {
@@ -742,8 +844,21 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
             host.name,
             module_state(host, PYCAP),
             host.admin_api("GET", "/api/v1/suspensions", None),
-            cluster.redis.dump_text().unwrap_or_default().lines().filter(|l| !l.contains("\"k\"")).take(40).collect::<Vec<_>>().join("\n"),
-            host.daemon().log().lines().filter(|l| l.contains("uspen") || l.contains("shared")).collect::<Vec<_>>().join("\n")
+            cluster
+                .redis
+                .dump_text()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.contains("\"k\""))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            host.daemon()
+                .log()
+                .lines()
+                .filter(|l| l.contains("uspen") || l.contains("shared"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         // The admin API's view is refreshed every second.
         let mut list = String::new();
@@ -764,7 +879,10 @@ fn a_manual_suspension_on_one_host_is_refused_by_every_host_s_module() {
     std::thread::sleep(Duration::from_secs(2));
     for host in &cluster.hosts[1..] {
         assert!(
-            !host.alert_events().iter().any(|e| e["event"] == "suspended"),
+            !host
+                .alert_events()
+                .iter()
+                .any(|e| e["event"] == "suspended"),
             "{} alerted a suspension it did not make",
             host.name
         );

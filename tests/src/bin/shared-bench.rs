@@ -156,9 +156,12 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
     // Host B: reads A's calls into its cluster stage and its policy's windows.
     let reader = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let mut shared =
-                SharedState::start(&config(&url_b, "b", prefix, Span::from_millis(250)), 2, Retention(RETENTION))
-                    .expect("edge");
+            let mut shared = SharedState::start(
+                &config(&url_b, "b", prefix, Span::from_millis(250)),
+                2,
+                Retention(RETENTION),
+            )
+            .expect("edge");
             connected(&mut shared).await;
             let mut cluster = Cluster::new(
                 ClusterConfig {
@@ -187,9 +190,12 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
     ready_rx.recv().unwrap();
     // Host A: serves the calls (its own policy, its outbox) and publishes them.
     let publish = runtime().block_on(async {
-        let mut shared =
-            SharedState::start(&config(url, "a", prefix, Span::from_millis(250)), 1, Retention(RETENTION))
-                .expect("edge");
+        let mut shared = SharedState::start(
+            &config(url, "a", prefix, Span::from_millis(250)),
+            1,
+            Retention(RETENTION),
+        )
+        .expect("edge");
         connected(&mut shared).await;
         let mut outbox = Outbox::new("a".into(), 1);
         let mut policy = Policy::new(&PolicyConfig::default());
@@ -198,7 +204,12 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
         let t0 = now();
         for n in 0..CALLS {
             let start = t0.plus(Span(n as u64 * 1_000));
-            let c = call(fps[n % TOKENS], start, start.plus(Span::from_millis(30)), (n % 60_000) as u16);
+            let c = call(
+                fps[n % TOKENS],
+                start,
+                start.plus(Span::from_millis(30)),
+                (n % 60_000) as u16,
+            );
             outbox.push(&c);
             policy.push(c);
             while policy.poll(start, None).is_some() {}
@@ -233,9 +244,12 @@ fn decision_delays(url: &str, heartbeat: Span, prefix: &'static str) -> Vec<f64>
     // Host B: idle, publishing its watermark every heartbeat, reading A's calls.
     let idle = std::thread::spawn(move || {
         runtime().block_on(async move {
-            let mut shared =
-                SharedState::start(&config(&url_b, "b", prefix, heartbeat), 2, Retention(RETENTION))
-                    .expect("edge");
+            let mut shared = SharedState::start(
+                &config(&url_b, "b", prefix, heartbeat),
+                2,
+                Retention(RETENTION),
+            )
+            .expect("edge");
             connected(&mut shared).await;
             let mut outbox = Outbox::new("b".into(), 2);
             ready_tx.send(()).unwrap();
@@ -250,9 +264,12 @@ fn decision_delays(url: &str, heartbeat: Span, prefix: &'static str) -> Vec<f64>
     });
     ready_rx.recv().unwrap();
     let delays = runtime().block_on(async {
-        let mut shared =
-            SharedState::start(&config(url, "a", prefix, heartbeat), 1, Retention(RETENTION))
-                .expect("edge");
+        let mut shared = SharedState::start(
+            &config(url, "a", prefix, heartbeat),
+            1,
+            Retention(RETENTION),
+        )
+        .expect("edge");
         connected(&mut shared).await;
         let mut cluster = Cluster::new(
             ClusterConfig {
@@ -299,7 +316,10 @@ fn decision_delays(url: &str, heartbeat: Span, prefix: &'static str) -> Vec<f64>
                 }
             };
             if n >= 3 {
-                assert!(!judged.violations.is_empty(), "the bench's call broke no rule");
+                assert!(
+                    !judged.violations.is_empty(),
+                    "the bench's call broke no rule"
+                );
                 delays.push(served.elapsed().as_secs_f64() * 1000.0);
             }
         }
@@ -371,7 +391,10 @@ fn main() {
             redis.cli(&["FLUSHALL"]).expect("FLUSHALL");
             throughput(&redis, &url)
         })
-        .max_by(|a, b| a.end_to_end_calls_per_s.total_cmp(&b.end_to_end_calls_per_s))
+        .max_by(|a, b| {
+            a.end_to_end_calls_per_s
+                .total_cmp(&b.end_to_end_calls_per_s)
+        })
         .expect("three runs");
     eprintln!("shared-bench: decision delay, {SAMPLES} violating calls, heartbeat 250 ms and 5 ms");
     let mut slow = decision_delays(&url, Span::from_millis(250), "bench-delay-250:");

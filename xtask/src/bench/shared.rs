@@ -15,9 +15,7 @@ const GOAL_DELAY_P99_MS: f64 = 5.0;
 
 pub(super) fn run() -> Result<()> {
     let program = build_bench_binary("shared-bench")?;
-    println!(
-        "shared: two hosts through a local redis-server (each on its own thread), best of 3"
-    );
+    println!("shared: two hosts through a local redis-server (each on its own thread), best of 3");
     let mut command = std::process::Command::new(&program);
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let json = json_report(&mut command)?;
