@@ -661,13 +661,7 @@ fn start_shared(
     // A clash only makes two instances' numbering one (the readers' dedup skips some calls).
     let _ = getrandom::fill(&mut bytes);
     let instance = u64::from_le_bytes(bytes);
-    let longest = config
-        .policy
-        .rules
-        .iter()
-        .map(|r| r.window.span())
-        .max()
-        .unwrap_or_default();
+    let longest = crate::stages::policy::longest_window(&config.policy);
     let retention = Retention(crate::shared::model::Span(
         longest.0 + config.policy.reorder_window.span().0,
     ));

@@ -554,7 +554,7 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
@@ -562,7 +562,7 @@ mod tests {
     use crate::shared::model::Endpoint;
     use crate::shared::token::TokenProblem;
 
-    const CLIENT: Endpoint = Endpoint {
+    pub(crate) const CLIENT: Endpoint = Endpoint {
         ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
         port: 40000,
     };
@@ -575,7 +575,7 @@ mod tests {
         segment_from(CLIENT, ts_ms, to_server, seq, payload)
     }
 
-    fn segment_from(
+    pub(crate) fn segment_from(
         client: Endpoint,
         ts_ms: u64,
         to_server: bool,
@@ -772,7 +772,7 @@ mod tests {
     }
 
     /// A request by token `token` (0..10) for `content`.
-    fn request_by(token: usize, content: &str) -> String {
+    pub(crate) fn request_by(token: usize, content: &str) -> String {
         let body = format!(
             "token={}{token:01X}&content={content}",
             "0123456789ABCDEF0123456789ABCDE"
@@ -785,7 +785,7 @@ mod tests {
     }
 
     /// Every violation in `verdicts`, in a stable order.
-    fn violations(verdicts: &[Verdict]) -> Vec<(Timestamp, String, String, u32)> {
+    pub(crate) fn violations(verdicts: &[Verdict]) -> Vec<(Timestamp, String, String, u32)> {
         let mut all: Vec<_> = verdicts
             .iter()
             .flat_map(|v| &v.violations)

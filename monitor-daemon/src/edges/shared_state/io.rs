@@ -223,6 +223,8 @@ pub(super) async fn run(
     let announce = Script::new(SUSPENSION);
     let mut conn: Option<ConnectionManager> = None;
     let mut reader: Option<tokio::task::JoinHandle<()>> = None;
+    // Where the reader is in the stream, kept across its restarts.
+    let cursor: Arc<Mutex<Option<String>>> = Arc::default();
     let mut first = true;
     let mut up = false;
     let mut next_attempt = tokio::time::Instant::now();
@@ -284,14 +286,18 @@ pub(super) async fn run(
                             s.up = true;
                         }
                         let was_first = std::mem::replace(&mut first, false);
-                        if reader.as_ref().is_none_or(|r| r.is_finished()) {
-                            reader = Some(tokio::spawn(read(
-                                connector_client(&mut connector).await,
-                                clone_settings(&settings),
-                                tx.clone(),
-                                stats.clone(),
-                            )));
+                        // A new reader on the server that answers now (after a Sentinel
+                        // failover, the new master), from where the last one stopped.
+                        if let Some(old) = reader.take() {
+                            old.abort();
                         }
+                        reader = Some(tokio::spawn(read(
+                            connector_client(&mut connector).await,
+                            clone_settings(&settings),
+                            tx.clone(),
+                            stats.clone(),
+                            cursor.clone(),
+                        )));
                         let _ = tx.send(FromRedis::Up { first: was_first }).await;
                     }
                 }
@@ -513,11 +519,17 @@ async fn read(
     settings: Settings,
     tx: mpsc::Sender<FromRedis>,
     stats: Arc<Mutex<SharedStats>>,
+    cursor: Arc<Mutex<Option<String>>>,
 ) {
     let Some(client) = client else {
         return;
     };
-    let mut last_id: Option<String> = None;
+    let mut last_id: Option<String> = cursor.lock().ok().and_then(|c| c.clone());
+    let remember = |id: &str| {
+        if let Ok(mut c) = cursor.lock() {
+            *c = Some(id.to_owned());
+        }
+    };
     loop {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.timeout))
@@ -547,17 +559,20 @@ async fn read(
                 let Ok(range) = range else { break };
                 let n = range.ids.len();
                 for entry in range.ids {
-                    start = format!("({}", entry.id);
-                    last_id = Some(entry.id.clone());
+                    let id = entry.id.clone();
                     if !deliver(entry, &settings, &tx, &stats).await {
                         return;
                     }
+                    start = format!("({id}");
+                    remember(&id);
+                    last_id = Some(id);
                 }
                 if n < READ_COUNT {
                     break;
                 }
             }
             if last_id.is_none() {
+                remember("0-0");
                 last_id = Some("0-0".into());
             }
         }
@@ -575,10 +590,12 @@ async fn read(
             };
             for key in reply.map(|r| r.keys).unwrap_or_default() {
                 for entry in key.ids {
-                    last_id = Some(entry.id.clone());
+                    let id = entry.id.clone();
                     if !deliver(entry, &settings, &tx, &stats).await {
                         return;
                     }
+                    remember(&id);
+                    last_id = Some(id);
                 }
             }
         }

@@ -595,3 +595,144 @@ fn the_section_s_problems_name_their_keys() {
     .to_string();
     assert!(err.contains("bogus"), "{err}");
 }
+
+#[test]
+fn two_pipelines_sharing_through_redis_find_the_violations_of_one_pipeline_seeing_all() {
+    use crate::commands::config::Config;
+    use crate::shared::model::Endpoint;
+    use crate::shared::token::SiteKey;
+    use crate::stages::cluster::ClusterConfig;
+    use crate::stages::pipeline::Pipeline;
+    use crate::stages::pipeline::tests::{CLIENT, request_by, segment_from, violations};
+    use crate::stages::policy::Verdict;
+
+    let redis = RedisServer::start(&[]);
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+    // 14 calls of two tokens over 70 s, answered 5 ms later, served by hosts in no pattern.
+    let calls: Vec<(u64, usize, usize)> = (0..14u64)
+        .map(|i| (i * 5_000, (i % 3 == 0) as usize, ((i * 7) % 3 % 2) as usize))
+        .collect();
+    let mut packets = Vec::new();
+    for (i, &(t, _, host)) in calls.iter().enumerate() {
+        packets.push((t, host, i, true));
+        packets.push((t + 5, host, i, false));
+    }
+    packets.sort();
+    let segment = |&(t, _, i, is_request): &(u64, usize, usize, bool)| {
+        let (_, token, _) = calls[i];
+        let client = Endpoint {
+            port: 42000 + i as u16,
+            ..CLIENT
+        };
+        let request = request_by(token, "version");
+        let bytes: Vec<u8> = if is_request {
+            request.into_bytes()
+        } else {
+            response.to_vec()
+        };
+        (t, client, is_request, bytes)
+    };
+    let key = SiteKey::from_bytes([9; 32]);
+    let config = Config::default();
+    let mut alone = Pipeline::new(config.pipeline(), key.clone());
+    let mut all = Vec::new();
+    for packet in &packets {
+        let (t, client, is_request, bytes) = segment(packet);
+        let (seq, to_server) = if is_request {
+            (1000, true)
+        } else {
+            (5000, false)
+        };
+        alone.push_segment(&segment_from(client, t, to_server, seq, &bytes), &mut |v| {
+            all.push(v)
+        });
+    }
+    alone.finish(&mut |v| all.push(v));
+    let expected = violations(&all);
+    assert!(expected.len() >= 5, "{expected:?}");
+
+    let base = Timestamp(1_700_000_000_000_000_000);
+    runtime().block_on(async {
+        let shared_config = config(&redis.url());
+        let mut hosts: Vec<(Pipeline, SharedState)> = (0..2)
+            .map(|i| {
+                let name = format!("web{i}");
+                let mut pipeline = Pipeline::new(config.pipeline(), key.clone());
+                pipeline.share_with_peers(ClusterConfig {
+                    host: name.clone(),
+                    instance: 1,
+                    peer_timeout: Span::from_secs(5),
+                });
+                (pipeline, start(&shared_config, &name))
+            })
+            .collect();
+        for (_, state) in &mut hosts {
+            collect(state, up).await;
+        }
+        let mut served: [Vec<Verdict>; 2] = [Vec::new(), Vec::new()];
+        // Both hosts publish at `now`, then each takes what the other published up to then.
+        async fn exchange(
+            hosts: &mut [(Pipeline, SharedState)],
+            served: &mut [Vec<Verdict>; 2],
+            now: Timestamp,
+        ) {
+            for (pipeline, state) in hosts.iter_mut() {
+                let batch = pipeline.take_batch().unwrap();
+                state.publish(batch);
+            }
+            for (i, (pipeline, state)) in hosts.iter_mut().enumerate() {
+                let other = format!("web{}", 1 - i);
+                let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
+                loop {
+                    let message = tokio::time::timeout_at(deadline, state.recv())
+                        .await
+                        .expect("the other host's heartbeat");
+                    let FromRedis::Batch(batch) = message else {
+                        continue;
+                    };
+                    let done =
+                        batch.host == other && batch.calls.is_empty() && batch.sent_at >= now;
+                    pipeline.receive_from_peer(batch, now, &mut |v| served[i].push(v));
+                    if done {
+                        break;
+                    }
+                }
+            }
+        }
+        for packet in &packets {
+            let (t, client, is_request, bytes) = segment(packet);
+            let (seq, to_server) = if is_request {
+                (1000, true)
+            } else {
+                (5000, false)
+            };
+            let now = base.plus(Span::from_millis(t));
+            let host = packet.1;
+            let (pipeline, _) = &mut hosts[host];
+            pipeline.push_segment(&segment_from(client, t, to_server, seq, &bytes), &mut |v| {
+                served[host].push(v)
+            });
+            hosts[1 - host]
+                .0
+                .tick(now, &mut |v| served[1 - host].push(v));
+            exchange(&mut hosts, &mut served, now).await;
+        }
+        let end = base.plus(Span::from_secs(200));
+        for (i, (pipeline, _)) in hosts.iter_mut().enumerate() {
+            pipeline.tick(end, &mut |v| served[i].push(v));
+        }
+        exchange(&mut hosts, &mut served, end).await;
+        for (i, (pipeline, _)) in hosts.iter_mut().enumerate() {
+            pipeline.finish(&mut |v| served[i].push(v));
+            assert_eq!(pipeline.stats().policy.late_peer_calls, 0);
+        }
+        let mut both = served[0].clone();
+        both.extend(served[1].iter().cloned());
+        assert_eq!(
+            both.len(),
+            calls.len(),
+            "one verdict per call, where it was served"
+        );
+        assert_eq!(violations(&both), expected);
+    });
+}

@@ -285,7 +285,8 @@ fn overrides(config: &PolicyConfig) -> FingerprintMap<Override> {
         .collect()
 }
 
-fn longest_window(config: &PolicyConfig) -> Span {
+/// The longest rule window: how far back a call can still count.
+pub fn longest_window(config: &PolicyConfig) -> Span {
     config
         .rules
         .iter()
