@@ -554,45 +554,19 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+pub(crate) mod sample;
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
 
+    use super::sample::{CLIENT, SERVER, request_by, segment_from, violations};
     use super::*;
     use crate::commands::config::Config;
     use crate::shared::model::Endpoint;
     use crate::shared::token::TokenProblem;
 
-    pub(crate) const CLIENT: Endpoint = Endpoint {
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-        port: 40000,
-    };
-    const SERVER: Endpoint = Endpoint {
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        port: 80,
-    };
-
     fn segment(ts_ms: u64, to_server: bool, seq: u32, payload: &[u8]) -> TcpSegment<'_> {
         segment_from(CLIENT, ts_ms, to_server, seq, payload)
-    }
-
-    pub(crate) fn segment_from(
-        client: Endpoint,
-        ts_ms: u64,
-        to_server: bool,
-        seq: u32,
-        payload: &[u8],
-    ) -> TcpSegment<'_> {
-        let (src, dst) = if to_server {
-            (client, SERVER)
-        } else {
-            (SERVER, client)
-        };
-        TcpSegment::sample(
-            Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
-            (src, dst),
-            seq,
-            payload,
-        )
     }
 
     fn request() -> String {
@@ -769,30 +743,6 @@ pub(crate) mod tests {
             2,
             "the hanging request is reported at the end too"
         );
-    }
-
-    /// A request by token `token` (0..10) for `content`.
-    pub(crate) fn request_by(token: usize, content: &str) -> String {
-        let body = format!(
-            "token={}{token:01X}&content={content}",
-            "0123456789ABCDEF0123456789ABCDE"
-        );
-        format!(
-            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    /// Every violation in `verdicts`, in a stable order.
-    pub(crate) fn violations(verdicts: &[Verdict]) -> Vec<(Timestamp, String, String, u32)> {
-        let mut all: Vec<_> = verdicts
-            .iter()
-            .flat_map(|v| &v.violations)
-            .map(|v| (v.ts, v.token.to_string(), v.rule.clone(), v.count))
-            .collect();
-        all.sort();
-        all
     }
 
     #[test]
