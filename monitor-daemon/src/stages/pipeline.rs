@@ -404,9 +404,11 @@ impl Pipeline {
         reassembler.finish(*clock, &mut |event| http.on_event(&event, exchanges));
         self.release(out);
         while let Some(verdict) = self.policy.drain() {
+            self.note_peer_offences();
             let verdict = self.enforce(verdict);
             out(verdict);
         }
+        self.note_peer_offences();
     }
 
     pub fn stats(&self) -> PipelineStats<'_> {
@@ -523,7 +525,16 @@ impl Pipeline {
             (a, b) => a.or(b),
         };
         while let Some(verdict) = self.policy.poll(self.clock, open_since) {
+            self.note_peer_offences();
             out(self.enforce(verdict));
+        }
+        self.note_peer_offences();
+    }
+
+    /// Peers' calls judged in the shared windows escalate here as they would on one host.
+    fn note_peer_offences(&mut self) {
+        for (token, at) in self.policy.take_peer_offences() {
+            self.enforcer.note_offence(token, at);
         }
     }
 
@@ -554,45 +565,19 @@ impl Pipeline {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+pub(crate) mod sample;
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
 
+    use super::sample::{CLIENT, SERVER, request_by, segment_from, violations};
     use super::*;
     use crate::commands::config::Config;
     use crate::shared::model::Endpoint;
     use crate::shared::token::TokenProblem;
 
-    pub(crate) const CLIENT: Endpoint = Endpoint {
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-        port: 40000,
-    };
-    const SERVER: Endpoint = Endpoint {
-        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        port: 80,
-    };
-
     fn segment(ts_ms: u64, to_server: bool, seq: u32, payload: &[u8]) -> TcpSegment<'_> {
         segment_from(CLIENT, ts_ms, to_server, seq, payload)
-    }
-
-    pub(crate) fn segment_from(
-        client: Endpoint,
-        ts_ms: u64,
-        to_server: bool,
-        seq: u32,
-        payload: &[u8],
-    ) -> TcpSegment<'_> {
-        let (src, dst) = if to_server {
-            (client, SERVER)
-        } else {
-            (SERVER, client)
-        };
-        TcpSegment::sample(
-            Timestamp(1_700_000_000_000_000_000 + ts_ms * 1_000_000),
-            (src, dst),
-            seq,
-            payload,
-        )
     }
 
     fn request() -> String {
@@ -771,30 +756,6 @@ pub(crate) mod tests {
         );
     }
 
-    /// A request by token `token` (0..10) for `content`.
-    pub(crate) fn request_by(token: usize, content: &str) -> String {
-        let body = format!(
-            "token={}{token:01X}&content={content}",
-            "0123456789ABCDEF0123456789ABCDE"
-        );
-        format!(
-            "POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    /// Every violation in `verdicts`, in a stable order.
-    pub(crate) fn violations(verdicts: &[Verdict]) -> Vec<(Timestamp, String, String, u32)> {
-        let mut all: Vec<_> = verdicts
-            .iter()
-            .flat_map(|v| &v.violations)
-            .map(|v| (v.ts, v.token.to_string(), v.rule.clone(), v.count))
-            .collect();
-        all.sort();
-        all
-    }
-
     #[test]
     fn two_hosts_sharing_their_calls_find_exactly_the_violations_of_one_host_seeing_all() {
         use crate::stages::cluster::ClusterConfig;
@@ -832,7 +793,10 @@ pub(crate) mod tests {
             (t, client, is_request, request_by(token, content))
         };
         let key = SiteKey::from_bytes([9; 32]);
-        let config = Config::default();
+        // Suspending on violations alone: each host's health is its own (half the load each
+        // here), the warning ladder and the suspensions are the cluster's.
+        let mut config = Config::default();
+        config.enforcement.mode = crate::stages::policy::enforce::EnforcementMode::OnViolation;
 
         let mut alone = Pipeline::new(config.pipeline(), key.clone());
         let mut all = Vec::new();
@@ -871,6 +835,28 @@ pub(crate) mod tests {
                 hosts[to].receive_from_peer(batch, now, &mut |v| served[to].push(v));
             }
         };
+        // What `run` does with a suspension a peer announces (through Redis, within a second):
+        // the other host's enforcer holds the token too.
+        let mut announced = [0usize; 2];
+        let mut announce = |hosts: &mut Vec<Pipeline>, served: &[Vec<Verdict>; 2]| {
+            for from in 0..2 {
+                for v in &served[from][announced[from]..] {
+                    let Some(d) = &v.decision else { continue };
+                    if let crate::stages::policy::enforce::Action::Suspend { duration_s, .. } =
+                        d.action
+                    {
+                        let until = v
+                            .call
+                            .ts_start
+                            .plus(Span::from_millis((duration_s * 1000.0) as u64));
+                        let enforcer = hosts[1 - from].enforcer_mut();
+                        enforcer.restore(d.token_fp, Some(until));
+                        enforcer.note_suspension(d.token_fp, v.call.ts_start);
+                    }
+                }
+                announced[from] = served[from].len();
+            }
+        };
         let base = Timestamp(1_700_000_000_000_000_000);
         for packet in &packets {
             let (t, client, is_request, request) = segment_of(packet);
@@ -884,6 +870,7 @@ pub(crate) mod tests {
             hosts[host].push_segment(&seg, &mut |v| served[host].push(v));
             hosts[1 - host].tick(now, &mut |v| served[1 - host].push(v));
             exchange(&mut hosts, &mut served, now);
+            announce(&mut hosts, &served);
         }
         // Both idle past the last call: every watermark passes every call.
         let end = base.plus(Span::from_millis(t + 10_000));
@@ -891,6 +878,7 @@ pub(crate) mod tests {
             host.tick(end, &mut |v| served[i].push(v));
         }
         exchange(&mut hosts, &mut served, end);
+        announce(&mut hosts, &served);
         for (i, host) in hosts.iter_mut().enumerate() {
             host.finish(&mut |v| served[i].push(v));
         }
@@ -906,6 +894,30 @@ pub(crate) mod tests {
             assert_eq!(verdicts.len(), n);
         }
         assert_eq!(violations(&both), expected);
+        // Peers' offences count here too, so each token climbs the same warning ladder.
+        let decisions = |verdicts: &[Verdict]| {
+            let mut found: Vec<_> = verdicts
+                .iter()
+                .filter_map(|v| {
+                    let d = v.decision.as_ref()?;
+                    Some((
+                        v.call.ts_start,
+                        format!("{:?}", d.action),
+                        d.evidence.offences_remembered,
+                    ))
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let expected_decisions = decisions(&all);
+        assert!(
+            expected_decisions
+                .iter()
+                .any(|d| d.1.starts_with("Suspend")),
+            "tokens offend more than once: {expected_decisions:?}"
+        );
+        assert_eq!(decisions(&both), expected_decisions);
         for host in &hosts {
             let stats = host.stats();
             assert_eq!(stats.policy.late_peer_calls, 0, "no call came too late");

@@ -603,7 +603,7 @@ fn two_pipelines_sharing_through_redis_find_the_violations_of_one_pipeline_seein
     use crate::shared::token::SiteKey;
     use crate::stages::cluster::ClusterConfig;
     use crate::stages::pipeline::Pipeline;
-    use crate::stages::pipeline::tests::{CLIENT, request_by, segment_from, violations};
+    use crate::stages::pipeline::sample::{CLIENT, request_by, segment_from, violations};
     use crate::stages::policy::Verdict;
 
     let redis = RedisServer::start(&[]);
@@ -633,8 +633,8 @@ fn two_pipelines_sharing_through_redis_find_the_violations_of_one_pipeline_seein
         (t, client, is_request, bytes)
     };
     let key = SiteKey::from_bytes([9; 32]);
-    let config = Config::default();
-    let mut alone = Pipeline::new(config.pipeline(), key.clone());
+    let daemon = Config::default();
+    let mut alone = Pipeline::new(daemon.pipeline(), key.clone());
     let mut all = Vec::new();
     for packet in &packets {
         let (t, client, is_request, bytes) = segment(packet);
@@ -657,7 +657,7 @@ fn two_pipelines_sharing_through_redis_find_the_violations_of_one_pipeline_seein
         let mut hosts: Vec<(Pipeline, SharedState)> = (0..2)
             .map(|i| {
                 let name = format!("web{i}");
-                let mut pipeline = Pipeline::new(config.pipeline(), key.clone());
+                let mut pipeline = Pipeline::new(daemon.pipeline(), key.clone());
                 pipeline.share_with_peers(ClusterConfig {
                     host: name.clone(),
                     instance: 1,

@@ -317,6 +317,37 @@ impl Enforcer {
         self.active.len()
     }
 
+    /// Remembers an offence of `token` at `now` for escalation, as [`decide`](Self::decide)
+    /// does, and returns how many earlier ones are remembered; `None` (nothing remembered) while
+    /// the token is suspended.
+    fn remember_offence(&mut self, token: TokenFingerprint, now: Timestamp) -> Option<u32> {
+        let config = &self.config;
+        if !self.records.contains_key(&token) && self.records.len() >= config.max_records.max(1) {
+            self.stats.evicted_records += make_room(&mut self.records, config.max_records, now);
+        }
+        let record = self.records.entry(token).or_default();
+        if record.suspended_until.is_some_and(|until| until > now) {
+            return None;
+        }
+        if let Some(horizon) = now.0.checked_sub(config.memory.span().0) {
+            record.offences.retain(|t| t.0 > horizon);
+            record.suspensions.retain(|t| t.0 > horizon);
+        }
+        let earlier = record.offences.len() as u32;
+        let most = MAX_OFFENCES_REMEMBERED.max(config.warnings_before_suspension as usize + 1);
+        if record.offences.len() >= most {
+            record.offences.remove(0);
+        }
+        record.offences.push(now);
+        Some(earlier)
+    }
+
+    /// Remembers an offence another host saw (its call broke a rule in the shared windows) and
+    /// acted on itself: the next offence here escalates from it, nothing is decided now.
+    pub fn note_offence(&mut self, token: TokenFingerprint, at: Timestamp) {
+        drop(self.remember_offence(token, at));
+    }
+
     /// Applies new settings (a reload) and keeps every token's offences and suspensions: a
     /// suspension in force stays until its end, and escalation continues from the record.
     pub fn reconfigure(&mut self, config: EnforcementConfig) {
@@ -331,29 +362,15 @@ impl Enforcer {
             return None;
         }
         let now = verdict.call.ts_start;
-        let config = &self.config;
-        let memory = config.memory.span();
-        if !self.records.contains_key(&identity.fingerprint)
-            && self.records.len() >= config.max_records.max(1)
-        {
-            self.stats.evicted_records += make_room(&mut self.records, config.max_records, now);
-        }
-        let config = &self.config;
-        let record = self.records.entry(identity.fingerprint).or_default();
-        if record.suspended_until.is_some_and(|until| until > now) {
+        let Some(earlier_offences) = self.remember_offence(identity.fingerprint, now) else {
             self.stats.while_suspended += 1;
             return None;
-        }
-        if let Some(horizon) = now.0.checked_sub(memory.0) {
-            record.offences.retain(|t| t.0 > horizon);
-            record.suspensions.retain(|t| t.0 > horizon);
-        }
-        let earlier_offences = record.offences.len() as u32;
-        let most = MAX_OFFENCES_REMEMBERED.max(config.warnings_before_suspension as usize + 1);
-        if record.offences.len() >= most {
-            record.offences.remove(0);
-        }
-        record.offences.push(now);
+        };
+        let config = &self.config;
+        let record = self
+            .records
+            .get_mut(&identity.fingerprint)
+            .expect("remember_offence keeps the record");
         let offences_remembered = record.offences.len() as u32;
 
         let load_share = health.load_share;

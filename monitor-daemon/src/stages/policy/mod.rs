@@ -242,6 +242,8 @@ pub struct Policy {
     next_forget: Timestamp,
     pending: BinaryHeap<Reverse<Pending>>,
     next_seq: u64,
+    /// Peers' calls that broke a rule, for the enforcer's memory (see `take_peer_offences`).
+    peer_offences: Vec<(TokenFingerprint, Timestamp)>,
     /// Request start of the newest call evaluated so far.
     evaluated_up_to: Timestamp,
     stats: PolicyStats,
@@ -313,6 +315,7 @@ impl Policy {
             pending: BinaryHeap::new(),
             next_seq: 0,
             evaluated_up_to: Timestamp::default(),
+            peer_offences: Vec::new(),
             stats: PolicyStats::default(),
         }
     }
@@ -418,6 +421,14 @@ impl Policy {
         }
     }
 
+    /// Takes the tokens whose peers' calls broke a rule here since the last take, with when the
+    /// calls started: the enforcer remembers them as offences, so that a token spreading its
+    /// calls over hosts climbs the same warning ladder as on one host. Take them after every
+    /// [`poll`](Self::poll), before acting on its verdict: they started earlier.
+    pub fn take_peer_offences(&mut self) -> std::vec::Drain<'_, (TokenFingerprint, Timestamp)> {
+        self.peer_offences.drain(..)
+    }
+
     /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
     pub fn drop_raw_tokens(&mut self) {
         let mut waiting = std::mem::take(&mut self.pending).into_vec();
@@ -488,7 +499,11 @@ impl Policy {
         // what is about memory (evictions), which is this host's whatever the call.
         let own = self.stats.clone();
         let late = pending.call.ts_start < self.evaluated_up_to;
-        drop(self.evaluate(pending.call));
+        let verdict = self.evaluate(pending.call);
+        if let (Ok(identity), false) = (&verdict.call.token, verdict.violations.is_empty()) {
+            self.peer_offences
+                .push((identity.fingerprint, verdict.call.ts_start));
+        }
         let after = std::mem::replace(&mut self.stats, own);
         self.stats.evicted_tokens = after.evicted_tokens;
         self.stats.evicted_refused_clients = after.evicted_refused_clients;
