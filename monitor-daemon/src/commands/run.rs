@@ -413,11 +413,7 @@ impl Edges {
         let Some(shared) = &mut self.shared else {
             return;
         };
-        if shared.due(pipeline.has_batch(), now)
-            && let Some(batch) = pipeline.take_batch()
-        {
-            shared.publish(batch);
-        }
+        // Suspensions first: the batch's watermark lets peers judge the calls after them.
         for change in self.actions.take_suspension_changes() {
             shared.announce(SuspensionNote {
                 token: change.token,
@@ -427,6 +423,11 @@ impl Edges {
                 origin: shared.host().to_owned(),
                 lifted: change.lifted,
             });
+        }
+        if shared.due(pipeline.has_batch(), now)
+            && let Some(batch) = pipeline.take_batch()
+        {
+            shared.publish(batch);
         }
         while let Some(event) = pipeline.poll_peer_event() {
             match event {

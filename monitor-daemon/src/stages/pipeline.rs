@@ -258,12 +258,16 @@ impl Pipeline {
     }
 
     /// This host's calls since the last batch, with its watermark: the start of its oldest
-    /// request still open, or the packets' clock when none is. `None` when nothing is shared.
+    /// request still open or call not yet judged, or the packets' clock when there is none.
+    /// Holding the watermark before undecided calls makes decisions causal across hosts: a
+    /// peer judges a later call of the token only after this host's decision about the earlier
+    /// one (a suspension) is on the stream. `None` when nothing is shared.
     pub fn take_batch(&mut self) -> Option<Batch> {
         let open = self.http.oldest_open_exchange();
+        let undecided = self.policy.oldest_own_waiting();
         let clock = self.clock;
         let sharing = self.sharing.as_mut()?;
-        let watermark = open.map_or(clock, |open| open.min(clock));
+        let watermark = [open, undecided].into_iter().flatten().fold(clock, Timestamp::min);
         Some(sharing.outbox.take_batch(clock, watermark))
     }
 

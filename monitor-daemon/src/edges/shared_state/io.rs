@@ -203,6 +203,8 @@ struct Pending {
     watermark: Timestamp,
     heartbeat_due: bool,
     suspensions: VecDeque<SuspensionNote>,
+    /// The newest watermark Redis took.
+    published_watermark: Timestamp,
 }
 
 pub(super) async fn run(
@@ -218,6 +220,7 @@ pub(super) async fn run(
         watermark: Timestamp::default(),
         heartbeat_due: false,
         suspensions: VecDeque::new(),
+        published_watermark: Timestamp::default(),
     };
     let publish = Script::new(PUBLISH);
     let announce = Script::new(SUSPENSION);
@@ -412,14 +415,60 @@ fn timed_out() -> redis::RedisError {
 }
 
 /// Publishes what waits: calls in chunks (each chunk's heartbeat carries a watermark no later
-/// than the earliest start still waiting), then the heartbeat, then suspensions. What Redis took
-/// leaves the buffer only once it answered.
+/// than the earliest start still waiting), then the heartbeat, then suspensions (with the new
+/// watermark after them when there are any). What Redis took leaves the buffer only once it
+/// answered.
 async fn flush(
     conn: &mut ConnectionManager,
     settings: &Settings,
     pending: &mut Pending,
     publish: &Script,
     announce: &Script,
+    stats: &Mutex<SharedStats>,
+) -> redis::RedisResult<()> {
+    // A suspension decided here goes out before the watermark that lets peers judge the calls
+    // after it (they would decide a second time otherwise): the calls first under the watermark
+    // already published, then the suspensions, then the new watermark.
+    let watermark = pending.watermark;
+    let suspensions_wait = !pending.suspensions.is_empty();
+    if suspensions_wait {
+        pending.watermark = pending.published_watermark.min(watermark);
+    }
+    publish_calls(conn, settings, pending, publish, stats).await?;
+    while let Some(note) = pending.suspensions.front() {
+        let json = serde_json::to_string(note).unwrap_or_default();
+        let _: i64 = announce
+            .key(settings.stream())
+            .key(settings.suspensions())
+            .arg(settings.retention_ms())
+            .arg(&settings.host)
+            .arg(settings.instance.to_string())
+            .arg(pending.sent_at.0.to_string())
+            .arg(&json)
+            .arg(note.token.to_string())
+            .arg(if note.lifted { "1" } else { "0" })
+            .arg(settings.max_stream)
+            .invoke_async(conn)
+            .await?;
+        pending.suspensions.pop_front();
+        if let Ok(mut s) = stats.lock() {
+            s.suspensions_published += 1;
+        }
+    }
+    if suspensions_wait {
+        pending.watermark = pending.watermark.max(watermark);
+        pending.heartbeat_due = true;
+        publish_calls(conn, settings, pending, publish, stats).await?;
+    }
+    Ok(())
+}
+
+/// Publishes the calls waiting, in chunks, and the heartbeat.
+async fn publish_calls(
+    conn: &mut ConnectionManager,
+    settings: &Settings,
+    pending: &mut Pending,
+    publish: &Script,
     stats: &Mutex<SharedStats>,
 ) -> redis::RedisResult<()> {
     while !pending.calls.is_empty() || pending.heartbeat_due {
@@ -447,6 +496,7 @@ async fn flush(
                 .arg(serde_json::to_string(call).unwrap_or_default());
         }
         let (added, skipped, capped): (u64, u64, u64) = invocation.invoke_async(conn).await?;
+        pending.published_watermark = pending.published_watermark.max(watermark);
         pending.calls.drain(..n);
         if n == 0 || pending.calls.is_empty() {
             pending.heartbeat_due = false;
@@ -456,26 +506,6 @@ async fn flush(
             s.calls_republished += skipped;
             s.stream_capped += capped;
             s.buffered_calls = pending.calls.len() as u64;
-        }
-    }
-    while let Some(note) = pending.suspensions.front() {
-        let json = serde_json::to_string(note).unwrap_or_default();
-        let _: i64 = announce
-            .key(settings.stream())
-            .key(settings.suspensions())
-            .arg(settings.retention_ms())
-            .arg(&settings.host)
-            .arg(settings.instance.to_string())
-            .arg(pending.sent_at.0.to_string())
-            .arg(&json)
-            .arg(note.token.to_string())
-            .arg(if note.lifted { "1" } else { "0" })
-            .arg(settings.max_stream)
-            .invoke_async(conn)
-            .await?;
-        pending.suspensions.pop_front();
-        if let Ok(mut s) = stats.lock() {
-            s.suspensions_published += 1;
         }
     }
     Ok(())

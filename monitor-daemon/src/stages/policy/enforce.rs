@@ -345,7 +345,7 @@ impl Enforcer {
     /// Remembers an offence another host saw (its call broke a rule in the shared windows) and
     /// acted on itself: the next offence here escalates from it, nothing is decided now.
     pub fn note_offence(&mut self, token: TokenFingerprint, at: Timestamp) {
-        drop(self.remember_offence(token, at));
+        let _ = self.remember_offence(token, at);
     }
 
     /// Applies new settings (a reload) and keeps every token's offences and suspensions: a

@@ -421,6 +421,17 @@ impl Policy {
         }
     }
 
+    /// Start of the earliest call of this host still waiting to be judged: with windows shared,
+    /// the watermark this host publishes stays before it, so that a peer judges its later calls
+    /// only after this host has decided (and announced) what this call brought.
+    pub fn oldest_own_waiting(&self) -> Option<Timestamp> {
+        self.pending
+            .iter()
+            .filter(|Reverse(p)| !p.from_peer)
+            .map(|Reverse(p)| p.ts_start)
+            .min()
+    }
+
     /// Takes the tokens whose peers' calls broke a rule here since the last take, with when the
     /// calls started: the enforcer remembers them as offences, so that a token spreading its
     /// calls over hosts climbs the same warning ladder as on one host. Take them after every
