@@ -17,6 +17,11 @@ pub struct PolicyConfig {
     /// How long a finished call may wait for earlier-started calls before rules see it, so that
     /// windows are evaluated in request order even when responses finish out of order.
     pub reorder_window: Duration,
+    /// How long an open request whose token is not known yet (its head or body still arriving)
+    /// holds back every finished call that started after it; past it, it holds back nothing.
+    /// A request whose token is known holds back only that token's calls (and the calls its
+    /// client address is judged by) for up to `reorder_window`.
+    pub unknown_token_hold: Duration,
     pub heavy: HeavyConfig,
     pub rules: Vec<RuleConfig>,
     /// Tokens held to other limits (a registered bulk job) or exempt (an admin or service token),
@@ -55,6 +60,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             reorder_window: Duration(Span::from_secs(120)),
+            unknown_token_hold: Duration(Span::from_secs(5)),
             heavy: HeavyConfig::default(),
             rules: vec![
                 RuleConfig {
@@ -174,6 +180,12 @@ impl PolicyConfig {
             if rule.limit >= MAX_HELD {
                 problems.push(too_high_a_limit(key("limit")));
             }
+        }
+        if self.unknown_token_hold.span() > self.reorder_window.span() {
+            problems.push(Problem::new(
+                "policy.unknown_token_hold".into(),
+                "must not be longer than `policy.reorder_window`".into(),
+            ));
         }
         if let Some(rule) = &self.refused_calls {
             problems.extend(rule.problems());

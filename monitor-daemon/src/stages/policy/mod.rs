@@ -18,13 +18,15 @@
 
 mod config;
 pub mod enforce;
+mod hold;
 mod window;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 
 pub use config::{CallClass, HeavyConfig, HeavyKind, OverrideConfig, PolicyConfig, RuleConfig};
+pub use hold::{Hold, NothingOpen, OpenRequests};
 pub use window::{MAX_HELD, SlidingCount};
 
 use crate::shared::model::{Span, Timestamp};
@@ -125,7 +127,8 @@ pub struct PolicyStats {
     /// Calls without a usable token (missing, malformed, unreadable): no rule can apply to
     /// them; they are counted per client address instead (see [`Policy::refused_clients`]).
     pub calls_without_token: u64,
-    /// Calls that arrived after later-started calls had already been evaluated.
+    /// Calls that arrived after later-started calls of the same token (or, for calls counted
+    /// per client address, of the same address) had already been evaluated.
     pub late_calls: u64,
     /// Calls of exempt tokens (`policy.overrides`): no rule applied.
     pub exempt_calls: u64,
@@ -223,6 +226,7 @@ pub struct Policy {
     heavy_response_bytes: u64,
     heavy_kinds: Vec<HeavyKind>,
     reorder_window: Span,
+    unknown_token_hold: Span,
     tokens: FingerprintMap<TokenWindows>,
     overrides: FingerprintMap<Override>,
     max_tokens: usize,
@@ -233,9 +237,13 @@ pub struct Policy {
     longest_window: Span,
     next_forget: Timestamp,
     pending: BinaryHeap<Reverse<Pending>>,
+    /// Calls found held during the current round of [`Policy::poll`] (back in `pending` when
+    /// the round ends), and the tokens and client addresses they hold back with them: a later
+    /// call of the same token or address must not overtake them.
+    deferred: Vec<Pending>,
+    blocked_tokens: HashSet<TokenFingerprint>,
+    blocked_clients: HashSet<IpAddr>,
     next_seq: u64,
-    /// Request start of the newest call evaluated so far.
-    evaluated_up_to: Timestamp,
     stats: PolicyStats,
 }
 
@@ -300,10 +308,13 @@ impl Policy {
             heavy_response_bytes: config.heavy.response_bytes,
             heavy_kinds: config.heavy.kinds.clone(),
             reorder_window: config.reorder_window.span(),
+            unknown_token_hold: config.unknown_token_hold.span(),
             tokens: FingerprintMap::default(),
             pending: BinaryHeap::new(),
+            deferred: Vec::new(),
+            blocked_tokens: HashSet::new(),
+            blocked_clients: HashSet::new(),
             next_seq: 0,
-            evaluated_up_to: Timestamp::default(),
             stats: PolicyStats::default(),
         }
     }
@@ -349,6 +360,7 @@ impl Policy {
         self.heavy_response_bytes = config.heavy.response_bytes;
         self.heavy_kinds = config.heavy.kinds.clone();
         self.reorder_window = config.reorder_window.span();
+        self.unknown_token_hold = config.unknown_token_hold.span();
     }
 
     /// Why `call` is heavy, if it is: size first (it is measured), then the request kind.
@@ -379,19 +391,82 @@ impl Policy {
         }));
     }
 
-    /// Evaluates the next call that no earlier-started call can still overtake: one that started
-    /// before every request still open (`open_since`, `None` when none is), or at least the
-    /// reorder window before `now` (a request left hanging must not hold the others back).
-    pub fn poll(&mut self, now: Timestamp, open_since: Option<Timestamp>) -> Option<Verdict> {
-        let ready = self.pending.peek().is_some_and(|Reverse(p)| {
-            open_since.is_none_or(|open| p.ts_start < open)
-                || p.ts_start.plus(self.reorder_window) <= now
-        });
-        if ready { self.release() } else { None }
+    /// Evaluates the next call that no earlier-started call can still overtake, or returns
+    /// `None` when every waiting call is held back; call it until it does (one round), with the
+    /// same `hold`. A call is held back by a request still open that started no later than it
+    /// and may count against the same window (see [`Hold`]): one whose token is that call's
+    /// token; for a call counted per client address (refused, unanswered, without a usable
+    /// token), one from that address whose token is known; any one whose token is not known
+    /// yet and that started less than `policy.unknown_token_hold` before `now`; and by an
+    /// earlier call held back of the same token or address. Nothing is held back once it
+    /// started at least the reorder window before `now` (a request left hanging must not hold
+    /// the others back for ever).
+    pub fn poll(&mut self, now: Timestamp, hold: &Hold<'_>) -> Option<Verdict> {
+        let unknown = hold
+            .open
+            .oldest_unknown_after(now.minus(self.unknown_token_hold));
+        let all_since = match (hold.all_since, unknown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        while let Some(Reverse(pending)) = self.pending.pop() {
+            let aged = pending.ts_start.plus(self.reorder_window) <= now;
+            if aged || !self.held(&pending.call, all_since, hold.open) {
+                return Some(self.evaluate(pending.call));
+            }
+            self.block(&pending.call);
+            self.deferred.push(pending);
+        }
+        self.end_round();
+        None
+    }
+
+    /// Whether an open request, or a call already held back, may still count before `call`.
+    fn held(&self, call: &ApiCall, all_since: Option<Timestamp>, open: &dyn OpenRequests) -> bool {
+        let started_before = |open: Option<Timestamp>| open.is_some_and(|o| o <= call.ts_start);
+        if started_before(all_since) {
+            return true;
+        }
+        if let Ok(identity) = &call.token {
+            let fp = identity.fingerprint;
+            if self.blocked_tokens.contains(&fp) || started_before(open.oldest_of_token(&fp)) {
+                return true;
+            }
+        }
+        if !by_client(call) {
+            return false;
+        }
+        // The open request's client is known by its connection's address (a trusted proxy's,
+        // when one carried it), the call's by what the proxy said too: either may match.
+        let client = call.client.ip;
+        self.blocked_clients.contains(&client)
+            || started_before(open.oldest_from_peer(client))
+            || call
+                .proxy
+                .is_some_and(|proxy| started_before(open.oldest_from_peer(proxy.ip)))
+    }
+
+    /// A call held back holds back the later calls of its token, and of its client address when
+    /// it may be counted by address.
+    fn block(&mut self, call: &ApiCall) {
+        if let Ok(identity) = &call.token {
+            self.blocked_tokens.insert(identity.fingerprint);
+        }
+        if by_client(call) {
+            self.blocked_clients.insert(call.client.ip);
+        }
+    }
+
+    /// Puts the calls held back in this round back among the waiting ones.
+    fn end_round(&mut self) {
+        self.pending.extend(self.deferred.drain(..).map(Reverse));
+        self.blocked_tokens.clear();
+        self.blocked_clients.clear();
     }
 
     /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
     pub fn drop_raw_tokens(&mut self) {
+        self.end_round();
         let mut waiting = std::mem::take(&mut self.pending).into_vec();
         for Reverse(pending) in &mut waiting {
             drop(pending.call.raw_token.take());
@@ -401,11 +476,12 @@ impl Policy {
 
     /// Whether finished calls are waiting to be evaluated.
     pub fn has_waiting(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.deferred.is_empty()
     }
 
     /// Evaluates the next waiting call regardless of time (end of input).
     pub fn drain(&mut self) -> Option<Verdict> {
+        self.end_round();
         self.release()
     }
 
@@ -456,11 +532,6 @@ impl Policy {
         if heavy.is_some() {
             self.stats.heavy_calls += 1;
         }
-        if call.ts_start < self.evaluated_up_to {
-            self.stats.late_calls += 1;
-        } else {
-            self.evaluated_up_to = call.ts_start;
-        }
         let mut violations = Vec::new();
         let mut client_violation = None;
         match &call.token {
@@ -489,6 +560,9 @@ impl Policy {
                     } else {
                         self.make_room(fp);
                         let windows = self.tokens.entry(fp).or_default();
+                        if call.ts_start < windows.last_call {
+                            self.stats.late_calls += 1;
+                        }
                         windows.last_call = windows.last_call.max(call.ts_start);
                         windows
                             .per_rule
@@ -579,6 +653,9 @@ impl Policy {
             refused: SlidingCount::default(),
         });
         entry.summary.calls += 1;
+        if call.ts_start < entry.summary.last_call {
+            self.stats.late_calls += 1;
+        }
         entry.summary.last_call = entry.summary.last_call.max(call.ts_start);
         if !call.status.is_some_and(|s| s == 401 || s == 403) {
             return None;
@@ -593,6 +670,13 @@ impl Policy {
             count,
         })
     }
+}
+
+/// Whether the policy may count `call` against its client address rather than its token: it
+/// has no usable token, or the server refused it or never answered (counted by address when the
+/// token is not otherwise tracked).
+fn by_client(call: &ApiCall) -> bool {
+    call.token.is_err() || call.status.is_none_or(|s| s == 401 || s == 403)
 }
 
 /// The heavy request kind a call is, judged from its request alone.
