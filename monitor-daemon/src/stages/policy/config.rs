@@ -19,6 +19,7 @@ pub struct PolicyConfig {
     pub reorder_window: Duration,
     /// How long an open request whose token is not known yet (its head or body still arriving)
     /// holds back every finished call that started after it; past it, it holds back nothing.
+    /// Never longer than `reorder_window` (a longer value acts as `reorder_window`).
     /// A request whose token is known holds back only that token's calls (and the calls its
     /// client address is judged by) for up to `reorder_window`.
     pub unknown_token_hold: Duration,
@@ -180,12 +181,6 @@ impl PolicyConfig {
             if rule.limit >= MAX_HELD {
                 problems.push(too_high_a_limit(key("limit")));
             }
-        }
-        if self.unknown_token_hold.span() > self.reorder_window.span() {
-            problems.push(Problem::new(
-                "policy.unknown_token_hold".into(),
-                "must not be longer than `policy.reorder_window`".into(),
-            ));
         }
         if let Some(rule) = &self.refused_calls {
             problems.extend(rule.problems());

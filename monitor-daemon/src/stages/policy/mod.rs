@@ -404,7 +404,7 @@ impl Policy {
     pub fn poll(&mut self, now: Timestamp, hold: &Hold<'_>) -> Option<Verdict> {
         let unknown = hold
             .open
-            .oldest_unknown_after(now.minus(self.unknown_token_hold));
+            .oldest_unknown_after(now.minus(self.unknown_token_hold.min(self.reorder_window)));
         let all_since = match (hold.all_since, unknown) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
