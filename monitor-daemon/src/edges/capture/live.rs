@@ -127,6 +127,25 @@ impl LiveSource {
         matches!(self.source, Source::Kernel(_))
     }
 
+    /// The capabilities (bit N: capability N) the capture still needs once it is attached:
+    /// those that attach uprobes to a libssl found later (`CAP_SYS_ADMIN`, `CAP_PERFMON`,
+    /// `CAP_BPF`), when HTTPS is captured; `CAP_NET_ADMIN` when netlink filters were attached
+    /// (removing them at exit needs it). Nothing else: reading the ring and the maps goes
+    /// through file descriptors already open, TCX links and uprobes go away with theirs, libpcap's
+    /// sockets are open, and a reload never re-attaches (`capture.*` needs a restart).
+    pub fn capabilities_needed(&self) -> u64 {
+        let mut needed = 0u64;
+        if self.tls.is_some() {
+            needed |= (1 << 21) | (1 << 38) | (1 << 39);
+        }
+        if let Source::Kernel(probe) = &self.source
+            && probe.get_ref().uses_netlink()
+        {
+            needed |= 1 << 12;
+        }
+        needed
+    }
+
     /// Whether HTTPS is captured (the uprobes are attached).
     pub fn captures_tls(&self) -> bool {
         self.tls.is_some()
