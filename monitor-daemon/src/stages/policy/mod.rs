@@ -194,6 +194,11 @@ fn refused_rule(config: &PolicyConfig) -> (u32, Span) {
         .map_or((3, Span::from_secs(60)), |r| (r.limit, r.window.span()))
 }
 
+/// Calls held back that one round of [`Policy::poll`] looks past for a later call it may
+/// release: a bound on the work per release when many calls wait behind open requests (those
+/// beyond it wait for a later round, at worst for the reorder window).
+const MAX_HELD_LOOKED_PAST: usize = 1024;
+
 /// How often idle tokens are looked for (in capture time).
 const FORGET_INTERVAL: Span = Span::from_secs(60);
 
@@ -411,7 +416,19 @@ impl Policy {
         };
         while let Some(Reverse(pending)) = self.pending.pop() {
             let aged = pending.ts_start.plus(self.reorder_window) <= now;
-            if aged || !self.held(&pending.call, all_since, hold.open) {
+            if aged {
+                return Some(self.evaluate(pending.call));
+            }
+            // Everything from here on started after the hold on all calls, or more calls are
+            // held back than a round looks past: the rest waits for a later round (at worst
+            // for the reorder window), so a flood of held calls costs little per release.
+            if all_since.is_some_and(|since| since <= pending.ts_start)
+                || self.deferred.len() >= MAX_HELD_LOOKED_PAST
+            {
+                self.pending.push(Reverse(pending));
+                break;
+            }
+            if !self.held(&pending.call, all_since, hold.open) {
                 return Some(self.evaluate(pending.call));
             }
             self.block(&pending.call);
