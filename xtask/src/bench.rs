@@ -3,6 +3,7 @@
 //! table and writes `target/bench/<name>.json`; this module holds what they share (selection,
 //! best-of-N timing, JSON output).
 
+mod connections;
 mod live;
 mod mix;
 mod offline;
@@ -51,6 +52,10 @@ const BENCHES: &[Bench] = &[
     Bench {
         name: "reassembly",
         run: |_| reassembly::run(),
+    },
+    Bench {
+        name: "connections",
+        run: |_| connections::run(),
     },
     Bench {
         name: "live",
