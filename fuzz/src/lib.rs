@@ -8,15 +8,17 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use redcap_monitor::commands::config::Config;
-use redcap_monitor::stages::policy::PolicyConfig;
-use redcap_monitor::stages::http::{HttpExchange, HttpLimits, HttpTracker};
 use redcap_monitor::shared::model::{
     CloseReason, ConnectionId, Direction, Endpoint, StreamEvent, Timestamp,
 };
+use redcap_monitor::shared::token::SiteKey;
+use redcap_monitor::stages::http::{HttpExchange, HttpLimits, HttpTracker};
 use redcap_monitor::stages::pipeline::Pipeline;
 use redcap_monitor::stages::policy::Policy;
-use redcap_monitor::stages::redcap::{ApiCall, ApiPaths, ApiRequestSelector, FormBody, KeepRawToken};
-use redcap_monitor::shared::token::SiteKey;
+use redcap_monitor::stages::policy::PolicyConfig;
+use redcap_monitor::stages::redcap::{
+    ApiCall, ApiPaths, ApiRequestSelector, FormBody, KeepRawToken,
+};
 
 /// Separates the client's bytes from the server's in the HTTP targets' inputs.
 pub const SERVER_SEPARATOR: &[u8] = b"\0--server--\0";
@@ -160,7 +162,10 @@ pub fn judge(exchanges: Vec<HttpExchange<FormBody>>, now: Timestamp) {
         let call = ApiCall::from_exchange(exchange, &key, KeepRawToken::ForSuspendHooks);
         policy.push(call);
     }
-    while policy.poll(now, None).is_some() {}
+    while policy
+        .poll(now, &redcap_monitor::stages::policy::Hold::all_since(None))
+        .is_some()
+    {}
     while policy.drain().is_some() {}
 }
 
@@ -171,9 +176,9 @@ pub fn pipeline() -> Pipeline {
 
 /// Form body extraction (urlencoded, multipart) in one piece and in chunks.
 pub mod form {
+    use redcap_monitor::shared::token::TokenFingerprint;
     use redcap_monitor::stages::http::RequestBody;
     use redcap_monitor::stages::redcap::{FormBody, RequestFields};
-    use redcap_monitor::shared::token::TokenFingerprint;
 
     /// What a body gave, comparable: the token by its fingerprint.
     #[derive(Debug, PartialEq)]

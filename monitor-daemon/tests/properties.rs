@@ -19,8 +19,8 @@ use redcap_monitor::shared::token::{
     HookToken, MaskedToken, SiteKey, TokenFingerprint, TokenProblem,
 };
 use redcap_monitor::stages::http::{HttpVersion, RequestBody};
-use redcap_monitor::stages::policy::Policy;
 use redcap_monitor::stages::policy::PolicyConfig;
+use redcap_monitor::stages::policy::{Hold, OpenRequests, Policy};
 use redcap_monitor::stages::reassembly::{Reassembler, ReassemblyLimits};
 use redcap_monitor::stages::redcap::{
     ApiCall, ApiParams, BodyProblem, FormBody, RequestFields, TokenIdentity,
@@ -425,14 +425,22 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Policy
 
-/// One call: its token, when its request started and how long it took, what it asked.
+/// One call: its token (`None`: no usable token), its client address, when its request
+/// started, how long its token stayed unknown (its body arriving) and how long it took, what it
+/// asked.
 #[derive(Clone, Debug)]
 struct CallSpec {
-    token: u8,
+    token: Option<u8>,
+    client: u8,
     start: Timestamp,
+    token_unknown_for: Span,
     duration: Span,
     heavy: bool,
     refused: bool,
+}
+
+fn fingerprint(token: u8) -> TokenFingerprint {
+    TokenFingerprint([token; 8])
 }
 
 fn api_call(spec: &CallSpec) -> ApiCall {
@@ -440,16 +448,19 @@ fn api_call(spec: &CallSpec) -> ApiCall {
         ts_start: spec.start,
         ts_end: spec.start.plus(spec.duration),
         ttfb: Some(spec.duration),
-        client: endpoint(1, 40000),
+        client: endpoint(10 + spec.client, 40000),
         server: endpoint(2, 80),
         proxy: None,
         method: "POST".into(),
         path: "/api/".into(),
         http_version: HttpVersion::Http11,
-        token: Ok(TokenIdentity {
-            fingerprint: TokenFingerprint([spec.token; 8]),
-            masked: MaskedToken(format!("T{}…", spec.token)),
-        }),
+        token: match spec.token {
+            Some(token) => Ok(TokenIdentity {
+                fingerprint: fingerprint(token),
+                masked: MaskedToken(format!("T{token}…")),
+            }),
+            None => Err(TokenProblem::Missing),
+        },
         params: ApiParams {
             content: Some("record".into()),
             format: Some("json".into()),
@@ -467,37 +478,83 @@ fn api_call(spec: &CallSpec) -> ApiCall {
 }
 
 /// Calls with distinct, increasing starts (gaps from a millisecond to a minute), each taking
-/// less than the default reorder window (two minutes).
+/// less than the default reorder window (two minutes), their token unknown for less than the
+/// default `policy.unknown_token_hold` (5 s); from four tokens (one in ten without a usable
+/// token) and three client addresses.
 fn call_specs() -> impl Strategy<Value = Vec<CallSpec>> {
     proptest::collection::vec(
         (
+            prop_oneof![9 => (0..4u8).prop_map(Some), 1 => Just(None)],
             0..3u8,
-            1..60_000u64,
+            prop_oneof![1..60_000u64, 1..3_000u64],
+            0..4_999u64,
             prop_oneof![0..2_000u64, 0..119_999u64],
             proptest::bool::weighted(0.2),
-            proptest::bool::weighted(0.1),
+            proptest::bool::weighted(0.15),
         ),
         1..40,
     )
     .prop_map(|raw| {
         let mut start = T0;
         raw.into_iter()
-            .map(|(token, gap_ms, duration_ms, heavy, refused)| {
-                start += gap_ms * 1_000_000;
-                CallSpec {
-                    token,
-                    start: Timestamp(start),
-                    duration: Span::from_millis(duration_ms),
-                    heavy,
-                    refused,
-                }
-            })
+            .map(
+                |(token, client, gap_ms, unknown_ms, duration_ms, heavy, refused)| {
+                    start += gap_ms * 1_000_000;
+                    CallSpec {
+                        token,
+                        client,
+                        start: Timestamp(start),
+                        token_unknown_for: Span::from_millis(unknown_ms.min(duration_ms)),
+                        duration: Span::from_millis(duration_ms),
+                        heavy,
+                        refused,
+                    }
+                },
+            )
             .collect()
     })
 }
 
-/// Each call's verdict by its start: whether it was heavy, and its violations (rule, count).
-type Verdicts = BTreeMap<Timestamp, (bool, Vec<(String, u32)>)>;
+/// The requests open at `now`, as the HTTP stage would know them.
+struct OpenAt<'a> {
+    now: Timestamp,
+    open: Vec<&'a CallSpec>,
+}
+
+impl OpenAt<'_> {
+    fn known(&self) -> impl Iterator<Item = &CallSpec> {
+        self.open
+            .iter()
+            .copied()
+            .filter(|s| s.start.plus(s.token_unknown_for) <= self.now)
+    }
+}
+
+impl OpenRequests for OpenAt<'_> {
+    fn oldest_unknown_after(&self, after: Timestamp) -> Option<Timestamp> {
+        self.open
+            .iter()
+            .filter(|s| s.start.plus(s.token_unknown_for) > self.now && s.start > after)
+            .map(|s| s.start)
+            .min()
+    }
+    fn oldest_of_token(&self, token: &TokenFingerprint) -> Option<Timestamp> {
+        self.known()
+            .filter(|s| s.token.map(fingerprint).as_ref() == Some(token))
+            .map(|s| s.start)
+            .min()
+    }
+    fn oldest_from_peer(&self, peer: IpAddr) -> Option<Timestamp> {
+        self.known()
+            .filter(|s| endpoint(10 + s.client, 0).ip == peer)
+            .map(|s| s.start)
+            .min()
+    }
+}
+
+/// Each call's verdict by its start: whether it was heavy, its violations (rule, count), and
+/// the refused-calls count that made its client address a violation.
+type Verdicts = BTreeMap<Timestamp, (bool, Vec<(String, u32)>, Option<u32>)>;
 
 fn record(verdicts: &mut Verdicts, verdict: redcap_monitor::stages::policy::Verdict) {
     let violations = verdict
@@ -505,12 +562,18 @@ fn record(verdicts: &mut Verdicts, verdict: redcap_monitor::stages::policy::Verd
         .iter()
         .map(|v| (v.rule.clone(), v.count))
         .collect();
-    let previous = verdicts.insert(verdict.call.ts_start, (verdict.heavy.is_some(), violations));
+    let client = verdict.client_violation.as_ref().map(|v| v.count);
+    let previous = verdicts.insert(
+        verdict.call.ts_start,
+        (verdict.heavy.is_some(), violations, client),
+    );
     assert!(previous.is_none(), "a call was judged twice");
 }
 
-/// The calls handed to the policy in the order they finish, released as the pipeline does
-/// (no earlier-started request still open, or the reorder window over).
+/// The calls handed to the policy in the order they finish, released as the pipeline does: held
+/// back by the earlier-started requests still open whose token is that call's, or whose client
+/// is that call's (for calls counted by address), or whose token is not known yet, until the
+/// reorder window is over.
 fn judged_as_they_finish(specs: &[CallSpec]) -> (Verdicts, u64) {
     let mut policy = Policy::new(&PolicyConfig::default());
     let mut verdicts = Verdicts::new();
@@ -520,12 +583,15 @@ fn judged_as_they_finish(specs: &[CallSpec]) -> (Verdicts, u64) {
         let now = spec.start.plus(spec.duration);
         policy.push(api_call(spec));
         // Requests started by now and not finished yet (those later in the finishing order).
-        let open_since = by_end[i + 1..]
-            .iter()
-            .map(|s| s.start)
-            .filter(|&start| start <= now)
-            .min();
-        while let Some(verdict) = policy.poll(now, open_since) {
+        let open = OpenAt {
+            now,
+            open: by_end[i + 1..]
+                .iter()
+                .copied()
+                .filter(|s| s.start <= now)
+                .collect(),
+        };
+        while let Some(verdict) = policy.poll(now, &Hold::new(&open)) {
             record(&mut verdicts, verdict);
         }
     }
@@ -542,7 +608,7 @@ fn judged_in_start_order(specs: &[CallSpec]) -> Verdicts {
     for spec in specs {
         policy.push(api_call(spec));
         let now = spec.start;
-        while let Some(verdict) = policy.poll(now, None) {
+        while let Some(verdict) = policy.poll(now, &Hold::all_since(None)) {
             record(&mut verdicts, verdict);
         }
     }

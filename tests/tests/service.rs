@@ -626,3 +626,147 @@ fn the_units_capabilities_let_an_unprivileged_user_capture_in_each_mode_and_each
         assert!(!started, "{mode} captured without CAP_{needed}: {log}");
     }
 }
+
+/// The capture capabilities (bit N: capability N) `CapEff`, `CapPrm` or `CapAmb` of each of
+/// `pid`'s threads holds, by thread id.
+fn thread_capabilities(pid: u32) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mut held = 0u64;
+        for field in ["CapEff:", "CapPrm:", "CapAmb:"] {
+            held |= status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+        }
+        found.push((task.file_name().to_string_lossy().into_owned(), held));
+    }
+    found
+}
+
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_NET_RAW: u64 = 1 << 13;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+const CAP_PERFMON: u64 = 1 << 38;
+const CAP_BPF: u64 = 1 << 39;
+
+/// Runs `run` as `nobody` with the unit's capabilities in `mode` (`tls` says whether the
+/// OpenSSL uprobes are on), in front of the REDCap simulator on loopback; once it captures,
+/// returns every thread's capture capabilities, then makes an API call and says whether it was
+/// recorded.
+fn capabilities_after_attach(mode: &str, tls: bool) -> (Vec<(String, u64)>, bool, String) {
+    let sim = Simulator::start(&SimOptions {
+        tokens: vec![TOKEN.into()],
+        ..SimOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let config = dir.path().join("config.toml");
+    let calls = dir.path().join("calls.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [{port}]\n\
+             [capture.tls]\nenabled = {tls}\n\
+             [output]\ncalls = \"{calls}\"\n\
+             [site]\nkey_file = \"{0}/site.key\"\n[store]\npath = \"{0}/state.redb\"\n{1}",
+            dir.path().display(),
+            without_api_listener(),
+            port = sim.port(),
+            calls = calls.display(),
+        ),
+    )
+    .unwrap();
+    let caps = unit_capabilities();
+    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
+    let list = list.join(",");
+    let log_path = dir.path().join("log");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--bounding-set=-all,{list}"))
+        .arg(format!("--inh-caps=-all,{list}"))
+        .arg(format!("--ambient-caps={list}"))
+        .arg(monitor_tests::daemon::monitor_bin().unwrap())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let started = wait_until(Duration::from_secs(15), || {
+        log().contains("capturing with") || child.try_wait().unwrap().is_some()
+    }) && log().contains("capturing with");
+    // The drop follows the attach at once; its log line says it is done (a daemon that does not
+    // drop never says so, and its threads are read all the same).
+    wait_until(Duration::from_secs(3), || {
+        log().contains("capabilities the capture no longer needs")
+    });
+    let threads = if started {
+        thread_capabilities(child.id())
+    } else {
+        Vec::new()
+    };
+    let recorded = started && {
+        monitor_tests::clients::api_call(&sim.url("/api/"), TOKEN);
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&calls).is_ok_and(|c| c.contains("/api/"))
+        })
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", log());
+    (threads, recorded, log())
+}
+
+#[test]
+fn after_attach_no_thread_holds_a_capture_capability_it_no_longer_needs_and_capture_goes_on() {
+    if !monitor_tests::require_root("capabilities dropped after attach") {
+        return;
+    }
+    // libpcap: its sockets are open, nothing is attached later: every capture capability goes.
+    let (threads, recorded, log) = capabilities_after_attach("pcap", false);
+    assert!(
+        threads.len() > 1,
+        "the daemon's threads were not read: {log}"
+    );
+    for (tid, held) in &threads {
+        assert_eq!(
+            held & (CAP_NET_ADMIN | CAP_NET_RAW | CAP_SYS_ADMIN | CAP_PERFMON | CAP_BPF),
+            0,
+            "thread {tid} holds {held:#x}: {log}"
+        );
+    }
+    assert!(recorded, "no call recorded after the drop: {log}");
+    // The probe with the uprobes: TC attach and packet sockets are no longer needed; what
+    // attaches uprobes to a libssl found later stays (in the thread that rescans, the main one).
+    let (threads, recorded, log) = capabilities_after_attach("ebpf", true);
+    assert!(
+        log.contains("capturing with the eBPF probe and the OpenSSL uprobes"),
+        "{log}"
+    );
+    assert!(
+        threads.len() > 1,
+        "the daemon's threads were not read: {log}"
+    );
+    for (tid, held) in &threads {
+        assert_eq!(
+            held & (CAP_NET_ADMIN | CAP_NET_RAW),
+            0,
+            "thread {tid} holds {held:#x}: {log}"
+        );
+    }
+    let main = threads
+        .iter()
+        .map(|(_, held)| *held)
+        .max()
+        .unwrap_or_default();
+    assert_eq!(main, CAP_SYS_ADMIN | CAP_PERFMON | CAP_BPF, "{log}");
+    assert!(recorded, "no call recorded after the drop: {log}");
+}

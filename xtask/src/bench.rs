@@ -3,6 +3,7 @@
 //! table and writes `target/bench/<name>.json`; this module holds what they share (selection,
 //! best-of-N timing, JSON output).
 
+mod connections;
 mod live;
 mod mix;
 mod offline;
@@ -56,6 +57,10 @@ const BENCHES: &[Bench] = &[
     Bench {
         name: "shared",
         run: |_| shared::run(),
+    },
+    Bench {
+        name: "connections",
+        run: |_| connections::run(),
     },
     Bench {
         name: "live",

@@ -28,8 +28,8 @@ tasks:
                      violations shown as they happen (default 40 s, Ctrl-C stops and cleans up)
   demo offline       setup, record REDCap API traffic on loopback, then `analyze` the capture
   bench [NAME...] [--duration SECONDS]
-                     setup, release build, then benchmarks: offline, policy, reassembly, shared, live,
-                     https-mix, http-mix (default: all); --duration: each measured run of
+                     setup, release build, then benchmarks: offline, policy, reassembly, shared,
+                     connections, live, https-mix, http-mix (default: all); --duration: each measured run of
                      the web server benches (default 10 s)
   fuzz [TARGET...] [--seconds N] [--runs N]
                      setup, then the cargo-fuzz targets of fuzz/ with nightly (default: all,

@@ -205,6 +205,7 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
         pipeline.listen_for_capture_requests();
     }
     edges.coverage.set_tls(source.tls_coverage());
+    drop_capture_capabilities(&source);
     // The configuration in force: replaced as a whole by a reload.
     let mut current = config.clone();
     notifier.ready(&status_line(&source, &current, &pipeline, &edges.coverage));
@@ -513,6 +514,44 @@ impl Edges {
             }
         }
         self.actions.step(pipeline, now);
+    }
+}
+
+/// Once the capture is attached, drops from every thread the capture capabilities it no longer
+/// needs (see [`LiveSource::capabilities_needed`]); other capabilities (root's) are left alone.
+fn drop_capture_capabilities(source: &LiveSource) {
+    use crate::edges::hardening::{CAPTURE_CAPABILITIES, drop_capabilities};
+    let needed = source.capabilities_needed();
+    let names = |held: bool| {
+        CAPTURE_CAPABILITIES
+            .iter()
+            .filter(|(cap, _)| (needed & (1 << cap) != 0) == held)
+            .map(|(_, name)| *name)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let drop = CAPTURE_CAPABILITIES
+        .iter()
+        .map(|(cap, _)| 1u64 << cap)
+        .fold(0, |all, bit| all | bit)
+        & !needed;
+    match drop_capabilities(drop) {
+        Ok(done) if done.still_holding == 0 => tracing::info!(
+            dropped = %names(false),
+            kept = %names(true),
+            threads = done.threads,
+            bounding_set = done.bounding,
+            "capabilities the capture no longer needs dropped from every thread"
+        ),
+        Ok(done) => tracing::warn!(
+            threads = done.still_holding,
+            "some threads still hold capabilities the capture no longer needs ({})",
+            names(false)
+        ),
+        Err(err) => tracing::warn!(
+            "cannot drop the capabilities the capture no longer needs ({}): {err}",
+            names(false)
+        ),
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 use crate::shared::model::{Endpoint, ResumedEarly, Span, TcpSegment, Timestamp};
-use crate::shared::token::SiteKey;
+use crate::shared::token::{SiteKey, TokenFingerprint};
 use crate::stages::cluster::{Batch, Cluster, ClusterConfig, Outbox, PeerEvent};
 use crate::stages::decode::{DecodeStats, Frame, decode};
 use crate::stages::health::{HealthChange, HealthConfig, HealthStats, ResponsivenessDetector};
@@ -16,7 +16,7 @@ use crate::stages::http::{
     HttpConfig, HttpExchange, HttpLimits, HttpStats, HttpTracker, Releasable,
 };
 use crate::stages::policy::enforce::{EnforcementConfig, EnforcementStats, Enforcer, HealthView};
-use crate::stages::policy::{Policy, PolicyConfig, PolicyStats, Verdict};
+use crate::stages::policy::{Hold, Policy, PolicyConfig, PolicyStats, Verdict};
 use crate::stages::reassembly::{Reassembler, ReassemblyConfig, ReassemblyLimits, ReassemblyStats};
 use crate::stages::redcap::{
     ApiCall, ApiRequestSelector, ClientAddressing, FormBody, KeepRawToken, RedcapConfig,
@@ -198,7 +198,8 @@ impl Pipeline {
                 max_state_bytes_total: h.max_state_bytes_total,
             },
             ApiRequestSelector::new(config.redcap.api_paths.clone())
-                .with_max_input_vars(config.redcap.max_input_vars),
+                .with_max_input_vars(config.redcap.max_input_vars)
+                .with_site_key(key.clone()),
         );
         Pipeline {
             decode_stats: DecodeStats::default(),
@@ -267,7 +268,10 @@ impl Pipeline {
         let undecided = self.policy.oldest_own_waiting();
         let clock = self.clock;
         let sharing = self.sharing.as_mut()?;
-        let watermark = [open, undecided].into_iter().flatten().fold(clock, Timestamp::min);
+        let watermark = [open, undecided]
+            .into_iter()
+            .flatten()
+            .fold(clock, Timestamp::min);
         Some(sharing.outbox.take_batch(clock, watermark))
     }
 
@@ -520,19 +524,24 @@ impl Pipeline {
             return;
         }
         self.next_release_check = self.clock.plus(RELEASE_CHECK_INTERVAL);
-        let open_since = self.http.oldest_open_exchange();
         // Peers' calls that started earlier may still come: wait for every live peer's
         // watermark too.
         let peers_hold = self.sharing.as_ref().and_then(|s| s.cluster.hold());
-        let open_since = match (open_since, peers_hold) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        while let Some(verdict) = self.policy.poll(self.clock, open_since) {
-            self.note_peer_offences();
-            out(self.enforce(verdict));
+        let hold = Hold::new(&self.http).and_all_since(peers_hold);
+        // Peers' offences are noted in the order the policy met them, before the verdicts of
+        // later calls are acted on.
+        let mut due = Vec::new();
+        while let Some(verdict) = self.policy.poll(self.clock, &hold) {
+            due.extend(self.policy.take_peer_offences().map(Due::PeerOffence));
+            due.push(Due::Verdict(verdict));
         }
-        self.note_peer_offences();
+        due.extend(self.policy.take_peer_offences().map(Due::PeerOffence));
+        for item in due {
+            match item {
+                Due::PeerOffence((token, at)) => self.enforcer.note_offence(token, at),
+                Due::Verdict(verdict) => out(self.enforce(verdict)),
+            }
+        }
     }
 
     /// Peers' calls judged in the shared windows escalate here as they would on one host.
@@ -566,6 +575,12 @@ impl Pipeline {
         verdict.decision = self.enforcer.decide(&verdict, &view);
         verdict
     }
+}
+
+/// What one release round leaves to act on, in the order the policy met it.
+enum Due {
+    PeerOffence((TokenFingerprint, Timestamp)),
+    Verdict(Verdict),
 }
 
 #[cfg(test)]
@@ -1016,5 +1031,111 @@ mod tests {
             "the call carries the token the server read"
         );
         assert_eq!(pipeline.stats().decode.checksum_bad, 1);
+    }
+
+    const TOKEN_A: &str = "0123456789ABCDEF0123456789ABCDEF";
+    const TOKEN_B: &str = "FEDCBA9876543210FEDCBA9876543210";
+
+    fn request_of(token: &str) -> String {
+        request().replace(TOKEN_A, token)
+    }
+
+    /// A call of `token` on its own connection (client port `port`), started at `ts_ms` and
+    /// answered 5 ms later.
+    fn call_of(
+        pipeline: &mut Pipeline,
+        token: &str,
+        port: u16,
+        ts_ms: u64,
+        out: &mut impl FnMut(Verdict),
+    ) {
+        let client = Endpoint { port, ..CLIENT };
+        let response = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n14.0";
+        pipeline.push_segment(
+            &segment_from(client, ts_ms, true, 1000, request_of(token).as_bytes()),
+            out,
+        );
+        pipeline.push_segment(&segment_from(client, ts_ms + 5, false, 5000, response), out);
+    }
+
+    fn violations_ms(released: &[Verdict]) -> Vec<(u64, &str, u32)> {
+        let start = Timestamp(1_700_000_000_000_000_000);
+        released
+            .iter()
+            .flat_map(|v| v.violations.iter())
+            .map(|v| (v.ts.since(start).0 / 1_000_000, v.rule.as_str(), v.count))
+            .collect()
+    }
+
+    #[test]
+    fn a_hanging_request_whose_token_is_known_holds_back_only_that_tokens_calls() {
+        let mut pipeline =
+            Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        // Token A's request is read whole (head and body) and never answered.
+        hanging_request(&mut pipeline, &mut |v: Verdict| released.push(v));
+        // Token B breaks the rate rule meanwhile, on connections of the same client address.
+        for i in 0..4 {
+            call_of(
+                &mut pipeline,
+                TOKEN_B,
+                40010 + i,
+                10 + 10 * u64::from(i),
+                &mut |v| released.push(v),
+            );
+        }
+        // Another call of A's, after the hanging one: it must wait for it.
+        call_of(&mut pipeline, TOKEN_A, 40020, 60, &mut |v| released.push(v));
+        assert_eq!(
+            violations_ms(&released),
+            [(40, "api_calls", 4)],
+            "B's violation is out without waiting for A's hanging request"
+        );
+        assert_eq!(released.len(), 4, "A's later call still waits");
+        pipeline.finish(&mut |v| released.push(v));
+        assert_eq!(released.len(), 6);
+        assert_eq!(pipeline.stats().policy.late_calls, 0);
+    }
+
+    #[test]
+    fn a_request_whose_body_never_comes_holds_everything_only_for_unknown_token_hold() {
+        let config = Config::default();
+        let hold = config.policy.unknown_token_hold.span();
+        assert!(hold < config.policy.reorder_window.span());
+        let mut pipeline = Pipeline::new(config.pipeline(), SiteKey::from_bytes([7; 32]));
+        let mut released = Vec::new();
+        // Slowloris: the head promises a body that never comes, so its token is unknown.
+        let slow = Endpoint {
+            port: 40001,
+            ..CLIENT
+        };
+        let head = "POST /api/ HTTP/1.1\r\nHost: x\r\n\
+                    Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60\r\n\r\n";
+        pipeline.push_segment(
+            &segment_from(slow, 0, true, 7000, head.as_bytes()),
+            &mut |v| released.push(v),
+        );
+        for i in 0..4 {
+            call_of(
+                &mut pipeline,
+                TOKEN_B,
+                40010 + i,
+                10 + 10 * u64::from(i),
+                &mut |v| released.push(v),
+            );
+        }
+        assert!(
+            released.is_empty(),
+            "the open request may yet carry token B"
+        );
+        let start = Timestamp(1_700_000_000_000_000_000);
+        pipeline.tick(start.plus(hold).plus(Span::from_millis(200)), &mut |v| {
+            released.push(v)
+        });
+        assert_eq!(violations_ms(&released), [(40, "api_calls", 4)]);
+        assert!(
+            start.plus(hold).plus(Span::from_millis(200))
+                < start.plus(config.policy.reorder_window.span())
+        );
     }
 }

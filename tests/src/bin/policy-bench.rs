@@ -185,7 +185,9 @@ fn run(total: u64, tokens: u64, enforce: bool) -> Run {
         for call in batch {
             let now = call.ts_start;
             policy.push(call);
-            while let Some(verdict) = policy.poll(now, None) {
+            while let Some(verdict) =
+                policy.poll(now, &redcap_monitor::stages::policy::Hold::all_since(None))
+            {
                 violations += verdict.violations.len() as u64;
                 if enforce && !verdict.violations.is_empty() {
                     decisions += u64::from(enforcer.decide(&verdict, &view).is_some());

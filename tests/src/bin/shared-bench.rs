@@ -25,7 +25,7 @@ use redcap_monitor::shared::model::{Endpoint, Span, Timestamp};
 use redcap_monitor::shared::settings::Duration as ConfigDuration;
 use redcap_monitor::shared::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint};
 use redcap_monitor::stages::cluster::{Cluster, ClusterConfig, Outbox};
-use redcap_monitor::stages::policy::{Policy, PolicyConfig};
+use redcap_monitor::stages::policy::{Hold, Policy, PolicyConfig};
 use redcap_monitor::stages::redcap::{ApiCall, ApiParams, TokenIdentity};
 
 const TOKENS: usize = 10_000;
@@ -181,7 +181,7 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
                     while let Some(call) = cluster.poll_call() {
                         policy.push_from_peer(call);
                     }
-                    while policy.poll(at, cluster.hold()).is_some() {}
+                    while policy.poll(at, &Hold::all_since(cluster.hold())).is_some() {}
                 }
             }
             started.elapsed()
@@ -212,7 +212,7 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
             );
             outbox.push(&c);
             policy.push(c);
-            while policy.poll(start, None).is_some() {}
+            while policy.poll(start, &Hold::all_since(None)).is_some() {}
             if (n + 1) % BATCH == 0 {
                 let at = now();
                 shared.publish(outbox.take_batch(at, at));
@@ -306,7 +306,7 @@ fn decision_delays(url: &str, heartbeat: Span, prefix: &'static str) -> Vec<f64>
             let judged = loop {
                 let at = now();
                 cluster.handle_timeout(at);
-                if let Some(verdict) = policy.poll(at, cluster.hold()) {
+                if let Some(verdict) = policy.poll(at, &Hold::all_since(cluster.hold())) {
                     break verdict;
                 }
                 if let Ok(FromRedis::Batch(batch)) =

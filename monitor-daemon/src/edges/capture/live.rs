@@ -127,6 +127,29 @@ impl LiveSource {
         matches!(self.source, Source::Kernel(_))
     }
 
+    /// The capabilities (bit N: capability N) the capture still needs once it is attached:
+    /// those that attach uprobes to a libssl found later (`CAP_SYS_ADMIN`, `CAP_PERFMON`,
+    /// `CAP_BPF`), when HTTPS is captured; `CAP_BPF` with the probe in any case: the maps are
+    /// read and changed through the `bpf` syscall, which kernels before 6.5 refuse altogether
+    /// without it when `kernel.unprivileged_bpf_disabled` is set (Debian's default);
+    /// `CAP_NET_ADMIN` when netlink filters were attached (removing them at exit needs it).
+    /// Nothing else: the ring is read through its mapping, TCX links and uprobes go away with
+    /// their file descriptors, libpcap's sockets are open, and a reload never re-attaches
+    /// (`capture.*` needs a restart).
+    pub fn capabilities_needed(&self) -> u64 {
+        let mut needed = 0u64;
+        if self.tls.is_some() {
+            needed |= (1 << 21) | (1 << 38) | (1 << 39);
+        }
+        if let Source::Kernel(probe) = &self.source {
+            needed |= 1 << 39;
+            if probe.get_ref().uses_netlink() {
+                needed |= 1 << 12;
+            }
+        }
+        needed
+    }
+
     /// Whether HTTPS is captured (the uprobes are attached).
     pub fn captures_tls(&self) -> bool {
         self.tls.is_some()

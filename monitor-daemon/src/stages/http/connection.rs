@@ -15,7 +15,7 @@ use super::head::{
 };
 use super::{
     BodyDecoding, ContentCoding, ExchangeSelector, HttpExchange, HttpLimits, HttpStats, Incomplete,
-    RequestBody, RequestHead, ResponseSummary,
+    OpenRequest, RequestBody, RequestHead, ResponseSummary,
 };
 use crate::shared::model::{ConnectionId, Direction, Endpoint, Timestamp};
 
@@ -312,6 +312,15 @@ impl<B: RequestBody> Connection<B> {
                 .and_then(|r| r.decoder.as_ref())
                 .map_or(0, BodyDecoder::held_bytes)
             + self.h2c_switch.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// Every selected request still waiting for its response, oldest first.
+    pub(crate) fn open_requests(&self, out: &mut Vec<OpenRequest>) {
+        for p in &self.pending {
+            if let Some(e) = p.exchange.as_ref() {
+                out.push(OpenRequest::of(e, p.request_done));
+            }
+        }
     }
 
     /// When the oldest selected request still waiting for its response started.

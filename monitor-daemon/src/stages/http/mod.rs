@@ -15,10 +15,12 @@ pub(crate) mod decode;
 mod h2;
 mod head;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use crate::shared::model::{ConnectionId, Endpoint, StreamEvent, Timestamp};
 use crate::shared::settings::{Problem, at_least_one};
+use crate::shared::token::TokenFingerprint;
 use connection::Ctx;
 use h2::Session;
 use head::HeaderSlots;
@@ -153,6 +155,124 @@ pub trait RequestBody {
     /// Heap the consumer holds (for the stage's state budget).
     fn held_bytes(&self) -> usize {
         0
+    }
+    /// The fingerprint of the token the body carries as read so far, if it is known (a later
+    /// field of the same name may still replace it).
+    fn token_fingerprint(&self) -> Option<TokenFingerprint> {
+        None
+    }
+}
+
+/// What the policy's reorder hold needs to know of one selected request still open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenRequest {
+    pub ts_start: Timestamp,
+    /// The connection's client address (a proxy's, when one carries the request).
+    pub peer: IpAddr,
+    pub token: OpenToken,
+}
+
+/// Whose call an open request will be, as far as its bytes tell yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenToken {
+    /// Neither a token nor the body's end has been read: it could be anyone's.
+    Unknown,
+    /// The body carries this token (`None`: the body ended without a usable one).
+    Known(Option<TokenFingerprint>),
+}
+
+impl OpenRequest {
+    pub(crate) fn of<B: RequestBody>(exchange: &HttpExchange<B>, request_done: bool) -> Self {
+        let token = match exchange.body.token_fingerprint() {
+            Some(fp) => OpenToken::Known(Some(fp)),
+            None if request_done => OpenToken::Known(None),
+            None => OpenToken::Unknown,
+        };
+        OpenRequest {
+            ts_start: exchange.ts_request_start,
+            peer: exchange.client.ip,
+            token,
+        }
+    }
+}
+
+/// A multiset of start times: how many open requests started at each.
+#[derive(Default)]
+struct Starts(BTreeMap<Timestamp, u32>);
+
+impl Starts {
+    fn add(&mut self, ts: Timestamp) {
+        *self.0.entry(ts).or_default() += 1;
+    }
+    fn remove(&mut self, ts: Timestamp) {
+        if let Some(n) = self.0.get_mut(&ts) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&ts);
+            }
+        }
+    }
+    fn first(&self) -> Option<Timestamp> {
+        self.0.keys().next().copied()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The open requests of every connection, indexed for the policy's reorder hold.
+#[derive(Default)]
+struct OpenIndex {
+    of: HashMap<ConnectionId, Vec<OpenRequest>>,
+    unknown: Starts,
+    by_token: HashMap<TokenFingerprint, Starts>,
+    by_peer: HashMap<IpAddr, Starts>,
+}
+
+impl OpenIndex {
+    /// Replaces `conn`'s open requests with `now` (sorted or not).
+    fn update(&mut self, conn: ConnectionId, now: &mut Vec<OpenRequest>) {
+        let before = self.of.get(&conn).map_or(&[][..], Vec::as_slice);
+        if before == now.as_slice() {
+            return;
+        }
+        let before = self.of.remove(&conn).unwrap_or_default();
+        for r in &before {
+            self.index(r, false);
+        }
+        for r in now.iter() {
+            self.index(r, true);
+        }
+        if !now.is_empty() {
+            self.of.insert(conn, std::mem::take(now));
+        }
+    }
+
+    fn index(&mut self, r: &OpenRequest, add: bool) {
+        let apply = |starts: &mut Starts| {
+            if add {
+                starts.add(r.ts_start);
+            } else {
+                starts.remove(r.ts_start);
+            }
+        };
+        match r.token {
+            OpenToken::Unknown => apply(&mut self.unknown),
+            OpenToken::Known(token) => {
+                if let Some(fp) = token {
+                    let starts = self.by_token.entry(fp).or_default();
+                    apply(starts);
+                    if starts.is_empty() {
+                        self.by_token.remove(&fp);
+                    }
+                }
+                let starts = self.by_peer.entry(r.peer).or_default();
+                apply(starts);
+                if starts.is_empty() {
+                    self.by_peer.remove(&r.peer);
+                }
+            }
+        }
     }
 }
 
@@ -381,6 +501,9 @@ pub struct HttpTracker<S: ExchangeSelector> {
     /// connection (a flood of connections with open requests made that walk quadratic).
     open_requests: BTreeSet<(Timestamp, ConnectionId)>,
     open_request_of: HashMap<ConnectionId, Timestamp>,
+    /// Every connection's open requests by whose they are known to be (see [`OpenRequest`]).
+    open_index: OpenIndex,
+    open_scratch: Vec<OpenRequest>,
     /// What each connection's parsing state holds, indexed by size so that the largest is
     /// found at once when the total goes over the budget.
     held_by_size: BTreeSet<(usize, ConnectionId)>,
@@ -403,6 +526,8 @@ impl<S: ExchangeSelector> HttpTracker<S> {
             connections: HashMap::new(),
             open_requests: BTreeSet::new(),
             open_request_of: HashMap::new(),
+            open_index: OpenIndex::default(),
+            open_scratch: Vec::new(),
             held_by_size: BTreeSet::new(),
             held_of: HashMap::new(),
             held_total: 0,
@@ -542,6 +667,13 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     /// Brings `conn`'s entry in the index of open requests up to date (a look at its own
     /// pending requests, which are bounded).
     fn note_open_request(&mut self, conn: ConnectionId) {
+        let mut open = std::mem::take(&mut self.open_scratch);
+        open.clear();
+        if let Some(c) = self.connections.get(&conn) {
+            c.open_requests(&mut open);
+        }
+        self.open_index.update(conn, &mut open);
+        self.open_scratch = open;
         let now = self
             .connections
             .get(&conn)
@@ -589,6 +721,28 @@ impl<S: ExchangeSelector> HttpTracker<S> {
                 .min()
         );
         self.open_requests.first().map(|&(ts, _)| ts)
+    }
+
+    /// Start of the oldest open request whose token is not known yet (see [`OpenToken`]) among
+    /// those that started after `after`.
+    pub fn oldest_open_unknown_after(&self, after: Timestamp) -> Option<Timestamp> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.open_index
+            .unknown
+            .0
+            .range((Excluded(after), Unbounded))
+            .next()
+            .map(|(&ts, _)| ts)
+    }
+
+    /// Start of the oldest open request known to carry `token`.
+    pub fn oldest_open_of_token(&self, token: &TokenFingerprint) -> Option<Timestamp> {
+        self.open_index.by_token.get(token).and_then(Starts::first)
+    }
+
+    /// Start of the oldest open request from `peer` whose token is known (or known missing).
+    pub fn oldest_open_from_peer(&self, peer: IpAddr) -> Option<Timestamp> {
+        self.open_index.by_peer.get(&peer).and_then(Starts::first)
     }
 }
 

@@ -17,6 +17,12 @@ pub struct PolicyConfig {
     /// How long a finished call may wait for earlier-started calls before rules see it, so that
     /// windows are evaluated in request order even when responses finish out of order.
     pub reorder_window: Duration,
+    /// How long an open request whose token is not known yet (its head or body still arriving)
+    /// holds back every finished call that started after it; past it, it holds back nothing.
+    /// Never longer than `reorder_window` (a longer value acts as `reorder_window`).
+    /// A request whose token is known holds back only that token's calls (and the calls its
+    /// client address is judged by) for up to `reorder_window`.
+    pub unknown_token_hold: Duration,
     pub heavy: HeavyConfig,
     pub rules: Vec<RuleConfig>,
     /// Tokens held to other limits (a registered bulk job) or exempt (an admin or service token),
@@ -55,6 +61,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             reorder_window: Duration(Span::from_secs(120)),
+            unknown_token_hold: Duration(Span::from_secs(5)),
             heavy: HeavyConfig::default(),
             rules: vec![
                 RuleConfig {

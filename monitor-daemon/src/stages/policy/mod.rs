@@ -18,13 +18,15 @@
 
 mod config;
 pub mod enforce;
+mod hold;
 mod window;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 
 pub use config::{CallClass, HeavyConfig, HeavyKind, OverrideConfig, PolicyConfig, RuleConfig};
+pub use hold::{Hold, NothingOpen, OpenRequests};
 pub use window::{MAX_HELD, SlidingCount};
 
 use crate::shared::model::{Span, Timestamp};
@@ -125,7 +127,8 @@ pub struct PolicyStats {
     /// Calls without a usable token (missing, malformed, unreadable): no rule can apply to
     /// them; they are counted per client address instead (see [`Policy::refused_clients`]).
     pub calls_without_token: u64,
-    /// Calls that arrived after later-started calls had already been evaluated.
+    /// Calls that arrived after later-started calls of the same token (or, for calls counted
+    /// per client address, of the same address) had already been evaluated.
     pub late_calls: u64,
     /// Calls of exempt tokens (`policy.overrides`): no rule applied.
     pub exempt_calls: u64,
@@ -143,8 +146,9 @@ pub struct PolicyStats {
     /// Other web hosts' calls (`[shared]`) counted in the windows; they are in none of the
     /// counters above, which count this host's calls only.
     pub peer_calls: u64,
-    /// Peers' calls that arrived after later-started calls had been evaluated here (a peer that
-    /// was cut off, or Redis down for a while): still counted in their windows.
+    /// Peers' calls that arrived after later-started calls of the same token (or client address)
+    /// had been evaluated here (a peer that was cut off, or Redis down for a while): still
+    /// counted in their windows.
     pub late_peer_calls: u64,
 }
 
@@ -197,6 +201,11 @@ fn refused_rule(config: &PolicyConfig) -> (u32, Span) {
         .map_or((3, Span::from_secs(60)), |r| (r.limit, r.window.span()))
 }
 
+/// Calls held back that one round of [`Policy::poll`] looks past for a later call it may
+/// release: a bound on the work per release when many calls wait behind open requests (those
+/// beyond it wait for a later round, at worst for the reorder window).
+const MAX_HELD_LOOKED_PAST: usize = 1024;
+
 /// How often idle tokens are looked for (in capture time).
 const FORGET_INTERVAL: Span = Span::from_secs(60);
 
@@ -231,6 +240,7 @@ pub struct Policy {
     heavy_response_bytes: u64,
     heavy_kinds: Vec<HeavyKind>,
     reorder_window: Span,
+    unknown_token_hold: Span,
     tokens: FingerprintMap<TokenWindows>,
     overrides: FingerprintMap<Override>,
     max_tokens: usize,
@@ -241,11 +251,15 @@ pub struct Policy {
     longest_window: Span,
     next_forget: Timestamp,
     pending: BinaryHeap<Reverse<Pending>>,
+    /// Calls found held during the current round of [`Policy::poll`] (back in `pending` when
+    /// the round ends), and the tokens and client addresses they hold back with them: a later
+    /// call of the same token or address must not overtake them.
+    deferred: Vec<Pending>,
+    blocked_tokens: HashSet<TokenFingerprint>,
+    blocked_clients: HashSet<IpAddr>,
     next_seq: u64,
     /// Peers' calls that broke a rule, for the enforcer's memory (see `take_peer_offences`).
     peer_offences: Vec<(TokenFingerprint, Timestamp)>,
-    /// Request start of the newest call evaluated so far.
-    evaluated_up_to: Timestamp,
     stats: PolicyStats,
 }
 
@@ -311,10 +325,13 @@ impl Policy {
             heavy_response_bytes: config.heavy.response_bytes,
             heavy_kinds: config.heavy.kinds.clone(),
             reorder_window: config.reorder_window.span(),
+            unknown_token_hold: config.unknown_token_hold.span(),
             tokens: FingerprintMap::default(),
             pending: BinaryHeap::new(),
+            deferred: Vec::new(),
+            blocked_tokens: HashSet::new(),
+            blocked_clients: HashSet::new(),
             next_seq: 0,
-            evaluated_up_to: Timestamp::default(),
             peer_offences: Vec::new(),
             stats: PolicyStats::default(),
         }
@@ -361,6 +378,7 @@ impl Policy {
         self.heavy_response_bytes = config.heavy.response_bytes;
         self.heavy_kinds = config.heavy.kinds.clone();
         self.reorder_window = config.reorder_window.span();
+        self.unknown_token_hold = config.unknown_token_hold.span();
     }
 
     /// Why `call` is heavy, if it is: size first (it is measured), then the request kind.
@@ -403,22 +421,95 @@ impl Policy {
         }));
     }
 
-    /// Evaluates the next call that no earlier-started call can still overtake: one that started
-    /// before every request still open (`open_since`, `None` when none is), or at least the
-    /// reorder window before `now` (a request left hanging must not hold the others back).
-    pub fn poll(&mut self, now: Timestamp, open_since: Option<Timestamp>) -> Option<Verdict> {
-        loop {
-            let ready = self.pending.peek().is_some_and(|Reverse(p)| {
-                open_since.is_none_or(|open| p.ts_start < open)
-                    || p.ts_start.plus(self.reorder_window) <= now
-            });
-            if !ready {
-                return None;
+    /// Evaluates the next call that no earlier-started call can still overtake, or returns
+    /// `None` when every waiting call is held back; call it until it does (one round), with the
+    /// same `hold`. A call is held back by a request still open that started no later than it
+    /// and may count against the same window (see [`Hold`]): one whose token is that call's
+    /// token; for a call counted per client address (refused, unanswered, without a usable
+    /// token), one from that address whose token is known; any one whose token is not known
+    /// yet and that started less than `policy.unknown_token_hold` before `now`; and by an
+    /// earlier call held back of the same token or address. Nothing is held back once it
+    /// started at least the reorder window before `now` (a request left hanging must not hold
+    /// the others back for ever).
+    pub fn poll(&mut self, now: Timestamp, hold: &Hold<'_>) -> Option<Verdict> {
+        let unknown = hold
+            .open
+            .oldest_unknown_after(now.minus(self.unknown_token_hold.min(self.reorder_window)));
+        let all_since = match (hold.all_since, unknown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        while let Some(Reverse(pending)) = self.pending.pop() {
+            let aged = pending.ts_start.plus(self.reorder_window) <= now;
+            if aged {
+                match self.settle(pending) {
+                    Some(verdict) => return Some(verdict),
+                    None => continue,
+                }
             }
-            if let Some(verdict) = self.release() {
-                return Some(verdict);
+            // Everything from here on started after the hold on all calls, or more calls are
+            // held back than a round looks past: the rest waits for a later round (at worst
+            // for the reorder window), so a flood of held calls costs little per release.
+            if all_since.is_some_and(|since| since <= pending.ts_start)
+                || self.deferred.len() >= MAX_HELD_LOOKED_PAST
+            {
+                self.pending.push(Reverse(pending));
+                break;
+            }
+            if !self.held(&pending.call, all_since, hold.open) {
+                match self.settle(pending) {
+                    Some(verdict) => return Some(verdict),
+                    None => continue,
+                }
+            }
+            self.block(&pending.call);
+            self.deferred.push(pending);
+        }
+        self.end_round();
+        None
+    }
+
+    /// Whether an open request, or a call already held back, may still count before `call`.
+    fn held(&self, call: &ApiCall, all_since: Option<Timestamp>, open: &dyn OpenRequests) -> bool {
+        let started_before = |open: Option<Timestamp>| open.is_some_and(|o| o <= call.ts_start);
+        if started_before(all_since) {
+            return true;
+        }
+        if let Ok(identity) = &call.token {
+            let fp = identity.fingerprint;
+            if self.blocked_tokens.contains(&fp) || started_before(open.oldest_of_token(&fp)) {
+                return true;
             }
         }
+        if !by_client(call) {
+            return false;
+        }
+        // The open request's client is known by its connection's address (a trusted proxy's,
+        // when one carried it), the call's by what the proxy said too: either may match.
+        let client = call.client.ip;
+        self.blocked_clients.contains(&client)
+            || started_before(open.oldest_from_peer(client))
+            || call
+                .proxy
+                .is_some_and(|proxy| started_before(open.oldest_from_peer(proxy.ip)))
+    }
+
+    /// A call held back holds back the later calls of its token, and of its client address when
+    /// it may be counted by address.
+    fn block(&mut self, call: &ApiCall) {
+        if let Ok(identity) = &call.token {
+            self.blocked_tokens.insert(identity.fingerprint);
+        }
+        if by_client(call) {
+            self.blocked_clients.insert(call.client.ip);
+        }
+    }
+
+    /// Puts the calls held back in this round back among the waiting ones.
+    fn end_round(&mut self) {
+        self.pending.extend(self.deferred.drain(..).map(Reverse));
+        self.blocked_tokens.clear();
+        self.blocked_clients.clear();
     }
 
     /// Start of the earliest call of this host still waiting to be judged: with windows shared,
@@ -442,6 +533,7 @@ impl Policy {
 
     /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
     pub fn drop_raw_tokens(&mut self) {
+        self.end_round();
         let mut waiting = std::mem::take(&mut self.pending).into_vec();
         for Reverse(pending) in &mut waiting {
             drop(pending.call.raw_token.take());
@@ -451,11 +543,12 @@ impl Policy {
 
     /// Whether finished calls are waiting to be evaluated.
     pub fn has_waiting(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.deferred.is_empty()
     }
 
     /// Evaluates the next waiting call regardless of time (end of input).
     pub fn drain(&mut self) -> Option<Verdict> {
+        self.end_round();
         while self.has_waiting() {
             if let Some(verdict) = self.release() {
                 return Some(verdict);
@@ -503,13 +596,19 @@ impl Policy {
     /// Evaluates the next waiting call; a peer's gives no verdict (`None` then too).
     fn release(&mut self) -> Option<Verdict> {
         let Reverse(pending) = self.pending.pop()?;
+        self.settle(pending)
+    }
+
+    /// Evaluates a call taken from the waiting ones: this host's gives its verdict; a peer's
+    /// only fills the windows (and may be an offence for the enforcer), `None`.
+    fn settle(&mut self, pending: Pending) -> Option<Verdict> {
         if !pending.from_peer {
             return Some(self.evaluate(pending.call));
         }
         // The windows take the peer's call; this host's counters stay this host's own, but for
         // what is about memory (evictions), which is this host's whatever the call.
         let own = self.stats.clone();
-        let late = pending.call.ts_start < self.evaluated_up_to;
+        let own_late = own.late_calls;
         let verdict = self.evaluate(pending.call);
         if let (Ok(identity), false) = (&verdict.call.token, verdict.violations.is_empty()) {
             self.peer_offences
@@ -519,7 +618,7 @@ impl Policy {
         self.stats.evicted_tokens = after.evicted_tokens;
         self.stats.evicted_refused_clients = after.evicted_refused_clients;
         self.stats.peer_calls += 1;
-        self.stats.late_peer_calls += u64::from(late);
+        self.stats.late_peer_calls += after.late_calls - own_late;
         None
     }
 
@@ -528,11 +627,6 @@ impl Policy {
         let heavy = self.classify(&call);
         if heavy.is_some() {
             self.stats.heavy_calls += 1;
-        }
-        if call.ts_start < self.evaluated_up_to {
-            self.stats.late_calls += 1;
-        } else {
-            self.evaluated_up_to = call.ts_start;
         }
         let mut violations = Vec::new();
         let mut client_violation = None;
@@ -562,6 +656,9 @@ impl Policy {
                     } else {
                         self.make_room(fp);
                         let windows = self.tokens.entry(fp).or_default();
+                        if call.ts_start < windows.last_call {
+                            self.stats.late_calls += 1;
+                        }
                         windows.last_call = windows.last_call.max(call.ts_start);
                         windows
                             .per_rule
@@ -652,6 +749,9 @@ impl Policy {
             refused: SlidingCount::default(),
         });
         entry.summary.calls += 1;
+        if call.ts_start < entry.summary.last_call {
+            self.stats.late_calls += 1;
+        }
         entry.summary.last_call = entry.summary.last_call.max(call.ts_start);
         if !call.status.is_some_and(|s| s == 401 || s == 403) {
             return None;
@@ -666,6 +766,13 @@ impl Policy {
             count,
         })
     }
+}
+
+/// Whether the policy may count `call` against its client address rather than its token: it
+/// has no usable token, or the server refused it or never answered (counted by address when the
+/// token is not otherwise tracked).
+fn by_client(call: &ApiCall) -> bool {
+    call.token.is_err() || call.status.is_none_or(|s| s == 401 || s == 403)
 }
 
 /// The heavy request kind a call is, judged from its request alone.

@@ -61,18 +61,29 @@ fn poll_waits_for_earlier_open_requests_or_the_reorder_window() {
     let mut policy = Policy::new(&PolicyConfig::default());
     policy.push(call(1, 1000));
     // A request that started at 990 is still open: it may yet count before this call.
-    assert!(policy.poll(at(1100), Some(at(990))).is_none());
     assert!(
-        policy.poll(at(1120), Some(at(990))).is_some(),
+        policy
+            .poll(at(1100), &Hold::all_since(Some(at(990))))
+            .is_none()
+    );
+    assert!(
+        policy
+            .poll(at(1120), &Hold::all_since(Some(at(990))))
+            .is_some(),
         "it cannot hold on forever"
     );
     policy.push(call(1, 1200));
     assert!(
-        policy.poll(at(1201), Some(at(1201))).is_some(),
+        policy
+            .poll(at(1201), &Hold::all_since(Some(at(1201))))
+            .is_some(),
         "nothing open started earlier"
     );
     policy.push(call(1, 1300));
-    assert!(policy.poll(at(1301), None).is_some(), "nothing open at all");
+    assert!(
+        policy.poll(at(1301), &Hold::all_since(None)).is_some(),
+        "nothing open at all"
+    );
 }
 
 #[test]

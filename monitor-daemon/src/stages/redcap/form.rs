@@ -159,9 +159,16 @@ pub(crate) struct FieldCollector {
     /// item has any byte.
     items: u32,
     item_started: bool,
+    /// How many times a `token` field was assigned so far (a later one replaces the earlier).
+    token_assignments: u32,
 }
 
 impl FieldCollector {
+    /// The token as read so far, and a count that changes whenever it is assigned anew.
+    pub(crate) fn token_so_far(&self) -> (u32, Option<&Result<RawToken, TokenProblem>>) {
+        (self.token_assignments, self.fields.token.as_ref())
+    }
+
     /// Heap the open field's value holds (the kept parameters are counted by the caller).
     pub(crate) fn held_bytes(&self) -> usize {
         self.value.capacity()
@@ -182,6 +189,7 @@ impl FieldCollector {
             value_len: 0,
             items: 0,
             item_started: false,
+            token_assignments: 0,
         }
     }
 
@@ -270,6 +278,7 @@ impl FieldCollector {
             Role::Closed | Role::Ignore => {}
             Role::Payload => self.fields.params.data_bytes = Some(self.value_len),
             Role::Token => {
+                self.token_assignments = self.token_assignments.wrapping_add(1);
                 self.fields.token = Some(if self.value_too_long {
                     Err(TokenProblem::Malformed)
                 } else {
@@ -371,6 +380,7 @@ impl FieldCollector {
                 Role::Ignore
             }
             Role::Token => {
+                self.token_assignments = self.token_assignments.wrapping_add(1);
                 self.fields.token = Some(Err(TokenProblem::Malformed));
                 Role::Ignore
             }

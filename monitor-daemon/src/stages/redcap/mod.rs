@@ -253,6 +253,12 @@ pub fn parse_bool(value: &str) -> bool {
 pub struct FormBody {
     collector: FieldCollector,
     scanner: Scanner,
+    /// Keys the fingerprint of the token read so far (for the policy's reorder hold); without
+    /// it the token stays unknown until the call is built.
+    key: Option<std::sync::Arc<SiteKey>>,
+    /// The fingerprint of the token read so far, as of `token_assignments` assignments.
+    token_fp: Option<TokenFingerprint>,
+    token_assignments: u32,
 }
 
 enum Scanner {
@@ -298,7 +304,33 @@ impl FormBody {
             collector.problem(BodyProblem::UnsupportedContentType);
             Scanner::Unread
         };
-        FormBody { collector, scanner }
+        FormBody {
+            collector,
+            scanner,
+            key: None,
+            token_fp: None,
+            token_assignments: 0,
+        }
+    }
+
+    /// Fingerprints the token as soon as it is read, with `key` (see
+    /// [`RequestBody::token_fingerprint`]).
+    pub fn with_key(mut self, key: std::sync::Arc<SiteKey>) -> FormBody {
+        self.key = Some(key);
+        self
+    }
+
+    /// Brings the fingerprint of the token read so far up to date (once per assignment).
+    fn note_token(&mut self) {
+        let (assignments, token) = self.collector.token_so_far();
+        if assignments == self.token_assignments {
+            return;
+        }
+        self.token_assignments = assignments;
+        self.token_fp = match (token, &self.key) {
+            (Some(Ok(raw)), Some(key)) => Some(key.fingerprint(raw)),
+            _ => None,
+        };
     }
 
     /// The fields read, once the body has ended.
@@ -343,6 +375,11 @@ impl RequestBody for FormBody {
             Scanner::Multipart(s) => s.feed(chunk, &mut self.collector),
             Scanner::Unread => {}
         }
+        self.note_token();
+    }
+
+    fn token_fingerprint(&self) -> Option<TokenFingerprint> {
+        self.token_fp
     }
 
     fn gap(&mut self, len: u64) {
@@ -351,6 +388,7 @@ impl RequestBody for FormBody {
             Scanner::Multipart(s) => s.gap(len, &mut self.collector),
             Scanner::Unread => {}
         }
+        self.note_token();
     }
 }
 
@@ -358,6 +396,8 @@ impl RequestBody for FormBody {
 pub struct ApiRequestSelector {
     paths: ApiPaths,
     max_input_vars: u64,
+    /// Given to each body, so that an open request's token is known as soon as it is read.
+    key: Option<std::sync::Arc<SiteKey>>,
     stats: SelectorStats,
 }
 
@@ -375,8 +415,16 @@ impl ApiRequestSelector {
         ApiRequestSelector {
             paths,
             max_input_vars: DEFAULT_MAX_INPUT_VARS,
+            key: None,
             stats: SelectorStats::default(),
         }
+    }
+
+    /// Bodies fingerprint their token as soon as it is read (the policy's reorder hold then
+    /// holds back only that token's calls behind an open request).
+    pub fn with_site_key(mut self, key: SiteKey) -> ApiRequestSelector {
+        self.key = Some(std::sync::Arc::new(key));
+        self
     }
 
     /// Reads bodies as PHP with this `max_input_vars` (`redcap.max_input_vars`) does.
@@ -403,10 +451,11 @@ impl ExchangeSelector for ApiRequestSelector {
             return None;
         }
         self.stats.selected += 1;
-        Some(FormBody::new(
-            head.content_type.as_deref(),
-            self.max_input_vars,
-        ))
+        let body = FormBody::new(head.content_type.as_deref(), self.max_input_vars);
+        Some(match &self.key {
+            Some(key) => body.with_key(key.clone()),
+            None => body,
+        })
     }
 }
 

@@ -25,6 +25,7 @@ impl KernelProbe {
         }
         let method = self.attach_method;
         if method == AttachMethod::Netlink {
+            self.netlink_used = true;
             self.add_clsact(interface);
         }
         for (attach_type, direction) in [
@@ -44,6 +45,7 @@ impl KernelProbe {
                         }
                         // Older kernels (or TCX refused): classic clsact + netlink filter.
                         Err(tcx) => {
+                            self.netlink_used = true;
                             self.add_clsact(interface);
                             attach_netlink(self.classifier()?, interface, attach_type).map_err(
                                 |netlink| ProbeError::Attach {

@@ -268,6 +268,8 @@ pub struct KernelProbe {
     // After the links: a qdisc is removed only once our filters on it are gone.
     clsact: Vec<OwnedClsact>,
     attach_method: AttachMethod,
+    /// Whether netlink filters were attached: removing them (at exit) needs CAP_NET_ADMIN.
+    netlink_used: bool,
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     pub(super) ebpf: Ebpf,
@@ -276,6 +278,12 @@ pub struct KernelProbe {
 }
 
 impl KernelProbe {
+    /// Whether netlink filters (or a clsact qdisc) were attached: taking them away at exit
+    /// needs CAP_NET_ADMIN, where TCX links go with their file descriptors.
+    pub fn uses_netlink(&self) -> bool {
+        self.netlink_used || !self.clsact.is_empty()
+    }
+
     /// Loads the classifier with `config` patched in. Needs CAP_BPF and CAP_PERFMON (or root).
     pub fn load(config: &ProbeConfig) -> Result<KernelProbe, ProbeError> {
         let ports = server_ports(config)?;
@@ -339,6 +347,7 @@ impl KernelProbe {
             tls_peers: super::records::TlsPeers::new(config.max_flows as usize),
             clsact: Vec::new(),
             attach_method: config.attach,
+            netlink_used: false,
             events,
             counters,
             ebpf,

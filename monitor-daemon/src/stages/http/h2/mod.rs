@@ -19,8 +19,8 @@ use super::connection::Ctx;
 use super::decode::BodyDecoder;
 use super::head::content_coding;
 use super::{
-    ContentCoding, ExchangeSelector, HttpExchange, HttpStats, HttpVersion, Incomplete, RequestBody,
-    RequestHead, ResponseSummary,
+    ContentCoding, ExchangeSelector, HttpExchange, HttpStats, HttpVersion, Incomplete, OpenRequest,
+    RequestBody, RequestHead, ResponseSummary,
 };
 use crate::shared::model::{ConnectionId, Direction, Endpoint, Timestamp};
 use frame::{Event, FrameReader, HeaderFields, Stop};
@@ -154,6 +154,13 @@ impl<B: RequestBody> H2Connection<B> {
                 last_client_stream: 0,
                 responses_stopped: false,
             },
+        }
+    }
+
+    /// Every selected request still open.
+    pub(crate) fn open_requests(&self, out: &mut Vec<OpenRequest>) {
+        for s in self.streams.open.values() {
+            out.push(OpenRequest::of(&s.exchange, s.request_done));
         }
     }
 

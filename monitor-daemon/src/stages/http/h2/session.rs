@@ -6,7 +6,7 @@
 //! replays them into the chosen parser. Never decides on anything but the preface.
 
 use super::super::connection::{Connection, Ctx};
-use super::super::{ExchangeSelector, Releasable, RequestBody};
+use super::super::{ExchangeSelector, OpenRequest, Releasable, RequestBody};
 use super::H2Connection;
 use super::frame::PREFACE;
 use crate::shared::model::{ConnectionId, Direction, Endpoint, Timestamp};
@@ -77,6 +77,14 @@ impl<B: RequestBody> Session<B> {
                 client_remaining,
             }),
             Session::Undecided(_) | Session::Http2(_) => None,
+        }
+    }
+
+    pub(crate) fn open_requests(&self, out: &mut Vec<OpenRequest>) {
+        match self {
+            Session::Undecided(_) => {}
+            Session::Http1(c) => c.open_requests(out),
+            Session::Http2(c) => c.open_requests(out),
         }
     }
 
