@@ -160,7 +160,8 @@ pub struct TokenLoad {
 }
 
 /// Counters the detector keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HealthStats {
     pub judgements: u64,
     pub bad_intervals: u64,
