@@ -225,7 +225,7 @@ fn a_world_readable_token_file_is_refused_with_the_fix() {
         "the scheme is required"
     );
     assert!(!bearer.admits(None));
-    crate::shared::secret_file::write_secret(&path, "short\n");
+    test_support::write_secret(&path, "short\n");
     let err = Bearer::load(&path).err().unwrap().to_string();
     assert!(err.contains("at least 16"), "{err}");
 }
