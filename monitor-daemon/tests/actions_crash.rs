@@ -7,7 +7,7 @@
 //! token once the call returned. The parent kills it with SIGKILL mid-burst.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,6 +19,7 @@ use redcap_monitor::edges::store::{AuditKind, Store, StoreLimits};
 use redcap_monitor::shared::model::Timestamp;
 use redcap_monitor::shared::token::TokenFingerprint;
 use redcap_monitor::stages::policy::enforce::Enforcer;
+use test_support::Receiver;
 
 const CHILD_ENV: &str = "ACTIONS_CRASH_CHILD";
 const PORT_ENV: &str = "ACTIONS_CRASH_PORT";
@@ -73,50 +74,6 @@ fn daemon_child() {
         actions.tick(&mut enforcer, at);
         println!("suspended {i}");
     }
-}
-
-/// Answers every request 200 and counts them, until dropped.
-fn serve_ok(listener: TcpListener, served: std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Headers, then the body by Content-Length.
-            let body_len = loop {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    break Some((end + 4, len));
-                }
-            };
-            let Some((start, len)) = body_len else {
-                continue;
-            };
-            while buf.len() < start + len {
-                let Ok(n) = stream.read(&mut chunk) else {
-                    break;
-                };
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
 }
 
 #[test]
@@ -182,11 +139,7 @@ fn kill_9_mid_burst_loses_no_suspension_or_alert() {
 
     // Restart, now with the sink up: the suspensions are back in the enforcer, and the alerts
     // queued before the crash are delivered.
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    serve_ok(
-        TcpListener::bind(("127.0.0.1", port)).unwrap(),
-        served.clone(),
-    );
+    let sink = Receiver::serve(TcpListener::bind(("127.0.0.1", port)).unwrap()).unwrap();
     let actions = Actions::open(config.actions(), "crash-host".into(), now()).unwrap();
     let mut enforcer = Enforcer::new(config.enforcement.clone());
     let restored = actions
@@ -200,6 +153,6 @@ fn kill_9_mid_burst_loses_no_suspension_or_alert() {
         assert!(Instant::now() < end, "queued alerts were not delivered");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(served.load(std::sync::atomic::Ordering::Relaxed) >= acknowledged.len());
+    assert!(sink.requests().len() >= acknowledged.len());
     actions.shutdown();
 }

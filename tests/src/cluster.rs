@@ -9,16 +9,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 
 use crate::capture::Tcpdump;
 use crate::daemon::{LiveDaemon, monitor_bin};
-use crate::receiver::{Received, receiver};
 use crate::redis::{RedisOptions, RedisServer};
 use crate::sim::{SimOptions, SimRecord, Simulator};
 use crate::web::{Nginx, TestPki};
+use test_support::Receiver;
 
 /// The admin API's bearer token every host's daemon takes (a test secret).
 pub const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789abcdef";
@@ -76,7 +75,7 @@ pub struct Host {
     pub config: PathBuf,
     pub daemon: Option<LiveDaemon>,
     /// Webhooks the host's daemon sent.
-    pub alerts: Arc<Mutex<Vec<Received>>>,
+    pub alerts: Receiver,
     capture: Option<Tcpdump>,
     nginx: Option<Nginx>,
     pub sim: Simulator,
@@ -190,8 +189,7 @@ impl Host {
     /// The webhook events (`event` of each generic envelope) the host's daemon sent, in order.
     pub fn alert_events(&self) -> Vec<serde_json::Value> {
         self.alerts
-            .lock()
-            .unwrap()
+            .requests()
             .iter()
             .filter_map(|r| serde_json::from_slice(&r.body).ok())
             .collect()
@@ -316,7 +314,7 @@ impl Cluster {
             let (listener, alerts) = {
                 let listener = crate::netns::listen_in(Some(&ns), "127.0.0.1:0")?;
                 let port = listener.local_addr()?.port();
-                (port, receiver(listener))
+                (port, Receiver::serve(listener)?)
             };
             let config = write_host_config(
                 &hdir,

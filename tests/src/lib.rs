@@ -16,7 +16,6 @@ pub mod mariadb;
 pub mod netns;
 pub mod php;
 pub mod rawhttp;
-pub mod receiver;
 pub mod redis;
 pub mod session;
 pub mod sim;
@@ -43,7 +42,7 @@ pub fn python_dir() -> PathBuf {
 /// Returns false (skip) only when the operator said so with `REDCAP_MONITOR_SKIP_ROOT_TESTS=1`;
 /// otherwise a non-root run fails loudly.
 pub fn require_root(test: &str) -> bool {
-    if is_root() {
+    if test_support::is_root() {
         return true;
     }
     if std::env::var("REDCAP_MONITOR_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
@@ -56,25 +55,5 @@ pub fn require_root(test: &str) -> bool {
     );
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Writes a secret file (site key, webhook secret, API token, password) as an admin would:
-/// mode 0600, since the daemon refuses one that others can read.
-pub fn write_secret(path: &std::path::Path, contents: impl AsRef<[u8]>) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    file.write_all(contents.as_ref()).unwrap();
-}
+/// Written as an admin would (mode 0600): the one helper all the workspace's tests share.
+pub use test_support::write_secret;

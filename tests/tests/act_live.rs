@@ -18,9 +18,9 @@ use monitor_tests::daemon::{
     LiveDaemon, admin_json as admin, assert_no_raw_token, file_lines as lines, files_under,
     fingerprints, monitor_bin,
 };
-use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
+use test_support::Receiver;
 
 const ABUSER: &str = "AB12CD34EF56AB12CD34EF56AB12CD34";
 const COMPLIANT: &str = "0C0C0C0C1D1D1D1D2E2E2E2E3F3F3F3F";
@@ -192,12 +192,12 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
 
     // Run 2, receiver up: the alerts queued before the crash are delivered; the abuser is
     // still suspended, so its calls decide nothing new.
-    let received = receiver(TcpListener::bind(("127.0.0.1", receiver_port)).unwrap());
+    let received =
+        Receiver::serve(TcpListener::bind(("127.0.0.1", receiver_port)).unwrap()).unwrap();
     let mut daemon = LiveDaemon::start(None, &config, &key).unwrap();
     let delivered = wait_until(WAIT, || {
         let events: Vec<String> = received
-            .lock()
-            .unwrap()
+            .requests()
             .iter()
             .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
             .filter_map(|b| b["event"].as_str().map(String::from))
@@ -208,7 +208,7 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
         delivered,
         "queued alerts were not delivered after the restart"
     );
-    for request in received.lock().unwrap().iter() {
+    for request in received.requests().iter() {
         let head = request.head.to_lowercase();
         assert!(head.contains("webhook-id: msg_") && head.contains("webhook-signature: v1,"));
     }
@@ -260,7 +260,7 @@ fn the_live_daemon_suspends_an_abuser_survives_kill_9_and_writes_no_raw_token() 
     }
     written.push(("log of run 1".into(), log_1.into_bytes()));
     written.push(("log of run 2".into(), log_2.into_bytes()));
-    for (n, request) in received.lock().unwrap().iter().enumerate() {
+    for (n, request) in received.requests().iter().enumerate() {
         let mut bytes = request.head.clone().into_bytes();
         bytes.extend_from_slice(&request.body);
         written.push((format!("webhook request {n}"), bytes));

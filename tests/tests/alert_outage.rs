@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use monitor_tests::clients::api_call;
 use monitor_tests::daemon::{LiveDaemon, fingerprints, without_api_listener};
-use monitor_tests::receiver::{Received, receiver};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
+use test_support::{Receiver, Recorded};
 
 const TOKEN: &str = "5A5A5A5A6B6B6B6B7C7C7C7C8D8D8D8D";
 const WAIT: Duration = Duration::from_secs(30);
@@ -48,7 +48,7 @@ fn config(dir: &Path, sim_port: u16, chat_port: u16, siem_port: u16) -> PathBuf 
     path
 }
 
-fn events(seen: &[Received]) -> Vec<Value> {
+fn events(seen: &[Recorded]) -> Vec<Value> {
     seen.iter()
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect()
@@ -74,7 +74,7 @@ fn a_sink_down_then_back_gets_its_alert_and_the_other_sink_hears_of_the_outage()
         .unwrap();
     let siem_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let siem_port = siem_listener.local_addr().unwrap().port();
-    let siem = receiver(siem_listener);
+    let siem = Receiver::serve(siem_listener).unwrap();
     let config = config(dir.path(), sim.port(), chat_addr.port(), siem_port);
     let mut daemon = LiveDaemon::start(None, &config, &key).unwrap();
 
@@ -84,7 +84,7 @@ fn a_sink_down_then_back_gets_its_alert_and_the_other_sink_hears_of_the_outage()
         api_call(&url, TOKEN);
     }
     let siem_events = |kind: &str| -> Vec<Value> {
-        events(&siem.lock().unwrap())
+        events(&siem.requests())
             .into_iter()
             .filter(|e| e["event"] == kind)
             .collect()
@@ -120,13 +120,13 @@ fn a_sink_down_then_back_gets_its_alert_and_the_other_sink_hears_of_the_outage()
     );
 
     // `chat` comes back: the violation it missed arrives, and `siem` hears it recovered.
-    let chat = receiver(TcpListener::bind(chat_addr).unwrap());
+    let chat = Receiver::serve(TcpListener::bind(chat_addr).unwrap()).unwrap();
     assert!(
-        wait_until(WAIT, || !chat.lock().unwrap().is_empty()),
+        wait_until(WAIT, || !chat.requests().is_empty()),
         "chat never got its alert: {}",
         daemon.log()
     );
-    let chat_body = String::from_utf8_lossy(&chat.lock().unwrap()[0].body).into_owned();
+    let chat_body = String::from_utf8_lossy(&chat.requests()[0].body).into_owned();
     assert!(chat_body.contains("api_calls"), "{chat_body}");
     assert!(
         wait_until(WAIT, || !siem_events("sink_recovered").is_empty()),
@@ -136,8 +136,7 @@ fn a_sink_down_then_back_gets_its_alert_and_the_other_sink_hears_of_the_outage()
     assert_eq!(siem_events("sink_recovered")[0]["sink"], "chat");
     assert_eq!(siem_events("sink_failing").len(), 1, "once per outage");
     assert!(
-        chat.lock()
-            .unwrap()
+        chat.requests()
             .iter()
             .all(|r| !String::from_utf8_lossy(&r.body).contains("sink_")),
         "chat gets no alert about its own outage"

@@ -10,10 +10,10 @@ use std::time::Duration;
 use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, monitor_bin};
 use monitor_tests::netns::{NamespacePair, command_in, listen_in};
-use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use monitor_tests::web::{Nginx, TestPki};
 use serde_json::Value;
+use test_support::Receiver;
 
 const TOKEN: &str = "7C3A9E1B5D2F4A6C8E0B1D3F5A7C9E2B";
 const WAIT: Duration = Duration::from_secs(20);
@@ -125,7 +125,7 @@ fn https_that_nothing_reads_is_a_blind_spot_everywhere_the_admin_looks_and_https
     // 1. TLS capture off: the five HTTPS calls are blind spots.
     let listener = listen_in(Some(&site.pair.server_ns), "127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let received = receiver(listener);
+    let received = Receiver::serve(listener).unwrap();
     let config = config(&site, "[capture.tls]\nenabled = false\n", port);
     let key = site.dir.path().join("site.key");
     let mut daemon = LiveDaemon::start(Some(&site.pair.server_ns), &config, &key).unwrap();
@@ -157,7 +157,7 @@ fn https_that_nothing_reads_is_a_blind_spot_everywhere_the_admin_looks_and_https
         metrics(&site)
     );
     assert!(
-        wait_until(WAIT, || received.lock().unwrap().iter().any(|r| {
+        wait_until(WAIT, || received.requests().iter().any(|r| {
             serde_json::from_slice::<Value>(&r.body)
                 .is_ok_and(|b| b["event"] == "capture_blind" && b["reason"] == "https_unread")
         })),

@@ -21,10 +21,10 @@ use monitor_tests::daemon::{
     LiveDaemon, assert_no_raw_token, files_under, fingerprints, monitor_bin, stats_json as stats,
 };
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
-use monitor_tests::receiver::{Received, receiver};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use monitor_tests::web::TestPki;
 use serde_json::Value;
+use test_support::{Receiver, Recorded};
 
 /// jdoe's token in project 12 (stored lower-case: REDCap matches tokens case-insensitively).
 const ABUSER: &str = "AB12CD34EF56AB12CD34EF56AB12CD34";
@@ -142,7 +142,7 @@ fn get(api_port: u16, path: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn json_bodies(received: &[Received], path: &str) -> Vec<Value> {
+fn json_bodies(received: &[Recorded], path: &str) -> Vec<Value> {
     received
         .iter()
         .filter(|r| r.head.contains(&format!("POST {path} ")))
@@ -168,7 +168,8 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     })
     .unwrap();
     let receiver_port = free_port();
-    let received = receiver(TcpListener::bind(("127.0.0.1", receiver_port)).unwrap());
+    let received =
+        Receiver::serve(TcpListener::bind(("127.0.0.1", receiver_port)).unwrap()).unwrap();
     let api_port = free_port();
     let config = config(dir.path(), sim.port(), receiver_port, db.port(), api_port);
     let url = sim.url("/api/");
@@ -183,12 +184,12 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
         api_call(&url, ABUSER);
     }
     let suspended = wait_until(WAIT, || {
-        json_bodies(&received.lock().unwrap(), "/alerts")
+        json_bodies(&received.requests(), "/alerts")
             .iter()
             .any(|b| b["event"] == "suspended")
     });
     assert!(suspended, "no suspended alert: {}", daemon.log());
-    let generic = json_bodies(&received.lock().unwrap(), "/alerts");
+    let generic = json_bodies(&received.requests(), "/alerts");
     let alert = generic.iter().find(|b| b["event"] == "suspended").unwrap();
     assert_eq!(alert["token_fp"], abuser.as_str());
     let owner = &alert["owner"];
@@ -204,11 +205,11 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     // REDCap's latest API row for jdoe in project 12 (not the later non-API row).
     assert_eq!(owner["last_api_use"], "2026-12-01 09:30:05");
     assert!(wait_until(WAIT, || {
-        json_bodies(&received.lock().unwrap(), "/slack")
+        json_bodies(&received.requests(), "/slack")
             .iter()
             .any(|b| b["text"].as_str().unwrap_or("").contains("suspended"))
     }));
-    let slack = json_bodies(&received.lock().unwrap(), "/slack");
+    let slack = json_bodies(&received.requests(), "/slack");
     let text = slack
         .iter()
         .map(|b| b["text"].as_str().unwrap_or("").to_string())
@@ -328,12 +329,12 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     );
     // The names read before the server went away are still used.
     let late_named = wait_until(WAIT, || {
-        json_bodies(&received.lock().unwrap(), "/alerts")
+        json_bodies(&received.requests(), "/alerts")
             .iter()
             .any(|b| b["token_fp"] == late.as_str() && b["owner"]["username"] == "bob")
     });
     assert!(late_named, "the violation alert does not name bob");
-    let bob = json_bodies(&received.lock().unwrap(), "/alerts")
+    let bob = json_bodies(&received.requests(), "/alerts")
         .into_iter()
         .find(|b| b["token_fp"] == late.as_str())
         .unwrap();
@@ -364,7 +365,7 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     }
     written.push(("the daemon's log".into(), log.into_bytes()));
     written.push(("metrics".into(), metrics.into_bytes()));
-    for (n, request) in received.lock().unwrap().iter().enumerate() {
+    for (n, request) in received.requests().iter().enumerate() {
         let mut bytes = request.head.clone().into_bytes();
         bytes.extend_from_slice(&request.body);
         written.push((format!("webhook request {n}"), bytes));

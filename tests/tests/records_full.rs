@@ -16,9 +16,9 @@ use monitor_tests::clients::api_call;
 use monitor_tests::daemon::{
     LiveDaemon, file_lines as lines, fingerprints, monitor_bin, stats_json as stats,
 };
-use monitor_tests::receiver::receiver;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use serde_json::Value;
+use test_support::Receiver;
 
 const ABUSER: &str = "AB12CD34EF56AB12CD34EF56AB12CD34";
 const COMPLIANT: &str = "0C0C0C0C1D1D1D1D2E2E2E2E3F3F3F3F";
@@ -93,9 +93,8 @@ fn metric(port: u16, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-fn alert_events(seen: &std::sync::Mutex<Vec<monitor_tests::receiver::Received>>) -> Vec<String> {
-    seen.lock()
-        .unwrap()
+fn alert_events(seen: &Receiver) -> Vec<String> {
+    seen.requests()
         .iter()
         .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
         .filter_map(|b| b["event"].as_str().map(String::from))
@@ -136,7 +135,7 @@ fn a_full_record_disk_drops_records_counted_and_alerted_once_and_they_resume_wit
     .unwrap();
     let sink = TcpListener::bind("127.0.0.1:0").unwrap();
     let sink_port = sink.local_addr().unwrap().port();
-    let alerts = receiver(sink);
+    let alerts = Receiver::serve(sink).unwrap();
     let api_port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -33,15 +33,14 @@ use crate::edges::capture::live::{CaptureCounters, LiveSource, LiveSourceError, 
 use crate::edges::capture::live_pcap::OwnedFrame;
 use crate::edges::directory::Directory;
 use crate::edges::notify::Notifier;
-use crate::edges::output::{
-    Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode, WriterStats,
-};
+use crate::edges::output::{Outage, RecordFiles, RecordPaths, RecordWriter, WriteMode};
 use crate::edges::shared_state::{
     FromRedis, Retention, SharedState, SharedStateError, SuspensionNote,
 };
+use crate::edges::store::Suspension;
 use crate::edges::telemetry::{
-    AlertCounters, BlindSpotCounts, CaptureView, ClusterSection, KernelSection, Metrics,
-    PeerStatus, PipelineCounters, Snapshot, StatsView,
+    AlertCounters, BlindSpotCounts, ClusterSection, KernelSection, Metrics, PeerStatus,
+    PipelineCounters, Snapshot, Tracked,
 };
 use crate::shared::model::Timestamp;
 use crate::shared::token::SiteKey;
@@ -310,7 +309,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 source.rescan_tls();
             }
             Event::Stats => {
-                let stats = counters(&source, &pipeline, &edges);
+                let active = active_suspensions(&edges, wall_clock()).len();
+                let stats = counters(&source, &pipeline, &edges, active);
                 tracing::info!(counters = %stats, "counters");
                 edges.records.write_stats(&stats);
             }
@@ -330,7 +330,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
     edges.tick(&mut pipeline, wall_clock());
     edges.share(&mut pipeline, wall_clock());
     edges.records.writer.flush();
-    let stats = counters(&source, &pipeline, &edges);
+    let active = active_suspensions(&edges, wall_clock()).len();
+    let stats = counters(&source, &pipeline, &edges, active);
     tracing::info!(counters = %stats, "final counters");
     edges.records.write_stats(&stats);
     refresh_telemetry(&source, &pipeline, &mut edges);
@@ -758,66 +759,35 @@ fn start_api(
 
 /// Refreshes the metrics and the admin API's view from every counter.
 fn refresh_telemetry(source: &LiveSource, pipeline: &Pipeline, edges: &mut Edges) {
-    let status = counters(source, pipeline, edges);
     let now = wall_clock();
-    let counters = source.counters();
-    let capture = match &counters {
-        CaptureCounters::Kernel { counters, drain } => CaptureView::Kernel {
-            counters: counters.as_deref().ok(),
-            drain,
-        },
-        CaptureCounters::Pcap(interfaces) => CaptureView::Pcap(interfaces),
-    };
-    let (tracked_connections, tracked_tokens) = pipeline.tracked();
-    let health = pipeline.health();
-    let view = StatsView {
-        pipeline: pipeline.stats(),
-        capture,
-        degraded: health.is_degraded(),
-        blind_spots: edges.coverage.blind_spots(),
-        server_time_p95_s: health.assessment().ttfb_p95_s,
-        tracked_connections,
-        tracked_tokens,
-    };
-    let loads = health.load_by_token(now);
-    let actions = &edges.actions;
-    let metrics = edges.telemetry.metrics();
-    if let Some(cluster) = &status.cluster {
-        let received: Vec<(String, u64)> = cluster
-            .peers
-            .iter()
-            .map(|p| (p.name.clone(), p.calls_received))
-            .collect();
-        metrics.set_shared_stats(
-            cluster.up,
-            cluster.calls_published,
-            cluster.calls_late,
-            cluster.buffered_calls,
-            cluster.peers.iter().filter(|p| p.live).count(),
-            &received,
-        );
-    }
-    metrics.set_action_stats(actions.stats(), actions.hook_runs());
-    metrics.set_writer_stats(edges.records.writer_stats());
-    metrics.set_alert_stats(actions.alert_stats());
-    if let Some(delivery) = actions.delivery_stats() {
-        metrics.set_delivery_stats(&delivery);
-    }
-    edges.telemetry.refresh_long_term(actions.store(), now);
-    let suspensions = actions
+    let suspensions = active_suspensions(edges, now);
+    let status = counters(source, pipeline, edges, suspensions.len());
+    let loads = pipeline.health().load_by_token(now);
+    edges
+        .telemetry
+        .refresh_long_term(edges.actions.store(), now);
+    edges.telemetry.refresh(now, status, &loads, &suspensions);
+}
+
+/// The suspensions in force, as the store holds them (none, logged, when it cannot be read).
+fn active_suspensions(edges: &Edges, now: Timestamp) -> Vec<Suspension> {
+    edges
+        .actions
         .store()
         .active_suspensions(now)
         .unwrap_or_else(|err| {
             tracing::error!(error = %err, "cannot read the suspensions in force");
             Vec::new()
-        });
-    edges
-        .telemetry
-        .refresh(now, &view, status, &loads, &suspensions);
+        })
 }
 
 /// Every counter as one [`Snapshot`]: the kernel's (or libpcap's), then each stage's.
-fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot {
+fn counters(
+    source: &LiveSource,
+    pipeline: &Pipeline,
+    edges: &Edges,
+    suspensions_active: usize,
+) -> Snapshot {
     let records = &edges.records;
     let (kernel, ring, pcap) = match source.counters() {
         CaptureCounters::Kernel { counters, drain } => {
@@ -830,6 +800,7 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot
         CaptureCounters::Pcap(interfaces) => (None, None, Some(interfaces)),
     };
     let stats = pipeline.stats();
+    let (tracked_connections, tracked_tokens) = pipeline.tracked();
     let actions = &edges.actions;
     Snapshot {
         mode: source.mode().to_owned(),
@@ -846,6 +817,7 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot
             .map(|(name, n)| (name.to_owned(), n))
             .collect(),
         degraded: pipeline.health().is_degraded(),
+        server_time_p95_s: pipeline.health().assessment().ttfb_p95_s,
         coverage: Some(
             edges
                 .coverage
@@ -855,7 +827,13 @@ fn counters(source: &LiveSource, pipeline: &Pipeline, edges: &Edges) -> Snapshot
                 .collect(),
         ),
         pipeline: PipelineCounters::from(&stats),
+        tracked: Tracked {
+            connections: tracked_connections,
+            tokens: tracked_tokens,
+        },
         actions: actions.stats().clone(),
+        suspensions_active,
+        hooks: actions.hook_runs(),
         redcap_module: actions.publish_stats().cloned(),
         directory: Some(edges.telemetry.directory().status()),
         alerts: AlertCounters {
@@ -947,10 +925,6 @@ impl Records {
             let _ = std::fs::remove_file(&partial);
             tracing::error!(path = %path.display(), error = %err, "cannot write the stats file");
         }
-    }
-
-    fn writer_stats(&self) -> &WriterStats {
-        self.writer.stats()
     }
 }
 

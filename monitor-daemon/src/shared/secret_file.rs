@@ -134,20 +134,6 @@ fn judge_directory(metadata: &std::fs::Metadata, me: u32, private: bool) -> Opti
     (private && mode & 0o077 != 0).then(|| format!("other users may use it (mode {mode:03o})"))
 }
 
-/// Writes `contents` to a new secret file at `path` as an admin would (mode 0600).
-#[cfg(test)]
-pub(crate) fn write_secret(path: &Path, contents: impl AsRef<[u8]>) {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .unwrap();
-    file.write_all(contents.as_ref()).unwrap();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

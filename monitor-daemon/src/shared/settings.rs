@@ -67,7 +67,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(key: String, message: String) -> Problem {
+    pub(crate) fn new(key: String, message: String) -> Problem {
         Problem { key, message }
     }
 }
@@ -79,7 +79,7 @@ impl fmt::Display for Problem {
 }
 
 /// Adds "must be at least 1" for each `(key, value)` that is zero.
-pub fn at_least_one(problems: &mut Vec<Problem>, fields: &[(&str, u64)]) {
+pub(crate) fn at_least_one(problems: &mut Vec<Problem>, fields: &[(&str, u64)]) {
     for &(key, value) in fields {
         if value == 0 {
             problems.push(Problem::new(key.into(), "must be at least 1".into()));
@@ -89,7 +89,11 @@ pub fn at_least_one(problems: &mut Vec<Problem>, fields: &[(&str, u64)]) {
 
 /// Adds "must be longer than zero" for each `(key, duration)` that is zero; `example` is a
 /// sensible value for these keys, e.g. `10s`.
-pub fn longer_than_zero(problems: &mut Vec<Problem>, fields: &[(&str, Duration)], example: &str) {
+pub(crate) fn longer_than_zero(
+    problems: &mut Vec<Problem>,
+    fields: &[(&str, Duration)],
+    example: &str,
+) {
     for &(key, duration) in fields {
         if duration.span().0 == 0 {
             problems.push(Problem::new(
@@ -120,7 +124,7 @@ pub struct WebhookUrl(pub String);
 
 impl WebhookUrl {
     /// `scheme://host[:port]`, safe to log.
-    pub fn origin(&self) -> &str {
+    pub(crate) fn origin(&self) -> &str {
         let after_scheme = self.0.find("://").map_or(0, |i| i + 3);
         let end = self.0[after_scheme..]
             .find(['/', '?', '#'])
@@ -133,7 +137,7 @@ impl WebhookUrl {
     }
 
     /// Why the URL cannot be used, if it cannot: a message for the key that holds it.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let host = self
             .0
             .strip_prefix("https://")

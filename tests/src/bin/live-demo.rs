@@ -68,7 +68,7 @@ fn parse_args() -> Result<u64> {
 }
 
 fn run(seconds: u64) -> Result<()> {
-    if !is_root() {
+    if !test_support::is_root() {
         bail!(
             "the live demo creates network namespaces and attaches an eBPF probe: run it as root"
         );
@@ -515,9 +515,4 @@ impl Style {
             line.to_owned()
         }
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

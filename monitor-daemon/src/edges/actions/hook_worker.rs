@@ -43,7 +43,8 @@ struct RunCounts {
 }
 
 /// How many hooks ran, by event and result.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HookRuns {
     pub suspend_ok: u64,
     pub suspend_failed: u64,

@@ -13,13 +13,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
-use crate::edges::alerts::receiver::{Receiver, Recorded, Reply as HttpReply};
 use crate::edges::alerts::tests::verify_standard_webhook;
 use crate::edges::output::{CallRecord, Transport, ViolationRecord, write_line};
 use crate::shared::model::{Endpoint, TcpSegment};
 use crate::shared::token::{RawToken, SiteKey};
 use crate::stages::pipeline::Pipeline;
 use crate::stages::policy::enforce::HoldReason;
+use test_support::{Receiver, Recorded, Reply as HttpReply};
 
 const T0_SECS: u64 = 1_700_000_000;
 const ABUSER: &str = "A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0";
@@ -264,10 +264,7 @@ fn scenario_config(dir: &Path, receiver: &Receiver) -> Config {
 /// The scenarios' store and alert sink, with `hooks` (TOML tables).
 fn config_with_hooks(dir: &Path, receiver: &Receiver, hooks: &str) -> Config {
     let secret = dir.join("siem.whsec");
-    crate::shared::secret_file::write_secret(
-        &secret,
-        format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)),
-    );
+    test_support::write_secret(&secret, format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)));
     let text = format!(
         "[store]\npath = \"{store}\"\n\
          [alerts]\nbackoff_base = \"100ms\"\nrequest_timeout = \"2s\"\n\

@@ -13,11 +13,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::config::SinkConfig;
-use super::receiver::{Receiver, Reply};
 use super::tests::config;
 use super::*;
 use crate::edges::directory::{Directory, Owner};
 use crate::shared::token::FingerprintMap;
+use test_support::{Receiver, Reply};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -40,7 +40,7 @@ fn suspended() -> Alert {
 
 fn credentials(dir: &Path, text: &str, mode: u32) -> PathBuf {
     let path = dir.join("jira.credentials");
-    crate::shared::secret_file::write_secret(&path, text);
+    test_support::write_secret(&path, text);
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     path
 }

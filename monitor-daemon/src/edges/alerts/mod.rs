@@ -18,8 +18,6 @@ pub(crate) mod time;
 #[cfg(test)]
 mod jira_tests;
 #[cfg(test)]
-pub(crate) mod receiver;
-#[cfg(test)]
 pub(crate) mod tests;
 
 use std::path::PathBuf;

@@ -13,9 +13,9 @@ use sha2::Sha256;
 
 use super::config::SinkConfig;
 use super::delivery::{DeliveryResult, GiveUpReason};
-use super::receiver::{Receiver, Recorded, Reply};
 use super::*;
 use crate::commands::config::Config;
+use test_support::{Receiver, Recorded, Reply};
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET_KEY: [u8; 32] = [0x5a; 32];
@@ -67,10 +67,7 @@ pub(super) fn config(sinks: Vec<SinkConfig>) -> AlertsConfig {
 
 fn write_secret(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("sink.whsec");
-    crate::shared::secret_file::write_secret(
-        &path,
-        format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)),
-    );
+    test_support::write_secret(&path, format!("whsec_{}\n", STANDARD.encode(SECRET_KEY)));
     path
 }
 

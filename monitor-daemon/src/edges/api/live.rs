@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{AdminView, Shared};
 use crate::edges::directory::Directory;
 use crate::edges::store::{Store, Suspension};
-use crate::edges::telemetry::{AttestationCounts, LongTermView, Metrics, StatsView, TopTokens};
+use crate::edges::telemetry::{AttestationCounts, LongTermView, Metrics, Snapshot, TopTokens};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::health::{HealthConfig, TokenLoad};
@@ -219,19 +219,17 @@ impl LiveTelemetry {
         }
     }
 
-    /// Refreshes the metrics from the stages' counters and publishes a new admin view.
-    /// `status` is the stats file's counters; `loads` the tokens' shares of server time, largest
-    /// first; `suspensions` those in force.
+    /// Refreshes the metrics from the counters and publishes a new admin view. `status` is the
+    /// stats file's counters; `loads` the tokens' shares of server time, largest first;
+    /// `suspensions` those in force.
     pub fn refresh(
         &mut self,
         now: Timestamp,
-        view: &StatsView<'_>,
-        status: crate::edges::telemetry::Snapshot,
+        status: Snapshot,
         loads: &[TokenLoad],
         suspensions: &[Suspension],
     ) {
-        self.metrics.refresh(view);
-        self.metrics.set_directory(&self.directory.status());
+        self.metrics.refresh(&status);
         self.top.update(&self.metrics, loads);
         let horizon = now.minus(self.window);
         while self.activity.front().is_some_and(|a| a.ts <= horizon) {
@@ -242,7 +240,6 @@ impl LiveTelemetry {
                 self.activity.iter().map(|a| a.token).collect();
             self.masked.retain(|fp, _| live.contains(fp));
         }
-        self.metrics.set_suspensions_active(suspensions.len());
         let view = AdminView {
             status,
             top: self.top_json(now, loads),

@@ -29,7 +29,7 @@ use crate::shared::settings::{Duration, Problem, at_least_one, longer_than_zero}
 use crate::shared::token::TokenFingerprint;
 
 /// Default port: unassigned in Prometheus's default port allocations list as far as we know.
-pub const DEFAULT_PORT: u16 = 9864;
+pub(crate) const DEFAULT_PORT: u16 = 9864;
 
 /// `[api]`: where the listener binds and who may use the admin endpoints.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -225,7 +225,7 @@ fn a_world_readable_token_file_is_refused_with_the_fix() {
         "the scheme is required"
     );
     assert!(!bearer.admits(None));
-    crate::shared::secret_file::write_secret(&path, "short\n");
+    test_support::write_secret(&path, "short\n");
     let err = Bearer::load(&path).err().unwrap().to_string();
     assert!(err.contains("at least 16"), "{err}");
 }
@@ -254,11 +254,8 @@ fn the_listen_address_and_limits_are_validated_with_their_keys() {
 /// listed; the view lists the token's calls and bytes under its masked form; a lift ends it.
 #[test]
 fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
-    use crate::commands::config::Config;
-    use crate::edges::telemetry::{CaptureView, StatsView};
-    use crate::shared::token::SiteKey;
+    use crate::edges::telemetry::Snapshot;
     use crate::stages::health::{Assessment, TokenLoad};
-    use crate::stages::pipeline::Pipeline;
     use crate::stages::policy::enforce::{
         EnforcementConfig, EnforcementMode, Enforcer, HealthView,
     };
@@ -282,16 +279,6 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         verdict.decision = enforcer.decide(&verdict, &health);
         live.observe(&verdict);
     }
-    let pipeline = Pipeline::new(Config::default().pipeline(), SiteKey::from_bytes([1; 32]));
-    let view = StatsView {
-        pipeline: pipeline.stats(),
-        capture: CaptureView::None,
-        degraded: false,
-        blind_spots: &[],
-        server_time_p95_s: None,
-        tracked_connections: 0,
-        tracked_tokens: 0,
-    };
     let loads = [TokenLoad {
         token: fingerprint(4),
         calls: 2,
@@ -310,8 +297,10 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
     };
     live.refresh(
         at(1002),
-        &view,
-        Default::default(),
+        Snapshot {
+            suspensions_active: 1,
+            ..Snapshot::default()
+        },
         &loads,
         std::slice::from_ref(&suspension),
     );
@@ -337,7 +326,7 @@ fn decisions_violations_and_load_reach_the_admin_view_and_the_metrics() {
         fingerprint(4)
     )));
 
-    live.refresh(at(1004), &view, Default::default(), &loads, &[]);
+    live.refresh(at(1004), Snapshot::default(), &loads, &[]);
     assert!(shared.view().suspensions.as_array().unwrap().is_empty());
     assert!(
         shared

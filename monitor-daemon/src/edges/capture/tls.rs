@@ -217,7 +217,7 @@ impl TlsCapture {
     /// Scans `/proc` for configured processes, attaches to any libssl not yet covered, and
     /// says what it found. Problems with one process or library are logged, not fatal: the
     /// next scan tries again.
-    pub fn refresh(&mut self, probe: &mut KernelProbe) {
+    pub(crate) fn refresh(&mut self, probe: &mut KernelProbe) {
         if self.processes.is_empty() {
             return;
         }

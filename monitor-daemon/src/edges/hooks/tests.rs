@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::commands::config::Config;
-use crate::edges::alerts::receiver::Receiver;
 use crate::shared::settings::Duration as ConfigDuration;
 use crate::shared::token::{MaskedToken, TokenFingerprint};
+use test_support::Receiver;
 
 const RAW: &[u8] = b"0123456789ABCDEF0123456789ABCDEF";
 

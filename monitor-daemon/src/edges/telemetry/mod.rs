@@ -1,6 +1,7 @@
 //! Prometheus metrics: every metric name, help text and label set of the daemon, in one place.
 //!
-//! Stages keep their own plain counters; [`Metrics::refresh`] reads them once a second and
+//! Stages keep their own plain counters, gathered into one [`Snapshot`] (the stats file's and
+//! `status`'s); [`Metrics::refresh`] projects that snapshot once a second and
 //! [`Metrics::observe`] sees each verdict as it is released (never per packet). Both write atomics
 //! that the API thread encodes on a scrape; the only locks shared with a scrape are
 //! prometheus-client's own short ones (a label family's map, a histogram's buckets), held for
@@ -24,7 +25,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub use snapshot::{
     AlertCounters, BlindSpotCounts, ClusterSection, KernelSection, PeerStatus, PipelineCounters,
-    Snapshot,
+    Snapshot, Tracked,
 };
 
 use crate::stages::health::TokenLoad;
@@ -175,7 +176,7 @@ struct LossLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProblemLabels {
-    problem: &'static str,
+    problem: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -679,17 +680,16 @@ impl Metrics {
         }
     }
 
-    /// The shared state's counters (`[shared]`), set at each refresh: `received` is each peer's
-    /// calls taken.
-    pub fn set_shared_stats(
-        &self,
-        up: bool,
-        published: u64,
-        late: u64,
-        buffered: u64,
-        live_peers: usize,
-        received: &[(String, u64)],
-    ) {
+    /// The shared state's counters (`[shared]`): only when it is configured.
+    fn refresh_cluster(&self, s: &Snapshot) {
+        let Some(cluster) = &s.cluster else {
+            return;
+        };
+        let up = cluster.up;
+        let published = cluster.calls_published;
+        let late = cluster.calls_late;
+        let buffered = cluster.buffered_calls;
+        let live_peers = cluster.peers.iter().filter(|p| p.live).count();
         self.shared_up
             .get_or_create(&Unlabelled {})
             .set(i64::from(up));
@@ -704,61 +704,12 @@ impl Metrics {
         self.shared_peers
             .get_or_create(&Unlabelled {})
             .set(live_peers as i64);
-        for (peer, calls) in received {
+        for peer in &cluster.peers {
             store(
-                &self
-                    .shared_received
-                    .get_or_create(&PeerLabels { peer: peer.clone() }),
-                *calls,
-            );
-        }
-    }
-
-    /// The record writer's drops (absolute values, set at each refresh).
-    pub(crate) fn set_writer_stats(&self, stats: &crate::edges::output::WriterStats) {
-        for reason in crate::edges::output::DropReason::ALL {
-            store(
-                &self.records_dropped.get_or_create(&ReasonLabels {
-                    reason: reason.as_str().into(),
+                &self.shared_received.get_or_create(&PeerLabels {
+                    peer: peer.name.clone(),
                 }),
-                stats.dropped(reason),
-            );
-        }
-    }
-
-    /// The action edge's counters (`Actions::stats`, `Actions::hook_runs`): absolute values, set
-    /// on each refresh.
-    pub fn set_action_stats(
-        &self,
-        stats: &crate::edges::actions::ActionStats,
-        hooks: crate::edges::actions::HookRuns,
-    ) {
-        let origin = |origin| OriginLabels { origin };
-        store(
-            &self.suspensions.get_or_create(&origin("auto")),
-            stats.suspensions.saturating_sub(stats.manual_suspensions),
-        );
-        store(
-            &self.suspensions.get_or_create(&origin("manual")),
-            stats.manual_suspensions,
-        );
-        store(
-            &self.lifts.get_or_create(&origin("manual")),
-            stats.manual_lifts,
-        );
-        store(
-            &self.lifts.get_or_create(&origin("expired")),
-            stats.lifts.saturating_sub(stats.manual_lifts),
-        );
-        for (event, result, n) in [
-            ("suspend", "ok", hooks.suspend_ok),
-            ("suspend", "failed", hooks.suspend_failed),
-            ("lift", "ok", hooks.lift_ok),
-            ("lift", "failed", hooks.lift_failed),
-        ] {
-            store(
-                &self.hook_runs.get_or_create(&HookLabels { event, result }),
-                n,
+                peer.calls_received,
             );
         }
     }
@@ -777,111 +728,96 @@ impl Metrics {
         self.usage_rollup_rows.set(view.rollup_rows as i64);
     }
 
-    pub fn set_suspensions_active(&self, n: usize) {
-        self.suspensions_active.set(n as i64);
+    /// Every counter of the [`Snapshot`] (the one the stats file and `status` show), as metrics:
+    /// absolute values, set on each refresh. The stages and edges count; this only projects, so
+    /// a metric cannot disagree with `status`.
+    pub fn refresh(&self, s: &Snapshot) {
+        self.refresh_capture(s);
+        self.refresh_pipeline(s);
+        self.refresh_actions(s);
+        self.refresh_cluster(s);
     }
 
-    /// The token directory's state: whether its last read worked and how many tokens it names.
-    pub fn set_directory(&self, status: &crate::edges::directory::DirectoryStatus) {
-        let available = status.state == crate::edges::directory::DirectoryState::Available;
-        self.directory_available.set(i64::from(available));
-        self.directory_entries.set(status.entries as i64);
-    }
-
-    /// The alert side's counters (`Alerts::stats`): absolute values, set on each refresh.
-    pub fn set_alert_stats(&self, stats: &crate::edges::alerts::AlertStats) {
-        store(&self.alerts_raised, stats.raised);
-    }
-
-    /// The delivery thread's counters (`DeliveryWorker::stats`): absolute values, set on each
-    /// refresh.
-    pub fn set_delivery_stats(&self, stats: &crate::edges::alerts::DeliveryStats) {
-        store(&self.webhook_attempts, stats.attempts);
-        store(&self.webhook_deliveries, stats.delivered);
-        store(&self.webhook_failures, stats.gave_up);
-        self.alert_sinks_failing
-            .set(stats.failing_sinks.len() as i64);
-    }
-
-    /// Everything read from the stages' and the capture's own counters, once per refresh.
-    pub fn refresh(&self, view: &StatsView<'_>) {
-        let stats = &view.pipeline;
-        self.degraded.set(i64::from(view.degraded));
+    /// What the capture saw and lost, and what it cannot see.
+    fn refresh_capture(&self, s: &Snapshot) {
+        let source = match s.mode.as_str() {
+            "ebpf" => "ebpf",
+            "pcap" => "pcap",
+            _ => "none",
+        };
+        let all = || SourceLabels {
+            source,
+            interface: "all".into(),
+        };
         for reason in crate::stages::coverage::BlindReason::ALL {
-            let blind = view.blind_spots.iter().any(|s| s.reason == reason);
+            let blind = s
+                .coverage
+                .iter()
+                .flatten()
+                .any(|spot| spot.reason == reason.name());
             self.capture_blind
                 .get_or_create(&ReasonLabels {
                     reason: reason.name().into(),
                 })
                 .set(i64::from(blind));
         }
-        store(&self.degradations, stats.health.degradations);
-        self.server_time_p95
-            .set(view.server_time_p95_s.unwrap_or(f64::NAN));
-        let source = view.capture.source();
-        let all = || "all".to_string();
-        let payload = SourceLabels {
-            source,
-            interface: all(),
-        };
         store(
-            &self.capture_payload_bytes.get_or_create(&payload),
-            stats.reassembly.bytes_delivered,
+            &self.capture_payload_bytes.get_or_create(&all()),
+            s.pipeline.reassembly.bytes_delivered,
         );
-        match view.capture {
-            CaptureView::Kernel { counters, drain } => {
-                let labels = SourceLabels {
-                    source,
-                    interface: all(),
-                };
-                if let Some(k) = counters {
-                    store(&self.capture_events.get_or_create(&labels), k.events_sent);
-                    store(&self.capture_packets.get_or_create(&labels), k.packets_seen);
-                    store(&self.capture_filtered.get_or_create(&labels), k.filtered);
-                    // Truncated bytes are bytes, not events: their own series, below.
-                    for (reason, n) in k.losses() {
-                        if reason != "truncated_bytes" {
-                            self.loss(source, "all", reason, n);
-                        }
-                    }
-                    let lost = LossLabels {
-                        source,
-                        interface: all(),
-                        reason: "truncated",
-                    };
-                    store(
-                        &self.capture_lost_bytes.get_or_create(&lost),
-                        k.truncated_bytes,
-                    );
-                    self.connections
-                        .get_or_create(&LayerLabels { layer: "kernel" })
-                        .set(k.flows_tracked as i64);
-                    self.connections
-                        .get_or_create(&LayerLabels {
-                            layer: "kernel_tls",
-                        })
-                        .set(k.tls_conns_tracked as i64);
-                }
-                self.loss(source, "all", "ring_malformed", drain.malformed);
-                store(&self.capture_drains_bounded, drain.drains_bounded);
-            }
-            CaptureView::Pcap(interfaces) => {
-                for i in interfaces {
-                    let labels = SourceLabels {
-                        source,
-                        interface: i.interface.clone(),
-                    };
-                    store(&self.capture_events.get_or_create(&labels), i.received);
-                    self.loss(source, &i.interface, "dropped", i.dropped);
-                    self.loss(source, &i.interface, "if_dropped", i.if_dropped);
-                    self.loss(source, &i.interface, "truncated", i.truncated);
+        if let Some(k) = s.kernel_counters() {
+            store(&self.capture_events.get_or_create(&all()), k.events_sent);
+            store(&self.capture_packets.get_or_create(&all()), k.packets_seen);
+            store(&self.capture_filtered.get_or_create(&all()), k.filtered);
+            // Truncated bytes are bytes, not events: their own series, below.
+            for (reason, n) in k.losses() {
+                if reason != "truncated_bytes" {
+                    self.loss(source, "all", reason, n);
                 }
             }
-            CaptureView::None => {}
+            let lost = LossLabels {
+                source,
+                interface: "all".into(),
+                reason: "truncated",
+            };
+            store(
+                &self.capture_lost_bytes.get_or_create(&lost),
+                k.truncated_bytes,
+            );
+            self.connections
+                .get_or_create(&LayerLabels { layer: "kernel" })
+                .set(k.flows_tracked as i64);
+            self.connections
+                .get_or_create(&LayerLabels {
+                    layer: "kernel_tls",
+                })
+                .set(k.tls_conns_tracked as i64);
         }
+        if let Some(ring) = &s.ring {
+            self.loss(source, "all", "ring_malformed", ring.malformed);
+            store(&self.capture_drains_bounded, ring.drains_bounded);
+        }
+        for i in s.pcap.iter().flatten() {
+            let labels = SourceLabels {
+                source,
+                interface: i.interface.clone(),
+            };
+            store(&self.capture_events.get_or_create(&labels), i.received);
+            self.loss(source, &i.interface, "dropped", i.dropped);
+            self.loss(source, &i.interface, "if_dropped", i.if_dropped);
+            self.loss(source, &i.interface, "truncated", i.truncated);
+        }
+    }
+
+    /// The stages' counters: reassembly's limits, input problems, health, what is tracked.
+    fn refresh_pipeline(&self, s: &Snapshot) {
+        self.degraded.set(i64::from(s.degraded));
+        store(&self.degradations, s.pipeline.health.degradations);
+        self.server_time_p95
+            .set(s.server_time_p95_s.unwrap_or(f64::NAN));
         for (reason, n) in [
-            ("connections", stats.reassembly.evicted_connections),
-            ("buffers", stats.reassembly.buffer_evictions),
+            ("connections", s.pipeline.reassembly.evicted_connections),
+            ("buffers", s.pipeline.reassembly.buffer_evictions),
         ] {
             store(
                 &self.reassembly_evictions.get_or_create(&ReasonLabels {
@@ -890,11 +826,11 @@ impl Metrics {
                 n,
             );
         }
-        for (problem, n) in stats.problems() {
+        for (problem, &n) in &s.problems {
             store(
-                &self
-                    .input_problems
-                    .get_or_create(&ProblemLabels { problem }),
+                &self.input_problems.get_or_create(&ProblemLabels {
+                    problem: problem.clone(),
+                }),
                 n,
             );
         }
@@ -902,8 +838,69 @@ impl Metrics {
             .get_or_create(&LayerLabels {
                 layer: "reassembly",
             })
-            .set(view.tracked_connections as i64);
-        self.tokens.set(view.tracked_tokens as i64);
+            .set(s.tracked.connections as i64);
+        self.tokens.set(s.tracked.tokens as i64);
+    }
+
+    /// The edges that act: records, suspensions, hooks, alerts, the token directory.
+    fn refresh_actions(&self, s: &Snapshot) {
+        if let Some(records) = &s.records {
+            for reason in crate::edges::output::DropReason::ALL {
+                store(
+                    &self.records_dropped.get_or_create(&ReasonLabels {
+                        reason: reason.as_str().into(),
+                    }),
+                    records.dropped(reason),
+                );
+            }
+        }
+        let stats = &s.actions;
+        let origin = |origin| OriginLabels { origin };
+        store(
+            &self.suspensions.get_or_create(&origin("auto")),
+            stats.suspensions.saturating_sub(stats.manual_suspensions),
+        );
+        store(
+            &self.suspensions.get_or_create(&origin("manual")),
+            stats.manual_suspensions,
+        );
+        store(
+            &self.lifts.get_or_create(&origin("manual")),
+            stats.manual_lifts,
+        );
+        store(
+            &self.lifts.get_or_create(&origin("expired")),
+            stats.lifts.saturating_sub(stats.manual_lifts),
+        );
+        self.suspensions_active.set(s.suspensions_active as i64);
+        let hooks = &s.hooks;
+        for (event, result, n) in [
+            ("suspend", "ok", hooks.suspend_ok),
+            ("suspend", "failed", hooks.suspend_failed),
+            ("lift", "ok", hooks.lift_ok),
+            ("lift", "failed", hooks.lift_failed),
+        ] {
+            store(
+                &self.hook_runs.get_or_create(&HookLabels { event, result }),
+                n,
+            );
+        }
+        store(&self.alerts_raised, s.alerts.raise.raised);
+        if let Some(delivery) = &s.alerts.delivery {
+            store(&self.webhook_attempts, delivery.attempts);
+            store(&self.webhook_deliveries, delivery.delivered);
+            store(&self.webhook_failures, delivery.gave_up);
+            self.alert_sinks_failing
+                .set(delivery.failing_sinks.len() as i64);
+        }
+        let (available, entries) = s.directory.as_ref().map_or((false, 0), |d| {
+            (
+                d.state == crate::edges::directory::DirectoryState::Available,
+                d.entries,
+            )
+        });
+        self.directory_available.set(i64::from(available));
+        self.directory_entries.set(entries as i64);
     }
 
     fn loss(&self, source: &'static str, interface: &str, reason: &'static str, n: u64) {
@@ -919,39 +916,6 @@ impl Metrics {
 /// Sets a counter to a stage's own running total (the stage counts; telemetry only reads).
 fn store(counter: &Counter, value: u64) {
     counter.inner().store(value, Ordering::Relaxed);
-}
-
-/// What a refresh reads: borrowed from the pipeline and the capture source.
-pub struct StatsView<'a> {
-    pub pipeline: crate::stages::pipeline::PipelineStats<'a>,
-    pub capture: CaptureView<'a>,
-    pub degraded: bool,
-    /// What the capture cannot see now (empty: everything).
-    pub blind_spots: &'a [crate::stages::coverage::BlindSpot],
-    pub server_time_p95_s: Option<f64>,
-    pub tracked_connections: usize,
-    pub tracked_tokens: usize,
-}
-
-pub enum CaptureView<'a> {
-    Kernel {
-        /// `None` when the counters map could not be read this time.
-        counters: Option<&'a crate::edges::capture::kernel::KernelCounters>,
-        drain: &'a crate::edges::capture::kernel::DrainStats,
-    },
-    Pcap(&'a [crate::edges::capture::live_pcap::InterfaceCounters]),
-    /// Offline, or in tests.
-    None,
-}
-
-impl CaptureView<'_> {
-    fn source(&self) -> &'static str {
-        match self {
-            CaptureView::Kernel { .. } => "ebpf",
-            CaptureView::Pcap(_) => "pcap",
-            CaptureView::None => "none",
-        }
-    }
 }
 
 /// The opt-in per-token gauges: at most K series, keyed by fingerprint; a token that leaves the

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::edges::actions::ActionStats;
 use crate::edges::actions::publish::PublishStats;
+use crate::edges::actions::{ActionStats, HookRuns};
 use crate::edges::alerts::{AlertStats, DeliveryStats};
 use crate::edges::capture::kernel::{DrainStats, KernelCounters};
 use crate::edges::capture::live_pcap::InterfaceCounters;
@@ -19,6 +19,7 @@ use crate::edges::directory::DirectoryStatus;
 use crate::edges::output::WriterStats;
 use crate::stages::coverage::BlindSpot;
 use crate::stages::decode::DecodeStats;
+use crate::stages::health::HealthStats;
 use crate::stages::http::HttpStats;
 use crate::stages::pipeline::PipelineStats;
 use crate::stages::policy::PolicyStats;
@@ -50,10 +51,19 @@ pub struct Snapshot {
     /// `stage.reason`.
     pub problems: BTreeMap<String, u64>,
     pub degraded: bool,
+    /// 95th percentile server time in the health detector's latest judgement; `null` without
+    /// calls.
+    pub server_time_p95_s: Option<f64>,
     /// Blind spots in force; `None` in files of versions without the judgement.
     pub coverage: Option<Vec<BlindSpotCounts>>,
     pub pipeline: PipelineCounters,
+    /// What user space holds now.
+    pub tracked: Tracked,
     pub actions: ActionStats,
+    /// Suspensions in force now (the store's).
+    pub suspensions_active: usize,
+    /// Suspension hooks run, by event and result.
+    pub hooks: HookRuns,
     /// Publishing for REDCap's External Module; `null` when `[redcap_module]` is off.
     pub redcap_module: Option<PublishStats>,
     /// The token directory; `null` in files of versions without one.
@@ -137,6 +147,16 @@ impl From<&BlindSpot> for BlindSpotCounts {
     }
 }
 
+/// Connections and tokens user space holds state for now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tracked {
+    /// Connections reassembly tracks.
+    pub connections: usize,
+    /// Tokens whose rate windows are held.
+    pub tokens: usize,
+}
+
 /// Each pipeline stage's own counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -146,6 +166,7 @@ pub struct PipelineCounters {
     pub http: HttpStats,
     pub redcap: RedcapStats,
     pub policy: PolicyStats,
+    pub health: HealthStats,
 }
 
 impl PartialEq for PipelineCounters {
@@ -163,6 +184,7 @@ impl From<&PipelineStats<'_>> for PipelineCounters {
             http: stats.http.clone(),
             redcap: stats.redcap.clone(),
             policy: stats.policy.clone(),
+            health: stats.health.clone(),
         }
     }
 }
@@ -236,6 +258,7 @@ mod tests {
             pcap: None,
             problems,
             degraded: true,
+            server_time_p95_s: Some(0.25),
             coverage: Some(vec![BlindSpotCounts {
                 reason: "https_unread".into(),
                 count: 5,
@@ -250,9 +273,18 @@ mod tests {
                 },
                 ..PipelineCounters::default()
             },
+            tracked: Tracked {
+                connections: 4,
+                tokens: 2,
+            },
             actions: ActionStats {
                 suspensions: 1,
                 ..ActionStats::default()
+            },
+            suspensions_active: 1,
+            hooks: HookRuns {
+                suspend_ok: 1,
+                ..HookRuns::default()
             },
             redcap_module: None,
             directory: None,
@@ -295,6 +327,8 @@ mod tests {
         assert_eq!(value["problems"]["reassembly.gaps"], 3);
         assert_eq!(value["coverage"][0]["reason"], "https_unread");
         assert_eq!(value["pipeline"]["http"]["requests"], 40);
+        assert_eq!(value["tracked"]["connections"], 4);
+        assert_eq!(value["hooks"]["suspend_ok"], 1);
         assert_eq!(value["alerts"]["delivery"]["failing_sinks"][0], "chat");
         assert!(value.get("pcap").is_none(), "no pcap section in eBPF mode");
         assert_eq!(snapshot.failing_sinks(), ["chat".to_string()]);

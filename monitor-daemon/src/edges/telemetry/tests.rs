@@ -181,31 +181,34 @@ fn alert_delivery_and_hook_counters_are_exported() {
     ] {
         assert!(text.contains(zero), "{zero} before anything happened");
     }
-    metrics.set_alert_stats(&crate::edges::alerts::AlertStats {
-        raised: 4,
-        ..Default::default()
-    });
-    metrics.set_delivery_stats(&crate::edges::alerts::DeliveryStats {
-        attempts: 9,
-        delivered: 3,
-        gave_up: 1,
-        failing_sinks: vec!["chat".into()],
-        ..Default::default()
-    });
-    metrics.set_action_stats(
-        &crate::edges::actions::ActionStats {
+    metrics.refresh(&Snapshot {
+        alerts: AlertCounters {
+            raise: crate::edges::alerts::AlertStats {
+                raised: 4,
+                ..Default::default()
+            },
+            delivery: Some(crate::edges::alerts::DeliveryStats {
+                attempts: 9,
+                delivered: 3,
+                gave_up: 1,
+                failing_sinks: vec!["chat".into()],
+                ..Default::default()
+            }),
+        },
+        actions: crate::edges::actions::ActionStats {
             suspensions: 5,
             manual_suspensions: 2,
             lifts: 3,
             manual_lifts: 1,
             ..Default::default()
         },
-        crate::edges::actions::HookRuns {
+        hooks: crate::edges::actions::HookRuns {
             suspend_ok: 1,
             lift_failed: 1,
             ..Default::default()
         },
-    );
+        ..Snapshot::default()
+    });
     let text = metrics.encode();
     for line in [
         "redcap_monitor_alerts_raised_total 4",
@@ -227,31 +230,256 @@ fn alert_delivery_and_hook_counters_are_exported() {
 #[test]
 fn reads_of_the_ring_cut_short_by_their_budget_are_exported() {
     let metrics = Metrics::new();
-    let pipeline = crate::stages::pipeline::Pipeline::new(
-        crate::commands::config::Config::default().pipeline(),
-        crate::shared::token::SiteKey::from_bytes([1; 32]),
-    );
-    let drain = crate::edges::capture::kernel::DrainStats {
-        records: 9_000,
-        drains_bounded: 7,
-        ..Default::default()
-    };
-    let counters = crate::edges::capture::kernel::KernelCounters::default();
-    metrics.refresh(&StatsView {
-        pipeline: pipeline.stats(),
-        capture: CaptureView::Kernel {
-            counters: Some(&counters),
-            drain: &drain,
-        },
-        degraded: false,
-        blind_spots: &[],
-        server_time_p95_s: None,
-        tracked_connections: 0,
-        tracked_tokens: 0,
+    metrics.refresh(&Snapshot {
+        mode: "ebpf".into(),
+        kernel: Some(KernelSection::Counters(Box::default())),
+        ring: Some(crate::edges::capture::kernel::DrainStats {
+            records: 9_000,
+            drains_bounded: 7,
+            ..Default::default()
+        }),
+        ..Snapshot::default()
     });
     let text = metrics.encode();
     assert!(
         text.contains("redcap_monitor_capture_bounded_drains_total 7"),
         "{text}"
     );
+}
+
+/// Counters of the [`Snapshot`] that only `status` and the stats file show, by JSON pointer (a
+/// prefix covers what is under it). The stages' own counters reach the metrics through
+/// `problems` (`input_problems{problem}`), the rest are details for a person reading `status`.
+const STATUS_ONLY: &[&str] = &[
+    "/calls_written",
+    "/violations_written",
+    "/records/calls_written",
+    "/records/violations_written",
+    "/records/decisions_written",
+    "/records/outages",
+    "/kernel/",
+    "/ring/",
+    "/pcap/0/",
+    "/coverage/0/",
+    "/pipeline/",
+    "/actions/",
+    "/redcap_module/",
+    "/directory/",
+    "/alerts/",
+    "/cluster/",
+];
+
+/// What a [`STATUS_ONLY`] entry says is exported after all (checked separately, since the
+/// prefixes above cover them).
+const EXPORTED_UNDER_STATUS_ONLY: &[&str] = &[
+    "/cluster/up",
+    "/cluster/calls_published",
+    "/cluster/calls_late",
+    "/cluster/buffered_calls",
+    "/cluster/peers/0/calls_received",
+    "/cluster/peers/0/live",
+    "/kernel/packets_seen",
+    "/kernel/events_sent",
+    "/kernel/filtered",
+    "/kernel/ring_full",
+    "/kernel/truncated_bytes",
+    "/kernel/flow_insert_failed",
+    "/kernel/flows_evicted",
+    "/kernel/flows_unanswered",
+    "/kernel/tls_conns_evicted",
+    "/kernel/tls_args_lost",
+    "/kernel/flows_tracked",
+    "/kernel/tls_conns_tracked",
+    "/ring/malformed",
+    "/ring/drains_bounded",
+    "/pcap/0/received",
+    "/pcap/0/dropped",
+    "/pcap/0/if_dropped",
+    "/pcap/0/truncated",
+    "/pipeline/reassembly/bytes_delivered",
+    "/pipeline/reassembly/evicted_connections",
+    "/pipeline/reassembly/buffer_evictions",
+    "/pipeline/health/degradations",
+    "/actions/suspensions",
+    "/actions/manual_suspensions",
+    "/actions/lifts",
+    "/actions/manual_lifts",
+    "/directory/entries",
+    "/alerts/raise/raised",
+    "/alerts/delivery/attempts",
+    "/alerts/delivery/delivered",
+    "/alerts/delivery/gave_up",
+];
+
+/// A snapshot with every section present (every `Option` filled, one interface, one blind
+/// spot, one problem).
+fn full_snapshot() -> Snapshot {
+    Snapshot {
+        mode: "ebpf".into(),
+        records: Some(Default::default()),
+        kernel: Some(KernelSection::Counters(Box::default())),
+        ring: Some(Default::default()),
+        pcap: Some(vec![crate::edges::capture::live_pcap::InterfaceCounters {
+            interface: "eth0".into(),
+            ..Default::default()
+        }]),
+        server_time_p95_s: Some(0.5),
+        coverage: Some(vec![BlindSpotCounts {
+            reason: "https_unread".into(),
+            ..Default::default()
+        }]),
+        problems: [("reassembly.gaps".to_owned(), 1)].into(),
+        redcap_module: Some(Default::default()),
+        directory: Some(Default::default()),
+        alerts: AlertCounters {
+            delivery: Some(Default::default()),
+            ..Default::default()
+        },
+        cluster: Some(super::ClusterSection {
+            host: "web1".into(),
+            peers: vec![super::PeerStatus {
+                name: "web2".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Snapshot::default()
+    }
+}
+
+/// Every number and flag in `value`, by JSON pointer.
+fn leaves(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                leaves(v, format!("{at}/{key}"), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                leaves(v, format!("{at}/{i}"), out);
+            }
+        }
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => out.push(at),
+        _ => {}
+    }
+}
+
+/// The exposition's lines, sorted (a family's series come out in no fixed order).
+fn exposition_of(value: &serde_json::Value) -> Vec<String> {
+    let snapshot: Snapshot = serde_json::from_value(value.clone()).unwrap();
+    let metrics = Metrics::new();
+    metrics.refresh(&snapshot);
+    let mut lines: Vec<String> = metrics.encode().lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// A counter added to the snapshot fails here until it is exported or listed as status-only:
+/// metrics cannot forget one, and cannot disagree with `status` (they read the same value).
+#[test]
+fn every_counter_of_the_snapshot_reaches_a_metric_or_is_listed_as_status_only() {
+    let full = full_snapshot();
+    let mut base = serde_json::to_value(&full).unwrap();
+    let mut paths = Vec::new();
+    leaves(&base, String::new(), &mut paths);
+    // Distinct values everywhere, so that a changed one shows.
+    for (i, path) in paths.iter().enumerate() {
+        let leaf = base.pointer_mut(path).unwrap();
+        if leaf.is_number() {
+            *leaf = serde_json::json!(10 + 2 * i);
+        }
+    }
+    // A part smaller than its total (auto = all - manual).
+    for part in ["/actions/manual_suspensions", "/actions/manual_lifts"] {
+        *base.pointer_mut(part).unwrap() = serde_json::json!(1);
+    }
+    let before = exposition_of(&base);
+    assert!(paths.len() > 100, "{} counters", paths.len());
+    let mut forgotten = Vec::new();
+    let mut not_exported = Vec::new();
+    for path in &paths {
+        let mut changed = base.clone();
+        let leaf = changed.pointer_mut(path).unwrap();
+        let next = match &*leaf {
+            serde_json::Value::Bool(b) => serde_json::json!(!*b),
+            n => match n.as_u64() {
+                Some(n) => serde_json::json!(n + 1),
+                None => serde_json::json!(n.as_f64().unwrap() + 1.0),
+            },
+        };
+        *leaf = next;
+        let exported = exposition_of(&changed) != before;
+        let status_only = STATUS_ONLY
+            .iter()
+            .any(|p| path == p || (p.ends_with('/') && path.starts_with(p)))
+            && !EXPORTED_UNDER_STATUS_ONLY.contains(&path.as_str());
+        if !exported && !status_only {
+            forgotten.push(path.clone());
+        }
+        let said_exported = EXPORTED_UNDER_STATUS_ONLY.contains(&path.as_str());
+        if (exported && status_only) || (!exported && said_exported) {
+            not_exported.push(path.clone());
+        }
+    }
+    assert!(
+        forgotten.is_empty(),
+        "counters no metric shows: {forgotten:?}"
+    );
+    assert!(not_exported.is_empty(), "listed wrongly: {not_exported:?}");
+}
+
+/// The metric names a text uses (identifiers that start with the daemon's prefix).
+fn metric_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("redcap_monitor_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(&tail[..end]);
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// The shipped Grafana dashboard and Prometheus rules only query series the daemon exports
+/// (the e2e test `telemetry` also runs every query against a live daemon; this needs no root).
+#[test]
+fn every_metric_the_dashboard_and_the_alert_rules_use_is_exported() {
+    let metrics = Metrics::new();
+    metrics.refresh(&full_snapshot());
+    let mut v = verdict("record", Some("export"), Some(200));
+    v.heavy = Some(HeavyReason::ResponseSize);
+    metrics.observe(&v);
+    metrics.set_long_term(&LongTermView::default());
+    TopTokens::new(3).update(
+        &metrics,
+        &[TokenLoad {
+            token: fingerprint(1),
+            calls: 3,
+            server_time: Span::from_millis(100),
+            share: 1.0,
+        }],
+    );
+    metrics.declare_rules(["api_calls"]);
+    let text = metrics.encode();
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut checked = 0;
+    for file in [
+        "grafana/dashboards/redcap-monitor.json",
+        "prometheus/redcap-monitor.rules.yml",
+        "prometheus/redcap-monitor.rules.test.yml",
+    ] {
+        let uses = std::fs::read_to_string(config.join(file)).unwrap();
+        for name in metric_names(&uses) {
+            assert!(
+                !samples(&text, name).is_empty(),
+                "{file} uses {name}, which the daemon does not export:\n{text}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked} uses");
 }

@@ -160,7 +160,8 @@ pub struct TokenLoad {
 }
 
 /// Counters the detector keeps.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HealthStats {
     pub judgements: u64,
     pub bad_intervals: u64,
@@ -210,7 +211,7 @@ pub struct ResponsivenessDetector {
 }
 
 impl ResponsivenessDetector {
-    pub fn new(config: HealthConfig) -> ResponsivenessDetector {
+    pub(crate) fn new(config: HealthConfig) -> ResponsivenessDetector {
         ResponsivenessDetector {
             config,
             samples: VecDeque::new(),
@@ -237,7 +238,7 @@ impl ResponsivenessDetector {
 
     /// Takes note of a finished call: its server time, whether the server failed it, and whose
     /// it was. Calls without a response say nothing about server time and are skipped.
-    pub fn observe(&mut self, call: &ApiCall) {
+    pub(crate) fn observe(&mut self, call: &ApiCall) {
         let Some(ttfb) = call.ttfb else { return };
         while self.samples.len() >= self.config.max_samples {
             self.forget_oldest();
@@ -260,7 +261,7 @@ impl ResponsivenessDetector {
 
     /// `token`'s share of the server time in the window ending at `now`; `None` when it has no
     /// answered call there. Costs a lookup (and forgetting what left the window).
-    pub fn load_share(&mut self, token: TokenFingerprint, now: Timestamp) -> Option<f64> {
+    pub(crate) fn load_share(&mut self, token: TokenFingerprint, now: Timestamp) -> Option<f64> {
         self.forget_before(now);
         let tally = self.tallies.get(&token)?;
         Some(if self.total_nanos == 0 {
@@ -276,7 +277,7 @@ impl ResponsivenessDetector {
     }
 
     /// Judges the state if an interval has passed; returns a change of state, if any.
-    pub fn tick(&mut self, now: Timestamp) -> Option<HealthChange> {
+    pub(crate) fn tick(&mut self, now: Timestamp) -> Option<HealthChange> {
         let due = *self
             .next_judgement
             .get_or_insert(now.plus(self.config.interval.span()));
@@ -325,12 +326,12 @@ impl ResponsivenessDetector {
         }
     }
 
-    pub fn is_degraded(&self) -> bool {
+    pub(crate) fn is_degraded(&self) -> bool {
         self.degraded_since.is_some()
     }
 
     /// The most recent judgement.
-    pub fn assessment(&self) -> &Assessment {
+    pub(crate) fn assessment(&self) -> &Assessment {
         &self.latest
     }
 
@@ -368,7 +369,7 @@ impl ResponsivenessDetector {
         loads
     }
 
-    pub fn stats(&self) -> &HealthStats {
+    pub(crate) fn stats(&self) -> &HealthStats {
         &self.stats
     }
 

@@ -264,7 +264,7 @@ impl Enforcer {
     }
 
     /// When the next suspension in force ends (`None`: none ends by itself).
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
         self.next_end
     }
 
@@ -302,7 +302,12 @@ impl Enforcer {
 
     /// Whether `token` is under a suspension in force at `at`; if so the call's `violations`
     /// are counted against the suspension (reported when it ends).
-    pub fn held_at(&mut self, token: TokenFingerprint, at: Timestamp, violations: usize) -> bool {
+    pub(crate) fn held_at(
+        &mut self,
+        token: TokenFingerprint,
+        at: Timestamp,
+        violations: usize,
+    ) -> bool {
         match self.active.get_mut(&token) {
             Some(held) if held.until.is_none_or(|until| at < until) => {
                 held.violations += violations as u64;
@@ -550,7 +555,7 @@ impl Enforcer {
         });
     }
 
-    pub fn stats(&self) -> &EnforcementStats {
+    pub(crate) fn stats(&self) -> &EnforcementStats {
         &self.stats
     }
 }

@@ -1,5 +1,6 @@
-//! A webhook receiver for tests: a real HTTP/1.1 server on 127.0.0.1 that records every request
-//! and answers with scripted statuses (200 once the script runs out). One request per connection.
+//! A webhook receiver for tests: a real HTTP/1.1 server (on 127.0.0.1, or on a listener the test
+//! made, in a network namespace say) that records every request and answers with scripted
+//! statuses (200 once the script runs out). One request per connection; it stops when dropped.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -10,8 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
-pub(crate) struct Recorded {
+pub struct Recorded {
     pub at: Instant,
+    /// The request line and headers as sent, up to (not including) the blank line.
+    pub head: String,
     pub path: String,
     /// Names lower-cased.
     pub headers: Vec<(String, String)>,
@@ -32,7 +35,7 @@ impl Recorded {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Reply {
+pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
 }
@@ -51,7 +54,7 @@ impl Reply {
     }
 }
 
-pub(crate) struct Receiver {
+pub struct Receiver {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<VecDeque<Reply>>>,
@@ -65,7 +68,11 @@ impl Receiver {
     }
 
     pub fn start_on(addr: SocketAddr) -> std::io::Result<Receiver> {
-        let listener = TcpListener::bind(addr)?;
+        Receiver::serve(TcpListener::bind(addr)?)
+    }
+
+    /// Serves on a listener the test bound itself (a reserved port, or one in a namespace).
+    pub fn serve(listener: TcpListener) -> std::io::Result<Receiver> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -167,8 +174,12 @@ fn serve(mut stream: TcpStream, requests: &Mutex<Vec<Recorded>>, script: &Mutex<
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let head = buf[..head_len]
+        .strip_suffix(b"\r\n\r\n")
+        .unwrap_or(&buf[..head_len]);
     requests.lock().unwrap().push(Recorded {
         at: Instant::now(),
+        head: String::from_utf8_lossy(head).into_owned(),
         path,
         headers,
         body: buf[head_len..head_len + length].to_vec(),
