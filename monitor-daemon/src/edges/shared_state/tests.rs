@@ -562,6 +562,83 @@ fn rediss_with_a_private_ca_carries_the_calls() {
     drop(redis);
 }
 
+/// A Redis Sentinel (`redis-server --sentinel`) watching `master` as "mymaster"; killed on drop.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(master: &RedisServer) -> Sentinel {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        // Sentinel rewrites its configuration file: it must be its own and writable.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport {port}\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        let deadline = Instant::now() + StdDuration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sentinel did not start");
+            std::thread::sleep(StdDuration::from_millis(20));
+        }
+        Sentinel {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn hosts_find_redis_through_sentinel() {
+    let redis = RedisServer::start(&[]);
+    let sentinel = Sentinel::start(&redis);
+    runtime().block_on(async {
+        // `url` is unused with sentinels: a port nobody listens on shows it is not the way in.
+        let config = SharedConfig {
+            sentinels: vec![format!("127.0.0.1:{}", sentinel.port)],
+            ..config("redis://127.0.0.1:1/0")
+        };
+        let mut a = start(&config, "a");
+        let mut b = start(&config, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.publish(batch("a", 0..2, 100));
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 100)).await;
+        assert_eq!(calls_in(&got), [("a".to_string(), 0), ("a".to_string(), 1)]);
+    });
+    // The calls went to the master the sentinel named.
+    let length: u64 = redis.query(redis::cmd("XLEN").arg("redcap-monitor:calls"));
+    assert!(length >= 2, "{length} stream entries");
+}
+
 #[test]
 fn the_section_s_problems_name_their_keys() {
     let text = "[shared]\nurl = \"http://x\"\nheartbeat = \"10s\"\npeer_timeout = \"5s\"\n\
