@@ -321,7 +321,12 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
                 // An admin's suspension or lift reaches the other hosts at once.
                 edges.share(&mut pipeline, now);
             }
-            Event::Shared(message) => edges.from_redis(message, &mut pipeline, wall_clock()),
+            Event::Shared(message) => {
+                let now = wall_clock();
+                edges.from_redis(message, &mut pipeline, now);
+                // The peer that published calls waits for this host's watermark to judge them.
+                edges.share(&mut pipeline, now);
+            }
         }
     }
 
@@ -453,6 +458,11 @@ impl Edges {
     fn from_redis(&mut self, message: FromRedis, pipeline: &mut Pipeline, now: Timestamp) {
         match message {
             FromRedis::Batch(batch) => {
+                if !batch.calls.is_empty()
+                    && let Some(shared) = &mut self.shared
+                {
+                    shared.owe_watermark();
+                }
                 pipeline.receive_from_peer(batch, now, &mut |v| self.verdict(v));
             }
             FromRedis::Suspension(note) => {

@@ -237,6 +237,9 @@ pub struct SharedState {
     stats: Arc<Mutex<SharedStats>>,
     heartbeat: Span,
     last_sent: Timestamp,
+    /// A peer published calls since this host's last batch: its judgement of them waits for
+    /// this host's watermark, so the next batch goes at once rather than at the heartbeat.
+    watermark_owed: bool,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -276,6 +279,7 @@ impl SharedState {
             stats,
             heartbeat: config.heartbeat.span(),
             last_sent: Timestamp::default(),
+            watermark_owed: false,
             task,
         })
     }
@@ -288,14 +292,21 @@ impl SharedState {
         self.instance
     }
 
-    /// Whether a batch is due at `now`: calls wait, or the heartbeat interval has passed.
+    /// Whether a batch is due at `now`: calls wait, a peer waits for this host's watermark, or
+    /// the heartbeat interval has passed.
     pub fn due(&self, has_calls: bool, now: Timestamp) -> bool {
-        has_calls || self.last_sent.plus(self.heartbeat) <= now
+        has_calls || self.watermark_owed || self.last_sent.plus(self.heartbeat) <= now
+    }
+
+    /// A peer's batch with calls came in: answer with this host's watermark at once.
+    pub fn owe_watermark(&mut self) {
+        self.watermark_owed = true;
     }
 
     /// Hands this host's batch (calls and watermark) to the Redis task.
     pub fn publish(&mut self, batch: Batch) {
         self.last_sent = batch.sent_at;
+        self.watermark_owed = false;
         if let Some(to_redis) = &self.to_redis {
             let _ = to_redis.send(ToRedis::Batch(batch));
         }

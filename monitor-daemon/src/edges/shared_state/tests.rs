@@ -640,6 +640,30 @@ fn hosts_find_redis_through_sentinel() {
 }
 
 #[test]
+fn a_peer_s_calls_make_this_host_s_watermark_due_at_once() {
+    let redis = RedisServer::start(&[]);
+    runtime().block_on(async {
+        let config = SharedConfig {
+            heartbeat: Duration(Span::from_secs(3600)),
+            ..config(&redis.url())
+        };
+        let mut a = start(&config, "a");
+        a.publish(batch("a", 0..0, 100));
+        assert!(
+            !a.due(false, Timestamp(200)),
+            "the heartbeat is an hour away"
+        );
+        a.owe_watermark();
+        assert!(
+            a.due(false, Timestamp(200)),
+            "a peer waits for the watermark"
+        );
+        a.publish(batch("a", 0..0, 200));
+        assert!(!a.due(false, Timestamp(300)), "answered");
+    });
+}
+
+#[test]
 fn the_section_s_problems_name_their_keys() {
     let text = "[shared]\nurl = \"http://x\"\nheartbeat = \"10s\"\npeer_timeout = \"5s\"\n\
                 host = \"web 1\"\nmax_buffered_calls = 0\n";
