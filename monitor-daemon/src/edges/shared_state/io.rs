@@ -471,15 +471,26 @@ async fn publish_calls(
     publish: &Script,
     stats: &Mutex<SharedStats>,
 ) -> redis::RedisResult<()> {
+    // The earliest start from each call to the end of the buffer, computed once: each chunk's
+    // watermark stays before the calls still waiting (a rescan per chunk was quadratic in a
+    // buffer refilled during an outage).
+    let mut earliest_from: Vec<Timestamp> = pending
+        .calls
+        .iter()
+        .rev()
+        .scan(pending.watermark, |earliest, (_, c)| {
+            *earliest = (*earliest).min(Timestamp(c.start));
+            Some(*earliest)
+        })
+        .collect();
+    earliest_from.reverse();
+    let mut sent = 0;
     while !pending.calls.is_empty() || pending.heartbeat_due {
         let n = pending.calls.len().min(CHUNK);
-        let rest_start = pending
-            .calls
-            .iter()
-            .skip(n)
-            .map(|(_, c)| Timestamp(c.start))
-            .min();
-        let watermark = rest_start.map_or(pending.watermark, |s| s.min(pending.watermark));
+        let watermark = earliest_from
+            .get(sent + n)
+            .copied()
+            .unwrap_or(pending.watermark);
         let mut invocation = publish.key(settings.stream());
         invocation
             .key(settings.seq_key())
@@ -498,6 +509,7 @@ async fn publish_calls(
         let (added, skipped, capped): (u64, u64, u64) = invocation.invoke_async(conn).await?;
         pending.published_watermark = pending.published_watermark.max(watermark);
         pending.calls.drain(..n);
+        sent += n;
         if n == 0 || pending.calls.is_empty() {
             pending.heartbeat_due = false;
         }
