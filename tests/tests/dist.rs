@@ -142,7 +142,7 @@ fn the_deb_installs_binary_unit_config_and_user_enables_nothing_and_purges_clean
         let _ = std::fs::remove_dir(logs);
     }
     assert!(Path::new("/usr/share/redcap-monitor/README").exists());
-    for dir in ["grafana", "prometheus"] {
+    for dir in ["grafana", "prometheus", "systemd-drop-ins"] {
         let source = monitor_tests::workspace_root().join("config").join(dir);
         for entry in std::fs::read_dir(&source).into_iter().flatten().flatten() {
             let shipped = Path::new("/usr/share/redcap-monitor")

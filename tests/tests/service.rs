@@ -238,8 +238,9 @@ fn systemd_hears_ready_after_the_probe_is_attached_then_watchdog_status_reloadin
 }
 
 /// A root directory for `systemd-analyze --root`: the system's units, the daemon at
-/// /usr/bin/redcap-monitor, kill, and the project's unit in /etc/systemd/system.
-fn offline_root() -> tempfile::TempDir {
+/// /usr/bin/redcap-monitor, the other programs the unit runs, and the project's unit in
+/// /etc/systemd/system with `drop_ins` (files of `config/systemd-drop-ins/`) beside it.
+fn offline_root(drop_ins: &[&str]) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     for dir in ["usr/bin", "bin", "etc/systemd/system", "lib/systemd"] {
@@ -251,6 +252,7 @@ fn offline_root() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::copy("/bin/kill", r.join("bin/kill")).unwrap();
+    std::fs::copy("/usr/bin/install", r.join("usr/bin/install")).unwrap();
     let copied = std::process::Command::new("cp")
         .args(["-r", "/lib/systemd/system"])
         .arg(r.join("lib/systemd/"))
@@ -262,6 +264,17 @@ fn offline_root() -> tempfile::TempDir {
         r.join("etc/systemd/system/redcap-monitor.service"),
     )
     .unwrap();
+    let drop_in_dir = r.join("etc/systemd/system/redcap-monitor.service.d");
+    for name in drop_ins {
+        std::fs::create_dir_all(&drop_in_dir).unwrap();
+        std::fs::copy(
+            monitor_tests::workspace_root()
+                .join("config/systemd-drop-ins")
+                .join(name),
+            drop_in_dir.join(name),
+        )
+        .unwrap();
+    }
     root
 }
 
@@ -276,7 +289,7 @@ fn systemd_analyze(root: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
-    let root = offline_root();
+    let root = offline_root(&[]);
     let out = systemd_analyze(root.path(), &["verify", "--man=no"]);
     let said = format!(
         "{}{}",
@@ -289,7 +302,20 @@ fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
 
 #[test]
 fn the_units_security_exposure_is_the_one_the_readme_records() {
-    let root = offline_root();
+    let score = exposure(&[]);
+    assert!(score <= 2.3, "hardening regressed: {score}");
+    let readme =
+        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    let recorded = format!("exposure level {score:.1}");
+    assert!(
+        readme.contains(&recorded),
+        "README should say `{recorded}` (systemd-analyze security says {score})"
+    );
+}
+
+/// `systemd-analyze security`'s overall exposure of the unit with `drop_ins`.
+fn exposure(drop_ins: &[&str]) -> f64 {
+    let root = offline_root(drop_ins);
     let out = systemd_analyze(root.path(), &["security", "--offline=yes", "--no-pager"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let level = text
@@ -299,15 +325,7 @@ fn the_units_security_exposure_is_the_one_the_readme_records() {
                 .nth(1)
         })
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    let score: f64 = level.split_whitespace().next().unwrap().parse().unwrap();
-    assert!(score <= 2.4, "hardening regressed: {level}");
-    let readme =
-        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
-    let recorded = format!("exposure level {score:.1}");
-    assert!(
-        readme.contains(&recorded),
-        "README should say `{recorded}` (systemd-analyze security says {level})"
-    );
+    level.split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// The value of `key=` in the unit's `[Service]` section (the last one, as systemd reads it).
@@ -431,8 +449,14 @@ impl Drop for Limits {
 /// holding only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
 /// (`ProtectKernelTunables=`), with `LimitCORE=0`, in a cgroup with the unit's `TasksMax=` and
 /// `MemoryMax=`. Returns whether it started capturing, its log, and its
-/// `/proc/PID/limits` while it ran.
-fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, String) {
+/// `/proc/PID/limits` while it ran. With `trace`, strace writes the daemon's `socket` and `bpf`
+/// calls there (its limits are then not read: the pid is strace's).
+fn run_confined(
+    caps: &[String],
+    mode: &str,
+    limits: &Limits,
+    trace: Option<&Path>,
+) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
@@ -455,10 +479,14 @@ fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, 
         "{join}exec unshare --mount --propagation private sh -c '\
          mount -t proc -o subset=pid,hidepid=invisible proc /proc && \
          mount --bind /sys /sys && mount -o remount,bind,ro /sys && \
-         exec prlimit --core=0 setpriv --reuid=65534 --regid=65534 --clear-groups \
+         exec {strace} prlimit --core=0 setpriv --reuid=65534 --regid=65534 --clear-groups \
          --bounding-set=-all,{list} --inh-caps=-all,{list} --ambient-caps={list} \
          {bin} run --config {config}'",
         join = limits.join_commands(),
+        strace = trace.map_or(String::new(), |t| format!(
+            "strace -f -qq -e trace=socket,bpf -o {}",
+            t.display()
+        )),
         bin = monitor_tests::daemon::monitor_bin().unwrap().display(),
         config = config.display(),
     );
@@ -473,7 +501,7 @@ fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, 
         log().contains("capturing with") || child.try_wait().unwrap().is_some()
     }) && log().contains("capturing with");
     let mut proc_limits = String::new();
-    if started {
+    if started && trace.is_none() {
         // Every exec kept the pid: it is the daemon's.
         assert!(
             limits.holds(child.id()),
@@ -484,8 +512,23 @@ fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, 
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    if started {
+    if started && trace.is_none() {
         assert!(status.success(), "{status}: {}", log());
+    }
+    if let Some(trace) = trace {
+        // strace hands its SIGTERM on to the daemon and leaves: wait for the daemon's end.
+        let traced = std::fs::read_to_string(trace).unwrap_or_default();
+        let pids: std::collections::BTreeSet<i32> = traced
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+        wait_until(Duration::from_secs(15), || {
+            pids.iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        });
+        for pid in pids {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
     (started, log(), proc_limits)
 }
@@ -505,7 +548,7 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
         ("pcap", "capturing with libpcap"),
         ("tls", "capturing with the OpenSSL uprobes"),
     ] {
-        let (started, log, proc_limits) = run_confined(&caps, mode, &limits);
+        let (started, log, proc_limits) = run_confined(&caps, mode, &limits, None);
         assert!(started && log.contains(says), "{mode}: {log}");
         let core = proc_limits
             .lines()
@@ -519,15 +562,74 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
     }
 }
 
+/// The eBPF-only drop-in (`config/systemd-drop-ins/ebpf-only.conf`) rates the unit 2.0, as the
+/// README says, and what it takes away is not needed: under its capabilities the daemon
+/// captures HTTP with the probe (TCX) and HTTPS with the uprobes, and strace sees it open no
+/// packet socket and no netlink socket (the address families the drop-in forbids) while it
+/// loads its programs (`bpf`, traced too, shows the trace works).
+#[test]
+fn the_ebpf_only_drop_in_rates_2_0_and_takes_away_nothing_the_probe_and_uprobes_use() {
+    let score = exposure(&["ebpf-only.conf"]);
+    assert!(score <= 2.0, "the eBPF-only drop-in rates {score}");
+    let readme =
+        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("`ebpf-only.conf` rates it **{score:.1}**")),
+        "README should give the drop-in's level {score:.1}"
+    );
+    if !monitor_tests::require_root("the eBPF-only drop-in") {
+        return;
+    }
+    let Some(limits) = Limits::from_unit() else {
+        eprintln!("skipped: this host lets no test make a pids and memory cgroup");
+        return;
+    };
+    let drop_in = std::fs::read_to_string(
+        monitor_tests::workspace_root().join("config/systemd-drop-ins/ebpf-only.conf"),
+    )
+    .unwrap();
+    let caps = capabilities_in(&drop_in, "AmbientCapabilities=");
+    assert!(!caps.contains(&"net_raw".to_owned()), "{caps:?}");
+    for (mode, says) in [
+        ("ebpf", "capturing with the eBPF probe"),
+        ("tls", "capturing with the OpenSSL uprobes"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let trace = dir.path().join("strace");
+        let (started, log, _) = run_confined(&caps, mode, &limits, Some(&trace));
+        assert!(started && log.contains(says), "{mode}: {log}");
+        let traced = std::fs::read_to_string(&trace).unwrap();
+        assert!(
+            traced.contains("bpf(BPF_PROG_LOAD"),
+            "{mode}: no trace:\n{traced}"
+        );
+        for family in ["AF_PACKET", "AF_NETLINK"] {
+            assert!(
+                !traced
+                    .lines()
+                    .any(|l| l.contains("socket(") && l.contains(family)),
+                "{mode}: the daemon opened an {family} socket, which the drop-in forbids:\n{traced}"
+            );
+        }
+    }
+}
+
 /// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
 fn unit_capabilities() -> Vec<String> {
     let unit = std::fs::read_to_string(
         monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
     )
     .unwrap();
-    let line = unit
+    capabilities_in(&unit, "AmbientCapabilities=")
+}
+
+/// The capabilities the last non-empty `key` line of a unit file's `text` names, lower-case
+/// without `CAP_`.
+fn capabilities_in(text: &str, key: &str) -> Vec<String> {
+    let line = text
         .lines()
-        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .filter_map(|l| l.strip_prefix(key))
+        .rfind(|l| !l.trim().is_empty())
         .expect("the unit grants ambient capabilities");
     line.split_whitespace()
         .map(|c| c.trim_start_matches("CAP_").to_lowercase())

@@ -11,7 +11,7 @@ use crate::{Failure, Result, process, setup};
 
 /// Directories of `config/` shipped under `/usr/share/redcap-monitor/`, staged first because
 /// cargo-deb refuses a glob that matches nothing (they may not exist yet).
-const SHARED_DIRS: &[&str] = &["grafana", "prometheus"];
+const SHARED_DIRS: &[&str] = &["grafana", "prometheus", "systemd-drop-ins"];
 
 /// `dist [--debug]`: `--debug` packages the debug build with fast compression (the tests use it;
 /// the package is the same but for the binary's optimisation).
@@ -80,7 +80,8 @@ fn stage_shared_files() -> Result<()> {
     let readme = format!(
         "redcap-monitor: files for the monitoring stack around the daemon.\n\
          Shipped here: {}.\n\
-         grafana/: dashboards and provisioning for Grafana; prometheus/: alert rules.\n\
+         grafana/: dashboards and provisioning for Grafana; prometheus/: alert rules;\n\
+         systemd-drop-ins/: optional drop-ins for the unit (each says when it fits).\n\
          See /usr/share/doc/redcap-monitor/README.md.\n",
         if shipped.is_empty() {
             "nothing yet".to_owned()

@@ -50,6 +50,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ),
     ("wrk", "load generator for the live-overhead bench"),
     (
+        "strace",
+        "shows that the daemon opens no socket a unit drop-in forbids (service test)",
+    ),
+    (
         "prometheus",
         "promtool checks the alert rules and metric names; a real Prometheus scrapes the daemon in the telemetry test",
     ),

@@ -64,16 +64,37 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
         if let Err(why) = can_create_or_write(&list, true) {
             warn("redcap_module.dir".into(), why);
         }
-        if !module.group.is_empty()
-            && crate::edges::actions::publish::group_id(&module.group).is_none()
-        {
-            warn(
+        match crate::edges::actions::publish::group_id(&module.group) {
+            None if !module.group.is_empty() => warn(
                 "redcap_module.group".into(),
                 format!(
                     "no group {:?} here: name the web server's group (www-data on Debian)",
                     module.group
                 ),
-            );
+            ),
+            Some(gid) => {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid cannot fail.
+                let root = unsafe { libc::geteuid() } == 0;
+                if let Ok(dir) = std::fs::metadata(&module.dir)
+                    && !root
+                    && (dir.gid() != gid || dir.mode() & 0o2000 == 0)
+                {
+                    warn(
+                        "redcap_module.dir".into(),
+                        format!(
+                            "{} is not group {:?}'s with the set-group-ID bit, and unless this \
+                             user is in that group only root may make it so: `install -d -o <daemon's user> -g {} -m 2750 {}` \
+                             as root (the shipped unit's ExecStartPre=+ line does)",
+                            module.dir.display(),
+                            module.group,
+                            module.group,
+                            module.dir.display()
+                        ),
+                    );
+                }
+            }
+            None => {}
         }
     }
     for (i, sink) in config.alerts.sinks.iter().enumerate() {

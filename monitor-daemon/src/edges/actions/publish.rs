@@ -37,7 +37,7 @@ const MAX_REASON_BYTES: usize = 400;
 pub struct RedcapModuleConfig {
     /// Publish the list (and the key copy) for the module.
     pub enabled: bool,
-    /// Directory of `suspended.txt` and `fingerprint.key`; created with mode 0750.
+    /// Directory of `suspended.txt` and `fingerprint.key`; mode 2750, `group`'s (0750 without one).
     pub dir: PathBuf,
     /// Group given read access (the web server's, whose PHP runs the module); empty: the
     /// daemon's own group.
@@ -90,6 +90,63 @@ impl RedcapModuleConfig {
     }
 }
 
+/// Gives `dir` to group `gid` with mode 2750: the group may read what is in it, and every file
+/// created in it belongs to that group (the set-group-ID bit), so that the daemon hands files to
+/// the web server without belonging to its group (a member could read the web server's files,
+/// REDCap's database password among them). Only a member of the group or root may give a
+/// directory to it, so where the daemon is neither the directory must already be the group's
+/// with that bit set: the shipped unit creates it so (`ExecStartPre=+…install -d …`).
+fn hand_directory_to(
+    handle: &File,
+    dir: &Path,
+    gid: Option<u32>,
+    group: &str,
+) -> Result<(), PublishError> {
+    use std::os::unix::fs::MetadataExt;
+    let io_error = |what, source| PublishError::Io {
+        what,
+        path: dir.to_owned(),
+        source,
+    };
+    let Some(gid) = gid else {
+        // The daemon's own group reads; nothing is handed over.
+        return handle
+            .set_permissions(fs::Permissions::from_mode(0o750))
+            .map_err(|e| io_error("set the mode of", e));
+    };
+    let metadata = handle.metadata().map_err(|e| io_error("examine", e))?;
+    if metadata.gid() != gid
+        && let Err(source) = std::os::unix::fs::fchown(handle, None, Some(gid))
+    {
+        return Err(if source.kind() == io::ErrorKind::PermissionDenied {
+            PublishError::NotTheGroups {
+                dir: dir.to_owned(),
+                group: group.to_owned(),
+            }
+        } else {
+            io_error("hand to the group the directory", source)
+        });
+    }
+    // Without the group's membership the kernel drops the set-group-ID bit from a chmod, so
+    // the mode is only set where it differs (a directory made ready by root is left as it is).
+    if metadata.mode() & 0o7777 != 0o2750 || metadata.gid() != gid {
+        handle
+            .set_permissions(fs::Permissions::from_mode(0o2750))
+            .map_err(|e| io_error("set the mode of", e))?;
+    }
+    let mode = handle
+        .metadata()
+        .map_err(|e| io_error("examine", e))?
+        .mode();
+    if mode & 0o2000 == 0 {
+        return Err(PublishError::NotTheGroups {
+            dir: dir.to_owned(),
+            group: group.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 /// Why the list cannot be published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -98,6 +155,15 @@ pub enum PublishError {
          the web server's group (www-data on Debian, apache on RHEL)"
     )]
     UnknownGroup { group: String },
+    #[error(
+        "{dir} must belong to group {group:?} with the set-group-ID bit (mode 2750) for the \
+         daemon to hand the REDCap module its files, and this user may not make it so: create it \
+         before the daemon starts, as root: `install -d -o <daemon's user> -g {group} -m 2750 \
+         {dir}` (the shipped unit does so in its ExecStartPre=+ line; a site whose web server \
+         runs under another group changes that line and `redcap_module.group` together)",
+        dir = dir.display()
+    )]
+    NotTheGroups { dir: PathBuf, group: String },
     #[error("cannot {what} {path}: {source}{advice}", advice = advice(source))]
     Io {
         what: &'static str,
@@ -108,8 +174,8 @@ pub enum PublishError {
 
 fn advice(source: &io::Error) -> &'static str {
     if source.kind() == io::ErrorKind::PermissionDenied {
-        " (the daemon's user must belong to `redcap_module.group` to hand files to it: the \
-         shipped unit has SupplementaryGroups=www-data; or change `redcap_module.dir`)"
+        " (the directory must belong to `redcap_module.group` with mode 2750, which hands \
+         every file made in it to that group: see the shipped unit's ExecStartPre=+ line)"
     } else {
         ""
     }
@@ -215,13 +281,7 @@ impl Publisher {
             ))));
         }
         let handle = File::open(&dir).map_err(io_error("open", &dir))?;
-        if gid.is_some() {
-            std::os::unix::fs::fchown(&handle, None, gid)
-                .map_err(io_error("hand to the group the directory", &dir))?;
-        }
-        handle
-            .set_permissions(fs::Permissions::from_mode(0o750))
-            .map_err(io_error("set the mode of", &dir))?;
+        hand_directory_to(&handle, &dir, gid, &config.group)?;
         let key_path = dir.join(KEY_FILE);
         key.with_bytes(|bytes| write_atomically(&key_path, bytes, gid))
             .map_err(io_error("write the module's key copy", &key_path))?;
@@ -361,8 +421,12 @@ fn write_atomically(path: &Path, bytes: &[u8], gid: Option<u32>) -> io::Result<(
             .create_new(true)
             .mode(0o600)
             .open(&temp)?;
-        if gid.is_some() {
-            std::os::unix::fs::fchown(&file, None, gid)?;
+        // The directory's set-group-ID bit gave the file its group already; a chown is only
+        // needed (and only allowed) where root runs the daemon without it.
+        if let Some(gid) = gid
+            && std::os::unix::fs::MetadataExt::gid(&file.metadata()?) != gid
+        {
+            std::os::unix::fs::fchown(&file, None, Some(gid))?;
         }
         // After the chown, and explicitly: the unit's UMask=0077 would take the group's bit.
         file.set_permissions(fs::Permissions::from_mode(0o640))?;
@@ -533,6 +597,33 @@ mod tests {
         let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o755);
         assert!(!target.join(KEY_FILE).exists());
+    }
+
+    #[test]
+    fn the_directory_hands_every_file_made_in_it_to_the_group() {
+        if !test_support::is_root() {
+            eprintln!("skipped: only root may give a directory to a group it is not in");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = RedcapModuleConfig {
+            dir: dir.path().join("module"),
+            group: "nogroup".into(),
+            ..RedcapModuleConfig::default()
+        };
+        let gid = group_id("nogroup").expect("Debian has the group nogroup");
+        let mut publisher = Publisher::start(&config, &SiteKey::from_bytes([5; 32]))
+            .unwrap()
+            .unwrap();
+        publisher.tick(Timestamp::from_nanos(1), || Ok::<_, String>(vec![]));
+        let module = fs::metadata(dir.path().join("module")).unwrap();
+        assert_eq!(module.mode() & 0o7777, 0o2750);
+        assert_eq!(module.gid(), gid);
+        for file in [KEY_FILE, LIST_FILE] {
+            let meta = fs::metadata(dir.path().join("module").join(file)).unwrap();
+            assert_eq!((meta.gid(), meta.mode() & 0o777), (gid, 0o640), "{file}");
+        }
     }
 
     #[test]
