@@ -11,6 +11,9 @@ use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, without_api_listener};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use monitor_tests::unit::{
+    Capabilities, run_as_the_unit, service_user, setpriv_args, unit_setting,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "7A1B2C3D4E5F60718293A4B5C6D7E8F9";
@@ -310,18 +313,6 @@ fn the_units_security_exposure_is_the_one_the_readme_records() {
     );
 }
 
-/// The value of `key=` in the unit's `[Service]` section (the last one, as systemd reads it).
-fn unit_setting(key: &str) -> Option<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    unit.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .next_back()
-        .map(str::to_owned)
-}
-
 /// A size as systemd writes it (`768M`, `1G`), in bytes.
 fn unit_bytes(value: &str) -> u64 {
     let (number, unit) = value.split_at(value.len() - 1);
@@ -427,10 +418,10 @@ impl Drop for Limits {
 }
 
 /// Runs `run` in `mode` on loopback the way the unit confines it, as far as a host without
-/// systemd allows: as `nobody` with the unit's capabilities, in a mount namespace with `/proc`
-/// holding only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
-/// (`ProtectKernelTunables=`), with `LimitCORE=0`, in a cgroup with the unit's `TasksMax=` and
-/// `MemoryMax=`. Returns whether it started capturing, its log, and its
+/// systemd allows: as the service user with `caps`, in a mount namespace with `/proc` holding
+/// only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
+/// (`ProtectKernelTunables=`), with `LimitCORE=0` (`monitor_tests::unit::run_as_the_unit`), in
+/// a cgroup with the unit's `TasksMax=` and `MemoryMax=`. Returns whether it started capturing, its log, and its
 /// `/proc/PID/limits` while it ran.
 fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -449,22 +440,20 @@ fn run_confined(caps: &[String], mode: &str, limits: &Limits) -> (bool, String, 
     )
     .unwrap();
     let log_path = dir.path().join("log");
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
-    let script = format!(
-        "{join}exec unshare --mount --propagation private sh -c '\
-         mount -t proc -o subset=pid,hidepid=invisible proc /proc && \
-         mount --bind /sys /sys && mount -o remount,bind,ro /sys && \
-         exec prlimit --core=0 setpriv --reuid=65534 --regid=65534 --clear-groups \
-         --bounding-set=-all,{list} --inh-caps=-all,{list} --ambient-caps={list} \
-         {bin} run --config {config}'",
-        join = limits.join_commands(),
-        bin = monitor_tests::daemon::monitor_bin().unwrap().display(),
-        config = config.display(),
+    let confined = run_as_the_unit(
+        None,
+        &[(dir.path(), dir.path())],
+        &Capabilities::only(caps),
+        &monitor_tests::daemon::monitor_bin().unwrap(),
+        &["run".into(), "--config".into(), config.clone().into()],
     );
+    // The shell joins the cgroups, then execs the confinement (the pid stays the daemon's).
     let mut child = std::process::Command::new("sh")
         .arg("-c")
-        .arg(&script)
+        .arg(format!("{}exec \"$@\"", limits.join_commands()))
+        .arg("sh")
+        .arg(confined.get_program())
+        .args(confined.get_args())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -521,17 +510,7 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
 
 /// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
 fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
-        .expect("the unit grants ambient capabilities");
-    line.split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect()
+    monitor_tests::unit::unit_capabilities("AmbientCapabilities")
 }
 
 /// Runs `run` in `mode` on loopback as `nobody` holding exactly `caps` (ambient, inheritable
@@ -554,13 +533,8 @@ fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
     )
     .unwrap();
     let log_path = dir.path().join("log");
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--bounding-set=-all,{list}"))
-        .arg(format!("--inh-caps=-all,{list}"))
-        .arg(format!("--ambient-caps={list}"))
+        .args(setpriv_args(&service_user(), &Capabilities::only(caps)))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")
         .arg("--config")
@@ -683,15 +657,12 @@ fn capabilities_after_attach(mode: &str, tls: bool) -> (Vec<(String, u64)>, bool
         ),
     )
     .unwrap();
-    let caps = unit_capabilities();
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
     let log_path = dir.path().join("log");
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--bounding-set=-all,{list}"))
-        .arg(format!("--inh-caps=-all,{list}"))
-        .arg(format!("--ambient-caps={list}"))
+        .args(setpriv_args(
+            &service_user(),
+            &Capabilities::only(&unit_capabilities()),
+        ))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")
         .arg("--config")
