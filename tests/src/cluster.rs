@@ -1,11 +1,14 @@
 //! Several REDCap web hosts behind one (imagined) load balancer, sharing one Redis: a LAN
 //! namespace holding a bridge and `redis-server`, one namespace per host (a veth into the bridge,
 //! the REDCap simulator behind nginx on port 80, a webhook receiver on the host's loopback, and
-//! `redcap-monitor run` configured from the shipped `config/redcap-monitor.toml` the way the
-//! package runs it), and a client namespace from which the test's clients pick a host per call,
-//! as a balancer would. tcpdump can record each host's veth (the offline oracle). Everything is
+//! `redcap-monitor run` configured from the shipped `config/redcap-monitor.toml` and run the way
+//! the unit runs it: as the service user with the unit's capabilities, in a mount namespace with
+//! `/proc` hiding other users' processes, its files owned as the package and the unit set them
+//! up, see [`crate::unit`]), and a client namespace from which the test's clients pick a host per
+//! call, as a balancer would. tcpdump can record each host's veth (the offline oracle). Everything is
 //! torn down on drop, namespaces last.
 
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +19,9 @@ use crate::capture::Tcpdump;
 use crate::daemon::{LiveDaemon, monitor_bin};
 use crate::redis::{RedisOptions, RedisServer};
 use crate::sim::{SimOptions, SimRecord, Simulator};
+use crate::unit::{
+    Capabilities, ServiceUser, make_module_directory, run_as_the_unit, service_user,
+};
 use crate::web::{Nginx, TestPki};
 use test_support::Receiver;
 
@@ -70,7 +76,8 @@ pub struct Host {
     pub ip: String,
     /// Its end of the veth into the LAN: what the daemon and tcpdump read.
     pub iface: String,
-    /// The host's files: `lib/` (state), `log/` (records), `run/` (stats, External Module).
+    /// The host's files: `etc/` (configuration and secrets, as in `/etc/redcap-monitor`),
+    /// `lib/` (site key, state), `log/` (records), `run/` (stats, External Module).
     pub dir: PathBuf,
     pub config: PathBuf,
     pub daemon: Option<LiveDaemon>,
@@ -115,19 +122,54 @@ impl Host {
         self.sim.settled_api().unwrap()
     }
 
-    /// Starts (or restarts) the host's daemon.
-    pub fn start_daemon(&mut self, key: &Path) -> Result<()> {
+    /// Starts (or restarts) the host's daemon as the unit runs it: `run --config`, the site key
+    /// from the configuration, writing only to `lib/`, `log/` and `run/`.
+    pub fn start_daemon(&mut self) -> Result<()> {
         if self.daemon.is_some() {
             bail!("{}'s daemon is already running", self.name);
         }
-        let mut command =
-            crate::netns::command_in(Some(&self.ns), &monitor_bin()?.to_string_lossy());
-        command
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .arg("--key")
-            .arg(key);
-        self.daemon = Some(LiveDaemon::spawn(command)?);
+        let dirs: Vec<PathBuf> = ["lib", "log", "run"]
+            .iter()
+            .map(|d| self.dir.join(d))
+            .collect();
+        let writable: Vec<(&Path, &Path)> =
+            dirs.iter().map(|d| (d.as_path(), d.as_path())).collect();
+        // As the unit's ExecStartPre=+ line does before each start (the daemon stopping
+        // removes the directory).
+        make_module_directory(&self.module_dir());
+        let command = run_as_the_unit(
+            Some(&self.ns),
+            &writable,
+            &Capabilities::of_unit(&[]),
+            &monitor_bin()?,
+            &["run".into(), "--config".into(), self.config.clone().into()],
+        );
+        let daemon = LiveDaemon::spawn(command)?;
+        // Its pid is the daemon's: the confinement took if it runs as the service user.
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap_or(0)))
+            .unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next().map(str::to_owned));
+        if uid != Some(service_user().uid.to_string()) {
+            bail!(
+                "{}'s daemon does not run as the service user:\n{status}",
+                self.name
+            );
+        }
+        let mounts =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", daemon.pid().unwrap_or(0)))
+                .unwrap_or_default();
+        if !mounts.lines().any(|l| {
+            l.contains(" /proc ") && l.contains("hidepid=invisible") && l.contains("subset=pid")
+        }) {
+            bail!(
+                "{}'s daemon does not see /proc as the unit shows it:\n{mounts}",
+                self.name
+            );
+        }
+        self.daemon = Some(daemon);
         Ok(())
     }
 
@@ -203,7 +245,8 @@ pub struct Cluster {
     /// Where the clients run.
     pub client_ns: String,
     pub client_ip: String,
-    /// The one site key every host uses (fingerprints must match across the cluster).
+    /// The one site key every host uses (fingerprints must match across the cluster): the
+    /// test's copy; each host has its own in `lib/site.key`, owned by the service user.
     pub key: PathBuf,
     pub dir: PathBuf,
     // Last: the namespaces go once everything in them has stopped.
@@ -287,17 +330,34 @@ impl Cluster {
         let key = dir.join("site.key");
         // One key for the cluster, made once (`fingerprint` creates it 0600).
         crate::daemon::fingerprint(&key, "0000000000000000000000000000000A")?;
-        let password_file = dir.join("redis-password");
-        crate::write_secret(&password_file, format!("{REDIS_USER_PASSWORD}\n"));
+        // The service user reaches its files through the test's directory, as through /etc and
+        // /var.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let user = service_user();
         let pki = TestPki::create(dir, &format!("10.{s}.0.11"))?;
 
         let mut hosts = Vec::new();
         for (i, (ns, addr, iface)) in host_ifaces.into_iter().enumerate() {
             let name = format!("web{}", i + 1);
             let hdir = dir.join(&name);
-            for sub in ["", "lib", "log", "run", "nginx"] {
+            for sub in ["", "etc", "nginx"] {
                 std::fs::create_dir_all(hdir.join(sub))?;
             }
+            // StateDirectory=, LogsDirectory=, RuntimeDirectory= with the unit's modes.
+            for (sub, mode) in [("lib", 0o700), ("log", 0o750), ("run", 0o755)] {
+                let path = hdir.join(sub);
+                std::fs::create_dir_all(&path)?;
+                chown(&path, Some(user.uid), Some(user.gid))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+            }
+            // The site key copied to every host, as the README's checklist says: the service
+            // user's, 0600.
+            let host_key = hdir.join("lib/site.key");
+            std::fs::copy(&key, &host_key)?;
+            chown(&host_key, Some(user.uid), Some(user.gid))?;
+            std::fs::set_permissions(&host_key, std::fs::Permissions::from_mode(0o600))?;
+            let password_file = hdir.join("etc/redis-password");
+            write_config_secret(&password_file, &format!("{REDIS_USER_PASSWORD}\n"), &user)?;
             let sim = Simulator::start(&SimOptions {
                 tokens: opts.tokens.clone(),
                 log: Some(hdir.join("sim.jsonl")),
@@ -320,7 +380,6 @@ impl Cluster {
                 &hdir,
                 &name,
                 &iface,
-                &key,
                 opts,
                 &redis.url(),
                 &password_file,
@@ -354,7 +413,7 @@ impl Cluster {
     /// Starts every host's daemon, one after the other.
     pub fn start_daemons(&mut self) -> Result<()> {
         for host in &mut self.hosts {
-            host.start_daemon(&self.key)?;
+            host.start_daemon()?;
         }
         Ok(())
     }
@@ -462,7 +521,6 @@ fn write_host_config(
     dir: &Path,
     name: &str,
     iface: &str,
-    key: &Path,
     opts: &ClusterOptions,
     redis_url: &str,
     password_file: &Path,
@@ -472,17 +530,13 @@ fn write_host_config(
         std::fs::read_to_string(crate::workspace_root().join("config/redcap-monitor.toml"))?;
     let d = dir.display();
     let interfaces = format!("interfaces = [\"{iface}\"]");
-    let key_line = format!("key_file = \"{}\"", key.display());
     let mode = format!("mode = \"{}\"", opts.enforcement_mode);
-    let token_file = dir.join("api.token");
-    crate::write_secret(&token_file, format!("{ADMIN_TOKEN}\n"));
+    let user = service_user();
+    let token_file = dir.join("etc/api.token");
+    write_config_secret(&token_file, &format!("{ADMIN_TOKEN}\n"), &user)?;
     let token_line = format!("token_file = \"{}\"", token_file.display());
     let mut text = shipped;
     for (from, to) in [
-        (
-            "key_file = \"/var/lib/redcap-monitor/site.key\"",
-            key_line.as_str(),
-        ),
         ("interfaces = []", interfaces.as_str()),
         ("enabled = \"auto\"", "enabled = false"),
         ("mode = \"when_degraded\"", mode.as_str()),
@@ -505,11 +559,12 @@ fn write_host_config(
         .replace("/var/lib/redcap-monitor", &format!("{d}/lib"))
         .replace("/var/log/redcap-monitor", &format!("{d}/log"))
         .replace("/run/redcap-monitor", &format!("{d}/run"));
-    let secret = dir.join("siem.whsec");
-    crate::write_secret(
+    let secret = dir.join("etc/siem.whsec");
+    write_config_secret(
         &secret,
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
-    );
+        &user,
+    )?;
     text.push_str(&format!(
         "\n[[alerts.sinks]]\nname = \"siem\"\nkind = \"generic\"\n\
          url = \"http://127.0.0.1:{alerts_port}/alerts\"\nsecret_file = \"{}\"\n",
@@ -527,7 +582,17 @@ fn write_host_config(
             opts.shared_extra
         ));
     }
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text)?;
+    // As the package installs /etc/redcap-monitor/config.toml: root's, read by the service.
+    let path = dir.join("etc/config.toml");
+    write_config_secret(&path, &text, &user)?;
     Ok(path)
+}
+
+/// A file of `/etc/redcap-monitor` as the package and the README set it up: root's, readable by
+/// the service's group only (`chown root:redcap-monitor`, `chmod 0640`).
+fn write_config_secret(path: &Path, text: &str, user: &ServiceUser) -> Result<()> {
+    crate::write_secret(path, text);
+    chown(path, Some(0), Some(user.gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))?;
+    Ok(())
 }

@@ -20,6 +20,7 @@ pub mod redis;
 pub mod session;
 pub mod sim;
 pub mod synth;
+pub mod unit;
 pub mod web;
 pub mod wrk;
 

@@ -1,6 +1,8 @@
 //! Several web hosts, one policy (issue 14): three hosts, each its own network namespace with
 //! nginx in front of the REDCap simulator and `redcap-monitor run` configured from the shipped
-//! file, sharing one real `redis-server` (`src/cluster.rs`, `src/redis.rs`). A client namespace
+//! file and run as the unit runs it (the service user, the unit's capabilities, `/proc` hiding
+//! other users' processes: `src/unit.rs`), sharing one real `redis-server` (`src/cluster.rs`,
+//! `src/redis.rs`). A client namespace
 //! spreads one token's calls (and a few other tokens', and a prober's refused ones) over the hosts
 //! the way a load balancer would, so that no host alone sees a violation.
 //!
@@ -704,8 +706,7 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
     // second the fourth (a violation decided on web2).
     cluster.call(0, SPREAD);
     cluster.call(2, SPREAD);
-    let key = cluster.key.clone();
-    cluster.hosts[1].start_daemon(&key).unwrap();
+    cluster.hosts[1].start_daemon().unwrap();
     assert!(
         wait_until(WAIT, || metric(
             &cluster.hosts[1],

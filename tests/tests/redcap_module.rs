@@ -18,6 +18,7 @@ use monitor_tests::daemon::{
 };
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::wait_until;
+use monitor_tests::unit::{Capabilities, make_module_directory, run_as_the_unit, service_user};
 use monitor_tests::web::{Apache, TestPki};
 use serde_json::Value;
 
@@ -437,31 +438,7 @@ fn admin(store: &Path, args: &[&str]) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The unit's `ExecStartPre=` line that makes the module's directory, as words, with the
-/// directory and the owner replaced for a test run.
-fn units_directory_line(dir: &Path, owner: &str) -> Vec<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStartPre=-+"))
-        .expect("the unit makes the module's directory as root before the daemon starts");
-    assert!(
-        !unit.contains("SupplementaryGroups="),
-        "the daemon is not to be in the web server's group: a member reads its files"
-    );
-    line.split_whitespace()
-        .map(|word| match word {
-            "/run/redcap-monitor/redcap-module" => dir.display().to_string(),
-            "redcap-monitor" => owner.to_owned(),
-            word => word.to_owned(),
-        })
-        .collect()
-}
-
-/// The daemon as the unit runs it (an unprivileged user, no supplementary group, only the
+/// The daemon as the unit runs it (the service user, no supplementary group, only the
 /// capability libpcap needs) hands the module its files through the directory the unit's
 /// `ExecStartPre=+` line makes: the web server's group reads the list and the key copy, while
 /// the daemon is not in that group. A directory not made so is refused with what to run.
@@ -470,53 +447,43 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
     if !monitor_tests::require_root(module_path!()) {
         return;
     }
+    let user = service_user();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(&state, Some(user.uid), Some(user.gid)).unwrap();
     let list_dir = dir.path().join("redcap-module");
-    let made = Command::new(&units_directory_line(&list_dir, "nobody")[0])
-        .args(&units_directory_line(&list_dir, "nobody")[1..])
-        .status()
-        .unwrap();
-    assert!(made.success(), "the unit's line failed");
+    make_module_directory(&list_dir);
     let pair = NamespacePair::create(122).unwrap();
     let config = state.join("module.toml");
-    let key = state.join("site.key");
     std::fs::write(
         &config,
         format!(
             "[capture]\nmode = \"pcap\"\ninterfaces = [\"{}\"]\nports = [80]\n\
-             [store]\npath = \"{}\"\n\
+             [site]\nkey_file = \"{}\"\n[store]\npath = \"{}\"\n\
              [redcap_module]\ndir = \"{}\"\ngroup = \"www-data\"\nheartbeat = \"1s\"\n{}",
             pair.server_if,
+            state.join("site.key").display(),
             state.join("state.redb").display(),
             list_dir.display(),
             without_api_listener()
         ),
     )
     .unwrap();
-    let as_the_unit = || {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &pair.server_ns, "setpriv"])
-            .args([
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-                "--inh-caps=+net_raw",
-                "--ambient-caps=+net_raw",
-            ]);
-        command
-            .arg(monitor_bin().unwrap())
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--key")
-            .arg(&key);
-        command
+    let as_the_unit = |netns: Option<&str>, command: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = command.iter().map(Into::into).collect();
+        args.push(config.clone().into());
+        run_as_the_unit(
+            netns,
+            &[(dir.path(), dir.path())],
+            &Capabilities::only(&["net_raw".to_owned()]),
+            &monitor_bin().unwrap(),
+            &args,
+        )
     };
-    let mut daemon = LiveDaemon::spawn(as_the_unit()).unwrap();
+    let mut daemon =
+        LiveDaemon::spawn(as_the_unit(Some(&pair.server_ns), &["run", "--config"])).unwrap();
     let list = list_dir.join("suspended.txt");
     assert!(
         wait_until(WAIT, || list.exists()),
@@ -525,8 +492,14 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap()))
         .unwrap_or_default();
-    let groups = status.lines().find(|l| l.starts_with("Groups:"));
-    assert_eq!(groups.map(str::trim), Some("Groups:"), "{status}");
+    let line = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+    };
+    assert_eq!(line("Uid:").unwrap()[0], user.uid.to_string(), "{status}");
+    assert_eq!(line("Groups:"), Some(vec![]), "{status}");
     for path in [&list, &list_dir.join("fingerprint.key")] {
         let meta = std::fs::metadata(path).unwrap();
         assert_eq!(
@@ -562,22 +535,13 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
     // Made by hand without the group: the daemon cannot hand it over and says how to.
     std::fs::remove_dir_all(&list_dir).unwrap();
     std::fs::create_dir(&list_dir).unwrap();
-    std::os::unix::fs::chown(&list_dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    let checked = Command::new("setpriv")
-        .args([
-            &format!("--reuid={NOBODY}"),
-            &format!("--regid={NOBODY}"),
-            "--clear-groups",
-        ])
-        .arg(monitor_bin().unwrap())
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    std::os::unix::fs::chown(&list_dir, Some(user.uid), Some(user.gid)).unwrap();
+    let checked = as_the_unit(None, &["check-config"]).output().unwrap();
     let said = String::from_utf8_lossy(&checked.stdout).to_string()
         + &String::from_utf8_lossy(&checked.stderr);
     assert!(said.contains("install -d -o"), "check-config: {said}");
-    let mut daemon = LiveDaemon::spawn(as_the_unit()).unwrap();
+    let mut daemon =
+        LiveDaemon::spawn(as_the_unit(Some(&pair.server_ns), &["run", "--config"])).unwrap();
     let log = daemon
         .wait_for_log("-m 2750", 1, WAIT)
         .unwrap_or_else(|e| panic!("no advice: {e}"));
@@ -585,5 +549,3 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
     assert!(!list.exists());
     daemon.stop().unwrap();
 }
-
-const NOBODY: u32 = 65534;

@@ -11,6 +11,9 @@ use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, without_api_listener};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use monitor_tests::unit::{
+    Capabilities, run_as_the_unit, service_user, setpriv_args, unit_setting,
+};
 use serde_json::Value;
 
 const TOKEN: &str = "7A1B2C3D4E5F60718293A4B5C6D7E8F9";
@@ -328,18 +331,6 @@ fn exposure(drop_ins: &[&str]) -> f64 {
     level.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// The value of `key=` in the unit's `[Service]` section (the last one, as systemd reads it).
-fn unit_setting(key: &str) -> Option<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    unit.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .next_back()
-        .map(str::to_owned)
-}
-
 /// A size as systemd writes it (`768M`, `1G`), in bytes.
 fn unit_bytes(value: &str) -> u64 {
     let (number, unit) = value.split_at(value.len() - 1);
@@ -445,17 +436,18 @@ impl Drop for Limits {
 }
 
 /// Runs `run` in `mode` on loopback the way the unit confines it, as far as a host without
-/// systemd allows: as `nobody` with the unit's capabilities, in a mount namespace with `/proc`
-/// holding only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
-/// (`ProtectKernelTunables=`), with `LimitCORE=0`, in a cgroup with the unit's `TasksMax=` and
-/// `MemoryMax=`. Returns whether it started capturing, its log, and its
-/// `/proc/PID/limits` while it ran. With `trace`, strace writes the daemon's `socket` and `bpf`
-/// calls there (its limits are then not read: the pid is strace's).
+/// systemd allows: as the service user with `caps`, in a mount namespace with `/proc` holding
+/// only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
+/// (`ProtectKernelTunables=`), with `LimitCORE=0` (`monitor_tests::unit::run_as_the_unit`), in
+/// a cgroup with the unit's `TasksMax=` and `MemoryMax=`. Returns whether it started capturing,
+/// its log, and its `/proc/PID/limits` while it ran; with `trace`, strace (run by the service
+/// user, the daemon its child) records the daemon's `socket` and `bpf` calls, and what it
+/// recorded takes the limits' place (the pid is strace's).
 fn run_confined(
     caps: &[String],
     mode: &str,
     limits: &Limits,
-    trace: Option<&Path>,
+    trace: bool,
 ) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
@@ -473,26 +465,35 @@ fn run_confined(
     )
     .unwrap();
     let log_path = dir.path().join("log");
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
-    let script = format!(
-        "{join}exec unshare --mount --propagation private sh -c '\
-         mount -t proc -o subset=pid,hidepid=invisible proc /proc && \
-         mount --bind /sys /sys && mount -o remount,bind,ro /sys && \
-         exec {strace} prlimit --core=0 setpriv --reuid=65534 --regid=65534 --clear-groups \
-         --bounding-set=-all,{list} --inh-caps=-all,{list} --ambient-caps={list} \
-         {bin} run --config {config}'",
-        join = limits.join_commands(),
-        strace = trace.map_or(String::new(), |t| format!(
-            "strace -f -qq -e trace=socket,bpf -o {}",
-            t.display()
-        )),
-        bin = monitor_tests::daemon::monitor_bin().unwrap().display(),
-        config = config.display(),
+    let daemon = monitor_tests::daemon::monitor_bin().unwrap();
+    let trace_path = dir.path().join("strace");
+    let trace = trace.then_some(trace_path.as_path());
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(trace) = trace {
+        args.extend(["-f", "-qq", "-e", "trace=socket,bpf", "-o"].map(Into::into));
+        args.push(trace.into());
+        args.push(daemon.clone().into());
+    }
+    args.extend(["run".into(), "--config".into(), config.clone().into()]);
+    let program = if trace.is_some() {
+        Path::new("/usr/bin/strace")
+    } else {
+        daemon.as_path()
+    };
+    let confined = run_as_the_unit(
+        None,
+        &[(dir.path(), dir.path())],
+        &Capabilities::only(caps),
+        program,
+        &args,
     );
+    // The shell joins the cgroups, then execs the confinement (the pid stays the daemon's).
     let mut child = std::process::Command::new("sh")
         .arg("-c")
-        .arg(&script)
+        .arg(format!("{}exec \"$@\"", limits.join_commands()))
+        .arg("sh")
+        .arg(confined.get_program())
+        .args(confined.get_args())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
@@ -529,6 +530,7 @@ fn run_confined(
         for pid in pids {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        return (started, log(), traced);
     }
     (started, log(), proc_limits)
 }
@@ -548,7 +550,7 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
         ("pcap", "capturing with libpcap"),
         ("tls", "capturing with the OpenSSL uprobes"),
     ] {
-        let (started, log, proc_limits) = run_confined(&caps, mode, &limits, None);
+        let (started, log, proc_limits) = run_confined(&caps, mode, &limits, false);
         assert!(started && log.contains(says), "{mode}: {log}");
         let core = proc_limits
             .lines()
@@ -588,17 +590,14 @@ fn the_ebpf_only_drop_in_rates_2_0_and_takes_away_nothing_the_probe_and_uprobes_
         monitor_tests::workspace_root().join("config/systemd-drop-ins/ebpf-only.conf"),
     )
     .unwrap();
-    let caps = capabilities_in(&drop_in, "AmbientCapabilities=");
+    let caps = monitor_tests::unit::capabilities_in(&drop_in, "AmbientCapabilities");
     assert!(!caps.contains(&"net_raw".to_owned()), "{caps:?}");
     for (mode, says) in [
         ("ebpf", "capturing with the eBPF probe"),
         ("tls", "capturing with the OpenSSL uprobes"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let trace = dir.path().join("strace");
-        let (started, log, _) = run_confined(&caps, mode, &limits, Some(&trace));
+        let (started, log, traced) = run_confined(&caps, mode, &limits, true);
         assert!(started && log.contains(says), "{mode}: {log}");
-        let traced = std::fs::read_to_string(&trace).unwrap();
         assert!(
             traced.contains("bpf(BPF_PROG_LOAD"),
             "{mode}: no trace:\n{traced}"
@@ -616,24 +615,7 @@ fn the_ebpf_only_drop_in_rates_2_0_and_takes_away_nothing_the_probe_and_uprobes_
 
 /// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
 fn unit_capabilities() -> Vec<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    capabilities_in(&unit, "AmbientCapabilities=")
-}
-
-/// The capabilities the last non-empty `key` line of a unit file's `text` names, lower-case
-/// without `CAP_`.
-fn capabilities_in(text: &str, key: &str) -> Vec<String> {
-    let line = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(key))
-        .rfind(|l| !l.trim().is_empty())
-        .expect("the unit grants ambient capabilities");
-    line.split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect()
+    monitor_tests::unit::unit_capabilities("AmbientCapabilities")
 }
 
 /// Runs `run` in `mode` on loopback as `nobody` holding exactly `caps` (ambient, inheritable
@@ -656,13 +638,8 @@ fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
     )
     .unwrap();
     let log_path = dir.path().join("log");
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--bounding-set=-all,{list}"))
-        .arg(format!("--inh-caps=-all,{list}"))
-        .arg(format!("--ambient-caps={list}"))
+        .args(setpriv_args(&service_user(), &Capabilities::only(caps)))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")
         .arg("--config")
@@ -785,15 +762,12 @@ fn capabilities_after_attach(mode: &str, tls: bool) -> (Vec<(String, u64)>, bool
         ),
     )
     .unwrap();
-    let caps = unit_capabilities();
-    let list: Vec<String> = caps.iter().map(|c| format!("+{c}")).collect();
-    let list = list.join(",");
     let log_path = dir.path().join("log");
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(format!("--bounding-set=-all,{list}"))
-        .arg(format!("--inh-caps=-all,{list}"))
-        .arg(format!("--ambient-caps={list}"))
+        .args(setpriv_args(
+            &service_user(),
+            &Capabilities::only(&unit_capabilities()),
+        ))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")
         .arg("--config")

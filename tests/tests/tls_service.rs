@@ -2,9 +2,9 @@
 //! `capture.interfaces` set (and `output.calls` uncommented, to read the result), run as an
 //! unprivileged user holding exactly the unit's capability sets (`AmbientCapabilities=`,
 //! `CapabilityBoundingSet=`, read from the unit file), with `NoNewPrivileges=`, in a private
-//! mount namespace where `/proc` is mounted `hidepid=invisible` (what `ProtectProc=invisible`
-//! gives), the system is read-only (`ProtectSystem=strict`) and only the state and log
-//! directories are writable (`StateDirectory=`, `LogsDirectory=`). The daemon cannot see the web
+//! mount namespace where `/proc` is mounted `subset=pid,hidepid=invisible` (what `ProcSubset=pid`
+//! and `ProtectProc=invisible` give), the system is read-only (`ProtectSystem=strict`) and only the state and log
+//! directories are writable (`StateDirectory=`, `LogsDirectory=`): `monitor_tests::unit`. The daemon cannot see the web
 //! servers' processes there; HTTPS calls must still be recorded, each once.
 //!
 //! Apache runs from a copy named `apache2-<pid>` (its process name starts with the default
@@ -14,51 +14,16 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, monitor_bin};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator};
+use monitor_tests::unit::{Capabilities, ServiceUser, run_as_the_unit, service_user};
 use monitor_tests::web::{Apache, Nginx, TestPki};
 use serde_json::Value;
 
 const TOKEN: &str = "5A69788796A5B4C3D2E1F00F1E2D3C4B";
-
-/// The capabilities a unit setting lists, lower case without `CAP_`.
-fn unit_capabilities(setting: &str) -> Vec<String> {
-    let unit = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd/redcap-monitor.service"),
-    )
-    .unwrap();
-    let prefix = format!("{setting}=");
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("the unit has no {setting}="));
-    line.split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect()
-}
-
-/// The service user: `redcap-monitor` where the package created it, else `nobody`. Its id,
-/// group id and name.
-fn service_user() -> (u32, u32, String) {
-    let id = |flag: &str, name: &str| {
-        Command::new("id")
-            .args([flag, name])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-    };
-    for name in ["redcap-monitor", "nobody"] {
-        if let (Some(uid), Some(gid)) = (id("-u", name), id("-g", name)) {
-            return (uid, gid, name.to_owned());
-        }
-    }
-    panic!("neither redcap-monitor nor nobody exists");
-}
 
 /// The daemon as the unit runs it, with its files in a temporary directory: the configuration
 /// (root-owned, readable by the service group, as the package installs it), and the state and
@@ -66,30 +31,17 @@ fn service_user() -> (u32, u32, String) {
 struct ServiceRun {
     dir: tempfile::TempDir,
     config: PathBuf,
-    uid: u32,
-    gid: u32,
 }
-
-/// Mounts the unit's view of the system, then execs the rest of the arguments. `$1`: the state
-/// directory, `$2`: the log directory.
-const SANDBOX: &str = r#"set -eu
-mount -t proc -o hidepid=invisible,nosuid,nodev,noexec proc /proc
-for d in lib log; do
-    mount -t tmpfs -o mode=0755 tmpfs /var/$d
-    mkdir /var/$d/redcap-monitor
-done
-mount --bind "$1" /var/lib/redcap-monitor
-mount --bind "$2" /var/log/redcap-monitor
-mount -o remount,bind,ro /
-shift 2
-exec "$@"
-"#;
 
 impl ServiceRun {
     /// The shipped configuration with `capture.interfaces = [interface]`, `output.calls` in
     /// the log directory, and `replacements` (exact text of the shipped file → new text).
     fn new(interface: &str, replacements: &[(&str, &str)]) -> ServiceRun {
-        let (uid, gid, user) = service_user();
+        let ServiceUser {
+            uid,
+            gid,
+            name: user,
+        } = service_user();
         eprintln!("tls_service: running the daemon as {user} ({uid}:{gid})");
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -126,44 +78,24 @@ impl ServiceRun {
         std::fs::write(&config, text).unwrap();
         std::os::unix::fs::chown(&config, Some(0), Some(gid)).unwrap();
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
-        ServiceRun {
-            dir,
-            config,
-            uid,
-            gid,
-        }
+        ServiceRun { dir, config }
     }
 
     /// Starts `redcap-monitor run` in namespace `ns` as the unit would, with the unit's
     /// capabilities plus `extra` (e.g. a drop-in's `sys_ptrace`).
     fn start(&self, ns: &str, extra: &[&str]) -> LiveDaemon {
-        let ambient = unit_capabilities("AmbientCapabilities");
-        let bounding = unit_capabilities("CapabilityBoundingSet");
-        let list = |caps: &[String]| {
-            caps.iter()
-                .map(String::as_str)
-                .chain(extra.iter().copied())
-                .map(|c| format!("+{c}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns, "unshare", "--mount", "--propagation"])
-            .args(["private", "sh", "-c", SANDBOX, "sandbox"])
-            .arg(self.dir.path().join("state"))
-            .arg(self.dir.path().join("logs"))
-            .arg("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--init-groups")
-            .arg(format!("--inh-caps=-all,{}", list(&ambient)))
-            .arg(format!("--ambient-caps=-all,{}", list(&ambient)))
-            .arg(format!("--bounding-set=-all,{}", list(&bounding)))
-            .arg("--no-new-privs")
-            .arg(monitor_bin().unwrap())
-            .args(["run", "--config"])
-            .arg(&self.config);
+        let state = self.dir.path().join("state");
+        let logs = self.dir.path().join("logs");
+        let command = run_as_the_unit(
+            Some(ns),
+            &[
+                (&state, Path::new("/var/lib/redcap-monitor")),
+                (&logs, Path::new("/var/log/redcap-monitor")),
+            ],
+            &Capabilities::of_unit(extra),
+            &monitor_bin().unwrap(),
+            &["run".into(), "--config".into(), self.config.clone().into()],
+        );
         LiveDaemon::spawn(command).unwrap()
     }
 

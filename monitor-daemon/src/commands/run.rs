@@ -324,6 +324,11 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             Event::Shared(message) => {
                 let now = wall_clock();
                 edges.from_redis(message, &mut pipeline, now);
+                // A peer's watermark can release this host's own calls, and a suspension decided
+                // on one must be on the stream before the watermark that lets the peers judge
+                // the token's later calls (or they suspend it a second time): acted on now, not
+                // at the next tick.
+                edges.tick(&mut pipeline, now);
                 // The peer that published calls waits for this host's watermark to judge them.
                 edges.share(&mut pipeline, now);
             }

@@ -389,8 +389,10 @@ impl Publisher {
         }
     }
 
-    /// Removes the list, the key copy and the directory if that leaves it empty (the daemon
-    /// stops): the module then finds no list, at once, and no copy of the key outlives the run.
+    /// Removes the list and the key copy (the daemon stops): the module then finds no list, at
+    /// once, and no copy of the key outlives the run. The directory stays: the daemon may not
+    /// be able to give a new one to the web server's group (the unit's `RuntimeDirectory=`
+    /// goes with the service anyway).
     pub fn withdraw(self) {
         for path in [&self.list, &self.dir.join(KEY_FILE)] {
             if let Err(e) = fs::remove_file(path)
@@ -399,7 +401,6 @@ impl Publisher {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a file published for the REDCap module");
             }
         }
-        let _ = fs::remove_dir(&self.dir);
     }
 }
 
@@ -684,9 +685,10 @@ mod tests {
         // Only the two files: no temporary file is left.
         assert_eq!(fs::read_dir(&module_dir).unwrap().count(), 2);
         publisher.withdraw();
-        assert!(
-            !module_dir.exists(),
-            "the list, the key copy and the directory are gone"
+        assert_eq!(
+            fs::read_dir(&module_dir).unwrap().count(),
+            0,
+            "the list and the key copy are gone"
         );
     }
 }

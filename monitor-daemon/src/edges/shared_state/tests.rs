@@ -571,6 +571,11 @@ struct Sentinel {
 
 impl Sentinel {
     fn start(master: &RedisServer) -> Sentinel {
+        Sentinel::start_with(master, "")
+    }
+
+    /// With more `sentinel` lines after `monitor` (e.g. a short down-after-milliseconds).
+    fn start_with(master: &RedisServer, more: &str) -> Sentinel {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -583,7 +588,7 @@ impl Sentinel {
             &conf,
             format!(
                 "bind 127.0.0.1\nport {port}\ndir {}\n\
-                 sentinel monitor mymaster 127.0.0.1 {} 1\n",
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n{more}",
                 dir.path().display(),
                 master.port
             ),
@@ -637,6 +642,211 @@ fn hosts_find_redis_through_sentinel() {
     // The calls went to the master the sentinel named.
     let length: u64 = redis.query(redis::cmd("XLEN").arg("redcap-monitor:calls"));
     assert!(length >= 2, "{length} stream entries");
+}
+
+/// Waits (up to 30 s) for `done`, saying `what` when it does not come.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + StdDuration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
+        std::thread::sleep(StdDuration::from_millis(50));
+    }
+}
+
+/// A command to the Sentinel on `port`.
+fn ask_sentinel<T: redis::FromRedisValue>(
+    port: u16,
+    cmd: &mut redis::Cmd,
+) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    cmd.query(&mut client.get_connection()?)
+}
+
+#[test]
+fn hosts_go_on_sharing_through_the_replica_sentinel_promotes_when_the_master_dies() {
+    sentinel_failover(Failover::MasterKilled);
+}
+
+#[test]
+fn hosts_go_on_sharing_through_the_new_master_after_sentinel_failover_demotes_the_old() {
+    sentinel_failover(Failover::Asked);
+}
+
+enum Failover {
+    /// The master's process is killed; the Sentinel finds it down and promotes the replica.
+    MasterKilled,
+    /// `SENTINEL FAILOVER mymaster`: the master, still running, becomes the new one's replica
+    /// (the hosts' connections to it are closed; writes there are refused `READONLY`).
+    Asked,
+}
+
+/// Two hosts share through a master, a replica and a Sentinel; after the failover the calls
+/// and a suspension published go through the new master.
+fn sentinel_failover(how: Failover) {
+    let mut master = RedisServer::start(&[]);
+    let master_port = master.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]);
+    let info =
+        |server: &RedisServer| -> String { server.query(redis::cmd("INFO").arg("replication")) };
+    wait_for("the replica to sync", || {
+        info(&replica).contains("master_link_status:up")
+    });
+    let sentinel = Sentinel::start_with(
+        &master,
+        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+    );
+    wait_for("the sentinel to know the replica", || {
+        ask_sentinel::<Vec<redis::Value>>(
+            sentinel.port,
+            redis::cmd("SENTINEL").arg("REPLICAS").arg("mymaster"),
+        )
+        .is_ok_and(|r| r.len() == 1)
+    });
+    let config = SharedConfig {
+        sentinels: vec![format!("127.0.0.1:{}", sentinel.port)],
+        ..config("redis://127.0.0.1:1/0")
+    };
+    let note = |lifted: bool| SuspensionNote {
+        token: TokenFingerprint([9; 8]),
+        until: Some(u64::MAX / 2),
+        since: 1,
+        reason: "api_calls: 4 calls in 60s".into(),
+        origin: "a".into(),
+        lifted,
+    };
+    let rt = runtime();
+    let (mut a, mut b) = rt.block_on(async {
+        let mut a = start(&config, "a");
+        let mut b = start(&config, "b");
+        collect(&mut a, up).await;
+        collect(&mut b, up).await;
+        a.publish(batch("a", 0..2, 100));
+        let got = collect(&mut b, |m| heartbeat_seen(m, "a", 100)).await;
+        assert_eq!(calls_in(&got), [("a".to_string(), 0), ("a".to_string(), 1)]);
+        (a, b)
+    });
+    // Replicated before the master dies (asynchronous replication: what is not, is lost with
+    // it; README, High availability with Sentinel).
+    let acked: i64 = master.query(redis::cmd("WAIT").arg(1).arg(5000));
+    assert_eq!(acked, 1, "the replica has the calls");
+    match how {
+        Failover::MasterKilled => master.stop(),
+        // Refused (NOGOODSLAVE) until the Sentinel has heard from the replica itself.
+        Failover::Asked => wait_for("the sentinel to begin a failover", || {
+            ask_sentinel::<String>(
+                sentinel.port,
+                redis::cmd("SENTINEL").arg("FAILOVER").arg("mymaster"),
+            )
+            .is_ok()
+        }),
+    }
+    wait_for("the sentinel to promote the replica", || {
+        ask_sentinel::<Vec<String>>(
+            sentinel.port,
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("mymaster"),
+        )
+        .is_ok_and(|addr| addr.get(1) == Some(&replica.port.to_string()))
+    });
+    assert!(info(&replica).contains("role:master"));
+    if let Failover::Asked = how {
+        wait_for("the old master to follow the new one", || {
+            info(&master).contains("role:slave")
+        });
+    }
+    rt.block_on(async {
+        // Calls after the failover, and a suspension; both hosts beat as the daemon's loop does
+        // (every shared.heartbeat), which is how an idle host finds its server gone.
+        a.publish(batch("a", 2..4, 200));
+        a.announce(note(false));
+        let mut heard_a = Vec::new();
+        let mut heard_b = Vec::new();
+        let deadline = tokio::time::Instant::now() + StdDuration::from_secs(30);
+        let mut beat = tokio::time::interval(StdDuration::from_millis(250));
+        while !(heartbeat_seen(&heard_b, "a", 200)
+            && heard_b
+                .iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note(false))))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "b after the failover: {heard_b:?}; a: {heard_a:?}"
+            );
+            tokio::select! {
+                m = b.recv() => heard_b.push(m),
+                m = a.recv() => heard_a.push(m),
+                _ = beat.tick() => {
+                    a.publish(batch("a", 4..4, 200));
+                    b.publish(batch("b", 0..0, 150));
+                }
+            }
+        }
+        assert_eq!(
+            calls_in(&heard_b),
+            [("a".to_string(), 2), ("a".to_string(), 3)],
+            "each call after the failover once, none before it again"
+        );
+        // The failover is an outage like Redis going away: lost, then restored (the Up follows
+        // the first publication to the new master; a moment later when it was the last one).
+        let restored = |heard: &[FromRedis]| {
+            let last_down = heard
+                .iter()
+                .rposition(|m| matches!(m, FromRedis::Down { .. }));
+            last_down.is_none_or(|d| heard[d..].iter().any(|m| matches!(m, FromRedis::Up { .. })))
+        };
+        let (mut heard_a, mut heard_b) = (heard_a, heard_b);
+        for (heard, state) in [(&mut heard_a, &mut a), (&mut heard_b, &mut b)] {
+            while let Some(m) = state.try_recv() {
+                heard.push(m);
+            }
+            if !restored(heard) {
+                let more = collect(state, up).await;
+                heard.extend(more);
+            }
+        }
+        for (name, heard, state) in [("a", &heard_a, &a), ("b", &heard_b, &b)] {
+            let downs = heard
+                .iter()
+                .filter(|m| matches!(m, FromRedis::Down { .. }))
+                .count();
+            let ups = heard
+                .iter()
+                .filter(|m| matches!(m, FromRedis::Up { first: false }))
+                .count();
+            let stats = state.stats();
+            assert!(
+                downs >= 1 && ups == downs && stats.outages == downs as u64 && stats.up,
+                "{name}: {heard:?} {stats:?}"
+            );
+            assert!(
+                !heard
+                    .iter()
+                    .any(|m| matches!(m, FromRedis::Up { first: true })),
+                "{name}: {heard:?}"
+            );
+        }
+        let stats = a.stats();
+        assert_eq!(
+            (
+                stats.calls_published,
+                stats.calls_republished,
+                stats.buffered_calls
+            ),
+            (4, 0, 0)
+        );
+        // A host starting after the failover finds the suspension in the new master's hash.
+        let mut c = start(&config, "c");
+        let got = collect(&mut c, up).await;
+        assert!(
+            got.iter()
+                .any(|m| matches!(m, FromRedis::Suspension(n) if *n == note(false))),
+            "{got:?}"
+        );
+    });
+    let last: String = replica.query(redis::cmd("GET").arg("redcap-monitor:seq:a:1"));
+    assert_eq!(last, "3", "the new master holds a's calls");
+    drop(sentinel);
 }
 
 #[test]
