@@ -41,19 +41,19 @@ pub struct Config {
     pub reassembly: ReassemblyConfig,
     pub http: HttpConfig,
     pub redcap: RedcapConfig,
-    pub policy: PolicyConfig,
-    pub health: HealthConfig,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) health: HealthConfig,
     pub enforcement: EnforcementConfig,
     pub output: OutputConfig,
     pub store: StoreConfig,
-    pub alerts: AlertsConfig,
-    pub hooks: HooksConfig,
+    pub(crate) alerts: AlertsConfig,
+    pub(crate) hooks: HooksConfig,
     pub api: ApiConfig,
-    pub redcap_module: RedcapModuleConfig,
-    pub directory: DirectoryConfig,
-    pub lifecycle: LifecycleConfig,
+    pub(crate) redcap_module: RedcapModuleConfig,
+    pub(crate) directory: DirectoryConfig,
+    pub(crate) lifecycle: LifecycleConfig,
     /// Absent: this host alone (no Redis).
-    pub shared: Option<SharedConfig>,
+    pub(crate) shared: Option<SharedConfig>,
 }
 
 /// A configuration that cannot be used, with every problem found in it.
