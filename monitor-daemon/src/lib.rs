@@ -8,6 +8,8 @@
 //! order their `mod.rs` describes; the architecture test (`tests/architecture.rs`) writes that
 //! order down once and holds the code to it.
 
+#![warn(unreachable_pub)]
+
 pub mod commands;
 pub mod edges;
 /// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.

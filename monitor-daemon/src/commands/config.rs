@@ -37,10 +37,10 @@ use crate::stages::redcap::{KeepRawToken, RedcapConfig};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub site: SiteConfig,
-    pub capture: CaptureConfig,
-    pub reassembly: ReassemblyConfig,
-    pub http: HttpConfig,
-    pub redcap: RedcapConfig,
+    pub(crate) capture: CaptureConfig,
+    pub(crate) reassembly: ReassemblyConfig,
+    pub(crate) http: HttpConfig,
+    pub(crate) redcap: RedcapConfig,
     pub(crate) policy: PolicyConfig,
     pub(crate) health: HealthConfig,
     pub enforcement: EnforcementConfig,

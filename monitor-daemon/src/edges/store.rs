@@ -500,6 +500,7 @@ impl Store {
     }
 
     /// The token's suspension if it is active at `now`.
+    #[cfg(test)]
     pub(crate) fn suspension(
         &self,
         token: TokenFingerprint,
@@ -530,6 +531,7 @@ impl Store {
     }
 
     /// Removes suspensions that have expired by `now`, each with a `lift` audit record.
+    #[cfg(test)]
     pub(crate) fn purge_expired(&self, now: Timestamp) -> Result<Vec<Suspension>, StoreError> {
         self.write(|txn| {
             let mut expired = Vec::new();

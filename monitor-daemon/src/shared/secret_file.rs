@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 /// Why a secret file was not read; each message says how to fix it.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SecretFileError {
+pub enum SecretFileError {
     #[error("cannot be read: {0}")]
     Read(#[source] io::Error),
     #[error(
@@ -68,7 +68,10 @@ pub(crate) fn read_secret_file(
 }
 
 /// [`read_secret_file`] as UTF-8 text.
-pub(crate) fn read_secret_text(path: &Path, max_bytes: u64) -> Result<Zeroizing<String>, SecretFileError> {
+pub(crate) fn read_secret_text(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Zeroizing<String>, SecretFileError> {
     let bytes = read_secret_file(path, max_bytes)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         SecretFileError::Read(io::Error::new(

@@ -243,18 +243,6 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn host(&self) -> &str {
-        &self.config.host
-    }
-
-    pub(crate) fn instance(&self) -> u64 {
-        self.config.instance
-    }
-
-    pub(crate) fn reconfigure(&mut self, peer_timeout: Span) {
-        self.config.peer_timeout = peer_timeout;
-    }
-
     /// Takes one batch read from the shared stream. This instance's own batches are skipped (its
     /// calls are in its policy already); a previous instance of this host is a peer like any
     /// other (a restart reads back the calls it served before). Calls already seen from the same

@@ -15,7 +15,7 @@ use crate::stages::health::{HealthChange, HealthConfig, HealthStats, Responsiven
 use crate::stages::http::{
     HttpConfig, HttpExchange, HttpLimits, HttpStats, HttpTracker, Releasable,
 };
-use crate::stages::policy::enforce::{EnforcementConfig, EnforcementStats, Enforcer, HealthView};
+use crate::stages::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
 use crate::stages::policy::{Hold, Policy, PolicyConfig, PolicyStats, Verdict};
 use crate::stages::reassembly::{Reassembler, ReassemblyConfig, ReassemblyLimits, ReassemblyStats};
 use crate::stages::redcap::{
@@ -106,7 +106,6 @@ pub struct PipelineStats<'a> {
     pub(crate) redcap: &'a RedcapStats,
     pub(crate) policy: &'a PolicyStats,
     pub(crate) health: &'a HealthStats,
-    pub(crate) enforcement: &'a EnforcementStats,
 }
 
 impl PipelineStats<'_> {
@@ -427,7 +426,6 @@ impl Pipeline {
             redcap: &self.redcap_stats,
             policy: self.policy.stats(),
             health: self.health.stats(),
-            enforcement: self.enforcer.stats(),
         }
     }
 

@@ -35,6 +35,7 @@ impl Day {
     }
 
     /// The day `n` days later (saturating).
+    #[cfg(test)]
     pub(crate) fn plus(self, n: u32) -> Day {
         Day(self.0.saturating_add(n))
     }
@@ -86,10 +87,6 @@ impl Usage {
         self.request_bytes = self.request_bytes.saturating_add(other.request_bytes);
         self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
         self.server_time_ns = self.server_time_ns.saturating_add(other.server_time_ns);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Usage::default()
     }
 }
 

@@ -55,14 +55,8 @@ use crate::stages::policy::enforce::{
 use crate::stages::usage::Usage;
 
 pub(crate) use hook_worker::HookRuns;
-pub(crate) use requests::AdminRequest;
-pub(crate) use requests::Reply;
-pub(crate) use requests::ReplyTo;
-pub use requests::Request;
-pub use requests::RequestError;
-pub(crate) use requests::request_dir;
-pub use requests::submit_request;
-pub(crate) use store_outbox::StoreOutbox;
+pub(crate) use requests::{AdminRequest, Reply, ReplyTo, request_dir};
+pub use requests::{Request, RequestError, submit_request};
 
 use audit_log::AuditLog;
 use notification::{Notification, NotificationError};
@@ -257,7 +251,7 @@ impl Actions {
         &self.stats
     }
 
-    pub fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
+    pub(crate) fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
         self.notify.alert_stats()
     }
 
@@ -740,7 +734,10 @@ impl Actions {
     /// The first half of a reload: makes what a new configuration needs that can fail (the alert
     /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
     /// the outbox, escalation); the store's path cannot change while running.
-    pub(crate) fn prepare_reload(&self, config: ActionsConfig<'_>) -> Result<ActionsReload, ActionsError> {
+    pub(crate) fn prepare_reload(
+        &self,
+        config: ActionsConfig<'_>,
+    ) -> Result<ActionsReload, ActionsError> {
         let alerts = self.notify.prepare(config.alerts)?;
         Ok(ActionsReload { alerts })
     }

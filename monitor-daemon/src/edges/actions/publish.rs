@@ -257,11 +257,6 @@ impl Publisher {
         }
     }
 
-    /// The directory the module must be pointed at.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub(crate) fn stats(&self) -> &PublishStats {
         &self.stats
     }

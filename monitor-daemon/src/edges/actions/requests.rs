@@ -151,7 +151,7 @@ pub(super) struct RequestDir {
 pub(crate) struct Answer(PathBuf);
 
 /// Where the reply to an admin request goes.
-pub enum ReplyTo {
+pub(crate) enum ReplyTo {
     /// Next to the request file it came in (`redcap-monitor suspend/lift`).
     File(Answer),
     /// To whoever handed it in (the admin API's handler, over its channel).
@@ -160,7 +160,7 @@ pub enum ReplyTo {
 
 /// One admin request, from a request file or the admin API: they wait in one queue
 /// ([`super::Actions::submit`]) and are carried out in order by the same code.
-pub struct AdminRequest {
+pub(crate) struct AdminRequest {
     /// `Err`: a request file that could not be read (answered with the problem).
     pub(crate) request: Result<Request, String>,
     pub(crate) reply: ReplyTo,

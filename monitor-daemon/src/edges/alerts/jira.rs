@@ -27,7 +27,7 @@ pub(crate) struct JiraTarget {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum JiraCredentialsError {
+pub enum JiraCredentialsError {
     #[error("{0}")]
     File(#[from] SecretFileError),
     #[error(

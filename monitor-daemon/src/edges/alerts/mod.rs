@@ -420,7 +420,7 @@ impl Sinks {
 
 /// A sink that cannot be set up.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AlertsSetupError {
+pub enum AlertsSetupError {
     #[error("`alerts.sinks[{index}].secret_file` {path}: {source}")]
     Secret {
         index: usize,

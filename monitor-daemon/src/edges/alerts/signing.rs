@@ -21,7 +21,7 @@ pub(crate) struct WebhookSecret {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SecretError {
+pub enum SecretError {
     #[error("{0}")]
     File(#[from] SecretFileError),
     #[error("must hold `whsec_` followed by base64 (as Standard Webhooks secrets are written)")]

@@ -173,10 +173,6 @@ impl LiveTelemetry {
         &self.directory
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// A reload: new rules get their series, the per-token view follows the health window.
     /// (`api.top_tokens` and the listener apply at the next start.)
     pub(crate) fn reconfigure(&mut self, policy: &PolicyConfig, health: &HealthConfig) {

@@ -105,7 +105,7 @@ impl ApiConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiError {
+pub enum ApiError {
     #[error(
         "cannot listen on {address} (`api.listen`): {source}; choose a free port, or set \
          `api.enabled = false`"

@@ -125,17 +125,9 @@ impl CaptureFile {
         })
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The file's size in bytes (the end of [`Frames::position`]).
     pub(crate) fn len(&self) -> u64 {
         self.bytes.as_slice().len() as u64
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.bytes.as_slice().is_empty()
     }
 
     /// The frames in file order. Iteration ends after the first error: a capture cannot be

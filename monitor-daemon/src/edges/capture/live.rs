@@ -50,7 +50,7 @@ impl DrainBudget {
 
 /// Why the live capture could not start; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum LiveSourceError {
+pub enum LiveSourceError {
     #[error("eBPF capture: {0}")]
     Probe(#[from] ProbeError),
     #[error("TLS capture: {0}")]
@@ -169,7 +169,11 @@ impl LiveSource {
 
     /// Feeds what is ready now, without waiting, up to `capture.max_drain_records` or
     /// `max_drain_time`; returns how many kernel records it read.
-    pub(crate) fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
+    pub(crate) fn drain(
+        &mut self,
+        pipeline: &mut Pipeline,
+        out: &mut impl FnMut(Verdict),
+    ) -> usize {
         self.source.drain(self.budget, pipeline, out)
     }
 

@@ -43,7 +43,7 @@ impl OwnedFrame {
 
 /// Why libpcap capture could not start; each message says what to do next.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PcapError {
+pub enum PcapError {
     #[error("no server ports configured: list the web server's ports (for example [80, 8080])")]
     NoServerPorts,
     #[error(

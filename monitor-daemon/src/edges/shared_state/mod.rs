@@ -151,7 +151,7 @@ impl SharedConfig {
 /// A suspension begun or lifted on one host, for every other host's enforcer (the hash holds
 /// those in force; the stream announces each change).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct SuspensionNote {
+pub struct SuspensionNote {
     pub(crate) token: TokenFingerprint,
     /// Nanoseconds since the epoch; `None`: until lifted.
     pub(crate) until: Option<u64>,
@@ -288,7 +288,7 @@ impl SharedState {
         &self.host
     }
 
-    pub(crate) fn instance(&self) -> u64 {
+    pub fn instance(&self) -> u64 {
         self.instance
     }
 
@@ -328,7 +328,7 @@ impl SharedState {
     }
 
     /// A message from Redis if one waits.
-    pub(crate) fn try_recv(&mut self) -> Option<FromRedis> {
+    pub fn try_recv(&mut self) -> Option<FromRedis> {
         self.from_redis.try_recv().ok()
     }
 

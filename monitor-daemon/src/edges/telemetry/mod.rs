@@ -23,14 +23,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub(crate) use snapshot::AlertCounters;
-pub(crate) use snapshot::BlindSpotCounts;
-pub(crate) use snapshot::ClusterSection;
-pub(crate) use snapshot::KernelSection;
-pub(crate) use snapshot::PeerStatus;
-pub(crate) use snapshot::PipelineCounters;
 pub use snapshot::Snapshot;
-pub(crate) use snapshot::Tracked;
+pub(crate) use snapshot::{
+    AlertCounters, BlindSpotCounts, ClusterSection, KernelSection, PeerStatus, PipelineCounters,
+    Tracked,
+};
 
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::{HeavyReason, Verdict};

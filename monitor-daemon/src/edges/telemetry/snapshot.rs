@@ -117,7 +117,7 @@ pub struct PeerStatus {
 /// `kernel`: the probe's counters, or the error that kept them from being read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum KernelSection {
+pub(crate) enum KernelSection {
     Counters(Box<KernelCounters>),
     Unreadable(String),
 }
@@ -150,7 +150,7 @@ impl From<&BlindSpot> for BlindSpotCounts {
 /// Connections and tokens user space holds state for now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Tracked {
+pub(crate) struct Tracked {
     /// Connections reassembly tracks.
     pub(crate) connections: usize,
     /// Tokens whose rate windows are held.
@@ -160,7 +160,7 @@ pub struct Tracked {
 /// Each pipeline stage's own counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PipelineCounters {
+pub(crate) struct PipelineCounters {
     pub(crate) decode: DecodeStats,
     pub(crate) reassembly: ReassemblyStats,
     pub(crate) http: HttpStats,
@@ -192,7 +192,7 @@ impl From<&PipelineStats<'_>> for PipelineCounters {
 /// The alerts' two sides.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct AlertCounters {
+pub(crate) struct AlertCounters {
     pub(crate) raise: AlertStats,
     /// `null` when no delivery thread runs (no sinks).
     pub(crate) delivery: Option<DeliveryStats>,

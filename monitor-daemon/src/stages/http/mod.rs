@@ -78,7 +78,7 @@ pub enum HttpVersion {
 
 /// The parts of a request head that later stages need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct RequestHead {
+pub struct RequestHead {
     pub(crate) version: HttpVersion,
     pub(crate) method: String,
     /// The request target as sent (path and query).
@@ -366,9 +366,6 @@ pub(crate) enum Incomplete {
     NoResponse,
     /// The response ended before its framing said it would.
     ResponseTruncated,
-    /// The request was picked up mid-stream; its start was not captured. (The tracker itself
-    /// never emits a request whose head it did not see, so it does not produce this.)
-    MidStream,
     /// The connection ended (or was evicted) before the request body did.
     RequestTruncated,
     /// A message's framing was invalid (bad chunk, unusable response head); the direction was
@@ -383,6 +380,9 @@ pub(crate) enum Incomplete {
 /// One request and its response on one connection.
 #[derive(Debug)]
 pub struct HttpExchange<B> {
+    // Only the unit tests read it (to tell the exchanges of several connections apart); the
+    // stages after this one key by client and server.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) conn: ConnectionId,
     pub(crate) client: Endpoint,
     pub(crate) server: Endpoint,
@@ -704,6 +704,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 
     /// Connections currently tracked.
+    #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
         self.connections.len()
     }

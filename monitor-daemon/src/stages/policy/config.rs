@@ -42,12 +42,14 @@ pub struct PolicyConfig {
 /// `[[policy.overrides]]`: one token's own limits, or its exemption from every rule.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverrideConfig {
+pub(crate) struct OverrideConfig {
     /// The token's fingerprint (16 hex digits, from `redcap-monitor fingerprint`), never the
     /// token itself.
     pub(crate) token_fp: String,
     /// Who or what the token is, for people reading the file.
+    // Never read by the daemon: the field is here so that `deny_unknown_fields` accepts it.
     #[serde(default)]
+    #[allow(dead_code)]
     pub(crate) note: String,
     /// No rule applies to this token.
     #[serde(default)]
@@ -88,7 +90,7 @@ impl Default for PolicyConfig {
 /// What makes a call heavy.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HeavyConfig {
+pub(crate) struct HeavyConfig {
     /// A call whose decoded response is larger than this is heavy.
     pub(crate) response_bytes: u64,
     /// Request kinds that are heavy whatever their size.
@@ -128,7 +130,7 @@ pub enum HeavyKind {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuleConfig {
+pub(crate) struct RuleConfig {
     /// Names the rule in violation records.
     pub(crate) name: String,
     /// Which calls the rule counts.
@@ -141,7 +143,7 @@ pub struct RuleConfig {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CallClass {
+pub(crate) enum CallClass {
     #[default]
     All,
     Heavy,

@@ -555,6 +555,7 @@ impl Enforcer {
         });
     }
 
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> &EnforcementStats {
         &self.stats
     }

@@ -27,7 +27,7 @@ pub trait OpenRequests {
 }
 
 /// No request open (offline replays that judge in start order, tests).
-pub struct NothingOpen;
+pub(crate) struct NothingOpen;
 
 impl OpenRequests for NothingOpen {
     fn oldest_unknown_after(&self, _: Timestamp) -> Option<Timestamp> {

@@ -25,15 +25,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 
-pub(crate) use config::CallClass;
-pub(crate) use config::HeavyConfig;
-pub(crate) use config::HeavyKind;
-pub(crate) use config::OverrideConfig;
 pub use config::PolicyConfig;
+#[cfg(test)]
 pub(crate) use config::RuleConfig;
-pub use hold::Hold;
-pub(crate) use hold::NothingOpen;
-pub use hold::OpenRequests;
+pub(crate) use config::{CallClass, HeavyKind};
+pub use hold::{Hold, OpenRequests};
 pub(crate) use window::{MAX_HELD, SlidingCount};
 
 use crate::shared::model::{Span, Timestamp};
@@ -534,7 +530,9 @@ impl Policy {
     /// calls started: the enforcer remembers them as offences, so that a token spreading its
     /// calls over hosts climbs the same warning ladder as on one host. Take them after every
     /// [`poll`](Self::poll), before acting on its verdict: they started earlier.
-    pub(crate) fn take_peer_offences(&mut self) -> std::vec::Drain<'_, (TokenFingerprint, Timestamp)> {
+    pub(crate) fn take_peer_offences(
+        &mut self,
+    ) -> std::vec::Drain<'_, (TokenFingerprint, Timestamp)> {
         self.peer_offences.drain(..)
     }
 
@@ -575,6 +573,7 @@ impl Policy {
 
     /// Client addresses whose refused or tokenless calls are being counted, most calls first (at
     /// most `n`).
+    #[cfg(test)]
     pub(crate) fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
         let mut clients: Vec<(IpAddr, RefusedClient)> = self
             .refused

@@ -48,6 +48,7 @@ impl SlidingCount {
     }
 
     /// Events currently held (for memory accounting).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.times.len()
     }

@@ -20,9 +20,8 @@ use crate::shared::token::{
 use crate::stages::http::{
     BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody, RequestHead,
 };
-pub(crate) use client::{
-    ClientAddressHeader, ClientAddressing, ClientOrigin, TrustedProxies, TrustedProxyError,
-};
+pub(crate) use client::{ClientAddressHeader, ClientAddressing, ClientOrigin, TrustedProxies};
+
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
 
 use form::{FieldCollector, VarLimit};
@@ -271,6 +270,7 @@ enum Scanner {
 impl FormBody {
     /// A body reader for a request with this `Content-Type` header value, read with PHP's
     /// default [`DEFAULT_MAX_INPUT_VARS`].
+    #[cfg(test)]
     pub(crate) fn for_content_type(content_type: Option<&str>) -> FormBody {
         FormBody::new(content_type, DEFAULT_MAX_INPUT_VARS)
     }
@@ -433,6 +433,7 @@ impl ApiRequestSelector {
         self
     }
 
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> &SelectorStats {
         &self.stats
     }

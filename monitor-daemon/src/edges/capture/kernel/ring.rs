@@ -14,7 +14,7 @@ use monitor_common::{
 };
 
 use super::KernelProbe;
-use crate::edges::capture::records::{KernelClock, clock_ns, segment_from_record};
+use crate::edges::capture::records::{clock_ns, segment_from_record};
 use crate::shared::model::{Endpoint, ResumedEarly, TcpSegment};
 
 /// What user space did with the records it read.
@@ -187,11 +187,6 @@ impl KernelProbe {
             tls_clients_unknown: self.tls_peers.not_found,
             ..self.stats
         }
-    }
-
-    /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
-    pub(crate) fn resync_clock(&mut self) {
-        self.clock = KernelClock::measure();
     }
 }
 
