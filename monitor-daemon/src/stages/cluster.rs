@@ -27,7 +27,7 @@ const FORGET_LOST_PEER: Span = Span::from_secs(3600);
 /// One finished API call as other hosts see it: what the policy's rules and heavy kinds read,
 /// nothing else. Serialised with short names (one of these per call goes through Redis).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SharedCall {
+pub struct SharedCall {
     /// Request start and response end, nanoseconds since the epoch (the serving host's clock).
     #[serde(rename = "s")]
     pub(crate) start: u64,

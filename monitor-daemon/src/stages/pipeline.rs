@@ -104,7 +104,7 @@ pub struct PipelineStats<'a> {
     pub reassembly: &'a ReassemblyStats,
     pub http: &'a HttpStats,
     pub(crate) redcap: &'a RedcapStats,
-    pub(crate) policy: &'a PolicyStats,
+    pub policy: &'a PolicyStats,
     pub(crate) health: &'a HealthStats,
 }
 
@@ -227,7 +227,7 @@ impl Pipeline {
     /// this host serves is also put in the outbox ([`take_batch`](Self::take_batch)), the
     /// peers' batches ([`receive_from_peer`](Self::receive_from_peer)) fill the windows, and
     /// calls are judged only once every live peer has published the calls that started earlier.
-    pub(crate) fn share_with_peers(&mut self, config: ClusterConfig) {
+    pub fn share_with_peers(&mut self, config: ClusterConfig) {
         let outbox = Outbox::new(config.host.clone(), config.instance);
         self.sharing = Some(Sharing {
             cluster: Cluster::new(config, self.clock),
@@ -239,7 +239,7 @@ impl Pipeline {
     /// A batch another web host published (or this host's previous instance, read back at
     /// start): its calls count in the windows, and its watermark lets calls be judged; verdicts
     /// of this host's calls that were waiting for it come out. `now` is on the packets' clock.
-    pub(crate) fn receive_from_peer(
+    pub fn receive_from_peer(
         &mut self,
         batch: Batch,
         now: Timestamp,
@@ -280,7 +280,7 @@ impl Pipeline {
     }
 
     /// The merge of the peers' calls, when windows are shared.
-    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+    pub fn cluster(&self) -> Option<&Cluster> {
         self.sharing.as_ref().map(|s| &s.cluster)
     }
 

@@ -152,7 +152,7 @@ pub struct PolicyStats {
     /// Peers' calls that arrived after later-started calls of the same token (or client address)
     /// had been evaluated here (a peer that was cut off, or Redis down for a while): still
     /// counted in their windows.
-    pub(crate) late_peer_calls: u64,
+    pub late_peer_calls: u64,
 }
 
 struct Rule {
