@@ -26,7 +26,7 @@ use crate::fail;
 
 /// Where the store is and how to print.
 #[derive(clap::Args)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Configuration file (TOML) whose `[store] path` names the store.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -39,7 +39,7 @@ pub struct StoreArgs {
 }
 
 #[derive(clap::Args)]
-pub struct AuditArgs {
+pub(crate) struct AuditArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Only records from this long ago on, e.g. `24h` or `7d`.
@@ -54,13 +54,13 @@ pub struct AuditArgs {
 }
 
 #[derive(clap::Args)]
-pub struct SuspensionsArgs {
+pub(crate) struct SuspensionsArgs {
     #[command(flatten)]
     store: StoreArgs,
 }
 
 #[derive(clap::Args)]
-pub struct SuspendArgs {
+pub(crate) struct SuspendArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The token's fingerprint (16 hex digits, as `redcap-monitor fingerprint` prints it).
@@ -79,7 +79,7 @@ pub struct SuspendArgs {
 }
 
 #[derive(clap::Args)]
-pub struct LiftArgs {
+pub(crate) struct LiftArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The token's fingerprint (16 hex digits).
@@ -90,7 +90,7 @@ pub struct LiftArgs {
     reason: String,
 }
 
-pub fn audit(args: AuditArgs) -> ExitCode {
+pub(crate) fn audit(args: AuditArgs) -> ExitCode {
     let store = match open(&args.store, Access::Read) {
         Ok(store) => store,
         Err(refused) => return refused.exit(),
@@ -126,7 +126,7 @@ pub fn audit(args: AuditArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn suspensions(args: SuspensionsArgs) -> ExitCode {
+pub(crate) fn suspensions(args: SuspensionsArgs) -> ExitCode {
     let store = match open(&args.store, Access::Read) {
         Ok(store) => store,
         Err(refused) => return refused.exit(),
@@ -163,7 +163,7 @@ pub fn suspensions(args: SuspensionsArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn suspend(args: SuspendArgs) -> ExitCode {
+pub(crate) fn suspend(args: SuspendArgs) -> ExitCode {
     let store = match open(&args.store, Access::Write { create: true }) {
         Ok(store) => store,
         Err(Refused::Busy(path)) => {
@@ -219,7 +219,7 @@ pub fn suspend(args: SuspendArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn lift(args: LiftArgs) -> ExitCode {
+pub(crate) fn lift(args: LiftArgs) -> ExitCode {
     let store = match open(&args.store, Access::Write { create: false }) {
         Ok(store) => store,
         Err(Refused::Busy(path)) => {
@@ -424,7 +424,7 @@ mod tests {
 }
 
 #[derive(clap::Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// Configuration file (TOML): `[api]` says where the daemon listens and where its token is,
     /// `[output] stats` names the stats file to fall back on.
     #[arg(long)]
@@ -438,7 +438,7 @@ pub struct StatusArgs {
 }
 
 #[derive(clap::Args)]
-pub struct TopArgs {
+pub(crate) struct TopArgs {
     /// Configuration file (TOML) whose `[api]` says where the daemon listens.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -533,7 +533,7 @@ impl ApiClient {
 
 /// `status`: the live daemon's capture health — losses first, since "zero calls lost" must be
 /// shown, not assumed — from its admin API, or from its stats file when the API cannot be asked.
-pub fn status(args: StatusArgs) -> ExitCode {
+pub(crate) fn status(args: StatusArgs) -> ExitCode {
     let config = match args.config.as_deref().map(Config::load).transpose() {
         Ok(config) => config.unwrap_or_default(),
         Err(err) => return fail(2, &err),
@@ -615,7 +615,7 @@ pub fn status(args: StatusArgs) -> ExitCode {
 
 /// `top`: the tokens loading the server most, refreshed like `top(1)`; one view when stdout is
 /// not a terminal or with `--once`.
-pub fn top(args: TopArgs) -> ExitCode {
+pub(crate) fn top(args: TopArgs) -> ExitCode {
     use std::io::IsTerminal;
     let config = match args.config.as_deref().map(Config::load).transpose() {
         Ok(config) => config.unwrap_or_default(),

@@ -8,6 +8,10 @@
 //! order their `mod.rs` describes; the architecture test (`tests/architecture.rs`) writes that
 //! order down once and holds the code to it.
 
+// The public surface is what the binary, the integration tests, the tests crate and the fuzz
+// targets use; a `pub` item none of them can reach is a `pub(crate)` one mislabelled.
+#![warn(unreachable_pub)]
+
 pub mod commands;
 pub mod edges;
 /// What the fuzz targets (`fuzz/`) reach that the crate keeps to itself.

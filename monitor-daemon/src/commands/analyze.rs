@@ -48,16 +48,16 @@ pub enum AnalyzeError {
 /// What one token did in the capture.
 #[derive(Default)]
 pub struct TokenSummary {
-    pub masked: String,
-    pub calls: u64,
-    pub peak_calls_per_minute: u32,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub heavy_calls: u64,
-    pub violations: u64,
-    pub incomplete_calls: u64,
+    pub(crate) masked: String,
+    pub(crate) calls: u64,
+    pub(crate) peak_calls_per_minute: u32,
+    pub(crate) request_bytes: u64,
+    pub(crate) response_bytes: u64,
+    pub(crate) heavy_calls: u64,
+    pub(crate) violations: u64,
+    pub(crate) incomplete_calls: u64,
     /// Suspensions decided (or, in a dry run, that would have been).
-    pub suspensions: u64,
+    pub(crate) suspensions: u64,
     minute: SlidingCount,
 }
 
@@ -66,7 +66,7 @@ pub struct TokenSummary {
 pub struct Summary {
     pub tokens: HashMap<TokenFingerprint, TokenSummary>,
     /// Calls whose token was missing or malformed (REDCap answers them 403).
-    pub calls_without_token: HashMap<TokenProblem, u64>,
+    pub(crate) calls_without_token: HashMap<TokenProblem, u64>,
     pub calls: u64,
     pub incomplete_calls: u64,
     /// Non-fatal problems, e.g. a truncated last record in the capture.
@@ -74,16 +74,16 @@ pub struct Summary {
     /// Non-zero counters of input that was rejected, lost or only partly usable.
     pub problems: Vec<(&'static str, u64)>,
     /// When the server was degraded during the capture, and why.
-    pub degraded: Vec<DegradedPeriod>,
+    pub(crate) degraded: Vec<DegradedPeriod>,
 }
 
 /// A stretch of the capture during which the server was judged degraded.
-pub struct DegradedPeriod {
-    pub since: Timestamp,
+pub(crate) struct DegradedPeriod {
+    pub(crate) since: Timestamp,
     /// `None` when the capture ended while still degraded.
-    pub until: Option<Timestamp>,
+    pub(crate) until: Option<Timestamp>,
     /// What the judgement that entered the state saw.
-    pub signs: String,
+    pub(crate) signs: String,
 }
 
 impl Summary {
@@ -200,19 +200,19 @@ impl Summary {
 }
 
 /// What a replay of a capture left besides its verdicts.
-pub struct Replay {
+pub(crate) struct Replay {
     /// Non-fatal problems, e.g. a truncated last record in the capture.
-    pub warnings: Vec<String>,
-    pub health_changes: Vec<HealthChange>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) health_changes: Vec<HealthChange>,
     /// Non-zero counters of input that was rejected, lost or only partly usable.
-    pub problems: Vec<(&'static str, u64)>,
+    pub(crate) problems: Vec<(&'static str, u64)>,
     /// Every stage's counters (see [`stats_report`]).
-    pub stats: String,
+    pub(crate) stats: String,
 }
 
 /// Runs a capture file through the pipeline, handing each verdict to `on_verdict` in the order
 /// the policy judged it. The one way a capture is replayed (`analyze`, `certify`).
-pub fn replay(
+pub(crate) fn replay(
     capture: &Path,
     config: &Config,
     key: SiteKey,
@@ -320,7 +320,7 @@ pub fn analyze(
 }
 
 /// What each stage saw and rejected: one line per stage with every counter.
-pub fn stats_report(stats: &PipelineStats<'_>) -> String {
+pub(crate) fn stats_report(stats: &PipelineStats<'_>) -> String {
     format!(
         "decode: {:?}\nreassembly: {:?}\nhttp: {:?}\nredcap: {:?}\npolicy: {:?}\nhealth: {:?}\n",
         stats.decode, stats.reassembly, stats.http, stats.redcap, stats.policy, stats.health

@@ -40,10 +40,10 @@ pub enum Format {
 pub struct CaptureCertification {
     pub certification: Certification,
     /// Non-fatal problems of the input, e.g. a truncated last record, a malformed record line.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// Non-zero counters of input that was rejected, lost or only partly usable: calls may be
     /// missing from the evidence.
-    pub problems: Vec<(&'static str, u64)>,
+    pub(crate) problems: Vec<(&'static str, u64)>,
 }
 
 /// Judges the calls of `capture` in `window` against `config`'s policy.

@@ -37,23 +37,23 @@ use crate::stages::redcap::{KeepRawToken, RedcapConfig};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub site: SiteConfig,
-    pub capture: CaptureConfig,
-    pub reassembly: ReassemblyConfig,
-    pub http: HttpConfig,
-    pub redcap: RedcapConfig,
-    pub policy: PolicyConfig,
-    pub health: HealthConfig,
+    pub(crate) capture: CaptureConfig,
+    pub(crate) reassembly: ReassemblyConfig,
+    pub(crate) http: HttpConfig,
+    pub(crate) redcap: RedcapConfig,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) health: HealthConfig,
     pub enforcement: EnforcementConfig,
     pub output: OutputConfig,
     pub store: StoreConfig,
-    pub alerts: AlertsConfig,
-    pub hooks: HooksConfig,
+    pub(crate) alerts: AlertsConfig,
+    pub(crate) hooks: HooksConfig,
     pub api: ApiConfig,
-    pub redcap_module: RedcapModuleConfig,
-    pub directory: DirectoryConfig,
-    pub lifecycle: LifecycleConfig,
+    pub(crate) redcap_module: RedcapModuleConfig,
+    pub(crate) directory: DirectoryConfig,
+    pub(crate) lifecycle: LifecycleConfig,
     /// Absent: this host alone (no Redis).
-    pub shared: Option<SharedConfig>,
+    pub(crate) shared: Option<SharedConfig>,
 }
 
 /// A configuration that cannot be used, with every problem found in it.

@@ -13,7 +13,7 @@ use crate::edges::alerts::time::rfc3339;
 use crate::shared::model::Timestamp;
 
 /// `text` safe as HTML (and SVG) text and as a quoted attribute value.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -32,7 +32,7 @@ pub fn escape(text: &str) -> String {
 
 /// A verdict shown as a coloured label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Badge {
+pub(crate) enum Badge {
     Pass,
     Fail,
     /// Something to look at, not a failure (e.g. due soon, incomplete evidence).
@@ -52,7 +52,7 @@ impl Badge {
     }
 
     /// The badge with `label` as its text, as HTML.
-    pub fn html(self, label: &str) -> String {
+    pub(crate) fn html(self, label: &str) -> String {
         format!(
             "<span class=\"badge {}\">{}</span>",
             self.class(),
@@ -61,7 +61,7 @@ impl Badge {
     }
 
     /// PASS or FAIL.
-    pub fn outcome(pass: bool) -> (Badge, &'static str) {
+    pub(crate) fn outcome(pass: bool) -> (Badge, &'static str) {
         if pass {
             (Badge::Pass, "PASS")
         } else {
@@ -72,7 +72,7 @@ impl Badge {
 
 /// One table cell or summary value.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Cell {
+pub(crate) enum Cell {
     Text(String),
     /// Right-aligned, tabular digits.
     Number(String),
@@ -83,19 +83,19 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub fn text(text: impl Into<String>) -> Cell {
+    pub(crate) fn text(text: impl Into<String>) -> Cell {
         Cell::Text(text.into())
     }
 
-    pub fn number(n: impl std::fmt::Display) -> Cell {
+    pub(crate) fn number(n: impl std::fmt::Display) -> Cell {
         Cell::Number(n.to_string())
     }
 
-    pub fn code(text: impl Into<String>) -> Cell {
+    pub(crate) fn code(text: impl Into<String>) -> Cell {
         Cell::Code(text.into())
     }
 
-    pub fn badge(badge: Badge, label: impl Into<String>) -> Cell {
+    pub(crate) fn badge(badge: Badge, label: impl Into<String>) -> Cell {
         Cell::Badge(badge, label.into())
     }
 
@@ -118,14 +118,14 @@ impl Cell {
 
 /// A table: a header row and rows of cells (a short row is padded with empty cells).
 #[derive(Clone, Debug, Default)]
-pub struct Table {
-    pub caption: Option<String>,
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Cell>>,
+pub(crate) struct Table {
+    pub(crate) caption: Option<String>,
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<Vec<Cell>>,
 }
 
 impl Table {
-    pub fn new(columns: &[&str]) -> Table {
+    pub(crate) fn new(columns: &[&str]) -> Table {
         Table {
             caption: None,
             columns: columns.iter().map(|c| c.to_string()).collect(),
@@ -133,7 +133,7 @@ impl Table {
         }
     }
 
-    pub fn row(&mut self, cells: Vec<Cell>) -> &mut Table {
+    pub(crate) fn row(&mut self, cells: Vec<Cell>) -> &mut Table {
         self.rows.push(cells);
         self
     }
@@ -141,7 +141,7 @@ impl Table {
 
 /// How chart values are labelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     #[default]
     Count,
     /// Bytes, labelled in kB/MB (powers of 1000).
@@ -152,7 +152,7 @@ pub enum Unit {
 }
 
 impl Unit {
-    pub fn label(self, value: f64) -> String {
+    pub(crate) fn label(self, value: f64) -> String {
         match self {
             Unit::Count => trim_number(value),
             Unit::Bytes => {
@@ -186,21 +186,21 @@ fn trim_number(value: f64) -> String {
 
 /// A horizontal line across a chart: the limit a value must stay under.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Limit {
-    pub value: f64,
-    pub label: String,
+pub(crate) struct Limit {
+    pub(crate) value: f64,
+    pub(crate) label: String,
 }
 
 /// One named line of a time series: `(time, value)` points in any order.
 #[derive(Clone, Debug, Default)]
-pub struct Series {
-    pub name: String,
-    pub points: Vec<(Timestamp, f64)>,
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) points: Vec<(Timestamp, f64)>,
 }
 
 /// How a time series is drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// Points joined by a line: for values that exist between the points (a level, a rate).
     #[default]
     Line,
@@ -213,34 +213,34 @@ pub enum Style {
 /// line. A series with more points than the chart has columns is thinned to each column's
 /// largest value, so peaks stay visible and the page stays small.
 #[derive(Clone, Debug, Default)]
-pub struct TimeSeries {
-    pub title: String,
-    pub y_label: String,
-    pub unit: Unit,
-    pub style: Style,
-    pub series: Vec<Series>,
-    pub limit: Option<Limit>,
+pub(crate) struct TimeSeries {
+    pub(crate) title: String,
+    pub(crate) y_label: String,
+    pub(crate) unit: Unit,
+    pub(crate) style: Style,
+    pub(crate) series: Vec<Series>,
+    pub(crate) limit: Option<Limit>,
     /// The time axis' span; `None` spans the points. Points outside it are not drawn (so charts
     /// of one period line up).
-    pub range: Option<(Timestamp, Timestamp)>,
+    pub(crate) range: Option<(Timestamp, Timestamp)>,
 }
 
 /// Labelled values as horizontal bars, with an optional limit line.
 #[derive(Clone, Debug, Default)]
-pub struct BarChart {
-    pub title: String,
-    pub x_label: String,
-    pub unit: Unit,
-    pub bars: Vec<(String, f64)>,
-    pub limit: Option<Limit>,
+pub(crate) struct BarChart {
+    pub(crate) title: String,
+    pub(crate) x_label: String,
+    pub(crate) unit: Unit,
+    pub(crate) bars: Vec<(String, f64)>,
+    pub(crate) limit: Option<Limit>,
 }
 
 /// The colours of the series, in order (the limit line has its own: [`LIMIT_COLOUR`]).
-pub const SERIES_COLOURS: [&str; 4] = ["#1565c0", "#ef6c00", "#6a1b9a", "#00838f"];
+pub(crate) const SERIES_COLOURS: [&str; 4] = ["#1565c0", "#ef6c00", "#6a1b9a", "#00838f"];
 /// The limit line's colour.
-pub const LIMIT_COLOUR: &str = "#d50000";
+pub(crate) const LIMIT_COLOUR: &str = "#d50000";
 /// The bars' colour.
-pub const BAR_COLOUR: &str = "#00897b";
+pub(crate) const BAR_COLOUR: &str = "#00897b";
 
 const STYLE: &str = "
 :root { color-scheme: light; }
@@ -279,7 +279,7 @@ figure.chart figcaption { font-weight: 600; margin-bottom: .2em; }
 ";
 
 /// An HTML report being built, in reading order.
-pub struct Page {
+pub(crate) struct Page {
     title: String,
     generated: Timestamp,
     body: String,
@@ -287,7 +287,7 @@ pub struct Page {
 
 impl Page {
     /// A page titled `title`, saying it was generated at `generated` (the caller's clock).
-    pub fn new(title: &str, generated: Timestamp) -> Page {
+    pub(crate) fn new(title: &str, generated: Timestamp) -> Page {
         Page {
             title: title.to_string(),
             generated,
@@ -296,14 +296,14 @@ impl Page {
     }
 
     /// A section heading (`level` 2 or 3; the page's title is the only level 1).
-    pub fn heading(&mut self, level: u8, text: &str) -> &mut Page {
+    pub(crate) fn heading(&mut self, level: u8, text: &str) -> &mut Page {
         let level = level.clamp(2, 4);
         let _ = writeln!(self.body, "<h{level}>{}</h{level}>", escape(text));
         self
     }
 
     /// A heading followed by a badge (e.g. a token and its PASS/FAIL).
-    pub fn heading_with_badge(
+    pub(crate) fn heading_with_badge(
         &mut self,
         level: u8,
         text: &str,
@@ -320,13 +320,13 @@ impl Page {
         self
     }
 
-    pub fn paragraph(&mut self, text: &str) -> &mut Page {
+    pub(crate) fn paragraph(&mut self, text: &str) -> &mut Page {
         let _ = writeln!(self.body, "<p>{}</p>", escape(text));
         self
     }
 
     /// A bulleted list, e.g. caveats.
-    pub fn list(&mut self, items: &[String]) -> &mut Page {
+    pub(crate) fn list(&mut self, items: &[String]) -> &mut Page {
         if items.is_empty() {
             return self;
         }
@@ -339,7 +339,7 @@ impl Page {
     }
 
     /// Key-value pairs, e.g. a report's scope and totals.
-    pub fn summary(&mut self, pairs: &[(&str, Cell)]) -> &mut Page {
+    pub(crate) fn summary(&mut self, pairs: &[(&str, Cell)]) -> &mut Page {
         self.body.push_str("<dl class=\"summary\">\n");
         for (key, value) in pairs {
             let _ = writeln!(
@@ -353,7 +353,7 @@ impl Page {
         self
     }
 
-    pub fn table(&mut self, table: &Table) -> &mut Page {
+    pub(crate) fn table(&mut self, table: &Table) -> &mut Page {
         self.body.push_str("<table>\n");
         if let Some(caption) = &table.caption {
             let _ = writeln!(self.body, "<caption>{}</caption>", escape(caption));
@@ -375,12 +375,12 @@ impl Page {
         self
     }
 
-    pub fn time_series(&mut self, chart: &TimeSeries) -> &mut Page {
+    pub(crate) fn time_series(&mut self, chart: &TimeSeries) -> &mut Page {
         let svg = time_series_svg(chart);
         self.figure(&chart.title, &svg)
     }
 
-    pub fn bar_chart(&mut self, chart: &BarChart) -> &mut Page {
+    pub(crate) fn bar_chart(&mut self, chart: &BarChart) -> &mut Page {
         let svg = bar_chart_svg(chart);
         self.figure(&chart.title, &svg)
     }
@@ -395,7 +395,7 @@ impl Page {
     }
 
     /// The whole document.
-    pub fn finish(self) -> String {
+    pub(crate) fn finish(self) -> String {
         let title = escape(&self.title);
         format!(
             "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -548,7 +548,7 @@ fn limit_line(out: &mut String, y: f64, label: &str) {
 }
 
 /// The SVG of a time series (its own element, for reuse and tests).
-pub fn time_series_svg(chart: &TimeSeries) -> String {
+pub(crate) fn time_series_svg(chart: &TimeSeries) -> String {
     let mut out = String::new();
     svg_open(&mut out, &chart.title, HEIGHT);
     let in_range = |t: Timestamp| chart.range.is_none_or(|(from, to)| t >= from && t <= to);
@@ -711,7 +711,7 @@ pub fn time_series_svg(chart: &TimeSeries) -> String {
 }
 
 /// The SVG of a bar chart (its own element, for reuse and tests).
-pub fn bar_chart_svg(chart: &BarChart) -> String {
+pub(crate) fn bar_chart_svg(chart: &BarChart) -> String {
     let bars: Vec<(&str, f64)> = chart
         .bars
         .iter()

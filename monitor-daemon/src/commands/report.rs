@@ -68,8 +68,8 @@ pub enum ReportError {
 /// What the reports read besides the store: who owns each token, if the directory answered.
 pub struct Sources {
     /// `None` when no directory is configured or it could not be read (see `warnings`).
-    pub owners: Option<FingerprintMap<Arc<Owner>>>,
-    pub warnings: Vec<String>,
+    pub(crate) owners: Option<FingerprintMap<Arc<Owner>>>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Reads the configured token directory once. A directory that fails is a warning, not an
@@ -108,14 +108,14 @@ pub fn read_directory(config: &Config, key: Option<&SiteKey>) -> Sources {
 /// What each report document carries besides the report itself.
 #[derive(Clone, Debug, Serialize)]
 pub struct Context {
-    pub store: PathBuf,
-    pub rollups: RollupExtent,
+    pub(crate) store: PathBuf,
+    pub(crate) rollups: RollupExtent,
     /// The oldest day the store holds rollups for (`2026-05-01`).
-    pub history_since: Option<String>,
-    pub warnings: Vec<String>,
+    pub(crate) history_since: Option<String>,
+    pub(crate) warnings: Vec<String>,
     /// When the report was made (the page's date; the JSON has the report's own).
     #[serde(skip)]
-    pub generated: Timestamp,
+    pub(crate) generated: Timestamp,
 }
 
 fn context(store: &Store, warnings: Vec<String>, now: Timestamp) -> Result<Context, ReportError> {
@@ -934,22 +934,22 @@ fn csv_line(cells: impl IntoIterator<Item = String>) -> String {
 
 /// One hook for one stale token: to run (a dry run) or run.
 #[derive(Clone, Debug, Serialize)]
-pub struct Revocation {
+pub(crate) struct Revocation {
     #[serde(flatten)]
-    pub token: StaleToken,
-    pub hook: String,
+    pub(crate) token: StaleToken,
+    pub(crate) hook: String,
     /// `None` in a dry run.
-    pub outcome: Option<HookOutcome>,
+    pub(crate) outcome: Option<HookOutcome>,
 }
 
 /// What `report lifecycle --revoke` did or would do.
 #[derive(Clone, Debug, Serialize)]
 pub struct RevocationRun {
-    pub executed: bool,
+    pub(crate) executed: bool,
     /// Where the hook results were audited: `store`, `daemon` (through its request directory),
     /// or `none` in a dry run.
-    pub audited_in: &'static str,
-    pub runs: Vec<Revocation>,
+    pub(crate) audited_in: &'static str,
+    pub(crate) runs: Vec<Revocation>,
 }
 
 impl RevocationRun {

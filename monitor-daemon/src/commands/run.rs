@@ -84,7 +84,7 @@ pub enum RunError {
 }
 
 /// Checks what only `run` needs from the configuration (`origin` names the file in errors).
-pub fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
+pub(crate) fn check_config(config: &Config, origin: &Path) -> Result<(), ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         path: origin.to_owned(),
         key: key.into(),

@@ -16,13 +16,13 @@ use crate::stages::health::CanaryConfig;
 
 /// One probe's result: when it was sent, and how long the answer took (`None`: failed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CanaryObservation {
-    pub at: Timestamp,
-    pub latency: Option<Span>,
+pub(crate) struct CanaryObservation {
+    pub(crate) at: Timestamp,
+    pub(crate) latency: Option<Span>,
 }
 
 /// The running canary; dropping it stops the thread (after the probe in flight).
-pub struct Canary {
+pub(crate) struct Canary {
     results: Receiver<CanaryObservation>,
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -30,7 +30,7 @@ pub struct Canary {
 
 impl Canary {
     /// Starts probing `config.url`; `None` when no url is configured.
-    pub fn start(config: &CanaryConfig) -> std::io::Result<Option<Canary>> {
+    pub(crate) fn start(config: &CanaryConfig) -> std::io::Result<Option<Canary>> {
         let Some(url) = config.url.clone() else {
             return Ok(None);
         };
@@ -61,7 +61,7 @@ impl Canary {
     }
 
     /// The observations made since the last call.
-    pub fn results(&self) -> Vec<CanaryObservation> {
+    pub(crate) fn results(&self) -> Vec<CanaryObservation> {
         self.results.try_iter().collect()
     }
 }

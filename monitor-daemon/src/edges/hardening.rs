@@ -9,7 +9,7 @@ use std::io;
 /// `/proc/<pid>` files belong to root, and processes of its user cannot ptrace it or read its
 /// memory. `execve` sets it back for the new program: hooks the daemon starts are dumpable
 /// again (their memory is their own).
-pub fn forbid_core_dumps() -> io::Result<()> {
+pub(crate) fn forbid_core_dumps() -> io::Result<()> {
     // SAFETY: PR_SET_DUMPABLE takes one integer argument; no memory is passed.
     let status = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     if status == 0 {
@@ -21,7 +21,7 @@ pub fn forbid_core_dumps() -> io::Result<()> {
 
 /// The capabilities the capture can use: `CAP_NET_ADMIN` (12: TC attach), `CAP_NET_RAW` (13:
 /// packet sockets), `CAP_SYS_ADMIN` (21: uprobes), `CAP_PERFMON` (38), `CAP_BPF` (39).
-pub const CAPTURE_CAPABILITIES: [(u32, &str); 5] = [
+pub(crate) const CAPTURE_CAPABILITIES: [(u32, &str); 5] = [
     (12, "CAP_NET_ADMIN"),
     (13, "CAP_NET_RAW"),
     (21, "CAP_SYS_ADMIN"),
@@ -31,15 +31,15 @@ pub const CAPTURE_CAPABILITIES: [(u32, &str); 5] = [
 
 /// What [`drop_capabilities`] did.
 #[derive(Debug, Default)]
-pub struct Dropped {
+pub(crate) struct Dropped {
     /// Threads of the process whose sets were changed (the caller's included).
-    pub threads: usize,
+    pub(crate) threads: usize,
     /// Threads that still hold a dropped capability after the last try (none expected).
-    pub still_holding: usize,
+    pub(crate) still_holding: usize,
     /// Whether the bounding set could be narrowed too (needs `CAP_SETPCAP`, which the unit does
     /// not grant: there, with `NoNewPrivileges=` and the permitted sets emptied, nothing can
     /// bring a dropped capability back).
-    pub bounding: bool,
+    pub(crate) bounding: bool,
 }
 
 /// The capabilities to drop, for the signal handler (a bit per capability).
@@ -145,7 +145,7 @@ fn holds(tid: i32, mask: u64) -> bool {
 /// that thread (the way the C library's `setuid` reaches every thread), and each thread's
 /// `/proc/self/task/TID/status` is read back until none holds them (threads started meanwhile
 /// inherit the sets of the thread that started them, so a second pass catches them).
-pub fn drop_capabilities(mask: u64) -> io::Result<Dropped> {
+pub(crate) fn drop_capabilities(mask: u64) -> io::Result<Dropped> {
     let signal = libc::SIGRTMIN() + 5;
     DROP_MASK.store(mask, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: installs a handler that makes only raw syscalls and atomic updates.

@@ -24,10 +24,10 @@ use crate::edges::alerts::time::rfc3339;
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::WebhookUrl;
 use crate::shared::token::RawToken;
-pub use config::{HookConfig, HookKind, HooksConfig};
+pub(crate) use config::{HookConfig, HookKind, HooksConfig};
 
 /// Placeholders an exec hook's arguments may use.
-pub const PLACEHOLDERS: [&str; 5] = ["fingerprint", "masked", "action", "until", "reason"];
+pub(crate) const PLACEHOLDERS: [&str; 5] = ["fingerprint", "masked", "action", "until", "reason"];
 
 /// Output recorded per stream; the rest is read and dropped so the program never blocks on a pipe.
 const MAX_OUTPUT_BYTES: usize = 16 * 1024;
@@ -41,7 +41,7 @@ const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HookAction {
+pub(crate) enum HookAction {
     Suspend,
     Lift,
     /// A token unused for longer than `lifecycle.stale_after`, to be revoked
@@ -50,7 +50,7 @@ pub enum HookAction {
 }
 
 impl HookAction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             HookAction::Suspend => "suspend",
             HookAction::Lift => "lift",
@@ -61,34 +61,34 @@ impl HookAction {
 
 /// What the hooks are told.
 #[derive(Clone, Debug, PartialEq)]
-pub struct HookEvent {
-    pub action: HookAction,
-    pub at: Timestamp,
-    pub token: TokenRef,
+pub(crate) struct HookEvent {
+    pub(crate) action: HookAction,
+    pub(crate) at: Timestamp,
+    pub(crate) token: TokenRef,
     /// When the suspension ends; `None` for a lift or an open-ended suspension.
-    pub until: Option<Timestamp>,
-    pub reason: String,
+    pub(crate) until: Option<Timestamp>,
+    pub(crate) reason: String,
     /// The decision's evidence (calls, windows, percentiles, shares).
-    pub evidence: serde_json::Value,
+    pub(crate) evidence: serde_json::Value,
 }
 
 /// What one hook did, for the audit log. Output is bounded and never holds the raw token.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct HookOutcome {
-    pub hook: String,
-    pub action: HookAction,
-    pub duration_ms: u64,
+pub(crate) struct HookOutcome {
+    pub(crate) hook: String,
+    pub(crate) action: HookAction,
+    pub(crate) duration_ms: u64,
     #[serde(flatten)]
-    pub result: HookResult,
-    pub stdout: String,
-    pub stderr: String,
+    pub(crate) result: HookResult,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
     /// Output past the limit was dropped.
-    pub output_truncated: bool,
+    pub(crate) output_truncated: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum HookResult {
+pub(crate) enum HookResult {
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
@@ -121,7 +121,7 @@ struct Hook {
 }
 
 /// The configured hooks, ready to run.
-pub struct Hooks {
+pub(crate) struct Hooks {
     suspend: Vec<Hook>,
     lift: Vec<Hook>,
     token_stale: Vec<Hook>,
@@ -130,7 +130,7 @@ pub struct Hooks {
 
 impl Hooks {
     /// `config` has been checked ([`HooksConfig::problems`] found nothing).
-    pub fn new(config: &HooksConfig, host: String) -> Hooks {
+    pub(crate) fn new(config: &HooksConfig, host: String) -> Hooks {
         let build = |hooks: &[HookConfig]| hooks.iter().filter_map(Hook::new).collect();
         Hooks {
             suspend: build(&config.suspend),
@@ -142,7 +142,7 @@ impl Hooks {
 
     /// Runs the hooks for `event.action`, in order, each to its end or timeout. `raw` is the
     /// token, if the caller still has it; only hooks with `pass_raw_token` see it.
-    pub fn run(&self, event: &HookEvent, raw: Option<&RawToken>) -> Vec<HookOutcome> {
+    pub(crate) fn run(&self, event: &HookEvent, raw: Option<&RawToken>) -> Vec<HookOutcome> {
         let hooks = match event.action {
             HookAction::Suspend => &self.suspend,
             HookAction::Lift => &self.lift,

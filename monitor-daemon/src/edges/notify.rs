@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
     /// How often to ping: half of `$WATCHDOG_USEC`, when the watchdog is on for this process.
     ping_every: Option<Duration>,
@@ -23,7 +23,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// From this process's environment (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let var = |name| std::env::var(name).ok();
         Notifier::new(
             std::env::var_os("NOTIFY_SOCKET").as_deref(),
@@ -34,7 +34,7 @@ impl Notifier {
     }
 
     /// From explicit values, as systemd sets them; `pid` is this process's.
-    pub fn new(
+    pub(crate) fn new(
         notify_socket: Option<&OsStr>,
         watchdog_usec: Option<&str>,
         watchdog_pid: Option<&str>,
@@ -68,34 +68,34 @@ impl Notifier {
 
     /// Whether systemd listens (`$NOTIFY_SOCKET` was usable).
     #[cfg(test)]
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.socket.is_some()
     }
 
     /// How often [`heartbeat`](Self::heartbeat) pings, when the watchdog is on.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_interval(&self) -> Option<Duration> {
         self.ping_every
     }
 
     /// Startup (or a reload) is complete.
-    pub fn ready(&mut self, status: &str) {
+    pub(crate) fn ready(&mut self, status: &str) {
         self.last_status = one_line(status);
         let message = format!("READY=1\nSTATUS={}", self.last_status);
         self.send(&message);
     }
 
     /// A reload starts now; [`ready`](Self::ready) ends it.
-    pub fn reloading(&mut self) {
+    pub(crate) fn reloading(&mut self) {
         let message = format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec());
         self.send(&message);
     }
 
-    pub fn stopping(&mut self) {
+    pub(crate) fn stopping(&mut self) {
         self.send("STOPPING=1");
     }
 
     /// Shows `status` in `systemctl status` when it changed.
-    pub fn status(&mut self, status: &str) {
+    pub(crate) fn status(&mut self, status: &str) {
         let status = one_line(status);
         if status != self.last_status {
             self.send(&format!("STATUS={status}"));
@@ -104,7 +104,7 @@ impl Notifier {
     }
 
     /// The live loop made progress at `now`: pings the watchdog when half its time has passed.
-    pub fn heartbeat(&mut self, now: Instant) {
+    pub(crate) fn heartbeat(&mut self, now: Instant) {
         let Some(every) = self.ping_every else { return };
         if self.last_ping.is_some_and(|last| now < last + every) {
             return;

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// How a call was seen.
 #[derive(Clone, Copy, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Transport {
+pub(crate) enum Transport {
     /// Plaintext HTTP reassembled from TCP segments.
     Tcp,
     /// HTTP read and written through the web server's OpenSSL (uprobes).
@@ -37,35 +37,35 @@ pub enum Transport {
 }
 
 #[derive(Serialize)]
-pub struct CallRecord<'a> {
-    pub ts_start: f64,
-    pub ts_end: f64,
-    pub ttfb_s: Option<f64>,
-    pub client: String,
-    pub server: String,
+pub(crate) struct CallRecord<'a> {
+    pub(crate) ts_start: f64,
+    pub(crate) ts_end: f64,
+    pub(crate) ttfb_s: Option<f64>,
+    pub(crate) client: String,
+    pub(crate) server: String,
     /// The trusted proxy whose connection carried the call, when `client` came from its header.
-    pub proxy: Option<String>,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub http_version: HttpVersion,
-    pub token_fp: Option<String>,
-    pub token_masked: Option<&'a str>,
-    pub token_problem: Option<TokenProblem>,
+    pub(crate) proxy: Option<String>,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) http_version: HttpVersion,
+    pub(crate) token_fp: Option<String>,
+    pub(crate) token_masked: Option<&'a str>,
+    pub(crate) token_problem: Option<TokenProblem>,
     #[serde(flatten)]
-    pub params: &'a ApiParams,
-    pub status: Option<u16>,
-    pub request_bytes: u64,
-    pub response_bytes: Option<u64>,
-    pub response_wire_bytes: Option<u64>,
-    pub heavy: Option<HeavyReason>,
-    pub complete: bool,
+    pub(crate) params: &'a ApiParams,
+    pub(crate) status: Option<u16>,
+    pub(crate) request_bytes: u64,
+    pub(crate) response_bytes: Option<u64>,
+    pub(crate) response_wire_bytes: Option<u64>,
+    pub(crate) heavy: Option<HeavyReason>,
+    pub(crate) complete: bool,
     /// Why the body's fields may be incomplete, when they may be.
-    pub body_problem: Option<BodyProblem>,
-    pub transport: Transport,
+    pub(crate) body_problem: Option<BodyProblem>,
+    pub(crate) transport: Transport,
 }
 
 impl<'a> CallRecord<'a> {
-    pub fn of(verdict: &'a Verdict, transport: Transport) -> CallRecord<'a> {
+    pub(crate) fn of(verdict: &'a Verdict, transport: Transport) -> CallRecord<'a> {
         let call = &verdict.call;
         let (token_fp, token_masked, token_problem) = match &call.token {
             Ok(id) => (
@@ -102,21 +102,21 @@ impl<'a> CallRecord<'a> {
 }
 
 #[derive(Serialize)]
-pub struct ViolationRecord<'a> {
-    pub ts: f64,
+pub(crate) struct ViolationRecord<'a> {
+    pub(crate) ts: f64,
     /// `null` for a client address over the refused-calls rule (no token is blamed).
-    pub token_fp: Option<String>,
+    pub(crate) token_fp: Option<String>,
     /// The client address, for the refused-calls rule only.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
-    pub rule: &'a str,
-    pub limit: u32,
-    pub window_s: u64,
-    pub count: u32,
+    pub(crate) client: Option<String>,
+    pub(crate) rule: &'a str,
+    pub(crate) limit: u32,
+    pub(crate) window_s: u64,
+    pub(crate) count: u32,
 }
 
 impl<'a> ViolationRecord<'a> {
-    pub fn of(violation: &'a Violation) -> ViolationRecord<'a> {
+    pub(crate) fn of(violation: &'a Violation) -> ViolationRecord<'a> {
         ViolationRecord {
             ts: violation.ts.as_secs_f64(),
             token_fp: Some(violation.token.to_string()),
@@ -129,7 +129,7 @@ impl<'a> ViolationRecord<'a> {
     }
 
     /// The record of a client address probing for tokens (see [`ClientViolation`]).
-    pub fn of_client(violation: &ClientViolation) -> ViolationRecord<'static> {
+    pub(crate) fn of_client(violation: &ClientViolation) -> ViolationRecord<'static> {
         ViolationRecord {
             ts: violation.ts.as_secs_f64(),
             token_fp: None,
@@ -142,7 +142,7 @@ impl<'a> ViolationRecord<'a> {
     }
 
     /// The records of one verdict: its token's violations, then its client's, if any.
-    pub fn all_of(verdict: &'a Verdict) -> impl Iterator<Item = ViolationRecord<'a>> {
+    pub(crate) fn all_of(verdict: &'a Verdict) -> impl Iterator<Item = ViolationRecord<'a>> {
         let client = verdict
             .client_violation
             .as_ref()
@@ -156,7 +156,7 @@ impl<'a> ViolationRecord<'a> {
 }
 
 /// Writes one record as a JSON line.
-pub fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
+pub(crate) fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, record)?;
     out.write_all(b"\n")
 }
@@ -166,15 +166,15 @@ pub fn write_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<(
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// Call records (JSONL, appended); `-` for stdout; absent for none.
-    pub calls: Option<PathBuf>,
+    pub(crate) calls: Option<PathBuf>,
     /// Violation records (JSONL, appended); `-` for stdout; absent for none.
-    pub violations: Option<PathBuf>,
+    pub(crate) violations: Option<PathBuf>,
     /// Enforcement decisions (JSONL, appended); `-` for stdout; absent for none.
-    pub decisions: Option<PathBuf>,
+    pub(crate) decisions: Option<PathBuf>,
     /// A JSON object with every counter, replaced each `stats_interval` and at exit.
     pub stats: Option<PathBuf>,
     /// How often the counters are logged (and the stats file rewritten).
-    pub stats_interval: Duration,
+    pub(crate) stats_interval: Duration,
 }
 
 impl Default for OutputConfig {
@@ -191,7 +191,7 @@ impl Default for OutputConfig {
 
 impl OutputConfig {
     /// What is wrong with `[output]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         longer_than_zero(
             &mut problems,
@@ -247,15 +247,15 @@ impl DropReason {
 /// What the record writer did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct WriterStats {
-    pub calls_written: u64,
-    pub violations_written: u64,
-    pub decisions_written: u64,
+pub(crate) struct WriterStats {
+    pub(crate) calls_written: u64,
+    pub(crate) violations_written: u64,
+    pub(crate) decisions_written: u64,
     /// Records lost to write errors, by reason.
-    pub dropped_no_space: u64,
-    pub dropped_io_error: u64,
+    pub(crate) dropped_no_space: u64,
+    pub(crate) dropped_io_error: u64,
     /// Outages: times writing failed after it had worked (each told once).
-    pub outages: u64,
+    pub(crate) outages: u64,
 }
 
 impl WriterStats {
@@ -510,9 +510,9 @@ fn open_record_file(path: &Path, mode: WriteMode) -> io::Result<std::fs::File> {
 /// The paths records go to; `-` is stdout.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct RecordPaths {
-    pub calls: Option<PathBuf>,
-    pub violations: Option<PathBuf>,
-    pub decisions: Option<PathBuf>,
+    pub(crate) calls: Option<PathBuf>,
+    pub(crate) violations: Option<PathBuf>,
+    pub(crate) decisions: Option<PathBuf>,
 }
 
 /// The files of a [`RecordWriter`], opened apart from it so that a reload can open the new ones

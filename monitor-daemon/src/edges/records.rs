@@ -21,7 +21,7 @@ use crate::stages::redcap::{ApiCall, ApiParams, TokenIdentity};
 
 /// The longest record line read; a longer one is skipped as malformed (records are a few
 /// hundred bytes).
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Malformed lines named one by one in [`RecordStats::malformed_examples`]; the rest counted.
 const MAX_EXAMPLES: usize = 5;
 
@@ -39,21 +39,21 @@ pub enum RecordsError {
 
 /// What reading the records met.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecordStats {
-    pub files: Vec<PathBuf>,
-    pub lines: u64,
-    pub calls: u64,
+pub(crate) struct RecordStats {
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) lines: u64,
+    pub(crate) calls: u64,
     /// Lines that are not a call record (bad JSON, missing fields, bad values, overlong).
-    pub malformed_lines: u64,
+    pub(crate) malformed_lines: u64,
     /// `file:line: why` of the first few malformed lines.
-    pub malformed_examples: Vec<String>,
+    pub(crate) malformed_examples: Vec<String>,
     /// Files that ended in a read error (e.g. a rotation still being compressed): what came
     /// before the error was read.
-    pub read_errors: Vec<String>,
+    pub(crate) read_errors: Vec<String>,
     /// Files not read because they cannot hold a needed call (see [`Needed`]).
-    pub skipped_files: Vec<PathBuf>,
+    pub(crate) skipped_files: Vec<PathBuf>,
     /// `file:line` where reading stopped at a call past [`Needed::before`].
-    pub stopped_at: Option<String>,
+    pub(crate) stopped_at: Option<String>,
 }
 
 /// Which calls the reader must hand over: those that started in `[since, before)`. Others may
@@ -62,9 +62,9 @@ pub struct RecordStats {
 /// earlier), and everything from the first call at or after `before` on (records are written
 /// in about the order calls started: give `before` a margin for calls written late).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Needed {
-    pub since: Option<Timestamp>,
-    pub before: Option<Timestamp>,
+pub(crate) struct Needed {
+    pub(crate) since: Option<Timestamp>,
+    pub(crate) before: Option<Timestamp>,
 }
 
 /// When `file` was last modified, as a timestamp.
@@ -80,7 +80,7 @@ fn modified(file: &File) -> Option<Timestamp> {
 
 /// The files holding call records at `path`, oldest first. A file: it and its rotations beside
 /// it (`NAME.N`, `NAME.N.gz`). A directory: `calls.jsonl` and its rotations in it.
-pub fn record_files(path: &Path) -> Result<Vec<PathBuf>, RecordsError> {
+pub(crate) fn record_files(path: &Path) -> Result<Vec<PathBuf>, RecordsError> {
     let meta = std::fs::metadata(path).map_err(|source| RecordsError::Open {
         path: path.to_owned(),
         source,
@@ -135,7 +135,7 @@ pub fn record_files(path: &Path) -> Result<Vec<PathBuf>, RecordsError> {
 /// Reads the call records of `files` in order, handing each call `needed` may hold to `each`.
 /// A file that cannot be opened is an error; a bad line or a read error inside a file is
 /// counted and reading goes on.
-pub fn read_calls(
+pub(crate) fn read_calls(
     files: &[PathBuf],
     needed: Needed,
     mut each: impl FnMut(ApiCall),

@@ -83,7 +83,7 @@ pub struct Suspension {
 }
 
 impl Suspension {
-    pub fn is_active(&self, now: Timestamp) -> bool {
+    pub(crate) fn is_active(&self, now: Timestamp) -> bool {
         self.until.is_none_or(|until| now < until)
     }
 }
@@ -114,7 +114,7 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// The audit record of a rule broken.
-    pub fn violation(v: &Violation) -> AuditEntry {
+    pub(crate) fn violation(v: &Violation) -> AuditEntry {
         AuditEntry {
             ts: v.ts,
             kind: AuditKind::Violation,
@@ -131,7 +131,7 @@ impl AuditEntry {
 
 impl AuditEntry {
     /// The audit record of a client address over the refused-calls rule (no token).
-    pub fn client_violation(v: &crate::stages::policy::ClientViolation) -> AuditEntry {
+    pub(crate) fn client_violation(v: &crate::stages::policy::ClientViolation) -> AuditEntry {
         AuditEntry {
             ts: v.ts,
             kind: AuditKind::Violation,
@@ -173,47 +173,47 @@ pub struct OutboxItem {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenSeen {
     #[serde(rename = "token_fp")]
-    pub token: TokenFingerprint,
+    pub(crate) token: TokenFingerprint,
     #[serde(rename = "token_masked", with = "masked")]
     pub masked: MaskedToken,
     #[serde(with = "nanos")]
-    pub first_seen: Timestamp,
+    pub(crate) first_seen: Timestamp,
     #[serde(with = "nanos")]
-    pub last_seen: Timestamp,
-    pub calls: u64,
+    pub(crate) last_seen: Timestamp,
+    pub(crate) calls: u64,
 }
 
 /// One or more calls of a token in one UTC day, for [`Store::touch_tokens`]: `ts` is the latest
 /// call's time, and `usage` (its `calls` included) is added to the token's row of that day.
 #[derive(Clone, Debug)]
-pub struct Sighting {
-    pub token: TokenFingerprint,
-    pub masked: MaskedToken,
-    pub ts: Timestamp,
-    pub usage: Usage,
+pub(crate) struct Sighting {
+    pub(crate) token: TokenFingerprint,
+    pub(crate) masked: MaskedToken,
+    pub(crate) ts: Timestamp,
+    pub(crate) usage: Usage,
 }
 
 /// What [`Store::prune`] removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub audit_records: u64,
-    pub tokens: u64,
+pub(crate) struct Pruned {
+    pub(crate) audit_records: u64,
+    pub(crate) tokens: u64,
     /// Daily rows older than `store.rollup_retention`.
-    pub rollups: u64,
+    pub(crate) rollups: u64,
 }
 
 /// The daily rollups' extent, for the reports and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RollupExtent {
-    pub rows: u64,
+pub(crate) struct RollupExtent {
+    pub(crate) rows: u64,
     /// The oldest day held.
     #[serde(skip)]
-    pub oldest: Option<Day>,
+    pub(crate) oldest: Option<Day>,
     /// Rows ever dropped to stay within `store.max_rollups` (oldest days first).
-    pub evicted: u64,
+    pub(crate) evicted: u64,
     /// History up to this day is incomplete because of those drops.
     #[serde(skip)]
-    pub evicted_through: Option<Day>,
+    pub(crate) evicted_through: Option<Day>,
 }
 
 /// Bounds on the store's growth (from `[store]`).
@@ -408,7 +408,7 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -500,7 +500,8 @@ impl Store {
     }
 
     /// The token's suspension if it is active at `now`.
-    pub fn suspension(
+    #[cfg(test)]
+    pub(crate) fn suspension(
         &self,
         token: TokenFingerprint,
         now: Timestamp,
@@ -530,7 +531,8 @@ impl Store {
     }
 
     /// Removes suspensions that have expired by `now`, each with a `lift` audit record.
-    pub fn purge_expired(&self, now: Timestamp) -> Result<Vec<Suspension>, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn purge_expired(&self, now: Timestamp) -> Result<Vec<Suspension>, StoreError> {
         self.write(|txn| {
             let mut expired = Vec::new();
             {
@@ -622,7 +624,7 @@ impl Store {
     }
 
     /// Removes a delivered (or permanently refused) alert; false when it was not queued.
-    pub fn delivered(&self, id: &str) -> Result<bool, StoreError> {
+    pub(crate) fn delivered(&self, id: &str) -> Result<bool, StoreError> {
         self.write(|txn| {
             let Some(seq) = txn.open_table(OUTBOX_IDS)?.remove(id)?.map(|s| s.value()) else {
                 return Ok(false);
@@ -637,7 +639,7 @@ impl Store {
     }
 
     /// Records a failed attempt: the alert is next due at `next_attempt`. False when not queued.
-    pub fn reschedule(
+    pub(crate) fn reschedule(
         &self,
         id: &str,
         attempts: u32,
@@ -685,14 +687,14 @@ impl Store {
 
     /// Notes many sightings in one transaction (the live path batches them: one commit costs a
     /// disk sync), with their daily use.
-    pub fn touch_tokens(&self, sightings: &[Sighting]) -> Result<(), StoreError> {
+    pub(crate) fn touch_tokens(&self, sightings: &[Sighting]) -> Result<(), StoreError> {
         let max = self.limits.max_rollups;
         self.write(|txn| touch_in(txn, sightings, max))
     }
 
     /// Appends audit records and notes sightings in one transaction (one disk sync): how the
     /// live path writes what it batched since its last tick. Returns the audit sequence numbers.
-    pub fn record(
+    pub(crate) fn record(
         &self,
         entries: &[AuditEntry],
         sightings: &[Sighting],
@@ -721,7 +723,7 @@ impl Store {
     }
 
     /// Every token seen (and not yet pruned), by fingerprint.
-    pub fn tokens(&self) -> Result<Vec<TokenSeen>, StoreError> {
+    pub(crate) fn tokens(&self) -> Result<Vec<TokenSeen>, StoreError> {
         self.read(|txn| {
             let mut tokens = Vec::new();
             for row in txn.open_table(TOKENS)?.range::<Fp>(..)? {
@@ -733,7 +735,7 @@ impl Store {
 
     /// The daily rows of the days `from..=to`, oldest first. A store of schema 1 (opened
     /// read-only, not yet upgraded by the daemon) has none.
-    pub fn rollups(&self, from: Day, to: Day) -> Result<Vec<DayRow>, StoreError> {
+    pub(crate) fn rollups(&self, from: Day, to: Day) -> Result<Vec<DayRow>, StoreError> {
         self.read(|txn| {
             let table = match txn.open_table(ROLLUPS) {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -754,7 +756,7 @@ impl Store {
     }
 
     /// How many daily rows are held, since when, and how many were dropped for room.
-    pub fn rollup_extent(&self) -> Result<RollupExtent, StoreError> {
+    pub(crate) fn rollup_extent(&self) -> Result<RollupExtent, StoreError> {
         self.read(|txn| {
             let meta = txn.open_table(META)?;
             let evicted = meta.get(META_ROLLUPS_EVICTED)?.map_or(0, |v| v.value());
@@ -780,7 +782,7 @@ impl Store {
 
     /// Deletes audit records older than `store.audit_retention`, and daily rollups and tokens
     /// not seen for longer than `store.rollup_retention`.
-    pub fn prune(&self, now: Timestamp) -> Result<Pruned, StoreError> {
+    pub(crate) fn prune(&self, now: Timestamp) -> Result<Pruned, StoreError> {
         let cutoff = now.minus(self.limits.audit_retention);
         let long_cutoff = now.minus(self.limits.rollup_retention);
         self.write(|txn| {
@@ -1047,11 +1049,11 @@ mod masked {
     use super::MaskedToken;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &MaskedToken, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(m: &MaskedToken, s: S) -> Result<S::Ok, S::Error> {
         m.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MaskedToken, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MaskedToken, D::Error> {
         String::deserialize(d).map(MaskedToken)
     }
 }
@@ -1081,14 +1083,14 @@ pub struct StoreConfig {
     /// The store file; its directory is created with mode 0700 and the file with 0600.
     pub path: PathBuf,
     /// Audit records older than this are pruned.
-    pub audit_retention: Duration,
+    pub(crate) audit_retention: Duration,
     /// Most alerts waiting for delivery; past it the oldest is dropped (and audited).
-    pub max_outbox: usize,
+    pub(crate) max_outbox: usize,
     /// Daily rollups, and tokens' first/last seen, are kept this long (the lifecycle report
     /// needs more than the 180 days of staleness and the year between attestations).
-    pub rollup_retention: Duration,
+    pub(crate) rollup_retention: Duration,
     /// Most daily rows (one per token and day it was used); past it the oldest days go first.
-    pub max_rollups: u64,
+    pub(crate) max_rollups: u64,
 }
 
 /// Shortest `store.rollup_retention`: a year of attestations and the staleness rule need it.
@@ -1108,7 +1110,7 @@ impl Default for StoreConfig {
 
 impl StoreConfig {
     /// What is wrong with `[store]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         longer_than_zero(
             &mut problems,

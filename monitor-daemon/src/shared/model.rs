@@ -20,7 +20,7 @@ impl Timestamp {
         Self((secs * 1e9) as u64)
     }
 
-    pub const fn as_nanos(self) -> u64 {
+    pub(crate) const fn as_nanos(self) -> u64 {
         self.0
     }
 
@@ -43,7 +43,7 @@ impl Timestamp {
 }
 
 /// `2026-05-01T12:34:56Z`.
-pub fn rfc3339(at: Timestamp) -> String {
+pub(crate) fn rfc3339(at: Timestamp) -> String {
     let secs = at.as_nanos() / 1_000_000_000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
@@ -56,7 +56,7 @@ pub fn rfc3339(at: Timestamp) -> String {
 }
 
 /// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -70,7 +70,7 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// The inverse of [`civil_from_days`].
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400);
@@ -181,11 +181,11 @@ impl<'a> TcpSegment<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResumedEarly {
     pub client: Endpoint,
-    pub server: Endpoint,
+    pub(crate) server: Endpoint,
     /// Where the client's next request starts, and the server's answer to it (when known):
     /// the stream starts to give the capture for the connection copied again.
-    pub client_start: u32,
-    pub server_start: Option<u32>,
+    pub(crate) client_start: u32,
+    pub(crate) server_start: Option<u32>,
 }
 
 /// Which way bytes travel on a connection.
@@ -203,7 +203,7 @@ impl Direction {
         }
     }
 
-    pub const fn reverse(self) -> Direction {
+    pub(crate) const fn reverse(self) -> Direction {
         match self {
             Direction::ClientToServer => Direction::ServerToClient,
             Direction::ServerToClient => Direction::ClientToServer,

@@ -40,13 +40,13 @@ pub enum SecretFileError {
 
 impl SecretFileError {
     /// The file does not exist (a caller may then create it).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, SecretFileError::Read(e) if e.kind() == io::ErrorKind::NotFound)
     }
 }
 
 /// The bytes of the secret file at `path`, at most `max_bytes` of them, after the checks above.
-pub fn read_secret_file(
+pub(crate) fn read_secret_file(
     path: &Path,
     max_bytes: u64,
 ) -> Result<Zeroizing<Vec<u8>>, SecretFileError> {
@@ -68,7 +68,10 @@ pub fn read_secret_file(
 }
 
 /// [`read_secret_file`] as UTF-8 text.
-pub fn read_secret_text(path: &Path, max_bytes: u64) -> Result<Zeroizing<String>, SecretFileError> {
+pub(crate) fn read_secret_text(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Zeroizing<String>, SecretFileError> {
     let bytes = read_secret_file(path, max_bytes)?;
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         SecretFileError::Read(io::Error::new(
@@ -107,7 +110,7 @@ fn judge(is_file: bool, mode: u32, owner: u32, reader: u32) -> Result<(), Secret
 /// What is wrong with an existing directory the daemon keeps private files in, if anything: it
 /// must be a real directory (not a link that would send writes, `chown` and `chmod` elsewhere)
 /// owned by the daemon's user, and with `private`, closed to everyone else.
-pub fn foreign_directory(path: &Path, private: bool) -> Option<String> {
+pub(crate) fn foreign_directory(path: &Path, private: bool) -> Option<String> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(err) => return Some(format!("cannot be examined: {err}")),

@@ -62,8 +62,8 @@ impl fmt::Display for Duration {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     /// e.g. `policy.rules[1].limit`.
-    pub key: String,
-    pub message: String,
+    pub(crate) key: String,
+    pub(crate) message: String,
 }
 
 impl Problem {
@@ -105,7 +105,7 @@ pub(crate) fn longer_than_zero(
 }
 
 /// Adds "must be a share between 0 and 1" for each `(key, share)` outside it.
-pub fn share(problems: &mut Vec<Problem>, fields: &[(&str, f64)]) {
+pub(crate) fn share(problems: &mut Vec<Problem>, fields: &[(&str, f64)]) {
     for &(key, value) in fields {
         if !(0.0..=1.0).contains(&value) {
             problems.push(Problem::new(
@@ -120,7 +120,7 @@ pub fn share(problems: &mut Vec<Problem>, fields: &[(&str, f64)]) {
 /// scheme and host.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct WebhookUrl(pub String);
+pub(crate) struct WebhookUrl(pub(crate) String);
 
 impl WebhookUrl {
     /// `scheme://host[:port]`, safe to log.

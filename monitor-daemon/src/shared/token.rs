@@ -21,7 +21,7 @@ use super::secret_file::{SecretFileError, read_secret_file};
 
 /// Longest token accepted. REDCap's own are 32 (project) or 64 (super token) characters; anything
 /// much longer is not a token, and we never hold more than this of a secret-looking value.
-pub const MAX_TOKEN_BYTES: usize = 128;
+pub(crate) const MAX_TOKEN_BYTES: usize = 128;
 
 /// Bytes of key material in a site key file.
 const SITE_KEY_BYTES: usize = 32;
@@ -69,7 +69,7 @@ impl fmt::Debug for TokenFingerprint {
 /// its bytes are uniformly spread and no one without the site key can choose them (no hash
 /// flooding); a multiply-and-fold of them is the hash, and SipHash's per-lookup cost is saved.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FingerprintHash;
+pub(crate) struct FingerprintHash;
 
 impl std::hash::BuildHasher for FingerprintHash {
     type Hasher = FingerprintHasher;
@@ -80,7 +80,7 @@ impl std::hash::BuildHasher for FingerprintHash {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FingerprintHasher(u64);
+pub(crate) struct FingerprintHasher(u64);
 
 impl std::hash::Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
@@ -107,13 +107,13 @@ impl std::hash::Hasher for FingerprintHasher {
 }
 
 /// A map keyed by fingerprint with [`FingerprintHash`].
-pub type FingerprintMap<V> = std::collections::HashMap<TokenFingerprint, V, FingerprintHash>;
+pub(crate) type FingerprintMap<V> = std::collections::HashMap<TokenFingerprint, V, FingerprintHash>;
 
 /// A string that is not 16 hex digits was given where a fingerprint was expected.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a token fingerprint is 16 hex digits (as shown in reports), not {given:?}")]
 pub struct FingerprintParseError {
-    pub given: String,
+    pub(crate) given: String,
 }
 
 impl FromStr for TokenFingerprint {
@@ -152,7 +152,7 @@ impl MaskedToken {
     /// `ABC…EF` for tokens of 8 characters or more. Shorter ones would give most of themselves
     /// away, so they show `…` and the last 2 characters only when at least 4 remain hidden, else
     /// just `…`.
-    pub fn of(token: &RawToken) -> MaskedToken {
+    pub(crate) fn of(token: &RawToken) -> MaskedToken {
         let t = token.as_bytes();
         let n = t.len();
         let (head, tail) = if n >= 8 {
@@ -223,12 +223,12 @@ impl HookToken {
     }
 
     /// Whether a raw token is held.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         self.0.is_some()
     }
 
     /// Takes the raw token out, leaving this empty.
-    pub fn take(&mut self) -> Option<RawToken> {
+    pub(crate) fn take(&mut self) -> Option<RawToken> {
         self.0.take()
     }
 }

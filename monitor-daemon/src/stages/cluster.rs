@@ -19,7 +19,7 @@ use crate::stages::redcap::{ApiCall, ApiParams, TokenIdentity};
 
 /// At most this many peers are remembered (a misconfigured cluster inventing host names cannot
 /// grow the table); entries of further hosts are dropped and counted.
-pub const MAX_PEERS: usize = 256;
+pub(crate) const MAX_PEERS: usize = 256;
 
 /// A lost peer is forgotten (no longer shown) this long after it was last heard.
 const FORGET_LOST_PEER: Span = Span::from_secs(3600);
@@ -30,42 +30,42 @@ const FORGET_LOST_PEER: Span = Span::from_secs(3600);
 pub struct SharedCall {
     /// Request start and response end, nanoseconds since the epoch (the serving host's clock).
     #[serde(rename = "s")]
-    pub start: u64,
+    pub(crate) start: u64,
     #[serde(rename = "e")]
-    pub end: u64,
+    pub(crate) end: u64,
     /// The client (the refused-calls rule counts per address).
     #[serde(rename = "ip")]
-    pub client: IpAddr,
+    pub(crate) client: IpAddr,
     #[serde(rename = "pt", default)]
-    pub client_port: u16,
+    pub(crate) client_port: u16,
     /// The token's keyed fingerprint, or why the call had no usable token.
     #[serde(rename = "fp", default, skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<TokenFingerprint>,
+    pub(crate) fingerprint: Option<TokenFingerprint>,
     #[serde(rename = "tp", default, skip_serializing_if = "Option::is_none")]
-    pub token_problem: Option<TokenProblem>,
+    pub(crate) token_problem: Option<TokenProblem>,
     #[serde(rename = "st", default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     #[serde(rename = "rq", default)]
-    pub request_bytes: u64,
+    pub(crate) request_bytes: u64,
     #[serde(rename = "rs", default, skip_serializing_if = "Option::is_none")]
-    pub response_bytes: Option<u64>,
+    pub(crate) response_bytes: Option<u64>,
     #[serde(rename = "rw", default, skip_serializing_if = "Option::is_none")]
-    pub response_wire_bytes: Option<u64>,
+    pub(crate) response_wire_bytes: Option<u64>,
     /// The parameters that make a call heavy.
     #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
+    pub(crate) content: Option<String>,
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub(crate) action: Option<String>,
     #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
-    pub data_bytes: Option<u64>,
+    pub(crate) data_bytes: Option<u64>,
     #[serde(rename = "r", default)]
-    pub records: u32,
+    pub(crate) records: u32,
     #[serde(rename = "fl", default)]
-    pub filter_logic: bool,
+    pub(crate) filter_logic: bool,
     #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
-    pub return_metadata_only: Option<bool>,
+    pub(crate) return_metadata_only: Option<bool>,
     #[serde(rename = "ar", default, skip_serializing_if = "Option::is_none")]
-    pub all_records: Option<bool>,
+    pub(crate) all_records: Option<bool>,
 }
 
 /// Longest `content` or `action` value taken from a peer (REDCap's are short words).
@@ -73,7 +73,7 @@ const MAX_PARAM_CHARS: usize = 64;
 
 impl SharedCall {
     /// The shared form of a call this host served (its raw token, if held, stays behind).
-    pub fn of(call: &ApiCall) -> SharedCall {
+    pub(crate) fn of(call: &ApiCall) -> SharedCall {
         let (fingerprint, token_problem) = match &call.token {
             Ok(identity) => (Some(identity.fingerprint), None),
             Err(problem) => (None, Some(*problem)),
@@ -101,7 +101,7 @@ impl SharedCall {
 
     /// The call as the policy takes it. What the shared form leaves out is empty: the masked
     /// token is `…` (a peer's call is never shown or acted on here), the server unspecified.
-    pub fn into_call(self) -> ApiCall {
+    pub(crate) fn into_call(self) -> ApiCall {
         let token = match (self.fingerprint, self.token_problem) {
             (Some(fingerprint), _) => Ok(TokenIdentity {
                 fingerprint,
@@ -153,13 +153,13 @@ impl SharedCall {
 /// A batch without calls is a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
-    pub host: String,
+    pub(crate) host: String,
     /// Chosen at random when the daemon starts: a restarted host numbers its calls afresh.
-    pub instance: u64,
+    pub(crate) instance: u64,
     /// When the host published it, on its clock.
-    pub sent_at: Timestamp,
-    pub watermark: Timestamp,
-    pub calls: Vec<(u64, SharedCall)>,
+    pub(crate) sent_at: Timestamp,
+    pub(crate) watermark: Timestamp,
+    pub(crate) calls: Vec<(u64, SharedCall)>,
 }
 
 /// This host in the cluster, and how long a silent peer is waited for.
@@ -173,7 +173,7 @@ pub struct ClusterConfig {
 
 /// What happened to a peer, for alerts and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerEvent {
+pub(crate) enum PeerEvent {
     /// Not heard for `peer_timeout`: no longer waited for (alert `shared_peer_lost`).
     Lost { host: String },
     /// Heard again after it was lost, or for the first time.
@@ -182,16 +182,16 @@ pub enum PeerEvent {
 
 /// One peer as this host knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PeerView {
-    pub host: String,
-    pub instance: u64,
+pub(crate) struct PeerView {
+    pub(crate) host: String,
+    pub(crate) instance: u64,
     /// When it last published (its clock).
     #[serde(serialize_with = "crate::shared::model::as_secs")]
-    pub last_heard: Timestamp,
+    pub(crate) last_heard: Timestamp,
     #[serde(serialize_with = "crate::shared::model::as_secs")]
-    pub watermark: Timestamp,
-    pub calls_received: u64,
-    pub live: bool,
+    pub(crate) watermark: Timestamp,
+    pub(crate) calls_received: u64,
+    pub(crate) live: bool,
 }
 
 /// Counters of the merge.
@@ -201,14 +201,14 @@ pub struct ClusterStats {
     /// Peers' calls passed on to the policy.
     pub calls_received: u64,
     /// Calls seen before (a batch read twice, or published again after a lost reply): skipped.
-    pub calls_deduplicated: u64,
+    pub(crate) calls_deduplicated: u64,
     /// Times a peer went silent for longer than `peer_timeout`.
-    pub peers_lost: u64,
+    pub(crate) peers_lost: u64,
     /// Entries of hosts past [`MAX_PEERS`], dropped.
-    pub peers_over_limit: u64,
+    pub(crate) peers_over_limit: u64,
     /// Entries under this host's own name from another instance that is alive now: two hosts
     /// were given the same `shared.host`, and each takes the other's calls as a peer's.
-    pub host_name_conflicts: u64,
+    pub(crate) host_name_conflicts: u64,
 }
 
 struct Peer {
@@ -241,18 +241,6 @@ impl Cluster {
             events: VecDeque::new(),
             stats: ClusterStats::default(),
         }
-    }
-
-    pub fn host(&self) -> &str {
-        &self.config.host
-    }
-
-    pub fn instance(&self) -> u64 {
-        self.config.instance
-    }
-
-    pub fn reconfigure(&mut self, peer_timeout: Span) {
-        self.config.peer_timeout = peer_timeout;
     }
 
     /// Takes one batch read from the shared stream. This instance's own batches are skipped (its
@@ -312,7 +300,7 @@ impl Cluster {
     }
 
     /// The next thing that happened to a peer.
-    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<PeerEvent> {
         self.events.pop_front()
     }
 
@@ -327,7 +315,7 @@ impl Cluster {
     }
 
     /// When the next live peer will have been silent for `peer_timeout`.
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
         self.peers
             .values()
             .filter(|p| p.live)
@@ -352,7 +340,7 @@ impl Cluster {
     }
 
     /// The peers known, by name.
-    pub fn peers(&self) -> Vec<PeerView> {
+    pub(crate) fn peers(&self) -> Vec<PeerView> {
         self.peers
             .iter()
             .map(|(host, p)| PeerView {
@@ -402,7 +390,7 @@ impl Outbox {
     }
 
     /// Whether calls wait to be published.
-    pub fn has_calls(&self) -> bool {
+    pub(crate) fn has_calls(&self) -> bool {
         !self.calls.is_empty()
     }
 

@@ -14,15 +14,15 @@ use crate::shared::model::{Span, Timestamp};
 
 /// With TLS capture on, handshakes count as unread only when no OpenSSL read at all followed
 /// them for this long (their reads come after the handshake, often in the next sample).
-pub const HTTPS_READ_GRACE: Span = Span::from_secs(5);
+pub(crate) const HTTPS_READ_GRACE: Span = Span::from_secs(5);
 
 /// A blind spot stays reported this long after its counter last grew.
-pub const BLIND_HOLD: Span = Span::from_secs(10 * 60);
+pub(crate) const BLIND_HOLD: Span = Span::from_secs(10 * 60);
 
 /// Why some API calls may not be counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BlindReason {
+pub(crate) enum BlindReason {
     /// TLS handshakes on the watched ports while no OpenSSL uprobe read anything: HTTPS that
     /// nothing decrypts (TLS capture off, no libssl attached, or a TLS library that is not a
     /// dynamically linked OpenSSL).
@@ -52,7 +52,7 @@ pub enum BlindReason {
 }
 
 impl BlindReason {
-    pub const ALL: [BlindReason; 8] = [
+    pub(crate) const ALL: [BlindReason; 8] = [
         BlindReason::HttpsUnread,
         BlindReason::HttpsNotCaptured,
         BlindReason::NotHttp,
@@ -63,7 +63,7 @@ impl BlindReason {
         BlindReason::HttpsOtherUser,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BlindReason::HttpsUnread => "https_unread",
             BlindReason::HttpsNotCaptured => "https_not_captured",
@@ -77,7 +77,7 @@ impl BlindReason {
     }
 
     /// What it means and what to do, for the log, `status` and the alert.
-    pub fn advice(self) -> &'static str {
+    pub(crate) fn advice(self) -> &'static str {
         match self {
             BlindReason::HttpsUnread => {
                 "HTTPS connections reach the watched ports but no OpenSSL read was seen: their API \
@@ -129,7 +129,7 @@ impl BlindReason {
 
 /// How HTTPS is being read at the moment of a sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsCoverage {
+pub(crate) enum TlsCoverage {
     /// The configuration reads no HTTPS (libpcap, or TLS capture off).
     Off,
     /// TLS capture is on; this many libssl files have the uprobes.
@@ -138,37 +138,37 @@ pub enum TlsCoverage {
 
 /// Counters since the daemon started (they only grow), as the live edge read them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CoverageSample {
+pub(crate) struct CoverageSample {
     /// The kernel's count of TLS handshakes on the watched ports (0 without the TC probe).
-    pub tls_handshakes: u64,
+    pub(crate) tls_handshakes: u64,
     /// OpenSSL calls of the configured processes the uprobes looked at (tracked or filtered).
-    pub tls_reads: u64,
-    pub not_http: u64,
-    pub request_starts_lost: u64,
-    pub unreadable_api_requests: u64,
+    pub(crate) tls_reads: u64,
+    pub(crate) not_http: u64,
+    pub(crate) request_starts_lost: u64,
+    pub(crate) unreadable_api_requests: u64,
     /// HTTP/2 connections given up on (frame, HPACK or protocol errors, gaps).
-    pub http2_unreadable: u64,
+    pub(crate) http2_unreadable: u64,
     /// The kernel's count of OpenSSL reads by configured process names running as other users.
-    pub tls_other_user: u64,
+    pub(crate) tls_other_user: u64,
     /// The kernel's count of HTTP/2 requests on connections whose preface it never saw.
-    pub http2_started_unseen: u64,
+    pub(crate) http2_started_unseen: u64,
 }
 
 /// One blind spot in force.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BlindSpot {
-    pub reason: BlindReason,
+pub(crate) struct BlindSpot {
+    pub(crate) reason: BlindReason,
     /// How many times its counter grew by (handshakes, connections, requests) since it began.
-    pub count: u64,
+    pub(crate) count: u64,
     #[serde(serialize_with = "crate::shared::model::as_secs")]
-    pub since: Timestamp,
+    pub(crate) since: Timestamp,
     #[serde(serialize_with = "crate::shared::model::as_secs")]
-    pub last: Timestamp,
-    pub advice: &'static str,
+    pub(crate) last: Timestamp,
+    pub(crate) advice: &'static str,
 }
 
 /// The coverage judgement: blind spots in force and the ones not yet alerted.
-pub struct Coverage {
+pub(crate) struct Coverage {
     tls: TlsCoverage,
     https_port_watched: bool,
     last: Option<CoverageSample>,
@@ -182,7 +182,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// `https_port_watched`: a TLS port (443, 8443) is among the watched ports.
-    pub fn new(tls: TlsCoverage, https_port_watched: bool) -> Coverage {
+    pub(crate) fn new(tls: TlsCoverage, https_port_watched: bool) -> Coverage {
         Coverage {
             tls,
             https_port_watched,
@@ -195,12 +195,12 @@ impl Coverage {
     }
 
     /// The TLS side changed (libraries attached later, a reload).
-    pub fn set_tls(&mut self, tls: TlsCoverage) {
+    pub(crate) fn set_tls(&mut self, tls: TlsCoverage) {
         self.tls = tls;
     }
 
     /// Judges the counters read at `now`.
-    pub fn observe(&mut self, sample: CoverageSample, now: Timestamp) {
+    pub(crate) fn observe(&mut self, sample: CoverageSample, now: Timestamp) {
         let before = self.last.replace(sample).unwrap_or_default();
         let grew = |now: u64, then: u64| now.saturating_sub(then);
         let handshakes = grew(sample.tls_handshakes, before.tls_handshakes);
@@ -288,17 +288,17 @@ impl Coverage {
     }
 
     /// The blind spots in force, most serious first; empty when everything is seen.
-    pub fn blind_spots(&self) -> &[BlindSpot] {
+    pub(crate) fn blind_spots(&self) -> &[BlindSpot] {
         &self.spots
     }
 
     #[cfg(test)]
-    pub fn is_blind(&self) -> bool {
+    pub(crate) fn is_blind(&self) -> bool {
         !self.spots.is_empty()
     }
 
     /// A blind spot that began since the last call (one alert each).
-    pub fn poll_blind(&mut self) -> Option<BlindSpot> {
+    pub(crate) fn poll_blind(&mut self) -> Option<BlindSpot> {
         if self.newly_blind.is_empty() {
             return None;
         }

@@ -47,30 +47,30 @@ pub struct Frame<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct DecodeStats {
-    pub frames: u64,
-    pub tcp_segments: u64,
+    pub(crate) frames: u64,
+    pub(crate) tcp_segments: u64,
     /// Segments whose payload was cut short by the capture's snap length (also counted in
     /// `tcp_segments`: the captured part is delivered and reassembly sees the rest as a gap).
-    pub truncated_frames: u64,
+    pub(crate) truncated_frames: u64,
     /// Link types this decoder does not know.
-    pub unsupported_link: u64,
+    pub(crate) unsupported_link: u64,
     /// Frames that do not carry IPv4 or IPv6 (ARP, LLDP, ...).
-    pub non_ip: u64,
+    pub(crate) non_ip: u64,
     /// IP packets that do not carry TCP (UDP, ICMP, ...).
-    pub non_tcp: u64,
+    pub(crate) non_tcp: u64,
     /// IP fragments: not reassembled, as TCP endpoints avoid fragmentation.
-    pub ip_fragments: u64,
+    pub(crate) ip_fragments: u64,
     /// Frames too short to hold their link, IP or TCP header.
-    pub truncated_headers: u64,
+    pub(crate) truncated_headers: u64,
     /// Headers with impossible values (bad IP version, header length below the minimum, ...).
-    pub malformed: u64,
+    pub(crate) malformed: u64,
     /// TCP segments whose checksum is neither right nor the pseudo-header-only value that
     /// checksum offload leaves in locally sent packets: the receiver's kernel drops them, so
     /// they are forged or damaged and must not reach reassembly (a decoy with another token).
-    pub checksum_bad: u64,
+    pub(crate) checksum_bad: u64,
     /// Segments accepted on a pseudo-header-only checksum (sent by this host with checksum
     /// offload, or merged by GRO): not verified, counted so that an admin sees how many.
-    pub checksum_offloaded: u64,
+    pub(crate) checksum_offloaded: u64,
 }
 
 /// Why a frame yielded no segment.

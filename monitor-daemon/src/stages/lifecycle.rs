@@ -19,16 +19,16 @@ use crate::stages::usage::{Day, OwnerView, day_text_of, parse_day};
 /// `[lifecycle]`: when a token is stale and how often its use must be attested.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LifecycleConfig {
+pub(crate) struct LifecycleConfig {
     /// A token unused for longer than this is listed for revocation.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
     /// Each token's API use must be attested this often.
-    pub attestation_every: Duration,
+    pub(crate) attestation_every: Duration,
     /// An attestation is listed as due this long before it falls due.
-    pub attestation_warning: Duration,
+    pub(crate) attestation_warning: Duration,
     /// The attestation CSV the admin keeps (see the README); none: attestations are not
     /// reported.
-    pub attestations: Option<PathBuf>,
+    pub(crate) attestations: Option<PathBuf>,
 }
 
 impl Default for LifecycleConfig {
@@ -44,7 +44,7 @@ impl Default for LifecycleConfig {
 
 impl LifecycleConfig {
     /// What is wrong with `[lifecycle]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         longer_than_zero(
             &mut problems,
@@ -66,20 +66,20 @@ impl LifecycleConfig {
 
 /// A token the lifecycle report knows of: seen by the daemon, listed in the directory, or both.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KnownToken {
-    pub token_fp: TokenFingerprint,
-    pub token_masked: Option<MaskedToken>,
+pub(crate) struct KnownToken {
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: Option<MaskedToken>,
     /// When the daemon last saw it used (from the store).
-    pub daemon_last_seen: Option<Timestamp>,
+    pub(crate) daemon_last_seen: Option<Timestamp>,
     /// Who it belongs to, when the directory is connected and knows it.
-    pub owner: Option<OwnerView>,
+    pub(crate) owner: Option<OwnerView>,
     /// REDCap's own last API use of the token's user in its project (from the directory).
-    pub redcap_last_use: Option<Timestamp>,
+    pub(crate) redcap_last_use: Option<Timestamp>,
 }
 
 impl KnownToken {
     /// A token known by fingerprint alone.
-    pub fn new(token_fp: TokenFingerprint) -> KnownToken {
+    pub(crate) fn new(token_fp: TokenFingerprint) -> KnownToken {
         KnownToken {
             token_fp,
             token_masked: None,
@@ -93,7 +93,7 @@ impl KnownToken {
 /// Where a token's last use comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LastUseSource {
+pub(crate) enum LastUseSource {
     /// REDCap's own log (the directory's `last_api_use`).
     Redcap,
     /// The daemon's last sighting (the store).
@@ -104,7 +104,7 @@ pub enum LastUseSource {
 
 /// Whom an attestation covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AttestationKey {
+pub(crate) enum AttestationKey {
     /// A user's API use in one project (what REDCap's tokens are issued for).
     UserProject { username: String, project_id: u64 },
     /// A token by its fingerprint, as the daemon shows it.
@@ -113,14 +113,14 @@ pub enum AttestationKey {
 
 /// One row of the attestation CSV.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Attestation {
-    pub key: AttestationKey,
-    pub attested_on: Day,
+pub(crate) struct Attestation {
+    pub(crate) key: AttestationKey,
+    pub(crate) attested_on: Day,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AttestationStatus {
+pub(crate) enum AttestationStatus {
     /// Falls due within the warning.
     Due,
     /// Past its due day.
@@ -133,58 +133,58 @@ pub enum AttestationStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LifecycleReport {
     /// When the report was made (RFC 3339, UTC).
-    pub generated_at: String,
-    pub stale_after_days: u32,
-    pub attestation_every_days: u32,
-    pub attestation_warning_days: u32,
+    pub(crate) generated_at: String,
+    pub(crate) stale_after_days: u32,
+    pub(crate) attestation_every_days: u32,
+    pub(crate) attestation_warning_days: u32,
     /// Whether the token directory named the tokens (and gave REDCap's own last use).
-    pub directory_connected: bool,
+    pub(crate) directory_connected: bool,
     /// Whether attestations were read (`lifecycle.attestations` set).
-    pub attestations_checked: bool,
-    pub tokens_known: usize,
+    pub(crate) attestations_checked: bool,
+    pub(crate) tokens_known: usize,
     /// Tokens unused for longer than `stale_after`, longest idle first.
-    pub stale: Vec<StaleToken>,
+    pub(crate) stale: Vec<StaleToken>,
     /// Tokens whose attestation is missing, overdue or due, most urgent first.
-    pub attestations: Vec<AttestationDue>,
+    pub(crate) attestations: Vec<AttestationDue>,
 }
 
 /// A token unused for longer than `stale_after`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StaleToken {
-    pub token_fp: TokenFingerprint,
-    pub token_masked: Option<MaskedToken>,
-    pub owner: Option<OwnerView>,
+pub(crate) struct StaleToken {
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: Option<MaskedToken>,
+    pub(crate) owner: Option<OwnerView>,
     /// RFC 3339, UTC; `None` when no use was ever recorded.
-    pub last_use: Option<String>,
-    pub last_use_source: LastUseSource,
+    pub(crate) last_use: Option<String>,
+    pub(crate) last_use_source: LastUseSource,
     /// Whole days since the last use; `None` when no use was ever recorded.
-    pub idle_days: Option<u64>,
+    pub(crate) idle_days: Option<u64>,
 }
 
 /// A token whose attestation needs the admin's attention.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AttestationDue {
-    pub token_fp: TokenFingerprint,
-    pub token_masked: Option<MaskedToken>,
-    pub owner: Option<OwnerView>,
-    pub status: AttestationStatus,
+pub(crate) struct AttestationDue {
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: Option<MaskedToken>,
+    pub(crate) owner: Option<OwnerView>,
+    pub(crate) status: AttestationStatus,
     /// `2026-05-01`; `None` when missing.
-    pub last_attested: Option<String>,
-    pub due: Option<String>,
+    pub(crate) last_attested: Option<String>,
+    pub(crate) due: Option<String>,
     /// Days until due (negative: overdue by as many days); `None` when missing.
-    pub days_left: Option<i64>,
+    pub(crate) days_left: Option<i64>,
 }
 
 /// The settings the computation needs, from [`LifecycleConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LifecycleRules {
-    pub stale_after: Span,
-    pub attestation_every: Span,
-    pub attestation_warning: Span,
+pub(crate) struct LifecycleRules {
+    pub(crate) stale_after: Span,
+    pub(crate) attestation_every: Span,
+    pub(crate) attestation_warning: Span,
 }
 
 impl LifecycleRules {
-    pub fn from_config(config: &LifecycleConfig) -> LifecycleRules {
+    pub(crate) fn from_config(config: &LifecycleConfig) -> LifecycleRules {
         LifecycleRules {
             stale_after: config.stale_after.span(),
             attestation_every: config.attestation_every.span(),
@@ -195,7 +195,7 @@ impl LifecycleRules {
 
 /// The token's last use and where it comes from: REDCap's own record when the directory has
 /// one, the daemon's last sighting otherwise.
-pub fn last_use(token: &KnownToken) -> (Option<Timestamp>, LastUseSource) {
+pub(crate) fn last_use(token: &KnownToken) -> (Option<Timestamp>, LastUseSource) {
     match (token.redcap_last_use, token.daemon_last_seen) {
         (Some(at), _) => (Some(at), LastUseSource::Redcap),
         (None, Some(at)) => (Some(at), LastUseSource::Daemon),
@@ -204,7 +204,7 @@ pub fn last_use(token: &KnownToken) -> (Option<Timestamp>, LastUseSource) {
 }
 
 /// Judges every known token at `now`. `attestations` is `None` when none are kept.
-pub fn lifecycle_report(
+pub(crate) fn lifecycle_report(
     tokens: &[KnownToken],
     attestations: Option<&[Attestation]>,
     rules: LifecycleRules,
@@ -303,14 +303,14 @@ fn covers(key: &AttestationKey, token: &KnownToken) -> bool {
 /// The attestation CSV's columns: `attested_on` (`2026-05-01`), and on each row either
 /// `username` and `project_id` or `token_fp`; `note` is free text and ignored. Cells may not
 /// hold commas or quotes.
-pub const ATTESTATION_COLUMNS: &[&str] =
+pub(crate) const ATTESTATION_COLUMNS: &[&str] =
     &["username", "project_id", "token_fp", "attested_on", "note"];
 
 /// Most rows an attestation file may have (far above any institution's token count).
 const MAX_ATTESTATIONS: usize = 1_000_000;
 
 /// Parses the attestation CSV; the message names the line (1 = the header) and column at fault.
-pub fn parse_attestations(text: &str) -> Result<Vec<Attestation>, String> {
+pub(crate) fn parse_attestations(text: &str) -> Result<Vec<Attestation>, String> {
     let mut lines = text.lines().enumerate();
     let Some((_, header)) = lines.next() else {
         return Err(

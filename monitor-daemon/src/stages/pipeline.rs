@@ -15,7 +15,7 @@ use crate::stages::health::{HealthChange, HealthConfig, HealthStats, Responsiven
 use crate::stages::http::{
     HttpConfig, HttpExchange, HttpLimits, HttpStats, HttpTracker, Releasable,
 };
-use crate::stages::policy::enforce::{EnforcementConfig, EnforcementStats, Enforcer, HealthView};
+use crate::stages::policy::enforce::{EnforcementConfig, Enforcer, HealthView};
 use crate::stages::policy::{Hold, Policy, PolicyConfig, PolicyStats, Verdict};
 use crate::stages::reassembly::{Reassembler, ReassemblyConfig, ReassemblyLimits, ReassemblyStats};
 use crate::stages::redcap::{
@@ -32,18 +32,18 @@ const RELEASE_CHECK_INTERVAL: Span = Span::from_millis(100);
 /// that they need. The configuration file's assembly hands this out (`Config::pipeline`).
 #[derive(Clone, Copy, Debug)]
 pub struct PipelineConfig<'a> {
-    pub reassembly: &'a ReassemblyConfig,
-    pub http: &'a HttpConfig,
-    pub redcap: &'a RedcapConfig,
-    pub policy: &'a PolicyConfig,
-    pub health: &'a HealthConfig,
-    pub enforcement: &'a EnforcementConfig,
+    pub(crate) reassembly: &'a ReassemblyConfig,
+    pub(crate) http: &'a HttpConfig,
+    pub(crate) redcap: &'a RedcapConfig,
+    pub(crate) policy: &'a PolicyConfig,
+    pub(crate) health: &'a HealthConfig,
+    pub(crate) enforcement: &'a EnforcementConfig,
     /// The web server's ports (`capture.ports`): they orient connections whose start (the SYN)
     /// was not captured.
-    pub server_ports: &'a [u16],
+    pub(crate) server_ports: &'a [u16],
     /// Whether calls keep their raw token until a decision is acted on: only when a suspend
     /// hook asks for it (`hooks.suspend[].pass_raw_token`).
-    pub keep_raw: KeepRawToken,
+    pub(crate) keep_raw: KeepRawToken,
 }
 
 pub struct Pipeline {
@@ -100,13 +100,12 @@ const MAX_CAPTURE_REQUESTS: usize = 65_536;
 
 /// Every stage's counters, for reports and telemetry.
 pub struct PipelineStats<'a> {
-    pub decode: &'a DecodeStats,
+    pub(crate) decode: &'a DecodeStats,
     pub reassembly: &'a ReassemblyStats,
     pub http: &'a HttpStats,
-    pub redcap: &'a RedcapStats,
+    pub(crate) redcap: &'a RedcapStats,
     pub policy: &'a PolicyStats,
-    pub health: &'a HealthStats,
-    pub enforcement: &'a EnforcementStats,
+    pub(crate) health: &'a HealthStats,
 }
 
 impl PipelineStats<'_> {
@@ -263,7 +262,7 @@ impl Pipeline {
     /// Holding the watermark before undecided calls makes decisions causal across hosts: a
     /// peer judges a later call of the token only after this host's decision about the earlier
     /// one (a suspension) is on the stream. `None` when nothing is shared.
-    pub fn take_batch(&mut self) -> Option<Batch> {
+    pub(crate) fn take_batch(&mut self) -> Option<Batch> {
         let open = self.http.oldest_open_exchange();
         let undecided = self.policy.oldest_own_waiting();
         let clock = self.clock;
@@ -276,7 +275,7 @@ impl Pipeline {
     }
 
     /// Whether this host's calls wait to be published.
-    pub fn has_batch(&self) -> bool {
+    pub(crate) fn has_batch(&self) -> bool {
         self.sharing.as_ref().is_some_and(|s| s.outbox.has_calls())
     }
 
@@ -286,7 +285,7 @@ impl Pipeline {
     }
 
     /// The next thing that happened to a peer (lost, joined).
-    pub fn poll_peer_event(&mut self) -> Option<PeerEvent> {
+    pub(crate) fn poll_peer_event(&mut self) -> Option<PeerEvent> {
         self.sharing.as_mut()?.cluster.poll_event()
     }
 
@@ -297,7 +296,7 @@ impl Pipeline {
     /// suspensions, the health state and every connection in flight are kept. What the pipeline
     /// was built from otherwise (paths, ports, limits, the key) is not changed here: the
     /// configuration's assembly says which changes need a restart.
-    pub fn reconfigure(&mut self, config: PipelineConfig<'_>) {
+    pub(crate) fn reconfigure(&mut self, config: PipelineConfig<'_>) {
         self.policy.reconfigure(config.policy);
         self.health.reconfigure(config.health.clone());
         self.enforcer.reconfigure(config.enforcement.clone());
@@ -427,12 +426,11 @@ impl Pipeline {
             redcap: &self.redcap_stats,
             policy: self.policy.stats(),
             health: self.health.stats(),
-            enforcement: self.enforcer.stats(),
         }
     }
 
     /// The server's responsiveness as judged so far, and who loads it.
-    pub fn health(&self) -> &ResponsivenessDetector {
+    pub(crate) fn health(&self) -> &ResponsivenessDetector {
         &self.health
     }
 
@@ -443,18 +441,18 @@ impl Pipeline {
 
     /// The enforcement stage, for the edge that acts on what it does: suspensions restored after a
     /// restart, lifted or added by an admin.
-    pub fn enforcer_mut(&mut self) -> &mut Enforcer {
+    pub(crate) fn enforcer_mut(&mut self) -> &mut Enforcer {
         &mut self.enforcer
     }
 
     /// Takes note of one canary probe (see [`ResponsivenessDetector::observe_canary`]); `ts` is
     /// on the packets' clock.
-    pub fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
+    pub(crate) fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
         self.health.observe_canary(ts, latency);
     }
 
     /// Takes the changes of the server's state (degraded, recovered) since the last call.
-    pub fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
+    pub(crate) fn take_health_changes(&mut self) -> std::vec::Drain<'_, HealthChange> {
         self.health_changes.drain(..)
     }
 

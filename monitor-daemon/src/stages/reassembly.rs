@@ -52,56 +52,56 @@ impl Default for ReassemblyLimits {
 #[serde(default)]
 pub struct ReassemblyStats {
     /// Segments pushed.
-    pub segments: u64,
+    pub(crate) segments: u64,
     /// In-order payload bytes passed on as `Data`.
-    pub bytes_delivered: u64,
-    pub connections_opened: u64,
+    pub(crate) bytes_delivered: u64,
+    pub(crate) connections_opened: u64,
     /// Connections first seen without their SYN; their orientation is a guess.
-    pub midstream_pickups: u64,
+    pub(crate) midstream_pickups: u64,
     /// Data segments that arrived ahead of a hole and were buffered.
-    pub out_of_order_segments: u64,
+    pub(crate) out_of_order_segments: u64,
     /// Segments whose data had all been delivered already.
-    pub retransmitted_segments: u64,
+    pub(crate) retransmitted_segments: u64,
     /// Bytes that had been delivered already (whole and partial retransmissions).
-    pub retransmitted_bytes: u64,
+    pub(crate) retransmitted_bytes: u64,
     /// Bytes dropped because an earlier-seen buffered segment already covered them.
-    pub overlapping_bytes: u64,
-    pub gaps: u64,
-    pub gap_bytes: u64,
+    pub(crate) overlapping_bytes: u64,
+    pub(crate) gaps: u64,
+    pub(crate) gap_bytes: u64,
     /// Gaps declared because the receiver acknowledged bytes the capture never saw.
-    pub acked_gaps: u64,
+    pub(crate) acked_gaps: u64,
     /// Gaps declared because a direction's out-of-order buffer reached its limit.
-    pub buffer_overflows: u64,
+    pub(crate) buffer_overflows: u64,
     /// Buffers flushed (holes declared as gaps) to stay within the total memory limit.
     pub buffer_evictions: u64,
     /// Connections closed to stay within the connection limit.
     pub evicted_connections: u64,
-    pub idle_closed: u64,
-    pub fin_closed: u64,
+    pub(crate) idle_closed: u64,
+    pub(crate) fin_closed: u64,
     pub reset_closed: u64,
     /// Connections closed because a new SYN reused their 4-tuple (once the server answered it).
-    pub port_reuses: u64,
+    pub(crate) port_reuses: u64,
     /// SYNs on an open connection: it stays open, as the server's own stack keeps it (RFC
     /// 5961), until the server answers the SYN with a SYN-ACK (then counted in `port_reuses`).
-    pub syns_on_open: u64,
+    pub(crate) syns_on_open: u64,
     /// RSTs whose sequence number is outside the window of their sender: ignored, as the
     /// receiving stack ignores them (RFC 5961); forged or stale.
-    pub rst_out_of_window: u64,
+    pub(crate) rst_out_of_window: u64,
     /// Connections the server had not answered, closed to make room (their own limit, or the
     /// table's); answered connections are evicted only when no unanswered one is left.
-    pub unconfirmed_evicted: u64,
+    pub(crate) unconfirmed_evicted: u64,
     /// Segments of unknown connections that carry nothing to start one (pure ACK, RST, FIN).
-    pub untracked_segments: u64,
+    pub(crate) untracked_segments: u64,
     /// Connections released between two requests (nothing worth reading until the next one).
-    pub released_connections: u64,
+    pub(crate) released_connections: u64,
     /// Payload bytes of released connections dropped unread (the rest of a request that is not
     /// an API call, and its response).
-    pub released_bytes: u64,
+    pub(crate) released_bytes: u64,
     /// Released connections reopened by the client's next request.
-    pub resumed_connections: u64,
+    pub(crate) resumed_connections: u64,
     /// Of those, resumed on bytes the capture had copied before it heard of the release (the
     /// live edge then asks the kernel to copy the connection again).
-    pub resumed_early: u64,
+    pub(crate) resumed_early: u64,
 }
 
 /// Bookkeeping cost charged per buffered segment on top of its bytes, so that a flood of tiny
@@ -1197,11 +1197,11 @@ impl ConnectionTable {
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ReassemblyConfig {
-    pub max_connections: usize,
-    pub max_buffered_bytes_per_direction: usize,
-    pub max_buffered_bytes_total: usize,
-    pub idle_timeout: Duration,
+pub(crate) struct ReassemblyConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_buffered_bytes_per_direction: usize,
+    pub(crate) max_buffered_bytes_total: usize,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl Default for ReassemblyConfig {
@@ -1217,7 +1217,7 @@ impl Default for ReassemblyConfig {
 
 impl ReassemblyConfig {
     /// What is wrong with `[reassembly]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         at_least_one(
             &mut problems,

@@ -17,7 +17,7 @@ use crate::stages::policy::Verdict;
 const DAY_NANOS: u64 = 86_400 * 1_000_000_000;
 
 /// How many of the busiest tokens the concentration figure counts.
-pub const TOP_TOKENS: usize = 10;
+pub(crate) const TOP_TOKENS: usize = 10;
 
 /// A UTC calendar day: days since 1970-01-01.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,49 +25,50 @@ pub struct Day(pub u32);
 
 impl Day {
     /// The UTC day `at` falls in.
-    pub fn of(at: Timestamp) -> Day {
+    pub(crate) fn of(at: Timestamp) -> Day {
         Day(u32::try_from(at.0 / DAY_NANOS).unwrap_or(u32::MAX))
     }
 
     /// Midnight UTC at the start of the day.
-    pub fn start(self) -> Timestamp {
+    pub(crate) fn start(self) -> Timestamp {
         Timestamp(u64::from(self.0) * DAY_NANOS)
     }
 
     /// The day `n` days later (saturating).
-    pub fn plus(self, n: u32) -> Day {
+    #[cfg(test)]
+    pub(crate) fn plus(self, n: u32) -> Day {
         Day(self.0.saturating_add(n))
     }
 
     /// The day `n` days earlier (saturating at 1970-01-01).
-    pub fn minus(self, n: u32) -> Day {
+    pub(crate) fn minus(self, n: u32) -> Day {
         Day(self.0.saturating_sub(n))
     }
 
     /// Whole days in a span (rounded down).
-    pub fn count(span: Span) -> u32 {
+    pub(crate) fn count(span: Span) -> u32 {
         u32::try_from(span.0 / DAY_NANOS).unwrap_or(u32::MAX)
     }
 }
 
 /// What one token did in one day (or any longer stretch, once summed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub calls: u64,
-    pub heavy_calls: u64,
-    pub violations: u64,
+pub(crate) struct Usage {
+    pub(crate) calls: u64,
+    pub(crate) heavy_calls: u64,
+    pub(crate) violations: u64,
     /// Request body bytes.
-    pub request_bytes: u64,
+    pub(crate) request_bytes: u64,
     /// Response body bytes (decoded).
-    pub response_bytes: u64,
+    pub(crate) response_bytes: u64,
     /// Server time: the sum of the calls' times to first response byte (what the health stage
     /// measures), in nanoseconds.
-    pub server_time_ns: u64,
+    pub(crate) server_time_ns: u64,
 }
 
 impl Usage {
     /// One call's use: heavy or not, the violations it caused, its bytes and server time.
-    pub fn of_verdict(verdict: &Verdict) -> Usage {
+    pub(crate) fn of_verdict(verdict: &Verdict) -> Usage {
         let call = &verdict.call;
         Usage {
             calls: 1,
@@ -79,7 +80,7 @@ impl Usage {
         }
     }
 
-    pub fn add(&mut self, other: &Usage) {
+    pub(crate) fn add(&mut self, other: &Usage) {
         self.calls = self.calls.saturating_add(other.calls);
         self.heavy_calls = self.heavy_calls.saturating_add(other.heavy_calls);
         self.violations = self.violations.saturating_add(other.violations);
@@ -87,51 +88,47 @@ impl Usage {
         self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
         self.server_time_ns = self.server_time_ns.saturating_add(other.server_time_ns);
     }
-
-    pub fn is_empty(&self) -> bool {
-        *self == Usage::default()
-    }
 }
 
 /// One daily rollup as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DayRow {
-    pub day: Day,
-    pub token: TokenFingerprint,
-    pub usage: Usage,
+pub(crate) struct DayRow {
+    pub(crate) day: Day,
+    pub(crate) token: TokenFingerprint,
+    pub(crate) usage: Usage,
 }
 
 /// Who a token belongs to, as far as the reports need (from the token directory).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct OwnerView {
-    pub username: String,
+pub(crate) struct OwnerView {
+    pub(crate) username: String,
     /// `Jane Doe (jdoe)`, or the user name alone.
-    pub person: String,
+    pub(crate) person: String,
     /// Absent for a super token.
-    pub project_id: Option<u64>,
+    pub(crate) project_id: Option<u64>,
     /// `12 Heart study`, when the project is known.
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
 }
 
 /// A period of whole UTC days, both ends included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Period {
+pub(crate) struct Period {
     #[serde(serialize_with = "day_text")]
-    pub from: Day,
+    pub(crate) from: Day,
     #[serde(serialize_with = "day_text")]
-    pub to: Day,
+    pub(crate) to: Day,
 }
 
 impl Period {
     /// The `days` days that end with (and include) `last`.
-    pub fn ending(last: Day, days: u32) -> Period {
+    pub(crate) fn ending(last: Day, days: u32) -> Period {
         Period {
             from: last.minus(days.saturating_sub(1)),
             to: last,
         }
     }
 
-    pub fn contains(&self, day: Day) -> bool {
+    pub(crate) fn contains(&self, day: Day) -> bool {
         self.from <= day && day <= self.to
     }
 }
@@ -139,50 +136,50 @@ impl Period {
 /// The usage report: everything a renderer (text, CSV, JSON, HTML) needs, largest users first.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct UsageReport {
-    pub period: Period,
+    pub(crate) period: Period,
     /// All tokens together over the period.
-    pub totals: Usage,
+    pub(crate) totals: Usage,
     /// Tokens that made at least one call in the period.
-    pub active_tokens: usize,
+    pub(crate) active_tokens: usize,
     /// Share of all calls made by the [`TOP_TOKENS`] busiest tokens (0..=1); `None` without calls.
-    pub top10_share: Option<f64>,
+    pub(crate) top10_share: Option<f64>,
     /// By calls, largest first; ties by fingerprint.
-    pub tokens: Vec<TokenUsage>,
+    pub(crate) tokens: Vec<TokenUsage>,
     /// Per user and per project when the token directory named the tokens; empty otherwise.
-    pub users: Vec<GroupUsage>,
-    pub projects: Vec<GroupUsage>,
+    pub(crate) users: Vec<GroupUsage>,
+    pub(crate) projects: Vec<GroupUsage>,
 }
 
 /// One token's use over the period.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TokenUsage {
-    pub rank: usize,
-    pub token_fp: TokenFingerprint,
-    pub token_masked: Option<MaskedToken>,
-    pub owner: Option<OwnerView>,
+pub(crate) struct TokenUsage {
+    pub(crate) rank: usize,
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: Option<MaskedToken>,
+    pub(crate) owner: Option<OwnerView>,
     #[serde(flatten)]
-    pub usage: Usage,
+    pub(crate) usage: Usage,
     /// Share of all calls in the period (0..=1).
-    pub share_of_calls: f64,
+    pub(crate) share_of_calls: f64,
     /// Share of all server time in the period (0..=1).
-    pub share_of_server_time: f64,
+    pub(crate) share_of_server_time: f64,
 }
 
 /// A user's or a project's use over the period (all its tokens together).
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct GroupUsage {
+pub(crate) struct GroupUsage {
     /// The user name, or the project as `12 Heart study` (`super tokens` for those without one).
-    pub name: String,
-    pub tokens: usize,
+    pub(crate) name: String,
+    pub(crate) tokens: usize,
     #[serde(flatten)]
-    pub usage: Usage,
-    pub share_of_calls: f64,
-    pub share_of_server_time: f64,
+    pub(crate) usage: Usage,
+    pub(crate) share_of_calls: f64,
+    pub(crate) share_of_server_time: f64,
 }
 
 /// Sums the daily rows inside `period` per token (and per user and project when `owner` names
 /// the tokens) into the report. `masked` gives each token's masked form when known.
-pub fn usage_report(
+pub(crate) fn usage_report(
     rows: &[DayRow],
     period: Period,
     masked: impl Fn(&TokenFingerprint) -> Option<MaskedToken>,
@@ -266,7 +263,7 @@ pub fn usage_report(
 }
 
 /// `2026-05-01`.
-pub fn day_text_of(day: Day) -> String {
+pub(crate) fn day_text_of(day: Day) -> String {
     let (y, m, d) = civil_from_days(i64::from(day.0));
     format!("{y:04}-{m:02}-{d:02}")
 }

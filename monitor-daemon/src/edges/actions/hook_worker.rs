@@ -45,11 +45,11 @@ struct RunCounts {
 /// How many hooks ran, by event and result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct HookRuns {
-    pub suspend_ok: u64,
-    pub suspend_failed: u64,
-    pub lift_ok: u64,
-    pub lift_failed: u64,
+pub(crate) struct HookRuns {
+    pub(crate) suspend_ok: u64,
+    pub(crate) suspend_failed: u64,
+    pub(crate) lift_ok: u64,
+    pub(crate) lift_failed: u64,
 }
 
 impl RunCounts {

@@ -23,7 +23,7 @@
 mod audit_log;
 mod hook_worker;
 mod notification;
-pub mod publish;
+pub(crate) mod publish;
 mod requests;
 mod store_outbox;
 
@@ -54,11 +54,9 @@ use crate::stages::policy::enforce::{
 };
 use crate::stages::usage::Usage;
 
-pub use hook_worker::HookRuns;
-pub use requests::{
-    AdminRequest, Reply, ReplyTo, Request, RequestError, request_dir, submit_request,
-};
-pub use store_outbox::StoreOutbox;
+pub(crate) use hook_worker::HookRuns;
+pub(crate) use requests::{AdminRequest, Reply, ReplyTo, request_dir};
+pub use requests::{Request, RequestError, submit_request};
 
 use audit_log::AuditLog;
 use notification::{Notification, NotificationError};
@@ -72,41 +70,41 @@ const REQUESTS_PER_TICK: usize = 16;
 #[serde(default)]
 pub struct ActionStats {
     /// Audit records written.
-    pub audit_records: u64,
+    pub(crate) audit_records: u64,
     /// Suspensions recorded (decided by the daemon or by an admin).
     pub suspensions: u64,
     /// Of those, made by an admin.
-    pub manual_suspensions: u64,
+    pub(crate) manual_suspensions: u64,
     /// Suspensions ended (expired or lifted by an admin).
     pub lifts: u64,
     /// Of those, lifted by an admin.
-    pub manual_lifts: u64,
+    pub(crate) manual_lifts: u64,
     /// Suspensions decided in a dry run: recorded, not enforced.
-    pub dry_run_suspensions: u64,
+    pub(crate) dry_run_suspensions: u64,
     /// Hook runs handed to the hook thread.
-    pub hook_events: u64,
+    pub(crate) hook_events: u64,
     /// Hook runs dropped because the hook thread's queue was full (audited).
-    pub hook_events_dropped: u64,
+    pub(crate) hook_events_dropped: u64,
     /// Store writes that failed (logged; the daemon keeps running).
-    pub store_errors: u64,
+    pub(crate) store_errors: u64,
     /// Capture-loss alerts raised.
-    pub capture_loss_alerts: u64,
+    pub(crate) capture_loss_alerts: u64,
     /// Blind-spot alerts raised.
-    pub capture_blind_alerts: u64,
+    pub(crate) capture_blind_alerts: u64,
     /// Record-writer outages alerted (`records_write_failed`).
-    pub records_write_failed_alerts: u64,
+    pub(crate) records_write_failed_alerts: u64,
     /// Violations by suspended tokens: counted, audited as one record when the suspension ends.
-    pub violations_while_suspended: u64,
+    pub(crate) violations_while_suspended: u64,
     /// Calls whose token the server refused or never judged (no answer): not written to the
     /// token table, so that made-up tokens cannot grow it.
-    pub tokens_not_kept: u64,
+    pub(crate) tokens_not_kept: u64,
     /// Admin requests handled (admin API or request files).
-    pub requests: u64,
+    pub(crate) requests: u64,
 }
 
 /// A reload's new alert sinks, made by [`Actions::prepare_reload`] and put in place by
 /// [`Actions::reconfigure`].
-pub struct ActionsReload {
+pub(crate) struct ActionsReload {
     alerts: crate::edges::alerts::Alerts,
 }
 
@@ -156,20 +154,20 @@ pub struct Actions {
 
 /// A suspension this host began, or lifted by hand, that the other web hosts must apply.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SuspensionChange {
-    pub token: TokenFingerprint,
-    pub since: Timestamp,
-    pub until: Option<Timestamp>,
-    pub reason: String,
-    pub lifted: bool,
+pub(crate) struct SuspensionChange {
+    pub(crate) token: TokenFingerprint,
+    pub(crate) since: Timestamp,
+    pub(crate) until: Option<Timestamp>,
+    pub(crate) reason: String,
+    pub(crate) lifted: bool,
 }
 
 /// What the action edge is built from: the sections of the edges it drives.
 #[derive(Clone, Copy, Debug)]
 pub struct ActionsConfig<'a> {
-    pub store: &'a StoreConfig,
-    pub alerts: &'a AlertsConfig,
-    pub hooks: &'a HooksConfig,
+    pub(crate) store: &'a StoreConfig,
+    pub(crate) alerts: &'a AlertsConfig,
+    pub(crate) hooks: &'a HooksConfig,
 }
 
 impl Actions {
@@ -191,7 +189,7 @@ impl Actions {
 
     /// Like [`Actions::open`] on a store already open, without the delivery thread (tests
     /// deliver on their own terms; call [`Actions::start_delivery`] for it).
-    pub fn with_store(
+    pub(crate) fn with_store(
         store: Arc<Store>,
         config: ActionsConfig<'_>,
         host: String,
@@ -223,24 +221,24 @@ impl Actions {
     }
 
     /// Starts the thread that delivers queued alerts (also those left by an earlier run).
-    pub fn start_delivery(&mut self, config: ActionsConfig<'_>) -> Result<(), ActionsError> {
+    pub(crate) fn start_delivery(&mut self, config: ActionsConfig<'_>) -> Result<(), ActionsError> {
         Ok(self.notify.start_delivery(config.alerts)?)
     }
 
     /// Publishes the suspensions in force for REDCap's External Module from now on: written at
     /// the next tick, again whenever they change, its mtime refreshed every heartbeat.
-    pub fn publish_to(&mut self, publisher: publish::Publisher) {
+    pub(crate) fn publish_to(&mut self, publisher: publish::Publisher) {
         self.publisher = Some(publisher);
     }
 
     /// Names token owners from `directory` in alerts and audit records from now on.
-    pub fn use_directory(&mut self, directory: Directory) {
+    pub(crate) fn use_directory(&mut self, directory: Directory) {
         self.notify.use_directory(directory.clone());
         self.audit.use_directory(directory);
     }
 
     /// What the publisher did, when it runs.
-    pub fn publish_stats(&self) -> Option<&publish::PublishStats> {
+    pub(crate) fn publish_stats(&self) -> Option<&publish::PublishStats> {
         self.publisher.as_ref().map(publish::Publisher::stats)
     }
 
@@ -253,16 +251,16 @@ impl Actions {
         &self.stats
     }
 
-    pub fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
+    pub(crate) fn alert_stats(&self) -> &crate::edges::alerts::AlertStats {
         self.notify.alert_stats()
     }
 
-    pub fn delivery_stats(&self) -> Option<crate::edges::alerts::DeliveryStats> {
+    pub(crate) fn delivery_stats(&self) -> Option<crate::edges::alerts::DeliveryStats> {
         self.notify.delivery_stats()
     }
 
     /// Hooks run so far, by event and result.
-    pub fn hook_runs(&self) -> HookRuns {
+    pub(crate) fn hook_runs(&self) -> HookRuns {
         self.notify.hook_runs()
     }
 
@@ -298,7 +296,7 @@ impl Actions {
     /// Takes the call's raw token, if it was kept (see [`crate::stages::redcap::KeepRawToken`]): a
     /// suspension decided here hands it to the suspend hooks; otherwise it is dropped (and
     /// zeroed) here. The verdict holds none afterwards.
-    pub fn on_verdict(&mut self, verdict: &mut Verdict) {
+    pub(crate) fn on_verdict(&mut self, verdict: &mut Verdict) {
         let raw = verdict.call.raw_token.take();
         let verdict: &Verdict = verdict;
         let call = &verdict.call;
@@ -505,12 +503,12 @@ impl Actions {
 
     /// From now on, suspensions begun here and lifts by hand are kept for
     /// [`take_suspension_changes`](Self::take_suspension_changes) (`[shared]`).
-    pub fn share_suspensions(&mut self) {
+    pub(crate) fn share_suspensions(&mut self) {
         self.shared_changes.get_or_insert_with(Vec::new);
     }
 
     /// The suspensions begun and lifted here since the last call, for the other hosts.
-    pub fn take_suspension_changes(&mut self) -> Vec<SuspensionChange> {
+    pub(crate) fn take_suspension_changes(&mut self) -> Vec<SuspensionChange> {
         self.shared_changes
             .as_mut()
             .map(std::mem::take)
@@ -520,7 +518,7 @@ impl Actions {
     /// A suspension another web host began or lifted (`[shared]`): an input to the enforcer
     /// (it refuses the token's calls here too), the store (and so the External Module's list)
     /// and the audit log ("from host X"), without a second alert or hook: that host acted.
-    pub fn suspension_from_peer(
+    pub(crate) fn suspension_from_peer(
         &mut self,
         enforcer: &mut Enforcer,
         change: &SuspensionChange,
@@ -566,7 +564,7 @@ impl Actions {
     }
 
     /// Something about the state shared with the other web hosts that the admin team must hear.
-    pub fn observe_shared(
+    pub(crate) fn observe_shared(
         &mut self,
         kind: AlertKind,
         summary: String,
@@ -585,7 +583,7 @@ impl Actions {
     }
 
     /// A change of the server's state: alerted.
-    pub fn on_health_change(&mut self, change: &HealthChange, now: Timestamp) {
+    pub(crate) fn on_health_change(&mut self, change: &HealthChange, now: Timestamp) {
         let alert = match change {
             HealthChange::Degraded { since, evidence } => Alert::Degraded {
                 at: *since,
@@ -611,7 +609,7 @@ impl Actions {
     /// The capture's loss counters summed (kernel `ring_full`, `truncated_bytes`,
     /// `flow_insert_failed`, `flows_evicted`; libpcap drops): an alert when the sum grew since
     /// the last look. `detail` names the counters, for the alert's evidence.
-    pub fn observe_capture_loss(
+    pub(crate) fn observe_capture_loss(
         &mut self,
         lost_total: u64,
         detail: serde_json::Value,
@@ -663,7 +661,7 @@ impl Actions {
 
     /// A blind spot began (see [`crate::stages::coverage`]): the admin team hears of it, once per
     /// reason within the alert cooldown.
-    pub fn observe_blind_spot(
+    pub(crate) fn observe_blind_spot(
         &mut self,
         spot: &crate::stages::coverage::BlindSpot,
         now: Timestamp,
@@ -683,7 +681,7 @@ impl Actions {
     /// The live loop's tick, for whoever drives a [`Pipeline`] (after its own tick, which ends
     /// the suspensions that ran out): the pipeline's changes of health are alerted, then
     /// [`Actions::tick`] on its enforcer. `now` is on the pipeline's clock.
-    pub fn step(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+    pub(crate) fn step(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
         let changes: Vec<HealthChange> = pipeline.take_health_changes().collect();
         for change in &changes {
             self.on_health_change(change, now);
@@ -726,7 +724,7 @@ impl Actions {
     }
 
     /// Writes what is batched. Call before stopping; [`Actions::tick`] calls it too.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         match self.audit.flush() {
             Ok(written) => self.stats.audit_records += written as u64,
             Err(err) => self.store_error("writing audit records", &err),
@@ -736,14 +734,17 @@ impl Actions {
     /// The first half of a reload: makes what a new configuration needs that can fail (the alert
     /// sinks and their secrets), changing nothing. State is kept across a reload (suspensions,
     /// the outbox, escalation); the store's path cannot change while running.
-    pub fn prepare_reload(&self, config: ActionsConfig<'_>) -> Result<ActionsReload, ActionsError> {
+    pub(crate) fn prepare_reload(
+        &self,
+        config: ActionsConfig<'_>,
+    ) -> Result<ActionsReload, ActionsError> {
         let alerts = self.notify.prepare(config.alerts)?;
         Ok(ActionsReload { alerts })
     }
 
     /// Applies what [`Actions::prepare_reload`] made for `config`; cannot fail (a delivery thread
     /// that will not start is logged, and alerts wait in the store for the next start).
-    pub fn reconfigure(&mut self, prepared: ActionsReload, config: ActionsConfig<'_>) {
+    pub(crate) fn reconfigure(&mut self, prepared: ActionsReload, config: ActionsConfig<'_>) {
         if config.store.path != self.store_path {
             tracing::warn!(configured = %config.store.path.display(), in_use = %self.store_path.display(),
                 "store.path changed: it takes effect at the next start");
@@ -886,7 +887,7 @@ impl Actions {
 
     /// Hands in an admin request (the admin API's); it is carried out at the next
     /// [`Actions::handle_admin`] or tick, after those waiting.
-    pub fn submit(&mut self, request: AdminRequest) {
+    pub(crate) fn submit(&mut self, request: AdminRequest) {
         self.admin.push_back(request);
     }
 
@@ -899,7 +900,7 @@ impl Actions {
     }
 
     /// Carries out the queued admin requests, in order.
-    pub fn handle_admin(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
+    pub(crate) fn handle_admin(&mut self, enforcer: &mut Enforcer, now: Timestamp) {
         while let Some(AdminRequest { request, reply }) = self.admin.pop_front() {
             let answer = match request {
                 Ok(request) => self.execute(&request, enforcer, now),
@@ -958,7 +959,7 @@ impl Actions {
     }
 
     /// Where admin requests are picked up (`redcap-monitor suspend/lift` while running).
-    pub fn request_dir(&self) -> &Path {
+    pub(crate) fn request_dir(&self) -> &Path {
         self.requests.path()
     }
 }

@@ -23,28 +23,28 @@ use crate::shared::settings::{Duration, Problem};
 use crate::shared::token::SiteKey;
 
 /// The list's first line: the module refuses a file that does not start with it.
-pub const LIST_HEADER: &str = "# redcap-monitor suspended tokens, format 1";
+pub(crate) const LIST_HEADER: &str = "# redcap-monitor suspended tokens, format 1";
 /// The list's file name inside `[redcap_module] dir`.
-pub const LIST_FILE: &str = "suspended.txt";
+pub(crate) const LIST_FILE: &str = "suspended.txt";
 /// The key copy's file name inside `[redcap_module] dir`.
-pub const KEY_FILE: &str = "fingerprint.key";
+pub(crate) const KEY_FILE: &str = "fingerprint.key";
 /// Longest reason written (bytes): the 403 message must stay one readable sentence.
 const MAX_REASON_BYTES: usize = 400;
 
 /// `[redcap_module]`: where the External Module finds the suspensions.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RedcapModuleConfig {
+pub(crate) struct RedcapModuleConfig {
     /// Publish the list (and the key copy) for the module.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Directory of `suspended.txt` and `fingerprint.key`; mode 2750, `group`'s (0750 without one).
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// Group given read access (the web server's, whose PHP runs the module); empty: the
     /// daemon's own group.
-    pub group: String,
+    pub(crate) group: String,
     /// How often the list's mtime is refreshed while nothing changes (the module's
     /// `stale-after` must be longer).
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
 }
 
 impl Default for RedcapModuleConfig {
@@ -60,7 +60,7 @@ impl Default for RedcapModuleConfig {
 
 impl RedcapModuleConfig {
     /// Problems with the values, keyed `redcap_module.*`.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if !self.dir.is_absolute() {
             problems.push(Problem::new(
@@ -149,7 +149,7 @@ fn hand_directory_to(
 
 /// Why the list cannot be published.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error(
         "[redcap_module] group {group:?} does not exist on this host: set `redcap_module.group` to \
          the web server's group (www-data on Debian, apache on RHEL)"
@@ -184,18 +184,18 @@ fn advice(source: &io::Error) -> &'static str {
 /// What the publisher did, for `status` and the metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct PublishStats {
+pub(crate) struct PublishStats {
     /// Lists written (a change of the suspensions, or a rewrite after the file went missing).
-    pub writes: u64,
+    pub(crate) writes: u64,
     /// mtime refreshes.
-    pub heartbeats: u64,
+    pub(crate) heartbeats: u64,
     /// Writes or refreshes that failed (logged once per run of failures).
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// The list's text for the suspensions in force at `now`: a header, then one line per token,
 /// sorted by fingerprint: `<fingerprint> <until: epoch seconds, or - until lifted> <reason>`.
-pub fn render(suspensions: &[Suspension], now: Timestamp) -> String {
+pub(crate) fn render(suspensions: &[Suspension], now: Timestamp) -> String {
     let mut active: Vec<&Suspension> = suspensions.iter().filter(|s| s.is_active(now)).collect();
     active.sort_by_key(|s| s.token);
     active.dedup_by_key(|s| s.token);
@@ -240,7 +240,7 @@ fn one_line(reason: &str) -> String {
 /// Writes the list when the suspensions change, refreshes its mtime every heartbeat, and
 /// removes it with the key copy when the daemon stops (so that the module sees at once that no
 /// list is kept).
-pub struct Publisher {
+pub(crate) struct Publisher {
     dir: PathBuf,
     list: PathBuf,
     gid: Option<u32>,
@@ -255,7 +255,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Creates the directory and the key copy for `config`; `None` when publishing is off.
-    pub fn start(
+    pub(crate) fn start(
         config: &RedcapModuleConfig,
         key: &SiteKey,
     ) -> Result<Option<Publisher>, PublishError> {
@@ -299,7 +299,7 @@ impl Publisher {
 
     /// [`Publisher::start`] for `run`: what went wrong is logged (the daemon runs on without
     /// the list, and the module acts as it is configured to when the list is missing).
-    pub fn start_or_log(config: &RedcapModuleConfig, key: &SiteKey) -> Option<Publisher> {
+    pub(crate) fn start_or_log(config: &RedcapModuleConfig, key: &SiteKey) -> Option<Publisher> {
         match Publisher::start(config, key) {
             Ok(Some(publisher)) => {
                 tracing::info!(dir = %publisher.dir.display(), group = %config.group,
@@ -317,24 +317,19 @@ impl Publisher {
         }
     }
 
-    /// The directory the module must be pointed at.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn stats(&self) -> &PublishStats {
+    pub(crate) fn stats(&self) -> &PublishStats {
         &self.stats
     }
 
     /// The suspensions changed: the list is rewritten at the next [`Publisher::tick`].
-    pub fn mark_changed(&mut self) {
+    pub(crate) fn mark_changed(&mut self) {
         self.changed = true;
     }
 
     /// Writes the list if the suspensions changed (asking `suspensions` for those in force),
     /// else refreshes its mtime when a heartbeat is due. Failures are logged and retried on the
     /// next tick; they never stop the daemon.
-    pub fn tick<E: std::fmt::Display>(
+    pub(crate) fn tick<E: std::fmt::Display>(
         &mut self,
         now: Timestamp,
         suspensions: impl FnOnce() -> Result<Vec<Suspension>, E>,
@@ -393,7 +388,7 @@ impl Publisher {
     /// once, and no copy of the key outlives the run. The directory stays: the daemon may not
     /// be able to give a new one to the web server's group (the unit's `RuntimeDirectory=`
     /// goes with the service anyway).
-    pub fn withdraw(self) {
+    pub(crate) fn withdraw(self) {
         for path in [&self.list, &self.dir.join(KEY_FILE)] {
             if let Err(e) = fs::remove_file(path)
                 && e.kind() != io::ErrorKind::NotFound

@@ -50,7 +50,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn done(suspension: Option<&Suspension>) -> Reply {
+    pub(crate) fn done(suspension: Option<&Suspension>) -> Reply {
         Reply {
             ok: true,
             error: None,
@@ -58,7 +58,7 @@ impl Reply {
         }
     }
 
-    pub fn error(message: &str) -> Reply {
+    pub(crate) fn error(message: &str) -> Reply {
         Reply {
             ok: false,
             error: Some(message.to_owned()),
@@ -90,7 +90,7 @@ pub enum RequestError {
 }
 
 /// Where a daemon using the store at `store_path` picks up requests.
-pub fn request_dir(store_path: &Path) -> PathBuf {
+pub(crate) fn request_dir(store_path: &Path) -> PathBuf {
     let mut dir = store_path.as_os_str().to_owned();
     dir.push(".requests");
     PathBuf::from(dir)
@@ -148,10 +148,10 @@ pub(super) struct RequestDir {
 }
 
 /// Where to put the reply to one request file.
-pub struct Answer(PathBuf);
+pub(crate) struct Answer(PathBuf);
 
 /// Where the reply to an admin request goes.
-pub enum ReplyTo {
+pub(crate) enum ReplyTo {
     /// Next to the request file it came in (`redcap-monitor suspend/lift`).
     File(Answer),
     /// To whoever handed it in (the admin API's handler, over its channel).
@@ -160,10 +160,10 @@ pub enum ReplyTo {
 
 /// One admin request, from a request file or the admin API: they wait in one queue
 /// ([`super::Actions::submit`]) and are carried out in order by the same code.
-pub struct AdminRequest {
+pub(crate) struct AdminRequest {
     /// `Err`: a request file that could not be read (answered with the problem).
-    pub request: Result<Request, String>,
-    pub reply: ReplyTo,
+    pub(crate) request: Result<Request, String>,
+    pub(crate) reply: ReplyTo,
 }
 
 impl RequestDir {

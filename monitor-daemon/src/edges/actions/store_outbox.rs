@@ -10,12 +10,12 @@ use crate::edges::alerts::{Outbox, OutboxError, OutboxItem};
 use crate::edges::store::{self, Store, StoreError};
 use crate::shared::model::Timestamp;
 
-pub struct StoreOutbox {
+pub(crate) struct StoreOutbox {
     store: Arc<Store>,
 }
 
 impl StoreOutbox {
-    pub fn new(store: Arc<Store>) -> StoreOutbox {
+    pub(crate) fn new(store: Arc<Store>) -> StoreOutbox {
         StoreOutbox { store }
     }
 }

@@ -716,7 +716,7 @@ fn after_a_restart_suspensions_hold_and_the_next_one_escalates() {
     daemon.feed(&traffic.sorted());
     daemon.idle_until(at(250_000));
     assert!(daemon.decisions.is_empty(), "{:?}", daemon.decisions);
-    assert_eq!(daemon.pipeline.stats().enforcement.while_suspended, 7);
+    assert_eq!(daemon.pipeline.enforcer_mut().stats().while_suspended, 7);
 
     let mut traffic = Traffic::default();
     for i in 0..30 {

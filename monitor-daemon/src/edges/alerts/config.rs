@@ -10,27 +10,27 @@ use crate::shared::settings::{Duration, Problem, WebhookUrl};
 /// Alert webhooks to the admin team.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AlertsConfig {
+pub(crate) struct AlertsConfig {
     /// Repeated alerts for one token and rule within this time are counted, not sent; the next
     /// one sent says how many it stands for.
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
     /// An alert that could not be delivered for this long after it was queued is given up
     /// (recorded, reason `too_old`); until then it is retried, however many attempts it takes.
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
     /// Optional: also give an alert up after this many attempts (reason `out_of_attempts`).
     /// Unset by default: a sink that is down for hours still gets every alert when it is back.
-    pub max_attempts: Option<u32>,
+    pub(crate) max_attempts: Option<u32>,
     /// A sink whose attempts have all failed for this long is announced to the other sinks
     /// (`sink_failing`, once per outage; `sink_recovered` when it works again).
-    pub sink_failing_after: Duration,
+    pub(crate) sink_failing_after: Duration,
     /// Retry delays grow from `backoff_base` doubling up to `backoff_cap`, with full jitter.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_cap: Duration,
     /// Time allowed for one delivery attempt (connect, send, answer).
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Undelivered alerts held at most; past it new alerts are refused (counted).
-    pub max_queued: usize,
-    pub sinks: Vec<SinkConfig>,
+    pub(crate) max_queued: usize,
+    pub(crate) sinks: Vec<SinkConfig>,
 }
 
 impl Default for AlertsConfig {
@@ -52,31 +52,31 @@ impl Default for AlertsConfig {
 /// One webhook that receives alerts.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinkConfig {
+pub(crate) struct SinkConfig {
     /// Names the sink in logs and delivery records (the URL itself is a secret).
-    pub name: String,
-    pub kind: SinkKind,
-    pub url: WebhookUrl,
+    pub(crate) name: String,
+    pub(crate) kind: SinkKind,
+    pub(crate) url: WebhookUrl,
     /// `generic` only: a file holding the Standard Webhooks secret, `whsec_<base64>`.
     #[serde(default)]
-    pub secret_file: Option<PathBuf>,
+    pub(crate) secret_file: Option<PathBuf>,
     /// `jira` only: the project key issues are created in (e.g. `OPS`).
     #[serde(default)]
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
     /// `jira` only: the issue type's name (default `Task`).
     #[serde(default)]
-    pub issue_type: Option<String>,
+    pub(crate) issue_type: Option<String>,
     /// `jira` only: a file holding `email:api_token` (Cloud) or a personal access token.
     #[serde(default)]
-    pub credentials_file: Option<PathBuf>,
+    pub(crate) credentials_file: Option<PathBuf>,
     /// Which alerts go to this sink; all of them when absent.
     #[serde(default = "super::AlertKind::all")]
-    pub events: Vec<super::AlertKind>,
+    pub(crate) events: Vec<super::AlertKind>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SinkKind {
+pub(crate) enum SinkKind {
     /// Slack incoming webhook: Block Kit blocks with a `text` fallback.
     Slack,
     /// Microsoft Teams Workflows webhook: a message with an Adaptive Card.
@@ -89,7 +89,7 @@ pub enum SinkKind {
 
 impl AlertsConfig {
     /// What is wrong with `[alerts]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let positive = [
             (

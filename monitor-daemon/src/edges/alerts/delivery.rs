@@ -29,11 +29,11 @@ const MAX_RETRY_AFTER: Span = Span::from_secs(3600);
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RetryPolicy {
-    pub base: Span,
-    pub cap: Span,
-    pub max_age: Span,
-    pub max_attempts: Option<u32>,
-    pub request_timeout: Span,
+    pub(crate) base: Span,
+    pub(crate) cap: Span,
+    pub(crate) max_age: Span,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) request_timeout: Span,
 }
 
 impl RetryPolicy {
@@ -106,26 +106,26 @@ impl RetryPolicy {
 
 /// What the delivery thread needs to tell the other sinks that one is failing.
 pub(crate) struct Announce {
-    pub health: SinkHealth,
+    pub(crate) health: SinkHealth,
     /// This machine's name, as in every alert.
-    pub host: String,
+    pub(crate) host: String,
 }
 
 /// What happened to one attempt, for the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct DeliveryReport {
-    pub id: String,
-    pub sink: String,
+pub(crate) struct DeliveryReport {
+    pub(crate) id: String,
+    pub(crate) sink: String,
     /// 1 for the first attempt.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     #[serde(serialize_with = "crate::shared::model::as_secs")]
-    pub at: Timestamp,
-    pub result: DeliveryResult,
+    pub(crate) at: Timestamp,
+    pub(crate) result: DeliveryResult,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
-pub enum DeliveryResult {
+pub(crate) enum DeliveryResult {
     Delivered {
         status: u16,
     },
@@ -144,7 +144,7 @@ pub enum DeliveryResult {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum GiveUpReason {
+pub(crate) enum GiveUpReason {
     /// The sink answered with a status that retrying cannot change (e.g. 400, 403, 404).
     Rejected,
     /// Every attempt failed until the alert was `alerts.max_age` old.
@@ -157,22 +157,22 @@ pub enum GiveUpReason {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct DeliveryStats {
-    pub attempts: u64,
-    pub delivered: u64,
-    pub retries_scheduled: u64,
-    pub gave_up: u64,
+pub(crate) struct DeliveryStats {
+    pub(crate) attempts: u64,
+    pub(crate) delivered: u64,
+    pub(crate) retries_scheduled: u64,
+    pub(crate) gave_up: u64,
     /// Of `gave_up`: failed until they were `alerts.max_age` old.
-    pub gave_up_too_old: u64,
-    pub outbox_errors: u64,
+    pub(crate) gave_up_too_old: u64,
+    pub(crate) outbox_errors: u64,
     /// Sinks failing for `alerts.sink_failing_after` or longer (announced, not yet recovered).
-    pub failing_sinks: Vec<String>,
+    pub(crate) failing_sinks: Vec<String>,
     /// `sink_failing` and `sink_recovered` alerts queued for the other sinks.
-    pub sink_alerts: u64,
+    pub(crate) sink_alerts: u64,
 }
 
 /// Handle of the delivery thread; dropping it stops the thread (after the attempt in flight).
-pub struct DeliveryWorker {
+pub(crate) struct DeliveryWorker {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     wake: SyncSender<()>,
@@ -217,12 +217,12 @@ impl DeliveryWorker {
         self.wake.clone()
     }
 
-    pub fn stats(&self) -> DeliveryStats {
+    pub(crate) fn stats(&self) -> DeliveryStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Stops the thread and waits for it (at most one request timeout).
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.shut_down();
     }
 

@@ -21,8 +21,8 @@ const SUMMARY_MAX: usize = 250;
 
 /// What a JIRA sink creates: an issue of `issue_type` in `project`.
 pub(crate) struct JiraTarget {
-    pub project: String,
-    pub issue_type: String,
+    pub(crate) project: String,
+    pub(crate) issue_type: String,
     authorization: Zeroizing<String>,
 }
 
@@ -37,7 +37,7 @@ pub enum JiraCredentialsError {
 }
 
 impl JiraTarget {
-    pub fn read(
+    pub(crate) fn read(
         path: &Path,
         project: &str,
         issue_type: &str,
@@ -59,7 +59,7 @@ impl JiraTarget {
         })
     }
 
-    pub fn authorization(&self) -> &str {
+    pub(crate) fn authorization(&self) -> &str {
         &self.authorization
     }
 }

@@ -26,24 +26,24 @@ use std::sync::mpsc::SyncSender;
 
 pub(crate) use delivery::agent as http_agent;
 pub(crate) use delivery::wall_now;
-pub use delivery::{DeliveryReport, DeliveryStats, DeliveryWorker};
+pub(crate) use delivery::{DeliveryReport, DeliveryStats, DeliveryWorker};
 #[cfg(test)]
-pub use outbox::MemoryOutbox;
-pub use outbox::{Outbox, OutboxError, OutboxItem};
-pub use signing::{SecretError, WebhookSecret};
+pub(crate) use outbox::MemoryOutbox;
+pub(crate) use outbox::{Outbox, OutboxError, OutboxItem};
+pub(crate) use signing::{SecretError, WebhookSecret};
 
 use crate::edges::directory::Directory;
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::WebhookUrl;
 use crate::shared::token::{MaskedToken, TokenFingerprint};
 use crate::stages::policy::Violation;
-pub use config::{AlertsConfig, SinkKind};
+pub(crate) use config::{AlertsConfig, SinkKind};
 use cooldown::Coalescer;
 
 /// The kinds of alert, as named in `[[alerts.sinks]] events` and in payloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AlertKind {
+pub(crate) enum AlertKind {
     Violation,
     Degraded,
     Recovered,
@@ -68,7 +68,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub fn all() -> Vec<AlertKind> {
+    pub(crate) fn all() -> Vec<AlertKind> {
         vec![
             AlertKind::Violation,
             AlertKind::Degraded,
@@ -87,7 +87,7 @@ impl AlertKind {
         ]
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AlertKind::Violation => "violation",
             AlertKind::Degraded => "degraded",
@@ -106,7 +106,7 @@ impl AlertKind {
         }
     }
 
-    pub fn severity(self) -> &'static str {
+    pub(crate) fn severity(self) -> &'static str {
         match self {
             AlertKind::Degraded
             | AlertKind::Suspended
@@ -128,16 +128,16 @@ impl AlertKind {
 
 /// A token as alerts may name it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct TokenRef {
-    pub fingerprint: TokenFingerprint,
+pub(crate) struct TokenRef {
+    pub(crate) fingerprint: TokenFingerprint,
     /// Absent when the token was named by fingerprint alone (e.g. a manual suspension).
-    pub masked: Option<MaskedToken>,
+    pub(crate) masked: Option<MaskedToken>,
 }
 
 /// Something the admin team should hear about. `evidence` is the decision's own record (calls,
 /// windows, percentiles, shares); it goes to generic sinks whole and is never a raw token.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Alert {
+pub(crate) enum Alert {
     /// A token broke a rule (a warning: suspension is a separate decision).
     Violation {
         at: Timestamp,
@@ -241,7 +241,7 @@ pub enum Alert {
 
 impl Alert {
     /// A warning for one policy violation.
-    pub fn violation(
+    pub(crate) fn violation(
         violation: &Violation,
         masked: Option<MaskedToken>,
         evidence: serde_json::Value,
@@ -261,7 +261,7 @@ impl Alert {
     }
 
     /// A warning for a client address probing for tokens.
-    pub fn probing(violation: &crate::stages::policy::ClientViolation) -> Alert {
+    pub(crate) fn probing(violation: &crate::stages::policy::ClientViolation) -> Alert {
         Alert::Probing {
             at: violation.ts,
             client: violation.client,
@@ -272,7 +272,7 @@ impl Alert {
         }
     }
 
-    pub fn kind(&self) -> AlertKind {
+    pub(crate) fn kind(&self) -> AlertKind {
         match self {
             Alert::Violation { .. } => AlertKind::Violation,
             Alert::Degraded { .. } => AlertKind::Degraded,
@@ -289,7 +289,7 @@ impl Alert {
         }
     }
 
-    pub fn at(&self) -> Timestamp {
+    pub(crate) fn at(&self) -> Timestamp {
         match self {
             Alert::Violation { at, .. }
             | Alert::Degraded { at, .. }
@@ -306,7 +306,7 @@ impl Alert {
         }
     }
 
-    pub fn token(&self) -> Option<&TokenRef> {
+    pub(crate) fn token(&self) -> Option<&TokenRef> {
         match self {
             Alert::Violation { token, .. }
             | Alert::Suspended { token, .. }
@@ -315,7 +315,7 @@ impl Alert {
         }
     }
 
-    pub fn evidence(&self) -> &serde_json::Value {
+    pub(crate) fn evidence(&self) -> &serde_json::Value {
         match self {
             Alert::Violation { evidence, .. }
             | Alert::Degraded { evidence, .. }
@@ -349,36 +349,36 @@ impl Alert {
 
 /// How many alerts one sent alert stands for beyond itself (the cooldown's summary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Repeats {
+pub(crate) struct Repeats {
     /// Alerts for the same token and rule that were held back...
-    pub count: u32,
+    pub(crate) count: u32,
     /// ...since this time (the previous alert sent for them).
-    pub since: Timestamp,
+    pub(crate) since: Timestamp,
 }
 
 /// One alert as it leaves the coalescer.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outgoing {
-    pub alert: Alert,
-    pub repeats: Option<Repeats>,
+pub(crate) struct Outgoing {
+    pub(crate) alert: Alert,
+    pub(crate) repeats: Option<Repeats>,
 }
 
 /// A configured sink, ready to send to: its secret has been read and checked.
 pub(crate) struct Sink {
-    pub name: String,
-    pub kind: SinkKind,
-    pub url: WebhookUrl,
-    pub secret: Option<WebhookSecret>,
+    pub(crate) name: String,
+    pub(crate) kind: SinkKind,
+    pub(crate) url: WebhookUrl,
+    pub(crate) secret: Option<WebhookSecret>,
     /// A JIRA sink's project, issue type and credential.
-    pub jira: Option<jira::JiraTarget>,
-    pub events: Vec<AlertKind>,
+    pub(crate) jira: Option<jira::JiraTarget>,
+    pub(crate) events: Vec<AlertKind>,
 }
 
 /// The clock alerts are queued and retried by: the wall clock, or a test's.
 pub(crate) type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// The sinks, shared by the raising side and the delivery thread.
-pub(crate) struct Sinks(pub Vec<Sink>);
+pub(crate) struct Sinks(pub(crate) Vec<Sink>);
 
 impl Sinks {
     fn get(&self, name: &str) -> Option<&Sink> {
@@ -440,24 +440,24 @@ pub enum AlertsSetupError {
 /// Counters of the raising side.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct AlertStats {
-    pub raised: u64,
+pub(crate) struct AlertStats {
+    pub(crate) raised: u64,
     /// Held back by the cooldown (summarised in a later alert).
-    pub coalesced: u64,
+    pub(crate) coalesced: u64,
     /// Coalesced under one key per alert kind because the cooldown tracked as many keys as it
     /// may (100,000 tokens): a flood of distinct tokens.
-    pub coalesced_overflow: u64,
+    pub(crate) coalesced_overflow: u64,
     /// Bodies put in the outbox (one per alert and sink).
-    pub enqueued: u64,
+    pub(crate) enqueued: u64,
     /// Bodies the outbox refused because it was full.
-    pub refused_full: u64,
+    pub(crate) refused_full: u64,
     /// Bodies lost to an outbox (store) failure.
-    pub store_errors: u64,
+    pub(crate) store_errors: u64,
 }
 
 /// What the decision engine calls: coalesces, renders per sink and enqueues. Never does network
 /// I/O; its one blocking step is the outbox's own write.
-pub struct Alerts {
+pub(crate) struct Alerts {
     sinks: Arc<Sinks>,
     outbox: Arc<dyn Outbox>,
     coalescer: Coalescer,
@@ -471,7 +471,7 @@ pub struct Alerts {
 
 impl Alerts {
     /// Reads the sinks' secrets; `host` names this machine in every alert.
-    pub fn new(
+    pub(crate) fn new(
         config: &AlertsConfig,
         outbox: Arc<dyn Outbox>,
         host: String,
@@ -526,7 +526,7 @@ impl Alerts {
     }
 
     /// Starts the thread that delivers what [`Alerts::raise`] enqueues.
-    pub fn start_delivery(
+    pub(crate) fn start_delivery(
         &mut self,
         config: &AlertsConfig,
         on_report: Box<dyn FnMut(&DeliveryReport) + Send>,
@@ -560,7 +560,7 @@ impl Alerts {
 
     /// Sends `alert` to every sink that wants its kind, unless the cooldown holds it back.
     /// `now` is the caller's clock (capture time in replays).
-    pub fn raise(&mut self, alert: Alert, now: Timestamp) {
+    pub(crate) fn raise(&mut self, alert: Alert, now: Timestamp) {
         self.stats.raised += 1;
         match self.coalescer.admit(alert, now) {
             Some(outgoing) => self.enqueue(&outgoing),
@@ -571,18 +571,18 @@ impl Alerts {
 
     /// Sends the summaries of repeats whose cooldown has run out with no newer alert to carry
     /// them. Call now and then (e.g. once a second).
-    pub fn tick(&mut self, now: Timestamp) {
+    pub(crate) fn tick(&mut self, now: Timestamp) {
         for outgoing in self.coalescer.expire(now) {
             self.enqueue(&outgoing);
         }
     }
 
-    pub fn stats(&self) -> &AlertStats {
+    pub(crate) fn stats(&self) -> &AlertStats {
         &self.stats
     }
 
     /// Names token owners from `directory` in the alerts raised from now on.
-    pub fn use_directory(&mut self, directory: Directory) {
+    pub(crate) fn use_directory(&mut self, directory: Directory) {
         self.directory = directory;
     }
 
@@ -622,7 +622,7 @@ impl Alerts {
 }
 
 /// This machine's name for alerts, or `unknown` if the system will not say.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

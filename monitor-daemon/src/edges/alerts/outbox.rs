@@ -12,7 +12,7 @@ use crate::shared::model::Timestamp;
 
 /// One body for one sink.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxItem {
+pub(crate) struct OutboxItem {
     /// The `webhook-id`: unique per item, the same on every attempt.
     pub id: String,
     /// The sink's configured name.
@@ -27,7 +27,7 @@ pub struct OutboxItem {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
+pub(crate) enum OutboxError {
     #[error(
         "the alert outbox holds {limit} undelivered alerts, its limit; check that the sinks \
          are reachable"
@@ -42,7 +42,7 @@ pub enum OutboxError {
 
 /// Storage for undelivered alerts. Implementations are shared between threads, bounded (they
 /// refuse with [`OutboxError::Full`]) and, for the durable store, keep items across restarts.
-pub trait Outbox: Send + Sync {
+pub(crate) trait Outbox: Send + Sync {
     fn enqueue(&self, item: OutboxItem) -> Result<(), OutboxError>;
     /// Up to `limit` items whose `next_attempt` is at or before `now`, oldest due first.
     fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxItem>, OutboxError>;
@@ -64,25 +64,25 @@ pub trait Outbox: Send + Sync {
 
 /// A bounded outbox in memory: lost on restart.
 #[cfg(test)]
-pub struct MemoryOutbox {
+pub(crate) struct MemoryOutbox {
     limit: usize,
     items: Mutex<BTreeMap<String, OutboxItem>>,
 }
 
 #[cfg(test)]
 impl MemoryOutbox {
-    pub fn new(limit: usize) -> MemoryOutbox {
+    pub(crate) fn new(limit: usize) -> MemoryOutbox {
         MemoryOutbox {
             limit,
             items: Mutex::new(BTreeMap::new()),
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use crate::shared::secret_file::{SecretFileError, read_secret_text};
 
 /// The key of a generic sink.
-pub struct WebhookSecret {
+pub(crate) struct WebhookSecret {
     key: Zeroizing<Vec<u8>>,
 }
 
@@ -33,13 +33,13 @@ pub enum SecretError {
 }
 
 impl WebhookSecret {
-    pub fn read(path: &Path) -> Result<WebhookSecret, SecretError> {
+    pub(crate) fn read(path: &Path) -> Result<WebhookSecret, SecretError> {
         let text = read_secret_text(path, 4096)?;
         WebhookSecret::parse(text.trim())
     }
 
     /// `whsec_<base64>`.
-    pub fn parse(text: &str) -> Result<WebhookSecret, SecretError> {
+    pub(crate) fn parse(text: &str) -> Result<WebhookSecret, SecretError> {
         let encoded = text.strip_prefix("whsec_").ok_or(SecretError::Format)?;
         let key = Zeroizing::new(STANDARD.decode(encoded).map_err(|_| SecretError::Format)?);
         // Standard Webhooks secrets are 24 to 64 bytes.
@@ -50,7 +50,7 @@ impl WebhookSecret {
     }
 
     /// The `webhook-signature` header value for one attempt.
-    pub fn sign(&self, id: &str, timestamp: u64, body: &str) -> String {
+    pub(crate) fn sign(&self, id: &str, timestamp: u64, body: &str) -> String {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .expect("HMAC accepts keys of any length");
         mac.update(id.as_bytes());

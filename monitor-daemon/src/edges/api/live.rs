@@ -26,9 +26,9 @@ use crate::stages::policy::{PolicyConfig, Verdict};
 use crate::stages::usage::{Day, Period, usage_report};
 
 /// Calls remembered for the per-token view (bytes, masked form).
-pub const MAX_ACTIVITY: usize = 100_000;
+pub(crate) const MAX_ACTIVITY: usize = 100_000;
 /// Violations the admin API lists.
-pub const MAX_RECENT_VIOLATIONS: usize = 200;
+pub(crate) const MAX_RECENT_VIOLATIONS: usize = 200;
 /// Tokens `GET /api/v1/top` lists.
 const TOP_LISTED: usize = 50;
 /// How often the long-term gauges are computed again from the store (a read of the tokens and
@@ -43,7 +43,7 @@ struct Activity {
     response_bytes: u64,
 }
 
-pub struct LiveTelemetry {
+pub(crate) struct LiveTelemetry {
     metrics: Metrics,
     shared: Arc<Shared>,
     top: TopTokens,
@@ -60,7 +60,7 @@ pub struct LiveTelemetry {
 }
 
 impl LiveTelemetry {
-    pub fn new(shared: Arc<Shared>, top_tokens: usize, window: Span) -> LiveTelemetry {
+    pub(crate) fn new(shared: Arc<Shared>, top_tokens: usize, window: Span) -> LiveTelemetry {
         LiveTelemetry {
             metrics: shared.metrics.clone(),
             shared,
@@ -77,7 +77,7 @@ impl LiveTelemetry {
     }
 
     /// The `[lifecycle]` section the long-term gauges judge by (at start and on reload).
-    pub fn use_lifecycle(&mut self, config: &LifecycleConfig) {
+    pub(crate) fn use_lifecycle(&mut self, config: &LifecycleConfig) {
         self.lifecycle = config.clone();
         self.next_long_term = Timestamp::default();
     }
@@ -86,7 +86,7 @@ impl LiveTelemetry {
     /// attestations due, overdue and missing, and the top 10 tokens' share of the last 30 days'
     /// calls, into gauges without token labels. A store that cannot be read is logged and the
     /// gauges keep their last values.
-    pub fn refresh_long_term(&mut self, store: &Store, now: Timestamp) {
+    pub(crate) fn refresh_long_term(&mut self, store: &Store, now: Timestamp) {
         if now < self.next_long_term {
             return;
         }
@@ -165,28 +165,24 @@ impl LiveTelemetry {
     }
 
     /// Names token owners from `directory` in the admin views, and shows its state in status.
-    pub fn use_directory(&mut self, directory: Directory) {
+    pub(crate) fn use_directory(&mut self, directory: Directory) {
         self.directory = directory;
     }
 
-    pub fn directory(&self) -> &Directory {
+    pub(crate) fn directory(&self) -> &Directory {
         &self.directory
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// A reload: new rules get their series, the per-token view follows the health window.
     /// (`api.top_tokens` and the listener apply at the next start.)
-    pub fn reconfigure(&mut self, policy: &PolicyConfig, health: &HealthConfig) {
+    pub(crate) fn reconfigure(&mut self, policy: &PolicyConfig, health: &HealthConfig) {
         self.metrics
             .declare_rules(policy.rules.iter().map(|r| r.name.as_str()));
         self.window = health.window.span();
     }
 
     /// Sees one released verdict (cheap: atomics, and a bounded queue).
-    pub fn observe(&mut self, verdict: &Verdict) {
+    pub(crate) fn observe(&mut self, verdict: &Verdict) {
         self.metrics.observe(verdict);
         let call = &verdict.call;
         if let Ok(identity) = &call.token {
@@ -222,7 +218,7 @@ impl LiveTelemetry {
     /// Refreshes the metrics from the counters and publishes a new admin view. `status` is the
     /// stats file's counters; `loads` the tokens' shares of server time, largest first;
     /// `suspensions` those in force.
-    pub fn refresh(
+    pub(crate) fn refresh(
         &mut self,
         now: Timestamp,
         status: Snapshot,

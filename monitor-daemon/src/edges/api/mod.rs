@@ -38,15 +38,15 @@ pub struct ApiConfig {
     /// Start the listener with `run`.
     pub enabled: bool,
     /// Address and port (`127.0.0.1:9864`); port 0 picks a free one (logged at start).
-    pub listen: String,
+    pub(crate) listen: String,
     /// File holding the admin API's bearer token (not world-readable); absent: admin API off.
     pub token_file: Option<PathBuf>,
     /// Per-token gauges for the top tokens by load, keyed by fingerprint (0: none, at most 20).
-    pub top_tokens: usize,
+    pub(crate) top_tokens: usize,
     /// Connections served at once; more are refused with 503.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Time a client has to send its whole request.
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -64,7 +64,7 @@ impl Default for ApiConfig {
 
 impl ApiConfig {
     /// What is wrong with `[api]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
             problems.push(Problem::new(
@@ -131,11 +131,11 @@ pub enum ApiError {
 /// The admin bearer token, kept only as its SHA-256 so that comparing takes the same time
 /// whatever the guess.
 #[derive(Clone)]
-pub struct Bearer([u8; 32]);
+pub(crate) struct Bearer([u8; 32]);
 
 impl Bearer {
     /// Reads the token file; refuses a file that every user can read.
-    pub fn load(path: &Path) -> Result<Bearer, ApiError> {
+    pub(crate) fn load(path: &Path) -> Result<Bearer, ApiError> {
         let text = read_secret_text(path, 4096).map_err(|source| ApiError::TokenFile {
             path: path.to_owned(),
             source,
@@ -150,12 +150,12 @@ impl Bearer {
         Ok(Bearer::of(token))
     }
 
-    pub fn of(token: &str) -> Bearer {
+    pub(crate) fn of(token: &str) -> Bearer {
         Bearer(Sha256::digest(token.as_bytes()).into())
     }
 
     /// Whether an `Authorization` header value carries this token, in constant time.
-    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+    pub(crate) fn admits(&self, authorization: Option<&[u8]>) -> bool {
         let Some(value) = authorization else {
             return false;
         };
@@ -171,16 +171,16 @@ impl Bearer {
 
 /// What the admin endpoints answer, replaced whole by the live loop once per refresh.
 #[derive(Clone, Debug, Default)]
-pub struct AdminView {
+pub(crate) struct AdminView {
     /// The same counters as the stats file (`redcap-monitor status` reads either).
-    pub status: crate::edges::telemetry::Snapshot,
-    pub top: serde_json::Value,
-    pub suspensions: serde_json::Value,
-    pub violations: serde_json::Value,
+    pub(crate) status: crate::edges::telemetry::Snapshot,
+    pub(crate) top: serde_json::Value,
+    pub(crate) suspensions: serde_json::Value,
+    pub(crate) violations: serde_json::Value,
 }
 
 /// A change an admin asks for, carried out by the live loop.
-pub enum AdminCommand {
+pub(crate) enum AdminCommand {
     Suspend {
         token: TokenFingerprint,
         /// `None`: until lifted.
@@ -196,13 +196,13 @@ pub enum AdminCommand {
 }
 
 /// What the API thread shares with the live loop.
-pub struct Shared {
-    pub metrics: Metrics,
+pub(crate) struct Shared {
+    pub(crate) metrics: Metrics,
     view: Mutex<Arc<AdminView>>,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics) -> Arc<Shared> {
+    pub(crate) fn new(metrics: Metrics) -> Arc<Shared> {
         Arc::new(Shared {
             metrics,
             view: Mutex::new(Arc::new(AdminView::default())),
@@ -210,7 +210,7 @@ impl Shared {
     }
 
     /// Replaces the admin view (the lock is held only for the swap).
-    pub fn publish(&self, view: AdminView) {
+    pub(crate) fn publish(&self, view: AdminView) {
         let view = Arc::new(view);
         match self.view.lock() {
             Ok(mut slot) => *slot = view,
@@ -227,7 +227,7 @@ impl Shared {
 }
 
 /// The running listener; dropping it stops the thread.
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -235,7 +235,7 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds now (so that a taken port is an error at start-up) and serves on a new thread.
-    pub fn start(
+    pub(crate) fn start(
         config: &ApiConfig,
         shared: Arc<Shared>,
         bearer: Option<Bearer>,
@@ -268,7 +268,7 @@ impl ApiServer {
     }
 
     /// Where it listens (the chosen port when the configuration said 0).
-    pub fn address(&self) -> SocketAddr {
+    pub(crate) fn address(&self) -> SocketAddr {
         self.address
     }
 }

@@ -13,46 +13,46 @@ use crate::shared::settings::{Duration, Problem, longer_than_zero};
 /// Where packets come from when the daemon runs live, and which of them matter.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CaptureConfig {
+pub(crate) struct CaptureConfig {
     /// How `run` captures: the eBPF probe, libpcap, or the probe with libpcap as fallback.
-    pub mode: CaptureMode,
+    pub(crate) mode: CaptureMode,
     /// Interfaces `run` watches (required for `run`; `analyze` ignores them).
-    pub interfaces: Vec<String>,
+    pub(crate) interfaces: Vec<String>,
     /// Ports the web server listens on: the kernel and libpcap filters watch these, and they
     /// orient connections whose start (the SYN) was not captured. `server_ports` is the old name.
     #[serde(alias = "server_ports")]
-    pub ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// Size of the eBPF ring buffer between kernel and daemon: a power of two of at least 4096.
-    pub ring_bytes: u32,
+    pub(crate) ring_bytes: u32,
     /// How the eBPF probe hooks into each interface: TCX links, clsact + netlink, or auto.
-    pub tc_attach: AttachMethod,
+    pub(crate) tc_attach: AttachMethod,
     /// Most ring records (or libpcap frames) one drain feeds before the loop does its periodic
     /// work (ticks, commits, the watchdog): under sustained load the ring is read in slices.
-    pub max_drain_records: usize,
+    pub(crate) max_drain_records: usize,
     /// Most time one drain may take, for the same reason.
-    pub max_drain_time: Duration,
+    pub(crate) max_drain_time: Duration,
     /// HTTPS at the web server's OpenSSL (uprobes), alone (`mode = "tls"`) or beside the probe.
-    pub tls: TlsCaptureConfig,
+    pub(crate) tls: TlsCaptureConfig,
 }
 
 /// `[capture.tls]`: which processes' OpenSSL the uprobes watch.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TlsCaptureConfig {
+pub(crate) struct TlsCaptureConfig {
     /// Capture HTTPS too, beside the TC probe: `"auto"` whenever a libssl is found and the
     /// uprobes can be attached, `true` always (or fail), `false` never. `mode = "tls"` implies it.
-    pub enabled: TlsSwitch,
+    pub(crate) enabled: TlsSwitch,
     /// Names of the web server processes (a name matches a process whose name starts with it;
     /// 1 to 15 bytes, at most 8): their libssl is found and only their calls are looked at.
-    pub processes: Vec<String>,
+    pub(crate) processes: Vec<String>,
     /// Users (names or numeric ids) those processes run as: a process with a configured name
     /// running as anyone else is not read, since any local user can name a process `nginx`.
     /// Names that do not exist on this host are skipped.
-    pub users: Vec<String>,
+    pub(crate) users: Vec<String>,
     /// libssl files to attach to at start, whether or not a configured process maps them yet.
-    pub libraries: Vec<PathBuf>,
+    pub(crate) libraries: Vec<PathBuf>,
     /// How often `/proc` is scanned for configured processes that use a libssl not covered yet.
-    pub rescan_interval: Duration,
+    pub(crate) rescan_interval: Duration,
 }
 
 impl Default for TlsCaptureConfig {
@@ -76,7 +76,7 @@ impl Default for TlsCaptureConfig {
 /// `capture.tls.enabled`: `"auto"`, `true` or `false` (the booleans of older files keep their
 /// meaning).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TlsSwitch {
+pub(crate) enum TlsSwitch {
     /// HTTPS too when a libssl is found and the uprobes attach; otherwise HTTP alone, said in
     /// the log (and, in mode `"auto"`, libpcap stays the fallback for HTTP).
     #[default]
@@ -111,7 +111,7 @@ impl<'de> Deserialize<'de> for TlsSwitch {
 
 /// Whether and how `run` captures HTTPS through the OpenSSL uprobes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsCapturePlan {
+pub(crate) enum TlsCapturePlan {
     /// Not at all (switched off, or mode `"pcap"` with `"auto"`).
     Off,
     /// If it can: a missing libssl or uprobe is logged, and HTTP is captured anyway.
@@ -122,16 +122,16 @@ pub enum TlsCapturePlan {
 
 /// Ports on which clients are expected to speak HTTPS: watched without TLS capture, what they
 /// carry is not seen.
-pub const TLS_PORTS: [u16; 2] = [443, 8443];
+pub(crate) const TLS_PORTS: [u16; 2] = [443, 8443];
 
 impl CaptureConfig {
     /// The first watched port that carries HTTPS by convention ([`TLS_PORTS`]).
-    pub fn https_port(&self) -> Option<u16> {
+    pub(crate) fn https_port(&self) -> Option<u16> {
         self.ports.iter().copied().find(|p| TLS_PORTS.contains(p))
     }
 
     /// How `run` captures HTTPS, from `mode` and `tls.enabled`.
-    pub fn tls_plan(&self) -> TlsCapturePlan {
+    pub(crate) fn tls_plan(&self) -> TlsCapturePlan {
         match (self.mode, self.tls.enabled) {
             (CaptureMode::Tls, _) | (_, TlsSwitch::On) => TlsCapturePlan::Required,
             (CaptureMode::Pcap, _) | (_, TlsSwitch::Off) => TlsCapturePlan::Off,
@@ -140,7 +140,7 @@ impl CaptureConfig {
     }
 
     /// Whether `run` tries to capture HTTPS through the OpenSSL uprobes.
-    pub fn tls_on(&self) -> bool {
+    pub(crate) fn tls_on(&self) -> bool {
         self.tls_plan() != TlsCapturePlan::Off
     }
 }
@@ -163,7 +163,7 @@ impl Default for CaptureConfig {
 /// How the live daemon captures packets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CaptureMode {
+pub(crate) enum CaptureMode {
     /// The eBPF probe; libpcap when the probe cannot be loaded or attached.
     #[default]
     Auto,
@@ -177,7 +177,7 @@ pub enum CaptureMode {
 
 impl CaptureConfig {
     /// What is wrong with `[capture]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let ring = self.ring_bytes;
         if !ring.is_power_of_two() || ring < 4096 {

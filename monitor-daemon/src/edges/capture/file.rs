@@ -86,7 +86,7 @@ const OPTION_IF_TSOFFSET: u16 = 14;
 
 impl CaptureFile {
     /// Maps `path` and checks that it starts like a pcap or pcapng file.
-    pub fn open(path: &Path) -> Result<CaptureFile, CaptureError> {
+    pub(crate) fn open(path: &Path) -> Result<CaptureFile, CaptureError> {
         let io_error = |source| CaptureError::Io {
             path: path.to_path_buf(),
             source,
@@ -125,17 +125,9 @@ impl CaptureFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The file's size in bytes (the end of [`Frames::position`]).
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.bytes.as_slice().len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.as_slice().is_empty()
     }
 
     /// The frames in file order. Iteration ends after the first error: a capture cannot be
@@ -276,7 +268,7 @@ impl Resolution {
 
 impl<'a> Frames<'a> {
     /// Bytes of the file consumed so far (for progress reporting).
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.offset as u64
     }
 

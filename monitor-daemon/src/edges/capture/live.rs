@@ -71,7 +71,7 @@ pub enum LiveSourceError {
 }
 
 /// What a wait found.
-pub enum Ready {
+pub(crate) enum Ready {
     /// Time to read the kernel's ring.
     Kernel,
     /// A libpcap frame; `None` when every capture thread has stopped.
@@ -79,7 +79,7 @@ pub enum Ready {
 }
 
 /// The capture's own counters, for the metrics.
-pub enum CaptureCounters {
+pub(crate) enum CaptureCounters {
     Kernel {
         /// Or why they could not be read.
         counters: Result<Box<KernelCounters>, String>,
@@ -90,7 +90,7 @@ pub enum CaptureCounters {
 
 /// The live capture: where packets come from, and the uprobes' library tracker when HTTPS is
 /// captured too.
-pub struct LiveSource {
+pub(crate) struct LiveSource {
     source: Source,
     tls: Option<TlsCapture>,
     budget: DrainBudget,
@@ -100,7 +100,7 @@ impl LiveSource {
     /// Opens what `[capture]` asks for; `tls_idle` is how long an idle TLS connection is kept
     /// (the reassembly's idle timeout). The "capturing with" line is logged once everything is
     /// attached.
-    pub fn open(
+    pub(crate) fn open(
         capture: &CaptureConfig,
         tls_idle: Duration,
     ) -> Result<LiveSource, LiveSourceError> {
@@ -117,13 +117,13 @@ impl LiveSource {
     }
 
     /// `"ebpf"` or `"pcap"`.
-    pub fn mode(&self) -> &'static str {
+    pub(crate) fn mode(&self) -> &'static str {
         self.source.mode()
     }
 
     /// Whether the kernel probe copies connections on the pipeline's judgement (then the
     /// pipeline's capture requests are carried out here).
-    pub fn takes_capture_requests(&self) -> bool {
+    pub(crate) fn takes_capture_requests(&self) -> bool {
         matches!(self.source, Source::Kernel(_))
     }
 
@@ -136,7 +136,7 @@ impl LiveSource {
     /// Nothing else: the ring is read through its mapping, TCX links and uprobes go away with
     /// their file descriptors, libpcap's sockets are open, and a reload never re-attaches
     /// (`capture.*` needs a restart).
-    pub fn capabilities_needed(&self) -> u64 {
+    pub(crate) fn capabilities_needed(&self) -> u64 {
         let mut needed = 0u64;
         if self.tls.is_some() {
             needed |= (1 << 21) | (1 << 38) | (1 << 39);
@@ -151,52 +151,56 @@ impl LiveSource {
     }
 
     /// Whether HTTPS is captured (the uprobes are attached).
-    pub fn captures_tls(&self) -> bool {
+    pub(crate) fn captures_tls(&self) -> bool {
         self.tls.is_some()
     }
 
     /// The libssl files the uprobes are attached to.
-    pub fn tls_libraries(&self) -> Vec<String> {
+    pub(crate) fn tls_libraries(&self) -> Vec<String> {
         self.tls.as_ref().map_or_else(Vec::new, |tls| {
             tls.libraries().map(|l| l.display().to_string()).collect()
         })
     }
 
     /// Waits until there is something to read. `busy`: the last read found events.
-    pub async fn wait(&mut self, busy: bool) -> Ready {
+    pub(crate) async fn wait(&mut self, busy: bool) -> Ready {
         self.source.wait(busy).await
     }
 
     /// Feeds what is ready now, without waiting, up to `capture.max_drain_records` or
     /// `max_drain_time`; returns how many kernel records it read.
-    pub fn drain(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) -> usize {
+    pub(crate) fn drain(
+        &mut self,
+        pipeline: &mut Pipeline,
+        out: &mut impl FnMut(Verdict),
+    ) -> usize {
         self.source.drain(self.budget, pipeline, out)
     }
 
     /// Looks for configured processes that use a libssl not covered yet.
-    pub fn rescan_tls(&mut self) {
+    pub(crate) fn rescan_tls(&mut self) {
         if let (Some(tls), Source::Kernel(probe)) = (&mut self.tls, &mut self.source) {
             tls.refresh(probe.get_mut());
         }
     }
 
     /// Stops reading and feeds what was captured before the stop.
-    pub async fn stop(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
+    pub(crate) async fn stop(&mut self, pipeline: &mut Pipeline, out: &mut impl FnMut(Verdict)) {
         self.source.stop(pipeline, out).await;
     }
 
     /// Whether HTTPS capture is on, for the coverage judgement.
-    pub fn tls_coverage(&self) -> TlsCoverage {
+    pub(crate) fn tls_coverage(&self) -> TlsCoverage {
         tls_coverage(self.tls.as_ref())
     }
 
     /// The counters the coverage judgement reads.
-    pub fn coverage_sample(&self, pipeline: &Pipeline) -> CoverageSample {
+    pub(crate) fn coverage_sample(&self, pipeline: &Pipeline) -> CoverageSample {
         coverage_sample(&self.source, pipeline)
     }
 
     /// The capture's loss counters, summed, and by name.
-    pub fn loss(&self) -> (u64, serde_json::Value) {
+    pub(crate) fn loss(&self) -> (u64, serde_json::Value) {
         match self.counters() {
             CaptureCounters::Kernel {
                 counters: Ok(k), ..
@@ -234,7 +238,7 @@ impl LiveSource {
 
     /// The capture's own counters, read once: the stats file, the loss check and the metrics
     /// all take them from here.
-    pub fn counters(&self) -> CaptureCounters {
+    pub(crate) fn counters(&self) -> CaptureCounters {
         match &self.source {
             Source::Kernel(probe) => {
                 let probe = probe.get_ref();

@@ -22,17 +22,17 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 const KERNEL_BUFFER_BYTES: i32 = 16 << 20;
 /// Bytes kept of each frame, as tcpdump keeps by default: loopback frames and GRO/TSO frames on
 /// real interfaces are larger than 65,535 bytes, and a cut frame is a hole in the stream.
-pub const SNAPLEN: i32 = 262_144;
+pub(crate) const SNAPLEN: i32 = 262_144;
 
 /// A captured frame that owns its bytes, so that it can cross from a capture thread.
-pub struct OwnedFrame {
-    pub ts: Timestamp,
-    pub link: LinkType,
-    pub data: Vec<u8>,
+pub(crate) struct OwnedFrame {
+    pub(crate) ts: Timestamp,
+    pub(crate) link: LinkType,
+    pub(crate) data: Vec<u8>,
 }
 
 impl OwnedFrame {
-    pub fn frame(&self) -> Frame<'_> {
+    pub(crate) fn frame(&self) -> Frame<'_> {
         Frame {
             ts: self.ts,
             link: self.link,
@@ -78,7 +78,7 @@ pub enum PcapError {
 pub struct InterfaceCounters {
     pub interface: String,
     /// Packets that passed the filter.
-    pub received: u64,
+    pub(crate) received: u64,
     /// Packets dropped because the kernel buffer was full (the daemon fell behind).
     pub dropped: u64,
     /// Packets dropped by the interface or its driver.
@@ -97,7 +97,7 @@ struct SharedCounters {
 
 /// Running captures, one thread per interface. Dropping it stops and joins the threads: drain
 /// or drop the frame receiver first, or a thread blocked on a full channel cannot finish.
-pub struct LiveCapture {
+pub(crate) struct LiveCapture {
     stop: Arc<AtomicBool>,
     /// Wakes a thread blocked in libpcap (the read timeout alone does not in immediate mode).
     wake: Vec<pcap::BreakLoop>,
@@ -106,7 +106,7 @@ pub struct LiveCapture {
 }
 
 /// The libpcap filter for `ports`: TCP to or from any of them.
-pub fn port_filter(ports: &[u16]) -> String {
+pub(crate) fn port_filter(ports: &[u16]) -> String {
     let ports: Vec<String> = ports.iter().map(|p| format!("port {p}")).collect();
     format!("tcp and ({})", ports.join(" or "))
 }
@@ -114,7 +114,7 @@ pub fn port_filter(ports: &[u16]) -> String {
 impl LiveCapture {
     /// Opens every interface (all or none), then starts their capture threads. Frames arrive on
     /// the returned receiver; it closes when every thread has stopped.
-    pub fn open(
+    pub(crate) fn open(
         interfaces: &[String],
         ports: &[u16],
         channel_frames: usize,
@@ -152,14 +152,14 @@ impl LiveCapture {
     }
 
     /// Asks the threads to stop; the receiver closes once they have.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         for wake in &self.wake {
             wake.breakloop();
         }
     }
 
-    pub fn counters(&self) -> Vec<InterfaceCounters> {
+    pub(crate) fn counters(&self) -> Vec<InterfaceCounters> {
         self.counters
             .iter()
             .map(|(interface, c)| InterfaceCounters {

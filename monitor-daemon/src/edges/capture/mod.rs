@@ -14,7 +14,7 @@ pub(crate) mod live_pcap;
 pub mod records;
 pub mod tls;
 
-pub use config::{
-    CaptureConfig, CaptureMode, TLS_PORTS, TlsCaptureConfig, TlsCapturePlan, TlsSwitch,
-};
+#[cfg(test)]
+pub(crate) use config::TlsSwitch;
+pub(crate) use config::{CaptureConfig, CaptureMode, TlsCapturePlan};
 pub use file::{CaptureError, CaptureFile, Frames};

@@ -133,8 +133,8 @@ pub(crate) struct TlsPeers {
     proc_root: PathBuf,
     /// Connections whose client address was found, and not found (the socket was unknown or
     /// already gone).
-    pub found: u64,
-    pub not_found: u64,
+    pub(crate) found: u64,
+    pub(crate) not_found: u64,
 }
 
 impl TlsPeers {

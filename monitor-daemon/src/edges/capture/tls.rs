@@ -81,12 +81,12 @@ pub enum TlsError {
 /// One process with a configured name, and the libssl it maps, if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServerProcess {
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// Start time (see [`ProcessId`]).
-    pub start: u64,
-    pub comm: String,
+    pub(crate) start: u64,
+    pub(crate) comm: String,
     /// What its `/proc/PID/maps` says.
-    pub libssl: MappedLibssl,
+    pub(crate) libssl: MappedLibssl,
 }
 
 /// The libssl a process maps, as far as this daemon may know.

@@ -25,7 +25,7 @@ use crate::stages::usage::{OwnerView, parse_day};
 /// Where the directory reads from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SourceKind {
+pub(crate) enum SourceKind {
     /// No directory: tokens are named by fingerprint only.
     #[default]
     None,
@@ -38,31 +38,31 @@ pub enum SourceKind {
 /// `[directory]`: who a token belongs to.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DirectoryConfig {
-    pub source: SourceKind,
+pub(crate) struct DirectoryConfig {
+    pub(crate) source: SourceKind,
     /// How often the source is read again.
-    pub refresh: Duration,
+    pub(crate) refresh: Duration,
     /// How soon a failed read is tried again.
-    pub retry: Duration,
+    pub(crate) retry: Duration,
     /// Database server (`source = "mysql"`); ignored when `socket` is set.
-    pub host: String,
-    pub port: u16,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Unix socket of a database on this machine (e.g. `/run/mysqld/mysqld.sock`).
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// REDCap's database name.
-    pub database: String,
+    pub(crate) database: String,
     /// The read-only user (see the README for its GRANT).
-    pub user: String,
+    pub(crate) user: String,
     /// File holding the user's password on its first line (not world-readable).
-    pub password_file: Option<PathBuf>,
+    pub(crate) password_file: Option<PathBuf>,
     /// Require TLS to the database (rustls; `tls_ca_file` for a private CA).
-    pub tls: bool,
-    pub tls_ca_file: Option<PathBuf>,
+    pub(crate) tls: bool,
+    pub(crate) tls_ca_file: Option<PathBuf>,
     /// Read REDCap's last API use per user and project from its `redcap_log_event*` tables
     /// (one grouped scan of each table per refresh: turn off on very large logs).
-    pub last_api_use: bool,
+    pub(crate) last_api_use: bool,
     /// The CSV file (`source = "csv"`).
-    pub csv_file: Option<PathBuf>,
+    pub(crate) csv_file: Option<PathBuf>,
 }
 
 impl Default for DirectoryConfig {
@@ -87,7 +87,7 @@ impl Default for DirectoryConfig {
 
 impl DirectoryConfig {
     /// What is wrong with `[directory]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         longer_than_zero(
             &mut problems,
@@ -134,29 +134,29 @@ impl DirectoryConfig {
 
 /// Who a token belongs to, as an admin's view shows it. Never in metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Owner {
-    pub username: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub email: Option<String>,
+pub(crate) struct Owner {
+    pub(crate) username: String,
+    pub(crate) first_name: Option<String>,
+    pub(crate) last_name: Option<String>,
+    pub(crate) email: Option<String>,
     /// Absent for a super token (it is not tied to a project).
-    pub project_id: Option<u64>,
-    pub project_title: Option<String>,
-    pub pi_first_name: Option<String>,
-    pub pi_last_name: Option<String>,
-    pub pi_email: Option<String>,
-    pub super_token: bool,
+    pub(crate) project_id: Option<u64>,
+    pub(crate) project_title: Option<String>,
+    pub(crate) pi_first_name: Option<String>,
+    pub(crate) pi_last_name: Option<String>,
+    pub(crate) pi_email: Option<String>,
+    pub(crate) super_token: bool,
     /// REDCap has suspended the user (the token no longer works).
-    pub user_suspended: bool,
+    pub(crate) user_suspended: bool,
     /// The user's rights in the project have expired (the token no longer works).
-    pub rights_expired: bool,
+    pub(crate) rights_expired: bool,
     /// REDCap's own last API use by this user in this project (server-local time), if read.
-    pub last_api_use: Option<String>,
+    pub(crate) last_api_use: Option<String>,
 }
 
 impl Owner {
     /// `Jane Doe (jdoe)`, or the user name alone.
-    pub fn person(&self) -> String {
+    pub(crate) fn person(&self) -> String {
         let name = join_name(&self.first_name, &self.last_name);
         if name.is_empty() {
             self.username.clone()
@@ -166,7 +166,7 @@ impl Owner {
     }
 
     /// `#12 Trial X`, `super token`, or nothing known.
-    pub fn project(&self) -> Option<String> {
+    pub(crate) fn project(&self) -> Option<String> {
         if self.super_token {
             return Some("super token (all of the user's projects)".into());
         }
@@ -179,7 +179,7 @@ impl Owner {
     }
 
     /// What the long-term reports show of the owner.
-    pub fn view(&self) -> OwnerView {
+    pub(crate) fn view(&self) -> OwnerView {
         OwnerView {
             username: self.username.clone(),
             person: self.person(),
@@ -190,7 +190,7 @@ impl Owner {
 
     /// REDCap's last API use as a time. REDCap writes server-local time (`2026-12-01
     /// 10:00:00`); it is taken as UTC, as a few hours do not matter to a rule counted in months.
-    pub fn last_api_use_at(&self) -> Option<Timestamp> {
+    pub(crate) fn last_api_use_at(&self) -> Option<Timestamp> {
         let text = self.last_api_use.as_deref()?.trim();
         let (date, clock) = text.split_once([' ', 'T']).unwrap_or((text, "00:00:00"));
         let day = parse_day(date)?;
@@ -208,7 +208,7 @@ impl Owner {
     }
 
     /// The PI's name and e-mail, if REDCap has them.
-    pub fn pi(&self) -> Option<String> {
+    pub(crate) fn pi(&self) -> Option<String> {
         let name = join_name(&self.pi_first_name, &self.pi_last_name);
         match (name.is_empty(), &self.pi_email) {
             (true, None) => None,
@@ -254,7 +254,7 @@ pub(crate) fn build_map(
 
 /// Why the directory cannot be read; each says what to fix. Never holds a token.
 #[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
+pub(crate) enum DirectoryError {
     #[error(
         "cannot reach REDCap's database at {address} (`directory.host`/`port`/`socket`): \
          {message}; check that the server runs and the address is right"
@@ -303,16 +303,16 @@ pub enum DirectoryState {
 #[serde(default)]
 pub struct DirectoryStatus {
     pub state: DirectoryState,
-    pub source: SourceKind,
+    pub(crate) source: SourceKind,
     /// Tokens known.
     pub entries: usize,
     /// When the names in use were read (epoch seconds).
-    pub loaded_at: Option<f64>,
+    pub(crate) loaded_at: Option<f64>,
     /// When the last read was tried (epoch seconds).
-    pub attempted_at: Option<f64>,
+    pub(crate) attempted_at: Option<f64>,
     pub error: Option<String>,
-    pub reads: u64,
-    pub failures: u64,
+    pub(crate) reads: u64,
+    pub(crate) failures: u64,
 }
 
 struct Snapshot {
@@ -328,12 +328,12 @@ struct Inner {
 
 /// A handle on the directory: cheap to clone, never blocks on the source.
 #[derive(Clone)]
-pub struct Directory {
+pub(crate) struct Directory {
     inner: Arc<Inner>,
 }
 
 /// Owns the refresh thread; dropping it stops the thread.
-pub struct DirectoryWorker {
+pub(crate) struct DirectoryWorker {
     inner: Arc<Inner>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -352,7 +352,7 @@ impl Drop for DirectoryWorker {
 
 impl Directory {
     /// A directory that knows nobody (`source = "none"`, and tests).
-    pub fn off() -> Directory {
+    pub(crate) fn off() -> Directory {
         Directory::with_state(SourceKind::None, DirectoryState::Off)
     }
 
@@ -380,7 +380,7 @@ impl Directory {
 
     /// Starts the refresh thread (none for `source = "none"`). The first read happens on that
     /// thread: start-up never waits for the database.
-    pub fn start(
+    pub(crate) fn start(
         config: &DirectoryConfig,
         key: SiteKey,
     ) -> std::io::Result<(Directory, Option<DirectoryWorker>)> {
@@ -401,12 +401,12 @@ impl Directory {
     }
 
     /// Who `token` belongs to, if known.
-    pub fn owner(&self, token: &TokenFingerprint) -> Option<Arc<Owner>> {
+    pub(crate) fn owner(&self, token: &TokenFingerprint) -> Option<Arc<Owner>> {
         let snapshot = self.inner.snapshot.read().ok()?;
         snapshot.owners.get(token).cloned()
     }
 
-    pub fn status(&self) -> DirectoryStatus {
+    pub(crate) fn status(&self) -> DirectoryStatus {
         match self.inner.snapshot.read() {
             Ok(snapshot) => snapshot.status.clone(),
             Err(poisoned) => poisoned.into_inner().status.clone(),

@@ -11,20 +11,20 @@ use crate::shared::settings::{Duration, Problem, WebhookUrl};
 /// Programs and URLs told about suspensions and lifts.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HooksConfig {
+pub(crate) struct HooksConfig {
     /// Run, in order, when a token is suspended.
-    pub suspend: Vec<HookConfig>,
+    pub(crate) suspend: Vec<HookConfig>,
     /// Run, in order, when a suspension is lifted (by expiry or by hand).
-    pub lift: Vec<HookConfig>,
+    pub(crate) lift: Vec<HookConfig>,
     /// Run, in order, for each token unused for longer than `lifecycle.stale_after`, by
     /// `redcap-monitor report lifecycle --revoke --execute` (never by the daemon itself).
-    pub token_stale: Vec<HookConfig>,
+    pub(crate) token_stale: Vec<HookConfig>,
 }
 
 impl HooksConfig {
     /// Whether some suspend hook gets the raw token (`pass_raw_token`, exec hooks only): only
     /// then do calls keep their raw token until a decision is acted on.
-    pub fn suspend_wants_raw_token(&self) -> bool {
+    pub(crate) fn suspend_wants_raw_token(&self) -> bool {
         self.suspend
             .iter()
             .any(|h| h.pass_raw_token && h.kind == HookKind::Exec)
@@ -33,31 +33,31 @@ impl HooksConfig {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HookConfig {
+pub(crate) struct HookConfig {
     /// Names the hook in outcome records.
-    pub name: String,
-    pub kind: HookKind,
+    pub(crate) name: String,
+    pub(crate) kind: HookKind,
     /// `exec`: the program to run (an absolute path; no shell is involved).
     #[serde(default)]
-    pub program: Option<PathBuf>,
+    pub(crate) program: Option<PathBuf>,
     /// `exec`: its arguments, with placeholders `{fingerprint}`, `{masked}`, `{action}`,
     /// `{until}`, `{reason}`.
     #[serde(default)]
-    pub args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// `http`: where the event is POSTed as JSON.
     #[serde(default)]
-    pub url: Option<WebhookUrl>,
+    pub(crate) url: Option<WebhookUrl>,
     /// After this the program is killed (with its process group) or the request abandoned.
     #[serde(default = "HookConfig::default_timeout")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// `exec` only: add the raw token to the JSON on stdin (never argv or the environment).
     #[serde(default)]
-    pub pass_raw_token: bool,
+    pub(crate) pass_raw_token: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HookKind {
+pub(crate) enum HookKind {
     Exec,
     Http,
 }
@@ -70,7 +70,7 @@ impl HookConfig {
 
 impl HooksConfig {
     /// What is wrong with `[hooks]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (list, hooks) in [
             ("suspend", &self.suspend),

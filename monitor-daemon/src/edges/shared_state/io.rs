@@ -171,13 +171,13 @@ impl Connector {
 }
 
 pub(super) struct Settings {
-    pub host: String,
-    pub instance: u64,
-    pub prefix: String,
-    pub retention: Span,
-    pub timeout: Duration,
-    pub max_buffered: usize,
-    pub max_stream: usize,
+    pub(crate) host: String,
+    pub(crate) instance: u64,
+    pub(crate) prefix: String,
+    pub(crate) retention: Span,
+    pub(crate) timeout: Duration,
+    pub(crate) max_buffered: usize,
+    pub(crate) max_stream: usize,
 }
 
 impl Settings {

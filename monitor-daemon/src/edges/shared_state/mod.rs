@@ -76,7 +76,7 @@ impl Default for SharedConfig {
 }
 
 impl SharedConfig {
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let key = |field: &str| format!("shared.{field}");
         let mut problems = Vec::new();
         if self.sentinels.is_empty() {
@@ -141,7 +141,7 @@ impl SharedConfig {
     }
 
     /// This host's name: `host`, or the machine's.
-    pub fn host_name(&self) -> String {
+    pub(crate) fn host_name(&self) -> String {
         self.host
             .clone()
             .unwrap_or_else(crate::edges::alerts::host_name)
@@ -152,16 +152,16 @@ impl SharedConfig {
 /// those in force; the stream announces each change).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SuspensionNote {
-    pub token: TokenFingerprint,
+    pub(crate) token: TokenFingerprint,
     /// Nanoseconds since the epoch; `None`: until lifted.
-    pub until: Option<u64>,
-    pub since: u64,
-    pub reason: String,
+    pub(crate) until: Option<u64>,
+    pub(crate) since: u64,
+    pub(crate) reason: String,
     /// The host that decided it (or where the admin asked).
-    pub origin: String,
+    pub(crate) origin: String,
     /// True for a lift.
     #[serde(default)]
-    pub lifted: bool,
+    pub(crate) lifted: bool,
 }
 
 /// What the Redis task tells the loop.
@@ -189,24 +189,24 @@ enum ToRedis {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SharedStats {
-    pub up: bool,
+    pub(crate) up: bool,
     pub calls_published: u64,
     /// Calls a retried publish found in the stream already (not appended twice).
-    pub calls_republished: u64,
+    pub(crate) calls_republished: u64,
     /// Calls waiting for Redis now.
-    pub buffered_calls: u64,
+    pub(crate) buffered_calls: u64,
     /// Calls dropped from a full buffer (`shared.max_buffered_calls`).
-    pub buffered_dropped: u64,
+    pub(crate) buffered_dropped: u64,
     /// Stream entries removed by the length cap (`shared.max_stream_calls`), not by age.
-    pub stream_capped: u64,
+    pub(crate) stream_capped: u64,
     /// Stream entries that could not be read (not this version's format): skipped.
-    pub entries_rejected: u64,
-    pub suspensions_published: u64,
-    pub suspensions_received: u64,
+    pub(crate) entries_rejected: u64,
+    pub(crate) suspensions_published: u64,
+    pub(crate) suspensions_received: u64,
     /// Times Redis went away.
-    pub outages: u64,
+    pub(crate) outages: u64,
     /// The last error Redis gave, for `status`.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// Why the shared state cannot start.
@@ -284,7 +284,7 @@ impl SharedState {
         })
     }
 
-    pub fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         &self.host
     }
 
@@ -299,7 +299,7 @@ impl SharedState {
     }
 
     /// A peer's batch with calls came in: answer with this host's watermark at once.
-    pub fn owe_watermark(&mut self) {
+    pub(crate) fn owe_watermark(&mut self) {
         self.watermark_owed = true;
     }
 
@@ -313,7 +313,7 @@ impl SharedState {
     }
 
     /// Announces a suspension begun or lifted here to the other hosts.
-    pub fn announce(&mut self, note: SuspensionNote) {
+    pub(crate) fn announce(&mut self, note: SuspensionNote) {
         if let Some(to_redis) = &self.to_redis {
             let _ = to_redis.send(ToRedis::Suspension(note));
         }
@@ -339,7 +339,7 @@ impl SharedState {
 
 impl SharedState {
     /// Stopping: publishes what waits (if Redis answers) within `within`, then ends the task.
-    pub async fn close(mut self, within: std::time::Duration) {
+    pub(crate) async fn close(mut self, within: std::time::Duration) {
         self.to_redis = None;
         let _ = tokio::time::timeout(within, &mut self.task).await;
     }

@@ -12,7 +12,7 @@ use crate::stages::redcap::sample::call;
 pub(crate) struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    pub port: u16,
+    pub(crate) port: u16,
     extra: Vec<String>,
 }
 

@@ -23,20 +23,21 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-pub use snapshot::{
+pub use snapshot::Snapshot;
+pub(crate) use snapshot::{
     AlertCounters, BlindSpotCounts, ClusterSection, KernelSection, PeerStatus, PipelineCounters,
-    Snapshot, Tracked,
+    Tracked,
 };
 
 use crate::stages::health::TokenLoad;
 use crate::stages::policy::{HeavyReason, Verdict};
 
 /// The exact Content-Type of what [`Metrics::encode`] writes (OpenMetrics 1.0 text).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Every metric name starts with this.
-pub const PREFIX: &str = "redcap_monitor";
+pub(crate) const PREFIX: &str = "redcap_monitor";
 /// Most per-token series the top-K gauges may hold.
-pub const MAX_TOP_TOKENS: usize = 20;
+pub(crate) const MAX_TOP_TOKENS: usize = 20;
 
 /// REDCap's API `content` values (REDCap 14/15 API documentation); anything else is `other`.
 const CONTENTS: &[&str] = &[
@@ -84,12 +85,12 @@ const ACTIONS: &[&str] = &[
 ];
 
 /// `content` as a label: an allow-listed value, `none` when absent, else `other`.
-pub fn content_label(content: Option<&str>) -> &'static str {
+pub(crate) fn content_label(content: Option<&str>) -> &'static str {
     allow_listed(CONTENTS, content)
 }
 
 /// `action` as a label: an allow-listed value, `none` when absent, else `other`.
-pub fn action_label(action: Option<&str>) -> &'static str {
+pub(crate) fn action_label(action: Option<&str>) -> &'static str {
     allow_listed(ACTIONS, action)
 }
 
@@ -105,7 +106,7 @@ fn allow_listed(list: &[&'static str], value: Option<&str>) -> &'static str {
 }
 
 /// `2xx` … `5xx`, `none` without a response, `other` for a status outside 100..=599.
-pub fn status_class(status: Option<u16>) -> &'static str {
+pub(crate) fn status_class(status: Option<u16>) -> &'static str {
     match status {
         None => "none",
         Some(100..=199) => "1xx",
@@ -204,7 +205,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The registry and a handle on every metric in it. Cloning shares the metrics.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Arc<Registry>,
     api_calls: Family<CallLabels, Counter>,
     response_bytes: Histogram,
@@ -259,20 +260,20 @@ pub struct Metrics {
 
 /// The long-term view, counted without naming a token (see `LiveTelemetry::refresh_long_term`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LongTermView {
-    pub tokens_stale: usize,
+pub(crate) struct LongTermView {
+    pub(crate) tokens_stale: usize,
     /// `None` when no attestation file is configured (or it cannot be read).
-    pub attestations: Option<AttestationCounts>,
+    pub(crate) attestations: Option<AttestationCounts>,
     /// Share of the last 30 days' calls made by the 10 busiest tokens; `None` without calls.
-    pub top10_share: Option<f64>,
-    pub rollup_rows: u64,
+    pub(crate) top10_share: Option<f64>,
+    pub(crate) rollup_rows: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AttestationCounts {
-    pub due: usize,
-    pub overdue: usize,
-    pub missing: usize,
+pub(crate) struct AttestationCounts {
+    pub(crate) due: usize,
+    pub(crate) overdue: usize,
+    pub(crate) missing: usize,
 }
 
 impl Default for Metrics {
@@ -282,7 +283,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut r = Registry::with_prefix(PREFIX);
         let m = Metrics {
             registry: Arc::new(Registry::default()),
@@ -623,7 +624,7 @@ impl Metrics {
     }
 
     /// The whole exposition, OpenMetrics text ending in `# EOF` (see [`CONTENT_TYPE`]).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::with_capacity(16 << 10);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -632,7 +633,7 @@ impl Metrics {
 
     /// Counts one released call: its kind and status, size, server time, heaviness, the rules it
     /// broke and what enforcement decided.
-    pub fn observe(&self, verdict: &Verdict) {
+    pub(crate) fn observe(&self, verdict: &Verdict) {
         let call = &verdict.call;
         self.api_calls
             .get_or_create(&CallLabels {
@@ -672,7 +673,7 @@ impl Metrics {
     }
 
     /// Creates the violation series of every configured rule at 0.
-    pub fn declare_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn declare_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
         for rule in rules {
             let _ = self
                 .violations
@@ -715,7 +716,7 @@ impl Metrics {
     }
 
     /// The long-term view (stale tokens, attestations, concentration of use): counts only.
-    pub fn set_long_term(&self, view: &LongTermView) {
+    pub(crate) fn set_long_term(&self, view: &LongTermView) {
         self.tokens_stale.set(view.tokens_stale as i64);
         let (due, overdue, missing) = view.attestations.map_or((-1, -1, -1), |a| {
             (a.due as i64, a.overdue as i64, a.missing as i64)
@@ -731,7 +732,7 @@ impl Metrics {
     /// Every counter of the [`Snapshot`] (the one the stats file and `status` show), as metrics:
     /// absolute values, set on each refresh. The stages and edges count; this only projects, so
     /// a metric cannot disagree with `status`.
-    pub fn refresh(&self, s: &Snapshot) {
+    pub(crate) fn refresh(&self, s: &Snapshot) {
         self.refresh_capture(s);
         self.refresh_pipeline(s);
         self.refresh_actions(s);
@@ -920,14 +921,14 @@ fn store(counter: &Counter, value: u64) {
 
 /// The opt-in per-token gauges: at most K series, keyed by fingerprint; a token that leaves the
 /// top K has its series removed.
-pub struct TopTokens {
+pub(crate) struct TopTokens {
     k: usize,
     shown: HashSet<String>,
 }
 
 impl TopTokens {
     /// `k` is capped at [`MAX_TOP_TOKENS`]; 0 shows none.
-    pub fn new(k: usize) -> TopTokens {
+    pub(crate) fn new(k: usize) -> TopTokens {
         TopTokens {
             k: k.min(MAX_TOP_TOKENS),
             shown: HashSet::new(),
@@ -936,7 +937,7 @@ impl TopTokens {
 
     /// Shows the first K of `loads` (largest first) and removes the series of tokens not among
     /// them any more.
-    pub fn update(&mut self, metrics: &Metrics, loads: &[TokenLoad]) {
+    pub(crate) fn update(&mut self, metrics: &Metrics, loads: &[TokenLoad]) {
         if self.k == 0 {
             return;
         }

@@ -33,17 +33,17 @@ pub struct Snapshot {
     /// `ebpf` or `pcap`.
     pub mode: String,
     /// The libssl files the OpenSSL uprobes are attached to.
-    pub tls_libraries: Vec<String>,
+    pub(crate) tls_libraries: Vec<String>,
     pub calls_written: u64,
     pub violations_written: u64,
     /// What the record writer wrote and dropped; `null` in files of versions without it.
-    pub records: Option<WriterStats>,
+    pub(crate) records: Option<WriterStats>,
     /// The kernel probe's counters (eBPF mode), or why they could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<KernelSection>,
+    pub(crate) kernel: Option<KernelSection>,
     /// What user space made of the probe's ring (eBPF mode).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ring: Option<DrainStats>,
+    pub(crate) ring: Option<DrainStats>,
     /// libpcap's counters per interface (pcap mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pcap: Option<Vec<InterfaceCounters>>,
@@ -53,22 +53,22 @@ pub struct Snapshot {
     pub degraded: bool,
     /// 95th percentile server time in the health detector's latest judgement; `null` without
     /// calls.
-    pub server_time_p95_s: Option<f64>,
+    pub(crate) server_time_p95_s: Option<f64>,
     /// Blind spots in force; `None` in files of versions without the judgement.
     pub coverage: Option<Vec<BlindSpotCounts>>,
-    pub pipeline: PipelineCounters,
+    pub(crate) pipeline: PipelineCounters,
     /// What user space holds now.
-    pub tracked: Tracked,
-    pub actions: ActionStats,
+    pub(crate) tracked: Tracked,
+    pub(crate) actions: ActionStats,
     /// Suspensions in force now (the store's).
-    pub suspensions_active: usize,
+    pub(crate) suspensions_active: usize,
     /// Suspension hooks run, by event and result.
-    pub hooks: HookRuns,
+    pub(crate) hooks: HookRuns,
     /// Publishing for REDCap's External Module; `null` when `[redcap_module]` is off.
-    pub redcap_module: Option<PublishStats>,
+    pub(crate) redcap_module: Option<PublishStats>,
     /// The token directory; `null` in files of versions without one.
     pub directory: Option<DirectoryStatus>,
-    pub alerts: AlertCounters,
+    pub(crate) alerts: AlertCounters,
     /// The state shared with the other web hosts; absent without `[shared]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterSection>,
@@ -92,13 +92,13 @@ pub struct ClusterSection {
     pub buffered_calls: u64,
     pub buffered_dropped: u64,
     /// Stream entries removed by the length cap (`shared.max_stream_calls`).
-    pub stream_capped: u64,
-    pub suspensions_published: u64,
-    pub suspensions_received: u64,
-    pub outages: u64,
-    pub last_error: Option<String>,
+    pub(crate) stream_capped: u64,
+    pub(crate) suspensions_published: u64,
+    pub(crate) suspensions_received: u64,
+    pub(crate) outages: u64,
+    pub(crate) last_error: Option<String>,
     /// Two hosts with the same `shared.host`.
-    pub host_name_conflicts: u64,
+    pub(crate) host_name_conflicts: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -117,7 +117,7 @@ pub struct PeerStatus {
 /// `kernel`: the probe's counters, or the error that kept them from being read.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum KernelSection {
+pub(crate) enum KernelSection {
     Counters(Box<KernelCounters>),
     Unreadable(String),
 }
@@ -130,8 +130,8 @@ pub struct BlindSpotCounts {
     pub reason: String,
     pub count: u64,
     /// Epoch seconds.
-    pub since: f64,
-    pub last: f64,
+    pub(crate) since: f64,
+    pub(crate) last: f64,
     pub advice: String,
 }
 
@@ -150,23 +150,23 @@ impl From<&BlindSpot> for BlindSpotCounts {
 /// Connections and tokens user space holds state for now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Tracked {
+pub(crate) struct Tracked {
     /// Connections reassembly tracks.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Tokens whose rate windows are held.
-    pub tokens: usize,
+    pub(crate) tokens: usize,
 }
 
 /// Each pipeline stage's own counters.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PipelineCounters {
-    pub decode: DecodeStats,
-    pub reassembly: ReassemblyStats,
-    pub http: HttpStats,
-    pub redcap: RedcapStats,
-    pub policy: PolicyStats,
-    pub health: HealthStats,
+pub(crate) struct PipelineCounters {
+    pub(crate) decode: DecodeStats,
+    pub(crate) reassembly: ReassemblyStats,
+    pub(crate) http: HttpStats,
+    pub(crate) redcap: RedcapStats,
+    pub(crate) policy: PolicyStats,
+    pub(crate) health: HealthStats,
 }
 
 impl PartialEq for PipelineCounters {
@@ -192,10 +192,10 @@ impl From<&PipelineStats<'_>> for PipelineCounters {
 /// The alerts' two sides.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct AlertCounters {
-    pub raise: AlertStats,
+pub(crate) struct AlertCounters {
+    pub(crate) raise: AlertStats,
     /// `null` when no delivery thread runs (no sinks).
-    pub delivery: Option<DeliveryStats>,
+    pub(crate) delivery: Option<DeliveryStats>,
 }
 
 impl Snapshot {

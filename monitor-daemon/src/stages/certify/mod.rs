@@ -18,7 +18,7 @@ use crate::stages::health::percentile;
 use crate::stages::policy::{CallClass, HeavyReason, PolicyConfig, SlidingCount, Verdict};
 
 /// Violations listed one by one per token; beyond this they are only counted.
-pub const MAX_LISTED_VIOLATIONS: usize = 1000;
+pub(crate) const MAX_LISTED_VIOLATIONS: usize = 1000;
 
 /// Which calls are judged: those whose request started in `[from, to)`, optionally of one token.
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,7 +51,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Pass => "PASS",
             Outcome::Fail => "FAIL",
@@ -61,85 +61,85 @@ impl Outcome {
 
 /// The most calls one rule counted in any of its windows.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct RulePeak {
-    pub rule: String,
+pub(crate) struct RulePeak {
+    pub(crate) rule: String,
     /// `all` or `heavy`.
-    pub counts: &'static str,
+    pub(crate) counts: &'static str,
     /// The limit this token is held to (an override's, when one applies).
-    pub limit: u32,
-    pub window_s: f64,
-    pub peak: u32,
+    pub(crate) limit: u32,
+    pub(crate) window_s: f64,
+    pub(crate) peak: u32,
     /// Request start of the call that reached the peak.
     #[serde(serialize_with = "as_secs_opt")]
-    pub peak_at: Option<Timestamp>,
+    pub(crate) peak_at: Option<Timestamp>,
 }
 
 /// The largest response of a token in the window, and which call it answered.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct LargestResponse {
-    pub bytes: u64,
+pub(crate) struct LargestResponse {
+    pub(crate) bytes: u64,
     #[serde(serialize_with = "as_secs")]
-    pub at: Timestamp,
-    pub content: Option<String>,
-    pub action: Option<String>,
+    pub(crate) at: Timestamp,
+    pub(crate) content: Option<String>,
+    pub(crate) action: Option<String>,
 }
 
 /// What a token did in one clock minute (UTC), for charts of the window.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct MinuteActivity {
+pub(crate) struct MinuteActivity {
     #[serde(serialize_with = "as_secs")]
-    pub start: Timestamp,
-    pub calls: u32,
-    pub heavy_calls: u32,
+    pub(crate) start: Timestamp,
+    pub(crate) calls: u32,
+    pub(crate) heavy_calls: u32,
     /// The largest response of the minute's calls, when one was measured.
-    pub largest_response_bytes: Option<u64>,
+    pub(crate) largest_response_bytes: Option<u64>,
 }
 
 /// One violation, as evidence.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct ViolationEvidence {
+pub(crate) struct ViolationEvidence {
     #[serde(serialize_with = "as_secs")]
-    pub at: Timestamp,
-    pub rule: String,
-    pub limit: u32,
-    pub window_s: f64,
+    pub(crate) at: Timestamp,
+    pub(crate) rule: String,
+    pub(crate) limit: u32,
+    pub(crate) window_s: f64,
     /// Calls the rule counted in the window ending at `at`, the offending one included.
-    pub count: u32,
+    pub(crate) count: u32,
     /// What the offending call asked for.
-    pub content: Option<String>,
-    pub heavy: Option<HeavyReason>,
+    pub(crate) content: Option<String>,
+    pub(crate) heavy: Option<HeavyReason>,
 }
 
 /// One token's judgement.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct TokenCertificate {
-    pub token_fp: TokenFingerprint,
-    pub token_masked: String,
-    pub outcome: Outcome,
+pub(crate) struct TokenCertificate {
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: String,
+    pub(crate) outcome: Outcome,
     /// Exempt from every rule by `policy.overrides`: passes whatever it did.
-    pub exempt: bool,
-    pub calls: u64,
-    pub heavy_calls: u64,
+    pub(crate) exempt: bool,
+    pub(crate) calls: u64,
+    pub(crate) heavy_calls: u64,
     /// Calls the capture saw only in part (a gap, a truncation): the evidence may undercount.
-    pub incomplete_calls: u64,
+    pub(crate) incomplete_calls: u64,
     #[serde(serialize_with = "as_secs")]
-    pub first_call: Timestamp,
+    pub(crate) first_call: Timestamp,
     #[serde(serialize_with = "as_secs")]
-    pub last_call: Timestamp,
-    pub rules: Vec<RulePeak>,
-    pub largest_response: Option<LargestResponse>,
+    pub(crate) last_call: Timestamp,
+    pub(crate) rules: Vec<RulePeak>,
+    pub(crate) largest_response: Option<LargestResponse>,
     /// Sum of the calls' server times (last request byte to first response byte).
-    pub server_time_s: f64,
-    pub server_time_p95_s: Option<f64>,
-    pub violations: Vec<ViolationEvidence>,
+    pub(crate) server_time_s: f64,
+    pub(crate) server_time_p95_s: Option<f64>,
+    pub(crate) violations: Vec<ViolationEvidence>,
     /// Violations beyond [`MAX_LISTED_VIOLATIONS`], counted only.
-    pub violations_not_listed: u64,
+    pub(crate) violations_not_listed: u64,
     /// The minutes with calls, in order (at most one per call).
-    pub minutes: Vec<MinuteActivity>,
+    pub(crate) minutes: Vec<MinuteActivity>,
 }
 
 impl TokenCertificate {
-    pub fn violation_count(&self) -> u64 {
+    pub(crate) fn violation_count(&self) -> u64 {
         self.violations.len() as u64 + self.violations_not_listed
     }
 }
@@ -150,19 +150,19 @@ pub struct Certification {
     /// PASS only when at least one token was judged and every judged token passed.
     pub outcome: Outcome,
     #[serde(serialize_with = "as_secs_opt")]
-    pub from: Option<Timestamp>,
+    pub(crate) from: Option<Timestamp>,
     #[serde(serialize_with = "as_secs_opt")]
-    pub to: Option<Timestamp>,
-    pub token: Option<TokenFingerprint>,
+    pub(crate) to: Option<Timestamp>,
+    pub(crate) token: Option<TokenFingerprint>,
     /// Responses larger than this make a call heavy (`policy.heavy.response_bytes`).
-    pub heavy_response_bytes: u64,
+    pub(crate) heavy_response_bytes: u64,
     /// Tokens judged, failing first, then by fingerprint.
-    pub tokens: Vec<TokenCertificate>,
+    pub(crate) tokens: Vec<TokenCertificate>,
     /// Calls in the window without a usable token (missing, malformed, unreadable): no rule
     /// can apply to them, and REDCap refuses them.
-    pub calls_without_token: u64,
+    pub(crate) calls_without_token: u64,
     /// Calls outside the window (or of other tokens) that were seen and not judged.
-    pub calls_not_judged: u64,
+    pub(crate) calls_not_judged: u64,
 }
 
 fn as_secs_opt<S: serde::Serializer>(at: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
@@ -195,7 +195,7 @@ struct TokenState {
 
 /// Judges verdicts, fed in any order close to request-start order (as the pipeline releases
 /// them), into a [`Certification`].
-pub struct Judge {
+pub(crate) struct Judge {
     window: Window,
     policy: PolicyConfig,
     tokens: BTreeMap<TokenFingerprint, TokenState>,
@@ -204,7 +204,7 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(policy: &PolicyConfig, window: Window) -> Judge {
+    pub(crate) fn new(policy: &PolicyConfig, window: Window) -> Judge {
         Judge {
             window,
             policy: policy.clone(),
@@ -238,7 +238,7 @@ impl Judge {
         (rules, override_.is_some_and(|o| o.exempt))
     }
 
-    pub fn add(&mut self, verdict: &Verdict) {
+    pub(crate) fn add(&mut self, verdict: &Verdict) {
         let call = &verdict.call;
         if !self.window.contains(call.ts_start) {
             self.calls_not_judged += 1;
@@ -354,7 +354,7 @@ impl Judge {
         }
     }
 
-    pub fn finish(self) -> Certification {
+    pub(crate) fn finish(self) -> Certification {
         let mut tokens: Vec<TokenCertificate> = self
             .tokens
             .into_iter()

@@ -22,31 +22,31 @@ mod tests;
 /// `[health]`: what degraded means, and how sure the detector must be before saying so.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
+pub(crate) struct HealthConfig {
     /// How often the state is judged.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// How far back each judgement looks.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Fewer calls than this in the window say nothing about the server (neither good nor bad).
-    pub min_calls: u32,
+    pub(crate) min_calls: u32,
     /// Bad when the window's p95 server time is above this.
-    pub ttfb_p95_max: Duration,
+    pub(crate) ttfb_p95_max: Duration,
     /// Bad when the p95 is more than this many times the baseline learned while healthy...
-    pub baseline_factor: f64,
+    pub(crate) baseline_factor: f64,
     /// ...and above this floor (3x of a 10 ms baseline is still fast).
-    pub baseline_floor: Duration,
+    pub(crate) baseline_floor: Duration,
     /// Weight of each healthy interval in the baseline (exponential moving average).
-    pub baseline_weight: f64,
+    pub(crate) baseline_weight: f64,
     /// Bad when more than this share of the window's answers are 5xx.
-    pub server_error_share_max: f64,
+    pub(crate) server_error_share_max: f64,
     /// Bad intervals in a row before the server is called degraded.
-    pub enter_after: u32,
+    pub(crate) enter_after: u32,
     /// Good intervals in a row before it is called healthy again.
-    pub leave_after: u32,
+    pub(crate) leave_after: u32,
     /// Most calls kept for one window; older ones beyond this are dropped (counted).
-    pub max_samples: usize,
+    pub(crate) max_samples: usize,
     /// The optional active probe (`[health.canary]`); the live edge runs it.
-    pub canary: CanaryConfig,
+    pub(crate) canary: CanaryConfig,
 }
 
 /// `[health.canary]`: an HTTP GET to a page of the server (e.g. the REDCap login page) every
@@ -54,11 +54,11 @@ pub struct HealthConfig {
 /// is a bad sign.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CanaryConfig {
+pub(crate) struct CanaryConfig {
     /// The page to fetch; no canary when absent.
-    pub url: Option<String>,
-    pub interval: Duration,
-    pub timeout: Duration,
+    pub(crate) url: Option<String>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for CanaryConfig {
@@ -93,7 +93,7 @@ impl Default for HealthConfig {
 /// Why one interval was judged bad.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BadSign {
+pub(crate) enum BadSign {
     /// p95 server time above the absolute limit.
     SlowAbsolute,
     /// p95 server time far above the learned baseline.
@@ -108,7 +108,7 @@ pub enum BadSign {
 
 impl BadSign {
     /// The sign's name as records and logs show it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             BadSign::SlowAbsolute => "slow_absolute",
             BadSign::SlowRelative => "slow_relative",
@@ -123,22 +123,22 @@ impl BadSign {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Assessment {
     /// Epoch seconds of the judgement.
-    pub at: f64,
-    pub calls: u32,
-    pub ttfb_p50_s: Option<f64>,
-    pub ttfb_p95_s: Option<f64>,
-    pub ttfb_p99_s: Option<f64>,
-    pub server_error_share: Option<f64>,
-    pub baseline_p95_s: Option<f64>,
+    pub(crate) at: f64,
+    pub(crate) calls: u32,
+    pub(crate) ttfb_p50_s: Option<f64>,
+    pub(crate) ttfb_p95_s: Option<f64>,
+    pub(crate) ttfb_p99_s: Option<f64>,
+    pub(crate) server_error_share: Option<f64>,
+    pub(crate) baseline_p95_s: Option<f64>,
     /// Latest canary latency in the window; `None` without a canary result.
-    pub canary_s: Option<f64>,
-    pub canary_failed: bool,
-    pub bad_signs: Vec<BadSign>,
+    pub(crate) canary_s: Option<f64>,
+    pub(crate) canary_failed: bool,
+    pub(crate) bad_signs: Vec<BadSign>,
 }
 
 /// A change of state, with the judgement that made it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum HealthChange {
+pub(crate) enum HealthChange {
     Degraded {
         since: Timestamp,
         evidence: Assessment,
@@ -151,24 +151,24 @@ pub enum HealthChange {
 
 /// One token's part in the server's work over the window.
 #[derive(Clone, Debug, PartialEq)]
-pub struct TokenLoad {
-    pub token: TokenFingerprint,
-    pub calls: u32,
-    pub server_time: Span,
+pub(crate) struct TokenLoad {
+    pub(crate) token: TokenFingerprint,
+    pub(crate) calls: u32,
+    pub(crate) server_time: Span,
     /// Share of all server time in the window, 0..=1.
-    pub share: f64,
+    pub(crate) share: f64,
 }
 
 /// Counters the detector keeps.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct HealthStats {
-    pub judgements: u64,
-    pub bad_intervals: u64,
-    pub degradations: u64,
-    pub recoveries: u64,
+pub(crate) struct HealthStats {
+    pub(crate) judgements: u64,
+    pub(crate) bad_intervals: u64,
+    pub(crate) degradations: u64,
+    pub(crate) recoveries: u64,
     /// Calls dropped from the window because it held `max_samples` already.
-    pub samples_dropped: u64,
+    pub(crate) samples_dropped: u64,
 }
 
 struct Sample {
@@ -190,7 +190,7 @@ struct Tally {
     nanos: u64,
 }
 
-pub struct ResponsivenessDetector {
+pub(crate) struct ResponsivenessDetector {
     config: HealthConfig,
     samples: VecDeque<Sample>,
     /// Per token over `samples`, kept as samples come and go: a flood of violating calls asks
@@ -232,7 +232,7 @@ impl ResponsivenessDetector {
     /// Applies new thresholds (a reload) and keeps what was learned: the calls in the window, the
     /// baseline, the healthy/degraded state and the streaks. The next judgement uses the new
     /// values; a smaller `max_samples` drops the oldest calls at the next one observed.
-    pub fn reconfigure(&mut self, config: HealthConfig) {
+    pub(crate) fn reconfigure(&mut self, config: HealthConfig) {
         self.config = config;
     }
 
@@ -272,7 +272,7 @@ impl ResponsivenessDetector {
     }
 
     /// Takes note of one canary probe: its latency, or `None` when it failed or timed out.
-    pub fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
+    pub(crate) fn observe_canary(&mut self, ts: Timestamp, latency: Option<Span>) {
         self.canary.push_back(CanaryResult { ts, latency });
     }
 
@@ -336,7 +336,7 @@ impl ResponsivenessDetector {
     }
 
     /// Each token's share of the server time in the window ending at `now`, largest first.
-    pub fn load_by_token(&self, now: Timestamp) -> Vec<TokenLoad> {
+    pub(crate) fn load_by_token(&self, now: Timestamp) -> Vec<TokenLoad> {
         let start = now.minus(self.config.window.span());
         let mut total = 0u64;
         let mut per_token: HashMap<TokenFingerprint, (u32, u64)> = HashMap::new();
@@ -475,7 +475,7 @@ pub(crate) fn percentile(sorted: &[Span], q: f64) -> Option<Span> {
 impl HealthConfig {
     /// What is wrong with `[health]` (and `[health.canary]`), each problem keyed by its full
     /// path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         longer_than_zero(
             &mut problems,

@@ -79,26 +79,26 @@ pub enum HttpVersion {
 /// The parts of a request head that later stages need.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    pub version: HttpVersion,
-    pub method: String,
+    pub(crate) version: HttpVersion,
+    pub(crate) method: String,
     /// The request target as sent (path and query).
-    pub target: String,
-    pub content_type: Option<String>,
-    pub content_length: Option<u64>,
-    pub chunked: bool,
-    pub expect_continue: bool,
-    pub host: Option<String>,
+    pub(crate) target: String,
+    pub(crate) content_type: Option<String>,
+    pub(crate) content_length: Option<u64>,
+    pub(crate) chunked: bool,
+    pub(crate) expect_continue: bool,
+    pub(crate) host: Option<String>,
     /// Every `X-Forwarded-For` line's value, joined by commas, at most its rightmost
     /// [`MAX_FORWARDED_BYTES`] (see [`append_forwarded`]).
-    pub forwarded_for: Option<String>,
+    pub(crate) forwarded_for: Option<String>,
     /// Every `Forwarded` (RFC 7239) line's value, kept the same way.
-    pub forwarded: Option<String>,
+    pub(crate) forwarded: Option<String>,
 }
 
 /// Bytes of a client-address header kept: its right end, where the proxies nearest the server
 /// wrote (the only part a trusted proxy vouches for; see `stages::redcap::client`). Enough for
 /// dozens of hops.
-pub const MAX_FORWARDED_BYTES: usize = 1024;
+pub(crate) const MAX_FORWARDED_BYTES: usize = 1024;
 
 /// Adds one header line's value to a client-address header kept so far: repeated lines are one
 /// list (RFC 9110 §5.3), and past [`MAX_FORWARDED_BYTES`] the leftmost elements are dropped
@@ -131,7 +131,7 @@ pub(crate) fn append_forwarded(slot: &mut Option<String>, value: &[u8]) {
 
 impl RequestHead {
     /// Heap its strings hold (for the stage's state budget).
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         let text = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
         self.method.capacity()
             + self.target.capacity()
@@ -142,7 +142,7 @@ impl RequestHead {
     }
 
     /// The target without its query string.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
 }
@@ -165,16 +165,16 @@ pub trait RequestBody {
 
 /// What the policy's reorder hold needs to know of one selected request still open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenRequest {
-    pub ts_start: Timestamp,
+pub(crate) struct OpenRequest {
+    pub(crate) ts_start: Timestamp,
     /// The connection's client address (a proxy's, when one carries the request).
-    pub peer: IpAddr,
-    pub token: OpenToken,
+    pub(crate) peer: IpAddr,
+    pub(crate) token: OpenToken,
 }
 
 /// Whose call an open request will be, as far as its bytes tell yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenToken {
+pub(crate) enum OpenToken {
     /// Neither a token nor the body's end has been read: it could be anyone's.
     Unknown,
     /// The body carries this token (`None`: the body ended without a usable one).
@@ -281,10 +281,10 @@ impl OpenIndex {
 /// which starts `client_remaining` bytes after what was delivered (the rest of the current
 /// request's body, known from its `Content-Length`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Releasable {
-    pub client: Endpoint,
-    pub server: Endpoint,
-    pub client_remaining: u64,
+pub(crate) struct Releasable {
+    pub(crate) client: Endpoint,
+    pub(crate) server: Endpoint,
+    pub(crate) client_remaining: u64,
 }
 
 /// Decides which requests become [`HttpExchange`]s and builds the body consumer for each.
@@ -322,21 +322,21 @@ pub enum BodyDecoding {
 
 /// A response as the pipeline needs it: status, sizes, timing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResponseSummary {
-    pub status: u16,
+pub(crate) struct ResponseSummary {
+    pub(crate) status: u16,
     /// First byte of the final (non-1xx) response.
-    pub ts_first_byte: Timestamp,
-    pub ts_last_byte: Timestamp,
+    pub(crate) ts_first_byte: Timestamp,
+    pub(crate) ts_last_byte: Timestamp,
     /// Body bytes as sent (after de-chunking, before content decoding).
-    pub wire_body_bytes: u64,
+    pub(crate) wire_body_bytes: u64,
     /// Body bytes after content decoding (see `decoding` for how exact this is): the wire size
     /// for `Identity` and `Unsupported`, the cap for `Capped`, the bytes decoded before the
     /// failure for `Failed`.
-    pub decoded_body_bytes: u64,
-    pub coding: ContentCoding,
-    pub decoding: BodyDecoding,
+    pub(crate) decoded_body_bytes: u64,
+    pub(crate) coding: ContentCoding,
+    pub(crate) decoding: BodyDecoding,
     /// The body is an HTML page (`Content-Type: text/html`).
-    pub html: bool,
+    pub(crate) html: bool,
 }
 
 impl ResponseSummary {
@@ -346,7 +346,7 @@ impl ResponseSummary {
     /// an HTML page, while REDCap's API answers its own errors in the format asked for (XML,
     /// JSON, CSV). Such a request never ran as an API call. A 5xx is not one: it may be the
     /// application failing under the call.
-    pub fn is_web_server_refusal(&self) -> bool {
+    pub(crate) fn is_web_server_refusal(&self) -> bool {
         self.html
             && matches!(
                 self.status,
@@ -357,7 +357,7 @@ impl ResponseSummary {
 
 /// Why an exchange is reported as incomplete.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Incomplete {
+pub(crate) enum Incomplete {
     /// Bytes of the request were not captured.
     RequestGap,
     /// Bytes of the response were not captured.
@@ -366,9 +366,6 @@ pub enum Incomplete {
     NoResponse,
     /// The response ended before its framing said it would.
     ResponseTruncated,
-    /// The request was picked up mid-stream; its start was not captured. (The tracker itself
-    /// never emits a request whose head it did not see, so it does not produce this.)
-    MidStream,
     /// The connection ended (or was evicted) before the request body did.
     RequestTruncated,
     /// A message's framing was invalid (bad chunk, unusable response head); the direction was
@@ -383,58 +380,61 @@ pub enum Incomplete {
 /// One request and its response on one connection.
 #[derive(Debug)]
 pub struct HttpExchange<B> {
-    pub conn: ConnectionId,
-    pub client: Endpoint,
-    pub server: Endpoint,
-    pub request: RequestHead,
-    pub body: B,
+    // Only the unit tests read it (to tell the exchanges of several connections apart); the
+    // stages after this one key by client and server.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) conn: ConnectionId,
+    pub(crate) client: Endpoint,
+    pub(crate) server: Endpoint,
+    pub(crate) request: RequestHead,
+    pub(crate) body: B,
     /// Request body bytes as framed (after de-chunking), including bytes lost in gaps.
-    pub request_body_bytes: u64,
+    pub(crate) request_body_bytes: u64,
     /// First byte of the request head.
-    pub ts_request_start: Timestamp,
+    pub(crate) ts_request_start: Timestamp,
     /// Last byte of the request body.
-    pub ts_request_end: Timestamp,
-    pub response: Option<ResponseSummary>,
+    pub(crate) ts_request_end: Timestamp,
+    pub(crate) response: Option<ResponseSummary>,
     /// `None` when every byte of both messages was seen and framed. When several things went
     /// wrong, the first one seen is kept.
-    pub incomplete: Option<Incomplete>,
+    pub(crate) incomplete: Option<Incomplete>,
 }
 
 /// Counters the HTTP stage keeps; telemetry reads them.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct HttpStats {
-    pub requests: u64,
-    pub responses: u64,
-    pub interim_responses: u64,
-    pub exchanges: u64,
-    pub bad_request_head: u64,
-    pub bad_response_head: u64,
-    pub head_too_large: u64,
-    pub bad_chunk: u64,
-    pub unmatched_responses: u64,
-    pub pending_overflow: u64,
-    pub resyncs: u64,
-    pub decode_failed: u64,
-    pub decode_capped: u64,
+    pub(crate) requests: u64,
+    pub(crate) responses: u64,
+    pub(crate) interim_responses: u64,
+    pub(crate) exchanges: u64,
+    pub(crate) bad_request_head: u64,
+    pub(crate) bad_response_head: u64,
+    pub(crate) head_too_large: u64,
+    pub(crate) bad_chunk: u64,
+    pub(crate) unmatched_responses: u64,
+    pub(crate) pending_overflow: u64,
+    pub(crate) resyncs: u64,
+    pub(crate) decode_failed: u64,
+    pub(crate) decode_capped: u64,
     /// Heads with more header lines than `max_headers`.
-    pub too_many_headers: u64,
+    pub(crate) too_many_headers: u64,
     /// Content-Length that is not a number, disagrees with itself, or is beyond belief.
-    pub bad_content_length: u64,
+    pub(crate) bad_content_length: u64,
     /// Directions whose first bytes were not a message start (picked up mid-stream).
-    pub midstream_pickups: u64,
+    pub(crate) midstream_pickups: u64,
     /// Gaps that swallowed the start of at least one request: the server answers it, but it is
     /// not reported (its method, path and token are unknown). A lower bound on requests lost.
-    pub request_starts_lost: u64,
+    pub(crate) request_starts_lost: u64,
     /// Connections that switched protocols (101, or CONNECT answered 2xx); no longer parsed.
-    pub upgrades: u64,
+    pub(crate) upgrades: u64,
     /// Directions given up on: no message start found in their first bytes (TLS, not HTTP).
-    pub not_http: u64,
+    pub(crate) not_http: u64,
     /// Selected requests sent behind an answer that closed the connection (`Connection:
     /// close`, HTTP/1.0): the server never read them, so they are not calls.
-    pub unread_after_close: u64,
+    pub(crate) unread_after_close: u64,
     /// Events for connections never opened (or already closed); ignored.
-    pub unknown_connection_events: u64,
+    pub(crate) unknown_connection_events: u64,
     /// Connections that held the most parsing state when all together went over
     /// `http.max_state_bytes_total`: their waiting requests were given up (calls marked
     /// incomplete) and they were read afresh from their next message.
@@ -442,34 +442,34 @@ pub struct HttpStats {
     /// Parsing state held by all connections now (an estimate of its heap, in bytes).
     pub state_bytes: u64,
     /// HTTP/2 connections seen (the client's first bytes were the HTTP/2 preface).
-    pub h2_connections: u64,
+    pub(crate) h2_connections: u64,
     /// HTTP/2 header blocks HPACK could not decode: that direction is not read any further.
-    pub h2_hpack_errors: u64,
+    pub(crate) h2_hpack_errors: u64,
     /// HTTP/2 header blocks or control frames over their limit: that direction is not read any
     /// further.
-    pub h2_frame_too_large: u64,
+    pub(crate) h2_frame_too_large: u64,
     /// HTTP/2 API requests not followed because `max_pending_requests` were open on their
     /// connection.
-    pub h2_too_many_streams: u64,
+    pub(crate) h2_too_many_streams: u64,
     /// HTTP/2 directions given up at a capture gap (frame boundaries are lost with it).
-    pub h2_gaps: u64,
+    pub(crate) h2_gaps: u64,
     /// HTTP/2 frames that break the protocol (padding longer than the frame, a CONTINUATION out
     /// of place, a control frame of the wrong size): that direction is not read any further.
-    pub h2_protocol_errors: u64,
+    pub(crate) h2_protocol_errors: u64,
     /// HTTP/2 API requests the server refused unprocessed (RST_STREAM REFUSED_STREAM, or above
     /// GOAWAY's last stream): not calls, not reported.
-    pub h2_streams_refused: u64,
+    pub(crate) h2_streams_refused: u64,
     /// Heads longer than `max_head_bytes` that were read by skimming (only the header lines
     /// framing and selection need kept past the limit).
-    pub heads_skimmed: u64,
+    pub(crate) heads_skimmed: u64,
     /// Request heads read only through leniency a strict parser (and, for most of it, Apache's
     /// default) would refuse: several spaces in the request line, folded headers, blanks
     /// before a colon, invalid header lines. Read anyway, so that no spelling either server
     /// serves escapes; a sign of odd or evasive clients.
-    pub lenient_request_heads: u64,
+    pub(crate) lenient_request_heads: u64,
     /// Connections switched to HTTP/2 by `Upgrade: h2c` (answered 101; Debian's mod_http2
     /// allows it by default): read as HTTP/2 from the client's preface on.
-    pub h2c_upgrades: u64,
+    pub(crate) h2c_upgrades: u64,
 }
 
 impl HttpStats {
@@ -692,25 +692,26 @@ impl<S: ExchangeSelector> HttpTracker<S> {
         }
     }
 
-    pub fn stats(&self) -> &HttpStats {
+    pub(crate) fn stats(&self) -> &HttpStats {
         &self.stats
     }
 
     /// Moves into `out` the connections found, since the last call, to have nothing worth
     /// reading until the client's next request (see [`Releasable`]). Reassembly may then stop
     /// passing their bytes on, and the capture stop copying them.
-    pub fn take_releasable(&mut self, out: &mut Vec<Releasable>) {
+    pub(crate) fn take_releasable(&mut self, out: &mut Vec<Releasable>) {
         out.append(&mut self.releasable);
     }
 
     /// Connections currently tracked.
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
         self.connections.len()
     }
 
     /// When the oldest selected request that has not finished started: no exchange emitted
     /// later can have started before it. O(1): the index is kept by [`Self::on_event`].
-    pub fn oldest_open_exchange(&self) -> Option<Timestamp> {
+    pub(crate) fn oldest_open_exchange(&self) -> Option<Timestamp> {
         // The unit tests check the index against the walk it replaces.
         #[cfg(test)]
         assert_eq!(
@@ -725,7 +726,7 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 
     /// Start of the oldest open request whose token is not known yet (see [`OpenToken`]) among
     /// those that started after `after`.
-    pub fn oldest_open_unknown_after(&self, after: Timestamp) -> Option<Timestamp> {
+    pub(crate) fn oldest_open_unknown_after(&self, after: Timestamp) -> Option<Timestamp> {
         use std::ops::Bound::{Excluded, Unbounded};
         self.open_index
             .unknown
@@ -736,12 +737,12 @@ impl<S: ExchangeSelector> HttpTracker<S> {
     }
 
     /// Start of the oldest open request known to carry `token`.
-    pub fn oldest_open_of_token(&self, token: &TokenFingerprint) -> Option<Timestamp> {
+    pub(crate) fn oldest_open_of_token(&self, token: &TokenFingerprint) -> Option<Timestamp> {
         self.open_index.by_token.get(token).and_then(Starts::first)
     }
 
     /// Start of the oldest open request from `peer` whose token is known (or known missing).
-    pub fn oldest_open_from_peer(&self, peer: IpAddr) -> Option<Timestamp> {
+    pub(crate) fn oldest_open_from_peer(&self, peer: IpAddr) -> Option<Timestamp> {
         self.open_index.by_peer.get(&peer).and_then(Starts::first)
     }
 }
@@ -749,14 +750,14 @@ impl<S: ExchangeSelector> HttpTracker<S> {
 /// The HTTP/1.x tests; their harness serves the HTTP/2 tests too.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub max_head_bytes: usize,
-    pub max_headers: usize,
-    pub max_pending_requests: usize,
+pub(crate) struct HttpConfig {
+    pub(crate) max_head_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_pending_requests: usize,
     /// Work cap for decoding one gzip/deflate response body.
-    pub max_decoded_body_bytes: u64,
+    pub(crate) max_decoded_body_bytes: u64,
     /// Heap all connections' parsing state may hold together (see [`HttpLimits`]).
-    pub max_state_bytes_total: usize,
+    pub(crate) max_state_bytes_total: usize,
 }
 
 impl Default for HttpConfig {
@@ -774,7 +775,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     /// What is wrong with `[http]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         at_least_one(
             &mut problems,

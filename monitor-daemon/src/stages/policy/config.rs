@@ -16,45 +16,47 @@ use crate::shared::token::TokenFingerprint;
 pub struct PolicyConfig {
     /// How long a finished call may wait for earlier-started calls before rules see it, so that
     /// windows are evaluated in request order even when responses finish out of order.
-    pub reorder_window: Duration,
+    pub(crate) reorder_window: Duration,
     /// How long an open request whose token is not known yet (its head or body still arriving)
     /// holds back every finished call that started after it; past it, it holds back nothing.
     /// Never longer than `reorder_window` (a longer value acts as `reorder_window`).
     /// A request whose token is known holds back only that token's calls (and the calls its
     /// client address is judged by) for up to `reorder_window`.
-    pub unknown_token_hold: Duration,
-    pub heavy: HeavyConfig,
-    pub rules: Vec<RuleConfig>,
+    pub(crate) unknown_token_hold: Duration,
+    pub(crate) heavy: HeavyConfig,
+    pub(crate) rules: Vec<RuleConfig>,
     /// Tokens held to other limits (a registered bulk job) or exempt (an admin or service token),
     /// named by fingerprint.
-    pub overrides: Vec<OverrideConfig>,
+    pub(crate) overrides: Vec<OverrideConfig>,
     /// Most tokens with rate windows in memory; past it the least recently seen are evicted
     /// (counted as `policy.evicted_tokens`).
-    pub max_tokens: usize,
+    pub(crate) max_tokens: usize,
     /// Most client addresses whose refused calls (401/403 for a token not otherwise seen) are
     /// counted; such calls never get per-token state, so random tokens cannot grow memory.
-    pub max_refused_clients: usize,
+    pub(crate) max_refused_clients: usize,
     /// `[policy.refused_calls]`: refused calls per client address before it is a violation
     /// (probing for tokens); absent, the `calls = "all"` rule's limit and window.
-    pub refused_calls: Option<super::RefusedCallsRule>,
+    pub(crate) refused_calls: Option<super::RefusedCallsRule>,
 }
 
 /// `[[policy.overrides]]`: one token's own limits, or its exemption from every rule.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverrideConfig {
+pub(crate) struct OverrideConfig {
     /// The token's fingerprint (16 hex digits, from `redcap-monitor fingerprint`), never the
     /// token itself.
-    pub token_fp: String,
+    pub(crate) token_fp: String,
     /// Who or what the token is, for people reading the file.
+    // Never read by the daemon: the field is here so that `deny_unknown_fields` accepts it.
     #[serde(default)]
-    pub note: String,
+    #[allow(dead_code)]
+    pub(crate) note: String,
     /// No rule applies to this token.
     #[serde(default)]
-    pub exempt: bool,
+    pub(crate) exempt: bool,
     /// Rule name → this token's limit for it (other rules keep their limit).
     #[serde(default)]
-    pub limits: std::collections::BTreeMap<String, u32>,
+    pub(crate) limits: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for PolicyConfig {
@@ -88,11 +90,11 @@ impl Default for PolicyConfig {
 /// What makes a call heavy.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HeavyConfig {
+pub(crate) struct HeavyConfig {
     /// A call whose decoded response is larger than this is heavy.
-    pub response_bytes: u64,
+    pub(crate) response_bytes: u64,
     /// Request kinds that are heavy whatever their size.
-    pub kinds: Vec<HeavyKind>,
+    pub(crate) kinds: Vec<HeavyKind>,
 }
 
 impl Default for HeavyConfig {
@@ -128,20 +130,20 @@ pub enum HeavyKind {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuleConfig {
+pub(crate) struct RuleConfig {
     /// Names the rule in violation records.
-    pub name: String,
+    pub(crate) name: String,
     /// Which calls the rule counts.
     #[serde(default)]
-    pub calls: CallClass,
+    pub(crate) calls: CallClass,
     /// Most calls allowed in any window.
-    pub limit: u32,
-    pub window: Duration,
+    pub(crate) limit: u32,
+    pub(crate) window: Duration,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CallClass {
+pub(crate) enum CallClass {
     #[default]
     All,
     Heavy,
@@ -161,7 +163,7 @@ fn too_high_a_limit(key: String) -> Problem {
 
 impl PolicyConfig {
     /// What is wrong with `[policy]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut names = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {

@@ -27,26 +27,26 @@ use super::{Verdict, Violation};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnforcementConfig {
-    pub mode: EnforcementMode,
+    pub(crate) mode: EnforcementMode,
     /// Decide and record, but mark every decision as not to be acted on.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// In `when_degraded` mode, a token is suspended only if it carries at least this share of
     /// the server time in the health window.
-    pub min_load_share: f64,
+    pub(crate) min_load_share: f64,
     /// Offences answered with a warning before the next one suspends.
-    pub warnings_before_suspension: u32,
+    pub(crate) warnings_before_suspension: u32,
     /// How long offences and suspensions are remembered for escalation.
     pub memory: Duration,
     /// Length of a first suspension...
-    pub suspension: Duration,
+    pub(crate) suspension: Duration,
     /// ...multiplied by this for each earlier suspension still remembered...
-    pub suspension_factor: f64,
+    pub(crate) suspension_factor: f64,
     /// ...up to this.
-    pub max_suspension: Duration,
+    pub(crate) max_suspension: Duration,
     /// Most tokens whose offences are remembered; past it the eighth least recently offending
     /// (never a suspended one) are forgotten, counted as `evicted_records`, so that a flood of
     /// violating tokens cannot grow memory within `memory`.
-    pub max_records: usize,
+    pub(crate) max_records: usize,
 }
 
 impl Default for EnforcementConfig {
@@ -67,7 +67,7 @@ impl Default for EnforcementConfig {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EnforcementMode {
+pub(crate) enum EnforcementMode {
     /// Suspend only while the server is degraded and the token loads it.
     #[default]
     WhenDegraded,
@@ -78,7 +78,7 @@ pub enum EnforcementMode {
 /// What was decided about one offending call.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// Told, not stopped.
     Warn { reason: HoldReason },
     /// Stopped until `until` (epoch seconds).
@@ -88,7 +88,7 @@ pub enum Action {
 /// Why a violation was answered with a warning rather than a suspension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum HoldReason {
+pub(crate) enum HoldReason {
     /// The token has warnings left before it is suspended.
     FirstOffence,
     /// The server is responsive: breaking a rule alone does not suspend in this mode.
@@ -101,33 +101,33 @@ pub enum HoldReason {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Decision {
     /// Epoch seconds of the offending call's start.
-    pub ts: f64,
-    pub token_fp: TokenFingerprint,
-    pub token_masked: String,
+    pub(crate) ts: f64,
+    pub(crate) token_fp: TokenFingerprint,
+    pub(crate) token_masked: String,
     #[serde(flatten)]
-    pub action: Action,
+    pub(crate) action: Action,
     /// Recorded but not to be acted on.
-    pub dry_run: bool,
-    pub evidence: Evidence,
+    pub(crate) dry_run: bool,
+    pub(crate) evidence: Evidence,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Evidence {
-    pub violations: Vec<ViolationEvidence>,
-    pub offences_remembered: u32,
-    pub suspensions_remembered: u32,
-    pub server_degraded: bool,
-    pub health: Assessment,
+pub(crate) struct Evidence {
+    pub(crate) violations: Vec<ViolationEvidence>,
+    pub(crate) offences_remembered: u32,
+    pub(crate) suspensions_remembered: u32,
+    pub(crate) server_degraded: bool,
+    pub(crate) health: Assessment,
     /// The token's share of server time in the health window, when it had any.
-    pub load_share: Option<f64>,
+    pub(crate) load_share: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ViolationEvidence {
-    pub rule: String,
-    pub limit: u32,
-    pub window_s: f64,
-    pub count: u32,
+pub(crate) struct ViolationEvidence {
+    pub(crate) rule: String,
+    pub(crate) limit: u32,
+    pub(crate) window_s: f64,
+    pub(crate) count: u32,
 }
 
 impl From<&Violation> for ViolationEvidence {
@@ -173,7 +173,7 @@ struct Held {
 
 /// Who began a suspension.
 #[derive(Clone, Debug, PartialEq)]
-pub enum SuspendedBy {
+pub(crate) enum SuspendedBy {
     /// This stage, on the decision of the call that broke a rule (with its evidence).
     Decision(Box<Decision>),
     /// An admin, by hand.
@@ -182,7 +182,7 @@ pub enum SuspendedBy {
 
 /// Why a suspension ended.
 #[derive(Clone, Debug, PartialEq)]
-pub enum LiftedBy {
+pub(crate) enum LiftedBy {
     /// It ran out (at the `at` of the event, its end).
     Expiry,
     /// An admin lifted it early.
@@ -191,7 +191,7 @@ pub enum LiftedBy {
 
 /// What happened to the suspensions in force, in order, from [`Enforcer::poll_event`].
 #[derive(Clone, Debug, PartialEq)]
-pub enum EnforcementEvent {
+pub(crate) enum EnforcementEvent {
     Suspended {
         token: TokenFingerprint,
         since: Timestamp,
@@ -210,14 +210,14 @@ pub enum EnforcementEvent {
 
 /// Counters the enforcer keeps.
 #[derive(Clone, Debug, Default)]
-pub struct EnforcementStats {
-    pub warnings: u64,
-    pub suspensions: u64,
+pub(crate) struct EnforcementStats {
+    pub(crate) warnings: u64,
+    pub(crate) suspensions: u64,
     /// Violations by a token that was already suspended: nothing new to decide.
-    pub while_suspended: u64,
+    pub(crate) while_suspended: u64,
     /// Records of tokens forgotten to stay within `max_records` (their next offence is a
     /// first one again).
-    pub evicted_records: u64,
+    pub(crate) evicted_records: u64,
 }
 
 pub struct Enforcer {
@@ -248,7 +248,7 @@ impl Enforcer {
     }
 
     /// Queues [`EnforcementEvent`]s from now on, for an edge that acts on them.
-    pub fn listen(&mut self) {
+    pub(crate) fn listen(&mut self) {
         self.listening = true;
     }
 
@@ -259,7 +259,7 @@ impl Enforcer {
     }
 
     /// The next suspension begun or ended, oldest first.
-    pub fn poll_event(&mut self) -> Option<EnforcementEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<EnforcementEvent> {
         self.events.pop_front()
     }
 
@@ -349,13 +349,13 @@ impl Enforcer {
 
     /// Remembers an offence another host saw (its call broke a rule in the shared windows) and
     /// acted on itself: the next offence here escalates from it, nothing is decided now.
-    pub fn note_offence(&mut self, token: TokenFingerprint, at: Timestamp) {
+    pub(crate) fn note_offence(&mut self, token: TokenFingerprint, at: Timestamp) {
         let _ = self.remember_offence(token, at);
     }
 
     /// Applies new settings (a reload) and keeps every token's offences and suspensions: a
     /// suspension in force stays until its end, and escalation continues from the record.
-    pub fn reconfigure(&mut self, config: EnforcementConfig) {
+    pub(crate) fn reconfigure(&mut self, config: EnforcementConfig) {
         self.config = config;
     }
 
@@ -456,7 +456,7 @@ impl Enforcer {
 
     /// Suspends `token` by hand from `now` until `until` (`None`: until lifted): an admin's
     /// input. Its violations then decide nothing new. A suspension in force is replaced.
-    pub fn suspend(
+    pub(crate) fn suspend(
         &mut self,
         token: TokenFingerprint,
         now: Timestamp,
@@ -477,7 +477,7 @@ impl Enforcer {
 
     /// Lifts a suspension early (an admin's input); later offences escalate from the record.
     /// False when `token` was not suspended.
-    pub fn lift(&mut self, token: TokenFingerprint, now: Timestamp, reason: String) -> bool {
+    pub(crate) fn lift(&mut self, token: TokenFingerprint, now: Timestamp, reason: String) -> bool {
         if let Some(record) = self.records.get_mut(&token) {
             record.suspended_until = None;
         }
@@ -496,7 +496,7 @@ impl Enforcer {
 
     /// Takes back a suspension in force that a store kept over a restart (no event: it was
     /// acted on when it began).
-    pub fn restore(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
+    pub(crate) fn restore(&mut self, token: TokenFingerprint, until: Option<Timestamp>) {
         self.hold(token, until);
         self.active.insert(
             token,
@@ -510,7 +510,7 @@ impl Enforcer {
 
     /// Ends a suspension that another web host lifted (`[shared]`): no event, as that host acted
     /// on it. False when `token` was not suspended here.
-    pub fn forget_suspension(&mut self, token: TokenFingerprint) -> bool {
+    pub(crate) fn forget_suspension(&mut self, token: TokenFingerprint) -> bool {
         if let Some(record) = self.records.get_mut(&token) {
             record.suspended_until = None;
         }
@@ -523,7 +523,7 @@ impl Enforcer {
 
     /// Remembers an earlier suspension of `token` at `at` for escalation (e.g. one read back from
     /// the store after a restart).
-    pub fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
+    pub(crate) fn note_suspension(&mut self, token: TokenFingerprint, at: Timestamp) {
         let record = self.records.entry(token).or_default();
         if !record.suspensions.contains(&at) {
             let at_index = record.suspensions.partition_point(|t| *t <= at);
@@ -555,6 +555,7 @@ impl Enforcer {
         });
     }
 
+    #[cfg(test)]
     pub(crate) fn stats(&self) -> &EnforcementStats {
         &self.stats
     }
@@ -590,7 +591,7 @@ mod tests;
 
 impl EnforcementConfig {
     /// What is wrong with `[enforcement]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         share(
             &mut problems,

@@ -27,7 +27,7 @@ pub trait OpenRequests {
 }
 
 /// No request open (offline replays that judge in start order, tests).
-pub struct NothingOpen;
+pub(crate) struct NothingOpen;
 
 impl OpenRequests for NothingOpen {
     fn oldest_unknown_after(&self, _: Timestamp) -> Option<Timestamp> {
@@ -56,9 +56,9 @@ impl<S: ExchangeSelector> OpenRequests for HttpTracker<S> {
 /// What holds finished calls back at one release: the requests still open, and optionally a
 /// time after which every call waits whoever it is from.
 pub struct Hold<'a> {
-    pub open: &'a dyn OpenRequests,
+    pub(crate) open: &'a dyn OpenRequests,
     /// Every call that started at or after this waits (a watermark from elsewhere).
-    pub all_since: Option<Timestamp>,
+    pub(crate) all_since: Option<Timestamp>,
 }
 
 impl<'a> Hold<'a> {
@@ -78,7 +78,7 @@ impl<'a> Hold<'a> {
     }
 
     /// Also holds back every call that started at or after `since`.
-    pub fn and_all_since(mut self, since: Option<Timestamp>) -> Hold<'a> {
+    pub(crate) fn and_all_since(mut self, since: Option<Timestamp>) -> Hold<'a> {
         self.all_since = match (self.all_since, since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -25,9 +25,12 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 
-pub use config::{CallClass, HeavyConfig, HeavyKind, OverrideConfig, PolicyConfig, RuleConfig};
-pub use hold::{Hold, NothingOpen, OpenRequests};
-pub use window::{MAX_HELD, SlidingCount};
+pub use config::PolicyConfig;
+#[cfg(test)]
+pub(crate) use config::RuleConfig;
+pub(crate) use config::{CallClass, HeavyKind};
+pub use hold::{Hold, OpenRequests};
+pub(crate) use window::{MAX_HELD, SlidingCount};
 
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::token::{FingerprintMap, TokenFingerprint};
@@ -48,11 +51,11 @@ pub enum HeavyReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     /// When the offending call's request started.
-    pub ts: Timestamp,
-    pub token: TokenFingerprint,
+    pub(crate) ts: Timestamp,
+    pub(crate) token: TokenFingerprint,
     pub rule: String,
-    pub limit: u32,
-    pub window: Span,
+    pub(crate) limit: u32,
+    pub(crate) window: Span,
     /// Calls the rule counted in the window ending at `ts`, this one included.
     pub count: u32,
 }
@@ -62,10 +65,10 @@ pub struct Violation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientViolation {
     /// When the offending call's request started.
-    pub ts: Timestamp,
-    pub client: IpAddr,
-    pub limit: u32,
-    pub window: Span,
+    pub(crate) ts: Timestamp,
+    pub(crate) client: IpAddr,
+    pub(crate) limit: u32,
+    pub(crate) window: Span,
     /// Refused calls from the address in the window ending at `ts`, this one included.
     pub count: u32,
 }
@@ -73,14 +76,14 @@ pub struct ClientViolation {
 /// `[policy.refused_calls]`: refused calls (401/403) one client address may make in any window.
 #[derive(Clone, Copy, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RefusedCallsRule {
-    pub limit: u32,
-    pub window: crate::shared::settings::Duration,
+pub(crate) struct RefusedCallsRule {
+    pub(crate) limit: u32,
+    pub(crate) window: crate::shared::settings::Duration,
 }
 
 impl RefusedCallsRule {
     /// What is wrong with the rule, keyed by its path (`policy.refused_calls.window`).
-    pub fn problems(&self) -> Vec<crate::shared::settings::Problem> {
+    pub(crate) fn problems(&self) -> Vec<crate::shared::settings::Problem> {
         let key = |field: &str| format!("policy.refused_calls.{field}");
         let mut problems = Vec::new();
         if self.window.span().0 == 0 {
@@ -100,7 +103,7 @@ impl RefusedCallsRule {
 }
 
 /// Name of the refused-calls rule in violation records and alerts.
-pub const REFUSED_CALLS_RULE: &str = "refused_calls";
+pub(crate) const REFUSED_CALLS_RULE: &str = "refused_calls";
 
 /// A call after the policy has looked at it.
 #[derive(Clone, Debug)]
@@ -111,41 +114,41 @@ pub struct Verdict {
     /// The call's client address went over the refused-calls rule.
     pub client_violation: Option<ClientViolation>,
     /// What was decided about the token, when the call broke a rule.
-    pub decision: Option<enforce::Decision>,
+    pub(crate) decision: Option<enforce::Decision>,
     /// The token was under a suspension in force when the call began: its violations are
     /// counted by the enforcer (and reported when the suspension ends), not recorded one by one.
-    pub while_suspended: bool,
+    pub(crate) while_suspended: bool,
 }
 
 /// Counters the policy stage keeps.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct PolicyStats {
-    pub calls: u64,
-    pub heavy_calls: u64,
-    pub violations: u64,
+    pub(crate) calls: u64,
+    pub(crate) heavy_calls: u64,
+    pub(crate) violations: u64,
     /// Calls without a usable token (missing, malformed, unreadable): no rule can apply to
     /// them; they are counted per client address instead (see [`Policy::refused_clients`]).
-    pub calls_without_token: u64,
+    pub(crate) calls_without_token: u64,
     /// Calls that arrived after later-started calls of the same token (or, for calls counted
     /// per client address, of the same address) had already been evaluated.
     pub late_calls: u64,
     /// Calls of exempt tokens (`policy.overrides`): no rule applied.
-    pub exempt_calls: u64,
+    pub(crate) exempt_calls: u64,
     /// Refused calls (401/403) of tokens not otherwise tracked, counted per client address.
-    pub refused_untracked_calls: u64,
+    pub(crate) refused_untracked_calls: u64,
     /// Unanswered calls (the client reset or closed before the answer) of tokens not otherwise
     /// tracked, counted per client address: the server never judged the token.
-    pub unanswered_untracked_calls: u64,
+    pub(crate) unanswered_untracked_calls: u64,
     /// Calls that took a client address over the refused-calls rule (probing for tokens).
-    pub client_violations: u64,
+    pub(crate) client_violations: u64,
     /// Tokens whose windows were dropped to stay within `policy.max_tokens`.
     pub evicted_tokens: u64,
     /// Client addresses dropped to stay within `policy.max_refused_clients`.
-    pub evicted_refused_clients: u64,
+    pub(crate) evicted_refused_clients: u64,
     /// Other web hosts' calls (`[shared]`) counted in the windows; they are in none of the
     /// counters above, which count this host's calls only.
-    pub peer_calls: u64,
+    pub(crate) peer_calls: u64,
     /// Peers' calls that arrived after later-started calls of the same token (or client address)
     /// had been evaluated here (a peer that was cut off, or Redis down for a while): still
     /// counted in their windows.
@@ -178,9 +181,9 @@ enum Override {
 /// tokens ([`PolicyStats::refused_untracked_calls`]) and calls without a usable token
 /// ([`PolicyStats::calls_without_token`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RefusedClient {
-    pub calls: u64,
-    pub last_call: Timestamp,
+pub(crate) struct RefusedClient {
+    pub(crate) calls: u64,
+    pub(crate) last_call: Timestamp,
 }
 
 /// One client address's calls that no token took, and its refused calls' window.
@@ -302,7 +305,7 @@ fn overrides(config: &PolicyConfig) -> FingerprintMap<Override> {
 }
 
 /// The longest rule window: how far back a call can still count.
-pub fn longest_window(config: &PolicyConfig) -> Span {
+pub(crate) fn longest_window(config: &PolicyConfig) -> Span {
     config
         .rules
         .iter()
@@ -345,7 +348,7 @@ impl Policy {
     ///
     /// A window made longer counts only what the old one still held: events older than the old
     /// window were already forgotten.
-    pub fn reconfigure(&mut self, config: &PolicyConfig) {
+    pub(crate) fn reconfigure(&mut self, config: &PolicyConfig) {
         let new_rules = rules(config);
         // For each new rule, the index of the old rule whose counts carry over.
         let carried: Vec<Option<usize>> = new_rules
@@ -382,7 +385,7 @@ impl Policy {
     }
 
     /// Why `call` is heavy, if it is: size first (it is measured), then the request kind.
-    pub fn classify(&self, call: &ApiCall) -> Option<HeavyReason> {
+    pub(crate) fn classify(&self, call: &ApiCall) -> Option<HeavyReason> {
         let size = call.response_bytes.or(call.response_wire_bytes);
         if size.is_some_and(|bytes| bytes > self.heavy_response_bytes) {
             return Some(HeavyReason::ResponseSize);
@@ -515,7 +518,7 @@ impl Policy {
     /// Start of the earliest call of this host still waiting to be judged: with windows shared,
     /// the watermark this host publishes stays before it, so that a peer judges its later calls
     /// only after this host has decided (and announced) what this call brought.
-    pub fn oldest_own_waiting(&self) -> Option<Timestamp> {
+    pub(crate) fn oldest_own_waiting(&self) -> Option<Timestamp> {
         self.pending
             .iter()
             .filter(|Reverse(p)| !p.from_peer)
@@ -527,12 +530,14 @@ impl Policy {
     /// calls started: the enforcer remembers them as offences, so that a token spreading its
     /// calls over hosts climbs the same warning ladder as on one host. Take them after every
     /// [`poll`](Self::poll), before acting on its verdict: they started earlier.
-    pub fn take_peer_offences(&mut self) -> std::vec::Drain<'_, (TokenFingerprint, Timestamp)> {
+    pub(crate) fn take_peer_offences(
+        &mut self,
+    ) -> std::vec::Drain<'_, (TokenFingerprint, Timestamp)> {
         self.peer_offences.drain(..)
     }
 
     /// Drops the raw tokens of the calls waiting here (a reload left no hook that wants them).
-    pub fn drop_raw_tokens(&mut self) {
+    pub(crate) fn drop_raw_tokens(&mut self) {
         self.end_round();
         let mut waiting = std::mem::take(&mut self.pending).into_vec();
         for Reverse(pending) in &mut waiting {
@@ -542,7 +547,7 @@ impl Policy {
     }
 
     /// Whether finished calls are waiting to be evaluated.
-    pub fn has_waiting(&self) -> bool {
+    pub(crate) fn has_waiting(&self) -> bool {
         !self.pending.is_empty() || !self.deferred.is_empty()
     }
 
@@ -568,7 +573,8 @@ impl Policy {
 
     /// Client addresses whose refused or tokenless calls are being counted, most calls first (at
     /// most `n`).
-    pub fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
+    #[cfg(test)]
+    pub(crate) fn refused_clients(&self, n: usize) -> Vec<(IpAddr, RefusedClient)> {
         let mut clients: Vec<(IpAddr, RefusedClient)> = self
             .refused
             .iter()

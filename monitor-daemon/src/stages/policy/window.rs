@@ -10,10 +10,10 @@ use std::collections::VecDeque;
 use crate::shared::model::{Span, Timestamp};
 
 /// Most events one window holds (512 KiB of timestamps); rule limits must stay below it.
-pub const MAX_HELD: u32 = 1 << 16;
+pub(crate) const MAX_HELD: u32 = 1 << 16;
 
 #[derive(Clone, Debug, Default)]
-pub struct SlidingCount {
+pub(crate) struct SlidingCount {
     times: VecDeque<Timestamp>,
     /// Latest timestamp recorded: entries at or before `latest - window` can never count again.
     latest: Timestamp,
@@ -21,7 +21,7 @@ pub struct SlidingCount {
 
 impl SlidingCount {
     /// Records an event at `ts` and returns how many recorded events fall in `(ts - window, ts]`.
-    pub fn record(&mut self, ts: Timestamp, window: Span) -> u32 {
+    pub(crate) fn record(&mut self, ts: Timestamp, window: Span) -> u32 {
         if ts > self.latest {
             self.latest = ts;
         }
@@ -48,11 +48,12 @@ impl SlidingCount {
     }
 
     /// Events currently held (for memory accounting).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.times.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.times.is_empty()
     }
 }

@@ -17,10 +17,10 @@ use crate::shared::model::Endpoint;
 use crate::stages::http::RequestHead;
 
 /// Most CIDRs `trusted_proxies` may list: a load-balancer tier, not a routing table.
-pub const MAX_TRUSTED_PROXIES: usize = 1024;
+pub(crate) const MAX_TRUSTED_PROXIES: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TrustedProxyError {
+pub(crate) enum TrustedProxyError {
     #[error(
         "{spelled:?} is not an address or a CIDR: write it as \"10.0.0.0/8\", \"192.0.2.7\" or \"2001:db8::/32\""
     )]
@@ -102,7 +102,7 @@ impl Network {
 /// of addresses and CIDRs and checked there, once: a value of this type holds valid networks.
 /// Empty (the default): no header is ever believed.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     networks: Vec<Network>,
     spelled: Vec<String>,
 }
@@ -121,7 +121,7 @@ impl<'de> Deserialize<'de> for TrustedProxies {
 }
 
 impl TrustedProxies {
-    pub fn new(spelled: &[String]) -> Result<TrustedProxies, TrustedProxyError> {
+    pub(crate) fn new(spelled: &[String]) -> Result<TrustedProxies, TrustedProxyError> {
         if spelled.len() > MAX_TRUSTED_PROXIES {
             return Err(TrustedProxyError::TooMany);
         }
@@ -135,11 +135,11 @@ impl TrustedProxies {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.networks.is_empty()
     }
 
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.networks.iter().any(|n| n.contains(ip))
     }
@@ -148,7 +148,7 @@ impl TrustedProxies {
 /// Which header a trusted proxy writes the client's address in; the other is ignored, as a
 /// proxy usually passes on whatever the client put in a header it does not write itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum ClientAddressHeader {
+pub(crate) enum ClientAddressHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, AWS and most balancers).
     #[default]
     #[serde(rename = "X-Forwarded-For", alias = "x-forwarded-for")]
@@ -160,7 +160,7 @@ pub enum ClientAddressHeader {
 
 /// Where a call's client address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientOrigin {
+pub(crate) enum ClientOrigin {
     /// The connection's peer, not a trusted proxy (or none is configured): the peer is the client.
     Peer,
     /// A trusted proxy named the client in its header.
@@ -175,14 +175,14 @@ pub enum ClientOrigin {
 
 /// How client addresses are found: `redcap.trusted_proxies` and `redcap.client_address_header`.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ClientAddressing {
-    pub trusted_proxies: TrustedProxies,
-    pub header: ClientAddressHeader,
+pub(crate) struct ClientAddressing {
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) header: ClientAddressHeader,
 }
 
 impl ClientAddressing {
     /// The client of a request that arrived on a connection from `peer`.
-    pub fn resolve(&self, peer: Endpoint, head: &RequestHead) -> ClientOrigin {
+    pub(crate) fn resolve(&self, peer: Endpoint, head: &RequestHead) -> ClientOrigin {
         if self.trusted_proxies.is_empty() || !self.trusted_proxies.contains(peer.ip) {
             return ClientOrigin::Peer;
         }

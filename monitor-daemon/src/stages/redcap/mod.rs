@@ -20,15 +20,14 @@ use crate::shared::token::{
 use crate::stages::http::{
     BodyDecoding, ExchangeSelector, HttpExchange, HttpVersion, Incomplete, RequestBody, RequestHead,
 };
-pub use client::{
-    ClientAddressHeader, ClientAddressing, ClientOrigin, TrustedProxies, TrustedProxyError,
-};
+pub(crate) use client::{ClientAddressHeader, ClientAddressing, ClientOrigin, TrustedProxies};
+
 pub use paths::{ApiPathError, ApiPaths, DEFAULT_API_PATHS};
 
 use form::{FieldCollector, VarLimit};
 
 /// PHP's `max_input_vars` assumed when none is configured: what REDCap's install check asks for.
-pub const DEFAULT_MAX_INPUT_VARS: u64 = 100_000;
+pub(crate) const DEFAULT_MAX_INPUT_VARS: u64 = 100_000;
 use crate::shared::settings::{Problem, at_least_one};
 use multipart::MultipartScanner;
 use serde::Deserialize;
@@ -149,7 +148,7 @@ pub enum KeepRawToken {
 
 impl ApiCall {
     /// The server answered and did not refuse the token (401/403): it is a real token.
-    pub fn token_accepted(&self) -> bool {
+    pub(crate) fn token_accepted(&self) -> bool {
         self.status.is_some_and(|s| s != 401 && s != 403)
     }
 
@@ -240,7 +239,7 @@ impl ApiCall {
 
 /// A REDCap boolean parameter: `1` or `true` (any case) is true, anything else false, as
 /// REDCap's `API/index.php` reads them.
-pub fn parse_bool(value: &str) -> bool {
+pub(crate) fn parse_bool(value: &str) -> bool {
     value == "1" || value.eq_ignore_ascii_case("true")
 }
 
@@ -271,7 +270,8 @@ enum Scanner {
 impl FormBody {
     /// A body reader for a request with this `Content-Type` header value, read with PHP's
     /// default [`DEFAULT_MAX_INPUT_VARS`].
-    pub fn for_content_type(content_type: Option<&str>) -> FormBody {
+    #[cfg(test)]
+    pub(crate) fn for_content_type(content_type: Option<&str>) -> FormBody {
         FormBody::new(content_type, DEFAULT_MAX_INPUT_VARS)
     }
 
@@ -315,7 +315,7 @@ impl FormBody {
 
     /// Fingerprints the token as soon as it is read, with `key` (see
     /// [`RequestBody::token_fingerprint`]).
-    pub fn with_key(mut self, key: std::sync::Arc<SiteKey>) -> FormBody {
+    pub(crate) fn with_key(mut self, key: std::sync::Arc<SiteKey>) -> FormBody {
         self.key = Some(key);
         self
     }
@@ -403,11 +403,11 @@ pub struct ApiRequestSelector {
 
 /// What the selector has seen; telemetry reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SelectorStats {
-    pub requests: u64,
-    pub selected: u64,
+pub(crate) struct SelectorStats {
+    pub(crate) requests: u64,
+    pub(crate) selected: u64,
     /// Requests to an API path with another method (REDCap answers 501; not an API call).
-    pub other_method_on_api_path: u64,
+    pub(crate) other_method_on_api_path: u64,
 }
 
 impl ApiRequestSelector {
@@ -422,7 +422,7 @@ impl ApiRequestSelector {
 
     /// Bodies fingerprint their token as soon as it is read (the policy's reorder hold then
     /// holds back only that token's calls behind an open request).
-    pub fn with_site_key(mut self, key: SiteKey) -> ApiRequestSelector {
+    pub(crate) fn with_site_key(mut self, key: SiteKey) -> ApiRequestSelector {
         self.key = Some(std::sync::Arc::new(key));
         self
     }
@@ -433,7 +433,8 @@ impl ApiRequestSelector {
         self
     }
 
-    pub fn stats(&self) -> &SelectorStats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &SelectorStats {
         &self.stats
     }
 }
@@ -462,35 +463,35 @@ impl ExchangeSelector for ApiRequestSelector {
 /// Counts of calls by what was wrong with their token or body; telemetry reads them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
-pub struct RedcapStats {
-    pub calls: u64,
-    pub incomplete: u64,
-    pub token_missing: u64,
-    pub token_malformed: u64,
+pub(crate) struct RedcapStats {
+    pub(crate) calls: u64,
+    pub(crate) incomplete: u64,
+    pub(crate) token_missing: u64,
+    pub(crate) token_malformed: u64,
     /// Calls whose request head could not be read (see [`TokenProblem::Unreadable`]).
-    pub token_unreadable: u64,
-    pub unsupported_content_type: u64,
-    pub malformed_multipart: u64,
-    pub field_too_long: u64,
+    pub(crate) token_unreadable: u64,
+    pub(crate) unsupported_content_type: u64,
+    pub(crate) malformed_multipart: u64,
+    pub(crate) field_too_long: u64,
     /// Calls whose body had more fields than `redcap.max_input_vars`.
-    pub input_vars_exceeded: u64,
-    pub body_gap: u64,
+    pub(crate) input_vars_exceeded: u64,
+    pub(crate) body_gap: u64,
     /// Requests to an API path that the web server refused with its own error page (400, 404,
     /// …): never run by REDCap, so not calls (see `ResponseSummary::is_web_server_refusal`).
-    pub web_server_refusals: u64,
+    pub(crate) web_server_refusals: u64,
     /// Calls whose client was named by a trusted proxy's header.
-    pub client_from_proxy: u64,
+    pub(crate) client_from_proxy: u64,
     /// Calls from a trusted proxy without a usable client-address header: the proxy stays the
     /// client (is the proxy configured to write `redcap.client_address_header`?).
-    pub proxy_header_missing: u64,
+    pub(crate) proxy_header_missing: u64,
     /// Calls whose client-address header held something that is not an address (`unknown`,
     /// an obfuscated name): the walk stopped at the last address.
-    pub proxy_header_unparsable: u64,
+    pub(crate) proxy_header_unparsable: u64,
 }
 
 impl RedcapStats {
     /// Counts where a call's client came from, and applies it to the call.
-    pub fn apply_origin(&mut self, call: &mut ApiCall, origin: ClientOrigin) {
+    pub(crate) fn apply_origin(&mut self, call: &mut ApiCall, origin: ClientOrigin) {
         let client = match origin {
             ClientOrigin::Peer => return,
             ClientOrigin::HeaderMissing => {
@@ -512,7 +513,7 @@ impl RedcapStats {
         call.client = client;
     }
 
-    pub fn count(&mut self, call: &ApiCall) {
+    pub(crate) fn count(&mut self, call: &ApiCall) {
         self.calls += 1;
         self.incomplete += u64::from(!call.complete);
         match call.token {
@@ -539,16 +540,16 @@ mod tests;
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RedcapConfig {
+pub(crate) struct RedcapConfig {
     /// Path patterns of the API endpoint: `**` any characters, `*` any but `/`.
-    pub api_paths: ApiPaths,
+    pub(crate) api_paths: ApiPaths,
     /// PHP's `max_input_vars` on the web server: bodies are read as PHP reads them with it.
-    pub max_input_vars: u64,
+    pub(crate) max_input_vars: u64,
     /// Load balancers or TLS terminators (addresses, CIDRs) whose client-address header is
     /// believed; empty: none, the connection's peer is always the client.
-    pub trusted_proxies: TrustedProxies,
+    pub(crate) trusted_proxies: TrustedProxies,
     /// The header those proxies write the client's address in.
-    pub client_address_header: ClientAddressHeader,
+    pub(crate) client_address_header: ClientAddressHeader,
 }
 
 impl Default for RedcapConfig {
@@ -564,7 +565,7 @@ impl Default for RedcapConfig {
 
 impl RedcapConfig {
     /// What is wrong with `[redcap]`, each problem keyed by its full path.
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         // `api_paths` was checked as it was read: an `ApiPaths` holds only valid patterns.
         at_least_one(
@@ -575,7 +576,7 @@ impl RedcapConfig {
     }
 
     /// How calls' client addresses are found.
-    pub fn client_addressing(&self) -> ClientAddressing {
+    pub(crate) fn client_addressing(&self) -> ClientAddressing {
         ClientAddressing {
             trusted_proxies: self.trusted_proxies.clone(),
             header: self.client_address_header,

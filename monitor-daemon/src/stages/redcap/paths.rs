@@ -65,7 +65,7 @@ impl<'de> serde::Deserialize<'de> for ApiPaths {
 }
 
 impl ApiPaths {
-    pub fn new(spelled: &[String]) -> Result<ApiPaths, ApiPathError> {
+    pub(crate) fn new(spelled: &[String]) -> Result<ApiPaths, ApiPathError> {
         if spelled.is_empty() {
             return Err(ApiPathError::NoPatterns);
         }
@@ -83,7 +83,7 @@ impl ApiPaths {
     /// runs an API endpoint: its resolved path matches a pattern, or the part of it up to a
     /// `.php` segment does (the rest is `PATH_INFO`, as in `/api/index.php/x`, which Apache's
     /// `AcceptPathInfo` default and nginx's `fastcgi_split_path_info` both run as the script).
-    pub fn matches(&self, target: &str) -> bool {
+    pub(crate) fn matches(&self, target: &str) -> bool {
         let path = normalise(target_path(target.as_bytes()));
         if self.patterns.iter().any(|p| p.matches(&path)) {
             return true;

@@ -199,7 +199,7 @@ pub struct KernelCounters {
     /// one, dropped in the kernel: forged or damaged, as the server's stack drops them too.
     pub checksum_bad: u64,
     /// API connections in the kernel's main flow table now (answered by the server).
-    pub flows_tracked: u64,
+    pub(crate) flows_tracked: u64,
     /// Connections the LRU table dropped to make room (the kernel cannot see these: they are
     /// confirmed − ended − still tracked). Their later segments are not sent.
     pub flows_evicted: u64,
@@ -208,16 +208,16 @@ pub struct KernelCounters {
     /// by a flood of such before their answer. Not a loss of answered connections.
     pub flows_unanswered: u64,
     /// TLS: reads by processes not in the process list (not looked at).
-    pub tls_other_process: u64,
+    pub(crate) tls_other_process: u64,
     /// TLS: reads by processes with a configured name running as a user not in
     /// `capture.tls.users` (not looked at): a misconfigured list, or an impostor.
-    pub tls_other_user: u64,
+    pub(crate) tls_other_user: u64,
     /// TLS: reads and writes on connections that are not API connections (no event).
     pub tls_filtered: u64,
     pub tls_conns_started: u64,
-    pub tls_conns_ended: u64,
+    pub(crate) tls_conns_ended: u64,
     /// TLS connections in the kernel's table now.
-    pub tls_conns_tracked: u64,
+    pub(crate) tls_conns_tracked: u64,
     /// TLS connections the LRU table dropped (started − ended − tracked): a loss.
     pub tls_conns_evicted: u64,
     /// TLS calls whose arguments could not be kept for the return probe: a loss.
@@ -225,14 +225,14 @@ pub struct KernelCounters {
     /// TLS handshakes (ClientHello) on the watched ports: HTTPS the TC probe cannot read.
     pub tls_handshakes: u64,
     /// HTTP/2 requests on connections whose preface was not seen (opened before the probe).
-    pub http2_unseen: u64,
+    pub(crate) http2_unseen: u64,
 }
 
 impl KernelCounters {
     /// The names of the counters that mean lost or partial data, in the order
     /// [`KernelCounters::losses`] gives them: the one list the stats file, `status`, the
     /// `capture_loss` alert and the metrics read.
-    pub const LOSS_NAMES: [&'static str; 7] = [
+    pub(crate) const LOSS_NAMES: [&'static str; 7] = [
         "ring_full",
         "truncated_bytes",
         "flow_insert_failed",
@@ -280,7 +280,7 @@ pub struct KernelProbe {
 impl KernelProbe {
     /// Whether netlink filters (or a clsact qdisc) were attached: taking them away at exit
     /// needs CAP_NET_ADMIN, where TCX links go with their file descriptors.
-    pub fn uses_netlink(&self) -> bool {
+    pub(crate) fn uses_netlink(&self) -> bool {
         self.netlink_used || !self.clsact.is_empty()
     }
 

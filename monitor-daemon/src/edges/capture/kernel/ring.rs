@@ -14,7 +14,7 @@ use monitor_common::{
 };
 
 use super::KernelProbe;
-use crate::edges::capture::records::{KernelClock, clock_ns, segment_from_record};
+use crate::edges::capture::records::{clock_ns, segment_from_record};
 use crate::shared::model::{Endpoint, ResumedEarly, TcpSegment};
 
 /// What user space did with the records it read.
@@ -31,10 +31,10 @@ pub struct DrainStats {
     pub malformed: u64,
     /// Drains that stopped at their budget (`capture.max_drain_records` or `max_drain_time`)
     /// rather than at an empty ring: the loop did its periodic work and came back for the rest.
-    pub drains_bounded: u64,
+    pub(crate) drains_bounded: u64,
     /// TLS connections whose client address was found, and not found (then `client` is empty).
-    pub tls_clients_found: u64,
-    pub tls_clients_unknown: u64,
+    pub(crate) tls_clients_found: u64,
+    pub(crate) tls_clients_unknown: u64,
 }
 
 impl KernelProbe {
@@ -49,7 +49,7 @@ impl KernelProbe {
     /// every 64 records), so that a ring the kernel keeps filling cannot hold the caller: the
     /// rest stays in the ring for the next drain. Stops at a budget are counted
     /// (`drains_bounded`).
-    pub fn drain_bounded(
+    pub(crate) fn drain_bounded(
         &mut self,
         max_records: usize,
         mut more_time: impl FnMut() -> bool,
@@ -187,11 +187,6 @@ impl KernelProbe {
             tls_clients_unknown: self.tls_peers.not_found,
             ..self.stats
         }
-    }
-
-    /// Re-measures the kernel-to-wall-clock offset (after the wall clock was stepped).
-    pub fn resync_clock(&mut self) {
-        self.clock = KernelClock::measure();
     }
 }
 
