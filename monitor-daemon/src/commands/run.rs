@@ -262,11 +262,13 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             }
             Event::KernelReadable => {
                 kernel_busy = source.drain(&mut pipeline, &mut |v| edges.verdict(v)) > 0;
+                edges.share_finished_calls(&mut pipeline);
             }
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
                 pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 source.drain(&mut pipeline, &mut |v| edges.verdict(v));
+                edges.share_finished_calls(&mut pipeline);
             }
             Event::Tick => {
                 // The ring buffer's readiness can be missed between a drain and the next
@@ -414,6 +416,16 @@ impl Edges {
         self.actions.handle_admin(pipeline.enforcer_mut(), now);
     }
 
+    /// Calls finished by the input just taken go to the peers at once, not at the next tick:
+    /// each peer's judgement of its own calls that started later waits for them (and for this
+    /// host's watermark after them). The Redis task gathers what comes while it publishes, so
+    /// under load the entries still carry many calls.
+    fn share_finished_calls(&mut self, pipeline: &mut Pipeline) {
+        if self.shared.is_some() && pipeline.has_batch() {
+            self.share(pipeline, wall_clock());
+        }
+    }
+
     /// Publishes this host's calls (or a heartbeat) when due and its suspensions, and alerts
     /// on a peer gone silent.
     fn share(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
@@ -431,11 +443,7 @@ impl Edges {
                 lifted: change.lifted,
             });
         }
-        if shared.due(pipeline.has_batch(), now)
-            && let Some(batch) = pipeline.take_batch()
-        {
-            shared.publish(batch);
-        }
+        shared.publish_due(pipeline, now);
         while let Some(event) = pipeline.poll_peer_event() {
             match event {
                 PeerEvent::Lost { host } => {
@@ -458,11 +466,7 @@ impl Edges {
     fn from_redis(&mut self, message: FromRedis, pipeline: &mut Pipeline, now: Timestamp) {
         match message {
             FromRedis::Batch(batch) => {
-                if !batch.calls.is_empty()
-                    && let Some(shared) = &mut self.shared
-                {
-                    shared.owe_watermark();
-                }
+                // (`recv` made this host's watermark due if the batch has calls.)
                 pipeline.receive_from_peer(batch, now, &mut |v| self.verdict(v));
             }
             FromRedis::Suspension(note) => {
