@@ -877,6 +877,7 @@ fn cluster_section(shared: &SharedState, pipeline: &Pipeline, now: Timestamp) ->
         buffered_calls: io.buffered_calls,
         buffered_dropped: io.buffered_dropped,
         stream_capped: io.stream_capped,
+        entries_rejected: io.entries_rejected,
         suspensions_published: io.suspensions_published,
         suspensions_received: io.suspensions_received,
         outages: io.outages,
