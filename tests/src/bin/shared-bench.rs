@@ -39,7 +39,7 @@ use redcap_monitor::stages::redcap::{ApiCall, ApiParams, TokenIdentity};
 const TOKENS: usize = 10_000;
 const CALLS: usize = 500_000;
 const BATCH: usize = 500;
-const SAMPLES: usize = 200;
+const SAMPLES: usize = 500;
 /// The stream's retention: the longest default rule window (5 min) + the reorder window (2 min).
 const RETENTION: Span = Span::from_secs(420);
 
@@ -276,16 +276,23 @@ const SERVER: Endpoint = Endpoint {
     port: 443,
 };
 
-fn segment(ts: Timestamp, (src, dst): (Endpoint, Endpoint), seq: u32, syn: bool, payload: &[u8]) -> TcpSegment<'_> {
+fn segment(
+    ts: Timestamp,
+    (src, dst): (Endpoint, Endpoint),
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    payload: &[u8],
+) -> TcpSegment<'_> {
     TcpSegment {
         ts,
         src,
         dst,
         seq,
-        ack: Some(1),
+        ack,
         flags: TcpFlags {
             syn,
-            ack: true,
+            ack: ack.is_some(),
             ..TcpFlags::default()
         },
         payload,
@@ -315,13 +322,16 @@ fn serve(
         port,
     };
     let (c, s) = (1_000u32, 9_000u32);
-    pipeline.push_segment(&segment(ts, (client, SERVER), c, true, b""), out);
-    pipeline.push_segment(&segment(ts, (SERVER, client), s, true, b""), out);
-    pipeline.push_segment(
-        &segment(ts, (client, SERVER), c + 1, false, request.as_bytes()),
-        out,
-    );
-    pipeline.push_segment(&segment(ts, (SERVER, client), s + 1, false, RESPONSE), out);
+    let request = request.as_bytes();
+    let acked = c + 1 + request.len() as u32;
+    for segment in [
+        segment(ts, (client, SERVER), c, None, true, b""),
+        segment(ts, (SERVER, client), s, Some(c + 1), true, b""),
+        segment(ts, (client, SERVER), c + 1, Some(s + 1), false, request),
+        segment(ts, (SERVER, client), s + 1, Some(acked), false, RESPONSE),
+    ] {
+        pipeline.push_segment(&segment, out);
+    }
     shared.publish_due(pipeline, now());
 }
 
@@ -385,6 +395,14 @@ fn decision_delays(url: &str, heartbeat: Span, prefix: &'static str) -> Vec<f64>
         let mut port = 20_000u16;
         // Three compliant calls first: every call after them breaks api_calls (3 a minute).
         while judged < SAMPLES + 3 {
+            if let Some(at) = served {
+                assert!(
+                    at.elapsed() < Duration::from_secs(10),
+                    "no verdict 10 s after the call: policy {:?}, http {:?}",
+                    pipeline.stats().policy,
+                    pipeline.stats().http
+                );
+            }
             enum Event {
                 Redis(FromRedis),
                 Tick,
@@ -485,6 +503,20 @@ fn main() {
     })
     .expect("redis-server (installed by `cargo xtask setup`)");
     let url = redis.url();
+    // `shared-bench delay`: the decision delay alone (while working on it), no JSON.
+    if std::env::args().nth(1).as_deref() == Some("delay") {
+        for heartbeat in [250, 5] {
+            let mut d = decision_delays(&url, Span::from_millis(heartbeat), "bench-delay:");
+            d.sort_by(f64::total_cmp);
+            eprintln!(
+                "heartbeat {heartbeat} ms: p50 {:.2} p99 {:.2} max {:.2}",
+                percentile(&d, 0.5),
+                percentile(&d, 0.99),
+                percentile(&d, 1.0)
+            );
+        }
+        return;
+    }
     eprintln!("shared-bench: throughput, {CALLS} calls from {TOKENS} tokens, batches of {BATCH}");
     let best = (0..3)
         .map(|_| {
