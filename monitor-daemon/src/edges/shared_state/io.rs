@@ -774,9 +774,9 @@ pub(super) fn parse(map: &HashMap<String, Value>) -> Option<Parsed> {
                     return None;
                 };
                 let calls = SharedCall::decode_all(bytes, count).ok()?;
-                // The sequence numbers of the calls that follow the first.
+                // The calls are numbered on from the first, within u64.
                 first.checked_add(count as u64 - 1)?;
-                (first..).zip(calls).collect()
+                (0..).zip(calls).map(|(i, call)| (first + i, call)).collect()
             };
             Some(Parsed::Batch(Batch {
                 host,
