@@ -168,7 +168,8 @@ impl Connector {
                 redis::sentinel::SentinelServerType::Master,
             )
             .map_err(url_error)?
-            .set_client_to_redis_db(settings.db());
+            .set_client_to_redis_db(settings.db())
+            .set_client_to_redis_tcp_settings(tcp_settings());
             if let Some(user) = &config.username {
                 builder = builder.set_client_to_redis_username(user);
             }
@@ -188,7 +189,9 @@ impl Connector {
                 builder.build().map_err(url_error)?,
             )));
         }
-        let info = base.set_redis_settings(settings);
+        let info = base
+            .set_redis_settings(settings)
+            .set_tcp_settings(tcp_settings());
         let client = match root_cert {
             Some(root) => Client::build_with_tls(
                 info,
@@ -209,6 +212,13 @@ impl Connector {
             Connector::Sentinel(sentinel) => sentinel.async_get_client().await,
         }
     }
+}
+
+/// `TCP_NODELAY`, which redis-rs leaves off: each publication and each answering watermark is one
+/// small command a peer waits for, and Nagle's algorithm holds a small write back until the
+/// previous one is acknowledged (tens of milliseconds with delayed acknowledgments).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 pub(super) struct Settings {
