@@ -429,6 +429,14 @@ impl Edges {
     /// Publishes this host's calls (or a heartbeat) when due and its suspensions, and alerts
     /// on a peer gone silent.
     fn share(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if self.shared.is_none() {
+            return;
+        }
+        // The suspensions the verdicts since the last tick began (after input, or after a peer's
+        // batch let this host's calls be judged) are acted on now, as the tick would, so that
+        // they go out before the watermark that lets peers judge the token's later calls (a
+        // peer would suspend a second time otherwise).
+        self.actions.apply_enforcement(pipeline.enforcer_mut());
         let Some(shared) = &mut self.shared else {
             return;
         };
