@@ -734,7 +734,7 @@ fn redis_down_then_back_and_a_daemon_killed_lose_and_duplicate_nothing() {
         "{web2:?}"
     );
 
-    // Every call is in the stream once: as many entries as calls served in the cluster.
+    // Every call is in the stream once: the entries' calls add up to the calls served.
     let served: usize = cluster.hosts.iter().map(|h| h.served().len()).sum();
     let published: f64 = cluster
         .hosts
@@ -759,7 +759,8 @@ fn stream_calls(cluster: &Cluster) -> u64 {
         .filter(|k| cluster.redis.cli(&["TYPE", k]).unwrap().trim() == "stream")
         .collect();
     assert_eq!(streams.len(), 1, "{keys:?}");
-    // redis-cli prints each element on its own line: id, field, value, field, value...
+    // redis-cli prints each element on its own line: id, field, value, field, value...; each
+    // entry says how many calls it carries (`n`).
     let text = cluster
         .redis
         .cli(&["XRANGE", streams[0], "-", "+"])
@@ -767,8 +768,9 @@ fn stream_calls(cluster: &Cluster) -> u64 {
     let lines: Vec<&str> = text.lines().collect();
     lines
         .windows(2)
-        .filter(|w| w[0] == "k" && w[1] == "c")
-        .count() as u64
+        .filter(|w| w[0] == "n")
+        .filter_map(|w| w[1].parse::<u64>().ok())
+        .sum()
 }
 
 /// What REDCap's External Module decides for `token` on `host`: `SuspensionList::lookup` on the

@@ -262,11 +262,13 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             }
             Event::KernelReadable => {
                 kernel_busy = source.drain(&mut pipeline, &mut |v| edges.verdict(v)) > 0;
+                edges.share_finished_calls(&mut pipeline);
             }
             Event::Frame(None) => return Err(RunError::CaptureEnded),
             Event::Frame(Some(frame)) => {
                 pipeline.push_frame(&frame.frame(), &mut |v| edges.verdict(v));
                 source.drain(&mut pipeline, &mut |v| edges.verdict(v));
+                edges.share_finished_calls(&mut pipeline);
             }
             Event::Tick => {
                 // The ring buffer's readiness can be missed between a drain and the next
@@ -324,12 +326,8 @@ async fn run_live(config: &Config, origin: &Path, key: SiteKey) -> Result<(), Ru
             Event::Shared(message) => {
                 let now = wall_clock();
                 edges.from_redis(message, &mut pipeline, now);
-                // A peer's watermark can release this host's own calls, and a suspension decided
-                // on one must be on the stream before the watermark that lets the peers judge
-                // the token's later calls (or they suspend it a second time): acted on now, not
-                // at the next tick.
-                edges.tick(&mut pipeline, now);
-                // The peer that published calls waits for this host's watermark to judge them.
+                // The peer that published calls waits for this host's watermark to judge them;
+                // `share` acts first on the suspensions the released calls began.
                 edges.share(&mut pipeline, now);
             }
         }
@@ -419,9 +417,27 @@ impl Edges {
         self.actions.handle_admin(pipeline.enforcer_mut(), now);
     }
 
+    /// Calls finished by the input just taken go to the peers at once, not at the next tick:
+    /// each peer's judgement of its own calls that started later waits for them (and for this
+    /// host's watermark after them). The Redis task gathers what comes while it publishes, so
+    /// under load the entries still carry many calls.
+    fn share_finished_calls(&mut self, pipeline: &mut Pipeline) {
+        if self.shared.is_some() && pipeline.has_batch() {
+            self.share(pipeline, wall_clock());
+        }
+    }
+
     /// Publishes this host's calls (or a heartbeat) when due and its suspensions, and alerts
     /// on a peer gone silent.
     fn share(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if self.shared.is_none() {
+            return;
+        }
+        // The suspensions the verdicts since the last tick began (after input, or after a peer's
+        // batch let this host's calls be judged) are acted on now, as the tick would, so that
+        // they go out before the watermark that lets peers judge the token's later calls (a
+        // peer would suspend a second time otherwise).
+        self.actions.apply_enforcement(pipeline.enforcer_mut());
         let Some(shared) = &mut self.shared else {
             return;
         };
@@ -436,11 +452,7 @@ impl Edges {
                 lifted: change.lifted,
             });
         }
-        if shared.due(pipeline.has_batch(), now)
-            && let Some(batch) = pipeline.take_batch()
-        {
-            shared.publish(batch);
-        }
+        shared.publish_due(pipeline, now);
         while let Some(event) = pipeline.poll_peer_event() {
             match event {
                 PeerEvent::Lost { host } => {
@@ -463,11 +475,7 @@ impl Edges {
     fn from_redis(&mut self, message: FromRedis, pipeline: &mut Pipeline, now: Timestamp) {
         match message {
             FromRedis::Batch(batch) => {
-                if !batch.calls.is_empty()
-                    && let Some(shared) = &mut self.shared
-                {
-                    shared.owe_watermark();
-                }
+                // (`recv` made this host's watermark due if the batch has calls.)
                 pipeline.receive_from_peer(batch, now, &mut |v| self.verdict(v));
             }
             FromRedis::Suspension(note) => {
@@ -878,6 +886,7 @@ fn cluster_section(shared: &SharedState, pipeline: &Pipeline, now: Timestamp) ->
         buffered_calls: io.buffered_calls,
         buffered_dropped: io.buffered_dropped,
         stream_capped: io.stream_capped,
+        entries_rejected: io.entries_rejected,
         suspensions_published: io.suspensions_published,
         suspensions_received: io.suspensions_received,
         outages: io.outages,

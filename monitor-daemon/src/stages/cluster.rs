@@ -148,6 +148,251 @@ impl SharedCall {
     }
 }
 
+/// Most calls one stream entry may carry (a publisher sends at most this many per entry; an entry
+/// claiming more is rejected unread).
+pub const MAX_CALLS_PER_ENTRY: usize = 1000;
+
+/// Largest encoded call: every optional field present at its widest (IPv6, ten-byte varints,
+/// both parameters at [`MAX_PARAM_CHARS`]).
+pub const MAX_ENCODED_CALL: usize = 2 + 2 * 10 + 16 + 3 + 8 + 1 + 5 * 10 + 2 * (1 + MAX_PARAM_CHARS) + 5;
+
+/// Why an entry's calls could not be read (the entry is skipped and counted, never trusted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// It claims more calls than an entry may carry, or more bytes than they could take.
+    TooLarge,
+    /// The bytes end inside a call.
+    Truncated,
+    /// A value that no publisher writes (an unknown flag, a varint past 64 bits, a parameter
+    /// that is not UTF-8 or too long, an end before the start).
+    Invalid,
+    /// Bytes left over after the calls it claims.
+    Trailing,
+}
+
+// Which optional fields follow, in this order (a bit per field, two bytes little-endian).
+const HAS_FINGERPRINT: u16 = 1;
+const HAS_PROBLEM: u16 = 1 << 1;
+const HAS_STATUS: u16 = 1 << 2;
+const HAS_RESPONSE: u16 = 1 << 3;
+const HAS_WIRE: u16 = 1 << 4;
+const HAS_CONTENT: u16 = 1 << 5;
+const HAS_ACTION: u16 = 1 << 6;
+const HAS_DATA: u16 = 1 << 7;
+const FILTER_LOGIC: u16 = 1 << 8;
+const HAS_METADATA_ONLY: u16 = 1 << 9;
+const METADATA_ONLY: u16 = 1 << 10;
+const HAS_ALL_RECORDS: u16 = 1 << 11;
+const ALL_RECORDS: u16 = 1 << 12;
+const IPV6: u16 = 1 << 13;
+const KNOWN_FLAGS: u16 = (1 << 14) - 1;
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads the bytes of a stream entry's calls, never past their end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(WireError::Invalid);
+            }
+            value |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(WireError::Invalid)
+    }
+
+    fn optional(&mut self, present: bool) -> Result<Option<u64>, WireError> {
+        if present { self.varint().map(Some) } else { Ok(None) }
+    }
+
+    fn text(&mut self) -> Result<String, WireError> {
+        let len = usize::from(self.byte()?);
+        if len > MAX_PARAM_CHARS {
+            return Err(WireError::Invalid);
+        }
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::Invalid)
+    }
+}
+
+impl SharedCall {
+    /// Appends the call's compact binary form (what a stream entry carries, one after another):
+    /// flags, then varints and fixed fields; a parameter longer than a peer would take is left
+    /// out (the peer would drop it anyway).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        fn param(p: &Option<String>) -> Option<&String> {
+            p.as_ref().filter(|s| s.len() <= MAX_PARAM_CHARS)
+        }
+        let (content, action) = (param(&self.content), param(&self.action));
+        let mut flags = 0u16;
+        let mut set = |bit: u16, on: bool| {
+            if on {
+                flags |= bit;
+            }
+        };
+        set(HAS_FINGERPRINT, self.fingerprint.is_some());
+        set(HAS_PROBLEM, self.token_problem.is_some());
+        set(HAS_STATUS, self.status.is_some());
+        set(HAS_RESPONSE, self.response_bytes.is_some());
+        set(HAS_WIRE, self.response_wire_bytes.is_some());
+        set(HAS_CONTENT, content.is_some());
+        set(HAS_ACTION, action.is_some());
+        set(HAS_DATA, self.data_bytes.is_some());
+        set(FILTER_LOGIC, self.filter_logic);
+        set(HAS_METADATA_ONLY, self.return_metadata_only.is_some());
+        set(METADATA_ONLY, self.return_metadata_only == Some(true));
+        set(HAS_ALL_RECORDS, self.all_records.is_some());
+        set(ALL_RECORDS, self.all_records == Some(true));
+        set(IPV6, self.client.is_ipv6());
+        out.extend_from_slice(&flags.to_le_bytes());
+        put_varint(out, self.start);
+        put_varint(out, self.end.saturating_sub(self.start));
+        match self.client {
+            IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
+        }
+        put_varint(out, u64::from(self.client_port));
+        if let Some(fp) = &self.fingerprint {
+            out.extend_from_slice(&fp.0);
+        }
+        if let Some(problem) = self.token_problem {
+            out.push(match problem {
+                TokenProblem::Missing => 0,
+                TokenProblem::Malformed => 1,
+                TokenProblem::Unreadable => 2,
+            });
+        }
+        for value in [
+            self.status.map(u64::from),
+            Some(self.request_bytes),
+            self.response_bytes,
+            self.response_wire_bytes,
+            self.data_bytes,
+            Some(u64::from(self.records)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            put_varint(out, value);
+        }
+        for text in [content, action].into_iter().flatten() {
+            out.push(text.len() as u8);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    /// Reads `count` calls from an entry's bytes, all or none: a hostile or corrupt entry is an
+    /// error (bounded work: `count` and the bytes are checked against the limits first).
+    pub fn decode_all(bytes: &[u8], count: usize) -> Result<Vec<SharedCall>, WireError> {
+        if count > MAX_CALLS_PER_ENTRY || bytes.len() > count * MAX_ENCODED_CALL {
+            return Err(WireError::TooLarge);
+        }
+        let mut reader = Reader(bytes);
+        let calls = (0..count)
+            .map(|_| Self::decode(&mut reader))
+            .collect::<Result<Vec<_>, _>>()?;
+        if reader.0.is_empty() {
+            Ok(calls)
+        } else {
+            Err(WireError::Trailing)
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<SharedCall, WireError> {
+        let flags = u16::from_le_bytes([r.byte()?, r.byte()?]);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(WireError::Invalid);
+        }
+        let has = |bit: u16| flags & bit != 0;
+        let start = r.varint()?;
+        let end = start
+            .checked_add(r.varint()?)
+            .ok_or(WireError::Invalid)?;
+        let client = if has(IPV6) {
+            let octets: [u8; 16] = r.take(16)?.try_into().map_err(|_| WireError::Invalid)?;
+            IpAddr::from(octets)
+        } else {
+            let octets: [u8; 4] = r.take(4)?.try_into().map_err(|_| WireError::Invalid)?;
+            IpAddr::from(octets)
+        };
+        let client_port = u16::try_from(r.varint()?).map_err(|_| WireError::Invalid)?;
+        let fingerprint = if has(HAS_FINGERPRINT) {
+            let bytes: [u8; 8] = r.take(8)?.try_into().map_err(|_| WireError::Invalid)?;
+            Some(TokenFingerprint(bytes))
+        } else {
+            None
+        };
+        let token_problem = if has(HAS_PROBLEM) {
+            Some(match r.byte()? {
+                0 => TokenProblem::Missing,
+                1 => TokenProblem::Malformed,
+                2 => TokenProblem::Unreadable,
+                _ => return Err(WireError::Invalid),
+            })
+        } else {
+            None
+        };
+        let status = r
+            .optional(has(HAS_STATUS))?
+            .map(|s| u16::try_from(s).map_err(|_| WireError::Invalid))
+            .transpose()?;
+        let request_bytes = r.varint()?;
+        let response_bytes = r.optional(has(HAS_RESPONSE))?;
+        let response_wire_bytes = r.optional(has(HAS_WIRE))?;
+        let data_bytes = r.optional(has(HAS_DATA))?;
+        let records = u32::try_from(r.varint()?).map_err(|_| WireError::Invalid)?;
+        let content = if has(HAS_CONTENT) { Some(r.text()?) } else { None };
+        let action = if has(HAS_ACTION) { Some(r.text()?) } else { None };
+        let flag = |present: u16, value: u16| has(present).then(|| has(value));
+        Ok(SharedCall {
+            start,
+            end,
+            client,
+            client_port,
+            fingerprint,
+            token_problem,
+            status,
+            request_bytes,
+            response_bytes,
+            response_wire_bytes,
+            content,
+            action,
+            data_bytes,
+            records,
+            filter_logic: has(FILTER_LOGIC),
+            return_metadata_only: flag(HAS_METADATA_ONLY, METADATA_ONLY),
+            all_records: flag(HAS_ALL_RECORDS, ALL_RECORDS),
+        })
+    }
+}
+
 /// What one host published at once: its calls (each with the host's sequence number), and its
 /// watermark: every call of this host that started before it is in this batch or an earlier one.
 /// A batch without calls is a heartbeat.

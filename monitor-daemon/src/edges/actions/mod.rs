@@ -372,6 +372,16 @@ impl Actions {
         }
     }
 
+    /// Acts on the suspensions the enforcer began or ended since the last call, now rather than
+    /// at the next tick: a host publishing its calls and watermark between ticks (`[shared]`)
+    /// must announce a suspension before the watermark that lets peers judge the token's later
+    /// calls.
+    pub(crate) fn apply_enforcement(&mut self, enforcer: &mut Enforcer) {
+        if let Err(err) = self.apply_events(enforcer, None) {
+            self.store_error("recording a suspension or its end", &err);
+        }
+    }
+
     /// Acts on what the enforcer emitted since the last call: each suspension begun or ended is
     /// persisted, alerted and handed to the hooks. Returns the last suspension made or lifted
     /// for `token`, for the reply to an admin's request.

@@ -7,42 +7,50 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Client, FromRedisValue, Script, Value};
+use redis::{AsyncCommands, Client, Script, Value};
 use tokio::sync::mpsc;
 
 use super::{FromRedis, SharedConfig, SharedStateError, SharedStats, SuspensionNote, ToRedis};
 use crate::shared::model::{Span, Timestamp};
 use crate::shared::secret_file::read_secret_text;
-use crate::stages::cluster::{Batch, SharedCall};
+use crate::stages::cluster::{Batch, MAX_CALLS_PER_ENTRY, SharedCall};
 
-/// Calls per publish (one script run): bounds one command's size after a long outage.
-const CHUNK: usize = 1000;
+/// Calls per publish (one script run, one stream entry): bounds one command's size after a long
+/// outage, and what a reader takes from one entry.
+const CHUNK: usize = MAX_CALLS_PER_ENTRY;
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries per read.
 const READ_COUNT: usize = 1000;
 /// Wait between attempts to reach a Redis that is away.
 const RETRY: Duration = Duration::from_millis(500);
-/// Largest stream field taken from a peer (a call's JSON is a few hundred bytes).
+/// Largest text field taken from a peer (a suspension's JSON is a few hundred bytes); an entry's
+/// calls are bounded by [`MAX_CALLS_PER_ENTRY`] and [`MAX_ENCODED_CALL`] instead.
 const MAX_FIELD_BYTES: usize = 4096;
 
-/// Appends a host's calls past its last published sequence number (a batch sent again after a
-/// lost reply is not appended twice), then a heartbeat entry with the watermark (a reader that
-/// has it has every call of the batch: the script is atomic), and trims the stream by age (the
-/// ids are Redis's own clock) and by length. Returns {appended, already there, trimmed by length}.
+/// Appends a host's calls past its last published sequence number as ONE stream entry (a batch
+/// sent again after a lost reply is not appended twice; of one partly published, only the rest),
+/// with the host's watermark (a reader that has the entry has every call before it: the script
+/// is atomic; without calls the entry is a heartbeat). Each entry's id and number of calls go to
+/// an index list, so the stream is trimmed exactly: by age (the ids are Redis's own clock) and
+/// so that it holds at most `max_stream_calls` calls (always keeping the entry just written).
+/// KEYS: stream, the host's last seq, the index, the count of calls in the stream.
+/// ARGV: host, instance, retention ms, max calls, seq key expiry ms, sent at, watermark, then
+/// (seq, encoded call) pairs in ascending seq order.
+/// Returns {appended, already there, calls trimmed by the length cap}.
 const PUBLISH: &str = r"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local minid = tostring(math.max(now_ms - tonumber(ARGV[3]), 0))
+local min_ms = math.max(now_ms - tonumber(ARGV[3]), 0)
+local minid = tostring(min_ms)
 local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
-local added, skipped = 0, 0
+local parts, first, skipped = {}, -1, 0
 for a = 8, #ARGV, 2 do
   local seq = tonumber(ARGV[a])
   if seq > last then
-    redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 'c', 'h', ARGV[1], 'i', ARGV[2],
-      'q', ARGV[a], 't', ARGV[6], 'c', ARGV[a + 1])
+    if first < 0 then first = seq end
+    parts[#parts + 1] = ARGV[a + 1]
     last = seq
-    added = added + 1
   else
     skipped = skipped + 1
   end
@@ -50,13 +58,46 @@ end
 if last >= 0 then
   redis.call('SET', KEYS[2], tostring(last), 'PX', ARGV[5])
 end
-redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 'h', 'h', ARGV[1], 'i', ARGV[2],
-  't', ARGV[6], 'w', ARGV[7])
-local capped = redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[4])
-return {added, skipped, capped}
+local id
+if #parts > 0 then
+  id = redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 'b', 'h', ARGV[1],
+    'i', ARGV[2], 't', ARGV[6], 'w', ARGV[7], 'q', tostring(first), 'n', tostring(#parts),
+    'c', table.concat(parts))
+else
+  id = redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 'b', 'h', ARGV[1],
+    'i', ARGV[2], 't', ARGV[6], 'w', ARGV[7], 'n', '0')
+end
+redis.call('RPUSH', KEYS[3], id .. ' ' .. #parts)
+local total = tonumber(redis.call('GET', KEYS[4]) or '0') + #parts
+local max = tonumber(ARGV[4])
+local capped, cut = 0, false
+while true do
+  local head = redis.call('LINDEX', KEYS[3], 0)
+  if not head then break end
+  local hid, hn = string.match(head, '^(%S+) (%d+)$')
+  if not hid then
+    redis.call('LPOP', KEYS[3])
+  else
+    local old = tonumber(string.match(hid, '^(%d+)')) < min_ms
+    if hid == id or (not old and total <= max) then break end
+    redis.call('LPOP', KEYS[3])
+    total = total - tonumber(hn)
+    if not old then capped = capped + tonumber(hn) end
+    cut = true
+  end
+end
+total = math.max(total, 0)
+redis.call('SET', KEYS[4], tostring(total))
+if cut then
+  local head = redis.call('LINDEX', KEYS[3], 0)
+  local hid = head and string.match(head, '^(%S+) ')
+  if hid then redis.call('XTRIM', KEYS[1], 'MINID', hid) end
+end
+return {#parts, skipped, capped}
 ";
 
-/// Records a suspension in the hash (or removes it, for a lift) and announces it on the stream.
+/// Records a suspension in the hash (or removes it, for a lift) and announces it on the stream
+/// (indexed without calls: the next publication trims it with the rest).
 const SUSPENSION: &str = r"
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -66,9 +107,9 @@ if ARGV[7] == '1' then
 else
   redis.call('HSET', KEYS[2], ARGV[6], ARGV[5])
 end
-redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 's', 'h', ARGV[2], 'i', ARGV[3],
-  't', ARGV[4], 'j', ARGV[5])
-redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[8])
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', minid, '*', 'k', 's', 'h', ARGV[2],
+  'i', ARGV[3], 't', ARGV[4], 'j', ARGV[5])
+redis.call('RPUSH', KEYS[3], id .. ' 0')
 return 1
 ";
 
@@ -127,7 +168,8 @@ impl Connector {
                 redis::sentinel::SentinelServerType::Master,
             )
             .map_err(url_error)?
-            .set_client_to_redis_db(settings.db());
+            .set_client_to_redis_db(settings.db())
+            .set_client_to_redis_tcp_settings(tcp_settings());
             if let Some(user) = &config.username {
                 builder = builder.set_client_to_redis_username(user);
             }
@@ -147,7 +189,9 @@ impl Connector {
                 builder.build().map_err(url_error)?,
             )));
         }
-        let info = base.set_redis_settings(settings);
+        let info = base
+            .set_redis_settings(settings)
+            .set_tcp_settings(tcp_settings());
         let client = match root_cert {
             Some(root) => Client::build_with_tls(
                 info,
@@ -170,6 +214,13 @@ impl Connector {
     }
 }
 
+/// `TCP_NODELAY`, which redis-rs leaves off: each publication and each answering watermark is one
+/// small command a peer waits for, and Nagle's algorithm holds a small write back until the
+/// previous one is acknowledged (tens of milliseconds with delayed acknowledgments).
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 pub(super) struct Settings {
     pub(crate) host: String,
     pub(crate) instance: u64,
@@ -183,6 +234,14 @@ pub(super) struct Settings {
 impl Settings {
     fn stream(&self) -> String {
         format!("{}calls", self.prefix)
+    }
+    /// Each stream entry's id and number of calls, oldest first (what trimming reads).
+    fn index(&self) -> String {
+        format!("{}calls-index", self.prefix)
+    }
+    /// How many calls the stream holds.
+    fn count(&self) -> String {
+        format!("{}calls-count", self.prefix)
     }
     fn suspensions(&self) -> String {
         format!("{}suspensions", self.prefix)
@@ -440,6 +499,7 @@ async fn flush(
         let _: i64 = announce
             .key(settings.stream())
             .key(settings.suspensions())
+            .key(settings.index())
             .arg(settings.retention_ms())
             .arg(&settings.host)
             .arg(settings.instance.to_string())
@@ -447,7 +507,6 @@ async fn flush(
             .arg(&json)
             .arg(note.token.to_string())
             .arg(if note.lifted { "1" } else { "0" })
-            .arg(settings.max_stream)
             .invoke_async(conn)
             .await?;
         pending.suspensions.pop_front();
@@ -494,6 +553,8 @@ async fn publish_calls(
         let mut invocation = publish.key(settings.stream());
         invocation
             .key(settings.seq_key())
+            .key(settings.index())
+            .key(settings.count())
             .arg(&settings.host)
             .arg(settings.instance.to_string())
             .arg(settings.retention_ms())
@@ -501,10 +562,11 @@ async fn publish_calls(
             .arg(settings.retention_ms().max(60_000))
             .arg(pending.sent_at.0.to_string())
             .arg(watermark.0.to_string());
+        let mut encoded = Vec::new();
         for (seq, call) in pending.calls.iter().take(n) {
-            invocation
-                .arg(*seq)
-                .arg(serde_json::to_string(call).unwrap_or_default());
+            encoded.clear();
+            call.encode(&mut encoded);
+            invocation.arg(*seq).arg(&encoded[..]);
         }
         let (added, skipped, capped): (u64, u64, u64) = invocation.invoke_async(conn).await?;
         pending.published_watermark = pending.published_watermark.max(watermark);
@@ -682,7 +744,7 @@ async fn deliver(
     tx.send(message).await.is_ok()
 }
 
-enum Parsed {
+pub(super) enum Parsed {
     Batch(Batch),
     Suspension {
         host: String,
@@ -692,39 +754,48 @@ enum Parsed {
 }
 
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
-    let value = map.get(name)?;
-    let text = String::from_redis_value(value.clone()).ok()?;
-    (text.len() <= MAX_FIELD_BYTES).then_some(text)
+    let Value::BulkString(bytes) = map.get(name)? else {
+        return None;
+    };
+    if bytes.len() > MAX_FIELD_BYTES {
+        return None;
+    }
+    String::from_utf8(bytes.clone()).ok()
 }
 
 fn number(map: &HashMap<String, Value>, name: &str) -> Option<u64> {
     field(map, name)?.parse().ok()
 }
 
-fn parse(map: &HashMap<String, Value>) -> Option<Parsed> {
+/// One stream entry, as its fields came from `XREAD`/`XRANGE`: `None` for anything this version
+/// does not write (rejected and counted by the caller; never trusted, never a panic).
+pub(super) fn parse(map: &HashMap<String, Value>) -> Option<Parsed> {
     let host = field(map, "h")?;
     let instance = number(map, "i")?;
     let sent_at = Timestamp(number(map, "t")?);
     match field(map, "k")?.as_str() {
-        "c" => {
-            let seq = number(map, "q")?;
-            let call: SharedCall = serde_json::from_str(&field(map, "c")?).ok()?;
+        "b" => {
+            let count = usize::try_from(number(map, "n")?).ok()?;
+            let calls = if count == 0 {
+                Vec::new()
+            } else {
+                let first = number(map, "q")?;
+                let Some(Value::BulkString(bytes)) = map.get("c") else {
+                    return None;
+                };
+                let calls = SharedCall::decode_all(bytes, count).ok()?;
+                // The calls are numbered on from the first, within u64.
+                first.checked_add(count as u64 - 1)?;
+                (0..).zip(calls).map(|(i, call)| (first + i, call)).collect()
+            };
             Some(Parsed::Batch(Batch {
                 host,
                 instance,
                 sent_at,
-                // The heartbeat that closes the script's run carries the watermark.
-                watermark: Timestamp(0),
-                calls: vec![(seq, call)],
+                watermark: Timestamp(number(map, "w")?),
+                calls,
             }))
         }
-        "h" => Some(Parsed::Batch(Batch {
-            host,
-            instance,
-            sent_at,
-            watermark: Timestamp(number(map, "w")?),
-            calls: Vec::new(),
-        })),
         "s" => Some(Parsed::Suspension {
             host,
             instance,

@@ -3,8 +3,9 @@
 //! Owns the `[shared]` section, the connection to Redis (a redis-rs `ConnectionManager`, plain,
 //! `rediss://` or found through Sentinel; an ACL user and a password from a secret file), and
 //! the task that carries the cluster stage's batches and the suspensions: this host's calls are
-//! published to one stream (a Lua script that appends past the host's last sequence number only,
-//! and trims the stream by time and length), the stream is read back (`XREAD BLOCK`) into
+//! published to one stream, a batch per entry in the calls' compact binary form (a Lua script
+//! that appends past the host's last sequence number only, and trims the stream by time and to
+//! `max_stream_calls` calls), the stream is read back (`XREAD BLOCK`) into
 //! [`FromRedis`] messages, and suspensions go to a hash and the stream. While Redis is away,
 //! calls wait in a bounded buffer and the loop hears [`FromRedis::Down`] once.
 //! Never writes a raw token (calls travel as [`SharedCall`]: fingerprints), and never decides:
@@ -22,6 +23,7 @@ use crate::shared::model::{Span, Timestamp};
 use crate::shared::settings::{Duration, Problem, at_least_one, longer_than_zero};
 use crate::shared::token::TokenFingerprint;
 use crate::stages::cluster::Batch;
+use crate::stages::pipeline::Pipeline;
 
 /// `[shared]`: where the hosts of one REDCap share their windows and suspensions.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -51,7 +53,7 @@ pub struct SharedConfig {
     pub timeout: Duration,
     /// Calls kept while Redis is away; past it the oldest are dropped, counted.
     pub max_buffered_calls: usize,
-    /// Hard cap of the stream's length, whatever its age.
+    /// Hard cap of the calls the stream holds, whatever their age (the oldest entries go).
     pub max_stream_calls: usize,
 }
 
@@ -197,9 +199,9 @@ pub struct SharedStats {
     pub(crate) buffered_calls: u64,
     /// Calls dropped from a full buffer (`shared.max_buffered_calls`).
     pub(crate) buffered_dropped: u64,
-    /// Stream entries removed by the length cap (`shared.max_stream_calls`), not by age.
+    /// Calls removed from the stream by its cap (`shared.max_stream_calls`), not by age.
     pub(crate) stream_capped: u64,
-    /// Stream entries that could not be read (not this version's format): skipped.
+    /// Stream entries that could not be read (not this version's format, or corrupt): skipped.
     pub(crate) entries_rejected: u64,
     pub(crate) suspensions_published: u64,
     pub(crate) suspensions_received: u64,
@@ -299,8 +301,19 @@ impl SharedState {
     }
 
     /// A peer's batch with calls came in: answer with this host's watermark at once.
+    /// ([`recv`](Self::recv) and [`try_recv`](Self::try_recv) call it for every such batch.)
     pub(crate) fn owe_watermark(&mut self) {
         self.watermark_owed = true;
+    }
+
+    /// Publishes the pipeline's calls (or a heartbeat with its watermark) when [`due`](Self::due):
+    /// what the live loop does after taking input or a peer's batch, and each tick.
+    pub fn publish_due(&mut self, pipeline: &mut Pipeline, now: Timestamp) {
+        if self.due(pipeline.has_batch(), now)
+            && let Some(batch) = pipeline.take_batch()
+        {
+            self.publish(batch);
+        }
     }
 
     /// Hands this host's batch (calls and watermark) to the Redis task.
@@ -320,16 +333,28 @@ impl SharedState {
     }
 
     /// The next message from Redis (for `select!`); waits forever once the task has ended.
+    /// A peer's batch with calls makes this host's watermark due at once (the peer's judgement
+    /// of those calls waits for it).
     pub async fn recv(&mut self) -> FromRedis {
         match self.from_redis.recv().await {
-            Some(message) => message,
+            Some(message) => self.heard(message),
             None => std::future::pending().await,
         }
     }
 
     /// A message from Redis if one waits.
     pub fn try_recv(&mut self) -> Option<FromRedis> {
-        self.from_redis.try_recv().ok()
+        let message = self.from_redis.try_recv().ok()?;
+        Some(self.heard(message))
+    }
+
+    fn heard(&mut self, message: FromRedis) -> FromRedis {
+        if let FromRedis::Batch(batch) = &message
+            && !batch.calls.is_empty()
+        {
+            self.owe_watermark();
+        }
+        message
     }
 
     pub fn stats(&self) -> SharedStats {

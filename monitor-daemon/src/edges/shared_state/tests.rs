@@ -161,11 +161,11 @@ fn calls_in(messages: &[FromRedis]) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Whether a heartbeat of `host` with at least `watermark` is among `messages`.
+/// Whether an entry of `host` with at least `watermark` is among `messages` (a batch carries
+/// its watermark in the entry of its calls; without calls it is a heartbeat).
 fn heartbeat_seen(messages: &[FromRedis], host: &str, watermark: u64) -> bool {
     messages.iter().any(|m| {
-        matches!(m, FromRedis::Batch(b) if b.host == host && b.calls.is_empty()
-            && b.watermark.0 >= watermark)
+        matches!(m, FromRedis::Batch(b) if b.host == host && b.watermark.0 >= watermark)
     })
 }
 
@@ -243,9 +243,20 @@ fn a_flood_of_random_tokens_leaves_the_stream_within_its_length_cap() {
             assert!(Instant::now() < deadline, "{:?}", a.stats());
             tokio::time::sleep(StdDuration::from_millis(50)).await;
         }
+        let stats = a.stats();
+        assert!(
+            stats.stream_capped + 1000 >= stats.calls_published,
+            "the calls the cap removed are counted: {stats:?}"
+        );
     });
+    // One entry per publication (of up to 1,000 calls): the cap keeps at most 1,000 calls,
+    // and always the newest entry.
     let len: u64 = redis.query(redis::cmd("XLEN").arg("redcap-monitor:calls"));
-    assert!(len <= 1000, "XLEN {len}");
+    assert!(len <= 2, "XLEN {len}");
+    let held: u64 = redis.query(redis::cmd("GET").arg("redcap-monitor:calls-count"));
+    assert!(held <= 1000, "{held} calls in the stream");
+    let index: u64 = redis.query(redis::cmd("LLEN").arg("redcap-monitor:calls-index"));
+    assert_eq!(index, len, "one index line per entry");
     let bytes: u64 = redis.query(
         redis::cmd("MEMORY")
             .arg("USAGE")
@@ -254,12 +265,148 @@ fn a_flood_of_random_tokens_leaves_the_stream_within_its_length_cap() {
             .arg("0"),
     );
     assert!(bytes < 2_000_000, "the stream holds {bytes} bytes");
-    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    let mut keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    keys.sort();
     assert_eq!(
-        keys.len(),
-        2,
-        "the stream and this host's last sequence number: {keys:?}"
+        keys,
+        [
+            "redcap-monitor:calls",
+            "redcap-monitor:calls-count",
+            "redcap-monitor:calls-index",
+            "redcap-monitor:seq:a:1"
+        ],
+        "the stream, its index and count, and this host's last sequence number"
     );
+}
+
+/// Waits until `state` has published (or found already published) `calls` calls.
+async fn published(state: &SharedState, calls: u64) {
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    while state.stats().calls_published + state.stats().calls_republished < calls {
+        assert!(Instant::now() < deadline, "{:?}", state.stats());
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+}
+
+/// Each entry of the stream: (kind, first seq, number of calls).
+fn entries(redis: &RedisServer) -> Vec<(String, Option<u64>, u64)> {
+    let reply: redis::streams::StreamRangeReply =
+        redis.query(redis::cmd("XRANGE").arg("redcap-monitor:calls").arg("-").arg("+"));
+    let text = |e: &redis::streams::StreamId, f: &str| e.get::<String>(f);
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            (
+                text(e, "k").unwrap(),
+                text(e, "q").map(|q| q.parse().unwrap()),
+                text(e, "n").map_or(0, |n| n.parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_publication_is_one_entry_and_a_resent_batch_adds_only_the_calls_past_the_last() {
+    let redis = RedisServer::start(&[]);
+    runtime().block_on(async {
+        let mut a = start(&config(&redis.url()), "a");
+        collect(&mut a, up).await;
+        a.publish(batch("a", 0..3, 100));
+        published(&a, 3).await;
+        // Sent again whole (a lost reply): nothing appended, the entry is a heartbeat.
+        a.publish(batch("a", 0..3, 200));
+        published(&a, 6).await;
+        // Partly published before: only 3 and 4 are appended.
+        a.publish(batch("a", 1..5, 300));
+        published(&a, 10).await;
+        let stats = a.stats();
+        assert_eq!((stats.calls_published, stats.calls_republished), (5, 5));
+    });
+    assert_eq!(
+        entries(&redis),
+        [
+            ("b".to_string(), Some(0), 3),
+            ("b".to_string(), None, 0),
+            ("b".to_string(), Some(3), 2)
+        ]
+    );
+    let held: u64 = redis.query(redis::cmd("GET").arg("redcap-monitor:calls-count"));
+    assert_eq!(held, 5);
+}
+
+#[test]
+fn corrupt_entries_are_counted_and_skipped_and_the_calls_after_them_arrive() {
+    let redis = RedisServer::start(&[]);
+    let mut good = Vec::new();
+    SharedCall::of(&call(1, 1)).encode(&mut good);
+    let mut cut = good.clone();
+    cut.pop();
+    let mut huge = Vec::new();
+    for _ in 0..2000 {
+        huge.extend_from_slice(&good);
+    }
+    runtime().block_on(async {
+        let config = config(&redis.url());
+        let mut a = start(&config, "a");
+        collect(&mut a, up).await;
+        let base = ["k", "b", "h", "x", "i", "1", "t", "5", "w", "5", "q", "0"];
+        let add = |fields: &[(&str, &[u8])]| {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg("redcap-monitor:calls").arg("*").arg(&base[..]);
+            for (k, v) in fields {
+                cmd.arg(*k).arg(*v);
+            }
+            let _: String = redis.query(&mut cmd);
+        };
+        // Ends inside its call; more calls claimed than an entry may carry; one call claimed
+        // and two given; bytes that are no call; a seq past the end of the numbers.
+        add(&[("n", b"1"), ("c", &cut)]);
+        add(&[("n", b"2000"), ("c", &huge)]);
+        add(&[("n", b"1"), ("c", &[&good[..], &good[..]].concat())]);
+        add(&[("n", b"3"), ("c", &[0xff; 40])]);
+        let _: String = redis.query(
+            redis::cmd("XADD")
+                .arg("redcap-monitor:calls")
+                .arg("*")
+                .arg(&["k", "b", "h", "x", "i", "1", "t", "5", "w", "5"])
+                .arg(&["q", "18446744073709551615", "n", "2"])
+                .arg("c")
+                .arg([&good[..], &good[..]].concat()),
+        );
+        let mut b = start(&config, "b");
+        b.publish(batch("b", 0..2, 100));
+        let got = collect(&mut a, |m| heartbeat_seen(m, "b", 100)).await;
+        assert_eq!(
+            calls_in(&got),
+            [("b".to_string(), 0), ("b".to_string(), 1)]
+        );
+        assert_eq!(a.stats().entries_rejected, 5);
+    });
+}
+
+#[test]
+fn old_entries_are_trimmed_by_age_with_their_calls_uncounted() {
+    let redis = RedisServer::start(&[]);
+    runtime().block_on(async {
+        let config = SharedConfig {
+            host: Some("a".into()),
+            ..config(&redis.url())
+        };
+        let mut a = SharedState::start(&config, 1, Retention(Span::from_millis(500))).unwrap();
+        collect(&mut a, up).await;
+        a.publish(batch("a", 0..5, 100));
+        published(&a, 5).await;
+        tokio::time::sleep(StdDuration::from_millis(800)).await;
+        a.publish(batch("a", 5..6, 200));
+        published(&a, 6).await;
+        assert_eq!(a.stats().stream_capped, 0, "trimmed by age, not by the cap");
+    });
+    assert_eq!(entries(&redis), [("b".to_string(), Some(5), 1)]);
+    let held: u64 = redis.query(redis::cmd("GET").arg("redcap-monitor:calls-count"));
+    assert_eq!(held, 1);
+    let index: u64 = redis.query(redis::cmd("LLEN").arg("redcap-monitor:calls-index"));
+    assert_eq!(index, 1);
 }
 
 #[test]
@@ -640,8 +787,8 @@ fn hosts_find_redis_through_sentinel() {
         assert_eq!(calls_in(&got), [("a".to_string(), 0), ("a".to_string(), 1)]);
     });
     // The calls went to the master the sentinel named.
-    let length: u64 = redis.query(redis::cmd("XLEN").arg("redcap-monitor:calls"));
-    assert!(length >= 2, "{length} stream entries");
+    let held: u64 = redis.query(redis::cmd("GET").arg("redcap-monitor:calls-count"));
+    assert!(held >= 2, "{held} calls in the stream");
 }
 
 /// Waits (up to 30 s) for `done`, saying `what` when it does not come.
@@ -1001,8 +1148,7 @@ fn two_pipelines_sharing_through_redis_find_the_violations_of_one_pipeline_seein
                     let FromRedis::Batch(batch) = message else {
                         continue;
                     };
-                    let done =
-                        batch.host == other && batch.calls.is_empty() && batch.sent_at >= now;
+                    let done = batch.host == other && batch.sent_at >= now;
                     pipeline.receive_from_peer(batch, now, &mut |v| served[i].push(v));
                     if done {
                         break;

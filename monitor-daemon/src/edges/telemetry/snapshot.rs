@@ -91,8 +91,10 @@ pub struct ClusterSection {
     /// This host's calls waiting for Redis, and those dropped from a full buffer.
     pub buffered_calls: u64,
     pub buffered_dropped: u64,
-    /// Stream entries removed by the length cap (`shared.max_stream_calls`).
+    /// Calls removed from the stream by its cap (`shared.max_stream_calls`), not by age.
     pub(crate) stream_capped: u64,
+    /// Stream entries that could not be read (corrupt, or another version's): skipped.
+    pub(crate) entries_rejected: u64,
     pub(crate) suspensions_published: u64,
     pub(crate) suspensions_received: u64,
     pub(crate) outages: u64,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::shared::token::TokenProblem;
 use crate::shared::model::Span;
 use crate::stages::policy::{HeavyReason, Policy, PolicyConfig};
 use crate::stages::redcap::sample::{at, call, fingerprint};
@@ -212,4 +213,104 @@ fn the_outbox_numbers_calls_in_order_across_batches() {
     assert_eq!((second.sent_at, second.watermark), (at(5), at(5)));
     let heartbeat = out.take_batch(at(6), at(6));
     assert!(heartbeat.calls.is_empty());
+}
+
+/// Calls with every optional field present and absent, both address families, extreme numbers.
+fn varied_calls() -> Vec<SharedCall> {
+    let mut full = SharedCall::of(&call(3, 50));
+    full.end = full.start + 1_234_567;
+    full.client = "2001:db8::7".parse().unwrap();
+    full.client_port = u16::MAX;
+    full.status = Some(503);
+    full.request_bytes = u64::MAX;
+    full.response_bytes = Some(0);
+    full.response_wire_bytes = Some(u64::MAX - 1);
+    full.content = Some("record".into());
+    full.action = Some("export".into());
+    full.data_bytes = Some(77);
+    full.records = u32::MAX;
+    full.filter_logic = true;
+    full.return_metadata_only = Some(false);
+    full.all_records = Some(true);
+    let mut bare = SharedCall::of(&call(4, 60));
+    bare.fingerprint = None;
+    bare.token_problem = Some(TokenProblem::Malformed);
+    bare.status = None;
+    bare.response_bytes = None;
+    bare.response_wire_bytes = None;
+    bare.content = None;
+    bare.action = None;
+    bare.start = u64::MAX;
+    bare.end = u64::MAX;
+    let mut other = full.clone();
+    other.return_metadata_only = Some(true);
+    other.all_records = Some(false);
+    other.token_problem = Some(TokenProblem::Unreadable);
+    other.client = "192.0.2.9".parse().unwrap();
+    vec![SharedCall::of(&call(1, 10)), full, bare, other]
+}
+
+#[test]
+fn calls_come_out_of_their_binary_form_as_they_went_in() {
+    let calls = varied_calls();
+    let mut bytes = Vec::new();
+    for c in &calls {
+        let before = bytes.len();
+        c.encode(&mut bytes);
+        assert!(bytes.len() - before <= MAX_ENCODED_CALL);
+    }
+    assert_eq!(SharedCall::decode_all(&bytes, calls.len()).unwrap(), calls);
+    // A usual call is a few dozen bytes (its JSON was a few hundred).
+    let mut one = Vec::new();
+    SharedCall::of(&call(1, 10)).encode(&mut one);
+    assert!(one.len() < 64, "{} bytes", one.len());
+    // A parameter longer than a peer takes is left out, as the peer would drop it.
+    let mut long = SharedCall::of(&call(1, 10));
+    long.content = Some("x".repeat(MAX_PARAM_CHARS + 1));
+    let mut bytes = Vec::new();
+    long.encode(&mut bytes);
+    let back = SharedCall::decode_all(&bytes, 1).unwrap();
+    assert_eq!(back[0].content, None);
+    assert_eq!(back[0].start, long.start);
+}
+
+#[test]
+fn a_corrupt_or_hostile_entry_is_an_error_never_a_panic() {
+    let calls = varied_calls();
+    let mut bytes = Vec::new();
+    for c in &calls {
+        c.encode(&mut bytes);
+    }
+    let n = calls.len();
+    assert_eq!(SharedCall::decode_all(&bytes[..bytes.len() - 1], n), Err(WireError::Truncated));
+    assert_eq!(SharedCall::decode_all(&bytes, n - 1), Err(WireError::Trailing));
+    assert_eq!(
+        SharedCall::decode_all(&bytes, MAX_CALLS_PER_ENTRY + 1),
+        Err(WireError::TooLarge)
+    );
+    assert_eq!(
+        SharedCall::decode_all(&vec![0; 3 * MAX_ENCODED_CALL + 1], 3),
+        Err(WireError::TooLarge),
+        "more bytes than the calls claimed could take"
+    );
+    assert_eq!(SharedCall::decode_all(&[0xff, 0xff, 0], 1), Err(WireError::Invalid));
+    // A varint past 64 bits.
+    let mut overflow = vec![0, 0];
+    overflow.extend([0xff; 10]);
+    assert_eq!(SharedCall::decode_all(&overflow, 1), Err(WireError::Invalid));
+    // Every prefix and every single-byte change of a valid entry: an error or calls, no panic.
+    for cut in 0..bytes.len() {
+        assert!(SharedCall::decode_all(&bytes[..cut], n).is_err());
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..bytes.len() {
+        for _ in 0..8 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut changed = bytes.clone();
+            changed[i] = state as u8;
+            let _ = SharedCall::decode_all(&changed, n);
+        }
+    }
 }
