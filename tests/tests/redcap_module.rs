@@ -294,21 +294,7 @@ fn a_suspended_token_is_refused_by_redcap_s_api_until_lifted_and_a_stopped_daemo
         daemon.log()
     );
     // The web server's group reads the list and the key; nobody else does.
-    for path in [&list, &list_dir.join("fingerprint.key")] {
-        let meta = std::fs::metadata(path).unwrap();
-        assert_eq!(
-            meta.permissions().mode() & 0o777,
-            0o640,
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::gid(&meta),
-            group_id("www-data"),
-            "{}",
-            path.display()
-        );
-    }
+    assert_handed_to_the_web_server(&list_dir);
     assert_eq!(call(&pair, GOOD), (200, "{\"ok\":true}".into()));
 
     // The policy suspends the abuser (3 calls a minute, a warning first); REDCap then refuses
@@ -417,6 +403,41 @@ fn a_suspended_token_is_refused_by_redcap_s_api_until_lifted_and_a_stopped_daemo
     }
 }
 
+/// The list and the key copy in `list_dir` are 0640 and the web server's group's, and the web
+/// server's user reads them.
+fn assert_handed_to_the_web_server(list_dir: &Path) {
+    for path in [
+        list_dir.join("suspended.txt"),
+        list_dir.join("fingerprint.key"),
+    ] {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (
+                meta.permissions().mode() & 0o777,
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (0o640, group_id("www-data")),
+            "{}",
+            path.display()
+        );
+        let read = Command::new("setpriv")
+            .args([
+                "--reuid=www-data",
+                "--regid=www-data",
+                "--init-groups",
+                "cat",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success(),
+            "the web server cannot read {}",
+            path.display()
+        );
+    }
+}
+
 fn group_id(name: &str) -> u32 {
     let out = Command::new("getent")
         .args(["group", name])
@@ -500,36 +521,7 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
     };
     assert_eq!(line("Uid:").unwrap()[0], user.uid.to_string(), "{status}");
     assert_eq!(line("Groups:"), Some(vec![]), "{status}");
-    for path in [&list, &list_dir.join("fingerprint.key")] {
-        let meta = std::fs::metadata(path).unwrap();
-        assert_eq!(
-            meta.permissions().mode() & 0o777,
-            0o640,
-            "{}",
-            path.display()
-        );
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::gid(&meta),
-            group_id("www-data"),
-            "{}",
-            path.display()
-        );
-        let read = Command::new("setpriv")
-            .args([
-                "--reuid=www-data",
-                "--regid=www-data",
-                "--init-groups",
-                "cat",
-            ])
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            read.status.success(),
-            "the web server cannot read {}",
-            path.display()
-        );
-    }
+    assert_handed_to_the_web_server(&list_dir);
     daemon.stop().unwrap();
 
     // Made by hand without the group: the daemon cannot hand it over and says how to.

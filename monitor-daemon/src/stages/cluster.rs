@@ -154,7 +154,8 @@ pub const MAX_CALLS_PER_ENTRY: usize = 1000;
 
 /// Largest encoded call: every optional field present at its widest (IPv6, ten-byte varints,
 /// both parameters at [`MAX_PARAM_CHARS`]).
-pub const MAX_ENCODED_CALL: usize = 2 + 2 * 10 + 16 + 3 + 8 + 1 + 5 * 10 + 2 * (1 + MAX_PARAM_CHARS) + 5;
+pub const MAX_ENCODED_CALL: usize =
+    2 + 2 * 10 + 16 + 3 + 8 + 1 + 5 * 10 + 2 * (1 + MAX_PARAM_CHARS) + 5;
 
 /// Why an entry's calls could not be read (the entry is skipped and counted, never trusted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,7 +230,11 @@ impl<'a> Reader<'a> {
     }
 
     fn optional(&mut self, present: bool) -> Result<Option<u64>, WireError> {
-        if present { self.varint().map(Some) } else { Ok(None) }
+        if present {
+            self.varint().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn text(&mut self) -> Result<String, WireError> {
@@ -332,9 +337,7 @@ impl SharedCall {
         }
         let has = |bit: u16| flags & bit != 0;
         let start = r.varint()?;
-        let end = start
-            .checked_add(r.varint()?)
-            .ok_or(WireError::Invalid)?;
+        let end = start.checked_add(r.varint()?).ok_or(WireError::Invalid)?;
         let client = if has(IPV6) {
             let octets: [u8; 16] = r.take(16)?.try_into().map_err(|_| WireError::Invalid)?;
             IpAddr::from(octets)
@@ -368,8 +371,16 @@ impl SharedCall {
         let response_wire_bytes = r.optional(has(HAS_WIRE))?;
         let data_bytes = r.optional(has(HAS_DATA))?;
         let records = u32::try_from(r.varint()?).map_err(|_| WireError::Invalid)?;
-        let content = if has(HAS_CONTENT) { Some(r.text()?) } else { None };
-        let action = if has(HAS_ACTION) { Some(r.text()?) } else { None };
+        let content = if has(HAS_CONTENT) {
+            Some(r.text()?)
+        } else {
+            None
+        };
+        let action = if has(HAS_ACTION) {
+            Some(r.text()?)
+        } else {
+            None
+        };
         let flag = |present: u16, value: u16| has(present).then(|| has(value));
         Ok(SharedCall {
             start,

@@ -175,10 +175,8 @@ fn throughput(redis: &RedisServer, url: &str) -> Throughput {
             let mut pipeline = pipeline("b", 2);
             ready_tx.send(()).unwrap();
             let started = start_rx.recv().unwrap();
-            let received = |p: &Pipeline| {
-                p.cluster()
-                    .map_or(0, |c| c.stats().calls_received as usize)
-            };
+            let received =
+                |p: &Pipeline| p.cluster().map_or(0, |c| c.stats().calls_received as usize);
             while received(&pipeline) < CALLS {
                 let message = shared.recv().await;
                 take(&mut shared, &mut pipeline, message, &mut |_| {});

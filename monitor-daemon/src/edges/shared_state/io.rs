@@ -786,7 +786,10 @@ pub(super) fn parse(map: &HashMap<String, Value>) -> Option<Parsed> {
                 let calls = SharedCall::decode_all(bytes, count).ok()?;
                 // The calls are numbered on from the first, within u64.
                 first.checked_add(count as u64 - 1)?;
-                (0..).zip(calls).map(|(i, call)| (first + i, call)).collect()
+                (0..)
+                    .zip(calls)
+                    .map(|(i, call)| (first + i, call))
+                    .collect()
             };
             Some(Parsed::Batch(Batch {
                 host,

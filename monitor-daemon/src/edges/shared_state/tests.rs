@@ -164,9 +164,9 @@ fn calls_in(messages: &[FromRedis]) -> Vec<(String, u64)> {
 /// Whether an entry of `host` with at least `watermark` is among `messages` (a batch carries
 /// its watermark in the entry of its calls; without calls it is a heartbeat).
 fn heartbeat_seen(messages: &[FromRedis], host: &str, watermark: u64) -> bool {
-    messages.iter().any(|m| {
-        matches!(m, FromRedis::Batch(b) if b.host == host && b.watermark.0 >= watermark)
-    })
+    messages
+        .iter()
+        .any(|m| matches!(m, FromRedis::Batch(b) if b.host == host && b.watermark.0 >= watermark))
 }
 
 #[test]
@@ -290,8 +290,12 @@ async fn published(state: &SharedState, calls: u64) {
 
 /// Each entry of the stream: (kind, first seq, number of calls).
 fn entries(redis: &RedisServer) -> Vec<(String, Option<u64>, u64)> {
-    let reply: redis::streams::StreamRangeReply =
-        redis.query(redis::cmd("XRANGE").arg("redcap-monitor:calls").arg("-").arg("+"));
+    let reply: redis::streams::StreamRangeReply = redis.query(
+        redis::cmd("XRANGE")
+            .arg("redcap-monitor:calls")
+            .arg("-")
+            .arg("+"),
+    );
     let text = |e: &redis::streams::StreamId, f: &str| e.get::<String>(f);
     reply
         .ids
@@ -377,10 +381,7 @@ fn corrupt_entries_are_counted_and_skipped_and_the_calls_after_them_arrive() {
         let mut b = start(&config, "b");
         b.publish(batch("b", 0..2, 100));
         let got = collect(&mut a, |m| heartbeat_seen(m, "b", 100)).await;
-        assert_eq!(
-            calls_in(&got),
-            [("b".to_string(), 0), ("b".to_string(), 1)]
-        );
+        assert_eq!(calls_in(&got), [("b".to_string(), 0), ("b".to_string(), 1)]);
         assert_eq!(a.stats().entries_rejected, 5);
     });
 }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::shared::token::TokenProblem;
 use crate::shared::model::Span;
+use crate::shared::token::TokenProblem;
 use crate::stages::policy::{HeavyReason, Policy, PolicyConfig};
 use crate::stages::redcap::sample::{at, call, fingerprint};
 
@@ -282,8 +282,14 @@ fn a_corrupt_or_hostile_entry_is_an_error_never_a_panic() {
         c.encode(&mut bytes);
     }
     let n = calls.len();
-    assert_eq!(SharedCall::decode_all(&bytes[..bytes.len() - 1], n), Err(WireError::Truncated));
-    assert_eq!(SharedCall::decode_all(&bytes, n - 1), Err(WireError::Trailing));
+    assert_eq!(
+        SharedCall::decode_all(&bytes[..bytes.len() - 1], n),
+        Err(WireError::Truncated)
+    );
+    assert_eq!(
+        SharedCall::decode_all(&bytes, n - 1),
+        Err(WireError::Trailing)
+    );
     assert_eq!(
         SharedCall::decode_all(&bytes, MAX_CALLS_PER_ENTRY + 1),
         Err(WireError::TooLarge)
@@ -293,11 +299,17 @@ fn a_corrupt_or_hostile_entry_is_an_error_never_a_panic() {
         Err(WireError::TooLarge),
         "more bytes than the calls claimed could take"
     );
-    assert_eq!(SharedCall::decode_all(&[0xff, 0xff, 0], 1), Err(WireError::Invalid));
+    assert_eq!(
+        SharedCall::decode_all(&[0xff, 0xff, 0], 1),
+        Err(WireError::Invalid)
+    );
     // A varint past 64 bits.
     let mut overflow = vec![0, 0];
     overflow.extend([0xff; 10]);
-    assert_eq!(SharedCall::decode_all(&overflow, 1), Err(WireError::Invalid));
+    assert_eq!(
+        SharedCall::decode_all(&overflow, 1),
+        Err(WireError::Invalid)
+    );
     // Every prefix and every single-byte change of a valid entry: an error or calls, no panic.
     for cut in 0..bytes.len() {
         assert!(SharedCall::decode_all(&bytes[..cut], n).is_err());
