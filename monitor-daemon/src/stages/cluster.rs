@@ -25,46 +25,29 @@ pub(crate) const MAX_PEERS: usize = 256;
 const FORGET_LOST_PEER: Span = Span::from_secs(3600);
 
 /// One finished API call as other hosts see it: what the policy's rules and heavy kinds read,
-/// nothing else. Serialised with short names (one of these per call goes through Redis).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// nothing else. It travels through Redis in the binary form of [`SharedCall::encode`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedCall {
     /// Request start and response end, nanoseconds since the epoch (the serving host's clock).
-    #[serde(rename = "s")]
     pub(crate) start: u64,
-    #[serde(rename = "e")]
     pub(crate) end: u64,
     /// The client (the refused-calls rule counts per address).
-    #[serde(rename = "ip")]
     pub(crate) client: IpAddr,
-    #[serde(rename = "pt", default)]
     pub(crate) client_port: u16,
     /// The token's keyed fingerprint, or why the call had no usable token.
-    #[serde(rename = "fp", default, skip_serializing_if = "Option::is_none")]
     pub(crate) fingerprint: Option<TokenFingerprint>,
-    #[serde(rename = "tp", default, skip_serializing_if = "Option::is_none")]
     pub(crate) token_problem: Option<TokenProblem>,
-    #[serde(rename = "st", default, skip_serializing_if = "Option::is_none")]
     pub(crate) status: Option<u16>,
-    #[serde(rename = "rq", default)]
     pub(crate) request_bytes: u64,
-    #[serde(rename = "rs", default, skip_serializing_if = "Option::is_none")]
     pub(crate) response_bytes: Option<u64>,
-    #[serde(rename = "rw", default, skip_serializing_if = "Option::is_none")]
     pub(crate) response_wire_bytes: Option<u64>,
     /// The parameters that make a call heavy.
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
     pub(crate) content: Option<String>,
-    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub(crate) action: Option<String>,
-    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
     pub(crate) data_bytes: Option<u64>,
-    #[serde(rename = "r", default)]
     pub(crate) records: u32,
-    #[serde(rename = "fl", default)]
     pub(crate) filter_logic: bool,
-    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
     pub(crate) return_metadata_only: Option<bool>,
-    #[serde(rename = "ar", default, skip_serializing_if = "Option::is_none")]
     pub(crate) all_records: Option<bool>,
 }
 

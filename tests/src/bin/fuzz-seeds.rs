@@ -7,7 +7,8 @@
 //!
 //! Each file is in its target's input format (see `fuzz/src/lib.rs`): most start with a control
 //! byte that picks chunk sizes, gaps or the link type. The reassembly target's input is an
-//! `arbitrary` structure, so it has no seeds.
+//! `arbitrary` structure, so it has no seeds; `shared_calls`' seeds are written by a unit test of
+//! `stages/cluster` (only the daemon's crate can make the calls they encode).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -54,7 +55,6 @@ fn main() -> Result<()> {
     bodies(&seeds)?;
     records(&seeds)?;
     configs(&seeds)?;
-    shared_calls(&seeds)?;
     Ok(())
 }
 
@@ -509,29 +509,4 @@ exempt = true
         b"[capture]\nmode = \"auto\"\ninterfaces = [\"eth0\"]\nports = [80, 443]\n\n[reassembly]\nmax_connections = 100\nidle_timeout = \"30s\"\n",
     )?;
     Ok(())
-}
-
-/// Stream entries as the Redis edge publishes them: an export with a fingerprint and heavy
-/// parameters, a refused call without a token, and both in one entry. The input is the number
-/// of calls (two bytes, little-endian), then their encoded forms.
-fn shared_calls(seeds: &Seeds) -> Result<()> {
-    let export = r#"{"s":1767600000000000000,"e":1767600000250000000,"ip":"10.0.0.7","pt":51234,
-        "fp":"0123456789abcdef","st":200,"rq":512,"rs":600000,"rw":601000,"c":"record",
-        "a":"export","r":0,"fl":true,"ar":true}"#;
-    let refused = r#"{"s":1767600001000000000,"e":1767600001001000000,"ip":"2001:db8::5",
-        "tp":"malformed","st":403,"rq":80}"#;
-    let calls: Vec<redcap_monitor::stages::cluster::SharedCall> = [export, refused]
-        .iter()
-        .map(|json| serde_json::from_str(json).context("a seed call"))
-        .collect::<Result<_>>()?;
-    let entry = |calls: &[redcap_monitor::stages::cluster::SharedCall]| {
-        let mut bytes = (calls.len() as u16).to_le_bytes().to_vec();
-        for call in calls {
-            call.encode(&mut bytes);
-        }
-        bytes
-    };
-    seeds.write_raw("shared_calls", "export", &entry(&calls[..1]))?;
-    seeds.write_raw("shared_calls", "refused", &entry(&calls[1..]))?;
-    seeds.write_raw("shared_calls", "both", &entry(&calls))
 }

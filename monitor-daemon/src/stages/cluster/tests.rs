@@ -43,10 +43,15 @@ fn the_shared_form_keeps_what_the_policy_reads_and_no_token_text() {
     original.status = Some(200);
     original.response_bytes = Some(123_456_789);
     let shared = SharedCall::of(&original);
-    let json = serde_json::to_string(&shared).unwrap();
-    assert!(!json.contains("T7"), "no masked token travels: {json}");
-    assert!(json.contains(&fingerprint(7).to_string()));
-    let back: SharedCall = serde_json::from_str(&json).unwrap();
+    let mut wire = Vec::new();
+    shared.encode(&mut wire);
+    let masked = original.token.as_ref().unwrap().masked.0.as_bytes();
+    assert!(
+        !wire.windows(masked.len()).any(|w| w == masked),
+        "no masked token travels: {wire:?}"
+    );
+    assert!(wire.windows(8).any(|w| w == fingerprint(7).0));
+    let back = SharedCall::decode_all(&wire, 1).unwrap().remove(0);
     assert_eq!(back, shared);
     let call = back.into_call();
     assert_eq!(call.ts_start, original.ts_start);
@@ -324,5 +329,41 @@ fn a_corrupt_or_hostile_entry_is_an_error_never_a_panic() {
             changed[i] = state as u8;
             let _ = SharedCall::decode_all(&changed, n);
         }
+    }
+}
+
+/// The `shared_calls` fuzz target's committed seeds (`fuzz/seeds/shared_calls/`) are entries this
+/// version writes: the number of calls (two bytes, little-endian), then their binary forms.
+/// Written here, where calls can be made, rather than by `fuzz-seeds`; after a change of the form
+/// `REDCAP_MONITOR_WRITE_SEEDS=1 cargo test -p monitor-daemon --lib fuzz_seeds` writes them again.
+#[test]
+fn the_fuzz_seeds_are_entries_this_version_writes() {
+    let calls = varied_calls();
+    let entry = |calls: &[SharedCall]| {
+        let mut bytes = (calls.len() as u16).to_le_bytes().to_vec();
+        for call in calls {
+            call.encode(&mut bytes);
+        }
+        bytes
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/shared_calls");
+    let write = std::env::var("REDCAP_MONITOR_WRITE_SEEDS").as_deref() == Ok("1");
+    for (name, seed) in [
+        ("export", entry(&calls[..1])),
+        ("varied", entry(&calls[1..])),
+        ("all", entry(&calls)),
+    ] {
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &seed).unwrap();
+        }
+        assert_eq!(
+            std::fs::read(&path).ok().as_ref(),
+            Some(&seed),
+            "{} is not what this version writes: REDCAP_MONITOR_WRITE_SEEDS=1 cargo test \
+             -p monitor-daemon --lib fuzz_seeds writes it",
+            path.display()
+        );
     }
 }
