@@ -73,17 +73,16 @@ pub fn warnings(config: &Config) -> Vec<Problem> {
                 ),
             ),
             Some(gid) => {
-                use std::os::unix::fs::MetadataExt;
                 // SAFETY: geteuid cannot fail.
                 let root = unsafe { libc::geteuid() } == 0;
                 if let Ok(dir) = std::fs::metadata(&module.dir)
                     && !root
-                    && (dir.gid() != gid || dir.mode() & 0o2000 == 0)
+                    && !crate::edges::actions::publish::handed_to(&dir, gid)
                 {
                     warn(
                         "redcap_module.dir".into(),
                         format!(
-                            "{} is not group {:?}'s with the set-group-ID bit, and unless this \
+                            "{} is not group {:?}'s with mode 2750 (set-group-ID), and unless this \
                              user is in that group only root may make it so: `install -d -o <daemon's user> -g {} -m 2750 {}` \
                              as root (the shipped unit's ExecStartPre=+ line does)",
                             module.dir.display(),

@@ -129,7 +129,7 @@ fn hand_directory_to(
     }
     // Without the group's membership the kernel drops the set-group-ID bit from a chmod, so
     // the mode is only set where it differs (a directory made ready by root is left as it is).
-    if metadata.mode() & 0o7777 != 0o2750 || metadata.gid() != gid {
+    if !handed_to(&metadata, gid) {
         handle
             .set_permissions(fs::Permissions::from_mode(0o2750))
             .map_err(|e| io_error("set the mode of", e))?;
@@ -145,6 +145,12 @@ fn hand_directory_to(
         });
     }
     Ok(())
+}
+
+/// Whether a directory is group `gid`'s with mode 2750, as the module's must be.
+pub(crate) fn handed_to(metadata: &fs::Metadata, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    metadata.gid() == gid && metadata.mode() & 0o7777 == 0o2750
 }
 
 /// Why the list cannot be published.
