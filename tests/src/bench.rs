@@ -1,5 +1,5 @@
-//! What the live bench binaries (`live-overhead`, `mix-overhead`) share besides the probe
-//! environment: stopping cleanly on Ctrl-C between runs, finding a program, a mean.
+//! What the bench binaries share: stopping cleanly on Ctrl-C between runs, finding a program, a
+//! mean (the live benches), and a TCP segment built for a pipeline (those that drive one).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,4 +39,34 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (sum, n) = values.fold((0.0, 0u32), |(sum, n), v| (sum + v, n + 1));
     sum / f64::from(n)
+}
+
+/// A segment from `src` to `dst` for `Pipeline::push_segment`: a SYN when `syn`, acknowledging
+/// `ack` when given.
+pub fn segment<'a>(
+    ts: redcap_monitor::shared::model::Timestamp,
+    (src, dst): (
+        redcap_monitor::shared::model::Endpoint,
+        redcap_monitor::shared::model::Endpoint,
+    ),
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    payload: &'a [u8],
+) -> redcap_monitor::shared::model::TcpSegment<'a> {
+    use redcap_monitor::shared::model::{TcpFlags, TcpSegment};
+    TcpSegment {
+        ts,
+        src,
+        dst,
+        seq,
+        ack,
+        flags: TcpFlags {
+            syn,
+            ack: ack.is_some(),
+            ..TcpFlags::default()
+        },
+        payload,
+        stream_start: None,
+    }
 }

@@ -15,8 +15,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use monitor_tests::bench::segment;
 use redcap_monitor::commands::config::Config;
-use redcap_monitor::shared::model::{Endpoint, Span, TcpFlags, TcpSegment, Timestamp};
+use redcap_monitor::shared::model::{Endpoint, Span, Timestamp};
 use redcap_monitor::shared::token::SiteKey;
 use redcap_monitor::stages::pipeline::Pipeline;
 use redcap_monitor::stages::policy::Verdict;
@@ -36,30 +37,6 @@ fn client(i: u32) -> Endpoint {
     Endpoint {
         ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i / 16 + 1))),
         port: 30_000 + (i % 16) as u16,
-    }
-}
-
-fn segment<'a>(
-    ts: Timestamp,
-    (src, dst): (Endpoint, Endpoint),
-    seq: u32,
-    ack: Option<u32>,
-    syn: bool,
-    payload: &'a [u8],
-) -> TcpSegment<'a> {
-    TcpSegment {
-        ts,
-        src,
-        dst,
-        seq,
-        ack,
-        flags: TcpFlags {
-            syn,
-            ack: ack.is_some(),
-            ..TcpFlags::default()
-        },
-        payload,
-        stream_start: None,
     }
 }
 

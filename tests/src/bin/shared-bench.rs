@@ -25,10 +25,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use monitor_tests::bench::segment;
 use monitor_tests::redis::{RedisOptions, RedisServer};
 use redcap_monitor::commands::config::Config;
 use redcap_monitor::edges::shared_state::{FromRedis, Retention, SharedConfig, SharedState};
-use redcap_monitor::shared::model::{Endpoint, Span, TcpFlags, TcpSegment, Timestamp};
+use redcap_monitor::shared::model::{Endpoint, Span, Timestamp};
 use redcap_monitor::shared::settings::Duration as ConfigDuration;
 use redcap_monitor::shared::token::{HookToken, MaskedToken, RawToken, SiteKey, TokenFingerprint};
 use redcap_monitor::stages::cluster::{ClusterConfig, Outbox};
@@ -273,30 +274,6 @@ const SERVER: Endpoint = Endpoint {
     ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
     port: 443,
 };
-
-fn segment(
-    ts: Timestamp,
-    (src, dst): (Endpoint, Endpoint),
-    seq: u32,
-    ack: Option<u32>,
-    syn: bool,
-    payload: &[u8],
-) -> TcpSegment<'_> {
-    TcpSegment {
-        ts,
-        src,
-        dst,
-        seq,
-        ack,
-        flags: TcpFlags {
-            syn,
-            ack: ack.is_some(),
-            ..TcpFlags::default()
-        },
-        payload,
-        stream_start: None,
-    }
-}
 
 /// One API call on a fresh connection from `port` (handshake, request, response, close) into
 /// `pipeline` at `ts`, then what the input finished published at once (`run`'s
