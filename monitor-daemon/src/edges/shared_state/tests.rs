@@ -85,9 +85,18 @@ impl RedisServer {
 
     /// A command on a plain connection, as the default user.
     pub(crate) fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        cmd.query(&mut conn).unwrap()
+        self.try_query(cmd).unwrap()
+    }
+
+    /// [`RedisServer::query`] for a server that may drop its connections meanwhile (a master
+    /// that Sentinel turns into a replica closes its clients').
+    pub(crate) fn try_query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &mut redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection()?;
+        cmd.query(&mut conn)
     }
 }
 
@@ -900,7 +909,9 @@ fn sentinel_failover(how: Failover) {
     assert!(info(&replica).contains("role:master"));
     if let Failover::Asked = how {
         wait_for("the old master to follow the new one", || {
-            info(&master).contains("role:slave")
+            master
+                .try_query::<String>(redis::cmd("INFO").arg("replication"))
+                .is_ok_and(|info| info.contains("role:slave"))
         });
     }
     rt.block_on(async {
