@@ -169,3 +169,29 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     done()
 }
+
+/// Sends SIGTERM to `child` and reaps it. A child still running `within` after is killed
+/// (SIGKILL) and reaped, and the result says so: a test must not hang on a process that
+/// ignores its signal (CI once waited 90 minutes on a tracer that blocked SIGTERM).
+pub fn terminate(
+    child: &mut Child,
+    within: Duration,
+) -> std::result::Result<std::process::ExitStatus, String> {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    wait_until(within, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    match status {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "pid {} was still running {within:?} after SIGTERM and was killed",
+                child.id()
+            ))
+        }
+    }
+}

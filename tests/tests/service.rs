@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use monitor_tests::clients::curl_in;
 use monitor_tests::daemon::{LiveDaemon, without_api_listener};
 use monitor_tests::netns::NamespacePair;
-use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use monitor_tests::sim::{SimOptions, Simulator, terminate, wait_until};
 use monitor_tests::unit::{
     Capabilities, run_as_the_unit, service_user, setpriv_args, unit_setting,
 };
@@ -511,13 +511,19 @@ fn run_confined(
         proc_limits =
             std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    if trace.is_some() {
+        // `strace -o FILE PROG` blocks fatal signals (its -I3 default): the daemon, its child,
+        // gets the SIGTERM, and strace leaves when it has.
+        for daemon in children_of(child.id()) {
+            unsafe { libc::kill(daemon, libc::SIGTERM) };
+        }
+    }
+    let status = terminate(&mut child, Duration::from_secs(20));
     if started && trace.is_none() {
+        let status = status.unwrap_or_else(|e| panic!("{e}: {}", log()));
         assert!(status.success(), "{status}: {}", log());
     }
     if let Some(trace) = trace {
-        // strace hands its SIGTERM on to the daemon and leaves: wait for the daemon's end.
         let traced = std::fs::read_to_string(trace).unwrap_or_default();
         let pids: std::collections::BTreeSet<i32> = traced
             .lines()
@@ -613,6 +619,15 @@ fn the_ebpf_only_drop_in_rates_2_0_and_takes_away_nothing_the_probe_and_uprobes_
     }
 }
 
+/// The processes `pid` started (its main thread's children).
+fn children_of(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The capabilities `AmbientCapabilities=` in the unit grants, lower-case without `CAP_`.
 fn unit_capabilities() -> Vec<String> {
     monitor_tests::unit::unit_capabilities("AmbientCapabilities")
@@ -651,9 +666,9 @@ fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
     let started = wait_until(Duration::from_secs(15), || {
         log().contains("capturing with") || child.try_wait().unwrap().is_some()
     }) && log().contains("capturing with");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status = terminate(&mut child, Duration::from_secs(20));
     if started {
+        let status = status.unwrap_or_else(|e| panic!("{e}: {}", log()));
         assert!(status.success(), "{status}: {}", log());
     }
     (started, log())
@@ -795,8 +810,8 @@ fn capabilities_after_attach(mode: &str, tls: bool) -> (Vec<(String, u64)>, bool
             std::fs::read_to_string(&calls).is_ok_and(|c| c.contains("/api/"))
         })
     };
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let status =
+        terminate(&mut child, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}: {}", log()));
     assert!(status.success(), "{status}: {}", log());
     (threads, recorded, log())
 }
