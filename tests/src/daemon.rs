@@ -350,16 +350,16 @@ impl LiveDaemon {
     /// SIGTERM, then waits; returns the exit status and everything it logged.
     pub fn stop(&mut self) -> Result<(std::process::ExitStatus, String)> {
         let mut child = self.child.take().context("daemon already stopped")?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().context("waiting for redcap-monitor run")?;
+        let status = crate::sim::terminate(&mut child, std::time::Duration::from_secs(60));
         let text = self
             .stderr
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_default();
-        Ok((status, text))
+        match status {
+            Ok(status) => Ok((status, text)),
+            Err(hung) => bail!("redcap-monitor run did not stop on SIGTERM: {hung}\n{text}"),
+        }
     }
 }
 
