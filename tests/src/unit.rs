@@ -1,12 +1,14 @@
 //! The daemon as `config/systemd/redcap-monitor.service` runs it, without systemd: the unit's
-//! settings read from the unit file, the service user, and one command that starts a program
-//! the way the unit would (as that user with exactly the unit's capability sets and
-//! no supplementary group, `NoNewPrivileges=`, `LimitCORE=0`, in a private mount namespace where
-//! `/proc` is mounted `subset=pid,hidepid=invisible` (`ProcSubset=pid`, `ProtectProc=invisible`),
-//! `/sys` and the whole system read-only (`ProtectKernelTunables=`, `ProtectSystem=strict`) but
-//! for the directories the unit makes writable). Not reproduced: the syscall filter,
-//! `PrivateTmp=`, `PrivateDevices=` and the rest of the hardening that does not bear on what the
-//! tests look at (`tests/tests/service.rs` checks the unit itself with `systemd-analyze`).
+//! settings read from the unit file (and the shipped drop-ins a test names), the service user,
+//! and one command that starts a program the way the unit would (as that user with exactly the
+//! unit's capability sets and no supplementary group, `NoNewPrivileges=`, `LimitCORE=0`, its
+//! `RestrictAddressFamilies=` as a seccomp filter (`restrict-families`), in a private mount
+//! namespace where `/proc` is mounted `subset=pid,hidepid=invisible` (`ProcSubset=pid`,
+//! `ProtectProc=invisible`), `/sys` and the whole system read-only (`ProtectKernelTunables=`,
+//! `ProtectSystem=strict`) but for the directories the unit makes writable). Not reproduced: the
+//! rest of the syscall filter, `PrivateTmp=`, `PrivateDevices=` and the hardening that does not
+//! bear on what the tests look at (`tests/tests/service.rs` checks the unit itself with
+//! `systemd-analyze`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -30,23 +32,47 @@ pub fn unit_setting(key: &str) -> Option<String> {
 /// The capabilities a unit setting (`AmbientCapabilities`, `CapabilityBoundingSet`) lists,
 /// lower case without `CAP_`, as setpriv takes them.
 pub fn unit_capabilities(setting: &str) -> Vec<String> {
-    capabilities_in(
-        &std::fs::read_to_string(unit_path()).expect("the unit file"),
-        setting,
-    )
-}
-
-/// [`unit_capabilities`] of a unit file or drop-in's `text`: its last non-empty `setting=` line
-/// (an empty one resets the list, as systemd reads it).
-pub fn capabilities_in(text: &str, setting: &str) -> Vec<String> {
-    let prefix = format!("{setting}=");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(prefix.as_str()))
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or_else(|| panic!("no {setting}= in:\n{text}"))
-        .split_whitespace()
+    merged_list(&[], setting)
+        .iter()
         .map(|c| c.trim_start_matches("CAP_").to_lowercase())
         .collect()
+}
+
+/// A shipped drop-in (`config/systemd-drop-ins/NAME`).
+pub fn drop_in_path(name: &str) -> PathBuf {
+    crate::workspace_root()
+        .join("config/systemd-drop-ins")
+        .join(name)
+}
+
+/// A list setting (`AmbientCapabilities=`, `RestrictAddressFamilies=`, ...) as systemd merges
+/// it over the unit and then `drop_ins` in order: each line adds to the list, an empty one
+/// empties it.
+pub fn merged_list(drop_ins: &[&str], setting: &str) -> Vec<String> {
+    let prefix = format!("{setting}=");
+    let mut files = vec![std::fs::read_to_string(unit_path()).expect("the unit file")];
+    files.extend(drop_ins.iter().map(|name| {
+        std::fs::read_to_string(drop_in_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }));
+    let mut list: Vec<String> = Vec::new();
+    for line in files.iter().flat_map(|f| f.lines()) {
+        let Some(value) = line.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        assert!(
+            !value.starts_with('~'),
+            "{line}: deny lists are not read here"
+        );
+        if value.trim().is_empty() {
+            list.clear();
+        }
+        for item in value.split_whitespace() {
+            if !list.iter().any(|i| i == item) {
+                list.push(item.to_owned());
+            }
+        }
+    }
+    list
 }
 
 /// Makes `dir` the External Module's directory the way the unit's `ExecStartPre=-+` line makes
@@ -108,35 +134,66 @@ pub fn service_user() -> ServiceUser {
     panic!("neither redcap-monitor nor nobody exists");
 }
 
-/// The capability sets to give: the unit's, or another list (to show one is needed).
+/// What the unit grants the daemon: capability sets and the socket families it may open.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
     /// Ambient and inheritable.
     pub ambient: Vec<String>,
     pub bounding: Vec<String>,
+    /// `RestrictAddressFamilies=`: `AF_UNIX`, `AF_INET`, ...
+    pub families: Vec<String>,
 }
 
 impl Capabilities {
-    /// `AmbientCapabilities=` and `CapabilityBoundingSet=` of the unit, plus `extra` in both
-    /// (a drop-in's, e.g. `sys_ptrace`).
-    pub fn of_unit(extra: &[&str]) -> Capabilities {
-        let with_extra = |mut caps: Vec<String>| {
-            caps.extend(extra.iter().map(|c| c.to_string()));
-            caps
+    /// The unit's, with the shipped `drop_ins` (`libpcap.conf`, ...) merged as systemd does.
+    pub fn of_unit(drop_ins: &[&str]) -> Capabilities {
+        let caps = |setting| {
+            merged_list(drop_ins, setting)
+                .iter()
+                .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+                .collect()
         };
         Capabilities {
-            ambient: with_extra(unit_capabilities("AmbientCapabilities")),
-            bounding: with_extra(unit_capabilities("CapabilityBoundingSet")),
+            ambient: caps("AmbientCapabilities"),
+            bounding: caps("CapabilityBoundingSet"),
+            families: merged_list(drop_ins, "RestrictAddressFamilies"),
         }
     }
 
-    /// Exactly `caps` in every set.
-    pub fn only(caps: &[String]) -> Capabilities {
+    /// These with `extra` capabilities added to both sets (a drop-in the README describes,
+    /// e.g. `sys_ptrace`).
+    pub fn with_extra(mut self, extra: &[&str]) -> Capabilities {
+        for cap in extra {
+            self.ambient.push(cap.to_string());
+            self.bounding.push(cap.to_string());
+        }
+        self
+    }
+
+    /// These socket families with exactly `caps` in every capability set (to show one is needed).
+    pub fn only(self, caps: &[String]) -> Capabilities {
         Capabilities {
             ambient: caps.to_vec(),
             bounding: caps.to_vec(),
+            families: self.families,
         }
     }
+}
+
+/// A binary of this crate (`restrict-families`), beside the test binary that asks for it.
+fn own_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the tests crate's binaries (cargo build -p monitor-tests --bins)",
+        path.display()
+    );
+    path
 }
 
 /// setpriv's arguments for the service user with no supplementary group and `caps`,
@@ -206,7 +263,10 @@ pub fn run_as_the_unit(
     }
     command
         .arg("--")
-        .args(["prlimit", "--core=0", "setpriv"])
+        .args(["prlimit", "--core=0"])
+        .arg(own_binary("restrict-families"))
+        .arg(caps.families.join(","))
+        .args(["--", "setpriv"])
         .args(setpriv_args(&service_user(), caps))
         .arg(program)
         .args(args);

@@ -187,6 +187,66 @@ fn the_deb_installs_binary_unit_config_and_user_enables_nothing_and_purges_clean
         (0, gid, 0o640)
     );
 
+    // On this kernel (TCX) the unit needs no netlink; on one before 6.6 the postinst installs
+    // the drop-in that allows it, and leaves an admin's own file alone. Its `configure` is run
+    // again with `uname` saying 6.1, as Debian 12's kernel would.
+    let netlink = Path::new("/etc/systemd/system/redcap-monitor.service.d/netlink-attach.conf");
+    let release = String::from_utf8_lossy(&run("uname", &["-r"]).stdout).into_owned();
+    let (major, minor) = release
+        .split_once('.')
+        .map(|(a, b)| {
+            let minor: String = b.chars().take_while(char::is_ascii_digit).collect();
+            (a.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(
+        netlink.exists(),
+        (major, minor) < (6, 6),
+        "on Linux {release} the drop-in is there only before 6.6"
+    );
+    if !netlink.exists() {
+        let stub = tempfile::tempdir().unwrap();
+        let uname = stub.path().join("uname");
+        std::fs::write(&uname, "#!/bin/sh\necho 6.1.0-28-amd64\n").unwrap();
+        std::fs::set_permissions(&uname, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            stub.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let postinst = || {
+            Command::new("sh")
+                .args([
+                    "/var/lib/dpkg/info/redcap-monitor.postinst",
+                    "configure",
+                    "0.0.1",
+                ])
+                .env("PATH", &path)
+                .output()
+                .unwrap()
+        };
+        let out = postinst();
+        assert!(out.status.success(), "postinst: {}", text(&out));
+        assert_eq!(
+            std::fs::read(netlink).ok(),
+            std::fs::read(
+                monitor_tests::workspace_root().join("config/systemd-drop-ins/netlink-attach.conf")
+            )
+            .ok(),
+            "postinst on Linux 6.1: {}",
+            text(&out)
+        );
+        assert!(text(&out).contains("no TCX"), "{}", text(&out));
+        std::fs::write(netlink, "# the admin's own\n").unwrap();
+        let out = postinst();
+        assert!(out.status.success(), "postinst: {}", text(&out));
+        assert_eq!(
+            std::fs::read_to_string(netlink).unwrap(),
+            "# the admin's own\n"
+        );
+    }
+
     // Nothing enabled or started without the admin.
     assert!(
         !Path::new("/etc/systemd/system/multi-user.target.wants/redcap-monitor.service").exists()
@@ -242,6 +302,7 @@ fn the_deb_installs_binary_unit_config_and_user_enables_nothing_and_purges_clean
         unit,
         Path::new(CONFIG),
         Path::new("/var/lib/redcap-monitor"),
+        netlink,
     ] {
         assert!(!gone.exists(), "{} is left after purge", gone.display());
     }

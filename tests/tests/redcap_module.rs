@@ -498,7 +498,7 @@ fn the_daemon_hands_the_module_its_files_without_being_in_the_web_server_s_group
         run_as_the_unit(
             netns,
             &[(dir.path(), dir.path())],
-            &Capabilities::only(&["net_raw".to_owned()]),
+            &Capabilities::of_unit(&["libpcap.conf"]).only(&["net_raw".to_owned()]),
             &monitor_bin().unwrap(),
             &args,
         )

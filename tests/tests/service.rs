@@ -306,7 +306,7 @@ fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
 #[test]
 fn the_units_security_exposure_is_the_one_the_readme_records() {
     let score = exposure(&[]);
-    assert!(score <= 2.3, "hardening regressed: {score}");
+    assert!(score <= 2.0, "hardening regressed: {score}");
     let readme =
         std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
     let recorded = format!("exposure level {score:.1}");
@@ -314,6 +314,16 @@ fn the_units_security_exposure_is_the_one_the_readme_records() {
         readme.contains(&recorded),
         "README should say `{recorded}` (systemd-analyze security says {score})"
     );
+    // Each shipped drop-in widens the unit only for its capture; the README gives each level.
+    for drop_in in ["netlink-attach.conf", "libpcap.conf"] {
+        let widened = exposure(&[drop_in]);
+        assert!(widened >= score, "{drop_in}: {widened}");
+        let recorded = format!("`{drop_in}` rates it **{widened:.1}**");
+        assert!(
+            readme.contains(&recorded),
+            "README should say {recorded} (systemd-analyze security says {widened})"
+        );
+    }
 }
 
 /// `systemd-analyze security`'s overall exposure of the unit with `drop_ins`.
@@ -439,13 +449,14 @@ impl Drop for Limits {
 /// systemd allows: as the service user with `caps`, in a mount namespace with `/proc` holding
 /// only processes (`ProcSubset=pid`, `ProtectProc=invisible`) and `/sys` read-only
 /// (`ProtectKernelTunables=`), with `LimitCORE=0` (`monitor_tests::unit::run_as_the_unit`), in
-/// a cgroup with the unit's `TasksMax=` and `MemoryMax=`. Returns whether it started capturing,
+/// a cgroup with the unit's `TasksMax=` and `MemoryMax=`; `capture` holds `[capture]` settings
+/// (`mode = "pcap"`). Returns whether it started capturing,
 /// its log, and its `/proc/PID/limits` while it ran; with `trace`, strace (run by the service
 /// user, the daemon its child) records the daemon's `socket` and `bpf` calls, and what it
 /// recorded takes the limits' place (the pid is strace's).
 fn run_confined(
-    caps: &[String],
-    mode: &str,
+    caps: &Capabilities,
+    capture: &str,
     limits: &Limits,
     trace: bool,
 ) -> (bool, String, String) {
@@ -457,10 +468,10 @@ fn run_confined(
     std::fs::write(
         &config,
         format!(
-            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"lo\"]\nports = [18086]\n\
+            "[capture]\n{capture}\ninterfaces = [\"lo\"]\nports = [18086]\n\
              [site]\nkey_file = \"{0}/site.key\"\n[store]\npath = \"{0}/state.redb\"\n{1}",
             dir.path().display(),
-            without_api_listener()
+            without_api_listener(),
         ),
     )
     .unwrap();
@@ -480,13 +491,7 @@ fn run_confined(
     } else {
         daemon.as_path()
     };
-    let confined = run_as_the_unit(
-        None,
-        &[(dir.path(), dir.path())],
-        &Capabilities::only(caps),
-        program,
-        &args,
-    );
+    let confined = run_as_the_unit(None, &[(dir.path(), dir.path())], caps, program, &args);
     // The shell joins the cgroups, then execs the confinement (the pid stays the daemon's).
     let mut child = std::process::Command::new("sh")
         .arg("-c")
@@ -550,14 +555,22 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
         eprintln!("skipped: this host lets no test make a pids and memory cgroup");
         return;
     };
-    let caps = unit_capabilities();
-    for (mode, says) in [
-        ("ebpf", "capturing with the eBPF probe"),
-        ("pcap", "capturing with libpcap"),
-        ("tls", "capturing with the OpenSSL uprobes"),
+    for (capture, drop_ins, says) in [
+        ("mode = \"ebpf\"", &[][..], "capturing with the eBPF probe"),
+        (
+            "mode = \"pcap\"",
+            &["libpcap.conf"][..],
+            "capturing with libpcap",
+        ),
+        (
+            "mode = \"tls\"",
+            &[][..],
+            "capturing with the OpenSSL uprobes",
+        ),
     ] {
-        let (started, log, proc_limits) = run_confined(&caps, mode, &limits, false);
-        assert!(started && log.contains(says), "{mode}: {log}");
+        let caps = Capabilities::of_unit(drop_ins);
+        let (started, log, proc_limits) = run_confined(&caps, capture, &limits, false);
+        assert!(started && log.contains(says), "{capture}: {log}");
         let core = proc_limits
             .lines()
             .find(|l| l.starts_with("Max core file size"))
@@ -570,52 +583,68 @@ fn the_daemon_captures_in_each_mode_confined_as_the_unit_confines_it() {
     }
 }
 
-/// The eBPF-only drop-in (`config/systemd-drop-ins/ebpf-only.conf`) rates the unit 2.0, as the
-/// README says, and what it takes away is not needed: under its capabilities the daemon
-/// captures HTTP with the probe (TCX) and HTTPS with the uprobes, and strace sees it open no
-/// packet socket and no netlink socket (the address families the drop-in forbids) while it
-/// loads its programs (`bpf`, traced too, shows the trace works).
+/// The unit grants what the probe (TCX) and the uprobes use and nothing more: under it alone
+/// (its capabilities, and its `RestrictAddressFamilies=` enforced by seccomp as systemd does) the
+/// daemon captures HTTP and HTTPS, and strace sees it open no packet socket and no netlink socket
+/// while it loads its programs (`bpf`, traced too, shows the trace works). What it does not
+/// grant is refused with the drop-in to install: libpcap needs `libpcap.conf`, netlink attach
+/// (kernels without TCX; forced here with `tc_attach = "netlink"`) `netlink-attach.conf`; with
+/// the drop-in, each captures.
 #[test]
-fn the_ebpf_only_drop_in_rates_2_0_and_takes_away_nothing_the_probe_and_uprobes_use() {
-    let score = exposure(&["ebpf-only.conf"]);
-    assert!(score <= 2.0, "the eBPF-only drop-in rates {score}");
-    let readme =
-        std::fs::read_to_string(monitor_tests::workspace_root().join("README.md")).unwrap();
-    assert!(
-        readme.contains(&format!("`ebpf-only.conf` rates it **{score:.1}**")),
-        "README should give the drop-in's level {score:.1}"
-    );
-    if !monitor_tests::require_root("the eBPF-only drop-in") {
+fn the_unit_grants_only_what_the_probe_and_uprobes_use_and_names_the_drop_in_for_the_rest() {
+    if !monitor_tests::require_root("the unit's socket families") {
         return;
     }
     let Some(limits) = Limits::from_unit() else {
         eprintln!("skipped: this host lets no test make a pids and memory cgroup");
         return;
     };
-    let drop_in = std::fs::read_to_string(
-        monitor_tests::workspace_root().join("config/systemd-drop-ins/ebpf-only.conf"),
-    )
-    .unwrap();
-    let caps = monitor_tests::unit::capabilities_in(&drop_in, "AmbientCapabilities");
-    assert!(!caps.contains(&"net_raw".to_owned()), "{caps:?}");
-    for (mode, says) in [
-        ("ebpf", "capturing with the eBPF probe"),
-        ("tls", "capturing with the OpenSSL uprobes"),
+    let unit = Capabilities::of_unit(&[]);
+    assert!(!unit.ambient.contains(&"net_raw".to_owned()), "{unit:?}");
+    assert_eq!(unit.families, ["AF_UNIX", "AF_INET", "AF_INET6"]);
+    for (capture, says) in [
+        ("mode = \"ebpf\"", "capturing with the eBPF probe"),
+        ("mode = \"tls\"", "capturing with the OpenSSL uprobes"),
     ] {
-        let (started, log, traced) = run_confined(&caps, mode, &limits, true);
-        assert!(started && log.contains(says), "{mode}: {log}");
+        let (started, log, traced) = run_confined(&unit, capture, &limits, true);
+        assert!(started && log.contains(says), "{capture}: {log}");
         assert!(
             traced.contains("bpf(BPF_PROG_LOAD"),
-            "{mode}: no trace:\n{traced}"
+            "{capture}: no trace:\n{traced}"
         );
         for family in ["AF_PACKET", "AF_NETLINK"] {
             assert!(
                 !traced
                     .lines()
                     .any(|l| l.contains("socket(") && l.contains(family)),
-                "{mode}: the daemon opened an {family} socket, which the drop-in forbids:\n{traced}"
+                "{capture}: the daemon tried an {family} socket, which the unit forbids:\n{traced}"
             );
         }
+    }
+    for (capture, drop_in, says) in [
+        ("mode = \"pcap\"", "libpcap.conf", "capturing with libpcap"),
+        (
+            "mode = \"ebpf\"\ntc_attach = \"netlink\"",
+            "netlink-attach.conf",
+            "capturing with the eBPF probe",
+        ),
+    ] {
+        let (started, log, _) = run_confined(&unit, capture, &limits, false);
+        assert!(!started, "{capture} captured without {drop_in}: {log}");
+        let advice = format!(
+            "install -D -m 0644 /usr/share/redcap-monitor/systemd-drop-ins/{drop_in} \
+             /etc/systemd/system/redcap-monitor.service.d/{drop_in}"
+        );
+        assert!(
+            log.contains(&advice) && log.contains("RestrictAddressFamilies="),
+            "{capture}: the refusal does not name {drop_in}:\n{log}"
+        );
+        let widened = Capabilities::of_unit(&[drop_in]);
+        let (started, log, _) = run_confined(&widened, capture, &limits, false);
+        assert!(
+            started && log.contains(says),
+            "{capture} with {drop_in}: {log}"
+        );
     }
 }
 
@@ -654,7 +683,10 @@ fn run_as_nobody(caps: &[String], mode: &str) -> (bool, String) {
     .unwrap();
     let log_path = dir.path().join("log");
     let mut child = std::process::Command::new("setpriv")
-        .args(setpriv_args(&service_user(), &Capabilities::only(caps)))
+        .args(setpriv_args(
+            &service_user(),
+            &Capabilities::of_unit(&[]).only(caps),
+        ))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")
         .arg("--config")
@@ -680,16 +712,19 @@ fn the_units_capabilities_let_an_unprivileged_user_capture_in_each_mode_and_each
         return;
     }
     let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "perfmon", "net_admin", "sys_admin"]);
+    // libpcap's capability comes with its drop-in.
+    let with_libpcap = Capabilities::of_unit(&["libpcap.conf"]).ambient;
     assert_eq!(
-        caps,
-        ["bpf", "perfmon", "net_admin", "net_raw", "sys_admin"]
+        with_libpcap,
+        ["bpf", "perfmon", "net_admin", "sys_admin", "net_raw"]
     );
     let (started, log) = run_as_nobody(&caps, "ebpf");
     assert!(
         started && log.contains("capturing with the eBPF probe"),
         "{log}"
     );
-    let (started, log) = run_as_nobody(&caps, "pcap");
+    let (started, log) = run_as_nobody(&with_libpcap, "pcap");
     assert!(started && log.contains("capturing with libpcap"), "{log}");
     // HTTPS: the uprobes attach to the distribution's libssl.
     let (started, log) = run_as_nobody(&caps, "tls");
@@ -711,7 +746,7 @@ fn the_units_capabilities_let_an_unprivileged_user_capture_in_each_mode_and_each
         ("ebpf", "bpf", &http_only),
         ("ebpf", "perfmon", &http_only),
         ("ebpf", "net_admin", &http_only),
-        ("pcap", "net_raw", &caps),
+        ("pcap", "net_raw", &with_libpcap),
         // Current kernels refuse uprobes without CAP_SYS_ADMIN (CVE-2025-38466).
         ("tls", "sys_admin", &caps),
     ] {
@@ -778,10 +813,15 @@ fn capabilities_after_attach(mode: &str, tls: bool) -> (Vec<(String, u64)>, bool
     )
     .unwrap();
     let log_path = dir.path().join("log");
+    let drop_ins: &[&str] = if mode == "pcap" {
+        &["libpcap.conf"]
+    } else {
+        &[]
+    };
     let mut child = std::process::Command::new("setpriv")
         .args(setpriv_args(
             &service_user(),
-            &Capabilities::only(&unit_capabilities()),
+            &Capabilities::of_unit(drop_ins),
         ))
         .arg(monitor_tests::daemon::monitor_bin().unwrap())
         .arg("run")

@@ -92,7 +92,7 @@ impl ServiceRun {
                 (&state, Path::new("/var/lib/redcap-monitor")),
                 (&logs, Path::new("/var/log/redcap-monitor")),
             ],
-            &Capabilities::of_unit(extra),
+            &Capabilities::of_unit(&[]).with_extra(extra),
             &monitor_bin().unwrap(),
             &["run".into(), "--config".into(), self.config.clone().into()],
         );

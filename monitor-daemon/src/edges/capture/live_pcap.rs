@@ -51,6 +51,11 @@ pub enum PcapError {
          (e.g. `setcap cap_net_raw+ep <binary>`) ({message})"
     )]
     MissingPrivilege { interface: String, message: String },
+    #[error(
+        "libpcap cannot open a packet socket on {interface} ({message}): {advice}",
+        advice = super::drop_in_advice("libpcap.conf")
+    )]
+    PacketSocketsRefused { interface: String, message: String },
     #[error("libpcap cannot capture on {interface}: {source}")]
     Open {
         interface: String,
@@ -187,6 +192,12 @@ fn open_interface(interface: &str, filter: &str) -> Result<pcap::Capture<pcap::A
         let message = source.to_string();
         if message.contains("not permitted") || message.contains("ermission denied") {
             PcapError::MissingPrivilege {
+                interface: interface.to_owned(),
+                message,
+            }
+        } else if message.contains("Address family not supported") {
+            // strerror(EAFNOSUPPORT), which libpcap puts in its message.
+            PcapError::PacketSocketsRefused {
                 interface: interface.to_owned(),
                 message,
             }

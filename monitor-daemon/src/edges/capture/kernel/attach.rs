@@ -36,7 +36,12 @@ impl KernelProbe {
                 AttachMethod::Tcx => attach_tcx(self.classifier()?, interface, attach_type)
                     .map_err(|tcx| attach_error(interface, direction, "TCX", tcx)),
                 AttachMethod::Netlink => attach_netlink(self.classifier()?, interface, attach_type)
-                    .map_err(|netlink| attach_error(interface, direction, "netlink", netlink)),
+                    .map_err(|netlink| {
+                        netlink_refused(interface, direction, &netlink, || {
+                            "capture.tc_attach = \"netlink\"".to_owned()
+                        })
+                        .unwrap_or_else(|| attach_error(interface, direction, "netlink", netlink))
+                    }),
                 AttachMethod::Auto => {
                     match attach_tcx(self.classifier()?, interface, attach_type) {
                         Ok(link) => Ok(link),
@@ -48,11 +53,18 @@ impl KernelProbe {
                             self.netlink_used = true;
                             self.add_clsact(interface);
                             attach_netlink(self.classifier()?, interface, attach_type).map_err(
-                                |netlink| ProbeError::Attach {
-                                    interface: interface.to_owned(),
-                                    direction,
-                                    tcx: Box::new(tcx),
-                                    netlink: Box::new(netlink),
+                                |netlink| {
+                                    netlink_refused(interface, direction, &netlink, || {
+                                        format!("TCX failed: {tcx}; Linux 6.6 has TCX links")
+                                    })
+                                    .unwrap_or_else(|| {
+                                        ProbeError::Attach {
+                                            interface: interface.to_owned(),
+                                            direction,
+                                            tcx: Box::new(tcx),
+                                            netlink: Box::new(netlink),
+                                        }
+                                    })
                                 },
                             )
                         }
@@ -86,6 +98,8 @@ impl KernelProbe {
         // thread (or namespace) drops the probe.
         let socket = match route_socket() {
             Ok(socket) => socket,
+            // Netlink refused altogether: the attach that follows fails and says why.
+            Err(err) if err.raw_os_error() == Some(libc::EAFNOSUPPORT) => return,
             Err(err) => {
                 let _ = tc::qdisc_add_clsact(interface);
                 tracing::warn!(%interface, %err, "no netlink socket: a clsact qdisc the probe adds will stay after it stops");
@@ -140,6 +154,21 @@ fn remove_stale_filters(interface: &str, attach_type: TcAttachType) {
         // The attach that follows reports what is wrong with the interface or the privileges.
         Err(err) => tracing::debug!(%interface, %err, "could not look for leftover classifiers"),
     }
+}
+
+/// The netlink attach's error when the socket family itself was refused (`EAFNOSUPPORT`: the
+/// unit's `RestrictAddressFamilies=`), said with the drop-in that allows it.
+fn netlink_refused(
+    interface: &str,
+    direction: &'static str,
+    netlink: &ProgramError,
+    reason: impl FnOnce() -> String,
+) -> Option<ProbeError> {
+    (program_os_error(netlink) == Some(libc::EAFNOSUPPORT)).then(|| ProbeError::NetlinkRefused {
+        interface: interface.to_owned(),
+        direction,
+        reason: reason(),
+    })
 }
 
 fn attach_error(

@@ -148,6 +148,17 @@ pub enum ProbeError {
          (list them with `ip link`)"
     )]
     UnknownInterface { interface: String },
+    #[error(
+        "attaching to {interface} {direction} needs netlink sockets ({reason}), and they are \
+         refused: {advice}",
+        advice = crate::edges::capture::drop_in_advice("netlink-attach.conf")
+    )]
+    NetlinkRefused {
+        interface: String,
+        direction: &'static str,
+        /// Why TCX was not used: this kernel lacks it, or the configuration asks for netlink.
+        reason: String,
+    },
     #[error("attaching to {interface} {direction} failed with TCX ({tcx}) and netlink ({netlink})")]
     Attach {
         interface: String,
@@ -518,16 +529,29 @@ pub(super) fn program_os_error(err: &ProgramError) -> Option<i32> {
     source_os_error(err)
 }
 
+/// Walks the `source()` chain. aya's transparent variants forward `source()` to what they wrap,
+/// skipping it, so the ones that wrap an io or netlink error are opened here.
 fn source_os_error(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut current = Some(err);
     while let Some(err) = current {
-        let errno = match (
-            err.downcast_ref::<io::Error>(),
-            err.downcast_ref::<tc::TcError>(),
-        ) {
-            (Some(io), _) => io.raw_os_error(),
-            (_, Some(tc::TcError::NetlinkError(netlink))) => netlink.raw_os_error(),
+        let tc_error = |tc: &tc::TcError| match tc {
+            tc::TcError::NetlinkError(netlink) => netlink.raw_os_error(),
+            tc::TcError::IoError(io) => io.raw_os_error(),
             _ => None,
+        };
+        let errno = if let Some(io) = err.downcast_ref::<io::Error>() {
+            io.raw_os_error()
+        } else if let Some(tc) = err.downcast_ref::<tc::TcError>() {
+            tc_error(tc)
+        } else if let Some(program) = err.downcast_ref::<ProgramError>() {
+            match program {
+                ProgramError::IOError(io) => io.raw_os_error(),
+                ProgramError::NetlinkError(netlink) => netlink.raw_os_error(),
+                ProgramError::TcError(tc) => tc_error(tc),
+                _ => None,
+            }
+        } else {
+            None
         };
         if errno.is_some() {
             return errno;
