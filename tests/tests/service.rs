@@ -646,6 +646,20 @@ fn the_unit_grants_only_what_the_probe_and_uprobes_use_and_names_the_drop_in_for
             "{capture} with {drop_in}: {log}"
         );
     }
+    // Mode "auto" where the probe cannot load (no CAP_BPF, nor CAP_SYS_ADMIN standing in for
+    // it): its libpcap fallback is refused too, and the error gives both reasons.
+    let no_bpf: Vec<String> = ["perfmon", "net_admin"].map(String::from).to_vec();
+    let (started, log, _) = run_confined(
+        &unit.clone().only(&no_bpf),
+        "mode = \"auto\"",
+        &limits,
+        false,
+    );
+    assert!(!started, "auto captured without CAP_BPF: {log}");
+    assert!(
+        log.contains("CAP_BPF") && log.contains("systemd-drop-ins/libpcap.conf"),
+        "auto's error does not give both reasons:\n{log}"
+    );
 }
 
 /// The processes `pid` started (its main thread's children).

@@ -63,6 +63,14 @@ pub enum LiveSourceError {
     TlsWithoutProbe(Box<LiveSourceError>),
     #[error("libpcap capture: {0}")]
     Pcap(#[from] PcapError),
+    #[error(
+        "mode \"auto\": the eBPF probe cannot be used ({probe}), and libpcap, the fallback, \
+         cannot either ({pcap}); fix either"
+    )]
+    NeitherProbeNorPcap {
+        probe: Box<LiveSourceError>,
+        pcap: Box<LiveSourceError>,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -300,7 +308,7 @@ fn open_source_https_if_possible(
     let mut probe = match load_probe(capture, tls_idle, true) {
         Ok(probe) => probe,
         Err(reason) if capture.mode == CaptureMode::Auto => {
-            let source = open_pcap(capture, tls_idle)?;
+            let (source, reason) = fall_back_to_pcap(capture, tls_idle, reason)?;
             tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable); HTTPS is NOT seen: the OpenSSL uprobes need what the probe needs (CAP_BPF, CAP_PERFMON, a kernel with BPF ring buffers) and CAP_SYS_ADMIN");
             return Ok((source, None));
         }
@@ -347,11 +355,27 @@ fn open_source_without_tls(
                 Ok(source)
             }
             Err(reason) => {
-                let source = open_pcap(capture, tls_idle)?;
+                let (source, reason) = fall_back_to_pcap(capture, tls_idle, reason)?;
                 tracing::warn!(mode = "pcap", interfaces = ?capture.interfaces, %reason, "capturing with libpcap (auto: the eBPF probe is unavailable)");
                 Ok(source)
             }
         },
+    }
+}
+
+/// Mode `"auto"`'s libpcap after the probe failed for `reason`, which comes back for the log;
+/// when libpcap fails too, the error gives both reasons (either one fixed starts the capture).
+fn fall_back_to_pcap(
+    capture: &CaptureConfig,
+    tls_idle: Duration,
+    reason: LiveSourceError,
+) -> Result<(Source, LiveSourceError), LiveSourceError> {
+    match open_pcap(capture, tls_idle) {
+        Ok(source) => Ok((source, reason)),
+        Err(pcap) => Err(LiveSourceError::NeitherProbeNorPcap {
+            probe: Box::new(reason),
+            pcap: Box::new(pcap),
+        }),
     }
 }
 
