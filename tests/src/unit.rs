@@ -2,13 +2,13 @@
 //! settings read from the unit file (and the shipped drop-ins a test names), the service user,
 //! and one command that starts a program the way the unit would (as that user with exactly the
 //! unit's capability sets and no supplementary group, `NoNewPrivileges=`, `LimitCORE=0`, its
-//! `RestrictAddressFamilies=` as a seccomp filter (`restrict-families`), in a private mount
-//! namespace where `/proc` is mounted `subset=pid,hidepid=invisible` (`ProcSubset=pid`,
-//! `ProtectProc=invisible`), `/sys` and the whole system read-only (`ProtectKernelTunables=`,
-//! `ProtectSystem=strict`) but for the directories the unit makes writable). Not reproduced: the
-//! rest of the syscall filter, `PrivateTmp=`, `PrivateDevices=` and the hardening that does not
-//! bear on what the tests look at (`tests/tests/service.rs` checks the unit itself with
-//! `systemd-analyze`).
+//! `SystemCallFilter=` and `RestrictAddressFamilies=` as the seccomp filter systemd would install
+//! (`unit-seccomp`, with systemd's own syscall groups), in a private mount namespace where
+//! `/proc` is mounted `subset=pid,hidepid=invisible` (`ProcSubset=pid`, `ProtectProc=invisible`),
+//! `/sys` and the whole system read-only (`ProtectKernelTunables=`, `ProtectSystem=strict`) but
+//! for the directories the unit makes writable). Not reproduced: `PrivateTmp=`,
+//! `PrivateDevices=` and the hardening that does not bear on what the tests look at
+//! (`tests/tests/service.rs` checks the unit itself with `systemd-analyze`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -134,7 +134,8 @@ pub fn service_user() -> ServiceUser {
     panic!("neither redcap-monitor nor nobody exists");
 }
 
-/// What the unit grants the daemon: capability sets and the socket families it may open.
+/// What the unit grants the daemon: capability sets, the socket families and the system calls
+/// it may use.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
     /// Ambient and inheritable.
@@ -142,6 +143,8 @@ pub struct Capabilities {
     pub bounding: Vec<String>,
     /// `RestrictAddressFamilies=`: `AF_UNIX`, `AF_INET`, ...
     pub families: Vec<String>,
+    /// `SystemCallFilter=` lines, in order (`@system-service bpf`, `~@resources`).
+    pub syscall_filter: Vec<String>,
 }
 
 impl Capabilities {
@@ -157,6 +160,7 @@ impl Capabilities {
             ambient: caps("AmbientCapabilities"),
             bounding: caps("CapabilityBoundingSet"),
             families: merged_list(drop_ins, "RestrictAddressFamilies"),
+            syscall_filter: setting_lines(drop_ins, "SystemCallFilter"),
         }
     }
 
@@ -175,12 +179,157 @@ impl Capabilities {
         Capabilities {
             ambient: caps.to_vec(),
             bounding: caps.to_vec(),
-            families: self.families,
+            ..self
         }
+    }
+
+    /// `unit-seccomp` and its arguments, to put just before the program it confines: the
+    /// system calls `SystemCallFilter=` allows, with `@default` (which systemd always allows),
+    /// as numbers of this machine's architecture; those systemd does not know at all, which it
+    /// answers with ENOSYS; the socket families.
+    pub fn seccomp_command(&self) -> Vec<OsString> {
+        let groups = syscall_groups();
+        let numbers = syscall_numbers();
+        let expand = |items: &str| -> Vec<String> {
+            let mut names = Vec::new();
+            for item in items.split_whitespace() {
+                expand_group(&groups, item, &mut names);
+            }
+            names
+        };
+        let mut allowed: Vec<String> = expand("@default");
+        for line in &self.syscall_filter {
+            match line.strip_prefix('~') {
+                Some(denied) => {
+                    let denied = expand(denied);
+                    allowed.retain(|name| !denied.contains(name));
+                }
+                None => allowed.extend(expand(line)),
+            }
+        }
+        let known = expand("@known");
+        let list = |numbers: Vec<u32>| {
+            numbers
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut allowed_numbers: Vec<u32> = allowed
+            .iter()
+            .filter_map(|name| numbers.get(name).copied())
+            .collect();
+        allowed_numbers.sort_unstable();
+        allowed_numbers.dedup();
+        let unknown: Vec<u32> = numbers
+            .iter()
+            .filter(|(name, _)| !known.contains(name))
+            .map(|(_, nr)| *nr)
+            .collect();
+        vec![
+            own_binary("unit-seccomp").into(),
+            "--families".into(),
+            self.families.join(",").into(),
+            "--allow".into(),
+            list(allowed_numbers).into(),
+            "--unknown".into(),
+            list(unknown).into(),
+            "--".into(),
+        ]
     }
 }
 
-/// A binary of this crate (`restrict-families`), beside the test binary that asks for it.
+/// Every value of `setting=` over the unit and `drop_ins`, in order; an empty one drops the
+/// lines before it, as systemd reads it.
+fn setting_lines(drop_ins: &[&str], setting: &str) -> Vec<String> {
+    let prefix = format!("{setting}=");
+    let mut files = vec![std::fs::read_to_string(unit_path()).expect("the unit file")];
+    files.extend(drop_ins.iter().map(|name| {
+        std::fs::read_to_string(drop_in_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }));
+    let mut lines: Vec<String> = Vec::new();
+    for value in files
+        .iter()
+        .flat_map(|f| f.lines())
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+    {
+        if value.trim().is_empty() {
+            lines.clear();
+        } else {
+            lines.push(value.trim().to_owned());
+        }
+    }
+    lines
+}
+
+/// systemd's syscall groups (`@default`, `@system-service`, `@known`, ...) as this machine's
+/// `systemd-analyze syscall-filter` lists them: a group's members are names or other groups.
+fn syscall_groups() -> std::collections::HashMap<String, Vec<String>> {
+    let out = Command::new("systemd-analyze")
+        .args(["syscall-filter", "--no-pager"])
+        .output()
+        .expect("systemd-analyze (package systemd, installed by `cargo xtask setup`)");
+    let mut groups = std::collections::HashMap::new();
+    let mut current: Option<String> = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(group) = line.strip_prefix('@') {
+            current = Some(format!("@{}", group.trim()));
+            groups.insert(format!("@{}", group.trim()), Vec::new());
+        } else if !line.starts_with(' ') {
+            current = None;
+        } else if let Some(group) = &current {
+            let member = line.trim();
+            if !member.is_empty() && !member.starts_with('#') {
+                groups
+                    .get_mut(group)
+                    .map(|m: &mut Vec<String>| m.push(member.to_owned()));
+            }
+        }
+    }
+    assert!(
+        groups.contains_key("@system-service") && groups.contains_key("@known"),
+        "systemd-analyze syscall-filter listed no groups"
+    );
+    groups
+}
+
+fn expand_group(
+    groups: &std::collections::HashMap<String, Vec<String>>,
+    item: &str,
+    into: &mut Vec<String>,
+) {
+    if item.starts_with('@') {
+        let members = groups
+            .get(item)
+            .unwrap_or_else(|| panic!("systemd knows no syscall group {item}"));
+        for member in members {
+            expand_group(groups, member, into);
+        }
+    } else if !into.iter().any(|n| n == item) {
+        into.push(item.to_owned());
+    }
+}
+
+/// This architecture's system call numbers by name, from the kernel headers
+/// (`linux-libc-dev`, which the C compiler brings).
+fn syscall_numbers() -> std::collections::BTreeMap<String, u32> {
+    let header = if cfg!(target_arch = "x86_64") {
+        "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+    } else {
+        "/usr/include/asm-generic/unistd.h"
+    };
+    let text = std::fs::read_to_string(header)
+        .unwrap_or_else(|e| panic!("{header}: {e} (apt-get install linux-libc-dev)"));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("#define __NR_"))
+        .filter_map(|l| {
+            let (name, nr) = l.split_once(char::is_whitespace)?;
+            Some((name.to_owned(), nr.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A binary of this crate (`unit-seccomp`), beside the test binary that asks for it.
 fn own_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the running test's path");
     let mut dir = exe.parent().expect("a directory").to_path_buf();
@@ -251,6 +400,20 @@ pub fn run_as_the_unit(
     program: &Path,
     args: &[OsString],
 ) -> Command {
+    traced_as_the_unit(netns, writable, caps, &[], program, args)
+}
+
+/// [`run_as_the_unit`] with `tracer` (`strace -f -o FILE`) between the confinement and the
+/// seccomp filter: a tracer needs `ptrace`, which the unit's filter refuses, so it runs
+/// outside it and watches the program inside it. The child's pid is the tracer's.
+pub fn traced_as_the_unit(
+    netns: Option<&str>,
+    writable: &[(&Path, &Path)],
+    caps: &Capabilities,
+    tracer: &[OsString],
+    program: &Path,
+    args: &[OsString],
+) -> Command {
     let mut command = crate::netns::command_in(netns, "unshare");
     command
         .args(["--mount", "--propagation", "private", "sh", "-c", SANDBOX])
@@ -263,11 +426,10 @@ pub fn run_as_the_unit(
     }
     command
         .arg("--")
-        .args(["prlimit", "--core=0"])
-        .arg(own_binary("restrict-families"))
-        .arg(caps.families.join(","))
-        .args(["--", "setpriv"])
+        .args(["prlimit", "--core=0", "setpriv"])
         .args(setpriv_args(&service_user(), caps))
+        .args(tracer)
+        .args(caps.seccomp_command())
         .arg(program)
         .args(args);
     command

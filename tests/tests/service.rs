@@ -12,7 +12,7 @@ use monitor_tests::daemon::{LiveDaemon, without_api_listener};
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::sim::{SimOptions, Simulator, terminate, wait_until};
 use monitor_tests::unit::{
-    Capabilities, run_as_the_unit, service_user, setpriv_args, unit_setting,
+    Capabilities, service_user, setpriv_args, traced_as_the_unit, unit_setting,
 };
 use serde_json::Value;
 
@@ -479,19 +479,29 @@ fn run_confined(
     let daemon = monitor_tests::daemon::monitor_bin().unwrap();
     let trace_path = dir.path().join("strace");
     let trace = trace.then_some(trace_path.as_path());
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(trace) = trace {
-        args.extend(["-f", "-qq", "-e", "trace=socket,bpf", "-o"].map(Into::into));
-        args.push(trace.into());
-        args.push(daemon.clone().into());
-    }
-    args.extend(["run".into(), "--config".into(), config.clone().into()]);
-    let program = if trace.is_some() {
-        Path::new("/usr/bin/strace")
-    } else {
-        daemon.as_path()
+    let tracer: Vec<std::ffi::OsString> = match trace {
+        Some(trace) => [
+            "/usr/bin/strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=socket,bpf",
+            "-o",
+        ]
+        .map(Into::into)
+        .into_iter()
+        .chain([trace.into()])
+        .collect(),
+        None => Vec::new(),
     };
-    let confined = run_as_the_unit(None, &[(dir.path(), dir.path())], caps, program, &args);
+    let confined = traced_as_the_unit(
+        None,
+        &[(dir.path(), dir.path())],
+        caps,
+        &tracer,
+        &daemon,
+        &["run".into(), "--config".into(), config.clone().into()],
+    );
     // The shell joins the cgroups, then execs the confinement (the pid stays the daemon's).
     let mut child = std::process::Command::new("sh")
         .arg("-c")
@@ -914,4 +924,55 @@ fn after_attach_no_thread_holds_a_capture_capability_it_no_longer_needs_and_capt
         .unwrap_or_default();
     assert_eq!(main, CAP_SYS_ADMIN | CAP_PERFMON | CAP_BPF, "{log}");
     assert!(recorded, "no call recorded after the drop: {log}");
+}
+
+/// The tests' reproduction of the unit's seccomp filter (`unit-seccomp`, in every
+/// `run_as_the_unit`) is live and as strict as the unit: a program under it may open an inet
+/// socket, but not a packet socket (`RestrictAddressFamilies=`), nor change its priority or CPU
+/// affinity (`SystemCallFilter=~@resources`), nor chroot (`@privileged` is not allowed).
+#[test]
+fn the_tests_confine_the_daemon_with_the_units_own_syscall_filter() {
+    if !monitor_tests::require_root("the unit's syscall filter") {
+        return;
+    }
+    let script = r#"
+import errno, os, socket
+def attempt(name, call):
+    try:
+        call()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, e.errno))
+attempt("inet", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close())
+attempt("packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, 0, 5))
+attempt("sched_setaffinity", lambda: os.sched_setaffinity(0, {0}))
+attempt("chroot", lambda: os.chroot("/"))
+"#;
+    let out = traced_as_the_unit(
+        None,
+        &[],
+        &Capabilities::of_unit(&[]),
+        &[],
+        Path::new("/usr/bin/python3"),
+        &["-c".into(), script.into()],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "inet ok",
+            "packet EAFNOSUPPORT",
+            "setpriority EPERM",
+            "sched_setaffinity EPERM",
+            "chroot EPERM"
+        ]
+    );
 }
