@@ -51,7 +51,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "load generator for the live-overhead bench"),
     (
         "strace",
-        "shows that the daemon opens no socket a unit drop-in forbids (service test)",
+        "shows that the daemon opens no socket the unit forbids (service test)",
+    ),
+    (
+        "linux-libc-dev",
+        "system call numbers for the tests' copy of the unit's seccomp filter (unit-seccomp)",
     ),
     (
         "prometheus",
