@@ -20,7 +20,7 @@ use crate::daemon::{LiveDaemon, monitor_bin};
 use crate::redis::{RedisOptions, RedisServer};
 use crate::sim::{SimOptions, SimRecord, Simulator};
 use crate::unit::{
-    Capabilities, ServiceUser, make_module_directory, run_as_the_unit, service_user,
+    Capabilities, make_module_directory, run_as_the_unit, service_user, write_config_secret,
 };
 use crate::web::{Nginx, TestPki};
 use test_support::Receiver;
@@ -586,13 +586,4 @@ fn write_host_config(
     let path = dir.join("etc/config.toml");
     write_config_secret(&path, &text, &user)?;
     Ok(path)
-}
-
-/// A file of `/etc/redcap-monitor` as the package and the README set it up: root's, readable by
-/// the service's group only (`chown root:redcap-monitor`, `chmod 0640`).
-fn write_config_secret(path: &Path, text: &str, user: &ServiceUser) -> Result<()> {
-    crate::write_secret(path, text);
-    chown(path, Some(0), Some(user.gid))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))?;
-    Ok(())
 }

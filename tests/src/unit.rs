@@ -104,6 +104,15 @@ pub fn make_module_directory(dir: &Path) {
     );
 }
 
+/// A file of `/etc/redcap-monitor` as the package and the README set it up: root's, readable by
+/// the service's group only (`chown root:redcap-monitor`, `chmod 0640`).
+pub fn write_config_secret(path: &Path, text: &str, user: &ServiceUser) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::write_secret(path, text);
+    std::os::unix::fs::chown(path, Some(0), Some(user.gid))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+}
+
 /// The service user: `redcap-monitor` where the package created it, else `nobody` (the tests
 /// create no account on the machine).
 #[derive(Clone, Debug)]

@@ -9,7 +9,9 @@
 //! Each gives `directory_unavailable` with an error naming what to fix, and the daemon keeps
 //! judging (a violation after the server is gone is still written and alerted). Nothing the
 //! daemon wrote, logged, sent or exported holds a raw token, and the metrics no personal data.
-//! Needs root; REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
+//! The daemon runs as the unit runs it (`monitor_tests::unit`: the service user, the unit's
+//! capabilities with `libpcap.conf`, its seccomp filter, a read-only system but for the test's
+//! directory). Needs root; REDCAP_MONITOR_SKIP_ROOT_TESTS=1 skips it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ use monitor_tests::daemon::{
 };
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
+use monitor_tests::unit::{
+    Capabilities, make_module_directory, run_as_the_unit, service_user, write_config_secret,
+};
 use monitor_tests::web::TestPki;
 use serde_json::Value;
 use test_support::{Receiver, Recorded};
@@ -78,24 +83,31 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The configuration and its secrets as the package sets them up (root's, the service's group
+/// may read them).
 fn config(dir: &Path, sim_port: u16, receiver_port: u16, db_port: u16, api_port: u16) -> PathBuf {
+    let user = service_user();
     let path = dir.join("directory.toml");
     let d = dir.display();
-    monitor_tests::write_secret(&dir.join("db.password"), &format!("{PASSWORD}\n"));
-    monitor_tests::write_secret(&dir.join("admin.token"), ADMIN_TOKEN);
+    let secret =
+        |name: &str, text: &str| write_config_secret(&dir.join(name), text, &user).unwrap();
+    secret("db.password", &format!("{PASSWORD}\n"));
+    secret("admin.token", ADMIN_TOKEN);
     // 32 bytes of key, base64.
-    monitor_tests::write_secret(
-        &dir.join("siem.whsec"),
+    secret(
+        "siem.whsec",
         "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
     );
-    std::fs::write(
-        &path,
-        format!(
+    secret(
+        "directory.toml",
+        &format!(
             "[capture]\nmode = \"pcap\"\ninterfaces = [\"lo\"]\nports = [{sim_port}]\n\
              [output]\ncalls = \"{d}/calls.jsonl\"\nviolations = \"{d}/violations.jsonl\"\n\
              decisions = \"{d}/decisions.jsonl\"\nstats = \"{d}/stats.json\"\n\
              stats_interval = \"1s\"\n\
+             [site]\nkey_file = \"{d}/site.key\"\n\
              [store]\npath = \"{d}/state/state.redb\"\n\
+             [redcap_module]\ndir = \"{d}/redcap-module\"\n\
              [api]\nlisten = \"127.0.0.1:{api_port}\"\ntoken_file = \"{d}/admin.token\"\n\
              top_tokens = 5\n\
              [enforcement]\nmode = \"on_violation\"\n\
@@ -110,8 +122,7 @@ fn config(dir: &Path, sim_port: u16, receiver_port: u16, db_port: u16, api_port:
              password_file = \"{d}/db.password\"\nrefresh = \"1s\"\nretry = \"1s\"\n\
              tls = true\ntls_ca_file = \"{d}/ca.pem\"\n"
         ),
-    )
-    .unwrap();
+    );
     path
 }
 
@@ -158,6 +169,12 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("site.key");
     let fps = fingerprints(&key, &[ABUSER, LATE]).unwrap();
+    // The daemon runs as the unit runs it: the service user's directory (its state, records
+    // and site key), libpcap through the unit's drop-in.
+    let user = service_user();
+    for path in [dir.path(), key.as_path()] {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    }
     let (abuser, late) = (fps[0].clone(), fps[1].clone());
     let pki = TestPki::create(dir.path(), "127.0.0.1").unwrap();
     let mut db = MariaDb::start_tls(&pki).unwrap();
@@ -173,7 +190,24 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
     let api_port = free_port();
     let config = config(dir.path(), sim.port(), receiver_port, db.port(), api_port);
     let url = sim.url("/api/");
-    let mut daemon = LiveDaemon::start(None, &config, &key).unwrap();
+    make_module_directory(&dir.path().join("redcap-module"));
+    let mut daemon = LiveDaemon::spawn(run_as_the_unit(
+        None,
+        &[(dir.path(), dir.path())],
+        &Capabilities::of_unit(&["libpcap.conf"]),
+        &monitor_bin().unwrap(),
+        &["run".into(), "--config".into(), config.clone().into()],
+    ))
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap()))
+        .unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:")
+                && l.split_whitespace().nth(1) == Some(&user.uid.to_string())),
+        "the daemon does not run as the service user:\n{status}"
+    );
 
     // Three tokens: two project tokens and the super token.
     let directory = wait_directory(dir.path(), "available", &[]);
