@@ -55,7 +55,7 @@ impl KernelProbe {
                             attach_netlink(self.classifier()?, interface, attach_type).map_err(
                                 |netlink| {
                                     netlink_refused(interface, direction, &netlink, || {
-                                        format!("TCX failed: {tcx}; Linux 6.6 has TCX links")
+                                        format!("TCX failed: {tcx}; TCX links need Linux 6.6")
                                     })
                                     .unwrap_or_else(|| {
                                         ProbeError::Attach {
