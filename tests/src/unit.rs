@@ -288,10 +288,11 @@ fn syscall_groups() -> std::collections::HashMap<String, Vec<String>> {
             current = None;
         } else if let Some(group) = &current {
             let member = line.trim();
-            if !member.is_empty() && !member.starts_with('#') {
-                groups
-                    .get_mut(group)
-                    .map(|m: &mut Vec<String>| m.push(member.to_owned()));
+            if !member.is_empty()
+                && !member.starts_with('#')
+                && let Some(members) = groups.get_mut(group)
+            {
+                members.push(member.to_owned());
             }
         }
     }
