@@ -292,15 +292,21 @@ fn systemd_analyze(root: &Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_unit_passes_systemd_analyze_verify_with_no_complaint() {
-    let root = offline_root(&[]);
-    let out = systemd_analyze(root.path(), &["verify", "--man=no"]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // verify exits 0 on unknown keys too, with a line saying it ignores them: none allowed.
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    // Alone and with each shipped drop-in.
+    for drop_ins in [&[][..], &["netlink-attach.conf"], &["libpcap.conf"]] {
+        let root = offline_root(drop_ins);
+        let out = systemd_analyze(root.path(), &["verify", "--man=no"]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // verify exits 0 on unknown keys too, with a line saying it ignores them: none allowed.
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{drop_ins:?}: {said}"
+        );
+    }
 }
 
 #[test]
