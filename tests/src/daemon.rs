@@ -239,7 +239,7 @@ impl LiveDaemon {
         key: &Path,
         env: &[(&str, &str)],
     ) -> Result<LiveDaemon> {
-        let mut command = crate::netns::command_in(netns, &monitor_bin()?.to_string_lossy());
+        let mut command = daemon_command(netns, &[])?;
         command
             .arg("run")
             .arg("--config")
@@ -247,7 +247,17 @@ impl LiveDaemon {
             .arg("--key")
             .arg(key)
             .envs(env.iter().copied());
-        LiveDaemon::spawn(command)
+        let daemon = LiveDaemon::spawn(command)?;
+        let mounts =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", daemon.pid().unwrap_or(0)))
+                .unwrap_or_default();
+        if !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(MODULE_RUN_DIR) && l.contains(" - tmpfs "))
+        {
+            bail!("the test daemon writes to the host's {MODULE_RUN_DIR}:\n{mounts}");
+        }
+        Ok(daemon)
     }
 
     /// Runs `command`, which must exec `redcap-monitor run …` in the end (so that its pid is the
@@ -467,14 +477,38 @@ pub fn stats_json(dir: &Path) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The External Module's default directory's parent, which every test daemon without its own
+/// `[redcap_module] dir` would write to: the host's.
+const MODULE_RUN_DIR: &str = "/run/redcap-monitor";
+
+/// `[ip netns exec NS] unshare --mount … [BEFORE…] redcap-monitor`, to which the caller adds the
+/// command's arguments: the daemon in a private mount namespace where `/run/redcap-monitor` is
+/// an empty tmpfs of its own, so that a test daemon without its own `[redcap_module] dir`
+/// publishes its list there and not in the host's directory (which a REDCap on the same host
+/// would read). Every step execs the next: the child's pid is the daemon's. `before` runs
+/// between (e.g. `setpriv ARGS`).
+pub fn daemon_command(netns: Option<&str>, before: &[&str]) -> Result<Command> {
+    let mut command = crate::netns::command_in(netns, "unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mkdir -p {MODULE_RUN_DIR} && mount -t tmpfs -o mode=0755 tmpfs {MODULE_RUN_DIR} \
+             && exec \"$@\""
+        ))
+        .arg("private-run")
+        .args(before)
+        .arg(monitor_bin()?);
+    Ok(command)
+}
+
 /// `setpriv ARGS redcap-monitor run --config CONFIG --key KEY` (util-linux): the daemon with
 /// changed credentials or capability sets, execed by setpriv so that its pid is the daemon's;
 /// start it with [`LiveDaemon::spawn`], or run it to its end.
 pub fn setpriv_run(setpriv_args: &[&str], config: &Path, key: &Path) -> Result<Command> {
-    let mut command = Command::new("setpriv");
+    let mut before = vec!["setpriv"];
+    before.extend_from_slice(setpriv_args);
+    let mut command = daemon_command(None, &before)?;
     command
-        .args(setpriv_args)
-        .arg(monitor_bin()?)
         .args(["run", "--config"])
         .arg(config)
         .arg("--key")

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use monitor_tests::daemon::monitor_bin;
+use monitor_tests::daemon::daemon_command;
 use monitor_tests::netns::NamespacePair;
 use monitor_tests::require_root;
 use probe_env::{
@@ -604,18 +604,14 @@ fn a_run_after_a_crash_removes_the_netlink_filters_the_crash_left() {
     let attached_once = || ["ingress", "egress"].iter().all(|d| classifiers(d) == 1);
     let start = |log: &str| {
         let log = std::fs::File::create(dir.path().join(log)).expect("log file");
-        pair.exec(
-            &pair.server_ns,
-            &monitor_bin()
-                .expect("the redcap-monitor binary")
-                .to_string_lossy(),
-        )
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting redcap-monitor run")
+        daemon_command(Some(&pair.server_ns), &[])
+            .expect("the redcap-monitor binary")
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting redcap-monitor run")
     };
     let wait_for = |what: &str, done: &dyn Fn() -> bool| {
         for _ in 0..200 {
