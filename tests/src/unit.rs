@@ -32,7 +32,12 @@ pub fn unit_setting(key: &str) -> Option<String> {
 /// The capabilities a unit setting (`AmbientCapabilities`, `CapabilityBoundingSet`) lists,
 /// lower case without `CAP_`, as setpriv takes them.
 pub fn unit_capabilities(setting: &str) -> Vec<String> {
-    merged_list(&[], setting)
+    capabilities(&[], setting)
+}
+
+/// [`unit_capabilities`] with the shipped `drop_ins` merged.
+fn capabilities(drop_ins: &[&str], setting: &str) -> Vec<String> {
+    merged_list(drop_ins, setting)
         .iter()
         .map(|c| c.trim_start_matches("CAP_").to_lowercase())
         .collect()
@@ -49,23 +54,12 @@ pub fn drop_in_path(name: &str) -> PathBuf {
 /// it over the unit and then `drop_ins` in order: each line adds to the list, an empty one
 /// empties it.
 pub fn merged_list(drop_ins: &[&str], setting: &str) -> Vec<String> {
-    let prefix = format!("{setting}=");
-    let mut files = vec![std::fs::read_to_string(unit_path()).expect("the unit file")];
-    files.extend(drop_ins.iter().map(|name| {
-        std::fs::read_to_string(drop_in_path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }));
     let mut list: Vec<String> = Vec::new();
-    for line in files.iter().flat_map(|f| f.lines()) {
-        let Some(value) = line.strip_prefix(prefix.as_str()) else {
-            continue;
-        };
+    for value in setting_lines(drop_ins, setting) {
         assert!(
             !value.starts_with('~'),
-            "{line}: deny lists are not read here"
+            "{setting}={value}: deny lists are not read here"
         );
-        if value.trim().is_empty() {
-            list.clear();
-        }
         for item in value.split_whitespace() {
             if !list.iter().any(|i| i == item) {
                 list.push(item.to_owned());
@@ -159,15 +153,9 @@ pub struct Capabilities {
 impl Capabilities {
     /// The unit's, with the shipped `drop_ins` (`libpcap.conf`, ...) merged as systemd does.
     pub fn of_unit(drop_ins: &[&str]) -> Capabilities {
-        let caps = |setting| {
-            merged_list(drop_ins, setting)
-                .iter()
-                .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-                .collect()
-        };
         Capabilities {
-            ambient: caps("AmbientCapabilities"),
-            bounding: caps("CapabilityBoundingSet"),
+            ambient: capabilities(drop_ins, "AmbientCapabilities"),
+            bounding: capabilities(drop_ins, "CapabilityBoundingSet"),
             families: merged_list(drop_ins, "RestrictAddressFamilies"),
             syscall_filter: setting_lines(drop_ins, "SystemCallFilter"),
         }
