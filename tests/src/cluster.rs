@@ -20,7 +20,8 @@ use crate::daemon::{LiveDaemon, monitor_bin};
 use crate::redis::{RedisOptions, RedisServer};
 use crate::sim::{SimOptions, SimRecord, Simulator};
 use crate::unit::{
-    Capabilities, make_module_directory, run_as_the_unit, service_user, write_config_secret,
+    Capabilities, check_confined, make_module_directory, run_as_the_unit, service_user,
+    write_config_secret,
 };
 use crate::web::{Nginx, TestPki};
 use test_support::Receiver;
@@ -146,26 +147,9 @@ impl Host {
         );
         let daemon = LiveDaemon::spawn(command)?;
         // Its pid is the daemon's: the confinement took if it runs as the service user.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap_or(0)))
-            .unwrap_or_default();
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().next().map(str::to_owned));
-        if uid != Some(service_user().uid.to_string()) {
+        if let Err(why) = check_confined(daemon.pid().unwrap_or(0)) {
             bail!(
-                "{}'s daemon does not run as the service user:\n{status}",
-                self.name
-            );
-        }
-        let mounts =
-            std::fs::read_to_string(format!("/proc/{}/mountinfo", daemon.pid().unwrap_or(0)))
-                .unwrap_or_default();
-        if !mounts.lines().any(|l| {
-            l.contains(" /proc ") && l.contains("hidepid=invisible") && l.contains("subset=pid")
-        }) {
-            bail!(
-                "{}'s daemon does not see /proc as the unit shows it:\n{mounts}",
+                "{}'s daemon is not confined as the unit confines it: {why}",
                 self.name
             );
         }

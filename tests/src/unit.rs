@@ -388,6 +388,30 @@ mount -o remount,bind,ro /
 exec "$@"
 "#;
 
+/// Whether process `pid` runs confined as [`run_as_the_unit`] confines it: as the service user,
+/// and with `/proc` as the unit shows it. `Err` says what is not so.
+pub fn check_confined(pid: u32) -> Result<(), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next().map(str::to_owned));
+    if uid != Some(service_user().uid.to_string()) {
+        return Err(format!(
+            "pid {pid} does not run as the service user:\n{status}"
+        ));
+    }
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    if !mounts.lines().any(|l| {
+        l.contains(" /proc ") && l.contains("hidepid=invisible") && l.contains("subset=pid")
+    }) {
+        return Err(format!(
+            "pid {pid} does not see /proc as the unit shows it:\n{mounts}"
+        ));
+    }
+    Ok(())
+}
+
 /// `program args` as the unit runs it (see the module's doc), in network namespace `netns` when
 /// given, with `writable` (`(source, target)`: the source directory appears at the target, the
 /// only places it may write). Every step execs the next: the child's pid is the program's.

@@ -25,7 +25,8 @@ use monitor_tests::daemon::{
 use monitor_tests::mariadb::{MariaDb, REDCAP_SCHEMA};
 use monitor_tests::sim::{SimOptions, Simulator, wait_until};
 use monitor_tests::unit::{
-    Capabilities, make_module_directory, run_as_the_unit, service_user, write_config_secret,
+    Capabilities, check_confined, make_module_directory, run_as_the_unit, service_user,
+    write_config_secret,
 };
 use monitor_tests::web::TestPki;
 use serde_json::Value;
@@ -199,15 +200,9 @@ fn the_directory_names_owners_and_the_daemon_outlives_the_database() {
         &["run".into(), "--config".into(), config.clone().into()],
     ))
     .unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid().unwrap()))
-        .unwrap_or_default();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("Uid:")
-                && l.split_whitespace().nth(1) == Some(&user.uid.to_string())),
-        "the daemon does not run as the service user:\n{status}"
-    );
+    if let Err(why) = check_confined(daemon.pid().unwrap()) {
+        panic!("{why}");
+    }
 
     // Three tokens: two project tokens and the super token.
     let directory = wait_directory(dir.path(), "available", &[]);
